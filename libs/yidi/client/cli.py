@@ -1,0 +1,96 @@
+"""``yidi-gateway``: send request files to Yidi and print the answers.
+
+    yidi-gateway send ../shared/examples/we1/request.json
+    yidi-gateway send --new-msgid requests/*.json
+    yidi-gateway file filing-request.json        # filing requests, answered on filing.results
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from yidi.client.gateway import GatewayClient, GatewayTimeout
+from yidi.contracts.envelope import DEFAULT_REPLY_TO
+
+
+def read_requests(paths: list[str]) -> list[dict[str, Any]]:
+    """Each file holds one JSON object, a JSON array of them, or JSON lines."""
+    requests: list[dict[str, Any]] = []
+    for path in paths:
+        text = Path(path).read_text()
+        try:
+            value = json.loads(text)
+            requests.extend(value if isinstance(value, list) else [value])
+        except json.JSONDecodeError:
+            requests.extend(json.loads(line) for line in text.splitlines() if line.strip())
+    return requests
+
+
+def fresh_msgid(request: dict[str, Any], seq: int) -> str:
+    facility = str(request.get("fixmedins_code", "H00000000000"))[:12]
+    return f"{facility}{datetime.now():%Y%m%d%H%M%S}{(os.getpid() + seq) % 10000:04d}"
+
+
+async def _send(args: argparse.Namespace, *, topic: str, reply_to: str, correlate_by: str) -> int:
+    requests = read_requests(args.files)
+    if correlate_by == "msgid":
+        # One reply topic per run: the client listens on it, so every request names it.
+        reply_to = args.reply_to or str(requests[0].get("reply_to") or DEFAULT_REPLY_TO)
+        for r in requests:
+            r["reply_to"] = reply_to
+    if args.new_msgid and correlate_by == "msgid":
+        for i, r in enumerate(requests):
+            r["msgid"] = fresh_msgid(r, i)
+    failures = 0
+    async with GatewayClient(
+        args.bootstrap, reply_to=reply_to, request_topic=topic, namespace=args.namespace, correlate_by=correlate_by
+    ) as gw:
+        futures = [await gw.send(r) for r in requests]
+        for request, fut in zip(requests, futures, strict=True):
+            try:
+                answer = await asyncio.wait_for(fut, args.timeout)
+            except TimeoutError:
+                print(f"no answer to {request.get(correlate_by)} within {args.timeout:.0f}s", file=sys.stderr)
+                failures += 1
+                continue
+            print(json.dumps(answer, ensure_ascii=False, indent=None if args.compact else 2))
+            if answer.get("infcode", 0) != 0 or answer.get("accepted") is False:
+                failures += 1
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="yidi-gateway", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bootstrap", default=os.environ.get("YIDI_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
+    parser.add_argument("--namespace", default=os.environ.get("YIDI_NAMESPACE", ""))
+    parser.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for each answer")
+    parser.add_argument("--compact", action="store_true", help="one answer per line")
+    sub = parser.add_subparsers(dest="command", required=True)
+    send = sub.add_parser("send", help="send settlement requests (settlement.requests)")
+    send.add_argument("files", nargs="+")
+    send.add_argument("--reply-to", default=None, help="reply topic (default: each request's reply_to)")
+    send.add_argument("--new-msgid", action="store_true", help="give each request a fresh msgid")
+    filing = sub.add_parser("file", help="send filing requests (filing.requests)")
+    filing.add_argument("files", nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "send":
+            code = asyncio.run(_send(args, topic="settlement.requests", reply_to=DEFAULT_REPLY_TO, correlate_by="msgid"))
+        else:
+            args.new_msgid, args.reply_to = False, None
+            code = asyncio.run(_send(args, topic="filing.requests", reply_to="filing.results", correlate_by="reqid"))
+    except GatewayTimeout as exc:
+        print(exc, file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Send requests to Yidi over Kafka and wait for their answers, correlated by ``msgid``.
+
+FastStream's ``broker.request()`` does not work against a real broker, so the client does what
+a gateway does: it reads its reply topic (committed answers only) from the moment it starts,
+publishes requests keyed by ``psn_no``, and matches each answer to its request by ``msgid``
+(``reqid`` for filing results).
+
+    async with GatewayClient("127.0.0.1:19092") as gw:
+        answer = await gw.call(request_dict)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from yidi.contracts.envelope import DEFAULT_REPLY_TO
+
+
+class GatewayTimeout(TimeoutError):
+    """No answer came within the time allowed."""
+
+
+class GatewayClient:
+    def __init__(
+        self,
+        bootstrap: str = "127.0.0.1:19092",
+        *,
+        reply_to: str = DEFAULT_REPLY_TO,
+        request_topic: str = "settlement.requests",
+        namespace: str = "",
+        correlate_by: str = "msgid",
+        on_answer: Callable[[dict[str, Any], int], None] | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.reply_to = reply_to
+        self.request_topic = f"{namespace}{request_topic}"
+        self.reply_topic = f"{namespace}{reply_to}"
+        self.correlate_by = correlate_by
+        self.on_answer = on_answer
+        self.answer_counts: Counter[str] = Counter()
+        self._waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = defaultdict(list)
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> GatewayClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0)
+        await self._producer.start()
+        partitions = await self._producer.partitions_for(self.reply_topic)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            fetch_max_wait_ms=50,
+        )
+        await self._consumer.start()
+        tps = [TopicPartition(self.reply_topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the end offsets now, so no answer to a request sent next is missed
+            await self._consumer.position(tp)
+        self._reader = asyncio.create_task(self._read())
+
+    async def stop(self) -> None:
+        if self._reader:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._consumer:
+            await self._consumer.stop()
+        if self._producer:
+            await self._producer.stop()
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200)
+            for records in batch.values():
+                for record in records:
+                    try:
+                        answer = orjson.loads(record.value)
+                    except orjson.JSONDecodeError:
+                        continue
+                    key = str(answer.get(self.correlate_by, ""))
+                    self.answer_counts[key] += 1
+                    if self.on_answer:
+                        self.on_answer(answer, record.timestamp)
+                    for fut in self._waiting.pop(key, []):
+                        if not fut.done():
+                            fut.set_result(answer)
+
+    async def send(self, request: dict[str, Any], *, key: str | None = None) -> asyncio.Future[dict[str, Any]]:
+        """Publish ``request``; the returned future resolves with its answer."""
+        assert self._producer is not None, "start the client first"
+        correlation = str(request[self.correlate_by])
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation].append(fut)
+        if key is None:
+            data = request.get("input", {}).get("data", {}) if isinstance(request.get("input"), dict) else {}
+            key = str(data.get("psn_no") or request.get("psn_no") or "") or None
+        await self._producer.send_and_wait(
+            self.request_topic, orjson.dumps(request), key=key.encode() if key else None
+        )
+        return fut
+
+    async def send_raw(self, value: bytes, *, correlation: str, key: str | None = None) -> asyncio.Future[dict[str, Any]]:
+        """Publish bytes as they are (a malformed request, say) and wait for the answer to ``correlation``."""
+        assert self._producer is not None, "start the client first"
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation].append(fut)
+        await self._producer.send_and_wait(self.request_topic, value, key=key.encode() if key else None)
+        return fut
+
+    async def call(self, request: dict[str, Any], *, timeout: float = 15.0) -> dict[str, Any]:
+        """Send ``request`` and return its answer."""
+        fut = await self.send(request)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError as exc:
+            raise GatewayTimeout(
+                f"no answer to {self.correlate_by} {request.get(self.correlate_by)} within {timeout:.0f}s "
+                f"on {self.reply_topic}; are the services running?"
+            ) from exc

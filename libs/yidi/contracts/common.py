@@ -1,0 +1,64 @@
+"""Shared field types of the wire: amounts and ratios as two-decimal strings, dates, area codes."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, StringConstraints
+
+from yidi.domain.money import fmt, fmt_ratio, parse_amount, parse_ratio
+
+INF_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+RESPOND_TIME_FORMAT = "%Y%m%d%H%M%S%f"
+
+
+def _amount(value: object) -> Decimal:
+    if isinstance(value, float):
+        raise ValueError("amounts are strings with two decimals, never floats")
+    return parse_amount(value)  # type: ignore[arg-type]
+
+
+def _ratio(value: object) -> Decimal:
+    if isinstance(value, float):
+        raise ValueError("ratios are strings, never floats")
+    return parse_ratio(value)  # type: ignore[arg-type]
+
+
+def _quantity(value: object) -> Decimal:
+    if isinstance(value, float):
+        raise ValueError("quantities are strings, never floats")
+    number = Decimal(str(value))
+    if not number.is_finite() or number <= 0:
+        raise ValueError("a quantity is a positive number")
+    return number
+
+
+def _inf_time(value: object) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    return datetime.strptime(str(value), INF_TIME_FORMAT)
+
+
+Amount = Annotated[Decimal, BeforeValidator(_amount), PlainSerializer(fmt, return_type=str)]
+Ratio = Annotated[Decimal, BeforeValidator(_ratio), PlainSerializer(fmt_ratio, return_type=str)]
+Quantity = Annotated[Decimal, BeforeValidator(_quantity), PlainSerializer(lambda d: format(d, "f"), return_type=str)]
+InfTime = Annotated[
+    datetime, BeforeValidator(_inf_time), PlainSerializer(lambda d: d.strftime(INF_TIME_FORMAT), return_type=str)
+]
+Day = Annotated[date, PlainSerializer(lambda d: d.isoformat(), return_type=str)]
+AreaCode = Annotated[str, StringConstraints(pattern=r"^\d{6}$")]
+Code = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
+
+
+class WireModel(BaseModel):
+    """Base of wire models: unknown fields are kept (forward compatibility), values validated."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class StrictWireModel(WireModel):
+    """Reference-data records: an unknown field is a mistake of the feed, refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -1,0 +1,119 @@
+"""The request and response envelopes of CONTRACT.md."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from pydantic import Field
+
+from yidi.contracts.common import RESPOND_TIME_FORMAT, AreaCode, Code, InfTime, WireModel
+
+
+class Infno(StrEnum):
+    PERSON_INFO = "1101"
+    BENEFIT_CHECK = "2001"
+    OUTPATIENT_PRE_SETTLE = "2206"
+    OUTPATIENT_SETTLE = "2207"
+    OUTPATIENT_CANCEL = "2208"
+    INPATIENT_PRE_SETTLE = "2303"
+    INPATIENT_SETTLE = "2304"
+    INPATIENT_CANCEL = "2305"
+    REVERSAL = "2601"
+    RECONCILE_TOTALS = "3201"
+
+    @property
+    def is_pre_settlement(self) -> bool:
+        return self in (Infno.OUTPATIENT_PRE_SETTLE, Infno.INPATIENT_PRE_SETTLE)
+
+    @property
+    def is_settlement(self) -> bool:
+        return self in (Infno.OUTPATIENT_SETTLE, Infno.INPATIENT_SETTLE)
+
+    @property
+    def prices_a_bill(self) -> bool:
+        return self.is_pre_settlement or self.is_settlement
+
+    @property
+    def is_cancellation(self) -> bool:
+        return self in (Infno.OUTPATIENT_CANCEL, Infno.INPATIENT_CANCEL)
+
+    @property
+    def is_inpatient(self) -> bool:
+        return self in (Infno.INPATIENT_PRE_SETTLE, Infno.INPATIENT_SETTLE, Infno.INPATIENT_CANCEL)
+
+
+class ErrCode(StrEnum):
+    INVALID_INPUT = "INVALID_INPUT"
+    NOT_INSURED = "NOT_INSURED"
+    NOT_FILED = "NOT_FILED"
+    NOT_QUALIFIED = "NOT_QUALIFIED"
+    REGION_UNAVAILABLE = "REGION_UNAVAILABLE"
+    MODIFIED_REQUEST = "MODIFIED_REQUEST"
+    UNKNOWN_FACILITY = "UNKNOWN_FACILITY"
+    NOT_FOUND = "NOT_FOUND"
+    NO_POLICY = "NO_POLICY"
+    UNSUPPORTED = "UNSUPPORTED"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+DEFAULT_REPLY_TO = "settlement.results"
+
+
+class RequestEnvelope(WireModel):
+    """One request from a hospital gateway (key = ``psn_no`` when the input has one)."""
+
+    infno: Infno
+    msgid: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    mdtrtarea_admvs: AreaCode
+    insuplc_admdvs: AreaCode | None = None
+    infver: str = "V1.0"
+    opter_type: str = "1"
+    opter: str = ""
+    opter_name: str = ""
+    inf_time: InfTime
+    fixmedins_code: Code
+    fixmedins_name: str = ""
+    reply_to: str = Field(default=DEFAULT_REPLY_TO, pattern=r"^[A-Za-z0-9._\-]{1,200}$")
+    input: dict[str, Any]
+
+    @property
+    def data(self) -> dict[str, Any]:
+        data = self.input.get("data")
+        return data if isinstance(data, dict) else {}
+
+    def payload_hash(self) -> str:
+        """Hash of the canonical payload: what the request asks, not when or where it is answered.
+
+        ``msgid`` + this hash is the idempotency key: the same msgid with another hash is a
+        modified request (ARCHITECTURE.md).
+        """
+        canonical = {
+            "infno": self.infno.value,
+            "mdtrtarea_admvs": self.mdtrtarea_admvs,
+            "insuplc_admdvs": self.insuplc_admdvs,
+            "fixmedins_code": self.fixmedins_code,
+            "input": self.input,
+        }
+        return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def respond_time(moment: datetime) -> str:
+    return moment.strftime(RESPOND_TIME_FORMAT)[:17]
+
+
+class ResponseEnvelope(WireModel):
+    """The one answer to one request (key = ``fixmedins_code``)."""
+
+    infcode: int
+    inf_refmsgid: str
+    refmsg_time: str
+    respond_time: str
+    msgid: str
+    infno: str = ""
+    err_code: ErrCode | None = None
+    err_msg: str = ""
+    output: dict[str, Any] = Field(default_factory=dict)

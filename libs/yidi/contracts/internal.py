@@ -1,0 +1,76 @@
+"""Messages between the services (settlement.eligible, settlement.priced); never seen by gateways."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from yidi.contracts.common import Amount, WireModel
+from yidi.contracts.envelope import ErrCode, RequestEnvelope, ResponseEnvelope
+from yidi.domain.codes import FilingCategory
+from yidi.domain.money import ZERO
+
+
+class Refusal(WireModel):
+    err_code: ErrCode
+    err_msg: str
+
+
+class PersonSnapshot(WireModel):
+    psn_no: str
+    psn_name: str
+    psn_type: str
+    insutype: str
+    insuplc_admdvs: str
+    acct_balc: Amount = ZERO
+    acct_version: str = ""
+    qualifications: list[str] = Field(default_factory=list)
+
+
+class EligibleWork(WireModel):
+    """eligibility → pricing: the request with the terms eligibility established, or its refusal."""
+
+    request: RequestEnvelope
+    request_hash: str
+    request_ts_ms: int
+    refusal: Refusal | None = None
+    person: PersonSnapshot | None = None
+    facility_level: int = 0
+    basis: str = ""
+    filing_id: str = ""
+    filing_category: FilingCategory | None = None
+
+
+class WorkKind(StrEnum):
+    SETTLE = "settle"
+    CANCEL = "cancel"
+
+
+class LedgerFacts(WireModel):
+    """What clearing records of a settlement, beside the answer itself."""
+
+    setl_id: str
+    psn_no: str
+    mdtrt_id: str
+    insuplc_admdvs: str
+    mdtrtarea_admvs: str
+    fixmedins_code: str
+    setlym: str
+    medfee_sumamt: Amount
+    fund_pay_sumamt: Amount
+    acct_pay: Amount
+    psn_cash_pay: Amount
+
+
+class PricedWork(WireModel):
+    """pricing → clearing: a settlement to record, or a cancellation to apply, with its answer."""
+
+    kind: WorkKind
+    request: RequestEnvelope
+    request_hash: str
+    request_ts_ms: int
+    answer: ResponseEnvelope
+    facts: LedgerFacts | None = None
+    # For a cancellation or reversal: the settlement being undone.
+    target_setl_id: str = ""

@@ -1,0 +1,175 @@
+"""Reference feeds: persons, facilities, policies, catalogue items (refdata.* topics).
+
+Each record maps to a frozen domain object with ``to_domain``; a record that does not map is
+refused whole when loaded (a bad policy is never half-applied).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from pydantic import Field, model_validator
+
+from yidi.contracts.common import Amount, AreaCode, Code, Ratio, StrictWireModel
+from yidi.domain.catalogue import CatalogueItem
+from yidi.domain.codes import ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType
+from yidi.domain.eligibility import Facility, Person
+from yidi.domain.money import ZERO
+from yidi.domain.policy import BenefitPolicy, BenefitRule, DeductibleScope, Layer
+
+
+class PersonRecord(StrictWireModel):
+    """A person's insurance as the insured region publishes it (key = ``psn_no``)."""
+
+    psn_no: Code
+    psn_name: str
+    certno: str = ""
+    insuplc_admdvs: AreaCode
+    insutype: InsuranceType
+    psn_type: PersonType
+    active: bool = True
+    chronic_qualifications: list[str] = Field(default_factory=list, description="ICD-10 codes or prefixes, R14")
+    acct_balc: Amount = ZERO
+    acct_version: str = Field(default="", description="changes whenever the region restates the balance")
+    qualifications: list[str] = Field(default_factory=list, description="civil_servant, medical_assistance")
+    updated_at: str = Field(default="", description="the region's timestamp of this record")
+
+    def to_domain(self) -> Person:
+        return Person(
+            psn_no=self.psn_no,
+            name=self.psn_name,
+            insured_region=self.insuplc_admdvs,
+            insutype=self.insutype,
+            person_type=self.psn_type,
+            active=self.active,
+            chronic_qualifications=frozenset(self.chronic_qualifications),
+            account_balance=self.acct_balc,
+            account_version=self.acct_version,
+            qualifications=frozenset(self.qualifications),
+        )
+
+
+class FacilityRecord(StrictWireModel):
+    """A designated facility (key = ``fixmedins_code``)."""
+
+    fixmedins_code: Code
+    fixmedins_name: str
+    admdvs: AreaCode
+    level: int = Field(ge=1, le=3)
+    med_types: list[MedType]
+
+    def to_domain(self) -> Facility:
+        return Facility(self.fixmedins_code, self.fixmedins_name, self.admdvs, self.level, frozenset(self.med_types))
+
+
+class CatalogueRecord(StrictWireModel):
+    """One version of one catalogue item of a treating region (key = region + code)."""
+
+    mdtrtarea_admvs: AreaCode
+    hilist_code: Code
+    hilist_name: str
+    chrgitm_lv: ChargeClass
+    selfpay_prop: Ratio = ZERO
+    pric_uplmt_amt: Amount | None = None
+    begndate: date
+    enddate: date | None = None
+
+    def to_domain(self) -> CatalogueItem:
+        return CatalogueItem(
+            region=self.mdtrtarea_admvs,
+            code=self.hilist_code,
+            name=self.hilist_name,
+            charge_class=self.chrgitm_lv,
+            selfpay_prop=self.selfpay_prop,
+            price_ceiling=self.pric_uplmt_amt,
+            effective_from=self.begndate,
+            effective_to=self.enddate,
+        )
+
+
+class BenefitRuleRecord(StrictWireModel):
+    med_types: list[MedType] = Field(min_length=1)
+    psn_types: list[PersonType] = Field(default_factory=list)
+    facility_levels: list[int] = Field(default_factory=list)
+    deductible: Amount
+    deductible_scope: DeductibleScope = DeductibleScope.YEAR
+    deductible_bucket: str = "default"
+    ratio: Ratio
+
+
+class LayerRecord(StrictWireModel):
+    fund_type: FundType
+    threshold: Amount
+    ratio: Ratio
+    annual_cap: Amount | None = None
+    requires: str = ""
+
+
+class PolicyRecord(StrictWireModel):
+    """One version of an insured region's policy for one insurance type (key = region + insutype)."""
+
+    insuplc_admdvs: AreaCode
+    insutype: InsuranceType
+    version: str = Field(min_length=1, max_length=40)
+    begndate: date
+    rules: list[BenefitRuleRecord] = Field(min_length=1)
+    annual_cap: Amount | None = None
+    outpatient_quota: Amount | None = None
+    quota_med_types: list[MedType] = Field(default_factory=lambda: [MedType.GENERAL_OUTPATIENT])
+    reductions: dict[FilingCategory, Ratio] = Field(default_factory=dict)
+    first_selfpay: dict[FilingCategory, Ratio] = Field(default_factory=dict)
+    layers: list[LayerRecord] = Field(default_factory=list)
+    account_payable: bool = True
+
+    @model_validator(mode="after")
+    def _domain_accepts_it(self) -> PolicyRecord:
+        self.to_domain()  # raises PolicyError (a ValueError) for a policy R11 does not allow
+        return self
+
+    def to_domain(self) -> BenefitPolicy:
+        return BenefitPolicy(
+            region=self.insuplc_admdvs,
+            insutype=self.insutype,
+            version=self.version,
+            effective_from=self.begndate,
+            rules=tuple(
+                BenefitRule(
+                    med_types=frozenset(r.med_types),
+                    deductible=r.deductible,
+                    ratio=r.ratio,
+                    person_types=frozenset(r.psn_types),
+                    facility_levels=frozenset(r.facility_levels),
+                    deductible_scope=r.deductible_scope,
+                    deductible_bucket=r.deductible_bucket,
+                )
+                for r in self.rules
+            ),
+            annual_cap=self.annual_cap,
+            outpatient_quota=self.outpatient_quota,
+            quota_med_types=frozenset(self.quota_med_types),
+            reductions=dict(self.reductions),
+            first_selfpay=dict(self.first_selfpay),
+            layers=tuple(
+                Layer(l.fund_type, l.threshold, l.ratio, l.annual_cap, l.requires) for l in self.layers
+            ),
+            account_payable=self.account_payable,
+        )
+
+
+class RegionStatusRecord(StrictWireModel):
+    """An outage or maintenance window of a region (R19) on platform.region-status (key = ``admdvs``)."""
+
+    status_id: Code
+    admdvs: AreaCode
+    starts_at: datetime
+    ends_at: datetime
+    reason: str = ""
+    cancelled: bool = False
+
+    @model_validator(mode="after")
+    def _window_is_ordered(self) -> RegionStatusRecord:
+        if self.starts_at.tzinfo is None or self.ends_at.tzinfo is None:
+            raise ValueError("starts_at and ends_at carry a time zone, e.g. 2026-11-23T02:00:00+08:00")
+        if self.ends_at <= self.starts_at:
+            raise ValueError("ends_at comes after starts_at")
+        return self

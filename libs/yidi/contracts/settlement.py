@@ -1,0 +1,165 @@
+"""Bodies of settlement requests and answers (2206/2207/2208, 2303/2304/2305, 2601, 1101, 2001)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from yidi.contracts.common import Amount, Code, Quantity, Ratio, WireModel
+from yidi.domain.codes import InsuranceType, MedType
+from yidi.domain.money import ZERO, to_fen
+
+
+class FeeDetail(WireModel):
+    feedetl_sn: Code
+    hilist_code: Code
+    hilist_name: str = ""
+    cnt: Quantity
+    pric: Amount
+    det_item_fee_sumamt: Amount
+
+    @model_validator(mode="after")
+    def _amount_is_count_times_price(self) -> FeeDetail:
+        if to_fen(self.cnt * self.pric) != self.det_item_fee_sumamt:
+            raise ValueError(
+                f"fee detail {self.feedetl_sn}: det_item_fee_sumamt {self.det_item_fee_sumamt} "
+                f"is not cnt × pric = {to_fen(self.cnt * self.pric)}"
+            )
+        return self
+
+
+class SettlementInput(WireModel):
+    """A bill to settle or pre-settle; the fee details travel inside the request."""
+
+    psn_no: Code
+    mdtrt_cert_type: Literal["01", "02", "03"] = "02"
+    mdtrt_cert_no: str = ""
+    insutype: InsuranceType
+    med_type: MedType
+    mdtrt_id: Code
+    begntime: str = ""
+    endtime: str = ""
+    dise_codg: str = ""
+    dise_name: str = ""
+    acct_used_flag: Literal["0", "1"] = "0"
+    medfee_sumamt: Amount
+    feedetail: list[FeeDetail] = Field(min_length=1, max_length=2000)
+
+    @model_validator(mode="after")
+    def _total_is_sum_of_details(self) -> SettlementInput:
+        total = sum((d.det_item_fee_sumamt for d in self.feedetail), ZERO)
+        if total != self.medfee_sumamt:
+            raise ValueError(f"medfee_sumamt {self.medfee_sumamt} is not the sum of the details {total}")
+        if len({d.feedetl_sn for d in self.feedetail}) != len(self.feedetail):
+            raise ValueError("feedetl_sn repeats within the bill")
+        return self
+
+
+class CancelInput(WireModel):
+    psn_no: Code
+    mdtrt_id: Code
+    setl_id: Code
+
+
+class ReversalInput(WireModel):
+    psn_no: Code
+    omsgid: Code
+    oinfno: Literal["2207", "2304"]
+
+
+class PersonQueryInput(WireModel):
+    """1101 person info and 2001 benefit check."""
+
+    psn_no: Code
+    insutype: InsuranceType | None = None
+    med_type: MedType | None = None
+    dise_codg: str = ""
+
+
+class SetlInfo(WireModel):
+    mdtrt_id: str
+    setl_id: str
+    psn_no: str
+    psn_name: str
+    insutype: str
+    psn_type: str
+    med_type: str
+    setl_time: str
+    medfee_sumamt: Amount
+    fulamt_ownpay_amt: Amount
+    overlmt_selfpay: Amount
+    preselfpay_amt: Amount
+    inscp_scp_amt: Amount
+    act_pay_dedc: Amount
+    hifp_pay: Amount
+    pool_prop_selfpay: Ratio
+    cvlserv_pay: Amount
+    hifes_pay: Amount = ZERO
+    hifmi_pay: Amount
+    hifob_pay: Amount
+    maf_pay: Amount
+    oth_pay: Amount = ZERO
+    fund_pay_sumamt: Amount
+    psn_part_amt: Amount
+    acct_pay: Amount
+    psn_cash_pay: Amount
+    hosp_part_amt: Amount
+    balc: Amount
+    clr_optins: str
+    clr_way: str
+    clr_type: str
+
+
+class SetlDetail(WireModel):
+    fund_pay_type: str
+    fund_pay_type_name: str
+    inscp_scp_amt: Amount
+    crt_payb_lmt_amt: Amount | None = None
+    fund_payamt: Amount
+    setl_proc_info: str
+
+
+class FeeDetailResult(WireModel):
+    feedetl_sn: str
+    hilist_code: str
+    chrgitm_lv: str
+    selfpay_prop: Ratio
+    pric_uplmt_amt: Amount | None = None
+    fulamt_ownpay_amt: Amount
+    overlmt_selfpay: Amount
+    preselfpay_amt: Amount
+    inscp_scp_amt: Amount
+    memo: str = ""
+
+
+class SettlementOutput(WireModel):
+    setlinfo: SetlInfo
+    setldetail: list[SetlDetail]
+    feedetail: list[FeeDetailResult]
+
+
+def amounts_identities_hold(info: SetlInfo) -> bool:
+    """The three amount identities of DOMAIN.md, to the fen."""
+    funds = info.hifp_pay + info.hifmi_pay + info.hifob_pay + info.cvlserv_pay + info.maf_pay + info.oth_pay
+    return (
+        info.medfee_sumamt
+        == info.fulamt_ownpay_amt + info.overlmt_selfpay + info.preselfpay_amt + info.inscp_scp_amt
+        and info.fund_pay_sumamt == funds
+        and info.psn_part_amt == info.medfee_sumamt - info.fund_pay_sumamt - info.hosp_part_amt
+        and info.psn_part_amt == info.acct_pay + info.psn_cash_pay
+    )
+
+
+__all__ = [
+    "CancelInput",
+    "FeeDetail",
+    "FeeDetailResult",
+    "PersonQueryInput",
+    "ReversalInput",
+    "SetlDetail",
+    "SetlInfo",
+    "SettlementInput",
+    "SettlementOutput",
+    "amounts_identities_hold",
+]

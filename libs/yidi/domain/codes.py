@@ -1,0 +1,102 @@
+"""Code lists of the national interface that the rules branch on."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class MedType(StrEnum):
+    """Medical category (``med_type``)."""
+
+    GENERAL_OUTPATIENT = "11"
+    EMERGENCY = "13"
+    CHRONIC_OUTPATIENT = "14"
+    INPATIENT = "21"
+    EMERGENCY_TO_INPATIENT = "24"
+    PHARMACY = "41"
+
+    @property
+    def is_inpatient(self) -> bool:
+        return self in (MedType.INPATIENT, MedType.EMERGENCY_TO_INPATIENT)
+
+    @property
+    def is_emergency(self) -> bool:
+        return self in (MedType.EMERGENCY, MedType.EMERGENCY_TO_INPATIENT)
+
+
+class InsuranceType(StrEnum):
+    """Insurance type (``insutype``)."""
+
+    EMPLOYEE = "310"
+    RESIDENT = "390"
+
+
+class PersonType(StrEnum):
+    """Person type (``psn_type``); illustrative codes, documented in docs/reference-data.md."""
+
+    IN_SERVICE = "11"
+    RETIRED = "12"
+    RESIDENT = "21"
+
+
+class ChargeClass(StrEnum):
+    """Catalogue class (``chrgitm_lv``): A fully in scope, B with a first self-pay share, C self-paid."""
+
+    A = "01"
+    B = "02"
+    C = "03"
+
+
+class FilingCategory(StrEnum):
+    """Filing categories (R4): three long-term, three temporary, and the two-group mode's pair."""
+
+    RETIREE_RESETTLED = "retiree_resettled"
+    LONG_TERM_RESIDENT = "long_term_resident"
+    POSTED_WORKER = "posted_worker"
+    REFERRAL = "referral"
+    EMERGENCY = "emergency"
+    TEMPORARY_OTHER = "temporary_other"
+    # Two-group mode of some provinces (R4).
+    LONG_TERM = "long_term"
+    TEMPORARY = "temporary"
+
+    @property
+    def is_long_term(self) -> bool:
+        return self in LONG_TERM_CATEGORIES
+
+
+LONG_TERM_CATEGORIES = frozenset(
+    {
+        FilingCategory.RETIREE_RESETTLED,
+        FilingCategory.LONG_TERM_RESIDENT,
+        FilingCategory.POSTED_WORKER,
+        FilingCategory.LONG_TERM,
+    }
+)
+
+
+class FundType(StrEnum):
+    """Fund payment types (``fund_pay_type``) of the national code list."""
+
+    EMPLOYEE_POOLED = "310100"
+    EMPLOYEE_ACCOUNT = "310200"
+    CIVIL_SERVANT = "320100"
+    EMPLOYEE_LARGE_AMOUNT = "330100"
+    RESIDENT_POOLED = "390100"
+    RESIDENT_SERIOUS_ILLNESS = "390200"
+    MEDICAL_ASSISTANCE = "610100"
+
+
+FUND_NAMES: dict[FundType, str] = {
+    FundType.EMPLOYEE_POOLED: "employee basic medical insurance pooled fund",
+    FundType.EMPLOYEE_ACCOUNT: "employee individual account",
+    FundType.CIVIL_SERVANT: "civil-servant medical subsidy",
+    FundType.EMPLOYEE_LARGE_AMOUNT: "employee large-amount medical subsidy",
+    FundType.RESIDENT_POOLED: "resident basic medical insurance fund",
+    FundType.RESIDENT_SERIOUS_ILLNESS: "resident serious-illness insurance",
+    FundType.MEDICAL_ASSISTANCE: "medical assistance fund",
+}
+
+
+def pooled_fund_for(insutype: InsuranceType) -> FundType:
+    return FundType.EMPLOYEE_POOLED if insutype is InsuranceType.EMPLOYEE else FundType.RESIDENT_POOLED

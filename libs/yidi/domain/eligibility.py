@@ -1,0 +1,225 @@
+"""Who may settle where, and on which terms (R2, R4–R10, R14, R17, R19, R20).
+
+``decide`` is the whole rule: it takes the person's insurance, their filings, the facility,
+the insured region's status and the time, and returns either the terms of the settlement or
+a refusal a cashier can act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from yidi.domain.codes import FilingCategory, InsuranceType, MedType, PersonType
+from yidi.domain.money import ZERO
+
+
+class Refusal(StrEnum):
+    NOT_INSURED = "NOT_INSURED"
+    NOT_FILED = "NOT_FILED"
+    NOT_QUALIFIED = "NOT_QUALIFIED"
+    REGION_UNAVAILABLE = "REGION_UNAVAILABLE"
+    UNKNOWN_FACILITY = "UNKNOWN_FACILITY"
+
+
+class Basis(StrEnum):
+    """Why the person may settle here."""
+
+    FILED = "filed"
+    EMERGENCY = "emergency"  # R5: emergency rescue counts as filed
+    WAIVED = "waived"  # R17: filing waived inside a province
+    HOME = "home"  # treated in the insured region itself (R10, long-term filed persons too)
+
+
+# R14: the five chronic and special outpatient diseases settled across provinces, by ICD-10 prefix.
+CROSS_PROVINCE_CHRONIC: dict[str, tuple[str, ...]] = {
+    "hypertension": ("I10", "I11", "I12", "I13", "I15"),
+    "diabetes": ("E10", "E11", "E12", "E13", "E14"),
+    "malignant tumour chemo/radiotherapy": ("C",),
+    "uraemia dialysis": ("N18", "N19"),
+    "anti-rejection after organ transplant": ("Z94",),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    psn_no: str
+    name: str
+    insured_region: str
+    insutype: InsuranceType
+    person_type: PersonType
+    active: bool
+    chronic_qualifications: frozenset[str] = frozenset()
+    account_balance: Decimal = ZERO
+    account_version: str = ""
+    qualifications: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Facility:
+    code: str
+    name: str
+    region: str
+    level: int
+    med_types: frozenset[MedType]
+
+
+class FilingStatus(StrEnum):
+    ACTIVE = "active"
+    PENDING = "pending"
+    REFUSED = "refused"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class Filing:
+    filing_id: str
+    psn_no: str
+    insutype: InsuranceType
+    insured_region: str
+    filed_region: str
+    category: FilingCategory
+    begin: date
+    end: date | None
+    status: FilingStatus = FilingStatus.ACTIVE
+
+    def valid_on(self, day: date) -> bool:
+        """R7: long-term until changed (``end`` None), temporary until its end date."""
+        return (
+            self.status is FilingStatus.ACTIVE
+            and self.begin <= day
+            and (self.end is None or day <= self.end)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outage:
+    region: str
+    start: datetime
+    end: datetime
+    reason: str = ""
+
+    def covers(self, moment: datetime) -> bool:
+        return self.start <= moment < self.end
+
+
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """What the settlement request says about the care."""
+
+    treating_region: str
+    insured_region: str
+    insutype: InsuranceType
+    med_type: MedType
+    on: date
+    disease_code: str = ""
+    filing_waived_in_province: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Eligible:
+    basis: Basis
+    filing: Filing | None
+
+    @property
+    def category(self) -> FilingCategory | None:
+        return self.filing.category if self.filing and self.basis is Basis.FILED else None
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    code: Refusal
+    message: str
+
+
+Decision = Eligible | Refused
+
+
+def province_of(region: str) -> str:
+    return region[:2]
+
+
+def chronic_disease_of(code: str) -> str | None:
+    """R14: the cross-province chronic disease a diagnosis code belongs to, if any."""
+    for disease, prefixes in CROSS_PROVINCE_CHRONIC.items():
+        if any(code.upper().startswith(p) for p in prefixes):
+            return disease
+    return None
+
+
+def decide(
+    visit: Visit,
+    person: Person | None,
+    facility: Facility | None,
+    filings: Iterable[Filing],
+    outages: Iterable[Outage],
+    now: datetime,
+) -> Decision:
+    """R20: read the person's insurance, establish the filing and the benefit level."""
+    if facility is None or facility.region != visit.treating_region:
+        return Refused(
+            Refusal.UNKNOWN_FACILITY,
+            f"This facility is not a networked facility of region {visit.treating_region}; "
+            "check the facility code configured in the gateway.",
+        )
+    if visit.med_type not in facility.med_types:
+        return Refused(
+            Refusal.UNKNOWN_FACILITY,
+            f"This facility is not networked for medical category {visit.med_type.value}; "
+            "settle the bill in cash and give the patient the receipts for a claim at home.",
+        )
+    for outage in outages:
+        if outage.region == visit.insured_region and outage.covers(now):
+            return Refused(
+                Refusal.REGION_UNAVAILABLE,
+                f"Insured region {visit.insured_region} is unavailable until "
+                f"{outage.end:%Y-%m-%d %H:%M}{' (' + outage.reason + ')' if outage.reason else ''}; "
+                "the patient pays now and may settle again after it resumes (R19).",
+            )
+    if (
+        person is None
+        or not person.active
+        or person.insured_region != visit.insured_region
+        or person.insutype != visit.insutype
+    ):
+        return Refused(
+            Refusal.NOT_INSURED,
+            f"No active {visit.insutype.value} insurance in region {visit.insured_region} for this person; "
+            "check the credential and the insured region, or settle in cash.",
+        )
+    if visit.med_type is MedType.CHRONIC_OUTPATIENT:
+        disease = chronic_disease_of(visit.disease_code)
+        held = any(visit.disease_code.upper().startswith(q.upper()) for q in person.chronic_qualifications)
+        if disease is None or not held:
+            return Refused(
+                Refusal.NOT_QUALIFIED,
+                f"The person holds no qualification at home for {visit.disease_code or 'this disease'} "
+                "among the chronic and special diseases settled across regions (R14); settle as general "
+                "outpatient or in cash.",
+            )
+    if visit.treating_region == visit.insured_region:
+        return Eligible(Basis.HOME, None)
+    valid = [
+        f
+        for f in filings
+        if f.filed_region == visit.treating_region
+        and f.insured_region == visit.insured_region
+        and f.insutype == visit.insutype
+        and f.valid_on(visit.on)
+    ]
+    if valid:
+        # Long-term filings first: they carry no reduction (R10, R11).
+        valid.sort(key=lambda f: (not f.category.is_long_term, f.begin))
+        return Eligible(Basis.FILED, valid[0])
+    if visit.med_type.is_emergency:
+        return Eligible(Basis.EMERGENCY, None)  # R5
+    if visit.filing_waived_in_province and province_of(visit.treating_region) == province_of(visit.insured_region):
+        return Eligible(Basis.WAIVED, None)  # R17
+    return Refused(
+        Refusal.NOT_FILED,
+        f"No valid filing for region {visit.treating_region} on {visit.on:%Y-%m-%d}; the person may file now "
+        "(online or by phone) and settle directly before discharge (R6), or pay and claim at home.",
+    )

@@ -1,0 +1,85 @@
+"""Filing rules (R4, R7, R8, R9, R21): what a filing request becomes, or why it is refused."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import date
+
+from yidi.domain.codes import FilingCategory, InsuranceType
+from yidi.domain.eligibility import Filing, FilingStatus
+
+TEMPORARY_MIN_MONTHS = 6  # R7
+MAX_LOCK_MONTHS = 6  # R8
+
+
+def add_months(day: date, months: int) -> date:
+    month = day.month - 1 + months
+    year, month = day.year + month // 12, month % 12 + 1
+    days_in_month = [31, 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+    return date(year, month, min(day.day, days_in_month[month - 1]))
+
+
+@dataclass(frozen=True, slots=True)
+class FilingAsk:
+    filing_id: str
+    psn_no: str
+    insutype: InsuranceType
+    insured_region: str
+    filed_region: str
+    category: FilingCategory
+    begin: date
+    end: date | None
+    takes_effect_at_once: bool
+
+
+class FilingRefused(ValueError):
+    """A filing request the rules do not allow; the reason is for the person."""
+
+
+def new_filing(ask: FilingAsk) -> Filing:
+    """R4, R7, R9, R21: a filing is to a region; temporary ones last at least six months."""
+    if ask.filed_region == ask.insured_region:
+        raise FilingRefused("a filing names a region other than the insured region")
+    end = ask.end
+    if ask.category.is_long_term:
+        end = None  # R7: valid until changed or until the insurance status changes
+    else:
+        earliest_end = add_months(ask.begin, TEMPORARY_MIN_MONTHS)
+        if end is None or end < earliest_end:
+            end = earliest_end  # R7: at least six months
+    if end is not None and end < ask.begin:
+        raise FilingRefused("the filing ends before it begins")
+    return Filing(
+        filing_id=ask.filing_id,
+        psn_no=ask.psn_no,
+        insutype=ask.insutype,
+        insured_region=ask.insured_region,
+        filed_region=ask.filed_region,
+        category=ask.category,
+        begin=ask.begin,
+        end=end,
+        status=FilingStatus.ACTIVE if ask.takes_effect_at_once else FilingStatus.PENDING,
+    )
+
+
+def change_filing(current: Filing, ask: FilingAsk, *, today: date, lock_months: int, filed_on: date) -> Filing:
+    """R8: a region may lock a filing against change for at most six months."""
+    _check_unlocked(current, today=today, lock_months=lock_months, filed_on=filed_on)
+    changed = new_filing(replace(ask, filing_id=current.filing_id))
+    return replace(changed, status=current.status if current.status is not FilingStatus.CANCELLED else changed.status)
+
+
+def cancel_filing(current: Filing, *, today: date, lock_months: int, filed_on: date) -> Filing:
+    _check_unlocked(current, today=today, lock_months=lock_months, filed_on=filed_on)
+    if current.status is FilingStatus.CANCELLED:
+        return current
+    return replace(current, status=FilingStatus.CANCELLED)
+
+
+def _check_unlocked(current: Filing, *, today: date, lock_months: int, filed_on: date) -> None:
+    lock = min(lock_months, MAX_LOCK_MONTHS)  # R8: never more than six months
+    if lock and today < add_months(filed_on, lock):
+        raise FilingRefused(
+            f"the insured region locks a filing for {lock} months; it can be changed or cancelled "
+            f"from {add_months(filed_on, lock).isoformat()}"
+        )

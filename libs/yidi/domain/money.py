@@ -1,0 +1,57 @@
+"""Money is ``Decimal`` yuan, rounded to the fen (0.01) half up in exactly one place."""
+
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+FEN = Decimal("0.01")
+ZERO = Decimal("0.00")
+
+
+class MoneyError(ValueError):
+    """A value that cannot be an amount of money."""
+
+
+def to_fen(amount: Decimal) -> Decimal:
+    """Round to the fen, half up (DOMAIN.md calculation order, step 8)."""
+    return amount.quantize(FEN, rounding=ROUND_HALF_UP)
+
+
+def parse_amount(text: str | Decimal | int) -> Decimal:
+    """Parse a wire amount such as ``"48.89"``; refuse floats, NaN, infinities and sub-fen digits."""
+    if isinstance(text, float):
+        raise MoneyError("amounts are strings or decimals, never floats")
+    try:
+        value = Decimal(text)
+    except (InvalidOperation, TypeError) as exc:
+        raise MoneyError(f"not an amount: {text!r}") from exc
+    if not value.is_finite():
+        raise MoneyError(f"not a finite amount: {text!r}")
+    if value != to_fen(value):
+        raise MoneyError(f"amount has more than two decimals: {text!r}")
+    return to_fen(value)
+
+
+def parse_ratio(text: str | Decimal | int) -> Decimal:
+    """Parse a proportion in [0, 1] such as ``"0.80"``."""
+    if isinstance(text, float):
+        raise MoneyError("ratios are strings or decimals, never floats")
+    try:
+        value = Decimal(text)
+    except (InvalidOperation, TypeError) as exc:
+        raise MoneyError(f"not a ratio: {text!r}") from exc
+    if not value.is_finite() or not Decimal(0) <= value <= Decimal(1):
+        raise MoneyError(f"a ratio lies between 0 and 1: {text!r}")
+    return value
+
+
+def fmt(amount: Decimal) -> str:
+    """The wire form of an amount: two decimals, as a string."""
+    return str(to_fen(amount))
+
+
+def fmt_ratio(ratio: Decimal) -> str:
+    """The wire form of a ratio: at least two decimals (``0.80``), trailing zeros beyond kept minimal."""
+    text = format(ratio.normalize(), "f")
+    whole, _, frac = text.partition(".")
+    return f"{whole}.{frac.ljust(2, '0')}"

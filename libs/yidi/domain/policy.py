@@ -1,0 +1,160 @@
+"""The insured region's benefit policy (R1): deductibles, ratios, caps, quotas, reductions, layers.
+
+A policy is versioned by effective date. Every number differs between regions; the order of
+the calculation does not (DOMAIN.md), except where a policy option says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from enum import StrEnum
+
+from yidi.domain.codes import FilingCategory, FundType, InsuranceType, MedType, PersonType
+
+
+class PolicyError(ValueError):
+    """A policy that cannot be applied; it is refused when loaded, never half-applied."""
+
+
+class DeductibleScope(StrEnum):
+    YEAR = "year"
+    STAY = "stay"
+
+
+# R11: how far an insured region may lower the ratio for temporary trips.
+REDUCTION_LIMITS: dict[FilingCategory, Decimal] = {
+    FilingCategory.REFERRAL: Decimal("0.10"),
+    FilingCategory.EMERGENCY: Decimal("0.10"),
+    FilingCategory.TEMPORARY_OTHER: Decimal("0.20"),
+    # Two-group mode: a merged temporary group may not go below the strictest of its members'
+    # limits for referral and emergency care, so it is held to the referral limit.
+    FilingCategory.TEMPORARY: Decimal("0.10"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BenefitRule:
+    """Deductible and ratio for a kind of care; empty selectors match anything."""
+
+    med_types: frozenset[MedType]
+    deductible: Decimal
+    ratio: Decimal
+    person_types: frozenset[PersonType] = frozenset()
+    facility_levels: frozenset[int] = frozenset()
+    deductible_scope: DeductibleScope = DeductibleScope.YEAR
+    # Rules sharing a bucket share one year's deductible (e.g. all outpatient care).
+    deductible_bucket: str = "default"
+
+    def matches(self, med_type: MedType, person_type: PersonType, facility_level: int) -> bool:
+        return (
+            med_type in self.med_types
+            and (not self.person_types or person_type in self.person_types)
+            and (not self.facility_levels or facility_level in self.facility_levels)
+        )
+
+    @property
+    def specificity(self) -> int:
+        return (1 if self.person_types else 0) + (1 if self.facility_levels else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Layer:
+    """A further fund after the pooled fund (R18), paid above an annual threshold.
+
+    Its base is what the pooled fund left of the within-scope amount; the threshold and cap are
+    per person and year. ``requires`` names a person's qualification (``civil_servant``,
+    ``medical_assistance``), empty for a layer every insured person has.
+    """
+
+    fund_type: FundType
+    threshold: Decimal
+    ratio: Decimal
+    annual_cap: Decimal | None = None
+    requires: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BenefitPolicy:
+    """One version of an insured region's policy for one insurance type."""
+
+    region: str
+    insutype: InsuranceType
+    version: str
+    effective_from: date
+    rules: tuple[BenefitRule, ...]
+    annual_cap: Decimal | None = None
+    outpatient_quota: Decimal | None = None
+    quota_med_types: frozenset[MedType] = frozenset({MedType.GENERAL_OUTPATIENT})
+    reductions: dict[FilingCategory, Decimal] = field(default_factory=dict)
+    first_selfpay: dict[FilingCategory, Decimal] = field(default_factory=dict)
+    layers: tuple[Layer, ...] = ()
+    account_payable: bool = True
+
+    def __post_init__(self) -> None:
+        validate_policy(self)
+
+    def rule_for(self, med_type: MedType, person_type: PersonType, facility_level: int) -> BenefitRule:
+        candidates = [r for r in self.rules if r.matches(med_type, person_type, facility_level)]
+        if not candidates:
+            raise PolicyError(
+                f"policy {self.region}/{self.insutype.value} {self.version} has no benefit for "
+                f"med_type {med_type.value}, person type {person_type.value}, facility level {facility_level}"
+            )
+        return max(candidates, key=lambda r: r.specificity)
+
+    def reduction_for(self, category: FilingCategory | None) -> Decimal:
+        return self.reductions.get(category, Decimal(0)) if category else Decimal(0)
+
+    def first_selfpay_for(self, category: FilingCategory | None) -> Decimal:
+        return self.first_selfpay.get(category, Decimal(0)) if category else Decimal(0)
+
+
+def _check_ratio(name: str, value: Decimal) -> None:
+    if not Decimal(0) <= value <= Decimal(1):
+        raise PolicyError(f"{name} lies between 0 and 1, got {value}")
+
+
+def _check_amount(name: str, value: Decimal | None) -> None:
+    if value is not None and value < 0:
+        raise PolicyError(f"{name} is not negative, got {value}")
+
+
+def validate_policy(policy: BenefitPolicy) -> None:
+    """Refuse a policy the rules do not allow (R11 limits, ratios, amounts)."""
+    if not policy.rules:
+        raise PolicyError("a policy has at least one benefit rule")
+    for i, rule in enumerate(policy.rules):
+        if not rule.med_types:
+            raise PolicyError(f"benefit rule {i} names no med_type")
+        _check_ratio(f"benefit rule {i} ratio", rule.ratio)
+        _check_amount(f"benefit rule {i} deductible", rule.deductible)
+    _check_amount("annual_cap", policy.annual_cap)
+    _check_amount("outpatient_quota", policy.outpatient_quota)
+    for category, reduction in policy.reductions.items():
+        limit = REDUCTION_LIMITS.get(category)
+        if limit is None:
+            raise PolicyError(f"R11: no reduction is allowed for filing category {category.value}")
+        if not Decimal(0) <= reduction <= limit:
+            raise PolicyError(
+                f"R11: the reduction for {category.value} is at most {limit}, got {reduction}"
+            )
+    for category, share in policy.first_selfpay.items():
+        if category.is_long_term:
+            raise PolicyError(f"R12: first self-pay applies to temporary trips, not {category.value}")
+        _check_ratio(f"first self-pay for {category.value}", share)
+    for layer in policy.layers:
+        _check_ratio(f"layer {layer.fund_type.value} ratio", layer.ratio)
+        _check_amount(f"layer {layer.fund_type.value} threshold", layer.threshold)
+        _check_amount(f"layer {layer.fund_type.value} cap", layer.annual_cap)
+
+
+def policy_in_force(
+    versions: list[BenefitPolicy], region: str, insutype: InsuranceType, on: date
+) -> BenefitPolicy | None:
+    """The version of a region's policy in force on ``on``: the latest that has begun."""
+    candidates = [
+        p for p in versions if p.region == region and p.insutype == insutype and p.effective_from <= on
+    ]
+    return max(candidates, key=lambda p: p.effective_from, default=None)

@@ -1,0 +1,325 @@
+"""Pricing a bill: the treating region's catalogue, then the insured region's policy (R1).
+
+``price`` follows the calculation order of DOMAIN.md step by step and returns every amount of
+the national settlement output, one explanation per fund, and the change it makes to the
+person's accumulators. It commits nothing: the caller persists ``usage_delta`` (settlement) or
+throws it away (pre-settlement, 2206/2303).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+
+from yidi.domain.catalogue import Catalogue
+from yidi.domain.codes import (
+    FUND_NAMES,
+    ChargeClass,
+    FilingCategory,
+    FundType,
+    InsuranceType,
+    MedType,
+    PersonType,
+    pooled_fund_for,
+)
+from yidi.domain.money import ZERO, fmt, fmt_ratio, to_fen
+from yidi.domain.policy import BenefitPolicy, DeductibleScope
+
+# Accumulator counters, per person and year (the service keys them by person and year).
+POOLED_PAID = "pooled_paid"
+OUTPATIENT_QUOTA = "outpatient_quota"
+ACCOUNT_DRAWN = "account_drawn"
+
+
+def deductible_counter(bucket: str, scope: DeductibleScope, visit_id: str) -> str:
+    if scope is DeductibleScope.STAY:
+        return f"deductible:{bucket}:stay:{visit_id}"
+    return f"deductible:{bucket}"
+
+
+def layer_base_counter(fund: FundType) -> str:
+    return f"layer:{fund.value}:base"
+
+
+def layer_paid_counter(fund: FundType) -> str:
+    return f"layer:{fund.value}:paid"
+
+
+@dataclass(frozen=True, slots=True)
+class BillLine:
+    seq: str
+    code: str
+    name: str
+    count: Decimal
+    price: Decimal
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    visit_id: str
+    on: date
+    lines: tuple[BillLine, ...]
+
+    @property
+    def total(self) -> Decimal:
+        return sum((line.amount for line in self.lines), ZERO)
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """Who is settling, where, and on what terms (established by eligibility)."""
+
+    med_type: MedType
+    insutype: InsuranceType
+    person_type: PersonType
+    facility_level: int
+    # None: no filing applies (emergency rescue counted as filed, R5, or care at home).
+    filing_category: FilingCategory | None
+    use_account: bool = False
+    account_balance: Decimal = ZERO
+    qualifications: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class PricedItem:
+    seq: str
+    code: str
+    charge_class: ChargeClass | None
+    selfpay_prop: Decimal
+    price_ceiling: Decimal | None
+    fulamt_ownpay_amt: Decimal
+    overlmt_selfpay: Decimal
+    preselfpay_amt: Decimal
+    inscp_scp_amt: Decimal
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class FundPayment:
+    fund_type: FundType
+    base: Decimal
+    limit_left: Decimal | None
+    amount: Decimal
+    explanation: str
+
+    @property
+    def name(self) -> str:
+        return FUND_NAMES[self.fund_type]
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    items: tuple[PricedItem, ...]
+    medfee_sumamt: Decimal
+    fulamt_ownpay_amt: Decimal
+    overlmt_selfpay: Decimal
+    preselfpay_amt: Decimal
+    inscp_scp_amt: Decimal
+    act_pay_dedc: Decimal
+    ratio: Decimal
+    funds: tuple[FundPayment, ...]
+    psn_part_amt: Decimal
+    acct_pay: Decimal
+    psn_cash_pay: Decimal
+    account_balance_after: Decimal
+    usage_delta: Mapping[str, Decimal] = field(default_factory=dict)
+    hosp_part_amt: Decimal = ZERO
+
+    def paid_by(self, *fund_types: FundType) -> Decimal:
+        return sum((f.amount for f in self.funds if f.fund_type in fund_types), ZERO)
+
+    @property
+    def fund_pay_sumamt(self) -> Decimal:
+        return sum((f.amount for f in self.funds), ZERO)
+
+    @property
+    def hifp_pay(self) -> Decimal:
+        return self.paid_by(FundType.EMPLOYEE_POOLED, FundType.RESIDENT_POOLED)
+
+    @property
+    def hifmi_pay(self) -> Decimal:
+        return self.paid_by(FundType.RESIDENT_SERIOUS_ILLNESS)
+
+    @property
+    def hifob_pay(self) -> Decimal:
+        return self.paid_by(FundType.EMPLOYEE_LARGE_AMOUNT)
+
+    @property
+    def cvlserv_pay(self) -> Decimal:
+        return self.paid_by(FundType.CIVIL_SERVANT)
+
+    @property
+    def maf_pay(self) -> Decimal:
+        return self.paid_by(FundType.MEDICAL_ASSISTANCE)
+
+
+def price_items(bill: Bill, catalogue: Catalogue) -> tuple[PricedItem, ...]:
+    """Step 1 (R1): split each item by the treating region's catalogue, rounded item by item."""
+    priced = []
+    for line in bill.lines:
+        entry = catalogue.get(line.code)
+        if entry is None:
+            priced.append(
+                PricedItem(
+                    line.seq, line.code, None, ZERO, None, line.amount, ZERO, ZERO, ZERO,
+                    f"not in the catalogue of treating region {catalogue.region}: fully self-paid",
+                )
+            )
+            continue
+        if entry.charge_class is ChargeClass.C:
+            priced.append(
+                PricedItem(
+                    line.seq, line.code, entry.charge_class, ZERO, entry.price_ceiling,
+                    line.amount, ZERO, ZERO, ZERO, "class C: fully self-paid",
+                )
+            )
+            continue
+        over = ZERO
+        if entry.price_ceiling is not None and line.price > entry.price_ceiling:
+            over = min(line.amount, to_fen((line.price - entry.price_ceiling) * line.count))
+        remaining = line.amount - over
+        pre = to_fen(remaining * entry.selfpay_prop)
+        inscp = remaining - pre
+        notes = []
+        if over:
+            notes.append(f"price above the ceiling {fmt(entry.price_ceiling or ZERO)}: {fmt(over)} self-paid")
+        if pre:
+            notes.append(f"class B first self-pay {fmt_ratio(entry.selfpay_prop)}: {fmt(pre)}")
+        priced.append(
+            PricedItem(
+                line.seq, line.code, entry.charge_class, entry.selfpay_prop, entry.price_ceiling,
+                ZERO, over, pre, inscp,
+                "; ".join(notes) or f"class {entry.charge_class.name}: within scope",
+            )
+        )
+    return tuple(priced)
+
+
+def price(
+    bill: Bill,
+    catalogue: Catalogue,
+    policy: BenefitPolicy,
+    terms: Terms,
+    usage: Mapping[str, Decimal],
+) -> Pricing:
+    """Price one bill with the default calculation order of DOMAIN.md (steps 1–8)."""
+    items = price_items(bill, catalogue)
+    medfee = bill.total
+    fulamt = sum((i.fulamt_ownpay_amt for i in items), ZERO)
+    overlmt = sum((i.overlmt_selfpay for i in items), ZERO)
+    preselfpay = sum((i.preselfpay_amt for i in items), ZERO)
+    inscp = sum((i.inscp_scp_amt for i in items), ZERO)
+    delta: dict[str, Decimal] = {}
+    policy_name = f"policy {policy.region}/{policy.insutype.value} version {policy.version}"
+
+    # Step 2 (R12): first self-pay for temporary trips the policy marks.
+    first_share = policy.first_selfpay_for(terms.filing_category)
+    first_selfpay = to_fen(inscp * first_share)
+    preselfpay += first_selfpay
+    inscp -= first_selfpay
+
+    # Step 3: deductible left for this kind of care.
+    rule = policy.rule_for(terms.med_type, terms.person_type, terms.facility_level)
+    dedc_key = deductible_counter(rule.deductible_bucket, rule.deductible_scope, bill.visit_id)
+    dedc_left = max(ZERO, rule.deductible - usage.get(dedc_key, ZERO))
+    dedc = min(dedc_left, inscp)
+    if dedc:
+        delta[dedc_key] = dedc
+
+    # Step 4: ratio, lowered for the filing category (R11), never below 0.
+    reduction = policy.reduction_for(terms.filing_category)
+    ratio = max(Decimal(0), rule.ratio - reduction)
+    pooled = to_fen((inscp - dedc) * ratio)
+    steps = [f"within scope {fmt(inscp)}"]
+    if first_selfpay:
+        steps.append(
+            f"after first self-pay {fmt_ratio(first_share)} for {terms.filing_category.value if terms.filing_category else ''} "
+            f"({fmt(first_selfpay)}, R12)"
+        )
+    steps.append(f"less deductible {fmt(dedc)} of {fmt(rule.deductible)} ({rule.deductible_scope.value})")
+    ratio_text = f"ratio {fmt_ratio(rule.ratio)}"
+    if reduction:
+        ratio_text += f" lowered by {fmt_ratio(reduction)} for {terms.filing_category.value if terms.filing_category else ''} (R11)"
+    steps.append(f"× {ratio_text} = {fmt(pooled)}")
+
+    # Step 5: annual cap of the pooled fund, and the general-outpatient quota (R13).
+    limit_left: Decimal | None = None
+    if policy.annual_cap is not None:
+        cap_left = max(ZERO, policy.annual_cap - usage.get(POOLED_PAID, ZERO))
+        limit_left = cap_left
+        if pooled > cap_left:
+            steps.append(f"capped at what is left of the annual cap {fmt(policy.annual_cap)}: {fmt(cap_left)}")
+            pooled = cap_left
+    if policy.outpatient_quota is not None and terms.med_type in policy.quota_med_types:
+        quota_left = max(ZERO, policy.outpatient_quota - usage.get(OUTPATIENT_QUOTA, ZERO))
+        limit_left = quota_left if limit_left is None else min(limit_left, quota_left)
+        if pooled > quota_left:
+            steps.append(
+                f"capped at what is left of the outpatient quota {fmt(policy.outpatient_quota)}: {fmt(quota_left)} (R13)"
+            )
+            pooled = quota_left
+        if pooled:
+            delta[OUTPATIENT_QUOTA] = pooled
+    if pooled:
+        delta[POOLED_PAID] = pooled
+    pooled_fund = pooled_fund_for(terms.insutype)
+    funds = [
+        FundPayment(
+            pooled_fund, inscp, limit_left, pooled,
+            "; ".join(steps) + f"; {policy_name}, rule for med_type {terms.med_type.value} (R1, R20)",
+        )
+    ]
+
+    # Step 6 (R18): further layers on what the pooled fund left inside the scope.
+    rest = inscp - pooled
+    for layer in policy.layers:
+        if layer.requires and layer.requires not in terms.qualifications:
+            continue
+        base_key, paid_key = layer_base_counter(layer.fund_type), layer_paid_counter(layer.fund_type)
+        base_before = usage.get(base_key, ZERO)
+        above = max(ZERO, base_before + rest - max(layer.threshold, base_before))
+        pay = to_fen(above * layer.ratio)
+        cap_left = None
+        text = (
+            f"left within scope {fmt(rest)}; this year's base {fmt(base_before)} → {fmt(base_before + rest)}, "
+            f"above the threshold {fmt(layer.threshold)}: {fmt(above)} × ratio {fmt_ratio(layer.ratio)} = {fmt(pay)}"
+        )
+        if layer.annual_cap is not None:
+            cap_left = max(ZERO, layer.annual_cap - usage.get(paid_key, ZERO))
+            if pay > cap_left:
+                text += f"; capped at what is left of the annual cap {fmt(layer.annual_cap)}: {fmt(cap_left)}"
+                pay = cap_left
+        if rest:
+            delta[base_key] = rest
+        if pay:
+            delta[paid_key] = pay
+            funds.append(FundPayment(layer.fund_type, rest, cap_left, pay, text + f"; {policy_name} (R18)"))
+        rest -= pay
+
+    # Step 7 (R16): the person's part, the individual account first when allowed.
+    fund_sum = sum((f.amount for f in funds), ZERO)
+    psn_part = medfee - fund_sum
+    acct = ZERO
+    if terms.use_account and policy.account_payable:
+        acct = min(max(ZERO, terms.account_balance), psn_part)
+    if acct:
+        delta[ACCOUNT_DRAWN] = acct
+    return Pricing(
+        items=items,
+        medfee_sumamt=medfee,
+        fulamt_ownpay_amt=fulamt,
+        overlmt_selfpay=overlmt,
+        preselfpay_amt=preselfpay,
+        inscp_scp_amt=inscp,
+        act_pay_dedc=dedc,
+        ratio=ratio,
+        funds=tuple(funds),
+        psn_part_amt=psn_part,
+        acct_pay=acct,
+        psn_cash_pay=psn_part - acct,
+        account_balance_after=terms.account_balance - acct,
+        usage_delta=delta,
+    )

@@ -1,0 +1,1 @@
+"""Shared plumbing of the services: settings, Kafka, Postgres, Redis, metrics, errors."""

@@ -1,0 +1,91 @@
+"""Redis as a cache of versioned documents. Postgres is the truth; Redis down means slower, never wrong.
+
+Each entry is stored as ``<version>|<json>``. A write never replaces a newer version (a Lua
+compare-and-set), so a slow read-through that loaded an old document cannot overwrite what an
+event wrote after it. When Redis does not answer, a short circuit breaker skips it so every
+request does not wait for a timeout; callers then read Postgres.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+_PUT_IF_NEWER = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local v = tonumber(string.match(cur, '^(%d+)|'))
+  if v and v > tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'EX', tonumber(ARGV[3]))
+return 1
+"""
+
+
+class CacheUnavailable(Exception):
+    """Redis did not answer; read the truth instead."""
+
+
+class VersionedCache:
+    def __init__(self, url: str, *, ttl_seconds: int, prefix: str, breaker_seconds: float = 1.0) -> None:
+        self._redis = aioredis.from_url(
+            url, socket_timeout=0.25, socket_connect_timeout=0.25, retry_on_timeout=False
+        )
+        self._ttl = ttl_seconds
+        self._prefix = prefix
+        self._breaker_seconds = breaker_seconds
+        self._down_until = 0.0
+        self._put = self._redis.register_script(_PUT_IF_NEWER)
+
+    def _key(self, key: str) -> str:
+        return f"{self._prefix}{key}"
+
+    def _check_breaker(self) -> None:
+        if time.monotonic() < self._down_until:
+            raise CacheUnavailable("redis marked down")
+
+    def _trip(self, exc: Exception) -> CacheUnavailable:
+        if time.monotonic() >= self._down_until:
+            log.warning("redis unavailable (%s); reading Postgres for %.1fs", exc, self._breaker_seconds)
+        self._down_until = time.monotonic() + self._breaker_seconds
+        return CacheUnavailable(str(exc))
+
+    async def get_many(self, keys: list[str]) -> list[tuple[int, Any] | None]:
+        """The cached (version, document) of each key, None where absent."""
+        self._check_breaker()
+        try:
+            raw = await self._redis.mget([self._key(k) for k in keys])
+        except (RedisError, OSError) as exc:
+            raise self._trip(exc) from exc
+        out: list[tuple[int, Any] | None] = []
+        for item in raw:
+            if item is None:
+                out.append(None)
+                continue
+            version, _, doc = item.partition(b"|")
+            out.append((int(version), orjson.loads(doc)))
+        return out
+
+    async def put(self, key: str, version: int, document: Any) -> bool:
+        """Store ``document`` unless a newer version is cached; True if stored."""
+        self._check_breaker()
+        try:
+            return bool(await self._put(keys=[self._key(key)], args=[version, orjson.dumps(document), self._ttl]))
+        except (RedisError, OSError) as exc:
+            raise self._trip(exc) from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,70 @@
+"""Postgres plumbing: a pool per service, its own schema, migrations applied at start-up.
+
+asyncpg's connection errors are mapped to ``TransientError`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from importlib import resources
+
+import asyncpg
+
+from yidi.platform.errors import TransientError
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.InterfaceError,
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+@contextlib.asynccontextmanager
+async def transient_errors() -> AsyncIterator[None]:
+    """Map a database that is away to ``TransientError`` (the stage retries with back-off)."""
+    try:
+        yield
+    except TRANSIENT as exc:
+        raise TransientError(f"database unavailable: {exc}") from exc
+
+
+async def create_pool(dsn: str, *, size: int = 4) -> asyncpg.Pool:
+    async with transient_errors():
+        return await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=30)
+
+
+async def migrate(pool: asyncpg.Pool, schema: str, package: str) -> list[str]:
+    """Apply the ``*.sql`` files of ``package`` (a service's migrations) in name order, once each."""
+    files = sorted(
+        (f for f in resources.files(package).iterdir() if f.name.endswith(".sql")), key=lambda f: f.name
+    )
+    applied_now = []
+    async with pool.acquire() as conn, conn.transaction():
+        # Two instances starting together must not both migrate.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}")
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        await conn.execute(
+            f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
+            "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["version"] for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')}
+        for f in files:
+            if f.name in done:
+                continue
+            await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
+            await conn.execute(f.read_text())
+            await conn.execute(f'INSERT INTO "{schema}".schema_migrations(version) VALUES ($1)', f.name)
+            applied_now.append(f.name)
+    if applied_now:
+        log.info("schema %s: applied %s", schema, ", ".join(applied_now))
+    return applied_now

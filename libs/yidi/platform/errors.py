@@ -1,0 +1,29 @@
+"""The one exception tree of Yidi. Third-party errors are mapped to it at one boundary each."""
+
+from __future__ import annotations
+
+
+class YidiError(Exception):
+    """Base of every error Yidi raises on purpose."""
+
+
+class PermanentError(YidiError):
+    """Retrying cannot help (bad payload, unknown policy): answer with an error and dead-letter."""
+
+
+class InvalidMessage(PermanentError):
+    """A message that does not parse or does not validate against its contract."""
+
+    def __init__(self, reason: str, *, msgid: str | None = None, reply_to: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.msgid = msgid
+        self.reply_to = reply_to
+
+
+class TransientError(YidiError):
+    """A dependency is away (database, broker): retry with back-off, never drop."""
+
+
+class FatalError(YidiError):
+    """The process cannot go on (fenced by a newer instance, misconfiguration): stop and let it restart."""

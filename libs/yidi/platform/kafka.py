@@ -1,0 +1,209 @@
+"""Kafka plumbing: topic creation, plain producers, and the transactional stage.
+
+A *stage* consumes a batch, hands it to a plain async handler, then publishes the handler's
+output and commits the consumed offsets in one Kafka transaction. Downstream consumers read
+committed messages only, so a stage that dies at any point is replayed from its last committed
+batch and nothing it produced twice is ever seen: that, plus handlers idempotent by ``msgid``
+in Postgres, is how every request is answered exactly once. FastStream has no transaction API
+(ag2ai/faststream#2512), so the stage drives aiokafka directly; FastStream runs the feeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, ProducerFenced
+
+from yidi.platform import metrics
+from yidi.platform.errors import FatalError, TransientError
+from yidi.platform.settings import Settings
+from yidi.platform.topics import all_topic_specs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Answered:
+    """Marks an outgoing message as the answer to a gateway request, for the latency metric."""
+
+    request_ts_ms: int
+    infno: str
+    err_code: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+    answered: Answered | None = None
+
+
+Handler = Callable[[list[Incoming]], Awaitable[list[Outgoing]]]
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create every platform topic that is missing (with its partitions); return the created names."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = []
+        for spec in all_topic_specs():
+            name = settings.topic(spec.name)
+            if name in existing:
+                continue
+            configs = {"cleanup.policy": "compact"} if spec.compacted else {}
+            missing.append(NewTopic(name, spec.partitions, 1, topic_configs=configs))
+        if missing:
+            await admin.create_topics(missing)
+        return [t.name for t in missing]
+    finally:
+        await admin.close()
+
+
+def make_producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:
+    options: dict[str, object] = {"bootstrap_servers": settings.kafka_bootstrap, "acks": "all", "linger_ms": 1}
+    options.update(overrides)
+    return AIOKafkaProducer(**options)  # type: ignore[arg-type]
+
+
+@dataclass
+class TransactionalStage:
+    """Consume → handle → (publish + commit offsets) in one transaction, batch by batch."""
+
+    name: str
+    service: str
+    settings: Settings
+    topics: Sequence[str]
+    group_id: str
+    handler: Handler
+    max_records: int = 500
+    max_backoff: float = 5.0
+    _consumer: AIOKafkaConsumer | None = field(default=None, init=False)
+    _producer: AIOKafkaProducer | None = field(default=None, init=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _stopping: bool = field(default=False, init=False)
+    failure: BaseException | None = field(default=None, init=False)
+
+    async def start(self) -> None:
+        s = self.settings
+        self._consumer = AIOKafkaConsumer(
+            *[s.topic(t) for t in self.topics],
+            bootstrap_servers=s.kafka_bootstrap,
+            group_id=s.group(self.group_id),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=self.max_records,
+            fetch_max_wait_ms=100,
+        )
+        # The transactional id is stable per stage and instance: a restarted instance fences its
+        # predecessor and aborts whatever transaction it left open.
+        self._producer = make_producer(
+            s,
+            transactional_id=f"{s.namespace}yidi-{self.name}-{s.instance}",
+            enable_idempotence=True,
+            linger_ms=0,
+        )
+        await self._producer.start()
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name=f"stage-{self.name}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - already logged in _run
+                pass
+        if self._consumer:
+            await self._consumer.stop()
+        if self._producer:
+            await self._producer.stop()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        try:
+            while not self._stopping:
+                batch = await self._consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                records = [
+                    Incoming(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers or ()))
+                    for tp_records in batch.values()
+                    for r in tp_records
+                ]
+                if records:
+                    await self._handle_until_committed(records)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self.failure = exc
+            log.exception("stage %s stopped", self.name)
+            raise
+
+    async def _handle_until_committed(self, records: list[Incoming]) -> None:
+        delay = 0.1
+        while True:
+            started = time.perf_counter()
+            try:
+                outgoing = await self.handler(records)
+                await self._commit(records, outgoing)
+            except ProducerFenced as exc:
+                raise FatalError(f"stage {self.name}: fenced by a newer instance") from exc
+            except (TransientError, KafkaError, OSError) as exc:
+                reason = type(exc).__name__
+                metrics.STAGE_RETRIES.labels(self.name, reason).inc()
+                log.warning("stage %s: %s, batch of %d retried in %.1fs", self.name, exc, len(records), delay)
+                await asyncio.sleep(delay)
+                delay = min(self.max_backoff, delay * 2)
+                continue
+            now_ms = time.time() * 1000
+            metrics.STAGE_BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
+            metrics.STAGE_BATCH_SIZE.labels(self.name).observe(len(records))
+            metrics.STAGE_RECORDS.labels(self.name).inc(len(records))
+            for out in outgoing:
+                if out.answered:
+                    a = out.answered
+                    outcome = "ok" if a.err_code == "ok" else "error"
+                    metrics.SETTLEMENT_LATENCY.labels(self.service, a.infno, outcome).observe(
+                        max(0.0, (now_ms - a.request_ts_ms) / 1000)
+                    )
+                    metrics.ANSWERS.labels(self.service, a.infno, a.err_code).inc()
+            return
+
+    async def _commit(self, records: list[Incoming], outgoing: list[Outgoing]) -> None:
+        assert self._producer is not None
+        offsets: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+        async with self._producer.transaction():
+            sends = [
+                await self._producer.send(o.topic, o.value, key=o.key, headers=list(o.headers) or None)
+                for o in outgoing
+            ]
+            await self._producer.send_offsets_to_transaction(offsets, self.settings.group(self.group_id))
+        await asyncio.gather(*sends)  # settled by the commit; surfaces any per-record error

@@ -1,0 +1,60 @@
+"""Has a consumer group read everything on a topic? Exact even past transaction markers.
+
+A topic written in transactions holds control markers that take offsets but are never
+delivered, so "committed == end offset" can stay one short forever. Where the committed offset
+is behind the end, this reads from it with ``read_committed``: no record means caught up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+
+async def caught_up(bootstrap: str, group: str, topic: str) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                isolation_level="read_committed", fetch_max_wait_ms=100)
+    await admin.start()
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - first look at a new topic
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        if not tps:
+            return True
+        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+        ends = await consumer.end_offsets(tps)
+        behind = []
+        for tp in tps:
+            meta = committed.get(tp)
+            offset = meta.offset if meta is not None and meta.offset >= 0 else 0
+            if offset < ends[tp]:
+                behind.append((tp, offset))
+        if not behind:
+            return True
+        consumer.assign([tp for tp, _ in behind])
+        for tp, offset in behind:
+            consumer.seek(tp, offset)
+        records = await consumer.getmany(timeout_ms=500)
+        return not any(records.values())
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+async def wait_caught_up(bootstrap: str, pairs: list[tuple[str, str]], *, timeout: float = 60.0) -> None:
+    """Wait until every (group, topic) pair has consumed all it can see; raise TimeoutError if not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = [pair for pair in pairs if not await caught_up(bootstrap, *pair)]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"still consuming: {pending}")
+        await asyncio.sleep(0.3)

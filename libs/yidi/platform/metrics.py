@@ -1,0 +1,54 @@
+"""Every metric of Yidi, declared once with its kind and meaning (Prometheus, /metrics of each service)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.8, 1.0, 2.5, 5.0, 10.0)
+
+SETTLEMENT_LATENCY = Histogram(
+    "yidi_settlement_latency_seconds",
+    "End to end: from the request's publish time on settlement.requests to its answer being committed.",
+    ["service", "infno", "outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+ANSWERS = Counter(
+    "yidi_answers_total",
+    "Answers published to gateways, by the service that answered, transaction and error code (ok for success).",
+    ["service", "infno", "err_code"],
+)
+STAGE_BATCH_SECONDS = Histogram(
+    "yidi_stage_batch_seconds",
+    "Time to handle one consumed batch and commit its transaction, per stage.",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+)
+STAGE_BATCH_SIZE = Histogram(
+    "yidi_stage_batch_size",
+    "Records per consumed batch, per stage.",
+    ["stage"],
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+STAGE_RECORDS = Counter("yidi_stage_records_total", "Records consumed and committed, per stage.", ["stage"])
+STAGE_RETRIES = Counter(
+    "yidi_stage_retries_total", "Batches retried after a transient failure, per stage and reason.", ["stage", "reason"]
+)
+DEAD_LETTERS = Counter("yidi_dead_letters_total", "Messages sent to a dead-letter topic, by source topic.", ["topic"])
+REFDATA_RECORDS = Counter(
+    "yidi_refdata_records_total", "Reference-feed records applied or refused, per feed.", ["feed", "outcome"]
+)
+CACHE_LOOKUPS = Counter(
+    "yidi_eligibility_cache_total",
+    "Eligibility cache look-ups: hit, miss (read through Postgres), fallback (Redis unreachable).",
+    ["result"],
+)
+LEDGER_ENTRIES = Counter(
+    "yidi_ledger_entries_total", "Ledger changes, by kind (settled, cancelled, duplicate).", ["kind"]
+)
+SERVICE_UP = Gauge("yidi_service_up", "1 while the service's consumers run.", ["service"])
+
+
+def serve_metrics(host: str, port: int) -> None:
+    """Expose /metrics on ``port`` (0: do not serve, e.g. in tests)."""
+    if port:
+        start_http_server(port, addr=host)

@@ -1,0 +1,57 @@
+"""Turning answers and failures into outgoing Kafka messages: replies, dead letters."""
+
+from __future__ import annotations
+
+import re
+
+from yidi.contracts.envelope import DEFAULT_REPLY_TO, ResponseEnvelope
+from yidi.platform import metrics
+from yidi.platform.jsonwire import dumps
+from yidi.platform.kafka import Answered, Incoming, Outgoing
+from yidi.platform.settings import Settings
+from yidi.platform.topics import dlq
+
+_MSGID = re.compile(rb'"msgid"\s*:\s*"([A-Za-z0-9_\-]{1,64})"')
+_REPLY_TO = re.compile(rb'"reply_to"\s*:\s*"([A-Za-z0-9._\-]{1,200})"')
+_INFNO = re.compile(rb'"infno"\s*:\s*"(\d{4})"')
+_FACILITY = re.compile(rb'"fixmedins_code"\s*:\s*"([^"]{1,64})"')
+
+
+def recover_ids(raw: bytes) -> tuple[str | None, str, str, str]:
+    """msgid, reply_to, infno, fixmedins_code of a message that did not parse (CONTRACT.md)."""
+
+    def find(pattern: re.Pattern[bytes], default: str | None) -> str | None:
+        m = pattern.search(raw)
+        return m.group(1).decode() if m else default
+
+    return (
+        find(_MSGID, None),
+        find(_REPLY_TO, DEFAULT_REPLY_TO) or DEFAULT_REPLY_TO,
+        find(_INFNO, "") or "",
+        find(_FACILITY, "") or "",
+    )
+
+
+def reply(
+    settings: Settings, reply_to: str, answer: ResponseEnvelope, *, facility: str, request_ts_ms: int
+) -> Outgoing:
+    """The answer to a gateway, on its ``reply_to`` topic, keyed by facility (CONTRACT.md).
+
+    ``reply_to`` names a gateway's topic as the gateway knows it; the namespace of a test run is
+    prefixed like every other topic.
+    """
+    return Outgoing(
+        topic=settings.topic(reply_to),
+        value=dumps(answer),
+        key=facility.encode() or None,
+        answered=Answered(request_ts_ms, answer.infno, answer.err_code.value if answer.err_code else "ok"),
+    )
+
+
+def dead_letter(record: Incoming, reason: str) -> Outgoing:
+    metrics.DEAD_LETTERS.labels(record.topic).inc()
+    headers = record.headers + (
+        ("yidi-dlq-reason", reason.encode()[:2000]),
+        ("yidi-dlq-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+    )
+    return Outgoing(topic=dlq(record.topic), value=record.value, key=record.key, headers=headers)

@@ -1,0 +1,118 @@
+"""The runtime every service shares: a FastStream app for its feeds, its transactional stages,
+its Postgres pool and schema, and its /metrics endpoint.
+
+A stage that dies (fenced, or a bug) stops the process with a non-zero status, so a supervisor
+restarts it and the stage resumes from its last committed batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from faststream import FastStream
+from faststream.kafka import KafkaBroker
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.specification import AsyncAPI
+from prometheus_client import REGISTRY
+
+from yidi.platform import metrics
+from yidi.platform.db import create_pool, migrate
+from yidi.platform.kafka import TransactionalStage, ensure_topics
+from yidi.platform.logs import setup_logging
+from yidi.platform.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """One Yidi service: ``build`` wires it, ``run`` runs it until SIGTERM or a stage failure."""
+
+    def __init__(self, name: str, settings: Settings, *, migrations: str | None) -> None:
+        self.name = name
+        self.settings = settings
+        self.migrations = migrations
+        self.pool: asyncpg.Pool | None = None
+        self.stages: list[TransactionalStage] = []
+        self.resources: list[Callable[[], Awaitable[Any]]] = []
+        self.on_ready: list[Callable[[], Awaitable[None]]] = []
+        self.exit_code = 0
+        self.broker = KafkaBroker(
+            settings.kafka_bootstrap,
+            client_id=f"yidi-{name}",
+            middlewares=(KafkaPrometheusMiddleware(registry=REGISTRY, app_name=f"yidi-{name}"),),
+            graceful_timeout=10.0,
+        )
+        self.app = FastStream(
+            self.broker,
+            lifespan=self._lifespan,
+            specification=AsyncAPI(title=f"Yidi {name}", version="0.1.0"),
+        )
+        self.app.after_startup(self._start_stages)
+        self.app.on_shutdown(self._stop_stages)
+        self._watch: asyncio.Task[None] | None = None
+
+    def db(self) -> asyncpg.Pool:
+        assert self.pool is not None, "the pool opens in the lifespan"
+        return self.pool
+
+    def topic(self, name: str) -> str:
+        return self.settings.topic(name)
+
+    def group(self, name: str) -> str:
+        return self.settings.group(f"yidi-{self.name}-{name}")
+
+    def add_stage(self, stage: TransactionalStage) -> None:
+        self.stages.append(stage)
+
+    @asynccontextmanager
+    async def _lifespan(self) -> AsyncIterator[None]:
+        setup_logging(self.name, self.settings.log_level)
+        metrics.serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
+        await ensure_topics(self.settings)
+        if self.migrations:
+            self.pool = await create_pool(self.settings.database_url, size=self.settings.db_pool_size)
+            await migrate(self.pool, self.name, self.migrations)
+        for ready in self.on_ready:
+            await ready()
+        try:
+            yield
+        finally:
+            for close in reversed(self.resources):
+                await close()
+            if self.pool:
+                await self.pool.close()
+
+    async def _start_stages(self) -> None:
+        for stage in self.stages:
+            await stage.start()
+        metrics.SERVICE_UP.labels(self.name).set(1)
+        self._watch = asyncio.create_task(self._watch_stages())
+        log.info("%s ready: stages %s, metrics on :%s", self.name, [s.name for s in self.stages], self.settings.metrics_port)
+
+    async def _watch_stages(self) -> None:
+        tasks = [s.task for s in self.stages if s.task]
+        if not tasks:
+            return
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if not task.cancelled() and task.exception():
+                log.error("%s: a stage failed, stopping: %r", self.name, task.exception())
+                self.exit_code = 1
+                self.app.exit()
+
+    async def _stop_stages(self) -> None:
+        metrics.SERVICE_UP.labels(self.name).set(0)
+        if self._watch:
+            self._watch.cancel()
+        for stage in self.stages:
+            await stage.stop()
+
+    def run(self) -> None:
+        asyncio.run(self.app.run())
+        sys.exit(self.exit_code)

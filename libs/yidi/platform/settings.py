@@ -1,0 +1,48 @@
+"""One settings object per service, read once at start-up from ``YIDI_*`` environment variables.
+
+Defaults match the local stack (deploy/local) and docker-compose.yml.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="YIDI_", extra="ignore")
+
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    database_url: str = "postgresql://yidi@127.0.0.1:15432/yidi"
+    redis_url: str = "redis://127.0.0.1:16379/0"
+    # Prefix of every topic and consumer group: lets test runs share a broker with a running system.
+    namespace: str = ""
+    instance: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or str(os.getpid()))
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    log_level: str = "INFO"
+    batch_max_records: int = 500
+    db_pool_size: int = 4
+    # Eligibility: how long a cached answer may live when no event refreshes it.
+    cache_ttl_seconds: int = 300
+    # Eligibility: R17 waiver of filing for temporary trips inside a province, by insured region.
+    filing_waived_regions: list[str] = Field(default_factory=list)
+
+    def topic(self, name: str) -> str:
+        return f"{self.namespace}{name}"
+
+    def group(self, name: str) -> str:
+        return f"{self.namespace}{name}"
+
+
+SERVICE_METRICS_PORTS = {"filing": 9101, "eligibility": 9102, "pricing": 9103, "clearing": 9104}
+
+
+def settings_for(service: str) -> Settings:
+    settings = Settings()
+    if not settings.metrics_port:
+        settings = settings.model_copy(update={"metrics_port": SERVICE_METRICS_PORTS[service]})
+    return settings

@@ -1,0 +1,78 @@
+"""Every topic of the platform, its key and its partitions (docs/topics.md is generated from this)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    name: str
+    key: str
+    partitions: int
+    what: str
+    compacted: bool = False
+
+
+SETTLEMENT_REQUESTS = "settlement.requests"
+SETTLEMENT_ELIGIBLE = "settlement.eligible"
+SETTLEMENT_PRICED = "settlement.priced"
+SETTLEMENT_RESULTS = "settlement.results"
+FILING_REQUESTS = "filing.requests"
+FILING_RESULTS = "filing.results"
+FILING_EVENTS = "filing.events"
+REFDATA_PERSONS = "refdata.persons"
+REFDATA_FACILITIES = "refdata.facilities"
+REFDATA_POLICIES = "refdata.policies"
+REFDATA_CATALOGUE = "refdata.catalogue"
+REGION_STATUS = "platform.region-status"
+CLEARING_STATEMENTS = "clearing.statements"
+CLEARING_ALERTS = "clearing.alerts"
+
+SETTLEMENT_PARTITIONS = 6
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(SETTLEMENT_REQUESTS, "psn_no", SETTLEMENT_PARTITIONS, "gateway → platform: 1101, 2001, 2206/2207/2208, 2303/2304/2305, 2601"),
+    TopicSpec(SETTLEMENT_ELIGIBLE, "psn_no", SETTLEMENT_PARTITIONS, "eligibility → pricing: request with its terms or refusal"),
+    TopicSpec(SETTLEMENT_PRICED, "psn_no", SETTLEMENT_PARTITIONS, "pricing → clearing: settlement or cancellation with its answer"),
+    TopicSpec(SETTLEMENT_RESULTS, "fixmedins_code", SETTLEMENT_PARTITIONS, "platform → gateway: one answer per request (default reply_to)"),
+    TopicSpec(FILING_REQUESTS, "psn_no", 3, "add, change, cancel, approve or refuse a filing"),
+    TopicSpec(FILING_RESULTS, "psn_no", 3, "the answer to each filing request"),
+    TopicSpec(FILING_EVENTS, "psn_no", 3, "a filing changed: eligibility refreshes its mirror and cache"),
+    TopicSpec(REFDATA_PERSONS, "psn_no", 3, "persons' insurance from insured regions", compacted=True),
+    TopicSpec(REFDATA_FACILITIES, "fixmedins_code", 1, "designated facilities", compacted=True),
+    TopicSpec(REFDATA_POLICIES, "insuplc_admdvs", 1, "policy versions of insured regions"),
+    TopicSpec(REFDATA_CATALOGUE, "mdtrtarea_admvs", 1, "catalogue item versions of treating regions"),
+    TopicSpec(REGION_STATUS, "admdvs", 1, "outage and maintenance windows of regions (R19)"),
+    TopicSpec(CLEARING_STATEMENTS, "admdvs pair", 1, "monthly clearing statements"),
+    TopicSpec(CLEARING_ALERTS, "admdvs pair", 1, "prepayment warnings"),
+)
+
+
+def dlq(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+def all_topic_specs() -> tuple[TopicSpec, ...]:
+    """Every topic including the dead-letter topics of the consumed ones."""
+    consumed = {SETTLEMENT_REQUESTS, SETTLEMENT_ELIGIBLE, SETTLEMENT_PRICED, FILING_REQUESTS, FILING_EVENTS,
+                REFDATA_PERSONS, REFDATA_FACILITIES, REFDATA_POLICIES, REFDATA_CATALOGUE, REGION_STATUS}
+    dead = tuple(TopicSpec(dlq(t.name), t.key, 1, f"dead letters of {t.name}, with the reason") for t in TOPICS if t.name in consumed)
+    return TOPICS + dead
+
+
+def feed_group(service: str, topic: str) -> str:
+    """The consumer group a service reads a feed with (before the namespace prefix)."""
+    return f"yidi-{service}-feed-{topic}"
+
+
+# Which service reads each feed; the loader waits on these groups.
+FEED_READERS: dict[str, str] = {
+    REFDATA_PERSONS: "eligibility",
+    REFDATA_FACILITIES: "eligibility",
+    FILING_EVENTS: "eligibility",
+    REGION_STATUS: "eligibility",
+    REFDATA_POLICIES: "pricing",
+    REFDATA_CATALOGUE: "pricing",
+}
+FILING_STAGE_GROUP = "yidi-filing-requests"

@@ -1,0 +1,29 @@
+"""Clearing: owns the money. Records every settlement once in the ledger and answers the gateway."""
+
+from __future__ import annotations
+
+from yidi.platform.kafka import TransactionalStage
+from yidi.platform.service import Service
+from yidi.platform.settings import Settings, settings_for
+from yidi.platform.topics import SETTLEMENT_PRICED
+
+from services.clearing.handlers import ClearingHandler
+from services.clearing.repository import ClearingRepository
+
+
+def build(settings: Settings | None = None) -> Service:
+    settings = settings or settings_for("clearing")
+    service = Service("clearing", settings, migrations="services.clearing.migrations")
+
+    async def ready() -> None:
+        service.add_stage(
+            TransactionalStage(
+                name="clearing", service="clearing", settings=settings,
+                topics=[SETTLEMENT_PRICED], group_id="yidi-clearing-priced",
+                handler=ClearingHandler(settings, ClearingRepository(service.db())),
+                max_records=settings.batch_max_records,
+            )
+        )
+
+    service.on_ready.append(ready)
+    return service

@@ -1,0 +1,125 @@
+"""Clearing's stage: settlement.priced → the ledger, then the one answer to the gateway.
+
+The ledger row (or the cancellation mark) and the answer commit together: the Postgres
+transaction first, then the Kafka transaction that publishes the answer with the consumed
+offsets. A replay after a crash finds the row and publishes the stored answer; a gateway that
+sends the same msgid again gets the stored answer; another payload under a used msgid is
+refused ``MODIFIED_REQUEST``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+
+from yidi.contracts import answers
+from yidi.contracts.envelope import ErrCode, ResponseEnvelope
+from yidi.contracts.internal import PricedWork, WorkKind
+from yidi.contracts.settlement import SetlInfo
+from yidi.platform import metrics
+from yidi.platform.jsonwire import loads
+from yidi.platform.kafka import Incoming, Outgoing
+from yidi.platform.replies import dead_letter, recover_ids, reply
+from yidi.platform.settings import Settings
+
+from services.clearing.repository import ClearingRepository, LedgerRow, NewEntry
+
+log = logging.getLogger(__name__)
+
+
+class ClearingHandler:
+    def __init__(self, settings: Settings, repo: ClearingRepository) -> None:
+        self.settings = settings
+        self.repo = repo
+
+    def _answer(self, work: PricedWork, answer: ResponseEnvelope | dict[str, Any]) -> Outgoing:
+        envelope = answer if isinstance(answer, ResponseEnvelope) else ResponseEnvelope.model_validate(answer)
+        r = work.request
+        return reply(self.settings, r.reply_to, envelope, facility=r.fixmedins_code, request_ts_ms=work.request_ts_ms)
+
+    def _broken(self, record: Incoming, reason: str) -> list[Outgoing]:
+        msgid, reply_to, infno, facility = recover_ids(record.value)
+        out = [dead_letter(record, reason)]
+        if msgid:
+            answer = answers.answer(
+                msgid, infno, err_code=ErrCode.INTERNAL_ERROR,
+                err_msg="The platform could not record this settlement; nothing was settled. Try again later.",
+            )
+            out.append(reply(self.settings, reply_to, answer, facility=facility, request_ts_ms=record.timestamp_ms))
+        return out
+
+    async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        works: list[tuple[Incoming, PricedWork]] = []
+        for record in records:
+            try:
+                works.append((record, PricedWork.model_validate(loads(record.value))))
+            except (ValidationError, ValueError) as exc:
+                out.extend(self._broken(record, f"settlement.priced message does not validate: {exc}"))
+        if not works:
+            return out
+        async with self.repo.transaction() as conn:
+            msgids = [w.request.msgid for _, w in works if w.kind is WorkKind.SETTLE]
+            setl_ids = [w.target_setl_id for _, w in works if w.kind is WorkKind.CANCEL]
+            rows = await self.repo.ledger_rows(conn, msgids, setl_ids)
+            by_msgid = {r.msgid: r for r in rows}
+            by_setl = {r.setl_id: r for r in rows}
+            undo_seen = await self.repo.undo_requests(conn, [w.request.msgid for _, w in works if w.kind is WorkKind.CANCEL])
+            entries: list[NewEntry] = []
+            undone: dict[str, LedgerRow] = {}
+            undo_new: list[tuple[str, str, str, dict[str, Any]]] = []
+            for record, work in works:
+                if work.kind is WorkKind.SETTLE:
+                    out.append(self._settle(work, by_msgid, by_setl, entries))
+                    continue
+                seen = undo_seen.get(work.request.msgid)
+                if seen is not None:
+                    out.append(self._answer(work, seen[1]))
+                    metrics.LEDGER_ENTRIES.labels("duplicate").inc()
+                    continue
+                row = by_setl.get(work.target_setl_id)
+                if row is None:
+                    out.extend(self._broken(record, f"cancellation of {work.target_setl_id}, which the ledger lacks"))
+                    continue
+                answer = work.answer.model_dump(mode="json")
+                if row.state == "settled":
+                    row.state = "reversed" if work.request.infno.value == "2601" else "cancelled"
+                    row.undone_msgid, row.undone_answer = work.request.msgid, answer
+                    undone[row.setl_id] = row
+                    metrics.LEDGER_ENTRIES.labels(row.state).inc()
+                undo_seen[work.request.msgid] = (work.request_hash, answer)
+                undo_new.append((work.request.msgid, work.request_hash, row.setl_id, answer))
+                out.append(self._answer(work, work.answer))
+            await self.repo.write(conn, entries, list(undone.values()), undo_new)
+        return out
+
+    def _settle(
+        self, work: PricedWork, by_msgid: dict[str, LedgerRow], by_setl: dict[str, LedgerRow], entries: list[NewEntry]
+    ) -> Outgoing:
+        existing = by_msgid.get(work.request.msgid)
+        if existing is not None:
+            metrics.LEDGER_ENTRIES.labels("duplicate").inc()
+            if existing.request_hash != work.request_hash:
+                return self._answer(
+                    work,
+                    answers.refusal(
+                        work.request, ErrCode.MODIFIED_REQUEST,
+                        f"msgid {work.request.msgid} was already used for a different request.",
+                    ),
+                )
+            return self._answer(work, existing.answer)
+        facts = work.facts
+        assert facts is not None, "pricing sends facts with every settlement"
+        answer = work.answer.model_dump(mode="json")
+        row = LedgerRow(facts.setl_id, work.request.msgid, work.request_hash, "settled", answer)
+        info = SetlInfo.model_validate(work.answer.output["setlinfo"])
+        entries.append(
+            NewEntry(row, work.request.infno.value, info, facts.insuplc_admdvs, facts.mdtrtarea_admvs,
+                     facts.fixmedins_code, facts.setlym)
+        )
+        by_msgid[row.msgid] = row
+        by_setl[row.setl_id] = row
+        metrics.LEDGER_ENTRIES.labels("settled").inc()
+        return self._answer(work, work.answer)

@@ -1,0 +1,76 @@
+"""Eligibility: decides, fast, whether a person may settle here and on which terms.
+
+Consumes settlement.requests (a transactional stage) and the feeds that keep its mirror fresh:
+refdata.persons, refdata.facilities, filing.events, platform.region-status.
+"""
+
+from __future__ import annotations
+
+from yidi.contracts.filing import FilingEvent
+from yidi.contracts.refdata import FacilityRecord, PersonRecord, RegionStatusRecord
+from yidi.platform.cache import VersionedCache
+from yidi.platform.feeds import feed
+from yidi.platform.kafka import TransactionalStage
+from yidi.platform.service import Service
+from yidi.platform.settings import Settings, settings_for
+from yidi.platform.topics import (
+    FILING_EVENTS,
+    REFDATA_FACILITIES,
+    REFDATA_PERSONS,
+    REGION_STATUS,
+    SETTLEMENT_REQUESTS,
+)
+
+from services.eligibility.handlers import EligibilityHandler
+from services.eligibility.repository import EligibilityRepository
+from services.eligibility.subjects import Subjects
+
+
+def build(settings: Settings | None = None) -> Service:
+    settings = settings or settings_for("eligibility")
+    service = Service("eligibility", settings, migrations="services.eligibility.migrations")
+    cache = VersionedCache(settings.redis_url, ttl_seconds=settings.cache_ttl_seconds, prefix=f"{settings.namespace}yidi:elig:")
+    service.resources.append(cache.close)
+    state: dict[str, object] = {}
+
+    def repo() -> EligibilityRepository:
+        return state["repo"]  # type: ignore[return-value]
+
+    def subjects() -> Subjects:
+        return state["subjects"]  # type: ignore[return-value]
+
+    async def ready() -> None:
+        state["repo"] = EligibilityRepository(service.db())
+        state["subjects"] = Subjects(repo(), cache)
+        handler = EligibilityHandler(settings, repo(), subjects())
+        service.add_stage(
+            TransactionalStage(
+                name="eligibility", service="eligibility", settings=settings,
+                topics=[SETTLEMENT_REQUESTS], group_id="yidi-eligibility-requests",
+                handler=handler, max_records=settings.batch_max_records,
+            )
+        )
+
+    service.on_ready.append(ready)
+
+    async def on_person(record: PersonRecord) -> None:
+        await subjects().remember(record.psn_no, await repo().upsert_person(record))
+
+    async def on_filing(event: FilingEvent) -> None:
+        subject = await repo().upsert_filing(event.filing)
+        if subject is not None:
+            await subjects().remember(event.filing.psn_no, subject)
+
+    async def on_facility(record: FacilityRecord) -> None:
+        await repo().upsert_facility(record)
+
+    async def on_region_status(record: RegionStatusRecord) -> None:
+        await repo().upsert_outage(
+            record.status_id, record.admdvs, record.starts_at, record.ends_at, record.reason, record.cancelled
+        )
+
+    feed(service, REFDATA_PERSONS, PersonRecord, on_person)
+    feed(service, FILING_EVENTS, FilingEvent, on_filing)
+    feed(service, REFDATA_FACILITIES, FacilityRecord, on_facility)
+    feed(service, REGION_STATUS, RegionStatusRecord, on_region_status)
+    return service

@@ -1,0 +1,237 @@
+"""Eligibility's stage: every request on settlement.requests is parsed, checked and passed on.
+
+- Malformed requests are answered ``INVALID_INPUT`` (when their msgid can be recovered) and
+  dead-lettered with the reason.
+- 1101 and 2001 are answered here, from the same data settlements use.
+- Settlements and pre-settlements carry the decision (terms, or refusal) to pricing; pricing
+  answers refusals after checking the msgid was not already settled (idempotency lives there).
+- Cancellations and reversals go to pricing unchecked: undoing must work whatever the person's
+  insurance has become since.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from yidi.contracts import answers
+from yidi.contracts.envelope import ErrCode, Infno, RequestEnvelope
+from yidi.contracts.filing import FilingRecord
+from yidi.contracts.internal import EligibleWork, PersonSnapshot, Refusal
+from yidi.contracts.refdata import FacilityRecord, PersonRecord
+from yidi.contracts.settlement import CancelInput, PersonQueryInput, ReversalInput, SettlementInput
+from yidi.domain.eligibility import Eligible, Outage, Refused, Visit, decide
+from yidi.platform.jsonwire import dumps, loads
+from yidi.platform.kafka import Incoming, Outgoing
+from yidi.platform.replies import dead_letter, recover_ids, reply
+from yidi.platform.settings import Settings
+from yidi.platform.topics import SETTLEMENT_ELIGIBLE
+
+from services.eligibility.repository import EligibilityRepository
+from services.eligibility.subjects import Subjects
+
+INPUT_MODELS: dict[Infno, type] = {
+    Infno.PERSON_INFO: PersonQueryInput,
+    Infno.BENEFIT_CHECK: PersonQueryInput,
+    Infno.OUTPATIENT_PRE_SETTLE: SettlementInput,
+    Infno.OUTPATIENT_SETTLE: SettlementInput,
+    Infno.INPATIENT_PRE_SETTLE: SettlementInput,
+    Infno.INPATIENT_SETTLE: SettlementInput,
+    Infno.OUTPATIENT_CANCEL: CancelInput,
+    Infno.INPATIENT_CANCEL: CancelInput,
+    Infno.REVERSAL: ReversalInput,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    record: Incoming
+    request: RequestEnvelope
+    body: Any
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "message"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+class EligibilityHandler:
+    def __init__(self, settings: Settings, repo: EligibilityRepository, subjects: Subjects) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.subjects = subjects
+
+    def _invalid(self, record: Incoming, reason: str, request: RequestEnvelope | None = None) -> list[Outgoing]:
+        out = [dead_letter(record, reason)]
+        if request is not None:
+            msgid, reply_to, infno, facility = request.msgid, request.reply_to, request.infno.value, request.fixmedins_code
+        else:
+            msgid, reply_to, infno, facility = recover_ids(record.value)
+        if msgid:
+            answer = answers.answer(
+                msgid, infno, err_code=ErrCode.INVALID_INPUT,
+                err_msg=f"The request was refused as malformed: {reason}. Correct it and send it again.",
+            )
+            out.append(reply(self.settings, reply_to, answer, facility=facility, request_ts_ms=record.timestamp_ms))
+        return out
+
+    def parse(self, record: Incoming) -> Parsed | list[Outgoing]:
+        try:
+            raw = loads(record.value)
+        except ValueError as exc:
+            return self._invalid(record, f"not JSON ({exc})")
+        if not isinstance(raw, dict):
+            return self._invalid(record, "not a JSON object")
+        try:
+            request = RequestEnvelope.model_validate(raw)
+        except ValidationError as exc:
+            return self._invalid(record, _explain(exc))
+        model = INPUT_MODELS.get(request.infno)
+        if model is None:
+            answer = answers.refusal(
+                request, ErrCode.UNSUPPORTED,
+                f"Transaction {request.infno.value} is not served on settlement.requests.",
+            )
+            return [reply(self.settings, request.reply_to, answer, facility=request.fixmedins_code,
+                          request_ts_ms=record.timestamp_ms)]
+        try:
+            body = model.model_validate(request.data)
+        except ValidationError as exc:
+            return self._invalid(record, "input.data: " + _explain(exc), request)
+        if request.insuplc_admdvs is None:
+            return self._invalid(record, "insuplc_admdvs is required when the input has psn_no", request)
+        return Parsed(record, request, body)
+
+    async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        parsed: list[Parsed] = []
+        for record in records:
+            result = self.parse(record)
+            if isinstance(result, Parsed):
+                parsed.append(result)
+            else:
+                out.extend(result)
+        if not parsed:
+            return out
+        now = datetime.now(UTC)
+        subjects = await self.subjects.get_many([p.body.psn_no for p in parsed])
+        facilities = await self.repo.facilities(sorted({p.request.fixmedins_code for p in parsed}))
+        outages = await self.repo.outages(sorted({p.request.insuplc_admdvs or "" for p in parsed}), now)
+        for p in parsed:
+            out.append(self.handle_one(p, subjects.get(p.body.psn_no), facilities, outages, now))
+        return out
+
+    def handle_one(
+        self,
+        p: Parsed,
+        subject: dict[str, Any] | None,
+        facilities: dict[str, FacilityRecord],
+        outages: list[Outage],
+        now: datetime,
+    ) -> Outgoing:
+        request, body = p.request, p.body
+        person_record = PersonRecord.model_validate(subject["person"]) if subject and subject["person"] else None
+        if request.infno is Infno.PERSON_INFO:
+            return self._person_info(p, person_record, subject)
+        work = EligibleWork(
+            request=request,
+            request_hash=request.payload_hash(),
+            request_ts_ms=p.record.timestamp_ms,
+        )
+        if request.infno.prices_a_bill or request.infno is Infno.BENEFIT_CHECK:
+            filings = [FilingRecord.model_validate(f).to_domain() for f in (subject or {}).get("filings", [])]
+            facility = facilities.get(request.fixmedins_code)
+            visit = Visit(
+                treating_region=request.mdtrtarea_admvs,
+                insured_region=request.insuplc_admdvs or "",
+                insutype=body.insutype,
+                med_type=body.med_type,
+                on=request.inf_time.date(),
+                disease_code=body.dise_codg,
+                filing_waived_in_province=(request.insuplc_admdvs in self.settings.filing_waived_regions),
+            )
+            if body.insutype is None or body.med_type is None:
+                decision: Eligible | Refused | None = None
+            else:
+                decision = decide(
+                    visit, person_record.to_domain() if person_record else None,
+                    facility.to_domain() if facility else None, filings, outages, now,
+                )
+            if request.infno is Infno.BENEFIT_CHECK:
+                return self._benefit_check(p, decision)
+            assert decision is not None  # SettlementInput requires insutype and med_type
+            if isinstance(decision, Refused):
+                work = work.model_copy(update={"refusal": Refusal(err_code=ErrCode(decision.code.value), err_msg=decision.message)})
+            else:
+                assert person_record is not None and facility is not None
+                work = work.model_copy(
+                    update={
+                        "person": PersonSnapshot(
+                            psn_no=person_record.psn_no,
+                            psn_name=person_record.psn_name,
+                            psn_type=person_record.psn_type.value,
+                            insutype=person_record.insutype.value,
+                            insuplc_admdvs=person_record.insuplc_admdvs,
+                            acct_balc=person_record.acct_balc,
+                            acct_version=person_record.acct_version,
+                            qualifications=person_record.qualifications,
+                        ),
+                        "facility_level": facility.level,
+                        "basis": decision.basis.value,
+                        "filing_id": decision.filing.filing_id if decision.filing else "",
+                        "filing_category": decision.category,
+                    }
+                )
+        return Outgoing(
+            topic=self.settings.topic(SETTLEMENT_ELIGIBLE), value=dumps(work), key=body.psn_no.encode()
+        )
+
+    def _answer(self, p: Parsed, output: dict[str, Any] | None = None, err: tuple[ErrCode, str] | None = None) -> Outgoing:
+        answer = answers.answer(
+            p.request.msgid, p.request.infno.value, output,
+            err_code=err[0] if err else None, err_msg=err[1] if err else "",
+        )
+        return reply(self.settings, p.request.reply_to, answer, facility=p.request.fixmedins_code,
+                     request_ts_ms=p.record.timestamp_ms)
+
+    def _person_info(self, p: Parsed, person: PersonRecord | None, subject: dict[str, Any] | None) -> Outgoing:
+        if person is None or person.insuplc_admdvs != p.request.insuplc_admdvs:
+            return self._answer(p, err=(ErrCode.NOT_INSURED, "No insured person with this number in that region."))
+        filings = [FilingRecord.model_validate(f) for f in (subject or {}).get("filings", [])]
+        return self._answer(
+            p,
+            {
+                "baseinfo": {
+                    "psn_no": person.psn_no, "psn_name": person.psn_name, "certno": person.certno,
+                    "insuplc_admdvs": person.insuplc_admdvs,
+                },
+                "insuinfo": [{
+                    "insutype": person.insutype.value, "psn_type": person.psn_type.value,
+                    "psn_insu_stas": "1" if person.active else "2", "balc": str(person.acct_balc),
+                    "insuplc_admdvs": person.insuplc_admdvs,
+                }],
+                "idetinfo": [{"dise_codg": q} for q in person.chronic_qualifications],
+                "filings": [f.model_dump(mode="json") for f in filings],
+            },
+        )
+
+    def _benefit_check(self, p: Parsed, decision: Eligible | Refused | None) -> Outgoing:
+        if decision is None:
+            return self._answer(p, err=(ErrCode.INVALID_INPUT, "A benefit check names insutype and med_type."))
+        if isinstance(decision, Refused):
+            return self._answer(p, {"eligible": "0", "reason_code": decision.code.value, "reason": decision.message})
+        return self._answer(
+            p,
+            {
+                "eligible": "1",
+                "basis": decision.basis.value,
+                "filing_id": decision.filing.filing_id if decision.filing else "",
+                "filing_category": decision.category.value if decision.category else "",
+            },
+        )

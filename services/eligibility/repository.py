@@ -1,0 +1,126 @@
+"""Eligibility's SQL: mirrors of persons, filings, facilities and outages (schema ``eligibility``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+
+from yidi.contracts.filing import FilingRecord
+from yidi.contracts.refdata import FacilityRecord, PersonRecord
+from yidi.domain.eligibility import Outage
+from yidi.platform.db import transient_errors
+
+Subject = tuple[int, dict[str, Any]]  # (version, {"person": {...} | None, "filings": [...]})
+
+_SUBJECTS = """
+SELECT s.psn_no,
+       p.record AS person,
+       coalesce(p.version, 0) AS pv,
+       coalesce((SELECT jsonb_agg(f.record ORDER BY f.filing_id) FROM eligibility.filings f WHERE f.psn_no = s.psn_no), '[]'::jsonb) AS filings,
+       coalesce((SELECT max(f.version) FROM eligibility.filings f WHERE f.psn_no = s.psn_no), 0) AS fv
+FROM unnest($1::text[]) AS s(psn_no)
+LEFT JOIN eligibility.persons p ON p.psn_no = s.psn_no
+"""
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+class EligibilityRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def subjects(self, psn_nos: list[str], conn: asyncpg.Connection | None = None) -> dict[str, Subject]:
+        """Each person's insurance and filings, with the version the cache compares."""
+        async with transient_errors():
+            if conn is None:
+                rows = await self._pool.fetch(_SUBJECTS, psn_nos)
+            else:
+                rows = await conn.fetch(_SUBJECTS, psn_nos)
+        return {
+            r["psn_no"]: (
+                max(r["pv"], r["fv"]),
+                {"person": _json(r["person"]), "filings": _json(r["filings"])},
+            )
+            for r in rows
+        }
+
+    async def upsert_person(self, record: PersonRecord) -> Subject:
+        async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO eligibility.persons (psn_no, record, version)
+                   VALUES ($1, $2::jsonb, nextval('eligibility.change_seq'))
+                   ON CONFLICT (psn_no) DO UPDATE
+                   SET record = EXCLUDED.record, version = EXCLUDED.version, updated_at = now()""",
+                record.psn_no,
+                record.model_dump_json(),
+            )
+            return (await self.subjects([record.psn_no], conn))[record.psn_no]
+
+    async def upsert_filing(self, record: FilingRecord) -> Subject | None:
+        """Apply a filing event unless a newer version of that filing is already mirrored."""
+        async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                """INSERT INTO eligibility.filings (filing_id, psn_no, record, filing_version, version)
+                   VALUES ($1, $2, $3::jsonb, $4, nextval('eligibility.change_seq'))
+                   ON CONFLICT (filing_id) DO UPDATE
+                   SET record = EXCLUDED.record, filing_version = EXCLUDED.filing_version,
+                       version = EXCLUDED.version, updated_at = now()
+                   WHERE eligibility.filings.filing_version < EXCLUDED.filing_version""",
+                record.filing_id,
+                record.psn_no,
+                record.model_dump_json(),
+                record.version,
+            )
+            if status.endswith(" 0"):
+                return None
+            return (await self.subjects([record.psn_no], conn))[record.psn_no]
+
+    async def facilities(self, codes: list[str]) -> dict[str, FacilityRecord]:
+        async with transient_errors():
+            rows = await self._pool.fetch(
+                "SELECT record FROM eligibility.facilities WHERE fixmedins_code = ANY($1::text[])", codes
+            )
+        return {f.fixmedins_code: f for f in (FacilityRecord.model_validate(_json(r["record"])) for r in rows)}
+
+    async def upsert_facility(self, record: FacilityRecord) -> None:
+        async with transient_errors():
+            await self._pool.execute(
+                """INSERT INTO eligibility.facilities (fixmedins_code, record) VALUES ($1, $2::jsonb)
+                   ON CONFLICT (fixmedins_code) DO UPDATE SET record = EXCLUDED.record, updated_at = now()""",
+                record.fixmedins_code,
+                record.model_dump_json(),
+            )
+
+    async def outages(self, regions: list[str], now: datetime) -> list[Outage]:
+        async with transient_errors():
+            rows = await self._pool.fetch(
+                """SELECT admdvs, starts_at, ends_at, reason FROM eligibility.outages
+                   WHERE admdvs = ANY($1::text[]) AND NOT cancelled AND ends_at > $2""",
+                regions,
+                now,
+            )
+        return [Outage(r["admdvs"], r["starts_at"], r["ends_at"], r["reason"]) for r in rows]
+
+    async def upsert_outage(
+        self, status_id: str, admdvs: str, starts_at: datetime, ends_at: datetime, reason: str, cancelled: bool
+    ) -> None:
+        async with transient_errors():
+            await self._pool.execute(
+                """INSERT INTO eligibility.outages (status_id, admdvs, starts_at, ends_at, reason, cancelled)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (status_id) DO UPDATE SET admdvs = EXCLUDED.admdvs, starts_at = EXCLUDED.starts_at,
+                       ends_at = EXCLUDED.ends_at, reason = EXCLUDED.reason, cancelled = EXCLUDED.cancelled""",
+                status_id, admdvs, starts_at, ends_at, reason, cancelled,
+            )
+
+    async def all_outages(self, now: datetime) -> list[dict[str, Any]]:
+        async with transient_errors():
+            rows = await self._pool.fetch(
+                "SELECT * FROM eligibility.outages WHERE NOT cancelled AND ends_at > $1 ORDER BY starts_at", now
+            )
+        return [dict(r) for r in rows]

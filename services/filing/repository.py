@@ -1,0 +1,85 @@
+"""Filing's SQL (schema ``filing``): filings, their history, answered requests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import date
+from typing import Any
+
+import asyncpg
+import orjson
+
+from yidi.contracts.filing import FilingRecord
+from yidi.domain.eligibility import Filing
+from yidi.platform.db import transient_errors
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+class FilingRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    async def answered(self, conn: asyncpg.Connection, reqid: str) -> list[dict[str, Any]] | None:
+        row = await conn.fetchrow("SELECT emitted FROM filing.requests WHERE reqid = $1", reqid)
+        return _json(row["emitted"]) if row else None
+
+    async def get(self, conn: asyncpg.Connection, filing_id: str) -> tuple[FilingRecord, date] | None:
+        row = await conn.fetchrow("SELECT * FROM filing.filings WHERE filing_id = $1 FOR UPDATE", filing_id)
+        if row is None:
+            return None
+        return (
+            FilingRecord(
+                filing_id=row["filing_id"], psn_no=row["psn_no"], insutype=row["insutype"],
+                insuplc_admdvs=row["insuplc_admdvs"], filed_admdvs=row["filed_admdvs"], category=row["category"],
+                begndate=row["begndate"], enddate=row["enddate"], status=row["status"], version=row["version"],
+            ),
+            row["filed_on"],
+        )
+
+    async def save(
+        self, conn: asyncpg.Connection, filing: Filing, version: int, filed_on: date,
+        action: str, reqid: str, decl_source: str,
+    ) -> FilingRecord:
+        record = FilingRecord(
+            filing_id=filing.filing_id, psn_no=filing.psn_no, insutype=filing.insutype,
+            insuplc_admdvs=filing.insured_region, filed_admdvs=filing.filed_region, category=filing.category,
+            begndate=filing.begin, enddate=filing.end, status=filing.status, version=version,
+        )
+        await conn.execute(
+            """INSERT INTO filing.filings (filing_id, psn_no, insutype, insuplc_admdvs, filed_admdvs, category,
+                   begndate, enddate, status, version, filed_on)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+               ON CONFLICT (filing_id) DO UPDATE SET insutype = EXCLUDED.insutype, filed_admdvs = EXCLUDED.filed_admdvs,
+                   category = EXCLUDED.category, begndate = EXCLUDED.begndate, enddate = EXCLUDED.enddate,
+                   status = EXCLUDED.status, version = EXCLUDED.version, updated_at = now()""",
+            record.filing_id, record.psn_no, record.insutype.value, record.insuplc_admdvs, record.filed_admdvs,
+            record.category.value, record.begndate, record.enddate, record.status.value, version, filed_on,
+        )
+        await conn.execute(
+            """INSERT INTO filing.filing_history (filing_id, version, action, reqid, decl_source, record)
+               VALUES ($1, $2, $3, $4, $5, $6::jsonb)""",
+            record.filing_id, version, action, reqid, decl_source, record.model_dump_json(),
+        )
+        return record
+
+    async def remember(self, conn: asyncpg.Connection, reqid: str, result: Any, emitted: list[dict[str, Any]]) -> None:
+        await conn.execute(
+            "INSERT INTO filing.requests (reqid, result, emitted) VALUES ($1, $2::jsonb, $3::jsonb)",
+            reqid, orjson.dumps(result).decode(), orjson.dumps(emitted).decode(),
+        )
+
+    async def history(self, filing_id: str) -> list[dict[str, Any]]:
+        async with transient_errors():
+            rows = await self._pool.fetch(
+                "SELECT * FROM filing.filing_history WHERE filing_id = $1 ORDER BY version", filing_id
+            )
+        return [dict(r) | {"record": _json(r["record"])} for r in rows]

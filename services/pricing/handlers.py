@@ -1,0 +1,288 @@
+"""Pricing's stage: settlement.eligible → answers (pre-settlements, refusals) or settlement.priced.
+
+Pricing is where a settlement's ``msgid`` becomes a fact: the priced request, the person's
+accumulators and the ``setl_id`` are written in one Postgres transaction per batch. A request
+seen before with the same payload replays what was passed on then; with another payload it is
+refused ``MODIFIED_REQUEST``. Cancellation and reversal give back exactly the recorded delta.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+
+from yidi.contracts import answers
+from yidi.contracts.envelope import ErrCode, Infno, ResponseEnvelope
+from yidi.contracts.internal import EligibleWork, LedgerFacts, PricedWork, WorkKind
+from yidi.contracts.settlement import CancelInput, ReversalInput, SettlementInput
+from yidi.domain.catalogue import Catalogue, CatalogueItem
+from yidi.domain.codes import InsuranceType, MedType, PersonType
+from yidi.domain.money import ZERO
+from yidi.domain.policy import BenefitPolicy, PolicyError, policy_in_force
+from yidi.domain.pricing import ACCOUNT_DRAWN, Bill, BillLine, Terms, price
+from yidi.platform.jsonwire import dumps, loads
+from yidi.platform.kafka import Incoming, Outgoing
+from yidi.platform.replies import dead_letter, recover_ids, reply
+from yidi.platform.settings import Settings
+from yidi.platform.topics import SETTLEMENT_PRICED
+
+from services.pricing.repository import PricingRepository, StoredRequest, StoredSettlement
+
+log = logging.getLogger(__name__)
+ACCOUNT_YEAR = 0  # account draws are counted per balance version, not per year
+
+
+def settlement_id(msgid: str, day: date) -> str:
+    """Deterministic: the same request always names the same settlement."""
+    return f"S{day:%Y%m%d}{hashlib.sha1(msgid.encode()).hexdigest()[:16].upper()}"
+
+
+@dataclass
+class Batch:
+    """Everything one batch reads, and what it will write, kept in memory while it is priced."""
+
+    stored: dict[str, StoredRequest]
+    settlements: list[StoredSettlement]
+    policies: list[BenefitPolicy]
+    items: list[CatalogueItem]
+    usage: dict[tuple[str, int], dict[str, Decimal]]
+    new_requests: list[StoredRequest] = field(default_factory=list)
+    new_settlements: list[StoredSettlement] = field(default_factory=list)
+    undone: list[StoredSettlement] = field(default_factory=list)
+    counter_changes: dict[tuple[str, int, str], Decimal] = field(default_factory=lambda: defaultdict(lambda: ZERO))
+
+    def change(self, psn_no: str, year: int, counter: str, amount: Decimal) -> None:
+        self.usage.setdefault((psn_no, year), {})
+        self.usage[(psn_no, year)][counter] = self.usage[(psn_no, year)].get(counter, ZERO) + amount
+        self.counter_changes[(psn_no, year, counter)] += amount
+
+    def settlement(self, *, setl_id: str | None = None, msgid: str | None = None) -> StoredSettlement | None:
+        for s in self.settlements:
+            if (setl_id and s.setl_id == setl_id) or (msgid and s.msgid == msgid):
+                return s
+        return None
+
+
+def _account_counter(version: str) -> str:
+    return f"{ACCOUNT_DRAWN}:{version}"
+
+
+class PricingHandler:
+    def __init__(self, settings: Settings, repo: PricingRepository) -> None:
+        self.settings = settings
+        self.repo = repo
+
+    async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        works: list[tuple[Incoming, EligibleWork]] = []
+        for record in records:
+            try:
+                works.append((record, EligibleWork.model_validate(loads(record.value))))
+            except (ValidationError, ValueError) as exc:
+                out.extend(self._broken(record, f"settlement.eligible message does not validate: {exc}"))
+        if not works:
+            return out
+        async with self.repo.transaction() as conn:
+            batch = await self._load(conn, [w for _, w in works])
+            for record, work in works:
+                try:
+                    out.extend(self._one(work, batch))
+                except Exception as exc:  # noqa: BLE001 - an unclassified error is a bug: answer, dead-letter, log
+                    log.exception("pricing failed for %s", work.request.msgid)
+                    out.extend(self._broken(record, f"pricing failed: {exc!r}"))
+            await self.repo.write(conn, batch.new_requests, batch.new_settlements, batch.undone, batch.counter_changes)
+        return out
+
+    def _broken(self, record: Incoming, reason: str) -> list[Outgoing]:
+        msgid, reply_to, infno, facility = recover_ids(record.value)
+        out = [dead_letter(record, reason)]
+        if msgid:
+            answer = answers.answer(
+                msgid, infno, err_code=ErrCode.INTERNAL_ERROR,
+                err_msg="The platform could not price this request; nothing was settled. Try again later or settle in cash.",
+            )
+            out.append(reply(self.settings, reply_to, answer, facility=facility, request_ts_ms=record.timestamp_ms))
+        return out
+
+    async def _load(self, conn: Any, works: list[EligibleWork]) -> Batch:
+        policy_keys, item_keys, usage_keys, setl_ids, msgids = set(), set(), set(), [], []
+        for w in works:
+            r = w.request
+            data = r.data
+            if r.infno.prices_a_bill and w.refusal is None:
+                policy_keys.add((r.insuplc_admdvs or "", data.get("insutype", "")))
+                for d in data.get("feedetail", []):
+                    item_keys.add((r.mdtrtarea_admvs, d.get("hilist_code", "")))
+                usage_keys.add((data.get("psn_no", ""), r.inf_time.year))
+                usage_keys.add((data.get("psn_no", ""), ACCOUNT_YEAR))
+            if r.infno.is_cancellation:
+                setl_ids.append(str(data.get("setl_id", "")))
+            if r.infno is Infno.REVERSAL:
+                msgids.append(str(data.get("omsgid", "")))
+        stored = await self.repo.requests(conn, [w.request.msgid for w in works])
+        settlements = await self.repo.settlements(conn, setl_ids, msgids) if setl_ids or msgids else []
+        usage_keys |= {(s.psn_no, s.year) for s in settlements} | {(s.psn_no, ACCOUNT_YEAR) for s in settlements}
+        return Batch(
+            stored=stored,
+            settlements=settlements,
+            policies=await self.repo.policies(conn, policy_keys),
+            items=await self.repo.catalogue_items(conn, item_keys),
+            usage=await self.repo.accumulators(conn, usage_keys),
+        )
+
+    def _reply(self, work: EligibleWork, answer: ResponseEnvelope) -> Outgoing:
+        r = work.request
+        return reply(self.settings, r.reply_to, answer, facility=r.fixmedins_code, request_ts_ms=work.request_ts_ms)
+
+    def _refuse(self, work: EligibleWork, code: ErrCode, message: str) -> list[Outgoing]:
+        return [self._reply(work, answers.refusal(work.request, code, message))]
+
+    def _pass_on(self, work: PricedWork, psn_no: str) -> Outgoing:
+        return Outgoing(topic=self.settings.topic(SETTLEMENT_PRICED), value=dumps(work), key=psn_no.encode())
+
+    def _one(self, work: EligibleWork, batch: Batch) -> list[Outgoing]:
+        request = work.request
+        changes_state = request.infno.is_settlement or request.infno.is_cancellation or request.infno is Infno.REVERSAL
+        if changes_state and (seen := batch.stored.get(request.msgid)):
+            if seen.request_hash != work.request_hash:
+                return self._refuse(
+                    work, ErrCode.MODIFIED_REQUEST,
+                    f"msgid {request.msgid} was already used for a different request; "
+                    "a new request needs a new msgid.",
+                )
+            # The same request again: pass on what was passed on then, answered to this copy.
+            return [
+                self._pass_on(
+                    PricedWork.model_validate(e).model_copy(
+                        update={"request": request, "request_ts_ms": work.request_ts_ms}
+                    ),
+                    str(request.data.get("psn_no", "")),
+                )
+                for e in seen.emitted
+            ]
+        if work.refusal is not None:
+            return self._refuse(work, work.refusal.err_code, work.refusal.err_msg)
+        if request.infno.prices_a_bill:
+            return self._price(work, batch)
+        return self._undo(work, batch)
+
+    def _price(self, work: EligibleWork, batch: Batch) -> list[Outgoing]:
+        request, body = work.request, SettlementInput.model_validate(work.request.data)
+        person = work.person
+        assert person is not None, "eligibility passes a person with every eligible settlement"
+        day = request.inf_time.date()
+        region = request.insuplc_admdvs or ""
+        policy = policy_in_force(batch.policies, region, body.insutype, day)
+        if policy is None:
+            return self._refuse(
+                work, ErrCode.NO_POLICY,
+                f"Insured region {region} has no {body.insutype.value} policy in force on {day}; "
+                "nothing was settled. Settle in cash or contact the insured region.",
+            )
+        catalogue = Catalogue.in_force(request.mdtrtarea_admvs, day, batch.items)
+        year_usage = batch.usage.get((body.psn_no, day.year), {})
+        account_counter = _account_counter(person.acct_version)
+        drawn = batch.usage.get((body.psn_no, ACCOUNT_YEAR), {}).get(account_counter, ZERO)
+        terms = Terms(
+            med_type=MedType(body.med_type),
+            insutype=InsuranceType(body.insutype),
+            person_type=PersonType(person.psn_type),
+            facility_level=work.facility_level,
+            filing_category=work.filing_category,
+            use_account=body.acct_used_flag == "1",
+            account_balance=max(ZERO, person.acct_balc - drawn),
+            qualifications=frozenset(person.qualifications),
+        )
+        bill = Bill(
+            body.mdtrt_id, day,
+            tuple(BillLine(d.feedetl_sn, d.hilist_code, d.hilist_name, d.cnt, d.pric, d.det_item_fee_sumamt)
+                  for d in body.feedetail),
+        )
+        try:
+            pricing = price(bill, catalogue, policy, terms, year_usage)
+        except PolicyError as exc:
+            return self._refuse(work, ErrCode.NO_POLICY, f"{exc}; nothing was settled.")
+        settle = request.infno.is_settlement
+        setl_id = settlement_id(request.msgid, day) if settle else ""
+        output = answers.settlement_output(
+            pricing, setl_id=setl_id, mdtrt_id=body.mdtrt_id, psn_no=body.psn_no, psn_name=person.psn_name,
+            insutype=body.insutype.value, psn_type=person.psn_type, med_type=body.med_type.value,
+            setl_time=request.inf_time.strftime("%Y-%m-%d %H:%M:%S"), clr_optins=region,
+        )
+        answer = answers.answer(request.msgid, request.infno.value, output.model_dump(mode="json"))
+        if not settle:
+            return [self._reply(work, answer)]  # pre-settlement: the same numbers, nothing committed
+        delta = dict(pricing.usage_delta)
+        stored_delta: dict[str, str] = {}
+        for counter, amount in delta.items():
+            if counter == ACCOUNT_DRAWN:
+                batch.change(body.psn_no, ACCOUNT_YEAR, account_counter, amount)
+                stored_delta[f"{ACCOUNT_YEAR}|{account_counter}"] = str(amount)
+            else:
+                batch.change(body.psn_no, day.year, counter, amount)
+                stored_delta[f"{day.year}|{counter}"] = str(amount)
+        priced = PricedWork(
+            kind=WorkKind.SETTLE, request=request, request_hash=work.request_hash,
+            request_ts_ms=work.request_ts_ms, answer=answer,
+            facts=LedgerFacts(
+                setl_id=setl_id, psn_no=body.psn_no, mdtrt_id=body.mdtrt_id, insuplc_admdvs=region,
+                mdtrtarea_admvs=request.mdtrtarea_admvs, fixmedins_code=request.fixmedins_code,
+                setlym=f"{day:%Y%m}", medfee_sumamt=pricing.medfee_sumamt,
+                fund_pay_sumamt=pricing.fund_pay_sumamt, acct_pay=pricing.acct_pay, psn_cash_pay=pricing.psn_cash_pay,
+            ),
+        )
+        self._remember(batch, work, setl_id, [priced])
+        settlement = StoredSettlement(setl_id, request.msgid, body.psn_no, day.year, stored_delta, "settled", None)
+        batch.new_settlements.append(settlement)
+        batch.settlements.append(settlement)
+        return [self._pass_on(priced, body.psn_no)]
+
+    def _remember(self, batch: Batch, work: EligibleWork, setl_id: str | None, emitted: list[PricedWork]) -> None:
+        stored = StoredRequest(
+            work.request.msgid, work.request_hash, work.request.infno.value, setl_id,
+            [e.model_dump(mode="json") for e in emitted],
+        )
+        batch.stored[stored.msgid] = stored
+        batch.new_requests.append(stored)
+
+    def _undo(self, work: EligibleWork, batch: Batch) -> list[Outgoing]:
+        """Cancellation (2208/2305, by setl_id) or reversal (2601, by the original msgid)."""
+        request = work.request
+        if request.infno is Infno.REVERSAL:
+            rev = ReversalInput.model_validate(request.data)
+            target = batch.settlement(msgid=rev.omsgid)
+            psn_no, what = rev.psn_no, f"original msgid {rev.omsgid}"
+            new_state = "reversed"
+        else:
+            cancel = CancelInput.model_validate(request.data)
+            target = batch.settlement(setl_id=cancel.setl_id)
+            psn_no, what = cancel.psn_no, f"setl_id {cancel.setl_id}"
+            new_state = "cancelled"
+        if target is None or target.psn_no != psn_no:
+            return self._refuse(
+                work, ErrCode.NOT_FOUND,
+                f"No settlement of this person with {what}; check the number on the settlement slip.",
+            )
+        if target.state == "settled":
+            for key, amount in target.usage_delta.items():
+                year, _, counter = key.partition("|")
+                batch.change(target.psn_no, int(year), counter, -Decimal(amount))
+            target.state, target.undone_by = new_state, request.msgid
+            batch.undone.append(target)
+        output = {"setlinfo": {"setl_id": target.setl_id, "psn_no": target.psn_no, "state": target.state,
+                                "undone_by": target.undone_by or ""}}
+        priced = PricedWork(
+            kind=WorkKind.CANCEL, request=request, request_hash=work.request_hash,
+            request_ts_ms=work.request_ts_ms,
+            answer=answers.answer(request.msgid, request.infno.value, output),
+            target_setl_id=target.setl_id,
+        )
+        self._remember(batch, work, target.setl_id, [priced])
+        return [self._pass_on(priced, psn_no)]

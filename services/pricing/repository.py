@@ -1,0 +1,201 @@
+"""Pricing's SQL (schema ``pricing``): reference data by version, accumulators, priced requests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import orjson
+
+from yidi.contracts.refdata import CatalogueRecord, PolicyRecord
+from yidi.domain.catalogue import CatalogueItem
+from yidi.domain.policy import BenefitPolicy
+from yidi.platform.db import transient_errors
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+@dataclass
+class StoredRequest:
+    msgid: str
+    request_hash: str
+    infno: str
+    setl_id: str | None
+    emitted: list[dict[str, Any]]
+
+
+@dataclass
+class StoredSettlement:
+    setl_id: str
+    msgid: str
+    psn_no: str
+    year: int
+    usage_delta: dict[str, str]
+    state: str
+    undone_by: str | None
+
+
+class ParsedCache:
+    """Parsed reference records by revision: a revision never changes, so it never goes stale."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self._items: dict[int, Any] = {}
+        self._limit = limit
+
+    def get(self, rev: int, parse: Any, raw: Any) -> Any:
+        value = self._items.get(rev)
+        if value is None:
+            if len(self._items) >= self._limit:
+                self._items.clear()
+            value = self._items[rev] = parse(raw)
+        return value
+
+
+class PricingRepository:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._policies = ParsedCache()
+        self._items = ParsedCache()
+
+    # Reference feeds -------------------------------------------------------------------------
+
+    async def upsert_policy(self, record: PolicyRecord) -> None:
+        async with transient_errors():
+            await self._pool.execute(
+                """INSERT INTO pricing.policies (insuplc_admdvs, insutype, begndate, version, record, rev)
+                   VALUES ($1, $2, $3, $4, $5::jsonb, nextval('pricing.ref_rev'))
+                   ON CONFLICT (insuplc_admdvs, insutype, begndate) DO UPDATE
+                   SET version = EXCLUDED.version, record = EXCLUDED.record, rev = EXCLUDED.rev, loaded_at = now()""",
+                record.insuplc_admdvs, record.insutype.value, record.begndate, record.version,
+                record.model_dump_json(),
+            )
+
+    async def upsert_catalogue_item(self, record: CatalogueRecord) -> None:
+        async with transient_errors():
+            await self._pool.execute(
+                """INSERT INTO pricing.catalogue (mdtrtarea_admvs, hilist_code, begndate, enddate, record, rev)
+                   VALUES ($1, $2, $3, $4, $5::jsonb, nextval('pricing.ref_rev'))
+                   ON CONFLICT (mdtrtarea_admvs, hilist_code, begndate) DO UPDATE
+                   SET enddate = EXCLUDED.enddate, record = EXCLUDED.record, rev = EXCLUDED.rev, loaded_at = now()""",
+                record.mdtrtarea_admvs, record.hilist_code, record.begndate, record.enddate,
+                record.model_dump_json(),
+            )
+
+    # Batch reads, inside the batch's transaction ----------------------------------------------
+
+    async def policies(self, conn: asyncpg.Connection, keys: Iterable[tuple[str, str]]) -> list[BenefitPolicy]:
+        pairs = set(keys)
+        if not pairs:
+            return []
+        regions, types = zip(*pairs, strict=True)
+        rows = await conn.fetch(
+            """SELECT p.record, p.rev FROM pricing.policies p
+               JOIN unnest($1::text[], $2::text[]) AS k(region, insutype)
+                 ON p.insuplc_admdvs = k.region AND p.insutype = k.insutype""",
+            list(regions), list(types),
+        )
+        return [
+            self._policies.get(r["rev"], lambda raw: PolicyRecord.model_validate(_json(raw)).to_domain(), r["record"])
+            for r in rows
+        ]
+
+    async def catalogue_items(self, conn: asyncpg.Connection, keys: Iterable[tuple[str, str]]) -> list[CatalogueItem]:
+        pairs = set(keys)
+        if not pairs:
+            return []
+        regions, codes = zip(*pairs, strict=True)
+        rows = await conn.fetch(
+            """SELECT c.record, c.rev FROM pricing.catalogue c
+               JOIN unnest($1::text[], $2::text[]) AS k(region, code)
+                 ON c.mdtrtarea_admvs = k.region AND c.hilist_code = k.code""",
+            list(regions), list(codes),
+        )
+        return [
+            self._items.get(r["rev"], lambda raw: CatalogueRecord.model_validate(_json(raw)).to_domain(), r["record"])
+            for r in rows
+        ]
+
+    async def accumulators(
+        self, conn: asyncpg.Connection, keys: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], dict[str, Decimal]]:
+        pairs = set(keys)
+        out: dict[tuple[str, int], dict[str, Decimal]] = {k: {} for k in pairs}
+        if not pairs:
+            return out
+        people, years = zip(*pairs, strict=True)
+        rows = await conn.fetch(
+            """SELECT a.psn_no, a.year, a.counter, a.amount FROM pricing.accumulators a
+               JOIN unnest($1::text[], $2::int[]) AS k(psn_no, year) ON a.psn_no = k.psn_no AND a.year = k.year""",
+            list(people), list(years),
+        )
+        for r in rows:
+            out[(r["psn_no"], r["year"])][r["counter"]] = r["amount"]
+        return out
+
+    async def requests(self, conn: asyncpg.Connection, msgids: list[str]) -> dict[str, StoredRequest]:
+        rows = await conn.fetch("SELECT * FROM pricing.requests WHERE msgid = ANY($1::text[])", msgids)
+        return {
+            r["msgid"]: StoredRequest(r["msgid"], r["request_hash"], r["infno"], r["setl_id"], _json(r["emitted"]))
+            for r in rows
+        }
+
+    async def settlements(
+        self, conn: asyncpg.Connection, setl_ids: list[str], msgids: list[str]
+    ) -> list[StoredSettlement]:
+        rows = await conn.fetch(
+            """SELECT * FROM pricing.settlements
+               WHERE setl_id = ANY($1::text[]) OR msgid = ANY($2::text[]) FOR UPDATE""",
+            setl_ids, msgids,
+        )
+        return [
+            StoredSettlement(
+                r["setl_id"], r["msgid"], r["psn_no"], r["year"], _json(r["usage_delta"]), r["state"], r["undone_by"]
+            )
+            for r in rows
+        ]
+
+    # Batch writes --------------------------------------------------------------------------------
+
+    async def write(
+        self,
+        conn: asyncpg.Connection,
+        requests: list[StoredRequest],
+        new_settlements: list[StoredSettlement],
+        undone: list[StoredSettlement],
+        counter_changes: dict[tuple[str, int, str], Decimal],
+    ) -> None:
+        if requests:
+            await conn.executemany(
+                "INSERT INTO pricing.requests (msgid, request_hash, infno, setl_id, emitted) VALUES ($1, $2, $3, $4, $5::jsonb)",
+                [(r.msgid, r.request_hash, r.infno, r.setl_id, orjson.dumps(r.emitted).decode()) for r in requests],
+            )
+        if new_settlements:
+            await conn.executemany(
+                """INSERT INTO pricing.settlements (setl_id, msgid, psn_no, year, usage_delta)
+                   VALUES ($1, $2, $3, $4, $5::jsonb)""",
+                [(s.setl_id, s.msgid, s.psn_no, s.year, orjson.dumps(s.usage_delta).decode()) for s in new_settlements],
+            )
+        if undone:
+            await conn.executemany(
+                "UPDATE pricing.settlements SET state = $2, undone_by = $3, undone_at = now() WHERE setl_id = $1",
+                [(s.setl_id, s.state, s.undone_by) for s in undone],
+            )
+        changes = [(p, y, c, a) for (p, y, c), a in counter_changes.items() if a]
+        if changes:
+            await conn.executemany(
+                """INSERT INTO pricing.accumulators (psn_no, year, counter, amount) VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (psn_no, year, counter) DO UPDATE SET amount = pricing.accumulators.amount + EXCLUDED.amount""",
+                changes,
+            )
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """One connection and one transaction for a whole batch; a database away is transient."""
+        async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
+            yield conn

@@ -1,0 +1,51 @@
+"""Wire contracts: WE1 parses, amounts are strings, malformed requests are explained."""
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from yidi.contracts.envelope import RequestEnvelope
+from yidi.contracts.settlement import SettlementInput
+from yidi.platform.replies import recover_ids
+
+WE1 = Path(__file__).resolve().parents[3] / "shared" / "examples" / "we1" / "request.json"
+
+
+def we1() -> dict:
+    return json.loads(WE1.read_text())
+
+
+def test_we1_request_parses():
+    request = RequestEnvelope.model_validate(we1())
+    body = SettlementInput.model_validate(request.data)
+    assert str(body.medfee_sumamt) == "64.29" and len(body.feedetail) == 2
+
+
+def test_a_float_amount_is_refused():
+    raw = we1()
+    raw["input"]["data"]["medfee_sumamt"] = 64.29
+    with pytest.raises(ValidationError, match="never floats"):
+        SettlementInput.model_validate(raw["input"]["data"])
+
+
+def test_a_total_that_is_not_the_sum_of_the_details_is_refused():
+    raw = we1()
+    raw["input"]["data"]["medfee_sumamt"] = "64.30"
+    with pytest.raises(ValidationError, match="not the sum"):
+        SettlementInput.model_validate(raw["input"]["data"])
+
+
+def test_payload_hash_ignores_reply_to_and_time_but_not_the_bill():
+    a = RequestEnvelope.model_validate(we1())
+    other_reply = we1() | {"reply_to": "gw.answers", "inf_time": "2022-07-01 10:31:00"}
+    changed = we1()
+    changed["input"]["data"]["feedetail"][0]["pric"] = "32.53"
+    assert a.payload_hash() == RequestEnvelope.model_validate(other_reply).payload_hash()
+    assert a.payload_hash() != RequestEnvelope.model_validate(changed).payload_hash()
+
+
+def test_ids_are_recovered_from_a_message_that_does_not_parse():
+    raw = b'{"infno": "2207", "msgid": "H1100000000120220701103000000X", "reply_to": "gw.a", "fixmedins_code": "H1", "input": {'
+    assert recover_ids(raw) == ("H1100000000120220701103000000X", "gw.a", "2207", "H1")

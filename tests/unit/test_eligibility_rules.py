@@ -1,0 +1,100 @@
+"""Eligibility rules (R5, R6, R7, R10, R14, R17, R19) on plain data."""
+
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal as D
+
+from yidi.domain.codes import FilingCategory, InsuranceType, MedType, PersonType
+from yidi.domain.eligibility import (
+    Basis,
+    Eligible,
+    Facility,
+    Filing,
+    FilingStatus,
+    Outage,
+    Person,
+    Refusal,
+    Refused,
+    Visit,
+    decide,
+)
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+BEIJING_HOSPITAL = Facility("H1", "Beijing", "110000", 3, frozenset(MedType))
+PERSON = Person("P1", "Wang", "131000", InsuranceType.EMPLOYEE, PersonType.RETIRED, True, frozenset({"E11"}), D("0"))
+
+
+def visit(med=MedType.GENERAL_OUTPATIENT, on=date(2026, 11, 23), disease="", treating="110000", **kw):
+    return Visit(treating, "131000", InsuranceType.EMPLOYEE, med, on, disease, **kw)
+
+
+def filing(category=FilingCategory.RETIREE_RESETTLED, begin=date(2022, 1, 1), end=None, status=FilingStatus.ACTIVE, filed="110000"):
+    return Filing("F1", "P1", InsuranceType.EMPLOYEE, "131000", filed, category, begin, end, status)
+
+
+def test_r9_a_filing_to_the_region_lets_any_networked_facility_of_it_settle():
+    d = decide(visit(), PERSON, BEIJING_HOSPITAL, [filing()], [], NOW)
+    assert isinstance(d, Eligible) and d.basis is Basis.FILED and d.category is FilingCategory.RETIREE_RESETTLED
+
+
+def test_no_filing_is_refused_not_filed_with_a_sentence_naming_late_filing():
+    d = decide(visit(), PERSON, BEIJING_HOSPITAL, [], [], NOW)
+    assert isinstance(d, Refused) and d.code is Refusal.NOT_FILED and "R6" in d.message
+
+
+def test_r6_a_filing_made_after_admission_but_before_settlement_counts():
+    late = filing(FilingCategory.TEMPORARY_OTHER, begin=date(2026, 11, 22), end=date(2027, 5, 22))
+    d = decide(visit(MedType.INPATIENT), PERSON, BEIJING_HOSPITAL, [late], [], NOW)
+    assert isinstance(d, Eligible)
+
+
+def test_r5_emergency_rescue_counts_as_filed():
+    d = decide(visit(MedType.EMERGENCY), PERSON, BEIJING_HOSPITAL, [], [], NOW)
+    assert isinstance(d, Eligible) and d.basis is Basis.EMERGENCY and d.category is None
+
+
+def test_r7_an_expired_temporary_filing_no_longer_counts():
+    old = filing(FilingCategory.TEMPORARY_OTHER, begin=date(2025, 1, 1), end=date(2025, 7, 1))
+    assert isinstance(decide(visit(), PERSON, BEIJING_HOSPITAL, [old], [], NOW), Refused)
+
+
+def test_a_cancelled_filing_no_longer_counts():
+    cancelled = filing(status=FilingStatus.CANCELLED)
+    assert isinstance(decide(visit(), PERSON, BEIJING_HOSPITAL, [cancelled], [], NOW), Refused)
+
+
+def test_r10_care_in_the_insured_region_itself_needs_no_filing():
+    home = Facility("H2", "Langfang", "131000", 2, frozenset(MedType))
+    d = decide(visit(treating="131000"), PERSON, home, [], [], NOW)
+    assert isinstance(d, Eligible) and d.basis is Basis.HOME
+
+
+def test_r14_chronic_care_needs_the_qualification_at_home():
+    ok = decide(visit(MedType.CHRONIC_OUTPATIENT, disease="E11.900"), PERSON, BEIJING_HOSPITAL, [filing()], [], NOW)
+    no = decide(visit(MedType.CHRONIC_OUTPATIENT, disease="I10.X00"), PERSON, BEIJING_HOSPITAL, [filing()], [], NOW)
+    assert isinstance(ok, Eligible)
+    assert isinstance(no, Refused) and no.code is Refusal.NOT_QUALIFIED
+
+
+def test_r17_a_province_may_waive_filing_for_trips_between_its_cities():
+    jinan_person = Person("P2", "Sun", "370100", InsuranceType.EMPLOYEE, PersonType.IN_SERVICE, True)
+    qingdao = Facility("H3", "Qingdao", "370200", 3, frozenset(MedType))
+    v = Visit("370200", "370100", InsuranceType.EMPLOYEE, MedType.GENERAL_OUTPATIENT, date(2026, 11, 23), filing_waived_in_province=True)
+    d = decide(v, jinan_person, qingdao, [], [], NOW)
+    assert isinstance(d, Eligible) and d.basis is Basis.WAIVED
+
+
+def test_r19_an_insured_region_in_an_outage_window_is_refused_naming_when_it_resumes():
+    outage = Outage("131000", NOW - timedelta(hours=1), NOW + timedelta(hours=2), "maintenance")
+    d = decide(visit(), PERSON, BEIJING_HOSPITAL, [filing()], [outage], NOW)
+    assert isinstance(d, Refused) and d.code is Refusal.REGION_UNAVAILABLE and "12:00" in d.message
+
+
+def test_suspended_insurance_is_refused_not_insured():
+    suspended = Person("P1", "Wang", "131000", InsuranceType.EMPLOYEE, PersonType.RETIRED, False)
+    d = decide(visit(), suspended, BEIJING_HOSPITAL, [filing()], [], NOW)
+    assert isinstance(d, Refused) and d.code is Refusal.NOT_INSURED
+
+
+def test_an_unknown_facility_is_refused():
+    d = decide(visit(), PERSON, None, [filing()], [], NOW)
+    assert isinstance(d, Refused) and d.code is Refusal.UNKNOWN_FACILITY

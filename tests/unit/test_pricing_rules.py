@@ -1,0 +1,140 @@
+"""Each pricing rule of DOMAIN.md on hand-computed numbers, named after the rule."""
+
+from decimal import Decimal as D
+
+import pytest
+
+from yidi.domain.codes import ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType
+from yidi.domain.policy import DeductibleScope, Layer, PolicyError
+from yidi.domain.pricing import OUTPATIENT_QUOTA, POOLED_PAID, deductible_counter, price
+
+from tests.unit.factories import bill, catalogue, item, policy, rule, terms
+
+OP = MedType.GENERAL_OUTPATIENT
+IP = MedType.INPATIENT
+
+
+def test_r1_item_missing_from_the_catalogue_is_fully_self_paid_with_the_reason():
+    p = price(bill(("NOT-LISTED", "2", "10.00")), catalogue(), policy(rule(OP)), terms(OP), {})
+    assert p.fulamt_ownpay_amt == D("20.00") and p.inscp_scp_amt == 0 and p.hifp_pay == 0
+    assert "not in the catalogue" in p.items[0].note
+
+
+def test_r1_class_c_item_is_fully_self_paid():
+    p = price(bill(("C1", "1", "99.99")), catalogue(item("C1", ChargeClass.C)), policy(rule(OP)), terms(OP), {})
+    assert p.fulamt_ownpay_amt == D("99.99") and p.psn_part_amt == D("99.99")
+
+
+def test_r1_price_above_the_ceiling_is_self_paid_then_class_b_share_applies_to_the_rest():
+    # 3 × 52.00 = 156.00; ceiling 45 → 3 × 7 = 21.00 over; class B 10% of 135.00 = 13.50
+    cat = catalogue(item("B1", ChargeClass.B, "0.10", ceiling="45.00"))
+    p = price(bill(("B1", "3", "52.00")), cat, policy(rule(OP, ratio="0.50")), terms(OP), {})
+    assert (p.overlmt_selfpay, p.preselfpay_amt, p.inscp_scp_amt) == (D("21.00"), D("13.50"), D("121.50"))
+    assert p.hifp_pay == D("60.75")
+
+
+def test_r12_first_self_pay_moves_a_share_of_the_scope_to_the_person_for_temporary_trips():
+    pol = policy(rule(OP, ratio="0.50"), first_selfpay={FilingCategory.TEMPORARY_OTHER: D("0.10")})
+    p = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), pol, terms(OP, category=FilingCategory.TEMPORARY_OTHER), {})
+    assert p.preselfpay_amt == D("20.00") and p.inscp_scp_amt == D("180.00") and p.hifp_pay == D("90.00")
+
+
+def test_r12_first_self_pay_does_not_touch_long_term_filings():
+    pol = policy(rule(OP, ratio="0.50"), first_selfpay={FilingCategory.TEMPORARY_OTHER: D("0.10")})
+    p = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), pol, terms(OP), {})
+    assert p.preselfpay_amt == 0 and p.hifp_pay == D("100.00")
+
+
+def test_deductible_is_taken_from_the_scope_once_per_year_and_crossed_over_two_settlements():
+    pol = policy(rule(OP, deductible="300.00", ratio="0.50", deductible_bucket="outpatient"))
+    first = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), pol, terms(OP), {})
+    assert first.act_pay_dedc == D("200.00") and first.hifp_pay == 0
+    used = dict(first.usage_delta)
+    second = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), pol, terms(OP), used)
+    assert second.act_pay_dedc == D("100.00") and second.hifp_pay == D("50.00")
+
+
+def test_deductible_per_stay_starts_again_for_another_stay():
+    pol = policy(rule(IP, deductible="900.00", ratio="0.85", deductible_scope=DeductibleScope.STAY, deductible_bucket="ip"))
+    first = price(bill(("A1", "1", "1000.00"), visit="STAY-1"), catalogue(item("A1")), pol, terms(IP), {})
+    second = price(bill(("A1", "1", "1000.00"), visit="STAY-2"), catalogue(item("A1")), pol, terms(IP), first.usage_delta)
+    assert first.act_pay_dedc == second.act_pay_dedc == D("900.00")
+    assert deductible_counter("ip", DeductibleScope.STAY, "STAY-1") in first.usage_delta
+
+
+def test_r11_reduction_lowers_the_ratio_for_temporary_trips():
+    pol = policy(rule(OP, ratio="0.70"), reductions={FilingCategory.TEMPORARY_OTHER: D("0.20")})
+    p = price(bill(("A1", "1", "100.00")), catalogue(item("A1")), pol, terms(OP, category=FilingCategory.TEMPORARY_OTHER), {})
+    assert p.ratio == D("0.50") and p.hifp_pay == D("50.00")
+    assert "R11" in p.funds[0].explanation
+
+
+@pytest.mark.parametrize(
+    ("category", "reduction"),
+    [(FilingCategory.REFERRAL, "0.11"), (FilingCategory.EMERGENCY, "0.15"), (FilingCategory.TEMPORARY_OTHER, "0.21"),
+     (FilingCategory.RETIREE_RESETTLED, "0.01")],
+)
+def test_r11_a_policy_reducing_beyond_the_limits_is_refused_when_loaded(category, reduction):
+    with pytest.raises(PolicyError, match="R11"):
+        policy(rule(OP), reductions={category: D(reduction)})
+
+
+def test_r5_emergency_without_a_filing_gets_no_reduction():
+    pol = policy(rule(MedType.EMERGENCY, ratio="0.60"), reductions={FilingCategory.EMERGENCY: D("0.10")})
+    p = price(bill(("A1", "1", "100.00")), catalogue(item("A1")), pol, terms(MedType.EMERGENCY, category=None), {})
+    assert p.ratio == D("0.60")
+
+
+def test_annual_cap_stops_the_pooled_fund_at_what_is_left():
+    pol = policy(rule(IP, ratio="0.90"), annual_cap=D("1000.00"))
+    p = price(bill(("A1", "1", "2000.00")), catalogue(item("A1")), pol, terms(IP), {POOLED_PAID: D("700.00")})
+    assert p.hifp_pay == D("300.00") and "annual cap" in p.funds[0].explanation
+
+
+def test_r13_general_outpatient_quota_is_shared_and_never_exceeded():
+    pol = policy(rule(OP, ratio="0.50"), outpatient_quota=D("100.00"))
+    p = price(bill(("A1", "1", "400.00")), catalogue(item("A1")), pol, terms(OP), {OUTPATIENT_QUOTA: D("40.00")})
+    assert p.hifp_pay == D("60.00") and p.usage_delta[OUTPATIENT_QUOTA] == D("60.00")
+    assert "R13" in p.funds[0].explanation
+
+
+def test_r13_quota_does_not_apply_to_inpatient_care():
+    pol = policy(rule(IP, ratio="0.50"), outpatient_quota=D("100.00"))
+    p = price(bill(("A1", "1", "400.00")), catalogue(item("A1")), pol, terms(IP), {OUTPATIENT_QUOTA: D("100.00")})
+    assert p.hifp_pay == D("200.00")
+
+
+def test_r18_serious_illness_pays_above_its_threshold_on_what_the_pooled_fund_left():
+    pol = policy(
+        rule(IP, ratio="0.60"), insutype=InsuranceType.RESIDENT,
+        layers=(Layer(FundType.RESIDENT_SERIOUS_ILLNESS, D("15000.00"), D("0.60")),),
+    )
+    t = terms(IP, insutype=InsuranceType.RESIDENT, person=PersonType.RESIDENT)
+    # scope 50,000: pooled 30,000; left 20,000, of which 5,000 above the threshold × 0.60 = 3,000
+    p = price(bill(("A1", "1", "50000.00")), catalogue(item("A1")), pol, t, {})
+    assert p.hifp_pay == D("30000.00") and p.hifmi_pay == D("3000.00")
+    assert p.psn_part_amt == D("17000.00")
+
+
+def test_r18_a_layer_that_requires_a_qualification_pays_only_the_qualified():
+    pol = policy(rule(OP, ratio="0.50"), layers=(Layer(FundType.CIVIL_SERVANT, D("0"), D("0.50"), requires="civil_servant"),))
+    plain = price(bill(("A1", "1", "100.00")), catalogue(item("A1")), pol, terms(OP), {})
+    civil = price(bill(("A1", "1", "100.00")), catalogue(item("A1")), pol, terms(OP, qualifications=frozenset({"civil_servant"})), {})
+    assert plain.cvlserv_pay == 0 and civil.cvlserv_pay == D("25.00")
+
+
+def test_r16_individual_account_pays_first_within_its_balance():
+    pol = policy(rule(OP, ratio="0.50"))
+    p = price(bill(("A1", "1", "100.00")), catalogue(item("A1")), pol, terms(OP, use_account=True, account_balance=D("30.00")), {})
+    assert (p.acct_pay, p.psn_cash_pay, p.account_balance_after) == (D("30.00"), D("20.00"), D("0.00"))
+
+
+def test_r16_account_is_not_used_unless_the_request_allows_it():
+    p = price(bill(("A1", "1", "100.00")), catalogue(item("A1")), policy(rule(OP, ratio="0.50")), terms(OP, account_balance=D("30.00")), {})
+    assert p.acct_pay == 0 and p.psn_cash_pay == D("50.00")
+
+
+def test_most_specific_benefit_rule_wins():
+    pol = policy(rule(OP, ratio="0.50"), rule(OP, ratio="0.60", person_types=frozenset({PersonType.RETIRED})))
+    assert price(bill(("A1", "1", "100.00")), catalogue(item("A1")), pol, terms(OP), {}).ratio == D("0.60")
+    assert price(bill(("A1", "1", "100.00")), catalogue(item("A1")), pol, terms(OP, person=PersonType.IN_SERVICE), {}).ratio == D("0.50")
