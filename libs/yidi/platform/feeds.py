@@ -38,7 +38,8 @@ def feed(
     feed_name = name or topic
     full_topic = service.topic(topic)
 
-    async def consume(body: bytes, msg: KafkaMessage) -> None:
+    async def consume(msg: KafkaMessage) -> None:
+        body = msg.body
         try:
             record = model.model_validate(loads(body))
             await apply(record)
@@ -52,6 +53,11 @@ def feed(
             return
         except TransientError:
             await asyncio.sleep(1.0)  # then NACK: the record is read again
+            raise
+        except Exception:
+            # A bug: keep the record (NACK) but do not spin on it; the log says what broke.
+            log.exception("%s: unexpected failure applying a record", feed_name)
+            await asyncio.sleep(5.0)
             raise
         metrics.REFDATA_RECORDS.labels(feed_name, "applied").inc()
 

@@ -47,6 +47,8 @@ class Service:
             client_id=f"yidi-{name}",
             middlewares=(KafkaPrometheusMiddleware(registry=REGISTRY, app_name=f"yidi-{name}"),),
             graceful_timeout=10.0,
+            # One line per consumed record is too much at thousands a second: debug level.
+            log_level=logging.DEBUG,
         )
         self.app = FastStream(
             self.broker,

@@ -1,0 +1,29 @@
+# shellcheck shell=bash disable=SC2034  # variables are used by the scripts that source this
+# Sourced (never executed) by the deploy/local scripts: the one place for paths and ports.
+# It must not change shell options, because env.sh may be sourced into a user's shell.
+
+# The repository root is two levels above this file, wherever the checkout lives.
+YIDI_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
+# All local state (servers' data, logs, pid files, downloaded jars). Ignored by git.
+YIDI_LOCAL="$YIDI_ROOT/.local"
+
+# Loopback-only ports, deliberately away from the standard ones (9092/5432/6379),
+# so a system Kafka, PostgreSQL or Redis on the same machine is never disturbed.
+YIDI_KAFKA_PORT=19092
+YIDI_KAFKA_CONTROLLER_PORT=19093
+YIDI_PG_PORT=15432
+YIDI_REDIS_PORT=16379
+
+# What the application connects as (stack.sh creates the role and database).
+YIDI_PG_USER=yidi
+YIDI_PG_DB=yidi
+
+# PID exists and is not a zombie. Daemons are re-parented to init, and some inits (like
+# this sandbox's) reap only every couple of seconds: a zombie must count as exited.
+alive() {
+  local st
+  kill -0 "$1" 2>/dev/null || return 1
+  st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  st=${st##*) }
+  [[ ${st%% *} != Z ]]
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtualenv (.venv, Python 3.11) with the package installed
+# editable plus its dev extras. Idempotent and quiet: it only runs pip when pyproject.toml
+# is newer than .venv/.installed-stamp (or the venv is missing/broken).
+#   PYTHON=/path/to/python3.11 deploy/local/python.sh   to choose the interpreter.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$HERE/common.sh"
+
+VENV="$YIDI_ROOT/.venv"
+STAMP="$VENV/.installed-stamp"
+PYPROJECT="$YIDI_ROOT/pyproject.toml"
+WANT="3.11"   # pyproject.toml: requires-python = ">=3.11,<3.12"
+
+log() { printf 'python: %s\n' "$*" >&2; }
+die() { printf 'python: error: %s\n' "$*" >&2; exit 1; }
+is_wanted() { "$1" -c "import sys; sys.exit(f'{sys.version_info[0]}.{sys.version_info[1]}' != '$WANT')" 2>/dev/null; }
+
+# Fast path, before any locking: venv works and the stamp is not older than pyproject.toml.
+if [[ -f $STAMP && ! $PYPROJECT -nt $STAMP ]] && is_wanted "$VENV/bin/python"; then
+  exit 0
+fi
+
+# Serialise concurrent runs (e.g. parallel make targets) so pip never runs twice at once.
+mkdir -p "$YIDI_LOCAL"
+exec 9>"$YIDI_LOCAL/.venv.lock"
+flock -w 900 9 || die "timed out waiting for another python.sh"
+
+t0=${EPOCHREALTIME//[!0-9]/}
+if ! is_wanted "$VENV/bin/python"; then
+  py=${PYTHON:-}
+  if [[ -z $py ]]; then
+    for c in "python$WANT" python3 python; do
+      if command -v "$c" >/dev/null && is_wanted "$(command -v "$c")"; then py=$(command -v "$c"); break; fi
+    done
+  fi
+  if [[ -z $py ]] || ! is_wanted "$py"; then die "no Python $WANT found (set PYTHON=/path/to/python$WANT)"; fi
+  # A venv from another interpreter version (or whose interpreter vanished) is rebuilt.
+  rm -rf "$VENV"
+  "$py" -m venv "$VENV"
+  log "created .venv ($("$VENV/bin/python" -V 2>&1))"
+fi
+
+if [[ ! -f $STAMP || $PYPROJECT -nt $STAMP ]]; then
+  # Editable install: the other pieces of the repo (libs/, services/) are used in place.
+  (cd "$YIDI_ROOT" && "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]') \
+    || die "pip install -e '.[dev]' failed"
+  # Stamp carries pyproject.toml's mtime: any later edit makes it "newer" again.
+  touch -r "$PYPROJECT" "$STAMP"
+  d=$(( (${EPOCHREALTIME//[!0-9]/} - t0) / 100000 ))
+  log "installed -e '.[dev]' into .venv in $((d / 10)).$((d % 10))s"
+fi

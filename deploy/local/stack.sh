@@ -1,0 +1,609 @@
+#!/usr/bin/env bash
+# Local infrastructure for Yidi without Docker: Apache Kafka (KRaft, jars from Maven
+# Central), a private PostgreSQL cluster and Redis, all on loopback-only ports, with all
+# state under <repo>/.local/.
+#
+# Usage: deploy/local/stack.sh COMMAND [kafka|postgres|redis|all ...]
+#   install          Debian packages + Kafka jars (idempotent; fast no-op when present)
+#   start  [what]    install, then start (already-running pieces are left alone)
+#   stop   [what]    clean stop (pg fast shutdown, redis nosave, kafka SIGTERM then SIGKILL)
+#   status           one line per service; exit 0 only if all three are running
+#   logs   [what] [-f]  tail the logs (TAIL_LINES=40), -f to follow
+#   reset            stop everything and delete all data (keeps downloaded jars)
+#
+# Tunables (environment): KAFKA_VERSION (overrides the pom), KAFKA_HEAP_OPTS, KAFKA_OPTS,
+# KAFKA_START_TIMEOUT (90 s), KAFKA_STOP_TIMEOUT (30 s), PG_BINDIR.
+# shellcheck disable=SC2012  # ls over our own jar and bin directory names is fine
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$HERE/common.sh"
+
+LOG_DIR="$YIDI_LOCAL/log"
+KAFKA_DIR="$YIDI_LOCAL/kafka"
+KAFKA_LIBS="$KAFKA_DIR/libs"
+KAFKA_DATA="$KAFKA_DIR/data"
+KAFKA_PID="$KAFKA_DIR/kafka.pid"
+KAFKA_LOG="$LOG_DIR/kafka.log"
+KAFKA_POM="$HERE/kafka/pom.xml"
+PG_LINK="$YIDI_LOCAL/pg"   # resolved to PG_DIR by pg_paths (may be a symlink, see there)
+PG_LOG="$LOG_DIR/postgres.log"
+REDIS_DIR="$YIDI_LOCAL/redis"
+REDIS_PID="$REDIS_DIR/redis.pid"
+REDIS_LOG="$LOG_DIR/redis.log"
+
+ALL=(kafka postgres redis)
+
+# ---------------------------------------------------------------- helpers
+
+log() { printf 'stack: %s\n' "$*" >&2; }
+die() { printf 'stack: error: %s\n' "$*" >&2; exit 1; }
+
+# Microsecond clock; the digit filter copes with locales that print a decimal comma.
+now_us() { echo "${EPOCHREALTIME//[!0-9]/}"; }
+since() { local d=$(( ($(now_us) - $1) / 100000 )); printf '%d.%ds' $((d / 10)) $((d % 10)); }
+
+# Something (anyone) accepts TCP connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# pid from FILE if that process is alive and its command line contains PATTERN
+# (guards against a stale pid file whose number was reused by another process).
+live_pid() {
+  local file=$1 pattern=$2 pid
+  [[ -s $file ]] || return 1
+  pid=$(<"$file")
+  [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$pattern" || return 1
+  echo "$pid"
+}
+
+# Wait up to SECONDS for PID to exit; returns 1 if it is still alive.
+wait_exit() {
+  local pid=$1 deadline=$(( $(now_us) + $2 * 1000000 ))
+  while alive "$pid"; do
+    (( $(now_us) < deadline )) || return 1
+    sleep 0.1
+  done
+}
+
+tail_log() {
+  local file=$1
+  printf 'stack: ---- last lines of %s ----\n' "$file" >&2
+  tail -n "${TAIL_LINES:-40}" "$file" >&2 2>/dev/null || true
+  printf 'stack: ----\n' >&2
+}
+
+# Keep the previous run's log as *.log.1 so readiness checks only see this run.
+rotate_log() { [[ -f $1 ]] && mv -f "$1" "$1.1"; : >"$1"; }
+
+# Replace @NAME@ placeholders in template $1 with the values given as NAME=VALUE.
+# Bash substitution instead of sed so paths with any characters are safe.
+render() {
+  local text kv
+  text=$(<"$1"); shift
+  for kv in "$@"; do text=${text//"@${kv%%=*}@"/"${kv#*=}"}; done
+  printf '%s\n' "$text"
+}
+
+# The lock serialises start/stop/reset/install (e.g. two `make test` at once). fd 9 holds
+# it, so every daemon we launch gets `9>&-`: otherwise it would keep the lock forever.
+take_lock() {
+  mkdir -p "$YIDI_LOCAL"
+  exec 9>"$YIDI_LOCAL/.stack.lock"
+  flock -w 600 9 || die "another stack.sh has held $YIDI_LOCAL/.stack.lock for 10 minutes"
+}
+
+# .local and .local/log must be traversable by the postgres user even if root's umask
+# is restrictive (the repo itself is root-owned).
+make_dirs() {
+  mkdir -p "$YIDI_LOCAL" "$LOG_DIR"
+  chmod 755 "$YIDI_LOCAL" "$LOG_DIR"
+}
+
+# Sets SVCS to the services named by the command-line words; default (or "all") is every
+# service. Runs in the main shell (not a $(...) subshell) so that die really exits.
+SVCS=()
+parse_services() {
+  local w want=()
+  (( $# )) || set -- all
+  for w in "$@"; do
+    case $w in
+      all) want+=("${ALL[@]}") ;;
+      kafka|postgres|redis) want+=("$w") ;;
+      pg|postgresql) want+=(postgres) ;;
+      *) die "unknown service '$w' (expected kafka, postgres, redis or all)" ;;
+    esac
+  done
+  # de-duplicate, keeping ALL's order (kafka first: its JVM is the slowest to boot)
+  SVCS=()
+  for w in "${ALL[@]}"; do [[ " ${want[*]} " == *" $w "* ]] && SVCS+=("$w"); done
+  return 0
+}
+
+# ---------------------------------------------------------------- installation
+
+APT_UPDATED=0
+apt_install() {
+  (( $# )) || return 0
+  local sudo=() t0
+  t0=$(now_us)
+  command -v apt-get >/dev/null || die "missing $*, and this is not a Debian/Ubuntu machine: install them by hand"
+  if (( EUID != 0 )); then
+    command -v sudo >/dev/null || die "missing Debian packages: $* (run as root, or: apt-get install $*)"
+    sudo=(sudo)
+  fi
+  make_dirs
+  log "installing Debian packages: $* (log: $LOG_DIR/apt.log)"
+  # apt-get update only once per run, and only when something is actually missing.
+  if (( ! APT_UPDATED )); then
+    "${sudo[@]}" apt-get update >>"$LOG_DIR/apt.log" 2>&1 || { tail_log "$LOG_DIR/apt.log"; die "apt-get update failed"; }
+    APT_UPDATED=1
+  fi
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" \
+    >>"$LOG_DIR/apt.log" 2>&1 || { tail_log "$LOG_DIR/apt.log"; die "apt-get install $* failed"; }
+  log "installed $* in $(since "$t0")"
+}
+
+# Major Java version of the given java binary (8 for 1.8.x), or nothing.
+java_major() {
+  local v
+  v=$("$1" -version 2>&1 | sed -n 's/.*version "\([^"]*\)".*/\1/p' | head -n1)
+  v=${v#1.}
+  echo "${v%%[.+-]*}"
+}
+
+# First Java >= 17 (Kafka 4.x brokers need 17): $JAVA_HOME, PATH, then /usr/lib/jvm.
+find_java() {
+  local j m
+  for j in ${JAVA_HOME:+"$JAVA_HOME/bin/java"} "$(command -v java || true)" /usr/lib/jvm/*/bin/java; do
+    [[ -n $j && -x $j ]] || continue
+    m=$(java_major "$j")
+    [[ $m =~ ^[0-9]+$ ]] && (( m >= 17 )) && { echo "$j"; return 0; }
+  done
+  return 1
+}
+
+# Highest installed PostgreSQL server, unless PG_BINDIR says otherwise or an existing
+# cluster needs its own major version.
+find_pg_bindir() {
+  local ver="" d
+  if [[ -n ${PG_BINDIR:-} ]]; then echo "$PG_BINDIR"; return 0; fi
+  [[ -f $PG_LINK/data/PG_VERSION ]] && ver=$(<"$PG_LINK/data/PG_VERSION")
+  if [[ -n $ver ]]; then
+    [[ -x /usr/lib/postgresql/$ver/bin/postgres ]] && { echo "/usr/lib/postgresql/$ver/bin"; return 0; }
+    return 1
+  fi
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
+  [[ -n $d && -x $d/initdb && -x $d/pg_ctl && -x $d/psql ]] && { echo "$d"; return 0; }
+  return 1
+}
+
+kafka_jars_stamp() {
+  # The jars are current when they were resolved from this exact pom (and version override).
+  { cat "$KAFKA_POM"; echo "KAFKA_VERSION=${KAFKA_VERSION:-}"; } | sha256sum | cut -d' ' -f1
+}
+kafka_jars_ok() { [[ -f $KAFKA_LIBS/.stamp && $(<"$KAFKA_LIBS/.stamp") == "$(kafka_jars_stamp)" ]]; }
+
+kafka_version() {
+  local jar
+  jar=$(ls "$KAFKA_LIBS"/kafka_2.13-*.jar 2>/dev/null | head -n1)
+  jar=${jar##*/kafka_2.13-}
+  echo "${jar%.jar}"
+}
+
+# Install the Debian packages the given services need (one apt-get run for all of them).
+ensure_packages() {
+  local s pkgs=()
+  for s in "$@"; do
+    case $s in
+      kafka)
+        find_java >/dev/null || pkgs+=(openjdk-17-jre-headless)
+        # Maven is only needed to (re)resolve the jars.
+        kafka_jars_ok || command -v mvn >/dev/null || pkgs+=(maven) ;;
+      postgres)
+        if [[ -z ${PG_BINDIR:-} ]] && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then pkgs+=(postgresql); fi ;;
+      redis)
+        command -v redis-server >/dev/null && command -v redis-cli >/dev/null || pkgs+=(redis-server) ;;
+    esac
+  done
+  apt_install "${pkgs[@]}"
+}
+
+# Resolve kafka_2.13 + runtime closure + slf4j backend into .local/kafka/libs.
+ensure_kafka_jars() {
+  kafka_jars_ok && return 0
+  local t0 tmp mvn_args=()
+  t0=$(now_us)
+  command -v mvn >/dev/null || die "mvn not found (needed once to download the Kafka jars)"
+  make_dirs
+  mkdir -p "$KAFKA_DIR"
+  [[ -n ${KAFKA_VERSION:-} ]] && mvn_args+=("-Dkafka.version=$KAFKA_VERSION")
+  log "resolving Kafka jars from Maven Central (log: $LOG_DIR/maven.log)"
+  # Download into a temporary directory and swap it in, so an interrupted download is
+  # never mistaken for a complete one.
+  tmp="$KAFKA_DIR/libs.tmp"
+  rm -rf "$tmp"
+  mvn -B -q -Dstyle.color=never -f "$KAFKA_POM" "${mvn_args[@]}" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$tmp" >"$LOG_DIR/maven.log" 2>&1 \
+    || { tail_log "$LOG_DIR/maven.log"; die "mvn could not resolve the Kafka jars"; }
+  ls "$tmp"/kafka_2.13-*.jar >/dev/null 2>&1 || die "mvn finished but no kafka_2.13 jar in $tmp"
+  kafka_jars_stamp >"$tmp/.stamp"
+  rm -rf "$KAFKA_LIBS"
+  mv "$tmp" "$KAFKA_LIBS"
+  log "Kafka $(kafka_version) jars ready ($(ls "$KAFKA_LIBS"/*.jar | wc -l) jars) in $(since "$t0")"
+}
+
+install_for() {
+  ensure_packages "$@"
+  if [[ " $* " == *" kafka "* ]]; then ensure_kafka_jars; fi
+}
+
+# ---------------------------------------------------------------- kafka
+
+KAFKA_T0=""
+
+kafka_pid() { live_pid "$KAFKA_PID" kafka.Kafka; }
+
+# Kafka cluster id: generated once per data directory and kept in .local/kafka/cluster.id.
+kafka_cluster_id() {
+  local f="$KAFKA_DIR/cluster.id" id
+  if [[ -s $f ]]; then cat "$f"; return; fi
+  # Data formatted earlier but the id file lost: reuse the id the storage was formatted with.
+  id=$(sed -n 's/^cluster\.id=//p' "$KAFKA_DATA/meta.properties" 2>/dev/null || true)
+  # Otherwise 16 random bytes, base64url without padding (22 chars), never starting with '-'
+  # (the storage tool would take it for an option).
+  while [[ -z $id || $id == -* ]]; do
+    id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+  done
+  echo "$id" >"$f"
+  echo "$id"
+}
+
+# Start the JVM without waiting for it (postgres and redis start meanwhile); kafka_wait
+# then waits for readiness.
+kafka_launch() {
+  local pid java cid p
+  KAFKA_T0=""
+  if pid=$(kafka_pid); then
+    log "kafka already running (pid $pid) on 127.0.0.1:$YIDI_KAFKA_PORT ($(kafka_version))"
+    return 0
+  fi
+  for p in "$YIDI_KAFKA_PORT" "$YIDI_KAFKA_CONTROLLER_PORT"; do
+    port_open "$p" && die "127.0.0.1:$p is in use by a process that is not this stack's Kafka"
+  done
+  java=$(find_java) || die "no Java >= 17 found (Kafka 4.x needs it)"
+  KAFKA_T0=$(now_us)
+  make_dirs
+  mkdir -p "$KAFKA_DATA"
+  cid=$(kafka_cluster_id)
+  render "$HERE/kafka/server.properties.in" \
+    "KAFKA_PORT=$YIDI_KAFKA_PORT" "KAFKA_CONTROLLER_PORT=$YIDI_KAFKA_CONTROLLER_PORT" \
+    "KAFKA_DATA_DIR=$KAFKA_DATA" >"$KAFKA_DIR/server.properties"
+  rotate_log "$KAFKA_LOG"
+
+  # Format only once: meta.properties marks formatted storage. Static quorum
+  # (controller.quorum.voters), so no --standalone flag.
+  if [[ ! -f $KAFKA_DATA/meta.properties ]]; then
+    "$java" -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool format -t "$cid" \
+        -c "$KAFKA_DIR/server.properties" >>"$KAFKA_LOG" 2>&1 9>&- \
+      || { tail_log "$KAFKA_LOG"; die "formatting Kafka storage in $KAFKA_DATA failed"; }
+    log "kafka storage formatted (cluster id $cid)"
+  fi
+
+  # shellcheck disable=SC2206  # KAFKA_HEAP_OPTS / KAFKA_OPTS are word lists on purpose
+  local jvm=(
+    ${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}
+    -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
+    -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
+    # slf4j-simple writes to stderr (-> kafka.log); add timestamps to its lines.
+    -Dorg.slf4j.simpleLogger.showDateTime=true
+    "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd HH:mm:ss.SSS"
+    -Dkafka.logs.dir="$LOG_DIR"
+    ${KAFKA_OPTS:-}
+  )
+  # setsid: own session, so Ctrl-C in the calling terminal/make does not kill the broker.
+  # The wrapper writes its own pid and then execs java, so the pid file is java's pid.
+  # shellcheck disable=SC2016  # $$ and $@ belong to the inner bash
+  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$KAFKA_PID" \
+    "$java" "${jvm[@]}" -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
+    </dev/null >>"$KAFKA_LOG" 2>&1 9>&- &
+}
+
+# Ready = the broker logged "Kafka Server started" (the line testcontainers waits for)
+# and the client port accepts connections.
+kafka_wait() {
+  [[ -n $KAFKA_T0 ]] || return 0
+  local timeout=${KAFKA_START_TIMEOUT:-90} deadline pid=""
+  deadline=$(( KAFKA_T0 + timeout * 1000000 ))
+  while :; do
+    [[ -n $pid ]] || pid=$(cat "$KAFKA_PID" 2>/dev/null || true)
+    if [[ -n $pid ]] && ! alive "$pid"; then
+      tail_log "$KAFKA_LOG"; rm -f "$KAFKA_PID"
+      die "kafka exited during startup (log: $KAFKA_LOG)"
+    fi
+    if grep -q "Kafka Server started" "$KAFKA_LOG" && port_open "$YIDI_KAFKA_PORT"; then
+      break
+    fi
+    if (( $(now_us) > deadline )); then
+      tail_log "$KAFKA_LOG"
+      [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null || true
+      rm -f "$KAFKA_PID"
+      die "kafka not ready after ${timeout}s (stopped it; log: $KAFKA_LOG)"
+    fi
+    sleep 0.2
+  done
+  log "kafka ready on 127.0.0.1:$YIDI_KAFKA_PORT ($(kafka_version)) in $(since "$KAFKA_T0")"
+}
+
+kafka_stop() {
+  local pid timeout=${KAFKA_STOP_TIMEOUT:-30} t0
+  if ! pid=$(kafka_pid); then
+    rm -f "$KAFKA_PID"
+    log "kafka not running"
+    return 0
+  fi
+  t0=$(now_us)
+  # SIGTERM runs the broker's shutdown hook (controlled shutdown, clean log close).
+  kill -TERM "$pid" 2>/dev/null || true
+  if ! wait_exit "$pid" "$timeout"; then
+    log "kafka (pid $pid) still running after ${timeout}s: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_exit "$pid" 10 || die "kafka (pid $pid) survived SIGKILL"
+  fi
+  rm -f "$KAFKA_PID"
+  log "kafka stopped in $(since "$t0")"
+}
+
+kafka_status() {
+  local pid
+  if pid=$(kafka_pid); then
+    printf '%-9s running  pid %-7s 127.0.0.1:%s  (Kafka %s)\n' kafka "$pid" "$YIDI_KAFKA_PORT" "$(kafka_version)"
+  else
+    printf '%-9s stopped\n' kafka; return 1
+  fi
+}
+
+# ---------------------------------------------------------------- postgres
+
+PG_DIR="" PG_DATA="" PG_RUN="" PG_BIN=""
+
+# Run a command as the postgres user when we are root (initdb/postgres refuse to run as
+# root); from / so it never trips over a cwd that postgres may not read.
+as_pg() {
+  if (( EUID == 0 )); then (cd / && runuser -u postgres -- "$@"); else (cd / && "$@"); fi
+}
+
+# Work out where the cluster lives. Normally .local/pg. If the postgres user cannot reach
+# .local (e.g. a checkout under /root, which is mode 700) or the socket path would exceed
+# the 107-byte Unix limit, the cluster goes to /var/tmp/yidi-pg-<hash> and .local/pg
+# becomes a symlink to it, so .local/pg is still the one place to look.
+pg_paths() {
+  local create=${1:-} alt
+  if [[ ! -e $PG_LINK && -n $create ]]; then
+    make_dirs
+    if (( EUID == 0 )) && ! runuser -u postgres -- test -x "$YIDI_LOCAL" 2>/dev/null \
+       || (( ${#PG_LINK} + 20 > 107 )); then
+      alt="/var/tmp/yidi-pg-$(printf '%s' "$YIDI_ROOT" | sha256sum | cut -c1-12)"
+      mkdir -p "$alt"
+      ln -s "$alt" "$PG_LINK"
+      log "postgres: the postgres user cannot use $PG_LINK directly; data lives in $alt (symlinked)"
+    else
+      mkdir -p "$PG_LINK"
+    fi
+  fi
+  PG_DIR=$(readlink -f "$PG_LINK" 2>/dev/null || echo "$PG_LINK")
+  PG_DATA="$PG_DIR/data"
+  PG_RUN="$PG_DIR/run"
+}
+
+pg_running() {
+  [[ -f $PG_DATA/postmaster.pid && -n $PG_BIN ]] || return 1
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1
+}
+
+pg_psql() {
+  "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$YIDI_PG_PORT" -U postgres -d postgres
+}
+
+pg_start() {
+  local t0 pid
+  t0=$(now_us)
+  pg_paths create
+  PG_BIN=$(find_pg_bindir) || die "no PostgreSQL server binaries found for $PG_DATA (PG_VERSION $(cat "$PG_DATA/PG_VERSION" 2>/dev/null || echo '?')); install it or run: $0 reset"
+  if pg_running; then
+    pid=$(head -n1 "$PG_DATA/postmaster.pid")
+    log "postgres already running (pid $pid) on 127.0.0.1:$YIDI_PG_PORT"
+    return 0
+  fi
+  port_open "$YIDI_PG_PORT" && die "127.0.0.1:$YIDI_PG_PORT is in use by a process that is not this stack's PostgreSQL"
+
+  mkdir -p "$PG_RUN"
+  if (( EUID == 0 )); then chown postgres:postgres "$PG_DIR" "$PG_RUN"; fi
+  chmod 755 "$PG_DIR" "$PG_RUN"
+  rotate_log "$PG_LOG"
+
+  if [[ ! -f $PG_DATA/PG_VERSION ]]; then
+    # Trust auth on loopback is fine for a private dev cluster; --no-locale (C) and UTF8
+    # keep it independent of whatever LANG the machine or CI has.
+    rm -rf "$PG_DATA"
+    as_pg "$PG_BIN/initdb" -D "$PG_DATA" -A trust -U postgres -E UTF8 --no-locale >>"$PG_LOG" 2>&1 9>&- \
+      || { tail_log "$PG_LOG"; die "initdb failed"; }
+    echo "include_if_exists = 'yidi.conf'" | as_pg tee -a "$PG_DATA/postgresql.conf" >/dev/null
+    log "postgres cluster initialised in $PG_DATA (PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'))"
+  fi
+  # Rewritten on every start so edits to the template take effect.
+  render "$HERE/postgres/postgresql.conf.in" "PG_PORT=$YIDI_PG_PORT" "PG_RUN_DIR=$PG_RUN" \
+    | as_pg tee "$PG_DATA/yidi.conf" >/dev/null
+
+  # No `pg_ctl -l`: that would open the log as the postgres user, who may not be allowed to
+  # write in .local/log. Our shell opens it and the server inherits the descriptor.
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -w -t 60 start >>"$PG_LOG" 2>&1 9>&- \
+    || { tail_log "$PG_LOG"; die "postgres did not start (log: $PG_LOG)"; }
+
+  # The application's role and database, created once.
+  pg_psql <<SQL >/dev/null || { tail_log "$PG_LOG"; die "could not create role/database $YIDI_PG_USER"; }
+SELECT 'CREATE ROLE $YIDI_PG_USER LOGIN SUPERUSER'
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$YIDI_PG_USER')\gexec
+SELECT 'CREATE DATABASE $YIDI_PG_DB OWNER $YIDI_PG_USER'
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$YIDI_PG_DB')\gexec
+SQL
+  log "postgres ready on 127.0.0.1:$YIDI_PG_PORT (db $YIDI_PG_DB, user $YIDI_PG_USER) in $(since "$t0")"
+}
+
+pg_stop() {
+  local t0
+  t0=$(now_us)
+  pg_paths
+  PG_BIN=$(find_pg_bindir 2>/dev/null) || PG_BIN=""
+  if ! pg_running; then log "postgres not running"; return 0; fi
+  # fast = roll back open transactions and shut down cleanly (no crash recovery next time).
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast -w -t 60 stop >/dev/null 2>&1 \
+    || { tail_log "$PG_LOG"; die "postgres did not stop"; }
+  log "postgres stopped in $(since "$t0")"
+}
+
+pg_status() {
+  pg_paths
+  PG_BIN=$(find_pg_bindir 2>/dev/null) || PG_BIN=""
+  if pg_running; then
+    printf '%-9s running  pid %-7s 127.0.0.1:%s  (PostgreSQL %s, db %s)\n' postgres \
+      "$(head -n1 "$PG_DATA/postmaster.pid")" "$YIDI_PG_PORT" "$(cat "$PG_DATA/PG_VERSION")" "$YIDI_PG_DB"
+  else
+    printf '%-9s stopped\n' postgres; return 1
+  fi
+}
+
+# ---------------------------------------------------------------- redis
+
+redis_pid() { live_pid "$REDIS_PID" redis-server; }
+
+redis_ping() { [[ $(redis-cli -h 127.0.0.1 -p "$YIDI_REDIS_PORT" ping 2>/dev/null) == PONG ]]; }
+
+redis_start() {
+  local t0 pid i
+  t0=$(now_us)
+  if pid=$(redis_pid); then
+    log "redis already running (pid $pid) on 127.0.0.1:$YIDI_REDIS_PORT"
+    return 0
+  fi
+  port_open "$YIDI_REDIS_PORT" && die "127.0.0.1:$YIDI_REDIS_PORT is in use by a process that is not this stack's Redis"
+  make_dirs
+  mkdir -p "$REDIS_DIR"
+  rotate_log "$REDIS_LOG"
+  # A cache/lock store for tests and local runs: no RDB snapshots, no AOF.
+  redis-server --port "$YIDI_REDIS_PORT" --bind 127.0.0.1 --daemonize yes \
+    --dir "$REDIS_DIR" --pidfile "$REDIS_PID" --logfile "$REDIS_LOG" \
+    --save "" --appendonly no 9>&- \
+    || { tail_log "$REDIS_LOG"; die "redis-server failed to start"; }
+  for (( i = 0; i < 100; i++ )); do redis_ping && break; sleep 0.1; done
+  redis_ping || { tail_log "$REDIS_LOG"; die "redis not answering on 127.0.0.1:$YIDI_REDIS_PORT"; }
+  log "redis ready on 127.0.0.1:$YIDI_REDIS_PORT ($(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')) in $(since "$t0")"
+}
+
+redis_stop() {
+  local pid t0
+  t0=$(now_us)
+  if ! pid=$(redis_pid); then rm -f "$REDIS_PID"; log "redis not running"; return 0; fi
+  redis-cli -h 127.0.0.1 -p "$YIDI_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  if ! wait_exit "$pid" 10; then
+    log "redis (pid $pid) ignored SHUTDOWN: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    wait_exit "$pid" 5 || true
+  fi
+  rm -f "$REDIS_PID"
+  log "redis stopped in $(since "$t0")"
+}
+
+redis_status() {
+  local pid
+  if pid=$(redis_pid); then
+    printf '%-9s running  pid %-7s 127.0.0.1:%s\n' redis "$pid" "$YIDI_REDIS_PORT"
+  else
+    printf '%-9s stopped\n' redis; return 1
+  fi
+}
+
+# ---------------------------------------------------------------- commands
+
+cmd_install() {
+  local t0; t0=$(now_us)
+  take_lock
+  install_for "${ALL[@]}"
+  log "install: everything present ($(since "$t0"))"
+}
+
+cmd_start() {
+  local t0 svcs
+  t0=$(now_us)
+  parse_services "$@"; svcs=("${SVCS[@]}")
+  take_lock
+  install_for "${svcs[@]}"
+  # Kafka's JVM boots in the background while postgres and redis start.
+  if [[ " ${svcs[*]} " == *" kafka "* ]]; then kafka_launch; fi
+  if [[ " ${svcs[*]} " == *" postgres "* ]]; then pg_start; fi
+  if [[ " ${svcs[*]} " == *" redis "* ]]; then redis_start; fi
+  if [[ " ${svcs[*]} " == *" kafka "* ]]; then kafka_wait; fi
+  log "up: ${svcs[*]} ($(since "$t0"))"
+}
+
+cmd_stop() {
+  local svcs s
+  parse_services "$@"; svcs=("${SVCS[@]}")
+  take_lock
+  for s in "${svcs[@]}"; do
+    case $s in kafka) kafka_stop ;; postgres) pg_stop ;; redis) redis_stop ;; esac
+  done
+}
+
+cmd_status() {
+  local rc=0
+  kafka_status || rc=3
+  pg_status || rc=3
+  redis_status || rc=3
+  return "$rc"
+}
+
+cmd_logs() {
+  local follow=0 words=() files=() s
+  for s in "$@"; do [[ $s == -f ]] && follow=1 || words+=("$s"); done
+  parse_services "${words[@]}"
+  for s in "${SVCS[@]}"; do
+    case $s in kafka) files+=("$KAFKA_LOG") ;; postgres) files+=("$PG_LOG") ;; redis) files+=("$REDIS_LOG") ;; esac
+  done
+  if (( follow )); then exec tail -n "${TAIL_LINES:-40}" -F "${files[@]}"; fi
+  for s in "${files[@]}"; do
+    [[ -f $s ]] || { echo "==> $s (missing) <=="; continue; }
+    echo "==> $s <=="
+    tail -n "${TAIL_LINES:-40}" "$s"
+  done
+}
+
+cmd_reset() {
+  cmd_stop all
+  pg_paths
+  # Data only: downloaded jars (.local/kafka/libs) and logs are kept.
+  if [[ -L $PG_LINK ]]; then rm -rf "$PG_DIR"; fi
+  rm -rf "$PG_LINK" "$KAFKA_DATA" "$KAFKA_DIR/cluster.id" "$KAFKA_DIR/server.properties" "$REDIS_DIR"
+  log "reset: deleted Kafka, PostgreSQL and Redis data under $YIDI_LOCAL"
+}
+
+usage() { sed -n '2,/^set -euo/{/^set -euo/d;/^# shellcheck/d;s/^# \{0,1\}//;p}' "$0" >&2; }
+
+main() {
+  local cmd=${1:-}
+  (( $# )) && shift
+  case $cmd in
+    install) cmd_install ;;
+    start) cmd_start "$@" ;;
+    stop) cmd_stop "$@" ;;
+    restart) cmd_stop "$@"; cmd_start "$@" ;;
+    status) cmd_status ;;
+    logs) cmd_logs "$@" ;;
+    reset) cmd_reset ;;
+    -h|--help|help) usage ;;
+    *) usage; exit 2 ;;
+  esac
+}
+
+main "$@"
