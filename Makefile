@@ -33,17 +33,34 @@ stack-status: ## show which local services are running
 stack-reset: ## stop the stack and delete all its data (.local/; keeps downloaded jars)
 	@$(STACK) reset
 
-##@ Application (placeholders: owned by the application engineer)
+##@ Application
 
-.PHONY: run test bench stop
-run: ## TODO: start the services
-	@echo "TODO: make run"
+SERVICES := deploy/local/services.sh
+DEMO     := deploy/demo
 
-test: venv stack ## run the test suite against the local stack
-	@source deploy/local/env.sh && $(PYTHON) -m pytest -q $(PYTEST_ARGS)
+.PHONY: run test bench stop services-status logs
+run: venv stack ## install what is missing, start stack and services, load the demo data, send demo settlements
+	@$(SERVICES) start
+	@source deploy/local/env.sh && .venv/bin/yidi-load $(DEMO)/refdata.json --wait 120
+	@echo "Demo settlements (yidi-gateway send --summary $(DEMO)/requests/*.json):"
+	@source deploy/local/env.sh && .venv/bin/yidi-gateway --summary send $(DEMO)/requests/*.json || true
+	@echo
+	@echo "Yidi is running. Send a settlement:  .venv/bin/yidi-gateway send ../shared/examples/we1/request.json"
+	@echo "Metrics: http://127.0.0.1:9101/metrics .. :9104 (filing, eligibility, pricing, clearing)"
+	@echo "Logs: .local/log/   Stop everything: make stop"
+
+test: ## set up what is missing, start the stack, run the whole suite on the real servers, stop what it started
+	@deploy/local/test.sh $(PYTEST_ARGS)
 
 bench: ## TODO: load test
 	@echo "TODO: make bench"
 
-stop: ## TODO: stop the services started by `make run`
-	@echo "TODO: make stop"
+stop: ## stop the services and the local stack
+	@$(SERVICES) stop
+	@$(STACK) stop all
+
+services-status: ## show which services run and are ready
+	@$(SERVICES) status
+
+logs: ## follow the services' logs
+	@tail -F .local/log/filing.log .local/log/eligibility.log .local/log/pricing.log .local/log/clearing.log

@@ -38,6 +38,24 @@ def fresh_msgid(request: dict[str, Any], seq: int) -> str:
     return f"{facility}{datetime.now():%Y%m%d%H%M%S}{(os.getpid() + seq) % 10000:04d}"
 
 
+def summarise(request: dict[str, Any], answer: dict[str, Any]) -> str:
+    """One line a cashier can read: who, what, and who pays what."""
+    data = request.get("input", {}).get("data", {})
+    who = f"{answer.get('infno', '')} {data.get('psn_no', request.get('psn_no', ''))} at {request.get('fixmedins_code', '')}"
+    if answer.get("infcode", 0) != 0:
+        return f"{who}: REFUSED {answer.get('err_code')}: {answer.get('err_msg')}"
+    info = answer.get("output", {}).get("setlinfo")
+    if not info:
+        return f"{who}: ok {json.dumps(answer.get('output', {}), ensure_ascii=False)[:120]}"
+    if "medfee_sumamt" not in info:
+        return f"{who}: ok, settlement {info.get('setl_id')} {info.get('state', '')}"
+    return (
+        f"{who}: total {info['medfee_sumamt']}, funds pay {info['fund_pay_sumamt']} "
+        f"(pooled {info['hifp_pay']} at ratio {info['pool_prop_selfpay']}), account {info['acct_pay']}, "
+        f"cash {info['psn_cash_pay']}  [{info['setl_id'] or 'pre-settlement'}]"
+    )
+
+
 async def _send(args: argparse.Namespace, *, topic: str, reply_to: str, correlate_by: str) -> int:
     requests = read_requests(args.files)
     if correlate_by == "msgid":
@@ -60,7 +78,10 @@ async def _send(args: argparse.Namespace, *, topic: str, reply_to: str, correlat
                 print(f"no answer to {request.get(correlate_by)} within {args.timeout:.0f}s", file=sys.stderr)
                 failures += 1
                 continue
-            print(json.dumps(answer, ensure_ascii=False, indent=None if args.compact else 2))
+            if args.summary:
+                print(summarise(request, answer))
+            else:
+                print(json.dumps(answer, ensure_ascii=False, indent=None if args.compact else 2))
             if answer.get("infcode", 0) != 0 or answer.get("accepted") is False:
                 failures += 1
     return 1 if failures else 0
@@ -72,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--namespace", default=os.environ.get("YIDI_NAMESPACE", ""))
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for each answer")
     parser.add_argument("--compact", action="store_true", help="one answer per line")
+    parser.add_argument("--summary", action="store_true", help="one readable line per answer")
     sub = parser.add_subparsers(dest="command", required=True)
     send = sub.add_parser("send", help="send settlement requests (settlement.requests)")
     send.add_argument("files", nargs="+")

@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 
 from yidi.platform import metrics
 from yidi.platform.errors import FatalError, TransientError
+from yidi.platform.faults import armed, crash_point
 from yidi.platform.settings import Settings
 from yidi.platform.topics import all_topic_specs
 
@@ -170,6 +171,7 @@ class TransactionalStage:
             started = time.perf_counter()
             try:
                 outgoing = await self.handler(records)
+                crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
                 await self._commit(records, outgoing)
             except ProducerFenced as exc:
                 raise FatalError(f"stage {self.name}: fenced by a newer instance") from exc
@@ -206,4 +208,7 @@ class TransactionalStage:
                 for o in outgoing
             ]
             await self._producer.send_offsets_to_transaction(offsets, self.settings.group(self.group_id))
+            if armed(self.name, "before-kafka-commit"):
+                await self._producer.flush()  # the records reach the broker, uncommitted
+                crash_point(self.name, "before-kafka-commit")
         await asyncio.gather(*sends)  # settled by the commit; surfaces any per-record error

@@ -1,0 +1,76 @@
+"""A service that dies between a request and its answer: still exactly one answer, one ledger row.
+
+Failpoints (``YIDI_CRASH_AT``) make a stage exit at the worst moments: right after its
+Postgres transaction committed, and with its answers sent but its Kafka transaction open.
+SIGKILL covers a death at no particular moment. These tests restart services: they run last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from tests.e2e.requests import we1
+
+pytestmark = pytest.mark.e2e
+
+
+async def _accumulated(settings, psn_no: str) -> dict[str, str]:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        rows = await conn.fetch("SELECT counter, amount FROM pricing.accumulators WHERE psn_no = $1 AND year = 2022", psn_no)
+        return {r["counter"]: str(r["amount"]) for r in rows}
+    finally:
+        await conn.close()
+
+
+async def _settle_through_a_crash(system, gateway, service: str, point: str) -> tuple[dict, dict]:
+    system.kill(service)
+    system.start(service, {"YIDI_CRASH_AT": f"{service}:{point}"})
+    await system.wait_ready(service)
+    request = we1()
+    fut = await gateway.send(request)
+    assert await system.wait_exit(service, timeout=60) == 70, system.tail(service)
+    system.start(service)
+    await system.wait_ready(service)
+    answer = await asyncio.wait_for(fut, 60)
+    await asyncio.sleep(2.0)  # a duplicate answer would arrive by now
+    return request, answer
+
+
+@pytest.mark.parametrize("point", ["after-handler", "before-kafka-commit"])
+async def test_clearing_dying_mid_settlement_answers_once_and_records_once(system, gateway, point):
+    request, answer = await _settle_through_a_crash(system, gateway, "clearing", point)
+    assert answer["infcode"] == 0 and answer["output"]["setlinfo"]["hifp_pay"] == "48.89"
+    assert gateway.answer_counts[request["msgid"]] == 1
+    assert len(await system.ledger(request["msgid"])) == 1
+
+
+@pytest.mark.parametrize("point", ["after-handler", "before-kafka-commit"])
+async def test_pricing_dying_mid_settlement_counts_the_accumulators_once(system, gateway, point):
+    psn_no = we1()["input"]["data"]["psn_no"]
+    before = await _accumulated(system.settings, psn_no)
+    request, answer = await _settle_through_a_crash(system, gateway, "pricing", point)
+    after = await _accumulated(system.settings, psn_no)
+    assert answer["infcode"] == 0
+    assert gateway.answer_counts[request["msgid"]] == 1
+    assert len(await system.ledger(request["msgid"])) == 1
+    assert Decimal(after["pooled_paid"]) - Decimal(before.get("pooled_paid", "0")) == Decimal("48.89")
+
+
+async def test_a_request_sent_while_clearing_is_killed_is_answered_once_it_is_back(system, gateway):
+    system.kill("clearing")
+    request = we1()
+    fut = await gateway.send(request)
+    await asyncio.sleep(1.0)
+    assert not fut.done()
+    system.start("clearing")
+    await system.wait_ready("clearing")
+    answer = await asyncio.wait_for(fut, 60)
+    await asyncio.sleep(2.0)
+    assert answer["infcode"] == 0
+    assert gateway.answer_counts[request["msgid"]] == 1
+    assert len(await system.ledger(request["msgid"])) == 1

@@ -1,0 +1,113 @@
+"""One settlement through all four services on the real stack, and the answers around it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from tests.e2e.requests import cancel_of, contains, expected_we1, fresh, from_file, we1
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_we1_answer_carries_every_field_of_the_expected_answer(gateway):
+    answer = await gateway.call(we1())
+    assert contains(answer, expected_we1()) == []
+
+
+async def test_we1_is_in_the_ledger_once_with_the_answered_amounts(gateway, system):
+    request = we1()
+    answer = await gateway.call(request)
+    rows = await system.ledger(request["msgid"])
+    assert len(rows) == 1
+    row, info = rows[0], answer["output"]["setlinfo"]
+    assert (str(row["fund_pay_sumamt"]), str(row["psn_cash_pay"]), row["setl_id"]) == (
+        info["fund_pay_sumamt"], info["psn_cash_pay"], info["setl_id"]
+    )
+
+
+async def test_every_demo_request_is_answered_exactly_once(gateway, demo_requests):
+    requests = [from_file(path) for path in demo_requests.values()]
+    futures = [await gateway.send(r) for r in requests]
+    answers = await asyncio.wait_for(asyncio.gather(*futures), 30)
+    await asyncio.sleep(1.0)  # time for a duplicate to show up, if there were one
+    assert [a["msgid"] for a in answers] == [r["msgid"] for r in requests]
+    assert all(gateway.answer_counts[r["msgid"]] == 1 for r in requests)
+    refused = {a["msgid"]: a["err_code"] for a in answers if a["infcode"] != 0}
+    assert list(refused.values()) == ["NOT_FILED"]
+
+
+async def test_the_same_request_again_gets_the_stored_answer_and_settles_once(gateway, system):
+    request = we1()
+    first = await gateway.call(request)
+    again = await gateway.call(request)
+    assert again["output"] == first["output"]
+    assert len(await system.ledger(request["msgid"])) == 1
+
+
+async def test_a_used_msgid_with_another_payload_is_refused_as_modified(gateway, system):
+    request = we1()
+    await gateway.call(request)
+    modified = json.loads(json.dumps(request))
+    modified["input"]["data"]["feedetail"][0]["pric"] = "32.50"
+    modified["input"]["data"]["feedetail"][0]["det_item_fee_sumamt"] = "32.50"
+    modified["input"]["data"]["medfee_sumamt"] = "64.27"
+    answer = await gateway.call(modified)
+    assert (answer["infcode"], answer["err_code"]) == (-1, "MODIFIED_REQUEST")
+    assert len(await system.ledger(request["msgid"])) == 1
+
+
+async def test_a_request_that_is_not_json_is_answered_invalid_input_and_dead_lettered(gateway, system):
+    msgid = fresh(we1())["msgid"]
+    raw = ('{"infno": "2207", "msgid": "%s", "fixmedins_code": "H11010500001", "input": {"data": ' % msgid).encode()
+    fut = await gateway.send_raw(raw, correlation=msgid, key="13100000000000000001")
+    answer = await asyncio.wait_for(fut, 15)
+    assert (answer["infcode"], answer["err_code"]) == (-1, "INVALID_INPUT")
+    assert "not JSON" in answer["err_msg"]
+    dead = await _dead_letters(system.settings, "settlement.requests")
+    assert any(msgid.encode() in value for value, _ in dead)
+
+
+async def test_a_bill_whose_total_is_not_the_sum_of_its_items_is_refused_with_the_reason(gateway):
+    request = we1()
+    request["input"]["data"]["medfee_sumamt"] = "70.00"
+    answer = await gateway.call(request)
+    assert answer["err_code"] == "INVALID_INPUT" and "not the sum" in answer["err_msg"]
+
+
+async def test_pre_settlement_answers_the_same_numbers_and_records_nothing(gateway, system):
+    request = we1()
+    request["infno"] = "2206"
+    answer = await gateway.call(request)
+    assert answer["output"]["setlinfo"]["hifp_pay"] == "48.89"
+    assert answer["output"]["setlinfo"]["setl_id"] == ""
+    assert await system.ledger(request["msgid"]) == []
+
+
+async def test_cancellation_is_answered_the_same_twice_and_an_unknown_one_is_not_found(gateway, system):
+    settle = we1()
+    settled = await gateway.call(settle)
+    setl_id = settled["output"]["setlinfo"]["setl_id"]
+    first = await gateway.call(cancel_of(settle, setl_id))
+    second = await gateway.call(cancel_of(settle, setl_id))
+    assert first["infcode"] == second["infcode"] == 0
+    assert first["output"]["setlinfo"]["state"] == second["output"]["setlinfo"]["state"] == "cancelled"
+    assert (await system.ledger(settle["msgid"]))[0]["state"] == "cancelled"
+    unknown = await gateway.call(cancel_of(settle, "S20220701NOSUCHSETTLEMENT"))
+    assert unknown["err_code"] == "NOT_FOUND"
+
+
+async def _dead_letters(settings, topic: str) -> list[tuple[bytes, dict[str, bytes]]]:
+    consumer = AIOKafkaConsumer(
+        settings.topic(f"{topic}.dlq"), bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest", group_id=None, enable_auto_commit=False, isolation_level="read_committed",
+    )
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=3000)
+        return [(r.value, dict(r.headers)) for rs in batch.values() for r in rs]
+    finally:
+        await consumer.stop()
