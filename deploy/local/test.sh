@@ -8,7 +8,7 @@ source "$HERE/common.sh"
 cd "$YIDI_ROOT"
 
 "$HERE/python.sh"
-was_up=$("$HERE/stack.sh" status 2>/dev/null | awk '$2 == "running" {print $1}' | tr '\n' ' ')
+was_up=$({ "$HERE/stack.sh" status 2>/dev/null || true; } | awk '$2 == "running" {print $1}' | tr '\n' ' ')
 started=()
 for part in kafka postgres redis; do
   [[ " $was_up " == *" $part "* ]] || started+=("$part")
