@@ -181,6 +181,8 @@ class EligibilityHandler:
                             acct_balc=person_record.acct_balc,
                             acct_version=person_record.acct_version,
                             qualifications=person_record.qualifications,
+                            home_quota_used=person_record.home_quota_used,
+                            home_quota_year=person_record.home_quota_year,
                         ),
                         "facility_level": facility.level,
                         "basis": decision.basis.value,

@@ -26,7 +26,7 @@ from yidi.domain.catalogue import Catalogue, CatalogueItem
 from yidi.domain.codes import InsuranceType, MedType, PersonType
 from yidi.domain.money import ZERO
 from yidi.domain.policy import BenefitPolicy, PolicyError, policy_in_force
-from yidi.domain.pricing import ACCOUNT_DRAWN, Bill, BillLine, Terms, price
+from yidi.domain.pricing import ACCOUNT_DRAWN, OUTPATIENT_QUOTA, Bill, BillLine, Terms, price
 from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import dead_letter, recover_ids, reply
@@ -187,7 +187,10 @@ class PricingHandler:
                 "nothing was settled. Settle in cash or contact the insured region.",
             )
         catalogue = Catalogue.in_force(request.mdtrtarea_admvs, day, batch.items)
-        year_usage = batch.usage.get((body.psn_no, day.year), {})
+        year_usage = dict(batch.usage.get((body.psn_no, day.year), {}))
+        if person.home_quota_year == day.year and person.home_quota_used:
+            # R13: the general-outpatient quota is shared with care at home.
+            year_usage[OUTPATIENT_QUOTA] = year_usage.get(OUTPATIENT_QUOTA, ZERO) + person.home_quota_used
         account_counter = _account_counter(person.acct_version)
         drawn = batch.usage.get((body.psn_no, ACCOUNT_YEAR), {}).get(account_counter, ZERO)
         terms = Terms(
@@ -199,6 +202,7 @@ class PricingHandler:
             use_account=body.acct_used_flag == "1",
             account_balance=max(ZERO, person.acct_balc - drawn),
             qualifications=frozenset(person.qualifications),
+            disease_code=body.dise_codg,
         )
         bill = Bill(
             body.mdtrt_id, day,

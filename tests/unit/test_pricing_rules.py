@@ -138,3 +138,28 @@ def test_most_specific_benefit_rule_wins():
     pol = policy(rule(OP, ratio="0.50"), rule(OP, ratio="0.60", person_types=frozenset({PersonType.RETIRED})))
     assert price(bill(("A1", "1", "100.00")), catalogue(item("A1")), pol, terms(OP), {}).ratio == D("0.60")
     assert price(bill(("A1", "1", "100.00")), catalogue(item("A1")), pol, terms(OP, person=PersonType.IN_SERVICE), {}).ratio == D("0.50")
+
+
+def test_calculation_order_option_takes_the_deductible_before_the_first_self_pay():
+    from yidi.domain.policy import CalculationOrder
+
+    common = dict(first_selfpay={FilingCategory.TEMPORARY_OTHER: D("0.10")})
+    r = rule(OP, deductible="100.00", ratio="0.50")
+    t = terms(OP, category=FilingCategory.TEMPORARY_OTHER)
+    default = price(bill(("A1", "1", "1000.00")), catalogue(item("A1")), policy(r, **common), t, {})
+    deductible_first = price(
+        bill(("A1", "1", "1000.00")), catalogue(item("A1")), policy(r, order=CalculationOrder.DEDUCTIBLE_FIRST, **common), t, {}
+    )
+    # default: 10% of 1000 = 100 first self-pay; (900 − 100) × 0.5 = 400
+    assert (default.preselfpay_amt, default.hifp_pay) == (D("100.00"), D("400.00"))
+    # deductible first: 10% of (1000 − 100) = 90; scope 910; (910 − 100) × 0.5 = 405
+    assert (deductible_first.preselfpay_amt, deductible_first.hifp_pay) == (D("90.00"), D("405.00"))
+    assert "deductible_first" in deductible_first.funds[0].explanation
+
+
+def test_r14_a_rule_for_one_chronic_disease_beats_the_general_chronic_rule():
+    chronic = MedType.CHRONIC_OUTPATIENT
+    pol = policy(rule(chronic, ratio="0.70"), rule(chronic, ratio="0.90", diseases=frozenset({"N18"})))
+    dialysis = price(bill(("A1", "1", "100.00")), catalogue(item("A1")), pol, terms(chronic, disease_code="N18.500"), {})
+    diabetes = price(bill(("A1", "1", "100.00")), catalogue(item("A1")), pol, terms(chronic, disease_code="E11.900"), {})
+    assert (dialysis.ratio, diabetes.ratio) == (D("0.90"), D("0.70"))

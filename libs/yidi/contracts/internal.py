@@ -26,6 +26,8 @@ class PersonSnapshot(WireModel):
     acct_balc: Amount = ZERO
     acct_version: str = ""
     qualifications: list[str] = Field(default_factory=list)
+    home_quota_used: Amount = ZERO
+    home_quota_year: int | None = None
 
 
 class EligibleWork(WireModel):

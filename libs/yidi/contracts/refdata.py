@@ -15,7 +15,7 @@ from yidi.domain.catalogue import CatalogueItem
 from yidi.domain.codes import ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType
 from yidi.domain.eligibility import Facility, Person
 from yidi.domain.money import ZERO
-from yidi.domain.policy import BenefitPolicy, BenefitRule, DeductibleScope, Layer
+from yidi.domain.policy import BenefitPolicy, BenefitRule, CalculationOrder, DeductibleScope, Layer
 
 
 class PersonRecord(StrictWireModel):
@@ -33,6 +33,8 @@ class PersonRecord(StrictWireModel):
     acct_version: str = Field(default="", description="changes whenever the region restates the balance")
     qualifications: list[str] = Field(default_factory=list, description="civil_servant, medical_assistance")
     updated_at: str = Field(default="", description="the region's timestamp of this record")
+    home_quota_used: Amount = Field(default=ZERO, description="R13: general-outpatient quota used at home this year")
+    home_quota_year: int | None = Field(default=None, description="the year home_quota_used counts for")
 
     def to_domain(self) -> Person:
         return Person(
@@ -95,6 +97,7 @@ class BenefitRuleRecord(StrictWireModel):
     deductible_scope: DeductibleScope = DeductibleScope.YEAR
     deductible_bucket: str = "default"
     ratio: Ratio
+    diseases: list[str] = Field(default_factory=list, description="ICD-10 prefixes: a rule for some diseases only (R14)")
 
 
 class LayerRecord(StrictWireModel):
@@ -120,6 +123,7 @@ class PolicyRecord(StrictWireModel):
     first_selfpay: dict[FilingCategory, Ratio] = Field(default_factory=dict)
     layers: list[LayerRecord] = Field(default_factory=list)
     account_payable: bool = True
+    order: CalculationOrder = CalculationOrder.DEFAULT
 
     @model_validator(mode="after")
     def _domain_accepts_it(self) -> PolicyRecord:
@@ -141,6 +145,7 @@ class PolicyRecord(StrictWireModel):
                     facility_levels=frozenset(r.facility_levels),
                     deductible_scope=r.deductible_scope,
                     deductible_bucket=r.deductible_bucket,
+                    diseases=frozenset(r.diseases),
                 )
                 for r in self.rules
             ),
@@ -153,6 +158,7 @@ class PolicyRecord(StrictWireModel):
                 Layer(l.fund_type, l.threshold, l.ratio, l.annual_cap, l.requires) for l in self.layers
             ),
             account_payable=self.account_payable,
+            order=self.order,
         )
 
 

@@ -23,6 +23,15 @@ class DeductibleScope(StrEnum):
     STAY = "stay"
 
 
+class CalculationOrder(StrEnum):
+    """Where a region's rules need another order than DOMAIN.md's default, it says so here."""
+
+    # DOMAIN.md: first self-pay (R12) on the whole scope, then the deductible.
+    DEFAULT = "default"
+    # The deductible first, then the first self-pay share of what is left above it.
+    DEDUCTIBLE_FIRST = "deductible_first"
+
+
 # R11: how far an insured region may lower the ratio for temporary trips.
 REDUCTION_LIMITS: dict[FilingCategory, Decimal] = {
     FilingCategory.REFERRAL: Decimal("0.10"),
@@ -46,17 +55,20 @@ class BenefitRule:
     deductible_scope: DeductibleScope = DeductibleScope.YEAR
     # Rules sharing a bucket share one year's deductible (e.g. all outpatient care).
     deductible_bucket: str = "default"
+    # ICD-10 prefixes: a rule for some chronic diseases only (R14), e.g. dialysis at a higher ratio.
+    diseases: frozenset[str] = frozenset()
 
-    def matches(self, med_type: MedType, person_type: PersonType, facility_level: int) -> bool:
+    def matches(self, med_type: MedType, person_type: PersonType, facility_level: int, disease: str = "") -> bool:
         return (
             med_type in self.med_types
             and (not self.person_types or person_type in self.person_types)
             and (not self.facility_levels or facility_level in self.facility_levels)
+            and (not self.diseases or any(disease.upper().startswith(d.upper()) for d in self.diseases))
         )
 
     @property
     def specificity(self) -> int:
-        return (1 if self.person_types else 0) + (1 if self.facility_levels else 0)
+        return (1 if self.person_types else 0) + (1 if self.facility_levels else 0) + (2 if self.diseases else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +103,15 @@ class BenefitPolicy:
     first_selfpay: dict[FilingCategory, Decimal] = field(default_factory=dict)
     layers: tuple[Layer, ...] = ()
     account_payable: bool = True
+    order: CalculationOrder = CalculationOrder.DEFAULT
 
     def __post_init__(self) -> None:
         validate_policy(self)
 
-    def rule_for(self, med_type: MedType, person_type: PersonType, facility_level: int) -> BenefitRule:
-        candidates = [r for r in self.rules if r.matches(med_type, person_type, facility_level)]
+    def rule_for(
+        self, med_type: MedType, person_type: PersonType, facility_level: int, disease: str = ""
+    ) -> BenefitRule:
+        candidates = [r for r in self.rules if r.matches(med_type, person_type, facility_level, disease)]
         if not candidates:
             raise PolicyError(
                 f"policy {self.region}/{self.insutype.value} {self.version} has no benefit for "

@@ -25,7 +25,7 @@ from yidi.domain.codes import (
     pooled_fund_for,
 )
 from yidi.domain.money import ZERO, fmt, fmt_ratio, to_fen
-from yidi.domain.policy import BenefitPolicy, DeductibleScope
+from yidi.domain.policy import BenefitPolicy, CalculationOrder, DeductibleScope
 
 # Accumulator counters, per person and year (the service keys them by person and year).
 POOLED_PAID = "pooled_paid"
@@ -81,6 +81,7 @@ class Terms:
     use_account: bool = False
     account_balance: Decimal = ZERO
     qualifications: frozenset[str] = frozenset()
+    disease_code: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,17 +216,20 @@ def price(
     delta: dict[str, Decimal] = {}
     policy_name = f"policy {policy.region}/{policy.insutype.value} version {policy.version}"
 
-    # Step 2 (R12): first self-pay for temporary trips the policy marks.
-    first_share = policy.first_selfpay_for(terms.filing_category)
-    first_selfpay = to_fen(inscp * first_share)
-    preselfpay += first_selfpay
-    inscp -= first_selfpay
-
-    # Step 3: deductible left for this kind of care.
-    rule = policy.rule_for(terms.med_type, terms.person_type, terms.facility_level)
+    # Steps 2 and 3: first self-pay for temporary trips the policy marks (R12), and the
+    # deductible left for this kind of care, in the order the policy names.
+    rule = policy.rule_for(terms.med_type, terms.person_type, terms.facility_level, terms.disease_code)
     dedc_key = deductible_counter(rule.deductible_bucket, rule.deductible_scope, bill.visit_id)
     dedc_left = max(ZERO, rule.deductible - usage.get(dedc_key, ZERO))
-    dedc = min(dedc_left, inscp)
+    first_share = policy.first_selfpay_for(terms.filing_category)
+    if policy.order is CalculationOrder.DEDUCTIBLE_FIRST:
+        dedc = min(dedc_left, inscp)
+        first_selfpay = to_fen((inscp - dedc) * first_share)
+    else:
+        first_selfpay = to_fen(inscp * first_share)
+        dedc = min(dedc_left, inscp - first_selfpay)
+    preselfpay += first_selfpay
+    inscp -= first_selfpay
     if dedc:
         delta[dedc_key] = dedc
 
@@ -244,6 +248,8 @@ def price(
     if reduction:
         ratio_text += f" lowered by {fmt_ratio(reduction)} for {terms.filing_category.value if terms.filing_category else ''} (R11)"
     steps.append(f"× {ratio_text} = {fmt(pooled)}")
+    if policy.order is not CalculationOrder.DEFAULT:
+        steps.append(f"order: {policy.order.value}")
 
     # Step 5: annual cap of the pooled fund, and the general-outpatient quota (R13).
     limit_left: Decimal | None = None

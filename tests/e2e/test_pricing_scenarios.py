@@ -1,0 +1,104 @@
+"""Pricing on the real stack: accumulators across settlements, caps, quotas, trips, accounts.
+
+World (tests/e2e/world.py): outpatient deductible 300, ratio 0.60; annual cap 5,000;
+outpatient quota 400; temporary trips: ratio −0.20 (R11) and 10% first self-pay (R12);
+emergency ratio 0.70, no deductible; class B drug with 10% share and a 40.00 ceiling.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.requests import cancel_of
+from tests.e2e.world import World
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+async def world(system) -> World:
+    return await World(system.settings).build()
+
+
+def info(answer: dict) -> dict:
+    assert answer["infcode"] == 0, answer
+    return answer["output"]["setlinfo"]
+
+
+async def test_the_deductible_is_crossed_over_two_settlements(world, gateway):
+    person = await world.person()
+    first = info(await gateway.call(world.request(person, [("T-A", "1", "200.00")])))
+    second = info(await gateway.call(world.request(person, [("T-A", "1", "200.00")])))
+    assert (first["act_pay_dedc"], first["hifp_pay"]) == ("200.00", "0.00")
+    assert (second["act_pay_dedc"], second["hifp_pay"]) == ("100.00", "60.00")
+
+
+async def test_the_outpatient_quota_is_reached_and_not_exceeded(world, gateway):
+    person = await world.person()
+    first = info(await gateway.call(world.request(person, [("T-A", "1", "800.00")])))   # (800-300)×0.6 = 300
+    second = info(await gateway.call(world.request(person, [("T-A", "1", "800.00")])))  # 480, quota left 100
+    assert (first["hifp_pay"], second["hifp_pay"]) == ("300.00", "100.00")
+    assert "R13" in (await gateway.call(world.request(person, [("T-A", "1", "50.00")])))["output"]["setldetail"][0]["setl_proc_info"]
+
+
+async def test_the_annual_cap_is_reached_by_inpatient_stays(world, gateway):
+    person = await world.person()
+    first = info(await gateway.call(world.request(person, [("T-A", "1", "5500.00")], infno="2304", med_type="21")))
+    second = info(await gateway.call(world.request(person, [("T-A", "1", "5500.00")], infno="2304", med_type="21")))
+    assert first["hifp_pay"] == "4000.00"  # (5500 − 500) × 0.80
+    assert second["hifp_pay"] == "1000.00"  # cap 5000 − 4000
+
+
+async def test_a_temporary_trip_pays_the_first_self_pay_at_a_reduced_ratio(world, gateway):
+    person = await world.person(category="temporary_other")
+    settled = info(await gateway.call(world.request(person, [("T-A", "1", "1300.00")])))
+    # first self-pay 130 (R12); scope 1170; deductible 300; ratio 0.60 − 0.20 = 0.40 → 348.00
+    assert (settled["preselfpay_amt"], settled["inscp_scp_amt"], settled["pool_prop_selfpay"], settled["hifp_pay"]) == (
+        "130.00", "1170.00", "0.40", "348.00"
+    )
+
+
+async def test_emergency_without_a_filing_settles_at_the_home_ratio(world, gateway):
+    person = await world.person(category=None)
+    refused = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+    emergency = info(await gateway.call(world.request(person, [("T-A", "1", "100.00")], med_type="13")))
+    assert refused["err_code"] == "NOT_FILED"
+    assert (emergency["pool_prop_selfpay"], emergency["hifp_pay"]) == ("0.70", "70.00")
+
+
+async def test_class_c_and_over_ceiling_items_in_one_bill(world, gateway):
+    person = await world.person()
+    answer = await gateway.call(world.request(person, [("T-A", "1", "400.00"), ("T-B", "2", "50.00"), ("T-C", "1", "30.00")]))
+    settled = info(answer)
+    # T-B: 2 × (50 − 40) = 20 over the ceiling; 10% of 80 = 8 first self-pay; 72 in scope
+    assert (settled["fulamt_ownpay_amt"], settled["overlmt_selfpay"], settled["preselfpay_amt"], settled["inscp_scp_amt"]) == (
+        "30.00", "20.00", "8.00", "472.00"
+    )
+    items = {f["hilist_code"]: f for f in answer["output"]["feedetail"]}
+    assert items["T-C"]["chrgitm_lv"] == "03" and items["T-B"]["overlmt_selfpay"] == "20.00"
+
+
+async def test_the_individual_account_pays_part_of_the_persons_share(world, gateway):
+    person = await world.person(balance="50.00")
+    first = info(await gateway.call(world.request(person, [("T-A", "1", "400.00")], account=True)))
+    second = info(await gateway.call(world.request(person, [("T-A", "1", "100.00")], account=True)))
+    # person part 400 − 60 = 340: the account pays its 50, cash 290; then nothing is left in it
+    assert (first["acct_pay"], first["psn_cash_pay"], first["balc"]) == ("50.00", "290.00", "0.00")
+    assert (second["acct_pay"], second["balc"]) == ("0.00", "0.00")
+
+
+async def test_pre_settlement_changes_nothing(world, gateway):
+    person = await world.person()
+    pre = info(await gateway.call(world.request(person, [("T-A", "1", "200.00")], infno="2206")))
+    settled = info(await gateway.call(world.request(person, [("T-A", "1", "200.00")])))
+    assert pre["act_pay_dedc"] == settled["act_pay_dedc"] == "200.00"
+
+
+async def test_cancellation_restores_the_accumulators(world, gateway):
+    person = await world.person()
+    request = world.request(person, [("T-A", "1", "500.00")])
+    first = info(await gateway.call(request))
+    cancelled = await gateway.call(cancel_of(request, first["setl_id"]))
+    again = info(await gateway.call(world.request(person, [("T-A", "1", "500.00")])))
+    assert cancelled["infcode"] == 0
+    assert (again["act_pay_dedc"], again["hifp_pay"]) == (first["act_pay_dedc"], first["hifp_pay"]) == ("300.00", "120.00")

@@ -1,0 +1,108 @@
+"""A small world of its own for a test: unique regions, facility, policy, catalogue and persons.
+
+Everything is published through the real feeds (the loader's validation and topics) in the
+session's namespace, and the helper waits until the services have applied it.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from decimal import Decimal
+from datetime import datetime
+from typing import Any
+
+from yidi.platform.lag import wait_caught_up
+from yidi.platform.settings import Settings
+from yidi.refdata.loader import consumers_to_wait_for, publish, validate
+
+from tests.e2e.requests import fresh
+
+
+LONG_TERM = {"retiree_resettled", "long_term_resident", "posted_worker", "long_term"}
+
+
+def _region(prefix: str) -> str:
+    return prefix + f"{random.randrange(10_000):04d}"
+
+
+class World:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.insured = _region("98")
+        self.treating = _region("97")
+        self.facility = "H" + uuid.uuid4().hex[:11].upper()
+
+    async def load(self, **sections: list[dict[str, Any]]) -> None:
+        await publish(self.settings.kafka_bootstrap, self.settings.namespace, validate(sections))
+        await wait_caught_up(self.settings.kafka_bootstrap, consumers_to_wait_for(self.settings.namespace), timeout=60)
+
+    def policy(self, insutype: str = "310", **overrides: Any) -> dict[str, Any]:
+        policy = {
+            "insuplc_admdvs": self.insured, "insutype": insutype, "version": "TEST-1", "begndate": "2020-01-01",
+            "rules": [
+                {"med_types": ["11", "41"], "deductible": "300.00", "ratio": "0.60", "deductible_bucket": "op"},
+                {"med_types": ["13"], "deductible": "0.00", "ratio": "0.70", "deductible_bucket": "er"},
+                {"med_types": ["21", "24"], "deductible": "500.00", "ratio": "0.80", "deductible_bucket": "ip",
+                 "deductible_scope": "stay"},
+            ],
+            "annual_cap": "5000.00", "outpatient_quota": "400.00",
+            "reductions": {"temporary_other": "0.20", "referral": "0.10"},
+            "first_selfpay": {"temporary_other": "0.10"},
+        }
+        return policy | overrides
+
+    def catalogue(self) -> list[dict[str, Any]]:
+        base = {"mdtrtarea_admvs": self.treating, "begndate": "2020-01-01"}
+        return [
+            base | {"hilist_code": "T-A", "hilist_name": "class A service", "chrgitm_lv": "01"},
+            base | {"hilist_code": "T-B", "hilist_name": "class B drug", "chrgitm_lv": "02", "selfpay_prop": "0.10",
+                    "pric_uplmt_amt": "40.00"},
+            base | {"hilist_code": "T-C", "hilist_name": "class C item", "chrgitm_lv": "03"},
+        ]
+
+    async def build(self, policy: dict[str, Any] | None = None) -> World:
+        await self.load(
+            facilities=[{"fixmedins_code": self.facility, "fixmedins_name": "test hospital", "admdvs": self.treating,
+                         "level": 3, "med_types": ["11", "13", "14", "21", "24", "41"]}],
+            policies=[policy or self.policy()],
+            catalogue=self.catalogue(),
+        )
+        return self
+
+    async def person(self, *, category: str | None = "retiree_resettled", psn_type: str = "11",
+                     balance: str = "0.00", insutype: str = "310", **extra: Any) -> str:
+        psn_no = "T" + uuid.uuid4().hex[:19].upper()
+        sections: dict[str, list[dict[str, Any]]] = {
+            "persons": [{"psn_no": psn_no, "psn_name": "test person", "insuplc_admdvs": self.insured,
+                         "insutype": insutype, "psn_type": psn_type, "acct_balc": balance, "acct_version": "v1"} | extra],
+        }
+        if category:
+            sections["filings"] = [{
+                "action": "add", "reqid": "R" + uuid.uuid4().hex, "psn_no": psn_no, "insutype": insutype,
+                "insuplc_admdvs": self.insured, "filed_admdvs": self.treating, "category": category,
+                # Temporary filings last six months from their start (R7): start them today.
+                "begndate": "2020-01-01" if category in LONG_TERM else datetime.now().strftime("%Y-%m-%d"),
+                "decl_source": "import",
+            }]
+        await self.load(**sections)
+        return psn_no
+
+    def request(self, psn_no: str, items: list[tuple[str, str, str]], *, infno: str = "2207", med_type: str = "11",
+                insutype: str = "310", account: bool = False, visit: str | None = None) -> dict[str, Any]:
+        details: list[dict[str, str]] = []
+        total = Decimal("0.00")
+        for i, (code, cnt, pric) in enumerate(items, 1):
+            amount = (Decimal(cnt) * Decimal(pric)).quantize(Decimal("0.01"))
+            total += amount
+            details.append({"feedetl_sn": str(i), "hilist_code": code, "hilist_name": code, "cnt": cnt, "pric": pric,
+                            "det_item_fee_sumamt": str(amount)})
+        return fresh({
+            "infno": infno, "msgid": "x", "mdtrtarea_admvs": self.treating, "insuplc_admdvs": self.insured,
+            "inf_time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "fixmedins_code": self.facility,
+            "input": {"data": {
+                "psn_no": psn_no, "insutype": insutype, "med_type": med_type,
+                "mdtrt_id": visit or "V" + uuid.uuid4().hex[:10], "acct_used_flag": "1" if account else "0",
+                "medfee_sumamt": str(total), "feedetail": details,
+            }},
+        })
