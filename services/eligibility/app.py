@@ -6,7 +6,6 @@ refdata.persons, refdata.facilities, filing.events, platform.region-status.
 
 from __future__ import annotations
 
-from yidi.contracts.filing import FilingEvent
 from yidi.contracts.refdata import FacilityRecord, PersonRecord, RegionStatusRecord
 from yidi.platform.cache import VersionedCache
 from yidi.platform.feeds import feed
@@ -19,8 +18,10 @@ from yidi.platform.topics import (
     REFDATA_PERSONS,
     REGION_STATUS,
     SETTLEMENT_REQUESTS,
+    feed_group,
 )
 
+from services.eligibility.filing_events import FilingEventsHandler
 from services.eligibility.handlers import EligibilityHandler
 from services.eligibility.repository import EligibilityRepository
 from services.eligibility.subjects import Subjects
@@ -50,16 +51,18 @@ def build(settings: Settings | None = None) -> Service:
                 handler=handler, max_records=settings.batch_max_records,
             )
         )
+        service.add_stage(
+            TransactionalStage(
+                name="eligibility-filings", service="eligibility", settings=settings,
+                topics=[FILING_EVENTS], group_id=feed_group("eligibility", FILING_EVENTS),
+                handler=FilingEventsHandler(settings, repo(), subjects()), max_records=settings.batch_max_records,
+            )
+        )
 
     service.on_ready.append(ready)
 
     async def on_person(record: PersonRecord) -> None:
         await subjects().remember(record.psn_no, await repo().upsert_person(record))
-
-    async def on_filing(event: FilingEvent) -> None:
-        subject = await repo().upsert_filing(event.filing)
-        if subject is not None:
-            await subjects().remember(event.filing.psn_no, subject)
 
     async def on_facility(record: FacilityRecord) -> None:
         await repo().upsert_facility(record)
@@ -70,7 +73,6 @@ def build(settings: Settings | None = None) -> Service:
         )
 
     feed(service, REFDATA_PERSONS, PersonRecord, on_person)
-    feed(service, FILING_EVENTS, FilingEvent, on_filing)
     feed(service, REFDATA_FACILITIES, FacilityRecord, on_facility)
     feed(service, REGION_STATUS, RegionStatusRecord, on_region_status)
     return service

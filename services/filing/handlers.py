@@ -9,7 +9,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from yidi.contracts.filing import DeclarationSource, FilingAction, FilingEvent, FilingRequest, FilingResult
-from yidi.domain.filing import FilingAsk, FilingRefused, cancel_filing, change_filing, new_filing
+from yidi.domain.eligibility import Filing
+from yidi.domain.filing import (
+    FilingAsk,
+    FilingRefused,
+    approve_filing,
+    cancel_filing,
+    change_filing,
+    new_filing,
+    refuse_filing,
+)
 from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import dead_letter
@@ -24,10 +33,9 @@ def filing_id_for(reqid: str) -> str:
 
 
 class FilingHandler:
-    def __init__(self, settings: Settings, repo: FilingRepository, *, lock_months: dict[str, int] | None = None) -> None:
+    def __init__(self, settings: Settings, repo: FilingRepository) -> None:
         self.settings = settings
         self.repo = repo
-        self.lock_months = lock_months or {}
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         out: list[Outgoing] = []
@@ -47,38 +55,59 @@ class FilingHandler:
         return out
 
     async def _apply(self, conn: Any, request: FilingRequest) -> list[dict[str, Any]]:
+        """Apply one request; return what to publish (kept for a repeated reqid)."""
         today = datetime.now(UTC).date()
-        ask = FilingAsk(
-            filing_id=request.filing_id or filing_id_for(request.reqid),
-            psn_no=request.psn_no, insutype=request.insutype, insured_region=request.insuplc_admdvs,
-            filed_region=request.filed_admdvs, category=request.category, begin=request.begndate,
-            end=request.enddate,
+        try:
+            if request.action is FilingAction.HISTORY:
+                return self._answer(request, FilingResult(
+                    reqid=request.reqid, accepted=True, history=await self.repo.history_in(conn, request.filing_id or "")))
+            filing, version, filed_on, event = await self._decide(conn, request, today)
+        except FilingRefused as exc:
+            return self._answer(request, FilingResult(reqid=request.reqid, accepted=False, reason=str(exc)))
+        saved = await self.repo.save(conn, filing, version, filed_on, request.action.value, request.reqid,
+                                     request.decl_source.value, request.opter, request.reason)
+        result = FilingResult(reqid=request.reqid, accepted=True, filing=saved)
+        # Eligibility applies the event, then answers: the answer implies the next settlement sees it.
+        event_out = FilingEvent(event=event, filing=saved, result=result, reply_to=request.reply_to)
+        emitted = [{"topic": self.settings.topic(FILING_EVENTS), "value": dumps(event_out).decode()}]
+        await self.repo.remember(conn, request.reqid, result.model_dump(mode="json"), emitted)
+        return emitted
+
+    def _answer(self, request: FilingRequest, result: FilingResult) -> list[dict[str, Any]]:
+        return [{"topic": self.settings.topic(request.reply_to), "value": dumps(result).decode()}]
+
+    async def _decide(self, conn: Any, request: FilingRequest, today: Any) -> tuple[Filing, int, Any, str]:
+        if request.action is FilingAction.ADD:
+            ask = self._ask(request, request.filing_id or filing_id_for(request.reqid))
+            if await self.repo.get(conn, ask.filing_id) is not None:
+                raise FilingRefused(f"filing {ask.filing_id} exists already; change it instead")
+            return new_filing(ask), 1, today, "filed"
+        current = await self.repo.get(conn, request.filing_id or "")
+        if current is None or current[0].psn_no != request.psn_no:
+            raise FilingRefused(f"no filing {request.filing_id} of this person")
+        record, filed_on = current
+        filing = record.to_domain()
+        lock = self.settings.filing_lock_months.get(record.insuplc_admdvs, 0)
+        match request.action:
+            case FilingAction.CHANGE:
+                changed = change_filing(filing, self._ask(request, record.filing_id), today=today, lock_months=lock,
+                                        filed_on=filed_on)
+                return changed, record.version + 1, filed_on, "changed"
+            case FilingAction.CANCEL:
+                return cancel_filing(filing, today=today, lock_months=lock, filed_on=filed_on), record.version + 1, filed_on, "cancelled"
+            case FilingAction.APPROVE:
+                return approve_filing(filing), record.version + 1, filed_on, "approved"
+            case FilingAction.REFUSE:
+                return refuse_filing(filing), record.version + 1, filed_on, "refused"
+        raise FilingRefused(f"unknown action {request.action.value}")
+
+    @staticmethod
+    def _ask(request: FilingRequest, filing_id: str) -> FilingAsk:
+        assert request.insutype and request.insuplc_admdvs and request.filed_admdvs and request.category and request.begndate
+        return FilingAsk(
+            filing_id=filing_id, psn_no=request.psn_no, insutype=request.insutype,
+            insured_region=request.insuplc_admdvs, filed_region=request.filed_admdvs, category=request.category,
+            begin=request.begndate, end=request.enddate,
             # R21: self-service filings (and imports of approved ones) take effect at once.
             takes_effect_at_once=request.decl_source is not DeclarationSource.OFFICE,
         )
-        lock = self.lock_months.get(request.insuplc_admdvs, 0)
-        result: FilingResult
-        events: list[FilingEvent] = []
-        try:
-            if request.action is FilingAction.ADD:
-                filing, version, filed_on, event = new_filing(ask), 1, today, "filed"
-            else:
-                current = await self.repo.get(conn, ask.filing_id) if request.filing_id else None
-                if current is None or current[0].psn_no != request.psn_no:
-                    raise FilingRefused(f"no filing {request.filing_id} of this person")
-                record, filed_on = current
-                version = record.version + 1
-                if request.action is FilingAction.CHANGE:
-                    filing, event = change_filing(record.to_domain(), ask, today=today, lock_months=lock, filed_on=filed_on), "changed"
-                else:
-                    filing, event = cancel_filing(record.to_domain(), today=today, lock_months=lock, filed_on=filed_on), "cancelled"
-            saved = await self.repo.save(conn, filing, version, filed_on, request.action.value, request.reqid,
-                                         request.decl_source.value)
-            result = FilingResult(reqid=request.reqid, accepted=True, filing=saved)
-            events.append(FilingEvent(event=event, filing=saved))
-        except FilingRefused as exc:
-            result = FilingResult(reqid=request.reqid, accepted=False, reason=str(exc))
-        emitted = [{"topic": self.settings.topic(request.reply_to), "value": dumps(result).decode()}]
-        emitted += [{"topic": self.settings.topic(FILING_EVENTS), "value": dumps(e).decode()} for e in events]
-        await self.repo.remember(conn, request.reqid, result.model_dump(mode="json"), emitted)
-        return emitted

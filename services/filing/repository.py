@@ -47,7 +47,7 @@ class FilingRepository:
 
     async def save(
         self, conn: asyncpg.Connection, filing: Filing, version: int, filed_on: date,
-        action: str, reqid: str, decl_source: str,
+        action: str, reqid: str, decl_source: str, opter: str = "", reason: str = "",
     ) -> FilingRecord:
         record = FilingRecord(
             filing_id=filing.filing_id, psn_no=filing.psn_no, insutype=filing.insutype,
@@ -65,9 +65,9 @@ class FilingRepository:
             record.category.value, record.begndate, record.enddate, record.status.value, version, filed_on,
         )
         await conn.execute(
-            """INSERT INTO filing.filing_history (filing_id, version, action, reqid, decl_source, record)
-               VALUES ($1, $2, $3, $4, $5, $6::jsonb)""",
-            record.filing_id, version, action, reqid, decl_source, record.model_dump_json(),
+            """INSERT INTO filing.filing_history (filing_id, version, action, reqid, decl_source, opter, reason, record)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)""",
+            record.filing_id, version, action, reqid, decl_source, opter, reason, record.model_dump_json(),
         )
         return record
 
@@ -77,9 +77,13 @@ class FilingRepository:
             reqid, orjson.dumps(result).decode(), orjson.dumps(emitted).decode(),
         )
 
-    async def history(self, filing_id: str) -> list[dict[str, Any]]:
-        async with transient_errors():
-            rows = await self._pool.fetch(
-                "SELECT * FROM filing.filing_history WHERE filing_id = $1 ORDER BY version", filing_id
-            )
-        return [dict(r) | {"record": _json(r["record"])} for r in rows]
+    async def history_in(self, conn: asyncpg.Connection, filing_id: str) -> list[dict[str, Any]]:
+        """Every version of a filing: who asked, when, through which channel, and what it became."""
+        rows = await conn.fetch(
+            "SELECT * FROM filing.filing_history WHERE filing_id = $1 ORDER BY version", filing_id
+        )
+        return [
+            {"version": r["version"], "action": r["action"], "reqid": r["reqid"], "decl_source": r["decl_source"],
+             "opter": r["opter"], "reason": r["reason"], "at": r["at"].isoformat(), "filing": _json(r["record"])}
+            for r in rows
+        ]

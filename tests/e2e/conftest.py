@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import os
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,32 @@ async def system(settings: Settings, log_dir: Path) -> AsyncIterator[System]:
 async def gateway(system: System) -> AsyncIterator[GatewayClient]:
     async with GatewayClient(system.settings.kafka_bootstrap, namespace=system.settings.namespace) as client:
         yield client
+
+
+@pytest.fixture
+async def filings(system: System) -> AsyncIterator[GatewayClient]:
+    """A client for filing.requests, answered on filing.results, correlated by reqid."""
+    async with GatewayClient(
+        system.settings.kafka_bootstrap, namespace=system.settings.namespace, request_topic="filing.requests",
+        reply_to="filing.results", correlate_by="reqid",
+    ) as client:
+        yield client
+
+
+@pytest.fixture
+def local_stack() -> Iterator[Callable[..., None]]:
+    """Stop and start a server of the local stack, as an ops incident would."""
+    script = ROOT / "deploy" / "local" / "stack.sh"
+    if os.environ.get("YIDI_REDIS_URL", "").endswith(":16379/0") and script.exists():
+        def run(action: str, part: str) -> None:
+            subprocess.run([str(script), action, part], check=True, capture_output=True, timeout=120)
+
+        yield run
+        run("start", "all")
+        return
+    if os.environ.get("CI"):
+        pytest.fail("CI runs on the local stack, which these tests stop and start")
+    pytest.skip("not on the local stack started by deploy/local/stack.sh")
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,8 @@ class System:
             "YIDI_METRICS_PORT": str(self.ports[service]),
             "YIDI_LOG_LEVEL": "INFO",
             "YIDI_BATCH_MAX_RECORDS": "200",
+            # R8: the test region 980000 locks filings for six months.
+            "YIDI_FILING_LOCK_MONTHS": '{"980000": 6}',
         }
         return env | (extra or {})
 
@@ -101,6 +103,16 @@ class System:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+    def metric(self, service: str, name: str, **labels: str) -> float:
+        """The current value of a metric of a running service (0 when not exposed yet)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[service]}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{{wanted}}}") or (not labels and line.startswith(f"{name} ")):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
 
     async def ledger(self, msgid: str) -> list[dict[str, Any]]:
         conn = await asyncpg.connect(self.settings.database_url)

@@ -106,3 +106,14 @@ class World:
                 "medfee_sumamt": str(total), "feedetail": details,
             }},
         })
+
+
+def filing_request(world: World, psn_no: str, action: str = "add", **fields: Any) -> dict[str, Any]:
+    base = {
+        "action": action, "reqid": "R" + uuid.uuid4().hex, "psn_no": psn_no, "insutype": "310",
+        "insuplc_admdvs": world.insured, "filed_admdvs": world.treating, "category": "long_term_resident",
+        "begndate": datetime.now().strftime("%Y-%m-%d"), "decl_source": "self_service",
+    }
+    if action not in ("add", "change"):
+        base = {k: base[k] for k in ("action", "reqid", "psn_no", "decl_source")}
+    return base | fields

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from yidi.contracts.common import AreaCode, Code, StrictWireModel, WireModel
 from yidi.domain.codes import FilingCategory, InsuranceType
@@ -16,29 +17,49 @@ class FilingAction(StrEnum):
     ADD = "add"
     CHANGE = "change"
     CANCEL = "cancel"
+    APPROVE = "approve"  # R21: an office approves a filing that waits for approval
+    REFUSE = "refuse"  # R21: or refuses it, with a reason
+    HISTORY = "history"  # every version of a filing: who, when, what changed
 
 
 class DeclarationSource(StrEnum):
     SELF_SERVICE = "self_service"  # R21: takes effect at once
-    OFFICE = "office"
+    OFFICE = "office"  # waits for an operator's approve or refuse
     IMPORT = "import"  # bulk load of filings made elsewhere, already approved
 
 
 class FilingRequest(StrictWireModel):
-    """Add, change or cancel a filing (key = ``psn_no``)."""
+    """A filing request (key = ``psn_no``).
+
+    ``add`` needs the filing's fields; ``change`` needs ``filing_id`` and the new fields;
+    ``cancel``, ``approve``, ``refuse`` and ``history`` need ``filing_id`` only.
+    """
 
     action: FilingAction
     reqid: Code = Field(description="the sender's id of this request, the idempotency key")
-    filing_id: Code | None = Field(default=None, description="required for change and cancel")
+    filing_id: Code | None = Field(default=None, description="required except for add")
     psn_no: Code
-    insutype: InsuranceType
-    insuplc_admdvs: AreaCode
-    filed_admdvs: AreaCode
-    category: FilingCategory
-    begndate: date
+    insutype: InsuranceType | None = None
+    insuplc_admdvs: AreaCode | None = None
+    filed_admdvs: AreaCode | None = None
+    category: FilingCategory | None = None
+    begndate: date | None = None
     enddate: date | None = None
     decl_source: DeclarationSource = DeclarationSource.SELF_SERVICE
-    reply_to: str = "filing.results"
+    opter: str = Field(default="", description="who asks: the person, an office clerk, an import job")
+    reason: str = Field(default="", description="why, for refuse and cancel")
+    reply_to: str = Field(default="filing.results", pattern=r"^[A-Za-z0-9._\-]{1,200}$")
+
+    @model_validator(mode="after")
+    def _fields_for_the_action(self) -> FilingRequest:
+        if self.action in (FilingAction.ADD, FilingAction.CHANGE):
+            missing = [f for f in ("insutype", "insuplc_admdvs", "filed_admdvs", "category", "begndate")
+                       if getattr(self, f) is None]
+            if missing:
+                raise ValueError(f"{self.action.value} needs {', '.join(missing)}")
+        if self.action is not FilingAction.ADD and not self.filing_id:
+            raise ValueError(f"{self.action.value} needs filing_id")
+        return self
 
 
 class FilingRecord(WireModel):
@@ -72,10 +93,15 @@ class FilingResult(WireModel):
     accepted: bool
     reason: str = ""
     filing: FilingRecord | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class FilingEvent(WireModel):
-    """A filing changed (key = ``psn_no``): eligibility refreshes its mirror and cache."""
+    """A filing changed (key = ``psn_no``): eligibility refreshes its mirror and cache, then
+    publishes ``result`` to ``reply_to``, so the answer a person gets implies that the very next
+    settlement sees the change."""
 
     event: str = Field(description="filed, changed, cancelled, approved, refused")
     filing: FilingRecord
+    result: FilingResult | None = None
+    reply_to: str = ""

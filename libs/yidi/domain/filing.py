@@ -83,3 +83,16 @@ def _check_unlocked(current: Filing, *, today: date, lock_months: int, filed_on:
             f"the insured region locks a filing for {lock} months; it can be changed or cancelled "
             f"from {add_months(filed_on, lock).isoformat()}"
         )
+
+
+def approve_filing(current: Filing) -> Filing:
+    """R21: an office approves a filing that waits for approval; it takes effect now."""
+    if current.status is not FilingStatus.PENDING:
+        raise FilingRefused(f"only a filing waiting for approval can be approved; this one is {current.status.value}")
+    return replace(current, status=FilingStatus.ACTIVE)
+
+
+def refuse_filing(current: Filing) -> Filing:
+    if current.status is not FilingStatus.PENDING:
+        raise FilingRefused(f"only a filing waiting for approval can be refused; this one is {current.status.value}")
+    return replace(current, status=FilingStatus.REFUSED)

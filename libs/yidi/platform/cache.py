@@ -3,7 +3,9 @@
 Each entry is stored as ``<version>|<json>``. A write never replaces a newer version (a Lua
 compare-and-set), so a slow read-through that loaded an old document cannot overwrite what an
 event wrote after it. When Redis does not answer, a short circuit breaker skips it so every
-request does not wait for a timeout; callers then read Postgres.
+request does not wait for a timeout; callers then read Postgres. A write that could not reach
+Redis leaves its key *dirty*: the first time Redis answers again, dirty keys are deleted
+before anything is read, so an entry that missed an event is never served.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class VersionedCache:
         self._prefix = prefix
         self._breaker_seconds = breaker_seconds
         self._down_until = 0.0
+        self._dirty: set[str] = set()
         self._put = self._redis.register_script(_PUT_IF_NEWER)
 
     def _key(self, key: str) -> str:
@@ -57,10 +60,19 @@ class VersionedCache:
         self._down_until = time.monotonic() + self._breaker_seconds
         return CacheUnavailable(str(exc))
 
+    async def _heal(self) -> None:
+        """Forget entries whose refresh was lost while Redis was away (before reading any)."""
+        if self._dirty:
+            dirty = list(self._dirty)
+            await self._redis.delete(*[self._key(k) for k in dirty])
+            self._dirty.difference_update(dirty)
+            log.info("redis answers again: %d entries that missed an update dropped", len(dirty))
+
     async def get_many(self, keys: list[str]) -> list[tuple[int, Any] | None]:
         """The cached (version, document) of each key, None where absent."""
         self._check_breaker()
         try:
+            await self._heal()
             raw = await self._redis.mget([self._key(k) for k in keys])
         except (RedisError, OSError) as exc:
             raise self._trip(exc) from exc
@@ -75,10 +87,15 @@ class VersionedCache:
 
     async def put(self, key: str, version: int, document: Any) -> bool:
         """Store ``document`` unless a newer version is cached; True if stored."""
-        self._check_breaker()
         try:
+            self._check_breaker()
+            await self._heal()
             return bool(await self._put(keys=[self._key(key)], args=[version, orjson.dumps(document), self._ttl]))
+        except CacheUnavailable:
+            self._dirty.add(key)
+            raise
         except (RedisError, OSError) as exc:
+            self._dirty.add(key)
             raise self._trip(exc) from exc
 
     async def ping(self) -> bool:

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     cache_ttl_seconds: int = 300
     # Eligibility: R17 waiver of filing for temporary trips inside a province, by insured region.
     filing_waived_regions: list[str] = Field(default_factory=list)
+    # Filing: months a filing is locked against change or cancellation, by insured region (R8: at most 6).
+    filing_lock_months: dict[str, int] = Field(default_factory=dict)
 
     def topic(self, name: str) -> str:
         return f"{self.namespace}{name}"

@@ -1,0 +1,42 @@
+"""Eligibility's second stage: filing.events → its mirror and cache, then the filing's answer.
+
+The filing service publishes each accepted change here with the answer for the person;
+eligibility applies it to Postgres and Redis first and only then publishes that answer (in
+the same Kafka transaction as the consumed offsets). So once a person or an office has the
+answer, the very next settlement already sees the change.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from yidi.contracts.filing import FilingEvent
+from yidi.platform.jsonwire import dumps, loads
+from yidi.platform.kafka import Incoming, Outgoing
+from yidi.platform.replies import dead_letter
+from yidi.platform.settings import Settings
+
+from services.eligibility.repository import EligibilityRepository
+from services.eligibility.subjects import Subjects
+
+
+class FilingEventsHandler:
+    def __init__(self, settings: Settings, repo: EligibilityRepository, subjects: Subjects) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.subjects = subjects
+
+    async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for record in records:
+            try:
+                event = FilingEvent.model_validate(loads(record.value))
+            except (ValidationError, ValueError) as exc:
+                out.append(dead_letter(record, f"filing event does not validate: {exc}"))
+                continue
+            subject = await self.repo.upsert_filing(event.filing)
+            if subject is not None:
+                await self.subjects.remember(event.filing.psn_no, subject)
+            if event.result is not None and event.reply_to:
+                out.append(Outgoing(self.settings.topic(event.reply_to), dumps(event.result), key=event.filing.psn_no.encode()))
+        return out

@@ -1,0 +1,121 @@
+"""Filing and eligibility on the real stack: every filing rule a cashier meets, and a Redis
+cache that is never wrong, even when the real Redis server is stopped mid-run."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.e2e.world import World, filing_request
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+async def world(system) -> World:
+    return await World(system.settings).build()
+
+
+async def file(filings, world, psn_no, action="add", **fields) -> dict:
+    return await filings.call(filing_request(world, psn_no, action, **fields))
+
+
+async def test_r6_a_person_admitted_without_filing_files_and_then_settles_directly(world, gateway, filings):
+    person = await world.person(category=None)
+    stay = world.request(person, [("T-A", "1", "2000.00")], infno="2304", med_type="21")
+    refused = await gateway.call(stay)
+    filed = await file(filings, world, person, category="temporary_other")
+    settled = await gateway.call(world.request(person, [("T-A", "1", "2000.00")], infno="2304", med_type="21"))
+    assert refused["err_code"] == "NOT_FILED" and "R6" in refused["err_msg"]
+    assert filed["accepted"] and filed["filing"]["status"] == "active"
+    assert settled["infcode"] == 0
+
+
+async def test_a_cancelled_filing_refuses_the_very_next_settlement(world, gateway, filings):
+    person = await world.person(category=None)
+    filed = await file(filings, world, person)
+    assert (await gateway.call(world.request(person, [("T-A", "1", "100.00")])))["infcode"] == 0
+    cancelled = await file(filings, world, person, "cancel", filing_id=filed["filing"]["filing_id"])
+    next_one = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+    assert cancelled["accepted"] and cancelled["filing"]["status"] == "cancelled"
+    assert next_one["err_code"] == "NOT_FILED"
+
+
+async def test_r7_a_temporary_filing_past_its_six_months_no_longer_counts(world, gateway, filings):
+    person = await world.person(category=None)
+    old = await file(filings, world, person, category="temporary_other", begndate="2025-01-01", enddate="2025-03-01")
+    assert old["filing"]["enddate"] == "2025-07-01"  # at least six months (R7)
+    assert (await gateway.call(world.request(person, [("T-A", "1", "100.00")])))["err_code"] == "NOT_FILED"
+
+
+async def test_r8_a_change_inside_the_regions_lock_is_refused(system, filings):
+    locked = World(system.settings)
+    locked.insured = "980000"  # locked for six months in the test services' settings
+    await locked.build(locked.policy())
+    person = await locked.person(category=None)
+    filed = await file(filings, locked, person)
+    change = await file(filings, locked, person, "change", filing_id=filed["filing"]["filing_id"], category="posted_worker")
+    assert filed["accepted"] and not change["accepted"]
+    assert "locks a filing for 6 months" in change["reason"]
+
+
+async def test_r21_an_office_filing_waits_for_approval_and_keeps_its_history(world, gateway, filings):
+    person = await world.person(category=None)
+    pending = await file(filings, world, person, decl_source="office")
+    before = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+    filing_id = pending["filing"]["filing_id"]
+    approved = await file(filings, world, person, "approve", filing_id=filing_id, opter="clerk 7", decl_source="office")
+    after = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+    history = await file(filings, world, person, "history", filing_id=filing_id)
+    assert pending["filing"]["status"] == "pending" and before["err_code"] == "NOT_FILED"
+    assert approved["filing"]["status"] == "active" and after["infcode"] == 0
+    assert [(h["version"], h["action"], h["filing"]["status"]) for h in history["history"]] == [
+        (1, "add", "pending"), (2, "approve", "active")
+    ]
+    assert history["history"][1]["opter"] == "clerk 7"
+
+
+async def test_r19_an_outage_window_refuses_then_releases(world, gateway):
+    person = await world.person()
+    now = datetime.now(UTC)
+    ends = now + timedelta(seconds=4)
+    await world.load(region_status=[{"status_id": "S" + person, "admdvs": world.insured,
+                                     "starts_at": (now - timedelta(seconds=1)).isoformat(), "ends_at": ends.isoformat(),
+                                     "reason": "network maintenance"}])
+    during = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+    await asyncio.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.5)
+    after = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+    assert during["err_code"] == "REGION_UNAVAILABLE" and "network maintenance" in during["err_msg"]
+    assert after["infcode"] == 0
+
+
+async def test_benefit_check_and_person_info_answer_from_the_same_data(world, gateway):
+    person = await world.person()
+    base = world.request(person, [("T-A", "1", "1.00")])
+    check = base | {"infno": "2001"}
+    info = base | {"infno": "1101", "msgid": base["msgid"][:-1] + "Z"}
+    check_answer, info_answer = await gateway.call(check), await gateway.call(info)
+    assert check_answer["output"]["eligible"] == "1" and check_answer["output"]["basis"] == "filed"
+    assert info_answer["output"]["baseinfo"]["psn_no"] == person
+    assert len(info_answer["output"]["filings"]) == 1
+
+
+async def test_with_redis_stopped_answers_stay_right_and_the_cache_recovers(system, world, gateway, filings, local_stack):
+    person = await world.person(category=None)
+    filed = await file(filings, world, person)
+    warm = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))  # cached now
+    fallbacks = system.metric("eligibility", "yidi_eligibility_cache_total", result="fallback")
+    local_stack("stop", "redis")
+    try:
+        during = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+        await file(filings, world, person, "cancel", filing_id=filed["filing"]["filing_id"])
+        refused = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+    finally:
+        local_stack("start", "redis")
+    await asyncio.sleep(1.5)  # the breaker tries Redis again
+    after = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+    assert warm["infcode"] == 0 and during["infcode"] == 0
+    assert refused["err_code"] == "NOT_FILED" and after["err_code"] == "NOT_FILED"
+    assert system.metric("eligibility", "yidi_eligibility_cache_total", result="fallback") > fallbacks
