@@ -8,11 +8,13 @@ failure, never a skip.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import uuid
 from collections.abc import Iterator
 
+import asyncpg
 import pytest
 
 from yidi.platform.settings import Settings
@@ -57,16 +59,32 @@ def servers() -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def settings(servers: dict[str, str]) -> Settings:
-    """Settings for this test session: its own topic namespace, so a running system is not disturbed."""
-    return Settings(
-        kafka_bootstrap=servers["YIDI_KAFKA_BOOTSTRAP"],
-        database_url=servers["YIDI_DATABASE_URL"],
-        redis_url=servers["YIDI_REDIS_URL"],
-        namespace=f"t{uuid.uuid4().hex[:8]}.",
-        metrics_port=0,
-        log_level="WARNING",
-    )
+def settings(servers: dict[str, str]) -> Iterator[Settings]:
+    """Settings for this test session: its own topic namespace, Redis prefix and database, so a
+    running system is not disturbed and month-end clearing in a test closes no one else's month."""
+    tag = uuid.uuid4().hex[:8]
+    base = servers["YIDI_DATABASE_URL"]
+    database = f"yidi_test_{tag}"
+    asyncio.run(_admin_sql(base, f'CREATE DATABASE "{database}"'))
+    try:
+        yield Settings(
+            kafka_bootstrap=servers["YIDI_KAFKA_BOOTSTRAP"],
+            database_url=base.rsplit("/", 1)[0] + f"/{database}",
+            redis_url=servers["YIDI_REDIS_URL"],
+            namespace=f"t{tag}.",
+            metrics_port=0,
+            log_level="WARNING",
+        )
+    finally:
+        asyncio.run(_admin_sql(base, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+
+async def _admin_sql(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 def unique(prefix: str = "") -> str:

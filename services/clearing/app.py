@@ -5,8 +5,9 @@ from __future__ import annotations
 from yidi.platform.kafka import TransactionalStage
 from yidi.platform.service import Service
 from yidi.platform.settings import Settings, settings_for
-from yidi.platform.topics import SETTLEMENT_PRICED
+from yidi.platform.topics import CLEARING_REQUESTS, SETTLEMENT_PRICED
 
+from services.clearing.admin import ClearingAdminHandler
 from services.clearing.handlers import ClearingHandler
 from services.clearing.repository import ClearingRepository
 
@@ -22,6 +23,13 @@ def build(settings: Settings | None = None) -> Service:
                 topics=[SETTLEMENT_PRICED], group_id="yidi-clearing-priced",
                 handler=ClearingHandler(settings, ClearingRepository(service.db())),
                 max_records=settings.batch_max_records,
+            )
+        )
+        service.add_stage(
+            TransactionalStage(
+                name="clearing-admin", service="clearing", settings=settings,
+                topics=[CLEARING_REQUESTS], group_id="yidi-clearing-requests",
+                handler=ClearingAdminHandler(settings, ClearingRepository(service.db())), max_records=100,
             )
         )
 

@@ -10,6 +10,7 @@ refused ``MODIFIED_REQUEST``.
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,12 +19,14 @@ from yidi.contracts import answers
 from yidi.contracts.envelope import ErrCode, ResponseEnvelope
 from yidi.contracts.internal import PricedWork, WorkKind
 from yidi.contracts.settlement import SetlInfo
+from yidi.domain.clearing import landing_period
 from yidi.platform import metrics
 from yidi.platform.jsonwire import loads
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import dead_letter, recover_ids, reply
 from yidi.platform.settings import Settings
 
+from services.clearing.prepayment import account_of, prepayment_alert
 from services.clearing.repository import ClearingRepository, LedgerRow, NewEntry
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ class ClearingHandler:
         if not works:
             return out
         async with self.repo.transaction() as conn:
+            closed = await self.repo.closed_periods(conn)
+            moves: list[tuple[str, str, str, Decimal, str]] = []
             msgids = [w.request.msgid for _, w in works if w.kind is WorkKind.SETTLE]
             setl_ids = [w.target_setl_id for _, w in works if w.kind is WorkKind.CANCEL]
             rows = await self.repo.ledger_rows(conn, msgids, setl_ids)
@@ -72,7 +77,7 @@ class ClearingHandler:
             undo_new: list[tuple[str, str, str, dict[str, Any]]] = []
             for record, work in works:
                 if work.kind is WorkKind.SETTLE:
-                    out.append(self._settle(work, by_msgid, by_setl, entries))
+                    out.append(self._settle(work, by_msgid, by_setl, entries, closed, moves))
                     continue
                 seen = undo_seen.get(work.request.msgid)
                 if seen is not None:
@@ -87,16 +92,36 @@ class ClearingHandler:
                 if row.state == "settled":
                     row.state = "reversed" if work.request.infno.value == "2601" else "cancelled"
                     row.undone_msgid, row.undone_answer = work.request.msgid, answer
+                    # The undoing lands in the open period of its own month (R3: cleared once).
+                    row.undo_period = landing_period(f"{work.request.inf_time:%Y%m}", closed)
                     undone[row.setl_id] = row
+                    moves.append((row.insuplc_admdvs, row.mdtrtarea_admvs, "give_back", row.fund_pay_sumamt, row.setl_id))
                     metrics.LEDGER_ENTRIES.labels(row.state).inc()
                 undo_seen[work.request.msgid] = (work.request_hash, answer)
                 undo_new.append((work.request.msgid, work.request_hash, row.setl_id, answer))
                 out.append(self._answer(work, work.answer))
             await self.repo.write(conn, entries, list(undone.values()), undo_new)
+            out.extend(await self._prepayment(conn, moves))
         return out
 
+    async def _prepayment(self, conn: Any, moves: list[tuple[str, str, str, Decimal, str]]) -> list[Outgoing]:
+        """Draw on (or give back to) each insured region's prepayment; warn once when it runs low.
+
+        A balance that runs out does not stop settlement: as the national rule does, the
+        shortfall is recorded (a negative balance) and clearing settles it (docs/clearing.md).
+        """
+        alerts = []
+        for row in await self.repo.move_prepayments(conn, moves):
+            account = account_of(row)
+            low = account.below_warning() or account.balance < 0
+            if low and not row["alerted"]:
+                await self.repo.set_alerted(conn, row["insuplc_admdvs"], row["mdtrtarea_admvs"], True)
+                alerts.append(prepayment_alert(self.settings, row, account))
+        return alerts
+
     def _settle(
-        self, work: PricedWork, by_msgid: dict[str, LedgerRow], by_setl: dict[str, LedgerRow], entries: list[NewEntry]
+        self, work: PricedWork, by_msgid: dict[str, LedgerRow], by_setl: dict[str, LedgerRow], entries: list[NewEntry],
+        closed: set[str], moves: list[tuple[str, str, str, Decimal, str]],
     ) -> Outgoing:
         existing = by_msgid.get(work.request.msgid)
         if existing is not None:
@@ -113,12 +138,16 @@ class ClearingHandler:
         facts = work.facts
         assert facts is not None, "pricing sends facts with every settlement"
         answer = work.answer.model_dump(mode="json")
-        row = LedgerRow(facts.setl_id, work.request.msgid, work.request_hash, "settled", answer)
+        row = LedgerRow(facts.setl_id, work.request.msgid, work.request_hash, "settled", answer,
+                        insuplc_admdvs=facts.insuplc_admdvs, mdtrtarea_admvs=facts.mdtrtarea_admvs,
+                        fund_pay_sumamt=facts.fund_pay_sumamt)
         info = SetlInfo.model_validate(work.answer.output["setlinfo"])
         entries.append(
             NewEntry(row, work.request.infno.value, info, facts.insuplc_admdvs, facts.mdtrtarea_admvs,
-                     facts.fixmedins_code, facts.setlym)
+                     facts.fixmedins_code, facts.setlym, landing_period(facts.setlym, closed),
+                     work.request.inf_time.date())
         )
+        moves.append((facts.insuplc_admdvs, facts.mdtrtarea_admvs, "draw", facts.fund_pay_sumamt, facts.setl_id))
         by_msgid[row.msgid] = row
         by_setl[row.setl_id] = row
         metrics.LEDGER_ENTRIES.labels("settled").inc()

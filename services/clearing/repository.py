@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -33,6 +35,10 @@ class LedgerRow:
     answer: dict[str, Any]
     undone_msgid: str | None = None
     undone_answer: dict[str, Any] | None = None
+    insuplc_admdvs: str = ""
+    mdtrtarea_admvs: str = ""
+    fund_pay_sumamt: Decimal = Decimal(0)
+    undo_period: str | None = None
 
 
 @dataclass
@@ -44,6 +50,8 @@ class NewEntry:
     mdtrtarea_admvs: str
     fixmedins_code: str
     setlym: str
+    clr_period: str
+    setl_date: date
 
 
 class ClearingRepository:
@@ -57,15 +65,69 @@ class ClearingRepository:
 
     async def ledger_rows(self, conn: asyncpg.Connection, msgids: list[str], setl_ids: list[str]) -> list[LedgerRow]:
         rows = await conn.fetch(
-            """SELECT setl_id, msgid, request_hash, state, answer, undone_msgid, undone_answer FROM clearing.ledger
+            """SELECT setl_id, msgid, request_hash, state, answer, undone_msgid, undone_answer,
+                      insuplc_admdvs, mdtrtarea_admvs, fund_pay_sumamt, undo_period
+               FROM clearing.ledger
                WHERE msgid = ANY($1::text[]) OR setl_id = ANY($2::text[]) FOR UPDATE""",
             msgids, setl_ids,
         )
         return [
             LedgerRow(r["setl_id"], r["msgid"], r["request_hash"], r["state"], _json(r["answer"]),
-                      r["undone_msgid"], _json(r["undone_answer"]) if r["undone_answer"] else None)
+                      r["undone_msgid"], _json(r["undone_answer"]) if r["undone_answer"] else None,
+                      r["insuplc_admdvs"], r["mdtrtarea_admvs"], r["fund_pay_sumamt"], r["undo_period"])
             for r in rows
         ]
+
+    async def closed_periods(self, conn: asyncpg.Connection, *, exclusive: bool = False) -> set[str]:
+        """Closed periods, under the periods lock: shared for settling, exclusive for clearing a month.
+
+        Settlement batches hold the lock shared, so they run side by side; a month's clearing
+        waits for them to commit and holds new ones back until its statements are written. So a
+        settlement lands either in the month being cleared (and is in its statements) or in the
+        next open month, never in between.
+        """
+        lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        await conn.execute(f"SELECT {lock}(hashtext('yidi-clearing-periods'))")
+        return {r["setlym"] for r in await conn.fetch("SELECT setlym FROM clearing.periods WHERE state = 'closed'")}
+
+    async def move_prepayments(
+        self, conn: asyncpg.Connection, moves: list[tuple[str, str, str, Decimal, str]]
+    ) -> list[asyncpg.Record]:
+        """Apply (insured, treating, kind, amount, ref) moves once each; return the touched accounts."""
+        if not moves:
+            return []
+        applied = await conn.fetch(
+            """INSERT INTO clearing.prepayment_moves (insuplc_admdvs, mdtrtarea_admvs, kind, amount, ref)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[])
+               ON CONFLICT (kind, ref) DO NOTHING
+               RETURNING insuplc_admdvs, mdtrtarea_admvs, kind, amount""",
+            *[list(col) for col in zip(*moves, strict=True)],
+        )
+        sums: dict[tuple[str, str], dict[str, Decimal]] = {}
+        for r in applied:
+            acc = sums.setdefault((r["insuplc_admdvs"], r["mdtrtarea_admvs"]), {})
+            column = {"fund": "funded", "draw": "drawn", "give_back": "given_back", "clearing": "cleared"}[r["kind"]]
+            acc[column] = acc.get(column, Decimal(0)) + r["amount"]
+        touched = []
+        for (insured, treating), cols in sorted(sums.items()):
+            row = await conn.fetchrow(
+                """INSERT INTO clearing.prepayment_accounts AS a (insuplc_admdvs, mdtrtarea_admvs, funded, drawn, given_back, cleared)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (insuplc_admdvs, mdtrtarea_admvs) DO UPDATE SET
+                     funded = a.funded + EXCLUDED.funded, drawn = a.drawn + EXCLUDED.drawn,
+                     given_back = a.given_back + EXCLUDED.given_back, cleared = a.cleared + EXCLUDED.cleared
+                   RETURNING *""",
+                insured, treating, cols.get("funded", 0), cols.get("drawn", 0), cols.get("given_back", 0),
+                cols.get("cleared", 0),
+            )
+            touched.append(row)
+        return touched
+
+    async def set_alerted(self, conn: asyncpg.Connection, insured: str, treating: str, alerted: bool) -> None:
+        await conn.execute(
+            "UPDATE clearing.prepayment_accounts SET alerted = $3 WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2",
+            insured, treating, alerted,
+        )
 
     async def undo_requests(self, conn: asyncpg.Connection, msgids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
         rows = await conn.fetch(
@@ -82,22 +144,25 @@ class ClearingRepository:
     ) -> None:
         if entries:
             columns = ("setl_id", "msgid", "request_hash", "infno", "psn_no", "mdtrt_id", "insuplc_admdvs",
-                       "mdtrtarea_admvs", "fixmedins_code", "setlym", *AMOUNT_COLUMNS, "answer")
+                       "mdtrtarea_admvs", "fixmedins_code", "setlym", "clr_period", "setl_date", *AMOUNT_COLUMNS,
+                       "answer")
             placeholders = [f"${i}" for i in range(1, len(columns))] + [f"${len(columns)}::jsonb"]
             await conn.executemany(
                 f"INSERT INTO clearing.ledger ({', '.join(columns)}) VALUES ({', '.join(placeholders)})",
                 [
                     (e.row.setl_id, e.row.msgid, e.row.request_hash, e.infno, e.info.psn_no, e.info.mdtrt_id,
-                     e.insuplc_admdvs, e.mdtrtarea_admvs, e.fixmedins_code, e.setlym,
+                     e.insuplc_admdvs, e.mdtrtarea_admvs, e.fixmedins_code, e.setlym, e.clr_period, e.setl_date,
                      *(getattr(e.info, c) for c in AMOUNT_COLUMNS), orjson.dumps(e.row.answer).decode())
                     for e in entries
                 ],
             )
         if undone:
             await conn.executemany(
-                """UPDATE clearing.ledger SET state = $2, undone_msgid = $3, undone_answer = $4::jsonb, undone_at = now()
+                """UPDATE clearing.ledger SET state = $2, undone_msgid = $3, undone_answer = $4::jsonb, undone_at = now(),
+                       undo_period = $5
                    WHERE setl_id = $1""",
-                [(u.setl_id, u.state, u.undone_msgid, orjson.dumps(u.undone_answer).decode()) for u in undone],
+                [(u.setl_id, u.state, u.undone_msgid, orjson.dumps(u.undone_answer).decode(), u.undo_period)
+                 for u in undone],
             )
         if undo_requests:
             await conn.executemany(

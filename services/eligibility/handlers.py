@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from yidi.contracts import answers
+from yidi.contracts.clearing import Reconcile
 from yidi.contracts.envelope import ErrCode, Infno, RequestEnvelope
 from yidi.contracts.filing import FilingRecord
 from yidi.contracts.internal import EligibleWork, PersonSnapshot, Refusal
@@ -28,7 +29,7 @@ from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import dead_letter, recover_ids, reply
 from yidi.platform.settings import Settings
-from yidi.platform.topics import SETTLEMENT_ELIGIBLE
+from yidi.platform.topics import CLEARING_REQUESTS, SETTLEMENT_ELIGIBLE
 
 from services.eligibility.repository import EligibilityRepository
 from services.eligibility.subjects import Subjects
@@ -92,6 +93,10 @@ class EligibilityHandler:
             request = RequestEnvelope.model_validate(raw)
         except ValidationError as exc:
             return self._invalid(record, _explain(exc))
+        if request.infno in (Infno.RECONCILE_TOTALS, Infno.RECONCILE_DETAILS):
+            # Reconciliation is clearing's: pass it on untouched; clearing answers it.
+            work = Reconcile(type="reconcile", request=request, request_ts_ms=record.timestamp_ms, reqid=request.msgid)
+            return [Outgoing(self.settings.topic(CLEARING_REQUESTS), dumps(work), key=request.msgid.encode())]
         model = INPUT_MODELS.get(request.infno)
         if model is None:
             answer = answers.refusal(

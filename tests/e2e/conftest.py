@@ -57,6 +57,16 @@ async def filings(system: System) -> AsyncIterator[GatewayClient]:
 
 
 @pytest.fixture
+async def clearing(system: System) -> AsyncIterator[GatewayClient]:
+    """A client for clearing.requests, answered on clearing.results, correlated by reqid."""
+    async with GatewayClient(
+        system.settings.kafka_bootstrap, namespace=system.settings.namespace, request_topic="clearing.requests",
+        reply_to="clearing.results", correlate_by="reqid",
+    ) as client:
+        yield client
+
+
+@pytest.fixture
 def local_stack() -> Iterator[Callable[..., None]]:
     """Stop and start a server of the local stack, as an ops incident would."""
     script = ROOT / "deploy" / "local" / "stack.sh"

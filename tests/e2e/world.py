@@ -89,7 +89,8 @@ class World:
         return psn_no
 
     def request(self, psn_no: str, items: list[tuple[str, str, str]], *, infno: str = "2207", med_type: str = "11",
-                insutype: str = "310", account: bool = False, visit: str | None = None) -> dict[str, Any]:
+                insutype: str = "310", account: bool = False, visit: str | None = None,
+                when: str | None = None) -> dict[str, Any]:
         details: list[dict[str, str]] = []
         total = Decimal("0.00")
         for i, (code, cnt, pric) in enumerate(items, 1):
@@ -99,7 +100,7 @@ class World:
                             "det_item_fee_sumamt": str(amount)})
         return fresh({
             "infno": infno, "msgid": "x", "mdtrtarea_admvs": self.treating, "insuplc_admdvs": self.insured,
-            "inf_time": datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "fixmedins_code": self.facility,
+            "inf_time": when or datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "fixmedins_code": self.facility,
             "input": {"data": {
                 "psn_no": psn_no, "insutype": insutype, "med_type": med_type,
                 "mdtrt_id": visit or "V" + uuid.uuid4().hex[:10], "acct_used_flag": "1" if account else "0",

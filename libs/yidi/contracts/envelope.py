@@ -24,6 +24,7 @@ class Infno(StrEnum):
     INPATIENT_CANCEL = "2305"
     REVERSAL = "2601"
     RECONCILE_TOTALS = "3201"
+    RECONCILE_DETAILS = "3202"
 
     @property
     def is_pre_settlement(self) -> bool:

@@ -26,6 +26,8 @@ REFDATA_FACILITIES = "refdata.facilities"
 REFDATA_POLICIES = "refdata.policies"
 REFDATA_CATALOGUE = "refdata.catalogue"
 REGION_STATUS = "platform.region-status"
+CLEARING_REQUESTS = "clearing.requests"
+CLEARING_RESULTS = "clearing.results"
 CLEARING_STATEMENTS = "clearing.statements"
 CLEARING_ALERTS = "clearing.alerts"
 
@@ -44,6 +46,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(REFDATA_POLICIES, "insuplc_admdvs", 1, "policy versions of insured regions"),
     TopicSpec(REFDATA_CATALOGUE, "mdtrtarea_admvs", 1, "catalogue item versions of treating regions"),
     TopicSpec(REGION_STATUS, "admdvs", 1, "outage and maintenance windows of regions (R19)"),
+    TopicSpec(CLEARING_REQUESTS, "reqid", 1, "prepayment funding, month runs, confirmations, queries, 3201/3202"),
+    TopicSpec(CLEARING_RESULTS, "reqid", 1, "the answer to each clearing request"),
     TopicSpec(CLEARING_STATEMENTS, "admdvs pair", 1, "monthly clearing statements"),
     TopicSpec(CLEARING_ALERTS, "admdvs pair", 1, "prepayment warnings"),
 )
@@ -56,7 +60,8 @@ def dlq(topic: str) -> str:
 def all_topic_specs() -> tuple[TopicSpec, ...]:
     """Every topic including the dead-letter topics of the consumed ones."""
     consumed = {SETTLEMENT_REQUESTS, SETTLEMENT_ELIGIBLE, SETTLEMENT_PRICED, FILING_REQUESTS, FILING_EVENTS,
-                REFDATA_PERSONS, REFDATA_FACILITIES, REFDATA_POLICIES, REFDATA_CATALOGUE, REGION_STATUS}
+                REFDATA_PERSONS, REFDATA_FACILITIES, REFDATA_POLICIES, REFDATA_CATALOGUE, REGION_STATUS,
+                CLEARING_REQUESTS}
     dead = tuple(TopicSpec(dlq(t.name), t.key, 1, f"dead letters of {t.name}, with the reason") for t in TOPICS if t.name in consumed)
     return TOPICS + dead
 

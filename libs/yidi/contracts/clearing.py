@@ -1,0 +1,149 @@
+"""Clearing's messages: requests of clearing clerks and regions (clearing.requests), their
+results (clearing.results), statements (clearing.statements), alerts (clearing.alerts), and the
+reconciliation inputs of facilities (3201 totals, 3202 details)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, TypeAdapter
+
+from yidi.contracts.common import Amount, AreaCode, Code, Ratio, StrictWireModel, WireModel
+from yidi.contracts.envelope import RequestEnvelope
+
+Month = Annotated[str, Field(pattern=r"^\d{4}(0[1-9]|1[0-2])$")]
+
+
+class _Request(StrictWireModel):
+    reqid: Code
+    reply_to: str = Field(default="clearing.results", pattern=r"^[A-Za-z0-9._\-]{1,200}$")
+
+
+class FundPrepayment(_Request):
+    """An insured region advances money for its people's settlements in a treating region (R3)."""
+
+    type: Literal["fund"]
+    insuplc_admdvs: AreaCode
+    mdtrtarea_admvs: AreaCode
+    amount: Amount
+    warn_share: Ratio | None = Field(default=None, description="warn when the balance falls below this share")
+
+
+class RunMonth(_Request):
+    """Clear a settlement month: close it, total it per region pair, issue the statements."""
+
+    type: Literal["run_month"]
+    setlym: Month
+
+
+class ConfirmStatement(_Request):
+    """One side of a statement confirms it; when both have, the prepayment is topped up."""
+
+    type: Literal["confirm"]
+    statement_id: Code
+    side: Literal["insured", "treating"]
+    opter: str = ""
+
+
+class QuerySettlement(_Request):
+    type: Literal["query_settlement"]
+    setl_id: str = ""
+    msgid: str = ""
+
+
+class QueryFacilityDay(_Request):
+    type: Literal["query_facility_day"]
+    fixmedins_code: Code
+    day: date
+
+
+class QueryPairMonth(_Request):
+    type: Literal["query_pair_month"]
+    insuplc_admdvs: AreaCode
+    mdtrtarea_admvs: AreaCode
+    setlym: Month
+
+
+class QueryPrepayment(_Request):
+    type: Literal["query_prepayment"]
+    insuplc_admdvs: AreaCode
+    mdtrtarea_admvs: AreaCode
+
+
+class Reconcile(WireModel):
+    """A facility's 3201/3202 request, passed on by eligibility; answered to its ``reply_to``."""
+
+    type: Literal["reconcile"]
+    request: RequestEnvelope
+    request_ts_ms: int
+    reqid: str = ""
+
+
+ClearingRequest = Annotated[
+    FundPrepayment | RunMonth | ConfirmStatement | QuerySettlement | QueryFacilityDay | QueryPairMonth
+    | QueryPrepayment | Reconcile,
+    Field(discriminator="type"),
+]
+CLEARING_REQUEST = TypeAdapter(ClearingRequest)
+
+
+class ClearingResult(WireModel):
+    reqid: str
+    ok: bool
+    reason: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class Statement(WireModel):
+    """What an insured region owes a treating region for one period (clearing.statements)."""
+
+    statement_id: str
+    setlym: str
+    insuplc_admdvs: str
+    mdtrtarea_admvs: str
+    settlements: int
+    undone: int
+    medfee_sumamt: Amount
+    fund_pay_sumamt: Amount
+    acct_pay: Amount
+    confirmed_insured: bool = False
+    confirmed_treating: bool = False
+    state: str = "issued"
+
+
+class PrepaymentAlert(WireModel):
+    insuplc_admdvs: str
+    mdtrtarea_admvs: str
+    balance: Amount
+    funded: Amount
+    warn_share: Ratio
+    shortfall: Amount
+    message: str
+
+
+class ReconcileTotalsInput(WireModel):
+    """3201: the facility's totals for a period (national field names)."""
+
+    stmt_begndate: date
+    stmt_enddate: date
+    medfee_sumamt: Amount
+    fund_pay_sumamt: Amount
+    acct_pay: Amount
+    fixmedins_setl_cnt: int = Field(ge=0)
+    insutype: str = ""
+
+
+class ReconcileDetail(WireModel):
+    setl_id: Code
+    medfee_sumamt: Amount
+    fund_pay_sumamt: Amount
+    acct_pay: Amount
+
+
+class ReconcileDetailsInput(WireModel):
+    """3202: the facility's settlements for a period, one by one."""
+
+    stmt_begndate: date
+    stmt_enddate: date
+    details: list[ReconcileDetail] = Field(max_length=100_000)

@@ -1,0 +1,737 @@
+"""Generate the contract documents from the code: docs/topics.md, docs/schemas/*.json, docs/asyncapi.yaml.
+
+    .venv/bin/python -m yidi.contracts.schemas           # (re)write the files
+    .venv/bin/python -m yidi.contracts.schemas --check   # exit 1 and list the files that are stale
+
+The topics come from ``yidi.platform.topics`` (names, keys, partitions, compaction, DLQs); the
+schemas from the pydantic wire models of this package. What the code does not say by itself —
+which model travels on which topic, who writes it and which consumer group reads it — is
+declared once below in ``TOPIC_CONTRACTS``; generation fails when a topic of ``TOPICS`` or a
+wire model of this package is left out, so neither can be added without being documented.
+
+Inbound messages (what gateways, regions and filing offices send) are described as the models
+*validate* them; outbound and inter-service messages as the models *serialize* them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import inspect
+import json
+import pkgutil
+import sys
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema
+
+import yidi.contracts
+from yidi.contracts import common
+from yidi.contracts.envelope import DEFAULT_REPLY_TO, ErrCode, Infno, RequestEnvelope, ResponseEnvelope
+from yidi.contracts.filing import FilingEvent, FilingRequest, FilingResult
+from yidi.contracts.internal import EligibleWork, PricedWork
+from yidi.contracts.refdata import (
+    CatalogueRecord,
+    FacilityRecord,
+    PersonRecord,
+    PolicyRecord,
+    RegionStatusRecord,
+)
+from yidi.contracts.settlement import (
+    CancelInput,
+    PersonQueryInput,
+    ReversalInput,
+    SettlementInput,
+    SettlementOutput,
+)
+from yidi.platform import topics as T
+from yidi.platform.topics import all_topic_specs, dlq, feed_group
+
+ROOT = Path(__file__).resolve().parents[3]
+GENERATOR = "python -m yidi.contracts.schemas"
+Mode = Literal["validation", "serialization"]
+
+# --------------------------------------------------------------------------------------------
+# Which model is on the wire in which form.
+
+# Inbound: described as they are validated (what a sender may send).
+INBOUND: tuple[type[BaseModel], ...] = (
+    RequestEnvelope,
+    SettlementInput,
+    CancelInput,
+    ReversalInput,
+    PersonQueryInput,
+    FilingRequest,
+    PersonRecord,
+    FacilityRecord,
+    PolicyRecord,
+    CatalogueRecord,
+    RegionStatusRecord,
+)
+# Outbound and between services: described as they are serialized (what is published).
+OUTBOUND: tuple[type[BaseModel], ...] = (
+    ResponseEnvelope,
+    SettlementOutput,
+    FilingResult,
+    FilingEvent,
+    EligibleWork,
+    PricedWork,
+)
+
+
+def wire_models() -> dict[str, tuple[type[BaseModel], Mode]]:
+    out: dict[str, tuple[type[BaseModel], Mode]] = {}
+    for model in INBOUND:
+        out[model.__name__] = (model, "validation")
+    for model in OUTBOUND:
+        out[model.__name__] = (model, "serialization")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# JSON Schema: pydantic's, with the project's string-encoded types spelt out.
+
+AMOUNT = {"type": "string", "pattern": r"^-?\d+(\.\d{1,2})?$", "description": "yuan, at most two decimals, as a string (never a JSON float)"}
+RATIO = {"type": "string", "pattern": r"^(0(\.\d+)?|1(\.0+)?)$", "description": "a proportion between 0 and 1, as a string"}
+QUANTITY = {"type": "string", "pattern": r"^\d+(\.\d+)?$", "description": "a positive number, as a string"}
+INF_TIME = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", "description": "yyyy-MM-dd HH:mm:ss, the sender's clock"}
+DAY = {"type": "string", "format": "date"}
+
+
+def _annotated_funcs(alias: Any) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
+    """The before-validator and the serializer of an ``Annotated`` alias of ``common``."""
+    before = ser = None
+    for meta in typing.get_args(alias)[1:]:
+        if type(meta).__name__ == "BeforeValidator":
+            before = meta.func
+        elif type(meta).__name__ == "PlainSerializer":
+            ser = meta.func
+    return before, ser
+
+
+_SPECIAL: dict[int, dict[str, Any]] = {}
+for _alias, _schema in ((common.Amount, AMOUNT), (common.Ratio, RATIO), (common.Quantity, QUANTITY),
+                        (common.InfTime, INF_TIME), (common.Day, DAY)):
+    for _func in _annotated_funcs(_alias):
+        if _func is not None:
+            _SPECIAL[id(_func)] = _schema
+
+
+class WireJsonSchema(GenerateJsonSchema):
+    """Amounts, ratios, quantities and times are strings on the wire; say so, with their format."""
+
+    def generate_inner(self, schema: Any) -> Any:
+        if isinstance(schema, dict):
+            func = None
+            if schema.get("type") == "function-before":
+                func = schema["function"]["function"]
+            elif self.mode == "serialization" and isinstance(schema.get("serialization"), dict):
+                func = schema["serialization"].get("function")
+            if func is not None and id(func) in _SPECIAL:
+                return copy.deepcopy(_SPECIAL[id(func)])
+        return super().generate_inner(schema)
+
+
+def model_schema(model: type[BaseModel], mode: Mode) -> dict[str, Any]:
+    schema = model.model_json_schema(mode=mode, schema_generator=WireJsonSchema)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"{model.__name__}.json",
+        "$comment": f"Generated by `{GENERATOR}` from {model.__module__}.{model.__name__} "
+                    f"({mode} form). Do not edit.",
+        **schema,
+    }
+
+
+def _contract_model_names() -> set[str]:
+    """Every pydantic model defined in the contracts package (except the two base classes)."""
+    names = set()
+    for info in pkgutil.iter_modules(yidi.contracts.__path__):
+        if info.name == "schemas":
+            continue
+        module = importlib.import_module(f"yidi.contracts.{info.name}")
+        for name, obj in vars(module).items():
+            if (inspect.isclass(obj) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__
+                    and obj not in (common.WireModel, common.StrictWireModel)):
+                names.add(name)
+    return names
+
+
+# --------------------------------------------------------------------------------------------
+# Topics: what travels on each, who writes it, who reads it.
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    service: str
+    group: str  # before the namespace prefix
+    kind: Literal["stage", "feed"]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicContract:
+    messages: tuple[str, ...]  # names in MESSAGES
+    writers: tuple[str, ...]  # platform services that publish it
+    readers: tuple[Reader, ...] = ()
+    external_writers: str = ""
+    external_readers: str = ""
+    notes: str = ""
+
+
+def _feed(service: str, topic: str) -> Reader:
+    return Reader(service, feed_group(service, topic), "feed")
+
+
+STAGE_GROUPS = {
+    "eligibility": "yidi-eligibility-requests",  # services/eligibility/app.py
+    "pricing": "yidi-pricing-eligible",  # services/pricing/app.py
+    "clearing": "yidi-clearing-priced",  # services/clearing/app.py
+    "filing": T.FILING_STAGE_GROUP,  # services/filing/app.py
+}
+
+TOPIC_CONTRACTS: dict[str, TopicContract] = {
+    T.SETTLEMENT_REQUESTS: TopicContract(
+        messages=("SettlementRequest", "CancelRequest", "ReversalRequest", "PersonQueryRequest"),
+        writers=(),
+        readers=(Reader("eligibility", STAGE_GROUPS["eligibility"], "stage"),),
+        external_writers="hospital gateways (`yidi-gateway`, `yidi.client.GatewayClient`)",
+        notes="Anything that does not parse, or does not validate against its transaction's input model, "
+              "is answered `INVALID_INPUT` (when `msgid` can be recovered) and dead-lettered. "
+              "3201 is answered `UNSUPPORTED`.",
+    ),
+    T.SETTLEMENT_ELIGIBLE: TopicContract(
+        messages=("EligibleWork",),
+        writers=("eligibility",),
+        readers=(Reader("pricing", STAGE_GROUPS["pricing"], "stage"),),
+        notes="Carries the request itself, its payload hash, the request's Kafka timestamp, and either "
+              "the terms eligibility established (person snapshot, facility level, basis, filing) or the "
+              "refusal. Cancellations and reversals pass unchecked.",
+    ),
+    T.SETTLEMENT_PRICED: TopicContract(
+        messages=("PricedWork",),
+        writers=("pricing",),
+        readers=(Reader("clearing", STAGE_GROUPS["clearing"], "stage"),),
+        notes="Settlements (2207/2304) with their answer and ledger facts; cancellations (2208/2305) and "
+              "reversals (2601) with their answer and the `setl_id` they undo.",
+    ),
+    T.SETTLEMENT_RESULTS: TopicContract(
+        messages=("SettlementAnswer", "Answer"),
+        writers=("eligibility", "pricing", "clearing"),
+        external_readers="hospital gateways; a request's `reply_to` names another topic for its answer",
+        notes="The default `reply_to`. Answers are published by the service that decides them: "
+              "eligibility (1101, 2001, malformed requests), pricing (refusals, pre-settlements, "
+              "`MODIFIED_REQUEST`, `NO_POLICY`, `NOT_FOUND`), clearing (settlements, cancellations, "
+              "reversals).",
+    ),
+    T.FILING_REQUESTS: TopicContract(
+        messages=("FilingRequest",),
+        writers=(),
+        readers=(Reader("filing", STAGE_GROUPS["filing"], "stage"),),
+        external_writers="filing offices and self-service channels (`yidi-gateway file`), `yidi-load` (section `filings`)",
+        notes="A request that does not validate is dead-lettered and gets no result.",
+    ),
+    T.FILING_RESULTS: TopicContract(
+        messages=("FilingResult",),
+        writers=("filing",),
+        external_readers="the requester; a request's `reply_to` names another topic for its result",
+        notes="The default `reply_to` of a filing request.",
+    ),
+    T.FILING_EVENTS: TopicContract(
+        messages=("FilingEvent",),
+        writers=("filing",),
+        readers=(_feed("eligibility", T.FILING_EVENTS),),
+        notes="Eligibility applies an event only if its `filing.version` is newer than the mirrored one.",
+    ),
+    T.REFDATA_PERSONS: TopicContract(
+        messages=("PersonRecord",),
+        writers=(),
+        readers=(_feed("eligibility", T.REFDATA_PERSONS),),
+        external_writers="insured regions; `yidi-load` (section `persons`)",
+        notes="Compacted: the latest record per `psn_no` is the person's state. There is no delete; "
+              "publish `active: false`.",
+    ),
+    T.REFDATA_FACILITIES: TopicContract(
+        messages=("FacilityRecord",),
+        writers=(),
+        readers=(_feed("eligibility", T.REFDATA_FACILITIES),),
+        external_writers="treating regions; `yidi-load` (section `facilities`)",
+        notes="Compacted: the latest record per `fixmedins_code` is the facility's state.",
+    ),
+    T.REFDATA_POLICIES: TopicContract(
+        messages=("PolicyRecord",),
+        writers=(),
+        readers=(_feed("pricing", T.REFDATA_POLICIES),),
+        external_writers="insured regions; `yidi-load` (section `policies`)",
+        notes="Not compacted: every version is kept. A version is identified by "
+              "(`insuplc_admdvs`, `insutype`, `begndate`); re-publishing that triple replaces it.",
+    ),
+    T.REFDATA_CATALOGUE: TopicContract(
+        messages=("CatalogueRecord",),
+        writers=(),
+        readers=(_feed("pricing", T.REFDATA_CATALOGUE),),
+        external_writers="treating regions; `yidi-load` (section `catalogue`)",
+        notes="Not compacted: every version is kept. A version is identified by "
+              "(`mdtrtarea_admvs`, `hilist_code`, `begndate`).",
+    ),
+    T.REGION_STATUS: TopicContract(
+        messages=("RegionStatusRecord",),
+        writers=(),
+        readers=(_feed("eligibility", T.REGION_STATUS),),
+        external_writers="platform operators; `yidi-load` (section `region_status`)",
+        notes="A window is identified by `status_id`; re-publish it with `cancelled: true` to lift it.",
+    ),
+    T.CLEARING_STATEMENTS: TopicContract(
+        messages=(),
+        writers=(),
+        notes="Declared and created, not yet produced by any service; no contract model exists yet.",
+    ),
+    T.CLEARING_ALERTS: TopicContract(
+        messages=(),
+        writers=(),
+        notes="Declared and created, not yet produced by any service; no contract model exists yet.",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    title: str
+    summary: str
+    payload: Callable[[], dict[str, Any]]
+    key: str
+    models: tuple[str, ...]  # schema files the payload refers to
+
+
+def _ref(model: str) -> dict[str, Any]:
+    return {"$ref": f"./schemas/{model}.json"}
+
+
+def _request(infnos: tuple[Infno, ...], body: str) -> Callable[[], dict[str, Any]]:
+    def payload() -> dict[str, Any]:
+        return {
+            "allOf": [
+                _ref("RequestEnvelope"),
+                {
+                    "type": "object",
+                    "properties": {
+                        "infno": {"type": "string", "enum": [i.value for i in infnos]},
+                        "input": {"type": "object", "required": ["data"], "properties": {"data": _ref(body)}},
+                    },
+                },
+            ]
+        }
+
+    return payload
+
+
+def _settlement_answer() -> dict[str, Any]:
+    return {
+        "allOf": [
+            _ref("ResponseEnvelope"),
+            {
+                "type": "object",
+                "properties": {
+                    "infno": {"type": "string", "enum": ["2206", "2207", "2303", "2304"]},
+                    "output": {
+                        "description": "the settlement output on success (infcode 0); {} on failure (infcode -1)",
+                        "anyOf": [_ref("SettlementOutput"), {"type": "object", "maxProperties": 0}],
+                    },
+                },
+            },
+        ]
+    }
+
+
+def _plain(model: str) -> Callable[[], dict[str, Any]]:
+    return lambda: _ref(model)
+
+
+SETTLEMENT_INFNOS = (Infno.OUTPATIENT_PRE_SETTLE, Infno.OUTPATIENT_SETTLE, Infno.INPATIENT_PRE_SETTLE, Infno.INPATIENT_SETTLE)
+
+MESSAGES: dict[str, Message] = {
+    "SettlementRequest": Message(
+        "Settlement or pre-settlement request (2206, 2207, 2303, 2304)",
+        "One bill with its fee details; a pre-settlement (2206/2303) commits nothing.",
+        _request(SETTLEMENT_INFNOS, "SettlementInput"), "psn_no", ("RequestEnvelope", "SettlementInput"),
+    ),
+    "CancelRequest": Message(
+        "Cancellation request (2208, 2305)",
+        "Undo a settlement by its setl_id.",
+        _request((Infno.OUTPATIENT_CANCEL, Infno.INPATIENT_CANCEL), "CancelInput"), "psn_no",
+        ("RequestEnvelope", "CancelInput"),
+    ),
+    "ReversalRequest": Message(
+        "Reversal request (2601)",
+        "Undo a settlement by its original msgid (omsgid).",
+        _request((Infno.REVERSAL,), "ReversalInput"), "psn_no", ("RequestEnvelope", "ReversalInput"),
+    ),
+    "PersonQueryRequest": Message(
+        "Person info (1101) or benefit check (2001)",
+        "Answered by eligibility from the data settlements use; 2001 needs insutype and med_type.",
+        _request((Infno.PERSON_INFO, Infno.BENEFIT_CHECK), "PersonQueryInput"), "psn_no",
+        ("RequestEnvelope", "PersonQueryInput"),
+    ),
+    "SettlementAnswer": Message(
+        "Answer to a settlement or pre-settlement",
+        "Success carries setlinfo, setldetail and feedetail; failure carries err_code and err_msg.",
+        _settlement_answer, "fixmedins_code", ("ResponseEnvelope", "SettlementOutput"),
+    ),
+    "Answer": Message(
+        "Any answer (ResponseEnvelope)",
+        "Cancellation and reversal: output.setlinfo = {setl_id, psn_no, state, undone_by}. "
+        "1101: output = {baseinfo, insuinfo[], idetinfo[], filings[]}. "
+        "2001: output = {eligible: '1', basis, filing_id, filing_category} or {eligible: '0', reason_code, reason}. "
+        "Failures: output = {} with err_code one of " + ", ".join(c.value for c in ErrCode) + ".",
+        _plain("ResponseEnvelope"), "fixmedins_code", ("ResponseEnvelope",),
+    ),
+    "EligibleWork": Message("Eligible work", "eligibility → pricing", _plain("EligibleWork"), "psn_no", ("EligibleWork",)),
+    "PricedWork": Message("Priced work", "pricing → clearing", _plain("PricedWork"), "psn_no", ("PricedWork",)),
+    "FilingRequest": Message("Filing request", "add, change or cancel a filing", _plain("FilingRequest"), "psn_no", ("FilingRequest",)),
+    "FilingResult": Message("Filing result", "the answer to one filing request, by reqid", _plain("FilingResult"), "psn_no", ("FilingResult",)),
+    "FilingEvent": Message("Filing event", "a filing was filed, changed or cancelled", _plain("FilingEvent"), "psn_no", ("FilingEvent",)),
+    "PersonRecord": Message("Person record", "a person's insurance", _plain("PersonRecord"), "psn_no", ("PersonRecord",)),
+    "FacilityRecord": Message("Facility record", "a designated facility", _plain("FacilityRecord"), "fixmedins_code", ("FacilityRecord",)),
+    "PolicyRecord": Message("Policy record", "one version of an insured region's policy", _plain("PolicyRecord"), "insuplc_admdvs", ("PolicyRecord",)),
+    "CatalogueRecord": Message("Catalogue record", "one version of a catalogue item", _plain("CatalogueRecord"), "mdtrtarea_admvs", ("CatalogueRecord",)),
+    "RegionStatusRecord": Message("Region status record", "an outage or maintenance window (R19)", _plain("RegionStatusRecord"), "admdvs", ("RegionStatusRecord",)),
+}
+
+DLQ_HEADERS = {
+    "type": "object",
+    "properties": {
+        "yidi-dlq-reason": {"type": "string", "description": "why the message was refused (at most 2000 bytes)"},
+        "yidi-dlq-source": {
+            "type": "string",
+            "description": "<topic>/<partition>/<offset> of the original; set by transactional stages, not by feeds",
+        },
+    },
+    "required": ["yidi-dlq-reason"],
+    "additionalProperties": {"type": "string", "description": "the original message's headers, kept"},
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering.
+
+def _check_coverage() -> None:
+    missing_topics = [t.name for t in T.TOPICS if t.name not in TOPIC_CONTRACTS]
+    unknown_topics = [name for name in TOPIC_CONTRACTS if name not in {t.name for t in T.TOPICS}]
+    unknown_messages = [m for c in TOPIC_CONTRACTS.values() for m in c.messages if m not in MESSAGES]
+    models = wire_models()
+    unknown_models = [m for msg in MESSAGES.values() for m in msg.models if m not in models]
+    covered = set(models)
+    for name, (model, mode) in models.items():
+        covered |= set(model_schema(model, mode).get("$defs", {}))
+    uncovered = sorted(_contract_model_names() - covered)
+    problems = []
+    if missing_topics:
+        problems.append(f"topics without a contract in TOPIC_CONTRACTS: {missing_topics}")
+    if unknown_topics:
+        problems.append(f"TOPIC_CONTRACTS names topics that TOPICS lacks: {unknown_topics}")
+    if unknown_messages:
+        problems.append(f"unknown messages: {unknown_messages}")
+    if unknown_models:
+        problems.append(f"messages refer to models not in INBOUND/OUTBOUND: {unknown_models}")
+    if uncovered:
+        problems.append(f"wire models on no topic (add them to INBOUND/OUTBOUND and a message): {uncovered}")
+    if problems:
+        raise SystemExit("yidi.contracts.schemas: " + "; ".join(problems))
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _source_of(dlq_name: str) -> str:
+    return dlq_name.removesuffix(".dlq")
+
+
+def _md_models(contract: TopicContract) -> str:
+    names: list[str] = []
+    for m in contract.messages:
+        for model in MESSAGES[m].models:
+            if model not in names:
+                names.append(model)
+    return ", ".join(f"[{n}](schemas/{n}.json)" for n in names) or "—"
+
+
+def render_topics_md() -> str:
+    lines = [
+        "# Topics",
+        "",
+        f"<!-- Generated by `{GENERATOR}` from libs/yidi/platform/topics.py and libs/yidi/contracts/schemas.py. "
+        "Do not edit: change the code and run the command. -->",
+        "",
+        "Every topic of the platform, the contract it carries and who writes and reads it. Each "
+        "service creates the missing ones at start-up (`ensure_topics`, replication factor 1 — "
+        "a production cluster creates them beforehand with its own replication).",
+        "",
+        "- **Namespace.** Every topic name and consumer group is prefixed with `YIDI_NAMESPACE` "
+        "(empty in production; `t<8 hex>.` in a test session), including the topic a request names "
+        "in `reply_to`.",
+        "- **Keys.** Settlement topics are keyed by `psn_no`, so one person's requests are handled "
+        "in order by one consumer everywhere; answers by `fixmedins_code`.",
+        "- **Transactions.** `settlement.eligible`, `settlement.priced`, the answers, `filing.results`, "
+        "`filing.events` and the DLQs of the stages are written inside Kafka transactions: read them "
+        "with `isolation.level=read_committed`, or you will see records of aborted transactions.",
+        "- **Formats.** JSON, UTF-8. Amounts, ratios and quantities are strings. Schemas: "
+        "[schemas/](schemas/); the whole as AsyncAPI 3.0: [asyncapi.yaml](asyncapi.yaml).",
+        "- **Retention.** Broker default (`log.retention.hours`, 168 h unless the cluster sets otherwise); "
+        "no topic sets its own.",
+        "",
+        "## Summary",
+        "",
+        "| topic | key | partitions | cleanup | carries | written by | read by (consumer group) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for spec in T.TOPICS:
+        c = TOPIC_CONTRACTS[spec.name]
+        writers = ", ".join(c.writers) or ""
+        if c.external_writers:
+            writers = "; ".join(x for x in (writers, c.external_writers) if x)
+        readers = ", ".join(f"{r.service} (`{r.group}`)" for r in c.readers)
+        if c.external_readers:
+            readers = "; ".join(x for x in (readers, c.external_readers) if x)
+        lines.append(
+            f"| `{spec.name}` | `{spec.key}` | {spec.partitions} | {'compact' if spec.compacted else 'delete'} "
+            f"| {_md_models(c)} | {writers or '—'} | {readers or '—'} |"
+        )
+    lines += ["", "## Each topic", ""]
+    for spec in T.TOPICS:
+        c = TOPIC_CONTRACTS[spec.name]
+        lines += [f"### `{spec.name}`", "", spec.what[:1].upper() + spec.what[1:] + ".", ""]
+        lines.append(f"- Key: `{spec.key}`; partitions: {spec.partitions}; cleanup: "
+                     f"{'compact' if spec.compacted else 'delete'}.")
+        if c.messages:
+            for m in c.messages:
+                msg = MESSAGES[m]
+                lines.append(f"- Message **{m}** — {msg.title}: {_sentence(msg.summary)} "
+                             f"Schema: {', '.join(f'[{n}](schemas/{n}.json)' for n in msg.models)}.")
+        else:
+            lines.append("- Message: none defined yet.")
+        if c.writers:
+            lines.append(f"- Written by: {', '.join(c.writers)}, inside the stage's Kafka transaction.")
+        if c.external_writers:
+            lines.append(f"- Sent by: {c.external_writers}.")
+        for r in c.readers:
+            how = ("transactional stage, `read_committed`, offsets committed in the stage's transaction"
+                   if r.kind == "stage" else "FastStream feed, `NACK_ON_ERROR`, at least once")
+            lines.append(f"- Read by: {r.service}, group `{r.group}` ({how}).")
+        if c.external_readers:
+            lines.append(f"- Read by: {c.external_readers}.")
+        if spec.name in {s.name.removesuffix('.dlq') for s in all_topic_specs() if s.name.endswith('.dlq')}:
+            lines.append(f"- Dead letters: `{dlq(spec.name)}`.")
+        if c.notes:
+            lines.append(f"- {c.notes}")
+        lines.append("")
+    lines += [
+        "## Dead-letter topics",
+        "",
+        "A consumed topic has a dead-letter topic `<topic>.dlq` (1 partition, same key). A dead letter "
+        "is the original record, bytes and key unchanged, with its original headers plus "
+        "`yidi-dlq-reason` (why, at most 2000 bytes) and, from the transactional stages, "
+        "`yidi-dlq-source` (`<topic>/<partition>/<offset>`). Nothing consumes them; "
+        "docs/runbook.md says how to read and re-publish them.",
+        "",
+        "| dead-letter topic | source | written by |",
+        "|---|---|---|",
+    ]
+    for spec in all_topic_specs():
+        if not spec.name.endswith(".dlq"):
+            continue
+        source = _source_of(spec.name)
+        readers = TOPIC_CONTRACTS[source].readers
+        who = ", ".join(f"{r.service} ({r.kind})" for r in readers) or "—"
+        lines.append(f"| `{spec.name}` | `{source}` | {who} |")
+    lines += [
+        "",
+        "## Consumer groups and transactional ids",
+        "",
+        "| group | topic | service | kind |",
+        "|---|---|---|---|",
+    ]
+    for spec in T.TOPICS:
+        for r in TOPIC_CONTRACTS[spec.name].readers:
+            lines.append(f"| `{r.group}` | `{spec.name}` | {r.service} | {r.kind} |")
+    lines += [
+        "",
+        "Each stage's producer uses the transactional id `<namespace>yidi-<stage>-<YIDI_INSTANCE>` "
+        "(`YIDI_INSTANCE` defaults to the host name): a restarted instance fences its predecessor "
+        "and aborts the transaction it left open.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _channel_id(topic: str) -> str:
+    parts = topic.replace("-", ".").split(".")
+    return parts[0] + "".join(p[:1].upper() + p[1:] for p in parts[1:])
+
+
+def render_asyncapi() -> dict[str, Any]:
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    for name, msg in MESSAGES.items():
+        messages[name] = {
+            "name": name,
+            "title": msg.title,
+            "summary": msg.summary,
+            "contentType": "application/json",
+            "payload": msg.payload(),
+            "bindings": {"kafka": {"key": {"type": "string", "description": msg.key}, "bindingVersion": "0.5.0"}},
+        }
+    messages["DeadLetter"] = {
+        "name": "DeadLetter",
+        "title": "Dead letter",
+        "summary": "The original record, unchanged, with the reason in a header.",
+        "contentType": "application/octet-stream",
+        "headers": DLQ_HEADERS,
+        "payload": {"description": "the original bytes; may not be JSON at all"},
+    }
+    for spec in all_topic_specs():
+        cid = _channel_id(spec.name)
+        is_dlq = spec.name.endswith(".dlq")
+        contract = TOPIC_CONTRACTS[_source_of(spec.name)] if is_dlq else TOPIC_CONTRACTS[spec.name]
+        names = ("DeadLetter",) if is_dlq else contract.messages
+        description = spec.what[:1].upper() + spec.what[1:] + "."
+        if not is_dlq and contract.notes:
+            description += " " + contract.notes
+        channel: dict[str, Any] = {
+            "address": spec.name,
+            "title": spec.name,
+            "description": description + " The address is prefixed with YIDI_NAMESPACE.",
+            "bindings": {
+                "kafka": {
+                    "topic": spec.name,
+                    "partitions": spec.partitions,
+                    "replicas": 1,
+                    "topicConfiguration": {"cleanup.policy": ["compact" if spec.compacted else "delete"]},
+                    "bindingVersion": "0.5.0",
+                }
+            },
+        }
+        if names:
+            channel["messages"] = {n: {"$ref": f"#/components/messages/{n}"} for n in names}
+        channels[cid] = channel
+        refs = [{"$ref": f"#/channels/{cid}/messages/{n}"} for n in names]
+        if is_dlq:
+            for r in contract.readers:
+                operations[f"{r.service}DeadLetters{cid[:1].upper()}{cid[1:]}"] = {
+                    "action": "send", "channel": {"$ref": f"#/channels/{cid}"},
+                    "summary": f"{r.service} dead-letters what it cannot process from {_source_of(spec.name)}",
+                    "messages": refs,
+                }
+            continue
+        for r in contract.readers:
+            operations[f"{r.service}Receives{cid[:1].upper()}{cid[1:]}"] = {
+                "action": "receive", "channel": {"$ref": f"#/channels/{cid}"},
+                "summary": f"{r.service} consumes {spec.name} ({r.kind})",
+                "messages": refs,
+                "bindings": {"kafka": {"groupId": {"type": "string", "enum": [r.group]}, "bindingVersion": "0.5.0"}},
+            }
+        for w in contract.writers:
+            sent = refs
+            if spec.name == T.SETTLEMENT_RESULTS and w == "eligibility":
+                sent = [{"$ref": f"#/channels/{cid}/messages/Answer"}]
+            operations[f"{w}Sends{cid[:1].upper()}{cid[1:]}"] = {
+                "action": "send", "channel": {"$ref": f"#/channels/{cid}"},
+                "summary": f"{w} publishes on {spec.name}",
+                "messages": sent,
+            }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "Yidi",
+            "version": "0.1.0",
+            "description": (
+                f"Generated by `{GENERATOR}`; do not edit. Real-time cross-region settlement of medical "
+                "insurance: hospital gateways publish requests on settlement.requests and read one answer per "
+                f"request on its reply_to topic (default {DEFAULT_REPLY_TO}). Operations are described from "
+                "the platform's side. Payloads refer to the JSON Schemas in ./schemas/."
+            ),
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "local": {
+                "host": "127.0.0.1:19092",
+                "protocol": "kafka",
+                "description": "the local stack (deploy/local); docker-compose.yml uses kafka:9092",
+            }
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages},
+    }
+
+
+def _json_text(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False) + "\n"
+
+
+def generate(root: Path = ROOT) -> dict[Path, str]:
+    """Every generated file under ``root``, with its content."""
+    _check_coverage()
+    docs = root / "docs"
+    files: dict[Path, str] = {docs / "topics.md": render_topics_md()}
+    for name, (model, mode) in sorted(wire_models().items()):
+        files[docs / "schemas" / f"{name}.json"] = _json_text(model_schema(model, mode))
+    header = f"# Generated by `{GENERATOR}` from libs/yidi/platform/topics.py and the contract models. Do not edit.\n"
+    files[docs / "asyncapi.yaml"] = header + yaml.safe_dump(
+        render_asyncapi(), sort_keys=False, allow_unicode=True, width=110
+    )
+    return files
+
+
+def stale(root: Path = ROOT) -> list[str]:
+    """Generated files that are missing, differ from the code, or are no longer generated."""
+    files = generate(root)
+    out = [str(p.relative_to(root)) for p, text in files.items() if not p.exists() or p.read_text() != text]
+    schema_dir = root / "docs" / "schemas"
+    if schema_dir.is_dir():
+        out += [f"{p.relative_to(root)} (no longer generated)" for p in sorted(schema_dir.glob("*.json")) if p not in files]
+    return out
+
+
+def write(root: Path = ROOT) -> list[str]:
+    files = generate(root)
+    changed = []
+    for path, text in files.items():
+        if not path.exists() or path.read_text() != text:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            changed.append(str(path.relative_to(root)))
+    schema_dir = root / "docs" / "schemas"
+    for p in sorted(schema_dir.glob("*.json")):
+        if p not in files:
+            p.unlink()
+            changed.append(f"{p.relative_to(root)} (removed)")
+    return changed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m yidi.contracts.schemas", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a generated file is stale")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the repository root (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.check:
+        out_of_date = stale(args.root)
+        if out_of_date:
+            print(f"stale generated docs (run `{GENERATOR}`):", *out_of_date, sep="\n  ", file=sys.stderr)
+            sys.exit(1)
+        print("generated docs are current")
+        return
+    changed = write(args.root)
+    print("\n".join(f"wrote {c}" for c in changed) if changed else "generated docs were already current")
+
+
+if __name__ == "__main__":
+    main()

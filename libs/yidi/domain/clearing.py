@@ -1,0 +1,181 @@
+"""Clearing arithmetic (R3: prepay first, clear afterwards): periods, statements, netting,
+prepayment, reconciliation. Plain functions over plain data.
+
+Each settlement adds its fund payment to the clearing period it landed in; its cancellation or
+reversal takes it away in the period the undoing landed in. A period, once cleared, is closed:
+what arrives for it later lands in the next open period, so every yuan is cleared exactly once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from yidi.domain.money import ZERO
+
+
+def next_month(setlym: str) -> str:
+    year, month = int(setlym[:4]), int(setlym[4:])
+    return f"{year + month // 12}{month % 12 + 1:02d}"
+
+
+def landing_period(setlym: str, closed: Iterable[str]) -> str:
+    """The period a settlement of month ``setlym`` lands in: its own, or the first open one after."""
+    closed_set = set(closed)
+    period = setlym
+    while period in closed_set:
+        period = next_month(period)
+    return period
+
+
+@dataclass(frozen=True, slots=True)
+class Movement:
+    """One settlement (+) or undoing (−) of a region pair, in the period it landed in."""
+
+    insured: str
+    treating: str
+    period: str
+    medfee: Decimal
+    fund: Decimal
+    acct: Decimal
+    sign: int  # +1 settlement, −1 cancellation or reversal
+
+
+@dataclass(slots=True)
+class PairTotals:
+    insured: str
+    treating: str
+    period: str
+    settlements: int = 0
+    undone: int = 0
+    medfee_sumamt: Decimal = ZERO
+    fund_pay_sumamt: Decimal = ZERO
+    acct_pay: Decimal = ZERO
+
+    def add(self, m: Movement) -> None:
+        if m.sign > 0:
+            self.settlements += 1
+        else:
+            self.undone += 1
+        self.medfee_sumamt += m.sign * m.medfee
+        self.fund_pay_sumamt += m.sign * m.fund
+        self.acct_pay += m.sign * m.acct
+
+
+def statements(movements: Iterable[Movement], period: str) -> list[PairTotals]:
+    """The totals each insured region owes each treating region for one period."""
+    totals: dict[tuple[str, str], PairTotals] = {}
+    for m in movements:
+        if m.period != period:
+            continue
+        key = (m.insured, m.treating)
+        totals.setdefault(key, PairTotals(m.insured, m.treating, period)).add(m)
+    return [totals[k] for k in sorted(totals)]
+
+
+@dataclass(frozen=True, slots=True)
+class NetPosition:
+    """Between two regions: ``payer`` pays ``payee`` ``amount`` once both directions are netted."""
+
+    region_a: str
+    region_b: str
+    a_owes_b: Decimal
+    b_owes_a: Decimal
+
+    @property
+    def net(self) -> Decimal:
+        return self.a_owes_b - self.b_owes_a
+
+    @property
+    def payer(self) -> str:
+        return self.region_a if self.net >= 0 else self.region_b
+
+    @property
+    def payee(self) -> str:
+        return self.region_b if self.net >= 0 else self.region_a
+
+    @property
+    def amount(self) -> Decimal:
+        return abs(self.net)
+
+
+def net_positions(pairs: Iterable[PairTotals]) -> list[NetPosition]:
+    """Net each two regions' statements against each other (an insured region owes the treating one)."""
+    owed: dict[tuple[str, str], Decimal] = defaultdict(lambda: ZERO)
+    for p in pairs:
+        owed[(p.insured, p.treating)] += p.fund_pay_sumamt
+    regions = sorted({r for key in owed for r in key})
+    out = []
+    for i, a in enumerate(regions):
+        for b in regions[i + 1:]:
+            if (a, b) in owed or (b, a) in owed:
+                out.append(NetPosition(a, b, owed.get((a, b), ZERO), owed.get((b, a), ZERO)))
+    return out
+
+
+@dataclass(slots=True)
+class Prepayment:
+    """An insured region's advance for settlements in one treating region (R3)."""
+
+    funded: Decimal = ZERO
+    drawn: Decimal = ZERO
+    given_back: Decimal = ZERO
+    cleared: Decimal = ZERO
+    warn_share: Decimal = Decimal("0.20")
+
+    @property
+    def balance(self) -> Decimal:
+        return self.funded - self.drawn + self.given_back + self.cleared
+
+    @property
+    def shortfall(self) -> Decimal:
+        return max(ZERO, -self.balance)
+
+    def below_warning(self) -> bool:
+        base = self.funded + self.cleared
+        return base > 0 and self.balance < base * self.warn_share
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    field: str
+    facility: Decimal | int
+    platform: Decimal | int
+
+    @property
+    def gap(self) -> Decimal | int:
+        return self.facility - self.platform
+
+
+def reconcile_totals(facility: dict[str, Decimal | int], platform: dict[str, Decimal | int]) -> list[Difference]:
+    """3201: the facility's totals against the platform's, field by field; empty when they match."""
+    return [Difference(k, facility[k], platform.get(k, 0)) for k in facility if facility[k] != platform.get(k, 0)]
+
+
+@dataclass(frozen=True, slots=True)
+class DetailDifference:
+    setl_id: str
+    problem: str  # missing_on_platform, missing_at_facility, amounts_differ, cancelled_on_platform
+    facility: dict[str, Decimal] = field(default_factory=dict)
+    platform: dict[str, Decimal] = field(default_factory=dict)
+
+
+def reconcile_details(
+    facility: dict[str, dict[str, Decimal]], platform: dict[str, tuple[str, dict[str, Decimal]]]
+) -> list[DetailDifference]:
+    """3202: settlement by settlement; ``platform`` maps setl_id to (state, amounts)."""
+    out = []
+    for setl_id in sorted(set(facility) | set(platform)):
+        mine, theirs = facility.get(setl_id), platform.get(setl_id)
+        if theirs is None:
+            out.append(DetailDifference(setl_id, "missing_on_platform", mine or {}))
+        elif mine is None:
+            if theirs[0] == "settled":
+                out.append(DetailDifference(setl_id, "missing_at_facility", platform=theirs[1]))
+        elif theirs[0] != "settled":
+            out.append(DetailDifference(setl_id, f"{theirs[0]}_on_platform", mine, theirs[1]))
+        elif any(mine.get(k) != theirs[1].get(k) for k in mine):
+            out.append(DetailDifference(setl_id, "amounts_differ", mine, theirs[1]))
+    return out

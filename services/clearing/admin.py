@@ -1,0 +1,288 @@
+"""Clearing's second stage: clearing.requests — prepayment funding, month runs, confirmations,
+the clerks' queries, and facilities' reconciliation (3201/3202, passed on by eligibility).
+
+Each request is applied once by its ``reqid`` (the result is kept and replayed); reconciliations
+and queries change nothing and are answered from the ledger as it stands.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+from pydantic import ValidationError
+
+from yidi.contracts import answers
+from yidi.contracts.clearing import (
+    CLEARING_REQUEST,
+    ConfirmStatement,
+    FundPrepayment,
+    QueryFacilityDay,
+    QueryPairMonth,
+    QueryPrepayment,
+    QuerySettlement,
+    Reconcile,
+    ReconcileDetailsInput,
+    ReconcileTotalsInput,
+    RunMonth,
+    Statement,
+)
+from yidi.contracts.envelope import ErrCode, Infno
+from yidi.domain.clearing import PairTotals, net_positions, reconcile_details, reconcile_totals
+from yidi.domain.money import fmt
+from yidi.platform.jsonwire import dumps, loads
+from yidi.platform.kafka import Incoming, Outgoing
+from yidi.platform.replies import dead_letter, reply
+from yidi.platform.settings import Settings
+from yidi.platform.topics import CLEARING_STATEMENTS
+
+from services.clearing.prepayment import account_of, account_view
+from services.clearing.repository import ClearingRepository
+
+AMOUNTS = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")
+
+
+def _amounts(row: Any) -> dict[str, str]:
+    return {k: fmt(row[k]) for k in AMOUNTS if k in row}
+
+
+def statement_of(row: Any) -> Statement:
+    return Statement(**{k: row[k] for k in Statement.model_fields if k in row})
+
+
+class ClearingAdminHandler:
+    def __init__(self, settings: Settings, repo: ClearingRepository) -> None:
+        self.settings = settings
+        self.repo = repo
+
+    async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        async with self.repo.transaction() as conn:
+            for record in records:
+                try:
+                    request = CLEARING_REQUEST.validate_python(loads(record.value))
+                except (ValidationError, ValueError) as exc:
+                    out.append(dead_letter(record, f"clearing request does not validate: {exc}"))
+                    continue
+                if isinstance(request, Reconcile):
+                    out.append(await self._reconcile(conn, request))
+                    continue
+                seen = await conn.fetchval("SELECT emitted FROM clearing.admin_requests WHERE reqid = $1", request.reqid)
+                if seen is not None:
+                    out.extend(Outgoing(e["topic"], e["value"].encode(), key=e["key"].encode()) for e in loads(seen))
+                    continue
+                ok, reason, data, extra = await self._apply(conn, request)
+                result = {"reqid": request.reqid, "ok": ok, "reason": reason, "data": data}
+                emitted = [{"topic": self.settings.topic(request.reply_to), "value": dumps(result).decode(),
+                            "key": request.reqid}] + extra
+                if not request.type.startswith("query"):
+                    await conn.execute("INSERT INTO clearing.admin_requests (reqid, emitted) VALUES ($1, $2::jsonb)",
+                                       request.reqid, dumps(emitted).decode())
+                out.extend(Outgoing(e["topic"], e["value"].encode(), key=e["key"].encode()) for e in emitted)
+        return out
+
+    async def _apply(self, conn: asyncpg.Connection, request: Any) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
+        match request:
+            case FundPrepayment():
+                return await self._fund(conn, request)
+            case RunMonth():
+                return await self._run_month(conn, request)
+            case ConfirmStatement():
+                return await self._confirm(conn, request)
+            case QuerySettlement():
+                row = await conn.fetchrow(
+                    "SELECT * FROM clearing.ledger WHERE setl_id = $1 OR msgid = $2", request.setl_id, request.msgid
+                )
+                if row is None:
+                    return False, "no such settlement", {}, []
+                return True, "", {"settlement": _ledger_view(row)}, []
+            case QueryFacilityDay():
+                rows = await conn.fetch(
+                    "SELECT * FROM clearing.ledger WHERE fixmedins_code = $1 AND setl_date = $2 ORDER BY settled_at",
+                    request.fixmedins_code, request.day,
+                )
+                return True, "", {"settlements": [_ledger_view(r) for r in rows], **_totals(rows)}, []
+            case QueryPairMonth():
+                rows = await conn.fetch(
+                    """SELECT * FROM clearing.ledger WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2
+                       AND setlym = $3 ORDER BY settled_at""",
+                    request.insuplc_admdvs, request.mdtrtarea_admvs, request.setlym,
+                )
+                statements = await conn.fetch(
+                    "SELECT * FROM clearing.statements WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2 AND setlym = $3",
+                    request.insuplc_admdvs, request.mdtrtarea_admvs, request.setlym,
+                )
+                return True, "", {"settlements": len(rows), **_totals(rows),
+                                  "statements": [statement_of(s).model_dump(mode="json") for s in statements]}, []
+            case QueryPrepayment():
+                row = await conn.fetchrow(
+                    "SELECT * FROM clearing.prepayment_accounts WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2",
+                    request.insuplc_admdvs, request.mdtrtarea_admvs,
+                )
+                return (row is not None), ("" if row else "no prepayment account"), (account_view(row) if row else {}), []
+        return False, "unknown request", {}, []
+
+    async def _fund(self, conn: asyncpg.Connection, request: FundPrepayment) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
+        await self.repo.move_prepayments(
+            conn, [(request.insuplc_admdvs, request.mdtrtarea_admvs, "fund", request.amount, request.reqid)]
+        )
+        if request.warn_share is not None:
+            await conn.execute(
+                "UPDATE clearing.prepayment_accounts SET warn_share = $3 WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2",
+                request.insuplc_admdvs, request.mdtrtarea_admvs, request.warn_share,
+            )
+        row = await conn.fetchrow(
+            "SELECT * FROM clearing.prepayment_accounts WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2",
+            request.insuplc_admdvs, request.mdtrtarea_admvs,
+        )
+        account = account_of(row)
+        if row["alerted"] and not account.below_warning() and account.balance >= 0:
+            await self.repo.set_alerted(conn, request.insuplc_admdvs, request.mdtrtarea_admvs, False)
+        return True, "", account_view(row), []
+
+    async def _run_month(self, conn: asyncpg.Connection, request: RunMonth) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
+        month = request.setlym
+        closed = await self.repo.closed_periods(conn, exclusive=True)
+        if month in closed:
+            return False, f"month {month} is cleared already; query its statements", {}, []
+        await conn.execute("INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now())", month)
+        plus = await conn.fetch(
+            """SELECT insuplc_admdvs, mdtrtarea_admvs, count(*) AS n, sum(medfee_sumamt) AS medfee_sumamt,
+                      sum(fund_pay_sumamt) AS fund_pay_sumamt, sum(acct_pay) AS acct_pay
+               FROM clearing.ledger WHERE clr_period = $1 GROUP BY 1, 2""", month)
+        minus = await conn.fetch(
+            """SELECT insuplc_admdvs, mdtrtarea_admvs, count(*) AS n, sum(medfee_sumamt) AS medfee_sumamt,
+                      sum(fund_pay_sumamt) AS fund_pay_sumamt, sum(acct_pay) AS acct_pay
+               FROM clearing.ledger WHERE undo_period = $1 GROUP BY 1, 2""", month)
+        totals: dict[tuple[str, str], PairTotals] = {}
+        for rows, sign in ((plus, 1), (minus, -1)):
+            for r in rows:
+                t = totals.setdefault((r["insuplc_admdvs"], r["mdtrtarea_admvs"]),
+                                      PairTotals(r["insuplc_admdvs"], r["mdtrtarea_admvs"], month))
+                if sign > 0:
+                    t.settlements += r["n"]
+                else:
+                    t.undone += r["n"]
+                t.medfee_sumamt += sign * r["medfee_sumamt"]
+                t.fund_pay_sumamt += sign * r["fund_pay_sumamt"]
+                t.acct_pay += sign * r["acct_pay"]
+        statements = []
+        for (insured, treating), t in sorted(totals.items()):
+            statement = Statement(
+                statement_id=f"{month}-{insured}-{treating}", setlym=month, insuplc_admdvs=insured,
+                mdtrtarea_admvs=treating, settlements=t.settlements, undone=t.undone, medfee_sumamt=t.medfee_sumamt,
+                fund_pay_sumamt=t.fund_pay_sumamt, acct_pay=t.acct_pay,
+            )
+            await conn.execute(
+                """INSERT INTO clearing.statements (statement_id, setlym, insuplc_admdvs, mdtrtarea_admvs, settlements,
+                       undone, medfee_sumamt, fund_pay_sumamt, acct_pay) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+                statement.statement_id, month, insured, treating, t.settlements, t.undone, t.medfee_sumamt,
+                t.fund_pay_sumamt, t.acct_pay,
+            )
+            statements.append(statement)
+        nets = [
+            {"region_a": n.region_a, "region_b": n.region_b, "a_owes_b": fmt(n.a_owes_b), "b_owes_a": fmt(n.b_owes_a),
+             "payer": n.payer, "payee": n.payee, "amount": fmt(n.amount)}
+            for n in net_positions(totals.values())
+        ]
+        published = [
+            {"topic": self.settings.topic(CLEARING_STATEMENTS), "value": dumps(s).decode(),
+             "key": f"{s.insuplc_admdvs}-{s.mdtrtarea_admvs}"}
+            for s in statements
+        ]
+        data = {"setlym": month, "statements": [s.model_dump(mode="json") for s in statements], "net_positions": nets}
+        return True, "", data, published
+
+    async def _confirm(self, conn: asyncpg.Connection, request: ConfirmStatement) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
+        row = await conn.fetchrow("SELECT * FROM clearing.statements WHERE statement_id = $1 FOR UPDATE", request.statement_id)
+        if row is None:
+            return False, f"no statement {request.statement_id}", {}, []
+        column = "confirmed_insured" if request.side == "insured" else "confirmed_treating"
+        row = await conn.fetchrow(
+            f"UPDATE clearing.statements SET {column} = true WHERE statement_id = $1 RETURNING *", request.statement_id
+        )
+        extra: list[dict[str, Any]] = []
+        if row["confirmed_insured"] and row["confirmed_treating"] and row["state"] != "settled":
+            row = await conn.fetchrow(
+                "UPDATE clearing.statements SET state = 'settled', settled_at = now() WHERE statement_id = $1 RETURNING *",
+                request.statement_id,
+            )
+            # Both sides agree: the insured region tops its prepayment up by what was cleared
+            # (drawn down, when cancellations outweighed settlements).
+            await self.repo.move_prepayments(
+                conn, [(row["insuplc_admdvs"], row["mdtrtarea_admvs"], "clearing", row["fund_pay_sumamt"], row["statement_id"])]
+            )
+        statement = statement_of(row)
+        extra.append({"topic": self.settings.topic(CLEARING_STATEMENTS), "value": dumps(statement).decode(),
+                      "key": f"{statement.insuplc_admdvs}-{statement.mdtrtarea_admvs}"})
+        return True, "", statement.model_dump(mode="json"), extra
+
+    async def _reconcile(self, conn: asyncpg.Connection, request: Reconcile) -> Outgoing:
+        envelope = request.request
+        facility = envelope.fixmedins_code
+        try:
+            if envelope.infno is Infno.RECONCILE_TOTALS:
+                body = ReconcileTotalsInput.model_validate(envelope.data)
+                output = await self._reconcile_totals(conn, facility, body)
+            else:
+                details = ReconcileDetailsInput.model_validate(envelope.data)
+                output = await self._reconcile_details(conn, facility, details)
+            answer = answers.answer(envelope.msgid, envelope.infno.value, output)
+        except ValidationError as exc:
+            answer = answers.refusal(envelope, ErrCode.INVALID_INPUT, f"input.data: {exc.errors()[0]['msg']}")
+        return reply(self.settings, envelope.reply_to, answer, facility=facility, request_ts_ms=request.request_ts_ms)
+
+    async def _reconcile_totals(self, conn: asyncpg.Connection, facility: str, body: ReconcileTotalsInput) -> dict[str, Any]:
+        row = await conn.fetchrow(
+            """SELECT count(*) AS n, coalesce(sum(medfee_sumamt), 0) AS medfee_sumamt,
+                      coalesce(sum(fund_pay_sumamt), 0) AS fund_pay_sumamt, coalesce(sum(acct_pay), 0) AS acct_pay
+               FROM clearing.ledger WHERE fixmedins_code = $1 AND setl_date BETWEEN $2 AND $3 AND state = 'settled'""",
+            facility, body.stmt_begndate, body.stmt_enddate,
+        )
+        mine = {"fixmedins_setl_cnt": body.fixmedins_setl_cnt, "medfee_sumamt": body.medfee_sumamt,
+                "fund_pay_sumamt": body.fund_pay_sumamt, "acct_pay": body.acct_pay}
+        platform = {"fixmedins_setl_cnt": row["n"], "medfee_sumamt": row["medfee_sumamt"],
+                    "fund_pay_sumamt": row["fund_pay_sumamt"], "acct_pay": row["acct_pay"]}
+        diffs = reconcile_totals(mine, platform)
+        return {
+            "stmt_rslt": "0" if not diffs else "1",
+            "stmt_rslt_dscr": "totals match" if not diffs else "totals differ: " + ", ".join(d.field for d in diffs),
+            "platform": {k: (fmt(v) if isinstance(v, Decimal) else v) for k, v in platform.items()},
+            "differences": [{"field": d.field, "facility": str(d.facility), "platform": str(d.platform), "gap": str(d.gap)}
+                            for d in diffs],
+        }
+
+    async def _reconcile_details(self, conn: asyncpg.Connection, facility: str, body: ReconcileDetailsInput) -> dict[str, Any]:
+        rows = await conn.fetch(
+            """SELECT setl_id, state, medfee_sumamt, fund_pay_sumamt, acct_pay FROM clearing.ledger
+               WHERE fixmedins_code = $1 AND (setl_date BETWEEN $2 AND $3 OR setl_id = ANY($4::text[]))""",
+            facility, body.stmt_begndate, body.stmt_enddate, [d.setl_id for d in body.details],
+        )
+        platform = {r["setl_id"]: (r["state"], {k: r[k] for k in AMOUNTS}) for r in rows}
+        mine = {d.setl_id: {k: getattr(d, k) for k in AMOUNTS} for d in body.details}
+        diffs = reconcile_details(mine, platform)
+        return {
+            "stmt_rslt": "0" if not diffs else "1",
+            "stmt_rslt_dscr": "every settlement matches" if not diffs else f"{len(diffs)} settlements differ",
+            "differences": [{"setl_id": d.setl_id, "problem": d.problem,
+                             "facility": {k: fmt(v) for k, v in d.facility.items()},
+                             "platform": {k: fmt(v) for k, v in d.platform.items()}} for d in diffs],
+        }
+
+
+def _ledger_view(row: Any) -> dict[str, Any]:
+    return {
+        "setl_id": row["setl_id"], "msgid": row["msgid"], "psn_no": row["psn_no"], "state": row["state"],
+        "insuplc_admdvs": row["insuplc_admdvs"], "mdtrtarea_admvs": row["mdtrtarea_admvs"],
+        "fixmedins_code": row["fixmedins_code"], "setlym": row["setlym"], "clr_period": row["clr_period"],
+        "setl_date": row["setl_date"].isoformat() if isinstance(row["setl_date"], date) else row["setl_date"],
+        "undo_period": row["undo_period"],
+        **{k: fmt(row[k]) for k in ("medfee_sumamt", "fund_pay_sumamt", "hifp_pay", "acct_pay", "psn_cash_pay")},
+    }
+
+
+def _totals(rows: list[Any]) -> dict[str, str]:
+    settled = [r for r in rows if r["state"] == "settled"]
+    return {f"settled_{k}": fmt(sum((r[k] for r in settled), Decimal(0))) for k in AMOUNTS}

@@ -1,0 +1,45 @@
+"""Prepayment accounts as the domain sees them, and the warning clearing publishes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from yidi.contracts.clearing import PrepaymentAlert
+from yidi.domain.clearing import Prepayment
+from yidi.domain.money import fmt
+from yidi.platform.jsonwire import dumps
+from yidi.platform.kafka import Outgoing
+from yidi.platform.settings import Settings
+from yidi.platform.topics import CLEARING_ALERTS
+
+
+def account_of(row: Any) -> Prepayment:
+    return Prepayment(
+        funded=row["funded"], drawn=row["drawn"], given_back=row["given_back"], cleared=row["cleared"],
+        warn_share=row["warn_share"],
+    )
+
+
+def account_view(row: Any) -> dict[str, Any]:
+    account = account_of(row)
+    return {
+        "insuplc_admdvs": row["insuplc_admdvs"], "mdtrtarea_admvs": row["mdtrtarea_admvs"],
+        "funded": fmt(account.funded), "drawn": fmt(account.drawn), "given_back": fmt(account.given_back),
+        "cleared": fmt(account.cleared), "balance": fmt(account.balance), "shortfall": fmt(account.shortfall),
+        "warn_share": str(account.warn_share),
+    }
+
+
+def prepayment_alert(settings: Settings, row: Any, account: Prepayment) -> Outgoing:
+    insured, treating = row["insuplc_admdvs"], row["mdtrtarea_admvs"]
+    if account.balance < 0:
+        message = (f"Prepayment of {insured} for {treating} has run out: shortfall {fmt(account.shortfall)}; "
+                   "settlements continue and the shortfall is recorded until the region tops up.")
+    else:
+        message = (f"Prepayment of {insured} for {treating} is down to {fmt(account.balance)}, below "
+                   f"{account.warn_share:.0%} of what was advanced; the insured region should top it up.")
+    alert = PrepaymentAlert(
+        insuplc_admdvs=insured, mdtrtarea_admvs=treating, balance=account.balance, funded=account.funded,
+        warn_share=account.warn_share, shortfall=account.shortfall, message=message,
+    )
+    return Outgoing(settings.topic(CLEARING_ALERTS), dumps(alert), key=f"{insured}-{treating}".encode())

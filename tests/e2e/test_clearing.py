@@ -1,0 +1,152 @@
+"""Clearing on the real stack: prepayment drawn and given back, warnings, a month cleared and
+confirmed while settlements keep flowing, and reconciliation with facilities (3201, 3202)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from tests.e2e.requests import cancel_of, fresh
+from tests.e2e.world import World
+
+pytestmark = pytest.mark.e2e
+
+
+def reqid() -> str:
+    return "C" + uuid.uuid4().hex
+
+
+async def ask(clearing, type_: str, **fields) -> dict:
+    result = await clearing.call({"type": type_, "reqid": reqid(), **fields})
+    return result
+
+
+async def fund(clearing, world: World, amount: str, **extra) -> dict:
+    return await ask(clearing, "fund", insuplc_admdvs=world.insured, mdtrtarea_admvs=world.treating, amount=amount, **extra)
+
+
+async def balance(clearing, world: World) -> dict:
+    return (await ask(clearing, "query_prepayment", insuplc_admdvs=world.insured, mdtrtarea_admvs=world.treating))["data"]
+
+
+def paid(answer: dict) -> Decimal:
+    assert answer["infcode"] == 0, answer
+    return Decimal(answer["output"]["setlinfo"]["fund_pay_sumamt"])
+
+
+@pytest.fixture
+async def world(system) -> World:
+    return await World(system.settings).build()
+
+
+async def test_settlements_draw_the_prepayment_and_cancellation_and_reversal_give_it_back(world, gateway, clearing):
+    person = await world.person()
+    await fund(clearing, world, "1000.00")
+    first = world.request(person, [("T-A", "1", "800.00")])
+    drawn = paid(await gateway.call(first))
+    assert drawn == Decimal("300.00") and (await balance(clearing, world))["balance"] == "700.00"
+    setl_id = (await clearing.call({"type": "query_settlement", "reqid": reqid(), "msgid": first["msgid"]}))["data"]["settlement"]["setl_id"]
+    await gateway.call(cancel_of(first, setl_id))
+    assert (await balance(clearing, world))["balance"] == "1000.00"
+    second = world.request(person, [("T-A", "1", "800.00")])
+    assert paid(await gateway.call(second)) == Decimal("300.00")  # the deductible was given back too
+    reversal = fresh(second) | {"infno": "2601", "input": {"data": {"psn_no": person, "omsgid": second["msgid"], "oinfno": "2207"}}}
+    reversed_ = await gateway.call(reversal)
+    assert reversed_["infcode"] == 0 and reversed_["output"]["setlinfo"]["state"] == "reversed"
+    assert (await balance(clearing, world))["balance"] == "1000.00"
+    again = paid(await gateway.call(world.request(person, [("T-A", "1", "800.00")])))
+    assert again == Decimal("300.00")  # reversal restored the accumulators as well
+
+
+async def test_a_prepayment_running_low_is_warned_once_and_a_shortfall_is_recorded(system, world, gateway, clearing):
+    person = await world.person()
+    await fund(clearing, world, "200.00", warn_share="0.50")
+    paid(await gateway.call(world.request(person, [("T-A", "1", "500.00")])))  # draws 120: 80 left < 100
+    paid(await gateway.call(world.request(person, [("T-A", "1", "500.00")])))  # draws 280 (quota left): −200
+    account = await balance(clearing, world)
+    assert (account["balance"], account["shortfall"]) == ("-200.00", "200.00")
+    alerts = await _read(system.settings, "clearing.alerts")
+    mine = [a for a in alerts if a["insuplc_admdvs"] == world.insured]
+    assert len(mine) == 1 and "top it up" in mine[0]["message"]
+
+
+async def test_a_month_is_cleared_confirmed_by_both_sides_and_the_prepayment_topped_up(world, gateway, clearing):
+    person = await world.person()
+    await fund(clearing, world, "5000.00")
+    requests = [world.request(person, [("T-A", "1", "1000.00")], when=f"2025-03-1{i} 09:00:00") for i in range(3)]
+    answers = [await gateway.call(r) for r in requests]
+    await gateway.call(cancel_of(requests[2], answers[2]["output"]["setlinfo"]["setl_id"]) | {"inf_time": "2025-03-20 09:00:00"})
+    standing = paid(answers[0]) + paid(answers[1])
+    run = await ask(clearing, "run_month", setlym="202503")
+    mine = [s for s in run["data"]["statements"] if s["insuplc_admdvs"] == world.insured]
+    assert len(mine) == 1
+    statement = mine[0]
+    assert (statement["settlements"], statement["undone"], Decimal(statement["fund_pay_sumamt"])) == (3, 1, standing)
+    assert any(n["payer"] == world.insured and Decimal(n["amount"]) == standing for n in run["data"]["net_positions"])
+    again = await ask(clearing, "run_month", setlym="202503")
+    assert not again["ok"] and "cleared already" in again["reason"]
+    half = await ask(clearing, "confirm", statement_id=statement["statement_id"], side="insured")
+    full = await ask(clearing, "confirm", statement_id=statement["statement_id"], side="treating")
+    assert (half["data"]["state"], full["data"]["state"]) == ("issued", "settled")
+    account = await balance(clearing, world)
+    assert Decimal(account["cleared"]) == standing and account["balance"] == "5000.00"
+
+
+async def test_clearing_a_month_while_settlements_flow_counts_each_one_exactly_once(world, gateway, clearing):
+    people = [await world.person() for _ in range(4)]
+    await fund(clearing, world, "100000.00")
+    requests = [world.request(people[i % 4], [("T-A", "1", f"{400 + i}.00")], when="2025-05-20 10:00:00") for i in range(40)]
+    futures = [await gateway.send(r) for r in requests[:20]]
+    run = asyncio.create_task(ask(clearing, "run_month", setlym="202505"))
+    futures += [await gateway.send(r) for r in requests[20:]]
+    answers = await asyncio.wait_for(asyncio.gather(*futures), 60)
+    first = await run
+    second = await ask(clearing, "run_month", setlym="202506")
+    mine = [s for r in (first, second) for s in r["data"]["statements"] if s["insuplc_admdvs"] == world.insured]
+    assert sum(s["settlements"] for s in mine) == 40
+    assert sum(Decimal(s["fund_pay_sumamt"]) for s in mine) == sum(paid(a) for a in answers)
+
+
+async def test_reconciliation_of_a_facilitys_day_matches_or_lists_the_differences(world, gateway):
+    person = await world.person()
+    day = "2025-08-08"
+    answers = [await gateway.call(world.request(person, [("T-A", "1", amount)], when=f"{day} 11:00:00"))
+               for amount in ("500.00", "700.00")]
+    infos = [a["output"]["setlinfo"] for a in answers]
+    totals = {
+        "stmt_begndate": day, "stmt_enddate": day, "fixmedins_setl_cnt": 2,
+        "medfee_sumamt": str(sum(Decimal(i["medfee_sumamt"]) for i in infos)),
+        "fund_pay_sumamt": str(sum(Decimal(i["fund_pay_sumamt"]) for i in infos)),
+        "acct_pay": "0.00",
+    }
+    base = world.request(person, [("T-A", "1", "1.00")])
+    match = await gateway.call(fresh(base) | {"infno": "3201", "input": {"data": totals}})
+    wrong = await gateway.call(fresh(base) | {"infno": "3201", "input": {"data": totals | {"fund_pay_sumamt": "1.00"}}})
+    assert match["output"]["stmt_rslt"] == "0"
+    assert wrong["output"]["stmt_rslt"] == "1"
+    assert [d["field"] for d in wrong["output"]["differences"]] == ["fund_pay_sumamt"]
+    details = {"stmt_begndate": day, "stmt_enddate": day, "details": [
+        {"setl_id": infos[0]["setl_id"], "medfee_sumamt": infos[0]["medfee_sumamt"],
+         "fund_pay_sumamt": infos[0]["fund_pay_sumamt"], "acct_pay": "0.00"},
+        {"setl_id": "S20250808NOTONPLATFORM0", "medfee_sumamt": "9.00", "fund_pay_sumamt": "0.00", "acct_pay": "0.00"},
+    ]}
+    detail = await gateway.call(fresh(base) | {"infno": "3202", "input": {"data": details}})
+    problems = {d["setl_id"]: d["problem"] for d in detail["output"]["differences"]}
+    assert problems == {infos[1]["setl_id"]: "missing_at_facility", "S20250808NOTONPLATFORM0": "missing_on_platform"}
+
+
+async def _read(settings, topic: str) -> list[dict]:
+    import json
+
+    consumer = AIOKafkaConsumer(settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap, group_id=None,
+                                auto_offset_reset="earliest", isolation_level="read_committed")
+    await consumer.start()
+    try:
+        batch = await consumer.getmany(timeout_ms=3000)
+        return [json.loads(r.value) for rs in batch.values() for r in rs]
+    finally:
+        await consumer.stop()

@@ -1,0 +1,100 @@
+"""Clearing arithmetic (R3): periods, statements, netting, prepayment, reconciliation."""
+
+from decimal import Decimal as D
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from yidi.domain.clearing import (
+    Movement,
+    Prepayment,
+    landing_period,
+    net_positions,
+    next_month,
+    reconcile_details,
+    reconcile_totals,
+    statements,
+)
+
+
+def test_a_settlement_for_a_cleared_month_lands_in_the_next_open_one():
+    assert landing_period("202511", set()) == "202511"
+    assert landing_period("202511", {"202511", "202512"}) == "202601"
+    assert next_month("202512") == "202601"
+
+
+def test_a_statement_counts_settlements_less_what_was_undone_in_the_period():
+    moves = [
+        Movement("131000", "110000", "202511", D("100.00"), D("60.00"), D("0"), 1),
+        Movement("131000", "110000", "202511", D("50.00"), D("30.00"), D("0"), 1),
+        Movement("131000", "110000", "202511", D("50.00"), D("30.00"), D("0"), -1),
+        Movement("131000", "110000", "202512", D("10.00"), D("5.00"), D("0"), 1),
+    ]
+    (s,) = statements(moves, "202511")
+    assert (s.settlements, s.undone, s.fund_pay_sumamt, s.medfee_sumamt) == (2, 1, D("60.00"), D("100.00"))
+
+
+def test_netting_two_regions_leaves_one_payment_from_the_one_that_owes_more():
+    moves = [
+        Movement("131000", "110000", "202511", D("0"), D("900.00"), D("0"), 1),
+        Movement("110000", "131000", "202511", D("0"), D("400.00"), D("0"), 1),
+    ]
+    (net,) = net_positions(statements(moves, "202511"))
+    assert (net.payer, net.payee, net.amount) == ("131000", "110000", D("500.00"))
+
+
+def test_prepayment_balance_records_a_shortfall_and_warns_below_its_share():
+    account = Prepayment(funded=D("1000"), drawn=D("850"), warn_share=D("0.20"))
+    assert account.below_warning() and account.shortfall == 0
+    account.drawn += D("300")
+    assert account.balance == D("-150") and account.shortfall == D("150")
+
+
+def test_reconciliation_lists_only_the_fields_that_differ():
+    facility = {"fixmedins_setl_cnt": 2, "fund_pay_sumamt": D("10.00"), "medfee_sumamt": D("30.00")}
+    platform = {"fixmedins_setl_cnt": 2, "fund_pay_sumamt": D("12.00"), "medfee_sumamt": D("30.00")}
+    assert [(d.field, d.gap) for d in reconcile_totals(facility, platform)] == [("fund_pay_sumamt", D("-2.00"))]
+    assert reconcile_totals(platform, platform) == []
+
+
+def test_detail_reconciliation_names_each_settlement_that_does_not_match():
+    a = {"fund_pay_sumamt": D("1.00")}
+    diffs = reconcile_details(
+        {"S1": a, "S2": a, "S4": a},
+        {"S1": ("settled", a), "S2": ("settled", {"fund_pay_sumamt": D("2.00")}), "S3": ("settled", a), "S4": ("cancelled", a)},
+    )
+    assert [(d.setl_id, d.problem) for d in diffs] == [
+        ("S2", "amounts_differ"), ("S3", "missing_at_facility"), ("S4", "cancelled_on_platform")
+    ]
+
+
+events = st.lists(
+    st.tuples(st.sampled_from(["settle", "undo", "fund"]), st.decimals(min_value=D("0.01"), max_value=D("5000"), places=2),
+              st.integers(0, 50), st.sampled_from(["202511", "202512"])),
+    max_size=60,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(events)
+def test_ledger_totals_equal_the_answers_still_standing_and_prepayment_balances(sequence):
+    standing: list[tuple[D, str]] = []
+    moves: list[Movement] = []
+    account = Prepayment()
+    answered = D(0)
+    for kind, amount, pick, month in sequence:
+        if kind == "fund":
+            account.funded += amount
+        elif kind == "settle":
+            standing.append((amount, month))
+            moves.append(Movement("131000", "110000", month, amount, amount, D(0), 1))
+            account.drawn += amount
+            answered += amount
+        elif standing:
+            undone, _ = standing.pop(pick % len(standing))
+            moves.append(Movement("131000", "110000", month, undone, undone, D(0), -1))
+            account.given_back += undone
+            answered -= undone
+    cleared = sum((s.fund_pay_sumamt for m in ("202511", "202512") for s in statements(moves, m)), D(0))
+    assert cleared == answered == sum((a for a, _ in standing), D(0))
+    assert account.balance == account.funded - account.drawn + account.given_back
