@@ -38,7 +38,7 @@ from yidi.platform.replies import dead_letter, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_STATEMENTS
 
-from services.clearing.prepayment import account_of, account_view
+from services.clearing.prepayment import account_of, account_view, status_update
 from services.clearing.repository import ClearingRepository
 
 AMOUNTS = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")
@@ -125,7 +125,7 @@ class ClearingAdminHandler:
         return False, "unknown request", {}, []
 
     async def _fund(self, conn: asyncpg.Connection, request: FundPrepayment) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
-        await self.repo.move_prepayments(
+        touched = await self.repo.move_prepayments(
             conn, [(request.insuplc_admdvs, request.mdtrtarea_admvs, "fund", request.amount, request.reqid)]
         )
         if request.warn_share is not None:
@@ -140,7 +140,7 @@ class ClearingAdminHandler:
         account = account_of(row)
         if row["alerted"] and not account.below_warning() and account.balance >= 0:
             await self.repo.set_alerted(conn, request.insuplc_admdvs, request.mdtrtarea_admvs, False)
-        return True, "", account_view(row), []
+        return True, "", account_view(row), [_status(self.settings, r) for r in touched]
 
     async def _run_month(self, conn: asyncpg.Connection, request: RunMonth) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
         month = request.setlym
@@ -211,9 +211,10 @@ class ClearingAdminHandler:
             )
             # Both sides agree: the insured region tops its prepayment up by what was cleared
             # (drawn down, when cancellations outweighed settlements).
-            await self.repo.move_prepayments(
+            touched = await self.repo.move_prepayments(
                 conn, [(row["insuplc_admdvs"], row["mdtrtarea_admvs"], "clearing", row["fund_pay_sumamt"], row["statement_id"])]
             )
+            extra += [_status(self.settings, r) for r in touched]
         statement = statement_of(row)
         extra.append({"topic": self.settings.topic(CLEARING_STATEMENTS), "value": dumps(statement).decode(),
                       "key": f"{statement.insuplc_admdvs}-{statement.mdtrtarea_admvs}"})
@@ -270,6 +271,11 @@ class ClearingAdminHandler:
                              "facility": {k: fmt(v) for k, v in d.facility.items()},
                              "platform": {k: fmt(v) for k, v in d.platform.items()}} for d in diffs],
         }
+
+
+def _status(settings: Settings, row: Any) -> dict[str, Any]:
+    out = status_update(settings, row)
+    return {"topic": out.topic, "value": out.value.decode(), "key": (out.key or b"").decode()}
 
 
 def _ledger_view(row: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import dead_letter, recover_ids, reply
 from yidi.platform.settings import Settings
 
-from services.clearing.prepayment import account_of, prepayment_alert
+from services.clearing.prepayment import account_of, prepayment_alert, status_update
 from services.clearing.repository import ClearingRepository, LedgerRow, NewEntry
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ class ClearingHandler:
         """
         alerts = []
         for row in await self.repo.move_prepayments(conn, moves):
+            alerts.append(status_update(self.settings, row))
             account = account_of(row)
             low = account.below_warning() or account.balance < 0
             if low and not row["alerted"]:

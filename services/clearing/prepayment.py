@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from yidi.contracts.clearing import PrepaymentAlert
+from yidi.contracts.clearing import PrepaymentAlert, PrepaymentStatus
 from yidi.domain.clearing import Prepayment
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import dumps
 from yidi.platform.kafka import Outgoing
 from yidi.platform.settings import Settings
-from yidi.platform.topics import CLEARING_ALERTS
+from yidi.platform.topics import CLEARING_ALERTS, PREPAYMENT_STATUS
 
 
 def account_of(row: Any) -> Prepayment:
@@ -28,6 +28,16 @@ def account_view(row: Any) -> dict[str, Any]:
         "cleared": fmt(account.cleared), "balance": fmt(account.balance), "shortfall": fmt(account.shortfall),
         "warn_share": str(account.warn_share),
     }
+
+
+def status_update(settings: Settings, row: Any) -> Outgoing:
+    """The account's balance now, for pricing's "refuse" policy (compacted topic, newest wins)."""
+    status = PrepaymentStatus(
+        insuplc_admdvs=row["insuplc_admdvs"], mdtrtarea_admvs=row["mdtrtarea_admvs"],
+        balance=account_of(row).balance, version=row["moves"],
+    )
+    return Outgoing(settings.topic(PREPAYMENT_STATUS), dumps(status),
+                    key=f"{row['insuplc_admdvs']}-{row['mdtrtarea_admvs']}".encode())
 
 
 def prepayment_alert(settings: Settings, row: Any, account: Prepayment) -> Outgoing:

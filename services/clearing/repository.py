@@ -111,11 +111,13 @@ class ClearingRepository:
         touched = []
         for (insured, treating), cols in sorted(sums.items()):
             row = await conn.fetchrow(
-                """INSERT INTO clearing.prepayment_accounts AS a (insuplc_admdvs, mdtrtarea_admvs, funded, drawn, given_back, cleared)
-                   VALUES ($1, $2, $3, $4, $5, $6)
+                """INSERT INTO clearing.prepayment_accounts AS a
+                       (insuplc_admdvs, mdtrtarea_admvs, funded, drawn, given_back, cleared, moves)
+                   VALUES ($1, $2, $3, $4, $5, $6, 1)
                    ON CONFLICT (insuplc_admdvs, mdtrtarea_admvs) DO UPDATE SET
                      funded = a.funded + EXCLUDED.funded, drawn = a.drawn + EXCLUDED.drawn,
-                     given_back = a.given_back + EXCLUDED.given_back, cleared = a.cleared + EXCLUDED.cleared
+                     given_back = a.given_back + EXCLUDED.given_back, cleared = a.cleared + EXCLUDED.cleared,
+                     moves = a.moves + 1
                    RETURNING *""",
                 insured, treating, cols.get("funded", 0), cols.get("drawn", 0), cols.get("given_back", 0),
                 cols.get("cleared", 0),

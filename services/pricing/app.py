@@ -5,12 +5,13 @@ Consumes settlement.eligible (a transactional stage) and the policy and catalogu
 
 from __future__ import annotations
 
+from yidi.contracts.clearing import PrepaymentStatus
 from yidi.contracts.refdata import CatalogueRecord, PolicyRecord
 from yidi.platform.feeds import feed
 from yidi.platform.kafka import TransactionalStage
 from yidi.platform.service import Service
 from yidi.platform.settings import Settings, settings_for
-from yidi.platform.topics import REFDATA_CATALOGUE, REFDATA_POLICIES, SETTLEMENT_ELIGIBLE
+from yidi.platform.topics import PREPAYMENT_STATUS, REFDATA_CATALOGUE, REFDATA_POLICIES, SETTLEMENT_ELIGIBLE
 
 from services.pricing.handlers import PricingHandler
 from services.pricing.repository import PricingRepository
@@ -39,6 +40,10 @@ def build(settings: Settings | None = None) -> Service:
     async def on_catalogue(record: CatalogueRecord) -> None:
         await state["repo"].upsert_catalogue_item(record)
 
+    async def on_prepayment(status: PrepaymentStatus) -> None:
+        await state["repo"].upsert_prepayment(status.insuplc_admdvs, status.mdtrtarea_admvs, status.balance, status.version)
+
     feed(service, REFDATA_POLICIES, PolicyRecord, on_policy)
+    feed(service, PREPAYMENT_STATUS, PrepaymentStatus, on_prepayment)
     feed(service, REFDATA_CATALOGUE, CatalogueRecord, on_catalogue)
     return service

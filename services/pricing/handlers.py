@@ -53,6 +53,8 @@ class Batch:
     policies: list[BenefitPolicy]
     items: list[CatalogueItem]
     usage: dict[tuple[str, int], dict[str, Decimal]]
+    # Known prepayment balances by (insured, treating), for the "refuse" policy only.
+    prepayments: dict[tuple[str, str], Decimal] | None = None
     new_requests: list[StoredRequest] = field(default_factory=list)
     new_settlements: list[StoredSettlement] = field(default_factory=list)
     undone: list[StoredSettlement] = field(default_factory=list)
@@ -129,12 +131,17 @@ class PricingHandler:
         stored = await self.repo.requests(conn, [w.request.msgid for w in works])
         settlements = await self.repo.settlements(conn, setl_ids, msgids) if setl_ids or msgids else []
         usage_keys |= {(s.psn_no, s.year) for s in settlements} | {(s.psn_no, ACCOUNT_YEAR) for s in settlements}
+        prepayments = None
+        if self.settings.prepayment_policy == "refuse":
+            pairs = {(w.request.insuplc_admdvs or "", w.request.mdtrtarea_admvs) for w in works if w.request.infno.is_settlement}
+            prepayments = await self.repo.prepayments(conn, pairs)
         return Batch(
             stored=stored,
             settlements=settlements,
             policies=await self.repo.policies(conn, policy_keys),
             items=await self.repo.catalogue_items(conn, item_keys),
             usage=await self.repo.accumulators(conn, usage_keys),
+            prepayments=prepayments,
         )
 
     def _reply(self, work: EligibleWork, answer: ResponseEnvelope) -> Outgoing:
@@ -223,6 +230,16 @@ class PricingHandler:
         answer = answers.answer(request.msgid, request.infno.value, output.model_dump(mode="json"))
         if not settle:
             return [self._reply(work, answer)]  # pre-settlement: the same numbers, nothing committed
+        if batch.prepayments is not None:
+            pair = (region, request.mdtrtarea_admvs)
+            left = batch.prepayments.get(pair, ZERO)
+            if pricing.fund_pay_sumamt > left:
+                return self._refuse(
+                    work, ErrCode.PREPAYMENT_EXHAUSTED,
+                    f"The prepayment of insured region {region} for this region is exhausted (left {left}); "
+                    "nothing was settled. The patient pays now and claims at home, or settles again once topped up.",
+                )
+            batch.prepayments[pair] = left - pricing.fund_pay_sumamt
         delta = dict(pricing.usage_delta)
         stored_delta: dict[str, str] = {}
         for counter, amount in delta.items():

@@ -87,6 +87,28 @@ class PricingRepository:
                 record.model_dump_json(),
             )
 
+    async def upsert_prepayment(self, insured: str, treating: str, balance: Decimal, version: int) -> None:
+        async with transient_errors():
+            await self._pool.execute(
+                """INSERT INTO pricing.prepayments AS p (insuplc_admdvs, mdtrtarea_admvs, balance, version)
+                   VALUES ($1, $2, $3, $4)
+                   ON CONFLICT (insuplc_admdvs, mdtrtarea_admvs) DO UPDATE
+                   SET balance = EXCLUDED.balance, version = EXCLUDED.version WHERE p.version < EXCLUDED.version""",
+                insured, treating, balance, version,
+            )
+
+    async def prepayments(self, conn: asyncpg.Connection, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Decimal]:
+        keys = set(pairs)
+        if not keys:
+            return {}
+        insured, treating = zip(*keys, strict=True)
+        rows = await conn.fetch(
+            """SELECT p.insuplc_admdvs, p.mdtrtarea_admvs, p.balance FROM pricing.prepayments p
+               JOIN unnest($1::text[], $2::text[]) AS k(i, t) ON p.insuplc_admdvs = k.i AND p.mdtrtarea_admvs = k.t""",
+            list(insured), list(treating),
+        )
+        return {(r["insuplc_admdvs"], r["mdtrtarea_admvs"]): r["balance"] for r in rows}
+
     # Batch reads, inside the batch's transaction ----------------------------------------------
 
     async def policies(self, conn: asyncpg.Connection, keys: Iterable[tuple[str, str]]) -> list[BenefitPolicy]:

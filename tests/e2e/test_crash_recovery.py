@@ -74,3 +74,27 @@ async def test_a_request_sent_while_clearing_is_killed_is_answered_once_it_is_ba
     assert answer["infcode"] == 0
     assert gateway.answer_counts[request["msgid"]] == 1
     assert len(await system.ledger(request["msgid"])) == 1
+
+
+async def test_under_the_refuse_policy_an_exhausted_prepayment_refuses_and_settles_nothing(system, gateway, clearing):
+    from tests.e2e.test_clearing import fund
+    from tests.e2e.world import World
+
+    system.kill("pricing")
+    system.start("pricing", {"YIDI_PREPAYMENT_POLICY": "refuse"})
+    try:
+        await system.wait_ready("pricing")
+        world = await World(system.settings).build()
+        person = await world.person()
+        await fund(clearing, world, "200.00")
+        await world.load()  # pricing has applied the balance clearing published
+        first = await gateway.call(world.request(person, [("T-A", "1", "500.00")]))   # funds pay 120: 80 left
+        second = world.request(person, [("T-A", "1", "800.00")])                      # would pay 280
+        refused = await gateway.call(second)
+        assert first["infcode"] == 0
+        assert refused["err_code"] == "PREPAYMENT_EXHAUSTED" and "exhausted" in refused["err_msg"]
+        assert await system.ledger(second["msgid"]) == []
+    finally:
+        system.kill("pricing")
+        system.start("pricing")
+        await system.wait_ready("pricing")

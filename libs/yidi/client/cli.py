@@ -3,6 +3,7 @@
     yidi-gateway send ../shared/examples/we1/request.json
     yidi-gateway send --new-msgid requests/*.json
     yidi-gateway file filing-request.json        # filing requests, answered on filing.results
+    yidi-gateway clearing run-month.json         # clearing requests, answered on clearing.results
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ async def _send(args: argparse.Namespace, *, topic: str, reply_to: str, correlat
                 print(summarise(request, answer))
             else:
                 print(json.dumps(answer, ensure_ascii=False, indent=None if args.compact else 2))
-            if answer.get("infcode", 0) != 0 or answer.get("accepted") is False:
+            if answer.get("infcode", 0) != 0 or answer.get("accepted") is False or answer.get("ok") is False:
                 failures += 1
     return 1 if failures else 0
 
@@ -101,13 +102,16 @@ def main(argv: list[str] | None = None) -> None:
     send.add_argument("--new-msgid", action="store_true", help="give each request a fresh msgid")
     filing = sub.add_parser("file", help="send filing requests (filing.requests)")
     filing.add_argument("files", nargs="+")
+    clearing = sub.add_parser("clearing", help="send clearing requests: fund, run_month, confirm, queries (clearing.requests)")
+    clearing.add_argument("files", nargs="+")
     args = parser.parse_args(argv)
     try:
         if args.command == "send":
             code = asyncio.run(_send(args, topic="settlement.requests", reply_to=DEFAULT_REPLY_TO, correlate_by="msgid"))
         else:
             args.new_msgid, args.reply_to = False, None
-            code = asyncio.run(_send(args, topic="filing.requests", reply_to="filing.results", correlate_by="reqid"))
+            topic = "filing" if args.command == "file" else "clearing"
+            code = asyncio.run(_send(args, topic=f"{topic}.requests", reply_to=f"{topic}.results", correlate_by="reqid"))
     except GatewayTimeout as exc:
         print(exc, file=sys.stderr)
         code = 2

@@ -122,6 +122,15 @@ class PrepaymentAlert(WireModel):
     message: str
 
 
+class PrepaymentStatus(WireModel):
+    """An account's balance after a change (clearing.prepayment-status, compacted by pair)."""
+
+    insuplc_admdvs: str
+    mdtrtarea_admvs: str
+    balance: Amount
+    version: int = Field(description="the account's move count: a status never replaces a newer one")
+
+
 class ReconcileTotalsInput(WireModel):
     """3201: the facility's totals for a period (national field names)."""
 

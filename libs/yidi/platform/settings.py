@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 import socket
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -32,6 +34,9 @@ class Settings(BaseSettings):
     filing_waived_regions: list[str] = Field(default_factory=list)
     # Filing: months a filing is locked against change or cancellation, by insured region (R8: at most 6).
     filing_lock_months: dict[str, int] = Field(default_factory=dict)
+    # Pricing: when an insured region's prepayment has run out, keep settling and let clearing
+    # record the shortfall (the national rule), or refuse the settlement (docs/clearing.md).
+    prepayment_policy: Literal["record_shortfall", "refuse"] = "record_shortfall"
 
     def topic(self, name: str) -> str:
         return f"{self.namespace}{name}"

@@ -30,6 +30,7 @@ CLEARING_REQUESTS = "clearing.requests"
 CLEARING_RESULTS = "clearing.results"
 CLEARING_STATEMENTS = "clearing.statements"
 CLEARING_ALERTS = "clearing.alerts"
+PREPAYMENT_STATUS = "clearing.prepayment-status"
 
 SETTLEMENT_PARTITIONS = 6
 
@@ -50,6 +51,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(CLEARING_RESULTS, "reqid", 1, "the answer to each clearing request"),
     TopicSpec(CLEARING_STATEMENTS, "admdvs pair", 1, "monthly clearing statements"),
     TopicSpec(CLEARING_ALERTS, "admdvs pair", 1, "prepayment warnings"),
+    TopicSpec(PREPAYMENT_STATUS, "admdvs pair", 1, "each prepayment account's balance after every change", compacted=True),
 )
 
 
@@ -61,7 +63,7 @@ def all_topic_specs() -> tuple[TopicSpec, ...]:
     """Every topic including the dead-letter topics of the consumed ones."""
     consumed = {SETTLEMENT_REQUESTS, SETTLEMENT_ELIGIBLE, SETTLEMENT_PRICED, FILING_REQUESTS, FILING_EVENTS,
                 REFDATA_PERSONS, REFDATA_FACILITIES, REFDATA_POLICIES, REFDATA_CATALOGUE, REGION_STATUS,
-                CLEARING_REQUESTS}
+                CLEARING_REQUESTS, PREPAYMENT_STATUS}
     dead = tuple(TopicSpec(dlq(t.name), t.key, 1, f"dead letters of {t.name}, with the reason") for t in TOPICS if t.name in consumed)
     return TOPICS + dead
 
@@ -79,5 +81,6 @@ FEED_READERS: dict[str, str] = {
     REGION_STATUS: "eligibility",
     REFDATA_POLICIES: "pricing",
     REFDATA_CATALOGUE: "pricing",
+    PREPAYMENT_STATUS: "pricing",
 }
 FILING_STAGE_GROUP = "yidi-filing-requests"
