@@ -140,7 +140,7 @@ class ClearingAdminHandler:
         account = account_of(row)
         if row["alerted"] and not account.below_warning() and account.balance >= 0:
             await self.repo.set_alerted(conn, request.insuplc_admdvs, request.mdtrtarea_admvs, False)
-        return True, "", account_view(row), [_status(self.settings, r) for r in touched]
+        return True, "", account_view(row), [_status(self.settings, r) for r in touched.accounts]
 
     async def _run_month(self, conn: asyncpg.Connection, request: RunMonth) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
         month = request.setlym
@@ -214,7 +214,7 @@ class ClearingAdminHandler:
             touched = await self.repo.move_prepayments(
                 conn, [(row["insuplc_admdvs"], row["mdtrtarea_admvs"], "clearing", row["fund_pay_sumamt"], row["statement_id"])]
             )
-            extra += [_status(self.settings, r) for r in touched]
+            extra += [_status(self.settings, r) for r in touched.accounts]
         statement = statement_of(row)
         extra.append({"topic": self.settings.topic(CLEARING_STATEMENTS), "value": dumps(statement).decode(),
                       "key": f"{statement.insuplc_admdvs}-{statement.mdtrtarea_admvs}"})

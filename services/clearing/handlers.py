@@ -23,10 +23,10 @@ from yidi.domain.clearing import landing_period
 from yidi.platform import metrics
 from yidi.platform.jsonwire import loads
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import dead_letter, recover_ids, reply
+from yidi.platform.replies import broken, reply
 from yidi.platform.settings import Settings
 
-from services.clearing.prepayment import account_of, prepayment_alert, status_update
+from services.clearing.prepayment import account_of, alert_message, prepayment_alert, status_update
 from services.clearing.repository import ClearingRepository, LedgerRow, NewEntry
 
 log = logging.getLogger(__name__)
@@ -43,15 +43,7 @@ class ClearingHandler:
         return reply(self.settings, r.reply_to, envelope, facility=r.fixmedins_code, request_ts_ms=work.request_ts_ms)
 
     def _broken(self, record: Incoming, reason: str) -> list[Outgoing]:
-        msgid, reply_to, infno, facility = recover_ids(record.value)
-        out = [dead_letter(record, reason)]
-        if msgid:
-            answer = answers.answer(
-                msgid, infno, err_code=ErrCode.INTERNAL_ERROR,
-                err_msg="The platform could not record this settlement; nothing was settled. Try again later.",
-            )
-            out.append(reply(self.settings, reply_to, answer, facility=facility, request_ts_ms=record.timestamp_ms))
-        return out
+        return broken(self.settings, record, reason, "The platform could not record this settlement; nothing was settled. Try again later.")
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         out: list[Outgoing] = []
@@ -110,15 +102,19 @@ class ClearingHandler:
         A balance that runs out does not stop settlement: as the national rule does, the
         shortfall is recorded (a negative balance) and clearing settles it (docs/clearing.md).
         """
-        alerts = []
-        for row in await self.repo.move_prepayments(conn, moves):
-            alerts.append(status_update(self.settings, row))
+        moved = await self.repo.move_prepayments(conn, moves)
+        out = [status_update(self.settings, row) for row in moved.accounts]
+        out += [alert_message(self.settings, stored) for stored in await self.repo.kept_alerts(conn, moved.replayed)]
+        last_move = {(i, t): (kind, ref) for i, t, kind, _, ref in moves}
+        for row in moved.accounts:
+            pair = (row["insuplc_admdvs"], row["mdtrtarea_admvs"])
             account = account_of(row)
-            low = account.below_warning() or account.balance < 0
-            if low and not row["alerted"]:
-                await self.repo.set_alerted(conn, row["insuplc_admdvs"], row["mdtrtarea_admvs"], True)
-                alerts.append(prepayment_alert(self.settings, row, account))
-        return alerts
+            if pair in moved.changed and (account.below_warning() or account.balance < 0) and not row["alerted"]:
+                await self.repo.set_alerted(conn, *pair, True)
+                alert = prepayment_alert(self.settings, row, account)
+                await self.repo.keep_alert(conn, last_move[pair], alert.value.decode())
+                out.append(alert)
+        return out
 
     def _settle(
         self, work: PricedWork, by_msgid: dict[str, LedgerRow], by_setl: dict[str, LedgerRow], entries: list[NewEntry],

@@ -40,6 +40,13 @@ def status_update(settings: Settings, row: Any) -> Outgoing:
                     key=f"{row['insuplc_admdvs']}-{row['mdtrtarea_admvs']}".encode())
 
 
+def alert_message(settings: Settings, alert_json: str) -> Outgoing:
+    """An alert kept with its move, published again when its batch is replayed."""
+    alert = PrepaymentAlert.model_validate_json(alert_json)
+    return Outgoing(settings.topic(CLEARING_ALERTS), dumps(alert),
+                    key=f"{alert.insuplc_admdvs}-{alert.mdtrtarea_admvs}".encode())
+
+
 def prepayment_alert(settings: Settings, row: Any, account: Prepayment) -> Outgoing:
     insured, treating = row["insuplc_admdvs"], row["mdtrtarea_admvs"]
     if account.balance < 0:

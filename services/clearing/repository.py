@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -13,17 +11,13 @@ import asyncpg
 import orjson
 
 from yidi.contracts.settlement import SetlInfo
-from yidi.platform.db import transient_errors
+from yidi.platform.db import Repository, json_value, transient_errors
 
 AMOUNT_COLUMNS = (
     "medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt", "act_pay_dedc",
     "hifp_pay", "hifmi_pay", "hifob_pay", "cvlserv_pay", "maf_pay", "oth_pay", "fund_pay_sumamt",
     "psn_part_amt", "acct_pay", "psn_cash_pay", "hosp_part_amt",
 )
-
-
-def _json(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
 @dataclass
@@ -54,14 +48,14 @@ class NewEntry:
     setl_date: date
 
 
-class ClearingRepository:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+@dataclass
+class Moved:
+    accounts: list[asyncpg.Record]
+    replayed: list[tuple[str, str]]
+    changed: set[tuple[str, str]] = field(default_factory=set)
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
-            yield conn
+
+class ClearingRepository(Repository):
 
     async def ledger_rows(self, conn: asyncpg.Connection, msgids: list[str], setl_ids: list[str]) -> list[LedgerRow]:
         rows = await conn.fetch(
@@ -72,8 +66,8 @@ class ClearingRepository:
             msgids, setl_ids,
         )
         return [
-            LedgerRow(r["setl_id"], r["msgid"], r["request_hash"], r["state"], _json(r["answer"]),
-                      r["undone_msgid"], _json(r["undone_answer"]) if r["undone_answer"] else None,
+            LedgerRow(r["setl_id"], r["msgid"], r["request_hash"], r["state"], json_value(r["answer"]),
+                      r["undone_msgid"], json_value(r["undone_answer"]) if r["undone_answer"] else None,
                       r["insuplc_admdvs"], r["mdtrtarea_admvs"], r["fund_pay_sumamt"], r["undo_period"])
             for r in rows
         ]
@@ -92,25 +86,31 @@ class ClearingRepository:
 
     async def move_prepayments(
         self, conn: asyncpg.Connection, moves: list[tuple[str, str, str, Decimal, str]]
-    ) -> list[asyncpg.Record]:
-        """Apply (insured, treating, kind, amount, ref) moves once each; return the touched accounts."""
+    ) -> Moved:
+        """Apply (insured, treating, kind, amount, ref) moves once each.
+
+        Returns every account the moves name (changed now, or by an earlier run of the same
+        batch), and the moves that an earlier run had applied: a replay re-publishes what they
+        published, so a crash between the Postgres and the Kafka commit loses no status or alert.
+        """
         if not moves:
-            return []
+            return Moved([], [])
         applied = await conn.fetch(
             """INSERT INTO clearing.prepayment_moves (insuplc_admdvs, mdtrtarea_admvs, kind, amount, ref)
                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[])
                ON CONFLICT (kind, ref) DO NOTHING
-               RETURNING insuplc_admdvs, mdtrtarea_admvs, kind, amount""",
+               RETURNING insuplc_admdvs, mdtrtarea_admvs, kind, amount, ref""",
             *[list(col) for col in zip(*moves, strict=True)],
         )
+        fresh = {(r["kind"], r["ref"]) for r in applied}
+        replayed = [(kind, ref) for _, _, kind, _, ref in moves if (kind, ref) not in fresh]
         sums: dict[tuple[str, str], dict[str, Decimal]] = {}
         for r in applied:
             acc = sums.setdefault((r["insuplc_admdvs"], r["mdtrtarea_admvs"]), {})
             column = {"fund": "funded", "draw": "drawn", "give_back": "given_back", "clearing": "cleared"}[r["kind"]]
             acc[column] = acc.get(column, Decimal(0)) + r["amount"]
-        touched = []
         for (insured, treating), cols in sorted(sums.items()):
-            row = await conn.fetchrow(
+            await conn.execute(
                 """INSERT INTO clearing.prepayment_accounts AS a
                        (insuplc_admdvs, mdtrtarea_admvs, funded, drawn, given_back, cleared, moves)
                    VALUES ($1, $2, $3, $4, $5, $6, 1)
@@ -118,12 +118,34 @@ class ClearingRepository:
                      funded = a.funded + EXCLUDED.funded, drawn = a.drawn + EXCLUDED.drawn,
                      given_back = a.given_back + EXCLUDED.given_back, cleared = a.cleared + EXCLUDED.cleared,
                      moves = a.moves + 1
-                   RETURNING *""",
+                """,
                 insured, treating, cols.get("funded", 0), cols.get("drawn", 0), cols.get("given_back", 0),
                 cols.get("cleared", 0),
             )
-            touched.append(row)
-        return touched
+        pairs = sorted({(i, t) for i, t, *_ in moves})
+        accounts = await conn.fetch(
+            """SELECT a.* FROM clearing.prepayment_accounts a
+               JOIN unnest($1::text[], $2::text[]) AS k(i, t) ON a.insuplc_admdvs = k.i AND a.mdtrtarea_admvs = k.t
+               ORDER BY a.insuplc_admdvs, a.mdtrtarea_admvs""",
+            [i for i, _ in pairs], [t for _, t in pairs],
+        )
+        return Moved(list(accounts), replayed, {(i, t) for (i, t), _ in sums.items()})
+
+    async def keep_alert(self, conn: asyncpg.Connection, move: tuple[str, str], alert: str) -> None:
+        await conn.execute(
+            "UPDATE clearing.prepayment_moves SET alert = $3::jsonb WHERE kind = $1 AND ref = $2", *move, alert
+        )
+
+    async def kept_alerts(self, conn: asyncpg.Connection, moves: list[tuple[str, str]]) -> list[str]:
+        if not moves:
+            return []
+        rows = await conn.fetch(
+            """SELECT m.alert::text AS alert FROM clearing.prepayment_moves m
+               JOIN unnest($1::text[], $2::text[]) AS k(kind, ref) ON m.kind = k.kind AND m.ref = k.ref
+               WHERE m.alert IS NOT NULL""",
+            [k for k, _ in moves], [r for _, r in moves],
+        )
+        return [r["alert"] for r in rows]
 
     async def set_alerted(self, conn: asyncpg.Connection, insured: str, treating: str, alerted: bool) -> None:
         await conn.execute(
@@ -135,7 +157,7 @@ class ClearingRepository:
         rows = await conn.fetch(
             "SELECT msgid, request_hash, answer FROM clearing.undo_requests WHERE msgid = ANY($1::text[])", msgids
         )
-        return {r["msgid"]: (r["request_hash"], _json(r["answer"])) for r in rows}
+        return {r["msgid"]: (r["request_hash"], json_value(r["answer"])) for r in rows}
 
     async def write(
         self,

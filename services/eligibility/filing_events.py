@@ -34,9 +34,11 @@ class FilingEventsHandler:
             except (ValidationError, ValueError) as exc:
                 out.append(dead_letter(record, f"filing event does not validate: {exc}"))
                 continue
+            psn_no = event.filing.psn_no
             subject = await self.repo.upsert_filing(event.filing)
-            if subject is not None:
-                await self.subjects.remember(event.filing.psn_no, subject)
+            if subject is None:  # applied before (a replay): the cache may still have missed it
+                subject = (await self.repo.subjects([psn_no]))[psn_no]
+            await self.subjects.remember(psn_no, subject)
             if event.result is not None and event.reply_to:
                 out.append(Outgoing(self.settings.topic(event.reply_to), dumps(event.result), key=event.filing.psn_no.encode()))
         return out

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,12 +28,14 @@ from yidi.contracts.settlement import CancelInput, PersonQueryInput, ReversalInp
 from yidi.domain.eligibility import Eligible, Outage, Refused, Visit, decide
 from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import dead_letter, recover_ids, reply
+from yidi.platform.replies import broken, dead_letter, recover_ids, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_REQUESTS, SETTLEMENT_ELIGIBLE
 
 from services.eligibility.repository import EligibilityRepository
 from services.eligibility.subjects import Subjects
+
+log = logging.getLogger(__name__)
 
 INPUT_MODELS: dict[Infno, type] = {
     Infno.PERSON_INFO: PersonQueryInput,
@@ -97,14 +100,7 @@ class EligibilityHandler:
             # Reconciliation is clearing's: pass it on untouched; clearing answers it.
             work = Reconcile(type="reconcile", request=request, request_ts_ms=record.timestamp_ms, reqid=request.msgid)
             return [Outgoing(self.settings.topic(CLEARING_REQUESTS), dumps(work), key=request.msgid.encode())]
-        model = INPUT_MODELS.get(request.infno)
-        if model is None:
-            answer = answers.refusal(
-                request, ErrCode.UNSUPPORTED,
-                f"Transaction {request.infno.value} is not served on settlement.requests.",
-            )
-            return [reply(self.settings, request.reply_to, answer, facility=request.fixmedins_code,
-                          request_ts_ms=record.timestamp_ms)]
+        model = INPUT_MODELS[request.infno]
         try:
             body = model.model_validate(request.data)
         except ValidationError as exc:
@@ -129,7 +125,13 @@ class EligibilityHandler:
         facilities = await self.repo.facilities(sorted({p.request.fixmedins_code for p in parsed}))
         outages = await self.repo.outages(sorted({p.request.insuplc_admdvs or "" for p in parsed}), now)
         for p in parsed:
-            out.append(self.handle_one(p, subjects.get(p.body.psn_no), facilities, outages, now))
+            try:
+                out.append(self.handle_one(p, subjects.get(p.body.psn_no), facilities, outages, now))
+            except (ValidationError, ValueError) as exc:  # e.g. a stored record this version cannot read
+                log.exception("eligibility failed for %s", p.request.msgid)
+                out.extend(broken(self.settings, p.record, f"eligibility failed: {exc!r}",
+                                  "The platform could not check this person's insurance; nothing was settled. "
+                                  "Try again later or settle in cash."))
         return out
 
     def handle_one(

@@ -6,12 +6,11 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-import orjson
 
 from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import FacilityRecord, PersonRecord
 from yidi.domain.eligibility import Outage
-from yidi.platform.db import transient_errors
+from yidi.platform.db import Repository, json_value, transient_errors
 
 Subject = tuple[int, dict[str, Any]]  # (version, {"person": {...} | None, "filings": [...]})
 
@@ -26,13 +25,13 @@ LEFT JOIN eligibility.persons p ON p.psn_no = s.psn_no
 """
 
 
-def _json(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
+async def _lock_person(conn: asyncpg.Connection, psn_no: str) -> None:
+    """Changes to one person's insurance and filings take turns, so the version the cache
+    compares always comes with the content it versions."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('yidi-eligibility:' || $1))", psn_no)
 
 
-class EligibilityRepository:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+class EligibilityRepository(Repository):
 
     async def subjects(self, psn_nos: list[str], conn: asyncpg.Connection | None = None) -> dict[str, Subject]:
         """Each person's insurance and filings, with the version the cache compares."""
@@ -44,13 +43,14 @@ class EligibilityRepository:
         return {
             r["psn_no"]: (
                 max(r["pv"], r["fv"]),
-                {"person": _json(r["person"]), "filings": _json(r["filings"])},
+                {"person": json_value(r["person"]), "filings": json_value(r["filings"])},
             )
             for r in rows
         }
 
     async def upsert_person(self, record: PersonRecord) -> Subject:
         async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
+            await _lock_person(conn, record.psn_no)
             await conn.execute(
                 """INSERT INTO eligibility.persons (psn_no, record, version)
                    VALUES ($1, $2::jsonb, nextval('eligibility.change_seq'))
@@ -64,6 +64,7 @@ class EligibilityRepository:
     async def upsert_filing(self, record: FilingRecord) -> Subject | None:
         """Apply a filing event unless a newer version of that filing is already mirrored."""
         async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
+            await _lock_person(conn, record.psn_no)
             status = await conn.execute(
                 """INSERT INTO eligibility.filings (filing_id, psn_no, record, filing_version, version)
                    VALUES ($1, $2, $3::jsonb, $4, nextval('eligibility.change_seq'))
@@ -85,7 +86,7 @@ class EligibilityRepository:
             rows = await self._pool.fetch(
                 "SELECT record FROM eligibility.facilities WHERE fixmedins_code = ANY($1::text[])", codes
             )
-        return {f.fixmedins_code: f for f in (FacilityRecord.model_validate(_json(r["record"])) for r in rows)}
+        return {f.fixmedins_code: f for f in (FacilityRecord.model_validate(json_value(r["record"])) for r in rows)}
 
     async def upsert_facility(self, record: FacilityRecord) -> None:
         async with transient_errors():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import date
 from typing import Any
 
@@ -12,25 +10,14 @@ import orjson
 
 from yidi.contracts.filing import FilingRecord
 from yidi.domain.eligibility import Filing
-from yidi.platform.db import transient_errors
+from yidi.platform.db import Repository, json_value
 
 
-def _json(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
-
-
-class FilingRepository:
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
-            yield conn
+class FilingRepository(Repository):
 
     async def answered(self, conn: asyncpg.Connection, reqid: str) -> list[dict[str, Any]] | None:
         row = await conn.fetchrow("SELECT emitted FROM filing.requests WHERE reqid = $1", reqid)
-        return _json(row["emitted"]) if row else None
+        return json_value(row["emitted"]) if row else None
 
     async def get(self, conn: asyncpg.Connection, filing_id: str) -> tuple[FilingRecord, date] | None:
         row = await conn.fetchrow("SELECT * FROM filing.filings WHERE filing_id = $1 FOR UPDATE", filing_id)
@@ -84,6 +71,6 @@ class FilingRepository:
         )
         return [
             {"version": r["version"], "action": r["action"], "reqid": r["reqid"], "decl_source": r["decl_source"],
-             "opter": r["opter"], "reason": r["reason"], "at": r["at"].isoformat(), "filing": _json(r["record"])}
+             "opter": r["opter"], "reason": r["reason"], "at": r["at"].isoformat(), "filing": json_value(r["record"])}
             for r in rows
         ]

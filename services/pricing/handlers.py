@@ -29,7 +29,7 @@ from yidi.domain.policy import BenefitPolicy, PolicyError, policy_in_force
 from yidi.domain.pricing import ACCOUNT_DRAWN, OUTPATIENT_QUOTA, Bill, BillLine, Terms, price
 from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import dead_letter, recover_ids, reply
+from yidi.platform.replies import broken, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import SETTLEMENT_PRICED
 
@@ -103,15 +103,7 @@ class PricingHandler:
         return out
 
     def _broken(self, record: Incoming, reason: str) -> list[Outgoing]:
-        msgid, reply_to, infno, facility = recover_ids(record.value)
-        out = [dead_letter(record, reason)]
-        if msgid:
-            answer = answers.answer(
-                msgid, infno, err_code=ErrCode.INTERNAL_ERROR,
-                err_msg="The platform could not price this request; nothing was settled. Try again later or settle in cash.",
-            )
-            out.append(reply(self.settings, reply_to, answer, facility=facility, request_ts_ms=record.timestamp_ms))
-        return out
+        return broken(self.settings, record, reason, "The platform could not price this request; nothing was settled. Try again later or settle in cash.")
 
     async def _load(self, conn: Any, works: list[EligibleWork]) -> Batch:
         policy_keys, item_keys, usage_keys, setl_ids, msgids = set(), set(), set(), [], []
@@ -240,15 +232,12 @@ class PricingHandler:
                     "nothing was settled. The patient pays now and claims at home, or settles again once topped up.",
                 )
             batch.prepayments[pair] = left - pricing.fund_pay_sumamt
-        delta = dict(pricing.usage_delta)
-        stored_delta: dict[str, str] = {}
-        for counter, amount in delta.items():
-            if counter == ACCOUNT_DRAWN:
-                batch.change(body.psn_no, ACCOUNT_YEAR, account_counter, amount)
-                stored_delta[f"{ACCOUNT_YEAR}|{account_counter}"] = str(amount)
-            else:
-                batch.change(body.psn_no, day.year, counter, amount)
-                stored_delta[f"{day.year}|{counter}"] = str(amount)
+        # The counters this settlement moves, keyed "year|counter" (account draws: by balance version).
+        moved = {
+            (ACCOUNT_YEAR, account_counter) if counter == ACCOUNT_DRAWN else (day.year, counter): amount
+            for counter, amount in pricing.usage_delta.items()
+        }
+        stored_delta = {f"{year}|{counter}": str(amount) for (year, counter), amount in moved.items()}
         priced = PricedWork(
             kind=WorkKind.SETTLE, request=request, request_hash=work.request_hash,
             request_ts_ms=work.request_ts_ms, answer=answer,
@@ -259,6 +248,9 @@ class PricingHandler:
                 fund_pay_sumamt=pricing.fund_pay_sumamt, acct_pay=pricing.acct_pay, psn_cash_pay=pricing.psn_cash_pay,
             ),
         )
+        # Everything that could fail is built: now change the batch's state, all of it or nothing.
+        for (year, counter), amount in moved.items():
+            batch.change(body.psn_no, year, counter, amount)
         self._remember(batch, work, setl_id, [priced])
         settlement = StoredSettlement(setl_id, request.msgid, body.psn_no, day.year, stored_delta, "settled", None)
         batch.new_settlements.append(settlement)

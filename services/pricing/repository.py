@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -14,11 +13,7 @@ import orjson
 from yidi.contracts.refdata import CatalogueRecord, PolicyRecord
 from yidi.domain.catalogue import CatalogueItem
 from yidi.domain.policy import BenefitPolicy
-from yidi.platform.db import transient_errors
-
-
-def _json(value: Any) -> Any:
-    return orjson.loads(value) if isinstance(value, str | bytes) else value
+from yidi.platform.db import Repository, json_value, transient_errors
 
 
 @dataclass
@@ -57,9 +52,9 @@ class ParsedCache:
         return value
 
 
-class PricingRepository:
+class PricingRepository(Repository):
     def __init__(self, pool: asyncpg.Pool) -> None:
-        self._pool = pool
+        super().__init__(pool)
         self._policies = ParsedCache()
         self._items = ParsedCache()
 
@@ -123,7 +118,7 @@ class PricingRepository:
             list(regions), list(types),
         )
         return [
-            self._policies.get(r["rev"], lambda raw: PolicyRecord.model_validate(_json(raw)).to_domain(), r["record"])
+            self._policies.get(r["rev"], lambda raw: PolicyRecord.model_validate(json_value(raw)).to_domain(), r["record"])
             for r in rows
         ]
 
@@ -139,7 +134,7 @@ class PricingRepository:
             list(regions), list(codes),
         )
         return [
-            self._items.get(r["rev"], lambda raw: CatalogueRecord.model_validate(_json(raw)).to_domain(), r["record"])
+            self._items.get(r["rev"], lambda raw: CatalogueRecord.model_validate(json_value(raw)).to_domain(), r["record"])
             for r in rows
         ]
 
@@ -163,7 +158,7 @@ class PricingRepository:
     async def requests(self, conn: asyncpg.Connection, msgids: list[str]) -> dict[str, StoredRequest]:
         rows = await conn.fetch("SELECT * FROM pricing.requests WHERE msgid = ANY($1::text[])", msgids)
         return {
-            r["msgid"]: StoredRequest(r["msgid"], r["request_hash"], r["infno"], r["setl_id"], _json(r["emitted"]))
+            r["msgid"]: StoredRequest(r["msgid"], r["request_hash"], r["infno"], r["setl_id"], json_value(r["emitted"]))
             for r in rows
         }
 
@@ -177,7 +172,7 @@ class PricingRepository:
         )
         return [
             StoredSettlement(
-                r["setl_id"], r["msgid"], r["psn_no"], r["year"], _json(r["usage_delta"]), r["state"], r["undone_by"]
+                r["setl_id"], r["msgid"], r["psn_no"], r["year"], json_value(r["usage_delta"]), r["state"], r["undone_by"]
             )
             for r in rows
         ]
@@ -216,8 +211,3 @@ class PricingRepository:
                 changes,
             )
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """One connection and one transaction for a whole batch; a database away is transient."""
-        async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
-            yield conn

@@ -7,10 +7,10 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, field_validator
 
 from yidi.contracts.common import Amount, AreaCode, Code, Ratio, StrictWireModel, WireModel
-from yidi.contracts.envelope import RequestEnvelope
+from yidi.contracts.envelope import RequestEnvelope, gateway_reply_topic
 
 Month = Annotated[str, Field(pattern=r"^\d{4}(0[1-9]|1[0-2])$")]
 
@@ -19,6 +19,11 @@ class _Request(StrictWireModel):
     reqid: Code
     reply_to: str = Field(default="clearing.results", pattern=r"^[A-Za-z0-9._\-]{1,200}$")
 
+    @field_validator("reply_to")
+    @classmethod
+    def _reply_to_is_a_gateway_topic(cls, value: str) -> str:
+        return gateway_reply_topic(value)
+
 
 class FundPrepayment(_Request):
     """An insured region advances money for its people's settlements in a treating region (R3)."""
@@ -26,7 +31,7 @@ class FundPrepayment(_Request):
     type: Literal["fund"]
     insuplc_admdvs: AreaCode
     mdtrtarea_admvs: AreaCode
-    amount: Amount
+    amount: Amount = Field(gt=0, description="money advanced; a withdrawal is not a funding")
     warn_share: Ratio | None = Field(default=None, description="warn when the balance falls below this share")
 
 

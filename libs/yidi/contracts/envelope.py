@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 import orjson
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from yidi.contracts.common import RESPOND_TIME_FORMAT, AreaCode, Code, InfTime, WireModel
 
@@ -63,6 +63,15 @@ class ErrCode(StrEnum):
 
 
 DEFAULT_REPLY_TO = "settlement.results"
+# Topics the platform reads: an answer must never be written into one of them.
+PLATFORM_INPUT_PREFIXES = ("settlement.requests", "settlement.eligible", "settlement.priced", "filing.requests",
+                           "filing.events", "refdata.", "platform.", "clearing.requests", "clearing.prepayment-status")
+
+
+def gateway_reply_topic(value: str) -> str:
+    if value.startswith(PLATFORM_INPUT_PREFIXES) or value.endswith(".dlq"):
+        raise ValueError(f"reply_to {value!r} is a topic the platform reads; name the gateway's own reply topic")
+    return value
 
 
 class RequestEnvelope(WireModel):
@@ -81,6 +90,11 @@ class RequestEnvelope(WireModel):
     fixmedins_name: str = ""
     reply_to: str = Field(default=DEFAULT_REPLY_TO, pattern=r"^[A-Za-z0-9._\-]{1,200}$")
     input: dict[str, Any]
+
+    @field_validator("reply_to")
+    @classmethod
+    def _reply_to_is_a_gateway_topic(cls, value: str) -> str:
+        return gateway_reply_topic(value)
 
     @property
     def data(self) -> dict[str, Any]:

@@ -6,7 +6,9 @@ from datetime import date
 from typing import Any
 from enum import StrEnum
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from yidi.contracts.envelope import gateway_reply_topic
 
 from yidi.contracts.common import AreaCode, Code, StrictWireModel, WireModel
 from yidi.domain.codes import FilingCategory, InsuranceType
@@ -49,6 +51,11 @@ class FilingRequest(StrictWireModel):
     opter: str = Field(default="", description="who asks: the person, an office clerk, an import job")
     reason: str = Field(default="", description="why, for refuse and cancel")
     reply_to: str = Field(default="filing.results", pattern=r"^[A-Za-z0-9._\-]{1,200}$")
+
+    @field_validator("reply_to")
+    @classmethod
+    def _reply_to_is_a_gateway_topic(cls, value: str) -> str:
+        return gateway_reply_topic(value)
 
     @model_validator(mode="after")
     def _fields_for_the_action(self) -> FilingRequest:

@@ -65,7 +65,7 @@ class FacilityRecord(StrictWireModel):
 
 
 class CatalogueRecord(StrictWireModel):
-    """One version of one catalogue item of a treating region (key = region + code)."""
+    """One version of one catalogue item of a treating region (key = ``mdtrtarea_admvs``)."""
 
     mdtrtarea_admvs: AreaCode
     hilist_code: Code
@@ -75,6 +75,11 @@ class CatalogueRecord(StrictWireModel):
     pric_uplmt_amt: Amount | None = None
     begndate: date
     enddate: date | None = None
+
+    @model_validator(mode="after")
+    def _domain_accepts_it(self) -> CatalogueRecord:
+        self.to_domain()  # class, share, ceiling and dates checked by the domain
+        return self
 
     def to_domain(self) -> CatalogueItem:
         return CatalogueItem(
@@ -109,7 +114,7 @@ class LayerRecord(StrictWireModel):
 
 
 class PolicyRecord(StrictWireModel):
-    """One version of an insured region's policy for one insurance type (key = region + insutype)."""
+    """One version of an insured region's policy for one insurance type (key = ``insuplc_admdvs``)."""
 
     insuplc_admdvs: AreaCode
     insutype: InsuranceType

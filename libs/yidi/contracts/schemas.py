@@ -34,6 +34,22 @@ from pydantic.json_schema import GenerateJsonSchema
 
 import yidi.contracts
 from yidi.contracts import common
+from yidi.contracts.clearing import (
+    ClearingResult,
+    ConfirmStatement,
+    FundPrepayment,
+    PrepaymentAlert,
+    PrepaymentStatus,
+    QueryFacilityDay,
+    QueryPairMonth,
+    QueryPrepayment,
+    QuerySettlement,
+    Reconcile,
+    ReconcileDetailsInput,
+    ReconcileTotalsInput,
+    RunMonth,
+    Statement,
+)
 from yidi.contracts.envelope import DEFAULT_REPLY_TO, ErrCode, Infno, RequestEnvelope, ResponseEnvelope
 from yidi.contracts.filing import FilingEvent, FilingRequest, FilingResult
 from yidi.contracts.internal import EligibleWork, PricedWork
@@ -68,12 +84,21 @@ INBOUND: tuple[type[BaseModel], ...] = (
     CancelInput,
     ReversalInput,
     PersonQueryInput,
+    ReconcileTotalsInput,
+    ReconcileDetailsInput,
     FilingRequest,
     PersonRecord,
     FacilityRecord,
     PolicyRecord,
     CatalogueRecord,
     RegionStatusRecord,
+    FundPrepayment,
+    RunMonth,
+    ConfirmStatement,
+    QuerySettlement,
+    QueryFacilityDay,
+    QueryPairMonth,
+    QueryPrepayment,
 )
 # Outbound and between services: described as they are serialized (what is published).
 OUTBOUND: tuple[type[BaseModel], ...] = (
@@ -83,6 +108,11 @@ OUTBOUND: tuple[type[BaseModel], ...] = (
     FilingEvent,
     EligibleWork,
     PricedWork,
+    Reconcile,
+    ClearingResult,
+    Statement,
+    PrepaymentAlert,
+    PrepaymentStatus,
 )
 
 
@@ -151,7 +181,7 @@ def model_schema(model: type[BaseModel], mode: Mode) -> dict[str, Any]:
 
 
 def _contract_model_names() -> set[str]:
-    """Every pydantic model defined in the contracts package (except the two base classes)."""
+    """Every pydantic model defined in the contracts package (except base classes)."""
     names = set()
     for info in pkgutil.iter_modules(yidi.contracts.__path__):
         if info.name == "schemas":
@@ -159,7 +189,7 @@ def _contract_model_names() -> set[str]:
         module = importlib.import_module(f"yidi.contracts.{info.name}")
         for name, obj in vars(module).items():
             if (inspect.isclass(obj) and issubclass(obj, BaseModel) and obj.__module__ == module.__name__
-                    and obj not in (common.WireModel, common.StrictWireModel)):
+                    and obj not in (common.WireModel, common.StrictWireModel) and not name.startswith("_")):
                 names.add(name)
     return names
 
@@ -188,27 +218,36 @@ def _feed(service: str, topic: str) -> Reader:
     return Reader(service, feed_group(service, topic), "feed")
 
 
-STAGE_GROUPS = {
-    "eligibility": "yidi-eligibility-requests",  # services/eligibility/app.py
-    "pricing": "yidi-pricing-eligible",  # services/pricing/app.py
-    "clearing": "yidi-clearing-priced",  # services/clearing/app.py
-    "filing": T.FILING_STAGE_GROUP,  # services/filing/app.py
-}
+def _stage(service: str, group: str) -> Reader:
+    return Reader(service, group, "stage")
+
+
+# Stage consumer groups, as the services' app.py files name them.
+ELIGIBILITY_REQUESTS = _stage("eligibility", "yidi-eligibility-requests")
+ELIGIBILITY_FILINGS = _stage("eligibility", feed_group("eligibility", T.FILING_EVENTS))  # stage eligibility-filings
+PRICING_ELIGIBLE = _stage("pricing", "yidi-pricing-eligible")
+CLEARING_PRICED = _stage("clearing", "yidi-clearing-priced")
+CLEARING_ADMIN = _stage("clearing", "yidi-clearing-requests")  # stage clearing-admin
+FILING_REQUESTS = _stage("filing", T.FILING_STAGE_GROUP)
+
+CLEARING_REQUEST_MESSAGES = ("FundPrepayment", "RunMonth", "ConfirmStatement", "QuerySettlement", "QueryFacilityDay",
+                             "QueryPairMonth", "QueryPrepayment", "Reconcile")
 
 TOPIC_CONTRACTS: dict[str, TopicContract] = {
     T.SETTLEMENT_REQUESTS: TopicContract(
-        messages=("SettlementRequest", "CancelRequest", "ReversalRequest", "PersonQueryRequest"),
+        messages=("SettlementRequest", "CancelRequest", "ReversalRequest", "PersonQueryRequest",
+                  "ReconcileTotalsRequest", "ReconcileDetailsRequest"),
         writers=(),
-        readers=(Reader("eligibility", STAGE_GROUPS["eligibility"], "stage"),),
-        external_writers="hospital gateways (`yidi-gateway`, `yidi.client.GatewayClient`)",
+        readers=(ELIGIBILITY_REQUESTS,),
+        external_writers="hospital gateways (`yidi-gateway send`, `yidi.client.GatewayClient`)",
         notes="Anything that does not parse, or does not validate against its transaction's input model, "
               "is answered `INVALID_INPUT` (when `msgid` can be recovered) and dead-lettered. "
-              "3201 is answered `UNSUPPORTED`.",
+              "3201 and 3202 are passed on, unchecked, to `clearing.requests`.",
     ),
     T.SETTLEMENT_ELIGIBLE: TopicContract(
         messages=("EligibleWork",),
         writers=("eligibility",),
-        readers=(Reader("pricing", STAGE_GROUPS["pricing"], "stage"),),
+        readers=(PRICING_ELIGIBLE,),
         notes="Carries the request itself, its payload hash, the request's Kafka timestamp, and either "
               "the terms eligibility established (person snapshot, facility level, basis, filing) or the "
               "refusal. Cancellations and reversals pass unchecked.",
@@ -216,7 +255,7 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
     T.SETTLEMENT_PRICED: TopicContract(
         messages=("PricedWork",),
         writers=("pricing",),
-        readers=(Reader("clearing", STAGE_GROUPS["clearing"], "stage"),),
+        readers=(CLEARING_PRICED,),
         notes="Settlements (2207/2304) with their answer and ledger facts; cancellations (2208/2305) and "
               "reversals (2601) with their answer and the `setl_id` they undo.",
     ),
@@ -226,27 +265,29 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         external_readers="hospital gateways; a request's `reply_to` names another topic for its answer",
         notes="The default `reply_to`. Answers are published by the service that decides them: "
               "eligibility (1101, 2001, malformed requests), pricing (refusals, pre-settlements, "
-              "`MODIFIED_REQUEST`, `NO_POLICY`, `NOT_FOUND`), clearing (settlements, cancellations, "
-              "reversals).",
+              "`MODIFIED_REQUEST`, `NO_POLICY`, `NOT_FOUND`, `PREPAYMENT_EXHAUSTED`), clearing (settlements, "
+              "cancellations, reversals; 3201/3202 from its clearing-admin stage).",
     ),
     T.FILING_REQUESTS: TopicContract(
         messages=("FilingRequest",),
         writers=(),
-        readers=(Reader("filing", STAGE_GROUPS["filing"], "stage"),),
+        readers=(FILING_REQUESTS,),
         external_writers="filing offices and self-service channels (`yidi-gateway file`), `yidi-load` (section `filings`)",
         notes="A request that does not validate is dead-lettered and gets no result.",
     ),
     T.FILING_RESULTS: TopicContract(
         messages=("FilingResult",),
-        writers=("filing",),
+        writers=("filing", "eligibility"),
         external_readers="the requester; a request's `reply_to` names another topic for its result",
-        notes="The default `reply_to` of a filing request.",
+        notes="The default `reply_to` of a filing request. Refusals and `history` are answered by filing; "
+              "an accepted change is answered by eligibility once its mirror and cache have applied it.",
     ),
     T.FILING_EVENTS: TopicContract(
         messages=("FilingEvent",),
         writers=("filing",),
-        readers=(_feed("eligibility", T.FILING_EVENTS),),
-        notes="Eligibility applies an event only if its `filing.version` is newer than the mirrored one.",
+        readers=(ELIGIBILITY_FILINGS,),
+        notes="Each event carries the requester's `result` and `reply_to`: eligibility applies the event to its "
+              "mirror (if its `filing.version` is newer) and cache, then publishes the result.",
     ),
     T.REFDATA_PERSONS: TopicContract(
         messages=("PersonRecord",),
@@ -286,16 +327,51 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         external_writers="platform operators; `yidi-load` (section `region_status`)",
         notes="A window is identified by `status_id`; re-publish it with `cancelled: true` to lift it.",
     ),
+    T.CLEARING_REQUESTS: TopicContract(
+        messages=CLEARING_REQUEST_MESSAGES,
+        writers=("eligibility",),
+        readers=(CLEARING_ADMIN,),
+        external_writers="clearing clerks and regions (`yidi-gateway clearing`)",
+        notes="One JSON object with a `type`: `fund`, `run_month`, `confirm`, the `query_*` requests, or "
+              "`reconcile` (a facility's 3201/3202, passed on by eligibility). Applied once by `reqid`; "
+              "queries and reconciliations change nothing and are not recorded.",
+    ),
+    T.CLEARING_RESULTS: TopicContract(
+        messages=("ClearingResult",),
+        writers=("clearing",),
+        external_readers="the requester; a request's `reply_to` names another topic for its result",
+        notes="The default `reply_to` of a clearing request; 3201/3202 are answered on the facility's "
+              "`reply_to` as `ResponseEnvelope`s instead.",
+    ),
     T.CLEARING_STATEMENTS: TopicContract(
-        messages=(),
-        writers=(),
-        notes="Declared and created, not yet produced by any service; no contract model exists yet.",
+        messages=("Statement",),
+        writers=("clearing",),
+        external_readers="insured and treating regions",
+        notes="Published when a month is cleared (`issued`) and again on each confirmation (`settled` once "
+              "both sides have confirmed). Key `<insuplc_admdvs>-<mdtrtarea_admvs>`.",
     ),
     T.CLEARING_ALERTS: TopicContract(
-        messages=(),
-        writers=(),
-        notes="Declared and created, not yet produced by any service; no contract model exists yet.",
+        messages=("PrepaymentAlert",),
+        writers=("clearing",),
+        external_readers="insured regions, operators",
+        notes="Once per account when its balance falls below `warn_share` of what was advanced, or below zero; "
+              "re-armed when a funding lifts it back. Key `<insuplc_admdvs>-<mdtrtarea_admvs>`.",
     ),
+    T.PREPAYMENT_STATUS: TopicContract(
+        messages=("PrepaymentStatus",),
+        writers=("clearing",),
+        readers=(_feed("pricing", T.PREPAYMENT_STATUS),),
+        notes="Each account's balance after every change, with the account's move count as `version`; pricing "
+              "mirrors it (keeping the highest version) for `YIDI_PREPAYMENT_POLICY=refuse`. "
+              "Key `<insuplc_admdvs>-<mdtrtarea_admvs>`.",
+    ),
+}
+
+
+# Where a writer publishes only some of a topic's messages.
+WRITER_MESSAGES: dict[tuple[str, str], tuple[str, ...]] = {
+    (T.SETTLEMENT_RESULTS, "eligibility"): ("Answer",),
+    (T.CLEARING_REQUESTS, "eligibility"): ("Reconcile",),
 }
 
 
@@ -371,6 +447,18 @@ MESSAGES: dict[str, Message] = {
         "Undo a settlement by its original msgid (omsgid).",
         _request((Infno.REVERSAL,), "ReversalInput"), "psn_no", ("RequestEnvelope", "ReversalInput"),
     ),
+    "ReconcileTotalsRequest": Message(
+        "Reconciliation of totals (3201)",
+        "A facility's totals for a period; passed on to clearing, answered with stmt_rslt 0 (match) or 1.",
+        _request((Infno.RECONCILE_TOTALS,), "ReconcileTotalsInput"), "psn_no (none: null key)",
+        ("RequestEnvelope", "ReconcileTotalsInput"),
+    ),
+    "ReconcileDetailsRequest": Message(
+        "Reconciliation of details (3202)",
+        "A facility's settlements for a period, one by one; answered with the differences.",
+        _request((Infno.RECONCILE_DETAILS,), "ReconcileDetailsInput"), "psn_no (none: null key)",
+        ("RequestEnvelope", "ReconcileDetailsInput"),
+    ),
     "PersonQueryRequest": Message(
         "Person info (1101) or benefit check (2001)",
         "Answered by eligibility from the data settlements use; 2001 needs insutype and med_type.",
@@ -387,6 +475,8 @@ MESSAGES: dict[str, Message] = {
         "Cancellation and reversal: output.setlinfo = {setl_id, psn_no, state, undone_by}. "
         "1101: output = {baseinfo, insuinfo[], idetinfo[], filings[]}. "
         "2001: output = {eligible: '1', basis, filing_id, filing_category} or {eligible: '0', reason_code, reason}. "
+        "3201: output = {stmt_rslt: '0'|'1', stmt_rslt_dscr, platform, differences[]}; "
+        "3202: output = {stmt_rslt, stmt_rslt_dscr, differences[]}. "
         "Failures: output = {} with err_code one of " + ", ".join(c.value for c in ErrCode) + ".",
         _plain("ResponseEnvelope"), "fixmedins_code", ("ResponseEnvelope",),
     ),
@@ -400,6 +490,18 @@ MESSAGES: dict[str, Message] = {
     "PolicyRecord": Message("Policy record", "one version of an insured region's policy", _plain("PolicyRecord"), "insuplc_admdvs", ("PolicyRecord",)),
     "CatalogueRecord": Message("Catalogue record", "one version of a catalogue item", _plain("CatalogueRecord"), "mdtrtarea_admvs", ("CatalogueRecord",)),
     "RegionStatusRecord": Message("Region status record", "an outage or maintenance window (R19)", _plain("RegionStatusRecord"), "admdvs", ("RegionStatusRecord",)),
+    "FundPrepayment": Message("Fund a prepayment (type fund)", "an insured region advances money for a treating region (R3)", _plain("FundPrepayment"), "reqid", ("FundPrepayment",)),
+    "RunMonth": Message("Clear a month (type run_month)", "close the month, total it per region pair, issue statements", _plain("RunMonth"), "reqid", ("RunMonth",)),
+    "ConfirmStatement": Message("Confirm a statement (type confirm)", "one side confirms; when both have, the prepayment is topped up", _plain("ConfirmStatement"), "reqid", ("ConfirmStatement",)),
+    "QuerySettlement": Message("Query a settlement (type query_settlement)", "by setl_id or msgid", _plain("QuerySettlement"), "reqid", ("QuerySettlement",)),
+    "QueryFacilityDay": Message("Query a facility's day (type query_facility_day)", "the ledger rows of a facility on one day, with totals", _plain("QueryFacilityDay"), "reqid", ("QueryFacilityDay",)),
+    "QueryPairMonth": Message("Query a region pair's month (type query_pair_month)", "totals and statements", _plain("QueryPairMonth"), "reqid", ("QueryPairMonth",)),
+    "QueryPrepayment": Message("Query a prepayment account (type query_prepayment)", "funded, drawn, given back, cleared, balance, shortfall", _plain("QueryPrepayment"), "reqid", ("QueryPrepayment",)),
+    "Reconcile": Message("Reconciliation (type reconcile)", "a facility's 3201/3202 request, passed on by eligibility", _plain("Reconcile"), "msgid", ("Reconcile",)),
+    "ClearingResult": Message("Clearing result", "the answer to one clearing request, by reqid", _plain("ClearingResult"), "reqid", ("ClearingResult",)),
+    "Statement": Message("Clearing statement", "what an insured region owes a treating region for one month", _plain("Statement"), "<insuplc_admdvs>-<mdtrtarea_admvs>", ("Statement",)),
+    "PrepaymentAlert": Message("Prepayment alert", "a prepayment account is low or exhausted", _plain("PrepaymentAlert"), "<insuplc_admdvs>-<mdtrtarea_admvs>", ("PrepaymentAlert",)),
+    "PrepaymentStatus": Message("Prepayment status", "an account's balance after a change", _plain("PrepaymentStatus"), "<insuplc_admdvs>-<mdtrtarea_admvs>", ("PrepaymentStatus",)),
 }
 
 DLQ_HEADERS = {
@@ -478,9 +580,9 @@ def render_topics_md() -> str:
         "in `reply_to`.",
         "- **Keys.** Settlement topics are keyed by `psn_no`, so one person's requests are handled "
         "in order by one consumer everywhere; answers by `fixmedins_code`.",
-        "- **Transactions.** `settlement.eligible`, `settlement.priced`, the answers, `filing.results`, "
-        "`filing.events` and the DLQs of the stages are written inside Kafka transactions: read them "
-        "with `isolation.level=read_committed`, or you will see records of aborted transactions.",
+        "- **Transactions.** Everything the services publish is written inside their stages' Kafka "
+        "transactions, except the dead letters of the feeds: read with `isolation.level=read_committed`, "
+        "or you will also see records of aborted transactions.",
         "- **Formats.** JSON, UTF-8. Amounts, ratios and quantities are strings. Schemas: "
         "[schemas/](schemas/); the whole as AsyncAPI 3.0: [asyncapi.yaml](asyncapi.yaml).",
         "- **Retention.** Broker default (`log.retention.hours`, 168 h unless the cluster sets otherwise); "
@@ -638,9 +740,8 @@ def render_asyncapi() -> dict[str, Any]:
                 "bindings": {"kafka": {"groupId": {"type": "string", "enum": [r.group]}, "bindingVersion": "0.5.0"}},
             }
         for w in contract.writers:
-            sent = refs
-            if spec.name == T.SETTLEMENT_RESULTS and w == "eligibility":
-                sent = [{"$ref": f"#/channels/{cid}/messages/Answer"}]
+            only = WRITER_MESSAGES.get((spec.name, w))
+            sent = [{"$ref": f"#/channels/{cid}/messages/{n}"} for n in only] if only else refs
             operations[f"{w}Sends{cid[:1].upper()}{cid[1:]}"] = {
                 "action": "send", "channel": {"$ref": f"#/channels/{cid}"},
                 "summary": f"{w} publishes on {spec.name}",

@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 from importlib import resources
 
 import asyncpg
+import orjson
 
 from yidi.platform.errors import TransientError
 
@@ -36,6 +38,24 @@ async def transient_errors() -> AsyncIterator[None]:
         yield
     except TRANSIENT as exc:
         raise TransientError(f"database unavailable: {exc}") from exc
+
+
+def json_value(value: Any) -> Any:
+    """A jsonb column as Python: asyncpg hands jsonb over as text unless a codec is set."""
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+class Repository:
+    """Base of the services' repositories: their pool, and one transaction per batch."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """One connection and one transaction; a database that is away is transient."""
+        async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
+            yield conn
 
 
 async def create_pool(dsn: str, *, size: int = 4) -> asyncpg.Pool:

@@ -45,10 +45,15 @@ def feed(
             await apply(record)
         except (ValidationError, ValueError, PermanentError) as exc:
             metrics.REFDATA_RECORDS.labels(feed_name, "refused").inc()
+            metrics.DEAD_LETTERS.labels(full_topic).inc()
             log.warning("%s: record refused: %s", feed_name, exc)
+            raw = msg.raw_message
             await service.broker.publish(
-                body, dlq(full_topic), key=msg.raw_message.key,  # type: ignore[union-attr]
-                headers={"yidi-dlq-reason": str(exc)[:2000]},
+                body, dlq(full_topic), key=raw.key,  # type: ignore[union-attr]
+                headers={
+                    "yidi-dlq-reason": str(exc)[:2000],
+                    "yidi-dlq-source": f"{raw.topic}/{raw.partition}/{raw.offset}",  # type: ignore[union-attr]
+                },
             )
             return
         except TransientError:
@@ -66,5 +71,7 @@ def feed(
         group_id=service.settings.group(feed_group(service.name, topic)),
         ack_policy=AckPolicy.NACK_ON_ERROR,
         auto_offset_reset="earliest",
+        # Some feeds are written in transactions (clearing.prepayment-status): never apply an aborted one.
+        isolation_level="read_committed",
         no_reply=True,
     )(consume)

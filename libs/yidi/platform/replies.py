@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 
-from yidi.contracts.envelope import DEFAULT_REPLY_TO, ResponseEnvelope
+from yidi.contracts import answers
+from yidi.contracts.envelope import DEFAULT_REPLY_TO, ErrCode, ResponseEnvelope, respond_time
 from yidi.platform import metrics
 from yidi.platform.jsonwire import dumps
 from yidi.platform.kafka import Answered, Incoming, Outgoing
@@ -40,6 +42,9 @@ def reply(
     ``reply_to`` names a gateway's topic as the gateway knows it; the namespace of a test run is
     prefixed like every other topic.
     """
+    received = respond_time(datetime.fromtimestamp(request_ts_ms / 1000, UTC))
+    if answer.refmsg_time != received:
+        answer = answer.model_copy(update={"refmsg_time": received})
     return Outgoing(
         topic=settings.topic(reply_to),
         value=dumps(answer),
@@ -55,3 +60,14 @@ def dead_letter(record: Incoming, reason: str) -> Outgoing:
         ("yidi-dlq-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
     )
     return Outgoing(topic=dlq(record.topic), value=record.value, key=record.key, headers=headers)
+
+
+def broken(settings: Settings, record: Incoming, reason: str, err_msg: str) -> list[Outgoing]:
+    """A message a stage cannot use: dead-letter it with the reason and, when its msgid can be
+    recovered, answer the gateway ``INTERNAL_ERROR`` with ``err_msg`` (every request is answered)."""
+    msgid, reply_to, infno, facility = recover_ids(record.value)
+    out = [dead_letter(record, reason)]
+    if msgid:
+        answer = answers.answer(msgid, infno, err_code=ErrCode.INTERNAL_ERROR, err_msg=err_msg)
+        out.append(reply(settings, reply_to, answer, facility=facility, request_ts_ms=record.timestamp_ms))
+    return out

@@ -35,7 +35,7 @@ PREPAYMENT_STATUS = "clearing.prepayment-status"
 SETTLEMENT_PARTITIONS = 6
 
 TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(SETTLEMENT_REQUESTS, "psn_no", SETTLEMENT_PARTITIONS, "gateway → platform: 1101, 2001, 2206/2207/2208, 2303/2304/2305, 2601"),
+    TopicSpec(SETTLEMENT_REQUESTS, "psn_no", SETTLEMENT_PARTITIONS, "gateway → platform: 1101, 2001, 2206/2207/2208, 2303/2304/2305, 2601, 3201/3202"),
     TopicSpec(SETTLEMENT_ELIGIBLE, "psn_no", SETTLEMENT_PARTITIONS, "eligibility → pricing: request with its terms or refusal"),
     TopicSpec(SETTLEMENT_PRICED, "psn_no", SETTLEMENT_PARTITIONS, "pricing → clearing: settlement or cancellation with its answer"),
     TopicSpec(SETTLEMENT_RESULTS, "fixmedins_code", SETTLEMENT_PARTITIONS, "platform → gateway: one answer per request (default reply_to)"),
