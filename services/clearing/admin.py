@@ -32,7 +32,7 @@ from yidi.contracts.clearing import (
 from yidi.contracts.envelope import ErrCode, Infno
 from yidi.domain.clearing import PairTotals, net_positions, reconcile_details, reconcile_totals
 from yidi.domain.money import fmt
-from yidi.platform.jsonwire import dumps, loads
+from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import dead_letter, reply
 from yidi.platform.settings import Settings
@@ -69,17 +69,25 @@ class ClearingAdminHandler:
                 if isinstance(request, Reconcile):
                     out.append(await self._reconcile(conn, request))
                     continue
-                seen = await conn.fetchval("SELECT emitted FROM clearing.admin_requests WHERE reqid = $1", request.reqid)
-                if seen is not None:
-                    out.extend(Outgoing(e["topic"], e["value"].encode(), key=e["key"].encode()) for e in loads(seen))
+                seen = await conn.fetchrow(
+                    "SELECT request_hash, emitted FROM clearing.admin_requests WHERE reqid = $1", request.reqid
+                )
+                if seen is not None and seen["request_hash"] in ("", request_hash(request)):
+                    out.extend(Outgoing(e["topic"], e["value"].encode(), key=e["key"].encode())
+                               for e in loads(seen["emitted"]))
                     continue
-                ok, reason, data, extra = await self._apply(conn, request)
+                if seen is not None:
+                    ok, reason, data, extra = False, f"reqid {request.reqid} was already used for another request", {}, []
+                else:
+                    ok, reason, data, extra = await self._apply(conn, request)
                 result = {"reqid": request.reqid, "ok": ok, "reason": reason, "data": data}
                 emitted = [{"topic": self.settings.topic(request.reply_to), "value": dumps(result).decode(),
                             "key": request.reqid}] + extra
-                if not request.type.startswith("query"):
-                    await conn.execute("INSERT INTO clearing.admin_requests (reqid, emitted) VALUES ($1, $2::jsonb)",
-                                       request.reqid, dumps(emitted).decode())
+                if seen is None and not request.type.startswith("query"):
+                    await conn.execute(
+                        "INSERT INTO clearing.admin_requests (reqid, request_hash, emitted) VALUES ($1, $2, $3::jsonb)",
+                        request.reqid, request_hash(request), dumps(emitted).decode(),
+                    )
                 out.extend(Outgoing(e["topic"], e["value"].encode(), key=e["key"].encode()) for e in emitted)
         return out
 

@@ -19,7 +19,7 @@ from yidi.domain.filing import (
     new_filing,
     refuse_filing,
 )
-from yidi.platform.jsonwire import dumps, loads
+from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import dead_letter
 from yidi.platform.settings import Settings
@@ -46,9 +46,15 @@ class FilingHandler:
                 except (ValidationError, ValueError) as exc:
                     out.append(dead_letter(record, f"filing request does not validate: {exc}"))
                     continue
-                emitted = await self.repo.answered(conn, request.reqid)
-                if emitted is None:
+                seen = await self.repo.answered(conn, request.reqid)
+                if seen is None:
                     emitted = await self._apply(conn, request)
+                elif seen[0] and seen[0] != request_hash(request):
+                    emitted = self._answer(request, FilingResult(
+                        reqid=request.reqid, accepted=False,
+                        reason=f"reqid {request.reqid} was already used for another request; use a new reqid"))
+                else:
+                    emitted = seen[1]  # the same request again: what was published then
                 out.extend(
                     Outgoing(topic=e["topic"], value=e["value"].encode(), key=request.psn_no.encode()) for e in emitted
                 )
@@ -70,7 +76,7 @@ class FilingHandler:
         # Eligibility applies the event, then answers: the answer implies the next settlement sees it.
         event_out = FilingEvent(event=event, filing=saved, result=result, reply_to=request.reply_to)
         emitted = [{"topic": self.settings.topic(FILING_EVENTS), "value": dumps(event_out).decode()}]
-        await self.repo.remember(conn, request.reqid, result.model_dump(mode="json"), emitted)
+        await self.repo.remember(conn, request.reqid, request_hash(request), result.model_dump(mode="json"), emitted)
         return emitted
 
     def _answer(self, request: FilingRequest, result: FilingResult) -> list[dict[str, Any]]:

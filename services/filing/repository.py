@@ -15,9 +15,9 @@ from yidi.platform.db import Repository, json_value
 
 class FilingRepository(Repository):
 
-    async def answered(self, conn: asyncpg.Connection, reqid: str) -> list[dict[str, Any]] | None:
-        row = await conn.fetchrow("SELECT emitted FROM filing.requests WHERE reqid = $1", reqid)
-        return json_value(row["emitted"]) if row else None
+    async def answered(self, conn: asyncpg.Connection, reqid: str) -> tuple[str, list[dict[str, Any]]] | None:
+        row = await conn.fetchrow("SELECT request_hash, emitted FROM filing.requests WHERE reqid = $1", reqid)
+        return (row["request_hash"], json_value(row["emitted"])) if row else None
 
     async def get(self, conn: asyncpg.Connection, filing_id: str) -> tuple[FilingRecord, date] | None:
         row = await conn.fetchrow("SELECT * FROM filing.filings WHERE filing_id = $1 FOR UPDATE", filing_id)
@@ -58,10 +58,12 @@ class FilingRepository(Repository):
         )
         return record
 
-    async def remember(self, conn: asyncpg.Connection, reqid: str, result: Any, emitted: list[dict[str, Any]]) -> None:
+    async def remember(
+        self, conn: asyncpg.Connection, reqid: str, hash_: str, result: Any, emitted: list[dict[str, Any]]
+    ) -> None:
         await conn.execute(
-            "INSERT INTO filing.requests (reqid, result, emitted) VALUES ($1, $2::jsonb, $3::jsonb)",
-            reqid, orjson.dumps(result).decode(), orjson.dumps(emitted).decode(),
+            "INSERT INTO filing.requests (reqid, request_hash, result, emitted) VALUES ($1, $2, $3::jsonb, $4::jsonb)",
+            reqid, hash_, orjson.dumps(result).decode(), orjson.dumps(emitted).decode(),
         )
 
     async def history_in(self, conn: asyncpg.Connection, filing_id: str) -> list[dict[str, Any]]:

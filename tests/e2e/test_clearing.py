@@ -150,3 +150,14 @@ async def _read(settings, topic: str) -> list[dict]:
         return [json.loads(r.value) for rs in batch.values() for r in rs]
     finally:
         await consumer.stop()
+
+
+async def test_a_request_id_used_again_for_another_request_is_refused(world, clearing):
+    first = {"type": "fund", "reqid": reqid(), "insuplc_admdvs": world.insured, "mdtrtarea_admvs": world.treating,
+             "amount": "10.00"}
+    assert (await clearing.call(first))["ok"]
+    again = await clearing.call(first)
+    other = await clearing.call(first | {"amount": "99.00"})
+    assert again["ok"] and again["data"]["funded"] == "10.00"
+    assert not other["ok"] and "already used" in other["reason"]
+    assert (await balance(clearing, world))["funded"] == "10.00"

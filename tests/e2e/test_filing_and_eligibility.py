@@ -119,3 +119,13 @@ async def test_with_redis_stopped_answers_stay_right_and_the_cache_recovers(syst
     assert warm["infcode"] == 0 and during["infcode"] == 0
     assert refused["err_code"] == "NOT_FILED" and after["err_code"] == "NOT_FILED"
     assert system.metric("eligibility", "yidi_eligibility_cache_total", result="fallback") > fallbacks
+
+
+async def test_a_filing_reqid_used_again_for_another_request_is_refused(world, filings):
+    person = await world.person(category=None)
+    request = filing_request(world, person)
+    first = await filings.call(request)
+    again = await filings.call(request)
+    other = await filings.call(request | {"category": "posted_worker"})
+    assert first["accepted"] and again["accepted"] and again["filing"] == first["filing"]
+    assert not other["accepted"] and "already used" in other["reason"]

@@ -1,0 +1,2 @@
+-- A reqid used again for another request is refused, not answered with the first one's result.
+ALTER TABLE admin_requests ADD COLUMN request_hash text NOT NULL DEFAULT '';
