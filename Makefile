@@ -52,8 +52,8 @@ run: venv stack ## install what is missing, start stack and services, load the d
 test: ## set up what is missing, start the stack, run the whole suite on the real servers, stop what it started
 	@deploy/local/test.sh $(PYTEST_ARGS)
 
-bench: ## TODO: load test
-	@echo "TODO: make bench"
+bench: venv stack ## replay a bounded day against the services and the bare pipeline; report, docs/BENCHMARKS.md
+	@source deploy/local/env.sh && $(PYTHON) -m loadtest.bench $(BENCH_ARGS)
 
 stop: ## stop the services and the local stack
 	@$(SERVICES) stop
