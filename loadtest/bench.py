@@ -1,0 +1,251 @@
+"""``make bench``: a bounded day replayed against Yidi and the bare pipeline, measured, recorded.
+
+    python -m loadtest.bench [--settlements 40000] [--rate 100 --rate-seconds 30] [--no-docs]
+
+1. generates a world and the days (loadtest.generator) under loadtest/results/<timestamp>/;
+2. starts the four services in a fresh namespace, loads the world through the feeds;
+3. replays a short warm-up, then a fixed-rate run (100/s, the latency target), then the whole day
+   as fast as a window of outstanding answers allows (throughput), checking exactly-once and the
+   ledger after each; samples RSS and CPU of every process and the stage metrics before and after;
+4. optionally profiles the services with py-spy during one more max-rate replay;
+5. runs the bare pipeline (loadtest.reference_pipeline) in its own namespace under the same day;
+6. runs the eligibility micro-benchmark (Redis warm, Redis down);
+7. writes report.json and report.png, prints the headline, appends docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import shlex
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka.admin import AIOKafkaAdminClient
+
+from loadtest import report as rpt
+from loadtest.bench_eligibility import bench as bench_eligibility
+from loadtest.generator import DayOptions, write_day, write_refdata
+from loadtest.observe import ProcessSampler, infrastructure_pids, scrape, stage_deltas, start_profile, top_frames
+from loadtest.procs import REFERENCE_STAGES, SERVICES, Processes
+from loadtest.replay import Pace, replay_file
+from loadtest.world import World
+from yidi.platform.kafka import ensure_topics
+from yidi.platform.settings import Settings
+from yidi.refdata.loader import load
+
+ROOT = Path(__file__).resolve().parents[1]
+# What-if client settings tried on the bare pipeline (loadtest.reference_pipeline reads these).
+TUNED_CLIENTS = {"LOADTEST_PRODUCER_OPTIONS": '{"retry_backoff_ms": 10}', "LOADTEST_CONSUMER_OPTIONS": '{"fetch_max_wait_ms": 10}'}
+EXTRAS = {"pre_settlements": 0.02, "cancellations": 0.005, "duplicates": 0.005, "malformed": 0.002}
+
+
+def say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.id = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        self.dir = (args.results or ROOT / "loadtest" / "results") / self.id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        base = Settings()
+        tag = uuid.uuid4().hex[:6]
+        self.settings = base.model_copy(update={"namespace": f"bench{tag}."})
+        self.ref_settings = base.model_copy(update={"namespace": f"bref{tag}."})
+        self.run_id = f"B{tag.upper()}"
+        self.report: dict[str, Any] = {
+            "started": rpt.stamp(), "commit": rpt.commit(), "machine": rpt.machine(),
+            "command": ("make bench  # python -m loadtest.bench " + shlex.join(sys.argv[1:])).strip(),
+            "results_dir": str(self.dir.relative_to(ROOT)) if self.dir.is_relative_to(ROOT) else str(self.dir),
+            "window": args.window, "runs": {}, "notes": [],
+        }
+
+    # Days ----------------------------------------------------------------------------------------
+
+    def _day(self, name: str, settlements: int, seed: int, extras: bool = True) -> Path:
+        options = DayOptions(settlements=settlements, seed=seed, tag=f"{name[0].upper()}{self.run_id}",
+                             **(EXTRAS if extras else {}))
+        path = self.dir / f"day-{name}.jsonl"
+        kinds = write_day(self.world, options, path)
+        self.report.setdefault("days", {})[name] = {"settlements": settlements, "lines": kinds}
+        return path
+
+    # Runs ----------------------------------------------------------------------------------------
+
+    async def _measured(self, name: str, procs: Processes, day: Path, pace: Pace, settings: Settings,
+                        ledger: bool) -> dict[str, Any]:
+        ports = {n: procs.ports[n] for n in procs.procs}
+        before = {n: scrape(p) for n, p in ports.items()}
+        sampler = ProcessSampler(procs.pids() | infrastructure_pids())
+        sampler.start()
+        say(f"{name}: {pace.describe()}")
+        result = await replay_file(day, bootstrap=settings.kafka_bootstrap, namespace=settings.namespace, pace=pace,
+                                   database_url=settings.database_url if ledger else None, label=f"{name} ")
+        result["resources"] = await sampler.stop()
+        after = {n: scrape(p) for n, p in ports.items()}
+        result["stages"] = {stage: s for n in ports for stage, s in stage_deltas(before[n], after[n]).items()}
+        self.report["runs"][name] = result
+        checks = result["exactly_once"]["summary"] + ("; " + result["ledger"]["summary"] if "ledger" in result else "")
+        say(f"{name}: {result['throughput_per_s']}/s, p99 {result['latency_ms']['p99']} ms; {checks}")
+        return result
+
+    async def services(self) -> None:
+        args, s = self.args, self.settings
+        await ensure_topics(s)
+        procs = Processes(s, self.dir / "logs")
+        for service in SERVICES:
+            procs.start_service(service)
+        try:
+            await procs.wait_ready()
+            say(f"services ready in namespace {s.namespace}; loading {len(self.world.persons)} persons and their filings")
+            started = time.monotonic()
+            counts = await load(str(self.dir / "refdata.json"), bootstrap=s.kafka_bootstrap, namespace=s.namespace,
+                                wait=900)
+            self.report["refdata_load"] = {"records": counts, "seconds": round(time.monotonic() - started, 1)}
+            say(f"reference data applied in {time.monotonic() - started:.0f}s")
+            await replay_file(self.warmup, bootstrap=s.kafka_bootstrap, namespace=s.namespace,
+                              pace=Pace(window=200), progress=False)
+            await self._measured("rate_100", procs, self.rate_day, Pace(rate=args.rate, window=args.window), s, True)
+            full = await self._measured("max", procs, self.max_day, Pace(window=args.window), s, True)
+            if (full["throughput_per_s"] or 0) >= 2000 * 1.1:
+                day = self._day("rate2000", 2000 * 20, args.seed + 4)
+                await self._measured("rate_2000", procs, day, Pace(rate=2000, window=args.window), s, True)
+            if args.profile_seconds > 0:
+                await self._profile(procs, full["throughput_per_s"] or 100)
+        finally:
+            self.report["exit_codes"] = procs.stop_all()
+        self.report["rss_max_mib"] = {
+            name: max(run["resources"][name]["rss_max_mib"] for run in self.report["runs"].values()
+                      if name in run.get("resources", {}))
+            for name in SERVICES
+        }
+
+    async def _profile(self, procs: Processes, throughput: float) -> None:
+        seconds = self.args.profile_seconds
+        day = self._day("profile", int(throughput * (seconds + 10)), self.args.seed + 3)
+        profilers = {}
+        for service in ("eligibility", "pricing", "clearing"):
+            p = start_profile(procs.procs[service].pid, self.dir / f"profile-{service}.txt", seconds)
+            if p is None:
+                self.report["notes"].append("py-spy not found: no profile")
+                return
+            profilers[service] = p
+        say(f"profiling eligibility, pricing, clearing with py-spy for {seconds}s during a max-rate replay")
+        replay = asyncio.create_task(replay_file(day, bootstrap=self.settings.kafka_bootstrap,
+                                                 namespace=self.settings.namespace, pace=Pace(window=self.args.window),
+                                                 label="profile "))
+        services: dict[str, Any] = {}
+        for service, p in profilers.items():
+            _, err = await asyncio.to_thread(p.communicate)
+            out = self.dir / f"profile-{service}.txt"
+            if p.returncode == 0 and out.exists():
+                services[service] = top_frames(out)
+            else:
+                services[service] = {"error": err.decode(errors="replace")[-500:]}
+        result = await replay
+        self.report["profile"] = {"seconds": seconds, "services": services,
+                                  "replay": {k: result[k] for k in ("sends", "throughput_per_s", "exactly_once")}}
+
+    async def reference(self) -> None:
+        """The bare pipeline under the same day; then at 100/s, with default and with tuned client settings."""
+        s = self.ref_settings
+        await ensure_topics(s)
+        for variant, env in (("", None), ("_tuned", TUNED_CLIENTS)):
+            procs = Processes(s, self.dir / "logs")
+            for stage in REFERENCE_STAGES:
+                procs.start_reference(stage, env)
+            try:
+                await procs.wait_ready()
+                await replay_file(self.warmup, bootstrap=s.kafka_bootstrap, namespace=s.namespace,
+                                  pace=Pace(window=200), progress=False)
+                if not variant:
+                    await self._measured("reference", procs, self.max_day, Pace(window=self.args.window), s, False)
+                await self._measured(f"reference_rate_100{variant}", procs, self.ref_rate_day,
+                                     Pace(rate=self.args.rate, window=self.args.window), s, False)
+            finally:
+                procs.stop_all()
+
+    async def cleanup(self) -> None:
+        prefixes = (self.settings.namespace, self.ref_settings.namespace)
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            topics = [t for t in await admin.list_topics() if t.startswith(prefixes)]
+            if topics:
+                await admin.delete_topics(topics)
+        finally:
+            await admin.close()
+
+    async def run(self) -> dict[str, Any]:
+        args = self.args
+        persons = args.persons or max(200, args.settlements // 8)
+        self.world = World(persons=persons, seed=args.seed, run_id=self.run_id)
+        write_refdata(self.world, self.dir / "refdata.json")
+        self.warmup = self._day("warmup", 300, args.seed + 2, extras=False)
+        self.rate_day = self._day("rate100", int(args.rate * args.rate_seconds), args.seed + 1)
+        self.max_day = self._day("max", args.settlements, args.seed)
+        self.ref_rate_day = self._day("refrate100", int(args.rate * args.reference_rate_seconds), args.seed + 5)
+        self.report["load_summary"] = (
+            f"{args.settlements} settlements of {persons} persons as fast as possible (window {args.window}); "
+            f"{int(args.rate * args.rate_seconds)} at {args.rate:g}/s; extras "
+            + ", ".join(f"{k} {v:.1%}" for k, v in EXTRAS.items()))
+        say(f"results in {self.dir}")
+        try:
+            await self.services()
+            if not args.no_reference:
+                await self.reference()
+        finally:
+            if not args.keep_topics:
+                with contextlib.suppress(Exception):
+                    await self.cleanup()
+        if not args.no_eligibility:
+            say("eligibility micro-benchmark")
+            self.report["eligibility"] = await bench_eligibility(self.settings.model_copy(update={"namespace": "benchelig."}))
+        self.report["targets"] = rpt.judge(self.report)
+        return self.report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--settlements", type=int, default=40_000, help="the day replayed as fast as possible")
+    parser.add_argument("--persons", type=int, help="default: an eighth of the settlements")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=100.0, help="the fixed-rate run's requests per second")
+    parser.add_argument("--rate-seconds", type=float, default=30.0)
+    parser.add_argument("--reference-rate-seconds", type=float, default=15.0,
+                        help="the bare pipeline's fixed-rate runs (default and tuned clients)")
+    parser.add_argument("--window", type=int, default=2000, help="most answers outstanding in the max run")
+    parser.add_argument("--profile-seconds", type=float, default=20.0, help="py-spy the services (0: do not)")
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--no-eligibility", action="store_true")
+    parser.add_argument("--keep-topics", action="store_true", help="leave the run's Kafka topics in place")
+    parser.add_argument("--results", type=Path, help="folder for the run's folder (default loadtest/results)")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
+    parser.add_argument("--no-docs", action="store_true", help="do not append to docs/BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    bench = Bench(args)
+    report = asyncio.run(bench.run())
+    (bench.dir / "report.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    rpt.plot(report, bench.dir / "report.png")
+    entry = rpt.markdown(report)
+    (bench.dir / "report.md").write_text(entry)
+    if not args.no_docs:
+        rpt.append_benchmarks(args.docs, entry)
+    print(rpt.headline(report))
+    checks_ok = all(run["exactly_once"]["ok"] and run.get("ledger", {}).get("ok", True)
+                    for run in report["runs"].values())
+    if not checks_ok:
+        print("bench: a check failed (exactly-once or ledger): see report.json", file=sys.stderr)
+    sys.exit(0 if checks_ok else 1)
+
+
+if __name__ == "__main__":
+    main()

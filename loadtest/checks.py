@@ -1,0 +1,124 @@
+"""The replay's verdicts, as pure functions over what was sent and what came back.
+
+- ``check_exactly_once``: every send got exactly one answer. A request sent twice under one msgid
+  (a duplicate) is owed two answers, so expectations are counted per send, not per msgid.
+- ``answer_totals`` and ``check_ledger``: the ledger's rows in state ``settled`` for the run's
+  msgids add up to what the answers said (count, fund, cash, account), cancellations taken out.
+
+Amounts are integers of fen: no floats near money, and sums are exact.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+
+@dataclass(frozen=True)
+class ExactlyOnce:
+    sends: int
+    answers: int
+    missing: dict[str, int] = field(default_factory=dict)  # msgid → answers still owed
+    duplicated: dict[str, int] = field(default_factory=dict)  # msgid → answers too many
+    unexpected: dict[str, int] = field(default_factory=dict)  # answers to msgids never sent
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.duplicated or self.unexpected)
+
+    def summary(self, show: int = 5) -> str:
+        if self.ok:
+            return f"exactly once: {self.sends} sends, {self.answers} answers"
+        parts = [f"{self.sends} sends, {self.answers} answers"]
+        for name, found in (("missing", self.missing), ("duplicated", self.duplicated), ("unexpected", self.unexpected)):
+            if found:
+                parts.append(f"{name} {sum(found.values())} (e.g. {', '.join(sorted(found)[:show])})")
+        return "NOT exactly once: " + "; ".join(parts)
+
+
+def _counts(items: Mapping[str, int] | Iterable[str]) -> Counter[str]:
+    return Counter(items) if not isinstance(items, Mapping) else Counter(dict(items))
+
+
+def check_exactly_once(sends: Mapping[str, int] | Iterable[str], answers: Mapping[str, int] | Iterable[str]) -> ExactlyOnce:
+    """``sends``: one msgid per publish (or msgid → publishes); ``answers``: one msgid per answer read."""
+    expected, got = _counts(sends), _counts(answers)
+    missing, duplicated, unexpected = {}, {}, {}
+    for msgid, n in expected.items():
+        have = got.get(msgid, 0)
+        if have < n:
+            missing[msgid] = n - have
+        elif have > n:
+            duplicated[msgid] = have - n
+    for msgid, n in got.items():
+        if msgid not in expected:
+            unexpected[msgid] = n
+    return ExactlyOnce(sum(expected.values()), sum(got.values()), missing, duplicated, unexpected)
+
+
+@dataclass(frozen=True)
+class Totals:
+    count: int = 0
+    fund_pay_sumamt: int = 0  # fen
+    psn_cash_pay: int = 0
+    acct_pay: int = 0
+
+    def as_yuan(self) -> dict[str, str | int]:
+        return {"count": self.count, **{k: fen_to_yuan(getattr(self, k)) for k in ("fund_pay_sumamt", "psn_cash_pay", "acct_pay")}}
+
+
+def yuan_to_fen(amount: str | Decimal) -> int:
+    value = Decimal(str(amount)) * 100
+    if value != value.to_integral_value():
+        raise ValueError(f"{amount} has more than two decimals")
+    return int(value)
+
+
+def fen_to_yuan(fen: int) -> str:
+    sign = "-" if fen < 0 else ""
+    return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What the answer to one settlement said (the first answer to its msgid)."""
+
+    setl_id: str
+    fund_pay_sumamt: int
+    psn_cash_pay: int
+    acct_pay: int
+
+
+def answer_totals(settled: Mapping[str, Settled], cancelled_setl_ids: Iterable[str]) -> Totals:
+    """What the ledger must hold in state ``settled``: the settlements answered, less those cancelled."""
+    cancelled = set(cancelled_setl_ids)
+    rows = [s for s in settled.values() if s.setl_id not in cancelled]
+    return Totals(
+        len(rows),
+        sum(s.fund_pay_sumamt for s in rows),
+        sum(s.psn_cash_pay for s in rows),
+        sum(s.acct_pay for s in rows),
+    )
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    answers: Totals
+    ledger: Totals
+
+    @property
+    def ok(self) -> bool:
+        return self.answers == self.ledger
+
+    def summary(self) -> str:
+        a, lg = self.answers.as_yuan(), self.ledger.as_yuan()
+        if self.ok:
+            return f"ledger = answers: {a['count']} settled, fund {a['fund_pay_sumamt']}, cash {a['psn_cash_pay']}, account {a['acct_pay']}"
+        diffs = [f"{k} answers {a[k]} ledger {lg[k]}" for k in a if a[k] != lg[k]]
+        return "ledger ≠ answers: " + "; ".join(diffs)
+
+
+def check_ledger(answers: Totals, ledger: Totals) -> LedgerCheck:
+    return LedgerCheck(answers, ledger)

@@ -1,0 +1,252 @@
+"""What the bench watches besides the answers: stage metrics, processes' memory and CPU, profiles.
+
+- ``scrape`` reads a service's /metrics; ``stage_deltas`` turns two scrapes into the mean time and
+  size of a batch per stage (``yidi_stage_batch_seconds``, ``yidi_stage_batch_size``).
+- ``ProcessSampler`` samples RSS (max) and CPU seconds of named processes with psutil; Postgres is
+  its postmaster with every backend, Kafka and Redis their pids from ``.local/``.
+- ``profile`` runs ``py-spy record`` on a pid and ``top_frames`` reads its collapsed stacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+import subprocess
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL = ROOT / ".local"
+_SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    out: Samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if not m:
+            continue
+        labels = tuple(sorted(_LABEL.findall(m.group("labels") or "")))
+        with contextlib.suppress(ValueError):
+            out[(m.group("name"), labels)] = float(m.group("value"))
+    return out
+
+
+def scrape(port: int) -> Samples:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=3) as r:
+            return parse_metrics(r.read().decode())
+    except OSError:
+        return {}
+
+
+def stage_deltas(before: Samples, after: Samples) -> dict[str, dict[str, float]]:
+    """Per stage: batches, records, mean seconds per batch, mean records per batch, retries (after − before)."""
+
+    def per_stage(samples: Samples, name: str) -> dict[str, float]:
+        return {dict(labels).get("stage", ""): v for (n, labels), v in samples.items() if n == name}
+
+    out: dict[str, dict[str, float]] = {}
+    sums_b, sums_a = per_stage(before, "yidi_stage_batch_seconds_sum"), per_stage(after, "yidi_stage_batch_seconds_sum")
+    counts_b, counts_a = per_stage(before, "yidi_stage_batch_seconds_count"), per_stage(after, "yidi_stage_batch_seconds_count")
+    size_b, size_a = per_stage(before, "yidi_stage_batch_size_sum"), per_stage(after, "yidi_stage_batch_size_sum")
+    retries_a = Counter[str]()
+    retries_b = Counter[str]()
+    for (n, labels), v in after.items():
+        if n == "yidi_stage_retries_total":
+            retries_a[dict(labels).get("stage", "")] += v
+    for (n, labels), v in before.items():
+        if n == "yidi_stage_retries_total":
+            retries_b[dict(labels).get("stage", "")] += v
+    for stage, count in counts_a.items():
+        batches = count - counts_b.get(stage, 0.0)
+        if batches <= 0:
+            continue
+        seconds = sums_a.get(stage, 0.0) - sums_b.get(stage, 0.0)
+        records = size_a.get(stage, 0.0) - size_b.get(stage, 0.0)
+        out[stage] = {
+            "batches": int(batches),
+            "records": int(records),
+            "mean_batch_ms": round(seconds / batches * 1000, 2),
+            "mean_batch_size": round(records / batches, 1),
+            "ms_per_record": round(seconds / records * 1000, 3) if records else None,
+            "busy_s": round(seconds, 2),
+            "retries": int(retries_a[stage] - retries_b[stage]),
+        }
+    return out
+
+
+def infrastructure_pids() -> dict[str, int]:
+    """Kafka, Postgres and Redis of the local stack, from their pid files under .local/ (those found)."""
+    found: dict[str, int] = {}
+    for name, path in (("kafka", LOCAL / "kafka" / "kafka.pid"), ("redis", LOCAL / "redis" / "redis.pid"),
+                       ("postgres", LOCAL / "pg" / "data" / "postmaster.pid")):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pid = int(path.read_text().split()[0])
+            if psutil.pid_exists(pid):
+                found[name] = pid
+    return found
+
+
+@dataclass
+class _Watched:
+    root: psutil.Process
+    tree: bool
+    rss_max: int = 0
+    cpu_first: dict[int, float] = field(default_factory=dict)
+    cpu_last: dict[int, float] = field(default_factory=dict)
+
+
+class ProcessSampler:
+    """Samples every ``interval`` seconds; ``tree`` processes count their children (Postgres backends)."""
+
+    def __init__(self, pids: dict[str, int], *, tree: set[str] | frozenset[str] = frozenset({"postgres"}),
+                 interval: float = 0.5) -> None:
+        self.interval = interval
+        self.watched: dict[str, _Watched] = {}
+        for name, pid in pids.items():
+            with contextlib.suppress(psutil.Error):
+                self.watched[name] = _Watched(psutil.Process(pid), name in tree)
+        self._task: asyncio.Task[None] | None = None
+        self._initial = True
+
+    def sample(self) -> None:
+        for w in self.watched.values():
+            try:
+                procs = [w.root] + (w.root.children(recursive=True) if w.tree else [])
+            except psutil.Error:
+                continue
+            rss = 0
+            for p in procs:
+                try:
+                    with p.oneshot():
+                        rss += p.memory_info().rss
+                        t = p.cpu_times()
+                        cpu = t.user + t.system
+                except psutil.Error:
+                    continue
+                # A process there at the start counts from then; one born later, its whole life.
+                w.cpu_first.setdefault(p.pid, cpu if self._initial else 0.0)
+                w.cpu_last[p.pid] = cpu
+            w.rss_max = max(w.rss_max, rss)
+        self._initial = False
+
+    async def _run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval)
+
+    def start(self) -> None:
+        self.sample()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> dict[str, dict[str, float]]:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.sample()
+        return {
+            name: {
+                "pid": w.root.pid,
+                "rss_max_mib": round(w.rss_max / 2**20, 1),
+                "cpu_s": round(sum(w.cpu_last[p] - w.cpu_first.get(p, 0.0) for p in w.cpu_last), 2),
+                **({"processes_seen": len(w.cpu_last)} if w.tree else {}),
+            }
+            for name, w in self.watched.items()
+        }
+
+
+# Profiles --------------------------------------------------------------------------------------
+
+def py_spy() -> str | None:
+    here = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "py-spy"
+    return str(here) if here.exists() else shutil.which("py-spy")
+
+
+def start_profile(pid: int, out: Path, seconds: float, rate: int = 97) -> subprocess.Popen[bytes] | None:
+    """``py-spy record`` of ``pid`` for ``seconds`` into ``out`` (collapsed stacks); None without py-spy."""
+    exe = py_spy()
+    if exe is None:
+        return None
+    return subprocess.Popen(
+        [exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate),
+         "--format", "raw", "--output", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+PACKAGES = (
+    ("/pydantic", "pydantic (validate, dump)"), ("/aiokafka/", "aiokafka"), ("/asyncpg/", "asyncpg"),
+    ("/redis/", "redis client"), ("/asyncio/", "asyncio event loop and sockets"),
+    ("selectors.py", "asyncio event loop and sockets"), ("/yidi/domain/", "yidi.domain (rules, money)"),
+    ("/yidi/contracts/", "yidi.contracts"), ("/yidi/platform/", "yidi.platform"), ("/services/", "services"),
+    ("/prometheus_client/", "prometheus_client"), ("/faststream/", "faststream"),
+)
+
+
+def package_of(path: str) -> str:
+    """py-spy names files relative to their sys.path entry: ``yidi/platform/kafka.py``, ``selectors.py``."""
+    rooted = "/" + path
+    for needle, name in PACKAGES:
+        if needle in rooted:
+            return name
+    if "/" not in path or path.startswith("<frozen") or "/python3." in path:
+        return "stdlib (decimal, datetime, _strptime ...)"
+    return "other: " + path.split("/")[0]
+
+
+def top_frames(collapsed: Path, *, top: int = 10) -> dict[str, list[tuple[str, float]]]:
+    """From py-spy's collapsed stacks: share of samples by package (self time), by leaf frame (self),
+    and by frame of the project's own code anywhere on the stack (inclusive; frames on nearly every
+    stack, like the event loop's, left out)."""
+    own: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    anywhere: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[_short(frames[-1])] += n
+        packages[package_of(_path(frames[-1]))] += n
+        for f in {_short(f) for f in frames if _path(f).startswith(("services/", "yidi/"))}:
+            anywhere[f] += n
+    if not total:
+        return {"samples": [], "by_package": [], "self": [], "project_inclusive": []}
+
+    def pick(c: Counter[str], limit: int = top) -> list[tuple[str, float]]:
+        return [(f, round(100 * n / total, 1)) for f, n in c.most_common() if n / total < 0.9][:limit]
+
+    return {"samples": [("all", float(total))], "by_package": pick(packages, 20), "self": pick(own),
+            "project_inclusive": pick(anywhere, 15)}
+
+
+def _path(frame: str) -> str:
+    m = re.match(r".*? \((?P<path>[^:)]*)(?::\d+)?\)$", frame.strip())
+    return m.group("path") if m else ""
+
+
+def _short(frame: str) -> str:
+    """``func (path/to/module.py:12)`` → ``func (to/module.py)``: lines differ between samples of one function."""
+    m = re.match(r"(?P<func>.*?) \((?P<path>[^:)]*)(?::\d+)?\)$", frame.strip())
+    if not m:
+        return frame.strip()
+    path = m.group("path")
+    parts = Path(path).parts
+    where = "/".join(parts[-2:]) if len(parts) >= 2 else path
+    return f"{m.group('func')} ({where})"

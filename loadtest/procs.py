@@ -1,0 +1,98 @@
+"""The processes a bench runs: the four services, or the reference pipeline, in a namespace of their own."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from yidi.platform.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ("filing", "eligibility", "pricing", "clearing")
+REFERENCE_STAGES = ("eligible", "priced", "answer")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Processes:
+    """Child processes with their own metrics ports; ``up`` names the ``yidi_service_up`` label of each."""
+
+    def __init__(self, settings: Settings, log_dir: Path) -> None:
+        self.settings = settings
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.ports: dict[str, int] = {}
+        self.up: dict[str, str] = {}
+
+    def _env(self, name: str, extra: dict[str, str] | None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("YIDI_")}
+        env |= {
+            "YIDI_KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
+            "YIDI_DATABASE_URL": self.settings.database_url,
+            "YIDI_REDIS_URL": self.settings.redis_url,
+            "YIDI_NAMESPACE": self.settings.namespace,
+            "YIDI_METRICS_PORT": str(self.ports[name]),
+            "YIDI_LOG_LEVEL": "INFO",
+        }
+        return env | (extra or {})
+
+    def _spawn(self, name: str, argv: list[str], extra: dict[str, str] | None) -> None:
+        self.ports[name] = free_port()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            self.procs[name] = subprocess.Popen(argv, cwd=ROOT, env=self._env(name, extra), stdout=log,
+                                                stderr=subprocess.STDOUT)
+
+    def start_service(self, service: str, extra_env: dict[str, str] | None = None) -> None:
+        self._spawn(service, [sys.executable, "-m", f"services.{service}"], extra_env)
+        self.up[service] = service
+
+    def start_reference(self, stage: str, extra_env: dict[str, str] | None = None) -> None:
+        name = f"ref-{stage}"
+        self._spawn(name, [sys.executable, "-m", "loadtest.reference_pipeline", "--stage", stage], extra_env)
+        self.up[name] = name
+
+    def ready(self, name: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[name]}/metrics", timeout=1) as r:
+                text = r.read().decode()
+        except OSError:
+            return False
+        return f'yidi_service_up{{service="{self.up[name]}"}} 1.0' in text
+
+    async def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        for name, proc in self.procs.items():
+            while not self.ready(name):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_dir / (name + '.log')}")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{name} not ready after {timeout:.0f}s; see {self.log_dir / (name + '.log')}")
+                await asyncio.sleep(0.2)
+
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self.procs.items() if p.poll() is None}
+
+    def stop_all(self) -> dict[str, int | None]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes: dict[str, int | None] = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait(5)
+        return codes

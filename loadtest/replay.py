@@ -1,0 +1,445 @@
+"""Replay a generated day against a running Yidi (or the reference pipeline) and check every answer.
+
+    python -m loadtest.replay day.jsonl --namespace bench1. --max --window 2000 --ledger --out r.json
+    python -m loadtest.replay day.jsonl --namespace bench1. --rate 100        # fixed rate
+    python -m loadtest.replay day.jsonl --namespace bench1. --speed 60        # the day at ×60
+
+One producer publishes the requests (keyed by psn_no, like a gateway); one reader follows the
+reply topic with ``read_committed`` and matches answers by msgid. Each publish records its time
+and owes one answer, so a duplicate request owes its own answer; latency is publish → answer
+read. Cancellations wait for their target's answer (they need its ``setl_id``). At the end the
+exactly-once check runs, and with ``--ledger`` the ledger's totals are compared to the answers'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from array import array
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from loadtest.checks import (
+    ExactlyOnce,
+    LedgerCheck,
+    Settled,
+    Totals,
+    answer_totals,
+    check_exactly_once,
+    check_ledger,
+    yuan_to_fen,
+)
+from yidi.contracts.envelope import DEFAULT_REPLY_TO
+from yidi.platform.kafka import ensure_topics
+from yidi.platform.settings import Settings
+from yidi.platform.topics import SETTLEMENT_REQUESTS
+
+SETTLE_INFNOS = {"2207", "2304"}
+CANCEL_INFNOS = {"2208", "2305"}
+
+
+@dataclass(frozen=True)
+class Pace:
+    """How fast to publish: ``speed`` × the day's clock, a fixed ``rate`` per second, or as fast as
+    the ``window`` of answers outstanding allows (neither)."""
+
+    speed: float | None = None
+    rate: float | None = None
+    window: int = 2000
+
+    def describe(self) -> str:
+        if self.rate:
+            return f"fixed rate {self.rate:g}/s (window {self.window})"
+        if self.speed:
+            return f"day clock ×{self.speed:g} (window {self.window})"
+        return f"as fast as possible, at most {self.window} in flight"
+
+
+def read_lines(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("rb") as f:
+        for raw in f:
+            if raw.strip():
+                yield orjson.loads(raw)
+
+
+class Replay:
+    def __init__(self, bootstrap: str, namespace: str, pace: Pace, *, progress: bool = True,
+                 drain_timeout: float = 60.0, grace: float = 1.5, label: str = "") -> None:
+        self.bootstrap = bootstrap
+        self.namespace = namespace
+        self.pace = pace
+        self.progress = progress
+        self.drain_timeout = drain_timeout
+        self.grace = grace
+        self.label = label
+        self.request_topic = f"{namespace}{SETTLEMENT_REQUESTS}"
+        self.reply_topic = f"{namespace}{DEFAULT_REPLY_TO}"
+        # What was sent and what came back.
+        self.sends: Counter[str] = Counter()
+        self.answers: Counter[str] = Counter()
+        self.kinds: Counter[str] = Counter()
+        self.err_codes: Counter[str] = Counter()
+        self.settle_msgids: set[str] = set()
+        self.settled: dict[str, Settled] = {}
+        self.cancelled_setl_ids: set[str] = set()
+        self.cancels = Counter[str]()  # sent, skipped (target refused), unsent (target never answered)
+        self.publish_errors = 0
+        self._pending: dict[str, deque[float]] = {}
+        self._deferred: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self._ready: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.outstanding = 0
+        self._room = asyncio.Event()
+        self._answered_any = asyncio.Event()
+        # Latency (seconds) and answer time (seconds since start) of each matched answer.
+        self.latency = array("d")
+        self.answered_at = array("d")
+        self.sent_at = array("d")
+        self.started = 0.0
+        self.first_send = 0.0
+        self.last_send = 0.0
+        self.last_answer = 0.0
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    # Kafka ---------------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        await ensure_topics(Settings(kafka_bootstrap=self.bootstrap, namespace=self.namespace))
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=2,
+                                          enable_idempotence=True, max_batch_size=262_144)
+        await self._producer.start()
+        partitions = await self._producer.partitions_for(self.reply_topic)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                          isolation_level="read_committed", fetch_max_wait_ms=20)
+        await self._consumer.start()
+        tps = [TopicPartition(self.reply_topic, p) for p in sorted(partitions)]
+        self._consumer.assign(tps)
+        await self._consumer.seek_to_end(*tps)
+        for tp in tps:  # resolve the end offsets now: no answer to what is sent next is missed
+            await self._consumer.position(tp)
+
+    async def _stop(self) -> None:
+        if self._consumer:
+            await self._consumer.stop()
+        if self._producer:
+            await self._producer.stop()
+
+    async def _read(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100, max_records=2000)
+            now = time.perf_counter()
+            for records in batch.values():
+                for record in records:
+                    self._on_answer(record.value, now)
+
+    def _on_answer(self, value: bytes, now: float) -> None:
+        try:
+            answer = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            self.err_codes["UNREADABLE_ANSWER"] += 1
+            return
+        msgid = str(answer.get("msgid", ""))
+        self.answers[msgid] += 1
+        queue = self._pending.get(msgid)
+        if queue:
+            sent = queue.popleft()
+            if not queue:
+                del self._pending[msgid]
+            self.outstanding -= 1
+            self.latency.append(now - sent)
+            self.answered_at.append(now - self.started)
+            self.last_answer = now
+            self.err_codes[answer.get("err_code") or "ok"] += 1
+            self._room.set()
+            self._answered_any.set()
+        infno, ok = str(answer.get("infno", "")), answer.get("infcode") == 0
+        info = (answer.get("output") or {}).get("setlinfo") or {}
+        if ok and infno in SETTLE_INFNOS and msgid not in self.settled:
+            self.settled[msgid] = Settled(str(info.get("setl_id", "")), yuan_to_fen(info.get("fund_pay_sumamt", "0")),
+                                          yuan_to_fen(info.get("psn_cash_pay", "0")), yuan_to_fen(info.get("acct_pay", "0")))
+        elif ok and infno in CANCEL_INFNOS and info.get("setl_id"):
+            self.cancelled_setl_ids.add(str(info["setl_id"]))
+        for waiting in self._deferred.pop(msgid, []):
+            self._ready.put_nowait(waiting)
+
+    async def _publish(self, msgid: str, value: bytes, key: str | None, kind: str, infno: str = "") -> None:
+        assert self._producer is not None
+        while self.outstanding >= self.pace.window:
+            self._check_reader()
+            self._room.clear()
+            await self._room.wait()
+        now = time.perf_counter()
+        if not self.first_send:
+            self.first_send = now
+        self.last_send = now
+        self._pending.setdefault(msgid, deque()).append(now)
+        self.sends[msgid] += 1
+        self.outstanding += 1
+        self.kinds[kind] += 1
+        self.sent_at.append(now - self.started)
+        if infno in SETTLE_INFNOS:
+            self.settle_msgids.add(msgid)
+        fut = await self._producer.send(self.request_topic, value, key=key.encode() if key else None)
+        fut.add_done_callback(self._delivered)
+
+    def _delivered(self, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self.publish_errors += 1
+
+    async def _send_line(self, line: dict[str, Any]) -> None:
+        op = line["op"]
+        if op == "raw":
+            await self._publish(line["msgid"], line["raw"].encode(), line.get("key"), line["kind"])
+        elif op == "send":
+            request = line["request"]
+            await self._publish(line["msgid"], orjson.dumps(request), line.get("key"), line["kind"], request["infno"])
+        elif op == "cancel":
+            target = line["target"]
+            if target in self.settled:
+                request = line["request"]
+                request["input"]["data"]["setl_id"] = self.settled[target].setl_id
+                self.cancels["sent"] += 1
+                await self._publish(line["msgid"], orjson.dumps(request), line.get("key"), line["kind"], request["infno"])
+            elif self.answers[target]:
+                self.cancels["skipped (target not settled)"] += 1
+            else:
+                self._deferred[target].append(line)
+        else:
+            raise ValueError(f"unknown op {op!r}")
+
+    async def _send_deferred(self) -> None:
+        while True:
+            line = await self._ready.get()
+            await self._send_line(line)
+            self._ready.task_done()
+
+    # Pacing and progress -------------------------------------------------------------------------
+
+    async def _wait_turn(self, index: int, t: float, t0: float) -> None:
+        if self.pace.rate:
+            due = self.started + index / self.pace.rate
+        elif self.pace.speed:
+            due = self.started + (t - t0) / self.pace.speed
+        else:
+            return
+        delay = due - time.perf_counter()
+        if delay > 0.0005:
+            await asyncio.sleep(delay)
+
+    async def _report_progress(self) -> None:
+        tty = sys.stderr.isatty()
+        every = 1.0 if tty else 5.0
+        seen = 0
+        last_n, last_t = 0, time.perf_counter()
+        while True:
+            await asyncio.sleep(every)
+            now = time.perf_counter()
+            n = len(self.latency)
+            # A slice is a copy: a view of the array itself would stop the reader appending to it.
+            recent = np.frombuffer(self.latency[seen:n], dtype=np.float64) if n > seen else None
+            seen = n
+            p50, p99 = (np.percentile(recent, [50, 99]) * 1000) if recent is not None else (0.0, 0.0)
+            rate = (n - last_n) / (now - last_t)
+            last_n, last_t = n, now
+            line = (f"{self.label}[{now - self.started:6.1f}s] sent {sum(self.sends.values()):>7} "
+                    f"answered {n:>7} in flight {self.outstanding:>5} | {rate:7.0f}/s | "
+                    f"p50 {p50:6.1f} ms p99 {p99:7.1f} ms (last {every:.0f}s) | errors "
+                    f"{sum(v for k, v in self.err_codes.items() if k != 'ok')}")
+            print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    # The run -------------------------------------------------------------------------------------
+
+    async def run(self, lines: Iterable[dict[str, Any]]) -> dict[str, Any]:
+        await self._start()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            self.started = time.perf_counter()
+            self._reader = asyncio.create_task(self._read())
+            self._reader.add_done_callback(lambda _: (self._room.set(), self._answered_any.set()))
+            tasks.append(self._reader)
+            tasks.append(asyncio.create_task(self._send_deferred()))
+            if self.progress:
+                tasks.append(asyncio.create_task(self._report_progress()))
+            t0 = None
+            for index, line in enumerate(lines):
+                t0 = line["t"] if t0 is None else t0
+                await self._wait_turn(index, line["t"], t0)
+                await self._send_line(line)
+            assert self._producer is not None
+            await self._producer.flush()
+            await self._drain()
+            await asyncio.sleep(self.grace)  # an answer too many would show up now
+            self.cancels["unsent (target never answered)"] += sum(len(v) for v in self._deferred.values())
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if self.progress:
+                print(file=sys.stderr)
+            await self._stop()
+        return self.result()
+
+    async def _drain(self) -> None:
+        """Wait for every answer owed (and deferred cancellations), giving up after a quiet spell."""
+        quiet_since = time.perf_counter()
+        while self.outstanding or not self._ready.empty():
+            self._check_reader()
+            self._answered_any.clear()
+            try:
+                await asyncio.wait_for(self._answered_any.wait(), 1.0)
+                quiet_since = time.perf_counter()
+            except TimeoutError:
+                if time.perf_counter() - quiet_since > self.drain_timeout:
+                    return
+
+    def _check_reader(self) -> None:
+        if self._reader is not None and self._reader.done() and not self._reader.cancelled():
+            raise RuntimeError("the answer reader stopped") from self._reader.exception()
+
+    # Results -------------------------------------------------------------------------------------
+
+    def exactly_once(self) -> ExactlyOnce:
+        return check_exactly_once(self.sends, self.answers)
+
+    def answer_totals(self) -> Totals:
+        return answer_totals(self.settled, self.cancelled_setl_ids)
+
+    async def ledger_check(self, database_url: str) -> LedgerCheck:
+        return check_ledger(self.answer_totals(), await ledger_totals(database_url, sorted(self.settle_msgids)))
+
+    def result(self) -> dict[str, Any]:
+        lat = np.frombuffer(self.latency, dtype=np.float64)
+        duration = max(1e-9, (self.last_answer or self.last_send) - self.first_send) if self.first_send else 0.0
+        check = self.exactly_once()
+        return {
+            "pace": self.pace.describe(),
+            "sends": sum(self.sends.values()),
+            "answers_matched": len(lat),
+            "duration_s": round(duration, 3),
+            "send_rate_per_s": round(sum(self.sends.values()) / max(1e-9, self.last_send - self.first_send), 1)
+            if self.last_send > self.first_send else None,
+            "throughput_per_s": round(len(lat) / duration, 1) if duration else None,
+            "latency_ms": latency_summary(lat),
+            "err_codes": dict(self.err_codes.most_common()),
+            "kinds_sent": dict(self.kinds.most_common()),
+            "cancellations": dict(self.cancels),
+            "publish_errors": self.publish_errors,
+            "exactly_once": {"ok": check.ok, "summary": check.summary(), "missing": sum(check.missing.values()),
+                             "duplicated": sum(check.duplicated.values()), "unexpected": sum(check.unexpected.values())},
+            "series": series(np.frombuffer(self.answered_at, dtype=np.float64), lat),
+        }
+
+
+def latency_summary(lat: np.ndarray) -> dict[str, float | None]:
+    if not len(lat):
+        return {k: None for k in ("p50", "p95", "p99", "p999", "max", "mean")}
+    p50, p95, p99, p999 = np.percentile(lat, [50, 95, 99, 99.9]) * 1000
+    return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2),
+            "p999": round(float(p999), 2), "max": round(float(lat.max()) * 1000, 2),
+            "mean": round(float(lat.mean()) * 1000, 2)}
+
+
+def series(at: np.ndarray, lat: np.ndarray, step: float | None = None) -> dict[str, list[float]]:
+    """Answers per second and latency percentiles per time slot (1 s, or wider for long runs)."""
+    if not len(at):
+        return {"t": [], "per_s": [], "p50_ms": [], "p95_ms": [], "p99_ms": []}
+    span = float(at.max())
+    step = step or max(1.0, round(span / 300))
+    slot = (at // step).astype(np.int64)
+    out: dict[str, list[float]] = {"t": [], "per_s": [], "p50_ms": [], "p95_ms": [], "p99_ms": []}
+    order = np.argsort(slot, kind="stable")
+    slot, lat = slot[order], lat[order]
+    bounds = np.searchsorted(slot, np.arange(slot.max() + 2))
+    for s in range(len(bounds) - 1):
+        chunk = lat[bounds[s]:bounds[s + 1]]
+        out["t"].append(round((s + 1) * step, 2))
+        out["per_s"].append(round(len(chunk) / step, 1))
+        if len(chunk):
+            p50, p95, p99 = np.percentile(chunk, [50, 95, 99]) * 1000
+            out["p50_ms"].append(round(float(p50), 2))
+            out["p95_ms"].append(round(float(p95), 2))
+            out["p99_ms"].append(round(float(p99), 2))
+        else:
+            for k in ("p50_ms", "p95_ms", "p99_ms"):
+                out[k].append(float("nan"))
+    return out
+
+
+async def ledger_totals(database_url: str, msgids: list[str], chunk: int = 20_000) -> Totals:
+    """Count and sums of the ledger rows in state ``settled`` among ``msgids``."""
+    count = fund = cash = acct = 0
+    conn = await asyncpg.connect(database_url)
+    try:
+        for i in range(0, len(msgids), chunk):
+            row = await conn.fetchrow(
+                """SELECT count(*) AS n, coalesce(sum(fund_pay_sumamt), 0) AS fund,
+                          coalesce(sum(psn_cash_pay), 0) AS cash, coalesce(sum(acct_pay), 0) AS acct
+                   FROM clearing.ledger WHERE state = 'settled' AND msgid = ANY($1::text[])""",
+                msgids[i:i + chunk],
+            )
+            count += row["n"]
+            fund += yuan_to_fen(row["fund"])
+            cash += yuan_to_fen(row["cash"])
+            acct += yuan_to_fen(row["acct"])
+    finally:
+        await conn.close()
+    return Totals(count, fund, cash, acct)
+
+
+async def replay_file(path: Path, *, bootstrap: str, namespace: str, pace: Pace, database_url: str | None = None,
+                      label: str = "", progress: bool = True) -> dict[str, Any]:
+    """Replay a day file; with ``database_url`` also compare the ledger to the answers."""
+    replay = Replay(bootstrap, namespace, pace, label=label, progress=progress)
+    result = await replay.run(read_lines(path))
+    if database_url:
+        ledger = await replay.ledger_check(database_url)
+        result["ledger"] = {"ok": ledger.ok, "summary": ledger.summary(), "answers": ledger.answers.as_yuan(),
+                            "ledger": ledger.ledger.as_yuan()}
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.replay", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("day", type=Path, help="day.jsonl from loadtest.generator")
+    parser.add_argument("--bootstrap", default=os.environ.get("YIDI_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
+    parser.add_argument("--namespace", default=os.environ.get("YIDI_NAMESPACE", ""))
+    pace = parser.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, help="the day's clock × SPEED (1 = real time)")
+    pace.add_argument("--rate", type=float, help="a fixed number of requests per second")
+    pace.add_argument("--max", action="store_true", help="as fast as the window allows (default)")
+    parser.add_argument("--window", type=int, default=2000, help="most answers outstanding at once")
+    parser.add_argument("--ledger", action="store_true", help="compare the ledger's totals to the answers'")
+    parser.add_argument("--database-url", default=os.environ.get("YIDI_DATABASE_URL", "postgresql://yidi@127.0.0.1:15432/yidi"))
+    parser.add_argument("--out", type=Path, help="write the result as JSON here")
+    args = parser.parse_args(argv)
+    result = asyncio.run(replay_file(
+        args.day, bootstrap=args.bootstrap, namespace=args.namespace,
+        pace=Pace(speed=args.speed, rate=args.rate, window=args.window),
+        database_url=args.database_url if args.ledger else None,
+    ))
+    shown = {k: v for k, v in result.items() if k != "series"}
+    print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+    if args.out:
+        args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    ok = result["exactly_once"]["ok"] and result.get("ledger", {}).get("ok", True)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,263 @@
+"""The bench's report: targets judged, a PNG of latency and throughput over time, a Markdown entry."""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY_SETTLEMENTS = 650_000
+SERVICE_NAMES = ("filing", "eligibility", "pricing", "clearing")
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+        mem_kib = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                       if line.startswith("MemTotal"))
+    except (OSError, StopIteration, ValueError):
+        mem_kib = 0
+    return {"nproc": os.cpu_count(), "memory_gib": round(mem_kib / 2**20, 1), "cpu_model": model or platform.processor(),
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+def commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return head + (" (with uncommitted changes)" if dirty else "")
+
+
+def _p99(run: dict[str, Any] | None) -> float | None:
+    return (run or {}).get("latency_ms", {}).get("p99")
+
+
+def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the issue, what was measured, and whether it is met (None: not measured)."""
+    runs = report["runs"]
+    rate100, full, bare, fast = runs.get("rate_100"), runs.get("max"), runs.get("reference"), runs.get("rate_2000")
+    tput = (full or {}).get("throughput_per_s")
+    bare_tput = (bare or {}).get("throughput_per_s")
+    out = []
+    p99 = _p99(rate100)
+    measured = f"p99 {p99} ms at {rate100['throughput_per_s']}/s" if rate100 else "not run"
+    floors = [f"{label} {_p99(runs[name])} ms" for name, label in
+              (("reference_rate_100", "bare pipeline"), ("reference_rate_100_tuned", "bare pipeline, tuned clients"))
+              if name in runs]
+    if floors:
+        measured += " (p99 at 100/s of the " + "; ".join(floors) + ")"
+    out.append({"target": "p99 < 50 ms at 100/s", "measured": measured, "met": None if p99 is None else p99 < 50})
+    if fast:
+        p = _p99(fast)
+        out.append({"target": "p99 < 250 ms at 2,000/s sustained",
+                    "measured": f"p99 {p} ms at {fast['throughput_per_s']}/s", "met": p is not None and p < 250})
+    else:
+        out.append({"target": "p99 < 250 ms at 2,000/s sustained",
+                    "measured": f"2,000/s not reachable: at most {tput}/s sustained" if tput else "not run",
+                    "met": None if tput is None else False})
+    if tput:
+        minutes = DAY_SETTLEMENTS / tput / 60
+        out.append({"target": "a 650,000-settlement day in < 6 minutes",
+                    "measured": f"{minutes:.1f} minutes at {tput}/s (projected from {full['sends']} requests)",
+                    "met": minutes < 6})
+    else:
+        out.append({"target": "a 650,000-settlement day in < 6 minutes", "measured": "not run", "met": None})
+    if tput and bare_tput:
+        share = tput / bare_tput
+        out.append({"target": "throughput ≥ half of the bare pipeline's",
+                    "measured": f"{share:.0%} ({tput}/s vs {bare_tput}/s)", "met": share >= 0.5})
+    else:
+        out.append({"target": "throughput ≥ half of the bare pipeline's", "measured": "not run", "met": None})
+    rss = report.get("rss_max_mib", {})
+    worst = max((rss.get(s, 0.0) for s in SERVICE_NAMES), default=0.0)
+    out.append({"target": "each service < 150 MiB RSS",
+                "measured": ", ".join(f"{s} {rss[s]}" for s in SERVICE_NAMES if s in rss) + " MiB" if rss else "not run",
+                "met": None if not rss else worst < 150})
+    return out
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = report["runs"]
+    fig, axes = plt.subplots(3, 1, figsize=(11, 11), constrained_layout=True)
+    ax = axes[0]
+    for name, label in (("max", "Yidi"), ("reference", "bare pipeline")):
+        s = runs.get(name, {}).get("series")
+        if s and s["t"]:
+            # Answers come a committed batch at a time: a 5-slot moving average shows the rate, not the batches.
+            per_s = s["per_s"]
+            smooth = [sum(per_s[max(0, i - 4):i + 1]) / len(per_s[max(0, i - 4):i + 1]) for i in range(len(per_s))]
+            ax.plot(s["t"], smooth, label=f"{label} ({runs[name]['throughput_per_s']}/s overall)")
+    ax.set_title("Throughput, as fast as possible (answers per second, moving average of 5 slots)")
+    ax.set_xlabel("seconds since the first request")
+    ax.set_ylabel("answers/s")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    for ax, name, title in ((axes[1], "max", "Latency over time, as fast as possible"),
+                            (axes[2], "rate_100", "Latency over time at 100 requests/s")):
+        s = runs.get(name, {}).get("series")
+        if s and s["t"]:
+            for key, label in (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99")):
+                values = [math.nan if v is None else v for v in s[key]]
+                ax.plot(s["t"], values, label=label)
+            ax.set_yscale("log")
+        ax.set_title(f"{title} (publish → answer read, ms)")
+        ax.set_xlabel("seconds since the first request")
+        ax.set_ylabel("ms")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.suptitle(f"Yidi bench {report['started']} — commit {report['commit']}")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _yes(met: bool | None) -> str:
+    return "n/a" if met is None else ("yes" if met else "**no**")
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m, runs = report["machine"], report["runs"]
+    lines = [
+        f"## {report['started']} — commit {report['commit']}",
+        "",
+        f"- Machine: {m['nproc']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}",
+        f"- Command: `{report['command']}`",
+        f"- Load: {report['load_summary']}",
+        f"- Results: `{report['results_dir']}` (report.json, report.png)",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {t['target']} | {t['measured']} | {_yes(t['met'])} |" for t in report["targets"]]
+    lines += ["", "| run | requests | throughput/s | p50 ms | p95 ms | p99 ms | max ms | exactly once | ledger |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for name, run in runs.items():
+        lat = run.get("latency_ms", {})
+        ledger = run.get("ledger", {}).get("ok")
+        lines.append(f"| {name} ({run['pace']}) | {run['sends']} | {run['throughput_per_s']} | {lat.get('p50')} | "
+                     f"{lat.get('p95')} | {lat.get('p99')} | {lat.get('max')} | {_yes(run['exactly_once']['ok'])} | "
+                     f"{'n/a' if ledger is None else _yes(ledger)} |")
+    errors = runs.get("max", {}).get("err_codes")
+    if errors:
+        lines += ["", "Answers of the max run by err_code: " + ", ".join(f"{k} {v}" for k, v in errors.items())]
+    stages = runs.get("max", {}).get("stages")
+    if stages:
+        lines += ["", "Per stage, max run (from yidi_stage_batch_seconds / yidi_stage_batch_size):", "",
+                  "| stage | batches | mean batch ms | mean batch size | ms per record | busy s |", "|---|---|---|---|---|---|"]
+        for stage, s in stages.items():
+            lines.append(f"| {stage} | {s['batches']} | {s['mean_batch_ms']} | {s['mean_batch_size']} | "
+                         f"{s['ms_per_record']} | {s['busy_s']} |")
+    res = runs.get("max", {}).get("resources")
+    if res:
+        lines += ["", "Processes during the max run (psutil; Postgres = postmaster + backends, RSS summed):", "",
+                  "| process | RSS max MiB | CPU s |", "|---|---|---|"]
+        for name, r in res.items():
+            lines.append(f"| {name} | {r['rss_max_mib']} | {r['cpu_s']} |")
+    elig = report.get("eligibility")
+    if elig:
+        lines += ["", f"Eligibility handler in-process, batches of {elig['batch_size']}: "
+                      f"**{elig['redis_warm']['decisions_per_s']:.0f} decisions/s with Redis warm**, "
+                      f"**{elig['redis_down']['decisions_per_s']:.0f}/s with Redis down** "
+                      f"({elig['redis_warm']['ms_per_batch']} vs {elig['redis_down']['ms_per_batch']} ms per batch)."]
+    prof = report.get("profile")
+    if prof:
+        lines += ["", f"Profile (py-spy record, {prof['seconds']} s of a max-rate replay; share of samples; raw stacks in the results folder):", ""]
+        for service, frames in prof["services"].items():
+            if "error" in frames:
+                lines.append(f"- {service}: py-spy failed: {frames['error'][-200:]}")
+                continue
+            packages = ", ".join(f"{f} {p}%" for f, p in frames.get("by_package", [])[:7])
+            project = ", ".join(f"`{f}` {p}%" for f, p in frames.get("project_inclusive", [])[2:9])
+            lines.append(f"- **{service}** by package: {packages}")
+            lines.append(f"  - inclusive, own code: {project}")
+    if report.get("notes"):
+        lines += [""] + [f"- {n}" for n in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def headline(report: dict[str, Any]) -> str:
+    runs = report["runs"]
+    full, bare, r100 = runs.get("max", {}), runs.get("reference", {}), runs.get("rate_100", {})
+    out = [f"Yidi bench — commit {report['commit']} — {report['results_dir']}"]
+    if full:
+        lat = full["latency_ms"]
+        out.append(f"  as fast as possible: {full['throughput_per_s']}/s over {full['sends']} requests; "
+                   f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms (window {report['window']})")
+    if r100:
+        lat = r100["latency_ms"]
+        out.append(f"  at 100/s: p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms")
+    if full and bare:
+        out.append(f"  bare pipeline: {bare['throughput_per_s']}/s → Yidi is "
+                   f"{full['throughput_per_s'] / bare['throughput_per_s']:.0%} of it")
+    rss = report.get("rss_max_mib", {})
+    if rss:
+        out.append("  RSS max (MiB): " + ", ".join(f"{k} {v}" for k, v in rss.items()))
+    elig = report.get("eligibility")
+    if elig:
+        out.append(f"  eligibility: {elig['redis_warm']['decisions_per_s']:.0f} decisions/s Redis warm, "
+                   f"{elig['redis_down']['decisions_per_s']:.0f}/s Redis down")
+    for t in report["targets"]:
+        out.append(f"  [{ {True: 'met', False: 'NOT met', None: 'n/a'}[t['met']] }] {t['target']}: {t['measured']}")
+    return "\n".join(out)
+
+
+BENCHMARKS_HEADER = """# Benchmarks
+
+Each entry is one run of `make bench` (loadtest/bench.py), appended by the run itself; the
+section below says how the figures are measured.
+
+## How to read an entry
+
+- **Load**: a generated day (loadtest/generator.py): 5 % inpatient (2304, bills ≈ 22,470 yuan),
+  64 % general outpatient (2207/11, ≈ 241 yuan), 4 % chronic outpatient (2207/14, the five
+  cross-province diseases), 27 % pharmacy (2207/41), with clinic-hour peaks; plus 2 %
+  pre-settlements, 0.5 % duplicates (same msgid resent), 0.5 % cancellations (sent once the
+  settlement's answer gave its setl_id), 0.2 % malformed requests. About 1.5 % of persons have
+  no filing, so their settlements are refused NOT_FILED.
+- **Runs**: `rate_100` publishes at a fixed 100 requests/s (the latency target); `max` publishes
+  as fast as a window of 2,000 outstanding answers allows (throughput; its latency is mostly
+  queueing in that window, so read latency from the fixed-rate run); `reference` is the bare
+  pipeline (loadtest/reference_pipeline.py: the same three transactional hops doing no work)
+  under the same day, in the same bench, on the same machine; `reference_rate_100` is the bare
+  pipeline at 100/s (the floor the Kafka mechanics set for latency), and
+  `reference_rate_100_tuned` the same with the client settings proposed for the stages
+  (producer `retry_backoff_ms=10`, consumer `fetch_max_wait_ms=10`).
+- **Latency** is publish → answer read by the replay's one reader (read_committed), per send,
+  exact percentiles over every answer. **Throughput** is answers / (last answer − first send).
+- **Checks**: every send got exactly one answer (a duplicate request owes its own), and the
+  ledger's rows in state `settled` for the run's msgids add up (count, fund, cash, account) to the
+  answers' totals less the cancelled ones.
+- The 650,000-a-day figure is a projection from the `max` run's throughput, not a full replay;
+  `python -m loadtest.generator --settlements 650000` and `python -m loadtest.replay` do the full
+  day when there is time for it.
+- The services run with their default settings (batches of up to 500) as separate processes, in
+  a fresh namespace per run, on the same 2-core machine as Kafka, Postgres, Redis and the replay
+  itself: every figure includes that contention.
+
+"""
+
+
+def append_benchmarks(path: Path, entry: str) -> None:
+    text = path.read_text() if path.exists() else BENCHMARKS_HEADER
+    if not text.endswith("\n\n"):
+        text = text.rstrip("\n") + "\n\n"
+    path.write_text(text + entry)
+
+
+def stamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -1,0 +1,52 @@
+"""A smoke-sized replay: a small generated day through the four services, every answer and the ledger checked."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from loadtest.generator import DayOptions, day_lines, write_refdata
+from loadtest.replay import Pace, Replay
+from loadtest.world import World
+from yidi.platform.kafka import ensure_topics
+from yidi.refdata.loader import load
+
+from tests.e2e.system import ROOT, SERVICES, System
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_a_small_day_is_answered_exactly_once_and_the_ledger_matches_the_answers(settings, tmp_path):
+    started = time.monotonic()
+    # A namespace of its own: the e2e suite's services may be running in the session's namespace.
+    s = settings.model_copy(update={"namespace": f"{settings.namespace}replay."})
+    log_dir = ROOT / ".local" / "log" / "e2e"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    await ensure_topics(s)
+    system = System(s, log_dir)
+    for service in SERVICES:
+        system.start(service)
+    try:
+        await system.wait_ready(timeout=45)
+        world = World(persons=60, seed=5, run_id="S" + uuid.uuid4().hex[:9].upper())
+        write_refdata(world, tmp_path / "refdata.json")
+        await load(str(tmp_path / "refdata.json"), bootstrap=s.kafka_bootstrap, namespace=s.namespace, wait=30)
+        options = DayOptions(settlements=180, seed=5, pre_settlements=0.05, cancellations=0.05, duplicates=0.05,
+                             malformed=0.05)
+        replay = Replay(s.kafka_bootstrap, s.namespace, Pace(window=500), progress=False, drain_timeout=20, grace=1.0)
+        result = await replay.run(day_lines(world, options))
+        ledger = await replay.ledger_check(s.database_url)
+    finally:
+        system.stop_all()
+
+    assert result["exactly_once"]["ok"], result["exactly_once"]["summary"]
+    assert ledger.ok, ledger.summary()
+    assert 190 <= result["sends"] <= 260
+    kinds, errors = result["kinds_sent"], result["err_codes"]
+    assert kinds["duplicate"] and kinds["pre-settlement"] and (kinds.get("malformed-json", 0) + kinds.get("invalid-sum", 0))
+    assert result["cancellations"]["sent"] >= 1
+    assert errors["INVALID_INPUT"] >= 1 and errors["ok"] > 150
+    assert ledger.answers.count == len(replay.settled) - result["cancellations"]["sent"]
+    assert time.monotonic() - started < 60

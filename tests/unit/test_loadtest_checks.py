@@ -1,0 +1,79 @@
+"""The replay's verdicts: they pass when every send got one answer and the ledger agrees, and fail otherwise."""
+
+from __future__ import annotations
+
+import pytest
+
+from loadtest.checks import (
+    Settled,
+    Totals,
+    answer_totals,
+    check_exactly_once,
+    check_ledger,
+    fen_to_yuan,
+    yuan_to_fen,
+)
+
+SENT = ["M1", "M2", "M3"]
+
+
+def test_one_answer_per_send_is_exactly_once():
+    result = check_exactly_once(SENT, ["M2", "M1", "M3"])
+    assert result.ok
+    assert (result.sends, result.answers) == (3, 3)
+
+
+def test_a_dropped_answer_fails_the_check():
+    result = check_exactly_once(SENT, ["M1", "M3"])
+    assert not result.ok
+    assert result.missing == {"M2": 1}
+    assert "missing 1" in result.summary()
+
+
+def test_a_duplicated_answer_fails_the_check():
+    result = check_exactly_once(SENT, ["M1", "M2", "M2", "M3"])
+    assert not result.ok
+    assert result.duplicated == {"M2": 1}
+    assert "duplicated 1" in result.summary()
+
+
+def test_a_request_sent_twice_owes_two_answers():
+    sends = ["M1", "M2", "M2"]  # M2 resent under the same msgid
+    assert check_exactly_once(sends, ["M1", "M2", "M2"]).ok
+    assert check_exactly_once(sends, ["M1", "M2"]).missing == {"M2": 1}
+    assert check_exactly_once(sends, ["M1", "M2", "M2", "M2"]).duplicated == {"M2": 1}
+
+
+def test_an_answer_to_a_request_never_sent_fails_the_check():
+    result = check_exactly_once(SENT, ["M1", "M2", "M3", "OTHER"])
+    assert not result.ok
+    assert result.unexpected == {"OTHER": 1}
+
+
+def test_counts_per_msgid_are_accepted_as_well_as_lists():
+    assert check_exactly_once({"M1": 2}, {"M1": 2}).ok
+    assert not check_exactly_once({"M1": 2}, {"M1": 1}).ok
+
+
+def test_answer_totals_leave_out_cancelled_settlements():
+    settled = {"M1": Settled("S1", 4889, 1540, 0), "M2": Settled("S2", 10000, 2000, 500),
+               "M3": Settled("S3", 1, 2, 3)}
+    assert answer_totals(settled, ["S2"]) == Totals(2, 4890, 1542, 3)
+    assert answer_totals(settled, []) == Totals(3, 14890, 3542, 503)
+
+
+def test_the_ledger_check_passes_only_when_count_and_every_sum_agree():
+    answers = Totals(2, 4890, 1542, 3)
+    assert check_ledger(answers, Totals(2, 4890, 1542, 3)).ok
+    for wrong in (Totals(3, 4890, 1542, 3), Totals(2, 4891, 1542, 3), Totals(2, 4890, 1541, 3), Totals(2, 4890, 1542, 0)):
+        check = check_ledger(answers, wrong)
+        assert not check.ok
+        assert "ledger ≠ answers" in check.summary()
+
+
+def test_amounts_convert_between_yuan_and_fen_exactly():
+    assert yuan_to_fen("48.89") == 4889
+    assert yuan_to_fen("0") == 0
+    assert fen_to_yuan(4889) == "48.89" and fen_to_yuan(-5) == "-0.05"
+    with pytest.raises(ValueError, match="two decimals"):
+        yuan_to_fen("1.005")

@@ -1,0 +1,178 @@
+"""The day generator: deterministic, the national mix and bill averages, requests the contracts accept."""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from collections import Counter
+from datetime import date
+from typing import Any
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from loadtest.bills import MIX
+from loadtest.generator import DayOptions, day_lines, hour_counts, write_day, write_refdata
+from loadtest.world import UNLISTED_CODE, World
+from yidi.contracts.envelope import Infno, RequestEnvelope
+from yidi.contracts.filing import FilingRequest
+from yidi.contracts.settlement import CancelInput, SettlementInput
+from yidi.platform.replies import recover_ids
+from yidi.refdata.loader import validate
+
+SETTLEMENTS = 20_000
+SETTLEMENT_KINDS = {k.name for k in MIX}
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World(persons=4000, seed=7, run_id="UT7")
+
+
+@pytest.fixture(scope="module")
+def lines(world: World) -> list[dict[str, Any]]:
+    options = DayOptions(settlements=SETTLEMENTS, seed=7, pre_settlements=0.02, cancellations=0.01,
+                         duplicates=0.01, malformed=0.01)
+    return list(day_lines(world, options))
+
+
+def settlements(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [ln for ln in lines if ln["kind"] in SETTLEMENT_KINDS]
+
+
+def test_the_same_seed_writes_the_same_bytes_and_another_seed_does_not(tmp_path):
+    def files(seed: int, folder: str) -> tuple[bytes, bytes]:
+        out = tmp_path / folder
+        out.mkdir()
+        world = World(persons=300, seed=seed, run_id="SAME")
+        options = DayOptions(settlements=2000, seed=seed, pre_settlements=0.05, cancellations=0.05,
+                             duplicates=0.05, malformed=0.05)
+        write_refdata(world, out / "refdata.json")
+        write_day(world, options, out / "day.jsonl")
+        return (out / "refdata.json").read_bytes(), (out / "day.jsonl").read_bytes()
+
+    first, again, other = files(3, "a"), files(3, "b"), files(4, "c")
+    assert first == again
+    assert first[1] != other[1] and first[0] != other[0]
+
+
+def test_the_day_has_the_requested_number_of_settlements_in_time_order(lines):
+    assert len(settlements(lines)) == SETTLEMENTS
+    times = [ln["t"] for ln in lines]
+    assert times == sorted(times)
+    assert 0 <= times[0] and times[-1] < 86_400
+
+
+def test_the_mix_follows_the_national_shares_within_one_point(lines):
+    kinds = Counter(ln["kind"] for ln in settlements(lines))
+    for kind in MIX:
+        assert abs(kinds[kind.name] / SETTLEMENTS - kind.share) < 0.01, (kind.name, kinds[kind.name])
+
+
+def test_each_kind_uses_its_transaction_and_medical_category(lines):
+    expected = {k.name: (k.infno, k.med_type) for k in MIX}
+    for ln in settlements(lines):
+        request = ln["request"]
+        assert (request["infno"], request["input"]["data"]["med_type"]) == expected[ln["kind"]]
+
+
+def test_bill_averages_match_the_national_figures(lines):
+    totals: dict[str, list[float]] = {k.name: [] for k in MIX}
+    for ln in settlements(lines):
+        totals[ln["kind"]].append(float(ln["request"]["input"]["data"]["medfee_sumamt"]))  # a statistic, not money
+    inpatient, outpatient = statistics.mean(totals["inpatient"]), statistics.mean(totals["outpatient"])
+    assert abs(inpatient / 22_470 - 1) < 0.10, inpatient
+    assert abs(outpatient / 241 - 1) < 0.05, outpatient
+    assert statistics.mean(totals["pharmacy"]) < outpatient < statistics.mean(totals["chronic"])
+
+
+def test_clinic_hours_carry_most_of_the_day(lines):
+    hours = Counter(int(ln["t"] // 3600) for ln in settlements(lines))
+    clinic = sum(hours[h] for h in (8, 9, 10, 14, 15, 16))
+    night = sum(hours[h] for h in range(0, 6))
+    assert clinic / SETTLEMENTS > 0.5
+    assert night / SETTLEMENTS < 0.02
+    assert sum(hour_counts(650_000)) == 650_000
+
+
+def test_every_request_validates_against_the_contracts(lines):
+    for ln in lines:
+        if ln["op"] == "raw" or ln["kind"] == "invalid-sum":
+            continue
+        request = RequestEnvelope.model_validate(ln["request"])
+        assert request.msgid == ln["msgid"] and request.data["psn_no"] == ln["key"]
+        if request.infno.prices_a_bill:
+            body = SettlementInput.model_validate(request.data)
+            assert len(body.feedetail) >= 1
+        else:
+            assert request.infno in (Infno.OUTPATIENT_CANCEL, Infno.INPATIENT_CANCEL)
+            CancelInput.model_validate(request.data | {"setl_id": "S1"})  # the replay fills setl_id in
+
+
+def test_malformed_requests_are_refused_by_the_contracts_but_keep_a_recoverable_msgid(lines):
+    raw = [ln for ln in lines if ln["kind"] == "malformed-json"]
+    sums = [ln for ln in lines if ln["kind"] == "invalid-sum"]
+    assert raw and sums
+    for ln in raw:
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(ln["raw"])
+        assert recover_ids(ln["raw"].encode())[0] == ln["msgid"]
+    for ln in sums:
+        with pytest.raises(ValidationError, match="sum of the details"):
+            SettlementInput.model_validate(RequestEnvelope.model_validate(ln["request"]).data)
+
+
+def test_duplicates_resend_an_earlier_request_and_cancellations_target_an_earlier_settlement(lines):
+    seen: dict[str, dict[str, Any]] = {}
+    duplicates = cancellations = 0
+    for ln in lines:
+        if ln["kind"] == "duplicate":
+            duplicates += 1
+            assert seen[ln["msgid"]] == ln["request"]
+        elif ln["op"] == "cancel":
+            cancellations += 1
+            target = seen[ln["target"]]
+            assert target["infno"] in ("2207", "2304")
+            assert ln["request"]["input"]["data"]["mdtrt_id"] == target["input"]["data"]["mdtrt_id"]
+        elif ln["op"] == "send":
+            assert ln["msgid"] not in seen, "a new request has a new msgid"
+            seen[ln["msgid"]] = ln["request"]
+    assert 0.005 < duplicates / SETTLEMENTS < 0.015 and 0.005 < cancellations / SETTLEMENTS < 0.015
+
+
+def test_the_reference_data_validates_and_covers_every_request(world, lines):
+    data = world.refdata()
+    parsed = validate(data)
+    assert len(parsed["persons"]) == 4000
+    persons = {p["psn_no"]: p for p in data["persons"]}
+    facilities = {f["fixmedins_code"]: f for f in data["facilities"]}
+    catalogue = {(c["mdtrtarea_admvs"], c["hilist_code"]) for c in data["catalogue"]}
+    policies = {(p["insuplc_admdvs"], p["insutype"]) for p in data["policies"]}
+    filings = {(f["psn_no"], f["filed_admdvs"]): FilingRequest.model_validate(f) for f in data["filings"]}
+    filed = 0
+    for ln in settlements(lines):
+        request, data_ = ln["request"], ln["request"]["input"]["data"]
+        person, facility = persons[data_["psn_no"]], facilities[request["fixmedins_code"]]
+        assert facility["admdvs"] == request["mdtrtarea_admvs"] and data_["med_type"] in facility["med_types"]
+        assert (person["insuplc_admdvs"], person["insutype"]) == (request["insuplc_admdvs"], data_["insutype"])
+        assert (request["insuplc_admdvs"], data_["insutype"]) in policies
+        assert all((request["mdtrtarea_admvs"], d["hilist_code"]) in catalogue
+                   for d in data_["feedetail"] if d["hilist_code"] != UNLISTED_CODE)
+        if data_["med_type"] == "14":
+            assert data_["dise_codg"].startswith(tuple(person["chronic_qualifications"]))
+        filing = filings.get((data_["psn_no"], request["mdtrtarea_admvs"]))
+        if filing is not None:
+            filed += 1
+            day = date.fromisoformat(request["inf_time"][:10])
+            assert filing.begndate <= day and (filing.enddate is None or day <= filing.enddate)
+    assert filed / SETTLEMENTS > 0.97  # nearly all settle
+
+
+def test_the_day_streams_without_building_it_first():
+    world = World(persons=50, seed=1)
+    started = time.perf_counter()
+    first = list(itertools.islice(day_lines(world, DayOptions(settlements=650_000)), 100))
+    assert len(first) == 100
+    assert time.perf_counter() - started < 5  # an hour's send times at most, not 650,000 requests

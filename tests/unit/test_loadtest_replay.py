@@ -1,0 +1,145 @@
+"""The replay's bookkeeping without Kafka: answers matched to sends, cancellations sent after their target's answer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+
+from loadtest.observe import parse_metrics, stage_deltas, top_frames
+from loadtest.replay import Pace, Replay, series
+from loadtest.report import judge
+
+
+class FakeProducer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes | None]] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[None]:
+        self.sent.append((topic, value, key))
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut
+
+
+def replay() -> tuple[Replay, FakeProducer]:
+    r = Replay("unused:0", "ns.", Pace(window=100), progress=False)
+    producer = FakeProducer()
+    r._producer = producer  # type: ignore[assignment]
+    return r, producer
+
+
+def settle_line(msgid: str, kind: str = "outpatient") -> dict[str, Any]:
+    return {"t": 1.0, "op": "send", "kind": kind, "msgid": msgid, "key": "P1",
+            "request": {"infno": "2207", "msgid": msgid, "input": {"data": {"psn_no": "P1"}}}}
+
+
+def cancel_line(msgid: str, target: str) -> dict[str, Any]:
+    return {"t": 2.0, "op": "cancel", "kind": "cancellation", "msgid": msgid, "key": "P1", "target": target,
+            "request": {"infno": "2208", "msgid": msgid, "input": {"data": {"psn_no": "P1", "mdtrt_id": "V1", "setl_id": ""}}}}
+
+
+def answer(msgid: str, infno: str = "2207", ok: bool = True, setl_id: str = "S1") -> bytes:
+    info = {"setl_id": setl_id, "fund_pay_sumamt": "48.89", "psn_cash_pay": "15.40", "acct_pay": "0.00"}
+    return orjson.dumps({"msgid": msgid, "infno": infno, "infcode": 0 if ok else -1,
+                         "err_code": None if ok else "NOT_FILED", "output": {"setlinfo": info} if ok else {}})
+
+
+async def test_each_answer_is_matched_to_a_send_and_timed():
+    r, producer = replay()
+    await r._send_line(settle_line("M1"))
+    await r._send_line(settle_line("M1", kind="duplicate"))
+    assert r.outstanding == 2 and len(producer.sent) == 2
+    r._on_answer(answer("M1"), r.started + 10.0)
+    r._on_answer(answer("M1"), r.started + 10.0)
+    assert r.outstanding == 0 and len(r.latency) == 2
+    assert r.exactly_once().ok
+    assert r.answer_totals().count == 1  # a duplicate's answer is the same settlement
+
+
+async def test_a_cancellation_waits_for_its_target_and_carries_its_setl_id():
+    r, producer = replay()
+    await r._send_line(settle_line("M1"))
+    await r._send_line(cancel_line("C1", "M1"))
+    assert len(producer.sent) == 1, "the cancellation needs the target's setl_id first"
+    r._on_answer(answer("M1", setl_id="S-M1"), 0.0)
+    line = r._ready.get_nowait()
+    await r._send_line(line)
+    sent = orjson.loads(producer.sent[-1][1])
+    assert (sent["infno"], sent["input"]["data"]["setl_id"]) == ("2208", "S-M1")
+    r._on_answer(answer("C1", infno="2208", setl_id="S-M1"), 0.0)
+    assert r.exactly_once().ok
+    assert r.answer_totals().count == 0  # settled, then cancelled
+
+
+async def test_a_cancellation_of_a_refused_settlement_is_skipped_not_owed():
+    r, producer = replay()
+    await r._send_line(settle_line("M1"))
+    r._on_answer(answer("M1", ok=False), 0.0)
+    await r._send_line(cancel_line("C1", "M1"))
+    assert len(producer.sent) == 1
+    assert r.cancels["skipped (target not settled)"] == 1
+    assert r.exactly_once().ok
+
+
+async def test_an_extra_answer_makes_the_replay_fail_its_check():
+    r, _ = replay()
+    await r._send_line(settle_line("M1"))
+    r._on_answer(answer("M1"), 0.0)
+    r._on_answer(answer("M1"), 0.0)
+    assert r.exactly_once().duplicated == {"M1": 1}
+
+
+def test_series_has_answers_per_second_and_percentiles():
+    import numpy as np
+
+    at = np.array([0.1, 0.2, 1.5, 1.6, 1.7])
+    lat = np.array([0.010, 0.020, 0.030, 0.040, 0.050])
+    s = series(at, lat, step=1.0)
+    assert s["per_s"] == [2.0, 3.0]
+    assert s["p50_ms"][1] == 40.0
+
+
+METRICS_BEFORE = """
+# HELP yidi_stage_batch_seconds x
+yidi_stage_batch_seconds_sum{stage="pricing"} 1.0
+yidi_stage_batch_seconds_count{stage="pricing"} 10.0
+yidi_stage_batch_size_sum{stage="pricing"} 100.0
+"""
+METRICS_AFTER = """
+yidi_stage_batch_seconds_sum{stage="pricing"} 3.0
+yidi_stage_batch_seconds_count{stage="pricing"} 20.0
+yidi_stage_batch_size_sum{stage="pricing"} 1100.0
+yidi_stage_batch_seconds_count{stage="idle"} 0.0
+yidi_stage_retries_total{stage="pricing",reason="TransientError"} 2.0
+"""
+
+
+def test_stage_deltas_give_the_mean_batch_between_two_scrapes():
+    deltas = stage_deltas(parse_metrics(METRICS_BEFORE), parse_metrics(METRICS_AFTER))
+    assert deltas == {"pricing": {"batches": 10, "records": 1000, "mean_batch_ms": 200.0, "mean_batch_size": 100.0,
+                                  "ms_per_record": 2.0, "busy_s": 2.0, "retries": 2}}
+
+
+def test_top_frames_groups_py_spy_samples_by_package(tmp_path):
+    stacks = tmp_path / "stacks.txt"
+    stacks.write_text(
+        "main (services/pricing/__main__.py:7);_price (services/pricing/handlers.py:20);"
+        "model_validate (pydantic/main.py:600) 3\n"
+        "main (services/pricing/__main__.py:7);select (selectors.py:468) 1\n"
+    )
+    frames = top_frames(stacks)
+    assert frames["by_package"][0] == ("pydantic (validate, dump)", 75.0)
+    assert ("_price (pricing/handlers.py)", 75.0) in frames["project_inclusive"]
+
+
+def test_targets_are_judged_from_the_runs():
+    run = {"sends": 1000, "throughput_per_s": 100.0, "latency_ms": {"p99": 40.0}}
+    report = {"runs": {"rate_100": run, "max": run | {"throughput_per_s": 3000.0}, "reference": run | {"throughput_per_s": 4000.0}},
+              "rss_max_mib": {"filing": 50.0, "eligibility": 160.0, "pricing": 80.0, "clearing": 70.0}}
+    met = {t["target"]: t["met"] for t in judge(report)}
+    assert met["p99 < 50 ms at 100/s"] is True
+    assert met["a 650,000-settlement day in < 6 minutes"] is True
+    assert met["throughput ≥ half of the bare pipeline's"] is True
+    assert met["each service < 150 MiB RSS"] is False
