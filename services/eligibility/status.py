@@ -1,0 +1,50 @@
+"""``yidi-region-status``: which insured regions are down now, which will be, and when each
+comes back (R19) — read from eligibility's mirror of platform.region-status.
+
+    yidi-region-status                 # now
+    yidi-region-status --at "2026-11-24T02:30:00+08:00"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from yidi.platform.db import create_pool
+from yidi.platform.settings import Settings
+
+from services.eligibility.repository import EligibilityRepository
+
+
+def region_status(windows: list[dict[str, Any]], at: datetime) -> dict[str, list[dict[str, str]]]:
+    """Split open windows into those covering ``at`` (down now) and those still to come."""
+    down, planned = [], []
+    for w in windows:
+        entry = {"admdvs": w["admdvs"], "from": w["starts_at"].isoformat(), "until": w["ends_at"].isoformat(),
+                 "reason": w["reason"], "status_id": w["status_id"]}
+        (down if w["starts_at"] <= at < w["ends_at"] else planned).append(entry)
+    return {"at": at.isoformat(), "down_now": down, "planned": planned}  # type: ignore[dict-item]
+
+
+async def current(settings: Settings, at: datetime) -> dict[str, Any]:
+    pool = await create_pool(settings.database_url, size=1)
+    try:
+        return region_status(await EligibilityRepository(pool).all_outages(at), at)
+    finally:
+        await pool.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="yidi-region-status", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--at", type=datetime.fromisoformat, default=None, help="an ISO time with its zone")
+    args = parser.parse_args(argv)
+    at = args.at or datetime.now(UTC)
+    print(json.dumps(asyncio.run(current(Settings(), at)), ensure_ascii=False, indent=2))
+
+
+if __name__ == "__main__":
+    main()
