@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated
@@ -12,6 +13,9 @@ from yidi.domain.money import fmt, fmt_ratio, parse_amount, parse_ratio
 
 INF_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 RESPOND_TIME_FORMAT = "%Y%m%d%H%M%S%f"
+# The exact zero-padded shape of INF_TIME_FORMAT, ASCII digits only: such a string parses to the
+# same datetime with ``fromisoformat`` as with ``strptime``, about ten times faster.
+_INF_TIME_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 
 def _amount(value: object) -> Decimal:
@@ -38,7 +42,11 @@ def _quantity(value: object) -> Decimal:
 def _inf_time(value: object) -> datetime:
     if isinstance(value, datetime):
         return value
-    return datetime.strptime(str(value), INF_TIME_FORMAT)
+    text = str(value)
+    if _INF_TIME_SHAPE.fullmatch(text):
+        return datetime.fromisoformat(text)
+    # Anything else keeps strptime's exact behaviour (what it accepts, how it refuses).
+    return datetime.strptime(text, INF_TIME_FORMAT)
 
 
 Amount = Annotated[Decimal, BeforeValidator(_amount), PlainSerializer(fmt, return_type=str)]

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 FEN = Decimal("0.01")
 ZERO = Decimal("0.00")
+# The usual wire amount: already exactly two decimals, so ``Decimal(text)`` is its own fen rounding.
+# Bounded to 20 integer digits so the value stays far inside the context precision (28) that
+# ``to_fen`` would otherwise enforce.
+_TWO_DECIMALS = re.compile(r"-?[0-9]{1,20}\.[0-9]{2}")
 
 
 class MoneyError(ValueError):
@@ -21,15 +26,18 @@ def parse_amount(text: str | Decimal | int) -> Decimal:
     """Parse a wire amount such as ``"48.89"``; refuse floats, NaN, infinities and sub-fen digits."""
     if isinstance(text, float):
         raise MoneyError("amounts are strings or decimals, never floats")
+    if isinstance(text, str) and _TWO_DECIMALS.fullmatch(text):
+        return Decimal(text)
     try:
         value = Decimal(text)
     except (InvalidOperation, TypeError) as exc:
         raise MoneyError(f"not an amount: {text!r}") from exc
     if not value.is_finite():
         raise MoneyError(f"not a finite amount: {text!r}")
-    if value != to_fen(value):
+    rounded = to_fen(value)
+    if value != rounded:
         raise MoneyError(f"amount has more than two decimals: {text!r}")
-    return to_fen(value)
+    return rounded
 
 
 def parse_ratio(text: str | Decimal | int) -> Decimal:
