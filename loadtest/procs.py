@@ -48,7 +48,8 @@ class Processes:
         return env | (extra or {})
 
     def _spawn(self, name: str, argv: list[str], extra: dict[str, str] | None) -> None:
-        self.ports[name] = free_port()
+        # A restarted process keeps its metrics port, so readers of its /metrics need not follow it.
+        self.ports.setdefault(name, free_port())
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{name}.log", "ab") as log:
             self.procs[name] = subprocess.Popen(argv, cwd=ROOT, env=self._env(name, extra), stdout=log,
@@ -71,9 +72,11 @@ class Processes:
             return False
         return f'yidi_service_up{{service="{self.up[name]}"}} 1.0' in text
 
-    async def wait_ready(self, timeout: float = 90.0) -> None:
+    async def wait_ready(self, *names: str, timeout: float = 90.0) -> None:
+        """Wait until the named processes (all, when none is named) say they are up."""
         deadline = time.monotonic() + timeout
-        for name, proc in self.procs.items():
+        for name in names or tuple(self.procs):
+            proc = self.procs[name]
             while not self.ready(name):
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}; see {self.log_dir / (name + '.log')}")
