@@ -34,7 +34,7 @@ from yidi.domain.clearing import PairTotals, net_positions, reconcile_details, r
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import dead_letter, reply
+from yidi.platform.replies import parse_each, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_STATEMENTS
 
@@ -58,14 +58,9 @@ class ClearingAdminHandler:
         self.repo = repo
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
-        out: list[Outgoing] = []
+        requests, out = parse_each(records, CLEARING_REQUEST.validate_python, "clearing request")
         async with self.repo.transaction() as conn:
-            for record in records:
-                try:
-                    request = CLEARING_REQUEST.validate_python(loads(record.value))
-                except (ValidationError, ValueError) as exc:
-                    out.append(dead_letter(record, f"clearing request does not validate: {exc}"))
-                    continue
+            for _, request in requests:
                 if isinstance(request, Reconcile):
                     out.append(await self._reconcile(conn, request))
                     continue

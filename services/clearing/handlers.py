@@ -13,7 +13,6 @@ import logging
 from decimal import Decimal
 from typing import Any
 
-from pydantic import ValidationError
 
 from yidi.contracts import answers
 from yidi.contracts.envelope import ErrCode, ResponseEnvelope
@@ -21,9 +20,8 @@ from yidi.contracts.internal import PricedWork, WorkKind
 from yidi.contracts.settlement import SetlInfo
 from yidi.domain.clearing import landing_period
 from yidi.platform import metrics
-from yidi.platform.jsonwire import loads
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import broken, reply
+from yidi.platform.replies import broken, parse_each, reply
 from yidi.platform.settings import Settings
 
 from services.clearing.prepayment import account_of, alert_message, prepayment_alert, status_update
@@ -46,13 +44,7 @@ class ClearingHandler:
         return broken(self.settings, record, reason, "The platform could not record this settlement; nothing was settled. Try again later.")
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
-        out: list[Outgoing] = []
-        works: list[tuple[Incoming, PricedWork]] = []
-        for record in records:
-            try:
-                works.append((record, PricedWork.model_validate(loads(record.value))))
-            except (ValidationError, ValueError) as exc:
-                out.extend(self._broken(record, f"settlement.priced message does not validate: {exc}"))
+        works, out = parse_each(records, PricedWork.model_validate, "settlement.priced message", self._broken)
         if not works:
             return out
         async with self.repo.transaction() as conn:

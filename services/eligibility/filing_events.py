@@ -8,12 +8,11 @@ answer, the very next settlement already sees the change.
 
 from __future__ import annotations
 
-from pydantic import ValidationError
 
 from yidi.contracts.filing import FilingEvent
-from yidi.platform.jsonwire import dumps, loads
+from yidi.platform.jsonwire import dumps
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import dead_letter
+from yidi.platform.replies import parse_each
 from yidi.platform.settings import Settings
 
 from services.eligibility.repository import EligibilityRepository
@@ -27,13 +26,8 @@ class FilingEventsHandler:
         self.subjects = subjects
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
-        out: list[Outgoing] = []
-        for record in records:
-            try:
-                event = FilingEvent.model_validate(loads(record.value))
-            except (ValidationError, ValueError) as exc:
-                out.append(dead_letter(record, f"filing event does not validate: {exc}"))
-                continue
+        events, out = parse_each(records, FilingEvent.model_validate, "filing event")
+        for _, event in events:
             psn_no = event.filing.psn_no
             subject = await self.repo.upsert_filing(event.filing)
             if subject is None:  # applied before (a replay): the cache may still have missed it

@@ -6,7 +6,6 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
 
 from yidi.contracts.filing import DeclarationSource, FilingAction, FilingEvent, FilingRequest, FilingResult
 from yidi.domain.eligibility import Filing
@@ -19,9 +18,9 @@ from yidi.domain.filing import (
     new_filing,
     refuse_filing,
 )
-from yidi.platform.jsonwire import dumps, loads, request_hash
+from yidi.platform.jsonwire import dumps, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import dead_letter
+from yidi.platform.replies import parse_each
 from yidi.platform.settings import Settings
 from yidi.platform.topics import FILING_EVENTS
 
@@ -38,14 +37,9 @@ class FilingHandler:
         self.repo = repo
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
-        out: list[Outgoing] = []
+        requests, out = parse_each(records, FilingRequest.model_validate, "filing request")
         async with self.repo.transaction() as conn:
-            for record in records:
-                try:
-                    request = FilingRequest.model_validate(loads(record.value))
-                except (ValidationError, ValueError) as exc:
-                    out.append(dead_letter(record, f"filing request does not validate: {exc}"))
-                    continue
+            for _, request in requests:
                 seen = await self.repo.answered(conn, request.reqid)
                 if seen is None:
                     emitted = await self._apply(conn, request)

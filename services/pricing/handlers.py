@@ -16,7 +16,6 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from pydantic import ValidationError
 
 from yidi.contracts import answers
 from yidi.contracts.envelope import ErrCode, Infno, ResponseEnvelope
@@ -29,7 +28,7 @@ from yidi.domain.policy import BenefitPolicy, PolicyError, policy_in_force
 from yidi.domain.pricing import ACCOUNT_DRAWN, OUTPATIENT_QUOTA, Bill, BillLine, Terms, price
 from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import broken, reply
+from yidi.platform.replies import broken, parse_each, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import SETTLEMENT_PRICED
 
@@ -99,13 +98,7 @@ class PricingHandler:
         self.repo = repo
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
-        out: list[Outgoing] = []
-        works: list[tuple[Incoming, EligibleWork]] = []
-        for record in records:
-            try:
-                works.append((record, EligibleWork.model_validate(loads(record.value))))
-            except (ValidationError, ValueError) as exc:
-                out.extend(self._broken(record, f"settlement.eligible message does not validate: {exc}"))
+        works, out = parse_each(records, EligibleWork.model_validate, "settlement.eligible message", self._broken)
         if not works:
             return out
         async with self.repo.transaction() as conn:

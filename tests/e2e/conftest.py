@@ -46,23 +46,24 @@ async def gateway(system: System) -> AsyncIterator[GatewayClient]:
         yield client
 
 
-@pytest.fixture
-async def filings(system: System) -> AsyncIterator[GatewayClient]:
-    """A client for filing.requests, answered on filing.results, correlated by reqid."""
+async def _requests_client(system: System, service: str) -> AsyncIterator[GatewayClient]:
+    """A client for ``<service>.requests``, answered on ``<service>.results``, correlated by reqid."""
     async with GatewayClient(
-        system.settings.kafka_bootstrap, namespace=system.settings.namespace, request_topic="filing.requests",
-        reply_to="filing.results", correlate_by="reqid",
+        system.settings.kafka_bootstrap, namespace=system.settings.namespace, request_topic=f"{service}.requests",
+        reply_to=f"{service}.results", correlate_by="reqid",
     ) as client:
         yield client
 
 
 @pytest.fixture
+async def filings(system: System) -> AsyncIterator[GatewayClient]:
+    async for client in _requests_client(system, "filing"):
+        yield client
+
+
+@pytest.fixture
 async def clearing(system: System) -> AsyncIterator[GatewayClient]:
-    """A client for clearing.requests, answered on clearing.results, correlated by reqid."""
-    async with GatewayClient(
-        system.settings.kafka_bootstrap, namespace=system.settings.namespace, request_topic="clearing.requests",
-        reply_to="clearing.results", correlate_by="reqid",
-    ) as client:
+    async for client in _requests_client(system, "clearing"):
         yield client
 
 

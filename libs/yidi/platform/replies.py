@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
 
 from yidi.contracts import answers
 from yidi.contracts.envelope import DEFAULT_REPLY_TO, ErrCode, ResponseEnvelope, respond_time
 from yidi.platform import metrics
-from yidi.platform.jsonwire import dumps
+from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Answered, Incoming, Outgoing
 from yidi.platform.settings import Settings
 from yidi.platform.topics import dlq
@@ -60,6 +64,28 @@ def dead_letter(record: Incoming, reason: str) -> Outgoing:
         ("yidi-dlq-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
     )
     return Outgoing(topic=dlq(record.topic), value=record.value, key=record.key, headers=headers)
+
+
+T = TypeVar("T")
+
+
+def parse_each(
+    records: list[Incoming],
+    parse: Callable[[Any], T],
+    what: str,
+    on_invalid: Callable[[Incoming, str], list[Outgoing]] | None = None,
+) -> tuple[list[tuple[Incoming, T]], list[Outgoing]]:
+    """Each record's JSON parsed by ``parse``; one that does not parse is not retried: it goes to
+    ``on_invalid`` (by default, the dead-letter topic with the reason), the others go on."""
+    parsed: list[tuple[Incoming, T]] = []
+    out: list[Outgoing] = []
+    for record in records:
+        try:
+            parsed.append((record, parse(loads(record.value))))
+        except (ValidationError, ValueError) as exc:
+            reason = f"{what} does not validate: {exc}"
+            out.extend(on_invalid(record, reason) if on_invalid else [dead_letter(record, reason)])
+    return parsed, out
 
 
 def broken(settings: Settings, record: Incoming, reason: str, err_msg: str) -> list[Outgoing]:
