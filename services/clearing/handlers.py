@@ -17,15 +17,15 @@ from typing import Any
 from yidi.contracts import answers
 from yidi.contracts.envelope import ErrCode, ResponseEnvelope
 from yidi.contracts.internal import PricedWork, WorkKind
-from yidi.contracts.settlement import SetlInfo
 from yidi.domain.clearing import landing_period
+from yidi.domain.money import parse_amount
 from yidi.platform import metrics
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import broken, parse_each, reply
 from yidi.platform.settings import Settings
 
 from services.clearing.prepayment import account_of, alert_message, prepayment_alert, status_update
-from services.clearing.repository import ClearingRepository, LedgerRow, NewEntry
+from services.clearing.repository import AMOUNT_COLUMNS, ClearingRepository, LedgerRow, NewEntry
 
 log = logging.getLogger(__name__)
 
@@ -36,32 +36,35 @@ class ClearingHandler:
         self.repo = repo
 
     def _answer(self, work: PricedWork, answer: ResponseEnvelope | dict[str, Any]) -> Outgoing:
-        envelope = answer if isinstance(answer, ResponseEnvelope) else ResponseEnvelope.model_validate(answer)
         r = work.request
-        return reply(self.settings, r.reply_to, envelope, facility=r.fixmedins_code, request_ts_ms=work.request_ts_ms)
+        return reply(self.settings, r.reply_to, answer, facility=r.fixmedins_code, request_ts_ms=work.request_ts_ms)
 
     def _broken(self, record: Incoming, reason: str) -> list[Outgoing]:
         return broken(self.settings, record, reason, "The platform could not record this settlement; nothing was settled. Try again later.")
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
-        works, out = parse_each(records, PricedWork.model_validate, "settlement.priced message", self._broken)
+        # The model checks the message; the answer goes on (to the ledger, to the gateway) in the
+        # wire form pricing wrote, which that check has just validated.
+        works, out = parse_each(records, _priced, "settlement.priced message", self._broken)
         if not works:
             return out
         async with self.repo.transaction() as conn:
             closed = await self.repo.closed_periods(conn)
             moves: list[tuple[str, str, str, Decimal, str]] = []
-            msgids = [w.request.msgid for _, w in works if w.kind is WorkKind.SETTLE]
-            setl_ids = [w.target_setl_id for _, w in works if w.kind is WorkKind.CANCEL]
+            msgids = [w.request.msgid for _, (w, _, _) in works if w.kind is WorkKind.SETTLE]
+            setl_ids = [w.target_setl_id for _, (w, _, _) in works if w.kind is WorkKind.CANCEL]
             rows = await self.repo.ledger_rows(conn, msgids, setl_ids)
             by_msgid = {r.msgid: r for r in rows}
             by_setl = {r.setl_id: r for r in rows}
-            undo_seen = await self.repo.undo_requests(conn, [w.request.msgid for _, w in works if w.kind is WorkKind.CANCEL])
+            undo_seen = await self.repo.undo_requests(
+                conn, [w.request.msgid for _, (w, _, _) in works if w.kind is WorkKind.CANCEL]
+            )
             entries: list[NewEntry] = []
             undone: dict[str, LedgerRow] = {}
             undo_new: list[tuple[str, str, str, dict[str, Any]]] = []
-            for record, work in works:
-                if work.kind is WorkKind.SETTLE:
-                    out.append(self._settle(work, by_msgid, by_setl, entries, closed, moves))
+            for record, (work, answer, amounts) in works:
+                if amounts is not None:
+                    out.append(self._settle(work, answer, amounts, by_msgid, by_setl, entries, closed, moves))
                     continue
                 seen = undo_seen.get(work.request.msgid)
                 if seen is not None:
@@ -72,7 +75,6 @@ class ClearingHandler:
                 if row is None:
                     out.extend(self._broken(record, f"cancellation of {work.target_setl_id}, which the ledger lacks"))
                     continue
-                answer = work.answer.model_dump(mode="json")
                 if row.state == "settled":
                     row.state = "reversed" if work.request.infno.value == "2601" else "cancelled"
                     row.undone_msgid, row.undone_answer = work.request.msgid, answer
@@ -83,7 +85,7 @@ class ClearingHandler:
                     metrics.LEDGER_ENTRIES.labels(row.state).inc()
                 undo_seen[work.request.msgid] = (work.request_hash, answer)
                 undo_new.append((work.request.msgid, work.request_hash, row.setl_id, answer))
-                out.append(self._answer(work, work.answer))
+                out.append(self._answer(work, answer))
             await self.repo.write(conn, entries, list(undone.values()), undo_new)
             out.extend(await self._prepayment(conn, moves))
         return out
@@ -109,8 +111,8 @@ class ClearingHandler:
         return out
 
     def _settle(
-        self, work: PricedWork, by_msgid: dict[str, LedgerRow], by_setl: dict[str, LedgerRow], entries: list[NewEntry],
-        closed: set[str], moves: list[tuple[str, str, str, Decimal, str]],
+        self, work: PricedWork, answer: dict[str, Any], amounts: dict[str, Decimal], by_msgid: dict[str, LedgerRow], by_setl: dict[str, LedgerRow],
+        entries: list[NewEntry], closed: set[str], moves: list[tuple[str, str, str, Decimal, str]],
     ) -> Outgoing:
         existing = by_msgid.get(work.request.msgid)
         if existing is not None:
@@ -126,18 +128,30 @@ class ClearingHandler:
             return self._answer(work, existing.answer)
         facts = work.facts
         assert facts is not None, "pricing sends facts with every settlement"
-        answer = work.answer.model_dump(mode="json")
         row = LedgerRow(facts.setl_id, work.request.msgid, work.request_hash, "settled", answer,
                         insuplc_admdvs=facts.insuplc_admdvs, mdtrtarea_admvs=facts.mdtrtarea_admvs,
                         fund_pay_sumamt=facts.fund_pay_sumamt)
-        info = SetlInfo.model_validate(work.answer.output["setlinfo"])
         entries.append(
-            NewEntry(row, work.request.infno.value, info, facts.insuplc_admdvs, facts.mdtrtarea_admvs,
-                     facts.fixmedins_code, facts.setlym, landing_period(facts.setlym, closed),
-                     work.request.inf_time.date())
+            NewEntry(row, work.request.infno.value, facts.psn_no, facts.mdtrt_id, amounts,
+                     facts.insuplc_admdvs, facts.mdtrtarea_admvs, facts.fixmedins_code, facts.setlym,
+                     landing_period(facts.setlym, closed), work.request.inf_time.date())
         )
         moves.append((facts.insuplc_admdvs, facts.mdtrtarea_admvs, "draw", facts.fund_pay_sumamt, facts.setl_id))
         by_msgid[row.msgid] = row
         by_setl[row.setl_id] = row
         metrics.LEDGER_ENTRIES.labels("settled").inc()
-        return self._answer(work, work.answer)
+        return self._answer(work, answer)
+
+
+def _priced(raw: Any) -> tuple[PricedWork, dict[str, Any], dict[str, Decimal] | None]:
+    """A settlement.priced message, validated: the work, its answer in wire form and, for a
+    settlement, the ledger's amounts read from that answer (a message without them is refused here)."""
+    work = PricedWork.model_validate(raw)
+    answer = raw["answer"]
+    amounts = None
+    if work.kind is WorkKind.SETTLE:
+        info = work.answer.output.get("setlinfo")
+        if not isinstance(info, dict):
+            raise ValueError("a settlement's answer has no setlinfo")
+        amounts = {c: parse_amount(info.get(c, "0.00")) for c in AMOUNT_COLUMNS}
+    return work, answer, amounts

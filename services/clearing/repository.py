@@ -10,7 +10,6 @@ from typing import Any
 import asyncpg
 import orjson
 
-from yidi.contracts.settlement import SetlInfo
 from yidi.platform.db import Repository, json_value, transient_errors
 
 AMOUNT_COLUMNS = (
@@ -39,7 +38,9 @@ class LedgerRow:
 class NewEntry:
     row: LedgerRow
     infno: str
-    info: SetlInfo
+    psn_no: str
+    mdtrt_id: str
+    amounts: dict[str, Decimal]  # AMOUNT_COLUMNS of the answer's setlinfo
     insuplc_admdvs: str
     mdtrtarea_admvs: str
     fixmedins_code: str
@@ -176,9 +177,9 @@ class ClearingRepository(Repository):
                        ("answer", "text"))
             names = [name for name, _ in columns]
             rows = [
-                (e.row.setl_id, e.row.msgid, e.row.request_hash, e.infno, e.info.psn_no, e.info.mdtrt_id,
+                (e.row.setl_id, e.row.msgid, e.row.request_hash, e.infno, e.psn_no, e.mdtrt_id,
                  e.insuplc_admdvs, e.mdtrtarea_admvs, e.fixmedins_code, e.setlym, e.clr_period, e.setl_date,
-                 *(getattr(e.info, c) for c in AMOUNT_COLUMNS), orjson.dumps(e.row.answer).decode())
+                 *(e.amounts[c] for c in AMOUNT_COLUMNS), orjson.dumps(e.row.answer).decode())
                 for e in entries
             ]
             arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, start=1))

@@ -16,16 +16,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from yidi.contracts import answers
 from yidi.contracts.clearing import Reconcile
 from yidi.contracts.envelope import ErrCode, Infno, RequestEnvelope
 from yidi.contracts.filing import FilingRecord
-from yidi.contracts.internal import EligibleWork, PersonSnapshot, Refusal
 from yidi.contracts.refdata import FacilityRecord, PersonRecord
 from yidi.contracts.settlement import CancelInput, PersonQueryInput, ReversalInput, SettlementInput
 from yidi.domain.eligibility import Eligible, Outage, Refused, Visit, decide
+from yidi.domain.money import fmt
 from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import broken, dead_letter, recover_ids, reply
@@ -146,11 +147,14 @@ class EligibilityHandler:
         person_record = PersonRecord.model_validate(subject["person"]) if subject and subject["person"] else None
         if request.infno is Infno.PERSON_INFO:
             return self._person_info(p, person_record, subject)
-        work = EligibleWork(
-            request=request,
-            request_hash=request.payload_hash(),
-            request_ts_ms=p.record.timestamp_ms,
-        )
+        # EligibleWork in wire form, built directly (the model is its schema; pricing validates it,
+        # tests/unit/test_wire_forms.py checks the two agree).
+        work: dict[str, Any] = {
+            "request": orjson.Fragment(request.model_dump_json()),
+            "request_hash": request.payload_hash(),
+            "request_ts_ms": p.record.timestamp_ms,
+            "refusal": None, "person": None, "facility_level": 0, "basis": "", "filing_id": "", "filing_category": None,
+        }
         if request.infno.prices_a_bill or request.infno is Infno.BENEFIT_CHECK:
             filings = [FilingRecord.model_validate(f).to_domain() for f in (subject or {}).get("filings", [])]
             facility = facilities.get(request.fixmedins_code)
@@ -174,31 +178,27 @@ class EligibilityHandler:
                 return self._benefit_check(p, decision)
             assert decision is not None  # SettlementInput requires insutype and med_type
             if isinstance(decision, Refused):
-                work = work.model_copy(update={"refusal": Refusal(err_code=ErrCode(decision.code.value), err_msg=decision.message)})
+                work["refusal"] = {"err_code": ErrCode(decision.code.value).value, "err_msg": decision.message}
             else:
                 assert person_record is not None and facility is not None
-                work = work.model_copy(
-                    update={
-                        "person": PersonSnapshot(
-                            psn_no=person_record.psn_no,
-                            psn_name=person_record.psn_name,
-                            psn_type=person_record.psn_type.value,
-                            insutype=person_record.insutype.value,
-                            insuplc_admdvs=person_record.insuplc_admdvs,
-                            acct_balc=person_record.acct_balc,
-                            acct_version=person_record.acct_version,
-                            qualifications=person_record.qualifications,
-                            home_quota_used=person_record.home_quota_used,
-                            home_quota_year=person_record.home_quota_year,
-                        ),
-                        "facility_level": facility.level,
-                        "basis": decision.basis.value,
-                        "filing_id": decision.filing.filing_id if decision.filing else "",
-                        "filing_category": decision.category,
-                    }
-                )
+                work["person"] = {
+                    "psn_no": person_record.psn_no,
+                    "psn_name": person_record.psn_name,
+                    "psn_type": person_record.psn_type.value,
+                    "insutype": person_record.insutype.value,
+                    "insuplc_admdvs": person_record.insuplc_admdvs,
+                    "acct_balc": fmt(person_record.acct_balc),
+                    "acct_version": person_record.acct_version,
+                    "qualifications": list(person_record.qualifications),
+                    "home_quota_used": fmt(person_record.home_quota_used),
+                    "home_quota_year": person_record.home_quota_year,
+                }
+                work["facility_level"] = facility.level
+                work["basis"] = decision.basis.value
+                work["filing_id"] = decision.filing.filing_id if decision.filing else ""
+                work["filing_category"] = decision.category.value if decision.category else None
         return Outgoing(
-            topic=self.settings.topic(SETTLEMENT_ELIGIBLE), value=dumps(work), key=body.psn_no.encode()
+            topic=self.settings.topic(SETTLEMENT_ELIGIBLE), value=orjson.dumps(work), key=body.psn_no.encode()
         )
 
     def _answer(self, p: Parsed, output: dict[str, Any] | None = None, err: tuple[ErrCode, str] | None = None) -> Outgoing:

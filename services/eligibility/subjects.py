@@ -37,7 +37,10 @@ class Subjects:
             loaded = await self._repo.subjects(misses)
             for psn_no, subject in loaded.items():
                 found[psn_no] = subject[1]
-                await self.remember(psn_no, subject)
+            try:
+                await self._cache.put_many([(psn_no, version, doc) for psn_no, (version, doc) in loaded.items()])
+            except CacheUnavailable:
+                metrics.CACHE_LOOKUPS.labels("fallback").inc(len(loaded))
         return found
 
     async def remember(self, psn_no: str, subject: Subject) -> None:

@@ -16,17 +16,17 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
+import orjson
 
 from yidi.contracts import answers
 from yidi.contracts.envelope import ErrCode, Infno, ResponseEnvelope
-from yidi.contracts.internal import EligibleWork, LedgerFacts, PricedWork, WorkKind
+from yidi.contracts.internal import EligibleWork, PricedWork, WorkKind
 from yidi.contracts.settlement import CancelInput, ReversalInput, SettlementInput
 from yidi.domain.catalogue import Catalogue, CatalogueItem
 from yidi.domain.codes import InsuranceType, MedType, PersonType
 from yidi.domain.money import ZERO
 from yidi.domain.policy import BenefitPolicy, PolicyError, policy_in_force
 from yidi.domain.pricing import ACCOUNT_DRAWN, OUTPATIENT_QUOTA, Bill, BillLine, Terms, price
-from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import broken, parse_each, reply
 from yidi.platform.settings import Settings
@@ -146,15 +146,14 @@ class PricingHandler:
             prepayments=prepayments,
         )
 
-    def _reply(self, work: EligibleWork, answer: ResponseEnvelope) -> Outgoing:
+    def _reply(self, work: EligibleWork, answer: ResponseEnvelope | dict[str, Any]) -> Outgoing:
         r = work.request
         return reply(self.settings, r.reply_to, answer, facility=r.fixmedins_code, request_ts_ms=work.request_ts_ms)
 
     def _refuse(self, work: EligibleWork, code: ErrCode, message: str) -> list[Outgoing]:
         return [self._reply(work, answers.refusal(work.request, code, message))]
 
-    def _pass_on(self, work: PricedWork | bytes, psn_no: str) -> Outgoing:
-        value = work if isinstance(work, bytes) else dumps(work)
+    def _pass_on(self, value: bytes, psn_no: str) -> Outgoing:
         return Outgoing(topic=self.settings.topic(SETTLEMENT_PRICED), value=value, key=psn_no.encode())
 
     def _one(self, work: EligibleWork, batch: Batch) -> list[Outgoing]:
@@ -168,11 +167,11 @@ class PricingHandler:
                     "a new request needs a new msgid.",
                 )
             # The same request again: pass on what was passed on then, answered to this copy.
+            ref = request.ref_wire()
             return [
                 self._pass_on(
-                    PricedWork.model_validate(e).model_copy(
-                        update={"request": request, "request_ts_ms": work.request_ts_ms}
-                    ),
+                    orjson.dumps({**PricedWork.model_validate(e).model_dump(mode="json"), "request": ref,
+                                  "request_ts_ms": work.request_ts_ms}),
                     str(request.data.get("psn_no", "")),
                 )
                 for e in seen.emitted
@@ -230,7 +229,7 @@ class PricingHandler:
             insutype=body.insutype.value, psn_type=person.psn_type, med_type=body.med_type.value,
             setl_time=request.inf_time.strftime("%Y-%m-%d %H:%M:%S"), clr_optins=region,
         )
-        answer = answers.answer(request.msgid, request.infno.value, output.model_dump(mode="json"))
+        answer = answers.answer_wire(request.msgid, request.infno.value, output)
         if not settle:
             return [self._reply(work, answer)]  # pre-settlement: the same numbers, nothing committed
         if batch.prepayments is not None:
@@ -249,29 +248,32 @@ class PricingHandler:
             for counter, amount in pricing.usage_delta.items()
         }
         stored_delta = {f"{year}|{counter}": str(amount) for (year, counter), amount in moved.items()}
-        priced = PricedWork(
-            kind=WorkKind.SETTLE, request=request, request_hash=work.request_hash,
-            request_ts_ms=work.request_ts_ms, answer=answer,
-            facts=LedgerFacts(
-                setl_id=setl_id, psn_no=body.psn_no, mdtrt_id=body.mdtrt_id, insuplc_admdvs=region,
-                mdtrtarea_admvs=request.mdtrtarea_admvs, fixmedins_code=request.fixmedins_code,
-                setlym=f"{day:%Y%m}", medfee_sumamt=pricing.medfee_sumamt,
-                fund_pay_sumamt=pricing.fund_pay_sumamt, acct_pay=pricing.acct_pay, psn_cash_pay=pricing.psn_cash_pay,
-            ),
-        )
-        value = dumps(priced)
+        info = output["setlinfo"]
+        # PricedWork in wire form, field for field (tests/unit/test_wire_forms.py checks it validates).
+        priced = {
+            "kind": WorkKind.SETTLE.value, "request": request.ref_wire(), "request_hash": work.request_hash,
+            "request_ts_ms": work.request_ts_ms, "answer": answer,
+            "facts": {
+                "setl_id": setl_id, "psn_no": body.psn_no, "mdtrt_id": body.mdtrt_id, "insuplc_admdvs": region,
+                "mdtrtarea_admvs": request.mdtrtarea_admvs, "fixmedins_code": request.fixmedins_code,
+                "setlym": info["setl_time"][:4] + info["setl_time"][5:7], "medfee_sumamt": info["medfee_sumamt"],
+                "fund_pay_sumamt": info["fund_pay_sumamt"], "acct_pay": info["acct_pay"],
+                "psn_cash_pay": info["psn_cash_pay"],
+            },
+            "target_setl_id": "",
+        }
+        value = orjson.dumps(priced)
         # Everything that could fail is built: now change the batch's state, all of it or nothing.
         for (year, counter), amount in moved.items():
             batch.change(body.psn_no, year, counter, amount)
-        self._remember(batch, work, setl_id, [loads(value)])
+        self._remember(batch, work, setl_id, [priced])
         settlement = StoredSettlement(setl_id, request.msgid, body.psn_no, day.year, stored_delta, "settled", None)
         batch.new_settlements.append(settlement)
         batch.add_settlement(settlement)
         return [self._pass_on(value, body.psn_no)]
 
     def _remember(self, batch: Batch, work: EligibleWork, setl_id: str | None, emitted: list[dict[str, Any]]) -> None:
-        """Keep what was passed on, in its wire form: the caller parses back the very bytes it sent
-        (one pydantic dump per message instead of two; orjson parsing is cheap)."""
+        """Keep what was passed on, in its wire form (the dicts whose bytes were sent)."""
         stored = StoredRequest(work.request.msgid, work.request_hash, work.request.infno.value, setl_id, emitted)
         batch.stored[stored.msgid] = stored
         batch.new_requests.append(stored)
@@ -302,12 +304,10 @@ class PricingHandler:
             batch.undone.append(target)
         output = {"setlinfo": {"setl_id": target.setl_id, "psn_no": target.psn_no, "state": target.state,
                                 "undone_by": target.undone_by or ""}}
-        priced = PricedWork(
-            kind=WorkKind.CANCEL, request=request, request_hash=work.request_hash,
-            request_ts_ms=work.request_ts_ms,
-            answer=answers.answer(request.msgid, request.infno.value, output),
-            target_setl_id=target.setl_id,
-        )
-        value = dumps(priced)
-        self._remember(batch, work, target.setl_id, [loads(value)])
-        return [self._pass_on(value, psn_no)]
+        priced = {
+            "kind": WorkKind.CANCEL.value, "request": request.ref_wire(), "request_hash": work.request_hash,
+            "request_ts_ms": work.request_ts_ms, "answer": answers.answer_wire(request.msgid, request.infno.value, output),
+            "facts": None, "target_setl_id": target.setl_id,
+        }
+        self._remember(batch, work, target.setl_id, [priced])
+        return [self._pass_on(orjson.dumps(priced), psn_no)]

@@ -41,3 +41,34 @@ async def test_a_write_lost_while_redis_was_unreachable_is_never_served_afterwar
         assert await cache.get_many([key]) == [None]  # the stale {"filed": True} is gone
     finally:
         await cache.close()
+
+
+async def test_put_many_is_the_same_compare_and_set_in_one_round_trip(settings):
+    cache = VersionedCache(settings.redis_url, ttl_seconds=60, prefix=settings.namespace)
+    newer, fresh = unique("k"), unique("k")
+    try:
+        assert await cache.put(newer, 5, {"v": 5})
+        await cache._redis.script_flush()  # noqa: SLF001 - the pipeline must load the script again
+        assert await cache.put_many([(newer, 4, {"v": 4}), (fresh, 1, {"v": 1})]) == [False, True]
+        assert await cache.get_many([newer, fresh]) == [(5, {"v": 5}), (1, {"v": 1})]
+        assert await cache.put_many([]) == []
+    finally:
+        await cache.close()
+
+
+async def test_put_many_that_cannot_reach_redis_marks_its_keys_dirty(settings):
+    cache = VersionedCache(settings.redis_url, ttl_seconds=60, prefix=settings.namespace, breaker_seconds=0.2)
+    key = unique("k")
+    reachable = cache._redis  # noqa: SLF001
+    try:
+        await cache.put(key, 1, {"filed": True})
+        cache._redis = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)  # noqa: SLF001
+        cache._put = cache._redis.register_script(_PUT_IF_NEWER)  # noqa: SLF001
+        with pytest.raises(CacheUnavailable):
+            await cache.put_many([(key, 2, {"filed": False})])
+        await cache._redis.aclose()  # noqa: SLF001
+        cache._redis, cache._put = reachable, reachable.register_script(_PUT_IF_NEWER)  # noqa: SLF001
+        await asyncio.sleep(0.3)
+        assert await cache.get_many([key]) == [None]
+    finally:
+        await cache.close()

@@ -6,10 +6,11 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-from yidi.contracts.envelope import ErrCode, RequestEnvelope, ResponseEnvelope, respond_time
-from yidi.contracts.settlement import FeeDetailResult, SetlDetail, SetlInfo, SettlementOutput
-from yidi.domain.money import ZERO
+from yidi.contracts.envelope import ErrCode, RequestEnvelope, RequestRef, ResponseEnvelope, respond_time
+from yidi.domain.money import ZERO, fmt, fmt_ratio
 from yidi.domain.pricing import Pricing
+
+_ZERO_TEXT = fmt(ZERO)
 
 
 def platform_msgid(msgid: str, moment: datetime) -> str:
@@ -41,8 +42,34 @@ def answer(
     )
 
 
-def refusal(request: RequestEnvelope, code: ErrCode, message: str, received: datetime | None = None) -> ResponseEnvelope:
+def refusal(request: RequestEnvelope | RequestRef, code: ErrCode, message: str, received: datetime | None = None) -> ResponseEnvelope:
     return answer(request.msgid, request.infno.value, err_code=code, err_msg=message, received=received)
+
+
+def answer_wire(
+    msgid: str,
+    infno: str,
+    output: dict[str, Any] | None = None,
+    *,
+    err_code: ErrCode | None = None,
+    err_msg: str = "",
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """``answer(...)`` in its wire form, built directly (the settlement path's answers: no model
+    round trip). tests/unit/test_wire_forms.py checks it equals ``answer(...).model_dump(mode="json")``."""
+    now = now or datetime.now(UTC)
+    stamp = respond_time(now)
+    return {
+        "infcode": 0 if err_code is None else -1,
+        "inf_refmsgid": "YD" + stamp + hashlib.sha1(msgid.encode()).hexdigest()[:8].upper(),
+        "refmsg_time": stamp,
+        "respond_time": stamp,
+        "msgid": msgid,
+        "infno": infno,
+        "err_code": err_code.value if err_code is not None else None,
+        "err_msg": err_msg,
+        "output": output or {},
+    }
 
 
 def settlement_output(
@@ -57,64 +84,73 @@ def settlement_output(
     med_type: str,
     setl_time: str,
     clr_optins: str,
-) -> SettlementOutput:
-    """Translate a domain ``Pricing`` into the national settlement output (CONTRACT.md)."""
-    info = SetlInfo(
-        mdtrt_id=mdtrt_id,
-        setl_id=setl_id,
-        psn_no=psn_no,
-        psn_name=psn_name,
-        insutype=insutype,
-        psn_type=psn_type,
-        med_type=med_type,
-        setl_time=setl_time,
-        medfee_sumamt=pricing.medfee_sumamt,
-        fulamt_ownpay_amt=pricing.fulamt_ownpay_amt,
-        overlmt_selfpay=pricing.overlmt_selfpay,
-        preselfpay_amt=pricing.preselfpay_amt,
-        inscp_scp_amt=pricing.inscp_scp_amt,
-        act_pay_dedc=pricing.act_pay_dedc,
-        hifp_pay=pricing.hifp_pay,
-        pool_prop_selfpay=pricing.ratio,
-        cvlserv_pay=pricing.cvlserv_pay,
-        hifmi_pay=pricing.hifmi_pay,
-        hifob_pay=pricing.hifob_pay,
-        maf_pay=pricing.maf_pay,
-        fund_pay_sumamt=pricing.fund_pay_sumamt,
-        psn_part_amt=pricing.psn_part_amt,
-        acct_pay=pricing.acct_pay,
-        psn_cash_pay=pricing.psn_cash_pay,
-        hosp_part_amt=pricing.hosp_part_amt,
-        balc=pricing.account_balance_after,
-        clr_optins=clr_optins,
+) -> dict[str, Any]:
+    """Translate a domain ``Pricing`` into the national settlement output (CONTRACT.md), in wire form.
+
+    Built as the dict ``SettlementOutput(...).model_dump(mode="json")`` would give, field for field
+    and in the same order, without building the models: this runs once per settlement and the
+    model round trip was a fifth of pricing's CPU (docs/BENCHMARKS.md). ``SettlementOutput``
+    stays the schema; tests/unit/test_wire_forms.py proves the two agree.
+    """
+    fund_pay_sumamt = pricing.fund_pay_sumamt
+    info = {
+        "mdtrt_id": mdtrt_id,
+        "setl_id": setl_id,
+        "psn_no": psn_no,
+        "psn_name": psn_name,
+        "insutype": insutype,
+        "psn_type": psn_type,
+        "med_type": med_type,
+        "setl_time": setl_time,
+        "medfee_sumamt": fmt(pricing.medfee_sumamt),
+        "fulamt_ownpay_amt": fmt(pricing.fulamt_ownpay_amt),
+        "overlmt_selfpay": fmt(pricing.overlmt_selfpay),
+        "preselfpay_amt": fmt(pricing.preselfpay_amt),
+        "inscp_scp_amt": fmt(pricing.inscp_scp_amt),
+        "act_pay_dedc": fmt(pricing.act_pay_dedc),
+        "hifp_pay": fmt(pricing.hifp_pay),
+        "pool_prop_selfpay": fmt_ratio(pricing.ratio),
+        "cvlserv_pay": fmt(pricing.cvlserv_pay),
+        "hifes_pay": _ZERO_TEXT,
+        "hifmi_pay": fmt(pricing.hifmi_pay),
+        "hifob_pay": fmt(pricing.hifob_pay),
+        "maf_pay": fmt(pricing.maf_pay),
+        "oth_pay": _ZERO_TEXT,
+        "fund_pay_sumamt": fmt(fund_pay_sumamt),
+        "psn_part_amt": fmt(pricing.psn_part_amt),
+        "acct_pay": fmt(pricing.acct_pay),
+        "psn_cash_pay": fmt(pricing.psn_cash_pay),
+        "hosp_part_amt": fmt(pricing.hosp_part_amt),
+        "balc": fmt(pricing.account_balance_after),
+        "clr_optins": clr_optins,
         # Cross-region settlements clear between regions by item (national clr_way 1, clr_type 11/21).
-        clr_way="1",
-        clr_type="21" if med_type in ("21", "24") else "11",
-    )
+        "clr_way": "1",
+        "clr_type": "21" if med_type in ("21", "24") else "11",
+    }
     details = [
-        SetlDetail(
-            fund_pay_type=f.fund_type.value,
-            fund_pay_type_name=f.name,
-            inscp_scp_amt=f.base,
-            crt_payb_lmt_amt=f.limit_left,
-            fund_payamt=f.amount,
-            setl_proc_info=f.explanation,
-        )
+        {
+            "fund_pay_type": f.fund_type.value,
+            "fund_pay_type_name": f.name,
+            "inscp_scp_amt": fmt(f.base),
+            "crt_payb_lmt_amt": None if f.limit_left is None else fmt(f.limit_left),
+            "fund_payamt": fmt(f.amount),
+            "setl_proc_info": f.explanation,
+        }
         for f in pricing.funds
     ]
     fees = [
-        FeeDetailResult(
-            feedetl_sn=i.seq,
-            hilist_code=i.code,
-            chrgitm_lv=i.charge_class.value if i.charge_class else "03",
-            selfpay_prop=i.selfpay_prop if i.charge_class else ZERO,
-            pric_uplmt_amt=i.price_ceiling,
-            fulamt_ownpay_amt=i.fulamt_ownpay_amt,
-            overlmt_selfpay=i.overlmt_selfpay,
-            preselfpay_amt=i.preselfpay_amt,
-            inscp_scp_amt=i.inscp_scp_amt,
-            memo=i.note,
-        )
+        {
+            "feedetl_sn": i.seq,
+            "hilist_code": i.code,
+            "chrgitm_lv": i.charge_class.value if i.charge_class else "03",
+            "selfpay_prop": fmt_ratio(i.selfpay_prop if i.charge_class else ZERO),
+            "pric_uplmt_amt": None if i.price_ceiling is None else fmt(i.price_ceiling),
+            "fulamt_ownpay_amt": fmt(i.fulamt_ownpay_amt),
+            "overlmt_selfpay": fmt(i.overlmt_selfpay),
+            "preselfpay_amt": fmt(i.preselfpay_amt),
+            "inscp_scp_amt": fmt(i.inscp_scp_amt),
+            "memo": i.note,
+        }
         for i in pricing.items
     ]
-    return SettlementOutput(setlinfo=info, setldetail=details, feedetail=fees)
+    return {"setlinfo": info, "setldetail": details, "feedetail": fees}

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from pydantic import Field, field_validator
 
-from yidi.contracts.common import RESPOND_TIME_FORMAT, AreaCode, Code, InfTime, WireModel
+from yidi.contracts.common import INF_TIME_FORMAT, RESPOND_TIME_FORMAT, AreaCode, Code, InfTime, WireModel
 
 
 class Infno(StrEnum):
@@ -101,6 +101,18 @@ class RequestEnvelope(WireModel):
         data = self.input.get("data")
         return data if isinstance(data, dict) else {}
 
+    def ref_wire(self) -> dict[str, Any]:
+        """This request's ``RequestRef`` in wire form: what later stages need to answer it."""
+        return {
+            "infno": self.infno.value,
+            "msgid": self.msgid,
+            "mdtrtarea_admvs": self.mdtrtarea_admvs,
+            "insuplc_admdvs": self.insuplc_admdvs,
+            "inf_time": self.inf_time.strftime(INF_TIME_FORMAT),
+            "fixmedins_code": self.fixmedins_code,
+            "reply_to": self.reply_to,
+        }
+
     def payload_hash(self) -> str:
         """Hash of the canonical payload: what the request asks, not when or where it is answered.
 
@@ -115,6 +127,22 @@ class RequestEnvelope(WireModel):
             "input": self.input,
         }
         return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+class RequestRef(WireModel):
+    """A request without its input: what the stages after pricing need to answer and file it.
+
+    Validated where the request entered (``RequestEnvelope``); carried between the services so the
+    bill is not serialised and parsed again at every hop.
+    """
+
+    infno: Infno
+    msgid: str
+    mdtrtarea_admvs: str
+    insuplc_admdvs: str | None = None
+    inf_time: InfTime
+    fixmedins_code: str
+    reply_to: str = DEFAULT_REPLY_TO
 
 
 def respond_time(moment: datetime) -> str:

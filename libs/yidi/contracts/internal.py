@@ -7,7 +7,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from yidi.contracts.common import Amount, WireModel
-from yidi.contracts.envelope import ErrCode, RequestEnvelope, ResponseEnvelope
+from yidi.contracts.envelope import ErrCode, RequestEnvelope, RequestRef, ResponseEnvelope
 from yidi.domain.codes import FilingCategory
 from yidi.domain.money import ZERO
 
@@ -66,10 +66,14 @@ class LedgerFacts(WireModel):
 
 
 class PricedWork(WireModel):
-    """pricing → clearing: a settlement to record, or a cancellation to apply, with its answer."""
+    """pricing → clearing: a settlement to record, or a cancellation to apply, with its answer.
+
+    Pricing writes it in wire form directly (``services/pricing/handlers.py``); this model is its
+    schema, and what clearing validates it with.
+    """
 
     kind: WorkKind
-    request: RequestEnvelope
+    request: RequestRef
     request_hash: str
     request_ts_ms: int
     answer: ResponseEnvelope

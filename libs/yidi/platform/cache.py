@@ -98,6 +98,25 @@ class VersionedCache:
             self._dirty.add(key)
             raise self._trip(exc) from exc
 
+    async def put_many(self, entries: list[tuple[str, int, Any]]) -> list[bool]:
+        """``put`` for each (key, version, document), in one round trip (a pipeline of the same
+        compare-and-set); True where stored."""
+        if not entries:
+            return []
+        try:
+            self._check_breaker()
+            await self._heal()
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key, version, document in entries:
+                    await self._put(keys=[self._key(key)], args=[version, orjson.dumps(document), self._ttl], client=pipe)
+                return [bool(stored) for stored in await pipe.execute()]
+        except CacheUnavailable:
+            self._dirty.update(key for key, _, _ in entries)
+            raise
+        except (RedisError, OSError) as exc:
+            self._dirty.update(key for key, _, _ in entries)
+            raise self._trip(exc) from exc
+
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())

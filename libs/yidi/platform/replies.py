@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import ValidationError
 
 from yidi.contracts import answers
@@ -39,21 +40,35 @@ def recover_ids(raw: bytes) -> tuple[str | None, str, str, str]:
 
 
 def reply(
-    settings: Settings, reply_to: str, answer: ResponseEnvelope, *, facility: str, request_ts_ms: int
+    settings: Settings,
+    reply_to: str,
+    answer: ResponseEnvelope | dict[str, Any],
+    *,
+    facility: str,
+    request_ts_ms: int,
 ) -> Outgoing:
     """The answer to a gateway, on its ``reply_to`` topic, keyed by facility (CONTRACT.md).
 
-    ``reply_to`` names a gateway's topic as the gateway knows it; the namespace of a test run is
-    prefixed like every other topic.
+    ``answer`` is a ``ResponseEnvelope`` or its wire form (a dict as ``model_dump(mode="json")``
+    gives, e.g. an answer kept in the ledger or built by ``answers.answer_wire``). ``reply_to``
+    names a gateway's topic as the gateway knows it; the namespace of a test run is prefixed like
+    every other topic.
     """
     received = respond_time(datetime.fromtimestamp(request_ts_ms / 1000, UTC))
-    if answer.refmsg_time != received:
-        answer = answer.model_copy(update={"refmsg_time": received})
+    if isinstance(answer, dict):
+        if answer.get("refmsg_time") != received:
+            answer = {**answer, "refmsg_time": received}
+        value, infno, err_code = orjson.dumps(answer), str(answer.get("infno", "")), answer.get("err_code") or "ok"
+    else:
+        if answer.refmsg_time != received:
+            answer = answer.model_copy(update={"refmsg_time": received})
+        value, infno = dumps(answer), answer.infno
+        err_code = answer.err_code.value if answer.err_code else "ok"
     return Outgoing(
         topic=settings.topic(reply_to),
-        value=dumps(answer),
+        value=value,
         key=facility.encode() or None,
-        answered=Answered(request_ts_ms, answer.infno, answer.err_code.value if answer.err_code else "ok"),
+        answered=Answered(request_ts_ms, infno, err_code),
     )
 
 
