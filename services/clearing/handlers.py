@@ -18,7 +18,7 @@ from yidi.contracts import answers
 from yidi.contracts.envelope import ErrCode, ResponseEnvelope
 from yidi.contracts.internal import PricedWork, WorkKind
 from yidi.domain.clearing import landing_period
-from yidi.domain.money import parse_amount
+from yidi.domain.money import amount_text
 from yidi.platform import metrics
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import broken, parse_each, reply
@@ -111,7 +111,7 @@ class ClearingHandler:
         return out
 
     def _settle(
-        self, work: PricedWork, answer: dict[str, Any], amounts: dict[str, Decimal], by_msgid: dict[str, LedgerRow], by_setl: dict[str, LedgerRow],
+        self, work: PricedWork, answer: dict[str, Any], amounts: dict[str, str], by_msgid: dict[str, LedgerRow], by_setl: dict[str, LedgerRow],
         entries: list[NewEntry], closed: set[str], moves: list[tuple[str, str, str, Decimal, str]],
     ) -> Outgoing:
         existing = by_msgid.get(work.request.msgid)
@@ -143,7 +143,7 @@ class ClearingHandler:
         return self._answer(work, answer)
 
 
-def _priced(raw: Any) -> tuple[PricedWork, dict[str, Any], dict[str, Decimal] | None]:
+def _priced(raw: Any) -> tuple[PricedWork, dict[str, Any], dict[str, str] | None]:
     """A settlement.priced message, validated: the work, its answer in wire form and, for a
     settlement, the ledger's amounts read from that answer (a message without them is refused here)."""
     work = PricedWork.model_validate(raw)
@@ -153,5 +153,5 @@ def _priced(raw: Any) -> tuple[PricedWork, dict[str, Any], dict[str, Decimal] | 
         info = work.answer.output.get("setlinfo")
         if not isinstance(info, dict):
             raise ValueError("a settlement's answer has no setlinfo")
-        amounts = {c: parse_amount(info.get(c, "0.00")) for c in AMOUNT_COLUMNS}
+        amounts = {c: amount_text(info.get(c, "0.00")) for c in AMOUNT_COLUMNS}
     return work, answer, amounts

@@ -40,7 +40,7 @@ class NewEntry:
     infno: str
     psn_no: str
     mdtrt_id: str
-    amounts: dict[str, Decimal]  # AMOUNT_COLUMNS of the answer's setlinfo
+    amounts: dict[str, str]  # AMOUNT_COLUMNS of the answer's setlinfo, as checked wire text
     insuplc_admdvs: str
     mdtrtarea_admvs: str
     fixmedins_code: str
@@ -110,18 +110,25 @@ class ClearingRepository(Repository):
             acc = sums.setdefault((r["insuplc_admdvs"], r["mdtrtarea_admvs"]), {})
             column = {"fund": "funded", "draw": "drawn", "give_back": "given_back", "clearing": "cleared"}[r["kind"]]
             acc[column] = acc.get(column, Decimal(0)) + r["amount"]
-        for (insured, treating), cols in sorted(sums.items()):
+        if sums:
+            # One statement for every account the batch moved, in a fixed order (no deadlock
+            # between batches that move the same accounts).
+            changed = sorted(sums.items())
             await conn.execute(
                 """INSERT INTO clearing.prepayment_accounts AS a
                        (insuplc_admdvs, mdtrtarea_admvs, funded, drawn, given_back, cleared, moves)
-                   VALUES ($1, $2, $3, $4, $5, $6, 1)
+                   SELECT i, t, f, d, g, c, 1
+                   FROM unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[], $5::numeric[], $6::numeric[])
+                        WITH ORDINALITY AS u(i, t, f, d, g, c, n)
+                   ORDER BY n
                    ON CONFLICT (insuplc_admdvs, mdtrtarea_admvs) DO UPDATE SET
                      funded = a.funded + EXCLUDED.funded, drawn = a.drawn + EXCLUDED.drawn,
                      given_back = a.given_back + EXCLUDED.given_back, cleared = a.cleared + EXCLUDED.cleared,
                      moves = a.moves + 1
                 """,
-                insured, treating, cols.get("funded", 0), cols.get("drawn", 0), cols.get("given_back", 0),
-                cols.get("cleared", 0),
+                [i for (i, _), _ in changed], [t for (_, t), _ in changed],
+                *[[cols.get(column, Decimal(0)) for _, cols in changed]
+                  for column in ("funded", "drawn", "given_back", "cleared")],
             )
         pairs = sorted({(i, t) for i, t, *_ in moves})
         accounts = await conn.fetch(
@@ -173,7 +180,7 @@ class ClearingRepository(Repository):
             columns = (("setl_id", "text"), ("msgid", "text"), ("request_hash", "text"), ("infno", "text"),
                        ("psn_no", "text"), ("mdtrt_id", "text"), ("insuplc_admdvs", "text"),
                        ("mdtrtarea_admvs", "text"), ("fixmedins_code", "text"), ("setlym", "text"),
-                       ("clr_period", "text"), ("setl_date", "date"), *((c, "numeric") for c in AMOUNT_COLUMNS),
+                       ("clr_period", "text"), ("setl_date", "date"), *((c, "text") for c in AMOUNT_COLUMNS),
                        ("answer", "text"))
             names = [name for name, _ in columns]
             rows = [
@@ -183,7 +190,11 @@ class ClearingRepository(Repository):
                 for e in entries
             ]
             arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, start=1))
-            selected = ", ".join(f"u.{n}::jsonb" if n == "answer" else f"u.{n}" for n in names)
+            # Amounts travel as their checked wire text and become numeric in Postgres (cheaper
+            # than encoding a Decimal per column per row).
+            selected = ", ".join(
+                f"u.{n}::json" if n == "answer" else f"u.{n}::numeric" if n in AMOUNT_COLUMNS else f"u.{n}" for n in names
+            )
             await conn.execute(
                 f"""INSERT INTO clearing.ledger ({', '.join(names)})
                     SELECT {selected} FROM unnest({arrays}) AS u({', '.join(names)})""",
@@ -191,7 +202,7 @@ class ClearingRepository(Repository):
             )
         if undone:
             await conn.executemany(
-                """UPDATE clearing.ledger SET state = $2, undone_msgid = $3, undone_answer = $4::jsonb, undone_at = now(),
+                """UPDATE clearing.ledger SET state = $2, undone_msgid = $3, undone_answer = $4::json, undone_at = now(),
                        undo_period = $5
                    WHERE setl_id = $1""",
                 [(u.setl_id, u.state, u.undone_msgid, orjson.dumps(u.undone_answer).decode(), u.undo_period)
@@ -199,7 +210,7 @@ class ClearingRepository(Repository):
             )
         if undo_requests:
             await conn.executemany(
-                "INSERT INTO clearing.undo_requests (msgid, request_hash, setl_id, answer) VALUES ($1, $2, $3, $4::jsonb)",
+                "INSERT INTO clearing.undo_requests (msgid, request_hash, setl_id, answer) VALUES ($1, $2, $3, $4::json)",
                 [(m, h, s, orjson.dumps(a).decode()) for m, h, s, a in undo_requests],
             )
 

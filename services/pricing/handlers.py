@@ -58,6 +58,8 @@ class Batch:
     new_settlements: list[StoredSettlement] = field(default_factory=list)
     undone: list[StoredSettlement] = field(default_factory=list)
     counter_changes: dict[tuple[str, int, str], Decimal] = field(default_factory=lambda: defaultdict(lambda: ZERO))
+    # The catalogue of each (treating region, day) the batch prices on, picked once per batch.
+    _catalogues: dict[tuple[str, date], Catalogue] = field(default_factory=dict, init=False, repr=False)
     # Indexes of ``settlements`` by setl_id and by msgid (the first one listed wins, as a scan would).
     _by_setl_id: dict[str, StoredSettlement] = field(default_factory=dict, init=False, repr=False)
     _by_msgid: dict[str, StoredSettlement] = field(default_factory=dict, init=False, repr=False)
@@ -73,6 +75,12 @@ class Batch:
     def add_settlement(self, s: StoredSettlement) -> None:
         self.settlements.append(s)
         self._index(s)
+
+    def catalogue(self, region: str, day: date) -> Catalogue:
+        found = self._catalogues.get((region, day))
+        if found is None:
+            found = self._catalogues[(region, day)] = Catalogue.in_force(region, day, self.items)
+        return found
 
     def change(self, psn_no: str, year: int, counter: str, amount: Decimal) -> None:
         self.usage.setdefault((psn_no, year), {})
@@ -195,7 +203,7 @@ class PricingHandler:
                 f"Insured region {region} has no {body.insutype.value} policy in force on {day}; "
                 "nothing was settled. Settle in cash or contact the insured region.",
             )
-        catalogue = Catalogue.in_force(request.mdtrtarea_admvs, day, batch.items)
+        catalogue = batch.catalogue(request.mdtrtarea_admvs, day)
         year_usage = dict(batch.usage.get((body.psn_no, day.year), {}))
         if person.home_quota_year == day.year and person.home_quota_used:
             # R13: the general-outpatient quota is shared with care at home.

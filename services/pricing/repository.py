@@ -187,27 +187,37 @@ class PricingRepository(Repository):
         undone: list[StoredSettlement],
         counter_changes: dict[tuple[str, int, str], Decimal],
     ) -> None:
+        # One statement per table, a column array each (unnest), rather than a statement per row.
         if requests:
-            await conn.executemany(
-                "INSERT INTO pricing.requests (msgid, request_hash, infno, setl_id, emitted) VALUES ($1, $2, $3, $4, $5::jsonb)",
-                [(r.msgid, r.request_hash, r.infno, r.setl_id, orjson.dumps(r.emitted).decode()) for r in requests],
+            await conn.execute(
+                """INSERT INTO pricing.requests (msgid, request_hash, infno, setl_id, emitted)
+                   SELECT m, h, i, s, e::json FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                        AS u(m, h, i, s, e)""",
+                [r.msgid for r in requests], [r.request_hash for r in requests], [r.infno for r in requests],
+                [r.setl_id for r in requests], [orjson.dumps(r.emitted).decode() for r in requests],
             )
         if new_settlements:
-            await conn.executemany(
+            await conn.execute(
                 """INSERT INTO pricing.settlements (setl_id, msgid, psn_no, year, usage_delta)
-                   VALUES ($1, $2, $3, $4, $5::jsonb)""",
-                [(s.setl_id, s.msgid, s.psn_no, s.year, orjson.dumps(s.usage_delta).decode()) for s in new_settlements],
+                   SELECT s, m, p, y, d::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[])
+                        AS u(s, m, p, y, d)""",
+                [s.setl_id for s in new_settlements], [s.msgid for s in new_settlements],
+                [s.psn_no for s in new_settlements], [s.year for s in new_settlements],
+                [orjson.dumps(s.usage_delta).decode() for s in new_settlements],
             )
         if undone:
             await conn.executemany(
                 "UPDATE pricing.settlements SET state = $2, undone_by = $3, undone_at = now() WHERE setl_id = $1",
                 [(s.setl_id, s.state, s.undone_by) for s in undone],
             )
-        changes = [(p, y, c, a) for (p, y, c), a in counter_changes.items() if a]
+        changes = sorted((p, y, c, a) for (p, y, c), a in counter_changes.items() if a)
         if changes:
-            await conn.executemany(
-                """INSERT INTO pricing.accumulators (psn_no, year, counter, amount) VALUES ($1, $2, $3, $4)
-                   ON CONFLICT (psn_no, year, counter) DO UPDATE SET amount = pricing.accumulators.amount + EXCLUDED.amount""",
-                changes,
+            # One key appears once (counter_changes sums by key), as ON CONFLICT in one statement needs.
+            await conn.execute(
+                """INSERT INTO pricing.accumulators AS acc (psn_no, year, counter, amount)
+                   SELECT p, y, c, a FROM unnest($1::text[], $2::int[], $3::text[], $4::numeric[]) WITH ORDINALITY
+                        AS u(p, y, c, a, n) ORDER BY n
+                   ON CONFLICT (psn_no, year, counter) DO UPDATE SET amount = acc.amount + EXCLUDED.amount""",
+                [p for p, _, _, _ in changes], [y for _, y, _, _ in changes], [c for _, _, c, _ in changes],
+                [a for _, _, _, a in changes],
             )
-

@@ -40,6 +40,14 @@ def parse_amount(text: str | Decimal | int) -> Decimal:
     return rounded
 
 
+def amount_text(text: str | Decimal | int) -> str:
+    """An amount's canonical wire text (``"48.89"``), checked as ``parse_amount`` checks it; the
+    usual two-decimal string is returned as it is, without building a ``Decimal``."""
+    if isinstance(text, str) and _TWO_DECIMALS.fullmatch(text):
+        return text
+    return fmt(parse_amount(text))
+
+
 def parse_ratio(text: str | Decimal | int) -> Decimal:
     """Parse a proportion in [0, 1] such as ``"0.80"``."""
     if isinstance(text, float):

@@ -58,6 +58,9 @@ class Repository:
             yield conn
 
 
+MIGRATION_TIMEOUT_S = 3600.0
+
+
 async def create_pool(dsn: str, *, size: int = 4) -> asyncpg.Pool:
     async with transient_errors():
         return await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=30)
@@ -82,7 +85,8 @@ async def migrate(pool: asyncpg.Pool, schema: str, package: str) -> list[str]:
             if f.name in done:
                 continue
             await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
-            await conn.execute(f.read_text())
+            # A migration may rewrite a big table: it is not held to the pool's command timeout.
+            await conn.execute(f.read_text(), timeout=MIGRATION_TIMEOUT_S)
             await conn.execute(f'INSERT INTO "{schema}".schema_migrations(version) VALUES ($1)', f.name)
             applied_now.append(f.name)
     if applied_now:

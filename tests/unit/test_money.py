@@ -1,0 +1,37 @@
+"""Wire amounts: parsed strictly, and their canonical text checked the same way without a Decimal."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from yidi.domain.money import MoneyError, amount_text, fmt, parse_amount
+
+
+@pytest.mark.parametrize("text", ["0.00", "48.89", "-3.10", "12345678901234567890.12"])
+def test_a_two_decimal_amount_is_its_own_text(text):
+    assert amount_text(text) == text
+    assert parse_amount(text) == Decimal(text)
+
+
+@pytest.mark.parametrize(("text", "canonical"), [("5", "5.00"), ("5.1", "5.10"), (Decimal("7"), "7.00"), (3, "3.00"),
+                                                  ("1.230", "1.23")])
+def test_other_exact_amounts_get_their_canonical_text(text, canonical):
+    assert amount_text(text) == canonical
+
+
+@pytest.mark.parametrize("bad", ["1.234", "abc", "NaN", "Infinity", "", 1.5, None])
+def test_what_parse_amount_refuses_amount_text_refuses(bad):
+    with pytest.raises(MoneyError):
+        parse_amount(bad)
+    with pytest.raises(MoneyError):
+        amount_text(bad)
+
+
+@given(st.integers(min_value=-10**15, max_value=10**15))
+def test_amount_text_agrees_with_parse_and_format(fen):
+    text = f"{'-' if fen < 0 else ''}{abs(fen) // 100}.{abs(fen) % 100:02d}"
+    assert amount_text(text) == fmt(parse_amount(text)) == text
