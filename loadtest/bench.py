@@ -40,8 +40,6 @@ from yidi.platform.settings import Settings
 from yidi.refdata.loader import load
 
 ROOT = Path(__file__).resolve().parents[1]
-# What-if client settings tried on the bare pipeline (loadtest.reference_pipeline reads these).
-TUNED_CLIENTS = {"LOADTEST_PRODUCER_OPTIONS": '{"retry_backoff_ms": 10}', "LOADTEST_CONSUMER_OPTIONS": '{"fetch_max_wait_ms": 10}'}
 EXTRAS = {"pre_settlements": 0.02, "cancellations": 0.005, "duplicates": 0.005, "malformed": 0.002}
 
 
@@ -154,23 +152,22 @@ class Bench:
                                   "replay": {k: result[k] for k in ("sends", "throughput_per_s", "exactly_once")}}
 
     async def reference(self) -> None:
-        """The bare pipeline under the same day; then at 100/s, with default and with tuned client settings."""
+        """The bare pipeline under the same day, then at 100/s: the stages' own Kafka client settings
+        (loadtest.reference_pipeline takes what-if settings from LOADTEST_*_OPTIONS, for experiments)."""
         s = self.ref_settings
         await ensure_topics(s)
-        for variant, env in (("", None), ("_tuned", TUNED_CLIENTS)):
-            procs = Processes(s, self.dir / "logs")
-            for stage in REFERENCE_STAGES:
-                procs.start_reference(stage, env)
-            try:
-                await procs.wait_ready()
-                await replay_file(self.warmup, bootstrap=s.kafka_bootstrap, namespace=s.namespace,
-                                  pace=Pace(window=200), progress=False)
-                if not variant:
-                    await self._measured("reference", procs, self.max_day, Pace(window=self.args.window), s, False)
-                await self._measured(f"reference_rate_100{variant}", procs, self.ref_rate_day,
-                                     Pace(rate=self.args.rate, window=self.args.window), s, False)
-            finally:
-                procs.stop_all()
+        procs = Processes(s, self.dir / "logs")
+        for stage in REFERENCE_STAGES:
+            procs.start_reference(stage, None)
+        try:
+            await procs.wait_ready()
+            await replay_file(self.warmup, bootstrap=s.kafka_bootstrap, namespace=s.namespace,
+                              pace=Pace(window=200), progress=False)
+            await self._measured("reference", procs, self.max_day, Pace(window=self.args.window), s, False)
+            await self._measured("reference_rate_100", procs, self.ref_rate_day,
+                                 Pace(rate=self.args.rate, window=self.args.window), s, False)
+        finally:
+            procs.stop_all()
 
     async def cleanup(self) -> None:
         prefixes = (self.settings.namespace, self.ref_settings.namespace)
@@ -221,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="the fixed-rate run's requests per second")
     parser.add_argument("--rate-seconds", type=float, default=30.0)
     parser.add_argument("--reference-rate-seconds", type=float, default=15.0,
-                        help="the bare pipeline's fixed-rate runs (default and tuned clients)")
+                        help="the bare pipeline's fixed-rate run")
     parser.add_argument("--window", type=int, default=2000, help="most answers outstanding in the max run")
     parser.add_argument("--profile-seconds", type=float, default=20.0, help="py-spy the services (0: do not)")
     parser.add_argument("--no-reference", action="store_true")

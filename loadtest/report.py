@@ -234,9 +234,9 @@ section below says how the figures are measured.
   queueing in that window, so read latency from the fixed-rate run); `reference` is the bare
   pipeline (loadtest/reference_pipeline.py: the same three transactional hops doing no work)
   under the same day, in the same bench, on the same machine; `reference_rate_100` is the bare
-  pipeline at 100/s (the floor the Kafka mechanics set for latency), and
-  `reference_rate_100_tuned` the same with the client settings proposed for the stages
-  (producer `retry_backoff_ms=10`, consumer `fetch_max_wait_ms=10`).
+  pipeline at 100/s (the floor the Kafka mechanics set for latency). Entries before 2026-11-23
+  12:45 also have `reference_rate_100_tuned`, the bare pipeline with client settings that were
+  then proposed for the stages and have since become theirs.
 - **Latency** is publish → answer read by the replay's one reader (read_committed), per send,
   exact percentiles over every answer. **Throughput** is answers / (last answer − first send).
 - **Checks**: every send got exactly one answer (a duplicate request owes its own), and the

@@ -56,9 +56,8 @@ class ClearingHandler:
             rows = await self.repo.ledger_rows(conn, msgids, setl_ids)
             by_msgid = {r.msgid: r for r in rows}
             by_setl = {r.setl_id: r for r in rows}
-            undo_seen = await self.repo.undo_requests(
-                conn, [w.request.msgid for _, (w, _, _) in works if w.kind is WorkKind.CANCEL]
-            )
+            undo_msgids = [w.request.msgid for _, (w, _, _) in works if w.kind is WorkKind.CANCEL]
+            undo_seen = await self.repo.undo_requests(conn, undo_msgids) if undo_msgids else {}
             entries: list[NewEntry] = []
             undone: dict[str, LedgerRow] = {}
             undo_new: list[tuple[str, str, str, dict[str, Any]]] = []

@@ -110,11 +110,12 @@ class ClearingRepository(Repository):
             acc = sums.setdefault((r["insuplc_admdvs"], r["mdtrtarea_admvs"]), {})
             column = {"fund": "funded", "draw": "drawn", "give_back": "given_back", "clearing": "cleared"}[r["kind"]]
             acc[column] = acc.get(column, Decimal(0)) + r["amount"]
+        accounts: dict[tuple[str, str], asyncpg.Record] = {}
         if sums:
             # One statement for every account the batch moved, in a fixed order (no deadlock
-            # between batches that move the same accounts).
+            # between batches that move the same accounts), returning them as they now are.
             changed = sorted(sums.items())
-            await conn.execute(
+            rows = await conn.fetch(
                 """INSERT INTO clearing.prepayment_accounts AS a
                        (insuplc_admdvs, mdtrtarea_admvs, funded, drawn, given_back, cleared, moves)
                    SELECT i, t, f, d, g, c, 1
@@ -125,19 +126,23 @@ class ClearingRepository(Repository):
                      funded = a.funded + EXCLUDED.funded, drawn = a.drawn + EXCLUDED.drawn,
                      given_back = a.given_back + EXCLUDED.given_back, cleared = a.cleared + EXCLUDED.cleared,
                      moves = a.moves + 1
+                   RETURNING a.*
                 """,
                 [i for (i, _), _ in changed], [t for (_, t), _ in changed],
                 *[[cols.get(column, Decimal(0)) for _, cols in changed]
                   for column in ("funded", "drawn", "given_back", "cleared")],
             )
-        pairs = sorted({(i, t) for i, t, *_ in moves})
-        accounts = await conn.fetch(
-            """SELECT a.* FROM clearing.prepayment_accounts a
-               JOIN unnest($1::text[], $2::text[]) AS k(i, t) ON a.insuplc_admdvs = k.i AND a.mdtrtarea_admvs = k.t
-               ORDER BY a.insuplc_admdvs, a.mdtrtarea_admvs""",
-            [i for i, _ in pairs], [t for _, t in pairs],
-        )
-        return Moved(list(accounts), replayed, {(i, t) for (i, t), _ in sums.items()})
+            accounts = {(r["insuplc_admdvs"], r["mdtrtarea_admvs"]): r for r in rows}
+        # Accounts named only by moves an earlier run applied (a replay): read as they are.
+        pairs = sorted({(i, t) for i, t, *_ in moves} - set(accounts))
+        if pairs:
+            for r in await conn.fetch(
+                """SELECT a.* FROM clearing.prepayment_accounts a
+                   JOIN unnest($1::text[], $2::text[]) AS k(i, t) ON a.insuplc_admdvs = k.i AND a.mdtrtarea_admvs = k.t""",
+                [i for i, _ in pairs], [t for _, t in pairs],
+            ):
+                accounts[(r["insuplc_admdvs"], r["mdtrtarea_admvs"])] = r
+        return Moved([accounts[k] for k in sorted(accounts)], replayed, set(sums))
 
     async def keep_alert(self, conn: asyncpg.Connection, move: tuple[str, str], alert: str) -> None:
         await conn.execute(

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -122,9 +123,13 @@ class EligibilityHandler:
         if not parsed:
             return out
         now = datetime.now(UTC)
-        subjects = await self.subjects.get_many([p.body.psn_no for p in parsed])
-        facilities = await self.repo.facilities(sorted({p.request.fixmedins_code for p in parsed}))
-        outages = await self.repo.outages(sorted({p.request.insuplc_admdvs or "" for p in parsed}), now)
+        # Three independent reads (Redis, then Postgres on a miss; two Postgres queries on their own
+        # pool connections) side by side: a batch waits for the slowest, not for their sum.
+        subjects, facilities, outages = await asyncio.gather(
+            self.subjects.get_many([p.body.psn_no for p in parsed]),
+            self.repo.facilities(sorted({p.request.fixmedins_code for p in parsed})),
+            self.repo.outages(sorted({p.request.insuplc_admdvs or "" for p in parsed}), now),
+        )
         for p in parsed:
             try:
                 out.append(self.handle_one(p, subjects.get(p.body.psn_no), facilities, outages, now))

@@ -145,11 +145,12 @@ class PricingHandler:
         if self.settings.prepayment_policy == "refuse":
             pairs = {(w.request.insuplc_admdvs or "", w.request.mdtrtarea_admvs) for w in works if w.request.infno.is_settlement}
             prepayments = await self.repo.prepayments(conn, pairs)
+        policies, items = await self.repo.reference(conn, policy_keys, item_keys)
         return Batch(
             stored=stored,
             settlements=settlements,
-            policies=await self.repo.policies(conn, policy_keys),
-            items=await self.repo.catalogue_items(conn, item_keys),
+            policies=policies,
+            items=items,
             usage=await self.repo.accumulators(conn, usage_keys),
             prepayments=prepayments,
         )

@@ -106,37 +106,34 @@ class PricingRepository(Repository):
 
     # Batch reads, inside the batch's transaction ----------------------------------------------
 
-    async def policies(self, conn: asyncpg.Connection, keys: Iterable[tuple[str, str]]) -> list[BenefitPolicy]:
-        pairs = set(keys)
-        if not pairs:
-            return []
-        regions, types = zip(*pairs, strict=True)
+    async def reference(
+        self, conn: asyncpg.Connection, policy_keys: Iterable[tuple[str, str]], item_keys: Iterable[tuple[str, str]]
+    ) -> tuple[list[BenefitPolicy], list[CatalogueItem]]:
+        """Every version of the policies (insured region, insutype) and catalogue items (treating
+        region, code) a batch names, in one round trip; parsed once per revision."""
+        policy_pairs, item_pairs = sorted(set(policy_keys)), sorted(set(item_keys))
+        if not policy_pairs and not item_pairs:
+            return [], []
         rows = await conn.fetch(
-            """SELECT p.record, p.rev FROM pricing.policies p
+            """SELECT 'policy' AS kind, p.rev, p.record FROM pricing.policies p
                JOIN unnest($1::text[], $2::text[]) AS k(region, insutype)
-                 ON p.insuplc_admdvs = k.region AND p.insutype = k.insutype""",
-            list(regions), list(types),
-        )
-        return [
-            self._policies.get(r["rev"], lambda raw: PolicyRecord.model_validate(json_value(raw)).to_domain(), r["record"])
-            for r in rows
-        ]
-
-    async def catalogue_items(self, conn: asyncpg.Connection, keys: Iterable[tuple[str, str]]) -> list[CatalogueItem]:
-        pairs = set(keys)
-        if not pairs:
-            return []
-        regions, codes = zip(*pairs, strict=True)
-        rows = await conn.fetch(
-            """SELECT c.record, c.rev FROM pricing.catalogue c
-               JOIN unnest($1::text[], $2::text[]) AS k(region, code)
+                 ON p.insuplc_admdvs = k.region AND p.insutype = k.insutype
+               UNION ALL
+               SELECT 'item', c.rev, c.record FROM pricing.catalogue c
+               JOIN unnest($3::text[], $4::text[]) AS k(region, code)
                  ON c.mdtrtarea_admvs = k.region AND c.hilist_code = k.code""",
-            list(regions), list(codes),
+            [r for r, _ in policy_pairs], [t for _, t in policy_pairs],
+            [r for r, _ in item_pairs], [c for _, c in item_pairs],
         )
-        return [
-            self._items.get(r["rev"], lambda raw: CatalogueRecord.model_validate(json_value(raw)).to_domain(), r["record"])
-            for r in rows
+        policies = [
+            self._policies.get(r["rev"], lambda raw: PolicyRecord.model_validate(json_value(raw)).to_domain(), r["record"])
+            for r in rows if r["kind"] == "policy"
         ]
+        items = [
+            self._items.get(r["rev"], lambda raw: CatalogueRecord.model_validate(json_value(raw)).to_domain(), r["record"])
+            for r in rows if r["kind"] == "item"
+        ]
+        return policies, items
 
     async def accumulators(
         self, conn: asyncpg.Connection, keys: Iterable[tuple[str, int]]

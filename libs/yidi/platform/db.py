@@ -61,9 +61,17 @@ class Repository:
 MIGRATION_TIMEOUT_S = 3600.0
 
 
+async def _no_session_reset(conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's default session reset (``pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL``): one round trip per release, 0.3–2.7 ms per batch per stage, for
+    session state this code never leaves behind (advisory locks are transaction-level, settings
+    ``SET LOCAL``, no LISTEN, no cursors held). asyncpg still rolls back an open transaction."""
+
+
 async def create_pool(dsn: str, *, size: int = 4) -> asyncpg.Pool:
     async with transient_errors():
-        return await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=30)
+        return await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=30,
+                                         reset=_no_session_reset)
 
 
 async def migrate(pool: asyncpg.Pool, schema: str, package: str) -> list[str]:

@@ -1,0 +1,151 @@
+"""Latency at a fixed low rate, quickly: the bare pipeline or the services, optionally traced per hop.
+
+    python -m loadtest.latency_probe reference --runs 3 --seconds 15 [--trace DIR]
+    python -m loadtest.latency_probe services --runs 3 --seconds 20 --persons 400 [--trace DIR]
+
+Starts the processes in a fresh namespace (services: loads a small world through the feeds),
+replays a warm-up, then ``--runs`` fixed-rate replays of ``--seconds`` each, prints p50/p95/p99
+of each run and their medians, stops the processes and deletes the namespace's topics. With
+``--trace DIR`` every stage runs under ``loadtest.traced`` and ``loadtest.hops`` summarises DIR.
+Extra environment for the processes: ``--env KEY=VALUE`` (repeatable; e.g. the reference
+pipeline's ``LOADTEST_PRODUCER_OPTIONS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka.admin import AIOKafkaAdminClient
+
+from loadtest.generator import DayOptions, write_day, write_refdata
+from loadtest.observe import ProcessSampler, infrastructure_pids
+from loadtest.procs import REFERENCE_STAGES, SERVICES, Processes
+from loadtest.replay import Pace, replay_file
+from loadtest.world import World
+from yidi.platform.kafka import ensure_topics
+from yidi.platform.settings import Settings
+from yidi.refdata.loader import load
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def say(text: str) -> None:
+    print(f"probe: {text}", file=sys.stderr, flush=True)
+
+
+def _spawn(procs: Processes, name: str, module_argv: list[str], up: str, trace: Path | None,
+           env: dict[str, str]) -> None:
+    argv = [sys.executable, "-m"]
+    if trace:
+        argv += ["loadtest.traced", str(trace / f"{name}.jsonl"), *module_argv]
+    elif "LOADTEST_KAFKA_SOURCE" in env:
+        argv += ["loadtest.traced", "-", *module_argv]
+    else:
+        argv += module_argv
+    procs._spawn(name, argv, env)
+    procs.up[name] = up
+
+
+async def probe(args: argparse.Namespace) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    settings = Settings().model_copy(update={"namespace": f"probe{tag}."})
+    work = (args.dir or ROOT / "loadtest" / "results" / f"probe-{tag}")
+    work.mkdir(parents=True, exist_ok=True)
+    trace = args.trace
+    if trace:
+        trace.mkdir(parents=True, exist_ok=True)
+    env = dict(kv.split("=", 1) for kv in args.env)
+    world = World(persons=args.persons, seed=args.seed, run_id=f"P{tag.upper()}")
+    warmup = work / "warmup.jsonl"
+    write_day(world, DayOptions(settlements=300, seed=args.seed + 2, tag=f"W{tag}"), warmup)
+    days = []
+    for i in range(args.runs):
+        day = work / f"day{i}.jsonl"
+        write_day(world, DayOptions(settlements=int(args.rate * args.seconds), seed=args.seed + 10 + i,
+                                    tag=f"R{i}{tag}"), day)
+        days.append(day)
+    await ensure_topics(settings)
+    procs = Processes(settings, work / "logs")
+    results: list[dict[str, Any]] = []
+    try:
+        if args.target == "reference":
+            for stage in REFERENCE_STAGES:
+                _spawn(procs, f"ref-{stage}", ["loadtest.reference_pipeline", "--stage", stage], f"ref-{stage}",
+                       trace, env)
+        else:
+            for service in SERVICES:
+                _spawn(procs, service, [f"services.{service}"], service, trace, env)
+        await procs.wait_ready()
+        if args.target == "services":
+            write_refdata(world, work / "refdata.json")
+            t = time.monotonic()
+            await load(str(work / "refdata.json"), bootstrap=settings.kafka_bootstrap, namespace=settings.namespace,
+                       wait=600)
+            say(f"reference data applied in {time.monotonic() - t:.0f}s")
+        await replay_file(warmup, bootstrap=settings.kafka_bootstrap, namespace=settings.namespace,
+                          pace=Pace(window=200), progress=False)
+        for i, day in enumerate(days):
+            if args.pause:
+                await asyncio.sleep(args.pause)
+            sampler = ProcessSampler(procs.pids() | infrastructure_pids())
+            sampler.start()
+            r = await replay_file(day, bootstrap=settings.kafka_bootstrap, namespace=settings.namespace,
+                                  pace=Pace(rate=args.rate, window=2000), progress=False)
+            resources = await sampler.stop()
+            cpu = {name: round(v.get("cpu_s", 0.0), 1) for name, v in resources.items()}
+            lat = r["latency_ms"]
+            say(f"run {i}: {r['answers_matched']} answers at {r['throughput_per_s']}/s: p50 {lat['p50']} "
+                f"p95 {lat['p95']} p99 {lat['p99']} max {lat['max']} ms; {r['exactly_once']['summary']}; CPU s {cpu}")
+            results.append({k: r[k] for k in ("latency_ms", "throughput_per_s", "exactly_once", "err_codes")}
+                           | {"cpu_s": cpu})
+    finally:
+        codes = procs.stop_all()
+        if any(c not in (0, None) for c in codes.values()):
+            say(f"exit codes {codes}")
+        if not args.keep_topics:
+            admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+            await admin.start()
+            try:
+                topics = [t for t in await admin.list_topics() if t.startswith(settings.namespace)]
+                if topics:
+                    await admin.delete_topics(topics)
+            finally:
+                await admin.close()
+    summary = {k: round(statistics.median(r["latency_ms"][k] for r in results), 2)
+               for k in ("p50", "p95", "p99", "max")}
+    say(f"median of {len(results)} runs: " + ", ".join(f"{k} {v} ms" for k, v in summary.items()))
+    out = {"target": args.target, "env": env, "runs": results, "median": summary,
+           "exactly_once": all(r["exactly_once"]["ok"] for r in results)}
+    (work / "probe.json").write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.latency_probe", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", choices=["reference", "services"])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--persons", type=int, default=400)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--pause", type=float, default=1.0, help="seconds between runs")
+    parser.add_argument("--trace", type=Path, help="trace every stage into this folder (loadtest.traced)")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the processes")
+    parser.add_argument("--dir", type=Path, help="work folder (default loadtest/results/probe-<tag>)")
+    parser.add_argument("--keep-topics", action="store_true")
+    args = parser.parse_args(argv)
+    out = asyncio.run(probe(args))
+    sys.exit(0 if out["exactly_once"] else 1)
+
+
+if __name__ == "__main__":
+    main()
