@@ -44,6 +44,11 @@ def build(settings: Settings | None = None) -> Service:
         await state["repo"].upsert_prepayment(status.insuplc_admdvs, status.mdtrtarea_admvs, status.balance, status.version)
 
     feed(service, REFDATA_POLICIES, PolicyRecord, on_policy)
-    feed(service, PREPAYMENT_STATUS, PrepaymentStatus, on_prepayment)
     feed(service, REFDATA_CATALOGUE, CatalogueRecord, on_catalogue)
+    if settings.prepayment_policy == "refuse":
+        # The balances are read only to refuse (clearing updates them after every batch: dozens of
+        # records a second under load). Under the default policy pricing does not follow them; a
+        # pricing started later with "refuse" reads the compacted topic from where its group
+        # stopped (from the beginning the first time), so its copy is whole before it refuses.
+        feed(service, PREPAYMENT_STATUS, PrepaymentStatus, on_prepayment)
     return service

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -113,6 +114,7 @@ class TransactionalStage:
     _task: asyncio.Task[None] | None = field(default=None, init=False)
     _stopping: bool = field(default=False, init=False)
     failure: BaseException | None = field(default=None, init=False)
+    _latency_children: dict[tuple[str, str], Any] = field(default_factory=dict, init=False)
 
     async def start(self) -> None:
         s = self.settings
@@ -206,15 +208,25 @@ class TransactionalStage:
             metrics.STAGE_BATCH_SECONDS.labels(self.name).observe(time.perf_counter() - started)
             metrics.STAGE_BATCH_SIZE.labels(self.name).observe(len(records))
             metrics.STAGE_RECORDS.labels(self.name).inc(len(records))
+            answered: dict[tuple[str, str], int] = {}
             for out in outgoing:
                 if out.answered:
                     a = out.answered
-                    outcome = "ok" if a.err_code == "ok" else "error"
-                    metrics.SETTLEMENT_LATENCY.labels(self.service, a.infno, outcome).observe(
-                        max(0.0, (now_ms - a.request_ts_ms) / 1000)
-                    )
-                    metrics.ANSWERS.labels(self.service, a.infno, a.err_code).inc()
+                    key = (a.infno, a.err_code)
+                    answered[key] = answered.get(key, 0) + 1
+                    self._latency(a.infno, a.err_code).observe(max(0.0, (now_ms - a.request_ts_ms) / 1000))
+            for (infno, err_code), count in answered.items():
+                metrics.ANSWERS.labels(self.service, infno, err_code).inc(count)
             return
+
+    def _latency(self, infno: str, err_code: str) -> Any:
+        """The latency histogram's child for an answer (looked up once per label set)."""
+        outcome = "ok" if err_code == "ok" else "error"
+        child = self._latency_children.get((infno, outcome))
+        if child is None:
+            child = self._latency_children[(infno, outcome)] = metrics.SETTLEMENT_LATENCY.labels(
+                self.service, infno, outcome)
+        return child
 
     async def _commit(self, records: list[Incoming], outgoing: list[Outgoing]) -> None:
         assert self._producer is not None
