@@ -78,6 +78,7 @@ async def test_a_request_sent_while_clearing_is_killed_is_answered_once_it_is_ba
 
 async def test_under_the_refuse_policy_an_exhausted_prepayment_refuses_and_settles_nothing(system, gateway, clearing):
     from tests.e2e.test_clearing import fund
+    from yidi.platform.topics import PREPAYMENT_STATUS
     from tests.e2e.world import World
 
     system.kill("pricing")
@@ -87,7 +88,7 @@ async def test_under_the_refuse_policy_an_exhausted_prepayment_refuses_and_settl
         world = await World(system.settings).build()
         person = await world.person()
         await fund(clearing, world, "200.00")
-        await world.load()  # pricing has applied the balance clearing published
+        await world.load(optional_feeds=(PREPAYMENT_STATUS,))  # pricing has applied the balance clearing published
         first = await gateway.call(world.request(person, [("T-A", "1", "500.00")]))   # funds pay 120: 80 left
         second = world.request(person, [("T-A", "1", "800.00")])                      # would pay 280
         refused = await gateway.call(second)

@@ -33,9 +33,10 @@ class World:
         self.treating = _region("97")
         self.facility = "H" + uuid.uuid4().hex[:11].upper()
 
-    async def load(self, **sections: list[dict[str, Any]]) -> None:
+    async def load(self, *, optional_feeds: tuple[str, ...] = (), **sections: list[dict[str, Any]]) -> None:
         await publish(self.settings.kafka_bootstrap, self.settings.namespace, validate(sections))
-        await wait_caught_up(self.settings.kafka_bootstrap, consumers_to_wait_for(self.settings.namespace), timeout=60)
+        await wait_caught_up(self.settings.kafka_bootstrap,
+                             consumers_to_wait_for(self.settings.namespace, optional=optional_feeds), timeout=60)
 
     def policy(self, insutype: str = "310", **overrides: Any) -> dict[str, Any]:
         policy = {

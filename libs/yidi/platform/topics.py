@@ -83,4 +83,7 @@ FEED_READERS: dict[str, str] = {
     REFDATA_CATALOGUE: "pricing",
     PREPAYMENT_STATUS: "pricing",
 }
+# Feeds read only in some configurations: pricing follows clearing.prepayment-status only under
+# YIDI_PREPAYMENT_POLICY=refuse, so its group exists only then (waiters ask for it explicitly).
+OPTIONAL_FEEDS: frozenset[str] = frozenset({PREPAYMENT_STATUS})
 FILING_STAGE_GROUP = "yidi-filing-requests"

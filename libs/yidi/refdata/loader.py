@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from yidi.contracts.refdata import CatalogueRecord, FacilityRecord, PersonRecord
 from yidi.platform.lag import wait_caught_up
 from yidi.platform.topics import (
     FEED_READERS,
+    OPTIONAL_FEEDS,
     FILING_EVENTS,
     FILING_REQUESTS,
     FILING_STAGE_GROUP,
@@ -94,9 +96,13 @@ async def publish(bootstrap: str, namespace: str, parsed: dict[str, list[BaseMod
     return counts
 
 
-def consumers_to_wait_for(namespace: str) -> list[tuple[str, str]]:
+def consumers_to_wait_for(namespace: str, *, optional: Iterable[str] = ()) -> list[tuple[str, str]]:
+    """(group, topic) of every feed reader; of the ``OPTIONAL_FEEDS`` only those in ``optional``
+    (their readers exist only in some configurations: waiting on an absent group never ends)."""
+    wanted = set(optional)
     pairs = [(f"{namespace}{FILING_STAGE_GROUP}", f"{namespace}{FILING_REQUESTS}")]
-    pairs += [(f"{namespace}{feed_group(service, topic)}", f"{namespace}{topic}") for topic, service in FEED_READERS.items()]
+    pairs += [(f"{namespace}{feed_group(service, topic)}", f"{namespace}{topic}") for topic, service in FEED_READERS.items()
+              if topic not in OPTIONAL_FEEDS or topic in wanted]
     # filing.events is written by the filing stage: check it after the stage has caught up.
     pairs.sort(key=lambda p: p[1] == f"{namespace}{FILING_EVENTS}")
     return pairs
