@@ -64,6 +64,9 @@ def build(settings: Settings | None = None) -> Service:
     async def on_person(record: PersonRecord) -> None:
         await subjects().remember(record.psn_no, await repo().upsert_person(record))
 
+    async def on_persons(records: list[PersonRecord]) -> None:
+        await subjects().remember_many(await repo().upsert_persons(records))
+
     async def on_facility(record: FacilityRecord) -> None:
         await repo().upsert_facility(record)
 
@@ -72,7 +75,7 @@ def build(settings: Settings | None = None) -> Service:
             record.status_id, record.admdvs, record.starts_at, record.ends_at, record.reason, record.cancelled
         )
 
-    feed(service, REFDATA_PERSONS, PersonRecord, on_person)
+    feed(service, REFDATA_PERSONS, PersonRecord, on_person, apply_many=on_persons)
     feed(service, REFDATA_FACILITIES, FacilityRecord, on_facility)
     feed(service, REGION_STATUS, RegionStatusRecord, on_region_status)
     return service

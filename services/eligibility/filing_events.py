@@ -27,12 +27,12 @@ class FilingEventsHandler:
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         events, out = parse_each(records, FilingEvent.model_validate, "filing event")
+        if not events:
+            return out
+        # The whole batch in one Postgres transaction, then every person it names to the cache
+        # (also those an earlier run of this batch applied: the cache may have missed them).
+        await self.subjects.remember_many(await self.repo.upsert_filings([e.filing for _, e in events]))
         for _, event in events:
-            psn_no = event.filing.psn_no
-            subject = await self.repo.upsert_filing(event.filing)
-            if subject is None:  # applied before (a replay): the cache may still have missed it
-                subject = (await self.repo.subjects([psn_no]))[psn_no]
-            await self.subjects.remember(psn_no, subject)
             if event.result is not None and event.reply_to:
                 out.append(Outgoing(self.settings.topic(event.reply_to), dumps(event.result), key=event.filing.psn_no.encode()))
         return out

@@ -61,6 +61,31 @@ class EligibilityRepository(Repository):
             )
             return (await self.subjects([record.psn_no], conn))[record.psn_no]
 
+    async def upsert_persons(self, records: list[PersonRecord]) -> dict[str, Subject]:
+        """``upsert_person`` for a feed batch in one transaction: the last record of each person
+        wins (as applying them in order would), each gets a new version, in the batch's order."""
+        latest: dict[str, PersonRecord] = {}
+        for record in records:
+            latest.pop(record.psn_no, None)
+            latest[record.psn_no] = record  # re-inserted: ordered by each person's last record
+        psn_nos = list(latest)
+        async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
+            # The persons' locks in a fixed order (no deadlock with another batch or a filing).
+            await conn.execute(
+                """SELECT pg_advisory_xact_lock(hashtext('yidi-eligibility:' || p))
+                   FROM (SELECT p FROM unnest($1::text[]) AS p ORDER BY p) AS sorted""",
+                psn_nos,
+            )
+            await conn.execute(
+                """INSERT INTO eligibility.persons (psn_no, record, version)
+                   SELECT p, r::jsonb, nextval('eligibility.change_seq')
+                   FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(p, r, n) ORDER BY n
+                   ON CONFLICT (psn_no) DO UPDATE
+                   SET record = EXCLUDED.record, version = EXCLUDED.version, updated_at = now()""",
+                psn_nos, [r.model_dump_json() for r in latest.values()],
+            )
+            return await self.subjects(psn_nos, conn)
+
     async def upsert_filing(self, record: FilingRecord) -> Subject | None:
         """Apply a filing event unless a newer version of that filing is already mirrored."""
         async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
@@ -80,6 +105,38 @@ class EligibilityRepository(Repository):
             if status.endswith(" 0"):
                 return None
             return (await self.subjects([record.psn_no], conn))[record.psn_no]
+
+    async def upsert_filings(self, records: list[FilingRecord]) -> dict[str, Subject]:
+        """``upsert_filing`` for a batch of filing events in one transaction (per filing the
+        highest version of the batch, and only over an older mirrored one); returns the subject of
+        every person the batch names, changed now or by an earlier run of the same batch."""
+        newest: dict[str, FilingRecord] = {}
+        for record in records:
+            kept = newest.get(record.filing_id)
+            if kept is None or record.version >= kept.version:
+                newest.pop(record.filing_id, None)
+                newest[record.filing_id] = record
+        rows = list(newest.values())
+        psn_nos = sorted({r.psn_no for r in rows})
+        async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """SELECT pg_advisory_xact_lock(hashtext('yidi-eligibility:' || p))
+                   FROM (SELECT p FROM unnest($1::text[]) AS p ORDER BY p) AS sorted""",
+                psn_nos,
+            )
+            await conn.execute(
+                """INSERT INTO eligibility.filings AS f (filing_id, psn_no, record, filing_version, version)
+                   SELECT i, p, r::jsonb, v, nextval('eligibility.change_seq')
+                   FROM unnest($1::text[], $2::text[], $3::text[], $4::int[]) WITH ORDINALITY AS u(i, p, r, v, n)
+                   ORDER BY n
+                   ON CONFLICT (filing_id) DO UPDATE
+                   SET record = EXCLUDED.record, filing_version = EXCLUDED.filing_version,
+                       version = EXCLUDED.version, updated_at = now()
+                   WHERE f.filing_version < EXCLUDED.filing_version""",
+                [r.filing_id for r in rows], [r.psn_no for r in rows], [r.model_dump_json() for r in rows],
+                [r.version for r in rows],
+            )
+            return await self.subjects(psn_nos, conn)
 
     async def facilities(self, codes: list[str]) -> dict[str, FacilityRecord]:
         async with transient_errors():

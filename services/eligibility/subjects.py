@@ -43,6 +43,13 @@ class Subjects:
                 metrics.CACHE_LOOKUPS.labels("fallback").inc(len(loaded))
         return found
 
+    async def remember_many(self, subjects: dict[str, Subject]) -> None:
+        """``remember`` for many persons in one round trip."""
+        try:
+            await self._cache.put_many([(psn_no, version, doc) for psn_no, (version, doc) in subjects.items()])
+        except CacheUnavailable:
+            metrics.CACHE_LOOKUPS.labels("fallback").inc(len(subjects))
+
     async def remember(self, psn_no: str, subject: Subject) -> None:
         """Write a fresh subject through to the cache; a newer cached version wins."""
         try:

@@ -9,6 +9,7 @@ model and compared with that model's dump: same fields, same order, same bytes.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -39,7 +40,13 @@ async def test_the_stages_wire_forms_are_their_models_dumps(settings):
     try:
         chain = Chain(settings, pool, cache, World(persons=150, seed=3, run_id=tag))
         await chain.load()
-        results = await chain.run(chain.requests(400, tag, pre_settlements=0.1, duplicates=0.05), size=100)
+        requests = chain.requests(400, tag, pre_settlements=0.1, duplicates=0.05)
+        # A person nobody insures: at least one refusal is built, whatever the day drew.
+        stranger = orjson.loads(next(r.value for r in requests if b'"infno":"2207"' in r.value))
+        stranger["msgid"] += "X"
+        stranger["input"]["data"]["psn_no"] = "NOBODY" + tag
+        requests.append(replace(requests[0], offset=len(requests), value=orjson.dumps(stranger)))
+        results = await chain.run(requests, size=100)
         eligible = [o for o in results["eligibility"][0] if o.topic == settings.topic(SETTLEMENT_ELIGIBLE)]
         priced = [o for o in results["pricing"][0] if o.topic == settings.topic(SETTLEMENT_PRICED)]
         answers = [o for stage in ("eligibility", "pricing", "clearing") for o in results[stage][0] if o.answered]

@@ -1,8 +1,10 @@
 """Consuming a reference feed with FastStream: validate, apply, dead-letter what cannot apply.
 
-Feeds are applied at least once (upserts are idempotent): offsets are committed after the
-record is in Postgres (``NACK_ON_ERROR``); a database that is away is retried after a pause; a
-record that does not validate is dead-lettered with the reason and never retried.
+Feeds are applied at least once (upserts are idempotent), a batch at a time: offsets are
+committed after the batch is in Postgres (``NACK_ON_ERROR``, one commit per batch instead of one
+per record: loading a national day's persons was bound by those commits); a database that is
+away is retried after a pause; a record that does not validate is dead-lettered with the reason
+and never retried.
 """
 
 from __future__ import annotations
@@ -32,39 +34,66 @@ def feed(
     model: type[M],
     apply: Callable[[M], Awaitable[Any]],
     *,
+    apply_many: Callable[[list[M]], Awaitable[Any]] | None = None,
     name: str | None = None,
+    max_records: int = 500,
 ) -> None:
-    """Subscribe ``apply`` to ``topic``; ``apply`` gets a validated ``model``."""
+    """Subscribe to ``topic`` in batches: each record validated (a record that does not is
+    dead-lettered), the valid ones applied in order with ``apply_many`` (one call, e.g. one
+    statement) or else ``apply`` one by one, then the batch acknowledged with one commit.
+    A record ``apply`` refuses (``PermanentError``) is dead-lettered; a transient failure NACKs
+    the batch, which is read again (the upserts are idempotent)."""
     feed_name = name or topic
     full_topic = service.topic(topic)
 
+    async def refuse(raw: Any, exc: Exception) -> None:
+        metrics.REFDATA_RECORDS.labels(feed_name, "refused").inc()
+        metrics.DEAD_LETTERS.labels(full_topic).inc()
+        log.warning("%s: record refused: %s", feed_name, exc)
+        await service.broker.publish(
+            raw.value or b"", dlq(full_topic), key=raw.key,
+            headers={
+                "yidi-dlq-reason": str(exc)[:2000],
+                "yidi-dlq-source": f"{raw.topic}/{raw.partition}/{raw.offset}",
+            },
+        )
+
+    async def apply_each(valid: list[tuple[Any, M]]) -> int:
+        applied = 0
+        for raw, record in valid:
+            try:
+                await apply(record)
+                applied += 1
+            except PermanentError as exc:
+                await refuse(raw, exc)
+        return applied
+
     async def consume(msg: KafkaMessage) -> None:
-        body = msg.body
+        batch = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        valid: list[tuple[Any, M]] = []
+        for raw in batch:
+            try:
+                valid.append((raw, model.model_validate(loads(raw.value or b""))))
+            except (ValidationError, ValueError) as exc:
+                await refuse(raw, exc)
         try:
-            record = model.model_validate(loads(body))
-            await apply(record)
-        except (ValidationError, ValueError, PermanentError) as exc:
-            metrics.REFDATA_RECORDS.labels(feed_name, "refused").inc()
-            metrics.DEAD_LETTERS.labels(full_topic).inc()
-            log.warning("%s: record refused: %s", feed_name, exc)
-            raw = msg.raw_message
-            await service.broker.publish(
-                body, dlq(full_topic), key=raw.key,  # type: ignore[union-attr]
-                headers={
-                    "yidi-dlq-reason": str(exc)[:2000],
-                    "yidi-dlq-source": f"{raw.topic}/{raw.partition}/{raw.offset}",  # type: ignore[union-attr]
-                },
-            )
-            return
+            if apply_many is not None and len(valid) > 1:
+                try:
+                    await apply_many([record for _, record in valid])
+                    applied = len(valid)
+                except PermanentError:
+                    applied = await apply_each(valid)  # find the record at fault, apply the others
+            else:
+                applied = await apply_each(valid)
         except TransientError:
-            await asyncio.sleep(1.0)  # then NACK: the record is read again
+            await asyncio.sleep(1.0)  # then NACK: the batch is read again
             raise
         except Exception:
-            # A bug: keep the record (NACK) but do not spin on it; the log says what broke.
-            log.exception("%s: unexpected failure applying a record", feed_name)
+            # A bug: keep the records (NACK) but do not spin on them; the log says what broke.
+            log.exception("%s: unexpected failure applying a batch of %d", feed_name, len(valid))
             await asyncio.sleep(5.0)
             raise
-        metrics.REFDATA_RECORDS.labels(feed_name, "applied").inc()
+        metrics.REFDATA_RECORDS.labels(feed_name, "applied").inc(applied)
 
     service.broker.subscriber(
         full_topic,
@@ -74,4 +103,6 @@ def feed(
         # Some feeds are written in transactions (clearing.prepayment-status): never apply an aborted one.
         isolation_level="read_committed",
         no_reply=True,
+        batch=True,
+        max_records=max_records,
     )(consume)
