@@ -4,10 +4,13 @@ cache that is never wrong, even when the real Redis server is stopped mid-run.""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
+from tests.e2e.test_settlement_path import _dead_letters
 from tests.e2e.world import World, filing_request
 
 pytestmark = pytest.mark.e2e
@@ -129,3 +132,37 @@ async def test_a_filing_reqid_used_again_for_another_request_is_refused(world, f
     other = await filings.call(request | {"category": "posted_worker"})
     assert first["accepted"] and again["accepted"] and again["filing"] == first["filing"]
     assert not other["accepted"] and "already used" in other["reason"]
+
+
+async def test_a_feed_batch_applies_its_good_records_in_order_and_dead_letters_the_bad_one(system, world, gateway):
+    """refdata.persons is applied a batch at a time: a record that does not validate goes to the
+    dead-letter topic alone; of two records of one person in the batch, the later one wins."""
+    from aiokafka import AIOKafkaProducer
+
+    from yidi.platform.lag import wait_caught_up
+    from yidi.refdata.loader import consumers_to_wait_for
+
+    person = await world.person()  # filed, insured in world.insured
+    other = "T" + uuid.uuid4().hex[:19].upper()
+    record = {"psn_no": person, "psn_name": "first name", "insuplc_admdvs": world.insured, "insutype": "310",
+              "psn_type": "11", "acct_balc": "0.00", "acct_version": "v1"}
+    bad = b'{"psn_no": "' + other.encode() + b'", "insutype": "not a type"}'
+    producer = AIOKafkaProducer(bootstrap_servers=system.settings.kafka_bootstrap, linger_ms=50)
+    await producer.start()
+    try:
+        topic = system.settings.topic("refdata.persons")
+        for value in (orjson.dumps(record), bad, orjson.dumps(record | {"psn_name": "second name"}),
+                      orjson.dumps(record | {"psn_no": other, "psn_name": "other person"})):
+            await producer.send(topic, value, key=orjson.loads(value)["psn_no"].encode(), partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    await wait_caught_up(system.settings.kafka_bootstrap, consumers_to_wait_for(system.settings.namespace), timeout=60)
+
+    base = world.request(person, [("T-A", "1", "1.00")])
+    info = await gateway.call(base | {"infno": "1101"})
+    assert info["output"]["baseinfo"]["psn_name"] == "second name"
+    other_info = await gateway.call(world.request(other, [("T-A", "1", "1.00")]) | {"infno": "1101"})
+    assert other_info["output"]["baseinfo"]["psn_name"] == "other person"
+    dead = await _dead_letters(system.settings, "refdata.persons")
+    assert any(value == bad and b"insutype" in headers["yidi-dlq-reason"] for value, headers in dead)
