@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient
 
 from loadtest import report as rpt
 from loadtest.bench_eligibility import bench as bench_eligibility
@@ -35,7 +34,7 @@ from loadtest.observe import ProcessSampler, infrastructure_pids, scrape, stage_
 from loadtest.procs import REFERENCE_STAGES, SERVICES, Processes
 from loadtest.replay import Pace, replay_file
 from loadtest.world import World
-from yidi.platform.kafka import ensure_topics
+from yidi.platform.kafka import delete_namespace_topics, ensure_topics
 from yidi.platform.settings import Settings
 from yidi.refdata.loader import load
 
@@ -170,15 +169,7 @@ class Bench:
             procs.stop_all()
 
     async def cleanup(self) -> None:
-        prefixes = (self.settings.namespace, self.ref_settings.namespace)
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
-        await admin.start()
-        try:
-            topics = [t for t in await admin.list_topics() if t.startswith(prefixes)]
-            if topics:
-                await admin.delete_topics(topics)
-        finally:
-            await admin.close()
+        await delete_namespace_topics(self.settings.kafka_bootstrap, self.settings.namespace, self.ref_settings.namespace)
 
     async def run(self) -> dict[str, Any]:
         args = self.args

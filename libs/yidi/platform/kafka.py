@@ -91,6 +91,22 @@ async def ensure_topics(settings: Settings) -> list[str]:
         await admin.close()
 
 
+async def delete_namespace_topics(bootstrap: str, *prefixes: str) -> list[str]:
+    """Delete every topic whose name starts with one of ``prefixes`` (a test or bench namespace,
+    e.g. ``"t1a2b3c4."``); return their names. An empty prefix is refused: it would name them all."""
+    if not prefixes or not all(prefixes):
+        raise ValueError("a namespace prefix is required")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        topics = [t for t in await admin.list_topics() if t.startswith(prefixes)]
+        if topics:
+            await admin.delete_topics(topics)
+        return topics
+    finally:
+        await admin.close()
+
+
 def make_producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:
     options: dict[str, object] = {"bootstrap_servers": settings.kafka_bootstrap, "acks": "all", "linger_ms": 1}
     options.update(overrides)
