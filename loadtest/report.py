@@ -66,7 +66,13 @@ def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"target": "p99 < 250 ms at 2,000/s sustained",
                     "measured": f"2,000/s not reachable: at most {tput}/s sustained" if tput else "not run",
                     "met": None if tput is None else False})
-    if tput:
+    if tput and full["sends"] >= DAY_SETTLEMENTS:
+        # A whole day was replayed: its own duration, extras (pre-settlements, cancellations ...) included.
+        minutes = full["sends"] / tput / 60
+        out.append({"target": "a 650,000-settlement day in < 6 minutes",
+                    "measured": f"{minutes:.1f} minutes at {tput}/s (replayed: {full['sends']} requests)",
+                    "met": minutes < 6})
+    elif tput:
         minutes = DAY_SETTLEMENTS / tput / 60
         out.append({"target": "a 650,000-settlement day in < 6 minutes",
                     "measured": f"{minutes:.1f} minutes at {tput}/s (projected from {full['sends']} requests)",

@@ -143,3 +143,14 @@ def test_targets_are_judged_from_the_runs():
     assert met["a 650,000-settlement day in < 6 minutes"] is True
     assert met["throughput ≥ half of the bare pipeline's"] is True
     assert met["each service < 150 MiB RSS"] is False
+
+
+def test_a_whole_day_is_judged_by_its_own_duration_not_a_projection():
+    day = {"sends": 670_000, "throughput_per_s": 2000.0, "latency_ms": {"p99": 900.0}}
+    judged = {t["target"]: t for t in judge({"runs": {"max": day}, "rss_max_mib": {}})}
+    target = judged["a 650,000-settlement day in < 6 minutes"]
+    assert "replayed: 670000 requests" in target["measured"] and target["measured"].startswith("5.6 minutes")
+    assert target["met"] is True
+    small = {"sends": 40_000, "throughput_per_s": 2000.0, "latency_ms": {"p99": 900.0}}
+    judged = {t["target"]: t for t in judge({"runs": {"max": small}, "rss_max_mib": {}})}
+    assert "projected from 40000 requests" in judged["a 650,000-settlement day in < 6 minutes"]["measured"]
