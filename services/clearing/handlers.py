@@ -152,6 +152,8 @@ def _priced(raw: Any) -> tuple[PricedWork, dict[str, Any], dict[str, str] | None
     answer = raw["answer"]
     amounts = None
     if work.kind is WorkKind.SETTLE:
+        if work.facts is None:
+            raise ValueError("a settlement without its ledger facts")
         info = work.answer.output.get("setlinfo")
         if not isinstance(info, dict):
             raise ValueError("a settlement's answer has no setlinfo")

@@ -31,6 +31,17 @@ async def _lock_person(conn: asyncpg.Connection, psn_no: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext('yidi-eligibility:' || $1))", psn_no)
 
 
+async def _lock_persons(conn: asyncpg.Connection, psn_nos: list[str]) -> None:
+    """``_lock_person`` for many persons, in the order of the lock keys themselves (two persons
+    may share a key): two batches that lock overlapping persons never wait on each other in a
+    circle."""
+    await conn.execute(
+        """SELECT pg_advisory_xact_lock(k)
+           FROM (SELECT DISTINCT hashtext('yidi-eligibility:' || p) AS k FROM unnest($1::text[]) AS p ORDER BY k) AS keys""",
+        psn_nos,
+    )
+
+
 class EligibilityRepository(Repository):
 
     async def subjects(self, psn_nos: list[str], conn: asyncpg.Connection | None = None) -> dict[str, Subject]:
@@ -71,11 +82,7 @@ class EligibilityRepository(Repository):
         psn_nos = list(latest)
         async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
             # The persons' locks in a fixed order (no deadlock with another batch or a filing).
-            await conn.execute(
-                """SELECT pg_advisory_xact_lock(hashtext('yidi-eligibility:' || p))
-                   FROM (SELECT p FROM unnest($1::text[]) AS p ORDER BY p) AS sorted""",
-                psn_nos,
-            )
+            await _lock_persons(conn, psn_nos)
             await conn.execute(
                 """INSERT INTO eligibility.persons (psn_no, record, version)
                    SELECT p, r::jsonb, nextval('eligibility.change_seq')
@@ -119,11 +126,7 @@ class EligibilityRepository(Repository):
         rows = list(newest.values())
         psn_nos = sorted({r.psn_no for r in rows})
         async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                """SELECT pg_advisory_xact_lock(hashtext('yidi-eligibility:' || p))
-                   FROM (SELECT p FROM unnest($1::text[]) AS p ORDER BY p) AS sorted""",
-                psn_nos,
-            )
+            await _lock_persons(conn, psn_nos)
             await conn.execute(
                 """INSERT INTO eligibility.filings AS f (filing_id, psn_no, record, filing_version, version)
                    SELECT i, p, r::jsonb, v, nextval('eligibility.change_seq')

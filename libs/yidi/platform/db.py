@@ -82,7 +82,8 @@ async def migrate(pool: asyncpg.Pool, schema: str, package: str) -> list[str]:
     applied_now = []
     async with pool.acquire() as conn, conn.transaction():
         # Two instances starting together must not both migrate.
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}")
+        # Another instance may be in the middle of a long migration: wait for it, however long.
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"migrate:{schema}", timeout=MIGRATION_TIMEOUT_S)
         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
         await conn.execute(
             f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '

@@ -64,7 +64,7 @@ def feed(
             try:
                 await apply(record)
                 applied += 1
-            except PermanentError as exc:
+            except (ValidationError, ValueError, PermanentError) as exc:
                 await refuse(raw, exc)
         return applied
 
@@ -81,7 +81,7 @@ def feed(
                 try:
                     await apply_many([record for _, record in valid])
                     applied = len(valid)
-                except PermanentError:
+                except (ValidationError, ValueError, PermanentError):
                     applied = await apply_each(valid)  # find the record at fault, apply the others
             else:
                 applied = await apply_each(valid)
