@@ -27,7 +27,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 import psutil
 
@@ -43,7 +42,7 @@ from services.pricing.handlers import PricingHandler
 from services.pricing.repository import PricingRepository
 from yidi.contracts.refdata import CatalogueRecord, PolicyRecord
 from yidi.platform.cache import VersionedCache
-from yidi.platform.db import create_pool, migrate
+from yidi.platform.db import create_pool, execute_alone, migrate
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.settings import Settings
 from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_PRICED, SETTLEMENT_REQUESTS
@@ -144,7 +143,7 @@ async def bench(settings: Settings, *, persons: int, batches: int, size: int, pr
     # A database of its own (dropped after), and one connection to it, so one Postgres server
     # process does (and is measured for) all the handlers' work.
     database = f"yidi_bench_{tag.lower()}"
-    await _admin_sql(settings.database_url, f'CREATE DATABASE "{database}"')
+    await execute_alone(settings.database_url, f'CREATE DATABASE "{database}"')
     pool = await create_pool(settings.database_url.rsplit("/", 1)[0] + f"/{database}", size=1)
     cache = VersionedCache(settings.redis_url, ttl_seconds=600, prefix=f"{tag}:elig:")
     results: dict[str, Any] = {"persons": persons, "batches": batches, "batch_size": size}
@@ -161,16 +160,9 @@ async def bench(settings: Settings, *, persons: int, batches: int, size: int, pr
     finally:
         await cache.close()
         await pool.close()
-        await _admin_sql(settings.database_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await execute_alone(settings.database_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     return results
 
-
-async def _admin_sql(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,9 +14,9 @@ import os
 import uuid
 from collections.abc import Iterator
 
-import asyncpg
 import pytest
 
+from yidi.platform.db import execute_alone
 from yidi.platform.kafka import delete_namespace_topics
 from yidi.platform.settings import Settings
 
@@ -66,7 +66,7 @@ def settings(servers: dict[str, str]) -> Iterator[Settings]:
     tag = uuid.uuid4().hex[:8]
     base = servers["YIDI_DATABASE_URL"]
     database = f"yidi_test_{tag}"
-    asyncio.run(_admin_sql(base, f'CREATE DATABASE "{database}"'))
+    asyncio.run(execute_alone(base, f'CREATE DATABASE "{database}"'))
     try:
         yield Settings(
             kafka_bootstrap=servers["YIDI_KAFKA_BOOTSTRAP"],
@@ -77,19 +77,11 @@ def settings(servers: dict[str, str]) -> Iterator[Settings]:
             log_level="WARNING",
         )
     finally:
-        asyncio.run(_admin_sql(base, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        asyncio.run(execute_alone(base, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         # The session's topics too: thousands of leftover partitions slow a developer's broker
         # (and every later benchmark on it) down.
         with contextlib.suppress(Exception):
             asyncio.run(delete_namespace_topics(servers["YIDI_KAFKA_BOOTSTRAP"], f"t{tag}."))
-
-
-async def _admin_sql(dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 def unique(prefix: str = "") -> str:

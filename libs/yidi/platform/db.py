@@ -61,6 +61,17 @@ class Repository:
 MIGRATION_TIMEOUT_S = 3600.0
 
 
+async def execute_alone(dsn: str, sql: str) -> None:
+    """One statement on a connection of its own, outside any pool and transaction (``CREATE
+    DATABASE`` and ``DROP DATABASE`` run nowhere else): the throwaway databases of tests and benches."""
+    async with transient_errors():
+        conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 async def _no_session_reset(conn: asyncpg.Connection) -> None:
     """Release without asyncpg's default session reset (``pg_advisory_unlock_all(); CLOSE ALL;
     UNLISTEN *; RESET ALL``): one round trip per release, 0.3–2.7 ms per batch per stage, for
