@@ -37,10 +37,7 @@ class Subjects:
             loaded = await self._repo.subjects(misses)
             for psn_no, subject in loaded.items():
                 found[psn_no] = subject[1]
-            try:
-                await self._cache.put_many([(psn_no, version, doc) for psn_no, (version, doc) in loaded.items()])
-            except CacheUnavailable:
-                metrics.CACHE_LOOKUPS.labels("fallback").inc(len(loaded))
+            await self.remember_many(loaded)
         return found
 
     async def remember_many(self, subjects: dict[str, Subject]) -> None:
