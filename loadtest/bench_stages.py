@@ -1,6 +1,6 @@
 """CPU cost per record of each stage's handler, in-process, on the real Postgres and Redis.
 
-    python -m loadtest.bench_stages [--persons 3000] [--batches 10] [--profile pricing] [--out result.json]
+    python -m loadtest.bench_stages [--persons 3000] [--batches 10] [--repeat 3] [--profile pricing] [--out result.json]
 
 The three settlement handlers (eligibility → pricing → clearing) are chained without Kafka: the
 generated day's requests go to eligibility's handler in batches of 500, its settlement.eligible
@@ -138,7 +138,8 @@ class Chain:
         return results
 
 
-async def bench(settings: Settings, *, persons: int, batches: int, size: int, profile: str | None) -> dict[str, Any]:
+async def bench(settings: Settings, *, persons: int, batches: int, size: int, profile: str | None,
+                repeat: int = 1) -> dict[str, Any]:
     tag = "SB" + uuid.uuid4().hex[:8].upper()
     # A database of its own (dropped after), and one connection to it, so one Postgres server
     # process does (and is measured for) all the handlers' work.
@@ -146,15 +147,20 @@ async def bench(settings: Settings, *, persons: int, batches: int, size: int, pr
     await execute_alone(settings.database_url, f'CREATE DATABASE "{database}"')
     pool = await create_pool(settings.database_url.rsplit("/", 1)[0] + f"/{database}", size=1)
     cache = VersionedCache(settings.redis_url, ttl_seconds=600, prefix=f"{tag}:elig:")
-    results: dict[str, Any] = {"persons": persons, "batches": batches, "batch_size": size}
+    results: dict[str, Any] = {"persons": persons, "batches": batches, "batch_size": size, "repeat": repeat}
     try:
         chain = Chain(settings, pool, cache, World(persons=persons, seed=11, run_id=tag))
         await chain.load()
         # A warm-up day of its own (caches, prepared statements), then the measured one.
         await chain.run(chain.requests(size * 2, f"{tag}W"), size=size)
-        measured = await chain.run(chain.requests(batches * size, f"{tag}M"), size=size, profile=profile)
-        for stage in STAGES:
-            results[stage] = measured[stage][1]
+        # Each repeat is a fresh day; a stage's figures are from its least disturbed repeat (the
+        # least CPU): on a shared machine that is the closest to what the code itself costs.
+        for n in range(repeat):
+            measured = await chain.run(chain.requests(batches * size, f"{tag}M{n}"), size=size, profile=profile)
+            for stage in STAGES:
+                figures = measured[stage][1]
+                if stage not in results or figures["cpu_s"] < results[stage]["cpu_s"]:
+                    results[stage] = figures
         results["cpu_ms_per_request"] = round(sum(results[s]["cpu_ms_per_record"] for s in STAGES), 3)
         results["postgres_cpu_ms_per_request"] = round(sum(results[s]["postgres_cpu_ms_per_record"] for s in STAGES), 3)
     finally:
@@ -172,11 +178,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--profile", choices=STAGES)
+    parser.add_argument("--repeat", type=int, default=1, help="measure N fresh days, keep each stage's least CPU")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     settings = Settings(namespace=os.environ.get("YIDI_NAMESPACE", "") or "benchstages.")
     result = asyncio.run(bench(settings, persons=args.persons, batches=args.batches, size=args.batch_size,
-                               profile=args.profile))
+                               profile=args.profile, repeat=args.repeat))
     profile = result.get(args.profile, {}).pop("profile", None) if args.profile else None
     text = orjson.dumps(result, option=orjson.OPT_INDENT_2)
     if args.out:

@@ -133,16 +133,19 @@ class ClearingHandler:
         row = LedgerRow(facts.setl_id, work.request.msgid, work.request_hash, "settled", answer,
                         insuplc_admdvs=facts.insuplc_admdvs, mdtrtarea_admvs=facts.mdtrtarea_admvs,
                         fund_pay_sumamt=facts.fund_pay_sumamt)
+        sent = self._answer(work, answer)
+        # The ledger keeps the answer as it was sent (the bytes of ``sent``; its refmsg_time is
+        # this request's): the same answer, serialised once.
         entries.append(
             NewEntry(row, work.request.infno.value, facts.psn_no, facts.mdtrt_id, amounts,
                      facts.insuplc_admdvs, facts.mdtrtarea_admvs, facts.fixmedins_code, facts.setlym,
-                     landing_period(facts.setlym, closed), work.request.inf_time.date())
+                     landing_period(facts.setlym, closed), work.request.inf_time.date(), sent.value.decode())
         )
         moves.append((facts.insuplc_admdvs, facts.mdtrtarea_admvs, "draw", facts.fund_pay_sumamt, facts.setl_id))
         by_msgid[row.msgid] = row
         by_setl[row.setl_id] = row
         _SETTLED.inc()
-        return self._answer(work, answer)
+        return sent
 
 
 def _priced(raw: Any) -> tuple[PricedWork, dict[str, Any], dict[str, str] | None]:

@@ -275,15 +275,17 @@ class PricingHandler:
         # Everything that could fail is built: now change the batch's state, all of it or nothing.
         for (year, counter), amount in moved.items():
             batch.change(body.psn_no, year, counter, amount)
-        self._remember(batch, work, setl_id, [priced])
+        self._remember(batch, work, setl_id, priced, value)
         settlement = StoredSettlement(setl_id, request.msgid, body.psn_no, day.year, stored_delta, "settled", None)
         batch.new_settlements.append(settlement)
         batch.add_settlement(settlement)
         return [self._pass_on(value, body.psn_no)]
 
-    def _remember(self, batch: Batch, work: EligibleWork, setl_id: str | None, emitted: list[dict[str, Any]]) -> None:
-        """Keep what was passed on, in its wire form (the dicts whose bytes were sent)."""
-        stored = StoredRequest(work.request.msgid, work.request_hash, work.request.infno.value, setl_id, emitted)
+    def _remember(self, batch: Batch, work: EligibleWork, setl_id: str | None, emitted: dict[str, Any],
+                  sent: bytes) -> None:
+        """Keep what was passed on, in its wire form: the dict, and the bytes that were sent."""
+        stored = StoredRequest(work.request.msgid, work.request_hash, work.request.infno.value, setl_id, [emitted],
+                               (b"[" + sent + b"]").decode())
         batch.stored[stored.msgid] = stored
         batch.new_requests.append(stored)
 
@@ -318,5 +320,6 @@ class PricingHandler:
             "request_ts_ms": work.request_ts_ms, "answer": answers.answer_wire(request.msgid, request.infno.value, output),
             "facts": None, "target_setl_id": target.setl_id,
         }
-        self._remember(batch, work, target.setl_id, [priced])
-        return [self._pass_on(orjson.dumps(priced), psn_no)]
+        value = orjson.dumps(priced)
+        self._remember(batch, work, target.setl_id, priced, value)
+        return [self._pass_on(value, psn_no)]

@@ -23,6 +23,9 @@ class StoredRequest:
     infno: str
     setl_id: str | None
     emitted: list[dict[str, Any]]
+    # ``emitted`` as the JSON text written, when the caller has its bytes already (the messages
+    # passed on were serialised to be sent; no need to serialise them again to be kept).
+    emitted_json: str | None = None
 
 
 @dataclass
@@ -191,7 +194,8 @@ class PricingRepository(Repository):
                    SELECT m, h, i, s, e::json FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
                         AS u(m, h, i, s, e)""",
                 [r.msgid for r in requests], [r.request_hash for r in requests], [r.infno for r in requests],
-                [r.setl_id for r in requests], [orjson.dumps(r.emitted).decode() for r in requests],
+                [r.setl_id for r in requests],
+                [r.emitted_json if r.emitted_json is not None else orjson.dumps(r.emitted).decode() for r in requests],
             )
         if new_settlements:
             await conn.execute(

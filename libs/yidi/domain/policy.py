@@ -104,12 +104,25 @@ class BenefitPolicy:
     layers: tuple[Layer, ...] = ()
     account_payable: bool = True
     order: CalculationOrder = CalculationOrder.DEFAULT
+    # The rule each kind of visit gets, found once per policy version (a policy is immutable, and
+    # the kinds of visit are few: med_type × person type × facility level × disease).
+    _rule_memo: dict[tuple[MedType, PersonType, int, str], BenefitRule] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         validate_policy(self)
 
     def rule_for(
         self, med_type: MedType, person_type: PersonType, facility_level: int, disease: str = ""
+    ) -> BenefitRule:
+        key = (med_type, person_type, facility_level, disease)
+        rule = self._rule_memo.get(key)
+        if rule is None:
+            rule = self._rule_memo[key] = self._find_rule(med_type, person_type, facility_level, disease)
+        return rule
+
+    def _find_rule(
+        self, med_type: MedType, person_type: PersonType, facility_level: int, disease: str
     ) -> BenefitRule:
         candidates = [r for r in self.rules if r.matches(med_type, person_type, facility_level, disease)]
         if not candidates:
