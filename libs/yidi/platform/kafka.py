@@ -131,6 +131,7 @@ class TransactionalStage:
     _stopping: bool = field(default=False, init=False)
     failure: BaseException | None = field(default=None, init=False)
     _latency_children: dict[tuple[str, str], Any] = field(default_factory=dict, init=False)
+    _last_commit: float = field(default=0.0, init=False)
 
     async def start(self) -> None:
         s = self.settings
@@ -189,13 +190,19 @@ class TransactionalStage:
         try:
             while not self._stopping:
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=self.max_records)
-                records = [
-                    Incoming(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers or ()))
-                    for tp_records in batch.values()
-                    for r in tp_records
-                ]
+                records = self._incoming(batch)
+                # A batch that is not full waits until ``batch_linger_ms`` after the last commit and
+                # takes what arrived meanwhile. Without it, at low rates every stage commits a
+                # transaction per record or two, and those transactions (five broker round trips,
+                # markers) kept the 2-core box busy at 100 settlements/s (docs/BENCHMARKS.md, linger).
+                linger = self.settings.batch_linger_ms / 1000 - (time.monotonic() - self._last_commit)
+                if records and linger > 0 and len(records) < self.max_records:
+                    await asyncio.sleep(linger)
+                    records += self._incoming(
+                        await self._consumer.getmany(timeout_ms=0, max_records=self.max_records - len(records)))
                 if records:
                     await self._handle_until_committed(records)
+                    self._last_commit = time.monotonic()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:
@@ -234,6 +241,14 @@ class TransactionalStage:
             for (infno, err_code), count in answered.items():
                 metrics.ANSWERS.labels(self.service, infno, err_code).inc(count)
             return
+
+    @staticmethod
+    def _incoming(batch: dict[TopicPartition, list[Any]]) -> list[Incoming]:
+        return [
+            Incoming(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers or ()))
+            for tp_records in batch.values()
+            for r in tp_records
+        ]
 
     def _latency(self, infno: str, err_code: str) -> Any:
         """The latency histogram's child for an answer (looked up once per label set)."""

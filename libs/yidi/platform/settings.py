@@ -27,6 +27,7 @@ class Settings(BaseSettings):
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
     batch_max_records: int = 500
+    batch_linger_ms: float = 10.0
     db_pool_size: int = 4
     # Eligibility: how long a cached answer may live when no event refreshes it.
     cache_ttl_seconds: int = 300

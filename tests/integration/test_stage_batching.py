@@ -1,0 +1,65 @@
+"""The transactional stage's batching on the real Kafka: a batch that is not full lingers after a
+commit and takes what arrives meanwhile, so low rates cost fewer transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
+from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_REQUESTS
+
+pytestmark = pytest.mark.integration
+
+LINGER_S = 0.6
+
+
+async def _until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_batch_that_is_not_full_lingers_after_a_commit_and_takes_what_arrives(settings):
+    s = settings.model_copy(update={"namespace": settings.namespace + "linger.", "batch_linger_ms": LINGER_S * 1000})
+    await ensure_topics(s)
+    batches: list[tuple[float, list[bytes]]] = []
+
+    async def forward(records: list[Incoming]) -> list[Outgoing]:
+        batches.append((time.monotonic(), [r.value for r in records]))
+        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key) for r in records]
+
+    stage = TransactionalStage("linger-test", "test", s, [SETTLEMENT_REQUESTS], "linger-test", forward)
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    reader = AIOKafkaConsumer(s.topic(SETTLEMENT_ELIGIBLE), bootstrap_servers=s.kafka_bootstrap,
+                              isolation_level="read_committed", auto_offset_reset="earliest")
+    await stage.start()
+    await producer.start()
+    await reader.start()
+    try:
+        # The first record after a quiet spell goes at once (the last commit is long past).
+        await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), b"A", key=b"p")
+        await _until(lambda: len(batches) == 1)
+        first_done = time.monotonic()
+        # Two more, 100 ms apart, right after that commit: both wait for the linger, in one batch.
+        await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), b"B", key=b"p")
+        await asyncio.sleep(0.1)
+        await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), b"C", key=b"p")
+        await _until(lambda: sum(len(values) for _, values in batches) == 3)
+        assert [values for _, values in batches] == [[b"A"], [b"B", b"C"]]
+        assert batches[1][0] - first_done >= LINGER_S - 0.1
+        # And what the batches passed on was committed, once each.
+        seen: list[bytes] = []
+        while len(seen) < 3:
+            for records in (await reader.getmany(timeout_ms=1000)).values():
+                seen += [r.value for r in records]
+        assert sorted(seen) == [b"A", b"B", b"C"]
+        assert stage.failure is None
+    finally:
+        await reader.stop()
+        await producer.stop()
+        await stage.stop()
