@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import contextlib
 import shlex
 import sys
@@ -80,7 +81,8 @@ class Bench:
                         ledger: bool) -> dict[str, Any]:
         ports = {n: procs.ports[n] for n in procs.procs}
         before = {n: scrape(p) for n, p in ports.items()}
-        sampler = ProcessSampler(procs.pids() | infrastructure_pids())
+        # The load tool itself (this process: replay, sampling) shares the box: it is measured too.
+        sampler = ProcessSampler(procs.pids() | infrastructure_pids() | {"load tool": os.getpid()})
         sampler.start()
         say(f"{name}: {pace.describe()}")
         result = await replay_file(day, bootstrap=settings.kafka_bootstrap, namespace=settings.namespace, pace=pace,

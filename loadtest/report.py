@@ -168,12 +168,7 @@ def markdown(report: dict[str, Any]) -> str:
         for stage, s in stages.items():
             lines.append(f"| {stage} | {s['batches']} | {s['mean_batch_ms']} | {s['mean_batch_size']} | "
                          f"{s['ms_per_record']} | {s['busy_s']} |")
-    res = runs.get("max", {}).get("resources")
-    if res:
-        lines += ["", "Processes during the max run (psutil; Postgres = postmaster + backends, RSS summed):", "",
-                  "| process | RSS max MiB | CPU s |", "|---|---|---|"]
-        for name, r in res.items():
-            lines.append(f"| {name} | {r['rss_max_mib']} | {r['cpu_s']} |")
+    lines += process_table(runs, report.get("machine", {}).get("nproc"))
     elig = report.get("eligibility")
     if elig:
         lines += ["", f"Eligibility handler in-process, batches of {elig['batch_size']}: "
@@ -267,3 +262,32 @@ def append_benchmarks(path: Path, entry: str) -> None:
 
 def stamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def process_table(runs: dict[str, Any], cores: int | None) -> list[str]:
+    """Each process's memory and CPU in the max and fixed-rate runs: CPU seconds, CPU per request
+    (less sensitive to a busy shared machine than throughput is), and how busy the box was."""
+    shown = [(name, runs[name]) for name in ("max", "rate_100") if runs.get(name, {}).get("resources")]
+    if not shown:
+        return []
+    lines = ["", "Processes (psutil; Postgres = postmaster + backends, RSS summed; `load tool` = the replay "
+                 "and sampler, on the same box):", "",
+             "| process | " + " | ".join(f"{n}: RSS max MiB | {n}: CPU s | {n}: CPU ms per request" for n, _ in shown) + " |",
+             "|---|" + "---|---|---|" * len(shown)]
+    names = list(dict.fromkeys(name for _, run in shown for name in run["resources"]))
+    for name in names:
+        cells = []
+        for _, run in shown:
+            r = run["resources"].get(name)
+            sends = run.get("sends") or 0
+            cells += (["", "", ""] if r is None else
+                      [str(r["rss_max_mib"]), str(r["cpu_s"]), f"{r['cpu_s'] / sends * 1000:.3f}" if sends else ""])
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for n, run in shown:
+        total = sum(r["cpu_s"] for r in run["resources"].values())
+        duration = run.get("duration_s") or 0
+        if duration and cores:
+            lines.append(f"\n{n}: all processes {total:.1f} CPU-s in {duration:.1f} s = "
+                         f"{total / duration:.2f} of {cores} cores busy; {total / max(1, run.get('sends') or 0) * 1000:.2f} "
+                         "ms of CPU per request in all.")
+    return lines

@@ -1,0 +1,26 @@
+"""The benchmark report's process table: CPU per request and how busy the box was."""
+
+from __future__ import annotations
+
+from loadtest.report import process_table
+
+
+def _run(sends: int, duration: float, **cpu: float) -> dict:
+    return {"sends": sends, "duration_s": duration,
+            "resources": {name: {"rss_max_mib": 50.0, "cpu_s": s} for name, s in cpu.items()}}
+
+
+def test_cpu_per_request_and_the_share_of_the_box_are_computed_per_run():
+    runs = {"max": _run(1000, 2.0, pricing=0.5, kafka=0.1, **{"load tool": 0.2}),
+            "rate_100": _run(200, 2.0, pricing=0.4, kafka=0.6)}
+    text = "\n".join(process_table(runs, 2))
+    # max: 0.5 s for 1,000 requests is 0.5 ms each; rate_100: 0.4 s for 200 is 2 ms each.
+    assert "| pricing | 50.0 | 0.5 | 0.500 | 50.0 | 0.4 | 2.000 |" in text
+    # A process seen in one run only leaves the other run's cells empty.
+    assert "| load tool | 50.0 | 0.2 | 0.200 |  |  |  |" in text
+    assert "max: all processes 0.8 CPU-s in 2.0 s = 0.40 of 2 cores busy; 0.80 ms of CPU per request in all." in text
+    assert "rate_100: all processes 1.0 CPU-s in 2.0 s = 0.50 of 2 cores busy; 5.00 ms" in text
+
+
+def test_no_resources_no_table():
+    assert process_table({"max": {"sends": 1}}, 2) == []
