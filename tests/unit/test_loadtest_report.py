@@ -24,3 +24,16 @@ def test_cpu_per_request_and_the_share_of_the_box_are_computed_per_run():
 
 def test_no_resources_no_table():
     assert process_table({"max": {"sends": 1}}, 2) == []
+
+
+def test_out_of_reach_2000_per_s_reports_the_latency_at_a_steady_high_rate():
+    from loadtest.report import judge
+
+    def run(tput: float, p99: float) -> dict:
+        return {"throughput_per_s": tput, "sends": 40_000, "latency_ms": {"p99": p99}}
+
+    report = {"runs": {"rate_100": run(100, 180.0), "max": run(1200, 2500.0), "rate_high": run(900, 420.0)},
+              "rss_max_mib": {}}
+    target = next(t for t in judge(report) if t["target"].startswith("p99 < 250 ms"))
+    assert target["met"] is False
+    assert target["measured"] == "2,000/s not reachable: at most 1200/s sustained; at a steady 900/s p99 420.0 ms"
