@@ -90,7 +90,8 @@ class Bench:
                                    database_url=settings.database_url if ledger else None, label=f"{name} ")
         result["resources"] = await sampler.stop()
         after = {n: scrape(p) for n, p in ports.items()}
-        result["stages"] = {stage: s for n in ports for stage, s in stage_deltas(before[n], after[n]).items()}
+        result["stages"] = {stage if "@" not in n else f"{stage} ({n})": s
+                            for n in ports for stage, s in stage_deltas(before[n], after[n]).items()}
         self.report["runs"][name] = result
         checks = result["exactly_once"]["summary"] + ("; " + result["ledger"]["summary"] if "ledger" in result else "")
         say(f"{name}: {result['throughput_per_s']}/s, p99 {result['latency_ms']['p99']} ms; {checks}")
@@ -102,6 +103,8 @@ class Bench:
         procs = Processes(s, self.dir / "logs")
         for service in SERVICES:
             procs.start_service(service)
+            for n in range(2, args.instances.get(service, 1) + 1):
+                procs.start_service(service, instance=str(n))
         try:
             await procs.wait_ready()
             say(f"services ready in namespace {s.namespace}; loading {len(self.world.persons)} persons and their filings")
@@ -209,6 +212,16 @@ class Bench:
         return self.report
 
 
+def _instances(text: str) -> dict[str, int]:
+    out = {}
+    for part in text.split(","):
+        service, _, n = part.partition("=")
+        if service not in SERVICES or not n.isdigit() or not 1 <= int(n) <= 6:
+            raise argparse.ArgumentTypeError(f"{part!r}: SERVICE=N with a service of {', '.join(SERVICES)} and N in 1..6")
+        out[service] = int(n)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -217,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rate", type=float, default=100.0, help="the fixed-rate run's requests per second")
     parser.add_argument("--rate-seconds", type=float, default=30.0)
+    parser.add_argument("--instances", type=_instances, default={}, metavar="SERVICE=N[,SERVICE=N]",
+                        help="run N instances of a service in its consumer groups, e.g. pricing=2")
     parser.add_argument("--high-seconds", type=float, default=20.0,
                         help="when 2,000/s is out of reach: a fixed-rate run at 75%% of the max run's throughput (0: not)")
     parser.add_argument("--reference-rate-seconds", type=float, default=15.0,

@@ -55,9 +55,13 @@ class Processes:
             self.procs[name] = subprocess.Popen(argv, cwd=ROOT, env=self._env(name, extra), stdout=log,
                                                 stderr=subprocess.STDOUT)
 
-    def start_service(self, service: str, extra_env: dict[str, str] | None = None) -> None:
-        self._spawn(service, [sys.executable, "-m", f"services.{service}"], extra_env)
-        self.up[service] = service
+    def start_service(self, service: str, extra_env: dict[str, str] | None = None, *, instance: str = "") -> None:
+        """Start ``service``; with ``instance``, one more instance of it (named ``service@instance``,
+        with that ``YIDI_INSTANCE``) beside the others in its consumer groups."""
+        name = f"{service}@{instance}" if instance else service
+        env = (extra_env or {}) | ({"YIDI_INSTANCE": instance} if instance else {})
+        self._spawn(name, [sys.executable, "-m", f"services.{service}"], env)
+        self.up[name] = service
 
     def start_reference(self, stage: str, extra_env: dict[str, str] | None = None) -> None:
         name = f"ref-{stage}"

@@ -10,7 +10,7 @@ import asyncpg
 from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import FacilityRecord, PersonRecord
 from yidi.domain.eligibility import Outage
-from yidi.platform.db import Repository, json_value, transient_errors
+from yidi.platform.db import Repository, json_value, lock_keys, transient_errors
 
 Subject = tuple[int, dict[str, Any]]  # (version, {"person": {...} | None, "filings": [...]})
 
@@ -32,14 +32,8 @@ async def _lock_person(conn: asyncpg.Connection, psn_no: str) -> None:
 
 
 async def _lock_persons(conn: asyncpg.Connection, psn_nos: list[str]) -> None:
-    """``_lock_person`` for many persons, in the order of the lock keys themselves (two persons
-    may share a key): two batches that lock overlapping persons never wait on each other in a
-    circle."""
-    await conn.execute(
-        """SELECT pg_advisory_xact_lock(k)
-           FROM (SELECT DISTINCT hashtext('yidi-eligibility:' || p) AS k FROM unnest($1::text[]) AS p ORDER BY k) AS keys""",
-        psn_nos,
-    )
+    """``_lock_person`` for many persons (the same lock keys), in the order of the keys."""
+    await lock_keys(conn, "yidi-eligibility", psn_nos)
 
 
 class EligibilityRepository(Repository):

@@ -19,6 +19,7 @@ from yidi.domain.filing import (
     refuse_filing,
 )
 from yidi.platform.jsonwire import dumps, request_hash
+from yidi.platform.db import lock_keys
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import parse_each
 from yidi.platform.settings import Settings
@@ -39,6 +40,7 @@ class FilingHandler:
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         requests, out = parse_each(records, FilingRequest.model_validate, "filing request")
         async with self.repo.transaction() as conn:
+            await lock_keys(conn, "yidi-filing", [request.psn_no for _, request in requests])
             for _, request in requests:
                 seen = await self.repo.answered(conn, request.reqid)
                 if seen is None:

@@ -27,6 +27,7 @@ from yidi.domain.codes import InsuranceType, MedType, PersonType
 from yidi.domain.money import ZERO
 from yidi.domain.policy import BenefitPolicy, PolicyError, policy_in_force
 from yidi.domain.pricing import ACCOUNT_DRAWN, OUTPATIENT_QUOTA, Bill, BillLine, Terms, price
+from yidi.platform.db import lock_keys
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import broken, parse_each, reply
 from yidi.platform.settings import Settings
@@ -110,6 +111,9 @@ class PricingHandler:
         if not works:
             return out
         async with self.repo.transaction() as conn:
+            # Each person's settlements are priced one batch at a time, against the accumulators
+            # as the last batch left them (architecture.md, "Several instances").
+            await lock_keys(conn, "yidi-pricing", [r.key for r, _ in works])
             batch = await self._load(conn, [w for _, w in works])
             for record, work in works:
                 try:

@@ -27,8 +27,8 @@ class System(Processes):
         }
         return super()._env(name, test_settings | (extra or {}))
 
-    def start(self, service: str, extra_env: dict[str, str] | None = None) -> None:
-        self.start_service(service, extra_env)
+    def start(self, service: str, extra_env: dict[str, str] | None = None, *, instance: str = "") -> None:
+        self.start_service(service, extra_env, instance=instance)
 
     async def wait_ready(self, *services: str, timeout: float = 60.0) -> None:
         try:

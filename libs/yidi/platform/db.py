@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 from importlib import resources
 
@@ -25,6 +25,9 @@ TRANSIENT = (
     asyncpg.InterfaceError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
+    # Another instance of the stage recorded the same msgid or reqid first (two instances may
+    # both hold a partition for a moment during a rebalance): the retry finds it recorded.
+    asyncpg.UniqueViolationError,
     ConnectionError,
     OSError,
     TimeoutError,
@@ -33,11 +36,27 @@ TRANSIENT = (
 
 @contextlib.asynccontextmanager
 async def transient_errors() -> AsyncIterator[None]:
-    """Map a database that is away to ``TransientError`` (the stage retries with back-off)."""
+    """Map a database that is away, or a race another instance won, to ``TransientError`` (the
+    stage retries with back-off)."""
     try:
         yield
     except TRANSIENT as exc:
         raise TransientError(f"database unavailable: {exc}") from exc
+
+
+async def lock_keys(conn: asyncpg.Connection, scope: str, keys: Iterable[str | bytes | None]) -> None:
+    """Transaction-level advisory locks on ``keys`` (a batch's persons), in ``scope`` (a service),
+    taken in one statement in the order of the lock keys (two keys may share one): batches that
+    touch the same persons take turns and never wait on each other in a circle. With one
+    instance per stage they never wait at all; with several, two instances that both hold a
+    partition for a moment during a rebalance handle a person one after the other."""
+    texts = sorted({k.decode() if isinstance(k, bytes) else k for k in keys if k})
+    if texts:
+        await conn.execute(
+            """SELECT pg_advisory_xact_lock(k)
+               FROM (SELECT DISTINCT hashtext($1 || ':' || p) AS k FROM unnest($2::text[]) AS p ORDER BY k) AS keys""",
+            scope, texts,
+        )
 
 
 def json_value(value: Any) -> Any:

@@ -22,7 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.producer import sender as _aiokafka_sender
 
-from yidi.platform import metrics
+from yidi.platform import fencing, metrics
 from yidi.platform.errors import FatalError, TransientError
 from yidi.platform.faults import armed, crash_point
 from yidi.platform.settings import Settings
@@ -132,9 +132,13 @@ class TransactionalStage:
     failure: BaseException | None = field(default=None, init=False)
     _latency_children: dict[tuple[str, str], Any] = field(default_factory=dict, init=False)
     _last_commit: float = field(default=0.0, init=False)
+    # The consumer's group generation and member id when the batch in hand was fetched: its
+    # offsets are committed under that membership or not at all (fencing.py).
+    _membership: tuple[int, str] = field(default=(-1, ""), init=False)
 
     async def start(self) -> None:
         s = self.settings
+        fencing.install()  # before the consumer exists: its offset fetches wait for stable offsets
         self._consumer = AIOKafkaConsumer(
             *[s.topic(t) for t in self.topics],
             bootstrap_servers=s.kafka_bootstrap,
@@ -166,6 +170,10 @@ class TransactionalStage:
         )
         await self._producer.start()
         await self._consumer.start()
+        # Several instances of a stage share its consumer group: each batch's offsets are
+        # committed under the group generation it was fetched in, so an instance the group has
+        # moved on from (a zombie) cannot commit outputs for partitions another one now owns.
+        self._producer._txn_manager.yidi_membership = lambda: self._membership
         self._task = asyncio.create_task(self._run(), name=f"stage-{self.name}")
 
     async def stop(self) -> None:
@@ -190,6 +198,7 @@ class TransactionalStage:
         try:
             while not self._stopping:
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=self.max_records)
+                self._membership = fencing.membership(self._consumer)
                 records = self._incoming(batch)
                 # A batch that is not full waits until ``batch_linger_ms`` after the last commit and
                 # takes what arrived meanwhile. Without it, at low rates every stage commits a
@@ -220,6 +229,13 @@ class TransactionalStage:
                 await self._commit(records, outgoing)
             except ProducerFenced as exc:
                 raise FatalError(f"stage {self.name}: fenced by a newer instance") from exc
+            except fencing.GenerationFenced as exc:
+                # The group rebalanced since this batch was fetched: its transaction is aborted,
+                # and the records are read again by whichever instance owns them now (this one
+                # too, once it has rejoined: positions restart from the committed offsets).
+                metrics.STAGE_RETRIES.labels(self.name, "GenerationFenced").inc()
+                log.warning("stage %s: %s; batch of %d left to the partitions' owner", self.name, exc, len(records))
+                return
             except (TransientError, KafkaError, OSError) as exc:
                 reason = type(exc).__name__
                 metrics.STAGE_RETRIES.labels(self.name, reason).inc()
