@@ -666,7 +666,10 @@ def render_topics_md() -> str:
         "",
         "Each stage's producer uses the transactional id `<namespace>yidi-<stage>-<YIDI_INSTANCE>` "
         "(`YIDI_INSTANCE` defaults to the host name): a restarted instance fences its predecessor "
-        "and aborts the transaction it left open.",
+        "and aborts the transaction it left open. A stage's offsets are committed inside its "
+        "transaction under the consumer group generation the batch was fetched in (TxnOffsetCommit v3) "
+        "and read back with `require_stable` (OffsetFetch v7), so several instances of a stage can share "
+        "its consumer group (architecture.md, \"Several instances of a stage\").",
         "",
     ]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ from importlib import resources
 import asyncpg
 import orjson
 
-from yidi.platform.errors import TransientError
+from yidi.platform.errors import RaceLost, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,6 @@ TRANSIENT = (
     asyncpg.InterfaceError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
-    # Another instance of the stage recorded the same msgid or reqid first (two instances may
-    # both hold a partition for a moment during a rebalance): the retry finds it recorded.
-    asyncpg.UniqueViolationError,
     ConnectionError,
     OSError,
     TimeoutError,
@@ -36,12 +33,15 @@ TRANSIENT = (
 
 @contextlib.asynccontextmanager
 async def transient_errors() -> AsyncIterator[None]:
-    """Map a database that is away, or a race another instance won, to ``TransientError`` (the
-    stage retries with back-off)."""
+    """Map a database that is away to ``TransientError`` (the stage retries with back-off), and a
+    unique violation to ``RaceLost`` (another instance recorded the same msgid or reqid first: the
+    stage retries a few times, then stops, since one that keeps coming back is a bug)."""
     try:
         yield
     except TRANSIENT as exc:
         raise TransientError(f"database unavailable: {exc}") from exc
+    except asyncpg.UniqueViolationError as exc:
+        raise RaceLost(f"{exc.constraint_name or 'a unique key'} already holds this record: {exc}") from exc
 
 
 async def lock_keys(conn: asyncpg.Connection, scope: str, keys: Iterable[str | bytes | None]) -> None:
@@ -50,7 +50,7 @@ async def lock_keys(conn: asyncpg.Connection, scope: str, keys: Iterable[str | b
     touch the same persons take turns and never wait on each other in a circle. With one
     instance per stage they never wait at all; with several, two instances that both hold a
     partition for a moment during a rebalance handle a person one after the other."""
-    texts = sorted({k.decode() if isinstance(k, bytes) else k for k in keys if k})
+    texts = sorted({k.decode("utf-8", "replace") if isinstance(k, bytes) else k for k in keys if k})
     if texts:
         await conn.execute(
             """SELECT pg_advisory_xact_lock(k)

@@ -27,3 +27,9 @@ class TransientError(YidiError):
 
 class FatalError(YidiError):
     """The process cannot go on (fenced by a newer instance, misconfiguration): stop and let it restart."""
+
+
+class RaceLost(TransientError):
+    """Another instance recorded the same msgid or reqid first (two instances of a stage may both
+    hold a partition for a moment during a rebalance): retry, and find the winner's record. A
+    stage retries a batch a few times for this, then treats it as a bug (``FatalError``)."""

@@ -19,7 +19,7 @@ from faststream.kafka import KafkaMessage
 from pydantic import BaseModel, ValidationError
 
 from yidi.platform import metrics
-from yidi.platform.errors import PermanentError, TransientError
+from yidi.platform.errors import PermanentError, RaceLost, TransientError
 from yidi.platform.jsonwire import loads
 from yidi.platform.service import Service
 from yidi.platform.topics import dlq, feed_group
@@ -85,7 +85,12 @@ def feed(
                     applied = await apply_each(valid)  # find the record at fault, apply the others
             else:
                 applied = await apply_each(valid)
-        except TransientError:
+        except TransientError as exc:
+            if isinstance(exc, RaceLost):
+                # Feeds upsert (ON CONFLICT), so instances never race on a key here: a bug, as below.
+                log.exception("%s: unexpected failure applying a batch of %d", feed_name, len(valid))
+                await asyncio.sleep(5.0)
+                raise
             await asyncio.sleep(1.0)  # then NACK: the batch is read again
             raise
         except Exception:

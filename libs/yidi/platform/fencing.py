@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import time
 from typing import Any
 
 import aiokafka.consumer.group_coordinator as _coordinator_module
@@ -52,7 +53,9 @@ log = logging.getLogger(__name__)
 UNSTABLE_OFFSET_COMMIT = 88
 # TxnOffsetCommit errors that mean the batch's generation is no longer the group's (Kafka's codes).
 GROUP_MOVED_ON = {22: "ILLEGAL_GENERATION", 25: "UNKNOWN_MEMBER_ID", 27: "REBALANCE_IN_PROGRESS",
-                  82: "FENCED_INSTANCE_ID"}
+                  69: "GROUP_ID_NOT_FOUND", 82: "FENCED_INSTANCE_ID"}
+# OffsetFetch errors that mean the coordinator moved: find it again, then retry.
+COORDINATOR_MOVED = {14: "COORDINATOR_LOAD_IN_PROGRESS", 15: "COORDINATOR_NOT_AVAILABLE", 16: "NOT_COORDINATOR"}
 
 
 class GenerationFenced(Errors.KafkaError):
@@ -164,7 +167,6 @@ def _abortable(txn_manager: Any, exc: Exception) -> None:
     and its commit commits the refused batch's records as well (seen in
     tests/integration/test_fencing.py before this was written)."""
     txn_manager._transition_to(_TransactionState.ABORTABLE_ERROR)
-    txn_manager._pending_txn_partitions.clear()
     for _, _, fut in txn_manager._pending_txn_offsets:
         fut.set_exception(exc)
     txn_manager._pending_txn_offsets.clear()
@@ -253,6 +255,18 @@ class UnstableOffsetCommit(Errors.KafkaError):
     retriable = True
 
 
+_last_said: dict[str, float] = {}
+
+
+def _say_waiting(group_id: str, exc: Exception) -> None:
+    """A warning every 5 s at most per group while offsets are unstable (it can last up to the
+    transaction timeout when the instance that opened the transaction does not come back)."""
+    now = time.monotonic()
+    if now - _last_said.get(group_id, 0.0) >= 5.0:
+        _last_said[group_id] = now
+        log.warning("group %s: waiting for a transaction in flight to end before reading offsets (%s)", group_id, exc)
+
+
 class _OffsetFetchShim:
     """What the coordinator module calls ``OffsetFetchRequest``: the stable v7 request."""
 
@@ -274,7 +288,15 @@ def install() -> None:
 
     async def _send_req(self: Any, request: Any) -> Any:
         response = await original_send(self, request)
-        return _StableView(response) if isinstance(request, StableOffsetFetchRequest) else response
+        if not isinstance(request, StableOffsetFetchRequest):
+            return response
+        if response.error_code in COORDINATOR_MOVED and response.error_code != 14:
+            self.coordinator_dead()
+        try:
+            return _StableView(response)
+        except UnstableOffsetCommit as exc:
+            _say_waiting(self.group_id, exc)
+            raise
 
     _coordinator_module.GroupCoordinator._send_req = _send_req  # type: ignore[method-assign]
     _installed = True

@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.producer import sender as _aiokafka_sender
 
 from yidi.platform import fencing, metrics
-from yidi.platform.errors import FatalError, TransientError
+from yidi.platform.errors import FatalError, RaceLost, TransientError
 from yidi.platform.faults import armed, crash_point
 from yidi.platform.settings import Settings
 from yidi.platform.topics import all_topic_specs
@@ -125,6 +125,9 @@ class TransactionalStage:
     handler: Handler
     max_records: int = 500
     max_backoff: float = 5.0
+    # A batch that loses the same race to another instance this many times running is a bug, not
+    # a race (the retry finds the winner's record and takes the idempotent path).
+    max_races: int = 3
     _consumer: AIOKafkaConsumer | None = field(default=None, init=False)
     _producer: AIOKafkaProducer | None = field(default=None, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
@@ -207,8 +210,15 @@ class TransactionalStage:
                 linger = self.settings.batch_linger_ms / 1000 - (time.monotonic() - self._last_commit)
                 if records and linger > 0 and len(records) < self.max_records:
                     await asyncio.sleep(linger)
-                    records += self._incoming(
+                    more = self._incoming(
                         await self._consumer.getmany(timeout_ms=0, max_records=self.max_records - len(records)))
+                    if fencing.membership(self._consumer) == self._membership:
+                        records += more
+                    else:
+                        # The group rebalanced during the wait: what came since belongs to the new
+                        # assignment; read it again with the next batch (the first part will be
+                        # refused at commit under its old generation).
+                        await self._rewind(more)
                 if records:
                     await self._handle_until_committed(records)
                     self._last_commit = time.monotonic()
@@ -220,7 +230,7 @@ class TransactionalStage:
             raise
 
     async def _handle_until_committed(self, records: list[Incoming]) -> None:
-        delay = 0.1
+        delay, races = 0.1, 0
         while True:
             started = time.perf_counter()
             try:
@@ -231,11 +241,20 @@ class TransactionalStage:
                 raise FatalError(f"stage {self.name}: fenced by a newer instance") from exc
             except fencing.GenerationFenced as exc:
                 # The group rebalanced since this batch was fetched: its transaction is aborted,
-                # and the records are read again by whichever instance owns them now (this one
-                # too, once it has rejoined: positions restart from the committed offsets).
+                # and the records are read again by whichever instance owns them now: this one
+                # too, from the committed offsets, for the partitions it still holds.
                 metrics.STAGE_RETRIES.labels(self.name, "GenerationFenced").inc()
                 log.warning("stage %s: %s; batch of %d left to the partitions' owner", self.name, exc, len(records))
+                await self._rewind_to_committed(records)
                 return
+            except RaceLost as exc:
+                races += 1
+                if races > self.max_races:
+                    raise FatalError(f"stage {self.name}: {exc}, again after {self.max_races} retries") from exc
+                metrics.STAGE_RETRIES.labels(self.name, "RaceLost").inc()
+                log.warning("stage %s: %s; batch of %d retried", self.name, exc, len(records))
+                await asyncio.sleep(delay)
+                continue
             except (TransientError, KafkaError, OSError) as exc:
                 reason = type(exc).__name__
                 metrics.STAGE_RETRIES.labels(self.name, reason).inc()
@@ -258,6 +277,29 @@ class TransactionalStage:
                 metrics.ANSWERS.labels(self.service, infno, err_code).inc(count)
             return
 
+    async def _rewind(self, records: list[Incoming]) -> None:
+        """Move each partition still assigned back to the first of ``records`` (read them again)."""
+        assert self._consumer is not None
+        first: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            first[tp] = min(first.get(tp, r.offset), r.offset)
+        assigned = self._consumer.assignment()
+        for tp, offset in first.items():
+            if tp in assigned:
+                self._consumer.seek(tp, offset)
+
+    async def _rewind_to_committed(self, records: list[Incoming]) -> None:
+        """Move the batch's partitions still assigned back to their committed offsets."""
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        tps = {TopicPartition(r.topic, r.partition) for r in records} & assigned
+        if tps:
+            try:
+                await self._consumer.seek_to_committed(*tps)
+            except (KafkaError, ValueError, AssertionError) as exc:  # e.g. a partition revoked meanwhile
+                log.info("stage %s: rewinding after a refused batch: %s (the rebalance resets positions)", self.name, exc)
+
     @staticmethod
     def _incoming(batch: dict[TopicPartition, list[Any]]) -> list[Incoming]:
         return [
@@ -277,6 +319,11 @@ class TransactionalStage:
 
     async def _commit(self, records: list[Incoming], outgoing: list[Outgoing]) -> None:
         assert self._producer is not None
+        generation, member_id = self._membership
+        if generation < 0 or not member_id:
+            # Not a member of the group right now (aiokafka resets the membership when a heartbeat
+            # learns that the group moved on): the broker would take such a commit unchecked.
+            raise fencing.GenerationFenced(f"batch fetched outside the group (generation {generation})")
         offsets: dict[TopicPartition, int] = {}
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
