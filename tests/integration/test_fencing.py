@@ -125,6 +125,12 @@ async def test_a_batch_fetched_before_a_rebalance_is_aborted_and_handled_once_by
             await stage.stop()
 
 
+def _noticed(stage: str) -> float:
+    from yidi.platform import metrics
+
+    return sum(metrics.STAGE_RETRIES.labels(stage, reason)._value.get() for reason in ("Rebalanced", "GenerationFenced"))
+
+
 def _fenced() -> float:
     from yidi.platform import metrics
 
@@ -180,6 +186,8 @@ async def test_a_rebalance_during_the_linger_loses_and_duplicates_nothing(settin
             seen += [r.value for r in records]
         assert sorted(seen) == sorted(sent)  # nothing lost, nothing twice
         assert batches["b"] > 0
+        # a noticed the rebalance, during its linger (its batch dropped and rewound) or at commit.
+        assert _noticed("linger-a") > 0
         assert stages["a"].failure is None and stages["b"].failure is None
     finally:
         await reader.stop()

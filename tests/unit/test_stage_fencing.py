@@ -22,3 +22,53 @@ async def test_a_batch_fetched_outside_the_group_is_refused_before_anything_is_s
     stage._membership = membership
     with pytest.raises(fencing.GenerationFenced):
         await stage._commit([Incoming("in", 0, 5, b"k", b"v", 0)], [])
+
+
+class _Coordinator:
+    def __init__(self, generation: int, member_id: str) -> None:
+        self.generation, self.member_id = generation, member_id
+
+
+class _Consumer:
+    def __init__(self, generation: int, member_id: str) -> None:
+        self._coordinator = _Coordinator(generation, member_id)
+
+
+def _racing_stage(calls: list[int], consumer: _Consumer):
+    from yidi.platform.errors import RaceLost
+
+    async def handler(records):
+        calls.append(len(records))
+        raise RaceLost("pricing.requests_pkey already holds this record")
+
+    stage = TransactionalStage("t", "test", Settings(), ["in"], "g", handler)
+    stage._consumer = consumer
+    stage._membership = (3, "m")
+    return stage
+
+
+async def test_a_race_lost_again_and_again_is_a_bug_and_stops_the_stage():
+    from yidi.platform.errors import FatalError
+
+    calls: list[int] = []
+    stage = _racing_stage(calls, _Consumer(3, "m"))
+    with pytest.raises(FatalError, match="again after 3 retries"):
+        await stage._handle_until_committed([Incoming("in", 0, 5, b"k", b"v", 0)])
+    assert len(calls) == 4  # the first try and three retries
+
+
+async def test_a_race_lost_after_the_group_moved_on_leaves_the_batch_to_the_new_owner():
+    calls: list[int] = []
+    consumer = _Consumer(3, "m")
+    stage = _racing_stage(calls, consumer)
+    consumer._coordinator.generation = 4  # rebalanced since the batch was fetched
+    await stage._handle_until_committed([Incoming("in", 0, 5, b"k", b"v", 0)])
+    assert len(calls) == 1
+
+
+async def test_a_batch_fetched_outside_the_group_is_not_even_handled():
+    calls: list[int] = []
+    stage = _racing_stage(calls, _Consumer(-1, ""))
+    stage._membership = (-1, "")
+    await stage._handle_until_committed([Incoming("in", 0, 5, b"k", b"v", 0)])
+    assert calls == []

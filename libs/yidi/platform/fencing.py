@@ -55,7 +55,7 @@ UNSTABLE_OFFSET_COMMIT = 88
 GROUP_MOVED_ON = {22: "ILLEGAL_GENERATION", 25: "UNKNOWN_MEMBER_ID", 27: "REBALANCE_IN_PROGRESS",
                   69: "GROUP_ID_NOT_FOUND", 82: "FENCED_INSTANCE_ID"}
 # OffsetFetch errors that mean the coordinator moved: find it again, then retry.
-COORDINATOR_MOVED = {14: "COORDINATOR_LOAD_IN_PROGRESS", 15: "COORDINATOR_NOT_AVAILABLE", 16: "NOT_COORDINATOR"}
+COORDINATOR_MOVED = {15: "COORDINATOR_NOT_AVAILABLE", 16: "NOT_COORDINATOR"}
 
 
 class GenerationFenced(Errors.KafkaError):
@@ -290,7 +290,7 @@ def install() -> None:
         response = await original_send(self, request)
         if not isinstance(request, StableOffsetFetchRequest):
             return response
-        if response.error_code in COORDINATOR_MOVED and response.error_code != 14:
+        if response.error_code in COORDINATOR_MOVED:
             self.coordinator_dead()
         try:
             return _StableView(response)

@@ -215,10 +215,13 @@ class TransactionalStage:
                     if fencing.membership(self._consumer) == self._membership:
                         records += more
                     else:
-                        # The group rebalanced during the wait: what came since belongs to the new
-                        # assignment; read it again with the next batch (the first part will be
-                        # refused at commit under its old generation).
-                        await self._rewind(more)
+                        # The group rebalanced during the wait. The first part would be refused
+                        # at commit under its old generation: drop it (the new assignment reads
+                        # its partitions again from the committed offsets). What came since is the
+                        # new assignment's: rewind it, to be read with the next batch.
+                        metrics.STAGE_RETRIES.labels(self.name, "Rebalanced").inc()
+                        self._rewind(more)
+                        records = []
                 if records:
                     await self._handle_until_committed(records)
                     self._last_commit = time.monotonic()
@@ -234,28 +237,37 @@ class TransactionalStage:
         while True:
             started = time.perf_counter()
             try:
+                if not self._member():
+                    # Fetched while between memberships: refused at commit anyway; skip the work.
+                    raise fencing.GenerationFenced(f"batch fetched outside the group ({self._membership})")
                 outgoing = await self.handler(records)
                 crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
                 await self._commit(records, outgoing)
             except ProducerFenced as exc:
                 raise FatalError(f"stage {self.name}: fenced by a newer instance") from exc
             except fencing.GenerationFenced as exc:
-                # The group rebalanced since this batch was fetched: its transaction is aborted,
-                # and the records are read again by whichever instance owns them now: this one
-                # too, from the committed offsets, for the partitions it still holds.
+                # The group rebalanced since this batch was fetched: its transaction is aborted.
+                # A rebalance gives every member a new assignment whose positions restart from
+                # the committed offsets, so the records are read again by whichever instance
+                # owns them now, this one included.
                 metrics.STAGE_RETRIES.labels(self.name, "GenerationFenced").inc()
                 log.warning("stage %s: %s; batch of %d left to the partitions' owner", self.name, exc, len(records))
-                await self._rewind_to_committed(records)
                 return
             except RaceLost as exc:
+                if self._left_behind():
+                    metrics.STAGE_RETRIES.labels(self.name, "GenerationFenced").inc()
+                    log.warning("stage %s: %s, and the group has moved on; batch of %d left to the partitions' "
+                                "owner", self.name, exc, len(records))
+                    return
                 races += 1
                 if races > self.max_races:
                     raise FatalError(f"stage {self.name}: {exc}, again after {self.max_races} retries") from exc
                 metrics.STAGE_RETRIES.labels(self.name, "RaceLost").inc()
                 log.warning("stage %s: %s; batch of %d retried", self.name, exc, len(records))
-                await asyncio.sleep(delay)
+                await asyncio.sleep(0.1)  # the winner has committed (the violation says so): look again
                 continue
             except (TransientError, KafkaError, OSError) as exc:
+                races = 0
                 reason = type(exc).__name__
                 metrics.STAGE_RETRIES.labels(self.name, reason).inc()
                 log.warning("stage %s: %s, batch of %d retried in %.1fs", self.name, exc, len(records), delay)
@@ -277,7 +289,7 @@ class TransactionalStage:
                 metrics.ANSWERS.labels(self.service, infno, err_code).inc(count)
             return
 
-    async def _rewind(self, records: list[Incoming]) -> None:
+    def _rewind(self, records: list[Incoming]) -> None:
         """Move each partition still assigned back to the first of ``records`` (read them again)."""
         assert self._consumer is not None
         first: dict[TopicPartition, int] = {}
@@ -289,16 +301,16 @@ class TransactionalStage:
             if tp in assigned:
                 self._consumer.seek(tp, offset)
 
-    async def _rewind_to_committed(self, records: list[Incoming]) -> None:
-        """Move the batch's partitions still assigned back to their committed offsets."""
-        assert self._consumer is not None
-        assigned = self._consumer.assignment()
-        tps = {TopicPartition(r.topic, r.partition) for r in records} & assigned
-        if tps:
-            try:
-                await self._consumer.seek_to_committed(*tps)
-            except (KafkaError, ValueError, AssertionError) as exc:  # e.g. a partition revoked meanwhile
-                log.info("stage %s: rewinding after a refused batch: %s (the rebalance resets positions)", self.name, exc)
+    def _member(self) -> bool:
+        """Whether the batch in hand was fetched as a member of the group (aiokafka resets the
+        membership to generation -1 when a heartbeat learns that the group moved on; the broker
+        would take a commit under it unchecked)."""
+        generation, member_id = self._membership
+        return generation >= 0 and bool(member_id)
+
+    def _left_behind(self) -> bool:
+        """Whether the group has moved on since the batch in hand was fetched."""
+        return self._consumer is not None and fencing.membership(self._consumer) != self._membership
 
     @staticmethod
     def _incoming(batch: dict[TopicPartition, list[Any]]) -> list[Incoming]:
@@ -319,11 +331,8 @@ class TransactionalStage:
 
     async def _commit(self, records: list[Incoming], outgoing: list[Outgoing]) -> None:
         assert self._producer is not None
-        generation, member_id = self._membership
-        if generation < 0 or not member_id:
-            # Not a member of the group right now (aiokafka resets the membership when a heartbeat
-            # learns that the group moved on): the broker would take such a commit unchecked.
-            raise fencing.GenerationFenced(f"batch fetched outside the group (generation {generation})")
+        if not self._member():
+            raise fencing.GenerationFenced(f"batch fetched outside the group ({self._membership})")
         offsets: dict[TopicPartition, int] = {}
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
