@@ -15,6 +15,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from yidi.platform import fencing
 from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage
 
+from tests.integration.waiting import until
+
 pytestmark = pytest.mark.integration
 
 
@@ -27,11 +29,52 @@ async def _topics(bootstrap: str, *names_partitions: tuple[str, int]) -> None:
         await admin.close()
 
 
-async def _until(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+
+
+class _TwoInstances:
+    """Two instances ``a`` and ``b`` of one stage (``in`` → ``out``, 6 partitions) in one consumer
+    group, a producer for ``in`` and a read_committed reader of ``out``."""
+
+    def __init__(self, s, name: str, handler, max_records: int) -> None:
+        self.s = s
+        self.stages = {
+            i: TransactionalStage(f"{name}-{i}", "test", s.model_copy(update={"instance": i}), ["in"], name,
+                                  handler(i), max_records=max_records)
+            for i in ("a", "b")
+        }
+        self.producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+        self.reader = AIOKafkaConsumer(s.topic("out"), bootstrap_servers=s.kafka_bootstrap,
+                                       isolation_level="read_committed", auto_offset_reset="earliest")
+
+    async def __aenter__(self) -> _TwoInstances:
+        await _topics(self.s.kafka_bootstrap, (self.s.topic("in"), 6), (self.s.topic("out"), 1))
+        await self.producer.start()
+        await self.reader.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.reader.stop()
+        await self.producer.stop()
+        for stage in self.stages.values():
+            await stage.stop()
+
+    async def send(self, values: list[bytes], first: int = 0) -> None:
+        for i, value in enumerate(values, start=first):
+            await self.producer.send(self.s.topic("in"), value, partition=i % 6)
+        await self.producer.flush()
+
+    async def passed_on(self, expected: int) -> list[bytes]:
+        """What the stages committed to ``out``: until ``expected`` values, then 1 s more (anything
+        more would be a duplicate)."""
+        seen: list[bytes] = []
+        deadline = time.monotonic() + 60
+        while len(seen) < expected and time.monotonic() < deadline:
+            for records in (await self.reader.getmany(timeout_ms=500)).values():
+                seen += [r.value for r in records]
+        await asyncio.sleep(1.0)
+        for records in (await self.reader.getmany(timeout_ms=1000)).values():
+            seen += [r.value for r in records]
+        return seen
 
 
 async def test_a_consumer_waits_for_the_offsets_an_open_transaction_holds(settings):
@@ -71,8 +114,6 @@ async def test_a_consumer_waits_for_the_offsets_an_open_transaction_holds(settin
 async def test_a_batch_fetched_before_a_rebalance_is_aborted_and_handled_once_by_the_new_owner(settings):
     tag = uuid.uuid4().hex[:6]
     s = settings.model_copy(update={"namespace": f"{settings.namespace}fence{tag}.", "batch_linger_ms": 0.0})
-    source, sink = "in", "out"
-    await _topics(s.kafka_bootstrap, (s.topic(source), 6), (s.topic(sink), 1))
     release = asyncio.Event()
     handled: dict[str, list[bytes]] = {"a": [], "b": []}
 
@@ -82,47 +123,53 @@ async def test_a_batch_fetched_before_a_rebalance_is_aborted_and_handled_once_by
                 handled["a"].append(b"")  # a's first batch stalls until b has joined and taken partitions
                 await release.wait()
             handled[instance] += [r.value for r in records]
-            return [Outgoing(s.topic(sink), r.value) for r in records]
+            return [Outgoing(s.topic("out"), r.value) for r in records]
         return handle
 
-    stages = {
-        name: TransactionalStage(f"fence-{name}", "test", s.model_copy(update={"instance": name}), [source], "fence",
-                                 handler(name), max_records=50)
-        for name in ("a", "b")
-    }
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
-    reader = AIOKafkaConsumer(s.topic(sink), bootstrap_servers=s.kafka_bootstrap, isolation_level="read_committed",
-                              auto_offset_reset="earliest")
-    await producer.start()
-    await reader.start()
     sent = [f"r{i}".encode() for i in range(120)]
-    try:
-        await stages["a"].start()
-        for i, value in enumerate(sent):
-            await producer.send(s.topic(source), value, partition=i % 6)
-        await producer.flush()
-        await _until(lambda: bool(handled["a"]))  # a holds a batch, fetched in generation 1
-        fenced_before = _fenced()
-        await stages["b"].start()  # the group rebalances: some of a's partitions go to b
-        await _until(lambda: len(handled["b"]) > 0)
-        release.set()  # a's stalled batch now tries to commit under generation 1: refused
-        await _until(lambda: _fenced() > fenced_before)
-        seen: list[bytes] = []
-        deadline = time.monotonic() + 60
-        while len(seen) < len(sent) and time.monotonic() < deadline:
-            for records in (await reader.getmany(timeout_ms=500)).values():
-                seen += [r.value for r in records]
-        await asyncio.sleep(1.0)  # anything more would be a duplicate
-        for records in (await reader.getmany(timeout_ms=1000)).values():
-            seen += [r.value for r in records]
-        assert sorted(seen) == sorted(sent)  # every record passed on exactly once
-        assert stages["a"].failure is None and stages["b"].failure is None
-    finally:
-        release.set()
-        await reader.stop()
-        await producer.stop()
-        for stage in stages.values():
-            await stage.stop()
+    async with _TwoInstances(s, "fence", handler, max_records=50) as two:
+        try:
+            await two.stages["a"].start()
+            await two.send(sent)
+            await until(lambda: bool(handled["a"]))  # a holds a batch, fetched in generation 1
+            fenced_before = _fenced()
+            await two.stages["b"].start()  # the group rebalances: some of a's partitions go to b
+            await until(lambda: len(handled["b"]) > 0)
+            release.set()  # a's stalled batch now tries to commit under generation 1: refused
+            await until(lambda: _fenced() > fenced_before)
+            assert sorted(await two.passed_on(len(sent))) == sorted(sent)  # every record passed on once
+            assert two.stages["a"].failure is None and two.stages["b"].failure is None
+        finally:
+            release.set()
+
+
+async def test_a_rebalance_during_the_linger_loses_and_duplicates_nothing(settings):
+    # The stage waits (linger) after a commit; the group rebalances meanwhile. The lingering batch
+    # is dropped and what its second fetch brought is rewound; the new assignment reads it all again.
+    tag = uuid.uuid4().hex[:6]
+    s = settings.model_copy(update={"namespace": f"{settings.namespace}linger{tag}.", "batch_linger_ms": 6000.0})
+    batches: dict[str, int] = {"a": 0, "b": 0}
+
+    def handler(instance: str):
+        async def handle(records: list[Incoming]) -> list[Outgoing]:
+            batches[instance] += 1
+            return [Outgoing(s.topic("out"), r.value) for r in records]
+        return handle
+
+    sent = [f"r{i}".encode() for i in range(60)]
+    async with _TwoInstances(s, "linger", handler, max_records=500) as two:
+        await two.stages["a"].start()
+        await two.send(sent[:1])
+        await until(lambda: batches["a"] == 1)  # committed: a now lingers 6 s before its next batch
+        await two.send(sent[1:30], first=1)
+        await asyncio.sleep(0.5)  # a holds these, lingering
+        await two.stages["b"].start()  # the rebalance completes during a's linger
+        await two.send(sent[30:], first=30)
+        assert sorted(await two.passed_on(len(sent))) == sorted(sent)  # nothing lost, nothing twice
+        assert batches["b"] > 0
+        # a noticed the rebalance, during its linger (its batch dropped and rewound) or at commit.
+        assert _noticed("linger-a") > 0
+        assert two.stages["a"].failure is None and two.stages["b"].failure is None
 
 
 def _noticed(stage: str) -> float:
@@ -135,62 +182,3 @@ def _fenced() -> float:
     from yidi.platform import metrics
 
     return sum(metrics.STAGE_RETRIES.labels(f"fence-{n}", "GenerationFenced")._value.get() for n in ("a", "b"))
-
-
-async def test_a_rebalance_during_the_linger_loses_and_duplicates_nothing(settings):
-    # The stage waits (linger) after a commit; the group rebalances meanwhile. What the wait's
-    # second fetch brings belongs to the new assignment and is read again; the first part is
-    # refused under its old generation and read again from the committed offsets.
-    tag = uuid.uuid4().hex[:6]
-    s = settings.model_copy(update={"namespace": f"{settings.namespace}linger{tag}.", "batch_linger_ms": 6000.0})
-    source, sink = "in", "out"
-    await _topics(s.kafka_bootstrap, (s.topic(source), 6), (s.topic(sink), 1))
-    batches: dict[str, int] = {"a": 0, "b": 0}
-
-    def handler(instance: str):
-        async def handle(records: list[Incoming]) -> list[Outgoing]:
-            batches[instance] += 1
-            return [Outgoing(s.topic(sink), r.value) for r in records]
-        return handle
-
-    stages = {
-        name: TransactionalStage(f"linger-{name}", "test", s.model_copy(update={"instance": name}), [source], "linger",
-                                 handler(name), max_records=500)
-        for name in ("a", "b")
-    }
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
-    reader = AIOKafkaConsumer(s.topic(sink), bootstrap_servers=s.kafka_bootstrap, isolation_level="read_committed",
-                              auto_offset_reset="earliest")
-    await producer.start()
-    await reader.start()
-    sent = [f"r{i}".encode() for i in range(60)]
-    try:
-        await stages["a"].start()
-        await producer.send_and_wait(s.topic(source), sent[0], partition=0)
-        await _until(lambda: batches["a"] == 1)  # committed: a now lingers 6 s before its next batch
-        for i, value in enumerate(sent[1:30], start=1):
-            await producer.send(s.topic(source), value, partition=i % 6)
-        await producer.flush()
-        await asyncio.sleep(0.5)  # a holds these, lingering
-        await stages["b"].start()  # the rebalance completes during a's linger
-        for i, value in enumerate(sent[30:], start=30):
-            await producer.send(s.topic(source), value, partition=i % 6)
-        await producer.flush()
-        seen: list[bytes] = []
-        deadline = time.monotonic() + 60
-        while len(seen) < len(sent) and time.monotonic() < deadline:
-            for records in (await reader.getmany(timeout_ms=500)).values():
-                seen += [r.value for r in records]
-        await asyncio.sleep(1.0)
-        for records in (await reader.getmany(timeout_ms=1000)).values():
-            seen += [r.value for r in records]
-        assert sorted(seen) == sorted(sent)  # nothing lost, nothing twice
-        assert batches["b"] > 0
-        # a noticed the rebalance, during its linger (its batch dropped and rewound) or at commit.
-        assert _noticed("linger-a") > 0
-        assert stages["a"].failure is None and stages["b"].failure is None
-    finally:
-        await reader.stop()
-        await producer.stop()
-        for stage in stages.values():
-            await stage.stop()

@@ -12,16 +12,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
 from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_REQUESTS
 
+from tests.integration.waiting import until
+
 pytestmark = pytest.mark.integration
 
 LINGER_S = 0.6
-
-
-async def _until(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_batch_that_is_not_full_lingers_after_a_commit_and_takes_what_arrives(settings):
@@ -43,13 +38,13 @@ async def test_a_batch_that_is_not_full_lingers_after_a_commit_and_takes_what_ar
     try:
         # The first record after a quiet spell goes at once (the last commit is long past).
         await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), b"A", key=b"p")
-        await _until(lambda: len(batches) == 1)
+        await until(lambda: len(batches) == 1)
         first_done = time.monotonic()
         # Two more, 100 ms apart, right after that commit: both wait for the linger, in one batch.
         await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), b"B", key=b"p")
         await asyncio.sleep(0.1)
         await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), b"C", key=b"p")
-        await _until(lambda: sum(len(values) for _, values in batches) == 3)
+        await until(lambda: sum(len(values) for _, values in batches) == 3)
         assert [values for _, values in batches] == [[b"A"], [b"B", b"C"]]
         assert batches[1][0] - first_done >= LINGER_S - 0.1
         # And what the batches passed on was committed, once each.
