@@ -267,13 +267,6 @@ def _say_waiting(group_id: str, exc: Exception) -> None:
         log.warning("group %s: waiting for a transaction in flight to end before reading offsets (%s)", group_id, exc)
 
 
-class _OffsetFetchShim:
-    """What the coordinator module calls ``OffsetFetchRequest``: the stable v7 request."""
-
-    def __new__(cls, group_id: str, partitions: list[tuple[str, list[int]]]) -> Any:  # type: ignore[misc]
-        return StableOffsetFetchRequest(group_id, partitions)
-
-
 _installed = False
 
 
@@ -283,7 +276,8 @@ def install() -> None:
     if _installed:
         return
     _sender_module.TxnOffsetCommitHandler = _GenerationTxnOffsetCommitHandler  # type: ignore[misc]
-    _coordinator_module.OffsetFetchRequest = _OffsetFetchShim  # type: ignore[misc,assignment]
+    # The coordinator builds ``OffsetFetchRequest(group_id, partitions)``: the stable one has that shape.
+    _coordinator_module.OffsetFetchRequest = StableOffsetFetchRequest  # type: ignore[misc,assignment]
     original_send = _coordinator_module.GroupCoordinator._send_req
 
     async def _send_req(self: Any, request: Any) -> Any:

@@ -331,8 +331,6 @@ class TransactionalStage:
 
     async def _commit(self, records: list[Incoming], outgoing: list[Outgoing]) -> None:
         assert self._producer is not None
-        if not self._member():
-            raise fencing.GenerationFenced(f"batch fetched outside the group ({self._membership})")
         offsets: dict[TopicPartition, int] = {}
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
