@@ -48,7 +48,7 @@ class NewEntry:
     clr_period: str
     setl_date: date
     # The answer as sent to the gateway (its bytes, as text): kept as it is, not serialised again.
-    answer_json: str | None = None
+    answer_json: str
 
 
 @dataclass
@@ -193,8 +193,7 @@ class ClearingRepository(Repository):
             rows = [
                 (e.row.setl_id, e.row.msgid, e.row.request_hash, e.infno, e.psn_no, e.mdtrt_id,
                  e.insuplc_admdvs, e.mdtrtarea_admvs, e.fixmedins_code, e.setlym, e.clr_period, e.setl_date,
-                 *(e.amounts[c] for c in AMOUNT_COLUMNS),
-                 e.answer_json if e.answer_json is not None else orjson.dumps(e.row.answer).decode())
+                 *(e.amounts[c] for c in AMOUNT_COLUMNS), e.answer_json)
                 for e in entries
             ]
             arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, start=1))

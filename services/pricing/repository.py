@@ -23,8 +23,8 @@ class StoredRequest:
     infno: str
     setl_id: str | None
     emitted: list[dict[str, Any]]
-    # ``emitted`` as the JSON text written, when the caller has its bytes already (the messages
-    # passed on were serialised to be sent; no need to serialise them again to be kept).
+    # ``emitted`` as JSON text, the bytes that were sent (set on the requests a batch writes; the
+    # messages passed on were serialised to be sent, and are kept as they are).
     emitted_json: str | None = None
 
 
@@ -195,7 +195,7 @@ class PricingRepository(Repository):
                         AS u(m, h, i, s, e)""",
                 [r.msgid for r in requests], [r.request_hash for r in requests], [r.infno for r in requests],
                 [r.setl_id for r in requests],
-                [r.emitted_json if r.emitted_json is not None else orjson.dumps(r.emitted).decode() for r in requests],
+                [r.emitted_json for r in requests],
             )
         if new_settlements:
             await conn.execute(
