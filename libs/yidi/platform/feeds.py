@@ -85,15 +85,11 @@ def feed(
                     applied = await apply_each(valid)  # find the record at fault, apply the others
             else:
                 applied = await apply_each(valid)
-        except TransientError as exc:
-            if isinstance(exc, RaceLost):
-                # Feeds upsert (ON CONFLICT), so instances never race on a key here: a bug, as below.
-                log.exception("%s: unexpected failure applying a batch of %d", feed_name, len(valid))
-                await asyncio.sleep(5.0)
+        except Exception as exc:
+            # Feeds upsert (ON CONFLICT), so instances never race on a key here: a RaceLost is a bug.
+            if isinstance(exc, TransientError) and not isinstance(exc, RaceLost):
+                await asyncio.sleep(1.0)  # then NACK: the batch is read again
                 raise
-            await asyncio.sleep(1.0)  # then NACK: the batch is read again
-            raise
-        except Exception:
             # A bug: keep the records (NACK) but do not spin on them; the log says what broke.
             log.exception("%s: unexpected failure applying a batch of %d", feed_name, len(valid))
             await asyncio.sleep(5.0)
