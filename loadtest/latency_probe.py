@@ -78,7 +78,7 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
     try:
         if args.target == "reference":
             for stage in REFERENCE_STAGES:
-                _spawn(procs, f"ref-{stage}", ["loadtest.reference_pipeline", "--stage", stage], f"ref-{stage}",
+                _spawn(procs, f"ref-{stage}", [args.reference_module, "--stage", stage], f"ref-{stage}",
                        trace, env)
         else:
             for service in SERVICES:
@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the processes")
     parser.add_argument("--dir", type=Path, help="work folder (default loadtest/results/probe-<tag>)")
     parser.add_argument("--keep-topics", action="store_true")
+    parser.add_argument("--reference-module", default="loadtest.reference_pipeline",
+                        help="the bare pipeline's module (an experiment's variant of it)")
     args = parser.parse_args(argv)
     out = asyncio.run(probe(args))
     sys.exit(0 if out["exactly_once"] else 1)
