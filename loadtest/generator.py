@@ -68,6 +68,11 @@ def hour_counts(total: int, profile: tuple[float, ...] = HOURLY_PROFILE) -> list
     return counts
 
 
+def peak_hour_rate(total: int, profile: tuple[float, ...] = HOURLY_PROFILE) -> float:
+    """Settlements per second in the busiest hour of a ``total``-settlement day (650,000: 21.6/s)."""
+    return round(max(hour_counts(total, profile)) / 3600, 1)
+
+
 class DayGenerator:
     def __init__(self, world: World, options: DayOptions) -> None:
         if not options.msg_tag.isalnum() or len(options.msg_tag) > 16:

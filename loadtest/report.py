@@ -57,6 +57,9 @@ def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
               if name in runs]
     if floors:
         measured += " (p99 at 100/s of the " + "; ".join(floors) + ")"
+    peak = runs.get("rate_peak")
+    if peak:
+        measured += f"; at the national peak hour's {peak['throughput_per_s']}/s p99 {_p99(peak)} ms"
     out.append({"target": "p99 < 50 ms at 100/s", "measured": measured, "met": None if p99 is None else p99 < 50})
     if fast:
         p = _p99(fast)
@@ -202,6 +205,11 @@ def headline(report: dict[str, Any]) -> str:
         lat = full["latency_ms"]
         out.append(f"  as fast as possible: {full['throughput_per_s']}/s over {full['sends']} requests; "
                    f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms (window {report['window']})")
+    peak = runs.get("rate_peak")
+    if peak:
+        lat = peak["latency_ms"]
+        out.append(f"  at the national peak hour ({peak['throughput_per_s']}/s): p50 {lat['p50']} ms, "
+                   f"p95 {lat['p95']} ms, p99 {lat['p99']} ms")
     if r100:
         lat = r100["latency_ms"]
         out.append(f"  at 100/s: p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms")
@@ -237,7 +245,10 @@ section below says how the figures are measured.
   pre-settlements, 0.5 % duplicates (same msgid resent), 0.5 % cancellations (sent once the
   settlement's answer gave its setl_id), 0.2 % malformed requests. About 1.5 % of persons have
   no filing, so their settlements are refused NOT_FILED.
-- **Runs**: `rate_100` publishes at a fixed 100 requests/s (the latency target); `max` publishes
+- **Runs**: `rate_peak` (from 2026-11-23 18:00) publishes at the busiest hour's rate of a
+  650,000-settlement day with the generator's clinic-hour profile, 21.6 requests/s: the load the
+  national platform actually sees at its peak. `rate_100` publishes at a fixed 100 requests/s (the
+  latency target); `max` publishes
   as fast as a window of 2,000 outstanding answers allows (throughput; its latency is mostly
   queueing in that window, so read latency from the fixed-rate run); `reference` is the bare
   pipeline (loadtest/reference_pipeline.py: the same three transactional hops doing no work)

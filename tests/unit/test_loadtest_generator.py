@@ -14,7 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from loadtest.bills import MIX
-from loadtest.generator import DayOptions, day_lines, hour_counts, write_day, write_refdata
+from loadtest.generator import DayOptions, day_lines, hour_counts, peak_hour_rate, write_day, write_refdata
 from loadtest.world import UNLISTED_CODE, World
 from yidi.contracts.envelope import Infno, RequestEnvelope
 from yidi.contracts.filing import FilingRequest
@@ -95,6 +95,13 @@ def test_clinic_hours_carry_most_of_the_day(lines):
     assert clinic / SETTLEMENTS > 0.5
     assert night / SETTLEMENTS < 0.02
     assert sum(hour_counts(650_000)) == 650_000
+
+
+def test_the_peak_hour_rate_is_the_busiest_hour_of_the_day():
+    # 650,000 a day: the busiest hours (9-11h) each carry 7.5/62.75 of it, 77,689 settlements.
+    assert peak_hour_rate(650_000) == 21.6
+    # A flat day has no peak: its rate is the day's average.
+    assert peak_hour_rate(864_000, profile=(1.0,) * 24) == 10.0
 
 
 def test_every_request_validates_against_the_contracts(lines):
