@@ -245,7 +245,7 @@ section below says how the figures are measured.
   pre-settlements, 0.5 % duplicates (same msgid resent), 0.5 % cancellations (sent once the
   settlement's answer gave its setl_id), 0.2 % malformed requests. About 1.5 % of persons have
   no filing, so their settlements are refused NOT_FILED.
-- **Runs**: `rate_peak` (from 2026-11-23 18:00) publishes at the busiest hour's rate of a
+- **Runs**: `rate_peak` (from 2026-11-23 17:33) publishes at the busiest hour's rate of a
   650,000-settlement day with the generator's clinic-hour profile, 21.6 requests/s: the load the
   national platform actually sees at its peak. `rate_100` publishes at a fixed 100 requests/s (the
   latency target); `max` publishes
