@@ -1,6 +1,9 @@
 """Summarise ``loadtest.traced`` files: where each hop's time goes (medians and p90 over batches).
 
-    python -m loadtest.hops DIR
+    python -m loadtest.hops DIR [SINCE_MS]
+
+Leaves out what was traced before ``SINCE_MS`` (epoch ms), by default before the time
+``latency_probe`` wrote to ``DIR/measured_from`` when its warm-up ended.
 
 Per stage: ``deliver`` = record timestamp (the upstream producer's send) → getmany returned it
 (upstream's remaining commit, the transaction markers, the fetch); ``handler``; ``sends`` (the
@@ -17,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+
+
+MEASURED_FROM = "measured_from"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -101,8 +107,18 @@ def summarise(folder: Path, since_ms: float = 0.0) -> str:
     return "\n".join(out)
 
 
+def measured_from(folder: Path) -> float:
+    """When the measured runs began (``latency_probe`` writes it after its warm-up), in epoch ms; 0 if unknown."""
+    marker = folder / MEASURED_FROM
+    return float(marker.read_text()) if marker.exists() else 0.0
+
+
 def main() -> None:
-    print(summarise(Path(sys.argv[1]), float(sys.argv[2]) if len(sys.argv) > 2 else 0.0))
+    folder = Path(sys.argv[1])
+    since = float(sys.argv[2]) if len(sys.argv) > 2 else measured_from(folder)
+    if since:
+        print(f"(what was traced before {since:.0f} ms, the warm-up, is left out)")
+    print(summarise(folder, since))
 
 
 if __name__ == "__main__":
