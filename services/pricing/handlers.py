@@ -142,22 +142,17 @@ class PricingHandler:
                 setl_ids.append(str(data.get("setl_id", "")))
             if r.infno is Infno.REVERSAL:
                 msgids.append(str(data.get("omsgid", "")))
-        stored = await self.repo.requests(conn, [w.request.msgid for w in works])
+        # Cancellations and reversals name settlements whose (person, year) accumulators are read too.
         settlements = await self.repo.settlements(conn, setl_ids, msgids) if setl_ids or msgids else []
         usage_keys |= {(s.psn_no, s.year) for s in settlements} | {(s.psn_no, ACCOUNT_YEAR) for s in settlements}
         prepayments = None
         if self.settings.prepayment_policy == "refuse":
             pairs = {(w.request.insuplc_admdvs or "", w.request.mdtrtarea_admvs) for w in works if w.request.infno.is_settlement}
             prepayments = await self.repo.prepayments(conn, pairs)
-        policies, items = await self.repo.reference(conn, policy_keys, item_keys)
-        return Batch(
-            stored=stored,
-            settlements=settlements,
-            policies=policies,
-            items=items,
-            usage=await self.repo.accumulators(conn, usage_keys),
-            prepayments=prepayments,
-        )
+        stored, policies, items, usage = await self.repo.batch_reads(
+            conn, [w.request.msgid for w in works], policy_keys, item_keys, usage_keys)
+        return Batch(stored=stored, settlements=settlements, policies=policies, items=items, usage=usage,
+                     prepayments=prepayments)
 
     def _reply(self, work: EligibleWork, answer: ResponseEnvelope | dict[str, Any]) -> Outgoing:
         r = work.request

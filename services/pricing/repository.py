@@ -109,58 +109,55 @@ class PricingRepository(Repository):
 
     # Batch reads, inside the batch's transaction ----------------------------------------------
 
-    async def reference(
-        self, conn: asyncpg.Connection, policy_keys: Iterable[tuple[str, str]], item_keys: Iterable[tuple[str, str]]
-    ) -> tuple[list[BenefitPolicy], list[CatalogueItem]]:
-        """Every version of the policies (insured region, insutype) and catalogue items (treating
-        region, code) a batch names, in one round trip; parsed once per revision."""
-        policy_pairs, item_pairs = sorted(set(policy_keys)), sorted(set(item_keys))
-        if not policy_pairs and not item_pairs:
-            return [], []
+    async def batch_reads(
+        self,
+        conn: asyncpg.Connection,
+        msgids: list[str],
+        policy_keys: Iterable[tuple[str, str]],
+        item_keys: Iterable[tuple[str, str]],
+        usage_keys: Iterable[tuple[str, int]],
+    ) -> tuple[dict[str, StoredRequest], list[BenefitPolicy], list[CatalogueItem], dict[tuple[str, int], dict[str, Decimal]]]:
+        """What a batch reads after its locks, in one round trip: the requests seen before by msgid,
+        every version of the policies (insured region, insutype) and catalogue items (treating region,
+        code) it names (parsed once per revision), and the accumulators of (person, year)."""
+        policy_pairs, item_pairs, usage_pairs = sorted(set(policy_keys)), sorted(set(item_keys)), sorted(set(usage_keys))
         rows = await conn.fetch(
-            """SELECT 'policy' AS kind, p.rev, p.record FROM pricing.policies p
-               JOIN unnest($1::text[], $2::text[]) AS k(region, insutype)
+            """SELECT 'request' AS kind, r.msgid AS a, r.request_hash AS b, r.infno AS c, r.setl_id AS d,
+                      NULL::int AS year, NULL::numeric AS amount, NULL::bigint AS rev, r.emitted::text AS body
+               FROM pricing.requests r WHERE r.msgid = ANY($1::text[])
+               UNION ALL
+               SELECT 'policy', NULL, NULL, NULL, NULL, NULL, NULL, p.rev, p.record::text FROM pricing.policies p
+               JOIN unnest($2::text[], $3::text[]) AS k(region, insutype)
                  ON p.insuplc_admdvs = k.region AND p.insutype = k.insutype
                UNION ALL
-               SELECT 'item', c.rev, c.record FROM pricing.catalogue c
-               JOIN unnest($3::text[], $4::text[]) AS k(region, code)
-                 ON c.mdtrtarea_admvs = k.region AND c.hilist_code = k.code""",
+               SELECT 'item', NULL, NULL, NULL, NULL, NULL, NULL, c.rev, c.record::text FROM pricing.catalogue c
+               JOIN unnest($4::text[], $5::text[]) AS k(region, code)
+                 ON c.mdtrtarea_admvs = k.region AND c.hilist_code = k.code
+               UNION ALL
+               SELECT 'usage', a.psn_no, NULL, a.counter, NULL, a.year, a.amount, NULL, NULL FROM pricing.accumulators a
+               JOIN unnest($6::text[], $7::int[]) AS k(psn_no, year) ON a.psn_no = k.psn_no AND a.year = k.year""",
+            msgids,
             [r for r, _ in policy_pairs], [t for _, t in policy_pairs],
             [r for r, _ in item_pairs], [c for _, c in item_pairs],
+            [p for p, _ in usage_pairs], [y for _, y in usage_pairs],
         )
-        policies = [
-            self._policies.get(r["rev"], lambda raw: PolicyRecord.model_validate(json_value(raw)).to_domain(), r["record"])
-            for r in rows if r["kind"] == "policy"
-        ]
-        items = [
-            self._items.get(r["rev"], lambda raw: CatalogueRecord.model_validate(json_value(raw)).to_domain(), r["record"])
-            for r in rows if r["kind"] == "item"
-        ]
-        return policies, items
-
-    async def accumulators(
-        self, conn: asyncpg.Connection, keys: Iterable[tuple[str, int]]
-    ) -> dict[tuple[str, int], dict[str, Decimal]]:
-        pairs = set(keys)
-        out: dict[tuple[str, int], dict[str, Decimal]] = {k: {} for k in pairs}
-        if not pairs:
-            return out
-        people, years = zip(*pairs, strict=True)
-        rows = await conn.fetch(
-            """SELECT a.psn_no, a.year, a.counter, a.amount FROM pricing.accumulators a
-               JOIN unnest($1::text[], $2::int[]) AS k(psn_no, year) ON a.psn_no = k.psn_no AND a.year = k.year""",
-            list(people), list(years),
-        )
+        stored: dict[str, StoredRequest] = {}
+        policies: list[BenefitPolicy] = []
+        items: list[CatalogueItem] = []
+        usage: dict[tuple[str, int], dict[str, Decimal]] = {k: {} for k in usage_pairs}
         for r in rows:
-            out[(r["psn_no"], r["year"])][r["counter"]] = r["amount"]
-        return out
-
-    async def requests(self, conn: asyncpg.Connection, msgids: list[str]) -> dict[str, StoredRequest]:
-        rows = await conn.fetch("SELECT * FROM pricing.requests WHERE msgid = ANY($1::text[])", msgids)
-        return {
-            r["msgid"]: StoredRequest(r["msgid"], r["request_hash"], r["infno"], r["setl_id"], json_value(r["emitted"]))
-            for r in rows
-        }
+            kind = r["kind"]
+            if kind == "usage":
+                usage[(r["a"], r["year"])][r["c"]] = r["amount"]
+            elif kind == "request":
+                stored[r["a"]] = StoredRequest(r["a"], r["b"], r["c"], r["d"], orjson.loads(r["body"]))
+            elif kind == "policy":
+                policies.append(self._policies.get(
+                    r["rev"], lambda raw: PolicyRecord.model_validate(json_value(raw)).to_domain(), r["body"]))
+            else:
+                items.append(self._items.get(
+                    r["rev"], lambda raw: CatalogueRecord.model_validate(json_value(raw)).to_domain(), r["body"]))
+        return stored, policies, items, usage
 
     async def settlements(
         self, conn: asyncpg.Connection, setl_ids: list[str], msgids: list[str]
@@ -187,38 +184,36 @@ class PricingRepository(Repository):
         undone: list[StoredSettlement],
         counter_changes: dict[tuple[str, int, str], Decimal],
     ) -> None:
-        # One statement per table, a column array each (unnest), rather than a statement per row.
-        if requests:
+        # One statement for the three tables (data-modifying CTEs), a column array each (unnest),
+        # rather than a statement per table or per row.
+        changes = sorted((p, y, c, a) for (p, y, c), a in counter_changes.items() if a)
+        if requests or new_settlements or changes:
             await conn.execute(
-                """INSERT INTO pricing.requests (msgid, request_hash, infno, setl_id, emitted)
-                   SELECT m, h, i, s, e::json FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
-                        AS u(m, h, i, s, e)""",
+                """WITH r AS (
+                     INSERT INTO pricing.requests (msgid, request_hash, infno, setl_id, emitted)
+                     SELECT m, h, i, s, e::json FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
+                          AS u(m, h, i, s, e)),
+                   s AS (
+                     INSERT INTO pricing.settlements (setl_id, msgid, psn_no, year, usage_delta)
+                     SELECT s, m, p, y, d::jsonb FROM unnest($6::text[], $7::text[], $8::text[], $9::int[], $10::text[])
+                          AS u(s, m, p, y, d)),
+                   -- One key appears once (counter_changes sums by key), as ON CONFLICT in one statement needs.
+                   a AS (
+                     INSERT INTO pricing.accumulators AS acc (psn_no, year, counter, amount)
+                     SELECT p, y, c, a FROM unnest($11::text[], $12::int[], $13::text[], $14::numeric[]) WITH ORDINALITY
+                          AS u(p, y, c, a, n) ORDER BY n
+                     ON CONFLICT (psn_no, year, counter) DO UPDATE SET amount = acc.amount + EXCLUDED.amount)
+                   SELECT 1""",
                 [r.msgid for r in requests], [r.request_hash for r in requests], [r.infno for r in requests],
-                [r.setl_id for r in requests],
-                [r.emitted_json for r in requests],
-            )
-        if new_settlements:
-            await conn.execute(
-                """INSERT INTO pricing.settlements (setl_id, msgid, psn_no, year, usage_delta)
-                   SELECT s, m, p, y, d::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[])
-                        AS u(s, m, p, y, d)""",
+                [r.setl_id for r in requests], [r.emitted_json for r in requests],
                 [s.setl_id for s in new_settlements], [s.msgid for s in new_settlements],
                 [s.psn_no for s in new_settlements], [s.year for s in new_settlements],
                 [orjson.dumps(s.usage_delta).decode() for s in new_settlements],
+                [p for p, _, _, _ in changes], [y for _, y, _, _ in changes], [c for _, _, c, _ in changes],
+                [a for _, _, _, a in changes],
             )
         if undone:
             await conn.executemany(
                 "UPDATE pricing.settlements SET state = $2, undone_by = $3, undone_at = now() WHERE setl_id = $1",
                 [(s.setl_id, s.state, s.undone_by) for s in undone],
-            )
-        changes = sorted((p, y, c, a) for (p, y, c), a in counter_changes.items() if a)
-        if changes:
-            # One key appears once (counter_changes sums by key), as ON CONFLICT in one statement needs.
-            await conn.execute(
-                """INSERT INTO pricing.accumulators AS acc (psn_no, year, counter, amount)
-                   SELECT p, y, c, a FROM unnest($1::text[], $2::int[], $3::text[], $4::numeric[]) WITH ORDINALITY
-                        AS u(p, y, c, a, n) ORDER BY n
-                   ON CONFLICT (psn_no, year, counter) DO UPDATE SET amount = acc.amount + EXCLUDED.amount""",
-                [p for p, _, _, _ in changes], [y for _, y, _, _ in changes], [c for _, _, c, _ in changes],
-                [a for _, _, _, a in changes],
             )
