@@ -147,7 +147,7 @@ class ClearingAdminHandler:
 
     async def _run_month(self, conn: asyncpg.Connection, request: RunMonth) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
         month = request.setlym
-        closed = await self.repo.closed_periods(conn, exclusive=True)
+        closed = await self.repo.closed_periods(conn)
         if month in closed:
             return False, f"month {month} is cleared already; query its statements", {}, []
         await conn.execute("INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now())", month)

@@ -20,7 +20,6 @@ from yidi.contracts.internal import PricedWork, WorkKind
 from yidi.domain.clearing import landing_period
 from yidi.domain.money import amount_text
 from yidi.platform import metrics
-from yidi.platform.db import lock_keys
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import broken, parse_each, reply
 from yidi.platform.settings import Settings
@@ -53,12 +52,11 @@ class ClearingHandler:
         if not works:
             return out
         async with self.repo.transaction() as conn:
-            closed = await self.repo.closed_periods(conn)
-            await lock_keys(conn, "yidi-clearing", [r.key for r, _ in works])
+            await self.repo.lock_batch(conn, [r.key for r, _ in works])
             moves: list[tuple[str, str, str, Decimal, str]] = []
             msgids = [w.request.msgid for _, (w, _, _) in works if w.kind is WorkKind.SETTLE]
             setl_ids = [w.target_setl_id for _, (w, _, _) in works if w.kind is WorkKind.CANCEL]
-            rows = await self.repo.ledger_rows(conn, msgids, setl_ids)
+            closed, rows = await self.repo.batch_reads(conn, msgids, setl_ids)
             by_msgid = {r.msgid: r for r in rows}
             by_setl = {r.setl_id: r for r in rows}
             undo_msgids = [w.request.msgid for _, (w, _, _) in works if w.kind is WorkKind.CANCEL]

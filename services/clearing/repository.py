@@ -10,8 +10,9 @@ from typing import Any
 import asyncpg
 import orjson
 
-from yidi.platform.db import Repository, json_value, transient_errors
+from yidi.platform.db import Repository, json_value, lock_keys, transient_errors
 
+PERIODS_LOCK = "yidi-clearing-periods"
 AMOUNT_COLUMNS = (
     "medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt", "act_pay_dedc",
     "hifp_pay", "hifmi_pay", "hifob_pay", "cvlserv_pay", "maf_pay", "oth_pay", "fund_pay_sumamt",
@@ -60,31 +61,43 @@ class Moved:
 
 class ClearingRepository(Repository):
 
-    async def ledger_rows(self, conn: asyncpg.Connection, msgids: list[str], setl_ids: list[str]) -> list[LedgerRow]:
+    async def lock_batch(self, conn: asyncpg.Connection, keys: list[bytes | str | None]) -> None:
+        """A settlement batch's locks, in one statement: the periods lock shared (see
+        ``closed_periods``), then the batch's persons."""
+        await lock_keys(conn, "yidi-clearing", keys, shared_first=PERIODS_LOCK)
+
+    async def batch_reads(
+        self, conn: asyncpg.Connection, msgids: list[str], setl_ids: list[str]
+    ) -> tuple[set[str], list[LedgerRow]]:
+        """After ``lock_batch``, in one round trip: the closed periods, and the ledger rows of
+        ``msgids`` (settlements seen before) and ``setl_ids`` (settlements to undo), locked."""
         rows = await conn.fetch(
-            """SELECT setl_id, msgid, request_hash, state, answer, undone_msgid, undone_answer,
-                      insuplc_admdvs, mdtrtarea_admvs, fund_pay_sumamt, undo_period
-               FROM clearing.ledger
-               WHERE msgid = ANY($1::text[]) OR setl_id = ANY($2::text[]) FOR UPDATE""",
+            """SELECT c.closed, l.* FROM
+                 (SELECT coalesce(array_agg(setlym), '{}') AS closed FROM clearing.periods WHERE state = 'closed') AS c
+               LEFT JOIN LATERAL (
+                 SELECT setl_id, msgid, request_hash, state, answer, undone_msgid, undone_answer,
+                        insuplc_admdvs, mdtrtarea_admvs, fund_pay_sumamt, undo_period
+                 FROM clearing.ledger
+                 WHERE msgid = ANY($1::text[]) OR setl_id = ANY($2::text[]) FOR UPDATE) AS l ON true""",
             msgids, setl_ids,
         )
-        return [
+        closed = set(rows[0]["closed"])
+        return closed, [
             LedgerRow(r["setl_id"], r["msgid"], r["request_hash"], r["state"], json_value(r["answer"]),
                       r["undone_msgid"], json_value(r["undone_answer"]) if r["undone_answer"] else None,
                       r["insuplc_admdvs"], r["mdtrtarea_admvs"], r["fund_pay_sumamt"], r["undo_period"])
-            for r in rows
+            for r in rows if r["setl_id"] is not None
         ]
 
-    async def closed_periods(self, conn: asyncpg.Connection, *, exclusive: bool = False) -> set[str]:
-        """Closed periods, under the periods lock: shared for settling, exclusive for clearing a month.
-
-        Settlement batches hold the lock shared, so they run side by side; a month's clearing
-        waits for them to commit and holds new ones back until its statements are written. So a
-        settlement lands either in the month being cleared (and is in its statements) or in the
-        next open month, never in between.
+    async def closed_periods(self, conn: asyncpg.Connection) -> set[str]:
+        """Closed periods, under the periods lock taken exclusively, for clearing a month.
+        Settlement batches hold the lock shared (``lock_batch``), so they run side by side; a
+        month's clearing waits for them to commit and holds new ones back until its statements are
+        written. So a settlement lands either in the month being cleared (and is in its statements)
+        or in the next open month, never in between. The read is a statement of its own: its
+        snapshot must be taken after the lock is held.
         """
-        lock = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
-        await conn.execute(f"SELECT {lock}(hashtext('yidi-clearing-periods'))")
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", PERIODS_LOCK)
         return {r["setlym"] for r in await conn.fetch("SELECT setlym FROM clearing.periods WHERE state = 'closed'")}
 
     async def move_prepayments(

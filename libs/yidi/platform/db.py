@@ -44,19 +44,24 @@ async def transient_errors() -> AsyncIterator[None]:
         raise RaceLost(f"{exc.constraint_name or 'a unique key'} already holds this record: {exc}") from exc
 
 
-async def lock_keys(conn: asyncpg.Connection, scope: str, keys: Iterable[str | bytes | None]) -> None:
+async def lock_keys(conn: asyncpg.Connection, scope: str, keys: Iterable[str | bytes | None], *,
+                    shared_first: str | None = None) -> None:
     """Transaction-level advisory locks on ``keys`` (a batch's persons), in ``scope`` (a service),
     taken in one statement in the order of the lock keys (two keys may share one): batches that
     touch the same persons take turns and never wait on each other in a circle. With one
     instance per stage they never wait at all; with several, two instances that both hold a
-    partition for a moment during a rebalance handle a person one after the other."""
+    partition for a moment during a rebalance handle a person one after the other.
+
+    ``shared_first`` names a lock taken shared before them, in the same statement (one round
+    trip): clearing's periods lock, which a month's clearing takes exclusively."""
     texts = sorted({k.decode("utf-8", "replace") if isinstance(k, bytes) else k for k in keys if k})
-    if texts:
-        await conn.execute(
-            """SELECT pg_advisory_xact_lock(k)
-               FROM (SELECT DISTINCT hashtext($1 || ':' || p) AS k FROM unnest($2::text[]) AS p ORDER BY k) AS keys""",
-            scope, texts,
-        )
+    persons = """SELECT pg_advisory_xact_lock(k)
+               FROM (SELECT DISTINCT hashtext($1 || ':' || p) AS k FROM unnest($2::text[]) AS p ORDER BY k) AS keys"""
+    if shared_first is not None:
+        await conn.execute(f"SELECT pg_advisory_xact_lock_shared(hashtext($3)) UNION ALL {persons}",
+                           scope, texts, shared_first)
+    elif texts:
+        await conn.execute(persons, scope, texts)
 
 
 def json_value(value: Any) -> Any:
