@@ -196,15 +196,15 @@ class Bench:
         self.world = World(persons=persons, seed=args.seed, run_id=self.run_id)
         write_refdata(self.world, self.dir / "refdata.json")
         self.warmup = self._day("warmup", 300, args.seed + 2, extras=False)
-        self.peak_day = (self._day("peak", int(PEAK_RATE * args.peak_seconds), args.seed + 6)
-                         if args.peak_seconds > 0 else None)
+        # "national": its first letter tags the day's msgids, and "p" is the profile day's.
+        peak_count = int(PEAK_RATE * args.peak_seconds)
+        self.peak_day = self._day("national", peak_count, args.seed + 6) if peak_count > 0 else None
         self.rate_day = self._day("rate100", int(args.rate * args.rate_seconds), args.seed + 1)
         self.max_day = self._day("max", args.settlements, args.seed)
         self.ref_rate_day = self._day("refrate100", int(args.rate * args.reference_rate_seconds), args.seed + 5)
         self.report["load_summary"] = (
             f"{args.settlements} settlements of {persons} persons as fast as possible (window {args.window}); "
-            + (f"{int(PEAK_RATE * args.peak_seconds)} at the national peak hour's {PEAK_RATE:g}/s; "
-               if args.peak_seconds > 0 else "")
+            + (f"{peak_count} at the national peak hour's {PEAK_RATE:g}/s; " if peak_count > 0 else "")
             + f"{int(args.rate * args.rate_seconds)} at {args.rate:g}/s; extras "
             + ", ".join(f"{k} {v:.1%}" for k, v in EXTRAS.items()))
         say(f"results in {self.dir}")

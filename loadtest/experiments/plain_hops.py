@@ -3,10 +3,11 @@
     python -m loadtest.latency_probe reference --runs 3 --seconds 15 \
         --reference-module loadtest.experiments.plain_hops --env LOADTEST_PLAIN_HOPS=eligible,priced
 
-A plain hop consumes a batch, publishes the handler's records with the idempotent producer,
-waits for their acks and commits the offsets in the background (one commit in flight). The
-other hops stay ``TransactionalStage``s. Measures how much of the latency floor the
-transactions are (docs/BENCHMARKS.md).
+A plain hop consumes a batch (lingering as a ``TransactionalStage`` does, ``YIDI_BATCH_LINGER_MS``
+after its last batch), publishes the handler's records with the idempotent producer, waits for
+their acks and commits the offsets in the background (one commit in flight). The other hops stay
+``TransactionalStage``s. Measures how much of the latency floor the transactions are
+(docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -43,11 +45,18 @@ class PlainStage(TransactionalStage):
     async def _plain(self) -> None:
         assert self._consumer is not None and self._producer is not None
         committing: asyncio.Task[None] | None = None
+        last = 0.0
         while not self._stopping:
             batch = await self._consumer.getmany(timeout_ms=500, max_records=self.max_records)
             records = self._incoming(batch)
             if not records:
                 continue
+            # The same linger as TransactionalStage._run, so that only the transaction differs.
+            linger = self.settings.batch_linger_ms / 1000 - (time.monotonic() - last)
+            if linger > 0 and len(records) < self.max_records:
+                await asyncio.sleep(linger)
+                records += self._incoming(
+                    await self._consumer.getmany(timeout_ms=0, max_records=self.max_records - len(records)))
             outgoing = await self.handler(records)
             sends = [await self._producer.send(o.topic, o.value, key=o.key) for o in outgoing]
             await asyncio.gather(*sends)
@@ -58,6 +67,7 @@ class PlainStage(TransactionalStage):
             if committing is not None:
                 await committing
             committing = asyncio.create_task(self._consumer.commit(offsets))
+            last = time.monotonic()
             metrics.STAGE_RECORDS.labels(self.name).inc(len(records))
 
 
@@ -65,6 +75,7 @@ async def run(which: str) -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics.serve_metrics(settings.metrics_host, settings.metrics_port)
+    ref._what_if_options()
     await ensure_topics(settings)
     plain = set(filter(None, os.environ.get("LOADTEST_PLAIN_HOPS", "").split(",")))
     stages = []

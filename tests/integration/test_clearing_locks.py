@@ -1,8 +1,10 @@
 """Clearing's batch locks, taken in one statement, keep their meaning on the real Postgres.
 
 A settlement batch takes the periods lock shared and its persons' locks in one round trip
-(``ClearingRepository.lock_batch``). Batches of other persons run side by side; a batch of the
-same person waits; a month's clearing (the periods lock exclusive) waits for every batch in flight.
+(``ClearingRepository.lock_batch``), then reads the closed periods and its ledger rows in another
+(``batch_reads``). Batches of other persons run side by side; a batch of the same person waits; a
+month's clearing (the periods lock exclusive) waits for every batch in flight, and a batch that
+waited for a month's clearing sees the month it closed.
 """
 
 from __future__ import annotations
@@ -12,19 +14,35 @@ import asyncio
 import pytest
 
 from services.clearing.repository import ClearingRepository
+from tests.integration.waiting import until
 from yidi.platform.db import create_pool, migrate
 
 pytestmark = pytest.mark.integration
 
+FAR_MONTH = "209912"  # a month no other test settles in
 
-async def _blocked(task: asyncio.Task) -> bool:
-    """Whether ``task`` is still waiting after a moment."""
-    await asyncio.sleep(0.3)
-    return not task.done()
+
+async def _waiting_for_a_lock(pool, pid: int) -> bool:
+    return bool(await pool.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted", pid))
+
+
+async def _start(repo: ClearingRepository, work) -> tuple[asyncio.Task, asyncio.Future]:
+    """Run ``work(conn)`` in a transaction of its own; the future gives its backend's pid at once."""
+    pid: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def run():
+        async with repo.transaction() as conn:
+            pid.set_result(conn.get_server_pid())
+            return await work(conn)
+
+    task = asyncio.create_task(run())
+    await asyncio.wait_for(asyncio.shield(pid), timeout=10)
+    return task, pid
 
 
 async def test_a_batch_holds_its_persons_and_the_periods_shared(settings):
-    pool = await create_pool(settings.database_url, size=4)
+    pool = await create_pool(settings.database_url, size=5)
     try:
         await migrate(pool, "clearing", "services.clearing.migrations")
         repo = ClearingRepository(pool)
@@ -33,21 +51,40 @@ async def test_a_batch_holds_its_persons_and_the_periods_shared(settings):
             closed, rows = await repo.batch_reads(first, ["no-such-msgid"], ["no-such-setl"])
             assert rows == [] and isinstance(closed, set)
 
-            async def batch(keys: list[bytes]) -> None:
-                async with repo.transaction() as conn:
-                    await repo.lock_batch(conn, keys)
-
-            async def month() -> None:
-                async with repo.transaction() as conn:
-                    await repo.closed_periods(conn)
-
             # Another person: runs at once, beside the first batch (the periods lock is shared).
-            await asyncio.wait_for(batch([b"P-LOCK-3"]), timeout=5)
-            same_person = asyncio.create_task(batch([b"P-LOCK-2"]))
-            clearing_a_month = asyncio.create_task(month())
-            assert await _blocked(same_person)
-            assert await _blocked(clearing_a_month)
+            other, _ = await _start(repo, lambda conn: repo.lock_batch(conn, [b"P-LOCK-3"]))
+            await asyncio.wait_for(other, timeout=10)
+            # The same person, and a month's clearing: both wait, on an advisory lock.
+            same_person, same_pid = await _start(repo, lambda conn: repo.lock_batch(conn, [b"P-LOCK-2"]))
+            month, month_pid = await _start(repo, repo.closed_periods)
+            await until(lambda: _waiting_for_a_lock(pool, same_pid.result()), timeout=10)
+            await until(lambda: _waiting_for_a_lock(pool, month_pid.result()), timeout=10)
+            assert not same_person.done() and not month.done()
         # The first batch committed: both go on.
-        await asyncio.wait_for(asyncio.gather(same_person, clearing_a_month), timeout=5)
+        await asyncio.wait_for(asyncio.gather(same_person, month), timeout=10)
     finally:
+        await pool.close()
+
+
+async def test_a_batch_that_waited_for_a_months_clearing_sees_the_month_closed(settings):
+    pool = await create_pool(settings.database_url, size=4)
+    try:
+        await migrate(pool, "clearing", "services.clearing.migrations")
+        repo = ClearingRepository(pool)
+
+        async def settle(conn):
+            await repo.lock_batch(conn, [b"P-LOCK-4"])
+            closed, _ = await repo.batch_reads(conn, [], [])
+            return closed
+
+        async with repo.transaction() as clearing:
+            assert FAR_MONTH not in await repo.closed_periods(clearing)
+            batch, batch_pid = await _start(repo, settle)
+            await until(lambda: _waiting_for_a_lock(pool, batch_pid.result()), timeout=10)
+            await clearing.execute(
+                "INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now())", FAR_MONTH)
+        # Its read came after the lock: the month the clearing closed meanwhile is in it.
+        assert FAR_MONTH in await asyncio.wait_for(batch, timeout=10)
+    finally:
+        await pool.execute("DELETE FROM clearing.periods WHERE setlym = $1", FAR_MONTH)
         await pool.close()
