@@ -201,22 +201,21 @@ def headline(report: dict[str, Any]) -> str:
     runs = report["runs"]
     full, bare, r100 = runs.get("max", {}), runs.get("reference", {}), runs.get("rate_100", {})
     out = [f"Yidi bench — commit {report['commit']} — {report['results_dir']}"]
+
+    def percentiles(run: dict[str, Any]) -> str:
+        lat = run["latency_ms"]
+        return f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms"
+
     if full:
-        lat = full["latency_ms"]
         out.append(f"  as fast as possible: {full['throughput_per_s']}/s over {full['sends']} requests; "
-                   f"p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms (window {report['window']})")
-    peak = runs.get("rate_peak")
+                   f"{percentiles(full)} (window {report['window']})")
+    peak, high = runs.get("rate_peak"), runs.get("rate_high")
     if peak:
-        lat = peak["latency_ms"]
-        out.append(f"  at the national peak hour ({peak['throughput_per_s']}/s): p50 {lat['p50']} ms, "
-                   f"p95 {lat['p95']} ms, p99 {lat['p99']} ms")
+        out.append(f"  at the national peak hour ({peak['throughput_per_s']}/s): {percentiles(peak)}")
     if r100:
-        lat = r100["latency_ms"]
-        out.append(f"  at 100/s: p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms")
-    high = runs.get("rate_high")
+        out.append(f"  at 100/s: {percentiles(r100)}")
     if high:
-        lat = high["latency_ms"]
-        out.append(f"  at a steady {high['throughput_per_s']}/s: p50 {lat['p50']} ms, p95 {lat['p95']} ms, p99 {lat['p99']} ms")
+        out.append(f"  at a steady {high['throughput_per_s']}/s: {percentiles(high)}")
     if full and bare:
         out.append(f"  bare pipeline: {bare['throughput_per_s']}/s → Yidi is "
                    f"{full['throughput_per_s'] / bare['throughput_per_s']:.0%} of it")
