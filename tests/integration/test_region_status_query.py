@@ -15,18 +15,26 @@ from tests.conftest import unique
 pytestmark = pytest.mark.integration
 
 
+# Regions no other test settles in: the session's database is shared by every test, and an outage
+# left in place would refuse their settlements (REGION_UNAVAILABLE) for the rest of the session.
+DOWN_REGION, LATER_REGION = "991000", "992000"
+
+
 async def test_region_status_names_what_is_down_now_and_when_it_resumes(settings):
     pool = await create_pool(settings.database_url, size=1)
+    down, later = unique("S"), unique("S")
     try:
         await migrate(pool, "eligibility", "services.eligibility.migrations")
         repo = EligibilityRepository(pool)
         now = datetime.now(UTC)
-        down, later = unique("S"), unique("S")
-        await repo.upsert_outage(down, "131000", now - timedelta(minutes=5), now + timedelta(hours=1), "network", False)
-        await repo.upsert_outage(later, "310000", now + timedelta(hours=2), now + timedelta(hours=3), "upgrade", False)
+        await repo.upsert_outage(down, DOWN_REGION, now - timedelta(minutes=5), now + timedelta(hours=1), "network", False)
+        await repo.upsert_outage(later, LATER_REGION, now + timedelta(hours=2), now + timedelta(hours=3), "upgrade", False)
+        status = await current(settings, now)
+        assert [(d["admdvs"], d["reason"]) for d in status["down_now"] if d["status_id"] == down] == [
+            (DOWN_REGION, "network")]
+        assert [d["until"] for d in status["down_now"] if d["status_id"] == down] == [
+            (now + timedelta(hours=1)).isoformat()]
+        assert [d["admdvs"] for d in status["planned"] if d["status_id"] == later] == [LATER_REGION]
     finally:
+        await pool.execute("DELETE FROM eligibility.outages WHERE status_id = ANY($1::text[])", [down, later])
         await pool.close()
-    status = await current(settings, now)
-    assert [(d["admdvs"], d["reason"]) for d in status["down_now"] if d["status_id"] == down] == [("131000", "network")]
-    assert [d["until"] for d in status["down_now"] if d["status_id"] == down] == [(now + timedelta(hours=1)).isoformat()]
-    assert [d["admdvs"] for d in status["planned"] if d["status_id"] == later] == ["310000"]
