@@ -27,8 +27,8 @@ async def _waiting_for_a_lock(pool, pid: int) -> bool:
         "SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory' AND NOT granted", pid))
 
 
-async def _start(repo: ClearingRepository, work) -> tuple[asyncio.Task, asyncio.Future]:
-    """Run ``work(conn)`` in a transaction of its own; the future gives its backend's pid at once."""
+async def _start(repo: ClearingRepository, work) -> tuple[asyncio.Task, int]:
+    """Run ``work(conn)`` in a transaction of its own; returns the task and its backend's pid."""
     pid: asyncio.Future = asyncio.get_running_loop().create_future()
 
     async def run():
@@ -37,8 +37,7 @@ async def _start(repo: ClearingRepository, work) -> tuple[asyncio.Task, asyncio.
             return await work(conn)
 
     task = asyncio.create_task(run())
-    await asyncio.wait_for(asyncio.shield(pid), timeout=10)
-    return task, pid
+    return task, await asyncio.wait_for(asyncio.shield(pid), timeout=10)
 
 
 async def test_a_batch_holds_its_persons_and_the_periods_shared(settings):
@@ -57,8 +56,8 @@ async def test_a_batch_holds_its_persons_and_the_periods_shared(settings):
             # The same person, and a month's clearing: both wait, on an advisory lock.
             same_person, same_pid = await _start(repo, lambda conn: repo.lock_batch(conn, [b"P-LOCK-2"]))
             month, month_pid = await _start(repo, repo.closed_periods)
-            await until(lambda: _waiting_for_a_lock(pool, same_pid.result()), timeout=10)
-            await until(lambda: _waiting_for_a_lock(pool, month_pid.result()), timeout=10)
+            await until(lambda: _waiting_for_a_lock(pool, same_pid), timeout=10)
+            await until(lambda: _waiting_for_a_lock(pool, month_pid), timeout=10)
             assert not same_person.done() and not month.done()
         # The first batch committed: both go on.
         await asyncio.wait_for(asyncio.gather(same_person, month), timeout=10)
@@ -80,7 +79,7 @@ async def test_a_batch_that_waited_for_a_months_clearing_sees_the_month_closed(s
         async with repo.transaction() as clearing:
             assert FAR_MONTH not in await repo.closed_periods(clearing)
             batch, batch_pid = await _start(repo, settle)
-            await until(lambda: _waiting_for_a_lock(pool, batch_pid.result()), timeout=10)
+            await until(lambda: _waiting_for_a_lock(pool, batch_pid), timeout=10)
             await clearing.execute(
                 "INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now())", FAR_MONTH)
         # Its read came after the lock: the month the clearing closed meanwhile is in it.
