@@ -105,7 +105,10 @@ class BillMaker:
             per_day = rng.choice((4000, 5000, 6000, 8000)) + rng.choice((2000, 3000, 4000))
             days = max(1, min(30, round(total_fen / 220_000 * rng.uniform(0.6, 1.4))))
             days = max(1, min(days, total_fen // (2 * per_day)))
-            bed = rng.choice((4000, 5000, 6000, 8000))
+            # The bed is part of the day's charge: nursing care is the rest, at least 10 yuan (a
+            # dearer bed than the day's charge made nursing care a negative line, which the
+            # contract now refuses: a bill's lines are charges).
+            bed = min(rng.choice((4000, 5000, 6000, 8000)), per_day - 1000)
             fixed += [("001102000010000", "general ward bed, per day", days, bed),
                       ("001103000010000", "nursing care grade II, per day", days, per_day - bed)]
             pool = list(_INPATIENT_POOL)

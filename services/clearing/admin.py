@@ -236,6 +236,8 @@ class ClearingAdminHandler:
             answer = answers.answer(envelope.msgid, envelope.infno.value, output)
         except ValidationError as exc:
             answer = answers.refusal(envelope, ErrCode.INVALID_INPUT, f"input.data: {exc.errors()[0]['msg']}")
+        except (ValueError, ArithmeticError) as exc:  # any other data error: refused, never retried
+            answer = answers.refusal(envelope, ErrCode.INVALID_INPUT, f"input.data: {exc}"[:500])
         return reply(self.settings, envelope.reply_to, answer, facility=facility, request_ts_ms=request.request_ts_ms)
 
     async def _reconcile_totals(self, conn: asyncpg.Connection, facility: str, body: ReconcileTotalsInput) -> dict[str, Any]:

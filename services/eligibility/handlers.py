@@ -59,7 +59,15 @@ class Parsed:
     body: Any
 
 
-def _explain(exc: ValidationError) -> str:
+# A request passes on wrapped (EligibleWork: about 500 bytes more) and may be dead-lettered (about
+# 2 KB of headers more); Kafka's default limit for a record is 1 MiB, which a larger request would
+# exceed at the next hop, failing that hop's every retry. 2,000 bill lines take about 600 KB.
+MAX_REQUEST_BYTES = 900_000
+
+
+def _explain(exc: Exception) -> str:
+    if not isinstance(exc, ValidationError):
+        return f"{type(exc).__name__}: {exc}"[:500]
     parts = []
     for err in exc.errors()[:5]:
         where = ".".join(str(p) for p in err["loc"]) or "message"
@@ -88,6 +96,9 @@ class EligibilityHandler:
         return out
 
     def parse(self, record: Incoming) -> Parsed | list[Outgoing]:
+        if len(record.value) > MAX_REQUEST_BYTES:
+            return self._invalid(record, f"the request is {len(record.value)} bytes, more than the {MAX_REQUEST_BYTES} "
+                                         "accepted (a bill has at most 2,000 lines)")
         try:
             raw = loads(record.value)
         except ValueError as exc:
@@ -96,7 +107,7 @@ class EligibilityHandler:
             return self._invalid(record, "not a JSON object")
         try:
             request = RequestEnvelope.model_validate(raw)
-        except ValidationError as exc:
+        except (ValidationError, ValueError, ArithmeticError) as exc:  # any data error: refused, never retried
             return self._invalid(record, _explain(exc))
         if request.infno in (Infno.RECONCILE_TOTALS, Infno.RECONCILE_DETAILS):
             # Reconciliation is clearing's: pass it on untouched; clearing answers it.
@@ -105,7 +116,7 @@ class EligibilityHandler:
         model = INPUT_MODELS[request.infno]
         try:
             body = model.model_validate(request.data)
-        except ValidationError as exc:
+        except (ValidationError, ValueError, ArithmeticError) as exc:
             return self._invalid(record, "input.data: " + _explain(exc), request)
         if request.insuplc_admdvs is None:
             return self._invalid(record, "insuplc_admdvs is required when the input has psn_no", request)

@@ -30,12 +30,19 @@ def _ratio(value: object) -> Decimal:
     return parse_ratio(value)  # type: ignore[arg-type]
 
 
+# A count on a bill line: positive, at most a million units, at most four decimals (drugs by weight).
+MAX_QUANTITY = Decimal(1_000_000)
+_QUANTITY_SHAPE = re.compile(r"[0-9]{1,7}(\.[0-9]{1,4})?")
+
+
 def _quantity(value: object) -> Decimal:
     if isinstance(value, float):
         raise ValueError("quantities are strings, never floats")
-    number = Decimal(str(value))
-    if not number.is_finite() or number <= 0:
-        raise ValueError("a quantity is a positive number")
+    text = str(value) if isinstance(value, (str, int, Decimal)) else ""
+    number = Decimal(text) if _QUANTITY_SHAPE.fullmatch(text) else None
+    if number is None or not 0 < number <= MAX_QUANTITY:
+        raise ValueError(f"a quantity is a positive number up to {MAX_QUANTITY} with at most 4 decimals, "
+                         f"not {str(value)[:40]!r}")
     return number
 
 

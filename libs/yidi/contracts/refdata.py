@@ -29,11 +29,11 @@ class PersonRecord(StrictWireModel):
     psn_type: PersonType
     active: bool = True
     chronic_qualifications: list[str] = Field(default_factory=list, description="ICD-10 codes or prefixes, R14")
-    acct_balc: Amount = ZERO
+    acct_balc: Amount = Field(default=ZERO, ge=0)
     acct_version: str = Field(default="", description="changes whenever the region restates the balance")
     qualifications: list[str] = Field(default_factory=list, description="civil_servant, medical_assistance")
     updated_at: str = Field(default="", description="the region's timestamp of this record")
-    home_quota_used: Amount = Field(default=ZERO, description="R13: general-outpatient quota used at home this year")
+    home_quota_used: Amount = Field(default=ZERO, ge=0, description="R13: general-outpatient quota used at home this year")
     home_quota_year: int | None = Field(default=None, description="the year home_quota_used counts for")
 
     def to_domain(self) -> Person:
@@ -72,7 +72,7 @@ class CatalogueRecord(StrictWireModel):
     hilist_name: str
     chrgitm_lv: ChargeClass
     selfpay_prop: Ratio = ZERO
-    pric_uplmt_amt: Amount | None = None
+    pric_uplmt_amt: Amount | None = Field(default=None, ge=0)
     begndate: date
     enddate: date | None = None
 
@@ -98,7 +98,7 @@ class BenefitRuleRecord(StrictWireModel):
     med_types: list[MedType] = Field(min_length=1)
     psn_types: list[PersonType] = Field(default_factory=list)
     facility_levels: list[int] = Field(default_factory=list)
-    deductible: Amount
+    deductible: Amount = Field(ge=0)
     deductible_scope: DeductibleScope = DeductibleScope.YEAR
     deductible_bucket: str = "default"
     ratio: Ratio
@@ -107,9 +107,9 @@ class BenefitRuleRecord(StrictWireModel):
 
 class LayerRecord(StrictWireModel):
     fund_type: FundType
-    threshold: Amount
+    threshold: Amount = Field(ge=0)
     ratio: Ratio
-    annual_cap: Amount | None = None
+    annual_cap: Amount | None = Field(default=None, ge=0)
     requires: str = ""
 
 
@@ -121,8 +121,8 @@ class PolicyRecord(StrictWireModel):
     version: str = Field(min_length=1, max_length=40)
     begndate: date
     rules: list[BenefitRuleRecord] = Field(min_length=1)
-    annual_cap: Amount | None = None
-    outpatient_quota: Amount | None = None
+    annual_cap: Amount | None = Field(default=None, ge=0)
+    outpatient_quota: Amount | None = Field(default=None, ge=0)
     quota_med_types: list[MedType] = Field(default_factory=lambda: [MedType.GENERAL_OUTPATIENT])
     reductions: dict[FilingCategory, Ratio] = Field(default_factory=dict)
     first_selfpay: dict[FilingCategory, Ratio] = Field(default_factory=dict)

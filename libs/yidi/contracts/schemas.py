@@ -128,9 +128,11 @@ def wire_models() -> dict[str, tuple[type[BaseModel], Mode]]:
 # --------------------------------------------------------------------------------------------
 # JSON Schema: pydantic's, with the project's string-encoded types spelt out.
 
-AMOUNT = {"type": "string", "pattern": r"^-?\d+(\.\d{1,2})?$", "description": "yuan, at most two decimals, as a string (never a JSON float)"}
+AMOUNT = {"type": "string", "pattern": r"^-?\d{1,12}(\.\d{1,2})?$",
+          "description": "yuan, at most 12 integer digits and two decimals, as a string (never a JSON float)"}
 RATIO = {"type": "string", "pattern": r"^(0(\.\d+)?|1(\.0+)?)$", "description": "a proportion between 0 and 1, as a string"}
-QUANTITY = {"type": "string", "pattern": r"^\d+(\.\d+)?$", "description": "a positive number, as a string"}
+QUANTITY = {"type": "string", "pattern": r"^\d{1,7}(\.\d{1,4})?$",
+            "description": "a positive number up to 1000000 with at most 4 decimals, as a string"}
 INF_TIME = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", "description": "yyyy-MM-dd HH:mm:ss, the sender's clock"}
 DAY = {"type": "string", "format": "date"}
 
@@ -165,12 +167,35 @@ class WireJsonSchema(GenerateJsonSchema):
             elif self.mode == "serialization" and isinstance(schema.get("serialization"), dict):
                 func = schema["serialization"].get("function")
             if func is not None and id(func) in _SPECIAL:
-                return copy.deepcopy(_SPECIAL[id(func)])
+                special = copy.deepcopy(_SPECIAL[id(func)])
+                inner = schema.get("schema") or {}
+                if special is AMOUNT or special == AMOUNT:
+                    if inner.get("gt") == 0 or inner.get("ge") == 0:  # Field(ge=0) / Field(gt=0)
+                        positive = "gt" in inner
+                        special["pattern"] = special["pattern"].replace("^-?", "^")
+                        special["description"] += ", greater than 0" if positive else ", not negative"
+                return special
         return super().generate_inner(schema)
+
+
+def _signless(node: Any) -> None:
+    """An optional amount keeps its ``ge``/``gt`` beside the string schema: say it the string's way."""
+    if isinstance(node, dict):
+        bound = "gt" if "gt" in node else "ge" if "ge" in node else None
+        if bound and node.get("type") == "string" and node.get("pattern") == AMOUNT["pattern"] and node[bound] == 0:
+            del node[bound]
+            node["pattern"] = AMOUNT["pattern"].replace("^-?", "^")
+            node["description"] = node["description"] + (", greater than 0" if bound == "gt" else ", not negative")
+        for value in node.values():
+            _signless(value)
+    elif isinstance(node, list):
+        for value in node:
+            _signless(value)
 
 
 def model_schema(model: type[BaseModel], mode: Mode) -> dict[str, Any]:
     schema = model.model_json_schema(mode=mode, schema_generator=WireJsonSchema)
+    _signless(schema)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"{model.__name__}.json",
@@ -265,7 +290,7 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         external_readers="hospital gateways; a request's `reply_to` names another topic for its answer",
         notes="The default `reply_to`. Answers are published by the service that decides them: "
               "eligibility (1101, 2001, malformed requests), pricing (refusals, pre-settlements, "
-              "`MODIFIED_REQUEST`, `NO_POLICY`, `NOT_FOUND`, `PREPAYMENT_EXHAUSTED`), clearing (settlements, "
+              "`MODIFIED_REQUEST`, `ALREADY_SETTLED`, `NO_POLICY`, `NOT_FOUND`, `PREPAYMENT_EXHAUSTED`), clearing (settlements, "
               "cancellations, reversals; 3201/3202 from its clearing-admin stage).",
     ),
     T.FILING_REQUESTS: TopicContract(

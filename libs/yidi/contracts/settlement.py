@@ -16,8 +16,10 @@ class FeeDetail(WireModel):
     hilist_code: Code
     hilist_name: str = ""
     cnt: Quantity
-    pric: Amount
-    det_item_fee_sumamt: Amount
+    # A bill's lines are charges: a refund is a cancellation (2305) and a new settlement, never a
+    # negative line, which would let the funds pay on a bill of zero.
+    pric: Amount = Field(ge=0)
+    det_item_fee_sumamt: Amount = Field(ge=0)
 
     @model_validator(mode="after")
     def _amount_is_count_times_price(self) -> FeeDetail:

@@ -7,10 +7,13 @@ from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 FEN = Decimal("0.01")
 ZERO = Decimal("0.00")
-# The usual wire amount: already exactly two decimals, so ``Decimal(text)`` is its own fen rounding.
-# Bounded to 20 integer digits so the value stays far inside the context precision (28) that
-# ``to_fen`` would otherwise enforce.
-_TWO_DECIMALS = re.compile(r"-?[0-9]{1,20}\.[0-9]{2}")
+# The largest amount the platform takes, either sign: the ledger keeps amounts as numeric(14, 2),
+# and a value beyond it would be refused by Postgres after the handler had priced it. It also keeps
+# every amount far inside the context precision (28 digits) that ``to_fen`` would otherwise enforce.
+MAX_AMOUNT = Decimal("999999999999.99")
+# The usual wire amount: already exactly two decimals (and at most 12 integer digits, so within
+# MAX_AMOUNT), so ``Decimal(text)`` is its own fen rounding.
+_TWO_DECIMALS = re.compile(r"-?[0-9]{1,12}\.[0-9]{2}")
 
 
 class MoneyError(ValueError):
@@ -32,10 +35,12 @@ def parse_amount(text: str | Decimal | int) -> Decimal:
         return Decimal(text)
     try:
         value = Decimal(text)
-    except (InvalidOperation, TypeError) as exc:
+    except (InvalidOperation, TypeError, ValueError) as exc:
         raise MoneyError(f"not an amount: {text!r}") from exc
     if not value.is_finite():
         raise MoneyError(f"not a finite amount: {text!r}")
+    if abs(value) > MAX_AMOUNT:
+        raise MoneyError(f"amount out of range (at most {MAX_AMOUNT} either way): {str(text)[:40]!r}")
     rounded = to_fen(value)
     if value != rounded:
         raise MoneyError(f"amount has more than two decimals: {text!r}")
@@ -56,7 +61,7 @@ def parse_ratio(text: str | Decimal | int) -> Decimal:
         raise MoneyError("ratios are strings or decimals, never floats")
     try:
         value = Decimal(text)
-    except (InvalidOperation, TypeError) as exc:
+    except (InvalidOperation, TypeError, ValueError) as exc:
         raise MoneyError(f"not a ratio: {text!r}") from exc
     if not value.is_finite() or not Decimal(0) <= value <= Decimal(1):
         raise MoneyError(f"a ratio lies between 0 and 1: {text!r}")

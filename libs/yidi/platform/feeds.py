@@ -74,7 +74,7 @@ def feed(
         for raw in batch:
             try:
                 valid.append((raw, model.model_validate(loads(raw.value or b""))))
-            except (ValidationError, ValueError) as exc:
+            except (ValidationError, ValueError, ArithmeticError) as exc:  # a data error: dead-lettered
                 await refuse(raw, exc)
         try:
             if apply_many is not None and len(valid) > 1:

@@ -23,4 +23,20 @@ def request_hash(model: BaseModel) -> str:
 
 
 def loads(data: bytes | str) -> Any:
-    return orjson.loads(data)
+    """Parse JSON; refuse a NUL character (``\\u0000``) in any string, which Postgres cannot store
+    (text and json columns alike): a message carrying one is refused where it arrives, as malformed,
+    instead of failing its whole batch's SQL later."""
+    value = orjson.loads(data)
+    if (b"\\u0000" if isinstance(data, bytes) else "\\u0000") in data and _has_nul(value):
+        raise ValueError("a string holds a NUL character (\\u0000)")
+    return value
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False

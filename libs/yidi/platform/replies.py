@@ -11,7 +11,7 @@ import orjson
 from pydantic import ValidationError
 
 from yidi.contracts import answers
-from yidi.contracts.envelope import DEFAULT_REPLY_TO, ErrCode, ResponseEnvelope, respond_time
+from yidi.contracts.envelope import DEFAULT_REPLY_TO, ErrCode, ResponseEnvelope, gateway_reply_topic, respond_time
 from yidi.platform import metrics
 from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Answered, Incoming, Outgoing
@@ -31,12 +31,14 @@ def recover_ids(raw: bytes) -> tuple[str | None, str, str, str]:
         m = pattern.search(raw)
         return m.group(1).decode() if m else default
 
-    return (
-        find(_MSGID, None),
-        find(_REPLY_TO, DEFAULT_REPLY_TO) or DEFAULT_REPLY_TO,
-        find(_INFNO, "") or "",
-        find(_FACILITY, "") or "",
-    )
+    reply_to = find(_REPLY_TO, DEFAULT_REPLY_TO) or DEFAULT_REPLY_TO
+    try:
+        gateway_reply_topic(reply_to)
+    except ValueError:
+        # A forbidden reply_to is a common reason a request does not parse: never answer into a
+        # platform topic (or one Kafka refuses); the gateways' shared topic gets the answer.
+        reply_to = DEFAULT_REPLY_TO
+    return find(_MSGID, None), reply_to, find(_INFNO, "") or "", find(_FACILITY, "") or ""
 
 
 def reply(
@@ -72,13 +74,22 @@ def reply(
     )
 
 
+# A dead letter keeps at most this much of the message (Kafka's default record limit is 1 MiB, and the
+# headers add to it); the header yidi-dlq-source says where the whole message still is.
+DEAD_LETTER_MAX_BYTES = 512 * 1024
+
+
 def dead_letter(record: Incoming, reason: str) -> Outgoing:
     metrics.DEAD_LETTERS.labels(record.topic).inc()
     headers = record.headers + (
         ("yidi-dlq-reason", reason.encode()[:2000]),
         ("yidi-dlq-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
     )
-    return Outgoing(topic=dlq(record.topic), value=record.value, key=record.key, headers=headers)
+    value = record.value
+    if len(value) > DEAD_LETTER_MAX_BYTES:
+        headers += (("yidi-dlq-truncated", str(len(value)).encode()),)
+        value = value[:DEAD_LETTER_MAX_BYTES]
+    return Outgoing(topic=dlq(record.topic), value=value, key=record.key, headers=headers)
 
 
 T = TypeVar("T")
@@ -97,7 +108,7 @@ def parse_each(
     for record in records:
         try:
             parsed.append((record, parse(loads(record.value))))
-        except (ValidationError, ValueError) as exc:
+        except (ValidationError, ValueError, ArithmeticError) as exc:  # a data error: refused, never retried
             reason = f"{what} does not validate: {exc}"
             out.extend(on_invalid(record, reason) if on_invalid else [dead_letter(record, reason)])
     return parsed, out

@@ -1,0 +1,55 @@
+"""Bad input through the running platform: each request gets one INVALID_INPUT answer, and the
+stages go on settling everybody else's bills (tests/unit/test_bad_input.py has why each is bad).
+
+Before session 5 every one of these stopped a stage: an exception that was neither a validation
+error nor transient, so the stage exited, restarted, read the same batch and exited again, and no
+hospital was answered until an operator skipped the offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import uuid
+
+import pytest
+
+from tests.e2e.requests import we1
+from tests.unit.test_bad_input import BAD_REQUESTS, WE1
+
+pytestmark = pytest.mark.e2e
+
+
+def _with_new_msgid(request: dict) -> dict:
+    r = copy.deepcopy(request)
+    r["msgid"] = "BADINPUT" + uuid.uuid4().hex[:20].upper()
+    return r
+
+
+def _reconcile_out_of_range() -> dict:
+    """A 3201 whose total is beyond any amount: it used to stop clearing's admin stage."""
+    r = _with_new_msgid(WE1)
+    r["infno"] = "3201"
+    r["input"] = {"data": {"stmt_begndate": "2022-07-01", "stmt_enddate": "2022-07-01", "fixmedins_setl_cnt": 1,
+                           "medfee_sumamt": "1E+30", "fund_pay_sumamt": "0.00", "acct_pay": "0.00"}}
+    return r
+
+
+async def test_bad_input_is_answered_invalid_input_once_each_and_settling_goes_on(gateway, system):
+    bad = {name: _with_new_msgid(request) for name, request in BAD_REQUESTS.items()}
+    bad["3201 amount 1E+30"] = _reconcile_out_of_range()
+    futures = {name: await gateway.send(request, key="13100000000000000001") for name, request in bad.items()}
+    good = we1()  # sent after all of them, on the same person's partition
+    good_answer = await gateway.send(good)
+
+    answers = dict(zip(futures, await asyncio.wait_for(asyncio.gather(*futures.values()), 60), strict=True))
+    settled = await asyncio.wait_for(good_answer, 30)
+
+    wrong = {name: (a["err_code"], a["err_msg"]) for name, a in answers.items() if a["err_code"] != "INVALID_INPUT"}
+    assert wrong == {}
+    assert settled["infcode"] == 0 and settled["output"]["setlinfo"]["fund_pay_sumamt"] == "48.89"
+    await asyncio.sleep(1.0)  # time for a second answer to show up, if there were one
+    assert {name: gateway.answer_counts[r["msgid"]] for name, r in bad.items()} == {name: 1 for name in bad}
+    assert len(await system.ledger(good["msgid"])) == 1
+    for request in bad.values():
+        assert await system.ledger(request["msgid"]) == []

@@ -1,0 +1,179 @@
+"""Bad gateway and feed input is refused where it arrives, as malformed, with an answer: never an
+exception that stops a stage (which would retry the same batch for ever, for every hospital).
+
+The inputs are those an independent review found getting past validation (session 5); each one
+used to raise ``decimal.InvalidOperation``, fail a batch's SQL later, or wedge a send. The same
+requests go through the running platform in tests/e2e/test_bad_input.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from services.eligibility.handlers import MAX_REQUEST_BYTES, EligibilityHandler, Parsed
+from yidi.contracts.clearing import ReconcileTotalsInput
+from yidi.contracts.envelope import gateway_reply_topic
+from yidi.contracts.refdata import CatalogueRecord, PersonRecord
+from yidi.platform.jsonwire import loads
+from yidi.platform.kafka import Incoming
+from yidi.platform.replies import DEAD_LETTER_MAX_BYTES, dead_letter, recover_ids
+from yidi.platform.settings import Settings
+
+WE1 = json.loads((Path(__file__).resolve().parents[3] / "shared" / "examples" / "we1" / "request.json").read_text())
+
+
+def we1_with(**changes) -> dict:
+    request = copy.deepcopy(WE1)
+    data = request["input"]["data"]
+    for path, value in changes.items():
+        if path == "reply_to":
+            request["reply_to"] = value
+        elif path.startswith("line0_"):
+            data["feedetail"][0][path.removeprefix("line0_")] = value
+        else:
+            data[path] = value
+    return request
+
+
+def _one_line(cnt: str, pric: str) -> dict:
+    """we1 with a single line of ``cnt`` × ``pric`` (amounts consistent, so only the values are at fault)."""
+    request = copy.deepcopy(WE1)
+    data = request["input"]["data"]
+    data["feedetail"] = [data["feedetail"][0] | {"cnt": cnt, "pric": pric, "det_item_fee_sumamt": pric}]
+    data["medfee_sumamt"] = pric
+    return request
+
+
+def _negative_line() -> dict:
+    """A class-A line of 100.00 and an out-of-catalogue line of −100.00: a bill of 0.00 the funds paid 80.00 on."""
+    request = copy.deepcopy(WE1)
+    data = request["input"]["data"]
+    data["feedetail"] = [
+        data["feedetail"][0] | {"cnt": "1", "pric": "100.00", "det_item_fee_sumamt": "100.00"},
+        data["feedetail"][1] | {"hilist_code": "NOT-IN-CATALOGUE", "cnt": "1", "pric": "-100.00",
+                                "det_item_fee_sumamt": "-100.00"},
+    ]
+    data["medfee_sumamt"] = "0.00"
+    return request
+
+
+BAD_REQUESTS = {
+    "empty cnt": we1_with(line0_cnt=""),
+    "null cnt": we1_with(line0_cnt=None),
+    "cnt abc": we1_with(line0_cnt="abc"),
+    "cnt with a comma": we1_with(line0_cnt="1,5"),
+    "cnt 1E+30": we1_with(line0_cnt="1E+30"),
+    "amount 1E+30": _one_line("1", "1E+30"),
+    "amount of 29 digits": _one_line("1", "1" * 29 + ".00"),
+    "a 13-digit price (beyond the ledger's numeric(14, 2))": _one_line("1", "1000000000000.00"),
+    "a negative line": _negative_line(),
+    "NUL in psn_no": we1_with(psn_no="131000\u00000001"),
+    "NUL in fixmedins_code": {**copy.deepcopy(WE1), "fixmedins_code": "H1101\u00000500001"},
+    "reply_to '.'": we1_with(reply_to="."),
+    "reply_to '..'": we1_with(reply_to=".."),
+    "reply_to colliding with settlement.results": we1_with(reply_to="settlement_results"),
+    "reply_to a platform topic spelt with '_'": we1_with(reply_to="settlement_priced"),
+}
+
+
+@pytest.fixture
+def handler() -> EligibilityHandler:
+    return EligibilityHandler(Settings(namespace="ns."), repo=None, subjects=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", list(BAD_REQUESTS))
+def test_bad_input_is_refused_with_one_answer_on_the_gateways_topic_and_a_dead_letter(handler, name):
+    request = BAD_REQUESTS[name]
+    record = Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(request), 1_700_000_000_000)
+    result = handler.parse(record)
+    assert not isinstance(result, Parsed), f"{name}: accepted"
+    answers = [o for o in result if o.answered]
+    dead = [o for o in result if o.topic == "ns.settlement.requests.dlq"]
+    assert len(answers) == 1 and len(dead) == 1 and len(result) == 2
+    answer = orjson.loads(answers[0].value)
+    assert (answer["msgid"], answer["err_code"], answer["infcode"]) == (WE1["msgid"], "INVALID_INPUT", -1)
+    # A forbidden or illegal reply_to is never written to: the gateways' shared topic is.
+    assert answers[0].topic == "ns.settlement.results"
+
+
+def test_a_request_too_large_for_the_next_hop_is_refused_and_its_dead_letter_fits_in_a_record(handler):
+    request = copy.deepcopy(WE1)
+    request["input"]["data"]["dise_name"] = "x" * MAX_REQUEST_BYTES
+    record = Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(request), 1_700_000_000_000)
+    result = handler.parse(record)
+    assert not isinstance(result, Parsed)
+    answer = orjson.loads(next(o for o in result if o.answered).value)
+    assert answer["err_code"] == "INVALID_INPUT" and "bytes" in answer["err_msg"]
+    dead = next(o for o in result if o.topic.endswith(".dlq"))
+    assert len(dead.value) == DEAD_LETTER_MAX_BYTES
+    assert dict(dead.headers)["yidi-dlq-truncated"] == str(len(record.value)).encode()
+
+
+def test_a_small_dead_letter_keeps_the_whole_message():
+    record = Incoming("t", 0, 1, None, b"{not json", 0)
+    assert dead_letter(record, "not JSON").value == b"{not json"
+
+
+def test_a_valid_request_still_parses(handler):
+    record = Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(WE1), 1_700_000_000_000)
+    assert isinstance(handler.parse(record), Parsed)
+
+
+@pytest.mark.parametrize("reply_to", [".", "..", "settlement_results", "settlement_priced", "refdata_persons",
+                                      "settlement.requests", "settlement.results.dlq", "a" * 201, "has space"])
+def test_an_illegal_or_platform_reply_to_is_refused(reply_to):
+    with pytest.raises(ValueError):
+        gateway_reply_topic(reply_to)
+
+
+@pytest.mark.parametrize("reply_to", ["settlement.results", "gw.H11010500001.results", "gateway_results-7"])
+def test_a_gateways_own_reply_topic_is_accepted(reply_to):
+    assert gateway_reply_topic(reply_to) == reply_to
+
+
+def test_a_recovered_reply_to_that_is_forbidden_falls_back_to_the_shared_topic():
+    raw = b'{"msgid": "M1", "reply_to": "settlement.priced", "infno": "2207", "input": '
+    assert recover_ids(raw)[1] == "settlement.results"
+    assert recover_ids(b'{"msgid": "M1", "reply_to": "gw.results", "input": ')[1] == "gw.results"
+
+
+def test_nul_is_refused_anywhere_but_an_escaped_backslash_is_not_a_nul():
+    with pytest.raises(ValueError, match="NUL"):
+        loads(b'{"a": {"b": ["x\\u0000"]}}')
+    assert loads(b'{"a": "x\\\\u0000"}') == {"a": "x\\u0000"}
+
+
+@pytest.mark.parametrize("record", [
+    {"acct_balc": "1E+30"},
+    {"acct_balc": "-5.00"},
+    {"home_quota_used": "-1.00"},
+])
+def test_a_person_feed_record_with_a_bad_amount_is_a_validation_error(record):
+    base = {"psn_no": "P1", "psn_name": "x", "insuplc_admdvs": "131000", "insutype": "310", "psn_type": "11"}
+    PersonRecord.model_validate(base)
+    with pytest.raises(ValidationError) as refused:  # dead-lettered by the feed, not a spin on the batch
+        PersonRecord.model_validate(base | record)
+    assert [e["loc"] for e in refused.value.errors()] == [tuple(record)]
+
+
+def test_a_catalogue_ceiling_below_zero_is_a_validation_error():
+    item = {"mdtrtarea_admvs": "110000", "hilist_code": "X", "hilist_name": "x", "chrgitm_lv": "01",
+            "pric_uplmt_amt": "1.00", "begndate": "2024-01-01"}
+    CatalogueRecord.model_validate(item)
+    with pytest.raises(ValidationError):
+        CatalogueRecord.model_validate(item | {"pric_uplmt_amt": "-1.00"})
+
+
+def test_a_reconciliation_with_an_amount_out_of_range_is_a_validation_error():
+    totals = {"stmt_begndate": "2024-01-01", "stmt_enddate": "2024-01-31", "medfee_sumamt": "10.00",
+              "fund_pay_sumamt": "0.00", "acct_pay": "0.00", "fixmedins_setl_cnt": 1}
+    ReconcileTotalsInput.model_validate(totals)
+    with pytest.raises(ValidationError) as refused:
+        ReconcileTotalsInput.model_validate(totals | {"medfee_sumamt": "1E+30"})
+    assert [e["loc"] for e in refused.value.errors()] == [("medfee_sumamt",)]
