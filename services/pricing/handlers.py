@@ -55,6 +55,8 @@ class Batch:
     usage: dict[tuple[str, int], dict[str, Decimal]]
     # Known prepayment balances by (insured, treating), for the "refuse" policy only.
     prepayments: dict[tuple[str, str], Decimal] | None = None
+    # The settlement (setl_id) standing for each visit (person, facility, mdtrt_id) the batch settles.
+    visits: dict[tuple[str, str, str], str] = field(default_factory=dict)
     new_requests: list[StoredRequest] = field(default_factory=list)
     new_settlements: list[StoredSettlement] = field(default_factory=list)
     undone: list[StoredSettlement] = field(default_factory=list)
@@ -128,7 +130,7 @@ class PricingHandler:
         return broken(self.settings, record, reason, "The platform could not price this request; nothing was settled. Try again later or settle in cash.")
 
     async def _load(self, conn: Any, works: list[EligibleWork]) -> Batch:
-        policy_keys, item_keys, usage_keys, setl_ids, msgids = set(), set(), set(), [], []
+        policy_keys, item_keys, usage_keys, visit_keys, setl_ids, msgids = set(), set(), set(), set(), [], []
         for w in works:
             r = w.request
             data = r.data
@@ -138,6 +140,8 @@ class PricingHandler:
                     item_keys.add((r.mdtrtarea_admvs, d.get("hilist_code", "")))
                 usage_keys.add((data.get("psn_no", ""), r.inf_time.year))
                 usage_keys.add((data.get("psn_no", ""), ACCOUNT_YEAR))
+                if r.infno.is_settlement:
+                    visit_keys.add((str(data.get("psn_no", "")), r.fixmedins_code, str(data.get("mdtrt_id", ""))))
             if r.infno.is_cancellation:
                 setl_ids.append(str(data.get("setl_id", "")))
             if r.infno is Infno.REVERSAL:
@@ -149,10 +153,10 @@ class PricingHandler:
         if self.settings.prepayment_policy == "refuse":
             pairs = {(w.request.insuplc_admdvs or "", w.request.mdtrtarea_admvs) for w in works if w.request.infno.is_settlement}
             prepayments = await self.repo.prepayments(conn, pairs)
-        stored, policies, items, usage = await self.repo.batch_reads(
-            conn, [w.request.msgid for w in works], policy_keys, item_keys, usage_keys)
+        stored, policies, items, usage, visits = await self.repo.batch_reads(
+            conn, [w.request.msgid for w in works], policy_keys, item_keys, usage_keys, visit_keys)
         return Batch(stored=stored, settlements=settlements, policies=policies, items=items, usage=usage,
-                     prepayments=prepayments)
+                     prepayments=prepayments, visits=visits)
 
     def _reply(self, work: EligibleWork, answer: ResponseEnvelope | dict[str, Any]) -> Outgoing:
         r = work.request
@@ -231,6 +235,13 @@ class PricingHandler:
         except PolicyError as exc:
             return self._refuse(work, ErrCode.NO_POLICY, f"{exc}; nothing was settled.")
         settle = request.infno.is_settlement
+        visit = (body.psn_no, request.fixmedins_code, body.mdtrt_id)
+        if settle and (standing := batch.visits.get(visit)):
+            return self._refuse(
+                work, ErrCode.ALREADY_SETTLED,
+                f"Visit {body.mdtrt_id} of this person is already settled as setl_id {standing}; nothing was "
+                "settled again. To settle it anew, cancel that settlement first.",
+            )
         setl_id = settlement_id(request.msgid, day) if settle else ""
         output = answers.settlement_output(
             pricing, setl_id=setl_id, mdtrt_id=body.mdtrt_id, psn_no=body.psn_no, psn_name=person.psn_name,
@@ -275,7 +286,9 @@ class PricingHandler:
         for (year, counter), amount in moved.items():
             batch.change(body.psn_no, year, counter, amount)
         self._remember(batch, work, setl_id, priced, value)
-        settlement = StoredSettlement(setl_id, request.msgid, body.psn_no, day.year, stored_delta, "settled", None)
+        settlement = StoredSettlement(setl_id, request.msgid, body.psn_no, day.year, stored_delta, "settled", None,
+                                      request.fixmedins_code, body.mdtrt_id)
+        batch.visits[visit] = setl_id
         batch.new_settlements.append(settlement)
         batch.add_settlement(settlement)
         return [self._pass_on(value, body.psn_no)]
@@ -294,19 +307,25 @@ class PricingHandler:
         if request.infno is Infno.REVERSAL:
             rev = ReversalInput.model_validate(request.data)
             target = batch.settlement(msgid=rev.omsgid)
-            psn_no, what = rev.psn_no, f"original msgid {rev.omsgid}"
+            psn_no, mdtrt_id, what = rev.psn_no, None, f"original msgid {rev.omsgid}"
             new_state = "reversed"
         else:
             cancel = CancelInput.model_validate(request.data)
             target = batch.settlement(setl_id=cancel.setl_id)
-            psn_no, what = cancel.psn_no, f"setl_id {cancel.setl_id}"
+            psn_no, mdtrt_id, what = cancel.psn_no, cancel.mdtrt_id, f"setl_id {cancel.setl_id}"
             new_state = "cancelled"
-        if target is None or target.psn_no != psn_no:
+        # Only the facility that settled undoes it, for the visit it settled (settlements made before
+        # migration 004 did not keep their visit: person only).
+        if (target is None or target.psn_no != psn_no
+                or (target.fixmedins_code is not None and target.fixmedins_code != request.fixmedins_code)
+                or (mdtrt_id is not None and target.mdtrt_id is not None and target.mdtrt_id != mdtrt_id)):
             return self._refuse(
                 work, ErrCode.NOT_FOUND,
-                f"No settlement of this person with {what}; check the number on the settlement slip.",
+                f"No settlement of this person at this facility with {what}; check the number on the settlement slip.",
             )
         if target.state == "settled":
+            if target.visit is not None and batch.visits.get(target.visit) == target.setl_id:
+                del batch.visits[target.visit]  # the visit may be settled anew, in this batch too
             for key, amount in target.usage_delta.items():
                 year, _, counter = key.partition("|")
                 batch.change(target.psn_no, int(year), counter, -Decimal(amount))

@@ -37,6 +37,13 @@ class StoredSettlement:
     usage_delta: dict[str, str]
     state: str
     undone_by: str | None
+    # The visit it settled (None for settlements made before migration 004).
+    fixmedins_code: str | None = None
+    mdtrt_id: str | None = None
+
+    @property
+    def visit(self) -> tuple[str, str, str] | None:
+        return (self.psn_no, self.fixmedins_code, self.mdtrt_id) if self.fixmedins_code and self.mdtrt_id else None
 
 
 class ParsedCache:
@@ -116,11 +123,15 @@ class PricingRepository(Repository):
         policy_keys: Iterable[tuple[str, str]],
         item_keys: Iterable[tuple[str, str]],
         usage_keys: Iterable[tuple[str, int]],
-    ) -> tuple[dict[str, StoredRequest], list[BenefitPolicy], list[CatalogueItem], dict[tuple[str, int], dict[str, Decimal]]]:
+        visit_keys: Iterable[tuple[str, str, str]] = (),
+    ) -> tuple[dict[str, StoredRequest], list[BenefitPolicy], list[CatalogueItem], dict[tuple[str, int], dict[str, Decimal]],
+               dict[tuple[str, str, str], str]]:
         """What a batch reads after its locks, in one round trip: the requests seen before by msgid,
         every version of the policies (insured region, insutype) and catalogue items (treating region,
-        code) it names (parsed once per revision), and the accumulators of (person, year)."""
+        code) it names (parsed once per revision), the accumulators of (person, year), and the
+        settlement (setl_id) standing for each visit (person, facility, mdtrt_id) it settles."""
         policy_pairs, item_pairs, usage_pairs = sorted(set(policy_keys)), sorted(set(item_keys)), sorted(set(usage_keys))
+        visits = sorted(set(visit_keys))
         rows = await conn.fetch(
             """SELECT 'request' AS kind, r.msgid AS a, r.request_hash AS b, r.infno AS c, r.setl_id AS d,
                       NULL::int AS year, NULL::numeric AS amount, NULL::bigint AS rev, r.emitted::text AS body
@@ -135,20 +146,30 @@ class PricingRepository(Repository):
                  ON c.mdtrtarea_admvs = k.region AND c.hilist_code = k.code
                UNION ALL
                SELECT 'usage', a.psn_no, NULL, a.counter, NULL, a.year, a.amount, NULL, NULL FROM pricing.accumulators a
-               JOIN unnest($6::text[], $7::int[]) AS k(psn_no, year) ON a.psn_no = k.psn_no AND a.year = k.year""",
+               JOIN unnest($6::text[], $7::int[]) AS k(psn_no, year) ON a.psn_no = k.psn_no AND a.year = k.year
+               UNION ALL
+               SELECT 'visit', s.psn_no, s.fixmedins_code, s.mdtrt_id, s.setl_id, NULL, NULL, NULL, NULL
+               FROM pricing.settlements s
+               JOIN unnest($8::text[], $9::text[], $10::text[]) AS k(psn_no, facility, mdtrt_id)
+                 ON s.psn_no = k.psn_no AND s.fixmedins_code = k.facility AND s.mdtrt_id = k.mdtrt_id
+               WHERE s.state = 'settled'""",
             msgids,
             [r for r, _ in policy_pairs], [t for _, t in policy_pairs],
             [r for r, _ in item_pairs], [c for _, c in item_pairs],
             [p for p, _ in usage_pairs], [y for _, y in usage_pairs],
+            [p for p, _, _ in visits], [f for _, f, _ in visits], [m for _, _, m in visits],
         )
         stored: dict[str, StoredRequest] = {}
         policies: list[BenefitPolicy] = []
         items: list[CatalogueItem] = []
         usage: dict[tuple[str, int], dict[str, Decimal]] = {k: {} for k in usage_pairs}
+        settled: dict[tuple[str, str, str], str] = {}
         for r in rows:
             kind = r["kind"]
             if kind == "usage":
                 usage[(r["a"], r["year"])][r["c"]] = r["amount"]
+            elif kind == "visit":
+                settled[(r["a"], r["b"], r["c"])] = r["d"]
             elif kind == "request":
                 stored[r["a"]] = StoredRequest(r["a"], r["b"], r["c"], r["d"], orjson.loads(r["body"]))
             elif kind == "policy":
@@ -157,7 +178,7 @@ class PricingRepository(Repository):
             else:
                 items.append(self._items.get(
                     r["rev"], lambda raw: CatalogueRecord.model_validate(json_value(raw)).to_domain(), r["body"]))
-        return stored, policies, items, usage
+        return stored, policies, items, usage, settled
 
     async def settlements(
         self, conn: asyncpg.Connection, setl_ids: list[str], msgids: list[str]
@@ -169,7 +190,8 @@ class PricingRepository(Repository):
         )
         return [
             StoredSettlement(
-                r["setl_id"], r["msgid"], r["psn_no"], r["year"], json_value(r["usage_delta"]), r["state"], r["undone_by"]
+                r["setl_id"], r["msgid"], r["psn_no"], r["year"], json_value(r["usage_delta"]), r["state"], r["undone_by"],
+                r["fixmedins_code"], r["mdtrt_id"],
             )
             for r in rows
         ]
@@ -194,9 +216,10 @@ class PricingRepository(Repository):
                      SELECT m, h, i, s, e::json FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[])
                           AS u(m, h, i, s, e)),
                    s AS (
-                     INSERT INTO pricing.settlements (setl_id, msgid, psn_no, year, usage_delta)
-                     SELECT s, m, p, y, d::jsonb FROM unnest($6::text[], $7::text[], $8::text[], $9::int[], $10::text[])
-                          AS u(s, m, p, y, d)),
+                     INSERT INTO pricing.settlements (setl_id, msgid, psn_no, year, usage_delta, fixmedins_code, mdtrt_id)
+                     SELECT s, m, p, y, d::jsonb, f, v
+                     FROM unnest($6::text[], $7::text[], $8::text[], $9::int[], $10::text[], $15::text[], $16::text[])
+                          AS u(s, m, p, y, d, f, v)),
                    -- One key appears once (counter_changes sums by key), as ON CONFLICT in one statement needs.
                    a AS (
                      INSERT INTO pricing.accumulators AS acc (psn_no, year, counter, amount)
@@ -211,6 +234,7 @@ class PricingRepository(Repository):
                 [orjson.dumps(s.usage_delta).decode() for s in new_settlements],
                 [p for p, _, _, _ in changes], [y for _, y, _, _ in changes], [c for _, _, c, _ in changes],
                 [a for _, _, _, a in changes],
+                [s.fixmedins_code for s in new_settlements], [s.mdtrt_id for s in new_settlements],
             )
         if undone:
             await conn.executemany(

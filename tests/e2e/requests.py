@@ -17,6 +17,9 @@ def fresh(request: dict[str, Any]) -> dict[str, Any]:
     """The same request under a new msgid (and visit id), as a new settlement would be."""
     r = copy.deepcopy(request)
     r["msgid"] = str(r["fixmedins_code"])[:12] + uuid.uuid4().hex[:18].upper()
+    data = r.get("input", {}).get("data")
+    if isinstance(data, dict) and "feedetail" in data:
+        data["mdtrt_id"] = f"V{r['msgid']}"  # a visit is settled once (ALREADY_SETTLED)
     return r
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 
 import pytest
@@ -98,6 +99,39 @@ async def test_cancellation_is_answered_the_same_twice_and_an_unknown_one_is_not
     assert (await system.ledger(settle["msgid"]))[0]["state"] == "cancelled"
     unknown = await gateway.call(cancel_of(settle, "S20220701NOSUCHSETTLEMENT"))
     assert unknown["err_code"] == "NOT_FOUND"
+
+
+async def test_a_visit_is_settled_once_until_its_settlement_is_cancelled(gateway, system):
+    first = we1()
+    settled = await gateway.call(first)
+    setl_id = settled["output"]["setlinfo"]["setl_id"]
+    # The same visit again under a new msgid (a gateway's retry after a time-out, say): refused.
+    again = copy.deepcopy(first)
+    again["msgid"] = fresh(first)["msgid"]
+    refused = await gateway.call(again)
+    assert (refused["infcode"], refused["err_code"]) == (-1, "ALREADY_SETTLED")
+    assert setl_id in refused["err_msg"]
+    assert await system.ledger(again["msgid"]) == []
+    # Once the first settlement is cancelled, the visit may be settled anew.
+    assert (await gateway.call(cancel_of(first, setl_id)))["infcode"] == 0
+    anew = copy.deepcopy(first)
+    anew["msgid"] = fresh(first)["msgid"]
+    resettled = await gateway.call(anew)
+    assert resettled["infcode"] == 0 and resettled["output"]["setlinfo"]["fund_pay_sumamt"] == "48.89"
+    assert [r["state"] for r in await system.ledger(anew["msgid"])] == ["settled"]
+
+
+async def test_only_the_facility_that_settled_cancels_and_only_for_that_visit(gateway, system):
+    settle = we1()
+    setl_id = (await gateway.call(settle))["output"]["setlinfo"]["setl_id"]
+    elsewhere = cancel_of(settle, setl_id) | {"fixmedins_code": "H11010800002"}  # another Beijing hospital
+    other_visit = cancel_of(settle, setl_id)
+    other_visit["input"]["data"]["mdtrt_id"] = "ANOTHER-VISIT"
+    for request in (elsewhere, other_visit):
+        answer = await gateway.call(request)
+        assert (answer["infcode"], answer["err_code"]) == (-1, "NOT_FOUND")
+    assert (await system.ledger(settle["msgid"]))[0]["state"] == "settled"
+    assert (await gateway.call(cancel_of(settle, setl_id)))["output"]["setlinfo"]["state"] == "cancelled"
 
 
 async def _dead_letters(settings, topic: str) -> list[tuple[bytes, dict[str, bytes]]]:

@@ -71,6 +71,10 @@ async def _send(args: argparse.Namespace, *, topic: str, reply_to: str, correlat
     if args.new_msgid and correlate_by == "msgid":
         for i, r in enumerate(requests):
             r["msgid"] = fresh_msgid(r, i)
+            data = r.get("input", {}).get("data") if isinstance(r.get("input"), dict) else None
+            if isinstance(data, dict) and "feedetail" in data:
+                # A new settlement of the bill is a new visit: a visit is settled once (ALREADY_SETTLED).
+                data["mdtrt_id"] = f"V{r['msgid']}"
     failures = 0
     async with GatewayClient(
         args.bootstrap, reply_to=reply_to, request_topic=topic, namespace=args.namespace, correlate_by=correlate_by
@@ -103,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     send = sub.add_parser("send", help="send settlement requests (settlement.requests)")
     send.add_argument("files", nargs="+")
     send.add_argument("--reply-to", default=None, help="reply topic (default: each request's reply_to)")
-    send.add_argument("--new-msgid", action="store_true", help="give each request a fresh msgid")
+    send.add_argument("--new-msgid", action="store_true",
+                      help="give each request a fresh msgid (and a bill a fresh visit id: a new settlement)")
     filing = sub.add_parser("file", help="send filing requests (filing.requests)")
     filing.add_argument("files", nargs="+")
     clearing = sub.add_parser("clearing", help="send clearing requests: fund, run_month, confirm, queries (clearing.requests)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -54,6 +55,7 @@ class ErrCode(StrEnum):
     NOT_QUALIFIED = "NOT_QUALIFIED"
     REGION_UNAVAILABLE = "REGION_UNAVAILABLE"
     MODIFIED_REQUEST = "MODIFIED_REQUEST"
+    ALREADY_SETTLED = "ALREADY_SETTLED"
     UNKNOWN_FACILITY = "UNKNOWN_FACILITY"
     NOT_FOUND = "NOT_FOUND"
     NO_POLICY = "NO_POLICY"
@@ -69,9 +71,20 @@ PLATFORM_INPUT_PREFIXES = ("settlement.requests", "settlement.eligible", "settle
 
 
 def gateway_reply_topic(value: str) -> str:
-    if value.startswith(PLATFORM_INPUT_PREFIXES) or value.endswith(".dlq"):
+    """``value`` if an answer may be written to it: a legal Kafka topic name that is not a topic the
+    platform reads, nor collides with one. Kafka refuses "." and "..", and a name that differs from
+    an existing topic's only by "." against "_"; an answer sent there would fail again and again."""
+    if value in (".", "..") or not _TOPIC_NAME.fullmatch(value):
+        raise ValueError(f"reply_to {value[:60]!r} is not a legal Kafka topic name")
+    folded = value.replace("_", ".")
+    if folded.startswith(PLATFORM_INPUT_PREFIXES) or folded.endswith(".dlq"):
         raise ValueError(f"reply_to {value!r} is a topic the platform reads; name the gateway's own reply topic")
+    if folded == DEFAULT_REPLY_TO and value != DEFAULT_REPLY_TO:
+        raise ValueError(f"reply_to {value!r} collides with {DEFAULT_REPLY_TO!r} (Kafka treats '.' and '_' alike)")
     return value
+
+
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._\-]{1,200}")
 
 
 class RequestEnvelope(WireModel):
