@@ -14,7 +14,7 @@ from importlib import resources
 import asyncpg
 import orjson
 
-from yidi.platform.errors import RaceLost, TransientError
+from yidi.platform.errors import BadData, RaceLost, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +33,23 @@ TRANSIENT = (
 
 @contextlib.asynccontextmanager
 async def transient_errors() -> AsyncIterator[None]:
-    """Map a database that is away to ``TransientError`` (the stage retries with back-off), and a
+    """Map a database that is away to ``TransientError`` (the stage retries with back-off), a
     unique violation to ``RaceLost`` (another instance recorded the same msgid or reqid first: the
-    stage retries a few times, then stops, since one that keeps coming back is a bug)."""
+    stage retries a few times, then stops, since one that keeps coming back is a bug), and a value
+    the database refuses to ``BadData`` (the stage isolates the record and refuses it)."""
     try:
         yield
     except TRANSIENT as exc:
         raise TransientError(f"database unavailable: {exc}") from exc
     except asyncpg.UniqueViolationError as exc:
         raise RaceLost(f"{exc.constraint_name or 'a unique key'} already holds this record: {exc}") from exc
+    except BAD_DATA as exc:
+        raise BadData(f"{type(exc).__name__}: {exc}") from exc
+
+
+# SQLSTATE class 22 (data exception: a numeric field overflow, an untranslatable character, ...) and
+# the integrity checks a single record can fail: the record is at fault, not the database.
+BAD_DATA = (asyncpg.DataError, asyncpg.CheckViolationError, asyncpg.NotNullViolationError)
 
 
 async def lock_keys(conn: asyncpg.Connection, scope: str, keys: Iterable[str | bytes | None], *,

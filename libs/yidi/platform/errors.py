@@ -21,6 +21,12 @@ class InvalidMessage(PermanentError):
         self.reply_to = reply_to
 
 
+class BadData(PermanentError):
+    """The database refused a value as data (out of range, a character it cannot store, a check):
+    retrying the batch cannot help. The stage finds the record at fault by halving the batch, and
+    refuses that record alone (dead letter, and an answer when its msgid can be recovered)."""
+
+
 class TransientError(YidiError):
     """A dependency is away (database, broker): retry with back-off, never drop."""
 

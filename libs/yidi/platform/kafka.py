@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError, ProducerFenced
 from aiokafka.producer import sender as _aiokafka_sender
 
 from yidi.platform import fencing, metrics
-from yidi.platform.errors import FatalError, RaceLost, TransientError
+from yidi.platform.errors import BadData, FatalError, RaceLost, TransientError
 from yidi.platform.faults import armed, crash_point
 from yidi.platform.settings import Settings
 from yidi.platform.topics import all_topic_specs
@@ -128,6 +128,9 @@ class TransactionalStage:
     # A batch that loses the same race to another instance this many times running is a bug, not
     # a race (the retry finds the winner's record and takes the idempotent path).
     max_races: int = 3
+    # What a record the database refuses as data (``BadData``) becomes: by default a dead letter and,
+    # when its msgid can be recovered, an INTERNAL_ERROR answer (``replies.broken``).
+    refuse: Callable[[Incoming, str], list[Outgoing]] | None = None
     _consumer: AIOKafkaConsumer | None = field(default=None, init=False)
     _producer: AIOKafkaProducer | None = field(default=None, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
@@ -232,15 +235,16 @@ class TransactionalStage:
             log.exception("stage %s stopped", self.name)
             raise
 
-    async def _handle_until_committed(self, records: list[Incoming]) -> None:
+    async def _handle_until_committed(self, records: list[Incoming], handler: Handler | None = None) -> None:
         delay, races = 0.1, 0
+        handler = handler or self.handler
         while True:
             started = time.perf_counter()
             try:
                 if not self._member():
                     # Fetched while between memberships: refused at commit anyway; skip the work.
                     raise fencing.GenerationFenced(f"batch fetched outside the group ({self._membership})")
-                outgoing = await self.handler(records)
+                outgoing = await handler(records)
                 crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
                 await self._commit(records, outgoing)
             except ProducerFenced as exc:
@@ -266,6 +270,11 @@ class TransactionalStage:
                 log.warning("stage %s: %s; batch of %d retried", self.name, exc, len(records))
                 await asyncio.sleep(0.1)  # the winner has committed (the violation says so): look again
                 continue
+            except BadData as exc:
+                if handler is not self.handler:
+                    raise FatalError(f"stage {self.name}: refusing a record failed: {exc}") from exc
+                await self._isolate(records, exc)
+                return
             except (TransientError, KafkaError, OSError) as exc:
                 races = 0
                 reason = type(exc).__name__
@@ -288,6 +297,35 @@ class TransactionalStage:
             for (infno, err_code), count in answered.items():
                 metrics.ANSWERS.labels(self.service, infno, err_code).inc(count)
             return
+
+    async def _isolate(self, records: list[Incoming], exc: BadData) -> None:
+        """The database refused a value of this batch: halve it until the record at fault is alone,
+        and refuse that record (its batch-mates are handled, in order, in batches of their own).
+        Without this, one bad value stops the stage for everybody: the batch would fail the same
+        way after every restart."""
+        metrics.STAGE_RETRIES.labels(self.name, "BadData").inc()
+        if len(records) > 1:
+            log.warning("stage %s: %s; batch of %d halved to find the record at fault", self.name, exc, len(records))
+            half = len(records) // 2
+            await self._handle_until_committed(records[:half])
+            await self._handle_until_committed(records[half:])
+            return
+        record = records[0]
+        reason = f"refused by the database: {exc}"
+        log.error("stage %s: %s/%d/%d %s", self.name, record.topic, record.partition, record.offset, reason)
+        if self.refuse is not None:
+            refuse = self.refuse
+        else:
+            from yidi.platform import replies  # replies builds on this module
+
+            def refuse(r: Incoming, why: str) -> list[Outgoing]:
+                return replies.broken(self.settings, r, why, "The platform could not record this request; nothing "
+                                      "was settled. Correct the request or settle in cash, and report it.")
+
+        async def refused(rs: list[Incoming]) -> list[Outgoing]:
+            return refuse(rs[0], reason)
+
+        await self._handle_until_committed(records, refused)
 
     def _rewind(self, records: list[Incoming]) -> None:
         """Move each partition still assigned back to the first of ``records`` (read them again)."""

@@ -1,0 +1,86 @@
+"""A value the database refuses does not stop a stage: on the real Postgres and Kafka, the stage
+halves the batch until the record at fault is alone, refuses it (dead letter, and an answer when
+its msgid can be recovered), and handles its batch-mates once each, in order."""
+
+from __future__ import annotations
+
+import uuid
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from yidi.platform import metrics
+from yidi.platform.db import Repository, create_pool
+from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
+from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_REQUESTS, dlq
+
+from tests.integration.waiting import until
+
+pytestmark = pytest.mark.integration
+
+
+async def _read(settings, topic: str, count: int) -> list:
+    reader = AIOKafkaConsumer(settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap,
+                              isolation_level="read_committed", auto_offset_reset="earliest", group_id=None)
+    await reader.start()
+    try:
+        seen: list = []
+        for _ in range(20):
+            for records in (await reader.getmany(timeout_ms=500)).values():
+                seen += records
+            if len(seen) >= count:
+                break
+        return seen
+    finally:
+        await reader.stop()
+
+
+async def test_a_value_the_database_refuses_is_refused_alone_and_its_batch_mates_go_on(settings):
+    s = settings.model_copy(update={"namespace": settings.namespace + f"bad{uuid.uuid4().hex[:6]}.",
+                                    "batch_linger_ms": 500.0})
+    await ensure_topics(s)
+    pool = await create_pool(s.database_url, size=2)
+    table = f"bad_data_{uuid.uuid4().hex[:8]}"
+    await pool.execute(f"CREATE TABLE {table} (n int PRIMARY KEY, v numeric(4, 2) NOT NULL)")
+    repo = Repository(pool)
+    handled: list[list[int]] = []
+
+    async def record_all(records: list[Incoming]) -> list[Outgoing]:
+        rows = [orjson.loads(r.value) for r in records]
+        handled.append([row["n"] for row in rows])
+        async with repo.transaction() as conn:
+            await conn.executemany(f"INSERT INTO {table} (n, v) VALUES ($1, $2::numeric)",
+                                   [(row["n"], row["v"]) for row in rows])
+        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key) for r in records]
+
+    # n = 3 overflows numeric(4, 2): NumericValueOutOfRange, on every retry of any batch holding it.
+    values = [{"n": n, "v": "12345.00" if n == 3 else f"{n}.00", "msgid": f"M{n}"} for n in range(1, 7)]
+    stage = TransactionalStage("bad-data-test", "test", s, [SETTLEMENT_REQUESTS], "bad-data-test", record_all)
+    retries = metrics.STAGE_RETRIES.labels("bad-data-test", "BadData")
+    before = retries._value.get()
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        # One partition (one key), sent before the stage starts: they arrive as one batch.
+        for v in values:
+            await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), orjson.dumps(v), key=b"one-person")
+        await stage.start()
+        await until(lambda: sum(len(b) for b in handled if 3 not in b) == 5)
+        assert handled[0] == [1, 2, 3, 4, 5, 6]  # the whole batch first, then halves: [1, 2, 3] ...
+        passed = await _read(s, SETTLEMENT_ELIGIBLE, 5)
+        assert [orjson.loads(r.value)["n"] for r in passed] == [1, 2, 4, 5, 6]  # once each, in order
+        dead = await _read(s, dlq(SETTLEMENT_REQUESTS), 1)
+        assert [orjson.loads(r.value)["n"] for r in dead] == [3]
+        assert b"NumericValueOutOfRange" in dict(dead[0].headers)["yidi-dlq-reason"]
+        answers = await _read(s, "settlement.results", 1)
+        assert [(a["msgid"], a["err_code"]) for a in map(lambda r: orjson.loads(r.value), answers)] == [
+            ("M3", "INTERNAL_ERROR")]
+        assert sorted(await pool.fetchval(f"SELECT array_agg(n) FROM {table}")) == [1, 2, 4, 5, 6]
+        assert stage.failure is None and not stage.task.done()
+        assert retries._value.get() - before >= 2  # [1..6] and [1, 2, 3] at least, then [3] alone
+    finally:
+        await producer.stop()
+        await stage.stop()
+        await pool.execute(f"DROP TABLE {table}")
+        await pool.close()
