@@ -75,6 +75,22 @@ def test_r14_chronic_care_needs_the_qualification_at_home():
     assert isinstance(no, Refused) and no.code is Refusal.NOT_QUALIFIED
 
 
+def test_r14_inside_the_province_any_chronic_disease_the_person_holds_settles_not_only_the_five():
+    copd = Person("P3", "Li", "131000", InsuranceType.EMPLOYEE, PersonType.RETIRED, True, frozenset({"J44"}), D("0"))
+    at_home = decide(visit(MedType.CHRONIC_OUTPATIENT, disease="J44.900", treating="131000"), copd,
+                     Facility("H2", "Langfang", "131000", 2, frozenset(MedType)), [], [], NOW)
+    in_province = decide(visit(MedType.CHRONIC_OUTPATIENT, disease="J44.900", treating="130100"), copd,
+                         Facility("H4", "Shijiazhuang", "130100", 3, frozenset(MedType)),
+                         [filing(filed="130100")], [], NOW)
+    across = decide(visit(MedType.CHRONIC_OUTPATIENT, disease="J44.900"), copd, BEIJING_HOSPITAL, [filing()], [], NOW)
+    not_held = decide(visit(MedType.CHRONIC_OUTPATIENT, disease="I10.X00", treating="131000"), copd,
+                      Facility("H2", "Langfang", "131000", 2, frozenset(MedType)), [], [], NOW)
+    assert isinstance(at_home, Eligible) and at_home.basis is Basis.HOME
+    assert isinstance(in_province, Eligible) and in_province.basis is Basis.FILED
+    assert isinstance(across, Refused) and across.code is Refusal.NOT_QUALIFIED and "five" in across.message
+    assert isinstance(not_held, Refused) and not_held.code is Refusal.NOT_QUALIFIED and "holds no" in not_held.message
+
+
 def test_r17_a_province_may_waive_filing_for_trips_between_its_cities():
     jinan_person = Person("P2", "Sun", "370100", InsuranceType.EMPLOYEE, PersonType.IN_SERVICE, True)
     qingdao = Facility("H3", "Qingdao", "370200", 3, frozenset(MedType))

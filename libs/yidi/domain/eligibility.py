@@ -191,14 +191,21 @@ def decide(
             "check the credential and the insured region, or settle in cash.",
         )
     if visit.med_type is MedType.CHRONIC_OUTPATIENT:
-        disease = chronic_disease_of(visit.disease_code)
+        # R14: the person must hold the qualification at home; across provinces only the five
+        # diseases settle, inside the province (the insured region included) any the region lists.
         held = any(visit.disease_code.upper().startswith(q.upper()) for q in person.chronic_qualifications)
-        if disease is None or not held:
+        if not held:
             return Refused(
                 Refusal.NOT_QUALIFIED,
                 f"The person holds no qualification at home for {visit.disease_code or 'this disease'} "
-                "among the chronic and special diseases settled across regions (R14); settle as general "
-                "outpatient or in cash.",
+                "as a chronic or special disease (R14); settle as general outpatient or in cash.",
+            )
+        across = province_of(visit.treating_region) != province_of(visit.insured_region)
+        if across and chronic_disease_of(visit.disease_code) is None:
+            return Refused(
+                Refusal.NOT_QUALIFIED,
+                f"{visit.disease_code} is not among the five chronic and special diseases settled across "
+                "provinces (R14); settle as general outpatient or in cash.",
             )
     if visit.treating_region == visit.insured_region:
         return Eligible(Basis.HOME, None)
