@@ -106,7 +106,9 @@ class ClearingAdminHandler:
                     "SELECT * FROM clearing.ledger WHERE fixmedins_code = $1 AND setl_date = $2 ORDER BY settled_at",
                     request.fixmedins_code, request.day,
                 )
-                return True, "", {"settlements": [_ledger_view(r) for r in rows], **_totals(rows)}, []
+                listed = rows[:MAX_LISTED]
+                return True, "", {"settlements": [_ledger_view(r) for r in listed], "settlements_total": len(rows),
+                                  "listed": len(listed), **_totals(rows)}, []
             case QueryPairMonth():
                 rows = await conn.fetch(
                     """SELECT * FROM clearing.ledger WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2
@@ -269,18 +271,27 @@ class ClearingAdminHandler:
         platform = {r["setl_id"]: (r["state"], {k: r[k] for k in AMOUNTS}) for r in rows}
         mine = {d.setl_id: {k: getattr(d, k) for k in AMOUNTS} for d in body.details}
         diffs = reconcile_details(mine, platform)
+        listed = diffs[:MAX_LISTED]
+        more = f"; the first {len(listed)} are listed: reconcile a shorter period to see the rest" if len(diffs) > len(listed) else ""
         return {
             "stmt_rslt": "0" if not diffs else "1",
-            "stmt_rslt_dscr": "every settlement matches" if not diffs else f"{len(diffs)} settlements differ",
+            "stmt_rslt_dscr": "every settlement matches" if not diffs else f"{len(diffs)} settlements differ{more}",
+            "differences_total": len(diffs),
             "differences": [{"setl_id": d.setl_id, "problem": d.problem,
                              "facility": {k: fmt(v) for k, v in d.facility.items()},
-                             "platform": {k: fmt(v) for k, v in d.platform.items()}} for d in diffs],
+                             "platform": {k: fmt(v) for k, v in d.platform.items()}} for d in listed],
         }
 
 
 def _status(settings: Settings, row: Any) -> dict[str, Any]:
     out = status_update(settings, row)
     return {"topic": out.topic, "value": out.value.decode(), "key": (out.key or b"").decode()}
+
+
+# At most this many rows in one answer (about 300 bytes each): a big hospital's month of 3202 with no
+# details of its own lists every settlement as missing_at_facility, and an answer over 1 MiB cannot
+# be a Kafka record. Answers say how many there were in all.
+MAX_LISTED = 2000
 
 
 def _ledger_view(row: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 
 from services.clearing.repository import ClearingRepository
@@ -86,4 +87,28 @@ async def test_a_batch_that_waited_for_a_months_clearing_sees_the_month_closed(s
         assert FAR_MONTH in await asyncio.wait_for(batch, timeout=10)
     finally:
         await pool.execute("DELETE FROM clearing.periods WHERE setlym = $1", FAR_MONTH)
+        await pool.close()
+
+
+async def test_a_3202_answer_lists_at_most_2000_differences_and_counts_them_all(settings):
+    # A facility's 3202 for a big month lists thousands of differences; an answer over 1 MiB cannot be
+    # a Kafka record (and would stop clearing-admin): the answer lists the first 2000.
+    from services.clearing.admin import MAX_LISTED, ClearingAdminHandler
+    from yidi.contracts.clearing import ReconcileDetailsInput
+
+    pool = await create_pool(settings.database_url, size=2)
+    try:
+        await migrate(pool, "clearing", "services.clearing.migrations")
+        repo = ClearingRepository(pool)
+        body = ReconcileDetailsInput.model_validate({
+            "stmt_begndate": "2099-12-01", "stmt_enddate": "2099-12-31",
+            "details": [{"setl_id": f"S-NOT-ON-PLATFORM-{i}", "medfee_sumamt": "1.00", "fund_pay_sumamt": "0.50",
+                         "acct_pay": "0.00"} for i in range(MAX_LISTED + 5)],
+        })
+        async with repo.transaction() as conn:
+            output = await ClearingAdminHandler(settings, repo)._reconcile_details(conn, "H-NO-SUCH-FACILITY", body)
+        assert output["differences_total"] == MAX_LISTED + 5 and len(output["differences"]) == MAX_LISTED
+        assert "the first 2000 are listed" in output["stmt_rslt_dscr"]
+        assert len(orjson.dumps(output)) < 1024 * 1024
+    finally:
         await pool.close()

@@ -84,3 +84,31 @@ async def test_a_value_the_database_refuses_is_refused_alone_and_its_batch_mates
         await stage.stop()
         await pool.execute(f"DROP TABLE {table}")
         await pool.close()
+
+
+async def test_an_output_too_large_for_a_kafka_record_is_refused_alone(settings):
+    s = settings.model_copy(update={"namespace": settings.namespace + f"big{uuid.uuid4().hex[:6]}.",
+                                    "batch_linger_ms": 500.0})
+    await ensure_topics(s)
+
+    async def inflate_the_second(records: list[Incoming]) -> list[Outgoing]:
+        # The 2nd record's output is 2 MiB: aiokafka refuses it at send (max_request_size 1 MiB).
+        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value * (2 * 1024 * 1024 if r.value == b"2" else 1), key=r.key)
+                for r in records]
+
+    stage = TransactionalStage("big-output-test", "test", s, [SETTLEMENT_REQUESTS], "big-output-test", inflate_the_second)
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for v in (b"1", b"2", b"3", b"4"):
+            await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), v, key=b"one-person")
+        await stage.start()
+        passed = await _read(s, SETTLEMENT_ELIGIBLE, 3)
+        assert [r.value for r in passed] == [b"1", b"3", b"4"]
+        dead = await _read(s, dlq(SETTLEMENT_REQUESTS), 1)
+        assert [r.value for r in dead] == [b"2"]
+        assert b"larger than a Kafka record" in dict(dead[0].headers)["yidi-dlq-reason"]
+        assert stage.failure is None and not stage.task.done()
+    finally:
+        await producer.stop()
+        await stage.stop()

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
 from aiokafka.producer import sender as _aiokafka_sender
 
 from yidi.platform import fencing, metrics
@@ -299,10 +299,10 @@ class TransactionalStage:
             return
 
     async def _isolate(self, records: list[Incoming], exc: BadData) -> None:
-        """The database refused a value of this batch: halve it until the record at fault is alone,
-        and refuse that record (its batch-mates are handled, in order, in batches of their own).
-        Without this, one bad value stops the stage for everybody: the batch would fail the same
-        way after every restart."""
+        """The database refused a value of this batch, or an output was too large for a Kafka record:
+        halve the batch until the record at fault is alone, and refuse that record (its batch-mates
+        are handled, in order, in batches of their own). Without this, one bad value stops the
+        stage for everybody: the batch would fail the same way after every restart."""
         metrics.STAGE_RETRIES.labels(self.name, "BadData").inc()
         if len(records) > 1:
             log.warning("stage %s: %s; batch of %d halved to find the record at fault", self.name, exc, len(records))
@@ -374,10 +374,14 @@ class TransactionalStage:
             tp = TopicPartition(r.topic, r.partition)
             offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
         async with self._producer.transaction():
-            sends = [
-                await self._producer.send(o.topic, o.value, key=o.key, headers=list(o.headers) or None)
-                for o in outgoing
-            ]
+            sends = []
+            for o in outgoing:
+                try:
+                    sends.append(await self._producer.send(o.topic, o.value, key=o.key, headers=list(o.headers) or None))
+                except MessageSizeTooLargeError as exc:
+                    # Every retry would fail the same way: the record whose output it is is refused.
+                    raise BadData(f"an output of {len(o.value)} bytes for {o.topic} is larger than a Kafka "
+                                  f"record may be ({exc})") from exc
             await self._producer.send_offsets_to_transaction(offsets, self.settings.group(self.group_id))
             if armed(self.name, "before-kafka-commit"):
                 await self._producer.flush()  # the records reach the broker, uncommitted
