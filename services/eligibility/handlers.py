@@ -120,6 +120,10 @@ class EligibilityHandler:
             return self._invalid(record, "input.data: " + _explain(exc), request)
         if request.insuplc_admdvs is None:
             return self._invalid(record, "insuplc_admdvs is required when the input has psn_no", request)
+        if isinstance(body, SettlementInput) and body.med_type.is_inpatient != request.infno.is_inpatient:
+            care, bills = ("inpatient", "outpatient") if body.med_type.is_inpatient else ("outpatient", "inpatient")
+            return self._invalid(record, f"input.data.med_type {body.med_type.value} is {care} care, and infno "
+                                         f"{request.infno.value} settles {bills} bills", request)
         return Parsed(record, request, body)
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:

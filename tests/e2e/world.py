@@ -99,7 +99,7 @@ class World:
             total += amount
             details.append({"feedetl_sn": str(i), "hilist_code": code, "hilist_name": code, "cnt": cnt, "pric": pric,
                             "det_item_fee_sumamt": str(amount)})
-        return fresh({
+        request = fresh({
             "infno": infno, "msgid": "x", "mdtrtarea_admvs": self.treating, "insuplc_admdvs": self.insured,
             "inf_time": when or datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "fixmedins_code": self.facility,
             "input": {"data": {
@@ -108,6 +108,9 @@ class World:
                 "medfee_sumamt": str(total), "feedetail": details,
             }},
         })
+        if visit:
+            request["input"]["data"]["mdtrt_id"] = visit  # fresh() gives a bill a new visit otherwise
+        return request
 
 
 def filing_request(world: World, psn_no: str, action: str = "add", **fields: Any) -> dict[str, Any]:

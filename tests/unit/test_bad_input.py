@@ -75,6 +75,8 @@ BAD_REQUESTS = {
     "a negative line": _negative_line(),
     "NUL in psn_no": we1_with(psn_no="131000\u00000001"),
     "NUL in fixmedins_code": {**copy.deepcopy(WE1), "fixmedins_code": "H1101\u00000500001"},
+    "an inpatient stay sent as an outpatient settlement (2207, med_type 21)": we1_with(med_type="21"),
+    "outpatient care sent as an inpatient settlement (2304, med_type 11)": {**we1_with(med_type="11"), "infno": "2304"},
     "reply_to '.'": we1_with(reply_to="."),
     "reply_to '..'": we1_with(reply_to=".."),
     "reply_to colliding with settlement.results": we1_with(reply_to="settlement_results"),
