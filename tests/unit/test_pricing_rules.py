@@ -39,6 +39,18 @@ def test_r12_first_self_pay_moves_a_share_of_the_scope_to_the_person_for_tempora
     assert p.preselfpay_amt == D("20.00") and p.inscp_scp_amt == D("180.00") and p.hifp_pay == D("90.00")
 
 
+def test_r17_a_trip_whose_filing_the_province_waived_still_pays_the_first_self_pay_but_no_r11_reduction():
+    # Seed 002 §6: the first self-pay applies to temporary trips 省内跨市 as well as 跨省; §7 only
+    # drops the filing for trips between the province's cities.
+    pol = policy(rule(OP, ratio="0.50"), first_selfpay={FilingCategory.TEMPORARY_OTHER: D("0.10")},
+                 reductions={FilingCategory.TEMPORARY_OTHER: D("0.20")})
+    waived = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), pol, terms(OP, category=None, waived_filing=True), {})
+    at_home = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), pol, terms(OP, category=None), {})
+    assert waived.preselfpay_amt == D("20.00") and waived.hifp_pay == D("90.00")  # 180 × 0.50, not × 0.30
+    assert "R17" in waived.funds[0].explanation
+    assert at_home.preselfpay_amt == 0 and at_home.hifp_pay == D("100.00")
+
+
 def test_r12_first_self_pay_does_not_touch_long_term_filings():
     pol = policy(rule(OP, ratio="0.50"), first_selfpay={FilingCategory.TEMPORARY_OTHER: D("0.10")})
     p = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), pol, terms(OP), {})

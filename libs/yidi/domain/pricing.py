@@ -79,6 +79,10 @@ class Terms:
     # None: no filing applies (emergency rescue counted as filed, R5, or care at home).
     filing_category: FilingCategory | None
     use_account: bool = False
+    # R17: a temporary trip inside the province whose filing the province waived. It is still a
+    # temporary trip, so the first self-pay (R12, seed 002 §6: 省内跨市、跨省) applies as for
+    # ``temporary_other``; the R11 reduction, stated for trips across provinces, does not.
+    waived_filing: bool = False
     account_balance: Decimal = ZERO
     qualifications: frozenset[str] = frozenset()
     disease_code: str = ""
@@ -221,7 +225,8 @@ def price(
     rule = policy.rule_for(terms.med_type, terms.person_type, terms.facility_level, terms.disease_code)
     dedc_key = deductible_counter(rule.deductible_bucket, rule.deductible_scope, bill.visit_id)
     dedc_left = max(ZERO, rule.deductible - usage.get(dedc_key, ZERO))
-    first_share = policy.first_selfpay_for(terms.filing_category)
+    first_category = terms.filing_category or (FilingCategory.TEMPORARY_OTHER if terms.waived_filing else None)
+    first_share = policy.first_selfpay_for(first_category)
     if policy.order is CalculationOrder.DEDUCTIBLE_FIRST:
         dedc = min(dedc_left, inscp)
         first_selfpay = to_fen((inscp - dedc) * first_share)
@@ -240,7 +245,8 @@ def price(
     steps = [f"within scope {fmt(inscp)}"]
     if first_selfpay:
         steps.append(
-            f"after first self-pay {fmt_ratio(first_share)} for {terms.filing_category.value if terms.filing_category else ''} "
+            f"after first self-pay {fmt_ratio(first_share)} for {first_category.value if first_category else ''}"
+            f"{' (filing waived, R17)' if terms.waived_filing and not terms.filing_category else ''} "
             f"({fmt(first_selfpay)}, R12)"
         )
     steps.append(f"less deductible {fmt(dedc)} of {fmt(rule.deductible)} ({rule.deductible_scope.value})")
