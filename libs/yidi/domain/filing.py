@@ -40,6 +40,9 @@ def new_filing(ask: FilingAsk) -> Filing:
     """R4, R7, R9, R21: a filing is to a region; temporary ones last at least six months."""
     if ask.filed_region == ask.insured_region:
         raise FilingRefused("a filing names a region other than the insured region")
+    if ask.end is not None and ask.end < ask.begin:
+        # Asked before R7 extends a short temporary filing: a typo is refused, not stretched to six months.
+        raise FilingRefused("the filing ends before it begins")
     end = ask.end
     if ask.category.is_long_term:
         end = None  # R7: valid until changed or until the insurance status changes
@@ -47,8 +50,6 @@ def new_filing(ask: FilingAsk) -> Filing:
         earliest_end = add_months(ask.begin, TEMPORARY_MIN_MONTHS)
         if end is None or end < earliest_end:
             end = earliest_end  # R7: at least six months
-    if end is not None and end < ask.begin:
-        raise FilingRefused("the filing ends before it begins")
     return Filing(
         filing_id=ask.filing_id,
         psn_no=ask.psn_no,

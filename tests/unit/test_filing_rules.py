@@ -1,0 +1,64 @@
+"""Filing rules (R4, R7, R8, R9, R21) on plain data: what a filing request becomes, or why it is refused."""
+
+from datetime import date
+
+import pytest
+
+from yidi.domain.codes import FilingCategory, InsuranceType
+from yidi.domain.eligibility import FilingStatus
+from yidi.domain.filing import (
+    FilingAsk,
+    FilingRefused,
+    add_months,
+    approve_filing,
+    cancel_filing,
+    change_filing,
+    new_filing,
+)
+
+
+def ask(category=FilingCategory.TEMPORARY_OTHER, begin=date(2026, 1, 10), end=None, filed="110000", at_once=True):
+    return FilingAsk("F1", "P1", InsuranceType.EMPLOYEE, "131000", filed, category, begin, end, at_once)
+
+
+def test_r7_a_temporary_filing_lasts_at_least_six_months_and_a_longer_one_is_kept():
+    assert new_filing(ask(end=date(2026, 2, 1))).end == date(2026, 7, 10)
+    assert new_filing(ask(end=date(2026, 12, 31))).end == date(2026, 12, 31)
+    assert new_filing(ask()).end == date(2026, 7, 10)
+
+
+def test_r7_six_months_from_a_month_end_is_the_last_day_of_a_shorter_month():
+    assert add_months(date(2025, 8, 31), 6) == date(2026, 2, 28)
+    assert add_months(date(2027, 8, 31), 6) == date(2028, 2, 29)
+
+
+def test_r7_a_long_term_filing_is_open_ended():
+    assert new_filing(ask(FilingCategory.RETIREE_RESETTLED, end=date(2027, 1, 1))).end is None
+
+
+def test_a_filing_that_ends_before_it_begins_is_refused_not_stretched_to_six_months():
+    with pytest.raises(FilingRefused, match="ends before it begins"):
+        new_filing(ask(begin=date(2026, 3, 1), end=date(2026, 2, 1)))
+
+
+def test_r9_a_filing_names_a_region_other_than_the_insured_one():
+    with pytest.raises(FilingRefused, match="other than the insured region"):
+        new_filing(ask(filed="131000"))
+
+
+def test_r21_self_service_takes_effect_at_once_an_office_filing_waits_for_approval():
+    assert new_filing(ask(at_once=True)).status is FilingStatus.ACTIVE
+    pending = new_filing(ask(at_once=False))
+    assert pending.status is FilingStatus.PENDING
+    assert approve_filing(pending).status is FilingStatus.ACTIVE
+
+
+def test_r8_a_region_may_lock_a_filing_for_at_most_six_months():
+    current = new_filing(ask())
+    filed_on = date(2026, 1, 10)
+    with pytest.raises(FilingRefused, match="from 2026-04-10"):
+        cancel_filing(current, today=date(2026, 3, 1), lock_months=3, filed_on=filed_on)
+    # A region asking for twelve months gets six.
+    with pytest.raises(FilingRefused, match="locks a filing for 6 months"):
+        change_filing(current, ask(end=date(2027, 1, 1)), today=date(2026, 6, 1), lock_months=12, filed_on=filed_on)
+    assert cancel_filing(current, today=date(2026, 7, 10), lock_months=12, filed_on=filed_on).status is FilingStatus.CANCELLED
