@@ -39,6 +39,12 @@ log = logging.getLogger(__name__)
 ACCOUNT_YEAR = 0  # account draws are counted per balance version, not per year
 
 
+# What pricing passes on for one settlement (PricedWork: the answer with every line, and the request's
+# reference) must fit in a Kafka record (the producer's max_request_size, 1 MiB) with its headers;
+# an answer line is larger than its request line, so a request under eligibility's cap can exceed it.
+MAX_PASSED_ON_BYTES = 1_000_000
+
+
 def settlement_id(msgid: str, day: date) -> str:
     """Deterministic: the same request always names the same settlement."""
     return f"S{day:%Y%m%d}{hashlib.sha1(msgid.encode()).hexdigest()[:16].upper()}"
@@ -141,7 +147,9 @@ class PricingHandler:
                 usage_keys.add((data.get("psn_no", ""), r.inf_time.year))
                 usage_keys.add((data.get("psn_no", ""), ACCOUNT_YEAR))
                 if r.infno.is_settlement:
-                    visit_keys.add((str(data.get("psn_no", "")), r.fixmedins_code, str(data.get("mdtrt_id", ""))))
+                    # Stripped as the contract's Code strips them, so the key is the one _price checks and stores.
+                    visit_keys.add((str(data.get("psn_no", "")).strip(), r.fixmedins_code,
+                                    str(data.get("mdtrt_id", "")).strip()))
             if r.infno.is_cancellation:
                 setl_ids.append(str(data.get("setl_id", "")))
             if r.infno is Infno.REVERSAL:
@@ -252,16 +260,6 @@ class PricingHandler:
         answer = answers.answer_wire(request.msgid, request.infno.value, output)
         if not settle:
             return [self._reply(work, answer)]  # pre-settlement: the same numbers, nothing committed
-        if batch.prepayments is not None:
-            pair = (region, request.mdtrtarea_admvs)
-            left = batch.prepayments.get(pair, ZERO)
-            if pricing.fund_pay_sumamt > left:
-                return self._refuse(
-                    work, ErrCode.PREPAYMENT_EXHAUSTED,
-                    f"The prepayment of insured region {region} for this region is exhausted (left {left}); "
-                    "nothing was settled. The patient pays now and claims at home, or settles again once topped up.",
-                )
-            batch.prepayments[pair] = left - pricing.fund_pay_sumamt
         # The counters this settlement moves, keyed "year|counter" (account draws: by balance version).
         moved = {
             (ACCOUNT_YEAR, account_counter) if counter == ACCOUNT_DRAWN else (day.year, counter): amount
@@ -283,7 +281,25 @@ class PricingHandler:
             "target_setl_id": "",
         }
         value = orjson.dumps(priced)
+        if len(value) > MAX_PASSED_ON_BYTES:
+            # Refused before anything is recorded: a message Kafka would refuse after the settlement
+            # was committed here would leave it recorded and never answered.
+            return self._refuse(
+                work, ErrCode.INVALID_INPUT,
+                f"The bill's answer would be {len(value)} bytes, more than one message may carry; nothing was "
+                "settled. Settle the stay in parts (fewer lines per bill).",
+            )
         # Everything that could fail is built: now change the batch's state, all of it or nothing.
+        if batch.prepayments is not None:
+            pair = (region, request.mdtrtarea_admvs)
+            left = batch.prepayments.get(pair, ZERO)
+            if pricing.fund_pay_sumamt > left:
+                return self._refuse(
+                    work, ErrCode.PREPAYMENT_EXHAUSTED,
+                    f"The prepayment of insured region {region} for this region is exhausted (left {left}); "
+                    "nothing was settled. The patient pays now and claims at home, or settles again once topped up.",
+                )
+            batch.prepayments[pair] = left - pricing.fund_pay_sumamt
         for (year, counter), amount in moved.items():
             batch.change(body.psn_no, year, counter, amount)
         self._remember(batch, work, setl_id, priced, value)

@@ -112,6 +112,11 @@ async def test_a_visit_is_settled_once_until_its_settlement_is_cancelled(gateway
     assert (refused["infcode"], refused["err_code"]) == (-1, "ALREADY_SETTLED")
     assert setl_id in refused["err_msg"]
     assert await system.ledger(again["msgid"]) == []
+    # Padded as a fixed-width column would pad it: the same visit (the contract strips codes).
+    padded = copy.deepcopy(first)
+    padded["msgid"] = fresh(first)["msgid"]
+    padded["input"]["data"]["mdtrt_id"] += "   "
+    assert (await gateway.call(padded))["err_code"] == "ALREADY_SETTLED"
     # Once the first settlement is cancelled, the visit may be settled anew.
     assert (await gateway.call(cancel_of(first, setl_id)))["infcode"] == 0
     anew = copy.deepcopy(first)
@@ -132,6 +137,25 @@ async def test_only_the_facility_that_settled_cancels_and_only_for_that_visit(ga
         assert (answer["infcode"], answer["err_code"]) == (-1, "NOT_FOUND")
     assert (await system.ledger(settle["msgid"]))[0]["state"] == "settled"
     assert (await gateway.call(cancel_of(settle, setl_id)))["output"]["setlinfo"]["state"] == "cancelled"
+
+
+async def test_a_bill_whose_answer_would_not_fit_in_a_message_is_refused_before_anything_is_recorded(gateway, system):
+    # 2,000 lines with 64-character CJK codes: the request passes eligibility's 900 KB cap, but its
+    # answer (every line priced) is over 1 MB; pricing refuses it before recording the settlement.
+    request = we1()
+    data = request["input"]["data"]
+    data["feedetail"] = [{"feedetl_sn": f"{'序' * 58}{i:04d}", "hilist_code": "药" * 60, "cnt": "1", "pric": "1.00",
+                          "det_item_fee_sumamt": "1.00"} for i in range(2000)]
+    data["medfee_sumamt"] = "2000.00"
+    answer = await gateway.call(request, timeout=60)
+    assert (answer["infcode"], answer["err_code"]) == (-1, "INVALID_INPUT")
+    assert "more than one message may carry" in answer["err_msg"]
+    assert await system.ledger(request["msgid"]) == []
+    # Nothing was recorded for the visit either: it settles once its bill is split.
+    data["feedetail"] = data["feedetail"][:2]
+    data["medfee_sumamt"] = "2.00"
+    request["msgid"] = fresh(request)["msgid"]
+    assert (await gateway.call(request))["infcode"] == 0
 
 
 async def _dead_letters(settings, topic: str) -> list[tuple[bytes, dict[str, bytes]]]:

@@ -117,6 +117,15 @@ def test_a_request_too_large_for_the_next_hop_is_refused_and_its_dead_letter_fit
     assert dict(dead.headers)["yidi-dlq-truncated"] == str(len(record.value)).encode()
 
 
+def test_a_dead_letter_drops_headers_that_would_not_fit_in_a_record():
+    record = Incoming("t", 0, 1, None, b"{not json", 0, (("big", b"x" * 900_000),))
+    dead = dead_letter(record, "not JSON")
+    assert dead.value == b"{not json" and "big" not in dict(dead.headers)
+    assert dict(dead.headers)["yidi-dlq-headers-dropped"] == b"1"
+    small = Incoming("t", 0, 1, None, b"{", 0, (("trace", b"abc"),))
+    assert dict(dead_letter(small, "not JSON").headers)["trace"] == b"abc"
+
+
 def test_a_small_dead_letter_keeps_the_whole_message():
     record = Incoming("t", 0, 1, None, b"{not json", 0)
     assert dead_letter(record, "not JSON").value == b"{not json"

@@ -60,3 +60,21 @@ async def test_a_batch_fetched_outside_the_group_is_neither_handled_nor_committe
     stage._producer = object()  # any use of the producer would fail the test
     await stage._handle_until_committed([Incoming("in", 0, 5, b"k", b"v", 0)])
     assert calls == []
+
+
+async def test_isolating_a_bad_record_stops_when_a_half_was_left_to_the_new_owner():
+    # The group moved on while the first half was handled: the rest is the new owner's to read
+    # again, in order; handling it here would record later records before earlier ones.
+    from yidi.platform.errors import BadData
+
+    stage = _racing_stage([], _Consumer(3, "m"))
+    calls: list[list[int]] = []
+
+    async def handle(records, handler=None):
+        calls.append([r.offset for r in records])
+        return False  # dropped: the group rebalanced
+
+    stage._handle_until_committed = handle
+    records = [Incoming("in", 0, n, b"k", b"v", 0) for n in range(4)]
+    assert await stage._isolate(records, BadData("numeric field overflow")) is False
+    assert calls == [[0, 1]]

@@ -519,7 +519,7 @@ MESSAGES: dict[str, Message] = {
     "RunMonth": Message("Clear a month (type run_month)", "close the month, total it per region pair, issue statements", _plain("RunMonth"), "reqid", ("RunMonth",)),
     "ConfirmStatement": Message("Confirm a statement (type confirm)", "one side confirms; when both have, the prepayment is topped up", _plain("ConfirmStatement"), "reqid", ("ConfirmStatement",)),
     "QuerySettlement": Message("Query a settlement (type query_settlement)", "by setl_id or msgid", _plain("QuerySettlement"), "reqid", ("QuerySettlement",)),
-    "QueryFacilityDay": Message("Query a facility's day (type query_facility_day)", "the ledger rows of a facility on one day (at most 2000 listed; settlements_total counts them all), with totals", _plain("QueryFacilityDay"), "reqid", ("QueryFacilityDay",)),
+    "QueryFacilityDay": Message("Query a facility's day (type query_facility_day)", "the ledger rows of a facility on one day (at most 1000 listed; settlements_total counts them all), with totals", _plain("QueryFacilityDay"), "reqid", ("QueryFacilityDay",)),
     "QueryPairMonth": Message("Query a region pair's month (type query_pair_month)", "totals and statements", _plain("QueryPairMonth"), "reqid", ("QueryPairMonth",)),
     "QueryPrepayment": Message("Query a prepayment account (type query_prepayment)", "funded, drawn, given back, cleared, balance, shortfall", _plain("QueryPrepayment"), "reqid", ("QueryPrepayment",)),
     "Reconcile": Message("Reconciliation (type reconcile)", "a facility's 3201/3202 request, passed on by eligibility", _plain("Reconcile"), "msgid", ("Reconcile",)),

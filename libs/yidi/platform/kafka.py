@@ -235,7 +235,9 @@ class TransactionalStage:
             log.exception("stage %s stopped", self.name)
             raise
 
-    async def _handle_until_committed(self, records: list[Incoming], handler: Handler | None = None) -> None:
+    async def _handle_until_committed(self, records: list[Incoming], handler: Handler | None = None) -> bool:
+        """Handle ``records`` and commit their outputs and offsets; False when the batch was dropped
+        instead (the group moved on: the partitions' owner reads the records again)."""
         delay, races = 0.1, 0
         handler = handler or self.handler
         while True:
@@ -256,13 +258,13 @@ class TransactionalStage:
                 # owns them now, this one included.
                 metrics.STAGE_RETRIES.labels(self.name, "GenerationFenced").inc()
                 log.warning("stage %s: %s; batch of %d left to the partitions' owner", self.name, exc, len(records))
-                return
+                return False
             except RaceLost as exc:
                 if self._left_behind():
                     metrics.STAGE_RETRIES.labels(self.name, "GenerationFenced").inc()
                     log.warning("stage %s: %s, and the group has moved on; batch of %d left to the partitions' "
                                 "owner", self.name, exc, len(records))
-                    return
+                    return False
                 races += 1
                 if races > self.max_races:
                     raise FatalError(f"stage {self.name}: {exc}, again after {self.max_races} retries") from exc
@@ -273,8 +275,7 @@ class TransactionalStage:
             except BadData as exc:
                 if handler is not self.handler:
                     raise FatalError(f"stage {self.name}: refusing a record failed: {exc}") from exc
-                await self._isolate(records, exc)
-                return
+                return await self._isolate(records, exc)
             except (TransientError, KafkaError, OSError) as exc:
                 races = 0
                 reason = type(exc).__name__
@@ -296,9 +297,9 @@ class TransactionalStage:
                     self._latency(a.infno, a.err_code).observe(max(0.0, (now_ms - a.request_ts_ms) / 1000))
             for (infno, err_code), count in answered.items():
                 metrics.ANSWERS.labels(self.service, infno, err_code).inc(count)
-            return
+            return True
 
-    async def _isolate(self, records: list[Incoming], exc: BadData) -> None:
+    async def _isolate(self, records: list[Incoming], exc: BadData) -> bool:
         """The database refused a value of this batch, or an output was too large for a Kafka record:
         halve the batch until the record at fault is alone, and refuse that record (its batch-mates
         are handled, in order, in batches of their own). Without this, one bad value stops the
@@ -307,9 +308,10 @@ class TransactionalStage:
         if len(records) > 1:
             log.warning("stage %s: %s; batch of %d halved to find the record at fault", self.name, exc, len(records))
             half = len(records) // 2
-            await self._handle_until_committed(records[:half])
-            await self._handle_until_committed(records[half:])
-            return
+            # The second half only after the first is committed: if the group moved on meanwhile,
+            # the rest is the new owner's to read again, in order.
+            return (await self._handle_until_committed(records[:half])
+                    and await self._handle_until_committed(records[half:]))
         record = records[0]
         reason = f"refused by the database: {exc}"
         log.error("stage %s: %s/%d/%d %s", self.name, record.topic, record.partition, record.offset, reason)
@@ -325,7 +327,7 @@ class TransactionalStage:
         async def refused(rs: list[Incoming]) -> list[Outgoing]:
             return refuse(rs[0], reason)
 
-        await self._handle_until_committed(records, refused)
+        return await self._handle_until_committed(records, refused)
 
     def _rewind(self, records: list[Incoming]) -> None:
         """Move each partition still assigned back to the first of ``records`` (read them again)."""

@@ -74,22 +74,27 @@ def reply(
     )
 
 
-# A dead letter keeps at most this much of the message (Kafka's default record limit is 1 MiB, and the
-# headers add to it); the header yidi-dlq-source says where the whole message still is.
+# A dead letter keeps at most this much of the message, and the message's own headers only while they
+# come to a quarter of it (Kafka's record limit is 1 MiB); yidi-dlq-source says where the whole
+# message still is.
 DEAD_LETTER_MAX_BYTES = 512 * 1024
 
 
 def dead_letter(record: Incoming, reason: str) -> Outgoing:
     metrics.DEAD_LETTERS.labels(record.topic).inc()
-    headers = record.headers + (
+    ours: tuple[tuple[str, bytes], ...] = (
         ("yidi-dlq-reason", reason.encode()[:2000]),
         ("yidi-dlq-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
     )
+    theirs = record.headers
+    if sum(len(k) + len(v) for k, v in theirs) > DEAD_LETTER_MAX_BYTES // 4:
+        ours += (("yidi-dlq-headers-dropped", str(len(theirs)).encode()),)
+        theirs = ()
     value = record.value
     if len(value) > DEAD_LETTER_MAX_BYTES:
-        headers += (("yidi-dlq-truncated", str(len(value)).encode()),)
+        ours += (("yidi-dlq-truncated", str(len(value)).encode()),)
         value = value[:DEAD_LETTER_MAX_BYTES]
-    return Outgoing(topic=dlq(record.topic), value=value, key=record.key, headers=headers)
+    return Outgoing(topic=dlq(record.topic), value=value, key=record.key, headers=theirs + ours)
 
 
 T = TypeVar("T")

@@ -1,0 +1,37 @@
+"""Pricing's migrations on the real Postgres: the settlements made before a visit was kept get
+their visit from what pricing passed on for them (migration 005), so a retry of such a visit under
+a new msgid is refused too."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+pytestmark = pytest.mark.integration
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "pricing" / "migrations"
+
+
+async def test_settlements_made_before_migration_004_get_their_visit_from_what_was_passed_on(settings):
+    schema = f"mig_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        await conn.execute(f"SET search_path = {schema}")
+        for name in ("001_init.sql", "002_prepayment_mirror.sql", "003_kept_messages_as_json.sql"):
+            await conn.execute((MIGRATIONS / name).read_text())
+        await conn.execute("""INSERT INTO requests (msgid, request_hash, infno, setl_id, emitted) VALUES
+            ('M1', 'h', '2207', 'S1', '[{"kind": "settle", "facts": {"fixmedins_code": "H1", "mdtrt_id": "V9"}}]'),
+            ('M2', 'h', '2208', 'S1', '[{"kind": "cancel", "facts": null}]')""")
+        await conn.execute("INSERT INTO settlements (setl_id, msgid, psn_no, year, usage_delta) "
+                           "VALUES ('S1', 'M1', 'P1', 2026, '{}')")
+        for name in ("004_one_settlement_per_visit.sql", "005_visits_of_earlier_settlements.sql"):
+            await conn.execute((MIGRATIONS / name).read_text())
+        rows = await conn.fetch("SELECT setl_id, fixmedins_code, mdtrt_id FROM settlements")
+        assert [tuple(r) for r in rows] == [("S1", "H1", "V9")]
+    finally:
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await conn.close()
