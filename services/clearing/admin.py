@@ -7,6 +7,7 @@ and queries change nothing and are answered from the ledger as it stands.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -29,12 +30,12 @@ from yidi.contracts.clearing import (
     RunMonth,
     Statement,
 )
-from yidi.contracts.envelope import ErrCode, Infno
+from yidi.contracts.envelope import ErrCode, Infno, gateway_reply_topic
 from yidi.domain.clearing import PairTotals, net_positions, reconcile_details, reconcile_totals
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import parse_each, reply
+from yidi.platform.replies import broken, dead_letter, parse_each, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_STATEMENTS
 
@@ -52,10 +53,31 @@ def statement_of(row: Any) -> Statement:
     return Statement(**{k: row[k] for k in Statement.model_fields if k in row})
 
 
+_REQID = re.compile(rb'"reqid"\s*:\s*"([^"\\]{1,64})"')
+_ADMIN_REPLY_TO = re.compile(rb'"reply_to"\s*:\s*"([A-Za-z0-9._\-]{1,200})"')
+
+
 class ClearingAdminHandler:
     def __init__(self, settings: Settings, repo: ClearingRepository) -> None:
         self.settings = settings
         self.repo = repo
+
+    def refuse(self, record: Incoming, reason: str) -> list[Outgoing]:
+        """A request the stage could not process (``BadData``): dead-lettered, and answered on its
+        ``reply_to`` by ``reqid`` (a 3201/3202 by msgid, as every gateway request)."""
+        reqid = _REQID.search(record.value)
+        if reqid is None:
+            return broken(self.settings, record, reason, "The platform could not process this request.")
+        reply_to = _ADMIN_REPLY_TO.search(record.value)
+        topic = reply_to.group(1).decode() if reply_to else "clearing.results"
+        try:
+            gateway_reply_topic(topic)
+        except ValueError:
+            topic = "clearing.results"
+        result = {"reqid": reqid.group(1).decode(), "ok": False, "data": {},
+                  "reason": f"the platform could not process this request ({reason[:300]})"}
+        return [dead_letter(record, reason),
+                Outgoing(self.settings.topic(topic), dumps(result), key=reqid.group(1))]
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         requests, out = parse_each(records, CLEARING_REQUEST.validate_python, "clearing request")

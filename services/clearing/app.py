@@ -25,11 +25,12 @@ def build(settings: Settings | None = None) -> Service:
                 max_records=settings.batch_max_records,
             )
         )
+        admin = ClearingAdminHandler(settings, ClearingRepository(service.db()))
         service.add_stage(
             TransactionalStage(
                 name="clearing-admin", service="clearing", settings=settings,
                 topics=[CLEARING_REQUESTS], group_id="yidi-clearing-requests",
-                handler=ClearingAdminHandler(settings, ClearingRepository(service.db())), max_records=100,
+                handler=admin, refuse=admin.refuse, max_records=100,
             )
         )
 

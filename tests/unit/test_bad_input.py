@@ -188,3 +188,19 @@ def test_a_reconciliation_with_an_amount_out_of_range_is_a_validation_error():
     with pytest.raises(ValidationError) as refused:
         ReconcileTotalsInput.model_validate(totals | {"medfee_sumamt": "1E+30"})
     assert [e["loc"] for e in refused.value.errors()] == [("medfee_sumamt",)]
+
+
+def test_a_clearing_request_the_stage_cannot_process_is_answered_by_reqid_on_its_reply_topic():
+    from services.clearing.admin import ClearingAdminHandler
+
+    admin = ClearingAdminHandler(Settings(namespace="ns."), repo=None)  # type: ignore[arg-type]
+    raw = b'{"type": "query_facility_day", "reqid": "R-42", "reply_to": "ops.results", "fixmedins_code": "H1"}'
+    out = admin.refuse(Incoming("ns.clearing.requests", 0, 3, b"R-42", raw, 0), "refused by the database: DataError")
+    dead, answer = out
+    assert dead.topic == "ns.clearing.requests.dlq"
+    assert answer.topic == "ns.ops.results" and answer.key == b"R-42"
+    result = orjson.loads(answer.value)
+    assert (result["reqid"], result["ok"]) == ("R-42", False) and "DataError" in result["reason"]
+    # A forbidden reply_to falls back to clearing.results; a 3201/3202 (msgid) is answered as a gateway's.
+    forbidden = raw.replace(b"ops.results", b"settlement.priced")
+    assert admin.refuse(Incoming("ns.clearing.requests", 0, 3, None, forbidden, 0), "x")[1].topic == "ns.clearing.results"
