@@ -41,37 +41,40 @@ async def _start(repo: ClearingRepository, work) -> tuple[asyncio.Task, int]:
     return task, await asyncio.wait_for(asyncio.shield(pid), timeout=10)
 
 
-async def test_a_batch_holds_its_persons_and_the_periods_shared(settings):
+@pytest.fixture
+async def clearing_db(settings):
+    """Clearing's schema on the real Postgres: its pool and repository."""
     pool = await create_pool(settings.database_url, size=5)
     try:
         await migrate(pool, "clearing", "services.clearing.migrations")
-        repo = ClearingRepository(pool)
-        async with repo.transaction() as first:
-            await repo.lock_batch(first, [b"P-LOCK-1", b"P-LOCK-2"])
-            closed, rows = await repo.batch_reads(first, ["no-such-msgid"], ["no-such-setl"])
-            assert rows == [] and isinstance(closed, set)
-
-            # Another person: runs at once, beside the first batch (the periods lock is shared).
-            other, _ = await _start(repo, lambda conn: repo.lock_batch(conn, [b"P-LOCK-3"]))
-            await asyncio.wait_for(other, timeout=10)
-            # The same person, and a month's clearing: both wait, on an advisory lock.
-            same_person, same_pid = await _start(repo, lambda conn: repo.lock_batch(conn, [b"P-LOCK-2"]))
-            month, month_pid = await _start(repo, repo.closed_periods)
-            await until(lambda: _waiting_for_a_lock(pool, same_pid), timeout=10)
-            await until(lambda: _waiting_for_a_lock(pool, month_pid), timeout=10)
-            assert not same_person.done() and not month.done()
-        # The first batch committed: both go on.
-        await asyncio.wait_for(asyncio.gather(same_person, month), timeout=10)
+        yield pool, ClearingRepository(pool)
     finally:
         await pool.close()
 
 
-async def test_a_batch_that_waited_for_a_months_clearing_sees_the_month_closed(settings):
-    pool = await create_pool(settings.database_url, size=4)
-    try:
-        await migrate(pool, "clearing", "services.clearing.migrations")
-        repo = ClearingRepository(pool)
+async def test_a_batch_holds_its_persons_and_the_periods_shared(clearing_db):
+    pool, repo = clearing_db
+    async with repo.transaction() as first:
+        await repo.lock_batch(first, [b"P-LOCK-1", b"P-LOCK-2"])
+        closed, rows = await repo.batch_reads(first, ["no-such-msgid"], ["no-such-setl"])
+        assert rows == [] and isinstance(closed, set)
 
+        # Another person: runs at once, beside the first batch (the periods lock is shared).
+        other, _ = await _start(repo, lambda conn: repo.lock_batch(conn, [b"P-LOCK-3"]))
+        await asyncio.wait_for(other, timeout=10)
+        # The same person, and a month's clearing: both wait, on an advisory lock.
+        same_person, same_pid = await _start(repo, lambda conn: repo.lock_batch(conn, [b"P-LOCK-2"]))
+        month, month_pid = await _start(repo, repo.closed_periods)
+        await until(lambda: _waiting_for_a_lock(pool, same_pid), timeout=10)
+        await until(lambda: _waiting_for_a_lock(pool, month_pid), timeout=10)
+        assert not same_person.done() and not month.done()
+    # The first batch committed: both go on.
+    await asyncio.wait_for(asyncio.gather(same_person, month), timeout=10)
+
+
+async def test_a_batch_that_waited_for_a_months_clearing_sees_the_month_closed(clearing_db):
+    pool, repo = clearing_db
+    try:
         async def settle(conn):
             await repo.lock_batch(conn, [b"P-LOCK-4"])
             closed, _ = await repo.batch_reads(conn, [], [])
@@ -87,28 +90,22 @@ async def test_a_batch_that_waited_for_a_months_clearing_sees_the_month_closed(s
         assert FAR_MONTH in await asyncio.wait_for(batch, timeout=10)
     finally:
         await pool.execute("DELETE FROM clearing.periods WHERE setlym = $1", FAR_MONTH)
-        await pool.close()
 
 
-async def test_a_3202_answer_lists_at_most_2000_differences_and_counts_them_all(settings):
+async def test_a_3202_answer_lists_at_most_2000_differences_and_counts_them_all(settings, clearing_db):
     # A facility's 3202 for a big month lists thousands of differences; an answer over 1 MiB cannot be
     # a Kafka record (and would stop clearing-admin): the answer lists the first 2000.
     from services.clearing.admin import MAX_LISTED, ClearingAdminHandler
     from yidi.contracts.clearing import ReconcileDetailsInput
 
-    pool = await create_pool(settings.database_url, size=2)
-    try:
-        await migrate(pool, "clearing", "services.clearing.migrations")
-        repo = ClearingRepository(pool)
-        body = ReconcileDetailsInput.model_validate({
-            "stmt_begndate": "2099-12-01", "stmt_enddate": "2099-12-31",
-            "details": [{"setl_id": f"S-NOT-ON-PLATFORM-{i}", "medfee_sumamt": "1.00", "fund_pay_sumamt": "0.50",
-                         "acct_pay": "0.00"} for i in range(MAX_LISTED + 5)],
-        })
-        async with repo.transaction() as conn:
-            output = await ClearingAdminHandler(settings, repo)._reconcile_details(conn, "H-NO-SUCH-FACILITY", body)
-        assert output["differences_total"] == MAX_LISTED + 5 and len(output["differences"]) == MAX_LISTED
-        assert "the first 2000 are listed" in output["stmt_rslt_dscr"]
-        assert len(orjson.dumps(output)) < 1024 * 1024
-    finally:
-        await pool.close()
+    _, repo = clearing_db
+    body = ReconcileDetailsInput.model_validate({
+        "stmt_begndate": "2099-12-01", "stmt_enddate": "2099-12-31",
+        "details": [{"setl_id": f"S-NOT-ON-PLATFORM-{i}", "medfee_sumamt": "1.00", "fund_pay_sumamt": "0.50",
+                     "acct_pay": "0.00"} for i in range(MAX_LISTED + 5)],
+    })
+    async with repo.transaction() as conn:
+        output = await ClearingAdminHandler(settings, repo)._reconcile_details(conn, "H-NO-SUCH-FACILITY", body)
+    assert output["differences_total"] == MAX_LISTED + 5 and len(output["differences"]) == MAX_LISTED
+    assert "the first 2000 are listed" in output["stmt_rslt_dscr"]
+    assert len(orjson.dumps(output)) < 1024 * 1024
