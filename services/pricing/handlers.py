@@ -105,6 +105,11 @@ class Batch:
         return None
 
 
+def _code(value: Any) -> str:
+    """A code of the request's data as the contract's ``Code`` reads it (whitespace stripped)."""
+    return str(value if value is not None else "").strip()
+
+
 def _account_counter(version: str) -> str:
     return f"{ACCOUNT_DRAWN}:{version}"
 
@@ -139,21 +144,23 @@ class PricingHandler:
         policy_keys, item_keys, usage_keys, visit_keys, setl_ids, msgids = set(), set(), set(), set(), [], []
         for w in works:
             r = w.request
+            # The request's data as the gateway sent it (eligibility passes its bytes on): its codes
+            # are read here as the contract's Code reads them, stripped, which is how _price and
+            # _undo look them up. A padded psn_no read as sent missed the person's accumulators.
             data = r.data
             if r.infno.prices_a_bill and w.refusal is None:
+                psn_no = _code(data.get("psn_no"))
                 policy_keys.add((r.insuplc_admdvs or "", data.get("insutype", "")))
                 for d in data.get("feedetail", []):
-                    item_keys.add((r.mdtrtarea_admvs, d.get("hilist_code", "")))
-                usage_keys.add((data.get("psn_no", ""), r.inf_time.year))
-                usage_keys.add((data.get("psn_no", ""), ACCOUNT_YEAR))
+                    item_keys.add((r.mdtrtarea_admvs, _code(d.get("hilist_code"))))
+                usage_keys.add((psn_no, r.inf_time.year))
+                usage_keys.add((psn_no, ACCOUNT_YEAR))
                 if r.infno.is_settlement:
-                    # Stripped as the contract's Code strips them, so the key is the one _price checks and stores.
-                    visit_keys.add((str(data.get("psn_no", "")).strip(), r.fixmedins_code,
-                                    str(data.get("mdtrt_id", "")).strip()))
+                    visit_keys.add((psn_no, r.fixmedins_code, _code(data.get("mdtrt_id"))))
             if r.infno.is_cancellation:
-                setl_ids.append(str(data.get("setl_id", "")))
+                setl_ids.append(_code(data.get("setl_id")))
             if r.infno is Infno.REVERSAL:
-                msgids.append(str(data.get("omsgid", "")))
+                msgids.append(_code(data.get("omsgid")))
         # Cancellations and reversals name settlements whose (person, year) accumulators are read too.
         settlements = await self.repo.settlements(conn, setl_ids, msgids) if setl_ids or msgids else []
         usage_keys |= {(s.psn_no, s.year) for s in settlements} | {(s.psn_no, ACCOUNT_YEAR) for s in settlements}

@@ -49,6 +49,18 @@ async def test_the_annual_cap_is_reached_by_inpatient_stays(world, gateway):
     assert second["hifp_pay"] == "1000.00"  # cap 5000 − 4000
 
 
+async def test_a_person_number_padded_with_spaces_still_counts_against_the_persons_cap(world, gateway):
+    # A gateway with fixed-width (CHAR) columns pads codes; the contract strips them, and pricing
+    # must read the same person's accumulators (it read none: a second cap).
+    person = await world.person()
+    first = info(await gateway.call(world.request(person, [("T-A", "1", "5500.00")], infno="2304", med_type="21")))
+    padded = world.request(person, [("T-A", "1", "5500.00")], infno="2304", med_type="21")
+    padded["input"]["data"]["psn_no"] = f"{person}   "
+    second = info(await gateway.call(padded))
+    assert (first["hifp_pay"], second["hifp_pay"]) == ("4000.00", "1000.00")  # cap 5000, once
+    assert second["psn_no"] == person
+
+
 async def test_a_temporary_trip_pays_the_first_self_pay_at_a_reduced_ratio(world, gateway):
     person = await world.person(category="temporary_other")
     settled = info(await gateway.call(world.request(person, [("T-A", "1", "1300.00")])))

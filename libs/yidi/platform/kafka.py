@@ -128,8 +128,9 @@ class TransactionalStage:
     # A batch that loses the same race to another instance this many times running is a bug, not
     # a race (the retry finds the winner's record and takes the idempotent path).
     max_races: int = 3
-    # What a record the database refuses as data (``BadData``) becomes: by default a dead letter and,
-    # when its msgid can be recovered, an INTERNAL_ERROR answer (``replies.broken``).
+    # What a record the stage cannot process (``BadData``: the database refuses a value, or an output
+    # is too large for Kafka) becomes: by default a dead letter and, when its msgid can be
+    # recovered, an INTERNAL_ERROR answer (``replies.broken``).
     refuse: Callable[[Incoming, str], list[Outgoing]] | None = None
     _consumer: AIOKafkaConsumer | None = field(default=None, init=False)
     _producer: AIOKafkaProducer | None = field(default=None, init=False)
@@ -313,7 +314,7 @@ class TransactionalStage:
             return (await self._handle_until_committed(records[:half])
                     and await self._handle_until_committed(records[half:]))
         record = records[0]
-        reason = f"refused by the database: {exc}"
+        reason = f"cannot be processed: {exc}"
         log.error("stage %s: %s/%d/%d %s", self.name, record.topic, record.partition, record.offset, reason)
         if self.refuse is not None:
             refuse = self.refuse
