@@ -14,6 +14,7 @@ from yidi.domain.filing import (
     cancel_filing,
     change_filing,
     new_filing,
+    refuse_filing,
 )
 
 
@@ -62,3 +63,16 @@ def test_r8_a_region_may_lock_a_filing_for_at_most_six_months():
     with pytest.raises(FilingRefused, match="locks a filing for 6 months"):
         change_filing(current, ask(end=date(2027, 1, 1)), today=date(2026, 6, 1), lock_months=12, filed_on=filed_on)
     assert cancel_filing(current, today=date(2026, 7, 10), lock_months=12, filed_on=filed_on).status is FilingStatus.CANCELLED
+
+
+def test_r21_a_self_service_change_takes_effect_at_once_an_office_change_keeps_an_active_filing_active():
+    today, filed_on = date(2026, 9, 1), date(2026, 1, 10)
+    pending, refused = new_filing(ask(at_once=False)), refuse_filing(new_filing(ask(at_once=False)))
+    active = new_filing(ask())
+    for current in (pending, refused):
+        assert change_filing(current, ask(at_once=True), today=today, lock_months=0, filed_on=filed_on).status \
+            is FilingStatus.ACTIVE
+        assert change_filing(current, ask(at_once=False), today=today, lock_months=0, filed_on=filed_on).status \
+            is FilingStatus.PENDING
+    assert change_filing(active, ask(at_once=False), today=today, lock_months=0, filed_on=filed_on).status \
+        is FilingStatus.ACTIVE

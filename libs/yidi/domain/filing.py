@@ -67,7 +67,11 @@ def change_filing(current: Filing, ask: FilingAsk, *, today: date, lock_months: 
     """R8: a region may lock a filing against change for at most six months."""
     _check_unlocked(current, today=today, lock_months=lock_months, filed_on=filed_on)
     changed = new_filing(replace(ask, filing_id=current.filing_id))
-    return replace(changed, status=current.status if current.status is not FilingStatus.CANCELLED else changed.status)
+    # R21: a self-service change takes effect at once; one made at an office keeps an active filing
+    # active and sends any other (pending, refused, cancelled) to wait for approval.
+    if ask.takes_effect_at_once or current.status is FilingStatus.ACTIVE:
+        return replace(changed, status=FilingStatus.ACTIVE)
+    return replace(changed, status=FilingStatus.PENDING)
 
 
 def cancel_filing(current: Filing, *, today: date, lock_months: int, filed_on: date) -> Filing:
