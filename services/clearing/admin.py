@@ -30,12 +30,12 @@ from yidi.contracts.clearing import (
     RunMonth,
     Statement,
 )
-from yidi.contracts.envelope import ErrCode, Infno, gateway_reply_topic
+from yidi.contracts.envelope import ErrCode, Infno
 from yidi.domain.clearing import PairTotals, net_positions, reconcile_details, reconcile_totals
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import broken, dead_letter, parse_each, reply
+from yidi.platform.replies import broken, dead_letter, parse_each, recover_reply_to, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_STATEMENTS
 
@@ -54,7 +54,7 @@ def statement_of(row: Any) -> Statement:
 
 
 _REQID = re.compile(rb'"reqid"\s*:\s*"([^"\\]{1,64})"')
-_ADMIN_REPLY_TO = re.compile(rb'"reply_to"\s*:\s*"([A-Za-z0-9._\-]{1,200})"')
+ADMIN_REPLY_TO = "clearing.results"  # the default reply_to of clearing.requests (contracts/clearing.py)
 
 
 class ClearingAdminHandler:
@@ -68,12 +68,7 @@ class ClearingAdminHandler:
         reqid = _REQID.search(record.value)
         if reqid is None:
             return broken(self.settings, record, reason, "The platform could not process this request.")
-        reply_to = _ADMIN_REPLY_TO.search(record.value)
-        topic = reply_to.group(1).decode() if reply_to else "clearing.results"
-        try:
-            gateway_reply_topic(topic)
-        except ValueError:
-            topic = "clearing.results"
+        topic = recover_reply_to(record.value, default=ADMIN_REPLY_TO)
         result = {"reqid": reqid.group(1).decode(), "ok": False, "data": {},
                   "reason": f"the platform could not process this request ({reason[:300]})"}
         return [dead_letter(record, reason),

@@ -31,14 +31,20 @@ def recover_ids(raw: bytes) -> tuple[str | None, str, str, str]:
         m = pattern.search(raw)
         return m.group(1).decode() if m else default
 
-    reply_to = find(_REPLY_TO, DEFAULT_REPLY_TO) or DEFAULT_REPLY_TO
+    return find(_MSGID, None), recover_reply_to(raw), find(_INFNO, "") or "", find(_FACILITY, "") or ""
+
+
+def recover_reply_to(raw: bytes, default: str = DEFAULT_REPLY_TO) -> str:
+    """The ``reply_to`` of a message that did not parse, if an answer may be written to it; else
+    ``default``. A forbidden reply_to is a common reason a request does not parse: never answer
+    into a platform topic (or one Kafka refuses)."""
+    m = _REPLY_TO.search(raw)
+    if m is None:
+        return default
     try:
-        gateway_reply_topic(reply_to)
+        return gateway_reply_topic(m.group(1).decode())
     except ValueError:
-        # A forbidden reply_to is a common reason a request does not parse: never answer into a
-        # platform topic (or one Kafka refuses); the gateways' shared topic gets the answer.
-        reply_to = DEFAULT_REPLY_TO
-    return find(_MSGID, None), reply_to, find(_INFNO, "") or "", find(_FACILITY, "") or ""
+        return default
 
 
 def reply(
