@@ -7,7 +7,6 @@ and queries change nothing and are answered from the ledger as it stands.
 
 from __future__ import annotations
 
-import re
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -35,7 +34,7 @@ from yidi.domain.clearing import PairTotals, net_positions, reconcile_details, r
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import broken, dead_letter, parse_each, recover_reply_to, reply
+from yidi.platform.replies import broken, dead_letter, parse_each, recover_reply_to, recover_reqid, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_STATEMENTS
 
@@ -53,7 +52,6 @@ def statement_of(row: Any) -> Statement:
     return Statement(**{k: row[k] for k in Statement.model_fields if k in row})
 
 
-_REQID = re.compile(rb'"reqid"\s*:\s*"([^"\\]{1,64})"')
 ADMIN_REPLY_TO = "clearing.results"  # the default reply_to of clearing.requests (contracts/clearing.py)
 
 
@@ -63,19 +61,19 @@ class ClearingAdminHandler:
         self.repo = repo
 
     def refuse(self, record: Incoming, reason: str) -> list[Outgoing]:
-        """A request the stage could not process (``BadData``): dead-lettered, and answered on its
-        ``reply_to`` by ``reqid`` (a 3201/3202 by msgid, as every gateway request)."""
-        reqid = _REQID.search(record.value)
+        """A request that does not validate, or that the stage could not process (``BadData``):
+        dead-lettered, and answered on its ``reply_to`` by ``reqid`` (a 3201/3202 by msgid, as
+        every gateway request). A request whose reqid cannot be read is dead-lettered only."""
+        reqid = recover_reqid(record.value)
         if reqid is None:
             return broken(self.settings, record, reason, "The platform could not process this request.")
         topic = recover_reply_to(record.value, default=ADMIN_REPLY_TO)
-        result = {"reqid": reqid.group(1).decode(), "ok": False, "data": {},
-                  "reason": f"the platform could not process this request ({reason[:300]})"}
-        return [dead_letter(record, reason),
-                Outgoing(self.settings.topic(topic), dumps(result), key=reqid.group(1))]
+        result = {"reqid": reqid, "ok": False, "data": {},
+                  "reason": f"the platform could not process this request ({reason[:500]})"}
+        return [dead_letter(record, reason), Outgoing(self.settings.topic(topic), dumps(result), key=reqid.encode())]
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
-        requests, out = parse_each(records, CLEARING_REQUEST.validate_python, "clearing request")
+        requests, out = parse_each(records, CLEARING_REQUEST.validate_python, "clearing request", self.refuse)
         async with self.repo.transaction() as conn:
             for _, request in requests:
                 if isinstance(request, Reconcile):

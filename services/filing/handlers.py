@@ -21,11 +21,14 @@ from yidi.domain.filing import (
 from yidi.platform.jsonwire import dumps, request_hash
 from yidi.platform.db import lock_keys
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import parse_each
+from yidi.platform.replies import dead_letter, parse_each, recover_reply_to, recover_reqid
 from yidi.platform.settings import Settings
 from yidi.platform.topics import FILING_EVENTS
 
 from services.filing.repository import FilingRepository
+
+
+FILING_REPLY_TO = "filing.results"  # the default reply_to of filing.requests (contracts/filing.py)
 
 
 def filing_id_for(reqid: str) -> str:
@@ -38,7 +41,7 @@ class FilingHandler:
         self.repo = repo
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
-        requests, out = parse_each(records, FilingRequest.model_validate, "filing request")
+        requests, out = parse_each(records, FilingRequest.model_validate, "filing request", self._invalid)
         async with self.repo.transaction() as conn:
             await lock_keys(conn, "yidi-filing", [request.psn_no for _, request in requests])
             for _, request in requests:
@@ -54,6 +57,18 @@ class FilingHandler:
                 out.extend(
                     Outgoing(topic=e["topic"], value=e["value"].encode(), key=request.psn_no.encode()) for e in emitted
                 )
+        return out
+
+    def _invalid(self, record: Incoming, reason: str) -> list[Outgoing]:
+        """A filing request that does not validate: dead-lettered, and refused on its ``reply_to``
+        when its ``reqid`` can be read (every request is answered)."""
+        out = [dead_letter(record, reason)]
+        reqid = recover_reqid(record.value)
+        if reqid is not None:
+            result = FilingResult(reqid=reqid, accepted=False,
+                                  reason=f"the request was refused as malformed ({reason[:500]}); correct it and send it again")
+            topic = recover_reply_to(record.value, default=FILING_REPLY_TO)
+            out.append(Outgoing(topic=self.settings.topic(topic), value=dumps(result), key=record.key or reqid.encode()))
         return out
 
     async def _apply(self, conn: Any, request: FilingRequest) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ import uuid
 import pytest
 
 from tests.e2e.requests import we1
+from tests.e2e.world import World, filing_request
 from tests.unit.test_bad_input import BAD_REQUESTS, WE1
 
 pytestmark = pytest.mark.e2e
@@ -53,3 +54,37 @@ async def test_bad_input_is_answered_invalid_input_once_each_and_settling_goes_o
     assert len(await system.ledger(good["msgid"])) == 1
     for request in bad.values():
         assert await system.ledger(request["msgid"]) == []
+
+
+async def test_malformed_filing_and_clearing_requests_are_refused_by_reqid_once_each(system, filings, clearing):
+    """A filing or clearing request that does not validate used to be dead-lettered with no
+    answer: its sender waited for ever (CONTRACT.md: every request gets exactly one response)."""
+    world = await World(system.settings).build()
+    person = await world.person(category=None)
+    bad_filings = [
+        filing_request(world, person) | {"reqid": _reqid(), "category": "no_such_category"},
+        filing_request(world, person) | {"reqid": _reqid(), "begndate": "2025-13-40"},
+        # a forbidden reply_to: refused on the default filing.results, never into a platform topic
+        filing_request(world, person) | {"reqid": _reqid(), "reply_to": "settlement.priced"},
+        {"action": "change", "reqid": _reqid(), "psn_no": person},  # no filing_id
+    ]
+    bad_clearing = [
+        {"type": "fund", "reqid": _reqid(), "insuplc_admdvs": world.insured,
+         "mdtrtarea_admvs": world.treating, "amount": "abc"},
+        {"type": "no_such_request", "reqid": _reqid()},
+        {"type": "run_month", "reqid": _reqid(), "setlym": "202513"},
+    ]
+    refused = await asyncio.wait_for(asyncio.gather(
+        *[await filings.send(r) for r in bad_filings], *[await clearing.send(r) for r in bad_clearing]), 60)
+    filed = await filings.call(filing_request(world, person, category="temporary_other"))
+
+    assert [(a["accepted"], "malformed" in a["reason"]) for a in refused[:len(bad_filings)]] == [(False, True)] * 4
+    assert [(a["ok"], "does not validate" in a["reason"]) for a in refused[len(bad_filings):]] == [(False, True)] * 3
+    assert filed["accepted"] and filed["filing"]["status"] == "active"  # the stage goes on
+    await asyncio.sleep(1.0)  # time for a second answer to show up, if there were one
+    assert [filings.answer_counts[r["reqid"]] for r in bad_filings] == [1] * 4
+    assert [clearing.answer_counts[r["reqid"]] for r in bad_clearing] == [1] * 3
+
+
+def _reqid() -> str:
+    return "BAD" + uuid.uuid4().hex[:20].upper()

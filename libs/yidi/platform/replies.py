@@ -22,6 +22,7 @@ _MSGID = re.compile(rb'"msgid"\s*:\s*"([A-Za-z0-9_\-]{1,64})"')
 _REPLY_TO = re.compile(rb'"reply_to"\s*:\s*"([A-Za-z0-9._\-]{1,200})"')
 _INFNO = re.compile(rb'"infno"\s*:\s*"(\d{4})"')
 _FACILITY = re.compile(rb'"fixmedins_code"\s*:\s*"([^"]{1,64})"')
+_REQID = re.compile(rb'"reqid"\s*:\s*"([^"\\]{1,64})"')
 
 
 def recover_ids(raw: bytes) -> tuple[str | None, str, str, str]:
@@ -32,6 +33,12 @@ def recover_ids(raw: bytes) -> tuple[str | None, str, str, str]:
         return m.group(1).decode() if m else default
 
     return find(_MSGID, None), recover_reply_to(raw), find(_INFNO, "") or "", find(_FACILITY, "") or ""
+
+
+def recover_reqid(raw: bytes) -> str | None:
+    """The ``reqid`` of a filing or clearing request that did not parse, if it can be read."""
+    m = _REQID.search(raw)
+    return m.group(1).decode().strip() or None if m else None
 
 
 def recover_reply_to(raw: bytes, default: str = DEFAULT_REPLY_TO) -> str:
