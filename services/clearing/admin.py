@@ -193,7 +193,7 @@ class ClearingAdminHandler:
             statement = Statement(
                 statement_id=f"{month}-{insured}-{treating}", setlym=month, insuplc_admdvs=insured,
                 mdtrtarea_admvs=treating, settlements=t.settlements, undone=t.undone, medfee_sumamt=t.medfee_sumamt,
-                fund_pay_sumamt=t.fund_pay_sumamt, acct_pay=t.acct_pay,
+                fund_pay_sumamt=t.fund_pay_sumamt, acct_pay=t.acct_pay, clr_sumamt=t.clr_sumamt,
             )
             await conn.execute(
                 """INSERT INTO clearing.statements (statement_id, setlym, insuplc_admdvs, mdtrtarea_admvs, settlements,
@@ -232,7 +232,7 @@ class ClearingAdminHandler:
             # Both sides agree: the insured region tops its prepayment up by what was cleared
             # (drawn down, when cancellations outweighed settlements).
             touched = await self.repo.move_prepayments(
-                conn, [(row["insuplc_admdvs"], row["mdtrtarea_admvs"], "clearing", row["fund_pay_sumamt"], row["statement_id"])]
+                conn, [(row["insuplc_admdvs"], row["mdtrtarea_admvs"], "clearing", row["clr_sumamt"], row["statement_id"])]
             )
             extra += [_status(self.settings, r) for r in touched.accounts]
         statement = statement_of(row)

@@ -17,7 +17,7 @@ from typing import Any
 from yidi.contracts import answers
 from yidi.contracts.envelope import ErrCode, ResponseEnvelope
 from yidi.contracts.internal import PricedWork, WorkKind
-from yidi.domain.clearing import landing_period
+from yidi.domain.clearing import landing_period, owed
 from yidi.domain.money import amount_text
 from yidi.platform import metrics
 from yidi.platform.kafka import Incoming, Outgoing
@@ -83,7 +83,7 @@ class ClearingHandler:
                     # The undoing lands in the open period of its own month (R3: cleared once).
                     row.undo_period = landing_period(f"{work.request.inf_time:%Y%m}", closed)
                     undone[row.setl_id] = row
-                    moves.append((row.insuplc_admdvs, row.mdtrtarea_admvs, "give_back", row.fund_pay_sumamt, row.setl_id))
+                    moves.append((row.insuplc_admdvs, row.mdtrtarea_admvs, "give_back", owed(row.fund_pay_sumamt, row.acct_pay), row.setl_id))
                     metrics.LEDGER_ENTRIES.labels(row.state).inc()
                 undo_seen[work.request.msgid] = (work.request_hash, answer)
                 undo_new.append((work.request.msgid, work.request_hash, row.setl_id, answer))
@@ -132,7 +132,7 @@ class ClearingHandler:
         assert facts is not None, "pricing sends facts with every settlement"
         row = LedgerRow(facts.setl_id, work.request.msgid, work.request_hash, "settled", answer,
                         insuplc_admdvs=facts.insuplc_admdvs, mdtrtarea_admvs=facts.mdtrtarea_admvs,
-                        fund_pay_sumamt=facts.fund_pay_sumamt)
+                        fund_pay_sumamt=facts.fund_pay_sumamt, acct_pay=facts.acct_pay)
         sent = self._answer(work, answer)
         # The ledger keeps the answer as it was sent (the bytes of ``sent``; its refmsg_time is
         # this request's): the same answer, serialised once.
@@ -141,7 +141,7 @@ class ClearingHandler:
                      facts.insuplc_admdvs, facts.mdtrtarea_admvs, facts.fixmedins_code, facts.setlym,
                      landing_period(facts.setlym, closed), work.request.inf_time.date(), sent.value.decode())
         )
-        moves.append((facts.insuplc_admdvs, facts.mdtrtarea_admvs, "draw", facts.fund_pay_sumamt, facts.setl_id))
+        moves.append((facts.insuplc_admdvs, facts.mdtrtarea_admvs, "draw", owed(facts.fund_pay_sumamt, facts.acct_pay), facts.setl_id))
         by_msgid[row.msgid] = row
         by_setl[row.setl_id] = row
         _SETTLED.inc()

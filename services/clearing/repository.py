@@ -32,6 +32,7 @@ class LedgerRow:
     insuplc_admdvs: str = ""
     mdtrtarea_admvs: str = ""
     fund_pay_sumamt: Decimal = Decimal(0)
+    acct_pay: Decimal = Decimal(0)
     undo_period: str | None = None
 
 
@@ -76,7 +77,7 @@ class ClearingRepository(Repository):
                  (SELECT coalesce(array_agg(setlym), '{}') AS closed FROM clearing.periods WHERE state = 'closed') AS c
                LEFT JOIN LATERAL (
                  SELECT setl_id, msgid, request_hash, state, answer, undone_msgid, undone_answer,
-                        insuplc_admdvs, mdtrtarea_admvs, fund_pay_sumamt, undo_period
+                        insuplc_admdvs, mdtrtarea_admvs, fund_pay_sumamt, acct_pay, undo_period
                  FROM clearing.ledger
                  WHERE msgid = ANY($1::text[]) OR setl_id = ANY($2::text[]) FOR UPDATE) AS l ON true""",
             msgids, setl_ids,
@@ -85,7 +86,7 @@ class ClearingRepository(Repository):
         return closed, [
             LedgerRow(r["setl_id"], r["msgid"], r["request_hash"], r["state"], json_value(r["answer"]),
                       r["undone_msgid"], json_value(r["undone_answer"]) if r["undone_answer"] else None,
-                      r["insuplc_admdvs"], r["mdtrtarea_admvs"], r["fund_pay_sumamt"], r["undo_period"])
+                      r["insuplc_admdvs"], r["mdtrtarea_admvs"], r["fund_pay_sumamt"], r["acct_pay"], r["undo_period"])
             for r in rows if r["setl_id"] is not None
         ]
 

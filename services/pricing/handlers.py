@@ -24,6 +24,7 @@ from yidi.contracts.internal import EligibleWork, PricedWork, WorkKind
 from yidi.contracts.settlement import CancelInput, ReversalInput, SettlementInput
 from yidi.domain.catalogue import Catalogue, CatalogueItem
 from yidi.domain.codes import InsuranceType, MedType, PersonType
+from yidi.domain.clearing import owed
 from yidi.domain.money import ZERO
 from yidi.domain.policy import BenefitPolicy, PolicyError, policy_in_force
 from yidi.domain.pricing import ACCOUNT_DRAWN, OUTPATIENT_QUOTA, Bill, BillLine, Terms, price
@@ -300,13 +301,14 @@ class PricingHandler:
         if batch.prepayments is not None:
             pair = (region, request.mdtrtarea_admvs)
             left = batch.prepayments.get(pair, ZERO)
-            if pricing.fund_pay_sumamt > left:
+            draw = owed(pricing.fund_pay_sumamt, pricing.acct_pay)  # what clearing will draw
+            if draw > left:
                 return self._refuse(
                     work, ErrCode.PREPAYMENT_EXHAUSTED,
                     f"The prepayment of insured region {region} for this region is exhausted (left {left}); "
                     "nothing was settled. The patient pays now and claims at home, or settles again once topped up.",
                 )
-            batch.prepayments[pair] = left - pricing.fund_pay_sumamt
+            batch.prepayments[pair] = left - draw
         for (year, counter), amount in moved.items():
             batch.change(body.psn_no, year, counter, amount)
         self._remember(batch, work, setl_id, priced, value)

@@ -96,6 +96,35 @@ async def test_a_month_is_cleared_confirmed_by_both_sides_and_the_prepayment_top
     assert Decimal(account["cleared"]) == standing and account["balance"] == "5000.00"
 
 
+async def test_account_payments_are_drawn_given_back_and_cleared_with_the_funds_payments(world, gateway, clearing):
+    """The treating region paid the hospital the account's share too (R16, seed 002): the insured
+    region owes it, so it is drawn, given back and cleared like the funds' share."""
+    person = await world.person(balance="200.00")
+    await fund(clearing, world, "5000.00")
+    first = world.request(person, [("T-A", "1", "800.00")], account=True, when="2025-04-10 09:00:00")
+    info = (await gateway.call(first))["output"]["setlinfo"]
+    assert Decimal(info["acct_pay"]) == Decimal("200.00")
+    owed_first = Decimal(info["fund_pay_sumamt"]) + Decimal("200.00")
+    assert Decimal((await balance(clearing, world))["balance"]) == Decimal("5000.00") - owed_first
+    await gateway.call(cancel_of(first, info["setl_id"]) | {"inf_time": "2025-04-12 09:00:00"})
+    assert (await balance(clearing, world))["balance"] == "5000.00"
+    again = await gateway.call(world.request(person, [("T-A", "1", "600.00")], account=True, when="2025-04-15 09:00:00"))
+    info = again["output"]["setlinfo"]
+    assert Decimal(info["acct_pay"]) == Decimal("200.00")  # the cancellation gave the account back as well
+    owed = Decimal(info["fund_pay_sumamt"]) + Decimal("200.00")
+
+    run = await ask(clearing, "run_month", setlym="202504")
+    (statement,) = [s for s in run["data"]["statements"] if s["insuplc_admdvs"] == world.insured]
+    assert (statement["settlements"], statement["undone"], Decimal(statement["acct_pay"])) == (2, 1, Decimal("200.00"))
+    assert Decimal(statement["clr_sumamt"]) == owed
+    (net,) = [n for n in run["data"]["net_positions"] if world.insured in (n["region_a"], n["region_b"])]
+    assert (net["payer"], Decimal(net["amount"])) == (world.insured, owed)
+    await ask(clearing, "confirm", statement_id=statement["statement_id"], side="insured")
+    await ask(clearing, "confirm", statement_id=statement["statement_id"], side="treating")
+    account = await balance(clearing, world)
+    assert (Decimal(account["cleared"]), account["balance"]) == (owed, "5000.00")
+
+
 async def test_clearing_a_month_while_settlements_flow_counts_each_one_exactly_once(world, gateway, clearing):
     people = [await world.person() for _ in range(4)]
     await fund(clearing, world, "100000.00")

@@ -11,6 +11,7 @@ from yidi.domain.clearing import (
     landing_period,
     net_positions,
     next_month,
+    owed,
     reconcile_details,
     reconcile_totals,
     statements,
@@ -41,6 +42,21 @@ def test_netting_two_regions_leaves_one_payment_from_the_one_that_owes_more():
     ]
     (net,) = net_positions(statements(moves, "202511"))
     assert (net.payer, net.payee, net.amount) == ("131000", "110000", D("500.00"))
+
+
+def test_account_payments_are_owed_and_netted_with_the_funds_payments():
+    """Seed 002: account payments across provinces are cleared. 131000 owes 900 + 150 for its
+    people's funds and accounts; 110000 owes 400 + 700 less a cancelled 10 + 20: 110000 pays 20."""
+    moves = [
+        Movement("131000", "110000", "202511", D("1500.00"), D("900.00"), D("150.00"), 1),
+        Movement("110000", "131000", "202511", D("1500.00"), D("400.00"), D("700.00"), 1),
+        Movement("110000", "131000", "202511", D("30.00"), D("10.00"), D("20.00"), -1),
+    ]
+    by_pair = {(s.insured, s.treating): s.clr_sumamt for s in statements(moves, "202511")}
+    assert by_pair == {("110000", "131000"): D("1070.00"), ("131000", "110000"): D("1050.00")}
+    (net,) = net_positions(statements(moves, "202511"))
+    assert (net.payer, net.payee, net.amount) == ("110000", "131000", D("20.00"))
+    assert owed(D("48.89"), D("15.40")) == D("64.29")
 
 
 def test_prepayment_balance_records_a_shortfall_and_warns_below_its_share():

@@ -112,6 +112,9 @@ class Statement(WireModel):
     medfee_sumamt: Amount
     fund_pay_sumamt: Amount
     acct_pay: Amount
+    clr_sumamt: Amount = Field(description="what the insured region owes for the period and what confirming the "
+                               "statement clears: fund_pay_sumamt + acct_pay (the individual accounts' payments "
+                               "are cleared too; the patients' cash is not)")
     confirmed_insured: bool = False
     confirmed_treating: bool = False
     state: str = "issued"

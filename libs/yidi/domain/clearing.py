@@ -1,7 +1,8 @@
 """Clearing arithmetic (R3: prepay first, clear afterwards): periods, statements, netting,
 prepayment, reconciliation. Plain functions over plain data.
 
-Each settlement adds its fund payment to the clearing period it landed in; its cancellation or
+Each settlement adds what the insured region owes for it (``owed``: its funds' payment and its
+individual account's payment) to the clearing period it landed in; its cancellation or
 reversal takes it away in the period the undoing landed in. A period, once cleared, is closed:
 what arrives for it later lands in the next open period, so every yuan is cleared exactly once.
 """
@@ -28,6 +29,15 @@ def landing_period(setlym: str, closed: Iterable[str]) -> str:
     while period in closed_set:
         period = next_month(period)
     return period
+
+
+def owed(fund_pay_sumamt: Decimal, acct_pay: Decimal) -> Decimal:
+    """What an insured region owes the treating region for one settlement: what its funds paid
+    and what its people's individual accounts paid (R16; seed 002 names the platform that clears
+    account payments across provinces). The hospital was paid both by the treating region's
+    agency; only the cash the patient paid (``psn_cash_pay``) stays between patient and hospital.
+    It is what a settlement draws on the prepayment and what a statement clears."""
+    return fund_pay_sumamt + acct_pay
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +72,10 @@ class PairTotals:
         self.medfee_sumamt += m.sign * m.medfee
         self.fund_pay_sumamt += m.sign * m.fund
         self.acct_pay += m.sign * m.acct
+
+    @property
+    def clr_sumamt(self) -> Decimal:
+        return owed(self.fund_pay_sumamt, self.acct_pay)
 
 
 def statements(movements: Iterable[Movement], period: str) -> list[PairTotals]:
@@ -103,15 +117,15 @@ class NetPosition:
 
 def net_positions(pairs: Iterable[PairTotals]) -> list[NetPosition]:
     """Net each two regions' statements against each other (an insured region owes the treating one)."""
-    owed: dict[tuple[str, str], Decimal] = defaultdict(lambda: ZERO)
+    owes: dict[tuple[str, str], Decimal] = defaultdict(lambda: ZERO)
     for p in pairs:
-        owed[(p.insured, p.treating)] += p.fund_pay_sumamt
-    regions = sorted({r for key in owed for r in key})
+        owes[(p.insured, p.treating)] += p.clr_sumamt
+    regions = sorted({r for key in owes for r in key})
     out = []
     for i, a in enumerate(regions):
         for b in regions[i + 1:]:
-            if (a, b) in owed or (b, a) in owed:
-                out.append(NetPosition(a, b, owed.get((a, b), ZERO), owed.get((b, a), ZERO)))
+            if (a, b) in owes or (b, a) in owes:
+                out.append(NetPosition(a, b, owes.get((a, b), ZERO), owes.get((b, a), ZERO)))
     return out
 
 
