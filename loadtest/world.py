@@ -195,7 +195,8 @@ class World:
                 "reductions": {"referral": "0.05", "emergency": "0.00", "temporary_other": f"0.{10 + 5 * (n % 2)}"},
                 "first_selfpay": {"temporary_other": "0.10"},
                 "layers": [
-                    {"fund_type": "330100", "threshold": "300000.00", "ratio": "0.85", "annual_cap": "400000.00"},
+                    {"fund_type": "330100", "threshold": "0.00", "ratio": "0.85", "annual_cap": "400000.00",
+                     "base": "above_pooled_cap"},
                     {"fund_type": "320100", "threshold": "0.00", "ratio": "0.50", "annual_cap": "20000.00",
                      "requires": "civil_servant"},
                 ],

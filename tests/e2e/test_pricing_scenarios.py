@@ -114,3 +114,13 @@ async def test_cancellation_restores_the_accumulators(world, gateway):
     again = info(await gateway.call(world.request(person, [("T-A", "1", "500.00")])))
     assert cancelled["infcode"] == 0
     assert (again["act_pay_dedc"], again["hifp_pay"]) == (first["act_pay_dedc"], first["hifp_pay"]) == ("300.00", "120.00")
+
+
+async def test_the_employee_large_amount_subsidy_pays_on_the_cost_past_the_pooled_cap(system, gateway):
+    world = World(system.settings)
+    await world.build(world.policy(layers=[{"fund_type": "330100", "threshold": "0.00", "ratio": "0.85",
+                                            "annual_cap": "400000.00", "base": "above_pooled_cap"}]))
+    person = await world.person()
+    stay = info(await gateway.call(world.request(person, [("T-A", "1", "10500.00")], infno="2304", med_type="21")))
+    # (10,500 − 500) × 0.80 = 8,000 > the cap 5,000, which covers 6,250: 3,750 past it × 0.85
+    assert (stay["hifp_pay"], stay["hifob_pay"], stay["fund_pay_sumamt"]) == ("5000.00", "3187.50", "8187.50")

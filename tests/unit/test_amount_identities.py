@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from yidi.domain.catalogue import Catalogue, CatalogueItem
 from yidi.domain.codes import ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType
-from yidi.domain.policy import BenefitPolicy, BenefitRule, Layer
+from yidi.domain.policy import BenefitPolicy, BenefitRule, Layer, LayerBase
 from yidi.domain.pricing import Bill, BillLine, Terms, price
 
 from tests.unit.factories import DAY
@@ -38,6 +38,8 @@ def scenarios(draw):
         reductions={FilingCategory.REFERRAL: D("0.10"), FilingCategory.TEMPORARY_OTHER: draw(st.sampled_from([D(0), D("0.20")]))},
         first_selfpay={FilingCategory.TEMPORARY_OTHER: draw(st.sampled_from([D(0), D("0.10")]))},
         layers=(
+            Layer(FundType.EMPLOYEE_LARGE_AMOUNT, draw(st.sampled_from([D(0), D("1000")])), draw(ratio),
+                  draw(st.none() | money), base=LayerBase.ABOVE_POOLED_CAP),
             Layer(FundType.RESIDENT_SERIOUS_ILLNESS, draw(money), draw(ratio), draw(st.none() | money)),
             Layer(FundType.MEDICAL_ASSISTANCE, D(0), draw(ratio), draw(st.none() | money), requires="medical_assistance"),
         ),

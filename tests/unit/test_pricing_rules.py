@@ -5,7 +5,7 @@ from decimal import Decimal as D
 import pytest
 
 from yidi.domain.codes import ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType
-from yidi.domain.policy import DeductibleScope, Layer, PolicyError
+from yidi.domain.policy import DeductibleScope, Layer, LayerBase, PolicyError
 from yidi.domain.pricing import OUTPATIENT_QUOTA, POOLED_PAID, deductible_counter, price
 
 from tests.unit.factories import bill, catalogue, item, policy, rule, terms
@@ -126,6 +126,24 @@ def test_r18_serious_illness_pays_above_its_threshold_on_what_the_pooled_fund_le
     p = price(bill(("A1", "1", "50000.00")), catalogue(item("A1")), pol, t, {})
     assert p.hifp_pay == D("30000.00") and p.hifmi_pay == D("3000.00")
     assert p.psn_part_amt == D("17000.00")
+
+
+def test_r18_the_employee_large_amount_subsidy_pays_on_the_cost_past_the_pooled_funds_annual_cap():
+    """Before, the only base was what the pooled fund left inside the scope, so the demo's threshold
+    of 250,000 (the pooled cap) was reached only by stays of well over a million: a 400,000 stay got
+    nothing from the subsidy."""
+    large = Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("0"), D("0.85"), D("400000.00"), base=LayerBase.ABOVE_POOLED_CAP)
+    pol = policy(rule(IP, ratio="0.80"), annual_cap=D("250000.00"), layers=(large,))
+    # 400,000 in scope: the pooled fund's 250,000 covers 312,500 at 80 %; 87,500 past the cap × 0.85
+    stay = price(bill(("A1", "1", "400000.00")), catalogue(item("A1")), pol, terms(IP), {})
+    assert (stay.hifp_pay, stay.hifob_pay, stay.psn_part_amt) == (D("250000.00"), D("74375.00"), D("75625.00"))
+    assert "past the pooled fund's annual cap 87500.00" in stay.funds[1].explanation
+    # below the cap: nothing past it, the subsidy pays nothing
+    small = price(bill(("A1", "1", "100000.00")), catalogue(item("A1")), pol, terms(IP), {})
+    assert (small.hifp_pay, small.hifob_pay) == (D("80000.00"), D("0"))
+    # the cap reached by earlier stays this year: all of this one is past it
+    later = price(bill(("A1", "1", "10000.00")), catalogue(item("A1")), pol, terms(IP), stay.usage_delta)
+    assert (later.hifp_pay, later.hifob_pay) == (D("0"), D("8500.00"))
 
 
 def test_r18_a_layer_that_requires_a_qualification_pays_only_the_qualified():

@@ -15,7 +15,7 @@ from yidi.domain.catalogue import CatalogueItem
 from yidi.domain.codes import ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType
 from yidi.domain.eligibility import Facility, Person
 from yidi.domain.money import ZERO
-from yidi.domain.policy import BenefitPolicy, BenefitRule, CalculationOrder, DeductibleScope, Layer
+from yidi.domain.policy import BenefitPolicy, BenefitRule, CalculationOrder, DeductibleScope, Layer, LayerBase
 
 
 class PersonRecord(StrictWireModel):
@@ -111,6 +111,9 @@ class LayerRecord(StrictWireModel):
     ratio: Ratio
     annual_cap: Amount | None = Field(default=None, ge=0)
     requires: str = ""
+    base: LayerBase = Field(default=LayerBase.LEFT_IN_SCOPE, description=(
+        "left_in_scope: what the pooled fund left inside the scope; above_pooled_cap: only the "
+        "within-scope cost past the pooled fund's annual cap (the employee large-amount subsidy)"))
 
 
 class PolicyRecord(StrictWireModel):
@@ -160,7 +163,7 @@ class PolicyRecord(StrictWireModel):
             reductions=dict(self.reductions),
             first_selfpay=dict(self.first_selfpay),
             layers=tuple(
-                Layer(l.fund_type, l.threshold, l.ratio, l.annual_cap, l.requires) for l in self.layers
+                Layer(l.fund_type, l.threshold, l.ratio, l.annual_cap, l.requires, l.base) for l in self.layers
             ),
             account_payable=self.account_payable,
             order=self.order,

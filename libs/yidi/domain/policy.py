@@ -32,6 +32,17 @@ class CalculationOrder(StrEnum):
     DEDUCTIBLE_FIRST = "deductible_first"
 
 
+class LayerBase(StrEnum):
+    """What a further layer (R18) pays on."""
+
+    # DOMAIN.md's default: what the pooled fund left inside the scope (serious-illness insurance:
+    # the person's within-scope burden above a threshold).
+    LEFT_IN_SCOPE = "left_in_scope"
+    # The within-scope cost past the point where the pooled fund reached its annual cap (the
+    # employee large-amount subsidy, 职工大额医疗费用补助: "above the pooled fund's limit").
+    ABOVE_POOLED_CAP = "above_pooled_cap"
+
+
 # R11: how far an insured region may lower the ratio for temporary trips.
 REDUCTION_LIMITS: dict[FilingCategory, Decimal] = {
     FilingCategory.REFERRAL: Decimal("0.10"),
@@ -75,8 +86,9 @@ class BenefitRule:
 class Layer:
     """A further fund after the pooled fund (R18), paid above an annual threshold.
 
-    Its base is what the pooled fund left of the within-scope amount; the threshold and cap are
-    per person and year. ``requires`` names a person's qualification (``civil_servant``,
+    Its base (``LayerBase``) is what the pooled fund left of the within-scope amount, or only
+    the within-scope cost past the pooled fund's annual cap; the threshold and cap are per person
+    and year. ``requires`` names a person's qualification (``civil_servant``,
     ``medical_assistance``), empty for a layer every insured person has.
     """
 
@@ -85,6 +97,7 @@ class Layer:
     ratio: Decimal
     annual_cap: Decimal | None = None
     requires: str = ""
+    base: LayerBase = LayerBase.LEFT_IN_SCOPE
 
 
 @dataclass(frozen=True, slots=True)

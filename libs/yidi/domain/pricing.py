@@ -25,7 +25,7 @@ from yidi.domain.codes import (
     pooled_fund_for,
 )
 from yidi.domain.money import ZERO, fmt, fmt_ratio, to_fen
-from yidi.domain.policy import BenefitPolicy, CalculationOrder, DeductibleScope
+from yidi.domain.policy import BenefitPolicy, CalculationOrder, DeductibleScope, LayerBase
 
 # Accumulator counters, per person and year (the service keys them by person and year).
 POOLED_PAID = "pooled_paid"
@@ -259,11 +259,16 @@ def price(
 
     # Step 5: annual cap of the pooled fund, and the general-outpatient quota (R13).
     limit_left: Decimal | None = None
+    # The within-scope cost past the point where the pooled fund reached its annual cap: what a
+    # layer with base ABOVE_POOLED_CAP pays on (the capped payment covers cap_left / ratio of it).
+    over_cap = ZERO
     if policy.annual_cap is not None:
         cap_left = max(ZERO, policy.annual_cap - usage.get(POOLED_PAID, ZERO))
         limit_left = cap_left
-        if pooled > cap_left:
+        if pooled > cap_left:  # so ratio > 0
             steps.append(f"capped at what is left of the annual cap {fmt(policy.annual_cap)}: {fmt(cap_left)}")
+            eligible = inscp - dedc
+            over_cap = eligible - min(eligible, to_fen(cap_left / ratio))
             pooled = cap_left
     if policy.outpatient_quota is not None and terms.med_type in policy.quota_med_types:
         quota_left = max(ZERO, policy.outpatient_quota - usage.get(OUTPATIENT_QUOTA, ZERO))
@@ -292,11 +297,17 @@ def price(
             continue
         base_key, paid_key = layer_base_counter(layer.fund_type), layer_paid_counter(layer.fund_type)
         base_before = usage.get(base_key, ZERO)
-        above = max(ZERO, base_before + rest - max(layer.threshold, base_before))
+        if layer.base is LayerBase.ABOVE_POOLED_CAP:
+            base = min(over_cap, rest)
+            base_text = f"within-scope cost past the pooled fund's annual cap {fmt(base)}"
+        else:
+            base = rest
+            base_text = f"left within scope {fmt(rest)}"
+        above = max(ZERO, base_before + base - max(layer.threshold, base_before))
         pay = to_fen(above * layer.ratio)
         cap_left = None
         text = (
-            f"left within scope {fmt(rest)}; this year's base {fmt(base_before)} → {fmt(base_before + rest)}, "
+            f"{base_text}; this year's base {fmt(base_before)} → {fmt(base_before + base)}, "
             f"above the threshold {fmt(layer.threshold)}: {fmt(above)} × ratio {fmt_ratio(layer.ratio)} = {fmt(pay)}"
         )
         if layer.annual_cap is not None:
@@ -304,8 +315,8 @@ def price(
             if pay > cap_left:
                 text += f"; capped at what is left of the annual cap {fmt(layer.annual_cap)}: {fmt(cap_left)}"
                 pay = cap_left
-        if rest:
-            delta[base_key] = rest
+        if base:
+            delta[base_key] = base
         if pay:
             delta[paid_key] = pay
             funds.append(FundPayment(layer.fund_type, rest, cap_left, pay, text + f"; {policy_name} (R18)"))
