@@ -63,6 +63,8 @@ class Parsed:
 # 2 KB of headers more); Kafka's default limit for a record is 1 MiB, which a larger request would
 # exceed at the next hop, failing that hop's every retry. 2,000 bill lines take about 600 KB.
 MAX_REQUEST_BYTES = 900_000
+# The transaction codes the platform offers (CONTRACT.md); another four-digit code is UNSUPPORTED.
+_OFFERED = frozenset(i.value for i in Infno)
 
 
 def _explain(exc: Exception) -> str:
@@ -95,6 +97,20 @@ class EligibilityHandler:
             out.append(reply(self.settings, reply_to, answer, facility=facility, request_ts_ms=record.timestamp_ms))
         return out
 
+    def _unsupported(self, record: Incoming, infno: str) -> list[Outgoing]:
+        """A transaction code the platform does not offer: answered ``UNSUPPORTED``, not
+        dead-lettered (the message is well formed; ``yidi_answers_total`` counts them)."""
+        msgid, reply_to, _, facility = recover_ids(record.value)
+        if not msgid:
+            return self._invalid(record, f"infno {infno} is not offered, and the msgid cannot be read")
+        offered = ", ".join(i.value for i in Infno)
+        answer = answers.answer(
+            msgid, infno, err_code=ErrCode.UNSUPPORTED,
+            err_msg=f"infno {infno} is not a transaction this platform offers (it offers {offered}). Fee details "
+                    "(2204, 2301) travel inside the settlement request (2206/2207, 2303/2304).",
+        )
+        return [reply(self.settings, reply_to, answer, facility=facility, request_ts_ms=record.timestamp_ms)]
+
     def parse(self, record: Incoming) -> Parsed | list[Outgoing]:
         if len(record.value) > MAX_REQUEST_BYTES:
             return self._invalid(record, f"the request is {len(record.value)} bytes, more than the {MAX_REQUEST_BYTES} "
@@ -105,6 +121,9 @@ class EligibilityHandler:
             return self._invalid(record, f"not JSON ({exc})")
         if not isinstance(raw, dict):
             return self._invalid(record, "not a JSON object")
+        infno = raw.get("infno")
+        if isinstance(infno, str) and len(infno) == 4 and infno.isascii() and infno.isdigit() and infno not in _OFFERED:
+            return self._unsupported(record, infno)
         try:
             request = RequestEnvelope.model_validate(raw)
         except (ValidationError, ValueError, ArithmeticError) as exc:  # any data error: refused, never retried

@@ -104,6 +104,21 @@ def test_bad_input_is_refused_with_one_answer_on_the_gateways_topic_and_a_dead_l
     assert answers[0].topic == "ns.settlement.results"
 
 
+@pytest.mark.parametrize("infno", ["2204", "2301", "9999"])
+def test_a_transaction_the_platform_does_not_offer_is_answered_unsupported_once(handler, infno):
+    """A well-formed request for a transaction outside the contract's list (fee-detail upload
+    2204/2301 travels inside the settlement here): UNSUPPORTED, not a malformed request, and not
+    dead-lettered."""
+    request = we1_with() | {"infno": infno, "reply_to": "gw.results"}
+    result = handler.parse(Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(request), 1_700_000_000_000))
+    assert not isinstance(result, Parsed)
+    (only,) = result
+    answer = orjson.loads(only.value)
+    assert (only.topic, answer["msgid"], answer["infno"], answer["err_code"]) == (
+        "ns.gw.results", WE1["msgid"], infno, "UNSUPPORTED")
+    assert "2207" in answer["err_msg"] and only.answered.err_code == "UNSUPPORTED"
+
+
 def test_a_request_too_large_for_the_next_hop_is_refused_and_its_dead_letter_fits_in_a_record(handler):
     request = copy.deepcopy(WE1)
     request["input"]["data"]["dise_name"] = "x" * MAX_REQUEST_BYTES

@@ -266,7 +266,8 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         readers=(ELIGIBILITY_REQUESTS,),
         external_writers="hospital gateways (`yidi-gateway send`, `yidi.client.GatewayClient`)",
         notes="Anything that does not parse, or does not validate against its transaction's input model, "
-              "is answered `INVALID_INPUT` (when `msgid` can be recovered) and dead-lettered. "
+              "is answered `INVALID_INPUT` (when `msgid` can be recovered) and dead-lettered. A four-digit "
+              "`infno` the contract does not list is answered `UNSUPPORTED`. "
               "3201 and 3202 are passed on, unchecked, to `clearing.requests`.",
     ),
     T.SETTLEMENT_ELIGIBLE: TopicContract(
