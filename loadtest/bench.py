@@ -122,7 +122,8 @@ class Bench:
             if self.peak_day:
                 await self._measured("rate_peak", procs, self.peak_day, Pace(rate=PEAK_RATE, window=args.window), s,
                                      True)
-            await self._measured("rate_100", procs, self.rate_day, Pace(rate=args.rate, window=args.window), s, True)
+            if self.rate_day:  # --rate-seconds 0: not run (the report says so)
+                await self._measured("rate_100", procs, self.rate_day, Pace(rate=args.rate, window=args.window), s, True)
             full = await self._measured("max", procs, self.max_day, Pace(window=args.window), s, True)
             if (full["throughput_per_s"] or 0) >= 2000 * 1.1:
                 day = self._day("rate2000", 2000 * 20, args.seed + 4)
@@ -182,8 +183,9 @@ class Bench:
             await replay_file(self.warmup, bootstrap=s.kafka_bootstrap, namespace=s.namespace,
                               pace=Pace(window=200), progress=False)
             await self._measured("reference", procs, self.max_day, Pace(window=self.args.window), s, False)
-            await self._measured("reference_rate_100", procs, self.ref_rate_day,
-                                 Pace(rate=self.args.rate, window=self.args.window), s, False)
+            if self.ref_rate_day:
+                await self._measured("reference_rate_100", procs, self.ref_rate_day,
+                                     Pace(rate=self.args.rate, window=self.args.window), s, False)
         finally:
             procs.stop_all()
 
@@ -199,9 +201,10 @@ class Bench:
         # "national": its first letter tags the day's msgids, and "p" is the profile day's.
         peak_count = int(PEAK_RATE * args.peak_seconds)
         self.peak_day = self._day("national", peak_count, args.seed + 6) if peak_count > 0 else None
-        self.rate_day = self._day("rate100", int(args.rate * args.rate_seconds), args.seed + 1)
+        rate_count, ref_rate_count = int(args.rate * args.rate_seconds), int(args.rate * args.reference_rate_seconds)
+        self.rate_day = self._day("rate100", rate_count, args.seed + 1) if rate_count > 0 else None
         self.max_day = self._day("max", args.settlements, args.seed)
-        self.ref_rate_day = self._day("refrate100", int(args.rate * args.reference_rate_seconds), args.seed + 5)
+        self.ref_rate_day = self._day("refrate100", ref_rate_count, args.seed + 5) if ref_rate_count > 0 else None
         self.report["load_summary"] = (
             f"{args.settlements} settlements of {persons} persons as fast as possible (window {args.window}); "
             + (f"{peak_count} at the national peak hour's {PEAK_RATE:g}/s; " if peak_count > 0 else "")

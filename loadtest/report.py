@@ -128,11 +128,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
                 values = [math.nan if v is None else v for v in s[key]]
                 ax.plot(s["t"], values, label=label)
             ax.set_yscale("log")
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(f"{title} (publish → answer read, ms)")
         ax.set_xlabel("seconds since the first request")
         ax.set_ylabel("ms")
         ax.grid(alpha=0.3, which="both")
-        ax.legend()
     fig.suptitle(f"Yidi bench {report['started']} — commit {report['commit']}")
     fig.savefig(path, dpi=90)
     plt.close(fig)
