@@ -196,7 +196,7 @@ class World:
                 "first_selfpay": {"temporary_other": "0.10"},
                 "layers": [
                     {"fund_type": "330100", "threshold": "0.00", "ratio": "0.85", "annual_cap": "400000.00",
-                     "base": "above_pooled_cap"},
+                     "base": "above_pooled_cap", "med_types": ["14", "21", "24"]},
                     {"fund_type": "320100", "threshold": "0.00", "ratio": "0.50", "annual_cap": "20000.00",
                      "requires": "civil_servant"},
                 ],

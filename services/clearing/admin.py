@@ -38,7 +38,7 @@ from yidi.platform.replies import broken, dead_letter, parse_each, recover_reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_STATEMENTS
 
-from services.clearing.prepayment import account_of, account_view, status_update
+from services.clearing.prepayment import account_of, account_view, prepayment_alert, status_update
 from services.clearing.repository import ClearingRepository
 
 AMOUNTS = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")
@@ -157,10 +157,24 @@ class ClearingAdminHandler:
             "SELECT * FROM clearing.prepayment_accounts WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2",
             request.insuplc_admdvs, request.mdtrtarea_admvs,
         )
-        account = account_of(row)
-        if row["alerted"] and not account.below_warning() and account.balance >= 0:
-            await self.repo.set_alerted(conn, request.insuplc_admdvs, request.mdtrtarea_admvs, False)
-        return True, "", account_view(row), [_status(self.settings, r) for r in touched.accounts]
+        warned = await self._warning_after_move(conn, [row])
+        return True, "", account_view(row), [_status(self.settings, r) for r in touched.accounts] + warned
+
+    async def _warning_after_move(self, conn: asyncpg.Connection, rows: list[Any]) -> list[dict[str, Any]]:
+        """After funding or clearing moved an account: its warning re-armed once the balance is
+        healthy again (a month's clearing is how it usually comes back), or given, once, when the
+        move left it low (a statement whose cancellations outweighed its settlements)."""
+        out = []
+        for row in rows:
+            account = account_of(row)
+            low = account.below_warning() or account.balance < 0
+            if row["alerted"] and not low:
+                await self.repo.set_alerted(conn, row["insuplc_admdvs"], row["mdtrtarea_admvs"], False)
+            elif low and not row["alerted"]:
+                await self.repo.set_alerted(conn, row["insuplc_admdvs"], row["mdtrtarea_admvs"], True)
+                alert = prepayment_alert(self.settings, row, account)
+                out.append({"topic": alert.topic, "value": alert.value.decode(), "key": (alert.key or b"").decode()})
+        return out
 
     async def _run_month(self, conn: asyncpg.Connection, request: RunMonth) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
         month = request.setlym
@@ -168,14 +182,15 @@ class ClearingAdminHandler:
         if month in closed:
             return False, f"month {month} is cleared already; query its statements", {}, []
         await conn.execute("INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now())", month)
-        plus = await conn.fetch(
-            """SELECT insuplc_admdvs, mdtrtarea_admvs, count(*) AS n, sum(medfee_sumamt) AS medfee_sumamt,
-                      sum(fund_pay_sumamt) AS fund_pay_sumamt, sum(acct_pay) AS acct_pay
-               FROM clearing.ledger WHERE clr_period = $1 GROUP BY 1, 2""", month)
-        minus = await conn.fetch(
-            """SELECT insuplc_admdvs, mdtrtarea_admvs, count(*) AS n, sum(medfee_sumamt) AS medfee_sumamt,
-                      sum(fund_pay_sumamt) AS fund_pay_sumamt, sum(acct_pay) AS acct_pay
-               FROM clearing.ledger WHERE undo_period = $1 GROUP BY 1, 2""", month)
+        # What the month clears is what its settlements drew on the prepayment, less what undoing
+        # gave back: fund and account payments (NULL drawn: a settlement before migration 007,
+        # which drew its fund payment only).
+        totals_sql = """SELECT insuplc_admdvs, mdtrtarea_admvs, count(*) AS n, sum(medfee_sumamt) AS medfee_sumamt,
+                               sum(fund_pay_sumamt) AS fund_pay_sumamt, sum(acct_pay) AS acct_pay,
+                               sum(coalesce(drawn, fund_pay_sumamt)) AS drawn
+                        FROM clearing.ledger WHERE {} = $1 GROUP BY 1, 2"""
+        plus = await conn.fetch(totals_sql.format("clr_period"), month)
+        minus = await conn.fetch(totals_sql.format("undo_period"), month)
         totals: dict[tuple[str, str], PairTotals] = {}
         for rows, sign in ((plus, 1), (minus, -1)):
             for r in rows:
@@ -188,6 +203,7 @@ class ClearingAdminHandler:
                 t.medfee_sumamt += sign * r["medfee_sumamt"]
                 t.fund_pay_sumamt += sign * r["fund_pay_sumamt"]
                 t.acct_pay += sign * r["acct_pay"]
+                t.clr_sumamt += sign * r["drawn"]
         statements = []
         for (insured, treating), t in sorted(totals.items()):
             statement = Statement(
@@ -197,9 +213,10 @@ class ClearingAdminHandler:
             )
             await conn.execute(
                 """INSERT INTO clearing.statements (statement_id, setlym, insuplc_admdvs, mdtrtarea_admvs, settlements,
-                       undone, medfee_sumamt, fund_pay_sumamt, acct_pay) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
+                       undone, medfee_sumamt, fund_pay_sumamt, acct_pay, clr_sumamt)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
                 statement.statement_id, month, insured, treating, t.settlements, t.undone, t.medfee_sumamt,
-                t.fund_pay_sumamt, t.acct_pay,
+                t.fund_pay_sumamt, t.acct_pay, t.clr_sumamt,
             )
             statements.append(statement)
         nets = [
@@ -235,6 +252,7 @@ class ClearingAdminHandler:
                 conn, [(row["insuplc_admdvs"], row["mdtrtarea_admvs"], "clearing", row["clr_sumamt"], row["statement_id"])]
             )
             extra += [_status(self.settings, r) for r in touched.accounts]
+            extra += await self._warning_after_move(conn, touched.accounts)
         statement = statement_of(row)
         extra.append({"topic": self.settings.topic(CLEARING_STATEMENTS), "value": dumps(statement).decode(),
                       "key": f"{statement.insuplc_admdvs}-{statement.mdtrtarea_admvs}"})

@@ -83,7 +83,7 @@ class ClearingHandler:
                     # The undoing lands in the open period of its own month (R3: cleared once).
                     row.undo_period = landing_period(f"{work.request.inf_time:%Y%m}", closed)
                     undone[row.setl_id] = row
-                    moves.append((row.insuplc_admdvs, row.mdtrtarea_admvs, "give_back", owed(row.fund_pay_sumamt, row.acct_pay), row.setl_id))
+                    moves.append((row.insuplc_admdvs, row.mdtrtarea_admvs, "give_back", row.drawn, row.setl_id))
                     metrics.LEDGER_ENTRIES.labels(row.state).inc()
                 undo_seen[work.request.msgid] = (work.request_hash, answer)
                 undo_new.append((work.request.msgid, work.request_hash, row.setl_id, answer))
@@ -130,18 +130,18 @@ class ClearingHandler:
             return self._answer(work, existing.answer)
         facts = work.facts
         assert facts is not None, "pricing sends facts with every settlement"
+        drawn = owed(facts.fund_pay_sumamt, facts.acct_pay)
         row = LedgerRow(facts.setl_id, work.request.msgid, work.request_hash, "settled", answer,
-                        insuplc_admdvs=facts.insuplc_admdvs, mdtrtarea_admvs=facts.mdtrtarea_admvs,
-                        fund_pay_sumamt=facts.fund_pay_sumamt, acct_pay=facts.acct_pay)
+                        insuplc_admdvs=facts.insuplc_admdvs, mdtrtarea_admvs=facts.mdtrtarea_admvs, drawn=drawn)
         sent = self._answer(work, answer)
         # The ledger keeps the answer as it was sent (the bytes of ``sent``; its refmsg_time is
         # this request's): the same answer, serialised once.
         entries.append(
             NewEntry(row, work.request.infno.value, facts.psn_no, facts.mdtrt_id, amounts,
                      facts.insuplc_admdvs, facts.mdtrtarea_admvs, facts.fixmedins_code, facts.setlym,
-                     landing_period(facts.setlym, closed), work.request.inf_time.date(), sent.value.decode())
+                     landing_period(facts.setlym, closed), work.request.inf_time.date(), drawn, sent.value.decode())
         )
-        moves.append((facts.insuplc_admdvs, facts.mdtrtarea_admvs, "draw", owed(facts.fund_pay_sumamt, facts.acct_pay), facts.setl_id))
+        moves.append((facts.insuplc_admdvs, facts.mdtrtarea_admvs, "draw", drawn, facts.setl_id))
         by_msgid[row.msgid] = row
         by_setl[row.setl_id] = row
         _SETTLED.inc()

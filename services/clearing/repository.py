@@ -31,8 +31,7 @@ class LedgerRow:
     undone_answer: dict[str, Any] | None = None
     insuplc_admdvs: str = ""
     mdtrtarea_admvs: str = ""
-    fund_pay_sumamt: Decimal = Decimal(0)
-    acct_pay: Decimal = Decimal(0)
+    drawn: Decimal = Decimal(0)  # what the settlement drew on the prepayment (what undoing it gives back)
     undo_period: str | None = None
 
 
@@ -49,6 +48,7 @@ class NewEntry:
     setlym: str
     clr_period: str
     setl_date: date
+    drawn: Decimal  # on the prepayment: ``owed(fund_pay_sumamt, acct_pay)``
     # The answer as sent to the gateway (its bytes, as text): kept as it is, not serialised again.
     answer_json: str
 
@@ -77,7 +77,7 @@ class ClearingRepository(Repository):
                  (SELECT coalesce(array_agg(setlym), '{}') AS closed FROM clearing.periods WHERE state = 'closed') AS c
                LEFT JOIN LATERAL (
                  SELECT setl_id, msgid, request_hash, state, answer, undone_msgid, undone_answer,
-                        insuplc_admdvs, mdtrtarea_admvs, fund_pay_sumamt, acct_pay, undo_period
+                        insuplc_admdvs, mdtrtarea_admvs, coalesce(drawn, fund_pay_sumamt) AS drawn, undo_period
                  FROM clearing.ledger
                  WHERE msgid = ANY($1::text[]) OR setl_id = ANY($2::text[]) FOR UPDATE) AS l ON true""",
             msgids, setl_ids,
@@ -86,7 +86,7 @@ class ClearingRepository(Repository):
         return closed, [
             LedgerRow(r["setl_id"], r["msgid"], r["request_hash"], r["state"], json_value(r["answer"]),
                       r["undone_msgid"], json_value(r["undone_answer"]) if r["undone_answer"] else None,
-                      r["insuplc_admdvs"], r["mdtrtarea_admvs"], r["fund_pay_sumamt"], r["acct_pay"], r["undo_period"])
+                      r["insuplc_admdvs"], r["mdtrtarea_admvs"], r["drawn"], r["undo_period"])
             for r in rows if r["setl_id"] is not None
         ]
 
@@ -202,12 +202,12 @@ class ClearingRepository(Repository):
                        ("psn_no", "text"), ("mdtrt_id", "text"), ("insuplc_admdvs", "text"),
                        ("mdtrtarea_admvs", "text"), ("fixmedins_code", "text"), ("setlym", "text"),
                        ("clr_period", "text"), ("setl_date", "date"), *((c, "text") for c in AMOUNT_COLUMNS),
-                       ("answer", "text"))
+                       ("drawn", "numeric"), ("answer", "text"))
             names = [name for name, _ in columns]
             rows = [
                 (e.row.setl_id, e.row.msgid, e.row.request_hash, e.infno, e.psn_no, e.mdtrt_id,
                  e.insuplc_admdvs, e.mdtrtarea_admvs, e.fixmedins_code, e.setlym, e.clr_period, e.setl_date,
-                 *(e.amounts[c] for c in AMOUNT_COLUMNS), e.answer_json)
+                 *(e.amounts[c] for c in AMOUNT_COLUMNS), e.drawn, e.answer_json)
                 for e in entries
             ]
             arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, start=1))

@@ -200,7 +200,9 @@ class PricingHandler:
                 self._pass_on(
                     orjson.dumps({**PricedWork.model_validate(e).model_dump(mode="json"), "request": ref,
                                   "request_ts_ms": work.request_ts_ms}),
-                    str(request.data.get("psn_no", "")),
+                    # keyed as the first pass was (stripped): the same partition of settlement.priced,
+                    # so clearing never sees a replayed cancellation before its settlement
+                    _code(request.data.get("psn_no")),
                 )
                 for e in seen.emitted
             ]
@@ -302,7 +304,7 @@ class PricingHandler:
             pair = (region, request.mdtrtarea_admvs)
             left = batch.prepayments.get(pair, ZERO)
             draw = owed(pricing.fund_pay_sumamt, pricing.acct_pay)  # what clearing will draw
-            if draw > left:
+            if draw > 0 and draw > left:  # a bill the funds and account pay nothing of draws nothing
                 return self._refuse(
                     work, ErrCode.PREPAYMENT_EXHAUSTED,
                     f"The prepayment of insured region {region} for this region is exhausted (left {left}); "

@@ -7,6 +7,7 @@ import asyncio
 import uuid
 from decimal import Decimal
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -123,6 +124,48 @@ async def test_account_payments_are_drawn_given_back_and_cleared_with_the_funds_
     await ask(clearing, "confirm", statement_id=statement["statement_id"], side="treating")
     account = await balance(clearing, world)
     assert (Decimal(account["cleared"]), account["balance"]) == (owed, "5000.00")
+
+
+async def test_a_settlement_from_before_account_clearing_is_given_back_and_cleared_at_what_it_drew(system, world, gateway, clearing):
+    """Clearing migration 007: a ledger row from before it has drawn NULL (it drew its fund payment
+    only). Cancelled or cleared after the upgrade, it moves that, not fund + account."""
+    old, new = await world.person(balance="200.00"), await world.person(balance="200.00")
+    await fund(clearing, world, "5000.00")
+    answers = {}
+    for person in (old, new):
+        request = world.request(person, [("T-A", "1", "800.00")], account=True, when="2025-08-10 09:00:00")
+        answers[person] = (request, (await gateway.call(request))["output"]["setlinfo"])
+    (old_request, old_info), (_, new_info) = answers[old], answers[new]
+    conn = await asyncpg.connect(system.settings.database_url)
+    try:  # as a row written before the migration, whose settlement drew its fund payment only
+        await conn.execute("UPDATE clearing.ledger SET drawn = NULL WHERE setl_id = $1", old_info["setl_id"])
+    finally:
+        await conn.close()
+    owed_new = Decimal(new_info["fund_pay_sumamt"]) + Decimal(new_info["acct_pay"])
+    run = await ask(clearing, "run_month", setlym="202508")
+    (statement,) = [s for s in run["data"]["statements"] if s["insuplc_admdvs"] == world.insured]
+    assert Decimal(statement["clr_sumamt"]) == Decimal(old_info["fund_pay_sumamt"]) + owed_new
+    before = Decimal((await balance(clearing, world))["balance"])
+    await gateway.call(cancel_of(old_request, old_info["setl_id"]) | {"inf_time": "2025-09-01 09:00:00"})
+    assert Decimal((await balance(clearing, world))["balance"]) == before + Decimal(old_info["fund_pay_sumamt"])
+
+
+async def test_clearing_a_month_re_arms_the_prepayment_warning(system, world, gateway, clearing):
+    """Funding used to be the only thing that re-armed the warning: after the first month's
+    clearing restored the balance, every later dip went unreported."""
+    person = await world.person()
+    await fund(clearing, world, "1000.00", warn_share="0.50")
+    first = paid(await gateway.call(world.request(person, [("T-A", "1", "1500.00")], infno="2304", med_type="21",
+                                                  when="2025-07-10 09:00:00")))  # draws 800: 200 left < 500
+    run = await ask(clearing, "run_month", setlym="202507")
+    (statement,) = [s for s in run["data"]["statements"] if s["insuplc_admdvs"] == world.insured]
+    await ask(clearing, "confirm", statement_id=statement["statement_id"], side="insured")
+    await ask(clearing, "confirm", statement_id=statement["statement_id"], side="treating")
+    assert (await balance(clearing, world))["balance"] == "1000.00" and first == Decimal("800.00")
+    paid(await gateway.call(world.request(person, [("T-A", "1", "1500.00")], infno="2304", med_type="21",
+                                          when="2025-07-20 09:00:00")))  # lands in the next open month
+    alerts = [a for a in await _read(system.settings, "clearing.alerts") if a["insuplc_admdvs"] == world.insured]
+    assert len(alerts) == 2, alerts
 
 
 async def test_clearing_a_month_while_settlements_flow_counts_each_one_exactly_once(world, gateway, clearing):

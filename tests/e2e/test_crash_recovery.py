@@ -95,6 +95,13 @@ async def test_under_the_refuse_policy_an_exhausted_prepayment_refuses_and_settl
         assert first["infcode"] == 0
         assert refused["err_code"] == "PREPAYMENT_EXHAUSTED" and "exhausted" in refused["err_msg"]
         assert await system.ledger(second["msgid"]) == []
+        # The draw is the fund and account payments: a class C bill the account would pay 100 of
+        # draws 100 > 80 left; paid in cash, it draws nothing and settles.
+        saver = await world.person(balance="100.00")
+        by_account = await gateway.call(world.request(saver, [("T-C", "1", "100.00")], account=True))
+        in_cash = await gateway.call(world.request(saver, [("T-C", "1", "100.00")]))
+        assert by_account["err_code"] == "PREPAYMENT_EXHAUSTED"
+        assert in_cash["infcode"] == 0 and in_cash["output"]["setlinfo"]["psn_cash_pay"] == "100.00"
     finally:
         system.kill("pricing")
         system.start("pricing")

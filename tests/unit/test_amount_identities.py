@@ -32,14 +32,16 @@ def scenarios(draw):
     insutype = draw(st.sampled_from(list(InsuranceType)))
     med = draw(st.sampled_from(list(MedType)))
     category = draw(st.sampled_from([None, FilingCategory.RETIREE_RESETTLED, FilingCategory.REFERRAL, FilingCategory.TEMPORARY_OTHER]))
+    annual_cap = draw(st.none() | money)
+    large = (Layer(FundType.EMPLOYEE_LARGE_AMOUNT, draw(st.sampled_from([D(0), D("1000")])), draw(ratio),
+                   draw(st.none() | money), base=LayerBase.ABOVE_POOLED_CAP,
+                   med_types=draw(st.sampled_from([frozenset(), frozenset({MedType.INPATIENT})]))),)
     policy = BenefitPolicy(
         "131000", insutype, "p", DAY, (BenefitRule(frozenset(MedType), draw(st.sampled_from([D(0), D("300"), D("1200")])), draw(ratio)),),
-        annual_cap=draw(st.none() | money), outpatient_quota=draw(st.none() | money),
+        annual_cap=annual_cap, outpatient_quota=draw(st.none() | money),
         reductions={FilingCategory.REFERRAL: D("0.10"), FilingCategory.TEMPORARY_OTHER: draw(st.sampled_from([D(0), D("0.20")]))},
         first_selfpay={FilingCategory.TEMPORARY_OTHER: draw(st.sampled_from([D(0), D("0.10")]))},
-        layers=(
-            Layer(FundType.EMPLOYEE_LARGE_AMOUNT, draw(st.sampled_from([D(0), D("1000")])), draw(ratio),
-                  draw(st.none() | money), base=LayerBase.ABOVE_POOLED_CAP),
+        layers=(large if annual_cap is not None else ()) + (
             Layer(FundType.RESIDENT_SERIOUS_ILLNESS, draw(money), draw(ratio), draw(st.none() | money)),
             Layer(FundType.MEDICAL_ASSISTANCE, D(0), draw(ratio), draw(st.none() | money), requires="medical_assistance"),
         ),

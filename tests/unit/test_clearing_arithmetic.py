@@ -59,6 +59,18 @@ def test_account_payments_are_owed_and_netted_with_the_funds_payments():
     assert owed(D("48.89"), D("15.40")) == D("64.29")
 
 
+def test_a_settlement_from_before_account_clearing_is_cleared_at_what_it_drew():
+    """Before clearing migration 007 a settlement drew its fund payment only: settled, or
+    cancelled after the change, it moves exactly that, so the change moves no money twice."""
+    moves = [
+        Movement("131000", "110000", "202511", D("1000.00"), D("800.00"), D("200.00"), 1, drawn=D("800.00")),
+        Movement("131000", "110000", "202511", D("1000.00"), D("800.00"), D("200.00"), -1, drawn=D("800.00")),
+        Movement("131000", "110000", "202511", D("100.00"), D("60.00"), D("40.00"), 1),
+    ]
+    (s,) = statements(moves, "202511")
+    assert (s.fund_pay_sumamt, s.acct_pay, s.clr_sumamt) == (D("60.00"), D("40.00"), D("100.00"))
+
+
 def test_prepayment_balance_records_a_shortfall_and_warns_below_its_share():
     account = Prepayment(funded=D("1000"), drawn=D("850"), warn_share=D("0.20"))
     assert account.below_warning() and account.shortfall == 0

@@ -5,7 +5,7 @@ from decimal import Decimal as D
 import pytest
 
 from yidi.domain.codes import ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType
-from yidi.domain.policy import DeductibleScope, Layer, LayerBase, PolicyError
+from yidi.domain.policy import DeductibleScope, Layer, LayerBase, PolicyError, validate_policy
 from yidi.domain.pricing import OUTPATIENT_QUOTA, POOLED_PAID, deductible_counter, price
 
 from tests.unit.factories import bill, catalogue, item, policy, rule, terms
@@ -144,6 +144,26 @@ def test_r18_the_employee_large_amount_subsidy_pays_on_the_cost_past_the_pooled_
     # the cap reached by earlier stays this year: all of this one is past it
     later = price(bill(("A1", "1", "10000.00")), catalogue(item("A1")), pol, terms(IP), stay.usage_delta)
     assert (later.hifp_pay, later.hifob_pay) == (D("0"), D("8500.00"))
+
+
+def test_r18_a_layer_pays_only_for_the_kinds_of_care_it_names():
+    """The pooled cap is shared by every kind of care: once it is used up, a large-amount subsidy
+    for stays must not pay general-outpatient bills at 85 % (nor get round the R13 quota)."""
+    large = Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("0"), D("0.85"), None, base=LayerBase.ABOVE_POOLED_CAP,
+                  med_types=frozenset({MedType.INPATIENT, MedType.CHRONIC_OUTPATIENT}))
+    pol = policy(rule(IP, ratio="0.80"), rule(OP, ratio="0.50"), annual_cap=D("1000.00"), layers=(large,))
+    used_up = {POOLED_PAID: D("1000.00")}
+    stay = price(bill(("A1", "1", "1000.00")), catalogue(item("A1")), pol, terms(IP), used_up)
+    visit = price(bill(("A1", "1", "1000.00")), catalogue(item("A1")), pol, terms(OP), used_up)
+    assert (stay.hifob_pay, visit.hifob_pay, visit.psn_part_amt) == (D("850.00"), D("0"), D("1000.00"))
+    # the fund's row shows what the layer paid on: the cost past the cap, not all the pooled fund left
+    assert (stay.funds[1].base, stay.funds[1].amount) == (D("1000.00"), D("850.00"))
+
+
+def test_r18_a_layer_above_the_pooled_cap_needs_a_pooled_cap():
+    large = Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("0"), D("0.85"), base=LayerBase.ABOVE_POOLED_CAP)
+    with pytest.raises(PolicyError, match="no annual_cap"):
+        validate_policy(policy(rule(IP), layers=(large,)))
 
 
 def test_r18_a_layer_that_requires_a_qualification_pays_only_the_qualified():

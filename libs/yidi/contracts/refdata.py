@@ -114,6 +114,7 @@ class LayerRecord(StrictWireModel):
     base: LayerBase = Field(default=LayerBase.LEFT_IN_SCOPE, description=(
         "left_in_scope: what the pooled fund left inside the scope; above_pooled_cap: only the "
         "within-scope cost past the pooled fund's annual cap (the employee large-amount subsidy)"))
+    med_types: list[MedType] = Field(default_factory=list, description="the kinds of care it pays for; empty: every kind")
 
 
 class PolicyRecord(StrictWireModel):
@@ -163,7 +164,8 @@ class PolicyRecord(StrictWireModel):
             reductions=dict(self.reductions),
             first_selfpay=dict(self.first_selfpay),
             layers=tuple(
-                Layer(l.fund_type, l.threshold, l.ratio, l.annual_cap, l.requires, l.base) for l in self.layers
+                Layer(l.fund_type, l.threshold, l.ratio, l.annual_cap, l.requires, l.base, frozenset(l.med_types))
+                for l in self.layers
             ),
             account_payable=self.account_payable,
             order=self.order,

@@ -51,6 +51,13 @@ class Movement:
     fund: Decimal
     acct: Decimal
     sign: int  # +1 settlement, −1 cancellation or reversal
+    # What the settlement drew on the prepayment; None: ``owed(fund, acct)``, as every settlement
+    # does now (settlements before clearing migration 007 drew ``fund`` only).
+    drawn: Decimal | None = None
+
+    @property
+    def cleared(self) -> Decimal:
+        return owed(self.fund, self.acct) if self.drawn is None else self.drawn
 
 
 @dataclass(slots=True)
@@ -63,6 +70,7 @@ class PairTotals:
     medfee_sumamt: Decimal = ZERO
     fund_pay_sumamt: Decimal = ZERO
     acct_pay: Decimal = ZERO
+    clr_sumamt: Decimal = ZERO  # what the statement clears: what its settlements drew, less what was given back
 
     def add(self, m: Movement) -> None:
         if m.sign > 0:
@@ -72,10 +80,7 @@ class PairTotals:
         self.medfee_sumamt += m.sign * m.medfee
         self.fund_pay_sumamt += m.sign * m.fund
         self.acct_pay += m.sign * m.acct
-
-    @property
-    def clr_sumamt(self) -> Decimal:
-        return owed(self.fund_pay_sumamt, self.acct_pay)
+        self.clr_sumamt += m.sign * m.cleared
 
 
 def statements(movements: Iterable[Movement], period: str) -> list[PairTotals]:

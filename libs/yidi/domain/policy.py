@@ -98,6 +98,11 @@ class Layer:
     annual_cap: Decimal | None = None
     requires: str = ""
     base: LayerBase = LayerBase.LEFT_IN_SCOPE
+    # The kinds of care the layer pays for; empty: every kind.
+    med_types: frozenset[MedType] = frozenset()
+
+    def pays_for(self, med_type: MedType, qualifications: frozenset[str]) -> bool:
+        return (not self.med_types or med_type in self.med_types) and (not self.requires or self.requires in qualifications)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +194,9 @@ def validate_policy(policy: BenefitPolicy) -> None:
         _check_ratio(f"layer {layer.fund_type.value} ratio", layer.ratio)
         _check_amount(f"layer {layer.fund_type.value} threshold", layer.threshold)
         _check_amount(f"layer {layer.fund_type.value} cap", layer.annual_cap)
+        if layer.base is LayerBase.ABOVE_POOLED_CAP and policy.annual_cap is None:
+            raise PolicyError(f"layer {layer.fund_type.value} pays above the pooled fund's annual cap, "
+                              "and the policy has no annual_cap")
 
 
 def policy_in_force(

@@ -293,7 +293,7 @@ def price(
     # Step 6 (R18): further layers on what the pooled fund left inside the scope.
     rest = inscp - pooled
     for layer in policy.layers:
-        if layer.requires and layer.requires not in terms.qualifications:
+        if not layer.pays_for(terms.med_type, terms.qualifications):
             continue
         base_key, paid_key = layer_base_counter(layer.fund_type), layer_paid_counter(layer.fund_type)
         base_before = usage.get(base_key, ZERO)
@@ -319,7 +319,7 @@ def price(
             delta[base_key] = base
         if pay:
             delta[paid_key] = pay
-            funds.append(FundPayment(layer.fund_type, rest, cap_left, pay, text + f"; {policy_name} (R18)"))
+            funds.append(FundPayment(layer.fund_type, base, cap_left, pay, text + f"; {policy_name} (R18)"))
         rest -= pay
 
     # Step 7 (R16): the person's part, the individual account first when allowed.
