@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 
 from yidi.contracts.filing import DeclarationSource, FilingAction, FilingEvent, FilingRequest, FilingResult
+from yidi.domain.codes import BUSINESS_TZ
 from yidi.domain.eligibility import Filing
 from yidi.domain.filing import (
     FilingAsk,
@@ -73,14 +74,19 @@ class FilingHandler:
 
     async def _apply(self, conn: Any, request: FilingRequest) -> list[dict[str, Any]]:
         """Apply one request; return what to publish (kept for a repeated reqid)."""
-        today = datetime.now(UTC).date()
+        today = datetime.now(BUSINESS_TZ).date()  # the person's today, not UTC's (R8's lock is in days)
         try:
             if request.action is FilingAction.HISTORY:
+                current = await self.repo.get(conn, request.filing_id or "")
+                if current is None or current[0].psn_no != request.psn_no:  # a person reads their own
+                    raise FilingRefused(f"no filing {request.filing_id} of this person")
                 return self._answer(request, FilingResult(
                     reqid=request.reqid, accepted=True, history=await self.repo.history_in(conn, request.filing_id or "")))
             filing, version, filed_on, event = await self._decide(conn, request, today)
-        except FilingRefused as exc:
-            return self._answer(request, FilingResult(reqid=request.reqid, accepted=False, reason=str(exc)))
+        except (ValueError, ArithmeticError) as exc:
+            # FilingRefused, or a value the rules cannot work with: refused, never a stage that stops.
+            reason = str(exc) if isinstance(exc, FilingRefused) else f"the request cannot be applied: {exc}"
+            return self._answer(request, FilingResult(reqid=request.reqid, accepted=False, reason=reason))
         saved = await self.repo.save(conn, filing, version, filed_on, request.action.value, request.reqid,
                                      request.decl_source.value, request.opter, request.reason)
         result = FilingResult(reqid=request.reqid, accepted=True, filing=saved)

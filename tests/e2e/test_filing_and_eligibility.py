@@ -78,6 +78,12 @@ async def test_r21_an_office_filing_waits_for_approval_and_keeps_its_history(wor
         (1, "add", "pending"), (2, "approve", "active")
     ]
     assert history["history"][1]["opter"] == "clerk 7"
+    # another person cannot read it, nor move it to another insured region
+    stranger = await world.person(category=None)
+    peek = await file(filings, world, stranger, "history", filing_id=filing_id)
+    moved = await file(filings, world, person, "change", filing_id=filing_id, insuplc_admdvs="370100")
+    assert not peek["accepted"] and peek["history"] == [] and "no filing" in peek["reason"]
+    assert not moved["accepted"] and "does not change" in moved["reason"]
 
 
 async def test_r19_an_outage_window_refuses_then_releases(world, gateway):

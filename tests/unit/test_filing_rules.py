@@ -76,3 +76,35 @@ def test_r21_a_self_service_change_takes_effect_at_once_an_office_change_keeps_a
             is FilingStatus.PENDING
     assert change_filing(active, ask(at_once=False), today=today, lock_months=0, filed_on=filed_on).status \
         is FilingStatus.ACTIVE
+
+
+def test_r8_the_lock_holds_a_filing_in_effect_not_one_that_never_took_effect():
+    filed_on, today = date(2026, 1, 10), date(2026, 2, 1)
+    pending = new_filing(ask(at_once=False))
+    assert cancel_filing(pending, today=today, lock_months=6, filed_on=filed_on).status is FilingStatus.CANCELLED
+    assert change_filing(pending, ask(end=date(2026, 12, 1), at_once=False), today=today, lock_months=6,
+                         filed_on=filed_on).end == date(2026, 12, 1)
+    cancelled = cancel_filing(new_filing(ask()), today=date(2026, 8, 1), lock_months=6, filed_on=filed_on)
+    assert cancel_filing(cancelled, today=today, lock_months=6, filed_on=filed_on) is cancelled  # no-op, no refusal
+
+
+def test_a_change_cannot_move_a_filing_to_another_insured_region():
+    """The filing table kept the old insured region while the answer and eligibility's mirror
+    took the new one."""
+    other = FilingAsk("F1", "P1", InsuranceType.EMPLOYEE, "370100", "110000", FilingCategory.TEMPORARY_OTHER,
+                      date(2026, 1, 10), None, True)
+    with pytest.raises(FilingRefused, match="insured region \\(131000\\) does not change"):
+        change_filing(new_filing(ask()), other, today=date(2026, 9, 1), lock_months=0, filed_on=date(2026, 1, 10))
+
+
+@pytest.mark.parametrize("field", ["begndate", "enddate"])
+def test_a_filing_date_the_rules_cannot_count_from_is_refused_as_malformed(field):
+    """9999-09-01 passed validation and overflowed in R7's six months: the filing stage stopped."""
+    from pydantic import ValidationError
+
+    from yidi.contracts.filing import FilingRequest
+    request = {"action": "add", "reqid": "R1", "psn_no": "P1", "insutype": "310", "insuplc_admdvs": "131000",
+               "filed_admdvs": "110000", "category": "temporary_other", "begndate": "2026-01-10"}
+    with pytest.raises(ValidationError, match="between 1990-01-01 and 2999-12-31"):
+        FilingRequest.model_validate(request | {field: "9999-09-01"})
+    assert getattr(FilingRequest.model_validate(request | {field: "2999-12-31"}), field) == date(2999, 12, 31)

@@ -30,6 +30,9 @@ class DeclarationSource(StrEnum):
     IMPORT = "import"  # bulk load of filings made elsewhere, already approved
 
 
+FIRST_DAY, LAST_DAY = date(1990, 1, 1), date(2999, 12, 31)
+
+
 class FilingRequest(StrictWireModel):
     """A filing request (key = ``psn_no``).
 
@@ -56,6 +59,14 @@ class FilingRequest(StrictWireModel):
     @classmethod
     def _reply_to_is_a_gateway_topic(cls, value: str) -> str:
         return gateway_reply_topic(value)
+
+    @field_validator("begndate", "enddate")
+    @classmethod
+    def _a_plausible_date(cls, value: date | None) -> date | None:
+        # A date the rules can add six months to (9999-09-01 overflowed in R7 and stopped the stage).
+        if value is not None and not FIRST_DAY <= value <= LAST_DAY:
+            raise ValueError(f"a filing date is between {FIRST_DAY} and {LAST_DAY}")
+        return value
 
     @model_validator(mode="after")
     def _fields_for_the_action(self) -> FilingRequest:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta, timezone
 from enum import StrEnum
+
+
+# The platform's business time zone: China Standard Time (UTC+8, no daylight saving). Facility
+# clocks (inf_time) are read in it; filing dates, and times shown to cashiers, are in it.
+BUSINESS_TZ = timezone(timedelta(hours=8), "UTC+08:00")
 
 
 class MedType(StrEnum):

@@ -65,6 +65,10 @@ def new_filing(ask: FilingAsk) -> Filing:
 
 def change_filing(current: Filing, ask: FilingAsk, *, today: date, lock_months: int, filed_on: date) -> Filing:
     """R8: a region may lock a filing against change for at most six months."""
+    if ask.insured_region != current.insured_region:
+        # The filing is the insured region's record: another region's is another filing.
+        raise FilingRefused(f"a filing's insured region ({current.insured_region}) does not change; "
+                            "cancel this filing and file with the new insured region")
     _check_unlocked(current, today=today, lock_months=lock_months, filed_on=filed_on)
     changed = new_filing(replace(ask, filing_id=current.filing_id))
     # R21: a self-service change takes effect at once; one made at an office keeps an active filing
@@ -75,15 +79,17 @@ def change_filing(current: Filing, ask: FilingAsk, *, today: date, lock_months: 
 
 
 def cancel_filing(current: Filing, *, today: date, lock_months: int, filed_on: date) -> Filing:
-    _check_unlocked(current, today=today, lock_months=lock_months, filed_on=filed_on)
     if current.status is FilingStatus.CANCELLED:
         return current
+    _check_unlocked(current, today=today, lock_months=lock_months, filed_on=filed_on)
     return replace(current, status=FilingStatus.CANCELLED)
 
 
 def _check_unlocked(current: Filing, *, today: date, lock_months: int, filed_on: date) -> None:
+    """R8 locks a filing in effect: one still waiting for approval, or refused, never took effect
+    and may be changed or withdrawn at once."""
     lock = min(lock_months, MAX_LOCK_MONTHS)  # R8: never more than six months
-    if lock and today < add_months(filed_on, lock):
+    if lock and current.status is FilingStatus.ACTIVE and today < add_months(filed_on, lock):
         raise FilingRefused(
             f"the insured region locks a filing for {lock} months; it can be changed or cancelled "
             f"from {add_months(filed_on, lock).isoformat()}"
