@@ -65,7 +65,7 @@ def build(settings: Settings | None = None) -> Service:
         await subjects().remember(record.psn_no, await repo().upsert_person(record))
 
     async def on_persons(records: list[PersonRecord]) -> None:
-        await subjects().remember_many(await repo().upsert_persons(records))
+        await subjects().remember_many(await repo().upsert_persons(records), changed=True)
 
     async def on_facility(record: FacilityRecord) -> None:
         await repo().upsert_facility(record)

@@ -31,7 +31,7 @@ class FilingEventsHandler:
             return out
         # The whole batch in one Postgres transaction, then every person it names to the cache
         # (also those an earlier run of this batch applied: the cache may have missed them).
-        await self.subjects.remember_many(await self.repo.upsert_filings([e.filing for _, e in events]))
+        await self.subjects.remember_many(await self.repo.upsert_filings([e.filing for _, e in events]), changed=True)
         for _, event in events:
             if event.result is not None and event.reply_to:
                 out.append(Outgoing(self.settings.topic(event.reply_to), dumps(event.result), key=event.filing.psn_no.encode()))

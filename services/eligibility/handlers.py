@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import orjson
@@ -75,6 +75,14 @@ def _explain(exc: Exception) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "message"
         parts.append(f"{where}: {err['msg']}")
     return "; ".join(parts)
+
+
+def _day_of(text: str) -> date | None:
+    """The day of a ``yyyy-MM-dd HH:mm:ss`` time the contract leaves free (``begntime``), if it is one."""
+    try:
+        return date.fromisoformat(text[:10]) if len(text) >= 10 else None
+    except ValueError:
+        return None
 
 
 class EligibilityHandler:
@@ -139,6 +147,8 @@ class EligibilityHandler:
             return self._invalid(record, "input.data: " + _explain(exc), request)
         if request.insuplc_admdvs is None:
             return self._invalid(record, "insuplc_admdvs is required when the input has psn_no", request)
+        if request.infno is Infno.BENEFIT_CHECK and (body.insutype is None or body.med_type is None):
+            return self._invalid(record, "input.data: a benefit check (2001) names insutype and med_type", request)
         if isinstance(body, SettlementInput) and body.med_type.is_inpatient != request.infno.is_inpatient:
             care, bills = ("inpatient", "outpatient") if body.med_type.is_inpatient else ("outpatient", "inpatient")
             return self._invalid(record, f"input.data.med_type {body.med_type.value} is {care} care, and infno "
@@ -207,17 +217,15 @@ class EligibilityHandler:
                 on=request.inf_time.date(),
                 disease_code=body.dise_codg,
                 filing_waived_in_province=(request.insuplc_admdvs in self.settings.filing_waived_regions),
+                admitted=_day_of(getattr(body, "begntime", "")),
             )
-            if body.insutype is None or body.med_type is None:
-                decision: Eligible | Refused | None = None
-            else:
-                decision = decide(
-                    visit, person_record.to_domain() if person_record else None,
-                    facility.to_domain() if facility else None, filings, outages, now,
-                )
+            # parse() refuses a 2001 without insutype and med_type; SettlementInput requires them
+            decision = decide(
+                visit, person_record.to_domain() if person_record else None,
+                facility.to_domain() if facility else None, filings, outages, now,
+            )
             if request.infno is Infno.BENEFIT_CHECK:
                 return self._benefit_check(p, decision)
-            assert decision is not None  # SettlementInput requires insutype and med_type
             if isinstance(decision, Refused):
                 work["refusal"] = {"err_code": ErrCode(decision.code.value).value, "err_msg": decision.message}
             else:
@@ -271,9 +279,7 @@ class EligibilityHandler:
             },
         )
 
-    def _benefit_check(self, p: Parsed, decision: Eligible | Refused | None) -> Outgoing:
-        if decision is None:
-            return self._answer(p, err=(ErrCode.INVALID_INPUT, "A benefit check names insutype and med_type."))
+    def _benefit_check(self, p: Parsed, decision: Eligible | Refused) -> Outgoing:
         if isinstance(decision, Refused):
             return self._answer(p, {"eligible": "0", "reason_code": decision.code.value, "reason": decision.message})
         return self._answer(

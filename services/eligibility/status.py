@@ -13,6 +13,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from yidi.domain.codes import BUSINESS_TZ
 from yidi.platform.db import create_pool
 from yidi.platform.settings import Settings
 
@@ -40,9 +41,12 @@ async def current(settings: Settings, at: datetime) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="yidi-region-status", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--at", type=datetime.fromisoformat, default=None, help="an ISO time with its zone")
+    parser.add_argument("--at", type=datetime.fromisoformat, default=None,
+                        help="an ISO time; without a zone, the business zone's (UTC+08:00)")
     args = parser.parse_args(argv)
     at = args.at or datetime.now(UTC)
+    if at.tzinfo is None:  # compared with aware windows: a naive time could not be
+        at = at.replace(tzinfo=BUSINESS_TZ)
     print(json.dumps(asyncio.run(current(Settings(), at)), ensure_ascii=False, indent=2))
 
 

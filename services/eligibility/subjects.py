@@ -9,6 +9,10 @@ from yidi.platform.cache import CacheUnavailable, VersionedCache
 
 from services.eligibility.repository import EligibilityRepository, Subject
 
+# How long a write of changed subjects that did not reach Redis keeps trying to delete their old
+# entries before the change is answered (Subjects.remember_many).
+FORGET_WITHIN_S = 2.0
+
 
 class Subjects:
     """Read-through cache of each person's insurance and filings, refreshed by events (write-through)."""
@@ -40,18 +44,23 @@ class Subjects:
             await self.remember_many(loaded)
         return found
 
-    async def remember_many(self, subjects: dict[str, Subject]) -> None:
-        """``remember`` for many persons in one round trip."""
+    async def remember_many(self, subjects: dict[str, Subject], *, changed: bool = False) -> None:
+        """Write subjects through to the cache, in one round trip; a newer cached version wins.
+
+        ``changed``: the subjects have just changed (a filing event, the person feed), so an entry
+        Redis still holds is wrong now. When the write does not reach Redis, their entries are
+        deleted instead, trying for up to ``FORGET_WITHIN_S`` whatever the breaker says, before
+        the caller goes on to answer: one instance's Redis time-out must not leave another
+        instance reading the old entry until the TTL. If Redis cannot be reached for that long,
+        the other instances most likely cannot reach it either (they read Postgres), and the
+        entries are deleted the first time Redis answers this instance again."""
         try:
             await self._cache.put_many([(psn_no, version, doc) for psn_no, (version, doc) in subjects.items()])
         except CacheUnavailable:
             metrics.CACHE_LOOKUPS.labels("fallback").inc(len(subjects))
+            if changed:
+                await self._cache.forget(list(subjects), within=FORGET_WITHIN_S)
 
     async def remember(self, psn_no: str, subject: Subject) -> None:
-        """Write a fresh subject through to the cache; a newer cached version wins."""
-        try:
-            await self._cache.put(psn_no, subject[0], subject[1])
-        except CacheUnavailable:
-            # Redis is away: the entry it holds may now be stale. The TTL bounds that, and the
-            # breaker keeps reads on Postgres until Redis answers again.
-            metrics.CACHE_LOOKUPS.labels("fallback").inc()
+        """A person's subject that has just changed (the person feed), written through."""
+        await self.remember_many({psn_no: subject}, changed=True)

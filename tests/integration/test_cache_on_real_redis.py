@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis.asyncio as aioredis
@@ -72,3 +73,26 @@ async def test_put_many_that_cannot_reach_redis_marks_its_keys_dirty(settings):
         assert await cache.get_many([key]) == [None]
     finally:
         await cache.close()
+
+
+async def test_a_change_one_instance_could_not_write_is_deleted_before_it_is_answered(settings):
+    """One instance's Redis time-out (its breaker then open for a second) used to leave the old
+    entry in Redis, served to every other instance until the TTL, after the change was answered."""
+    from services.eligibility.subjects import Subjects
+
+    writer = VersionedCache(settings.redis_url, ttl_seconds=60, prefix=settings.namespace, breaker_seconds=30)
+    reader = VersionedCache(settings.redis_url, ttl_seconds=60, prefix=settings.namespace)
+    key = unique("P")
+    try:
+        await reader.put(key, 1, {"filings": ["F1"]})
+        writer._down_until = time.monotonic() + 30  # noqa: SLF001 - its breaker open, as after a time-out of its own
+        subjects = Subjects(repo=None, cache=writer)  # type: ignore[arg-type]
+        await subjects.remember_many({key: (2, {"filings": []})}, changed=True)  # the filing was cancelled
+        assert await reader.get_many([key]) == [None]  # the other instance reads Postgres, not the old entry
+        # a read-through of a person who did not change leaves the cache alone when it cannot write
+        await reader.put(key, 2, {"filings": []})
+        await subjects.remember_many({key: (2, {"filings": []})})
+        assert await reader.get_many([key]) == [(2, {"filings": []})]
+    finally:
+        await writer.close()
+        await reader.close()

@@ -81,6 +81,10 @@ BAD_REQUESTS = {
     "reply_to '..'": we1_with(reply_to=".."),
     "reply_to colliding with settlement.results": we1_with(reply_to="settlement_results"),
     "reply_to a platform topic spelt with '_'": we1_with(reply_to="settlement_priced"),
+    # answered, but was not dead-lettered (CONTRACT.md: malformed requests go there either way)
+    "a benefit check (2001) without med_type": {**copy.deepcopy(WE1), "infno": "2001",
+                                                "input": {"data": {"psn_no": WE1["input"]["data"]["psn_no"],
+                                                                   "insutype": "310"}}},
 }
 
 

@@ -52,6 +52,37 @@ def test_r5_emergency_rescue_counts_as_filed():
     assert isinstance(d, Eligible) and d.basis is Basis.EMERGENCY and d.category is None
 
 
+def test_r11_emergency_care_under_an_other_temporary_filing_settles_as_emergency():
+    """R11's "other temporary trip" is non-emergency: with a temporary_other filing, emergency care
+    used to settle on it (20 points off and a first self-pay), worse than with no filing."""
+    trip = filing(FilingCategory.TEMPORARY_OTHER, begin=date(2026, 11, 1), end=date(2027, 5, 1))
+    d = decide(visit(MedType.EMERGENCY), PERSON, BEIJING_HOSPITAL, [trip], [], NOW)
+    assert isinstance(d, Eligible) and d.basis is Basis.EMERGENCY and d.category is None
+    general = decide(visit(), PERSON, BEIJING_HOSPITAL, [trip], [], NOW)
+    assert isinstance(general, Eligible) and general.category is FilingCategory.TEMPORARY_OTHER
+
+
+def test_of_several_valid_filings_the_most_favourable_is_settled_on_not_the_earliest():
+    other = filing(FilingCategory.TEMPORARY_OTHER, begin=date(2026, 1, 1), end=date(2027, 1, 1))
+    referral = filing(FilingCategory.REFERRAL, begin=date(2026, 3, 1), end=date(2027, 3, 1))
+    d = decide(visit(MedType.INPATIENT), PERSON, BEIJING_HOSPITAL, [other, referral], [], NOW)
+    assert isinstance(d, Eligible) and d.category is FilingCategory.REFERRAL
+    resident = filing(FilingCategory.LONG_TERM_RESIDENT, begin=date(2026, 6, 1))
+    d = decide(visit(MedType.INPATIENT), PERSON, BEIJING_HOSPITAL, [other, referral, resident], [], NOW)
+    assert isinstance(d, Eligible) and d.category is FilingCategory.LONG_TERM_RESIDENT
+
+
+def test_a_temporary_filing_valid_at_admission_covers_the_stay_even_if_it_ran_out_before_discharge():
+    trip = filing(FilingCategory.TEMPORARY_OTHER, begin=date(2026, 5, 20), end=date(2026, 11, 20))
+    stay = visit(MedType.INPATIENT, admitted=date(2026, 11, 10))  # settled on 2026-11-23
+    d = decide(stay, PERSON, BEIJING_HOSPITAL, [trip], [], NOW)
+    assert isinstance(d, Eligible) and d.filing == trip
+    # not outpatient care, and not a stay admitted after the filing ran out
+    assert isinstance(decide(visit(admitted=date(2026, 11, 10)), PERSON, BEIJING_HOSPITAL, [trip], [], NOW), Refused)
+    late = visit(MedType.INPATIENT, admitted=date(2026, 11, 21))
+    assert isinstance(decide(late, PERSON, BEIJING_HOSPITAL, [trip], [], NOW), Refused)
+
+
 def test_r7_an_expired_temporary_filing_no_longer_counts():
     old = filing(FilingCategory.TEMPORARY_OTHER, begin=date(2025, 1, 1), end=date(2025, 7, 1))
     assert isinstance(decide(visit(), PERSON, BEIJING_HOSPITAL, [old], [], NOW), Refused)
@@ -102,7 +133,9 @@ def test_r17_a_province_may_waive_filing_for_trips_between_its_cities():
 def test_r19_an_insured_region_in_an_outage_window_is_refused_naming_when_it_resumes():
     outage = Outage("131000", NOW - timedelta(hours=1), NOW + timedelta(hours=2), "maintenance")
     d = decide(visit(), PERSON, BEIJING_HOSPITAL, [filing()], [outage], NOW)
-    assert isinstance(d, Refused) and d.code is Refusal.REGION_UNAVAILABLE and "12:00" in d.message
+    # 12:00 UTC, told to the cashier in the business zone (it said "12:00" with no zone)
+    assert isinstance(d, Refused) and d.code is Refusal.REGION_UNAVAILABLE
+    assert "until 2026-11-23 20:00 (UTC+08:00)" in d.message
 
 
 def test_suspended_insurance_is_refused_not_insured():

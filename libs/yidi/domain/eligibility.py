@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from yidi.domain.codes import FilingCategory, InsuranceType, MedType, PersonType
+from yidi.domain.codes import BUSINESS_TZ, FilingCategory, InsuranceType, MedType, PersonType
 from yidi.domain.money import ZERO
 
 
@@ -117,6 +117,16 @@ class Visit:
     on: date
     disease_code: str = ""
     filing_waived_in_province: bool = False
+    # An inpatient stay's admission day (``begntime``), when the request gives one.
+    admitted: date | None = None
+
+    def filing_counts(self, filing: Filing) -> bool:
+        """A filing valid on the settlement day (R6: filed during the stay counts), or, for a stay,
+        on its admission day: a temporary filing that ran out during the stay still covers it."""
+        if filing.valid_on(self.on):
+            return True
+        return (self.med_type.is_inpatient and self.admitted is not None and self.admitted <= self.on
+                and filing.valid_on(self.admitted))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +160,21 @@ def chronic_disease_of(code: str) -> str | None:
     return None
 
 
+def _shown(moment: datetime) -> str:
+    """A time as a cashier reads it: in the business zone (a naive time is UTC), with its offset."""
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return f"{aware.astimezone(BUSINESS_TZ):%Y-%m-%d %H:%M} (UTC+08:00)"
+
+
+# How favourable a valid filing is to settle on (lower first); long-term categories rank 0.
+_FILING_RANK = {
+    FilingCategory.REFERRAL: 1,
+    FilingCategory.EMERGENCY: 1,
+    FilingCategory.TEMPORARY: 2,
+    FilingCategory.TEMPORARY_OTHER: 3,
+}
+
+
 def decide(
     visit: Visit,
     person: Person | None,
@@ -176,7 +201,7 @@ def decide(
             return Refused(
                 Refusal.REGION_UNAVAILABLE,
                 f"Insured region {visit.insured_region} is unavailable until "
-                f"{outage.end:%Y-%m-%d %H:%M}{' (' + outage.reason + ')' if outage.reason else ''}; "
+                f"{_shown(outage.end)}{' (' + outage.reason + ')' if outage.reason else ''}; "
                 "the patient pays now and may settle again after it resumes (R19).",
             )
     if (
@@ -215,12 +240,19 @@ def decide(
         if f.filed_region == visit.treating_region
         and f.insured_region == visit.insured_region
         and f.insutype == visit.insutype
-        and f.valid_on(visit.on)
+        and visit.filing_counts(f)
     ]
     if valid:
-        # Long-term filings first: they carry no reduction (R10, R11).
-        valid.sort(key=lambda f: (not f.category.is_long_term, f.begin))
-        return Eligible(Basis.FILED, valid[0])
+        # The most favourable filing: long-term ones carry no reduction (R10, R11); referral and
+        # emergency ones at most 10 points and no first self-pay; other temporary trips up to 20
+        # points and a first self-pay (R11, R12). Of one rank, the earliest.
+        valid.sort(key=lambda f: (_FILING_RANK.get(f.category, 0), f.begin))
+        best = valid[0]
+        if visit.med_type.is_emergency and best.category is FilingCategory.TEMPORARY_OTHER:
+            # R11's "other temporary trip" is non-emergency: emergency care settles as emergency
+            # (R5), never worse than with no filing at all.
+            return Eligible(Basis.EMERGENCY, None)
+        return Eligible(Basis.FILED, best)
     if visit.med_type.is_emergency:
         return Eligible(Basis.EMERGENCY, None)  # R5
     if visit.filing_waived_in_province and province_of(visit.treating_region) == province_of(visit.insured_region):

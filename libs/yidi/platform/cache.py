@@ -10,6 +10,7 @@ before anything is read, so an entry that missed an event is never served.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -116,6 +117,23 @@ class VersionedCache:
         except (RedisError, OSError) as exc:
             self._dirty.update(key for key, _, _ in entries)
             raise self._trip(exc) from exc
+
+    async def forget(self, keys: list[str], *, within: float) -> bool:
+        """Delete ``keys``, trying for up to ``within`` seconds whatever the breaker says (after a
+        write of changed documents that did not reach Redis). True once deleted; False if Redis
+        could not be reached in time: the keys stay dirty and go the first time it answers."""
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                await self._redis.delete(*[self._key(k) for k in keys])
+            except (RedisError, OSError) as exc:
+                if time.monotonic() + 0.1 >= deadline:
+                    log.warning("redis unavailable (%s): %d changed entries left to drop when it answers", exc, len(keys))
+                    return False
+                await asyncio.sleep(0.1)
+                continue
+            self._dirty.difference_update(keys)
+            return True
 
     async def ping(self) -> bool:
         try:
