@@ -17,6 +17,23 @@ WANT="3.11"   # pyproject.toml: requires-python = ">=3.11,<3.12"
 log() { printf 'python: %s\n' "$*" >&2; }
 die() { printf 'python: error: %s\n' "$*" >&2; exit 1; }
 is_wanted() { "$1" -c "import sys; sys.exit(f'{sys.version_info[0]}.{sys.version_info[1]}' != '$WANT')" 2>/dev/null; }
+# A fresh Debian/Ubuntu machine may lack Python 3.11 or its venv module (python3-venv, a package
+# of its own there): install them, as stack.sh installs Postgres and Redis.
+apt_get() {
+  command -v apt-get >/dev/null || return 1
+  local sudo=()
+  if (( EUID != 0 )); then command -v sudo >/dev/null || return 1; sudo=(sudo); fi
+  log "installing Debian packages: $*"
+  "${sudo[@]}" apt-get update -qq >/dev/null 2>&1 || true
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1
+}
+find_python() {
+  local c
+  for c in "python$WANT" python3 python; do
+    if command -v "$c" >/dev/null && is_wanted "$(command -v "$c")"; then command -v "$c"; return 0; fi
+  done
+  return 1
+}
 
 # Fast path, before any locking: venv works and the stamp is not older than pyproject.toml.
 if [[ -f $STAMP && ! $PYPROJECT -nt $STAMP ]] && is_wanted "$VENV/bin/python"; then
@@ -32,14 +49,16 @@ t0=${EPOCHREALTIME//[!0-9]/}
 if ! is_wanted "$VENV/bin/python"; then
   py=${PYTHON:-}
   if [[ -z $py ]]; then
-    for c in "python$WANT" python3 python; do
-      if command -v "$c" >/dev/null && is_wanted "$(command -v "$c")"; then py=$(command -v "$c"); break; fi
-    done
+    py=$(find_python) || { apt_get "python$WANT" "python$WANT-venv" && py=$(find_python); } || py=""
   fi
   if [[ -z $py ]] || ! is_wanted "$py"; then die "no Python $WANT found (set PYTHON=/path/to/python$WANT)"; fi
   # A venv from another interpreter version (or whose interpreter vanished) is rebuilt.
   rm -rf "$VENV"
-  "$py" -m venv "$VENV"
+  if ! "$py" -m venv "$VENV" 2>/dev/null; then
+    rm -rf "$VENV"
+    apt_get "python$WANT-venv" || apt_get python3-venv || die "$py has no venv module (apt-get install python$WANT-venv)"
+    "$py" -m venv "$VENV"
+  fi
   log "created .venv ($("$VENV/bin/python" -V 2>&1))"
 fi
 

@@ -20,7 +20,17 @@ cd "$YIDI_ROOT"
 say() { printf 'services: %s\n' "$*" >&2; }
 pid_of() { [[ -f $RUN/$1.pid ]] && cat "$RUN/$1.pid" || true; }
 svc_alive() { local p; p=$(pid_of "$1"); [[ -n $p ]] && alive "$p"; }
-up() { curl -fs "http://127.0.0.1:${PORT[$1]}/metrics" 2>/dev/null | grep -Eq "^yidi_service_up\{service=\"$1\"\} 1(\.0)?$"; }
+# GET /metrics of a local port: curl when the machine has it, else bash's /dev/tcp (a fresh
+# machine may have no curl).
+metrics() {
+  if command -v curl >/dev/null; then curl -fs "http://127.0.0.1:$1/metrics" 2>/dev/null; return; fi
+  local fd
+  exec {fd}<>"/dev/tcp/127.0.0.1/$1" 2>/dev/null || return 1
+  printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&"$fd"
+  timeout 2 cat <&"$fd"
+  exec {fd}>&-
+}
+up() { metrics "${PORT[$1]}" | grep -Eq "^yidi_service_up\{service=\"$1\"\} 1(\.0)?$"; }
 
 start_one() {
   local svc=$1

@@ -43,7 +43,7 @@ CACHE_LOOKUPS = Counter(
     ["result"],
 )
 LEDGER_ENTRIES = Counter(
-    "yidi_ledger_entries_total", "Ledger changes, by kind (settled, cancelled, duplicate).", ["kind"]
+    "yidi_ledger_entries_total", "Ledger changes, by kind (settled, cancelled, reversed, duplicate).", ["kind"]
 )
 SERVICE_UP = Gauge("yidi_service_up", "1 while the service's consumers run.", ["service"])
 

@@ -76,6 +76,8 @@ class Service:
     async def _lifespan(self) -> AsyncIterator[None]:
         setup_logging(self.name, self.settings.log_level)
         metrics.serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
+        # 0 while starting (topics, migrations, on_ready): a start that hangs shows, and alerts.
+        metrics.SERVICE_UP.labels(self.name).set(0)
         await ensure_topics(self.settings)
         if self.migrations:
             self.pool = await create_pool(self.settings.database_url, size=self.settings.db_pool_size)
