@@ -58,3 +58,39 @@ async def test_a_batch_that_is_not_full_lingers_after_a_commit_and_takes_what_ar
         await reader.stop()
         await producer.stop()
         await stage.stop()
+
+
+async def test_the_lag_gauge_grows_while_a_stage_is_stuck_and_falls_back_once_it_commits(settings):
+    """yidi_stage_lag_records, sampled beside the stage's loop: a handler that hangs shows as
+    records piling up (the latency alert cannot see a stage that answers nothing)."""
+    from yidi.platform import metrics
+
+    s = settings.model_copy(update={"namespace": settings.namespace + "lag.", "lag_sample_seconds": 0.2})
+    await ensure_topics(s)
+    release = asyncio.Event()
+
+    async def stuck(records: list[Incoming]) -> list[Outgoing]:
+        await release.wait()
+        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key) for r in records]
+
+    stage = TransactionalStage("lag-test", "test", s, [SETTLEMENT_REQUESTS], "lag-test", stuck)
+    gauge = metrics.STAGE_LAG.labels("lag-test")
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    await stage.start()
+    await producer.start()
+    try:
+        for i in range(30):
+            await producer.send(s.topic(SETTLEMENT_REQUESTS), b"x%d" % i, key=b"p%d" % i)
+        await producer.flush()
+        await until(lambda: gauge._value.get() >= 30, timeout=20)  # noqa: SLF001
+        for i in range(20):  # more arrive while the stage is stuck
+            await producer.send(s.topic(SETTLEMENT_REQUESTS), b"y%d" % i, key=b"q%d" % i)
+        await producer.flush()
+        await until(lambda: gauge._value.get() >= 50, timeout=20)  # noqa: SLF001
+        release.set()
+        await until(lambda: gauge._value.get() == 0, timeout=20)  # noqa: SLF001
+        assert stage.failure is None
+    finally:
+        release.set()
+        await producer.stop()
+        await stage.stop()

@@ -139,6 +139,8 @@ class TransactionalStage:
     failure: BaseException | None = field(default=None, init=False)
     _latency_children: dict[tuple[str, str], Any] = field(default_factory=dict, init=False)
     _last_commit: float = field(default=0.0, init=False)
+    _in_hand: int = field(default=0, init=False)  # records fetched and not yet committed (or dropped)
+    _lag_task: asyncio.Task[None] | None = field(default=None, init=False)
     # The consumer's group generation and member id when the batch in hand was fetched: its
     # offsets are committed under that membership or not at all (fencing.py).
     _membership: tuple[int, str] = field(default=(-1, ""), init=False)
@@ -182,9 +184,35 @@ class TransactionalStage:
         # moved on from (a zombie) cannot commit outputs for partitions another one now owns.
         self._producer._txn_manager.yidi_membership = lambda: self._membership
         self._task = asyncio.create_task(self._run(), name=f"stage-{self.name}")
+        self._lag_task = asyncio.create_task(self._sample_lag(), name=f"stage-{self.name}-lag")
+
+    async def _sample_lag(self) -> None:
+        """``yidi_stage_lag_records`` every ``lag_sample_seconds``: what the stage's partitions hold
+        that it has not committed. It grows while the stage is stuck or falls behind, whatever the
+        stage's own loop is doing (docs/runbook.md, YidiStageStalled)."""
+        gauge = metrics.STAGE_LAG.labels(self.name)
+        while not self._stopping:
+            await asyncio.sleep(self.settings.lag_sample_seconds)
+            consumer = self._consumer
+            try:
+                partitions = list(consumer.assignment()) if consumer else []
+                if not partitions:
+                    gauge.set(0)
+                    continue
+                ends = await consumer.end_offsets(partitions)  # the last stable offsets (read_committed)
+                behind = 0
+                for tp in partitions:
+                    behind += max(0, ends[tp] - await asyncio.wait_for(consumer.position(tp), 2.0))
+                gauge.set(behind + self._in_hand)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a sample missed (rebalance, broker away) is not a failure
+                log.debug("stage %s: lag not sampled: %r", self.name, exc)
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._lag_task:
+            self._lag_task.cancel()
         if self._task:
             self._task.cancel()
             try:
@@ -227,7 +255,11 @@ class TransactionalStage:
                         self._rewind(more)
                         records = []
                 if records:
-                    await self._handle_until_committed(records)
+                    self._in_hand = len(records)
+                    try:
+                        await self._handle_until_committed(records)
+                    finally:
+                        self._in_hand = 0
                     self._last_commit = time.monotonic()
         except asyncio.CancelledError:
             raise

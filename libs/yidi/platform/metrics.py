@@ -45,6 +45,12 @@ CACHE_LOOKUPS = Counter(
 LEDGER_ENTRIES = Counter(
     "yidi_ledger_entries_total", "Ledger changes, by kind (settled, cancelled, reversed, duplicate).", ["kind"]
 )
+STAGE_LAG = Gauge(
+    "yidi_stage_lag_records",
+    "Records on the stage's assigned partitions not yet committed by it: committed end (read_committed) "
+    "less the consumer's position, plus the batch in hand. Sampled every few seconds.",
+    ["stage"],
+)
 SERVICE_UP = Gauge("yidi_service_up", "1 while the service's consumers run.", ["service"])
 
 

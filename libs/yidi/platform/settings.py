@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     batch_max_records: int = 500
     batch_linger_ms: float = 10.0
+    # How often each stage samples its consumer lag (yidi_stage_lag_records).
+    lag_sample_seconds: float = 5.0
     db_pool_size: int = 4
     # Eligibility: how long a cached answer may live when no event refreshes it.
     cache_ttl_seconds: int = 300
