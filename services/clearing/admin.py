@@ -34,7 +34,7 @@ from yidi.domain.clearing import PairTotals, net_positions, reconcile_details, r
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import broken, dead_letter, parse_each, recover_reply_to, recover_reqid, reply
+from yidi.platform.replies import broken, parse_each, refuse_by_reqid, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_STATEMENTS
 
@@ -52,7 +52,7 @@ def statement_of(row: Any) -> Statement:
     return Statement(**{k: row[k] for k in Statement.model_fields if k in row})
 
 
-ADMIN_REPLY_TO = "clearing.results"  # the default reply_to of clearing.requests (contracts/clearing.py)
+ADMIN_REPLY_TO = FundPrepayment.model_fields["reply_to"].default  # clearing.requests' default reply_to
 
 
 class ClearingAdminHandler:
@@ -62,15 +62,13 @@ class ClearingAdminHandler:
 
     def refuse(self, record: Incoming, reason: str) -> list[Outgoing]:
         """A request that does not validate, or that the stage could not process (``BadData``):
-        dead-lettered, and answered on its ``reply_to`` by ``reqid`` (a 3201/3202 by msgid, as
-        every gateway request). A request whose reqid cannot be read is dead-lettered only."""
-        reqid = recover_reqid(record.value)
-        if reqid is None:
-            return broken(self.settings, record, reason, "The platform could not process this request.")
-        topic = recover_reply_to(record.value, default=ADMIN_REPLY_TO)
-        result = {"reqid": reqid, "ok": False, "data": {},
-                  "reason": f"the platform could not process this request ({reason[:500]})"}
-        return [dead_letter(record, reason), Outgoing(self.settings.topic(topic), dumps(result), key=reqid.encode())]
+        dead-lettered, and answered on its ``reply_to`` by ``reqid``; one without a readable reqid
+        (a 3201/3202 has a msgid, as every gateway request) as ``broken`` answers it."""
+        return refuse_by_reqid(
+            self.settings, record, reason, default_reply_to=ADMIN_REPLY_TO,
+            result=lambda reqid: {"reqid": reqid, "ok": False, "data": {},
+                                  "reason": f"the platform could not process this request ({reason[:500]})"},
+        ) or broken(self.settings, record, reason, "The platform could not process this request.")
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         requests, out = parse_each(records, CLEARING_REQUEST.validate_python, "clearing request", self.refuse)

@@ -22,14 +22,14 @@ from yidi.domain.filing import (
 from yidi.platform.jsonwire import dumps, request_hash
 from yidi.platform.db import lock_keys
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import dead_letter, parse_each, recover_reply_to, recover_reqid
+from yidi.platform.replies import dead_letter, parse_each, refuse_by_reqid
 from yidi.platform.settings import Settings
 from yidi.platform.topics import FILING_EVENTS
 
 from services.filing.repository import FilingRepository
 
 
-FILING_REPLY_TO = "filing.results"  # the default reply_to of filing.requests (contracts/filing.py)
+FILING_REPLY_TO = FilingRequest.model_fields["reply_to"].default
 
 
 def filing_id_for(reqid: str) -> str:
@@ -63,14 +63,12 @@ class FilingHandler:
     def _invalid(self, record: Incoming, reason: str) -> list[Outgoing]:
         """A filing request that does not validate: dead-lettered, and refused on its ``reply_to``
         when its ``reqid`` can be read (every request is answered)."""
-        out = [dead_letter(record, reason)]
-        reqid = recover_reqid(record.value)
-        if reqid is not None:
-            result = FilingResult(reqid=reqid, accepted=False,
-                                  reason=f"the request was refused as malformed ({reason[:500]}); correct it and send it again")
-            topic = recover_reply_to(record.value, default=FILING_REPLY_TO)
-            out.append(Outgoing(topic=self.settings.topic(topic), value=dumps(result), key=record.key or reqid.encode()))
-        return out
+        return refuse_by_reqid(
+            self.settings, record, reason, default_reply_to=FILING_REPLY_TO, key=record.key,
+            result=lambda reqid: FilingResult(
+                reqid=reqid, accepted=False,
+                reason=f"the request was refused as malformed ({reason[:500]}); correct it and send it again"),
+        ) or [dead_letter(record, reason)]
 
     async def _apply(self, conn: Any, request: FilingRequest) -> list[dict[str, Any]]:
         """Apply one request; return what to publish (kept for a repeated reqid)."""

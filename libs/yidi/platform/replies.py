@@ -132,6 +132,21 @@ def parse_each(
     return parsed, out
 
 
+def refuse_by_reqid(
+    settings: Settings, record: Incoming, reason: str, *, default_reply_to: str, result: Callable[[str], Any],
+    key: bytes | None = None,
+) -> list[Outgoing] | None:
+    """A filing or clearing request refused as it stands (it does not validate, or the stage cannot
+    process it): its dead letter, and ``result(reqid)`` on its ``reply_to`` (``default_reply_to``
+    when that is not a legal gateway topic), keyed by ``key`` or the reqid. None when the reqid
+    cannot be read: the caller decides what else to do."""
+    reqid = recover_reqid(record.value)
+    if reqid is None:
+        return None
+    topic = recover_reply_to(record.value, default=default_reply_to)
+    return [dead_letter(record, reason), Outgoing(settings.topic(topic), dumps(result(reqid)), key=key or reqid.encode())]
+
+
 def broken(settings: Settings, record: Incoming, reason: str, err_msg: str) -> list[Outgoing]:
     """A message a stage cannot use: dead-letter it with the reason and, when its msgid can be
     recovered, answer the gateway ``INTERNAL_ERROR`` with ``err_msg`` (every request is answered)."""
