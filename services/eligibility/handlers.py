@@ -111,10 +111,9 @@ class EligibilityHandler:
         msgid, reply_to, _, facility = recover_ids(record.value)
         if not msgid:
             return self._invalid(record, f"infno {infno} is not offered, and the msgid cannot be read")
-        offered = ", ".join(i.value for i in Infno)
         answer = answers.answer(
             msgid, infno, err_code=ErrCode.UNSUPPORTED,
-            err_msg=f"infno {infno} is not a transaction this platform offers (it offers {offered}). Fee details "
+            err_msg=f"infno {infno} is not a transaction this platform offers (it offers {', '.join(sorted(_OFFERED))}). Fee details "
                     "(2204, 2301) travel inside the settlement request (2206/2207, 2303/2304).",
         )
         return [reply(self.settings, reply_to, answer, facility=facility, request_ts_ms=record.timestamp_ms)]
