@@ -61,11 +61,15 @@ def build(settings: Settings | None = None) -> Service:
 
     service.on_ready.append(ready)
 
-    async def on_person(record: PersonRecord) -> None:
-        await subjects().remember(record.psn_no, await repo().upsert_person(record))
+    async def on_person(record: PersonRecord) -> int:
+        subject, stale = await repo().upsert_person(record)
+        await subjects().remember(record.psn_no, subject)
+        return stale
 
-    async def on_persons(records: list[PersonRecord]) -> None:
-        await subjects().remember_many(await repo().upsert_persons(records), changed=True)
+    async def on_persons(records: list[PersonRecord]) -> int:
+        changed, stale = await repo().upsert_persons(records)
+        await subjects().remember_many(changed, changed=True)
+        return stale
 
     async def on_facility(record: FacilityRecord) -> None:
         await repo().upsert_facility(record)

@@ -31,6 +31,12 @@ async def _lock_person(conn: asyncpg.Connection, psn_no: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext('yidi-eligibility:' || $1))", psn_no)
 
 
+def _older(record: PersonRecord, than: PersonRecord) -> bool:
+    """Whether ``record`` is older than ``than`` by the region's times (False when either has none)."""
+    a, b = record.source_time, than.source_time
+    return a is not None and b is not None and a < b
+
+
 async def _lock_persons(conn: asyncpg.Connection, psn_nos: list[str]) -> None:
     """``_lock_person`` for many persons (the same lock keys), in the order of the keys."""
     await lock_keys(conn, "yidi-eligibility", psn_nos)
@@ -53,39 +59,45 @@ class EligibilityRepository(Repository):
             for r in rows
         }
 
-    async def upsert_person(self, record: PersonRecord) -> Subject:
-        async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
-            await _lock_person(conn, record.psn_no)
-            await conn.execute(
-                """INSERT INTO eligibility.persons (psn_no, record, version)
-                   VALUES ($1, $2::jsonb, nextval('eligibility.change_seq'))
-                   ON CONFLICT (psn_no) DO UPDATE
-                   SET record = EXCLUDED.record, version = EXCLUDED.version, updated_at = now()""",
-                record.psn_no,
-                record.model_dump_json(),
-            )
-            return (await self.subjects([record.psn_no], conn))[record.psn_no]
+    async def upsert_person(self, record: PersonRecord) -> tuple[Subject, int]:
+        """``upsert_persons`` of one record."""
+        subjects, stale = await self.upsert_persons([record])
+        return subjects[record.psn_no], stale
 
-    async def upsert_persons(self, records: list[PersonRecord]) -> dict[str, Subject]:
-        """``upsert_person`` for a feed batch in one transaction: the last record of each person
-        wins (as applying them in order would), each gets a new version, in the batch's order."""
+    async def upsert_persons(self, records: list[PersonRecord]) -> tuple[dict[str, Subject], int]:
+        """Apply a feed batch in one transaction and return the subject of every person it names,
+        with the number of records ignored as stale.
+
+        Of each person's records the newest wins: by the region's time (``updated_at``) where both
+        records carry one, else the later one in the feed. A record older than the one held is
+        ignored (a region that reloads an earlier file does not bring back an earlier balance or
+        status). Each applied record gets a new version, in the batch's order."""
         latest: dict[str, PersonRecord] = {}
+        stale = 0
         for record in records:
+            kept = latest.get(record.psn_no)
+            if kept is not None and _older(record, kept):
+                stale += 1
+                continue
             latest.pop(record.psn_no, None)
             latest[record.psn_no] = record  # re-inserted: ordered by each person's last record
         psn_nos = list(latest)
         async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
             # The persons' locks in a fixed order (no deadlock with another batch or a filing).
             await _lock_persons(conn, psn_nos)
-            await conn.execute(
-                """INSERT INTO eligibility.persons (psn_no, record, version)
-                   SELECT p, r::jsonb, nextval('eligibility.change_seq')
-                   FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(p, r, n) ORDER BY n
+            status = await conn.execute(
+                """INSERT INTO eligibility.persons AS p (psn_no, record, version, source_time)
+                   SELECT u.p, u.r::jsonb, nextval('eligibility.change_seq'), u.t
+                   FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS u(p, r, t, n) ORDER BY n
                    ON CONFLICT (psn_no) DO UPDATE
-                   SET record = EXCLUDED.record, version = EXCLUDED.version, updated_at = now()""",
-                psn_nos, [r.model_dump_json() for r in latest.values()],
+                   SET record = EXCLUDED.record, version = EXCLUDED.version, updated_at = now(),
+                       source_time = EXCLUDED.source_time
+                   WHERE p.source_time IS NULL OR EXCLUDED.source_time IS NULL
+                      OR p.source_time <= EXCLUDED.source_time""",
+                psn_nos, [r.model_dump_json() for r in latest.values()], [r.source_time for r in latest.values()],
             )
-            return await self.subjects(psn_nos, conn)
+            stale += len(psn_nos) - int(status.rsplit(" ", 1)[1])
+            return await self.subjects(psn_nos, conn), stale
 
     async def upsert_filing(self, record: FilingRecord) -> Subject | None:
         """Apply a filing event unless a newer version of that filing is already mirrored."""

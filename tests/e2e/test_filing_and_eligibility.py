@@ -172,3 +172,31 @@ async def test_a_feed_batch_applies_its_good_records_in_order_and_dead_letters_t
     assert other_info["output"]["baseinfo"]["psn_name"] == "other person"
     dead = await _dead_letters(system.settings, "refdata.persons")
     assert any(value == bad and b"insutype" in headers["yidi-dlq-reason"] for value, headers in dead)
+
+
+async def test_a_person_record_older_than_the_one_held_is_ignored_and_counted_stale(system, world, gateway):
+    """A region reloading an earlier file: by updated_at, the record held stays, whatever the order."""
+    from aiokafka import AIOKafkaProducer
+
+    from yidi.platform.lag import wait_caught_up
+    from yidi.refdata.loader import consumers_to_wait_for
+
+    person = await world.person()
+    record = {"psn_no": person, "psn_name": "newer name", "insuplc_admdvs": world.insured, "insutype": "310",
+              "psn_type": "11", "acct_balc": "0.00", "acct_version": "v1", "updated_at": "2026-05-01T10:00:00+08:00"}
+    stale_before = system.metric("eligibility", "yidi_refdata_records_total", feed="refdata.persons", outcome="stale")
+    producer = AIOKafkaProducer(bootstrap_servers=system.settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        topic = system.settings.topic("refdata.persons")
+        await producer.send_and_wait(topic, orjson.dumps(record), key=person.encode())
+        await wait_caught_up(system.settings.kafka_bootstrap, consumers_to_wait_for(system.settings.namespace), timeout=60)
+        older = record | {"psn_name": "older name", "updated_at": "2026-04-30 23:00:00"}
+        await producer.send_and_wait(topic, orjson.dumps(older), key=person.encode())
+    finally:
+        await producer.stop()
+    await wait_caught_up(system.settings.kafka_bootstrap, consumers_to_wait_for(system.settings.namespace), timeout=60)
+
+    info = await gateway.call(world.request(person, [("T-A", "1", "1.00")]) | {"infno": "1101"})
+    assert info["output"]["baseinfo"]["psn_name"] == "newer name"
+    assert system.metric("eligibility", "yidi_refdata_records_total", feed="refdata.persons", outcome="stale") == stale_before + 1

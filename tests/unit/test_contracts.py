@@ -49,3 +49,17 @@ def test_payload_hash_ignores_reply_to_and_time_but_not_the_bill():
 def test_ids_are_recovered_from_a_message_that_does_not_parse():
     raw = b'{"infno": "2207", "msgid": "H1100000000120220701103000000X", "reply_to": "gw.a", "fixmedins_code": "H1", "input": {'
     assert recover_ids(raw) == ("H1100000000120220701103000000X", "gw.a", "2207", "H1")
+
+
+def test_a_person_records_time_is_iso_8601_and_china_time_without_a_zone():
+    from datetime import UTC, datetime
+
+    from yidi.contracts.refdata import PersonRecord
+
+    base = dict(psn_no="P1", psn_name="A", insuplc_admdvs="330100", insutype="310", psn_type="11")
+    assert PersonRecord(**base).source_time is None
+    assert PersonRecord(**base, updated_at="2026-01-05T08:00:00+08:00").source_time == datetime(2026, 1, 5, 0, 0, tzinfo=UTC)
+    assert PersonRecord(**base, updated_at="2026-01-05 08:00:00").source_time == datetime(2026, 1, 5, 0, 0, tzinfo=UTC)
+    assert PersonRecord(**base, updated_at="2026-01-05").source_time == datetime(2026, 1, 4, 16, 0, tzinfo=UTC)
+    with pytest.raises(ValueError, match="updated_at is not an ISO 8601 time"):
+        PersonRecord(**base, updated_at="yesterday")

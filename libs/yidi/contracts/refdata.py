@@ -8,14 +8,23 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from yidi.contracts.common import Amount, AreaCode, Code, Ratio, StrictWireModel
 from yidi.domain.catalogue import CatalogueItem
-from yidi.domain.codes import ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType
+from yidi.domain.codes import BUSINESS_TZ, ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType
 from yidi.domain.eligibility import Facility, Person
 from yidi.domain.money import ZERO
 from yidi.domain.policy import BenefitPolicy, BenefitRule, CalculationOrder, DeductibleScope, Layer, LayerBase
+
+
+def _source_time(text: str) -> datetime:
+    """An ISO 8601 date or time of a region's record; one without a zone is China time."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"updated_at is not an ISO 8601 time (e.g. 2026-01-05T08:00:00+08:00): {text[:40]!r}") from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=BUSINESS_TZ)
 
 
 class PersonRecord(StrictWireModel):
@@ -32,9 +41,26 @@ class PersonRecord(StrictWireModel):
     acct_balc: Amount = Field(default=ZERO, ge=0)
     acct_version: str = Field(default="", description="changes whenever the region restates the balance")
     qualifications: list[str] = Field(default_factory=list, description="civil_servant, medical_assistance")
-    updated_at: str = Field(default="", description="the region's timestamp of this record")
+    updated_at: str = Field(
+        default="",
+        description="the region's time of this record (ISO 8601; without a zone, China time): a record older "
+                    "than the one the platform holds is ignored; empty, records apply in arrival order",
+    )
     home_quota_used: Amount = Field(default=ZERO, ge=0, description="R13: general-outpatient quota used at home this year")
     home_quota_year: int | None = Field(default=None, description="the year home_quota_used counts for")
+
+    @field_validator("updated_at")
+    @classmethod
+    def _iso_time(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            _source_time(value)  # refused here when it is not a time
+        return value
+
+    @property
+    def source_time(self) -> datetime | None:
+        """``updated_at`` as a time, or None when the region sent none."""
+        return _source_time(self.updated_at) if self.updated_at else None
 
     def to_domain(self) -> Person:
         return Person(

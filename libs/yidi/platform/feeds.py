@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 
+def _stale(result: Any) -> int:
+    """How many records an apply function ignored as stale (it returns an int, or nothing)."""
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
 def feed(
     service: Service,
     topic: str,
@@ -41,6 +46,8 @@ def feed(
     """Subscribe to ``topic`` in batches: each record validated (a record that does not is
     dead-lettered), the valid ones applied in order with ``apply_many`` (one call, e.g. one
     statement) or else ``apply`` one by one, then the batch acknowledged with one commit.
+    ``apply`` and ``apply_many`` may return how many records they ignored as older than what is
+    held (counted ``stale`` rather than ``applied``).
     A record ``apply`` refuses (``PermanentError``) is dead-lettered; a transient failure NACKs
     the batch, which is read again (the upserts are idempotent)."""
     feed_name = name or topic
@@ -58,15 +65,15 @@ def feed(
             },
         )
 
-    async def apply_each(valid: list[tuple[Any, M]]) -> int:
-        applied = 0
+    async def apply_each(valid: list[tuple[Any, M]]) -> tuple[int, int]:
+        applied = stale = 0
         for raw, record in valid:
             try:
-                await apply(record)
+                stale += _stale(await apply(record))
                 applied += 1
             except (ValidationError, ValueError, PermanentError) as exc:
                 await refuse(raw, exc)
-        return applied
+        return applied, stale
 
     async def consume(msg: KafkaMessage) -> None:
         batch = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
@@ -79,12 +86,11 @@ def feed(
         try:
             if apply_many is not None and len(valid) > 1:
                 try:
-                    await apply_many([record for _, record in valid])
-                    applied = len(valid)
+                    applied, stale = len(valid), _stale(await apply_many([record for _, record in valid]))
                 except (ValidationError, ValueError, PermanentError):
-                    applied = await apply_each(valid)  # find the record at fault, apply the others
+                    applied, stale = await apply_each(valid)  # find the record at fault, apply the others
             else:
-                applied = await apply_each(valid)
+                applied, stale = await apply_each(valid)
         except Exception as exc:
             # Feeds upsert (ON CONFLICT), so instances never race on a key here: a RaceLost is a bug.
             if isinstance(exc, TransientError) and not isinstance(exc, RaceLost):
@@ -94,7 +100,10 @@ def feed(
             log.exception("%s: unexpected failure applying a batch of %d", feed_name, len(valid))
             await asyncio.sleep(5.0)
             raise
-        metrics.REFDATA_RECORDS.labels(feed_name, "applied").inc(applied)
+        metrics.REFDATA_RECORDS.labels(feed_name, "applied").inc(applied - stale)
+        if stale:
+            metrics.REFDATA_RECORDS.labels(feed_name, "stale").inc(stale)
+            log.info("%s: %d record(s) older than the one held were ignored", feed_name, stale)
 
     service.broker.subscriber(
         full_topic,

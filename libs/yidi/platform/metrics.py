@@ -35,7 +35,7 @@ STAGE_RETRIES = Counter(
 )
 DEAD_LETTERS = Counter("yidi_dead_letters_total", "Messages sent to a dead-letter topic, by source topic.", ["topic"])
 REFDATA_RECORDS = Counter(
-    "yidi_refdata_records_total", "Reference-feed records applied or refused, per feed.", ["feed", "outcome"]
+    "yidi_refdata_records_total", "Reference-feed records applied, refused or ignored as stale, per feed.", ["feed", "outcome"]
 )
 CACHE_LOOKUPS = Counter(
     "yidi_eligibility_cache_total",
