@@ -73,19 +73,35 @@ Handler = Callable[[list[Incoming]], Awaitable[list[Outgoing]]]
 
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create every platform topic that is missing (with its partitions); return the created names."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    return await ensure_platform_topics(settings.kafka_bootstrap, settings.namespace)
+
+
+async def ensure_platform_topics(bootstrap: str, namespace: str = "") -> list[str]:
+    """``ensure_topics`` for a tool without the services' settings (yidi-load): a topic the broker
+    auto-created on a first write would have the broker's default partitions and no compaction.
+    A platform topic that exists with other partitions than its spec is logged: it works, but
+    per-person order and the number of instances that share it are not what docs/topics.md says."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = []
+        missing, present = [], {}
         for spec in all_topic_specs():
-            name = settings.topic(spec.name)
+            name = f"{namespace}{spec.name}"
             if name in existing:
+                present[name] = spec.partitions
                 continue
             configs = {"cleanup.policy": "compact"} if spec.compacted else {}
             missing.append(NewTopic(name, spec.partitions, 1, topic_configs=configs))
         if missing:
-            await admin.create_topics(missing)
+            await admin.create_topics(missing)  # one another process created first is an error in the answer, unread
+        if present:
+            for topic in await admin.describe_topics(list(present)):
+                found = len(topic.get("partitions") or [])
+                if topic.get("error_code", 0) == 0 and found != present[topic["topic"]]:
+                    log.warning("topic %s has %d partitions, its spec %d (created by another tool or by the "
+                                "broker's auto-creation?): see docs/runbook.md, \"Topics\"",
+                                topic["topic"], found, present[topic["topic"]])
         return [t.name for t in missing]
     finally:
         await admin.close()

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ValidationError
 
 from yidi.contracts.filing import FilingRequest
 from yidi.contracts.refdata import CatalogueRecord, FacilityRecord, PersonRecord, PolicyRecord, RegionStatusRecord
+from yidi.platform.kafka import ensure_platform_topics
 from yidi.platform.lag import wait_caught_up
 from yidi.platform.topics import (
     FEED_READERS,
@@ -111,6 +112,8 @@ def consumers_to_wait_for(namespace: str, *, optional: Iterable[str] = ()) -> li
 async def load(path: str, *, bootstrap: str, namespace: str = "", wait: float = 0.0) -> dict[str, int]:
     data = json.loads(Path(path).read_text())
     parsed = validate(data)
+    # The feeds' topics with their specs (compacted), before a first write lets the broker create them.
+    await ensure_platform_topics(bootstrap, namespace)
     counts = await publish(bootstrap, namespace, parsed)
     if wait:
         await wait_caught_up(bootstrap, consumers_to_wait_for(namespace), timeout=wait)
