@@ -26,6 +26,7 @@ from yidi.contracts.envelope import ErrCode, Infno, RequestEnvelope
 from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import FacilityRecord, PersonRecord
 from yidi.contracts.settlement import CancelInput, PersonQueryInput, ReversalInput, SettlementInput
+from yidi.domain.codes import BUSINESS_TZ
 from yidi.domain.eligibility import Eligible, Outage, Refused, Visit, decide
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import dumps, loads
@@ -118,6 +119,18 @@ class EligibilityHandler:
         )
         return [reply(self.settings, reply_to, answer, facility=facility, request_ts_ms=record.timestamp_ms)]
 
+    def _ahead(self, request: RequestEnvelope) -> str | None:
+        """Why a request dated ahead of the platform's clock by more than the tolerance is refused,
+        or None. ``inf_time`` picks the year's accumulators, the versions in force and the month
+        cleared: a facility clock a day fast would settle 31 December on next year's deductible.
+        Backdated times are accepted (offline settlements sent late)."""
+        now = datetime.now(BUSINESS_TZ)
+        ahead = request.inf_time.replace(tzinfo=BUSINESS_TZ) - now
+        if ahead.total_seconds() <= self.settings.max_clock_ahead_seconds:
+            return None
+        return (f"inf_time {request.inf_time:%Y-%m-%d %H:%M:%S} is {int(ahead.total_seconds() // 60)} minutes ahead of "
+                f"the platform's clock ({now:%Y-%m-%d %H:%M:%S} China time, UTC+08:00); set the facility's clock")
+
     def parse(self, record: Incoming) -> Parsed | list[Outgoing]:
         if len(record.value) > MAX_REQUEST_BYTES:
             return self._invalid(record, f"the request is {len(record.value)} bytes, more than the {MAX_REQUEST_BYTES} "
@@ -135,6 +148,8 @@ class EligibilityHandler:
             request = RequestEnvelope.model_validate(raw)
         except (ValidationError, ValueError, ArithmeticError) as exc:  # any data error: refused, never retried
             return self._invalid(record, _explain(exc))
+        if (ahead := self._ahead(request)) is not None:
+            return self._invalid(record, ahead, request)
         if request.infno in (Infno.RECONCILE_TOTALS, Infno.RECONCILE_DETAILS):
             # Reconciliation is clearing's: pass it on untouched; clearing answers it.
             work = Reconcile(type="reconcile", request=request, request_ts_ms=record.timestamp_ms, reqid=request.msgid)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -20,6 +21,7 @@ from services.eligibility.handlers import MAX_REQUEST_BYTES, EligibilityHandler,
 from yidi.contracts.clearing import ReconcileTotalsInput
 from yidi.contracts.envelope import gateway_reply_topic
 from yidi.contracts.refdata import CatalogueRecord, PersonRecord
+from yidi.domain.codes import BUSINESS_TZ
 from yidi.platform.jsonwire import loads
 from yidi.platform.kafka import Incoming
 from yidi.platform.replies import DEAD_LETTER_MAX_BYTES, dead_letter, recover_ids
@@ -77,6 +79,7 @@ BAD_REQUESTS = {
     "NUL in fixmedins_code": {**copy.deepcopy(WE1), "fixmedins_code": "H1101\u00000500001"},
     "an inpatient stay sent as an outpatient settlement (2207, med_type 21)": we1_with(med_type="21"),
     "outpatient care sent as an inpatient settlement (2304, med_type 11)": {**we1_with(med_type="11"), "infno": "2304"},
+    "inf_time far ahead of the platform's clock": {**copy.deepcopy(WE1), "inf_time": "2999-01-01 10:30:00"},
     "reply_to '.'": we1_with(reply_to="."),
     "reply_to '..'": we1_with(reply_to=".."),
     "reply_to colliding with settlement.results": we1_with(reply_to="settlement_results"),
@@ -148,6 +151,27 @@ def test_a_dead_letter_drops_headers_that_would_not_fit_in_a_record():
 def test_a_small_dead_letter_keeps_the_whole_message():
     record = Incoming("t", 0, 1, None, b"{not json", 0)
     assert dead_letter(record, "not JSON").value == b"{not json"
+
+
+def _dated(moment: datetime) -> dict:
+    return {**copy.deepcopy(WE1), "inf_time": f"{moment:%Y-%m-%d %H:%M:%S}"}
+
+
+def test_a_request_dated_ahead_of_the_platforms_clock_is_refused_and_a_backdated_one_accepted(handler):
+    china_now = datetime.now(BUSINESS_TZ).replace(tzinfo=None)
+    late = _dated(china_now + timedelta(seconds=handler.settings.max_clock_ahead_seconds + 120))
+    result = handler.parse(Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(late), 1_700_000_000_000))
+    assert not isinstance(result, Parsed)
+    answer = orjson.loads(next(o for o in result if o.answered).value)
+    assert answer["err_code"] == "INVALID_INPUT" and "ahead of the platform's clock" in answer["err_msg"]
+    assert any(o.topic == "ns.settlement.requests.dlq" for o in result)
+    # A few minutes fast is tolerated; a backdated request (sent late, offline) is not refused.
+    for moment in (china_now + timedelta(minutes=5), china_now - timedelta(days=400)):
+        ok = _dated(moment)
+        assert isinstance(handler.parse(Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(ok), 0)), Parsed)
+    # A time that is ahead only when read as UTC (this machine's clock may be) is China time: accepted.
+    utc_now = datetime.now(UTC).replace(tzinfo=None)
+    assert isinstance(handler.parse(Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(_dated(utc_now)), 0)), Parsed)
 
 
 def test_a_valid_request_still_parses(handler):

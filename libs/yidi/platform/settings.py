@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     # Pricing: when an insured region's prepayment has run out, keep settling and let clearing
     # record the shortfall (the national rule), or refuse the settlement (docs/clearing.md).
     prepayment_policy: Literal["record_shortfall", "refuse"] = "record_shortfall"
+    # Eligibility: how far ahead of the platform's clock a request's inf_time may be (facility
+    # clocks drift); one further ahead is refused INVALID_INPUT. Backdated times are accepted.
+    max_clock_ahead_seconds: float = 900.0
 
     def topic(self, name: str) -> str:
         return f"{self.namespace}{name}"
