@@ -24,7 +24,7 @@ from yidi.contracts import answers
 from yidi.contracts.clearing import Reconcile
 from yidi.contracts.envelope import ErrCode, Infno, RequestEnvelope
 from yidi.contracts.filing import FilingRecord
-from yidi.contracts.refdata import FacilityRecord, PersonRecord
+from yidi.contracts.refdata import STORED_CONTEXT, FacilityRecord, PersonRecord
 from yidi.contracts.settlement import CancelInput, PersonQueryInput, ReversalInput, SettlementInput
 from yidi.domain.codes import BUSINESS_TZ
 from yidi.domain.eligibility import Eligible, Outage, Refused, Visit, decide
@@ -207,7 +207,8 @@ class EligibilityHandler:
         now: datetime,
     ) -> Outgoing:
         request, body = p.request, p.body
-        person_record = PersonRecord.model_validate(subject["person"]) if subject and subject["person"] else None
+        person_record = (PersonRecord.model_validate(subject["person"], context=STORED_CONTEXT)
+                         if subject and subject["person"] else None)
         if request.infno is Infno.PERSON_INFO:
             return self._person_info(p, person_record, subject)
         # EligibleWork in wire form, built directly (the model is its schema; pricing validates it,

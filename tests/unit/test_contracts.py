@@ -63,3 +63,8 @@ def test_a_person_records_time_is_iso_8601_and_china_time_without_a_zone():
     assert PersonRecord(**base, updated_at="2026-01-05").source_time == datetime(2026, 1, 4, 16, 0, tzinfo=UTC)
     with pytest.raises(ValueError, match="updated_at is not an ISO 8601 time"):
         PersonRecord(**base, updated_at="yesterday")
+    # A record stored before the check (free text then) still reads, as a record without a time.
+    from yidi.contracts.refdata import STORED_CONTEXT
+
+    stored = PersonRecord.model_validate(base | {"updated_at": "yesterday"}, context=STORED_CONTEXT)
+    assert (stored.updated_at, stored.source_time) == ("yesterday", None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from yidi.contracts.common import Amount, AreaCode, Code, Ratio, StrictWireModel
 from yidi.domain.catalogue import CatalogueItem
@@ -16,6 +16,12 @@ from yidi.domain.codes import BUSINESS_TZ, ChargeClass, FilingCategory, FundType
 from yidi.domain.eligibility import Facility, Person
 from yidi.domain.money import ZERO
 from yidi.domain.policy import BenefitPolicy, BenefitRule, CalculationOrder, DeductibleScope, Layer, LayerBase
+
+
+# Validation context of a record read back from the platform's own store: it was checked when it
+# arrived, under the rules of then (``updated_at`` was free text before eligibility migration 002).
+STORED = "stored"
+STORED_CONTEXT = {STORED: True}
 
 
 def _source_time(text: str) -> datetime:
@@ -51,16 +57,21 @@ class PersonRecord(StrictWireModel):
 
     @field_validator("updated_at")
     @classmethod
-    def _iso_time(cls, value: str) -> str:
+    def _iso_time(cls, value: str, info: ValidationInfo) -> str:
         value = value.strip()
-        if value:
+        if value and not (info.context or {}).get(STORED):
             _source_time(value)  # refused here when it is not a time
         return value
 
     @property
     def source_time(self) -> datetime | None:
         """``updated_at`` as a time, or None when the region sent none."""
-        return _source_time(self.updated_at) if self.updated_at else None
+        if not self.updated_at:
+            return None
+        try:
+            return _source_time(self.updated_at)
+        except ValueError:
+            return None  # a stored record from before the check: no time, arrival order
 
     def to_domain(self) -> Person:
         return Person(
