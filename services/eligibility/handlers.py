@@ -58,6 +58,8 @@ class Parsed:
     record: Incoming
     request: RequestEnvelope
     body: Any
+    # Why the request is refused INVALID_INPUT on its way through pricing (a clock ahead), if it is.
+    refused: str | None = None
 
 
 # A request passes on wrapped (EligibleWork: about 500 bytes more) and may be dead-lettered (about
@@ -148,8 +150,9 @@ class EligibilityHandler:
             request = RequestEnvelope.model_validate(raw)
         except (ValidationError, ValueError, ArithmeticError) as exc:  # any data error: refused, never retried
             return self._invalid(record, _explain(exc))
-        if (ahead := self._ahead(request)) is not None:
-            return self._invalid(record, ahead, request)
+        ahead = self._ahead(request)
+        if ahead is not None and not request.infno.changes_state:
+            return self._invalid(record, ahead, request)  # a query, answered here
         if request.infno in (Infno.RECONCILE_TOTALS, Infno.RECONCILE_DETAILS):
             # Reconciliation is clearing's: pass it on untouched; clearing answers it.
             work = Reconcile(type="reconcile", request=request, request_ts_ms=record.timestamp_ms, reqid=request.msgid)
@@ -167,7 +170,10 @@ class EligibilityHandler:
             care, bills = ("inpatient", "outpatient") if body.med_type.is_inpatient else ("outpatient", "inpatient")
             return self._invalid(record, f"input.data.med_type {body.med_type.value} is {care} care, and infno "
                                          f"{request.infno.value} settles {bills} bills", request)
-        return Parsed(record, request, body)
+        # A settlement, cancellation or reversal whose clock is ahead is refused by pricing, after
+        # its msgid is checked: a resend of a settled request (the same payload; inf_time is not
+        # part of it) gets the stored answer, not a refusal beside a payment in the ledger.
+        return Parsed(record, request, body, ahead)
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         out: list[Outgoing] = []
@@ -176,6 +182,8 @@ class EligibilityHandler:
             result = self.parse(record)
             if isinstance(result, Parsed):
                 parsed.append(result)
+                if result.refused is not None:
+                    out.append(dead_letter(record, result.refused))
             else:
                 out.extend(result)
         if not parsed:
@@ -221,7 +229,12 @@ class EligibilityHandler:
             "request_ts_ms": p.record.timestamp_ms,
             "refusal": None, "person": None, "facility_level": 0, "basis": "", "filing_id": "", "filing_category": None,
         }
-        if request.infno.prices_a_bill or request.infno is Infno.BENEFIT_CHECK:
+        if p.refused is not None:
+            work["refusal"] = {
+                "err_code": ErrCode.INVALID_INPUT.value,
+                "err_msg": f"The request was refused as malformed: {p.refused}. Correct it and send it again.",
+            }
+        elif request.infno.prices_a_bill or request.infno is Infno.BENEFIT_CHECK:
             filings = [FilingRecord.model_validate(f).to_domain() for f in (subject or {}).get("filings", [])]
             facility = facilities.get(request.fixmedins_code)
             visit = Visit(

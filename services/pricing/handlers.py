@@ -186,8 +186,7 @@ class PricingHandler:
 
     def _one(self, work: EligibleWork, batch: Batch) -> list[Outgoing]:
         request = work.request
-        changes_state = request.infno.is_settlement or request.infno.is_cancellation or request.infno is Infno.REVERSAL
-        if changes_state and (seen := batch.stored.get(request.msgid)):
+        if request.infno.changes_state and (seen := batch.stored.get(request.msgid)):
             if seen.request_hash != work.request_hash:
                 return self._refuse(
                     work, ErrCode.MODIFIED_REQUEST,

@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e.requests import we1
 from tests.e2e.world import World, filing_request
-from tests.unit.test_bad_input import BAD_REQUESTS, WE1
+from tests.unit.test_bad_input import BAD_REQUESTS, REFUSED_BY_PRICING, WE1
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +37,7 @@ def _reconcile_out_of_range() -> dict:
 
 
 async def test_bad_input_is_answered_invalid_input_once_each_and_settling_goes_on(gateway, system):
-    bad = {name: _with_new_msgid(request) for name, request in BAD_REQUESTS.items()}
+    bad = {name: _with_new_msgid(request) for name, request in (BAD_REQUESTS | REFUSED_BY_PRICING).items()}
     bad["3201 amount 1E+30"] = _reconcile_out_of_range()
     bad["2204 (not offered)"] = _with_new_msgid(WE1) | {"infno": "2204"}
     futures = {name: await gateway.send(request, key="13100000000000000001") for name, request in bad.items()}
@@ -56,6 +56,21 @@ async def test_bad_input_is_answered_invalid_input_once_each_and_settling_goes_o
     assert len(await system.ledger(good["msgid"])) == 1
     for request in bad.values():
         assert await system.ledger(request["msgid"]) == []
+
+
+async def test_a_settled_request_sent_again_with_a_fast_clock_gets_its_stored_answer(gateway, system):
+    """inf_time is not part of a request's payload hash: a hospital system that times out and
+    resends a settled msgid, its clock now far ahead, gets the settlement it has, not a refusal
+    beside a payment in the ledger (the refusal is pricing's, after the msgid check)."""
+    first = we1()
+    settled = await gateway.call(first)
+    again = await gateway.call(first | {"inf_time": "2999-01-01 10:30:00"})
+    assert settled["infcode"] == 0
+    assert {k: v for k, v in again.items() if k != "refmsg_time"} == {k: v for k, v in settled.items() if k != "refmsg_time"}
+    late = we1() | {"inf_time": "2999-01-01 10:30:00"}  # a new msgid with that clock is refused
+    refused = await gateway.call(late)
+    assert refused["err_code"] == "INVALID_INPUT" and "ahead of the platform's clock" in refused["err_msg"]
+    assert len(await system.ledger(first["msgid"])) == 1 and await system.ledger(late["msgid"]) == []
 
 
 async def test_malformed_filing_and_clearing_requests_are_refused_by_reqid_once_each(system, filings, clearing):

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from services.eligibility.handlers import MAX_REQUEST_BYTES, EligibilityHandler, Parsed
 from yidi.contracts.clearing import ReconcileTotalsInput
 from yidi.contracts.envelope import gateway_reply_topic
+from yidi.contracts.internal import EligibleWork
 from yidi.contracts.refdata import CatalogueRecord, PersonRecord
 from yidi.domain.codes import BUSINESS_TZ
 from yidi.platform.jsonwire import loads
@@ -79,7 +80,6 @@ BAD_REQUESTS = {
     "NUL in fixmedins_code": {**copy.deepcopy(WE1), "fixmedins_code": "H1101\u00000500001"},
     "an inpatient stay sent as an outpatient settlement (2207, med_type 21)": we1_with(med_type="21"),
     "outpatient care sent as an inpatient settlement (2304, med_type 11)": {**we1_with(med_type="11"), "infno": "2304"},
-    "inf_time far ahead of the platform's clock": {**copy.deepcopy(WE1), "inf_time": "2999-01-01 10:30:00"},
     "reply_to '.'": we1_with(reply_to="."),
     "reply_to '..'": we1_with(reply_to=".."),
     "reply_to colliding with settlement.results": we1_with(reply_to="settlement_results"),
@@ -88,6 +88,13 @@ BAD_REQUESTS = {
     "a benefit check (2001) without med_type": {**copy.deepcopy(WE1), "infno": "2001",
                                                 "input": {"data": {"psn_no": WE1["input"]["data"]["psn_no"],
                                                                    "insutype": "310"}}},
+}
+
+
+# Refused too, but by pricing after its msgid is checked (a resend of a settled request gets the
+# stored answer): eligibility passes it on with its refusal, and dead-letters it.
+REFUSED_BY_PRICING = {
+    "inf_time far ahead of the platform's clock": {**copy.deepcopy(WE1), "inf_time": "2999-01-01 10:30:00"},
 }
 
 
@@ -157,14 +164,54 @@ def _dated(moment: datetime) -> dict:
     return {**copy.deepcopy(WE1), "inf_time": f"{moment:%Y-%m-%d %H:%M:%S}"}
 
 
-def test_a_request_dated_ahead_of_the_platforms_clock_is_refused_and_a_backdated_one_accepted(handler):
+class _NoSubjects:
+    async def get_many(self, psn_nos):
+        return {}
+
+
+class _NoRows:
+    async def facilities(self, codes):
+        return {}
+
+    async def outages(self, regions, now):
+        return []
+
+
+async def test_a_settlement_dated_ahead_of_the_platforms_clock_is_refused_by_pricing_after_its_msgid_check():
+    """Refused INVALID_INPUT, but on its way through pricing, which answers a msgid it has settled
+    with the stored answer first: a resend of a settled request with a fast clock (``inf_time``
+    is not part of the payload's hash) must not be told "refused" beside a payment in the ledger."""
+    handler = EligibilityHandler(Settings(namespace="ns."), repo=_NoRows(), subjects=_NoSubjects())  # type: ignore[arg-type]
+    late = _dated(datetime.now(BUSINESS_TZ).replace(tzinfo=None)
+                  + timedelta(seconds=handler.settings.max_clock_ahead_seconds + 120))
+    for infno in ("2207", "2208", "2601"):
+        request = late | {"infno": infno}
+        psn_no = WE1["input"]["data"]["psn_no"]
+        if infno == "2208":
+            request["input"] = {"data": {"psn_no": psn_no, "mdtrt_id": "V1", "setl_id": "S1"}}
+        elif infno == "2601":
+            request["input"] = {"data": {"psn_no": psn_no, "omsgid": "M1", "oinfno": "2207"}}
+        out = await handler([Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(request), 1_700_000_000_000)])
+        assert [o.topic for o in out] == ["ns.settlement.requests.dlq", "ns.settlement.eligible"], infno
+        assert not any(o.answered for o in out)
+        work = EligibleWork.model_validate_json(out[1].value)
+        assert work.refusal is not None and work.refusal.err_code == "INVALID_INPUT", infno
+        assert "ahead of the platform's clock" in work.refusal.err_msg and work.request.msgid == WE1["msgid"]
+
+
+@pytest.mark.parametrize("infno", ["2206", "1101"])
+def test_a_query_dated_ahead_of_the_platforms_clock_is_refused_where_it_arrives(handler, infno):
     china_now = datetime.now(BUSINESS_TZ).replace(tzinfo=None)
-    late = _dated(china_now + timedelta(seconds=handler.settings.max_clock_ahead_seconds + 120))
+    late = _dated(china_now + timedelta(seconds=handler.settings.max_clock_ahead_seconds + 120)) | {"infno": infno}
     result = handler.parse(Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(late), 1_700_000_000_000))
     assert not isinstance(result, Parsed)
     answer = orjson.loads(next(o for o in result if o.answered).value)
     assert answer["err_code"] == "INVALID_INPUT" and "ahead of the platform's clock" in answer["err_msg"]
     assert any(o.topic == "ns.settlement.requests.dlq" for o in result)
+
+
+def test_a_request_a_few_minutes_fast_or_backdated_is_accepted(handler):
+    china_now = datetime.now(BUSINESS_TZ).replace(tzinfo=None)
     # A few minutes fast is tolerated; a backdated request (sent late, offline) is not refused.
     for moment in (china_now + timedelta(minutes=5), china_now - timedelta(days=400)):
         ok = _dated(moment)

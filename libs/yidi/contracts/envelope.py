@@ -44,6 +44,11 @@ class Infno(StrEnum):
         return self in (Infno.OUTPATIENT_CANCEL, Infno.INPATIENT_CANCEL)
 
     @property
+    def changes_state(self) -> bool:
+        """A settlement, cancellation or reversal: a fact under its msgid (a resend gets the stored answer)."""
+        return self.is_settlement or self.is_cancellation or self is Infno.REVERSAL
+
+    @property
     def is_inpatient(self) -> bool:
         return self in (Infno.INPATIENT_PRE_SETTLE, Infno.INPATIENT_SETTLE, Infno.INPATIENT_CANCEL)
 
