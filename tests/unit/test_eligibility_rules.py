@@ -62,6 +62,22 @@ def test_r11_emergency_care_under_an_other_temporary_filing_settles_as_emergency
     assert isinstance(general, Eligible) and general.category is FilingCategory.TEMPORARY_OTHER
 
 
+def test_r5_emergency_care_with_any_temporary_filing_settles_as_with_none():
+    """A referral, emergency or merged temporary filing carries R11's reduction; emergency care
+    settled on one paid up to 10 points less than with no filing at all (found by review: adding a
+    referral filing to a temporary_other one lowered the fund's share of an emergency)."""
+    for category in (FilingCategory.REFERRAL, FilingCategory.EMERGENCY, FilingCategory.TEMPORARY):
+        held = [filing(FilingCategory.TEMPORARY_OTHER, begin=date(2026, 1, 1), end=date(2027, 1, 1)),
+                filing(category, begin=date(2026, 3, 1), end=date(2027, 3, 1))]
+        d = decide(visit(MedType.EMERGENCY), PERSON, BEIJING_HOSPITAL, held, [], NOW)
+        assert isinstance(d, Eligible) and (d.basis, d.category) == (Basis.EMERGENCY, None), category
+        stay = decide(visit(MedType.INPATIENT), PERSON, BEIJING_HOSPITAL, held, [], NOW)
+        assert isinstance(stay, Eligible) and stay.category is category  # other care settles on the filing
+    resident = filing(FilingCategory.LONG_TERM_RESIDENT, begin=date(2026, 6, 1))
+    d = decide(visit(MedType.EMERGENCY), PERSON, BEIJING_HOSPITAL, [resident], [], NOW)
+    assert isinstance(d, Eligible) and d.basis is Basis.FILED and d.category is FilingCategory.LONG_TERM_RESIDENT
+
+
 def test_of_several_valid_filings_the_most_favourable_is_settled_on_not_the_earliest():
     other = filing(FilingCategory.TEMPORARY_OTHER, begin=date(2026, 1, 1), end=date(2027, 1, 1))
     referral = filing(FilingCategory.REFERRAL, begin=date(2026, 3, 1), end=date(2027, 3, 1))

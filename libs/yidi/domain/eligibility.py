@@ -248,9 +248,10 @@ def decide(
         # points and a first self-pay (R11, R12). Of one rank, the earliest.
         valid.sort(key=lambda f: (_FILING_RANK.get(f.category, 0), f.begin))
         best = valid[0]
-        if visit.med_type.is_emergency and best.category is FilingCategory.TEMPORARY_OTHER:
-            # R11's "other temporary trip" is non-emergency: emergency care settles as emergency
-            # (R5), never worse than with no filing at all.
+        if visit.med_type.is_emergency and _FILING_RANK.get(best.category, 0) > 0:
+            # Emergency care counts as filed (R5) and settles as at home, with no reduction: a
+            # temporary filing (referral, emergency or other, which carry R11's reduction) must
+            # not make it worse than holding none. A long-term filing has no reduction (R10).
             return Eligible(Basis.EMERGENCY, None)
         return Eligible(Basis.FILED, best)
     if visit.med_type.is_emergency:
