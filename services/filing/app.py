@@ -16,14 +16,17 @@ def build(settings: Settings | None = None) -> Service:
     service = Service("filing", settings, migrations="services.filing.migrations")
 
     async def ready() -> None:
-        service.add_stage(
-            TransactionalStage(
-                name="filing", service="filing", settings=settings,
-                topics=[FILING_REQUESTS], group_id=FILING_STAGE_GROUP,
-                handler=FilingHandler(settings, FilingRepository(service.db())),
-                max_records=settings.batch_max_records,
-            )
-        )
+        service.add_stage(stage(settings, FilingRepository(service.db())))
 
     service.on_ready.append(ready)
     return service
+
+
+def stage(settings: Settings, repo: FilingRepository) -> TransactionalStage:
+    """Filing's stage: a request it cannot process (``BadData``) is refused by ``reqid`` too."""
+    handler = FilingHandler(settings, repo)
+    return TransactionalStage(
+        name="filing", service="filing", settings=settings,
+        topics=[FILING_REQUESTS], group_id=FILING_STAGE_GROUP,
+        handler=handler, refuse=handler.refuse, max_records=settings.batch_max_records,
+    )

@@ -21,7 +21,7 @@ from yidi.domain.filing import (
 )
 from yidi.platform.jsonwire import dumps, request_hash
 from yidi.platform.db import lock_keys
-from yidi.platform.kafka import Incoming, Outgoing
+from yidi.platform.kafka import CANNOT_PROCESS, Incoming, Outgoing
 from yidi.platform.replies import dead_letter, parse_each, refuse_by_reqid
 from yidi.platform.settings import Settings
 from yidi.platform.topics import FILING_EVENTS
@@ -42,7 +42,7 @@ class FilingHandler:
         self.repo = repo
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
-        requests, out = parse_each(records, FilingRequest.model_validate, "filing request", self._invalid)
+        requests, out = parse_each(records, FilingRequest.model_validate, "filing request", self.refuse)
         async with self.repo.transaction() as conn:
             await lock_keys(conn, "yidi-filing", [request.psn_no for _, request in requests])
             for _, request in requests:
@@ -60,14 +60,17 @@ class FilingHandler:
                 )
         return out
 
-    def _invalid(self, record: Incoming, reason: str) -> list[Outgoing]:
-        """A filing request that does not validate: dead-lettered, and refused on its ``reply_to``
-        when its ``reqid`` can be read (every request is answered)."""
+    def refuse(self, record: Incoming, reason: str) -> list[Outgoing]:
+        """A filing request that does not validate, or that the stage cannot process (``BadData``:
+        an answer too large for a record, say): dead-lettered, and refused on its ``reply_to`` when
+        its ``reqid`` can be read (every request is answered)."""
+        if reason.startswith(CANNOT_PROCESS):
+            why = f"the platform could not process the request ({reason[:500]}); it is kept for the operators"
+        else:
+            why = f"the request was refused as malformed ({reason[:500]}); correct it and send it again"
         return refuse_by_reqid(
             self.settings, record, reason, default_reply_to=FILING_REPLY_TO, key=record.key,
-            result=lambda reqid: FilingResult(
-                reqid=reqid, accepted=False,
-                reason=f"the request was refused as malformed ({reason[:500]}); correct it and send it again"),
+            result=lambda reqid: FilingResult(reqid=reqid, accepted=False, reason=why),
         ) or [dead_letter(record, reason)]
 
     async def _apply(self, conn: Any, request: FilingRequest) -> list[dict[str, Any]]:

@@ -108,3 +108,35 @@ def test_a_filing_date_the_rules_cannot_count_from_is_refused_as_malformed(field
     with pytest.raises(ValidationError, match="between 1990-01-01 and 2999-12-31"):
         FilingRequest.model_validate(request | {field: "9999-09-01"})
     assert getattr(FilingRequest.model_validate(request | {field: "2999-12-31"}), field) == date(2999, 12, 31)
+
+
+def test_a_filing_request_the_stage_cannot_process_is_refused_by_reqid():
+    """A record the filing stage cannot process (BadData: a history answer over a Kafka record's
+    1 MiB, say) used to be only dead-lettered: filing requests have no msgid, so the stage's
+    default refusal answered nobody (found by review)."""
+    import orjson
+
+    from services.filing.app import stage
+    from yidi.platform.kafka import CANNOT_PROCESS, Incoming
+    from yidi.platform.settings import Settings
+
+    filing_stage = stage(Settings(namespace="ns."), repo=None)  # type: ignore[arg-type]
+    assert filing_stage.refuse is not None
+    request = {"action": "history", "reqid": "R1", "filing_id": "F1", "psn_no": "P1", "reply_to": "gw.filing"}
+    out = filing_stage.refuse(Incoming("ns.filing.requests", 0, 3, b"P1", orjson.dumps(request), 0),
+                              f"{CANNOT_PROCESS}: output of 2000000 bytes")
+    assert [o.topic for o in out] == ["ns.filing.requests.dlq", "ns.gw.filing"]
+    result = orjson.loads(out[1].value)
+    assert (result["reqid"], result["accepted"]) == ("R1", False) and "could not process" in result["reason"]
+
+
+def test_who_and_why_of_a_filing_request_are_bounded():
+    from pydantic import ValidationError
+
+    from yidi.contracts.filing import FilingRequest
+
+    base = {"action": "cancel", "reqid": "R1", "filing_id": "F1", "psn_no": "P1"}
+    assert FilingRequest.model_validate(base | {"reason": "x" * 2000, "opter": "y" * 200})
+    for field, size in (("reason", 2001), ("opter", 201)):
+        with pytest.raises(ValidationError):
+            FilingRequest.model_validate(base | {field: "x" * size})

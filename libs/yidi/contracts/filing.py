@@ -51,8 +51,8 @@ class FilingRequest(StrictWireModel):
     begndate: date | None = None
     enddate: date | None = None
     decl_source: DeclarationSource = DeclarationSource.SELF_SERVICE
-    opter: str = Field(default="", description="who asks: the person, an office clerk, an import job")
-    reason: str = Field(default="", description="why, for refuse and cancel")
+    opter: str = Field(default="", max_length=200, description="who asks: the person, an office clerk, an import job")
+    reason: str = Field(default="", max_length=2000, description="why, for refuse and cancel")
     reply_to: str = Field(default="filing.results", pattern=r"^[A-Za-z0-9._\-]{1,200}$")
 
     @field_validator("reply_to")

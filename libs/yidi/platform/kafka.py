@@ -39,6 +39,10 @@ CONCURRENT_TRANSACTIONS_BACKOFF = 0.002
 _aiokafka_sender.BACKOFF_OVERRIDE = CONCURRENT_TRANSACTIONS_BACKOFF
 
 
+# How the reason of a record a stage cannot process (``BadData``) begins.
+CANNOT_PROCESS = "cannot be processed"
+
+
 @dataclass(frozen=True, slots=True)
 class Incoming:
     topic: str
@@ -362,7 +366,7 @@ class TransactionalStage:
             return (await self._handle_until_committed(records[:half])
                     and await self._handle_until_committed(records[half:]))
         record = records[0]
-        reason = f"cannot be processed: {exc}"
+        reason = f"{CANNOT_PROCESS}: {exc}"
         log.error("stage %s: %s/%d/%d %s", self.name, record.topic, record.partition, record.offset, reason)
         if self.refuse is not None:
             refuse = self.refuse
