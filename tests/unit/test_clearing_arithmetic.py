@@ -18,6 +18,11 @@ from yidi.domain.clearing import (
 )
 
 
+def move(insured, treating, period, medfee, fund, acct, sign):
+    """A settlement (or undoing) of this version: it drew its fund and account payments."""
+    return Movement(insured, treating, period, medfee, fund, acct, sign, drawn=owed(fund, acct))
+
+
 def test_a_settlement_for_a_cleared_month_lands_in_the_next_open_one():
     assert landing_period("202511", set()) == "202511"
     assert landing_period("202511", {"202511", "202512"}) == "202601"
@@ -26,10 +31,10 @@ def test_a_settlement_for_a_cleared_month_lands_in_the_next_open_one():
 
 def test_a_statement_counts_settlements_less_what_was_undone_in_the_period():
     moves = [
-        Movement("131000", "110000", "202511", D("100.00"), D("60.00"), D("0"), 1),
-        Movement("131000", "110000", "202511", D("50.00"), D("30.00"), D("0"), 1),
-        Movement("131000", "110000", "202511", D("50.00"), D("30.00"), D("0"), -1),
-        Movement("131000", "110000", "202512", D("10.00"), D("5.00"), D("0"), 1),
+        move("131000", "110000", "202511", D("100.00"), D("60.00"), D("0"), 1),
+        move("131000", "110000", "202511", D("50.00"), D("30.00"), D("0"), 1),
+        move("131000", "110000", "202511", D("50.00"), D("30.00"), D("0"), -1),
+        move("131000", "110000", "202512", D("10.00"), D("5.00"), D("0"), 1),
     ]
     (s,) = statements(moves, "202511")
     assert (s.settlements, s.undone, s.fund_pay_sumamt, s.medfee_sumamt) == (2, 1, D("60.00"), D("100.00"))
@@ -37,8 +42,8 @@ def test_a_statement_counts_settlements_less_what_was_undone_in_the_period():
 
 def test_netting_two_regions_leaves_one_payment_from_the_one_that_owes_more():
     moves = [
-        Movement("131000", "110000", "202511", D("0"), D("900.00"), D("0"), 1),
-        Movement("110000", "131000", "202511", D("0"), D("400.00"), D("0"), 1),
+        move("131000", "110000", "202511", D("0"), D("900.00"), D("0"), 1),
+        move("110000", "131000", "202511", D("0"), D("400.00"), D("0"), 1),
     ]
     (net,) = net_positions(statements(moves, "202511"))
     assert (net.payer, net.payee, net.amount) == ("131000", "110000", D("500.00"))
@@ -48,9 +53,9 @@ def test_account_payments_are_owed_and_netted_with_the_funds_payments():
     """Seed 002: account payments across provinces are cleared. 131000 owes 900 + 150 for its
     people's funds and accounts; 110000 owes 400 + 700 less a cancelled 10 + 20: 110000 pays 20."""
     moves = [
-        Movement("131000", "110000", "202511", D("1500.00"), D("900.00"), D("150.00"), 1),
-        Movement("110000", "131000", "202511", D("1500.00"), D("400.00"), D("700.00"), 1),
-        Movement("110000", "131000", "202511", D("30.00"), D("10.00"), D("20.00"), -1),
+        move("131000", "110000", "202511", D("1500.00"), D("900.00"), D("150.00"), 1),
+        move("110000", "131000", "202511", D("1500.00"), D("400.00"), D("700.00"), 1),
+        move("110000", "131000", "202511", D("30.00"), D("10.00"), D("20.00"), -1),
     ]
     by_pair = {(s.insured, s.treating): s.clr_sumamt for s in statements(moves, "202511")}
     assert by_pair == {("110000", "131000"): D("1070.00"), ("131000", "110000"): D("1050.00")}
@@ -65,7 +70,7 @@ def test_a_settlement_from_before_account_clearing_is_cleared_at_what_it_drew():
     moves = [
         Movement("131000", "110000", "202511", D("1000.00"), D("800.00"), D("200.00"), 1, drawn=D("800.00")),
         Movement("131000", "110000", "202511", D("1000.00"), D("800.00"), D("200.00"), -1, drawn=D("800.00")),
-        Movement("131000", "110000", "202511", D("100.00"), D("60.00"), D("40.00"), 1),
+        move("131000", "110000", "202511", D("100.00"), D("60.00"), D("40.00"), 1),
     ]
     (s,) = statements(moves, "202511")
     assert (s.fund_pay_sumamt, s.acct_pay, s.clr_sumamt) == (D("60.00"), D("40.00"), D("100.00"))
@@ -115,12 +120,12 @@ def test_ledger_totals_equal_the_answers_still_standing_and_prepayment_balances(
             account.funded += amount
         elif kind == "settle":
             standing.append((amount, month))
-            moves.append(Movement("131000", "110000", month, amount, amount, D(0), 1))
+            moves.append(move("131000", "110000", month, amount, amount, D(0), 1))
             account.drawn += amount
             answered += amount
         elif standing:
             undone, _ = standing.pop(pick % len(standing))
-            moves.append(Movement("131000", "110000", month, undone, undone, D(0), -1))
+            moves.append(move("131000", "110000", month, undone, undone, D(0), -1))
             account.given_back += undone
             answered -= undone
     cleared = sum((s.fund_pay_sumamt for m in ("202511", "202512") for s in statements(moves, m)), D(0))

@@ -51,13 +51,14 @@ class Movement:
     fund: Decimal
     acct: Decimal
     sign: int  # +1 settlement, −1 cancellation or reversal
-    # What the settlement drew on the prepayment; None: ``owed(fund, acct)``, as every settlement
-    # does now (settlements before clearing migration 007 drew ``fund`` only).
-    drawn: Decimal | None = None
+    # What the settlement drew on the prepayment: ``owed(fund, acct)`` now, ``fund`` for one made
+    # before clearing migration 007 (the ledger's NULL ``drawn``). Stated, never defaulted, so
+    # this model cannot read a missing value otherwise than the ledger's SQL does.
+    drawn: Decimal
 
     @property
     def cleared(self) -> Decimal:
-        return owed(self.fund, self.acct) if self.drawn is None else self.drawn
+        return self.drawn
 
 
 @dataclass(slots=True)

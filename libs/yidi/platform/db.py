@@ -6,6 +6,7 @@ asyncpg's connection errors are mapped to ``TransientError`` here and nowhere el
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -132,14 +133,25 @@ async def migrate(pool: asyncpg.Pool, schema: str, package: str) -> list[str]:
             f'CREATE TABLE IF NOT EXISTS "{schema}".schema_migrations '
             "(version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {r["version"] for r in await conn.fetch(f'SELECT version FROM "{schema}".schema_migrations')}
+        # The text applied, to tell a migration edited after it shipped (a database that applied
+        # the first text never runs the second). Rows from before this column have none: filled in.
+        await conn.execute(f'ALTER TABLE "{schema}".schema_migrations ADD COLUMN IF NOT EXISTS sha256 text')
+        done = {r["version"]: r for r in await conn.fetch(f'SELECT version, sha256, applied_at FROM "{schema}".schema_migrations')}
         for f in files:
-            if f.name in done:
+            text = f.read_text()
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            if (row := done.get(f.name)) is not None:
+                if row["sha256"] is None:
+                    await conn.execute(f'UPDATE "{schema}".schema_migrations SET sha256 = $2 WHERE version = $1', f.name, digest)
+                elif row["sha256"] != digest:
+                    log.error("schema %s: migration %s differs from the text applied on %s; the database keeps "
+                              "that text (a shipped migration must not be edited: a change goes in a new one)",
+                              schema, f.name, row["applied_at"])
                 continue
             await conn.execute(f'SET LOCAL search_path TO "{schema}", public')
             # A migration may rewrite a big table: it is not held to the pool's command timeout.
-            await conn.execute(f.read_text(), timeout=MIGRATION_TIMEOUT_S)
-            await conn.execute(f'INSERT INTO "{schema}".schema_migrations(version) VALUES ($1)', f.name)
+            await conn.execute(text, timeout=MIGRATION_TIMEOUT_S)
+            await conn.execute(f'INSERT INTO "{schema}".schema_migrations(version, sha256) VALUES ($1, $2)', f.name, digest)
             applied_now.append(f.name)
     if applied_now:
         log.info("schema %s: applied %s", schema, ", ".join(applied_now))

@@ -1,0 +1,72 @@
+"""Clearing's migrations on the real Postgres: a database that applied migration 007's first text
+(commit 5267afe: a generated ``statements.clr_sumamt``, no ``ledger.drawn``) is brought to the
+schema clearing's SQL uses by 008, and ``migrate`` logs a shipped migration that was edited."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from yidi.platform.db import migrate
+
+pytestmark = pytest.mark.integration
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "clearing" / "migrations"
+# 007 as it first shipped (git show 5267afe:services/clearing/migrations/007_statement_clears_accounts.sql)
+FIRST_007 = """ALTER TABLE statements
+    ADD COLUMN clr_sumamt numeric(16, 2) GENERATED ALWAYS AS (fund_pay_sumamt + acct_pay) STORED;"""
+
+
+async def _columns(conn: asyncpg.Connection, schema: str) -> dict[tuple[str, str], tuple[str, str]]:
+    rows = await conn.fetch(
+        """SELECT table_name, column_name, is_generated, is_nullable FROM information_schema.columns
+           WHERE table_schema = $1 AND (table_name, column_name) IN (('ledger', 'drawn'), ('statements', 'clr_sumamt'))""",
+        schema)
+    return {(r["table_name"], r["column_name"]): (r["is_generated"], r["is_nullable"]) for r in rows}
+
+
+async def test_a_database_that_applied_007s_first_text_gets_the_schema_clearing_uses(settings, caplog):
+    first, second = f"mig_{uuid.uuid4().hex[:8]}", f"mig_{uuid.uuid4().hex[:8]}"
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
+    try:
+        async with pool.acquire() as conn:
+            # One schema as migrated at commit 5267afe: 001–006, then 007's first text, recorded as applied.
+            await conn.execute(f"CREATE SCHEMA {first}")
+            await conn.execute(f"SET search_path = {first}")
+            for f in sorted(MIGRATIONS.glob("00[1-6]_*.sql")):
+                await conn.execute(f.read_text())
+            await conn.execute(FIRST_007)
+            await conn.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
+            await conn.executemany("INSERT INTO schema_migrations(version) VALUES ($1)",
+                                   [(f.name,) for f in sorted(MIGRATIONS.glob("00[1-7]_*.sql"))])
+            await conn.execute("RESET search_path")
+            before = await _columns(conn, first)
+        assert before == {("statements", "clr_sumamt"): ("ALWAYS", "YES")}
+
+        assert await migrate(pool, first, "services.clearing.migrations") == ["008_statement_clears_accounts_either_way.sql"]
+        assert await migrate(pool, second, "services.clearing.migrations")  # a new database: every file
+        async with pool.acquire() as conn:
+            expected = {("ledger", "drawn"): ("NEVER", "YES"), ("statements", "clr_sumamt"): ("NEVER", "NO")}
+            assert await _columns(conn, first) == expected
+            assert await _columns(conn, second) == expected
+
+            # An applied migration whose text changed since is logged (the database keeps the text it ran).
+            await conn.execute(f"UPDATE {first}.schema_migrations SET sha256 = 'edited' WHERE version LIKE '007%'")
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="yidi.platform.db"):
+            assert await migrate(pool, first, "services.clearing.migrations") == []
+        assert any("007_statement_clears_accounts.sql differs" in r.getMessage() for r in caplog.records)
+        with caplog.at_level(logging.ERROR, logger="yidi.platform.db"):
+            caplog.clear()
+            await migrate(pool, second, "services.clearing.migrations")
+        assert not caplog.records
+    finally:
+        async with pool.acquire() as conn:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {first} CASCADE")
+            await conn.execute(f"DROP SCHEMA IF EXISTS {second} CASCADE")
+        await pool.close()
+

@@ -1,0 +1,40 @@
+"""A migration is never edited once it has shipped: a database that applied its first text never
+runs the second (clearing's 007 was rewritten in place in session 6; 008 repairs the databases
+that ran the first). Each file's digest is pinned here; a new migration adds its line.
+``migrate`` also logs an applied migration whose text changed (tests/integration/test_clearing_migrations.py)."""
+
+import hashlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The first 16 hex digits of each migration's sha256, as shipped.
+SHIPPED = {
+    "services/clearing/migrations/001_init.sql": "35d4ca135e07bb15",
+    "services/clearing/migrations/002_prepayment_and_periods.sql": "5ba0bea8d8c4f33c",
+    "services/clearing/migrations/003_account_versions.sql": "c7e2884d0280bf95",
+    "services/clearing/migrations/004_alert_outbox.sql": "f432ce4e73f460c4",
+    "services/clearing/migrations/005_request_hash.sql": "f4a742d22261580f",
+    "services/clearing/migrations/006_answers_as_json.sql": "170e86efe0930385",
+    "services/clearing/migrations/007_statement_clears_accounts.sql": "35b76d6821b134bb",
+    "services/clearing/migrations/008_statement_clears_accounts_either_way.sql": "d7d7eefc2c8b555d",
+    "services/eligibility/migrations/001_init.sql": "ec027197a529a8de",
+    "services/eligibility/migrations/002_person_source_time.sql": "6841f8914204d212",
+    "services/filing/migrations/001_init.sql": "d2f322868db85195",
+    "services/filing/migrations/002_history_who_and_why.sql": "3557ef4ce7e9c0be",
+    "services/filing/migrations/003_request_hash.sql": "56117a3952a0623e",
+    "services/pricing/migrations/001_init.sql": "0337f14f600b0e89",
+    "services/pricing/migrations/002_prepayment_mirror.sql": "c445d163e25aea16",
+    "services/pricing/migrations/003_kept_messages_as_json.sql": "ce3764cedea63b38",
+    "services/pricing/migrations/004_one_settlement_per_visit.sql": "84f1e1b8c3344c10",
+    "services/pricing/migrations/005_visits_of_earlier_settlements.sql": "bc3380b5ed8b1b7b",
+}
+
+
+def test_no_shipped_migration_is_edited_and_every_migration_is_pinned():
+    found = {str(p.relative_to(ROOT)): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+             for p in sorted(ROOT.glob("services/*/migrations/*.sql"))}
+    edited = sorted(name for name, digest in found.items() if name in SHIPPED and SHIPPED[name] != digest)
+    assert edited == [], "a shipped migration was edited: put the change in a new migration"
+    assert sorted(set(found) - set(SHIPPED)) == [], "a new migration: add its digest to SHIPPED"
+    assert sorted(set(SHIPPED) - set(found)) == [], "a shipped migration was removed"
