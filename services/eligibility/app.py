@@ -6,7 +6,10 @@ refdata.persons, refdata.facilities, filing.events, platform.region-status.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from yidi.contracts.refdata import FacilityRecord, PersonRecord, RegionStatusRecord
+from yidi.domain.codes import BUSINESS_TZ
 from yidi.platform.cache import VersionedCache
 from yidi.platform.feeds import feed
 from yidi.platform.kafka import TransactionalStage
@@ -79,7 +82,12 @@ def build(settings: Settings | None = None) -> Service:
             record.status_id, record.admdvs, record.starts_at, record.ends_at, record.reason, record.cancelled
         )
 
-    feed(service, REFDATA_PERSONS, PersonRecord, on_person, apply_many=on_persons)
+    def person_ahead(record: PersonRecord) -> str | None:
+        # A record dated in the future would hold its person for good: every later record would
+        # be older than it and ignored (a zone written wrong, 'Z' on China time, is 8 hours ahead).
+        return record.ahead_of(datetime.now(BUSINESS_TZ), settings.max_clock_ahead_seconds)
+
+    feed(service, REFDATA_PERSONS, PersonRecord, on_person, apply_many=on_persons, check=person_ahead)
     feed(service, REFDATA_FACILITIES, FacilityRecord, on_facility)
     feed(service, REGION_STATUS, RegionStatusRecord, on_region_status)
     return service

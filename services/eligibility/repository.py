@@ -31,12 +31,6 @@ async def _lock_person(conn: asyncpg.Connection, psn_no: str) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext('yidi-eligibility:' || $1))", psn_no)
 
 
-def _older(record: PersonRecord, than: PersonRecord) -> bool:
-    """Whether ``record`` is older than ``than`` by the region's times (False when either has none)."""
-    a, b = record.source_time, than.source_time
-    return a is not None and b is not None and a < b
-
-
 async def _lock_persons(conn: asyncpg.Connection, psn_nos: list[str]) -> None:
     """``_lock_person`` for many persons (the same lock keys), in the order of the keys."""
     await lock_keys(conn, "yidi-eligibility", psn_nos)
@@ -68,33 +62,43 @@ class EligibilityRepository(Repository):
         """Apply a feed batch in one transaction and return the subject of every person it names,
         with the number of records ignored as stale.
 
-        Of each person's records the newest wins: by the region's time (``updated_at``) where both
-        records carry one, else the later one in the feed. A record older than the one held is
-        ignored (a region that reloads an earlier file does not bring back an earlier balance or
-        status). Each applied record gets a new version, in the batch's order."""
+        Of each person's records the newest wins, by the region's time (``updated_at``): a record
+        older than the newest time held for that person is ignored (a region that reloads an
+        earlier file does not bring back an earlier balance or status). A record without a time
+        applies in arrival order and keeps the time held, so an older timed record after it is
+        still ignored. Each applied record gets a new version, in the batch's order. The result is
+        that of applying the records one by one."""
         latest: dict[str, PersonRecord] = {}
+        held: dict[str, datetime] = {}  # the newest time of each person's applied records in this batch
         stale = 0
         for record in records:
-            kept = latest.get(record.psn_no)
-            if kept is not None and _older(record, kept):
+            moment, newest = record.source_time, held.get(record.psn_no)
+            if moment is not None and newest is not None and moment < newest:
                 stale += 1
                 continue
+            if moment is not None:
+                held[record.psn_no] = moment
             latest.pop(record.psn_no, None)
             latest[record.psn_no] = record  # re-inserted: ordered by each person's last record
         psn_nos = list(latest)
         async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
             # The persons' locks in a fixed order (no deadlock with another batch or a filing).
             await _lock_persons(conn, psn_nos)
+            # A row whose record is older than the time held is filtered out before the upsert (the
+            # locks keep the time read here current); an applied one keeps the newest time seen.
             status = await conn.execute(
                 """INSERT INTO eligibility.persons AS p (psn_no, record, version, source_time)
-                   SELECT u.p, u.r::jsonb, nextval('eligibility.change_seq'), u.t
-                   FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS u(p, r, t, n) ORDER BY n
+                   SELECT u.p, u.r::jsonb, nextval('eligibility.change_seq'), u.h
+                   FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+                        WITH ORDINALITY AS u(p, r, t, h, n)
+                   LEFT JOIN eligibility.persons AS o ON o.psn_no = u.p
+                   WHERE o.source_time IS NULL OR u.t IS NULL OR o.source_time <= u.t
+                   ORDER BY u.n
                    ON CONFLICT (psn_no) DO UPDATE
                    SET record = EXCLUDED.record, version = EXCLUDED.version, updated_at = now(),
-                       source_time = EXCLUDED.source_time
-                   WHERE p.source_time IS NULL OR EXCLUDED.source_time IS NULL
-                      OR p.source_time <= EXCLUDED.source_time""",
+                       source_time = GREATEST(p.source_time, EXCLUDED.source_time)""",
                 psn_nos, [r.model_dump_json() for r in latest.values()], [r.source_time for r in latest.values()],
+                [held.get(psn) for psn in psn_nos],
             )
             stale += len(psn_nos) - int(status.rsplit(" ", 1)[1])
             return await self.subjects(psn_nos, conn), stale

@@ -193,6 +193,9 @@ async def test_a_person_record_older_than_the_one_held_is_ignored_and_counted_st
         await wait_caught_up(system.settings.kafka_bootstrap, consumers_to_wait_for(system.settings.namespace), timeout=60)
         older = record | {"psn_name": "older name", "updated_at": "2026-04-30 23:00:00"}
         await producer.send_and_wait(topic, orjson.dumps(older), key=person.encode())
+        # Dated in the future it would hold the person for good (every later record "older"): refused.
+        future = record | {"psn_name": "future name", "updated_at": "2999-01-01T00:00:00+08:00"}
+        await producer.send_and_wait(topic, orjson.dumps(future), key=person.encode())
     finally:
         await producer.stop()
     await wait_caught_up(system.settings.kafka_bootstrap, consumers_to_wait_for(system.settings.namespace), timeout=60)
@@ -200,3 +203,6 @@ async def test_a_person_record_older_than_the_one_held_is_ignored_and_counted_st
     info = await gateway.call(world.request(person, [("T-A", "1", "1.00")]) | {"infno": "1101"})
     assert info["output"]["baseinfo"]["psn_name"] == "newer name"
     assert system.metric("eligibility", "yidi_refdata_records_total", feed="refdata.persons", outcome="stale") == stale_before + 1
+    dead = await _dead_letters(system.settings, "refdata.persons")
+    assert any(person.encode() in value and b"future name" in value
+               and b"ahead of the platform's clock" in headers["yidi-dlq-reason"] for value, headers in dead)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
+
+import asyncpg
+import orjson
 import pytest
 
 from yidi.contracts.refdata import PersonRecord
@@ -11,6 +16,8 @@ from services.eligibility.repository import EligibilityRepository
 from tests.conftest import unique
 
 pytestmark = pytest.mark.integration
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "eligibility" / "migrations"
 
 
 def _person(psn_no: str, balance: str, updated_at: str = "") -> PersonRecord:
@@ -39,11 +46,14 @@ async def test_a_record_older_than_the_one_held_is_ignored(settings):
         assert (_balance(subject), stale) == ("450.00", 0)
         subject, stale = await repo.upsert_person(_person(psn, "440.00", "2026-03-02T01:29:00Z"))
         assert (_balance(subject), stale) == ("450.00", 1)
-        # A record without a time applies in arrival order, and so does the next timed one after it.
+        # A record without a time applies in arrival order and keeps the time held: an older timed
+        # record after it is still ignored (it used to clear the time, and the next record won).
         subject, stale = await repo.upsert_person(_person(psn, "300.00"))
         assert (_balance(subject), stale) == ("300.00", 0)
         subject, stale = await repo.upsert_person(_person(psn, "200.00", "2020-01-01T00:00:00+08:00"))
-        assert (_balance(subject), stale) == ("200.00", 0)
+        assert (_balance(subject), stale) == ("300.00", 1)
+        subject, stale = await repo.upsert_person(_person(psn, "250.00", "2026-03-02T09:31:00+08:00"))
+        assert (_balance(subject), stale) == ("250.00", 0)
     finally:
         await pool.execute("DELETE FROM eligibility.persons WHERE psn_no = $1", psn)
         await pool.close()
@@ -62,6 +72,45 @@ async def test_within_a_batch_the_newest_record_wins_whatever_the_order(settings
             _person(second, "20.00"),  # no times: the later one wins
         ])
         assert (_balance(subjects[first]), _balance(subjects[second]), stale) == ("700.00", "20.00", 1)
+        # Within a batch as one by one: an untimed record keeps the time of the one before it.
+        subjects, stale = await repo.upsert_persons([
+            _person(second, "30.00", "2026-05-02T10:00:00+08:00"),
+            _person(second, "40.00"),
+            _person(second, "50.00", "2026-05-02T09:00:00+08:00"),  # older than the time held: ignored
+        ])
+        assert (_balance(subjects[second]), stale) == ("40.00", 1)
+        subject, stale = await repo.upsert_person(_person(second, "60.00", "2026-05-02T09:59:00+08:00"))
+        assert (_balance(subject), stale) == ("40.00", 1)
     finally:
         await pool.execute("DELETE FROM eligibility.persons WHERE psn_no = ANY($1::text[])", [first, second])
         await pool.close()
+
+
+async def test_persons_stored_before_migration_002_get_their_time_from_their_record(settings):
+    """Migration 003: the rows 002 left without a time (their updated_at was free text then) get
+    it where it is an ISO 8601 time, so reloading an earlier file right after the upgrade is ignored
+    too; free text, PostgreSQL's special words and times far ahead stay without one."""
+    schema = f"mig_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        await conn.execute(f"SET search_path = {schema}")
+        for name in ("001_init.sql", "002_person_source_time.sql"):
+            await conn.execute((MIGRATIONS / name).read_text())
+        cases = {
+            "A": ("2026-01-05T08:00:00", "2026-01-05T00:00:00+00:00"),  # China time
+            "B": ("2026-01-05T08:00:00Z", "2026-01-05T08:00:00+00:00"),
+            "C": ("2026-01-05T08:00:00-05:00", "2026-01-05T13:00:00+00:00"),
+            "D": ("2026-01-05", "2026-01-04T16:00:00+00:00"),
+            "E": ("last Tuesday", None), "F": ("infinity", None), "G": ("2999-01-01T00:00:00", None),
+            "H": ("2026-13-01", None), "I": ("", None),
+        }
+        await conn.executemany(
+            "INSERT INTO persons (psn_no, record, version) VALUES ($1, $2::jsonb, 1)",
+            [(psn, orjson.dumps({"psn_no": psn, "updated_at": text}).decode()) for psn, (text, _) in cases.items()])
+        await conn.execute((MIGRATIONS / "003_person_source_time_backfill.sql").read_text())
+        rows = {r["psn_no"]: r["source_time"] for r in await conn.fetch("SELECT psn_no, source_time FROM persons")}
+        assert {psn: t and t.isoformat() for psn, t in rows.items()} == {psn: want for psn, (_, want) in cases.items()}
+    finally:
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await conn.close()

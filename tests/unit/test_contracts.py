@@ -68,3 +68,21 @@ def test_a_person_records_time_is_iso_8601_and_china_time_without_a_zone():
 
     stored = PersonRecord.model_validate(base | {"updated_at": "yesterday"}, context=STORED_CONTEXT)
     assert (stored.updated_at, stored.source_time) == ("yesterday", None)
+
+
+def test_a_person_record_dated_ahead_of_now_is_told_apart():
+    from datetime import datetime, timedelta
+
+    from yidi.contracts.refdata import PersonRecord
+    from yidi.domain.codes import BUSINESS_TZ
+
+    now = datetime(2026, 12, 3, 12, 0, tzinfo=BUSINESS_TZ)
+    base = {"psn_no": "P1", "psn_name": "N", "insuplc_admdvs": "131000", "insutype": "310", "psn_type": "11"}
+    at = lambda text: PersonRecord.model_validate(base | {"updated_at": text})  # noqa: E731
+    assert at("2026-12-03T12:10:00").ahead_of(now, 900) is None  # within the tolerance
+    assert at("").ahead_of(now, 900) is None
+    assert at("2020-01-01").ahead_of(now, 900) is None
+    # China time written with 'Z' reads 8 hours later: refused, not held for good.
+    why = at("2026-12-03T12:00:00Z").ahead_of(now, 900)
+    assert why is not None and "480 minutes ahead" in why
+    assert at("2026-12-03T12:16:00+08:00").ahead_of(now - timedelta(0), 900) is not None

@@ -20,6 +20,7 @@ SHIPPED = {
     "services/clearing/migrations/008_statement_clears_accounts_either_way.sql": "d7d7eefc2c8b555d",
     "services/eligibility/migrations/001_init.sql": "ec027197a529a8de",
     "services/eligibility/migrations/002_person_source_time.sql": "6841f8914204d212",
+    "services/eligibility/migrations/003_person_source_time_backfill.sql": "eb3325b68145fc37",
     "services/filing/migrations/001_init.sql": "d2f322868db85195",
     "services/filing/migrations/002_history_who_and_why.sql": "3557ef4ce7e9c0be",
     "services/filing/migrations/003_request_hash.sql": "56117a3952a0623e",

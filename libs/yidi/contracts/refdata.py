@@ -73,6 +73,16 @@ class PersonRecord(StrictWireModel):
         except ValueError:
             return None  # a stored record from before the check: no time, arrival order
 
+    def ahead_of(self, now: datetime, tolerance_seconds: float) -> str | None:
+        """Why this record is refused as dated ahead of ``now`` by more than the tolerance, or None."""
+        moment = self.source_time
+        if moment is None or (moment - now).total_seconds() <= tolerance_seconds:
+            return None
+        return (f"updated_at {self.updated_at} is {int((moment - now).total_seconds() // 60)} minutes ahead of the "
+                f"platform's clock ({now.astimezone(BUSINESS_TZ):%Y-%m-%dT%H:%M:%S}+08:00): a record dated in the "
+                "future would make every later record of this person look older and be ignored; a time without "
+                "a zone is China time")
+
     def to_domain(self) -> Person:
         return Person(
             psn_no=self.psn_no,

@@ -320,7 +320,9 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         writers=(),
         readers=(_feed("eligibility", T.REFDATA_PERSONS),),
         external_writers="insured regions; `yidi-load` (section `persons`)",
-        notes="Compacted: the latest record per `psn_no` is the person's state. There is no delete; "
+        notes="Compacted: the last record written per `psn_no` is kept. Eligibility keeps the newest by "
+              "`updated_at` (an older record is ignored), so after a reload of an earlier file the topic's "
+              "tail and eligibility's state differ until the region publishes again. There is no delete; "
               "publish `active: false`.",
     ),
     T.REFDATA_FACILITIES: TopicContract(

@@ -42,14 +42,16 @@ def feed(
     apply_many: Callable[[list[M]], Awaitable[Any]] | None = None,
     name: str | None = None,
     max_records: int = 500,
+    check: Callable[[M], str | None] | None = None,
 ) -> None:
     """Subscribe to ``topic`` in batches: each record validated (a record that does not is
     dead-lettered), the valid ones applied in order with ``apply_many`` (one call, e.g. one
     statement) or else ``apply`` one by one, then the batch acknowledged with one commit.
     ``apply`` and ``apply_many`` may return how many records they ignored as older than what is
     held (counted ``stale`` rather than ``applied``).
-    A record ``apply`` refuses (``PermanentError``) is dead-lettered; a transient failure NACKs
-    the batch, which is read again (the upserts are idempotent)."""
+    A record ``apply`` refuses (``PermanentError``), or that ``check`` finds a reason to refuse
+    (a judgement against now, which a model's validation is not), is dead-lettered; a transient
+    failure NACKs the batch, which is read again (the upserts are idempotent)."""
     feed_name = name or topic
     full_topic = service.topic(topic)
 
@@ -80,7 +82,10 @@ def feed(
         valid: list[tuple[Any, M]] = []
         for raw in batch:
             try:
-                valid.append((raw, model.model_validate(loads(raw.value or b""))))
+                record = model.model_validate(loads(raw.value or b""))
+                if check is not None and (why := check(record)) is not None:
+                    raise ValueError(why)
+                valid.append((raw, record))
             except (ValidationError, ValueError, ArithmeticError) as exc:  # a data error: dead-lettered
                 await refuse(raw, exc)
         try:
