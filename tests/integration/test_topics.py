@@ -11,11 +11,13 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from yidi.platform.errors import FatalError
 from yidi.platform.kafka import delete_namespace_topics, ensure_platform_topics
-from yidi.platform.topics import REFDATA_PERSONS, SETTLEMENT_PARTITIONS, SETTLEMENT_PRICED
+from yidi.platform.topics import REFDATA_PERSONS, SETTLEMENT_PARTITIONS, SETTLEMENT_PRICED, all_topic_specs
 from yidi.refdata.loader import load
 
 pytestmark = pytest.mark.integration
+SPECS = {spec.name: spec for spec in all_topic_specs()}
 DEMO_REFDATA = Path(__file__).resolve().parents[2] / "deploy" / "demo" / "refdata.json"
 
 
@@ -62,3 +64,72 @@ async def test_a_platform_topic_with_other_partitions_than_its_spec_is_logged(se
     finally:
         await admin.close()
         await delete_namespace_topics(settings.kafka_bootstrap, namespace)
+
+
+async def test_a_feed_topic_that_is_not_compacted_is_logged(settings, caplog):
+    namespace = f"t{uuid.uuid4().hex[:8]}."
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        # As a broker's auto-creation makes it: the spec's partitions, the default cleanup.policy.
+        await admin.create_topics([NewTopic(namespace + REFDATA_PERSONS, SPECS[REFDATA_PERSONS].partitions, 1)])
+        for _ in range(100):
+            if namespace + REFDATA_PERSONS in await admin.list_topics():
+                break
+            await asyncio.sleep(0.05)
+        with caplog.at_level(logging.WARNING, logger="yidi.platform.kafka"):
+            await ensure_platform_topics(settings.kafka_bootstrap, namespace)
+        assert [r.getMessage() for r in caplog.records if "cleanup.policy" in r.getMessage()] == [
+            f"topic {namespace}{REFDATA_PERSONS} has cleanup.policy=delete, its spec compact (created by another "
+            "tool or by the broker's auto-creation?): see docs/runbook.md, \"Topics\""]
+    finally:
+        await admin.close()
+        await delete_namespace_topics(settings.kafka_bootstrap, namespace)
+
+
+async def test_a_topic_the_broker_refuses_to_create_stops_the_caller(settings):
+    """The broker answers CreateTopics per topic and aiokafka raises nothing: an error other than
+    'already exists' used to be taken for success, and the topic left to auto-creation."""
+    with pytest.raises(FatalError, match="could not be created") as raised:
+        await ensure_platform_topics(settings.kafka_bootstrap, "bad/namespace.")
+    assert "bad/namespace.settlement.requests" in str(raised.value)
+
+
+async def test_yidi_topics_checks_compacts_and_deletes_by_exact_name(settings, capsys):
+    from yidi.platform import topics_cli
+
+    namespace = f"t{uuid.uuid4().hex[:8]}."
+    bootstrap = settings.kafka_bootstrap
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(namespace + REFDATA_PERSONS, SPECS[REFDATA_PERSONS].partitions, 1),
+                                   NewTopic(namespace + REFDATA_PERSONS + ".dlq", 1, 1)])
+        for _ in range(100):
+            if namespace + REFDATA_PERSONS in await admin.list_topics():
+                break
+            await asyncio.sleep(0.05)
+        lines = {line.split()[0]: line for line in await topics_cli.check(bootstrap, namespace)}
+        assert lines[namespace + REFDATA_PERSONS].endswith("cleanup.policy=delete, spec compact")
+        assert lines[namespace + SETTLEMENT_PRICED].endswith("created")
+        await topics_cli.compact(bootstrap, namespace, REFDATA_PERSONS)
+        for _ in range(100):  # the broker's metadata shows a config change a moment after the controller took it
+            if await _cleanup_policy(admin, namespace + REFDATA_PERSONS) == "compact":
+                break
+            await asyncio.sleep(0.05)
+        assert await _cleanup_policy(admin, namespace + REFDATA_PERSONS) == "compact"
+        lines = await topics_cli.check(bootstrap, namespace)
+        assert all(line.endswith("ok") for line in lines), lines
+        # delete takes the exact name: the feed's dead letters stay.
+        await topics_cli.delete(bootstrap, namespace, REFDATA_PERSONS)
+        for _ in range(100):
+            if namespace + REFDATA_PERSONS not in await admin.list_topics():
+                break
+            await asyncio.sleep(0.05)
+        left = await admin.list_topics()
+        assert namespace + REFDATA_PERSONS not in left and namespace + REFDATA_PERSONS + ".dlq" in left
+        with pytest.raises(SystemExit, match="not a platform topic"):
+            await topics_cli.delete(bootstrap, namespace, "no.such.topic")
+    finally:
+        await admin.close()
+        await delete_namespace_topics(bootstrap, namespace)

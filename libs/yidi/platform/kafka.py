@@ -19,6 +19,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
 from aiokafka.producer import sender as _aiokafka_sender
 
@@ -74,6 +75,8 @@ class Outgoing:
 
 Handler = Callable[[list[Incoming]], Awaitable[list[Outgoing]]]
 
+TOPIC_ALREADY_EXISTS = 36  # Kafka's error code in a CreateTopics answer
+
 
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create every platform topic that is missing (with its partitions); return the created names."""
@@ -89,16 +92,26 @@ async def ensure_platform_topics(bootstrap: str, namespace: str = "") -> list[st
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing, present = [], {}
+        missing, present, compacted = [], {}, []
         for spec in all_topic_specs():
             name = f"{namespace}{spec.name}"
             if name in existing:
                 present[name] = spec.partitions
+                if spec.compacted:
+                    compacted.append(name)
                 continue
             configs = {"cleanup.policy": "compact"} if spec.compacted else {}
             missing.append(NewTopic(name, spec.partitions, 1, topic_configs=configs))
         if missing:
-            await admin.create_topics(missing)  # one another process created first is an error in the answer, unread
+            response = await admin.create_topics(missing)
+            # The broker answers per topic (aiokafka raises nothing): one another process created
+            # first is fine; any other error would leave the topic to the broker's auto-creation.
+            failed = [f"{name}: {rest[0] if rest and rest[0] else f'error {code}'}"
+                      for name, code, *rest in response.topic_errors if code not in (0, TOPIC_ALREADY_EXISTS)]
+            if failed:
+                raise FatalError("platform topics could not be created: " + "; ".join(failed))
+        if compacted:
+            await _warn_uncompacted(admin, compacted)
         if present:
             for topic in await admin.describe_topics(list(present)):
                 found = len(topic.get("partitions") or [])
@@ -109,6 +122,18 @@ async def ensure_platform_topics(bootstrap: str, namespace: str = "") -> list[st
         return [t.name for t in missing]
     finally:
         await admin.close()
+
+
+async def _warn_uncompacted(admin: AIOKafkaAdminClient, names: list[str]) -> None:
+    """Log a feed topic whose spec is compacted but whose ``cleanup.policy`` is not (a broker's
+    auto-creation): its records would be deleted after the retention, and a rebuild would miss them."""
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None}) for name in names]
+    for response in await admin.describe_configs(resources):
+        for error_code, _, _, name, entries in response.resources:
+            policy = dict((e[0], e[1]) for e in entries).get("cleanup.policy", "")
+            if error_code == 0 and "compact" not in policy.split(","):
+                log.warning("topic %s has cleanup.policy=%s, its spec compact (created by another tool or by the "
+                            "broker's auto-creation?): see docs/runbook.md, \"Topics\"", name, policy)
 
 
 async def delete_namespace_topics(bootstrap: str, *prefixes: str) -> list[str]:

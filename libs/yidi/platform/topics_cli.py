@@ -1,0 +1,111 @@
+"""``yidi-topics``: check the platform topics against their specs, and fix one, by exact name.
+
+    yidi-topics check                      # create what is missing; list topics off their spec
+    yidi-topics compact refdata.persons    # set cleanup.policy=compact on a feed created without it
+    yidi-topics delete refdata.persons     # delete that topic only (not refdata.persons.dlq)
+
+Names are given without the namespace (``YIDI_NAMESPACE`` or ``--namespace`` is put before them)
+and must be platform topics (docs/topics.md). ``delete`` loses what the topic holds: stop the
+services first, and reload a feed afterwards (``yidi-load``); the services create it again, with
+its spec, when they start. docs/runbook.md, "Topics", says when to use which.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from yidi.platform.kafka import ensure_platform_topics
+from yidi.platform.topics import all_topic_specs
+
+
+def _spec(name: str):
+    specs = {spec.name: spec for spec in all_topic_specs()}
+    if name not in specs:
+        raise SystemExit(f"yidi-topics: {name!r} is not a platform topic (docs/topics.md lists them)")
+    return specs[name]
+
+
+async def check(bootstrap: str, namespace: str) -> list[str]:
+    """Create the missing platform topics; return the lines to print (topics off their spec are
+    also logged, as the services log them)."""
+    created = await ensure_platform_topics(bootstrap, namespace)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        specs = {f"{namespace}{spec.name}": spec for spec in all_topic_specs()}
+        found = {t["topic"]: len(t.get("partitions") or []) for t in await admin.describe_topics(list(specs))}
+        resources = [ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None}) for name in specs]
+        policies: dict[str, str] = {}
+        for response in await admin.describe_configs(resources):
+            for _, _, _, name, entries in response.resources:
+                policies[name] = dict((e[0], e[1]) for e in entries).get("cleanup.policy", "")
+    finally:
+        await admin.close()
+    lines = []
+    for name, spec in specs.items():
+        want = "compact" if spec.compacted else "delete"
+        problems = []
+        if found.get(name) != spec.partitions:
+            problems.append(f"{found.get(name)} partitions, spec {spec.partitions}")
+        if spec.compacted and "compact" not in policies.get(name, "").split(","):
+            problems.append(f"cleanup.policy={policies.get(name)}, spec compact")
+        state = "created" if name in created else ("; ".join(problems) if problems else "ok")
+        lines.append(f"{name:<45} {spec.partitions:>2} partitions  {want:<8} {state}")
+    return lines
+
+
+async def compact(bootstrap: str, namespace: str, name: str) -> str:
+    if not _spec(name).compacted:
+        raise SystemExit(f"yidi-topics: {name} is not a compacted topic in its spec")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        [response] = await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, f"{namespace}{name}", {"cleanup.policy": "compact"})])
+        [(code, message, *_)] = response.resources
+        if code:
+            raise SystemExit(f"yidi-topics: {namespace}{name}: {message or f'error {code}'}")
+    finally:
+        await admin.close()
+    return f"{namespace}{name}: cleanup.policy=compact"
+
+
+async def delete(bootstrap: str, namespace: str, name: str) -> str:
+    _spec(name)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if f"{namespace}{name}" not in await admin.list_topics():
+            raise SystemExit(f"yidi-topics: {namespace}{name} does not exist")
+        await admin.delete_topics([f"{namespace}{name}"])  # that name only
+    finally:
+        await admin.close()
+    return f"{namespace}{name}: deleted (start the services to create it again with its spec)"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="yidi-topics", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bootstrap", default=os.environ.get("YIDI_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
+    parser.add_argument("--namespace", default=os.environ.get("YIDI_NAMESPACE", ""))
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check", help="create what is missing; list each platform topic against its spec")
+    for command in ("compact", "delete"):
+        sub.add_parser(command).add_argument("topic", help="a platform topic's name, without the namespace")
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        lines = asyncio.run(check(args.bootstrap, args.namespace))
+        print("\n".join(lines))
+        sys.exit(0 if all(line.endswith(("ok", "created")) for line in lines) else 1)
+    action = compact if args.command == "compact" else delete
+    print(asyncio.run(action(args.bootstrap, args.namespace, args.topic)))
+
+
+if __name__ == "__main__":
+    main()
