@@ -122,7 +122,8 @@ class World:
         if not self.run_id.isalnum() or len(self.run_id) > 16:
             raise ValueError("run_id is 1-16 letters or digits (it goes into every psn_no and msgid)")
         self.day = day
-        rng = random.Random(f"world:{seed}:{self.run_id}")
+        # Seeded by the seed alone: the run id names psn_no and msgid, and must not change the world.
+        rng = random.Random(f"world:{seed}")
         self.persons: list[Person] = []
         for i in range(persons):
             insured = _pick(rng, INSURED_REGIONS)
@@ -240,7 +241,7 @@ class World:
     def filing_record(self, index: int, p: Person) -> dict[str, Any] | None:
         if not p.category:
             return None
-        rng = random.Random(f"filing:{self.seed}:{self.run_id}:{index}")
+        rng = random.Random(f"filing:{self.seed}:{index}")
         record: dict[str, Any] = {
             "action": "add", "reqid": f"{self.run_id}-F{index:07d}", "psn_no": p.psn_no, "insutype": p.insutype,
             "insuplc_admdvs": p.insured, "filed_admdvs": p.treating, "category": p.category,
