@@ -117,8 +117,9 @@ class Bench:
                                 wait=900)
             self.report["refdata_load"] = {"records": counts, "seconds": round(time.monotonic() - started, 1)}
             say(f"reference data applied in {time.monotonic() - started:.0f}s")
-            await replay_file(self.warmup, bootstrap=s.kafka_bootstrap, namespace=s.namespace,
-                              pace=Pace(window=200), progress=False)
+            self._other_check("warm-up", await replay_file(
+                self.warmup, bootstrap=s.kafka_bootstrap, namespace=s.namespace, pace=Pace(window=200),
+                database_url=s.database_url, progress=False))
             if self.peak_day:
                 await self._measured("rate_peak", procs, self.peak_day, Pace(rate=PEAK_RATE, window=args.window), s,
                                      True)
@@ -157,7 +158,7 @@ class Bench:
         say(f"profiling eligibility, pricing, clearing with py-spy for {seconds}s during a max-rate replay")
         replay = asyncio.create_task(replay_file(day, bootstrap=self.settings.kafka_bootstrap,
                                                  namespace=self.settings.namespace, pace=Pace(window=self.args.window),
-                                                 label="profile "))
+                                                 database_url=self.settings.database_url, label="profile "))
         services: dict[str, Any] = {}
         for service, p in profilers.items():
             _, err = await asyncio.to_thread(p.communicate)
@@ -167,8 +168,16 @@ class Bench:
             else:
                 services[service] = {"error": err.decode(errors="replace")[-500:]}
         result = await replay
+        self._other_check("profile replay", result)
         self.report["profile"] = {"seconds": seconds, "services": services,
-                                  "replay": {k: result[k] for k in ("sends", "throughput_per_s", "exactly_once")}}
+                                  "replay": {k: result[k] for k in ("sends", "throughput_per_s", "exactly_once", "ledger")}}
+
+    def _other_check(self, name: str, result: dict[str, Any]) -> None:
+        """The verdicts of a replay that is not a measured run (warm-up, profile): they count too."""
+        verdict = result["exactly_once"]["summary"] + ("; " + result["ledger"]["summary"] if "ledger" in result else "")
+        ok = result["exactly_once"]["ok"] and result.get("ledger", {}).get("ok", True)
+        self.report.setdefault("other_checks", {})[name] = verdict if ok else f"**{verdict}**"
+        self.report.setdefault("other_checks_ok", {})[name] = ok
 
     async def reference(self) -> None:
         """The bare pipeline under the same day, then at 100/s: the stages' own Kafka client settings
@@ -180,8 +189,8 @@ class Bench:
             procs.start_reference(stage, None)
         try:
             await procs.wait_ready()
-            await replay_file(self.warmup, bootstrap=s.kafka_bootstrap, namespace=s.namespace,
-                              pace=Pace(window=200), progress=False)
+            self._other_check("bare pipeline's warm-up", await replay_file(
+                self.warmup, bootstrap=s.kafka_bootstrap, namespace=s.namespace, pace=Pace(window=200), progress=False))
             await self._measured("reference", procs, self.max_day, Pace(window=self.args.window), s, False)
             if self.ref_rate_day:
                 await self._measured("reference_rate_100", procs, self.ref_rate_day,
@@ -271,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         rpt.append_benchmarks(args.docs, entry)
     print(rpt.headline(report))
     checks_ok = all(run["exactly_once"]["ok"] and run.get("ledger", {}).get("ok", True)
-                    for run in report["runs"].values())
+                    for run in report["runs"].values()) and all(report.get("other_checks_ok", {}).values())
     if not checks_ok:
         print("bench: a check failed (exactly-once or ledger): see report.json", file=sys.stderr)
     sys.exit(0 if checks_ok else 1)

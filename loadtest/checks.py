@@ -3,7 +3,8 @@
 - ``check_exactly_once``: every send got exactly one answer. A request sent twice under one msgid
   (a duplicate) is owed two answers, so expectations are counted per send, not per msgid.
 - ``answer_totals`` and ``check_ledger``: the ledger's rows in state ``settled`` for the run's
-  msgids add up to what the answers said (count, fund, cash, account), cancellations taken out.
+  settlements add up to what the answers said (count, fund, cash, account), cancellations taken
+  out, and no other request of the run (a pre-settlement, a cancellation) has a ledger row.
 
 Amounts are integers of fen: no floats near money, and sums are exact.
 """
@@ -107,18 +108,21 @@ def answer_totals(settled: Mapping[str, Settled], cancelled_setl_ids: Iterable[s
 class LedgerCheck:
     answers: Totals
     ledger: Totals
+    strays: int = 0  # ledger rows under msgids of requests that are not settlements
 
     @property
     def ok(self) -> bool:
-        return self.answers == self.ledger
+        return self.answers == self.ledger and not self.strays
 
     def summary(self) -> str:
         a, lg = self.answers.as_yuan(), self.ledger.as_yuan()
         if self.ok:
             return f"ledger = answers: {a['count']} settled, fund {a['fund_pay_sumamt']}, cash {a['psn_cash_pay']}, account {a['acct_pay']}"
         diffs = [f"{k} answers {a[k]} ledger {lg[k]}" for k in a if a[k] != lg[k]]
+        if self.strays:
+            diffs.append(f"{self.strays} ledger row(s) under requests that are not settlements")
         return "ledger ≠ answers: " + "; ".join(diffs)
 
 
-def check_ledger(answers: Totals, ledger: Totals) -> LedgerCheck:
-    return LedgerCheck(answers, ledger)
+def check_ledger(answers: Totals, ledger: Totals, strays: int = 0) -> LedgerCheck:
+    return LedgerCheck(answers, ledger, strays)

@@ -5,10 +5,14 @@
     python -m loadtest.replay day.jsonl --namespace bench1. --speed 60        # the day at ×60
 
 One producer publishes the requests (keyed by psn_no, like a gateway); one reader follows the
-reply topic with ``read_committed`` and matches answers by msgid. Each publish records its time
-and owes one answer, so a duplicate request owes its own answer; latency is publish → answer
-read. Cancellations wait for their target's answer (they need its ``setl_id``). At the end the
-exactly-once check runs, and with ``--ledger`` the ledger's totals are compared to the answers'.
+reply topic with ``read_committed`` and matches answers by msgid. Each publish owes one answer,
+so a duplicate request owes its own answer. Latency runs to the answer read from when the request
+was due: at a fixed rate or speed, the time the schedule gave it, so a publish held back (the
+window of answers outstanding full, the sender behind) counts its wait, as a hospital's queue
+would (no coordinated omission); as fast as possible, the publish. A paced run whose sends fell
+short of the rate is flagged. Cancellations wait for their target's answer (they need its
+``setl_id``). At the end the exactly-once check runs, and with ``--ledger`` the ledger's totals
+are compared to the answers' (and no request that is not a settlement has a ledger row).
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
 
 class Replay:
     def __init__(self, bootstrap: str, namespace: str, pace: Pace, *, progress: bool = True,
-                 drain_timeout: float = 60.0, grace: float = 1.5, label: str = "") -> None:
+                 drain_timeout: float = 60.0, grace: float = 1.5, label: str = "", total: int | None = None) -> None:
         self.bootstrap = bootstrap
         self.namespace = namespace
         self.pace = pace
@@ -84,6 +88,8 @@ class Replay:
         self.drain_timeout = drain_timeout
         self.grace = grace
         self.label = label
+        self.total = total  # lines in the day, for the progress bar
+        self.lines_done = 0
         self.request_topic = f"{namespace}{SETTLEMENT_REQUESTS}"
         self.reply_topic = f"{namespace}{DEFAULT_REPLY_TO}"
         # What was sent and what came back.
@@ -92,6 +98,7 @@ class Replay:
         self.kinds: Counter[str] = Counter()
         self.err_codes: Counter[str] = Counter()
         self.settle_msgids: set[str] = set()
+        self.behind = array("d")  # seconds each paced publish went out after it was due
         self.settled: dict[str, Settled] = {}
         self.cancelled_setl_ids: set[str] = set()
         self.cancels = Counter[str]()  # sent, skipped (target refused), unsent (target never answered)
@@ -176,7 +183,8 @@ class Replay:
         for waiting in self._deferred.pop(msgid, []):
             self._ready.put_nowait(waiting)
 
-    async def _publish(self, msgid: str, value: bytes, key: str | None, kind: str, infno: str = "") -> None:
+    async def _publish(self, msgid: str, value: bytes, key: str | None, kind: str, infno: str = "",
+                       due: float | None = None) -> None:
         assert self._producer is not None
         while self.outstanding >= self.pace.window:
             self._check_reader()
@@ -186,7 +194,10 @@ class Replay:
         if not self.first_send:
             self.first_send = now
         self.last_send = now
-        self._pending.setdefault(msgid, deque()).append(now)
+        if due is not None:
+            self.behind.append(max(0.0, now - due))
+        # Latency counts from when the request was due (a paced run), else from the publish.
+        self._pending.setdefault(msgid, deque()).append(min(now, due) if due is not None else now)
         self.sends[msgid] += 1
         self.outstanding += 1
         self.kinds[kind] += 1
@@ -200,20 +211,20 @@ class Replay:
         if fut.cancelled() or fut.exception() is not None:
             self.publish_errors += 1
 
-    async def _send_line(self, line: dict[str, Any]) -> None:
+    async def _send_line(self, line: dict[str, Any], due: float | None = None) -> None:
         op = line["op"]
         if op == "raw":
-            await self._publish(line["msgid"], line["raw"].encode(), line.get("key"), line["kind"])
+            await self._publish(line["msgid"], line["raw"].encode(), line.get("key"), line["kind"], due=due)
         elif op == "send":
             request = line["request"]
-            await self._publish(line["msgid"], orjson.dumps(request), line.get("key"), line["kind"], request["infno"])
+            await self._publish(line["msgid"], orjson.dumps(request), line.get("key"), line["kind"], request["infno"], due)
         elif op == "cancel":
             target = line["target"]
             if target in self.settled:
                 request = line["request"]
                 request["input"]["data"]["setl_id"] = self.settled[target].setl_id
                 self.cancels["sent"] += 1
-                await self._publish(line["msgid"], orjson.dumps(request), line.get("key"), line["kind"], request["infno"])
+                await self._publish(line["msgid"], orjson.dumps(request), line.get("key"), line["kind"], request["infno"], due)
             elif self.answers[target]:
                 self.cancels["skipped (target not settled)"] += 1
             else:
@@ -229,16 +240,38 @@ class Replay:
 
     # Pacing and progress -------------------------------------------------------------------------
 
-    async def _wait_turn(self, index: int, t: float, t0: float) -> None:
+    async def _wait_turn(self, index: int, t: float, t0: float) -> float | None:
+        """Wait for a line's turn; return when it was due (None: as fast as possible)."""
         if self.pace.rate:
             due = self.started + index / self.pace.rate
         elif self.pace.speed:
             due = self.started + (t - t0) / self.pace.speed
         else:
-            return
+            return None
         delay = due - time.perf_counter()
         if delay > 0.0005:
             await asyncio.sleep(delay)
+        return due
+
+    def progress_line(self, now: float, every: float, recent: np.ndarray | None, rate: float) -> str:
+        """One status line: a bar over the day's lines with % and ETA, the answer rate, p50/p99 of
+        the last interval and so far, in flight and errors."""
+        n = len(self.latency)
+        elapsed = now - self.started
+        if self.total:
+            share = min(1.0, self.lines_done / self.total)
+            filled = int(share * 20)
+            eta = f"ETA {elapsed * (1 - share) / share:5.0f}s" if share > 0 else "ETA     ?"
+            bar = f"[{'#' * filled}{'.' * (20 - filled)}] {share * 100:5.1f}% {eta} "
+        else:
+            bar = f"sent {sum(self.sends.values()):>7} "
+        p50, p99 = (np.percentile(recent, [50, 99]) * 1000) if recent is not None and len(recent) else (0.0, 0.0)
+        total = np.frombuffer(self.latency[:n], dtype=np.float64) if n else None
+        a50, a99 = (np.percentile(total, [50, 99]) * 1000) if total is not None else (0.0, 0.0)
+        errors = sum(v for k, v in self.err_codes.items() if k != "ok")
+        return (f"{self.label}[{elapsed:6.1f}s] {bar}| answered {n:>7} {rate:6.0f}/s | p50/p99 last {every:.0f}s "
+                f"{p50:5.0f}/{p99:5.0f} ms, so far {a50:5.0f}/{a99:5.0f} ms | in flight {self.outstanding:>5} | "
+                f"errors {errors}")
 
     async def _report_progress(self) -> None:
         tty = sys.stderr.isatty()
@@ -252,13 +285,9 @@ class Replay:
             # A slice is a copy: a view of the array itself would stop the reader appending to it.
             recent = np.frombuffer(self.latency[seen:n], dtype=np.float64) if n > seen else None
             seen = n
-            p50, p99 = (np.percentile(recent, [50, 99]) * 1000) if recent is not None else (0.0, 0.0)
             rate = (n - last_n) / (now - last_t)
             last_n, last_t = n, now
-            line = (f"{self.label}[{now - self.started:6.1f}s] sent {sum(self.sends.values()):>7} "
-                    f"answered {n:>7} in flight {self.outstanding:>5} | {rate:7.0f}/s | "
-                    f"p50 {p50:6.1f} ms p99 {p99:7.1f} ms (last {every:.0f}s) | errors "
-                    f"{sum(v for k, v in self.err_codes.items() if k != 'ok')}")
+            line = self.progress_line(now, every, recent, rate)
             print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
     # The run -------------------------------------------------------------------------------------
@@ -277,8 +306,9 @@ class Replay:
             t0 = None
             for index, line in enumerate(lines):
                 t0 = line["t"] if t0 is None else t0
-                await self._wait_turn(index, line["t"], t0)
-                await self._send_line(line)
+                due = await self._wait_turn(index, line["t"], t0)
+                await self._send_line(line, due)
+                self.lines_done = index + 1
             assert self._producer is not None
             await self._producer.flush()
             await self._drain()
@@ -320,7 +350,23 @@ class Replay:
         return answer_totals(self.settled, self.cancelled_setl_ids)
 
     async def ledger_check(self, database_url: str) -> LedgerCheck:
-        return check_ledger(self.answer_totals(), await ledger_totals(database_url, sorted(self.settle_msgids)))
+        others = sorted(set(self.sends) - self.settle_msgids)
+        totals, strays = await ledger_totals(database_url, sorted(self.settle_msgids), others)
+        return check_ledger(self.answer_totals(), totals, strays)
+
+    def pacing(self) -> dict[str, Any]:
+        """How far a paced run's publishes fell behind their schedule: ``short_of_pace`` when the
+        run sent at under 98 % of its rate, or finished its sends more than 2 % late (then the
+        system, or this tool, could not take the rate; the latency still counts the waits)."""
+        if not (self.pace.rate or self.pace.speed) or not len(self.behind):
+            return {}
+        behind = np.frombuffer(self.behind, dtype=np.float64)
+        span = self.last_send - self.started
+        late = float(behind[-1])
+        short = late > max(0.5, 0.02 * span)
+        if self.pace.rate and self.last_send > self.first_send:
+            short = short or len(behind) / max(1e-9, self.last_send - self.first_send) < 0.98 * self.pace.rate
+        return {"behind_schedule_ms": _behind_summary(behind), "short_of_pace": bool(short)}
 
     def result(self) -> dict[str, Any]:
         lat = np.frombuffer(self.latency, dtype=np.float64)
@@ -335,6 +381,8 @@ class Replay:
             if self.last_send > self.first_send else None,
             "throughput_per_s": round(len(lat) / duration, 1) if duration else None,
             "latency_ms": latency_summary(lat),
+            "latency_from": "due time" if self.pace.rate or self.pace.speed else "publish",
+            **self.pacing(),
             "err_codes": dict(self.err_codes.most_common()),
             "kinds_sent": dict(self.kinds.most_common()),
             "cancellations": dict(self.cancels),
@@ -343,6 +391,11 @@ class Replay:
                              "duplicated": sum(check.duplicated.values()), "unexpected": sum(check.unexpected.values())},
             "series": series(np.frombuffer(self.answered_at, dtype=np.float64), lat),
         }
+
+
+def _behind_summary(behind: np.ndarray) -> dict[str, float]:
+    p50, p99 = np.percentile(behind, [50, 99]) * 1000
+    return {"p50": round(float(p50), 2), "p99": round(float(p99), 2), "max": round(float(behind.max()) * 1000, 2)}
 
 
 def latency_summary(lat: np.ndarray) -> dict[str, float | None]:
@@ -380,11 +433,16 @@ def series(at: np.ndarray, lat: np.ndarray, step: float | None = None) -> dict[s
     return out
 
 
-async def ledger_totals(database_url: str, msgids: list[str], chunk: int = 20_000) -> Totals:
-    """Count and sums of the ledger rows in state ``settled`` among ``msgids``."""
-    count = fund = cash = acct = 0
+async def ledger_totals(database_url: str, msgids: list[str], others: list[str] = (), chunk: int = 20_000) -> tuple[Totals, int]:
+    """Count and sums of the ledger rows in state ``settled`` among ``msgids`` (the settlements),
+    and the number of ledger rows, in any state, under ``others`` (requests that are not
+    settlements: pre-settlements, cancellations, malformed requests; none should have one)."""
+    count = fund = cash = acct = strays = 0
     conn = await asyncpg.connect(database_url)
     try:
+        for i in range(0, len(others), chunk):
+            strays += await conn.fetchval("SELECT count(*) FROM clearing.ledger WHERE msgid = ANY($1::text[])",
+                                          list(others[i:i + chunk]))
         for i in range(0, len(msgids), chunk):
             row = await conn.fetchrow(
                 """SELECT count(*) AS n, coalesce(sum(fund_pay_sumamt), 0) AS fund,
@@ -398,18 +456,19 @@ async def ledger_totals(database_url: str, msgids: list[str], chunk: int = 20_00
             acct += yuan_to_fen(row["acct"])
     finally:
         await conn.close()
-    return Totals(count, fund, cash, acct)
+    return Totals(count, fund, cash, acct), strays
 
 
 async def replay_file(path: Path, *, bootstrap: str, namespace: str, pace: Pace, database_url: str | None = None,
                       label: str = "", progress: bool = True) -> dict[str, Any]:
     """Replay a day file; with ``database_url`` also compare the ledger to the answers."""
-    replay = Replay(bootstrap, namespace, pace, label=label, progress=progress)
+    total = sum(1 for raw in path.open("rb") if raw.strip()) if progress else None
+    replay = Replay(bootstrap, namespace, pace, label=label, progress=progress, total=total)
     result = await replay.run(read_lines(path))
     if database_url:
         ledger = await replay.ledger_check(database_url)
         result["ledger"] = {"ok": ledger.ok, "summary": ledger.summary(), "answers": ledger.answers.as_yuan(),
-                            "ledger": ledger.ledger.as_yuan()}
+                            "ledger": ledger.ledger.as_yuan(), "strays": ledger.strays}
     return result
 
 

@@ -154,3 +154,53 @@ def test_a_whole_day_is_judged_by_its_own_duration_not_a_projection():
     small = {"sends": 40_000, "throughput_per_s": 2000.0, "latency_ms": {"p99": 900.0}}
     judged = {t["target"]: t for t in judge({"runs": {"max": small}, "rss_max_mib": {}})}
     assert "projected from 40000 requests" in judged["a 650,000-settlement day in < 6 minutes"]["measured"]
+
+
+async def test_a_paced_publish_held_back_counts_its_wait_from_when_it_was_due():
+    """Coordinated omission (found by review): at a fixed rate, a publish held back by a full window
+    used to start its clock when it finally went out, so a system that fell behind looked fast."""
+    import time
+
+    base = time.perf_counter() - 5.0  # the schedule began 5 s ago
+    r = Replay("unused:0", "ns.", Pace(rate=100, window=1), progress=False)
+    r._producer = FakeProducer()  # type: ignore[assignment]
+    r.started = base
+    await r._send_line(settle_line("M1"), due=base)
+    # M2 was due 10 ms later but waits for room: M1 is answered 2 s in, M2 goes out after that.
+    waiting = asyncio.create_task(r._send_line(settle_line("M2"), due=base + 0.01))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    r._on_answer(answer("M1"), base + 2.0)
+    await waiting
+    assert r._pending["M2"][0] == base + 0.01  # the clock runs from the schedule, not from the publish
+    r._on_answer(answer("M2", setl_id="S2"), base + 2.05)
+    assert [round(x, 3) for x in r.latency] == [2.0, 2.04]
+    assert r.pacing()["short_of_pace"] and r.pacing()["behind_schedule_ms"]["max"] > 0
+
+
+async def test_as_fast_as_possible_latency_runs_from_the_publish():
+    r, _ = replay()
+    await r._send_line(settle_line("M1"))
+    sent = r._pending["M1"][0]
+    r._on_answer(answer("M1"), sent + 0.5)
+    assert list(r.latency) == [0.5] and r.pacing() == {}
+
+
+def test_the_progress_line_has_a_bar_an_eta_and_latency_so_far():
+    import numpy as np
+
+    r = Replay("unused:0", "ns.", Pace(rate=100), progress=False, total=200)
+    r.started, r.lines_done = 0.0, 50
+    r.latency.extend([0.010, 0.020, 0.030, 0.400])
+    line = r.progress_line(10.0, 1.0, np.array([0.400]), 5.0)
+    assert "[#####...............]  25.0% ETA    30s" in line
+    assert "last 1s   400/  400 ms" in line and "so far    25/  389 ms" in line
+
+
+def test_the_ledger_check_fails_on_a_row_under_a_request_that_is_not_a_settlement():
+    from loadtest.checks import Totals, check_ledger
+
+    same = Totals(1, 4889, 1540, 0)
+    assert check_ledger(same, same).ok
+    stray = check_ledger(same, same, strays=1)
+    assert not stray.ok and "not settlements" in stray.summary()
