@@ -52,3 +52,46 @@ def test_the_national_peak_hour_run_is_reported_beside_the_100_per_s_target():
     assert target["met"] is False  # judged at 100/s, whatever the peak hour gives
     assert target["measured"] == "p99 230.0 ms at 99.8/s; at the national peak hour's 21.6/s p99 70.0 ms"
     assert "  at the national peak hour (21.6/s): p50 35.0 ms, p95 70.0 ms, p99 70.0 ms" in headline(report)
+
+
+def test_the_steady_search_is_reported_with_its_probes():
+    from loadtest.report import judge
+
+    run = {"throughput_per_s": 740.0, "sends": 40_000, "latency_ms": {"p99": 4300.0}}
+    steady = {"p99_bound_ms": 250.0, "rate": 274.1, "probes": [
+        {"rate": 350, "sent_per_s": 349.0, "p99_ms": 900.0, "held": False},
+        {"rate": 175, "sent_per_s": 175.0, "p99_ms": 120.0, "held": True},
+        {"rate": 275, "sent_per_s": 274.9, "p99_ms": 210.0, "held": True}]}
+    report = {"runs": {"max": run, "rate_high": run | {"throughput_per_s": 274.1}}, "steady": steady, "rss_max_mib": {}}
+    target = next(t for t in judge(report) if t["target"].startswith("p99 < 250 ms"))
+    assert target["measured"] == (
+        "2,000/s not reachable: at most 740.0/s sustained; held with p99 < 250 ms: 274.1/s (tried 350/s not held "
+        "(p99 900.0 ms), 175/s held (p99 120.0 ms), 275/s held (p99 210.0 ms))")
+    steady["rate"] = None
+    assert "no rate tried held p99 < 250 ms" in next(
+        t for t in judge(report) if t["target"].startswith("p99 < 250 ms"))["measured"]
+
+
+async def test_the_steady_search_bisects_for_the_highest_rate_held(tmp_path):
+    """A system that holds p99 < 250 ms up to 300/s: probes at 500 (no), 250 (yes), 375 (no)."""
+    import argparse
+
+    from loadtest.bench import Bench
+
+    bench = Bench.__new__(Bench)
+    bench.args = argparse.Namespace(steady_steps=3, high_seconds=1.0, window=2000, seed=1)
+    bench.run_id, bench.settings, bench.report = "BTEST", None, {"runs": {}}
+    bench._day = lambda name, settlements, seed, extras=True, tag="": tmp_path / f"{tag}.jsonl"  # type: ignore[method-assign]
+    tried = []
+
+    async def measured(name, procs, day, pace, settings, ledger, keep=True):
+        tried.append(pace.rate)
+        p99 = 100.0 if pace.rate <= 300 else 2000.0
+        return {"latency_ms": {"p99": p99}, "short_of_pace": pace.rate > 300, "exactly_once": {"ok": True},
+                "ledger": {"ok": True}, "send_rate_per_s": pace.rate, "throughput_per_s": pace.rate - 1}
+
+    bench._measured = measured  # type: ignore[method-assign]
+    await bench._steady(None, 1000.0)  # type: ignore[arg-type]
+    assert tried == [500, 250, 375]
+    assert bench.report["steady"]["rate"] == 249 and bench.report["runs"]["rate_high"]["throughput_per_s"] == 249
+    assert [p["held"] for p in bench.report["steady"]["probes"]] == [False, True, False]
