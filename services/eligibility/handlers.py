@@ -215,6 +215,18 @@ class EligibilityHandler:
         now: datetime,
     ) -> Outgoing:
         request, body = p.request, p.body
+        if p.refused is not None:
+            # Refused before anything about the person is read (a stored record this version cannot
+            # read must not turn the refusal into a second dead letter and INTERNAL_ERROR).
+            refusal = {
+                "err_code": ErrCode.INVALID_INPUT.value,
+                "err_msg": f"The request was refused as malformed: {p.refused}. Correct it and send it again.",
+            }
+            return Outgoing(topic=self.settings.topic(SETTLEMENT_ELIGIBLE), key=body.psn_no.encode(), value=orjson.dumps({
+                "request": orjson.Fragment(p.record.value), "request_hash": request.payload_hash(),
+                "request_ts_ms": p.record.timestamp_ms, "refusal": refusal, "person": None, "facility_level": 0,
+                "basis": "", "filing_id": "", "filing_category": None,
+            }))
         person_record = (PersonRecord.model_validate(subject["person"], context=STORED_CONTEXT)
                          if subject and subject["person"] else None)
         if request.infno is Infno.PERSON_INFO:
@@ -229,12 +241,7 @@ class EligibilityHandler:
             "request_ts_ms": p.record.timestamp_ms,
             "refusal": None, "person": None, "facility_level": 0, "basis": "", "filing_id": "", "filing_category": None,
         }
-        if p.refused is not None:
-            work["refusal"] = {
-                "err_code": ErrCode.INVALID_INPUT.value,
-                "err_msg": f"The request was refused as malformed: {p.refused}. Correct it and send it again.",
-            }
-        elif request.infno.prices_a_bill or request.infno is Infno.BENEFIT_CHECK:
+        if request.infno.prices_a_bill or request.infno is Infno.BENEFIT_CHECK:
             filings = [FilingRecord.model_validate(f).to_domain() for f in (subject or {}).get("filings", [])]
             facility = facilities.get(request.fixmedins_code)
             visit = Visit(

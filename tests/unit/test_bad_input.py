@@ -169,6 +169,13 @@ class _NoSubjects:
         return {}
 
 
+class _UnreadableSubjects:
+    """A stored person record this version cannot read."""
+
+    async def get_many(self, psn_nos):
+        return {p: {"person": {"psn_no": p, "unknown_field": 1}, "filings": []} for p in psn_nos}
+
+
 class _NoRows:
     async def facilities(self, codes):
         return {}
@@ -181,7 +188,11 @@ async def test_a_settlement_dated_ahead_of_the_platforms_clock_is_refused_by_pri
     """Refused INVALID_INPUT, but on its way through pricing, which answers a msgid it has settled
     with the stored answer first: a resend of a settled request with a fast clock (``inf_time``
     is not part of the payload's hash) must not be told "refused" beside a payment in the ledger."""
-    handler = EligibilityHandler(Settings(namespace="ns."), repo=_NoRows(), subjects=_NoSubjects())  # type: ignore[arg-type]
+    for subjects in (_NoSubjects(), _UnreadableSubjects()):
+        await _refused_by_pricing(EligibilityHandler(Settings(namespace="ns."), repo=_NoRows(), subjects=subjects))  # type: ignore[arg-type]
+
+
+async def _refused_by_pricing(handler: EligibilityHandler) -> None:
     late = _dated(datetime.now(BUSINESS_TZ).replace(tzinfo=None)
                   + timedelta(seconds=handler.settings.max_clock_ahead_seconds + 120))
     for infno in ("2207", "2208", "2601"):
