@@ -66,42 +66,42 @@ class EligibilityRepository(Repository):
         older than the newest time held for that person is ignored (a region that reloads an
         earlier file does not bring back an earlier balance or status). A record without a time
         applies in arrival order and keeps the time held, so an older timed record after it is
-        still ignored. Each applied record gets a new version, in the batch's order. The result is
-        that of applying the records one by one."""
-        latest: dict[str, PersonRecord] = {}
-        held: dict[str, datetime] = {}  # the newest time of each person's applied records in this batch
-        stale = 0
-        for record in records:
-            moment, newest = record.source_time, held.get(record.psn_no)
-            if moment is not None and newest is not None and moment < newest:
-                stale += 1
-                continue
-            if moment is not None:
-                held[record.psn_no] = moment
-            latest.pop(record.psn_no, None)
-            latest[record.psn_no] = record  # re-inserted: ordered by each person's last record
-        psn_nos = list(latest)
+        still ignored. Each applied record gets a new version, in the batch's order. The result,
+        and the stale count, are those of applying the records one by one: the batch is folded
+        here over the times held, read under the persons' locks."""
+        named = list(dict.fromkeys(r.psn_no for r in records))
         async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
             # The persons' locks in a fixed order (no deadlock with another batch or a filing).
-            await _lock_persons(conn, psn_nos)
-            # A row whose record is older than the time held is filtered out before the upsert (the
-            # locks keep the time read here current); an applied one keeps the newest time seen.
-            status = await conn.execute(
-                """INSERT INTO eligibility.persons AS p (psn_no, record, version, source_time)
-                   SELECT u.p, u.r::jsonb, nextval('eligibility.change_seq'), u.h
-                   FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[])
-                        WITH ORDINALITY AS u(p, r, t, h, n)
-                   LEFT JOIN eligibility.persons AS o ON o.psn_no = u.p
-                   WHERE o.source_time IS NULL OR u.t IS NULL OR o.source_time <= u.t
-                   ORDER BY u.n
-                   ON CONFLICT (psn_no) DO UPDATE
-                   SET record = EXCLUDED.record, version = EXCLUDED.version, updated_at = now(),
-                       source_time = GREATEST(p.source_time, EXCLUDED.source_time)""",
-                psn_nos, [r.model_dump_json() for r in latest.values()], [r.source_time for r in latest.values()],
-                [held.get(psn) for psn in psn_nos],
-            )
-            stale += len(psn_nos) - int(status.rsplit(" ", 1)[1])
-            return await self.subjects(psn_nos, conn), stale
+            await _lock_persons(conn, named)
+            held: dict[str, datetime] = {
+                r["psn_no"]: r["source_time"] for r in await conn.fetch(
+                    "SELECT psn_no, source_time FROM eligibility.persons "
+                    "WHERE psn_no = ANY($1::text[]) AND source_time IS NOT NULL", named)
+            }
+            latest: dict[str, PersonRecord] = {}
+            stale = 0
+            for record in records:
+                moment, newest = record.source_time, held.get(record.psn_no)
+                if moment is not None and newest is not None and moment < newest:
+                    stale += 1
+                    continue
+                if moment is not None:
+                    held[record.psn_no] = moment
+                latest.pop(record.psn_no, None)
+                latest[record.psn_no] = record  # re-inserted: ordered by each person's last record
+            if latest:
+                psn_nos = list(latest)
+                await conn.execute(
+                    """INSERT INTO eligibility.persons AS p (psn_no, record, version, source_time)
+                       SELECT u.p, u.r::jsonb, nextval('eligibility.change_seq'), u.h
+                       FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS u(p, r, h, n)
+                       ORDER BY u.n
+                       ON CONFLICT (psn_no) DO UPDATE
+                       SET record = EXCLUDED.record, version = EXCLUDED.version, updated_at = now(),
+                           source_time = GREATEST(p.source_time, EXCLUDED.source_time)""",
+                    psn_nos, [r.model_dump_json() for r in latest.values()], [held.get(psn) for psn in psn_nos],
+                )
+            return await self.subjects(named, conn), stale
 
     async def upsert_filing(self, record: FilingRecord) -> Subject | None:
         """Apply a filing event unless a newer version of that filing is already mirrored."""

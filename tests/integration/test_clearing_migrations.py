@@ -29,6 +29,20 @@ async def _columns(conn: asyncpg.Connection, schema: str) -> dict[tuple[str, str
     return {(r["table_name"], r["column_name"]): (r["is_generated"], r["is_nullable"]) for r in rows}
 
 
+async def _insert_ledger_row(conn: asyncpg.Connection, setl_id: str, *, fund: str, acct: str, settled_at: str) -> None:
+    """A ledger row with every required column filled (amounts 0 but the two named)."""
+    columns = await conn.fetch(
+        """SELECT column_name, data_type FROM information_schema.columns
+           WHERE table_schema = current_schema() AND table_name = 'ledger' AND is_nullable = 'NO'
+             AND column_default IS NULL""")
+    values = {"setl_id": f"'{setl_id}'", "msgid": f"'M{setl_id}'", "fund_pay_sumamt": fund, "acct_pay": acct,
+              "settled_at": settled_at}
+    for c in columns:
+        values.setdefault(c["column_name"], {"numeric": "0", "date": "'2025-10-01'", "json": "'{}'",
+                                             "jsonb": "'{}'"}.get(c["data_type"], "'x'"))
+    await conn.execute(f"INSERT INTO ledger ({', '.join(values)}) VALUES ({', '.join(values.values())})")
+
+
 async def test_a_database_that_applied_007s_first_text_gets_the_schema_clearing_uses(settings, caplog):
     first, second = f"mig_{uuid.uuid4().hex[:8]}", f"mig_{uuid.uuid4().hex[:8]}"
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=2)
@@ -43,11 +57,25 @@ async def test_a_database_that_applied_007s_first_text_gets_the_schema_clearing_
             await conn.execute("CREATE TABLE schema_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())")
             await conn.executemany("INSERT INTO schema_migrations(version) VALUES ($1)",
                                    [(f.name,) for f in sorted(MIGRATIONS.glob("00[1-7]_*.sql"))])
+            # A statement issued before 007 (it cleared the fund payment; the generated column says
+            # fund + account) and a settlement made after it under the first text's code (it drew both).
+            await conn.execute("UPDATE schema_migrations SET applied_at = now() - interval '1 day' WHERE version LIKE '007%'")
+            await conn.execute(
+                """INSERT INTO statements (statement_id, setlym, insuplc_admdvs, mdtrtarea_admvs, settlements, undone,
+                                          medfee_sumamt, fund_pay_sumamt, acct_pay, issued_at)
+                   VALUES ('ST1', '202510', '131000', '110000', 1, 0, 100, 60, 15, now() - interval '2 days')""")
+            await _insert_ledger_row(conn, "S-AFTER", fund="48.89", acct="15.40", settled_at="now()")
+            await _insert_ledger_row(conn, "S-BEFORE", fund="30.00", acct="5.00", settled_at="now() - interval '2 days'")
             await conn.execute("RESET search_path")
             before = await _columns(conn, first)
         assert before == {("statements", "clr_sumamt"): ("ALWAYS", "YES")}
 
-        assert await migrate(pool, first, "services.clearing.migrations") == ["008_statement_clears_accounts_either_way.sql"]
+        assert await migrate(pool, first, "services.clearing.migrations") == [
+            "008_statement_clears_accounts_either_way.sql", "009_statement_clears_accounts_money.sql"]
+        async with pool.acquire() as conn:
+            drawn = dict(await conn.fetch(f"SELECT setl_id, drawn::text FROM {first}.ledger"))
+            assert drawn == {"S-AFTER": "64.29", "S-BEFORE": None}  # before 007: NULL, its fund payment
+            assert await conn.fetchval(f"SELECT clr_sumamt::text FROM {first}.statements") == "60.00"
         assert await migrate(pool, second, "services.clearing.migrations")  # a new database: every file
         async with pool.acquire() as conn:
             expected = {("ledger", "drawn"): ("NEVER", "YES"), ("statements", "clr_sumamt"): ("NEVER", "NO")}

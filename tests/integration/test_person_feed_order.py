@@ -81,6 +81,19 @@ async def test_within_a_batch_the_newest_record_wins_whatever_the_order(settings
         assert (_balance(subjects[second]), stale) == ("40.00", 1)
         subject, stale = await repo.upsert_person(_person(second, "60.00", "2026-05-02T09:59:00+08:00"))
         assert (_balance(subject), stale) == ("40.00", 1)
+        # Folded over the time held in the database (found by review): an untimed record, then an
+        # older timed one, over a newer time held: the untimed one applies, as one by one.
+        subjects, stale = await repo.upsert_persons([
+            _person(second, "70.00"),
+            _person(second, "80.00", "2026-05-02T09:30:00+08:00"),
+        ])
+        assert (_balance(subjects[second]), stale) == ("70.00", 1)
+        # Two older records over a newer time held: both stale, as one by one.
+        subjects, stale = await repo.upsert_persons([
+            _person(second, "90.00", "2026-05-02T05:00:00+08:00"),
+            _person(second, "95.00", "2026-05-02T07:00:00+08:00"),
+        ])
+        assert (_balance(subjects[second]), stale) == ("70.00", 2)
     finally:
         await pool.execute("DELETE FROM eligibility.persons WHERE psn_no = ANY($1::text[])", [first, second])
         await pool.close()
@@ -111,6 +124,11 @@ async def test_persons_stored_before_migration_002_get_their_time_from_their_rec
         await conn.execute((MIGRATIONS / "003_person_source_time_backfill.sql").read_text())
         rows = {r["psn_no"]: r["source_time"] for r in await conn.fetch("SELECT psn_no, source_time FROM persons")}
         assert {psn: t and t.isoformat() for psn, t in rows.items()} == {psn: want for psn, (_, want) in cases.items()}
+        # 004: a time held far ahead (stored before the feed refused them) is dropped; others stay.
+        await conn.execute("UPDATE persons SET source_time = '2999-01-01T00:00:00Z' WHERE psn_no = 'E'")
+        await conn.execute((MIGRATIONS / "004_person_source_time_ahead.sql").read_text())
+        rows = {r["psn_no"]: r["source_time"] for r in await conn.fetch("SELECT psn_no, source_time FROM persons")}
+        assert rows["E"] is None and rows["A"].isoformat() == "2026-01-05T00:00:00+00:00"
     finally:
         await conn.execute(f"DROP SCHEMA {schema} CASCADE")
         await conn.close()
