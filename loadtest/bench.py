@@ -172,7 +172,9 @@ class Bench:
             p99 = result["latency_ms"]["p99"]
             held = (not result.get("short_of_pace") and p99 is not None and p99 < STEADY_P99_MS
                     and result["exactly_once"]["ok"] and result.get("ledger", {}).get("ok", True))
-            probes.append({"rate": rate, "sent_per_s": result["send_rate_per_s"], "p99_ms": p99, "held": held})
+            probes.append({"rate": rate, "sent_per_s": result["send_rate_per_s"], "p50_ms": result["latency_ms"].get("p50"),
+                           "p99_ms": p99, "behind_p99_ms": result.get("behind_schedule_ms", {}).get("p99"),
+                           "held": held})
             last = result
             if held:
                 lo, best = rate, result

@@ -286,7 +286,8 @@ section below says how the figures are measured.
   throughput and latency do.
 - **Latency** runs to the answer read by the replay's one reader (read_committed), per send,
   exact percentiles over every answer. It starts at the publish in the `max` run; from 2026-12-03,
-  in the paced runs (`rate_*`, `--speed`) it starts when the schedule had the request due, so a
+  in the paced runs (`rate_*`, `--speed`) it starts when the schedule had the request due (a
+  cancellation, sent once its target is answered, from its publish), so a
   publish held back (the window full, the sender behind) counts its wait, as a hospital's queue
   would; before, it started at the publish (coordinated omission: a paced run that fell behind,
   such as 2026-11-24's `rate_high`, understated its latency). A paced run that sent under 98 % of

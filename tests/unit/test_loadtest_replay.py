@@ -204,3 +204,19 @@ def test_the_ledger_check_fails_on_a_row_under_a_request_that_is_not_a_settlemen
     assert check_ledger(same, same).ok
     stray = check_ledger(same, same, strays=1)
     assert not stray.ok and "not settlements" in stray.summary()
+
+
+async def test_a_run_on_pace_is_not_flagged_for_cancellations_sent_after_its_schedule():
+    """Deferred cancellations go out when their target is answered, after the schedule: they
+    stretched the span the pace was judged over, and an on-time run was flagged (found by review)."""
+    import time
+
+    r = Replay("unused:0", "ns.", Pace(rate=200), progress=False)
+    r._producer = FakeProducer()  # type: ignore[assignment]
+    r.started = time.perf_counter()
+    for i in range(200):  # one second on the schedule, each publish on time
+        due = await r._wait_turn(i, 0.0, 0.0)
+        await r._send_line(settle_line(f"M{i}"), due=due)
+    await asyncio.sleep(0.6)
+    await r._send_line(settle_line("LATE-CANCEL"))  # unpaced, 0.6 s after the schedule ended
+    assert r.pacing()["short_of_pace"] is False
