@@ -103,7 +103,8 @@ async def test_yidi_topics_checks_compacts_and_deletes_by_exact_name(settings, c
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(namespace + REFDATA_PERSONS, SPECS[REFDATA_PERSONS].partitions, 1),
+        await admin.create_topics([NewTopic(namespace + REFDATA_PERSONS, SPECS[REFDATA_PERSONS].partitions, 1,
+                                            topic_configs={"retention.ms": "123456789"}),
                                    NewTopic(namespace + REFDATA_PERSONS + ".dlq", 1, 1)])
         for _ in range(100):
             if namespace + REFDATA_PERSONS in await admin.list_topics():
@@ -118,6 +119,10 @@ async def test_yidi_topics_checks_compacts_and_deletes_by_exact_name(settings, c
                 break
             await asyncio.sleep(0.05)
         assert await _cleanup_policy(admin, namespace + REFDATA_PERSONS) == "compact"
+        # The topic's other override stays (AlterConfigs replaces them all unless sent again).
+        [response] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, namespace + REFDATA_PERSONS, {"retention.ms": None})])
+        assert response.resources[0][4][0][1] == "123456789"
         lines = await topics_cli.check(bootstrap, namespace)
         assert all(line.endswith("ok") for line in lines), lines
         # delete takes the exact name: the feed's dead letters stay.

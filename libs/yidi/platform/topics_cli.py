@@ -23,6 +23,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from yidi.platform.kafka import ensure_platform_topics
 from yidi.platform.topics import all_topic_specs
 
+DYNAMIC_TOPIC_CONFIG = 1  # a DescribeConfigs entry's source: set on the topic itself
+
 
 def _spec(name: str):
     specs = {spec.name: spec for spec in all_topic_specs()}
@@ -66,8 +68,15 @@ async def compact(bootstrap: str, namespace: str, name: str) -> str:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
+        # AlterConfigs (aiokafka has no incremental one) replaces every setting of the topic: the
+        # topic's own overrides (retention.ms, say) are sent again beside cleanup.policy.
+        [described] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, f"{namespace}{name}", None)])
+        [(code, message, _, _, entries)] = described.resources
+        if code:
+            raise SystemExit(f"yidi-topics: {namespace}{name}: {message or f'error {code}'}")
+        overrides = {e[0]: e[1] for e in entries if e[3] == DYNAMIC_TOPIC_CONFIG and not e[4] and e[1] is not None}
         [response] = await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, f"{namespace}{name}", {"cleanup.policy": "compact"})])
+            [ConfigResource(ConfigResourceType.TOPIC, f"{namespace}{name}", overrides | {"cleanup.policy": "compact"})])
         [(code, message, *_)] = response.resources
         if code:
             raise SystemExit(f"yidi-topics: {namespace}{name}: {message or f'error {code}'}")
