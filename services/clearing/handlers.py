@@ -43,7 +43,11 @@ class ClearingHandler:
         return reply(self.settings, r.reply_to, answer, facility=r.fixmedins_code, request_ts_ms=work.request_ts_ms)
 
     def _broken(self, record: Incoming, reason: str) -> list[Outgoing]:
-        return broken(self.settings, record, reason, "The platform could not record this settlement; nothing was settled. Try again later.")
+        # Pricing has recorded the msgid (runbook, "Dead letters"): a resend under the same msgid is
+        # what completes the settlement once clearing is fixed; a new msgid for the visit is refused.
+        return broken(self.settings, record, reason,
+                      "The platform could not record this settlement; nothing was settled. Send the same request "
+                      "again later, under the same msgid.")
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         # The model checks the message; the answer goes on (to the ledger, to the gateway) in the
