@@ -26,7 +26,7 @@ from yidi.contracts.envelope import ErrCode, Infno, RequestEnvelope
 from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import STORED_CONTEXT, FacilityRecord, PersonRecord
 from yidi.contracts.settlement import CancelInput, PersonQueryInput, ReversalInput, SettlementInput
-from yidi.domain.codes import BUSINESS_TZ
+from yidi.domain.codes import BUSINESS_TZ, minutes_ahead
 from yidi.domain.eligibility import Eligible, Outage, Refused, Visit, decide
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import dumps, loads
@@ -88,6 +88,19 @@ def _day_of(text: str) -> date | None:
         return None
 
 
+def _work(p: Parsed) -> dict[str, Any]:
+    """EligibleWork in wire form, built directly (the model is its schema; pricing validates it,
+    tests/integration/test_wire_forms.py checks the two agree), with no decision yet. The request
+    goes on as the gateway sent it, now known valid: pricing validates the same bytes to the same
+    model, and dumping it again here was a seventh of this stage's CPU."""
+    return {
+        "request": orjson.Fragment(p.record.value),
+        "request_hash": p.request.payload_hash(),
+        "request_ts_ms": p.record.timestamp_ms,
+        "refusal": None, "person": None, "facility_level": 0, "basis": "", "filing_id": "", "filing_category": None,
+    }
+
+
 class EligibilityHandler:
     def __init__(self, settings: Settings, repo: EligibilityRepository, subjects: Subjects) -> None:
         self.settings = settings
@@ -127,10 +140,10 @@ class EligibilityHandler:
         cleared: a facility clock a day fast would settle 31 December on next year's deductible.
         Backdated times are accepted (offline settlements sent late)."""
         now = datetime.now(BUSINESS_TZ)
-        ahead = request.inf_time.replace(tzinfo=BUSINESS_TZ) - now
-        if ahead.total_seconds() <= self.settings.max_clock_ahead_seconds:
+        minutes = minutes_ahead(request.inf_time.replace(tzinfo=BUSINESS_TZ), now, self.settings.max_clock_ahead_seconds)
+        if minutes is None:
             return None
-        return (f"inf_time {request.inf_time:%Y-%m-%d %H:%M:%S} is {int(ahead.total_seconds() // 60)} minutes ahead of "
+        return (f"inf_time {request.inf_time:%Y-%m-%d %H:%M:%S} is {minutes} minutes ahead of "
                 f"the platform's clock ({now:%Y-%m-%d %H:%M:%S} China time, UTC+08:00); set the facility's clock")
 
     def parse(self, record: Incoming) -> Parsed | list[Outgoing]:
@@ -218,29 +231,17 @@ class EligibilityHandler:
         if p.refused is not None:
             # Refused before anything about the person is read (a stored record this version cannot
             # read must not turn the refusal into a second dead letter and INTERNAL_ERROR).
-            refusal = {
+            work = _work(p)
+            work["refusal"] = {
                 "err_code": ErrCode.INVALID_INPUT.value,
                 "err_msg": f"The request was refused as malformed: {p.refused}. Correct it and send it again.",
             }
-            return Outgoing(topic=self.settings.topic(SETTLEMENT_ELIGIBLE), key=body.psn_no.encode(), value=orjson.dumps({
-                "request": orjson.Fragment(p.record.value), "request_hash": request.payload_hash(),
-                "request_ts_ms": p.record.timestamp_ms, "refusal": refusal, "person": None, "facility_level": 0,
-                "basis": "", "filing_id": "", "filing_category": None,
-            }))
+            return Outgoing(topic=self.settings.topic(SETTLEMENT_ELIGIBLE), value=orjson.dumps(work), key=body.psn_no.encode())
         person_record = (PersonRecord.model_validate(subject["person"], context=STORED_CONTEXT)
                          if subject and subject["person"] else None)
         if request.infno is Infno.PERSON_INFO:
             return self._person_info(p, person_record, subject)
-        # EligibleWork in wire form, built directly (the model is its schema; pricing validates it,
-        # tests/integration/test_wire_forms.py checks the two agree). The request goes on as the
-        # gateway sent it, now known valid: pricing validates the same bytes to the same model, and
-        # dumping it again here was a seventh of this stage's CPU.
-        work: dict[str, Any] = {
-            "request": orjson.Fragment(p.record.value),
-            "request_hash": request.payload_hash(),
-            "request_ts_ms": p.record.timestamp_ms,
-            "refusal": None, "person": None, "facility_level": 0, "basis": "", "filing_id": "", "filing_category": None,
-        }
+        work = _work(p)
         if request.infno.prices_a_bill or request.infno is Infno.BENEFIT_CHECK:
             filings = [FilingRecord.model_validate(f).to_domain() for f in (subject or {}).get("filings", [])]
             facility = facilities.get(request.fixmedins_code)

@@ -12,7 +12,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from yidi.contracts.common import Amount, AreaCode, Code, Ratio, StrictWireModel
 from yidi.domain.catalogue import CatalogueItem
-from yidi.domain.codes import BUSINESS_TZ, ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType
+from yidi.domain.codes import BUSINESS_TZ, ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType, minutes_ahead
 from yidi.domain.eligibility import Facility, Person
 from yidi.domain.money import ZERO
 from yidi.domain.policy import BenefitPolicy, BenefitRule, CalculationOrder, DeductibleScope, Layer, LayerBase
@@ -76,9 +76,10 @@ class PersonRecord(StrictWireModel):
     def ahead_of(self, now: datetime, tolerance_seconds: float) -> str | None:
         """Why this record is refused as dated ahead of ``now`` by more than the tolerance, or None."""
         moment = self.source_time
-        if moment is None or (moment - now).total_seconds() <= tolerance_seconds:
+        minutes = None if moment is None else minutes_ahead(moment, now, tolerance_seconds)
+        if minutes is None:
             return None
-        return (f"updated_at {self.updated_at} is {int((moment - now).total_seconds() // 60)} minutes ahead of the "
+        return (f"updated_at {self.updated_at} is {minutes} minutes ahead of the "
                 f"platform's clock ({now.astimezone(BUSINESS_TZ):%Y-%m-%dT%H:%M:%S}+08:00): a record dated in the "
                 "future would make every later record of this person look older and be ignored; a time without "
                 "a zone is China time")

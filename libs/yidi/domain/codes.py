@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from enum import StrEnum
 
 
 # The platform's business time zone: China Standard Time (UTC+8, no daylight saving). Facility
 # clocks (inf_time) are read in it; filing dates, and times shown to cashiers, are in it.
 BUSINESS_TZ = timezone(timedelta(hours=8), "UTC+08:00")
+
+
+def minutes_ahead(moment: datetime, now: datetime, tolerance_seconds: float) -> int | None:
+    """How many whole minutes an aware ``moment`` is ahead of ``now``, when by more than the
+    tolerance; else None. A source's time far ahead (a request's ``inf_time``, a region's record)
+    is refused: it would pick a future year or month, or hold what follows it as older."""
+    ahead = (moment - now).total_seconds()
+    return None if ahead <= tolerance_seconds else int(ahead // 60)
 
 
 class MedType(StrEnum):

@@ -124,16 +124,25 @@ async def ensure_platform_topics(bootstrap: str, namespace: str = "") -> list[st
         await admin.close()
 
 
+async def cleanup_policies(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, str]:
+    """Each existing topic's ``cleanup.policy`` (a topic the broker cannot describe is left out)."""
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None}) for name in names]
+    return {name: dict((e[0], e[1]) for e in entries).get("cleanup.policy", "")
+            for response in await admin.describe_configs(resources)
+            for error_code, _, _, name, entries in response.resources if error_code == 0}
+
+
+def compacted(policy: str) -> bool:
+    return "compact" in policy.split(",")
+
+
 async def _warn_uncompacted(admin: AIOKafkaAdminClient, names: list[str]) -> None:
     """Log a feed topic whose spec is compacted but whose ``cleanup.policy`` is not (a broker's
     auto-creation): its records would be deleted after the retention, and a rebuild would miss them."""
-    resources = [ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None}) for name in names]
-    for response in await admin.describe_configs(resources):
-        for error_code, _, _, name, entries in response.resources:
-            policy = dict((e[0], e[1]) for e in entries).get("cleanup.policy", "")
-            if error_code == 0 and "compact" not in policy.split(","):
-                log.warning("topic %s has cleanup.policy=%s, its spec compact (created by another tool or by the "
-                            "broker's auto-creation?): see docs/runbook.md, \"Topics\"", name, policy)
+    for name, policy in (await cleanup_policies(admin, names)).items():
+        if not compacted(policy):
+            log.warning("topic %s has cleanup.policy=%s, its spec compact (created by another tool or by the "
+                        "broker's auto-creation?): see docs/runbook.md, \"Topics\"", name, policy)
 
 
 async def delete_namespace_topics(bootstrap: str, *prefixes: str) -> list[str]:

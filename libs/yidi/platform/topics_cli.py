@@ -20,7 +20,7 @@ import sys
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from yidi.platform.kafka import ensure_platform_topics
+from yidi.platform.kafka import cleanup_policies, compacted, ensure_platform_topics
 from yidi.platform.topics import all_topic_specs
 
 DYNAMIC_TOPIC_CONFIG = 1  # a DescribeConfigs entry's source: set on the topic itself
@@ -42,11 +42,7 @@ async def check(bootstrap: str, namespace: str) -> list[str]:
     try:
         specs = {f"{namespace}{spec.name}": spec for spec in all_topic_specs()}
         found = {t["topic"]: len(t.get("partitions") or []) for t in await admin.describe_topics(list(specs))}
-        resources = [ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None}) for name in specs]
-        policies: dict[str, str] = {}
-        for response in await admin.describe_configs(resources):
-            for _, _, _, name, entries in response.resources:
-                policies[name] = dict((e[0], e[1]) for e in entries).get("cleanup.policy", "")
+        policies = await cleanup_policies(admin, list(specs))
     finally:
         await admin.close()
     lines = []
@@ -55,7 +51,7 @@ async def check(bootstrap: str, namespace: str) -> list[str]:
         problems = []
         if found.get(name) != spec.partitions:
             problems.append(f"{found.get(name)} partitions, spec {spec.partitions}")
-        if spec.compacted and "compact" not in policies.get(name, "").split(","):
+        if spec.compacted and not compacted(policies.get(name, "")):
             problems.append(f"cleanup.policy={policies.get(name)}, spec compact")
         state = "created" if name in created else ("; ".join(problems) if problems else "ok")
         lines.append(f"{name:<45} {spec.partitions:>2} partitions  {want:<8} {state}")
