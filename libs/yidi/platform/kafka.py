@@ -92,13 +92,13 @@ async def ensure_platform_topics(bootstrap: str, namespace: str = "") -> list[st
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing, present, compacted = [], {}, []
+        missing, present, feeds = [], {}, []
         for spec in all_topic_specs():
             name = f"{namespace}{spec.name}"
             if name in existing:
                 present[name] = spec.partitions
                 if spec.compacted:
-                    compacted.append(name)
+                    feeds.append(name)
                 continue
             configs = {"cleanup.policy": "compact"} if spec.compacted else {}
             missing.append(NewTopic(name, spec.partitions, 1, topic_configs=configs))
@@ -110,8 +110,8 @@ async def ensure_platform_topics(bootstrap: str, namespace: str = "") -> list[st
                       for name, code, *rest in response.topic_errors if code not in (0, TOPIC_ALREADY_EXISTS)]
             if failed:
                 raise FatalError("platform topics could not be created: " + "; ".join(failed))
-        if compacted:
-            await _warn_uncompacted(admin, compacted)
+        if feeds:
+            await _warn_uncompacted(admin, feeds)
         if present:
             for topic in await admin.describe_topics(list(present)):
                 found = len(topic.get("partitions") or [])
