@@ -100,6 +100,7 @@ class Bench:
         result = await replay_file(day, bootstrap=settings.kafka_bootstrap, namespace=settings.namespace, pace=pace,
                                    database_url=settings.database_url if ledger else None, label=f"{name} ")
         result["resources"] = await sampler.stop()
+        result["cpu_steal_share"] = sampler.steal_share
         after = {n: scrape(p) for n, p in ports.items()}
         result["stages"] = {stage if "@" not in n else f"{stage} ({n})": s
                             for n in ports for stage, s in stage_deltas(before[n], after[n]).items()}

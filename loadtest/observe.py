@@ -108,6 +108,26 @@ class _Watched:
     cpu_last: dict[int, float] = field(default_factory=dict)
 
 
+def cpu_counters(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
+    """The machine's (steal, total) CPU time in ticks since boot, or None off Linux."""
+    try:
+        fields = stat.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return (ticks[7] if len(ticks) > 7 else 0), sum(ticks)
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Of the CPU time between two ``cpu_counters``, the share the hypervisor gave other guests
+    (``steal``): on a shared VM, the runs with more of it are slower for reasons not in the code."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 4)
+
+
 class ProcessSampler:
     """Samples every ``interval`` seconds; ``tree`` processes count their children (Postgres backends)."""
 
@@ -148,6 +168,7 @@ class ProcessSampler:
             await asyncio.sleep(self.interval)
 
     def start(self) -> None:
+        self._cpu_at_start = cpu_counters()
         self.sample()
         self._task = asyncio.create_task(self._run())
 
@@ -157,6 +178,7 @@ class ProcessSampler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.sample()
+        self.steal_share = steal_share(getattr(self, "_cpu_at_start", None), cpu_counters())
         return {
             name: {
                 "pid": w.root.pid,

@@ -154,6 +154,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _steal(run: dict[str, Any]) -> str:
+    share = run.get("cpu_steal_share")
+    return "n/a" if share is None else f"{share:.1%}"
+
+
 def _yes(met: bool | None) -> str:
     return "n/a" if met is None else ("yes" if met else "**no**")
 
@@ -172,15 +177,15 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {t['target']} | {t['measured']} | {_yes(t['met'])} |" for t in report["targets"]]
-    lines += ["", "| run | requests | sent/s | throughput/s | p50 ms | p95 ms | p99 ms | max ms | exactly once | ledger |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| run | requests | sent/s | throughput/s | p50 ms | p95 ms | p99 ms | max ms | CPU steal | exactly once | ledger |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, run in runs.items():
         lat = run.get("latency_ms", {})
         ledger = run.get("ledger", {}).get("ok")
         short = " **(fell behind its pace)**" if run.get("short_of_pace") else ""
         lines.append(f"| {name} ({run['pace']}){short} | {run['sends']} | {run.get('send_rate_per_s')} | "
                      f"{run['throughput_per_s']} | {lat.get('p50')} | "
-                     f"{lat.get('p95')} | {lat.get('p99')} | {lat.get('max')} | {_yes(run['exactly_once']['ok'])} | "
+                     f"{lat.get('p95')} | {lat.get('p99')} | {lat.get('max')} | {_steal(run)} | {_yes(run['exactly_once']['ok'])} | "
                      f"{'n/a' if ledger is None else _yes(ledger)} |")
     lines += ["", "Latency runs to the answer read from when a request was due (paced runs: its time in the "
                   "schedule, so a publish held back counts its wait) or from its publish (as fast as possible)."]
@@ -283,7 +288,9 @@ section below says how the figures are measured.
 - **Processes**: memory and CPU of every process (services, Kafka, Postgres, Redis and, from
   2026-11-23 15:30, the load tool itself) in the `max` and `rate_100` runs, with CPU per request
   and how many of the cores were busy: CPU per request moves far less with a busy machine than
-  throughput and latency do.
+  throughput and latency do. From 2026-12-03 each run also shows its **CPU steal**: the share of
+  the machine's CPU time the hypervisor gave other guests during the run (`/proc/stat`); a run
+  with more of it was slowed by the host, not by the code.
 - **Latency** runs to the answer read by the replay's one reader (read_committed), per send,
   exact percentiles over every answer. It starts at the publish in the `max` run; from 2026-12-03,
   in the paced runs (`rate_*`, `--speed`) it starts when the schedule had the request due (a

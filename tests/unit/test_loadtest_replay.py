@@ -220,3 +220,16 @@ async def test_a_run_on_pace_is_not_flagged_for_cancellations_sent_after_its_sch
     await asyncio.sleep(0.6)
     await r._send_line(settle_line("LATE-CANCEL"))  # unpaced, 0.6 s after the schedule ended
     assert r.pacing()["short_of_pace"] is False
+
+
+def test_cpu_steal_is_read_from_proc_stat(tmp_path):
+    from loadtest.observe import cpu_counters, steal_share
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 50 0 25 400 5 0 2 18 0 0\n")
+    before = cpu_counters(stat)
+    assert before == (35, 1000)
+    stat.write_text("cpu  200 0 100 1500 20 0 10 170 0 0\n")
+    assert steal_share(before, cpu_counters(stat)) == round(135 / 1000, 4)
+    assert steal_share(None, before) is None and cpu_counters(tmp_path / "missing") is None
+    assert cpu_counters() is not None  # this machine is Linux
