@@ -51,8 +51,10 @@ PEAK_RATE = peak_hour_rate(rpt.DAY_SETTLEMENTS)
 
 
 def _round_rate(rate: float) -> int:
-    """A probe's rate: a multiple of 25/s, at least 25."""
-    return max(25, int(rate / 25) * 25)
+    """A probe's rate: a multiple of 25/s from 100/s, of 5/s below (a slow machine still gets a
+    search), at least 5."""
+    step = 25 if rate >= 100 else 5
+    return max(5, int(rate / step) * step)
 
 
 def say(text: str) -> None:
@@ -148,9 +150,9 @@ class Bench:
                 await self._profile(procs, full["throughput_per_s"] or 100)
         finally:
             self.report["exit_codes"] = procs.stop_all()
+        measured = [*self.report["runs"].values(), *self.report.get("steady", {}).get("probes", [])]
         self.report["rss_max_mib"] = {
-            name: max(run["resources"][name]["rss_max_mib"] for run in self.report["runs"].values()
-                      if name in run.get("resources", {}))
+            name: max(run["resources"][name]["rss_max_mib"] for run in measured if name in run.get("resources", {}))
             for name in SERVICES
         }
 
@@ -175,7 +177,8 @@ class Bench:
                     and result["exactly_once"]["ok"] and result.get("ledger", {}).get("ok", True))
             probes.append({"rate": rate, "sent_per_s": result["send_rate_per_s"], "p50_ms": result["latency_ms"].get("p50"),
                            "p99_ms": p99, "behind_p99_ms": result.get("behind_schedule_ms", {}).get("p99"),
-                           "held": held})
+                           "cpu_steal_share": result.get("cpu_steal_share"), "held": held,
+                           "resources": result.get("resources", {})})
             last = result
             if held:
                 lo, best = rate, result

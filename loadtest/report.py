@@ -71,7 +71,9 @@ def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         measured = f"2,000/s not reachable: at most {tput}/s sustained" if tput else "not run"
         high, steady = runs.get("rate_high"), report.get("steady")
-        if steady:
+        if steady and not steady["probes"]:
+            measured += "; no steady probe run"
+        elif steady:
             tried = ", ".join(f"{p['rate']}/s {'held' if p['held'] else 'not held'} (p99 {p['p99_ms']} ms)"
                               for p in steady["probes"])
             found = (f"held with p99 < {steady['p99_bound_ms']:g} ms: {steady['rate']}/s" if steady["rate"]
@@ -242,7 +244,8 @@ def headline(report: dict[str, Any]) -> str:
     if r100:
         out.append(f"  at 100/s: {percentiles(r100)}")
     if high:
-        out.append(f"  at a steady {high['throughput_per_s']}/s: {percentiles(high)}")
+        held = "" if (report.get("steady") or {}).get("rate") or "steady" not in report else " (not held: the last probe)"
+        out.append(f"  at a steady {high['throughput_per_s']}/s{held}: {percentiles(high)}")
     if full and bare:
         out.append(f"  bare pipeline: {bare['throughput_per_s']}/s → Yidi is "
                    f"{full['throughput_per_s'] / bare['throughput_per_s']:.0%} of it")

@@ -95,3 +95,19 @@ async def test_the_steady_search_bisects_for_the_highest_rate_held(tmp_path):
     assert tried == [500, 250, 375]
     assert bench.report["steady"]["rate"] == 249 and bench.report["runs"]["rate_high"]["throughput_per_s"] == 249
     assert [p["held"] for p in bench.report["steady"]["probes"]] == [False, True, False]
+
+
+def test_a_steady_search_with_no_probe_or_none_held_says_so():
+    from loadtest.bench import _round_rate
+    from loadtest.report import headline, judge
+
+    run = {"throughput_per_s": 740.0, "sends": 40_000, "latency_ms": {"p50": 900.0, "p95": 1000.0, "p99": 1200.0}}
+    report = {"runs": {"max": run, "rate_high": run | {"throughput_per_s": 74.0}}, "rss_max_mib": {},
+              "steady": {"p99_bound_ms": 250.0, "rate": None, "probes": []}, "commit": "abc", "results_dir": "r",
+              "window": 2000}
+    report["targets"] = judge(report)
+    assert next(t for t in report["targets"] if t["target"].startswith("p99 < 250 ms"))["measured"].endswith(
+        "; no steady probe run")
+    assert "at a steady 74.0/s (not held: the last probe):" in headline(report)
+    # A slow machine still gets a search below 100/s (steps of 5, not 25).
+    assert [_round_rate(r) for r in (30.0, 42.5, 99.0, 100.0, 130.0, 2.0)] == [30, 40, 95, 100, 125, 5]
