@@ -57,6 +57,16 @@ def _round_rate(rate: float) -> int:
     return max(5, int(rate / step) * step)
 
 
+def passed(result: dict[str, Any]) -> bool:
+    """Whether a replay's checks passed: exactly once, and the ledger where it was read."""
+    return result["exactly_once"]["ok"] and result.get("ledger", {}).get("ok", True)
+
+
+def verdict(result: dict[str, Any]) -> tuple[bool, str]:
+    """A replay's checks: ``passed``, and their summary."""
+    return passed(result), result["exactly_once"]["summary"] + ("; " + result["ledger"]["summary"] if "ledger" in result else "")
+
+
 def say(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
@@ -110,8 +120,7 @@ class Bench:
             self.report["runs"][name] = result
         else:
             self._other_check(name, result)
-        checks = result["exactly_once"]["summary"] + ("; " + result["ledger"]["summary"] if "ledger" in result else "")
-        say(f"{name}: {result['throughput_per_s']}/s, p99 {result['latency_ms']['p99']} ms; {checks}")
+        say(f"{name}: {result['throughput_per_s']}/s, p99 {result['latency_ms']['p99']} ms; {verdict(result)[1]}")
         return result
 
     async def services(self) -> None:
@@ -173,8 +182,7 @@ class Bench:
             result = await self._measured(f"steady probe {step + 1} at {rate}/s", procs, day,
                                           Pace(rate=rate, window=args.window), self.settings, True, keep=False)
             p99 = result["latency_ms"]["p99"]
-            held = (not result.get("short_of_pace") and p99 is not None and p99 < STEADY_P99_MS
-                    and result["exactly_once"]["ok"] and result.get("ledger", {}).get("ok", True))
+            held = not result.get("short_of_pace") and p99 is not None and p99 < STEADY_P99_MS and passed(result)
             probes.append({"rate": rate, "sent_per_s": result["send_rate_per_s"], "p50_ms": result["latency_ms"].get("p50"),
                            "p99_ms": p99, "behind_p99_ms": result.get("behind_schedule_ms", {}).get("p99"),
                            "cpu_steal_share": result.get("cpu_steal_share"), "held": held,
@@ -184,8 +192,9 @@ class Bench:
                 lo, best = rate, result
             else:
                 hi = rate
+            # Every rate tried is at most lo (held) or at least hi (not): one between them is new.
             following = _round_rate((lo + hi) / 2)
-            if following in (lo, hi) or any(p["rate"] == following for p in probes):
+            if following in (lo, hi):
                 break
             rate = following
         self.report["steady"] = {"p99_bound_ms": STEADY_P99_MS, "probes": probes,
@@ -223,9 +232,8 @@ class Bench:
 
     def _other_check(self, name: str, result: dict[str, Any]) -> None:
         """The verdicts of a replay that is not a measured run (warm-up, profile): they count too."""
-        verdict = result["exactly_once"]["summary"] + ("; " + result["ledger"]["summary"] if "ledger" in result else "")
-        ok = result["exactly_once"]["ok"] and result.get("ledger", {}).get("ok", True)
-        self.report.setdefault("other_checks", {})[name] = verdict if ok else f"**{verdict}**"
+        ok, text = verdict(result)
+        self.report.setdefault("other_checks", {})[name] = text if ok else f"**{text}**"
         self.report.setdefault("other_checks_ok", {})[name] = ok
 
     async def reference(self) -> None:
@@ -330,8 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_docs:
         rpt.append_benchmarks(args.docs, entry)
     print(rpt.headline(report))
-    checks_ok = all(run["exactly_once"]["ok"] and run.get("ledger", {}).get("ok", True)
-                    for run in report["runs"].values()) and all(report.get("other_checks_ok", {}).values())
+    checks_ok = all(passed(run) for run in report["runs"].values()) and all(report.get("other_checks_ok", {}).values())
     if not checks_ok:
         print("bench: a check failed (exactly-once or ledger): see report.json", file=sys.stderr)
     sys.exit(0 if checks_ok else 1)

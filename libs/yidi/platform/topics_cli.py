@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import AsyncIterator
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -24,6 +26,22 @@ from yidi.platform.kafka import cleanup_policies, compacted, ensure_platform_top
 from yidi.platform.topics import all_topic_specs
 
 DYNAMIC_TOPIC_CONFIG = 1  # a DescribeConfigs entry's source: set on the topic itself
+
+
+@contextlib.asynccontextmanager
+async def _admin(bootstrap: str) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+def _refused(topic: str, code: int, message: str | None) -> None:
+    """Stop with the broker's reason when it answered an error for ``topic``."""
+    if code:
+        raise SystemExit(f"yidi-topics: {topic}: {message or f'error {code}'}")
 
 
 def _spec(name: str):
@@ -37,14 +55,10 @@ async def check(bootstrap: str, namespace: str) -> list[str]:
     """Create the missing platform topics; return the lines to print (topics off their spec are
     also logged, as the services log them)."""
     created = await ensure_platform_topics(bootstrap, namespace)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        specs = {f"{namespace}{spec.name}": spec for spec in all_topic_specs()}
+    specs = {f"{namespace}{spec.name}": spec for spec in all_topic_specs()}
+    async with _admin(bootstrap) as admin:
         found = {t["topic"]: len(t.get("partitions") or []) for t in await admin.describe_topics(list(specs))}
         policies = await cleanup_policies(admin, list(specs))
-    finally:
-        await admin.close()
     lines = []
     for name, spec in specs.items():
         want = "compact" if spec.compacted else "delete"
@@ -61,37 +75,29 @@ async def check(bootstrap: str, namespace: str) -> list[str]:
 async def compact(bootstrap: str, namespace: str, name: str) -> str:
     if not _spec(name).compacted:
         raise SystemExit(f"yidi-topics: {name} is not a compacted topic in its spec")
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
+    topic = f"{namespace}{name}"
+    async with _admin(bootstrap) as admin:
         # AlterConfigs (aiokafka has no incremental one) replaces every setting of the topic: the
         # topic's own overrides (retention.ms, say) are sent again beside cleanup.policy.
-        [described] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, f"{namespace}{name}", None)])
+        [described] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, None)])
         [(code, message, _, _, entries)] = described.resources
-        if code:
-            raise SystemExit(f"yidi-topics: {namespace}{name}: {message or f'error {code}'}")
+        _refused(topic, code, message)
         overrides = {e[0]: e[1] for e in entries if e[3] == DYNAMIC_TOPIC_CONFIG and not e[4] and e[1] is not None}
         [response] = await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, f"{namespace}{name}", overrides | {"cleanup.policy": "compact"})])
+            [ConfigResource(ConfigResourceType.TOPIC, topic, overrides | {"cleanup.policy": "compact"})])
         [(code, message, *_)] = response.resources
-        if code:
-            raise SystemExit(f"yidi-topics: {namespace}{name}: {message or f'error {code}'}")
-    finally:
-        await admin.close()
-    return f"{namespace}{name}: cleanup.policy=compact"
+        _refused(topic, code, message)
+    return f"{topic}: cleanup.policy=compact"
 
 
 async def delete(bootstrap: str, namespace: str, name: str) -> str:
     _spec(name)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        if f"{namespace}{name}" not in await admin.list_topics():
-            raise SystemExit(f"yidi-topics: {namespace}{name} does not exist")
-        await admin.delete_topics([f"{namespace}{name}"])  # that name only
-    finally:
-        await admin.close()
-    return f"{namespace}{name}: deleted (start the services to create it again with its spec)"
+    topic = f"{namespace}{name}"
+    async with _admin(bootstrap) as admin:
+        if topic not in await admin.list_topics():
+            raise SystemExit(f"yidi-topics: {topic} does not exist")
+        await admin.delete_topics([topic])  # that name only
+    return f"{topic}: deleted (start the services to create it again with its spec)"
 
 
 def main(argv: list[str] | None = None) -> None:
