@@ -4,7 +4,7 @@
 
 1. generates a world and the days (loadtest.generator) under loadtest/results/<timestamp>/;
 2. starts the four services in a fresh namespace, loads the world through the feeds;
-3. replays a short warm-up, then a fixed-rate run at the national peak hour's rate (21.6/s), one at
+3. warms up until the broker's JIT compiler has settled (loadtest.warmup), then runs a fixed-rate run at the national peak hour's rate (21.6/s), one at
    100/s (the latency target), then the whole day
    as fast as a window of outstanding answers allows (throughput), checking exactly-once and the
    ledger after each; samples RSS and CPU of every process and the stage metrics before and after;
@@ -37,6 +37,7 @@ from loadtest.generator import DayOptions, peak_hour_rate, write_day, write_refd
 from loadtest.observe import ProcessSampler, infrastructure_pids, scrape, stage_deltas, start_profile, top_frames
 from loadtest.procs import REFERENCE_STAGES, SERVICES, Processes
 from loadtest.replay import Pace, replay_file
+from loadtest.warmup import ROUND_SECONDS, jit_cores, jit_cpu_seconds, summary as warm_summary, warm_up
 from loadtest.world import World
 from yidi.platform.kafka import delete_namespace_topics, ensure_topics
 from yidi.platform.settings import Settings
@@ -109,8 +110,11 @@ class Bench:
         sampler = ProcessSampler(procs.pids() | infrastructure_pids() | {"load tool": os.getpid()})
         sampler.start()
         say(f"{name}: {pace.describe()}")
+        broker = infrastructure_pids().get("kafka")
+        jit_before, started = jit_cpu_seconds(broker), time.monotonic()
         result = await replay_file(day, bootstrap=settings.kafka_bootstrap, namespace=settings.namespace, pace=pace,
                                    database_url=settings.database_url if ledger else None, label=f"{name} ")
+        result["broker_jit_cores"] = jit_cores(jit_before, jit_cpu_seconds(broker), time.monotonic() - started)
         result["resources"] = await sampler.stop()
         result["cpu_steal_share"] = sampler.steal_share
         after = {n: scrape(p) for n, p in ports.items()}
@@ -139,9 +143,7 @@ class Bench:
                                 wait=900)
             self.report["refdata_load"] = {"records": counts, "seconds": round(time.monotonic() - started, 1)}
             say(f"reference data applied in {time.monotonic() - started:.0f}s")
-            self._other_check("warm-up", await replay_file(
-                self.warmup, bootstrap=s.kafka_bootstrap, namespace=s.namespace, pace=Pace(window=200),
-                database_url=s.database_url, progress=False))
+            await self._warm_up()
             if self.peak_day:
                 await self._measured("rate_peak", procs, self.peak_day, Pace(rate=PEAK_RATE, window=args.window), s,
                                      True)
@@ -164,6 +166,23 @@ class Bench:
             name: max(run["resources"][name]["rss_max_mib"] for run in measured if name in run.get("resources", {}))
             for name in SERVICES
         }
+
+    async def _warm_up(self) -> None:
+        """A burst, then rounds at ``--rate`` until the broker's JIT has settled (loadtest.warmup):
+        the measured runs then see the broker a platform in service has, not one still compiling."""
+        args, s = self.args, self.settings
+
+        def round_day(k: int) -> Path:
+            return self._day(f"warmup{k + 1}", int(args.rate * ROUND_SECONDS), args.seed + 100 + k,
+                             extras=False, tag=f"W{k + 1}{self.run_id}")
+
+        say(f"warming up: rounds at {args.rate:g}/s until the broker's JIT settles (at most {args.warmup_seconds:g} s)")
+        warm = await warm_up(self.warmup, round_day, bootstrap=s.kafka_bootstrap, namespace=s.namespace, rate=args.rate,
+                             broker_pid=infrastructure_pids().get("kafka"), database_url=s.database_url,
+                             max_seconds=args.warmup_seconds, say=say)
+        self._other_check("warm-up", *warm.pop("results"))
+        self.report["warm_up"] = warm
+        say("warm-up: " + warm_summary(warm))
 
     async def _steady(self, procs: Processes, max_tput: float) -> None:
         """Bisect for the highest fixed rate the system holds (sends on pace) with p99 under
@@ -230,9 +249,17 @@ class Bench:
         self.report["profile"] = {"seconds": seconds, "services": services,
                                   "replay": {k: result[k] for k in ("sends", "throughput_per_s", "exactly_once", "ledger")}}
 
-    def _other_check(self, name: str, result: dict[str, Any]) -> None:
-        """The verdicts of a replay that is not a measured run (warm-up, profile): they count too."""
-        ok, text = verdict(result)
+    def _other_check(self, name: str, *results: dict[str, Any]) -> None:
+        """The verdicts of replays that are not measured runs (warm-up, profile): they count too.
+        Several replays under one name are summed up, and the failed ones quoted."""
+        if len(results) == 1:
+            ok, text = verdict(results[0])
+        else:
+            failed = [verdict(r)[1] for r in results if not passed(r)]
+            ok = not failed
+            text = ("; ".join(failed) if failed else
+                    f"{len(results)} replays, {sum(r['sends'] for r in results)} sends, each exactly once"
+                    + ("" if any("ledger" not in r for r in results) else " and ledger = answers"))
         self.report.setdefault("other_checks", {})[name] = text if ok else f"**{text}**"
         self.report.setdefault("other_checks_ok", {})[name] = ok
 
@@ -314,6 +341,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"a run at the national peak hour's {PEAK_RATE:g}/s first (0: do not)")
     parser.add_argument("--instances", type=_instances, default={}, metavar="SERVICE=N[,SERVICE=N]",
                         help="run N instances of a service in its consumer groups, e.g. pricing=2")
+    parser.add_argument("--warmup-seconds", type=float, default=240.0,
+                        help="at most this long warming up until the broker's JIT settles (0: a short burst only)")
     parser.add_argument("--steady-steps", type=int, default=3,
                         help="paced runs bisecting for the highest rate held with p99 < 250 ms (when 2,000/s is out of reach)")
     parser.add_argument("--high-seconds", type=float, default=20.0,

@@ -4,8 +4,8 @@
     python -m loadtest.latency_probe services --runs 3 --seconds 20 --persons 400 [--trace DIR]
 
 Starts the processes in a fresh namespace (services: loads a small world through the feeds),
-replays a warm-up, then ``--runs`` fixed-rate replays of ``--seconds`` each, prints p50/p95/p99
-of each run and their medians, stops the processes and deletes the namespace's topics. With
+warms up until the broker's JIT settles (loadtest.warmup), then ``--runs`` fixed-rate replays of
+``--seconds`` each, prints p50/p95/p99 of each run and their medians, stops the processes and deletes the namespace's topics. With
 ``--trace DIR`` every stage runs under ``loadtest.traced`` and ``loadtest.hops`` summarises DIR.
 Extra environment for the processes: ``--env KEY=VALUE`` (repeatable; e.g. the reference
 pipeline's ``LOADTEST_PRODUCER_OPTIONS``).
@@ -30,6 +30,7 @@ from loadtest.hops import MEASURED_FROM
 from loadtest.observe import ProcessSampler, infrastructure_pids
 from loadtest.procs import REFERENCE_STAGES, SERVICES, Processes
 from loadtest.replay import Pace, replay_file
+from loadtest.warmup import ROUND_SECONDS, summary as warm_summary, warm_up
 from loadtest.world import World
 from yidi.platform.kafka import ensure_topics
 from yidi.platform.settings import Settings
@@ -91,8 +92,16 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
             await load(str(work / "refdata.json"), bootstrap=settings.kafka_bootstrap, namespace=settings.namespace,
                        wait=600)
             say(f"reference data applied in {time.monotonic() - t:.0f}s")
-        await replay_file(warmup, bootstrap=settings.kafka_bootstrap, namespace=settings.namespace,
-                          pace=Pace(window=200), progress=False)
+        def round_day(k: int) -> Path:
+            day = work / f"warmup{k + 1}.jsonl"
+            write_day(world, DayOptions(settlements=int(args.rate * ROUND_SECONDS), seed=args.seed + 100 + k,
+                                        tag=f"W{k + 1}{tag}"), day)
+            return day
+
+        warm = await warm_up(warmup, round_day, bootstrap=settings.kafka_bootstrap, namespace=settings.namespace,
+                             rate=args.rate, broker_pid=infrastructure_pids().get("kafka"),
+                             max_seconds=args.warmup_seconds, say=say)
+        say("warm-up: " + warm_summary(warm))
         if trace:
             # loadtest.hops leaves out what was traced before this: the warm-up's batches of ~200 records
             # otherwise pass for the fixed-rate runs' slowest deliveries.
@@ -142,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--persons", type=int, default=400)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--warmup-seconds", type=float, default=240.0,
+                        help="at most this long warming up until the broker's JIT settles (0: a short burst only)")
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between runs")
     parser.add_argument("--trace", type=Path, help="trace every stage into this folder (loadtest.traced)")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the processes")

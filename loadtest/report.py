@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.generator import MIX
+from loadtest.warmup import summary as warm_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY_SETTLEMENTS = 650_000
@@ -161,6 +162,11 @@ def _steal(run: dict[str, Any]) -> str:
     return "n/a" if share is None else f"{share:.1%}"
 
 
+def _jit(run: dict[str, Any]) -> str:
+    cores = run.get("broker_jit_cores")
+    return "n/a" if cores is None else f"{cores:.2f}"
+
+
 def _yes(met: bool | None) -> str:
     return "n/a" if met is None else ("yes" if met else "**no**")
 
@@ -179,18 +185,20 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {t['target']} | {t['measured']} | {_yes(t['met'])} |" for t in report["targets"]]
-    lines += ["", "| run | requests | sent/s | throughput/s | p50 ms | p95 ms | p99 ms | max ms | CPU steal | exactly once | ledger |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| run | requests | sent/s | throughput/s | p50 ms | p95 ms | p99 ms | max ms | CPU steal | broker JIT cores | exactly once | ledger |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, run in runs.items():
         lat = run.get("latency_ms", {})
         ledger = run.get("ledger", {}).get("ok")
         short = " **(fell behind its pace)**" if run.get("short_of_pace") else ""
         lines.append(f"| {name} ({run['pace']}){short} | {run['sends']} | {run.get('send_rate_per_s')} | "
                      f"{run['throughput_per_s']} | {lat.get('p50')} | "
-                     f"{lat.get('p95')} | {lat.get('p99')} | {lat.get('max')} | {_steal(run)} | {_yes(run['exactly_once']['ok'])} | "
+                     f"{lat.get('p95')} | {lat.get('p99')} | {lat.get('max')} | {_steal(run)} | {_jit(run)} | {_yes(run['exactly_once']['ok'])} | "
                      f"{'n/a' if ledger is None else _yes(ledger)} |")
     lines += ["", "Latency runs to the answer read from when a request was due (paced runs: its time in the "
                   "schedule, so a publish held back counts its wait) or from its publish (as fast as possible)."]
+    if "warm_up" in report:
+        lines.append(f"- Warm-up before the measured runs: {warm_summary(report['warm_up'])}.")
     for name, verdict in report.get("other_checks", {}).items():
         lines.append(f"- {name}: {verdict}")
     errors = runs.get("max", {}).get("err_codes")
@@ -294,6 +302,11 @@ section below says how the figures are measured.
   throughput and latency do. From 2026-12-03 each run also shows its **CPU steal**: the share of
   the machine's CPU time the hypervisor gave other guests during the run (`/proc/stat`); a run
   with more of it was slowed by the host, not by the code.
+- **Warm-up**: from 2026-12-03 the bench replays rounds of 10 s at `--rate` until the broker's
+  JIT compiler threads used less than 0.1 of a core in a round (at most `--warmup-seconds`, 240),
+  and each run shows the **broker JIT cores** it saw. A freshly started broker compiles for
+  minutes (0.4–0.6 of a core for ~2 minutes on this box), which slowed the first runs of a bench
+  started with the stack; before, the warm-up was one burst of 300 requests.
 - **Latency** runs to the answer read by the replay's one reader (read_committed), per send,
   exact percentiles over every answer. It starts at the publish in the `max` run; from 2026-12-03,
   in the paced runs (`rate_*`, `--speed`) it starts when the schedule had the request due (a

@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 import uuid
 
+import psutil
 import pytest
 
 from loadtest.generator import DayOptions, day_lines, write_refdata
 from loadtest.replay import Pace, Replay
+from loadtest.warmup import jit_cpu_seconds
 from loadtest.world import World
 from yidi.platform.kafka import ensure_topics
 from yidi.refdata.loader import load
@@ -50,3 +52,11 @@ async def test_a_small_day_is_answered_exactly_once_and_the_ledger_matches_the_a
     assert errors["INVALID_INPUT"] >= 1 and errors["ok"] > 150
     assert ledger.answers.count == len(replay.settled) - result["cancellations"]["sent"]
     assert time.monotonic() - started < 60
+
+
+def test_the_brokers_jit_compiler_time_is_read_from_its_threads():
+    # The warm-up watches the real broker's JVM: it has compiled since it started, and keeps a count.
+    brokers = [p.pid for p in psutil.process_iter(["cmdline"]) if "kafka.Kafka" in (p.info["cmdline"] or [])]
+    assert brokers, "no Kafka broker process on this machine"
+    used = jit_cpu_seconds(brokers[0])
+    assert used is not None and used > 0
