@@ -4,8 +4,9 @@
 
 1. generates a world and the days (loadtest.generator) under loadtest/results/<timestamp>/;
 2. starts the four services in a fresh namespace, loads the world through the feeds;
-3. warms up until the broker's JIT compiler has settled (loadtest.warmup), then runs a fixed-rate run at the national peak hour's rate (21.6/s), one at
-   100/s (the latency target), then the whole day
+3. warms up until the broker's JIT compiler has settled (loadtest.warmup), then replays a
+   fixed-rate run at the national peak hour's rate (21.6/s), one at 100/s (the latency target),
+   then the whole day
    as fast as a window of outstanding answers allows (throughput), checking exactly-once and the
    ledger after each; samples RSS and CPU of every process and the stage metrics before and after;
    when 2,000/s is out of reach, bisects with short paced runs for the highest rate held with p99
@@ -37,7 +38,7 @@ from loadtest.generator import DayOptions, peak_hour_rate, write_day, write_refd
 from loadtest.observe import ProcessSampler, infrastructure_pids, scrape, stage_deltas, start_profile, top_frames
 from loadtest.procs import REFERENCE_STAGES, SERVICES, Processes
 from loadtest.replay import Pace, replay_file
-from loadtest.warmup import ROUND_SECONDS, jit_cores, jit_cpu_seconds, summary as warm_summary, warm_up
+from loadtest import warmup
 from loadtest.world import World
 from yidi.platform.kafka import delete_namespace_topics, ensure_topics
 from yidi.platform.settings import Settings
@@ -66,6 +67,17 @@ def passed(result: dict[str, Any]) -> bool:
 def verdict(result: dict[str, Any]) -> tuple[bool, str]:
     """A replay's checks: ``passed``, and their summary."""
     return passed(result), result["exactly_once"]["summary"] + ("; " + result["ledger"]["summary"] if "ledger" in result else "")
+
+
+def verdicts(results: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> tuple[bool, str]:
+    """``verdict`` of one replay, or of several summed up (a warm-up's rounds), the failed quoted."""
+    if len(results) == 1:
+        return verdict(results[0])
+    failed = [verdict(r)[1] for r in results if not passed(r)]
+    if failed:
+        return False, "; ".join(failed)
+    ledger = "" if any("ledger" not in r for r in results) else " and ledger = answers"
+    return True, f"{len(results)} replays, {sum(r['sends'] for r in results)} sends, each exactly once{ledger}"
 
 
 def say(text: str) -> None:
@@ -107,16 +119,16 @@ class Bench:
         ports = {n: procs.ports[n] for n in procs.procs}
         before = {n: scrape(p) for n, p in ports.items()}
         # The load tool itself (this process: replay, sampling) shares the box: it is measured too.
-        sampler = ProcessSampler(procs.pids() | infrastructure_pids() | {"load tool": os.getpid()})
+        infrastructure = infrastructure_pids()
+        sampler = ProcessSampler(procs.pids() | infrastructure | {"load tool": os.getpid()},
+                                 jit_pid=infrastructure.get("kafka"))
         sampler.start()
         say(f"{name}: {pace.describe()}")
-        broker = infrastructure_pids().get("kafka")
-        jit_before, started = jit_cpu_seconds(broker), time.monotonic()
         result = await replay_file(day, bootstrap=settings.kafka_bootstrap, namespace=settings.namespace, pace=pace,
                                    database_url=settings.database_url if ledger else None, label=f"{name} ")
-        result["broker_jit_cores"] = jit_cores(jit_before, jit_cpu_seconds(broker), time.monotonic() - started)
         result["resources"] = await sampler.stop()
         result["cpu_steal_share"] = sampler.steal_share
+        result["broker_jit_cores"] = sampler.broker_jit_cores
         after = {n: scrape(p) for n, p in ports.items()}
         result["stages"] = {stage if "@" not in n else f"{stage} ({n})": s
                             for n in ports for stage, s in stage_deltas(before[n], after[n]).items()}
@@ -143,7 +155,7 @@ class Bench:
                                 wait=900)
             self.report["refdata_load"] = {"records": counts, "seconds": round(time.monotonic() - started, 1)}
             say(f"reference data applied in {time.monotonic() - started:.0f}s")
-            await self._warm_up()
+            await self._warm_up("warm-up", s, ledger=True)
             if self.peak_day:
                 await self._measured("rate_peak", procs, self.peak_day, Pace(rate=PEAK_RATE, window=args.window), s,
                                      True)
@@ -151,7 +163,7 @@ class Bench:
                 await self._measured("rate_100", procs, self.rate_day, Pace(rate=args.rate, window=args.window), s, True)
             full = await self._measured("max", procs, self.max_day, Pace(window=args.window), s, True)
             if (full["throughput_per_s"] or 0) >= 2000 * 1.1:
-                day = self._day("rate2000", 2000 * 20, args.seed + 4)
+                day = self._day("rate2000", 2000 * 20, args.seed + 4, tag=f"T{self.run_id}")  # rate100's is R
                 await self._measured("rate_2000", procs, day, Pace(rate=2000, window=args.window), s, True)
             elif args.high_seconds > 0 and full["throughput_per_s"]:
                 # 2,000/s is out of reach: the highest steady rate this machine holds with p99 under
@@ -167,22 +179,26 @@ class Bench:
             for name in SERVICES
         }
 
-    async def _warm_up(self) -> None:
+    def _warm_round(self, k: int) -> Path:
+        """The warm-up's round ``k`` (the same day for the services and the bare pipeline)."""
+        path = self.dir / f"day-warmup{k + 1}.jsonl"
+        if path.exists():
+            return path
+        return self._day(f"warmup{k + 1}", int(self.args.rate * warmup.ROUND_SECONDS), self.args.seed + 100 + k,
+                         extras=False, tag=f"W{k + 1}{self.run_id}")
+
+    async def _warm_up(self, name: str, settings: Settings, ledger: bool) -> None:
         """A burst, then rounds at ``--rate`` until the broker's JIT has settled (loadtest.warmup):
         the measured runs then see the broker a platform in service has, not one still compiling."""
-        args, s = self.args, self.settings
-
-        def round_day(k: int) -> Path:
-            return self._day(f"warmup{k + 1}", int(args.rate * ROUND_SECONDS), args.seed + 100 + k,
-                             extras=False, tag=f"W{k + 1}{self.run_id}")
-
-        say(f"warming up: rounds at {args.rate:g}/s until the broker's JIT settles (at most {args.warmup_seconds:g} s)")
-        warm = await warm_up(self.warmup, round_day, bootstrap=s.kafka_bootstrap, namespace=s.namespace, rate=args.rate,
-                             broker_pid=infrastructure_pids().get("kafka"), database_url=s.database_url,
-                             max_seconds=args.warmup_seconds, say=say)
-        self._other_check("warm-up", *warm.pop("results"))
-        self.report["warm_up"] = warm
-        say("warm-up: " + warm_summary(warm))
+        args = self.args
+        say(f"{name}: rounds at {args.rate:g}/s until the broker's JIT settles (at most {args.warmup_seconds:g} s)")
+        warm = await warmup.warm_up(
+            self.warmup, self._warm_round, bootstrap=settings.kafka_bootstrap, namespace=settings.namespace,
+            rate=args.rate, broker_pid=infrastructure_pids().get("kafka"),
+            database_url=settings.database_url if ledger else None, max_seconds=args.warmup_seconds, say=say)
+        self._other_check(name, *warm.pop("results"))
+        self.report.setdefault("warm_ups", {})[name] = warm
+        say(f"{name}: " + warmup.summary(warm))
 
     async def _steady(self, procs: Processes, max_tput: float) -> None:
         """Bisect for the highest fixed rate the system holds (sends on pace) with p99 under
@@ -250,16 +266,8 @@ class Bench:
                                   "replay": {k: result[k] for k in ("sends", "throughput_per_s", "exactly_once", "ledger")}}
 
     def _other_check(self, name: str, *results: dict[str, Any]) -> None:
-        """The verdicts of replays that are not measured runs (warm-up, profile): they count too.
-        Several replays under one name are summed up, and the failed ones quoted."""
-        if len(results) == 1:
-            ok, text = verdict(results[0])
-        else:
-            failed = [verdict(r)[1] for r in results if not passed(r)]
-            ok = not failed
-            text = ("; ".join(failed) if failed else
-                    f"{len(results)} replays, {sum(r['sends'] for r in results)} sends, each exactly once"
-                    + ("" if any("ledger" not in r for r in results) else " and ledger = answers"))
+        """The verdicts of replays that are not measured runs (warm-up, profile): they count too."""
+        ok, text = verdicts(results)
         self.report.setdefault("other_checks", {})[name] = text if ok else f"**{text}**"
         self.report.setdefault("other_checks_ok", {})[name] = ok
 
@@ -273,8 +281,7 @@ class Bench:
             procs.start_reference(stage, None)
         try:
             await procs.wait_ready()
-            self._other_check("bare pipeline's warm-up", await replay_file(
-                self.warmup, bootstrap=s.kafka_bootstrap, namespace=s.namespace, pace=Pace(window=200), progress=False))
+            await self._warm_up("bare pipeline's warm-up", s, ledger=False)
             await self._measured("reference", procs, self.max_day, Pace(window=self.args.window), s, False)
             if self.ref_rate_day:
                 await self._measured("reference_rate_100", procs, self.ref_rate_day,
@@ -341,8 +348,7 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"a run at the national peak hour's {PEAK_RATE:g}/s first (0: do not)")
     parser.add_argument("--instances", type=_instances, default={}, metavar="SERVICE=N[,SERVICE=N]",
                         help="run N instances of a service in its consumer groups, e.g. pricing=2")
-    parser.add_argument("--warmup-seconds", type=float, default=240.0,
-                        help="at most this long warming up until the broker's JIT settles (0: a short burst only)")
+    warmup.add_arguments(parser)
     parser.add_argument("--steady-steps", type=int, default=3,
                         help="paced runs bisecting for the highest rate held with p99 < 250 ms (when 2,000/s is out of reach)")
     parser.add_argument("--high-seconds", type=float, default=20.0,

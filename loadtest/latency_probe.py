@@ -30,7 +30,7 @@ from loadtest.hops import MEASURED_FROM
 from loadtest.observe import ProcessSampler, infrastructure_pids
 from loadtest.procs import REFERENCE_STAGES, SERVICES, Processes
 from loadtest.replay import Pace, replay_file
-from loadtest.warmup import ROUND_SECONDS, summary as warm_summary, warm_up
+from loadtest.warmup import ROUND_SECONDS, add_arguments as add_warmup_arguments, summary as warm_summary, warm_up
 from loadtest.world import World
 from yidi.platform.kafka import ensure_topics
 from yidi.platform.settings import Settings
@@ -77,6 +77,7 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
     await ensure_topics(settings)
     procs = Processes(settings, work / "logs")
     results: list[dict[str, Any]] = []
+    warm_ok = True
     try:
         if args.target == "reference":
             for stage in REFERENCE_STAGES:
@@ -92,6 +93,7 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
             await load(str(work / "refdata.json"), bootstrap=settings.kafka_bootstrap, namespace=settings.namespace,
                        wait=600)
             say(f"reference data applied in {time.monotonic() - t:.0f}s")
+
         def round_day(k: int) -> Path:
             day = work / f"warmup{k + 1}.jsonl"
             write_day(world, DayOptions(settlements=int(args.rate * ROUND_SECONDS), seed=args.seed + 100 + k,
@@ -102,6 +104,10 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
                              rate=args.rate, broker_pid=infrastructure_pids().get("kafka"),
                              max_seconds=args.warmup_seconds, say=say)
         say("warm-up: " + warm_summary(warm))
+        warm_ok = all(r["exactly_once"]["ok"] for r in warm["results"])
+        if not warm_ok:
+            say("warm-up: **not exactly once**: " + "; ".join(r["exactly_once"]["summary"] for r in warm["results"]
+                                                          if not r["exactly_once"]["ok"]))
         if trace:
             # loadtest.hops leaves out what was traced before this: the warm-up's batches of ~200 records
             # otherwise pass for the fixed-rate runs' slowest deliveries.
@@ -137,7 +143,7 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
                for k in ("p50", "p95", "p99", "max")}
     say(f"median of {len(results)} runs: " + ", ".join(f"{k} {v} ms" for k, v in summary.items()))
     out = {"target": args.target, "env": env, "runs": results, "median": summary,
-           "exactly_once": all(r["exactly_once"]["ok"] for r in results)}
+           "warm_up_exactly_once": warm_ok, "exactly_once": warm_ok and all(r["exactly_once"]["ok"] for r in results)}
     (work / "probe.json").write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
     return out
 
@@ -151,8 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--persons", type=int, default=400)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--warmup-seconds", type=float, default=240.0,
-                        help="at most this long warming up until the broker's JIT settles (0: a short burst only)")
+    add_warmup_arguments(parser)
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between runs")
     parser.add_argument("--trace", type=Path, help="trace every stage into this folder (loadtest.traced)")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the processes")

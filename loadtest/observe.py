@@ -4,6 +4,8 @@
   size of a batch per stage (``yidi_stage_batch_seconds``, ``yidi_stage_batch_size``).
 - ``ProcessSampler`` samples RSS (max) and CPU seconds of named processes with psutil; Postgres is
   its postmaster with every backend, Kafka and Redis their pids from ``.local/``.
+- ``jit_threads`` reads a JVM's JIT compiler threads' CPU (the broker's, which compiles for minutes
+  after it starts) and ``jit_cores`` turns two readings into cores used.
 - ``profile`` runs ``py-spy record`` on a pid and ``top_frames`` reads its collapsed stacks.
 """
 
@@ -11,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import shutil
 import subprocess
+import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
@@ -128,12 +132,51 @@ def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -
     return round((after[0] - before[0]) / (after[1] - before[1]), 4)
 
 
+# HotSpot's compiler threads, as /proc shows their names (cut to 15 characters).
+JIT_THREAD_PREFIXES = ("C1 CompilerThre", "C2 CompilerThre")
+
+
+def jit_threads(pid: int | None, proc: Path = Path("/proc")) -> dict[int, float] | None:
+    """CPU seconds (user + system) of each JIT compiler thread of the JVM ``pid``, by thread id;
+    None when they cannot be read (no pid, not Linux, not a HotSpot JVM). By thread: a JVM starts
+    and ends compiler threads as its load changes, and one that ended must not lower a sum."""
+    if pid is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[int, float] = {}
+    try:
+        tasks = list((proc / str(pid) / "task").iterdir())
+    except OSError:
+        return None
+    for task in tasks:
+        try:
+            if not (task / "comm").read_text().startswith(JIT_THREAD_PREFIXES):
+                continue
+            # Fields after the command's closing parenthesis: utime and stime are the 12th and 13th.
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            found[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that ended meanwhile
+    return found or None
+
+
+def jit_cores(before: dict[int, float] | None, after: dict[int, float] | None, seconds: float) -> float | None:
+    """Cores the JIT compiler threads used between two ``jit_threads`` readings ``seconds`` apart
+    (a thread born in between counts whole; what one that ended used after ``before`` is lost)."""
+    if before is None or after is None or seconds <= 0:
+        return None
+    used = sum(max(0.0, cpu - before.get(tid, 0.0)) for tid, cpu in after.items())
+    return round(used / seconds, 3)
+
+
 class ProcessSampler:
     """Samples every ``interval`` seconds; ``tree`` processes count their children (Postgres backends)."""
 
     def __init__(self, pids: dict[str, int], *, tree: set[str] | frozenset[str] = frozenset({"postgres"}),
-                 interval: float = 0.5) -> None:
+                 interval: float = 0.5, jit_pid: int | None = None) -> None:
         self.interval = interval
+        self.jit_pid = jit_pid  # a JVM whose JIT compiler is watched too (``broker_jit_cores``)
+        self.broker_jit_cores: float | None = None
         self.watched: dict[str, _Watched] = {}
         for name, pid in pids.items():
             with contextlib.suppress(psutil.Error):
@@ -169,6 +212,7 @@ class ProcessSampler:
 
     def start(self) -> None:
         self._cpu_at_start = cpu_counters()
+        self._jit_at_start = jit_threads(self.jit_pid), time.monotonic()
         self.sample()
         self._task = asyncio.create_task(self._run())
 
@@ -179,6 +223,8 @@ class ProcessSampler:
                 await self._task
         self.sample()
         self.steal_share = steal_share(getattr(self, "_cpu_at_start", None), cpu_counters())
+        jit_before, started = getattr(self, "_jit_at_start", (None, 0.0))
+        self.broker_jit_cores = jit_cores(jit_before, jit_threads(self.jit_pid), time.monotonic() - started)
         return {
             name: {
                 "pid": w.root.pid,

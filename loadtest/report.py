@@ -197,8 +197,8 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{'n/a' if ledger is None else _yes(ledger)} |")
     lines += ["", "Latency runs to the answer read from when a request was due (paced runs: its time in the "
                   "schedule, so a publish held back counts its wait) or from its publish (as fast as possible)."]
-    if "warm_up" in report:
-        lines.append(f"- Warm-up before the measured runs: {warm_summary(report['warm_up'])}.")
+    for name, warm in report.get("warm_ups", {}).items():
+        lines.append(f"- {name} before the measured runs: {warm_summary(warm)}.")
     for name, verdict in report.get("other_checks", {}).items():
         lines.append(f"- {name}: {verdict}")
     errors = runs.get("max", {}).get("err_codes")
@@ -302,9 +302,10 @@ section below says how the figures are measured.
   throughput and latency do. From 2026-12-03 each run also shows its **CPU steal**: the share of
   the machine's CPU time the hypervisor gave other guests during the run (`/proc/stat`); a run
   with more of it was slowed by the host, not by the code.
-- **Warm-up**: from 2026-12-03 the bench replays rounds of 10 s at `--rate` until the broker's
-  JIT compiler threads used less than 0.1 of a core in a round (at most `--warmup-seconds`, 240),
-  and each run shows the **broker JIT cores** it saw. A freshly started broker compiles for
+- **Warm-up**: from 2026-12-03 the bench (and the bare pipeline's part of it) replays rounds of
+  10 s at `--rate` until the broker's JIT compiler threads used less than 0.1 of a core in a round
+  (for at most `--warmup-seconds`, 240; only a local stack's broker is watched), and each run
+  shows the **broker JIT cores** it saw. A freshly started broker compiles for
   minutes (0.4–0.6 of a core for ~2 minutes on this box), which slowed the first runs of a bench
   started with the stack; before, the warm-up was one burst of 300 requests.
 - **Latency** runs to the answer read by the replay's one reader (read_committed), per send,

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
-import psutil
 import pytest
 
 from loadtest.generator import DayOptions, day_lines, write_refdata
 from loadtest.replay import Pace, Replay
-from loadtest.warmup import jit_cpu_seconds
+from loadtest.observe import infrastructure_pids, jit_threads
 from loadtest.world import World
 from yidi.platform.kafka import ensure_topics
 from yidi.refdata.loader import load
@@ -54,9 +54,15 @@ async def test_a_small_day_is_answered_exactly_once_and_the_ledger_matches_the_a
     assert time.monotonic() - started < 60
 
 
+
 def test_the_brokers_jit_compiler_time_is_read_from_its_threads():
-    # The warm-up watches the real broker's JVM: it has compiled since it started, and keeps a count.
-    brokers = [p.pid for p in psutil.process_iter(["cmdline"]) if "kafka.Kafka" in (p.info["cmdline"] or [])]
-    assert brokers, "no Kafka broker process on this machine"
-    used = jit_cpu_seconds(brokers[0])
-    assert used is not None and used > 0
+    # The warm-up watches the local stack's broker, found as the bench finds it (its pid file). A
+    # broker in a container is not on this machine's /proc: nothing to read there (CI: a failure).
+    broker = infrastructure_pids().get("kafka")
+    if broker is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs on the local stack, whose broker the warm-up watches")
+        pytest.skip("the broker is not the local stack's: its JVM threads are not in this machine's /proc")
+    threads = jit_threads(broker)
+    assert threads, "a HotSpot broker has JIT compiler threads"
+    assert sum(threads.values()) > 0  # it has compiled since it started
