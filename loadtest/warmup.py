@@ -82,7 +82,7 @@ def summary(warm: dict[str, Any]) -> str:
     rounds, seconds = warm["rounds"], f"{warm['seconds']:.0f} s"
     if not rounds:
         return f"a burst only, in {seconds} (limit {warm['max_seconds']:g} s)"
-    done = f"{len(rounds)} rounds at {warm['rate']:g}/s in {seconds}"
+    done = f"{len(rounds)} round{'' if len(rounds) == 1 else 's'} at {warm['rate']:g}/s in {seconds}"
     last = rounds[-1]["jit_cores"]
     if warm["stopped"] == "not watched":
         return f"{done}; the broker's JIT not watched (not the local stack's broker, or not a HotSpot JVM)"
