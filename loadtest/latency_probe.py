@@ -5,10 +5,10 @@
 
 Starts the processes in a fresh namespace (services: loads a small world through the feeds),
 warms up until the broker's JIT settles (loadtest.warmup), then ``--runs`` fixed-rate replays of
-``--seconds`` each, prints p50/p95/p99 of each run and their medians, stops the processes and deletes the namespace's topics. With
-``--trace DIR`` every stage runs under ``loadtest.traced`` and ``loadtest.hops`` summarises DIR.
-Extra environment for the processes: ``--env KEY=VALUE`` (repeatable; e.g. the reference
-pipeline's ``LOADTEST_PRODUCER_OPTIONS``).
+``--seconds`` each, prints p50/p95/p99 of each run and their medians, stops the processes and
+deletes the namespace's topics. With ``--trace DIR`` every stage runs under ``loadtest.traced``
+and ``loadtest.hops`` summarises DIR. Extra environment for the processes: ``--env KEY=VALUE``
+(repeatable; e.g. the reference pipeline's ``LOADTEST_PRODUCER_OPTIONS``).
 """
 
 from __future__ import annotations
