@@ -329,6 +329,10 @@ section below says how the figures are measured.
 - The services run with their default settings (batches of up to 500) as separate processes, in
   a fresh namespace per run, on the same 2-core machine as Kafka, Postgres, Redis and the replay
   itself: every figure includes that contention.
+- A fresh namespace means fresh topics, not fresh tables: every run writes into the same service
+  databases, so the ledger and pricing's tables grow from run to run (1.1 M rows each after
+  2026-12-03's whole day), as a platform's would in service. Runs on a database that large are
+  not quite comparable with runs on a fresh one (`deploy/local/stack.sh reset` starts clean).
 
 """
 
