@@ -177,6 +177,9 @@ class ProcessSampler:
         self.interval = interval
         self.jit_pid = jit_pid  # a JVM whose JIT compiler is watched too (``broker_jit_cores``)
         self.broker_jit_cores: float | None = None
+        self.steal_share: float | None = None
+        self._cpu_at_start: tuple[int, int] | None = None
+        self._jit_at_start: tuple[dict[int, float] | None, float] = (None, 0.0)
         self.watched: dict[str, _Watched] = {}
         for name, pid in pids.items():
             with contextlib.suppress(psutil.Error):
@@ -222,8 +225,8 @@ class ProcessSampler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.sample()
-        self.steal_share = steal_share(getattr(self, "_cpu_at_start", None), cpu_counters())
-        jit_before, started = getattr(self, "_jit_at_start", (None, 0.0))
+        self.steal_share = steal_share(self._cpu_at_start, cpu_counters())
+        jit_before, started = self._jit_at_start
         self.broker_jit_cores = jit_cores(jit_before, jit_threads(self.jit_pid), time.monotonic() - started)
         return {
             name: {
