@@ -22,8 +22,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
 from aiokafka.producer import sender as _aiokafka_sender
+from aiokafka.producer.transaction_manager import TransactionState
 
-from yidi.platform import fencing, metrics
+from yidi.platform import fencing, metrics, txnv2
 from yidi.platform.errors import BadData, FatalError, RaceLost, TransientError
 from yidi.platform.faults import armed, crash_point
 from yidi.platform.settings import Settings
@@ -198,10 +199,13 @@ class TransactionalStage:
     # The consumer's group generation and member id when the batch in hand was fetched: its
     # offsets are committed under that membership or not at all (fencing.py).
     _membership: tuple[int, str] = field(default=(-1, ""), init=False)
+    # The Kafka transaction protocol the producer speaks (txnv2.enable): 1, or 2 (KIP-890).
+    transaction_version: int = field(default=0, init=False)
 
     async def start(self) -> None:
         s = self.settings
         fencing.install()  # before the consumer exists: its offset fetches wait for stable offsets
+        txnv2.install()  # a refused record batch makes its transaction abortable (and v2 where enabled)
         self._consumer = AIOKafkaConsumer(
             *[s.topic(t) for t in self.topics],
             bootstrap_servers=s.kafka_bootstrap,
@@ -232,6 +236,8 @@ class TransactionalStage:
             max_batch_size=512 * 1024,
         )
         await self._producer.start()
+        self.transaction_version = await txnv2.enable(self._producer, s.kafka_transactions)
+        log.info("stage %s: Kafka transactions v%d", self.name, self.transaction_version)
         await self._consumer.start()
         # Several instances of a stage share its consumer group: each batch's offsets are
         # committed under the group generation it was fetched in, so an instance the group has
@@ -462,7 +468,9 @@ class TransactionalStage:
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
-        async with self._producer.transaction():
+        producer = self._producer
+        await producer.begin_transaction()
+        try:
             sends = []
             for o in outgoing:
                 try:
@@ -475,4 +483,16 @@ class TransactionalStage:
             if armed(self.name, "before-kafka-commit"):
                 await self._producer.flush()  # the records reach the broker, uncommitted
                 crash_point(self.name, "before-kafka-commit")
+        except BaseException:
+            if not producer._txn_manager.is_fatal_error():
+                await producer.abort_transaction()
+            raise
+        try:
+            await producer.commit_transaction()
+        except KafkaError:
+            # A refused record batch (yidi.platform.txnv2) or a refusal of the commit itself leaves the
+            # transaction abortable: end it, so that the batch is retried in a new one.
+            if producer._txn_manager.state is TransactionState.ABORTABLE_ERROR:
+                await producer.abort_transaction()
+            raise
         await asyncio.gather(*sends)  # settled by the commit; surfaces any per-record error

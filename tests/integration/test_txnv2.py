@@ -1,0 +1,184 @@
+"""Kafka transactions v2 (KIP-890, yidi.platform.txnv2) against the real broker: commits, aborts,
+the epoch the coordinator bumps at every EndTxn, sequences that start again, fencing, and a record
+batch the broker refuses (under both protocol versions)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.client import CoordinationType
+from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.producer.transaction_manager import TransactionState
+
+from yidi.platform import txnv2
+
+pytestmark = pytest.mark.integration
+
+
+async def _topic(bootstrap: str, name: str, partitions: int, **configs: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
+    finally:
+        await admin.close()
+
+
+async def _producer(bootstrap: str, txn_id: str, wanted: str) -> tuple[AIOKafkaProducer, int]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=txn_id, enable_idempotence=True,
+                                acks="all", retry_backoff_ms=10)
+    await producer.start()
+    version = await txnv2.enable(producer, wanted)
+    return producer, version
+
+
+async def _committed(bootstrap: str, topic: str, expected: int, timeout_ms: int = 3000) -> list[bytes]:
+    """The values a read_committed reader sees on ``topic`` (all partitions), until ``expected``
+    of them or ``timeout_ms`` without a new one."""
+    reader = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, isolation_level="read_committed",
+                              auto_offset_reset="earliest", group_id=None)
+    await reader.start()
+    try:
+        seen: list[bytes] = []
+        while True:
+            batch = await reader.getmany(timeout_ms=timeout_ms)
+            if not batch:
+                return sorted(seen)
+            seen += [r.value for records in batch.values() for r in records]
+            if len(seen) > expected:
+                return sorted(seen)
+    finally:
+        await reader.stop()
+
+
+async def _cluster_has_v2(bootstrap: str) -> bool:
+    producer, version = await _producer(bootstrap, f"probe-{uuid.uuid4().hex}", "auto")
+    await producer.stop()
+    return version == 2
+
+
+@pytest.fixture
+async def v2_cluster(settings) -> str:
+    """The broker, when its cluster has finalized transaction.version >= 2 (Kafka 4.0+; the local
+    stack's does). A broker without it is a failure under CI."""
+    if not await _cluster_has_v2(settings.kafka_bootstrap):
+        message = "the broker's cluster has not finalized transaction.version >= 2"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return settings.kafka_bootstrap
+
+
+async def test_the_local_broker_finalizes_transaction_version_2(v2_cluster):
+    producer = AIOKafkaProducer(bootstrap_servers=v2_cluster, transactional_id=f"f-{uuid.uuid4().hex}")
+    await producer.start()
+    try:
+        node = await producer._sender._find_coordinator(CoordinationType.TRANSACTION, producer._txn_manager.transactional_id)
+        features = txnv2.finalized_features(await producer.client.send(node, txnv2.FeaturesRequest()))
+        assert features[txnv2.TRANSACTION_VERSION] >= 2
+        assert "metadata.version" in features
+        # Switching needs the producer switched explicitly: a plain start speaks v1.
+        assert not txnv2.uses_v2(producer._txn_manager)
+    finally:
+        await producer.stop()
+
+
+async def test_commits_and_aborts_under_v2_bump_the_epoch_and_restart_sequences(settings, v2_cluster):
+    topic, group = f"{settings.namespace}txn2-{uuid.uuid4().hex[:8]}", f"{settings.namespace}g-{uuid.uuid4().hex[:8]}"
+    await _topic(v2_cluster, topic, 2)
+    producer, version = await _producer(v2_cluster, f"t-{uuid.uuid4().hex}", "auto")
+    try:
+        assert version == 2 and txnv2.uses_v2(producer._txn_manager)
+        txn = producer._txn_manager
+        pid, epoch = txn.producer_id, txn.producer_epoch
+        expected: list[bytes] = []
+        for n in range(6):
+            commit = n != 3  # the fourth is aborted
+            await producer.begin_transaction()
+            # Several records per partition per transaction: a sequence that did not start again at
+            # 0 after the epoch bump is refused (OUT_OF_ORDER_SEQUENCE_NUMBER) from the second one on.
+            futures = [await producer.send(topic, f"{n}-{i}".encode(), partition=i % 2) for i in range(4)]
+            await producer.send_offsets_to_transaction({TopicPartition(topic, 0): 10 * (n + 1)}, group)
+            if commit:
+                await producer.commit_transaction()
+                expected += [f"{n}-{i}".encode() for i in range(4)]
+            else:
+                await producer.abort_transaction()
+            for f in futures:
+                assert (await f).offset >= 0
+            # The coordinator bumped the epoch (same producer id) at the EndTxn: one per transaction.
+            assert (txn.producer_id, txn.producer_epoch) == (pid, epoch + n + 1)
+            assert txn.sequence_number(TopicPartition(topic, 0)) == 0
+        assert await _committed(v2_cluster, topic, len(expected)) == sorted(expected)
+        # The offsets of the last committed transaction are the group's.
+        admin = AIOKafkaAdminClient(bootstrap_servers=v2_cluster)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+        finally:
+            await admin.close()
+        assert offsets[TopicPartition(topic, 0)].offset == 60
+        # An empty transaction sends no EndTxn (a v2 coordinator refuses to commit one) and keeps the epoch.
+        await producer.begin_transaction()
+        await producer.commit_transaction()
+        assert txn.producer_epoch == epoch + 6
+    finally:
+        await producer.stop()
+
+
+@pytest.mark.parametrize("wanted", ["v1", "auto"])
+async def test_a_newer_producer_with_the_same_transactional_id_fences_the_older(settings, v2_cluster, wanted):
+    topic = f"{settings.namespace}fence-{uuid.uuid4().hex[:8]}"
+    await _topic(v2_cluster, topic, 1)
+    txn_id = f"t-{uuid.uuid4().hex}"
+    old, _ = await _producer(v2_cluster, txn_id, wanted)
+    try:
+        await old.begin_transaction()
+        await old.send(topic, b"zombie")
+        await old.flush()
+        new, _ = await _producer(v2_cluster, txn_id, wanted)  # aborts the old one's open transaction
+        try:
+            with pytest.raises((ProducerFenced, KafkaError)):
+                await old.commit_transaction()
+            async with new.transaction():
+                await new.send(topic, b"new")
+        finally:
+            await new.stop()
+    finally:
+        await old.stop()
+    assert await _committed(v2_cluster, topic, 1) == [b"new"]
+
+
+@pytest.mark.parametrize("wanted", ["v1", "auto"])
+async def test_a_batch_the_broker_refuses_makes_the_transaction_abortable(settings, v2_cluster, wanted):
+    """aiokafka alone would commit the transaction without the refused batch (its send future
+    failed, the commit went on): here the commit raises, the abort ends the transaction, and
+    nothing of it is read, the batch that was accepted included."""
+    small = f"{settings.namespace}small-{uuid.uuid4().hex[:8]}"
+    other = f"{settings.namespace}other-{uuid.uuid4().hex[:8]}"
+    await _topic(v2_cluster, small, 1, **{"max.message.bytes": "2000"})
+    await _topic(v2_cluster, other, 1)
+    producer, version = await _producer(v2_cluster, f"t-{uuid.uuid4().hex}", wanted)
+    try:
+        assert version == (2 if wanted == "auto" else 1)
+        txnv2.install()
+        await producer.begin_transaction()
+        accepted = await producer.send(other, b"accepted")
+        refused = await producer.send(small, b"x" * 5000)  # under the client's limit, over the topic's
+        with pytest.raises(KafkaError):
+            await producer.commit_transaction()
+        assert producer._txn_manager.state is TransactionState.ABORTABLE_ERROR
+        await producer.abort_transaction()
+        assert (await accepted).offset >= 0
+        with pytest.raises(KafkaError):
+            await refused
+        # The producer goes on: the next transaction commits.
+        async with producer.transaction():
+            await producer.send(other, b"next")
+    finally:
+        await producer.stop()
+    assert await _committed(v2_cluster, other, 1) == [b"next"]
