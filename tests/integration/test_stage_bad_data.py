@@ -9,6 +9,7 @@ import uuid
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from yidi.platform import metrics
 from yidi.platform.db import Repository, create_pool
@@ -108,6 +109,47 @@ async def test_an_output_too_large_for_a_kafka_record_is_refused_alone(settings)
         dead = await _read(s, dlq(SETTLEMENT_REQUESTS), 1)
         assert [r.value for r in dead] == [b"2"]
         assert b"larger than a Kafka record" in dict(dead[0].headers)["yidi-dlq-reason"]
+        assert stage.failure is None and not stage.task.done()
+    finally:
+        await producer.stop()
+        await stage.stop()
+
+
+@pytest.mark.parametrize("transactions", ["v1", "auto"])
+async def test_an_output_the_broker_refuses_for_good_is_refused_alone(settings, transactions):
+    """An output under the client's limit but over the topic's (max.message.bytes): the broker refuses
+    its record batch. The transaction is aborted, not committed without it (yidi.platform.txnv2), and
+    the stage halves the batch until the record is alone and refuses it."""
+    s = settings.model_copy(update={"namespace": settings.namespace + f"refused{uuid.uuid4().hex[:6]}.",
+                                    "batch_linger_ms": 500.0, "kafka_transactions": transactions})
+    # The output topic is created with the limit (a limit altered later reaches the log a moment after).
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(s.topic(SETTLEMENT_ELIGIBLE), 6, 1,
+                                            topic_configs={"max.message.bytes": "20000"})])
+    finally:
+        await admin.close()
+    await ensure_topics(s)
+
+    async def inflate_the_second(records: list[Incoming]) -> list[Outgoing]:
+        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value * (100_000 if r.value == b"2" else 1), key=r.key)
+                for r in records]
+
+    stage = TransactionalStage("refused-output-test", "test", s, [SETTLEMENT_REQUESTS], "refused-output-test",
+                               inflate_the_second)
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for v in (b"1", b"2", b"3", b"4"):
+            await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), v, key=b"one-person")
+        await stage.start()
+        assert stage.transaction_version == (1 if transactions == "v1" else 2)
+        passed = await _read(s, SETTLEMENT_ELIGIBLE, 3)
+        assert [r.value for r in passed] == [b"1", b"3", b"4"]
+        dead = await _read(s, dlq(SETTLEMENT_REQUESTS), 1)
+        assert [r.value for r in dead] == [b"2"]
+        assert b"refused an output for good" in dict(dead[0].headers)["yidi-dlq-reason"]
         assert stage.failure is None and not stage.task.done()
     finally:
         await producer.stop()

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import CoordinationType
-from aiokafka.errors import KafkaError, ProducerFenced
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
 from aiokafka.producer.transaction_manager import TransactionState
 
 from yidi.platform import txnv2
@@ -142,8 +142,9 @@ async def test_a_newer_producer_with_the_same_transactional_id_fences_the_older(
         await old.flush()
         new, _ = await _producer(v2_cluster, txn_id, wanted)  # aborts the old one's open transaction
         try:
-            with pytest.raises((ProducerFenced, KafkaError)):
+            with pytest.raises(ProducerFenced):
                 await old.commit_transaction()
+            assert old._txn_manager.is_fatal_error()
             async with new.transaction():
                 await new.send(topic, b"new")
         finally:
@@ -169,16 +170,60 @@ async def test_a_batch_the_broker_refuses_makes_the_transaction_abortable(settin
         await producer.begin_transaction()
         accepted = await producer.send(other, b"accepted")
         refused = await producer.send(small, b"x" * 5000)  # under the client's limit, over the topic's
-        with pytest.raises(KafkaError):
+        with pytest.raises(txnv2.TransactionAbortable) as raised:
             await producer.commit_transaction()
+        assert isinstance(raised.value.refused, MessageSizeTooLargeError)
         assert producer._txn_manager.state is TransactionState.ABORTABLE_ERROR
         await producer.abort_transaction()
         assert (await accepted).offset >= 0
         with pytest.raises(KafkaError):
             await refused
-        # The producer goes on: the next transaction commits.
-        async with producer.transaction():
-            await producer.send(other, b"next")
+        # The producer goes on, to the partition of the refused batch too: the sequence numbers its
+        # records took were never written, and a new epoch starts them again (v1: InitProducerId;
+        # v2: the abort's EndTxn), or the broker would refuse every later batch there.
+        for n in range(3):
+            async with producer.transaction():
+                await producer.send(other, f"next-{n}".encode())
+                await producer.send(small, f"small-{n}".encode())
     finally:
         await producer.stop()
-    assert await _committed(v2_cluster, other, 1) == [b"next"]
+    assert await _committed(v2_cluster, other, 3) == [b"next-0", b"next-1", b"next-2"]
+    assert await _committed(v2_cluster, small, 3) == [b"small-0", b"small-1", b"small-2"]
+
+
+@pytest.mark.parametrize("wanted", ["v1", "auto"])
+async def test_a_batch_the_client_gives_up_on_makes_the_transaction_abortable(settings, v2_cluster, wanted):
+    """A batch whose partition has no known leader for longer than the request timeout is failed by
+    aiokafka's accumulator itself, not by a produce response: its transaction is not committed either."""
+    ok = f"{settings.namespace}ok-{uuid.uuid4().hex[:8]}"
+    leaderless = f"{settings.namespace}leaderless-{uuid.uuid4().hex[:8]}"
+    await _topic(v2_cluster, ok, 1)
+    await _topic(v2_cluster, leaderless, 1)
+    producer = AIOKafkaProducer(bootstrap_servers=v2_cluster, transactional_id=f"t-{uuid.uuid4().hex}",
+                                enable_idempotence=True, acks="all", retry_backoff_ms=10, request_timeout_ms=1500)
+    await producer.start()
+    try:
+        txnv2.install()
+        await txnv2.enable(producer, wanted)
+        await producer.client._wait_on_metadata(leaderless)
+        cluster = producer.client.cluster
+        leader_for_partition = cluster.leader_for_partition
+        cluster.leader_for_partition = lambda tp: None if tp.topic == leaderless else leader_for_partition(tp)
+        group = f"{settings.namespace}g-{uuid.uuid4().hex[:8]}"
+        await producer.begin_transaction()
+        await producer.send(ok, b"accepted")
+        lost = await producer.send(leaderless, b"lost")
+        with pytest.raises(KafkaError):
+            await lost  # expires after the request timeout
+        with pytest.raises(KafkaError):
+            await producer.send_offsets_to_transaction({TopicPartition(ok, 0): 7}, group)
+            await producer.commit_transaction()
+        await producer.abort_transaction()
+        cluster.leader_for_partition = leader_for_partition
+        async with producer.transaction():
+            await producer.send(ok, b"next")
+            await producer.send(leaderless, b"found")
+    finally:
+        await producer.stop()
+    assert await _committed(v2_cluster, ok, 1) == [b"next"]
+    assert await _committed(v2_cluster, leaderless, 1) == [b"found"]

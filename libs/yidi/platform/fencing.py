@@ -53,7 +53,17 @@ log = logging.getLogger(__name__)
 UNSTABLE_OFFSET_COMMIT = 88
 CONCURRENT_TRANSACTIONS = 51
 TRANSACTION_ABORTABLE = 120
-CONCURRENT_TRANSACTIONS_BACKOFF = 0.002
+PRODUCER_FENCED = 90  # aiokafka 0.14 knows 47 (INVALID_PRODUCER_EPOCH) only
+
+
+def concurrent_backoff(txn_manager: Any) -> float:
+    """How long to wait before asking again after CONCURRENT_TRANSACTIONS: the previous transaction's
+    markers are still being written, which takes a few ms on a broker in health; 2 ms, doubling
+    while it lasts (a broker that cannot write them is not asked 500 times a second), at most 100 ms.
+    A request that gets through sets ``txn_manager.yidi_concurrent`` back to 0."""
+    n = getattr(txn_manager, "yidi_concurrent", 0)
+    txn_manager.yidi_concurrent = n + 1
+    return float(min(0.1, 0.002 * 2 ** n))
 # TxnOffsetCommit errors that mean the batch's generation is no longer the group's (Kafka's codes).
 GROUP_MOVED_ON = {22: "ILLEGAL_GENERATION", 25: "UNKNOWN_MEMBER_ID", 27: "REBALANCE_IN_PROGRESS",
                   69: "GROUP_ID_NOT_FOUND", 82: "FENCED_INSTANCE_ID"}
@@ -178,7 +188,9 @@ class _GenerationTxnOffsetCommitHandler(_sender_module.TxnOffsetCommitHandler):
                 if error_code == CONCURRENT_TRANSACTIONS:
                     # Under the transaction protocol v2 the previous transaction's markers are still
                     # being written: the same request again, soon.
-                    return CONCURRENT_TRANSACTIONS_BACKOFF
+                    return concurrent_backoff(self._sender._txn_manager)
+                if error_code == PRODUCER_FENCED:
+                    raise Errors.ProducerFenced()
                 if error_code == TRANSACTION_ABORTABLE:
                     _abortable(self._sender._txn_manager,
                                Errors.KafkaError(f"offsets for {topic}-{partition} refused: TRANSACTION_ABORTABLE"))
@@ -188,6 +200,7 @@ class _GenerationTxnOffsetCommitHandler(_sender_module.TxnOffsetCommitHandler):
                     _abortable(self._sender._txn_manager,
                                GenerationFenced(f"offsets for {topic}-{partition} refused: {GROUP_MOVED_ON[error_code]}"))
                     return None
+        self._sender._txn_manager.yidi_concurrent = 0
         # Everything else as aiokafka handles it (v0 responses have the same shape, tags aside).
         return super().handle_response(_V0View(resp))
 
@@ -199,11 +212,17 @@ def _abortable(txn_manager: Any, exc: Exception) -> None:
     written to, so the abort that follows sends no EndTxn (aiokafka takes it for an empty
     transaction) and the broker keeps the transaction open; the *next* transaction then joins it
     and its commit commits the refused batch's records as well (seen in
-    tests/integration/test_fencing.py before this was written)."""
-    txn_manager._transition_to(_TransactionState.ABORTABLE_ERROR)
+    tests/integration/test_fencing.py before this was written).
+
+    A transaction already being aborted stays so: only the offsets' future fails (the abort goes
+    on and ends the transaction at the coordinator, as the Java client does)."""
     for _, _, fut in txn_manager._pending_txn_offsets:
-        fut.set_exception(exc)
+        if not fut.done():
+            fut.set_exception(exc)
     txn_manager._pending_txn_offsets.clear()
+    if txn_manager.state == _TransactionState.ABORTING_TRANSACTION:
+        return
+    txn_manager._transition_to(_TransactionState.ABORTABLE_ERROR)
     waiter = txn_manager._transaction_waiter
     if not waiter.done():
         waiter.set_exception(exc)

@@ -20,7 +20,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced, RecordListTooLargeError
 from aiokafka.producer import sender as _aiokafka_sender
 from aiokafka.producer.transaction_manager import TransactionState
 
@@ -40,6 +40,14 @@ log = logging.getLogger(__name__)
 CONCURRENT_TRANSACTIONS_BACKOFF = 0.002
 _aiokafka_sender.BACKOFF_OVERRIDE = CONCURRENT_TRANSACTIONS_BACKOFF
 
+
+def _retrieved(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+# Errors a broker refuses a record batch with that no retry can change (the topic's limits).
+PERMANENT_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 # How the reason of a record a stage cannot process (``BadData``) begins.
 CANNOT_PROCESS = "cannot be processed"
@@ -470,29 +478,41 @@ class TransactionalStage:
             offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
         producer = self._producer
         await producer.begin_transaction()
+        sends: list[asyncio.Future[Any]] = []
         try:
-            sends = []
             for o in outgoing:
                 try:
-                    sends.append(await self._producer.send(o.topic, o.value, key=o.key, headers=list(o.headers) or None))
+                    sends.append(await producer.send(o.topic, o.value, key=o.key, headers=list(o.headers) or None))
                 except MessageSizeTooLargeError as exc:
                     # Every retry would fail the same way: the record whose output it is is refused.
                     raise BadData(f"an output of {len(o.value)} bytes for {o.topic} is larger than a Kafka "
                                   f"record may be ({exc})") from exc
-            await self._producer.send_offsets_to_transaction(offsets, self.settings.group(self.group_id))
+            await producer.send_offsets_to_transaction(offsets, self.settings.group(self.group_id))
             if armed(self.name, "before-kafka-commit"):
-                await self._producer.flush()  # the records reach the broker, uncommitted
+                await producer.flush()  # the records reach the broker, uncommitted
                 crash_point(self.name, "before-kafka-commit")
-        except BaseException:
-            if not producer._txn_manager.is_fatal_error():
-                await producer.abort_transaction()
-            raise
-        try:
             await producer.commit_transaction()
-        except KafkaError:
-            # A refused record batch (yidi.platform.txnv2) or a refusal of the commit itself leaves the
-            # transaction abortable: end it, so that the batch is retried in a new one.
-            if producer._txn_manager.state is TransactionState.ABORTABLE_ERROR:
+        except BaseException as exc:
+            for f in sends:
+                f.add_done_callback(_retrieved)  # the exception goes up once, as ``exc``
+            txn_manager = producer._txn_manager
+            if txn_manager.is_fatal_error() and isinstance(exc, Exception):
+                raise self._fatal(exc) from exc
+            # Not committed (or refused at commit: a refused record batch, yidi.platform.txnv2): end
+            # the transaction, so that the batch is tried again in a new one. A commit under way
+            # when the stage is cancelled goes on.
+            if txn_manager.state in (TransactionState.IN_TRANSACTION, TransactionState.ABORTABLE_ERROR):
                 await producer.abort_transaction()
+            refused = getattr(exc, "refused", None)
+            if isinstance(refused, PERMANENT_REFUSALS):
+                # Every retry would be refused the same way: the record whose output it is is refused.
+                raise BadData(f"the broker refused an output for good ({refused!r})") from exc
             raise
         await asyncio.gather(*sends)  # settled by the commit; surfaces any per-record error
+
+    def _fatal(self, exc: BaseException) -> BaseException:
+        """What a failure that left the producer unusable becomes: ProducerFenced as it is (a newer
+        instance took over), anything else FatalError (the process exits; a restart gets a new one)."""
+        if isinstance(exc, ProducerFenced):
+            return exc
+        return FatalError(f"stage {self.name}: the Kafka producer failed for good: {exc!r}")

@@ -29,14 +29,22 @@ tests (tests/integration/test_txnv2.py) check them against the real broker.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 from typing import Any
 
+import aiokafka.producer.message_accumulator as _accumulator_module
 import aiokafka.producer.sender as _sender_module
 from aiokafka import errors as Errors
 from aiokafka.client import CoordinationType
-from aiokafka.producer.transaction_manager import PidAndEpoch, TransactionManager, TransactionResult
+from aiokafka.producer.transaction_manager import (
+    NO_PRODUCER_EPOCH,
+    NO_PRODUCER_ID,
+    PidAndEpoch,
+    TransactionManager,
+    TransactionResult,
+)
 from aiokafka.producer.transaction_manager import TransactionState as _TransactionState
 from aiokafka.protocol.api import Request, RequestStruct, Response, ResponseHeader_v0
 from aiokafka.protocol.types import (
@@ -50,6 +58,7 @@ from aiokafka.protocol.types import (
     Schema,
     TaggedFields,
 )
+from aiokafka.util import create_future
 
 from yidi.platform import fencing
 
@@ -57,16 +66,22 @@ log = logging.getLogger(__name__)
 
 TRANSACTION_VERSION = "transaction.version"
 CONCURRENT_TRANSACTIONS = 51
+INVALID_PRODUCER_EPOCH = 47
 TRANSACTION_ABORTABLE = 120
-# The previous transaction's markers are still being written (a few ms on a broker in health): ask
-# again soon, as yidi.platform.kafka does for AddPartitionsToTxn under v1.
-CONCURRENT_TRANSACTIONS_BACKOFF = 0.002
+# The request versions v2 needs: Produce, EndTxn, TxnOffsetCommit.
+V2_VERSIONS = {0: 12, 26: 5, 28: 5}
 
 
 class TransactionAbortable(Errors.KafkaError):
-    """The broker refused this transaction's work; it can only be aborted (and tried again)."""
+    """The broker refused this transaction's work; it can only be aborted (and tried again).
+    ``refused`` is the error a refused record batch failed with, if that was the cause."""
 
     retriable = False
+
+    def __init__(self, message: str, refused: BaseException | None = None) -> None:
+        super().__init__(message)
+        self.refused = refused
+        self.__cause__ = refused
 
 
 # ApiVersions v3: the finalized features ---------------------------------------------------------
@@ -110,6 +125,11 @@ class FeaturesRequest(Request[ApiVersionsRequest_v3]):
 
     def build(self, request_struct_class: type[ApiVersionsRequest_v3]) -> ApiVersionsRequest_v3:
         return request_struct_class("yidi", "1", {})
+
+
+def max_versions(response: ApiVersionsResponse_v3) -> dict[int, int]:
+    """API key -> the highest version the broker takes."""
+    return {key: high for key, _low, high, _ in response.api_keys}
 
 
 def finalized_features(response: ApiVersionsResponse_v3) -> dict[str, int]:
@@ -261,17 +281,12 @@ class TransactionManagerV2(TransactionManager):
         return fut
 
     def error_transaction(self, exc: Exception) -> None:
-        self._transition_to(_TransactionState.ABORTABLE_ERROR)
-        for _, _, fut in self._pending_txn_offsets:
-            if not fut.done():
-                fut.set_exception(exc)
-        self._pending_txn_offsets.clear()
-        if not self._transaction_waiter.done():
-            self._transaction_waiter.set_exception(exc)
+        fencing._abortable(self, exc)
 
     def new_epoch(self, producer_id: int, producer_epoch: int) -> None:
         self._pid_and_epoch = PidAndEpoch(producer_id, producer_epoch)
         self._sequence_numbers.clear()
+        self.yidi_sequence_gap = False
 
 
 def uses_v2(txn_manager: Any) -> bool:
@@ -289,10 +304,12 @@ async def enable(producer: Any, wanted: str = "auto") -> int:
     install()
     sender = producer._sender
     node_id = await sender._find_coordinator(CoordinationType.TRANSACTION, txn_manager.transactional_id)
-    level = finalized_features(await producer.client.send(node_id, FeaturesRequest())).get(TRANSACTION_VERSION, 0)
-    if level < 2:
-        log.info("transactional id %s: the cluster's transaction.version is %d: protocol v1",
-                 txn_manager.transactional_id, level)
+    response = await producer.client.send(node_id, FeaturesRequest())
+    level = finalized_features(response).get(TRANSACTION_VERSION, 0)
+    versions = max_versions(response)
+    if level < 2 or any(versions.get(key, -1) < v for key, v in V2_VERSIONS.items()):
+        log.info("transactional id %s: the cluster's transaction.version is %d (requests %s): protocol v1",
+                 txn_manager.transactional_id, level, {k: versions.get(k) for k in V2_VERSIONS})
         return 1
     assert txn_manager.state == _TransactionState.READY, txn_manager.state
     txn_manager.__class__ = TransactionManagerV2
@@ -323,33 +340,38 @@ class _ProduceHandler(_sender_module.SendProduceReqHandler):
     def handle_response(self, response: Any) -> Any:
         if isinstance(response, ProduceResponse_v12):
             response = _V8View(response)
-        result = super().handle_response(response)
-        self._note_refused()
-        return result
-
-    async def do(self, node_id: int) -> Any:
-        result = await super().do(node_id)
-        self._note_refused()  # a request the broker could not be sent to fails its batches too
-        return result
-
-    def _note_refused(self) -> None:
-        txn_manager = self._sender._txn_manager
-        if txn_manager is None or txn_manager.transactional_id is None:
-            return
-        for batch in self._batches.values():
-            exc = _failure(batch.future)
-            if exc is not None:
-                _batch_refused(txn_manager, exc)
-                return
+        return super().handle_response(response)
 
 
 def _failure(fut: Any) -> BaseException | None:
     return fut.exception() if fut.done() and not fut.cancelled() else None
 
 
-def _batch_refused(txn_manager: Any, exc: BaseException) -> None:
+_aiokafka_append_batch = _accumulator_module.MessageAccumulator._append_batch
+
+
+def _append_batch(self: Any, builder: Any, tp: Any) -> Any:
+    """aiokafka's, and a transactional batch that fails, wherever it fails (the broker refused it,
+    or the accumulator gave up waiting for its partition's leader), is noted for the commit."""
+    batch = _aiokafka_append_batch(self, builder, tp)
+    txn_manager = self._txn_manager
+    if txn_manager is not None and txn_manager.transactional_id is not None:
+        batch.future.add_done_callback(functools.partial(_batch_done, txn_manager))
+    return batch
+
+
+def _batch_done(txn_manager: Any, fut: Any) -> None:
+    # Runs before whatever waits for the batch resumes (its callback was added first): the commit
+    # (_do_txn_commit) and the offsets (_do_txn_offset_commit) see it.
+    exc = _failure(fut)
+    if exc is None:
+        return
+    # Its records took sequence numbers that were never written: the producer's next transaction
+    # needs a new epoch (v2: every EndTxn gives one; v1: _EndTxnHandler asks for one).
+    txn_manager.yidi_sequence_gap = True
     if txn_manager.state in (_TransactionState.IN_TRANSACTION, _TransactionState.COMMITTING_TRANSACTION):
-        txn_manager.yidi_refused = exc
+        if getattr(txn_manager, "yidi_refused", None) is None:
+            txn_manager.yidi_refused = exc
 
 
 class _EndTxnHandler(_sender_module.EndTxnHandler):
@@ -363,24 +385,47 @@ class _EndTxnHandler(_sender_module.EndTxnHandler):
                                bool(self._commit_result))
 
     def handle_response(self, resp: Any) -> Any:
-        if resp.API_VERSION < 5:
-            return super().handle_response(resp)
         txn_manager = self._sender._txn_manager
+        if resp.error_code == 0:
+            txn_manager.yidi_concurrent = 0
+        if resp.API_VERSION < 5:
+            result = super().handle_response(resp)
+            if resp.error_code == 0 and getattr(txn_manager, "yidi_sequence_gap", False):
+                _new_producer_epoch(txn_manager)
+            return result
         if resp.error_code == 0:
             if resp.producer_id != -1:
                 txn_manager.new_epoch(resp.producer_id, resp.producer_epoch)
             txn_manager.complete_transaction()
             return None
         if resp.error_code == CONCURRENT_TRANSACTIONS:
-            return CONCURRENT_TRANSACTIONS_BACKOFF  # the same request again (same epoch), as Kafka asks
+            # The same request again (the same epoch), as Kafka asks.
+            return fencing.concurrent_backoff(txn_manager)
+        if resp.error_code in (fencing.PRODUCER_FENCED, INVALID_PRODUCER_EPOCH):
+            raise Errors.ProducerFenced()
         if resp.error_code == TRANSACTION_ABORTABLE and self._commit_result == TransactionResult.COMMIT:
             _abortable(txn_manager, TransactionAbortable("the coordinator refused the commit: abort"))
             return None
         return super().handle_response(resp)
 
 
+def _new_producer_epoch(txn_manager: Any) -> None:
+    """Under v1, after the abort of a transaction whose batch failed: the sequence numbers its
+    records took were never written, and the broker would refuse every later batch of those
+    partitions (OUT_OF_ORDER_SEQUENCE_NUMBER). Ask for the producer id again, as the Java client
+    does: InitProducerId bumps the epoch, and sequences start again at 0. The sender sends it
+    before anything else; the next transaction begins once it is answered."""
+    txn_manager.state = _TransactionState.UNINITIALIZED
+    txn_manager._pid_and_epoch = PidAndEpoch(NO_PRODUCER_ID, NO_PRODUCER_EPOCH)
+    txn_manager._pid_waiter = create_future()
+    txn_manager._sequence_numbers.clear()
+    txn_manager.yidi_sequence_gap = False
+
+
 def _abortable(txn_manager: Any, exc: Exception) -> None:
     """The open (or committing) transaction can only be aborted; the commit raises ``exc``."""
+    if txn_manager.state == _TransactionState.ABORTING_TRANSACTION:
+        return
     txn_manager._transition_to(_TransactionState.ABORTABLE_ERROR)
     waiter = txn_manager._transaction_waiter
     if waiter is not None and not waiter.done():
@@ -401,7 +446,7 @@ async def _do_txn_commit(self: Any, commit_result: Any) -> None:
         (exc for exc in map(_failure, futures) if exc is not None), None)
     txn_manager.yidi_refused = None
     if refused is not None and commit_result == TransactionResult.COMMIT:
-        _abortable(txn_manager, TransactionAbortable(f"a record batch was refused ({refused!r}): abort"))
+        _abortable(txn_manager, TransactionAbortable(f"a record batch was refused ({refused!r}): abort", refused))
         return
     if txn_manager.is_empty_transaction():
         txn_manager.complete_transaction()
@@ -418,12 +463,21 @@ async def _do_txn_offset_commit(self: Any, offsets: Any, group_id: str) -> Any:
     both to the transaction through one queue per coordinator, and of two adds of one transaction
     queued together it fails the first (NETWORK_EXCEPTION, which the client sees as a retriable
     NOT_ENOUGH_REPLICAS or COORDINATOR_LOAD_IN_PROGRESS and sends again after its back-off)."""
-    if uses_v2(self._txn_manager):
+    txn_manager = self._txn_manager
+    if uses_v2(txn_manager):
         accumulator = self._message_accumulator
         futures = [b.future for batches in accumulator._batches.values() for b in batches]
         futures += [b.future for b in accumulator._pending_batches]
         if futures:
             await asyncio.wait(futures)
+        refused = getattr(txn_manager, "yidi_refused", None)
+        if refused is not None:
+            # The transaction can only be aborted: its offsets are not added to it at all (a
+            # TxnOffsetCommit after the coordinator timed the transaction out would be fenced, where
+            # the abort recovers).
+            fencing._abortable(txn_manager, TransactionAbortable(
+                f"a record batch was refused ({refused!r}): abort", refused))
+            return None
     return await _aiokafka_txn_offset_commit(self, offsets, group_id)
 
 
@@ -437,6 +491,7 @@ def install() -> None:
         return
     fencing.install()  # its TxnOffsetCommit handler sends v5 (no AddOffsetsToTxn) under v2
     _sender_module.SendProduceReqHandler = _ProduceHandler  # type: ignore[misc]
+    _accumulator_module.MessageAccumulator._append_batch = _append_batch  # type: ignore[method-assign]
     _sender_module.EndTxnHandler = _EndTxnHandler  # type: ignore[misc]
     _sender_module.Sender._do_txn_commit = _do_txn_commit  # type: ignore[method-assign]
     _sender_module.Sender._do_txn_offset_commit = _do_txn_offset_commit  # type: ignore[method-assign]

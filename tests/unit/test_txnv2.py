@@ -1,0 +1,85 @@
+"""yidi.platform.txnv2 and the transaction parts of fencing, without a broker: the features an
+ApiVersions v3 answer finalizes, the back-off on CONCURRENT_TRANSACTIONS, and an abortable error
+that arrives while the transaction is being aborted (the real broker: tests/integration/test_txnv2.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+from aiokafka.producer.transaction_manager import TransactionState
+from aiokafka.protocol.types import CompactArray, Int16, Int32, TaggedFields, UnsignedVarInt32
+
+from yidi.platform import fencing, txnv2
+
+
+def _answer(features: list[tuple[str, int, int]] | None, api_keys: list[tuple[int, int, int]]) -> txnv2.ApiVersionsResponse_v3:
+    """An ApiVersions v3 answer as the broker writes it, decoded (aiokafka's TaggedFields cannot
+    encode one: it leaves out each field's size)."""
+    tags = []
+    if features is not None:
+        tags.append((2, txnv2._FINALIZED_FEATURES.encode([(name, high, low, {}) for name, high, low in features])))
+    tagged = UnsignedVarInt32.encode(len(tags)) + b"".join(
+        UnsignedVarInt32.encode(tag) + UnsignedVarInt32.encode(len(raw)) + raw for tag, raw in tags)
+    keys = CompactArray(("k", Int16), ("lo", Int16), ("hi", Int16), ("tags", TaggedFields))
+    raw = Int16.encode(0) + keys.encode([(k, lo, hi, {}) for k, lo, hi in api_keys]) + Int32.encode(0) + tagged
+    return txnv2.ApiVersionsResponse_v3.decode(io.BytesIO(raw))
+
+
+def test_the_finalized_features_and_request_versions_of_an_api_versions_answer():
+    answer = _answer([("metadata.version", 27, 1), ("transaction.version", 2, 0)], [(0, 3, 13), (26, 0, 5)])
+    assert txnv2.finalized_features(answer) == {"metadata.version": 27, "transaction.version": 2}
+    assert txnv2.max_versions(answer) == {0: 13, 26: 5}
+    # A broker that finalizes nothing (before Kafka 2.7) has no tag 2.
+    assert txnv2.finalized_features(_answer(None, [])) == {}
+
+
+def test_concurrent_transactions_backs_off_from_2_ms_doubling_to_at_most_100():
+    class Manager:
+        pass
+
+    m = Manager()
+    assert [fencing.concurrent_backoff(m) for _ in range(8)] == [0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.1, 0.1]
+    m.yidi_concurrent = 0  # what a request that gets through does
+    assert fencing.concurrent_backoff(m) == 0.002
+
+
+def test_an_abortable_error_during_an_abort_fails_the_offsets_only():
+    async def run() -> None:
+        m = txnv2.TransactionManagerV2("t", 60000)
+        m.set_pid_and_epoch(1, 0)
+        m.begin_transaction()
+        offsets = m.add_offsets_to_txn({}, "g")
+        m.aborting_transaction()
+        waiter = m.wait_for_transaction_end()
+        fencing._abortable(m, fencing.GenerationFenced("moved on"))
+        # The abort goes on (the sender sends EndTxn): its state and waiter are untouched.
+        assert m.state is TransactionState.ABORTING_TRANSACTION and not waiter.done()
+        assert isinstance(offsets.exception(), fencing.GenerationFenced)
+        # In a transaction still open, the same error makes it abortable.
+        m.complete_transaction()
+        m.begin_transaction()
+        fencing._abortable(m, fencing.GenerationFenced("moved on"))
+        assert m.state is TransactionState.ABORTABLE_ERROR
+
+    asyncio.run(run())
+
+
+def test_under_v2_a_partition_and_the_group_are_in_the_transaction_as_soon_as_used():
+    async def run() -> None:
+        from aiokafka import TopicPartition
+
+        m = txnv2.TransactionManagerV2("t", 60000)
+        m.set_pid_and_epoch(7, 3)
+        m.begin_transaction()
+        assert m.is_empty_transaction()
+        m.maybe_add_partition_to_txn(TopicPartition("a", 0))
+        assert not m.partitions_to_add() and not m.is_empty_transaction()  # nothing waits for AddPartitionsToTxn
+        m.add_offsets_to_txn({}, "g")
+        assert m.consumer_group_to_add() is None  # nor for AddOffsetsToTxn
+        m.increment_sequence_number(TopicPartition("a", 0), 5)
+        m.new_epoch(7, 4)
+        assert (m.producer_id, m.producer_epoch) == (7, 4)
+        assert m.sequence_number(TopicPartition("a", 0)) == 0
+
+    asyncio.run(run())
