@@ -347,7 +347,9 @@ class TransactionalStage:
                 if not self._member():
                     # Fetched while between memberships: refused at commit anyway; skip the work.
                     raise fencing.GenerationFenced(f"batch fetched outside the group ({self._membership})")
-                outgoing = await self._handle_and_commit(records, handler)
+                outgoing = await handler(records)
+                crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
+                await self._commit(records, outgoing)
             except ProducerFenced as exc:
                 raise FatalError(f"stage {self.name}: fenced by a newer instance") from exc
             except fencing.GenerationFenced as exc:
@@ -468,52 +470,16 @@ class TransactionalStage:
                 self.service, infno, outcome)
         return child
 
-    async def _handle_and_commit(self, records: list[Incoming], handler: Handler) -> list[Outgoing]:
-        """Run the handler, then publish its outputs and commit the batch's offsets in one Kafka
-        transaction. Under transactions v2 the transaction begins, and its offsets go to the group
-        coordinator, while the handler runs: the offsets are known from the fetch, and the
-        TxnOffsetCommit is then off the batch's critical path (txnv2)."""
+    async def _commit(self, records: list[Incoming], outgoing: list[Outgoing]) -> None:
+        assert self._producer is not None
         offsets: dict[TopicPartition, int] = {}
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
         producer = self._producer
-        group = self.settings.group(self.group_id)
-        if self.transaction_version == 2:
-            assert producer is not None
-            await producer.begin_transaction()
-            offsets_sent: asyncio.Future[Any] = asyncio.ensure_future(
-                producer.send_offsets_to_transaction(offsets, group))
-            try:
-                outgoing = await handler(records)
-                crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
-            except BaseException:
-                await asyncio.wait([offsets_sent])
-                offsets_sent.cancelled() or offsets_sent.exception()
-                await self._end_failed(producer)
-                raise
-        else:
-            outgoing = await handler(records)
-            crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
-            assert producer is not None
-            await producer.begin_transaction()
-            offsets_sent = None  # type: ignore[assignment]
-        await self._commit(producer, outgoing, offsets, group, offsets_sent)
-        return outgoing
-
-    async def _end_failed(self, producer: AIOKafkaProducer) -> None:
-        txn_manager = producer._txn_manager
-        if txn_manager.state in (TransactionState.IN_TRANSACTION, TransactionState.ABORTABLE_ERROR):
-            await producer.abort_transaction()
-
-    async def _commit(self, producer: AIOKafkaProducer, outgoing: list[Outgoing], offsets: dict[TopicPartition, int],
-                      group: str, offsets_sent: asyncio.Future[Any] | None) -> None:
+        await producer.begin_transaction()
         sends: list[asyncio.Future[Any]] = []
         try:
-            if offsets_sent is not None:
-                # Sent while the handler ran; the records go once they are in (the broker adds both to
-                # the transaction through one queue, failing the first of two adds queued together).
-                await offsets_sent
             for o in outgoing:
                 try:
                     sends.append(await producer.send(o.topic, o.value, key=o.key, headers=list(o.headers) or None))
@@ -521,8 +487,7 @@ class TransactionalStage:
                     # Every retry would fail the same way: the record whose output it is is refused.
                     raise BadData(f"an output of {len(o.value)} bytes for {o.topic} is larger than a Kafka "
                                   f"record may be ({exc})") from exc
-            if offsets_sent is None:
-                await producer.send_offsets_to_transaction(offsets, group)
+            await producer.send_offsets_to_transaction(offsets, self.settings.group(self.group_id))
             if armed(self.name, "before-kafka-commit"):
                 await producer.flush()  # the records reach the broker, uncommitted
                 crash_point(self.name, "before-kafka-commit")
@@ -530,15 +495,14 @@ class TransactionalStage:
         except BaseException as exc:
             for f in sends:
                 f.add_done_callback(_retrieved)  # the exception goes up once, as ``exc``
-            if offsets_sent is not None:
-                offsets_sent.add_done_callback(_retrieved)
             txn_manager = producer._txn_manager
             if txn_manager.is_fatal_error() and isinstance(exc, Exception):
                 raise self._fatal(exc) from exc
             # Not committed (or refused at commit: a refused record batch, yidi.platform.txnv2): end
             # the transaction, so that the batch is tried again in a new one. A commit under way
             # when the stage is cancelled goes on.
-            await self._end_failed(producer)
+            if txn_manager.state in (TransactionState.IN_TRANSACTION, TransactionState.ABORTABLE_ERROR):
+                await producer.abort_transaction()
             refused = getattr(exc, "refused", None)
             if isinstance(refused, PERMANENT_REFUSALS):
                 # Every retry would be refused the same way: the record whose output it is is refused.

@@ -28,9 +28,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     batch_max_records: int = 500
     batch_linger_ms: float = 10.0
-    # Kafka's transaction protocol: v2 (KIP-890) where the cluster has finalized it ("auto"), or v1
-    # (docs/architecture.md §4; measured in docs/BENCHMARKS.md, "Kafka transactions v2").
-    kafka_transactions: Literal["auto", "v1"] = "auto"
+    # Kafka's transaction protocol: v1, or v2 (KIP-890) where the cluster has finalized it ("auto").
+    # v2 lowered latency at 100/s but cost throughput at full load on the bench box (docs/BENCHMARKS.md,
+    # "Kafka transactions v2"), so it is not the default yet.
+    kafka_transactions: Literal["auto", "v1"] = "v1"
     # How often each stage samples its consumer lag (yidi_stage_lag_records).
     lag_sample_seconds: float = 5.0
     db_pool_size: int = 4
