@@ -98,17 +98,26 @@ async def test_an_output_too_large_for_a_kafka_record_is_refused_alone(settings)
                 for r in records]
 
     stage = TransactionalStage("big-output-test", "test", s, [SETTLEMENT_REQUESTS], "big-output-test", inflate_the_second)
+    await _the_second_is_refused_alone(s, stage, b"larger than a Kafka record")
+
+
+async def _the_second_is_refused_alone(s, stage: TransactionalStage, reason: bytes, version: int | None = None) -> None:
+    """Four requests of one person through ``stage``, whose handler makes the second one's output one
+    Kafka will not take: the other three pass on, the second goes to the dead letters with ``reason``,
+    and the stage goes on (under transaction protocol ``version``, when given)."""
     producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
     await producer.start()
     try:
         for v in (b"1", b"2", b"3", b"4"):
             await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), v, key=b"one-person")
         await stage.start()
+        if version is not None:
+            assert stage.transaction_version == version
         passed = await _read(s, SETTLEMENT_ELIGIBLE, 3)
         assert [r.value for r in passed] == [b"1", b"3", b"4"]
         dead = await _read(s, dlq(SETTLEMENT_REQUESTS), 1)
         assert [r.value for r in dead] == [b"2"]
-        assert b"larger than a Kafka record" in dict(dead[0].headers)["yidi-dlq-reason"]
+        assert reason in dict(dead[0].headers)["yidi-dlq-reason"]
         assert stage.failure is None and not stage.task.done()
     finally:
         await producer.stop()
@@ -138,19 +147,4 @@ async def test_an_output_the_broker_refuses_for_good_is_refused_alone(settings, 
 
     stage = TransactionalStage("refused-output-test", "test", s, [SETTLEMENT_REQUESTS], "refused-output-test",
                                inflate_the_second)
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        for v in (b"1", b"2", b"3", b"4"):
-            await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), v, key=b"one-person")
-        await stage.start()
-        assert stage.transaction_version == (1 if transactions == "v1" else 2)
-        passed = await _read(s, SETTLEMENT_ELIGIBLE, 3)
-        assert [r.value for r in passed] == [b"1", b"3", b"4"]
-        dead = await _read(s, dlq(SETTLEMENT_REQUESTS), 1)
-        assert [r.value for r in dead] == [b"2"]
-        assert b"refused an output for good" in dict(dead[0].headers)["yidi-dlq-reason"]
-        assert stage.failure is None and not stage.task.done()
-    finally:
-        await producer.stop()
-        await stage.stop()
+    await _the_second_is_refused_alone(s, stage, b"refused an output for good", 1 if transactions == "v1" else 2)
