@@ -63,7 +63,7 @@ def concurrent_backoff(txn_manager: Any) -> float:
     A request that gets through sets ``txn_manager.yidi_concurrent`` back to 0."""
     n = getattr(txn_manager, "yidi_concurrent", 0)
     txn_manager.yidi_concurrent = n + 1
-    return float(min(0.1, 0.002 * 2 ** n))
+    return min(0.1, 0.002 * 2 ** n)
 # TxnOffsetCommit errors that mean the batch's generation is no longer the group's (Kafka's codes).
 GROUP_MOVED_ON = {22: "ILLEGAL_GENERATION", 25: "UNKNOWN_MEMBER_ID", 27: "REBALANCE_IN_PROGRESS",
                   69: "GROUP_ID_NOT_FOUND", 82: "FENCED_INSTANCE_ID"}
