@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced, RecordListTooLargeError
@@ -209,13 +209,14 @@ class TransactionalStage:
     _membership: tuple[int, str] = field(default=(-1, ""), init=False)
     # The Kafka transaction protocol the producer speaks (txnv2.enable): 1, or 2 (KIP-890).
     transaction_version: int = field(default=0, init=False)
+    # Under v2, the transaction of the batch being handled, begun with its offsets before the handler.
+    _opened: _Opened | None = field(default=None, init=False)
 
     async def start(self) -> None:
         s = self.settings
         fencing.install()  # before the consumer exists: its offset fetches wait for stable offsets
         txnv2.install()  # a refused record batch makes its transaction abortable (and v2 where enabled)
         self._consumer = AIOKafkaConsumer(
-            *[s.topic(t) for t in self.topics],
             bootstrap_servers=s.kafka_bootstrap,
             group_id=s.group(self.group_id),
             enable_auto_commit=False,
@@ -228,6 +229,7 @@ class TransactionalStage:
             # that a small box then lacks elsewhere.
             fetch_max_wait_ms=200,
         )
+        self._consumer.subscribe([s.topic(t) for t in self.topics], listener=_Revocations(self))
         # The transactional id is stable per stage and instance: a restarted instance fences its
         # predecessor and aborts whatever transaction it left open.
         self._producer = make_producer(
@@ -347,9 +349,7 @@ class TransactionalStage:
                 if not self._member():
                     # Fetched while between memberships: refused at commit anyway; skip the work.
                     raise fencing.GenerationFenced(f"batch fetched outside the group ({self._membership})")
-                outgoing = await handler(records)
-                crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
-                await self._commit(records, outgoing)
+                outgoing = await self._handle_and_commit(records, handler)
             except ProducerFenced as exc:
                 raise FatalError(f"stage {self.name}: fenced by a newer instance") from exc
             except fencing.GenerationFenced as exc:
@@ -470,16 +470,65 @@ class TransactionalStage:
                 self.service, infno, outcome)
         return child
 
-    async def _commit(self, records: list[Incoming], outgoing: list[Outgoing]) -> None:
-        assert self._producer is not None
+    async def _handle_and_commit(self, records: list[Incoming], handler: Handler) -> list[Outgoing]:
+        """Run the handler, then publish its outputs and commit the batch's offsets in one Kafka
+        transaction. Under transactions v2 the transaction begins, and its offsets go to the group
+        coordinator, while the handler runs: they are known from the fetch, and the TxnOffsetCommit
+        is then off the batch's critical path. Offsets an open transaction holds make the
+        partitions' next owner wait (require_stable), so a rebalance meanwhile aborts the
+        transaction at once (``_Revocations``) and the batch is left to the new owner."""
         offsets: dict[TopicPartition, int] = {}
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+        group = self.settings.group(self.group_id)
+        if self.transaction_version != 2:
+            outgoing = await handler(records)
+            crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
+            producer = self._producer
+            assert producer is not None
+            await producer.begin_transaction()
+            await self._commit(producer, outgoing, offsets, group, None)
+            return outgoing
         producer = self._producer
+        assert producer is not None
         await producer.begin_transaction()
+        opened = self._opened = _Opened(producer, asyncio.ensure_future(
+            producer.send_offsets_to_transaction(offsets, group)))
+        try:
+            try:
+                outgoing = await handler(records)
+                crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
+            except BaseException:
+                await self._abandon(opened)
+                raise
+            if opened.revoked:
+                await self._abandon(opened)
+                raise fencing.GenerationFenced("the group rebalanced while the batch was handled; its transaction "
+                                               "was aborted")
+            opened.committing = True
+            await self._commit(producer, outgoing, offsets, group, opened.offsets_sent)
+        finally:
+            self._opened = None
+        return outgoing
+
+    async def _abandon(self, opened: _Opened) -> None:
+        try:
+            await opened.abort()
+        except Exception as exc:
+            if opened.producer._txn_manager.is_fatal_error():
+                raise self._fatal(exc) from exc
+            raise
+
+    async def _commit(self, producer: AIOKafkaProducer, outgoing: list[Outgoing], offsets: dict[TopicPartition, int],
+                      group: str, offsets_sent: asyncio.Future[Any] | None) -> None:
+        """Publish ``outgoing`` and commit the transaction, with ``offsets`` (or, when they were sent
+        already, once ``offsets_sent`` is done: the broker adds both to the transaction through one
+        queue, and of two adds of one transaction queued together it fails the first)."""
         sends: list[asyncio.Future[Any]] = []
         try:
+            if offsets_sent is not None:
+                await offsets_sent
             for o in outgoing:
                 try:
                     sends.append(await producer.send(o.topic, o.value, key=o.key, headers=list(o.headers) or None))
@@ -487,7 +536,8 @@ class TransactionalStage:
                     # Every retry would fail the same way: the record whose output it is is refused.
                     raise BadData(f"an output of {len(o.value)} bytes for {o.topic} is larger than a Kafka "
                                   f"record may be ({exc})") from exc
-            await producer.send_offsets_to_transaction(offsets, self.settings.group(self.group_id))
+            if offsets_sent is None:
+                await producer.send_offsets_to_transaction(offsets, group)
             if armed(self.name, "before-kafka-commit"):
                 await producer.flush()  # the records reach the broker, uncommitted
                 crash_point(self.name, "before-kafka-commit")
@@ -495,6 +545,8 @@ class TransactionalStage:
         except BaseException as exc:
             for f in sends:
                 f.add_done_callback(_retrieved)  # the exception goes up once, as ``exc``
+            if offsets_sent is not None:
+                offsets_sent.add_done_callback(_retrieved)
             txn_manager = producer._txn_manager
             if txn_manager.is_fatal_error() and isinstance(exc, Exception):
                 raise self._fatal(exc) from exc
@@ -516,3 +568,48 @@ class TransactionalStage:
         if isinstance(exc, ProducerFenced):
             return exc
         return FatalError(f"stage {self.name}: the Kafka producer failed for good: {exc!r}")
+
+
+class _Opened:
+    """A transaction begun before its batch's handler ran (transactions v2), with its offsets sent."""
+
+    def __init__(self, producer: AIOKafkaProducer, offsets_sent: asyncio.Future[Any]) -> None:
+        self.producer = producer
+        self.offsets_sent = offsets_sent
+        self.revoked = False  # the group rebalanced before the commit began: the transaction is aborted
+        self.committing = False  # the outputs are being published: the commit is left to finish
+        self._aborted: asyncio.Future[None] | None = None
+
+    def abort(self) -> Awaitable[None]:
+        """Abort the transaction (once, whoever asks first: the stage or the rebalance)."""
+        if self._aborted is None:
+            self._aborted = asyncio.ensure_future(self._abort())
+        return asyncio.shield(self._aborted)
+
+    async def _abort(self) -> None:
+        await asyncio.wait([self.offsets_sent])
+        _retrieved(self.offsets_sent)  # refused offsets (GenerationFenced) leave it abortable
+        if self.producer._txn_manager.state in (TransactionState.IN_TRANSACTION, TransactionState.ABORTABLE_ERROR):
+            await self.producer.abort_transaction()
+
+
+class _Revocations(ConsumerRebalanceListener):
+    """Before the consumer rejoins its group: abort the transaction a batch holds open under
+    transactions v2. Its offsets would otherwise make the new owner of those partitions wait until
+    the batch's handler ends (or, if this instance is stuck, until the transaction times out); the
+    batch could not be committed under the old generation anyway (fencing.py)."""
+
+    def __init__(self, stage: TransactionalStage) -> None:
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        opened = self.stage._opened
+        if opened is None or opened.committing:
+            return  # a commit under way ends in a few round trips: the new owner waits that long
+        opened.revoked = True
+        log.info("stage %s: the group rebalances; the open transaction of the batch in hand is aborted",
+                 self.stage.name)
+        await opened.abort()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        pass
