@@ -29,8 +29,8 @@ class Settings(BaseSettings):
     batch_max_records: int = 500
     batch_linger_ms: float = 10.0
     # Kafka's transaction protocol: v1, or v2 (KIP-890) where the cluster has finalized it ("auto").
-    # v2 lowered latency at 100/s but cost throughput at full load on the bench box (docs/BENCHMARKS.md,
-    # "Kafka transactions v2"), so it is not the default yet.
+    # On the bench box v2 (offsets sent while the handler runs) was within the machine's swings of v1
+    # (docs/BENCHMARKS.md, "Kafka transactions v2"): v1, the protocol aiokafka itself speaks, stays the default.
     kafka_transactions: Literal["auto", "v1"] = "v1"
     # How often each stage samples its consumer lag (yidi_stage_lag_records).
     lag_sample_seconds: float = 5.0
