@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from aiokafka.producer.transaction_manager import TransactionState
 
 from yidi.platform.kafka import Incoming, TransactionalStage
 from yidi.platform.settings import Settings
@@ -78,3 +81,58 @@ async def test_isolating_a_bad_record_stops_when_a_half_was_left_to_the_new_owne
     records = [Incoming("in", 0, n, b"k", b"v", 0) for n in range(4)]
     assert await stage._isolate(records, BadData("numeric field overflow")) is False
     assert calls == [[0, 1]]
+
+
+class _TxnManager:
+    def __init__(self) -> None:
+        self.state = TransactionState.IN_TRANSACTION
+
+    def is_fatal_error(self) -> bool:
+        return False
+
+
+class _Producer:
+    """Counts aborts; an abort takes a loop turn, as the EndTxn round trip would."""
+
+    def __init__(self) -> None:
+        self._txn_manager = _TxnManager()
+        self.aborts = 0
+
+    async def abort_transaction(self) -> None:
+        self.aborts += 1
+        await asyncio.sleep(0)
+        self._txn_manager.state = TransactionState.READY
+
+
+def _opened_stage():
+    from yidi.platform.kafka import _Opened
+
+    stage = TransactionalStage("t", "test", Settings(), ["in"], "g", None)  # type: ignore[arg-type]
+    producer = _Producer()
+    offsets_sent = asyncio.get_running_loop().create_future()
+    offsets_sent.set_result(None)
+    stage._opened = _Opened(producer, offsets_sent)  # type: ignore[arg-type]
+    return stage, producer
+
+
+async def test_a_rebalance_aborts_the_open_transaction_of_the_batch_in_hand_once():
+    from yidi.platform.kafka import _Revocations
+
+    stage, producer = _opened_stage()
+    opened = stage._opened
+    await _Revocations(stage).on_partitions_revoked(set())
+    assert opened.revoked and producer.aborts == 1
+    await opened.abort()  # the stage, its handler done, ends the same transaction: no second abort
+    assert producer.aborts == 1
+
+
+async def test_a_rebalance_leaves_a_commit_under_way_alone():
+    from yidi.platform.kafka import _Revocations
+
+    stage, producer = _opened_stage()
+    stage._opened.committing = True
+    await _Revocations(stage).on_partitions_revoked(set())
+    assert not stage._opened.revoked and producer.aborts == 0
+    stage._opened = None  # no batch in hand (v1, or between batches): nothing to do
+    await _Revocations(stage).on_partitions_revoked(set())
+    assert producer.aborts == 0
