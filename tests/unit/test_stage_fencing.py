@@ -136,3 +136,40 @@ async def test_a_rebalance_leaves_a_commit_under_way_alone():
     stage._opened = None  # no batch in hand (v1, or between batches): nothing to do
     await _Revocations(stage).on_partitions_revoked(set())
     assert producer.aborts == 0
+
+
+async def test_a_retry_after_the_group_began_to_rebalance_drops_the_batch():
+    # The handler failed; before its retry the group began to rebalance (the listener ran with no
+    # transaction open). The batch would be refused at commit, and under v2 its offsets, sent with
+    # the retry's transaction, would make the partitions' new owner wait: it is dropped instead.
+    from yidi.platform.errors import TransientError
+    from yidi.platform.kafka import _Revocations
+
+    calls: list[int] = []
+    stage = TransactionalStage("t", "test", Settings(), ["in"], "g", None)  # type: ignore[arg-type]
+
+    async def handler(records):
+        calls.append(len(records))
+        if len(calls) == 1:
+            await _Revocations(stage).on_partitions_revoked(set())
+            raise TransientError("Postgres away")
+        return []
+
+    stage.handler = handler
+    stage._consumer = _Consumer(3, "m")
+    stage._membership = (3, "m")
+    assert await stage._handle_until_committed([Incoming("in", 0, 5, b"k", b"v", 0)]) is False
+    assert calls == [1]
+
+
+async def test_a_producer_failed_for_good_is_not_hidden_by_the_abort():
+    from aiokafka.errors import ProducerFenced
+
+    stage, producer = _opened_stage()
+    producer._txn_manager.state = TransactionState.FATAL_ERROR
+    producer._txn_manager._transaction_waiter = asyncio.get_running_loop().create_future()
+    producer._txn_manager._transaction_waiter.set_exception(ProducerFenced())
+    producer._txn_manager.is_fatal_error = lambda: True
+    with pytest.raises(ProducerFenced):
+        await stage._abandon(stage._opened)
+    assert producer.aborts == 0

@@ -211,6 +211,10 @@ class TransactionalStage:
     transaction_version: int = field(default=0, init=False)
     # Under v2, the transaction of the batch being handled, begun with its offsets before the handler.
     _opened: _Opened | None = field(default=None, init=False)
+    # How many times the group has begun to rebalance (``_Revocations``), now and when the batch in
+    # hand was fetched: a batch fetched before a rebalance began is never committed (fencing.py).
+    _revocations: int = field(default=0, init=False)
+    _fetched_at_revocation: int = field(default=0, init=False)
 
     async def start(self) -> None:
         s = self.settings
@@ -304,6 +308,7 @@ class TransactionalStage:
             while not self._stopping:
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=self.max_records)
                 self._membership = fencing.membership(self._consumer)
+                self._fetched_at_revocation = self._revocations
                 records = self._incoming(batch)
                 # A batch that is not full waits until ``batch_linger_ms`` after the last commit and
                 # takes what arrived meanwhile. Without it, at low rates every stage commits a
@@ -349,6 +354,10 @@ class TransactionalStage:
                 if not self._member():
                     # Fetched while between memberships: refused at commit anyway; skip the work.
                     raise fencing.GenerationFenced(f"batch fetched outside the group ({self._membership})")
+                if self._rebalanced():
+                    # A retry (or _isolate's second half) after the group began to rebalance: refused
+                    # at commit anyway, and under v2 its offsets would make the new owner wait.
+                    raise fencing.GenerationFenced("the group began to rebalance since the batch was fetched")
                 outgoing = await self._handle_and_commit(records, handler)
             except ProducerFenced as exc:
                 raise FatalError(f"stage {self.name}: fenced by a newer instance") from exc
@@ -493,6 +502,9 @@ class TransactionalStage:
         producer = self._producer
         assert producer is not None
         await producer.begin_transaction()
+        if self._rebalanced():  # while the producer waited: the listener had no transaction to abort
+            await producer.abort_transaction()
+            raise fencing.GenerationFenced("the group began to rebalance since the batch was fetched")
         opened = self._opened = _Opened(producer, asyncio.ensure_future(
             producer.send_offsets_to_transaction(offsets, group)))
         try:
@@ -512,9 +524,17 @@ class TransactionalStage:
             self._opened = None
         return outgoing
 
+    def _rebalanced(self) -> bool:
+        return self._revocations != self._fetched_at_revocation
+
     async def _abandon(self, opened: _Opened) -> None:
         try:
             await opened.abort()
+        except asyncio.CancelledError:
+            # Stopping: let the abort reach the broker before the producer stops, or the
+            # transaction would hold its offsets until it timed out.
+            await opened.aborted()
+            raise
         except Exception as exc:
             if opened.producer._txn_manager.is_fatal_error():
                 raise self._fatal(exc) from exc
@@ -528,7 +548,7 @@ class TransactionalStage:
         sends: list[asyncio.Future[Any]] = []
         try:
             if offsets_sent is not None:
-                await offsets_sent
+                await asyncio.shield(offsets_sent)  # a stop does not cancel it half-way
             for o in outgoing:
                 try:
                     sends.append(await producer.send(o.topic, o.value, key=o.key, headers=list(o.headers) or None))
@@ -581,15 +601,28 @@ class _Opened:
         self._aborted: asyncio.Future[None] | None = None
 
     def abort(self) -> Awaitable[None]:
-        """Abort the transaction (once, whoever asks first: the stage or the rebalance)."""
+        """Abort the transaction (once, whoever asks first: the stage or the rebalance). Raises what
+        made the producer unusable, if it is."""
         if self._aborted is None:
             self._aborted = asyncio.ensure_future(self._abort())
+            self._aborted.add_done_callback(_retrieved)  # whoever awaits it gets the exception
         return asyncio.shield(self._aborted)
+
+    async def aborted(self) -> None:
+        """Wait until the abort under way has ended (whatever its outcome)."""
+        if self._aborted is not None:
+            await asyncio.wait([self._aborted], timeout=10)
 
     async def _abort(self) -> None:
         await asyncio.wait([self.offsets_sent])
         _retrieved(self.offsets_sent)  # refused offsets (GenerationFenced) leave it abortable
-        if self.producer._txn_manager.state in (TransactionState.IN_TRANSACTION, TransactionState.ABORTABLE_ERROR):
+        txn_manager = self.producer._txn_manager
+        if txn_manager.is_fatal_error():
+            # Fenced by a newer instance, or failed for good: nothing to abort, and the stage must stop.
+            waiter = txn_manager._transaction_waiter
+            raise (waiter.exception() if waiter.done() and not waiter.cancelled() else None) or KafkaError(
+                "the transactional producer failed for good")
+        if txn_manager.state in (TransactionState.IN_TRANSACTION, TransactionState.ABORTABLE_ERROR):
             await self.producer.abort_transaction()
 
 
@@ -603,13 +636,17 @@ class _Revocations(ConsumerRebalanceListener):
         self.stage = stage
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.stage._revocations += 1
         opened = self.stage._opened
         if opened is None or opened.committing:
             return  # a commit under way ends in a few round trips: the new owner waits that long
         opened.revoked = True
         log.info("stage %s: the group rebalances; the open transaction of the batch in hand is aborted",
                  self.stage.name)
-        await opened.abort()
+        try:
+            await opened.abort()
+        except Exception as exc:  # noqa: BLE001 - the stage raises it, once, when its handler returns
+            log.debug("stage %s: abort at rebalance failed: %r", self.stage.name, exc)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         pass
