@@ -503,7 +503,7 @@ class TransactionalStage:
         assert producer is not None
         await producer.begin_transaction()
         if self._rebalanced():  # while the producer waited: the listener had no transaction to abort
-            await producer.abort_transaction()
+            await _abort_if_open(producer)
             raise fencing.GenerationFenced("the group began to rebalance since the batch was fetched")
         opened = self._opened = _Opened(producer, asyncio.ensure_future(
             producer.send_offsets_to_transaction(offsets, group)))
@@ -573,8 +573,7 @@ class TransactionalStage:
             # Not committed (or refused at commit: a refused record batch, yidi.platform.txnv2): end
             # the transaction, so that the batch is tried again in a new one. A commit under way
             # when the stage is cancelled goes on.
-            if txn_manager.state in (TransactionState.IN_TRANSACTION, TransactionState.ABORTABLE_ERROR):
-                await producer.abort_transaction()
+            await _abort_if_open(producer)
             refused = getattr(exc, "refused", None)
             if isinstance(refused, PERMANENT_REFUSALS):
                 # Every retry would be refused the same way: the record whose output it is is refused.
@@ -588,6 +587,12 @@ class TransactionalStage:
         if isinstance(exc, ProducerFenced):
             return exc
         return FatalError(f"stage {self.name}: the Kafka producer failed for good: {exc!r}")
+
+
+async def _abort_if_open(producer: AIOKafkaProducer) -> None:
+    """End the producer's transaction, if one is open (or can only be aborted)."""
+    if producer._txn_manager.state in (TransactionState.IN_TRANSACTION, TransactionState.ABORTABLE_ERROR):
+        await producer.abort_transaction()
 
 
 class _Opened:
@@ -622,8 +627,7 @@ class _Opened:
             waiter = txn_manager._transaction_waiter
             raise (waiter.exception() if waiter.done() and not waiter.cancelled() else None) or KafkaError(
                 "the transactional producer failed for good")
-        if txn_manager.state in (TransactionState.IN_TRANSACTION, TransactionState.ABORTABLE_ERROR):
-            await self.producer.abort_transaction()
+        await _abort_if_open(self.producer)
 
 
 class _Revocations(ConsumerRebalanceListener):
