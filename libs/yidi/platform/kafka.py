@@ -360,7 +360,10 @@ class TransactionalStage:
                     raise fencing.GenerationFenced("the group began to rebalance since the batch was fetched")
                 outgoing = await self._handle_and_commit(records, handler)
             except ProducerFenced as exc:
-                raise FatalError(f"stage {self.name}: fenced by a newer instance") from exc
+                # A newer instance took over; or the coordinator aborted the transaction on its
+                # timeout (a long Kafka outage; under v2 also a handler that outlasted it).
+                why = " or the batch outlasted the transaction timeout" if self.transaction_version == 2 else ""
+                raise FatalError(f"stage {self.name}: fenced by a newer instance{why}") from exc
             except fencing.GenerationFenced as exc:
                 # The group rebalanced since this batch was fetched: its transaction is aborted.
                 # A rebalance gives every member a new assignment whose positions restart from
