@@ -54,6 +54,9 @@ UNSTABLE_OFFSET_COMMIT = 88
 CONCURRENT_TRANSACTIONS = 51
 TRANSACTION_ABORTABLE = 120
 PRODUCER_FENCED = 90  # aiokafka 0.14 knows 47 (INVALID_PRODUCER_EPOCH) only
+# The first wait after CONCURRENT_TRANSACTIONS (v1's AddPartitionsToTxn waits this long every time:
+# yidi.platform.kafka).
+CONCURRENT_TRANSACTIONS_BACKOFF = 0.002
 
 
 def concurrent_backoff(txn_manager: Any) -> float:
@@ -63,7 +66,7 @@ def concurrent_backoff(txn_manager: Any) -> float:
     A request that gets through sets ``txn_manager.yidi_concurrent`` back to 0."""
     n = getattr(txn_manager, "yidi_concurrent", 0)
     txn_manager.yidi_concurrent = n + 1
-    return min(0.1, 0.002 * 2 ** n)
+    return min(0.1, CONCURRENT_TRANSACTIONS_BACKOFF * 2 ** n)
 # TxnOffsetCommit errors that mean the batch's generation is no longer the group's (Kafka's codes).
 GROUP_MOVED_ON = {22: "ILLEGAL_GENERATION", 25: "UNKNOWN_MEMBER_ID", 27: "REBALANCE_IN_PROGRESS",
                   69: "GROUP_ID_NOT_FOUND", 82: "FENCED_INSTANCE_ID"}

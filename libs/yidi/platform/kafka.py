@@ -36,9 +36,8 @@ log = logging.getLogger(__name__)
 # AddPartitionsToTxn until the coordinator has written the previous one's markers (a few ms on one
 # broker); aiokafka then waits a fixed 20 ms (``BACKOFF_OVERRIDE``, whatever retry_backoff_ms says)
 # before asking again, a large part of a hop's budget at low rates. Ask again sooner: the request
-# is cheap and idempotent.
-CONCURRENT_TRANSACTIONS_BACKOFF = 0.002
-_aiokafka_sender.BACKOFF_OVERRIDE = CONCURRENT_TRANSACTIONS_BACKOFF
+# is cheap and idempotent (v2's requests start from the same wait and double it: fencing.py).
+_aiokafka_sender.BACKOFF_OVERRIDE = fencing.CONCURRENT_TRANSACTIONS_BACKOFF
 
 
 def _retrieved(fut: asyncio.Future[Any]) -> None:
