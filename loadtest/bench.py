@@ -36,7 +36,7 @@ from loadtest import report as rpt
 from loadtest.bench_eligibility import bench as bench_eligibility
 from loadtest.generator import DayOptions, peak_hour_rate, write_day, write_refdata
 from loadtest.observe import ProcessSampler, infrastructure_pids, scrape, stage_deltas, start_profile, top_frames
-from loadtest.procs import REFERENCE_STAGES, SERVICES, Processes
+from loadtest.procs import REFERENCE_STAGES, SERVICES, Processes, env_pair, not_passed_on, transaction_versions
 from loadtest.replay import Pace, replay_file
 from loadtest import warmup
 from loadtest.world import World
@@ -95,11 +95,12 @@ class Bench:
         self.settings = base.model_copy(update={"namespace": f"bench{tag}."})
         self.ref_settings = base.model_copy(update={"namespace": f"bref{tag}."})
         self.run_id = f"B{tag.upper()}"
+        self.env = dict(args.env)
         self.report: dict[str, Any] = {
             "started": rpt.stamp(), "commit": rpt.commit(), "machine": rpt.machine(),
             "command": ("make bench  # python -m loadtest.bench " + shlex.join(sys.argv[1:])).strip(),
             "results_dir": str(self.dir.relative_to(ROOT)) if self.dir.is_relative_to(ROOT) else str(self.dir),
-            "window": args.window, "runs": {}, "notes": [],
+            "window": args.window, "env": self.env, "runs": {}, "notes": [],
         }
 
     # Days ----------------------------------------------------------------------------------------
@@ -144,9 +145,9 @@ class Bench:
         await ensure_topics(s)
         procs = Processes(s, self.dir / "logs")
         for service in SERVICES:
-            procs.start_service(service)
+            procs.start_service(service, self.env)
             for n in range(2, args.instances.get(service, 1) + 1):
-                procs.start_service(service, instance=str(n))
+                procs.start_service(service, self.env, instance=str(n))
         try:
             await procs.wait_ready()
             say(f"services ready in namespace {s.namespace}; loading {len(self.world.persons)} persons and their filings")
@@ -278,7 +279,7 @@ class Bench:
         await ensure_topics(s)
         procs = Processes(s, self.dir / "logs")
         for stage in REFERENCE_STAGES:
-            procs.start_reference(stage, None)
+            procs.start_reference(stage, self.env)
         try:
             await procs.wait_ready()
             await self._warm_up("bare pipeline's warm-up", s, ledger=False)
@@ -311,11 +312,14 @@ class Bench:
             + f"{int(args.rate * args.rate_seconds)} at {args.rate:g}/s; extras "
             + ", ".join(f"{k} {v:.1%}" for k, v in EXTRAS.items()))
         say(f"results in {self.dir}")
+        if ignored := not_passed_on():
+            say(f"not passed on to the services (they get the code's defaults and --env): {', '.join(ignored)}")
         try:
             await self.services()
             if not args.no_reference:
                 await self.reference()
         finally:
+            self.report["kafka_transactions"] = transaction_versions(self.dir / "logs")
             if not args.keep_topics:
                 with contextlib.suppress(Exception):
                     await self.cleanup()
@@ -357,6 +361,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the bare pipeline's fixed-rate run")
     parser.add_argument("--window", type=int, default=2000, help="most answers outstanding in the max run")
     parser.add_argument("--profile-seconds", type=float, default=20.0, help="py-spy the services (0: do not)")
+    parser.add_argument("--env", type=env_pair, action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for the services and the bare pipeline (repeatable); the shell's "
+                             "YIDI_* variables are not passed on")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--no-eligibility", action="store_true")
     parser.add_argument("--keep-topics", action="store_true", help="leave the run's Kafka topics in place")

@@ -28,7 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from loadtest.generator import DayOptions, write_day, write_refdata
 from loadtest.hops import MEASURED_FROM
 from loadtest.observe import ProcessSampler, infrastructure_pids
-from loadtest.procs import REFERENCE_STAGES, SERVICES, Processes
+from loadtest.procs import REFERENCE_STAGES, SERVICES, Processes, env_pair, not_passed_on, transaction_versions
 from loadtest.replay import Pace, replay_file
 from loadtest.warmup import ROUND_SECONDS, add_arguments as add_warmup_arguments, summary as warm_summary, warm_up
 from loadtest.world import World
@@ -64,7 +64,9 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
     trace = args.trace
     if trace:
         trace.mkdir(parents=True, exist_ok=True)
-    env = dict(kv.split("=", 1) for kv in args.env)
+    env = dict(args.env)
+    if ignored := not_passed_on():
+        say(f"not passed on to the processes (they get the code's defaults and --env): {', '.join(ignored)}")
     world = World(persons=args.persons, seed=args.seed, run_id=f"P{tag.upper()}")
     warmup = work / "warmup.jsonl"
     write_day(world, DayOptions(settlements=300, seed=args.seed + 2, tag=f"W{tag}"), warmup)
@@ -142,7 +144,8 @@ async def probe(args: argparse.Namespace) -> dict[str, Any]:
     summary = {k: round(statistics.median(r["latency_ms"][k] for r in results), 2)
                for k in ("p50", "p95", "p99", "max")}
     say(f"median of {len(results)} runs: " + ", ".join(f"{k} {v} ms" for k, v in summary.items()))
-    out = {"target": args.target, "env": env, "runs": results, "median": summary,
+    out = {"target": args.target, "env": env, "kafka_transactions": transaction_versions(work / "logs"),
+           "runs": results, "median": summary,
            "warm_up_exactly_once": warm_ok, "exactly_once": warm_ok and all(r["exactly_once"]["ok"] for r in results)}
     (work / "probe.json").write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
     return out
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> None:
     add_warmup_arguments(parser)
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between runs")
     parser.add_argument("--trace", type=Path, help="trace every stage into this folder (loadtest.traced)")
-    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the processes")
+    parser.add_argument("--env", type=env_pair, action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for the processes (repeatable); the shell's YIDI_* variables are not passed on")
     parser.add_argument("--dir", type=Path, help="work folder (default loadtest/results/probe-<tag>)")
     parser.add_argument("--keep-topics", action="store_true")
     parser.add_argument("--reference-module", default="loadtest.reference_pipeline",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +19,32 @@ from yidi.platform.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 SERVICES = ("filing", "eligibility", "pricing", "clearing")
 REFERENCE_STAGES = ("eligible", "priced", "answer")
+#: What every child gets from ``Processes`` (from the bench's own Settings, or its namespace and port).
+SET_FOR_EACH = frozenset({"YIDI_KAFKA_BOOTSTRAP", "YIDI_DATABASE_URL", "YIDI_REDIS_URL", "YIDI_NAMESPACE",
+                          "YIDI_METRICS_PORT", "YIDI_LOG_LEVEL"})
+_TRANSACTIONS_LINE = re.compile(rb"stage (\S+): Kafka transactions v(\d+)")
+
+
+def env_pair(text: str) -> tuple[str, str]:
+    """``--env KEY=VALUE``, for argparse's ``type``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def not_passed_on(environ: dict[str, str] | os._Environ[str] = os.environ) -> list[str]:
+    """The ``YIDI_*`` settings of the caller's environment the children do not get: they run on the
+    code's defaults and ``--env``, never on a shell's live settings. A load test says so, so that
+    ``YIDI_BATCH_LINGER_MS=15 make bench`` is not read as a run with a 15 ms linger."""
+    return sorted(k for k in environ if k.startswith("YIDI_") and k not in SET_FOR_EACH)
+
+
+def transaction_versions(log_dir: Path) -> dict[str, int]:
+    """The Kafka transaction protocol each stage last logged it speaks, from the process logs: what
+    a run measured, whatever it was asked for."""
+    return {stage.decode(): int(version) for log in sorted(log_dir.glob("*.log"))
+            for stage, version in _TRANSACTIONS_LINE.findall(log.read_bytes())}
 
 
 def free_port() -> int:

@@ -171,6 +171,19 @@ def _yes(met: bool | None) -> str:
     return "n/a" if met is None else ("yes" if met else "**no**")
 
 
+def settings_line(report: dict[str, Any]) -> str:
+    """What the processes ran with: the settings given (``--env``) and the Kafka transaction
+    protocol the stages logged, e.g. "code defaults; Kafka transactions v1 (9 stages)"."""
+    env = report.get("env") or {}
+    given = ", ".join(f"`{k}={v}`" for k, v in sorted(env.items())) or "code defaults"
+    versions = report.get("kafka_transactions") or {}
+    by_version: dict[int, int] = {}
+    for v in versions.values():
+        by_version[v] = by_version.get(v, 0) + 1
+    spoken = ", ".join(f"v{v} ({n} stage{'s' if n != 1 else ''})" for v, n in sorted(by_version.items()))
+    return f"{given}; Kafka transactions {spoken or 'not logged'}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     m, runs = report["machine"], report["runs"]
     lines = [
@@ -179,6 +192,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- Machine: {m['nproc']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}",
         f"- Command: `{report['command']}`",
         f"- Load: {report['load_summary']}",
+        f"- Settings: {settings_line(report)}",
         f"- Results: `{report['results_dir']}` (report.json, report.png)",
         "",
         "| target | measured | met |",

@@ -1,0 +1,55 @@
+"""The load tools' process settings: ``--env`` pairs, what is not passed on, and the protocol the logs name."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from loadtest.procs import Processes, env_pair, not_passed_on, transaction_versions
+from loadtest.report import settings_line
+from yidi.platform.settings import Settings
+
+
+def test_env_pairs_split_at_the_first_equals_sign():
+    assert env_pair("YIDI_KAFKA_TRANSACTIONS=auto") == ("YIDI_KAFKA_TRANSACTIONS", "auto")
+    assert env_pair("LOADTEST_PRODUCER_OPTIONS={\"a\": \"b=c\"}") == ("LOADTEST_PRODUCER_OPTIONS", '{"a": "b=c"}')
+    assert env_pair("YIDI_X=") == ("YIDI_X", "")
+    for bad in ("YIDI_X", "=1", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            env_pair(bad)
+
+
+def test_the_shells_yidi_settings_are_named_unless_the_processes_set_them_anyway():
+    environ = {"YIDI_BATCH_LINGER_MS": "15", "YIDI_KAFKA_BOOTSTRAP": "k:1", "YIDI_NAMESPACE": "x.",
+               "YIDI_DATABASE_URL": "postgresql://d", "PATH": "/bin", "YIDI_KAFKA_TRANSACTIONS": "auto"}
+    assert not_passed_on(environ) == ["YIDI_BATCH_LINGER_MS", "YIDI_KAFKA_TRANSACTIONS"]
+
+
+def test_a_childs_environment_has_the_given_settings_and_none_of_the_shells(monkeypatch, tmp_path):
+    monkeypatch.setenv("YIDI_BATCH_LINGER_MS", "15")
+    monkeypatch.setenv("YIDI_KAFKA_TRANSACTIONS", "auto")
+    procs = Processes(Settings(namespace="b1.", kafka_bootstrap="k:9"), tmp_path)
+    procs.ports["pricing"] = 9999
+    env = procs._env("pricing", {"YIDI_KAFKA_TRANSACTIONS": "v1"})
+    assert env["YIDI_KAFKA_TRANSACTIONS"] == "v1"
+    assert "YIDI_BATCH_LINGER_MS" not in env
+    assert (env["YIDI_NAMESPACE"], env["YIDI_KAFKA_BOOTSTRAP"], env["YIDI_METRICS_PORT"]) == ("b1.", "k:9", "9999")
+
+
+def test_the_protocol_each_stage_logged_is_read_back_the_last_start_winning(tmp_path):
+    (tmp_path / "eligibility.log").write_bytes(
+        b"2026-12-04 04:20:01,862 eligibility INFO yidi.platform.kafka: stage eligibility: Kafka transactions v1\n"
+        b"... stage eligibility-filings: Kafka transactions v1\n")
+    (tmp_path / "pricing.log").write_bytes(
+        b"x stage pricing: Kafka transactions v1\nrestarted\nx stage pricing: Kafka transactions v2\n")
+    (tmp_path / "filing.log").write_bytes(b"nothing about transactions\n")
+    assert transaction_versions(tmp_path) == {"eligibility": 1, "eligibility-filings": 1, "pricing": 2}
+
+
+def test_the_settings_line_says_what_was_given_and_what_the_stages_spoke():
+    assert settings_line({}) == "code defaults; Kafka transactions not logged"
+    report = {"env": {"YIDI_KAFKA_TRANSACTIONS": "auto", "YIDI_BATCH_LINGER_MS": "5"},
+              "kafka_transactions": {"eligibility": 2, "pricing": 2, "ref-eligible": 1}}
+    assert settings_line(report) == ("`YIDI_BATCH_LINGER_MS=5`, `YIDI_KAFKA_TRANSACTIONS=auto`; "
+                                     "Kafka transactions v1 (1 stage), v2 (2 stages)")
