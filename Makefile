@@ -42,7 +42,7 @@ DEMO     := deploy/demo
 run: venv stack ## install what is missing, start stack and services, load the demo data, send demo settlements
 	@$(SERVICES) start
 	@source deploy/local/env.sh && .venv/bin/yidi-load $(DEMO)/refdata.json --wait 120
-	@echo "Demo settlements (yidi-gateway send --summary $(DEMO)/requests/*.json):"
+	@echo "Demo settlements (yidi-gateway --summary send $(DEMO)/requests/*.json):"
 	@source deploy/local/env.sh && .venv/bin/yidi-gateway --summary send $(DEMO)/requests/*.json || true
 	@echo
 	@echo "Yidi is running. Send a settlement:  .venv/bin/yidi-gateway send ../shared/examples/we1/request.json"

@@ -538,11 +538,19 @@ DLQ_HEADERS = {
         "yidi-dlq-reason": {"type": "string", "description": "why the message was refused (at most 2000 bytes)"},
         "yidi-dlq-source": {
             "type": "string",
-            "description": "<topic>/<partition>/<offset> of the original; set by transactional stages, not by feeds",
+            "description": "<topic>/<partition>/<offset> of the original (where the whole message still is)",
+        },
+        "yidi-dlq-truncated": {
+            "type": "string",
+            "description": "stages only: the original value's length in bytes, when only its first 512 KiB are kept",
+        },
+        "yidi-dlq-headers-dropped": {
+            "type": "string",
+            "description": "stages only: how many original headers were left out (together over 128 KiB)",
         },
     },
     "required": ["yidi-dlq-reason"],
-    "additionalProperties": {"type": "string", "description": "the original message's headers, kept"},
+    "additionalProperties": {"type": "string", "description": "stages: the original message's headers, kept"},
 }
 
 
@@ -665,10 +673,12 @@ def render_topics_md() -> str:
         "## Dead-letter topics",
         "",
         "A consumed topic has a dead-letter topic `<topic>.dlq` (1 partition, same key). A dead letter "
-        "is the original record, bytes and key unchanged, with its original headers plus "
-        "`yidi-dlq-reason` (why, at most 2000 bytes) and, from the transactional stages, "
-        "`yidi-dlq-source` (`<topic>/<partition>/<offset>`). Nothing consumes them; "
-        "docs/runbook.md says how to read and re-publish them.",
+        "is the original record with its key, plus `yidi-dlq-reason` (why, at most 2000 bytes) and "
+        "`yidi-dlq-source` (`<topic>/<partition>/<offset>` of the original). From a transactional "
+        "stage it also keeps the original headers, and at most 512 KiB of the value "
+        "(`yidi-dlq-truncated` gives the original length; `yidi-dlq-headers-dropped` says original "
+        "headers over 128 KiB were left out); from a feed the value is whole and the original "
+        "headers are not kept. Nothing consumes them; docs/runbook.md says how to read and re-publish them.",
         "",
         "| dead-letter topic | source | written by |",
         "|---|---|---|",
