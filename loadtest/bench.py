@@ -2,7 +2,7 @@
 
     python -m loadtest.bench [--settlements 40000] [--rate 100 --rate-seconds 30] [--no-docs]
 
-1. generates a world and the days (loadtest.generator) under loadtest/results/<timestamp>/;
+2. starts the four services in a fresh namespace with a database of their own (dropped at the end), loads the world through the feeds;
 2. starts the four services in a fresh namespace, loads the world through the feeds;
 3. warms up until the broker's JIT compiler has settled (loadtest.warmup), then replays a
    fixed-rate run at the national peak hour's rate (21.6/s), one at 100/s (the latency target),
@@ -36,7 +36,8 @@ from loadtest import report as rpt
 from loadtest.bench_eligibility import bench as bench_eligibility
 from loadtest.generator import DayOptions, peak_hour_rate, write_day, write_refdata
 from loadtest.observe import ProcessSampler, infrastructure_pids, scrape, stage_deltas, start_profile, top_frames
-from loadtest.procs import REFERENCE_STAGES, SERVICES, Processes, env_pair, not_passed_on, transaction_versions
+from loadtest.procs import (REFERENCE_STAGES, SERVICES, Processes, bench_database, env_pair, not_passed_on,
+                            own_database, transaction_versions)
 from loadtest.replay import Pace, replay_file
 from loadtest import warmup
 from loadtest.world import World
@@ -314,18 +315,23 @@ class Bench:
         say(f"results in {self.dir}")
         if ignored := not_passed_on():
             say(f"not passed on to the services (they get the code's defaults and --env): {', '.join(ignored)}")
-        try:
-            await self.services()
-            if not args.no_reference:
-                await self.reference()
-        finally:
-            self.report["kafka_transactions"] = transaction_versions(self.dir / "logs")
-            if not args.keep_topics:
-                with contextlib.suppress(Exception):
-                    await self.cleanup()
-        if not args.no_eligibility:
-            say("eligibility micro-benchmark")
-            self.report["eligibility"] = await bench_eligibility(self.settings.model_copy(update={"namespace": "benchelig."}))
+        async with own_database(self.settings, self.run_id, keep=args.keep_database) as self.settings:
+            self.report["database"] = bench_database(self.run_id)
+            if args.keep_database:
+                say(f"the run's database is kept: {self.report['database']}")
+            try:
+                await self.services()
+                if not args.no_reference:
+                    await self.reference()
+            finally:
+                self.report["kafka_transactions"] = transaction_versions(self.dir / "logs")
+                if not args.keep_topics:
+                    with contextlib.suppress(Exception):
+                        await self.cleanup()
+            if not args.no_eligibility:
+                say("eligibility micro-benchmark")
+                self.report["eligibility"] = await bench_eligibility(
+                    self.settings.model_copy(update={"namespace": "benchelig."}))
         self.report["targets"] = rpt.judge(self.report)
         return self.report
 
@@ -367,6 +373,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--no-eligibility", action="store_true")
     parser.add_argument("--keep-topics", action="store_true", help="leave the run's Kafka topics in place")
+    parser.add_argument("--keep-database", action="store_true",
+                        help="leave the run's database (yidi_bench_<run id>) in place, e.g. to read its ledger")
     parser.add_argument("--results", type=Path, help="folder for the run's folder (default loadtest/results)")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "BENCHMARKS.md")
     parser.add_argument("--no-docs", action="store_true", help="do not append to docs/BENCHMARKS.md")

@@ -28,7 +28,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from loadtest.generator import DayOptions, write_day, write_refdata
 from loadtest.hops import MEASURED_FROM
 from loadtest.observe import ProcessSampler, infrastructure_pids
-from loadtest.procs import REFERENCE_STAGES, SERVICES, Processes, env_pair, not_passed_on, transaction_versions
+from loadtest.procs import (REFERENCE_STAGES, SERVICES, Processes, env_pair, not_passed_on, own_database,
+                            transaction_versions)
 from loadtest.replay import Pace, replay_file
 from loadtest.warmup import ROUND_SECONDS, add_arguments as add_warmup_arguments, summary as warm_summary, warm_up
 from loadtest.world import World
@@ -59,6 +60,13 @@ def _spawn(procs: Processes, name: str, module_argv: list[str], up: str, trace: 
 async def probe(args: argparse.Namespace) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     settings = Settings().model_copy(update={"namespace": f"probe{tag}."})
+    if args.target != "services":  # the bare pipeline uses no database
+        return await _probe(args, tag, settings)
+    async with own_database(settings, f"p{tag}") as settings:
+        return await _probe(args, tag, settings)
+
+
+async def _probe(args: argparse.Namespace, tag: str, settings: Settings) -> dict[str, Any]:
     work = (args.dir or ROOT / "loadtest" / "results" / f"probe-{tag}")
     work.mkdir(parents=True, exist_ok=True)
     trace = args.trace

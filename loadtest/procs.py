@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -11,9 +12,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+from yidi.platform.db import execute_alone
 from yidi.platform.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,6 +27,32 @@ REFERENCE_STAGES = ("eligible", "priced", "answer")
 SET_FOR_EACH = frozenset({"YIDI_KAFKA_BOOTSTRAP", "YIDI_DATABASE_URL", "YIDI_REDIS_URL", "YIDI_NAMESPACE",
                           "YIDI_METRICS_PORT", "YIDI_LOG_LEVEL"})
 _TRANSACTIONS_LINE = re.compile(rb"stage (\S+): Kafka transactions v(\d+)")
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` naming database ``name`` instead (user, host, port and query kept)."""
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
+
+
+def bench_database(tag: str) -> str:
+    return f"yidi_bench_{tag.lower()}"
+
+
+@contextlib.asynccontextmanager
+async def own_database(settings: Settings, tag: str, *, keep: bool = False) -> AsyncIterator[Settings]:
+    """``settings`` with a database of the run's own (``yidi_bench_<tag>``) on the same server,
+    dropped afterwards unless ``keep``. The services migrate it when they start. A load test's world
+    (policies and catalogues for real region codes), its ledger rows and prepayment draws then stay
+    out of the database of the system it shares the stack with, and every run starts from empty
+    tables, not from what earlier runs left."""
+    name = bench_database(tag)
+    await execute_alone(settings.database_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield settings.model_copy(update={"database_url": with_database(settings.database_url, name)})
+    finally:
+        if not keep:
+            await execute_alone(settings.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def env_pair(text: str) -> tuple[str, str]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import uuid
 
-from loadtest.procs import Processes, not_passed_on, transaction_versions
+import asyncpg
+
+from loadtest.procs import Processes, bench_database, not_passed_on, own_database, transaction_versions
+from yidi.platform.db import execute_alone
 
 
 async def test_env_given_reaches_the_stage_and_the_shells_yidi_settings_do_not(settings, tmp_path, monkeypatch):
@@ -22,3 +25,31 @@ async def test_env_given_reaches_the_stage_and_the_shells_yidi_settings_do_not(s
         codes = procs.stop_all()
     assert codes == {"ref-eligible": 0, "ref-priced": 0}
     assert transaction_versions(tmp_path / "logs") == {"ref-eligible": 1, "ref-priced": 2}
+
+
+async def database_exists(settings, name: str) -> bool:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return bool(await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name))
+    finally:
+        await conn.close()
+
+
+async def test_a_load_test_gets_a_database_of_its_own_dropped_after_it_unless_kept(settings):
+    tag = "T" + uuid.uuid4().hex[:6]
+    async with own_database(settings, tag) as own:
+        assert own.database_url.endswith(f"/{bench_database(tag)}") and own.namespace == settings.namespace
+        conn = await asyncpg.connect(own.database_url)
+        try:
+            assert await conn.fetchval("SELECT current_database()") == bench_database(tag)
+            assert await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = 'clearing'") == 0
+        finally:
+            await conn.close()
+    assert not await database_exists(settings, bench_database(tag))
+    kept = "K" + uuid.uuid4().hex[:6]
+    try:
+        async with own_database(settings, kept, keep=True):
+            pass
+        assert await database_exists(settings, bench_database(kept))
+    finally:
+        await execute_alone(settings.database_url, f'DROP DATABASE IF EXISTS "{bench_database(kept)}" WITH (FORCE)')

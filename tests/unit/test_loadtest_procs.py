@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from loadtest.procs import Processes, env_pair, not_passed_on, transaction_versions
+from loadtest.procs import Processes, env_pair, not_passed_on, transaction_versions, with_database
 from loadtest.report import settings_line
 from yidi.platform.settings import Settings
 
@@ -53,3 +53,9 @@ def test_the_settings_line_says_what_was_given_and_what_the_stages_spoke():
               "kafka_transactions": {"eligibility": 2, "pricing": 2, "ref-eligible": 1}}
     assert settings_line(report) == ("`YIDI_BATCH_LINGER_MS=5`, `YIDI_KAFKA_TRANSACTIONS=auto`; "
                                      "Kafka transactions v1 (1 stage), v2 (2 stages)")
+
+
+def test_a_database_url_is_pointed_at_another_database_keeping_the_rest():
+    assert with_database("postgresql://yidi@127.0.0.1:15432/yidi", "yidi_bench_b1") == \
+        "postgresql://yidi@127.0.0.1:15432/yidi_bench_b1"
+    assert with_database("postgresql://u:p@db:5432/yidi?sslmode=require", "x") == "postgresql://u:p@db:5432/x?sslmode=require"

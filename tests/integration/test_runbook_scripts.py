@@ -1,0 +1,79 @@
+"""The runbook's dead-letter scripts, as an operator pastes them, against the real broker: reading a
+DLQ shows each dead letter's source, reason and a cut value; re-publishing sends the original value,
+key and headers (without ours) back to the source topic and skips a cut one."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tests.e2e.system import ROOT
+
+RUNBOOK = (ROOT / "docs" / "runbook.md").read_text()
+
+
+def script(usage: str) -> str:
+    """The Python of the runbook's shell block whose first comment line starts with ``usage``."""
+    for block in re.findall(r"<<'EOF'\n(.*?)\nEOF\n", RUNBOOK, re.S):
+        if usage in block.split("\n", 1)[0]:
+            return block
+    raise AssertionError(f"no runbook script for {usage!r}")
+
+
+def run(code: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-", *args], input=code, capture_output=True, text=True, timeout=60,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+async def test_the_runbook_reads_dead_letters_and_republishes_all_but_a_cut_one(settings):
+    bootstrap = settings.kafka_bootstrap
+    source = f"{settings.namespace}runbook{uuid.uuid4().hex[:6]}"
+    dlq = source + ".dlq"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(source, 1, 1), NewTopic(dlq, 1, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(dlq, b'{"policy": 1}', key=b"510100", headers=[
+            ("x-origin", b"feed-1"), ("yidi-dlq-reason", b"R11: a ceiling below the line"),
+            ("yidi-dlq-source", f"{source}/0/7".encode())])
+        await producer.send_and_wait(dlq, b"x" * 100, key=b"510100", headers=[
+            ("yidi-dlq-reason", b"too big"), ("yidi-dlq-source", f"{source}/0/8".encode()),
+            ("yidi-dlq-truncated", b"600000")])
+    finally:
+        await producer.stop()
+
+    shown = run(script("# Usage: python - <dlq topic> [bootstrap]"), dlq, bootstrap)
+    assert f"0/0 key=b'510100' source={source}/0/7\n  reason: R11: a ceiling below the line\n" in shown
+    assert f"0/1 key=b'510100' source={source}/0/8 TRUNCATED from 600000 bytes\n  reason: too big\n" in shown
+
+    republish = script("# Usage: python - <dlq topic> <partition>:<offset>")
+    assert 'BOOTSTRAP = "127.0.0.1:19092"' in republish
+    done = run(republish.replace('BOOTSTRAP = "127.0.0.1:19092"', f"BOOTSTRAP = {bootstrap!r}"), dlq, "0:0", "0:1")
+    assert done == (f"0:0 -> {source} key=b'510100'\n"
+                    "0:1 is truncated, skipped: re-publish it from its yidi-dlq-source\n")
+
+    consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                                isolation_level="read_committed")
+    await consumer.start()
+    try:
+        got: list = []
+        for _ in range(20):  # until the re-published one is in, then one more poll for any other
+            polled = [r for batch in (await consumer.getmany(timeout_ms=1000)).values() for r in batch]
+            got += polled
+            if got and not polled:
+                break
+    finally:
+        await consumer.stop()
+    assert [(r.value, r.key, list(r.headers)) for r in got] == [(b'{"policy": 1}', b"510100", [("x-origin", b"feed-1")])]
