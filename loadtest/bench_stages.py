@@ -145,7 +145,8 @@ async def bench(settings: Settings, *, persons: int, batches: int, size: int, pr
     # process does (and is measured for) all the handlers' work.
     database = f"yidi_bench_{tag.lower()}"
     await execute_alone(settings.database_url, f'CREATE DATABASE "{database}"')
-    pool = await create_pool(settings.database_url.rsplit("/", 1)[0] + f"/{database}", size=1)
+    pool = await create_pool(settings.database_url.rsplit("/", 1)[0] + f"/{database}", size=1,
+                             plan_cache_mode=settings.db_plan_cache_mode)
     cache = VersionedCache(settings.redis_url, ttl_seconds=600, prefix=f"{tag}:elig:")
     results: dict[str, Any] = {"persons": persons, "batches": batches, "batch_size": size, "repeat": repeat}
     try:

@@ -80,7 +80,8 @@ class Service:
         metrics.SERVICE_UP.labels(self.name).set(0)
         await ensure_topics(self.settings)
         if self.migrations:
-            self.pool = await create_pool(self.settings.database_url, size=self.settings.db_pool_size)
+            self.pool = await create_pool(self.settings.database_url, size=self.settings.db_pool_size,
+                                          plan_cache_mode=self.settings.db_plan_cache_mode)
             await migrate(self.pool, self.name, self.migrations)
         for ready in self.on_ready:
             await ready()

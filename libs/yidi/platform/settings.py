@@ -29,12 +29,18 @@ class Settings(BaseSettings):
     batch_max_records: int = 500
     batch_linger_ms: float = 10.0
     # Kafka's transaction protocol: v1, or v2 (KIP-890) where the cluster has finalized it ("auto").
-    # On the bench box v2 (offsets sent while the handler runs) was within the machine's swings of v1
-    # (docs/BENCHMARKS.md, "Kafka transactions v2"): v1, the protocol aiokafka itself speaks, stays the default.
+    # On the bench box v2 answered faster at 100/s and held about as much at full load
+    # (docs/BENCHMARKS.md, 2026-12-04, "The protocols, measured"); v1 stays the default because under
+    # v2 an instance that dies in its handler holds its partitions up to the transaction timeout (60 s).
     kafka_transactions: Literal["auto", "v1"] = "v1"
     # How often each stage samples its consumer lag (yidi_stage_lag_records).
     lag_sample_seconds: float = 5.0
     db_pool_size: int = 4
+    # Postgres plan_cache_mode of the services' connections. asyncpg prepares every statement, and
+    # after five runs Postgres may keep a generic plan made when a table was small: on a fresh
+    # database pricing's batch read then scanned whole tables until autoanalyze ran (docs/BENCHMARKS.md,
+    # "Generic plans on a fresh database"). force_custom_plan plans each run for its own arrays.
+    db_plan_cache_mode: Literal["auto", "force_custom_plan", "force_generic_plan"] = "force_custom_plan"
     # Eligibility: how long a cached answer may live when no event refreshes it.
     cache_ttl_seconds: int = 300
     # Eligibility: R17 waiver of filing for temporary trips inside a province, by insured region.
