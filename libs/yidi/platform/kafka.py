@@ -208,7 +208,7 @@ class TransactionalStage:
     _membership: tuple[int, str] = field(default=(-1, ""), init=False)
     # The Kafka transaction protocol the producer speaks (txnv2.enable): 1, or 2 (KIP-890).
     transaction_version: int = field(default=0, init=False)
-    # Under v2, the transaction of the batch being handled, begun with its offsets before the handler.
+    # Under v2, the transaction of the batch being handled, begun as the handler starts, its offsets sent alongside it.
     _opened: _Opened | None = field(default=None, init=False)
     # How many times the group has begun to rebalance (``_Revocations``), now and when the batch in
     # hand was fetched: a batch fetched before a rebalance began is never committed (fencing.py).
