@@ -2,9 +2,9 @@
 
     python -m loadtest.bench [--settlements 40000] [--rate 100 --rate-seconds 30] [--no-docs]
 
+1. generates a world and the days (loadtest.generator) under loadtest/results/<timestamp>/;
 2. starts the four services in a fresh namespace with a database of their own (dropped at the end),
    loads the world through the feeds;
-2. starts the four services in a fresh namespace, loads the world through the feeds;
 3. warms up until the broker's JIT compiler has settled (loadtest.warmup), then replays a
    fixed-rate run at the national peak hour's rate (21.6/s), one at 100/s (the latency target),
    then the whole day

@@ -32,6 +32,7 @@ import psutil
 
 from loadtest.bench_eligibility import load_world
 from loadtest.generator import DayOptions, day_lines
+from loadtest.procs import own_database
 from loadtest.world import World
 from services.clearing.handlers import ClearingHandler
 from services.clearing.repository import ClearingRepository
@@ -42,7 +43,7 @@ from services.pricing.handlers import PricingHandler
 from services.pricing.repository import PricingRepository
 from yidi.contracts.refdata import CatalogueRecord, PolicyRecord
 from yidi.platform.cache import VersionedCache
-from yidi.platform.db import create_pool, execute_alone, migrate
+from yidi.platform.db import create_pool, migrate
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.settings import Settings
 from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_PRICED, SETTLEMENT_REQUESTS
@@ -143,31 +144,28 @@ async def bench(settings: Settings, *, persons: int, batches: int, size: int, pr
     tag = "SB" + uuid.uuid4().hex[:8].upper()
     # A database of its own (dropped after), and one connection to it, so one Postgres server
     # process does (and is measured for) all the handlers' work.
-    database = f"yidi_bench_{tag.lower()}"
-    await execute_alone(settings.database_url, f'CREATE DATABASE "{database}"')
-    pool = await create_pool(settings.database_url.rsplit("/", 1)[0] + f"/{database}", size=1,
-                             plan_cache_mode=settings.db_plan_cache_mode)
-    cache = VersionedCache(settings.redis_url, ttl_seconds=600, prefix=f"{tag}:elig:")
-    results: dict[str, Any] = {"persons": persons, "batches": batches, "batch_size": size, "repeat": repeat}
-    try:
-        chain = Chain(settings, pool, cache, World(persons=persons, seed=11, run_id=tag))
-        await chain.load()
-        # A warm-up day of its own (caches, prepared statements), then the measured one.
-        await chain.run(chain.requests(size * 2, f"{tag}W"), size=size)
-        # Each repeat is a fresh day; a stage's figures are from its least disturbed repeat (the
-        # least CPU): on a shared machine that is the closest to what the code itself costs.
-        for n in range(repeat):
-            measured = await chain.run(chain.requests(batches * size, f"{tag}M{n}"), size=size, profile=profile)
-            for stage in STAGES:
-                figures = measured[stage][1]
-                if stage not in results or figures["cpu_s"] < results[stage]["cpu_s"]:
-                    results[stage] = figures
-        results["cpu_ms_per_request"] = round(sum(results[s]["cpu_ms_per_record"] for s in STAGES), 3)
-        results["postgres_cpu_ms_per_request"] = round(sum(results[s]["postgres_cpu_ms_per_record"] for s in STAGES), 3)
-    finally:
-        await cache.close()
-        await pool.close()
-        await execute_alone(settings.database_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    async with own_database(settings, tag) as own:
+        pool = await create_pool(own.database_url, size=1, plan_cache_mode=settings.db_plan_cache_mode)
+        cache = VersionedCache(settings.redis_url, ttl_seconds=600, prefix=f"{tag}:elig:")
+        results: dict[str, Any] = {"persons": persons, "batches": batches, "batch_size": size, "repeat": repeat}
+        try:
+            chain = Chain(settings, pool, cache, World(persons=persons, seed=11, run_id=tag))
+            await chain.load()
+            # A warm-up day of its own (caches, prepared statements), then the measured one.
+            await chain.run(chain.requests(size * 2, f"{tag}W"), size=size)
+            # Each repeat is a fresh day; a stage's figures are from its least disturbed repeat (the
+            # least CPU): on a shared machine that is the closest to what the code itself costs.
+            for n in range(repeat):
+                measured = await chain.run(chain.requests(batches * size, f"{tag}M{n}"), size=size, profile=profile)
+                for stage in STAGES:
+                    figures = measured[stage][1]
+                    if stage not in results or figures["cpu_s"] < results[stage]["cpu_s"]:
+                        results[stage] = figures
+            results["cpu_ms_per_request"] = round(sum(results[s]["cpu_ms_per_record"] for s in STAGES), 3)
+            results["postgres_cpu_ms_per_request"] = round(sum(results[s]["postgres_cpu_ms_per_record"] for s in STAGES), 3)
+        finally:
+            await cache.close()
+            await pool.close()
     return results
 
 
