@@ -325,10 +325,10 @@ class Bench:
                 if not args.no_reference:
                     await self.reference()
             finally:
-                self.report["kafka_transactions"] = transaction_versions(self.dir / "logs")
                 if not args.keep_topics:
                     with contextlib.suppress(Exception):
                         await self.cleanup()
+                self.report["kafka_transactions"] = transaction_versions(self.dir / "logs")
             if not args.no_eligibility:
                 say("eligibility micro-benchmark")
                 self.report["eligibility"] = await bench_eligibility(

@@ -60,6 +60,9 @@ def env_pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if key in SET_FOR_EACH - {"YIDI_LOG_LEVEL"}:
+        raise argparse.ArgumentTypeError(f"{key} is the load tool's own (its namespace, database, port, or the "
+                                         "stack it measures): set it in the shell for the whole run")
     return key, value
 
 

@@ -432,9 +432,13 @@ pg_start() {
     echo "include_if_exists = 'yidi.conf'" | as_pg tee -a "$PG_DATA/postgresql.conf" >/dev/null
     log "postgres cluster initialised in $PG_DATA (PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}'))"
   fi
-  # Rewritten on every start so edits to the template take effect.
+  # Rewritten on every start so edits to the template take effect. wal_compression takes a
+  # method (lz4) from PostgreSQL 15 on; before that only on/off (pglz).
+  local major wal_compression=lz4
+  major=$("$PG_BIN/postgres" --version | awk '{print $3}' | cut -d. -f1)
+  (( major >= 15 )) || wal_compression=on
   render "$HERE/postgres/postgresql.conf.in" "PG_PORT=$YIDI_PG_PORT" "PG_RUN_DIR=$PG_RUN" \
-    | as_pg tee "$PG_DATA/yidi.conf" >/dev/null
+    "PG_WAL_COMPRESSION=$wal_compression" | as_pg tee "$PG_DATA/yidi.conf" >/dev/null
 
   # No `pg_ctl -l`: that would open the log as the postgres user, who may not be allowed to
   # write in .local/log. Our shell opens it and the server inherits the descriptor.

@@ -6,12 +6,16 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
+import pytest
 
 from loadtest.procs import Processes, bench_database, not_passed_on, own_database, transaction_versions
 from yidi.platform.db import execute_alone
 
+pytestmark = pytest.mark.integration
 
-async def test_env_given_reaches_the_stage_and_the_shells_yidi_settings_do_not(settings, tmp_path, monkeypatch):
+
+async def test_env_given_reaches_the_stage_and_the_shells_yidi_settings_do_not(settings, v2_cluster, tmp_path,
+                                                                               monkeypatch):
     monkeypatch.setenv("YIDI_KAFKA_TRANSACTIONS", "auto")  # as in `YIDI_KAFKA_TRANSACTIONS=auto make bench`
     assert "YIDI_KAFKA_TRANSACTIONS" in not_passed_on()
     # A namespace of its own: a bare hop consumes whatever its source topic holds.

@@ -26,8 +26,11 @@ async def plan_after_six_runs(dsn: str, mode: str) -> str:
 
 
 async def test_each_run_is_planned_for_its_values_unless_set_otherwise(settings):
-    assert Settings.model_fields["db_plan_cache_mode"].default == "force_custom_plan"
-    custom = await plan_after_six_runs(settings.database_url, settings.db_plan_cache_mode)
+    default = Settings.model_fields["db_plan_cache_mode"].default
+    assert default == "force_custom_plan"
+    custom = await plan_after_six_runs(settings.database_url, default)
     assert "'M1'" in custom and "$1" not in custom
     generic = await plan_after_six_runs(settings.database_url, "auto")
     assert "$1" in generic, generic
+    # "server" sends nothing: the test server's own default (auto) applies.
+    assert "$1" in await plan_after_six_runs(settings.database_url, "server")

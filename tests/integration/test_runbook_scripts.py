@@ -9,10 +9,13 @@ import subprocess
 import sys
 import uuid
 
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.e2e.system import ROOT
+
+pytestmark = pytest.mark.integration
 
 RUNBOOK = (ROOT / "docs" / "runbook.md").read_text()
 

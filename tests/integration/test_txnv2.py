@@ -4,7 +4,6 @@ batch the broker refuses (under both protocol versions)."""
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
@@ -53,24 +52,6 @@ async def _committed(bootstrap: str, topic: str, expected: int, timeout_ms: int 
                 return sorted(seen)
     finally:
         await reader.stop()
-
-
-async def _cluster_has_v2(bootstrap: str) -> bool:
-    producer, version = await _producer(bootstrap, f"probe-{uuid.uuid4().hex}", "auto")
-    await producer.stop()
-    return version == 2
-
-
-@pytest.fixture
-async def v2_cluster(settings) -> str:
-    """The broker, when its cluster has finalized transaction.version >= 2 (Kafka 4.0+; the local
-    stack's does). A broker without it is a failure under CI."""
-    if not await _cluster_has_v2(settings.kafka_bootstrap):
-        message = "the broker's cluster has not finalized transaction.version >= 2"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return settings.kafka_bootstrap
 
 
 async def test_the_local_broker_finalizes_transaction_version_2(v2_cluster):

@@ -15,7 +15,9 @@ def test_env_pairs_split_at_the_first_equals_sign():
     assert env_pair("YIDI_KAFKA_TRANSACTIONS=auto") == ("YIDI_KAFKA_TRANSACTIONS", "auto")
     assert env_pair("LOADTEST_PRODUCER_OPTIONS={\"a\": \"b=c\"}") == ("LOADTEST_PRODUCER_OPTIONS", '{"a": "b=c"}')
     assert env_pair("YIDI_X=") == ("YIDI_X", "")
-    for bad in ("YIDI_X", "=1", ""):
+    assert env_pair("YIDI_LOG_LEVEL=DEBUG") == ("YIDI_LOG_LEVEL", "DEBUG")
+    for bad in ("YIDI_X", "=1", "", "YIDI_NAMESPACE=live.", "YIDI_DATABASE_URL=postgresql://x/yidi",
+                "YIDI_KAFKA_BOOTSTRAP=k:1", "YIDI_METRICS_PORT=9102"):
         with pytest.raises(argparse.ArgumentTypeError):
             env_pair(bad)
 

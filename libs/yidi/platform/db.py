@@ -113,11 +113,11 @@ async def _no_session_reset(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_custom_plan") -> asyncpg.Pool:
-    """``plan_cache_mode``: Settings.db_plan_cache_mode (why force_custom_plan: there)."""
+    """``plan_cache_mode``: Settings.db_plan_cache_mode (why force_custom_plan, and "server": there)."""
+    server_settings = {} if plan_cache_mode == "server" else {"plan_cache_mode": plan_cache_mode}
     async with transient_errors():
         return await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=30,
-                                         reset=_no_session_reset,
-                                         server_settings={"plan_cache_mode": plan_cache_mode})
+                                         reset=_no_session_reset, server_settings=server_settings)
 
 
 async def migrate(pool: asyncpg.Pool, schema: str, package: str) -> list[str]:

@@ -39,8 +39,10 @@ class Settings(BaseSettings):
     # Postgres plan_cache_mode of the services' connections. asyncpg prepares every statement, and
     # after five runs Postgres may keep a generic plan made when a table was small: on a fresh
     # database pricing's batch read then scanned whole tables until autoanalyze ran (docs/BENCHMARKS.md,
-    # "Generic plans on a fresh database"). force_custom_plan plans each run for its own arrays.
-    db_plan_cache_mode: Literal["auto", "force_custom_plan", "force_generic_plan"] = "force_custom_plan"
+    # "Generic plans on a fresh database"). force_custom_plan plans each run for its own arrays;
+    # "server" sends nothing, leaving it to the server, the database or role, or the URL (a pooler
+    # that refuses startup parameters, e.g. PgBouncer without ignore_startup_parameters).
+    db_plan_cache_mode: Literal["server", "auto", "force_custom_plan", "force_generic_plan"] = "force_custom_plan"
     # Eligibility: how long a cached answer may live when no event refreshes it.
     cache_ttl_seconds: int = 300
     # Eligibility: R17 waiver of filing for temporary trips inside a province, by insured region.
