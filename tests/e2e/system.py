@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 import urllib.request
@@ -25,6 +26,10 @@ class System(Processes):
             # R8: the test region 980000 locks filings for six months.
             "YIDI_FILING_LOCK_MONTHS": '{"980000": 6}',
         }
+        # The one shell setting the services get: `YIDI_KAFKA_TRANSACTIONS=auto make test` runs the
+        # end-to-end and crash tests under transactions v2 too (the in-process stages read it anyway).
+        if "YIDI_KAFKA_TRANSACTIONS" in os.environ:
+            test_settings["YIDI_KAFKA_TRANSACTIONS"] = os.environ["YIDI_KAFKA_TRANSACTIONS"]
         return super()._env(name, test_settings | (extra or {}))
 
     def start(self, service: str, extra_env: dict[str, str] | None = None, *, instance: str = "") -> None:
