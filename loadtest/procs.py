@@ -26,6 +26,8 @@ REFERENCE_STAGES = ("eligible", "priced", "answer")
 #: What every child gets from ``Processes`` (from the bench's own Settings, or its namespace and port).
 SET_FOR_EACH = frozenset({"YIDI_KAFKA_BOOTSTRAP", "YIDI_DATABASE_URL", "YIDI_REDIS_URL", "YIDI_NAMESPACE",
                           "YIDI_METRICS_PORT", "YIDI_LOG_LEVEL"})
+#: The shell's settings that do reach the children, through the load tool's own Settings: the stack it measures.
+FROM_SHELL = frozenset({"YIDI_KAFKA_BOOTSTRAP", "YIDI_DATABASE_URL", "YIDI_REDIS_URL"})
 _TRANSACTIONS_LINE = re.compile(rb"stage (\S+): Kafka transactions v(\d+)")
 
 
@@ -70,7 +72,7 @@ def not_passed_on(environ: dict[str, str] | os._Environ[str] = os.environ) -> li
     """The ``YIDI_*`` settings of the caller's environment the children do not get: they run on the
     code's defaults and ``--env``, never on a shell's live settings. A load test says so, so that
     ``YIDI_BATCH_LINGER_MS=15 make bench`` is not read as a run with a 15 ms linger."""
-    return sorted(k for k in environ if k.startswith("YIDI_") and k not in SET_FOR_EACH)
+    return sorted(k for k in environ if k.startswith("YIDI_") and k not in FROM_SHELL)
 
 
 def transaction_versions(log_dir: Path) -> dict[str, int]:

@@ -22,10 +22,12 @@ def test_env_pairs_split_at_the_first_equals_sign():
             env_pair(bad)
 
 
-def test_the_shells_yidi_settings_are_named_unless_the_processes_set_them_anyway():
+def test_the_shells_yidi_settings_are_named_unless_they_reach_the_processes_as_the_stack_measured():
     environ = {"YIDI_BATCH_LINGER_MS": "15", "YIDI_KAFKA_BOOTSTRAP": "k:1", "YIDI_NAMESPACE": "x.",
-               "YIDI_DATABASE_URL": "postgresql://d", "PATH": "/bin", "YIDI_KAFKA_TRANSACTIONS": "auto"}
-    assert not_passed_on(environ) == ["YIDI_BATCH_LINGER_MS", "YIDI_KAFKA_TRANSACTIONS"]
+               "YIDI_DATABASE_URL": "postgresql://d", "PATH": "/bin", "YIDI_KAFKA_TRANSACTIONS": "auto",
+               "YIDI_LOG_LEVEL": "DEBUG"}
+    assert not_passed_on(environ) == ["YIDI_BATCH_LINGER_MS", "YIDI_KAFKA_TRANSACTIONS", "YIDI_LOG_LEVEL",
+                                      "YIDI_NAMESPACE"]
 
 
 def test_a_childs_environment_has_the_given_settings_and_none_of_the_shells(monkeypatch, tmp_path):
