@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import subprocess
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -176,10 +177,7 @@ def settings_line(report: dict[str, Any]) -> str:
     protocol the stages logged, e.g. "code defaults; Kafka transactions v1 (9 stages)"."""
     env = report.get("env") or {}
     given = ", ".join(f"`{k}={v}`" for k, v in sorted(env.items())) or "code defaults"
-    versions = report.get("kafka_transactions") or {}
-    by_version: dict[int, int] = {}
-    for v in versions.values():
-        by_version[v] = by_version.get(v, 0) + 1
+    by_version = Counter((report.get("kafka_transactions") or {}).values())
     spoken = ", ".join(f"v{v} ({n} stage{'s' if n != 1 else ''})" for v, n in sorted(by_version.items()))
     return f"{given}; Kafka transactions {spoken or 'not logged'}"
 

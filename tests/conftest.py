@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from loadtest.procs import with_database
 from yidi.platform.db import execute_alone
 from yidi.platform.kafka import delete_namespace_topics
 from yidi.platform.settings import Settings
@@ -70,7 +71,7 @@ def settings(servers: dict[str, str]) -> Iterator[Settings]:
     try:
         yield Settings(
             kafka_bootstrap=servers["YIDI_KAFKA_BOOTSTRAP"],
-            database_url=base.rsplit("/", 1)[0] + f"/{database}",
+            database_url=with_database(base, database),
             redis_url=servers["YIDI_REDIS_URL"],
             namespace=f"t{tag}.",
             metrics_port=0,
