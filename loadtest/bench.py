@@ -37,8 +37,8 @@ from loadtest import report as rpt
 from loadtest.bench_eligibility import bench as bench_eligibility
 from loadtest.generator import DayOptions, peak_hour_rate, write_day, write_refdata
 from loadtest.observe import ProcessSampler, infrastructure_pids, scrape, stage_deltas, start_profile, top_frames
-from loadtest.procs import (REFERENCE_STAGES, SERVICES, Processes, bench_database, env_pair, not_passed_on,
-                            own_database, transaction_versions)
+from loadtest.procs import (REFERENCE_STAGES, SERVICES, Processes, bench_database, child_settings, env_pair,
+                            not_passed_on, own_database, transaction_versions)
 from loadtest.replay import Pace, replay_file
 from loadtest import warmup
 from loadtest.world import World
@@ -316,7 +316,8 @@ class Bench:
         say(f"results in {self.dir}")
         if ignored := not_passed_on():
             say(f"not passed on to the services (they get the code's defaults and --env): {', '.join(ignored)}")
-        async with own_database(self.settings, self.run_id, keep=args.keep_database) as self.settings:
+        base = self.settings
+        async with own_database(base, self.run_id, keep=args.keep_database) as self.settings:
             self.report["database"] = bench_database(self.run_id)
             if args.keep_database:
                 say(f"the run's database is kept: {self.report['database']}")
@@ -332,7 +333,8 @@ class Bench:
             if not args.no_eligibility:
                 say("eligibility micro-benchmark")
                 self.report["eligibility"] = await bench_eligibility(
-                    self.settings.model_copy(update={"namespace": "benchelig."}))
+                    child_settings(self.settings, self.env).model_copy(update={"namespace": "benchelig."}))
+        self.settings = base  # the run's database is gone
         self.report["targets"] = rpt.judge(self.report)
         return self.report
 

@@ -152,7 +152,7 @@ async def _probe(args: argparse.Namespace, tag: str, settings: Settings) -> dict
     summary = {k: round(statistics.median(r["latency_ms"][k] for r in results), 2)
                for k in ("p50", "p95", "p99", "max")}
     say(f"median of {len(results)} runs: " + ", ".join(f"{k} {v} ms" for k, v in summary.items()))
-    out = {"target": args.target, "env": env, "kafka_transactions": transaction_versions(work / "logs"),
+    out = {"target": args.target, "env": env, "kafka_transactions": transaction_versions(work / "logs", procs.log_starts),
            "runs": results, "median": summary,
            "warm_up_exactly_once": warm_ok, "exactly_once": warm_ok and all(r["exactly_once"]["ok"] for r in results)}
     (work / "probe.json").write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))

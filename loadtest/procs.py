@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from yidi.platform.db import execute_alone
 from yidi.platform.settings import Settings
@@ -75,11 +76,24 @@ def not_passed_on(environ: dict[str, str] | os._Environ[str] = os.environ) -> li
     return sorted(k for k in environ if k.startswith("YIDI_") and k not in FROM_SHELL)
 
 
-def transaction_versions(log_dir: Path) -> dict[str, int]:
+def child_settings(settings: Settings, env: dict[str, str]) -> Settings:
+    """What a child process of a load tool runs on (``Processes._env``), for work the tool does in its
+    own process instead (the eligibility micro-benchmark): the code's defaults, ``settings``'
+    addresses and namespace, and ``--env``, never the shell's other ``YIDI_*`` settings."""
+    values: dict[str, Any] = {"kafka_bootstrap": settings.kafka_bootstrap, "database_url": settings.database_url,
+                              "redis_url": settings.redis_url, "namespace": settings.namespace}
+    values |= {k.removeprefix("YIDI_").lower(): v for k, v in env.items() if k.startswith("YIDI_")}
+    return Settings(_env_prefix="YIDI_NOT_FROM_THE_SHELL_", **values)
+
+
+def transaction_versions(log_dir: Path, since: dict[str, int] | None = None) -> dict[str, int]:
     """The Kafka transaction protocol each stage last logged it speaks, from the process logs: what
-    a run measured, whatever it was asked for."""
-    return {stage.decode(): int(version) for log in sorted(log_dir.glob("*.log"))
-            for stage, version in _TRANSACTIONS_LINE.findall(log.read_bytes())}
+    a run measured, whatever it was asked for. With ``since`` (``Processes.log_starts``), only those
+    processes' logs, each read from where it stood before this run's first start (a reused folder
+    keeps earlier runs' logs)."""
+    logs = sorted(log_dir.glob("*.log")) if since is None else [log_dir / f"{n}.log" for n in sorted(since)]
+    return {stage.decode(): int(version) for log in logs if log.exists()
+            for stage, version in _TRANSACTIONS_LINE.findall(log.read_bytes()[(since or {}).get(log.stem, 0):])}
 
 
 def free_port() -> int:
@@ -97,6 +111,8 @@ class Processes:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.ports: dict[str, int] = {}
         self.up: dict[str, str] = {}
+        # Where each process's log stood before this object first started it (logs are appended to).
+        self.log_starts: dict[str, int] = {}
 
     def _env(self, name: str, extra: dict[str, str] | None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("YIDI_")}
@@ -115,6 +131,7 @@ class Processes:
         self.ports.setdefault(name, free_port())
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_dir / f"{name}.log", "ab") as log:
+            self.log_starts.setdefault(name, log.tell())
             self.procs[name] = subprocess.Popen(argv, cwd=ROOT, env=self._env(name, extra), stdout=log,
                                                 stderr=subprocess.STDOUT)
 

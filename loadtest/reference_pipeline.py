@@ -115,13 +115,13 @@ async def run(which: str) -> None:
     stages = stages_for(settings, which)
     for stage in stages:
         await stage.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before it says it is up: a stop may follow at once
+        loop.add_signal_handler(sig, stop.set)
     up = f"ref-{which}"
     metrics.SERVICE_UP.labels(up).set(1)
     log.info("reference pipeline %s ready in namespace %r", which, settings.namespace)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     tasks = [s.task for s in stages if s.task]
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)

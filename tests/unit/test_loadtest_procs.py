@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import pytest
 
-from loadtest.procs import Processes, env_pair, not_passed_on, transaction_versions, with_database
+from loadtest.procs import Processes, child_settings, env_pair, not_passed_on, transaction_versions, with_database
 from loadtest.report import settings_line
 from yidi.platform.settings import Settings
 
@@ -63,3 +64,27 @@ def test_a_database_url_is_pointed_at_another_database_keeping_the_rest():
     assert with_database("postgresql://yidi@127.0.0.1:15432/yidi", "yidi_bench_b1") == \
         "postgresql://yidi@127.0.0.1:15432/yidi_bench_b1"
     assert with_database("postgresql://u:p@db:5432/yidi?sslmode=require", "x") == "postgresql://u:p@db:5432/x?sslmode=require"
+
+
+def test_a_reused_folder_reads_only_this_runs_processes_from_where_their_logs_stood(tmp_path):
+    (tmp_path / "pricing.log").write_bytes(b"x stage pricing: Kafka transactions v2\n")
+    (tmp_path / "clearing.log").write_bytes(b"x stage clearing: Kafka transactions v2\n")
+    (tmp_path / "ref-priced.log").write_bytes(b"x stage ref-priced: Kafka transactions v2\n")  # an earlier probe's
+    procs = Processes(Settings(), tmp_path)
+    procs.ports |= {"pricing": 1, "clearing": 2}
+    procs._spawn("pricing", [sys.executable, "-c", "print('x stage pricing: Kafka transactions v1')"], None)
+    procs._spawn("clearing", [sys.executable, "-c", "print('failed before its stage started')"], None)
+    for p in procs.procs.values():
+        p.wait(10)
+    assert procs.log_starts == {"pricing": 39, "clearing": 40}
+    assert transaction_versions(tmp_path, procs.log_starts) == {"pricing": 1}
+    assert transaction_versions(tmp_path) == {"clearing": 2, "pricing": 1, "ref-priced": 2}
+
+
+def test_work_a_load_tool_does_in_process_runs_on_what_its_children_get(monkeypatch):
+    monkeypatch.setenv("YIDI_DB_POOL_SIZE", "9")
+    monkeypatch.setenv("YIDI_CACHE_TTL_SECONDS", "1")
+    run = Settings().model_copy(update={"namespace": "b1.", "database_url": "postgresql://u@h:1/yidi_bench_x"})
+    s = child_settings(run, {"YIDI_DB_POOL_SIZE": "2"})
+    assert (s.db_pool_size, s.cache_ttl_seconds) == (2, Settings.model_fields["cache_ttl_seconds"].default)
+    assert (s.namespace, s.database_url) == ("b1.", "postgresql://u@h:1/yidi_bench_x")
