@@ -4,12 +4,12 @@
 # state under <repo>/.local/.
 #
 # Usage: deploy/local/stack.sh COMMAND [kafka|postgres|redis|all ...]
-#   install          Debian packages + Kafka jars (idempotent; fast no-op when present)
+#   install [what]   Debian packages + Kafka jars (idempotent; fast no-op when present)
 #   start  [what]    install, then start (already-running pieces are left alone)
 #   stop   [what]    clean stop (pg fast shutdown, redis nosave, kafka SIGTERM then SIGKILL)
-#   status           one line per service; exit 0 only if all three are running
+#   status [what]    one line per server; exit 0 only if every one asked for runs (3 otherwise)
 #   logs   [what] [-f]  tail the logs (TAIL_LINES=40), -f to follow
-#   reset            stop everything and delete all data (keeps downloaded jars)
+#   reset            stop all three and delete all their data (keeps downloaded jars); no [what]
 #
 # Tunables (environment): KAFKA_VERSION (overrides the pom), KAFKA_HEAP_OPTS, KAFKA_OPTS,
 # KAFKA_START_TIMEOUT (90 s), KAFKA_STOP_TIMEOUT (30 s), PG_BINDIR.
@@ -532,8 +532,9 @@ redis_status() {
 
 cmd_install() {
   local t0; t0=$(now_us)
+  parse_services "$@"
   take_lock
-  install_for "${ALL[@]}"
+  install_for "${SVCS[@]}"
   log "install: everything present ($(since "$t0"))"
 }
 
@@ -561,10 +562,11 @@ cmd_stop() {
 }
 
 cmd_status() {
-  local rc=0
-  kafka_status || rc=3
-  pg_status || rc=3
-  redis_status || rc=3
+  local rc=0 s
+  parse_services "$@"
+  for s in "${SVCS[@]}"; do
+    case $s in kafka) kafka_status || rc=3 ;; postgres) pg_status || rc=3 ;; redis) redis_status || rc=3 ;; esac
+  done
   return "$rc"
 }
 
@@ -598,13 +600,14 @@ main() {
   local cmd=${1:-}
   (( $# )) && shift
   case $cmd in
-    install) cmd_install ;;
+    install) cmd_install "$@" ;;
     start) cmd_start "$@" ;;
     stop) cmd_stop "$@" ;;
     restart) cmd_stop "$@"; cmd_start "$@" ;;
-    status) cmd_status ;;
+    status) cmd_status "$@" ;;
     logs) cmd_logs "$@" ;;
-    reset) cmd_reset ;;
+    reset) (( $# == 0 )) || die "reset takes no argument: it stops all three servers and deletes all their data"
+           cmd_reset ;;
     -h|--help|help) usage ;;
     *) usage; exit 2 ;;
   esac

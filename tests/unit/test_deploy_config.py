@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from yidi.platform import metrics
@@ -133,8 +134,9 @@ _SUFFIXES = {
 
 @functools.cache
 def declared_series() -> dict[str, frozenset[str]]:
-    """Every series name /metrics exposes for the metrics of metrics.py (plus `up`), with its labels."""
-    series = {"up": frozenset(TARGET_LABELS)}
+    """Every series name /metrics exposes for the metrics of metrics.py (plus `up`, and the start
+    time prometheus_client's process collector exports), with its labels."""
+    series = {"up": frozenset(TARGET_LABELS), "process_start_time_seconds": frozenset(TARGET_LABELS)}
     for metric in vars(metrics).values():
         if isinstance(metric, MetricWrapperBase):
             (family,) = metric.describe()
@@ -145,6 +147,13 @@ def declared_series() -> dict[str, frozenset[str]]:
                     extra = {"quantile"}
                 series[family.name + suffix] = frozenset(labels | extra)
     return series
+
+
+def test_the_services_metrics_carry_their_process_start_time():
+    # YidiServiceRestarting counts its changes: the default registry, which serve_metrics serves,
+    # must export it.
+    body = generate_latest(REGISTRY).decode()
+    assert re.search(r"^process_start_time_seconds \d", body, re.M), body[:2000]
 
 
 def declared_families() -> set[str]:
@@ -441,7 +450,12 @@ def test_the_dashboard_is_grafana_json_on_the_provisioned_datasource():
     for panel in dashboard_panels():
         assert panel["targets"], panel["title"]
         for source in [panel["datasource"], *(t["datasource"] for t in panel["targets"])]:
-            assert source == {"type": "prometheus", "uid": grafana_datasource()["uid"]}
+            assert source == {"type": "prometheus", "uid": "${datasource}"}
+    # Panels name their datasource through a variable (a Grafana whose Prometheus has another uid
+    # can import the board); provisioned, it starts on the datasource compose provisions.
+    (variable,) = board["templating"]["list"]
+    assert (variable["name"], variable["type"], variable["query"]) == ("datasource", "datasource", "prometheus")
+    assert variable["current"]["value"] == grafana_datasource()["uid"]
 
 
 # ---- metric and label names against metrics.py ---------------------------------------------
