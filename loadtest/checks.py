@@ -1,7 +1,9 @@
 """The replay's verdicts, as pure functions over what was sent and what came back.
 
 - ``check_exactly_once``: every send got exactly one answer. A request sent twice under one msgid
-  (a duplicate) is owed two answers, so expectations are counted per send, not per msgid.
+  (a duplicate) is owed two answers, so expectations are counted per send, not per msgid; and
+  every answer to a msgid says what the first said (``answer_gist``): a resend is answered from
+  the ledger, never settled again.
 - ``answer_totals`` and ``check_ledger``: the ledger's rows in state ``settled`` for the run's
   settlements add up to what the answers said (count, fund, cash, account), cancellations taken
   out, and no other request of the run (a pre-settlement, a cancellation) has a ledger row.
@@ -15,6 +17,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -24,16 +27,19 @@ class ExactlyOnce:
     missing: dict[str, int] = field(default_factory=dict)  # msgid → answers still owed
     duplicated: dict[str, int] = field(default_factory=dict)  # msgid → answers too many
     unexpected: dict[str, int] = field(default_factory=dict)  # answers to msgids never sent
+    # msgid → later answers that said something else than the first (another setl_id, amounts, code)
+    inconsistent: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.duplicated or self.unexpected)
+        return not (self.missing or self.duplicated or self.unexpected or self.inconsistent)
 
     def summary(self, show: int = 5) -> str:
         if self.ok:
             return f"exactly once: {self.sends} sends, {self.answers} answers"
         parts = [f"{self.sends} sends, {self.answers} answers"]
-        for name, found in (("missing", self.missing), ("duplicated", self.duplicated), ("unexpected", self.unexpected)):
+        for name, found in (("missing", self.missing), ("duplicated", self.duplicated), ("unexpected", self.unexpected),
+                            ("answered otherwise than the first time", self.inconsistent)):
             if found:
                 parts.append(f"{name} {sum(found.values())} (e.g. {', '.join(sorted(found)[:show])})")
         return "NOT exactly once: " + "; ".join(parts)
@@ -43,8 +49,18 @@ def _counts(items: Mapping[str, int] | Iterable[str]) -> Counter[str]:
     return Counter(items) if not isinstance(items, Mapping) else Counter(dict(items))
 
 
-def check_exactly_once(sends: Mapping[str, int] | Iterable[str], answers: Mapping[str, int] | Iterable[str]) -> ExactlyOnce:
-    """``sends``: one msgid per publish (or msgid → publishes); ``answers``: one msgid per answer read."""
+def answer_gist(answer: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What every answer to one msgid must say alike: its code and, for a settlement, its setl_id
+    and amounts (not its times or message text, which are the answering moment's)."""
+    info = (answer.get("output") or {}).get("setlinfo") or {}
+    return (answer.get("infcode"), answer.get("err_code") or "ok", info.get("setl_id"),
+            info.get("medfee_sumamt"), info.get("fund_pay_sumamt"), info.get("psn_cash_pay"), info.get("acct_pay"))
+
+
+def check_exactly_once(sends: Mapping[str, int] | Iterable[str], answers: Mapping[str, int] | Iterable[str],
+                       inconsistent: Mapping[str, int] | None = None) -> ExactlyOnce:
+    """``sends``: one msgid per publish (or msgid → publishes); ``answers``: one msgid per answer
+    read; ``inconsistent``: msgid → answers whose ``answer_gist`` differed from the first's."""
     expected, got = _counts(sends), _counts(answers)
     missing, duplicated, unexpected = {}, {}, {}
     for msgid, n in expected.items():
@@ -56,7 +72,8 @@ def check_exactly_once(sends: Mapping[str, int] | Iterable[str], answers: Mappin
     for msgid, n in got.items():
         if msgid not in expected:
             unexpected[msgid] = n
-    return ExactlyOnce(sum(expected.values()), sum(got.values()), missing, duplicated, unexpected)
+    return ExactlyOnce(sum(expected.values()), sum(got.values()), missing, duplicated, unexpected,
+                       {k: n for k, n in (inconsistent or {}).items() if n})
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from loadtest.checks import (
     LedgerCheck,
     Settled,
     Totals,
+    answer_gist,
     answer_totals,
     check_exactly_once,
     check_ledger,
@@ -102,6 +103,10 @@ class Replay:
         self.behind = array("d")  # seconds each paced publish went out after it was due
         self.paced_span = (0.0, 0.0)  # first and last paced publish (deferred cancellations are not paced)
         self.settled: dict[str, Settled] = {}
+        # The gist of the first answer to each msgid (as a hash), and later answers that differed.
+        self._first_gist: dict[str, int] = {}
+        self.inconsistent: Counter[str] = Counter()
+        self.settlements = Counter[str]()  # answers to settlements (2207, 2304): answered, settled
         self.cancelled_setl_ids: set[str] = set()
         self.cancels = Counter[str]()  # sent, skipped (target refused), unsent (target never answered)
         self.publish_errors = 0
@@ -163,6 +168,9 @@ class Replay:
             return
         msgid = str(answer.get("msgid", ""))
         self.answers[msgid] += 1
+        gist = hash(answer_gist(answer))
+        if self._first_gist.setdefault(msgid, gist) != gist:
+            self.inconsistent[msgid] += 1
         queue = self._pending.get(msgid)
         if queue:
             sent = queue.popleft()
@@ -177,6 +185,9 @@ class Replay:
             self._answered_any.set()
         infno, ok = str(answer.get("infno", "")), answer.get("infcode") == 0
         info = (answer.get("output") or {}).get("setlinfo") or {}
+        if infno in SETTLE_INFNOS:
+            self.settlements["answered"] += 1
+            self.settlements["settled"] += ok
         if ok and infno in SETTLE_INFNOS and msgid not in self.settled:
             self.settled[msgid] = Settled(str(info.get("setl_id", "")), yuan_to_fen(info.get("fund_pay_sumamt", "0")),
                                           yuan_to_fen(info.get("psn_cash_pay", "0")), yuan_to_fen(info.get("acct_pay", "0")))
@@ -347,7 +358,7 @@ class Replay:
     # Results -------------------------------------------------------------------------------------
 
     def exactly_once(self) -> ExactlyOnce:
-        return check_exactly_once(self.sends, self.answers)
+        return check_exactly_once(self.sends, self.answers, self.inconsistent)
 
     def answer_totals(self) -> Totals:
         return answer_totals(self.settled, self.cancelled_setl_ids)
@@ -389,11 +400,13 @@ class Replay:
             "latency_from": "due time" if self.pace.rate or self.pace.speed else "publish",
             **self.pacing(),
             "err_codes": dict(self.err_codes.most_common()),
+            "settlements": {"answered": self.settlements["answered"], "settled": self.settlements["settled"]},
             "kinds_sent": dict(self.kinds.most_common()),
             "cancellations": dict(self.cancels),
             "publish_errors": self.publish_errors,
             "exactly_once": {"ok": check.ok, "summary": check.summary(), "missing": sum(check.missing.values()),
-                             "duplicated": sum(check.duplicated.values()), "unexpected": sum(check.unexpected.values())},
+                             "duplicated": sum(check.duplicated.values()), "unexpected": sum(check.unexpected.values()),
+                             "inconsistent": sum(check.inconsistent.values())},
             "series": series(np.frombuffer(self.answered_at, dtype=np.float64), lat),
         }
 
@@ -423,10 +436,14 @@ def series(at: np.ndarray, lat: np.ndarray, step: float | None = None) -> dict[s
     order = np.argsort(slot, kind="stable")
     slot, lat = slot[order], lat[order]
     bounds = np.searchsorted(slot, np.arange(slot.max() + 2))
+    last = len(bounds) - 2
     for s in range(len(bounds) - 1):
         chunk = lat[bounds[s]:bounds[s + 1]]
         out["t"].append(round((s + 1) * step, 2))
-        out["per_s"].append(round(len(chunk) / step, 1))
+        # The last slot ends at the last answer, not a step later (else a steady rate would end in
+        # a false dip); at least a quarter step, so that a few stragglers are not a spike.
+        width = step if s < last else max(span - s * step, step / 4)
+        out["per_s"].append(round(len(chunk) / width, 1))
         if len(chunk):
             p50, p95, p99 = np.percentile(chunk, [50, 95, 99]) * 1000
             out["p50_ms"].append(round(float(p50), 2))

@@ -336,7 +336,7 @@ section below says how the figures are measured.
   two runs of one command replayed different days).
 - The 650,000-a-day figure is a projection from the `max` run's throughput (scaled, from
   2026-12-03, by the requests the day carries per settlement), not a full replay;
-  `python -m loadtest.generator --settlements 650000` and `python -m loadtest.replay` do the full
+  `python -m loadtest.generator --settlements 650000 --out DIR` and `python -m loadtest.replay` do the full
   day when there is time for it.
 - The services run with their default settings (batches of up to 500) as separate processes, in
   a fresh namespace per run, on the same 2-core machine as Kafka, Postgres, Redis and the replay

@@ -7,6 +7,7 @@ import pytest
 from loadtest.checks import (
     Settled,
     Totals,
+    answer_gist,
     answer_totals,
     check_exactly_once,
     check_ledger,
@@ -48,6 +49,21 @@ def test_an_answer_to_a_request_never_sent_fails_the_check():
     result = check_exactly_once(SENT, ["M1", "M2", "M3", "OTHER"])
     assert not result.ok
     assert result.unexpected == {"OTHER": 1}
+
+
+def test_answers_that_differ_from_the_first_to_their_msgid_fail_the_check():
+    result = check_exactly_once({"M1": 2}, {"M1": 2}, {"M1": 1})
+    assert not result.ok and result.inconsistent == {"M1": 1}
+    assert check_exactly_once({"M1": 2}, {"M1": 2}, {"M1": 0}).ok
+
+
+def test_the_gist_of_an_answer_leaves_out_its_times_and_text():
+    a = {"infcode": 0, "err_code": None, "respond_time": "t1", "err_msg": "",
+         "output": {"setlinfo": {"setl_id": "S1", "fund_pay_sumamt": "1.00", "psn_cash_pay": "2.00", "acct_pay": "0.00"}}}
+    assert answer_gist(a) == answer_gist({**a, "respond_time": "t2"})
+    assert answer_gist(a) != answer_gist({**a, "output": {"setlinfo": {**a["output"]["setlinfo"], "setl_id": "S2"}}})
+    assert answer_gist({"infcode": -1, "err_code": "NOT_FILED", "err_msg": "x"}) == answer_gist(
+        {"infcode": -1, "err_code": "NOT_FILED", "err_msg": "y"})
 
 
 def test_counts_per_msgid_are_accepted_as_well_as_lists():

@@ -58,6 +58,29 @@ async def test_each_answer_is_matched_to_a_send_and_timed():
     assert r.answer_totals().count == 1  # a duplicate's answer is the same settlement
 
 
+async def test_a_resend_answered_with_another_settlement_fails_the_check():
+    r, _ = replay()
+    await r._send_line(settle_line("M1"))
+    await r._send_line(settle_line("M1", kind="duplicate"))
+    r._on_answer(answer("M1", setl_id="S1"), r.started + 1.0)
+    r._on_answer(answer("M1", setl_id="S999"), r.started + 2.0)  # settled a second time
+    check = r.exactly_once()
+    assert not check.ok and check.inconsistent == {"M1": 1}
+    assert "answered otherwise than the first time 1" in check.summary()
+    assert r.result()["exactly_once"]["inconsistent"] == 1
+
+
+async def test_a_resend_answered_alike_at_another_moment_passes():
+    r, _ = replay()
+    await r._send_line(settle_line("M1"))
+    await r._send_line(settle_line("M1", kind="duplicate"))
+    first, again = orjson.loads(answer("M1")), orjson.loads(answer("M1"))
+    again |= {"respond_time": "2026-12-04 08:00:01", "refmsg_time": "2026-12-04 08:00:00.500"}
+    r._on_answer(orjson.dumps(first), r.started + 1.0)
+    r._on_answer(orjson.dumps(again), r.started + 2.0)
+    assert r.exactly_once().ok
+
+
 async def test_a_cancellation_waits_for_its_target_and_carries_its_setl_id():
     r, producer = replay()
     await r._send_line(settle_line("M1"))
@@ -97,8 +120,16 @@ def test_series_has_answers_per_second_and_percentiles():
     at = np.array([0.1, 0.2, 1.5, 1.6, 1.7])
     lat = np.array([0.010, 0.020, 0.030, 0.040, 0.050])
     s = series(at, lat, step=1.0)
-    assert s["per_s"] == [2.0, 3.0]
+    assert s["per_s"] == [2.0, 4.3]  # the last slot spans 1.0–1.7 s: 3 answers in 0.7 s
     assert s["p50_ms"][1] == 40.0
+
+
+def test_a_steady_rate_does_not_end_in_a_dip():
+    import numpy as np
+
+    at = np.arange(1, 251) / 100  # 100 answers a second for 2.5 s
+    per_s = series(at, np.full(len(at), 0.01), step=1.0)["per_s"]
+    assert per_s[:2] == [99.0, 100.0] and 98 <= per_s[2] <= 102, per_s
 
 
 METRICS_BEFORE = """

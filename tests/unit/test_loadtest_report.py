@@ -111,3 +111,19 @@ def test_a_steady_search_with_no_probe_or_none_held_says_so():
     assert "at a steady 74.0/s (not held: the last probe):" in headline(report)
     # A slow machine still gets a search below 100/s (steps of 5, not 25).
     assert [_round_rate(r) for r in (30.0, 42.5, 99.0, 100.0, 130.0, 2.0)] == [30, 40, 95, 100, 125, 5]
+
+
+def test_a_run_where_few_settlements_settle_fails_its_checks():
+    from loadtest.bench import passed, verdict
+
+    def run(answered: int, settled: int) -> dict:
+        return {"exactly_once": {"ok": True, "summary": "exactly once: 5 sends, 5 answers"},
+                "ledger": {"ok": True, "summary": "ledger = answers: 0 settled"},
+                "settlements": {"answered": answered, "settled": settled}, "err_codes": {"NOT_FILED": answered - settled}}
+
+    assert not passed(run(5, 0))  # every settlement refused: nothing measured is the platform's work
+    ok, text = verdict(run(5, 0))
+    assert not ok and "only 0.0% of 5 settlements settled" in text
+    assert passed(run(1000, 975)) and verdict(run(1000, 975)) == (True, "exactly once: 5 sends, 5 answers; ledger = answers: 0 settled")
+    assert passed(run(0, 0))  # the bare pipeline's runs, or a day of no settlements
+    assert passed({"exactly_once": {"ok": True, "summary": ""}})  # a result from before the count
