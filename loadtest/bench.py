@@ -36,7 +36,8 @@ import orjson
 from loadtest import report as rpt
 from loadtest.bench_eligibility import bench as bench_eligibility
 from loadtest.generator import DayOptions, peak_hour_rate, write_day, write_refdata
-from loadtest.observe import ProcessSampler, infrastructure_pids, scrape, stage_deltas, start_profile, top_frames
+from loadtest.observe import (ProcessSampler, histogram_quantiles, infrastructure_pids, scrape, stage_deltas, start_profile,
+                              top_frames)
 from loadtest.procs import (REFERENCE_STAGES, SERVICES, Processes, bench_database, child_settings, env_pair,
                             not_passed_on, own_database, transaction_versions)
 from loadtest.replay import Pace, replay_file
@@ -156,6 +157,11 @@ class Bench:
         after = {n: scrape(p) for n, p in ports.items()}
         result["stages"] = {stage if "@" not in n else f"{stage} ({n})": s
                             for n in ports for stage, s in stage_deltas(before[n], after[n]).items()}
+        # The services' own clock: from a request's publish to its answer's commit, by the service
+        # that answered (eligibility its refusals, clearing the settlements), without the replay's read.
+        result["service_latency_ms"] = {
+            service if "@" not in n else f"{service} ({n})": q for n in ports
+            for service, q in histogram_quantiles(before[n], after[n], "yidi_settlement_latency_seconds", "service").items()}
         if keep:
             self.report["runs"][name] = result
         else:

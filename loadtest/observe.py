@@ -1,7 +1,9 @@
 """What the bench watches besides the answers: stage metrics, processes' memory and CPU, profiles.
 
-- ``scrape`` reads a service's /metrics; ``stage_deltas`` turns two scrapes into the mean time and
-  size of a batch per stage (``yidi_stage_batch_seconds``, ``yidi_stage_batch_size``).
+- ``scrape`` reads a service's /metrics; ``stage_deltas`` turns two scrapes into the time (mean,
+  p50, p99) and size of a batch per stage (``yidi_stage_batch_seconds``, ``yidi_stage_batch_size``);
+  ``histogram_quantiles`` reads any histogram's buckets so (the services' own
+  ``yidi_settlement_latency_seconds``).
 - ``ProcessSampler`` samples RSS (max) and CPU seconds of named processes with psutil; Postgres is
   its postmaster with every backend, Kafka and Redis their pids from ``.local/``.
 - ``jit_threads`` reads a JVM's JIT compiler threads' CPU (the broker's, which compiles for minutes
@@ -55,8 +57,40 @@ def scrape(port: int) -> Samples:
         return {}
 
 
+def histogram_quantiles(before: Samples, after: Samples, name: str, by: str,
+                        quantiles: tuple[float, ...] = (0.5, 0.95, 0.99)) -> dict[str, dict[str, float]]:
+    """Quantiles, in ms, of what histogram ``name`` observed between two scrapes, per value of the
+    label ``by`` (its other labels summed), as Prometheus's histogram_quantile reads buckets:
+    linear within the bucket the rank falls in; in the +Inf bucket, the highest finite bound."""
+    cumulative: dict[str, Counter[float]] = {}
+    for (n, labels), value in after.items():
+        if n != f"{name}_bucket":
+            continue
+        d = dict(labels)
+        cumulative.setdefault(d.get(by, ""), Counter())[float(d["le"])] += value - before.get((n, labels), 0.0)
+    out: dict[str, dict[str, float]] = {}
+    for group, counts in sorted(cumulative.items()):
+        edges = sorted(counts)
+        total = counts[edges[-1]]
+        if total <= 0:
+            continue
+        found: dict[str, float] = {}
+        for q in quantiles:
+            rank = q * total
+            i = next(i for i, e in enumerate(edges) if counts[e] >= rank)
+            lower, below = (edges[i - 1], counts[edges[i - 1]]) if i else (0.0, 0.0)
+            if edges[i] == float("inf"):
+                value = lower
+            else:
+                value = lower + (edges[i] - lower) * (rank - below) / max(counts[edges[i]] - below, 1e-12)
+            found[f"p{q * 100:g}"] = round(value * 1000, 2)
+        out[group] = found
+    return out
+
+
 def stage_deltas(before: Samples, after: Samples) -> dict[str, dict[str, float]]:
-    """Per stage: batches, records, mean seconds per batch, mean records per batch, retries (after − before)."""
+    """Per stage: batches, records, mean seconds per batch, mean records per batch, p50 and p99 of
+    a batch's time (from its buckets), retries (after − before)."""
 
     def per_stage(samples: Samples, name: str) -> dict[str, float]:
         return {dict(labels).get("stage", ""): v for (n, labels), v in samples.items() if n == name}
@@ -73,6 +107,7 @@ def stage_deltas(before: Samples, after: Samples) -> dict[str, dict[str, float]]
     for (n, labels), v in before.items():
         if n == "yidi_stage_retries_total":
             retries_b[dict(labels).get("stage", "")] += v
+    quantiles = histogram_quantiles(before, after, "yidi_stage_batch_seconds", "stage", (0.5, 0.99))
     for stage, count in counts_a.items():
         batches = count - counts_b.get(stage, 0.0)
         if batches <= 0:
@@ -84,6 +119,8 @@ def stage_deltas(before: Samples, after: Samples) -> dict[str, dict[str, float]]
             "records": int(records),
             "mean_batch_ms": round(seconds / batches * 1000, 2),
             "mean_batch_size": round(records / batches, 1),
+            "batch_ms_p50": quantiles.get(stage, {}).get("p50"),
+            "batch_ms_p99": quantiles.get(stage, {}).get("p99"),
             "ms_per_record": round(seconds / records * 1000, 3) if records else None,
             "busy_s": round(seconds, 2),
             "retries": int(retries_a[stage] - retries_b[stage]),

@@ -397,6 +397,7 @@ class Replay:
             if self.last_send > self.first_send else None,
             "throughput_per_s": round(len(lat) / duration, 1) if duration else None,
             "latency_ms": latency_summary(lat),
+            "latency_histogram": latency_histogram(lat),
             "latency_from": "due time" if self.pace.rate or self.pace.speed else "publish",
             **self.pacing(),
             "err_codes": dict(self.err_codes.most_common()),
@@ -423,6 +424,21 @@ def latency_summary(lat: np.ndarray) -> dict[str, float | None]:
     return {"p50": round(float(p50), 2), "p95": round(float(p95), 2), "p99": round(float(p99), 2),
             "p999": round(float(p999), 2), "max": round(float(lat.max()) * 1000, 2),
             "mean": round(float(lat.mean()) * 1000, 2)}
+
+
+# Bucket bounds of the latency histogram, in ms: 10 per decade from 0.1 ms to 100 s (each bucket
+# about 26 % wide), plus one for anything slower.
+HISTOGRAM_EDGES_MS = [round(10 ** (e / 10), 4) for e in range(-10, 51)]
+
+
+def latency_histogram(lat: np.ndarray) -> dict[str, list[float] | list[int]]:
+    """Every answer's latency counted into log-spaced buckets: ``counts[i]`` answers took at most
+    ``le_ms[i]`` and more than the bound before it; the one count more, at the end, took longer
+    than the last bound. Percentiles come from the exact latencies (``latency_summary``); this is
+    their distribution, kept and plotted."""
+    counts = np.bincount(np.searchsorted(np.array(HISTOGRAM_EDGES_MS), lat * 1000, side="left"),
+                         minlength=len(HISTOGRAM_EDGES_MS) + 1)
+    return {"le_ms": HISTOGRAM_EDGES_MS, "counts": [int(c) for c in counts]}
 
 
 def series(at: np.ndarray, lat: np.ndarray, step: float | None = None) -> dict[str, list[float]]:

@@ -124,7 +124,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     runs = report["runs"]
-    fig, axes = plt.subplots(3, 1, figsize=(11, 11), constrained_layout=True)
+    fig, axes = plt.subplots(4, 1, figsize=(11, 14), constrained_layout=True)
     ax = axes[0]
     for name, label in (("max", "Yidi"), ("reference", "bare pipeline")):
         s = runs.get(name, {}).get("series")
@@ -153,6 +153,32 @@ def plot(report: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("seconds since the first request")
         ax.set_ylabel("ms")
         ax.grid(alpha=0.3, which="both")
+    ax = axes[3]
+    drawn, lows, highs = False, [], []
+    for name, label in (("rate_peak", "Yidi at the peak hour's rate"), ("rate_100", "Yidi at 100/s"),
+                        ("max", "Yidi as fast as possible"), ("reference_rate_100", "bare pipeline at 100/s")):
+        h = runs.get(name, {}).get("latency_histogram")
+        if not h or not sum(h["counts"]):
+            continue
+        total = sum(h["counts"])
+        # Each bucket's share of the run's answers, drawn at its upper bound (log-spaced buckets).
+        ax.step(h["le_ms"], [c / total for c in h["counts"][:len(h["le_ms"])]], where="pre", label=label)
+        used = [i for i, c in enumerate(h["counts"][:len(h["le_ms"])]) if c]
+        if used:
+            lows.append(h["le_ms"][max(0, used[0] - 2)])
+            highs.append(h["le_ms"][min(len(h["le_ms"]) - 1, used[-1] + 1)])
+        drawn = True
+    if drawn:
+        ax.set_xscale("log")
+        if lows:
+            ax.set_xlim(min(lows), max(highs))
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "not run", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title("Latency distribution (share of each run's answers per bucket, 10 buckets a decade)")
+    ax.set_xlabel("ms (due or publish → answer read)")
+    ax.set_ylabel("share of answers")
+    ax.grid(alpha=0.3, which="both")
     fig.suptitle(f"Yidi bench {report['started']} — commit {report['commit']}")
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -216,13 +242,22 @@ def markdown(report: dict[str, Any]) -> str:
     errors = runs.get("max", {}).get("err_codes")
     if errors:
         lines += ["", "Answers of the max run by err_code: " + ", ".join(f"{k} {v}" for k, v in errors.items())]
-    stages = runs.get("max", {}).get("stages")
-    if stages:
-        lines += ["", "Per stage, max run (from yidi_stage_batch_seconds / yidi_stage_batch_size):", "",
-                  "| stage | batches | mean batch ms | mean batch size | ms per record | busy s |", "|---|---|---|---|---|---|"]
+    for run in ("max", "rate_100"):
+        stages = runs.get(run, {}).get("stages")
+        if not stages:
+            continue
+        lines += ["", f"Per stage, {run} run (from yidi_stage_batch_seconds / yidi_stage_batch_size; a batch's time runs "
+                      "from its fetch to its transaction's commit; p50 and p99 read from the buckets):", "",
+                  "| stage | batches | mean batch ms | p50 / p99 batch ms | mean batch size | ms per record | busy s |",
+                  "|---|---|---|---|---|---|---|"]
         for stage, s in stages.items():
-            lines.append(f"| {stage} | {s['batches']} | {s['mean_batch_ms']} | {s['mean_batch_size']} | "
-                         f"{s['ms_per_record']} | {s['busy_s']} |")
+            lines.append(f"| {stage} | {s['batches']} | {s['mean_batch_ms']} | {s.get('batch_ms_p50')} / "
+                         f"{s.get('batch_ms_p99')} | {s['mean_batch_size']} | {s['ms_per_record']} | {s['busy_s']} |")
+        own = runs[run].get("service_latency_ms")
+        if own:
+            lines += ["", f"The services' own latency, {run} run (yidi_settlement_latency_seconds: publish to the "
+                          "answer's commit, by the answering service): "
+                      + "; ".join(f"{svc} p50 {q['p50']} / p95 {q['p95']} / p99 {q['p99']} ms" for svc, q in own.items())]
     lines += process_table(runs, report.get("machine", {}).get("nproc"))
     elig = report.get("eligibility")
     if elig:
@@ -331,7 +366,16 @@ section below says how the figures are measured.
 - **Checks**: every send got exactly one answer (a duplicate request owes its own), and the
   ledger's rows in state `settled` for the run's settlements add up (count, fund, cash, account)
   to the answers' totals less the cancelled ones; from 2026-12-03 also: no other request of the
-  run has a ledger row, and the warm-up and profile replays' checks count towards the exit code.
+  run has a ledger row, and the warm-up and profile replays' checks count towards the exit code;
+  from 2026-12-04 also: every answer to a msgid says what the first said (code, setl_id, amounts:
+  a resend is answered from the ledger, not settled again), and a run in which under 90 % of the
+  settlement answers settled fails (a system refusing for another reason runs fast and is not
+  measuring the platform).
+- **Per stage** (from 2026-12-04 for `max` and `rate_100`): each stage's batches, their mean and
+  p50/p99 time (fetch to commit, read from `yidi_stage_batch_seconds`' buckets) and size, and the
+  services' own latency (`yidi_settlement_latency_seconds`, publish to the answer's commit, by the
+  answering service). report.png's last panel is each run's latency distribution (report.json
+  `latency_histogram`, 10 buckets a decade).
 - The day follows from `--seed` alone from 2026-12-03 (before, the run's random id changed it:
   two runs of one command replayed different days).
 - The 650,000-a-day figure is a projection from the `max` run's throughput (scaled, from
@@ -341,10 +385,10 @@ section below says how the figures are measured.
 - The services run with their default settings (batches of up to 500) as separate processes, in
   a fresh namespace per run, on the same 2-core machine as Kafka, Postgres, Redis and the replay
   itself: every figure includes that contention.
-- A fresh namespace means fresh topics, not fresh tables: every run writes into the same service
-  databases, so the ledger and pricing's tables grow from run to run (1.1 M rows each after
-  2026-12-03's whole day), as a platform's would in service. Runs on a database that large are
-  not quite comparable with runs on a fresh one (`deploy/local/stack.sh reset` starts clean).
+- From 2026-12-04 each run also has a database of its own (`yidi_bench_<run id>`, dropped at the
+  end; `--keep-database` keeps it). Before, every run wrote into the stack's database, so the
+  ledger and pricing's tables grew from run to run (1.1 M rows each after 2026-12-03's whole day,
+  2.1 M by 2026-12-04): runs before and after are not quite comparable.
 
 """
 

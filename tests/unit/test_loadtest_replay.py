@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from loadtest.observe import parse_metrics, stage_deltas, top_frames
+from loadtest.observe import histogram_quantiles, parse_metrics, stage_deltas, top_frames
 from loadtest.replay import Pace, Replay, series
 from loadtest.report import judge
 
@@ -134,11 +134,17 @@ def test_a_steady_rate_does_not_end_in_a_dip():
 
 METRICS_BEFORE = """
 # HELP yidi_stage_batch_seconds x
+yidi_stage_batch_seconds_bucket{stage="pricing",le="0.1"} 5.0
+yidi_stage_batch_seconds_bucket{stage="pricing",le="0.25"} 10.0
+yidi_stage_batch_seconds_bucket{stage="pricing",le="+Inf"} 10.0
 yidi_stage_batch_seconds_sum{stage="pricing"} 1.0
 yidi_stage_batch_seconds_count{stage="pricing"} 10.0
 yidi_stage_batch_size_sum{stage="pricing"} 100.0
 """
 METRICS_AFTER = """
+yidi_stage_batch_seconds_bucket{stage="pricing",le="0.1"} 5.0
+yidi_stage_batch_seconds_bucket{stage="pricing",le="0.25"} 19.0
+yidi_stage_batch_seconds_bucket{stage="pricing",le="+Inf"} 20.0
 yidi_stage_batch_seconds_sum{stage="pricing"} 3.0
 yidi_stage_batch_seconds_count{stage="pricing"} 20.0
 yidi_stage_batch_size_sum{stage="pricing"} 1100.0
@@ -149,8 +155,23 @@ yidi_stage_retries_total{stage="pricing",reason="TransientError"} 2.0
 
 def test_stage_deltas_give_the_mean_batch_between_two_scrapes():
     deltas = stage_deltas(parse_metrics(METRICS_BEFORE), parse_metrics(METRICS_AFTER))
+    # Between the scrapes: 9 batches in (0.1, 0.25] s, 1 over 0.25 s, none under 0.1 s.
     assert deltas == {"pricing": {"batches": 10, "records": 1000, "mean_batch_ms": 200.0, "mean_batch_size": 100.0,
+                                  "batch_ms_p50": 183.33, "batch_ms_p99": 250.0,
                                   "ms_per_record": 2.0, "busy_s": 2.0, "retries": 2}}
+
+
+def test_histogram_quantiles_read_buckets_as_prometheus_does():
+    def scrape_of(counts: dict[str, dict[str, float]]) -> dict:
+        return parse_metrics("\n".join(
+            f'yidi_settlement_latency_seconds_bucket{{service="{svc}",infno="{infno}",le="{le}"}} {n}'
+            for svc, by_le in counts.items() for infno in ("2207", "2304") for le, n in by_le.items()))
+
+    before = scrape_of({"clearing": {"0.05": 0, "0.1": 0, "+Inf": 0}})
+    after = scrape_of({"clearing": {"0.05": 50, "0.1": 100, "+Inf": 100}, "eligibility": {"0.05": 0, "0.1": 0, "+Inf": 0}})
+    q = histogram_quantiles(before, after, "yidi_settlement_latency_seconds", "service")
+    # 200 answers (both infnos summed): 100 up to 50 ms, 100 in (50, 100] ms; eligibility answered none.
+    assert q == {"clearing": {"p50": 50.0, "p95": 95.0, "p99": 99.0}}
 
 
 def test_top_frames_groups_py_spy_samples_by_package(tmp_path):
@@ -264,3 +285,14 @@ def test_cpu_steal_is_read_from_proc_stat(tmp_path):
     assert steal_share(before, cpu_counters(stat)) == round(135 / 1000, 4)
     assert steal_share(None, before) is None and cpu_counters(tmp_path / "missing") is None
     assert cpu_counters() is not None  # this machine is Linux
+
+
+def test_the_latency_histogram_counts_every_answer_in_its_log_spaced_bucket():
+    import numpy as np
+
+    from loadtest.replay import latency_histogram
+
+    h = latency_histogram(np.array([0.00005, 0.001, 0.0011, 0.050, 0.2, 500.0]))
+    assert len(h["counts"]) == len(h["le_ms"]) + 1 and sum(h["counts"]) == 6
+    found = {(h["le_ms"][i] if i < len(h["le_ms"]) else "over"): c for i, c in enumerate(h["counts"]) if c}
+    assert found == {0.1: 1, 1.0: 1, 1.2589: 1, 50.1187: 1, 251.1886: 1, "over": 1}
