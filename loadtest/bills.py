@@ -10,7 +10,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from loadtest.world import UNLISTED_CODE
+from loadtest.world import CATALOGUE_ITEMS, UNLISTED_CODE
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,11 +26,15 @@ class CareKind:
 
 
 # The day's mix (NHSA Q1 2025 cross-province settlements, DOMAIN.md figures) and bill averages:
-# inpatient ≈ 22,470 and general outpatient ≈ 241 yuan (source 004); chronic and pharmacy bills
-# are not in the sources: 450 and 95 yuan are assumptions (docs/BENCHMARKS.md).
+# inpatient ≈ 22,470 and outpatient ≈ 241 yuan (source 004). Source 004's outpatient figure is
+# every outpatient settlement, retail pharmacies' among them (49.67 bn yuan / 20.6268 M), so 241 is
+# the mean of general outpatient, chronic outpatient and pharmacy bills together. Chronic and
+# pharmacy bills are not in the sources: 450 and 95 yuan are assumptions, and general outpatient's
+# 290 is what brings the three, at their shares, to 241 ((0.64·290 + 0.04·450 + 0.27·95) / 0.95).
+OUTPATIENT_MEAN_YUAN = 241.0
 MIX: tuple[CareKind, ...] = (
     CareKind("inpatient", "2304", "2303", "2305", "21", 0.05, 22_470.0, 0.8),
-    CareKind("outpatient", "2207", "2206", "2208", "11", 0.64, 241.0, 0.9),
+    CareKind("outpatient", "2207", "2206", "2208", "11", 0.64, 290.0, 0.9),
     CareKind("chronic", "2207", "2206", "2208", "14", 0.04, 450.0, 0.7),
     CareKind("pharmacy", "2207", "2206", "2208", "41", 0.27, 95.0, 0.8),
 )
@@ -75,6 +79,23 @@ _CHRONIC_POOL = {
 }
 _UNLISTED = (UNLISTED_CODE, "unlisted item", (1, 2))
 
+# The lowest price ceiling of each capped item over the treating regions (the world adds 0–10 % by
+# region), in fen. A bill prices a capped item below it, but for the few lines priced over it on
+# purpose (OVER_CEILING): the rest of a bill's total goes to items without a ceiling, so that most
+# of its money lies within the catalogue's scope, as the national fund shares say it does.
+CEILINGS_FEN = {code: int(ceiling.replace(".", "")) for code, _, _, _, ceiling in CATALOGUE_ITEMS if ceiling}
+OVER_CEILING = 0.03  # share of bills with one capped line priced 10–30 % over its ceiling
+# Class C items (fully self-paid) have no ceiling but a price of their own, so that they do not soak
+# up the rest of a large bill: a day's private ward upgrade, a bag of amino acids, a dressing.
+_PRICED_FEN = {**CEILINGS_FEN, "ZZVIP0000001": 30_000, "XB05BA03A001": 12_000, "ZZCOS0000001": 5_000}
+# Items without a ceiling a bill can add when none of its lines can take the rest of its total.
+_UNCAPPED_EXTRA = {
+    "21": (("XJ01CRA001A001", "amoxicillin/clavulanate tablets", (6, 30)), ("XA02BCA001A001", "omeprazole capsules", (7, 40))),
+    "11": (("XJ01CRA001A001", "amoxicillin/clavulanate tablets", (1, 3)), ("XA02BCA001A001", "omeprazole capsules", (1, 3))),
+    "14": (("XC08CAA001A001", "amlodipine tablets", (1, 6)), ("XA10BFA013A001", "acarbose tablets", (1, 6))),
+    "41": (("XN02BEA001A001", "paracetamol tablets", (1, 4)), ("XR05CBA001A001", "ambroxol tablets", (1, 4))),
+}
+
 INPATIENT_DISEASES = (("K35.800", "acute appendicitis"), ("I63.900", "cerebral infarction"),
                       ("J18.900", "pneumonia"), ("K80.100", "gallstones with cholecystitis"),
                       ("S72.000", "fracture of femoral neck"), ("C50.900", "breast cancer"))
@@ -102,15 +123,13 @@ class BillMaker:
         rng, lines, days = self.rng, [], 0
         fixed: list[tuple[str, str, int, int]] = []  # code, name, cnt, pric_fen
         if kind.med_type == "21":
-            per_day = rng.choice((4000, 5000, 6000, 8000)) + rng.choice((2000, 3000, 4000))
+            # A day's bed and nursing care, each within its ceiling (80 and 40 yuan).
+            bed, nursing = rng.choice((4000, 5000, 6000, 8000)), rng.randrange(1500, 4001, 500)
+            per_day = bed + nursing
             days = max(1, min(30, round(total_fen / 220_000 * rng.uniform(0.6, 1.4))))
             days = max(1, min(days, total_fen // (2 * per_day)))
-            # The bed is part of the day's charge: nursing care is the rest, at least 10 yuan (a
-            # dearer bed than the day's charge made nursing care a negative line, which the
-            # contract now refuses: a bill's lines are charges).
-            bed = min(rng.choice((4000, 5000, 6000, 8000)), per_day - 1000)
             fixed += [("001102000010000", "general ward bed, per day", days, bed),
-                      ("001103000010000", "nursing care grade II, per day", days, per_day - bed)]
+                      ("001103000010000", "nursing care grade II, per day", days, nursing)]
             pool = list(_INPATIENT_POOL)
             variable = rng.sample(pool, rng.randint(3, 6))
             if rng.random() < 0.5:
@@ -137,16 +156,36 @@ class BillMaker:
         remaining = total_fen - sum(cnt * pric for _, _, cnt, pric in fixed)
         if remaining >= 100 or not lines:
             remaining = max(remaining, 100)
-            weights = [rng.random() + 0.2 for _ in variable]
-            scale = sum(weights)
-            left = remaining
-            for i, ((code, name, (lo, hi)), w) in enumerate(zip(variable, weights, strict=True)):
-                part = left if i == len(variable) - 1 else round(remaining * w / scale)
-                left -= part
-                if part < 1:
-                    continue
-                cnt = rng.randint(lo, hi)
-                pric = max(1, round(part / cnt))
+            capped = [item for item in variable if item[0] in _PRICED_FEN]
+            uncapped = [item for item in variable if item[0] not in _PRICED_FEN]
+            over = any(item[0] in CEILINGS_FEN for item in capped[:1]) and rng.random() < OVER_CEILING
+            priced: list[tuple[str, str, int, int]] = []
+            # Capped items first, each at 50–95 % of its ceiling or price (a capped one over its
+            # ceiling, now and then), scaled down together when they alone would pass the bill's total.
+            for i, (code, name, (lo, hi)) in enumerate(capped):
+                factor = rng.uniform(1.1, 1.3) if over and i == 0 else rng.uniform(0.5, 0.95)
+                priced.append((code, name, rng.randint(lo, hi), max(1, round(_PRICED_FEN[code] * factor))))
+            spent = sum(cnt * pric for _, _, cnt, pric in priced)
+            budget = round(remaining * 0.9) if uncapped else remaining  # uncapped items keep 10 % at least
+            if spent > budget:
+                priced = [(c, n, cnt, max(1, int(pric * budget / spent))) for c, n, cnt, pric in priced]
+                spent = sum(cnt * pric for _, _, cnt, pric in priced)
+            if not uncapped and remaining - spent >= 100:
+                # Nothing else on the bill can take the rest: an item without a ceiling does.
+                uncapped = [rng.choice(_UNCAPPED_EXTRA[kind.med_type])]
+            left = remaining - spent
+            if uncapped and left > 0:
+                weights = [rng.random() + 0.2 for _ in uncapped]
+                scale = sum(weights)
+                rest = left
+                for i, ((code, name, (lo, hi)), w) in enumerate(zip(uncapped, weights, strict=True)):
+                    part = rest if i == len(uncapped) - 1 else round(left * w / scale)
+                    rest -= part
+                    if part < 1:
+                        continue
+                    cnt = rng.randint(lo, hi)
+                    priced.append((code, name, cnt, max(1, round(part / cnt))))
+            for code, name, cnt, pric in priced:
                 sn += 1
                 lines.append(self._line(sn, code, name, cnt, pric))
         return lines, days

@@ -324,11 +324,14 @@ section below says how the figures are measured.
 ## How to read an entry
 
 - **Load**: a generated day (loadtest/generator.py): 5 % inpatient (2304, bills ≈ 22,470 yuan),
-  64 % general outpatient (2207/11, ≈ 241 yuan), 4 % chronic outpatient (2207/14, the five
-  cross-province diseases), 27 % pharmacy (2207/41), with clinic-hour peaks; plus 2 %
-  pre-settlements, 0.5 % duplicates (same msgid resent), 0.5 % cancellations (sent once the
-  settlement's answer gave its setl_id), 0.2 % malformed requests. About 1.5 % of persons have
-  no filing, so their settlements are refused NOT_FILED.
+  64 % general outpatient (2207/11), 4 % chronic outpatient (2207/14, the five cross-province
+  diseases), 27 % pharmacy (2207/41), with clinic-hour peaks; plus 2 % pre-settlements, 0.5 %
+  duplicates (same msgid resent), 0.5 % cancellations (sent once the settlement's answer gave its
+  setl_id), 0.2 % malformed requests. About 1.5 % of persons have no filing, so their settlements
+  are refused NOT_FILED. Outpatient bills of all three kinds average ≈ 241 yuan (source 004's
+  figure covers pharmacies too; before 2026-12-04 general outpatient alone did, and the three
+  averaged ≈ 208). From 2026-12-04 bills price capped items within the catalogue's ceilings but
+  on 3 % of bills (before, about half of inpatient money lay over a ceiling).
 - **Runs**: `rate_peak` (from 2026-11-23 17:33) publishes at the busiest hour's rate of a
   650,000-settlement day with the generator's clinic-hour profile, 21.6 requests/s: the load the
   national platform actually sees at its peak. `rate_100` publishes at a fixed 100 requests/s (the
