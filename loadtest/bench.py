@@ -40,7 +40,7 @@ from loadtest.observe import (ProcessSampler, histogram_quantiles, infrastructur
                               top_frames)
 from loadtest.procs import (REFERENCE_STAGES, SERVICES, Processes, bench_database, child_settings, env_pair,
                             not_passed_on, own_database, transaction_versions)
-from loadtest.replay import Pace, replay_file
+from loadtest.replay import Pace, replay_file, sweep
 from loadtest import warmup
 from loadtest.world import World
 from yidi.platform.kafka import delete_namespace_topics, ensure_topics
@@ -203,6 +203,7 @@ class Bench:
                 await self._profile(procs, full["throughput_per_s"] or 100)
         finally:
             self.report["exit_codes"] = procs.stop_all()
+        await self._sweep("every answer, swept after the services stopped", s)
         measured = [*self.report["runs"].values(), *self.report.get("steady", {}).get("probes", [])]
         self.report["rss_max_mib"] = {
             name: max(run["resources"][name]["rss_max_mib"] for run in measured if name in run.get("resources", {}))
@@ -318,6 +319,16 @@ class Bench:
                                      Pace(rate=self.args.rate, window=self.args.window), s, False)
         finally:
             procs.stop_all()
+        await self._sweep("every answer of the bare pipeline, swept after it stopped", s)
+
+    async def _sweep(self, name: str, s: Settings) -> None:
+        """Each replay checks its own answers a moment after its last; this reads the namespace's
+        requests and answers again once nothing can answer any more, every run's together, so an
+        extra answer that came late (or to an earlier run's request) fails the bench too."""
+        check = await sweep(s.kafka_bootstrap, s.namespace)
+        self.report.setdefault("other_checks", {})[name] = check.summary() if check.ok else f"**{check.summary()}**"
+        self.report.setdefault("other_checks_ok", {})[name] = check.ok
+        say(f"{name}: {check.summary()}")
 
     async def cleanup(self) -> None:
         await delete_namespace_topics(self.settings.kafka_bootstrap, self.settings.namespace, self.ref_settings.namespace)

@@ -49,6 +49,7 @@ from loadtest.checks import (
 )
 from yidi.contracts.envelope import DEFAULT_REPLY_TO
 from yidi.platform.kafka import ensure_topics
+from yidi.platform.replies import recover_ids
 from yidi.platform.settings import Settings
 from yidi.platform.topics import SETTLEMENT_REQUESTS
 
@@ -469,6 +470,73 @@ def series(at: np.ndarray, lat: np.ndarray, step: float | None = None) -> dict[s
             for k in ("p50_ms", "p95_ms", "p99_ms"):
                 out[k].append(float("nan"))
     return out
+
+
+async def _read_topic(bootstrap: str, topic: str, each: Any) -> int:
+    """Call ``each(value)`` for every committed record of ``topic``, from its start to the end
+    offsets it had when the read began; the records read."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                isolation_level="read_committed", auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - first look at a new topic
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return 0
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        # read_committed: the end is the last stable offset, which the reads below do reach.
+        ends = await consumer.end_offsets(tps)
+        left = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
+        read = 0
+        while left:
+            batch = await consumer.getmany(*left, timeout_ms=1000, max_records=5000)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset < ends[tp]:
+                        each(record.value)
+                        read += 1
+            for tp in list(left):
+                if await consumer.position(tp) >= ends[tp]:
+                    left.discard(tp)
+        return read
+    finally:
+        await consumer.stop()
+
+
+async def sweep(bootstrap: str, namespace: str) -> ExactlyOnce:
+    """Every request a namespace's settlement.requests holds against every answer its default reply
+    topic holds, read once the answering processes have stopped: exactly one answer per publish,
+    all alike per msgid, however late an extra one came (a replay's own check stops waiting a
+    moment after its last answer). Requests whose msgid cannot be read are owed no answer."""
+    sends: Counter[str] = Counter()
+    answers: Counter[str] = Counter()
+    first: dict[str, int] = {}
+    inconsistent: Counter[str] = Counter()
+
+    def request(value: bytes) -> None:
+        msgid = recover_ids(value)[0]
+        if msgid:
+            sends[msgid] += 1
+
+    def answer(value: bytes) -> None:
+        try:
+            body = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            answers["<unreadable answer>"] += 1
+            return
+        msgid = str(body.get("msgid", ""))
+        answers[msgid] += 1
+        gist = hash(answer_gist(body))
+        if first.setdefault(msgid, gist) != gist:
+            inconsistent[msgid] += 1
+
+    await _read_topic(bootstrap, f"{namespace}{SETTLEMENT_REQUESTS}", request)
+    await _read_topic(bootstrap, f"{namespace}{DEFAULT_REPLY_TO}", answer)
+    return check_exactly_once(sends, answers, inconsistent)
 
 
 async def ledger_totals(database_url: str, msgids: list[str], others: list[str] = (), chunk: int = 20_000) -> tuple[Totals, int]:

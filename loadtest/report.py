@@ -380,7 +380,9 @@ section below says how the figures are measured.
   from 2026-12-04 also: every answer to a msgid says what the first said (code, setl_id, amounts:
   a resend is answered from the ledger, not settled again), and a run in which under 90 % of the
   settlement answers settled fails (a system refusing for another reason runs fast and is not
-  measuring the platform).
+  measuring the platform); and once the services (and the bare pipeline) have stopped, the bench
+  reads their namespace's requests and answers again, every run's together: an extra answer that
+  came after a replay stopped waiting fails it too ("swept" in the entry's notes).
 - **Per stage** (from 2026-12-04 for `max` and `rate_100`): each stage's batches, their mean and
   p50/p99 time (fetch to commit, read from `yidi_stage_batch_seconds`' buckets) and size, and the
   services' own latency (`yidi_settlement_latency_seconds`, publish to the answer's commit, by the

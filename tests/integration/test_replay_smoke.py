@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from loadtest.generator import DayOptions, day_lines, write_refdata
-from loadtest.replay import Pace, Replay
+from loadtest.replay import Pace, Replay, sweep
 from loadtest.observe import infrastructure_pids, jit_threads
 from loadtest.world import World
 from yidi.platform.kafka import ensure_topics
@@ -42,8 +42,10 @@ async def test_a_small_day_is_answered_exactly_once_and_the_ledger_matches_the_a
         ledger = await replay.ledger_check(s.database_url)
     finally:
         system.stop_all()
+    swept = await sweep(s.kafka_bootstrap, s.namespace)  # every answer, once nothing can answer any more
 
     assert result["exactly_once"]["ok"], result["exactly_once"]["summary"]
+    assert swept.ok and swept.sends == result["sends"], swept.summary()
     assert ledger.ok, ledger.summary()
     assert 190 <= result["sends"] <= 260
     kinds, errors = result["kinds_sent"], result["err_codes"]
