@@ -238,10 +238,24 @@ def test_a_valid_request_still_parses(handler):
 
 
 @pytest.mark.parametrize("reply_to", [".", "..", "settlement_results", "settlement_priced", "refdata_persons",
-                                      "settlement.requests", "settlement.results.dlq", "a" * 201, "has space"])
+                                      "settlement.requests", "settlement.results.dlq", "a" * 201, "has space",
+                                      "__consumer_offsets", "__transaction_state", "clearing.statements",
+                                      "clearing_alerts", "filing.results", "clearing.results"])
 def test_an_illegal_or_platform_reply_to_is_refused(reply_to):
     with pytest.raises(ValueError):
         gateway_reply_topic(reply_to)
+
+
+def test_each_kind_of_request_may_name_its_own_shared_answer_topic_only():
+    assert gateway_reply_topic("clearing.results", own="clearing.results") == "clearing.results"
+    assert gateway_reply_topic("filing.results", own="filing.results") == "filing.results"
+    with pytest.raises(ValueError, match="another kind of request"):
+        gateway_reply_topic("settlement.results", own="filing.results")
+    with pytest.raises(ValueError, match="collides"):
+        gateway_reply_topic("filing_results", own="filing.results")
+    # A settlement request naming Kafka's internal topic is refused where it arrives, and its
+    # refusal goes to the shared topic, not there.
+    assert recover_ids(b'{"msgid": "M1", "reply_to": "__consumer_offsets", "input": ')[1] == "settlement.results"
 
 
 @pytest.mark.parametrize("reply_to", ["settlement.results", "gw.H11010500001.results", "gateway_results-7"])

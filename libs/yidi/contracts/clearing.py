@@ -22,7 +22,7 @@ class _Request(StrictWireModel):
     @field_validator("reply_to")
     @classmethod
     def _reply_to_is_a_gateway_topic(cls, value: str) -> str:
-        return gateway_reply_topic(value)
+        return gateway_reply_topic(value, own="clearing.results")
 
 
 class FundPrepayment(_Request):

@@ -70,22 +70,36 @@ class ErrCode(StrEnum):
 
 
 DEFAULT_REPLY_TO = "settlement.results"
-# Topics the platform reads: an answer must never be written into one of them.
+# Topics the platform reads, or writes messages of its own kind to (statements, prepayment alerts):
+# an answer must never be written into one of them.
 PLATFORM_INPUT_PREFIXES = ("settlement.requests", "settlement.eligible", "settlement.priced", "filing.requests",
-                           "filing.events", "refdata.", "platform.", "clearing.requests", "clearing.prepayment-status")
+                           "filing.events", "refdata.", "platform.", "clearing.requests", "clearing.prepayment-status",
+                           "clearing.statements", "clearing.alerts")
+# The shared answer topic of each kind of request: a request may name its own kind's, not another's
+# (whose readers expect other answers).
+SHARED_RESULTS = (DEFAULT_REPLY_TO, "filing.results", "clearing.results")
 
 
-def gateway_reply_topic(value: str) -> str:
-    """``value`` if an answer may be written to it: a legal Kafka topic name that is not a topic the
-    platform reads, nor collides with one. Kafka refuses "." and "..", and a name that differs from
-    an existing topic's only by "." against "_"; an answer sent there would fail again and again."""
+def gateway_reply_topic(value: str, own: str = DEFAULT_REPLY_TO) -> str:
+    """``value`` if an answer to a request whose shared answer topic is ``own`` may be written to it:
+    a legal Kafka topic name that is not one of Kafka's internal topics (``__consumer_offsets``,
+    ``__transaction_state``: a client cannot write them, and a stage would retry the answer
+    forever), nor a topic the platform reads or writes its own messages to, nor another kind of
+    request's shared answer topic, nor collides with one. Kafka refuses "." and "..", and a name
+    that differs from an existing topic's only by "." against "_"."""
     if value in (".", "..") or not _TOPIC_NAME.fullmatch(value):
         raise ValueError(f"reply_to {value[:60]!r} is not a legal Kafka topic name")
+    if value.startswith("__"):
+        raise ValueError(f"reply_to {value!r} is a name Kafka keeps for its internal topics")
     folded = value.replace("_", ".")
     if folded.startswith(PLATFORM_INPUT_PREFIXES) or folded.endswith(".dlq"):
-        raise ValueError(f"reply_to {value!r} is a topic the platform reads; name the gateway's own reply topic")
-    if folded == DEFAULT_REPLY_TO and value != DEFAULT_REPLY_TO:
-        raise ValueError(f"reply_to {value!r} collides with {DEFAULT_REPLY_TO!r} (Kafka treats '.' and '_' alike)")
+        raise ValueError(f"reply_to {value!r} is a topic of the platform's own; name the gateway's own reply topic")
+    for shared in SHARED_RESULTS:
+        if folded == shared and value != own:
+            raise ValueError(
+                f"reply_to {value!r} collides with {shared!r} (Kafka treats '.' and '_' alike)" if value != shared
+                else f"reply_to {value!r} is where another kind of request is answered; name the gateway's own "
+                     f"reply topic or leave it out ({own})")
     return value
 
 

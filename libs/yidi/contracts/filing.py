@@ -58,7 +58,7 @@ class FilingRequest(StrictWireModel):
     @field_validator("reply_to")
     @classmethod
     def _reply_to_is_a_gateway_topic(cls, value: str) -> str:
-        return gateway_reply_topic(value)
+        return gateway_reply_topic(value, own="filing.results")
 
     @field_validator("begndate", "enddate")
     @classmethod

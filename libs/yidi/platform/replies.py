@@ -49,7 +49,7 @@ def recover_reply_to(raw: bytes, default: str = DEFAULT_REPLY_TO) -> str:
     if m is None:
         return default
     try:
-        return gateway_reply_topic(m.group(1).decode())
+        return gateway_reply_topic(m.group(1).decode(), own=default)
     except ValueError:
         return default
 
