@@ -7,6 +7,7 @@ and queries change nothing and are answered from the ledger as it stands.
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -53,6 +54,7 @@ def statement_of(row: Any) -> Statement:
 
 
 ADMIN_REPLY_TO = FundPrepayment.model_fields["reply_to"].default  # clearing.requests' default reply_to
+_RECONCILE = re.compile(rb'"type"\s*:\s*"reconcile"')
 
 
 class ClearingAdminHandler:
@@ -62,8 +64,13 @@ class ClearingAdminHandler:
 
     def refuse(self, record: Incoming, reason: str) -> list[Outgoing]:
         """A request that does not validate, or that the stage could not process (``BadData``):
-        dead-lettered, and answered on its ``reply_to`` by ``reqid``; one without a readable reqid
-        (a 3201/3202 has a msgid, as every gateway request) as ``broken`` answers it."""
+        dead-lettered, and answered on its ``reply_to`` by ``reqid``. A facility's 3201/3202 (passed
+        on by eligibility, its reqid its msgid), or one without a readable reqid, is answered as
+        ``broken`` answers a gateway: an INTERNAL_ERROR response envelope under its msgid, keyed by
+        its facility, as the gateway's client waits for it."""
+        if _RECONCILE.search(record.value):
+            return broken(self.settings, record, reason,
+                          "The platform could not reconcile this request; send it again later, under a new msgid.")
         return refuse_by_reqid(
             self.settings, record, reason, default_reply_to=ADMIN_REPLY_TO,
             result=lambda reqid: {"reqid": reqid, "ok": False, "data": {},

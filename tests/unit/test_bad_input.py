@@ -319,3 +319,18 @@ def test_a_clearing_request_the_stage_cannot_process_is_answered_by_reqid_on_its
     # A forbidden reply_to falls back to clearing.results; a 3201/3202 (msgid) is answered as a gateway's.
     forbidden = raw.replace(b"ops.results", b"settlement.priced")
     assert admin.refuse(Incoming("ns.clearing.requests", 0, 3, None, forbidden, 0), "x")[1].topic == "ns.clearing.results"
+
+
+def test_a_facilitys_reconciliation_the_stage_cannot_process_is_answered_as_a_gateway_request():
+    from services.clearing.admin import ClearingAdminHandler
+
+    admin = ClearingAdminHandler(Settings(namespace="ns."), repo=None)  # type: ignore[arg-type]
+    request = {**WE1, "infno": "3201", "msgid": "H11010500001202607011030000042", "reply_to": "gw.H1.results"}
+    raw = orjson.dumps({"type": "reconcile", "request": request, "request_ts_ms": 0, "reqid": request["msgid"]})
+    dead, answer = admin.refuse(Incoming("ns.clearing.requests", 0, 3, b"k", raw, 1_700_000_000_000), "DataError")
+    assert dead.topic == "ns.clearing.requests.dlq"
+    # The gateway's client waits for a response envelope under the msgid, on its topic, by facility.
+    assert answer.topic == "ns.gw.H1.results" and answer.key == WE1["fixmedins_code"].encode()
+    body = orjson.loads(answer.value)
+    assert (body["msgid"], body["infno"], body["err_code"]) == (request["msgid"], "3201", "INTERNAL_ERROR")
+    assert body["infcode"] != 0 and "reqid" not in body
