@@ -240,6 +240,13 @@ class EligibilityHandler:
         person_record = (PersonRecord.model_validate(subject["person"], context=STORED_CONTEXT)
                          if subject and subject["person"] else None)
         if request.infno is Infno.PERSON_INFO:
+            # A person's identity, balance and filings go to networked facilities only (R20).
+            facility = facilities.get(request.fixmedins_code)
+            if facility is None or facility.admdvs != request.mdtrtarea_admvs:
+                return self._answer(p, err=(
+                    ErrCode.UNKNOWN_FACILITY,
+                    f"This facility is not a networked facility of region {request.mdtrtarea_admvs}; check the "
+                    "facility code configured in the gateway."))
             return self._person_info(p, person_record, subject)
         work = _work(p)
         if request.infno.prices_a_bill or request.infno is Infno.BENEFIT_CHECK:

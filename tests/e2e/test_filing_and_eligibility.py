@@ -109,6 +109,9 @@ async def test_benefit_check_and_person_info_answer_from_the_same_data(world, ga
     assert check_answer["output"]["eligible"] == "1" and check_answer["output"]["basis"] == "filed"
     assert info_answer["output"]["baseinfo"]["psn_no"] == person
     assert len(info_answer["output"]["filings"]) == 1
+    # A person's identity, balance and filings go to networked facilities of the region only.
+    stranger = await gateway.call(info | {"msgid": base["msgid"][:-1] + "Y", "fixmedins_code": "H99999999999"})
+    assert stranger["err_code"] == "UNKNOWN_FACILITY" and not stranger.get("output")
 
 
 async def test_with_redis_stopped_answers_stay_right_and_the_cache_recovers(system, world, gateway, filings, local_stack):
