@@ -49,6 +49,11 @@ def _amounts(row: Any) -> dict[str, str]:
     return {k: fmt(row[k]) for k in AMOUNTS if k in row}
 
 
+def _text(value: Any) -> str:
+    """A reconciliation's figure as the contract writes it: amounts with two decimals, counts whole."""
+    return fmt(value) if isinstance(value, Decimal) else str(value)
+
+
 def statement_of(row: Any) -> Statement:
     return Statement(**{k: row[k] for k in Statement.model_fields if k in row})
 
@@ -275,7 +280,11 @@ class ClearingAdminHandler:
                 output = await self._reconcile_details(conn, facility, details)
             answer = answers.answer(envelope.msgid, envelope.infno.value, output)
         except ValidationError as exc:
-            answer = answers.refusal(envelope, ErrCode.INVALID_INPUT, f"input.data: {exc.errors()[0]['msg']}")
+            errors = exc.errors()
+            where = ".".join(str(part) for part in errors[0]["loc"])
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            answer = answers.refusal(envelope, ErrCode.INVALID_INPUT,
+                                     f"input.data.{where}: {errors[0]['msg']}{more}; correct it and send it again.")
         except (ValueError, ArithmeticError) as exc:  # any other data error: refused, never retried
             answer = answers.refusal(envelope, ErrCode.INVALID_INPUT, f"input.data: {exc}"[:500])
         return reply(self.settings, envelope.reply_to, answer, facility=facility, request_ts_ms=request.request_ts_ms)
@@ -296,7 +305,7 @@ class ClearingAdminHandler:
             "stmt_rslt": "0" if not diffs else "1",
             "stmt_rslt_dscr": "totals match" if not diffs else "totals differ: " + ", ".join(d.field for d in diffs),
             "platform": {k: (fmt(v) if isinstance(v, Decimal) else v) for k, v in platform.items()},
-            "differences": [{"field": d.field, "facility": str(d.facility), "platform": str(d.platform), "gap": str(d.gap)}
+            "differences": [{"field": d.field, **{k: _text(getattr(d, k)) for k in ("facility", "platform", "gap")}}
                             for d in diffs],
         }
 

@@ -4,6 +4,7 @@ confirmed while settlements keep flowing, and reconciliation with facilities (32
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from decimal import Decimal
 
@@ -201,6 +202,16 @@ async def test_reconciliation_of_a_facilitys_day_matches_or_lists_the_difference
     assert match["output"]["stmt_rslt"] == "0"
     assert wrong["output"]["stmt_rslt"] == "1"
     assert [d["field"] for d in wrong["output"]["differences"]] == ["fund_pay_sumamt"]
+    (gap,) = wrong["output"]["differences"]
+    assert gap["facility"] == "1.00" and gap["platform"] == totals["fund_pay_sumamt"]
+    assert all(re.fullmatch(r"-?\d+\.\d{2}", gap[k]) for k in ("facility", "platform", "gap")), gap
+    # A day the platform has nothing for: its zero amounts are written as amounts too.
+    empty = await gateway.call(fresh(base) | {"infno": "3201", "input": {"data": totals | {
+        "stmt_begndate": "2025-08-09", "stmt_enddate": "2025-08-09"}}})
+    by_field = {d["field"]: d for d in empty["output"]["differences"]}
+    assert by_field["medfee_sumamt"]["platform"] == "0.00" and by_field["fixmedins_setl_cnt"]["platform"] == "0"
+    bad = await gateway.call(fresh(base) | {"infno": "3201", "input": {"data": totals | {"acct_pay": "1.234"}}})
+    assert bad["err_code"] == "INVALID_INPUT" and bad["err_msg"].startswith("input.data.acct_pay: "), bad["err_msg"]
     details = {"stmt_begndate": day, "stmt_enddate": day, "details": [
         {"setl_id": infos[0]["setl_id"], "medfee_sumamt": infos[0]["medfee_sumamt"],
          "fund_pay_sumamt": infos[0]["fund_pay_sumamt"], "acct_pay": "0.00"},
