@@ -334,3 +334,10 @@ def test_a_facilitys_reconciliation_the_stage_cannot_process_is_answered_as_a_ga
     body = orjson.loads(answer.value)
     assert (body["msgid"], body["infno"], body["err_code"]) == (request["msgid"], "3201", "INTERNAL_ERROR")
     assert body["infcode"] != 0 and "reqid" not in body
+
+
+def test_answer_times_are_china_time_like_the_requests():
+    from yidi.contracts.envelope import respond_time
+
+    assert respond_time(datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)) == "20260101080000123"
+    assert respond_time(datetime(2026, 1, 1, 16, 30)) == "20260102003000000"  # naive: UTC

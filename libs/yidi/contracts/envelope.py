@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -12,6 +12,7 @@ import orjson
 from pydantic import Field, field_validator
 
 from yidi.contracts.common import INF_TIME_FORMAT, RESPOND_TIME_FORMAT, AreaCode, Code, InfTime, WireModel
+from yidi.domain.codes import BUSINESS_TZ
 
 
 class Infno(StrEnum):
@@ -178,7 +179,10 @@ class RequestRef(WireModel):
 
 
 def respond_time(moment: datetime) -> str:
-    return moment.strftime(RESPOND_TIME_FORMAT)[:17]
+    """``refmsg_time``/``respond_time`` (``yyyyMMddHHmmssSSS``) in China time, the zone of every
+    other time on the wire (``inf_time``, ``setl_time``); a naive ``moment`` is read as UTC."""
+    aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    return aware.astimezone(BUSINESS_TZ).strftime(RESPOND_TIME_FORMAT)[:17]
 
 
 class ResponseEnvelope(WireModel):
