@@ -106,6 +106,11 @@ class Batch:
         return None
 
 
+# The settlement each cancellation undoes, and the cancellation of each settlement.
+_SETTLED_BY = {Infno.OUTPATIENT_CANCEL: "2207", Infno.INPATIENT_CANCEL: "2304"}
+_CANCELLED_BY = {"2207": "2208", "2304": "2305"}
+
+
 def _code(value: Any) -> str:
     """A code of the request's data as the contract's ``Code`` reads it (whitespace stripped)."""
     return str(value if value is not None else "").strip()
@@ -314,7 +319,7 @@ class PricingHandler:
             batch.change(body.psn_no, year, counter, amount)
         self._remember(batch, work, setl_id, priced, value)
         settlement = StoredSettlement(setl_id, request.msgid, body.psn_no, day.year, stored_delta, "settled", None,
-                                      request.fixmedins_code, body.mdtrt_id)
+                                      request.fixmedins_code, body.mdtrt_id, request.infno.value)
         batch.visits[visit] = setl_id
         batch.new_settlements.append(settlement)
         batch.add_settlement(settlement)
@@ -349,6 +354,16 @@ class PricingHandler:
             return self._refuse(
                 work, ErrCode.NOT_FOUND,
                 f"No settlement of this person at this facility with {what}; check the number on the settlement slip.",
+            )
+        # Each kind undoes its own: 2208 an outpatient settlement (2207), 2305 an inpatient one (2304);
+        # a reversal names the original's transaction.
+        meant = rev.oinfno if request.infno is Infno.REVERSAL else _SETTLED_BY[request.infno]
+        if target.infno is not None and target.infno != meant:
+            return self._refuse(
+                work, ErrCode.INVALID_INPUT,
+                f"Settlement {target.setl_id} was made by {target.infno}, not {meant}: "
+                + (f"send the reversal with oinfno {target.infno}." if request.infno is Infno.REVERSAL
+                   else f"cancel it with {_CANCELLED_BY[target.infno]}.") + " Nothing was changed.",
             )
         if target.state == "settled":
             if target.visit is not None and batch.visits.get(target.visit) == target.setl_id:

@@ -40,6 +40,8 @@ class StoredSettlement:
     # The visit it settled (None for settlements made before migration 004).
     fixmedins_code: str | None = None
     mdtrt_id: str | None = None
+    # The transaction that settled it (2207, 2304), from its request's row (None: not known).
+    infno: str | None = None
 
     @property
     def visit(self) -> tuple[str, str, str] | None:
@@ -184,14 +186,15 @@ class PricingRepository(Repository):
         self, conn: asyncpg.Connection, setl_ids: list[str], msgids: list[str]
     ) -> list[StoredSettlement]:
         rows = await conn.fetch(
-            """SELECT * FROM pricing.settlements
-               WHERE setl_id = ANY($1::text[]) OR msgid = ANY($2::text[]) FOR UPDATE""",
+            """SELECT s.*, r.infno AS settled_by FROM pricing.settlements s
+               LEFT JOIN pricing.requests r ON r.msgid = s.msgid
+               WHERE s.setl_id = ANY($1::text[]) OR s.msgid = ANY($2::text[]) FOR UPDATE OF s""",
             setl_ids, msgids,
         )
         return [
             StoredSettlement(
                 r["setl_id"], r["msgid"], r["psn_no"], r["year"], json_value(r["usage_delta"]), r["state"], r["undone_by"],
-                r["fixmedins_code"], r["mdtrt_id"],
+                r["fixmedins_code"], r["mdtrt_id"], r["settled_by"],
             )
             for r in rows
         ]

@@ -139,6 +139,21 @@ async def test_only_the_facility_that_settled_cancels_and_only_for_that_visit(ga
     assert (await gateway.call(cancel_of(settle, setl_id)))["output"]["setlinfo"]["state"] == "cancelled"
 
 
+async def test_each_kind_of_settlement_is_undone_by_its_own_transaction(gateway, system):
+    settle = we1()  # an outpatient settlement, 2207
+    setl_id = (await gateway.call(settle))["output"]["setlinfo"]["setl_id"]
+    as_inpatient = cancel_of(settle, setl_id) | {"infno": "2305"}
+    wrong_kind = await gateway.call(as_inpatient)
+    assert (wrong_kind["err_code"], wrong_kind["infno"]) == ("INVALID_INPUT", "2305")
+    assert "cancel it with 2208" in wrong_kind["err_msg"]
+    reversal = fresh(settle) | {"infno": "2601", "input": {"data": {
+        "psn_no": settle["input"]["data"]["psn_no"], "omsgid": settle["msgid"], "oinfno": "2304"}}}
+    misnamed = await gateway.call(reversal)
+    assert misnamed["err_code"] == "INVALID_INPUT" and "oinfno 2207" in misnamed["err_msg"]
+    assert (await system.ledger(settle["msgid"]))[0]["state"] == "settled"
+    assert (await gateway.call(cancel_of(settle, setl_id)))["output"]["setlinfo"]["state"] == "cancelled"
+
+
 async def test_a_bill_whose_answer_would_not_fit_in_a_message_is_refused_before_anything_is_recorded(gateway, system):
     # 2,000 lines with 64-character CJK codes: the request passes eligibility's 900 KB cap, but its
     # answer (every line priced) is over 1 MB; pricing refuses it before recording the settlement.
