@@ -128,7 +128,7 @@ class ClearingHandler:
                     work,
                     answers.refusal(
                         work.request, ErrCode.MODIFIED_REQUEST,
-                        f"msgid {work.request.msgid} was already used for a different request.",
+                        f"msgid {work.request.msgid} was already used for a different request; a new request needs a new msgid.",
                     ),
                 )
             return self._answer(work, existing.answer)

@@ -303,7 +303,9 @@ class EligibilityHandler:
 
     def _person_info(self, p: Parsed, person: PersonRecord | None, subject: dict[str, Any] | None) -> Outgoing:
         if person is None or person.insuplc_admdvs != p.request.insuplc_admdvs:
-            return self._answer(p, err=(ErrCode.NOT_INSURED, "No insured person with this number in that region."))
+            region = p.request.insuplc_admdvs or "(none given)"
+            return self._answer(p, err=(ErrCode.NOT_INSURED, f"No insured person with this psn_no in insured region "
+                                        f"{region}; check both on the patient's insurance card."))
         filings = [FilingRecord.model_validate(f) for f in (subject or {}).get("filings", [])]
         return self._answer(
             p,

@@ -301,7 +301,7 @@ class PricingHandler:
             return self._refuse(
                 work, ErrCode.INVALID_INPUT,
                 f"The bill's answer would be {len(value)} bytes, more than one message may carry; nothing was "
-                "settled. Settle the stay in parts (fewer lines per bill).",
+                "settled. Send the bill with identical items on one line each (their count in cnt), or fewer lines.",
             )
         # Everything that could fail is built: now change the batch's state, all of it or nothing.
         if batch.prepayments is not None:
