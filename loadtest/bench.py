@@ -40,6 +40,7 @@ from loadtest.observe import (ProcessSampler, histogram_quantiles, infrastructur
                               top_frames)
 from loadtest.procs import (REFERENCE_STAGES, SERVICES, Processes, bench_database, child_settings, env_pair,
                             not_passed_on, own_database, transaction_versions)
+from loadtest.checks import MIN_SETTLED_SHARE, settled_share
 from loadtest.replay import Pace, replay_file, sweep
 from loadtest import warmup
 from loadtest.world import World
@@ -60,19 +61,6 @@ def _round_rate(rate: float) -> int:
     search), at least 5."""
     step = 25 if rate >= 100 else 5
     return max(5, int(rate / step) * step)
-
-
-# A generated day's settlements are settled but for the few it means to be refused (persons
-# without a filing, bills whose sums do not add up: about 2 %). Far fewer settled means a system
-# that refuses for another reason, whose speed is not the platform's (eligibility refusing after
-# one hop runs fast): its run fails instead of being measured.
-MIN_SETTLED_SHARE = 0.9
-
-
-def settled_share(result: dict[str, Any]) -> float | None:
-    """The share of a replay's settlement answers that settled (None: no settlement answered)."""
-    s = result.get("settlements") or {}
-    return s["settled"] / s["answered"] if s.get("answered") else None
 
 
 def passed(result: dict[str, Any]) -> bool:
@@ -431,7 +419,8 @@ def main(argv: list[str] | None = None) -> None:
     print(rpt.headline(report))
     checks_ok = all(passed(run) for run in report["runs"].values()) and all(report.get("other_checks_ok", {}).values())
     if not checks_ok:
-        print("bench: a check failed (exactly-once or ledger): see report.json", file=sys.stderr)
+        print("bench: a check failed (exactly-once, the ledger, the settled share or the sweep): see the entry's "
+              "runs table and notes, and report.json", file=sys.stderr)
     sys.exit(0 if checks_ok else 1)
 
 

@@ -27,7 +27,7 @@ class CareKind:
 
 # The day's mix (NHSA Q1 2025 cross-province settlements, DOMAIN.md figures) and bill averages:
 # inpatient ≈ 22,470 and outpatient ≈ 241 yuan (source 004). Source 004's outpatient figure is
-# every outpatient settlement, retail pharmacies' among them (49.67 bn yuan / 20.6268 M), so 241 is
+# every outpatient settlement, retail pharmacies' among them (4.967 bn yuan / 20.6268 M), so 241 is
 # the mean of general outpatient, chronic outpatient and pharmacy bills together. Chronic and
 # pharmacy bills are not in the sources: 450 and 95 yuan are assumptions, and general outpatient's
 # 290 is what brings the three, at their shares, to 241 ((0.64·290 + 0.04·450 + 0.27·95) / 0.95).
@@ -84,7 +84,9 @@ _UNLISTED = (UNLISTED_CODE, "unlisted item", (1, 2))
 # purpose (OVER_CEILING): the rest of a bill's total goes to items without a ceiling, so that most
 # of its money lies within the catalogue's scope, as the national fund shares say it does.
 CEILINGS_FEN = {code: int(ceiling.replace(".", "")) for code, _, _, _, ceiling in CATALOGUE_ITEMS if ceiling}
-OVER_CEILING = 0.03  # share of bills with one capped line priced 10–30 % over its ceiling
+# Of the bills whose first variable item has a ceiling, the share priced 10–30 % over it (before any
+# scaling down to the bill's total): about 0.7 % of all bills (pharmacy bills have no capped item).
+OVER_CEILING = 0.03
 # Class C items (fully self-paid) have no ceiling but a price of their own, so that they do not soak
 # up the rest of a large bill: a day's private ward upgrade, a bag of amino acids, a dressing.
 _PRICED_FEN = {**CEILINGS_FEN, "ZZVIP0000001": 30_000, "XB05BA03A001": 12_000, "ZZCOS0000001": 5_000}

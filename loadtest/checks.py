@@ -143,3 +143,16 @@ class LedgerCheck:
 
 def check_ledger(answers: Totals, ledger: Totals, strays: int = 0) -> LedgerCheck:
     return LedgerCheck(answers, ledger, strays)
+
+
+# A generated day's settlements are settled but for the few it means to be refused (persons
+# without a filing, bills whose sums do not add up: about 2 %). Far fewer settled means a system
+# that refuses for another reason, whose speed is not the platform's (eligibility refusing after
+# one hop runs fast): its run fails instead of being measured.
+MIN_SETTLED_SHARE = 0.9
+
+
+def settled_share(result: Mapping[str, Any]) -> float | None:
+    """The share of a replay's settlement answers that settled (None: no settlement answered)."""
+    s = result.get("settlements") or {}
+    return s["settled"] / s["answered"] if s.get("answered") else None

@@ -286,7 +286,8 @@ class ClearingAdminHandler:
             answer = answers.refusal(envelope, ErrCode.INVALID_INPUT,
                                      f"input.data.{where}: {errors[0]['msg']}{more}; correct it and send it again.")
         except (ValueError, ArithmeticError) as exc:  # any other data error: refused, never retried
-            answer = answers.refusal(envelope, ErrCode.INVALID_INPUT, f"input.data: {exc}"[:500])
+            answer = answers.refusal(envelope, ErrCode.INVALID_INPUT,
+                                     f"input.data: {exc}"[:450] + "; correct it and send it again.")
         return reply(self.settings, envelope.reply_to, answer, facility=facility, request_ts_ms=request.request_ts_ms)
 
     async def _reconcile_totals(self, conn: asyncpg.Connection, facility: str, body: ReconcileTotalsInput) -> dict[str, Any]:

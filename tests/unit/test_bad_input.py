@@ -239,7 +239,8 @@ def test_a_valid_request_still_parses(handler):
 
 @pytest.mark.parametrize("reply_to", [".", "..", "settlement_results", "settlement_priced", "refdata_persons",
                                       "settlement.requests", "settlement.results.dlq", "a" * 201, "has space",
-                                      "__consumer_offsets", "__transaction_state", "clearing.statements",
+                                      "__consumer_offsets", "__transaction_state", "..consumer_offsets",
+                                      "._consumer_offsets", "_.transaction_state", "clearing.statements",
                                       "clearing_alerts", "filing.results", "clearing.results"])
 def test_an_illegal_or_platform_reply_to_is_refused(reply_to):
     with pytest.raises(ValueError):

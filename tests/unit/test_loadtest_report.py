@@ -127,3 +127,11 @@ def test_a_run_where_few_settlements_settle_fails_its_checks():
     assert passed(run(1000, 975)) and verdict(run(1000, 975)) == (True, "exactly once: 5 sends, 5 answers; ledger = answers: 0 settled")
     assert passed(run(0, 0))  # the bare pipeline's runs, or a day of no settlements
     assert passed({"exactly_once": {"ok": True, "summary": ""}})  # a result from before the count
+
+
+def test_the_runs_table_shows_the_settled_share_in_bold_when_the_run_failed_on_it():
+    from loadtest.report import _settled
+
+    assert _settled({"settlements": {"answered": 1000, "settled": 985}}) == "98.5%"
+    assert _settled({"settlements": {"answered": 5, "settled": 0}}) == "**0.0% (under 90%)**"
+    assert _settled({"settlements": {"answered": 0, "settled": 0}}) == "n/a"

@@ -90,9 +90,9 @@ def gateway_reply_topic(value: str, own: str = DEFAULT_REPLY_TO) -> str:
     that differs from an existing topic's only by "." against "_"."""
     if value in (".", "..") or not _TOPIC_NAME.fullmatch(value):
         raise ValueError(f"reply_to {value[:60]!r} is not a legal Kafka topic name")
-    if value.startswith("__"):
-        raise ValueError(f"reply_to {value!r} is a name Kafka keeps for its internal topics")
     folded = value.replace("_", ".")
+    if folded.startswith(".."):  # "__consumer_offsets", or a name Kafka would find colliding with one
+        raise ValueError(f"reply_to {value!r} is, or collides with, a name Kafka keeps for its internal topics")
     if folded.startswith(PLATFORM_INPUT_PREFIXES) or folded.endswith(".dlq"):
         raise ValueError(f"reply_to {value!r} is a topic of the platform's own; name the gateway's own reply topic")
     for shared in SHARED_RESULTS:

@@ -269,7 +269,8 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
               "is answered `INVALID_INPUT` (when `msgid` can be recovered) and dead-lettered. A four-digit "
               "`infno` the contract does not list is answered `UNSUPPORTED`. "
               "3201 and 3202 are passed on, their input unchecked, to `clearing.requests`, where an input "
-              "that does not validate is answered `INVALID_INPUT` (naming the field) and not dead-lettered.",
+              "that does not validate is answered `INVALID_INPUT` (naming the field where the model does) and "
+              "not dead-lettered.",
     ),
     T.SETTLEMENT_ELIGIBLE: TopicContract(
         messages=("EligibleWork",),
