@@ -49,6 +49,7 @@ from loadtest.checks import (
 )
 from yidi.contracts.envelope import DEFAULT_REPLY_TO
 from yidi.platform.kafka import ensure_topics
+from yidi.platform.lag import topic_partitions
 from yidi.platform.replies import recover_ids
 from yidi.platform.settings import Settings
 from yidi.platform.topics import SETTLEMENT_REQUESTS
@@ -479,11 +480,7 @@ async def _read_topic(bootstrap: str, topic: str, each: Any) -> int:
                                 isolation_level="read_committed", auto_offset_reset="earliest")
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        if not partitions:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - first look at a new topic
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        tps = await topic_partitions(consumer, topic)
         if not tps:
             return 0
         consumer.assign(tps)
