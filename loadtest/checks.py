@@ -57,6 +57,20 @@ def answer_gist(answer: Mapping[str, Any]) -> tuple[Any, ...]:
             info.get("medfee_sumamt"), info.get("fund_pay_sumamt"), info.get("psn_cash_pay"), info.get("acct_pay"))
 
 
+class AlikeAnswers:
+    """The gist of the first answer to each msgid (as a hash), and the later answers that said
+    something else (``inconsistent``, for ``check_exactly_once``)."""
+
+    def __init__(self) -> None:
+        self._first: dict[str, int] = {}
+        self.inconsistent: Counter[str] = Counter()
+
+    def add(self, msgid: str, answer: Mapping[str, Any]) -> None:
+        gist = hash(answer_gist(answer))
+        if self._first.setdefault(msgid, gist) != gist:
+            self.inconsistent[msgid] += 1
+
+
 def check_exactly_once(sends: Mapping[str, int] | Iterable[str], answers: Mapping[str, int] | Iterable[str],
                        inconsistent: Mapping[str, int] | None = None) -> ExactlyOnce:
     """``sends``: one msgid per publish (or msgid → publishes); ``answers``: one msgid per answer

@@ -37,11 +37,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from loadtest.checks import (
+    AlikeAnswers,
     ExactlyOnce,
     LedgerCheck,
     Settled,
     Totals,
-    answer_gist,
     answer_totals,
     check_exactly_once,
     check_ledger,
@@ -105,9 +105,7 @@ class Replay:
         self.behind = array("d")  # seconds each paced publish went out after it was due
         self.paced_span = (0.0, 0.0)  # first and last paced publish (deferred cancellations are not paced)
         self.settled: dict[str, Settled] = {}
-        # The gist of the first answer to each msgid (as a hash), and later answers that differed.
-        self._first_gist: dict[str, int] = {}
-        self.inconsistent: Counter[str] = Counter()
+        self.alike = AlikeAnswers()  # every answer to a msgid says what the first said
         self.settlements = Counter[str]()  # answers to settlements (2207, 2304): answered, settled
         self.cancelled_setl_ids: set[str] = set()
         self.cancels = Counter[str]()  # sent, skipped (target refused), unsent (target never answered)
@@ -170,9 +168,7 @@ class Replay:
             return
         msgid = str(answer.get("msgid", ""))
         self.answers[msgid] += 1
-        gist = hash(answer_gist(answer))
-        if self._first_gist.setdefault(msgid, gist) != gist:
-            self.inconsistent[msgid] += 1
+        self.alike.add(msgid, answer)
         queue = self._pending.get(msgid)
         if queue:
             sent = queue.popleft()
@@ -360,7 +356,7 @@ class Replay:
     # Results -------------------------------------------------------------------------------------
 
     def exactly_once(self) -> ExactlyOnce:
-        return check_exactly_once(self.sends, self.answers, self.inconsistent)
+        return check_exactly_once(self.sends, self.answers, self.alike.inconsistent)
 
     def answer_totals(self) -> Totals:
         return answer_totals(self.settled, self.cancelled_setl_ids)
@@ -511,8 +507,7 @@ async def sweep(bootstrap: str, namespace: str) -> ExactlyOnce:
     moment after its last answer). Requests whose msgid cannot be read are owed no answer."""
     sends: Counter[str] = Counter()
     answers: Counter[str] = Counter()
-    first: dict[str, int] = {}
-    inconsistent: Counter[str] = Counter()
+    alike = AlikeAnswers()
 
     def request(value: bytes) -> None:
         msgid = recover_ids(value)[0]
@@ -527,13 +522,11 @@ async def sweep(bootstrap: str, namespace: str) -> ExactlyOnce:
             return
         msgid = str(body.get("msgid", ""))
         answers[msgid] += 1
-        gist = hash(answer_gist(body))
-        if first.setdefault(msgid, gist) != gist:
-            inconsistent[msgid] += 1
+        alike.add(msgid, body)
 
     await _read_topic(bootstrap, f"{namespace}{SETTLEMENT_REQUESTS}", request)
     await _read_topic(bootstrap, f"{namespace}{DEFAULT_REPLY_TO}", answer)
-    return check_exactly_once(sends, answers, inconsistent)
+    return check_exactly_once(sends, answers, alike.inconsistent)
 
 
 async def ledger_totals(database_url: str, msgids: list[str], others: list[str] = (), chunk: int = 20_000) -> tuple[Totals, int]:
