@@ -35,7 +35,7 @@ from yidi.domain.clearing import PairTotals, net_positions, reconcile_details, r
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import broken, parse_each, refuse_by_reqid, reply
+from yidi.platform.replies import answer_fallback, broken, parse_each, refuse_by_reqid, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_STATEMENTS
 
@@ -93,8 +93,7 @@ class ClearingAdminHandler:
                     "SELECT request_hash, emitted FROM clearing.admin_requests WHERE reqid = $1", request.reqid
                 )
                 if seen is not None and seen["request_hash"] in ("", request_hash(request)):
-                    out.extend(Outgoing(e["topic"], e["value"].encode(), key=e["key"].encode())
-                               for e in loads(seen["emitted"]))
+                    out.extend(self._emit(loads(seen["emitted"])))
                     continue
                 if seen is not None:
                     ok, reason, data, extra = False, f"reqid {request.reqid} was already used for another request", {}, []
@@ -108,8 +107,14 @@ class ClearingAdminHandler:
                         "INSERT INTO clearing.admin_requests (reqid, request_hash, emitted) VALUES ($1, $2, $3::jsonb)",
                         request.reqid, request_hash(request), dumps(emitted).decode(),
                     )
-                out.extend(Outgoing(e["topic"], e["value"].encode(), key=e["key"].encode()) for e in emitted)
+                out.extend(self._emit(emitted))
         return out
+
+    def _emit(self, emitted: list[dict[str, Any]]) -> list[Outgoing]:
+        """What a request publishes, as kept: its result (on clearing.results if the broker refuses
+        the requester's reply_to for good) and the prepayment messages it caused."""
+        return [Outgoing(e["topic"], e["value"].encode(), key=e["key"].encode(),
+                         fallback=answer_fallback(self.settings, e["topic"], ADMIN_REPLY_TO)) for e in emitted]
 
     async def _apply(self, conn: asyncpg.Connection, request: Any) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
         match request:

@@ -12,8 +12,9 @@ from __future__ import annotations
 from yidi.contracts.filing import FilingEvent
 from yidi.platform.jsonwire import dumps
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import parse_each
+from yidi.platform.replies import answer_fallback, parse_each
 from yidi.platform.settings import Settings
+from yidi.platform.topics import FILING_RESULTS
 
 from services.eligibility.repository import EligibilityRepository
 from services.eligibility.subjects import Subjects
@@ -34,5 +35,7 @@ class FilingEventsHandler:
         await self.subjects.remember_many(await self.repo.upsert_filings([e.filing for _, e in events]), changed=True)
         for _, event in events:
             if event.result is not None and event.reply_to:
-                out.append(Outgoing(self.settings.topic(event.reply_to), dumps(event.result), key=event.filing.psn_no.encode()))
+                topic = self.settings.topic(event.reply_to)
+                out.append(Outgoing(topic, dumps(event.result), key=event.filing.psn_no.encode(),
+                                    fallback=answer_fallback(self.settings, topic, FILING_RESULTS)))
         return out

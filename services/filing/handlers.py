@@ -22,7 +22,7 @@ from yidi.domain.filing import (
 from yidi.platform.jsonwire import dumps, request_hash
 from yidi.platform.db import lock_keys
 from yidi.platform.kafka import CANNOT_PROCESS, Incoming, Outgoing
-from yidi.platform.replies import dead_letter, parse_each, refuse_by_reqid
+from yidi.platform.replies import answer_fallback, dead_letter, parse_each, refuse_by_reqid
 from yidi.platform.settings import Settings
 from yidi.platform.topics import FILING_EVENTS
 
@@ -56,7 +56,9 @@ class FilingHandler:
                 else:
                     emitted = seen[1]  # the same request again: what was published then
                 out.extend(
-                    Outgoing(topic=e["topic"], value=e["value"].encode(), key=request.psn_no.encode()) for e in emitted
+                    Outgoing(topic=e["topic"], value=e["value"].encode(), key=request.psn_no.encode(),
+                             fallback=answer_fallback(self.settings, e["topic"], FILING_REPLY_TO))
+                    for e in emitted
                 )
         return out
 

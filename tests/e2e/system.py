@@ -64,10 +64,13 @@ class System(Processes):
         """The current value of a metric of a running service (0 when not exposed yet)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[service]}/metrics", timeout=2) as r:
             text = r.read().decode()
-        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        wanted = {f'{k}="{v}"' for k, v in labels.items()}
         for line in text.splitlines():
-            if line.startswith(f"{name}{{{wanted}}}") or (not labels and line.startswith(f"{name} ")):
-                return float(line.rsplit(" ", 1)[1])
+            series, _, value = line.rpartition(" ")
+            if not labels and series == name:
+                return float(value)
+            if labels and series.startswith(name + "{") and set(series[len(name) + 1:-1].split(",")) == wanted:
+                return float(value)
         return 0.0
 
     async def ledger(self, msgid: str) -> list[dict[str, Any]]:

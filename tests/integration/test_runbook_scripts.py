@@ -80,3 +80,27 @@ async def test_the_runbook_reads_dead_letters_and_republishes_all_but_a_cut_one(
     finally:
         await consumer.stop()
     assert [(r.value, r.key, list(r.headers)) for r in got] == [(b'{"policy": 1}', b"510100", [("x-origin", b"feed-1")])]
+
+
+async def test_the_runbook_lists_the_answers_moved_off_a_refused_reply_to(settings):
+    bootstrap = settings.kafka_bootstrap
+    shared = f"{settings.namespace}runbook{uuid.uuid4().hex[:6]}.results"
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(shared, 1, 1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        await producer.send_and_wait(shared, b'{"msgid": "M1"}', key=b"H1")  # asked for here
+        await producer.send_and_wait(shared, b'{"msgid": "M2"}', key=b"H2", headers=[
+            ("yidi-reply-to-refused", b"gw.h2: the topic does not exist, and the broker does not create topics")])
+    finally:
+        await producer.stop()
+
+    shown = run(script("# Usage: python - <shared answer topic> [bootstrap]"), shared, bootstrap)
+    assert "M1" not in shown
+    assert "0/1 key=b'H2' gw.h2: the topic does not exist, and the broker does not create topics" in shown
+    assert '{"msgid": "M2"}' in shown

@@ -258,6 +258,12 @@ FILING_REQUESTS = _stage("filing", T.FILING_STAGE_GROUP)
 CLEARING_REQUEST_MESSAGES = ("FundPrepayment", "RunMonth", "ConfirmStatement", "QuerySettlement", "QueryFacilityDay",
                              "QueryPairMonth", "QueryPrepayment", "Reconcile")
 
+# An answer whose own reply topic the broker refuses for good goes to its kind's shared topic
+# (yidi.platform.reply_topics).
+_MOVED_HERE = ("An answer whose `reply_to` the broker refuses for good (the topic does not exist and the broker "
+               "creates no topics, or the platform may not write it) is published here instead, with the header "
+               "`yidi-reply-to-refused` (`<topic>: <why>`).")
+
 TOPIC_CONTRACTS: dict[str, TopicContract] = {
     T.SETTLEMENT_REQUESTS: TopicContract(
         messages=("SettlementRequest", "CancelRequest", "ReversalRequest", "PersonQueryRequest",
@@ -294,7 +300,7 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         notes="The default `reply_to`. Answers are published by the service that decides them: "
               "eligibility (1101, 2001, malformed requests), pricing (refusals, pre-settlements, "
               "`MODIFIED_REQUEST`, `ALREADY_SETTLED`, `NO_POLICY`, `NOT_FOUND`, `PREPAYMENT_EXHAUSTED`), clearing (settlements, "
-              "cancellations, reversals; 3201/3202 from its clearing-admin stage).",
+              "cancellations, reversals; 3201/3202 from its clearing-admin stage). " + _MOVED_HERE,
     ),
     T.FILING_REQUESTS: TopicContract(
         messages=("FilingRequest",),
@@ -308,7 +314,7 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         writers=("filing", "eligibility"),
         external_readers="the requester; a request's `reply_to` names another topic for its result",
         notes="The default `reply_to` of a filing request. Refusals and `history` are answered by filing; "
-              "an accepted change is answered by eligibility once its mirror and cache have applied it.",
+              "an accepted change is answered by eligibility once its mirror and cache have applied it. " + _MOVED_HERE,
     ),
     T.FILING_EVENTS: TopicContract(
         messages=("FilingEvent",),
@@ -371,7 +377,7 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         writers=("clearing",),
         external_readers="the requester; a request's `reply_to` names another topic for its result",
         notes="The default `reply_to` of a clearing request; 3201/3202 are answered on the facility's "
-              "`reply_to` as `ResponseEnvelope`s instead.",
+              "`reply_to` as `ResponseEnvelope`s instead. " + _MOVED_HERE,
     ),
     T.CLEARING_STATEMENTS: TopicContract(
         messages=("Statement",),

@@ -27,6 +27,7 @@ from aiokafka.producer.transaction_manager import TransactionState
 from yidi.platform import fencing, metrics, txnv2
 from yidi.platform.errors import BadData, FatalError, RaceLost, TransientError
 from yidi.platform.faults import armed, crash_point
+from yidi.platform.reply_topics import ReplyTopicRefused, ReplyTopics
 from yidi.platform.settings import Settings
 from yidi.platform.topics import all_topic_specs
 
@@ -79,6 +80,11 @@ class Outgoing:
     key: bytes | None = None
     headers: tuple[tuple[str, bytes], ...] = ()
     answered: Answered | None = None
+    # An answer on a gateway's reply_to: the shared answer topic of its kind of request, where it is
+    # published instead if the broker refuses ``topic`` for good (yidi.platform.reply_topics), and
+    # why it was (set when it was moved there).
+    fallback: str | None = None
+    refused: str | None = None
 
 
 Handler = Callable[[list[Incoming]], Awaitable[list[Outgoing]]]
@@ -214,6 +220,11 @@ class TransactionalStage:
     # hand was fetched: a batch fetched before a rebalance began is never committed (fencing.py).
     _revocations: int = field(default=0, init=False)
     _fetched_at_revocation: int = field(default=0, init=False)
+    # The gateways' reply topics the broker refuses, whose answers go to their shared topic instead.
+    _reply_topics: ReplyTopics | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self._reply_topics = ReplyTopics(self.name)
 
     async def start(self) -> None:
         s = self.settings
@@ -402,6 +413,8 @@ class TransactionalStage:
             metrics.STAGE_RECORDS.labels(self.name).inc(len(records))
             answered: dict[tuple[str, str], int] = {}
             for out in outgoing:
+                if out.refused:
+                    metrics.REPLY_TOPIC_REFUSED.labels(self.name, out.refused).inc()
                 if out.answered:
                     a = out.answered
                     key = (a.infno, a.err_code)
@@ -498,6 +511,7 @@ class TransactionalStage:
             crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
             producer = self._producer
             assert producer is not None
+            outgoing = await self._route(producer, outgoing)
             await producer.begin_transaction()
             await self._commit(producer, outgoing, offsets, group, None)
             return outgoing
@@ -513,6 +527,7 @@ class TransactionalStage:
             try:
                 outgoing = await handler(records)
                 crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
+                outgoing = await self._route(producer, outgoing)
             except BaseException:
                 await self._abandon(opened)
                 raise
@@ -528,6 +543,11 @@ class TransactionalStage:
 
     def _rebalanced(self) -> bool:
         return self._revocations != self._fetched_at_revocation
+
+    async def _route(self, producer: AIOKafkaProducer, outgoing: list[Outgoing]) -> list[Outgoing]:
+        """Answers to a reply topic the broker refuses for good moved to their shared answer topic."""
+        assert self._reply_topics is not None
+        return await self._reply_topics.route(producer.client, outgoing)
 
     async def _abandon(self, opened: _Opened) -> None:
         try:
@@ -576,6 +596,12 @@ class TransactionalStage:
             # the transaction, so that the batch is tried again in a new one. A commit under way
             # when the stage is cancelled goes on.
             await _abort_if_open(producer)
+            assert self._reply_topics is not None
+            if self._reply_topics.learn(exc):
+                # A reply topic the broker would not let us write: the retry publishes its answers
+                # on their shared answer topic (yidi.platform.reply_topics).
+                raise ReplyTopicRefused(f"the broker refused a reply topic ({exc!r}); its answers go to the shared "
+                                        "answer topic") from exc
             refused = getattr(exc, "refused", None)
             if isinstance(refused, PERMANENT_REFUSALS):
                 # Every retry would be refused the same way: the record whose output it is is refused.

@@ -33,6 +33,12 @@ STAGE_RECORDS = Counter("yidi_stage_records_total", "Records consumed and commit
 STAGE_RETRIES = Counter(
     "yidi_stage_retries_total", "Batches retried after a transient failure, per stage and reason.", ["stage", "reason"]
 )
+REPLY_TOPIC_REFUSED = Counter(
+    "yidi_reply_topic_refused_total",
+    "Answers published on their kind's shared answer topic because the broker refuses the gateway's reply_to "
+    "(unknown: does not exist and is not created; unauthorized: the platform may not write it; invalid), per stage.",
+    ["stage", "reason"],
+)
 DEAD_LETTERS = Counter("yidi_dead_letters_total", "Messages sent to a dead-letter topic, by source topic.", ["topic"])
 REFDATA_RECORDS = Counter(
     "yidi_refdata_records_total", "Reference-feed records applied, refused or ignored as stale, per feed.", ["feed", "outcome"]

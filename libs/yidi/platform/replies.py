@@ -16,7 +16,7 @@ from yidi.platform import metrics
 from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Answered, Incoming, Outgoing
 from yidi.platform.settings import Settings
-from yidi.platform.topics import dlq
+from yidi.platform.topics import all_topic_specs, dlq
 
 _MSGID = re.compile(rb'"msgid"\s*:\s*"([A-Za-z0-9_\-]{1,64})"')
 _REPLY_TO = re.compile(rb'"reply_to"\s*:\s*"([A-Za-z0-9._\-]{1,200})"')
@@ -54,6 +54,21 @@ def recover_reply_to(raw: bytes, default: str = DEFAULT_REPLY_TO) -> str:
         return default
 
 
+def answer_fallback(settings: Settings, topic: str, shared: str) -> str | None:
+    """Where an output on ``topic`` (its full name) goes if the broker refuses that topic for good:
+    ``shared``, the shared answer topic of its kind of request, when ``topic`` is a gateway's own
+    reply topic; None for the shared topic itself and every other platform topic (those are
+    created by the services and never moved: yidi.platform.reply_topics)."""
+    ns = settings.namespace
+    name = topic[len(ns):] if topic.startswith(ns) else topic
+    if name == shared or name in _PLATFORM_TOPICS:
+        return None
+    return settings.topic(shared)
+
+
+_PLATFORM_TOPICS = frozenset(spec.name for spec in all_topic_specs())
+
+
 def reply(
     settings: Settings,
     reply_to: str,
@@ -61,8 +76,10 @@ def reply(
     *,
     facility: str,
     request_ts_ms: int,
+    shared: str = DEFAULT_REPLY_TO,
 ) -> Outgoing:
-    """The answer to a gateway, on its ``reply_to`` topic, keyed by facility (CONTRACT.md).
+    """The answer to a gateway, on its ``reply_to`` topic, keyed by facility (CONTRACT.md); on
+    ``shared`` (its kind's shared answer topic) if the broker refuses ``reply_to`` for good.
 
     ``answer`` is a ``ResponseEnvelope`` or its wire form (a dict as ``model_dump(mode="json")``
     gives, e.g. an answer kept in the ledger or built by ``answers.answer_wire``). ``reply_to``
@@ -84,6 +101,7 @@ def reply(
         value=value,
         key=facility.encode() or None,
         answered=Answered(request_ts_ms, infno, err_code),
+        fallback=answer_fallback(settings, settings.topic(reply_to), shared),
     )
 
 
@@ -143,8 +161,9 @@ def refuse_by_reqid(
     reqid = recover_reqid(record.value)
     if reqid is None:
         return None
-    topic = recover_reply_to(record.value, default=default_reply_to)
-    return [dead_letter(record, reason), Outgoing(settings.topic(topic), dumps(result(reqid)), key=key or reqid.encode())]
+    topic = settings.topic(recover_reply_to(record.value, default=default_reply_to))
+    return [dead_letter(record, reason), Outgoing(topic, dumps(result(reqid)), key=key or reqid.encode(),
+                                                  fallback=answer_fallback(settings, topic, default_reply_to))]
 
 
 def broken(settings: Settings, record: Incoming, reason: str, err_msg: str) -> list[Outgoing]:

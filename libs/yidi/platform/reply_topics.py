@@ -1,0 +1,149 @@
+"""Answers whose reply topic the broker refuses for good go to their kind's shared answer topic.
+
+A gateway names the topic its answers go to (``reply_to``). ``gateway_reply_topic`` keeps the
+platform's own and Kafka's internal topics out, but only the broker knows whether a legal name can
+be written: on a broker that does not create topics (``auto.create.topics.enable=false``, the
+usual production setting) a name nobody created does not exist, and with ACLs the platform's
+principal may not be allowed to write it. A stage that kept such an answer in its batch would
+retry the batch forever (a missing topic costs the producer's whole request timeout per try),
+holding its partitions for every facility on them. So before a batch's transaction publishes, each
+answer's topic that the producer's metadata does not know is looked up once; a topic the broker
+refuses (it does not exist, may not be written, is not a valid name) is remembered for
+``REMEMBERED_SECONDS``, and the answers to it are published on the shared answer topic of their
+kind of request instead (``Outgoing.fallback``: ``settlement.results``, ``filing.results``,
+``clearing.results``), with the header ``yidi-reply-to-refused`` naming the topic and the reason.
+A topic the metadata shows but whose writes the broker refuses (ACLs that allow Describe but not
+Write) fails the transaction: the stage learns the topic from the error, and the batch's retry
+takes the shared topic. Every request is still answered once, and the ledger is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
+from aiokafka.protocol.metadata import MetadataRequest
+
+from yidi.platform.errors import TransientError
+
+if TYPE_CHECKING:
+    from yidi.platform.kafka import Outgoing  # kafka.py imports this module for its stages
+
+log = logging.getLogger(__name__)
+
+
+class ReplyTopicRefused(TransientError):
+    """A batch's transaction failed on a reply topic the broker would not let the platform write: it is
+    retried at once, and the retry publishes those answers on their shared answer topic."""
+
+
+HEADER = "yidi-reply-to-refused"
+# How long a refused topic keeps its answers on the shared topic before the broker is asked again
+# (the topic may have been created, or the platform granted Write, meanwhile).
+REMEMBERED_SECONDS = 60.0
+
+# Metadata errors that no retry of the batch changes, by Kafka error code.
+UNKNOWN_TOPIC, INVALID_TOPIC, TOPIC_AUTHORIZATION_FAILED = 3, 17, 29
+_REASONS = {
+    UNKNOWN_TOPIC: "unknown",
+    INVALID_TOPIC: "invalid",
+    TOPIC_AUTHORIZATION_FAILED: "unauthorized",
+}
+_EXPLAINED = {
+    "unknown": "the topic does not exist, and the broker does not create topics",
+    "invalid": "the broker says it is not a valid topic name",
+    "unauthorized": "the broker does not let the platform write to it",
+}
+
+
+class ReplyTopics:
+    """What one stage knows of the reply topics the broker refuses (see the module's doc)."""
+
+    def __init__(self, stage: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stage = stage
+        self._clock = clock
+        self._refused: dict[str, tuple[float, str]] = {}  # topic -> (remembered until, reason)
+
+    def refusal(self, topic: str) -> str | None:
+        """Why the broker refuses ``topic``, while that is remembered."""
+        found = self._refused.get(topic)
+        if found is None:
+            return None
+        until, reason = found
+        if self._clock() >= until:
+            del self._refused[topic]
+            return None
+        return reason
+
+    def refuse(self, topic: str, reason: str) -> None:
+        if self.refusal(topic) is None:
+            log.warning("stage %s: answers to %s go to their shared answer topic for %.0fs: %s", self.stage, topic,
+                        REMEMBERED_SECONDS, _EXPLAINED.get(reason, reason))
+        self._refused[topic] = (self._clock() + REMEMBERED_SECONDS, reason)
+
+    def learn(self, exc: BaseException) -> bool:
+        """Remember the topics a failed transaction names as refused (the broker refused writes to a
+        topic its metadata shows); True when ``exc`` named one."""
+        found: BaseException | None = exc
+        while found is not None and not isinstance(found, TopicAuthorizationFailedError):
+            found = getattr(found, "refused", None) or found.__cause__
+        if found is None:
+            return False
+        topics = _named_topics(found.args)
+        for topic in topics:
+            self.refuse(topic, "unauthorized")
+        return bool(topics)
+
+    async def route(self, client: Any, outgoing: list[Outgoing]) -> list[Outgoing]:
+        """``outgoing`` with every answer whose topic the broker refuses moved to its fallback."""
+        unknown = {o.topic for o in outgoing
+                   if o.fallback and o.topic != o.fallback and client.cluster.partitions_for_topic(o.topic) is None
+                   and self.refusal(o.topic) is None}
+        for topic in unknown:
+            reason = await look_up(client, topic)
+            if reason is not None:
+                self.refuse(topic, reason)
+        if not self._refused:
+            return outgoing
+        routed = []
+        for o in outgoing:
+            reason = self.refusal(o.topic) if o.fallback and o.topic != o.fallback else None
+            if reason is None:
+                routed.append(o)
+                continue
+            routed.append(replace(o, topic=o.fallback, fallback=None, refused=reason,
+                                  headers=(*o.headers, (HEADER, f"{o.topic}: {_EXPLAINED[reason]}".encode()))))
+        return routed
+
+
+async def look_up(client: Any, topic: str) -> str | None:
+    """Why the broker refuses ``topic`` for good ("unknown", "unauthorized", "invalid"), or None: it
+    exists, or is being created (a broker that creates topics does so on this look-up, as on a
+    first write), or the broker gave an error a retry may change (the write then meets it)."""
+    node = client.get_random_node()
+    if node is None:
+        raise TransientError("no broker known to look up a reply topic")
+    try:
+        answer = await client.send(node, MetadataRequest([topic]))
+    except KafkaError as exc:
+        raise TransientError(f"looking up reply topic {topic}: {exc!r}") from exc
+    for error_code, name, *_ in answer.topics:
+        if name == topic:
+            return _REASONS.get(error_code)
+    return None
+
+
+def _named_topics(args: Iterable[Any]) -> list[str]:
+    """The topics a TopicAuthorizationFailedError names (aiokafka gives one, or a set of them)."""
+    topics: list[str] = []
+    for arg in args:
+        if isinstance(arg, str):
+            topics.append(arg)
+        elif isinstance(arg, (set, frozenset, list, tuple)):
+            topics.extend(t for t in arg if isinstance(t, str))
+    return topics
+

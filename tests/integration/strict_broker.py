@@ -1,0 +1,141 @@
+"""A second Kafka broker, set as production brokers usually are: it creates no topic on a first write
+(``auto.create.topics.enable=false``) and it authorizes (StandardAuthorizer; everything is allowed
+on a resource without ACLs, so the platform's own topics work, and a test denies what it needs to).
+
+It runs from the local stack's Kafka jars (deploy/local/stack.sh), with the local broker's Java,
+on two free loopback ports and a data directory of its own, for one test module (about 5 s to start).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.protocol.admin import CreateAclsRequest
+
+ROOT = Path(__file__).resolve().parents[2]
+KAFKA_DIR = ROOT / ".local" / "kafka"
+
+# Kafka's ACL enums (org.apache.kafka.common.acl / resource).
+RESOURCE_TOPIC, PATTERN_LITERAL = 2, 3
+OPERATION_ALL, OPERATION_DESCRIBE = 2, 8
+DENY, ALLOW = 2, 3
+ANONYMOUS = "User:ANONYMOUS"  # the principal of every client on a PLAINTEXT listener
+
+_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller}
+listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={data}
+num.partitions=2
+auto.create.topics.enable=false
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+num.network.threads=1
+num.io.threads=2
+log.cleaner.enable=false
+add.partitions.to.txn.retry.backoff.ms=2
+"""
+
+
+def available() -> str | None:
+    """Why a strict broker cannot be started here, or None when it can."""
+    if not (KAFKA_DIR / "libs").is_dir():
+        return f"no Kafka jars in {KAFKA_DIR / 'libs'} (deploy/local/stack.sh install kafka)"
+    if _java() is None:
+        return "no Java to run Kafka with"
+    return None
+
+
+def _java() -> str | None:
+    """The Java the local broker runs on (its pid file), else JAVA_HOME's or the one on PATH."""
+    try:
+        pid = (KAFKA_DIR / "kafka.pid").read_text().strip()
+        exe = os.readlink(f"/proc/{pid}/exe")
+        if "java" in Path(exe).name:
+            return exe
+    except (OSError, ValueError):
+        pass
+    home = os.environ.get("JAVA_HOME")
+    if home and os.access(Path(home) / "bin" / "java", os.X_OK):
+        return str(Path(home) / "bin" / "java")
+    return shutil.which("java")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def strict_broker(workdir: Path, timeout: float = 90.0) -> Iterator[str]:
+    """Start the broker in ``workdir``; yield its bootstrap address; stop it."""
+    java = _java()
+    assert java is not None
+    classpath = f"{KAFKA_DIR / 'libs'}/*"
+    port, controller = _free_port(), _free_port()
+    data = workdir / "data"
+    config = workdir / "server.properties"
+    config.write_text(_PROPERTIES.format(port=port, controller=controller, data=data))
+    log_path = workdir / "kafka.log"
+    cluster_id = uuid.uuid4().bytes.hex()[:22]
+    subprocess.run([java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+                   check=True, capture_output=True, timeout=120)
+    with open(log_path, "wb") as log:
+        broker = subprocess.Popen(
+            [java, "-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-Djava.awt.headless=true",
+             f"-Dkafka.logs.dir={workdir}", "-cp", classpath, "kafka.Kafka", str(config)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while b"Kafka Server started" not in log_path.read_bytes():
+            if broker.poll() is not None:
+                raise RuntimeError(f"the strict broker exited: {log_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the strict broker did not start in {timeout:.0f}s: {log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        broker.terminate()
+        try:
+            broker.wait(30)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+            broker.wait()
+
+
+async def acl(bootstrap: str, topic: str, operation: int, permission: int) -> None:
+    """Add one ACL for every client of the broker on ``topic``."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        client = admin._client
+        answer = await client.send(client.get_random_node(),
+                                   CreateAclsRequest(RESOURCE_TOPIC, topic, PATTERN_LITERAL, ANONYMOUS, "*",
+                                                     operation, permission))
+        errors = [(code, message) for code, message in answer.creation_responses if code]
+        assert not errors, errors
+    finally:
+        await admin.close()

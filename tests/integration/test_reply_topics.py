@@ -1,0 +1,196 @@
+"""A gateway's reply_to that the broker refuses does not hold a stage: on a real broker that creates
+no topics and authorizes (as production brokers are set), the answers to a reply topic that does not
+exist, that the platform may not write, or may not even see go to the shared answer topic with the
+reason in a header, each once; the other answers of the same batch go where they were asked; and
+once the refusal is forgotten (REMEMBERED_SECONDS) a topic created meanwhile gets its answers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from yidi.platform import metrics, reply_topics
+from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
+from yidi.platform.replies import reply
+from yidi.platform.topics import (
+    CLEARING_REQUESTS,
+    CLEARING_RESULTS,
+    FILING_REQUESTS,
+    FILING_RESULTS,
+    SETTLEMENT_REQUESTS,
+    SETTLEMENT_RESULTS,
+)
+
+from tests.e2e.system import System
+from tests.integration import strict_broker
+from tests.integration.waiting import until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory) -> str:
+    why = strict_broker.available()
+    if why is not None:
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    with strict_broker.strict_broker(tmp_path_factory.mktemp("strict-broker")) as bootstrap:
+        yield bootstrap
+
+
+async def _read(s, topic: str, count: int, seconds: float = 15.0) -> list:
+    reader = AIOKafkaConsumer(s.topic(topic), bootstrap_servers=s.kafka_bootstrap, isolation_level="read_committed",
+                              auto_offset_reset="earliest", group_id=None)
+    await reader.start()
+    try:
+        seen: list = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for records in (await reader.getmany(timeout_ms=300)).values():
+                seen += records
+            if len(seen) > count:
+                break
+            if len(seen) == count:
+                # a moment more: an extra answer would show up now
+                for records in (await reader.getmany(timeout_ms=700)).values():
+                    seen += records
+                break
+        return seen
+    finally:
+        await reader.stop()
+
+
+def _refused(stage: str, reason: str) -> float:
+    return metrics.REPLY_TOPIC_REFUSED.labels(stage, reason)._value.get()
+
+
+@pytest.mark.parametrize("transactions", ["v1", "auto"])
+async def test_answers_to_a_reply_topic_the_broker_refuses_go_to_the_shared_topic(settings, strict, transactions,
+                                                                                    monkeypatch):
+    s = settings.model_copy(update={"kafka_bootstrap": strict, "batch_linger_ms": 300.0,
+                                    "kafka_transactions": transactions,
+                                    "namespace": settings.namespace + f"rt{uuid.uuid4().hex[:6]}."})
+    await ensure_topics(s)
+    admin = AIOKafkaAdminClient(bootstrap_servers=strict)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(s.topic(t), 1, 1) for t in ("gw.ok", "gw.denied", "gw.hidden")])
+    finally:
+        await admin.close()
+    # gw.denied: the platform may see it (Describe) but not write it; gw.hidden: not even see it.
+    await strict_broker.acl(strict, s.topic("gw.denied"), strict_broker.OPERATION_DESCRIBE, strict_broker.ALLOW)
+    await strict_broker.acl(strict, s.topic("gw.hidden"), strict_broker.OPERATION_ALL, strict_broker.DENY)
+
+    async def answer_each(records: list[Incoming]) -> list[Outgoing]:
+        out = []
+        for r in records:
+            request = orjson.loads(r.value)
+            out.append(reply(s, request["reply_to"], {"msgid": request["msgid"], "infno": "2207", "err_code": None},
+                             facility="H1", request_ts_ms=r.timestamp_ms))
+        return out
+
+    # A refusal is remembered for 3 s here (60 s in service), so the test sees it forgotten.
+    monkeypatch.setattr(reply_topics, "REMEMBERED_SECONDS", 3.0)
+    name = f"reply-topics-{transactions}"
+    stage = TransactionalStage(name, "test", s, [SETTLEMENT_REQUESTS], name, answer_each)
+    producer = AIOKafkaProducer(bootstrap_servers=strict, acks="all")
+    await producer.start()
+    before = {reason: _refused(name, reason) for reason in ("unknown", "unauthorized")}
+    try:
+        asked = {"M1": "gw.ok", "M2": "gw.missing", "M3": "gw.denied", "M4": "gw.hidden", "M5": "gw.ok"}
+        for msgid, reply_to in asked.items():  # one key: one partition, read in one batch
+            await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), orjson.dumps(
+                {"msgid": msgid, "reply_to": reply_to}), key=b"one-person")
+        started = time.monotonic()
+        await stage.start()
+        assert stage.transaction_version == (1 if transactions == "v1" else 2)
+        shared = await _read(s, SETTLEMENT_RESULTS, 3)
+        # Without the look-up, the missing topic alone held the batch for the producer's request
+        # timeout (40 s) on every try.
+        assert time.monotonic() - started < 20
+        asked_ok = await _read(s, "gw.ok", 2)
+        assert sorted(orjson.loads(r.value)["msgid"] for r in asked_ok) == ["M1", "M5"]
+        assert not any(k == reply_topics.HEADER for r in asked_ok for k, _ in r.headers)
+        why = {orjson.loads(r.value)["msgid"]: dict(r.headers)[reply_topics.HEADER].decode() for r in shared}
+        assert sorted(why) == ["M2", "M3", "M4"]
+        assert why["M2"] == f"{s.topic('gw.missing')}: the topic does not exist, and the broker does not create topics"
+        assert why["M3"] == f"{s.topic('gw.denied')}: the broker does not let the platform write to it"
+        assert why["M4"] == f"{s.topic('gw.hidden')}: the broker does not let the platform write to it"
+        assert all(r.key == b"H1" for r in shared)
+        assert stage.failure is None and not stage.task.done()
+        assert _refused(name, "unknown") - before["unknown"] == 1
+        assert _refused(name, "unauthorized") - before["unauthorized"] == 2
+
+        # The refusal is remembered for a while, then the broker is asked again: a topic created
+        # meanwhile gets its answers.
+        admin = AIOKafkaAdminClient(bootstrap_servers=strict)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(s.topic("gw.missing"), 1, 1)])
+        finally:
+            await admin.close()
+        await until(lambda: stage._reply_topics.refusal(s.topic("gw.missing")) is None, timeout=5)
+        await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), orjson.dumps(
+            {"msgid": "M6", "reply_to": "gw.missing"}), key=b"one-person")
+        late = await _read(s, "gw.missing", 1)
+        assert [orjson.loads(r.value)["msgid"] for r in late] == ["M6"]
+        assert len(await _read(s, SETTLEMENT_RESULTS, 3)) == 3  # nothing more on the shared topic
+    finally:
+        await producer.stop()
+        await stage.stop()
+        await asyncio.sleep(0)
+
+
+async def test_filing_and_clearing_answer_on_their_shared_topics_when_the_reply_to_is_refused(settings, strict,
+                                                                                               tmp_path):
+    """The services as processes on the strict broker: a filing accepted (answered by eligibility once
+    applied), a filing refused by filing itself, a filing request that does not validate (refused by
+    its reqid), and a clearing query, each asking for its answer on a topic nobody created, are
+    answered on filing.results and clearing.results."""
+    s = settings.model_copy(update={"kafka_bootstrap": strict,
+                                    "namespace": settings.namespace + f"rs{uuid.uuid4().hex[:6]}."})
+    await ensure_topics(s)
+    system = System(s, tmp_path)
+    for service in ("filing", "eligibility", "clearing"):
+        system.start(service)
+    producer = AIOKafkaProducer(bootstrap_servers=strict, acks="all")
+    await producer.start()
+    try:
+        await system.wait_ready("filing", "eligibility", "clearing")
+        tag = uuid.uuid4().hex[:8]
+        sent = {
+            FILING_REQUESTS: [{"action": "add", "reqid": f"F0-{tag}", "psn_no": f"P{tag}", "insutype": "310",
+                               "insuplc_admdvs": "110000", "filed_admdvs": "310000", "category": "retiree_resettled",
+                               "begndate": "2020-01-01", "decl_source": "import", "reply_to": "gw.nobody"},
+                              {"action": "history", "reqid": f"F1-{tag}", "filing_id": "F-nobody", "psn_no": "P1",
+                               "reply_to": "gw.nobody"},
+                              {"action": "history", "reqid": f"F2-{tag}", "reply_to": "gw.nobody"}],  # no psn_no
+            CLEARING_REQUESTS: [{"type": "query_prepayment", "reqid": f"C1-{tag}", "insuplc_admdvs": "110000",
+                                 "mdtrtarea_admvs": "310000", "reply_to": "gw.nobody"}],
+        }
+        for topic, requests in sent.items():
+            for request in requests:
+                await producer.send_and_wait(s.topic(topic), orjson.dumps(request), key=request["reqid"].encode())
+        filed = await _read(s, FILING_RESULTS, 3, seconds=30)
+        cleared = await _read(s, CLEARING_RESULTS, 1, seconds=30)
+        expected = f"{s.topic('gw.nobody')}: the topic does not exist, and the broker does not create topics".encode()
+        assert sorted(orjson.loads(r.value)["reqid"] for r in filed) == [f"F0-{tag}", f"F1-{tag}", f"F2-{tag}"]
+        assert [orjson.loads(r.value)["accepted"] for r in filed if orjson.loads(r.value)["reqid"] == f"F0-{tag}"] == [True]
+        assert [orjson.loads(r.value)["reqid"] for r in cleared] == [f"C1-{tag}"]
+        assert all(dict(r.headers)[reply_topics.HEADER] == expected for r in filed + cleared)
+        assert system.metric("filing", "yidi_reply_topic_refused_total", stage="filing", reason="unknown") == 2
+        assert system.metric("eligibility", "yidi_reply_topic_refused_total", stage="eligibility-filings",
+                             reason="unknown") == 1
+        assert system.metric("clearing", "yidi_reply_topic_refused_total", stage="clearing-admin",
+                             reason="unknown") == 1
+    finally:
+        await producer.stop()
+        system.stop_all()
