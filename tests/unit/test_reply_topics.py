@@ -92,11 +92,16 @@ async def test_a_refusal_is_forgotten_after_a_while():
 
 def test_a_write_the_broker_refuses_names_its_topics():
     topics = reply_topics.ReplyTopics("s", clock=Clock())
+    out = [Outgoing(t, b"", fallback="t1.settlement.results") for t in ("t1.a", "t1.b", "t1.c")]
+    out.append(Outgoing("t1.settlement.eligible", b""))
     # v1: the commit fails with the topics AddPartitionsToTxn was refused (a set).
-    assert topics.learn(TopicAuthorizationFailedError({"t1.a", "t1.b"}))
+    assert topics.learn(TopicAuthorizationFailedError({"t1.a", "t1.b"}), out)
     # v2: the refused record batch's error, carried by the abortable transaction.
-    assert topics.learn(TransactionAbortable("abort", TopicAuthorizationFailedError("t1.c")))
+    assert topics.learn(TransactionAbortable("abort", TopicAuthorizationFailedError("t1.c")), out)
     assert {t: topics.refusal(t) for t in ("t1.a", "t1.b", "t1.c")} == dict.fromkeys(("t1.a", "t1.b", "t1.c"),
                                                                                      "unauthorized")
-    assert not topics.learn(KafkaTimeoutError())
-    assert not topics.learn(TransactionAbortable("abort"))
+    assert not topics.learn(KafkaTimeoutError(), out)
+    assert not topics.learn(TransactionAbortable("abort"), out)
+    # A platform topic the broker refuses is no answer's: nothing moves, the failure stays a failure.
+    assert not topics.learn(TopicAuthorizationFailedError("t1.settlement.eligible"), out)
+    assert topics.refusal("t1.settlement.eligible") is None

@@ -597,7 +597,7 @@ class TransactionalStage:
             # when the stage is cancelled goes on.
             await _abort_if_open(producer)
             assert self._reply_topics is not None
-            if self._reply_topics.learn(exc):
+            if self._reply_topics.learn(exc, outgoing):
                 # A reply topic the broker would not let us write: the retry publishes its answers
                 # on their shared answer topic (yidi.platform.reply_topics).
                 raise ReplyTopicRefused(f"the broker refused a reply topic ({exc!r}); its answers go to the shared "

@@ -85,15 +85,19 @@ class ReplyTopics:
                         REMEMBERED_SECONDS, _EXPLAINED.get(reason, reason))
         self._refused[topic] = (self._clock() + REMEMBERED_SECONDS, reason)
 
-    def learn(self, exc: BaseException) -> bool:
-        """Remember the topics a failed transaction names as refused (the broker refused writes to a
-        topic its metadata shows); True when ``exc`` named one."""
+    def learn(self, exc: BaseException, outgoing: list[Outgoing]) -> bool:
+        """Remember the answer topics of ``outgoing`` that a failed transaction names as refused (the
+        broker refused writes to a topic its metadata shows); True when ``exc`` named one. A platform
+        topic refused is not an answer topic: that failure stays what it is (retried, and alerted)."""
         found: BaseException | None = exc
-        while found is not None and not isinstance(found, TopicAuthorizationFailedError):
+        for _ in range(10):  # the error, or the refused batch's error it carries (txnv2), or its cause
+            if found is None or isinstance(found, TopicAuthorizationFailedError):
+                break
             found = getattr(found, "refused", None) or found.__cause__
-        if found is None:
+        if not isinstance(found, TopicAuthorizationFailedError):
             return False
-        topics = _named_topics(found.args)
+        answer_topics = {o.topic for o in outgoing if o.fallback and o.topic != o.fallback}
+        topics = [t for t in _named_topics(found.args) if t in answer_topics]
         for topic in topics:
             self.refuse(topic, "unauthorized")
         return bool(topics)
