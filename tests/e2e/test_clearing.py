@@ -222,6 +222,35 @@ async def test_reconciliation_of_a_facilitys_day_matches_or_lists_the_difference
     assert problems == {infos[1]["setl_id"]: "missing_at_facility", "S20250808NOTONPLATFORM0": "missing_on_platform"}
 
 
+async def test_reconciliation_of_totals_by_insurance_type(world, gateway):
+    """A 3201 naming an insurance type counts that type's settlements only; without one, all of them."""
+    await world.load(policies=[world.policy("390")])
+    employee, resident = await world.person(), await world.person(insutype="390")
+    day = "2025-08-12"
+    settled = [await gateway.call(world.request(psn, [("T-A", "1", amount)], insutype=insutype, when=f"{day} 09:00:00"))
+               for psn, insutype, amount in ((employee, "310", "500.00"), (employee, "310", "800.00"),
+                                             (resident, "390", "600.00"))]
+    infos = [a["output"]["setlinfo"] for a in settled]
+    assert [i["insutype"] for i in infos] == ["310", "310", "390"]
+
+    def totals(of: list[dict], **extra: str) -> dict:
+        return {"stmt_begndate": day, "stmt_enddate": day, "fixmedins_setl_cnt": len(of),
+                "medfee_sumamt": str(sum(Decimal(i["medfee_sumamt"]) for i in of)),
+                "fund_pay_sumamt": str(sum(Decimal(i["fund_pay_sumamt"]) for i in of)), "acct_pay": "0.00"} | extra
+
+    base = world.request(employee, [("T-A", "1", "1.00")])
+    for of, insutype in ((infos[:2], "310"), (infos[2:], "390"), (infos, ""), (infos, None)):
+        data = totals(of) if insutype is None else totals(of, insutype=insutype)
+        answer = await gateway.call(fresh(base) | {"infno": "3201", "input": {"data": data}})
+        assert answer["output"]["stmt_rslt"] == "0", (insutype, answer["output"])
+    mixed = await gateway.call(fresh(base) | {"infno": "3201", "input": {"data": totals(infos, insutype="310")}})
+    assert mixed["output"]["stmt_rslt_dscr"] == ("totals (insutype 310) differ: fixmedins_setl_cnt, medfee_sumamt, "
+                                                 "fund_pay_sumamt")
+    assert mixed["output"]["platform"]["fixmedins_setl_cnt"] == 2
+    unknown = await gateway.call(fresh(base) | {"infno": "3201", "input": {"data": totals(infos, insutype="999")}})
+    assert unknown["err_code"] == "INVALID_INPUT" and unknown["err_msg"].startswith("input.data.insutype: ")
+
+
 async def _read(settings, topic: str) -> list[dict]:
     import json
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, field_validator
+from pydantic import Field, TypeAdapter, WithJsonSchema, field_validator
 
 from yidi.contracts.common import Amount, AreaCode, Code, Ratio, StrictWireModel, WireModel
 from yidi.contracts.envelope import RequestEnvelope, gateway_reply_topic
+from yidi.domain.codes import InsuranceType
 
 Month = Annotated[str, Field(pattern=r"^\d{4}(0[1-9]|1[0-2])$")]
 
@@ -148,7 +149,14 @@ class ReconcileTotalsInput(WireModel):
     fund_pay_sumamt: Amount
     acct_pay: Amount
     fixmedins_setl_cnt: int = Field(ge=0)
-    insutype: str = ""
+    insutype: Annotated[InsuranceType | None, WithJsonSchema({
+        "anyOf": [{"type": "string", "enum": [t.value for t in InsuranceType]}, {"const": ""}, {"type": "null"}],
+    })] = Field(default=None, description="the insurance type the totals are for; absent or empty: all types together")
+
+    @field_validator("insutype", mode="before")
+    @classmethod
+    def _empty_is_all(cls, value: Any) -> Any:
+        return None if value == "" else value
 
 
 class ReconcileDetail(WireModel):
