@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.protocol.metadata import MetadataRequest
 
 from yidi.platform import metrics, reply_topics
 from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
@@ -72,6 +73,22 @@ def _refused(stage: str, reason: str) -> float:
     return metrics.REPLY_TOPIC_REFUSED.labels(stage, reason)._value.get()
 
 
+async def _create(bootstrap: str, topics: list[str]) -> None:
+    """Create ``topics`` and wait until the broker's metadata shows them (it may lag a moment)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, 1, 1) for t in topics])
+
+        async def shown() -> bool:
+            answer = await admin._client.send(admin._client.get_random_node(), MetadataRequest(topics))
+            return all(code == 0 for code, *_ in answer.topics)
+
+        await until(shown, timeout=10, poll=0.1)
+    finally:
+        await admin.close()
+
+
 @pytest.mark.parametrize("transactions", ["v1", "auto"])
 async def test_answers_to_a_reply_topic_the_broker_refuses_go_to_the_shared_topic(settings, strict, transactions,
                                                                                     monkeypatch):
@@ -79,36 +96,46 @@ async def test_answers_to_a_reply_topic_the_broker_refuses_go_to_the_shared_topi
                                     "kafka_transactions": transactions,
                                     "namespace": settings.namespace + f"rt{uuid.uuid4().hex[:6]}."})
     await ensure_topics(s)
-    admin = AIOKafkaAdminClient(bootstrap_servers=strict)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(s.topic(t), 1, 1) for t in ("gw.ok", "gw.denied", "gw.hidden")])
-    finally:
-        await admin.close()
-    # gw.denied: the platform may see it (Describe) but not write it; gw.hidden: not even see it.
-    await strict_broker.acl(strict, s.topic("gw.denied"), strict_broker.OPERATION_DESCRIBE, strict_broker.ALLOW)
+    await _create(strict, [s.topic(t) for t in ("gw.ok", "gw.denied", "gw.hidden", "gw.later-denied",
+                                                "gw.new-denied", "side.one", "side.two")])
+    # gw.denied (and the two others named so): the platform may see it (Describe) but not write it;
+    # gw.hidden: not even see it.
+    for denied in ("gw.denied", "gw.later-denied", "gw.new-denied"):
+        await strict_broker.acl(strict, s.topic(denied), strict_broker.OPERATION_DESCRIBE, strict_broker.ALLOW)
     await strict_broker.acl(strict, s.topic("gw.hidden"), strict_broker.OPERATION_ALL, strict_broker.DENY)
 
     async def answer_each(records: list[Incoming]) -> list[Outgoing]:
+        """An answer to each request; a request "to" side.* is an output of the platform's own, to a
+        topic the stage's producer has not written before (its send waits for the metadata)."""
         out = []
         for r in records:
             request = orjson.loads(r.value)
+            if request["reply_to"].startswith("side."):
+                out.append(Outgoing(s.topic(request["reply_to"]), r.value, key=b"side"))
+                continue
             out.append(reply(s, request["reply_to"], {"msgid": request["msgid"], "infno": "2207", "err_code": None},
                              facility="H1", request_ts_ms=r.timestamp_ms))
         return out
 
-    # A refusal is remembered for 3 s here (60 s in service), so the test sees it forgotten.
-    monkeypatch.setattr(reply_topics, "REMEMBERED_SECONDS", 3.0)
+    # A refusal is remembered for 4 s here (60 s in service), so the test sees it forgotten.
+    monkeypatch.setattr(reply_topics, "REMEMBERED_SECONDS", 4.0)
     name = f"reply-topics-{transactions}"
     stage = TransactionalStage(name, "test", s, [SETTLEMENT_REQUESTS], name, answer_each)
-    producer = AIOKafkaProducer(bootstrap_servers=strict, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=strict, acks="all", linger_ms=50)
     await producer.start()
+
+    async def ask(asked: dict[str, str]) -> None:
+        """One request per msgid, one key: one partition, read by the stage in one batch."""
+        sent = [await producer.send(s.topic(SETTLEMENT_REQUESTS), orjson.dumps({"msgid": m, "reply_to": t}),
+                                    key=b"one-person") for m, t in asked.items()]
+        await asyncio.gather(*sent)
+
+    def msgids(records: list) -> list[str]:
+        return sorted(orjson.loads(r.value)["msgid"] for r in records)
+
     before = {reason: _refused(name, reason) for reason in ("unknown", "unauthorized")}
     try:
-        asked = {"M1": "gw.ok", "M2": "gw.missing", "M3": "gw.denied", "M4": "gw.hidden", "M5": "gw.ok"}
-        for msgid, reply_to in asked.items():  # one key: one partition, read in one batch
-            await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), orjson.dumps(
-                {"msgid": msgid, "reply_to": reply_to}), key=b"one-person")
+        await ask({"M1": "gw.ok", "M2": "gw.missing", "M3": "gw.denied", "M4": "gw.hidden", "M5": "gw.ok"})
         started = time.monotonic()
         await stage.start()
         assert stage.transaction_version == (1 if transactions == "v1" else 2)
@@ -117,7 +144,7 @@ async def test_answers_to_a_reply_topic_the_broker_refuses_go_to_the_shared_topi
         # timeout (40 s) on every try.
         assert time.monotonic() - started < 20
         asked_ok = await _read(s, "gw.ok", 2)
-        assert sorted(orjson.loads(r.value)["msgid"] for r in asked_ok) == ["M1", "M5"]
+        assert msgids(asked_ok) == ["M1", "M5"]
         assert not any(k == reply_topics.HEADER for r in asked_ok for k, _ in r.headers)
         why = {orjson.loads(r.value)["msgid"]: dict(r.headers)[reply_topics.HEADER].decode() for r in shared}
         assert sorted(why) == ["M2", "M3", "M4"]
@@ -129,20 +156,34 @@ async def test_answers_to_a_reply_topic_the_broker_refuses_go_to_the_shared_topi
         assert _refused(name, "unknown") - before["unknown"] == 1
         assert _refused(name, "unauthorized") - before["unauthorized"] == 2
 
+        # gw.ok's partition joins the transaction first (the side output's send waits for metadata
+        # meanwhile), the refused one after it. The abort must end that transaction at the
+        # coordinator, or the retry joins it and commits the first try's M7 and S1 as well (aiokafka
+        # under v1 forgot the partitions it had added, so its abort sent no EndTxn).
+        await ask({"M7": "gw.ok", "S1": "side.one", "M8": "gw.later-denied"})
+        assert msgids(await _read(s, SETTLEMENT_RESULTS, 4)) == ["M2", "M3", "M4", "M8"]
+        assert msgids(await _read(s, "gw.ok", 3)) == ["M1", "M5", "M7"]
+        assert msgids(await _read(s, "side.one", 1)) == ["S1"]
+        # The refusal arrives while a later output still waits for its topic's metadata: that send
+        # is told only "not in transaction" (IllegalOperation), which stopped the stage under v1.
+        await ask({"M9": "gw.new-denied", "S2": "side.two", "M10": "gw.ok"})
+        assert msgids(await _read(s, SETTLEMENT_RESULTS, 5)) == ["M2", "M3", "M4", "M8", "M9"]
+        assert msgids(await _read(s, "gw.ok", 4)) == ["M1", "M10", "M5", "M7"]
+        assert msgids(await _read(s, "side.two", 1)) == ["S2"]
+        assert stage.failure is None and not stage.task.done()
+        # Each refused write cost one retry of its batch, and nothing else did (an abort that left
+        # records behind showed up as OutOfOrderSequenceNumber on the next try, TransactionAbortable).
+        retried = {sample.labels["reason"]: sample.value for sample in metrics.STAGE_RETRIES.collect()[0].samples
+                   if sample.name.endswith("_total") and sample.labels["stage"] == name}
+        assert retried == {"ReplyTopicRefused": 3.0}
+
         # The refusal is remembered for a while, then the broker is asked again: a topic created
         # meanwhile gets its answers.
-        admin = AIOKafkaAdminClient(bootstrap_servers=strict)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(s.topic("gw.missing"), 1, 1)])
-        finally:
-            await admin.close()
-        await until(lambda: stage._reply_topics.refusal(s.topic("gw.missing")) is None, timeout=5)
-        await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), orjson.dumps(
-            {"msgid": "M6", "reply_to": "gw.missing"}), key=b"one-person")
-        late = await _read(s, "gw.missing", 1)
-        assert [orjson.loads(r.value)["msgid"] for r in late] == ["M6"]
-        assert len(await _read(s, SETTLEMENT_RESULTS, 3)) == 3  # nothing more on the shared topic
+        await _create(strict, [s.topic("gw.missing")])
+        await until(lambda: stage._reply_topics.refusal(s.topic("gw.missing")) is None, timeout=10)
+        await ask({"M6": "gw.missing"})
+        assert msgids(await _read(s, "gw.missing", 1)) == ["M6"]
+        assert len(await _read(s, SETTLEMENT_RESULTS, 5)) == 5  # nothing more on the shared topic
     finally:
         await producer.stop()
         await stage.stop()

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
+
+import pytest
 
 from aiokafka.errors import KafkaTimeoutError, TopicAuthorizationFailedError
 
@@ -25,12 +28,16 @@ class Clock:
 
 
 class Client:
-    """The producer's client as ``route`` uses it: its metadata, and the brokers' answers to a look-up."""
+    """The producer's client as ``route`` uses it: its metadata, the brokers' answers to a look-up
+    (``errors``: a topic's error codes, one per look-up, the last one repeated), and the wait for a
+    topic's partitions (``never``: topics whose partitions never come)."""
 
-    def __init__(self, known: set[str], errors: dict[str, int]) -> None:
+    def __init__(self, known: set[str], errors: dict[str, int | list[int]], never: frozenset[str] = frozenset()) -> None:
         self.cluster = SimpleNamespace(partitions_for_topic=lambda t: {0} if t in known else None)
-        self.errors = errors
+        self.errors = {t: e if isinstance(e, list) else [e] for t, e in errors.items()}
+        self.never = never
         self.looked_up: list[str] = []
+        self.waited: list[str] = []
 
     def get_random_node(self) -> int:
         return 1
@@ -38,7 +45,21 @@ class Client:
     async def send(self, node: int, request) -> SimpleNamespace:
         topic = request._topics[0]
         self.looked_up.append(topic)
-        return SimpleNamespace(topics=[(self.errors.get(topic, 0), topic, False, [])])
+        codes = self.errors.get(topic, [0])
+        code = codes.pop(0) if len(codes) > 1 else codes[0]
+        return SimpleNamespace(topics=[(code, topic, False, [])])
+
+    async def _wait_on_metadata(self, topic: str) -> set[int]:
+        self.waited.append(topic)
+        if topic in self.never:
+            await asyncio.sleep(3600)
+        return {0}
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch):
+    monkeypatch.setattr(reply_topics, "LOOK_AGAIN_SECONDS", 0.0)
+    monkeypatch.setattr(reply_topics, "PARTITIONS_WAIT_SECONDS", 0.05)
 
 
 def test_only_answers_on_a_gateways_own_topic_have_a_fallback():
@@ -66,7 +87,9 @@ async def test_a_refused_topic_moves_its_answers_and_only_those():
     assert [(o.topic, o.value, o.refused) for o in routed] == [
         ("t1.ok", b"1", None), ("t1.settlement.results", b"2", "unknown"), ("t1.settlement.results", b"3", "unauthorized"),
         ("t1.new", b"4", None), ("t1.settlement.eligible", b"5", None)]
-    assert sorted(client.looked_up) == ["t1.gone", "t1.hidden", "t1.new"]  # known topics cost nothing
+    # Known topics cost nothing; a refusal is looked at three times before it counts.
+    assert sorted(client.looked_up) == ["t1.gone"] * 3 + ["t1.hidden"] * 3 + ["t1.new"]
+    assert client.waited == ["t1.new"]  # its partitions, before the producer sends to it
     moved = routed[1]
     assert moved.key == b"H1" and moved.fallback is None
     assert moved.headers == (("h", b"v"), (reply_topics.HEADER,
@@ -90,6 +113,18 @@ async def test_a_refusal_is_forgotten_after_a_while():
     assert routed[0].topic == "t1.gw" and client.looked_up == ["t1.gw"]
 
 
+async def test_a_topic_unknown_for_a_moment_or_never_ready():
+    # A broker whose metadata lags calls a topic just created unknown, then knows it: not refused.
+    client = Client(known=set(), errors={"t1.just-made": [reply_topics.UNKNOWN_TOPIC, 0]},
+                    never=frozenset({"t1.stuck"}))
+    topics = reply_topics.ReplyTopics("s", clock=Clock())
+    out = [Outgoing("t1.just-made", b"1", fallback="t1.settlement.results"),
+           Outgoing("t1.stuck", b"2", fallback="t1.settlement.results")]  # no error, no partitions either
+    routed = await topics.route(client, out)
+    assert [(o.topic, o.refused) for o in routed] == [("t1.just-made", None), ("t1.settlement.results", "unavailable")]
+    assert dict(routed[1].headers)[reply_topics.HEADER] == b"t1.stuck: the broker gave the topic no partitions within 0.05 s"
+
+
 def test_a_write_the_broker_refuses_names_its_topics():
     topics = reply_topics.ReplyTopics("s", clock=Clock())
     out = [Outgoing(t, b"", fallback="t1.settlement.results") for t in ("t1.a", "t1.b", "t1.c")]
@@ -105,3 +140,50 @@ def test_a_write_the_broker_refuses_names_its_topics():
     # A platform topic the broker refuses is no answer's: nothing moves, the failure stays a failure.
     assert not topics.learn(TopicAuthorizationFailedError("t1.settlement.eligible"), out)
     assert topics.refusal("t1.settlement.eligible") is None
+
+
+async def test_a_send_told_only_not_in_transaction_is_retried_with_the_transactions_error():
+    """The broker refused to add a reply topic's partition while a later output waited for its
+    topic's metadata: that send raises IllegalOperation ("not in transaction"). The stage takes the
+    transaction's own error, learns the refused topic, and retries; before, it stopped."""
+    from aiokafka.errors import IllegalOperation
+    from aiokafka.producer.transaction_manager import TransactionState
+
+    from yidi.platform.kafka import TransactionalStage
+
+    refused = TopicAuthorizationFailedError({"t1.denied"})
+
+    class Manager:
+        state = TransactionState.ABORTABLE_ERROR
+
+        def __init__(self) -> None:
+            self._transaction_waiter = asyncio.get_running_loop().create_future()
+            self._transaction_waiter.set_exception(refused)
+
+        def is_fatal_error(self) -> bool:
+            return False
+
+    class Producer:
+        def __init__(self) -> None:
+            self._txn_manager = Manager()
+            self.aborted = False
+
+        async def send(self, topic, value, key=None, headers=None):
+            raise IllegalOperation("Can't send messages while not in transaction")
+
+        async def abort_transaction(self) -> None:
+            self.aborted = True
+            self._txn_manager.state = TransactionState.READY
+
+    stage = TransactionalStage("t", "test", S, ["in"], "g", None)
+    producer = Producer()
+    out = [Outgoing("t1.denied", b"1", fallback="t1.settlement.results"), Outgoing("t1.ok", b"2", fallback="x")]
+    with pytest.raises(reply_topics.ReplyTopicRefused):
+        await stage._commit(producer, out, {}, "g", None)
+    assert producer.aborted
+    assert stage._reply_topics.refusal("t1.denied") == "unauthorized"
+    # Not in an abortable error: the IllegalOperation is what it is (a bug), as before.
+    producer = Producer()
+    producer._txn_manager.state = TransactionState.IN_TRANSACTION
+    with pytest.raises(IllegalOperation):
+        await stage._commit(producer, out, {}, "g", None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from types import SimpleNamespace
 
 from aiokafka.producer.transaction_manager import TransactionState
 from aiokafka.protocol.types import CompactArray, Int16, Int32, TaggedFields, UnsignedVarInt32
@@ -81,5 +82,38 @@ def test_under_v2_a_partition_and_the_group_are_in_the_transaction_as_soon_as_us
         m.new_epoch(7, 4)
         assert (m.producer_id, m.producer_epoch) == (7, 4)
         assert m.sequence_number(TopicPartition("a", 0)) == 0
+
+    asyncio.run(run())
+
+
+def test_under_v1_a_refused_partition_leaves_the_added_ones_in_the_transaction_to_abort():
+    """AddPartitionsToTxn refused for one topic (authorization) after another partition was added:
+    the abort must end the transaction at the coordinator (EndTxn), or the next transaction joins it
+    and commits the first one's records too. aiokafka's manager forgets the added partitions, so its
+    abort looks empty and sends nothing."""
+    async def run() -> None:
+        from aiokafka import TopicPartition
+        from aiokafka.errors import TopicAuthorizationFailedError
+        from aiokafka.producer.transaction_manager import TransactionManager
+
+        refused = TopicAuthorizationFailedError({"denied"})
+        loop = asyncio.get_running_loop()
+        for cls, ends_it in ((txnv2.TransactionManagerV1, True), (TransactionManager, False)):
+            m = cls("t", 60000)
+            waiting = SimpleNamespace(future=loop.create_future(), _drain_waiter=loop.create_future())
+            waiting.failure = lambda exc, b=waiting: (b.future.set_exception(exc), b._drain_waiter.set_exception(exc))
+            m.yidi_accumulator = SimpleNamespace(_batches={TopicPartition("denied", 0): [waiting]})
+            m.set_pid_and_epoch(1, 0)
+            m.begin_transaction()
+            m.maybe_add_partition_to_txn(TopicPartition("ok", 0))
+            m.partition_added(TopicPartition("ok", 0))  # its AddPartitionsToTxn went through
+            m.maybe_add_partition_to_txn(TopicPartition("denied", 0))
+            m.error_transaction(refused)
+            assert m.state is TransactionState.ABORTABLE_ERROR
+            assert m.wait_for_transaction_end().exception() is refused
+            assert not m.partitions_to_add()  # the refused partition is in no transaction
+            assert (not m.is_empty_transaction()) is ends_it, cls  # so the abort sends EndTxn (or not)
+            # The refused partition's records, never sent, are failed and dropped (not sent by the abort).
+            assert (waiting.future.done(), bool(m.yidi_accumulator._batches)) == (ends_it, not ends_it), cls
 
     asyncio.run(run())

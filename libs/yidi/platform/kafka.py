@@ -20,7 +20,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced, RecordListTooLargeError
+from aiokafka.errors import (
+    IllegalOperation,
+    KafkaError,
+    MessageSizeTooLargeError,
+    ProducerFenced,
+    RecordListTooLargeError,
+)
 from aiokafka.producer import sender as _aiokafka_sender
 from aiokafka.producer.transaction_manager import TransactionState
 
@@ -356,7 +362,7 @@ class TransactionalStage:
     async def _handle_until_committed(self, records: list[Incoming], handler: Handler | None = None) -> bool:
         """Handle ``records`` and commit their outputs and offsets; False when the batch was dropped
         instead (the group moved on: the partitions' owner reads the records again)."""
-        delay, races = 0.1, 0
+        delay, races, moved = 0.1, 0, False
         handler = handler or self.handler
         while True:
             started = time.perf_counter()
@@ -403,6 +409,11 @@ class TransactionalStage:
                 races = 0
                 reason = type(exc).__name__
                 metrics.STAGE_RETRIES.labels(self.name, reason).inc()
+                if isinstance(exc, ReplyTopicRefused) and not moved:
+                    # Nothing to wait for: the retry moves the refused answers (yidi.platform.reply_topics).
+                    moved = True
+                    log.warning("stage %s: %s, batch of %d retried", self.name, exc, len(records))
+                    continue
                 log.warning("stage %s: %s, batch of %d retried in %.1fs", self.name, exc, len(records), delay)
                 await asyncio.sleep(delay)
                 delay = min(self.max_backoff, delay * 2)
@@ -592,16 +603,22 @@ class TransactionalStage:
             txn_manager = producer._txn_manager
             if txn_manager.is_fatal_error() and isinstance(exc, Exception):
                 raise self._fatal(exc) from exc
+            # A send (or the offsets) after the transaction turned abortable meanwhile (the broker
+            # refused to add a partition while later records waited for their topic's metadata) is
+            # told only "not in transaction": the error that made it abortable is the transaction's.
+            cause = _abortable_cause(producer) if isinstance(exc, IllegalOperation) else None
             # Not committed (or refused at commit: a refused record batch, yidi.platform.txnv2): end
             # the transaction, so that the batch is tried again in a new one. A commit under way
             # when the stage is cancelled goes on.
             await _abort_if_open(producer)
             assert self._reply_topics is not None
-            if self._reply_topics.learn(exc, outgoing):
+            if self._reply_topics.learn(cause or exc, outgoing):
                 # A reply topic the broker would not let us write: the retry publishes its answers
                 # on their shared answer topic (yidi.platform.reply_topics).
-                raise ReplyTopicRefused(f"the broker refused a reply topic ({exc!r}); its answers go to the shared "
-                                        "answer topic") from exc
+                raise ReplyTopicRefused(f"the broker refused a reply topic ({cause or exc!r}); its answers go to "
+                                        "the shared answer topic") from exc
+            if cause is not None:
+                raise TransientError(f"the transaction could only be aborted: {cause!r}") from cause
             refused = getattr(exc, "refused", None)
             if isinstance(refused, PERMANENT_REFUSALS):
                 # Every retry would be refused the same way: the record whose output it is is refused.
@@ -615,6 +632,15 @@ class TransactionalStage:
         if isinstance(exc, ProducerFenced):
             return exc
         return FatalError(f"stage {self.name}: the Kafka producer failed for good: {exc!r}")
+
+
+def _abortable_cause(producer: AIOKafkaProducer) -> BaseException | None:
+    """The error that put the producer's open transaction in an abortable error, if it is in one."""
+    txn_manager = producer._txn_manager
+    if txn_manager.state != TransactionState.ABORTABLE_ERROR:
+        return None
+    waiter = txn_manager._transaction_waiter
+    return waiter.exception() if waiter.done() and not waiter.cancelled() else None
 
 
 async def _abort_if_open(producer: AIOKafkaProducer) -> None:

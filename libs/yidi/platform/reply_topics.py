@@ -7,25 +7,28 @@ usual production setting) a name nobody created does not exist, and with ACLs th
 principal may not be allowed to write it. A stage that kept such an answer in its batch would
 retry the batch forever (a missing topic costs the producer's whole request timeout per try),
 holding its partitions for every facility on them. So before a batch's transaction publishes, each
-answer's topic that the producer's metadata does not know is looked up once; a topic the broker
-refuses (it does not exist, may not be written, is not a valid name) is remembered for
-``REMEMBERED_SECONDS``, and the answers to it are published on the shared answer topic of their
-kind of request instead (``Outgoing.fallback``: ``settlement.results``, ``filing.results``,
-``clearing.results``), with the header ``yidi-reply-to-refused`` naming the topic and the reason.
-A topic the metadata shows but whose writes the broker refuses (ACLs that allow Describe but not
-Write) fails the transaction: the stage learns the topic from the error, and the batch's retry
-takes the shared topic. Every request is still answered once, and the ledger is unchanged.
+answer's topic that the producer's metadata does not know is looked up (``settle``); a topic the
+broker refuses (it does not exist, may not be written, is not a valid name, or shows no partitions
+within ``PARTITIONS_WAIT_SECONDS``) is remembered for ``REMEMBERED_SECONDS``, and the answers to it
+are published on the shared answer topic of their kind of request instead (``Outgoing.fallback``:
+``settlement.results``, ``filing.results``, ``clearing.results``), with the header
+``yidi-reply-to-refused`` naming the topic and the reason. A topic the metadata shows but whose
+writes the broker refuses (ACLs that allow Describe but not Write) fails the transaction: the stage
+learns the topic from the error, aborts (ending the transaction at the coordinator, under v1 too:
+``txnv2.TransactionManagerV1``), and the batch's retry takes the shared topic. Every request is
+still answered once, and the ledger is unchanged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from aiokafka.errors import KafkaError, TopicAuthorizationFailedError
+from aiokafka.errors import KafkaError, TopicAuthorizationFailedError, UnknownTopicOrPartitionError
 from aiokafka.protocol.metadata import MetadataRequest
 
 from yidi.platform.errors import TransientError
@@ -46,6 +49,10 @@ HEADER = "yidi-reply-to-refused"
 # (the topic may have been created, or the platform granted Write, meanwhile).
 REMEMBERED_SECONDS = 60.0
 
+# How sure a refusal must be, and how long a topic that is neither refused nor ready is waited for.
+LOOKS, LOOK_AGAIN_SECONDS = 3, 0.5
+PARTITIONS_WAIT_SECONDS = 5.0
+
 # Metadata errors that no retry of the batch changes, by Kafka error code.
 UNKNOWN_TOPIC, INVALID_TOPIC, TOPIC_AUTHORIZATION_FAILED = 3, 17, 29
 _REASONS = {
@@ -57,7 +64,12 @@ _EXPLAINED = {
     "unknown": "the topic does not exist, and the broker does not create topics",
     "invalid": "the broker says it is not a valid topic name",
     "unauthorized": "the broker does not let the platform write to it",
+    "unavailable": "the broker gave the topic no partitions within {wait:g} s",
 }
+
+
+def _explain(reason: str) -> str:
+    return _EXPLAINED.get(reason, reason).format(wait=PARTITIONS_WAIT_SECONDS)
 
 
 class ReplyTopics:
@@ -82,7 +94,7 @@ class ReplyTopics:
     def refuse(self, topic: str, reason: str) -> None:
         if self.refusal(topic) is None:
             log.warning("stage %s: answers to %s go to their shared answer topic for %.0fs: %s", self.stage, topic,
-                        REMEMBERED_SECONDS, _EXPLAINED.get(reason, reason))
+                        REMEMBERED_SECONDS, _explain(reason))
         self._refused[topic] = (self._clock() + REMEMBERED_SECONDS, reason)
 
     def learn(self, exc: BaseException, outgoing: list[Outgoing]) -> bool:
@@ -104,11 +116,10 @@ class ReplyTopics:
 
     async def route(self, client: Any, outgoing: list[Outgoing]) -> list[Outgoing]:
         """``outgoing`` with every answer whose topic the broker refuses moved to its fallback."""
-        unknown = {o.topic for o in outgoing
-                   if o.fallback and o.topic != o.fallback and client.cluster.partitions_for_topic(o.topic) is None
-                   and self.refusal(o.topic) is None}
-        for topic in unknown:
-            reason = await look_up(client, topic)
+        unknown = sorted({o.topic for o in outgoing
+                          if o.fallback and o.topic != o.fallback and client.cluster.partitions_for_topic(o.topic) is None
+                          and self.refusal(o.topic) is None})
+        for topic, reason in zip(unknown, await asyncio.gather(*(settle(client, t) for t in unknown)), strict=True):
             if reason is not None:
                 self.refuse(topic, reason)
         if not self._refused:
@@ -120,8 +131,32 @@ class ReplyTopics:
                 routed.append(o)
                 continue
             routed.append(replace(o, topic=o.fallback, fallback=None, refused=reason,
-                                  headers=(*o.headers, (HEADER, f"{o.topic}: {_EXPLAINED[reason]}".encode()))))
+                                  headers=(*o.headers, (HEADER, f"{o.topic}: {_explain(reason)}".encode()))))
         return routed
+
+
+async def settle(client: Any, topic: str) -> str | None:
+    """Why the broker refuses ``topic`` for good, once sure of it; None once its partitions are known
+    to the producer. A broker whose metadata lags (a topic created a moment ago) may call it unknown
+    for a moment: a refusal counts only when ``LOOKS`` look-ups ``LOOK_AGAIN_SECONDS`` apart all say
+    so. A topic the broker neither refuses nor shows partitions of (being created, or an error a
+    retry may change) is waited for ``PARTITIONS_WAIT_SECONDS``, not the producer's whole request
+    timeout (40 s, on every retry of the batch)."""
+    for look in range(LOOKS):
+        if look:
+            await asyncio.sleep(LOOK_AGAIN_SECONDS)
+        reason = await look_up(client, topic)
+        if reason is None:
+            break
+    else:
+        return reason
+    try:
+        await asyncio.wait_for(client._wait_on_metadata(topic), PARTITIONS_WAIT_SECONDS)
+    except (asyncio.TimeoutError, UnknownTopicOrPartitionError):
+        return "unavailable"
+    except TopicAuthorizationFailedError:
+        return "unauthorized"
+    return None
 
 
 async def look_up(client: Any, topic: str) -> str | None:

@@ -289,6 +289,41 @@ class TransactionManagerV2(TransactionManager):
         self.yidi_sequence_gap = False
 
 
+class TransactionManagerV1(TransactionManager):
+    """aiokafka's transaction manager under the v1 protocol, but an abortable error (the broker
+    refused an authorization: a topic in AddPartitionsToTxn, the group) keeps the partitions the
+    transaction has already added, so that the abort ends it at the coordinator (EndTxn).
+    aiokafka forgets them: the abort then sends nothing, the transaction stays open at the
+    coordinator, and the next one joins it and commits its records too (an answer written twice,
+    seen with a reply topic the platform may not write: tests/integration/test_reply_topics.py).
+    Partitions still waiting to be added are in no transaction: their records (never sent, muted
+    while waiting) are failed and dropped, or the abort would send them outside any transaction,
+    and the sequence numbers they took would make the next transaction's batches out of order."""
+
+    yidi_accumulator: Any = None  # the producer's, set by ``enable``
+
+    def error_transaction(self, exc: Exception) -> None:
+        never_added = set(self._pending_txn_partitions)
+        self._pending_txn_partitions.clear()
+        if self.yidi_accumulator is not None:
+            for tp in never_added:
+                for batch in self.yidi_accumulator._batches.pop(tp, ()):
+                    batch.failure(exc)
+                    for fut in (batch.future, batch._drain_waiter):
+                        fut.add_done_callback(_retrieve)  # the commit raises ``exc`` once
+        fencing._abortable(self, exc)
+
+
+def _retrieve(fut: Any) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _use_v1(producer: Any) -> None:
+    producer._txn_manager.__class__ = TransactionManagerV1
+    producer._txn_manager.yidi_accumulator = producer._message_accumulator
+
+
 def uses_v2(txn_manager: Any) -> bool:
     return isinstance(txn_manager, TransactionManagerV2)
 
@@ -300,6 +335,7 @@ async def enable(producer: Any, wanted: str = "auto") -> int:
     if txn_manager is None or txn_manager.transactional_id is None:
         raise ValueError("not a transactional producer")
     if wanted == "v1":
+        _use_v1(producer)
         return 1
     install()
     sender = producer._sender
@@ -310,6 +346,7 @@ async def enable(producer: Any, wanted: str = "auto") -> int:
     if level < 2 or any(versions.get(key, -1) < v for key, v in V2_VERSIONS.items()):
         log.info("transactional id %s: the cluster's transaction.version is %d (requests %s): protocol v1",
                  txn_manager.transactional_id, level, {k: versions.get(k) for k in V2_VERSIONS})
+        _use_v1(producer)
         return 1
     assert txn_manager.state == _TransactionState.READY, txn_manager.state
     txn_manager.__class__ = TransactionManagerV2
