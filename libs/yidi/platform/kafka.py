@@ -227,7 +227,7 @@ class TransactionalStage:
     _revocations: int = field(default=0, init=False)
     _fetched_at_revocation: int = field(default=0, init=False)
     # The gateways' reply topics the broker refuses, whose answers go to their shared topic instead.
-    _reply_topics: ReplyTopics | None = field(default=None, init=False)
+    _reply_topics: ReplyTopics = field(init=False)
 
     def __post_init__(self) -> None:
         self._reply_topics = ReplyTopics(self.name)
@@ -557,7 +557,6 @@ class TransactionalStage:
 
     async def _route(self, producer: AIOKafkaProducer, outgoing: list[Outgoing]) -> list[Outgoing]:
         """Answers to a reply topic the broker refuses for good moved to their shared answer topic."""
-        assert self._reply_topics is not None
         return await self._reply_topics.route(producer.client, outgoing)
 
     async def _abandon(self, opened: _Opened) -> None:
@@ -611,7 +610,6 @@ class TransactionalStage:
             # the transaction, so that the batch is tried again in a new one. A commit under way
             # when the stage is cancelled goes on.
             await _abort_if_open(producer)
-            assert self._reply_topics is not None
             if self._reply_topics.learn(cause or exc, outgoing):
                 # A reply topic the broker would not let us write: the retry publishes its answers
                 # on their shared answer topic (yidi.platform.reply_topics).
