@@ -47,11 +47,6 @@ log = logging.getLogger(__name__)
 _aiokafka_sender.BACKOFF_OVERRIDE = fencing.CONCURRENT_TRANSACTIONS_BACKOFF
 
 
-def _retrieved(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
-
-
 # Errors a broker refuses a record batch with that no retry can change (the topic's limits).
 PERMANENT_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError)
 
@@ -596,9 +591,9 @@ class TransactionalStage:
             await producer.commit_transaction()
         except BaseException as exc:
             for f in sends:
-                f.add_done_callback(_retrieved)  # the exception goes up once, as ``exc``
+                f.add_done_callback(txnv2.retrieved)  # the exception goes up once, as ``exc``
             if offsets_sent is not None:
-                offsets_sent.add_done_callback(_retrieved)
+                offsets_sent.add_done_callback(txnv2.retrieved)
             txn_manager = producer._txn_manager
             if txn_manager.is_fatal_error() and isinstance(exc, Exception):
                 raise self._fatal(exc) from exc
@@ -662,7 +657,7 @@ class _Opened:
         made the producer unusable, if it is."""
         if self._aborted is None:
             self._aborted = asyncio.ensure_future(self._abort())
-            self._aborted.add_done_callback(_retrieved)  # whoever awaits it gets the exception
+            self._aborted.add_done_callback(txnv2.retrieved)  # whoever awaits it gets the exception
         return asyncio.shield(self._aborted)
 
     async def aborted(self) -> None:
@@ -672,7 +667,7 @@ class _Opened:
 
     async def _abort(self) -> None:
         await asyncio.wait([self.offsets_sent])
-        _retrieved(self.offsets_sent)  # refused offsets (GenerationFenced) leave it abortable
+        txnv2.retrieved(self.offsets_sent)  # refused offsets (GenerationFenced) leave it abortable
         txn_manager = self.producer._txn_manager
         if txn_manager.is_fatal_error():
             # Fenced by a newer instance, or failed for good: nothing to abort, and the stage must stop.

@@ -310,11 +310,12 @@ class TransactionManagerV1(TransactionManager):
                 for batch in self.yidi_accumulator._batches.pop(tp, ()):
                     batch.failure(exc)
                     for fut in (batch.future, batch._drain_waiter):
-                        fut.add_done_callback(_retrieve)  # the commit raises ``exc`` once
+                        fut.add_done_callback(retrieved)  # the commit raises ``exc`` once
         fencing._abortable(self, exc)
 
 
-def _retrieve(fut: Any) -> None:
+def retrieved(fut: Any) -> None:
+    """A done callback: the future's exception counts as retrieved (it is raised elsewhere, once)."""
     if not fut.cancelled():
         fut.exception()
 
