@@ -296,27 +296,34 @@ def price(
         if not layer.pays_for(terms.med_type, terms.qualifications):
             continue
         base_key, paid_key = layer_base_counter(layer.fund_type), layer_paid_counter(layer.fund_type)
-        base_before = usage.get(base_key, ZERO)
+        # The counter keeps how much of the year's threshold the person's settlements have used up
+        # (as the deductible's does), so that a cancellation gives back exactly that: counting their
+        # whole base instead let a settlement paid only because an earlier one had crossed the
+        # threshold keep its payment when that one was cancelled, and the threshold was crossed
+        # again when it was settled anew. A counter written before (the year's whole base) reads the
+        # same: what it holds beyond the threshold counts as the threshold used up.
+        used = min(usage.get(base_key, ZERO), layer.threshold)
         if layer.base is LayerBase.ABOVE_POOLED_CAP:
             base = min(over_cap, rest)
             base_text = f"within-scope cost past the pooled fund's annual cap {fmt(base)}"
         else:
             base = rest
             base_text = f"left within scope {fmt(rest)}"
-        above = max(ZERO, base_before + base - max(layer.threshold, base_before))
+        consumed = min(base, layer.threshold - used)
+        above = base - consumed
         pay = to_fen(above * layer.ratio)
         cap_left = None
         text = (
-            f"{base_text}; this year's base {fmt(base_before)} → {fmt(base_before + base)}, "
-            f"above the threshold {fmt(layer.threshold)}: {fmt(above)} × ratio {fmt_ratio(layer.ratio)} = {fmt(pay)}"
+            f"{base_text}; of the threshold {fmt(layer.threshold)} this year {fmt(used)} was used before and "
+            f"{fmt(consumed)} now; above it {fmt(above)} × ratio {fmt_ratio(layer.ratio)} = {fmt(pay)}"
         )
         if layer.annual_cap is not None:
             cap_left = max(ZERO, layer.annual_cap - usage.get(paid_key, ZERO))
             if pay > cap_left:
                 text += f"; capped at what is left of the annual cap {fmt(layer.annual_cap)}: {fmt(cap_left)}"
                 pay = cap_left
-        if base:
-            delta[base_key] = base
+        if consumed:
+            delta[base_key] = consumed
         if pay:
             delta[paid_key] = pay
             funds.append(FundPayment(layer.fund_type, base, cap_left, pay, text + f"; {policy_name} (R18)"))
