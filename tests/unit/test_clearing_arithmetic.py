@@ -83,6 +83,18 @@ def test_prepayment_balance_records_a_shortfall_and_warns_below_its_share():
     assert account.balance == D("-150") and account.shortfall == D("150")
 
 
+def test_a_prepayment_cleared_every_month_warns_only_when_it_runs_low():
+    # An advance of 1,000,000; each month's settlements draw 300,000 and its clearing restores them.
+    account = Prepayment(funded=D("1000000.00"), warn_share=D("0.20"))
+    for _ in range(24):
+        account.drawn += D("300000.00")
+        assert not account.below_warning()  # 700,000 left: 70 % of the advance
+        account.cleared += D("300000.00")
+        assert account.balance == D("1000000.00") and not account.below_warning()
+    account.drawn += D("850000.00")
+    assert account.below_warning()  # 150,000: under 20 % of the advance
+
+
 def test_reconciliation_lists_only_the_fields_that_differ():
     facility = {"fixmedins_setl_cnt": 2, "fund_pay_sumamt": D("10.00"), "medfee_sumamt": D("30.00")}
     platform = {"fixmedins_setl_cnt": 2, "fund_pay_sumamt": D("12.00"), "medfee_sumamt": D("30.00")}

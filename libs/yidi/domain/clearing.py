@@ -154,8 +154,11 @@ class Prepayment:
         return max(ZERO, -self.balance)
 
     def below_warning(self) -> bool:
-        base = self.funded + self.cleared
-        return base > 0 and self.balance < base * self.warn_share
+        """Below ``warn_share`` of what was advanced. Not of what was advanced and cleared: each
+        month's clearing restores what the month drew, so that sum only grows, and after a year of
+        clearings a healthy account read as low (and, its warning never re-armed, a later shortfall
+        raised none)."""
+        return self.funded > 0 and self.balance < self.funded * self.warn_share
 
 
 @dataclass(frozen=True, slots=True)
