@@ -64,6 +64,10 @@ def test_amount_identities_hold_to_the_fen(scenario):
     for amount in (p.fulamt_ownpay_amt, p.overlmt_selfpay, p.preselfpay_amt, p.inscp_scp_amt, p.act_pay_dedc,
                    p.fund_pay_sumamt, p.acct_pay, p.psn_cash_pay):
         assert amount >= 0 and amount == amount.quantize(D("0.01"))
+    # The item columns add up to the totals (step 1), the first self-pay (step 2, R12) included.
+    for column in ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt"):
+        assert sum((getattr(i, column) for i in p.items), D(0)) == getattr(p, column), column
+        assert all(getattr(i, column) >= 0 for i in p.items), column
 
 
 @settings(max_examples=400, deadline=None)

@@ -37,3 +37,15 @@ def test_what_parse_amount_refuses_amount_text_refuses(bad):
 def test_amount_text_agrees_with_parse_and_format(fen):
     text = f"{'-' if fen < 0 else ''}{abs(fen) // 100}.{abs(fen) % 100:02d}"
     assert amount_text(text) == fmt(parse_amount(text)) == text
+
+
+def test_spread_splits_to_the_fen_by_largest_remainder():
+    D = Decimal
+    from yidi.domain.money import spread
+
+    assert spread(D("20.00"), [D("200.00")]) == [D("20.00")]
+    assert spread(D("0.10"), [D("1.00"), D("1.00"), D("1.00")]) == [D("0.04"), D("0.03"), D("0.03")]
+    assert spread(D("3.00"), [D("1.00"), D("0.00"), D("2.00")]) == [D("1.00"), D("0.00"), D("2.00")]
+    assert spread(D("0.00"), [D("5.00")]) == [D("0.00")] and spread(D("1.00"), [D("0.00")]) == [D("0.00")]
+    parts = spread(D("7.77"), [D("0.01"), D("3.33"), D("9.99"), D("0.50")])
+    assert sum(parts) == D("7.77") and all(p <= w for p, w in zip(parts, [D("0.01"), D("3.33"), D("9.99"), D("0.50")]))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 
 FEN = Decimal("0.01")
 ZERO = Decimal("0.00")
@@ -66,6 +66,22 @@ def parse_ratio(text: str | Decimal | int) -> Decimal:
     if not value.is_finite() or not Decimal(0) <= value <= Decimal(1):
         raise MoneyError(f"a ratio lies between 0 and 1: {text!r}")
     return value
+
+
+def spread(amount: Decimal, weights: list[Decimal]) -> list[Decimal]:
+    """``amount`` (whole fen) split in proportion to ``weights`` (whole fen, not negative), each part
+    whole fen and the parts adding up to ``amount`` exactly: rounded down, and the fen left over go
+    to the largest remainders (the first of equal ones). A part is never more than its weight when
+    ``amount`` is at most their sum."""
+    total = sum(weights, ZERO)
+    if not amount or not total:
+        return [ZERO for _ in weights]
+    exact = [amount * w / total for w in weights]
+    parts = [e.quantize(FEN, ROUND_DOWN) for e in exact]
+    left = int((amount - sum(parts, ZERO)) / FEN)
+    for i in sorted(range(len(parts)), key=lambda i: parts[i] - exact[i])[:left]:
+        parts[i] += FEN
+    return parts
 
 
 def fmt(amount: Decimal) -> str:

@@ -9,7 +9,7 @@ throws it away (pre-settlement, 2206/2303).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
 
@@ -24,7 +24,7 @@ from yidi.domain.codes import (
     PersonType,
     pooled_fund_for,
 )
-from yidi.domain.money import ZERO, fmt, fmt_ratio, to_fen
+from yidi.domain.money import ZERO, fmt, fmt_ratio, spread, to_fen
 from yidi.domain.policy import BenefitPolicy, CalculationOrder, DeductibleScope, LayerBase
 
 # Accumulator counters, per person and year (the service keys them by person and year).
@@ -235,6 +235,13 @@ def price(
         dedc = min(dedc_left, inscp - first_selfpay)
     preselfpay += first_selfpay
     inscp -= first_selfpay
+    if first_selfpay:
+        # Item by item too, so that the item columns still add up to the totals (step 1).
+        items = tuple(
+            replace(i, preselfpay_amt=i.preselfpay_amt + part, inscp_scp_amt=i.inscp_scp_amt - part,
+                    note=f"{i.note}; first self-pay {fmt(part)} (R12)") if part else i
+            for i, part in zip(items, spread(first_selfpay, [i.inscp_scp_amt for i in items]), strict=True)
+        )
     if dedc:
         delta[dedc_key] = dedc
 
