@@ -51,6 +51,14 @@ def test_r17_a_trip_whose_filing_the_province_waived_still_pays_the_first_self_p
     assert at_home.preselfpay_amt == 0 and at_home.hifp_pay == D("100.00")
 
 
+def test_r17_a_waived_trip_in_a_two_group_province_pays_its_temporary_first_self_pay():
+    pol = policy(rule(OP, ratio="0.50"), first_selfpay={FilingCategory.TEMPORARY: D("0.10")},
+                 reductions={FilingCategory.TEMPORARY: D("0.10")})
+    waived = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), pol, terms(OP, category=None, waived_filing=True), {})
+    assert waived.preselfpay_amt == D("20.00") and waived.hifp_pay == D("90.00")  # no R11 reduction either
+    assert "temporary (filing waived, R17)" in waived.funds[0].explanation
+
+
 def test_r12_first_self_pay_does_not_touch_long_term_filings():
     pol = policy(rule(OP, ratio="0.50"), first_selfpay={FilingCategory.TEMPORARY_OTHER: D("0.10")})
     p = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), pol, terms(OP), {})

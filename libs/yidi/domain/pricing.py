@@ -225,7 +225,11 @@ def price(
     rule = policy.rule_for(terms.med_type, terms.person_type, terms.facility_level, terms.disease_code)
     dedc_key = deductible_counter(rule.deductible_bucket, rule.deductible_scope, bill.visit_id)
     dedc_left = max(ZERO, rule.deductible - usage.get(dedc_key, ZERO))
-    first_category = terms.filing_category or (FilingCategory.TEMPORARY_OTHER if terms.waived_filing else None)
+    # A trip whose filing was waived (R17) is a temporary trip not referred: temporary_other, or
+    # temporary in a province with the two groups only (its policy names no temporary_other).
+    waived_as = (FilingCategory.TEMPORARY if FilingCategory.TEMPORARY_OTHER not in policy.first_selfpay
+                 and FilingCategory.TEMPORARY in policy.first_selfpay else FilingCategory.TEMPORARY_OTHER)
+    first_category = terms.filing_category or (waived_as if terms.waived_filing else None)
     first_share = policy.first_selfpay_for(first_category)
     if policy.order is CalculationOrder.DEDUCTIBLE_FIRST:
         dedc = min(dedc_left, inscp)
