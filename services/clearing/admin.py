@@ -176,17 +176,16 @@ class ClearingAdminHandler:
         return True, "", account_view(row), [_status(self.settings, r) for r in touched.accounts] + warned
 
     async def _warning_after_move(self, conn: asyncpg.Connection, rows: list[Any]) -> list[dict[str, Any]]:
-        """After funding or clearing moved an account: its warning re-armed once the balance is
-        healthy again (a month's clearing is how it usually comes back), or given, once, when the
-        move left it low (a statement whose cancellations outweighed its settlements)."""
+        """After funding or clearing moved an account: its warnings re-armed as far as the balance
+        recovered (a month's clearing is how it usually comes back), or one given when the move left
+        it lower than it was warned at (a statement whose cancellations outweighed its settlements)."""
         out = []
         for row in rows:
             account = account_of(row)
-            low = account.below_warning() or account.balance < 0
-            if row["alerted"] and not low:
-                await self.repo.set_alerted(conn, row["insuplc_admdvs"], row["mdtrtarea_admvs"], False)
-            elif low and not row["alerted"]:
-                await self.repo.set_alerted(conn, row["insuplc_admdvs"], row["mdtrtarea_admvs"], True)
+            level = account.alert_level()
+            if level != row["alert_level"]:
+                await self.repo.set_alert_level(conn, row["insuplc_admdvs"], row["mdtrtarea_admvs"], level)
+            if level > row["alert_level"]:
                 alert = prepayment_alert(self.settings, row, account)
                 out.append({"topic": alert.topic, "value": alert.value.decode(), "key": (alert.key or b"").decode()})
         return out

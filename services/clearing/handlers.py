@@ -97,7 +97,8 @@ class ClearingHandler:
         return out
 
     async def _prepayment(self, conn: Any, moves: list[tuple[str, str, str, Decimal, str]]) -> list[Outgoing]:
-        """Draw on (or give back to) each insured region's prepayment; warn once when it runs low.
+        """Draw on (or give back to) each insured region's prepayment; warn once when it runs low, and
+        once more when it runs out.
 
         A balance that runs out does not stop settlement: as the national rule does, the
         shortfall is recorded (a negative balance) and clearing settles it (docs/clearing.md).
@@ -109,8 +110,8 @@ class ClearingHandler:
         for row in moved.accounts:
             pair = (row["insuplc_admdvs"], row["mdtrtarea_admvs"])
             account = account_of(row)
-            if pair in moved.changed and (account.below_warning() or account.balance < 0) and not row["alerted"]:
-                await self.repo.set_alerted(conn, *pair, True)
+            if pair in moved.changed and (level := account.alert_level()) > row["alert_level"]:
+                await self.repo.set_alert_level(conn, *pair, level)
                 alert = prepayment_alert(self.settings, row, account)
                 await self.repo.keep_alert(conn, last_move[pair], alert.value.decode())
                 out.append(alert)

@@ -176,10 +176,11 @@ class ClearingRepository(Repository):
         )
         return [r["alert"] for r in rows]
 
-    async def set_alerted(self, conn: asyncpg.Connection, insured: str, treating: str, alerted: bool) -> None:
+    async def set_alert_level(self, conn: asyncpg.Connection, insured: str, treating: str, level: int) -> None:
         await conn.execute(
-            "UPDATE clearing.prepayment_accounts SET alerted = $3 WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2",
-            insured, treating, alerted,
+            """UPDATE clearing.prepayment_accounts SET alert_level = $3::smallint, alerted = $3::smallint > 0
+               WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2""",
+            insured, treating, level,
         )
 
     async def undo_requests(self, conn: asyncpg.Connection, msgids: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:

@@ -64,7 +64,8 @@ async def test_settlements_draw_the_prepayment_and_cancellation_and_reversal_giv
     assert again == Decimal("300.00")  # reversal restored the accumulators as well
 
 
-async def test_a_prepayment_running_low_is_warned_once_and_a_shortfall_is_recorded(system, world, gateway, clearing):
+async def test_a_prepayment_running_low_and_then_out_is_warned_once_each_and_a_shortfall_is_recorded(
+        system, world, gateway, clearing):
     person = await world.person()
     await fund(clearing, world, "200.00", warn_share="0.50")
     paid(await gateway.call(world.request(person, [("T-A", "1", "500.00")])))  # draws 120: 80 left < 100
@@ -73,7 +74,8 @@ async def test_a_prepayment_running_low_is_warned_once_and_a_shortfall_is_record
     assert (account["balance"], account["shortfall"]) == ("-200.00", "200.00")
     alerts = await _read(system.settings, "clearing.alerts")
     mine = [a for a in alerts if a["insuplc_admdvs"] == world.insured]
-    assert len(mine) == 1 and "top it up" in mine[0]["message"]
+    assert [a["shortfall"] for a in mine] == ["0.00", "200.00"], mine
+    assert "below 50% of what was advanced" in mine[0]["message"] and "has run out" in mine[1]["message"]
 
 
 async def test_a_month_is_cleared_confirmed_by_both_sides_and_the_prepayment_topped_up(world, gateway, clearing):

@@ -143,3 +143,12 @@ def test_ledger_totals_equal_the_answers_still_standing_and_prepayment_balances(
     cleared = sum((s.fund_pay_sumamt for m in ("202511", "202512") for s in statements(moves, m)), D(0))
     assert cleared == answered == sum((a for a, _ in standing), D(0))
     assert account.balance == account.funded - account.drawn + account.given_back
+
+
+def test_an_account_s_alert_level_rises_from_low_to_run_out():
+    account = Prepayment(funded=D("1000.00"), warn_share=D("0.20"))
+    levels = []
+    for draw in ("500.00", "350.00", "200.00"):
+        account.drawn += D(draw)
+        levels.append(account.alert_level())
+    assert levels == [0, 1, 2]  # 500 left; 150 (< 200); −50

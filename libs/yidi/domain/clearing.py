@@ -153,6 +153,11 @@ class Prepayment:
     def shortfall(self) -> Decimal:
         return max(ZERO, -self.balance)
 
+    def alert_level(self) -> int:
+        """0 healthy, 1 low (``below_warning``), 2 run out (a shortfall): an alert goes out each time
+        an account reaches a higher level than it was warned at."""
+        return 2 if self.balance < 0 else 1 if self.below_warning() else 0
+
     def below_warning(self) -> bool:
         """Below ``warn_share`` of what was advanced. Not of what was advanced and cleared: each
         month's clearing restores what the month drew, so that sum only grows, and after a year of
