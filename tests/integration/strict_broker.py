@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -20,6 +19,8 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.protocol.admin import CreateAclsRequest
+
+from loadtest.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_DIR = ROOT / ".local" / "kafka"
@@ -83,19 +84,13 @@ def _java() -> str | None:
     return shutil.which("java")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def strict_broker(workdir: Path, timeout: float = 90.0) -> Iterator[str]:
     """Start the broker in ``workdir``; yield its bootstrap address; stop it."""
     java = _java()
     assert java is not None
     classpath = f"{KAFKA_DIR / 'libs'}/*"
-    port, controller = _free_port(), _free_port()
+    port, controller = free_port(), free_port()
     data = workdir / "data"
     config = workdir / "server.properties"
     config.write_text(_PROPERTIES.format(port=port, controller=controller, data=data))

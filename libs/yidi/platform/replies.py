@@ -76,10 +76,9 @@ def reply(
     *,
     facility: str,
     request_ts_ms: int,
-    shared: str = DEFAULT_REPLY_TO,
 ) -> Outgoing:
     """The answer to a gateway, on its ``reply_to`` topic, keyed by facility (CONTRACT.md); on
-    ``shared`` (its kind's shared answer topic) if the broker refuses ``reply_to`` for good.
+    ``settlement.results`` if the broker refuses ``reply_to`` for good.
 
     ``answer`` is a ``ResponseEnvelope`` or its wire form (a dict as ``model_dump(mode="json")``
     gives, e.g. an answer kept in the ledger or built by ``answers.answer_wire``). ``reply_to``
@@ -101,7 +100,7 @@ def reply(
         value=value,
         key=facility.encode() or None,
         answered=Answered(request_ts_ms, infno, err_code),
-        fallback=answer_fallback(settings, settings.topic(reply_to), shared),
+        fallback=answer_fallback(settings, settings.topic(reply_to), DEFAULT_REPLY_TO),
     )
 
 
