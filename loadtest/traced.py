@@ -152,7 +152,8 @@ def install(path: str) -> Trace:
         producer.send_offsets_to_transaction = traced_sot
         producer.commit_transaction = traced_ct
 
-    async def commit(self: Any, records: list[Any], outgoing: list[Any]) -> None:
+    async def commit(self: Any, *args: Any, **kwargs: Any) -> None:
+        # Passed through as they come: the tracer reads nothing of _commit's parameters.
         handled, self._trace_state["handled"] = self._trace_state["handled"], []
         d: dict[str, Any] = {}
         if handled:
@@ -161,9 +162,9 @@ def install(path: str) -> Trace:
                  "handler_ms": sum(h.get("h1", 0) - h["h0"] for h in handled), "handled": len(handled)}
         self._trace_state["commit"] = d
         d["c0"] = NOW()
-        await orig_commit(self, records, outgoing)
+        await orig_commit(self, *args, **kwargs)
         d["c1"] = NOW()
-        d.update(ev="batch", stage=self.name, n=len(records), done=NOW())
+        d.update(ev="batch", stage=self.name, n=len(d.get("ts", ())), done=NOW())
         if "got" in d:
             trace.emit(d)
 
