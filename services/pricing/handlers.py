@@ -252,6 +252,7 @@ class PricingHandler:
             body.mdtrt_id, day,
             tuple(BillLine(d.feedetl_sn, d.hilist_code, d.hilist_name, d.cnt, d.pric, d.det_item_fee_sumamt)
                   for d in body.feedetail),
+            request.fixmedins_code,
         )
         try:
             pricing = price(bill, catalogue, policy, terms, year_usage)

@@ -6,9 +6,9 @@ import pytest
 
 from yidi.domain.codes import ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType
 from yidi.domain.policy import DeductibleScope, Layer, LayerBase, PolicyError, validate_policy
-from yidi.domain.pricing import OUTPATIENT_QUOTA, POOLED_PAID, deductible_counter, price
+from yidi.domain.pricing import OUTPATIENT_QUOTA, POOLED_PAID, Bill, deductible_counter, price
 
-from tests.unit.factories import bill, catalogue, item, policy, rule, terms
+from tests.unit.factories import DAY, bill, catalogue, item, policy, rule, terms
 
 OP = MedType.GENERAL_OUTPATIENT
 IP = MedType.INPATIENT
@@ -221,3 +221,15 @@ def test_r14_a_rule_for_one_chronic_disease_beats_the_general_chronic_rule():
     dialysis = price(bill(("A1", "1", "100.00")), catalogue(item("A1")), pol, terms(chronic, disease_code="N18.500"), {})
     diabetes = price(bill(("A1", "1", "100.00")), catalogue(item("A1")), pol, terms(chronic, disease_code="E11.900"), {})
     assert (dialysis.ratio, diabetes.ratio) == (D("0.90"), D("0.70"))
+
+
+def test_a_stay_is_named_by_its_facility_and_visit_number():
+    pol = policy(rule(IP, deductible="900.00", ratio="0.85", deductible_scope=DeductibleScope.STAY, deductible_bucket="ip"))
+    a = Bill("100", DAY, bill(("A1", "1", "1000.00")).lines, "H1")
+    b = Bill("100", DAY, bill(("A1", "1", "1000.00")).lines, "H2")
+    first = price(a, catalogue(item("A1")), pol, terms(IP), {})
+    other = price(b, catalogue(item("A1")), pol, terms(IP), first.usage_delta)
+    assert first.act_pay_dedc == other.act_pay_dedc == D("900.00")
+    assert deductible_counter("ip", DeductibleScope.STAY, "100", "H1") in first.usage_delta
+    again = price(a, catalogue(item("A1")), pol, terms(IP), first.usage_delta)
+    assert again.act_pay_dedc == 0  # the same facility's stay: paid once

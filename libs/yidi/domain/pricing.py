@@ -33,9 +33,12 @@ OUTPATIENT_QUOTA = "outpatient_quota"
 ACCOUNT_DRAWN = "account_drawn"
 
 
-def deductible_counter(bucket: str, scope: DeductibleScope, visit_id: str) -> str:
+def deductible_counter(bucket: str, scope: DeductibleScope, visit_id: str, facility: str = "") -> str:
+    """The accumulator a deductible counts in: the person's year, or one stay. A stay is named by its
+    facility and the facility's visit id: each facility numbers its own visits, so two hospitals'
+    stays may share an ``mdtrt_id``, and one must not find the other's deductible paid."""
     if scope is DeductibleScope.STAY:
-        return f"deductible:{bucket}:stay:{visit_id}"
+        return f"deductible:{bucket}:stay:{facility}:{visit_id}" if facility else f"deductible:{bucket}:stay:{visit_id}"
     return f"deductible:{bucket}"
 
 
@@ -62,6 +65,8 @@ class Bill:
     visit_id: str
     on: date
     lines: tuple[BillLine, ...]
+    # The facility whose visit this is (``visit_id`` is the facility's own number).
+    facility: str = ""
 
     @property
     def total(self) -> Decimal:
@@ -223,7 +228,7 @@ def price(
     # Steps 2 and 3: first self-pay for temporary trips the policy marks (R12), and the
     # deductible left for this kind of care, in the order the policy names.
     rule = policy.rule_for(terms.med_type, terms.person_type, terms.facility_level, terms.disease_code)
-    dedc_key = deductible_counter(rule.deductible_bucket, rule.deductible_scope, bill.visit_id)
+    dedc_key = deductible_counter(rule.deductible_bucket, rule.deductible_scope, bill.visit_id, bill.facility)
     dedc_left = max(ZERO, rule.deductible - usage.get(dedc_key, ZERO))
     # A trip whose filing was waived (R17) is a temporary trip not referred: temporary_other, or
     # temporary in a province with the two groups only (its policy names no temporary_other).

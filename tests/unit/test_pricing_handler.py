@@ -1,0 +1,49 @@
+"""Pricing's handler on an in-memory batch (no servers): what it prices from the request it is given."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import orjson
+
+from services.pricing.handlers import Batch, PricingHandler
+from tests.unit.factories import MedType, PersonType, item, policy, rule
+from yidi.contracts.envelope import RequestEnvelope
+from yidi.contracts.internal import EligibleWork, PersonSnapshot
+from yidi.domain.codes import FilingCategory
+from yidi.domain.policy import DeductibleScope
+from yidi.platform.settings import Settings
+
+WE1 = json.loads((Path(__file__).resolve().parents[3] / "shared" / "examples" / "we1" / "request.json").read_text())
+PERSON = PersonSnapshot(psn_no="13100000000000000001", psn_name="Wang", psn_type="12", insutype="310",
+                        insuplc_admdvs="131000")
+
+
+def stay_request(facility: str, msgid: str, mdtrt_id: str, amount: str = "1000.00") -> EligibleWork:
+    raw = copy.deepcopy(WE1)
+    raw.update(infno="2304", msgid=msgid, fixmedins_code=facility, inf_time="2022-07-01 10:30:00")
+    raw["input"]["data"].update(
+        med_type="21", mdtrt_id=mdtrt_id, medfee_sumamt=amount,
+        feedetail=[{"feedetl_sn": "1", "hilist_code": "DRUG", "cnt": "1", "pric": amount, "det_item_fee_sumamt": amount}])
+    request = RequestEnvelope.model_validate(raw)
+    return EligibleWork(request=request, request_hash=request.payload_hash(), request_ts_ms=0, person=PERSON,
+                        facility_level=3, basis="filing", filing_id="F1", filing_category=FilingCategory.RETIREE_RESETTLED)
+
+
+def settle(handler: PricingHandler, batch: Batch, work: EligibleWork) -> dict[str, str]:
+    (out,) = handler._one(work, batch)
+    return orjson.loads(out.value)["answer"]["output"]["setlinfo"]
+
+
+def test_a_per_stay_deductible_is_the_facilitys_stay_not_any_stay_with_that_visit_number():
+    # Each facility numbers its own visits: two hospitals' stays of one person may both be "100".
+    pol = policy(rule(MedType.INPATIENT, "500", "0.80", person_types=frozenset({PersonType.RETIRED}),
+                      deductible_scope=DeductibleScope.STAY, deductible_bucket="ip"))
+    batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage={})
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+    first = settle(handler, batch, stay_request("H11010500001", "MA1", "100"))
+    other = settle(handler, batch, stay_request("H11010500002", "MB1", "100"))
+    assert (first["act_pay_dedc"], first["hifp_pay"]) == ("500.00", "400.00")
+    assert (other["act_pay_dedc"], other["hifp_pay"]) == ("500.00", "400.00")
