@@ -86,3 +86,20 @@ def test_a_person_record_dated_ahead_of_now_is_told_apart():
     why = at("2026-12-03T12:00:00Z").ahead_of(now, 900)
     assert why is not None and "480 minutes ahead" in why
     assert at("2026-12-03T12:16:00+08:00").ahead_of(now - timedelta(0), 900) is not None
+
+
+@pytest.mark.parametrize("code", ["１１００００", "١٣١٠٠٠", "11000", "1100000"])
+def test_an_area_code_is_six_ascii_digits(code):
+    # Python's and pydantic's \d take any script's digits: such a code was accepted and never matched.
+    raw = we1()
+    raw["mdtrtarea_admvs"] = code
+    with pytest.raises(ValidationError, match="mdtrtarea_admvs"):
+        RequestEnvelope.model_validate(raw)
+
+
+@pytest.mark.parametrize("month", ["２０２５01", "202513", "20251"])
+def test_a_month_is_ascii_digits(month):
+    from yidi.contracts.clearing import RunMonth
+
+    with pytest.raises(ValidationError, match="setlym"):
+        RunMonth.model_validate({"type": "run_month", "reqid": "R1", "setlym": month})

@@ -13,7 +13,7 @@ from yidi.contracts.common import Amount, AreaCode, Code, Ratio, StrictWireModel
 from yidi.contracts.envelope import RequestEnvelope, gateway_reply_topic
 from yidi.domain.codes import InsuranceType
 
-Month = Annotated[str, Field(pattern=r"^\d{4}(0[1-9]|1[0-2])$")]
+Month = Annotated[str, Field(pattern=r"^[0-9]{4}(0[1-9]|1[0-2])$")]
 
 
 class _Request(StrictWireModel):

@@ -63,7 +63,7 @@ InfTime = Annotated[
     datetime, BeforeValidator(_inf_time), PlainSerializer(lambda d: d.strftime(INF_TIME_FORMAT), return_type=str)
 ]
 Day = Annotated[date, PlainSerializer(lambda d: d.isoformat(), return_type=str)]
-AreaCode = Annotated[str, StringConstraints(pattern=r"^\d{6}$")]
+AreaCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{6}$")]  # ASCII digits: Python's \d takes any script's
 Code = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
 
 
