@@ -84,8 +84,11 @@ class ClearingHandler:
                 if row.state == "settled":
                     row.state = "reversed" if work.request.infno.value == "2601" else "cancelled"
                     row.undone_msgid, row.undone_answer = work.request.msgid, answer
-                    # The undoing lands in the open period of its own month (R3: cleared once).
-                    row.undo_period = landing_period(f"{work.request.inf_time:%Y%m}", closed)
+                    # The undoing lands in the open period of its own month (R3: cleared once), and
+                    # never before the settlement's own period: a cancellation dated back (a
+                    # facility clock years slow) would land in a month no one clears, while the
+                    # settlement was cleared in its own, and the insured region paid for it.
+                    row.undo_period = landing_period(max(f"{work.request.inf_time:%Y%m}", row.clr_period), closed)
                     undone[row.setl_id] = row
                     moves.append((row.insuplc_admdvs, row.mdtrtarea_admvs, "give_back", row.drawn, row.setl_id))
                     metrics.LEDGER_ENTRIES.labels(row.state).inc()
@@ -136,15 +139,17 @@ class ClearingHandler:
         facts = work.facts
         assert facts is not None, "pricing sends facts with every settlement"
         drawn = owed(facts.fund_pay_sumamt, facts.acct_pay)
+        period = landing_period(facts.setlym, closed)
         row = LedgerRow(facts.setl_id, work.request.msgid, work.request_hash, "settled", answer,
-                        insuplc_admdvs=facts.insuplc_admdvs, mdtrtarea_admvs=facts.mdtrtarea_admvs, drawn=drawn)
+                        insuplc_admdvs=facts.insuplc_admdvs, mdtrtarea_admvs=facts.mdtrtarea_admvs, drawn=drawn,
+                        clr_period=period)
         sent = self._answer(work, answer)
         # The ledger keeps the answer as it was sent (the bytes of ``sent``; its refmsg_time is
         # this request's): the same answer, serialised once.
         entries.append(
             NewEntry(row, work.request.infno.value, facts.psn_no, facts.mdtrt_id, amounts,
                      facts.insuplc_admdvs, facts.mdtrtarea_admvs, facts.fixmedins_code, facts.setlym,
-                     landing_period(facts.setlym, closed), work.request.inf_time.date(), drawn, sent.value.decode())
+                     period, work.request.inf_time.date(), drawn, sent.value.decode())
         )
         moves.append((facts.insuplc_admdvs, facts.mdtrtarea_admvs, "draw", drawn, facts.setl_id))
         by_msgid[row.msgid] = row

@@ -33,6 +33,7 @@ class LedgerRow:
     mdtrtarea_admvs: str = ""
     drawn: Decimal = Decimal(0)  # what the settlement drew on the prepayment (what undoing it gives back)
     undo_period: str | None = None
+    clr_period: str = ""  # the period the settlement landed in
 
 
 @dataclass
@@ -77,7 +78,8 @@ class ClearingRepository(Repository):
                  (SELECT coalesce(array_agg(setlym), '{}') AS closed FROM clearing.periods WHERE state = 'closed') AS c
                LEFT JOIN LATERAL (
                  SELECT setl_id, msgid, request_hash, state, answer, undone_msgid, undone_answer,
-                        insuplc_admdvs, mdtrtarea_admvs, coalesce(drawn, fund_pay_sumamt) AS drawn, undo_period
+                        insuplc_admdvs, mdtrtarea_admvs, coalesce(drawn, fund_pay_sumamt) AS drawn, undo_period,
+                        clr_period
                  FROM clearing.ledger
                  WHERE msgid = ANY($1::text[]) OR setl_id = ANY($2::text[]) FOR UPDATE) AS l ON true""",
             msgids, setl_ids,
@@ -86,7 +88,8 @@ class ClearingRepository(Repository):
         return closed, [
             LedgerRow(r["setl_id"], r["msgid"], r["request_hash"], r["state"], json_value(r["answer"]),
                       r["undone_msgid"], json_value(r["undone_answer"]) if r["undone_answer"] else None,
-                      r["insuplc_admdvs"], r["mdtrtarea_admvs"], r["drawn"], r["undo_period"])
+                      r["insuplc_admdvs"], r["mdtrtarea_admvs"], r["drawn"], r["undo_period"],
+                      r["clr_period"])
             for r in rows if r["setl_id"] is not None
         ]
 

@@ -171,6 +171,22 @@ async def test_clearing_a_month_re_arms_the_prepayment_warning(system, world, ga
     assert len(alerts) == 2, alerts
 
 
+async def test_a_cancellation_dated_before_its_settlements_month_lands_in_that_month_or_later(world, gateway, clearing):
+    """A facility clock years slow dated a cancellation in a month no one would clear, while the
+    settlement was cleared in its own: the insured region paid for a cancelled settlement."""
+    person = await world.person()
+    await fund(clearing, world, "1000.00")
+    settle = world.request(person, [("T-A", "1", "800.00")], when="2025-08-12 10:00:00")
+    paid(await gateway.call(settle))
+    query = {"type": "query_settlement", "msgid": settle["msgid"]}
+    setl_id = (await clearing.call(query | {"reqid": reqid()}))["data"]["settlement"]["setl_id"]
+    cancel = cancel_of(settle, setl_id)
+    cancel["inf_time"] = "2020-01-01 10:00:00"
+    assert (await gateway.call(cancel))["infcode"] == 0
+    stored = (await clearing.call(query | {"reqid": reqid()}))["data"]["settlement"]
+    assert (stored["state"], stored["undo_period"]) == ("cancelled", "202508"), stored
+
+
 async def test_clearing_a_month_while_settlements_flow_counts_each_one_exactly_once(world, gateway, clearing):
     people = [await world.person() for _ in range(4)]
     await fund(clearing, world, "100000.00")
