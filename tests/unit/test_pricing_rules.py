@@ -233,3 +233,13 @@ def test_a_stay_is_named_by_its_facility_and_visit_number():
     assert deductible_counter("ip", DeductibleScope.STAY, "100", "H1") in first.usage_delta
     again = price(a, catalogue(item("A1")), pol, terms(IP), first.usage_delta)
     assert again.act_pay_dedc == 0  # the same facility's stay: paid once
+
+
+def test_the_rule_memo_is_bounded_by_the_policys_disease_prefixes_not_by_the_codes_sent():
+    dialysis = rule(OP, ratio="0.90", diseases=frozenset({"N18"}))
+    pol = policy(rule(OP, ratio="0.70"), dialysis)
+    for n in range(500):
+        pol.rule_for(OP, PersonType.RETIRED, 3, f"E11.{n:03d}")
+    assert pol.rule_for(OP, PersonType.RETIRED, 3, "n18.500") is dialysis
+    assert pol.rule_for(OP, PersonType.RETIRED, 3, "E11.900").ratio == D("0.70")
+    assert len(pol._rule_memo) == 2

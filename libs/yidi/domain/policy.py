@@ -123,17 +123,22 @@ class BenefitPolicy:
     account_payable: bool = True
     order: CalculationOrder = CalculationOrder.DEFAULT
     # The rule each kind of visit gets, found once per policy version (a policy is immutable, and
-    # the kinds of visit are few: med_type × person type × facility level × disease).
-    _rule_memo: dict[tuple[MedType, PersonType, int, str], BenefitRule] = field(
+    # the kinds of visit are few: med_type × person type × facility level × which of the policy's
+    # disease prefixes the visit's code has). Keyed by the prefixes, not the code: a memo of every
+    # code a gateway sends would grow without bound for as long as the policy version lives.
+    _rule_memo: dict[tuple[MedType, PersonType, int, frozenset[str]], BenefitRule] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False)
+    _disease_prefixes: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         validate_policy(self)
+        object.__setattr__(self, "_disease_prefixes", frozenset(d.upper() for r in self.rules for d in r.diseases))
 
     def rule_for(
         self, med_type: MedType, person_type: PersonType, facility_level: int, disease: str = ""
     ) -> BenefitRule:
-        key = (med_type, person_type, facility_level, disease)
+        code = disease.upper()
+        key = (med_type, person_type, facility_level, frozenset(p for p in self._disease_prefixes if code.startswith(p)))
         rule = self._rule_memo.get(key)
         if rule is None:
             rule = self._rule_memo[key] = self._find_rule(med_type, person_type, facility_level, disease)
