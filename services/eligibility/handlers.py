@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -75,17 +75,11 @@ def _explain(exc: Exception) -> str:
         return f"{type(exc).__name__}: {exc}"[:500]
     parts = []
     for err in exc.errors()[:5]:
-        where = ".".join(str(p) for p in err["loc"]) or "message"
-        parts.append(f"{where}: {err['msg']}")
+        # pydantic's "Value error, " says nothing to a cashier; a check of the whole object has no field.
+        msg = err["msg"].removeprefix("Value error, ")
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{where}: {msg}" if where else msg)
     return "; ".join(parts)
-
-
-def _day_of(text: str) -> date | None:
-    """The day of a ``yyyy-MM-dd HH:mm:ss`` time the contract leaves free (``begntime``), if it is one."""
-    try:
-        return date.fromisoformat(text[:10]) if len(text) >= 10 else None
-    except ValueError:
-        return None
 
 
 def _work(p: Parsed) -> dict[str, Any]:
@@ -179,6 +173,10 @@ class EligibilityHandler:
             return self._invalid(record, "insuplc_admdvs is required when the input has psn_no", request)
         if request.infno is Infno.BENEFIT_CHECK and (body.insutype is None or body.med_type is None):
             return self._invalid(record, "input.data: a benefit check (2001) names insutype and med_type", request)
+        if isinstance(body, SettlementInput) and body.begntime and body.begntime > request.inf_time:
+            return self._invalid(record, f"input.data.begntime {body.begntime:%Y-%m-%d %H:%M:%S} is after inf_time "
+                                         f"{request.inf_time:%Y-%m-%d %H:%M:%S}: a visit begins before it is settled; "
+                                         "check the facility's clock and the admission time", request)
         if isinstance(body, SettlementInput) and body.med_type.is_inpatient != request.infno.is_inpatient:
             care, bills = ("inpatient", "outpatient") if body.med_type.is_inpatient else ("outpatient", "inpatient")
             return self._invalid(record, f"input.data.med_type {body.med_type.value} is {care} care, and infno "
@@ -260,7 +258,7 @@ class EligibilityHandler:
                 on=request.inf_time.date(),
                 disease_code=body.dise_codg,
                 filing_waived_in_province=(request.insuplc_admdvs in self.settings.filing_waived_regions),
-                admitted=_day_of(getattr(body, "begntime", "")),
+                admitted=begntime.date() if (begntime := getattr(body, "begntime", None)) else None,
             )
             # parse() refuses a 2001 without insutype and med_type; SettlementInput requires them
             decision = decide(

@@ -84,6 +84,17 @@ BAD_REQUESTS = {
     "reply_to '..'": we1_with(reply_to=".."),
     "reply_to colliding with settlement.results": we1_with(reply_to="settlement_results"),
     "reply_to a platform topic spelt with '_'": we1_with(reply_to="settlement_priced"),
+    # begntime decided which filing covers a stay, read as free text (a contract review, session 15)
+    "begntime that is no time": we1_with(begntime="garbage"),
+    "begntime on a day that does not exist": we1_with(begntime="2022-13-45 99:99:99"),
+    "begntime in another shape": we1_with(begntime="2022-7-1 8:00:00"),
+    "endtime before begntime": we1_with(begntime="2022-07-01 10:05:00", endtime="2022-06-30 10:05:00"),
+    "begntime after inf_time": we1_with(begntime="2022-07-02 10:05:00"),
+    "inf_time in another shape": {**copy.deepcopy(WE1), "inf_time": "2022-7-1 10:30:00"},
+    "a dise_codg of 65 characters": we1_with(dise_codg="E" * 65),
+    "an mdtrt_cert_no of 65 characters": we1_with(mdtrt_cert_no="1" * 65),
+    "a hilist_name of 201 characters": we1_with(line0_hilist_name="x" * 201),
+    "an opter_name of 101 characters": {**copy.deepcopy(WE1), "opter_name": "x" * 101},
     # answered, but was not dead-lettered (CONTRACT.md: malformed requests go there either way)
     "a benefit check (2001) without med_type": {**copy.deepcopy(WE1), "infno": "2001",
                                                 "input": {"data": {"psn_no": WE1["input"]["data"]["psn_no"],
@@ -230,6 +241,13 @@ def test_a_request_a_few_minutes_fast_or_backdated_is_accepted(handler):
     # A time that is ahead only when read as UTC (this machine's clock may be) is China time: accepted.
     utc_now = datetime.now(UTC).replace(tzinfo=None)
     assert isinstance(handler.parse(Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(_dated(utc_now)), 0)), Parsed)
+
+
+def test_an_empty_or_absent_begntime_and_endtime_are_not_given(handler):
+    for request in (we1_with(begntime="", endtime=""), we1_with(begntime=None)):
+        record = Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(request), 1_700_000_000_000)
+        parsed = handler.parse(record)
+        assert isinstance(parsed, Parsed) and parsed.body.begntime is None and parsed.body.endtime is None
 
 
 def test_a_valid_request_still_parses(handler):

@@ -50,10 +50,18 @@ def _inf_time(value: object) -> datetime:
     if isinstance(value, datetime):
         return value
     text = str(value)
-    if _INF_TIME_SHAPE.fullmatch(text):
+    if not _INF_TIME_SHAPE.fullmatch(text):
+        # Only the contract's shape: strptime also took "2025-1-1 1:1:1" and runs of spaces.
+        raise ValueError(f"{text[:40]!r} is not a time of the form yyyy-MM-dd HH:mm:ss")
+    try:
         return datetime.fromisoformat(text)
-    # Anything else keeps strptime's exact behaviour (what it accepts, how it refuses).
-    return datetime.strptime(text, INF_TIME_FORMAT)
+    except ValueError as exc:  # the shape, but no such moment: 2025-02-30, 24:00:00
+        raise ValueError(f"{text!r} is not a time that exists ({exc})") from None
+
+
+def _stay_time(value: object) -> datetime | None:
+    """A visit's begin or end time: the contract's time, or empty (not given)."""
+    return None if value is None or value == "" else _inf_time(value)
 
 
 Amount = Annotated[Decimal, BeforeValidator(_amount), PlainSerializer(fmt, return_type=str)]
@@ -61,6 +69,10 @@ Ratio = Annotated[Decimal, BeforeValidator(_ratio), PlainSerializer(fmt_ratio, r
 Quantity = Annotated[Decimal, BeforeValidator(_quantity), PlainSerializer(lambda d: format(d, "f"), return_type=str)]
 InfTime = Annotated[
     datetime, BeforeValidator(_inf_time), PlainSerializer(lambda d: d.strftime(INF_TIME_FORMAT), return_type=str)
+]
+StayTime = Annotated[
+    datetime | None, BeforeValidator(_stay_time),
+    PlainSerializer(lambda d: d.strftime(INF_TIME_FORMAT) if d else "", return_type=str),
 ]
 Day = Annotated[date, PlainSerializer(lambda d: d.isoformat(), return_type=str)]
 AreaCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{6}$")]  # ASCII digits: Python's \d takes any script's

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from yidi.contracts.common import Amount, Code, Quantity, Ratio, WireModel
+from yidi.contracts.common import Amount, Code, Quantity, Ratio, StayTime, WireModel
 from yidi.domain.codes import InsuranceType, MedType
 from yidi.domain.money import ZERO, to_fen
 
@@ -14,7 +14,7 @@ from yidi.domain.money import ZERO, to_fen
 class FeeDetail(WireModel):
     feedetl_sn: Code
     hilist_code: Code
-    hilist_name: str = ""
+    hilist_name: str = Field(default="", max_length=200)
     cnt: Quantity
     # A bill's lines are charges: a refund is a cancellation (2305) and a new settlement, never a
     # negative line, which would let the funds pay on a bill of zero.
@@ -36,14 +36,16 @@ class SettlementInput(WireModel):
 
     psn_no: Code
     mdtrt_cert_type: Literal["01", "02", "03"] = "02"
-    mdtrt_cert_no: str = ""
+    mdtrt_cert_no: str = Field(default="", max_length=64)
     insutype: InsuranceType
     med_type: MedType
     mdtrt_id: Code
-    begntime: str = ""
-    endtime: str = ""
-    dise_codg: str = ""
-    dise_name: str = ""
+    # The visit's begin (admission) and end (discharge), when given; begntime decides which filing
+    # covers a stay (R6), so it must be a time that exists.
+    begntime: StayTime = None
+    endtime: StayTime = None
+    dise_codg: str = Field(default="", max_length=64)
+    dise_name: str = Field(default="", max_length=200)
     acct_used_flag: Literal["0", "1"] = "0"
     medfee_sumamt: Amount
     feedetail: list[FeeDetail] = Field(min_length=1, max_length=2000)
@@ -55,6 +57,8 @@ class SettlementInput(WireModel):
             raise ValueError(f"medfee_sumamt {self.medfee_sumamt} is not the sum of the details {total}")
         if len({d.feedetl_sn for d in self.feedetail}) != len(self.feedetail):
             raise ValueError("feedetl_sn repeats within the bill")
+        if self.begntime and self.endtime and self.endtime < self.begntime:
+            raise ValueError(f"endtime {self.endtime:%Y-%m-%d %H:%M:%S} is before begntime {self.begntime:%Y-%m-%d %H:%M:%S}")
         return self
 
 
@@ -76,7 +80,7 @@ class PersonQueryInput(WireModel):
     psn_no: Code
     insutype: InsuranceType | None = None
     med_type: MedType | None = None
-    dise_codg: str = ""
+    dise_codg: str = Field(default="", max_length=64)
 
 
 class SetlInfo(WireModel):
