@@ -129,6 +129,17 @@ def test_bad_input_is_refused_with_one_answer_on_the_gateways_topic_and_a_dead_l
     assert answers[0].topic == "ns.settlement.results"
 
 
+@pytest.mark.parametrize("msgid", [WE1["msgid"] + " ", " " + WE1["msgid"], WE1["msgid"][:-1] + "１",
+                                   "H" * 65, "H1101.0500001", "病历-0001"])
+def test_a_readable_msgid_the_contract_refuses_is_answered_under_it_as_sent(handler, msgid):
+    # It was dead-lettered only: the gateway, matching answers by the msgid it sent, timed out.
+    request = {**copy.deepcopy(WE1), "msgid": msgid}
+    result = handler.parse(Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(request), 1_700_000_000_000))
+    (answer,) = [orjson.loads(o.value) for o in result if o.answered]
+    assert (answer["msgid"], answer["err_code"]) == (msgid, "INVALID_INPUT")
+    assert "msgid" in answer["err_msg"]
+
+
 @pytest.mark.parametrize("infno", ["2204", "2301", "9999"])
 def test_a_transaction_the_platform_does_not_offer_is_answered_unsupported_once(handler, infno):
     """A well-formed request for a transaction outside the contract's list (fee-detail upload

@@ -18,7 +18,10 @@ from yidi.platform.kafka import Answered, Incoming, Outgoing
 from yidi.platform.settings import Settings
 from yidi.platform.topics import all_topic_specs, dlq
 
-_MSGID = re.compile(rb'"msgid"\s*:\s*"([A-Za-z0-9_\-]{1,64})"')
+# Any msgid that can be read, not only a valid one: one with a space, a dot or a full-width digit
+# is refused, but its answer must still reach the gateway, which matches answers by the msgid it
+# sent, as it sent it (JSON escapes and control characters aside).
+_MSGID = re.compile(rb'"msgid"\s*:\s*"([^"\\\x00-\x1f]{1,256})"')
 _REPLY_TO = re.compile(rb'"reply_to"\s*:\s*"([A-Za-z0-9._\-]{1,200})"')
 _INFNO = re.compile(rb'"infno"\s*:\s*"(\d{4})"')
 _FACILITY = re.compile(rb'"fixmedins_code"\s*:\s*"([^"]{1,64})"')
@@ -30,7 +33,10 @@ def recover_ids(raw: bytes) -> tuple[str | None, str, str, str]:
 
     def find(pattern: re.Pattern[bytes], default: str | None) -> str | None:
         m = pattern.search(raw)
-        return m.group(1).decode() if m else default
+        try:
+            return m.group(1).decode() if m else default
+        except UnicodeDecodeError:  # cut inside a character, or not UTF-8
+            return default
 
     return find(_MSGID, None), recover_reply_to(raw), find(_INFNO, "") or "", find(_FACILITY, "") or ""
 
