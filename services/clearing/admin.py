@@ -285,10 +285,11 @@ class ClearingAdminHandler:
             answer = answers.answer(envelope.msgid, envelope.infno.value, output)
         except ValidationError as exc:
             errors = exc.errors()
-            where = ".".join(str(part) for part in errors[0]["loc"])
+            where = "".join(f".{part}" for part in errors[0]["loc"])
+            msg = errors[0]["msg"].removeprefix("Value error, ")
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             answer = answers.refusal(envelope, ErrCode.INVALID_INPUT,
-                                     f"input.data.{where}: {errors[0]['msg']}{more}; correct it and send it again.")
+                                     f"input.data{where}: {msg}{more}; correct it and send it again.")
         except (ValueError, ArithmeticError) as exc:  # any other data error: refused, never retried
             answer = answers.refusal(envelope, ErrCode.INVALID_INPUT,
                                      f"input.data: {exc}"[:450] + "; correct it and send it again.")

@@ -103,3 +103,31 @@ def test_a_month_is_ascii_digits(month):
 
     with pytest.raises(ValidationError, match="setlym"):
         RunMonth.model_validate({"type": "run_month", "reqid": "R1", "setlym": month})
+
+
+def _totals(**changes) -> dict:
+    return {"stmt_begndate": "2025-01-01", "stmt_enddate": "2025-01-31", "medfee_sumamt": "0.00",
+            "fund_pay_sumamt": "0.00", "acct_pay": "0.00", "fixmedins_setl_cnt": 0} | changes
+
+
+@pytest.mark.parametrize(("changes", "why"), [
+    ({"stmt_begndate": "2025-02-01"}, "before stmt_begndate"),  # answered "totals match" over an empty period
+    ({"stmt_begndate": "20250101"}, "yyyy-MM-dd"),  # read as seconds since 1970
+    ({"stmt_enddate": 1735689600}, "yyyy-MM-dd"),
+])
+def test_a_reconciliation_period_is_two_dates_in_order(changes, why):
+    from yidi.contracts.clearing import ReconcileTotalsInput
+
+    with pytest.raises(ValidationError, match=why):
+        ReconcileTotalsInput.model_validate(_totals(**changes))
+    assert ReconcileTotalsInput.model_validate(_totals(stmt_enddate="2025-01-01")).stmt_enddate.day == 1
+
+
+def test_a_3202_lists_each_settlement_once():
+    # Two lines of one setl_id collapsed to the last, and "every settlement matches" hid the other.
+    from yidi.contracts.clearing import ReconcileDetailsInput
+
+    line = {"setl_id": "S1", "medfee_sumamt": "1.00", "fund_pay_sumamt": "0.00", "acct_pay": "0.00"}
+    body = {"stmt_begndate": "2025-01-01", "stmt_enddate": "2025-01-01", "details": [line, line | {"medfee_sumamt": "2.00"}]}
+    with pytest.raises(ValidationError, match="S1 is listed twice"):
+        ReconcileDetailsInput.model_validate(body)

@@ -4,16 +4,40 @@ reconciliation inputs of facilities (3201 totals, 3202 details)."""
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, WithJsonSchema, field_validator
+from pydantic import BeforeValidator, Field, TypeAdapter, WithJsonSchema, field_validator, model_validator
 
 from yidi.contracts.common import Amount, AreaCode, Code, Ratio, StrictWireModel, WireModel
 from yidi.contracts.envelope import RequestEnvelope, gateway_reply_topic
 from yidi.domain.codes import InsuranceType
 
 Month = Annotated[str, Field(pattern=r"^[0-9]{4}(0[1-9]|1[0-2])$")]
+
+
+def _statement_day(value: Any) -> Any:
+    """A reconciliation date as the contract writes it, yyyy-MM-dd: pydantic alone read "20250101"
+    (and a JSON number) as seconds since 1970, and refused it with a message about datetimes."""
+    if isinstance(value, date) or (isinstance(value, str) and _DAY_SHAPE.fullmatch(value)):
+        return value
+    raise ValueError(f"{str(value)[:40]!r} is not a date of the form yyyy-MM-dd")
+
+
+_DAY_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+StatementDay = Annotated[date, BeforeValidator(_statement_day)]
+
+
+class _Period(WireModel):
+    stmt_begndate: StatementDay
+    stmt_enddate: StatementDay
+
+    @model_validator(mode="after")
+    def _begins_before_it_ends(self) -> Any:
+        if self.stmt_enddate < self.stmt_begndate:
+            raise ValueError(f"stmt_enddate {self.stmt_enddate} is before stmt_begndate {self.stmt_begndate}")
+        return self
 
 
 class _Request(StrictWireModel):
@@ -140,11 +164,9 @@ class PrepaymentStatus(WireModel):
     version: int = Field(description="the account's move count: a status never replaces a newer one")
 
 
-class ReconcileTotalsInput(WireModel):
+class ReconcileTotalsInput(_Period):
     """3201: the facility's totals for a period (national field names)."""
 
-    stmt_begndate: date
-    stmt_enddate: date
     medfee_sumamt: Amount
     fund_pay_sumamt: Amount
     acct_pay: Amount
@@ -166,9 +188,16 @@ class ReconcileDetail(WireModel):
     acct_pay: Amount
 
 
-class ReconcileDetailsInput(WireModel):
+class ReconcileDetailsInput(_Period):
     """3202: the facility's settlements for a period, one by one."""
 
-    stmt_begndate: date
-    stmt_enddate: date
     details: list[ReconcileDetail] = Field(max_length=100_000)
+
+    @model_validator(mode="after")
+    def _each_settlement_once(self) -> Any:
+        seen: set[str] = set()
+        for d in self.details:
+            if d.setl_id in seen:
+                raise ValueError(f"setl_id {d.setl_id} is listed twice; list each settlement once")
+            seen.add(d.setl_id)
+        return self
