@@ -2,8 +2,8 @@
 
     yidi-gateway send ../shared/examples/we1/request.json
     yidi-gateway send --new-msgid requests/*.json
-    yidi-gateway file filing-request.json        # filing requests, answered on filing.results
-    yidi-gateway clearing run-month.json         # clearing requests, answered on clearing.results
+    yidi-gateway file deploy/demo/filing/*.json   # filing requests, answered on filing.results
+    yidi-gateway clearing run-month.json          # clearing requests, answered on clearing.results
 """
 
 from __future__ import annotations
@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     send = sub.add_parser("send", help="send settlement requests (settlement.requests)")
     send.add_argument("files", nargs="+")
-    send.add_argument("--reply-to", default=None, help="reply topic (default: each request's reply_to)")
+    send.add_argument("--reply-to", default=None,
+                      help="the reply topic written into every request and read for the answers "
+                           "(default: the first request's reply_to, or settlement.results)")
     send.add_argument("--new-msgid", action="store_true",
                       help="give each request a fresh msgid (and a bill a fresh visit id: a new settlement)")
     filing = sub.add_parser("file", help="send filing requests (filing.requests)")
