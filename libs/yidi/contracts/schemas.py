@@ -134,6 +134,8 @@ RATIO = {"type": "string", "pattern": r"^(0(\.\d+)?|1(\.0+)?)$", "description": 
 QUANTITY = {"type": "string", "pattern": r"^\d{1,7}(\.\d{1,4})?$",
             "description": "a positive number up to 1000000 with at most 4 decimals, as a string"}
 INF_TIME = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", "description": "yyyy-MM-dd HH:mm:ss, the sender's clock"}
+STAY_TIME = {"type": "string", "pattern": r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})?$",
+             "description": "yyyy-MM-dd HH:mm:ss, the sender's clock; empty when not given"}
 DAY = {"type": "string", "format": "date"}
 
 
@@ -150,7 +152,7 @@ def _annotated_funcs(alias: Any) -> tuple[Callable[..., Any] | None, Callable[..
 
 _SPECIAL: dict[int, dict[str, Any]] = {}
 for _alias, _schema in ((common.Amount, AMOUNT), (common.Ratio, RATIO), (common.Quantity, QUANTITY),
-                        (common.InfTime, INF_TIME), (common.Day, DAY)):
+                        (common.InfTime, INF_TIME), (common.StayTime, STAY_TIME), (common.Day, DAY)):
     for _func in _annotated_funcs(_alias):
         if _func is not None:
             _SPECIAL[id(_func)] = _schema
@@ -307,7 +309,9 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         writers=(),
         readers=(FILING_REQUESTS,),
         external_writers="filing offices and self-service channels (`yidi-gateway file`), `yidi-load` (section `filings`)",
-        notes="A request that does not validate is dead-lettered and gets no result.",
+        notes="A request that does not validate is dead-lettered and, when its `reqid` can be read, refused "
+              "(`accepted: false`, with the reason) on its `reply_to` (on `filing.results` when that is not a "
+              "legal gateway topic).",
     ),
     T.FILING_RESULTS: TopicContract(
         messages=("FilingResult",),
@@ -390,8 +394,11 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         messages=("PrepaymentAlert",),
         writers=("clearing",),
         external_readers="insured regions, operators",
-        notes="Once per account when its balance falls below `warn_share` of what was advanced, or below zero; "
-              "re-armed when a funding lifts it back. Key `<insuplc_admdvs>-<mdtrtarea_admvs>`.",
+        notes="An account is alerted once when its balance falls below `warn_share` of what was advanced "
+              "(`funded`): low; and once more when it runs out (below zero: `shortfall` above 0.00, which tells "
+              "the two apart). A balance that falls straight below zero gets one alert. Each level is re-armed "
+              "when a `fund` or a month's clearing (a statement both sides confirmed) lifts the balance back "
+              "above it; what cancellations give back does not re-arm it. Key `<insuplc_admdvs>-<mdtrtarea_admvs>`.",
     ),
     T.PREPAYMENT_STATUS: TopicContract(
         messages=("PrepaymentStatus",),
