@@ -14,7 +14,7 @@ Kafka requests each batch sent, with how many were answered CONCURRENT_TRANSACTI
 
 from __future__ import annotations
 
-import sys
+import argparse
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -113,9 +113,19 @@ def measured_from(folder: Path) -> float:
     return float(marker.read_text()) if marker.exists() else 0.0
 
 
-def main() -> None:
-    folder = Path(sys.argv[1])
-    since = float(sys.argv[2]) if len(sys.argv) > 2 else measured_from(folder)
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.hops", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", type=Path, metavar="DIR", help="the trace folder (latency_probe --trace DIR)")
+    parser.add_argument("since", type=float, nargs="?", metavar="SINCE_MS",
+                        help="leave out what was traced before this time (epoch ms); default: DIR/measured_from")
+    args = parser.parse_args(argv)
+    folder: Path = args.folder
+    if not folder.is_dir():
+        parser.error(f"{folder}: no such folder")
+    if not any(folder.glob("*.jsonl")):
+        parser.error(f"{folder}: no trace files (*.jsonl) in it")
+    since = args.since if args.since is not None else measured_from(folder)
     if since:
         print(f"(what was traced before {since:.0f} ms, the warm-up, is left out)")
     print(summarise(folder, since))

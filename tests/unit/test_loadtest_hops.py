@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
-from loadtest.hops import MEASURED_FROM, measured_from, summarise
+from loadtest.hops import MEASURED_FROM, main, measured_from, summarise
 
 
 def _batch(got: float, n: int, deliver_ms: float) -> dict:
@@ -28,3 +29,23 @@ def test_what_was_traced_before_the_measured_runs_is_left_out(tmp_path):
     assert "== pricing: 20 batches, mean 1.00 records" in text
     deliver = next(line for line in text.splitlines() if "deliver" in line)
     assert "p99     6.0" in deliver  # the warm-up's 300 ms deliveries are not among them
+
+
+def test_a_missing_or_empty_trace_folder_exits_2_with_a_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main([str(tmp_path / "no-such-trace")])
+    assert exited.value.code == 2
+    assert "no-such-trace: no such folder" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit) as exited:
+        main([str(tmp_path)])
+    assert exited.value.code == 2
+    assert "no trace files" in capsys.readouterr().err
+
+
+def test_main_prints_the_summary(tmp_path, capsys):
+    (tmp_path / "pricing.jsonl").write_bytes(b"\n".join(orjson.dumps(_batch(10_000.0 + 50 * i, 1, 6.0)) for i in range(3)))
+    main([str(tmp_path), "9000"])
+    out = capsys.readouterr().out
+    assert out.startswith("(what was traced before 9000 ms, the warm-up, is left out)\n")
+    assert "== pricing: 3 batches" in out
