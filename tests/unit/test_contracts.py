@@ -1,6 +1,7 @@
 """Wire contracts: WE1 parses, amounts are strings, malformed requests are explained."""
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,24 @@ def test_a_3202_lists_each_settlement_once():
     body = {"stmt_begndate": "2025-01-01", "stmt_enddate": "2025-01-01", "details": [line, line | {"medfee_sumamt": "2.00"}]}
     with pytest.raises(ValidationError, match="S1 is listed twice"):
         ReconcileDetailsInput.model_validate(body)
+
+
+def _line(cnt: str, pric: str, amount: str) -> dict:
+    raw = we1()
+    data = raw["input"]["data"]
+    data["feedetail"] = [data["feedetail"][0] | {"cnt": cnt, "pric": pric, "det_item_fee_sumamt": amount}]
+    data["medfee_sumamt"] = amount
+    return data
+
+
+def test_a_unit_price_may_have_six_decimals_and_the_line_is_rounded_to_the_fen():
+    # 30 tablets at 0.0125: the national interface carries pric as numeric(16, 6).
+    body = SettlementInput.model_validate(_line("30", "0.0125", "0.38"))
+    assert str(body.feedetail[0].pric) == "0.0125" and str(body.medfee_sumamt) == "0.38"
+    assert SettlementInput.model_validate(_line("3", "1.333333", "4.00")).feedetail[0].pric == Decimal("1.333333")
+
+
+@pytest.mark.parametrize("pric", ["0.0000001", "-1.00", "1e2", "１.00", "12345678901.00", 1.5])
+def test_a_unit_price_is_a_plain_number_of_at_most_six_decimals(pric):
+    with pytest.raises(ValidationError, match="unit price"):
+        SettlementInput.model_validate(_line("1", pric, "1.00"))

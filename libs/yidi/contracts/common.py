@@ -46,6 +46,21 @@ def _quantity(value: object) -> Decimal:
     return number
 
 
+# A bill line's unit price: the national interface carries it as numeric(16, 6), and a tablet's
+# price has three or four decimals (0.0125); the line's amount is cnt × pric rounded to the fen.
+MAX_UNIT_PRICE = Decimal("9999999999.999999")
+_UNIT_PRICE_SHAPE = re.compile(r"[0-9]{1,10}(\.[0-9]{1,6})?")
+
+
+def _unit_price(value: object) -> Decimal:
+    if isinstance(value, float):
+        raise ValueError("unit prices are strings, never floats")
+    text = str(value) if isinstance(value, (str, int, Decimal)) else ""
+    if not _UNIT_PRICE_SHAPE.fullmatch(text):
+        raise ValueError(f"a unit price is a number of at most 10 digits and 6 decimals, not {str(value)[:40]!r}")
+    return Decimal(text)
+
+
 def _inf_time(value: object) -> datetime:
     if isinstance(value, datetime):
         return value
@@ -67,6 +82,7 @@ def _stay_time(value: object) -> datetime | None:
 Amount = Annotated[Decimal, BeforeValidator(_amount), PlainSerializer(fmt, return_type=str)]
 Ratio = Annotated[Decimal, BeforeValidator(_ratio), PlainSerializer(fmt_ratio, return_type=str)]
 Quantity = Annotated[Decimal, BeforeValidator(_quantity), PlainSerializer(lambda d: format(d, "f"), return_type=str)]
+UnitPrice = Annotated[Decimal, BeforeValidator(_unit_price), PlainSerializer(lambda d: format(d, "f"), return_type=str)]
 InfTime = Annotated[
     datetime, BeforeValidator(_inf_time), PlainSerializer(lambda d: d.strftime(INF_TIME_FORMAT), return_type=str)
 ]

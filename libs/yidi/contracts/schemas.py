@@ -133,6 +133,8 @@ AMOUNT = {"type": "string", "pattern": r"^-?\d{1,12}(\.\d{1,2})?$",
 RATIO = {"type": "string", "pattern": r"^(0(\.\d+)?|1(\.0+)?)$", "description": "a proportion between 0 and 1, as a string"}
 QUANTITY = {"type": "string", "pattern": r"^\d{1,7}(\.\d{1,4})?$",
             "description": "a positive number up to 1000000 with at most 4 decimals, as a string"}
+UNIT_PRICE = {"type": "string", "pattern": r"^\d{1,10}(\.\d{1,6})?$",
+              "description": "yuan per unit, at most 10 integer digits and 6 decimals, as a string"}
 INF_TIME = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", "description": "yyyy-MM-dd HH:mm:ss, the sender's clock"}
 STAY_TIME = {"type": "string", "pattern": r"^(\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2})?$",
              "description": "yyyy-MM-dd HH:mm:ss, the sender's clock; empty when not given"}
@@ -152,6 +154,7 @@ def _annotated_funcs(alias: Any) -> tuple[Callable[..., Any] | None, Callable[..
 
 _SPECIAL: dict[int, dict[str, Any]] = {}
 for _alias, _schema in ((common.Amount, AMOUNT), (common.Ratio, RATIO), (common.Quantity, QUANTITY),
+                        (common.UnitPrice, UNIT_PRICE),
                         (common.InfTime, INF_TIME), (common.StayTime, STAY_TIME), (common.Day, DAY)):
     for _func in _annotated_funcs(_alias):
         if _func is not None:

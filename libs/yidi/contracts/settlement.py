@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from yidi.contracts.common import Amount, Code, Quantity, Ratio, StayTime, WireModel
+from yidi.contracts.common import Amount, Code, Quantity, Ratio, StayTime, UnitPrice, WireModel
 from yidi.domain.codes import InsuranceType, MedType
 from yidi.domain.money import ZERO, to_fen
 
@@ -17,8 +17,8 @@ class FeeDetail(WireModel):
     hilist_name: str = Field(default="", max_length=200)
     cnt: Quantity
     # A bill's lines are charges: a refund is a cancellation (2305) and a new settlement, never a
-    # negative line, which would let the funds pay on a bill of zero.
-    pric: Amount = Field(ge=0)
+    # negative line, which would let the funds pay on a bill of zero (UnitPrice has no sign).
+    pric: UnitPrice
     det_item_fee_sumamt: Amount = Field(ge=0)
 
     @model_validator(mode="after")
