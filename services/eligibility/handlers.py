@@ -323,6 +323,10 @@ class EligibilityHandler:
         )
 
     def _benefit_check(self, p: Parsed, decision: Eligible | Refused) -> Outgoing:
+        if isinstance(decision, Refused) and decision.code.value == ErrCode.UNKNOWN_FACILITY.value:
+            # About the asking facility, not the person: a failure, as 1101 answers it (a gateway that
+            # checks infcode saw success).
+            return self._answer(p, err=(ErrCode.UNKNOWN_FACILITY, decision.message))
         if isinstance(decision, Refused):
             return self._answer(p, {"eligible": "0", "reason_code": decision.code.value, "reason": decision.message})
         return self._answer(
