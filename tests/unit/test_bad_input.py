@@ -92,6 +92,7 @@ BAD_REQUESTS = {
     "begntime after inf_time": we1_with(begntime="2022-07-02 10:05:00"),
     "inf_time in another shape": {**copy.deepcopy(WE1), "inf_time": "2022-7-1 10:30:00"},
     "a dise_codg of 65 characters": we1_with(dise_codg="E" * 65),
+    "chronic outpatient care (14) without its disease": we1_with(dise_codg="  "),
     "an mdtrt_cert_no of 65 characters": we1_with(mdtrt_cert_no="1" * 65),
     "a hilist_name of 201 characters": we1_with(line0_hilist_name="x" * 201),
     "an opter_name of 101 characters": {**copy.deepcopy(WE1), "opter_name": "x" * 101},
@@ -252,6 +253,12 @@ def test_a_request_a_few_minutes_fast_or_backdated_is_accepted(handler):
     # A time that is ahead only when read as UTC (this machine's clock may be) is China time: accepted.
     utc_now = datetime.now(UTC).replace(tzinfo=None)
     assert isinstance(handler.parse(Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(_dated(utc_now)), 0)), Parsed)
+
+
+def test_a_disease_code_is_stripped_as_codes_are(handler):
+    request = we1_with(dise_codg=" " + WE1["input"]["data"]["dise_codg"] + " ")
+    parsed = handler.parse(Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(request), 1_700_000_000_000))
+    assert isinstance(parsed, Parsed) and parsed.body.dise_codg == WE1["input"]["data"]["dise_codg"]
 
 
 def test_an_empty_or_absent_begntime_and_endtime_are_not_given(handler):

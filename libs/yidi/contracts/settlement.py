@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from yidi.contracts.common import Amount, Code, Quantity, Ratio, StayTime, UnitPrice, WireModel
 from yidi.domain.codes import InsuranceType, MedType
@@ -44,7 +44,8 @@ class SettlementInput(WireModel):
     # covers a stay (R6), so it must be a time that exists.
     begntime: StayTime = None
     endtime: StayTime = None
-    dise_codg: str = Field(default="", max_length=64)
+    # Stripped as codes are: " E11.900" matched no chronic disease (NOT_QUALIFIED for a code that looks right).
+    dise_codg: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64)] = ""
     dise_name: str = Field(default="", max_length=200)
     acct_used_flag: Literal["0", "1"] = "0"
     medfee_sumamt: Amount
@@ -57,6 +58,9 @@ class SettlementInput(WireModel):
             raise ValueError(f"medfee_sumamt {self.medfee_sumamt} is not the sum of the details {total}")
         if len({d.feedetl_sn for d in self.feedetail}) != len(self.feedetail):
             raise ValueError("feedetl_sn repeats within the bill")
+        if self.med_type is MedType.CHRONIC_OUTPATIENT and not self.dise_codg:
+            raise ValueError("dise_codg is required for med_type 14: outpatient care of a chronic disease is "
+                             "settled by the disease (R14)")
         if self.begntime and self.endtime and self.endtime < self.begntime:
             raise ValueError(f"endtime {self.endtime:%Y-%m-%d %H:%M:%S} is before begntime {self.begntime:%Y-%m-%d %H:%M:%S}")
         return self
@@ -80,7 +84,7 @@ class PersonQueryInput(WireModel):
     psn_no: Code
     insutype: InsuranceType | None = None
     med_type: MedType | None = None
-    dise_codg: str = Field(default="", max_length=64)
+    dise_codg: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64)] = ""
 
 
 class SetlInfo(WireModel):
