@@ -25,7 +25,9 @@ def test_other_exact_amounts_get_their_canonical_text(text, canonical):
 
 @pytest.mark.parametrize("bad", ["1.234", "abc", "NaN", "Infinity", "", 1.5, None, [], {}, "1,5",
                                  # beyond the ledger's numeric(14, 2), or beyond Decimal's precision
-                                 "1000000000000.00", "-1000000000000.00", "1E+30", "1" * 29 + ".00", "1E+999999"])
+                                 "1000000000000.00", "-1000000000000.00", "1E+30", "1" * 29 + ".00", "1E+999999",
+                                 # what Decimal() reads and the wire's plain decimal strings are not
+                                 " 32.52 ", "3_2.52", "3.252e1", "３２.５２", "+32.52", ".5", "5."])
 def test_what_parse_amount_refuses_amount_text_refuses(bad):
     with pytest.raises(MoneyError):
         parse_amount(bad)

@@ -14,6 +14,9 @@ MAX_AMOUNT = Decimal("999999999999.99")
 # The usual wire amount: already exactly two decimals (and at most 12 integer digits, so within
 # MAX_AMOUNT), so ``Decimal(text)`` is its own fen rounding.
 _TWO_DECIMALS = re.compile(r"-?[0-9]{1,12}\.[0-9]{2}")
+# Any other amount string must at least be plain ASCII digits, a sign and a point; parse_amount then
+# says what is wrong with it (too many decimals, out of range).
+_PLAIN = re.compile(r"-?[0-9]+(\.[0-9]+)?")
 
 
 class MoneyError(ValueError):
@@ -33,6 +36,10 @@ def parse_amount(text: str | Decimal | int) -> Decimal:
         raise MoneyError("amounts are strings or decimals, never floats")
     if isinstance(text, str) and _TWO_DECIMALS.fullmatch(text):
         return Decimal(text)
+    if isinstance(text, str) and not _PLAIN.fullmatch(text):
+        # Decimal() also reads " 32.52 ", "3_2.52", "3.252e1" and other scripts' digits ("３２.５２"):
+        # the wire's amounts are plain decimal strings.
+        raise MoneyError(f"not an amount (digits, at most two decimals, e.g. \"48.89\"): {text[:40]!r}")
     try:
         value = Decimal(text)
     except (InvalidOperation, TypeError, ValueError) as exc:
