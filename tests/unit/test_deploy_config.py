@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
-from prometheus_client import REGISTRY, generate_latest
+from faststream.prometheus.container import MetricsContainer
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from yidi.platform import metrics
@@ -137,6 +138,10 @@ def declared_series() -> dict[str, frozenset[str]]:
     """Every series name /metrics exposes for the metrics of metrics.py (plus `up`, and the start
     time prometheus_client's process collector exports), with its labels."""
     series = {"up": frozenset(TARGET_LABELS), "process_start_time_seconds": frozenset(TARGET_LABELS)}
+    # The feeds' failures, which FastStream's middleware (platform/service.py) counts: as its
+    # installed version declares them.
+    feeds = MetricsContainer(CollectorRegistry(), custom_label_names=()).received_processed_messages_exceptions_total
+    series[feeds.describe()[0].name + "_total"] = frozenset(feeds._labelnames) | TARGET_LABELS
     for metric in vars(metrics).values():
         if isinstance(metric, MetricWrapperBase):
             (family,) = metric.describe()
