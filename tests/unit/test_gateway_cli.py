@@ -34,3 +34,12 @@ def test_request_files_hold_one_object_a_list_or_json_lines(tmp_path: Path):
     (tmp_path / "lines.jsonl").write_text('{"msgid": "d"}\n{"msgid": "e"}\n')
     files = [str(tmp_path / n) for n in ("one.json", "list.json", "lines.jsonl")]
     assert [r["msgid"] for r in read_requests(files)] == ["a", "b", "c", "d", "e"]
+
+
+def test_requests_are_keyed_as_the_topics_document_says():
+    from yidi.client.gateway import request_key
+
+    assert request_key({"msgid": "M1", "input": {"data": {"psn_no": "P1"}}}) == "P1"  # settlement.requests
+    assert request_key({"msgid": "M1", "infno": "3201", "input": {"data": {}}}) is None  # no person: null key
+    assert request_key({"reqid": "F1", "psn_no": "P2"}, "reqid") == "P2"  # filing.requests
+    assert request_key({"reqid": "C1", "type": "fund"}, "reqid") == "C1"  # clearing.requests: it had no key

@@ -111,8 +111,7 @@ class GatewayClient:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[correlation].append(fut)
         if key is None:
-            data = request.get("input", {}).get("data", {}) if isinstance(request.get("input"), dict) else {}
-            key = str(data.get("psn_no") or request.get("psn_no") or "") or None
+            key = request_key(request, self.correlate_by)
         await self._producer.send_and_wait(
             self.request_topic, orjson.dumps(request), key=key.encode() if key else None
         )
@@ -136,3 +135,12 @@ class GatewayClient:
                 f"no answer to {self.correlate_by} {request.get(self.correlate_by)} within {timeout:.0f}s "
                 f"on {self.reply_topic}; are the services running?"
             ) from exc
+
+
+def request_key(request: dict[str, Any], correlate_by: str = "msgid") -> str | None:
+    """The Kafka key docs/topics.md gives a request: ``psn_no`` (a settlement's in ``input.data``, a
+    filing's at the top); a clearing request, which names no person, its ``reqid``; else none."""
+    data = request.get("input", {}).get("data", {}) if isinstance(request.get("input"), dict) else {}
+    psn_no = data.get("psn_no") if isinstance(data, dict) else None
+    key = psn_no or request.get("psn_no") or (request.get("reqid") if correlate_by == "reqid" else None)
+    return str(key) if key else None
