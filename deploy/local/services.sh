@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Run the four Yidi services in the background on the local stack, each its own process.
 #   deploy/local/services.sh start|stop|restart|status [filing|eligibility|pricing|clearing ...]
-# Logs: .local/log/<service>.log; pid files: .local/run/<service>.pid.
+# A further instance of a service is <service>@<n> (n = 2..9), e.g. `start pricing@2`: its own
+# YIDI_INSTANCE (<instance>-<n>) and metrics port (the service's + 100 × (n − 1): pricing@2 on 9203).
+# stop and status without names cover every instance started.
+# Logs: .local/log/<name>.log; pid files: .local/run/<name>.pid.
 # Readiness: a service is up when its /metrics says yidi_service_up 1 (its stages run).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
@@ -30,14 +33,34 @@ metrics() {
   timeout 2 cat <&"$fd"
   exec {fd}>&-
 }
-up() { metrics "${PORT[$1]}" | grep -Eq "^yidi_service_up\{service=\"$1\"\} 1(\.0)?$"; }
+service_of() { printf '%s' "${1%@*}"; }
+number_of() { if [[ $1 == *@* ]]; then printf '%s' "${1#*@}"; else printf 1; fi; }
+port_of() { printf '%s' $(( ${PORT[$(service_of "$1")]} + 100 * ($(number_of "$1") - 1) )); }
+valid() {
+  local svc n
+  svc=$(service_of "$1"); n=$(number_of "$1")
+  [[ -n ${PORT[$svc]:-} && $n =~ ^[1-9]$ && ( $1 != *@* || $n -ge 2 ) ]] \
+    || { say "unknown service $1 (filing, eligibility, pricing, clearing, or one of them @2..@9)"; exit 2; }
+}
+# The body read whole first: under pipefail, grep -q leaving early could fail curl (SIGPIPE) and so
+# the check, and status said "running" of a ready service.
+up() {
+  local body
+  body=$(metrics "$(port_of "$1")") || return 1
+  grep -Eq "^yidi_service_up\{service=\"$(service_of "$1")\"\} 1(\.0)?$" <<<"$body"
+}
 
 start_one() {
   local svc=$1
   if svc_alive "$svc"; then say "$svc already running (pid $(pid_of "$svc"))"; return; fi
   # A plain background command, so $! is the service's own pid (setsid does not fork here:
   # a background job of a script is not a process-group leader).
-  YIDI_METRICS_PORT=${PORT[$svc]} nohup setsid "$PY" -m "services.$svc" </dev/null >>"$LOG/$svc.log" 2>&1 &
+  local -a extra=()
+  if (( $(number_of "$svc") > 1 )); then  # two processes of one instance name would fence each other
+    extra=("YIDI_INSTANCE=${YIDI_INSTANCE:-$("$PY" -c 'from yidi.platform.settings import Settings; print(Settings().instance)')}-$(number_of "$svc")")
+  fi
+  env "${extra[@]}" YIDI_METRICS_PORT="$(port_of "$svc")" \
+    nohup setsid "$PY" -m "services.$(service_of "$svc")" </dev/null >>"$LOG/$svc.log" 2>&1 &
   echo $! >"$RUN/$svc.pid"
 }
 
@@ -48,7 +71,7 @@ wait_up() {
     if ((SECONDS > deadline)); then say "$svc not ready after 90s; see $LOG/$svc.log"; return 1; fi
     sleep 0.3
   done
-  say "$svc ready (pid $(pid_of "$svc"), metrics http://127.0.0.1:${PORT[$svc]}/metrics)"
+  say "$svc ready (pid $(pid_of "$svc"), metrics http://127.0.0.1:$(port_of "$svc")/metrics)"
 }
 
 stop_one() {
@@ -63,7 +86,14 @@ stop_one() {
 }
 
 cmd=${1:-status}; shift || true
-targets=("$@"); ((${#targets[@]})) || targets=("${ALL[@]}")
+targets=("$@")
+if ((${#targets[@]} == 0)); then
+  targets=("${ALL[@]}")
+  if [[ $cmd == stop || $cmd == status ]]; then  # and every further instance started
+    for f in "$RUN"/*@*.pid; do [[ -e $f ]] && targets+=("$(basename "$f" .pid)"); done
+  fi
+fi
+for s in "${targets[@]}"; do valid "$s"; done
 case $cmd in
   start)
     for s in "${targets[@]}"; do start_one "$s"; done
@@ -73,7 +103,7 @@ case $cmd in
   status)
     for s in "${targets[@]}"; do
       if svc_alive "$s"; then state=running; up "$s" && state="running, ready" ; else state=stopped; fi
-      printf '%-12s %-16s %s\n' "$s" "$state" "${PORT[$s]}"
+      printf '%-12s %-16s %s\n' "$s" "$state" "$(port_of "$s")"
     done ;;
   *) echo "usage: $0 start|stop|restart|status [service ...]" >&2; exit 2 ;;
 esac
