@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 
-from yidi.contracts.filing import DeclarationSource, FilingAction, FilingEvent, FilingRequest, FilingResult
+from yidi.contracts.filing import DeclarationSource, FilingAction, FilingEvent, FilingRecord, FilingRequest, FilingResult
 from yidi.domain.codes import BUSINESS_TZ
 from yidi.domain.eligibility import Filing
 from yidi.domain.filing import (
@@ -92,7 +92,7 @@ class FilingHandler:
             return self._answer(request, FilingResult(reqid=request.reqid, accepted=False, reason=reason))
         saved = await self.repo.save(conn, filing, version, filed_on, request.action.value, request.reqid,
                                      request.decl_source.value, request.opter, request.reason)
-        result = FilingResult(reqid=request.reqid, accepted=True, filing=saved)
+        result = FilingResult(reqid=request.reqid, accepted=True, filing=saved, note=_what_the_rules_changed(request, saved))
         # Eligibility applies the event, then answers: the answer implies the next settlement sees it.
         event_out = FilingEvent(event=event, filing=saved, result=result, reply_to=request.reply_to)
         emitted = [{"topic": self.settings.topic(FILING_EVENTS), "value": dumps(event_out).decode()}]
@@ -137,3 +137,14 @@ class FilingHandler:
             # R21: self-service filings (and imports of approved ones) take effect at once.
             takes_effect_at_once=request.decl_source is not DeclarationSource.OFFICE,
         )
+
+
+def _what_the_rules_changed(request: FilingRequest, saved: FilingRecord) -> str:
+    """What a filing asked for (add, change) and did not get as asked, said to the person (R7)."""
+    if request.action not in (FilingAction.ADD, FilingAction.CHANGE) or request.enddate == saved.enddate:
+        return ""
+    if saved.enddate is None:
+        return (f"enddate {request.enddate} was not kept: a {saved.category.value} filing is long-term and "
+                "valid until it is changed or the person's insurance changes (R7)")
+    return (f"enddate {request.enddate or '(none)'} became {saved.enddate}: a temporary filing lasts at least "
+            "six months (R7)")

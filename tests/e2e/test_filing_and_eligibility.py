@@ -50,7 +50,18 @@ async def test_r7_a_temporary_filing_past_its_six_months_no_longer_counts(world,
     person = await world.person(category=None)
     old = await file(filings, world, person, category="temporary_other", begndate="2025-01-01", enddate="2025-03-01")
     assert old["filing"]["enddate"] == "2025-07-01"  # at least six months (R7)
+    assert "2025-03-01 became 2025-07-01" in old["note"] and "R7" in old["note"]  # and says so
     assert (await gateway.call(world.request(person, [("T-A", "1", "100.00")])))["err_code"] == "NOT_FILED"
+
+
+async def test_r7_a_long_term_filing_keeps_no_end_date_and_says_so(world, filings):
+    # The end date the person asked for was dropped without a word.
+    person = await world.person(category=None)
+    filed = await file(filings, world, person, category="retiree_resettled", enddate="2030-01-01")
+    assert filed["accepted"] and filed["filing"]["enddate"] is None
+    assert "2030-01-01 was not kept" in filed["note"] and "long-term" in filed["note"]
+    plain = await file(filings, world, await world.person(category=None), category="retiree_resettled")
+    assert plain["accepted"] and plain["note"] == ""  # as asked: nothing to say
 
 
 async def test_r8_a_change_inside_the_regions_lock_is_refused(system, filings):

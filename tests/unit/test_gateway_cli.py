@@ -43,3 +43,8 @@ def test_requests_are_keyed_as_the_topics_document_says():
     assert request_key({"msgid": "M1", "infno": "3201", "input": {"data": {}}}) is None  # no person: null key
     assert request_key({"reqid": "F1", "psn_no": "P2"}, "reqid") == "P2"  # filing.requests
     assert request_key({"reqid": "C1", "type": "fund"}, "reqid") == "C1"  # clearing.requests: it had no key
+
+
+def test_a_filing_accepted_not_quite_as_asked_says_what_changed():
+    line = summarise({"action": "add"}, {"reqid": "R2", "accepted": True, "note": "enddate 2030-01-01 was not kept (R7)"})
+    assert line.startswith("add R2: ok (enddate 2030-01-01 was not kept (R7))")

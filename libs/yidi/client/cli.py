@@ -43,6 +43,8 @@ def summarise(request: dict[str, Any], answer: dict[str, Any]) -> str:
     """One line a cashier can read: who, what, and who pays what."""
     if "reqid" in answer:  # a filing or clearing result
         verdict = "ok" if answer.get("ok", answer.get("accepted")) else f"REFUSED: {answer.get('reason')}"
+        if answer.get("note"):
+            verdict += f" ({answer['note']})"
         body = answer.get("data") or answer.get("filing") or {}
         return f"{request.get('type', request.get('action', ''))} {answer['reqid']}: {verdict} {json.dumps(body, ensure_ascii=False)[:300]}"
     data = request.get("input", {}).get("data", {})

@@ -110,6 +110,9 @@ class FilingResult(WireModel):
     reqid: str
     accepted: bool
     reason: str = ""
+    note: str = Field(default="", description="accepted, but not quite as asked: what the rules changed (R7: a "
+                                              "long-term filing has no end date; a temporary one lasts at least "
+                                              "six months)")
     filing: FilingRecord | None = None
     history: list[dict[str, Any]] = Field(default_factory=list)
 
