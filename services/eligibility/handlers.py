@@ -27,7 +27,7 @@ from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import STORED_CONTEXT, FacilityRecord, PersonRecord
 from yidi.contracts.settlement import CancelInput, PersonQueryInput, ReversalInput, SettlementInput
 from yidi.domain.codes import BUSINESS_TZ, minutes_ahead
-from yidi.domain.eligibility import Eligible, Outage, Refused, Visit, decide
+from yidi.domain.eligibility import Eligible, Outage, Refusal, Refused, Visit, decide
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
@@ -268,7 +268,9 @@ class EligibilityHandler:
             if request.infno is Infno.BENEFIT_CHECK:
                 return self._benefit_check(p, decision)
             if isinstance(decision, Refused):
-                work["refusal"] = {"err_code": ErrCode(decision.code.value).value, "err_msg": decision.message}
+                # Filings are looked up on the request's day: a facility clock years slow finds none.
+                hint = answers.clock_hint(request.inf_time, now) if decision.code is Refusal.NOT_FILED else ""
+                work["refusal"] = {"err_code": ErrCode(decision.code.value).value, "err_msg": decision.message + hint}
             else:
                 assert person_record is not None and facility is not None
                 work["person"] = {

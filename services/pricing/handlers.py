@@ -226,8 +226,8 @@ class PricingHandler:
         if policy is None:
             return self._refuse(
                 work, ErrCode.NO_POLICY,
-                f"Insured region {region} has no {body.insutype.value} policy in force on {day}; "
-                "nothing was settled. Settle in cash or contact the insured region.",
+                f"Insured region {region} has no {body.insutype.value} policy in force on {day.isoformat()}; "
+                "nothing was settled. Settle in cash or contact the insured region." + answers.clock_hint(request.inf_time),
             )
         catalogue = batch.catalogue(request.mdtrtarea_admvs, day)
         year_usage = dict(batch.usage.get((body.psn_no, day.year), {}))

@@ -32,6 +32,7 @@ async def test_r6_a_person_admitted_without_filing_files_and_then_settles_direct
     filed = await file(filings, world, person, category="temporary_other")
     settled = await gateway.call(world.request(person, [("T-A", "1", "2000.00")], infno="2304", med_type="21"))
     assert refused["err_code"] == "NOT_FILED" and "R6" in refused["err_msg"]
+    assert "facility's clock" not in refused["err_msg"]  # dated now
     assert filed["accepted"] and filed["filing"]["status"] == "active"
     assert settled["infcode"] == 0
 
@@ -51,7 +52,14 @@ async def test_r7_a_temporary_filing_past_its_six_months_no_longer_counts(world,
     old = await file(filings, world, person, category="temporary_other", begndate="2025-01-01", enddate="2025-03-01")
     assert old["filing"]["enddate"] == "2025-07-01"  # at least six months (R7)
     assert "2025-03-01 became 2025-07-01" in old["note"] and "R7" in old["note"]  # and says so
-    assert (await gateway.call(world.request(person, [("T-A", "1", "100.00")])))["err_code"] == "NOT_FILED"
+    expired = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+    assert expired["err_code"] == "NOT_FILED" and "facility's clock" not in expired["err_msg"]
+    # Dated within the filing, but years before the platform's clock: a clock years slow, perhaps.
+    slow = await gateway.call(world.request(person, [("T-A", "1", "100.00")], when="2025-02-01 10:00:00"))
+    assert slow["infcode"] == 0
+    older = await gateway.call(world.request(person, [("T-A", "1", "100.00")], when="2019-03-01 10:00:00"))
+    assert older["err_code"] == "NOT_FILED" and "2019-03-01 10:00:00" in older["err_msg"]
+    assert "set the facility's clock" in older["err_msg"]
 
 
 async def test_r7_a_long_term_filing_keeps_no_end_date_and_says_so(world, filings):

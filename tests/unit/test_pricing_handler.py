@@ -47,3 +47,23 @@ def test_a_per_stay_deductible_is_the_facilitys_stay_not_any_stay_with_that_visi
     other = settle(handler, batch, stay_request("H11010500002", "MB1", "100"))
     assert (first["act_pay_dedc"], first["hifp_pay"]) == ("500.00", "400.00")
     assert (other["act_pay_dedc"], other["hifp_pay"]) == ("500.00", "400.00")
+
+
+def test_no_policy_on_a_day_years_back_points_at_the_facilitys_clock():
+    batch = Batch(stored={}, settlements=[], policies=[], items=[item("DRUG")], usage={})
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+    (out,) = handler._one(stay_request("H11010500001", "MC1", "7"), batch)  # dated 2022-07-01
+    answer = orjson.loads(out.value)
+    assert answer["err_code"] == "NO_POLICY" and "in force on 2022-07-01" in answer["err_msg"]
+    assert "set the facility's clock" in answer["err_msg"]
+
+
+def test_the_clock_hint_is_for_a_day_or_more_behind_only():
+    from datetime import UTC, datetime
+
+    from yidi.contracts.answers import clock_hint
+
+    now = datetime(2026, 12, 4, 6, 0, tzinfo=UTC)  # 14:00 China time
+    assert clock_hint(datetime(2026, 12, 4, 9, 0), now) == ""  # this morning
+    assert "1 days before" in clock_hint(datetime(2026, 12, 3, 13, 0), now)
+    assert "0001-01-01 00:00:00, 739953 days before" in clock_hint(datetime(1, 1, 1), now)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from yidi.contracts.envelope import ErrCode, RequestEnvelope, RequestRef, ResponseEnvelope, respond_time
+from yidi.domain.codes import BUSINESS_TZ
 from yidi.domain.money import ZERO, fmt, fmt_ratio
 from yidi.domain.pricing import Pricing
 
@@ -40,6 +41,23 @@ def answer(
         err_msg=err_msg,
         output=output or {},
     )
+
+
+# A request dated this far behind the platform's clock may be one from a facility whose clock is
+# wrong: its refusal says so, or the cashier is sent to the insured region for what is a clock.
+CLOCK_HINT_AFTER = timedelta(days=1)
+
+
+def clock_hint(inf_time: datetime, now: datetime | None = None) -> str:
+    """For a refusal the request's date decided (no filing, no policy on that day): a sentence on
+    the facility's clock when ``inf_time`` (China time, naive) is a day or more behind the
+    platform's; else empty. A request sent late on purpose is not refused for it."""
+    now_china = (now or datetime.now(UTC)).astimezone(BUSINESS_TZ).replace(tzinfo=None)
+    behind = now_china - inf_time
+    if behind < CLOCK_HINT_AFTER:
+        return ""
+    return (f" The request is dated {inf_time.isoformat(sep=' ')}, {behind.days} days before the platform's clock: "
+            "if that is not when the patient was treated, set the facility's clock.")
 
 
 def refusal(request: RequestEnvelope | RequestRef, code: ErrCode, message: str, received: datetime | None = None) -> ResponseEnvelope:

@@ -260,6 +260,6 @@ def decide(
         return Eligible(Basis.WAIVED, None)  # R17
     return Refused(
         Refusal.NOT_FILED,
-        f"No valid filing for region {visit.treating_region} on {visit.on:%Y-%m-%d}; the person may file now "
+        f"No valid filing for region {visit.treating_region} on {visit.on.isoformat()}; the person may file now "
         "(online or by phone) and settle directly before discharge (R6), or pay and claim at home.",
     )
