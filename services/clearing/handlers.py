@@ -79,7 +79,14 @@ class ClearingHandler:
                     continue
                 row = by_setl.get(work.target_setl_id)
                 if row is None:
-                    out.extend(self._broken(record, f"cancellation of {work.target_setl_id}, which the ledger lacks"))
+                    # Pricing has undone it already (its accumulators given back): a resend replays
+                    # the same. Operators must restore the ledger row; the cashier must not settle
+                    # the visit again meanwhile.
+                    out.extend(broken(
+                        self.settings, record, f"cancellation of {work.target_setl_id}, which the ledger lacks",
+                        f"The platform could not record this undoing of settlement {work.target_setl_id}: the "
+                        "ledger lacks it. The operators are alerted; until they confirm, do not settle the visit "
+                        "again, and keep the settlement slip."))
                     continue
                 if row.state == "settled":
                     row.state = "reversed" if work.request.infno.value == "2601" else "cancelled"

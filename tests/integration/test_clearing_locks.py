@@ -109,3 +109,25 @@ async def test_a_3202_answer_lists_at_most_2000_differences_and_counts_them_all(
     assert output["differences_total"] == MAX_LISTED + 5 and len(output["differences"]) == MAX_LISTED
     assert "the first 2000 are listed" in output["stmt_rslt_dscr"]
     assert len(orjson.dumps(output)) < 1024 * 1024
+
+
+async def test_an_undoing_of_a_settlement_the_ledger_lacks_is_answered_as_an_undoing(clearing_db, settings):
+    # It was answered "could not record this settlement ... send the same request again", which
+    # replays the same failure: pricing has undone it already.
+    from services.clearing.handlers import ClearingHandler
+    from yidi.platform.kafka import Incoming
+
+    _, repo = clearing_db
+    handler = ClearingHandler(settings, repo)
+    request = {"infno": "2208", "msgid": "M-UNDO-LOST-1", "mdtrtarea_admvs": "110000", "insuplc_admdvs": "131000",
+               "inf_time": "2099-12-01 10:00:00", "fixmedins_code": "H11010500001", "reply_to": "settlement.results"}
+    answer = {"infcode": 0, "inf_refmsgid": "YD1", "refmsg_time": "1", "respond_time": "1", "msgid": "M-UNDO-LOST-1",
+              "infno": "2208", "output": {"setlinfo": {"setl_id": "S-NOT-IN-LEDGER", "state": "cancelled"}}}
+    priced = {"kind": "cancel", "request": request, "request_hash": "h", "request_ts_ms": 0, "answer": answer,
+              "facts": None, "target_setl_id": "S-NOT-IN-LEDGER"}
+    out = await handler([Incoming(settings.topic("settlement.priced"), 0, 1, b"P-UNDO-LOST", orjson.dumps(priced), 0)])
+    (sent,) = [o for o in out if o.answered]
+    told = orjson.loads(sent.value)
+    assert told["err_code"] == "INTERNAL_ERROR" and "undoing of settlement S-NOT-IN-LEDGER" in told["err_msg"]
+    assert "do not settle the visit again" in told["err_msg"] and "Send the same request" not in told["err_msg"]
+    assert [o.topic for o in out if not o.answered] == [settings.topic("settlement.priced.dlq")]
