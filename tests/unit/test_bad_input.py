@@ -91,6 +91,7 @@ BAD_REQUESTS = {
     "endtime before begntime": we1_with(begntime="2022-07-01 10:05:00", endtime="2022-06-30 10:05:00"),
     "begntime after inf_time": we1_with(begntime="2022-07-02 10:05:00"),
     "inf_time in another shape": {**copy.deepcopy(WE1), "inf_time": "2022-7-1 10:30:00"},
+    "inf_time in year 1": {**copy.deepcopy(WE1), "inf_time": "0001-01-01 00:00:00"},
     "a dise_codg of 65 characters": we1_with(dise_codg="E" * 65),
     "chronic outpatient care (14) without its disease": we1_with(dise_codg="  "),
     "an mdtrt_cert_no of 65 characters": we1_with(mdtrt_cert_no="1" * 65),

@@ -69,9 +69,13 @@ def _inf_time(value: object) -> datetime:
         # Only the contract's shape: strptime also took "2025-1-1 1:1:1" and runs of spaces.
         raise ValueError(f"{text[:40]!r} is not a time of the form yyyy-MM-dd HH:mm:ss")
     try:
-        return datetime.fromisoformat(text)
+        moment = datetime.fromisoformat(text)
     except ValueError as exc:  # the shape, but no such moment: 2025-02-30, 24:00:00
         raise ValueError(f"{text!r} is not a time that exists ({exc})") from None
+    if moment.year < 1900:
+        # Not a time of this platform's; and strftime writes year 1 as "1", which the next hop refuses.
+        raise ValueError(f"{text!r} is before 1900: set the facility's clock")
+    return moment
 
 
 def _stay_time(value: object) -> datetime | None:
