@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 
 from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import FacilityRecord, PersonRecord
 from yidi.domain.eligibility import Outage
 from yidi.platform.db import Repository, json_value, lock_keys, transient_errors
+
+log = logging.getLogger(__name__)
 
 Subject = tuple[int, dict[str, Any]]  # (version, {"person": {...} | None, "filings": [...]})
 
@@ -156,7 +160,18 @@ class EligibilityRepository(Repository):
             rows = await self._pool.fetch(
                 "SELECT record FROM eligibility.facilities WHERE fixmedins_code = ANY($1::text[])", codes
             )
-        return {f.fixmedins_code: f for f in (FacilityRecord.model_validate(json_value(r["record"])) for r in rows)}
+        found: dict[str, FacilityRecord] = {}
+        for r in rows:
+            try:
+                facility = FacilityRecord.model_validate(json_value(r["record"]))
+            except ValidationError as exc:
+                # A record stored by an earlier version that this one refuses (e.g. an area code in
+                # full-width digits, taken before 2026-12-04): the facility is unknown to this
+                # version, its requests refused UNKNOWN_FACILITY; raising here stopped the stage.
+                log.error("eligibility: stored facility record cannot be read, treated as unknown: %s", exc)
+                continue
+            found[facility.fixmedins_code] = facility
+        return found
 
     async def upsert_facility(self, record: FacilityRecord) -> None:
         async with transient_errors():

@@ -9,7 +9,7 @@ import asyncpg
 import orjson
 import pytest
 
-from yidi.contracts.refdata import PersonRecord
+from yidi.contracts.refdata import FacilityRecord, PersonRecord
 from yidi.platform.db import create_pool, migrate
 
 from services.eligibility.repository import EligibilityRepository
@@ -132,3 +132,21 @@ async def test_persons_stored_before_migration_002_get_their_time_from_their_rec
     finally:
         await conn.execute(f"DROP SCHEMA {schema} CASCADE")
         await conn.close()
+
+
+async def test_a_stored_facility_this_version_cannot_read_is_unknown_not_a_stopped_stage(settings):
+    # Stored before area codes had to be ASCII digits: its validation error escaped the batch's
+    # per-request handling and stopped eligibility, again after every restart.
+    pool = await create_pool(settings.database_url, size=1)
+    code, good = unique("HFW"), unique("HOK")
+    try:
+        await migrate(pool, "eligibility", "services.eligibility.migrations")
+        record = {"fixmedins_code": code, "fixmedins_name": "x", "admdvs": "１１００００", "level": 3, "med_types": ["11"]}
+        await pool.execute("INSERT INTO eligibility.facilities (fixmedins_code, record) VALUES ($1, $2::jsonb)",
+                           code, orjson.dumps(record).decode())
+        repo = EligibilityRepository(pool)
+        await repo.upsert_facility(FacilityRecord(fixmedins_code=good, fixmedins_name="y", admdvs="110000", level=3,
+                                                  med_types=["11"]))
+        assert list(await repo.facilities([code, good])) == [good]
+    finally:
+        await pool.close()
