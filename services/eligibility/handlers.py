@@ -115,6 +115,15 @@ class EligibilityHandler:
             out.append(reply(self.settings, reply_to, answer, facility=facility, request_ts_ms=record.timestamp_ms))
         return out
 
+    def _malformed(self, record: Incoming, request: RequestEnvelope, reason: str) -> Parsed | list[Outgoing]:
+        """A request whose input the platform refuses. A settlement, cancellation or reversal is
+        refused by pricing, after its msgid is checked (as a clock ahead is): a resend of one
+        settled before a check was added or tightened gets its stored answer, not a refusal beside
+        a payment in the ledger. Anything else is answered here."""
+        if request.infno.changes_state:
+            return Parsed(record, request, None, reason)
+        return self._invalid(record, reason, request)
+
     def _unsupported(self, record: Incoming, infno: str) -> list[Outgoing]:
         """A transaction code the platform does not offer: answered ``UNSUPPORTED``, not
         dead-lettered (the message is well formed; ``yidi_answers_total`` counts them)."""
@@ -168,15 +177,19 @@ class EligibilityHandler:
         try:
             body = model.model_validate(request.data)
         except (ValidationError, ValueError, ArithmeticError) as exc:
-            return self._invalid(record, "input.data: " + _explain(exc), request)
+            return self._malformed(record, request, "input.data: " + _explain(exc))
         if request.insuplc_admdvs is None:
             return self._invalid(record, "insuplc_admdvs is required when the input has psn_no", request)
         if request.infno is Infno.BENEFIT_CHECK and (body.insutype is None or body.med_type is None):
             return self._invalid(record, "input.data: a benefit check (2001) names insutype and med_type", request)
-        if isinstance(body, SettlementInput) and body.begntime and body.begntime > request.inf_time:
-            return self._invalid(record, f"input.data.begntime {body.begntime:%Y-%m-%d %H:%M:%S} is after inf_time "
-                                         f"{request.inf_time:%Y-%m-%d %H:%M:%S}: a visit begins before it is settled; "
-                                         "check the facility's clock and the admission time", request)
+        if (isinstance(body, SettlementInput) and body.begntime
+                and (body.begntime - request.inf_time).total_seconds() > self.settings.max_clock_ahead_seconds):
+            # The same tolerance as inf_time's against the platform's clock: the HIS stamping the
+            # admission and the gateway stamping inf_time may run a few minutes apart.
+            return self._malformed(record, request, f"input.data.begntime {body.begntime:%Y-%m-%d %H:%M:%S} is after "
+                                                    f"inf_time {request.inf_time:%Y-%m-%d %H:%M:%S}: a visit begins "
+                                                    "before it is settled; check the facility's clock and the "
+                                                    "admission time")
         if isinstance(body, SettlementInput) and body.med_type.is_inpatient != request.infno.is_inpatient:
             care, bills = ("inpatient", "outpatient") if body.med_type.is_inpatient else ("outpatient", "inpatient")
             return self._invalid(record, f"input.data.med_type {body.med_type.value} is {care} care, and infno "
@@ -203,13 +216,14 @@ class EligibilityHandler:
         # Three independent reads (Redis, then Postgres on a miss; two Postgres queries on their own
         # pool connections) side by side: a batch waits for the slowest, not for their sum.
         subjects, facilities, outages = await asyncio.gather(
-            self.subjects.get_many([p.body.psn_no for p in parsed]),
+            self.subjects.get_many([p.body.psn_no for p in parsed if p.body is not None]),
             self.repo.facilities(sorted({p.request.fixmedins_code for p in parsed})),
             self.repo.outages(sorted({p.request.insuplc_admdvs or "" for p in parsed}), now),
         )
         for p in parsed:
             try:
-                out.append(self.handle_one(p, subjects.get(p.body.psn_no), facilities, outages, now))
+                subject = subjects.get(p.body.psn_no) if p.body is not None else None
+                out.append(self.handle_one(p, subject, facilities, outages, now))
             except (ValidationError, ValueError) as exc:  # e.g. a stored record this version cannot read
                 log.exception("eligibility failed for %s", p.request.msgid)
                 out.extend(broken(self.settings, p.record, f"eligibility failed: {exc!r}",
@@ -234,7 +248,9 @@ class EligibilityHandler:
                 "err_code": ErrCode.INVALID_INPUT.value,
                 "err_msg": f"The request was refused as malformed: {p.refused}. Correct it and send it again.",
             }
-            return Outgoing(topic=self.settings.topic(SETTLEMENT_ELIGIBLE), value=orjson.dumps(work), key=body.psn_no.encode())
+            # Keyed as pricing keys it (the person, stripped), so a resend meets its settlement's partition.
+            key = body.psn_no if body is not None else str(request.data.get("psn_no") or "").strip() or request.msgid
+            return Outgoing(topic=self.settings.topic(SETTLEMENT_ELIGIBLE), value=orjson.dumps(work), key=key.encode())
         person_record = (PersonRecord.model_validate(subject["person"], context=STORED_CONTEXT)
                          if subject and subject["person"] else None)
         if request.infno is Infno.PERSON_INFO:

@@ -65,13 +65,18 @@ def _inf_time(value: object) -> datetime:
     if isinstance(value, datetime):
         return value
     text = str(value)
-    if not _INF_TIME_SHAPE.fullmatch(text):
-        # Only the contract's shape: strptime also took "2025-1-1 1:1:1" and runs of spaces.
-        raise ValueError(f"{text[:40]!r} is not a time of the form yyyy-MM-dd HH:mm:ss")
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError as exc:  # the shape, but no such moment: 2025-02-30, 24:00:00
-        raise ValueError(f"{text!r} is not a time that exists ({exc})") from None
+    if _INF_TIME_SHAPE.fullmatch(text):
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError as exc:  # the shape, but no such moment: 2025-02-30, 24:00:00
+            raise ValueError(f"{text!r} is not a time that exists ({exc})") from None
+    else:
+        # What strptime also reads ("2025-1-1 1:1:1") stays accepted: requests of that form were
+        # settled before, and a resend of one must reach pricing's msgid check for its stored answer.
+        try:
+            moment = datetime.strptime(text, INF_TIME_FORMAT)
+        except ValueError:
+            raise ValueError(f"{text[:40]!r} is not a time of the form yyyy-MM-dd HH:mm:ss") from None
     if moment.year < 1900:
         # Not a time of this platform's; and strftime writes year 1 as "1", which the next hop refuses.
         raise ValueError(f"{text!r} is before 1900: set the facility's clock")
@@ -79,8 +84,19 @@ def _inf_time(value: object) -> datetime:
 
 
 def _stay_time(value: object) -> datetime | None:
-    """A visit's begin or end time: the contract's time, or empty (not given)."""
-    return None if value is None or value == "" else _inf_time(value)
+    """A visit's begin or end time: the contract's time, a day alone (yyyy-MM-dd, read as its
+    start: eligibility read begntime by its day before these were times), or empty (not given)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and _DAY_SHAPE.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a day that exists ({exc})") from None
+    return _inf_time(value)
+
+
+_DAY_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 Amount = Annotated[Decimal, BeforeValidator(_amount), PlainSerializer(fmt, return_type=str)]

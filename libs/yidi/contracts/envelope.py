@@ -114,14 +114,13 @@ class RequestEnvelope(WireModel):
     msgid: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
     mdtrtarea_admvs: AreaCode
     insuplc_admdvs: AreaCode | None = None
-    # Free text the platform keeps with the request: bounded, as the national interface bounds it.
-    infver: str = Field(default="V1.0", max_length=16)
-    opter_type: str = Field(default="1", max_length=8)
-    opter: str = Field(default="", max_length=64)
-    opter_name: str = Field(default="", max_length=100)
+    infver: str = "V1.0"
+    opter_type: str = "1"
+    opter: str = ""
+    opter_name: str = ""
     inf_time: InfTime
     fixmedins_code: Code
-    fixmedins_name: str = Field(default="", max_length=200)
+    fixmedins_name: str = ""
     reply_to: str = Field(default=DEFAULT_REPLY_TO, pattern=r"^[A-Za-z0-9._\-]{1,200}$")
     input: dict[str, Any]
 
