@@ -121,10 +121,6 @@ class FilingHandler:
                 return changed, record.version + 1, filed_on, "changed"
             case FilingAction.CANCEL:
                 return cancel_filing(filing, today=today, lock_months=lock, filed_on=filed_on), record.version + 1, filed_on, "cancelled"
-            case FilingAction.APPROVE | FilingAction.REFUSE if request.decl_source is not DeclarationSource.OFFICE:
-                # R21: an office filing waits for the office; the channel that filed it cannot approve it.
-                raise FilingRefused(f"only the filing office approves or refuses a filing (decl_source office), "
-                                    f"not {request.decl_source.value}")
             case FilingAction.APPROVE:
                 return approve_filing(filing), record.version + 1, filed_on, "approved"
             case FilingAction.REFUSE:
