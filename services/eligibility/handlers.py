@@ -253,14 +253,18 @@ class EligibilityHandler:
             return Outgoing(topic=self.settings.topic(SETTLEMENT_ELIGIBLE), value=orjson.dumps(work), key=key.encode())
         person_record = (PersonRecord.model_validate(subject["person"], context=STORED_CONTEXT)
                          if subject and subject["person"] else None)
-        if request.infno is Infno.PERSON_INFO:
-            # A person's identity, balance and filings go to networked facilities only (R20).
+        if request.infno in (Infno.PERSON_INFO, Infno.BENEFIT_CHECK):
+            # A person's identity, balance and filings go to networked facilities only (R20); a
+            # benefit check from a facility the region does not know fails as well (it answered
+            # infcode 0, "eligible": "0", which a gateway checking infcode read as success). One
+            # not networked for the care asked is the visit's answer, below.
             facility = facilities.get(request.fixmedins_code)
             if facility is None or facility.admdvs != request.mdtrtarea_admvs:
                 return self._answer(p, err=(
                     ErrCode.UNKNOWN_FACILITY,
                     f"This facility is not a networked facility of region {request.mdtrtarea_admvs}; check the "
                     "facility code configured in the gateway."))
+        if request.infno is Infno.PERSON_INFO:
             return self._person_info(p, person_record, subject)
         work = _work(p)
         if request.infno.prices_a_bill or request.infno is Infno.BENEFIT_CHECK:
@@ -341,10 +345,6 @@ class EligibilityHandler:
         )
 
     def _benefit_check(self, p: Parsed, decision: Eligible | Refused) -> Outgoing:
-        if isinstance(decision, Refused) and decision.code.value == ErrCode.UNKNOWN_FACILITY.value:
-            # About the asking facility, not the person: a failure, as 1101 answers it (a gateway that
-            # checks infcode saw success).
-            return self._answer(p, err=(ErrCode.UNKNOWN_FACILITY, decision.message))
         if isinstance(decision, Refused):
             return self._answer(p, {"eligible": "0", "reason_code": decision.code.value, "reason": decision.message})
         return self._answer(

@@ -1,0 +1,65 @@
+"""Eligibility's own answers (1101, 2001) on fakes of its reads (no servers)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+
+from services.eligibility.handlers import EligibilityHandler
+from yidi.contracts.refdata import FacilityRecord
+from yidi.platform.kafka import Incoming
+from yidi.platform.settings import Settings
+
+WE1 = json.loads((Path(__file__).resolve().parents[3] / "shared" / "examples" / "we1" / "request.json").read_text())
+PSN = WE1["input"]["data"]["psn_no"]
+PERSON = {"psn_no": PSN, "psn_name": "Wang", "insuplc_admdvs": WE1["insuplc_admdvs"], "insutype": "310",
+          "psn_type": "12", "chronic_qualifications": ["E11"]}
+FILING = {"filing_id": "F1", "psn_no": PSN, "insutype": "310", "insuplc_admdvs": WE1["insuplc_admdvs"],
+          "filed_admdvs": WE1["mdtrtarea_admvs"], "category": "retiree_resettled", "begndate": "2022-01-01",
+          "enddate": None, "status": "active", "version": 1}
+# The WE1 facility, networked for general and chronic outpatient care only.
+OUTPATIENT_ONLY = FacilityRecord(fixmedins_code=WE1["fixmedins_code"], fixmedins_name="x", admdvs=WE1["mdtrtarea_admvs"],
+                                 level=3, med_types=["11", "14"])
+
+
+class Subjects:
+    async def get_many(self, psn_nos):
+        return {p: {"person": PERSON, "filings": [FILING]} for p in psn_nos if p == PSN}
+
+
+class Repo:
+    async def facilities(self, codes):
+        return {c: OUTPATIENT_ONLY for c in codes if c == OUTPATIENT_ONLY.fixmedins_code}
+
+    async def outages(self, regions, now):
+        return []
+
+
+async def benefit_check(**changes) -> dict:
+    request = copy.deepcopy(WE1) | {"infno": "2001"}
+    data = {"psn_no": PSN, "insutype": "310", "med_type": changes.pop("med_type", "14"), "dise_codg": "E11.900"}
+    request["input"] = {"data": data}
+    request.update(changes)
+    handler = EligibilityHandler(Settings(namespace="t."), repo=Repo(), subjects=Subjects())  # type: ignore[arg-type]
+    (out,) = await handler([Incoming("t.settlement.requests", 0, 1, b"k", orjson.dumps(request), 0)])
+    return orjson.loads(out.value)
+
+
+async def test_a_benefit_check_is_answered_for_the_visit():
+    answer = await benefit_check()
+    assert (answer["infcode"], answer["output"]["eligible"]) == (0, "1")
+
+
+async def test_care_the_facility_is_not_networked_for_is_the_visits_answer_not_a_failure():
+    answer = await benefit_check(med_type="21")
+    assert (answer["infcode"], answer["output"]["eligible"], answer["output"]["reason_code"]) == (0, "0", "UNKNOWN_FACILITY")
+
+
+@pytest.mark.parametrize("changes", [{"fixmedins_code": "H99999999999"}, {"mdtrtarea_admvs": "310000"}])
+async def test_a_facility_the_region_does_not_know_fails_as_1101_does(changes):
+    answer = await benefit_check(**changes)
+    assert (answer["infcode"], answer["err_code"]) == (-1, "UNKNOWN_FACILITY") and not answer["output"]
