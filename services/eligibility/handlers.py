@@ -101,12 +101,17 @@ class EligibilityHandler:
         self.repo = repo
         self.subjects = subjects
 
-    def _invalid(self, record: Incoming, reason: str, request: RequestEnvelope | None = None) -> list[Outgoing]:
+    def _invalid(self, record: Incoming, reason: str, request: RequestEnvelope | None = None, *,
+                 msgid: Any = None) -> list[Outgoing]:
+        """Refused as malformed: a dead letter and, when the msgid can be read, the answer. ``msgid``:
+        the parsed JSON's, which the byte pattern misses when it is written with escapes (\\uXXXX)."""
         out = [dead_letter(record, reason)]
         if request is not None:
             msgid, reply_to, infno, facility = request.msgid, request.reply_to, request.infno.value, request.fixmedins_code
         else:
-            msgid, reply_to, infno, facility = recover_ids(record.value)
+            found, reply_to, infno, facility = recover_ids(record.value)
+            if not (isinstance(msgid, str) and 0 < len(msgid) <= 256 and msgid.isprintable()):
+                msgid = found
         if msgid:
             answer = answers.answer(
                 msgid, infno, err_code=ErrCode.INVALID_INPUT,
@@ -165,7 +170,7 @@ class EligibilityHandler:
         try:
             request = RequestEnvelope.model_validate(raw)
         except (ValidationError, ValueError, ArithmeticError) as exc:  # any data error: refused, never retried
-            return self._invalid(record, _explain(exc))
+            return self._invalid(record, _explain(exc), msgid=raw.get("msgid"))
         ahead = self._ahead(request)
         if ahead is not None and not request.infno.changes_state:
             return self._invalid(record, ahead, request)  # a query, answered here

@@ -174,10 +174,11 @@ async def test_a_settled_request_resent_after_a_check_was_tightened_gets_its_sto
 def test_a_readable_msgid_the_contract_refuses_is_answered_under_it_as_sent(handler, msgid):
     # It was dead-lettered only: the gateway, matching answers by the msgid it sent, timed out.
     request = {**copy.deepcopy(WE1), "msgid": msgid}
-    result = handler.parse(Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(request), 1_700_000_000_000))
-    (answer,) = [orjson.loads(o.value) for o in result if o.answered]
-    assert (answer["msgid"], answer["err_code"]) == (msgid, "INVALID_INPUT")
-    assert "msgid" in answer["err_msg"]
+    for value in (orjson.dumps(request), json.dumps(request).encode()):  # json.dumps writes "１" as "\\uff11"
+        result = handler.parse(Incoming("ns.settlement.requests", 0, 7, b"k", value, 1_700_000_000_000))
+        (answer,) = [orjson.loads(o.value) for o in result if o.answered]
+        assert (answer["msgid"], answer["err_code"]) == (msgid, "INVALID_INPUT")
+        assert "msgid" in answer["err_msg"]
 
 
 @pytest.mark.parametrize("infno", ["2204", "2301", "9999"])
