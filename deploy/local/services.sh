@@ -3,7 +3,7 @@
 #   deploy/local/services.sh start|stop|restart|status [filing|eligibility|pricing|clearing ...]
 # A further instance of a service is <service>@<n> (n = 2..9), e.g. `start pricing@2`: its own
 # YIDI_INSTANCE (<instance>-<n>) and metrics port (the service's + 100 × (n − 1): pricing@2 on 9203).
-# stop and status without names cover every instance started.
+# stop, status and restart without names cover every instance started.
 # Logs: .local/log/<name>.log; pid files: .local/run/<name>.pid.
 # Readiness: a service is up when its /metrics says yidi_service_up 1 (its stages run).
 set -euo pipefail
@@ -89,7 +89,7 @@ cmd=${1:-status}; shift || true
 targets=("$@")
 if ((${#targets[@]} == 0)); then
   targets=("${ALL[@]}")
-  if [[ $cmd == stop || $cmd == status ]]; then  # and every further instance started
+  if [[ $cmd == stop || $cmd == status || $cmd == restart ]]; then  # and every further instance started
     for f in "$RUN"/*@*.pid; do [[ -e $f ]] && targets+=("$(basename "$f" .pid)"); done
   fi
 fi
