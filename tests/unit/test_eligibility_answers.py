@@ -63,3 +63,12 @@ async def test_care_the_facility_is_not_networked_for_is_the_visits_answer_not_a
 async def test_a_facility_the_region_does_not_know_fails_as_1101_does(changes):
     answer = await benefit_check(**changes)
     assert (answer["infcode"], answer["err_code"]) == (-1, "UNKNOWN_FACILITY") and not answer["output"]
+
+
+async def test_a_chronic_benefit_check_names_the_disease():
+    request = copy.deepcopy(WE1) | {"infno": "2001"}
+    request["input"] = {"data": {"psn_no": PSN, "insutype": "310", "med_type": "14", "dise_codg": " "}}
+    handler = EligibilityHandler(Settings(namespace="t."), repo=Repo(), subjects=Subjects())  # type: ignore[arg-type]
+    out = await handler([Incoming("t.settlement.requests", 0, 1, b"k", orjson.dumps(request), 0)])
+    (answer,) = [orjson.loads(o.value) for o in out if o.answered]
+    assert answer["err_code"] == "INVALID_INPUT" and "dise_codg is required for med_type 14" in answer["err_msg"]

@@ -59,8 +59,7 @@ class SettlementInput(WireModel):
         if len({d.feedetl_sn for d in self.feedetail}) != len(self.feedetail):
             raise ValueError("feedetl_sn repeats within the bill")
         if self.med_type is MedType.CHRONIC_OUTPATIENT and not self.dise_codg:
-            raise ValueError("dise_codg is required for med_type 14: outpatient care of a chronic disease is "
-                             "settled by the disease (R14)")
+            raise ValueError(_DISEASE_REQUIRED)
         if self.begntime and self.endtime and self.endtime < self.begntime:
             raise ValueError(f"endtime {self.endtime:%Y-%m-%d %H:%M:%S} is before begntime {self.begntime:%Y-%m-%d %H:%M:%S}")
         return self
@@ -85,6 +84,16 @@ class PersonQueryInput(WireModel):
     insutype: InsuranceType | None = None
     med_type: MedType | None = None
     dise_codg: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64)] = ""
+
+    @model_validator(mode="after")
+    def _a_chronic_check_names_the_disease(self) -> PersonQueryInput:
+        if self.med_type is MedType.CHRONIC_OUTPATIENT and not self.dise_codg:
+            raise ValueError(_DISEASE_REQUIRED)
+        return self
+
+
+_DISEASE_REQUIRED = ("dise_codg is required for med_type 14: outpatient care of a chronic disease is settled "
+                     "by the disease (R14)")
 
 
 class SetlInfo(WireModel):
