@@ -4,13 +4,12 @@ reconciliation inputs of facilities (3201 totals, 3202 details)."""
 
 from __future__ import annotations
 
-import re
 from datetime import date
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, TypeAdapter, WithJsonSchema, field_validator, model_validator
 
-from yidi.contracts.common import Amount, AreaCode, Code, Ratio, StrictWireModel, WireModel
+from yidi.contracts.common import DAY_SHAPE, Amount, AreaCode, Code, Ratio, StrictWireModel, WireModel
 from yidi.contracts.envelope import RequestEnvelope, gateway_reply_topic
 from yidi.domain.codes import InsuranceType
 
@@ -20,12 +19,11 @@ Month = Annotated[str, Field(pattern=r"^[0-9]{4}(0[1-9]|1[0-2])$")]
 def _statement_day(value: Any) -> Any:
     """A reconciliation date as the contract writes it, yyyy-MM-dd: pydantic alone read "20250101"
     (and a JSON number) as seconds since 1970, and refused it with a message about datetimes."""
-    if isinstance(value, date) or (isinstance(value, str) and _DAY_SHAPE.fullmatch(value)):
+    if isinstance(value, date) or (isinstance(value, str) and DAY_SHAPE.fullmatch(value)):
         return value
     raise ValueError(f"{str(value)[:40]!r} is not a date of the form yyyy-MM-dd")
 
 
-_DAY_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 StatementDay = Annotated[date, BeforeValidator(_statement_day)]
 
 

@@ -48,7 +48,6 @@ def _quantity(value: object) -> Decimal:
 
 # A bill line's unit price: the national interface carries it as numeric(16, 6), and a tablet's
 # price has three or four decimals (0.0125); the line's amount is cnt × pric rounded to the fen.
-MAX_UNIT_PRICE = Decimal("9999999999.999999")
 _UNIT_PRICE_SHAPE = re.compile(r"[0-9]{1,10}(\.[0-9]{1,6})?")
 
 
@@ -88,7 +87,7 @@ def _stay_time(value: object) -> datetime | None:
     start: eligibility read begntime by its day before these were times), or empty (not given)."""
     if value is None or value == "":
         return None
-    if isinstance(value, str) and _DAY_SHAPE.fullmatch(value):
+    if isinstance(value, str) and DAY_SHAPE.fullmatch(value):
         try:
             return datetime.fromisoformat(value)
         except ValueError as exc:
@@ -96,7 +95,8 @@ def _stay_time(value: object) -> datetime | None:
     return _inf_time(value)
 
 
-_DAY_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+# A day as the wire writes it (yyyy-MM-dd), in ASCII digits.
+DAY_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 Amount = Annotated[Decimal, BeforeValidator(_amount), PlainSerializer(fmt, return_type=str)]
@@ -113,6 +113,8 @@ StayTime = Annotated[
 Day = Annotated[date, PlainSerializer(lambda d: d.isoformat(), return_type=str)]
 AreaCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{6}$")]  # ASCII digits: Python's \d takes any script's
 Code = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
+# A diagnosis (ICD-10), stripped as codes are; empty when not given.
+DiseaseCode = Annotated[str, StringConstraints(max_length=64, strip_whitespace=True)]
 
 
 class WireModel(BaseModel):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, model_validator
 
-from yidi.contracts.common import Amount, Code, Quantity, Ratio, StayTime, UnitPrice, WireModel
+from yidi.contracts.common import Amount, Code, DiseaseCode, Quantity, Ratio, StayTime, UnitPrice, WireModel
 from yidi.domain.codes import InsuranceType, MedType
 from yidi.domain.money import ZERO, to_fen
 
@@ -45,7 +45,7 @@ class SettlementInput(WireModel):
     begntime: StayTime = None
     endtime: StayTime = None
     # Stripped as codes are: " E11.900" matched no chronic disease (NOT_QUALIFIED for a code that looks right).
-    dise_codg: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64)] = ""
+    dise_codg: DiseaseCode = ""
     dise_name: str = Field(default="", max_length=200)
     acct_used_flag: Literal["0", "1"] = "0"
     medfee_sumamt: Amount
@@ -83,7 +83,7 @@ class PersonQueryInput(WireModel):
     psn_no: Code
     insutype: InsuranceType | None = None
     med_type: MedType | None = None
-    dise_codg: Annotated[str, StringConstraints(strip_whitespace=True, max_length=64)] = ""
+    dise_codg: DiseaseCode = ""
 
     @model_validator(mode="after")
     def _a_chronic_check_names_the_disease(self) -> PersonQueryInput:
