@@ -48,3 +48,8 @@ def test_requests_are_keyed_as_the_topics_document_says():
 def test_a_filing_accepted_not_quite_as_asked_says_what_changed():
     line = summarise({"action": "add"}, {"reqid": "R2", "accepted": True, "note": "enddate 2030-01-01 was not kept (R7)"})
     assert line.startswith("add R2: ok (enddate 2030-01-01 was not kept (R7))")
+
+
+def test_a_filing_history_reads_as_its_versions():
+    line = summarise({"action": "history"}, {"reqid": "R3", "accepted": True, "history": [{"version": 1, "action": "add"}]})
+    assert line == 'history R3: ok {"history": [{"version": 1, "action": "add"}]}'

@@ -45,7 +45,7 @@ def summarise(request: dict[str, Any], answer: dict[str, Any]) -> str:
         verdict = "ok" if answer.get("ok", answer.get("accepted")) else f"REFUSED: {answer.get('reason')}"
         if answer.get("note"):
             verdict += f" ({answer['note']})"
-        body = answer.get("data") or answer.get("filing") or {}
+        body = answer.get("data") or answer.get("filing") or ({"history": answer["history"]} if answer.get("history") else {})
         return f"{request.get('type', request.get('action', ''))} {answer['reqid']}: {verdict} {json.dumps(body, ensure_ascii=False)[:300]}"
     data = request.get("input", {}).get("data", {})
     who = f"{answer.get('infno', '')} {data.get('psn_no', request.get('psn_no', ''))} at {request.get('fixmedins_code', '')}"
