@@ -136,8 +136,9 @@ QUANTITY = {"type": "string", "pattern": r"^\d{1,7}(\.\d{1,4})?$",
 UNIT_PRICE = {"type": "string", "pattern": r"^\d{1,10}(\.\d{1,6})?$",
               "description": "yuan per unit, at most 10 integer digits and 6 decimals, as a string"}
 INF_TIME = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", "description": "yyyy-MM-dd HH:mm:ss, the sender's clock"}
-STAY_TIME = {"type": "string", "pattern": r"^(\d{4}-\d{2}-\d{2}( \d{2}:\d{2}:\d{2})?)?$",
-             "description": "yyyy-MM-dd HH:mm:ss (or yyyy-MM-dd, read as its start), the sender's clock; empty when not given"}
+STAY_TIME = {"anyOf": [{"type": "string", "pattern": r"^(\d{4}-\d{2}-\d{2}( \d{2}:\d{2}:\d{2})?)?$"}, {"type": "null"}],
+             "description": "yyyy-MM-dd HH:mm:ss (or yyyy-MM-dd, read as its start), the sender's clock; empty or null "
+                            "when not given"}
 DAY = {"type": "string", "format": "date"}
 
 
