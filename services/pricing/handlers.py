@@ -19,15 +19,16 @@ from typing import Any
 import orjson
 
 from yidi.contracts import answers
+from yidi.contracts.common import WHITE_SPACE
 from yidi.contracts.envelope import ErrCode, Infno, ResponseEnvelope
 from yidi.contracts.internal import EligibleWork, PricedWork, WorkKind
-from yidi.contracts.settlement import CancelInput, ReversalInput, SettlementInput
+from yidi.contracts.settlement import CancelInput, ReversalInput, bill_fields
 from yidi.domain.catalogue import Catalogue, CatalogueItem
-from yidi.domain.codes import InsuranceType, MedType, PersonType
+from yidi.domain.codes import PersonType
 from yidi.domain.clearing import owed
 from yidi.domain.money import ZERO
 from yidi.domain.policy import BenefitPolicy, PolicyError, policy_in_force
-from yidi.domain.pricing import ACCOUNT_DRAWN, OUTPATIENT_QUOTA, Bill, BillLine, Terms, price
+from yidi.domain.pricing import ACCOUNT_DRAWN, OUTPATIENT_QUOTA, Bill, Terms, price
 from yidi.platform.db import lock_keys
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import broken, parse_each, reply
@@ -113,7 +114,7 @@ _CANCELLED_BY = {"2207": "2208", "2304": "2305"}
 
 def _code(value: Any) -> str:
     """A code of the request's data as the contract's ``Code`` reads it (whitespace stripped)."""
-    return str(value if value is not None else "").strip()
+    return str(value if value is not None else "").strip(WHITE_SPACE)
 
 
 def _account_counter(version: str) -> str:
@@ -217,7 +218,7 @@ class PricingHandler:
         return self._undo(work, batch)
 
     def _price(self, work: EligibleWork, batch: Batch) -> list[Outgoing]:
-        request, body = work.request, SettlementInput.model_validate(work.request.data)
+        request, body = work.request, bill_fields(work.request.data)
         person = work.person
         assert person is not None, "eligibility passes a person with every eligible settlement"
         day = request.inf_time.date()
@@ -237,8 +238,8 @@ class PricingHandler:
         account_counter = _account_counter(person.acct_version)
         drawn = batch.usage.get((body.psn_no, ACCOUNT_YEAR), {}).get(account_counter, ZERO)
         terms = Terms(
-            med_type=MedType(body.med_type),
-            insutype=InsuranceType(body.insutype),
+            med_type=body.med_type,
+            insutype=body.insutype,
             person_type=PersonType(person.psn_type),
             facility_level=work.facility_level,
             filing_category=work.filing_category,
@@ -248,12 +249,7 @@ class PricingHandler:
             qualifications=frozenset(person.qualifications),
             disease_code=body.dise_codg,
         )
-        bill = Bill(
-            body.mdtrt_id, day,
-            tuple(BillLine(d.feedetl_sn, d.hilist_code, d.hilist_name, d.cnt, d.pric, d.det_item_fee_sumamt)
-                  for d in body.feedetail),
-            request.fixmedins_code,
-        )
+        bill = Bill(body.mdtrt_id, day, body.lines, request.fixmedins_code)
         try:
             pricing = price(bill, catalogue, policy, terms, year_usage)
         except PolicyError as exc:

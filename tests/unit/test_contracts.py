@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from yidi.contracts.envelope import RequestEnvelope
-from yidi.contracts.settlement import SettlementInput
+from yidi.contracts.settlement import BillFields, SettlementInput, bill_fields
 from yidi.platform.replies import recover_ids
 
 WE1 = Path(__file__).resolve().parents[3] / "shared" / "examples" / "we1" / "request.json"
@@ -153,3 +153,49 @@ def test_a_unit_price_may_have_six_decimals_and_the_line_is_rounded_to_the_fen()
 def test_a_unit_price_is_a_plain_number_of_at_most_six_decimals(pric):
     with pytest.raises(ValidationError, match="unit price"):
         SettlementInput.model_validate(_line("1", pric, "1.00"))
+
+
+def _bills_of_a_generated_day() -> list[dict]:
+    from loadtest.generator import DayOptions, day_lines
+    from loadtest.world import World
+
+    world = World(persons=60, seed=5, run_id="BF")
+    lines = day_lines(world, DayOptions(settlements=400, seed=5, pre_settlements=0.05, malformed=0.0))
+    return [ln["request"]["input"]["data"] for ln in lines
+            if "request" in ln and ln["request"]["infno"] in ("2206", "2207", "2303", "2304")]
+
+
+def test_pricing_reads_a_validated_bill_as_the_model_does():
+    bodies = [we1()["input"]["data"], *_bills_of_a_generated_day()]
+    assert len(bodies) > 300
+    for data in bodies:
+        assert bill_fields(data) == BillFields.of(SettlementInput.model_validate(data))
+
+
+def test_pricing_reads_padding_defaults_and_whole_numbers_as_the_model_does():
+    data = we1()["input"]["data"]
+    data["psn_no"] = "\u3000" + data["psn_no"] + " \t"  # an ideographic space is white space to both
+    data["mdtrt_id"] = "\x1c" + data["mdtrt_id"]  # a separator is not: the model keeps it, so must pricing
+    data.pop("acct_used_flag", None)
+    data["dise_codg"] = " " + data["dise_codg"]
+    line = data["feedetail"][0]
+    line["hilist_code"] = " " + line["hilist_code"] + "\n"
+    line.pop("hilist_name", None)
+    line.update(cnt=2, pric="10", det_item_fee_sumamt=20)
+    data["feedetail"] = [line]
+    data["medfee_sumamt"] = "20.00"
+    read = bill_fields(data)
+    assert read == BillFields.of(SettlementInput.model_validate(data))
+    assert read.mdtrt_id.startswith("\x1c") and read.lines[0].amount == Decimal("20.00")
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d.pop("feedetail"),
+    lambda d: d.update(psn_no=12345),
+    lambda d: d["feedetail"][0].update(cnt=1.5),
+])
+def test_a_bill_pricing_cannot_read_directly_goes_through_the_model(change):
+    data = we1()["input"]["data"]
+    change(data)
+    with pytest.raises(ValidationError):
+        bill_fields(data)
