@@ -36,7 +36,7 @@ import orjson
 from loadtest import report as rpt
 from loadtest.bench_eligibility import bench as bench_eligibility
 from loadtest.generator import DayOptions, peak_hour_rate, write_day, write_refdata
-from loadtest.observe import (ProcessSampler, histogram_quantiles, infrastructure_pids, scrape, stage_deltas, start_profile,
+from loadtest.observe import (ProcessSampler, gc_deltas, histogram_quantiles, infrastructure_pids, scrape, stage_deltas, start_profile,
                               top_frames)
 from loadtest.procs import (REFERENCE_STAGES, SERVICES, Processes, bench_database, child_settings, env_pair,
                             not_passed_on, own_database, transaction_versions)
@@ -145,6 +145,7 @@ class Bench:
         after = {n: scrape(p) for n, p in ports.items()}
         result["stages"] = {stage if "@" not in n else f"{stage} ({n})": s
                             for n in ports for stage, s in stage_deltas(before[n], after[n]).items()}
+        result["gc"] = {n: gc_deltas(before[n], after[n]) for n in ports}
         # The services' own clock: from a request's publish to its answer's commit, by the service
         # that answered (eligibility its refusals, clearing the settlements), without the replay's read.
         result["service_latency_ms"] = {

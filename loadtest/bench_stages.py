@@ -42,6 +42,7 @@ from services.eligibility.subjects import Subjects
 from services.pricing.handlers import PricingHandler
 from services.pricing.repository import PricingRepository
 from yidi.contracts.refdata import CatalogueRecord, PolicyRecord
+from yidi.platform import collector
 from yidi.platform.cache import VersionedCache
 from yidi.platform.db import create_pool, migrate
 from yidi.platform.kafka import Incoming, Outgoing
@@ -153,6 +154,9 @@ async def bench(settings: Settings, *, persons: int, batches: int, size: int, pr
             await chain.load()
             # A warm-up day of its own (caches, prepared statements), then the measured one.
             await chain.run(chain.requests(size * 2, f"{tag}W"), size=size)
+            # The garbage collector as the services run it: their thresholds, what is held frozen.
+            collector.tune(settings.gc_thresholds)
+            collector.freeze()
             # Each repeat is a fresh day; a stage's figures are from its least disturbed repeat (the
             # least CPU): on a shared machine that is the closest to what the code itself costs.
             for n in range(repeat):

@@ -24,6 +24,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -126,6 +127,33 @@ def stage_deltas(before: Samples, after: Samples) -> dict[str, dict[str, float]]
             "retries": int(retries_a[stage] - retries_b[stage]),
         }
     return out
+
+
+def gc_deltas(before: Samples, after: Samples) -> dict[str, Any]:
+    """Python's garbage collector in one service between two scrapes (yidi_gc_pause_seconds):
+    collections and seconds, in all and full (generation 2), and the bucket bound the longest
+    pause was under (None: no collection, or one beyond the last bound)."""
+    count: Counter[str] = Counter()
+    seconds: Counter[str] = Counter()
+    buckets: dict[str, dict[float, float]] = {}
+    for (n, labels), value in after.items():
+        d = dict(labels)
+        delta = value - before.get((n, labels), 0.0)
+        generation = d.get("generation", "")
+        if n == "yidi_gc_pause_seconds_count":
+            count[generation] += delta
+        elif n == "yidi_gc_pause_seconds_sum":
+            seconds[generation] += delta
+        elif n == "yidi_gc_pause_seconds_bucket":
+            buckets.setdefault(generation, {})[float(d["le"])] = delta
+    # per generation: the smallest bound whose cumulative count holds every pause of the run
+    bounds = [min(le for le, v in b.items() if v >= count[g]) for g, b in buckets.items() if count[g] > 0]
+    longest = max(bounds, default=None)
+    return {
+        "collections": int(sum(count.values())), "seconds": round(sum(seconds.values()), 3),
+        "full_collections": int(count["2"]), "full_seconds": round(seconds["2"], 3),
+        "longest_pause_under_ms": None if longest is None or longest == float("inf") else round(longest * 1000, 2),
+    }
 
 
 def infrastructure_pids() -> dict[str, int]:

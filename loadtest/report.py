@@ -267,6 +267,13 @@ def markdown(report: dict[str, Any]) -> str:
             lines += ["", f"The services' own latency, {run} run (yidi_settlement_latency_seconds: publish to the "
                           "answer's commit, by the answering service): "
                       + "; ".join(f"{svc} p50 {q['p50']} / p95 {q['p95']} / p99 {q['p99']} ms" for svc, q in own.items())]
+        collected = runs[run].get("gc")
+        if collected:
+            lines += ["", f"Python's garbage collector, {run} run (yidi_gc_pause_seconds): "
+                      + ("; ".join(f"{svc} {g['seconds']} s in {g['collections']} collections ({g['full_collections']} "
+                                   f"full, {g['full_seconds']} s), longest under {g['longest_pause_under_ms']} ms"
+                                   for svc, g in collected.items() if g["collections"])
+                         or "no collection in any service")]
     lines += process_table(runs, report.get("machine", {}).get("nproc"))
     elig = report.get("eligibility")
     if elig:

@@ -184,3 +184,9 @@ async def _dead_letters(settings, topic: str) -> list[tuple[bytes, dict[str, byt
         return [(r.value, dict(r.headers)) for rs in batch.values() for r in rs]
     finally:
         await consumer.stop()
+
+
+async def test_every_service_froze_what_it_held_when_it_started_and_times_its_collections(system):
+    # collector.freeze() collects once (a full collection) before the stages start: timed, so tuned
+    for service in ("filing", "eligibility", "pricing", "clearing"):
+        assert system.metric(service, "yidi_gc_pause_seconds_count", generation="2") >= 1, service

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from loadtest.observe import histogram_quantiles, parse_metrics, stage_deltas, top_frames
+from loadtest.observe import gc_deltas, histogram_quantiles, parse_metrics, stage_deltas, top_frames
 from loadtest.replay import Pace, Replay, series
 from loadtest.report import judge
 
@@ -174,6 +174,25 @@ def test_histogram_quantiles_read_buckets_as_prometheus_does():
     assert q == {"clearing": {"p50": 50.0, "p95": 95.0, "p99": 99.0}}
 
 
+def test_gc_deltas_count_the_collections_and_pauses_between_two_scrapes():
+    def scrape_of(by_generation: dict[str, tuple[float, float, dict[str, float]]]) -> dict:
+        lines = []
+        for g, (count, seconds, buckets) in by_generation.items():
+            lines += [f'yidi_gc_pause_seconds_count{{generation="{g}"}} {count}',
+                      f'yidi_gc_pause_seconds_sum{{generation="{g}"}} {seconds}']
+            lines += [f'yidi_gc_pause_seconds_bucket{{generation="{g}",le="{le}"}} {n}' for le, n in buckets.items()]
+        return parse_metrics("\n".join(lines))
+
+    before = scrape_of({"0": (10, 0.01, {"0.001": 10, "0.01": 10, "0.05": 10, "+Inf": 10}),
+                        "2": (1, 0.03, {"0.001": 0, "0.01": 0, "0.05": 1, "+Inf": 1})})
+    after = scrape_of({"0": (30, 0.05, {"0.001": 25, "0.01": 30, "0.05": 30, "+Inf": 30}),
+                       "2": (1, 0.03, {"0.001": 0, "0.01": 0, "0.05": 1, "+Inf": 1})})
+    # 20 young collections in 40 ms, 5 of them over 1 ms; the full collection was before the run.
+    assert gc_deltas(before, after) == {"collections": 20, "seconds": 0.04, "full_collections": 0, "full_seconds": 0.0,
+                                        "longest_pause_under_ms": 10.0}
+    assert gc_deltas(after, after)["longest_pause_under_ms"] is None
+
+
 def test_top_frames_groups_py_spy_samples_by_package(tmp_path):
     stacks = tmp_path / "stacks.txt"
     stacks.write_text(
@@ -272,6 +291,32 @@ async def test_a_run_on_pace_is_not_flagged_for_cancellations_sent_after_its_sch
     await asyncio.sleep(0.6)
     await r._send_line(settle_line("LATE-CANCEL"))  # unpaced, 0.6 s after the schedule ended
     assert r.pacing()["short_of_pace"] is False
+
+
+async def test_a_paced_run_publishes_in_ticks_never_more_than_a_tick_early(monkeypatch):
+    """At 2,000/s a wake-up per line (every 0.5 ms) doubled the tool's CPU per request: the lines
+    due within a tick of the one slept for go with it."""
+    import time
+
+    import loadtest.replay as replay_module
+
+    sleeps = []
+    real_sleep = asyncio.sleep
+
+    async def counted_sleep(delay: float) -> None:
+        sleeps.append(delay)
+        await real_sleep(delay)
+
+    monkeypatch.setattr(replay_module.asyncio, "sleep", counted_sleep)
+    r = Replay("unused:0", "ns.", Pace(rate=2000), progress=False)
+    r.started = time.perf_counter()
+    early = []
+    for i in range(400):  # 0.2 s on the schedule
+        due = await r._wait_turn(i, 0.0, 0.0)
+        early.append(due - time.perf_counter())
+    assert max(early) <= replay_module.PACE_TICK
+    # about one wake-up per tick (40 in 0.2 s), not one per line (400)
+    assert len(sleeps) <= 0.2 / replay_module.PACE_TICK * 1.5
 
 
 def test_cpu_steal_is_read_from_proc_stat(tmp_path):

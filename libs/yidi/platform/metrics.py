@@ -58,6 +58,13 @@ STAGE_LAG = Gauge(
     "less the consumer's position, plus the batch in hand. Sampled every few seconds.",
     ["stage"],
 )
+GC_PAUSE_SECONDS = Histogram(
+    "yidi_gc_pause_seconds",
+    "Pauses of Python's cyclic garbage collector, by generation (2: a full collection); the sum over time is "
+    "the CPU it takes.",
+    ["generation"],
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
+)
 SERVICE_UP = Gauge("yidi_service_up", "1 while the service's consumers run.", ["service"])
 
 

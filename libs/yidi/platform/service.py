@@ -21,7 +21,7 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
 from prometheus_client import REGISTRY
 
-from yidi.platform import metrics
+from yidi.platform import collector, metrics
 from yidi.platform.db import create_pool, migrate
 from yidi.platform.kafka import TransactionalStage, ensure_topics
 from yidi.platform.logs import setup_logging
@@ -75,6 +75,7 @@ class Service:
     @asynccontextmanager
     async def _lifespan(self) -> AsyncIterator[None]:
         setup_logging(self.name, self.settings.log_level)
+        collector.tune(self.settings.gc_thresholds)
         metrics.serve_metrics(self.settings.metrics_host, self.settings.metrics_port)
         # 0 while starting (topics, migrations, on_ready): a start that hangs shows, and alerts.
         metrics.SERVICE_UP.labels(self.name).set(0)
@@ -94,6 +95,7 @@ class Service:
                 await self.pool.close()
 
     async def _start_stages(self) -> None:
+        collector.freeze()  # started: what it holds now (imports, warm caches) is never scanned again
         for stage in self.stages:
             await stage.start()
         metrics.SERVICE_UP.labels(self.name).set(1)

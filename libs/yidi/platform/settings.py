@@ -10,7 +10,7 @@ import socket
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     # (docs/BENCHMARKS.md, 2026-12-04, "The protocols, measured"); v1 stays the default because under
     # v2 an instance that dies in its handler holds its partitions up to the transaction timeout (60 s).
     kafka_transactions: Literal["auto", "v1"] = "v1"
+    # Python's cyclic garbage collector: thresholds of its three generations ("700,10,10" is
+    # Python's default; empty leaves whatever the interpreter has). A batch of 500 settlements makes
+    # some hundred thousand short-lived containers that die by reference count, never in cycles; at
+    # Python's default the collector scanned each of them several times before it died, and the
+    # full collections over the service's caches paused a batch for tens of milliseconds: 8-24 % of
+    # each handler's CPU (docs/BENCHMARKS.md, "The garbage collector"). See yidi.platform.collector.
+    gc_thresholds: str = "50000,20,100"
     # How often each stage samples its consumer lag (yidi_stage_lag_records).
     lag_sample_seconds: float = 5.0
     db_pool_size: int = 4
@@ -55,6 +62,14 @@ class Settings(BaseSettings):
     # Eligibility: how far ahead of the platform's clock a request's inf_time may be (facility
     # clocks drift); one further ahead is refused INVALID_INPUT. Backdated times are accepted.
     max_clock_ahead_seconds: float = 900.0
+
+    @field_validator("gc_thresholds")
+    @classmethod
+    def _gc_thresholds_read(cls, value: str) -> str:
+        from yidi.platform.collector import parse_thresholds  # noqa: PLC0415 - collector imports metrics
+
+        parse_thresholds(value)
+        return value
 
     def topic(self, name: str) -> str:
         return f"{self.namespace}{name}"
