@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -125,7 +126,7 @@ async def _probe(args: argparse.Namespace, tag: str, settings: Settings) -> dict
         for i, day in enumerate(days):
             if args.pause:
                 await asyncio.sleep(args.pause)
-            sampler = ProcessSampler(procs.pids() | infrastructure_pids())
+            sampler = ProcessSampler(procs.pids() | infrastructure_pids() | {"load tool": os.getpid()})
             sampler.start()
             r = await replay_file(day, bootstrap=settings.kafka_bootstrap, namespace=settings.namespace,
                                   pace=Pace(rate=args.rate, window=2000), progress=False)

@@ -58,6 +58,10 @@ SETTLE_INFNOS = {"2207", "2304"}
 CANCEL_INFNOS = {"2208", "2305"}
 
 
+# A paced replay publishes in ticks: each line at most this many seconds before it is due.
+PACE_TICK = 0.005
+
+
 @dataclass(frozen=True)
 class Pace:
     """How fast to publish: ``speed`` × the day's clock, a fixed ``rate`` per second, or as fast as
@@ -261,7 +265,11 @@ class Replay:
         else:
             return None
         delay = due - time.perf_counter()
-        if delay > 0.0005:
+        if delay > PACE_TICK:
+            # Asleep until this line is due; the lines due within a tick after it then go at once,
+            # together. A wake-up per line (every 0.5 ms at 2,000/s) cost the tool, on the box it
+            # shares with what it measures, about twice the CPU per request of an unpaced run. A
+            # line sent early is timed from when it was sent.
             await asyncio.sleep(delay)
         return due
 
