@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from yidi.contracts import answers
 from yidi.contracts.clearing import Reconcile
+from yidi.contracts.common import code_text
 from yidi.contracts.envelope import ErrCode, Infno, RequestEnvelope
 from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import STORED_CONTEXT, FacilityRecord, PersonRecord
@@ -85,8 +86,9 @@ def _explain(exc: Exception) -> str:
 def _work(p: Parsed) -> dict[str, Any]:
     """EligibleWork in wire form, built directly (the model is its schema; pricing validates it,
     tests/integration/test_wire_forms.py checks the two agree), with no decision yet. The request
-    goes on as the gateway sent it, now known valid: pricing validates the same bytes to the same
-    model, and dumping it again here was a seventh of this stage's CPU."""
+    goes on as the gateway sent it, now known valid: pricing validates its envelope again and reads
+    a settlement's bill directly (``bill_fields``), and dumping it again here was a seventh of this
+    stage's CPU."""
     return {
         "request": orjson.Fragment(p.record.value),
         "request_hash": p.request.payload_hash(),
@@ -254,7 +256,7 @@ class EligibilityHandler:
                 "err_msg": f"The request was refused as malformed: {p.refused}. Correct it and send it again.",
             }
             # Keyed as pricing keys it (the person, stripped), so a resend meets its settlement's partition.
-            key = body.psn_no if body is not None else str(request.data.get("psn_no") or "").strip() or request.msgid
+            key = body.psn_no if body is not None else code_text(request.data.get("psn_no")) or request.msgid
             return Outgoing(topic=self.settings.topic(SETTLEMENT_ELIGIBLE), value=orjson.dumps(work), key=key.encode())
         person_record = (PersonRecord.model_validate(subject["person"], context=STORED_CONTEXT)
                          if subject and subject["person"] else None)

@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from yidi.contracts import answers
-from yidi.contracts.common import WHITE_SPACE
+from yidi.contracts.common import code_text
 from yidi.contracts.envelope import ErrCode, Infno, ResponseEnvelope
 from yidi.contracts.internal import EligibleWork, PricedWork, WorkKind
 from yidi.contracts.settlement import CancelInput, ReversalInput, bill_fields
@@ -112,11 +112,6 @@ _SETTLED_BY = {Infno.OUTPATIENT_CANCEL: "2207", Infno.INPATIENT_CANCEL: "2304"}
 _CANCELLED_BY = {"2207": "2208", "2304": "2305"}
 
 
-def _code(value: Any) -> str:
-    """A code of the request's data as the contract's ``Code`` reads it (whitespace stripped)."""
-    return str(value if value is not None else "").strip(WHITE_SPACE)
-
-
 def _account_counter(version: str) -> str:
     return f"{ACCOUNT_DRAWN}:{version}"
 
@@ -156,18 +151,18 @@ class PricingHandler:
             # _undo look them up. A padded psn_no read as sent missed the person's accumulators.
             data = r.data
             if r.infno.prices_a_bill and w.refusal is None:
-                psn_no = _code(data.get("psn_no"))
+                psn_no = code_text(data.get("psn_no"))
                 policy_keys.add((r.insuplc_admdvs or "", data.get("insutype", "")))
                 for d in data.get("feedetail", []):
-                    item_keys.add((r.mdtrtarea_admvs, _code(d.get("hilist_code"))))
+                    item_keys.add((r.mdtrtarea_admvs, code_text(d.get("hilist_code"))))
                 usage_keys.add((psn_no, r.inf_time.year))
                 usage_keys.add((psn_no, ACCOUNT_YEAR))
                 if r.infno.is_settlement:
-                    visit_keys.add((psn_no, r.fixmedins_code, _code(data.get("mdtrt_id"))))
+                    visit_keys.add((psn_no, r.fixmedins_code, code_text(data.get("mdtrt_id"))))
             if r.infno.is_cancellation:
-                setl_ids.append(_code(data.get("setl_id")))
+                setl_ids.append(code_text(data.get("setl_id")))
             if r.infno is Infno.REVERSAL:
-                msgids.append(_code(data.get("omsgid")))
+                msgids.append(code_text(data.get("omsgid")))
         # Cancellations and reversals name settlements whose (person, year) accumulators are read too.
         settlements = await self.repo.settlements(conn, setl_ids, msgids) if setl_ids or msgids else []
         usage_keys |= {(s.psn_no, s.year) for s in settlements} | {(s.psn_no, ACCOUNT_YEAR) for s in settlements}
@@ -207,7 +202,7 @@ class PricingHandler:
                                   "request_ts_ms": work.request_ts_ms}),
                     # keyed as the first pass was (stripped): the same partition of settlement.priced,
                     # so clearing never sees a replayed cancellation before its settlement
-                    _code(request.data.get("psn_no")),
+                    code_text(request.data.get("psn_no")),
                 )
                 for e in seen.emitted
             ]

@@ -1,6 +1,8 @@
 """Wire contracts: WE1 parses, amounts are strings, malformed requests are explained."""
 
+import hashlib
 import json
+import re
 from decimal import Decimal
 from pathlib import Path
 
@@ -165,14 +167,39 @@ def _bills_of_a_generated_day() -> list[dict]:
             if "request" in ln and ln["request"]["infno"] in ("2206", "2207", "2303", "2304")]
 
 
-def test_pricing_reads_a_validated_bill_as_the_model_does():
+class _NoModel:
+    @staticmethod
+    def model_validate(data):
+        raise AssertionError("bill_fields fell back to the model")
+
+
+@pytest.fixture
+def direct_read_only(monkeypatch):
+    """``bill_fields`` without its fall-back to the model: a body it cannot read directly raises."""
+    import yidi.contracts.settlement as settlement
+
+    monkeypatch.setattr(settlement, "SettlementInput", _NoModel)
+
+
+def _exactly(fields: BillFields) -> tuple:
+    """Every value with its type: Decimal('2') and Decimal('2.00') are equal but not the same."""
+    def one(v):
+        return type(v).__name__, repr(v)
+    return (tuple(one(getattr(fields, f)) for f in ("psn_no", "insutype", "med_type", "mdtrt_id", "acct_used_flag",
+                                                      "dise_codg"))
+            + tuple(tuple(one(getattr(line, f)) for f in ("seq", "code", "name", "count", "price", "amount"))
+                    for line in fields.lines))
+
+
+def test_pricing_reads_a_validated_bill_as_the_model_does(direct_read_only):
     bodies = [we1()["input"]["data"], *_bills_of_a_generated_day()]
     assert len(bodies) > 300
-    for data in bodies:
-        assert bill_fields(data) == BillFields.of(SettlementInput.model_validate(data))
+    expected = [BillFields.of(SettlementInput.model_validate(data)) for data in bodies]
+    for data, model in zip(bodies, expected, strict=True):
+        assert _exactly(bill_fields(data)) == _exactly(model)
 
 
-def test_pricing_reads_padding_defaults_and_whole_numbers_as_the_model_does():
+def test_pricing_reads_padding_defaults_and_whole_numbers_as_the_model_does(direct_read_only):
     data = we1()["input"]["data"]
     data["psn_no"] = "\u3000" + data["psn_no"] + " \t"  # an ideographic space is white space to both
     data["mdtrt_id"] = "\x1c" + data["mdtrt_id"]  # a separator is not: the model keeps it, so must pricing
@@ -184,15 +211,86 @@ def test_pricing_reads_padding_defaults_and_whole_numbers_as_the_model_does():
     line.update(cnt=2, pric="10", det_item_fee_sumamt=20)
     data["feedetail"] = [line]
     data["medfee_sumamt"] = "20.00"
+    model = BillFields.of(SettlementInput.model_validate(data))
     read = bill_fields(data)
-    assert read == BillFields.of(SettlementInput.model_validate(data))
+    assert _exactly(read) == _exactly(model)
     assert read.mdtrt_id.startswith("\x1c") and read.lines[0].amount == Decimal("20.00")
+
+
+_AWKWARD = [None, True, False, 0, 1, 2, 310, 14, 1.0, 0.5, "", " ", "0", "1", "01", "1.0", "1.00", "1.0000", "0.0125",
+            "32.52", "-1", "1e2", "\uff11", "310", "390", "11", "14", "21", " 1", "1 ", [], {}, ["x"], {"a": 1}]
+_PADDING = [" ", "\t", "\u3000", "\x1c", "\x1f", "\u200b", "\ufeff", "\xa0", "\x85", "\n", ""]
+
+
+def test_a_damaged_bill_the_model_accepts_is_read_directly_as_the_model_reads_it(monkeypatch):
+    """Random damage to WE1 (seeded): whatever the model accepts, the direct read gives the same
+    values, type for type, without falling back. (What the model refuses, eligibility refuses.)"""
+    import copy
+    import random
+
+    import orjson
+
+    import yidi.contracts.settlement as settlement
+
+    rnd = random.Random(16)
+    base = we1()["input"]["data"]
+    top = ["psn_no", "insutype", "med_type", "mdtrt_id", "acct_used_flag", "dise_codg", "medfee_sumamt", "feedetail"]
+    per_line = ["feedetl_sn", "hilist_code", "hilist_name", "cnt", "pric", "det_item_fee_sumamt"]
+    accepted = 0
+    for _ in range(3000):
+        data = copy.deepcopy(base)
+        for _ in range(rnd.randint(1, 3)):
+            target = data if rnd.random() < 0.5 else rnd.choice(data["feedetail"]) if isinstance(
+                data.get("feedetail"), list) and data["feedetail"] and isinstance(data["feedetail"][0], dict) else data
+            key = rnd.choice(top if target is data else per_line)
+            roll = rnd.random()
+            if roll < 0.2:
+                target.pop(key, None)
+            elif roll < 0.6 and isinstance(target.get(key), str):
+                target[key] = rnd.choice(_PADDING) + target[key] + rnd.choice(_PADDING)
+            else:
+                target[key] = rnd.choice(_AWKWARD)
+        data = orjson.loads(orjson.dumps(data))  # JSON's types only, as on the wire
+        try:
+            model = BillFields.of(SettlementInput.model_validate(data))
+        except ValidationError:
+            continue  # never reaches pricing: eligibility refuses it
+        accepted += 1
+        with monkeypatch.context() as m:  # read directly, without the fall-back
+            m.setattr(settlement, "SettlementInput", _NoModel)
+            assert _exactly(bill_fields(data)) == _exactly(model), data
+    assert accepted > 300
+
+
+def test_the_fields_pricing_reads_directly_are_the_models():
+    """bill_fields copies how SettlementInput and FeeDetail read these fields: a change to either
+    model must be looked at there (and this list updated with it)."""
+    from yidi.contracts.settlement import FeeDetail
+
+    def described(model):
+        return {name: re.sub(r" at 0x[0-9a-f]+", "", repr((f.annotation, f.metadata, f.default)))
+                for name, f in model.model_fields.items()}
+
+    assert set(described(SettlementInput)) == {
+        "psn_no", "mdtrt_cert_type", "mdtrt_cert_no", "insutype", "med_type", "mdtrt_id", "begntime", "endtime",
+        "dise_codg", "dise_name", "acct_used_flag", "medfee_sumamt", "feedetail"}
+    assert set(described(FeeDetail)) == {"feedetl_sn", "hilist_code", "hilist_name", "cnt", "pric", "det_item_fee_sumamt"}
+    read = {**{k: v for k, v in described(SettlementInput).items()
+               if k in ("psn_no", "insutype", "med_type", "mdtrt_id", "acct_used_flag", "dise_codg")},
+            **{f"feedetail.{k}": v for k, v in described(FeeDetail).items()}}
+    assert hashlib.sha256(repr(sorted(read.items())).encode()).hexdigest()[:16] == PINNED_READ_FIELDS
+
+
+# The description of the fields bill_fields reads (test above): when it changes, check bill_fields
+# still reads them as the model does, then put the new digest here.
+PINNED_READ_FIELDS = "30951219ec4b18c8"
 
 
 @pytest.mark.parametrize("change", [
     lambda d: d.pop("feedetail"),
     lambda d: d.update(psn_no=12345),
     lambda d: d["feedetail"][0].update(cnt=1.5),
+    lambda d: d.update(acct_used_flag=1),
 ])
 def test_a_bill_pricing_cannot_read_directly_goes_through_the_model(change):
     data = we1()["input"]["data"]

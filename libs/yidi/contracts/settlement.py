@@ -8,7 +8,6 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from yidi.contracts.common import (
-    WHITE_SPACE,
     Amount,
     Code,
     DiseaseCode,
@@ -20,6 +19,7 @@ from yidi.contracts.common import (
     _amount,
     _quantity,
     _unit_price,
+    WHITE_SPACE,
 )
 from yidi.domain.codes import InsuranceType, MedType
 from yidi.domain.money import ZERO, to_fen
@@ -103,23 +103,29 @@ def bill_fields(data: dict[str, Any]) -> BillFields:
     """The fields pricing prices with, of a body ``SettlementInput`` has already validated.
 
     Eligibility validates every bill it passes on (it refuses one that does not validate), so
-    pricing reads these fields directly, with the model's own field validators and stripping,
-    and skips the checks across fields (sums, repeats, lengths): half the cost of validating the
-    body again, which was an eighth of pricing's CPU (docs/BENCHMARKS.md). Whatever the direct read
-    cannot take (a field missing, of another type) goes through the model, which gives the same
-    values or says what is wrong; tests/unit/test_contracts.py proves the two agree.
+    pricing reads the seven fields it uses directly: the model's own validators of the values it
+    converts (amounts, counts, unit prices, the enums) and its stripping of codes, and not the
+    checks that can only refuse (lengths, the sums, repeated lines, cnt × pric, the fields pricing
+    does not read). That is half the cost of validating the body again, which was an eighth of
+    pricing's CPU (docs/BENCHMARKS.md, 2026-12-04, "Pricing's second validation"). Whatever the
+    direct read cannot take (a field missing or of another type, a flag not "0"/"1") goes through
+    the model, which gives the same values or says what is wrong. tests/unit/test_contracts.py
+    compares the two on every bill of a generated day and on randomly damaged bodies, and pins the
+    model's fields: a change to ``SettlementInput`` or ``FeeDetail`` must be made here too.
     """
     try:
+        flag = data.get("acct_used_flag", "0")
+        if flag != "0" and flag != "1":  # money rides on it: "1" draws on the individual account
+            raise ValueError(flag)
         return BillFields(
-            data["psn_no"].strip(WHITE_SPACE),
+            data["psn_no"].strip(WHITE_SPACE),  # str only: anything else goes through the model
             InsuranceType(data["insutype"]),
             MedType(data["med_type"]),
             data["mdtrt_id"].strip(WHITE_SPACE),
-            data.get("acct_used_flag", "0"),
+            flag,
             data.get("dise_codg", "").strip(WHITE_SPACE),
-            tuple(BillLine(d["feedetl_sn"].strip(WHITE_SPACE), d["hilist_code"].strip(WHITE_SPACE),
-                           d.get("hilist_name", ""), _quantity(d["cnt"]), _unit_price(d["pric"]),
-                           _amount(d["det_item_fee_sumamt"]))
+            tuple(BillLine(d["feedetl_sn"].strip(WHITE_SPACE), d["hilist_code"].strip(WHITE_SPACE), d.get("hilist_name", ""),
+                           _quantity(d["cnt"]), _unit_price(d["pric"]), _amount(d["det_item_fee_sumamt"]))
                   for d in data["feedetail"]),
         )
     except (KeyError, TypeError, AttributeError, ValueError, ArithmeticError):
