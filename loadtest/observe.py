@@ -129,10 +129,11 @@ def stage_deltas(before: Samples, after: Samples) -> dict[str, dict[str, float]]
     return out
 
 
-def gc_deltas(before: Samples, after: Samples) -> dict[str, Any]:
+def gc_deltas(before: Samples, after: Samples) -> dict[str, Any] | None:
     """Python's garbage collector in one service between two scrapes (yidi_gc_pause_seconds):
-    collections and seconds, in all and full (generation 2), and the bucket bound the longest
-    pause was under (None: no collection, or one beyond the last bound)."""
+    collections and seconds, in all and full (generation 2), and the bucket bound the longest pause
+    was under (``longest_pause_over_ms`` instead when it was beyond the last bound). None when the
+    process does not expose the histogram (not measured, which is not "no collection")."""
     count: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
     buckets: dict[str, dict[float, float]] = {}
@@ -146,14 +147,20 @@ def gc_deltas(before: Samples, after: Samples) -> dict[str, Any]:
             seconds[generation] += delta
         elif n == "yidi_gc_pause_seconds_bucket":
             buckets.setdefault(generation, {})[float(d["le"])] = delta
+    if not count:
+        return None
     # per generation: the smallest bound whose cumulative count holds every pause of the run
     bounds = [min(le for le, v in b.items() if v >= count[g]) for g, b in buckets.items() if count[g] > 0]
     longest = max(bounds, default=None)
-    return {
+    out: dict[str, Any] = {
         "collections": int(sum(count.values())), "seconds": round(sum(seconds.values()), 3),
         "full_collections": int(count["2"]), "full_seconds": round(seconds["2"], 3),
         "longest_pause_under_ms": None if longest is None or longest == float("inf") else round(longest * 1000, 2),
     }
+    if longest == float("inf"):
+        last = max((le for b in buckets.values() for le in b if le != float("inf")), default=0.0)
+        out["longest_pause_over_ms"] = round(last * 1000, 2)
+    return out
 
 
 def infrastructure_pids() -> dict[str, int]:

@@ -25,7 +25,7 @@ import orjson
 from yidi.contracts import answers
 from yidi.contracts.envelope import DEFAULT_REPLY_TO
 from yidi.platform import kafka as yidi_kafka
-from yidi.platform import metrics
+from yidi.platform import collector, metrics
 from yidi.platform.jsonwire import dumps
 from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
 from yidi.platform.replies import recover_ids
@@ -109,10 +109,12 @@ def stages_for(settings: Settings, which: str) -> list[TransactionalStage]:
 async def run(which: str) -> None:
     settings = Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    collector.tune(settings.gc_thresholds)  # the services' runtime, so the comparison is of the handlers
     metrics.serve_metrics(settings.metrics_host, settings.metrics_port)
     _what_if_options()
     await ensure_topics(settings)
     stages = stages_for(settings, which)
+    collector.freeze()
     for stage in stages:
         await stage.start()
     stop = asyncio.Event()

@@ -270,10 +270,7 @@ def markdown(report: dict[str, Any]) -> str:
         collected = runs[run].get("gc")
         if collected:
             lines += ["", f"Python's garbage collector, {run} run (yidi_gc_pause_seconds): "
-                      + ("; ".join(f"{svc} {g['seconds']} s in {g['collections']} collections ({g['full_collections']} "
-                                   f"full, {g['full_seconds']} s), longest under {g['longest_pause_under_ms']} ms"
-                                   for svc, g in collected.items() if g["collections"])
-                         or "no collection in any service")]
+                      + "; ".join(gc_summary(svc, g) for svc, g in collected.items())]
     lines += process_table(runs, report.get("machine", {}).get("nproc"))
     elig = report.get("eligibility")
     if elig:
@@ -295,6 +292,18 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("notes"):
         lines += [""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def gc_summary(service: str, g: dict[str, Any] | None) -> str:
+    """One service's garbage collector over a run, as ``observe.gc_deltas`` measured it."""
+    if g is None:
+        return f"{service} not measured"
+    if not g["collections"]:
+        return f"{service} no collection"
+    longest = (f"longest over {g['longest_pause_over_ms']} ms" if "longest_pause_over_ms" in g
+               else f"longest under {g['longest_pause_under_ms']} ms")
+    return (f"{service} {g['seconds']} s in {g['collections']} collections ({g['full_collections']} full, "
+            f"{g['full_seconds']} s), {longest}")
 
 
 def headline(report: dict[str, Any]) -> str:

@@ -1,9 +1,11 @@
 """The services' garbage-collector policy: thresholds read from settings, every collection timed,
-what a started service holds frozen out of later collections."""
+what a started service holds frozen out of later collections, a full collection now and then."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import weakref
 
 import pytest
 from prometheus_client import REGISTRY
@@ -15,20 +17,26 @@ from yidi.platform.settings import Settings
 
 @pytest.fixture
 def interpreter_gc():
-    """Whatever a test does to the collector is undone after it."""
+    """Whatever a test does to the collector is undone after it: thresholds, the freeze, the timer."""
     thresholds = gc.get_threshold()
+    timer = collector._timer
     yield
     gc.set_threshold(*thresholds)
     gc.unfreeze()
+    if collector._timer is not timer and collector._timer in gc.callbacks:
+        gc.callbacks.remove(collector._timer)
+    collector._timer = timer
 
 
-@pytest.mark.parametrize(("text", "read"), [("50000,20,100", (50000, 20, 100)), (" 700 ", (700,)), ("", None)])
+@pytest.mark.parametrize(("text", "read"), [("50000,20,100", (50000, 20, 100)), (" 700 ", (700,)), ("", None),
+                                            ("1, 0, 0", (1, 0, 0))])
 def test_thresholds_are_read_from_one_to_three_numbers(text, read):
     assert collector.parse_thresholds(text) == read
 
 
-@pytest.mark.parametrize("text", ["fast", "1,2,3,4", "-1", "700;10"])
-def test_settings_refuse_thresholds_that_are_not_one_to_three_whole_numbers(text):
+@pytest.mark.parametrize("text", ["fast", "1,2,3,4", "-1", "700;10", "0", "0,10,10", "99999999999", "１０００",
+                                  "1_000", "+5"])
+def test_settings_refuse_thresholds_that_would_stop_collection_or_the_service(text):
     with pytest.raises(ValidationError, match="gc_thresholds"):
         Settings(gc_thresholds=text)
 
@@ -57,7 +65,26 @@ def test_tuning_twice_times_each_collection_once(interpreter_gc):
     assert _observed(2)[1] == before + 1
 
 
-def test_what_a_started_service_holds_is_frozen_out_of_later_collections(interpreter_gc):
-    held = [{"policy": i} for i in range(1000)]
+class _Held:
+    pass
+
+
+def test_freezing_collects_the_garbage_first_and_keeps_what_is_held_out_of_later_collections(interpreter_gc):
+    garbage = _Held()
+    garbage.me = garbage  # a cycle nothing else refers to: only a collection frees it
+    dead = weakref.ref(garbage)
+    del garbage
+    held = _Held()
     collector.freeze()
-    assert gc.get_freeze_count() >= len(held)
+    assert dead() is None  # collected, not frozen
+    assert not any(o is held for o in gc.get_objects())  # frozen: no generation holds it any more
+    assert gc.get_freeze_count() > 0
+
+
+async def test_a_full_collection_runs_every_period(interpreter_gc):
+    collector.tune("")
+    _, before = _observed(2)
+    task = asyncio.create_task(collector.collect_every(0.02))
+    await asyncio.sleep(0.15)
+    task.cancel()
+    assert _observed(2)[1] >= before + 3

@@ -5,7 +5,8 @@ until the batch is committed and then die by reference count; almost none is par
 At Python's default thresholds (700, 10, 10) the collector ran a young collection every 700 of
 them, scanned each survivor again in the middle generation, and every few batches ran a full
 collection over everything the process holds (imports, caches of policies and catalogues): in
-the stage benchmark 8 % of the handlers' CPU, and a full collection paused a batch for ~30 ms.
+the stage benchmark 9-19 % of the handlers' CPU, and its pauses reached 25 ms in the services
+(docs/BENCHMARKS.md, 2026-12-04, "The garbage collector").
 
 So each service:
 
@@ -13,29 +14,40 @@ So each service:
   collection every few batches, which still finds real cycles long before they matter);
 - freezes what it holds once it is ready (``gc.freeze``: modules, settings, warm caches), so full
   collections no longer scan it;
+- collects in full every ``Settings.gc_full_collection_seconds`` (default 600): at these
+  thresholds the oldest generation is otherwise never collected;
 - times every collection into ``yidi_gc_pause_seconds`` (by generation), so the cost stays visible.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import re
 import time
 from typing import Any
 
 from yidi.platform import metrics
 
 
+_WHOLE = re.compile(r"[0-9]{1,10}")
+_MAX = 2**31 - 1  # gc.set_threshold takes C ints
+
+
 def parse_thresholds(text: str) -> tuple[int, ...] | None:
-    """``"50000,20,100"`` → (50000, 20, 100); empty → None (leave the interpreter's)."""
+    """``"50000,20,100"`` → (50000, 20, 100); empty → None (leave the interpreter's). One or two
+    numbers set the first generations only. The first is at least 1: 0 turns automatic
+    collection off, which no service should run with."""
     text = text.strip()
     if not text:
         return None
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise ValueError(f"gc_thresholds is one to three whole numbers separated by commas, not {text!r}") from None
-    if not 1 <= len(values) <= 3 or any(v < 0 for v in values):
-        raise ValueError(f"gc_thresholds is one to three whole numbers, none negative, not {text!r}")
+    parts = [part.strip() for part in text.split(",")]
+    if not 1 <= len(parts) <= 3 or not all(_WHOLE.fullmatch(part) for part in parts):
+        raise ValueError(f"gc_thresholds is one to three whole numbers separated by commas, not {text!r}")
+    values = tuple(int(part) for part in parts)
+    if values[0] < 1 or any(v > _MAX for v in values):
+        raise ValueError(f"gc_thresholds: the first is at least 1 (0 turns collection off) and none is above "
+                         f"{_MAX}, not {text!r}")
     return values
 
 
@@ -72,3 +84,13 @@ def freeze() -> None:
     collection: collect the garbage there is, then move the survivors to the permanent generation."""
     gc.collect()
     gc.freeze()
+
+
+async def collect_every(seconds: float) -> None:
+    """A full collection every ``seconds``. At these thresholds the collector itself almost never
+    reaches the oldest generation (its count moves only with objects that outlive a batch), so a
+    cycle that got there (a connection replaced after a broker or database restart) would never be
+    freed. After the freeze a full collection scans only what came later: a few milliseconds."""
+    while True:
+        await asyncio.sleep(seconds)
+        gc.collect()

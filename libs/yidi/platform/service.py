@@ -58,6 +58,7 @@ class Service:
         self.app.after_startup(self._start_stages)
         self.app.on_shutdown(self._stop_stages)
         self._watch: asyncio.Task[None] | None = None
+        self._sweep: asyncio.Task[None] | None = None
 
     def db(self) -> asyncpg.Pool:
         assert self.pool is not None, "the pool opens in the lifespan"
@@ -96,6 +97,8 @@ class Service:
 
     async def _start_stages(self) -> None:
         collector.freeze()  # started: what it holds now (imports, warm caches) is never scanned again
+        if self.settings.gc_full_collection_seconds > 0:
+            self._sweep = asyncio.create_task(collector.collect_every(self.settings.gc_full_collection_seconds))
         for stage in self.stages:
             await stage.start()
         metrics.SERVICE_UP.labels(self.name).set(1)
@@ -117,6 +120,8 @@ class Service:
         metrics.SERVICE_UP.labels(self.name).set(0)
         if self._watch:
             self._watch.cancel()
+        if self._sweep:
+            self._sweep.cancel()
         for stage in self.stages:
             await stage.stop()
 

@@ -33,13 +33,15 @@ class Settings(BaseSettings):
     # (docs/BENCHMARKS.md, 2026-12-04, "The protocols, measured"); v1 stays the default because under
     # v2 an instance that dies in its handler holds its partitions up to the transaction timeout (60 s).
     kafka_transactions: Literal["auto", "v1"] = "v1"
-    # Python's cyclic garbage collector: thresholds of its three generations ("700,10,10" is
-    # Python's default; empty leaves whatever the interpreter has). A batch of 500 settlements makes
-    # some hundred thousand short-lived containers that die by reference count, never in cycles; at
-    # Python's default the collector scanned each of them several times before it died, and the
-    # full collections over the service's caches paused a batch for tens of milliseconds: 8-24 % of
-    # each handler's CPU (docs/BENCHMARKS.md, "The garbage collector"). See yidi.platform.collector.
+    # Python's cyclic garbage collector: thresholds of its generations ("700,10,10" is Python's
+    # default; empty leaves whatever the interpreter has). A batch of 500 settlements makes some
+    # hundred thousand short-lived containers that die by reference count, never in cycles; at
+    # Python's default the collector scanned each of them several times before it died, and its
+    # full collections over the service's caches paused batches up to 25 ms: 9-19 % of the handlers'
+    # CPU (docs/BENCHMARKS.md, 2026-12-04, "The garbage collector"). See yidi.platform.collector.
     gc_thresholds: str = "50000,20,100"
+    # ... and a full collection this often (0: never), which those thresholds almost never reach.
+    gc_full_collection_seconds: float = Field(default=600.0, ge=0)
     # How often each stage samples its consumer lag (yidi_stage_lag_records).
     lag_sample_seconds: float = 5.0
     db_pool_size: int = 4
