@@ -186,11 +186,19 @@ def test_gc_deltas_count_the_collections_and_pauses_between_two_scrapes():
     before = scrape_of({"0": (10, 0.01, {"0.001": 10, "0.01": 10, "0.05": 10, "+Inf": 10}),
                         "2": (1, 0.03, {"0.001": 0, "0.01": 0, "0.05": 1, "+Inf": 1})})
     after = scrape_of({"0": (30, 0.05, {"0.001": 25, "0.01": 30, "0.05": 30, "+Inf": 30}),
-                       "2": (1, 0.03, {"0.001": 0, "0.01": 0, "0.05": 1, "+Inf": 1})})
+                       "2": (1, 0.03, {"0.001": 0, "0.01": 0, "0.05": 1, "0.25": 1, "+Inf": 1})})
     # 20 young collections in 40 ms, 5 of them over 1 ms; the full collection was before the run.
     assert gc_deltas(before, after) == {"collections": 20, "seconds": 0.04, "full_collections": 0, "full_seconds": 0.0,
                                         "longest_pause_under_ms": 10.0}
     assert gc_deltas(after, after)["longest_pause_under_ms"] is None
+    assert gc_deltas({}, {}) is None  # a process without the histogram: not measured
+    # one full collection of 0.4 s: beyond the last bound
+    longer = scrape_of({"2": (2, 0.43, {"0.001": 0, "0.01": 0, "0.05": 1, "0.25": 1, "+Inf": 2})})
+    over = gc_deltas(after, longer)
+    assert over["longest_pause_under_ms"] is None and over["longest_pause_over_ms"] == 250.0
+    from loadtest.report import gc_summary
+    assert gc_summary("pricing", over) == "pricing 0.4 s in 1 collections (1 full, 0.4 s), longest over 250.0 ms"
+    assert gc_summary("ref-answer", None) == "ref-answer not measured"
 
 
 def test_top_frames_groups_py_spy_samples_by_package(tmp_path):
@@ -317,6 +325,27 @@ async def test_a_paced_run_publishes_in_ticks_never_more_than_a_tick_early(monke
     assert max(early) <= replay_module.PACE_TICK
     # about one wake-up per tick (40 in 0.2 s), not one per line (400)
     assert len(sleeps) <= 0.2 / replay_module.PACE_TICK * 1.5
+    # a line sent early is timed from its send, not from when it was due
+    r._producer = FakeProducer()  # type: ignore[assignment]
+    due = time.perf_counter() + 0.004
+    await r._send_line(settle_line("EARLY"), due=due)
+    assert r._pending["EARLY"][0] < due
+
+
+async def test_a_slow_paced_run_sends_each_line_at_its_time():
+    """Below 400/s each line waits for its own time: ticks sent every other line early, in pairs."""
+    import time
+
+    import loadtest.replay as replay_module
+
+    r = Replay("unused:0", "ns.", Pace(rate=200), progress=False)
+    r.started = time.perf_counter()
+    early = []
+    for i in range(40):
+        due = await r._wait_turn(i, 0.0, 0.0)
+        early.append(due - time.perf_counter())
+    assert sum(e > 0.001 for e in early) <= 1
+    assert max(early) < replay_module.PACE_TICK
 
 
 def test_cpu_steal_is_read_from_proc_stat(tmp_path):
