@@ -169,6 +169,20 @@ async def test_a_settled_request_resent_after_a_check_was_tightened_gets_its_sto
     assert [o.topic for o in sent] == ["ns.settlement.priced"] and len(dead) == 1
 
 
+async def test_a_refused_settlement_is_keyed_by_its_person_as_pricing_keys_it():
+    # Its resend must meet the settlement's partition (and pricing's lock): the person's code,
+    # stripped as the model strips it (a U+001C is kept; str.strip() would drop it).
+    request = copy.deepcopy(WE1)
+    psn_no = request["input"]["data"]["psn_no"]
+    request["input"]["data"]["psn_no"] = " \x1c" + psn_no + "\u3000"
+    request["input"]["data"]["medfee_sumamt"] = "0.01"  # not the sum of the details: refused
+    eligibility = EligibilityHandler(Settings(namespace="ns."), repo=_NoRows(), subjects=_NoSubjects())  # type: ignore[arg-type]
+    out = await eligibility([Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(request), 1_700_000_000_000)])
+    passed_on = [o for o in out if o.topic == "ns.settlement.eligible"]
+    assert len(passed_on) == 1 and orjson.loads(passed_on[0].value)["refusal"] is not None
+    assert passed_on[0].key == ("\x1c" + psn_no).encode()
+
+
 @pytest.mark.parametrize("msgid", [WE1["msgid"] + " ", " " + WE1["msgid"], WE1["msgid"][:-1] + "１",
                                    "H" * 65, "H1101.0500001", "病历-0001"])
 def test_a_readable_msgid_the_contract_refuses_is_answered_under_it_as_sent(handler, msgid):

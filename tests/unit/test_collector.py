@@ -4,6 +4,7 @@ what a started service holds frozen out of later collections, a full collection 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import time
 import weakref
@@ -40,6 +41,12 @@ def test_thresholds_are_read_from_one_to_three_numbers(text, read):
 def test_settings_refuse_thresholds_that_would_stop_collection_or_the_service(text):
     with pytest.raises(ValidationError, match="gc_thresholds"):
         Settings(gc_thresholds=text)
+
+
+@pytest.mark.parametrize("seconds", [0.0001, 0.5, -1])
+def test_settings_refuse_a_full_collection_more_often_than_every_second(seconds):
+    with pytest.raises(ValidationError, match="gc_full_collection_seconds"):
+        Settings(gc_full_collection_seconds=seconds)
 
 
 def _observed(generation: int) -> tuple[float, float]:
@@ -92,4 +99,6 @@ async def test_a_full_collection_runs_every_period(interpreter_gc):
             await asyncio.sleep(0.01)
     finally:
         task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     assert _observed(2)[1] >= before + 3  # an idle loop alone makes no full collection in 10 s

@@ -218,7 +218,8 @@ def test_pricing_reads_padding_defaults_and_whole_numbers_as_the_model_does(dire
 
 
 _AWKWARD = [None, True, False, 0, 1, 2, 310, 14, 1.0, 0.5, "", " ", "0", "1", "01", "1.0", "1.00", "1.0000", "0.0125",
-            "32.52", "-1", "1e2", "\uff11", "310", "390", "11", "14", "21", " 1", "1 ", [], {}, ["x"], {"a": 1}]
+            "32.52", "-1", "1e2", "\uff11", "310", "390", "11", "14", "21", " 1", "1 ", [], {}, ["x"], {"a": 1},
+            "e11.900", "E11.900", "a1", "Xa10bfa013a001", "\u00e9"]
 _PADDING = [" ", "\t", "\u3000", "\x1c", "\x1f", "\u200b", "\ufeff", "\xa0", "\x85", "\n", ""]
 
 
@@ -271,6 +272,18 @@ def test_the_fields_pricing_reads_directly_are_the_models():
         return {name: re.sub(r" at 0x[0-9a-f]+", "", repr((f.annotation, f.metadata, f.default)))
                 for name, f in model.model_fields.items()}
 
+    def checks(model):
+        """The model's validators (what may change a value: none may be added unseen) and config."""
+        decorators = model.__pydantic_decorators__
+        return (sorted((name, repr(d.info)) for kind in ("field_validators", "model_validators")
+                       for name, d in getattr(decorators, kind).items()),
+                sorted((k, repr(v)) for k, v in model.model_config.items()))
+
+    config = sorted((k, repr(v)) for k, v in {"extra": "ignore", "frozen": True, "populate_by_name": True,
+                                                  "validate_by_alias": True, "validate_by_name": True}.items())
+    assert checks(SettlementInput) == ([("_total_is_sum_of_details", "ModelValidatorDecoratorInfo(mode='after')")], config)
+    assert checks(FeeDetail) == ([("_amount_is_count_times_price", "ModelValidatorDecoratorInfo(mode='after')")], config)
+
     assert set(described(SettlementInput)) == {
         "psn_no", "mdtrt_cert_type", "mdtrt_cert_no", "insutype", "med_type", "mdtrt_id", "begntime", "endtime",
         "dise_codg", "dise_name", "acct_used_flag", "medfee_sumamt", "feedetail"}
@@ -297,3 +310,19 @@ def test_a_bill_pricing_cannot_read_directly_goes_through_the_model(change):
     change(data)
     with pytest.raises(ValidationError):
         bill_fields(data)
+
+
+def test_a_bill_the_model_reads_but_the_direct_read_cannot_is_priced_and_logged_once(monkeypatch, caplog):
+    import yidi.contracts.settlement as settlement
+
+    def drifted(value):
+        raise ValueError("the model reads counts some new way")
+
+    monkeypatch.setattr(settlement, "_quantity", drifted)
+    monkeypatch.setattr(settlement, "_drift_logged", False)
+    data = we1()["input"]["data"]
+    with caplog.at_level("WARNING", logger="yidi.contracts.settlement"):
+        assert bill_fields(data) == BillFields.of(SettlementInput.model_validate(data))
+        bill_fields(data)
+    assert [r.getMessage()[:59] for r in caplog.records] == [
+        "bill_fields read a bill the model validates only through th"]

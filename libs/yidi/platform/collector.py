@@ -5,15 +5,16 @@ until the batch is committed and then die by reference count; almost none is par
 At Python's default thresholds (700, 10, 10) the collector ran a young collection every 700 of
 them, scanned each survivor again in the middle generation, and every few batches ran a full
 collection over everything the process holds (imports, caches of policies and catalogues): in
-the stage benchmark 9-19 % of the handlers' CPU, and its pauses reached 25 ms in the services
-(docs/BENCHMARKS.md, 2026-12-04, "The garbage collector").
+the stage benchmark 8-24 % of each handler's CPU (15 % of the three), in the services pauses of
+up to 25 ms (docs/BENCHMARKS.md, 2026-12-04, "The garbage collector").
 
 So each service:
 
-- collects at thresholds from ``Settings.gc_thresholds`` (default 50,000 / 20 / 100: a young
-  collection every few batches, which still finds real cycles long before they matter);
-- freezes what it holds once it is ready (``gc.freeze``: modules, settings, warm caches), so full
-  collections no longer scan it;
+- collects at thresholds from ``Settings.gc_thresholds`` (default 50,000 / 20 / 100). The young
+  generation's count is the containers made less those freed, so it reaches 50,000 only when that
+  many outlive their batch or sit in cycles: no collection at all in a bench or a whole day;
+- freezes what it holds once it is ready (``gc.freeze``: modules, settings, warm caches, the
+  connections open then), so no collection scans it again (a cycle among those is never freed);
 - collects in full every ``Settings.gc_full_collection_seconds`` (default 600): at these
   thresholds the oldest generation is otherwise never collected;
 - times every collection into ``yidi_gc_pause_seconds`` (by generation), so the cost stays visible.

@@ -37,10 +37,11 @@ class Settings(BaseSettings):
     # default; empty leaves whatever the interpreter has). A batch of 500 settlements makes some
     # hundred thousand short-lived containers that die by reference count, never in cycles; at
     # Python's default the collector scanned each of them several times before it died, and its
-    # full collections over the service's caches paused batches up to 25 ms: 9-19 % of the handlers'
+    # full collections over the service's caches paused batches up to 25 ms: 8-24 % of each handler's
     # CPU (docs/BENCHMARKS.md, 2026-12-04, "The garbage collector"). See yidi.platform.collector.
     gc_thresholds: str = "50000,20,100"
-    # ... and a full collection this often (0: never), which those thresholds almost never reach.
+    # ... and a full collection this often (0: never, else at least 1 s), which those thresholds
+    # almost never reach.
     gc_full_collection_seconds: float = Field(default=600.0, ge=0)
     # How often each stage samples its consumer lag (yidi_stage_lag_records).
     lag_sample_seconds: float = 5.0
@@ -64,6 +65,13 @@ class Settings(BaseSettings):
     # Eligibility: how far ahead of the platform's clock a request's inf_time may be (facility
     # clocks drift); one further ahead is refused INVALID_INPUT. Backdated times are accepted.
     max_clock_ahead_seconds: float = 900.0
+
+    @field_validator("gc_full_collection_seconds")
+    @classmethod
+    def _gc_period(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("gc_full_collection_seconds is 0 (never) or at least 1: a full collection blocks the loop")
+        return value
 
     @field_validator("gc_thresholds")
     @classmethod
