@@ -113,6 +113,9 @@ StayTime = Annotated[
 Day = Annotated[date, PlainSerializer(lambda d: d.isoformat(), return_type=str)]
 AreaCode = Annotated[str, StringConstraints(pattern=r"^[0-9]{6}$")]  # ASCII digits: Python's \d takes any script's
 Code = Annotated[str, StringConstraints(min_length=1, max_length=64, strip_whitespace=True)]
+# A diagnosis (ICD-10), stripped as codes are; empty when not given.
+DiseaseCode = Annotated[str, StringConstraints(max_length=64, strip_whitespace=True)]
+
 # What ``strip_whitespace`` strips (pydantic-core: Unicode White_Space). Python's ``str.strip()``
 # also strips the separators U+001C..U+001F, which a Code keeps: code read outside a model strips this.
 WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
@@ -122,8 +125,6 @@ def code_text(value: Any) -> str:
     """A code of a request's data read outside a model (a key, a look-up): its text, stripped as
     ``Code`` strips it; None is empty."""
     return str(value if value is not None else "").strip(WHITE_SPACE)
-# A diagnosis (ICD-10), stripped as codes are; empty when not given.
-DiseaseCode = Annotated[str, StringConstraints(max_length=64, strip_whitespace=True)]
 
 
 class WireModel(BaseModel):

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from yidi.contracts.common import (
+    WHITE_SPACE,
     Amount,
     Code,
     DiseaseCode,
@@ -20,7 +21,6 @@ from yidi.contracts.common import (
     _amount,
     _quantity,
     _unit_price,
-    WHITE_SPACE,
 )
 from yidi.domain.codes import InsuranceType, MedType
 from yidi.domain.money import ZERO, to_fen
