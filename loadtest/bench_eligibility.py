@@ -93,7 +93,7 @@ async def timed(handler: EligibilityHandler, batches: list[list[Incoming]], elig
 async def bench(settings: Settings, *, persons: int = 2000, batches: int = 20, size: int = 500) -> dict[str, Any]:
     tag = "EB" + uuid.uuid4().hex[:8].upper()
     pool = await create_pool(settings.database_url, size=settings.db_pool_size,
-                             plan_cache_mode=settings.db_plan_cache_mode)
+                             plan_cache_mode=settings.db_plan_cache_mode, parallel_workers=settings.db_parallel_workers)
     results: dict[str, Any] = {"persons": persons, "batches": batches, "batch_size": size}
     try:
         await migrate(pool, "eligibility", "services.eligibility.migrations")

@@ -146,7 +146,8 @@ async def bench(settings: Settings, *, persons: int, batches: int, size: int, pr
     # A database of its own (dropped after), and one connection to it, so one Postgres server
     # process does (and is measured for) all the handlers' work.
     async with own_database(settings, tag) as own:
-        pool = await create_pool(own.database_url, size=1, plan_cache_mode=settings.db_plan_cache_mode)
+        pool = await create_pool(own.database_url, size=1, plan_cache_mode=settings.db_plan_cache_mode,
+                           parallel_workers=settings.db_parallel_workers)
         cache = VersionedCache(settings.redis_url, ttl_seconds=600, prefix=f"{tag}:elig:")
         results: dict[str, Any] = {"persons": persons, "batches": batches, "batch_size": size, "repeat": repeat}
         try:

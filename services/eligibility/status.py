@@ -31,7 +31,8 @@ def region_status(windows: list[dict[str, Any]], at: datetime) -> dict[str, list
 
 
 async def current(settings: Settings, at: datetime) -> dict[str, Any]:
-    pool = await create_pool(settings.database_url, size=1, plan_cache_mode=settings.db_plan_cache_mode)
+    pool = await create_pool(settings.database_url, size=1, plan_cache_mode=settings.db_plan_cache_mode,
+                             parallel_workers=settings.db_parallel_workers)
     try:
         return region_status(await EligibilityRepository(pool).all_outages(at), at)
     finally:

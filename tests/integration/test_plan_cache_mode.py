@@ -1,9 +1,14 @@
 """The services' Postgres connections plan every run of a prepared statement for its own values
 (Settings.db_plan_cache_mode): a generic plan kept from when a table was small scanned whole tables
-on a fresh database (docs/BENCHMARKS.md, "Generic plans on a fresh database")."""
+on a fresh database (docs/BENCHMARKS.md, "Generic plans on a fresh database"). They run no parallel
+plans (Settings.db_parallel_workers): workers forked for a batch's keyed statements cost CPU the
+box lacks (docs/BENCHMARKS.md, "Parallel workers")."""
 
 from __future__ import annotations
 
+import uuid
+
+import asyncpg
 import pytest
 
 from yidi.platform.db import create_pool
@@ -34,3 +39,39 @@ async def test_each_run_is_planned_for_its_values_unless_set_otherwise(settings)
     assert "$1" in generic, generic
     # "server" sends nothing: the test server's own default (auto) applies.
     assert "$1" in await plan_after_six_runs(settings.database_url, "server")
+
+
+async def parallel_plan(dsn: str, workers: int | str, table: str) -> str:
+    """``max_parallel_workers_per_gather`` and the plan of a scan of ``table`` that Postgres runs in
+    parallel when allowed (parallel costs set to nothing), on a connection of a pool made with
+    ``parallel_workers``."""
+    pool = await create_pool(dsn, size=1, parallel_workers=workers)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            for setting in ("parallel_setup_cost", "parallel_tuple_cost", "min_parallel_table_scan_size"):
+                await conn.execute(f"SET LOCAL {setting} = 0")
+            shown = await conn.fetchval("SHOW max_parallel_workers_per_gather")
+            plan = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN SELECT count(*) FROM {table} WHERE n % 7 = 0"))
+            return f"{shown}\n{plan}"
+    finally:
+        await pool.close()
+
+
+async def test_the_services_connections_run_no_parallel_plans_unless_set_otherwise(settings):
+    default = Settings.model_fields["db_parallel_workers"].default
+    assert default == 0
+    table = f"parallel_{uuid.uuid4().hex[:12]}"  # not a temporary table: those are never scanned in parallel
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(f"CREATE TABLE {table} AS SELECT g AS n FROM generate_series(1, 50000) g")
+        await conn.execute(f"ANALYZE {table}")
+        serial = await parallel_plan(settings.database_url, default, table)
+        assert serial.startswith("0\n") and "Gather" not in serial, serial
+        allowed = await parallel_plan(settings.database_url, 2, table)
+        assert allowed.startswith("2\n") and "Gather" in allowed, allowed
+        # "server" sends nothing: the server's own setting applies.
+        server = await conn.fetchval("SHOW max_parallel_workers_per_gather")
+        assert (await parallel_plan(settings.database_url, "server", table)).startswith(f"{server}\n")
+    finally:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await conn.close()

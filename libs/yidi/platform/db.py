@@ -112,9 +112,13 @@ async def _no_session_reset(conn: asyncpg.Connection) -> None:
     ``SET LOCAL``, no LISTEN, no cursors held). asyncpg still rolls back an open transaction."""
 
 
-async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_custom_plan") -> asyncpg.Pool:
-    """``plan_cache_mode``: Settings.db_plan_cache_mode (why force_custom_plan, and "server": there)."""
+async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_custom_plan",
+                      parallel_workers: int | str = 0) -> asyncpg.Pool:
+    """``plan_cache_mode`` and ``parallel_workers``: Settings.db_plan_cache_mode and
+    Settings.db_parallel_workers (why these defaults, and "server": there)."""
     server_settings = {} if plan_cache_mode == "server" else {"plan_cache_mode": plan_cache_mode}
+    if parallel_workers != "server":
+        server_settings["max_parallel_workers_per_gather"] = str(parallel_workers)
     async with transient_errors():
         return await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=30,
                                          reset=_no_session_reset, server_settings=server_settings)

@@ -83,7 +83,8 @@ class Service:
         await ensure_topics(self.settings)
         if self.migrations:
             self.pool = await create_pool(self.settings.database_url, size=self.settings.db_pool_size,
-                                          plan_cache_mode=self.settings.db_plan_cache_mode)
+                                          plan_cache_mode=self.settings.db_plan_cache_mode,
+                                          parallel_workers=self.settings.db_parallel_workers)
             await migrate(self.pool, self.name, self.migrations)
         for ready in self.on_ready:
             await ready()

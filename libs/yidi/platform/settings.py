@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     # "server" sends nothing, leaving it to the server, the database or role, or the URL (a pooler
     # that refuses startup parameters, e.g. PgBouncer without ignore_startup_parameters).
     db_plan_cache_mode: Literal["server", "auto", "force_custom_plan", "force_generic_plan"] = "force_custom_plan"
+    # Postgres max_parallel_workers_per_gather of the services' connections; "server" sends nothing.
+    # Their statements are a batch's keyed reads and writes: a parallel plan forks workers for each
+    # run, and on the small box measured cost Postgres a third more CPU per settlement for nothing
+    # (docs/BENCHMARKS.md, 2026-12-04, "Parallel workers").
+    db_parallel_workers: Literal["server"] | Annotated[int, Field(ge=0)] = 0
     # Eligibility: how long a cached answer may live when no event refreshes it.
     cache_ttl_seconds: int = 300
     # Eligibility: R17 waiver of filing for temporary trips inside a province, by insured region.
