@@ -182,6 +182,23 @@ class _Watched:
     rss_max: int = 0
     cpu_first: dict[int, float] = field(default_factory=dict)
     cpu_last: dict[int, float] = field(default_factory=dict)
+    # A tree's exited children, whole lives, as the root has reaped them (its children_user and
+    # children_system), at the first sample and now; the children alive at the last sample.
+    reaped_first: float | None = None
+    reaped_last: float = 0.0
+    alive: set[int] = field(default_factory=set)
+
+    def cpu_s(self) -> float:
+        """CPU seconds since the first sample. A tree also counts the children that exited meanwhile,
+        however short their lives: Postgres' parallel workers live a few ms and a sample every 0.5 s
+        would miss nearly all of them. The root reaps every child, so the growth of its reaped time
+        is their whole lives; less, for those already there at the start, what they had used by then."""
+        if not self.tree or self.reaped_first is None:
+            return sum(self.cpu_last[p] - self.cpu_first.get(p, 0.0) for p in self.cpu_last)
+        pid = self.root.pid
+        living = sum(self.cpu_last[p] - self.cpu_first.get(p, 0.0) for p in self.alive | {pid} if p in self.cpu_last)
+        before_start = sum(self.cpu_first.get(p, 0.0) for p in self.cpu_last if p not in self.alive and p != pid)
+        return living + (self.reaped_last - self.reaped_first) - before_start
 
 
 def cpu_counters(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
@@ -266,17 +283,26 @@ class ProcessSampler:
             except psutil.Error:
                 continue
             rss = 0
+            alive: set[int] = set()
             for p in procs:
                 try:
                     with p.oneshot():
                         rss += p.memory_info().rss
                         t = p.cpu_times()
                         cpu = t.user + t.system
+                        if p is w.root and w.tree:
+                            reaped = t.children_user + t.children_system
                 except psutil.Error:
                     continue
                 # A process there at the start counts from then; one born later, its whole life.
                 w.cpu_first.setdefault(p.pid, cpu if self._initial else 0.0)
                 w.cpu_last[p.pid] = cpu
+                alive.add(p.pid)
+                if p is w.root and w.tree:
+                    if w.reaped_first is None:
+                        w.reaped_first = reaped
+                    w.reaped_last = reaped
+            w.alive = alive
             w.rss_max = max(w.rss_max, rss)
         self._initial = False
 
@@ -304,7 +330,7 @@ class ProcessSampler:
             name: {
                 "pid": w.root.pid,
                 "rss_max_mib": round(w.rss_max / 2**20, 1),
-                "cpu_s": round(sum(w.cpu_last[p] - w.cpu_first.get(p, 0.0) for p in w.cpu_last), 2),
+                "cpu_s": round(w.cpu_s(), 2),
                 **({"processes_seen": len(w.cpu_last)} if w.tree else {}),
             }
             for name, w in self.watched.items()

@@ -361,6 +361,47 @@ def test_cpu_steal_is_read_from_proc_stat(tmp_path):
     assert cpu_counters() is not None  # this machine is Linux
 
 
+_TREE_ROOT = """
+import subprocess, sys
+burn = ("import sys, time\\nt = time.process_time()\\nwhile time.process_time() - t < float(sys.argv[1]): pass\\n"
+        "print('burnt', flush=True)\\nsys.stdin.read()")
+old = subprocess.Popen([sys.executable, "-c", burn, "1.0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+old.stdout.readline()
+print("ready", flush=True)
+sys.stdin.readline()
+for _ in range(3):  # short lives between two samples, as a Postgres parallel worker's
+    subprocess.run([sys.executable, "-c", burn, "0.2"], input="", stdout=subprocess.DEVNULL, check=True)
+old.stdin.close()
+old.wait()
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_sampled_tree_counts_children_that_lived_between_samples_and_not_what_an_old_one_used_before():
+    import subprocess
+    import sys
+
+    from loadtest.observe import ProcessSampler
+
+    with subprocess.Popen([sys.executable, "-c", _TREE_ROOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          text=True) as root:
+        try:
+            assert root.stdout.readline().strip() == "ready"  # a child has used 1 s of CPU, and lives on
+            sampler = ProcessSampler({"db": root.pid}, tree={"db"})
+            sampler.sample()
+            root.stdin.write("go\n")
+            root.stdin.flush()
+            assert root.stdout.readline().strip() == "done"  # three children of 0.2 s came and went; the old one exited
+            sampler.sample()
+            used = sampler.watched["db"].cpu_s()
+        finally:
+            root.kill()
+    # 0.6 s burnt and three interpreters' start-up; not the old child's 1 s from before the first
+    # sample (that would be 1.6 s and more), nor nothing (the children were never sampled alive).
+    assert 0.55 <= used <= 1.3, used
+
+
 def test_the_latency_histogram_counts_every_answer_in_its_log_spaced_bucket():
     import numpy as np
 
