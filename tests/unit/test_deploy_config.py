@@ -387,6 +387,25 @@ def test_kafka_runs_the_version_of_the_local_broker_with_a_valid_cluster_id():
     assert len(cluster_id) == 22 and len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
 
 
+# ---- Postgres ------------------------------------------------------------------------------
+
+
+def test_compose_postgres_takes_the_local_clusters_wal_and_planner_settings():
+    template = (DEPLOY / "local" / "postgres" / "postgresql.conf.in").read_text()
+    local = {}
+    for line in template.splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, value = (part.strip() for part in line.split("=", 1))
+            local[key] = value.strip("'")
+    command = service("postgres")["command"]
+    assert command[0] == "postgres" and command[1::2] == ["-c"] * (len(command) // 2)
+    in_compose = dict(setting.split("=", 1) for setting in command[2::2])
+    # The image's PostgreSQL is 15 or later: wal_compression is lz4 (the local stack picks it by version).
+    local["wal_compression"] = "lz4"
+    tuned = ("max_wal_size", "checkpoint_timeout", "wal_compression", "wal_buffers", "random_page_cost")
+    assert in_compose == {key: local[key] for key in tuned}
+
+
 # ---- Prometheus ----------------------------------------------------------------------------
 
 
