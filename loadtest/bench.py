@@ -13,7 +13,9 @@
    when 2,000/s is out of reach, bisects with short paced runs for the highest rate held with p99
    under 250 ms (``rate_high``);
 4. optionally profiles the services with py-spy during one more max-rate replay;
-5. runs the bare pipeline (loadtest.reference_pipeline) in its own namespace under the same day;
+5. vacuums the run's database (the bare pipeline does not use Postgres, and autovacuum catching up
+   on the services' runs would take CPU from it), then runs the bare pipeline
+   (loadtest.reference_pipeline) in its own namespace under the same day;
 6. runs the eligibility micro-benchmark (Redis warm, Redis down);
 7. writes report.json and report.png, prints the headline, appends docs/BENCHMARKS.md.
 """
@@ -31,6 +33,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 
 from loadtest import report as rpt
@@ -137,9 +140,15 @@ class Bench:
                                  jit_pid=infrastructure.get("kafka"))
         sampler.start()
         say(f"{name}: {pace.describe()}")
+        resources: dict[str, Any] = {}
+
+        async def replayed() -> None:  # before the ledger check: its queries are the tool's, not the system's
+            resources.update(await sampler.stop())
+
         result = await replay_file(day, bootstrap=settings.kafka_bootstrap, namespace=settings.namespace, pace=pace,
-                                   database_url=settings.database_url if ledger else None, label=f"{name} ")
-        result["resources"] = await sampler.stop()
+                                   database_url=settings.database_url if ledger else None, label=f"{name} ",
+                                   replayed=replayed)
+        result["resources"] = resources
         result["cpu_steal_share"] = sampler.steal_share
         result["broker_jit_cores"] = sampler.broker_jit_cores
         after = {n: scrape(p) for n, p in ports.items()}
@@ -291,6 +300,19 @@ class Bench:
         self.report.setdefault("other_checks", {})[name] = text if ok else f"**{text}**"
         self.report.setdefault("other_checks_ok", {})[name] = ok
 
+    async def _vacuum(self) -> None:
+        """VACUUM (ANALYZE) the run's database, so that autovacuum has nothing left to do during the
+        bare pipeline: catching up on the services' runs, it took up to a quarter of a core from it
+        (docs/BENCHMARKS.md, 2026-12-04, "Parallel workers")."""
+        started = time.monotonic()
+        conn = await asyncpg.connect(self.settings.database_url)
+        try:
+            await conn.execute("VACUUM (ANALYZE)")
+        finally:
+            await conn.close()
+        self.report["vacuum_before_reference_s"] = round(time.monotonic() - started, 1)
+        say(f"the run's database vacuumed before the bare pipeline in {self.report['vacuum_before_reference_s']} s")
+
     async def reference(self) -> None:
         """The bare pipeline under the same day, then at 100/s: the stages' own Kafka client settings
         (loadtest.reference_pipeline takes what-if settings from LOADTEST_*_OPTIONS, for experiments)."""
@@ -351,6 +373,7 @@ class Bench:
             try:
                 await self.services()
                 if not args.no_reference:
+                    await self._vacuum()
                     await self.reference()
             finally:
                 if not args.keep_topics:

@@ -144,10 +144,11 @@ async def bench(settings: Settings, *, persons: int, batches: int, size: int, pr
                 repeat: int = 1) -> dict[str, Any]:
     tag = "SB" + uuid.uuid4().hex[:8].upper()
     # A database of its own (dropped after), and one connection to it, so one Postgres server
-    # process does (and is measured for) all the handlers' work.
+    # process does (and is measured for) all the handlers' work: with YIDI_DB_PARALLEL_WORKERS at
+    # its default, 0; parallel workers, when allowed, are other processes and not measured here.
     async with own_database(settings, tag) as own:
         pool = await create_pool(own.database_url, size=1, plan_cache_mode=settings.db_plan_cache_mode,
-                           parallel_workers=settings.db_parallel_workers)
+                                 parallel_workers=settings.db_parallel_workers)
         cache = VersionedCache(settings.redis_url, ttl_seconds=600, prefix=f"{tag}:elig:")
         results: dict[str, Any] = {"persons": persons, "batches": batches, "batch_size": size, "repeat": repeat}
         try:

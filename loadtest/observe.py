@@ -183,22 +183,35 @@ class _Watched:
     cpu_first: dict[int, float] = field(default_factory=dict)
     cpu_last: dict[int, float] = field(default_factory=dict)
     # A tree's exited children, whole lives, as the root has reaped them (its children_user and
-    # children_system), at the first sample and now; the children alive at the last sample.
+    # children_system), at the first sample and now; the processes alive at the last sample; the
+    # root's direct children among all seen.
     reaped_first: float | None = None
     reaped_last: float = 0.0
     alive: set[int] = field(default_factory=set)
+    direct: set[int] = field(default_factory=set)
 
     def cpu_s(self) -> float:
         """CPU seconds since the first sample. A tree also counts the children that exited meanwhile,
         however short their lives: Postgres' parallel workers live a few ms and a sample every 0.5 s
-        would miss nearly all of them. The root reaps every child, so the growth of its reaped time
-        is their whole lives; less, for those already there at the start, what they had used by then."""
+        would miss nearly all of them. The root reaps its children, so the growth of its reaped time
+        is their whole lives; less, for those already there at the start, what they had used by then.
+        A deeper descendant that exited is counted as sampled (its time reaches the root only with
+        its parent's)."""
         if not self.tree or self.reaped_first is None:
             return sum(self.cpu_last[p] - self.cpu_first.get(p, 0.0) for p in self.cpu_last)
-        pid = self.root.pid
-        living = sum(self.cpu_last[p] - self.cpu_first.get(p, 0.0) for p in self.alive | {pid} if p in self.cpu_last)
-        before_start = sum(self.cpu_first.get(p, 0.0) for p in self.cpu_last if p not in self.alive and p != pid)
-        return living + (self.reaped_last - self.reaped_first) - before_start
+        living = sum(self.cpu_last[p] - self.cpu_first.get(p, 0.0) for p in self.alive if p in self.cpu_last)
+        gone = [p for p in self.cpu_last if p not in self.alive]
+        before_start = sum(self.cpu_first.get(p, 0.0) for p in gone if p in self.direct)
+        deeper = sum(self.cpu_last[p] - self.cpu_first.get(p, 0.0) for p in gone if p not in self.direct)
+        return living + (self.reaped_last - self.reaped_first) - before_start + deeper
+
+
+def _reaped(root: psutil.Process) -> float | None:
+    try:
+        t = root.cpu_times()
+    except psutil.Error:
+        return None
+    return t.children_user + t.children_system
 
 
 def cpu_counters(stat: Path = Path("/proc/stat")) -> tuple[int, int] | None:
@@ -278,33 +291,42 @@ class ProcessSampler:
 
     def sample(self) -> None:
         for w in self.watched.values():
+            self._sample(w)
+        self._initial = False
+
+    def _sample(self, w: _Watched) -> None:
+        # A tree's children are read between two reads of the root's reaped time, again while the
+        # two differ: a child reaped in between would be counted twice (sampled alive, then in the
+        # reaped time) or not at all (gone when read, not yet in the reaped time).
+        for _ in range(5):
+            before = _reaped(w.root) if w.tree else None
             try:
-                procs = [w.root] + (w.root.children(recursive=True) if w.tree else [])
+                children = w.root.children(recursive=True) if w.tree else []
             except psutil.Error:
-                continue
-            rss = 0
-            alive: set[int] = set()
-            for p in procs:
+                return
+            seen: dict[int, tuple[float, int, bool]] = {}  # pid: CPU seconds, RSS, a direct child of the root
+            for p in [w.root, *children]:
                 try:
                     with p.oneshot():
-                        rss += p.memory_info().rss
                         t = p.cpu_times()
-                        cpu = t.user + t.system
-                        if p is w.root and w.tree:
-                            reaped = t.children_user + t.children_system
+                        seen[p.pid] = (t.user + t.system, p.memory_info().rss, p is not w.root and p.ppid() == w.root.pid)
                 except psutil.Error:
                     continue
-                # A process there at the start counts from then; one born later, its whole life.
-                w.cpu_first.setdefault(p.pid, cpu if self._initial else 0.0)
-                w.cpu_last[p.pid] = cpu
-                alive.add(p.pid)
-                if p is w.root and w.tree:
-                    if w.reaped_first is None:
-                        w.reaped_first = reaped
-                    w.reaped_last = reaped
-            w.alive = alive
-            w.rss_max = max(w.rss_max, rss)
-        self._initial = False
+            reaped = _reaped(w.root) if w.tree else None
+            if reaped == before:
+                break
+        for pid, (cpu, _, direct) in seen.items():
+            # A process there at the start counts from then; one born later, its whole life.
+            w.cpu_first.setdefault(pid, cpu if self._initial else 0.0)
+            w.cpu_last[pid] = cpu
+            if direct:
+                w.direct.add(pid)
+        w.alive = set(seen)
+        if reaped is not None:
+            if w.reaped_first is None:
+                w.reaped_first = reaped
+            w.reaped_last = reaped
+        w.rss_max = max(w.rss_max, sum(rss for _, rss, _ in seen.values()))
 
     async def _run(self) -> None:
         while True:

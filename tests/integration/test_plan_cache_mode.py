@@ -37,7 +37,7 @@ async def test_each_run_is_planned_for_its_values_unless_set_otherwise(settings)
     assert "'M1'" in custom and "$1" not in custom
     generic = await plan_after_six_runs(settings.database_url, "auto")
     assert "$1" in generic, generic
-    # "server" sends nothing: the test server's own default (auto) applies.
+    # "server" sends no plan_cache_mode: the test server's own default (auto) applies.
     assert "$1" in await plan_after_six_runs(settings.database_url, "server")
 
 
@@ -69,7 +69,7 @@ async def test_the_services_connections_run_no_parallel_plans_unless_set_otherwi
         assert serial.startswith("0\n") and "Gather" not in serial, serial
         allowed = await parallel_plan(settings.database_url, 2, table)
         assert allowed.startswith("2\n") and "Gather" in allowed, allowed
-        # "server" sends nothing: the server's own setting applies.
+        # "server" sends no max_parallel_workers_per_gather: the server's own setting applies.
         server = await conn.fetchval("SHOW max_parallel_workers_per_gather")
         assert (await parallel_plan(settings.database_url, "server", table)).startswith(f"{server}\n")
     finally:

@@ -390,7 +390,7 @@ def test_kafka_runs_the_version_of_the_local_broker_with_a_valid_cluster_id():
 # ---- Postgres ------------------------------------------------------------------------------
 
 
-def test_compose_postgres_takes_the_local_clusters_wal_and_planner_settings():
+def test_compose_postgres_takes_the_local_clusters_wal_settings_and_random_page_cost():
     template = (DEPLOY / "local" / "postgres" / "postgresql.conf.in").read_text()
     local = {}
     for line in template.splitlines():

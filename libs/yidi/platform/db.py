@@ -9,7 +9,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Any, Literal
 from importlib import resources
 
 import asyncpg
@@ -113,7 +113,7 @@ async def _no_session_reset(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_custom_plan",
-                      parallel_workers: int | str = 0) -> asyncpg.Pool:
+                      parallel_workers: int | Literal["server"] = 0) -> asyncpg.Pool:
     """``plan_cache_mode`` and ``parallel_workers``: Settings.db_plan_cache_mode and
     Settings.db_parallel_workers (why these defaults, and "server": there)."""
     server_settings = {} if plan_cache_mode == "server" else {"plan_cache_mode": plan_cache_mode}

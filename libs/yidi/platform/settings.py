@@ -57,7 +57,7 @@ class Settings(BaseSettings):
     # Their statements are a batch's keyed reads and writes: a parallel plan forks workers for each
     # run, and on the small box measured cost Postgres a third more CPU per settlement for nothing
     # (docs/BENCHMARKS.md, 2026-12-04, "Parallel workers").
-    db_parallel_workers: Literal["server"] | Annotated[int, Field(ge=0)] = 0
+    db_parallel_workers: Literal["server"] | Annotated[int, Field(ge=0, le=1024)] = 0
     # Eligibility: how long a cached answer may live when no event refreshes it.
     cache_ttl_seconds: int = 300
     # Eligibility: R17 waiver of filing for temporary trips inside a province, by insured region.
