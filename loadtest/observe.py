@@ -5,7 +5,8 @@
   ``histogram_quantiles`` reads any histogram's buckets so (the services' own
   ``yidi_settlement_latency_seconds``).
 - ``ProcessSampler`` samples RSS (max) and CPU seconds of named processes with psutil; Postgres is
-  its postmaster with every backend, Kafka and Redis their pids from ``.local/``.
+  its postmaster with every backend, and the CPU of those that exited between samples (what the
+  postmaster reaped); Kafka and Redis their pids from ``.local/``.
 - ``jit_threads`` reads a JVM's JIT compiler threads' CPU (the broker's, which compiles for minutes
   after it starts) and ``jit_cores`` turns two readings into cores used.
 - ``profile`` runs ``py-spy record`` on a pid and ``top_frames`` reads its collapsed stacks.
@@ -195,8 +196,9 @@ class _Watched:
         however short their lives: Postgres' parallel workers live a few ms and a sample every 0.5 s
         would miss nearly all of them. The root reaps its children, so the growth of its reaped time
         is their whole lives; less, for those already there at the start, what they had used by then.
-        A deeper descendant that exited is counted as sampled (its time reaches the root only with
-        its parent's)."""
+        Exact for a tree of depth 1, as Postgres' is (backends and workers have no children). A deeper
+        descendant that exited is counted as sampled, which can count it twice if its parent is reaped
+        in the run too."""
         if not self.tree or self.reaped_first is None:
             return sum(self.cpu_last[p] - self.cpu_first.get(p, 0.0) for p in self.cpu_last)
         living = sum(self.cpu_last[p] - self.cpu_first.get(p, 0.0) for p in self.alive if p in self.cpu_last)

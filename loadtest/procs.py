@@ -58,6 +58,31 @@ async def own_database(settings: Settings, tag: str, *, keep: bool = False) -> A
             await execute_alone(settings.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+# The server settings a load test's Postgres figures depend on, recorded with each run: the server's
+# own values (the services' connections set plan_cache_mode and max_parallel_workers_per_gather
+# themselves unless told "server").
+POSTGRES_SETTINGS = ("server_version", "random_page_cost", "plan_cache_mode", "max_parallel_workers_per_gather",
+                     "shared_buffers", "work_mem", "effective_cache_size", "synchronous_commit", "max_wal_size",
+                     "autovacuum_naptime")
+
+
+async def postgres_settings(database_url: str) -> dict[str, str] | None:
+    """``POSTGRES_SETTINGS`` as the server gives them to a new connection; None when it cannot be asked."""
+    import asyncpg  # noqa: PLC0415 - procs is imported by tools that never touch Postgres
+
+    try:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch("SELECT name, current_setting(name) AS value FROM pg_settings WHERE name = ANY($1::text[])",
+                                    list(POSTGRES_SETTINGS))
+        finally:
+            await conn.close()
+    except (OSError, asyncpg.PostgresError):
+        return None
+    found = {r["name"]: r["value"] for r in rows}
+    return {name: found[name] for name in POSTGRES_SETTINGS if name in found}
+
+
 def env_pair(text: str) -> tuple[str, str]:
     """``--env KEY=VALUE``, for argparse's ``type``."""
     key, sep, value = text.partition("=")

@@ -208,13 +208,17 @@ def _yes(met: bool | None) -> str:
 
 
 def settings_line(report: dict[str, Any]) -> str:
-    """What the processes ran with: the settings given (``--env``) and the Kafka transaction
-    protocol the stages logged, e.g. "code defaults; Kafka transactions v1 (9 stages)"."""
+    """What the processes ran with: the settings given (``--env``), the Kafka transaction protocol
+    the stages logged and the Postgres server's planner cost of a random page, e.g. "code defaults;
+    Kafka transactions v1 (9 stages); Postgres random_page_cost 1.1"."""
     env = report.get("env") or {}
     given = ", ".join(f"`{k}={v}`" for k, v in sorted(env.items())) or "code defaults"
     by_version = Counter((report.get("kafka_transactions") or {}).values())
     spoken = ", ".join(f"v{v} ({n} stage{'s' if n != 1 else ''})" for v, n in sorted(by_version.items()))
-    return f"{given}; Kafka transactions {spoken or 'not logged'}"
+    line = f"{given}; Kafka transactions {spoken or 'not logged'}"
+    if cost := (report.get("postgres") or {}).get("random_page_cost"):
+        line += f"; Postgres random_page_cost {cost}"
+    return line
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -447,7 +451,8 @@ def process_table(runs: dict[str, Any], cores: int | None) -> list[str]:
     shown = [(name, runs[name]) for name in ("max", "rate_100") if runs.get(name, {}).get("resources")]
     if not shown:
         return []
-    lines = ["", "Processes (psutil; Postgres = postmaster + backends, RSS summed; `load tool` = the replay "
+    lines = ["", "Processes (psutil; Postgres = postmaster + backends, with the CPU of those that exited during the run, "
+                 "RSS summed; `load tool` = the replay "
                  "and sampler, on the same box):", "",
              "| process | " + " | ".join(f"{n}: RSS max MiB | {n}: CPU s | {n}: CPU ms per request" for n, _ in shown) + " |",
              "|---|" + "---|---|---|" * len(shown)]

@@ -57,3 +57,18 @@ async def test_a_load_test_gets_a_database_of_its_own_dropped_after_it_unless_ke
         assert await database_exists(settings, bench_database(kept))
     finally:
         await execute_alone(settings.database_url, f'DROP DATABASE IF EXISTS "{bench_database(kept)}" WITH (FORCE)')
+
+
+async def test_a_load_test_records_the_postgres_settings_its_figures_depend_on(settings):
+    from loadtest.procs import POSTGRES_SETTINGS, postgres_settings
+
+    got = await postgres_settings(settings.database_url)
+    assert got is not None and list(got) == list(POSTGRES_SETTINGS)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        assert got["random_page_cost"] == await conn.fetchval("SHOW random_page_cost")
+        assert got["server_version"] == await conn.fetchval("SHOW server_version")
+    finally:
+        await conn.close()
+    assert await postgres_settings("postgresql://yidi@127.0.0.1:1/yidi") is None  # nothing listens there
+

@@ -58,6 +58,8 @@ def test_the_settings_line_says_what_was_given_and_what_the_stages_spoke():
               "kafka_transactions": {"eligibility": 2, "pricing": 2, "ref-eligible": 1}}
     assert settings_line(report) == ("`YIDI_BATCH_LINGER_MS=5`, `YIDI_KAFKA_TRANSACTIONS=auto`; "
                                      "Kafka transactions v1 (1 stage), v2 (2 stages)")
+    report["postgres"] = {"server_version": "15.18", "random_page_cost": "1.1"}
+    assert settings_line(report).endswith("v2 (2 stages); Postgres random_page_cost 1.1")
 
 
 def test_a_database_url_is_pointed_at_another_database_keeping_the_rest():
