@@ -404,8 +404,9 @@ def test_a_sampled_tree_counts_children_that_lived_between_samples_and_not_what_
     assert 0.28 <= used <= 0.7, used
 
 
+@pytest.mark.parametrize("sample", ["first", "last"])
 @pytest.mark.parametrize("when", ["before its read", "after its read"])
-def test_a_child_reaped_while_a_sample_reads_the_tree_is_counted_once(when):
+def test_a_child_reaped_while_a_sample_reads_the_tree_is_counted_once(when, sample):
     import contextlib
     from types import SimpleNamespace
 
@@ -443,6 +444,12 @@ def test_a_child_reaped_while_a_sample_reads_the_tree_is_counted_once(when):
     root, child = Proc(1, 0), Proc(2, 1)
     sampler = ProcessSampler({}, tree={"db"})
     sampler.watched["db"] = watched = _Watched(root, True)
+    if sample == "first":  # it has used 1 s before the run, and exits as the first sample reads it
+        state.exits = True
+        sampler.sample()
+        sampler.sample()
+        assert watched.cpu_s() == pytest.approx(0.0)
+        return
     sampler.sample()  # the child has used 1 s before the run
     state.child_cpu, state.exits = 1.5, True  # 0.5 s more in the run; it exits as the last sample reads it
     sampler.sample()
