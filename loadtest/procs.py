@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
 from yidi.platform.db import execute_alone
 from yidi.platform.settings import Settings
 
@@ -68,8 +70,6 @@ POSTGRES_SETTINGS = ("server_version", "random_page_cost", "plan_cache_mode", "m
 
 async def postgres_settings(database_url: str) -> dict[str, str] | None:
     """``POSTGRES_SETTINGS`` as the server gives them to a new connection; None when it cannot be asked."""
-    import asyncpg  # noqa: PLC0415 - procs is imported by tools that never touch Postgres
-
     try:
         conn = await asyncpg.connect(database_url)
         try:

@@ -50,8 +50,8 @@ class Settings(BaseSettings):
     # after five runs Postgres may keep a generic plan made when a table was small: on a fresh
     # database pricing's batch read then scanned whole tables until autoanalyze ran (docs/BENCHMARKS.md,
     # "Generic plans on a fresh database"). force_custom_plan plans each run for its own arrays;
-    # "server" sends nothing, leaving it to the server, the database or role, or the URL (a pooler
-    # that refuses startup parameters, e.g. PgBouncer without ignore_startup_parameters).
+    # "server" sends nothing, leaving it to the server, the database or role (behind a pooler that
+    # refuses startup parameters, e.g. PgBouncer, whose ignore_startup_parameters drops the value).
     db_plan_cache_mode: Literal["server", "auto", "force_custom_plan", "force_generic_plan"] = "force_custom_plan"
     # Postgres max_parallel_workers_per_gather of the services' connections; "server" sends nothing.
     # Their statements are a batch's keyed reads and writes: a parallel plan forks workers for each
