@@ -47,6 +47,8 @@ from loadtest.checks import MIN_SETTLED_SHARE, settled_share
 from loadtest.replay import Pace, replay_file, sweep
 from loadtest import warmup
 from loadtest.world import World
+from yidi.platform.db import execute_alone
+from yidi.platform.errors import YidiError
 from yidi.platform.kafka import delete_namespace_topics, ensure_topics
 from yidi.platform.settings import Settings
 from yidi.refdata.loader import load
@@ -306,12 +308,8 @@ class Bench:
         (docs/BENCHMARKS.md, 2026-12-04, "Parallel workers")."""
         started = time.monotonic()
         try:
-            conn = await asyncpg.connect(self.settings.database_url)
-            try:
-                await conn.execute("VACUUM (ANALYZE)")
-            finally:
-                await conn.close()
-        except (OSError, asyncpg.PostgresError) as exc:  # the bare pipeline runs anyway, and says so
+            await execute_alone(self.settings.database_url, "VACUUM (ANALYZE)")  # outside any transaction
+        except (YidiError, OSError, asyncpg.PostgresError) as exc:  # the bare pipeline runs anyway, and says so
             self.report["vacuum_before_reference_s"] = None
             say(f"the run's database was not vacuumed before the bare pipeline: {exc!r}")
             return
