@@ -26,8 +26,9 @@ class System(Processes):
             # R8: the test region 980000 locks filings for six months.
             "YIDI_FILING_LOCK_MONTHS": '{"980000": 6}',
         }
-        # The one shell setting the services get: `YIDI_KAFKA_TRANSACTIONS=auto make test` runs the
-        # end-to-end and crash tests under transactions v2 too (the in-process stages read it anyway).
+        # The one shell setting the services get: `YIDI_KAFKA_TRANSACTIONS=v1 make test` runs the
+        # end-to-end and crash tests under transactions v1 (the default speaks v2 where the broker
+        # has it; the in-process stages read the setting anyway).
         if "YIDI_KAFKA_TRANSACTIONS" in os.environ:
             test_settings["YIDI_KAFKA_TRANSACTIONS"] = os.environ["YIDI_KAFKA_TRANSACTIONS"]
         return super()._env(name, test_settings | (extra or {}))

@@ -111,13 +111,20 @@ async def test_a_consumer_waits_for_the_offsets_an_open_transaction_holds(settin
         await plain.stop()
 
 
-@pytest.mark.parametrize("transactions", ["v1", "auto"])
-async def test_a_batch_fetched_before_a_rebalance_is_aborted_and_handled_once_by_the_new_owner(settings, transactions):
-    # Under v2 a's transaction is open, its offsets sent, while its handler stalls: the rebalance
-    # aborts it, or b would wait for those offsets until the transaction timed out.
+# The stage's transaction protocols: v1; v2 (the default where the broker has it); v2 with the
+# batch's transaction begun, and its offsets sent, while the handler runs.
+PROTOCOLS = pytest.mark.parametrize(("transactions", "during"), [("v1", False), ("auto", False), ("auto", True)],
+                                    ids=["v1", "v2", "v2-offsets-during-handler"])
+
+
+@PROTOCOLS
+async def test_a_batch_fetched_before_a_rebalance_is_aborted_and_handled_once_by_the_new_owner(settings, transactions,
+                                                                                               during):
+    # With the offsets sent during the handler, a's transaction is open while its handler stalls:
+    # the rebalance aborts it, or b would wait for those offsets until the transaction timed out.
     tag = uuid.uuid4().hex[:6]
     s = settings.model_copy(update={"namespace": f"{settings.namespace}fence{tag}.", "batch_linger_ms": 0.0,
-                                    "kafka_transactions": transactions})
+                                    "kafka_transactions": transactions, "kafka_offsets_during_handler": during})
     release = asyncio.Event()
     handled: dict[str, list[bytes]] = {"a": [], "b": []}
 
@@ -147,13 +154,13 @@ async def test_a_batch_fetched_before_a_rebalance_is_aborted_and_handled_once_by
             release.set()
 
 
-@pytest.mark.parametrize("transactions", ["v1", "auto"])
-async def test_a_rebalance_during_the_linger_loses_and_duplicates_nothing(settings, transactions):
+@PROTOCOLS
+async def test_a_rebalance_during_the_linger_loses_and_duplicates_nothing(settings, transactions, during):
     # The stage waits (linger) after a commit; the group rebalances meanwhile. The lingering batch
     # is dropped and what its second fetch brought is rewound; the new assignment reads it all again.
     tag = uuid.uuid4().hex[:6]
     s = settings.model_copy(update={"namespace": f"{settings.namespace}linger{tag}.", "batch_linger_ms": 6000.0,
-                                    "kafka_transactions": transactions})
+                                    "kafka_transactions": transactions, "kafka_offsets_during_handler": during})
     batches: dict[str, int] = {"a": 0, "b": 0}
 
     def handler(instance: str):

@@ -16,19 +16,19 @@ pytestmark = pytest.mark.integration
 
 async def test_env_given_reaches_the_stage_and_the_shells_yidi_settings_do_not(settings, v2_cluster, tmp_path,
                                                                                monkeypatch):
-    monkeypatch.setenv("YIDI_KAFKA_TRANSACTIONS", "auto")  # as in `YIDI_KAFKA_TRANSACTIONS=auto make bench`
+    monkeypatch.setenv("YIDI_KAFKA_TRANSACTIONS", "v1")  # as in `YIDI_KAFKA_TRANSACTIONS=v1 make bench`
     assert "YIDI_KAFKA_TRANSACTIONS" in not_passed_on()
     # A namespace of its own: a bare hop consumes whatever its source topic holds.
     own = settings.model_copy(update={"namespace": f"{settings.namespace}procs{uuid.uuid4().hex[:6]}."})
     procs = Processes(own, tmp_path / "logs")
-    procs.start_reference("eligible", None)
-    procs.start_reference("priced", {"YIDI_KAFKA_TRANSACTIONS": "auto"})
+    procs.start_reference("eligible", None)  # the code's default: v2 where the cluster has it
+    procs.start_reference("priced", {"YIDI_KAFKA_TRANSACTIONS": "v1"})
     try:
         await procs.wait_ready()
     finally:
         codes = procs.stop_all()
     assert codes == {"ref-eligible": 0, "ref-priced": 0}
-    assert transaction_versions(tmp_path / "logs") == {"ref-eligible": 1, "ref-priced": 2}
+    assert transaction_versions(tmp_path / "logs") == {"ref-eligible": 2, "ref-priced": 1}
 
 
 async def database_exists(settings, name: str) -> bool:

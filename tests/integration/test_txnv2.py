@@ -4,6 +4,7 @@ batch the broker refuses (under both protocol versions)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -14,6 +15,8 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
 from aiokafka.producer.transaction_manager import TransactionState
 
 from yidi.platform import txnv2
+from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage
+from yidi.platform.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -208,3 +211,44 @@ async def test_a_batch_the_client_gives_up_on_makes_the_transaction_abortable(se
         await producer.stop()
     assert await _committed(v2_cluster, ok, 1) == [b"next"]
     assert await _committed(v2_cluster, leaderless, 1) == [b"found"]
+
+
+def test_stages_speak_v2_where_the_cluster_has_it_and_send_their_offsets_after_the_handler():
+    defaults = Settings(_env_prefix="YIDI_NOT_FROM_THE_SHELL_")
+    assert defaults.kafka_transactions == "auto"
+    assert defaults.kafka_offsets_during_handler is False
+
+
+@pytest.mark.parametrize("during", [False, True], ids=["offsets-after-the-handler", "offsets-during-handler"])
+async def test_a_v2_stage_opens_its_transaction_once_its_handler_has_returned(settings, v2_cluster, during):
+    """Unless told to send its offsets while the handler runs, a stage has no transaction open while
+    its handler runs: an instance killed there holds no partition's offsets (docs/architecture.md §4)."""
+    s = settings.model_copy(update={"namespace": f"{settings.namespace}open{uuid.uuid4().hex[:6]}.",
+                                    "kafka_transactions": "auto", "kafka_offsets_during_handler": during})
+    await _topic(v2_cluster, s.topic("in"), 1)
+    await _topic(v2_cluster, s.topic("out"), 1)
+    seen: list[TransactionState] = []
+    stage: TransactionalStage
+
+    async def handle(records: list[Incoming]) -> list[Outgoing]:
+        await asyncio.sleep(0.2)  # a handler that takes its time
+        seen.append(stage._producer._txn_manager.state)
+        return [Outgoing(s.topic("out"), r.value) for r in records]
+
+    stage = TransactionalStage("open", "test", s, ["in"], "open", handle, max_records=10)
+    producer = AIOKafkaProducer(bootstrap_servers=v2_cluster, acks="all")
+    await producer.start()
+    try:
+        await stage.start()
+        assert stage.transaction_version == 2
+        for i in range(3):
+            await producer.send_and_wait(s.topic("in"), f"r{i}".encode())
+        assert await _committed(v2_cluster, s.topic("out"), 3) == [b"r0", b"r1", b"r2"]
+    finally:
+        await producer.stop()
+        await stage.stop()
+    assert seen and stage.failure is None
+    if during:
+        assert set(seen) == {TransactionState.IN_TRANSACTION}
+    else:
+        assert set(seen) == {TransactionState.READY}

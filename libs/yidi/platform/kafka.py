@@ -262,7 +262,8 @@ class TransactionalStage:
         )
         await self._producer.start()
         self.transaction_version = await txnv2.enable(self._producer, s.kafka_transactions)
-        log.info("stage %s: Kafka transactions v%d", self.name, self.transaction_version)
+        log.info("stage %s: Kafka transactions v%d%s", self.name, self.transaction_version,
+                 ", offsets sent while the handler runs" if self._offsets_during_handler() else "")
         await self._consumer.start()
         # Several instances of a stage share its consumer group: each batch's offsets are
         # committed under the group generation it was fetched in, so an instance the group has
@@ -373,7 +374,7 @@ class TransactionalStage:
             except ProducerFenced as exc:
                 # A newer instance took over; or the coordinator aborted the transaction on its
                 # timeout (a long Kafka outage; under v2 also a handler that outlasted it).
-                why = " or the batch outlasted the transaction timeout" if self.transaction_version == 2 else ""
+                why = " or the batch outlasted the transaction timeout" if self._offsets_during_handler() else ""
                 raise FatalError(f"stage {self.name}: fenced by a newer instance{why}") from exc
             except fencing.GenerationFenced as exc:
                 # The group rebalanced since this batch was fetched: its transaction is aborted.
@@ -502,17 +503,19 @@ class TransactionalStage:
 
     async def _handle_and_commit(self, records: list[Incoming], handler: Handler) -> list[Outgoing]:
         """Run the handler, then publish its outputs and commit the batch's offsets in one Kafka
-        transaction. Under transactions v2 the transaction begins, and its offsets go to the group
-        coordinator, while the handler runs: they are known from the fetch, and the TxnOffsetCommit
-        is then off the batch's critical path. Offsets an open transaction holds make the
-        partitions' next owner wait (require_stable), so a rebalance meanwhile aborts the
-        transaction at once (``_Revocations``) and the batch is left to the new owner."""
+        transaction, begun once the handler has returned: no transaction is open while it runs.
+
+        With ``kafka_offsets_during_handler`` under transactions v2, the transaction begins, and its
+        offsets go to the group coordinator, while the handler runs: they are known from the fetch,
+        and the TxnOffsetCommit is then off the batch's critical path. Offsets an open transaction
+        holds make the partitions' next owner wait (require_stable), so a rebalance meanwhile aborts
+        the transaction at once (``_Revocations``) and the batch is left to the new owner."""
         offsets: dict[TopicPartition, int] = {}
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
         group = self.settings.group(self.group_id)
-        if self.transaction_version != 2:
+        if not self._offsets_during_handler():
             outgoing = await handler(records)
             crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
             producer = self._producer
@@ -546,6 +549,9 @@ class TransactionalStage:
         finally:
             self._opened = None
         return outgoing
+
+    def _offsets_during_handler(self) -> bool:
+        return self.transaction_version == 2 and self.settings.kafka_offsets_during_handler
 
     def _rebalanced(self) -> bool:
         return self._revocations != self._fetched_at_revocation

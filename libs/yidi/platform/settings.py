@@ -28,11 +28,16 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     batch_max_records: int = 500
     batch_linger_ms: float = 10.0
-    # Kafka's transaction protocol: v1, or v2 (KIP-890) where the cluster has finalized it ("auto").
-    # On the bench box v2 answered faster at 100/s and held about as much at full load
-    # (docs/BENCHMARKS.md, 2026-12-04, "The protocols, measured"); v1 stays the default because under
-    # v2 an instance that dies in its handler holds its partitions up to the transaction timeout (60 s).
-    kafka_transactions: Literal["auto", "v1"] = "v1"
+    # Kafka's transaction protocol: v2 (KIP-890) where the cluster has finalized it ("auto"), else
+    # v1; or v1 always. A v2 transaction takes three requests where v1 takes five: on the bench box
+    # p99 at 100/s was 73-78 ms against 86-92 under v1, and both held the same at full load
+    # (docs/BENCHMARKS.md, 2026-12-04, "Transactions v2 as the default").
+    kafka_transactions: Literal["auto", "v1"] = "auto"
+    # Under v2 only: begin a batch's transaction, and send its offsets, while its handler runs
+    # instead of once it has returned. It measured no faster than v2 without it, and an instance
+    # killed or frozen in its handler then holds its partitions until the transaction timeout (60 s)
+    # unless it restarts with the same YIDI_INSTANCE (docs/architecture.md §4, §11).
+    kafka_offsets_during_handler: bool = False
     # Python's cyclic garbage collector: thresholds of its generations ("700,10,10" is Python's
     # default; empty leaves whatever the interpreter has). A batch of 500 settlements makes some
     # hundred thousand short-lived containers that die by reference count, never in cycles; at
