@@ -9,6 +9,7 @@ from yidi.platform.topics import CLEARING_REQUESTS, SETTLEMENT_PRICED
 
 from services.clearing.admin import ClearingAdminHandler
 from services.clearing.handlers import ClearingHandler
+from services.clearing.prepayment import show_balances_every
 from services.clearing.repository import ClearingRepository
 
 
@@ -25,6 +26,9 @@ def build(settings: Settings | None = None) -> Service:
                 max_records=settings.batch_max_records,
             )
         )
+        if settings.prepayment_sample_seconds > 0:
+            repository = ClearingRepository(service.db())
+            service.background.append(lambda: show_balances_every(repository, settings.prepayment_sample_seconds))
         admin = ClearingAdminHandler(settings, ClearingRepository(service.db()))
         service.add_stage(
             TransactionalStage(

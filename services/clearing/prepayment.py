@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
 
 from yidi.contracts.clearing import PrepaymentAlert, PrepaymentStatus
 from yidi.domain.clearing import Prepayment
 from yidi.domain.money import fmt
+from yidi.platform import metrics
 from yidi.platform.jsonwire import dumps
 from yidi.platform.kafka import Outgoing
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_ALERTS, PREPAYMENT_STATUS
+
+if TYPE_CHECKING:
+    from services.clearing.repository import ClearingRepository
+
+log = logging.getLogger(__name__)
 
 
 def account_of(row: Any) -> Prepayment:
@@ -60,3 +68,38 @@ def prepayment_alert(settings: Settings, row: Any, account: Prepayment) -> Outgo
         warn_share=account.warn_share, shortfall=account.shortfall, message=message,
     )
     return Outgoing(settings.topic(CLEARING_ALERTS), dumps(alert), key=f"{insured}-{treating}".encode())
+
+
+def show_balances(rows: list[Any], shown: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Set the prepayment gauges from ``rows`` (every account); an account no longer there (shown
+    before, in ``shown``) is taken out. Returns the accounts shown now."""
+    now: set[tuple[str, str]] = set()
+    for row in rows:
+        labels = (row["insuplc_admdvs"], row["mdtrtarea_admvs"])
+        account = account_of(row)
+        metrics.PREPAYMENT_BALANCE.labels(*labels).set(float(account.balance))
+        metrics.PREPAYMENT_ALERT_LEVEL.labels(*labels).set(account.alert_level())
+        now.add(labels)
+    for labels in shown - now:
+        metrics.PREPAYMENT_BALANCE.remove(*labels)
+        metrics.PREPAYMENT_ALERT_LEVEL.remove(*labels)
+    return now
+
+
+async def show_balances_every(repository: ClearingRepository, seconds: float) -> None:
+    """Every ``seconds``, every account's balance and alert level into the gauges (for dashboards and
+    Prometheus alerts; the regions' own warnings are the PrepaymentAlerts on clearing.alerts). A read
+    that fails (Postgres away) leaves the last values and is logged once until a read succeeds."""
+    shown: set[tuple[str, str]] = set()
+    failing = False
+    while True:
+        try:
+            shown = show_balances(await repository.prepayment_accounts(), shown)
+            failing = False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a sample missed is not a failure of the service
+            if not failing:
+                log.warning("prepayment balances not read for the metrics: %r", exc)
+            failing = True
+        await asyncio.sleep(seconds)

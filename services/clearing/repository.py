@@ -63,6 +63,12 @@ class Moved:
 
 class ClearingRepository(Repository):
 
+    async def prepayment_accounts(self) -> list[asyncpg.Record]:
+        """Every prepayment account, as ``prepayment.account_of`` reads it (the metrics' sample)."""
+        return await self._pool.fetch(
+            """SELECT insuplc_admdvs, mdtrtarea_admvs, funded, drawn, given_back, cleared, warn_share
+               FROM clearing.prepayment_accounts""")
+
     async def lock_batch(self, conn: asyncpg.Connection, keys: list[bytes | str | None]) -> None:
         """A settlement batch's locks, in one statement: the periods lock shared (see
         ``closed_periods``), then the batch's persons."""

@@ -25,6 +25,8 @@ class System(Processes):
             "YIDI_BATCH_MAX_RECORDS": "200",
             # R8: the test region 980000 locks filings for six months.
             "YIDI_FILING_LOCK_MONTHS": '{"980000": 6}',
+            # The prepayment gauges, read often enough for a test to wait for them.
+            "YIDI_PREPAYMENT_SAMPLE_SECONDS": "0.5",
         }
         # The one shell setting the services get: `YIDI_KAFKA_TRANSACTIONS=v1 make test` runs the
         # end-to-end and crash tests under transactions v1 (the default speaks v2 where the broker

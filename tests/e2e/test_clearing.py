@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer
 
 from tests.e2e.requests import cancel_of, fresh
 from tests.e2e.world import World
+from tests.integration.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -76,6 +77,13 @@ async def test_a_prepayment_running_low_and_then_out_is_warned_once_each_and_a_s
     mine = [a for a in alerts if a["insuplc_admdvs"] == world.insured]
     assert [a["shortfall"] for a in mine] == ["0.00", "200.00"], mine
     assert "below 50% of what was advanced" in mine[0]["message"] and "has run out" in mine[1]["message"]
+    # Ops see the same on /metrics: the balance, and the level the alerts went out at.
+    account = {"insured": world.insured, "treating": world.treating}
+    await until(lambda: system.metric("clearing", "yidi_prepayment_balance_yuan", **account) == -200.0, timeout=20, poll=0.2)
+    assert system.metric("clearing", "yidi_prepayment_alert_level", **account) == 2.0
+    await fund(clearing, world, "1000.00")  # 800 left of 1,200 advanced: above the 50 % warning
+    await until(lambda: system.metric("clearing", "yidi_prepayment_balance_yuan", **account) == 800.0, timeout=20, poll=0.2)
+    assert system.metric("clearing", "yidi_prepayment_alert_level", **account) == 0.0
 
 
 async def test_a_month_is_cleared_confirmed_by_both_sides_and_the_prepayment_topped_up(world, gateway, clearing):

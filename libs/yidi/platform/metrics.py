@@ -65,6 +65,19 @@ GC_PAUSE_SECONDS = Histogram(
     ["generation"],
     buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
+PREPAYMENT_BALANCE = Gauge(
+    "yidi_prepayment_balance_yuan",
+    "Balance of an insured region's prepayment for a treating region (R3): funded, less drawn, plus given "
+    "back and cleared; below 0 by the shortfall. Read from clearing's database every few seconds by each "
+    "clearing instance (aggregate with max by (insured, treating)).",
+    ["insured", "treating"],
+)
+PREPAYMENT_ALERT_LEVEL = Gauge(
+    "yidi_prepayment_alert_level",
+    "0 healthy, 1 low (below the account's warn_share of what was advanced), 2 run out (a shortfall): the "
+    "levels at which clearing publishes a PrepaymentAlert on clearing.alerts.",
+    ["insured", "treating"],
+)
 SERVICE_UP = Gauge("yidi_service_up", "1 while the service's consumers run.", ["service"])
 
 

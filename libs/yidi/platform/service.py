@@ -41,6 +41,9 @@ class Service:
         self.stages: list[TransactionalStage] = []
         self.resources: list[Callable[[], Awaitable[Any]]] = []
         self.on_ready: list[Callable[[], Awaitable[None]]] = []
+        # Loops that run beside the stages while they run (a metric's sampler), cancelled at stop.
+        self.background: list[Callable[[], Awaitable[None]]] = []
+        self._background: list[asyncio.Task[None]] = []
         self.exit_code = 0
         self.broker = KafkaBroker(
             settings.kafka_bootstrap,
@@ -103,6 +106,7 @@ class Service:
         for stage in self.stages:
             await stage.start()
         metrics.SERVICE_UP.labels(self.name).set(1)
+        self._background = [asyncio.create_task(loop()) for loop in self.background]
         self._watch = asyncio.create_task(self._watch_stages())
         log.info("%s ready: stages %s, metrics on :%s", self.name, [s.name for s in self.stages], self.settings.metrics_port)
 
@@ -123,6 +127,8 @@ class Service:
             self._watch.cancel()
         if self._sweep:
             self._sweep.cancel()
+        for task in self._background:
+            task.cancel()
         for stage in self.stages:
             await stage.stop()
 

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     gc_full_collection_seconds: float = Field(default=600.0, ge=0)
     # How often each stage samples its consumer lag (yidi_stage_lag_records).
     lag_sample_seconds: float = 5.0
+    # How often clearing reads every prepayment account into yidi_prepayment_balance_yuan and
+    # yidi_prepayment_alert_level (0: never).
+    prepayment_sample_seconds: float = Field(default=15.0, ge=0)
     db_pool_size: int = 4
     # Postgres plan_cache_mode of the services' connections. asyncpg prepares every statement, and
     # after five runs Postgres may keep a generic plan made when a table was small: on a fresh

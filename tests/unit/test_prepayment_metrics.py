@@ -1,0 +1,87 @@
+"""The prepayment gauges clearing exposes (yidi_prepayment_balance_yuan, yidi_prepayment_alert_level):
+each account's balance and the level its PrepaymentAlerts went out at, and a failed read that
+leaves the last values and logs once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from decimal import Decimal
+
+import pytest
+
+from services.clearing.prepayment import show_balances, show_balances_every
+from yidi.platform import metrics
+
+
+def _row(insured: str, treating: str, funded: str, drawn: str = "0", given_back: str = "0", cleared: str = "0",
+         warn_share: str = "0.20") -> dict[str, object]:
+    return {"insuplc_admdvs": insured, "mdtrtarea_admvs": treating, "funded": Decimal(funded),
+            "drawn": Decimal(drawn), "given_back": Decimal(given_back), "cleared": Decimal(cleared),
+            "warn_share": Decimal(warn_share)}
+
+
+def _shown(insured: str, treating: str) -> tuple[float | None, float | None]:
+    def value(gauge) -> float | None:
+        for family in gauge.collect():
+            for sample in family.samples:
+                if sample.labels == {"insured": insured, "treating": treating}:
+                    return sample.value
+        return None
+    return value(metrics.PREPAYMENT_BALANCE), value(metrics.PREPAYMENT_ALERT_LEVEL)
+
+
+def test_each_account_shows_its_balance_and_alert_level_and_a_gone_one_is_taken_out():
+    rows = [
+        _row("U10001", "U20001", "1000.00", drawn="300.00", given_back="50.00"),  # 750: healthy
+        _row("U10001", "U20002", "1000.00", drawn="900.00", warn_share="0.20"),  # 100 < 200: low
+        _row("U10002", "U20001", "200.00", drawn="400.00", cleared="100.00"),  # -100: run out
+    ]
+    shown = show_balances(rows, set())
+    assert shown == {("U10001", "U20001"), ("U10001", "U20002"), ("U10002", "U20001")}
+    assert _shown("U10001", "U20001") == (750.0, 0.0)
+    assert _shown("U10001", "U20002") == (100.0, 1.0)
+    assert _shown("U10002", "U20001") == (-100.0, 2.0)
+    # Funded again: the warning's level falls back; an account no longer read is no longer shown.
+    shown = show_balances([_row("U10001", "U20002", "2000.00", drawn="900.00")], shown)
+    assert shown == {("U10001", "U20002")}
+    assert _shown("U10001", "U20002") == (1100.0, 0.0)
+    assert _shown("U10001", "U20001") == (None, None)
+    assert _shown("U10002", "U20001") == (None, None)
+    show_balances([], shown)
+
+
+class _Repository:
+    def __init__(self, answers: list[object]) -> None:
+        self.answers = answers
+        self.reads = 0
+
+    async def prepayment_accounts(self) -> list[dict[str, object]]:
+        self.reads += 1
+        answer = self.answers[min(self.reads, len(self.answers)) - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+async def test_a_failed_read_keeps_the_last_values_and_is_logged_once_until_one_succeeds(caplog):
+    good = [_row("U10003", "U20003", "500.00", drawn="100.00")]
+    down = OSError("connection refused")
+    repository = _Repository([good, down, down, down, [_row("U10003", "U20003", "500.00", drawn="200.00")]])
+    with caplog.at_level(logging.WARNING, logger="services.clearing.prepayment"):
+        task = asyncio.create_task(show_balances_every(repository, 0.01))
+        try:
+            async def read(n: int) -> None:
+                while repository.reads < n:
+                    await asyncio.sleep(0.005)
+            await asyncio.wait_for(read(3), 5)
+            assert _shown("U10003", "U20003") == (400.0, 0.0)  # the last values stay while Postgres is away
+            await asyncio.wait_for(read(6), 5)
+            assert _shown("U10003", "U20003") == (300.0, 0.0)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+    warnings = [r for r in caplog.records if "not read for the metrics" in r.getMessage()]
+    assert len(warnings) == 1
+    show_balances([], {("U10003", "U20003")})
