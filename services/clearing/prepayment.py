@@ -88,18 +88,22 @@ def show_balances(rows: list[Any], shown: set[tuple[str, str]]) -> set[tuple[str
 
 async def show_balances_every(repository: ClearingRepository, seconds: float) -> None:
     """Every ``seconds``, every account's balance and alert level into the gauges (for dashboards and
-    Prometheus alerts; the regions' own warnings are the PrepaymentAlerts on clearing.alerts). A read
-    that fails (Postgres away) leaves the last values and is logged once until a read succeeds."""
+    Prometheus alerts; the regions' own warnings are the PrepaymentAlerts on clearing.alerts).
+
+    A read that fails or takes longer than ``seconds`` (at least 5 s) takes the gauges out, so no value
+    of unknown age is shown: with several clearing instances the others' still are (the rules take
+    ``max by`` the account). It is logged once until a read succeeds."""
     shown: set[tuple[str, str]] = set()
     failing = False
     while True:
         try:
-            shown = show_balances(await repository.prepayment_accounts(), shown)
+            shown = show_balances(await repository.prepayment_accounts(timeout=max(5.0, seconds)), shown)
             failing = False
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a sample missed is not a failure of the service
+            shown = show_balances([], shown)
             if not failing:
-                log.warning("prepayment balances not read for the metrics: %r", exc)
+                log.warning("prepayment balances not read for the metrics, their gauges taken out: %r", exc)
             failing = True
         await asyncio.sleep(seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -63,11 +64,12 @@ class Moved:
 
 class ClearingRepository(Repository):
 
-    async def prepayment_accounts(self) -> list[asyncpg.Record]:
+    async def prepayment_accounts(self, timeout: float) -> list[asyncpg.Record]:
         """Every prepayment account, as ``prepayment.account_of`` reads it (the metrics' sample)."""
-        return await self._pool.fetch(
-            """SELECT insuplc_admdvs, mdtrtarea_admvs, funded, drawn, given_back, cleared, warn_share
-               FROM clearing.prepayment_accounts""")
+        async with asyncio.timeout(timeout), self._pool.acquire() as conn:
+            return await conn.fetch(
+                """SELECT insuplc_admdvs, mdtrtarea_admvs, funded, drawn, given_back, cleared, warn_share
+                   FROM clearing.prepayment_accounts""")
 
     async def lock_batch(self, conn: asyncpg.Connection, keys: list[bytes | str | None]) -> None:
         """A settlement batch's locks, in one statement: the periods lock shared (see

@@ -28,11 +28,13 @@ class System(Processes):
             # The prepayment gauges, read often enough for a test to wait for them.
             "YIDI_PREPAYMENT_SAMPLE_SECONDS": "0.5",
         }
-        # The one shell setting the services get: `YIDI_KAFKA_TRANSACTIONS=v1 make test` runs the
+        # The shell settings the services get: `YIDI_KAFKA_TRANSACTIONS=v1 make test` runs the
         # end-to-end and crash tests under transactions v1 (the default speaks v2 where the broker
-        # has it; the in-process stages read the setting anyway).
-        if "YIDI_KAFKA_TRANSACTIONS" in os.environ:
-            test_settings["YIDI_KAFKA_TRANSACTIONS"] = os.environ["YIDI_KAFKA_TRANSACTIONS"]
+        # has it), `YIDI_KAFKA_OFFSETS_DURING_HANDLER=true make test` with the offsets sent during
+        # the handler (the in-process stages read both anyway).
+        for setting in ("YIDI_KAFKA_TRANSACTIONS", "YIDI_KAFKA_OFFSETS_DURING_HANDLER"):
+            if setting in os.environ:
+                test_settings[setting] = os.environ[setting]
         return super()._env(name, test_settings | (extra or {}))
 
     def start(self, service: str, extra_env: dict[str, str] | None = None, *, instance: str = "") -> None:

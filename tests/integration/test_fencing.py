@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from yidi.platform import fencing
 from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage
 
+from tests.integration.protocols import PROTOCOLS
 from tests.integration.waiting import until
 
 pytestmark = pytest.mark.integration
@@ -111,12 +112,6 @@ async def test_a_consumer_waits_for_the_offsets_an_open_transaction_holds(settin
         await plain.stop()
 
 
-# The stage's transaction protocols: v1; v2 (the default where the broker has it); v2 with the
-# batch's transaction begun, and its offsets sent, while the handler runs.
-PROTOCOLS = pytest.mark.parametrize(("transactions", "during"), [("v1", False), ("auto", False), ("auto", True)],
-                                    ids=["v1", "v2", "v2-offsets-during-handler"])
-
-
 @PROTOCOLS
 async def test_a_batch_fetched_before_a_rebalance_is_aborted_and_handled_once_by_the_new_owner(settings, transactions,
                                                                                                during):
@@ -141,6 +136,7 @@ async def test_a_batch_fetched_before_a_rebalance_is_aborted_and_handled_once_by
     async with _TwoInstances(s, "fence", handler, max_records=50) as two:
         try:
             await two.stages["a"].start()
+            assert two.stages["a"].transaction_version == (1 if transactions == "v1" else 2)
             await two.send(sent)
             await until(lambda: bool(handled["a"]))  # a holds a batch, fetched in generation 1
             fenced_before = _fenced()
@@ -171,7 +167,9 @@ async def test_a_rebalance_during_the_linger_loses_and_duplicates_nothing(settin
 
     sent = [f"r{i}".encode() for i in range(60)]
     async with _TwoInstances(s, "linger", handler, max_records=500) as two:
+        noticed_before = _noticed("linger-a")  # the counters are the process's: earlier cases counted too
         await two.stages["a"].start()
+        assert two.stages["a"].transaction_version == (1 if transactions == "v1" else 2)
         await two.send(sent[:1])
         await until(lambda: batches["a"] == 1)  # committed: a now lingers 6 s before its next batch
         await two.send(sent[1:30], first=1)
@@ -181,7 +179,7 @@ async def test_a_rebalance_during_the_linger_loses_and_duplicates_nothing(settin
         assert sorted(await two.passed_on(len(sent))) == sorted(sent)  # nothing lost, nothing twice
         assert batches["b"] > 0
         # a noticed the rebalance, during its linger (its batch dropped and rewound) or at commit.
-        assert _noticed("linger-a") > 0
+        assert _noticed("linger-a") > noticed_before
         assert two.stages["a"].failure is None and two.stages["b"].failure is None
 
 

@@ -31,6 +31,7 @@ from yidi.platform.topics import (
 
 from tests.e2e.system import System
 from tests.integration import strict_broker
+from tests.integration.protocols import PROTOCOLS
 from tests.integration.waiting import until
 
 pytestmark = pytest.mark.integration
@@ -89,11 +90,11 @@ async def _create(bootstrap: str, topics: list[str]) -> None:
         await admin.close()
 
 
-@pytest.mark.parametrize("transactions", ["v1", "auto"])
+@PROTOCOLS
 async def test_answers_to_a_reply_topic_the_broker_refuses_go_to_the_shared_topic(settings, strict, transactions,
-                                                                                    monkeypatch):
+                                                                                    during, monkeypatch):
     s = settings.model_copy(update={"kafka_bootstrap": strict, "batch_linger_ms": 300.0,
-                                    "kafka_transactions": transactions,
+                                    "kafka_transactions": transactions, "kafka_offsets_during_handler": during,
                                     "namespace": settings.namespace + f"rt{uuid.uuid4().hex[:6]}."})
     await ensure_topics(s)
     await _create(strict, [s.topic(t) for t in ("gw.ok", "gw.denied", "gw.hidden", "gw.later-denied",
@@ -119,7 +120,7 @@ async def test_answers_to_a_reply_topic_the_broker_refuses_go_to_the_shared_topi
 
     # A refusal is remembered for 4 s here (60 s in service), so the test sees it forgotten.
     monkeypatch.setattr(reply_topics, "REMEMBERED_SECONDS", 4.0)
-    name = f"reply-topics-{transactions}"
+    name = f"reply-topics-{transactions}{'-during' if during else ''}"  # metrics per stage name: one per case
     stage = TransactionalStage(name, "test", s, [SETTLEMENT_REQUESTS], name, answer_each)
     producer = AIOKafkaProducer(bootstrap_servers=strict, acks="all", linger_ms=50)
     await producer.start()

@@ -16,6 +16,7 @@ from yidi.platform.db import Repository, create_pool
 from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
 from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_REQUESTS, dlq
 
+from tests.integration.protocols import PROTOCOLS
 from tests.integration.waiting import until
 
 pytestmark = pytest.mark.integration
@@ -124,13 +125,14 @@ async def _the_second_is_refused_alone(s, stage: TransactionalStage, reason: byt
         await stage.stop()
 
 
-@pytest.mark.parametrize("transactions", ["v1", "auto"])
-async def test_an_output_the_broker_refuses_for_good_is_refused_alone(settings, transactions):
+@PROTOCOLS
+async def test_an_output_the_broker_refuses_for_good_is_refused_alone(settings, transactions, during):
     """An output under the client's limit but over the topic's (max.message.bytes): the broker refuses
     its record batch. The transaction is aborted, not committed without it (yidi.platform.txnv2), and
     the stage halves the batch until the record is alone and refuses it."""
     s = settings.model_copy(update={"namespace": settings.namespace + f"refused{uuid.uuid4().hex[:6]}.",
-                                    "batch_linger_ms": 500.0, "kafka_transactions": transactions})
+                                    "batch_linger_ms": 500.0, "kafka_transactions": transactions,
+                                    "kafka_offsets_during_handler": during})
     # The output topic is created with the limit (a limit altered later reaches the log a moment after).
     admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
     await admin.start()

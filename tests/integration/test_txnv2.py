@@ -16,7 +16,6 @@ from aiokafka.producer.transaction_manager import TransactionState
 
 from yidi.platform import txnv2
 from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage
-from yidi.platform.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -213,16 +212,11 @@ async def test_a_batch_the_client_gives_up_on_makes_the_transaction_abortable(se
     assert await _committed(v2_cluster, leaderless, 1) == [b"found"]
 
 
-def test_stages_speak_v2_where_the_cluster_has_it_and_send_their_offsets_after_the_handler():
-    defaults = Settings(_env_prefix="YIDI_NOT_FROM_THE_SHELL_")
-    assert defaults.kafka_transactions == "auto"
-    assert defaults.kafka_offsets_during_handler is False
-
-
 @pytest.mark.parametrize("during", [False, True], ids=["offsets-after-the-handler", "offsets-during-handler"])
 async def test_a_v2_stage_opens_its_transaction_once_its_handler_has_returned(settings, v2_cluster, during):
-    """Unless told to send its offsets while the handler runs, a stage has no transaction open while
-    its handler runs: an instance killed there holds no partition's offsets (docs/architecture.md §4)."""
+    """Unless told to send its offsets while the handler runs, a stage's producer has no transaction
+    open while its handler runs (so an instance killed there leaves no offsets pending for the
+    partitions' next owner, docs/architecture.md §4)."""
     s = settings.model_copy(update={"namespace": f"{settings.namespace}open{uuid.uuid4().hex[:6]}.",
                                     "kafka_transactions": "auto", "kafka_offsets_during_handler": during})
     await _topic(v2_cluster, s.topic("in"), 1)

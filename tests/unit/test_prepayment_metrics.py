@@ -1,6 +1,6 @@
 """The prepayment gauges clearing exposes (yidi_prepayment_balance_yuan, yidi_prepayment_alert_level):
-each account's balance and the level its PrepaymentAlerts went out at, and a failed read that
-leaves the last values and logs once."""
+each account's balance and its alert level, and a failed read that takes them out (no value of
+unknown age) and logs once."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ class _Repository:
         self.answers = answers
         self.reads = 0
 
-    async def prepayment_accounts(self) -> list[dict[str, object]]:
+    async def prepayment_accounts(self, timeout: float) -> list[dict[str, object]]:
+        assert timeout >= 5.0
         self.reads += 1
         answer = self.answers[min(self.reads, len(self.answers)) - 1]
         if isinstance(answer, Exception):
@@ -64,7 +65,7 @@ class _Repository:
         return answer
 
 
-async def test_a_failed_read_keeps_the_last_values_and_is_logged_once_until_one_succeeds(caplog):
+async def test_a_failed_read_takes_the_gauges_out_and_is_logged_once_until_one_succeeds(caplog):
     good = [_row("U10003", "U20003", "500.00", drawn="100.00")]
     down = OSError("connection refused")
     repository = _Repository([good, down, down, down, [_row("U10003", "U20003", "500.00", drawn="200.00")]])
@@ -74,8 +75,11 @@ async def test_a_failed_read_keeps_the_last_values_and_is_logged_once_until_one_
             async def read(n: int) -> None:
                 while repository.reads < n:
                     await asyncio.sleep(0.005)
+            await asyncio.wait_for(read(1), 5)
+            await asyncio.sleep(0.005)
+            assert _shown("U10003", "U20003") == (400.0, 0.0)
             await asyncio.wait_for(read(3), 5)
-            assert _shown("U10003", "U20003") == (400.0, 0.0)  # the last values stay while Postgres is away
+            assert _shown("U10003", "U20003") == (None, None)  # Postgres away: no value of unknown age
             await asyncio.wait_for(read(6), 5)
             assert _shown("U10003", "U20003") == (300.0, 0.0)
         finally:

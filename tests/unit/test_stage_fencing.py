@@ -140,8 +140,8 @@ async def test_a_rebalance_leaves_a_commit_under_way_alone():
 
 async def test_a_retry_after_the_group_began_to_rebalance_drops_the_batch():
     # The handler failed; before its retry the group began to rebalance (the listener ran with no
-    # transaction open). The batch would be refused at commit, and under v2 its offsets, sent with
-    # the retry's transaction, would make the partitions' new owner wait: it is dropped instead.
+    # transaction open). The batch would be refused at commit, and with the offsets sent during the
+    # handler (v2), sent with the retry's transaction, they would make the new owner wait: it is dropped.
     from yidi.platform.errors import TransientError
     from yidi.platform.kafka import _Revocations
 

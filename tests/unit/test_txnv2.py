@@ -117,3 +117,11 @@ def test_under_v1_a_refused_partition_leaves_the_added_ones_in_the_transaction_t
             assert (waiting.future.done(), bool(m.yidi_accumulator._batches)) == (ends_it, not ends_it), cls
 
     asyncio.run(run())
+
+
+def test_stages_speak_v2_where_the_cluster_has_it_and_send_their_offsets_after_the_handler():
+    from yidi.platform.settings import Settings
+
+    defaults = Settings(_env_prefix="YIDI_NOT_FROM_THE_SHELL_")
+    assert defaults.kafka_transactions == "auto"
+    assert defaults.kafka_offsets_during_handler is False

@@ -215,10 +215,14 @@ class TransactionalStage:
     _membership: tuple[int, str] = field(default=(-1, ""), init=False)
     # The Kafka transaction protocol the producer speaks (txnv2.enable): 1, or 2 (KIP-890).
     transaction_version: int = field(default=0, init=False)
-    # Under v2, the transaction of the batch being handled, begun as the handler starts, its offsets sent alongside it.
+    # With kafka_offsets_during_handler under v2: the transaction of the batch being handled, begun as
+    # the handler starts, its offsets sent alongside it.
     _opened: _Opened | None = field(default=None, init=False)
     # How many times the group has begun to rebalance (``_Revocations``), now and when the batch in
-    # hand was fetched: a batch fetched before a rebalance began is never committed (fencing.py).
+    # hand was fetched: a batch fetched before a rebalance began is not tried again after a failure,
+    # nor committed from a transaction opened during its handler; one whose handler has returned
+    # commits under the generation it was fetched in, which the coordinator refuses once the
+    # group has moved on (fencing.py).
     _revocations: int = field(default=0, init=False)
     _fetched_at_revocation: int = field(default=0, init=False)
     # The gateways' reply topics the broker refuses, whose answers go to their shared topic instead.
@@ -264,6 +268,9 @@ class TransactionalStage:
         self.transaction_version = await txnv2.enable(self._producer, s.kafka_transactions)
         log.info("stage %s: Kafka transactions v%d%s", self.name, self.transaction_version,
                  ", offsets sent while the handler runs" if self._offsets_during_handler() else "")
+        if s.kafka_offsets_during_handler and self.transaction_version != 2:
+            log.warning("stage %s: YIDI_KAFKA_OFFSETS_DURING_HANDLER applies to transactions v2 only: ignored",
+                        self.name)
         await self._consumer.start()
         # Several instances of a stage share its consumer group: each batch's offsets are
         # committed under the group generation it was fetched in, so an instance the group has
@@ -368,14 +375,17 @@ class TransactionalStage:
                     raise fencing.GenerationFenced(f"batch fetched outside the group ({self._membership})")
                 if self._rebalanced():
                     # A retry (or _isolate's second half) after the group began to rebalance: refused
-                    # at commit anyway, and under v2 its offsets would make the new owner wait.
+                    # at commit anyway, and with the offsets sent during the handler they would make
+                    # the new owner wait.
                     raise fencing.GenerationFenced("the group began to rebalance since the batch was fetched")
                 outgoing = await self._handle_and_commit(records, handler)
             except ProducerFenced as exc:
                 # A newer instance took over; or the coordinator aborted the transaction on its
-                # timeout (a long Kafka outage; under v2 also a handler that outlasted it).
-                why = " or the batch outlasted the transaction timeout" if self._offsets_during_handler() else ""
-                raise FatalError(f"stage {self.name}: fenced by a newer instance{why}") from exc
+                # timeout (a long Kafka outage; with the offsets sent during the handler, also a
+                # handler that outlasted it).
+                why = "the batch outlasted" if self._offsets_during_handler() else "a long Kafka outage outlasted"
+                raise FatalError(f"stage {self.name}: fenced by a newer instance, or {why} the transaction "
+                                 "timeout") from exc
             except fencing.GenerationFenced as exc:
                 # The group rebalanced since this batch was fetched: its transaction is aborted.
                 # A rebalance gives every member a new assignment whose positions restart from
@@ -649,7 +659,8 @@ async def _abort_if_open(producer: AIOKafkaProducer) -> None:
 
 
 class _Opened:
-    """A transaction begun before its batch's handler ran (transactions v2), with its offsets sent."""
+    """A transaction begun before its batch's handler ran (``kafka_offsets_during_handler`` under
+    transactions v2), with its offsets sent."""
 
     def __init__(self, producer: AIOKafkaProducer, offsets_sent: asyncio.Future[Any]) -> None:
         self.producer = producer
@@ -684,8 +695,8 @@ class _Opened:
 
 
 class _Revocations(ConsumerRebalanceListener):
-    """Before the consumer rejoins its group: abort the transaction a batch holds open under
-    transactions v2. Its offsets would otherwise make the new owner of those partitions wait until
+    """Before the consumer rejoins its group: abort the transaction a batch holds open while its handler
+    runs (``kafka_offsets_during_handler`` under transactions v2). Its offsets would otherwise make the new owner of those partitions wait until
     the batch's handler ends (or, if this instance is stuck, until the transaction times out); the
     batch could not be committed under the old generation anyway (fencing.py)."""
 

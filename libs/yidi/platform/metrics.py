@@ -74,8 +74,8 @@ PREPAYMENT_BALANCE = Gauge(
 )
 PREPAYMENT_ALERT_LEVEL = Gauge(
     "yidi_prepayment_alert_level",
-    "0 healthy, 1 low (below the account's warn_share of what was advanced), 2 run out (a shortfall): the "
-    "levels at which clearing publishes a PrepaymentAlert on clearing.alerts.",
+    "0 healthy, 1 low (below the account's warn_share of what was advanced), 2 run out (a shortfall), from "
+    "the balance as clearing's PrepaymentAlerts on clearing.alerts judge it.",
     ["insured", "treating"],
 )
 SERVICE_UP = Gauge("yidi_service_up", "1 while the service's consumers run.", ["service"])

@@ -129,6 +129,7 @@ class Service:
             self._sweep.cancel()
         for task in self._background:
             task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         for stage in self.stages:
             await stage.stop()
 

@@ -29,9 +29,9 @@ class Settings(BaseSettings):
     batch_max_records: int = 500
     batch_linger_ms: float = 10.0
     # Kafka's transaction protocol: v2 (KIP-890) where the cluster has finalized it ("auto"), else
-    # v1; or v1 always. A v2 transaction takes three requests where v1 takes five: on the bench box
-    # p99 at 100/s was 73-78 ms against 86-92 under v1, and both held the same at full load
-    # (docs/BENCHMARKS.md, 2026-12-04, "Transactions v2 as the default").
+    # v1; or v1 always. A v2 transaction takes three requests where v1 takes five: on the bench box,
+    # in one interleaved probe series, p99 at 100/s was 73-78 ms against 86-93 under v1, and both held
+    # the same at full load (docs/BENCHMARKS.md, 2026-12-04, "Transactions v2 as the default").
     kafka_transactions: Literal["auto", "v1"] = "auto"
     # Under v2 only: begin a batch's transaction, and send its offsets, while its handler runs
     # instead of once it has returned. It measured no faster than v2 without it, and an instance

@@ -5,7 +5,8 @@ records and commits consumer offsets costs the client five requests, each waited
 AddPartitionsToTxn, Produce, AddOffsetsToTxn, TxnOffsetCommit, EndTxn. Under v2 (Kafka 4.0+,
 when the cluster finalizes the feature ``transaction.version`` at 2 or more) a Produce v12
 adds its partition to the transaction itself, and so does TxnOffsetCommit v5 for the group's
-offsets: the client sends Produce and TxnOffsetCommit side by side, then EndTxn v5. The
+offsets: the client sends Produce, then TxnOffsetCommit once the records are written (or, with a
+stage's ``kafka_offsets_during_handler``, the offsets first, while its handler runs), then EndTxn v5. The
 coordinator bumps the producer epoch at every EndTxn and returns the new one, with which the next
 transaction's records start again at sequence 0.
 
