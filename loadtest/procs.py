@@ -91,7 +91,8 @@ def env_pair(text: str) -> tuple[str, str]:
     if key in SET_FOR_EACH - {"YIDI_LOG_LEVEL"}:
         raise argparse.ArgumentTypeError(f"{key} is the load tool's own (its namespace, database, port, or the "
                                          "stack it measures): set it in the shell for the whole run")
-    if key.startswith("YIDI_") and key.removeprefix("YIDI_").lower() not in Settings.model_fields and key != "YIDI_CRASH_AT":
+    unknown = key.removeprefix("YIDI_").lower() not in Settings.model_fields and key != "YIDI_CRASH_AT"
+    if key.startswith("YIDI_") and unknown:
         # The services would ignore it, and the run would measure the defaults under its name.
         raise argparse.ArgumentTypeError(f"{key} is not a setting of the services (libs/yidi/platform/settings.py)")
     return key, value

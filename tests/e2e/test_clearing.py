@@ -77,12 +77,16 @@ async def test_a_prepayment_running_low_and_then_out_is_warned_once_each_and_a_s
     mine = [a for a in alerts if a["insuplc_admdvs"] == world.insured]
     assert [a["shortfall"] for a in mine] == ["0.00", "200.00"], mine
     assert "below 50% of what was advanced" in mine[0]["message"] and "has run out" in mine[1]["message"]
-    # Ops see the same on /metrics: the balance, and the level the alerts went out at.
+    # Ops see the same on /metrics: the balance, and the level of the warnings it calls for.
     account = {"insured": world.insured, "treating": world.treating}
-    await until(lambda: system.metric("clearing", "yidi_prepayment_balance_yuan", **account) == -200.0, timeout=20, poll=0.2)
+
+    def balance_is(value: float) -> bool:
+        return system.metric("clearing", "yidi_prepayment_balance_yuan", **account) == value
+
+    await until(lambda: balance_is(-200.0), timeout=20, poll=0.2)
     assert system.metric("clearing", "yidi_prepayment_alert_level", **account) == 2.0
     await fund(clearing, world, "1000.00")  # 800 left of 1,200 advanced: above the 50 % warning
-    await until(lambda: system.metric("clearing", "yidi_prepayment_balance_yuan", **account) == 800.0, timeout=20, poll=0.2)
+    await until(lambda: balance_is(800.0), timeout=20, poll=0.2)
     assert system.metric("clearing", "yidi_prepayment_alert_level", **account) == 0.0
 
 

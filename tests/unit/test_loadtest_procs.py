@@ -18,8 +18,8 @@ def test_env_pairs_split_at_the_first_equals_sign():
     assert env_pair("YIDI_BATCH_LINGER_MS=") == ("YIDI_BATCH_LINGER_MS", "")
     assert env_pair("YIDI_LOG_LEVEL=DEBUG") == ("YIDI_LOG_LEVEL", "DEBUG")
     # A name the services do not know would be ignored by them: the run would measure the defaults.
-    for bad in ("YIDI_X", "=1", "", "YIDI_X=1", "YIDI_KAFKA_EARLY_OFFSETS=false", "YIDI_NAMESPACE=live.", "YIDI_DATABASE_URL=postgresql://x/yidi",
-                "YIDI_KAFKA_BOOTSTRAP=k:1", "YIDI_METRICS_PORT=9102"):
+    for bad in ("YIDI_X", "=1", "", "YIDI_X=1", "YIDI_KAFKA_EARLY_OFFSETS=false", "YIDI_NAMESPACE=live.",
+                "YIDI_DATABASE_URL=postgresql://x/yidi", "YIDI_KAFKA_BOOTSTRAP=k:1", "YIDI_METRICS_PORT=9102"):
         with pytest.raises(argparse.ArgumentTypeError):
             env_pair(bad)
 

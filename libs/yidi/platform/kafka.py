@@ -695,10 +695,11 @@ class _Opened:
 
 
 class _Revocations(ConsumerRebalanceListener):
-    """Before the consumer rejoins its group: abort the transaction a batch holds open while its handler
-    runs (``kafka_offsets_during_handler`` under transactions v2). Its offsets would otherwise make the new owner of those partitions wait until
-    the batch's handler ends (or, if this instance is stuck, until the transaction times out); the
-    batch could not be committed under the old generation anyway (fencing.py)."""
+    """Before the consumer rejoins its group: abort the transaction a batch holds open while its
+    handler runs (``kafka_offsets_during_handler`` under transactions v2). Its offsets would
+    otherwise make the new owner of those partitions wait until the batch's handler ends (or, if
+    this instance is stuck, until the transaction times out); the batch could not be committed under
+    the old generation anyway (fencing.py)."""
 
     def __init__(self, stage: TransactionalStage) -> None:
         self.stage = stage
