@@ -35,7 +35,7 @@ from services.eligibility.subjects import Subjects
 from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import FacilityRecord, PersonRecord
 from yidi.platform.cache import VersionedCache
-from yidi.platform.db import create_pool, migrate
+from yidi.platform.db import migrate, settings_pool
 from yidi.platform.kafka import Incoming
 from yidi.platform.settings import Settings
 from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_REQUESTS
@@ -92,8 +92,7 @@ async def timed(handler: EligibilityHandler, batches: list[list[Incoming]], elig
 
 async def bench(settings: Settings, *, persons: int = 2000, batches: int = 20, size: int = 500) -> dict[str, Any]:
     tag = "EB" + uuid.uuid4().hex[:8].upper()
-    pool = await create_pool(settings.database_url, size=settings.db_pool_size,
-                             plan_cache_mode=settings.db_plan_cache_mode, parallel_workers=settings.db_parallel_workers)
+    pool = await settings_pool(settings)
     results: dict[str, Any] = {"persons": persons, "batches": batches, "batch_size": size}
     try:
         await migrate(pool, "eligibility", "services.eligibility.migrations")

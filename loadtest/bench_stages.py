@@ -44,7 +44,7 @@ from services.pricing.repository import PricingRepository
 from yidi.contracts.refdata import CatalogueRecord, PolicyRecord
 from yidi.platform import collector
 from yidi.platform.cache import VersionedCache
-from yidi.platform.db import create_pool, migrate
+from yidi.platform.db import migrate, settings_pool
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.settings import Settings
 from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_PRICED, SETTLEMENT_REQUESTS
@@ -147,8 +147,7 @@ async def bench(settings: Settings, *, persons: int, batches: int, size: int, pr
     # process does (and is measured for) all the handlers' work: with YIDI_DB_PARALLEL_WORKERS at
     # its default, 0; parallel workers, when allowed, are other processes and not measured here.
     async with own_database(settings, tag) as own:
-        pool = await create_pool(own.database_url, size=1, plan_cache_mode=settings.db_plan_cache_mode,
-                                 parallel_workers=settings.db_parallel_workers)
+        pool = await settings_pool(settings, size=1, dsn=own.database_url)
         cache = VersionedCache(settings.redis_url, ttl_seconds=600, prefix=f"{tag}:elig:")
         results: dict[str, Any] = {"persons": persons, "batches": batches, "batch_size": size, "repeat": repeat}
         try:

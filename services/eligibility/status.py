@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from yidi.domain.codes import BUSINESS_TZ
-from yidi.platform.db import create_pool
+from yidi.platform.db import settings_pool
 from yidi.platform.settings import Settings
 
 from services.eligibility.repository import EligibilityRepository
@@ -31,8 +31,7 @@ def region_status(windows: list[dict[str, Any]], at: datetime) -> dict[str, list
 
 
 async def current(settings: Settings, at: datetime) -> dict[str, Any]:
-    pool = await create_pool(settings.database_url, size=1, plan_cache_mode=settings.db_plan_cache_mode,
-                             parallel_workers=settings.db_parallel_workers)
+    pool = await settings_pool(settings, size=1)
     try:
         return region_status(await EligibilityRepository(pool).all_outages(at), at)
     finally:

@@ -11,7 +11,7 @@ import uuid
 import asyncpg
 import pytest
 
-from yidi.platform.db import create_pool
+from yidi.platform.db import create_pool, settings_pool
 from yidi.platform.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -75,3 +75,21 @@ async def test_the_services_connections_run_no_parallel_plans_unless_set_otherwi
     finally:
         await conn.execute(f"DROP TABLE IF EXISTS {table}")
         await conn.close()
+
+
+async def test_a_pool_made_from_the_settings_takes_both_and_its_size(settings):
+    s = settings.model_copy(update={"db_plan_cache_mode": "force_generic_plan", "db_parallel_workers": 3,
+                                    "db_pool_size": 3})
+    pool = await settings_pool(s, size=1)
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
+            assert await conn.fetchval("SHOW max_parallel_workers_per_gather") == "3"
+        assert pool.get_max_size() == 1
+    finally:
+        await pool.close()
+    pool = await settings_pool(s)
+    try:
+        assert pool.get_max_size() == 3
+    finally:
+        await pool.close()

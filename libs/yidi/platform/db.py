@@ -9,13 +9,16 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from importlib import resources
 
 import asyncpg
 import orjson
 
 from yidi.platform.errors import BadData, RaceLost, TransientError
+
+if TYPE_CHECKING:
+    from yidi.platform.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +125,13 @@ async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_
     async with transient_errors():
         return await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=30,
                                          reset=_no_session_reset, server_settings=server_settings)
+
+
+async def settings_pool(settings: Settings, *, size: int | None = None, dsn: str | None = None) -> asyncpg.Pool:
+    """A pool with the services' connection settings (``db_plan_cache_mode``, ``db_parallel_workers``),
+    ``db_pool_size`` connections to ``database_url`` unless told otherwise."""
+    return await create_pool(dsn or settings.database_url, size=settings.db_pool_size if size is None else size,
+                             plan_cache_mode=settings.db_plan_cache_mode, parallel_workers=settings.db_parallel_workers)
 
 
 async def migrate(pool: asyncpg.Pool, schema: str, package: str) -> list[str]:

@@ -22,7 +22,7 @@ from faststream.specification import AsyncAPI
 from prometheus_client import REGISTRY
 
 from yidi.platform import collector, metrics
-from yidi.platform.db import create_pool, migrate
+from yidi.platform.db import migrate, settings_pool
 from yidi.platform.kafka import TransactionalStage, ensure_topics
 from yidi.platform.logs import setup_logging
 from yidi.platform.settings import Settings
@@ -85,9 +85,7 @@ class Service:
         metrics.SERVICE_UP.labels(self.name).set(0)
         await ensure_topics(self.settings)
         if self.migrations:
-            self.pool = await create_pool(self.settings.database_url, size=self.settings.db_pool_size,
-                                          plan_cache_mode=self.settings.db_plan_cache_mode,
-                                          parallel_workers=self.settings.db_parallel_workers)
+            self.pool = await settings_pool(self.settings)
             await migrate(self.pool, self.name, self.migrations)
         for ready in self.on_ready:
             await ready()
