@@ -54,13 +54,24 @@ class FilingHandler:
                         reqid=request.reqid, accepted=False,
                         reason=f"reqid {request.reqid} was already used for another request; use a new reqid"))
                 else:
-                    emitted = seen[1]  # the same request again: what was published then
+                    emitted = self._again(request, seen[1])
                 out.extend(
                     Outgoing(topic=e["topic"], value=e["value"].encode(), key=request.psn_no.encode(),
                              fallback=answer_fallback(self.settings, e["topic"], FILING_REPLY_TO))
                     for e in emitted
                 )
         return out
+
+    def _again(self, request: FilingRequest, emitted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The same request again: what was published then, answered to this copy's ``reply_to``
+        (the request's hash leaves it out, so a sender that moved to another topic is answered there)."""
+        events = self.settings.topic(FILING_EVENTS)
+        return [
+            {"topic": e["topic"], "value": dumps(FilingEvent.model_validate_json(e["value"]).model_copy(
+                update={"reply_to": request.reply_to})).decode()} if e["topic"] == events
+            else {**e, "topic": self.settings.topic(request.reply_to)}
+            for e in emitted
+        ]
 
     def refuse(self, record: Incoming, reason: str) -> list[Outgoing]:
         """A filing request that does not validate, or that the stage cannot process (``BadData``:

@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
+from yidi.client.gateway import GatewayClient
+
 from tests.e2e.test_settlement_path import _dead_letters
 from tests.e2e.world import World, filing_request
 
@@ -163,6 +165,20 @@ async def test_a_filing_reqid_used_again_for_another_request_is_refused(world, f
     other = await filings.call(request | {"category": "posted_worker"})
     assert first["accepted"] and again["accepted"] and again["filing"] == first["filing"]
     assert not other["accepted"] and "already used" in other["reason"]
+
+
+async def test_a_filing_request_sent_again_to_another_reply_topic_is_answered_there(system, world, filings):
+    # The request's hash leaves reply_to out: the same request from a sender that moved to another
+    # topic is the same request, and its answer (the stored one) goes where this copy asks.
+    person = await world.person(category=None)
+    request = filing_request(world, person)
+    first = await filings.call(request)
+    async with GatewayClient(system.settings.kafka_bootstrap, namespace=system.settings.namespace,
+                             request_topic="filing.requests", reply_to="gw.filing.moved", correlate_by="reqid") as moved:
+        again = await moved.call(request | {"reply_to": "gw.filing.moved"})
+    assert first["accepted"] and again["accepted"] and again["filing"] == first["filing"]
+    await asyncio.sleep(0.5)  # an answer on the first topic would have come with the second one
+    assert filings.answer_counts[request["reqid"]] == 1
 
 
 async def test_a_feed_batch_applies_its_good_records_in_order_and_dead_letters_the_bad_one(system, world, gateway):
