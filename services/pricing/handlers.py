@@ -238,7 +238,7 @@ class PricingHandler:
             person_type=PersonType(person.psn_type),
             facility_level=work.facility_level,
             filing_category=work.filing_category,
-            waived_filing=work.basis == "waived",
+            waived_filing=work.basis == "waived" or work.filing_waived,
             use_account=body.acct_used_flag == "1",
             account_balance=max(ZERO, person.acct_balc - drawn),
             qualifications=frozenset(person.qualifications),

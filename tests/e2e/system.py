@@ -25,6 +25,8 @@ class System(Processes):
             "YIDI_BATCH_MAX_RECORDS": "200",
             # R8: the test region 980000 locks filings for six months.
             "YIDI_FILING_LOCK_MONTHS": '{"980000": 6}',
+            # R17: the test region 960000 waives filing for trips inside its province (96).
+            "YIDI_FILING_WAIVED_REGIONS": '["960000"]',
             # The prepayment gauges, read often enough for a test to wait for them.
             "YIDI_PREPAYMENT_SAMPLE_SECONDS": "0.5",
         }

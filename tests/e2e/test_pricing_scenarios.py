@@ -70,6 +70,21 @@ async def test_a_temporary_trip_pays_the_first_self_pay_at_a_reduced_ratio(world
     )
 
 
+async def test_r17_a_temporary_filing_inside_a_waiving_province_settles_no_worse_than_none(system, gateway):
+    # 960000 waives filing inside province 96 (the test services' settings). A person who filed
+    # anyway must not lose R11's 20 points that a person who did not file keeps.
+    waiving = World(system.settings)
+    waiving.insured, waiving.treating = "960000", f"96{int(waiving.treating[2:]) % 9999 + 1:04d}"
+    await waiving.build()
+    filed = await waiving.person(category="temporary_other")
+    unfiled = await waiving.person(category=None)
+    with_filing = info(await gateway.call(waiving.request(filed, [("T-A", "1", "800.00")])))
+    without = info(await gateway.call(waiving.request(unfiled, [("T-A", "1", "800.00")])))
+    # first self-pay 80 (R12, both); scope 720; deductible 300; ratio 0.60, not 0.40 → 252.00
+    for settled in (with_filing, without):
+        assert (settled["preselfpay_amt"], settled["pool_prop_selfpay"], settled["hifp_pay"]) == ("80.00", "0.60", "252.00")
+
+
 async def test_emergency_without_a_filing_settles_at_the_home_ratio(world, gateway):
     person = await world.person(category=None)
     refused = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))

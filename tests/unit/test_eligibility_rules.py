@@ -163,3 +163,23 @@ def test_suspended_insurance_is_refused_not_insured():
 def test_an_unknown_facility_is_refused():
     d = decide(visit(), PERSON, None, [filing()], [], NOW)
     assert isinstance(d, Refused) and d.code is Refusal.UNKNOWN_FACILITY
+
+
+def test_r17_a_temporary_filing_inside_a_waiving_province_is_flagged_so_it_settles_no_worse_than_none():
+    jinan_person = Person("P2", "Sun", "370100", InsuranceType.EMPLOYEE, PersonType.IN_SERVICE, True)
+    qingdao = Facility("H3", "Qingdao", "370200", 3, frozenset(MedType))
+    waived = Visit("370200", "370100", InsuranceType.EMPLOYEE, MedType.GENERAL_OUTPATIENT, date(2026, 11, 23),
+                   filing_waived_in_province=True)
+    not_waived = Visit("370200", "370100", InsuranceType.EMPLOYEE, MedType.GENERAL_OUTPATIENT, date(2026, 11, 23))
+    temporary = Filing("F1", "P2", InsuranceType.EMPLOYEE, "370100", "370200", FilingCategory.TEMPORARY_OTHER,
+                       date(2026, 11, 1), None, FilingStatus.ACTIVE)
+    long_term = Filing("F2", "P2", InsuranceType.EMPLOYEE, "370100", "370200", FilingCategory.LONG_TERM_RESIDENT,
+                       date(2022, 1, 1), None, FilingStatus.ACTIVE)
+    flagged = decide(waived, jinan_person, qingdao, [temporary], [], NOW)
+    assert isinstance(flagged, Eligible) and flagged.basis is Basis.FILED and flagged.waived
+    assert flagged.category is FilingCategory.TEMPORARY_OTHER
+    plain = decide(not_waived, jinan_person, qingdao, [temporary], [], NOW)
+    assert isinstance(plain, Eligible) and plain.basis is Basis.FILED and not plain.waived
+    # A long-term filing carries no reduction anyway (R10): nothing to flag.
+    settled_long = decide(waived, jinan_person, qingdao, [long_term], [], NOW)
+    assert isinstance(settled_long, Eligible) and not settled_long.waived

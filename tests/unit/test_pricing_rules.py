@@ -243,3 +243,18 @@ def test_the_rule_memo_is_bounded_by_the_policys_disease_prefixes_not_by_the_cod
     assert pol.rule_for(OP, PersonType.RETIRED, 3, "n18.500") is dialysis
     assert pol.rule_for(OP, PersonType.RETIRED, 3, "E11.900").ratio == D("0.70")
     assert len(pol._rule_memo) == 2
+
+
+def test_r17_a_filed_temporary_trip_inside_a_waiving_province_keeps_its_first_self_pay_and_loses_no_ratio():
+    # Eligibility flags a filed temporary trip inside a province that waives filing: holding the
+    # filing must not settle worse than holding none (R11's reduction is for trips across provinces).
+    pol = policy(rule(OP, ratio="0.50"), first_selfpay={FilingCategory.TEMPORARY_OTHER: D("0.10")},
+                 reductions={FilingCategory.TEMPORARY_OTHER: D("0.20"), FilingCategory.REFERRAL: D("0.10")})
+    lines = bill(("A1", "1", "200.00"))
+    none = price(lines, catalogue(item("A1")), pol, terms(OP, category=None, waived_filing=True), {})
+    filed = price(lines, catalogue(item("A1")), pol, terms(OP, category=FilingCategory.TEMPORARY_OTHER, waived_filing=True), {})
+    referred = price(lines, catalogue(item("A1")), pol, terms(OP, category=FilingCategory.REFERRAL, waived_filing=True), {})
+    across = price(lines, catalogue(item("A1")), pol, terms(OP, category=FilingCategory.TEMPORARY_OTHER), {})
+    assert (filed.preselfpay_amt, filed.hifp_pay) == (none.preselfpay_amt, none.hifp_pay) == (D("20.00"), D("90.00"))
+    assert (referred.preselfpay_amt, referred.hifp_pay) == (D("0.00"), D("100.00"))  # no first self-pay either
+    assert across.hifp_pay == D("54.00")  # 180 × (0.50 − 0.20): the reduction stays for trips across provinces

@@ -42,6 +42,8 @@ class EligibleWork(WireModel):
     basis: str = ""
     filing_id: str = ""
     filing_category: FilingCategory | None = None
+    # R17: a filed temporary trip inside a province that waives filing (no R11 reduction).
+    filing_waived: bool = False
 
 
 class WorkKind(StrEnum):

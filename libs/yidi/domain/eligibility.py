@@ -133,6 +133,10 @@ class Visit:
 class Eligible:
     basis: Basis
     filing: Filing | None
+    # R17: a filed temporary trip that stays inside a province whose filing is waived. It settles on
+    # its filing, without R11's reduction (stated for trips across provinces), so holding the filing
+    # never settles worse than holding none (Basis.WAIVED).
+    waived: bool = False
 
     @property
     def category(self) -> FilingCategory | None:
@@ -234,6 +238,7 @@ def decide(
             )
     if visit.treating_region == visit.insured_region:
         return Eligible(Basis.HOME, None)
+    waived = visit.filing_waived_in_province and province_of(visit.treating_region) == province_of(visit.insured_region)
     valid = [
         f
         for f in filings
@@ -253,10 +258,10 @@ def decide(
             # temporary filing (referral, emergency or other, which carry R11's reduction) must
             # not make it worse than holding none. A long-term filing has no reduction (R10).
             return Eligible(Basis.EMERGENCY, None)
-        return Eligible(Basis.FILED, best)
+        return Eligible(Basis.FILED, best, waived=waived and _FILING_RANK.get(best.category, 0) > 0)
     if visit.med_type.is_emergency:
         return Eligible(Basis.EMERGENCY, None)  # R5
-    if visit.filing_waived_in_province and province_of(visit.treating_region) == province_of(visit.insured_region):
+    if waived:
         return Eligible(Basis.WAIVED, None)  # R17
     return Refused(
         Refusal.NOT_FILED,

@@ -85,8 +85,9 @@ class Terms:
     filing_category: FilingCategory | None
     use_account: bool = False
     # R17: a temporary trip inside the province whose filing the province waived. It is still a
-    # temporary trip, so the first self-pay (R12, seed 002 §6: 省内跨市、跨省) applies as for
-    # ``temporary_other``; the R11 reduction, stated for trips across provinces, does not.
+    # temporary trip, so the first self-pay (R12, seed 002 §6: 省内跨市、跨省) applies: its filing's,
+    # or without one as for ``temporary_other``; the R11 reduction, stated for trips across
+    # provinces, does not, with a filing or without.
     waived_filing: bool = False
     account_balance: Decimal = ZERO
     qualifications: frozenset[str] = frozenset()
@@ -254,8 +255,9 @@ def price(
     if dedc:
         delta[dedc_key] = dedc
 
-    # Step 4: ratio, lowered for the filing category (R11), never below 0.
-    reduction = policy.reduction_for(terms.filing_category)
+    # Step 4: ratio, lowered for the filing category (R11; not inside a province that waives
+    # filing, R17), never below 0.
+    reduction = ZERO if terms.waived_filing else policy.reduction_for(terms.filing_category)
     ratio = max(Decimal(0), rule.ratio - reduction)
     pooled = to_fen((inscp - dedc) * ratio)
     steps = [f"within scope {fmt(inscp)}"]
