@@ -58,6 +58,9 @@ class ClearingHandler:
         async with self.repo.transaction() as conn:
             await self.repo.lock_batch(conn, [r.key for r, _ in works])
             moves: list[tuple[str, str, str, Decimal, str]] = []
+            # The moves of records handled before (a batch handled again after its Postgres commit,
+            # or a resend): nothing is moved again, but their statuses and kept alerts go out again.
+            again: list[tuple[str, str, str, str]] = []
             msgids = [w.request.msgid for _, (w, _, _) in works if w.kind is WorkKind.SETTLE]
             setl_ids = [w.target_setl_id for _, (w, _, _) in works if w.kind is WorkKind.CANCEL]
             closed, rows = await self.repo.batch_reads(conn, msgids, setl_ids)
@@ -70,12 +73,14 @@ class ClearingHandler:
             undo_new: list[tuple[str, str, str, dict[str, Any]]] = []
             for record, (work, answer, amounts) in works:
                 if amounts is not None:
-                    out.append(self._settle(work, answer, amounts, by_msgid, by_setl, entries, closed, moves))
+                    out.append(self._settle(work, answer, amounts, by_msgid, by_setl, entries, closed, moves, again))
                     continue
                 seen = undo_seen.get(work.request.msgid)
                 if seen is not None:
                     out.append(self._answer(work, seen[1]))
                     _DUPLICATE.inc()
+                    if (done := by_setl.get(work.target_setl_id)) is not None and done.state != "settled":
+                        again.append((done.insuplc_admdvs, done.mdtrtarea_admvs, "give_back", done.setl_id))
                     continue
                 row = by_setl.get(work.target_setl_id)
                 if row is None:
@@ -103,20 +108,25 @@ class ClearingHandler:
                 undo_new.append((work.request.msgid, work.request_hash, row.setl_id, answer))
                 out.append(self._answer(work, answer))
             await self.repo.write(conn, entries, list(undone.values()), undo_new)
-            out.extend(await self._prepayment(conn, moves))
+            out.extend(await self._prepayment(conn, moves, again))
         return out
 
-    async def _prepayment(self, conn: Any, moves: list[tuple[str, str, str, Decimal, str]]) -> list[Outgoing]:
+    async def _prepayment(self, conn: Any, moves: list[tuple[str, str, str, Decimal, str]],
+                          again: list[tuple[str, str, str, str]]) -> list[Outgoing]:
         """Draw on (or give back to) each insured region's prepayment; warn once when it runs low, and
         once more when it runs out.
 
         A balance that runs out does not stop settlement: as the national rule does, the
         shortfall is recorded (a negative balance) and clearing settles it (docs/clearing.md).
         """
-        moved = await self.repo.move_prepayments(conn, moves)
+        moved = await self.repo.move_prepayments(conn, moves, again)
         out = [status_update(self.settings, row) for row in moved.accounts]
-        out += [alert_message(self.settings, stored) for stored in await self.repo.kept_alerts(conn, moved.replayed)]
-        last_move = {(i, t): (kind, ref) for i, t, kind, _, ref in moves}
+        levels = {(row["insuplc_admdvs"], row["mdtrtarea_admvs"]): row["alert_level"] for row in moved.accounts}
+        out += [alert for stored in await self.repo.kept_alerts(conn, moved.replayed)
+                if (alert := alert_message(self.settings, stored, levels)) is not None]
+        replayed = set(moved.replayed)
+        # The alert is kept with a move this run made (a move made before keeps its own, if any).
+        last_move = {(i, t): (kind, ref) for i, t, kind, _, ref in moves if (kind, ref) not in replayed}
         for row in moved.accounts:
             pair = (row["insuplc_admdvs"], row["mdtrtarea_admvs"])
             account = account_of(row)
@@ -130,10 +140,12 @@ class ClearingHandler:
     def _settle(
         self, work: PricedWork, answer: dict[str, Any], amounts: dict[str, str], by_msgid: dict[str, LedgerRow], by_setl: dict[str, LedgerRow],
         entries: list[NewEntry], closed: set[str], moves: list[tuple[str, str, str, Decimal, str]],
+        again: list[tuple[str, str, str, str]],
     ) -> Outgoing:
         existing = by_msgid.get(work.request.msgid)
         if existing is not None:
             _DUPLICATE.inc()
+            again.append((existing.insuplc_admdvs, existing.mdtrtarea_admvs, "draw", existing.setl_id))
             if existing.request_hash != work.request_hash:
                 return self._answer(
                     work,

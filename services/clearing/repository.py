@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -113,15 +114,18 @@ class ClearingRepository(Repository):
         return {r["setlym"] for r in await conn.fetch("SELECT setlym FROM clearing.periods WHERE state = 'closed'")}
 
     async def move_prepayments(
-        self, conn: asyncpg.Connection, moves: list[tuple[str, str, str, Decimal, str]]
+        self, conn: asyncpg.Connection, moves: list[tuple[str, str, str, Decimal, str]],
+        again: Sequence[tuple[str, str, str, str]] = (),
     ) -> Moved:
         """Apply (insured, treating, kind, amount, ref) moves once each.
 
-        Returns every account the moves name (changed now, or by an earlier run of the same
-        batch), and the moves that an earlier run had applied: a replay re-publishes what they
+        ``again`` names (insured, treating, kind, ref) moves of records handled before (a batch
+        handled again after its Postgres commit, or a resend), applied then if at all: they are not
+        applied, only reported. Returns every account the moves name (changed now, or before), and
+        the moves applied before (of ``moves``, and ``again``): a replay re-publishes what they
         published, so a crash between the Postgres and the Kafka commit loses no status or alert.
         """
-        if not moves:
+        if not moves and not again:
             return Moved([], [])
         applied = await conn.fetch(
             """INSERT INTO clearing.prepayment_moves (insuplc_admdvs, mdtrtarea_admvs, kind, amount, ref)
@@ -129,9 +133,10 @@ class ClearingRepository(Repository):
                ON CONFLICT (kind, ref) DO NOTHING
                RETURNING insuplc_admdvs, mdtrtarea_admvs, kind, amount, ref""",
             *[list(col) for col in zip(*moves, strict=True)],
-        )
+        ) if moves else []
         fresh = {(r["kind"], r["ref"]) for r in applied}
         replayed = [(kind, ref) for _, _, kind, _, ref in moves if (kind, ref) not in fresh]
+        replayed += [(kind, ref) for _, _, kind, ref in again]
         sums: dict[tuple[str, str], dict[str, Decimal]] = {}
         for r in applied:
             acc = sums.setdefault((r["insuplc_admdvs"], r["mdtrtarea_admvs"]), {})
@@ -161,7 +166,7 @@ class ClearingRepository(Repository):
             )
             accounts = {(r["insuplc_admdvs"], r["mdtrtarea_admvs"]): r for r in rows}
         # Accounts named only by moves an earlier run applied (a replay): read as they are.
-        pairs = sorted({(i, t) for i, t, *_ in moves} - set(accounts))
+        pairs = sorted(({(i, t) for i, t, *_ in moves} | {(i, t) for i, t, *_ in again}) - set(accounts))
         if pairs:
             for r in await conn.fetch(
                 """SELECT a.* FROM clearing.prepayment_accounts a

@@ -1,0 +1,99 @@
+"""Clearing's settlement stage handled again after its Postgres commit, on the real Postgres.
+
+A batch whose Postgres work committed but whose Kafka transaction did not (a crash between the
+two, a refused reply topic, a rebalance) is handled again: every record is then one seen before,
+and nothing moves again. What the first run published beside the answers must go out again: the
+accounts' balances (``prepayment.status``) and a warning the draw set off (``clearing.alerts``),
+or the insured region never hears that its prepayment ran low.
+"""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+
+import orjson
+import pytest
+
+from services.clearing.handlers import ClearingHandler
+from services.clearing.repository import ClearingRepository
+from yidi.platform.db import create_pool, migrate
+from yidi.platform.kafka import Incoming, Outgoing
+from yidi.platform.topics import CLEARING_ALERTS, PREPAYMENT_STATUS
+
+pytestmark = pytest.mark.integration
+
+AMOUNTS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt", "act_pay_dedc",
+           "hifp_pay", "hifmi_pay", "hifob_pay", "cvlserv_pay", "maf_pay", "oth_pay", "fund_pay_sumamt", "psn_part_amt",
+           "acct_pay", "psn_cash_pay", "hosp_part_amt")
+
+
+@pytest.fixture
+async def repo(settings):
+    pool = await create_pool(settings.database_url, size=3)
+    try:
+        await migrate(pool, "clearing", "services.clearing.migrations")
+        yield ClearingRepository(pool)
+    finally:
+        await pool.close()
+
+
+def _priced(settings, kind: str, msgid: str, setl_id: str, pair: tuple[str, str], fund: str) -> Incoming:
+    insured, treating = pair
+    infno = "2207" if kind == "settle" else "2208"
+    request = {"infno": infno, "msgid": msgid, "mdtrtarea_admvs": treating, "insuplc_admdvs": insured,
+               "inf_time": "2099-11-05 10:00:00", "fixmedins_code": "H11010500001", "reply_to": "settlement.results"}
+    setlinfo = {c: "0.00" for c in AMOUNTS} | {"medfee_sumamt": fund, "fund_pay_sumamt": fund, "hifp_pay": fund}
+    answer = {"infcode": 0, "inf_refmsgid": "YD1", "refmsg_time": "1", "respond_time": "1", "msgid": msgid,
+              "infno": infno, "output": {"setlinfo": {"setl_id": setl_id, "setl_time": "2099-11-05 10:00:00"}
+                                         | (setlinfo if kind == "settle" else {"state": "cancelled"})}}
+    facts = {"setl_id": setl_id, "psn_no": "P-" + setl_id, "mdtrt_id": "V1", "insuplc_admdvs": insured,
+             "mdtrtarea_admvs": treating, "fixmedins_code": "H11010500001", "setlym": "209911", "medfee_sumamt": fund,
+             "fund_pay_sumamt": fund, "acct_pay": "0.00", "psn_cash_pay": "0.00"}
+    priced = {"kind": kind, "request": request, "request_hash": "h-" + msgid, "request_ts_ms": 0, "answer": answer,
+              "facts": facts if kind == "settle" else None, "target_setl_id": setl_id if kind == "cancel" else ""}
+    return Incoming(settings.topic("settlement.priced"), 0, 1, f"P-{setl_id}".encode(), orjson.dumps(priced), 0)
+
+
+def _published(settings, out: list[Outgoing], topic: str) -> list[dict]:
+    return [orjson.loads(o.value) for o in out if o.topic == settings.topic(topic)]
+
+
+async def _fund(repo: ClearingRepository, pair: tuple[str, str], amount: str, ref: str) -> None:
+    async with repo.transaction() as conn:
+        await repo.move_prepayments(conn, [(*pair, "fund", Decimal(amount), ref)])
+        await repo.set_alert_level(conn, *pair, 0)  # as a top-up above the warning re-arms it (admin)
+
+
+async def test_a_batch_handled_again_publishes_its_balances_and_its_warning_again(settings, repo):
+    pair = (f"95{random.randrange(10_000):04d}", f"94{random.randrange(10_000):04d}")
+    setl_id = f"S-REPLAY-{random.randrange(10**9)}"
+    await _fund(repo, pair, "100.00", f"FUND-{setl_id}")
+    handler = ClearingHandler(settings, repo)
+    settle = _priced(settings, "settle", f"M-{setl_id}", setl_id, pair, "90.00")  # 10 left of 100: below 20 %
+
+    first = await handler([settle])
+    again = await handler([settle])  # its Kafka transaction never committed: handled again
+
+    for out in (first, again):
+        (status,) = _published(settings, out, PREPAYMENT_STATUS)
+        (alert,) = _published(settings, out, CLEARING_ALERTS)
+        assert status["balance"] == "10.00" and alert["balance"] == "10.00", out
+        assert len([o for o in out if o.answered]) == 1
+    async with repo.transaction() as conn:
+        account = await conn.fetchrow("SELECT drawn, alert_level FROM clearing.prepayment_accounts "
+                                      "WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2", *pair)
+    assert (account["drawn"], account["alert_level"]) == (Decimal("90.00"), 1)  # drawn once, warned once
+
+    # Topped up since: the warning is no longer true, and a resend of the settlement does not repeat it.
+    await _fund(repo, pair, "1000.00", f"FUND2-{setl_id}")
+    resent = await handler([settle])
+    assert [s["balance"] for s in _published(settings, resent, PREPAYMENT_STATUS)] == ["1010.00"]
+    assert _published(settings, resent, CLEARING_ALERTS) == []
+
+    # An undoing handled again: its give-back is not made twice, and the balance goes out again.
+    cancel = _priced(settings, "cancel", f"M-UNDO-{setl_id}", setl_id, pair, "90.00")
+    undone = await handler([cancel])
+    undone_again = await handler([cancel])
+    for out in (undone, undone_again):
+        assert [s["balance"] for s in _published(settings, out, PREPAYMENT_STATUS)] == ["1100.00"], out
