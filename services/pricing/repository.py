@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from yidi.contracts.refdata import CatalogueRecord, PolicyRecord
+from yidi.contracts.refdata import STORED_CONTEXT, CatalogueRecord, PolicyRecord
 from yidi.domain.catalogue import CatalogueItem
 from yidi.domain.policy import BenefitPolicy
 from yidi.platform.db import Repository, json_value, transient_errors
@@ -176,10 +176,10 @@ class PricingRepository(Repository):
                 stored[r["a"]] = StoredRequest(r["a"], r["b"], r["c"], r["d"], orjson.loads(r["body"]))
             elif kind == "policy":
                 policies.append(self._policies.get(
-                    r["rev"], lambda raw: PolicyRecord.model_validate(json_value(raw)).to_domain(), r["body"]))
+                    r["rev"], lambda raw: PolicyRecord.model_validate(json_value(raw), context=STORED_CONTEXT).to_domain(), r["body"]))
             else:
                 items.append(self._items.get(
-                    r["rev"], lambda raw: CatalogueRecord.model_validate(json_value(raw)).to_domain(), r["body"]))
+                    r["rev"], lambda raw: CatalogueRecord.model_validate(json_value(raw), context=STORED_CONTEXT).to_domain(), r["body"]))
         return stored, policies, items, usage, settled
 
     async def settlements(

@@ -73,6 +73,23 @@ def test_a_person_records_time_is_iso_8601_and_china_time_without_a_zone():
     assert (stored.updated_at, stored.source_time) == ("yesterday", None)
 
 
+def test_r14_disease_codes_are_stripped_and_an_empty_one_is_refused():
+    # "E11 " matched no disease, and "" (an empty CSV cell) matched every one.
+    from yidi.contracts.refdata import STORED_CONTEXT, BenefitRuleRecord, PersonRecord
+
+    base = dict(psn_no="P1", psn_name="A", insuplc_admdvs="330100", insutype="310", psn_type="11")
+    assert PersonRecord(**base, chronic_qualifications=[" E11 ", "I10"]).chronic_qualifications == ["E11", "I10"]
+    with pytest.raises(ValueError, match="empty ICD-10 code or prefix would match every disease"):
+        PersonRecord(**base, chronic_qualifications=["E11", " "])
+    rule = dict(med_types=["14"], deductible="0.00", ratio="0.50")
+    assert BenefitRuleRecord(**rule, diseases=["E11 "]).diseases == ["E11"]
+    with pytest.raises(ValueError, match="empty ICD-10 code"):
+        BenefitRuleRecord(**rule, diseases=[""])
+    # A record stored before the check still reads, without its empty entries.
+    stored = PersonRecord.model_validate(base | {"chronic_qualifications": ["", "E11"]}, context=STORED_CONTEXT)
+    assert stored.chronic_qualifications == ["E11"]
+
+
 def test_a_person_record_dated_ahead_of_now_is_told_apart():
     from datetime import datetime, timedelta
 

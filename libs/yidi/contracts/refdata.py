@@ -33,6 +33,18 @@ def _source_time(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=BUSINESS_TZ)
 
 
+def _disease_codes(values: list[str], info: ValidationInfo) -> list[str]:
+    """ICD-10 codes or prefixes, as R14 matches them: stripped (a padded one matched nothing), and
+    none empty (an empty prefix matched every disease). A stored record from before the check
+    keeps what it can: its empty entries are dropped."""
+    codes = [v.strip() for v in values]
+    if "" in codes:
+        if not (info.context or {}).get(STORED):
+            raise ValueError("an empty ICD-10 code or prefix would match every disease; leave it out")
+        codes = [c for c in codes if c]
+    return codes
+
+
 class PersonRecord(StrictWireModel):
     """A person's insurance as the insured region publishes it (key = ``psn_no``)."""
 
@@ -54,6 +66,8 @@ class PersonRecord(StrictWireModel):
     )
     home_quota_used: Amount = Field(default=ZERO, ge=0, description="R13: general-outpatient quota used at home this year")
     home_quota_year: int | None = Field(default=None, description="the year home_quota_used counts for")
+
+    _chronic_qualifications = field_validator("chronic_qualifications")(_disease_codes)
 
     @field_validator("updated_at")
     @classmethod
@@ -151,6 +165,8 @@ class BenefitRuleRecord(StrictWireModel):
     deductible_bucket: str = "default"
     ratio: Ratio
     diseases: list[str] = Field(default_factory=list, description="ICD-10 prefixes: a rule for some diseases only (R14)")
+
+    _diseases = field_validator("diseases")(_disease_codes)
 
 
 class LayerRecord(StrictWireModel):
