@@ -21,6 +21,7 @@ from yidi.contracts.clearing import (
     ConfirmStatement,
     FundPrepayment,
     QueryFacilityDay,
+    QueryMonth,
     QueryPairMonth,
     QueryPrepayment,
     QuerySettlement,
@@ -151,6 +152,14 @@ class ClearingAdminHandler:
                 )
                 return True, "", {"settlements": len(rows), **_totals(rows),
                                   "statements": [statement_of(s).model_dump(mode="json") for s in statements]}, []
+            case QueryMonth():
+                if request.setlym not in await self.repo.closed_months(conn):
+                    return False, f"month {request.setlym} is not cleared yet; run it first", {}, []
+                rows = await conn.fetch(
+                    "SELECT * FROM clearing.statements WHERE setlym = $1 ORDER BY insuplc_admdvs, mdtrtarea_admvs",
+                    request.setlym,
+                )
+                return True, "", month_view(request.setlym, [statement_of(r) for r in rows], request.offset), []
             case QueryPrepayment():
                 row = await conn.fetchrow(
                     "SELECT * FROM clearing.prepayment_accounts WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2",
@@ -218,33 +227,33 @@ class ClearingAdminHandler:
                 t.fund_pay_sumamt += sign * r["fund_pay_sumamt"]
                 t.acct_pay += sign * r["acct_pay"]
                 t.clr_sumamt += sign * r["drawn"]
-        statements = []
-        for (insured, treating), t in sorted(totals.items()):
-            statement = Statement(
+        statements = [
+            Statement(
                 statement_id=f"{month}-{insured}-{treating}", setlym=month, insuplc_admdvs=insured,
                 mdtrtarea_admvs=treating, settlements=t.settlements, undone=t.undone, medfee_sumamt=t.medfee_sumamt,
                 fund_pay_sumamt=t.fund_pay_sumamt, acct_pay=t.acct_pay, clr_sumamt=t.clr_sumamt,
             )
+            for (insured, treating), t in sorted(totals.items())
+        ]
+        if statements:  # one statement for the month's every pair, thousands at national scale
             await conn.execute(
                 """INSERT INTO clearing.statements (statement_id, setlym, insuplc_admdvs, mdtrtarea_admvs, settlements,
                        undone, medfee_sumamt, fund_pay_sumamt, acct_pay, clr_sumamt)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
-                statement.statement_id, month, insured, treating, t.settlements, t.undone, t.medfee_sumamt,
-                t.fund_pay_sumamt, t.acct_pay, t.clr_sumamt,
+                   SELECT i, $2, a, b, n, u, m, f, c, s
+                   FROM unnest($1::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::numeric[], $8::numeric[],
+                               $9::numeric[], $10::numeric[]) AS x(i, a, b, n, u, m, f, c, s)""",
+                [s.statement_id for s in statements], month, [s.insuplc_admdvs for s in statements],
+                [s.mdtrtarea_admvs for s in statements], [s.settlements for s in statements],
+                [s.undone for s in statements], [s.medfee_sumamt for s in statements],
+                [s.fund_pay_sumamt for s in statements], [s.acct_pay for s in statements],
+                [s.clr_sumamt for s in statements],
             )
-            statements.append(statement)
-        nets = [
-            {"region_a": n.region_a, "region_b": n.region_b, "a_owes_b": fmt(n.a_owes_b), "b_owes_a": fmt(n.b_owes_a),
-             "payer": n.payer, "payee": n.payee, "amount": fmt(n.amount)}
-            for n in net_positions(totals.values())
-        ]
         published = [
             {"topic": self.settings.topic(CLEARING_STATEMENTS), "value": dumps(s).decode(),
              "key": f"{s.insuplc_admdvs}-{s.mdtrtarea_admvs}"}
             for s in statements
         ]
-        data = {"setlym": month, "statements": [s.model_dump(mode="json") for s in statements], "net_positions": nets}
-        return True, "", data, published
+        return True, "", month_view(month, statements, 0), published
 
     async def _confirm(self, conn: asyncpg.Connection, request: ConfirmStatement) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
         row = await conn.fetchrow("SELECT * FROM clearing.statements WHERE statement_id = $1 FOR UPDATE", request.statement_id)
@@ -351,6 +360,33 @@ def _status(settings: Settings, row: Any) -> dict[str, Any]:
 # settlement ~555 (64-character ids): both lists stay under about 730 KB.
 MAX_LISTED = 2000
 MAX_LISTED_SETTLEMENTS = 1000
+# A month's statements and net positions, up to this many of each in one answer (a statement is
+# ~260 bytes, a net position ~190: about 450 KB). A month at national scale has thousands of
+# region pairs; it ran past 1 MiB at about 2,300 and could not be answered at all.
+MAX_LISTED_STATEMENTS = 1000
+
+
+def month_view(month: str, statements: list[Statement], offset: int) -> dict[str, Any]:
+    """A cleared month, as ``run_month`` and ``query_month`` answer it: its statements (by region
+    pair) and the net positions between each two regions (by region), ``MAX_LISTED_STATEMENTS`` of
+    each from ``offset``, and how many there are in all."""
+    nets = net_positions(PairTotals(s.insuplc_admdvs, s.mdtrtarea_admvs, month, clr_sumamt=s.clr_sumamt)
+                         for s in statements)
+    end = offset + MAX_LISTED_STATEMENTS
+    view: dict[str, Any] = {
+        "setlym": month, "offset": offset,
+        "statements_total": len(statements), "net_positions_total": len(nets),
+        "clr_sumamt": fmt(sum((s.clr_sumamt for s in statements), Decimal(0))),
+        "statements": [s.model_dump(mode="json") for s in statements[offset:end]],
+        "net_positions": [
+            {"region_a": n.region_a, "region_b": n.region_b, "a_owes_b": fmt(n.a_owes_b), "b_owes_a": fmt(n.b_owes_a),
+             "payer": n.payer, "payee": n.payee, "amount": fmt(n.amount)}
+            for n in nets[offset:end]
+        ],
+    }
+    if end < max(len(statements), len(nets)):
+        view["more"] = f"listed from {offset} to {end - 1}; send query_month with offset {end} for the next ones"
+    return view
 
 
 def _ledger_view(row: Any) -> dict[str, Any]:

@@ -113,6 +113,10 @@ class ClearingRepository(Repository):
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", PERIODS_LOCK)
         return {r["setlym"] for r in await conn.fetch("SELECT setlym FROM clearing.periods WHERE state = 'closed'")}
 
+    async def closed_months(self, conn: asyncpg.Connection) -> set[str]:
+        """Closed periods, as they stand (no lock: for reading a cleared month)."""
+        return {r["setlym"] for r in await conn.fetch("SELECT setlym FROM clearing.periods WHERE state = 'closed'")}
+
     async def move_prepayments(
         self, conn: asyncpg.Connection, moves: list[tuple[str, str, str, Decimal, str]],
         again: Sequence[tuple[str, str, str, str]] = (),

@@ -93,6 +93,15 @@ class QueryPairMonth(_Request):
     setlym: Month
 
 
+class QueryMonth(_Request):
+    """A cleared month's statements and net positions, a page at a time (``offset``): a month's
+    run lists as many as one answer holds."""
+
+    type: Literal["query_month"]
+    setlym: Month
+    offset: int = Field(default=0, ge=0)
+
+
 class QueryPrepayment(_Request):
     type: Literal["query_prepayment"]
     insuplc_admdvs: AreaCode
@@ -110,7 +119,7 @@ class Reconcile(WireModel):
 
 ClearingRequest = Annotated[
     FundPrepayment | RunMonth | ConfirmStatement | QuerySettlement | QueryFacilityDay | QueryPairMonth
-    | QueryPrepayment | Reconcile,
+    | QueryMonth | QueryPrepayment | Reconcile,
     Field(discriminator="type"),
 ]
 CLEARING_REQUEST = TypeAdapter(ClearingRequest)

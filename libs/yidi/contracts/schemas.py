@@ -41,6 +41,7 @@ from yidi.contracts.clearing import (
     PrepaymentAlert,
     PrepaymentStatus,
     QueryFacilityDay,
+    QueryMonth,
     QueryPairMonth,
     QueryPrepayment,
     QuerySettlement,
@@ -98,6 +99,7 @@ INBOUND: tuple[type[BaseModel], ...] = (
     QuerySettlement,
     QueryFacilityDay,
     QueryPairMonth,
+    QueryMonth,
     QueryPrepayment,
 )
 # Outbound and between services: described as they are serialized (what is published).
@@ -262,7 +264,7 @@ CLEARING_ADMIN = _stage("clearing", "yidi-clearing-requests")  # stage clearing-
 FILING_REQUESTS = _stage("filing", T.FILING_STAGE_GROUP)
 
 CLEARING_REQUEST_MESSAGES = ("FundPrepayment", "RunMonth", "ConfirmStatement", "QuerySettlement", "QueryFacilityDay",
-                             "QueryPairMonth", "QueryPrepayment", "Reconcile")
+                             "QueryPairMonth", "QueryMonth", "QueryPrepayment", "Reconcile")
 
 # An answer whose own reply topic the broker refuses for good goes to its kind's shared topic
 # (yidi.platform.reply_topics).
@@ -538,11 +540,12 @@ MESSAGES: dict[str, Message] = {
     "CatalogueRecord": Message("Catalogue record", "one version of a catalogue item", _plain("CatalogueRecord"), "mdtrtarea_admvs", ("CatalogueRecord",)),
     "RegionStatusRecord": Message("Region status record", "an outage or maintenance window (R19)", _plain("RegionStatusRecord"), "admdvs", ("RegionStatusRecord",)),
     "FundPrepayment": Message("Fund a prepayment (type fund)", "an insured region advances money for a treating region (R3)", _plain("FundPrepayment"), "reqid", ("FundPrepayment",)),
-    "RunMonth": Message("Clear a month (type run_month)", "close the month, total it per region pair, issue statements", _plain("RunMonth"), "reqid", ("RunMonth",)),
+    "RunMonth": Message("Clear a month (type run_month)", "close the month, total it per region pair, issue statements (each on clearing.statements; the result lists at most 1000 statements and 1000 net positions, and counts them all)", _plain("RunMonth"), "reqid", ("RunMonth",)),
     "ConfirmStatement": Message("Confirm a statement (type confirm)", "one side confirms; when both have, the prepayment is topped up", _plain("ConfirmStatement"), "reqid", ("ConfirmStatement",)),
     "QuerySettlement": Message("Query a settlement (type query_settlement)", "by setl_id or msgid", _plain("QuerySettlement"), "reqid", ("QuerySettlement",)),
     "QueryFacilityDay": Message("Query a facility's day (type query_facility_day)", "the ledger rows of a facility on one day (at most 1000 listed; settlements_total counts them all), with totals", _plain("QueryFacilityDay"), "reqid", ("QueryFacilityDay",)),
     "QueryPairMonth": Message("Query a region pair's month (type query_pair_month)", "totals and statements", _plain("QueryPairMonth"), "reqid", ("QueryPairMonth",)),
+    "QueryMonth": Message("Query a cleared month (type query_month)", "its statements and net positions, 1000 of each from offset, and how many in all", _plain("QueryMonth"), "reqid", ("QueryMonth",)),
     "QueryPrepayment": Message("Query a prepayment account (type query_prepayment)", "funded, drawn, given back, cleared, balance, shortfall", _plain("QueryPrepayment"), "reqid", ("QueryPrepayment",)),
     "Reconcile": Message("Reconciliation (type reconcile)", "a facility's 3201/3202 request, passed on by eligibility", _plain("Reconcile"), "msgid", ("Reconcile",)),
     "ClearingResult": Message("Clearing result", "the answer to one clearing request, by reqid", _plain("ClearingResult"), "reqid", ("ClearingResult",)),

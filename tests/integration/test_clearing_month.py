@@ -1,0 +1,96 @@
+"""A month with thousands of region pairs, cleared on the real Postgres.
+
+At national scale a month has thousands of (insured, treating) pairs with settlements. Its run
+publishes one statement per pair on clearing.statements and answers with as many statements and
+net positions as one Kafka record holds, counting them all; ``query_month`` pages through the
+rest. The answer listed them all and ran past 1 MiB at about 2,300 pairs: the month closed, but
+its statements were never published and the clerk was told it could not be processed.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import orjson
+import pytest
+
+from services.clearing.admin import MAX_LISTED_STATEMENTS, ClearingAdminHandler
+from services.clearing.repository import ClearingRepository
+from yidi.platform.db import create_pool, migrate
+from yidi.platform.kafka import Incoming
+from yidi.platform.topics import CLEARING_STATEMENTS
+
+pytestmark = pytest.mark.integration
+
+PAIRS = 3000  # 60 insured regions × 50 treating ones
+AMOUNTS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt", "act_pay_dedc",
+           "hifp_pay", "hifmi_pay", "hifob_pay", "cvlserv_pay", "maf_pay", "oth_pay", "fund_pay_sumamt", "psn_part_amt",
+           "acct_pay", "psn_cash_pay", "hosp_part_amt")
+
+
+@pytest.fixture
+async def repo(settings):
+    pool = await create_pool(settings.database_url, size=3)
+    try:
+        await migrate(pool, "clearing", "services.clearing.migrations")
+        yield ClearingRepository(pool)
+    finally:
+        await pool.close()
+
+
+async def _settled_pairs(repo: ClearingRepository, month: str) -> None:
+    """One settlement of 100.00 (fund 60.00) for each of PAIRS region pairs, in ``month``."""
+    amounts = ", ".join(AMOUNTS)
+    values = ", ".join("100.00" if a == "medfee_sumamt" else "60.00" if a in ("hifp_pay", "fund_pay_sumamt")
+                       else "40.00" if a == "psn_cash_pay" else "0.00" for a in AMOUNTS)
+    async with repo.transaction() as conn:
+        await conn.execute(
+            f"""INSERT INTO clearing.ledger (setl_id, msgid, request_hash, infno, psn_no, mdtrt_id, insuplc_admdvs,
+                    mdtrtarea_admvs, fixmedins_code, setlym, {amounts}, answer, setl_date, clr_period)
+                SELECT $1 || g, $1 || 'M' || g, 'h', '2207', 'P' || g, 'V' || g,
+                       '81' || lpad((g / 50)::text, 4, '0'), '71' || lpad((g % 50)::text, 4, '0'), 'H1', $2,
+                       {values}, '{{}}'::json, current_date, $2
+                FROM generate_series(0, {PAIRS - 1}) AS g""",
+            f"S{month}-{uuid.uuid4().hex[:8]}-", month,
+        )
+
+
+def _request(settings, body: dict) -> Incoming:
+    return Incoming(settings.topic("clearing.requests"), 0, 1, body["reqid"].encode(), orjson.dumps(body), 0)
+
+
+def _result(settings, out) -> tuple[dict, int]:
+    (answer,) = [o for o in out if o.topic == settings.topic("clearing.results")]
+    return orjson.loads(answer.value), len(answer.value)
+
+
+async def test_a_month_of_thousands_of_pairs_publishes_every_statement_and_answers_within_a_record(settings, repo):
+    month = f"{random.randrange(2200, 2900)}{random.randrange(1, 13):02d}"  # a month of its own
+    await _settled_pairs(repo, month)
+    handler = ClearingAdminHandler(settings, repo)
+
+    out = await handler([_request(settings, {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month})])
+    result, size = _result(settings, out)
+    statements = [orjson.loads(o.value) for o in out if o.topic == settings.topic(CLEARING_STATEMENTS)]
+    assert result["ok"], result
+    assert len(statements) == PAIRS and {s["clr_sumamt"] for s in statements} == {"60.00"}
+    data = result["data"]
+    assert (data["statements_total"], data["net_positions_total"], data["clr_sumamt"]) == (PAIRS, PAIRS, f"{60 * PAIRS}.00")
+    assert len(data["statements"]) == len(data["net_positions"]) == MAX_LISTED_STATEMENTS
+    assert "offset 1000" in data["more"]
+    assert size < 900_000  # a Kafka record is at most 1 MiB with its headers
+
+    async def page(offset: int) -> dict:
+        body = {"type": "query_month", "reqid": f"Q-{uuid.uuid4().hex}", "setlym": month, "offset": offset}
+        return _result(settings, await handler([_request(settings, body)]))[0]
+
+    pages = [await page(offset) for offset in range(0, PAIRS, MAX_LISTED_STATEMENTS)]
+    listed = [s["statement_id"] for p in pages for s in p["data"]["statements"]]
+    assert listed == sorted(s["statement_id"] for s in statements)  # every one, once, in pair order
+    assert len({(n["region_a"], n["region_b"]) for p in pages for n in p["data"]["net_positions"]}) == PAIRS
+    assert "more" not in pages[-1]["data"] and pages[0]["data"]["statements"] == data["statements"]
+    other = f"{int(month[:4]) + 1}{month[4:]}"
+    body = {"type": "query_month", "reqid": f"Q-{uuid.uuid4().hex}", "setlym": other}
+    refused = _result(settings, await handler([_request(settings, body)]))[0]
+    assert not refused["ok"] and "not cleared yet" in refused["reason"]
