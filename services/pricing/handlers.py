@@ -47,6 +47,26 @@ ACCOUNT_YEAR = 0  # account draws are counted per balance version, not per year
 MAX_PASSED_ON_BYTES = 1_000_000
 
 
+def fund_prefix(insured_region: str, insutype: str) -> str:
+    """The year's counters belong to the fund that paid: the insured region's fund of one insurance
+    type (R1: its deductible, cap and quota). A person who moves from resident to employee
+    insurance, or to another insured region, in the year starts the new fund's counters afresh."""
+    return f"@{insured_region}/{insutype}/"
+
+
+def fund_usage(counters: dict[str, Decimal], fund: str) -> dict[str, Decimal]:
+    """A person's year as ``fund`` sees it: its own counters (``fund_prefix``), and counters kept
+    before they were kept by fund (no prefix), which count for every fund of the person's year."""
+    usage: dict[str, Decimal] = {}
+    for counter, amount in counters.items():
+        if counter.startswith(fund):
+            counter = counter[len(fund):]
+        elif counter.startswith("@"):
+            continue  # another fund's
+        usage[counter] = usage.get(counter, ZERO) + amount
+    return usage
+
+
 def settlement_id(msgid: str, day: date) -> str:
     """Deterministic: the same request always names the same settlement."""
     return f"S{day:%Y%m%d}{hashlib.sha1(msgid.encode()).hexdigest()[:16].upper()}"
@@ -226,7 +246,8 @@ class PricingHandler:
                 "nothing was settled. Settle in cash or contact the insured region." + answers.clock_hint(request.inf_time),
             )
         catalogue = batch.catalogue(request.mdtrtarea_admvs, day)
-        year_usage = dict(batch.usage.get((body.psn_no, day.year), {}))
+        fund = fund_prefix(region, body.insutype.value)
+        year_usage = fund_usage(batch.usage.get((body.psn_no, day.year), {}), fund)
         if person.home_quota_year == day.year and person.home_quota_used:
             # R13: the general-outpatient quota is shared with care at home.
             year_usage[OUTPATIENT_QUOTA] = year_usage.get(OUTPATIENT_QUOTA, ZERO) + person.home_quota_used
@@ -268,7 +289,7 @@ class PricingHandler:
             return [self._reply(work, answer)]  # pre-settlement: the same numbers, nothing committed
         # The counters this settlement moves, keyed "year|counter" (account draws: by balance version).
         moved = {
-            (ACCOUNT_YEAR, account_counter) if counter == ACCOUNT_DRAWN else (day.year, counter): amount
+            (ACCOUNT_YEAR, account_counter) if counter == ACCOUNT_DRAWN else (day.year, fund + counter): amount
             for counter, amount in pricing.usage_delta.items()
         }
         stored_delta = {f"{year}|{counter}": str(amount) for (year, counter), amount in moved.items()}

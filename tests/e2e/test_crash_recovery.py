@@ -13,6 +13,7 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
+from services.pricing.handlers import fund_prefix
 from tests.e2e.requests import we1
 
 pytestmark = pytest.mark.e2e
@@ -58,7 +59,8 @@ async def test_pricing_dying_mid_settlement_counts_the_accumulators_once(system,
     assert answer["infcode"] == 0
     assert gateway.answer_counts[request["msgid"]] == 1
     assert len(await system.ledger(request["msgid"])) == 1
-    assert Decimal(after["pooled_paid"]) - Decimal(before.get("pooled_paid", "0")) == Decimal("48.89")
+    paid = fund_prefix(request["insuplc_admdvs"], request["input"]["data"]["insutype"]) + "pooled_paid"
+    assert Decimal(after[paid]) - Decimal(before.get(paid, "0")) == Decimal("48.89")
 
 
 async def test_a_request_sent_while_clearing_is_killed_is_answered_once_it_is_back(system, gateway):

@@ -85,6 +85,20 @@ async def test_r17_a_temporary_filing_inside_a_waiving_province_settles_no_worse
         assert (settled["preselfpay_amt"], settled["pool_prop_selfpay"], settled["hifp_pay"]) == ("80.00", "0.60", "252.00")
 
 
+async def test_r1_a_person_whose_insurance_changes_in_the_year_starts_the_new_funds_deductible_and_quota(world, gateway):
+    # The year's counters are the fund's: a resident who becomes an employee has paid no employee
+    # deductible (the employee fund had taken the resident fund's 300 as its own, and its quota).
+    await world.load(policies=[world.policy("390")])
+    person = await world.person(insutype="390")
+    resident = info(await gateway.call(world.request(person, [("T-A", "1", "800.00")], insutype="390")))
+    await world.person(psn_no=person, insutype="310")
+    employee = info(await gateway.call(world.request(person, [("T-A", "1", "800.00")])))
+    again = info(await gateway.call(world.request(person, [("T-A", "1", "800.00")])))
+    assert (resident["act_pay_dedc"], resident["hifp_pay"]) == ("300.00", "300.00")  # (800 − 300) × 0.60
+    assert (employee["act_pay_dedc"], employee["hifp_pay"]) == ("300.00", "300.00")
+    assert (again["act_pay_dedc"], again["hifp_pay"]) == ("0.00", "100.00")  # the employee quota's 400 reached
+
+
 async def test_emergency_without_a_filing_settles_at_the_home_ratio(world, gateway):
     person = await world.person(category=None)
     refused = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))

@@ -72,8 +72,10 @@ class World:
         return self
 
     async def person(self, *, category: str | None = "retiree_resettled", psn_type: str = "11",
-                     balance: str = "0.00", insutype: str = "310", **extra: Any) -> str:
-        psn_no = "T" + uuid.uuid4().hex[:19].upper()
+                     balance: str = "0.00", insutype: str = "310", psn_no: str | None = None, **extra: Any) -> str:
+        """A new person of this world, with a filing of ``category``; or ``psn_no`` published again
+        (its insurance changed, say)."""
+        psn_no = psn_no or "T" + uuid.uuid4().hex[:19].upper()
         sections: dict[str, list[dict[str, Any]]] = {
             "persons": [{"psn_no": psn_no, "psn_name": "test person", "insuplc_admdvs": self.insured,
                          "insutype": insutype, "psn_type": psn_type, "acct_balc": balance, "acct_version": "v1"} | extra],

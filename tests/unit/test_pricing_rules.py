@@ -258,3 +258,15 @@ def test_r17_a_filed_temporary_trip_inside_a_waiving_province_keeps_its_first_se
     assert (filed.preselfpay_amt, filed.hifp_pay) == (none.preselfpay_amt, none.hifp_pay) == (D("20.00"), D("90.00"))
     assert (referred.preselfpay_amt, referred.hifp_pay) == (D("0.00"), D("100.00"))  # no first self-pay either
     assert across.hifp_pay == D("54.00")  # 180 × (0.50 − 0.20): the reduction stays for trips across provinces
+
+
+def test_r1_a_persons_year_is_counted_per_fund_and_counters_kept_before_count_for_every_fund():
+    from services.pricing.handlers import fund_prefix, fund_usage
+
+    resident, employee = fund_prefix("131000", "390"), fund_prefix("131000", "310")
+    counters = {resident + "pooled_paid": D("1150.00"), resident + "deductible:op": D("200.00"),
+                employee + "pooled_paid": D("10.00"), "outpatient_quota": D("50.00")}  # the last: kept before
+    assert fund_usage(counters, employee) == {"pooled_paid": D("10.00"), "outpatient_quota": D("50.00")}
+    assert fund_usage(counters, resident) == {"pooled_paid": D("1150.00"), "deductible:op": D("200.00"),
+                                              "outpatient_quota": D("50.00")}
+    assert fund_usage({"pooled_paid": D("5.00"), employee + "pooled_paid": D("1.00")}, employee) == {"pooled_paid": D("6.00")}
