@@ -93,3 +93,18 @@ async def test_a_pool_made_from_the_settings_takes_both_and_its_size(settings):
         assert pool.get_max_size() == 3
     finally:
         await pool.close()
+
+
+async def test_a_repositorys_transaction_reads_committed_whatever_the_databases_default(settings):
+    # The stages' locking (lock, then read in a statement of its own) needs READ COMMITTED.
+    from yidi.platform.db import Repository
+
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1,
+                                     server_settings={"default_transaction_isolation": "repeatable read"})
+    try:
+        async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW default_transaction_isolation") == "repeatable read"
+        async with Repository(pool).transaction() as conn:
+            assert await conn.fetchval("SHOW transaction_isolation") == "read committed"
+    finally:
+        await pool.close()

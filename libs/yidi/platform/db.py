@@ -89,8 +89,14 @@ class Repository:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        """One connection and one transaction; a database that is away is transient."""
-        async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
+        """One connection and one transaction; a database that is away is transient.
+
+        READ COMMITTED, whatever the database's default: the stages take their locks, then read
+        in a statement of its own, and must see what the lock's holder committed. Under
+        REPEATABLE READ the snapshot is the first statement's, taken while waiting for the lock:
+        a settlement batch that waited for a month's clearing would still read the month open and
+        land in it after its statements were written (never cleared)."""
+        async with transient_errors(), self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
             yield conn
 
 
