@@ -10,6 +10,7 @@ refused ``MODIFIED_REQUEST``.
 from __future__ import annotations
 
 import logging
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -168,7 +169,7 @@ class ClearingHandler:
         entries.append(
             NewEntry(row, work.request.infno.value, facts.psn_no, facts.mdtrt_id, amounts,
                      facts.insuplc_admdvs, facts.mdtrtarea_admvs, facts.fixmedins_code, facts.setlym,
-                     period, work.request.inf_time.date(), drawn, sent.value.decode())
+                     period, _setl_date(answer) or work.request.inf_time.date(), drawn, sent.value.decode())
         )
         moves.append((facts.insuplc_admdvs, facts.mdtrtarea_admvs, "draw", drawn, facts.setl_id))
         by_msgid[row.msgid] = row
@@ -190,4 +191,13 @@ def _priced(raw: Any) -> tuple[PricedWork, dict[str, Any], dict[str, str] | None
         if not isinstance(info, dict):
             raise ValueError("a settlement's answer has no setlinfo")
         amounts = {c: amount_text(info.get(c, "0.00")) for c in AMOUNT_COLUMNS}
+        _setl_date(answer)  # a settlement time that is not one is refused here
     return work, answer, amounts
+
+
+def _setl_date(answer: dict[str, Any]) -> date | None:
+    """The day the facility settled, as its answer says (``setl_time``, the first request's time):
+    what 3201/3202 reconcile by. Not the request that reached clearing: a resend after a refusal
+    here carries its own time (a day later, say) and pricing replays the first answer."""
+    setl_time = answer["output"]["setlinfo"].get("setl_time")
+    return date.fromisoformat(setl_time[:10]) if isinstance(setl_time, str) and setl_time else None

@@ -38,14 +38,15 @@ async def repo(settings):
         await pool.close()
 
 
-def _priced(settings, kind: str, msgid: str, setl_id: str, pair: tuple[str, str], fund: str) -> Incoming:
+def _priced(settings, kind: str, msgid: str, setl_id: str, pair: tuple[str, str], fund: str, *,
+            inf_time: str = "2099-11-05 10:00:00", setl_time: str = "2099-11-05 10:00:00") -> Incoming:
     insured, treating = pair
     infno = "2207" if kind == "settle" else "2208"
     request = {"infno": infno, "msgid": msgid, "mdtrtarea_admvs": treating, "insuplc_admdvs": insured,
-               "inf_time": "2099-11-05 10:00:00", "fixmedins_code": "H11010500001", "reply_to": "settlement.results"}
+               "inf_time": inf_time, "fixmedins_code": "H11010500001", "reply_to": "settlement.results"}
     setlinfo = {c: "0.00" for c in AMOUNTS} | {"medfee_sumamt": fund, "fund_pay_sumamt": fund, "hifp_pay": fund}
     answer = {"infcode": 0, "inf_refmsgid": "YD1", "refmsg_time": "1", "respond_time": "1", "msgid": msgid,
-              "infno": infno, "output": {"setlinfo": {"setl_id": setl_id, "setl_time": "2099-11-05 10:00:00"}
+              "infno": infno, "output": {"setlinfo": {"setl_id": setl_id, "setl_time": setl_time}
                                          | (setlinfo if kind == "settle" else {"state": "cancelled"})}}
     facts = {"setl_id": setl_id, "psn_no": "P-" + setl_id, "mdtrt_id": "V1", "insuplc_admdvs": insured,
              "mdtrtarea_admvs": treating, "fixmedins_code": "H11010500001", "setlym": "209911", "medfee_sumamt": fund,
@@ -97,3 +98,16 @@ async def test_a_batch_handled_again_publishes_its_balances_and_its_warning_agai
     undone_again = await handler([cancel])
     for out in (undone, undone_again):
         assert [s["balance"] for s in _published(settings, out, PREPAYMENT_STATUS)] == ["1100.00"], out
+
+
+async def test_a_settlement_resent_the_next_day_is_filed_under_the_day_it_was_settled(settings, repo):
+    # Refused by clearing at 23:58 and sent again in the morning: pricing replays its first answer
+    # (setl_time 23:58), and the facility reconciles it under that day (it was filed under the resend's).
+    pair = (f"95{random.randrange(10_000):04d}", f"94{random.randrange(10_000):04d}")
+    setl_id = f"S-LATE-{random.randrange(10**9)}"
+    resent = _priced(settings, "settle", f"M-{setl_id}", setl_id, pair, "10.00",
+                     inf_time="2099-12-01 09:00:00", setl_time="2099-11-30 23:58:00")
+    await ClearingHandler(settings, repo)([resent])
+    async with repo.transaction() as conn:
+        day = await conn.fetchval("SELECT setl_date FROM clearing.ledger WHERE setl_id = $1", setl_id)
+    assert day.isoformat() == "2099-11-30"
