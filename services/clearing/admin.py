@@ -33,7 +33,8 @@ from yidi.contracts.clearing import (
 )
 from yidi.contracts.envelope import ErrCode, Infno
 from yidi.domain.clearing import PairTotals, net_positions, reconcile_details, reconcile_totals
-from yidi.domain.money import fmt
+from yidi.domain.money import MAX_AMOUNT, fmt
+from yidi.platform.errors import BadData
 from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import answer_fallback, broken, parse_each, refuse_by_reqid, reply
@@ -94,12 +95,21 @@ class ClearingAdminHandler:
                     "SELECT request_hash, emitted FROM clearing.admin_requests WHERE reqid = $1", request.reqid
                 )
                 if seen is not None and seen["request_hash"] in ("", request_hash(request)):
-                    out.extend(self._emit(loads(seen["emitted"])))
+                    # What it published then, its result to this copy's reply_to (the hash leaves
+                    # reply_to out: a clerk's tool that moved to another topic is answered there).
+                    result, *extra = loads(seen["emitted"])
+                    out.extend(self._emit([result | {"topic": self.settings.topic(request.reply_to)}, *extra]))
                     continue
                 if seen is not None:
                     ok, reason, data, extra = False, f"reqid {request.reqid} was already used for another request", {}, []
                 else:
-                    ok, reason, data, extra = await self._apply(conn, request)
+                    try:
+                        ok, reason, data, extra = await self._apply(conn, request)
+                    except ValidationError as exc:
+                        # A message the contract refuses (an amount out of range, say): this request
+                        # is refused and kept for the operators, not tried again forever.
+                        raise BadData(f"request {request.reqid} made a message the contract refuses: "
+                                      f"{exc.errors()[0]['msg']}") from exc
                 result = {"reqid": request.reqid, "ok": ok, "reason": reason, "data": data}
                 emitted = [{"topic": self.settings.topic(request.reply_to), "value": dumps(result).decode(),
                             "key": request.reqid}] + extra
@@ -169,6 +179,14 @@ class ClearingAdminHandler:
         return False, "unknown request", {}, []
 
     async def _fund(self, conn: asyncpg.Connection, request: FundPrepayment) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
+        funded = await conn.fetchval(
+            "SELECT funded FROM clearing.prepayment_accounts WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2",
+            request.insuplc_admdvs, request.mdtrtarea_admvs,
+        ) or Decimal(0)
+        if funded + request.amount > MAX_AMOUNT:
+            # Every message about the account (its status, a warning) carries what was funded.
+            return False, (f"the account would have been funded {fmt(funded + request.amount)} in all, more than an "
+                           f"amount may be ({fmt(MAX_AMOUNT)}); check the amount"), {}, []
         touched = await self.repo.move_prepayments(
             conn, [(request.insuplc_admdvs, request.mdtrtarea_admvs, "fund", request.amount, request.reqid)]
         )

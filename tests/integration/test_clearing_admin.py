@@ -1,0 +1,60 @@
+"""Clearing's admin stage on the real Postgres: requests that must be refused, or answered where
+they ask, rather than stop the stage or go unheard."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+import orjson
+import pytest
+
+from services.clearing.admin import ClearingAdminHandler
+from services.clearing.repository import ClearingRepository
+from yidi.platform.db import create_pool, migrate
+from yidi.platform.kafka import Incoming
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def handler(settings):
+    pool = await create_pool(settings.database_url, size=3)
+    try:
+        await migrate(pool, "clearing", "services.clearing.migrations")
+        yield ClearingAdminHandler(settings, ClearingRepository(pool))
+    finally:
+        await pool.close()
+
+
+def _pair() -> dict[str, str]:
+    return {"insuplc_admdvs": f"95{random.randrange(10_000):04d}", "mdtrtarea_admvs": f"94{random.randrange(10_000):04d}"}
+
+
+async def _call(settings, handler, body: dict) -> list[tuple[str, dict]]:
+    body = {"reqid": f"R-{uuid.uuid4().hex}"} | body
+    out = await handler([Incoming(settings.topic("clearing.requests"), 0, 1, body["reqid"].encode(), orjson.dumps(body), 0)])
+    return [(o.topic, orjson.loads(o.value)) for o in out]
+
+
+async def test_a_funding_past_what_an_amount_may_be_is_refused_and_the_stage_goes_on(settings, handler):
+    # Two fundings of 999,999,999,999.99 made a balance no status message may carry: the stage
+    # failed on every try of it, and every clearing request behind it waited.
+    pair = _pair()
+    ((_, first),) = [(t, m) for t, m in await _call(settings, handler, {"type": "fund", "amount": "999999999999.99", **pair})
+                     if "reqid" in m]
+    ((_, second),) = [(t, m) for t, m in await _call(settings, handler, {"type": "fund", "amount": "1.00", **pair})
+                      if "reqid" in m]
+    ((_, query),) = await _call(settings, handler, {"type": "query_prepayment", **pair})
+    assert first["ok"] and not second["ok"] and "more than an amount may be" in second["reason"]
+    assert query["ok"] and query["data"]["funded"] == "999999999999.99"
+
+
+async def test_a_request_sent_again_to_another_reply_topic_is_answered_there(settings, handler):
+    pair = _pair()
+    request = {"type": "fund", "reqid": f"R-{uuid.uuid4().hex}", "amount": "100.00", **pair}
+    first = await _call(settings, handler, request)
+    again = await _call(settings, handler, request | {"reply_to": "gw.clerk.moved"})
+    results = lambda out: [(t, m["ok"]) for t, m in out if "reqid" in m]  # noqa: E731
+    assert results(first) == [(settings.topic("clearing.results"), True)]
+    assert results(again) == [(settings.topic("gw.clerk.moved"), True)]
