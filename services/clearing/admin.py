@@ -86,6 +86,10 @@ class ClearingAdminHandler:
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         requests, out = parse_each(records, CLEARING_REQUEST.validate_python, "clearing request", self.refuse)
+        for _, request in requests:
+            if isinstance(request, RunMonth):
+                # Before this batch's transaction locks anything a settlement batch may wait for.
+                await self.repo.close_month(request.setlym, request.reqid)
         async with self.repo.transaction() as conn:
             for _, request in requests:
                 if isinstance(request, Reconcile):
@@ -219,10 +223,16 @@ class ClearingAdminHandler:
 
     async def _run_month(self, conn: asyncpg.Connection, request: RunMonth) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
         month = request.setlym
-        closed = await self.repo.closed_periods(conn)
-        if month in closed:
+        state = await conn.fetchval("SELECT state FROM clearing.periods WHERE setlym = $1 FOR UPDATE", month)
+        if state == "closed":
             return False, f"month {month} is cleared already; query its statements", {}, []
-        await conn.execute("INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now())", month)
+        if state is None:  # not closed before this transaction (``close_month``): here, as it was
+            await self.repo.closed_periods(conn)
+            await conn.execute("INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closing', now())",
+                               month)
+        # Closing (now, or by a run that stopped before its statements were written): nothing lands
+        # in the month any more, and every batch that could has committed (the close waited for
+        # them on the lock), so its totals are final.
         # What the month clears is what its settlements drew on the prepayment, less what undoing
         # gave back: fund and account payments (NULL drawn: a settlement before migration 007,
         # which drew its fund payment only).
@@ -230,8 +240,8 @@ class ClearingAdminHandler:
                                sum(fund_pay_sumamt) AS fund_pay_sumamt, sum(acct_pay) AS acct_pay,
                                sum(coalesce(drawn, fund_pay_sumamt)) AS drawn
                         FROM clearing.ledger WHERE {} = $1 GROUP BY 1, 2"""
-        plus = await conn.fetch(totals_sql.format("clr_period"), month)
-        minus = await conn.fetch(totals_sql.format("undo_period"), month)
+        plus = await conn.fetch(totals_sql.format("clr_period"), month, timeout=MONTH_TOTALS_TIMEOUT_S)
+        minus = await conn.fetch(totals_sql.format("undo_period"), month, timeout=MONTH_TOTALS_TIMEOUT_S)
         totals: dict[tuple[str, str], PairTotals] = {}
         for rows, sign in ((plus, 1), (minus, -1)):
             for r in rows:
@@ -259,13 +269,15 @@ class ClearingAdminHandler:
                        undone, medfee_sumamt, fund_pay_sumamt, acct_pay, clr_sumamt)
                    SELECT i, $2, a, b, n, u, m, f, c, s
                    FROM unnest($1::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::numeric[], $8::numeric[],
-                               $9::numeric[], $10::numeric[]) AS x(i, a, b, n, u, m, f, c, s)""",
+                               $9::numeric[], $10::numeric[]) AS x(i, a, b, n, u, m, f, c, s)
+                   ON CONFLICT (statement_id) DO NOTHING""",
                 [s.statement_id for s in statements], month, [s.insuplc_admdvs for s in statements],
                 [s.mdtrtarea_admvs for s in statements], [s.settlements for s in statements],
                 [s.undone for s in statements], [s.medfee_sumamt for s in statements],
                 [s.fund_pay_sumamt for s in statements], [s.acct_pay for s in statements],
                 [s.clr_sumamt for s in statements],
             )
+        await conn.execute("UPDATE clearing.periods SET state = 'closed' WHERE setlym = $1", month)
         published = [
             {"topic": self.settings.topic(CLEARING_STATEMENTS), "value": dumps(s).decode(),
              "key": f"{s.insuplc_admdvs}-{s.mdtrtarea_admvs}"}
@@ -382,6 +394,9 @@ MAX_LISTED_SETTLEMENTS = 1000
 # ~260 bytes, a net position ~190: about 450 KB). A month at national scale has thousands of
 # region pairs; it ran past 1 MiB at about 2,300 and could not be answered at all.
 MAX_LISTED_STATEMENTS = 1000
+# A month's totals at national scale (24 million settlements) take tens of seconds on one core
+# (about 0.7-1 s a million on this box): more than the pools' 30 s for one statement.
+MONTH_TOTALS_TIMEOUT_S = 900.0
 
 
 def month_view(month: str, statements: list[Statement], offset: int) -> dict[str, Any]:

@@ -84,7 +84,8 @@ class ClearingRepository(Repository):
         ``msgids`` (settlements seen before) and ``setl_ids`` (settlements to undo), locked."""
         rows = await conn.fetch(
             """SELECT c.closed, l.* FROM
-                 (SELECT coalesce(array_agg(setlym), '{}') AS closed FROM clearing.periods WHERE state = 'closed') AS c
+                 (SELECT coalesce(array_agg(setlym), '{}') AS closed FROM clearing.periods
+                  WHERE state IN ('closing', 'closed')) AS c
                LEFT JOIN LATERAL (
                  SELECT setl_id, msgid, request_hash, state, answer, undone_msgid, undone_answer,
                         insuplc_admdvs, mdtrtarea_admvs, coalesce(drawn, fund_pay_sumamt) AS drawn, undo_period,
@@ -104,17 +105,33 @@ class ClearingRepository(Repository):
 
     async def closed_periods(self, conn: asyncpg.Connection) -> set[str]:
         """Closed periods, under the periods lock taken exclusively, for clearing a month.
-        Settlement batches hold the lock shared (``lock_batch``), so they run side by side; a
-        month's clearing waits for them to commit and holds new ones back until its statements are
-        written. So a settlement lands either in the month being cleared (and is in its statements)
-        or in the next open month, never in between. The read is a statement of its own: its
+        Settlement batches hold the lock shared (``lock_batch``), so they run side by side; closing
+        a month waits for them to commit and holds new ones back until the close commits. So a
+        settlement lands either in the month being cleared (and is in its statements) or in the
+        next open month, never in between. The read is a statement of its own: its
         snapshot must be taken after the lock is held.
         """
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", PERIODS_LOCK)
-        return {r["setlym"] for r in await conn.fetch("SELECT setlym FROM clearing.periods WHERE state = 'closed'")}
+        rows = await conn.fetch("SELECT setlym FROM clearing.periods WHERE state IN ('closing', 'closed')")
+        return {r["setlym"] for r in rows}
+
+    async def close_month(self, month: str, reqid: str) -> None:
+        """Close ``month`` for ``run_month`` request ``reqid`` (unless that request was handled
+        before), in a transaction of its own: under the periods lock taken exclusively, as short as
+        that. Its statements are totalled afterwards (``closing`` until they are written), while
+        settlement batches go on, landing in the next open month: a national month's totals take
+        tens of seconds, during which every settlement waited for the lock."""
+        async with self.transaction() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", PERIODS_LOCK)
+            await conn.execute(
+                """INSERT INTO clearing.periods (setlym, state, closed_at)
+                   SELECT $1, 'closing', now() WHERE NOT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
+                   ON CONFLICT (setlym) DO NOTHING""",
+                month, reqid,
+            )
 
     async def closed_months(self, conn: asyncpg.Connection) -> set[str]:
-        """Closed periods, as they stand (no lock: for reading a cleared month)."""
+        """Months cleared, their statements written (no lock: for reading a cleared month)."""
         return {r["setlym"] for r in await conn.fetch("SELECT setlym FROM clearing.periods WHERE state = 'closed'")}
 
     async def move_prepayments(

@@ -9,6 +9,7 @@ its statements were never published and the clerk was told it could not be proce
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 
@@ -94,3 +95,25 @@ async def test_a_month_of_thousands_of_pairs_publishes_every_statement_and_answe
     body = {"type": "query_month", "reqid": f"Q-{uuid.uuid4().hex}", "setlym": other}
     refused = _result(settings, await handler([_request(settings, body)]))[0]
     assert not refused["ok"] and "not cleared yet" in refused["reason"]
+
+
+async def test_a_months_statements_are_totalled_after_its_close_while_settlements_go_on(settings, repo):
+    # The close holds the periods lock as long as its own short transaction; the totals (tens of
+    # seconds for a national month) came under it, and every settlement batch waited for them.
+    from yidi.contracts.clearing import RunMonth
+
+    month = f"{random.randrange(2200, 2900)}{random.randrange(1, 13):02d}"
+    await _settled_pairs(repo, month)
+    handler = ClearingAdminHandler(settings, repo)
+    request = RunMonth(type="run_month", reqid=f"R-{uuid.uuid4().hex}", setlym=month)
+    await repo.close_month(month, request.reqid)  # and the run stopped there: a crash, say
+    async with repo.transaction() as admin:
+        ok, _, data, published = await handler._run_month(admin, request)  # resumed, not "cleared already"
+        async with repo.transaction() as batch:  # a settlement batch meanwhile: not held back
+            await asyncio.wait_for(repo.lock_batch(batch, [b"P-DURING-TOTALS"]), timeout=5)
+            closed, _ = await repo.batch_reads(batch, [], [])
+        assert month in closed  # it lands in the next open month
+    assert ok and data["statements_total"] == PAIRS and len(published) == PAIRS
+    body = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month}
+    again = _result(settings, await handler([_request(settings, body)]))[0]
+    assert not again["ok"] and "cleared already" in again["reason"]
