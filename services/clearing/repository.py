@@ -157,7 +157,8 @@ class ClearingRepository(Repository):
         ) if moves else []
         fresh = {(r["kind"], r["ref"]) for r in applied}
         replayed = [(kind, ref) for _, _, kind, _, ref in moves if (kind, ref) not in fresh]
-        replayed += [(kind, ref) for _, _, kind, ref in again]
+        # (A record seen twice in one batch names a move this run made: not one made before.)
+        replayed += [(kind, ref) for _, _, kind, ref in again if (kind, ref) not in fresh]
         sums: dict[tuple[str, str], dict[str, Decimal]] = {}
         for r in applied:
             acc = sums.setdefault((r["insuplc_admdvs"], r["mdtrtarea_admvs"]), {})

@@ -111,3 +111,15 @@ async def test_a_settlement_resent_the_next_day_is_filed_under_the_day_it_was_se
     async with repo.transaction() as conn:
         day = await conn.fetchval("SELECT setl_date FROM clearing.ledger WHERE setl_id = $1", setl_id)
     assert day.isoformat() == "2099-11-30"
+
+
+async def test_a_settlement_and_its_duplicate_in_one_batch_warn_once(settings, repo):
+    # The duplicate names the move the first made in this very run: not one made before. (The
+    # stage stopped on it: the warning was kept with "a move this run made", which it had ruled out.)
+    pair = (f"95{random.randrange(10_000):04d}", f"94{random.randrange(10_000):04d}")
+    setl_id = f"S-TWICE-{random.randrange(10**9)}"
+    await _fund(repo, pair, "100.00", f"FUND-{setl_id}")
+    settle = _priced(settings, "settle", f"M-{setl_id}", setl_id, pair, "90.00")
+    out = await ClearingHandler(settings, repo)([settle, settle])
+    assert len([o for o in out if o.answered]) == 2
+    assert [a["balance"] for a in _published(settings, out, CLEARING_ALERTS)] == ["10.00"]
