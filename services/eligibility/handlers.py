@@ -276,7 +276,9 @@ class EligibilityHandler:
             return self._person_info(p, person_record, subject)
         work = _work(p)
         if request.infno.prices_a_bill or request.infno is Infno.BENEFIT_CHECK:
-            filings = [FilingRecord.model_validate(f).to_domain() for f in (subject or {}).get("filings", [])]
+            # Each filing with its earlier versions: a stay admitted under one is still covered by it.
+            filings = [version for f in (subject or {}).get("filings", [])
+                       for version in FilingRecord.model_validate(f).to_domain().versions()]
             facility = facilities.get(request.fixmedins_code)
             visit = Visit(
                 treating_region=request.mdtrtarea_admvs,

@@ -28,6 +28,7 @@ class FilingRepository(Repository):
                 filing_id=row["filing_id"], psn_no=row["psn_no"], insutype=row["insutype"],
                 insuplc_admdvs=row["insuplc_admdvs"], filed_admdvs=row["filed_admdvs"], category=row["category"],
                 begndate=row["begndate"], enddate=row["enddate"], status=row["status"], version=row["version"],
+                earlier=json_value(row["earlier"]),
             ),
             row["filed_on"],
         )
@@ -36,20 +37,18 @@ class FilingRepository(Repository):
         self, conn: asyncpg.Connection, filing: Filing, version: int, filed_on: date,
         action: str, reqid: str, decl_source: str, opter: str = "", reason: str = "",
     ) -> FilingRecord:
-        record = FilingRecord(
-            filing_id=filing.filing_id, psn_no=filing.psn_no, insutype=filing.insutype,
-            insuplc_admdvs=filing.insured_region, filed_admdvs=filing.filed_region, category=filing.category,
-            begndate=filing.begin, enddate=filing.end, status=filing.status, version=version,
-        )
+        record = FilingRecord.of(filing, version)
         await conn.execute(
             """INSERT INTO filing.filings (filing_id, psn_no, insutype, insuplc_admdvs, filed_admdvs, category,
-                   begndate, enddate, status, version, filed_on)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                   begndate, enddate, status, version, filed_on, earlier)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb)
                ON CONFLICT (filing_id) DO UPDATE SET insutype = EXCLUDED.insutype, filed_admdvs = EXCLUDED.filed_admdvs,
                    category = EXCLUDED.category, begndate = EXCLUDED.begndate, enddate = EXCLUDED.enddate,
-                   status = EXCLUDED.status, version = EXCLUDED.version, updated_at = now()""",
+                   status = EXCLUDED.status, version = EXCLUDED.version, earlier = EXCLUDED.earlier,
+                   updated_at = now()""",
             record.filing_id, record.psn_no, record.insutype.value, record.insuplc_admdvs, record.filed_admdvs,
             record.category.value, record.begndate, record.enddate, record.status.value, version, filed_on,
+            orjson.dumps([p.model_dump(mode="json") for p in record.earlier]).decode(),
         )
         await conn.execute(
             """INSERT INTO filing.filing_history (filing_id, version, action, reqid, decl_source, opter, reason, record)

@@ -13,7 +13,7 @@ import pytest
 from yidi.client.gateway import GatewayClient
 
 from tests.e2e.test_settlement_path import _dead_letters
-from tests.e2e.world import World, filing_request
+from tests.e2e.world import World, china_now, filing_request
 
 pytestmark = pytest.mark.e2e
 
@@ -47,6 +47,33 @@ async def test_a_cancelled_filing_refuses_the_very_next_settlement(world, gatewa
     next_one = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
     assert cancelled["accepted"] and cancelled["filing"]["status"] == "cancelled"
     assert next_one["err_code"] == "NOT_FILED"
+
+
+async def test_r7_a_change_for_a_later_day_and_a_cancellation_leave_stays_begun_under_the_filing_covered(
+        world, gateway, filings):
+    # Moving to another region from a later day left the person filed nowhere until then, and
+    # the discharge of a stay begun under the old version was refused NOT_FILED.
+    person = await world.person(category=None)
+    filed = await file(filings, world, person, begndate="2020-01-01")
+    filing_id = filed["filing"]["filing_id"]
+    later = (china_now() + timedelta(days=20)).strftime("%Y-%m-%d")
+    moved = await file(filings, world, person, "change", filing_id=filing_id, filed_admdvs="990001", begndate=later)
+
+    def stay() -> dict:
+        discharge = world.request(person, [("T-A", "1", "1000.00")], infno="2304", med_type="21")
+        discharge["input"]["data"]["begntime"] = (china_now() - timedelta(days=3)).strftime("%Y-%m-%d %H:%M:%S")
+        return discharge
+
+    today = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+    during_stay = await gateway.call(stay())
+    cancelled = await file(filings, world, person, "cancel", filing_id=filing_id)
+    after_cancel = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+    stay_after_cancel = await gateway.call(stay())
+    assert moved["accepted"] and cancelled["accepted"]
+    assert [p["filed_admdvs"] for p in cancelled["filing"]["earlier"]] == [world.treating]
+    assert today["infcode"] == 0 and during_stay["infcode"] == 0, (today, during_stay)
+    assert after_cancel["err_code"] == "NOT_FILED"  # in force until yesterday: not for care from today
+    assert stay_after_cancel["infcode"] == 0, stay_after_cancel  # admitted while it was
 
 
 async def test_r7_a_temporary_filing_past_its_six_months_no_longer_counts(world, gateway, filings):

@@ -12,11 +12,19 @@ from decimal import Decimal
 from datetime import datetime
 from typing import Any
 
+from yidi.domain.codes import BUSINESS_TZ
 from yidi.platform.lag import wait_caught_up
 from yidi.platform.settings import Settings
 from yidi.refdata.loader import consumers_to_wait_for, publish, validate
 
 from tests.e2e.requests import fresh
+
+
+def china_now() -> datetime:
+    """Now on the platform's clock (China time, as requests and filings date things), whatever the
+    machine's zone: in UTC's evening China is a day ahead, and a date from the machine's clock was
+    the platform's yesterday."""
+    return datetime.now(BUSINESS_TZ).replace(tzinfo=None)
 
 
 LONG_TERM = {"retiree_resettled", "long_term_resident", "posted_worker", "long_term"}
@@ -85,7 +93,7 @@ class World:
                 "action": "add", "reqid": "R" + uuid.uuid4().hex, "psn_no": psn_no, "insutype": insutype,
                 "insuplc_admdvs": self.insured, "filed_admdvs": self.treating, "category": category,
                 # Temporary filings last six months from their start (R7): start them today.
-                "begndate": "2020-01-01" if category in LONG_TERM else datetime.now().strftime("%Y-%m-%d"),
+                "begndate": "2020-01-01" if category in LONG_TERM else china_now().strftime("%Y-%m-%d"),
                 "decl_source": "import",
             }]
         await self.load(**sections)
@@ -103,7 +111,7 @@ class World:
                             "det_item_fee_sumamt": str(amount)})
         request = fresh({
             "infno": infno, "msgid": "x", "mdtrtarea_admvs": self.treating, "insuplc_admdvs": self.insured,
-            "inf_time": when or datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "fixmedins_code": self.facility,
+            "inf_time": when or china_now().strftime("%Y-%m-%d %H:%M:%S"), "fixmedins_code": self.facility,
             "input": {"data": {
                 "psn_no": psn_no, "insutype": insutype, "med_type": med_type,
                 "mdtrt_id": visit or "V" + uuid.uuid4().hex[:10], "acct_used_flag": "1" if account else "0",
@@ -119,7 +127,7 @@ def filing_request(world: World, psn_no: str, action: str = "add", **fields: Any
     base = {
         "action": action, "reqid": "R" + uuid.uuid4().hex, "psn_no": psn_no, "insutype": "310",
         "insuplc_admdvs": world.insured, "filed_admdvs": world.treating, "category": "long_term_resident",
-        "begndate": datetime.now().strftime("%Y-%m-%d"), "decl_source": "self_service",
+        "begndate": china_now().strftime("%Y-%m-%d"), "decl_source": "self_service",
     }
     if action not in ("add", "change"):
         base = {k: base[k] for k in ("action", "reqid", "psn_no", "decl_source")}

@@ -140,3 +140,29 @@ def test_who_and_why_of_a_filing_request_are_bounded():
     for field, size in (("reason", 2001), ("opter", 201)):
         with pytest.raises(ValidationError):
             FilingRequest.model_validate(base | {field: "x" * size})
+
+
+def test_r7_a_change_for_a_later_day_leaves_the_old_version_in_force_until_then_and_covers_stays_begun_under_it():
+    from yidi.domain.eligibility import FilingPeriod
+
+    def ask(filed: str, begin: date) -> FilingAsk:
+        return FilingAsk("F1", "P1", InsuranceType.EMPLOYEE, "131000", filed, FilingCategory.RETIREE_RESETTLED,
+                         begin, None, True)
+
+    beijing = new_filing(ask("110000", date(2022, 1, 1)))
+    # Asked on 2026-05-10 to move to Tianjin from 2026-06-01: Beijing stays in force until 05-31.
+    tianjin = change_filing(beijing, ask("120000", date(2026, 6, 1)), today=date(2026, 5, 10), lock_months=0,
+                            filed_on=date(2022, 1, 1))
+    assert tianjin.earlier == (FilingPeriod("110000", FilingCategory.RETIREE_RESETTLED, date(2022, 1, 1), date(2026, 5, 31)),)
+    by_day = {v.filed_region: v for v in tianjin.versions()}
+    assert by_day["110000"].valid_on(date(2026, 5, 20)) and not by_day["110000"].valid_on(date(2026, 6, 1))
+    assert by_day["120000"].valid_on(date(2026, 6, 1)) and not by_day["120000"].valid_on(date(2026, 5, 31))
+    # Changed again at once on 05-15: Tianjin never took effect, and Beijing ends on 05-14.
+    shanghai = change_filing(tianjin, ask("310000", date(2026, 5, 15)), today=date(2026, 5, 15), lock_months=0,
+                             filed_on=date(2022, 1, 1))
+    assert [(p.filed_region, p.end) for p in shanghai.earlier] == [("110000", date(2026, 5, 14))]
+    # Cancelled on 06-10: in force until 06-09, so a stay admitted before is still covered.
+    cancelled = cancel_filing(shanghai, today=date(2026, 6, 10), lock_months=0, filed_on=date(2022, 1, 1))
+    assert cancelled.status is FilingStatus.CANCELLED and not cancelled.valid_on(date(2026, 6, 10))
+    assert [(p.filed_region, p.begin, p.end) for p in cancelled.earlier] == [
+        ("310000", date(2026, 5, 15), date(2026, 6, 9)), ("110000", date(2022, 1, 1), date(2026, 5, 14))]

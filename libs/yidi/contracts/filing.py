@@ -12,7 +12,7 @@ from yidi.contracts.envelope import gateway_reply_topic
 
 from yidi.contracts.common import AreaCode, Code, StrictWireModel, WireModel
 from yidi.domain.codes import FilingCategory, InsuranceType
-from yidi.domain.eligibility import Filing, FilingStatus
+from yidi.domain.eligibility import Filing, FilingPeriod, FilingStatus
 
 
 class FilingAction(StrEnum):
@@ -80,6 +80,15 @@ class FilingRequest(StrictWireModel):
         return self
 
 
+class FilingPeriodRecord(WireModel):
+    """An earlier version of a filing and the days it was in force (``enddate`` inclusive)."""
+
+    filed_admdvs: str
+    category: FilingCategory
+    begndate: date
+    enddate: date
+
+
 class FilingRecord(WireModel):
     filing_id: str
     psn_no: str
@@ -91,6 +100,20 @@ class FilingRecord(WireModel):
     enddate: date | None
     status: FilingStatus
     version: int
+    earlier: list[FilingPeriodRecord] = Field(
+        default_factory=list,
+        description="the versions in force before this one, newest first, each until the day before the change "
+                    "(or cancellation) that replaced it took effect: a stay admitted under one is still covered")
+
+    @classmethod
+    def of(cls, filing: Filing, version: int) -> FilingRecord:
+        return cls(
+            filing_id=filing.filing_id, psn_no=filing.psn_no, insutype=filing.insutype,
+            insuplc_admdvs=filing.insured_region, filed_admdvs=filing.filed_region, category=filing.category,
+            begndate=filing.begin, enddate=filing.end, status=filing.status, version=version,
+            earlier=[FilingPeriodRecord(filed_admdvs=p.filed_region, category=p.category, begndate=p.begin,
+                                        enddate=p.end) for p in filing.earlier],
+        )
 
     def to_domain(self) -> Filing:
         return Filing(
@@ -103,6 +126,7 @@ class FilingRecord(WireModel):
             begin=self.begndate,
             end=self.enddate,
             status=self.status,
+            earlier=tuple(FilingPeriod(p.filed_admdvs, p.category, p.begndate, p.enddate) for p in self.earlier),
         )
 
 

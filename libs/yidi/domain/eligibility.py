@@ -8,7 +8,7 @@ a refusal a cashier can act on.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -75,6 +75,17 @@ class FilingStatus(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class FilingPeriod:
+    """An earlier version of a filing, in force from ``begin`` to ``end`` (inclusive): until the
+    day before the change (or cancellation) that replaced it took effect."""
+
+    filed_region: str
+    category: FilingCategory
+    begin: date
+    end: date
+
+
+@dataclass(frozen=True, slots=True)
 class Filing:
     filing_id: str
     psn_no: str
@@ -85,6 +96,10 @@ class Filing:
     begin: date
     end: date | None
     status: FilingStatus = FilingStatus.ACTIVE
+    # The versions in force before this one (newest first): a stay admitted under one is still
+    # covered by it (R6, R7), and a change asked for a later day leaves the old one in force
+    # until then, with no day filed nowhere.
+    earlier: tuple[FilingPeriod, ...] = ()
 
     def valid_on(self, day: date) -> bool:
         """R7: long-term until changed (``end`` None), temporary until its end date."""
@@ -93,6 +108,14 @@ class Filing:
             and self.begin <= day
             and (self.end is None or day <= self.end)
         )
+
+    def versions(self) -> list[Filing]:
+        """This filing, and each earlier version as a filing valid over its period."""
+        return [self] + [
+            replace(self, filed_region=p.filed_region, category=p.category, begin=p.begin, end=p.end,
+                    status=FilingStatus.ACTIVE, earlier=())
+            for p in self.earlier
+        ]
 
 
 @dataclass(frozen=True, slots=True)

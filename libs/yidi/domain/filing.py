@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, timedelta
 
 from yidi.domain.codes import FilingCategory, InsuranceType
-from yidi.domain.eligibility import Filing, FilingStatus
+from yidi.domain.eligibility import Filing, FilingPeriod, FilingStatus
 
 TEMPORARY_MIN_MONTHS = 6  # R7
 MAX_LOCK_MONTHS = 6  # R8
+MAX_EARLIER = 4  # earlier versions a filing keeps (a stay outlasting five changes is not covered by the first)
 
 
 def add_months(day: date, months: int) -> date:
@@ -71,6 +72,8 @@ def change_filing(current: Filing, ask: FilingAsk, *, today: date, lock_months: 
                             "cancel this filing and file with the new insured region")
     _check_unlocked(current, today=today, lock_months=lock_months, filed_on=filed_on)
     changed = new_filing(replace(ask, filing_id=current.filing_id))
+    # The version in force stays so until the change does: from today, or from a later begin date.
+    changed = replace(changed, earlier=superseded(current, max(today, changed.begin)))
     # R21: a self-service change takes effect at once; one made at an office keeps an active filing
     # active and sends any other (pending, refused, cancelled) to wait for approval.
     if ask.takes_effect_at_once or current.status is FilingStatus.ACTIVE:
@@ -78,11 +81,25 @@ def change_filing(current: Filing, ask: FilingAsk, *, today: date, lock_months: 
     return replace(changed, status=FilingStatus.PENDING)
 
 
+def superseded(current: Filing, cutover: date) -> tuple[FilingPeriod, ...]:
+    """What ``current`` was in force for, as earlier versions of what replaces it from ``cutover``:
+    its own period if it was in force (active), and the earlier ones it kept, each ending at the
+    latest the day before ``cutover``; a period left with no day is dropped."""
+    last = cutover - timedelta(days=1)
+    periods = list(current.earlier)
+    if current.status is FilingStatus.ACTIVE:
+        periods.insert(0, FilingPeriod(current.filed_region, current.category, current.begin,
+                                       last if current.end is None else min(current.end, last)))
+    kept = [replace(p, end=min(p.end, last)) for p in periods]
+    return tuple(p for p in kept if p.begin <= p.end)[:MAX_EARLIER]
+
+
 def cancel_filing(current: Filing, *, today: date, lock_months: int, filed_on: date) -> Filing:
     if current.status is FilingStatus.CANCELLED:
         return current
     _check_unlocked(current, today=today, lock_months=lock_months, filed_on=filed_on)
-    return replace(current, status=FilingStatus.CANCELLED)
+    # In force until yesterday: a stay admitted before today is still covered (R6, R7).
+    return replace(current, status=FilingStatus.CANCELLED, earlier=superseded(current, today))
 
 
 def _check_unlocked(current: Filing, *, today: date, lock_months: int, filed_on: date) -> None:
