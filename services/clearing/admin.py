@@ -8,6 +8,7 @@ and queries change nothing and are answered from the ledger as it stands.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -86,10 +87,14 @@ class ClearingAdminHandler:
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         requests, out = parse_each(records, CLEARING_REQUEST.validate_python, "clearing request", self.refuse)
-        for _, request in requests:
-            if isinstance(request, RunMonth):
-                # Before this batch's transaction locks anything a settlement batch may wait for.
-                await self.repo.close_month(request.setlym, request.reqid)
+        uses = Counter(request.reqid for _, request in requests)
+        # A month's run (its reqid its own in the batch) goes first: its totals then hold no lock a
+        # funding or a confirmation of this batch took, which settlement batches would wait for.
+        runs = [p for p in requests if isinstance(p[1], RunMonth) and uses[p[1].reqid] == 1]
+        requests = runs + [p for p in requests if not any(p is r for r in runs)]
+        for _, request in runs:
+            # Closed before this batch's transaction locks anything a settlement batch may wait for.
+            await self.repo.close_month(request.setlym, request.reqid)
         async with self.repo.transaction() as conn:
             for _, request in requests:
                 if isinstance(request, Reconcile):
@@ -223,14 +228,15 @@ class ClearingAdminHandler:
 
     async def _run_month(self, conn: asyncpg.Connection, request: RunMonth) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
         month = request.setlym
-        state = await conn.fetchval("SELECT state FROM clearing.periods WHERE setlym = $1 FOR UPDATE", month)
-        if state == "closed":
+        period = await conn.fetchrow("SELECT state, totalled_at FROM clearing.periods WHERE setlym = $1 FOR UPDATE",
+                                     month)
+        if period is not None and period["totalled_at"] is not None:
             return False, f"month {month} is cleared already; query its statements", {}, []
-        if state is None:  # not closed before this transaction (``close_month``): here, as it was
+        if period is None:  # not closed before this transaction (``close_month``): here, as it was
             await self.repo.closed_periods(conn)
-            await conn.execute("INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closing', now())",
+            await conn.execute("INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now())",
                                month)
-        # Closing (now, or by a run that stopped before its statements were written): nothing lands
+        # Closed (now, or by a run that stopped before its statements were written): nothing lands
         # in the month any more, and every batch that could has committed (the close waited for
         # them on the lock), so its totals are final.
         # What the month clears is what its settlements drew on the prepayment, less what undoing
@@ -277,7 +283,7 @@ class ClearingAdminHandler:
                 [s.fund_pay_sumamt for s in statements], [s.acct_pay for s in statements],
                 [s.clr_sumamt for s in statements],
             )
-        await conn.execute("UPDATE clearing.periods SET state = 'closed' WHERE setlym = $1", month)
+        await conn.execute("UPDATE clearing.periods SET totalled_at = now() WHERE setlym = $1", month)
         published = [
             {"topic": self.settings.topic(CLEARING_STATEMENTS), "value": dumps(s).decode(),
              "key": f"{s.insuplc_admdvs}-{s.mdtrtarea_admvs}"}
@@ -395,8 +401,9 @@ MAX_LISTED_SETTLEMENTS = 1000
 # region pairs; it ran past 1 MiB at about 2,300 and could not be answered at all.
 MAX_LISTED_STATEMENTS = 1000
 # A month's totals at national scale (24 million settlements) take tens of seconds on one core
-# (about 0.7-1 s a million on this box): more than the pools' 30 s for one statement.
-MONTH_TOTALS_TIMEOUT_S = 900.0
+# (about 0.7-1 s a million on this box): more than the pools' 30 s for one statement, and less
+# than the 300 s Kafka lets a batch's handler run before its consumer leaves the group.
+MONTH_TOTALS_TIMEOUT_S = 240.0
 
 
 def month_view(month: str, statements: list[Statement], offset: int) -> dict[str, Any]:

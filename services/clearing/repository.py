@@ -84,8 +84,7 @@ class ClearingRepository(Repository):
         ``msgids`` (settlements seen before) and ``setl_ids`` (settlements to undo), locked."""
         rows = await conn.fetch(
             """SELECT c.closed, l.* FROM
-                 (SELECT coalesce(array_agg(setlym), '{}') AS closed FROM clearing.periods
-                  WHERE state IN ('closing', 'closed')) AS c
+                 (SELECT coalesce(array_agg(setlym), '{}') AS closed FROM clearing.periods WHERE state = 'closed') AS c
                LEFT JOIN LATERAL (
                  SELECT setl_id, msgid, request_hash, state, answer, undone_msgid, undone_answer,
                         insuplc_admdvs, mdtrtarea_admvs, coalesce(drawn, fund_pay_sumamt) AS drawn, undo_period,
@@ -112,27 +111,27 @@ class ClearingRepository(Repository):
         snapshot must be taken after the lock is held.
         """
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", PERIODS_LOCK)
-        rows = await conn.fetch("SELECT setlym FROM clearing.periods WHERE state IN ('closing', 'closed')")
-        return {r["setlym"] for r in rows}
+        return {r["setlym"] for r in await conn.fetch("SELECT setlym FROM clearing.periods WHERE state = 'closed'")}
 
     async def close_month(self, month: str, reqid: str) -> None:
         """Close ``month`` for ``run_month`` request ``reqid`` (unless that request was handled
         before), in a transaction of its own: under the periods lock taken exclusively, as short as
-        that. Its statements are totalled afterwards (``closing`` until they are written), while
-        settlement batches go on, landing in the next open month: a national month's totals take
-        tens of seconds, during which every settlement waited for the lock."""
+        that. Its statements are totalled afterwards (``totalled_at`` NULL until they are written),
+        while settlement batches go on, landing in the next open month: a national month's totals
+        take tens of seconds, during which every settlement waited for the lock."""
         async with self.transaction() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", PERIODS_LOCK)
             await conn.execute(
                 """INSERT INTO clearing.periods (setlym, state, closed_at)
-                   SELECT $1, 'closing', now() WHERE NOT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
+                   SELECT $1, 'closed', now() WHERE NOT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
                    ON CONFLICT (setlym) DO NOTHING""",
                 month, reqid,
             )
 
     async def closed_months(self, conn: asyncpg.Connection) -> set[str]:
         """Months cleared, their statements written (no lock: for reading a cleared month)."""
-        return {r["setlym"] for r in await conn.fetch("SELECT setlym FROM clearing.periods WHERE state = 'closed'")}
+        rows = await conn.fetch("SELECT setlym FROM clearing.periods WHERE state = 'closed' AND totalled_at IS NOT NULL")
+        return {r["setlym"] for r in rows}
 
     async def move_prepayments(
         self, conn: asyncpg.Connection, moves: list[tuple[str, str, str, Decimal, str]],

@@ -69,19 +69,22 @@ async def test_a_database_that_applied_007s_first_text_gets_the_schema_clearing_
             # Two prepayment accounts, one warned low under the single flag (010 makes it level 1).
             await conn.execute("""INSERT INTO prepayment_accounts (insuplc_admdvs, mdtrtarea_admvs, funded, drawn, alerted)
                                   VALUES ('131000', '110000', 1000, 900, true), ('131000', '120000', 1000, 0, false)""")
+            # A month cleared before 011 (closed and totalled in one transaction): totalled.
+            await conn.execute("INSERT INTO periods (setlym, state, closed_at) VALUES ('202509', 'closed', now())")
             await conn.execute("RESET search_path")
             before = await _columns(conn, first)
         assert before == {("statements", "clr_sumamt"): ("ALWAYS", "YES")}
 
         assert await migrate(pool, first, "services.clearing.migrations") == [
             "008_statement_clears_accounts_either_way.sql", "009_statement_clears_accounts_money.sql",
-            "010_alert_level.sql"]
+            "010_alert_level.sql", "011_period_totalled.sql"]
         async with pool.acquire() as conn:
             levels = dict(await conn.fetch(f"SELECT mdtrtarea_admvs, alert_level FROM {first}.prepayment_accounts"))
             assert levels == {"110000": 1, "120000": 0}
             drawn = dict(await conn.fetch(f"SELECT setl_id, drawn::text FROM {first}.ledger"))
             assert drawn == {"S-AFTER": "64.29", "S-BEFORE": None}  # before 007: NULL, its fund payment
             assert await conn.fetchval(f"SELECT clr_sumamt::text FROM {first}.statements") == "60.00"
+            assert await conn.fetchval(f"SELECT totalled_at IS NOT NULL FROM {first}.periods WHERE setlym = '202509'")
         assert await migrate(pool, second, "services.clearing.migrations")  # a new database: every file
         async with pool.acquire() as conn:
             expected = {("ledger", "drawn"): ("NEVER", "YES"), ("statements", "clr_sumamt"): ("NEVER", "NO")}

@@ -117,3 +117,17 @@ async def test_a_months_statements_are_totalled_after_its_close_while_settlement
     body = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month}
     again = _result(settings, await handler([_request(settings, body)]))[0]
     assert not again["ok"] and "cleared already" in again["reason"]
+
+
+async def test_a_months_run_refused_as_its_reqid_used_again_in_the_batch_closes_nothing(settings, repo):
+    # The close comes before the batch's transaction: it must not close a month for a run that is
+    # then refused (its reqid taken by the batch's first request).
+    month = f"{random.randrange(2200, 2900)}{random.randrange(1, 13):02d}"
+    reqid = f"R-{uuid.uuid4().hex}"
+    fund = {"type": "fund", "reqid": reqid, "insuplc_admdvs": "951234", "mdtrtarea_admvs": "941234", "amount": "1.00"}
+    run = {"type": "run_month", "reqid": reqid, "setlym": month}
+    out = await ClearingAdminHandler(settings, repo)([_request(settings, fund), _request(settings, run)])
+    results = [orjson.loads(o.value) for o in out if o.topic == settings.topic("clearing.results")]
+    assert [r["ok"] for r in results] == [True, False] and "already used" in results[1]["reason"]
+    async with repo.transaction() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM clearing.periods WHERE setlym = $1", month) == 0
