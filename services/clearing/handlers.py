@@ -146,7 +146,6 @@ class ClearingHandler:
         existing = by_msgid.get(work.request.msgid)
         if existing is not None:
             _DUPLICATE.inc()
-            again.append((existing.insuplc_admdvs, existing.mdtrtarea_admvs, "draw", existing.setl_id))
             if existing.request_hash != work.request_hash:
                 return self._answer(
                     work,
@@ -155,6 +154,7 @@ class ClearingHandler:
                         f"msgid {work.request.msgid} was already used for a different request; a new request needs a new msgid.",
                     ),
                 )
+            again.append((existing.insuplc_admdvs, existing.mdtrtarea_admvs, "draw", existing.setl_id))
             return self._answer(work, existing.answer)
         facts = work.facts
         assert facts is not None, "pricing sends facts with every settlement"

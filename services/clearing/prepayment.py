@@ -51,10 +51,11 @@ def status_update(settings: Settings, row: Any) -> Outgoing:
 def alert_message(settings: Settings, alert_json: str, levels: dict[tuple[str, str], int]) -> Outgoing | None:
     """An alert kept with its move, published again when its batch is handled again, while its
     account is still at the level it warned of (``levels``: each account's now). One that a top-up
-    has re-armed since is news no longer true: not published."""
+    has re-armed since, or that a later one has outdated (low, now run out), is news no longer
+    true: not published."""
     alert = PrepaymentAlert.model_validate_json(alert_json)
     warned = 2 if alert.balance < 0 else 1
-    if levels.get((alert.insuplc_admdvs, alert.mdtrtarea_admvs), 0) < warned:
+    if levels.get((alert.insuplc_admdvs, alert.mdtrtarea_admvs), 0) != warned:
         return None
     return Outgoing(settings.topic(CLEARING_ALERTS), dumps(alert),
                     key=f"{alert.insuplc_admdvs}-{alert.mdtrtarea_admvs}".encode())

@@ -404,7 +404,7 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
               "(`funded`): low; and once more when it runs out (below zero: `shortfall` above 0.00, which tells "
               "the two apart). A balance that falls straight below zero gets one alert. Each level is re-armed "
               "when a `fund` or a month's clearing (a statement both sides confirmed) lifts the balance back "
-              "above it; what cancellations give back does not re-arm it. Key `<insuplc_admdvs>-<mdtrtarea_admvs>`.",
+              "above it; what cancellations give back does not re-arm it. An alert is published again when the batch that set it off is handled again after its Postgres commit (its first publication never committed), or its settlement is resent, while the account is still at that level: at least once, so a reader de-duplicates by account and level. Key `<insuplc_admdvs>-<mdtrtarea_admvs>`.",
     ),
     T.PREPAYMENT_STATUS: TopicContract(
         messages=("PrepaymentStatus",),
