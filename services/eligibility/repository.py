@@ -74,7 +74,7 @@ class EligibilityRepository(Repository):
         and the stale count, are those of applying the records one by one: the batch is folded
         here over the times held, read under the persons' locks."""
         named = list(dict.fromkeys(r.psn_no for r in records))
-        async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
+        async with self.transaction() as conn:
             # The persons' locks in a fixed order (no deadlock with another batch or a filing).
             await _lock_persons(conn, named)
             held: dict[str, datetime] = {
@@ -109,7 +109,7 @@ class EligibilityRepository(Repository):
 
     async def upsert_filing(self, record: FilingRecord) -> Subject | None:
         """Apply a filing event unless a newer version of that filing is already mirrored."""
-        async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
+        async with self.transaction() as conn:
             await _lock_person(conn, record.psn_no)
             status = await conn.execute(
                 """INSERT INTO eligibility.filings (filing_id, psn_no, record, filing_version, version)
@@ -139,7 +139,7 @@ class EligibilityRepository(Repository):
                 newest[record.filing_id] = record
         rows = list(newest.values())
         psn_nos = sorted({r.psn_no for r in rows})
-        async with transient_errors(), self._pool.acquire() as conn, conn.transaction():
+        async with self.transaction() as conn:
             await _lock_persons(conn, psn_nos)
             await conn.execute(
                 """INSERT INTO eligibility.filings AS f (filing_id, psn_no, record, filing_version, version)

@@ -19,7 +19,7 @@ from yidi.domain.filing import (
     new_filing,
     refuse_filing,
 )
-from yidi.platform.jsonwire import dumps, request_hash
+from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.db import lock_keys
 from yidi.platform.kafka import CANNOT_PROCESS, Incoming, Outgoing
 from yidi.platform.replies import answer_fallback, dead_letter, parse_each, refuse_by_reqid
@@ -65,13 +65,14 @@ class FilingHandler:
     def _again(self, request: FilingRequest, emitted: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The same request again: what was published then, answered to this copy's ``reply_to``
         (the request's hash leaves it out, so a sender that moved to another topic is answered there)."""
-        events = self.settings.topic(FILING_EVENTS)
-        return [
-            {"topic": e["topic"], "value": dumps(FilingEvent.model_validate_json(e["value"]).model_copy(
-                update={"reply_to": request.reply_to})).decode()} if e["topic"] == events
-            else {**e, "topic": self.settings.topic(request.reply_to)}
-            for e in emitted
-        ]
+        again = []
+        for e in emitted:
+            value = loads(e["value"])
+            if isinstance(value, dict) and "event" in value and "filing" in value:  # the FilingEvent, as stored
+                again.append({**e, "value": dumps(value | {"reply_to": request.reply_to}).decode()})
+            else:
+                again.append({**e, "topic": self.settings.topic(request.reply_to)})
+        return again
 
     def refuse(self, record: Incoming, reason: str) -> list[Outgoing]:
         """A filing request that does not validate, or that the stage cannot process (``BadData``:

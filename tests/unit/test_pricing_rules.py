@@ -270,3 +270,11 @@ def test_r1_a_persons_year_is_counted_per_fund_and_counters_kept_before_count_fo
     assert fund_usage(counters, resident) == {"pooled_paid": D("1150.00"), "deductible:op": D("200.00"),
                                               "outpatient_quota": D("50.00")}
     assert fund_usage({"pooled_paid": D("5.00"), employee + "pooled_paid": D("1.00")}, employee) == {"pooled_paid": D("6.00")}
+
+
+def test_r17_a_filed_trip_inside_a_waiving_province_pays_no_more_first_self_pay_than_one_without_a_filing():
+    pol = policy(rule(OP, ratio="0.50"), first_selfpay={FilingCategory.TEMPORARY_OTHER: D("0.10"),
+                                                        FilingCategory.REFERRAL: D("0.15")})
+    lines = bill(("A1", "1", "200.00"))
+    referred = price(lines, catalogue(item("A1")), pol, terms(OP, category=FilingCategory.REFERRAL, waived_filing=True), {})
+    assert referred.preselfpay_amt == D("20.00")  # the waived trip's 10 %, not the referral's 15 %

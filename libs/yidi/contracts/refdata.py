@@ -10,7 +10,7 @@ from datetime import date, datetime
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from yidi.contracts.common import Amount, AreaCode, Code, Ratio, StrictWireModel
+from yidi.contracts.common import WHITE_SPACE, Amount, AreaCode, Code, Ratio, StrictWireModel
 from yidi.domain.catalogue import CatalogueItem
 from yidi.domain.codes import BUSINESS_TZ, ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType, minutes_ahead
 from yidi.domain.eligibility import Facility, Person
@@ -37,7 +37,7 @@ def _disease_codes(values: list[str], info: ValidationInfo) -> list[str]:
     """ICD-10 codes or prefixes, as R14 matches them: stripped (a padded one matched nothing), and
     none empty (an empty prefix matched every disease). A stored record from before the check
     keeps what it can: its empty entries are dropped."""
-    codes = [v.strip() for v in values]
+    codes = [v.strip(WHITE_SPACE) for v in values]  # as a request's dise_codg is stripped
     if "" in codes:
         if not (info.context or {}).get(STORED):
             raise ValueError("an empty ICD-10 code or prefix would match every disease; leave it out")

@@ -237,6 +237,9 @@ def price(
                  and FilingCategory.TEMPORARY in policy.first_selfpay else FilingCategory.TEMPORARY_OTHER)
     first_category = terms.filing_category or (waived_as if terms.waived_filing else None)
     first_share = policy.first_selfpay_for(first_category)
+    if terms.waived_filing and terms.filing_category:
+        # A filed trip inside a province that waives filing pays no more than one without a filing.
+        first_share = min(first_share, policy.first_selfpay_for(waived_as))
     if policy.order is CalculationOrder.DEDUCTIBLE_FIRST:
         dedc = min(dedc_left, inscp)
         first_selfpay = to_fen((inscp - dedc) * first_share)
