@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -33,7 +33,8 @@ from yidi.contracts.clearing import (
     Statement,
 )
 from yidi.contracts.envelope import ErrCode, Infno
-from yidi.domain.clearing import PairTotals, net_positions, reconcile_details, reconcile_totals
+from yidi.domain.codes import BUSINESS_TZ
+from yidi.domain.clearing import PairTotals, month_ended, net_positions, next_month, reconcile_details, reconcile_totals
 from yidi.domain.money import MAX_AMOUNT, fmt
 from yidi.platform.errors import BadData
 from yidi.platform.jsonwire import dumps, loads, request_hash
@@ -92,9 +93,11 @@ class ClearingAdminHandler:
         # funding or a confirmation of this batch took, which settlement batches would wait for.
         runs = [p for p in requests if isinstance(p[1], RunMonth) and uses[p[1].reqid] == 1]
         requests = runs + [p for p in requests if not any(p is r for r in runs)]
+        today = datetime.now(BUSINESS_TZ).date()
         for _, request in runs:
-            # Closed before this batch's transaction locks anything a settlement batch may wait for.
-            await self.repo.close_month(request.setlym, request.reqid)
+            if month_ended(request.setlym, today):
+                # Closed before this batch's transaction locks anything a settlement batch may wait for.
+                await self.repo.close_month(request.setlym, request.reqid)
         async with self.repo.transaction() as conn:
             for _, request in requests:
                 if isinstance(request, Reconcile):
@@ -228,6 +231,10 @@ class ClearingAdminHandler:
 
     async def _run_month(self, conn: asyncpg.Connection, request: RunMonth) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
         month = request.setlym
+        if not month_ended(month, datetime.now(BUSINESS_TZ).date()):
+            following = next_month(month)
+            return False, (f"month {month} has not ended (China time): run it from {following[:4]}-{following[4:]}-01, "
+                           "or its last days' settlements would land in the next month"), {}, []
         period = await conn.fetchrow("SELECT state, totalled_at FROM clearing.periods WHERE setlym = $1 FOR UPDATE",
                                      month)
         if period is not None and period["totalled_at"] is not None:

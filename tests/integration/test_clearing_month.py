@@ -67,7 +67,7 @@ def _result(settings, out) -> tuple[dict, int]:
 
 
 async def test_a_month_of_thousands_of_pairs_publishes_every_statement_and_answers_within_a_record(settings, repo):
-    month = f"{random.randrange(2200, 2900)}{random.randrange(1, 13):02d}"  # a month of its own
+    month = f"{random.randrange(1600, 2000)}{random.randrange(1, 13):02d}"  # a month of its own
     await _settled_pairs(repo, month)
     handler = ClearingAdminHandler(settings, repo)
 
@@ -102,7 +102,7 @@ async def test_a_months_statements_are_totalled_after_its_close_while_settlement
     # seconds for a national month) came under it, and every settlement batch waited for them.
     from yidi.contracts.clearing import RunMonth
 
-    month = f"{random.randrange(2200, 2900)}{random.randrange(1, 13):02d}"
+    month = f"{random.randrange(1600, 2000)}{random.randrange(1, 13):02d}"
     await _settled_pairs(repo, month)
     handler = ClearingAdminHandler(settings, repo)
     request = RunMonth(type="run_month", reqid=f"R-{uuid.uuid4().hex}", setlym=month)
@@ -122,12 +122,26 @@ async def test_a_months_statements_are_totalled_after_its_close_while_settlement
 async def test_a_months_run_refused_as_its_reqid_used_again_in_the_batch_closes_nothing(settings, repo):
     # The close comes before the batch's transaction: it must not close a month for a run that is
     # then refused (its reqid taken by the batch's first request).
-    month = f"{random.randrange(2200, 2900)}{random.randrange(1, 13):02d}"
+    month = f"{random.randrange(1600, 2000)}{random.randrange(1, 13):02d}"
     reqid = f"R-{uuid.uuid4().hex}"
     fund = {"type": "fund", "reqid": reqid, "insuplc_admdvs": "951234", "mdtrtarea_admvs": "941234", "amount": "1.00"}
     run = {"type": "run_month", "reqid": reqid, "setlym": month}
     out = await ClearingAdminHandler(settings, repo)([_request(settings, fund), _request(settings, run)])
     results = [orjson.loads(o.value) for o in out if o.topic == settings.topic("clearing.results")]
     assert [r["ok"] for r in results] == [True, False] and "already used" in results[1]["reason"]
+    async with repo.transaction() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM clearing.periods WHERE setlym = $1", month) == 0
+
+
+async def test_a_month_that_has_not_ended_is_not_run(settings, repo):
+    # Run early, it closed and the rest of its settlements landed in the next month.
+    from datetime import datetime
+
+    from yidi.domain.codes import BUSINESS_TZ
+
+    month = datetime.now(BUSINESS_TZ).strftime("%Y%m")
+    body = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month}
+    refused = _result(settings, await ClearingAdminHandler(settings, repo)([_request(settings, body)]))[0]
+    assert not refused["ok"] and "has not ended" in refused["reason"]
     async with repo.transaction() as conn:
         assert await conn.fetchval("SELECT count(*) FROM clearing.periods WHERE setlym = $1", month) == 0

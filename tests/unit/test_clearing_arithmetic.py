@@ -152,3 +152,12 @@ def test_an_account_s_alert_level_rises_from_low_to_run_out():
         account.drawn += D(draw)
         levels.append(account.alert_level())
     assert levels == [0, 1, 2]  # 500 left; 150 (< 200); −50
+
+
+def test_a_month_has_ended_on_the_first_day_of_the_next():
+    from datetime import date
+
+    from yidi.domain.clearing import month_ended
+
+    assert not month_ended("202612", date(2026, 12, 31))
+    assert month_ended("202612", date(2027, 1, 1)) and month_ended("202611", date(2026, 12, 5))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date
 from decimal import Decimal
 
 from yidi.domain.money import ZERO
@@ -20,6 +21,13 @@ from yidi.domain.money import ZERO
 def next_month(setlym: str) -> str:
     year, month = int(setlym[:4]), int(setlym[4:])
     return f"{year + month // 12}{month % 12 + 1:02d}"
+
+
+def month_ended(setlym: str, today: date) -> bool:
+    """Whether month ``setlym`` is over on ``today`` (the business day, China time): a month is
+    cleared once it has ended, or what its last days settle would land in the next."""
+    following = next_month(setlym)
+    return today >= date(int(following[:4]), int(following[4:]), 1)
 
 
 def landing_period(setlym: str, closed: Iterable[str]) -> str:
