@@ -145,3 +145,5 @@ async def test_a_month_that_has_not_ended_is_not_run(settings, repo):
     assert not refused["ok"] and "has not ended" in refused["reason"]
     async with repo.transaction() as conn:
         assert await conn.fetchval("SELECT count(*) FROM clearing.periods WHERE setlym = $1", month) == 0
+        # Not kept under its reqid: sent again once the month has ended, it runs.
+        assert await conn.fetchval("SELECT count(*) FROM clearing.admin_requests WHERE reqid = $1", body["reqid"]) == 0

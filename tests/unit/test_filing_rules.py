@@ -153,10 +153,16 @@ def test_r7_a_change_for_a_later_day_leaves_the_old_version_in_force_until_then_
     # Asked on 2026-05-10 to move to Tianjin from 2026-06-01: Beijing stays in force until 05-31.
     tianjin = change_filing(beijing, ask("120000", date(2026, 6, 1)), today=date(2026, 5, 10), lock_months=0,
                             filed_on=date(2022, 1, 1))
-    assert tianjin.earlier == (FilingPeriod("110000", FilingCategory.RETIREE_RESETTLED, date(2022, 1, 1), date(2026, 5, 31)),)
+    assert tianjin.earlier == (FilingPeriod("110000", FilingCategory.RETIREE_RESETTLED, date(2022, 1, 1), date(2026, 5, 31),
+                                            InsuranceType.EMPLOYEE),)
     by_day = {v.filed_region: v for v in tianjin.versions()}
     assert by_day["110000"].valid_on(date(2026, 5, 20)) and not by_day["110000"].valid_on(date(2026, 6, 1))
     assert by_day["120000"].valid_on(date(2026, 6, 1)) and not by_day["120000"].valid_on(date(2026, 5, 31))
+    # Planned again on 05-12, for Shanghai from 06-15: Tianjin never was in force, and Beijing runs
+    # on until 06-14 (the person was filed in Tianjin, where they never went, from 06-01).
+    replanned = change_filing(tianjin, ask("310000", date(2026, 6, 15)), today=date(2026, 5, 12), lock_months=0,
+                              filed_on=date(2022, 1, 1))
+    assert [(p.filed_region, p.end) for p in replanned.earlier] == [("110000", date(2026, 6, 14))]
     # Changed again at once on 05-15: Tianjin never took effect, and Beijing ends on 05-14.
     shanghai = change_filing(tianjin, ask("310000", date(2026, 5, 15)), today=date(2026, 5, 15), lock_months=0,
                              filed_on=date(2022, 1, 1))
@@ -166,3 +172,14 @@ def test_r7_a_change_for_a_later_day_leaves_the_old_version_in_force_until_then_
     assert cancelled.status is FilingStatus.CANCELLED and not cancelled.valid_on(date(2026, 6, 10))
     assert [(p.filed_region, p.begin, p.end) for p in cancelled.earlier] == [
         ("310000", date(2026, 5, 15), date(2026, 6, 9)), ("110000", date(2022, 1, 1), date(2026, 5, 14))]
+
+
+def test_an_earlier_version_keeps_its_own_insurance_type():
+    resident = new_filing(FilingAsk("F1", "P1", InsuranceType.RESIDENT, "131000", "110000",
+                                    FilingCategory.LONG_TERM_RESIDENT, date(2022, 1, 1), None, True))
+    employee = change_filing(resident, FilingAsk("F1", "P1", InsuranceType.EMPLOYEE, "131000", "110000",
+                                                 FilingCategory.LONG_TERM_RESIDENT, date(2026, 5, 1), None, True),
+                             today=date(2026, 5, 1), lock_months=0, filed_on=date(2022, 1, 1))
+    before, now = employee.versions()[1], employee.versions()[0]
+    assert (before.insutype, before.end) == (InsuranceType.RESIDENT, date(2026, 4, 30))
+    assert now.insutype is InsuranceType.EMPLOYEE

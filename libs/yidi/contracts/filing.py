@@ -87,6 +87,7 @@ class FilingPeriodRecord(WireModel):
     category: FilingCategory
     begndate: date
     enddate: date
+    insutype: InsuranceType | None = Field(default=None, description="when a change changed it; else the filing's")
 
 
 class FilingRecord(WireModel):
@@ -112,7 +113,7 @@ class FilingRecord(WireModel):
             insuplc_admdvs=filing.insured_region, filed_admdvs=filing.filed_region, category=filing.category,
             begndate=filing.begin, enddate=filing.end, status=filing.status, version=version,
             earlier=[FilingPeriodRecord(filed_admdvs=p.filed_region, category=p.category, begndate=p.begin,
-                                        enddate=p.end) for p in filing.earlier],
+                                        enddate=p.end, insutype=p.insutype) for p in filing.earlier],
         )
 
     def to_domain(self) -> Filing:
@@ -126,7 +127,8 @@ class FilingRecord(WireModel):
             begin=self.begndate,
             end=self.enddate,
             status=self.status,
-            earlier=tuple(FilingPeriod(p.filed_admdvs, p.category, p.begndate, p.enddate) for p in self.earlier),
+            earlier=tuple(FilingPeriod(p.filed_admdvs, p.category, p.begndate, p.enddate, p.insutype)
+                          for p in self.earlier),
         )
 
 

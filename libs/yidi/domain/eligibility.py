@@ -83,6 +83,7 @@ class FilingPeriod:
     category: FilingCategory
     begin: date
     end: date
+    insutype: InsuranceType | None = None  # a change may change it; None: the filing's own
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,7 @@ class Filing:
         """This filing, and each earlier version as a filing valid over its period."""
         return [self] + [
             replace(self, filed_region=p.filed_region, category=p.category, begin=p.begin, end=p.end,
-                    status=FilingStatus.ACTIVE, earlier=())
+                    insutype=p.insutype or self.insutype, status=FilingStatus.ACTIVE, earlier=())
             for p in self.earlier
         ]
 

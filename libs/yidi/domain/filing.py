@@ -73,7 +73,7 @@ def change_filing(current: Filing, ask: FilingAsk, *, today: date, lock_months: 
     _check_unlocked(current, today=today, lock_months=lock_months, filed_on=filed_on)
     changed = new_filing(replace(ask, filing_id=current.filing_id))
     # The version in force stays so until the change does: from today, or from a later begin date.
-    changed = replace(changed, earlier=superseded(current, max(today, changed.begin)))
+    changed = replace(changed, earlier=superseded(current, max(today, changed.begin), today))
     # R21: a self-service change takes effect at once; one made at an office keeps an active filing
     # active and sends any other (pending, refused, cancelled) to wait for approval.
     if ask.takes_effect_at_once or current.status is FilingStatus.ACTIVE:
@@ -81,15 +81,21 @@ def change_filing(current: Filing, ask: FilingAsk, *, today: date, lock_months: 
     return replace(changed, status=FilingStatus.PENDING)
 
 
-def superseded(current: Filing, cutover: date) -> tuple[FilingPeriod, ...]:
+def superseded(current: Filing, cutover: date, today: date) -> tuple[FilingPeriod, ...]:
     """What ``current`` was in force for, as earlier versions of what replaces it from ``cutover``:
-    its own period if it was in force (active), and the earlier ones it kept, each ending at the
-    latest the day before ``cutover``; a period left with no day is dropped."""
+    its own period if it is in force (active, begun by ``today``), and the earlier ones it kept,
+    each ending at the latest the day before ``cutover``; a period left with no day is dropped.
+
+    A version planned for a later day and replaced before it began never was in force: the move
+    was planned again. The long-term version it was to end then runs on until the new plan's day."""
     last = cutover - timedelta(days=1)
     periods = list(current.earlier)
-    if current.status is FilingStatus.ACTIVE:
+    if current.status is FilingStatus.ACTIVE and current.begin > today:
+        if periods and periods[0].category.is_long_term and periods[0].end == current.begin - timedelta(days=1):
+            periods[0] = replace(periods[0], end=max(periods[0].end, last))
+    elif current.status is FilingStatus.ACTIVE:
         periods.insert(0, FilingPeriod(current.filed_region, current.category, current.begin,
-                                       last if current.end is None else min(current.end, last)))
+                                       last if current.end is None else min(current.end, last), current.insutype))
     kept = [replace(p, end=min(p.end, last)) for p in periods]
     return tuple(p for p in kept if p.begin <= p.end)[:MAX_EARLIER]
 
@@ -99,7 +105,7 @@ def cancel_filing(current: Filing, *, today: date, lock_months: int, filed_on: d
         return current
     _check_unlocked(current, today=today, lock_months=lock_months, filed_on=filed_on)
     # In force until yesterday: a stay admitted before today is still covered (R6, R7).
-    return replace(current, status=FilingStatus.CANCELLED, earlier=superseded(current, today))
+    return replace(current, status=FilingStatus.CANCELLED, earlier=superseded(current, today, today))
 
 
 def _check_unlocked(current: Filing, *, today: date, lock_months: int, filed_on: date) -> None:

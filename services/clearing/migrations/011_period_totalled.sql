@@ -4,3 +4,5 @@
 -- were closed and totalled in one transaction.
 ALTER TABLE periods ADD COLUMN totalled_at timestamptz;
 UPDATE periods SET totalled_at = coalesce(closed_at, now()) WHERE state = 'closed';
+-- A month a development build left 'closing' (closed, its totals not written): closed, to be run again.
+UPDATE periods SET state = 'closed' WHERE state = 'closing';
