@@ -89,3 +89,22 @@ async def test_a_failed_read_takes_the_gauges_out_and_is_logged_once_until_one_s
     warnings = [r for r in caplog.records if "not read for the metrics" in r.getMessage()]
     assert len(warnings) == 1
     show_balances([], {("U10003", "U20003")})
+
+
+def test_a_kept_warning_is_published_again_only_while_its_account_is_at_its_level():
+    from yidi.contracts.clearing import PrepaymentAlert
+    from yidi.platform.settings import settings_for
+
+    from services.clearing.prepayment import alert_message
+
+    settings = settings_for("clearing")
+    low = PrepaymentAlert(insuplc_admdvs="131000", mdtrtarea_admvs="110000", balance=Decimal("10.00"),
+                          funded=Decimal("100.00"), warn_share=Decimal("0.20"), shortfall=Decimal("0.00"),
+                          message="low").model_dump_json()
+    out = low.replace('"balance":"10.00"', '"balance":"-5.00"').replace('"shortfall":"0.00"', '"shortfall":"5.00"')
+    pair = ("131000", "110000")
+    assert alert_message(settings, low, {pair: 1}) is not None
+    assert alert_message(settings, low, {pair: 0}) is None  # topped up since: re-armed
+    assert alert_message(settings, low, {pair: 2}) is None  # run out since: "low" is news no longer true
+    assert alert_message(settings, out, {pair: 2}) is not None
+    assert alert_message(settings, low, {}) is None
