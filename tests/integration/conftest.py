@@ -31,3 +31,17 @@ async def v2_cluster(settings) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return settings.kafka_bootstrap
+
+
+@pytest.fixture
+async def clearing_repo(settings):
+    """Clearing's schema on the real Postgres, and a repository over a small pool of its own."""
+    from services.clearing.repository import ClearingRepository
+    from yidi.platform.db import create_pool, migrate
+
+    pool = await create_pool(settings.database_url, size=3)
+    try:
+        await migrate(pool, "clearing", "services.clearing.migrations")
+        yield ClearingRepository(pool)
+    finally:
+        await pool.close()

@@ -10,21 +10,14 @@ import orjson
 import pytest
 
 from services.clearing.admin import ClearingAdminHandler
-from services.clearing.repository import ClearingRepository
-from yidi.platform.db import create_pool, migrate
 from yidi.platform.kafka import Incoming
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def handler(settings):
-    pool = await create_pool(settings.database_url, size=3)
-    try:
-        await migrate(pool, "clearing", "services.clearing.migrations")
-        yield ClearingAdminHandler(settings, ClearingRepository(pool))
-    finally:
-        await pool.close()
+def handler(settings, clearing_repo) -> ClearingAdminHandler:
+    return ClearingAdminHandler(settings, clearing_repo)
 
 
 def _pair() -> dict[str, str]:

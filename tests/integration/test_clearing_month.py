@@ -17,34 +17,25 @@ import orjson
 import pytest
 
 from services.clearing.admin import MAX_LISTED_STATEMENTS, ClearingAdminHandler
-from services.clearing.repository import ClearingRepository
-from yidi.platform.db import create_pool, migrate
+from services.clearing.repository import AMOUNT_COLUMNS, ClearingRepository
 from yidi.platform.kafka import Incoming
 from yidi.platform.topics import CLEARING_STATEMENTS
 
 pytestmark = pytest.mark.integration
 
 PAIRS = 3000  # 60 insured regions × 50 treating ones
-AMOUNTS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt", "act_pay_dedc",
-           "hifp_pay", "hifmi_pay", "hifob_pay", "cvlserv_pay", "maf_pay", "oth_pay", "fund_pay_sumamt", "psn_part_amt",
-           "acct_pay", "psn_cash_pay", "hosp_part_amt")
 
 
 @pytest.fixture
-async def repo(settings):
-    pool = await create_pool(settings.database_url, size=3)
-    try:
-        await migrate(pool, "clearing", "services.clearing.migrations")
-        yield ClearingRepository(pool)
-    finally:
-        await pool.close()
+def repo(clearing_repo) -> ClearingRepository:
+    return clearing_repo
 
 
 async def _settled_pairs(repo: ClearingRepository, month: str) -> None:
     """One settlement of 100.00 (fund 60.00) for each of PAIRS region pairs, in ``month``."""
-    amounts = ", ".join(AMOUNTS)
+    amounts = ", ".join(AMOUNT_COLUMNS)
     values = ", ".join("100.00" if a == "medfee_sumamt" else "60.00" if a in ("hifp_pay", "fund_pay_sumamt")
-                       else "40.00" if a == "psn_cash_pay" else "0.00" for a in AMOUNTS)
+                       else "40.00" if a == "psn_cash_pay" else "0.00" for a in AMOUNT_COLUMNS)
     async with repo.transaction() as conn:
         await conn.execute(
             f"""INSERT INTO clearing.ledger (setl_id, msgid, request_hash, infno, psn_no, mdtrt_id, insuplc_admdvs,

@@ -16,26 +16,17 @@ import orjson
 import pytest
 
 from services.clearing.handlers import ClearingHandler
-from services.clearing.repository import ClearingRepository
-from yidi.platform.db import create_pool, migrate
+from services.clearing.repository import AMOUNT_COLUMNS, ClearingRepository
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.topics import CLEARING_ALERTS, PREPAYMENT_STATUS
 
 pytestmark = pytest.mark.integration
 
-AMOUNTS = ("medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt", "act_pay_dedc",
-           "hifp_pay", "hifmi_pay", "hifob_pay", "cvlserv_pay", "maf_pay", "oth_pay", "fund_pay_sumamt", "psn_part_amt",
-           "acct_pay", "psn_cash_pay", "hosp_part_amt")
 
 
 @pytest.fixture
-async def repo(settings):
-    pool = await create_pool(settings.database_url, size=3)
-    try:
-        await migrate(pool, "clearing", "services.clearing.migrations")
-        yield ClearingRepository(pool)
-    finally:
-        await pool.close()
+def repo(clearing_repo) -> ClearingRepository:
+    return clearing_repo
 
 
 def _priced(settings, kind: str, msgid: str, setl_id: str, pair: tuple[str, str], fund: str, *,
@@ -44,7 +35,7 @@ def _priced(settings, kind: str, msgid: str, setl_id: str, pair: tuple[str, str]
     infno = "2207" if kind == "settle" else "2208"
     request = {"infno": infno, "msgid": msgid, "mdtrtarea_admvs": treating, "insuplc_admdvs": insured,
                "inf_time": inf_time, "fixmedins_code": "H11010500001", "reply_to": "settlement.results"}
-    setlinfo = {c: "0.00" for c in AMOUNTS} | {"medfee_sumamt": fund, "fund_pay_sumamt": fund, "hifp_pay": fund}
+    setlinfo = {c: "0.00" for c in AMOUNT_COLUMNS} | {"medfee_sumamt": fund, "fund_pay_sumamt": fund, "hifp_pay": fund}
     answer = {"infcode": 0, "inf_refmsgid": "YD1", "refmsg_time": "1", "respond_time": "1", "msgid": msgid,
               "infno": infno, "output": {"setlinfo": {"setl_id": setl_id, "setl_time": setl_time}
                                          | (setlinfo if kind == "settle" else {"state": "cancelled"})}}
