@@ -91,8 +91,11 @@ class ClearingAdminHandler:
         uses = Counter(request.reqid for _, request in requests)
         # A month's run (its reqid its own in the batch) goes first: its totals then hold no lock a
         # funding or a confirmation of this batch took, which settlement batches would wait for.
-        runs = [p for p in requests if isinstance(p[1], RunMonth) and uses[p[1].reqid] == 1]
-        requests = runs + [p for p in requests if not any(p is r for r in runs)]
+        runs: list[tuple[Incoming, Any]] = []
+        rest: list[tuple[Incoming, Any]] = []
+        for p in requests:
+            (runs if isinstance(p[1], RunMonth) and uses[p[1].reqid] == 1 else rest).append(p)
+        requests = runs + rest
         today = datetime.now(BUSINESS_TZ).date()
         for _, request in runs:
             if month_ended(request.setlym, today):
@@ -242,7 +245,7 @@ class ClearingAdminHandler:
         if period is not None and period["totalled_at"] is not None:
             return False, f"month {month} is cleared already; query its statements", {}, []
         if period is None:  # not closed before this transaction (``close_month``): here, as it was
-            await self.repo.closed_periods(conn)
+            await self.repo.lock_periods(conn)
             await conn.execute("INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now())",
                                month)
         # Closed (now, or by a run that stopped before its statements were written): nothing lands

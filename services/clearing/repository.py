@@ -110,8 +110,12 @@ class ClearingRepository(Repository):
         next open month, never in between. The read is a statement of its own: its
         snapshot must be taken after the lock is held.
         """
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", PERIODS_LOCK)
+        await self.lock_periods(conn)
         return {r["setlym"] for r in await conn.fetch("SELECT setlym FROM clearing.periods WHERE state = 'closed'")}
+
+    async def lock_periods(self, conn: asyncpg.Connection) -> None:
+        """The periods lock, taken exclusively until ``conn``'s transaction ends (``closed_periods``)."""
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", PERIODS_LOCK)
 
     async def close_month(self, month: str, reqid: str) -> None:
         """Close ``month`` for ``run_month`` request ``reqid`` (unless that request was handled
@@ -120,7 +124,7 @@ class ClearingRepository(Repository):
         while settlement batches go on, landing in the next open month: a national month's totals
         take tens of seconds, during which every settlement waited for the lock."""
         async with self.transaction() as conn:
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", PERIODS_LOCK)
+            await self.lock_periods(conn)
             await conn.execute(
                 """INSERT INTO clearing.periods (setlym, state, closed_at)
                    SELECT $1, 'closed', now() WHERE NOT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
