@@ -1,13 +1,17 @@
-"""Filing: keeps who is filed where and on what terms (R4–R10, R21); publishes every change."""
+"""Filing: keeps who is filed where and on what terms (R4–R10, R21); publishes every change.
+
+Two stages: filing.requests (the persons' and offices' requests), and refdata.persons, whose
+insurance changes end long-term filings (R7, services/filing/persons.py)."""
 
 from __future__ import annotations
 
 from yidi.platform.kafka import TransactionalStage
 from yidi.platform.service import Service
 from yidi.platform.settings import Settings, settings_for
-from yidi.platform.topics import FILING_REQUESTS, FILING_STAGE_GROUP
+from yidi.platform.topics import FILING_PERSONS_GROUP, FILING_REQUESTS, FILING_STAGE_GROUP, REFDATA_PERSONS
 
 from services.filing.handlers import FilingHandler
+from services.filing.persons import FilingPersonsHandler
 from services.filing.repository import FilingRepository
 
 
@@ -16,7 +20,9 @@ def build(settings: Settings | None = None) -> Service:
     service = Service("filing", settings, migrations="services.filing.migrations")
 
     async def ready() -> None:
-        service.add_stage(stage(settings, FilingRepository(service.db())))
+        repo = FilingRepository(service.db())
+        service.add_stage(stage(settings, repo))
+        service.add_stage(persons_stage(settings, repo))
 
     service.on_ready.append(ready)
     return service
@@ -29,4 +35,13 @@ def stage(settings: Settings, repo: FilingRepository) -> TransactionalStage:
         name="filing", service="filing", settings=settings,
         topics=[FILING_REQUESTS], group_id=FILING_STAGE_GROUP,
         handler=handler, refuse=handler.refuse, max_records=settings.batch_max_records,
+    )
+
+
+def persons_stage(settings: Settings, repo: FilingRepository) -> TransactionalStage:
+    """refdata.persons: an insurance change ends the long-term filings under the old insurance (R7)."""
+    return TransactionalStage(
+        name="filing-persons", service="filing", settings=settings,
+        topics=[REFDATA_PERSONS], group_id=FILING_PERSONS_GROUP,
+        handler=FilingPersonsHandler(settings, repo), max_records=settings.batch_max_records,
     )

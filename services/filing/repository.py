@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg
@@ -11,6 +12,24 @@ import orjson
 from yidi.contracts.filing import FilingRecord
 from yidi.domain.eligibility import Filing
 from yidi.platform.db import Repository, json_value
+
+
+@dataclass
+class Insurance:
+    """A person's insurance as filing holds it (R7), with the ``refdata.persons`` record last
+    applied and the events the record that last ended filings published."""
+
+    insuplc_admdvs: str
+    insutype: str
+    active: bool
+    source_time: datetime | None
+    seen: tuple[int, int]
+    ended_at: tuple[int, int] | None = None
+    ended_events: list[dict[str, Any]] | None = None
+
+    @property
+    def status(self) -> tuple[str, str, bool]:
+        return self.insuplc_admdvs, self.insutype, self.active
 
 
 class FilingRepository(Repository):
@@ -75,3 +94,46 @@ class FilingRepository(Repository):
              "opter": r["opter"], "reason": r["reason"], "at": r["at"].isoformat(), "filing": json_value(r["record"])}
             for r in rows
         ]
+
+    async def insurances(self, conn: asyncpg.Connection, psn_nos: list[str]) -> dict[str, Insurance]:
+        rows = await conn.fetch("SELECT * FROM filing.persons WHERE psn_no = ANY($1::text[])", psn_nos)
+        return {
+            r["psn_no"]: Insurance(
+                r["insuplc_admdvs"], r["insutype"], r["active"], r["source_time"], (r["seen_partition"], r["seen_offset"]),
+                None if r["ended_partition"] is None else (r["ended_partition"], r["ended_offset"]),
+                json_value(r["ended_events"]),
+            )
+            for r in rows
+        }
+
+    async def save_insurances(self, conn: asyncpg.Connection, held: dict[str, Insurance]) -> None:
+        if not held:
+            return
+        rows = list(held.items())
+        await conn.execute(
+            """INSERT INTO filing.persons AS p (psn_no, insuplc_admdvs, insutype, active, source_time, seen_partition,
+                   seen_offset, ended_partition, ended_offset, ended_events)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::timestamptz[], $6::int[],
+                                    $7::bigint[], $8::int[], $9::bigint[], $10::jsonb[])
+               ON CONFLICT (psn_no) DO UPDATE SET insuplc_admdvs = EXCLUDED.insuplc_admdvs,
+                   insutype = EXCLUDED.insutype, active = EXCLUDED.active, source_time = EXCLUDED.source_time,
+                   seen_partition = EXCLUDED.seen_partition, seen_offset = EXCLUDED.seen_offset,
+                   ended_partition = EXCLUDED.ended_partition, ended_offset = EXCLUDED.ended_offset,
+                   ended_events = EXCLUDED.ended_events, updated_at = now()""",
+            [p for p, _ in rows], [i.insuplc_admdvs for _, i in rows], [i.insutype for _, i in rows],
+            [i.active for _, i in rows], [i.source_time for _, i in rows], [i.seen[0] for _, i in rows],
+            [i.seen[1] for _, i in rows], [i.ended_at[0] if i.ended_at else None for _, i in rows],
+            [i.ended_at[1] if i.ended_at else None for _, i in rows],
+            [orjson.dumps(i.ended_events or []).decode() for _, i in rows],
+        )
+
+    async def filings_under(
+        self, conn: asyncpg.Connection, psn_no: str, insuplc_admdvs: str, insutype: str, before: datetime,
+    ) -> list[str]:
+        """The person's active filings under an insurance, saved before ``before``."""
+        rows = await conn.fetch(
+            """SELECT filing_id FROM filing.filings WHERE psn_no = $1 AND status = 'active'
+               AND insuplc_admdvs = $2 AND insutype = $3 AND updated_at < $4 ORDER BY filing_id""",
+            psn_no, insuplc_admdvs, insutype, before,
+        )
+        return [r["filing_id"] for r in rows]

@@ -101,6 +101,33 @@ async def test_r7_a_long_term_filing_keeps_no_end_date_and_says_so(world, filing
     assert plain["accepted"] and plain["note"] == ""  # as asked: nothing to say
 
 
+async def test_r7_an_insurance_change_ends_a_long_term_filing_and_a_new_filing_settles_again(
+        system, world, gateway, filings):
+    """A long-term filing is valid until it is changed or the person's insurance status changes
+    (R7): a stop and a resume left it in force, and the person settled on it as before."""
+    person = await world.person(category=None)
+    filed = await file(filings, world, person, category="retiree_resettled", begndate="2020-01-01")
+    filing_id = filed["filing"]["filing_id"]
+    ended_before = system.metric("filing", "yidi_filings_ended_total", change="stopped")
+    settled = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+    await world.person(psn_no=person, category=None, active=False)  # the insured region stops the insurance
+    stopped = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+    await world.person(psn_no=person, category=None)  # and resumes it
+    resumed = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+    history = await file(filings, world, person, "history", filing_id=filing_id)
+    refiled = await file(filings, world, person, category="retiree_resettled",
+                         begndate=china_now().strftime("%Y-%m-%d"))
+    again = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+
+    assert settled["infcode"] == 0 and stopped["err_code"] == "NOT_INSURED"
+    assert resumed["err_code"] == "NOT_FILED", resumed
+    assert [(h["action"], h["filing"]["status"]) for h in history["history"]] == [
+        ("add", "active"), ("ended", "cancelled")]
+    assert "(stopped)" in history["history"][-1]["reason"]
+    assert refiled["accepted"] and again["infcode"] == 0, again
+    assert system.metric("filing", "yidi_filings_ended_total", change="stopped") == ended_before + 1
+
+
 async def test_r8_a_change_inside_the_regions_lock_is_refused(system, filings):
     locked = World(system.settings)
     locked.insured = "980000"  # locked for six months in the test services' settings

@@ -13,6 +13,7 @@ from yidi.domain.filing import (
     approve_filing,
     cancel_filing,
     change_filing,
+    end_on_insurance_change,
     new_filing,
     refuse_filing,
 )
@@ -206,3 +207,39 @@ def test_a_request_sent_again_gets_its_stored_event_with_its_own_reply_to_as_sto
     assert event["topic"] == settings.topic("filing.events")
     assert orjson.loads(event["value"]) == stored_event | {"reply_to": "gw.moved"}
     assert answer == {"topic": settings.topic("gw.moved"), "value": '{"reqid": "R1"}'}
+
+
+def test_r7_an_insurance_change_ends_a_long_term_filing_the_day_before_it():
+    """Valid "until the person changes it or their insurance status changes" (seed 001): in force
+    until the day before the change, so a stay admitted while it was stays covered (R6)."""
+    current = new_filing(ask(FilingCategory.RETIREE_RESETTLED, begin=date(2025, 3, 1)))
+    ended = end_on_insurance_change(current, date(2026, 6, 10), today=date(2026, 6, 12))
+    assert ended is not None and ended.status is FilingStatus.CANCELLED
+    assert [(p.begin, p.end) for p in ended.earlier] == [(date(2025, 3, 1), date(2026, 6, 9))]
+    assert not ended.valid_on(date(2026, 6, 10))
+    assert [v.valid_on(date(2026, 6, 9)) for v in ended.versions()] == [False, True]
+    # A change on the day the filing began leaves no day it was in force.
+    same_day = end_on_insurance_change(current, date(2025, 3, 1), today=date(2026, 6, 12))
+    assert same_day is not None and same_day.earlier == ()
+
+
+def test_r7_an_insurance_change_leaves_a_temporary_filing_its_six_months_but_ends_long_term_versions_it_keeps():
+    lived = new_filing(ask(FilingCategory.LONG_TERM_RESIDENT, begin=date(2025, 1, 1)))
+    # A move to a temporary trip from 2026-07-01, planned on 2026-06-01: the long-term version runs until then.
+    trip = change_filing(lived, ask(FilingCategory.TEMPORARY_OTHER, begin=date(2026, 7, 1), filed="120000"),
+                         today=date(2026, 6, 1), lock_months=0, filed_on=date(2025, 1, 1))
+    assert [(p.category, p.end) for p in trip.earlier] == [(FilingCategory.LONG_TERM_RESIDENT, date(2026, 6, 30))]
+    ended = end_on_insurance_change(trip, date(2026, 6, 15), today=date(2026, 6, 15))
+    assert ended is not None and ended.status is FilingStatus.ACTIVE and (ended.begin, ended.end) == (trip.begin, trip.end)
+    assert [(p.category, p.end) for p in ended.earlier] == [(FilingCategory.LONG_TERM_RESIDENT, date(2026, 6, 14))]
+    # Nothing long-term left in force: nothing ends.
+    assert end_on_insurance_change(new_filing(ask()), date(2026, 6, 15), today=date(2026, 6, 15)) is None
+    assert end_on_insurance_change(ended, date(2026, 6, 20), today=date(2026, 6, 20)) is None
+
+
+def test_r7_an_insurance_change_leaves_filings_not_in_force_alone():
+    pending = new_filing(ask(FilingCategory.RETIREE_RESETTLED, at_once=False))
+    cancelled = cancel_filing(new_filing(ask(FilingCategory.RETIREE_RESETTLED)), today=date(2026, 2, 1), lock_months=0,
+                              filed_on=date(2026, 1, 10))
+    assert end_on_insurance_change(pending, date(2026, 6, 1), today=date(2026, 6, 1)) is None
+    assert end_on_insurance_change(cancelled, date(2026, 6, 1), today=date(2026, 6, 1)) is None

@@ -11,4 +11,4 @@ def test_the_prepayment_mirror_is_waited_for_only_when_asked():
     assert f"ns.{REFDATA_PERSONS}" in topics and f"ns.{PREPAYMENT_STATUS}" not in topics
     asked = consumers_to_wait_for("ns.", optional=[PREPAYMENT_STATUS])
     assert ("ns.yidi-pricing-feed-clearing.prepayment-status", f"ns.{PREPAYMENT_STATUS}") in asked
-    assert len(asked) == len(FEED_READERS) + 1  # every feed reader, and the filing stage
+    assert len(asked) == len(FEED_READERS) + 2  # every feed reader, and the filing stages

@@ -148,7 +148,7 @@ class FilingEvent(WireModel):
     publishes ``result`` to ``reply_to``, so the answer a person gets implies that the very next
     settlement sees the change."""
 
-    event: str = Field(description="filed, changed, cancelled, approved, refused")
+    event: str = Field(description="filed, changed, cancelled, approved, refused; ended: by an insurance change (R7)")
     filing: FilingRecord
     result: FilingResult | None = None
     reply_to: str = ""

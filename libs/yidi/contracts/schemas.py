@@ -262,6 +262,7 @@ PRICING_ELIGIBLE = _stage("pricing", "yidi-pricing-eligible")
 CLEARING_PRICED = _stage("clearing", "yidi-clearing-priced")
 CLEARING_ADMIN = _stage("clearing", "yidi-clearing-requests")  # stage clearing-admin
 FILING_REQUESTS = _stage("filing", T.FILING_STAGE_GROUP)
+FILING_PERSONS = _stage("filing", T.FILING_PERSONS_GROUP)  # stage filing-persons
 
 CLEARING_REQUEST_MESSAGES = ("FundPrepayment", "RunMonth", "ConfirmStatement", "QuerySettlement", "QueryFacilityDay",
                              "QueryPairMonth", "QueryMonth", "QueryPrepayment", "Reconcile")
@@ -331,14 +332,18 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         writers=("filing",),
         readers=(ELIGIBILITY_FILINGS,),
         notes="Each event carries the requester's `result` and `reply_to`: eligibility applies the event to its "
-              "mirror (if its `filing.version` is newer) and cache, then publishes the result.",
+              "mirror (if its `filing.version` is newer) and cache, then publishes the result. An `ended` event "
+              "(a long-term filing ended because the person's insurance changed, R7) has no result and no "
+              "`reply_to`.",
     ),
     T.REFDATA_PERSONS: TopicContract(
         messages=("PersonRecord",),
         writers=(),
-        readers=(_feed("eligibility", T.REFDATA_PERSONS),),
+        readers=(_feed("eligibility", T.REFDATA_PERSONS), FILING_PERSONS),
         external_writers="insured regions; `yidi-load` (section `persons`)",
-        notes="Compacted: the last record written per `psn_no` is kept. Eligibility keeps the newest by "
+        notes="Filing reads it too (stage `filing-persons`): a change of a person's insured region, fund "
+              "(`insutype`) or `active` ends the long-term filings under the old insurance (R7). "
+              "Compacted: the last record written per `psn_no` is kept. Eligibility keeps the newest by "
               "`updated_at` (an older record is ignored), so after a reload of an earlier file the topic's "
               "tail and eligibility's state differ until the region publishes again. There is no delete; "
               "publish `active: false`.",

@@ -100,6 +100,23 @@ def superseded(current: Filing, cutover: date, today: date) -> tuple[FilingPerio
     return tuple(p for p in kept if p.begin <= p.end)[:MAX_EARLIER]
 
 
+def end_on_insurance_change(current: Filing, day: date, today: date) -> Filing | None:
+    """R7: a long-term filing is valid "until the person changes it or their insurance status
+    changes". From ``day``, the day the insured region changed the person's insurance (stopped,
+    resumed, moved to another fund), an active long-term filing under that insurance is ended: in
+    force until the day before, so a stay admitted while it was stays covered (R6), as after a
+    cancellation. A temporary filing keeps its six months, but long-term versions it still keeps
+    in force (a move planned for a later day) end too. None: nothing of ``current`` ends."""
+    if current.status is FilingStatus.ACTIVE and current.category.is_long_term:
+        return replace(current, status=FilingStatus.CANCELLED, earlier=superseded(current, day, today))
+    last = day - timedelta(days=1)
+    earlier = tuple(
+        p for p in (replace(p, end=min(p.end, last)) if p.category.is_long_term else p for p in current.earlier)
+        if p.begin <= p.end
+    )
+    return None if earlier == current.earlier else replace(current, earlier=earlier)
+
+
 def cancel_filing(current: Filing, *, today: date, lock_months: int, filed_on: date) -> Filing:
     if current.status is FilingStatus.CANCELLED:
         return current

@@ -44,6 +44,12 @@ DEAD_LETTERS = Counter("yidi_dead_letters_total", "Messages sent to a dead-lette
 REFDATA_RECORDS = Counter(
     "yidi_refdata_records_total", "Reference-feed records applied, refused or ignored as stale, per feed.", ["feed", "outcome"]
 )
+FILINGS_ENDED = Counter(
+    "yidi_filings_ended_total",
+    "Filings ended because the person's insurance changed (R7), by the change: stopped, resumed, moved "
+    "(to another insured region or fund).",
+    ["change"],
+)
 CACHE_LOOKUPS = Counter(
     "yidi_eligibility_cache_total",
     "Eligibility cache look-ups: hit, miss (read through Postgres), fallback (Redis unreachable).",

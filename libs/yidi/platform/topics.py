@@ -87,3 +87,5 @@ FEED_READERS: dict[str, str] = {
 # YIDI_PREPAYMENT_POLICY=refuse, so its group exists only then (waiters ask for it explicitly).
 OPTIONAL_FEEDS: frozenset[str] = frozenset({PREPAYMENT_STATUS})
 FILING_STAGE_GROUP = "yidi-filing-requests"
+# Filing follows refdata.persons too: an insurance change ends long-term filings (R7).
+FILING_PERSONS_GROUP = feed_group("filing", REFDATA_PERSONS)

@@ -30,6 +30,7 @@ from yidi.platform.kafka import ensure_platform_topics
 from yidi.platform.lag import wait_caught_up
 from yidi.platform.topics import (
     FEED_READERS,
+    FILING_PERSONS_GROUP,
     OPTIONAL_FEEDS,
     FILING_EVENTS,
     FILING_REQUESTS,
@@ -101,7 +102,8 @@ def consumers_to_wait_for(namespace: str, *, optional: Iterable[str] = ()) -> li
     """(group, topic) of every feed reader; of the ``OPTIONAL_FEEDS`` only those in ``optional``
     (their readers exist only in some configurations: waiting on an absent group never ends)."""
     wanted = set(optional)
-    pairs = [(f"{namespace}{FILING_STAGE_GROUP}", f"{namespace}{FILING_REQUESTS}")]
+    pairs = [(f"{namespace}{FILING_STAGE_GROUP}", f"{namespace}{FILING_REQUESTS}"),
+             (f"{namespace}{FILING_PERSONS_GROUP}", f"{namespace}{REFDATA_PERSONS}")]
     pairs += [(f"{namespace}{feed_group(service, topic)}", f"{namespace}{topic}") for topic, service in FEED_READERS.items()
               if topic not in OPTIONAL_FEEDS or topic in wanted]
     # filing.events is written by the filing stage: check it after the stage has caught up.
