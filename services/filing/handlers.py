@@ -26,6 +26,7 @@ from yidi.platform.replies import answer_fallback, dead_letter, parse_each, refu
 from yidi.platform.settings import Settings
 from yidi.platform.topics import FILING_EVENTS
 
+from services.filing.persons import published_at
 from services.filing.repository import FilingRepository
 
 
@@ -45,10 +46,10 @@ class FilingHandler:
         requests, out = parse_each(records, FilingRequest.model_validate, "filing request", self.refuse)
         async with self.repo.transaction() as conn:
             await lock_keys(conn, "yidi-filing", [request.psn_no for _, request in requests])
-            for _, request in requests:
+            for record, request in requests:
                 seen = await self.repo.answered(conn, request.reqid)
                 if seen is None:
-                    emitted = await self._apply(conn, request)
+                    emitted = await self._apply(conn, request, published_at(record))
                 elif seen[0] and seen[0] != request_hash(request):
                     emitted = self._answer(request, FilingResult(
                         reqid=request.reqid, accepted=False,
@@ -87,8 +88,8 @@ class FilingHandler:
             result=lambda reqid: FilingResult(reqid=reqid, accepted=False, reason=why),
         ) or [dead_letter(record, reason)]
 
-    async def _apply(self, conn: Any, request: FilingRequest) -> list[dict[str, Any]]:
-        """Apply one request; return what to publish (kept for a repeated reqid)."""
+    async def _apply(self, conn: Any, request: FilingRequest, asked_at: datetime) -> list[dict[str, Any]]:
+        """Apply one request, published at ``asked_at``; return what to publish (kept for a repeated reqid)."""
         today = datetime.now(BUSINESS_TZ).date()  # the person's today, not UTC's (R8's lock is in days)
         try:
             if request.action is FilingAction.HISTORY:
@@ -102,8 +103,10 @@ class FilingHandler:
             # FilingRefused, or a value the rules cannot work with: refused, never a stage that stops.
             reason = str(exc) if isinstance(exc, FilingRefused) else f"the request cannot be applied: {exc}"
             return self._answer(request, FilingResult(reqid=request.reqid, accepted=False, reason=reason))
+        # An add or a change is made now: an insurance change after it leaves it be (R7, persons.py).
+        made_at = asked_at if request.action in (FilingAction.ADD, FilingAction.CHANGE) else None
         saved = await self.repo.save(conn, filing, version, filed_on, request.action.value, request.reqid,
-                                     request.decl_source.value, request.opter, request.reason)
+                                     request.decl_source.value, request.opter, request.reason, made_at)
         result = FilingResult(reqid=request.reqid, accepted=True, filing=saved, note=_what_the_rules_changed(request, saved))
         # Eligibility applies the event, then answers: the answer implies the next settlement sees it.
         event_out = FilingEvent(event=event, filing=saved, result=result, reply_to=request.reply_to)

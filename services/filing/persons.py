@@ -2,21 +2,29 @@
 
 A long-term filing stays valid "until the person changes it or their insurance status changes"
 (R7, seed 001). Filing follows each person's insurance as the insured region publishes it
-(insured region, fund, active) and, when it changes, ends the long-term filings under the
+(insured region, fund, active) and, when it changes, ends the long-term filings made under the
 insurance the person had: in force until the day before the change, so a stay admitted while it
-was stays covered (R6), as after a cancellation. Each ended filing gets a new version and a
-history entry (action ``ended``, by the platform, with the reason) and is published on
-filing.events like a cancellation: eligibility has it before the next settlement it reads.
+was stays covered (R6), as after a cancellation; one waiting for approval is cancelled. Each
+ended filing gets a new version and a history entry (action ``ended``, ``decl_source``
+``platform``, the reason) and is published on filing.events like a cancellation: eligibility has
+it before the next settlement it reads.
 
-Which filings: active ones under the insurance the person had, saved before the change took
-effect: the region's time of the record (``updated_at``) or, without one, the time the record was
-published. A filing made for the new insurance, or made after the change, stays, whichever of
-the two topics filing happens to read first. The first record filing sees of a person changes
-nothing: it holds nothing to compare it with. A temporary filing keeps its six months (R7 says
-"until the insurance changes" of long-term ones only).
+When: the change takes effect at the region's time of the record (``updated_at``) or, without
+one, the time the record was published. Which filings: those under the old insurance whose
+version was asked for (``made_at``: the add or change request's publish time) before it, so a
+filing made for the new insurance, or after the change, stays, whichever of the two topics filing
+happens to read first. A resumed insurance ends what was made before it stopped (what the stop
+should have ended), not what the person filed while it was stopped: that was filed for the
+insurance now resumed. The first record filing sees of a person ends nothing: it holds nothing to
+compare it with. A temporary filing keeps its six months (R7 limits long-term ones).
 
 A record older than the one held (by ``updated_at``) is ignored, as eligibility ignores it; one
-that does not validate, or dated ahead of the clock, too (eligibility's feed dead-letters it).
+that does not validate, or whose ``updated_at`` is ahead of its publish time by more than the
+tolerance, too (eligibility's feed dead-letters it, judging by its own clock as it reads it).
+
+Exactly once: a batch handled again after Postgres committed (its Kafka transaction lost) finds
+its records already seen (partition and offset in ``filing.persons``) and publishes again, from
+the history, what each of them ended.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from yidi.contracts.filing import FilingEvent
+from yidi.contracts.filing import FilingEvent, FilingRecord
 from yidi.contracts.refdata import PersonRecord
 from yidi.domain.codes import BUSINESS_TZ
 from yidi.domain.filing import end_on_insurance_change
@@ -45,6 +53,18 @@ log = logging.getLogger(__name__)
 ENDED_BY = "platform"  # the history's decl_source of a filing ended by an insurance change
 
 
+def published_at(record: Incoming) -> datetime:
+    """A record's Kafka timestamp (its producer's time of sending), as an aware time."""
+    if record.timestamp_ms <= 0:  # a record without one (message format v0): read now
+        return datetime.now(UTC)
+    return datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+
+
+def ended_reqid(record: Incoming) -> str:
+    """The history's reqid of what a persons record ended: the record itself."""
+    return f"refdata.persons/{record.partition}/{record.offset}@{record.timestamp_ms}"
+
+
 def change_kind(before: Insurance, after: Insurance) -> str:
     if before.active and not after.active:
         return "stopped"
@@ -59,7 +79,6 @@ class FilingPersonsHandler:
         self.repo = repo
 
     def _readable(self, records: list[Incoming]) -> list[tuple[Incoming, PersonRecord]]:
-        now = datetime.now(BUSINESS_TZ)
         people = []
         for record in records:
             try:
@@ -67,7 +86,7 @@ class FilingPersonsHandler:
             except (ValidationError, ValueError) as exc:
                 log.debug("filing: person record %s/%s/%s ignored: %s", record.topic, record.partition, record.offset, exc)
                 continue
-            if person.ahead_of(now, self.settings.max_clock_ahead_seconds):
+            if person.ahead_of(published_at(record), self.settings.max_clock_ahead_seconds):
                 continue
             people.append((record, person))
         return people
@@ -76,65 +95,68 @@ class FilingPersonsHandler:
         people = self._readable(records)
         if not people:
             return []
-        out: list[dict[str, Any]] = []
+        events: list[tuple[str, FilingRecord]] = []
+        kinds: list[str] = []
         async with self.repo.transaction() as conn:
             # The same locks as the filing requests: a request and an insurance change of one
             # person take turns.
             await lock_keys(conn, "yidi-filing", [p.psn_no for _, p in people])
             held = await self.repo.insurances(conn, sorted({p.psn_no for _, p in people}))
-            ended_now: set[str] = set()
+            again: list[str] = []
             for record, person in people:
-                at = (record.partition, record.offset)
+                seen = (record.partition, record.offset, published_at(record))
                 before = held.get(person.psn_no)
-                if before is not None and before.seen[0] == at[0] and at <= before.seen:
+                if before is not None and before.seen[0] == seen[0] and seen[1] <= before.seen[1]:
                     # Applied before: this batch is handled again (its Kafka transaction was lost
-                    # after the commit). What it ended is published again, or eligibility would
-                    # never hear of it.
-                    if before.ended_at == at:
-                        out.extend(before.ended_events or [])
+                    # after the commit). What the record ended is published again, or eligibility
+                    # might never hear of it. (A topic made anew starts its offsets again: the
+                    # runbook's "Topics" resets the offsets seen.)
+                    again.append(ended_reqid(record))
                     continue
                 moment = person.source_time
                 if moment is not None and before is not None and before.source_time is not None \
                         and moment < before.source_time:
-                    before.seen = at  # older than the one held: ignored, as eligibility ignores it
+                    before.seen = seen  # older than the one held: ignored, as eligibility ignores it
                     continue
-                after = Insurance(
-                    person.insuplc_admdvs, person.insutype.value, person.active,
-                    moment or (before.source_time if before else None), at,
-                    before.ended_at if before else None, before.ended_events if before else None,
-                )
-                if before is not None and before.status != after.status:
-                    since = moment or datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
-                    events = await self._end(conn, person.psn_no, before, since, at, change_kind(before, after))
-                    if events:
-                        # A new batch starts the person's kept events afresh; one batch's changes add up.
-                        kept = (before.ended_events or []) if person.psn_no in ended_now else []
-                        after.ended_at, after.ended_events = at, kept + events
-                        ended_now.add(person.psn_no)
-                        out.extend(events)
+                at = moment or seen[2]
+                after = Insurance(person.insuplc_admdvs, person.insutype.value, person.active,
+                                  moment or (before.source_time if before else None), at, seen)
+                if before is not None and before.status == after.status:
+                    after.since = before.since
+                elif before is not None:
+                    kind = change_kind(before, after)
+                    # Resumed: what was made before the stop; else what was made before the change.
+                    cutoff = before.since if kind == "resumed" else at
+                    ended = await self._end(conn, person.psn_no, before, cutoff, ended_reqid(record), kind)
+                    events += [(person.psn_no, e) for e in ended]
+                    kinds += [kind] * len(ended)
                 held[person.psn_no] = after
+            if again:
+                events += [(r.psn_no, r) for _, r in await self.repo.ended_by(conn, again)]
             await self.repo.save_insurances(conn, held)
-        return [Outgoing(topic=e["topic"], value=e["value"].encode(), key=e["key"].encode()) for e in out]
+        for kind in kinds:  # once committed: a batch retried after a transient error counts once
+            metrics.FILINGS_ENDED.labels(kind).inc()
+        topic = self.settings.topic(FILING_EVENTS)
+        return [Outgoing(topic=topic, value=dumps(FilingEvent(event="ended", filing=r)), key=psn_no.encode())
+                for psn_no, r in events]
 
     async def _end(
-        self, conn: Any, psn_no: str, before: Insurance, since: datetime, at: tuple[int, int], kind: str,
-    ) -> list[dict[str, Any]]:
+        self, conn: Any, psn_no: str, before: Insurance, cutoff: datetime, reqid: str, kind: str,
+    ) -> list[FilingRecord]:
         today = datetime.now(BUSINESS_TZ).date()
-        day = min(since.astimezone(BUSINESS_TZ).date(), today)
-        reason = (f"the person's insurance changed on {day.isoformat()} ({kind}): a long-term filing is valid until "
+        day = min(cutoff.astimezone(BUSINESS_TZ).date(), today)
+        reason = (f"the person's insurance changed ({kind}) on {day.isoformat()}: a long-term filing is valid until "
                   "it is changed or the insurance status changes (R7); file again")
-        events = []
-        for filing_id in await self.repo.filings_under(conn, psn_no, before.insuplc_admdvs, before.insutype, since):
+        ended = []
+        for filing_id in await self.repo.filings_made_under(conn, psn_no, before.insuplc_admdvs, before.insutype,
+                                                            cutoff):
             found = await self.repo.get(conn, filing_id)
             assert found is not None
             record, filed_on = found
-            ended = end_on_insurance_change(record.to_domain(), day, today)
-            if ended is None:
+            changed = end_on_insurance_change(record.to_domain(), day, today)
+            if changed is None:
                 continue
-            saved = await self.repo.save(conn, ended, record.version + 1, filed_on, "ended",
-                                         f"refdata.persons/{at[0]}/{at[1]}", ENDED_BY, "", reason)
-            metrics.FILINGS_ENDED.labels(kind).inc()
+            ended.append(await self.repo.save(conn, changed, record.version + 1, filed_on, "ended", reqid,
+                                              ENDED_BY, "", reason))
             log.info("filing %s of %s ended: %s", filing_id, psn_no, reason)
-            event = FilingEvent(event="ended", filing=saved)
-            events.append({"topic": self.settings.topic(FILING_EVENTS), "key": psn_no, "value": dumps(event).decode()})
-        return events
+        return ended

@@ -16,16 +16,15 @@ from yidi.platform.db import Repository, json_value
 
 @dataclass
 class Insurance:
-    """A person's insurance as filing holds it (R7), with the ``refdata.persons`` record last
-    applied and the events the record that last ended filings published."""
+    """A person's insurance as filing holds it (R7): since when, as far as filing knows, and the
+    ``refdata.persons`` record last applied (partition, offset, Kafka timestamp)."""
 
     insuplc_admdvs: str
     insutype: str
     active: bool
     source_time: datetime | None
-    seen: tuple[int, int]
-    ended_at: tuple[int, int] | None = None
-    ended_events: list[dict[str, Any]] | None = None
+    since: datetime
+    seen: tuple[int, int, datetime]
 
     @property
     def status(self) -> tuple[str, str, bool]:
@@ -55,19 +54,22 @@ class FilingRepository(Repository):
     async def save(
         self, conn: asyncpg.Connection, filing: Filing, version: int, filed_on: date,
         action: str, reqid: str, decl_source: str, opter: str = "", reason: str = "",
+        made_at: datetime | None = None,
     ) -> FilingRecord:
+        """Save a filing's new version and its history entry. ``made_at``: when this version was
+        asked for (an add or a change: the request's publish time); None keeps the one held."""
         record = FilingRecord.of(filing, version)
         await conn.execute(
-            """INSERT INTO filing.filings (filing_id, psn_no, insutype, insuplc_admdvs, filed_admdvs, category,
-                   begndate, enddate, status, version, filed_on, earlier)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb)
+            """INSERT INTO filing.filings AS f (filing_id, psn_no, insutype, insuplc_admdvs, filed_admdvs, category,
+                   begndate, enddate, status, version, filed_on, earlier, made_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13)
                ON CONFLICT (filing_id) DO UPDATE SET insutype = EXCLUDED.insutype, filed_admdvs = EXCLUDED.filed_admdvs,
                    category = EXCLUDED.category, begndate = EXCLUDED.begndate, enddate = EXCLUDED.enddate,
                    status = EXCLUDED.status, version = EXCLUDED.version, earlier = EXCLUDED.earlier,
-                   updated_at = now()""",
+                   made_at = coalesce(EXCLUDED.made_at, f.made_at), updated_at = now()""",
             record.filing_id, record.psn_no, record.insutype.value, record.insuplc_admdvs, record.filed_admdvs,
             record.category.value, record.begndate, record.enddate, record.status.value, version, filed_on,
-            orjson.dumps([p.model_dump(mode="json") for p in record.earlier]).decode(),
+            orjson.dumps([p.model_dump(mode="json") for p in record.earlier]).decode(), made_at,
         )
         await conn.execute(
             """INSERT INTO filing.filing_history (filing_id, version, action, reqid, decl_source, opter, reason, record)
@@ -98,11 +100,8 @@ class FilingRepository(Repository):
     async def insurances(self, conn: asyncpg.Connection, psn_nos: list[str]) -> dict[str, Insurance]:
         rows = await conn.fetch("SELECT * FROM filing.persons WHERE psn_no = ANY($1::text[])", psn_nos)
         return {
-            r["psn_no"]: Insurance(
-                r["insuplc_admdvs"], r["insutype"], r["active"], r["source_time"], (r["seen_partition"], r["seen_offset"]),
-                None if r["ended_partition"] is None else (r["ended_partition"], r["ended_offset"]),
-                json_value(r["ended_events"]),
-            )
+            r["psn_no"]: Insurance(r["insuplc_admdvs"], r["insutype"], r["active"], r["source_time"], r["since"],
+                                   (r["seen_partition"], r["seen_offset"], r["seen_at"]))
             for r in rows
         }
 
@@ -111,29 +110,37 @@ class FilingRepository(Repository):
             return
         rows = list(held.items())
         await conn.execute(
-            """INSERT INTO filing.persons AS p (psn_no, insuplc_admdvs, insutype, active, source_time, seen_partition,
-                   seen_offset, ended_partition, ended_offset, ended_events)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::timestamptz[], $6::int[],
-                                    $7::bigint[], $8::int[], $9::bigint[], $10::jsonb[])
+            """INSERT INTO filing.persons (psn_no, insuplc_admdvs, insutype, active, source_time, since,
+                   seen_partition, seen_offset, seen_at)
+               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::timestamptz[],
+                                    $6::timestamptz[], $7::int[], $8::bigint[], $9::timestamptz[])
                ON CONFLICT (psn_no) DO UPDATE SET insuplc_admdvs = EXCLUDED.insuplc_admdvs,
                    insutype = EXCLUDED.insutype, active = EXCLUDED.active, source_time = EXCLUDED.source_time,
-                   seen_partition = EXCLUDED.seen_partition, seen_offset = EXCLUDED.seen_offset,
-                   ended_partition = EXCLUDED.ended_partition, ended_offset = EXCLUDED.ended_offset,
-                   ended_events = EXCLUDED.ended_events, updated_at = now()""",
+                   since = EXCLUDED.since, seen_partition = EXCLUDED.seen_partition,
+                   seen_offset = EXCLUDED.seen_offset, seen_at = EXCLUDED.seen_at, updated_at = now()""",
             [p for p, _ in rows], [i.insuplc_admdvs for _, i in rows], [i.insutype for _, i in rows],
-            [i.active for _, i in rows], [i.source_time for _, i in rows], [i.seen[0] for _, i in rows],
-            [i.seen[1] for _, i in rows], [i.ended_at[0] if i.ended_at else None for _, i in rows],
-            [i.ended_at[1] if i.ended_at else None for _, i in rows],
-            [orjson.dumps(i.ended_events or []).decode() for _, i in rows],
+            [i.active for _, i in rows], [i.source_time for _, i in rows], [i.since for _, i in rows],
+            [i.seen[0] for _, i in rows], [i.seen[1] for _, i in rows], [i.seen[2] for _, i in rows],
         )
 
-    async def filings_under(
+    async def filings_made_under(
         self, conn: asyncpg.Connection, psn_no: str, insuplc_admdvs: str, insutype: str, before: datetime,
     ) -> list[str]:
-        """The person's active filings under an insurance, saved before ``before``."""
+        """The person's filings under an insurance (all but refused ones) whose version was asked
+        for before ``before`` (a filing saved before ``made_at`` was kept: its last write)."""
         rows = await conn.fetch(
-            """SELECT filing_id FROM filing.filings WHERE psn_no = $1 AND status = 'active'
-               AND insuplc_admdvs = $2 AND insutype = $3 AND updated_at < $4 ORDER BY filing_id""",
+            """SELECT filing_id FROM filing.filings WHERE psn_no = $1 AND status <> 'refused'
+               AND insuplc_admdvs = $2 AND insutype = $3 AND coalesce(made_at, updated_at) < $4
+               ORDER BY filing_id""",
             psn_no, insuplc_admdvs, insutype, before,
         )
         return [r["filing_id"] for r in rows]
+
+    async def ended_by(self, conn: asyncpg.Connection, reqids: list[str]) -> list[tuple[str, FilingRecord]]:
+        """The filings the given persons records ended (reqid ``refdata.persons/…``), as ended."""
+        rows = await conn.fetch(
+            """SELECT reqid, record FROM filing.filing_history WHERE action = 'ended' AND reqid = ANY($1::text[])
+               ORDER BY array_position($1::text[], reqid), filing_id""",
+            reqids,
+        )
+        return [(r["reqid"], FilingRecord.model_validate(json_value(r["record"]))) for r in rows]

@@ -36,26 +36,32 @@ async def filing_repo(settings):
         await pool.close()
 
 
+def ago(**delta: float) -> datetime:
+    return datetime.now(BUSINESS_TZ) - timedelta(**delta)
+
+
 class Feed:
     """refdata.persons records of one person, at increasing offsets of one partition."""
 
     def __init__(self, psn_no: str) -> None:
         self.psn_no, self.offset = psn_no, 0
 
-    def record(self, *, active: bool = True, insutype: str = "310", updated_at: str = "") -> Incoming:
+    def record(self, *, active: bool = True, insutype: str = "310", at: datetime | None = None) -> Incoming:
+        """A record the region dated ``at`` (none: dated by its publish time)."""
         self.offset += 1
         value = {"psn_no": self.psn_no, "psn_name": "p", "insuplc_admdvs": REGION, "insutype": insutype,
-                 "psn_type": "11", "active": active, "updated_at": updated_at}
+                 "psn_type": "11", "active": active, "updated_at": at.isoformat() if at else ""}
         return Incoming("refdata.persons", 2, self.offset, self.psn_no.encode(), orjson.dumps(value),
                         int(time.time() * 1000))
 
 
-async def file(repo: FilingRepository, psn_no: str, category: FilingCategory, insutype: str = "310",
-               begin: date = date(2025, 1, 1)) -> str:
+async def file(repo: FilingRepository, psn_no: str, category: FilingCategory, *, made: datetime,
+               insutype: str = "310", begin: date = date(2025, 1, 1), at_once: bool = True) -> str:
+    """A filing asked for at ``made``."""
     filing = new_filing(FilingAsk(unique("F"), psn_no, InsuranceType(insutype), REGION, FILED, category, begin,
-                                  None, True))
+                                  None, at_once))
     async with repo.transaction() as conn:
-        await repo.save(conn, filing, 1, begin, "add", unique("R"), "import")
+        await repo.save(conn, filing, 1, begin, "add", unique("R"), "import", made_at=made)
     return filing.filing_id
 
 
@@ -73,83 +79,130 @@ def ended(out) -> list[FilingEvent]:
 async def test_a_stop_ends_the_long_term_filings_under_the_old_insurance_and_nothing_else(filing_repo, settings):
     psn = unique("P")
     handler, feed = FilingPersonsHandler(settings, filing_repo), Feed(psn)
-    long_term = await file(filing_repo, psn, FilingCategory.RETIREE_RESETTLED)
-    temporary = await file(filing_repo, psn, FilingCategory.TEMPORARY_OTHER, begin=datetime.now(BUSINESS_TZ).date())
-    other_fund = await file(filing_repo, psn, FilingCategory.LONG_TERM_RESIDENT, insutype="390")
+    long_term = await file(filing_repo, psn, FilingCategory.RETIREE_RESETTLED, made=ago(days=3))
+    waiting = await file(filing_repo, psn, FilingCategory.LONG_TERM_RESIDENT, made=ago(days=3), at_once=False)
+    temporary = await file(filing_repo, psn, FilingCategory.TEMPORARY_OTHER, made=ago(days=3),
+                           begin=datetime.now(BUSINESS_TZ).date())
+    other_fund = await file(filing_repo, psn, FilingCategory.LONG_TERM_RESIDENT, made=ago(days=3), insutype="390")
 
-    first = await handler([feed.record()])  # the first record seen of the person: nothing to compare with
-    same = await handler([feed.record()])  # the same insurance again (a reload): no change
-    stop = await handler([feed.record(active=False)])
+    first = await handler([feed.record(at=ago(days=5))])  # the first record seen: nothing to compare with
+    same = await handler([feed.record(at=ago(days=4))])  # the same insurance again (a reload): no change
+    stopped_on = ago(days=1).replace(hour=12)
+    stop = await handler([feed.record(active=False, at=stopped_on)])
 
     assert first == [] and same == []
     events = ended(stop)
-    assert [(e.event, e.filing.filing_id, e.filing.status.value, e.result, e.reply_to) for e in events] == [
-        ("ended", long_term, "cancelled", None, "")]
-    today = datetime.now(BUSINESS_TZ).date()
-    assert [(p.begndate, p.enddate) for p in events[0].filing.earlier] == [(date(2025, 1, 1), today - timedelta(days=1))]
-    assert stop[0].topic == settings.topic("filing.events") and stop[0].key == psn.encode()
+    assert sorted((e.event, e.filing.filing_id, e.filing.status.value, e.result, e.reply_to) for e in events) == sorted([
+        ("ended", long_term, "cancelled", None, ""), ("ended", waiting, "cancelled", None, "")])
+    by_id = {e.filing.filing_id: e.filing for e in events}
+    assert [(p.begndate, p.enddate) for p in by_id[long_term].earlier] == [
+        (date(2025, 1, 1), stopped_on.date() - timedelta(days=1))]
+    assert by_id[waiting].earlier == []  # never in force
+    assert {o.topic for o in stop} == {settings.topic("filing.events")} and {o.key for o in stop} == {psn.encode()}
     assert await status(filing_repo, temporary) == ("active", 1)
     assert await status(filing_repo, other_fund) == ("active", 1)
     async with filing_repo.transaction() as conn:
         history = await filing_repo.history_in(conn, long_term)
     assert [(h["action"], h["decl_source"]) for h in history] == [("add", "import"), ("ended", "platform")]
-    assert "insurance changed" in history[-1]["reason"] and "(stopped)" in history[-1]["reason"]
+    assert f"(stopped) on {stopped_on.date().isoformat()}" in history[-1]["reason"]
 
 
-async def test_a_move_to_another_fund_keeps_a_filing_made_for_the_new_one_or_after_the_change(filing_repo, settings):
+async def test_a_move_to_another_fund_keeps_filings_made_for_the_new_one_or_after_the_change(filing_repo, settings):
     psn = unique("P")
     handler, feed = FilingPersonsHandler(settings, filing_repo), Feed(psn)
-    await handler([feed.record(insutype="390")])
-    old = await file(filing_repo, psn, FilingCategory.RETIREE_RESETTLED, insutype="390")
-    new = await file(filing_repo, psn, FilingCategory.RETIREE_RESETTLED, insutype="310")
-    # The region's record says the change took effect an hour ago: a filing saved since stays.
-    an_hour_ago = (datetime.now(BUSINESS_TZ) - timedelta(hours=1)).isoformat()
-    moved = await handler([feed.record(insutype="310", updated_at=an_hour_ago)])
-    assert moved == []
-    assert await status(filing_repo, old) == ("active", 1)
-    # Saved before a change dated now: it ends, and the one under the new fund stays.
-    back = await handler([feed.record(insutype="390", updated_at=datetime.now(BUSINESS_TZ).isoformat())])
-    assert [e.filing.filing_id for e in ended(back)] == [new]
-    assert await status(filing_repo, old) == ("active", 1)
+    await handler([feed.record(insutype="390", at=ago(days=5))])
+    old = await file(filing_repo, psn, FilingCategory.RETIREE_RESETTLED, made=ago(days=3), insutype="390")
+    late = await file(filing_repo, psn, FilingCategory.POSTED_WORKER, made=ago(minutes=30), insutype="390")
+    new = await file(filing_repo, psn, FilingCategory.RETIREE_RESETTLED, made=ago(hours=1), insutype="310")
+    # The region dates the move two hours ago; filing reads it now, after both later filings.
+    moved = await handler([feed.record(insutype="310", at=ago(hours=2))])
+    assert [e.filing.filing_id for e in ended(moved)] == [old]
+    assert await status(filing_repo, late) == ("active", 1)
+    assert await status(filing_repo, new) == ("active", 1)
+
+
+async def test_a_resume_ends_what_the_stop_missed_and_keeps_what_was_filed_while_stopped(filing_repo, settings):
+    psn = unique("P")
+    handler, feed = FilingPersonsHandler(settings, filing_repo), Feed(psn)
+    await handler([feed.record(at=ago(days=10))])
+    await handler([feed.record(active=False, at=ago(days=3))])
+    # Asked for before the stop, saved after it (the filing stage lagging): the stop did not see it.
+    missed = await file(filing_repo, psn, FilingCategory.RETIREE_RESETTLED, made=ago(days=4))
+    while_stopped = await file(filing_repo, psn, FilingCategory.LONG_TERM_RESIDENT, made=ago(days=2))
+    resumed = await handler([feed.record(active=True, at=ago(days=1))])
+    events = ended(resumed)
+    assert [e.filing.filing_id for e in events] == [missed]
+    assert events[0].filing.earlier[0].enddate == ago(days=3).date() - timedelta(days=1)  # as at the stop
+    assert await status(filing_repo, while_stopped) == ("active", 1)
+
+
+async def test_a_filing_is_judged_by_when_it_was_asked_for_not_by_its_last_write(filing_repo, settings):
+    """Through the filing stage: an add asked for five days ago and cancelled now is still a filing
+    made before a stop dated two days ago, read after the cancellation: its version in force ends
+    at the stop, not at the cancellation."""
+    from services.filing.handlers import FilingHandler
+
+    psn = unique("P")
+    requests, handler, feed = FilingHandler(settings, filing_repo), FilingPersonsHandler(settings, filing_repo), Feed(psn)
+    await handler([feed.record(at=ago(days=10))])
+
+    def request(offset: int, body: dict, when: datetime) -> Incoming:
+        return Incoming("filing.requests", 0, offset, psn.encode(), orjson.dumps(body | {"reqid": unique("R"), "psn_no": psn}),
+                        int(when.timestamp() * 1000))
+
+    added = await requests([request(1, {"action": "add", "insutype": "310", "insuplc_admdvs": REGION, "filed_admdvs": FILED,
+                                        "category": "retiree_resettled", "begndate": "2025-01-01",
+                                        "decl_source": "import"}, ago(days=5))])
+    filing_id = ended(added)[0].filing.filing_id
+    await requests([request(2, {"action": "cancel", "filing_id": filing_id}, ago(seconds=1))])
+    stop = await handler([feed.record(active=False, at=ago(days=2))])
+    events = ended(stop)
+    assert [e.filing.filing_id for e in events] == [filing_id]
+    assert events[0].filing.status.value == "cancelled"
+    assert [p.enddate for p in events[0].filing.earlier] == [ago(days=2).date() - timedelta(days=1)]
 
 
 async def test_an_older_record_changes_nothing(filing_repo, settings):
     psn = unique("P")
     handler, feed = FilingPersonsHandler(settings, filing_repo), Feed(psn)
-    filing_id = await file(filing_repo, psn, FilingCategory.RETIREE_RESETTLED)
-    now = datetime.now(BUSINESS_TZ)
-    await handler([feed.record(updated_at=now.isoformat())])
-    older = await handler([feed.record(active=False, updated_at=(now - timedelta(days=1)).isoformat())])
+    filing_id = await file(filing_repo, psn, FilingCategory.RETIREE_RESETTLED, made=ago(days=3))
+    await handler([feed.record(at=ago(hours=1))])
+    older = await handler([feed.record(active=False, at=ago(hours=2))])
     assert older == [] and await status(filing_repo, filing_id) == ("active", 1)
     # Not even as the base of the next comparison: the same insurance, newer, is no change.
-    assert await handler([feed.record(updated_at=(now + timedelta(seconds=1)).isoformat())]) == []
+    assert await handler([feed.record(at=ago(minutes=1))]) == []
 
 
-async def test_a_batch_handled_again_publishes_its_ended_filings_again_and_nothing_twice(filing_repo, settings):
+async def test_a_batch_handled_again_publishes_what_its_records_ended_however_often_it_is_lost(filing_repo, settings):
     psn = unique("P")
     handler, feed = FilingPersonsHandler(settings, filing_repo), Feed(psn)
-    filing_id = await file(filing_repo, psn, FilingCategory.RETIREE_RESETTLED)
-    await handler([feed.record()])
-    # Stopped and resumed in one batch: the stop ends the filing; the resume finds nothing more.
-    batch = [feed.record(active=False), feed.record(active=True)]
-    out = await handler(batch)
-    # The Kafka transaction is lost after Postgres committed: the same records come again,
-    # whole or in parts. The ended filing is published again with the record that ended it.
-    again = await handler(batch)
-    first_part, second_part = await handler(batch[:1]), await handler(batch[1:])
-    assert [e.filing.filing_id for e in ended(out)] == [filing_id]
-    assert [o.value for o in again] == [o.value for o in out] == [o.value for o in first_part]
-    assert second_part == []
-    assert await status(filing_repo, filing_id) == ("cancelled", 2)
+    employee = await file(filing_repo, psn, FilingCategory.RETIREE_RESETTLED, made=ago(days=3))
+    resident = await file(filing_repo, psn, FilingCategory.RETIREE_RESETTLED, made=ago(days=3), insutype="390")
+    await handler([feed.record(at=ago(days=5))])
+    to_resident, back = feed.record(insutype="390", at=ago(days=2)), feed.record(insutype="310", at=ago(days=1))
+    # Each time Postgres commits and the Kafka transaction is lost; the partition's next owner
+    # reads from the committed offset, a batch as long as it gets.
+    first = await handler([to_resident])
+    longer = await handler([to_resident, back])
+    third = await handler([to_resident, back])
+    parts = [await handler([r]) for r in (to_resident, back)]
+
+    assert [e.filing.filing_id for e in ended(first)] == [employee]
+    assert sorted(e.filing.filing_id for e in ended(longer)) == sorted([employee, resident])
+    assert sorted(o.value for o in third) == sorted(o.value for o in longer)
+    assert [[e.filing.filing_id for e in ended(p)] for p in parts] == [[employee], [resident]]
+    assert await status(filing_repo, employee) == ("cancelled", 2)
+    assert await status(filing_repo, resident) == ("cancelled", 2)
     # A later record without a change publishes nothing.
-    assert await handler([feed.record(active=True)]) == []
+    assert await handler([feed.record(at=ago(minutes=1))]) == []
 
 
 async def test_records_that_do_not_validate_are_left_to_eligibilitys_feed(filing_repo, settings):
     psn = unique("P")
     handler = FilingPersonsHandler(settings, filing_repo)
     bad = Incoming("refdata.persons", 0, 1, psn.encode(), b'{"psn_no": "x"}', int(time.time() * 1000))
-    ahead = Feed(psn).record(updated_at=(datetime.now(BUSINESS_TZ) + timedelta(days=1)).isoformat())
+    # Dated a day after it was published: refused by eligibility, ignored here.
+    ahead = Feed(psn).record(at=datetime.now(BUSINESS_TZ) + timedelta(days=1))
     assert await handler([bad, ahead]) == []
     async with filing_repo.transaction() as conn:
         assert await filing_repo.insurances(conn, [psn]) == {}

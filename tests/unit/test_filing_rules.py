@@ -237,9 +237,26 @@ def test_r7_an_insurance_change_leaves_a_temporary_filing_its_six_months_but_end
     assert end_on_insurance_change(ended, date(2026, 6, 20), today=date(2026, 6, 20)) is None
 
 
-def test_r7_an_insurance_change_leaves_filings_not_in_force_alone():
+def test_r7_an_insurance_change_cancels_a_long_term_filing_waiting_for_approval_and_cuts_a_cancelled_ones_versions():
     pending = new_filing(ask(FilingCategory.RETIREE_RESETTLED, at_once=False))
+    withdrawn = end_on_insurance_change(pending, date(2026, 6, 1), today=date(2026, 6, 1))
+    assert withdrawn is not None and withdrawn.status is FilingStatus.CANCELLED and withdrawn.earlier == ()
     cancelled = cancel_filing(new_filing(ask(FilingCategory.RETIREE_RESETTLED)), today=date(2026, 2, 1), lock_months=0,
                               filed_on=date(2026, 1, 10))
-    assert end_on_insurance_change(pending, date(2026, 6, 1), today=date(2026, 6, 1)) is None
     assert end_on_insurance_change(cancelled, date(2026, 6, 1), today=date(2026, 6, 1)) is None
+    # The change read after the cancellation, dated before it: the version in force ends at the change.
+    cut = end_on_insurance_change(cancelled, date(2026, 1, 20), today=date(2026, 6, 1))
+    assert cut is not None and [(p.begin, p.end) for p in cut.earlier] == [(date(2026, 1, 10), date(2026, 1, 19))]
+    temporary = new_filing(ask(FilingCategory.TEMPORARY_OTHER, at_once=False))
+    assert end_on_insurance_change(temporary, date(2026, 6, 1), today=date(2026, 6, 1)) is None
+
+
+def test_r7_an_insurance_change_leaves_a_long_term_filings_temporary_version_its_six_months():
+    trip = new_filing(ask(FilingCategory.TEMPORARY_OTHER, begin=date(2026, 5, 1)))
+    # Changed on 1 June to a long-term filing from 1 July: the trip stays in force until 30 June.
+    moving = change_filing(trip, ask(FilingCategory.LONG_TERM_RESIDENT, begin=date(2026, 7, 1), filed="120000"),
+                           today=date(2026, 6, 1), lock_months=0, filed_on=date(2026, 5, 1))
+    ended = end_on_insurance_change(moving, date(2026, 6, 15), today=date(2026, 6, 15))
+    assert ended is not None and ended.status is FilingStatus.CANCELLED  # the move never took effect
+    assert [(p.category, p.begin, p.end) for p in ended.earlier] == [
+        (FilingCategory.TEMPORARY_OTHER, date(2026, 5, 1), date(2026, 6, 30))]

@@ -140,7 +140,11 @@ class FilingResult(WireModel):
                                               "long-term filing has no end date; a temporary one lasts at least "
                                               "six months)")
     filing: FilingRecord | None = None
-    history: list[dict[str, Any]] = Field(default_factory=list)
+    history: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="answer to history: every version of the filing (version, action, reqid, decl_source, opter, "
+                    "reason, at, filing). Action `ended`, with decl_source `platform`: the filing ended because the "
+                    "person's insurance changed (R7); its reqid names the refdata.persons record")
 
 
 class FilingEvent(WireModel):

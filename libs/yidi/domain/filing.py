@@ -102,19 +102,27 @@ def superseded(current: Filing, cutover: date, today: date) -> tuple[FilingPerio
 
 def end_on_insurance_change(current: Filing, day: date, today: date) -> Filing | None:
     """R7: a long-term filing is valid "until the person changes it or their insurance status
-    changes". From ``day``, the day the insured region changed the person's insurance (stopped,
-    resumed, moved to another fund), an active long-term filing under that insurance is ended: in
+    changes". From ``day``, the day the insured region changed the insurance it was made under
+    (stopped, resumed, moved to another fund or region), a long-term filing in force is ended: in
     force until the day before, so a stay admitted while it was stays covered (R6), as after a
-    cancellation. A temporary filing keeps its six months, but long-term versions it still keeps
-    in force (a move planned for a later day) end too. None: nothing of ``current`` ends."""
-    if current.status is FilingStatus.ACTIVE and current.category.is_long_term:
-        return replace(current, status=FilingStatus.CANCELLED, earlier=superseded(current, day, today))
+    cancellation. One waiting for approval is cancelled (made for an insurance that is no more).
+    Temporary filings and versions keep their six months; long-term versions a filing keeps in
+    ``earlier`` end too. None: nothing of ``current`` ends."""
     last = day - timedelta(days=1)
-    earlier = tuple(
-        p for p in (replace(p, end=min(p.end, last)) if p.category.is_long_term else p for p in current.earlier)
+    periods = list(current.earlier)
+    status = current.status
+    if current.category.is_long_term and current.status in (FilingStatus.ACTIVE, FilingStatus.PENDING):
+        status = FilingStatus.CANCELLED
+        if current.status is FilingStatus.ACTIVE and current.begin <= today:
+            periods.insert(0, FilingPeriod(current.filed_region, current.category, current.begin,
+                                           last if current.end is None else min(current.end, last), current.insutype))
+    kept = tuple(
+        p for p in (replace(p, end=min(p.end, last)) if p.category.is_long_term else p for p in periods)
         if p.begin <= p.end
     )
-    return None if earlier == current.earlier else replace(current, earlier=earlier)
+    if status is current.status and kept == current.earlier:
+        return None
+    return replace(current, status=status, earlier=kept)
 
 
 def cancel_filing(current: Filing, *, today: date, lock_months: int, filed_on: date) -> Filing:
