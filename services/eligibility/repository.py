@@ -195,12 +195,16 @@ class EligibilityRepository(Repository):
     async def upsert_outage(
         self, status_id: str, admdvs: str, starts_at: datetime, ends_at: datetime, reason: str, cancelled: bool
     ) -> None:
+        """A window published again replaces the one held, but a cancelled window stays cancelled:
+        a region reloading an earlier file must not stop settlements again (a window announced
+        again takes a new ``status_id``)."""
         async with transient_errors():
             await self._pool.execute(
                 """INSERT INTO eligibility.outages (status_id, admdvs, starts_at, ends_at, reason, cancelled)
                    VALUES ($1, $2, $3, $4, $5, $6)
                    ON CONFLICT (status_id) DO UPDATE SET admdvs = EXCLUDED.admdvs, starts_at = EXCLUDED.starts_at,
-                       ends_at = EXCLUDED.ends_at, reason = EXCLUDED.reason, cancelled = EXCLUDED.cancelled""",
+                       ends_at = EXCLUDED.ends_at, reason = EXCLUDED.reason,
+                       cancelled = eligibility.outages.cancelled OR EXCLUDED.cancelled""",
                 status_id, admdvs, starts_at, ends_at, reason, cancelled,
             )
 

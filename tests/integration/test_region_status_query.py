@@ -38,3 +38,25 @@ async def test_region_status_names_what_is_down_now_and_when_it_resumes(settings
     finally:
         await pool.execute("DELETE FROM eligibility.outages WHERE status_id = ANY($1::text[])", [down, later])
         await pool.close()
+
+
+async def test_a_cancelled_window_published_again_stays_cancelled(settings):
+    """A region reloading an earlier file (the window as first announced) must not stop its
+    settlements again; a window published again before it is cancelled is replaced."""
+    pool = await create_pool(settings.database_url, size=1)
+    window = unique("S")
+    try:
+        await migrate(pool, "eligibility", "services.eligibility.migrations")
+        repo = EligibilityRepository(pool)
+        now = datetime.now(UTC)
+        start = now - timedelta(minutes=5)
+        await repo.upsert_outage(window, DOWN_REGION, start, now + timedelta(hours=1), "network", False)
+        await repo.upsert_outage(window, DOWN_REGION, start, now + timedelta(hours=2), "network, longer", False)
+        extended = [(o.end, o.reason) for o in await repo.outages([DOWN_REGION], now)]
+        await repo.upsert_outage(window, DOWN_REGION, start, now + timedelta(hours=2), "network, longer", True)
+        await repo.upsert_outage(window, DOWN_REGION, start, now + timedelta(hours=1), "network", False)  # the old file
+        assert extended == [(now + timedelta(hours=2), "network, longer")]
+        assert await repo.outages([DOWN_REGION], now) == []
+    finally:
+        await pool.execute("DELETE FROM eligibility.outages WHERE status_id = $1", window)
+        await pool.close()

@@ -154,6 +154,23 @@ def test_r19_an_insured_region_in_an_outage_window_is_refused_naming_when_it_res
     assert "until 2026-11-23 20:00 (UTC+08:00)" in d.message
 
 
+def test_r19_overlapping_and_following_windows_name_when_the_region_really_resumes():
+    """Two windows covering now, and a third beginning as the later ends: the region resumes at
+    the third's end (the first window's end was named, and the cashier sent the patient back
+    while the region was still down)."""
+    short = Outage("131000", NOW - timedelta(hours=1), NOW + timedelta(hours=1), "network")
+    longer = Outage("131000", NOW - timedelta(minutes=30), NOW + timedelta(hours=2), "maintenance")
+    following = Outage("131000", NOW + timedelta(hours=2), NOW + timedelta(hours=3), "upgrade")
+    elsewhere = Outage("370100", NOW - timedelta(hours=1), NOW + timedelta(hours=9), "other region")
+    later = Outage("131000", NOW + timedelta(hours=5), NOW + timedelta(hours=6), "not joined")
+    for order in ([short, longer, following, elsewhere, later], [later, elsewhere, following, longer, short]):
+        d = decide(visit(), PERSON, BEIJING_HOSPITAL, [filing()], order, NOW)
+        assert isinstance(d, Refused) and d.code is Refusal.REGION_UNAVAILABLE
+        assert "until 2026-11-23 21:00 (UTC+08:00) (upgrade)" in d.message, d.message
+    # Only windows that have begun stop settlements.
+    assert isinstance(decide(visit(), PERSON, BEIJING_HOSPITAL, [filing()], [following, later], NOW), Eligible)
+
+
 def test_suspended_insurance_is_refused_not_insured():
     suspended = Person("P1", "Wang", "131000", InsuranceType.EMPLOYEE, PersonType.RETIRED, False)
     d = decide(visit(), suspended, BEIJING_HOSPITAL, [filing()], [], NOW)

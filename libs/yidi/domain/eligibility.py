@@ -203,6 +203,24 @@ _FILING_RANK = {
 }
 
 
+def unavailable(region: str, outages: Iterable[Outage], now: datetime) -> Outage | None:
+    """R19: the region's outage covering ``now``, ending when the region resumes: the latest end
+    of the windows covering now and of those that begin before that end (a maintenance window
+    extended by a second one, or two that overlap), with that last window's reason. None: up."""
+    mine = [o for o in outages if o.region == region]
+    covering = [o for o in mine if o.covers(now)]
+    if not covering:
+        return None
+    last = max(covering, key=lambda o: o.end)
+    extended = True
+    while extended:
+        extended = False
+        for o in mine:
+            if o.start <= last.end < o.end:
+                last, extended = o, True
+    return replace(last, start=min(o.start for o in covering))
+
+
 def decide(
     visit: Visit,
     person: Person | None,
@@ -224,14 +242,14 @@ def decide(
             f"This facility is not networked for medical category {visit.med_type.value}; "
             "settle the bill in cash and give the patient the receipts for a claim at home.",
         )
-    for outage in outages:
-        if outage.region == visit.insured_region and outage.covers(now):
-            return Refused(
-                Refusal.REGION_UNAVAILABLE,
-                f"Insured region {visit.insured_region} is unavailable until "
-                f"{_shown(outage.end)}{' (' + outage.reason + ')' if outage.reason else ''}; "
-                "the patient pays now and may settle again after it resumes (R19).",
-            )
+    outage = unavailable(visit.insured_region, outages, now)
+    if outage is not None:
+        return Refused(
+            Refusal.REGION_UNAVAILABLE,
+            f"Insured region {visit.insured_region} is unavailable until "
+            f"{_shown(outage.end)}{' (' + outage.reason + ')' if outage.reason else ''}; "
+            "the patient pays now and may settle again after it resumes (R19).",
+        )
     if (
         person is None
         or not person.active
