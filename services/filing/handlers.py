@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -98,13 +98,16 @@ class FilingHandler:
                     raise FilingRefused(f"no filing {request.filing_id} of this person")
                 return self._answer(request, FilingResult(
                     reqid=request.reqid, accepted=True, history=await self.repo.history_in(conn, request.filing_id or "")))
+            if request.action in (FilingAction.ADD, FilingAction.CHANGE):
+                await self._insurance_unchanged_since(conn, request, asked_at)
             filing, version, filed_on, event = await self._decide(conn, request, today)
         except (ValueError, ArithmeticError) as exc:
             # FilingRefused, or a value the rules cannot work with: refused, never a stage that stops.
             reason = str(exc) if isinstance(exc, FilingRefused) else f"the request cannot be applied: {exc}"
             return self._answer(request, FilingResult(reqid=request.reqid, accepted=False, reason=reason))
-        # An add or a change is made now: an insurance change after it leaves it be (R7, persons.py).
-        made_at = asked_at if request.action in (FilingAction.ADD, FilingAction.CHANGE) else None
+        # An add or a change is made when it was asked for: an insurance change after that leaves it
+        # be (R7, persons.py). A sender's clock ahead would put it beyond every change: not after now.
+        made_at = min(asked_at, datetime.now(UTC)) if request.action in (FilingAction.ADD, FilingAction.CHANGE) else None
         saved = await self.repo.save(conn, filing, version, filed_on, request.action.value, request.reqid,
                                      request.decl_source.value, request.opter, request.reason, made_at)
         result = FilingResult(reqid=request.reqid, accepted=True, filing=saved, note=_what_the_rules_changed(request, saved))
@@ -113,6 +116,22 @@ class FilingHandler:
         emitted = [{"topic": self.settings.topic(FILING_EVENTS), "value": dumps(event_out).decode()}]
         await self.repo.remember(conn, request.reqid, request_hash(request), result.model_dump(mode="json"), emitted)
         return emitted
+
+    async def _insurance_unchanged_since(self, conn: Any, request: FilingRequest, asked_at: datetime) -> None:
+        """R7: a filing asked for under an insurance that changed after it was asked, and is not
+        the person's insurance now, is refused: the change would have ended it, had this request
+        been handled before it (the filing-persons stage read the change first)."""
+        held = (await self.repo.insurances(conn, [request.psn_no])).get(request.psn_no)
+        if held is None or held.since <= asked_at:
+            return
+        assert request.insuplc_admdvs and request.insutype
+        if held.active and (held.insuplc_admdvs, held.insutype) == (request.insuplc_admdvs, request.insutype.value):
+            return
+        raise FilingRefused(
+            f"the person's insurance changed at {held.since.astimezone(BUSINESS_TZ):%Y-%m-%d %H:%M} (UTC+08:00), after "
+            f"this request was sent: the {request.insutype.value} insurance of region {request.insuplc_admdvs} "
+            f"it names {'is stopped' if held.active is False and (held.insuplc_admdvs, held.insutype) == (request.insuplc_admdvs, request.insutype.value) else 'is not the person’s now'} "
+            "(R7); file under the person's insurance as it is now")
 
     def _answer(self, request: FilingRequest, result: FilingResult) -> list[dict[str, Any]]:
         return [{"topic": self.settings.topic(request.reply_to), "value": dumps(result).decode()}]

@@ -12,15 +12,16 @@ it before the next settlement it reads.
 When: the change takes effect at the region's time of the record (``updated_at``) or, without
 one, the time the record was published. Which filings: those under the old insurance whose
 version was asked for (``made_at``: the add or change request's publish time) before it, so a
-filing made for the new insurance, or after the change, stays, whichever of the two topics filing
-happens to read first. A resumed insurance ends what was made before it stopped (what the stop
+filing made for the new insurance, or after the change, stays. A resumed insurance ends what was made before it stopped (what the stop
 should have ended), not what the person filed while it was stopped: that was filed for the
 insurance now resumed. The first record filing sees of a person ends nothing: it holds nothing to
 compare it with. A temporary filing keeps its six months (R7 limits long-term ones).
 
 A record older than the one held (by ``updated_at``) is ignored, as eligibility ignores it; one
-that does not validate, or whose ``updated_at`` is ahead of its publish time by more than the
-tolerance, too (eligibility's feed dead-letters it, judging by its own clock as it reads it).
+that does not validate, or dated ahead of the clock, too (eligibility's feed dead-letters it), and
+counted ``yidi_refdata_records_total{feed="refdata.persons", outcome="ignored"}``. A request for a
+filing asked for under an insurance that changed after it, and handled after the change, is
+refused by the filing stage (handlers.py), so the order of the two topics does not matter.
 
 Exactly once: a batch handled again after Postgres committed (its Kafka transaction lost) finds
 its records already seen (partition and offset in ``filing.persons``) and publishes again, from
@@ -83,10 +84,15 @@ class FilingPersonsHandler:
         for record in records:
             try:
                 person = PersonRecord.model_validate(loads(record.value))
+                # Dated ahead of the later of its publish time and now: what eligibility refuses
+                # as it reads it, and still right when filing reads it late (its first start).
+                why = person.ahead_of(max(published_at(record), datetime.now(UTC)), self.settings.max_clock_ahead_seconds)
             except (ValidationError, ValueError) as exc:
-                log.debug("filing: person record %s/%s/%s ignored: %s", record.topic, record.partition, record.offset, exc)
-                continue
-            if person.ahead_of(published_at(record), self.settings.max_clock_ahead_seconds):
+                why = str(exc)
+            if why is not None:
+                metrics.REFDATA_RECORDS.labels("refdata.persons", "ignored").inc()
+                log.warning("filing: person record %s/%s/%s ignored (eligibility dead-letters it): %s",
+                            record.topic, record.partition, record.offset, why[:500])
                 continue
             people.append((record, person))
         return people

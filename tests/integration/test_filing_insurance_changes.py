@@ -154,12 +154,45 @@ async def test_a_filing_is_judged_by_when_it_was_asked_for_not_by_its_last_write
                                         "category": "retiree_resettled", "begndate": "2025-01-01",
                                         "decl_source": "import"}, ago(days=5))])
     filing_id = ended(added)[0].filing.filing_id
-    await requests([request(2, {"action": "cancel", "filing_id": filing_id}, ago(seconds=1))])
+    cancelled = await requests([request(2, {"action": "cancel", "filing_id": filing_id}, ago(seconds=1))])
     stop = await handler([feed.record(active=False, at=ago(days=2))])
     events = ended(stop)
+    assert ended(cancelled)[0].result.accepted
     assert [e.filing.filing_id for e in events] == [filing_id]
     assert events[0].filing.status.value == "cancelled"
     assert [p.enddate for p in events[0].filing.earlier] == [ago(days=2).date() - timedelta(days=1)]
+
+
+async def test_a_change_is_made_when_it_was_asked_for_and_a_request_overtaken_by_a_change_is_refused(
+        filing_repo, settings):
+    from services.filing.handlers import FilingHandler
+
+    psn = unique("P")
+    requests, handler, feed = FilingHandler(settings, filing_repo), FilingPersonsHandler(settings, filing_repo), Feed(psn)
+    await handler([feed.record(at=ago(days=10))])
+    offsets = iter(range(1, 100))
+
+    def request(body: dict, when: datetime) -> Incoming:
+        body = {"reqid": unique("R"), "psn_no": psn, "insutype": "310", "insuplc_admdvs": REGION, "filed_admdvs": FILED,
+                "category": "retiree_resettled", "begndate": "2025-01-01", "decl_source": "import"} | body
+        return Incoming("filing.requests", 0, next(offsets), psn.encode(), orjson.dumps(body), int(when.timestamp() * 1000))
+
+    added = ended(await requests([request({"action": "add"}, ago(days=5))]))[0]
+    changed = ended(await requests([request({"action": "change", "filing_id": added.filing.filing_id,
+                                             "filed_admdvs": "120000"}, ago(hours=1))]))[0]
+    # A stop dated before the change was asked for, read after it: the changed filing stays.
+    assert await handler([feed.record(active=False, at=ago(hours=2))]) == []
+    assert changed.result.accepted and await status(filing_repo, added.filing.filing_id) == ("active", 2)
+
+    # Asked for before the person moved to 390, handled after it: refused under 310, taken under 390.
+    await handler([feed.record(insutype="390", at=ago(minutes=30))])
+    late_310 = await requests([request({"action": "add"}, ago(minutes=40))])
+    late_390 = ended(await requests([request({"action": "add", "insutype": "390"}, ago(minutes=40))]))
+    after = ended(await requests([request({"action": "add", "category": "temporary_other"}, ago(minutes=10))]))
+    refusal = orjson.loads(late_310[0].value)
+    assert [o.topic for o in late_310] == [settings.topic("filing.results")]
+    assert not refusal["accepted"] and "(R7)" in refusal["reason"] and "is not the person’s now" in refusal["reason"]
+    assert late_390[0].result.accepted and after[0].result.accepted
 
 
 async def test_an_older_record_changes_nothing(filing_repo, settings):
@@ -195,6 +228,21 @@ async def test_a_batch_handled_again_publishes_what_its_records_ended_however_of
     assert await status(filing_repo, resident) == ("cancelled", 2)
     # A later record without a change publishes nothing.
     assert await handler([feed.record(at=ago(minutes=1))]) == []
+
+
+async def test_a_region_whose_sending_clock_is_slow_is_still_followed(filing_repo, settings):
+    """Dated by the region's database, published by a host 20 minutes slow: not "ahead" of now."""
+    psn = unique("P")
+    handler = FilingPersonsHandler(settings, filing_repo)
+    filing_id = await file(filing_repo, psn, FilingCategory.RETIREE_RESETTLED, made=ago(days=3))
+
+    def slow(offset: int, active: bool) -> Incoming:
+        value = {"psn_no": psn, "psn_name": "p", "insuplc_admdvs": REGION, "insutype": "310", "psn_type": "11",
+                 "active": active, "updated_at": ago(seconds=10 - offset).isoformat()}
+        return Incoming("refdata.persons", 1, offset, psn.encode(), orjson.dumps(value), int(ago(minutes=20).timestamp() * 1000))
+
+    await handler([slow(1, True)])
+    assert [e.filing.filing_id for e in ended(await handler([slow(2, False)]))] == [filing_id]
 
 
 async def test_records_that_do_not_validate_are_left_to_eligibilitys_feed(filing_repo, settings):
