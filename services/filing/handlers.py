@@ -136,11 +136,25 @@ class FilingHandler:
     def _answer(self, request: FilingRequest, result: FilingResult) -> list[dict[str, Any]]:
         return [{"topic": self.settings.topic(request.reply_to), "value": dumps(result).decode()}]
 
+    async def _one_long_term(self, conn: Any, ask: FilingAsk) -> None:
+        """R4, R8: a person lives in one place: one long-term filing under an insurance, active or
+        waiting for approval. A second would also step around the lock R8 lets a region put on the
+        first: it is changed (or cancelled), not filed again."""
+        if not ask.category.is_long_term:
+            return
+        other = await self.repo.other_long_term(conn, ask.psn_no, ask.insured_region, ask.insutype.value, ask.filing_id)
+        if other is not None:
+            filing_id, filed, status = other
+            raise FilingRefused(
+                f"the person already has long-term filing {filing_id} to region {filed} ({status}); a person has one "
+                f"long-term filing: change that one (action change, filing_id {filing_id}) or cancel it first")
+
     async def _decide(self, conn: Any, request: FilingRequest, today: Any) -> tuple[Filing, int, Any, str]:
         if request.action is FilingAction.ADD:
             ask = self._ask(request, request.filing_id or filing_id_for(request.reqid))
             if await self.repo.get(conn, ask.filing_id) is not None:
                 raise FilingRefused(f"filing {ask.filing_id} exists already; change it instead")
+            await self._one_long_term(conn, ask)
             return new_filing(ask), 1, today, "filed"
         current = await self.repo.get(conn, request.filing_id or "")
         if current is None or current[0].psn_no != request.psn_no:
@@ -150,8 +164,9 @@ class FilingHandler:
         lock = self.settings.filing_lock_months.get(record.insuplc_admdvs, 0)
         match request.action:
             case FilingAction.CHANGE:
-                changed = change_filing(filing, self._ask(request, record.filing_id), today=today, lock_months=lock,
-                                        filed_on=filed_on)
+                ask = self._ask(request, record.filing_id)
+                await self._one_long_term(conn, ask)
+                changed = change_filing(filing, ask, today=today, lock_months=lock, filed_on=filed_on)
                 return changed, record.version + 1, filed_on, "changed"
             case FilingAction.CANCEL:
                 return cancel_filing(filing, today=today, lock_months=lock, filed_on=filed_on), record.version + 1, filed_on, "cancelled"

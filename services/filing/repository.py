@@ -10,6 +10,7 @@ import asyncpg
 import orjson
 
 from yidi.contracts.filing import FilingRecord
+from yidi.domain.codes import LONG_TERM_CATEGORIES
 from yidi.domain.eligibility import Filing
 from yidi.platform.db import Repository, json_value
 
@@ -145,3 +146,16 @@ class FilingRepository(Repository):
             reqids,
         )
         return [(r["reqid"], FilingRecord.model_validate(json_value(r["record"]))) for r in rows]
+
+    async def other_long_term(
+        self, conn: asyncpg.Connection, psn_no: str, insuplc_admdvs: str, insutype: str, filing_id: str,
+    ) -> tuple[str, str, str] | None:
+        """Another long-term filing of the person under this insurance, active or waiting for
+        approval: (filing_id, filed region, status)."""
+        row = await conn.fetchrow(
+            """SELECT filing_id, filed_admdvs, status FROM filing.filings
+               WHERE psn_no = $1 AND insuplc_admdvs = $2 AND insutype = $3 AND status IN ('active', 'pending')
+               AND category = ANY($4::text[]) AND filing_id <> $5 ORDER BY filing_id LIMIT 1""",
+            psn_no, insuplc_admdvs, insutype, sorted(c.value for c in LONG_TERM_CATEGORIES), filing_id,
+        )
+        return None if row is None else (row["filing_id"], row["filed_admdvs"], row["status"])

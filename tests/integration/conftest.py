@@ -45,3 +45,17 @@ async def clearing_repo(settings):
         yield ClearingRepository(pool)
     finally:
         await pool.close()
+
+
+@pytest.fixture
+async def filing_repo(settings):
+    """Filing's schema on the real Postgres, and a repository over a small pool of its own."""
+    from services.filing.repository import FilingRepository
+    from yidi.platform.db import create_pool, migrate
+
+    pool = await create_pool(settings.database_url, size=3)
+    try:
+        await migrate(pool, "filing", "services.filing.migrations")
+        yield FilingRepository(pool)
+    finally:
+        await pool.close()

@@ -24,18 +24,6 @@ pytestmark = pytest.mark.integration
 REGION, FILED = "131000", "110000"
 
 
-@pytest.fixture
-async def filing_repo(settings):
-    from yidi.platform.db import create_pool, migrate
-
-    pool = await create_pool(settings.database_url, size=3)
-    try:
-        await migrate(pool, "filing", "services.filing.migrations")
-        yield FilingRepository(pool)
-    finally:
-        await pool.close()
-
-
 def ago(**delta: float) -> datetime:
     return datetime.now(BUSINESS_TZ) - timedelta(**delta)
 
