@@ -234,10 +234,22 @@ class EligibilityHandler:
                 out.append(self.handle_one(p, subject, facilities, outages, now))
             except (ValidationError, ValueError) as exc:  # e.g. a stored record this version cannot read
                 log.exception("eligibility failed for %s", p.request.msgid)
-                out.extend(broken(self.settings, p.record, f"eligibility failed: {exc!r}",
-                                  "The platform could not check this person's insurance; nothing was settled. "
-                                  "Try again later or settle in cash."))
+                out.extend(self._failed(p, f"eligibility failed: {exc!r}"))
         return out
+
+    def _failed(self, p: Parsed, reason: str) -> list[Outgoing]:
+        """A request eligibility could not decide: dead-lettered, and answered ``INTERNAL_ERROR``.
+        A settlement or pre-settlement is answered by pricing, after its msgid check, as every
+        refusal is: a settled request sent again must get its stored answer, not "nothing was
+        settled" beside a payment in the ledger."""
+        message = "The platform could not check this person's insurance; nothing was settled. Try again later or settle in cash."
+        if not (p.request.infno.prices_a_bill and p.body is not None):
+            return broken(self.settings, p.record, reason, message)
+        work = _work(p)
+        work["refusal"] = {"err_code": ErrCode.INTERNAL_ERROR.value, "err_msg": message}
+        return [dead_letter(p.record, reason),
+                Outgoing(topic=self.settings.topic(SETTLEMENT_ELIGIBLE), value=orjson.dumps(work),
+                         key=p.body.psn_no.encode())]
 
     def handle_one(
         self,
@@ -259,8 +271,11 @@ class EligibilityHandler:
             # Keyed as pricing keys it (the person, stripped), so a resend meets its settlement's partition.
             key = body.psn_no if body is not None else code_text(request.data.get("psn_no")) or request.msgid
             return Outgoing(topic=self.settings.topic(SETTLEMENT_ELIGIBLE), value=orjson.dumps(work), key=key.encode())
+        # Read only for what decides on the person: a cancellation or reversal passes unchecked,
+        # whatever the stored record has become (one this version cannot read included).
+        reads_person = request.infno in (Infno.PERSON_INFO, Infno.BENEFIT_CHECK) or request.infno.prices_a_bill
         person_record = (PersonRecord.model_validate(subject["person"], context=STORED_CONTEXT)
-                         if subject and subject["person"] else None)
+                         if reads_person and subject and subject["person"] else None)
         if request.infno in (Infno.PERSON_INFO, Infno.BENEFIT_CHECK):
             # A person's identity, balance and filings go to networked facilities only (R20); a
             # benefit check from a facility the region does not know fails as well (it answered

@@ -12,6 +12,7 @@ import copy
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -115,11 +116,11 @@ def handler() -> EligibilityHandler:
     return EligibilityHandler(Settings(namespace="ns."), repo=None, subjects=None)  # type: ignore[arg-type]
 
 
-async def _through_the_stages(request: dict, stored: dict | None = None) -> tuple[list, list]:
+async def _through_the_stages(request: dict, stored: dict | None = None, subjects: Any = None) -> tuple[list, list]:
     """What eligibility, then pricing (on an in-memory batch: ``stored`` msgids), answer and
     dead-letter for ``request``."""
     settings = Settings(namespace="ns.")
-    eligibility = EligibilityHandler(settings, repo=_NoRows(), subjects=_NoSubjects())  # type: ignore[arg-type]
+    eligibility = EligibilityHandler(settings, repo=_NoRows(), subjects=subjects or _NoSubjects())  # type: ignore[arg-type]
     out = await eligibility([Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(request), 1_700_000_000_000)])
     sent = [o for o in out if o.answered]
     dead = [o for o in out if o.topic == "ns.settlement.requests.dlq"]
@@ -441,3 +442,47 @@ def test_answer_times_are_china_time_like_the_requests():
 
     assert respond_time(datetime(2026, 1, 1, 0, 0, 0, 123456, tzinfo=UTC)) == "20260101080000123"
     assert respond_time(datetime(2026, 1, 1, 16, 30)) == "20260102003000000"  # naive: UTC
+
+
+def _settled(request: dict) -> dict:
+    """``stored`` for pricing: ``request`` settled before, its answer kept."""
+    from services.pricing.repository import StoredRequest
+
+    envelope = RequestEnvelope.model_validate(request)
+    emitted = {"kind": "settle", "request": envelope.ref_wire(), "request_hash": envelope.payload_hash(),
+               "request_ts_ms": 1, "answer": {"infcode": 0, "inf_refmsgid": "YD1", "refmsg_time": "1",
+                                              "respond_time": "1", "msgid": envelope.msgid, "output": {}},
+               "facts": None, "target_setl_id": ""}
+    return {envelope.msgid: StoredRequest(envelope.msgid, envelope.payload_hash(), "2207", "S1", [emitted])}
+
+
+async def test_a_person_eligibility_cannot_read_is_answered_internal_error_but_a_settled_resend_gets_its_answer():
+    """A stored person record this version cannot read: the settlement is dead-lettered and
+    answered INTERNAL_ERROR "nothing was settled", by pricing after its msgid check. Eligibility
+    answered it itself, and told a resent, settled request "nothing was settled" beside its payment."""
+    request = copy.deepcopy(WE1)
+    sent, dead = await _through_the_stages(request, subjects=_UnreadableSubjects())
+    answer = orjson.loads(sent[0].value)
+    assert len(sent) == 1 and len(dead) == 1
+    assert answer["err_code"] == "INTERNAL_ERROR" and "nothing was settled" in answer["err_msg"]
+    assert dict(dead[0].headers)["yidi-dlq-reason"].startswith(b"eligibility failed:")
+    resent, dead = await _through_the_stages(request, stored=_settled(request), subjects=_UnreadableSubjects())
+    assert [o.topic for o in resent] == ["ns.settlement.priced"] and len(dead) == 1  # the stored answer, again
+
+
+@pytest.mark.parametrize("infno", ["2208", "2601"])
+async def test_an_undoing_of_a_person_eligibility_cannot_read_passes_unchecked(infno):
+    request = copy.deepcopy(WE1) | {"infno": infno}
+    psn_no = WE1["input"]["data"]["psn_no"]
+    request["input"] = ({"data": {"psn_no": psn_no, "mdtrt_id": "V1", "setl_id": "S1"}} if infno == "2208"
+                        else {"data": {"psn_no": psn_no, "omsgid": "M1", "oinfno": "2207"}})
+    handler = EligibilityHandler(Settings(namespace="ns."), repo=_NoRows(), subjects=_UnreadableSubjects())  # type: ignore[arg-type]
+    out = await handler([Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(request), 1_700_000_000_000)])
+    assert [o.topic for o in out] == ["ns.settlement.eligible"]
+    assert EligibleWork.model_validate_json(out[0].value).refusal is None
+
+
+async def test_a_person_query_eligibility_cannot_read_is_answered_where_it_arrives():
+    request = copy.deepcopy(WE1) | {"infno": "1101", "input": {"data": {"psn_no": WE1["input"]["data"]["psn_no"]}}}
+    sent, dead = await _through_the_stages(request, subjects=_UnreadableSubjects())
+    assert [orjson.loads(o.value)["err_code"] for o in sent] == ["INTERNAL_ERROR"] and len(dead) == 1
