@@ -199,14 +199,18 @@ class EligibilityRepository(Repository):
         a region reloading an earlier file must not stop settlements again (a window announced
         again takes a new ``status_id``)."""
         async with transient_errors():
-            await self._pool.execute(
+            held = await self._pool.fetchval(
                 """INSERT INTO eligibility.outages (status_id, admdvs, starts_at, ends_at, reason, cancelled)
                    VALUES ($1, $2, $3, $4, $5, $6)
                    ON CONFLICT (status_id) DO UPDATE SET admdvs = EXCLUDED.admdvs, starts_at = EXCLUDED.starts_at,
                        ends_at = EXCLUDED.ends_at, reason = EXCLUDED.reason,
-                       cancelled = eligibility.outages.cancelled OR EXCLUDED.cancelled""",
+                       cancelled = eligibility.outages.cancelled OR EXCLUDED.cancelled
+                   RETURNING cancelled""",
                 status_id, admdvs, starts_at, ends_at, reason, cancelled,
             )
+        if held and not cancelled:
+            log.warning("region status %s of %s was cancelled and stays so: publishing it again does not reopen it; "
+                        "announce the window again under a new status_id", status_id, admdvs)
 
     async def all_outages(self, now: datetime) -> list[dict[str, Any]]:
         async with transient_errors():

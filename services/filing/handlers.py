@@ -9,7 +9,7 @@ from typing import Any
 
 from yidi.contracts.filing import DeclarationSource, FilingAction, FilingEvent, FilingRecord, FilingRequest, FilingResult
 from yidi.domain.codes import BUSINESS_TZ
-from yidi.domain.eligibility import Filing
+from yidi.domain.eligibility import Filing, FilingStatus
 from yidi.domain.filing import (
     FilingAsk,
     FilingRefused,
@@ -165,7 +165,8 @@ class FilingHandler:
         match request.action:
             case FilingAction.CHANGE:
                 ask = self._ask(request, record.filing_id)
-                await self._one_long_term(conn, ask)
+                if not (record.category.is_long_term and record.status in (FilingStatus.ACTIVE, FilingStatus.PENDING)):
+                    await self._one_long_term(conn, ask)  # a change into a long-term filing adds one
                 changed = change_filing(filing, ask, today=today, lock_months=lock, filed_on=filed_on)
                 return changed, record.version + 1, filed_on, "changed"
             case FilingAction.CANCEL:

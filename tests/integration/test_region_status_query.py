@@ -40,7 +40,7 @@ async def test_region_status_names_what_is_down_now_and_when_it_resumes(settings
         await pool.close()
 
 
-async def test_a_cancelled_window_published_again_stays_cancelled(settings):
+async def test_a_cancelled_window_published_again_stays_cancelled(settings, caplog):
     """A region reloading an earlier file (the window as first announced) must not stop its
     settlements again; a window published again before it is cancelled is replaced."""
     pool = await create_pool(settings.database_url, size=1)
@@ -57,6 +57,9 @@ async def test_a_cancelled_window_published_again_stays_cancelled(settings):
         await repo.upsert_outage(window, DOWN_REGION, start, now + timedelta(hours=1), "network", False)  # the old file
         assert extended == [(now + timedelta(hours=2), "network, longer")]
         assert await repo.outages([DOWN_REGION], now) == []
+        assert [r.getMessage() for r in caplog.records if "stays so" in r.getMessage()] == [
+            f"region status {window} of {DOWN_REGION} was cancelled and stays so: publishing it again does not "
+            "reopen it; announce the window again under a new status_id"]
     finally:
         await pool.execute("DELETE FROM eligibility.outages WHERE status_id = $1", window)
         await pool.close()

@@ -167,6 +167,10 @@ def test_r19_overlapping_and_following_windows_name_when_the_region_really_resum
         d = decide(visit(), PERSON, BEIJING_HOSPITAL, [filing()], order, NOW)
         assert isinstance(d, Refused) and d.code is Refusal.REGION_UNAVAILABLE
         assert "until 2026-11-23 21:00 (UTC+08:00) (upgrade)" in d.message, d.message
+    # A chain met in reverse order: each window found extends the end another may begin before.
+    chain = [Outage("131000", NOW + timedelta(hours=h), NOW + timedelta(hours=h + 1), f"step {h}") for h in (4, 3, 2)]
+    d = decide(visit(), PERSON, BEIJING_HOSPITAL, [filing()], chain + [longer], NOW)
+    assert isinstance(d, Refused) and "until 2026-11-23 23:00 (UTC+08:00) (step 4)" in d.message, d.message
     # Only windows that have begun stop settlements.
     assert isinstance(decide(visit(), PERSON, BEIJING_HOSPITAL, [filing()], [following, later], NOW), Eligible)
 

@@ -376,7 +376,9 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         writers=(),
         readers=(_feed("eligibility", T.REGION_STATUS),),
         external_writers="platform operators; `yidi-load` (section `region_status`)",
-        notes="A window is identified by `status_id`; re-publish it with `cancelled: true` to lift it.",
+        notes="A window is identified by `status_id`; re-publish it with `cancelled: true` to lift it, for good: "
+              "published again without it, a cancelled window stays cancelled (eligibility logs `was cancelled "
+              "and stays so`); announce it again under a new `status_id`.",
     ),
     T.CLEARING_REQUESTS: TopicContract(
         messages=CLEARING_REQUEST_MESSAGES,
