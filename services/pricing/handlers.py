@@ -72,6 +72,11 @@ def settlement_id(msgid: str, day: date) -> str:
     return f"S{day:%Y%m%d}{hashlib.sha1(msgid.encode()).hexdigest()[:16].upper()}"
 
 
+class UnreadableReference(Exception):
+    """A request needs a stored policy or catalogue item this version cannot read: it is answered
+    INTERNAL_ERROR and dead-lettered (the stage's per-record error path), the batch goes on."""
+
+
 @dataclass
 class Batch:
     """Everything one batch reads, and what it will write, kept in memory while it is priced."""
@@ -85,6 +90,8 @@ class Batch:
     prepayments: dict[tuple[str, str], Decimal] | None = None
     # The settlement (setl_id) standing for each visit (person, facility, mdtrt_id) the batch settles.
     visits: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    # Stored policies ("policy", region, insutype) and items ("item", region, code) this version cannot read.
+    unreadable: set[tuple[str, str, str]] = field(default_factory=set)
     new_requests: list[StoredRequest] = field(default_factory=list)
     new_settlements: list[StoredSettlement] = field(default_factory=list)
     undone: list[StoredSettlement] = field(default_factory=list)
@@ -190,10 +197,10 @@ class PricingHandler:
         if self.settings.prepayment_policy == "refuse":
             pairs = {(w.request.insuplc_admdvs or "", w.request.mdtrtarea_admvs) for w in works if w.request.infno.is_settlement}
             prepayments = await self.repo.prepayments(conn, pairs)
-        stored, policies, items, usage, visits = await self.repo.batch_reads(
+        stored, policies, items, usage, visits, unreadable = await self.repo.batch_reads(
             conn, [w.request.msgid for w in works], policy_keys, item_keys, usage_keys, visit_keys)
         return Batch(stored=stored, settlements=settlements, policies=policies, items=items, usage=usage,
-                     prepayments=prepayments, visits=visits)
+                     prepayments=prepayments, visits=visits, unreadable=unreadable)
 
     def _reply(self, work: EligibleWork, answer: ResponseEnvelope | dict[str, Any]) -> Outgoing:
         r = work.request
@@ -238,6 +245,13 @@ class PricingHandler:
         assert person is not None, "eligibility passes a person with every eligible settlement"
         day = request.inf_time.date()
         region = request.insuplc_admdvs or ""
+        if batch.unreadable:
+            # A stored policy or catalogue item this request needs that this version cannot read:
+            # priced without it, a missing item would be self-paid and a missing policy NO_POLICY.
+            needed = {("policy", region, body.insutype.value)} | {("item", request.mdtrtarea_admvs, line.code)
+                                                                    for line in body.lines}
+            if missing := sorted(needed & batch.unreadable):
+                raise UnreadableReference(f"stored reference data this version cannot read: {missing}")
         policy = policy_in_force(batch.policies, region, body.insutype, day)
         if policy is None:
             return self._refuse(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -9,11 +10,14 @@ from typing import Any
 
 import asyncpg
 import orjson
+from pydantic import ValidationError
 
 from yidi.contracts.refdata import STORED_CONTEXT, CatalogueRecord, PolicyRecord
 from yidi.domain.catalogue import CatalogueItem
 from yidi.domain.policy import BenefitPolicy
 from yidi.platform.db import Repository, json_value, transient_errors
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,6 +73,7 @@ class PricingRepository(Repository):
         super().__init__(pool)
         self._policies = ParsedCache()
         self._items = ParsedCache()
+        self._unreadable_logged: set[int] = set()
 
     # Reference feeds -------------------------------------------------------------------------
 
@@ -127,11 +132,15 @@ class PricingRepository(Repository):
         usage_keys: Iterable[tuple[str, int]],
         visit_keys: Iterable[tuple[str, str, str]] = (),
     ) -> tuple[dict[str, StoredRequest], list[BenefitPolicy], list[CatalogueItem], dict[tuple[str, int], dict[str, Decimal]],
-               dict[tuple[str, str, str], str]]:
+               dict[tuple[str, str, str], str], set[tuple[str, str, str]]]:
         """What a batch reads after its locks, in one round trip: the requests seen before by msgid,
         every version of the policies (insured region, insutype) and catalogue items (treating region,
         code) it names (parsed once per revision), the accumulators of (person, year), and the
-        settlement (setl_id) standing for each visit (person, facility, mdtrt_id) it settles."""
+        settlement (setl_id) standing for each visit (person, facility, mdtrt_id) it settles; and
+        the keys of stored policies ("policy", region, insutype) and catalogue items ("item",
+        region, code) this version cannot read (stored by an earlier one, before a check was
+        added): the requests that need them are refused one by one, the rest priced; raising here
+        stopped pricing for every region."""
         policy_pairs, item_pairs, usage_pairs = sorted(set(policy_keys)), sorted(set(item_keys)), sorted(set(usage_keys))
         visits = sorted(set(visit_keys))
         rows = await conn.fetch(
@@ -139,11 +148,11 @@ class PricingRepository(Repository):
                       NULL::int AS year, NULL::numeric AS amount, NULL::bigint AS rev, r.emitted::text AS body
                FROM pricing.requests r WHERE r.msgid = ANY($1::text[])
                UNION ALL
-               SELECT 'policy', NULL, NULL, NULL, NULL, NULL, NULL, p.rev, p.record::text FROM pricing.policies p
+               SELECT 'policy', k.region, NULL, k.insutype, NULL, NULL, NULL, p.rev, p.record::text FROM pricing.policies p
                JOIN unnest($2::text[], $3::text[]) AS k(region, insutype)
                  ON p.insuplc_admdvs = k.region AND p.insutype = k.insutype
                UNION ALL
-               SELECT 'item', NULL, NULL, NULL, NULL, NULL, NULL, c.rev, c.record::text FROM pricing.catalogue c
+               SELECT 'item', k.region, NULL, k.code, NULL, NULL, NULL, c.rev, c.record::text FROM pricing.catalogue c
                JOIN unnest($4::text[], $5::text[]) AS k(region, code)
                  ON c.mdtrtarea_admvs = k.region AND c.hilist_code = k.code
                UNION ALL
@@ -166,6 +175,7 @@ class PricingRepository(Repository):
         items: list[CatalogueItem] = []
         usage: dict[tuple[str, int], dict[str, Decimal]] = {k: {} for k in usage_pairs}
         settled: dict[tuple[str, str, str], str] = {}
+        unreadable: set[tuple[str, str, str]] = set()
         for r in rows:
             kind = r["kind"]
             if kind == "usage":
@@ -175,12 +185,29 @@ class PricingRepository(Repository):
             elif kind == "request":
                 stored[r["a"]] = StoredRequest(r["a"], r["b"], r["c"], r["d"], orjson.loads(r["body"]))
             elif kind == "policy":
-                policies.append(self._policies.get(
-                    r["rev"], lambda raw: PolicyRecord.model_validate(json_value(raw), context=STORED_CONTEXT).to_domain(), r["body"]))
+                try:
+                    policies.append(self._policies.get(
+                        r["rev"], lambda raw: PolicyRecord.model_validate(json_value(raw), context=STORED_CONTEXT).to_domain(),
+                        r["body"]))
+                except (ValidationError, ValueError, ArithmeticError) as exc:
+                    unreadable.add(("policy", r["a"], r["c"]))
+                    self._unreadable(r["rev"], f"policy of {r['a']}/{r['c']}", exc)
             else:
-                items.append(self._items.get(
-                    r["rev"], lambda raw: CatalogueRecord.model_validate(json_value(raw), context=STORED_CONTEXT).to_domain(), r["body"]))
-        return stored, policies, items, usage, settled
+                try:
+                    items.append(self._items.get(
+                        r["rev"], lambda raw: CatalogueRecord.model_validate(json_value(raw), context=STORED_CONTEXT).to_domain(),
+                        r["body"]))
+                except (ValidationError, ValueError, ArithmeticError) as exc:
+                    unreadable.add(("item", r["a"], r["c"]))
+                    self._unreadable(r["rev"], f"catalogue item {r['c']} of {r['a']}", exc)
+        return stored, policies, items, usage, settled, unreadable
+
+    def _unreadable(self, rev: int, what: str, exc: Exception) -> None:
+        """Logged once per stored revision (every batch that needs it meets it again)."""
+        if rev not in self._unreadable_logged:
+            self._unreadable_logged.add(rev)
+            log.error("pricing: stored %s (rev %s) cannot be read by this version; the requests that need it are "
+                      "answered INTERNAL_ERROR until the region publishes it again: %s", what, rev, exc)
 
     async def settlements(
         self, conn: asyncpg.Connection, setl_ids: list[str], msgids: list[str]
