@@ -77,6 +77,25 @@ class UnreadableReference(Exception):
     INTERNAL_ERROR and dead-lettered (the stage's per-record error path), the batch goes on."""
 
 
+def _check_readable(batch: Batch, region: str, body: Any, treating: str, day: date, policy: BenefitPolicy | None) -> None:
+    """Raise ``UnreadableReference`` when a stored version this version cannot read would decide
+    this request's day: its policy, or one of its items, in force then and later than the
+    readable version picked (priced without it, a missing item would be self-paid, a missing
+    policy NO_POLICY). A version out of force that day refuses nothing."""
+    missing = []
+    for begins, _ in batch.unreadable.get(("policy", region, body.insutype.value), []):
+        if begins <= day and (policy is None or begins > policy.effective_from):
+            missing.append(f"policy of {region}/{body.insutype.value} from {begins}")
+    picked = batch.catalogue(treating, day)
+    for code in dict.fromkeys(line.code for line in body.lines):
+        for begins, ends in batch.unreadable.get(("item", treating, code), []):
+            item = picked.get(code)
+            if begins <= day and (ends is None or day < ends) and (item is None or begins > item.effective_from):
+                missing.append(f"catalogue item {code} of {treating} from {begins}")
+    if missing:
+        raise UnreadableReference(f"stored reference data this version cannot read decides this request: {missing}")
+
+
 @dataclass
 class Batch:
     """Everything one batch reads, and what it will write, kept in memory while it is priced."""
@@ -90,8 +109,9 @@ class Batch:
     prepayments: dict[tuple[str, str], Decimal] | None = None
     # The settlement (setl_id) standing for each visit (person, facility, mdtrt_id) the batch settles.
     visits: dict[tuple[str, str, str], str] = field(default_factory=dict)
-    # Stored policies ("policy", region, insutype) and items ("item", region, code) this version cannot read.
-    unreadable: set[tuple[str, str, str]] = field(default_factory=set)
+    # Stored policies ("policy", region, insutype) and items ("item", region, code) this version
+    # cannot read: each such version's begndate and enddate (exclusive; None: open).
+    unreadable: dict[tuple[str, str, str], list[tuple[date, date | None]]] = field(default_factory=dict)
     new_requests: list[StoredRequest] = field(default_factory=list)
     new_settlements: list[StoredSettlement] = field(default_factory=list)
     undone: list[StoredSettlement] = field(default_factory=list)
@@ -245,14 +265,9 @@ class PricingHandler:
         assert person is not None, "eligibility passes a person with every eligible settlement"
         day = request.inf_time.date()
         region = request.insuplc_admdvs or ""
-        if batch.unreadable:
-            # A stored policy or catalogue item this request needs that this version cannot read:
-            # priced without it, a missing item would be self-paid and a missing policy NO_POLICY.
-            needed = {("policy", region, body.insutype.value)} | {("item", request.mdtrtarea_admvs, line.code)
-                                                                    for line in body.lines}
-            if missing := sorted(needed & batch.unreadable):
-                raise UnreadableReference(f"stored reference data this version cannot read: {missing}")
         policy = policy_in_force(batch.policies, region, body.insutype, day)
+        if batch.unreadable:
+            _check_readable(batch, region, body, request.mdtrtarea_admvs, day, policy)
         if policy is None:
             return self._refuse(
                 work, ErrCode.NO_POLICY,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -132,15 +133,15 @@ class PricingRepository(Repository):
         usage_keys: Iterable[tuple[str, int]],
         visit_keys: Iterable[tuple[str, str, str]] = (),
     ) -> tuple[dict[str, StoredRequest], list[BenefitPolicy], list[CatalogueItem], dict[tuple[str, int], dict[str, Decimal]],
-               dict[tuple[str, str, str], str], set[tuple[str, str, str]]]:
+               dict[tuple[str, str, str], str], dict[tuple[str, str, str], list[tuple[date, date | None]]]]:
         """What a batch reads after its locks, in one round trip: the requests seen before by msgid,
         every version of the policies (insured region, insutype) and catalogue items (treating region,
         code) it names (parsed once per revision), the accumulators of (person, year), and the
         settlement (setl_id) standing for each visit (person, facility, mdtrt_id) it settles; and
-        the keys of stored policies ("policy", region, insutype) and catalogue items ("item",
-        region, code) this version cannot read (stored by an earlier one, before a check was
-        added): the requests that need them are refused one by one, the rest priced; raising here
-        stopped pricing for every region."""
+        the stored policies ("policy", region, insutype) and catalogue items ("item", region, code)
+        this version cannot read (stored by an earlier one, before a check was added), with each
+        such version's begndate and enddate: a request whose day they would decide is refused, the
+        rest priced; raising here stopped pricing for every region."""
         policy_pairs, item_pairs, usage_pairs = sorted(set(policy_keys)), sorted(set(item_keys)), sorted(set(usage_keys))
         visits = sorted(set(visit_keys))
         rows = await conn.fetch(
@@ -148,11 +149,13 @@ class PricingRepository(Repository):
                       NULL::int AS year, NULL::numeric AS amount, NULL::bigint AS rev, r.emitted::text AS body
                FROM pricing.requests r WHERE r.msgid = ANY($1::text[])
                UNION ALL
-               SELECT 'policy', k.region, NULL, k.insutype, NULL, NULL, NULL, p.rev, p.record::text FROM pricing.policies p
+               SELECT 'policy', k.region, p.begndate::text, k.insutype, NULL, NULL, NULL, p.rev, p.record::text
+               FROM pricing.policies p
                JOIN unnest($2::text[], $3::text[]) AS k(region, insutype)
                  ON p.insuplc_admdvs = k.region AND p.insutype = k.insutype
                UNION ALL
-               SELECT 'item', k.region, NULL, k.code, NULL, NULL, NULL, c.rev, c.record::text FROM pricing.catalogue c
+               SELECT 'item', k.region, c.begndate::text, k.code, c.enddate::text, NULL, NULL, c.rev, c.record::text
+               FROM pricing.catalogue c
                JOIN unnest($4::text[], $5::text[]) AS k(region, code)
                  ON c.mdtrtarea_admvs = k.region AND c.hilist_code = k.code
                UNION ALL
@@ -175,7 +178,7 @@ class PricingRepository(Repository):
         items: list[CatalogueItem] = []
         usage: dict[tuple[str, int], dict[str, Decimal]] = {k: {} for k in usage_pairs}
         settled: dict[tuple[str, str, str], str] = {}
-        unreadable: set[tuple[str, str, str]] = set()
+        unreadable: dict[tuple[str, str, str], list[tuple[date, date | None]]] = {}
         for r in rows:
             kind = r["kind"]
             if kind == "usage":
@@ -190,16 +193,17 @@ class PricingRepository(Repository):
                         r["rev"], lambda raw: PolicyRecord.model_validate(json_value(raw), context=STORED_CONTEXT).to_domain(),
                         r["body"]))
                 except (ValidationError, ValueError, ArithmeticError) as exc:
-                    unreadable.add(("policy", r["a"], r["c"]))
-                    self._unreadable(r["rev"], f"policy of {r['a']}/{r['c']}", exc)
+                    unreadable.setdefault(("policy", r["a"], r["c"]), []).append((date.fromisoformat(r["b"]), None))
+                    self._unreadable(r["rev"], f"policy of {r['a']}/{r['c']} from {r['b']}", exc)
             else:
                 try:
                     items.append(self._items.get(
                         r["rev"], lambda raw: CatalogueRecord.model_validate(json_value(raw), context=STORED_CONTEXT).to_domain(),
                         r["body"]))
                 except (ValidationError, ValueError, ArithmeticError) as exc:
-                    unreadable.add(("item", r["a"], r["c"]))
-                    self._unreadable(r["rev"], f"catalogue item {r['c']} of {r['a']}", exc)
+                    unreadable.setdefault(("item", r["a"], r["c"]), []).append(
+                        (date.fromisoformat(r["b"]), date.fromisoformat(r["d"]) if r["d"] else None))
+                    self._unreadable(r["rev"], f"catalogue item {r['c']} of {r['a']} from {r['b']}", exc)
         return stored, policies, items, usage, settled, unreadable
 
     def _unreadable(self, rev: int, what: str, exc: Exception) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import date
 from pathlib import Path
 
 import orjson
@@ -27,13 +28,14 @@ pytestmark = pytest.mark.integration
 
 WE1 = json.loads((Path(__file__).resolve().parents[3] / "shared" / "examples" / "we1" / "request.json").read_text())
 # Regions no other test settles in (the session's database is shared).
-BROKEN_POLICY, BROKEN_ITEM, FINE = "993000", "994000", "996000"
+BROKEN_POLICY, BROKEN_ITEM, FINE, OLD_BROKEN = "993000", "994000", "996000", "998000"
 TREATING = "997000"
 
 
-def work(insured: str, code: str, offset: int) -> Incoming:
-    raw = copy.deepcopy(WE1)
-    raw.update(infno="2206", msgid=unique("M"), insuplc_admdvs=insured, mdtrtarea_admvs=TREATING)
+def work(insured: str, code: str, offset: int, infno: str = "2206") -> Incoming:
+    raw = copy.deepcopy(WE1)  # dated 2022-07-01
+    raw.update(infno=infno, msgid=unique("M"), insuplc_admdvs=insured, mdtrtarea_admvs=TREATING)
+    raw["input"]["data"]["mdtrt_id"] = unique("V")
     raw["input"]["data"]["feedetail"] = [{"feedetl_sn": "1", "hilist_code": code, "hilist_name": code, "cnt": "1",
                                           "pric": "100.00", "det_item_fee_sumamt": "100.00"}]
     raw["input"]["data"].update(medfee_sumamt="100.00", med_type="11")
@@ -51,37 +53,48 @@ async def test_a_stored_reference_this_version_cannot_read_refuses_only_the_requ
     try:
         await migrate(pool, "pricing", "services.pricing.migrations")
         repo = PricingRepository(pool)
-        for region in (BROKEN_ITEM, FINE):
+        for region in (BROKEN_POLICY, BROKEN_ITEM, FINE, OLD_BROKEN):
             await repo.upsert_policy(PolicyRecord.model_validate({
                 "insuplc_admdvs": region, "insutype": "310", "version": "T1", "begndate": "2020-01-01",
                 "rules": [{"med_types": ["11"], "deductible": "0.00", "ratio": "0.80"}]}))
-        await repo.upsert_catalogue_item(CatalogueRecord.model_validate({
-            "mdtrtarea_admvs": TREATING, "hilist_code": "FINE", "hilist_name": "fine", "chrgitm_lv": "01",
-            "begndate": "2020-01-01"}))
-        # Rows an earlier version stored that this one refuses.
-        await pool.execute(
-            """INSERT INTO pricing.policies (insuplc_admdvs, insutype, begndate, version, record, rev)
-               VALUES ($1, '310', '2020-01-01', 'OLD', $2::jsonb, nextval('pricing.ref_rev'))
-               ON CONFLICT DO NOTHING""",
-            BROKEN_POLICY, json.dumps({"insuplc_admdvs": BROKEN_POLICY, "insutype": "310", "version": "OLD",
-                                       "begndate": "2020-01-01", "rules": [{"med_types": ["11"], "ratio": "1.70"}]}))
-        await pool.execute(
-            """INSERT INTO pricing.catalogue (mdtrtarea_admvs, hilist_code, begndate, record, rev)
-               VALUES ($1, 'BROKEN', '2020-01-01', $2::jsonb, nextval('pricing.ref_rev'))
-               ON CONFLICT DO NOTHING""",
-            TREATING, json.dumps({"mdtrtarea_admvs": TREATING, "hilist_code": "BROKEN", "hilist_name": "b",
-                                  "chrgitm_lv": "07", "begndate": "2020-01-01"}))
+        for code in ("FINE", "EXPIRED"):
+            await repo.upsert_catalogue_item(CatalogueRecord.model_validate({
+                "mdtrtarea_admvs": TREATING, "hilist_code": code, "hilist_name": code, "chrgitm_lv": "01",
+                "begndate": "2020-01-01"}))
+        # Versions an earlier version stored that this one refuses: in force on 2022-07-01 (a
+        # policy from 2021, an item from 2020, open), or not (a policy from 2019 and an item of
+        # 2019, both replaced by readable ones from 2020).
+        for region, begins in ((BROKEN_POLICY, "2021-01-01"), (OLD_BROKEN, "2019-01-01")):
+            await pool.execute(
+                """INSERT INTO pricing.policies (insuplc_admdvs, insutype, begndate, version, record, rev)
+                   VALUES ($1, '310', $2::date, 'OLD', $3::jsonb, nextval('pricing.ref_rev'))
+                   ON CONFLICT DO NOTHING""",
+                region, date.fromisoformat(begins), json.dumps({"insuplc_admdvs": region, "insutype": "310", "version": "OLD",
+                                            "begndate": begins, "rules": [{"med_types": ["11"], "ratio": "1.70"}]}))
+        for code, begins, ends in (("BROKEN", "2020-01-01", None), ("EXPIRED", "2019-01-01", "2020-01-01")):
+            await pool.execute(
+                """INSERT INTO pricing.catalogue (mdtrtarea_admvs, hilist_code, begndate, enddate, record, rev)
+                   VALUES ($1, $2, $3::date, $4::date, $5::jsonb, nextval('pricing.ref_rev'))
+                   ON CONFLICT DO NOTHING""",
+                TREATING, code, date.fromisoformat(begins), ends and date.fromisoformat(ends), json.dumps({"mdtrtarea_admvs": TREATING, "hilist_code": code,
+                                                         "hilist_name": "b", "chrgitm_lv": "07", "begndate": begins}))
 
         handler = PricingHandler(settings, repo)
-        out = await handler([work(BROKEN_POLICY, "FINE", 1), work(BROKEN_ITEM, "BROKEN", 2), work(FINE, "FINE", 3),
-                             work(BROKEN_ITEM, "FINE", 4)])
+        refused_settlement = work(BROKEN_ITEM, "BROKEN", 2, infno="2207")
+        out = await handler([work(BROKEN_POLICY, "FINE", 1), refused_settlement, work(FINE, "FINE", 3),
+                             work(BROKEN_ITEM, "FINE", 4), work(OLD_BROKEN, "FINE", 5), work(FINE, "EXPIRED", 6)])
         answers = [orjson.loads(o.value) for o in out if o.answered]
         dead = [o for o in out if o.topic.endswith(".dlq")]
-        assert [a["err_code"] for a in answers] == ["INTERNAL_ERROR", "INTERNAL_ERROR", None, None], answers
-        assert [a["output"]["setlinfo"]["hifp_pay"] for a in answers[2:]] == ["80.00", "80.00"]
+        assert [a["err_code"] for a in answers] == ["INTERNAL_ERROR", "INTERNAL_ERROR", None, None, None, None], answers
+        assert [a["output"]["setlinfo"]["hifp_pay"] for a in answers[2:]] == ["80.00"] * 4
         assert len(dead) == 2 and all(b"cannot read" in dict(d.headers)["yidi-dlq-reason"] for d in dead)
-        assert sum("cannot be read by this version" in r.getMessage() for r in caplog.records) == 2
-        await handler([work(BROKEN_POLICY, "FINE", 5)])
-        assert sum("cannot be read by this version" in r.getMessage() for r in caplog.records) == 2  # logged once
+        assert not [o for o in out if o.topic.endswith("settlement.priced")]  # the refused settlement: nothing recorded
+        msgid = orjson.loads(refused_settlement.value)["request"]["msgid"]
+        assert await pool.fetchval("SELECT count(*) FROM pricing.requests WHERE msgid = $1", msgid) == 0
+        logged = sum("cannot be read by this version" in r.getMessage() for r in caplog.records)
+        again = await handler([work(BROKEN_POLICY, "FINE", 7)])
+        assert [orjson.loads(o.value)["err_code"] for o in again if o.answered] == ["INTERNAL_ERROR"]
+        assert logged == 4  # each unreadable version once ...
+        assert sum("cannot be read by this version" in r.getMessage() for r in caplog.records) == logged  # ... not again
     finally:
         await pool.close()
