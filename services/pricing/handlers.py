@@ -181,7 +181,10 @@ class PricingHandler:
                 try:
                     out.extend(self._one(work, batch))
                 except Exception as exc:  # noqa: BLE001 - an unclassified error is a bug: answer, dead-letter, log
-                    log.exception("pricing failed for %s", work.request.msgid)
+                    if isinstance(exc, UnreadableReference):  # known, logged once per version: no traceback each
+                        log.error("pricing failed for %s: %s", work.request.msgid, exc)
+                    else:
+                        log.exception("pricing failed for %s", work.request.msgid)
                     out.extend(self._broken(record, f"pricing failed: {exc!r}"))
             await self.repo.write(conn, batch.new_requests, batch.new_settlements, batch.undone, batch.counter_changes)
         return out

@@ -1,5 +1,6 @@
 """Filing rules (R4, R7, R8, R9, R21) on plain data: what a filing request becomes, or why it is refused."""
 
+from dataclasses import replace
 from datetime import date
 
 import pytest
@@ -260,3 +261,15 @@ def test_r7_an_insurance_change_leaves_a_long_term_filings_temporary_version_its
     assert ended is not None and ended.status is FilingStatus.CANCELLED  # the move never took effect
     assert [(p.category, p.begin, p.end) for p in ended.earlier] == [
         (FilingCategory.TEMPORARY_OTHER, date(2026, 5, 1), date(2026, 6, 30))]
+
+
+def test_r7_an_insurance_change_keeps_at_most_four_earlier_versions():
+    from yidi.domain.eligibility import FilingPeriod
+    from yidi.domain.filing import MAX_EARLIER
+
+    current = new_filing(ask(FilingCategory.RETIREE_RESETTLED, begin=date(2026, 5, 1)))
+    older = tuple(FilingPeriod("120000", FilingCategory.TEMPORARY_OTHER, date(2025, m, 1), date(2025, m, 20))
+                  for m in (12, 10, 8, 6))
+    ended = end_on_insurance_change(replace(current, earlier=older), date(2026, 6, 1), today=date(2026, 6, 1))
+    assert ended is not None and len(ended.earlier) == MAX_EARLIER == 4
+    assert [p.begin for p in ended.earlier] == [date(2026, 5, 1), date(2025, 12, 1), date(2025, 10, 1), date(2025, 8, 1)]

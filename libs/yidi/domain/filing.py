@@ -119,7 +119,7 @@ def end_on_insurance_change(current: Filing, day: date, today: date) -> Filing |
     kept = tuple(
         p for p in (replace(p, end=min(p.end, last)) if p.category.is_long_term else p for p in periods)
         if p.begin <= p.end
-    )
+    )[:MAX_EARLIER]
     if status is current.status and kept == current.earlier:
         return None
     return replace(current, status=status, earlier=kept)
