@@ -33,29 +33,29 @@ async def v2_cluster(settings) -> str:
     return settings.kafka_bootstrap
 
 
-@pytest.fixture
-async def clearing_repo(settings):
-    """Clearing's schema on the real Postgres, and a repository over a small pool of its own."""
-    from services.clearing.repository import ClearingRepository
+async def _repository(settings, schema: str, repository: type):
+    """A service's schema on the real Postgres, and its repository over a small pool of its own."""
     from yidi.platform.db import create_pool, migrate
 
     pool = await create_pool(settings.database_url, size=3)
     try:
-        await migrate(pool, "clearing", "services.clearing.migrations")
-        yield ClearingRepository(pool)
+        await migrate(pool, schema, f"services.{schema}.migrations")
+        yield repository(pool)
     finally:
         await pool.close()
+
+
+@pytest.fixture
+async def clearing_repo(settings):
+    from services.clearing.repository import ClearingRepository
+
+    async for repo in _repository(settings, "clearing", ClearingRepository):
+        yield repo
 
 
 @pytest.fixture
 async def filing_repo(settings):
-    """Filing's schema on the real Postgres, and a repository over a small pool of its own."""
     from services.filing.repository import FilingRepository
-    from yidi.platform.db import create_pool, migrate
 
-    pool = await create_pool(settings.database_url, size=3)
-    try:
-        await migrate(pool, "filing", "services.filing.migrations")
-        yield FilingRepository(pool)
-    finally:
-        await pool.close()
+    async for repo in _repository(settings, "filing", FilingRepository):
+        yield repo

@@ -17,21 +17,26 @@ from tests.conftest import unique
 pytestmark = pytest.mark.integration
 
 
-async def test_a_second_long_term_filing_is_refused_until_the_first_is_cancelled(filing_repo, settings):
-    psn = unique("P")
-    handler = FilingHandler(settings, filing_repo)
-    offsets = iter(range(1, 100))
+def asker(handler: FilingHandler, psn: str, **defaults: str):
+    """Filing requests of one person through the filing stage's handler: each one's result."""
+    offsets = iter(range(1, 1000))
 
     async def ask(action: str = "add", **fields: str) -> dict:
         body = {"action": action, "reqid": unique("R"), "psn_no": psn, "insutype": "310", "insuplc_admdvs": "131000",
-                "filed_admdvs": "110000", "category": "retiree_resettled", "begndate": "2026-01-01",
-                "decl_source": "self_service"} | fields
+                "filed_admdvs": "110000", "category": "retiree_resettled", "begndate": "2026-01-01"} | defaults | fields
         if action == "cancel":
             body = {k: body[k] for k in ("action", "reqid", "psn_no", "filing_id")}
         out = await handler([Incoming("filing.requests", 0, next(offsets), psn.encode(), orjson.dumps(body),
                                       int(time.time() * 1000))])
         value = orjson.loads(out[-1].value)
         return value.get("result") or value  # an accepted request's event carries its result
+
+    return ask
+
+
+async def test_a_second_long_term_filing_is_refused_until_the_first_is_cancelled(filing_repo, settings):
+    psn = unique("P")
+    ask = asker(FilingHandler(settings, filing_repo), psn, decl_source="self_service")
 
     first = await ask()
     second = await ask(category="posted_worker", filed_admdvs="120000")
@@ -60,17 +65,7 @@ async def test_a_long_term_filing_waiting_for_approval_counts_and_two_held_from_
     from yidi.domain.filing import FilingAsk, new_filing
 
     psn = unique("P")
-    handler = FilingHandler(settings, filing_repo)
-    offsets = iter(range(1, 100))
-
-    async def ask(action: str = "add", **fields: str) -> dict:
-        body = {"action": action, "reqid": unique("R"), "psn_no": psn, "insutype": "310", "insuplc_admdvs": "131000",
-                "filed_admdvs": "110000", "category": "retiree_resettled", "begndate": "2026-01-01",
-                "decl_source": "office"} | fields
-        out = await handler([Incoming("filing.requests", 0, next(offsets), psn.encode(), orjson.dumps(body),
-                                      int(time.time() * 1000))])
-        value = orjson.loads(out[-1].value)
-        return value.get("result") or value
+    ask = asker(FilingHandler(settings, filing_repo), psn, decl_source="office")
 
     pending = await ask()
     second = await ask(filed_admdvs="120000")
