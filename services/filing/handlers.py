@@ -125,13 +125,14 @@ class FilingHandler:
         if held is None or held.since <= asked_at:
             return
         assert request.insuplc_admdvs and request.insutype
-        if held.active and (held.insuplc_admdvs, held.insutype) == (request.insuplc_admdvs, request.insutype.value):
+        same = (held.insuplc_admdvs, held.insutype) == (request.insuplc_admdvs, request.insutype.value)
+        if held.active and same:
             return
         raise FilingRefused(
             f"the person's insurance changed at {held.since.astimezone(BUSINESS_TZ):%Y-%m-%d %H:%M} (UTC+08:00), after "
             f"this request was sent: the {request.insutype.value} insurance of region {request.insuplc_admdvs} "
-            f"it names {'is stopped' if held.active is False and (held.insuplc_admdvs, held.insutype) == (request.insuplc_admdvs, request.insutype.value) else 'is not the person’s now'} "
-            "(R7); file under the person's insurance as it is now")
+            f"it names {'is stopped' if same else 'is not the person’s now'} (R7); file under the person's insurance "
+            "as it is now")
 
     def _answer(self, request: FilingRequest, result: FilingResult) -> list[dict[str, Any]]:
         return [{"topic": self.settings.topic(request.reply_to), "value": dumps(result).decode()}]
