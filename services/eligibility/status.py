@@ -14,20 +14,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 from yidi.domain.codes import BUSINESS_TZ
+from yidi.domain.eligibility import Outage, unavailable
 from yidi.platform.db import settings_pool
 from yidi.platform.settings import Settings
 
 from services.eligibility.repository import EligibilityRepository
 
 
-def region_status(windows: list[dict[str, Any]], at: datetime) -> dict[str, list[dict[str, str]]]:
-    """Split open windows into those covering ``at`` (down now) and those still to come."""
+def region_status(windows: list[dict[str, Any]], at: datetime) -> dict[str, Any]:
+    """Split open windows into those covering ``at`` (down now) and those still to come, and name
+    when each region down now resumes: the end of the last of its overlapping or following
+    windows, as a cashier is told (R19)."""
     down, planned = [], []
     for w in windows:
         entry = {"admdvs": w["admdvs"], "from": w["starts_at"].isoformat(), "until": w["ends_at"].isoformat(),
                  "reason": w["reason"], "status_id": w["status_id"]}
         (down if w["starts_at"] <= at < w["ends_at"] else planned).append(entry)
-    return {"at": at.isoformat(), "down_now": down, "planned": planned}  # type: ignore[dict-item]
+    outages = [Outage(w["admdvs"], w["starts_at"], w["ends_at"], w["reason"]) for w in windows]
+    resumes = {}
+    for region in sorted({d["admdvs"] for d in down}):
+        last = unavailable(region, outages, at)
+        assert last is not None  # a window covers ``at``
+        resumes[region] = {"at": last.end.isoformat(), "reason": last.reason}
+    return {"at": at.isoformat(), "down_now": down, "planned": planned, "resumes": resumes}
 
 
 async def current(settings: Settings, at: datetime) -> dict[str, Any]:

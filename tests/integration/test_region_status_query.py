@@ -22,21 +22,26 @@ DOWN_REGION, LATER_REGION = "991000", "992000"
 
 async def test_region_status_names_what_is_down_now_and_when_it_resumes(settings):
     pool = await create_pool(settings.database_url, size=1)
-    down, later = unique("S"), unique("S")
+    down, later, following = unique("S"), unique("S"), unique("S")
     try:
         await migrate(pool, "eligibility", "services.eligibility.migrations")
         repo = EligibilityRepository(pool)
         now = datetime.now(UTC)
         await repo.upsert_outage(down, DOWN_REGION, now - timedelta(minutes=5), now + timedelta(hours=1), "network", False)
         await repo.upsert_outage(later, LATER_REGION, now + timedelta(hours=2), now + timedelta(hours=3), "upgrade", False)
+        # The down region's maintenance follows its network outage: it resumes after both.
+        await repo.upsert_outage(following, DOWN_REGION, now + timedelta(hours=1), now + timedelta(hours=4), "maintenance",
+                                 False)
         status = await current(settings, now)
         assert [(d["admdvs"], d["reason"]) for d in status["down_now"] if d["status_id"] == down] == [
             (DOWN_REGION, "network")]
         assert [d["until"] for d in status["down_now"] if d["status_id"] == down] == [
             (now + timedelta(hours=1)).isoformat()]
         assert [d["admdvs"] for d in status["planned"] if d["status_id"] == later] == [LATER_REGION]
+        assert status["resumes"][DOWN_REGION] == {"at": (now + timedelta(hours=4)).isoformat(), "reason": "maintenance"}
+        assert LATER_REGION not in status["resumes"]
     finally:
-        await pool.execute("DELETE FROM eligibility.outages WHERE status_id = ANY($1::text[])", [down, later])
+        await pool.execute("DELETE FROM eligibility.outages WHERE status_id = ANY($1::text[])", [down, later, following])
         await pool.close()
 
 
