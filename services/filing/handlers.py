@@ -8,7 +8,7 @@ from typing import Any
 
 
 from yidi.contracts.filing import DeclarationSource, FilingAction, FilingEvent, FilingRecord, FilingRequest, FilingResult
-from yidi.domain.codes import BUSINESS_TZ
+from yidi.domain.codes import BUSINESS_TZ, FilingCategory, PersonType
 from yidi.domain.eligibility import Filing, FilingStatus
 from yidi.domain.filing import (
     FilingAsk,
@@ -27,7 +27,7 @@ from yidi.platform.settings import Settings
 from yidi.platform.topics import FILING_EVENTS
 
 from services.filing.persons import published_at
-from services.filing.repository import FilingRepository
+from services.filing.repository import FilingRepository, Insurance
 
 
 FILING_REPLY_TO = FilingRequest.model_fields["reply_to"].default
@@ -98,9 +98,11 @@ class FilingHandler:
                     raise FilingRefused(f"no filing {request.filing_id} of this person")
                 return self._answer(request, FilingResult(
                     reqid=request.reqid, accepted=True, history=await self.repo.history_in(conn, request.filing_id or "")))
+            held = None
             if request.action in (FilingAction.ADD, FilingAction.CHANGE):
-                await self._insurance_unchanged_since(conn, request, asked_at)
-            filing, version, filed_on, event = await self._decide(conn, request, today)
+                held = (await self.repo.insurances(conn, [request.psn_no])).get(request.psn_no)
+                _insurance_unchanged_since(request, asked_at, held)
+            filing, version, filed_on, event = await self._decide(conn, request, today, held)
         except (ValueError, ArithmeticError) as exc:
             # FilingRefused, or a value the rules cannot work with: refused, never a stage that stops.
             reason = str(exc) if isinstance(exc, FilingRefused) else f"the request cannot be applied: {exc}"
@@ -116,23 +118,6 @@ class FilingHandler:
         emitted = [{"topic": self.settings.topic(FILING_EVENTS), "value": dumps(event_out).decode()}]
         await self.repo.remember(conn, request.reqid, request_hash(request), result.model_dump(mode="json"), emitted)
         return emitted
-
-    async def _insurance_unchanged_since(self, conn: Any, request: FilingRequest, asked_at: datetime) -> None:
-        """R7: a filing asked for under an insurance that changed after it was asked, and is not
-        the person's insurance now, is refused: the change would have ended it, had this request
-        been handled before it (the filing-persons stage read the change first)."""
-        held = (await self.repo.insurances(conn, [request.psn_no])).get(request.psn_no)
-        if held is None or held.since <= asked_at:
-            return
-        assert request.insuplc_admdvs and request.insutype
-        same = (held.insuplc_admdvs, held.insutype) == (request.insuplc_admdvs, request.insutype.value)
-        if held.active and same:
-            return
-        raise FilingRefused(
-            f"the person's insurance changed at {held.since.astimezone(BUSINESS_TZ):%Y-%m-%d %H:%M} (UTC+08:00), after "
-            f"this request was sent: the {request.insutype.value} insurance of region {request.insuplc_admdvs} "
-            f"it names {'is stopped' if same else 'is not the person’s now'} (R7); file under the person's insurance "
-            "as it is now")
 
     def _answer(self, request: FilingRequest, result: FilingResult) -> list[dict[str, Any]]:
         return [{"topic": self.settings.topic(request.reply_to), "value": dumps(result).decode()}]
@@ -150,11 +135,13 @@ class FilingHandler:
                 f"the person already has long-term filing {filing_id} to region {filed} ({status}); a person has one "
                 f"long-term filing: change that one (action change, filing_id {filing_id}) or cancel it first")
 
-    async def _decide(self, conn: Any, request: FilingRequest, today: Any) -> tuple[Filing, int, Any, str]:
+    async def _decide(self, conn: Any, request: FilingRequest, today: Any,
+                      held: Insurance | None) -> tuple[Filing, int, Any, str]:
         if request.action is FilingAction.ADD:
             ask = self._ask(request, request.filing_id or filing_id_for(request.reqid))
             if await self.repo.get(conn, ask.filing_id) is not None:
                 raise FilingRefused(f"filing {ask.filing_id} exists already; change it instead")
+            _category_fits(ask.category, held)
             await self._one_long_term(conn, ask)
             return new_filing(ask), 1, today, "filed"
         current = await self.repo.get(conn, request.filing_id or "")
@@ -166,6 +153,8 @@ class FilingHandler:
         match request.action:
             case FilingAction.CHANGE:
                 ask = self._ask(request, record.filing_id)
+                if ask.category is not record.category:  # a filing of a category held before may change its region
+                    _category_fits(ask.category, held)
                 if not (record.category.is_long_term and record.status in (FilingStatus.ACTIVE, FilingStatus.PENDING)):
                     await self._one_long_term(conn, ask)  # a change into a long-term filing adds one
                 changed = change_filing(filing, ask, today=today, lock_months=lock, filed_on=filed_on)
@@ -188,6 +177,40 @@ class FilingHandler:
             # R21: self-service filings (and imports of approved ones) take effect at once.
             takes_effect_at_once=request.decl_source is not DeclarationSource.OFFICE,
         )
+
+
+def _insurance_unchanged_since(request: FilingRequest, asked_at: datetime, held: Insurance | None) -> None:
+    """R7: a filing asked for under an insurance that changed after it was asked, and is not
+    the person's insurance now, is refused: the change would have ended it, had this request
+    been handled before it (the filing-persons stage read the change first)."""
+    if held is None or held.since <= asked_at:
+        return
+    assert request.insuplc_admdvs and request.insutype
+    same = (held.insuplc_admdvs, held.insutype) == (request.insuplc_admdvs, request.insutype.value)
+    if held.active and same:
+        return
+    raise FilingRefused(
+        f"the person's insurance changed at {held.since.astimezone(BUSINESS_TZ):%Y-%m-%d %H:%M} (UTC+08:00), after "
+        f"this request was sent: the {request.insutype.value} insurance of region {request.insuplc_admdvs} "
+        f"it names {'is stopped' if same else 'is not the person’s now'} (R7); file under the person's insurance "
+        "as it is now")
+
+
+# R4: the long-term categories named after a kind of person, and that person type.
+_CATEGORY_FOR = {FilingCategory.RETIREE_RESETTLED: (PersonType.RETIRED, "a retiree"),
+                 FilingCategory.POSTED_WORKER: (PersonType.IN_SERVICE, "an employee in service")}
+
+
+def _category_fits(category: FilingCategory, held: Insurance | None) -> None:
+    """R4: a retiree resettled elsewhere is a retiree, a worker posted elsewhere an employee in
+    service; anyone may live elsewhere long-term (long_term_resident) or travel. Checked against
+    the type the insured region last published for the person, when filing has one."""
+    fits = _CATEGORY_FOR.get(category)
+    if fits is None or held is None or held.psn_type is None or held.psn_type == fits[0].value:
+        return
+    raise FilingRefused(
+        f"a {category.value} filing is for {fits[1]} (R4), and the insured region lists this person as type "
+        f"{held.psn_type}; file as long_term_resident, or have the region correct the person's type")
 
 
 def _what_the_rules_changed(request: FilingRequest, saved: FilingRecord) -> str:

@@ -126,7 +126,7 @@ class FilingPersonsHandler:
                     continue
                 at = moment or seen[2]
                 after = Insurance(person.insuplc_admdvs, person.insutype.value, person.active,
-                                  moment or (before.source_time if before else None), at, seen)
+                                  moment or (before.source_time if before else None), at, seen, person.psn_type.value)
                 if before is not None and before.status == after.status:
                     after.since = before.since
                 elif before is not None:

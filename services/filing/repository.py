@@ -26,6 +26,7 @@ class Insurance:
     source_time: datetime | None
     since: datetime
     seen: tuple[int, int, datetime]
+    psn_type: str | None = None  # R4: the category filed must fit it (None: held before it was kept)
 
     @property
     def status(self) -> tuple[str, str, bool]:
@@ -103,7 +104,7 @@ class FilingRepository(Repository):
         rows = await conn.fetch("SELECT * FROM filing.persons WHERE psn_no = ANY($1::text[])", psn_nos)
         return {
             r["psn_no"]: Insurance(r["insuplc_admdvs"], r["insutype"], r["active"], r["source_time"], r["since"],
-                                   (r["seen_partition"], r["seen_offset"], r["seen_at"]))
+                                   (r["seen_partition"], r["seen_offset"], r["seen_at"]), r["psn_type"])
             for r in rows
         }
 
@@ -113,16 +114,18 @@ class FilingRepository(Repository):
         rows = list(held.items())
         await conn.execute(
             """INSERT INTO filing.persons (psn_no, insuplc_admdvs, insutype, active, source_time, since,
-                   seen_partition, seen_offset, seen_at)
+                   seen_partition, seen_offset, seen_at, psn_type)
                SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::boolean[], $5::timestamptz[],
-                                    $6::timestamptz[], $7::int[], $8::bigint[], $9::timestamptz[])
+                                    $6::timestamptz[], $7::int[], $8::bigint[], $9::timestamptz[], $10::text[])
                ON CONFLICT (psn_no) DO UPDATE SET insuplc_admdvs = EXCLUDED.insuplc_admdvs,
                    insutype = EXCLUDED.insutype, active = EXCLUDED.active, source_time = EXCLUDED.source_time,
                    since = EXCLUDED.since, seen_partition = EXCLUDED.seen_partition,
-                   seen_offset = EXCLUDED.seen_offset, seen_at = EXCLUDED.seen_at, updated_at = now()""",
+                   seen_offset = EXCLUDED.seen_offset, seen_at = EXCLUDED.seen_at, psn_type = EXCLUDED.psn_type,
+                   updated_at = now()""",
             [p for p, _ in rows], [i.insuplc_admdvs for _, i in rows], [i.insutype for _, i in rows],
             [i.active for _, i in rows], [i.source_time for _, i in rows], [i.since for _, i in rows],
             [i.seen[0] for _, i in rows], [i.seen[1] for _, i in rows], [i.seen[2] for _, i in rows],
+            [i.psn_type for _, i in rows],
         )
 
     async def filings_made_under(

@@ -93,11 +93,11 @@ async def test_r7_a_temporary_filing_past_its_six_months_no_longer_counts(world,
 
 async def test_r7_a_long_term_filing_keeps_no_end_date_and_says_so(world, filings):
     # The end date the person asked for was dropped without a word.
-    person = await world.person(category=None)
+    person = await world.person(category=None, psn_type="12")  # a retiree (R4)
     filed = await file(filings, world, person, category="retiree_resettled", enddate="2030-01-01")
     assert filed["accepted"] and filed["filing"]["enddate"] is None
     assert "2030-01-01 was not kept" in filed["note"] and "long-term" in filed["note"]
-    plain = await file(filings, world, await world.person(category=None), category="retiree_resettled")
+    plain = await file(filings, world, await world.person(category=None, psn_type="12"), category="retiree_resettled")
     assert plain["accepted"] and plain["note"] == ""  # as asked: nothing to say
 
 
@@ -106,7 +106,7 @@ async def test_r7_an_insurance_change_ends_a_long_term_filing_and_a_new_filing_s
     """A long-term filing is valid until it is changed or the person's insurance status changes
     (R7): a stop and a resume left it in force, and the person settled on it as before."""
     person = await world.person(category=None)
-    filed = await file(filings, world, person, category="retiree_resettled", begndate="2020-01-01")
+    filed = await file(filings, world, person, category="long_term_resident", begndate="2020-01-01")
     filing_id = filed["filing"]["filing_id"]
     ended_before = system.metric("filing", "yidi_filings_ended_total", change="stopped")
     settled = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
@@ -115,7 +115,7 @@ async def test_r7_an_insurance_change_ends_a_long_term_filing_and_a_new_filing_s
     await world.person(psn_no=person, category=None)  # and resumes it
     resumed = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
     history = await file(filings, world, person, "history", filing_id=filing_id)
-    refiled = await file(filings, world, person, category="retiree_resettled",
+    refiled = await file(filings, world, person, category="long_term_resident",
                          begndate=china_now().strftime("%Y-%m-%d"))
     again = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
 
@@ -126,6 +126,16 @@ async def test_r7_an_insurance_change_ends_a_long_term_filing_and_a_new_filing_s
     assert "(stopped)" in history["history"][-1]["reason"]
     assert refiled["accepted"] and again["infcode"] == 0, again
     assert system.metric("filing", "yidi_filings_ended_total", change="stopped") == ended_before + 1
+
+
+async def test_r4_a_category_named_after_a_kind_of_person_is_for_that_person(world, filings):
+    """A retiree resettled elsewhere is a retiree, a worker posted elsewhere an employee in service
+    (R4): an employee in service was filed as a resettled retiree."""
+    employee = await world.person(category=None, psn_type="11")
+    as_retiree = await file(filings, world, employee, category="retiree_resettled")
+    as_worker = await file(filings, world, employee, category="posted_worker")
+    assert not as_retiree["accepted"] and "is for a retiree (R4)" in as_retiree["reason"], as_retiree
+    assert as_worker["accepted"], as_worker
 
 
 async def test_r8_a_change_inside_the_regions_lock_is_refused(system, filings):

@@ -79,7 +79,7 @@ class World:
         )
         return self
 
-    async def person(self, *, category: str | None = "retiree_resettled", psn_type: str = "11",
+    async def person(self, *, category: str | None = "long_term_resident", psn_type: str = "11",
                      balance: str = "0.00", insutype: str = "310", psn_no: str | None = None, **extra: Any) -> str:
         """A new person of this world, with a filing of ``category``; or ``psn_no`` published again
         (its insurance changed, say)."""

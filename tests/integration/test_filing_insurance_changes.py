@@ -29,7 +29,8 @@ def ago(**delta: float) -> datetime:
 
 
 class Feed:
-    """refdata.persons records of one person, at increasing offsets of one partition."""
+    """refdata.persons records of one person, a retiree (the tests file retiree_resettled, R4), at
+    increasing offsets of one partition."""
 
     def __init__(self, psn_no: str) -> None:
         self.psn_no, self.offset = psn_no, 0
@@ -38,7 +39,7 @@ class Feed:
         """A record the region dated ``at`` (none: dated by its publish time)."""
         self.offset += 1
         value = {"psn_no": self.psn_no, "psn_name": "p", "insuplc_admdvs": REGION, "insutype": insutype,
-                 "psn_type": "11", "active": active, "updated_at": at.isoformat() if at else ""}
+                 "psn_type": "12", "active": active, "updated_at": at.isoformat() if at else ""}
         return Incoming("refdata.persons", 2, self.offset, self.psn_no.encode(), orjson.dumps(value),
                         int(time.time() * 1000))
 

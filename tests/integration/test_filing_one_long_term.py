@@ -79,3 +79,43 @@ async def test_a_long_term_filing_waiting_for_approval_counts_and_two_held_from_
     changed = await ask("change", filing_id=held.filing_id, category="posted_worker", filed_admdvs="120000",
                         decl_source="self_service")
     assert changed["accepted"], changed
+
+
+async def test_a_category_named_after_a_kind_of_person_must_fit_the_person_filing_holds(filing_repo, settings):
+    """R4: retiree_resettled for a retiree (12), posted_worker for an employee in service (11); a
+    person filing has no record of yet may file either, and a filing held from before keeps its
+    category through a change of region."""
+    from services.filing.persons import FilingPersonsHandler
+
+    persons = FilingPersonsHandler(settings, filing_repo)
+    retiree, worker, unknown = unique("P"), unique("P"), unique("P")
+    for offset, (psn, psn_type) in enumerate(((retiree, "12"), (worker, "11")), 1):
+        value = {"psn_no": psn, "psn_name": "p", "insuplc_admdvs": "131000", "insutype": "310", "psn_type": psn_type}
+        await persons([Incoming("refdata.persons", 0, offset, psn.encode(), orjson.dumps(value), int(time.time() * 1000))])
+    handler = FilingHandler(settings, filing_repo)
+
+    retiree_as_worker = await asker(handler, retiree)(category="posted_worker")
+    worker_as_retiree = await asker(handler, worker)(category="retiree_resettled")
+    worker_ask = asker(handler, worker)
+    worker_posted = await worker_ask(category="posted_worker")
+    worker_moved = await worker_ask("change", filing_id=worker_posted["filing"]["filing_id"], category="posted_worker",
+                                    filed_admdvs="120000")
+    worker_made_retiree = await worker_ask("change", filing_id=worker_posted["filing"]["filing_id"],
+                                           category="retiree_resettled")
+    retiree_resettled = await asker(handler, retiree)(category="retiree_resettled")
+    unknown_filed = await asker(handler, unknown)(category="retiree_resettled")
+
+    for refused, fits in ((retiree_as_worker, "an employee in service"), (worker_as_retiree, "a retiree"),
+                          (worker_made_retiree, "a retiree")):
+        assert not refused["accepted"] and f"is for {fits} (R4)" in refused["reason"], refused
+    assert worker_posted["accepted"] and worker_moved["accepted"] and retiree_resettled["accepted"]
+    assert unknown_filed["accepted"]
+
+    # Held from before the check: a worker filed as a resettled retiree may still move.
+    held = await asker(handler, unique("P"))(category="retiree_resettled")
+    async with filing_repo.transaction() as conn:
+        await conn.execute("UPDATE filing.filings SET psn_no = $1 WHERE filing_id = $2", worker, held["filing"]["filing_id"])
+    await worker_ask("cancel", filing_id=worker_posted["filing"]["filing_id"])
+    moved = await worker_ask("change", filing_id=held["filing"]["filing_id"], category="retiree_resettled",
+                             filed_admdvs="120000")
+    assert moved["accepted"], moved
