@@ -153,7 +153,10 @@ class FilingHandler:
         match request.action:
             case FilingAction.CHANGE:
                 ask = self._ask(request, record.filing_id)
-                if ask.category is not record.category:  # a filing of a category held before may change its region
+                in_force = record.status in (FilingStatus.ACTIVE, FilingStatus.PENDING)
+                if ask.category is not record.category or not in_force:
+                    # A filing in force, of a category held before, may change its region; one
+                    # brought back (cancelled, ended, refused) is filed anew.
                     _category_fits(ask.category, held)
                 if not (record.category.is_long_term and record.status in (FilingStatus.ACTIVE, FilingStatus.PENDING)):
                     await self._one_long_term(conn, ask)  # a change into a long-term filing adds one

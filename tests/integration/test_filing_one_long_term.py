@@ -111,11 +111,21 @@ async def test_a_category_named_after_a_kind_of_person_must_fit_the_person_filin
     assert worker_posted["accepted"] and worker_moved["accepted"] and retiree_resettled["accepted"]
     assert unknown_filed["accepted"]
 
-    # Held from before the check: a worker filed as a resettled retiree may still move.
+    # Held from before the check: a worker filed as a resettled retiree may still move, but not
+    # bring it back once cancelled.
     held = await asker(handler, unique("P"))(category="retiree_resettled")
     async with filing_repo.transaction() as conn:
         await conn.execute("UPDATE filing.filings SET psn_no = $1 WHERE filing_id = $2", worker, held["filing"]["filing_id"])
     await worker_ask("cancel", filing_id=worker_posted["filing"]["filing_id"])
     moved = await worker_ask("change", filing_id=held["filing"]["filing_id"], category="retiree_resettled",
                              filed_admdvs="120000")
+    await worker_ask("cancel", filing_id=held["filing"]["filing_id"])
+    revived = await worker_ask("change", filing_id=held["filing"]["filing_id"], category="retiree_resettled")
     assert moved["accepted"], moved
+    assert not revived["accepted"] and "is for a retiree (R4)" in revived["reason"], revived
+
+    # The type is the one last published: the worker retires.
+    value = {"psn_no": worker, "psn_name": "p", "insuplc_admdvs": "131000", "insutype": "310", "psn_type": "12"}
+    await persons([Incoming("refdata.persons", 0, 9, worker.encode(), orjson.dumps(value), int(time.time() * 1000))])
+    retired = await worker_ask(category="retiree_resettled", filed_admdvs="130000")
+    assert retired["accepted"], retired

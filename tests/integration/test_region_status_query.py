@@ -22,7 +22,7 @@ DOWN_REGION, LATER_REGION = "991000", "992000"
 
 async def test_region_status_names_what_is_down_now_and_when_it_resumes(settings):
     pool = await create_pool(settings.database_url, size=1)
-    down, later, following = unique("S"), unique("S"), unique("S")
+    down, later, following, after_gap = unique("S"), unique("S"), unique("S"), unique("S")
     try:
         await migrate(pool, "eligibility", "services.eligibility.migrations")
         repo = EligibilityRepository(pool)
@@ -31,6 +31,9 @@ async def test_region_status_names_what_is_down_now_and_when_it_resumes(settings
         await repo.upsert_outage(later, LATER_REGION, now + timedelta(hours=2), now + timedelta(hours=3), "upgrade", False)
         # The down region's maintenance follows its network outage: it resumes after both.
         await repo.upsert_outage(following, DOWN_REGION, now + timedelta(hours=1), now + timedelta(hours=4), "maintenance",
+                                 False)
+        # After a gap the region is up again: a window then does not move the resume time.
+        await repo.upsert_outage(after_gap, DOWN_REGION, now + timedelta(hours=5), now + timedelta(hours=6), "upgrade",
                                  False)
         status = await current(settings, now)
         assert [(d["admdvs"], d["reason"]) for d in status["down_now"] if d["status_id"] == down] == [
@@ -41,7 +44,7 @@ async def test_region_status_names_what_is_down_now_and_when_it_resumes(settings
         assert status["resumes"][DOWN_REGION] == {"at": (now + timedelta(hours=4)).isoformat(), "reason": "maintenance"}
         assert LATER_REGION not in status["resumes"]
     finally:
-        await pool.execute("DELETE FROM eligibility.outages WHERE status_id = ANY($1::text[])", [down, later, following])
+        await pool.execute("DELETE FROM eligibility.outages WHERE status_id = ANY($1::text[])", [down, later, following, after_gap])
         await pool.close()
 
 
