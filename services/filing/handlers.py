@@ -46,10 +46,13 @@ class FilingHandler:
         requests, out = parse_each(records, FilingRequest.model_validate, "filing request", self.refuse)
         async with self.repo.transaction() as conn:
             await lock_keys(conn, "yidi-filing", [request.psn_no for _, request in requests])
+            # The persons' insurance and type, read once for the batch: under the same locks, the
+            # filing-persons stage cannot change them meanwhile.
+            insurances = await self.repo.insurances(conn, sorted({request.psn_no for _, request in requests}))
             for record, request in requests:
                 seen = await self.repo.answered(conn, request.reqid)
                 if seen is None:
-                    emitted = await self._apply(conn, request, published_at(record))
+                    emitted = await self._apply(conn, request, published_at(record), insurances.get(request.psn_no))
                 elif seen[0] and seen[0] != request_hash(request):
                     emitted = self._answer(request, FilingResult(
                         reqid=request.reqid, accepted=False,
@@ -88,8 +91,10 @@ class FilingHandler:
             result=lambda reqid: FilingResult(reqid=reqid, accepted=False, reason=why),
         ) or [dead_letter(record, reason)]
 
-    async def _apply(self, conn: Any, request: FilingRequest, asked_at: datetime) -> list[dict[str, Any]]:
-        """Apply one request, published at ``asked_at``; return what to publish (kept for a repeated reqid)."""
+    async def _apply(self, conn: Any, request: FilingRequest, asked_at: datetime,
+                     held: Insurance | None) -> list[dict[str, Any]]:
+        """Apply one request, published at ``asked_at``, of a person whose insurance filing holds as
+        ``held``; return what to publish (kept for a repeated reqid)."""
         today = datetime.now(BUSINESS_TZ).date()  # the person's today, not UTC's (R8's lock is in days)
         try:
             if request.action is FilingAction.HISTORY:
@@ -98,9 +103,7 @@ class FilingHandler:
                     raise FilingRefused(f"no filing {request.filing_id} of this person")
                 return self._answer(request, FilingResult(
                     reqid=request.reqid, accepted=True, history=await self.repo.history_in(conn, request.filing_id or "")))
-            held = None
             if request.action in (FilingAction.ADD, FilingAction.CHANGE):
-                held = (await self.repo.insurances(conn, [request.psn_no])).get(request.psn_no)
                 _insurance_unchanged_since(request, asked_at, held)
             filing, version, filed_on, event = await self._decide(conn, request, today, held)
         except (ValueError, ArithmeticError) as exc:
