@@ -22,7 +22,7 @@ from yidi.contracts import answers
 from yidi.contracts.common import code_text
 from yidi.contracts.envelope import ErrCode, Infno, ResponseEnvelope
 from yidi.contracts.internal import EligibleWork, PricedWork, WorkKind
-from yidi.contracts.settlement import CancelInput, ReversalInput, bill_fields
+from yidi.contracts.settlement import BillFields, CancelInput, ReversalInput, bill_fields
 from yidi.domain.catalogue import Catalogue, CatalogueItem
 from yidi.domain.codes import PersonType
 from yidi.domain.clearing import owed
@@ -77,7 +77,8 @@ class UnreadableReference(Exception):
     INTERNAL_ERROR and dead-lettered (the stage's per-record error path), the batch goes on."""
 
 
-def _check_readable(batch: Batch, region: str, body: Any, treating: str, day: date, policy: BenefitPolicy | None) -> None:
+def _check_readable(batch: Batch, region: str, body: BillFields, treating: str, day: date,
+                    policy: BenefitPolicy | None) -> None:
     """Raise ``UnreadableReference`` when a stored version this version cannot read would decide
     this request's day: its policy, or one of its items, in force then and later than the
     readable version picked (priced without it, a missing item would be self-paid, a missing
@@ -88,8 +89,8 @@ def _check_readable(batch: Batch, region: str, body: Any, treating: str, day: da
             missing.append(f"policy of {region}/{body.insutype.value} from {begins}")
     picked = batch.catalogue(treating, day)
     for code in dict.fromkeys(line.code for line in body.lines):
+        item = picked.get(code)
         for begins, ends in batch.unreadable.get(("item", treating, code), []):
-            item = picked.get(code)
             if begins <= day and (ends is None or day < ends) and (item is None or begins > item.effective_from):
                 missing.append(f"catalogue item {code} of {treating} from {begins}")
     if missing:

@@ -204,9 +204,9 @@ _FILING_RANK = {
 
 
 def unavailable(region: str, outages: Iterable[Outage], now: datetime) -> Outage | None:
-    """R19: the region's outage covering ``now``, ending when the region resumes: the latest end
-    of the windows covering now and of those that begin before that end (a maintenance window
-    extended by a second one, or two that overlap), with that last window's reason. None: up."""
+    """R19: the last window of the region's outage covering ``now``: of the windows covering now
+    and of those that begin before their end (a maintenance window extended by a second one, or
+    two that overlap), the one that ends last; its end is when the region resumes. None: up."""
     mine = [o for o in outages if o.region == region]
     covering = [o for o in mine if o.covers(now)]
     if not covering:
@@ -218,7 +218,7 @@ def unavailable(region: str, outages: Iterable[Outage], now: datetime) -> Outage
         for o in mine:
             if o.start <= last.end < o.end:
                 last, extended = o, True
-    return replace(last, start=min(o.start for o in covering))
+    return last
 
 
 def decide(
