@@ -128,8 +128,9 @@ class ClearingAdminHandler:
                 result = {"reqid": request.reqid, "ok": ok, "reason": reason, "data": data}
                 emitted = [{"topic": self.settings.topic(request.reply_to), "value": dumps(result).decode(),
                             "key": request.reqid}] + extra
-                # A refused month's run changed nothing ("cleared already", "has not ended"): decided
-                # again when sent again, so that it runs once the month has ended.
+                # A refused month's run changed nothing ("cleared already", "has not ended", an
+                # earlier month to run first): decided again when sent again, so that it runs once
+                # the month has ended or its turn has come.
                 if seen is None and not request.type.startswith("query") and (ok or not isinstance(request, RunMonth)):
                     await conn.execute(
                         "INSERT INTO clearing.admin_requests (reqid, request_hash, emitted) VALUES ($1, $2, $3::jsonb)",
@@ -245,7 +246,8 @@ class ClearingAdminHandler:
         if period is not None and period["totalled_at"] is not None:
             return False, f"month {month} is cleared already; query its statements", {}, []
         if period is None:  # not closed before this transaction (``close_month``): here, as it was
-            await self.repo.lock_periods(conn)
+            if (refusal := await self.repo.out_of_order(conn, month)) is not None:  # the lock held
+                return False, refusal, {}, []
             await conn.execute("INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now())",
                                month)
         # Closed (now, or by a run that stopped before its statements were written): nothing lands

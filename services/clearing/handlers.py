@@ -64,7 +64,7 @@ class ClearingHandler:
             again: list[tuple[str, str, str, str]] = []
             msgids = [w.request.msgid for _, (w, _, _) in works if w.kind is WorkKind.SETTLE]
             setl_ids = [w.target_setl_id for _, (w, _, _) in works if w.kind is WorkKind.CANCEL]
-            closed, rows = await self.repo.batch_reads(conn, msgids, setl_ids)
+            cleared_through, rows = await self.repo.batch_reads(conn, msgids, setl_ids)
             by_msgid = {r.msgid: r for r in rows}
             by_setl = {r.setl_id: r for r in rows}
             undo_msgids = [w.request.msgid for _, (w, _, _) in works if w.kind is WorkKind.CANCEL]
@@ -74,7 +74,8 @@ class ClearingHandler:
             undo_new: list[tuple[str, str, str, dict[str, Any]]] = []
             for record, (work, answer, amounts) in works:
                 if amounts is not None:
-                    out.append(self._settle(work, answer, amounts, by_msgid, by_setl, entries, closed, moves, again))
+                    out.append(self._settle(work, answer, amounts, by_msgid, by_setl, entries, cleared_through, moves,
+                                            again))
                     continue
                 seen = undo_seen.get(work.request.msgid)
                 if seen is not None:
@@ -97,11 +98,12 @@ class ClearingHandler:
                 if row.state == "settled":
                     row.state = "reversed" if work.request.infno.value == "2601" else "cancelled"
                     row.undone_msgid, row.undone_answer = work.request.msgid, answer
-                    # The undoing lands in the open period of its own month (R3: cleared once), and
-                    # never before the settlement's own period: a cancellation dated back (a
-                    # facility clock years slow) would land in a month no one clears, while the
-                    # settlement was cleared in its own, and the insured region paid for it.
-                    row.undo_period = landing_period(max(f"{work.request.inf_time:%Y%m}", row.clr_period), closed)
+                    # The undoing lands in its own month, or after the latest month closed (R3:
+                    # cleared once), and never before the settlement's own period: a cancellation
+                    # dated back (a facility clock years slow) would land in a month no one clears,
+                    # while the settlement was cleared in its own, and the insured region paid for it.
+                    row.undo_period = landing_period(max(f"{work.request.inf_time:%Y%m}", row.clr_period),
+                                                     cleared_through)
                     undone[row.setl_id] = row
                     moves.append((row.insuplc_admdvs, row.mdtrtarea_admvs, "give_back", row.drawn, row.setl_id))
                     metrics.LEDGER_ENTRIES.labels(row.state).inc()
@@ -140,7 +142,7 @@ class ClearingHandler:
 
     def _settle(
         self, work: PricedWork, answer: dict[str, Any], amounts: dict[str, str], by_msgid: dict[str, LedgerRow], by_setl: dict[str, LedgerRow],
-        entries: list[NewEntry], closed: set[str], moves: list[tuple[str, str, str, Decimal, str]],
+        entries: list[NewEntry], cleared_through: str | None, moves: list[tuple[str, str, str, Decimal, str]],
         again: list[tuple[str, str, str, str]],
     ) -> Outgoing:
         existing = by_msgid.get(work.request.msgid)
@@ -159,7 +161,7 @@ class ClearingHandler:
         facts = work.facts
         assert facts is not None, "pricing sends facts with every settlement"
         drawn = owed(facts.fund_pay_sumamt, facts.acct_pay)
-        period = landing_period(facts.setlym, closed)
+        period = landing_period(facts.setlym, cleared_through)
         row = LedgerRow(facts.setl_id, work.request.msgid, work.request_hash, "settled", answer,
                         insuplc_admdvs=facts.insuplc_admdvs, mdtrtarea_admvs=facts.mdtrtarea_admvs, drawn=drawn,
                         clr_period=period)

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from yidi.domain.clearing import run_order
 from yidi.platform.db import Repository, json_value, lock_keys, transient_errors
 
 PERIODS_LOCK = "yidi-clearing-periods"
@@ -74,17 +75,23 @@ class ClearingRepository(Repository):
 
     async def lock_batch(self, conn: asyncpg.Connection, keys: list[bytes | str | None]) -> None:
         """A settlement batch's locks, in one statement: the periods lock shared (see
-        ``closed_periods``), then the batch's persons."""
+        ``cleared_through``), then the batch's persons."""
         await lock_keys(conn, "yidi-clearing", keys, shared_first=PERIODS_LOCK)
 
     async def batch_reads(
         self, conn: asyncpg.Connection, msgids: list[str], setl_ids: list[str]
-    ) -> tuple[set[str], list[LedgerRow]]:
-        """After ``lock_batch``, in one round trip: the closed periods, and the ledger rows of
-        ``msgids`` (settlements seen before) and ``setl_ids`` (settlements to undo), locked."""
+    ) -> tuple[str | None, list[LedgerRow]]:
+        """After ``lock_batch``, in one round trip: the latest month closed (what is dated at or
+        before it lands after it, ``landing_period``), and the ledger rows of ``msgids``
+        (settlements seen before) and ``setl_ids`` (settlements to undo), locked.
+
+        The periods lock held shared, a month's clearing (which takes it exclusively to close the
+        month) waits for the batch to commit, and a batch that waited for it reads the month
+        closed: a settlement lands either in the month being cleared (and is in its statements)
+        or after it, never in between."""
         rows = await conn.fetch(
-            """SELECT c.closed, l.* FROM
-                 (SELECT coalesce(array_agg(setlym), '{}') AS closed FROM clearing.periods WHERE state = 'closed') AS c
+            """SELECT c.cleared_through, l.* FROM
+                 (SELECT max(setlym) AS cleared_through FROM clearing.periods WHERE state = 'closed') AS c
                LEFT JOIN LATERAL (
                  SELECT setl_id, msgid, request_hash, state, answer, undone_msgid, undone_answer,
                         insuplc_admdvs, mdtrtarea_admvs, coalesce(drawn, fund_pay_sumamt) AS drawn, undo_period,
@@ -93,8 +100,7 @@ class ClearingRepository(Repository):
                  WHERE msgid = ANY($1::text[]) OR setl_id = ANY($2::text[]) FOR UPDATE) AS l ON true""",
             msgids, setl_ids,
         )
-        closed = set(rows[0]["closed"])
-        return closed, [
+        return rows[0]["cleared_through"], [
             LedgerRow(r["setl_id"], r["msgid"], r["request_hash"], r["state"], json_value(r["answer"]),
                       r["undone_msgid"], json_value(r["undone_answer"]) if r["undone_answer"] else None,
                       r["insuplc_admdvs"], r["mdtrtarea_admvs"], r["drawn"], r["undo_period"],
@@ -102,29 +108,55 @@ class ClearingRepository(Repository):
             for r in rows if r["setl_id"] is not None
         ]
 
-    async def closed_periods(self, conn: asyncpg.Connection) -> set[str]:
-        """Closed periods, under the periods lock taken exclusively, for clearing a month.
-        Settlement batches hold the lock shared (``lock_batch``), so they run side by side; closing
-        a month waits for them to commit and holds new ones back until the close commits. So a
-        settlement lands either in the month being cleared (and is in its statements) or in the
-        next open month, never in between. The read is a statement of its own: its
-        snapshot must be taken after the lock is held.
-        """
+    async def cleared_through(self, conn: asyncpg.Connection) -> str | None:
+        """The latest month closed, under the periods lock taken exclusively (``lock_periods``):
+        settlement batches hold it shared (``lock_batch``), so closing a month waits for them to
+        commit and holds new ones back until the close commits. The read is a statement of its
+        own: its snapshot must be taken after the lock is held."""
         await self.lock_periods(conn)
-        return {r["setlym"] for r in await conn.fetch("SELECT setlym FROM clearing.periods WHERE state = 'closed'")}
+        return await conn.fetchval("SELECT max(setlym) FROM clearing.periods WHERE state = 'closed'")
+
+    async def out_of_order(self, conn: asyncpg.Connection, month: str) -> str | None:
+        """Why open month ``month`` may not be closed now (``domain.clearing.run_order``), or None.
+        Takes the periods lock exclusively (``cleared_through``), so the answer holds until the
+        transaction ends. The open months before it that hold anything are found by walking the
+        ledger's distinct periods on their indexes: a probe per month of its history."""
+        cleared = await self.cleared_through(conn)
+        row = await conn.fetchrow(
+            """WITH RECURSIVE c(p) AS (
+                   SELECT min(clr_period) FROM clearing.ledger WHERE clr_period < $1
+                 UNION ALL
+                   SELECT (SELECT min(clr_period) FROM clearing.ledger WHERE clr_period > c.p AND clr_period < $1)
+                   FROM c WHERE c.p IS NOT NULL
+               ), u(p) AS (
+                   SELECT min(undo_period) FROM clearing.ledger WHERE undo_period < $1
+                 UNION ALL
+                   SELECT (SELECT min(undo_period) FROM clearing.ledger WHERE undo_period > u.p AND undo_period < $1)
+                   FROM u WHERE u.p IS NOT NULL
+               )
+               SELECT (SELECT min(p) FROM (SELECT p FROM c UNION SELECT p FROM u) AS x
+                       WHERE p IS NOT NULL
+                         AND NOT EXISTS (SELECT 1 FROM clearing.periods WHERE setlym = p AND state = 'closed')) AS earlier,
+                      EXISTS (SELECT 1 FROM clearing.ledger WHERE clr_period = $1)
+                        OR EXISTS (SELECT 1 FROM clearing.ledger WHERE undo_period = $1) AS holds""",
+            month,
+        )
+        return run_order(month, cleared, [row["earlier"]] if row["earlier"] is not None else [], row["holds"])
 
     async def lock_periods(self, conn: asyncpg.Connection) -> None:
-        """The periods lock, taken exclusively until ``conn``'s transaction ends (``closed_periods``)."""
+        """The periods lock, taken exclusively until ``conn``'s transaction ends (``cleared_through``)."""
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", PERIODS_LOCK)
 
     async def close_month(self, month: str, reqid: str) -> None:
         """Close ``month`` for ``run_month`` request ``reqid`` (unless that request was handled
-        before), in a transaction of its own: under the periods lock taken exclusively, as short as
-        that. Its statements are totalled afterwards (``totalled_at`` NULL until they are written),
-        while settlement batches go on, landing in the next open month: a national month's totals
-        take tens of seconds, during which every settlement waited for the lock."""
+        before, or the month may not be run now: ``out_of_order``), in a transaction of its own:
+        under the periods lock taken exclusively, as short as that. Its statements are totalled
+        afterwards (``totalled_at`` NULL until they are written), while settlement batches go on,
+        landing after it: a national month's totals take tens of seconds, during which every
+        settlement waited for the lock."""
         async with self.transaction() as conn:
-            await self.lock_periods(conn)
+            if await self.out_of_order(conn, month) is not None:
+                return  # the run refuses it, saying why
             await conn.execute(
                 """INSERT INTO clearing.periods (setlym, state, closed_at)
                    SELECT $1, 'closed', now() WHERE NOT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)

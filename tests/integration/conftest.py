@@ -54,6 +54,26 @@ async def clearing_repo(settings):
 
 
 @pytest.fixture
+async def clearing_of_its_own(settings):
+    """Clearing's schema in a database of the test's own: (its settings, its repository).
+
+    Months are cleared in order and what is dated at or before the latest month closed lands
+    after it, so a test that runs months needs a ledger and periods no other test moves."""
+    from loadtest.procs import with_database
+    from services.clearing.repository import ClearingRepository
+    from yidi.platform.db import execute_alone
+
+    name = f"{settings.database_url.rsplit('/', 1)[1].split('?')[0]}_{uuid.uuid4().hex[:8]}"
+    await execute_alone(settings.database_url, f'CREATE DATABASE "{name}"')
+    try:
+        own = settings.model_copy(update={"database_url": with_database(settings.database_url, name)})
+        async for repo in _repository(own, "clearing", ClearingRepository):
+            yield own, repo
+    finally:
+        await execute_alone(settings.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
 async def filing_repo(settings):
     from services.filing.repository import FilingRepository
 

@@ -16,11 +16,11 @@ import pytest
 
 from services.clearing.repository import ClearingRepository
 from tests.integration.waiting import until
-from yidi.platform.db import create_pool, migrate
+from yidi.platform.db import create_pool
 
 pytestmark = pytest.mark.integration
 
-FAR_MONTH = "209912"  # a month no other test settles in
+FAR_MONTH = "209912"
 
 
 async def _waiting_for_a_lock(pool, pid: int) -> bool:
@@ -42,11 +42,11 @@ async def _start(repo: ClearingRepository, work) -> tuple[asyncio.Task, int]:
 
 
 @pytest.fixture
-async def clearing_db(settings):
-    """Clearing's schema on the real Postgres: its pool and repository."""
-    pool = await create_pool(settings.database_url, size=5)
+async def clearing_db(clearing_of_its_own):
+    """Clearing's schema on the real Postgres, in a database of the test's own: its pool and repository."""
+    own, _ = clearing_of_its_own
+    pool = await create_pool(own.database_url, size=5)  # clearing_of_its_own migrated it
     try:
-        await migrate(pool, "clearing", "services.clearing.migrations")
         yield pool, ClearingRepository(pool)
     finally:
         await pool.close()
@@ -56,15 +56,15 @@ async def test_a_batch_holds_its_persons_and_the_periods_shared(clearing_db):
     pool, repo = clearing_db
     async with repo.transaction() as first:
         await repo.lock_batch(first, [b"P-LOCK-1", b"P-LOCK-2"])
-        closed, rows = await repo.batch_reads(first, ["no-such-msgid"], ["no-such-setl"])
-        assert rows == [] and isinstance(closed, set)
+        cleared_through, rows = await repo.batch_reads(first, ["no-such-msgid"], ["no-such-setl"])
+        assert rows == [] and cleared_through is None
 
         # Another person: runs at once, beside the first batch (the periods lock is shared).
         other, _ = await _start(repo, lambda conn: repo.lock_batch(conn, [b"P-LOCK-3"]))
         await asyncio.wait_for(other, timeout=10)
         # The same person, and a month's clearing: both wait, on an advisory lock.
         same_person, same_pid = await _start(repo, lambda conn: repo.lock_batch(conn, [b"P-LOCK-2"]))
-        month, month_pid = await _start(repo, repo.closed_periods)
+        month, month_pid = await _start(repo, repo.cleared_through)
         await until(lambda: _waiting_for_a_lock(pool, same_pid), timeout=10)
         await until(lambda: _waiting_for_a_lock(pool, month_pid), timeout=10)
         assert not same_person.done() and not month.done()
@@ -74,22 +74,20 @@ async def test_a_batch_holds_its_persons_and_the_periods_shared(clearing_db):
 
 async def test_a_batch_that_waited_for_a_months_clearing_sees_the_month_closed(clearing_db):
     pool, repo = clearing_db
-    try:
-        async def settle(conn):
-            await repo.lock_batch(conn, [b"P-LOCK-4"])
-            closed, _ = await repo.batch_reads(conn, [], [])
-            return closed
 
-        async with repo.transaction() as clearing:
-            assert FAR_MONTH not in await repo.closed_periods(clearing)
-            batch, batch_pid = await _start(repo, settle)
-            await until(lambda: _waiting_for_a_lock(pool, batch_pid), timeout=10)
-            await clearing.execute(
-                "INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now())", FAR_MONTH)
-        # Its read came after the lock: the month the clearing closed meanwhile is in it.
-        assert FAR_MONTH in await asyncio.wait_for(batch, timeout=10)
-    finally:
-        await pool.execute("DELETE FROM clearing.periods WHERE setlym = $1", FAR_MONTH)
+    async def settle(conn):
+        await repo.lock_batch(conn, [b"P-LOCK-4"])
+        cleared_through, _ = await repo.batch_reads(conn, [], [])
+        return cleared_through
+
+    async with repo.transaction() as clearing:
+        assert await repo.cleared_through(clearing) is None
+        batch, batch_pid = await _start(repo, settle)
+        await until(lambda: _waiting_for_a_lock(pool, batch_pid), timeout=10)
+        await clearing.execute(
+            "INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now())", FAR_MONTH)
+    # Its read came after the lock: the month the clearing closed meanwhile is the latest closed.
+    assert await asyncio.wait_for(batch, timeout=10) == FAR_MONTH
 
 
 async def test_a_3202_answer_lists_at_most_2000_differences_and_counts_them_all(settings, clearing_db):

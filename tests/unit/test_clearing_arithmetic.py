@@ -14,6 +14,7 @@ from yidi.domain.clearing import (
     owed,
     reconcile_details,
     reconcile_totals,
+    run_order,
     statements,
 )
 
@@ -23,10 +24,28 @@ def move(insured, treating, period, medfee, fund, acct, sign):
     return Movement(insured, treating, period, medfee, fund, acct, sign, drawn=owed(fund, acct))
 
 
-def test_a_settlement_for_a_cleared_month_lands_in_the_next_open_one():
-    assert landing_period("202511", set()) == "202511"
-    assert landing_period("202511", {"202511", "202512"}) == "202601"
+def test_a_settlement_dated_at_or_before_the_latest_month_closed_lands_after_it():
+    assert landing_period("202511", None) == "202511"
+    assert landing_period("202511", "202510") == "202511"
+    assert landing_period("202511", "202511") == "202512"
+    assert landing_period("202511", "202512") == "202601"
+    # A month never run before a later one was (before go-live, or skipped by a version that let
+    # months run out of order): not its own month, where no run would clear it any more.
+    assert landing_period("202509", "202511") == "202512"
     assert next_month("202512") == "202601"
+
+
+def test_months_are_cleared_in_order():
+    assert run_order("202511", None, [], holds=True) is None
+    assert run_order("202511", "202510", [], holds=False) is None  # nothing in it: a month of no settlements
+    refused = run_order("202512", "202510", ["202511", "202509"], holds=True)
+    assert refused is not None and refused.startswith("month 2025-09 holds settlements not cleared yet")
+    assert "run it before 2025-12" in refused
+    # Before the latest month closed: run only to clear what a version that let months run out of
+    # order left in it; what was dated in it since landed after the latest month closed.
+    assert run_order("202509", "202511", [], holds=True) is None
+    empty = run_order("202509", "202511", [], holds=False)
+    assert empty is not None and "nothing is left to clear" in empty and "after 2025-11" in empty
 
 
 def test_a_statement_counts_settlements_less_what_was_undone_in_the_period():

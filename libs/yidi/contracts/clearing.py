@@ -59,7 +59,8 @@ class FundPrepayment(_Request):
 
 
 class RunMonth(_Request):
-    """Clear a settlement month: close it, total it per region pair, issue the statements."""
+    """Clear a settlement month: close it, total it per region pair, issue the statements. Months
+    are cleared in order: refused while an earlier month holds settlements not cleared."""
 
     type: Literal["run_month"]
     setlym: Month

@@ -3,8 +3,9 @@ prepayment, reconciliation. Plain functions over plain data.
 
 Each settlement adds what the insured region owes for it (``owed``: its funds' payment and its
 individual account's payment) to the clearing period it landed in; its cancellation or
-reversal takes it away in the period the undoing landed in. A period, once cleared, is closed:
-what arrives for it later lands in the next open period, so every yuan is cleared exactly once.
+reversal takes it away in the period the undoing landed in. Months are cleared in order; a month,
+once cleared, is closed, and what arrives for it or any month before it lands in the month after
+the latest closed one, so every yuan is cleared exactly once.
 """
 
 from __future__ import annotations
@@ -30,13 +31,42 @@ def month_ended(setlym: str, today: date) -> bool:
     return today >= date(int(following[:4]), int(following[4:]), 1)
 
 
-def landing_period(setlym: str, closed: Iterable[str]) -> str:
-    """The period a settlement of month ``setlym`` lands in: its own, or the first open one after."""
-    closed_set = set(closed)
-    period = setlym
-    while period in closed_set:
-        period = next_month(period)
-    return period
+def landing_period(setlym: str, cleared_through: str | None) -> str:
+    """The period a settlement (or undoing) of month ``setlym`` lands in: its own, or, when that
+    month is at or before ``cleared_through`` (the latest month closed), the month after that.
+
+    Periods are a watermark, not a set: a settlement dated in a month never run (before go-live,
+    or skipped) lands after the latest month closed, as one dated in a closed month does, so the
+    next run clears it. Landing in the first open month after its own, it would have waited in a
+    month no one runs any more, uncleared (``run_order`` keeps months from being skipped)."""
+    if cleared_through is None or setlym > cleared_through:
+        return setlym
+    return next_month(cleared_through)
+
+
+def run_order(month: str, cleared_through: str | None, earlier: Iterable[str], holds: bool) -> str | None:
+    """Why open month ``month`` may not be cleared now, or None: months are cleared in order.
+
+    ``cleared_through`` is the latest month closed; ``earlier`` the open months before ``month``
+    that hold settlements or undoings; ``holds`` whether ``month`` itself holds any. A month is run
+    when no earlier open month holds anything: otherwise that one first, so that a month skipped
+    does not keep its settlements uncleared for good. A month before the latest closed one
+    holds something only if a version that let months run out of order left it open: it is run,
+    to clear that. One that holds nothing has nothing to clear: what was dated in it since landed
+    after ``cleared_through`` (``landing_period``)."""
+    first = min(earlier, default=None)
+    if first is not None:
+        return (f"month {_ym(first)} holds settlements not cleared yet: run it before {_ym(month)} (months are "
+                "cleared in order, so that none is left behind)")
+    if cleared_through is not None and month < cleared_through and not holds:
+        return (f"month {_ym(month)} was not run, and {_ym(cleared_through)} after it is cleared: what was "
+                f"dated in {_ym(month)} since landed in the first month open after {_ym(cleared_through)}; "
+                "nothing is left to clear in it")
+    return None
+
+
+def _ym(setlym: str) -> str:
+    return f"{setlym[:4]}-{setlym[4:]}"
 
 
 def owed(fund_pay_sumamt: Decimal, acct_pay: Decimal) -> Decimal:
