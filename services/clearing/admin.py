@@ -91,16 +91,23 @@ class ClearingAdminHandler:
         uses = Counter(request.reqid for _, request in requests)
         # A month's run (its reqid its own in the batch) goes first: its totals then hold no lock a
         # funding or a confirmation of this batch took, which settlement batches would wait for.
+        # Runs go in month order: months are cleared in order, so a batch of several closes each.
         runs: list[tuple[Incoming, Any]] = []
         rest: list[tuple[Incoming, Any]] = []
         for p in requests:
             (runs if isinstance(p[1], RunMonth) and uses[p[1].reqid] == 1 else rest).append(p)
+        runs.sort(key=lambda p: p[1].setlym)
         requests = runs + rest
         today = datetime.now(BUSINESS_TZ).date()
+        refused: dict[str, str] = {}  # by reqid: why close_month did not close the month
+        finishing: set[str] = set()  # months closed, their statements written in this batch
         for _, request in runs:
             if month_ended(request.setlym, today):
                 # Closed before this batch's transaction locks anything a settlement batch may wait for.
-                await self.repo.close_month(request.setlym, request.reqid)
+                if (refusal := await self.repo.close_month(request.setlym, request.reqid, finishing)) is not None:
+                    refused[request.reqid] = refusal
+                else:
+                    finishing.add(request.setlym)
         async with self.repo.transaction() as conn:
             for _, request in requests:
                 if isinstance(request, Reconcile):
@@ -119,7 +126,7 @@ class ClearingAdminHandler:
                     ok, reason, data, extra = False, f"reqid {request.reqid} was already used for another request", {}, []
                 else:
                     try:
-                        ok, reason, data, extra = await self._apply(conn, request)
+                        ok, reason, data, extra = await self._apply(conn, request, refused)
                     except ValidationError as exc:
                         # A message the contract refuses (an amount out of range, say): this request
                         # is refused and kept for the operators, not tried again forever.
@@ -145,12 +152,13 @@ class ClearingAdminHandler:
         return [Outgoing(e["topic"], e["value"].encode(), key=e["key"].encode(),
                          fallback=answer_fallback(self.settings, e["topic"], ADMIN_REPLY_TO)) for e in emitted]
 
-    async def _apply(self, conn: asyncpg.Connection, request: Any) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
+    async def _apply(self, conn: asyncpg.Connection, request: Any,
+                     refused: dict[str, str]) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
         match request:
             case FundPrepayment():
                 return await self._fund(conn, request)
             case RunMonth():
-                return await self._run_month(conn, request)
+                return await self._run_month(conn, request, refused.get(request.reqid))
             case ConfirmStatement():
                 return await self._confirm(conn, request)
             case QuerySettlement():
@@ -182,7 +190,7 @@ class ClearingAdminHandler:
                                   "statements": [statement_of(s).model_dump(mode="json") for s in statements]}, []
             case QueryMonth():
                 if request.setlym not in await self.repo.closed_months(conn):
-                    return False, f"month {request.setlym} is not cleared yet; run it first", {}, []
+                    return False, await self._not_cleared(conn, request.setlym), {}, []
                 rows = await conn.fetch(
                     "SELECT * FROM clearing.statements WHERE setlym = $1 ORDER BY insuplc_admdvs, mdtrtarea_admvs",
                     request.setlym,
@@ -195,6 +203,17 @@ class ClearingAdminHandler:
                 )
                 return (row is not None), ("" if row else "no prepayment account"), (account_view(row) if row else {}), []
         return False, "unknown request", {}, []
+
+    async def _not_cleared(self, conn: asyncpg.Connection, month: str) -> str:
+        """Why a month has no statements to show: not run yet, or never to be run (before the latest
+        month closed, holding nothing: ``run_order``)."""
+        latest = await conn.fetchval("SELECT max(setlym) FROM clearing.periods WHERE state = 'closed'")
+        if latest is not None and month < latest and not await conn.fetchval(
+                """SELECT EXISTS (SELECT 1 FROM clearing.ledger WHERE clr_period = $1)
+                          OR EXISTS (SELECT 1 FROM clearing.ledger WHERE undo_period = $1)""", month):
+            return (f"month {month} was not run, and {latest} after it is cleared: it has no statements; what was "
+                    f"dated in it is in the statements of a month after it")
+        return f"month {month} is not cleared yet; run it first"
 
     async def _fund(self, conn: asyncpg.Connection, request: FundPrepayment) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
         funded = await conn.fetchval(
@@ -235,7 +254,10 @@ class ClearingAdminHandler:
                 out.append({"topic": alert.topic, "value": alert.value.decode(), "key": (alert.key or b"").decode()})
         return out
 
-    async def _run_month(self, conn: asyncpg.Connection, request: RunMonth) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
+    async def _run_month(self, conn: asyncpg.Connection, request: RunMonth,
+                         refused: str | None = None) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
+        """Clear ``request``'s month: closed by ``close_month`` before this transaction (or why it
+        was not: ``refused``), or, for a run it did not see, here."""
         month = request.setlym
         if not month_ended(month, datetime.now(BUSINESS_TZ).date()):
             following = next_month(month)
@@ -245,7 +267,13 @@ class ClearingAdminHandler:
                                      month)
         if period is not None and period["totalled_at"] is not None:
             return False, f"month {month} is cleared already; query its statements", {}, []
-        if period is None:  # not closed before this transaction (``close_month``): here, as it was
+        if period is None and refused is not None:
+            # Refused by close_month in its own short transaction: not checked again here, where the
+            # periods lock would be held until this batch commits (other runs' totals included).
+            # Sent again, it is decided again.
+            return False, refused, {}, []
+        if period is None:  # a run close_month did not see (its reqid used twice in the batch, or the
+            # month ended between the two reads of the clock): here
             if (refusal := await self.repo.out_of_order(conn, month)) is not None:  # the lock held
                 return False, refusal, {}, []
             await conn.execute("INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now())",

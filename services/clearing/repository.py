@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -116,11 +116,15 @@ class ClearingRepository(Repository):
         await self.lock_periods(conn)
         return await conn.fetchval("SELECT max(setlym) FROM clearing.periods WHERE state = 'closed'")
 
-    async def out_of_order(self, conn: asyncpg.Connection, month: str) -> str | None:
-        """Why open month ``month`` may not be closed now (``domain.clearing.run_order``), or None.
+    async def out_of_order(self, conn: asyncpg.Connection, month: str, finishing: Collection[str] = ()) -> str | None:
+        """Why open month ``month`` may not be closed now (``domain.clearing.run_order``), or None;
+        ``finishing``: months closed whose statements the caller is about to write (earlier runs of
+        its batch), not unfinished runs.
         Takes the periods lock exclusively (``cleared_through``), so the answer holds until the
-        transaction ends. The open months before it that hold anything are found by walking the
-        ledger's distinct periods on their indexes: a probe per month of its history."""
+        transaction ends: call it in a transaction as short as ``close_month``'s. The open months
+        before it that hold anything are found by walking the ledger's distinct periods on their
+        indexes: a few probes per month of its history (about 1 ms for 24 months of 100,000
+        settlements each on the 2-core bench box)."""
         cleared = await self.cleared_through(conn)
         row = await conn.fetchrow(
             """WITH RECURSIVE c(p) AS (
@@ -134,35 +138,44 @@ class ClearingRepository(Repository):
                    SELECT (SELECT min(undo_period) FROM clearing.ledger WHERE undo_period > u.p AND undo_period < $1)
                    FROM u WHERE u.p IS NOT NULL
                )
-               SELECT (SELECT min(p) FROM (SELECT p FROM c UNION SELECT p FROM u) AS x
+               SELECT (SELECT coalesce(array_agg(p ORDER BY p), '{}') FROM (SELECT p FROM c UNION SELECT p FROM u) AS x
                        WHERE p IS NOT NULL
                          AND NOT EXISTS (SELECT 1 FROM clearing.periods WHERE setlym = p AND state = 'closed')) AS earlier,
+                      (SELECT coalesce(array_agg(setlym ORDER BY setlym), '{}') FROM clearing.periods
+                       WHERE setlym < $1 AND state = 'closed' AND totalled_at IS NULL) AS unfinished,
                       EXISTS (SELECT 1 FROM clearing.ledger WHERE clr_period = $1)
                         OR EXISTS (SELECT 1 FROM clearing.ledger WHERE undo_period = $1) AS holds""",
             month,
         )
-        return run_order(month, cleared, [row["earlier"]] if row["earlier"] is not None else [], row["holds"])
+        unfinished = [m for m in row["unfinished"] if m not in finishing]
+        return run_order(month, cleared, list(row["earlier"]), row["holds"], unfinished)
 
     async def lock_periods(self, conn: asyncpg.Connection) -> None:
         """The periods lock, taken exclusively until ``conn``'s transaction ends (``cleared_through``)."""
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", PERIODS_LOCK)
 
-    async def close_month(self, month: str, reqid: str) -> None:
-        """Close ``month`` for ``run_month`` request ``reqid`` (unless that request was handled
-        before, or the month may not be run now: ``out_of_order``), in a transaction of its own:
-        under the periods lock taken exclusively, as short as that. Its statements are totalled
-        afterwards (``totalled_at`` NULL until they are written), while settlement batches go on,
-        landing after it: a national month's totals take tens of seconds, during which every
-        settlement waited for the lock."""
+    async def close_month(self, month: str, reqid: str, finishing: Collection[str] = ()) -> str | None:
+        """Close ``month`` for ``run_month`` request ``reqid`` in a transaction of its own, under the
+        periods lock taken exclusively, as short as that; or say why it may not be run now
+        (``out_of_order``: the run refuses it so, without taking the lock again). Its statements
+        are totalled afterwards (``totalled_at`` NULL until they are written), while settlement
+        batches go on, landing after it: a national month's totals take tens of seconds, during
+        which every settlement waited for the lock. A request handled before, or a month closed
+        already (cleared, or its run resumed), takes no lock: the run answers it."""
         async with self.transaction() as conn:
-            if await self.out_of_order(conn, month) is not None:
-                return  # the run refuses it, saying why
+            if await conn.fetchval(
+                """SELECT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
+                          OR EXISTS (SELECT 1 FROM clearing.periods WHERE setlym = $1)""", month, reqid):
+                return None
+            if (refusal := await self.out_of_order(conn, month, finishing)) is not None:
+                return refusal
             await conn.execute(
                 """INSERT INTO clearing.periods (setlym, state, closed_at)
                    SELECT $1, 'closed', now() WHERE NOT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
                    ON CONFLICT (setlym) DO NOTHING""",
                 month, reqid,
             )
+            return None
 
     async def closed_months(self, conn: asyncpg.Connection) -> set[str]:
         """Months cleared, their statements written (no lock: for reading a cleared month)."""

@@ -9,15 +9,18 @@ it, and a month is run only when no earlier open month holds settlements or undo
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from decimal import Decimal
 
 import orjson
 import pytest
 
 from services.clearing.admin import ClearingAdminHandler
 from services.clearing.handlers import ClearingHandler
-from services.clearing.repository import ClearingRepository
+from services.clearing.repository import AMOUNT_COLUMNS, ClearingRepository
 from tests.integration.priced import priced
+from tests.integration.waiting import until
 from yidi.platform.kafka import Incoming
 
 pytestmark = pytest.mark.integration
@@ -43,11 +46,22 @@ async def _cancel(settings, repo, setl_id: str, when: str) -> None:
                                                    inf_time=when)])
 
 
+async def _handle(settings, repo, *bodies: dict) -> list[dict]:
+    """``bodies`` as one batch of clearing.requests; their results, in the order sent."""
+    records = [Incoming(settings.topic("clearing.requests"), 0, i, b["reqid"].encode(), orjson.dumps(b), 0)
+               for i, b in enumerate(bodies)]
+    out = await ClearingAdminHandler(settings, repo)(records)
+    results = {r["reqid"]: r for o in out if o.topic == settings.topic("clearing.results")
+               for r in [orjson.loads(o.value)]}
+    return [results[b["reqid"]] for b in bodies]
+
+
+def _run_body(month: str, reqid: str | None = None) -> dict:
+    return {"type": "run_month", "reqid": reqid or f"R-{uuid.uuid4().hex}", "setlym": month}
+
+
 async def _run(settings, repo, month: str, reqid: str | None = None) -> dict:
-    body = {"type": "run_month", "reqid": reqid or f"R-{uuid.uuid4().hex}", "setlym": month}
-    request = Incoming(settings.topic("clearing.requests"), 0, 1, body["reqid"].encode(), orjson.dumps(body), 0)
-    out = await ClearingAdminHandler(settings, repo)([request])
-    (result,) = [orjson.loads(o.value) for o in out if o.topic == settings.topic("clearing.results")]
+    (result,) = await _handle(settings, repo, _run_body(month, reqid))
     return result
 
 
@@ -67,8 +81,8 @@ async def test_a_month_is_run_only_when_no_earlier_month_holds_settlements(setti
     await _settle(settings, repo, "2025-10-10 10:00:00", "20.00")
     reqid = f"R-{uuid.uuid4().hex}"
     refused = await _run(settings, repo, "202510", reqid)
-    assert not refused["ok"] and refused["reason"].startswith("month 2025-09 holds settlements not cleared yet")
-    assert "run it before 2025-10" in refused["reason"]
+    assert not refused["ok"] and refused["reason"].startswith(
+        "month 202509 holds settlements or undoings not cleared yet: run it before 202510")
     async with repo.transaction() as conn:  # nothing closed, nothing kept under its reqid
         assert await conn.fetchval("SELECT count(*) FROM clearing.periods") == 0
         assert await conn.fetchval("SELECT count(*) FROM clearing.admin_requests WHERE reqid = $1", reqid) == 0
@@ -87,7 +101,10 @@ async def test_what_is_dated_in_a_month_never_run_lands_after_the_latest_month_c
     assert await _periods(repo, late) == ("202511", None)
     assert await _periods(repo, first) == ("202510", "202511")
     nothing = await _run(settings, repo, "202509")
-    assert not nothing["ok"] and "nothing is left to clear" in nothing["reason"] and "after 2025-10" in nothing["reason"]
+    assert not nothing["ok"] and "nothing is left to clear" in nothing["reason"] and "after 202510" in nothing["reason"]
+    query = {"type": "query_month", "reqid": f"Q-{uuid.uuid4().hex}", "setlym": "202509"}
+    (never,) = await _handle(settings, repo, query)
+    assert not never["ok"] and "was not run, and 202510 after it is cleared: it has no statements" in never["reason"]
     assert _cleared(await _run(settings, repo, "202511")) == (1, 1, "-10.00")
 
 
@@ -96,7 +113,7 @@ async def test_an_undoing_in_an_earlier_open_month_holds_a_later_month_back(sett
     assert _cleared(await _run(settings, repo, "202509")) == (1, 0, "10.00")
     await _cancel(settings, repo, setl_id, "2025-10-02 10:00:00")
     refused = await _run(settings, repo, "202511")
-    assert not refused["ok"] and refused["reason"].startswith("month 2025-10 holds settlements not cleared yet")
+    assert not refused["ok"] and refused["reason"].startswith("month 202510 holds settlements or undoings")
     assert _cleared(await _run(settings, repo, "202510")) == (0, 1, "-10.00")
     assert (await _run(settings, repo, "202511"))["ok"]
 
@@ -109,8 +126,84 @@ async def test_a_month_left_open_behind_a_later_one_by_an_earlier_version_is_run
         await conn.execute("INSERT INTO clearing.periods (setlym, state, closed_at, totalled_at) "
                            "VALUES ('202510', 'closed', now(), now())")
     refused = await _run(settings, repo, "202511")
-    assert not refused["ok"] and refused["reason"].startswith("month 2025-09 holds settlements not cleared yet")
+    assert not refused["ok"] and refused["reason"].startswith("month 202509 holds settlements or undoings")
     assert _cleared(await _run(settings, repo, "202509")) == (1, 0, "10.00")
     await _cancel(settings, repo, setl_id, "2025-09-20 10:00:00")  # lands after the latest month closed
     assert await _periods(repo, setl_id) == ("202509", "202511")
     assert _cleared(await _run(settings, repo, "202511")) == (0, 1, "-10.00")
+
+
+async def test_every_earlier_month_holding_settlements_or_undoings_is_named_in_order(settings, repo):
+    first = await _settle(settings, repo, "2025-06-10 10:00:00", "10.00")
+    assert (await _run(settings, repo, "202506"))["ok"]
+    await _cancel(settings, repo, first, "2025-07-02 10:00:00")  # an undoing, alone in 2025-07
+    later = await _settle(settings, repo, "2025-08-10 10:00:00", "30.00")
+    await _cancel(settings, repo, later, "2025-07-20 10:00:00")  # dated before its settlement's month
+    assert await _periods(repo, later) == ("202508", "202508")
+    refused = await _run(settings, repo, "202509")
+    assert refused["reason"].startswith("months 202507, 202508 hold settlements or undoings not cleared yet: "
+                                        "run them, in this order, before 202509"), refused
+    # Sent together, in any order, the runs go in month order, and each closes its month.
+    results = await _handle(settings, repo, _run_body("202509"), _run_body("202508"), _run_body("202507"))
+    assert [r["ok"] for r in results] == [True, True, True], results
+    assert [_cleared(r) for r in results[1:]] == [(1, 1, "0.00"), (0, 1, "-10.00")]
+    assert results[0]["data"]["statements"] == []
+
+
+async def test_a_month_whose_run_stopped_before_its_statements_is_finished_first(settings, repo):
+    await _settle(settings, repo, "2025-09-10 10:00:00", "10.00")
+    await _settle(settings, repo, "2025-10-10 10:00:00", "20.00")
+    assert await repo.close_month("202509", f"R-{uuid.uuid4().hex}") is None  # and the run stopped there
+    refused = await _run(settings, repo, "202510")
+    assert not refused["ok"] and refused["reason"] == (
+        "the run of month 202509 stopped before its statements were written: send run_month for it again before 202510")
+    assert _cleared(await _run(settings, repo, "202509")) == (1, 0, "10.00")
+    assert _cleared(await _run(settings, repo, "202510")) == (1, 0, "20.00")
+
+
+async def test_a_settlement_committed_while_a_close_waits_for_the_lock_holds_the_month_back(settings, repo):
+    # The order is checked after the periods lock is held: a batch in flight when the close began
+    # is seen, so its settlement in an earlier month is not left behind a month closed over it.
+    pool = repo._pool
+    async with repo.transaction() as batch:
+        await repo.lock_batch(batch, [b"P-IN-FLIGHT"])
+        close = asyncio.create_task(repo.close_month("202510", f"R-{uuid.uuid4().hex}"))
+        await until(lambda: _waiting(pool, "advisory"), timeout=10)
+        # The batch's ledger row, as the stage writes it (a settlement dated 2025-09).
+        await batch.execute(
+            f"""INSERT INTO clearing.ledger (setl_id, msgid, request_hash, infno, psn_no, mdtrt_id, insuplc_admdvs,
+                    mdtrtarea_admvs, fixmedins_code, setlym, {", ".join(AMOUNT_COLUMNS)}, answer, setl_date,
+                    clr_period, drawn)
+                VALUES ('S-IN-FLIGHT', 'M-IN-FLIGHT', 'h', '2207', 'P1', 'V1', $1, $2, 'H1', '202509',
+                        {", ".join("0" for _ in AMOUNT_COLUMNS)}, '{{}}'::json, '2025-09-10', '202509', 0)""", *PAIR)
+    refusal = await asyncio.wait_for(close, timeout=10)
+    assert refusal is not None and refusal.startswith("month 202509 holds settlements or undoings"), refusal
+    async with repo.transaction() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM clearing.periods") == 0
+
+
+async def test_a_refused_run_holds_no_lock_while_the_rest_of_its_batch_runs(settings, repo):
+    # A run refused by the close (in its own short transaction) is not checked again under the
+    # periods lock in the batch's transaction: that lock would have held every settlement batch
+    # back until the batch committed, through other runs' totals and reconciliations.
+    await _settle(settings, repo, "2025-10-10 10:00:00", "20.00")
+    assert (await _run(settings, repo, "202510"))["ok"]
+    fund = {"type": "fund", "reqid": f"F-{uuid.uuid4().hex}", "insuplc_admdvs": PAIR[0], "mdtrtarea_admvs": PAIR[1],
+            "amount": "100.00"}
+    async with repo.transaction() as held:  # the account's row (the settlement drew on it): the batch's fund waits
+        await held.fetchrow("SELECT 1 FROM clearing.prepayment_accounts WHERE insuplc_admdvs = $1 "
+                            "AND mdtrtarea_admvs = $2 FOR UPDATE", *PAIR)
+        handled = asyncio.create_task(_handle(settings, repo, _run_body("202509"), fund))
+        await until(lambda: _waiting(repo._pool, "transactionid"), timeout=10)
+        async with repo.transaction() as batch:  # a settlement batch meanwhile: not held back
+            await asyncio.wait_for(repo.lock_batch(batch, [b"P-BESIDE"]), timeout=5)
+    refused, funded = await asyncio.wait_for(handled, timeout=10)
+    assert not refused["ok"] and "nothing is left to clear" in refused["reason"]
+    assert funded["ok"] and Decimal(funded["data"]["funded"]) == Decimal("100.00")
+
+
+async def _waiting(pool, locktype: str) -> bool:
+    """Whether a session of this test's database waits for a lock of ``locktype``."""
+    return bool(await pool.fetchval(
+        """SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+           WHERE a.datname = current_database() AND NOT l.granted AND l.locktype = $1""", locktype))

@@ -38,14 +38,22 @@ def test_a_settlement_dated_at_or_before_the_latest_month_closed_lands_after_it(
 def test_months_are_cleared_in_order():
     assert run_order("202511", None, [], holds=True) is None
     assert run_order("202511", "202510", [], holds=False) is None  # nothing in it: a month of no settlements
-    refused = run_order("202512", "202510", ["202511", "202509"], holds=True)
-    assert refused is not None and refused.startswith("month 2025-09 holds settlements not cleared yet")
-    assert "run it before 2025-12" in refused
+    refused = run_order("202512", "202510", ["202511"], holds=True)
+    assert refused == ("month 202511 holds settlements or undoings not cleared yet: run it before 202512 "
+                       "(months are cleared in order, so that none is left behind)")
+    several = run_order("202612", None, [f"2025{m:02d}" for m in range(1, 13)] + ["202601", "202602"], holds=True)
+    assert several.startswith("months 202501, 202502, ")
+    assert "202512 and 2 more hold settlements or undoings not cleared yet: run them, in this order, before 202612" in several
     # Before the latest month closed: run only to clear what a version that let months run out of
     # order left in it; what was dated in it since landed after the latest month closed.
     assert run_order("202509", "202511", [], holds=True) is None
     empty = run_order("202509", "202511", [], holds=False)
-    assert empty is not None and "nothing is left to clear" in empty and "after 2025-11" in empty
+    assert empty is not None and "nothing is left to clear" in empty and "a month after 202511" in empty
+    # A run that stopped before writing its statements is finished first.
+    stopped = run_order("202511", "202510", [], holds=True, unfinished=["202510"])
+    assert stopped == ("the run of month 202510 stopped before its statements were written: send run_month for it "
+                       "again before 202511")
+    assert run_order("202511", "202510", ["202509"], holds=True, unfinished=["202510"]).startswith("month 202509 holds")
 
 
 def test_a_statement_counts_settlements_less_what_was_undone_in_the_period():

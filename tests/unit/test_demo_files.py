@@ -35,3 +35,12 @@ def test_a_demo_filing_request_validates(path):
 @pytest.mark.parametrize("path", files("clearing"), ids=lambda p: p.name)
 def test_a_demo_clearing_request_validates(path):
     CLEARING_REQUEST.validate_python(json.loads(path.read_text()))
+
+
+def test_the_demo_runs_the_month_of_every_demo_settlement_in_order():
+    # Months are cleared in order: README's `clearing deploy/demo/clearing/*.json` after its demo
+    # requests clears each month they settle in (WE1 is dated 2022-07), in the order sent.
+    runs = [body["setlym"] for path in files("clearing")
+            if (body := json.loads(path.read_text()))["type"] == "run_month"]
+    settled = {json.loads(path.read_text())["inf_time"].replace("-", "")[:6] for path in files("requests")}
+    assert runs == sorted(runs) and settled <= set(runs), (runs, settled)

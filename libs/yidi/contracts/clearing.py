@@ -60,7 +60,7 @@ class FundPrepayment(_Request):
 
 class RunMonth(_Request):
     """Clear a settlement month: close it, total it per region pair, issue the statements. Months
-    are cleared in order: refused while an earlier month holds settlements not cleared."""
+    are cleared in order: refused while earlier months hold settlements or undoings not cleared."""
 
     type: Literal["run_month"]
     setlym: Month

@@ -11,7 +11,7 @@ the latest closed one, so every yuan is cleared exactly once.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -35,38 +35,54 @@ def landing_period(setlym: str, cleared_through: str | None) -> str:
     """The period a settlement (or undoing) of month ``setlym`` lands in: its own, or, when that
     month is at or before ``cleared_through`` (the latest month closed), the month after that.
 
-    Periods are a watermark, not a set: a settlement dated in a month never run (before go-live,
-    or skipped) lands after the latest month closed, as one dated in a closed month does, so the
-    next run clears it. Landing in the first open month after its own, it would have waited in a
-    month no one runs any more, uncleared (``run_order`` keeps months from being skipped)."""
+    Periods are a watermark, not a set: once a month is closed, a settlement dated in a month never
+    run (skipped, or a facility clock running slow) lands after the latest month closed, as one
+    dated in a closed month does, so the next run clears it. Landing in the first open month after
+    its own, it would have waited in a month no one runs any more, uncleared. Before any month is
+    closed it lands in its own month, and ``run_order`` has that month run first."""
     if cleared_through is None or setlym > cleared_through:
         return setlym
     return next_month(cleared_through)
 
 
-def run_order(month: str, cleared_through: str | None, earlier: Iterable[str], holds: bool) -> str | None:
+MAX_NAMED_MONTHS = 12  # months a refusal names; it counts the rest
+
+
+def run_order(month: str, cleared_through: str | None, earlier: Sequence[str], holds: bool,
+              unfinished: Sequence[str] = ()) -> str | None:
     """Why open month ``month`` may not be cleared now, or None: months are cleared in order.
 
     ``cleared_through`` is the latest month closed; ``earlier`` the open months before ``month``
-    that hold settlements or undoings; ``holds`` whether ``month`` itself holds any. A month is run
-    when no earlier open month holds anything: otherwise that one first, so that a month skipped
-    does not keep its settlements uncleared for good. A month before the latest closed one
-    holds something only if a version that let months run out of order left it open: it is run,
-    to clear that. One that holds nothing has nothing to clear: what was dated in it since landed
-    after ``cleared_through`` (``landing_period``)."""
-    first = min(earlier, default=None)
-    if first is not None:
-        return (f"month {_ym(first)} holds settlements not cleared yet: run it before {_ym(month)} (months are "
-                "cleared in order, so that none is left behind)")
+    that hold settlements or undoings, in order; ``holds`` whether ``month`` itself holds any;
+    ``unfinished`` the months before it closed by a run that stopped before writing their
+    statements. A month is run when no earlier open month holds anything: otherwise those first,
+    so that a month skipped does not keep its settlements uncleared for good; and when no earlier
+    month's run is unfinished, or its statements might never be issued. A month before the latest
+    closed one holds something only if a version that let months run out of order left it open:
+    it is run, to clear that. One that holds nothing has nothing to clear: what was dated in it
+    since landed after ``cleared_through`` (``landing_period``)."""
+    if earlier:
+        return (f"{_months(earlier)} settlements or undoings not cleared yet: run "
+                f"{'it' if len(earlier) == 1 else 'them, in this order,'} before {month} (months are cleared in "
+                "order, so that none is left behind)")
+    if unfinished:
+        return (f"the run of {_months(unfinished, verb=False)} stopped before "
+                f"{'its' if len(unfinished) == 1 else 'their'} statements were written: send run_month for "
+                f"{'it' if len(unfinished) == 1 else 'each'} again before {month}")
     if cleared_through is not None and month < cleared_through and not holds:
-        return (f"month {_ym(month)} was not run, and {_ym(cleared_through)} after it is cleared: what was "
-                f"dated in {_ym(month)} since landed in the first month open after {_ym(cleared_through)}; "
-                "nothing is left to clear in it")
+        return (f"month {month} was not run, and {cleared_through} after it is cleared: what was dated in "
+                f"{month} since landed in a month after {cleared_through}; nothing is left to clear in it")
     return None
 
 
-def _ym(setlym: str) -> str:
-    return f"{setlym[:4]}-{setlym[4:]}"
+def _months(months: Sequence[str], *, verb: bool = True) -> str:
+    """"month 202509 holds", "months 202509, 202510 hold" (at most MAX_NAMED_MONTHS named)."""
+    named = ", ".join(months[:MAX_NAMED_MONTHS])
+    if len(months) > MAX_NAMED_MONTHS:
+        named += f" and {len(months) - MAX_NAMED_MONTHS} more"
+    if len(months) == 1:
+        return f"month {named}" + (" holds" if verb else "")
+    return f"months {named}" + (" hold" if verb else "")
 
 
 def owed(fund_pay_sumamt: Decimal, acct_pay: Decimal) -> Decimal:
