@@ -177,16 +177,20 @@ class ClearingAdminHandler:
                 return True, "", {"settlements": [_ledger_view(r) for r in listed], "settlements_total": len(rows),
                                   "listed": len(listed), **_totals(rows)}, []
             case QueryPairMonth():
-                rows = await conn.fetch(
-                    """SELECT * FROM clearing.ledger WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2
-                       AND setlym = $3 ORDER BY settled_at""",
-                    request.insuplc_admdvs, request.mdtrtarea_admvs, request.setlym,
+                pair = (request.insuplc_admdvs, request.mdtrtarea_admvs)
+                dated = await conn.fetchrow(
+                    f"""SELECT count(*) AS n, {", ".join(f"coalesce(sum({k}) FILTER (WHERE state = 'settled'), 0) AS {k}"
+                                                        for k in AMOUNTS)}
+                        FROM clearing.ledger WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2 AND setlym = $3""",
+                    *pair, request.setlym,
                 )
                 statements = await conn.fetch(
                     "SELECT * FROM clearing.statements WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2 AND setlym = $3",
-                    request.insuplc_admdvs, request.mdtrtarea_admvs, request.setlym,
+                    *pair, request.setlym,
                 )
-                return True, "", {"settlements": len(rows), **_totals(rows),
+                landed = (await self._month_totals(conn, request.setlym, pair)).get(pair)
+                return True, "", {"settlements": dated["n"], **{f"settled_{k}": fmt(dated[k]) for k in AMOUNTS},
+                                  "clearing": _landed_view(landed or PairTotals(*pair, request.setlym)),
                                   "statements": [statement_of(s).model_dump(mode="json") for s in statements]}, []
             case QueryMonth():
                 if request.setlym not in await self.repo.closed_months(conn):
@@ -203,6 +207,36 @@ class ClearingAdminHandler:
                 )
                 return (row is not None), ("" if row else "no prepayment account"), (account_view(row) if row else {}), []
         return False, "unknown request", {}, []
+
+    @staticmethod
+    async def _month_totals(conn: asyncpg.Connection, month: str,
+                            pair: tuple[str, str] | None = None) -> dict[tuple[str, str], PairTotals]:
+        """What month ``month`` clears per region pair (or for ``pair``): what the settlements that
+        landed in it drew on the prepayment, less what the undoings that landed in it gave back: fund
+        and account payments (NULL drawn: a settlement before migration 007, which drew its fund
+        payment only)."""
+        where = "" if pair is None else " AND insuplc_admdvs = $2 AND mdtrtarea_admvs = $3"
+        totals_sql = f"""SELECT insuplc_admdvs, mdtrtarea_admvs, count(*) AS n, sum(medfee_sumamt) AS medfee_sumamt,
+                                sum(fund_pay_sumamt) AS fund_pay_sumamt, sum(acct_pay) AS acct_pay,
+                                sum(coalesce(drawn, fund_pay_sumamt)) AS drawn
+                         FROM clearing.ledger WHERE {{}} = $1{where} GROUP BY 1, 2"""
+        args = (month,) if pair is None else (month, *pair)
+        plus = await conn.fetch(totals_sql.format("clr_period"), *args, timeout=MONTH_TOTALS_TIMEOUT_S)
+        minus = await conn.fetch(totals_sql.format("undo_period"), *args, timeout=MONTH_TOTALS_TIMEOUT_S)
+        totals: dict[tuple[str, str], PairTotals] = {}
+        for rows, sign in ((plus, 1), (minus, -1)):
+            for r in rows:
+                t = totals.setdefault((r["insuplc_admdvs"], r["mdtrtarea_admvs"]),
+                                      PairTotals(r["insuplc_admdvs"], r["mdtrtarea_admvs"], month))
+                if sign > 0:
+                    t.settlements += r["n"]
+                else:
+                    t.undone += r["n"]
+                t.medfee_sumamt += sign * r["medfee_sumamt"]
+                t.fund_pay_sumamt += sign * r["fund_pay_sumamt"]
+                t.acct_pay += sign * r["acct_pay"]
+                t.clr_sumamt += sign * r["drawn"]
+        return totals
 
     async def _not_cleared(self, conn: asyncpg.Connection, month: str) -> str:
         """Why a month has no statements to show: not run yet, or never to be run (before the latest
@@ -281,28 +315,7 @@ class ClearingAdminHandler:
         # Closed (now, or by a run that stopped before its statements were written): nothing lands
         # in the month any more, and every batch that could has committed (the close waited for
         # them on the lock), so its totals are final.
-        # What the month clears is what its settlements drew on the prepayment, less what undoing
-        # gave back: fund and account payments (NULL drawn: a settlement before migration 007,
-        # which drew its fund payment only).
-        totals_sql = """SELECT insuplc_admdvs, mdtrtarea_admvs, count(*) AS n, sum(medfee_sumamt) AS medfee_sumamt,
-                               sum(fund_pay_sumamt) AS fund_pay_sumamt, sum(acct_pay) AS acct_pay,
-                               sum(coalesce(drawn, fund_pay_sumamt)) AS drawn
-                        FROM clearing.ledger WHERE {} = $1 GROUP BY 1, 2"""
-        plus = await conn.fetch(totals_sql.format("clr_period"), month, timeout=MONTH_TOTALS_TIMEOUT_S)
-        minus = await conn.fetch(totals_sql.format("undo_period"), month, timeout=MONTH_TOTALS_TIMEOUT_S)
-        totals: dict[tuple[str, str], PairTotals] = {}
-        for rows, sign in ((plus, 1), (minus, -1)):
-            for r in rows:
-                t = totals.setdefault((r["insuplc_admdvs"], r["mdtrtarea_admvs"]),
-                                      PairTotals(r["insuplc_admdvs"], r["mdtrtarea_admvs"], month))
-                if sign > 0:
-                    t.settlements += r["n"]
-                else:
-                    t.undone += r["n"]
-                t.medfee_sumamt += sign * r["medfee_sumamt"]
-                t.fund_pay_sumamt += sign * r["fund_pay_sumamt"]
-                t.acct_pay += sign * r["acct_pay"]
-                t.clr_sumamt += sign * r["drawn"]
+        totals = await self._month_totals(conn, month)
         statements = [
             Statement(
                 statement_id=f"{month}-{insured}-{treating}", setlym=month, insuplc_admdvs=insured,
@@ -481,6 +494,12 @@ def _ledger_view(row: Any) -> dict[str, Any]:
         "undo_period": row["undo_period"],
         **{k: fmt(row[k]) for k in ("medfee_sumamt", "fund_pay_sumamt", "hifp_pay", "acct_pay", "psn_cash_pay")},
     }
+
+
+def _landed_view(t: PairTotals) -> dict[str, Any]:
+    """What a region pair's month clears, as its statement will say (or says: once it is cleared)."""
+    return {"settlements": t.settlements, "undone": t.undone, "medfee_sumamt": fmt(t.medfee_sumamt),
+            "fund_pay_sumamt": fmt(t.fund_pay_sumamt), "acct_pay": fmt(t.acct_pay), "clr_sumamt": fmt(t.clr_sumamt)}
 
 
 def _totals(rows: list[Any]) -> dict[str, str]:

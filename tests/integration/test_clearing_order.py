@@ -207,3 +207,23 @@ async def _waiting(pool, locktype: str) -> bool:
     return bool(await pool.fetchval(
         """SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
            WHERE a.datname = current_database() AND NOT l.granted AND l.locktype = $1""", locktype))
+
+
+async def test_a_pairs_month_shows_what_its_statement_clears_beside_what_is_dated_in_it(settings, repo):
+    # What a month clears is what landed in it, not what is dated in it: a clerk comparing the
+    # month's settlements with its statement needs both.
+    first = await _settle(settings, repo, "2025-10-10 10:00:00", "20.00")
+    assert (await _run(settings, repo, "202510"))["ok"]
+    await _settle(settings, repo, "2025-09-10 10:00:00", "10.00")  # lands in 2025-11
+    await _settle(settings, repo, "2025-11-10 10:00:00", "40.00")
+    await _cancel(settings, repo, first, "2025-11-12 10:00:00")  # gives 20.00 back in 2025-11
+    query = {"type": "query_pair_month", "insuplc_admdvs": PAIR[0], "mdtrtarea_admvs": PAIR[1], "setlym": "202511"}
+    (before,) = await _handle(settings, repo, query | {"reqid": f"Q-{uuid.uuid4().hex}"})
+    assert (before["data"]["settlements"], before["data"]["settled_fund_pay_sumamt"]) == (1, "40.00")
+    assert before["data"]["clearing"] == {"settlements": 2, "undone": 1, "medfee_sumamt": "30.00",
+                                          "fund_pay_sumamt": "30.00", "acct_pay": "0.00", "clr_sumamt": "30.00"}
+    assert before["data"]["statements"] == []
+    assert _cleared(await _run(settings, repo, "202511")) == (2, 1, "30.00")
+    (after,) = await _handle(settings, repo, query | {"reqid": f"Q-{uuid.uuid4().hex}"})
+    (statement,) = after["data"]["statements"]
+    assert {k: statement[k] for k in after["data"]["clearing"]} == after["data"]["clearing"]

@@ -551,7 +551,7 @@ MESSAGES: dict[str, Message] = {
     "ConfirmStatement": Message("Confirm a statement (type confirm)", "one side confirms; when both have, the prepayment is topped up", _plain("ConfirmStatement"), "reqid", ("ConfirmStatement",)),
     "QuerySettlement": Message("Query a settlement (type query_settlement)", "by setl_id or msgid", _plain("QuerySettlement"), "reqid", ("QuerySettlement",)),
     "QueryFacilityDay": Message("Query a facility's day (type query_facility_day)", "the ledger rows of a facility on one day (at most 1000 listed; settlements_total counts them all), with totals", _plain("QueryFacilityDay"), "reqid", ("QueryFacilityDay",)),
-    "QueryPairMonth": Message("Query a region pair's month (type query_pair_month)", "totals and statements", _plain("QueryPairMonth"), "reqid", ("QueryPairMonth",)),
+    "QueryPairMonth": Message("Query a region pair's month (type query_pair_month)", "the settlements dated in it, what it clears (what landed in it), its statements", _plain("QueryPairMonth"), "reqid", ("QueryPairMonth",)),
     "QueryMonth": Message("Query a cleared month (type query_month)", "its statements and net positions, 1000 of each from offset, and how many in all", _plain("QueryMonth"), "reqid", ("QueryMonth",)),
     "QueryPrepayment": Message("Query a prepayment account (type query_prepayment)", "funded, drawn, given back, cleared, balance, shortfall", _plain("QueryPrepayment"), "reqid", ("QueryPrepayment",)),
     "Reconcile": Message("Reconciliation (type reconcile)", "a facility's 3201/3202 request, passed on by eligibility", _plain("Reconcile"), "msgid", ("Reconcile",)),
