@@ -27,7 +27,7 @@ from yidi.platform.topics import (
 from services.eligibility.filing_events import FilingEventsHandler
 from services.eligibility.handlers import EligibilityHandler
 from services.eligibility.repository import EligibilityRepository
-from services.eligibility.subjects import Subjects
+from services.eligibility.subjects import SWEEP_EVERY_S, Subjects, sweep_every
 
 
 def build(settings: Settings | None = None) -> Service:
@@ -61,6 +61,8 @@ def build(settings: Settings | None = None) -> Service:
                 handler=FilingEventsHandler(settings, repo(), subjects()), max_records=settings.batch_max_records,
             )
         )
+        # Entries marked stale by any instance (one that could not reach Redis) are dropped from here.
+        service.background.append(lambda: sweep_every(subjects(), SWEEP_EVERY_S))
 
     service.on_ready.append(ready)
 

@@ -218,3 +218,31 @@ class EligibilityRepository(Repository):
                 "SELECT * FROM eligibility.outages WHERE NOT cancelled AND ends_at > $1 ORDER BY starts_at", now
             )
         return [dict(r) for r in rows]
+
+    async def mark_stale(self, psn_nos: list[str]) -> None:
+        """Mark the cache entries of ``psn_nos`` stale: their subjects changed, and Redis could be
+        neither written nor cleared from here (``Subjects.remember_many``). A mark made again takes
+        a new time, so a sweep that read the older one does not remove it (``unmark_stale``)."""
+        async with transient_errors():
+            await self._pool.execute(
+                """INSERT INTO eligibility.cache_stale (psn_no, marked_at)
+                   SELECT p, clock_timestamp() FROM unnest($1::text[]) AS p
+                   ON CONFLICT (psn_no) DO UPDATE SET marked_at = clock_timestamp()""",
+                psn_nos,
+            )
+
+    async def stale_marks(self, limit: int) -> list[tuple[str, datetime]]:
+        """The oldest ``limit`` marks (``mark_stale``): (psn_no, marked_at)."""
+        async with transient_errors():
+            rows = await self._pool.fetch(
+                "SELECT psn_no, marked_at FROM eligibility.cache_stale ORDER BY marked_at LIMIT $1", limit)
+        return [(r["psn_no"], r["marked_at"]) for r in rows]
+
+    async def unmark_stale(self, marks: list[tuple[str, datetime]]) -> None:
+        """Remove ``marks`` whose entries were deleted from Redis; a mark made again since stays."""
+        async with transient_errors():
+            await self._pool.execute(
+                """DELETE FROM eligibility.cache_stale AS s USING unnest($1::text[], $2::timestamptz[]) AS m(p, t)
+                   WHERE s.psn_no = m.p AND s.marked_at = m.t""",
+                [p for p, _ in marks], [t for _, t in marks],
+            )

@@ -221,6 +221,41 @@ async def test_with_redis_stopped_answers_stay_right_and_the_cache_recovers(syst
     assert system.metric("eligibility", "yidi_eligibility_cache_total", result="fallback") > fallbacks
 
 
+async def test_an_entry_another_instance_marked_stale_is_dropped_and_never_served(system, world, gateway, filings):
+    """An instance that could neither write a change to Redis nor delete the old entry marks it
+    stale in Postgres; the running eligibility drops it within about a second. Kept in that
+    instance's memory only, it was served by the others until the TTL (300 s)."""
+    import asyncpg
+    import redis.asyncio as aioredis
+
+    from tests.integration.waiting import until
+
+    person = await world.person(category=None)
+    filed = await file(filings, world, person)
+    assert (await gateway.call(world.request(person, [("T-A", "1", "100.00")])))["infcode"] == 0  # cached now
+    key = f"{system.settings.namespace}yidi:elig:{person}"
+    redis = aioredis.from_url(system.settings.redis_url)
+    conn = await asyncpg.connect(system.settings.database_url)
+    try:
+        filed_entry = await redis.get(key)
+        await file(filings, world, person, "cancel", filing_id=filed["filing"]["filing_id"])
+        # As an instance cut off from Redis leaves it: the entry from before the cancellation, marked.
+        await redis.set(key, filed_entry, ex=300)
+        await conn.execute("INSERT INTO eligibility.cache_stale (psn_no, marked_at) VALUES ($1, clock_timestamp())",
+                           person)
+
+        async def dropped() -> bool:
+            return await redis.get(key) != filed_entry and not await conn.fetchval(
+                "SELECT count(*) FROM eligibility.cache_stale WHERE psn_no = $1", person)
+
+        await until(dropped, timeout=10, poll=0.1)
+        refused = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+        assert refused["err_code"] == "NOT_FILED", refused
+    finally:
+        await conn.close()
+        await redis.aclose()
+
+
 async def test_a_filing_reqid_used_again_for_another_request_is_refused(world, filings):
     person = await world.person(category=None)
     request = filing_request(world, person)

@@ -74,6 +74,14 @@ async def clearing_of_its_own(settings):
 
 
 @pytest.fixture
+async def eligibility_repo(settings):
+    from services.eligibility.repository import EligibilityRepository
+
+    async for repo in _repository(settings, "eligibility", EligibilityRepository):
+        yield repo
+
+
+@pytest.fixture
 async def filing_repo(settings):
     from services.filing.repository import FilingRepository
 

@@ -135,6 +135,21 @@ class VersionedCache:
             self._dirty.difference_update(keys)
             return True
 
+    async def drop(self, keys: list[str]) -> bool:
+        """Delete ``keys`` in one attempt, the breaker respected (a sweep of entries marked stale,
+        tried again later); False if Redis could not be reached."""
+        try:
+            self._check_breaker()
+            await self._heal()
+            await self._redis.delete(*[self._key(k) for k in keys])
+        except CacheUnavailable:
+            return False
+        except (RedisError, OSError) as exc:
+            self._trip(exc)
+            return False
+        self._dirty.difference_update(keys)
+        return True
+
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())

@@ -55,6 +55,14 @@ CACHE_LOOKUPS = Counter(
     "Eligibility cache look-ups: hit, miss (read through Postgres), fallback (Redis unreachable).",
     ["result"],
 )
+CACHE_STALE_MARKED = Counter(
+    "yidi_eligibility_cache_stale_marked_total",
+    "Changed persons whose cache entry could be neither rewritten nor deleted in Redis, marked stale in Postgres.",
+)
+CACHE_STALE = Gauge(
+    "yidi_eligibility_cache_stale",
+    "Cache entries marked stale and not yet dropped from Redis, as this instance last read them (at most 1000).",
+)
 LEDGER_ENTRIES = Counter(
     "yidi_ledger_entries_total", "Ledger changes, by kind (settled, cancelled, reversed, duplicate).", ["kind"]
 )
