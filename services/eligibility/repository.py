@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -221,28 +222,38 @@ class EligibilityRepository(Repository):
 
     async def mark_stale(self, psn_nos: list[str]) -> None:
         """Mark the cache entries of ``psn_nos`` stale: their subjects changed, and Redis could be
-        neither written nor cleared from here (``Subjects.remember_many``). A mark made again takes
-        a new time, so a sweep that read the older one does not remove it (``unmark_stale``)."""
+        neither written nor cleared from here (``Subjects.remember_many``). In a fixed order (no
+        deadlock between two batches marking the same persons); a mark a sweep holds is made again
+        once the sweep has removed it."""
         async with transient_errors():
             await self._pool.execute(
                 """INSERT INTO eligibility.cache_stale (psn_no, marked_at)
-                   SELECT p, clock_timestamp() FROM unnest($1::text[]) AS p
+                   SELECT p, clock_timestamp() FROM unnest($1::text[]) AS p ORDER BY p
                    ON CONFLICT (psn_no) DO UPDATE SET marked_at = clock_timestamp()""",
-                psn_nos,
+                sorted(set(psn_nos)),
             )
 
-    async def stale_marks(self, limit: int) -> list[tuple[str, datetime]]:
-        """The oldest ``limit`` marks (``mark_stale``): (psn_no, marked_at)."""
-        async with transient_errors():
-            rows = await self._pool.fetch(
-                "SELECT psn_no, marked_at FROM eligibility.cache_stale ORDER BY marked_at LIMIT $1", limit)
-        return [(r["psn_no"], r["marked_at"]) for r in rows]
-
-    async def unmark_stale(self, marks: list[tuple[str, datetime]]) -> None:
-        """Remove ``marks`` whose entries were deleted from Redis; a mark made again since stays."""
-        async with transient_errors():
-            await self._pool.execute(
-                """DELETE FROM eligibility.cache_stale AS s USING unnest($1::text[], $2::timestamptz[]) AS m(p, t)
-                   WHERE s.psn_no = m.p AND s.marked_at = m.t""",
-                [p for p, _ in marks], [t for _, t in marks],
+    async def sweep_stale(
+        self, limit: int, ttl_seconds: float, drop: Callable[[list[str]], Awaitable[bool]], *, wait: bool = False,
+    ) -> tuple[int, bool, float]:
+        """One sweep of the marks (``mark_stale``), in a short transaction: marks older than the
+        cache's TTL go (their entries have expired); the oldest ``limit`` others, locked, are
+        dropped from Redis by ``drop`` and removed. Locked ``SKIP LOCKED`` (instances share the
+        work), or, ``wait``, waiting for other sweeps to finish with theirs (so that none found
+        means none left). A mark made again meanwhile waits for this transaction and then stays.
+        Returns (marks dropped, whether Redis could not be reached, age in seconds of the oldest
+        mark left: 0 for none)."""
+        async with self.transaction() as conn:
+            await conn.execute(
+                "DELETE FROM eligibility.cache_stale WHERE marked_at < clock_timestamp() - make_interval(secs => $1)",
+                float(ttl_seconds),
             )
+            keys = [r["psn_no"] for r in await conn.fetch(
+                "SELECT psn_no FROM eligibility.cache_stale ORDER BY marked_at LIMIT $1 FOR UPDATE"
+                + ("" if wait else " SKIP LOCKED"), limit)]
+            unreachable = bool(keys) and not await drop(keys)
+            if keys and not unreachable:
+                await conn.execute("DELETE FROM eligibility.cache_stale WHERE psn_no = ANY($1::text[])", keys)
+            oldest = await conn.fetchval(
+                "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(marked_at)), 0) FROM eligibility.cache_stale")
+        return (0 if unreachable else len(keys)), unreachable, float(oldest)

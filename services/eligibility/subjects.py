@@ -18,6 +18,7 @@ FORGET_WITHIN_S = 2.0
 # another instance that reaches Redis drops an entry this one could not within about a second.
 SWEEP_BATCH = 1000
 SWEEP_EVERY_S = 1.0
+MAX_SWEEPS = 100  # in one sweep_all (marks made as fast as they are dropped: the loop carries on)
 
 log = logging.getLogger("yidi.eligibility.cache")
 
@@ -28,10 +29,14 @@ class Subjects:
     def __init__(self, repo: EligibilityRepository, cache: VersionedCache) -> None:
         self._repo = repo
         self._cache = cache
+        self._swept_after = 0  # the cache's losses of Redis up to which the marks were swept
 
     async def get_many(self, psn_nos: list[str]) -> dict[str, dict[str, Any]]:
         wanted = sorted(set(psn_nos))
         found: dict[str, dict[str, Any]] = {}
+        losses = self._cache.losses
+        if losses > self._swept_after and self._cache.available() and await self.sweep_all():
+            self._swept_after = max(self._swept_after, losses)  # after a start, or Redis back: before reading
         try:
             cached = await self._cache.get_many(wanted)
         except CacheUnavailable:
@@ -61,9 +66,9 @@ class Subjects:
         the caller goes on to answer: one instance's Redis time-out must not leave another
         instance reading the old entry until the TTL. If Redis cannot be reached for that long,
         the entries are marked stale in Postgres (``sweep``), still before the caller answers:
-        every instance deletes them once it reaches Redis (another that reaches it now, at
-        once), and this one also the first time Redis answers it again. A restart loses nothing:
-        the marks are in Postgres, not in this process."""
+        an instance that reaches Redis drops them within about a second (``sweep_every``), and
+        every instance before it reads Redis after its start or after finding Redis away
+        (``sweep_all``). A restart loses nothing: the marks are in Postgres, not in this process."""
         try:
             await self._cache.put_many([(psn_no, version, doc) for psn_no, (version, doc) in subjects.items()])
         except CacheUnavailable:
@@ -76,33 +81,55 @@ class Subjects:
         """A person's subject that has just changed (the person feed), written through."""
         await self.remember_many({psn_no: subject}, changed=True)
 
-    async def sweep(self) -> int:
-        """Delete from Redis the entries marked stale (``remember_many``), then their marks; how many
-        were dropped (none while Redis cannot be reached: they wait for the next sweep)."""
-        marks = await self._repo.stale_marks(SWEEP_BATCH)
-        metrics.CACHE_STALE.set(len(marks))
-        if not marks or not await self._cache.drop([p for p, _ in marks]):
-            return 0
-        await self._repo.unmark_stale(marks)
-        metrics.CACHE_STALE.set(0)  # (a full batch: the next sweep, at once, reads what is left)
-        log.info("%d cache entries marked stale dropped", len(marks))
-        return len(marks)
+    async def sweep(self, *, wait: bool = False) -> tuple[int, bool]:
+        """One sweep of the entries marked stale (``remember_many``; ``EligibilityRepository.
+        sweep_stale``): (marks dropped, whether Redis could not be reached)."""
+        try:
+            dropped, unreachable, oldest = await self._repo.sweep_stale(
+                SWEEP_BATCH, self._cache.ttl_seconds, self._cache.drop, wait=wait)
+        except BaseException:
+            metrics.CACHE_STALE_OLDEST.set(float("nan"))  # not known: no stale value for the alert
+            raise
+        metrics.CACHE_STALE_OLDEST.set(oldest)
+        if dropped:
+            log.info("%d cache entries marked stale dropped", dropped)
+        return dropped, unreachable
+
+    async def sweep_all(self) -> bool:
+        """Sweep until no mark is left, waiting for other instances' sweeps: before this instance
+        reads Redis after a start or an outage, so that it never serves an entry another instance
+        marked meanwhile. False if Redis could not be reached; a failure of Postgres propagates
+        (the batch is read again)."""
+        for _ in range(MAX_SWEEPS):
+            dropped, unreachable = await self.sweep(wait=True)
+            if unreachable:
+                return False
+            if not dropped:
+                return True
+        return True  # marks made as fast as they go: the sweeps each second carry on
 
 
 async def sweep_every(subjects: Subjects, seconds: float) -> None:
-    """``Subjects.sweep`` every ``seconds``, at once again after a full batch. A sweep that fails
-    (Postgres away) is logged once until one succeeds."""
-    failing = False
+    """``Subjects.sweep`` every ``seconds`` (at once again after a full batch): entries another
+    instance marked stale are dropped within about that. Logged when the sweeps stop reaching
+    Redis or Postgres, and when they do again (not each second)."""
+    state = "ok"
     while True:
         dropped = 0
         try:
-            dropped = await subjects.sweep()
-            failing = False
+            dropped, unreachable = await subjects.sweep()
+            now = "redis" if unreachable else "ok"
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a sweep missed is tried again
-            if not failing:
-                log.warning("cache entries marked stale not swept: %r", exc)
-            failing = True
+            now = "postgres"
+            if state != now:
+                log.warning("cache entries marked stale not swept: Postgres failed (%r)", exc)
+        if now != state:
+            if now == "redis":
+                log.warning("cache entries marked stale not swept: Redis unreachable from here")
+            elif now == "ok":
+                log.info("cache entries marked stale swept again")
+            state = now
         if dropped < SWEEP_BATCH:
             await asyncio.sleep(seconds)

@@ -53,32 +53,42 @@ async def clearing_repo(settings):
         yield repo
 
 
-@pytest.fixture
-async def clearing_of_its_own(settings):
-    """Clearing's schema in a database of the test's own: (its settings, its repository).
-
-    Months are cleared in order and what is dated at or before the latest month closed lands
-    after it, so a test that runs months needs a ledger and periods no other test moves."""
+async def _of_its_own(settings, schema: str, repository: type):
+    """A service's schema in a database of the test's own: (its settings, its repository)."""
     from loadtest.procs import with_database
-    from services.clearing.repository import ClearingRepository
     from yidi.platform.db import execute_alone
 
     name = f"{settings.database_url.rsplit('/', 1)[1].split('?')[0]}_{uuid.uuid4().hex[:8]}"
     await execute_alone(settings.database_url, f'CREATE DATABASE "{name}"')
     try:
         own = settings.model_copy(update={"database_url": with_database(settings.database_url, name)})
-        async for repo in _repository(own, "clearing", ClearingRepository):
+        async for repo in _repository(own, schema, repository):
             yield own, repo
     finally:
         await execute_alone(settings.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
-async def eligibility_repo(settings):
+async def clearing_of_its_own(settings):
+    """Clearing's schema in a database of the test's own: (its settings, its repository).
+
+    Months are cleared in order and what is dated at or before the latest month closed lands
+    after it, so a test that runs months needs a ledger and periods no other test moves (a
+    database per test: about 0.3 s each)."""
+    from services.clearing.repository import ClearingRepository
+
+    async for own in _of_its_own(settings, "clearing", ClearingRepository):
+        yield own
+
+
+@pytest.fixture
+async def eligibility_of_its_own(settings):
+    """Eligibility's schema in a database of the test's own: (its settings, its repository). The
+    e2e tests' eligibility, still running in the session's database, sweeps its stale marks."""
     from services.eligibility.repository import EligibilityRepository
 
-    async for repo in _repository(settings, "eligibility", EligibilityRepository):
-        yield repo
+    async for own in _of_its_own(settings, "eligibility", EligibilityRepository):
+        yield own
 
 
 @pytest.fixture

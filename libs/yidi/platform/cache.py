@@ -47,6 +47,9 @@ class VersionedCache:
         self._down_until = 0.0
         self._dirty: set[str] = set()
         self._put = self._redis.register_script(_PUT_IF_NEWER)
+        # Counts the times Redis was found away (1: the start): entries other instances marked
+        # stale meanwhile are swept before the next read (``Subjects.get_many``).
+        self.losses = 1
 
     def _key(self, key: str) -> str:
         return f"{self._prefix}{key}"
@@ -56,6 +59,7 @@ class VersionedCache:
             raise CacheUnavailable("redis marked down")
 
     def _trip(self, exc: Exception) -> CacheUnavailable:
+        self.losses += 1
         if time.monotonic() >= self._down_until:
             log.warning("redis unavailable (%s); reading Postgres for %.1fs", exc, self._breaker_seconds)
         self._down_until = time.monotonic() + self._breaker_seconds
@@ -136,19 +140,26 @@ class VersionedCache:
             return True
 
     async def drop(self, keys: list[str]) -> bool:
-        """Delete ``keys`` in one attempt, the breaker respected (a sweep of entries marked stale,
-        tried again later); False if Redis could not be reached."""
-        try:
-            self._check_breaker()
-            await self._heal()
-            await self._redis.delete(*[self._key(k) for k in keys])
-        except CacheUnavailable:
+        """Delete ``keys`` in one attempt (a sweep of entries marked stale, tried again later):
+        ``UNLINK``, which frees them off Redis's main thread. False if Redis could not be reached;
+        a failure here does not open the breaker or log: the look-ups find out for themselves."""
+        if not self.available():
             return False
-        except (RedisError, OSError) as exc:
-            self._trip(exc)
+        try:
+            await self._heal()
+            await self._redis.unlink(*[self._key(k) for k in keys])
+        except (RedisError, OSError):
             return False
         self._dirty.difference_update(keys)
         return True
+
+    def available(self) -> bool:
+        """Whether the breaker lets Redis be tried."""
+        return time.monotonic() >= self._down_until
+
+    @property
+    def ttl_seconds(self) -> int:
+        return self._ttl
 
     async def ping(self) -> bool:
         try:

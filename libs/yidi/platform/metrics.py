@@ -59,9 +59,10 @@ CACHE_STALE_MARKED = Counter(
     "yidi_eligibility_cache_stale_marked_total",
     "Changed persons whose cache entry could be neither rewritten nor deleted in Redis, marked stale in Postgres.",
 )
-CACHE_STALE = Gauge(
-    "yidi_eligibility_cache_stale",
-    "Cache entries marked stale and not yet dropped from Redis, as this instance last read them (at most 1000).",
+CACHE_STALE_OLDEST = Gauge(
+    "yidi_eligibility_cache_stale_oldest_seconds",
+    "Age of the oldest cache entry marked stale and not yet dropped from Redis, at this instance's last sweep "
+    "(0: none; NaN: the sweep could not read Postgres).",
 )
 LEDGER_ENTRIES = Counter(
     "yidi_ledger_entries_total", "Ledger changes, by kind (settled, cancelled, reversed, duplicate).", ["kind"]

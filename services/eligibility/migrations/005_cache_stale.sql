@@ -6,3 +6,4 @@ CREATE TABLE cache_stale (
     psn_no     text PRIMARY KEY,
     marked_at  timestamptz NOT NULL
 );
+CREATE INDEX cache_stale_marked_at ON cache_stale (marked_at);
