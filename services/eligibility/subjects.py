@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from yidi.platform import metrics
@@ -91,6 +92,7 @@ class Subjects:
             metrics.CACHE_STALE_OLDEST.set(float("nan"))  # not known: no stale value for the alert
             raise
         metrics.CACHE_STALE_OLDEST.set(oldest)
+        metrics.CACHE_SWEPT_AT.set(time.time())
         if dropped:
             log.info("%d cache entries marked stale dropped", dropped)
         return dropped, unreachable

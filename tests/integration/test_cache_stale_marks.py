@@ -10,8 +10,10 @@ and if this one restarted first, until the TTL (300 s). A cancelled filing went 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.eligibility import subjects as subjects_module
 from services.eligibility.repository import EligibilityRepository
@@ -54,7 +56,10 @@ async def test_a_change_no_one_could_clear_is_dropped_by_another_instance_that_r
         await Subjects(repo, writer).remember_many({key: (2, {"filings": []})}, changed=True)
         assert key in await _marks(repo)  # before the change is answered
         assert await reader.get_many([key]) == [(1, {"filings": ["F1"]})]  # still there, old
+        before = time.time()
         assert await Subjects(repo, reader).sweep() == (1, False)  # its sweep, within a second
+        assert REGISTRY.get_sample_value("yidi_eligibility_cache_sweep_timestamp_seconds") >= before
+        assert REGISTRY.get_sample_value("yidi_eligibility_cache_stale_oldest_seconds") == 0
         assert await reader.get_many([key]) == [None]  # read through Postgres from now on
         assert await _marks(repo) == {}
     finally:

@@ -239,7 +239,7 @@ def reconcile_totals(facility: dict[str, Decimal | int], platform: dict[str, Dec
 @dataclass(frozen=True, slots=True)
 class DetailDifference:
     setl_id: str
-    problem: str  # missing_on_platform, missing_at_facility, amounts_differ, cancelled_on_platform
+    problem: str  # missing_on_platform, missing_at_facility, amounts_differ, cancelled_/reversed_on_platform
     facility: dict[str, Decimal] = field(default_factory=dict)
     platform: dict[str, Decimal] = field(default_factory=dict)
 

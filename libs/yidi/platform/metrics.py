@@ -64,6 +64,10 @@ CACHE_STALE_OLDEST = Gauge(
     "Age of the oldest cache entry marked stale and not yet dropped from Redis, at this instance's last sweep "
     "(0: none; NaN: the sweep could not read Postgres).",
 )
+CACHE_SWEPT_AT = Gauge(
+    "yidi_eligibility_cache_sweep_timestamp_seconds",
+    "Unix time of this instance's last sweep of the cache's stale marks that read Postgres (one each second).",
+)
 LEDGER_ENTRIES = Counter(
     "yidi_ledger_entries_total", "Ledger changes, by kind (settled, cancelled, reversed, duplicate).", ["kind"]
 )
