@@ -109,6 +109,34 @@ async def test_a_months_statements_are_totalled_after_its_close_while_settlement
     assert not again["ok"] and "cleared already" in again["reason"]
 
 
+async def test_settlement_batches_go_on_while_a_months_totals_run(settings, repo, monkeypatch):
+    # Held in the middle of its totals, a month's run holds no lock a settlement batch waits for:
+    # the batch takes the periods lock and reads the month closed (it lands after it).
+    month = "202509"
+    await _settled_pairs(repo, month)
+    entered, release = asyncio.Event(), asyncio.Event()
+    totals = ClearingAdminHandler._month_totals
+
+    async def held(conn, m, pair=None):
+        entered.set()
+        await release.wait()
+        return await totals(conn, m, pair)
+
+    monkeypatch.setattr(ClearingAdminHandler, "_month_totals", staticmethod(held))
+    body = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month}
+    run = asyncio.create_task(ClearingAdminHandler(settings, repo)([_request(settings, body)]))
+    try:
+        await asyncio.wait_for(entered.wait(), timeout=10)
+        async with repo.transaction() as batch:
+            await asyncio.wait_for(repo.lock_batch(batch, [b"P-DURING-TOTALS"]), timeout=5)
+            cleared_through, _ = await repo.batch_reads(batch, [], [])
+        assert cleared_through == month
+    finally:
+        release.set()
+    result = _result(settings, await asyncio.wait_for(run, timeout=60))[0]
+    assert result["ok"] and result["data"]["statements_total"] == PAIRS
+
+
 async def test_a_months_run_refused_as_its_reqid_used_again_in_the_batch_closes_nothing(settings, repo):
     # The close comes before the batch's transaction: it must not close a month for a run that is
     # then refused (its reqid taken by the batch's first request).
