@@ -168,6 +168,48 @@ def test_r18_a_layer_pays_only_for_the_kinds_of_care_it_names():
     assert (stay.funds[1].base, stay.funds[1].amount) == (D("1000.00"), D("850.00"))
 
 
+def test_r18_the_large_amount_subsidy_pays_nothing_while_the_quota_not_the_cap_stops_the_pooled_fund():
+    """A general-outpatient bill stopped by the R13 quota, with 100.00 of the pooled cap left, was
+    paid 708.33 by a subsidy for cost "past the pooled fund's annual cap", which it never reached."""
+    large = Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("0"), D("0.85"), D("500000.00"), base=LayerBase.ABOVE_POOLED_CAP)
+    pol = policy(rule(OP, ratio="0.60"), annual_cap=D("300000.00"), outpatient_quota=D("2500.00"), layers=(large,))
+    used = {POOLED_PAID: D("299900.00"), OUTPATIENT_QUOTA: D("2500.00")}
+    visit = price(bill(("A1", "1", "1000.00")), catalogue(item("A1")), pol, terms(OP), used)
+    assert (visit.hifp_pay, visit.hifob_pay, visit.psn_part_amt) == (D("0"), D("0"), D("1000.00"))
+    # The quota left larger than the cap left: the cap stops the fund, and the subsidy pays past it.
+    roomy = {POOLED_PAID: D("299900.00"), OUTPATIENT_QUOTA: D("0")}
+    capped = price(bill(("A1", "1", "1000.00")), catalogue(item("A1")), pol, terms(OP), roomy)
+    # 100.00 of cap covers 166.67 at 60 %; 833.33 past it × 0.85 = 708.33
+    assert (capped.hifp_pay, capped.hifob_pay) == (D("100.00"), D("708.33"))
+
+
+def test_r18_the_large_amount_subsidy_pays_past_a_cap_used_up_whatever_the_pooled_ratio():
+    # The cap used up by earlier stays and the ratio lowered to 0 (R11): all of the bill is past the
+    # cap all the same (at a ratio of 0.01 it paid 8,500.00, at 0 nothing).
+    large = Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("0"), D("0.85"), None, base=LayerBase.ABOVE_POOLED_CAP)
+    pol = policy(rule(IP, ratio="0.10"), annual_cap=D("250000.00"), layers=(large,),
+                 reductions={FilingCategory.TEMPORARY_OTHER: D("0.10")})
+    t = terms(IP, category=FilingCategory.TEMPORARY_OTHER, person=PersonType.IN_SERVICE)
+    stay = price(bill(("A1", "1", "10000.00")), catalogue(item("A1")), pol, t, {POOLED_PAID: D("250000.00")})
+    assert (stay.hifp_pay, stay.hifob_pay) == (D("0"), D("8500.00"))
+
+
+@pytest.mark.parametrize("fund", [FundType.EMPLOYEE_POOLED, FundType.RESIDENT_POOLED, FundType.EMPLOYEE_ACCOUNT])
+def test_r18_a_layer_of_a_pooled_fund_or_the_account_is_refused_when_loaded(fund):
+    # A pooled-fund layer paid past the pooled cap (650.00 against 300.00); an account layer broke
+    # fund_pay_sumamt = the funds named in setlinfo (750.00 against 500.00).
+    with pytest.raises(PolicyError, match="not a further layer"):
+        validate_policy(policy(rule(IP), annual_cap=D("300.00"), layers=(Layer(fund, D("0"), D("0.50")),)))
+
+
+def test_r18_two_layers_of_one_fund_are_refused_when_loaded():
+    # Their year's counters overwrote each other: 658.00 paid in a year against a cap of 300.00.
+    two = (Layer(FundType.RESIDENT_SERIOUS_ILLNESS, D("100.00"), D("0.60"), D("300.00")),
+           Layer(FundType.RESIDENT_SERIOUS_ILLNESS, D("0"), D("0.70"), D("300.00")))
+    with pytest.raises(PolicyError, match="390200 appears twice"):
+        validate_policy(policy(rule(IP), insutype=InsuranceType.RESIDENT, layers=two))
+
+
 def test_r18_a_layer_above_the_pooled_cap_needs_a_pooled_cap():
     large = Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("0"), D("0.85"), base=LayerBase.ABOVE_POOLED_CAP)
     with pytest.raises(PolicyError, match="no annual_cap"):

@@ -11,7 +11,11 @@ from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 
-from yidi.domain.codes import FilingCategory, FundType, InsuranceType, MedType, PersonType
+from yidi.domain.codes import FUND_NAMES, FilingCategory, FundType, InsuranceType, MedType, PersonType
+
+# Funds a layer may not be (R18): the pooled funds (priced by the benefit rules, step 4-5) and the
+# individual account (R16, the person's part; not a fund payment of setlinfo).
+NOT_LAYERS = frozenset({FundType.EMPLOYEE_POOLED, FundType.RESIDENT_POOLED, FundType.EMPLOYEE_ACCOUNT})
 
 
 class PolicyError(ValueError):
@@ -195,7 +199,15 @@ def validate_policy(policy: BenefitPolicy) -> None:
         if category.is_long_term:
             raise PolicyError(f"R12: first self-pay applies to temporary trips, not {category.value}")
         _check_ratio(f"first self-pay for {category.value}", share)
+    seen: set[FundType] = set()
     for layer in policy.layers:
+        if layer.fund_type in NOT_LAYERS:
+            raise PolicyError(f"layer {layer.fund_type.value} ({FUND_NAMES[layer.fund_type]}) is not a further layer "
+                              "(R18): the pooled fund is priced by the benefit rules, the account by R16")
+        if layer.fund_type in seen:
+            raise PolicyError(f"layer {layer.fund_type.value} appears twice: one layer per fund (its year is counted "
+                              "per fund; segments by amount are not supported)")
+        seen.add(layer.fund_type)
         _check_ratio(f"layer {layer.fund_type.value} ratio", layer.ratio)
         _check_amount(f"layer {layer.fund_type.value} threshold", layer.threshold)
         _check_amount(f"layer {layer.fund_type.value} cap", layer.annual_cap)

@@ -283,16 +283,22 @@ def price(
     # The within-scope cost past the point where the pooled fund reached its annual cap: what a
     # layer with base ABOVE_POOLED_CAP pays on (the capped payment covers cap_left / ratio of it).
     over_cap = ZERO
+    quota_left = (max(ZERO, policy.outpatient_quota - usage.get(OUTPATIENT_QUOTA, ZERO))
+                  if policy.outpatient_quota is not None and terms.med_type in policy.quota_med_types else None)
     if policy.annual_cap is not None:
         cap_left = max(ZERO, policy.annual_cap - usage.get(POOLED_PAID, ZERO))
         limit_left = cap_left
+        eligible = inscp - dedc
+        if not cap_left:
+            over_cap = eligible  # the cap was reached before this bill: all of it is past it
+        elif pooled > cap_left and (quota_left is None or quota_left >= cap_left):
+            # The cap, not the quota (R13), stops the pooled fund: what is past the point where it
+            # did is past the cap. Stopped by the quota first, the fund has not reached its cap.
+            over_cap = eligible - min(eligible, to_fen(cap_left / ratio))
         if pooled > cap_left:  # so ratio > 0
             steps.append(f"capped at what is left of the annual cap {fmt(policy.annual_cap)}: {fmt(cap_left)}")
-            eligible = inscp - dedc
-            over_cap = eligible - min(eligible, to_fen(cap_left / ratio))
             pooled = cap_left
-    if policy.outpatient_quota is not None and terms.med_type in policy.quota_med_types:
-        quota_left = max(ZERO, policy.outpatient_quota - usage.get(OUTPATIENT_QUOTA, ZERO))
+    if quota_left is not None:
         limit_left = quota_left if limit_left is None else min(limit_left, quota_left)
         if pooled > quota_left:
             steps.append(
