@@ -144,6 +144,32 @@ def test_who_and_why_of_a_filing_request_are_bounded():
             FilingRequest.model_validate(base | {field: "x" * size})
 
 
+def test_r7_a_temporary_filings_move_planned_again_leaves_no_day_filed_nowhere():
+    """A temporary version cut by a move planned for a later day stayed cut when the move was
+    planned again for a day after: April 2026 was filed nowhere, and every settlement refused."""
+    def ask(filed: str, begin: date, end: date | None = None) -> FilingAsk:
+        return FilingAsk("F1", "P1", InsuranceType.EMPLOYEE, "131000", filed, FilingCategory.TEMPORARY_OTHER,
+                         begin, end, True)
+
+    beijing = new_filing(ask("110000", date(2026, 1, 1), date(2026, 7, 1)))
+    tianjin = change_filing(beijing, ask("120000", date(2026, 4, 1), date(2026, 10, 1)), today=date(2026, 2, 1),
+                            lock_months=0, filed_on=date(2026, 1, 1))
+    assert [(p.filed_region, p.end, p.planned_end) for p in tianjin.earlier] == [
+        ("110000", date(2026, 3, 31), date(2026, 7, 1))]
+    shanghai = change_filing(tianjin, ask("310000", date(2026, 5, 1), date(2026, 11, 1)), today=date(2026, 3, 1),
+                             lock_months=0, filed_on=date(2026, 1, 1))
+    assert [(p.filed_region, p.end) for p in shanghai.earlier] == [("110000", date(2026, 4, 30))]
+    by_region = {v.filed_region: v for v in shanghai.versions()}
+    assert by_region["110000"].valid_on(date(2026, 4, 15)) and by_region["310000"].valid_on(date(2026, 5, 1))
+    # Planned again for a day past the version's own end: it runs on to its end, no further.
+    later = change_filing(tianjin, ask("310000", date(2026, 9, 1), date(2027, 3, 1)), today=date(2026, 3, 1),
+                          lock_months=0, filed_on=date(2026, 1, 1))
+    assert [(p.filed_region, p.end) for p in later.earlier] == [("110000", date(2026, 7, 1))]
+    # The wire form keeps it: eligibility and a restart of filing see the same.
+    from yidi.contracts.filing import FilingRecord
+    assert FilingRecord.of(tianjin, 2).to_domain().earlier == tianjin.earlier
+
+
 def test_r7_a_change_for_a_later_day_leaves_the_old_version_in_force_until_then_and_covers_stays_begun_under_it():
     from yidi.domain.eligibility import FilingPeriod
 

@@ -88,6 +88,9 @@ class FilingPeriodRecord(WireModel):
     begndate: date
     enddate: date
     insutype: InsuranceType | None = Field(default=None, description="when a change changed it; else the filing's")
+    planned_enddate: date | None = Field(
+        default=None, description="a temporary version's own end when a change for a later day cut it: that change "
+                                  "planned again before it began, the version runs on to the new plan's day, no further")
 
 
 class FilingRecord(WireModel):
@@ -113,7 +116,8 @@ class FilingRecord(WireModel):
             insuplc_admdvs=filing.insured_region, filed_admdvs=filing.filed_region, category=filing.category,
             begndate=filing.begin, enddate=filing.end, status=filing.status, version=version,
             earlier=[FilingPeriodRecord(filed_admdvs=p.filed_region, category=p.category, begndate=p.begin,
-                                        enddate=p.end, insutype=p.insutype) for p in filing.earlier],
+                                        enddate=p.end, insutype=p.insutype, planned_enddate=p.planned_end)
+                     for p in filing.earlier],
         )
 
     def to_domain(self) -> Filing:
@@ -127,7 +131,8 @@ class FilingRecord(WireModel):
             begin=self.begndate,
             end=self.enddate,
             status=self.status,
-            earlier=tuple(FilingPeriod(p.filed_admdvs, p.category, p.begndate, p.enddate, p.insutype)
+            earlier=tuple(FilingPeriod(p.filed_admdvs, p.category, p.begndate, p.enddate, p.insutype,
+                                       p.planned_enddate)
                           for p in self.earlier),
         )
 

@@ -84,6 +84,9 @@ class FilingPeriod:
     begin: date
     end: date
     insutype: InsuranceType | None = None  # a change may change it; None: the filing's own
+    # The end it had when a change for a later day cut it (a temporary version's six months, R7):
+    # that change planned again before it began, it runs on to the new plan's day, no further.
+    planned_end: date | None = None
 
 
 @dataclass(frozen=True, slots=True)

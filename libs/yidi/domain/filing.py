@@ -87,15 +87,23 @@ def superseded(current: Filing, cutover: date, today: date) -> tuple[FilingPerio
     each ending at the latest the day before ``cutover``; a period left with no day is dropped.
 
     A version planned for a later day and replaced before it began never was in force: the move
-    was planned again. The long-term version it was to end then runs on until the new plan's day."""
+    was planned again. The version it was to end then runs on until the new plan's day: a
+    long-term one, or a temporary one as far as its own end (``planned_end``, kept when the plan
+    cut it); before, a temporary one stayed cut, and the days between were filed nowhere."""
     last = cutover - timedelta(days=1)
     periods = list(current.earlier)
     if current.status is FilingStatus.ACTIVE and current.begin > today:
-        if periods and periods[0].category.is_long_term and periods[0].end == current.begin - timedelta(days=1):
-            periods[0] = replace(periods[0], end=max(periods[0].end, last))
+        if periods and periods[0].end == current.begin - timedelta(days=1):
+            cut = periods[0]
+            if cut.category.is_long_term:
+                periods[0] = replace(cut, end=max(cut.end, last))
+            elif cut.planned_end is not None:
+                periods[0] = replace(cut, end=max(cut.end, min(cut.planned_end, last)))
     elif current.status is FilingStatus.ACTIVE:
-        periods.insert(0, FilingPeriod(current.filed_region, current.category, current.begin,
-                                       last if current.end is None else min(current.end, last), current.insutype))
+        end = last if current.end is None else min(current.end, last)
+        planned = current.end if current.end is not None and current.end > end else None
+        periods.insert(0, FilingPeriod(current.filed_region, current.category, current.begin, end,
+                                       current.insutype, planned))
     kept = [replace(p, end=min(p.end, last)) for p in periods]
     return tuple(p for p in kept if p.begin <= p.end)[:MAX_EARLIER]
 
