@@ -104,7 +104,7 @@ class FilingHandler:
                 return self._answer(request, FilingResult(
                     reqid=request.reqid, accepted=True, history=await self.repo.history_in(conn, request.filing_id or "")))
             if request.action in (FilingAction.ADD, FilingAction.CHANGE):
-                _insurance_unchanged_since(request, asked_at, held)
+                _insurance_held(request, asked_at, held)
             filing, version, filed_on, event = await self._decide(conn, request, today, held)
         except (ValueError, ArithmeticError) as exc:
             # FilingRefused, or a value the rules cannot work with: refused, never a stage that stops.
@@ -185,21 +185,36 @@ class FilingHandler:
         )
 
 
-def _insurance_unchanged_since(request: FilingRequest, asked_at: datetime, held: Insurance | None) -> None:
-    """R7: a filing asked for under an insurance that changed after it was asked, and is not
-    the person's insurance now, is refused: the change would have ended it, had this request
-    been handled before it (the filing-persons stage read the change first)."""
-    if held is None or held.since <= asked_at:
+def _insurance_held(request: FilingRequest, asked_at: datetime, held: Insurance | None) -> None:
+    """R20, R7: a filing names the insurance the person holds, as the insured region's record has
+    it (filing's copy of ``refdata.persons``); a person filing has no record of yet is not checked.
+
+    One asked for under an insurance that changed after it was asked, and is not the person's
+    insurance now, is refused: the change would have ended it, had this request been handled
+    before it (the filing-persons stage read the change first). One naming an insurance the
+    person did not hold when it was asked (another region or fund, or one stopped) is refused too:
+    it was accepted, and came into force the day the person moved into that insurance."""
+    if held is None:
         return
     assert request.insuplc_admdvs and request.insutype
     same = (held.insuplc_admdvs, held.insutype) == (request.insuplc_admdvs, request.insutype.value)
     if held.active and same:
         return
+    if held.since > asked_at:
+        raise FilingRefused(
+            f"the person's insurance changed at {held.since.astimezone(BUSINESS_TZ):%Y-%m-%d %H:%M} (UTC+08:00), "
+            f"after this request was sent: the {request.insutype.value} insurance of region {request.insuplc_admdvs} "
+            f"it names {'is stopped' if same else 'is not the person’s now'} (R7); file under the person's insurance "
+            "as it is now")
+    if same:
+        raise FilingRefused(
+            f"the {request.insutype.value} insurance of region {request.insuplc_admdvs} is stopped, as the insured "
+            "region's record has it: the person is not insured to file under it (R20)")
     raise FilingRefused(
-        f"the person's insurance changed at {held.since.astimezone(BUSINESS_TZ):%Y-%m-%d %H:%M} (UTC+08:00), after "
-        f"this request was sent: the {request.insutype.value} insurance of region {request.insuplc_admdvs} "
-        f"it names {'is stopped' if same else 'is not the person’s now'} (R7); file under the person's insurance "
-        "as it is now")
+        f"the insured region's record has this person under the {held.insutype} insurance of region "
+        f"{held.insuplc_admdvs}{'' if held.active else ', stopped'}, not the {request.insutype.value} insurance of "
+        f"region {request.insuplc_admdvs} this request names (R20); file under the person's insurance (if they "
+        "have just moved, send it again once the region's record of the move has arrived)")
 
 
 # R4: the long-term categories named after a kind of person, and that person type.

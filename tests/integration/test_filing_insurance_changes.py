@@ -177,11 +177,43 @@ async def test_a_change_is_made_when_it_was_asked_for_and_a_request_overtaken_by
     await handler([feed.record(insutype="390", at=ago(minutes=30))])
     late_310 = await requests([request({"action": "add"}, ago(minutes=40))])
     late_390 = ended(await requests([request({"action": "add", "insutype": "390"}, ago(minutes=40))]))
-    after = ended(await requests([request({"action": "add", "category": "temporary_other"}, ago(minutes=10))]))
+    after = ended(await requests([request({"action": "add", "category": "temporary_other", "insutype": "390"},
+                                          ago(minutes=10))]))
     refusal = orjson.loads(late_310[0].value)
     assert [o.topic for o in late_310] == [settings.topic("filing.results")]
     assert not refusal["accepted"] and "(R7)" in refusal["reason"] and "is not the person’s now" in refusal["reason"]
     assert late_390[0].result.accepted and after[0].result.accepted
+
+
+async def test_a_filing_names_the_insurance_the_person_holds(filing_repo, settings):
+    """R20: a filing is the insured region's record of its own insured person. One naming another
+    region's or fund's insurance, or one stopped, was accepted, and came into force the day the
+    person moved into that insurance."""
+    from services.filing.handlers import FilingHandler
+
+    psn = unique("P")
+    requests, handler, feed = FilingHandler(settings, filing_repo), FilingPersonsHandler(settings, filing_repo), Feed(psn)
+    offsets = iter(range(1, 100))
+
+    async def ask(**fields: str) -> dict:
+        body = {"action": "add", "reqid": unique("R"), "psn_no": psn, "insutype": "310", "insuplc_admdvs": REGION,
+                "filed_admdvs": FILED, "category": "temporary_other", "begndate": "2026-01-01",
+                "decl_source": "self_service"} | fields
+        out = await requests([Incoming("filing.requests", 0, next(offsets), psn.encode(), orjson.dumps(body),
+                                       int(time.time() * 1000))])
+        value = orjson.loads(out[-1].value)
+        return value.get("result") or value
+
+    unknown = await ask()  # no record of the person yet: not checked
+    await handler([feed.record(at=ago(days=1))])  # insured in 131000, fund 310
+    other_fund, other_region, held = await ask(insutype="390"), await ask(insuplc_admdvs="132000"), await ask()
+    await handler([feed.record(active=False, at=ago(hours=1))])
+    stopped = await ask()
+    assert unknown["accepted"] and held["accepted"]
+    for refused in (other_fund, other_region):
+        assert not refused["accepted"] and "(R20)" in refused["reason"]
+        assert "has this person under the 310 insurance of region 131000" in refused["reason"]
+    assert not stopped["accepted"] and "is stopped" in stopped["reason"] and "(R20)" in stopped["reason"]
 
 
 async def test_an_older_record_changes_nothing(filing_repo, settings):
