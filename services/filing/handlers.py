@@ -103,9 +103,11 @@ class FilingHandler:
                     raise FilingRefused(f"no filing {request.filing_id} of this person")
                 return self._answer(request, FilingResult(
                     reqid=request.reqid, accepted=True, history=await self.repo.history_in(conn, request.filing_id or "")))
-            if request.action in (FilingAction.ADD, FilingAction.CHANGE):
-                _insurance_held(request, asked_at, held)
             filing, version, filed_on, event = await self._decide(conn, request, today, held)
+            if request.action in (FilingAction.ADD, FilingAction.CHANGE):
+                # After the filing rules (a change of the insured region: "does not change", more to
+                # the point); _decide writes nothing.
+                _insurance_held(request, asked_at, held)
         except (ValueError, ArithmeticError) as exc:
             # FilingRefused, or a value the rules cannot work with: refused, never a stage that stops.
             reason = str(exc) if isinstance(exc, FilingRefused) else f"the request cannot be applied: {exc}"

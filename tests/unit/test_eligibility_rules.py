@@ -3,6 +3,8 @@
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal as D
 
+import pytest
+
 from yidi.domain.codes import FilingCategory, InsuranceType, MedType, PersonType
 from yidi.domain.eligibility import (
     Basis,
@@ -204,3 +206,20 @@ def test_r17_a_temporary_filing_inside_a_waiving_province_is_flagged_so_it_settl
     # A long-term filing carries no reduction anyway (R10): nothing to flag.
     settled_long = decide(waived, jinan_person, qingdao, [long_term], [], NOW)
     assert isinstance(settled_long, Eligible) and not settled_long.waived
+
+
+@pytest.mark.parametrize(("code", "disease"), [
+    ("N18.500", "uraemia dialysis"), ("N18.000", "uraemia dialysis"), ("N19.x00", "uraemia dialysis"),
+    ("Z49.101", "uraemia dialysis"), ("Z99.200", "uraemia dialysis"),  # a dialysis visit coded as one
+    ("Z94.000", "anti-rejection after organ transplant"), ("T86.100", "anti-rejection after organ transplant"),
+    ("C50.900", "malignant tumour chemo/radiotherapy"), ("Z51.100", "malignant tumour chemo/radiotherapy"),
+    ("Z51.000", "malignant tumour chemo/radiotherapy"),
+    ("N18.300", None), ("N18.900", None), ("Z49", "uraemia dialysis"), ("Z51.800", None),
+])
+def test_r14_the_five_cross_province_diseases_by_their_codes(code, disease):
+    """Chronic kidney disease below stage 5 (N18.3) settled across provinces as uraemia dialysis,
+    and a dialysis, anti-rejection or chemotherapy visit coded as such (Z49, Z99.2, T86, Z51.0/1)
+    was refused as none of the five."""
+    from yidi.domain.eligibility import chronic_disease_of
+
+    assert chronic_disease_of(code) == disease

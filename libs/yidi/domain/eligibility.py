@@ -38,9 +38,13 @@ class Basis(StrEnum):
 CROSS_PROVINCE_CHRONIC: dict[str, tuple[str, ...]] = {
     "hypertension": ("I10", "I11", "I12", "I13", "I15"),
     "diabetes": ("E10", "E11", "E12", "E13", "E14"),
-    "malignant tumour chemo/radiotherapy": ("C",),
-    "uraemia dialysis": ("N18", "N19"),
-    "anti-rejection after organ transplant": ("Z94",),
+    # A malignant tumour (C), or a session of radiotherapy or chemotherapy coded as such (Z51.0, Z51.1).
+    "malignant tumour chemo/radiotherapy": ("C", "Z51.0", "Z51.1"),
+    # End-stage kidney disease (N18.0, N18.5; N18.6 in ICD-10-CM), kidney failure (N19), or a
+    # dialysis visit coded as such (Z49, Z99.2). Chronic kidney disease of stages 1-4 is not uraemia.
+    "uraemia dialysis": ("N18.0", "N18.5", "N18.6", "N19", "Z49", "Z99.2"),
+    # After a transplant (Z94), or its rejection treated (T86).
+    "anti-rejection after organ transplant": ("Z94", "T86"),
 }
 
 
