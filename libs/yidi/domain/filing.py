@@ -101,7 +101,8 @@ def superseded(current: Filing, cutover: date, today: date) -> tuple[FilingPerio
                 periods[0] = replace(cut, end=max(cut.end, min(cut.planned_end, last)))
     elif current.status is FilingStatus.ACTIVE:
         end = last if current.end is None else min(current.end, last)
-        planned = current.end if current.end is not None and current.end > end else None
+        # Cut by a change for a later day (not a cancellation, nor a change at once): the end it had.
+        planned = current.end if cutover > today and current.end is not None and current.end > end else None
         periods.insert(0, FilingPeriod(current.filed_region, current.category, current.begin, end,
                                        current.insutype, planned))
     kept = [replace(p, end=min(p.end, last)) for p in periods]
