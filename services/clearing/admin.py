@@ -241,10 +241,8 @@ class ClearingAdminHandler:
     async def _not_cleared(self, conn: asyncpg.Connection, month: str) -> str:
         """Why a month has no statements to show: not run yet, or never to be run (before the latest
         month closed, holding nothing: ``run_order``)."""
-        latest = await conn.fetchval("SELECT max(setlym) FROM clearing.periods WHERE state = 'closed'")
-        if latest is not None and month < latest and not await conn.fetchval(
-                """SELECT EXISTS (SELECT 1 FROM clearing.ledger WHERE clr_period = $1)
-                          OR EXISTS (SELECT 1 FROM clearing.ledger WHERE undo_period = $1)""", month):
+        latest = await self.repo.latest_closed(conn)
+        if latest is not None and month < latest and not await self.repo.holds(conn, month):
             return (f"month {month} was not run, and {latest} after it is cleared: it has no statements; what was "
                     f"dated in it is in the statements of a month after it")
         return f"month {month} is not cleared yet; run it first"

@@ -114,7 +114,17 @@ class ClearingRepository(Repository):
         commit and holds new ones back until the close commits. The read is a statement of its
         own: its snapshot must be taken after the lock is held."""
         await self.lock_periods(conn)
+        return await self.latest_closed(conn)
+
+    async def latest_closed(self, conn: asyncpg.Connection) -> str | None:
+        """The latest month closed, as it reads now (no lock: ``cleared_through`` takes it)."""
         return await conn.fetchval("SELECT max(setlym) FROM clearing.periods WHERE state = 'closed'")
+
+    async def holds(self, conn: asyncpg.Connection, month: str) -> bool:
+        """Whether settlements or undoings landed in ``month``."""
+        return await conn.fetchval(
+            """SELECT EXISTS (SELECT 1 FROM clearing.ledger WHERE clr_period = $1)
+                      OR EXISTS (SELECT 1 FROM clearing.ledger WHERE undo_period = $1)""", month)
 
     async def out_of_order(self, conn: asyncpg.Connection, month: str, finishing: Collection[str] = ()) -> str | None:
         """Why open month ``month`` may not be closed now (``domain.clearing.run_order``), or None;

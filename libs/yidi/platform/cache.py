@@ -55,7 +55,7 @@ class VersionedCache:
         return f"{self._prefix}{key}"
 
     def _check_breaker(self) -> None:
-        if time.monotonic() < self._down_until:
+        if not self.available():
             raise CacheUnavailable("redis marked down")
 
     def _trip(self, exc: Exception) -> CacheUnavailable:
