@@ -194,6 +194,20 @@ def test_r18_the_large_amount_subsidy_pays_past_a_cap_used_up_whatever_the_poole
     assert (stay.hifp_pay, stay.hifob_pay) == (D("0"), D("8500.00"))
 
 
+def test_r18_the_large_amount_subsidy_when_the_quota_and_the_cap_left_are_equal_or_the_cap_is_used_up():
+    large = Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("0"), D("0.85"), None, base=LayerBase.ABOVE_POOLED_CAP)
+    pol = policy(rule(OP, ratio="0.60"), annual_cap=D("300000.00"), outpatient_quota=D("2500.00"), layers=(large,))
+    # 100.00 left of both: the cap stops the fund as much as the quota does, so what is past it is
+    # past the cap (100.00 covers 166.67 at 60 %; 833.33 × 0.85 = 708.33).
+    tie = {POOLED_PAID: D("299900.00"), OUTPATIENT_QUOTA: D("2400.00")}
+    tied = price(bill(("A1", "1", "1000.00")), catalogue(item("A1")), pol, terms(OP), tie)
+    assert (tied.hifp_pay, tied.hifob_pay) == (D("100.00"), D("708.33"))
+    # The cap used up by earlier bills, the quota too: all of the bill is past the cap.
+    spent = {POOLED_PAID: D("300000.00"), OUTPATIENT_QUOTA: D("2500.00")}
+    used_up = price(bill(("A1", "1", "1000.00")), catalogue(item("A1")), pol, terms(OP), spent)
+    assert (used_up.hifp_pay, used_up.hifob_pay, used_up.psn_part_amt) == (D("0"), D("850.00"), D("150.00"))
+
+
 @pytest.mark.parametrize("fund", [FundType.EMPLOYEE_POOLED, FundType.RESIDENT_POOLED, FundType.EMPLOYEE_ACCOUNT])
 def test_r18_a_layer_of_a_pooled_fund_or_the_account_is_refused_when_loaded(fund):
     # A pooled-fund layer paid past the pooled cap (650.00 against 300.00); an account layer broke
