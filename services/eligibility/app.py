@@ -33,7 +33,8 @@ from services.eligibility.subjects import SWEEP_EVERY_S, Subjects, sweep_every
 def build(settings: Settings | None = None) -> Service:
     settings = settings or settings_for("eligibility")
     service = Service("eligibility", settings, migrations="services.eligibility.migrations")
-    cache = VersionedCache(settings.redis_url, ttl_seconds=settings.cache_ttl_seconds, prefix=f"{settings.namespace}yidi:elig:")
+    cache = VersionedCache(settings.redis_url, ttl_seconds=settings.cache_ttl_seconds,
+                           prefix=f"{settings.namespace}yidi:elig:", gone_prefix=f"{settings.namespace}yidi:elig-gone:")
     service.resources.append(cache.close)
     state: dict[str, object] = {}
 

@@ -234,12 +234,12 @@ class EligibilityRepository(Repository):
             )
 
     async def sweep_stale(
-        self, limit: int, ttl_seconds: float, drop: Callable[[list[str]], Awaitable[bool]], *, wait: bool = False,
+        self, limit: int, ttl_seconds: float, drop: Callable[[dict[str, int]], Awaitable[bool]], *, wait: bool = False,
     ) -> tuple[int, bool, float]:
         """One sweep of the marks (``mark_stale``), in a short transaction: marks older than the
         cache's TTL go (their entries have expired); the oldest ``limit`` others, locked, are
-        dropped from Redis by ``drop`` and removed. Locked ``SKIP LOCKED`` (instances share the
-        work), or, ``wait``, waiting for other sweeps to finish with theirs (so that none found
+        dropped from Redis by ``drop`` (given each person's version now: ``VersionedCache.drop``)
+        and removed. Locked ``SKIP LOCKED`` (instances share the work), or, ``wait``, waiting for other sweeps to finish with theirs (so that none found
         means none left). A mark made again meanwhile waits for this transaction and then stays.
         Returns (marks dropped, whether Redis could not be reached, age in seconds of the oldest
         mark left: 0 for none)."""
@@ -248,10 +248,17 @@ class EligibilityRepository(Repository):
                 "DELETE FROM eligibility.cache_stale WHERE marked_at < clock_timestamp() - make_interval(secs => $1)",
                 float(ttl_seconds),
             )
-            keys = [r["psn_no"] for r in await conn.fetch(
-                "SELECT psn_no FROM eligibility.cache_stale ORDER BY marked_at LIMIT $1 FOR UPDATE"
-                + ("" if wait else " SKIP LOCKED"), limit)]
-            unreachable = bool(keys) and not await drop(keys)
+            # Each person's version now: their entry is forgotten as of it, so that a read-through
+            # that read Postgres before their change cannot write the old subject back after it.
+            marked = {r["psn_no"]: r["version"] for r in await conn.fetch(
+                """SELECT s.psn_no, greatest(
+                       coalesce((SELECT p.version FROM eligibility.persons p WHERE p.psn_no = s.psn_no), 0),
+                       coalesce((SELECT max(f.version) FROM eligibility.filings f WHERE f.psn_no = s.psn_no), 0)
+                   ) AS version
+                   FROM eligibility.cache_stale s ORDER BY s.marked_at LIMIT $1 FOR UPDATE OF s"""
+                + ("" if wait else " SKIP LOCKED"), limit)}
+            keys = list(marked)
+            unreachable = bool(keys) and not await drop(marked)
             if keys and not unreachable:
                 await conn.execute("DELETE FROM eligibility.cache_stale WHERE psn_no = ANY($1::text[])", keys)
             oldest = await conn.fetchval(

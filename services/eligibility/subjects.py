@@ -74,7 +74,8 @@ class Subjects:
             await self._cache.put_many([(psn_no, version, doc) for psn_no, (version, doc) in subjects.items()])
         except CacheUnavailable:
             metrics.CACHE_LOOKUPS.labels("fallback").inc(len(subjects))
-            if changed and not await self._cache.forget(list(subjects), within=FORGET_WITHIN_S):
+            if changed and not await self._cache.forget(
+                    {psn_no: version for psn_no, (version, _) in subjects.items()}, within=FORGET_WITHIN_S):
                 await self._repo.mark_stale(list(subjects))
                 metrics.CACHE_STALE_MARKED.inc(len(subjects))
 

@@ -249,6 +249,9 @@ async def test_an_entry_another_instance_marked_stale_is_dropped_and_never_serve
                 "SELECT count(*) FROM eligibility.cache_stale WHERE psn_no = $1", person)
 
         await until(dropped, timeout=10, poll=0.1)
+        # forgotten as of the cancellation: a read-through of the filing from before it is refused
+        version = int(filed_entry.partition(b"|")[0])
+        assert int(await redis.get(f"{system.settings.namespace}yidi:elig-gone:{person}")) > version
         refused = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
         assert refused["err_code"] == "NOT_FILED", refused
     finally:

@@ -96,3 +96,44 @@ async def test_a_change_one_instance_could_not_write_is_deleted_before_it_is_ans
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_a_key_forgotten_as_of_a_version_refuses_older_writes_until_its_ttl(settings):
+    cache = VersionedCache(settings.redis_url, ttl_seconds=1, prefix=settings.namespace)
+    kept, gone = unique("k"), unique("k")
+    try:
+        assert await cache.put_many([(kept, 7, {"v": 7}), (gone, 5, {"v": 5})]) == [True, True]
+        assert await cache.forget({kept: 7, gone: 7}, within=1)
+        # an entry as new as the version forgotten is current: kept; an older one goes
+        assert await cache.get_many([kept, gone]) == [(7, {"v": 7}), None]
+        assert not await cache.put(gone, 6, {"v": 6})  # read before the change: refused
+        assert await cache.put(gone, 7, {"v": 7})  # read after it: taken
+        assert await cache.drop({gone: 9})  # a tombstone only rises
+        assert await cache.drop({gone: 8})
+        assert not await cache.put(gone, 8, {"v": 8})
+        assert await cache._redis.ttl(f"gone:{settings.namespace}{gone}") > 0  # noqa: SLF001 - expires with the entries
+        await asyncio.sleep(1.2)
+        assert await cache.put(gone, 1, {"v": 1})  # the TTL past, nothing to refuse it
+    finally:
+        await cache.close()
+
+
+async def test_a_dirty_key_is_forgotten_as_of_the_version_that_did_not_reach_redis(settings):
+    cache = VersionedCache(settings.redis_url, ttl_seconds=60, prefix=settings.namespace, breaker_seconds=0.2)
+    key = unique("k")
+    try:
+        await cache.put(key, 1, {"filed": True})
+        cache._trip(OSError("a time-out"))  # noqa: SLF001 - the breaker open, as after a failed call
+        with pytest.raises(CacheUnavailable):
+            await cache.put(key, 2, {"filed": False})
+        await asyncio.sleep(0.3)
+        assert await cache.get_many([key]) == [None]  # healed before reading
+        assert not await cache.put(key, 1, {"filed": True})  # a read-through from before the change
+        assert await cache.put(key, 2, {"filed": False})
+    finally:
+        await cache.close()
+
+
+def test_tombstones_cannot_share_the_entries_keys():
+    with pytest.raises(ValueError, match="overlaps"):
+        VersionedCache("redis://127.0.0.1:1/0", ttl_seconds=1, prefix="a:", gone_prefix="a:gone:")

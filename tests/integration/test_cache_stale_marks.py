@@ -20,6 +20,7 @@ from services.eligibility.repository import EligibilityRepository
 from services.eligibility.subjects import Subjects
 from tests.conftest import unique
 from tests.integration.waiting import until
+from yidi.contracts.refdata import PersonRecord
 from yidi.platform.cache import VersionedCache
 
 pytestmark = pytest.mark.integration
@@ -36,6 +37,11 @@ async def _marks(repo: EligibilityRepository) -> dict[str, object]:
         return {r["psn_no"]: r["marked_at"] for r in await conn.fetch("SELECT * FROM eligibility.cache_stale")}
 
 
+def _person(psn_no: str, balance: str) -> PersonRecord:
+    return PersonRecord(psn_no=psn_no, psn_name="Cache Test", insuplc_admdvs="330100", insutype="310",
+                        psn_type="11", acct_balc=balance, acct_version=balance)
+
+
 @pytest.fixture
 def repo(eligibility_of_its_own) -> EligibilityRepository:
     return eligibility_of_its_own[1]
@@ -46,19 +52,27 @@ def quick_forget(monkeypatch):
     monkeypatch.setattr(subjects_module, "FORGET_WITHIN_S", 0.3)
 
 
+async def _changed(repo: EligibilityRepository, psn_no: str):
+    """A person held at 500.00, then changed to 120.00: (the subject before, the subject after)."""
+    before, _ = await repo.upsert_person(_person(psn_no, "500.00"))
+    after, _ = await repo.upsert_person(_person(psn_no, "120.00"))
+    return before, after
+
+
 async def test_a_change_no_one_could_clear_is_dropped_by_another_instance_that_reaches_redis(
         settings, repo, quick_forget):
     reader = _cache(settings.redis_url, settings)  # another instance
     writer = _cache(UNREACHABLE, settings)  # this instance: Redis unreachable from here
     key = unique("P")
     try:
-        await reader.put(key, 1, {"filings": ["F1"]})
-        await Subjects(repo, writer).remember_many({key: (2, {"filings": []})}, changed=True)
+        before, after = await _changed(repo, key)
+        await reader.put(key, *before)
+        await Subjects(repo, writer).remember(key, after)
         assert key in await _marks(repo)  # before the change is answered
-        assert await reader.get_many([key]) == [(1, {"filings": ["F1"]})]  # still there, old
-        before = time.time()
+        assert await reader.get_many([key]) == [before]  # still there, old
+        swept_at = time.time()
         assert await Subjects(repo, reader).sweep() == (1, False)  # its sweep, within a second
-        assert REGISTRY.get_sample_value("yidi_eligibility_cache_sweep_timestamp_seconds") >= before
+        assert REGISTRY.get_sample_value("yidi_eligibility_cache_sweep_timestamp_seconds") >= swept_at
         assert REGISTRY.get_sample_value("yidi_eligibility_cache_stale_oldest_seconds") == 0
         assert await reader.get_many([key]) == [None]  # read through Postgres from now on
         assert await _marks(repo) == {}
@@ -69,24 +83,24 @@ async def test_a_change_no_one_could_clear_is_dropped_by_another_instance_that_r
 
 async def test_an_instance_drops_the_marked_entries_before_it_reads_redis_after_a_start_or_an_outage(settings, repo):
     cache = _cache(settings.redis_url, settings)
-    old, later = unique("P"), unique("P")
+    old, later, quiet = unique("P"), unique("P"), unique("P")
     try:
-        await cache.put(old, 1, {"filings": ["F1"]})
+        changes = {psn: await _changed(repo, psn) for psn in (old, later, quiet)}
+        await cache.put(old, *changes[old][0])
         await repo.mark_stale([old])  # by an instance cut off from Redis, while this one was stopping
         subjects = Subjects(repo, cache)  # started: its first look-up, before its first sweep each second
-        unknown = {"filings": [], "person": None}  # read through Postgres (no such person here), not the old entry
-        assert await subjects.get_many([old]) == {old: unknown}
+        assert await subjects.get_many([old]) == {old: changes[old][1][1]}  # read through Postgres, not the old entry
         assert await _marks(repo) == {}
         # Redis found away, then back: the marks made meanwhile go before the next read.
-        await cache.put(later, 1, {"filings": ["F1"]})
+        await cache.put(later, *changes[later][0])
         await repo.mark_stale([later])
         cache._trip(OSError("a time-out"))  # noqa: SLF001 - as a failed look-up does
         await asyncio.sleep(0.25)  # the breaker lets Redis be tried again
-        assert await subjects.get_many([later]) == {later: unknown}
+        assert await subjects.get_many([later]) == {later: changes[later][1][1]}
         # Redis never lost meanwhile: no sweep before reading (the sweeps each second do it).
-        await cache.put(later, 1, {"filings": ["F1"]})
-        await repo.mark_stale([later])
-        assert await subjects.get_many([later]) == {later: {"filings": ["F1"]}}
+        await cache.put(quiet, *changes[quiet][0])
+        await repo.mark_stale([quiet])
+        assert await subjects.get_many([quiet]) == {quiet: changes[quiet][0][1]}
     finally:
         await cache.close()
 
@@ -111,7 +125,7 @@ async def test_a_mark_made_again_while_a_sweep_holds_it_stays_for_the_next(setti
     first = (await _marks(repo))[key]
     again: list[asyncio.Task] = []
 
-    async def drop(keys: list[str]) -> bool:
+    async def drop(keys: dict[str, int]) -> bool:
         again.append(asyncio.create_task(repo.mark_stale([key])))
         await until(lambda: _waiting_for_a_row(repo), timeout=10)  # it waits for the sweep's lock
         return True
@@ -127,14 +141,14 @@ async def test_marks_older_than_the_cache_ttl_go_without_touching_redis(settings
     async with repo.transaction() as conn:
         await conn.execute("UPDATE eligibility.cache_stale SET marked_at = marked_at - interval '301 seconds' "
                            "WHERE psn_no = $1", expired)
-    dropped: list[list[str]] = []
+    dropped: list[dict[str, int]] = []
 
-    async def drop(keys: list[str]) -> bool:
+    async def drop(keys: dict[str, int]) -> bool:
         dropped.append(keys)
         return True
 
     assert (await repo.sweep_stale(10, 300, drop))[0] == 1
-    assert dropped == [[fresh]] and await _marks(repo) == {}
+    assert dropped == [{fresh: 0}] and await _marks(repo) == {}  # 0: no person or filing of that number here
 
 
 async def test_a_change_redis_took_is_not_marked(settings, repo):
@@ -152,3 +166,54 @@ async def _waiting_for_a_row(repo: EligibilityRepository) -> bool:
     return bool(await repo._pool.fetchval(  # noqa: SLF001
         """SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
            WHERE a.datname = current_database() AND NOT l.granted AND l.locktype = 'transactionid'"""))
+
+
+class _ReadThenWait:
+    """The repository, with one read-through held after it read Postgres and before it writes Redis."""
+
+    def __init__(self, repo: EligibilityRepository) -> None:
+        self._repo = repo
+        self.read, self.go_on = asyncio.Event(), asyncio.Event()
+
+    async def subjects(self, psn_nos: list[str]):
+        found = await self._repo.subjects(psn_nos)
+        self.read.set()
+        await self.go_on.wait()
+        return found
+
+    def __getattr__(self, name: str):
+        return getattr(self._repo, name)
+
+
+@pytest.mark.parametrize("cleared_by", ["the sweep of a mark", "the changing instance"])
+async def test_a_read_through_that_read_before_a_change_does_not_put_the_old_subject_back(
+        settings, repo, quick_forget, cleared_by):
+    """A look-up read the person from Postgres; the person changed; the entry was cleared (by
+    another instance's sweep of the mark the changing instance left, or by the changing instance
+    itself); then the look-up wrote what it had read. With a plain delete, the compare-and-set
+    found no entry and the old subject stayed in Redis until the TTL. The entry is now forgotten
+    as of the change's version, and the late write is refused."""
+    reader = _cache(settings.redis_url, settings)
+    writer = _cache(UNREACHABLE if cleared_by == "the sweep of a mark" else settings.redis_url, settings)
+    psn = unique("P")
+    try:
+        (old_version, _), _ = await repo.upsert_person(_person(psn, "500.00"))
+        held = _ReadThenWait(repo)
+        look_up = asyncio.create_task(Subjects(held, reader).get_many([psn]))  # type: ignore[arg-type]
+        await asyncio.wait_for(held.read.wait(), timeout=10)  # it has read 500.00, not yet written it
+        changed, _ = await repo.upsert_person(_person(psn, "120.00"))
+        assert changed[0] > old_version
+        if cleared_by == "the sweep of a mark":
+            await Subjects(repo, writer).remember(psn, changed)  # Redis unreachable from there: marked
+            assert await Subjects(repo, reader).sweep() == (1, False)
+        else:
+            writer._down_until = time.monotonic() + 30  # noqa: SLF001 - its breaker open: the write is not tried
+            await Subjects(repo, writer).remember(psn, changed)  # so it forgets the entry, Redis reached
+        held.go_on.set()
+        assert (await look_up)[psn]["person"]["acct_balc"] == "500.00"  # answered as read, before the change
+        assert await reader.get_many([psn]) == [None]  # but not cached: the next look-up reads Postgres
+        assert (await Subjects(repo, reader).get_many([psn]))[psn]["person"]["acct_balc"] == "120.00"
+        assert await reader.get_many([psn]) == [changed]  # and caches the change
+    finally:
+        await writer.close()
+        await reader.close()
