@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +11,7 @@ from yidi.domain.money import fmt
 from yidi.platform import metrics
 from yidi.platform.jsonwire import dumps
 from yidi.platform.kafka import Outgoing
+from yidi.platform.sampling import show_every
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_ALERTS, PREPAYMENT_STATUS
 
@@ -100,16 +100,10 @@ async def show_balances_every(repository: ClearingRepository, seconds: float) ->
     of unknown age is shown: with several clearing instances the others' still are (the rules take
     ``max by`` the account). It is logged once until a read succeeds."""
     shown: set[tuple[str, str]] = set()
-    failing = False
-    while True:
-        try:
-            shown = show_balances(await repository.prepayment_accounts(timeout=max(5.0, seconds)), shown)
-            failing = False
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a sample missed is not a failure of the service
-            shown = show_balances([], shown)
-            if not failing:
-                log.warning("prepayment balances not read for the metrics, their gauges taken out: %r", exc)
-            failing = True
-        await asyncio.sleep(seconds)
+
+    def show(rows: list[Any] | None) -> None:
+        nonlocal shown
+        shown = show_balances(rows or [], shown)
+
+    await show_every(seconds, lambda timeout: repository.prepayment_accounts(timeout=timeout), show, log,
+                     "prepayment balances not read for the metrics, their gauges taken out")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -34,6 +35,17 @@ class Insurance:
 
 
 class FilingRepository(Repository):
+
+    async def office_overdue(self, before: datetime, timeout: float) -> dict[str, tuple[int, datetime]]:
+        """R21: the filings still ``pending`` that were asked for (their add or change) before
+        ``before``, by insured region: (how many, when the oldest was asked)."""
+        async with asyncio.timeout(timeout), self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT insuplc_admdvs, count(*) AS n, min(coalesce(made_at, updated_at)) AS oldest
+                   FROM filing.filings
+                   WHERE status = 'pending' AND coalesce(made_at, updated_at) < $1
+                   GROUP BY insuplc_admdvs""", before)
+        return {r["insuplc_admdvs"]: (r["n"], r["oldest"]) for r in rows}
 
     async def answered(self, conn: asyncpg.Connection, reqid: str) -> tuple[str, list[dict[str, Any]]] | None:
         row = await conn.fetchrow("SELECT request_hash, emitted FROM filing.requests WHERE reqid = $1", reqid)

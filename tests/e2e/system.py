@@ -29,6 +29,8 @@ class System(Processes):
             "YIDI_FILING_WAIVED_REGIONS": '["960000"]',
             # The prepayment gauges, read often enough for a test to wait for them.
             "YIDI_PREPAYMENT_SAMPLE_SECONDS": "0.5",
+            # R21's gauge of pending filings past the office's limit, likewise.
+            "YIDI_OFFICE_OVERDUE_SAMPLE_SECONDS": "0.5",
         }
         # The shell settings the services get: `YIDI_KAFKA_TRANSACTIONS=v1 make test` runs the
         # end-to-end and crash tests under transactions v1 (the default speaks v2 where the broker

@@ -149,6 +149,28 @@ async def test_r8_a_change_inside_the_regions_lock_is_refused(system, filings):
     assert "locks a filing for 6 months" in change["reason"]
 
 
+async def test_r21_an_office_filing_pending_past_two_working_days_shows_until_it_is_approved(system, world, filings):
+    from tests.integration.waiting import until
+
+    def overdue() -> float:
+        return system.metric("filing", "yidi_filing_office_overdue", insured=world.insured)
+
+    person = await world.person(category=None)
+    request = filing_request(world, person, decl_source="office")
+    asked = datetime.now(UTC) - timedelta(days=10)  # asked ten days ago, published only now
+    answer = await filings.send_raw(orjson.dumps(request), correlation=request["reqid"], key=person,
+                                    timestamp_ms=int(asked.timestamp() * 1000))
+    pending = await asyncio.wait_for(answer, 15)
+    assert pending["accepted"] and pending["filing"]["status"] == "pending", pending
+    await until(lambda: overdue() >= 1, timeout=10, poll=0.1)
+    oldest = system.metric("filing", "yidi_filing_office_overdue_oldest_timestamp_seconds", insured=world.insured)
+    assert oldest <= asked.timestamp() + 0.001
+    approved = await file(filings, world, person, "approve", filing_id=pending["filing"]["filing_id"],
+                          decl_source="office")
+    assert approved["filing"]["status"] == "active"
+    await until(lambda: overdue() == 0, timeout=10, poll=0.1)  # the region's series taken out
+
+
 async def test_r21_an_office_filing_waits_for_approval_and_keeps_its_history(world, gateway, filings):
     person = await world.person(category=None)
     pending = await file(filings, world, person, decl_source="office")

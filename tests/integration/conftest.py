@@ -97,3 +97,13 @@ async def filing_repo(settings):
 
     async for repo in _repository(settings, "filing", FilingRepository):
         yield repo
+
+
+@pytest.fixture
+async def filing_of_its_own(settings):
+    """Filing's schema in a database of the test's own: (its settings, its repository), for a test
+    that counts over every filing (the pending ones past R21's limit)."""
+    from services.filing.repository import FilingRepository
+
+    async for own in _of_its_own(settings, "filing", FilingRepository):
+        yield own

@@ -117,12 +117,16 @@ class GatewayClient:
         )
         return fut
 
-    async def send_raw(self, value: bytes, *, correlation: str, key: str | None = None) -> asyncio.Future[dict[str, Any]]:
-        """Publish bytes as they are (a malformed request, say) and wait for the answer to ``correlation``."""
+    async def send_raw(self, value: bytes, *, correlation: str, key: str | None = None,
+                       timestamp_ms: int | None = None) -> asyncio.Future[dict[str, Any]]:
+        """Publish bytes as they are (a malformed request, say) and wait for the answer to
+        ``correlation``. ``timestamp_ms``: the record's time, when the request was asked for
+        earlier than it is published (a gateway's outbox sent late); by default, now."""
         assert self._producer is not None, "start the client first"
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[correlation].append(fut)
-        await self._producer.send_and_wait(self.request_topic, value, key=key.encode() if key else None)
+        await self._producer.send_and_wait(self.request_topic, value, key=key.encode() if key else None,
+                                           timestamp_ms=timestamp_ms)
         return fut
 
     async def call(self, request: dict[str, Any], *, timeout: float = 15.0) -> dict[str, Any]:

@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from datetime import date, timedelta
+from datetime import date, datetime, time, timedelta
 
-from yidi.domain.codes import FilingCategory, InsuranceType
+from yidi.domain.codes import BUSINESS_TZ, FilingCategory, InsuranceType
 from yidi.domain.eligibility import Filing, FilingPeriod, FilingStatus
 
 TEMPORARY_MIN_MONTHS = 6  # R7
 MAX_LOCK_MONTHS = 6  # R8
 MAX_EARLIER = 4  # earlier versions a filing keeps (a stay outlasting five changes is not covered by the first)
+OFFICE_WORKING_DAYS = 2  # R21: the office finishes a filing that is not self-service within 2 working days
+
+
+def working_day(day: date) -> bool:
+    """Monday to Friday. Public holidays, and the weekends worked in their place, are not known here."""
+    return day.weekday() < 5
+
+
+def office_overdue_before(now: datetime) -> datetime:
+    """R21: a filing still ``pending`` that was asked for before this instant is past the office's
+    limit. Asked on day D (Beijing time), it is due by the end of the second working day after D;
+    so, today T, it is overdue when two working days have passed between D and T: D is before the
+    second working day counted back from T (excluded)."""
+    day = now.astimezone(BUSINESS_TZ).date()
+    for _ in range(OFFICE_WORKING_DAYS):
+        day -= timedelta(days=1)
+        while not working_day(day):
+            day -= timedelta(days=1)
+    return datetime.combine(day, time(0), BUSINESS_TZ)
 
 
 def add_months(day: date, months: int) -> date:

@@ -97,6 +97,18 @@ PREPAYMENT_ALERT_LEVEL = Gauge(
     "the balance as clearing's PrepaymentAlerts on clearing.alerts judge it.",
     ["insured", "treating"],
 )
+FILING_OFFICE_OVERDUE = Gauge(
+    "yidi_filing_office_overdue",
+    "R21: filings still pending past the office's two working days (Monday to Friday, Beijing time; public "
+    "holidays not known), by insured region. Read from filing's database each minute by each filing instance "
+    "(aggregate with max by (insured)).",
+    ["insured"],
+)
+FILING_OFFICE_OVERDUE_OLDEST = Gauge(
+    "yidi_filing_office_overdue_oldest_timestamp_seconds",
+    "When the oldest of an insured region's overdue pending filings was asked for (its add or change).",
+    ["insured"],
+)
 SERVICE_UP = Gauge("yidi_service_up", "1 while the service's consumers run.", ["service"])
 
 

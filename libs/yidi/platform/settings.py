@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # How often clearing reads every prepayment account into yidi_prepayment_balance_yuan and
     # yidi_prepayment_alert_level (0: never).
     prepayment_sample_seconds: float = Field(default=15.0, ge=0)
+    # How often filing counts the pending filings past R21's two working days into
+    # yidi_filing_office_overdue (0: never).
+    office_overdue_sample_seconds: float = Field(default=60.0, ge=0)
     db_pool_size: int = 4
     # Postgres plan_cache_mode of the services' connections. asyncpg prepares every statement, and
     # after five runs Postgres may keep a generic plan made when a table was small: on a fresh
