@@ -30,11 +30,16 @@ from services.eligibility.repository import EligibilityRepository
 from services.eligibility.subjects import SWEEP_EVERY_S, Subjects, sweep_every
 
 
+def subjects_cache(settings: Settings) -> VersionedCache:
+    """Eligibility's cache of subjects: entries ``<ns>yidi:elig:<psn_no>``, tombstones ``<ns>yidi:elig-gone:<psn_no>``."""
+    return VersionedCache(settings.redis_url, ttl_seconds=settings.cache_ttl_seconds,
+                          prefix=f"{settings.namespace}yidi:elig:", gone_prefix=f"{settings.namespace}yidi:elig-gone:")
+
+
 def build(settings: Settings | None = None) -> Service:
     settings = settings or settings_for("eligibility")
     service = Service("eligibility", settings, migrations="services.eligibility.migrations")
-    cache = VersionedCache(settings.redis_url, ttl_seconds=settings.cache_ttl_seconds,
-                           prefix=f"{settings.namespace}yidi:elig:", gone_prefix=f"{settings.namespace}yidi:elig-gone:")
+    cache = subjects_cache(settings)
     service.resources.append(cache.close)
     state: dict[str, object] = {}
 

@@ -29,6 +29,14 @@ FROM unnest($1::text[]) AS s(psn_no)
 LEFT JOIN eligibility.persons p ON p.psn_no = s.psn_no
 """
 
+# Each person's version alone (as ``_SUBJECTS`` computes it).
+_VERSIONS = """
+SELECT s.psn_no,
+       greatest(coalesce((SELECT p.version FROM eligibility.persons p WHERE p.psn_no = s.psn_no), 0),
+                coalesce((SELECT max(f.version) FROM eligibility.filings f WHERE f.psn_no = s.psn_no), 0)) AS version
+FROM unnest($1::text[]) AS s(psn_no)
+"""
+
 
 async def _lock_person(conn: asyncpg.Connection, psn_no: str) -> None:
     """Changes to one person's insurance and filings take turns, so the version the cache
@@ -248,16 +256,15 @@ class EligibilityRepository(Repository):
                 "DELETE FROM eligibility.cache_stale WHERE marked_at < clock_timestamp() - make_interval(secs => $1)",
                 float(ttl_seconds),
             )
+            keys = [r["psn_no"] for r in await conn.fetch(
+                "SELECT psn_no FROM eligibility.cache_stale ORDER BY marked_at LIMIT $1 FOR UPDATE"
+                + ("" if wait else " SKIP LOCKED"), limit)]
             # Each person's version now: their entry is forgotten as of it, so that a read-through
             # that read Postgres before their change cannot write the old subject back after it.
-            marked = {r["psn_no"]: r["version"] for r in await conn.fetch(
-                """SELECT s.psn_no, greatest(
-                       coalesce((SELECT p.version FROM eligibility.persons p WHERE p.psn_no = s.psn_no), 0),
-                       coalesce((SELECT max(f.version) FROM eligibility.filings f WHERE f.psn_no = s.psn_no), 0)
-                   ) AS version
-                   FROM eligibility.cache_stale s ORDER BY s.marked_at LIMIT $1 FOR UPDATE OF s"""
-                + ("" if wait else " SKIP LOCKED"), limit)}
-            keys = list(marked)
+            # Read in a statement of its own, after the locks: a mark made again while this sweep
+            # waited for it was made after its change committed, and only a snapshot taken after
+            # the lock sees that change (the locking statement's own snapshot is older).
+            marked = {r["psn_no"]: r["version"] for r in await conn.fetch(_VERSIONS, keys)} if keys else {}
             unreachable = bool(keys) and not await drop(marked)
             if keys and not unreachable:
                 await conn.execute("DELETE FROM eligibility.cache_stale WHERE psn_no = ANY($1::text[])", keys)

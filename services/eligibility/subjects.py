@@ -12,7 +12,7 @@ from yidi.platform.cache import CacheUnavailable, VersionedCache
 
 from services.eligibility.repository import EligibilityRepository, Subject
 
-# How long a write of changed subjects that did not reach Redis keeps trying to delete their old
+# How long a write of changed subjects that did not reach Redis keeps trying to forget their old
 # entries before the change is answered (Subjects.remember_many).
 FORGET_WITHIN_S = 2.0
 # Marks of stale entries (``Subjects.sweep``) read at a time, and how often each instance sweeps:
@@ -63,7 +63,8 @@ class Subjects:
 
         ``changed``: the subjects have just changed (a filing event, the person feed), so an entry
         Redis still holds is wrong now. When the write does not reach Redis, their entries are
-        deleted instead, trying for up to ``FORGET_WITHIN_S`` whatever the breaker says, before
+        forgotten instead (``VersionedCache.forget``: deleted, with a tombstone of the change's
+        version), trying for up to ``FORGET_WITHIN_S`` whatever the breaker says, before
         the caller goes on to answer: one instance's Redis time-out must not leave another
         instance reading the old entry until the TTL. If Redis cannot be reached for that long,
         the entries are marked stale in Postgres (``sweep``), still before the caller answers:

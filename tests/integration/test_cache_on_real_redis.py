@@ -137,3 +137,21 @@ async def test_a_dirty_key_is_forgotten_as_of_the_version_that_did_not_reach_red
 def test_tombstones_cannot_share_the_entries_keys():
     with pytest.raises(ValueError, match="overlaps"):
         VersionedCache("redis://127.0.0.1:1/0", ttl_seconds=1, prefix="a:", gone_prefix="a:gone:")
+
+
+async def test_values_that_are_not_versions_give_way(settings):
+    """An entry or a tombstone Redis holds that does not start with a version (written by hand,
+    say) neither refuses a write nor survives a forget."""
+    cache = VersionedCache(settings.redis_url, ttl_seconds=60, prefix=settings.namespace)
+    key = unique("k")
+    entry, gone = f"{settings.namespace}{key}", f"gone:{settings.namespace}{key}"
+    try:
+        await cache._redis.set(entry, b"abc")  # noqa: SLF001
+        await cache._redis.set(gone, b"abc")  # noqa: SLF001
+        assert await cache.put(key, 1, {"v": 1})
+        await cache._redis.set(entry, b"abc")  # noqa: SLF001
+        assert await cache.drop({key: 1})
+        assert await cache.get_many([key]) == [None]
+        assert int(await cache._redis.get(gone)) == 1  # noqa: SLF001
+    finally:
+        await cache.close()

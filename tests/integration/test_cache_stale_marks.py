@@ -217,3 +217,61 @@ async def test_a_read_through_that_read_before_a_change_does_not_put_the_old_sub
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_a_sweep_that_waited_for_a_mark_forgets_as_of_the_change_made_while_it_waited(settings, repo):
+    """The sweep locks the marks and then reads each person's version in a statement of its own.
+    Read in the locking statement, the version came from that statement's snapshot, older than a
+    change whose mark was made again while the sweep waited for it: the entry of the version before
+    the change was kept (as current) and the mark removed, the old subject served until the TTL."""
+    psn = unique("P")
+    (before, _), _ = await repo.upsert_person(_person(psn, "500.00"))
+    await repo.mark_stale([psn])
+    given: list[dict[str, int]] = []
+
+    async def drop(keys: dict[str, int]) -> bool:
+        given.append(keys)
+        return True
+
+    async with repo._pool.acquire() as other, other.transaction():  # noqa: SLF001 - another sweep, holding the mark
+        await other.execute("SELECT 1 FROM eligibility.cache_stale WHERE psn_no = $1 FOR UPDATE", psn)
+        sweep = asyncio.create_task(repo.sweep_stale(10, 60, drop, wait=True))
+        await until(lambda: _waiting_for_a_row(repo), timeout=10)  # the sweep waits for it
+        (changed, _), _ = await repo.upsert_person(_person(psn, "120.00"))  # the change, and its mark made again
+        await other.execute("UPDATE eligibility.cache_stale SET marked_at = clock_timestamp() WHERE psn_no = $1", psn)
+    assert (await asyncio.wait_for(sweep, 10))[0] == 1
+    assert given == [{psn: changed}] and changed > before
+
+
+async def test_an_operator_sweeps_the_marks_from_a_shell_as_the_instances_do(settings, eligibility_of_its_own):
+    """``python -m services.eligibility.sweep``, for when no instance that reaches Redis sweeps: the
+    entry forgotten as of the change (a tombstone), the mark removed; exit 1 while Redis is away."""
+    import os
+    import subprocess
+    import sys
+
+    from services.eligibility.app import subjects_cache
+    from tests.e2e.system import ROOT
+
+    own, repo = eligibility_of_its_own
+    namespace = f"{settings.namespace}{unique('sweep')}."
+    cache = subjects_cache(own.model_copy(update={"namespace": namespace}))
+    psn = unique("P")
+    env = os.environ | {"YIDI_DATABASE_URL": own.database_url, "YIDI_NAMESPACE": namespace}
+
+    def sweep(**more: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "services.eligibility.sweep"], capture_output=True, text=True,
+                              timeout=60, cwd=ROOT, env=env | more)
+    try:
+        before, after = await _changed(repo, psn)
+        await cache.put(psn, *before)
+        await repo.mark_stale([psn])
+        away = await asyncio.to_thread(sweep, YIDI_REDIS_URL=UNREACHABLE)
+        assert away.returncode == 1 and "could not be reached" in away.stderr
+        assert psn in await _marks(repo)
+        done = await asyncio.to_thread(sweep)
+        assert done.returncode == 0, done.stderr
+        assert await cache.get_many([psn]) == [None] and await _marks(repo) == {}
+        assert not await cache.put(psn, *before)  # a look-up of the subject before the change: refused
+    finally:
+        await cache.close()
