@@ -11,7 +11,7 @@ from yidi.platform.settings import Settings, settings_for
 from yidi.platform.topics import FILING_PERSONS_GROUP, FILING_REQUESTS, FILING_STAGE_GROUP, REFDATA_PERSONS
 
 from services.filing.handlers import FilingHandler
-from services.filing.overdue import show_overdue_every
+from services.filing.overdue import office_calendar, show_overdue_every
 from services.filing.persons import FilingPersonsHandler
 from services.filing.repository import FilingRepository
 
@@ -25,7 +25,8 @@ def build(settings: Settings | None = None) -> Service:
         service.add_stage(stage(settings, repo))
         service.add_stage(persons_stage(settings, repo))
         if settings.office_overdue_sample_seconds > 0:
-            service.background.append(lambda: show_overdue_every(repo, settings.office_overdue_sample_seconds))
+            calendar = office_calendar(settings)
+            service.background.append(lambda: show_overdue_every(repo, settings.office_overdue_sample_seconds, calendar))
 
     service.on_ready.append(ready)
     return service

@@ -36,6 +36,15 @@ class Insurance:
 
 class FilingRepository(Repository):
 
+    async def office_overdue_filings(self, before: datetime, insured: str | None = None) -> list[asyncpg.Record]:
+        """The filings ``office_overdue`` counts, oldest first (of one insured region, if named)."""
+        return await self._pool.fetch(
+            """SELECT insuplc_admdvs, filing_id, psn_no, category, coalesce(made_at, updated_at) AS asked
+               FROM filing.filings
+               WHERE status = 'pending' AND coalesce(made_at, updated_at) < $1
+                 AND ($2::text IS NULL OR insuplc_admdvs = $2)
+               ORDER BY asked, filing_id""", before, insured)
+
     async def office_overdue(self, before: datetime, timeout: float) -> dict[str, tuple[int, datetime]]:
         """R21: the filings still ``pending`` that were asked for (their add or change) before
         ``before``, by insured region: (how many, when the oldest was asked)."""

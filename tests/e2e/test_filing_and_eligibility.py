@@ -164,7 +164,7 @@ async def test_r21_an_office_filing_pending_past_two_working_days_shows_until_it
     assert pending["accepted"] and pending["filing"]["status"] == "pending", pending
     await until(lambda: overdue() >= 1, timeout=10, poll=0.1)
     oldest = system.metric("filing", "yidi_filing_office_overdue_oldest_timestamp_seconds", insured=world.insured)
-    assert oldest <= asked.timestamp() + 0.001
+    assert asked.timestamp() - 0.002 <= oldest <= asked.timestamp() + 0.001  # (a series not there reads 0)
     approved = await file(filings, world, person, "approve", filing_id=pending["filing"]["filing_id"],
                           decl_source="office")
     assert approved["filing"]["status"] == "active"

@@ -4,6 +4,9 @@ real Postgres and shown as gauges."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -12,8 +15,9 @@ from prometheus_client import REGISTRY
 from services.filing.overdue import show_overdue_every
 from services.filing.repository import FilingRepository
 from tests.conftest import unique
+from tests.e2e.system import ROOT
 from yidi.domain.codes import FilingCategory, InsuranceType
-from yidi.domain.filing import FilingAsk, new_filing, office_overdue_before
+from yidi.domain.filing import FilingAsk, OfficeCalendar, new_filing, office_overdue_before
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +63,7 @@ async def test_the_gauges_follow_the_database_and_a_region_no_longer_overdue_is_
     region = unique("R")[:6]
     asked = datetime.now(UTC) - timedelta(days=10)
     filing_id = await _pending(repo, region, asked=asked)
-    task = asyncio.create_task(show_overdue_every(repo, 0.05))
+    task = asyncio.create_task(show_overdue_every(repo, 0.05, OfficeCalendar()))
     try:
         async def until(expected: tuple[float | None, float | None]) -> None:
             while _gauge(region) != expected:
@@ -73,3 +77,21 @@ async def test_the_gauges_follow_the_database_and_a_region_no_longer_overdue_is_
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_an_operator_lists_them_oldest_first_for_one_region(filing_of_its_own):
+    own, repo = filing_of_its_own
+    region, other = unique("R")[:6], unique("R")[:6]
+    asked = datetime.now(UTC) - timedelta(days=12)
+    later = await _pending(repo, region, asked=asked + timedelta(days=1))
+    first = await _pending(repo, region, asked=asked)
+    await _pending(repo, other, asked=asked)
+    await _pending(repo, region, asked=datetime.now(UTC))  # not overdue yet
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "services.filing.overdue", "--insured", region],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=os.environ | {"YIDI_DATABASE_URL": own.database_url})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split("\t") == ["insured", "filing_id", "psn_no", "category", "asked"]
+    assert [line.split("\t")[:2] for line in lines[1:]] == [[region, first], [region, later]]
+    assert "2 filings pending past" in done.stderr

@@ -71,3 +71,45 @@ async def test_a_sample_that_fails_shows_nothing_and_is_logged_once_until_one_su
     assert shown == [1, None, None, None, 2]
     assert timeouts == [5.0] * 6  # at least 5 s, however short the period
     assert [r.getMessage() for r in caplog.records] == ["not read: OSError('away')"]
+
+
+async def test_a_sample_that_hangs_is_cut_at_its_timeout(monkeypatch):
+    from yidi.platform import sampling
+
+    monkeypatch.setattr(sampling, "MIN_TIMEOUT_S", 0.05)
+    shown: list[object] = []
+
+    async def read(timeout: float) -> object:
+        if not shown:
+            await asyncio.sleep(10)  # a read that ignores its timeout
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(show_every(0.01, read, shown.append, logging.getLogger("test.sampling"), "x"), 5)
+    assert shown == [None]
+
+
+@pytest.mark.parametrize(("now", "asked_before"), [
+    # 2026's National Day week: 1-7 October off, Sunday 27 September and Saturday 10 October worked
+    ("2026-10-08T09:00:00+08:00", "2026-09-29T00:00:00+08:00"),  # due 30 Sep: 29 Sep, 30 Sep worked
+    ("2026-10-09T09:00:00+08:00", "2026-09-30T00:00:00+08:00"),
+    ("2026-10-12T09:00:00+08:00", "2026-10-09T00:00:00+08:00"),  # 10 Oct (a Saturday) worked
+    ("2026-09-29T09:00:00+08:00", "2026-09-27T00:00:00+08:00"),  # 27 Sep (a Sunday) worked
+])
+def test_the_office_calendar_skips_holidays_and_counts_the_weekend_days_worked_for_them(now, asked_before):
+    from datetime import date, timedelta
+
+    from yidi.domain.filing import OfficeCalendar, office_overdue_before
+
+    calendar = OfficeCalendar(frozenset(date(2026, 10, 1) + timedelta(days=n) for n in range(7)),
+                              frozenset({date(2026, 9, 27), date(2026, 10, 10)}))
+    assert office_overdue_before(datetime.fromisoformat(now), calendar).isoformat() == asked_before
+
+
+def test_a_calendar_without_working_days_does_not_hang():
+    from datetime import date, timedelta
+
+    from yidi.domain.filing import OfficeCalendar, office_overdue_before
+
+    never = OfficeCalendar(frozenset(date(2026, 1, 1) + timedelta(days=n) for n in range(800)))
+    assert office_overdue_before(datetime.fromisoformat("2027-06-01T09:00:00+08:00"), never).year < 2027

@@ -14,12 +14,22 @@ MAX_EARLIER = 4  # earlier versions a filing keeps (a stay outlasting five chang
 OFFICE_WORKING_DAYS = 2  # R21: the office finishes a filing that is not self-service within 2 working days
 
 
-def working_day(day: date) -> bool:
-    """Monday to Friday. Public holidays, and the weekends worked in their place, are not known here."""
-    return day.weekday() < 5
+@dataclass(frozen=True, slots=True)
+class OfficeCalendar:
+    """The offices' working days (R21): Monday to Friday, less the public holidays that fall on them
+    (``days_off``), plus the weekend days worked in their place (``weekend_workdays``, 调休), as
+    the State Council publishes them each year."""
+
+    days_off: frozenset[date] = frozenset()
+    weekend_workdays: frozenset[date] = frozenset()
+
+    def working(self, day: date) -> bool:
+        if day in self.days_off:
+            return False
+        return day.weekday() < 5 or day in self.weekend_workdays
 
 
-def office_overdue_before(now: datetime) -> datetime:
+def office_overdue_before(now: datetime, calendar: OfficeCalendar = OfficeCalendar()) -> datetime:
     """R21: a filing still ``pending`` that was asked for before this instant is past the office's
     limit. Asked on day D (Beijing time), it is due by the end of the second working day after D;
     so, today T, it is overdue when two working days have passed between D and T: D is before the
@@ -27,7 +37,9 @@ def office_overdue_before(now: datetime) -> datetime:
     day = now.astimezone(BUSINESS_TZ).date()
     for _ in range(OFFICE_WORKING_DAYS):
         day -= timedelta(days=1)
-        while not working_day(day):
+        for _ in range(366):  # a calendar without a working day in a year does not hang the count
+            if calendar.working(day):
+                break
             day -= timedelta(days=1)
     return datetime.combine(day, time(0), BUSINESS_TZ)
 

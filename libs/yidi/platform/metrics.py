@@ -99,8 +99,8 @@ PREPAYMENT_ALERT_LEVEL = Gauge(
 )
 FILING_OFFICE_OVERDUE = Gauge(
     "yidi_filing_office_overdue",
-    "R21: filings still pending past the office's two working days (Monday to Friday, Beijing time; public "
-    "holidays not known), by insured region. Read from filing's database each minute by each filing instance "
+    "R21: filings still pending past the office's two working days (Beijing time; Monday to Friday, less "
+    "YIDI_OFFICE_DAYS_OFF, plus YIDI_OFFICE_WEEKEND_WORKDAYS), by insured region. Read from filing's database each minute by each filing instance "
     "(aggregate with max by (insured)).",
     ["insured"],
 )

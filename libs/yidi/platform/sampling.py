@@ -16,12 +16,15 @@ async def show_every(seconds: float, read: Callable[[float], Awaitable[T]], show
                      log: logging.Logger, failed: str) -> None:
     """Every ``seconds``: ``show(await read(timeout))``. A read that fails or takes longer than
     ``seconds`` (at least 5 s) shows nothing (``show(None)``: the caller takes its series out), so
-    no value of unknown age is shown; it is logged once (``failed``, with the error) until a read
-    succeeds. A sample missed is not a failure of the service."""
+    no value older than about two periods is shown; it is logged once (``failed``, with the error)
+    until a read succeeds. A sample missed is not a failure of the service."""
     failing = False
+    timeout = max(MIN_TIMEOUT_S, seconds)
     while True:
         try:
-            show(await read(max(MIN_TIMEOUT_S, seconds)))
+            async with asyncio.timeout(timeout):  # whatever ``read`` does with it
+                found = await read(timeout)
+            show(found)
             failing = False
         except Exception as exc:  # noqa: BLE001 - a cancellation is a BaseException and passes
             show(None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import date
 
 from typing import Annotated, Literal
 
@@ -75,6 +76,10 @@ class Settings(BaseSettings):
     filing_waived_regions: list[str] = Field(default_factory=list)
     # Filing: months a filing is locked against change or cancellation, by insured region (R8: at most 6).
     filing_lock_months: dict[str, int] = Field(default_factory=dict)
+    # Filing, R21's two working days: the State Council's calendar of the year, days off on a
+    # weekday (public holidays) and weekend days worked in their place (调休); Monday to Friday else.
+    office_days_off: list[date] = Field(default_factory=list)
+    office_weekend_workdays: list[date] = Field(default_factory=list)
     # Pricing: when an insured region's prepayment has run out, keep settling and let clearing
     # record the shortfall (the national rule), or refuse the settlement (docs/clearing.md).
     prepayment_policy: Literal["record_shortfall", "refuse"] = "record_shortfall"
