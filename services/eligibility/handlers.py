@@ -304,6 +304,8 @@ class EligibilityHandler:
                 disease_code=body.dise_codg,
                 filing_waived_in_province=(request.insuplc_admdvs in self.settings.filing_waived_regions),
                 admitted=begntime.date() if (begntime := getattr(body, "begntime", None)) else None,
+                # The wire's times are Beijing's wall clock (a day alone: its start).
+                admitted_at=begntime.replace(tzinfo=BUSINESS_TZ) if begntime and begntime.tzinfo is None else begntime,
             )
             # parse() refuses a 2001 without insutype and med_type; SettlementInput requires them
             decision = decide(

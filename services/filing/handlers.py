@@ -95,7 +95,7 @@ class FilingHandler:
                      held: Insurance | None) -> list[dict[str, Any]]:
         """Apply one request, published at ``asked_at``, of a person whose insurance filing holds as
         ``held``; return what to publish (kept for a repeated reqid)."""
-        today = datetime.now(BUSINESS_TZ).date()  # the person's today, not UTC's (R8's lock is in days)
+        now = datetime.now(BUSINESS_TZ)  # the person's today is Beijing's, not UTC's (R8's lock is in days)
         try:
             if request.action is FilingAction.HISTORY:
                 current = await self.repo.get(conn, request.filing_id or "")
@@ -103,7 +103,7 @@ class FilingHandler:
                     raise FilingRefused(f"no filing {request.filing_id} of this person")
                 return self._answer(request, FilingResult(
                     reqid=request.reqid, accepted=True, history=await self.repo.history_in(conn, request.filing_id or "")))
-            filing, version, filed_on, event = await self._decide(conn, request, today, held)
+            filing, version, filed_on, event = await self._decide(conn, request, now, held)
             if request.action in (FilingAction.ADD, FilingAction.CHANGE):
                 # After the filing rules (a change of the insured region: "does not change", more to
                 # the point); _decide writes nothing.
@@ -140,8 +140,11 @@ class FilingHandler:
                 f"the person already has long-term filing {filing_id} to region {filed} ({status}); a person has one "
                 f"long-term filing: change that one (action change, filing_id {filing_id}) or cancel it first")
 
-    async def _decide(self, conn: Any, request: FilingRequest, today: Any,
+    async def _decide(self, conn: Any, request: FilingRequest, now: datetime,
                       held: Insurance | None) -> tuple[Filing, int, Any, str]:
+        """What ``request`` makes of its filing, applied ``now`` (Beijing time): a change or
+        cancellation at once ends the version in force now, which covered today until then."""
+        today = now.date()
         if request.action is FilingAction.ADD:
             ask = self._ask(request, request.filing_id or filing_id_for(request.reqid))
             if await self.repo.get(conn, ask.filing_id) is not None:
@@ -165,10 +168,11 @@ class FilingHandler:
                     _category_fits(ask.category, held)
                 if not (record.category.is_long_term and record.status in (FilingStatus.ACTIVE, FilingStatus.PENDING)):
                     await self._one_long_term(conn, ask)  # a change into a long-term filing adds one
-                changed = change_filing(filing, ask, today=today, lock_months=lock, filed_on=filed_on)
+                changed = change_filing(filing, ask, today=today, lock_months=lock, filed_on=filed_on, at=now)
                 return changed, record.version + 1, filed_on, "changed"
             case FilingAction.CANCEL:
-                return cancel_filing(filing, today=today, lock_months=lock, filed_on=filed_on), record.version + 1, filed_on, "cancelled"
+                cancelled = cancel_filing(filing, today=today, lock_months=lock, filed_on=filed_on, at=now)
+                return cancelled, record.version + 1, filed_on, "cancelled"
             case FilingAction.APPROVE:
                 return approve_filing(filing), record.version + 1, filed_on, "approved"
             case FilingAction.REFUSE:

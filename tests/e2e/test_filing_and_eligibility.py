@@ -76,6 +76,27 @@ async def test_r7_a_change_for_a_later_day_and_a_cancellation_leave_stays_begun_
     assert stay_after_cancel["infcode"] == 0, stay_after_cancel  # admitted while it was
 
 
+async def test_r7_a_stay_admitted_before_a_cancellation_made_later_that_day_stays_covered(world, gateway, filings):
+    # A cancellation takes effect at once; the version it ends was in force until then. Counted
+    # from midnight instead, it left a stay admitted that morning filed nowhere: its discharge was
+    # refused NOT_FILED.
+    person = await world.person(category=None)
+    filed = await file(filings, world, person, begndate="2020-01-01")
+
+    def discharge(admitted: datetime) -> dict:
+        stay = world.request(person, [("T-A", "1", "1000.00")], infno="2304", med_type="21")
+        stay["input"]["data"]["begntime"] = admitted.strftime("%Y-%m-%d %H:%M:%S")
+        return stay
+
+    before = china_now() - timedelta(minutes=1)
+    cancelled = await file(filings, world, person, "cancel", filing_id=filed["filing"]["filing_id"])
+    covered = await gateway.call(discharge(before))
+    after = await gateway.call(discharge(china_now() + timedelta(seconds=2)))  # admitted after it (whole seconds)
+    assert cancelled["accepted"] and cancelled["filing"]["earlier"][0]["ended_at"], cancelled
+    assert covered["infcode"] == 0, covered
+    assert after["err_code"] == "NOT_FILED", after
+
+
 async def test_r7_a_temporary_filing_past_its_six_months_no_longer_counts(world, gateway, filings):
     person = await world.person(category=None)
     old = await file(filings, world, person, category="temporary_other", begndate="2025-01-01", enddate="2025-03-01")

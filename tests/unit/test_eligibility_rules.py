@@ -224,3 +224,32 @@ def test_r14_the_five_cross_province_diseases_by_their_codes(code, disease):
     from yidi.domain.eligibility import chronic_disease_of
 
     assert chronic_disease_of(code) == disease
+
+
+def test_r7_a_stay_admitted_before_a_change_made_later_that_day_at_once_is_covered_by_the_version_it_ended():
+    from dataclasses import replace
+
+    from yidi.domain.codes import BUSINESS_TZ
+    from yidi.domain.eligibility import FilingPeriod
+
+    changed_at = datetime(2026, 11, 20, 15, 0, tzinfo=BUSINESS_TZ)
+    # Filed in Beijing, moved to Tianjin at once at 15:00 on 11-20; Beijing kept as an earlier version.
+    moved = replace(filing(filed="120000", begin=date(2026, 11, 20)), earlier=(
+        FilingPeriod("110000", FilingCategory.RETIREE_RESETTLED, date(2022, 1, 1), date(2026, 11, 19),
+                     ended_at=changed_at),))
+    versions = moved.versions()
+
+    def stay(admitted: datetime):
+        return visit(MedType.INPATIENT, admitted=admitted.date(), admitted_at=admitted)  # discharged 11-23 in Beijing
+
+    morning = decide(stay(datetime(2026, 11, 20, 9, 0, tzinfo=BUSINESS_TZ)), PERSON, BEIJING_HOSPITAL, versions, [], NOW)
+    assert isinstance(morning, Eligible) and morning.filing.filed_region == "110000"
+    evening = decide(stay(datetime(2026, 11, 20, 16, 0, tzinfo=BUSINESS_TZ)), PERSON, BEIJING_HOSPITAL, versions, [], NOW)
+    assert isinstance(evening, Refused) and evening.code is Refusal.NOT_FILED
+    # the moment in another zone is the same moment: 08:30 UTC is 16:30 in Beijing
+    utc = decide(stay(datetime(2026, 11, 20, 8, 30, tzinfo=UTC)), PERSON, BEIJING_HOSPITAL, versions, [], NOW)
+    assert isinstance(utc, Refused)
+    # outpatient care that day after the change, and a stay admitted the next day: not covered
+    assert isinstance(decide(visit(on=date(2026, 11, 20)), PERSON, BEIJING_HOSPITAL, versions, [], NOW), Refused)
+    next_day = decide(stay(datetime(2026, 11, 21, 8, 0, tzinfo=BUSINESS_TZ)), PERSON, BEIJING_HOSPITAL, versions, [], NOW)
+    assert isinstance(next_day, Refused)

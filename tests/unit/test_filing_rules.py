@@ -299,3 +299,30 @@ def test_r7_an_insurance_change_keeps_at_most_four_earlier_versions():
     ended = end_on_insurance_change(replace(current, earlier=older), date(2026, 6, 1), today=date(2026, 6, 1))
     assert ended is not None and len(ended.earlier) == MAX_EARLIER == 4
     assert [p.begin for p in ended.earlier] == [date(2026, 5, 1), date(2025, 12, 1), date(2025, 10, 1), date(2025, 8, 1)]
+
+
+def test_r7_a_version_ended_at_once_was_in_force_that_day_until_the_change_was_applied():
+    from datetime import datetime
+
+    from yidi.domain.codes import BUSINESS_TZ
+
+    at = datetime(2026, 6, 10, 15, 0, tzinfo=BUSINESS_TZ)
+    beijing = new_filing(ask(FilingCategory.LONG_TERM_RESIDENT, begin=date(2022, 1, 1)))
+    moved = change_filing(beijing, ask(FilingCategory.LONG_TERM_RESIDENT, begin=date(2026, 6, 10), filed="120000"),
+                          today=date(2026, 6, 10), lock_months=0, filed_on=date(2022, 1, 1), at=at)
+    assert [(p.end, p.ended_at) for p in moved.earlier] == [(date(2026, 6, 9), at)]
+    cancelled = cancel_filing(beijing, today=date(2026, 6, 10), lock_months=0, filed_on=date(2022, 1, 1), at=at)
+    assert [(p.end, p.ended_at) for p in cancelled.earlier] == [(date(2026, 6, 9), at)]
+    # a change for a later day: the version is in force through the day before it, not part of that day
+    planned = change_filing(beijing, ask(FilingCategory.LONG_TERM_RESIDENT, begin=date(2026, 7, 1), filed="120000"),
+                            today=date(2026, 6, 10), lock_months=0, filed_on=date(2022, 1, 1), at=at)
+    assert [(p.end, p.ended_at) for p in planned.earlier] == [(date(2026, 6, 30), None)]
+    # ... and changed again at once on 06-20: Tianjin never took effect; Beijing ran until then
+    later = datetime(2026, 6, 20, 9, 0, tzinfo=BUSINESS_TZ)
+    again = change_filing(planned, ask(FilingCategory.LONG_TERM_RESIDENT, begin=date(2026, 6, 20), filed="310000"),
+                          today=date(2026, 6, 20), lock_months=0, filed_on=date(2022, 1, 1), at=later)
+    assert [(p.filed_region, p.end, p.ended_at) for p in again.earlier] == [("110000", date(2026, 6, 19), later)]
+    # a temporary filing that ran out the day before was not in force that day
+    trip = new_filing(ask(begin=date(2025, 12, 9), end=date(2026, 6, 9)))
+    gone = cancel_filing(trip, today=date(2026, 6, 10), lock_months=0, filed_on=date(2025, 12, 9), at=at)
+    assert [(p.end, p.ended_at) for p in gone.earlier] == [(date(2026, 6, 9), None)]

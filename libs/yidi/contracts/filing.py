@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 from enum import StrEnum
 
@@ -91,6 +91,10 @@ class FilingPeriodRecord(WireModel):
     planned_enddate: date | None = Field(
         default=None, description="a temporary version's own end when a change for a later day cut it: that change "
                                   "planned again before it began, the version runs on to the new plan's day, no further")
+    ended_at: datetime | None = Field(
+        default=None, description="when the change (or cancellation) that ended it at once was applied, on the day "
+                                  "after enddate: that day the version was in force until then, so a stay admitted "
+                                  "before it is still covered")
 
 
 class FilingRecord(WireModel):
@@ -116,7 +120,8 @@ class FilingRecord(WireModel):
             insuplc_admdvs=filing.insured_region, filed_admdvs=filing.filed_region, category=filing.category,
             begndate=filing.begin, enddate=filing.end, status=filing.status, version=version,
             earlier=[FilingPeriodRecord(filed_admdvs=p.filed_region, category=p.category, begndate=p.begin,
-                                        enddate=p.end, insutype=p.insutype, planned_enddate=p.planned_end)
+                                        enddate=p.end, insutype=p.insutype, planned_enddate=p.planned_end,
+                                        ended_at=p.ended_at)
                      for p in filing.earlier],
         )
 
@@ -132,7 +137,7 @@ class FilingRecord(WireModel):
             end=self.enddate,
             status=self.status,
             earlier=tuple(FilingPeriod(p.filed_admdvs, p.category, p.begndate, p.enddate, p.insutype,
-                                       p.planned_enddate)
+                                       p.planned_enddate, p.ended_at)
                           for p in self.earlier),
         )
 

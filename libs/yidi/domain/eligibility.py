@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
@@ -92,6 +92,10 @@ class FilingPeriod:
     # The end it had when a change for a later day cut it (a temporary version's six months, R7):
     # that change planned again before it began, it runs on to the new plan's day, no further.
     planned_end: date | None = None
+    # Ended by a change (or cancellation) made on the day after ``end`` that took effect at once:
+    # the moment it was made. On that day the version was in force until then, so a stay admitted
+    # that morning, before the change, is covered by it (R6, R7).
+    ended_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,8 @@ class Filing:
     # covered by it (R6, R7), and a change asked for a later day leaves the old one in force
     # until then, with no day filed nowhere.
     earlier: tuple[FilingPeriod, ...] = ()
+    # An earlier version's ``FilingPeriod.ended_at`` (``versions``); None for the filing itself.
+    ended_at: datetime | None = None
 
     def valid_on(self, day: date) -> bool:
         """R7: long-term until changed (``end`` None), temporary until its end date."""
@@ -118,11 +124,19 @@ class Filing:
             and (self.end is None or day <= self.end)
         )
 
+    def in_force_until_ended(self, moment: datetime) -> bool:
+        """On the day after its last (``end``), a version ended by a change made that day at once
+        was in force until that change (``ended_at``): whether ``moment`` was before it."""
+        return (self.status is FilingStatus.ACTIVE and self.ended_at is not None and self.end is not None
+                and moment < self.ended_at
+                and moment.astimezone(BUSINESS_TZ).date() == self.end + timedelta(days=1))
+
     def versions(self) -> list[Filing]:
         """This filing, and each earlier version as a filing valid over its period."""
         return [self] + [
             replace(self, filed_region=p.filed_region, category=p.category, begin=p.begin, end=p.end,
-                    insutype=p.insutype or self.insutype, status=FilingStatus.ACTIVE, earlier=())
+                    insutype=p.insutype or self.insutype, status=FilingStatus.ACTIVE, earlier=(),
+                    ended_at=p.ended_at)
             for p in self.earlier
         ]
 
@@ -149,16 +163,21 @@ class Visit:
     on: date
     disease_code: str = ""
     filing_waived_in_province: bool = False
-    # An inpatient stay's admission day (``begntime``), when the request gives one.
+    # An inpatient stay's admission day (``begntime``), when the request gives one, and its moment
+    # (Beijing time; a begntime of a day alone is read as the day's start).
     admitted: date | None = None
+    admitted_at: datetime | None = None
 
     def filing_counts(self, filing: Filing) -> bool:
         """A filing valid on the settlement day (R6: filed during the stay counts), or, for a stay,
-        on its admission day: a temporary filing that ran out during the stay still covers it."""
+        on its admission day: a temporary filing that ran out during the stay still covers it, and
+        so does a version a change made later on the admission day ended at once."""
         if filing.valid_on(self.on):
             return True
-        return (self.med_type.is_inpatient and self.admitted is not None and self.admitted <= self.on
-                and filing.valid_on(self.admitted))
+        if not (self.med_type.is_inpatient and self.admitted is not None and self.admitted <= self.on):
+            return False
+        return filing.valid_on(self.admitted) or (
+            self.admitted_at is not None and filing.in_force_until_ended(self.admitted_at))
 
 
 @dataclass(frozen=True, slots=True)

@@ -95,8 +95,10 @@ def new_filing(ask: FilingAsk) -> Filing:
     )
 
 
-def change_filing(current: Filing, ask: FilingAsk, *, today: date, lock_months: int, filed_on: date) -> Filing:
-    """R8: a region may lock a filing against change for at most six months."""
+def change_filing(current: Filing, ask: FilingAsk, *, today: date, lock_months: int, filed_on: date,
+                  at: datetime | None = None) -> Filing:
+    """R8: a region may lock a filing against change for at most six months. ``at``: when the
+    change was asked for (``superseded``)."""
     if ask.insured_region != current.insured_region:
         # The filing is the insured region's record: another region's is another filing.
         raise FilingRefused(f"a filing's insured region ({current.insured_region}) does not change; "
@@ -104,7 +106,7 @@ def change_filing(current: Filing, ask: FilingAsk, *, today: date, lock_months: 
     _check_unlocked(current, today=today, lock_months=lock_months, filed_on=filed_on)
     changed = new_filing(replace(ask, filing_id=current.filing_id))
     # The version in force stays so until the change does: from today, or from a later begin date.
-    changed = replace(changed, earlier=superseded(current, max(today, changed.begin), today))
+    changed = replace(changed, earlier=superseded(current, max(today, changed.begin), today, at))
     # R21: a self-service change takes effect at once; one made at an office keeps an active filing
     # active and sends any other (pending, refused, cancelled) to wait for approval.
     if ask.takes_effect_at_once or current.status is FilingStatus.ACTIVE:
@@ -112,16 +114,19 @@ def change_filing(current: Filing, ask: FilingAsk, *, today: date, lock_months: 
     return replace(changed, status=FilingStatus.PENDING)
 
 
-def superseded(current: Filing, cutover: date, today: date) -> tuple[FilingPeriod, ...]:
+def superseded(current: Filing, cutover: date, today: date, at: datetime | None = None) -> tuple[FilingPeriod, ...]:
     """What ``current`` was in force for, as earlier versions of what replaces it from ``cutover``:
     its own period if it is in force (active, begun by ``today``), and the earlier ones it kept,
     each ending at the latest the day before ``cutover``; a period left with no day is dropped.
+    Replaced from today (at once) by what was asked for at ``at``, a version this cuts was also in
+    force today until then (``ended_at``): a stay admitted this morning stays covered by it.
 
     A version planned for a later day and replaced before it began never was in force: the move
     was planned again. The version it was to end then runs on until the new plan's day: a
     long-term one, or a temporary one as far as its own end (``planned_end``, kept when the plan
     cut it); before, a temporary one stayed cut, and the days between were filed nowhere."""
     last = cutover - timedelta(days=1)
+    ended_at = at if cutover == today else None
     periods = list(current.earlier)
     if current.status is FilingStatus.ACTIVE and current.begin > today:
         if periods and periods[0].end == current.begin - timedelta(days=1):
@@ -134,9 +139,10 @@ def superseded(current: Filing, cutover: date, today: date) -> tuple[FilingPerio
         end = last if current.end is None else min(current.end, last)
         # Cut by a change for a later day (not a cancellation, nor a change at once): the end it had.
         planned = current.end if cutover > today and current.end is not None and current.end > end else None
-        periods.insert(0, FilingPeriod(current.filed_region, current.category, current.begin, end,
+        # In force up to the cut (not a temporary one that had run out before it): until ``at`` too.
+        periods.insert(0, FilingPeriod(current.filed_region, current.category, current.begin, current.end or cutover,
                                        current.insutype, planned))
-    kept = [replace(p, end=min(p.end, last)) for p in periods]
+    kept = [p if p.end <= last else replace(p, end=last, ended_at=ended_at) for p in periods]
     return tuple(p for p in kept if p.begin <= p.end)[:MAX_EARLIER]
 
 
@@ -165,12 +171,14 @@ def end_on_insurance_change(current: Filing, day: date, today: date) -> Filing |
     return replace(current, status=status, earlier=kept)
 
 
-def cancel_filing(current: Filing, *, today: date, lock_months: int, filed_on: date) -> Filing:
+def cancel_filing(current: Filing, *, today: date, lock_months: int, filed_on: date,
+                  at: datetime | None = None) -> Filing:
     if current.status is FilingStatus.CANCELLED:
         return current
     _check_unlocked(current, today=today, lock_months=lock_months, filed_on=filed_on)
-    # In force until yesterday: a stay admitted before today is still covered (R6, R7).
-    return replace(current, status=FilingStatus.CANCELLED, earlier=superseded(current, today, today))
+    # In force until yesterday, and today until the cancellation was asked for (``at``): a stay
+    # admitted before it is still covered (R6, R7).
+    return replace(current, status=FilingStatus.CANCELLED, earlier=superseded(current, today, today, at))
 
 
 def _check_unlocked(current: Filing, *, today: date, lock_months: int, filed_on: date) -> None:
