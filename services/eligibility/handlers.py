@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, time
 from typing import Any
 
 import orjson
@@ -304,8 +304,7 @@ class EligibilityHandler:
                 disease_code=body.dise_codg,
                 filing_waived_in_province=(request.insuplc_admdvs in self.settings.filing_waived_regions),
                 admitted=begntime.date() if (begntime := getattr(body, "begntime", None)) else None,
-                # The wire's times are Beijing's wall clock (a day alone: its start).
-                admitted_at=begntime.replace(tzinfo=BUSINESS_TZ) if begntime and begntime.tzinfo is None else begntime,
+                admitted_at=_admission_moment(begntime),
             )
             # parse() refuses a 2001 without insutype and med_type; SettlementInput requires them
             decision = decide(
@@ -384,3 +383,14 @@ class EligibilityHandler:
                 "filing_category": decision.category.value if decision.category else "",
             },
         )
+
+
+def _admission_moment(begntime: datetime | None) -> datetime | None:
+    """The moment a stay was admitted, for a filing changed or cancelled at once that day
+    (``Filing.in_force_until_ended``): the wire's time is Beijing's wall clock. None for a begntime
+    of a day alone, which the wire reads as midnight (or midnight itself: the two cannot be told
+    apart): that stay is judged by its day, as before the time was used, and the version a change
+    ended that day does not cover it."""
+    if begntime is None or begntime.time() == time(0):
+        return None
+    return begntime.replace(tzinfo=BUSINESS_TZ) if begntime.tzinfo is None else begntime

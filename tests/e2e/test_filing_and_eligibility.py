@@ -88,7 +88,8 @@ async def test_r7_a_stay_admitted_before_a_cancellation_made_later_that_day_stay
         stay["input"]["data"]["begntime"] = admitted.strftime("%Y-%m-%d %H:%M:%S")
         return stay
 
-    before = china_now() - timedelta(minutes=1)
+    # a minute ago, and today (just after midnight, yesterday would be covered by its day alone)
+    before = max(china_now() - timedelta(minutes=1), china_now().replace(hour=0, minute=0, second=1, microsecond=0))
     cancelled = await file(filings, world, person, "cancel", filing_id=filed["filing"]["filing_id"])
     covered = await gateway.call(discharge(before))
     after = await gateway.call(discharge(china_now() + timedelta(seconds=2)))  # admitted after it (whole seconds)

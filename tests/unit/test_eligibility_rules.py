@@ -253,3 +253,52 @@ def test_r7_a_stay_admitted_before_a_change_made_later_that_day_at_once_is_cover
     assert isinstance(decide(visit(on=date(2026, 11, 20)), PERSON, BEIJING_HOSPITAL, versions, [], NOW), Refused)
     next_day = decide(stay(datetime(2026, 11, 21, 8, 0, tzinfo=BUSINESS_TZ)), PERSON, BEIJING_HOSPITAL, versions, [], NOW)
     assert isinstance(next_day, Refused)
+
+
+def test_r7_a_move_at_once_keeps_the_stay_admitted_before_it_through_the_wire():
+    """From the filing rules, through the record eligibility mirrors (JSON), to the decision."""
+    import orjson
+
+    from yidi.contracts.filing import FilingRecord
+    from yidi.domain.codes import BUSINESS_TZ
+    from yidi.domain.filing import FilingAsk, change_filing, new_filing
+
+    def ask(filed: str, begin: date) -> FilingAsk:
+        return FilingAsk("F1", "P1", InsuranceType.EMPLOYEE, "131000", filed, FilingCategory.RETIREE_RESETTLED,
+                         begin, None, True)
+
+    # In Beijing since 11-20 (a move planned earlier took effect at midnight); at 10:00 moved to Tianjin at once.
+    beijing = new_filing(ask("110000", date(2026, 11, 20)))
+    moved = change_filing(beijing, ask("120000", date(2026, 11, 20)), today=date(2026, 11, 20), lock_months=0,
+                          filed_on=date(2026, 11, 20), at=datetime(2026, 11, 20, 10, 0, tzinfo=BUSINESS_TZ))
+    wire = FilingRecord.model_validate(orjson.loads(orjson.dumps(FilingRecord.of(moved, 2).model_dump(mode="json"))))
+    versions = wire.to_domain().versions()
+
+    def stay(admitted: datetime):
+        return visit(MedType.INPATIENT, admitted=admitted.astimezone(BUSINESS_TZ).date(), admitted_at=admitted)
+
+    # 23:30 UTC on 11-19 is 07:30 on 11-20 in Beijing: before the move, under Beijing's filing
+    early = decide(stay(datetime(2026, 11, 19, 23, 30, tzinfo=UTC)), PERSON, BEIJING_HOSPITAL, versions, [], NOW)
+    assert isinstance(early, Eligible) and early.filing.filed_region == "110000"
+    late = decide(stay(datetime(2026, 11, 20, 11, 0, tzinfo=BUSINESS_TZ)), PERSON, BEIJING_HOSPITAL, versions, [], NOW)
+    assert isinstance(late, Refused) and late.code is Refusal.NOT_FILED
+
+
+def test_a_time_that_is_not_one_cannot_end_a_version():
+    import pytest as _pytest
+    from pydantic import ValidationError
+
+    from yidi.contracts.filing import FilingPeriodRecord
+
+    with _pytest.raises(ValidationError):  # no zone: eligibility could not compare it with an admission
+        FilingPeriodRecord(filed_admdvs="110000", category="retiree_resettled", begndate="2022-01-01",
+                           enddate="2026-11-19", ended_at="2026-11-20T10:00:00")
+
+
+def test_a_begntime_of_a_day_alone_is_judged_by_its_day_not_as_midnight():
+    from services.eligibility.handlers import _admission_moment
+    from yidi.domain.codes import BUSINESS_TZ
+
+    assert _admission_moment(datetime(2026, 11, 20, 0, 0)) is None  # "2026-11-20": before every change that day
+    assert _admission_moment(None) is None
+    assert _admission_moment(datetime(2026, 11, 20, 7, 30)) == datetime(2026, 11, 20, 7, 30, tzinfo=BUSINESS_TZ)

@@ -326,3 +326,31 @@ def test_r7_a_version_ended_at_once_was_in_force_that_day_until_the_change_was_a
     trip = new_filing(ask(begin=date(2025, 12, 9), end=date(2026, 6, 9)))
     gone = cancel_filing(trip, today=date(2026, 6, 10), lock_months=0, filed_on=date(2025, 12, 9), at=at)
     assert [(p.end, p.ended_at) for p in gone.earlier] == [(date(2026, 6, 9), None)]
+
+
+def test_r7_a_version_in_force_since_midnight_and_ended_at_once_that_day_is_kept_for_its_hours():
+    from datetime import datetime
+
+    from yidi.domain.codes import BUSINESS_TZ
+
+    at = datetime(2026, 6, 10, 10, 0, tzinfo=BUSINESS_TZ)
+    beijing = new_filing(ask(FilingCategory.LONG_TERM_RESIDENT, begin=date(2022, 1, 1)))
+    # planned on 06-01 for Tianjin from 06-10; on 06-10 at 10:00 moved again, at once, to Shanghai
+    tianjin = change_filing(beijing, ask(FilingCategory.LONG_TERM_RESIDENT, begin=date(2026, 6, 10), filed="120000"),
+                            today=date(2026, 6, 1), lock_months=0, filed_on=date(2022, 1, 1))
+    shanghai = change_filing(tianjin, ask(FilingCategory.LONG_TERM_RESIDENT, begin=date(2026, 6, 10), filed="310000"),
+                             today=date(2026, 6, 10), lock_months=0, filed_on=date(2022, 1, 1), at=at)
+    assert [(p.filed_region, p.begin, p.end, p.ended_at) for p in shanghai.earlier] == [
+        ("120000", date(2026, 6, 10), date(2026, 6, 9), at), ("110000", date(2022, 1, 1), date(2026, 6, 9), None)]
+    tianjin_today = [v for v in shanghai.versions() if v.filed_region == "120000"][0]
+    assert not tianjin_today.valid_on(date(2026, 6, 10))  # no whole day of its own
+    assert tianjin_today.in_force_until_ended(datetime(2026, 6, 10, 8, 0, tzinfo=BUSINESS_TZ))
+    # a filing added at once this morning and cancelled at once: the same
+    added = new_filing(ask(FilingCategory.LONG_TERM_RESIDENT, begin=date(2026, 6, 10)))
+    gone = cancel_filing(added, today=date(2026, 6, 10), lock_months=0, filed_on=date(2026, 6, 10), at=at)
+    assert [(p.begin, p.end, p.ended_at) for p in gone.earlier] == [(date(2026, 6, 10), date(2026, 6, 9), at)]
+    # an insurance change dated later keeps it; one dated that day ends it from the day's start
+    assert end_on_insurance_change(gone, date(2026, 6, 20), date(2026, 6, 20)) is None
+    cut = end_on_insurance_change(shanghai, date(2026, 6, 10), date(2026, 6, 10))
+    # Shanghai (from the 10th) and Tianjin's hours of the 10th never were, under the insurance changed that day
+    assert [(p.filed_region, p.end, p.ended_at) for p in cut.earlier] == [("110000", date(2026, 6, 9), None)]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 from enum import StrEnum
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AwareDatetime, Field, field_validator, model_validator
 
 from yidi.contracts.envelope import gateway_reply_topic
 
@@ -91,7 +91,7 @@ class FilingPeriodRecord(WireModel):
     planned_enddate: date | None = Field(
         default=None, description="a temporary version's own end when a change for a later day cut it: that change "
                                   "planned again before it began, the version runs on to the new plan's day, no further")
-    ended_at: datetime | None = Field(
+    ended_at: AwareDatetime | None = Field(
         default=None, description="when the change (or cancellation) that ended it at once was applied, on the day "
                                   "after enddate: that day the version was in force until then, so a stay admitted "
                                   "before it is still covered")

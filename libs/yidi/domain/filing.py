@@ -98,7 +98,7 @@ def new_filing(ask: FilingAsk) -> Filing:
 def change_filing(current: Filing, ask: FilingAsk, *, today: date, lock_months: int, filed_on: date,
                   at: datetime | None = None) -> Filing:
     """R8: a region may lock a filing against change for at most six months. ``at``: when the
-    change was asked for (``superseded``)."""
+    change is applied (the filing stage's clock; ``superseded``)."""
     if ask.insured_region != current.insured_region:
         # The filing is the insured region's record: another region's is another filing.
         raise FilingRefused(f"a filing's insured region ({current.insured_region}) does not change; "
@@ -118,8 +118,8 @@ def superseded(current: Filing, cutover: date, today: date, at: datetime | None 
     """What ``current`` was in force for, as earlier versions of what replaces it from ``cutover``:
     its own period if it is in force (active, begun by ``today``), and the earlier ones it kept,
     each ending at the latest the day before ``cutover``; a period left with no day is dropped.
-    Replaced from today (at once) by what was asked for at ``at``, a version this cuts was also in
-    force today until then (``ended_at``): a stay admitted this morning stays covered by it.
+    Replaced from today (at once), applied at ``at``, a version this cuts was also in force today
+    until then (``ended_at``): a stay admitted this morning stays covered by it.
 
     A version planned for a later day and replaced before it began never was in force: the move
     was planned again. The version it was to end then runs on until the new plan's day: a
@@ -143,7 +143,14 @@ def superseded(current: Filing, cutover: date, today: date, at: datetime | None 
         periods.insert(0, FilingPeriod(current.filed_region, current.category, current.begin, current.end or cutover,
                                        current.insutype, planned))
     kept = [p if p.end <= last else replace(p, end=last, ended_at=ended_at) for p in periods]
-    return tuple(p for p in kept if p.begin <= p.end)[:MAX_EARLIER]
+    return tuple(p for p in kept if _in_force_at_all(p))[:MAX_EARLIER]
+
+
+def _in_force_at_all(period: FilingPeriod) -> bool:
+    """A day of its own, or part of the day it began, until a change at once ended it that day (a
+    version in force since midnight, changed or cancelled at 10:00, covers a stay admitted at 08:00)."""
+    return period.begin <= period.end or (
+        period.ended_at is not None and period.begin == period.end + timedelta(days=1))
 
 
 def end_on_insurance_change(current: Filing, day: date, today: date) -> Filing | None:
@@ -162,9 +169,11 @@ def end_on_insurance_change(current: Filing, day: date, today: date) -> Filing |
         if current.status is FilingStatus.ACTIVE and current.begin <= today:
             periods.insert(0, FilingPeriod(current.filed_region, current.category, current.begin,
                                            last if current.end is None else min(current.end, last), current.insutype))
+    # A long-term version cut by the insurance change ends the day before it, that day not at all.
     kept = tuple(
-        p for p in (replace(p, end=min(p.end, last)) if p.category.is_long_term else p for p in periods)
-        if p.begin <= p.end
+        p for p in (replace(p, end=last, ended_at=None) if p.category.is_long_term and p.end >= last else p
+                    for p in periods)
+        if _in_force_at_all(p)
     )[:MAX_EARLIER]
     if status is current.status and kept == current.earlier:
         return None
