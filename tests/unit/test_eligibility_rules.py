@@ -263,14 +263,12 @@ def test_r7_a_move_at_once_keeps_the_stay_admitted_before_it_through_the_wire():
     from yidi.domain.codes import BUSINESS_TZ
     from yidi.domain.filing import FilingAsk, change_filing, new_filing
 
-    def ask(filed: str, begin: date) -> FilingAsk:
-        return FilingAsk("F1", "P1", InsuranceType.EMPLOYEE, "131000", filed, FilingCategory.RETIREE_RESETTLED,
-                         begin, None, True)
-
     # In Beijing since 11-20 (a move planned earlier took effect at midnight); at 10:00 moved to Tianjin at once.
-    beijing = new_filing(ask("110000", date(2026, 11, 20)))
-    moved = change_filing(beijing, ask("120000", date(2026, 11, 20)), today=date(2026, 11, 20), lock_months=0,
-                          filed_on=date(2026, 11, 20), at=datetime(2026, 11, 20, 10, 0, tzinfo=BUSINESS_TZ))
+    day = date(2026, 11, 20)
+    beijing, tianjin = (FilingAsk("F1", "P1", InsuranceType.EMPLOYEE, "131000", region,
+                                  FilingCategory.RETIREE_RESETTLED, day, None, True) for region in ("110000", "120000"))
+    moved = change_filing(new_filing(beijing), tianjin, today=day, lock_months=0, filed_on=day,
+                          at=datetime(2026, 11, 20, 10, 0, tzinfo=BUSINESS_TZ))
     wire = FilingRecord.model_validate(orjson.loads(orjson.dumps(FilingRecord.of(moved, 2).model_dump(mode="json"))))
     versions = wire.to_domain().versions()
 
