@@ -190,3 +190,27 @@ async def test_every_service_froze_what_it_held_when_it_started_and_times_its_co
     # collector.freeze() collects once (a full collection) before the stages start: timed, so tuned
     for service in ("filing", "eligibility", "pricing", "clearing"):
         assert system.metric(service, "yidi_gc_pause_seconds_count", generation="2") >= 1, service
+
+
+async def test_each_reference_feed_shows_its_lag_and_is_caught_up(gateway, system):
+    """yidi_feed_lag_records of every feed, from the running services: a series per feed (a
+    missing one reads 0 through system.metric, so the exposition is read here), at 0 once applied."""
+    import re
+    import time
+    import urllib.request
+
+    from tests.integration.waiting import until
+
+    feeds = {"eligibility": ["refdata.persons", "refdata.facilities", "platform.region-status"],
+             "pricing": ["refdata.policies", "refdata.catalogue"]}  # prepayment-status: under the refuse policy only
+
+    def series(service: str) -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{system.ports[service]}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        return {m[1]: float(m[2]) for m in re.finditer(r'^yidi_feed_lag_records\{feed="([^"]+)"\} (\S+)$', text, re.M)}
+
+    started = time.monotonic()
+    await until(lambda: all(set(names) <= set(series(service)) for service, names in feeds.items()), timeout=30, poll=0.5)
+    await until(lambda: all(series(service)[name] == 0 for service, names in feeds.items() for name in names),
+                timeout=30, poll=0.5)
+    assert time.monotonic() - started < 30

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from yidi.platform import metrics
 from yidi.platform.errors import PermanentError, RaceLost, TransientError
 from yidi.platform.jsonwire import loads
+from yidi.platform.lag import consumer_lag
 from yidi.platform.service import Service
 from yidi.platform.topics import dlq, feed_group
 
@@ -110,7 +111,7 @@ def feed(
             metrics.REFDATA_RECORDS.labels(feed_name, "stale").inc(stale)
             log.info("%s: %d record(s) older than the one held were ignored", feed_name, stale)
 
-    service.broker.subscriber(
+    subscriber = service.broker.subscriber(
         full_topic,
         group_id=service.settings.group(feed_group(service.name, topic)),
         ack_policy=AckPolicy.NACK_ON_ERROR,
@@ -120,4 +121,20 @@ def feed(
         no_reply=True,
         batch=True,
         max_records=max_records,
-    )(consume)
+    )
+    subscriber(consume)
+    service.background.append(lambda: show_lag_every(feed_name, subscriber, service.settings.lag_sample_seconds))
+
+
+async def show_lag_every(feed_name: str, subscriber: Any, seconds: float) -> None:
+    """``yidi_feed_lag_records`` every ``seconds``: what the feed's partitions hold past this
+    instance's position (the subscriber's consumer; 0 while it has none or no partition). A sample
+    missed (a rebalance, the broker away) leaves the last value."""
+    gauge = metrics.FEED_LAG.labels(feed_name)
+    while True:
+        consumer = getattr(subscriber, "consumer", None)
+        try:
+            gauge.set(await consumer_lag(consumer) if consumer is not None else 0)
+        except Exception as exc:  # noqa: BLE001 - a cancellation is a BaseException and passes
+            log.debug("%s: lag not sampled: %r", feed_name, exc)
+        await asyncio.sleep(seconds)

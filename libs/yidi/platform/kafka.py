@@ -33,6 +33,7 @@ from aiokafka.producer.transaction_manager import TransactionState
 from yidi.platform import fencing, metrics, txnv2
 from yidi.platform.errors import BadData, FatalError, RaceLost, TransientError
 from yidi.platform.faults import armed, crash_point
+from yidi.platform.lag import consumer_lag
 from yidi.platform.reply_topics import ReplyTopicRefused, ReplyTopics
 from yidi.platform.settings import Settings
 from yidi.platform.topics import all_topic_specs
@@ -288,15 +289,10 @@ class TransactionalStage:
             await asyncio.sleep(self.settings.lag_sample_seconds)
             consumer = self._consumer
             try:
-                partitions = list(consumer.assignment()) if consumer else []
-                if not partitions:
+                if consumer is None or not consumer.assignment():
                     gauge.set(0)
                     continue
-                ends = await consumer.end_offsets(partitions)  # the last stable offsets (read_committed)
-                behind = 0
-                for tp in partitions:
-                    behind += max(0, ends[tp] - await asyncio.wait_for(consumer.position(tp), 2.0))
-                gauge.set(behind + self._in_hand)
+                gauge.set(await consumer_lag(consumer) + self._in_hand)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a sample missed (rebalance, broker away) is not a failure

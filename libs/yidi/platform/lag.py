@@ -23,6 +23,19 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
     return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 
+async def consumer_lag(consumer: AIOKafkaConsumer, *, position_timeout: float = 2.0) -> int:
+    """Records on the consumer's assigned partitions past its position, up to the last stable
+    offsets (a ``read_committed`` consumer's end offsets); 0 with no partition assigned."""
+    partitions = list(consumer.assignment())
+    if not partitions:
+        return 0
+    ends = await consumer.end_offsets(partitions)
+    behind = 0
+    for tp in partitions:
+        behind += max(0, ends[tp] - await asyncio.wait_for(consumer.position(tp), position_timeout))
+    return behind
+
+
 async def caught_up(bootstrap: str, group: str, topic: str) -> bool:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,

@@ -97,6 +97,12 @@ PREPAYMENT_ALERT_LEVEL = Gauge(
     "the balance as clearing's PrepaymentAlerts on clearing.alerts judge it.",
     ["insured", "treating"],
 )
+FEED_LAG = Gauge(
+    "yidi_feed_lag_records",
+    "Records on a reference feed's partitions this instance has not applied yet (sampled every "
+    "YIDI_LAG_SAMPLE_SECONDS): 0 when caught up; what a stuck feed leaves waiting.",
+    ["feed"],
+)
 FILING_OFFICE_OVERDUE = Gauge(
     "yidi_filing_office_overdue",
     "R21: filings still pending past the office's two working days (Beijing time; Monday to Friday, less "

@@ -1,0 +1,53 @@
+"""A feed's lag gauge, with a fake consumer: 0 before the subscriber has one, the backlog after,
+and the last value kept while a sample fails."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from prometheus_client import REGISTRY
+
+from yidi.platform import feeds
+
+
+class _Consumer:
+    def __init__(self, ends: list[object]) -> None:
+        self.ends = ends
+
+    def assignment(self) -> set[str]:
+        return {"tp"}
+
+    async def end_offsets(self, partitions: list[str]) -> dict[str, int]:
+        end = self.ends.pop(0) if self.ends else None
+        if end is None:
+            raise asyncio.CancelledError  # the test is over
+        if isinstance(end, Exception):
+            raise end
+        return {"tp": end}
+
+    async def position(self, tp: str) -> int:
+        return 10
+
+
+class _Subscriber:
+    consumer = None
+
+
+def _lag() -> float | None:
+    return REGISTRY.get_sample_value("yidi_feed_lag_records", {"feed": "test.feed"})
+
+
+async def test_the_gauge_follows_the_backlog_and_keeps_its_value_through_a_failed_sample(monkeypatch):
+    seen: list[float | None] = []
+
+    async def sleep(seconds: float) -> None:
+        seen.append(_lag())
+        if subscriber.consumer is None:
+            subscriber.consumer = _Consumer([130, OSError("broker away"), 10])
+
+    monkeypatch.setattr(feeds.asyncio, "sleep", sleep)
+    subscriber = _Subscriber()
+    with pytest.raises(asyncio.CancelledError):
+        await feeds.show_lag_every("test.feed", subscriber, 5.0)
+    assert seen == [0, 120, 120, 0]  # no consumer yet; 130 - 10; the failed sample keeps it; caught up
