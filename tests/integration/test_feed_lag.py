@@ -41,11 +41,69 @@ async def test_the_lag_counts_what_waits_and_falls_to_zero_once_read_past_a_tran
             for i in range(3):
                 await in_txn.send(topic, f"t{i}".encode())
         read = 0
-        while read < 8:
+        for _ in range(20):  # at most 20 s
             read += sum(len(records) for records in (await consumer.getmany(timeout_ms=1000)).values())
+            if read == 8:
+                break
+        assert read == 8
         await consumer.getmany(timeout_ms=200)  # the marker past the last record
         assert await consumer_lag(consumer) == 0
     finally:
         await consumer.stop()
         await in_txn.stop()
         await plain.stop()
+
+
+async def test_a_feed_that_hangs_on_a_batch_shows_it_waiting_on_the_real_subscriber(settings):
+    """The real FastStream subscriber of ``feed()``: while its handler holds a batch, the batch
+    counts (aiokafka's position is already past it), and so does what arrives behind it."""
+    import asyncio
+
+    from prometheus_client import REGISTRY
+    from pydantic import BaseModel
+
+    from yidi.platform.feeds import feed
+    from yidi.platform.service import Service
+
+    from tests.integration.waiting import until
+
+    class Record(BaseModel):
+        n: int
+
+    topic = f"lagfeed{uuid.uuid4().hex[:6]}"
+    own = settings.model_copy(update={"lag_sample_seconds": 0.05})
+    service = Service("lagtest", own, migrations=None)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(own.topic(topic), 1, 1)])
+    finally:
+        await admin.close()
+    release, applied = asyncio.Event(), []
+
+    async def apply(record: Record) -> None:
+        await release.wait()  # hangs, raising nothing
+        applied.append(record.n)
+
+    feed(service, topic, Record, apply)
+
+    def lag() -> float | None:
+        return REGISTRY.get_sample_value("yidi_feed_lag_records", {"feed": topic})
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
+    await service.broker.start()
+    await producer.start()
+    sampler = asyncio.create_task(service.background[0]())
+    try:
+        for n in range(3):
+            await producer.send_and_wait(own.topic(topic), f'{{"n": {n}}}'.encode())
+        await until(lambda: lag() == 3, timeout=20)  # held by the handler
+        for n in range(3, 5):
+            await producer.send_and_wait(own.topic(topic), f'{{"n": {n}}}'.encode())
+        await until(lambda: lag() == 5, timeout=20)  # and waiting behind it
+        release.set()
+        await until(lambda: applied == [0, 1, 2, 3, 4] and lag() == 0, timeout=20)
+    finally:
+        sampler.cancel()
+        await producer.stop()
+        await service.broker.stop()

@@ -47,7 +47,20 @@ async def test_the_gauge_follows_the_backlog_and_keeps_its_value_through_a_faile
             subscriber.consumer = _Consumer([130, OSError("broker away"), 10])
 
     monkeypatch.setattr(feeds.asyncio, "sleep", sleep)
-    subscriber = _Subscriber()
+    subscriber, held = _Subscriber(), 0
     with pytest.raises(asyncio.CancelledError):
-        await feeds.show_lag_every("test.feed", subscriber, 5.0)
-    assert seen == [0, 120, 120, 0]  # no consumer yet; 130 - 10; the failed sample keeps it; caught up
+        await feeds.show_lag_every("test.feed", subscriber, 5.0, lambda: held)
+    # no consumer yet (the batch in hand alone: none); 130 - 10; the failed sample keeps it; caught up
+    assert seen == [0, 120, 120, 0]
+
+
+async def test_the_batch_the_handler_holds_counts(monkeypatch):
+    async def sleep(seconds: float) -> None:
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(feeds.asyncio, "sleep", sleep)
+    subscriber = _Subscriber()
+    subscriber.consumer = _Consumer([10])  # nothing past the position: aiokafka moved it past the batch
+    with pytest.raises(asyncio.CancelledError):
+        await feeds.show_lag_every("test.feed", subscriber, 5.0, lambda: 500)
+    assert _lag() == 500

@@ -122,19 +122,30 @@ def feed(
         batch=True,
         max_records=max_records,
     )
-    subscriber(consume)
-    service.background.append(lambda: show_lag_every(feed_name, subscriber, service.settings.lag_sample_seconds))
+    in_hand = [0]  # the batch the handler holds: aiokafka's position is already past it
+
+    async def consume_counted(msg: KafkaMessage) -> None:
+        in_hand[0] = len(msg.raw_message) if isinstance(msg.raw_message, tuple) else 1
+        try:
+            await consume(msg)
+        finally:
+            in_hand[0] = 0
+
+    subscriber(consume_counted)
+    service.background.append(
+        lambda: show_lag_every(feed_name, subscriber, service.settings.lag_sample_seconds, lambda: in_hand[0]))
 
 
-async def show_lag_every(feed_name: str, subscriber: Any, seconds: float) -> None:
-    """``yidi_feed_lag_records`` every ``seconds``: what the feed's partitions hold past this
-    instance's position (the subscriber's consumer; 0 while it has none or no partition). A sample
-    missed (a rebalance, the broker away) leaves the last value."""
+async def show_lag_every(feed_name: str, subscriber: Any, seconds: float, in_hand: Callable[[], int]) -> None:
+    """``yidi_feed_lag_records`` every ``seconds``: the batch the handler holds (``in_hand``) and
+    what the feed's partitions hold past this instance's position (offsets, to the last stable
+    one; 0 while the subscriber has no consumer or this instance no partition). A sample missed (a
+    rebalance, the broker away) leaves the last value."""
     gauge = metrics.FEED_LAG.labels(feed_name)
     while True:
-        consumer = getattr(subscriber, "consumer", None)
+        consumer = subscriber.consumer  # FastStream's: made at the subscriber's start, None once stopped
         try:
-            gauge.set(await consumer_lag(consumer) if consumer is not None else 0)
+            gauge.set(in_hand() + (await consumer_lag(consumer) if consumer is not None else 0))
         except Exception as exc:  # noqa: BLE001 - a cancellation is a BaseException and passes
             log.debug("%s: lag not sampled: %r", feed_name, exc)
         await asyncio.sleep(seconds)

@@ -99,8 +99,9 @@ PREPAYMENT_ALERT_LEVEL = Gauge(
 )
 FEED_LAG = Gauge(
     "yidi_feed_lag_records",
-    "Records on a reference feed's partitions this instance has not applied yet (sampled every "
-    "YIDI_LAG_SAMPLE_SECONDS): 0 when caught up; what a stuck feed leaves waiting.",
+    "A reference feed's backlog on this instance (sampled every YIDI_LAG_SAMPLE_SECONDS): the batch its "
+    "handler holds, and the offsets on its partitions past its position (to the last stable one: a "
+    "transaction marker or a compacted gap counts). 0 when caught up, and on an instance with no partition.",
     ["feed"],
 )
 FILING_OFFICE_OVERDUE = Gauge(
