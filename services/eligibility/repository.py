@@ -29,14 +29,6 @@ FROM unnest($1::text[]) AS s(psn_no)
 LEFT JOIN eligibility.persons p ON p.psn_no = s.psn_no
 """
 
-# Each person's version alone (as ``_SUBJECTS`` computes it).
-_VERSIONS = """
-SELECT s.psn_no,
-       greatest(coalesce((SELECT p.version FROM eligibility.persons p WHERE p.psn_no = s.psn_no), 0),
-                coalesce((SELECT max(f.version) FROM eligibility.filings f WHERE f.psn_no = s.psn_no), 0)) AS version
-FROM unnest($1::text[]) AS s(psn_no)
-"""
-
 
 async def _lock_person(conn: asyncpg.Connection, psn_no: str) -> None:
     """Changes to one person's insurance and filings take turns, so the version the cache
@@ -264,7 +256,7 @@ class EligibilityRepository(Repository):
             # Read in a statement of its own, after the locks: a mark made again while this sweep
             # waited for it was made after its change committed, and only a snapshot taken after
             # the lock sees that change (the locking statement's own snapshot is older).
-            marked = {r["psn_no"]: r["version"] for r in await conn.fetch(_VERSIONS, keys)} if keys else {}
+            marked = {psn: version for psn, (version, _) in (await self.subjects(keys, conn)).items()} if keys else {}
             unreachable = bool(keys) and not await drop(marked)
             if keys and not unreachable:
                 await conn.execute("DELETE FROM eligibility.cache_stale WHERE psn_no = ANY($1::text[])", keys)

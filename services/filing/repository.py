@@ -34,26 +34,26 @@ class Insurance:
         return self.insuplc_admdvs, self.insutype, self.active
 
 
+# R21: still pending, asked for (the add or change) before $1 (filing/007's partial index).
+_OVERDUE = "status = 'pending' AND coalesce(made_at, updated_at) < $1"
+
+
 class FilingRepository(Repository):
 
     async def office_overdue_filings(self, before: datetime, insured: str | None = None) -> list[asyncpg.Record]:
         """The filings ``office_overdue`` counts, oldest first (of one insured region, if named)."""
         return await self._pool.fetch(
-            """SELECT insuplc_admdvs, filing_id, psn_no, category, coalesce(made_at, updated_at) AS asked
-               FROM filing.filings
-               WHERE status = 'pending' AND coalesce(made_at, updated_at) < $1
-                 AND ($2::text IS NULL OR insuplc_admdvs = $2)
-               ORDER BY asked, filing_id""", before, insured)
+            f"""SELECT insuplc_admdvs, filing_id, psn_no, category, coalesce(made_at, updated_at) AS asked
+                FROM filing.filings WHERE {_OVERDUE} AND ($2::text IS NULL OR insuplc_admdvs = $2)
+                ORDER BY asked, filing_id""", before, insured)
 
     async def office_overdue(self, before: datetime, timeout: float) -> dict[str, tuple[int, datetime]]:
         """R21: the filings still ``pending`` that were asked for (their add or change) before
         ``before``, by insured region: (how many, when the oldest was asked)."""
         async with asyncio.timeout(timeout), self._pool.acquire() as conn:
             rows = await conn.fetch(
-                """SELECT insuplc_admdvs, count(*) AS n, min(coalesce(made_at, updated_at)) AS oldest
-                   FROM filing.filings
-                   WHERE status = 'pending' AND coalesce(made_at, updated_at) < $1
-                   GROUP BY insuplc_admdvs""", before)
+                f"""SELECT insuplc_admdvs, count(*) AS n, min(coalesce(made_at, updated_at)) AS oldest
+                    FROM filing.filings WHERE {_OVERDUE} GROUP BY insuplc_admdvs""", before)
         return {r["insuplc_admdvs"]: (r["n"], r["oldest"]) for r in rows}
 
     async def answered(self, conn: asyncpg.Connection, reqid: str) -> tuple[str, list[dict[str, Any]]] | None:

@@ -164,7 +164,7 @@ class Visit:
     disease_code: str = ""
     filing_waived_in_province: bool = False
     # An inpatient stay's admission day (``begntime``), when the request gives one, and its moment
-    # (Beijing time; a begntime of a day alone is read as the day's start).
+    # (aware; None when the request gives a day alone: the stay is judged by its day).
     admitted: date | None = None
     admitted_at: datetime | None = None
 

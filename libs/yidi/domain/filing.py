@@ -185,7 +185,7 @@ def cancel_filing(current: Filing, *, today: date, lock_months: int, filed_on: d
     if current.status is FilingStatus.CANCELLED:
         return current
     _check_unlocked(current, today=today, lock_months=lock_months, filed_on=filed_on)
-    # In force until yesterday, and today until the cancellation was asked for (``at``): a stay
+    # In force until yesterday, and today until the cancellation was applied (``at``): a stay
     # admitted before it is still covered (R6, R7).
     return replace(current, status=FilingStatus.CANCELLED, earlier=superseded(current, today, today, at))
 

@@ -86,7 +86,7 @@ class VersionedCache:
 
     def _keys(self, key: str) -> list[str]:
         """The entry's key and its tombstone's, the two keys both scripts take."""
-        return [f"{self._prefix}{key}", f"{self._gone_prefix}{key}"]
+        return [self._key(key), f"{self._gone_prefix}{key}"]
 
     def _check_breaker(self) -> None:
         if not self.available():
