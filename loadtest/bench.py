@@ -41,8 +41,8 @@ from loadtest.bench_eligibility import bench as bench_eligibility
 from loadtest.generator import DayOptions, peak_hour_rate, write_day, write_refdata
 from loadtest.observe import (ProcessSampler, gc_deltas, histogram_quantiles, infrastructure_pids, scrape, stage_deltas, start_profile,
                               top_frames)
-from loadtest.procs import (REFERENCE_STAGES, SERVICES, Processes, bench_database, child_settings, env_pair, postgres_settings,
-                            not_passed_on, own_database, transaction_versions)
+from loadtest.procs import (REFERENCE_STAGES, SERVICES, Processes, bench_database, child_settings, env_pair, instances,
+                            not_passed_on, own_database, postgres_settings, transaction_versions)
 from loadtest.checks import MIN_SETTLED_SHARE, settled_share
 from loadtest.replay import Pace, replay_file, sweep
 from loadtest import warmup
@@ -393,16 +393,6 @@ class Bench:
         return self.report
 
 
-def _instances(text: str) -> dict[str, int]:
-    out = {}
-    for part in text.split(","):
-        service, _, n = part.partition("=")
-        if service not in SERVICES or not n.isdigit() or not 1 <= int(n) <= 6:
-            raise argparse.ArgumentTypeError(f"{part!r}: SERVICE=N with a service of {', '.join(SERVICES)} and N in 1..6")
-        out[service] = int(n)
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -413,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate-seconds", type=float, default=30.0)
     parser.add_argument("--peak-seconds", type=float, default=30.0,
                         help=f"a run at the national peak hour's {PEAK_RATE:g}/s first (0: do not)")
-    parser.add_argument("--instances", type=_instances, default={}, metavar="SERVICE=N[,SERVICE=N]",
+    parser.add_argument("--instances", type=instances, default={}, metavar="SERVICE=N[,SERVICE=N]",
                         help="run N instances of a service in its consumer groups, e.g. pricing=2")
     warmup.add_arguments(parser)
     parser.add_argument("--steady-steps", type=int, default=3,

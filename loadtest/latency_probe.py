@@ -8,7 +8,8 @@ warms up until the broker's JIT settles (loadtest.warmup), then ``--runs`` fixed
 ``--seconds`` each, prints p50/p95/p99 of each run and their medians, stops the processes and
 deletes the namespace's topics. With ``--trace DIR`` every stage runs under ``loadtest.traced``
 and ``loadtest.hops`` summarises DIR. Extra environment for the processes: ``--env KEY=VALUE``
-(repeatable; e.g. the reference pipeline's ``LOADTEST_PRODUCER_OPTIONS``).
+(repeatable; e.g. the reference pipeline's ``LOADTEST_PRODUCER_OPTIONS``). ``--instances pricing=2``
+runs a second instance of a service in its consumer groups, as ``loadtest.bench`` does.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from loadtest.generator import DayOptions, write_day, write_refdata
 from loadtest.hops import MEASURED_FROM
 from loadtest.observe import ProcessSampler, infrastructure_pids
-from loadtest.procs import (REFERENCE_STAGES, SERVICES, Processes, env_pair, not_passed_on, own_database,
-                            transaction_versions)
+from loadtest.procs import (REFERENCE_STAGES, SERVICES, Processes, env_pair, instances, not_passed_on,
+                            own_database, transaction_versions)
 from loadtest.replay import Pace, replay_file
 from loadtest.warmup import ROUND_SECONDS, add_arguments as add_warmup_arguments, summary as warm_summary, warm_up
 from loadtest.world import World
@@ -97,6 +98,9 @@ async def _probe(args: argparse.Namespace, tag: str, settings: Settings) -> dict
         else:
             for service in SERVICES:
                 _spawn(procs, service, [f"services.{service}"], service, trace, env)
+                for n in range(2, args.instances.get(service, 1) + 1):
+                    _spawn(procs, f"{service}@{n}", [f"services.{service}"], service, trace,
+                           env | {"YIDI_INSTANCE": str(n)})
         await procs.wait_ready()
         if args.target == "services":
             write_refdata(world, work / "refdata.json")
@@ -169,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--persons", type=int, default=400)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--instances", type=instances, default={}, metavar="SERVICE=N[,SERVICE=N]",
+                        help="run N instances of a service in its consumer groups (services only)")
     add_warmup_arguments(parser)
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between runs")
     parser.add_argument("--trace", type=Path, help="trace every stage into this folder (loadtest.traced)")

@@ -212,3 +212,14 @@ class Processes:
                 proc.kill()
                 codes[name] = proc.wait(5)
         return codes
+
+
+def instances(text: str) -> dict[str, int]:
+    """``--instances``: SERVICE=N[,SERVICE=N]."""
+    out = {}
+    for part in text.split(","):
+        service, _, n = part.partition("=")
+        if service not in SERVICES or not n.isdigit() or not 1 <= int(n) <= 6:
+            raise argparse.ArgumentTypeError(f"{part!r}: SERVICE=N with a service of {', '.join(SERVICES)} and N in 1..6")
+        out[service] = int(n)
+    return out

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from loadtest.procs import Processes, child_settings, env_pair, not_passed_on, transaction_versions, with_database
+from loadtest.procs import (Processes, child_settings, env_pair, instances, not_passed_on, transaction_versions,
+                            with_database)
 from loadtest.report import settings_line
 from yidi.platform.settings import Settings
 
@@ -22,6 +23,14 @@ def test_env_pairs_split_at_the_first_equals_sign():
                 "YIDI_DATABASE_URL=postgresql://x/yidi", "YIDI_KAFKA_BOOTSTRAP=k:1", "YIDI_METRICS_PORT=9102"):
         with pytest.raises(argparse.ArgumentTypeError):
             env_pair(bad)
+
+
+def test_instances_name_a_service_and_a_count_from_1_to_6():
+    assert instances("pricing=2") == {"pricing": 2}
+    assert instances("pricing=2,clearing=3") == {"pricing": 2, "clearing": 3}
+    for bad in ("pricing", "pricing=0", "pricing=7", "pricing=x", "gateway=2", "pricing=2,", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            instances(bad)
 
 
 def test_the_shells_yidi_settings_are_named_unless_they_reach_the_processes_as_the_stack_measured():
