@@ -59,6 +59,48 @@ def test_r17_a_waived_trip_in_a_two_group_province_pays_its_temporary_first_self
     assert "temporary (filing waived, R17)" in waived.funds[0].explanation
 
 
+def test_r4_a_two_group_temporary_filing_under_the_six_categories_is_priced_as_another_temporary_trip():
+    # The insured region names referral, emergency and other trips: a filing of "temporary" (the
+    # two groups' word) found neither a reduction nor a first self-pay, and was paid as long-term.
+    pol = policy(rule(OP, ratio="0.50"), first_selfpay={FilingCategory.TEMPORARY_OTHER: D("0.10")},
+                 reductions={FilingCategory.REFERRAL: D("0.05"), FilingCategory.TEMPORARY_OTHER: D("0.20")})
+    p = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), pol, terms(OP, category=FilingCategory.TEMPORARY), {})
+    # 200 − 10 % first self-pay = 180; × (0.50 − 0.20) = 54.00
+    assert p.preselfpay_amt == D("20.00") and p.hifp_pay == D("54.00")
+    assert "filed as temporary" in p.funds[0].explanation and "temporary_other" in p.funds[0].explanation
+    as_other = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), pol,
+                     terms(OP, category=FilingCategory.TEMPORARY_OTHER), {})
+    assert (as_other.preselfpay_amt, as_other.hifp_pay) == (p.preselfpay_amt, p.hifp_pay)
+    assert "filed as" not in as_other.funds[0].explanation
+
+
+def test_r4_the_six_categories_temporary_trips_are_priced_as_temporary_under_the_two_groups():
+    pol = policy(rule(OP, ratio="0.50"), first_selfpay={FilingCategory.TEMPORARY: D("0.10")},
+                 reductions={FilingCategory.TEMPORARY: D("0.10")})
+    for category in (FilingCategory.REFERRAL, FilingCategory.EMERGENCY, FilingCategory.TEMPORARY_OTHER):
+        p = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), pol, terms(OP, category=category), {})
+        assert p.preselfpay_amt == D("20.00") and p.hifp_pay == D("72.00"), category  # 180 × 0.40
+        assert f"filed as {category.value}" in p.funds[0].explanation
+    # Long-term filings have neither, in either scheme.
+    p = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), pol, terms(OP, category=FilingCategory.LONG_TERM_RESIDENT), {})
+    assert p.preselfpay_amt == 0 and p.hifp_pay == D("100.00")
+
+
+def test_r4_a_policy_naming_no_temporary_category_reads_every_category_as_filed():
+    pol = policy(rule(OP, ratio="0.50"))
+    for category in FilingCategory:
+        assert pol.in_scheme(category) is category
+    assert pol.in_scheme(None) is None
+
+
+def test_r4_a_policy_names_the_temporary_categories_of_one_scheme():
+    with pytest.raises(PolicyError, match="R4"):
+        policy(rule(OP), reductions={FilingCategory.TEMPORARY: D("0.10"), FilingCategory.REFERRAL: D("0.05")})
+    with pytest.raises(PolicyError, match="R4"):
+        policy(rule(OP), reductions={FilingCategory.TEMPORARY_OTHER: D("0.10")},
+               first_selfpay={FilingCategory.TEMPORARY: D("0.10")})
+
+
 def test_r12_first_self_pay_does_not_touch_long_term_filings():
     pol = policy(rule(OP, ratio="0.50"), first_selfpay={FilingCategory.TEMPORARY_OTHER: D("0.10")})
     p = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), pol, terms(OP), {})

@@ -57,6 +57,9 @@ REDUCTION_LIMITS: dict[FilingCategory, Decimal] = {
     FilingCategory.TEMPORARY: Decimal("0.10"),
 }
 
+# R4: the temporary trips of the six categories, which provinces with two groups merge into one.
+SIX_TEMPORARY = frozenset({FilingCategory.REFERRAL, FilingCategory.EMERGENCY, FilingCategory.TEMPORARY_OTHER})
+
 
 @dataclass(frozen=True, slots=True)
 class BenefitRule:
@@ -159,6 +162,21 @@ class BenefitPolicy:
             )
         return max(candidates, key=lambda r: r.specificity)
 
+    def in_scheme(self, category: FilingCategory | None) -> FilingCategory | None:
+        """R4: ``category`` as this policy's scheme names it. A province uses the six categories or
+        the two groups, and its policy names the temporary categories of its scheme. A filing of the
+        other scheme would find no reduction (R11) and no first self-pay (R12) and be paid more
+        than any trip its region knows. The two groups' ``temporary`` says nothing of a referral
+        or an emergency: under the six categories it is another temporary trip, the strictest of
+        the three. Referral, emergency and other trips are ``temporary`` under the two groups. A
+        policy that names no temporary category leaves every category as it is (none has any)."""
+        if category is None or category.is_long_term:
+            return category
+        named = self.reductions.keys() | self.first_selfpay.keys()
+        if category is FilingCategory.TEMPORARY:
+            return FilingCategory.TEMPORARY_OTHER if not named.isdisjoint(SIX_TEMPORARY) else category
+        return FilingCategory.TEMPORARY if FilingCategory.TEMPORARY in named else category
+
     def reduction_for(self, category: FilingCategory | None) -> Decimal:
         return self.reductions.get(category, Decimal(0)) if category else Decimal(0)
 
@@ -195,6 +213,11 @@ def validate_policy(policy: BenefitPolicy) -> None:
             raise PolicyError(
                 f"R11: the reduction for {category.value} is at most {limit}, got {reduction}"
             )
+    named = policy.reductions.keys() | policy.first_selfpay.keys()
+    if FilingCategory.TEMPORARY in named and not named.isdisjoint(SIX_TEMPORARY):
+        raise PolicyError(
+            "R4: a policy names the temporary categories of one scheme, the two groups (temporary) or the six "
+            f"categories (referral, emergency, temporary_other), not both: {sorted(c.value for c in named)}")
     for category, share in policy.first_selfpay.items():
         if category.is_long_term:
             raise PolicyError(f"R12: first self-pay applies to temporary trips, not {category.value}")

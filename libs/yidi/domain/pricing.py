@@ -167,6 +167,11 @@ class Pricing:
         return self.paid_by(FundType.MEDICAL_ASSISTANCE)
 
 
+def _filed_as(filed: FilingCategory | None, category: FilingCategory | None) -> str:
+    """The note when a filing's category was read in the insured region's scheme (R4)."""
+    return f" (filed as {filed.value}; the insured region's scheme, R4)" if filed and filed is not category else ""
+
+
 def price_items(bill: Bill, catalogue: Catalogue) -> tuple[PricedItem, ...]:
     """Step 1 (R1): split each item by the treating region's catalogue, rounded item by item."""
     priced = []
@@ -232,12 +237,13 @@ def price(
     dedc_key = deductible_counter(rule.deductible_bucket, rule.deductible_scope, bill.visit_id, bill.facility)
     dedc_left = max(ZERO, rule.deductible - usage.get(dedc_key, ZERO))
     # A trip whose filing was waived (R17) is a temporary trip not referred: temporary_other, or
-    # temporary in a province with the two groups only (its policy names no temporary_other).
-    waived_as = (FilingCategory.TEMPORARY if FilingCategory.TEMPORARY_OTHER not in policy.first_selfpay
-                 and FilingCategory.TEMPORARY in policy.first_selfpay else FilingCategory.TEMPORARY_OTHER)
-    first_category = terms.filing_category or (waived_as if terms.waived_filing else None)
+    # temporary in a province with the two groups only.
+    waived_as = policy.in_scheme(FilingCategory.TEMPORARY_OTHER)
+    # The filing's category as the insured region's scheme names it (R4).
+    category = policy.in_scheme(terms.filing_category)
+    first_category = category or (waived_as if terms.waived_filing else None)
     first_share = policy.first_selfpay_for(first_category)
-    if terms.waived_filing and terms.filing_category:
+    if terms.waived_filing and category:
         # A filed trip inside a province that waives filing pays no more than one without a filing.
         first_share = min(first_share, policy.first_selfpay_for(waived_as))
     if policy.order is CalculationOrder.DEDUCTIBLE_FIRST:
@@ -260,20 +266,22 @@ def price(
 
     # Step 4: ratio, lowered for the filing category (R11; not inside a province that waives
     # filing, R17), never below 0.
-    reduction = ZERO if terms.waived_filing else policy.reduction_for(terms.filing_category)
+    reduction = ZERO if terms.waived_filing else policy.reduction_for(category)
     ratio = max(Decimal(0), rule.ratio - reduction)
     pooled = to_fen((inscp - dedc) * ratio)
     steps = [f"within scope {fmt(inscp)}"]
     if first_selfpay:
         steps.append(
             f"after first self-pay {fmt_ratio(first_share)} for {first_category.value if first_category else ''}"
+            f"{_filed_as(terms.filing_category, category)}"
             f"{' (filing waived, R17)' if terms.waived_filing and not terms.filing_category else ''} "
             f"({fmt(first_selfpay)}, R12)"
         )
     steps.append(f"less deductible {fmt(dedc)} of {fmt(rule.deductible)} ({rule.deductible_scope.value})")
     ratio_text = f"ratio {fmt_ratio(rule.ratio)}"
     if reduction:
-        ratio_text += f" lowered by {fmt_ratio(reduction)} for {terms.filing_category.value if terms.filing_category else ''} (R11)"
+        ratio_text += (f" lowered by {fmt_ratio(reduction)} for {category.value if category else ''}"
+                       f"{_filed_as(terms.filing_category, category)} (R11)")
     steps.append(f"× {ratio_text} = {fmt(pooled)}")
     if policy.order is not CalculationOrder.DEFAULT:
         steps.append(f"order: {policy.order.value}")
