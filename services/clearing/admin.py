@@ -321,6 +321,9 @@ class ClearingAdminHandler:
                 fund_pay_sumamt=t.fund_pay_sumamt, acct_pay=t.acct_pay, clr_sumamt=t.clr_sumamt,
             )
             for (insured, treating), t in sorted(totals.items())
+            # Care in the insured region itself draws nothing and no region owes it another: no
+            # statement (one recorded before it was told apart drew, and is cleared as it drew).
+            if insured != treating or t.clr_sumamt
         ]
         if statements:  # one statement for the month's every pair, thousands at national scale
             await conn.execute(

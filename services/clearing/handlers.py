@@ -19,7 +19,7 @@ from yidi.contracts import answers
 from yidi.contracts.envelope import ErrCode, ResponseEnvelope
 from yidi.contracts.internal import PricedWork, WorkKind
 from yidi.domain.clearing import landing_period, owed
-from yidi.domain.money import amount_text
+from yidi.domain.money import ZERO, amount_text
 from yidi.platform import metrics
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import broken, parse_each, reply
@@ -81,7 +81,8 @@ class ClearingHandler:
                 if seen is not None:
                     out.append(self._answer(work, seen[1]))
                     _DUPLICATE.inc()
-                    if (done := by_setl.get(work.target_setl_id)) is not None and done.state != "settled":
+                    if ((done := by_setl.get(work.target_setl_id)) is not None and done.state != "settled"
+                            and _moves_prepayment(done.insuplc_admdvs, done.mdtrtarea_admvs, done.drawn)):
                         again.append((done.insuplc_admdvs, done.mdtrtarea_admvs, "give_back", done.setl_id))
                     continue
                 row = by_setl.get(work.target_setl_id)
@@ -105,7 +106,8 @@ class ClearingHandler:
                     row.undo_period = landing_period(max(f"{work.request.inf_time:%Y%m}", row.clr_period),
                                                      cleared_through)
                     undone[row.setl_id] = row
-                    moves.append((row.insuplc_admdvs, row.mdtrtarea_admvs, "give_back", row.drawn, row.setl_id))
+                    if _moves_prepayment(row.insuplc_admdvs, row.mdtrtarea_admvs, row.drawn):
+                        moves.append((row.insuplc_admdvs, row.mdtrtarea_admvs, "give_back", row.drawn, row.setl_id))
                     metrics.LEDGER_ENTRIES.labels(row.state).inc()
                 undo_seen[work.request.msgid] = (work.request_hash, answer)
                 undo_new.append((work.request.msgid, work.request_hash, row.setl_id, answer))
@@ -156,11 +158,15 @@ class ClearingHandler:
                         f"msgid {work.request.msgid} was already used for a different request; a new request needs a new msgid.",
                     ),
                 )
-            again.append((existing.insuplc_admdvs, existing.mdtrtarea_admvs, "draw", existing.setl_id))
+            if _moves_prepayment(existing.insuplc_admdvs, existing.mdtrtarea_admvs, existing.drawn):
+                again.append((existing.insuplc_admdvs, existing.mdtrtarea_admvs, "draw", existing.setl_id))
             return self._answer(work, existing.answer)
         facts = work.facts
         assert facts is not None, "pricing sends facts with every settlement"
-        drawn = owed(facts.fund_pay_sumamt, facts.acct_pay)
+        # Care in the insured region itself (R10) is paid by that region's own fund: it draws on no
+        # prepayment, and no other region clears it (docs/clearing.md, "Care at home").
+        home = facts.insuplc_admdvs == facts.mdtrtarea_admvs
+        drawn = ZERO if home else owed(facts.fund_pay_sumamt, facts.acct_pay)
         period = landing_period(facts.setlym, cleared_through)
         row = LedgerRow(facts.setl_id, work.request.msgid, work.request_hash, "settled", answer,
                         insuplc_admdvs=facts.insuplc_admdvs, mdtrtarea_admvs=facts.mdtrtarea_admvs, drawn=drawn,
@@ -173,11 +179,19 @@ class ClearingHandler:
                      facts.insuplc_admdvs, facts.mdtrtarea_admvs, facts.fixmedins_code, facts.setlym,
                      period, _setl_date(answer) or work.request.inf_time.date(), drawn, sent.value.decode())
         )
-        moves.append((facts.insuplc_admdvs, facts.mdtrtarea_admvs, "draw", drawn, facts.setl_id))
+        if not home:
+            moves.append((facts.insuplc_admdvs, facts.mdtrtarea_admvs, "draw", drawn, facts.setl_id))
         by_msgid[row.msgid] = row
         by_setl[row.setl_id] = row
         _SETTLED.inc()
         return sent
+
+
+def _moves_prepayment(insured: str, treating: str, drawn: Decimal | None) -> bool:
+    """Whether a ledger row drew on (and its undoing gives back to) a prepayment: every one but care
+    in the insured region itself, which draws nothing (one recorded before it was told apart drew,
+    and gives back what it drew)."""
+    return insured != treating or bool(drawn)
 
 
 def _priced(raw: Any) -> tuple[PricedWork, dict[str, Any], dict[str, str] | None]:

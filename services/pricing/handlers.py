@@ -350,7 +350,7 @@ class PricingHandler:
                 "settled. Send the bill with identical items on one line each (their count in cnt), or fewer lines.",
             )
         # Everything that could fail is built: now change the batch's state, all of it or nothing.
-        if batch.prepayments is not None:
+        if batch.prepayments is not None and region != request.mdtrtarea_admvs:  # care at home draws nothing
             pair = (region, request.mdtrtarea_admvs)
             left = batch.prepayments.get(pair, ZERO)
             draw = owed(pricing.fund_pay_sumamt, pricing.acct_pay)  # what clearing will draw

@@ -8,6 +8,7 @@ SIGKILL covers a death at no particular moment. These tests restart services: th
 from __future__ import annotations
 
 import asyncio
+import uuid
 from decimal import Decimal
 
 import asyncpg
@@ -104,6 +105,19 @@ async def test_under_the_refuse_policy_an_exhausted_prepayment_refuses_and_settl
         in_cash = await gateway.call(world.request(saver, [("T-C", "1", "100.00")]))
         assert by_account["err_code"] == "PREPAYMENT_EXHAUSTED"
         assert in_cash["infcode"] == 0 and in_cash["output"]["setlinfo"]["psn_cash_pay"] == "100.00"
+        # Care in the insured region itself (R10) draws on no prepayment: no region funds one to
+        # itself, and it was refused, every time, for an (A, A) account nobody funds.
+        home_facility = "H" + uuid.uuid4().hex[:11].upper()
+        await world.load(
+            facilities=[{"fixmedins_code": home_facility, "fixmedins_name": "home hospital", "admdvs": world.insured,
+                         "level": 3, "med_types": ["11"]}],
+            catalogue=[item | {"mdtrtarea_admvs": world.insured} for item in world.catalogue()])
+        at_home = world.request(person, [("T-A", "1", "800.00")])
+        at_home["mdtrtarea_admvs"], at_home["fixmedins_code"] = world.insured, home_facility
+        settled = await gateway.call(at_home)
+        assert settled["infcode"] == 0, settled
+        assert Decimal(settled["output"]["setlinfo"]["fund_pay_sumamt"]) > Decimal("80.00")  # more than is left
+        assert len(await system.ledger(at_home["msgid"])) == 1
     finally:
         system.kill("pricing")
         system.start("pricing")

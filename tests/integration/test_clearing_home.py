@@ -1,0 +1,77 @@
+"""Care in the insured region itself, in clearing, on the real Postgres.
+
+A person filed long-term elsewhere may be treated at home (R10): insured and treating region are
+one. That region's own fund pays its own facility, so the settlement draws on no prepayment (no
+region advanced one to itself) and no region owes it another at month end. It drew on an
+(A, A) account nobody funds: the balance went negative, the shortfall alerts fired, and the month
+issued a statement of region A owing region A.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from decimal import Decimal
+
+import orjson
+import pytest
+
+from services.clearing.admin import ClearingAdminHandler
+from services.clearing.handlers import ClearingHandler
+from tests.integration.priced import priced, published
+from yidi.platform.kafka import Incoming
+from yidi.platform.topics import CLEARING_ALERTS, CLEARING_STATEMENTS, PREPAYMENT_STATUS
+
+pytestmark = pytest.mark.integration
+
+
+async def test_care_at_home_is_in_the_ledger_draws_nothing_and_clears_with_no_statement(settings, clearing_of_its_own):
+    own, repo = clearing_of_its_own
+    home = f"95{random.randrange(10_000):04d}"
+    away = (home, f"94{random.randrange(10_000):04d}")
+    handler = ClearingHandler(own, repo)
+    at_home = priced(own, "settle", "M-HOME", "S-HOME", (home, home), "90.00",
+                     inf_time="2025-09-05 10:00:00", setl_time="2025-09-05 10:00:00")
+    elsewhere = priced(own, "settle", "M-AWAY", "S-AWAY", away, "40.00",
+                       inf_time="2025-09-05 11:00:00", setl_time="2025-09-05 11:00:00")
+
+    out = await handler([at_home, elsewhere])
+
+    answers = [orjson.loads(o.value) for o in out if o.answered]
+    assert sorted(a["output"]["setlinfo"]["setl_id"] for a in answers) == ["S-AWAY", "S-HOME"]
+    assert all(a["infcode"] == 0 for a in answers)
+    # Only the pair across regions has an account, and only it hears of its balance.
+    assert [(s["insuplc_admdvs"], s["mdtrtarea_admvs"]) for s in published(own, out, PREPAYMENT_STATUS)] == [away]
+    assert all(a["mdtrtarea_admvs"] != home for a in published(own, out, CLEARING_ALERTS))  # no shortfall at home
+    async with repo.transaction() as conn:
+        ledger = {r["setl_id"]: r["drawn"] for r in await conn.fetch("SELECT setl_id, drawn FROM clearing.ledger")}
+        moves = await conn.fetch("SELECT kind, ref FROM clearing.prepayment_moves ORDER BY ref")
+        accounts = await conn.fetch("SELECT insuplc_admdvs, mdtrtarea_admvs FROM clearing.prepayment_accounts")
+    assert ledger == {"S-HOME": Decimal("0.00"), "S-AWAY": Decimal("40.00")}  # in the ledger once, both
+    assert [(m["kind"], m["ref"]) for m in moves] == [("draw", "S-AWAY")]
+    assert [(a["insuplc_admdvs"], a["mdtrtarea_admvs"]) for a in accounts] == [away]
+
+    # Sent again, and cancelled: nothing moves for the care at home, and no balance goes out for it.
+    again = await handler([at_home])
+    assert [orjson.loads(o.value)["infcode"] for o in again if o.answered] == [0]
+    assert published(own, again, PREPAYMENT_STATUS) == []
+    cancel = priced(own, "cancel", "M-HOME-UNDO", "S-HOME", (home, home), "90.00", inf_time="2025-09-06 09:00:00")
+    undone = await handler([cancel])
+    assert [orjson.loads(o.value)["infcode"] for o in undone if o.answered] == [0]
+    assert published(own, undone, PREPAYMENT_STATUS) == []
+    async with repo.transaction() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM clearing.prepayment_moves WHERE ref = 'S-HOME'") == 0
+        assert await conn.fetchval("SELECT state FROM clearing.ledger WHERE setl_id = 'S-HOME'") == "cancelled"
+
+    # A settlement at home that stays: the month has a statement for the pair across regions only.
+    kept = priced(own, "settle", "M-HOME2", "S-HOME2", (home, home), "25.00",
+                  inf_time="2025-09-07 10:00:00", setl_time="2025-09-07 10:00:00")
+    await handler([kept])
+    run = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": "202509"}
+    month = await ClearingAdminHandler(own, repo)(
+        [Incoming(own.topic("clearing.requests"), 0, 1, run["reqid"].encode(), orjson.dumps(run), 0)])
+    (result,) = published(own, month, "clearing.results")
+    assert result["ok"], result
+    statements = published(own, month, CLEARING_STATEMENTS)
+    assert [(s["insuplc_admdvs"], s["mdtrtarea_admvs"], s["clr_sumamt"]) for s in statements] == [(*away, "40.00")]
+    assert result["data"]["clr_sumamt"] == "40.00"
