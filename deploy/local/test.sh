@@ -12,8 +12,11 @@ cd "$YIDI_ROOT"
 if ! command -v promtool >/dev/null; then
   echo "test: installing Debian's prometheus package for promtool" >&2
   mkdir -p "$YIDI_LOCAL/log"
-  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus; } \
-    >>"$YIDI_LOCAL/log/apt.log" 2>&1 || echo "test: could not install prometheus (see .local/log/apt.log)" >&2
+  sudo=()
+  if ((EUID != 0)) && command -v sudo >/dev/null; then sudo=(sudo); fi
+  { "${sudo[@]}" apt-get update && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+      --no-install-recommends prometheus; } >>"$YIDI_LOCAL/log/apt.log" 2>&1 \
+    || echo "test: could not install prometheus (see .local/log/apt.log)" >&2
 fi
 was_up=$({ "$HERE/stack.sh" status 2>/dev/null || true; } | awk '$2 == "running" {print $1}' | tr '\n' ' ')
 started=()

@@ -64,3 +64,15 @@ async def test_the_batch_the_handler_holds_counts(monkeypatch):
     with pytest.raises(asyncio.CancelledError):
         await feeds.show_lag_every("test.feed", subscriber, 5.0, lambda: 500)
     assert _lag() == 500
+
+
+@pytest.mark.parametrize("seconds", [0, -1])
+def test_the_lag_is_sampled_every_so_many_seconds_above_0(seconds):
+    # 0 had every stage and feed ask the broker for offsets back to back.
+    from pydantic import ValidationError
+
+    from yidi.platform.settings import Settings
+
+    with pytest.raises(ValidationError, match="lag_sample_seconds"):
+        Settings(lag_sample_seconds=seconds)
+    assert Settings(lag_sample_seconds=0.5).lag_sample_seconds == 0.5

@@ -49,8 +49,9 @@ class Settings(BaseSettings):
     # ... and a full collection this often (0: never, else at least 1 s), which those thresholds
     # almost never reach.
     gc_full_collection_seconds: float = Field(default=600.0, ge=0)
-    # How often each stage samples its consumer lag (yidi_stage_lag_records).
-    lag_sample_seconds: float = 5.0
+    # How often each stage and feed samples its consumer lag (yidi_stage_lag_records,
+    # yidi_feed_lag_records). Above 0: each sample asks the broker for offsets, and 0 asked back to back.
+    lag_sample_seconds: float = Field(default=5.0, gt=0)
     # How often clearing reads every prepayment account into yidi_prepayment_balance_yuan and
     # yidi_prepayment_alert_level (0: never).
     prepayment_sample_seconds: float = Field(default=15.0, ge=0)
