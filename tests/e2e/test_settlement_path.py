@@ -211,3 +211,17 @@ async def test_each_reference_feed_shows_its_lag_and_is_caught_up(gateway, syste
     await until(lambda: all(set(names) <= set(series(service)) for service, names in feeds.items()), timeout=30, poll=0.5)
     await until(lambda: all(series(service)[name] == 0 for service, names in feeds.items() for name in names),
                 timeout=30, poll=0.5)
+
+
+async def test_every_service_shows_when_it_last_had_an_answer_from_kafka(system):
+    """yidi_kafka_reached_timestamp_seconds (YidiKafkaUnreachable) from the running services: every
+    one's stages and feeds sample their lag every 5 s, so each has had the broker's answer lately."""
+    import time
+
+    from tests.integration.waiting import until
+
+    def ages() -> dict[str, float]:
+        return {s: time.time() - system.metric(s, "yidi_kafka_reached_timestamp_seconds")
+                for s in ("filing", "eligibility", "pricing", "clearing")}
+
+    await until(lambda: all(age < 15 for age in ages().values()), timeout=30, poll=0.5)

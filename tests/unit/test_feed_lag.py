@@ -66,6 +66,28 @@ async def test_the_batch_the_handler_holds_counts(monkeypatch):
     assert _lag() == 500
 
 
+async def test_an_answer_from_the_broker_is_the_time_kafka_was_last_reached():
+    import time
+
+    from yidi.platform.lag import consumer_lag
+
+    def reached() -> float | None:
+        return REGISTRY.get_sample_value("yidi_kafka_reached_timestamp_seconds")
+
+    class _Unassigned(_Consumer):
+        def assignment(self) -> set[str]:
+            return set()
+
+    before = reached()
+    assert await consumer_lag(_Unassigned([130])) == 0 and reached() == before  # nothing asked
+    with pytest.raises(OSError):
+        await consumer_lag(_Consumer([OSError("broker away")]))
+    assert reached() == before  # no answer
+    asked = time.time()
+    assert await consumer_lag(_Consumer([130])) == 120
+    assert reached() >= asked
+
+
 @pytest.mark.parametrize("seconds", [0, -1])
 def test_the_lag_is_sampled_every_so_many_seconds_above_0(seconds):
     # 0 had every stage and feed ask the broker for offsets back to back.

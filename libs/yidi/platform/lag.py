@@ -13,6 +13,8 @@ import time
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from yidi.platform import metrics
+
 
 async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     """The partitions of ``topic`` as the broker knows them now (none: no such topic), in order."""
@@ -25,11 +27,13 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
 
 async def consumer_lag(consumer: AIOKafkaConsumer, *, position_timeout: float = 2.0) -> int:
     """Records on the consumer's assigned partitions past its position, up to the last stable
-    offsets (a ``read_committed`` consumer's end offsets); 0 with no partition assigned."""
+    offsets (a ``read_committed`` consumer's end offsets); 0 with no partition assigned. Its
+    answer from the broker sets ``yidi_kafka_reached_timestamp_seconds``."""
     partitions = list(consumer.assignment())
     if not partitions:
         return 0
     ends = await consumer.end_offsets(partitions)
+    metrics.KAFKA_REACHED.set(time.time())  # the broker answered (YidiKafkaUnreachable)
     behind = 0
     for tp in partitions:
         behind += max(0, ends[tp] - await asyncio.wait_for(consumer.position(tp), position_timeout))

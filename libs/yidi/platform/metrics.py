@@ -97,6 +97,14 @@ PREPAYMENT_ALERT_LEVEL = Gauge(
     "the balance as clearing's PrepaymentAlerts on clearing.alerts judge it.",
     ["insured", "treating"],
 )
+# Set whenever a stage's or a feed's lag sample has the broker's answer (yidi.platform.lag):
+# every few seconds while Kafka answers, stale once it does not (YidiKafkaUnreachable).
+KAFKA_REACHED = Gauge(
+    "yidi_kafka_reached_timestamp_seconds",
+    "When this process last had an answer from the Kafka broker (the offsets of a stage's or feed's "
+    "lag sample, every YIDI_LAG_SAMPLE_SECONDS); 0 until the first.",
+)
+
 FEED_LAG = Gauge(
     "yidi_feed_lag_records",
     "A reference feed's backlog on this instance (sampled every YIDI_LAG_SAMPLE_SECONDS): the batch its "
