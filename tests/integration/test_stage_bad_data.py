@@ -150,3 +150,53 @@ async def test_an_output_the_broker_refuses_for_good_is_refused_alone(settings, 
     stage = TransactionalStage("refused-output-test", "test", s, [SETTLEMENT_REQUESTS], "refused-output-test",
                                inflate_the_second)
     await _the_second_is_refused_alone(s, stage, b"refused an output for good", 1 if transactions == "v1" else 2)
+
+
+@PROTOCOLS
+async def test_an_answer_larger_than_its_reply_topic_takes_goes_to_the_shared_topic_once(settings, transactions, during):
+    """A gateway's reply topic whose max.message.bytes is below one answer: the broker refuses it
+    after the handler committed its work (clearing: the ledger row). The record is not refused
+    ("nothing was settled", while it was): its answer alone goes to the shared answer topic, with the
+    header saying why, and the stage goes on."""
+    from yidi.platform.kafka import Answered
+    from yidi.platform.reply_topics import HEADER
+
+    s = settings.model_copy(update={"namespace": settings.namespace + f"toolarge{uuid.uuid4().hex[:6]}.",
+                                    "batch_linger_ms": 500.0, "kafka_transactions": transactions,
+                                    "kafka_offsets_during_handler": during})
+    reply_to = s.topic("gw.small.replies")
+    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(reply_to, 1, 1, topic_configs={"max.message.bytes": "20000"})])
+    finally:
+        await admin.close()
+    await ensure_topics(s)
+    handled: list[bytes] = []
+
+    async def answer_each(records: list[Incoming]) -> list[Outgoing]:
+        handled.extend(r.value for r in records)
+        return [Outgoing(reply_to, orjson.dumps({"msgid": r.value.decode(), "pad": "x" * (100_000 if r.value == b"2" else 1)}),
+                         key=r.key, fallback=s.topic("settlement.results"),
+                         answered=Answered(infno="2207", err_code="ok", request_ts_ms=0))
+                for r in records]
+
+    moved = metrics.REPLY_TOPIC_REFUSED.labels("too-large-test", "too_large")
+    before = moved._value.get()
+    stage = TransactionalStage("too-large-test", "test", s, [SETTLEMENT_REQUESTS], "too-large-test", answer_each)
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for v in (b"1", b"2", b"3", b"4"):
+            await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), v, key=b"one-facility")
+        await stage.start()
+        assert [orjson.loads(r.value)["msgid"] for r in await _read(s, "gw.small.replies", 3)] == ["1", "3", "4"]
+        (shared,) = await _read(s, "settlement.results", 1)
+        assert orjson.loads(shared.value)["msgid"] == "2"
+        assert b"larger than the topic takes" in dict(shared.headers)[HEADER]
+        assert await _read(s, dlq(SETTLEMENT_REQUESTS), 1) == []  # not refused
+        assert moved._value.get() - before == 1
+        assert stage.failure is None and not stage.task.done()
+    finally:
+        await producer.stop()
+        await stage.stop()

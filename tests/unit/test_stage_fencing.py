@@ -79,7 +79,7 @@ async def test_isolating_a_bad_record_stops_when_a_half_was_left_to_the_new_owne
 
     stage._handle_until_committed = handle
     records = [Incoming("in", 0, n, b"k", b"v", 0) for n in range(4)]
-    assert await stage._isolate(records, BadData("numeric field overflow")) is False
+    assert await stage._isolate(records, BadData("numeric field overflow"), stage.handler) is False
     assert calls == [[0, 1]]
 
 

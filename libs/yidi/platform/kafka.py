@@ -34,7 +34,7 @@ from yidi.platform import fencing, metrics, txnv2
 from yidi.platform.errors import BadData, FatalError, RaceLost, TransientError
 from yidi.platform.faults import armed, crash_point
 from yidi.platform.lag import consumer_lag
-from yidi.platform.reply_topics import ReplyTopicRefused, ReplyTopics
+from yidi.platform.reply_topics import ReplyTopicRefused, ReplyTopics, to_shared_topic
 from yidi.platform.settings import Settings
 from yidi.platform.topics import all_topic_specs
 
@@ -50,6 +50,11 @@ _aiokafka_sender.BACKOFF_OVERRIDE = fencing.CONCURRENT_TRANSACTIONS_BACKOFF
 
 # Errors a broker refuses a record batch with that no retry can change (the topic's limits).
 PERMANENT_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+class OutputRefused(BadData):
+    """An output Kafka refuses for good for its size (the client's limit, or the topic's
+    max.message.bytes): every retry would be refused the same way."""
+
 
 # How the reason of a record a stage cannot process (``BadData``) begins.
 CANNOT_PROCESS = "cannot be processed"
@@ -404,9 +409,9 @@ class TransactionalStage:
                 await asyncio.sleep(0.1)  # the winner has committed (the violation says so): look again
                 continue
             except BadData as exc:
-                if handler is not self.handler:
+                if getattr(handler, "yidi_refusal", False):
                     raise FatalError(f"stage {self.name}: refusing a record failed: {exc}") from exc
-                return await self._isolate(records, exc)
+                return await self._isolate(records, exc, handler)
             except (TransientError, KafkaError, OSError) as exc:
                 races = 0
                 reason = type(exc).__name__
@@ -437,11 +442,16 @@ class TransactionalStage:
                 metrics.ANSWERS.labels(self.service, infno, err_code).inc(count)
             return True
 
-    async def _isolate(self, records: list[Incoming], exc: BadData) -> bool:
+    async def _isolate(self, records: list[Incoming], exc: BadData, handler: Handler) -> bool:
         """The database refused a value of this batch, or an output was too large for a Kafka record:
         halve the batch until the record at fault is alone, and refuse that record (its batch-mates
         are handled, in order, in batches of their own). Without this, one bad value stops the
-        stage for everybody: the batch would fail the same way after every restart."""
+        stage for everybody: the batch would fail the same way after every restart.
+
+        An output the broker refused for its size may be an answer larger than the gateway's reply
+        topic takes: the record alone is handled once more with its answers on their shared answer
+        topic (``reply_topics.to_shared_topic``) before it is refused. Its handler's work is
+        committed by then (a ledger row, say): refused, it would be answered "nothing was settled"."""
         metrics.STAGE_RETRIES.labels(self.name, "BadData").inc()
         if len(records) > 1:
             log.warning("stage %s: %s; batch of %d halved to find the record at fault", self.name, exc, len(records))
@@ -451,6 +461,15 @@ class TransactionalStage:
             return (await self._handle_until_committed(records[:half])
                     and await self._handle_until_committed(records[half:]))
         record = records[0]
+        if isinstance(exc, OutputRefused) and handler is self.handler:
+            log.warning("stage %s: %s; %s/%d/%d handled again with its answers on their shared answer topic",
+                        self.name, exc, record.topic, record.partition, record.offset)
+            own = self.handler
+
+            async def answers_to_shared_topic(rs: list[Incoming]) -> list[Outgoing]:
+                return to_shared_topic(await own(rs), "too_large")
+
+            return await self._handle_until_committed(records, answers_to_shared_topic)
         reason = f"{CANNOT_PROCESS}: {exc}"
         log.error("stage %s: %s/%d/%d %s", self.name, record.topic, record.partition, record.offset, reason)
         if self.refuse is not None:
@@ -464,6 +483,8 @@ class TransactionalStage:
 
         async def refused(rs: list[Incoming]) -> list[Outgoing]:
             return refuse(rs[0], reason)
+
+        refused.yidi_refusal = True  # type: ignore[attr-defined]
 
         return await self._handle_until_committed(records, refused)
 
@@ -593,8 +614,8 @@ class TransactionalStage:
                     sends.append(await producer.send(o.topic, o.value, key=o.key, headers=list(o.headers) or None))
                 except MessageSizeTooLargeError as exc:
                     # Every retry would fail the same way: the record whose output it is is refused.
-                    raise BadData(f"an output of {len(o.value)} bytes for {o.topic} is larger than a Kafka "
-                                  f"record may be ({exc})") from exc
+                    raise OutputRefused(f"an output of {len(o.value)} bytes for {o.topic} is larger than a Kafka "
+                                        f"record may be ({exc})") from exc
             if offsets_sent is None:
                 await producer.send_offsets_to_transaction(offsets, group)
             if armed(self.name, "before-kafka-commit"):
@@ -627,7 +648,7 @@ class TransactionalStage:
             refused = getattr(exc, "refused", None)
             if isinstance(refused, PERMANENT_REFUSALS):
                 # Every retry would be refused the same way: the record whose output it is is refused.
-                raise BadData(f"the broker refused an output for good ({refused!r})") from exc
+                raise OutputRefused(f"the broker refused an output for good ({refused!r})") from exc
             raise
         await asyncio.gather(*sends)  # settled by the commit; surfaces any per-record error
 

@@ -37,7 +37,7 @@ REPLY_TOPIC_REFUSED = Counter(
     "yidi_reply_topic_refused_total",
     "Answers published on their kind's shared answer topic because the broker refuses the gateway's reply_to "
     "(unknown: does not exist and is not created; unauthorized: the platform may not write it; invalid; "
-    "unavailable: no partitions within 5 s), per stage.",
+    "unavailable: no partitions within 5 s; too_large: one answer larger than the topic takes), per stage.",
     ["stage", "reason"],
 )
 DEAD_LETTERS = Counter("yidi_dead_letters_total", "Messages sent to a dead-letter topic, by source topic.", ["topic"])

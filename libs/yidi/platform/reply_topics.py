@@ -65,6 +65,7 @@ _EXPLAINED = {
     "invalid": "the broker says it is not a valid topic name",
     "unauthorized": "the broker does not let the platform write to it",
     "unavailable": "the broker gave the topic no partitions within {wait:g} s",
+    "too_large": "the answer is larger than the topic takes (its max.message.bytes)",
 }
 
 
@@ -130,9 +131,20 @@ class ReplyTopics:
             if reason is None:
                 routed.append(o)
                 continue
-            routed.append(replace(o, topic=o.fallback, fallback=None, refused=reason,
-                                  headers=(*o.headers, (HEADER, f"{o.topic}: {_explain(reason)}".encode()))))
+            routed.append(moved(o, reason))
         return routed
+
+
+def moved(o: Outgoing, reason: str) -> Outgoing:
+    """An answer moved to its shared answer topic (``o.fallback``), the header saying from where and why."""
+    assert o.fallback is not None
+    return replace(o, topic=o.fallback, fallback=None, refused=reason,
+                   headers=(*o.headers, (HEADER, f"{o.topic}: {_explain(reason)}".encode())))
+
+
+def to_shared_topic(outgoing: list[Outgoing], reason: str) -> list[Outgoing]:
+    """``outgoing`` with every answer on a gateway's reply topic moved to its shared answer topic."""
+    return [moved(o, reason) if o.fallback and o.topic != o.fallback else o for o in outgoing]
 
 
 async def settle(client: Any, topic: str) -> str | None:
