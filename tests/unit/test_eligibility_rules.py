@@ -124,6 +124,14 @@ def test_r14_chronic_care_needs_the_qualification_at_home():
     assert isinstance(no, Refused) and no.code is Refusal.NOT_QUALIFIED
 
 
+def test_r14_a_qualification_is_held_whether_the_code_is_written_with_its_dot_or_without():
+    # The home record writes "Z99.2" (dialysis dependence), a facility sends "Z992…", or the reverse.
+    for held, sent in (("Z99.2", "Z99200"), ("Z992", "Z99.200"), ("e11.9", "E11900")):
+        person = Person("P5", "Wu", "131000", InsuranceType.EMPLOYEE, PersonType.RETIRED, True, frozenset({held}), D("0"))
+        d = decide(visit(MedType.CHRONIC_OUTPATIENT, disease=sent), person, BEIJING_HOSPITAL, [filing()], [], NOW)
+        assert isinstance(d, Eligible), (held, sent, d)
+
+
 def test_r14_inside_the_province_any_chronic_disease_the_person_holds_settles_not_only_the_five():
     copd = Person("P3", "Li", "131000", InsuranceType.EMPLOYEE, PersonType.RETIRED, True, frozenset({"J44"}), D("0"))
     at_home = decide(visit(MedType.CHRONIC_OUTPATIENT, disease="J44.900", treating="131000"), copd,

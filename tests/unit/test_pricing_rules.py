@@ -321,6 +321,15 @@ def test_r14_a_rule_for_one_chronic_disease_beats_the_general_chronic_rule():
     assert (dialysis.ratio, diabetes.ratio) == (D("0.90"), D("0.70"))
 
 
+def test_r14_a_disease_rule_matches_a_code_sent_with_or_without_its_dot():
+    chronic = MedType.CHRONIC_OUTPATIENT
+    pol = policy(rule(chronic, ratio="0.70"), rule(chronic, ratio="0.90", diseases=frozenset({"N18.5"})))
+    for code in ("N18.500", "N18500", "n185"):
+        p = price(bill(("A1", "1", "100.00")), catalogue(item("A1")), pol, terms(chronic, disease_code=code), {})
+        assert p.ratio == D("0.90"), code
+    assert pol.rule_for(chronic, PersonType.RETIRED, 3, "N18.400").ratio == D("0.70")
+
+
 def test_a_stay_is_named_by_its_facility_and_visit_number():
     pol = policy(rule(IP, deductible="900.00", ratio="0.85", deductible_scope=DeductibleScope.STAY, deductible_bucket="ip"))
     a = Bill("100", DAY, bill(("A1", "1", "1000.00")).lines, "H1")

@@ -19,6 +19,12 @@ def minutes_ahead(moment: datetime, now: datetime, tolerance_seconds: float) -> 
     return None if ahead <= tolerance_seconds else int(ahead // 60)
 
 
+def disease_key(code: str) -> str:
+    """An ICD-10 code or prefix as the platform compares them: upper case, without its dot
+    ("N18.500" and "n18500", "Z99.2" and "Z992" alike; facilities send both forms)."""
+    return code.upper().replace(".", "")
+
+
 class MedType(StrEnum):
     """Medical category (``med_type``)."""
 

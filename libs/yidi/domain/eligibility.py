@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from yidi.domain.codes import BUSINESS_TZ, FilingCategory, InsuranceType, MedType, PersonType
+from yidi.domain.codes import BUSINESS_TZ, FilingCategory, InsuranceType, MedType, PersonType, disease_key
 from yidi.domain.money import ZERO
 
 
@@ -209,9 +209,9 @@ def province_of(region: str) -> str:
 
 def chronic_disease_of(code: str) -> str | None:
     """R14: the cross-province chronic disease a diagnosis code belongs to, if any."""
-    plain = code.upper().replace(".", "")  # "N18.500" and "N18500", "Z99.2" and "Z992" alike
+    plain = disease_key(code)  # "N18.500" and "N18500", "Z99.2" and "Z992" alike
     for disease, prefixes in CROSS_PROVINCE_CHRONIC.items():
-        if any(plain.startswith(p.replace(".", "")) for p in prefixes):
+        if any(plain.startswith(disease_key(p)) for p in prefixes):
             return disease
     return None
 
@@ -292,7 +292,7 @@ def decide(
     if visit.med_type is MedType.CHRONIC_OUTPATIENT:
         # R14: the person must hold the qualification at home; across provinces only the five
         # diseases settle, inside the province (the insured region included) any the region lists.
-        held = any(visit.disease_code.upper().startswith(q.upper()) for q in person.chronic_qualifications)
+        held = any(disease_key(visit.disease_code).startswith(disease_key(q)) for q in person.chronic_qualifications)
         if not held:
             return Refused(
                 Refusal.NOT_QUALIFIED,

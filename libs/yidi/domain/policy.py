@@ -11,7 +11,7 @@ from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 
-from yidi.domain.codes import FUND_NAMES, FilingCategory, FundType, InsuranceType, MedType, PersonType
+from yidi.domain.codes import FUND_NAMES, FilingCategory, FundType, InsuranceType, MedType, PersonType, disease_key
 
 # Funds a layer may not be (R18): the pooled funds (priced by the benefit rules, step 4-5) and the
 # individual account (R16, the person's part; not a fund payment of setlinfo).
@@ -81,7 +81,7 @@ class BenefitRule:
             med_type in self.med_types
             and (not self.person_types or person_type in self.person_types)
             and (not self.facility_levels or facility_level in self.facility_levels)
-            and (not self.diseases or any(disease.upper().startswith(d.upper()) for d in self.diseases))
+            and (not self.diseases or any(disease_key(disease).startswith(disease_key(d)) for d in self.diseases))
         )
 
     @property
@@ -139,12 +139,12 @@ class BenefitPolicy:
 
     def __post_init__(self) -> None:
         validate_policy(self)
-        object.__setattr__(self, "_disease_prefixes", frozenset(d.upper() for r in self.rules for d in r.diseases))
+        object.__setattr__(self, "_disease_prefixes", frozenset(disease_key(d) for r in self.rules for d in r.diseases))
 
     def rule_for(
         self, med_type: MedType, person_type: PersonType, facility_level: int, disease: str = ""
     ) -> BenefitRule:
-        code = disease.upper()
+        code = disease_key(disease)
         key = (med_type, person_type, facility_level, frozenset(p for p in self._disease_prefixes if code.startswith(p)))
         rule = self._rule_memo.get(key)
         if rule is None:
