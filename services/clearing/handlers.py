@@ -26,7 +26,7 @@ from yidi.platform.replies import broken, parse_each, reply
 from yidi.platform.settings import Settings
 
 from services.clearing.prepayment import account_of, alert_message, prepayment_alert, status_update
-from services.clearing.repository import AMOUNT_COLUMNS, ClearingRepository, LedgerRow, NewEntry
+from services.clearing.repository import AMOUNT_COLUMNS, ClearingRepository, LedgerRow, NewEntry, WaitingUndo
 
 log = logging.getLogger(__name__)
 # The per-record counters, their label looked up once (prometheus_client's labels() is not free).
@@ -64,7 +64,12 @@ class ClearingHandler:
             again: list[tuple[str, str, str, str]] = []
             msgids = [w.request.msgid for _, (w, _, _) in works if w.kind is WorkKind.SETTLE]
             setl_ids = [w.target_setl_id for _, (w, _, _) in works if w.kind is WorkKind.CANCEL]
-            cleared_through, rows = await self.repo.batch_reads(conn, msgids, setl_ids)
+            new_setl_ids = [w.facts.setl_id for _, (w, _, _) in works if w.kind is WorkKind.SETTLE and w.facts]
+            cleared_through, rows, waits = await self.repo.batch_reads(conn, msgids, setl_ids, new_setl_ids)
+            # Undoings that came before their settlement reached the ledger (below): rare.
+            waiting = await self.repo.waiting_undos(conn, sorted(waits)) if waits else {}
+            waiting_new: list[WaitingUndo] = []
+            waiting_done: list[str] = []
             by_msgid = {r.msgid: r for r in rows}
             by_setl = {r.setl_id: r for r in rows}
             undo_msgids = [w.request.msgid for _, (w, _, _) in works if w.kind is WorkKind.CANCEL]
@@ -74,8 +79,21 @@ class ClearingHandler:
             undo_new: list[tuple[str, str, str, dict[str, Any]]] = []
             for record, (work, answer, amounts) in works:
                 if amounts is not None:
+                    entered = len(entries)
                     out.append(self._settle(work, answer, amounts, by_msgid, by_setl, entries, cleared_through, moves,
                                             again))
+                    if len(entries) > entered and (waits_for := waiting.pop(entries[-1].row.setl_id, [])):
+                        # Undone while the ledger lacked it (its settlement was dead-lettered, and now
+                        # sent again): the undoing takes effect as the settlement is entered. Its
+                        # request was answered then; its answer now is kept for a resend of it.
+                        row = entries[-1].row
+                        first = waits_for[0]
+                        self._undo(row, first.infno, first.msgid, first.answer, first.month, cleared_through,
+                                   undone, moves)
+                        for w in waits_for:
+                            undo_seen[w.msgid] = (w.request_hash, w.answer)
+                            undo_new.append((w.msgid, w.request_hash, row.setl_id, w.answer))
+                            waiting_done.append(w.msgid)
                     continue
                 seen = undo_seen.get(work.request.msgid)
                 if seen is not None:
@@ -88,33 +106,42 @@ class ClearingHandler:
                 row = by_setl.get(work.target_setl_id)
                 if row is None:
                     # Pricing has undone it already (its accumulators given back): a resend replays
-                    # the same. Operators must restore the ledger row; the cashier must not settle
-                    # the visit again meanwhile.
+                    # the same. Its settlement was dead-lettered here: the undoing is kept, and takes
+                    # effect when that settlement is sent again (without it, the settlement would
+                    # enter the ledger as settled, and the insured region pay for a cancelled bill).
+                    waiting_new.append(WaitingUndo(work.request.msgid, work.request_hash, work.target_setl_id,
+                                                   work.request.infno.value, f"{work.request.inf_time:%Y%m}", answer))
                     out.extend(broken(
                         self.settings, record, f"cancellation of {work.target_setl_id}, which the ledger lacks",
                         f"The platform could not record this undoing of settlement {work.target_setl_id}: the "
-                        "ledger lacks it. The operators are alerted; until they confirm, do not settle the visit "
-                        "again, and keep the settlement slip."))
+                        "ledger lacks it. It is kept, and takes effect if that settlement is recorded. The operators "
+                        "are alerted; until they confirm, do not settle the visit again, and keep the settlement slip."))
                     continue
                 if row.state == "settled":
-                    row.state = "reversed" if work.request.infno.value == "2601" else "cancelled"
-                    row.undone_msgid, row.undone_answer = work.request.msgid, answer
-                    # The undoing lands in its own month, or after the latest month closed (R3:
-                    # cleared once), and never before the settlement's own period: a cancellation
-                    # dated back (a facility clock years slow) would land in a month no one clears,
-                    # while the settlement was cleared in its own, and the insured region paid for it.
-                    row.undo_period = landing_period(max(f"{work.request.inf_time:%Y%m}", row.clr_period),
-                                                     cleared_through)
-                    undone[row.setl_id] = row
-                    if _moves_prepayment(row.insuplc_admdvs, row.mdtrtarea_admvs, row.drawn):
-                        moves.append((row.insuplc_admdvs, row.mdtrtarea_admvs, "give_back", row.drawn, row.setl_id))
-                    metrics.LEDGER_ENTRIES.labels(row.state).inc()
+                    self._undo(row, work.request.infno.value, work.request.msgid, answer,
+                               f"{work.request.inf_time:%Y%m}", cleared_through, undone, moves)
                 undo_seen[work.request.msgid] = (work.request_hash, answer)
                 undo_new.append((work.request.msgid, work.request_hash, row.setl_id, answer))
                 out.append(self._answer(work, answer))
-            await self.repo.write(conn, entries, list(undone.values()), undo_new)
+            await self.repo.write(conn, entries, list(undone.values()), undo_new, waiting_new, waiting_done)
             out.extend(await self._prepayment(conn, moves, again))
         return out
+
+    @staticmethod
+    def _undo(row: LedgerRow, infno: str, msgid: str, answer: dict[str, Any], month: str, cleared_through: str | None,
+              undone: dict[str, LedgerRow], moves: list[tuple[str, str, str, Decimal, str]]) -> None:
+        """Undo settled ``row`` by ``msgid`` (a 2601 reverses, the others cancel), dated ``month``."""
+        row.state = "reversed" if infno == "2601" else "cancelled"
+        row.undone_msgid, row.undone_answer = msgid, answer
+        # The undoing lands in its own month, or after the latest month closed (R3: cleared once),
+        # and never before the settlement's own period: a cancellation dated back (a facility clock
+        # years slow) would land in a month no one clears, while the settlement was cleared in its
+        # own, and the insured region paid for it.
+        row.undo_period = landing_period(max(month, row.clr_period), cleared_through)
+        undone[row.setl_id] = row
+        if _moves_prepayment(row.insuplc_admdvs, row.mdtrtarea_admvs, row.drawn):
+            moves.append((row.insuplc_admdvs, row.mdtrtarea_admvs, "give_back", row.drawn, row.setl_id))
+        metrics.LEDGER_ENTRIES.labels(row.state).inc()
 
     async def _prepayment(self, conn: Any, moves: list[tuple[str, str, str, Decimal, str]],
                           again: list[tuple[str, str, str, str]]) -> list[Outgoing]:

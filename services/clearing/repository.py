@@ -57,6 +57,18 @@ class NewEntry:
     answer_json: str
 
 
+@dataclass(frozen=True)
+class WaitingUndo:
+    """An undoing of a settlement the ledger lacked (dead-lettered here): applied when it is entered."""
+
+    msgid: str
+    request_hash: str
+    setl_id: str
+    infno: str
+    month: str  # yyyyMM of its inf_time
+    answer: dict[str, Any]  # pricing's answer to it, kept for a resend once applied
+
+
 @dataclass
 class Moved:
     accounts: list[asyncpg.Record]
@@ -79,26 +91,29 @@ class ClearingRepository(Repository):
         await lock_keys(conn, "yidi-clearing", keys, shared_first=PERIODS_LOCK)
 
     async def batch_reads(
-        self, conn: asyncpg.Connection, msgids: list[str], setl_ids: list[str]
-    ) -> tuple[str | None, list[LedgerRow]]:
+        self, conn: asyncpg.Connection, msgids: list[str], setl_ids: list[str], new_setl_ids: Sequence[str] = (),
+    ) -> tuple[str | None, list[LedgerRow], set[str]]:
         """After ``lock_batch``, in one round trip: the latest month closed (what is dated at or
-        before it lands after it, ``landing_period``), and the ledger rows of ``msgids``
-        (settlements seen before) and ``setl_ids`` (settlements to undo), locked.
+        before it lands after it, ``landing_period``), the ledger rows of ``msgids`` (settlements
+        seen before) and ``setl_ids`` (settlements to undo), locked, and which of ``new_setl_ids``
+        (the batch's settlements) have undoings waiting for them (``waiting_undos``).
 
         The periods lock held shared, a month's clearing (which takes it exclusively to close the
         month) waits for the batch to commit, and a batch that waited for it reads the month
         closed: a settlement lands either in the month being cleared (and is in its statements)
         or after it, never in between."""
         rows = await conn.fetch(
-            """SELECT c.cleared_through, l.* FROM
+            """SELECT c.cleared_through, w.waiting, l.* FROM
                  (SELECT max(setlym) AS cleared_through FROM clearing.periods WHERE state = 'closed') AS c
+               CROSS JOIN (SELECT array_agg(DISTINCT setl_id) AS waiting FROM clearing.undo_waiting
+                           WHERE setl_id = ANY($3::text[])) AS w
                LEFT JOIN LATERAL (
                  SELECT setl_id, msgid, request_hash, state, answer, undone_msgid, undone_answer,
                         insuplc_admdvs, mdtrtarea_admvs, coalesce(drawn, fund_pay_sumamt) AS drawn, undo_period,
                         clr_period
                  FROM clearing.ledger
                  WHERE msgid = ANY($1::text[]) OR setl_id = ANY($2::text[]) FOR UPDATE) AS l ON true""",
-            msgids, setl_ids,
+            msgids, setl_ids, list(new_setl_ids),
         )
         return rows[0]["cleared_through"], [
             LedgerRow(r["setl_id"], r["msgid"], r["request_hash"], r["state"], json_value(r["answer"]),
@@ -106,7 +121,18 @@ class ClearingRepository(Repository):
                       r["insuplc_admdvs"], r["mdtrtarea_admvs"], r["drawn"], r["undo_period"],
                       r["clr_period"])
             for r in rows if r["setl_id"] is not None
-        ]
+        ], set(rows[0]["waiting"] or ())
+
+    async def waiting_undos(self, conn: asyncpg.Connection, setl_ids: list[str]) -> dict[str, list[WaitingUndo]]:
+        """The undoings waiting for ``setl_ids``, in the order they came, locked."""
+        found: dict[str, list[WaitingUndo]] = {}
+        for r in await conn.fetch(
+            """SELECT * FROM clearing.undo_waiting WHERE setl_id = ANY($1::text[]) ORDER BY created_at, msgid
+               FOR UPDATE""", setl_ids,
+        ):
+            found.setdefault(r["setl_id"], []).append(
+                WaitingUndo(r["msgid"], r["request_hash"], r["setl_id"], r["infno"], r["month"], json_value(r["answer"])))
+        return found
 
     async def cleared_through(self, conn: asyncpg.Connection) -> str | None:
         """The latest month closed, under the periods lock taken exclusively (``lock_periods``):
@@ -291,6 +317,8 @@ class ClearingRepository(Repository):
         entries: list[NewEntry],
         undone: list[LedgerRow],
         undo_requests: list[tuple[str, str, str, dict[str, Any]]],
+        waiting_new: Sequence[WaitingUndo] = (),
+        waiting_done: Sequence[str] = (),
     ) -> None:
         if entries:
             # One INSERT ... SELECT FROM unnest(one array per column) instead of executemany: a
@@ -330,6 +358,15 @@ class ClearingRepository(Repository):
             await conn.executemany(
                 "INSERT INTO clearing.undo_requests (msgid, request_hash, setl_id, answer) VALUES ($1, $2, $3, $4::json)",
                 [(m, h, s, orjson.dumps(a).decode()) for m, h, s, a in undo_requests],
+            )
+        if waiting_done:
+            await conn.execute("DELETE FROM clearing.undo_waiting WHERE msgid = ANY($1::text[])", list(waiting_done))
+        if waiting_new:
+            await conn.executemany(
+                """INSERT INTO clearing.undo_waiting (msgid, request_hash, setl_id, infno, month, answer)
+                   VALUES ($1, $2, $3, $4, $5, $6::json) ON CONFLICT (msgid) DO NOTHING""",
+                [(w.msgid, w.request_hash, w.setl_id, w.infno, w.month, orjson.dumps(w.answer).decode())
+                 for w in waiting_new],
             )
 
     async def by_msgid(self, msgid: str) -> dict[str, Any] | None:

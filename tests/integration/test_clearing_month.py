@@ -101,7 +101,7 @@ async def test_a_months_statements_are_totalled_after_its_close_while_settlement
         ok, _, data, published = await handler._run_month(admin, request)  # resumed, not "cleared already"
         async with repo.transaction() as batch:  # a settlement batch meanwhile: not held back
             await asyncio.wait_for(repo.lock_batch(batch, [b"P-DURING-TOTALS"]), timeout=5)
-            cleared_through, _ = await repo.batch_reads(batch, [], [])
+            cleared_through, _, _ = await repo.batch_reads(batch, [], [])
         assert cleared_through == month  # it lands after it
     assert ok and data["statements_total"] == PAIRS and len(published) == PAIRS
     body = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month}
@@ -129,7 +129,7 @@ async def test_settlement_batches_go_on_while_a_months_totals_run(settings, repo
         await asyncio.wait_for(entered.wait(), timeout=10)
         async with repo.transaction() as batch:
             await asyncio.wait_for(repo.lock_batch(batch, [b"P-DURING-TOTALS"]), timeout=5)
-            cleared_through, _ = await repo.batch_reads(batch, [], [])
+            cleared_through, _, _ = await repo.batch_reads(batch, [], [])
         assert cleared_through == month
     finally:
         release.set()

@@ -1,0 +1,91 @@
+"""An undoing of a settlement the ledger lacks, on the real Postgres.
+
+A settlement clearing dead-lettered (a bug, a value Postgres refused) is recorded by pricing, and
+the facility may cancel it before clearing is fixed: pricing gives the accumulators back and
+passes the cancellation on, which clearing cannot apply (answered INTERNAL_ERROR, "the ledger lacks
+it"). When the settlement is then sent again (the facility re-sends its msgid, or its dead letter
+is re-published), it entered the ledger as settled and nothing undid it: the month cleared it,
+and the insured region paid for a cancelled bill. The undoing is now kept and applied as the
+settlement is entered.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from decimal import Decimal
+
+import orjson
+import pytest
+
+from services.clearing.admin import ClearingAdminHandler
+from services.clearing.handlers import ClearingHandler
+from tests.integration.priced import priced, published
+from yidi.platform.kafka import Incoming
+from yidi.platform.topics import CLEARING_STATEMENTS, PREPAYMENT_STATUS
+
+pytestmark = pytest.mark.integration
+
+
+def _answers(out) -> list[dict]:
+    return [orjson.loads(o.value) for o in out if o.answered]
+
+
+async def test_a_cancellation_that_came_before_its_settlement_reached_the_ledger_is_applied_then(
+        settings, clearing_of_its_own):
+    own, repo = clearing_of_its_own
+    pair = (f"95{random.randrange(10_000):04d}", f"94{random.randrange(10_000):04d}")
+    async with repo.transaction() as conn:
+        await repo.move_prepayments(conn, [(*pair, "fund", Decimal("100.00"), "FUND-1")])
+    handler = ClearingHandler(own, repo)
+    settle = priced(own, "settle", "M-1", "S-1", pair, "90.00",
+                    inf_time="2025-09-05 10:00:00", setl_time="2025-09-05 10:00:00")
+    cancel = priced(own, "cancel", "M-1-UNDO", "S-1", pair, "90.00", inf_time="2025-09-06 09:00:00")
+
+    # The settlement was dead-lettered here; its cancellation comes: the ledger lacks it.
+    lacking = await handler([cancel])
+    (refused,) = _answers(lacking)
+    assert refused["err_code"] == "INTERNAL_ERROR" and "ledger lacks it" in refused["err_msg"]
+    assert "takes effect if that settlement is recorded" in refused["err_msg"]
+
+    # The settlement is sent again: it is entered, and undone by the cancellation at once.
+    entered = await handler([settle])
+    assert [a["infcode"] for a in _answers(entered)] == [0]  # the settlement's own answer, once
+    async with repo.transaction() as conn:
+        row = await conn.fetchrow("SELECT state, undone_msgid, clr_period, undo_period FROM clearing.ledger "
+                                  "WHERE setl_id = 'S-1'")
+        moves = await conn.fetch("SELECT kind, amount FROM clearing.prepayment_moves WHERE ref = 'S-1' ORDER BY kind")
+        waiting = await conn.fetchval("SELECT count(*) FROM clearing.undo_waiting")
+    assert (row["state"], row["undone_msgid"], row["clr_period"], row["undo_period"]) == (
+        "cancelled", "M-1-UNDO", "202509", "202509")
+    assert [(m["kind"], m["amount"]) for m in moves] == [("draw", Decimal("90.00")), ("give_back", Decimal("90.00"))]
+    assert [s["balance"] for s in published(own, entered, PREPAYMENT_STATUS)] == ["100.00"]
+    assert waiting == 0
+
+    # Either sent again: the cancellation gets pricing's answer to it, the settlement its own;
+    # nothing moves again.
+    again = await handler([cancel, settle])
+    assert [(a["msgid"], a["infcode"]) for a in _answers(again)] == [("M-1-UNDO", 0), ("M-1", 0)]
+    async with repo.transaction() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM clearing.prepayment_moves WHERE ref = 'S-1'") == 2
+
+    # The month clears nothing for it: settled and undone in it.
+    run = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": "202509"}
+    month = await ClearingAdminHandler(own, repo)(
+        [Incoming(own.topic("clearing.requests"), 0, 1, run["reqid"].encode(), orjson.dumps(run), 0)])
+    (statement,) = published(own, month, CLEARING_STATEMENTS)
+    assert (statement["settlements"], statement["undone"], statement["clr_sumamt"]) == (1, 1, "0.00")
+
+
+async def test_without_its_settlement_an_undoing_waits_and_a_resend_of_it_is_refused_the_same(
+        settings, clearing_of_its_own):
+    own, repo = clearing_of_its_own
+    pair = (f"95{random.randrange(10_000):04d}", f"94{random.randrange(10_000):04d}")
+    handler = ClearingHandler(own, repo)
+    cancel = priced(own, "cancel", "M-2-UNDO", "S-2", pair, "10.00")
+    first, second = await handler([cancel]), await handler([cancel])
+    assert [a["err_code"] for a in _answers(first) + _answers(second)] == ["INTERNAL_ERROR", "INTERNAL_ERROR"]
+    async with repo.transaction() as conn:
+        kept = await conn.fetch("SELECT msgid, setl_id FROM clearing.undo_waiting")
+        assert await conn.fetchval("SELECT count(*) FROM clearing.prepayment_moves") == 0
+    assert [(k["msgid"], k["setl_id"]) for k in kept] == [("M-2-UNDO", "S-2")]  # kept once
