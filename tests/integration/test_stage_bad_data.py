@@ -143,13 +143,18 @@ async def test_an_output_the_broker_refuses_for_good_is_refused_alone(settings, 
         await admin.close()
     await ensure_topics(s)
 
+    handled: list[list[bytes]] = []
+
     async def inflate_the_second(records: list[Incoming]) -> list[Outgoing]:
+        handled.append([r.value for r in records])
         return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value * (100_000 if r.value == b"2" else 1), key=r.key)
                 for r in records]
 
     stage = TransactionalStage("refused-output-test", "test", s, [SETTLEMENT_REQUESTS], "refused-output-test",
                                inflate_the_second)
     await _the_second_is_refused_alone(s, stage, b"refused an output for good", 1 if transactions == "v1" else 2)
+    # Not an answer: refused once isolated, not handled again to move answers it does not have.
+    assert handled.count([b"2"]) == 1, handled
 
 
 @PROTOCOLS

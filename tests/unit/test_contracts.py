@@ -79,14 +79,18 @@ def test_r14_disease_codes_are_stripped_and_an_empty_one_is_refused():
 
     base = dict(psn_no="P1", psn_name="A", insuplc_admdvs="330100", insutype="310", psn_type="11")
     assert PersonRecord(**base, chronic_qualifications=[" E11 ", "I10"]).chronic_qualifications == ["E11", "I10"]
-    with pytest.raises(ValueError, match="empty ICD-10 code or prefix would match every disease"):
+    with pytest.raises(ValueError, match="empty ICD-10 code or prefix"):
         PersonRecord(**base, chronic_qualifications=["E11", " "])
+    # Codes compare without their dot (disease_key): a dot alone is as empty, and matched every disease.
+    for empty in (".", " . ", ".."):
+        with pytest.raises(ValueError, match="a dot alone"):
+            PersonRecord(**base, chronic_qualifications=[empty])
     rule = dict(med_types=["14"], deductible="0.00", ratio="0.50")
     assert BenefitRuleRecord(**rule, diseases=["E11 "]).diseases == ["E11"]
     with pytest.raises(ValueError, match="empty ICD-10 code"):
         BenefitRuleRecord(**rule, diseases=[""])
     # A record stored before the check still reads, without its empty entries.
-    stored = PersonRecord.model_validate(base | {"chronic_qualifications": ["", "E11"]}, context=STORED_CONTEXT)
+    stored = PersonRecord.model_validate(base | {"chronic_qualifications": ["", "E11", "."]}, context=STORED_CONTEXT)
     assert stored.chronic_qualifications == ["E11"]
 
 

@@ -88,9 +88,10 @@ async def test_an_answer_from_the_broker_is_the_time_kafka_was_last_reached():
     assert reached() >= asked
 
 
-@pytest.mark.parametrize("seconds", [0, -1])
-def test_the_lag_is_sampled_every_so_many_seconds_above_0(seconds):
-    # 0 had every stage and feed ask the broker for offsets back to back.
+@pytest.mark.parametrize("seconds", [0, -1, 61])
+def test_the_lag_is_sampled_every_so_many_seconds_above_0_and_at_most_60(seconds):
+    # 0 had every stage and feed ask the broker for offsets back to back; over a minute, the samples'
+    # answers would be too rare for YidiKafkaUnreachable (2 minutes).
     from pydantic import ValidationError
 
     from yidi.platform.settings import Settings
@@ -98,3 +99,4 @@ def test_the_lag_is_sampled_every_so_many_seconds_above_0(seconds):
     with pytest.raises(ValidationError, match="lag_sample_seconds"):
         Settings(lag_sample_seconds=seconds)
     assert Settings(lag_sample_seconds=0.5).lag_sample_seconds == 0.5
+    assert Settings(lag_sample_seconds=60).lag_sample_seconds == 60

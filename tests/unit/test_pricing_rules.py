@@ -93,12 +93,24 @@ def test_r4_a_policy_naming_no_temporary_category_reads_every_category_as_filed(
     assert pol.in_scheme(None) is None
 
 
-def test_r4_a_policy_names_the_temporary_categories_of_one_scheme():
-    with pytest.raises(PolicyError, match="R4"):
-        policy(rule(OP), reductions={FilingCategory.TEMPORARY: D("0.10"), FilingCategory.REFERRAL: D("0.05")})
-    with pytest.raises(PolicyError, match="R4"):
-        policy(rule(OP), reductions={FilingCategory.TEMPORARY_OTHER: D("0.10")},
-               first_selfpay={FilingCategory.TEMPORARY: D("0.10")})
+def test_r4_a_policy_published_names_the_temporary_categories_of_one_scheme_one_stored_keeps_what_it_had():
+    from pydantic import ValidationError
+
+    from yidi.contracts.refdata import STORED_CONTEXT, PolicyRecord
+
+    body = {"insuplc_admdvs": "131000", "insutype": "310", "version": "V1", "begndate": "2024-01-01",
+            "rules": [{"med_types": ["11"], "deductible": "0.00", "ratio": "0.50"}]}
+    mixed = [{"reductions": {"temporary": "0.10", "referral": "0.05"}},
+             {"reductions": {"temporary_other": "0.10"}, "first_selfpay": {"temporary": "0.10"}}]
+    for fields in mixed:
+        with pytest.raises(ValidationError, match="R4"):
+            PolicyRecord.model_validate(body | fields)
+    # Published before the check: still read, and each category it names priced as it names it.
+    stored = PolicyRecord.model_validate(body | mixed[0], context=STORED_CONTEXT).to_domain()
+    assert stored.in_scheme(FilingCategory.REFERRAL) is FilingCategory.REFERRAL
+    assert stored.in_scheme(FilingCategory.TEMPORARY) is FilingCategory.TEMPORARY
+    p = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), stored, terms(OP, category=FilingCategory.REFERRAL), {})
+    assert p.hifp_pay == D("90.00")  # 200 × (0.50 − 0.05)
 
 
 def test_r12_first_self_pay_does_not_touch_long_term_filings():

@@ -12,10 +12,11 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from yidi.contracts.common import WHITE_SPACE, Amount, AreaCode, Code, Ratio, StrictWireModel
 from yidi.domain.catalogue import CatalogueItem
-from yidi.domain.codes import BUSINESS_TZ, ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType, minutes_ahead
+from yidi.domain.codes import (BUSINESS_TZ, ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType,
+                              disease_key, minutes_ahead)
 from yidi.domain.eligibility import Facility, Person
 from yidi.domain.money import ZERO
-from yidi.domain.policy import BenefitPolicy, BenefitRule, CalculationOrder, DeductibleScope, Layer, LayerBase
+from yidi.domain.policy import BenefitPolicy, BenefitRule, CalculationOrder, DeductibleScope, Layer, LayerBase, one_scheme
 
 
 # Validation context of a record read back from the platform's own store: it was checked when it
@@ -38,10 +39,11 @@ def _disease_codes(values: list[str], info: ValidationInfo) -> list[str]:
     none empty (an empty prefix matched every disease). A stored record from before the check
     keeps what it can: its empty entries are dropped."""
     codes = [v.strip(WHITE_SPACE) for v in values]  # as a request's dise_codg is stripped
-    if "" in codes:
+    # Compared without case or dot (disease_key): "." is as empty as "".
+    if any(not disease_key(c) for c in codes):
         if not (info.context or {}).get(STORED):
-            raise ValueError("an empty ICD-10 code or prefix would match every disease; leave it out")
-        codes = [c for c in codes if c]
+            raise ValueError("an empty ICD-10 code or prefix (or a dot alone) would match every disease; leave it out")
+        codes = [c for c in codes if disease_key(c)]
     return codes
 
 
@@ -199,8 +201,10 @@ class PolicyRecord(StrictWireModel):
     order: CalculationOrder = CalculationOrder.DEFAULT
 
     @model_validator(mode="after")
-    def _domain_accepts_it(self) -> PolicyRecord:
-        self.to_domain()  # raises PolicyError (a ValueError) for a policy R11 does not allow
+    def _domain_accepts_it(self, info: ValidationInfo) -> PolicyRecord:
+        policy = self.to_domain()  # raises PolicyError (a ValueError) for a policy R11 does not allow
+        if not (info.context or {}).get(STORED):
+            one_scheme(policy)  # R4, for what is published; one stored before the check stays readable
         return self
 
     def to_domain(self) -> BenefitPolicy:

@@ -173,6 +173,8 @@ class BenefitPolicy:
         if category is None or category.is_long_term:
             return category
         named = self.reductions.keys() | self.first_selfpay.keys()
+        if category in named:  # its own scheme (or a policy stored before one_scheme, naming both)
+            return category
         if category is FilingCategory.TEMPORARY:
             return FilingCategory.TEMPORARY_OTHER if not named.isdisjoint(SIX_TEMPORARY) else category
         return FilingCategory.TEMPORARY if FilingCategory.TEMPORARY in named else category
@@ -182,6 +184,17 @@ class BenefitPolicy:
 
     def first_selfpay_for(self, category: FilingCategory | None) -> Decimal:
         return self.first_selfpay.get(category, Decimal(0)) if category else Decimal(0)
+
+
+def one_scheme(policy: BenefitPolicy) -> None:
+    """R4: a policy names the temporary categories of one scheme. Checked when a policy is published
+    (``PolicyRecord``), not on one stored before the check, which stays readable and prices each
+    category it names as it did (``in_scheme``)."""
+    named = policy.reductions.keys() | policy.first_selfpay.keys()
+    if FilingCategory.TEMPORARY in named and not named.isdisjoint(SIX_TEMPORARY):
+        raise PolicyError(
+            "R4: a policy names the temporary categories of one scheme, the two groups (temporary) or the six "
+            f"categories (referral, emergency, temporary_other), not both: {sorted(c.value for c in named)}")
 
 
 def _check_ratio(name: str, value: Decimal) -> None:
@@ -213,11 +226,6 @@ def validate_policy(policy: BenefitPolicy) -> None:
             raise PolicyError(
                 f"R11: the reduction for {category.value} is at most {limit}, got {reduction}"
             )
-    named = policy.reductions.keys() | policy.first_selfpay.keys()
-    if FilingCategory.TEMPORARY in named and not named.isdisjoint(SIX_TEMPORARY):
-        raise PolicyError(
-            "R4: a policy names the temporary categories of one scheme, the two groups (temporary) or the six "
-            f"categories (referral, emergency, temporary_other), not both: {sorted(c.value for c in named)}")
     for category, share in policy.first_selfpay.items():
         if category.is_long_term:
             raise PolicyError(f"R12: first self-pay applies to temporary trips, not {category.value}")

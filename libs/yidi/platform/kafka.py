@@ -53,7 +53,12 @@ PERMANENT_REFUSALS = (MessageSizeTooLargeError, RecordListTooLargeError)
 
 class OutputRefused(BadData):
     """An output Kafka refuses for good for its size (the client's limit, or the topic's
-    max.message.bytes): every retry would be refused the same way."""
+    max.message.bytes): every retry would be refused the same way. ``answer``: it was (or may have
+    been: the refused topic unknown) an answer on a gateway's reply topic."""
+
+    def __init__(self, message: str, *, answer: bool) -> None:
+        super().__init__(message)
+        self.answer = answer
 
 
 # How the reason of a record a stage cannot process (``BadData``) begins.
@@ -461,7 +466,7 @@ class TransactionalStage:
             return (await self._handle_until_committed(records[:half])
                     and await self._handle_until_committed(records[half:]))
         record = records[0]
-        if isinstance(exc, OutputRefused) and handler is self.handler:
+        if isinstance(exc, OutputRefused) and exc.answer and handler is self.handler:
             log.warning("stage %s: %s; %s/%d/%d handled again with its answers on their shared answer topic",
                         self.name, exc, record.topic, record.partition, record.offset)
             own = self.handler
@@ -615,7 +620,7 @@ class TransactionalStage:
                 except MessageSizeTooLargeError as exc:
                     # Every retry would fail the same way: the record whose output it is is refused.
                     raise OutputRefused(f"an output of {len(o.value)} bytes for {o.topic} is larger than a Kafka "
-                                        f"record may be ({exc})") from exc
+                                        f"record may be ({exc})", answer=_answer_topic(o.topic, outgoing)) from exc
             if offsets_sent is None:
                 await producer.send_offsets_to_transaction(offsets, group)
             if armed(self.name, "before-kafka-commit"):
@@ -648,7 +653,9 @@ class TransactionalStage:
             refused = getattr(exc, "refused", None)
             if isinstance(refused, PERMANENT_REFUSALS):
                 # Every retry would be refused the same way: the record whose output it is is refused.
-                raise OutputRefused(f"the broker refused an output for good ({refused!r})") from exc
+                topic = getattr(refused, "yidi_topic", None)  # yidi.platform.txnv2
+                raise OutputRefused(f"the broker refused an output for good ({refused!r})",
+                                    answer=topic is None or _answer_topic(topic, outgoing)) from exc
             raise
         await asyncio.gather(*sends)  # settled by the commit; surfaces any per-record error
 
@@ -658,6 +665,11 @@ class TransactionalStage:
         if isinstance(exc, ProducerFenced):
             return exc
         return FatalError(f"stage {self.name}: the Kafka producer failed for good: {exc!r}")
+
+
+def _answer_topic(topic: str, outgoing: list[Outgoing]) -> bool:
+    """Whether ``topic`` is a gateway's reply topic among ``outgoing`` (an answer with a shared topic)."""
+    return any(o.topic == topic and o.fallback and o.topic != o.fallback for o in outgoing)
 
 
 def _abortable_cause(producer: AIOKafkaProducer) -> BaseException | None:

@@ -50,8 +50,9 @@ class Settings(BaseSettings):
     # almost never reach.
     gc_full_collection_seconds: float = Field(default=600.0, ge=0)
     # How often each stage and feed samples its consumer lag (yidi_stage_lag_records,
-    # yidi_feed_lag_records). Above 0: each sample asks the broker for offsets, and 0 asked back to back.
-    lag_sample_seconds: float = Field(default=5.0, gt=0)
+    # yidi_feed_lag_records). Above 0: each sample asks the broker for offsets, and 0 asked back to back;
+    # at most 60: the samples' answers are what YidiKafkaUnreachable watches (2 minutes).
+    lag_sample_seconds: float = Field(default=5.0, gt=0, le=60)
     # How often clearing reads every prepayment account into yidi_prepayment_balance_yuan and
     # yidi_prepayment_alert_level (0: never).
     prepayment_sample_seconds: float = Field(default=15.0, ge=0)

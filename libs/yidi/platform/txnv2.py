@@ -395,16 +395,20 @@ def _append_batch(self: Any, builder: Any, tp: Any) -> Any:
     batch = _aiokafka_append_batch(self, builder, tp)
     txn_manager = self._txn_manager
     if txn_manager is not None and txn_manager.transactional_id is not None:
-        batch.future.add_done_callback(functools.partial(_batch_done, txn_manager))
+        batch.future.add_done_callback(functools.partial(_batch_done, txn_manager, tp.topic))
     return batch
 
 
-def _batch_done(txn_manager: Any, fut: Any) -> None:
+def _batch_done(txn_manager: Any, topic: str, fut: Any) -> None:
     # Runs before whatever waits for the batch resumes (its callback was added first): the commit
     # (_do_txn_commit) and the offsets (_do_txn_offset_commit) see it.
     exc = _failure(fut)
     if exc is None:
         return
+    try:
+        exc.yidi_topic = topic  # type: ignore[attr-defined]  # which topic refused it (kafka.OutputRefused)
+    except AttributeError:
+        pass
     # Its records took sequence numbers that were never written: the producer's next transaction
     # needs a new epoch (v2: every EndTxn gives one; v1: _EndTxnHandler asks for one).
     txn_manager.yidi_sequence_gap = True
