@@ -109,8 +109,13 @@ class ClearingHandler:
                     # the same. Its settlement was dead-lettered here: the undoing is kept, and takes
                     # effect when that settlement is sent again (without it, the settlement would
                     # enter the ledger as settled, and the insured region pay for a cancelled bill).
-                    waiting_new.append(WaitingUndo(work.request.msgid, work.request_hash, work.target_setl_id,
-                                                   work.request.infno.value, f"{work.request.inf_time:%Y%m}", answer))
+                    kept = WaitingUndo(work.request.msgid, work.request_hash, work.target_setl_id,
+                                       work.request.infno.value, f"{work.request.inf_time:%Y%m}", answer)
+                    waiting_new.append(kept)
+                    # Its settlement may follow in this very batch (both keyed by the person).
+                    waits_for = waiting.setdefault(kept.setl_id, [])
+                    if all(w.msgid != kept.msgid for w in waits_for):
+                        waits_for.append(kept)
                     out.extend(broken(
                         self.settings, record, f"cancellation of {work.target_setl_id}, which the ledger lacks",
                         f"The platform could not record this undoing of settlement {work.target_setl_id}: the "
@@ -187,6 +192,8 @@ class ClearingHandler:
                 )
             if _moves_prepayment(existing.insuplc_admdvs, existing.mdtrtarea_admvs, existing.drawn):
                 again.append((existing.insuplc_admdvs, existing.mdtrtarea_admvs, "draw", existing.setl_id))
+                if existing.state != "settled":  # undone since: its give-back (and an alert kept with it) too
+                    again.append((existing.insuplc_admdvs, existing.mdtrtarea_admvs, "give_back", existing.setl_id))
             return self._answer(work, existing.answer)
         facts = work.facts
         assert facts is not None, "pricing sends facts with every settlement"

@@ -361,6 +361,9 @@ class ClearingRepository(Repository):
             )
         if waiting_done:
             await conn.execute("DELETE FROM clearing.undo_waiting WHERE msgid = ANY($1::text[])", list(waiting_done))
+        # An undoing kept and applied in the same batch (its settlement followed it) is not kept.
+        done = set(waiting_done)
+        waiting_new = [w for w in waiting_new if w.msgid not in done]
         if waiting_new:
             await conn.executemany(
                 """INSERT INTO clearing.undo_waiting (msgid, request_hash, setl_id, infno, month, answer)

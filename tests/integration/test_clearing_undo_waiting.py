@@ -89,3 +89,34 @@ async def test_without_its_settlement_an_undoing_waits_and_a_resend_of_it_is_ref
         kept = await conn.fetch("SELECT msgid, setl_id FROM clearing.undo_waiting")
         assert await conn.fetchval("SELECT count(*) FROM clearing.prepayment_moves") == 0
     assert [(k["msgid"], k["setl_id"]) for k in kept] == [("M-2-UNDO", "S-2")]  # kept once
+
+
+@pytest.mark.parametrize("kept_before", [False, True])
+async def test_an_undoing_and_its_settlement_sent_again_in_one_batch_undo_it(settings, clearing_of_its_own, kept_before):
+    # Both are keyed by the person: re-published together, the undoing comes first in the batch
+    # (and may have been kept by an earlier batch as well).
+    own, repo = clearing_of_its_own
+    pair = (f"95{random.randrange(10_000):04d}", f"94{random.randrange(10_000):04d}")
+    handler = ClearingHandler(own, repo)
+    settle = priced(own, "settle", "M-3", "S-3", pair, "30.00")
+    cancel = priced(own, "cancel", "M-3-UNDO", "S-3", pair, "30.00")
+    if kept_before:
+        await handler([cancel])
+
+    out = await handler([cancel, settle])
+
+    assert [(a["msgid"], a["infcode"]) for a in _answers(out)] == [("M-3-UNDO", -1), ("M-3", 0)]
+    async with repo.transaction() as conn:
+        row = await conn.fetchrow("SELECT state, undone_msgid FROM clearing.ledger WHERE setl_id = 'S-3'")
+        kinds = [r["kind"] for r in await conn.fetch(
+            "SELECT kind FROM clearing.prepayment_moves WHERE ref = 'S-3' ORDER BY kind")]
+        assert await conn.fetchval("SELECT count(*) FROM clearing.undo_waiting") == 0
+        assert await conn.fetchval("SELECT count(*) FROM clearing.undo_requests WHERE msgid = 'M-3-UNDO'") == 1
+    assert (row["state"], row["undone_msgid"]) == ("cancelled", "M-3-UNDO")
+    assert kinds == ["draw", "give_back"]
+    # The batch handled again (its Kafka transaction lost: only this attempt's answers go out): the undoing
+    # now has its kept answer, and nothing moves again.
+    again = await handler([cancel, settle])
+    assert [(a["msgid"], a["infcode"]) for a in _answers(again)] == [("M-3-UNDO", 0), ("M-3", 0)]
+    async with repo.transaction() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM clearing.prepayment_moves WHERE ref = 'S-3'") == 2

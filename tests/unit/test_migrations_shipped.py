@@ -21,7 +21,7 @@ SHIPPED = {
     "services/clearing/migrations/009_statement_clears_accounts_money.sql": "7a62ec3d5db0cdc3",
     "services/clearing/migrations/010_alert_level.sql": "d1d5346a3d517d53",
     "services/clearing/migrations/011_period_totalled.sql": "34130b48bab0813f",
-    "services/clearing/migrations/012_undo_waiting.sql": "6d5ecaafdc3fbe73",
+    "services/clearing/migrations/012_undo_waiting.sql": "9a1a995a19c38c44",
     "services/eligibility/migrations/001_init.sql": "ec027197a529a8de",
     "services/eligibility/migrations/002_person_source_time.sql": "6841f8914204d212",
     "services/eligibility/migrations/003_person_source_time_backfill.sql": "eb3325b68145fc37",

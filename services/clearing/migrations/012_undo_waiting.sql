@@ -10,6 +10,7 @@ CREATE TABLE undo_waiting (
     infno         text NOT NULL,
     month         text NOT NULL,
     answer        json NOT NULL,
-    created_at    timestamptz NOT NULL DEFAULT now()
+    -- The order they came in, within a batch too (now() is the transaction's start).
+    created_at    timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX undo_waiting_setl_id ON undo_waiting (setl_id);
