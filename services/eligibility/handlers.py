@@ -94,7 +94,7 @@ def _work(p: Parsed) -> dict[str, Any]:
         "request_hash": p.request.payload_hash(),
         "request_ts_ms": p.record.timestamp_ms,
         "refusal": None, "person": None, "facility_level": 0, "basis": "", "filing_id": "", "filing_category": None,
-        "filing_waived": False,
+        "filing_waived": False, "filing_others": [],
     }
 
 
@@ -336,6 +336,7 @@ class EligibilityHandler:
                 work["filing_id"] = decision.filing.filing_id if decision.filing else ""
                 work["filing_category"] = decision.category.value if decision.category else None
                 work["filing_waived"] = decision.waived
+                work["filing_others"] = [c.value for c in decision.others] if decision.category else []
         return Outgoing(
             topic=self.settings.topic(SETTLEMENT_ELIGIBLE), value=orjson.dumps(work), key=body.psn_no.encode()
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -301,6 +301,12 @@ class PricingHandler:
         bill = Bill(body.mdtrt_id, day, body.lines, request.fixmedins_code)
         try:
             pricing = price(bill, catalogue, policy, terms, year_usage)
+            for other in work.filing_others:
+                # Another valid temporary filing of this visit: the one the insured region's
+                # numbers pay most settles it (of equals, eligibility's choice).
+                alternative = price(bill, catalogue, policy, replace(terms, filing_category=other), year_usage)
+                if alternative.fund_pay_sumamt > pricing.fund_pay_sumamt:
+                    pricing = alternative
         except PolicyError as exc:
             return self._refuse(work, ErrCode.NO_POLICY, f"{exc}; nothing was settled.")
         settle = request.infno.is_settlement

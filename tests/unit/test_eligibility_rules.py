@@ -64,6 +64,22 @@ def test_r11_emergency_care_under_an_other_temporary_filing_settles_as_emergency
     assert isinstance(general, Eligible) and general.category is FilingCategory.TEMPORARY_OTHER
 
 
+def test_the_other_valid_temporary_filings_categories_go_to_pricing_which_holds_the_numbers():
+    # Referral and emergency rank alike: which settles better is the insured region's reductions.
+    held = [filing(FilingCategory.REFERRAL, begin=date(2026, 1, 1), end=date(2027, 1, 1)),
+            filing(FilingCategory.EMERGENCY, begin=date(2026, 3, 1), end=date(2027, 3, 1)),
+            filing(FilingCategory.TEMPORARY_OTHER, begin=date(2026, 2, 1), end=date(2027, 2, 1)),
+            filing(FilingCategory.REFERRAL, begin=date(2026, 4, 1), end=date(2027, 4, 1))]
+    d = decide(visit(MedType.INPATIENT), PERSON, BEIJING_HOSPITAL, held, [], NOW)
+    assert isinstance(d, Eligible) and d.category is FilingCategory.REFERRAL
+    assert d.others == (FilingCategory.EMERGENCY, FilingCategory.TEMPORARY_OTHER)  # each once, not its own
+    # A long-term filing has no reduction: nothing to compare.
+    resident = [filing(FilingCategory.LONG_TERM_RESIDENT), filing(FilingCategory.EMERGENCY, begin=date(2026, 3, 1),
+                                                                   end=date(2027, 3, 1))]
+    d = decide(visit(MedType.INPATIENT), PERSON, BEIJING_HOSPITAL, resident, [], NOW)
+    assert isinstance(d, Eligible) and d.category is FilingCategory.LONG_TERM_RESIDENT and d.others == ()
+
+
 def test_r5_emergency_care_with_any_temporary_filing_settles_as_with_none():
     """A referral, emergency or merged temporary filing carries R11's reduction; emergency care
     settled on one paid up to 10 points less than with no filing at all (found by review: adding a

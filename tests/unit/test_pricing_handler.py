@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from decimal import Decimal as D
 from pathlib import Path
 
 import orjson
@@ -47,6 +48,24 @@ def test_a_per_stay_deductible_is_the_facilitys_stay_not_any_stay_with_that_visi
     other = settle(handler, batch, stay_request("H11010500002", "MB1", "100"))
     assert (first["act_pay_dedc"], first["hifp_pay"]) == ("500.00", "400.00")
     assert (other["act_pay_dedc"], other["hifp_pay"]) == ("500.00", "400.00")
+
+
+def test_of_a_visits_valid_temporary_filings_the_one_the_policy_pays_most_settles_it():
+    # Referral (eligibility's pick: the earliest of its rank) lowers the ratio by 0.10 here,
+    # emergency by 0.05: the emergency filing settles the stay (1,000 × 0.75, not × 0.70).
+    pol = policy(rule(MedType.INPATIENT, "0", "0.80", person_types=frozenset({PersonType.RETIRED})),
+                 reductions={FilingCategory.REFERRAL: D("0.10"), FilingCategory.EMERGENCY: D("0.05")})
+    batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage={})
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+
+    def on(category: FilingCategory, others: list[FilingCategory], msgid: str) -> dict[str, str]:
+        work = stay_request("H11010500001", msgid, msgid).model_copy(
+            update={"filing_category": category, "filing_others": others})
+        return settle(handler, batch, work)
+
+    assert on(FilingCategory.REFERRAL, [], "MR1")["hifp_pay"] == "700.00"
+    assert on(FilingCategory.REFERRAL, [FilingCategory.EMERGENCY], "MR2")["hifp_pay"] == "750.00"
+    assert on(FilingCategory.EMERGENCY, [FilingCategory.REFERRAL], "MR3")["hifp_pay"] == "750.00"
 
 
 def test_no_policy_on_a_day_years_back_points_at_the_facilitys_clock():

@@ -44,6 +44,9 @@ class EligibleWork(WireModel):
     filing_category: FilingCategory | None = None
     # R17: a filed temporary trip inside a province that waives filing (no R11 reduction).
     filing_waived: bool = False
+    # The categories of the person's other valid temporary filings for this visit: pricing settles
+    # on whichever of them and ``filing_category`` the insured region's policy pays most (R11, R12).
+    filing_others: list[FilingCategory] = Field(default_factory=list)
 
 
 class WorkKind(StrEnum):

@@ -188,6 +188,9 @@ class Eligible:
     # its filing, without R11's reduction (stated for trips across provinces), so holding the filing
     # never settles worse than holding none (Basis.WAIVED).
     waived: bool = False
+    # The categories of the other valid temporary filings (not ``filing``'s): which one settles
+    # best depends on the insured region's numbers, which pricing holds (R11, R12).
+    others: tuple[FilingCategory, ...] = ()
 
     @property
     def category(self) -> FilingCategory | None:
@@ -320,15 +323,18 @@ def decide(
     if valid:
         # The most favourable filing: long-term ones carry no reduction (R10, R11); referral and
         # emergency ones at most 10 points and no first self-pay; other temporary trips up to 20
-        # points and a first self-pay (R11, R12). Of one rank, the earliest.
+        # points and a first self-pay (R11, R12). Of one rank, the earliest. Between temporary
+        # ones the insured region's numbers decide: pricing prices the others' categories too.
         valid.sort(key=lambda f: (_FILING_RANK.get(f.category, 0), f.begin))
         best = valid[0]
+        others = tuple(dict.fromkeys(f.category for f in valid[1:] if f.category is not best.category)
+                       ) if _FILING_RANK.get(best.category, 0) > 0 else ()
         if visit.med_type.is_emergency and _FILING_RANK.get(best.category, 0) > 0:
             # Emergency care counts as filed (R5) and settles as at home, with no reduction: a
             # temporary filing (referral, emergency or other, which carry R11's reduction) must
             # not make it worse than holding none. A long-term filing has no reduction (R10).
             return Eligible(Basis.EMERGENCY, None)
-        return Eligible(Basis.FILED, best, waived=waived and _FILING_RANK.get(best.category, 0) > 0)
+        return Eligible(Basis.FILED, best, waived=waived and _FILING_RANK.get(best.category, 0) > 0, others=others)
     if visit.med_type.is_emergency:
         return Eligible(Basis.EMERGENCY, None)  # R5
     if waived:
