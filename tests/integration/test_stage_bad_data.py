@@ -5,6 +5,8 @@ its msgid can be recovered), and handles its batch-mates once each, in order."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import orjson
 import pytest
@@ -102,16 +104,27 @@ async def test_an_output_too_large_for_a_kafka_record_is_refused_alone(settings)
     await _the_second_is_refused_alone(s, stage, b"larger than a Kafka record")
 
 
-async def _the_second_is_refused_alone(s, stage: TransactionalStage, reason: bytes, version: int | None = None) -> None:
-    """Four requests of one person through ``stage``, whose handler makes the second one's output one
-    Kafka will not take: the other three pass on, the second goes to the dead letters with ``reason``,
-    and the stage goes on (under transaction protocol ``version``, when given)."""
+@asynccontextmanager
+async def _four_requests_through(s, stage: TransactionalStage, key: bytes) -> AsyncIterator[None]:
+    """Requests b"1" to b"4" of one ``key`` published, then ``stage`` started (they arrive as one
+    batch); the stage stopped after."""
     producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
     await producer.start()
     try:
         for v in (b"1", b"2", b"3", b"4"):
-            await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), v, key=b"one-person")
+            await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), v, key=key)
         await stage.start()
+        yield
+    finally:
+        await producer.stop()
+        await stage.stop()
+
+
+async def _the_second_is_refused_alone(s, stage: TransactionalStage, reason: bytes, version: int | None = None) -> None:
+    """Four requests of one person through ``stage``, whose handler makes the second one's output one
+    Kafka will not take: the other three pass on, the second goes to the dead letters with ``reason``,
+    and the stage goes on (under transaction protocol ``version``, when given)."""
+    async with _four_requests_through(s, stage, b"one-person"):
         if version is not None:
             assert stage.transaction_version == version
         passed = await _read(s, SETTLEMENT_ELIGIBLE, 3)
@@ -120,9 +133,6 @@ async def _the_second_is_refused_alone(s, stage: TransactionalStage, reason: byt
         assert [r.value for r in dead] == [b"2"]
         assert reason in dict(dead[0].headers)["yidi-dlq-reason"]
         assert stage.failure is None and not stage.task.done()
-    finally:
-        await producer.stop()
-        await stage.stop()
 
 
 @PROTOCOLS
@@ -177,10 +187,7 @@ async def test_an_answer_larger_than_its_reply_topic_takes_goes_to_the_shared_to
     finally:
         await admin.close()
     await ensure_topics(s)
-    handled: list[bytes] = []
-
     async def answer_each(records: list[Incoming]) -> list[Outgoing]:
-        handled.extend(r.value for r in records)
         return [Outgoing(reply_to, orjson.dumps({"msgid": r.value.decode(), "pad": "x" * (100_000 if r.value == b"2" else 1)}),
                          key=r.key, fallback=s.topic("settlement.results"),
                          answered=Answered(infno="2207", err_code="ok", request_ts_ms=0))
@@ -189,12 +196,7 @@ async def test_an_answer_larger_than_its_reply_topic_takes_goes_to_the_shared_to
     moved = metrics.REPLY_TOPIC_REFUSED.labels("too-large-test", "too_large")
     before = moved._value.get()
     stage = TransactionalStage("too-large-test", "test", s, [SETTLEMENT_REQUESTS], "too-large-test", answer_each)
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        for v in (b"1", b"2", b"3", b"4"):
-            await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), v, key=b"one-facility")
-        await stage.start()
+    async with _four_requests_through(s, stage, b"one-facility"):
         assert [orjson.loads(r.value)["msgid"] for r in await _read(s, "gw.small.replies", 3)] == ["1", "3", "4"]
         (shared,) = await _read(s, "settlement.results", 1)
         assert orjson.loads(shared.value)["msgid"] == "2"
@@ -202,6 +204,3 @@ async def test_an_answer_larger_than_its_reply_topic_takes_goes_to_the_shared_to
         assert await _read(s, dlq(SETTLEMENT_REQUESTS), 1) == []  # not refused
         assert moved._value.get() - before == 1
         assert stage.failure is None and not stage.task.done()
-    finally:
-        await producer.stop()
-        await stage.stop()
