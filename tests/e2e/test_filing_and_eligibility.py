@@ -39,6 +39,23 @@ async def test_r6_a_person_admitted_without_filing_files_and_then_settles_direct
     assert settled["infcode"] == 0
 
 
+async def test_r9_a_filing_to_the_treating_province_or_city_covers_its_regions_and_no_other(world, gateway, filings):
+    # Area codes nest: a person filed to the treating region's province (or city) was refused
+    # NOT_FILED at its facilities, which sit in a region of it.
+    treating = world.treating
+    province, city = treating[:2] + "0000", treating[:4] + "00"
+    other_city = treating[:2] + ("01" if treating[2:4] != "01" else "02") + "00"
+    answers = {}
+    for name, filed in (("province", province), ("city", city), ("other city", other_city)):
+        person = await world.person(category=None)
+        made = await file(filings, world, person, filed_admdvs=filed)
+        assert made["accepted"], made
+        answers[name] = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+    assert answers["province"]["infcode"] == 0, answers["province"]
+    assert answers["city"]["infcode"] == 0, answers["city"]
+    assert answers["other city"]["err_code"] == "NOT_FILED", answers["other city"]
+
+
 async def test_a_cancelled_filing_refuses_the_very_next_settlement(world, gateway, filings):
     person = await world.person(category=None)
     filed = await file(filings, world, person)

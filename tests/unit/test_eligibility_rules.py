@@ -38,6 +38,21 @@ def test_r9_a_filing_to_the_region_lets_any_networked_facility_of_it_settle():
     assert isinstance(d, Eligible) and d.basis is Basis.FILED and d.category is FilingCategory.RETIREE_RESETTLED
 
 
+@pytest.mark.parametrize("filed, treating, covered", [
+    ("440000", "440106", True),   # the province: every region of it
+    ("440000", "440000", True),
+    ("440100", "440106", True),   # the city: its counties
+    ("440100", "440300", False),  # another city of the province
+    ("440106", "440100", False),  # a county does not cover its city
+    ("440106", "440104", False),
+    ("450000", "440106", False),  # another province
+])
+def test_r9_a_filing_to_a_province_or_city_covers_the_regions_inside_it(filed, treating, covered):
+    hospital = Facility("H2", "Guangzhou", treating, 3, frozenset(MedType))
+    d = decide(visit(treating=treating), PERSON, hospital, [filing(filed=filed)], [], NOW)
+    assert (isinstance(d, Eligible) and d.basis is Basis.FILED) is covered, d
+
+
 def test_no_filing_is_refused_not_filed_with_a_sentence_naming_late_filing():
     d = decide(visit(), PERSON, BEIJING_HOSPITAL, [], [], NOW)
     assert isinstance(d, Refused) and d.code is Refusal.NOT_FILED and "R6" in d.message

@@ -210,6 +210,20 @@ def province_of(region: str) -> str:
     return region[:2]
 
 
+def region_covers(filed: str, treating: str) -> bool:
+    """R9: whether a filing to ``filed`` covers care in ``treating``. Area codes nest (GB/T 2260:
+    two digits of province, two of city, two of county): a filing to a province ("440000") covers
+    every region of it ("440100", "440106"), one to a city ("440100") its counties, one to a county
+    that county alone. The national platform lets a person file to the treating province or city."""
+    if filed == treating:
+        return True
+    if filed.endswith("0000"):
+        return treating[:2] == filed[:2]
+    if filed.endswith("00"):
+        return treating[:4] == filed[:4]
+    return False
+
+
 def chronic_disease_of(code: str) -> str | None:
     """R14: the cross-province chronic disease a diagnosis code belongs to, if any."""
     plain = disease_key(code)  # "N18.500" and "N18500", "Z99.2" and "Z992" alike
@@ -315,7 +329,7 @@ def decide(
     valid = [
         f
         for f in filings
-        if f.filed_region == visit.treating_region
+        if region_covers(f.filed_region, visit.treating_region)
         and f.insured_region == visit.insured_region
         and f.insutype == visit.insutype
         and visit.filing_counts(f)
