@@ -24,7 +24,7 @@ from yidi.contracts.envelope import ErrCode, Infno, ResponseEnvelope
 from yidi.contracts.internal import EligibleWork, PricedWork, WorkKind
 from yidi.contracts.settlement import BillFields, CancelInput, ReversalInput, bill_fields
 from yidi.domain.catalogue import Catalogue, CatalogueItem
-from yidi.domain.codes import PersonType
+from yidi.domain.codes import PersonType, region_chain
 from yidi.domain.clearing import owed
 from yidi.domain.money import ZERO
 from yidi.domain.policy import BenefitPolicy, PolicyError, policy_in_force
@@ -84,17 +84,30 @@ def _check_readable(batch: Batch, region: str, body: BillFields, treating: str, 
     readable version picked (priced without it, a missing item would be self-paid, a missing
     policy NO_POLICY). A version out of force that day refuses nothing."""
     missing = []
-    for begins, _ in batch.unreadable.get(("policy", region, body.insutype.value), []):
-        if begins <= day and (policy is None or begins > policy.effective_from):
-            missing.append(f"policy of {region}/{body.insutype.value} from {begins}")
+    chain = region_chain(region)
+    for rank, r in enumerate(chain):
+        for begins, _ in batch.unreadable.get(("policy", r, body.insutype.value), []):
+            if begins <= day and _would_win(rank, begins, chain, policy):
+                missing.append(f"policy of {r}/{body.insutype.value} from {begins}")
     picked = batch.catalogue(treating, day)
+    chain = region_chain(treating)
     for code in dict.fromkeys(line.code for line in body.lines):
         item = picked.get(code)
-        for begins, ends in batch.unreadable.get(("item", treating, code), []):
-            if begins <= day and (ends is None or day < ends) and (item is None or begins > item.effective_from):
-                missing.append(f"catalogue item {code} of {treating} from {begins}")
+        for rank, r in enumerate(chain):
+            for begins, ends in batch.unreadable.get(("item", r, code), []):
+                if begins <= day and (ends is None or day < ends) and _would_win(rank, begins, chain, item):
+                    missing.append(f"catalogue item {code} of {r} from {begins}")
     if missing:
         raise UnreadableReference(f"stored reference data this version cannot read decides this request: {missing}")
+
+
+def _would_win(rank: int, begins: date, chain: tuple[str, ...], picked: BenefitPolicy | CatalogueItem | None) -> bool:
+    """Whether a version of the chain's ``rank``-th region, in force from ``begins``, would have been
+    picked over ``picked`` (a more specific region's version stands; of one region, the later)."""
+    if picked is None:
+        return True
+    theirs = chain.index(picked.region)
+    return rank < theirs or (rank == theirs and begins > picked.effective_from)
 
 
 @dataclass
@@ -203,9 +216,13 @@ class PricingHandler:
             data = r.data
             if r.infno.prices_a_bill and w.refusal is None:
                 psn_no = code_text(data.get("psn_no"))
-                policy_keys.add((r.insuplc_admdvs or "", data.get("insutype", "")))
+                # A region's own versions, else its city's, else its province's (region_chain).
+                insutype = data.get("insutype", "")
+                policy_keys.update((region, insutype) for region in region_chain(r.insuplc_admdvs or ""))
+                chain = region_chain(r.mdtrtarea_admvs)
                 for d in data.get("feedetail", []):
-                    item_keys.add((r.mdtrtarea_admvs, code_text(d.get("hilist_code"))))
+                    code = code_text(d.get("hilist_code"))
+                    item_keys.update((region, code) for region in chain)
                 usage_keys.add((psn_no, r.inf_time.year))
                 usage_keys.add((psn_no, ACCOUNT_YEAR))
                 if r.infno.is_settlement:

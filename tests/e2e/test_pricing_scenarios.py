@@ -153,3 +153,33 @@ async def test_the_employee_large_amount_subsidy_pays_on_the_cost_past_the_poole
     stay = info(await gateway.call(world.request(person, [("T-A", "1", "10500.00")], infno="2304", med_type="21")))
     # (10,500 − 500) × 0.80 = 8,000 > the cap 5,000, which covers 6,250: 3,750 past it × 0.85
     assert (stay["hifp_pay"], stay["hifob_pay"], stay["fund_pay_sumamt"]) == ("5000.00", "3187.50", "8187.50")
+
+
+async def test_r1_a_province_publishes_its_catalogue_and_policy_once_and_a_citys_own_entry_stands(system, gateway):
+    # Area codes nest. A province's catalogue published under its code served no facility of its
+    # regions: every item was "not in the catalogue" and the patient paid the whole bill; a policy
+    # published for the province answered NO_POLICY to its cities' insured. Province 92 treats,
+    # 91 insures; no other test uses them.
+    nested = World(system.settings)
+    nested.insured, nested.treating = "91" + nested.insured[2:], "92" + nested.treating[2:]
+    city = nested.treating[:4] + "00"
+    base = {"begndate": "2020-01-01"}
+    await nested.load(
+        facilities=[{"fixmedins_code": nested.facility, "fixmedins_name": "county hospital", "admdvs": nested.treating,
+                     "level": 3, "med_types": ["11", "21"]}],
+        policies=[nested.policy() | {"insuplc_admdvs": "910000"}],
+        catalogue=[
+            base | {"mdtrtarea_admvs": "920000", "hilist_code": "T-A", "hilist_name": "class A service", "chrgitm_lv": "01"},
+            base | {"mdtrtarea_admvs": "920000", "hilist_code": "T-X", "hilist_name": "class A here", "chrgitm_lv": "01"},
+            # The city lists T-X as class C: its entry stands over the province's.
+            base | {"mdtrtarea_admvs": city, "hilist_code": "T-X", "hilist_name": "class C in the city", "chrgitm_lv": "03"},
+        ],
+    )
+    person = await nested.person()
+    answer = await gateway.call(nested.request(person, [("T-A", "1", "400.00"), ("T-X", "1", "30.00")]))
+    settled = info(answer)
+    # T-A in scope from the province's catalogue; T-X self-paid as the city's class C.
+    # 400 in scope, deductible 300, 0.60 of 100 → 60.00 from the province's policy.
+    assert (settled["inscp_scp_amt"], settled["fulamt_ownpay_amt"], settled["hifp_pay"]) == ("400.00", "30.00", "60.00")
+    items = {f["hilist_code"]: f for f in answer["output"]["feedetail"]}
+    assert items["T-A"]["chrgitm_lv"] == "01" and items["T-X"]["chrgitm_lv"] == "03"

@@ -98,3 +98,52 @@ async def test_a_stored_reference_this_version_cannot_read_refuses_only_the_requ
         assert sum("cannot be read by this version" in r.getMessage() for r in caplog.records) == logged  # ... not again
     finally:
         await pool.close()
+
+
+async def test_an_unreadable_version_of_a_city_or_province_refuses_only_where_it_would_decide(settings, caplog):
+    # Area codes nest: a county's item or policy may come from its city or province. An unreadable
+    # version there decides a request only where no more specific region has a readable one.
+    treating_province, treating_city, treating = "880000", "881100", "881101"
+    insured_province, broken_city, insured_broken, insured_fine = "870000", "871100", "871101", "872201"
+    pool = await create_pool(settings.database_url, size=2)
+    try:
+        await migrate(pool, "pricing", "services.pricing.migrations")
+        repo = PricingRepository(pool)
+        await repo.upsert_policy(PolicyRecord.model_validate({
+            "insuplc_admdvs": insured_province, "insutype": "310", "version": "T1", "begndate": "2020-01-01",
+            "rules": [{"med_types": ["11"], "deductible": "0.00", "ratio": "0.80"}]}))
+        for region, code in ((treating_province, "FINE"), (treating_city, "CITY_OVER"), (treating_province, "CITY_BROKEN")):
+            await repo.upsert_catalogue_item(CatalogueRecord.model_validate({
+                "mdtrtarea_admvs": region, "hilist_code": code, "hilist_name": code, "chrgitm_lv": "01",
+                "begndate": "2020-01-01"}))
+        await pool.execute(
+            """INSERT INTO pricing.policies (insuplc_admdvs, insutype, begndate, version, record, rev)
+               VALUES ($1, '310', '2021-01-01', 'OLD', $2::jsonb, nextval('pricing.ref_rev')) ON CONFLICT DO NOTHING""",
+            broken_city, json.dumps({"insuplc_admdvs": broken_city, "insutype": "310", "version": "OLD",
+                                     "begndate": "2021-01-01", "rules": [{"med_types": ["11"], "ratio": "1.70"}]}))
+        for region, code in ((treating_province, "PROV_BROKEN"), (treating_province, "CITY_OVER"),
+                             (treating_city, "CITY_BROKEN")):
+            await pool.execute(
+                """INSERT INTO pricing.catalogue (mdtrtarea_admvs, hilist_code, begndate, enddate, record, rev)
+                   VALUES ($1, $2, '2020-06-01', NULL, $3::jsonb, nextval('pricing.ref_rev')) ON CONFLICT DO NOTHING""",
+                region, code, json.dumps({"mdtrtarea_admvs": region, "hilist_code": code, "hilist_name": "b",
+                                          "chrgitm_lv": "07", "begndate": "2020-06-01"}))
+
+        def nested(insured: str, code: str, offset: int) -> Incoming:
+            record = work(insured, code, offset)
+            body = orjson.loads(record.value)
+            body["request"]["mdtrtarea_admvs"] = treating
+            return Incoming(record.topic, 0, offset, b"k", orjson.dumps(body), 0)
+
+        out = await PricingHandler(settings, repo)([
+            nested(insured_fine, "FINE", 1),          # the province's readable item and policy
+            nested(insured_fine, "PROV_BROKEN", 2),   # only the province has it, unreadable
+            nested(insured_fine, "CITY_OVER", 3),     # the city's readable entry stands over the province's
+            nested(insured_fine, "CITY_BROKEN", 4),   # the city's unreadable one would stand
+            nested(insured_broken, "FINE", 5),        # the insured city's unreadable policy would stand
+        ])
+        answers = [orjson.loads(o.value) for o in out if o.answered]
+        assert [a["err_code"] for a in answers] == [None, "INTERNAL_ERROR", None, "INTERNAL_ERROR", "INTERNAL_ERROR"], answers
+        assert [answers[i]["output"]["setlinfo"]["hifp_pay"] for i in (0, 2)] == ["80.00", "80.00"]
+    finally:
+        await pool.close()

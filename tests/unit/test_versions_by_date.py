@@ -28,3 +28,39 @@ def test_a_catalogue_item_changes_class_on_its_date_and_ends_on_its_end_date():
     assert Catalogue.in_force("110000", date(2025, 12, 31), [old, new, gone]).get("X1").charge_class is ChargeClass.B
     assert Catalogue.in_force("110000", date(2026, 1, 1), [old, new, gone]).get("X1").charge_class is ChargeClass.A
     assert Catalogue.in_force("110000", date(2025, 6, 1), [old, new, gone]).get("X2") is None
+
+
+def test_a_region_without_its_own_policy_takes_its_citys_then_its_provinces():
+    def of(region: str, begin: date, ratio: str) -> BenefitPolicy:
+        return BenefitPolicy(region, InsuranceType.EMPLOYEE, f"{region}-{begin}", begin,
+                             (BenefitRule(frozenset({MedType.GENERAL_OUTPATIENT}), D(0), D(ratio)),))
+
+    province, city, county = of("440000", date(2020, 1, 1), "0.50"), of("440100", date(2024, 1, 1), "0.60"), \
+        of("440106", date(2026, 1, 1), "0.70")
+    later_province = of("440000", date(2025, 1, 1), "0.55")
+    versions = [province, later_province, city, county, of("450000", date(2020, 1, 1), "0.90")]
+    on = InsuranceType.EMPLOYEE
+    assert policy_in_force(versions, "440106", on, date(2026, 6, 1)) is county
+    assert policy_in_force(versions, "440106", on, date(2025, 6, 1)) is city  # the county's has not begun
+    assert policy_in_force(versions, "440106", on, date(2023, 6, 1)) is province
+    assert policy_in_force(versions, "440104", on, date(2026, 6, 1)) is city  # a county without one: its city's
+    assert policy_in_force(versions, "440300", on, date(2026, 6, 1)) is later_province  # another city: the province's
+    assert policy_in_force(versions, "460100", on, date(2026, 6, 1)) is None  # another province's is not its
+
+
+def test_a_regions_catalogue_is_its_own_entries_else_its_citys_else_its_provinces():
+    def item(region: str, code: str, cls: ChargeClass, begin: date = date(2020, 1, 1)) -> CatalogueItem:
+        return CatalogueItem(region, code, code, cls, D(0), None, begin)
+
+    province_a = item("440000", "X1", ChargeClass.A)
+    province_later = item("440000", "X1", ChargeClass.A, date(2025, 1, 1))
+    city_c = item("440100", "X1", ChargeClass.C)  # the city's own entry stands, class C included
+    only_province = item("440000", "X2", ChargeClass.A)
+    elsewhere = item("450000", "X3", ChargeClass.A)
+    versions = [province_a, province_later, city_c, only_province, elsewhere]
+    county = Catalogue.in_force("440106", date(2026, 1, 1), versions)
+    assert county.get("X1") is city_c and county.get("X2") is only_province and county.get("X3") is None
+    other_city = Catalogue.in_force("440300", date(2026, 1, 1), versions)
+    assert other_city.get("X1") is province_later and other_city.get("X2") is only_province
+    # The more specific region's entry stands even where the province's began later.
+    assert Catalogue.in_force("440100", date(2026, 1, 1), list(reversed(versions))).get("X1") is city_c

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
-from yidi.domain.codes import ChargeClass
+from yidi.domain.codes import ChargeClass, region_chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +47,18 @@ class Catalogue:
 
     @classmethod
     def in_force(cls, region: str, on: date, versions: Iterable[CatalogueItem]) -> Catalogue:
-        """Pick, for each code, the latest version in force on ``on``."""
+        """Pick, for each code, the latest version in force on ``on`` of the most specific region
+        that has one: the region's own, else its city's, else its province's (area codes nest, so
+        a province's catalogue serves every region of it; a region's own entry for a code, class C
+        included, stands instead of the province's)."""
+        rank = {r: i for i, r in enumerate(region_chain(region))}
         chosen: dict[str, CatalogueItem] = {}
         for item in versions:
-            if item.region != region or not item.in_force(on):
+            mine = rank.get(item.region)
+            if mine is None or not item.in_force(on):
                 continue
             current = chosen.get(item.code)
-            if current is None or item.effective_from > current.effective_from:
+            if current is None or (mine, current.effective_from) < (rank[current.region], item.effective_from):
                 chosen[item.code] = item
         return cls(region=region, on=on, items=chosen)
 

@@ -25,6 +25,20 @@ def disease_key(code: str) -> str:
     return code.upper().replace(".", "")
 
 
+def region_chain(region: str) -> tuple[str, ...]:
+    """A 6-digit area code and the regions it lies in, the most specific first (GB/T 2260: two
+    digits of province, two of city, two of county): "440106" → ("440106", "440100", "440000").
+    A filing to any of them covers care in the region (R9); the region's catalogue and policy are
+    its own versions, else its city's, else its province's."""
+    chain = [region]
+    if len(region) != 6:
+        return (region,)  # not an area code: no region holds it
+    for parent in (region[:4] + "00", region[:2] + "0000"):
+        if parent != chain[-1]:
+            chain.append(parent)
+    return tuple(chain)
+
+
 class MedType(StrEnum):
     """Medical category (``med_type``)."""
 

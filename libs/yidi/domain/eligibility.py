@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from yidi.domain.codes import BUSINESS_TZ, FilingCategory, InsuranceType, MedType, PersonType, disease_key
+from yidi.domain.codes import BUSINESS_TZ, FilingCategory, InsuranceType, MedType, PersonType, disease_key, region_chain
 from yidi.domain.money import ZERO
 
 
@@ -211,17 +211,11 @@ def province_of(region: str) -> str:
 
 
 def region_covers(filed: str, treating: str) -> bool:
-    """R9: whether a filing to ``filed`` covers care in ``treating``. Area codes nest (GB/T 2260:
-    two digits of province, two of city, two of county): a filing to a province ("440000") covers
-    every region of it ("440100", "440106"), one to a city ("440100") its counties, one to a county
-    that county alone. The national platform lets a person file to the treating province or city."""
-    if filed == treating:
-        return True
-    if filed.endswith("0000"):
-        return treating[:2] == filed[:2]
-    if filed.endswith("00"):
-        return treating[:4] == filed[:4]
-    return False
+    """R9: whether a filing to ``filed`` covers care in ``treating``. Area codes nest: a filing to a
+    province ("440000") covers every region of it ("440100", "440106"), one to a city ("440100")
+    its counties, one to a county that county alone. The national platform lets a person file to
+    the treating province or city."""
+    return filed in region_chain(treating)
 
 
 def chronic_disease_of(code: str) -> str | None:

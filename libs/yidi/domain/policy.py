@@ -11,7 +11,7 @@ from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 
-from yidi.domain.codes import FUND_NAMES, FilingCategory, FundType, InsuranceType, MedType, PersonType, disease_key
+from yidi.domain.codes import FUND_NAMES, FilingCategory, FundType, InsuranceType, MedType, PersonType, disease_key, region_chain
 
 # Funds a layer may not be (R18): the pooled funds (priced by the benefit rules, step 4-5) and the
 # individual account (R16, the person's part; not a fund payment of setlinfo).
@@ -250,8 +250,11 @@ def validate_policy(policy: BenefitPolicy) -> None:
 def policy_in_force(
     versions: list[BenefitPolicy], region: str, insutype: InsuranceType, on: date
 ) -> BenefitPolicy | None:
-    """The version of a region's policy in force on ``on``: the latest that has begun."""
+    """The version of a region's policy in force on ``on``: the latest that has begun, of the
+    region's own versions, else its city's, else its province's (area codes nest: a province's
+    policy serves every region of it that publishes none)."""
+    rank = {r: i for i, r in enumerate(region_chain(region))}
     candidates = [
-        p for p in versions if p.region == region and p.insutype == insutype and p.effective_from <= on
+        p for p in versions if p.region in rank and p.insutype == insutype and p.effective_from <= on
     ]
-    return max(candidates, key=lambda p: p.effective_from, default=None)
+    return min(candidates, key=lambda p: (rank[p.region], -p.effective_from.toordinal()), default=None)
