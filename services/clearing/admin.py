@@ -33,7 +33,7 @@ from yidi.contracts.clearing import (
     Statement,
 )
 from yidi.contracts.envelope import ErrCode, Infno
-from yidi.domain.codes import BUSINESS_TZ
+from yidi.domain.codes import BUSINESS_TZ, within
 from yidi.domain.clearing import PairTotals, month_ended, net_positions, next_month, reconcile_details, reconcile_totals
 from yidi.domain.money import MAX_AMOUNT, fmt
 from yidi.platform.errors import BadData
@@ -323,7 +323,7 @@ class ClearingAdminHandler:
             for (insured, treating), t in sorted(totals.items())
             # Care in the insured region itself draws nothing and no region owes it another: no
             # statement (one recorded before it was told apart drew, and is cleared as it drew).
-            if insured != treating or t.clr_sumamt
+            if not within(treating, insured) or t.clr_sumamt
         ]
         if statements:  # one statement for the month's every pair, thousands at national scale
             await conn.execute(

@@ -19,6 +19,7 @@ from yidi.contracts import answers
 from yidi.contracts.envelope import ErrCode, ResponseEnvelope
 from yidi.contracts.internal import PricedWork, WorkKind
 from yidi.domain.clearing import landing_period, owed
+from yidi.domain.codes import within
 from yidi.domain.money import ZERO, amount_text
 from yidi.platform import metrics
 from yidi.platform.kafka import Incoming, Outgoing
@@ -199,7 +200,7 @@ class ClearingHandler:
         assert facts is not None, "pricing sends facts with every settlement"
         # Care in the insured region itself (R10) is paid by that region's own fund: it draws on no
         # prepayment, and no other region clears it (docs/clearing.md, "Care at home").
-        home = facts.insuplc_admdvs == facts.mdtrtarea_admvs
+        home = within(facts.mdtrtarea_admvs, facts.insuplc_admdvs)  # a county of it included
         drawn = ZERO if home else owed(facts.fund_pay_sumamt, facts.acct_pay)
         period = landing_period(facts.setlym, cleared_through)
         row = LedgerRow(facts.setl_id, work.request.msgid, work.request_hash, "settled", answer,
@@ -225,7 +226,7 @@ def _moves_prepayment(insured: str, treating: str, drawn: Decimal | None) -> boo
     """Whether a ledger row drew on (and its undoing gives back to) a prepayment: every one but care
     in the insured region itself, which draws nothing (one recorded before it was told apart drew,
     and gives back what it drew)."""
-    return insured != treating or bool(drawn)
+    return not within(treating, insured) or bool(drawn)
 
 
 def _priced(raw: Any) -> tuple[PricedWork, dict[str, Any], dict[str, str] | None]:

@@ -27,7 +27,7 @@ from yidi.contracts.envelope import ErrCode, Infno, RequestEnvelope
 from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import STORED_CONTEXT, FacilityRecord, PersonRecord
 from yidi.contracts.settlement import CancelInput, PersonQueryInput, ReversalInput, SettlementInput
-from yidi.domain.codes import BUSINESS_TZ, minutes_ahead
+from yidi.domain.codes import BUSINESS_TZ, minutes_ahead, region_chain
 from yidi.domain.eligibility import Eligible, Outage, Refusal, Refused, Visit, decide
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import dumps, loads
@@ -226,7 +226,8 @@ class EligibilityHandler:
         subjects, facilities, outages = await asyncio.gather(
             self.subjects.get_many([p.body.psn_no for p in parsed if p.body is not None]),
             self.repo.facilities(sorted({p.request.fixmedins_code for p in parsed})),
-            self.repo.outages(sorted({p.request.insuplc_admdvs or "" for p in parsed}), now),
+            # An insured region's outage windows, and its city's and province's (a province's platform).
+            self.repo.outages(sorted({r for p in parsed for r in region_chain(p.request.insuplc_admdvs or "")}), now),
         )
         for p in parsed:
             try:
@@ -302,7 +303,9 @@ class EligibilityHandler:
                 med_type=body.med_type,
                 on=request.inf_time.date(),
                 disease_code=body.dise_codg,
-                filing_waived_in_province=(request.insuplc_admdvs in self.settings.filing_waived_regions),
+                # R17 is a province's (or a city's) rule: waived for the regions inside it too.
+                filing_waived_in_province=any(
+                    r in self.settings.filing_waived_regions for r in region_chain(request.insuplc_admdvs or "")),
                 admitted=begntime.date() if (begntime := getattr(body, "begntime", None)) else None,
                 admitted_at=_admission_moment(begntime),
             )

@@ -24,7 +24,7 @@ from yidi.contracts.envelope import ErrCode, Infno, ResponseEnvelope
 from yidi.contracts.internal import EligibleWork, PricedWork, WorkKind
 from yidi.contracts.settlement import BillFields, CancelInput, ReversalInput, bill_fields
 from yidi.domain.catalogue import Catalogue, CatalogueItem
-from yidi.domain.codes import PersonType, region_chain
+from yidi.domain.codes import PersonType, region_chain, within
 from yidi.domain.clearing import owed
 from yidi.domain.money import ZERO
 from yidi.domain.policy import BenefitPolicy, PolicyError, policy_in_force
@@ -373,7 +373,7 @@ class PricingHandler:
                 "settled. Send the bill with identical items on one line each (their count in cnt), or fewer lines.",
             )
         # Everything that could fail is built: now change the batch's state, all of it or nothing.
-        if batch.prepayments is not None and region != request.mdtrtarea_admvs:  # care at home draws nothing
+        if batch.prepayments is not None and not within(request.mdtrtarea_admvs, region):  # care at home draws nothing
             pair = (region, request.mdtrtarea_admvs)
             left = batch.prepayments.get(pair, ZERO)
             draw = owed(pricing.fund_pay_sumamt, pricing.acct_pay)  # what clearing will draw

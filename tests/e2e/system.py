@@ -23,9 +23,10 @@ class System(Processes):
     def _env(self, name: str, extra: dict[str, str] | None) -> dict[str, str]:
         test_settings = {
             "YIDI_BATCH_MAX_RECORDS": "200",
-            # R8: the test region 980000 locks filings for six months.
-            "YIDI_FILING_LOCK_MONTHS": '{"980000": 6}',
-            # R17: the test region 960000 waives filing for trips inside its province (96).
+            # R8: the test province 930000 locks its regions' filings for six months (no other
+            # test world is insured in province 93: area codes nest).
+            "YIDI_FILING_LOCK_MONTHS": '{"930000": 6}',
+            # R17: the test province 960000 waives filing for trips inside it, for its regions.
             "YIDI_FILING_WAIVED_REGIONS": '["960000"]',
             # The prepayment gauges, read often enough for a test to wait for them.
             "YIDI_PREPAYMENT_SAMPLE_SECONDS": "0.5",

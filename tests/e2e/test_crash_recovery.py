@@ -88,7 +88,9 @@ async def test_under_the_refuse_policy_an_exhausted_prepayment_refuses_and_settl
     system.start("pricing", {"YIDI_PREPAYMENT_POLICY": "refuse"})
     try:
         await system.wait_ready("pricing")
-        world = await World(system.settings).build()
+        world = World(system.settings)
+        world.insured = world.insured[:4] + "00"  # insured at a city's code: its counties are home
+        await world.build()
         person = await world.person()
         await fund(clearing, world, "200.00")
         await world.load(optional_feeds=(PREPAYMENT_STATUS,))  # pricing has applied the balance clearing published
@@ -106,14 +108,15 @@ async def test_under_the_refuse_policy_an_exhausted_prepayment_refuses_and_settl
         assert by_account["err_code"] == "PREPAYMENT_EXHAUSTED"
         assert in_cash["infcode"] == 0 and in_cash["output"]["setlinfo"]["psn_cash_pay"] == "100.00"
         # Care in the insured region itself (R10) draws on no prepayment: no region funds one to
-        # itself, and it was refused, every time, for an (A, A) account nobody funds.
-        home_facility = "H" + uuid.uuid4().hex[:11].upper()
+        # itself, and it was refused, every time, for an (A, A) account nobody funds. Here at a
+        # facility of a county of the insured city (area codes nest), whose catalogue is the city's.
+        home_facility, county = "H" + uuid.uuid4().hex[:11].upper(), world.insured[:4] + "07"
         await world.load(
-            facilities=[{"fixmedins_code": home_facility, "fixmedins_name": "home hospital", "admdvs": world.insured,
+            facilities=[{"fixmedins_code": home_facility, "fixmedins_name": "home hospital", "admdvs": county,
                          "level": 3, "med_types": ["11"]}],
             catalogue=[item | {"mdtrtarea_admvs": world.insured} for item in world.catalogue()])
         at_home = world.request(person, [("T-A", "1", "800.00")])
-        at_home["mdtrtarea_admvs"], at_home["fixmedins_code"] = world.insured, home_facility
+        at_home["mdtrtarea_admvs"], at_home["fixmedins_code"] = county, home_facility
         settled = await gateway.call(at_home)
         assert settled["infcode"] == 0, settled
         assert Decimal(settled["output"]["setlinfo"]["fund_pay_sumamt"]) > Decimal("80.00")  # more than is left

@@ -179,7 +179,9 @@ async def test_r4_a_category_named_after_a_kind_of_person_is_for_that_person(wor
 
 async def test_r8_a_change_inside_the_regions_lock_is_refused(system, filings):
     locked = World(system.settings)
-    locked.insured = "980000"  # locked for six months in the test services' settings
+    # Insured in a county of province 93, which locks for six months in the test services'
+    # settings: the province's lock holds for the regions inside it.
+    locked.insured = "93" + locked.insured[2:]
     await locked.build(locked.policy())
     person = await locked.person(category=None)
     filed = await file(filings, locked, person)
@@ -244,6 +246,25 @@ async def test_r19_an_outage_window_refuses_then_releases(world, gateway):
     after = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
     assert during["err_code"] == "REGION_UNAVAILABLE" and "network maintenance" in during["err_msg"]
     assert after["infcode"] == 0
+
+
+async def test_r19_an_outage_of_the_insured_province_stops_its_regions(system, gateway):
+    # Area codes nest: the province's platform in maintenance (published once, under 890000)
+    # stops the settlements of a person insured in a county of it. No other world is in 89.
+    hebei = World(system.settings)
+    hebei.insured = "89" + hebei.insured[2:]
+    await hebei.build()
+    person = await hebei.person()
+    now = datetime.now(UTC)
+    ends = now + timedelta(seconds=4)
+    await hebei.load(region_status=[{"status_id": "S" + person, "admdvs": "890000",
+                                     "starts_at": (now - timedelta(seconds=1)).isoformat(), "ends_at": ends.isoformat(),
+                                     "reason": "maintenance of the provincial platform"}])
+    during = await gateway.call(hebei.request(person, [("T-A", "1", "100.00")]))
+    await asyncio.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.5)
+    after = await gateway.call(hebei.request(person, [("T-A", "1", "100.00")]))
+    assert during["err_code"] == "REGION_UNAVAILABLE" and "provincial platform" in during["err_msg"], during
+    assert after["infcode"] == 0, after
 
 
 async def test_benefit_check_and_person_info_answer_from_the_same_data(world, gateway):

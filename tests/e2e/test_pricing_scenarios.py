@@ -71,10 +71,12 @@ async def test_a_temporary_trip_pays_the_first_self_pay_at_a_reduced_ratio(world
 
 
 async def test_r17_a_temporary_filing_inside_a_waiving_province_settles_no_worse_than_none(system, gateway):
-    # 960000 waives filing inside province 96 (the test services' settings). A person who filed
-    # anyway must not lose R11's 20 points that a person who did not file keeps.
+    # Province 96 waives filing inside it (the test services' settings name 960000): a person
+    # insured in a county of one city of it, treated in another city. A person who filed anyway
+    # must not lose R11's 20 points that a person who did not file keeps.
     waiving = World(system.settings)
-    waiving.insured, waiving.treating = "960000", f"96{int(waiving.treating[2:]) % 9999 + 1:04d}"
+    city = int(waiving.insured[2:4])
+    waiving.insured, waiving.treating = "96" + waiving.insured[2:], f"96{city % 99 + 1:02d}" + waiving.treating[4:]
     await waiving.build()
     filed = await waiving.person(category="temporary_other")
     unfiled = await waiving.person(category=None)

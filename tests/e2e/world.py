@@ -31,9 +31,10 @@ LONG_TERM = {"retiree_resettled", "long_term_resident", "posted_worker", "long_t
 
 
 def _region(prefix: str) -> str:
-    # A county's code (not ending in 00): area codes nest, and a world at a city's or province's
-    # code would lend its catalogue, policy and filings to the other worlds inside it.
-    return prefix + f"{random.randrange(100):02d}{random.randrange(1, 100):02d}"
+    # A county's code of a city (neither part 00): area codes nest, and a world at a city's or
+    # province's code would lend its catalogue and policy to the other worlds inside it, and make
+    # their care care at home.
+    return prefix + f"{random.randrange(1, 100):02d}{random.randrange(1, 100):02d}"
 
 
 class World:

@@ -25,12 +25,17 @@ from yidi.platform.topics import CLEARING_ALERTS, CLEARING_STATEMENTS, PREPAYMEN
 pytestmark = pytest.mark.integration
 
 
-async def test_care_at_home_is_in_the_ledger_draws_nothing_and_clears_with_no_statement(settings, clearing_of_its_own):
+@pytest.mark.parametrize("county", [False, True], ids=["same code", "a county of the insured city"])
+async def test_care_at_home_is_in_the_ledger_draws_nothing_and_clears_with_no_statement(settings, clearing_of_its_own,
+                                                                                       county):
     own, repo = clearing_of_its_own
-    home = f"95{random.randrange(10_000):04d}"
-    away = (home, f"94{random.randrange(10_000):04d}")
+    # Area codes nest: a facility coded to a county of the insured city is at home too.
+    city = f"95{random.randrange(1, 100):02d}00"
+    insured = city if county else f"95{random.randrange(100):02d}{random.randrange(1, 100):02d}"
+    pair_home = (insured, city[:4] + f"{random.randrange(1, 100):02d}" if county else insured)
+    away = (insured, f"94{random.randrange(10_000):04d}")
     handler = ClearingHandler(own, repo)
-    at_home = priced(own, "settle", "M-HOME", "S-HOME", (home, home), "90.00",
+    at_home = priced(own, "settle", "M-HOME", "S-HOME", pair_home, "90.00",
                      inf_time="2025-09-05 10:00:00", setl_time="2025-09-05 10:00:00")
     elsewhere = priced(own, "settle", "M-AWAY", "S-AWAY", away, "40.00",
                        inf_time="2025-09-05 11:00:00", setl_time="2025-09-05 11:00:00")
@@ -42,7 +47,7 @@ async def test_care_at_home_is_in_the_ledger_draws_nothing_and_clears_with_no_st
     assert all(a["infcode"] == 0 for a in answers)
     # Only the pair across regions has an account, and only it hears of its balance.
     assert [(s["insuplc_admdvs"], s["mdtrtarea_admvs"]) for s in published(own, out, PREPAYMENT_STATUS)] == [away]
-    assert all(a["mdtrtarea_admvs"] != home for a in published(own, out, CLEARING_ALERTS))  # no shortfall at home
+    assert all(a["mdtrtarea_admvs"] != pair_home[1] for a in published(own, out, CLEARING_ALERTS))  # no shortfall at home
     async with repo.transaction() as conn:
         ledger = {r["setl_id"]: r["drawn"] for r in await conn.fetch("SELECT setl_id, drawn FROM clearing.ledger")}
         moves = await conn.fetch("SELECT kind, ref FROM clearing.prepayment_moves ORDER BY ref")
@@ -55,7 +60,7 @@ async def test_care_at_home_is_in_the_ledger_draws_nothing_and_clears_with_no_st
     again = await handler([at_home])
     assert [orjson.loads(o.value)["infcode"] for o in again if o.answered] == [0]
     assert published(own, again, PREPAYMENT_STATUS) == []
-    cancel = priced(own, "cancel", "M-HOME-UNDO", "S-HOME", (home, home), "90.00", inf_time="2025-09-06 09:00:00")
+    cancel = priced(own, "cancel", "M-HOME-UNDO", "S-HOME", pair_home, "90.00", inf_time="2025-09-06 09:00:00")
     undone = await handler([cancel])
     assert [orjson.loads(o.value)["infcode"] for o in undone if o.answered] == [0]
     assert published(own, undone, PREPAYMENT_STATUS) == []
@@ -64,7 +69,7 @@ async def test_care_at_home_is_in_the_ledger_draws_nothing_and_clears_with_no_st
         assert await conn.fetchval("SELECT state FROM clearing.ledger WHERE setl_id = 'S-HOME'") == "cancelled"
 
     # A settlement at home that stays: the month has a statement for the pair across regions only.
-    kept = priced(own, "settle", "M-HOME2", "S-HOME2", (home, home), "25.00",
+    kept = priced(own, "settle", "M-HOME2", "S-HOME2", pair_home, "25.00",
                   inf_time="2025-09-07 10:00:00", setl_time="2025-09-07 10:00:00")
     await handler([kept])
     run = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": "202509"}

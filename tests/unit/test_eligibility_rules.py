@@ -1,5 +1,6 @@
 """Eligibility rules (R5, R6, R7, R10, R14, R17, R19) on plain data."""
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal as D
 
@@ -193,6 +194,28 @@ def test_r19_an_insured_region_in_an_outage_window_is_refused_naming_when_it_res
     # 12:00 UTC, told to the cashier in the business zone (it said "12:00" with no zone)
     assert isinstance(d, Refused) and d.code is Refusal.REGION_UNAVAILABLE
     assert "until 2026-11-23 20:00 (UTC+08:00)" in d.message
+
+
+def test_r19_an_outage_of_the_insured_regions_province_stops_it_and_another_provinces_does_not():
+    # Area codes nest: the province's platform in maintenance stops its cities' insured.
+    hebei = Outage("130000", NOW - timedelta(hours=1), NOW + timedelta(hours=2), "maintenance of the Hebei platform")
+    d = decide(visit(), PERSON, BEIJING_HOSPITAL, [filing()], [hebei], NOW)
+    assert isinstance(d, Refused) and d.code is Refusal.REGION_UNAVAILABLE and "Hebei platform" in d.message
+    a_county = Outage("131002", NOW - timedelta(hours=1), NOW + timedelta(hours=2), "a county of it")
+    shandong = Outage("370000", NOW - timedelta(hours=1), NOW + timedelta(hours=2), "another province")
+    assert isinstance(decide(visit(), PERSON, BEIJING_HOSPITAL, [filing()], [a_county, shandong], NOW), Eligible)
+
+
+def test_r10_care_in_a_county_of_the_insured_city_is_care_at_home():
+    county = Facility("H4", "Langfang county hospital", "131002", 3, frozenset(MedType))
+    d = decide(visit(treating="131002"), PERSON, county, [], [], NOW)
+    assert isinstance(d, Eligible) and d.basis is Basis.HOME
+    # The city's own facility for a person insured at a county of it is another region.
+    county_person = replace(PERSON, insured_region="131002")
+    city = Facility("H5", "Langfang", "131000", 3, frozenset(MedType))
+    v = Visit("131000", "131002", InsuranceType.EMPLOYEE, MedType.GENERAL_OUTPATIENT, date(2026, 11, 23), "")
+    refused = decide(v, county_person, city, [], [], NOW)
+    assert isinstance(refused, Refused) and refused.code is Refusal.NOT_FILED
 
 
 def test_r19_overlapping_and_following_windows_name_when_the_region_really_resumes():

@@ -44,9 +44,13 @@ def test_a_filing_that_ends_before_it_begins_is_refused_not_stretched_to_six_mon
         new_filing(ask(begin=date(2026, 3, 1), end=date(2026, 2, 1)))
 
 
-def test_r9_a_filing_names_a_region_other_than_the_insured_one():
-    with pytest.raises(FilingRefused, match="other than the insured region"):
-        new_filing(ask(filed="131000"))
+def test_r9_a_filing_names_a_region_outside_the_insured_one():
+    # Insured in 131000 (a city): care in it or in a county of it is care at home.
+    for inside in ("131000", "131002"):
+        with pytest.raises(FilingRefused, match="outside the insured region"):
+            new_filing(ask(filed=inside))
+    # The province the insured city lies in covers its other regions: a filing to it is one.
+    assert new_filing(ask(filed="130000")).filed_region == "130000"
 
 
 def test_r21_self_service_takes_effect_at_once_an_office_filing_waits_for_approval():

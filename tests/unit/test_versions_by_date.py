@@ -3,8 +3,10 @@
 from datetime import date
 from decimal import Decimal as D
 
+import pytest
+
 from yidi.domain.catalogue import Catalogue, CatalogueItem
-from yidi.domain.codes import ChargeClass, InsuranceType, MedType
+from yidi.domain.codes import ChargeClass, InsuranceType, MedType, region_chain, within
 from yidi.domain.policy import BenefitPolicy, BenefitRule, policy_in_force
 
 
@@ -64,3 +66,18 @@ def test_a_regions_catalogue_is_its_own_entries_else_its_citys_else_its_province
     assert other_city.get("X1") is province_later and other_city.get("X2") is only_province
     # The more specific region's entry stands even where the province's began later.
     assert Catalogue.in_force("440100", date(2026, 1, 1), list(reversed(versions))).get("X1") is city_c
+
+
+@pytest.mark.parametrize("region, chain", [
+    ("440106", ("440106", "440100", "440000")),
+    ("440100", ("440100", "440000")),
+    ("440000", ("440000",)),
+    ("110101", ("110101", "110100", "110000")),  # a municipality's district, its 市辖区, the municipality
+    ("440006", ("440006", "440000")),            # a county straight under the province
+    ("000000", ("000000",)),
+    ("", ("",)),                                 # not an area code: no region holds it
+])
+def test_area_codes_nest_county_city_province(region, chain):
+    assert region_chain(region) == chain
+    assert all(within(region, area) for area in chain)
+    assert not within(chain[-1], region) or len(chain) == 1  # a province does not lie in its county

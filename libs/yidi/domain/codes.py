@@ -39,6 +39,12 @@ def region_chain(region: str) -> tuple[str, ...]:
     return tuple(chain)
 
 
+def within(region: str, area: str) -> bool:
+    """Whether ``region`` lies in ``area``: the same code, or a county or city inside it
+    ("440106" lies in "440100" and in "440000"; "440100" does not lie in "440106")."""
+    return area in region_chain(region)
+
+
 class MedType(StrEnum):
     """Medical category (``med_type``)."""
 

@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from yidi.domain.codes import BUSINESS_TZ, FilingCategory, InsuranceType, MedType, PersonType, disease_key, region_chain
+from yidi.domain.codes import BUSINESS_TZ, FilingCategory, InsuranceType, MedType, PersonType, disease_key, within
 from yidi.domain.money import ZERO
 
 
@@ -215,7 +215,7 @@ def region_covers(filed: str, treating: str) -> bool:
     province ("440000") covers every region of it ("440100", "440106"), one to a city ("440100")
     its counties, one to a county that county alone. The national platform lets a person file to
     the treating province or city."""
-    return filed in region_chain(treating)
+    return within(treating, filed)
 
 
 def chronic_disease_of(code: str) -> str | None:
@@ -245,8 +245,9 @@ _FILING_RANK = {
 def unavailable(region: str, outages: Iterable[Outage], now: datetime) -> Outage | None:
     """R19: the last window of the region's outage covering ``now``: of the windows covering now
     and of those that begin before their end (a maintenance window extended by a second one, or
-    two that overlap), the one that ends last; its end is when the region resumes. None: up."""
-    mine = [o for o in outages if o.region == region]
+    two that overlap), the one that ends last; its end is when the region resumes. None: up.
+    A window of the region's city or province (its platform's maintenance) stops it too."""
+    mine = [o for o in outages if within(region, o.region)]
     covering = [o for o in mine if o.covers(now)]
     if not covering:
         return None
@@ -317,7 +318,8 @@ def decide(
                 f"{visit.disease_code} is not among the five chronic and special diseases settled across "
                 "provinces (R14); settle as general outpatient or in cash.",
             )
-    if visit.treating_region == visit.insured_region:
+    if within(visit.treating_region, visit.insured_region):
+        # Care in the insured region itself, a county of it included (area codes nest), is home.
         return Eligible(Basis.HOME, None)
     waived = visit.filing_waived_in_province and province_of(visit.treating_region) == province_of(visit.insured_region)
     valid = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 
-from yidi.domain.codes import BUSINESS_TZ, FilingCategory, InsuranceType
+from yidi.domain.codes import BUSINESS_TZ, FilingCategory, InsuranceType, within
 from yidi.domain.eligibility import Filing, FilingPeriod, FilingStatus
 
 TEMPORARY_MIN_MONTHS = 6  # R7
@@ -70,8 +70,9 @@ class FilingRefused(ValueError):
 
 def new_filing(ask: FilingAsk) -> Filing:
     """R4, R7, R9, R21: a filing is to a region; temporary ones last at least six months."""
-    if ask.filed_region == ask.insured_region:
-        raise FilingRefused("a filing names a region other than the insured region")
+    if within(ask.filed_region, ask.insured_region):
+        # Care there is care at home (area codes nest: a county of the insured city included).
+        raise FilingRefused("a filing names a region outside the insured region")
     if ask.end is not None and ask.end < ask.begin:
         # Asked before R7 extends a short temporary filing: a typo is refused, not stretched to six months.
         raise FilingRefused("the filing ends before it begins")
