@@ -214,18 +214,22 @@ class ClearingAdminHandler:
         """What month ``month`` clears per region pair (or for ``pair``): what the settlements that
         landed in it drew on the prepayment, less what the undoings that landed in it gave back: fund
         and account payments (NULL drawn: a settlement before migration 007, which drew its fund
-        payment only)."""
+        payment only). Care at home (the treating region inside the insured one) is no pair's to
+        clear: its rows that drew nothing are left out, so a statement of such a pair holds only rows
+        recorded before they were told apart, which drew, and its totals add up to what it clears."""
         where = "" if pair is None else " AND insuplc_admdvs = $2 AND mdtrtarea_admvs = $3"
-        totals_sql = f"""SELECT insuplc_admdvs, mdtrtarea_admvs, count(*) AS n, sum(medfee_sumamt) AS medfee_sumamt,
-                                sum(fund_pay_sumamt) AS fund_pay_sumamt, sum(acct_pay) AS acct_pay,
-                                sum(coalesce(drawn, fund_pay_sumamt)) AS drawn
-                         FROM clearing.ledger WHERE {{}} = $1{where} GROUP BY 1, 2"""
+        totals_sql = f"""SELECT insuplc_admdvs, mdtrtarea_admvs, coalesce(drawn = 0, false) AS drew_nothing, count(*) AS n,
+                                sum(medfee_sumamt) AS medfee_sumamt, sum(fund_pay_sumamt) AS fund_pay_sumamt,
+                                sum(acct_pay) AS acct_pay, sum(coalesce(drawn, fund_pay_sumamt)) AS drawn
+                         FROM clearing.ledger WHERE {{}} = $1{where} GROUP BY 1, 2, 3"""
         args = (month,) if pair is None else (month, *pair)
         plus = await conn.fetch(totals_sql.format("clr_period"), *args, timeout=MONTH_TOTALS_TIMEOUT_S)
         minus = await conn.fetch(totals_sql.format("undo_period"), *args, timeout=MONTH_TOTALS_TIMEOUT_S)
         totals: dict[tuple[str, str], PairTotals] = {}
         for rows, sign in ((plus, 1), (minus, -1)):
             for r in rows:
+                if r["drew_nothing"] and within(r["mdtrtarea_admvs"], r["insuplc_admdvs"]):
+                    continue  # care at home: in the ledger, cleared by no one
                 t = totals.setdefault((r["insuplc_admdvs"], r["mdtrtarea_admvs"]),
                                       PairTotals(r["insuplc_admdvs"], r["mdtrtarea_admvs"], month))
                 if sign > 0:
@@ -248,6 +252,10 @@ class ClearingAdminHandler:
         return f"month {month} is not cleared yet; run it first"
 
     async def _fund(self, conn: asyncpg.Connection, request: FundPrepayment) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
+        if within(request.mdtrtarea_admvs, request.insuplc_admdvs):
+            # Care there is care at home: nothing ever draws on such an account (area codes nest).
+            return False, (f"region {request.mdtrtarea_admvs} lies in insured region {request.insuplc_admdvs}: care "
+                           "there is care at home, which draws on no prepayment; nothing was funded"), {}, []
         funded = await conn.fetchval(
             "SELECT funded FROM clearing.prepayment_accounts WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2",
             request.insuplc_admdvs, request.mdtrtarea_admvs,
@@ -320,10 +328,10 @@ class ClearingAdminHandler:
                 mdtrtarea_admvs=treating, settlements=t.settlements, undone=t.undone, medfee_sumamt=t.medfee_sumamt,
                 fund_pay_sumamt=t.fund_pay_sumamt, acct_pay=t.acct_pay, clr_sumamt=t.clr_sumamt,
             )
+            # Care at home draws nothing and no region owes it another: its rows are not in the
+            # totals, and a pair of it has a statement only for rows recorded before it was told
+            # apart, which drew and are cleared as they drew.
             for (insured, treating), t in sorted(totals.items())
-            # Care in the insured region itself draws nothing and no region owes it another: no
-            # statement (one recorded before it was told apart drew, and is cleared as it drew).
-            if not within(treating, insured) or t.clr_sumamt
         ]
         if statements:  # one statement for the month's every pair, thousands at national scale
             await conn.execute(

@@ -8,7 +8,7 @@ from typing import Any
 
 
 from yidi.contracts.filing import DeclarationSource, FilingAction, FilingEvent, FilingRecord, FilingRequest, FilingResult
-from yidi.domain.codes import BUSINESS_TZ, FilingCategory, PersonType, region_chain
+from yidi.domain.codes import BUSINESS_TZ, FilingCategory, PersonType
 from yidi.domain.eligibility import Filing, FilingStatus
 from yidi.domain.filing import (
     FilingAsk,
@@ -16,6 +16,7 @@ from yidi.domain.filing import (
     approve_filing,
     cancel_filing,
     change_filing,
+    lock_months_of,
     new_filing,
     refuse_filing,
 )
@@ -157,9 +158,7 @@ class FilingHandler:
             raise FilingRefused(f"no filing {request.filing_id} of this person")
         record, filed_on = current
         filing = record.to_domain()
-        # R8's lock of the insured region, else of its city or province (the first one set).
-        lock = next((self.settings.filing_lock_months[r] for r in region_chain(record.insuplc_admdvs)
-                     if r in self.settings.filing_lock_months), 0)
+        lock = lock_months_of(self.settings.filing_lock_months, record.insuplc_admdvs)
         match request.action:
             case FilingAction.CHANGE:
                 ask = self._ask(request, record.filing_id)

@@ -256,7 +256,7 @@ async def test_r19_an_outage_of_the_insured_province_stops_its_regions(system, g
     await hebei.build()
     person = await hebei.person()
     now = datetime.now(UTC)
-    ends = now + timedelta(seconds=4)
+    ends = now + timedelta(seconds=8)  # the load and the first answer well inside it
     await hebei.load(region_status=[{"status_id": "S" + person, "admdvs": "890000",
                                      "starts_at": (now - timedelta(seconds=1)).isoformat(), "ends_at": ends.isoformat(),
                                      "reason": "maintenance of the provincial platform"}])

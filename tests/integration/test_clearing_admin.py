@@ -51,3 +51,16 @@ async def test_a_request_sent_again_to_another_reply_topic_is_answered_there(set
     results = lambda out: [(t, m["ok"]) for t, m in out if "reqid" in m]  # noqa: E731
     assert results(first) == [(settings.topic("clearing.results"), True)]
     assert results(again) == [(settings.topic("gw.clerk.moved"), True)]
+
+
+async def test_a_prepayment_for_care_at_home_is_refused(settings, handler):
+    # Care in the insured region, a county of it included (area codes nest), draws on no
+    # prepayment: money advanced to such an account could never be drawn nor taken back.
+    city = f"95{random.randrange(1, 100):02d}00"
+    for treating in (city, city[:4] + "07"):
+        pair = {"insuplc_admdvs": city, "mdtrtarea_admvs": treating}
+        ((_, answer),) = [(t, m) for t, m in await _call(settings, handler, {"type": "fund", "amount": "100.00", **pair})
+                          if "reqid" in m]
+        assert not answer["ok"] and "care at home" in answer["reason"], answer
+        query = [m for _, m in await _call(settings, handler, {"type": "query_prepayment", **pair}) if "reqid" in m]
+        assert not query[0]["ok"], query  # no account was opened

@@ -80,3 +80,43 @@ async def test_care_at_home_is_in_the_ledger_draws_nothing_and_clears_with_no_st
     statements = published(own, month, CLEARING_STATEMENTS)
     assert [(s["insuplc_admdvs"], s["mdtrtarea_admvs"], s["clr_sumamt"]) for s in statements] == [(*away, "40.00")]
     assert result["data"]["clr_sumamt"] == "40.00"
+
+
+async def test_rows_a_now_home_pair_drew_before_the_upgrade_are_cleared_alone(settings, clearing_of_its_own,
+                                                                                monkeypatch):
+    # A (city, county) pair drew on a prepayment until area codes nested. In the month of the
+    # upgrade its old rows are cleared as they drew, and its new care at home stays out of the
+    # statement: its totals (settlements, fund payments) added the home rows, while what it
+    # cleared did not, so clr_sumamt was no longer fund_pay_sumamt + acct_pay.
+    import services.clearing.handlers as clearing_handlers
+
+    own, repo = clearing_of_its_own
+    city = f"95{random.randrange(1, 100):02d}00"
+    pair = (city, city[:4] + "07")
+    handler = ClearingHandler(own, repo)
+
+    def settle(msgid: str, setl_id: str, fund: str, day: int) -> Incoming:
+        when = f"2025-09-{day:02d} 10:00:00"
+        return priced(own, "settle", msgid, setl_id, pair, fund, inf_time=when, setl_time=when)
+
+    with monkeypatch.context() as older:  # the version before: home was the same code only
+        older.setattr(clearing_handlers, "within", lambda region, area: region == area)
+        await handler([settle("M-OLD", "S-OLD", "60.00", 1), settle("M-OLD2", "S-OLD2", "25.00", 2)])
+    await handler([settle("M-NEW", "S-NEW", "90.00", 3)])  # care at home now
+    undone = await handler([priced(own, "cancel", "M-OLD-UNDO", "S-OLD", pair, "60.00", inf_time="2025-09-04 09:00:00")])
+    assert [orjson.loads(o.value)["infcode"] for o in undone if o.answered] == [0]
+    async with repo.transaction() as conn:
+        moves = [(m["kind"], m["ref"], m["amount"]) for m in await conn.fetch(
+            "SELECT kind, ref, amount FROM clearing.prepayment_moves ORDER BY id")]
+    # The old rows drew and the undoing gave back exactly what S-OLD drew; the new one moved nothing.
+    assert moves == [("draw", "S-OLD", Decimal("60.00")), ("draw", "S-OLD2", Decimal("25.00")),
+                     ("give_back", "S-OLD", Decimal("60.00"))], moves
+
+    run = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": "202509"}
+    month = await ClearingAdminHandler(own, repo)(
+        [Incoming(own.topic("clearing.requests"), 0, 1, run["reqid"].encode(), orjson.dumps(run), 0)])
+    (result,) = published(own, month, "clearing.results")
+    assert result["ok"], result
+    (statement,) = published(own, month, CLEARING_STATEMENTS)
+    assert (statement["settlements"], statement["undone"], statement["fund_pay_sumamt"], statement["clr_sumamt"]) == (
+        2, 1, "25.00", "25.00"), statement

@@ -43,6 +43,14 @@ async def test_region_status_names_what_is_down_now_and_when_it_resumes(settings
         assert [d["admdvs"] for d in status["planned"] if d["status_id"] == later] == [LATER_REGION]
         assert status["resumes"][DOWN_REGION] == {"at": (now + timedelta(hours=4)).isoformat(), "reason": "maintenance"}
         assert LATER_REGION not in status["resumes"]
+        # A county of the down city is down by the city's windows (area codes nest); one of
+        # another city is not.
+        county = await current(settings, now, DOWN_REGION[:4] + "07")
+        assert county["region"]["down"] and county["region"]["resumes"] == {
+            "at": (now + timedelta(hours=4)).isoformat(), "reason": "maintenance", "window_of": DOWN_REGION}
+        assert {w["status_id"] for w in county["region"]["windows"]} >= {down, following, after_gap}
+        elsewhere = (await current(settings, now, "993007"))["region"]
+        assert not elsewhere["down"] and elsewhere["resumes"] is None, elsewhere
     finally:
         await pool.execute("DELETE FROM eligibility.outages WHERE status_id = ANY($1::text[])", [down, later, following, after_gap])
         await pool.close()

@@ -206,6 +206,15 @@ def test_r19_an_outage_of_the_insured_regions_province_stops_it_and_another_prov
     assert isinstance(decide(visit(), PERSON, BEIJING_HOSPITAL, [filing()], [a_county, shandong], NOW), Eligible)
 
 
+def test_r19_windows_of_the_county_and_its_province_that_follow_each_other_name_the_last_end():
+    county = Outage("131002", NOW - timedelta(hours=1), NOW + timedelta(hours=1), "county network")
+    province = Outage("130000", NOW + timedelta(hours=1), NOW + timedelta(hours=3), "provincial platform")
+    v = Visit("110000", "131002", InsuranceType.EMPLOYEE, MedType.GENERAL_OUTPATIENT, date(2026, 11, 23), "")
+    person = replace(PERSON, insured_region="131002")
+    d = decide(v, person, BEIJING_HOSPITAL, [replace(filing(), insured_region="131002")], [province, county], NOW)
+    assert isinstance(d, Refused) and "until 2026-11-23 21:00 (UTC+08:00) (provincial platform)" in d.message, d
+
+
 def test_r10_care_in_a_county_of_the_insured_city_is_care_at_home():
     county = Facility("H4", "Langfang county hospital", "131002", 3, frozenset(MedType))
     d = decide(visit(treating="131002"), PERSON, county, [], [], NOW)

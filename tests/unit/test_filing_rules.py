@@ -15,6 +15,7 @@ from yidi.domain.filing import (
     cancel_filing,
     change_filing,
     end_on_insurance_change,
+    lock_months_of,
     new_filing,
     refuse_filing,
 )
@@ -47,7 +48,7 @@ def test_a_filing_that_ends_before_it_begins_is_refused_not_stretched_to_six_mon
 def test_r9_a_filing_names_a_region_outside_the_insured_one():
     # Insured in 131000 (a city): care in it or in a county of it is care at home.
     for inside in ("131000", "131002"):
-        with pytest.raises(FilingRefused, match="outside the insured region"):
+        with pytest.raises(FilingRefused, match=f"region {inside} lies in insured region 131000: care there is care at home"):
             new_filing(ask(filed=inside))
     # The province the insured city lies in covers its other regions: a filing to it is one.
     assert new_filing(ask(filed="130000")).filed_region == "130000"
@@ -358,3 +359,11 @@ def test_r7_a_version_in_force_since_midnight_and_ended_at_once_that_day_is_kept
     cut = end_on_insurance_change(shanghai, date(2026, 6, 10), date(2026, 6, 10))
     # Shanghai (from the 10th) and Tianjin's hours of the 10th never were, under the insurance changed that day
     assert [(p.filed_region, p.end, p.ended_at) for p in cut.earlier] == [("110000", date(2026, 6, 9), None)]
+
+
+def test_r8_a_regions_own_lock_comes_first_then_its_citys_then_its_provinces():
+    locks = {"130000": 6, "131000": 3, "131002": 0}
+    assert lock_months_of(locks, "131002") == 0  # its own, even 0
+    assert lock_months_of(locks, "131003") == 3  # its city's
+    assert lock_months_of(locks, "130100") == 6  # its province's
+    assert lock_months_of(locks, "370100") == 0  # none set

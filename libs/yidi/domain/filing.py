@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 
-from yidi.domain.codes import BUSINESS_TZ, FilingCategory, InsuranceType, within
+from yidi.domain.codes import BUSINESS_TZ, FilingCategory, InsuranceType, region_chain, within
 from yidi.domain.eligibility import Filing, FilingPeriod, FilingStatus
 
 TEMPORARY_MIN_MONTHS = 6  # R7
@@ -68,11 +69,18 @@ class FilingRefused(ValueError):
     """A filing request the rules do not allow; the reason is for the person."""
 
 
+def lock_months_of(locks: Mapping[str, int], insured_region: str) -> int:
+    """R8: the months the insured region locks a filing for: its own setting, else its city's,
+    else its province's (area codes nest); 0 when none is set."""
+    return next((locks[r] for r in region_chain(insured_region) if r in locks), 0)
+
+
 def new_filing(ask: FilingAsk) -> Filing:
     """R4, R7, R9, R21: a filing is to a region; temporary ones last at least six months."""
     if within(ask.filed_region, ask.insured_region):
         # Care there is care at home (area codes nest: a county of the insured city included).
-        raise FilingRefused("a filing names a region outside the insured region")
+        raise FilingRefused(f"region {ask.filed_region} lies in insured region {ask.insured_region}: care there is "
+                            "care at home and needs no filing; file to a region outside it")
     if ask.end is not None and ask.end < ask.begin:
         # Asked before R7 extends a short temporary filing: a typo is refused, not stretched to six months.
         raise FilingRefused("the filing ends before it begins")
