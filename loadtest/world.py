@@ -80,6 +80,7 @@ CHRONIC_DISEASES = (
     ("Z94", "Z94.000", "after kidney transplant, anti-rejection therapy"),
 )
 LONG_TERM_BY_TYPE = {"12": "retiree_resettled", "11": "posted_worker", "21": "long_term_resident"}
+FILED_TO_PROVINCE = 3  # filings whose index is this modulo 5 are to the treating province
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,9 +243,12 @@ class World:
         if not p.category:
             return None
         rng = random.Random(f"filing:{self.seed}:{index}")
+        # One filing in five is to the treating region's province, which covers its cities (R9: a
+        # person may file to the province or the city); a municipality is its own province.
+        filed = p.treating[:2] + "0000" if index % 5 == FILED_TO_PROVINCE else p.treating
         record: dict[str, Any] = {
             "action": "add", "reqid": f"{self.run_id}-F{index:07d}", "psn_no": p.psn_no, "insutype": p.insutype,
-            "insuplc_admdvs": p.insured, "filed_admdvs": p.treating, "category": p.category,
+            "insuplc_admdvs": p.insured, "filed_admdvs": filed, "category": p.category,
             "decl_source": "import",
         }
         if p.category in LONG_TERM_BY_TYPE.values():

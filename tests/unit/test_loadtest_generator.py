@@ -20,6 +20,7 @@ from loadtest.world import UNLISTED_CODE, World
 from yidi.contracts.envelope import Infno, RequestEnvelope
 from yidi.contracts.filing import FilingRequest
 from yidi.contracts.settlement import CancelInput, SettlementInput
+from yidi.domain.eligibility import region_covers
 from yidi.platform.replies import recover_ids
 from yidi.refdata.loader import validate
 
@@ -192,7 +193,11 @@ def test_the_reference_data_validates_and_covers_every_request(world, lines):
     facilities = {f["fixmedins_code"]: f for f in data["facilities"]}
     catalogue = {(c["mdtrtarea_admvs"], c["hilist_code"]) for c in data["catalogue"]}
     policies = {(p["insuplc_admdvs"], p["insutype"]) for p in data["policies"]}
-    filings = {(f["psn_no"], f["filed_admdvs"]): FilingRequest.model_validate(f) for f in data["filings"]}
+    filings = {f["psn_no"]: FilingRequest.model_validate(f) for f in data["filings"]}
+    # About one filing in five is to the treating province (R9: it covers the city's facilities).
+    to_province = sum(f["filed_admdvs"].endswith("0000") and f["filed_admdvs"] not in ("120000", "500000")
+                      for f in data["filings"])
+    assert 0.12 < to_province / len(data["filings"]) < 0.2, to_province
     filed = 0
     for ln in settlements(lines):
         request, data_ = ln["request"], ln["request"]["input"]["data"]
@@ -204,8 +209,8 @@ def test_the_reference_data_validates_and_covers_every_request(world, lines):
                    for d in data_["feedetail"] if d["hilist_code"] != UNLISTED_CODE)
         if data_["med_type"] == "14":
             assert data_["dise_codg"].startswith(tuple(person["chronic_qualifications"]))
-        filing = filings.get((data_["psn_no"], request["mdtrtarea_admvs"]))
-        if filing is not None:
+        filing = filings.get(data_["psn_no"])
+        if filing is not None and region_covers(filing.filed_admdvs, request["mdtrtarea_admvs"]):
             filed += 1
             day = date.fromisoformat(request["inf_time"][:10])
             assert filing.begndate <= day and (filing.enddate is None or day <= filing.enddate)
