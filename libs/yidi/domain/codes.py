@@ -30,9 +30,9 @@ def region_chain(region: str) -> tuple[str, ...]:
     digits of province, two of city, two of county): "440106" → ("440106", "440100", "440000").
     A filing to any of them covers care in the region (R9); the region's catalogue and policy are
     its own versions, else its city's, else its province's."""
-    chain = [region]
     if len(region) != 6:
         return (region,)  # not an area code: no region holds it
+    chain = [region]
     for parent in (region[:4] + "00", region[:2] + "0000"):
         if parent != chain[-1]:
             chain.append(parent)
