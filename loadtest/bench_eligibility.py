@@ -57,7 +57,7 @@ async def load_world(repo: EligibilityRepository, world: World, concurrency: int
             if filing:
                 await repo.upsert_filing(FilingRecord(
                     filing_id=f"F{world.run_id}{index:07d}", psn_no=person.psn_no, insutype=person.insutype,
-                    insuplc_admdvs=person.insured, filed_admdvs=person.treating, category=person.category,
+                    insuplc_admdvs=person.insured, filed_admdvs=filing["filed_admdvs"], category=person.category,
                     begndate=filing["begndate"], enddate=filing.get("enddate"),
                     status="active", version=1,
                 ))

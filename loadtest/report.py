@@ -357,7 +357,8 @@ section below says how the figures are measured.
   diseases), 27 % pharmacy (2207/41), with clinic-hour peaks; plus 2 % pre-settlements, 0.5 %
   duplicates (same msgid resent), 0.5 % cancellations (sent once the settlement's answer gave its
   setl_id), 0.2 % malformed requests. About 1.5 % of persons have no filing, so their settlements
-  are refused NOT_FILED. Outpatient bills of all three kinds average ≈ 241 yuan (source 004's
+  are refused NOT_FILED; from 2026-12-05 (session 24) one filing in five is to the treating
+  region's province, which covers its cities (R9). Outpatient bills of all three kinds average ≈ 241 yuan (source 004's
   figure covers pharmacies too; before 2026-12-04 general outpatient alone did, and the three
   averaged ≈ 208). From 2026-12-04 bills price capped items within the catalogue's ceilings but
   on about 0.7 % of bills (before, about half of inpatient money lay over a ceiling).

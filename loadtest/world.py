@@ -29,7 +29,7 @@ INSURED_REGIONS = (
     ("410100", "Zhengzhou", 1.2), ("360100", "Nanchang", 0.7), ("450100", "Nanning", 0.6),
     ("130100", "Shijiazhuang", 1.0), ("340100", "Hefei", 0.8),
 )
-# ... and where they are treated (their filed region).
+# ... and where they are treated (their filed region, or its province: FILED_TO_PROVINCE).
 TREATING_REGIONS = (
     ("440100", "Guangzhou", 1.4), ("320100", "Nanjing", 0.9), ("330100", "Hangzhou", 1.1),
     ("120000", "Tianjin", 0.8), ("460100", "Haikou", 0.7), ("500000", "Chongqing", 0.9),

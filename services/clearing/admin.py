@@ -218,7 +218,7 @@ class ClearingAdminHandler:
         clear: its rows that drew nothing are left out, so a statement of such a pair holds only rows
         recorded before they were told apart, which drew, and its totals add up to what it clears."""
         where = "" if pair is None else " AND insuplc_admdvs = $2 AND mdtrtarea_admvs = $3"
-        totals_sql = f"""SELECT insuplc_admdvs, mdtrtarea_admvs, coalesce(drawn = 0, false) AS drew_nothing, count(*) AS n,
+        totals_sql = f"""SELECT insuplc_admdvs, mdtrtarea_admvs, coalesce(drawn, fund_pay_sumamt) = 0 AS drew_nothing, count(*) AS n,
                                 sum(medfee_sumamt) AS medfee_sumamt, sum(fund_pay_sumamt) AS fund_pay_sumamt,
                                 sum(acct_pay) AS acct_pay, sum(coalesce(drawn, fund_pay_sumamt)) AS drawn
                          FROM clearing.ledger WHERE {{}} = $1{where} GROUP BY 1, 2, 3"""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from yidi.contracts.clearing import PrepaymentAlert, PrepaymentStatus
 from yidi.domain.clearing import Prepayment
+from yidi.domain.codes import within
 from yidi.domain.money import fmt
 from yidi.platform import metrics
 from yidi.platform.jsonwire import dumps
@@ -63,7 +64,12 @@ def alert_message(settings: Settings, alert_json: str, levels: dict[tuple[str, s
 
 def prepayment_alert(settings: Settings, row: Any, account: Prepayment) -> Outgoing:
     insured, treating = row["insuplc_admdvs"], row["mdtrtarea_admvs"]
-    if account.balance < 0:
+    if within(treating, insured):
+        # Care at home, drawn on before it was told apart: nothing draws on it now, and it cannot be
+        # funded; the statements of its remaining rows, once confirmed, clear it.
+        message = (f"Prepayment of {insured} for {treating} (care at home, which no longer draws) is at "
+                   f"{fmt(account.balance)}: confirm the pair's remaining statements; it cannot be funded.")
+    elif account.balance < 0:
         message = (f"Prepayment of {insured} for {treating} has run out: shortfall {fmt(account.shortfall)}; "
                    "settlements continue and the shortfall is recorded until the region tops up.")
     else:

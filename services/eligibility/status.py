@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -57,12 +58,18 @@ async def current(settings: Settings, at: datetime, region: str | None = None) -
         await pool.close()
 
 
+def _area_code(text: str) -> str:
+    if not re.fullmatch(r"[0-9]{6}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a 6-digit area code")
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="yidi-region-status", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--at", type=datetime.fromisoformat, default=None,
                         help="an ISO time; without a zone, the business zone's (UTC+08:00)")
-    parser.add_argument("--region", default=None,
+    parser.add_argument("--region", default=None, type=_area_code,
                         help="an insured region's area code: is it down (its own window, its city's or province's)?")
     args = parser.parse_args(argv)
     at = args.at or datetime.now(UTC)

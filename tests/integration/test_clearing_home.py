@@ -120,3 +120,24 @@ async def test_rows_a_now_home_pair_drew_before_the_upgrade_are_cleared_alone(se
     (statement,) = published(own, month, CLEARING_STATEMENTS)
     assert (statement["settlements"], statement["undone"], statement["fund_pay_sumamt"], statement["clr_sumamt"]) == (
         2, 1, "25.00", "25.00"), statement
+
+
+async def test_a_row_from_before_drawn_was_kept_that_paid_no_fund_is_no_statement_of_care_at_home(
+        settings, clearing_of_its_own):
+    # A row recorded before migration 007 has no drawn: it drew its fund payment. One of care at
+    # home that paid none drew nothing, as clearing's moves read it, and the month's totals must
+    # agree: they kept it, and the month issued a statement for 0 that both regions had to confirm.
+    own, repo = clearing_of_its_own
+    city = f"95{random.randrange(1, 100):02d}00"
+    pair = (city, city[:4] + "07")
+    when = "2025-09-05 10:00:00"
+    await ClearingHandler(own, repo)([priced(own, "settle", "M-PRE007", "S-PRE007", pair, "0.00",
+                                             inf_time=when, setl_time=when)])
+    async with repo.transaction() as conn:
+        await conn.execute("UPDATE clearing.ledger SET drawn = NULL WHERE setl_id = 'S-PRE007'")
+    run = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": "202509"}
+    month = await ClearingAdminHandler(own, repo)(
+        [Incoming(own.topic("clearing.requests"), 0, 1, run["reqid"].encode(), orjson.dumps(run), 0)])
+    (result,) = published(own, month, "clearing.results")
+    assert result["ok"], result
+    assert published(own, month, CLEARING_STATEMENTS) == []

@@ -79,3 +79,11 @@ async def test_a_cancelled_window_published_again_stays_cancelled(settings, capl
     finally:
         await pool.execute("DELETE FROM eligibility.outages WHERE status_id = $1", window)
         await pool.close()
+
+
+def test_a_region_asked_for_must_be_an_area_code(capsys):
+    from services.eligibility.status import main
+
+    with pytest.raises(SystemExit):
+        main(["--region", "4401"])  # a prefix found nothing and said "not down"
+    assert "not a 6-digit area code" in capsys.readouterr().err

@@ -48,7 +48,7 @@ def test_a_filing_that_ends_before_it_begins_is_refused_not_stretched_to_six_mon
 def test_r9_a_filing_names_a_region_outside_the_insured_one():
     # Insured in 131000 (a city): care in it or in a county of it is care at home.
     for inside in ("131000", "131002"):
-        with pytest.raises(FilingRefused, match=f"region {inside} lies in insured region 131000: care there is care at home"):
+        with pytest.raises(FilingRefused, match=f"region {inside} is or lies in insured region 131000: care there is care at home"):
             new_filing(ask(filed=inside))
     # The province the insured city lies in covers its other regions: a filing to it is one.
     assert new_filing(ask(filed="130000")).filed_region == "130000"

@@ -108,3 +108,21 @@ def test_a_kept_warning_is_published_again_only_while_its_account_is_at_its_leve
     assert alert_message(settings, low, {pair: 2}) is None  # run out since: "low" is news no longer true
     assert alert_message(settings, out, {pair: 2}) is not None
     assert alert_message(settings, low, {}) is None
+
+
+def test_an_alert_of_an_account_of_care_at_home_says_to_confirm_its_statements_not_to_fund_it():
+    # Care at home drew on such an account before area codes nested; fund now refuses it, so an
+    # alert saying "top up" asked for what cannot be done.
+    import orjson
+
+    from services.clearing.prepayment import prepayment_alert
+    from yidi.domain.clearing import Prepayment
+    from yidi.platform.settings import Settings
+
+    run_out = Prepayment(drawn=Decimal("85.00"))
+    home = orjson.loads(prepayment_alert(Settings(namespace="t."), {"insuplc_admdvs": "131000", "mdtrtarea_admvs": "131002"},
+                                         run_out).value)
+    away = orjson.loads(prepayment_alert(Settings(namespace="t."), {"insuplc_admdvs": "131000", "mdtrtarea_admvs": "110000"},
+                                         run_out).value)
+    assert "care at home" in home["message"] and "cannot be funded" in home["message"], home
+    assert "has run out" in away["message"] and "tops up" in away["message"], away

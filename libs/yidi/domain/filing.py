@@ -79,7 +79,7 @@ def new_filing(ask: FilingAsk) -> Filing:
     """R4, R7, R9, R21: a filing is to a region; temporary ones last at least six months."""
     if within(ask.filed_region, ask.insured_region):
         # Care there is care at home (area codes nest: a county of the insured city included).
-        raise FilingRefused(f"region {ask.filed_region} lies in insured region {ask.insured_region}: care there is "
+        raise FilingRefused(f"region {ask.filed_region} is or lies in insured region {ask.insured_region}: care there is "
                             "care at home and needs no filing; file to a region outside it")
     if ask.end is not None and ask.end < ask.begin:
         # Asked before R7 extends a short temporary filing: a typo is refused, not stretched to six months.
