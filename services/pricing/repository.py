@@ -86,7 +86,7 @@ class PricingRepository(Repository):
                    ON CONFLICT (insuplc_admdvs, insutype, begndate) DO UPDATE
                    SET version = EXCLUDED.version, record = EXCLUDED.record, rev = EXCLUDED.rev, loaded_at = now()""",
                 record.insuplc_admdvs, record.insutype.value, record.begndate, record.version,
-                record.model_dump_json(),
+                record.model_dump_json(),  # without enddate when null: an older version reads it
             )
 
     async def upsert_catalogue_item(self, record: CatalogueRecord) -> None:

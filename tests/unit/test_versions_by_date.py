@@ -81,3 +81,39 @@ def test_area_codes_nest_county_city_province(region, chain):
     assert region_chain(region) == chain
     assert all(within(region, area) for area in chain)
     assert not within(chain[-1], region) or len(chain) == 1  # a province does not lie in its county
+
+
+def test_a_region_whose_own_policy_ends_takes_its_provinces_and_an_older_version_does_not_come_back():
+    # Pooling moved up to the province: the county's latest version ends, and from that day the
+    # province's policy prices its insured. The county's older version, superseded, stays so.
+    def of(region: str, begin: date, ratio: str, end: date | None = None) -> BenefitPolicy:
+        return BenefitPolicy(region, InsuranceType.EMPLOYEE, f"{region}-{begin}", begin,
+                             (BenefitRule(frozenset({MedType.GENERAL_OUTPATIENT}), D(0), D(ratio)),), effective_to=end)
+
+    province = of("440000", date(2020, 1, 1), "0.50")
+    old = of("440106", date(2020, 1, 1), "0.70")
+    last = of("440106", date(2024, 1, 1), "0.75", end=date(2026, 1, 1))
+    versions = [province, old, last]
+    on = InsuranceType.EMPLOYEE
+    assert policy_in_force(versions, "440106", on, date(2025, 12, 31)) is last
+    assert policy_in_force(versions, "440106", on, date(2026, 1, 1)) is province
+    # A version the county publishes later is its own again.
+    again = of("440106", date(2027, 1, 1), "0.80")
+    assert policy_in_force([*versions, again], "440106", on, date(2027, 6, 1)) is again
+    assert policy_in_force([*versions, again], "440106", on, date(2026, 6, 1)) is province
+
+
+def test_a_policy_records_enddate_is_after_its_begndate_and_left_out_of_the_record_when_null():
+    import orjson
+    from pydantic import ValidationError
+
+    from yidi.contracts.refdata import PolicyRecord
+
+    base = {"insuplc_admdvs": "440106", "insutype": "310", "version": "V1", "begndate": "2024-01-01",
+            "rules": [{"med_types": ["11"], "deductible": "0.00", "ratio": "0.80"}]}
+    assert "enddate" not in orjson.loads(PolicyRecord.model_validate(base).model_dump_json())  # read by older pricing
+    ended = PolicyRecord.model_validate(base | {"enddate": "2026-01-01"})
+    assert orjson.loads(ended.model_dump_json())["enddate"] == "2026-01-01"
+    assert ended.to_domain().effective_to == date(2026, 1, 1)
+    with pytest.raises(ValidationError, match="enddate comes after its begndate"):
+        PolicyRecord.model_validate(base | {"enddate": "2024-01-01"})

@@ -190,6 +190,11 @@ class PolicyRecord(StrictWireModel):
     insutype: InsuranceType
     version: str = Field(min_length=1, max_length=40)
     begndate: date
+    # Left out of the record when null, so that a version published without it reads as before
+    # where pricing is older (a strict model: a field it does not know is refused).
+    enddate: date | None = Field(default=None, exclude_if=lambda v: v is None, description=(
+        "first day the region's own policy is no longer in force (exclusive), when this is its latest "
+        "version: from then the region takes its city's or province's (pooling moved up); must be after begndate"))
     rules: list[BenefitRuleRecord] = Field(min_length=1)
     annual_cap: Amount | None = Field(default=None, ge=0)
     outpatient_quota: Amount | None = Field(default=None, ge=0)
@@ -213,6 +218,7 @@ class PolicyRecord(StrictWireModel):
             insutype=self.insutype,
             version=self.version,
             effective_from=self.begndate,
+            effective_to=self.enddate,
             rules=tuple(
                 BenefitRule(
                     med_types=frozenset(r.med_types),

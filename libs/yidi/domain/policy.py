@@ -129,6 +129,9 @@ class BenefitPolicy:
     layers: tuple[Layer, ...] = ()
     account_payable: bool = True
     order: CalculationOrder = CalculationOrder.DEFAULT
+    # The region's own policy ends here (exclusive) when this is its latest version begun: the region
+    # then takes its city's or province's (policy_in_force). None: until a later version begins.
+    effective_to: date | None = None
     # The rule each kind of visit gets, found once per policy version (a policy is immutable, and
     # the kinds of visit are few: med_type × person type × facility level × which of the policy's
     # disease prefixes the visit's code has). Keyed by the prefixes, not the code: a memo of every
@@ -211,6 +214,8 @@ def validate_policy(policy: BenefitPolicy) -> None:
     """Refuse a policy the rules do not allow (R11 limits, ratios, amounts)."""
     if not policy.rules:
         raise PolicyError("a policy has at least one benefit rule")
+    if policy.effective_to is not None and policy.effective_to <= policy.effective_from:
+        raise PolicyError("a policy's enddate comes after its begndate")
     for i, rule in enumerate(policy.rules):
         if not rule.med_types:
             raise PolicyError(f"benefit rule {i} names no med_type")
@@ -252,9 +257,16 @@ def policy_in_force(
 ) -> BenefitPolicy | None:
     """The version of a region's policy in force on ``on``: the latest that has begun, of the
     region's own versions, else its city's, else its province's (area codes nest: a province's
-    policy serves every region of it that publishes none)."""
-    rank = {r: i for i, r in enumerate(region_chain(region))}
-    candidates = [
-        p for p in versions if p.region in rank and p.insutype == insutype and p.effective_from <= on
-    ]
-    return min(candidates, key=lambda p: (rank[p.region], -p.effective_from.toordinal()), default=None)
+    policy serves every region of it that publishes none). A region whose latest version begun
+    has ended (``effective_to``: its pooling moved up to the city or province) has none of its own."""
+    latest: dict[str, BenefitPolicy] = {}
+    for p in versions:
+        if p.insutype == insutype and p.effective_from <= on:
+            held = latest.get(p.region)
+            if held is None or p.effective_from > held.effective_from:
+                latest[p.region] = p
+    for r in region_chain(region):
+        p = latest.get(r)
+        if p is not None and (p.effective_to is None or on < p.effective_to):
+            return p
+    return None
