@@ -77,18 +77,14 @@ class UnreadableReference(Exception):
     INTERNAL_ERROR and dead-lettered (the stage's per-record error path), the batch goes on."""
 
 
-def _check_readable(batch: Batch, region: str, body: BillFields, treating: str, day: date,
-                    policy: BenefitPolicy | None) -> None:
+def _check_readable(batch: Batch, region: str, body: BillFields, treating: str, day: date) -> None:
     """Raise ``UnreadableReference`` when a stored version this version cannot read would decide
     this request's day: its policy, or one of its items, in force then and later than the
     readable version picked (priced without it, a missing item would be self-paid, a missing
     policy NO_POLICY). A version out of force that day refuses nothing."""
     missing = []
-    chain = region_chain(region)
-    for rank, r in enumerate(chain):
-        for begins, _ in batch.unreadable.get(("policy", r, body.insutype.value), []):
-            if begins <= day and _would_win(rank, begins, chain, policy):
-                missing.append(f"policy of {r}/{body.insutype.value} from {begins}")
+    if (unread := _unreadable_policy(batch, region, body.insutype.value, day)) is not None:
+        missing.append(unread)
     picked = batch.catalogue(treating, day)
     chain = region_chain(treating)
     for code in dict.fromkeys(line.code for line in body.lines):
@@ -101,7 +97,26 @@ def _check_readable(batch: Batch, region: str, body: BillFields, treating: str, 
         raise UnreadableReference(f"stored reference data this version cannot read decides this request: {missing}")
 
 
-def _would_win(rank: int, begins: date, chain: tuple[str, ...], picked: BenefitPolicy | CatalogueItem | None) -> bool:
+def _unreadable_policy(batch: Batch, region: str, insutype: str, day: date) -> str | None:
+    """The stored policy version this version cannot read that ``policy_in_force`` would have picked
+    for ``day``, if any: along the region's chain, each region's latest version begun decides
+    (none of its own if that one has ended), readable or not."""
+    for r in region_chain(region):
+        readable = max((p for p in batch.policies if p.region == r and p.insutype.value == insutype
+                        and p.effective_from <= day), key=lambda p: p.effective_from, default=None)
+        unread = max(((b, e) for b, e in batch.unreadable.get(("policy", r, insutype), []) if b <= day),
+                     key=lambda v: v[0], default=None)
+        if unread is not None and (readable is None or unread[0] > readable.effective_from):
+            begins, ends = unread
+            if ends is None or day < ends:
+                return f"policy of {r}/{insutype} from {begins}"
+            continue  # ended: the region has none of its own that day
+        if readable is not None and readable.in_force(day):
+            return None  # the one picked
+    return None
+
+
+def _would_win(rank: int, begins: date, chain: tuple[str, ...], picked: CatalogueItem | None) -> bool:
     """Whether a version of the chain's ``rank``-th region, in force from ``begins``, would have been
     picked over ``picked`` (a more specific region's version stands; of one region, the later)."""
     if picked is None:
@@ -288,7 +303,7 @@ class PricingHandler:
         region = request.insuplc_admdvs or ""
         policy = policy_in_force(batch.policies, region, body.insutype, day)
         if batch.unreadable:
-            _check_readable(batch, region, body, request.mdtrtarea_admvs, day, policy)
+            _check_readable(batch, region, body, request.mdtrtarea_admvs, day)
         if policy is None:
             return self._refuse(
                 work, ErrCode.NO_POLICY,

@@ -149,7 +149,7 @@ class PricingRepository(Repository):
                       NULL::int AS year, NULL::numeric AS amount, NULL::bigint AS rev, r.emitted::text AS body
                FROM pricing.requests r WHERE r.msgid = ANY($1::text[])
                UNION ALL
-               SELECT 'policy', k.region, p.begndate::text, k.insutype, NULL, NULL, NULL, p.rev, p.record::text
+               SELECT 'policy', k.region, p.begndate::text, k.insutype, p.record->>'enddate', NULL, NULL, p.rev, p.record::text
                FROM pricing.policies p
                JOIN unnest($2::text[], $3::text[]) AS k(region, insutype)
                  ON p.insuplc_admdvs = k.region AND p.insutype = k.insutype
@@ -193,7 +193,8 @@ class PricingRepository(Repository):
                         r["rev"], lambda raw: PolicyRecord.model_validate(json_value(raw), context=STORED_CONTEXT).to_domain(),
                         r["body"]))
                 except (ValidationError, ValueError, ArithmeticError) as exc:
-                    unreadable.setdefault(("policy", r["a"], r["c"]), []).append((date.fromisoformat(r["b"]), None))
+                    unreadable.setdefault(("policy", r["a"], r["c"]), []).append(
+                        (date.fromisoformat(r["b"]), _stored_date(r["d"])))
                     self._unreadable(r["rev"], f"policy of {r['a']}/{r['c']} from {r['b']}", exc)
             else:
                 try:
@@ -275,3 +276,11 @@ class PricingRepository(Repository):
                 "UPDATE pricing.settlements SET state = $2, undone_by = $3, undone_at = now() WHERE setl_id = $1",
                 [(s.setl_id, s.state, s.undone_by) for s in undone],
             )
+
+
+def _stored_date(text: str | None) -> date | None:
+    """An unreadable stored record's date, as far as it can be read (None: open, the cautious reading)."""
+    try:
+        return date.fromisoformat(text) if text else None
+    except ValueError:
+        return None

@@ -101,9 +101,18 @@ def test_a_region_whose_own_policy_ends_takes_its_provinces_and_an_older_version
     again = of("440106", date(2027, 1, 1), "0.80")
     assert policy_in_force([*versions, again], "440106", on, date(2027, 6, 1)) is again
     assert policy_in_force([*versions, again], "440106", on, date(2026, 6, 1)) is province
+    # Another insurance's later version does not end or replace it; the province's own ending leaves none.
+    resident = BenefitPolicy("440106", InsuranceType.RESIDENT, "r", date(2025, 6, 1),
+                             (BenefitRule(frozenset({MedType.GENERAL_OUTPATIENT}), D(0), D("0.60")),))
+    assert policy_in_force([*versions, resident], "440106", on, date(2025, 12, 1)) is last
+    province_ends = of("440000", date(2020, 1, 1), "0.50", end=date(2026, 3, 1))
+    assert policy_in_force([province_ends, old, last], "440106", on, date(2026, 6, 1)) is None
+    # A later version beginning before the end replaces the ended one.
+    sooner = of("440106", date(2025, 6, 1), "0.78")
+    assert policy_in_force([*versions, sooner], "440106", on, date(2026, 6, 1)) is sooner
 
 
-def test_a_policy_records_enddate_is_after_its_begndate_and_left_out_of_the_record_when_null():
+def test_a_policy_records_enddate_is_not_before_its_begndate_and_left_out_of_the_record_when_null():
     import orjson
     from pydantic import ValidationError
 
@@ -115,5 +124,12 @@ def test_a_policy_records_enddate_is_after_its_begndate_and_left_out_of_the_reco
     ended = PolicyRecord.model_validate(base | {"enddate": "2026-01-01"})
     assert orjson.loads(ended.model_dump_json())["enddate"] == "2026-01-01"
     assert ended.to_domain().effective_to == date(2026, 1, 1)
-    with pytest.raises(ValidationError, match="enddate comes after its begndate"):
-        PolicyRecord.model_validate(base | {"enddate": "2024-01-01"})
+    with pytest.raises(ValidationError, match="enddate is not before its begndate"):
+        PolicyRecord.model_validate(base | {"enddate": "2023-12-31"})
+    # Equal: a version published for a later day, withdrawn (never in force, none of its own from then).
+    withdrawn = PolicyRecord.model_validate(base | {"enddate": "2024-01-01"}).to_domain()
+    older = PolicyRecord.model_validate(base | {"begndate": "2020-01-01", "version": "V0"}).to_domain()
+    province = PolicyRecord.model_validate(base | {"insuplc_admdvs": "440000", "begndate": "2020-01-01"}).to_domain()
+    versions = [withdrawn, older, province]
+    assert policy_in_force(versions, "440106", InsuranceType.EMPLOYEE, date(2023, 6, 1)) is older
+    assert policy_in_force(versions, "440106", InsuranceType.EMPLOYEE, date(2024, 6, 1)) is province

@@ -194,7 +194,8 @@ class PolicyRecord(StrictWireModel):
     # where pricing is older (a strict model: a field it does not know is refused).
     enddate: date | None = Field(default=None, exclude_if=lambda v: v is None, description=(
         "first day the region's own policy is no longer in force (exclusive), when this is its latest "
-        "version: from then the region takes its city's or province's (pooling moved up); must be after begndate"))
+        "version: from then the region takes its city's or province's (pooling moved up); not before begndate (equal: "
+        "a version published for a later day withdrawn)"))
     rules: list[BenefitRuleRecord] = Field(min_length=1)
     annual_cap: Amount | None = Field(default=None, ge=0)
     outpatient_quota: Amount | None = Field(default=None, ge=0)

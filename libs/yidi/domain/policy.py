@@ -144,6 +144,10 @@ class BenefitPolicy:
         validate_policy(self)
         object.__setattr__(self, "_disease_prefixes", frozenset(disease_key(d) for r in self.rules for d in r.diseases))
 
+    def in_force(self, on: date) -> bool:
+        """Begun by ``on`` and not ended (``effective_to`` exclusive)."""
+        return self.effective_from <= on and (self.effective_to is None or on < self.effective_to)
+
     def rule_for(
         self, med_type: MedType, person_type: PersonType, facility_level: int, disease: str = ""
     ) -> BenefitRule:
@@ -214,8 +218,10 @@ def validate_policy(policy: BenefitPolicy) -> None:
     """Refuse a policy the rules do not allow (R11 limits, ratios, amounts)."""
     if not policy.rules:
         raise PolicyError("a policy has at least one benefit rule")
-    if policy.effective_to is not None and policy.effective_to <= policy.effective_from:
-        raise PolicyError("a policy's enddate comes after its begndate")
+    if policy.effective_to is not None and policy.effective_to < policy.effective_from:
+        # Equal: never in force, and the region has none of its own from that day (a version
+        # published for a later day withdrawn by publishing its begndate again with this enddate).
+        raise PolicyError("a policy's enddate is not before its begndate")
     for i, rule in enumerate(policy.rules):
         if not rule.med_types:
             raise PolicyError(f"benefit rule {i} names no med_type")
@@ -259,14 +265,15 @@ def policy_in_force(
     region's own versions, else its city's, else its province's (area codes nest: a province's
     policy serves every region of it that publishes none). A region whose latest version begun
     has ended (``effective_to``: its pooling moved up to the city or province) has none of its own."""
+    chain = region_chain(region)
     latest: dict[str, BenefitPolicy] = {}
     for p in versions:
-        if p.insutype == insutype and p.effective_from <= on:
+        if p.region in chain and p.insutype == insutype and p.effective_from <= on:
             held = latest.get(p.region)
             if held is None or p.effective_from > held.effective_from:
                 latest[p.region] = p
-    for r in region_chain(region):
+    for r in chain:
         p = latest.get(r)
-        if p is not None and (p.effective_to is None or on < p.effective_to):
+        if p is not None and p.in_force(on):
             return p
     return None
