@@ -169,7 +169,10 @@ async def test_r1_a_province_publishes_its_catalogue_and_policy_once_and_a_citys
     await nested.load(
         facilities=[{"fixmedins_code": nested.facility, "fixmedins_name": "county hospital", "admdvs": nested.treating,
                      "level": 3, "med_types": ["11", "21"]}],
-        policies=[nested.policy() | {"insuplc_admdvs": "910000"}],
+        # The county's own policy ended (its pooling moved up): the province's prices its insured.
+        policies=[nested.policy() | {"insuplc_admdvs": "910000"},
+                  nested.policy(version="OWN", begndate="2020-01-01", enddate="2021-01-01",
+                                rules=[{"med_types": ["11"], "deductible": "0.00", "ratio": "0.90"}])],
         catalogue=[
             base | {"mdtrtarea_admvs": "920000", "hilist_code": "T-A", "hilist_name": "class A service", "chrgitm_lv": "01"},
             base | {"mdtrtarea_admvs": "920000", "hilist_code": "T-X", "hilist_name": "class A here", "chrgitm_lv": "01"},
@@ -181,7 +184,8 @@ async def test_r1_a_province_publishes_its_catalogue_and_policy_once_and_a_citys
     answer = await gateway.call(nested.request(person, [("T-A", "1", "400.00"), ("T-X", "1", "30.00")]))
     settled = info(answer)
     # T-A in scope from the province's catalogue; T-X self-paid as the city's class C.
-    # 400 in scope, deductible 300, 0.60 of 100 → 60.00 from the province's policy.
+    # 400 in scope, deductible 300, 0.60 of 100 → 60.00 from the province's policy (the county's
+    # ended one would pay 0.90 of 400).
     assert (settled["inscp_scp_amt"], settled["fulamt_ownpay_amt"], settled["hifp_pay"]) == ("400.00", "30.00", "60.00")
     items = {f["hilist_code"]: f for f in answer["output"]["feedetail"]}
     assert items["T-A"]["chrgitm_lv"] == "01" and items["T-X"]["chrgitm_lv"] == "03"
