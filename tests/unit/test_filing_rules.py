@@ -367,3 +367,11 @@ def test_r8_a_regions_own_lock_comes_first_then_its_citys_then_its_provinces():
     assert lock_months_of(locks, "131003") == 3  # its city's
     assert lock_months_of(locks, "130100") == 6  # its province's
     assert lock_months_of(locks, "370100") == 0  # none set
+
+
+def test_r21_a_pending_filing_to_a_region_inside_the_insured_one_is_not_approved():
+    # Asked before area codes nested (a county of the insured city): care there is at home now.
+    pending = replace(new_filing(ask(at_once=False)), filed_region="131002")
+    with pytest.raises(FilingRefused, match="care there is care at home and needs no filing; refuse this filing"):
+        approve_filing(pending)
+    assert refuse_filing(pending).status is FilingStatus.REFUSED

@@ -214,6 +214,10 @@ def approve_filing(current: Filing) -> Filing:
     """R21: an office approves a filing that waits for approval; it takes effect now."""
     if current.status is not FilingStatus.PENDING:
         raise FilingRefused(f"only a filing waiting for approval can be approved; this one is {current.status.value}")
+    if within(current.filed_region, current.insured_region):
+        # One asked before area codes nested: care there is care at home, which needs no filing.
+        raise FilingRefused(f"region {current.filed_region} is or lies in insured region {current.insured_region}: "
+                            "care there is care at home and needs no filing; refuse this filing")
     return replace(current, status=FilingStatus.ACTIVE)
 
 
