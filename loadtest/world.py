@@ -194,6 +194,7 @@ class World:
                      "ratio": "0.90", "deductible_bucket": "inpatient", "deductible_scope": "stay"},
                 ],
                 "annual_cap": "300000.00", "outpatient_quota": f"{3000 + 500 * (n % 3)}.00",
+                "quota_med_types": ["11", "41"],
                 "reductions": {"referral": "0.05", "emergency": "0.00", "temporary_other": f"0.{10 + 5 * (n % 2)}"},
                 "first_selfpay": {"temporary_other": "0.10"},
                 "layers": [
@@ -214,7 +215,7 @@ class World:
                     {"med_types": ["21", "24"], "deductible": f"{1000 + 100 * (n % 4)}.00", "ratio": "0.65",
                      "deductible_bucket": "inpatient", "deductible_scope": "stay"},
                 ],
-                "annual_cap": "150000.00", "outpatient_quota": "800.00",
+                "annual_cap": "150000.00", "outpatient_quota": "800.00", "quota_med_types": ["11", "41"],
                 "reductions": {"referral": "0.10", "emergency": "0.05", "temporary_other": "0.15"},
                 "first_selfpay": {"temporary_other": "0.10"},
                 "layers": [

@@ -44,3 +44,24 @@ def test_the_demo_runs_the_month_of_every_demo_settlement_in_order():
             if (body := json.loads(path.read_text()))["type"] == "run_month"]
     settled = {json.loads(path.read_text())["inf_time"].replace("-", "")[:6] for path in files("requests")}
     assert runs == sorted(runs) and settled <= set(runs), (runs, settled)
+
+
+def _policies() -> list[tuple[str, dict]]:
+    from loadtest.world import World
+
+    demo = json.loads((DEMO / "refdata.json").read_text())["policies"]
+    world = list(World(persons=40, seed=3, run_id="Q").policy_records())
+    return [(f"demo {p['version']}", p) for p in demo] + [(f"loadtest {p['version']}", p) for p in world]
+
+
+@pytest.mark.parametrize("name,policy", _policies(), ids=lambda v: v if isinstance(v, str) else "")
+def test_the_outpatient_quota_covers_every_kind_of_care_that_shares_the_outpatient_deductible(name, policy):
+    # R13: the general-outpatient quota caps what the pooled fund pays a person in a year. Where a
+    # policy pays pharmacy purchases (41) like general outpatient care (the same deductible), the
+    # quota covers them too; with quota_med_types left at its default ["11"] a person whose quota was
+    # used up at the clinic had the pooled fund go on paying at the pharmacy.
+    if policy.get("outpatient_quota") is None:
+        return
+    shared = {m for rule in policy["rules"] if rule.get("deductible_bucket") == "outpatient"
+              and "11" in rule["med_types"] for m in rule["med_types"]}
+    assert shared <= set(policy.get("quota_med_types", ["11"])), (name, shared)
