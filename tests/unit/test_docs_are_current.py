@@ -54,3 +54,41 @@ def test_every_json_example_of_the_reference_data_guide_is_a_data_file_the_loade
     assert blocks, "docs/reference-data.md has no JSON examples"
     for block in blocks:
         validate(json.loads(block))  # raises DataFileError with the reasons
+
+
+RUNBOOK_MD = ROOT / "docs" / "runbook.md"
+
+
+def _runbook_settings() -> dict[str, str]:
+    """The runbook's configuration table: each variable named in a row's first column, with the
+    row's default column as written."""
+    rows: dict[str, str] = {}
+    for line in Path(RUNBOOK_MD).read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("`YIDI_"):
+            for name in re.findall(r"`YIDI_([A-Z_]+)`", cells[0]):
+                rows[name.lower()] = cells[1]
+    return rows
+
+
+def test_the_runbook_documents_every_setting_with_its_default():
+    from pydantic import TypeAdapter
+
+    from yidi.platform.settings import Settings
+
+    documented = _runbook_settings()
+    assert set(Settings.model_fields) <= set(documented), set(Settings.model_fields) - set(documented)
+    checked = 0
+    for name, field in Settings.model_fields.items():
+        written = re.fullmatch(r"`([^`]*)`", documented[name])
+        if written is None:  # "host name", "9101–9104 by service": said in words
+            continue
+        value = written.group(1)
+        adapter = TypeAdapter(field.annotation)
+        try:
+            parsed = adapter.validate_json(value)
+        except ValueError:
+            parsed = adapter.validate_python("" if value == '""' else value)
+        assert parsed == field.get_default(call_default_factory=True), (name, value)
+        checked += 1
+    assert checked >= 20
