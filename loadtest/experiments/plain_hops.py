@@ -51,12 +51,14 @@ class PlainStage(TransactionalStage):
             records = self._incoming(batch)
             if not records:
                 continue
-            # The same linger as TransactionalStage._run, so that only the transaction differs.
+            # The same linger as TransactionalStage._run (its LingerGate too), so that only the transaction differs.
             linger = self.settings.batch_linger_ms / 1000 - (time.monotonic() - last)
-            if linger > 0 and len(records) < self.max_records:
+            if linger > 0 and len(records) < self.max_records and self._linger_wanted():
                 await asyncio.sleep(linger)
-                records += self._incoming(
+                more = self._incoming(
                     await self._consumer.getmany(timeout_ms=0, max_records=self.max_records - len(records)))
+                self._linger.lingered(len(more))
+                records += more
             outgoing = await self.handler(records)
             sends = [await self._producer.send(o.topic, o.value, key=o.key) for o in outgoing]
             await asyncio.gather(*sends)

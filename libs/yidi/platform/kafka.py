@@ -200,16 +200,18 @@ class LingerGate:
     them; one that adds nothing only delays the records in hand. Where a stage's records come one
     at a time a little further apart than its cycle (eligibility at 100/s on the bench box: batches
     of 1.01 records, the wait about 4 ms of its 10.6 ms hop), its lingers add nothing, and it stops
-    waiting. On the bench box this took p50 and p99 at 100/s down by about 10 ms, full load and
-    500-1,000/s unchanged (docs/BENCHMARKS.md, "Lingering only while it adds records").
+    waiting (docs/BENCHMARKS.md, "Lingering only while it adds records").
 
-    ``yielded`` is a moving average of the records each linger added. Below ``min_yield`` (after
-    7 lingers in a row that added nothing, 14 from the start) the stage goes on without lingering,
-    but every
-    ``probe_every``-th batch lingers anyway, so a rate that has risen is seen again (one probe that
-    adds a record brings it back above ``min_yield``). A threshold of 0.2 turned lingering off in
-    pricing and clearing at 100/s too, whose lingers add a record every third or fourth time: p50
-    fell as far, but their extra transactions left p99 where it was."""
+    ``yielded`` is a moving average of the records each linger added (``weight`` 0.2). Below
+    ``min_yield`` the stage goes on without lingering: after 14 lingers in a row that added nothing
+    from the start, 7 after a linger that added one. Every ``probe_every``-th batch lingers anyway,
+    so a rate that has risen is seen again (a probe that adds a record opens the gate). A stage
+    whose lingers add a record every other time keeps lingering; one whose lingers add one every
+    third or fourth time (pricing and clearing at 100/s) meets such runs now and then and lingers
+    part of the time. That is the setting measured best: a slower average (weight 0.05), which
+    keeps those stages lingering, gave p50 and p99 at 100/s no lower, and a higher threshold (0.2),
+    which shuts them more often, left p99 where it was (docs/BENCHMARKS.md).
+    ``yidi_stage_lingers_total`` counts the batches that lingered and those that skipped."""
 
     min_yield: float = 0.05
     probe_every: int = 20
@@ -375,11 +377,11 @@ class TransactionalStage:
                 records = self._incoming(batch)
                 # A batch that is not full waits until ``batch_linger_ms`` after the last commit and
                 # takes what arrived meanwhile. Without it, at low rates every stage commits a
-                # transaction per record or two, and those transactions (five broker round trips,
-                # markers) kept the 2-core box busy at 100 settlements/s (docs/BENCHMARKS.md, linger).
+                # transaction per record or two, and those transactions (three broker round trips
+                # under v2, five under v1, and the markers) kept the 2-core box busy at 100 settlements/s (docs/BENCHMARKS.md, linger).
                 # It lingers only while lingering adds records (LingerGate).
                 linger = self.settings.batch_linger_ms / 1000 - (time.monotonic() - self._last_commit)
-                if records and linger > 0 and len(records) < self.max_records and self._linger.wanted():
+                if records and linger > 0 and len(records) < self.max_records and self._linger_wanted():
                     await asyncio.sleep(linger)
                     more = self._incoming(
                         await self._consumer.getmany(timeout_ms=0, max_records=self.max_records - len(records)))
@@ -544,6 +546,11 @@ class TransactionalStage:
         for tp, offset in first.items():
             if tp in assigned:
                 self._consumer.seek(tp, offset)
+
+    def _linger_wanted(self) -> bool:
+        wanted = self._linger.wanted() if self.settings.batch_linger_gate else True
+        metrics.STAGE_LINGERS.labels(self.name, "lingered" if wanted else "skipped").inc()
+        return wanted
 
     def _member(self) -> bool:
         """Whether the batch in hand was fetched as a member of the group (aiokafka resets the

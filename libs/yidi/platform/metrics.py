@@ -30,6 +30,12 @@ STAGE_BATCH_SIZE = Histogram(
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
 STAGE_RECORDS = Counter("yidi_stage_records_total", "Records consumed and committed, per stage.", ["stage"])
+STAGE_LINGERS = Counter(
+    "yidi_stage_lingers_total",
+    "Batches that could have lingered (not full, within YIDI_BATCH_LINGER_MS of the last commit), per stage: "
+    "lingered, or skipped because the stage's lingers had stopped adding records (LingerGate).",
+    ["stage", "outcome"],
+)
 STAGE_RETRIES = Counter(
     "yidi_stage_retries_total", "Batches retried after a transient failure, per stage and reason.", ["stage", "reason"]
 )
