@@ -60,7 +60,6 @@ async def test_a_batch_that_is_not_full_lingers_after_a_commit_and_takes_what_ar
         await stage.stop()
 
 
-
 async def test_a_stage_whose_lingers_add_nothing_stops_lingering(settings):
     """Records one at a time, each right after the last commit: every linger waits and adds nothing
     (eligibility at 100/s), so after some of them the stage handles a record as soon as it comes."""

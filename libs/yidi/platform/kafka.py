@@ -378,8 +378,9 @@ class TransactionalStage:
                 # A batch that is not full waits until ``batch_linger_ms`` after the last commit and
                 # takes what arrived meanwhile. Without it, at low rates every stage commits a
                 # transaction per record or two, and those transactions (three broker round trips
-                # under v2, five under v1, and the markers) kept the 2-core box busy at 100 settlements/s (docs/BENCHMARKS.md, linger).
-                # It lingers only while lingering adds records (LingerGate).
+                # under v2, five under v1, and the markers) kept the 2-core box busy at 100
+                # settlements/s (docs/BENCHMARKS.md, linger). It lingers only while lingering adds
+                # records (LingerGate).
                 linger = self.settings.batch_linger_ms / 1000 - (time.monotonic() - self._last_commit)
                 if records and linger > 0 and len(records) < self.max_records and self._linger_wanted():
                     await asyncio.sleep(linger)

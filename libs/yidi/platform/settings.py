@@ -31,8 +31,8 @@ class Settings(BaseSettings):
     # A stage's batch that is not full waits until this long after its last commit (yidi.platform.kafka).
     # 5 ms since 2026-12-05: with transactions v2 the optimum moved down from 10 ms; on the bench box,
     # interleaved, p50 at 100/s went about 47 -> 43 ms and p99 89 -> 75 ms, lower at 500/s and 1,000/s
-    # too, for about a sixth more CPU at 100/s (docs/BENCHMARKS.md, "The stage linger again"). A stage lingers
-    # only while its lingers add records (batch_linger_gate).
+    # too, for about a sixth more CPU at 100/s (docs/BENCHMARKS.md, "The stage linger again"). A stage
+    # lingers only while its lingers add records (batch_linger_gate).
     batch_linger_ms: float = 5.0
     # Linger only while lingering adds records (yidi.platform.kafka.LingerGate); false: whenever a batch
     # is not full and the last commit is less than batch_linger_ms ago, as before 2026-12-05.
