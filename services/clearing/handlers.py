@@ -129,8 +129,9 @@ class ClearingHandler:
                 undo_seen[work.request.msgid] = (work.request_hash, answer)
                 undo_new.append((work.request.msgid, work.request_hash, row.setl_id, answer))
                 out.append(self._answer(work, answer))
-            await self.repo.write(conn, entries, list(undone.values()), undo_new, waiting_new, waiting_done)
-            out.extend(await self._prepayment(conn, moves, again))
+            # The new rows first (one of them may be undone in this batch), in the moves' statement.
+            out.extend(await self._prepayment(conn, moves, again, entries))
+            await self.repo.write(conn, list(undone.values()), undo_new, waiting_new, waiting_done)
         return out
 
     @staticmethod
@@ -150,14 +151,15 @@ class ClearingHandler:
         metrics.LEDGER_ENTRIES.labels(row.state).inc()
 
     async def _prepayment(self, conn: Any, moves: list[tuple[str, str, str, Decimal, str]],
-                          again: list[tuple[str, str, str, str]]) -> list[Outgoing]:
+                          again: list[tuple[str, str, str, str]], entries: list[NewEntry]) -> list[Outgoing]:
         """Draw on (or give back to) each insured region's prepayment; warn once when it runs low, and
         once more when it runs out.
 
         A balance that runs out does not stop settlement: as the national rule does, the
         shortfall is recorded (a negative balance) and clearing settles it (docs/clearing.md).
+        ``entries``, the batch's new ledger rows, are entered in the same statement as the moves.
         """
-        moved = await self.repo.move_prepayments(conn, moves, again)
+        moved = await self.repo.move_prepayments(conn, moves, again, entries)
         out = [status_update(self.settings, row) for row in moved.accounts]
         levels = {(row["insuplc_admdvs"], row["mdtrtarea_admvs"]): row["alert_level"] for row in moved.accounts}
         out += [alert for stored in await self.repo.kept_alerts(conn, moved.replayed)

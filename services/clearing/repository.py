@@ -220,57 +220,68 @@ class ClearingRepository(Repository):
 
     async def move_prepayments(
         self, conn: asyncpg.Connection, moves: list[tuple[str, str, str, Decimal, str]],
-        again: Sequence[tuple[str, str, str, str]] = (),
+        again: Sequence[tuple[str, str, str, str]] = (), entries: Sequence[NewEntry] = (),
     ) -> Moved:
-        """Apply (insured, treating, kind, amount, ref) moves once each.
+        """Apply (insured, treating, kind, amount, ref) moves once each; enter ``entries`` (a
+        settlement batch's new ledger rows) in the same statement.
 
         ``again`` names (insured, treating, kind, ref) moves of records handled before (a batch
         handled again after its Postgres commit, or a resend), applied then if at all: they are not
         applied, only reported. Returns every account the moves name (changed now, or before), and
         the moves applied before (of ``moves``, and ``again``): a replay re-publishes what they
         published, so a crash between the Postgres and the Kafka commit loses no status or alert.
-        """
+
+        A settlement batch's ledger rows, its moves and the accounts they change are one statement
+        (data-modifying CTEs): the accounts are summed from the moves the statement applied, so a
+        batch writes in one round trip where it took three (docs/BENCHMARKS.md, "Clearing's writes
+        in one statement")."""
+        ledger_sql, ledger_args = _ledger_insert(entries, first=6) if entries else ("", [])
         if not moves and not again:
+            if entries:
+                await conn.execute(_ledger_insert(entries, first=1)[0], *ledger_args)
             return Moved([], [])
-        applied = await conn.fetch(
-            """INSERT INTO clearing.prepayment_moves (insuplc_admdvs, mdtrtarea_admvs, kind, amount, ref)
-               SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[])
-               ON CONFLICT (kind, ref) DO NOTHING
-               RETURNING insuplc_admdvs, mdtrtarea_admvs, kind, amount, ref""",
-            *[list(col) for col in zip(*moves, strict=True)],
-        ) if moves else []
-        fresh = {(r["kind"], r["ref"]) for r in applied}
+        applied: list[tuple[str, str]] = []
+        accounts: dict[tuple[str, str], asyncpg.Record] = {}
+        if moves:
+            # The accounts are changed in a fixed order (no deadlock between batches that move the
+            # same accounts), and returned as they now are.
+            rows = await conn.fetch(
+                f"""WITH {f"ledger AS ({ledger_sql})," if entries else ""}
+                   applied AS (
+                     INSERT INTO clearing.prepayment_moves (insuplc_admdvs, mdtrtarea_admvs, kind, amount, ref)
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::numeric[], $5::text[])
+                     ON CONFLICT (kind, ref) DO NOTHING
+                     RETURNING insuplc_admdvs, mdtrtarea_admvs, kind, amount, ref),
+                   sums AS (
+                     SELECT insuplc_admdvs AS i, mdtrtarea_admvs AS t,
+                            coalesce(sum(amount) FILTER (WHERE kind = 'fund'), 0) AS f,
+                            coalesce(sum(amount) FILTER (WHERE kind = 'draw'), 0) AS d,
+                            coalesce(sum(amount) FILTER (WHERE kind = 'give_back'), 0) AS g,
+                            coalesce(sum(amount) FILTER (WHERE kind = 'clearing'), 0) AS c
+                     FROM applied GROUP BY insuplc_admdvs, mdtrtarea_admvs),
+                   changed AS (
+                     INSERT INTO clearing.prepayment_accounts AS a
+                         (insuplc_admdvs, mdtrtarea_admvs, funded, drawn, given_back, cleared, moves)
+                     SELECT i, t, f, d, g, c, 1 FROM sums ORDER BY i, t
+                     ON CONFLICT (insuplc_admdvs, mdtrtarea_admvs) DO UPDATE SET
+                       funded = a.funded + EXCLUDED.funded, drawn = a.drawn + EXCLUDED.drawn,
+                       given_back = a.given_back + EXCLUDED.given_back, cleared = a.cleared + EXCLUDED.cleared,
+                       moves = a.moves + 1
+                     RETURNING a.*)
+                   SELECT m.applied_kinds, m.applied_refs, changed.*
+                   FROM (SELECT array_agg(kind) AS applied_kinds, array_agg(ref) AS applied_refs FROM applied) AS m
+                   LEFT JOIN changed ON true""",
+                *[list(col) for col in zip(*moves, strict=True)], *ledger_args,
+            )
+            applied = list(zip(rows[0]["applied_kinds"] or (), rows[0]["applied_refs"] or (), strict=True))
+            accounts = {(r["insuplc_admdvs"], r["mdtrtarea_admvs"]): r for r in rows if r["insuplc_admdvs"] is not None}
+        elif entries:
+            await conn.execute(_ledger_insert(entries, first=1)[0], *ledger_args)
+        fresh = set(applied)
         replayed = [(kind, ref) for _, _, kind, _, ref in moves if (kind, ref) not in fresh]
         # (A record seen twice in one batch names a move this run made: not one made before.)
         replayed += [(kind, ref) for _, _, kind, ref in again if (kind, ref) not in fresh]
-        sums: dict[tuple[str, str], dict[str, Decimal]] = {}
-        for r in applied:
-            acc = sums.setdefault((r["insuplc_admdvs"], r["mdtrtarea_admvs"]), {})
-            column = {"fund": "funded", "draw": "drawn", "give_back": "given_back", "clearing": "cleared"}[r["kind"]]
-            acc[column] = acc.get(column, Decimal(0)) + r["amount"]
-        accounts: dict[tuple[str, str], asyncpg.Record] = {}
-        if sums:
-            # One statement for every account the batch moved, in a fixed order (no deadlock
-            # between batches that move the same accounts), returning them as they now are.
-            changed = sorted(sums.items())
-            rows = await conn.fetch(
-                """INSERT INTO clearing.prepayment_accounts AS a
-                       (insuplc_admdvs, mdtrtarea_admvs, funded, drawn, given_back, cleared, moves)
-                   SELECT i, t, f, d, g, c, 1
-                   FROM unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[], $5::numeric[], $6::numeric[])
-                        WITH ORDINALITY AS u(i, t, f, d, g, c, n)
-                   ORDER BY n
-                   ON CONFLICT (insuplc_admdvs, mdtrtarea_admvs) DO UPDATE SET
-                     funded = a.funded + EXCLUDED.funded, drawn = a.drawn + EXCLUDED.drawn,
-                     given_back = a.given_back + EXCLUDED.given_back, cleared = a.cleared + EXCLUDED.cleared,
-                     moves = a.moves + 1
-                   RETURNING a.*
-                """,
-                [i for (i, _), _ in changed], [t for (_, t), _ in changed],
-                *[[cols.get(column, Decimal(0)) for _, cols in changed]
-                  for column in ("funded", "drawn", "given_back", "cleared")],
-            )
-            accounts = {(r["insuplc_admdvs"], r["mdtrtarea_admvs"]): r for r in rows}
+        changed = set(accounts)
         # Accounts named only by moves an earlier run applied (a replay): read as they are.
         pairs = sorted(({(i, t) for i, t, *_ in moves} | {(i, t) for i, t, *_ in again}) - set(accounts))
         if pairs:
@@ -280,7 +291,7 @@ class ClearingRepository(Repository):
                 [i for i, _ in pairs], [t for _, t in pairs],
             ):
                 accounts[(r["insuplc_admdvs"], r["mdtrtarea_admvs"])] = r
-        return Moved([accounts[k] for k in sorted(accounts)], replayed, set(sums))
+        return Moved([accounts[k] for k in sorted(accounts)], replayed, changed)
 
     async def keep_alert(self, conn: asyncpg.Connection, move: tuple[str, str], alert: str) -> None:
         await conn.execute(
@@ -314,38 +325,13 @@ class ClearingRepository(Repository):
     async def write(
         self,
         conn: asyncpg.Connection,
-        entries: list[NewEntry],
         undone: list[LedgerRow],
         undo_requests: list[tuple[str, str, str, dict[str, Any]]],
         waiting_new: Sequence[WaitingUndo] = (),
         waiting_done: Sequence[str] = (),
     ) -> None:
-        if entries:
-            # One INSERT ... SELECT FROM unnest(one array per column) instead of executemany: a
-            # single statement round trip, and far less per-row work in asyncpg and Postgres.
-            columns = (("setl_id", "text"), ("msgid", "text"), ("request_hash", "text"), ("infno", "text"),
-                       ("psn_no", "text"), ("mdtrt_id", "text"), ("insuplc_admdvs", "text"),
-                       ("mdtrtarea_admvs", "text"), ("fixmedins_code", "text"), ("setlym", "text"),
-                       ("clr_period", "text"), ("setl_date", "date"), *((c, "text") for c in AMOUNT_COLUMNS),
-                       ("drawn", "numeric"), ("answer", "text"))
-            names = [name for name, _ in columns]
-            rows = [
-                (e.row.setl_id, e.row.msgid, e.row.request_hash, e.infno, e.psn_no, e.mdtrt_id,
-                 e.insuplc_admdvs, e.mdtrtarea_admvs, e.fixmedins_code, e.setlym, e.clr_period, e.setl_date,
-                 *(e.amounts[c] for c in AMOUNT_COLUMNS), e.drawn, e.answer_json)
-                for e in entries
-            ]
-            arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(columns, start=1))
-            # Amounts travel as their checked wire text and become numeric in Postgres (cheaper
-            # than encoding a Decimal per column per row).
-            selected = ", ".join(
-                f"u.{n}::json" if n == "answer" else f"u.{n}::numeric" if n in AMOUNT_COLUMNS else f"u.{n}" for n in names
-            )
-            await conn.execute(
-                f"""INSERT INTO clearing.ledger ({', '.join(names)})
-                    SELECT {selected} FROM unnest({arrays}) AS u({', '.join(names)})""",
-                *[list(col) for col in zip(*rows, strict=True)],
-            )
+        """A batch's undoings (after its new rows are entered: ``move_prepayments``, since a
+        settlement may be undone in the batch that enters it) and its undo records."""
         if undone:
             await conn.executemany(
                 """UPDATE clearing.ledger SET state = $2, undone_msgid = $3, undone_answer = $4::json, undone_at = now(),
@@ -376,3 +362,31 @@ class ClearingRepository(Repository):
         async with transient_errors():
             row = await self._pool.fetchrow("SELECT * FROM clearing.ledger WHERE msgid = $1", msgid)
         return dict(row) if row else None
+
+
+LEDGER_COLUMNS = (("setl_id", "text"), ("msgid", "text"), ("request_hash", "text"), ("infno", "text"),
+                  ("psn_no", "text"), ("mdtrt_id", "text"), ("insuplc_admdvs", "text"), ("mdtrtarea_admvs", "text"),
+                  ("fixmedins_code", "text"), ("setlym", "text"), ("clr_period", "text"), ("setl_date", "date"),
+                  *((c, "text") for c in AMOUNT_COLUMNS), ("drawn", "numeric"), ("answer", "text"))
+
+
+def _ledger_insert(entries: Sequence[NewEntry], *, first: int) -> tuple[str, list[list[Any]]]:
+    """The INSERT of ``entries`` into the ledger, its parameters numbered from ``first``, and their
+    values: one INSERT ... SELECT FROM unnest(one array per column) instead of executemany, a
+    single statement, and far less per-row work in asyncpg and Postgres. Amounts travel as their
+    checked wire text and become numeric in Postgres (cheaper than encoding a Decimal per column
+    per row)."""
+    names = [name for name, _ in LEDGER_COLUMNS]
+    rows = [
+        (e.row.setl_id, e.row.msgid, e.row.request_hash, e.infno, e.psn_no, e.mdtrt_id,
+         e.insuplc_admdvs, e.mdtrtarea_admvs, e.fixmedins_code, e.setlym, e.clr_period, e.setl_date,
+         *(e.amounts[c] for c in AMOUNT_COLUMNS), e.drawn, e.answer_json)
+        for e in entries
+    ]
+    arrays = ", ".join(f"${i}::{kind}[]" for i, (_, kind) in enumerate(LEDGER_COLUMNS, start=first))
+    selected = ", ".join(
+        f"u.{n}::json" if n == "answer" else f"u.{n}::numeric" if n in AMOUNT_COLUMNS else f"u.{n}" for n in names
+    )
+    return (f"""INSERT INTO clearing.ledger ({', '.join(names)})
+                SELECT {selected} FROM unnest({arrays}) AS u({', '.join(names)})""",
+            [list(col) for col in zip(*rows, strict=True)])

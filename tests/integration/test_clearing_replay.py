@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from decimal import Decimal
 
+import orjson
 import pytest
 
 from services.clearing.handlers import ClearingHandler
@@ -91,3 +92,38 @@ async def test_a_settlement_and_its_duplicate_in_one_batch_warn_once(settings, r
     out = await ClearingHandler(settings, repo)([settle, settle])
     assert len([o for o in out if o.answered]) == 2
     assert [a["balance"] for a in _published(settings, out, CLEARING_ALERTS)] == ["10.00"]
+
+
+async def test_one_batch_enters_settles_and_undoes_in_order_and_moves_each_account_once(settings, repo):
+    """A batch's new ledger rows, its moves and the accounts they change are written in one
+    statement, and its undoings after it: a settlement cancelled in the batch that enters it is
+    entered, then undone; care at home is entered and moves nothing; each account moves once."""
+    pair = (f"95{random.randrange(10_000):04d}", f"94{random.randrange(10_000):04d}")
+    other = (f"93{random.randrange(10_000):04d}", f"92{random.randrange(10_000):04d}")
+    home = (f"91{random.randrange(10_000):04d}",) * 2
+    tag = random.randrange(10**9)
+    a, b, c, h = (f"S-{x}-{tag}" for x in "ABCH")
+    await _fund(repo, pair, "100.00", f"FUND-{a}")
+    batch = [_priced(settings, "settle", f"M-{a}", a, pair, "30.00"),
+             _priced(settings, "settle", f"M-{b}", b, pair, "20.00"),
+             _priced(settings, "cancel", f"M-{a}-UNDO", a, pair, "30.00"),
+             _priced(settings, "settle", f"M-{c}", c, other, "5.00"),
+             _priced(settings, "settle", f"M-{h}", h, home, "7.00")]
+    out = await ClearingHandler(settings, repo)(batch)
+    assert [o["infcode"] for o in (orjson.loads(x.value) for x in out if x.answered)] == [0] * 5
+    async with repo.transaction() as conn:
+        states = {r["setl_id"]: r["state"] for r in await conn.fetch(
+            "SELECT setl_id, state FROM clearing.ledger WHERE setl_id = ANY($1::text[])", [a, b, c, h])}
+        moves = sorted((r["ref"], r["kind"], r["amount"]) for r in await conn.fetch(
+            "SELECT ref, kind, amount FROM clearing.prepayment_moves WHERE ref = ANY($1::text[])", [a, b, c, h]))
+        accounts = {(r["insuplc_admdvs"], r["mdtrtarea_admvs"]): (r["drawn"], r["given_back"], r["moves"])
+                    for r in await conn.fetch(
+                        "SELECT * FROM clearing.prepayment_accounts WHERE insuplc_admdvs = ANY($1::text[])",
+                        [pair[0], other[0], home[0]])}
+    assert states == {a: "cancelled", b: "settled", c: "settled", h: "settled"}
+    assert moves == [(a, "draw", Decimal("30.00")), (a, "give_back", Decimal("30.00")),
+                     (b, "draw", Decimal("20.00")), (c, "draw", Decimal("5.00"))]
+    # The funding was the pair's first move; the batch is its second, whatever it held.
+    assert accounts == {pair: (Decimal("50.00"), Decimal("30.00"), 2), other: (Decimal("5.00"), Decimal("0"), 1)}
+    assert sorted((s["insuplc_admdvs"], s["balance"]) for s in _published(settings, out, PREPAYMENT_STATUS)) == [
+        (other[0], "-5.00"), (pair[0], "80.00")]
