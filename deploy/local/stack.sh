@@ -11,7 +11,8 @@
 #   logs   [what] [-f]  tail the logs (TAIL_LINES=40), -f to follow
 #   reset            stop all three and delete all their data (keeps downloaded jars); no [what]
 #
-# Tunables (environment): KAFKA_VERSION (overrides the pom), KAFKA_HEAP_OPTS, KAFKA_OPTS,
+# Tunables (environment): KAFKA_VERSION (overrides the pom), KAFKA_HEAP_OPTS,
+# KAFKA_JVM_PERFORMANCE_OPTS (the collector; Kafka's own scripts' default), KAFKA_OPTS,
 # KAFKA_START_TIMEOUT (90 s), KAFKA_STOP_TIMEOUT (30 s), PG_BINDIR.
 # shellcheck disable=SC2012  # ls over our own jar and bin directory names is fine
 set -euo pipefail
@@ -294,8 +295,8 @@ kafka_launch() {
   # shellcheck disable=SC2206  # KAFKA_HEAP_OPTS / KAFKA_OPTS are word lists on purpose
   local jvm=(
     ${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}
-    -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
-    -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
+    ${KAFKA_JVM_PERFORMANCE_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}
+    -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true
     # slf4j-simple writes to stderr (-> kafka.log); add timestamps to its lines.
     -Dorg.slf4j.simpleLogger.showDateTime=true
     "-Dorg.slf4j.simpleLogger.dateTimeFormat=yyyy-MM-dd HH:mm:ss.SSS"
