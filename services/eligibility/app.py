@@ -50,7 +50,7 @@ def build(settings: Settings | None = None) -> Service:
         return state["subjects"]  # type: ignore[return-value]
 
     async def ready() -> None:
-        state["repo"] = EligibilityRepository(service.db())
+        state["repo"] = EligibilityRepository(service.db(), reference_ttl=settings.reference_cache_seconds)
         state["subjects"] = Subjects(repo(), cache)
         handler = EligibilityHandler(settings, repo(), subjects())
         service.add_stage(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -41,7 +43,31 @@ async def _lock_persons(conn: asyncpg.Connection, psn_nos: list[str]) -> None:
     await lock_keys(conn, "yidi-eligibility", psn_nos)
 
 
+@dataclass
+class _ReferenceCopy:
+    """Facilities and outage windows as last read, for ``ttl`` seconds (``EligibilityRepository``).
+    ``generation`` moves on each change applied here: a read begun before it is not kept."""
+
+    ttl: float
+    clock: Callable[[], float]
+    generation: int = 0
+    facilities: dict[str, tuple[float, FacilityRecord | None]] = field(default_factory=dict)
+    outages: list[Outage] | None = None
+    outages_until: float = 0.0
+    limit: int = 100_000  # facilities kept (a national platform has some hundred thousand)
+
+    def changed(self) -> None:
+        self.generation += 1
+
+
 class EligibilityRepository(Repository):
+    """``reference_ttl``: how long the facilities and outage windows read serve later batches
+    (Settings.reference_cache_seconds; 0, the default here, reads them for every batch)."""
+
+    def __init__(self, pool: asyncpg.Pool, *, reference_ttl: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(pool)
+        self._reference = _ReferenceCopy(reference_ttl, clock)
 
     async def subjects(self, psn_nos: list[str], conn: asyncpg.Connection | None = None) -> dict[str, Subject]:
         """Each person's insurance and filings, with the version the cache compares."""
@@ -157,6 +183,33 @@ class EligibilityRepository(Repository):
             return await self.subjects(psn_nos, conn)
 
     async def facilities(self, codes: list[str]) -> dict[str, FacilityRecord]:
+        """The facilities of ``codes`` that are known (a code unknown is left out), through the
+        in-process copy when it serves (``reference_ttl``): only the codes it lacks, or holds
+        longer than that, are read."""
+        copy = self._reference
+        if not copy.ttl:
+            return await self._read_facilities(codes)
+        now, generation = copy.clock(), copy.generation
+        found: dict[str, FacilityRecord] = {}
+        missing: list[str] = []
+        for code in codes:
+            held = copy.facilities.get(code)
+            if held is None or held[0] <= now:
+                missing.append(code)
+            elif held[1] is not None:
+                found[code] = held[1]
+        if missing:
+            read = await self._read_facilities(missing)
+            found.update(read)
+            if generation == copy.generation:
+                if len(copy.facilities) + len(missing) > copy.limit:
+                    copy.facilities.clear()
+                until = now + copy.ttl
+                for code in missing:
+                    copy.facilities[code] = (until, read.get(code))
+        return found
+
+    async def _read_facilities(self, codes: list[str]) -> dict[str, FacilityRecord]:
         async with transient_errors():
             rows = await self._pool.fetch(
                 "SELECT record FROM eligibility.facilities WHERE fixmedins_code = ANY($1::text[])", codes
@@ -182,12 +235,31 @@ class EligibilityRepository(Repository):
                 record.fixmedins_code,
                 record.model_dump_json(),
             )
+        # After the write: a read begun before it is not kept (it may have missed the change).
+        self._reference.facilities.pop(record.fixmedins_code, None)
+        self._reference.changed()
 
     async def outages(self, regions: list[str], now: datetime) -> list[Outage]:
+        """The windows of ``regions`` not cancelled that have not ended at ``now``; through the
+        in-process copy of every such window when it serves (``reference_ttl``)."""
+        copy = self._reference
+        if not copy.ttl:
+            return await self._read_outages(regions, now)
+        held = copy.outages
+        if held is None or copy.outages_until <= copy.clock():
+            started, generation = copy.clock(), copy.generation
+            held = await self._read_outages(None, now)
+            if generation == copy.generation:
+                copy.outages, copy.outages_until = held, started + copy.ttl
+        wanted = set(regions)
+        return [o for o in held if o.region in wanted and o.end > now]
+
+    async def _read_outages(self, regions: list[str] | None, now: datetime) -> list[Outage]:
+        """The windows of ``regions`` (None: of every region) not cancelled that end after ``now``."""
         async with transient_errors():
             rows = await self._pool.fetch(
                 """SELECT admdvs, starts_at, ends_at, reason FROM eligibility.outages
-                   WHERE admdvs = ANY($1::text[]) AND NOT cancelled AND ends_at > $2""",
+                   WHERE ($1::text[] IS NULL OR admdvs = ANY($1::text[])) AND NOT cancelled AND ends_at > $2""",
                 regions,
                 now,
             )
@@ -209,6 +281,8 @@ class EligibilityRepository(Repository):
                    RETURNING cancelled""",
                 status_id, admdvs, starts_at, ends_at, reason, cancelled,
             )
+        self._reference.outages = None  # after the write, as for a facility
+        self._reference.changed()
         if held and not cancelled:
             log.warning("region status %s of %s was cancelled and stays so: publishing it again does not reopen it; "
                         "announce the window again under a new status_id", status_id, admdvs)

@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     db_parallel_workers: Literal["server"] | Annotated[int, Field(ge=0, le=1024)] = 0
     # Eligibility: how long a cached answer may live when no event refreshes it.
     cache_ttl_seconds: int = 300
+    # Eligibility: how long its in-process copy of facilities and outage windows serves batches
+    # before it is read again (0: read for every batch, as before 2026-12-05). A change this
+    # instance applies from its feed takes effect at once; one another instance applied, within
+    # this time (docs/BENCHMARKS.md, "Eligibility's facilities and outages in memory").
+    reference_cache_seconds: float = Field(default=1.0, ge=0, le=60)
     # Eligibility: R17 waiver of filing for temporary trips inside a province, by insured region.
     filing_waived_regions: list[str] = Field(default_factory=list)
     # Filing: months a filing is locked against change or cancellation, by insured region (R8: at most 6).
