@@ -96,7 +96,7 @@ async def bench(settings: Settings, *, persons: int = 2000, batches: int = 20, s
     results: dict[str, Any] = {"persons": persons, "batches": batches, "batch_size": size}
     try:
         await migrate(pool, "eligibility", "services.eligibility.migrations")
-        repo = EligibilityRepository(pool)
+        repo = EligibilityRepository(pool, reference_ttl=settings.reference_cache_seconds)
         world = World(persons=persons, seed=11, run_id=tag)
         started = time.perf_counter()
         await load_world(repo, world)

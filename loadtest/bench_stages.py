@@ -98,7 +98,7 @@ class Chain:
 
     def __init__(self, settings: Settings, pool: Any, cache: VersionedCache, world: World) -> None:
         self.settings, self.pool, self.cache, self.world = settings, pool, cache, world
-        elig_repo = EligibilityRepository(pool)
+        elig_repo = EligibilityRepository(pool, reference_ttl=settings.reference_cache_seconds)
         self.elig_repo, self.pricing_repo = elig_repo, PricingRepository(pool)
         self.handlers: dict[str, Any] = {
             "eligibility": EligibilityHandler(settings, elig_repo, Subjects(elig_repo, cache)),

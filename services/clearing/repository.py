@@ -235,14 +235,13 @@ class ClearingRepository(Repository):
         (data-modifying CTEs): the accounts are summed from the moves the statement applied, so a
         batch writes in one round trip where it took three (docs/BENCHMARKS.md, "Clearing's writes
         in one statement")."""
-        ledger_sql, ledger_args = _ledger_insert(entries, first=6) if entries else ("", [])
         if not moves and not again:
             if entries:
-                await conn.execute(_ledger_insert(entries, first=1)[0], *ledger_args)
+                await conn.execute(*_ledger_insert(entries, first=1, flat=True))
             return Moved([], [])
-        applied: list[tuple[str, str]] = []
         accounts: dict[tuple[str, str], asyncpg.Record] = {}
         if moves:
+            ledger_sql, ledger_args = _ledger_insert(entries, first=6) if entries else ("", [])
             # The accounts are changed in a fixed order (no deadlock between batches that move the
             # same accounts), and returned as they now are.
             rows = await conn.fetch(
@@ -268,16 +267,22 @@ class ClearingRepository(Repository):
                        given_back = a.given_back + EXCLUDED.given_back, cleared = a.cleared + EXCLUDED.cleared,
                        moves = a.moves + 1
                      RETURNING a.*)
-                   SELECT m.applied_kinds, m.applied_refs, changed.*
-                   FROM (SELECT array_agg(kind) AS applied_kinds, array_agg(ref) AS applied_refs FROM applied) AS m
+                   -- The moves applied before (none, but in a batch handled again), beside each account
+                   -- changed, or alone when none was.
+                   SELECT m.kinds_before, m.refs_before, changed.*
+                   FROM (SELECT array_agg(kind) AS kinds_before, array_agg(ref) AS refs_before
+                         FROM (SELECT kind, ref FROM unnest($3::text[], $5::text[]) AS u(kind, ref)
+                               EXCEPT SELECT kind, ref FROM applied) AS before) AS m
                    LEFT JOIN changed ON true""",
                 *[list(col) for col in zip(*moves, strict=True)], *ledger_args,
             )
-            applied = list(zip(rows[0]["applied_kinds"] or (), rows[0]["applied_refs"] or (), strict=True))
+            before = set(zip(rows[0]["kinds_before"] or (), rows[0]["refs_before"] or (), strict=True))
+            fresh = {(kind, ref) for _, _, kind, _, ref in moves} - before
             accounts = {(r["insuplc_admdvs"], r["mdtrtarea_admvs"]): r for r in rows if r["insuplc_admdvs"] is not None}
-        elif entries:
-            await conn.execute(_ledger_insert(entries, first=1)[0], *ledger_args)
-        fresh = set(applied)
+        else:
+            fresh = set()
+            if entries:
+                await conn.execute(*_ledger_insert(entries, first=1, flat=True))
         replayed = [(kind, ref) for _, _, kind, _, ref in moves if (kind, ref) not in fresh]
         # (A record seen twice in one batch names a move this run made: not one made before.)
         replayed += [(kind, ref) for _, _, kind, ref in again if (kind, ref) not in fresh]
@@ -370,9 +375,9 @@ LEDGER_COLUMNS = (("setl_id", "text"), ("msgid", "text"), ("request_hash", "text
                   *((c, "text") for c in AMOUNT_COLUMNS), ("drawn", "numeric"), ("answer", "text"))
 
 
-def _ledger_insert(entries: Sequence[NewEntry], *, first: int) -> tuple[str, list[list[Any]]]:
+def _ledger_insert(entries: Sequence[NewEntry], *, first: int, flat: bool = False) -> Any:
     """The INSERT of ``entries`` into the ledger, its parameters numbered from ``first``, and their
-    values: one INSERT ... SELECT FROM unnest(one array per column) instead of executemany, a
+    values (a list of columns, or with ``flat`` each column after the SQL): one INSERT ... SELECT FROM unnest(one array per column) instead of executemany, a
     single statement, and far less per-row work in asyncpg and Postgres. Amounts travel as their
     checked wire text and become numeric in Postgres (cheaper than encoding a Decimal per column
     per row)."""
@@ -387,6 +392,8 @@ def _ledger_insert(entries: Sequence[NewEntry], *, first: int) -> tuple[str, lis
     selected = ", ".join(
         f"u.{n}::json" if n == "answer" else f"u.{n}::numeric" if n in AMOUNT_COLUMNS else f"u.{n}" for n in names
     )
-    return (f"""INSERT INTO clearing.ledger ({', '.join(names)})
-                SELECT {selected} FROM unnest({arrays}) AS u({', '.join(names)})""",
-            [list(col) for col in zip(*rows, strict=True)])
+    sql = f"""INSERT INTO clearing.ledger ({', '.join(names)})
+              SELECT {selected} FROM unnest({arrays}) AS u({', '.join(names)})"""
+    columns = [list(col) for col in zip(*rows, strict=True)]
+    # flat: (sql, *columns), for conn.execute(*...); else (sql, columns).
+    return (sql, *columns) if flat else (sql, columns)

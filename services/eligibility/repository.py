@@ -203,7 +203,10 @@ class EligibilityRepository(Repository):
             found.update(read)
             if generation == copy.generation:
                 if len(copy.facilities) + len(missing) > copy.limit:
-                    copy.facilities.clear()
+                    # Expired entries go first; all of them if that is not enough.
+                    copy.facilities = {c: held for c, held in copy.facilities.items() if held[0] > now}
+                    if len(copy.facilities) + len(missing) > copy.limit:
+                        copy.facilities.clear()
                 until = now + copy.ttl
                 for code in missing:
                     copy.facilities[code] = (until, read.get(code))
@@ -257,12 +260,14 @@ class EligibilityRepository(Repository):
     async def _read_outages(self, regions: list[str] | None, now: datetime) -> list[Outage]:
         """The windows of ``regions`` (None: of every region) not cancelled that end after ``now``."""
         async with transient_errors():
-            rows = await self._pool.fetch(
-                """SELECT admdvs, starts_at, ends_at, reason FROM eligibility.outages
-                   WHERE ($1::text[] IS NULL OR admdvs = ANY($1::text[])) AND NOT cancelled AND ends_at > $2""",
-                regions,
-                now,
-            )
+            if regions is None:
+                rows = await self._pool.fetch(
+                    """SELECT admdvs, starts_at, ends_at, reason FROM eligibility.outages
+                       WHERE NOT cancelled AND ends_at > $1""", now)
+            else:
+                rows = await self._pool.fetch(
+                    """SELECT admdvs, starts_at, ends_at, reason FROM eligibility.outages
+                       WHERE admdvs = ANY($1::text[]) AND NOT cancelled AND ends_at > $2""", regions, now)
         return [Outage(r["admdvs"], r["starts_at"], r["ends_at"], r["reason"]) for r in rows]
 
     async def upsert_outage(

@@ -118,12 +118,37 @@ async def test_one_batch_enters_settles_and_undoes_in_order_and_moves_each_accou
             "SELECT ref, kind, amount FROM clearing.prepayment_moves WHERE ref = ANY($1::text[])", [a, b, c, h]))
         accounts = {(r["insuplc_admdvs"], r["mdtrtarea_admvs"]): (r["drawn"], r["given_back"], r["moves"])
                     for r in await conn.fetch(
-                        "SELECT * FROM clearing.prepayment_accounts WHERE insuplc_admdvs = ANY($1::text[])",
-                        [pair[0], other[0], home[0]])}
+                        """SELECT a.* FROM clearing.prepayment_accounts a
+                           JOIN unnest($1::text[], $2::text[]) AS k(i, t)
+                             ON a.insuplc_admdvs = k.i AND a.mdtrtarea_admvs = k.t""",
+                        [pair[0], other[0], home[0]], [pair[1], other[1], home[1]])}
     assert states == {a: "cancelled", b: "settled", c: "settled", h: "settled"}
     assert moves == [(a, "draw", Decimal("30.00")), (a, "give_back", Decimal("30.00")),
                      (b, "draw", Decimal("20.00")), (c, "draw", Decimal("5.00"))]
-    # The funding was the pair's first move; the batch is its second, whatever it held.
+    # The funding was the pair's first move and the batch its second (one change per batch);
+    # care at home has no account.
     assert accounts == {pair: (Decimal("50.00"), Decimal("30.00"), 2), other: (Decimal("5.00"), Decimal("0"), 1)}
     assert sorted((s["insuplc_admdvs"], s["balance"]) for s in _published(settings, out, PREPAYMENT_STATUS)) == [
         (other[0], "-5.00"), (pair[0], "80.00")]
+
+
+async def test_a_batch_of_a_settlement_seen_before_and_new_care_at_home_enters_it_and_moves_nothing(settings, repo):
+    """No move to apply, one to report again (the settlement seen before) and a new ledger row
+    (care at home, which draws nothing): the row is entered, nothing moves, the account's
+    balance goes out again."""
+    pair = (f"95{random.randrange(10_000):04d}", f"94{random.randrange(10_000):04d}")
+    home = (f"91{random.randrange(10_000):04d}",) * 2
+    tag = random.randrange(10**9)
+    seen, h = f"S-SEEN-{tag}", f"S-HOME-{tag}"
+    await _fund(repo, pair, "100.00", f"FUND-{seen}")
+    handler = ClearingHandler(settings, repo)
+    first = await handler([_priced(settings, "settle", f"M-{seen}", seen, pair, "40.00")])
+    out = await handler([_priced(settings, "settle", f"M-{seen}", seen, pair, "40.00"),
+                         _priced(settings, "settle", f"M-{h}", h, home, "7.00")])
+    assert [o.value for o in out if o.answered][0] == [o.value for o in first if o.answered][0]
+    async with repo.transaction() as conn:
+        assert await conn.fetchval("SELECT state FROM clearing.ledger WHERE setl_id = $1", h) == "settled"
+        assert await conn.fetchval("SELECT count(*) FROM clearing.prepayment_moves WHERE ref = ANY($1::text[])",
+                                   [seen, h]) == 1
+    assert [(s["insuplc_admdvs"], s["balance"]) for s in _published(settings, out, PREPAYMENT_STATUS)] == [
+        (pair[0], "60.00")]

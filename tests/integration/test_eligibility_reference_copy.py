@@ -132,3 +132,21 @@ async def test_a_read_under_way_when_a_change_is_applied_is_not_kept(settings):
     finally:
         await pool.execute("DELETE FROM eligibility.facilities WHERE fixmedins_code = $1", code)
         await pool.close()
+
+
+async def test_the_copy_of_facilities_is_bounded_dropping_expired_entries_first(settings):
+    pool = await create_pool(settings.database_url, size=2)
+    codes = [unique("H") for _ in range(4)]
+    clock = Clock()
+    try:
+        await migrate(pool, "eligibility", "services.eligibility.migrations")
+        repo = EligibilityRepository(pool, reference_ttl=5.0, clock=clock)
+        repo._reference.limit = 3
+        await repo.facilities(codes[:2])
+        clock.now += 6  # both expired
+        await repo.facilities(codes[2:])
+        assert sorted(repo._reference.facilities) == sorted(codes[2:])  # the expired ones went, not all
+        await repo.facilities(codes[:2])  # none expired, past the limit: the copy starts again
+        assert sorted(repo._reference.facilities) == sorted(codes[:2])
+    finally:
+        await pool.close()
