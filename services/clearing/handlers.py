@@ -27,7 +27,8 @@ from yidi.platform.replies import broken, parse_each, reply
 from yidi.platform.settings import Settings
 
 from services.clearing.prepayment import account_of, alert_message, prepayment_alert, status_update
-from services.clearing.repository import AMOUNT_COLUMNS, ClearingRepository, LedgerRow, NewEntry, WaitingUndo
+from services.clearing.repository import (AMOUNT_COLUMNS, ClearingRepository, LedgerRow, NewEntry, WaitingUndo,
+                                          batch_locks)
 
 log = logging.getLogger(__name__)
 # The per-record counters, their label looked up once (prometheus_client's labels() is not free).
@@ -57,8 +58,7 @@ class ClearingHandler:
         works, out = parse_each(records, _priced, "settlement.priced message", self._broken)
         if not works:
             return out
-        async with self.repo.transaction() as conn:
-            await self.repo.lock_batch(conn, [r.key for r, _ in works])
+        async with self.repo.transaction(batch_locks([r.key for r, _ in works])) as conn:
             moves: list[tuple[str, str, str, Decimal, str]] = []
             # The moves of records handled before (a batch handled again after its Postgres commit,
             # or a resend): nothing is moved again, but their statuses and kept alerts go out again.

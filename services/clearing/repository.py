@@ -13,7 +13,7 @@ import asyncpg
 import orjson
 
 from yidi.domain.clearing import run_order
-from yidi.platform.db import Repository, json_value, lock_keys, transient_errors
+from yidi.platform.db import Locks, Repository, json_value, lock_keys, locks, transient_errors
 
 PERIODS_LOCK = "yidi-clearing-periods"
 AMOUNT_COLUMNS = (
@@ -21,6 +21,11 @@ AMOUNT_COLUMNS = (
     "hifp_pay", "hifmi_pay", "hifob_pay", "cvlserv_pay", "maf_pay", "oth_pay", "fund_pay_sumamt",
     "psn_part_amt", "acct_pay", "psn_cash_pay", "hosp_part_amt",
 )
+
+
+def batch_locks(keys: list[bytes | str | None]) -> Locks | None:
+    """``ClearingRepository.lock_batch``'s locks, taken as the batch's transaction begins."""
+    return locks("yidi-clearing", keys, shared_first=PERIODS_LOCK)
 
 
 @dataclass
@@ -87,7 +92,8 @@ class ClearingRepository(Repository):
 
     async def lock_batch(self, conn: asyncpg.Connection, keys: list[bytes | str | None]) -> None:
         """A settlement batch's locks, in one statement: the periods lock shared (see
-        ``cleared_through``), then the batch's persons."""
+        ``cleared_through``), then the batch's persons. (The stage takes the same locks with its
+        transaction's BEGIN: ``batch_locks``.)"""
         await lock_keys(conn, "yidi-clearing", keys, shared_first=PERIODS_LOCK)
 
     async def batch_reads(

@@ -29,7 +29,7 @@ from yidi.domain.clearing import owed
 from yidi.domain.money import ZERO
 from yidi.domain.policy import BenefitPolicy, PolicyError, policy_in_force
 from yidi.domain.pricing import ACCOUNT_DRAWN, OUTPATIENT_QUOTA, Bill, Terms, price
-from yidi.platform.db import lock_keys
+from yidi.platform.db import locks
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import broken, parse_each, reply
 from yidi.platform.settings import Settings
@@ -201,10 +201,10 @@ class PricingHandler:
         works, out = parse_each(records, EligibleWork.model_validate, "settlement.eligible message", self._broken)
         if not works:
             return out
-        async with self.repo.transaction() as conn:
-            # Each person's settlements are priced one batch at a time, against the accumulators
-            # as the last batch left them (architecture.md, "Several instances").
-            await lock_keys(conn, "yidi-pricing", [r.key for r, _ in works])
+        # Each person's settlements are priced one batch at a time, against the accumulators as
+        # the last batch left them (architecture.md, "Several instances"): the batch's persons
+        # are locked by the statement that begins its transaction.
+        async with self.repo.transaction(locks("yidi-pricing", [r.key for r, _ in works])) as conn:
             batch = await self._load(conn, [w for _, w in works])
             for record, work in works:
                 try:

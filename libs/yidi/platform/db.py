@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from importlib import resources
 
@@ -76,6 +77,43 @@ async def lock_keys(conn: asyncpg.Connection, scope: str, keys: Iterable[str | b
         await conn.execute(persons, scope, texts)
 
 
+@dataclass(frozen=True)
+class Locks:
+    """``lock_keys``'s locks, to be taken by the statement that begins a transaction
+    (``Repository.transaction``): one round trip less per batch."""
+
+    scope: str
+    keys: tuple[str, ...]
+    shared_first: str | None = None
+
+    def sql(self) -> str:
+        """The locking statement, its texts written into it as escaped literals (the simple-query
+        protocol, which carries BEGIN with it, takes no parameters): the same locks, in the same
+        order, as ``lock_keys`` takes."""
+        persons = (f"SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtext({_literal(self.scope)} || ':' || p)"
+                   f" AS k FROM unnest(ARRAY[{', '.join(map(_literal, self.keys))}]::text[]) AS p ORDER BY k) AS keys")
+        if self.shared_first is not None:
+            return f"SELECT pg_advisory_xact_lock_shared(hashtext({_literal(self.shared_first)})) UNION ALL {persons}"
+        return persons
+
+
+def locks(scope: str, keys: Iterable[str | bytes | None], *, shared_first: str | None = None) -> Locks | None:
+    """``lock_keys``'s locks for ``Repository.transaction`` (None: nothing to lock)."""
+    texts = tuple(sorted({k.decode("utf-8", "replace") if isinstance(k, bytes) else k for k in keys if k}))
+    if not texts and shared_first is None:
+        return None
+    return Locks(scope, texts, shared_first)
+
+
+def _literal(text: str) -> str:
+    """``text`` as a Postgres escape-string literal: backslashes and quotes doubled, whatever
+    ``standard_conforming_strings`` says (asyncpg's connections are UTF-8, where no other byte of
+    a character is a quote or a backslash). A NUL, which no Postgres text holds, is refused."""
+    if "\x00" in text:
+        raise BadData(f"a lock key holds a NUL character: {text!r}")
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def json_value(value: Any) -> Any:
     """A jsonb column as Python: asyncpg hands jsonb over as text unless a codec is set."""
     return orjson.loads(value) if isinstance(value, str | bytes) else value
@@ -88,16 +126,32 @@ class Repository:
         self._pool = pool
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+    async def transaction(self, locked: Locks | None = None) -> AsyncIterator[asyncpg.Connection]:
         """One connection and one transaction; a database that is away is transient.
 
         READ COMMITTED, whatever the database's default: the stages take their locks, then read
         in a statement of its own, and must see what the lock's holder committed. Under
         REPEATABLE READ the snapshot is the first statement's, taken while waiting for the lock:
         a settlement batch that waited for a month's clearing would still read the month open and
-        land in it after its statements were written (never cleared)."""
-        async with transient_errors(), self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
-            yield conn
+        land in it after its statements were written (never cleared).
+
+        ``locked``: locks (``locks``) taken by the statement that begins the transaction, sent
+        with BEGIN in one round trip (a settlement batch's persons: pricing's and clearing's),
+        rather than by a statement of their own after it."""
+        if locked is None:
+            async with transient_errors(), self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
+                yield conn
+            return
+        async with transient_errors(), self._pool.acquire() as conn:
+            try:
+                await conn.execute(f"BEGIN ISOLATION LEVEL READ COMMITTED; {locked.sql()}")
+                yield conn
+            except BaseException:
+                if not conn.is_closed() and conn.is_in_transaction():
+                    with contextlib.suppress(Exception):
+                        await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
 
 
 MIGRATION_TIMEOUT_S = 3600.0
