@@ -34,17 +34,26 @@ class Clock:
         return self.now
 
 
+@pytest.fixture
+async def copy(settings):
+    """(pool, a repository keeping its copy for 5 s on a clock of the test's, that clock)."""
+    pool = await create_pool(settings.database_url, size=2)
+    try:
+        await migrate(pool, "eligibility", "services.eligibility.migrations")
+        clock = Clock()
+        yield pool, EligibilityRepository(pool, reference_ttl=5.0, clock=clock), clock
+    finally:
+        await pool.close()
+
+
 def _facility(code: str, name: str) -> FacilityRecord:
     return FacilityRecord(fixmedins_code=code, fixmedins_name=name, admdvs="110105", level=3, med_types=["11"])
 
 
-async def test_facilities_are_read_once_per_ttl_and_a_change_applied_here_at_once(settings):
-    pool = await create_pool(settings.database_url, size=2)
+async def test_facilities_are_read_once_per_ttl_and_a_change_applied_here_at_once(copy):
+    pool, repo, clock = copy
     code, unknown = unique("H"), unique("H")
-    clock = Clock()
     try:
-        await migrate(pool, "eligibility", "services.eligibility.migrations")
-        repo = EligibilityRepository(pool, reference_ttl=5.0, clock=clock)
         await repo.upsert_facility(_facility(code, "first"))
         assert {c: f.fixmedins_name for c, f in (await repo.facilities([code, unknown])).items()} == {code: "first"}
         # Written by another instance (straight into the table): this one serves its copy ...
@@ -68,16 +77,12 @@ async def test_facilities_are_read_once_per_ttl_and_a_change_applied_here_at_onc
         assert (await direct.facilities([code]))[code].fixmedins_name == "fourth"
     finally:
         await pool.execute("DELETE FROM eligibility.facilities WHERE fixmedins_code = ANY($1::text[])", [code, unknown])
-        await pool.close()
 
 
-async def test_outage_windows_are_read_once_per_ttl_and_a_change_applied_here_at_once(settings):
-    pool = await create_pool(settings.database_url, size=2)
+async def test_outage_windows_are_read_once_per_ttl_and_a_change_applied_here_at_once(copy):
+    pool, repo, clock = copy
     first, second = unique("S"), unique("S")
-    clock = Clock()
     try:
-        await migrate(pool, "eligibility", "services.eligibility.migrations")
-        repo = EligibilityRepository(pool, reference_ttl=5.0, clock=clock)
         now = datetime.now(UTC)
         assert await repo.outages([REGION], now) == []
         # Announced through this instance's feed: at once.
@@ -99,18 +104,14 @@ async def test_outage_windows_are_read_once_per_ttl_and_a_change_applied_here_at
         assert [o.reason for o in await repo.outages([REGION], now)] == ["network"]
     finally:
         await pool.execute("DELETE FROM eligibility.outages WHERE status_id = ANY($1::text[])", [first, second])
-        await pool.close()
 
 
-async def test_a_read_under_way_when_a_change_is_applied_is_not_kept(settings):
+async def test_a_read_under_way_when_a_change_is_applied_is_not_kept(copy):
     """The copy read before a feed's change committed may lack it: it serves the batch that read
     it, but the next batch reads again."""
-    pool = await create_pool(settings.database_url, size=2)
+    pool, repo, _ = copy
     code = unique("H")
-    clock = Clock()
     try:
-        await migrate(pool, "eligibility", "services.eligibility.migrations")
-        repo = EligibilityRepository(pool, reference_ttl=60.0, clock=clock)
         await repo.upsert_facility(_facility(code, "before"))
         reading, release = asyncio.Event(), asyncio.Event()
         read = repo._read_facilities
@@ -131,22 +132,15 @@ async def test_a_read_under_way_when_a_change_is_applied_is_not_kept(settings):
         assert (await repo.facilities([code]))[code].fixmedins_name == "after"
     finally:
         await pool.execute("DELETE FROM eligibility.facilities WHERE fixmedins_code = $1", code)
-        await pool.close()
 
 
-async def test_the_copy_of_facilities_is_bounded_dropping_expired_entries_first(settings):
-    pool = await create_pool(settings.database_url, size=2)
+async def test_the_copy_of_facilities_is_bounded_dropping_expired_entries_first(copy):
+    _, repo, clock = copy
     codes = [unique("H") for _ in range(4)]
-    clock = Clock()
-    try:
-        await migrate(pool, "eligibility", "services.eligibility.migrations")
-        repo = EligibilityRepository(pool, reference_ttl=5.0, clock=clock)
-        repo._reference.limit = 3
-        await repo.facilities(codes[:2])
-        clock.now += 6  # both expired
-        await repo.facilities(codes[2:])
-        assert sorted(repo._reference.facilities) == sorted(codes[2:])  # the expired ones went, not all
-        await repo.facilities(codes[:2])  # none expired, past the limit: the copy starts again
-        assert sorted(repo._reference.facilities) == sorted(codes[:2])
-    finally:
-        await pool.close()
+    repo._reference.limit = 3
+    await repo.facilities(codes[:2])
+    clock.now += 6  # both expired
+    await repo.facilities(codes[2:])
+    assert sorted(repo._reference.facilities) == sorted(codes[2:])  # the expired ones went, not all
+    await repo.facilities(codes[:2])  # none expired, past the limit: the copy starts again
+    assert sorted(repo._reference.facilities) == sorted(codes[:2])
