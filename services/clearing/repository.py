@@ -13,7 +13,7 @@ import asyncpg
 import orjson
 
 from yidi.domain.clearing import run_order
-from yidi.platform.db import Locks, Repository, json_value, lock_keys, locks, transient_errors
+from yidi.platform.db import Locks, Repository, hashtext, json_value, lock_keys, locks, transient_errors
 
 PERIODS_LOCK = "yidi-clearing-periods"
 AMOUNT_COLUMNS = (
@@ -194,7 +194,8 @@ class ClearingRepository(Repository):
 
     async def lock_periods(self, conn: asyncpg.Connection) -> None:
         """The periods lock, taken exclusively until ``conn``'s transaction ends (``cleared_through``)."""
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", PERIODS_LOCK)
+        # Its key computed as the settlement batches' shared one is (``batch_locks``): one function.
+        await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", hashtext(PERIODS_LOCK))
 
     async def close_month(self, month: str, reqid: str, finishing: Collection[str] = ()) -> str | None:
         """Close ``month`` for ``run_month`` request ``reqid`` in a transaction of its own, under the

@@ -35,7 +35,7 @@ LEFT JOIN eligibility.persons p ON p.psn_no = s.psn_no
 async def _lock_person(conn: asyncpg.Connection, psn_no: str) -> None:
     """Changes to one person's insurance and filings take turns, so the version the cache
     compares always comes with the content it versions."""
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('yidi-eligibility:' || $1))", psn_no)
+    await lock_keys(conn, "yidi-eligibility", [psn_no])
 
 
 async def _lock_persons(conn: asyncpg.Connection, psn_nos: list[str]) -> None:

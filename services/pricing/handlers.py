@@ -203,7 +203,7 @@ class PricingHandler:
             return out
         # Each person's settlements are priced one batch at a time, against the accumulators as
         # the last batch left them (architecture.md, "Several instances"): the batch's persons
-        # are locked by the statement that begins its transaction.
+        # are locked by the query that begins its transaction.
         async with self.repo.transaction(locks("yidi-pricing", [r.key for r, _ in works])) as conn:
             batch = await self._load(conn, [w for _, w in works])
             for record, work in works:

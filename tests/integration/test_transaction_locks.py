@@ -1,63 +1,76 @@
-"""Locks taken by the statement that begins a transaction (``Repository.transaction(locks(...))``),
+"""Locks taken with the query that begins a transaction (``Repository.transaction(locks(...))``),
 on the real Postgres: pricing's and clearing's settlement batches lock their persons with BEGIN,
-in one round trip. The keys are person numbers from the gateways' messages, written into the
-statement as escaped literals: the locks must be exactly those ``lock_keys`` takes with
-parameters, whatever the keys hold, and a key can never be read as SQL."""
+in one round trip. That query takes no parameters, so the lock keys are computed here, as
+Postgres's ``hashtext`` of the same texts ``pg_advisory_xact_lock(hashtext(scope || ':' || key))``
+hashed: the statement holds integers only, never a person number."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 
 import asyncpg
 import pytest
 
-from yidi.platform.db import Repository, lock_keys, locks
+from yidi.platform.db import Repository, hashtext, lock_keys, locks
 from yidi.platform.errors import BadData
 
 pytestmark = pytest.mark.integration
 
-KEYS = ["P1", "a'b", "back\\slash", "\\'", "x'); SELECT pg_sleep(30); --", "$$q$$", "全角’", "E'\\x41'"]
+KEYS = ["P1", "a'b", "back\\slash", "\\'", "x'); SELECT pg_sleep(30); --", "$$q$$", "全角’", "13100000000000000001😀"]
 
 
-async def _held(conn: asyncpg.Connection) -> set[int]:
-    """The advisory locks this connection's backend holds, as the bigint keys they were taken with."""
-    rows = await conn.fetch("""SELECT classid::bigint AS hi, objid::bigint AS lo FROM pg_locks
+async def test_hashtext_here_is_the_servers(settings):
+    rnd = random.Random(20261205)
+    alphabet = "abcXYZ0123456789'\\\"$;-— 全角’é😀\t\n"
+    texts = ["", "a", "yidi-clearing-periods", *KEYS] + [
+        "".join(rnd.choice(alphabet) for _ in range(rnd.randrange(0, 60))) for _ in range(2000)]
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        server = {r["t"]: r["h"] for r in await conn.fetch("SELECT t, hashtext(t) AS h FROM unnest($1::text[]) AS t",
+                                                              texts)}
+    finally:
+        await conn.close()
+    assert {t: hashtext(t) for t in texts} == server
+
+
+async def _held(conn: asyncpg.Connection) -> dict[int, str]:
+    """The advisory locks this connection's backend holds: their bigint keys, and their modes."""
+    rows = await conn.fetch("""SELECT classid::bigint AS hi, objid::bigint AS lo, mode FROM pg_locks
                                WHERE locktype = 'advisory' AND pid = pg_backend_pid()""")
-    return {((r["hi"] << 32) | r["lo"]) - (1 << 64 if r["hi"] >= 1 << 31 else 0) for r in rows}
+    return {((r["hi"] << 32) | r["lo"]) - (1 << 64 if r["hi"] >= 1 << 31 else 0): r["mode"] for r in rows}
 
 
-async def _expected(conn: asyncpg.Connection, scope: str, keys: list[str], shared: str | None = None) -> set[int]:
-    wanted = set(await conn.fetchval("SELECT array_agg(hashtext($1 || ':' || k)::bigint) FROM unnest($2::text[]) AS k",
-                                     scope, keys))
-    if shared is not None:
-        wanted.add(await conn.fetchval("SELECT hashtext($1)::bigint", shared))
-    return wanted
-
-
-@pytest.mark.parametrize("conforming", ["on", "off"])
-async def test_the_locks_begun_with_the_transaction_are_lock_keys_locks_whatever_the_keys_hold(settings, conforming):
-    pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=2,
-                                     server_settings={"standard_conforming_strings": conforming})
+async def test_the_locks_begun_with_the_transaction_are_the_servers_hashtext_locks(settings):
+    pool = await asyncpg.create_pool(settings.database_url, min_size=2, max_size=2)
     try:
         repo = Repository(pool)
         async with repo.transaction(locks("yidi-test", [k.encode() for k in KEYS], shared_first="yidi-test-shared")) as conn:
-            assert await _held(conn) == await _expected(conn, "yidi-test", KEYS, "yidi-test-shared")
-            assert await conn.fetchval("SELECT 1") == 1  # nothing the keys held ran as SQL
-            # Another transaction waits for a person held (lock_keys, with parameters: the same key) ...
+            expected = {k: "ExclusiveLock" for k in await conn.fetchval(
+                "SELECT array_agg(hashtext($1 || ':' || k)::bigint) FROM unnest($2::text[]) AS k", "yidi-test", KEYS)}
+            expected[await conn.fetchval("SELECT hashtext($1)::bigint", "yidi-test-shared")] = "ShareLock"
+            assert await _held(conn) == expected
+            # Another transaction waits for a person held (lock_keys: the same key) ...
             async with pool.acquire() as other, other.transaction():
                 with pytest.raises(TimeoutError):
                     await asyncio.wait_for(lock_keys(other, "yidi-test", ["x'); SELECT pg_sleep(30); --"]), 0.5)
             async with pool.acquire() as other, other.transaction():
                 await asyncio.wait_for(lock_keys(other, "yidi-test", ["P2"]), 5)  # ... not for another
-        # Committed: the locks are gone, and the connection is out of its transaction.
+                # and takes the shared lock beside it, but not exclusively.
+                await asyncio.wait_for(other.execute("SELECT pg_advisory_xact_lock_shared(hashtext('yidi-test-shared'))"), 5)
         async with pool.acquire() as conn:
-            assert await _held(conn) == set() and not conn.is_in_transaction()
+            assert await _held(conn) == {}
     finally:
         await pool.close()
 
 
-async def test_a_transaction_begun_with_locks_commits_and_rolls_back(settings):
+async def test_a_transaction_begun_with_locks_commits_and_rolls_back_itself(settings):
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+    # The pool rolls back a connection released inside a transaction too, but says so through the
+    # loop's exception handler: the transaction must end before that.
+    reported: list[str] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
     try:
         repo = Repository(pool)
         await pool.execute("CREATE TEMP TABLE IF NOT EXISTS t_locks (v text)")  # the one connection's
@@ -67,13 +80,37 @@ async def test_a_transaction_begun_with_locks_commits_and_rolls_back(settings):
             async with repo.transaction(locks("yidi-test", ["P1"])) as conn:
                 await conn.execute("INSERT INTO t_locks VALUES ('dropped')")
                 raise RuntimeError("the batch failed")
+        # Cancelled while waiting for a lock another transaction holds.
+        async with _other(settings) as holder:
+            await holder.execute("BEGIN; SELECT pg_advisory_xact_lock(hashtext('yidi-test:P9'))")
+            waiting = asyncio.ensure_future(repo.transaction(locks("yidi-test", ["P9"])).__aenter__())
+            await asyncio.sleep(0.3)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await holder.execute("ROLLBACK")
         async with pool.acquire() as conn:
             assert [r["v"] for r in await conn.fetch("SELECT v FROM t_locks")] == ["kept"]
-            assert not conn.is_in_transaction() and await _held(conn) == set()
-        # A key Postgres cannot hold is the record's fault, as it was with parameters.
+            assert await _held(conn) == {}
+        assert not [m for m in reported if "active transaction" in m], reported
+        # A key Postgres cannot hold is the record's fault, as it was when Postgres hashed it.
         with pytest.raises(BadData):
-            async with repo.transaction(locks("yidi-test", ["P\x00"])):
-                pass
+            locks("yidi-test", ["P\x00"])
         assert locks("yidi-test", [None, b""]) is None  # nothing to lock: a plain transaction
     finally:
+        loop.set_exception_handler(None)
         await pool.close()
+
+
+class _other:
+    """A connection of its own (not the pool's one)."""
+
+    def __init__(self, settings) -> None:
+        self.dsn = settings.database_url
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        self.conn = await asyncpg.connect(self.dsn)
+        return self.conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.conn.close()

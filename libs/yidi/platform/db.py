@@ -66,52 +66,103 @@ async def lock_keys(conn: asyncpg.Connection, scope: str, keys: Iterable[str | b
     partition for a moment during a rebalance handle a person one after the other.
 
     ``shared_first`` names a lock taken shared before them, in the same statement (one round
-    trip): clearing's periods lock, which a month's clearing takes exclusively."""
-    texts = sorted({k.decode("utf-8", "replace") if isinstance(k, bytes) else k for k in keys if k})
-    persons = """SELECT pg_advisory_xact_lock(k)
-               FROM (SELECT DISTINCT hashtext($1 || ':' || p) AS k FROM unnest($2::text[]) AS p ORDER BY k) AS keys"""
-    if shared_first is not None:
-        await conn.execute(f"SELECT pg_advisory_xact_lock_shared(hashtext($3)) UNION ALL {persons}",
-                           scope, texts, shared_first)
-    elif texts:
-        await conn.execute(persons, scope, texts)
+    trip): clearing's periods lock, which a month's clearing takes exclusively. A settlement
+    batch takes the same locks with its transaction's BEGIN (``locks``, ``Repository.transaction``)."""
+    if (taken := locks(scope, keys, shared_first=shared_first)) is not None:
+        await conn.execute(taken.sql())
 
 
 @dataclass(frozen=True)
 class Locks:
-    """``lock_keys``'s locks, to be taken by the statement that begins a transaction
-    (``Repository.transaction``): one round trip less per batch."""
+    """Advisory lock keys (``lock_keys``), as Postgres's ``hashtext`` of their texts: the
+    statement that takes them holds integers only (no person number reaches Postgres's
+    statements or logs, and nothing needs escaping), so it can travel with BEGIN in one simple
+    query (``Repository.transaction``), which takes no parameters."""
 
-    scope: str
-    keys: tuple[str, ...]
-    shared_first: str | None = None
+    keys: tuple[int, ...]  # the persons', in order (distinct)
+    shared_first: int | None = None
 
     def sql(self) -> str:
-        """The locking statement, its texts written into it as escaped literals (the simple-query
-        protocol, which carries BEGIN with it, takes no parameters): the same locks, in the same
-        order, as ``lock_keys`` takes."""
-        persons = (f"SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtext({_literal(self.scope)} || ':' || p)"
-                   f" AS k FROM unnest(ARRAY[{', '.join(map(_literal, self.keys))}]::text[]) AS p ORDER BY k) AS keys")
+        persons = f"SELECT pg_advisory_xact_lock(k) FROM unnest('{{{','.join(map(str, self.keys))}}}'::bigint[]) AS k"
         if self.shared_first is not None:
-            return f"SELECT pg_advisory_xact_lock_shared(hashtext({_literal(self.shared_first)})) UNION ALL {persons}"
+            return f"SELECT pg_advisory_xact_lock_shared({self.shared_first}) UNION ALL {persons}"
         return persons
 
 
 def locks(scope: str, keys: Iterable[str | bytes | None], *, shared_first: str | None = None) -> Locks | None:
-    """``lock_keys``'s locks for ``Repository.transaction`` (None: nothing to lock)."""
-    texts = tuple(sorted({k.decode("utf-8", "replace") if isinstance(k, bytes) else k for k in keys if k}))
+    """The locks of ``keys`` in ``scope`` (``lock_keys``); None: nothing to lock. The keys are
+    those ``pg_advisory_xact_lock(hashtext(scope || ':' || key))`` takes (``hashtext``)."""
+    texts = {k.decode("utf-8", "replace") if isinstance(k, bytes) else k for k in keys if k}
     if not texts and shared_first is None:
         return None
-    return Locks(scope, texts, shared_first)
+    return Locks(tuple(sorted({hashtext(f"{scope}:{t}") for t in texts})),
+                 None if shared_first is None else hashtext(shared_first))
 
 
-def _literal(text: str) -> str:
-    """``text`` as a Postgres escape-string literal: backslashes and quotes doubled, whatever
-    ``standard_conforming_strings`` says (asyncpg's connections are UTF-8, where no other byte of
-    a character is a quote or a backslash). A NUL, which no Postgres text holds, is refused."""
+_M32 = 0xFFFFFFFF
+
+
+def hashtext(text: str) -> int:
+    """Postgres's ``hashtext(text)`` (``hash_bytes`` in src/common/hashfn.c, Bob Jenkins' lookup3,
+    on a little-endian server, of the text's UTF-8 bytes: a UTF-8 database with a deterministic
+    collation), as the signed 32-bit integer it returns. tests/integration/test_transaction_locks.py
+    compares it with the server's. Every advisory lock of the services' data is keyed through it
+    (``lock_keys``, ``locks``, clearing's periods lock), so two takers of one lock agree even on a
+    server that hashes otherwise (big-endian); on the others the keys are those the server's
+    ``hashtext`` gave earlier versions. A text Postgres cannot hold (a NUL) is the record's fault."""
     if "\x00" in text:
         raise BadData(f"a lock key holds a NUL character: {text!r}")
-    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadData(f"a lock key is not text Postgres can hold: {text!r}") from exc
+    n = len(data)
+    a = b = c = (0x9E3779B9 + n + 3923095) & _M32
+    i = 0
+    while n - i >= 12:
+        a = (a + int.from_bytes(data[i:i + 4], "little")) & _M32
+        b = (b + int.from_bytes(data[i + 4:i + 8], "little")) & _M32
+        c = (c + int.from_bytes(data[i + 8:i + 12], "little")) & _M32
+        a, b, c = _mix(a, b, c)
+        i += 12
+    if i < n:
+        tail = data[i:].ljust(11, b"\0")  # the last 11 bytes or fewer; c's lowest byte is the length's
+        a = (a + int.from_bytes(tail[0:4], "little")) & _M32
+        b = (b + int.from_bytes(tail[4:8], "little")) & _M32
+        c = (c + (int.from_bytes(tail[8:11], "little") << 8)) & _M32
+    c = _final(a, b, c)
+    return c - (1 << 32) if c & 0x80000000 else c
+
+
+def _rot(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & _M32
+
+
+def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
+    a = ((a - c) & _M32) ^ _rot(c, 4)
+    c = (c + b) & _M32
+    b = ((b - a) & _M32) ^ _rot(a, 6)
+    a = (a + c) & _M32
+    c = ((c - b) & _M32) ^ _rot(b, 8)
+    b = (b + a) & _M32
+    a = ((a - c) & _M32) ^ _rot(c, 16)
+    c = (c + b) & _M32
+    b = ((b - a) & _M32) ^ _rot(a, 19)
+    a = (a + c) & _M32
+    c = ((c - b) & _M32) ^ _rot(b, 4)
+    b = (b + a) & _M32
+    return a, b, c
+
+
+def _final(a: int, b: int, c: int) -> int:
+    c = (c ^ b) - _rot(b, 14) & _M32
+    a = (a ^ c) - _rot(c, 11) & _M32
+    b = (b ^ a) - _rot(a, 25) & _M32
+    c = (c ^ b) - _rot(b, 16) & _M32
+    a = (a ^ c) - _rot(c, 4) & _M32
+    b = (b ^ a) - _rot(a, 14) & _M32
+    c = (c ^ b) - _rot(b, 24) & _M32
+    return c
 
 
 def json_value(value: Any) -> Any:
@@ -135,9 +186,11 @@ class Repository:
         a settlement batch that waited for a month's clearing would still read the month open and
         land in it after its statements were written (never cleared).
 
-        ``locked``: locks (``locks``) taken by the statement that begins the transaction, sent
-        with BEGIN in one round trip (a settlement batch's persons: pricing's and clearing's),
-        rather than by a statement of their own after it."""
+        ``locked``: locks (``locks``) taken by the query that begins the transaction: BEGIN and
+        the locking statement in one simple query, one round trip (a settlement batch's persons:
+        pricing's and clearing's), rather than the locks in a statement of their own after it.
+        asyncpg does not know of a transaction begun so: the caller must not open one on ``conn``
+        (``conn.transaction()``) inside it."""
         if locked is None:
             async with transient_errors(), self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
                 yield conn
@@ -147,7 +200,9 @@ class Repository:
                 await conn.execute(f"BEGIN ISOLATION LEVEL READ COMMITTED; {locked.sql()}")
                 yield conn
             except BaseException:
-                if not conn.is_closed() and conn.is_in_transaction():
+                # Also when BEGIN's query itself was cancelled or timed out (while it ran, asyncpg
+                # still reads the connection as idle): asyncpg waits for the cancel, then rolls back.
+                if not conn.is_closed():
                     with contextlib.suppress(Exception):
                         await conn.execute("ROLLBACK")
                 raise
