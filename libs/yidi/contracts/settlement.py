@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -25,6 +24,7 @@ from yidi.contracts.common import (
 from yidi.domain.codes import InsuranceType, MedType
 from yidi.domain.money import ZERO, to_fen
 from yidi.domain.pricing import BillLine
+from yidi.domain.values import value
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class SettlementInput(WireModel):
         return self
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class BillFields:
     """What pricing prices a bill with: the values ``SettlementInput`` gives for these fields."""
 

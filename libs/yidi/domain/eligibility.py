@@ -8,13 +8,14 @@ a refusal a cashier can act on.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
 from yidi.domain.codes import BUSINESS_TZ, FilingCategory, InsuranceType, MedType, PersonType, disease_key, within
 from yidi.domain.money import ZERO
+from yidi.domain.values import value
 
 
 class Refusal(StrEnum):
@@ -49,7 +50,7 @@ CROSS_PROVINCE_CHRONIC: dict[str, tuple[str, ...]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Person:
     psn_no: str
     name: str
@@ -63,7 +64,7 @@ class Person:
     qualifications: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Facility:
     code: str
     name: str
@@ -79,7 +80,7 @@ class FilingStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class FilingPeriod:
     """An earlier version of a filing, in force from ``begin`` to ``end`` (inclusive): until the
     day before the change (or cancellation) that replaced it took effect."""
@@ -98,7 +99,7 @@ class FilingPeriod:
     ended_at: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Filing:
     filing_id: str
     psn_no: str
@@ -141,7 +142,7 @@ class Filing:
         ]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Outage:
     region: str
     start: datetime
@@ -152,7 +153,7 @@ class Outage:
         return self.start <= moment < self.end
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Visit:
     """What the settlement request says about the care."""
 
@@ -180,7 +181,7 @@ class Visit:
             self.admitted_at is not None and filing.in_force_until_ended(self.admitted_at))
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Eligible:
     basis: Basis
     filing: Filing | None
@@ -197,7 +198,7 @@ class Eligible:
         return self.filing.category if self.filing and self.basis is Basis.FILED else None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Refused:
     code: Refusal
     message: str

@@ -9,7 +9,7 @@ throws it away (pre-settlement, 2206/2303).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field
 from datetime import date
 from decimal import Decimal
 
@@ -26,6 +26,7 @@ from yidi.domain.codes import (
 )
 from yidi.domain.money import ZERO, fmt, fmt_ratio, spread, to_fen
 from yidi.domain.policy import BenefitPolicy, CalculationOrder, DeductibleScope, LayerBase
+from yidi.domain.values import value
 
 # Accumulator counters, per person and year (the service keys them by person and year).
 POOLED_PAID = "pooled_paid"
@@ -50,7 +51,7 @@ def layer_paid_counter(fund: FundType) -> str:
     return f"layer:{fund.value}:paid"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class BillLine:
     seq: str
     code: str
@@ -60,7 +61,7 @@ class BillLine:
     amount: Decimal
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Bill:
     visit_id: str
     on: date
@@ -73,7 +74,7 @@ class Bill:
         return sum((line.amount for line in self.lines), ZERO)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Terms:
     """Who is settling, where, and on what terms (established by eligibility)."""
 
@@ -94,7 +95,7 @@ class Terms:
     disease_code: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class PricedItem:
     seq: str
     code: str
@@ -108,7 +109,7 @@ class PricedItem:
     note: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class FundPayment:
     fund_type: FundType
     base: Decimal
@@ -121,7 +122,7 @@ class FundPayment:
         return FUND_NAMES[self.fund_type]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Pricing:
     items: tuple[PricedItem, ...]
     medfee_sumamt: Decimal
@@ -256,9 +257,11 @@ def price(
     inscp -= first_selfpay
     if first_selfpay:
         # Item by item too, so that the item columns still add up to the totals (step 1).
+        # (built field by field: ``dataclasses.replace`` costs several times the constructor)
         items = tuple(
-            replace(i, preselfpay_amt=i.preselfpay_amt + part, inscp_scp_amt=i.inscp_scp_amt - part,
-                    note=f"{i.note}; first self-pay {fmt(part)} (R12)") if part else i
+            PricedItem(i.seq, i.code, i.charge_class, i.selfpay_prop, i.price_ceiling, i.fulamt_ownpay_amt,
+                       i.overlmt_selfpay, i.preselfpay_amt + part, i.inscp_scp_amt - part,
+                       f"{i.note}; first self-pay {fmt(part)} (R12)") if part else i
             for i, part in zip(items, spread(first_selfpay, [i.inscp_scp_amt for i in items]), strict=True)
         )
     if dedc:

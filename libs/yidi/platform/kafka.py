@@ -30,6 +30,7 @@ from aiokafka.errors import (
 from aiokafka.producer import sender as _aiokafka_sender
 from aiokafka.producer.transaction_manager import TransactionState
 
+from yidi.domain.values import value
 from yidi.platform import fencing, metrics, txnv2
 from yidi.platform.errors import BadData, FatalError, RaceLost, TransientError
 from yidi.platform.faults import armed, crash_point
@@ -65,7 +66,7 @@ class OutputRefused(BadData):
 CANNOT_PROCESS = "cannot be processed"
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Incoming:
     topic: str
     partition: int
@@ -76,7 +77,7 @@ class Incoming:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Answered:
     """Marks an outgoing message as the answer to a gateway request, for the latency metric."""
 
@@ -85,7 +86,7 @@ class Answered:
     err_code: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Outgoing:
     topic: str
     value: bytes
