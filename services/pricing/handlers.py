@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from yidi.contracts import answers
-from yidi.contracts.common import code_text
+from yidi.contracts.common import code_text, wire_time
 from yidi.contracts.envelope import ErrCode, Infno, ResponseEnvelope
 from yidi.contracts.internal import EligibleWork, PricedWork, WorkKind
 from yidi.contracts.settlement import BillFields, CancelInput, ReversalInput, bill_fields
@@ -69,7 +69,7 @@ def fund_usage(counters: dict[str, Decimal], fund: str) -> dict[str, Decimal]:
 
 def settlement_id(msgid: str, day: date) -> str:
     """Deterministic: the same request always names the same settlement."""
-    return f"S{day:%Y%m%d}{hashlib.sha1(msgid.encode()).hexdigest()[:16].upper()}"
+    return f"S{day.isoformat().replace('-', '')}{hashlib.sha1(msgid.encode()).hexdigest()[:16].upper()}"
 
 
 class UnreadableReference(Exception):
@@ -353,7 +353,7 @@ class PricingHandler:
         output = answers.settlement_output(
             pricing, setl_id=setl_id, mdtrt_id=body.mdtrt_id, psn_no=body.psn_no, psn_name=person.psn_name,
             insutype=body.insutype.value, psn_type=person.psn_type, med_type=body.med_type.value,
-            setl_time=request.inf_time.strftime("%Y-%m-%d %H:%M:%S"), clr_optins=region,
+            setl_time=wire_time(request.inf_time), clr_optins=region,
         )
         answer = answers.answer_wire(request.msgid, request.infno.value, output)
         if not settle:

@@ -347,3 +347,30 @@ def test_a_bill_the_model_reads_but_the_direct_read_cannot_is_priced_and_logged_
         bill_fields(data)
     assert [r.getMessage()[:59] for r in caplog.records] == [
         "bill_fields read a bill the model validates only through th"]
+
+
+def test_answer_and_request_times_are_written_as_strftime_writes_them():
+    """``respond_time`` (its text to the second made once a second) and ``wire_time`` give the text
+    the plain ``strftime`` forms give, on random moments in order and out of order, in every zone."""
+    import random
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from yidi.contracts.common import INF_TIME_FORMAT, wire_time
+    from yidi.contracts.envelope import respond_time, respond_time_ms
+    from yidi.domain.codes import BUSINESS_TZ
+
+    rng = random.Random(7)
+    start = datetime(1900, 1, 1, tzinfo=UTC)
+    moments = [start + timedelta(microseconds=rng.randrange(200 * 365 * 86_400 * 10**6)) for _ in range(3_000)]
+    moments += [datetime(2026, 1, 1, 15, 59, 59, 999_999, tzinfo=UTC) + timedelta(microseconds=step) for step in range(0, 3_000, 7)]
+    moments += [m.replace(tzinfo=None) for m in moments[:500]]  # naive: UTC
+    moments += [m.astimezone(timezone(timedelta(hours=rng.randrange(-12, 14), minutes=rng.choice((0, 30, 45)))))
+                for m in moments[:500]]
+    for moment in moments:
+        aware = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        assert respond_time(moment) == aware.astimezone(BUSINESS_TZ).strftime("%Y%m%d%H%M%S%f")[:17], moment
+        assert wire_time(moment) == moment.strftime(INF_TIME_FORMAT), moment
+    # A record's Kafka timestamp, as replies read it before: through a float of seconds.
+    for ms in [rng.randrange(-10**12, 4 * 10**12) for _ in range(3_000)] + list(range(1_767_225_599_990, 1_767_225_600_010)):
+        expected = datetime.fromtimestamp(ms / 1000, UTC).astimezone(BUSINESS_TZ).strftime("%Y%m%d%H%M%S%f")[:17]
+        assert respond_time_ms(ms) == expected, ms

@@ -18,6 +18,13 @@ RESPOND_TIME_FORMAT = "%Y%m%d%H%M%S%f"
 _INF_TIME_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 
+def wire_time(moment: datetime) -> str:
+    """A time as the wire writes it (``INF_TIME_FORMAT``, yyyy-MM-dd HH:mm:ss; a zone is not written):
+    the text ``strftime(INF_TIME_FORMAT)`` gives for the years 1000 to 9999 (an ``InfTime`` is from
+    1900 on), at a third of its cost. It runs several times per settlement."""
+    return moment.isoformat(" ", "seconds")[:19]
+
+
 def _amount(value: object) -> Decimal:
     if isinstance(value, float):
         raise ValueError("amounts are strings with two decimals, never floats")
@@ -104,7 +111,7 @@ Ratio = Annotated[Decimal, BeforeValidator(_ratio), PlainSerializer(fmt_ratio, r
 Quantity = Annotated[Decimal, BeforeValidator(_quantity), PlainSerializer(lambda d: format(d, "f"), return_type=str)]
 UnitPrice = Annotated[Decimal, BeforeValidator(_unit_price), PlainSerializer(lambda d: format(d, "f"), return_type=str)]
 InfTime = Annotated[
-    datetime, BeforeValidator(_inf_time), PlainSerializer(lambda d: d.strftime(INF_TIME_FORMAT), return_type=str)
+    datetime, BeforeValidator(_inf_time), PlainSerializer(wire_time, return_type=str)
 ]
 StayTime = Annotated[
     datetime | None, BeforeValidator(_stay_time),

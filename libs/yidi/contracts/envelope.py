@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 import orjson
 from pydantic import Field, field_validator
 
-from yidi.contracts.common import INF_TIME_FORMAT, RESPOND_TIME_FORMAT, AreaCode, Code, InfTime, WireModel
+from yidi.contracts.common import RESPOND_TIME_FORMAT, AreaCode, Code, InfTime, WireModel, wire_time
 from yidi.domain.codes import BUSINESS_TZ
 
 
@@ -141,7 +141,7 @@ class RequestEnvelope(WireModel):
             "msgid": self.msgid,
             "mdtrtarea_admvs": self.mdtrtarea_admvs,
             "insuplc_admdvs": self.insuplc_admdvs,
-            "inf_time": self.inf_time.strftime(INF_TIME_FORMAT),
+            "inf_time": wire_time(self.inf_time),
             "fixmedins_code": self.fixmedins_code,
             "reply_to": self.reply_to,
         }
@@ -178,11 +178,30 @@ class RequestRef(WireModel):
     reply_to: str = DEFAULT_REPLY_TO
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+# The last second written (POSIX seconds, its text to the second): the answers of a batch share it.
+_last_second: tuple[int, str] = (-1 << 62, "")
+
+
 def respond_time(moment: datetime) -> str:
     """``refmsg_time``/``respond_time`` (``yyyyMMddHHmmssSSS``) in China time, the zone of every
-    other time on the wire (``inf_time``, ``setl_time``); a naive ``moment`` is read as UTC."""
+    other time on the wire (``inf_time``, ``setl_time``); a naive ``moment`` is read as UTC. The
+    milliseconds are cut, not rounded."""
     aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    return aware.astimezone(BUSINESS_TZ).strftime(RESPOND_TIME_FORMAT)[:17]
+    return respond_time_ms((aware - _EPOCH) // _MILLISECOND)
+
+
+def respond_time_ms(ms: int) -> str:
+    """``respond_time`` of a moment given in milliseconds since the epoch (a Kafka timestamp). The
+    text to the second is made once a second: it runs for every answer, and the answers of a batch
+    share it (tests/unit/test_contracts.py compares both with ``strftime`` on random moments)."""
+    global _last_second
+    second, milli = divmod(ms, 1000)
+    last = _last_second
+    if last[0] != second:
+        last = _last_second = (second, datetime.fromtimestamp(second, BUSINESS_TZ).strftime(RESPOND_TIME_FORMAT[:12]))
+    return f"{last[1]}{milli:03d}"
 
 
 class ResponseEnvelope(WireModel):

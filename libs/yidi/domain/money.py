@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import lru_cache
 
 FEN = Decimal("0.01")
 ZERO = Decimal("0.00")
@@ -96,8 +97,11 @@ def fmt(amount: Decimal) -> str:
     return str(to_fen(amount))
 
 
+@lru_cache(maxsize=1024)
 def fmt_ratio(ratio: Decimal) -> str:
-    """The wire form of a ratio: at least two decimals (``0.80``), trailing zeros beyond kept minimal."""
+    """The wire form of a ratio: at least two decimals (``0.80``), trailing zeros beyond kept minimal.
+    Remembered: a handful of ratios (the policies' and catalogues') are written many times a
+    settlement, and equal Decimals (0.8, 0.80) have the same form."""
     text = format(ratio.normalize(), "f")
     whole, _, frac = text.partition(".")
     return f"{whole}.{frac.ljust(2, '0')}"

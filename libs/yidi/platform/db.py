@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import struct
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -100,6 +101,7 @@ def locks(scope: str, keys: Iterable[str | bytes | None], *, shared_first: str |
 
 
 _M32 = 0xFFFFFFFF
+_WORDS = struct.Struct("<3I").unpack_from  # three little-endian 32-bit words
 
 
 def hashtext(text: str) -> int:
@@ -117,52 +119,39 @@ def hashtext(text: str) -> int:
     except UnicodeEncodeError as exc:
         raise BadData(f"a lock key is not text Postgres can hold: {text!r}") from exc
     n = len(data)
-    a = b = c = (0x9E3779B9 + n + 3923095) & _M32
+    m = _M32
+    a = b = c = (0x9E3779B9 + n + 3923095) & m
     i = 0
+    # lookup3's mix() and final() written out, rotations inline: a function call per step was a
+    # third of the time, and this runs for every lock key of every batch.
     while n - i >= 12:
-        a = (a + int.from_bytes(data[i:i + 4], "little")) & _M32
-        b = (b + int.from_bytes(data[i + 4:i + 8], "little")) & _M32
-        c = (c + int.from_bytes(data[i + 8:i + 12], "little")) & _M32
-        a, b, c = _mix(a, b, c)
+        x, y, z = _WORDS(data, i)
+        a, b, c = (a + x) & m, (b + y) & m, (c + z) & m
+        a = ((a - c) & m) ^ (((c << 4) | (c >> 28)) & m)
+        c = (c + b) & m
+        b = ((b - a) & m) ^ (((a << 6) | (a >> 26)) & m)
+        a = (a + c) & m
+        c = ((c - b) & m) ^ (((b << 8) | (b >> 24)) & m)
+        b = (b + a) & m
+        a = ((a - c) & m) ^ (((c << 16) | (c >> 16)) & m)
+        c = (c + b) & m
+        b = ((b - a) & m) ^ (((a << 19) | (a >> 13)) & m)
+        a = (a + c) & m
+        c = ((c - b) & m) ^ (((b << 4) | (b >> 28)) & m)
+        b = (b + a) & m
         i += 12
     if i < n:
-        tail = data[i:].ljust(11, b"\0")  # the last 11 bytes or fewer; c's lowest byte is the length's
-        a = (a + int.from_bytes(tail[0:4], "little")) & _M32
-        b = (b + int.from_bytes(tail[4:8], "little")) & _M32
-        c = (c + (int.from_bytes(tail[8:11], "little") << 8)) & _M32
-    c = _final(a, b, c)
+        # The last 11 bytes or fewer, zero-padded; c's lowest byte is the length's, so c takes 3.
+        x, y, z = _WORDS(data[i:] + bytes(12 - (n - i)))
+        a, b, c = (a + x) & m, (b + y) & m, (c + ((z & 0xFFFFFF) << 8)) & m
+    c = ((c ^ b) - (((b << 14) | (b >> 18)) & m)) & m
+    a = ((a ^ c) - (((c << 11) | (c >> 21)) & m)) & m
+    b = ((b ^ a) - (((a << 25) | (a >> 7)) & m)) & m
+    c = ((c ^ b) - (((b << 16) | (b >> 16)) & m)) & m
+    a = ((a ^ c) - (((c << 4) | (c >> 28)) & m)) & m
+    b = ((b ^ a) - (((a << 14) | (a >> 18)) & m)) & m
+    c = ((c ^ b) - (((b << 24) | (b >> 8)) & m)) & m
     return c - (1 << 32) if c & 0x80000000 else c
-
-
-def _rot(x: int, k: int) -> int:
-    return ((x << k) | (x >> (32 - k))) & _M32
-
-
-def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
-    a = ((a - c) & _M32) ^ _rot(c, 4)
-    c = (c + b) & _M32
-    b = ((b - a) & _M32) ^ _rot(a, 6)
-    a = (a + c) & _M32
-    c = ((c - b) & _M32) ^ _rot(b, 8)
-    b = (b + a) & _M32
-    a = ((a - c) & _M32) ^ _rot(c, 16)
-    c = (c + b) & _M32
-    b = ((b - a) & _M32) ^ _rot(a, 19)
-    a = (a + c) & _M32
-    c = ((c - b) & _M32) ^ _rot(b, 4)
-    b = (b + a) & _M32
-    return a, b, c
-
-
-def _final(a: int, b: int, c: int) -> int:
-    c = (c ^ b) - _rot(b, 14) & _M32
-    a = (a ^ c) - _rot(c, 11) & _M32
-    b = (b ^ a) - _rot(a, 25) & _M32
-    c = (c ^ b) - _rot(b, 16) & _M32
-    a = (a ^ c) - _rot(c, 4) & _M32
-    b = (b ^ a) - _rot(a, 14) & _M32
-    c = (c ^ b) - _rot(b, 24) & _M32
-    return c
 
 
 def json_value(value: Any) -> Any:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
 from pydantic import ValidationError
 
 from yidi.contracts import answers
-from yidi.contracts.envelope import DEFAULT_REPLY_TO, ErrCode, ResponseEnvelope, gateway_reply_topic, respond_time
+from yidi.contracts.envelope import DEFAULT_REPLY_TO, ErrCode, ResponseEnvelope, gateway_reply_topic, respond_time_ms
 from yidi.platform import metrics
 from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Answered, Incoming, Outgoing
@@ -91,7 +90,7 @@ def reply(
     names a gateway's topic as the gateway knows it; the namespace of a test run is prefixed like
     every other topic.
     """
-    received = respond_time(datetime.fromtimestamp(request_ts_ms / 1000, UTC))
+    received = respond_time_ms(request_ts_ms)
     if isinstance(answer, dict):
         if answer.get("refmsg_time") != received:
             answer = {**answer, "refmsg_time": received}
