@@ -69,7 +69,7 @@ def fund_usage(counters: dict[str, Decimal], fund: str) -> dict[str, Decimal]:
 
 def settlement_id(msgid: str, day: date) -> str:
     """Deterministic: the same request always names the same settlement."""
-    return f"S{day.isoformat().replace('-', '')}{hashlib.sha1(msgid.encode()).hexdigest()[:16].upper()}"
+    return f"S{day.year:04d}{day.month:02d}{day.day:02d}{hashlib.sha1(msgid.encode()).hexdigest()[:16].upper()}"
 
 
 class UnreadableReference(Exception):

@@ -374,3 +374,4 @@ def test_answer_and_request_times_are_written_as_strftime_writes_them():
     for ms in [rng.randrange(-10**12, 4 * 10**12) for _ in range(3_000)] + list(range(1_767_225_599_990, 1_767_225_600_010)):
         expected = datetime.fromtimestamp(ms / 1000, UTC).astimezone(BUSINESS_TZ).strftime("%Y%m%d%H%M%S%f")[:17]
         assert respond_time_ms(ms) == expected, ms
+    assert respond_time_ms(1_767_225_600_123.0) == respond_time_ms(1_767_225_600_123) == "20260101080000123"

@@ -51,3 +51,24 @@ def test_spread_splits_to_the_fen_by_largest_remainder():
     assert spread(D("0.00"), [D("5.00")]) == [D("0.00")] and spread(D("1.00"), [D("0.00")]) == [D("0.00")]
     parts = spread(D("7.77"), [D("0.01"), D("3.33"), D("9.99"), D("0.50")])
     assert sum(parts) == D("7.77") and all(p <= w for p, w in zip(parts, [D("0.01"), D("3.33"), D("9.99"), D("0.50")]))
+
+
+@pytest.mark.parametrize("first, then", [("0.00", "-0.00"), ("-0", "0"), ("0.8", "0.80"), ("1", "1.0000")])
+def test_a_ratios_text_does_not_depend_on_an_equal_ratio_written_before(first, then):
+    """``fmt_ratio`` is remembered per value: equal Decimals share a text, except zeros of either sign."""
+    from yidi.domain.money import _ratio_text, fmt_ratio
+
+    def plain(ratio: Decimal) -> str:  # the form as computed, not remembered
+        whole, _, frac = format(ratio.normalize(), "f").partition(".")
+        return f"{whole}.{frac.ljust(2, '0')}"
+
+    _ratio_text.cache_clear()
+    assert fmt_ratio(Decimal(first)) == plain(Decimal(first))
+    assert fmt_ratio(Decimal(then)) == plain(Decimal(then))
+
+
+@pytest.mark.parametrize("text", ["-0", "-0.00", "-0E-2", "0", "0.00"])
+def test_a_ratio_of_minus_zero_is_a_ratio_of_zero(text):
+    from yidi.domain.money import fmt_ratio, parse_ratio
+
+    assert fmt_ratio(parse_ratio(text)) == "0.00"

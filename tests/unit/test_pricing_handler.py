@@ -86,3 +86,15 @@ def test_the_clock_hint_is_for_a_day_or_more_behind_only():
     assert clock_hint(datetime(2026, 12, 4, 9, 0), now) == ""  # this morning
     assert "1 days before" in clock_hint(datetime(2026, 12, 3, 13, 0), now)
     assert "0001-01-01 00:00:00, 739953 days before" in clock_hint(datetime(1, 1, 1), now)
+
+
+def test_a_settlement_id_is_its_day_and_the_msgids_digest():
+    """Deterministic (a replayed request names the same settlement), written the same from a day or a time."""
+    import hashlib
+    from datetime import date, datetime
+
+    from services.pricing.handlers import settlement_id
+
+    expected = "S20260102" + hashlib.sha1(b"M1").hexdigest()[:16].upper()
+    assert settlement_id("M1", date(2026, 1, 2)) == expected
+    assert settlement_id("M1", datetime(2026, 1, 2, 10, 30)) == expected

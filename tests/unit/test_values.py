@@ -90,3 +90,31 @@ def test_what_a_value_class_cannot_take_is_refused_where_it_is_defined():
         class LeftOut:
             a: int
             b: int = field(init=False, default=0)
+
+
+def _value_classes() -> list[type]:
+    from yidi.contracts.settlement import BillFields
+    from yidi.domain import eligibility, pricing
+    from yidi.platform import kafka
+
+    modules = (eligibility, pricing, kafka)
+    found = [c for m in modules for c in vars(m).values()
+             if isinstance(c, type) and c.__module__ == m.__name__ and dataclasses.is_dataclass(c)
+             and c.__dataclass_params__.frozen and "__slots__" in vars(c)]
+    return [*found, BillFields]
+
+
+@pytest.mark.parametrize("cls", _value_classes(), ids=lambda c: c.__name__)
+def test_the_value_classes_init_reads_as_their_dataclass_would(cls):
+    """The signature (names, defaults, ``<factory>``) and the resolved type hints of the fields."""
+    import inspect
+    import typing
+
+    params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    assert [p.name for p in params] == [f.name for f in dataclasses.fields(cls)]
+    for p, f in zip(params, dataclasses.fields(cls), strict=True):
+        default = (f.default if f.default is not dataclasses.MISSING
+                   else "<factory>" if f.default_factory is not dataclasses.MISSING else inspect.Parameter.empty)
+        assert (repr(p.default) if default == "<factory>" else p.default) == default
+    hints = typing.get_type_hints(cls.__init__)
+    assert hints == {**{f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}, "return": type(None)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -197,7 +198,7 @@ def respond_time_ms(ms: int) -> str:
     text to the second is made once a second: it runs for every answer, and the answers of a batch
     share it (tests/unit/test_contracts.py compares both with ``strftime`` on random moments)."""
     global _last_second
-    second, milli = divmod(ms, 1000)
+    second, milli = divmod(ms if isinstance(ms, int) else math.floor(ms), 1000)
     last = _last_second
     if last[0] != second:
         last = _last_second = (second, datetime.fromtimestamp(second, BUSINESS_TZ).strftime(RESPOND_TIME_FORMAT[:12]))

@@ -73,7 +73,8 @@ def parse_ratio(text: str | Decimal | int) -> Decimal:
         raise MoneyError(f"not a ratio: {text!r}") from exc
     if not value.is_finite() or not Decimal(0) <= value <= Decimal(1):
         raise MoneyError(f"a ratio lies between 0 and 1: {text!r}")
-    return value
+    # "-0" is a ratio of 0, and is written as one ("0.00"; the wire's schema has no sign).
+    return value.copy_abs() if value.is_zero() else value
 
 
 def spread(amount: Decimal, weights: list[Decimal]) -> list[Decimal]:
@@ -97,11 +98,16 @@ def fmt(amount: Decimal) -> str:
     return str(to_fen(amount))
 
 
-@lru_cache(maxsize=1024)
 def fmt_ratio(ratio: Decimal) -> str:
-    """The wire form of a ratio: at least two decimals (``0.80``), trailing zeros beyond kept minimal.
-    Remembered: a handful of ratios (the policies' and catalogues') are written many times a
-    settlement, and equal Decimals (0.8, 0.80) have the same form."""
+    """The wire form of a ratio: at least two decimals (``0.80``), trailing zeros beyond kept minimal."""
+    # Remembered: a handful of ratios (the policies' and catalogues') are written many times a
+    # settlement. Equal Decimals (0.8, 0.80) have the same form, but for the sign of a zero: -0
+    # equals 0, so the sign is part of the key.
+    return _ratio_text(ratio, ratio.is_signed())
+
+
+@lru_cache(maxsize=1024)
+def _ratio_text(ratio: Decimal, signed: bool) -> str:
     text = format(ratio.normalize(), "f")
     whole, _, frac = text.partition(".")
     return f"{whole}.{frac.ljust(2, '0')}"

@@ -259,9 +259,11 @@ def price(
         # Item by item too, so that the item columns still add up to the totals (step 1).
         # (built field by field: ``dataclasses.replace`` costs several times the constructor)
         items = tuple(
-            PricedItem(i.seq, i.code, i.charge_class, i.selfpay_prop, i.price_ceiling, i.fulamt_ownpay_amt,
-                       i.overlmt_selfpay, i.preselfpay_amt + part, i.inscp_scp_amt - part,
-                       f"{i.note}; first self-pay {fmt(part)} (R12)") if part else i
+            PricedItem(seq=i.seq, code=i.code, charge_class=i.charge_class, selfpay_prop=i.selfpay_prop,
+                       price_ceiling=i.price_ceiling, fulamt_ownpay_amt=i.fulamt_ownpay_amt,
+                       overlmt_selfpay=i.overlmt_selfpay, preselfpay_amt=i.preselfpay_amt + part,
+                       inscp_scp_amt=i.inscp_scp_amt - part, note=f"{i.note}; first self-pay {fmt(part)} (R12)")
+            if part else i
             for i, part in zip(items, spread(first_selfpay, [i.inscp_scp_amt for i in items]), strict=True)
         )
     if dedc:

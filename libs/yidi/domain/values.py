@@ -17,10 +17,21 @@ tests/unit/test_values.py holds a ``value`` class to the dataclass it stands for
 from __future__ import annotations
 
 import inspect
+import sys
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+class _Factory:
+    """The default of a field that has a ``default_factory``, in ``__init__``'s signature (as dataclasses shows it)."""
+
+    def __repr__(self) -> str:
+        return "<factory>"
+
+
+_FACTORY = _Factory()
 
 
 def value(cls: type[T]) -> type[T]:
@@ -32,27 +43,30 @@ def value(cls: type[T]) -> type[T]:
     if list(inspect.signature(cls.__init__).parameters)[1:] != names or any(f.kw_only for f in fields(cls)):  # type: ignore[arg-type]
         # an InitVar, a field left out of __init__ or one taken by keyword only
         raise TypeError(f"{cls.__name__}: a value class takes its fields, and only they, positionally in __init__")
-    scope: dict[str, Any] = {"_MISSING": MISSING}
+    # The setters and defaults reach __init__ as a closure, as dataclasses does it, so that it keeps
+    # the module's globals (typing.get_type_hints and inspect resolve its annotations there).
+    closure: dict[str, Any] = {"_FACTORY": _FACTORY}
     params, lines = [], []
     for f in fields(cls):  # type: ignore[arg-type]
-        scope[f"_set_{f.name}"] = getattr(cls, f.name).__set__
+        closure[f"_set_{f.name}"] = getattr(cls, f.name).__set__
         if f.default is not MISSING:
-            scope[f"_default_{f.name}"] = f.default
+            closure[f"_default_{f.name}"] = f.default
             params.append(f"{f.name}=_default_{f.name}")
-            lines.append(f"    _set_{f.name}(self, {f.name})")
+            lines.append(f"        _set_{f.name}(self, {f.name})")
         elif f.default_factory is not MISSING:
-            scope[f"_factory_{f.name}"] = f.default_factory
-            params.append(f"{f.name}=_MISSING")
-            lines.append(f"    _set_{f.name}(self, _factory_{f.name}() if {f.name} is _MISSING else {f.name})")
+            closure[f"_factory_{f.name}"] = f.default_factory
+            params.append(f"{f.name}=_FACTORY")
+            lines.append(f"        _set_{f.name}(self, _factory_{f.name}() if {f.name} is _FACTORY else {f.name})")
         else:
             params.append(f.name)
-            lines.append(f"    _set_{f.name}(self, {f.name})")
-    source = f"def __init__(self, {', '.join(params)}):\n" + "\n".join(lines or ["    pass"]) + "\n"
+            lines.append(f"        _set_{f.name}(self, {f.name})")
+    source = (f"def _make({', '.join(closure)}):\n"
+              f"    def __init__(self, {', '.join(params)}):\n" + "\n".join(lines or ["        pass"]) + "\n"
+              "    return __init__\n")
     made: dict[str, Any] = {}
-    exec(source, scope, made)  # noqa: S102 - the source is built above from the class's field names
-    init = made["__init__"]
+    exec(source, sys.modules[cls.__module__].__dict__, made)  # noqa: S102 - built above from the field names
+    init = made["_make"](**closure)
     init.__qualname__ = f"{cls.__qualname__}.__init__"
-    init.__module__ = cls.__module__
     init.__annotations__ = dict(cls.__init__.__annotations__)
     init.__doc__ = cls.__init__.__doc__
     cls.__init__ = init  # type: ignore[misc]
