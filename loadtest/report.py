@@ -6,6 +6,7 @@ import math
 import os
 import platform
 import subprocess
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,26 @@ def machine() -> dict[str, Any]:
     except (OSError, StopIteration, ValueError):
         mem_kib = 0
     return {"nproc": os.cpu_count(), "memory_gib": round(mem_kib / 2**20, 1), "cpu_model": model or platform.processor(),
-            "kernel": platform.release(), "python": platform.python_version()}
+            "kernel": platform.release(), "python": platform.python_version(), "python_loop_ms": python_loop_ms()}
+
+
+def python_loop_ms(rounds: int = 5) -> float:
+    """How fast this machine runs plain Python on one core: a million additions in a loop, the best of
+    ``rounds``, in ms. Virtual machines of one name differ by three times and more in it, and every
+    figure of a bench moves with it (docs/BENCHMARKS.md, 2026-12-05 "Today's machine"); the bench
+    records it beside the machine so that entries from different machines can be told apart."""
+    def loop() -> int:
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        return total
+
+    best = math.inf
+    for _ in range(rounds):
+        started = time.perf_counter()
+        loop()
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)
 
 
 def commit() -> str:
@@ -226,7 +246,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"## {report['started']} — commit {report['commit']}",
         "",
-        f"- Machine: {m['nproc']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}",
+        f"- Machine: {m['nproc']} cores ({m['cpu_model']}), {m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}"
+        + (f"; a million additions in a Python loop {m['python_loop_ms']} ms" if m.get("python_loop_ms") else ""),
         f"- Command: `{report['command']}`",
         f"- Load: {report['load_summary']}",
         f"- Settings: {settings_line(report)}",
@@ -314,6 +335,9 @@ def headline(report: dict[str, Any]) -> str:
     runs = report["runs"]
     full, bare, r100 = runs.get("max", {}), runs.get("reference", {}), runs.get("rate_100", {})
     out = [f"Yidi bench — commit {report['commit']} — {report['results_dir']}"]
+    if loop_ms := report.get("machine", {}).get("python_loop_ms"):
+        out.append(f"  machine: {report['machine']['nproc']} cores ({report['machine']['cpu_model']}); "
+                   f"a million additions in a Python loop {loop_ms} ms")
 
     def percentiles(run: dict[str, Any]) -> str:
         lat = run["latency_ms"]

@@ -135,3 +135,18 @@ def test_the_runs_table_shows_the_settled_share_in_bold_when_the_run_failed_on_i
     assert _settled({"settlements": {"answered": 1000, "settled": 985}}) == "98.5%"
     assert _settled({"settlements": {"answered": 5, "settled": 0}}) == "**0.0% (under 90%)**"
     assert _settled({"settlements": {"answered": 0, "settled": 0}}) == "n/a"
+
+
+def test_the_machine_line_says_how_fast_the_machine_runs_python():
+    from loadtest.report import headline, machine, markdown
+
+    m = machine()
+    assert m["nproc"] >= 1 and 0 < m["python_loop_ms"] < 60_000
+    report = {"machine": m, "runs": {}, "started": "s", "commit": "c", "command": "make bench", "load_summary": "l",
+              "settings": {}, "results_dir": "r", "targets": [], "rss_max_mib": {}}
+    line = next(x for x in markdown(report).splitlines() if x.startswith("- Machine:"))
+    assert line.endswith(f"; a million additions in a Python loop {m['python_loop_ms']} ms")
+    assert f"a million additions in a Python loop {m['python_loop_ms']} ms" in headline({**report, "window": 2000})
+    # A report from before the figure still reads.
+    old = {**report, "machine": {k: v for k, v in m.items() if k != "python_loop_ms"}}
+    assert "Python loop" not in next(x for x in markdown(old).splitlines() if x.startswith("- Machine:"))
