@@ -72,3 +72,10 @@ def test_a_ratio_of_minus_zero_is_a_ratio_of_zero(text):
     from yidi.domain.money import fmt_ratio, parse_ratio
 
     assert fmt_ratio(parse_ratio(text)) == "0.00"
+
+
+@given(st.decimals(min_value=Decimal("-999999999999.99"), max_value=Decimal("999999999999.99"), places=6))
+def test_an_amounts_wire_text_is_its_rounding_to_the_fen(amount):
+    from yidi.domain.money import to_fen
+
+    assert fmt(amount) == str(to_fen(amount))
