@@ -20,7 +20,7 @@ from yidi.contracts.envelope import ErrCode, ResponseEnvelope
 from yidi.contracts.internal import PricedWork, WorkKind
 from yidi.domain.clearing import landing_period, owed
 from yidi.domain.codes import within
-from yidi.domain.money import ZERO, amount_text
+from yidi.domain.money import ZERO, amount_texts
 from yidi.platform import metrics
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import broken, parse_each, reply
@@ -243,7 +243,7 @@ def _priced(raw: Any) -> tuple[PricedWork, dict[str, Any], dict[str, str] | None
         info = work.answer.output.get("setlinfo")
         if not isinstance(info, dict):
             raise ValueError("a settlement's answer has no setlinfo")
-        amounts = {c: amount_text(info.get(c, "0.00")) for c in AMOUNT_COLUMNS}
+        amounts = dict(zip(AMOUNT_COLUMNS, amount_texts([info.get(c, "0.00") for c in AMOUNT_COLUMNS]), strict=True))
         _setl_date(answer)  # a settlement time that is not one is refused here
     return work, answer, amounts
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from yidi.domain.money import MoneyError, amount_text, fmt, parse_amount
@@ -79,3 +79,33 @@ def test_an_amounts_wire_text_is_its_rounding_to_the_fen(amount):
     from yidi.domain.money import to_fen
 
     assert fmt(amount) == str(to_fen(amount))
+
+
+_TWO_DECIMALS = st.from_regex(r"-?[0-9]{1,12}\.[0-9]{2}", fullmatch=True)  # the usual amount
+_ODD = st.one_of(  # a value beside them that is not the usual, amount or not
+    st.sampled_from(["1.00\n2.00", "1.00\n", "\n1.00", "", "\n", "1.5", "1.005", "１.００", " 1.00", "1e2",
+                     "9999999999999.00", "-0.00"]),
+    st.decimals(min_value=Decimal(-1000), max_value=Decimal(1000), places=2),
+    st.integers(min_value=-1000, max_value=1000),
+)
+
+
+@given(st.lists(_TWO_DECIMALS, max_size=18), st.one_of(st.none(), _ODD), st.integers(min_value=0, max_value=18))
+@example(["3.00"], "1.00\n2.00", 0)  # two amounts in one value: as many pieces as values + 1
+@example(["3.00", "4.00"], "1.00\n2.00", 1)
+@example([], "1.00\n2.00", 0)
+@example(["3.00"], "", 1)
+def test_amount_texts_reads_a_list_as_amount_text_reads_each(values, odd, at):
+    """One expression over the list gives what each value's own reading gives, or the same refusal."""
+    from yidi.domain.money import amount_texts
+
+    if odd is not None:
+        values.insert(at, odd)
+    try:
+        expected = [amount_text(v) for v in values]
+    except MoneyError as exc:
+        with pytest.raises(MoneyError) as refused:
+            amount_texts(values)
+        assert str(refused.value) == str(exc)
+    else:
+        assert amount_texts(values) == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal, InvalidOperation
 from functools import lru_cache
 
@@ -61,6 +62,26 @@ def amount_text(text: str | Decimal | int) -> str:
     if isinstance(text, str) and _TWO_DECIMALS.fullmatch(text):
         return text
     return fmt(parse_amount(text))
+
+
+def amount_texts(values: Sequence[str | Decimal | int]) -> list[str]:
+    """``amount_text`` of each of ``values``. The usual case, every one already a two-decimal string,
+    is checked by one regular expression over them all (an answer's settlement carries seventeen
+    amounts); otherwise each is read on its own, and the first that is not an amount is refused."""
+    try:
+        joined = "\n".join(values)  # type: ignore[arg-type]  # a value that is not a str goes one by one
+    except TypeError:
+        joined = None
+    if joined is not None and _amount_lines(len(values)).fullmatch(joined):
+        # A newline is no amount's, so n amounts joined by n - 1 newlines are these n values.
+        return list(values)  # type: ignore[arg-type]
+    return [amount_text(v) for v in values]
+
+
+@lru_cache(maxsize=8)
+def _amount_lines(n: int) -> re.Pattern[str]:
+    one = _TWO_DECIMALS.pattern
+    return re.compile(f"(?:{one}\n){{{n - 1}}}{one}" if n else "")
 
 
 def parse_ratio(text: str | Decimal | int) -> Decimal:
