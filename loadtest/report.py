@@ -40,8 +40,9 @@ def machine() -> dict[str, Any]:
 def python_loop_ms(rounds: int = 5) -> float:
     """How fast this machine runs plain Python on one core: a million additions in a loop, the best of
     ``rounds``, in ms. Virtual machines of one name differ by three times and more in it, and every
-    figure of a bench moves with it (docs/BENCHMARKS.md, 2026-12-05 "Today's machine"); the bench
-    records it beside the machine so that entries from different machines can be told apart."""
+    figure of a bench moves with it (docs/BENCHMARKS.md, 2026-12-05 "Today's machine, and pricing's
+    per-record CPU"); the bench records it beside the machine so that entries from different
+    machines can be told apart."""
     def loop() -> int:
         total = 0
         for i in range(1_000_000):

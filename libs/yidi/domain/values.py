@@ -4,7 +4,7 @@ A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__(s
 (it must get past the class's own ``__setattr__``, which refuses). A slotted class's fields are
 member descriptors, and calling a descriptor's ``__set__`` directly sets the slot in one step:
 about 0.15 µs a field instead of 0.3 here. Pricing makes several of these per bill line and a
-dozen per settlement (docs/BENCHMARKS.md, 2026-12-05 "Pricing's per-record CPU").
+dozen per settlement (docs/BENCHMARKS.md, 2026-12-05 "Today's machine, and pricing's per-record CPU").
 
 A ``value`` class is exactly ``@dataclass(frozen=True, slots=True)`` (equality, hash, repr,
 ``replace``, ``FrozenInstanceError`` on assignment) apart from its ``__init__``. It takes what
