@@ -39,15 +39,16 @@ def value(cls: type[T]) -> type[T]:
     cls = dataclass(frozen=True, slots=True)(cls)
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__}: a value class has no __post_init__")
-    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
-    if list(inspect.signature(cls.__init__).parameters)[1:] != names or any(f.kw_only for f in fields(cls)):  # type: ignore[arg-type]
+    declared = fields(cls)  # type: ignore[arg-type]
+    if (list(inspect.signature(cls.__init__).parameters)[1:] != [f.name for f in declared]
+            or any(f.kw_only for f in declared)):
         # an InitVar, a field left out of __init__ or one taken by keyword only
         raise TypeError(f"{cls.__name__}: a value class takes its fields, and only they, positionally in __init__")
     # The setters and defaults reach __init__ as a closure, as dataclasses does it, so that it keeps
     # the module's globals (typing.get_type_hints and inspect resolve its annotations there).
     closure: dict[str, Any] = {"_FACTORY": _FACTORY}
     params, lines = [], []
-    for f in fields(cls):  # type: ignore[arg-type]
+    for f in declared:
         closure[f"_set_{f.name}"] = getattr(cls, f.name).__set__
         if f.default is not MISSING:
             closure[f"_default_{f.name}"] = f.default
