@@ -150,3 +150,62 @@ def test_the_machine_line_says_how_fast_the_machine_runs_python():
     # A report from before the figure still reads.
     old = {**report, "machine": {k: v for k, v in m.items() if k != "python_loop_ms"}}
     assert "Python loop" not in next(x for x in markdown(old).splitlines() if x.startswith("- Machine:"))
+
+
+def _bare(tput: float, cpu: float = 10.0, ok: bool = True) -> dict:
+    return {"throughput_per_s": tput, "sends": 41_000, "pace": "as fast as possible",
+            "latency_ms": {"p50": 200.0, "p95": 250.0, "p99": 300.0},
+            "exactly_once": {"ok": ok}, "resources": {"kafka": {"rss_max_mib": 600.0, "cpu_s": cpu / 2},
+                          "load tool": {"rss_max_mib": 100.0, "cpu_s": cpu / 2}}}
+
+
+def test_the_bare_pipeline_figure_is_the_median_of_its_rounds():
+    from loadtest.bench import median_round, round_summary
+
+    rounds = [_bare(4920.1), _bare(6763.4), _bare(5280.8)]
+    median = median_round(rounds)
+    assert median["throughput_per_s"] == 5280.8 and median["round"] == 3 and median["rounds"] == 3
+    assert "round" not in rounds[2]  # the round itself is left as measured
+    # Of an even count the lower middle one; of one round, that round.
+    assert median_round([_bare(900.0), _bare(700.0), _bare(800.0), _bare(600.0)])["throughput_per_s"] == 700.0
+    assert median_round([_bare(800.0)])["round"] == 1
+    assert round_summary(_bare(5280.8, cpu=12.0, ok=False)) == {
+        "throughput_per_s": 5280.8, "p99_ms": 300.0, "cpu_s": 12.0, "exactly_once": False}
+
+
+def test_the_share_names_the_bare_pipelines_rounds():
+    from loadtest.bench import median_round, round_summary
+    from loadtest.report import headline, judge, markdown
+
+    rounds = [_bare(4920.1), _bare(6763.4), _bare(5280.8)]
+    ours = {**_bare(1101.0), "pace": "as fast as possible"}
+    report = {"runs": {"max": ours, "reference": median_round(rounds)},
+              "reference_rounds": [round_summary(r) for r in rounds], "rss_max_mib": {}, "commit": "c",
+              "results_dir": "r", "window": 2000, "machine": {"nproc": 2, "cpu_model": "x", "memory_gib": 1,
+                                                                "kernel": "k", "python": "3.11"},
+              "started": "s", "command": "make bench", "load_summary": "l"}
+    report["targets"] = judge(report)
+    share = next(t for t in report["targets"] if t["target"] == "throughput ≥ half of the bare pipeline's")
+    assert share["measured"] == ("21% (1101.0/s vs 5280.8/s, the median of 3 rounds: 4920.1, 6763.4 and 5280.8/s "
+                                 "(shares 16%–22%))")
+    assert share["met"] is False
+    assert "bare pipeline: 5280.8/s, the median of 3 rounds: 4920.1, 6763.4 and 5280.8/s → Yidi is 21% of it" \
+        in headline(report)
+    row = next(x for x in markdown(report).splitlines() if x.startswith("| reference "))
+    assert row.startswith("| reference (as fast as possible), the median of 3 rounds (round 3) | 41000 |")
+    # One round (--reference-rounds 1, or a report from before the rounds): as before.
+    single = {**report, "runs": {"max": ours, "reference": _bare(5280.8)}, "reference_rounds": None}
+    single["targets"] = judge(single)
+    assert next(t for t in single["targets"] if t["target"].startswith("throughput"))["measured"] == \
+        "21% (1101.0/s vs 5280.8/s)"
+    assert next(x for x in markdown(single).splitlines() if x.startswith("| reference ")).startswith(
+        "| reference (as fast as possible) | 41000 |")
+
+
+def test_rounds_that_give_one_share_say_so_once():
+    from loadtest.report import bare_rounds
+
+    report = {"reference_rounds": [{"throughput_per_s": 4412.6}, {"throughput_per_s": 4419.1}]}
+    assert bare_rounds(report, 1033.0) == ", the median of 2 rounds: 4412.6 and 4419.1/s (a share of 23% in each)"
+    assert bare_rounds(report) == ", the median of 2 rounds: 4412.6 and 4419.1/s"
+    assert bare_rounds({"reference_rounds": [{"throughput_per_s": 4412.6}]}, 1033.0) == ""
