@@ -1,0 +1,207 @@
+"""The median of several benches: each target judged by the median of its figure over ``make bench``
+runs, beside every run's own figure.
+
+    python -m loadtest.summary [RESULTS_DIR ...] [--last 3] [--no-docs]
+
+One bench is one sample: on one machine, within an hour, the same code's p99 at 100/s moved by 15–20
+ms and the bare pipeline's throughput (so our share of it) by a third between benches
+(docs/BENCHMARKS.md, 2026-12-05). This reads the benches' report.json files (by default the last
+``--last`` folders under loadtest/results that have one), prints a table of each figure per bench,
+its median and the target's verdict on the median, and appends it to docs/BENCHMARKS.md. A
+figure a bench did not measure is left out of its median; benches of different commits or
+machines are summarised too, and the entry says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from loadtest import report as rpt
+
+RESULTS = rpt.ROOT / "loadtest" / "results"
+OUT_OF_REACH = math.inf  # p99 at a steady 2,000/s when the bench could not sustain 2,000/s
+
+
+def _p99(run: dict[str, Any] | None) -> float | None:
+    return (run or {}).get("latency_ms", {}).get("p99")
+
+
+def _tput(run: dict[str, Any] | None) -> float | None:
+    return (run or {}).get("throughput_per_s") or None
+
+
+def _p99_2000(report: dict[str, Any]) -> float | None:
+    fast = report["runs"].get("rate_2000")
+    if fast:
+        return _p99(fast)
+    return OUT_OF_REACH if _tput(report["runs"].get("max")) else None
+
+
+def _steady_rate(report: dict[str, Any]) -> float | None:
+    steady = report.get("steady")
+    if not steady or not steady.get("probes"):
+        return None
+    return steady.get("rate") or 0.0  # none held: the lowest there is
+
+
+def _share(report: dict[str, Any]) -> float | None:
+    ours, bare = _tput(report["runs"].get("max")), _tput(report["runs"].get("reference"))
+    return ours / bare if ours and bare else None
+
+
+def _rss(report: dict[str, Any]) -> float | None:
+    rss = report.get("rss_max_mib") or {}
+    return max((rss[s] for s in rpt.SERVICE_NAMES if s in rss), default=None)
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    read: Callable[[dict[str, Any]], float | None]
+    unit: str = ""  # "ms", "/s", "minutes", "MiB", "%" (a share, shown as a percentage)
+    target: str = ""
+    met: Callable[[float], bool] | None = None
+
+
+FIGURES = (
+    Figure("p99 at 100/s", lambda r: _p99(r["runs"].get("rate_100")), "ms", "< 50 ms", lambda v: v < 50),
+    Figure("the bare pipeline's p99 at 100/s", lambda r: _p99(r["runs"].get("reference_rate_100")), "ms"),
+    Figure("p99 at the national peak hour", lambda r: _p99(r["runs"].get("rate_peak")), "ms"),
+    Figure("p99 at a steady 2,000/s", _p99_2000, "ms", "< 250 ms", lambda v: v < 250),
+    Figure("highest steady rate held with p99 < 250 ms", _steady_rate, "/s"),
+    Figure("as fast as possible", lambda r: _tput(r["runs"].get("max")), "/s"),
+    Figure("a 650,000-settlement day", lambda r: rpt.day_minutes(r["runs"].get("max")), "minutes", "< 6 minutes",
+           lambda v: v < 6),
+    Figure("the bare pipeline", lambda r: _tput(r["runs"].get("reference")), "/s"),
+    Figure("our share of the bare pipeline", _share, "%", "≥ 50 %", lambda v: v >= 0.5),
+    Figure("the largest service's RSS", _rss, "MiB", "< 150 MiB", lambda v: v < 150),
+)
+
+
+def _cell(value: float | None, unit: str) -> str:
+    if value is None:
+        return "—"
+    if value == OUT_OF_REACH:
+        return "out of reach"
+    if unit == "%":
+        return f"{value:.0%}"
+    return f"{value:.1f}"
+
+
+def median(values: list[float]) -> float | None:
+    """The median of what was measured (an even count: the mean of the middle two, or the upper one
+    when it is out of reach)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    if len(ordered) % 2 or math.isinf(ordered[mid]):
+        return ordered[mid]
+    return statistics.median(ordered)
+
+
+def summarise(reports: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    rows = []
+    for figure in FIGURES:
+        values = [figure.read(r) for r in reports]
+        mid = median([v for v in values if v is not None])
+        met = None if figure.met is None or mid is None else figure.met(mid)
+        rows.append({"figure": figure.name, "unit": figure.unit, "values": values, "median": mid,
+                     "target": figure.target, "met": met})
+    return {"benches": names, "commits": [r.get("commit", "?") for r in reports],
+            "started": [r.get("started", "?") for r in reports], "machines": [r.get("machine", {}) for r in reports],
+            "rows": rows}
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    benches, commits = summary["benches"], summary["commits"]
+    started = summary["started"]
+    loops = [m.get("python_loop_ms") for m in summary["machines"]]
+    models = sorted({f"{m.get('nproc')} cores ({m.get('cpu_model')})" for m in summary["machines"]})
+    lines = [f"## Summary of {len(benches)} benches, {started[0]} to {started[-1]} — "
+             f"commit{'s' if len(set(commits)) > 1 else ''} {', '.join(dict.fromkeys(commits))}", "",
+             "- Command: `python -m loadtest.summary " + " ".join(benches) + "`",
+             "- Benches: " + ", ".join(f"`{b}` ({s}, commit {c})" for b, s, c in zip(benches, started, commits, strict=True)),
+             f"- Machine{'s' if len(models) > 1 else ''}: {'; '.join(models)}"
+             + ("; a million additions in a Python loop " + ", ".join("?" if v is None else f"{v}" for v in loops) + " ms"
+                if any(loops) else "")]
+    if len(set(commits)) > 1:
+        lines.append("- The benches ran different commits, " + (
+            "whose code is the same (only documentation differs between them)." if same_code(commits) else
+            "**whose code differs** (or could not be compared): the medians mix them."))
+    if len(models) > 1:
+        lines.append("- **The benches ran on different machines**: the medians mix them.")
+    lines += ["", "| figure | " + " | ".join(s[5:16] if len(s) >= 16 else s for s in started)
+              + " | median | target | met by the median |",
+              "|---|" + "---|" * len(benches) + "---|---|---|"]
+    for row in summary["rows"]:
+        unit = f", {row['unit']}" if row["unit"] not in ("", "%") else ""
+        met = "" if row["met"] is None else ("yes" if row["met"] else "**no**")
+        lines.append(f"| {row['figure']}{unit} | " + " | ".join(_cell(v, row["unit"]) for v in row["values"])
+                     + f" | {_cell(row['median'], row['unit'])} | {row['target'] or '—'} | {met} |")
+    lines += ["", "Each bench's figures are its entry's (above); the median of an even count is the mean of the "
+                  "middle two. A steady 2,000/s is \"out of reach\" when the bench could not sustain it; the "
+                  "highest steady rate held is 0 when none of its probes held.", ""]
+    return "\n".join(lines)
+
+
+def same_code(commits: list[str], repo: Path = rpt.ROOT) -> bool:
+    """Whether ``commits`` differ in documentation only (Markdown, docs/): their benches measured the
+    same code. False when one had uncommitted changes or git cannot tell."""
+    if any(not c or " " in c or c == "?" for c in commits):  # "abc1234 (with uncommitted changes)", unknown
+        return False
+    first = commits[0]
+    for other in commits[1:]:
+        changed = subprocess.run(["git", "diff", "--name-only", first, other, "--", ".", ":!docs", ":!*.md"],
+                                 cwd=repo, capture_output=True, text=True, check=False)
+        if changed.returncode != 0 or changed.stdout.strip():
+            return False
+    return True
+
+
+def latest(results: Path, count: int) -> list[Path]:
+    """The last ``count`` bench folders (named by their start, so in order) that have a report."""
+    found = sorted(p.parent for p in results.glob("*/report.json"))
+    return found[-count:]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loadtest.summary", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("benches", nargs="*", type=Path, help="results folders (default: the last --last)")
+    parser.add_argument("--last", type=int, default=3, help="how many of the latest benches, when none is named")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--docs", type=Path, default=rpt.ROOT / "docs" / "BENCHMARKS.md")
+    parser.add_argument("--no-docs", action="store_true", help="do not append to docs/BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    folders = args.benches or latest(args.results, args.last)
+    if not folders:
+        parser.error(f"no bench with a report.json under {args.results}")
+    reports = []
+    for folder in folders:
+        path = folder / "report.json" if folder.is_dir() else folder
+        try:
+            reports.append(orjson.loads(path.read_bytes()))
+        except (OSError, orjson.JSONDecodeError) as exc:
+            parser.error(f"{path}: {exc}")
+    names = [str(f.relative_to(rpt.ROOT)) if f.resolve().is_relative_to(rpt.ROOT) else str(f) for f in
+             (f.resolve() for f in folders)]
+    entry = markdown(summarise(reports, names))
+    print(entry)
+    if not args.no_docs:
+        rpt.append_benchmarks(args.docs, entry)
+        print(f"appended to {args.docs}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

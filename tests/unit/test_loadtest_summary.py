@@ -1,0 +1,131 @@
+"""The median of several benches (loadtest.summary): each figure per bench, its median, the verdict."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+
+import orjson
+import pytest
+
+from loadtest import summary as sm
+
+
+def _run(tput: float, p99: float, sends: int = 41_222) -> dict:
+    return {"throughput_per_s": tput, "sends": sends, "latency_ms": {"p50": p99 / 2, "p95": p99, "p99": p99},
+            "kinds_sent": {"outpatient": 40_000, "pre_settlement": 800, "malformed": 422}}
+
+
+def _report(started: str, *, ours: float, bare: float, p99_100: float, held: float | None, rss: float,
+            commit: str = "abc1234", loop: float = 68.0, fast: dict | None = None) -> dict:
+    runs = {"rate_100": _run(99.8, p99_100, 3100), "reference_rate_100": _run(100.0, 70.0, 1545),
+            "rate_peak": _run(21.6, 55.0, 672), "max": _run(ours, 2500.0), "reference": _run(bare, 300.0)}
+    if fast:
+        runs["rate_2000"] = fast
+    report = {"started": started, "commit": commit, "runs": runs,
+              "machine": {"nproc": 2, "cpu_model": "AMD EPYC", "python_loop_ms": loop},
+              "rss_max_mib": {"filing": 60.0, "eligibility": 80.0, "pricing": rss, "clearing": 81.0}}
+    if held is not None:
+        report["steady"] = {"p99_bound_ms": 250.0, "probes": [{"rate": 125, "held": held > 0}], "rate": held or None}
+    return report
+
+
+REPORTS = [
+    _report("2026-12-05 17:10 UTC", ours=1092.3, bare=5231.8, p99_100=194.0, held=0.0, rss=89.1),
+    _report("2026-12-05 17:28 UTC", ours=1101.0, bare=6763.4, p99_100=181.6, held=124.6, rss=89.2),
+    _report("2026-12-05 17:46 UTC", ours=1075.4, bare=4920.1, p99_100=168.2, held=124.6, rss=89.3),
+]
+
+
+def _row(summary: dict, name: str) -> dict:
+    return next(r for r in summary["rows"] if r["figure"] == name)
+
+
+def test_each_target_is_judged_by_the_median_of_the_benches():
+    s = sm.summarise(REPORTS, ["a", "b", "c"])
+    p99 = _row(s, "p99 at 100/s")
+    assert p99["values"] == [194.0, 181.6, 168.2] and p99["median"] == 181.6 and p99["met"] is False
+    share = _row(s, "our share of the bare pipeline")
+    assert share["median"] == pytest.approx(1092.3 / 5231.8)  # the median of each bench's own share
+    day = _row(s, "a 650,000-settlement day")
+    # 41,222 requests for 40,000 settlements (the rest are extras), at the median throughput of 1,092.3/s.
+    assert day["median"] == pytest.approx(650_000 * 41_222 / 40_000 / 1092.3 / 60) and day["met"] is False
+    assert _row(s, "the largest service's RSS")["median"] == 89.2 and _row(s, "the largest service's RSS")["met"]
+    steady = _row(s, "highest steady rate held with p99 < 250 ms")
+    assert steady["values"] == [0.0, 124.6, 124.6] and steady["median"] == 124.6 and steady["met"] is None
+    fast = _row(s, "p99 at a steady 2,000/s")
+    assert fast["values"] == [math.inf] * 3 and fast["met"] is False
+
+
+def test_a_steady_2000_per_s_met_in_most_benches_is_met_by_the_median():
+    reports = [_report("2026-12-04 14:54 UTC", ours=2800.0, bare=14000.0, p99_100=51.6, held=None, rss=88.0,
+                       fast=_run(1984.0, p99)) for p99 in (230.0, 310.0, 240.0)]
+    reports.append(_report("2026-12-04 15:30 UTC", ours=1900.0, bare=14000.0, p99_100=60.0, held=1500.0, rss=88.0))
+    s = sm.summarise(reports, ["a", "b", "c", "d"])
+    fast = _row(s, "p99 at a steady 2,000/s")
+    # Out of reach in one of four: the median of an even count is the mean of the middle two.
+    assert fast["values"] == [230.0, 310.0, 240.0, math.inf] and fast["median"] == 275.0 and fast["met"] is False
+    assert sm.median([1.0, math.inf]) == math.inf  # the upper middle one, when it is out of reach
+    assert sm.median([]) is None
+
+
+def test_a_figure_a_bench_did_not_measure_is_left_out_of_its_median():
+    reports = [dict(REPORTS[0]), REPORTS[1]]
+    reports[0]["runs"] = {k: v for k, v in REPORTS[0]["runs"].items() if k != "rate_100"}
+    p99 = _row(sm.summarise(reports, ["a", "b"]), "p99 at 100/s")
+    assert p99["values"] == [None, 181.6] and p99["median"] == 181.6
+
+
+def test_the_entry_lists_every_bench_and_flags_mixed_commits():
+    text = sm.markdown(sm.summarise(REPORTS, ["r/1", "r/2", "r/3"]))
+    assert text.startswith("## Summary of 3 benches, 2026-12-05 17:10 UTC to 2026-12-05 17:46 UTC — commit abc1234")
+    assert "| figure | 12-05 17:10 | 12-05 17:28 | 12-05 17:46 | median | target | met by the median |" in text
+    assert "| p99 at 100/s, ms | 194.0 | 181.6 | 168.2 | 181.6 | < 50 ms | **no** |" in text
+    assert "| p99 at a steady 2,000/s, ms | out of reach | out of reach | out of reach | out of reach | < 250 ms | **no** |" in text
+    assert "| our share of the bare pipeline | 21% | 16% | 22% | 21% | ≥ 50 % | **no** |" in text
+    assert "| the largest service's RSS, MiB | 89.1 | 89.2 | 89.3 | 89.2 | < 150 MiB | yes |" in text
+    assert "a million additions in a Python loop 68.0, 68.0, 68.0 ms" in text
+    assert "different commits" not in text
+    mixed = [REPORTS[0], {**REPORTS[1], "commit": "def5678"}]
+    assert "**whose code differs** (or could not be compared)" in sm.markdown(sm.summarise(mixed, ["a", "b"]))
+
+
+def test_commits_that_differ_in_documentation_only_measured_the_same_code(tmp_path):
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    def commit(path: str, text: str) -> str:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+        git("add", path)
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", path)
+        return git("rev-parse", "--short", "HEAD")
+
+    git("init", "-q")
+    code = commit("loadtest/bench.py", "a = 1\n")
+    entry = commit("docs/BENCHMARKS.md", "## an entry\n")
+    readme = commit("README.md", "more\n")
+    changed = commit("loadtest/bench.py", "a = 2\n")
+    assert sm.same_code([code, entry, readme], tmp_path)
+    assert not sm.same_code([code, entry, changed], tmp_path)
+    assert not sm.same_code([code, f"{entry} (with uncommitted changes)"], tmp_path)
+    assert not sm.same_code([code, "0000000"], tmp_path)  # not a commit
+    assert not sm.same_code([code, "?"], tmp_path)
+
+
+def test_main_reads_the_latest_benches_and_appends_the_entry(tmp_path, capsys):
+    results = tmp_path / "results"
+    for i, report in enumerate(REPORTS + [REPORTS[0]]):
+        folder = results / f"20261205-17{i}000"
+        folder.mkdir(parents=True)
+        (folder / "report.json").write_bytes(orjson.dumps(report))
+    (results / "probe-1").mkdir()  # a folder without a report is not a bench
+    docs = tmp_path / "BENCHMARKS.md"
+    docs.write_text("# Benchmarks\n")
+    sm.main(["--results", str(results), "--docs", str(docs)])
+    text = docs.read_text()
+    assert "## Summary of 3 benches, 2026-12-05 17:28 UTC to 2026-12-05 17:10 UTC" in text  # the last three
+    assert "20261205-171000" in text and "20261205-170000" not in text
+    assert capsys.readouterr().out.startswith("## Summary of 3 benches")
+    with pytest.raises(SystemExit):
+        sm.main(["--results", str(tmp_path / "none"), "--no-docs"])
