@@ -98,6 +98,12 @@ def verdicts(results: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> tupl
     return True, f"{len(results)} replays, {sum(r['sends'] for r in results)} sends, each exactly once{ledger}"
 
 
+def _held(run: dict[str, Any]) -> bool:
+    """A paced run held its rate: sent on pace, p99 under ``STEADY_P99_MS``, its checks passed."""
+    p99 = run["latency_ms"].get("p99")
+    return not run.get("short_of_pace") and p99 is not None and p99 < STEADY_P99_MS and passed(run)
+
+
 def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The round of median throughput (the lower middle one of an even count), marked with its number
     and how many there were: one short run of the bare pipeline moved by a third between benches on one
@@ -215,7 +221,7 @@ class Bench:
             elif args.high_seconds > 0 and full["throughput_per_s"]:
                 # 2,000/s is out of reach: the highest steady rate this machine holds with p99 under
                 # 250 ms (the max run's latency is queueing in its window, not what a steady load sees).
-                await self._steady(procs, full["throughput_per_s"])
+                await self._steady(procs, full["throughput_per_s"], self.report["runs"].get("rate_100"))
             if args.profile_seconds > 0:
                 await self._profile(procs, full["throughput_per_s"] or 100)
         finally:
@@ -248,16 +254,22 @@ class Bench:
         self.report.setdefault("warm_ups", {})[name] = warm
         say(f"{name}: " + warmup.summary(warm))
 
-    async def _steady(self, procs: Processes, max_tput: float) -> None:
+    async def _steady(self, procs: Processes, max_tput: float, fixed: dict[str, Any] | None = None) -> None:
         """Bisect for the highest fixed rate the system holds (sends on pace) with p99 under
         ``STEADY_P99_MS``: ``--steady-steps`` paced runs of ``--high-seconds``, between 0 and the max
-        run's throughput, starting at half of it. The best run that held is kept as ``rate_high``
-        (the last one tried when none did); every probe is listed in ``steady``."""
+        run's throughput, starting half way. The fixed-rate run (``rate_100``, ``fixed``) is the
+        search's first point: when it held, the search starts above it, and it is the answer when
+        no probe holds (``steady["held_by"]``); before 2026-12-05 18:00 a bench on a slow machine
+        read "no rate tried held" while its 100/s run had. The best probe that held is kept as
+        ``rate_high`` (the last one tried when nothing held); every probe is listed in ``steady``."""
         args = self.args
         lo, hi = 0.0, float(max_tput)
-        rate = _round_rate(max_tput / 2)
-        probes: list[dict[str, Any]] = []
         best: dict[str, Any] | None = None
+        held_by: str | None = None
+        if fixed is not None and _held(fixed) and (fixed["throughput_per_s"] or 0) < hi:
+            lo, best, held_by = float(fixed["throughput_per_s"]), fixed, "rate_100"
+        rate = _round_rate((lo + hi) / 2)
+        probes: list[dict[str, Any]] = []
         last: dict[str, Any] | None = None
         for step in range(args.steady_steps):
             day = self._day(f"steady{step}", int(rate * args.high_seconds), args.seed + 10 + step,
@@ -265,14 +277,14 @@ class Bench:
             result = await self._measured(f"steady probe {step + 1} at {rate}/s", procs, day,
                                           Pace(rate=rate, window=args.window), self.settings, True, keep=False)
             p99 = result["latency_ms"]["p99"]
-            held = not result.get("short_of_pace") and p99 is not None and p99 < STEADY_P99_MS and passed(result)
+            held = _held(result)
             probes.append({"rate": rate, "sent_per_s": result["send_rate_per_s"], "p50_ms": result["latency_ms"].get("p50"),
                            "p99_ms": p99, "behind_p99_ms": result.get("behind_schedule_ms", {}).get("p99"),
                            "cpu_steal_share": result.get("cpu_steal_share"), "held": held,
                            "resources": result.get("resources", {})})
             last = result
             if held:
-                lo, best = rate, result
+                lo, best, held_by = rate, result, None
             else:
                 hi = rate
             # Every rate tried is at most lo (held) or at least hi (not): one between them is new.
@@ -282,7 +294,10 @@ class Bench:
             rate = following
         self.report["steady"] = {"p99_bound_ms": STEADY_P99_MS, "probes": probes,
                                  "rate": best["throughput_per_s"] if best else None}
-        kept = best or last
+        if held_by:
+            self.report["steady"]["held_by"] = held_by
+        # A probe that held, or (nothing held) the last one tried; not the fixed-rate run again.
+        kept = last if best is None else None if held_by else best
         if kept is not None:
             self.report["runs"]["rate_high"] = kept
 

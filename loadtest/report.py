@@ -119,7 +119,8 @@ def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
         elif steady:
             tried = ", ".join(f"{p['rate']}/s {'held' if p['held'] else 'not held'} (p99 {p['p99_ms']} ms)"
                               for p in steady["probes"])
-            found = (f"held with p99 < {steady['p99_bound_ms']:g} ms: {steady['rate']}/s" if steady["rate"]
+            by = " (the fixed-rate run; no faster probe held)" if steady.get("held_by") else ""
+            found = (f"held with p99 < {steady['p99_bound_ms']:g} ms: {steady['rate']}/s{by}" if steady["rate"]
                      else f"no rate tried held p99 < {steady['p99_bound_ms']:g} ms")
             measured += f"; {found} (tried {tried})"
         elif high:
@@ -434,7 +435,9 @@ section below says how the figures are measured.
   pipeline at 100/s (the floor the Kafka mechanics set for latency). When 2,000/s is out of
   reach, `rate_high` publishes at a fixed 75 % of the `max` run's throughput (from 2026-11-23
   15:30): the latency a steady high load sees; from 2026-12-03 it is the best of three short
-  paced runs bisecting for the highest rate held (sends on pace) with p99 under 250 ms. Entries before 2026-11-23 12:45 also have
+  paced runs bisecting for the highest rate held (sends on pace) with p99 under 250 ms; from 2026-12-05 18:00 the
+  `rate_100` run is the search's first point (when it held, the probes start above it, and it is
+  the answer when none of them holds). Entries before 2026-11-23 12:45 also have
   `reference_rate_100_tuned`, the bare pipeline with client settings that were then proposed for
   the stages and have since become theirs.
 - **Processes**: memory and CPU of every process (services, Kafka, Postgres, Redis and, from

@@ -97,6 +97,57 @@ async def test_the_steady_search_bisects_for_the_highest_rate_held(tmp_path):
     assert [p["held"] for p in bench.report["steady"]["probes"]] == [False, True, False]
 
 
+async def test_the_fixed_rate_run_is_the_steady_searchs_first_point(tmp_path):
+    """A slow machine that holds p99 < 250 ms up to 150/s, whose 100/s run held: the search starts
+    above 100/s, and when no probe holds, the 100/s run is the answer (not "no rate held")."""
+    import argparse
+
+    from loadtest.bench import Bench
+    from loadtest.report import headline, judge
+
+    def bench_for(limit: float) -> tuple[Bench, list[float]]:
+        bench = Bench.__new__(Bench)
+        bench.args = argparse.Namespace(steady_steps=3, high_seconds=1.0, window=2000, seed=1)
+        bench.run_id, bench.settings, bench.report = "BTEST", None, {"runs": {}}
+        bench._day = lambda name, settlements, seed, extras=True, tag="": tmp_path / f"{tag}.jsonl"  # type: ignore[method-assign]
+        tried: list[float] = []
+
+        async def measured(name, procs, day, pace, settings, ledger, keep=True):
+            tried.append(pace.rate)
+            return {"latency_ms": {"p50": 80.0, "p95": 150.0, "p99": 100.0 if pace.rate <= limit else 400.0},
+                    "short_of_pace": False, "exactly_once": {"ok": True}, "ledger": {"ok": True},
+                    "send_rate_per_s": pace.rate, "throughput_per_s": pace.rate - 0.2, "sends": 100}
+
+        bench._measured = measured  # type: ignore[method-assign]
+        return bench, tried
+
+    def fixed(p99: float) -> dict:
+        return {"latency_ms": {"p50": 85.0, "p95": 120.0, "p99": p99}, "short_of_pace": False,
+                "exactly_once": {"ok": True}, "ledger": {"ok": True}, "throughput_per_s": 99.8, "sends": 3100}
+
+    bench, tried = bench_for(150.0)
+    await bench._steady(None, 1100.0, fixed(181.6))  # type: ignore[arg-type]
+    assert tried == [575, 325, 200]  # half way between 99.8/s and the max (rounded down to 25s), and on down
+    steady = bench.report["steady"]
+    assert steady["rate"] == 99.8 and steady["held_by"] == "rate_100" and "rate_high" not in bench.report["runs"]
+    report = {**bench.report, "rss_max_mib": {}, "commit": "c", "results_dir": "r", "window": 2000}
+    report["runs"]["max"] = {"throughput_per_s": 1100.0, "sends": 41_000, "latency_ms": {"p50": 1, "p95": 2, "p99": 3}}
+    report["targets"] = judge(report)
+    text = next(t for t in report["targets"] if t["target"].startswith("p99 < 250 ms"))["measured"]
+    assert "held with p99 < 250 ms: 99.8/s (the fixed-rate run; no faster probe held)" in text
+    assert "not held: the last probe" not in headline(report)
+    # A probe above it that holds is the answer, as before.
+    bench, tried = bench_for(400.0)
+    await bench._steady(None, 1100.0, fixed(181.6))  # type: ignore[arg-type]
+    assert tried == [575, 325, 450] and bench.report["steady"]["rate"] == 324.8
+    assert "held_by" not in bench.report["steady"] and bench.report["runs"]["rate_high"]["throughput_per_s"] == 324.8
+    # A fixed-rate run that did not hold changes nothing: the search starts at half the max.
+    bench, tried = bench_for(100.0)
+    await bench._steady(None, 1100.0, fixed(300.0))  # type: ignore[arg-type]
+    assert tried == [550, 275, 125] and bench.report["steady"]["rate"] is None
+    assert bench.report["runs"]["rate_high"]["throughput_per_s"] == tried[-1] - 0.2  # the last probe, as before
+
+
 def test_a_steady_search_with_no_probe_or_none_held_says_so():
     from loadtest.bench import _round_rate
     from loadtest.report import headline, judge
