@@ -57,12 +57,14 @@ def python_loop_ms(rounds: int = 5) -> float:
     return round(best * 1000, 1)
 
 
-def commit() -> str:
+def commit(repo: Path = ROOT) -> str:
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip()
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--untracked-files=no")
+    # Documentation does not change what a bench measures: a bench right after another, whose entry
+    # is not committed yet, ran the commit's code (loadtest.summary compares commits the same way).
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs", ":!*.md")
     return head + (" (with uncommitted changes)" if dirty else "")
 
 

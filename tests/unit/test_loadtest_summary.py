@@ -111,6 +111,14 @@ def test_commits_that_differ_in_documentation_only_measured_the_same_code(tmp_pa
     assert not sm.same_code([code, f"{entry} (with uncommitted changes)"], tmp_path)
     assert not sm.same_code([code, "0000000"], tmp_path)  # not a commit
     assert not sm.same_code([code, "?"], tmp_path)
+    # A bench's own label: an entry not yet committed is not a change to what it measures.
+    from loadtest.report import commit as label
+
+    (tmp_path / "docs" / "BENCHMARKS.md").write_text("## an entry\n## the next\n")
+    (tmp_path / "README.md").write_text("edited\n")
+    assert label(tmp_path) == changed
+    (tmp_path / "loadtest" / "bench.py").write_text("a = 3\n")
+    assert label(tmp_path) == f"{changed} (with uncommitted changes)"
 
 
 def test_main_reads_the_latest_benches_and_appends_the_entry(tmp_path, capsys):
