@@ -105,18 +105,23 @@ def _held(run: dict[str, Any]) -> bool:
 
 
 def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The round of median throughput (the lower middle one of an even count), marked with its number
-    and how many there were: one short run of the bare pipeline moved by a third between benches on one
-    machine in one hour (docs/BENCHMARKS.md, 2026-12-05 16:30 UTC), so the yardstick is a median."""
-    order = sorted(range(len(rounds)), key=lambda k: rounds[k]["throughput_per_s"] or 0.0)
-    k = order[(len(rounds) - 1) // 2]
+    """The round of median throughput, marked with its number and how many there were: one short run of
+    the bare pipeline moved by a third between benches on one machine in one hour (docs/BENCHMARKS.md,
+    2026-12-05 16:30 UTC), so the yardstick is a median. Of an even count the upper middle one (the
+    smaller share of it: the target is not flattered); a round without a throughput is not a
+    candidate unless none has one."""
+    measured = [k for k, r in enumerate(rounds) if r.get("throughput_per_s")] or list(range(len(rounds)))
+    order = sorted(measured, key=lambda k: rounds[k].get("throughput_per_s") or 0.0)
+    k = order[len(order) // 2]
     return {**rounds[k], "round": k + 1, "rounds": len(rounds)}
 
 
 def round_summary(run: dict[str, Any]) -> dict[str, Any]:
+    """A bare round in report["reference_rounds"]: its throughput, p99 and checks, and the CPU seconds
+    of every process sampled in it (the bare stages, the broker, Redis, Postgres, the load tool)."""
     resources = run.get("resources", {})
     return {"throughput_per_s": run["throughput_per_s"], "p99_ms": run["latency_ms"].get("p99"),
-            "cpu_s": round(sum(r.get("cpu_s", 0.0) for r in resources.values() if isinstance(r, dict)), 2),
+            "cpu_s_all_processes": round(sum(r.get("cpu_s", 0.0) for r in resources.values() if isinstance(r, dict)), 2),
             "exactly_once": run["exactly_once"]["ok"]}
 
 
@@ -257,21 +262,23 @@ class Bench:
     async def _steady(self, procs: Processes, max_tput: float, fixed: dict[str, Any] | None = None) -> None:
         """Bisect for the highest fixed rate the system holds (sends on pace) with p99 under
         ``STEADY_P99_MS``: ``--steady-steps`` paced runs of ``--high-seconds``, between 0 and the max
-        run's throughput, starting half way. The fixed-rate run (``rate_100``, ``fixed``) is the
-        search's first point: when it held, the search starts above it, and it is the answer when
-        no probe holds (``steady["held_by"]``); before 2026-12-05 18:00 a bench on a slow machine
-        read "no rate tried held" while its 100/s run had. The best probe that held is kept as
-        ``rate_high`` (the last one tried when nothing held); every probe is listed in ``steady``."""
+        run's throughput, starting half way. The fixed-rate run (``rate_100`` at ``--rate``,
+        ``fixed``) is the search's first point: when it held, the probes go above ``--rate`` only, and
+        it is the answer when none of them holds (``steady["held_by"]``); before 2026-12-05 17:45 a
+        bench on a slow machine read "no rate tried held" while its 100/s run had. The fastest probe
+        that held is kept as ``rate_high``; when nothing held, the last one tried; when only the
+        fixed-rate run held, none (it is in the table already). Every probe is listed in ``steady``."""
         args = self.args
         lo, hi = 0.0, float(max_tput)
         best: dict[str, Any] | None = None
         held_by: str | None = None
-        if fixed is not None and _held(fixed) and (fixed["throughput_per_s"] or 0) < hi:
-            lo, best, held_by = float(fixed["throughput_per_s"]), fixed, "rate_100"
+        if fixed is not None and _held(fixed) and args.rate < hi:
+            lo, best, held_by = float(args.rate), fixed, "rate_100"
         rate = _round_rate((lo + hi) / 2)
         probes: list[dict[str, Any]] = []
         last: dict[str, Any] | None = None
-        for step in range(args.steady_steps):
+        # (lo is 0 unless the fixed-rate run held; then no rate on the grid may lie above it.)
+        for step in range(args.steady_steps if rate > lo else 0):
             day = self._day(f"steady{step}", int(rate * args.high_seconds), args.seed + 10 + step,
                             tag=f"S{step}{self.run_id}")
             result = await self._measured(f"steady probe {step + 1} at {rate}/s", procs, day,
@@ -284,12 +291,14 @@ class Bench:
                            "resources": result.get("resources", {})})
             last = result
             if held:
-                lo, best, held_by = rate, result, None
+                lo = rate
+                if best is None or result["throughput_per_s"] > best["throughput_per_s"]:
+                    best, held_by = result, None
             else:
                 hi = rate
-            # Every rate tried is at most lo (held) or at least hi (not): one between them is new.
+            # Every rate tried is at most lo (held) or at least hi (not): only one between them is new.
             following = _round_rate((lo + hi) / 2)
-            if following in (lo, hi):
+            if following <= lo or following >= hi:
                 break
             rate = following
         self.report["steady"] = {"p99_bound_ms": STEADY_P99_MS, "probes": probes,
@@ -400,7 +409,7 @@ class Bench:
         # The bare pipeline's rounds replay the max run's day again: the same requests under msgids of
         # their own (a msgid answered twice in one namespace would fail the sweep).
         self.ref_days = [self.max_day] + [self._day(f"max-bare{k + 1}", args.settlements, args.seed, tag=f"B{k + 1}{self.run_id}")
-                                          for k in range(1, args.reference_rounds)]
+                                          for k in range(1, 0 if args.no_reference else args.reference_rounds)]
         self.report["load_summary"] = (
             f"{args.settlements} settlements of {persons} persons as fast as possible (window {args.window}); "
             + (f"{peak_count} at the national peak hour's {PEAK_RATE:g}/s; " if peak_count > 0 else "")

@@ -116,7 +116,10 @@ def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         measured = f"2,000/s not reachable: at most {tput}/s sustained" if tput else "not run"
         high, steady = runs.get("rate_high"), report.get("steady")
-        if steady and not steady["probes"]:
+        if steady and steady.get("held_by") and not steady["probes"]:
+            measured += (f"; held with p99 < {steady['p99_bound_ms']:g} ms: {steady['rate']}/s (the fixed-rate "
+                         "run; no steady probe run)")
+        elif steady and not steady["probes"]:
             measured += "; no steady probe run"
         elif steady:
             tried = ", ".join(f"{p['rate']}/s {'held' if p['held'] else 'not held'} (p99 {p['p99_ms']} ms)"
@@ -159,13 +162,15 @@ def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
 def bare_rounds(report: dict[str, Any], tput: float | None = None) -> str:
     """", the median of 3 rounds: 4920.1, 6763.4 and 5280.8/s (shares 16%–22%)" when the bare
     pipeline ran more than once, else nothing."""
-    rounds = [r["throughput_per_s"] for r in report.get("reference_rounds") or [] if r.get("throughput_per_s")]
-    if len(rounds) < 2:
+    every = [r.get("throughput_per_s") for r in report.get("reference_rounds") or []]
+    rounds = [t for t in every if t]
+    if len(every) < 2 or not rounds:
         return ""
-    listed = ", ".join(str(r) for r in rounds[:-1]) + f" and {rounds[-1]}/s"
+    texts = [str(t) if t else "—" for t in every]
+    listed = ", ".join(texts[:-1]) + f" and {texts[-1]}/s"
     low, high = (f"{tput / max(rounds):.0%}", f"{tput / min(rounds):.0%}") if tput else ("", "")
     shares = "" if not tput else f" (shares {low}–{high})" if low != high else f" (a share of {low} in each)"
-    return f", the median of {len(rounds)} rounds: {listed}{shares}"
+    return f", the median of {len(every)} rounds: {listed}{shares}"
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -431,15 +436,15 @@ section below says how the figures are measured.
   as fast as a window of 2,000 outstanding answers allows (throughput; its latency is mostly
   queueing in that window, so read latency from the fixed-rate run); `reference` is the bare
   pipeline (loadtest/reference_pipeline.py: the same three transactional hops doing no work)
-  under the same day, in the same bench, on the same machine (from 2026-12-05 17:30, three rounds of
+  under the same day, in the same bench, on the same machine (from 2026-12-05 17:10, three rounds of
   it, each the same day under msgids of its own, and `reference` is the round of median throughput:
   the table of targets lists all three, and the shares they give); `reference_rate_100` is the bare
   pipeline at 100/s (the floor the Kafka mechanics set for latency). When 2,000/s is out of
   reach, `rate_high` publishes at a fixed 75 % of the `max` run's throughput (from 2026-11-23
   15:30): the latency a steady high load sees; from 2026-12-03 it is the best of three short
-  paced runs bisecting for the highest rate held (sends on pace) with p99 under 250 ms; from 2026-12-05 18:00 the
-  `rate_100` run is the search's first point (when it held, the probes start above it, and it is
-  the answer when none of them holds). Entries before 2026-11-23 12:45 also have
+  paced runs bisecting for the highest rate held (sends on pace) with p99 under 250 ms; from 2026-12-05 17:45 the
+  `rate_100` run is the search's first point (when it held, the probes go above its rate only, and
+  it is the answer when none of them holds). Entries before 2026-11-23 12:45 also have
   `reference_rate_100_tuned`, the bare pipeline with client settings that were then proposed for
   the stages and have since become theirs.
 - **Processes**: memory and CPU of every process (services, Kafka, Postgres, Redis and, from

@@ -8,8 +8,9 @@ ms and the bare pipeline's throughput (so our share of it) by a third between be
 (docs/BENCHMARKS.md, 2026-12-05). This reads the benches' report.json files (by default the last
 ``--last`` folders under loadtest/results that have one), prints a table of each figure per bench,
 its median and the target's verdict on the median, and appends it to docs/BENCHMARKS.md. A
-figure a bench did not measure is left out of its median; benches of different commits or
-machines are summarised too, and the entry says so.
+figure a bench did not measure is left out of its median, and so is every figure of a bench that
+failed its checks; benches of different code, machines, commands, settings or loads are
+summarised too, and the entry says so in bold.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import orjson
 
 from loadtest import report as rpt
+from loadtest.bench import _held, passed
 
 RESULTS = rpt.ROOT / "loadtest" / "results"
 OUT_OF_REACH = math.inf  # p99 at a steady 2,000/s when the bench could not sustain 2,000/s
@@ -48,10 +50,15 @@ def _p99_2000(report: dict[str, Any]) -> float | None:
 
 
 def _steady_rate(report: dict[str, Any]) -> float | None:
+    """The highest rate held with p99 < 250 ms: the search's answer, or (a bench from before the
+    search took the 100/s run as its first point) the 100/s run when it held; 0 when nothing held."""
     steady = report.get("steady")
-    if not steady or not steady.get("probes"):
-        return None
-    return steady.get("rate") or 0.0  # none held: the lowest there is
+    if steady and steady.get("rate"):
+        return steady["rate"]
+    fixed = report["runs"].get("rate_100")
+    if fixed and _held(fixed):
+        return fixed["throughput_per_s"]
+    return 0.0 if steady and steady.get("probes") else None
 
 
 def _share(report: dict[str, Any]) -> float | None:
@@ -110,38 +117,60 @@ def median(values: list[float]) -> float | None:
     return statistics.median(ordered)
 
 
+def checks_passed(report: dict[str, Any]) -> bool:
+    """Whether a bench passed its checks (``loadtest.bench.main``'s exit code): every run's, and the
+    other replays' and sweeps'. A bench that failed wrote its report.json all the same."""
+    return all(passed(run) for run in report["runs"].values()) and all(report.get("other_checks_ok", {}).values())
+
+
 def summarise(reports: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+    """Each figure per bench and its median over the benches that passed their checks."""
+    ok = [checks_passed(r) for r in reports]
     rows = []
     for figure in FIGURES:
         values = [figure.read(r) for r in reports]
-        mid = median([v for v in values if v is not None])
+        mid = median([v for v, good in zip(values, ok, strict=True) if v is not None and good])
         met = None if figure.met is None or mid is None else figure.met(mid)
         rows.append({"figure": figure.name, "unit": figure.unit, "values": values, "median": mid,
                      "target": figure.target, "met": met})
     return {"benches": names, "commits": [r.get("commit", "?") for r in reports],
             "started": [r.get("started", "?") for r in reports], "machines": [r.get("machine", {}) for r in reports],
-            "rows": rows}
+            "commands": [r.get("command", "?") for r in reports], "env": [r.get("env") or {} for r in reports],
+            "loads": [r.get("load_summary", "?") for r in reports], "passed": ok, "rows": rows}
 
 
-def markdown(summary: dict[str, Any]) -> str:
+def markdown(summary: dict[str, Any], repo: Path = rpt.ROOT) -> str:
     benches, commits = summary["benches"], summary["commits"]
     started = summary["started"]
+    ok = summary.get("passed") or [True] * len(benches)
     loops = [m.get("python_loop_ms") for m in summary["machines"]]
     models = sorted({f"{m.get('nproc')} cores ({m.get('cpu_model')})" for m in summary["machines"]})
-    lines = [f"## Summary of {len(benches)} benches, {started[0]} to {started[-1]} — "
+    lines = [f"## Summary of {len(benches)} benches, {min(started)} to {max(started)} — "
              f"commit{'s' if len(set(commits)) > 1 else ''} {', '.join(dict.fromkeys(commits))}", "",
              "- Command: `python -m loadtest.summary " + " ".join(benches) + "`",
              "- Benches: " + ", ".join(f"`{b}` ({s}, commit {c})" for b, s, c in zip(benches, started, commits, strict=True)),
              f"- Machine{'s' if len(models) > 1 else ''}: {'; '.join(models)}"
              + ("; a million additions in a Python loop " + ", ".join("?" if v is None else f"{v}" for v in loops) + " ms"
                 if any(loops) else "")]
-    if len(set(commits)) > 1:
+    if any("uncommitted" in c for c in commits):
+        lines.append("- **A bench ran uncommitted changes**: what it measured is not in any commit, and the "
+                     "medians may mix code.")
+    elif len(set(commits)) > 1:
         lines.append("- The benches ran different commits, " + (
-            "whose code is the same (only documentation differs between them)." if same_code(commits) else
+            "whose code is the same (only documentation differs between them)." if same_code(commits, repo) else
             "**whose code differs** (or could not be compared): the medians mix them."))
     if len(models) > 1:
         lines.append("- **The benches ran on different machines**: the medians mix them.")
-    lines += ["", "| figure | " + " | ".join(s[5:16] if len(s) >= 16 else s for s in started)
+    for what, key in (("commands", "commands"), ("settings", "env"), ("loads", "loads")):
+        seen = summary.get(key) or []
+        if len({orjson.dumps(v, option=orjson.OPT_SORT_KEYS) for v in seen}) > 1:
+            lines.append(f"- **The benches ran different {what}**: "
+                         + "; ".join(f"{s[5:16]}: `{v}`" for s, v in zip(started, seen, strict=True)))
+    if not all(ok):
+        lines.append("- **Failed its checks, left out of the medians**: "
+                     + ", ".join(f"{s[5:16]} (`{b}`)" for b, s, good in zip(benches, started, ok, strict=True) if not good))
+    lines += ["", "| figure | " + " | ".join((s[5:16] if len(s) >= 16 else s) + ("" if good else " (failed)")
+                                          for s, good in zip(started, ok, strict=True))
               + " | median | target | met by the median |",
               "|---|" + "---|" * len(benches) + "---|---|---|"]
     for row in summary["rows"]:
@@ -149,9 +178,11 @@ def markdown(summary: dict[str, Any]) -> str:
         met = "" if row["met"] is None else ("yes" if row["met"] else "**no**")
         lines.append(f"| {row['figure']}{unit} | " + " | ".join(_cell(v, row["unit"]) for v in row["values"])
                      + f" | {_cell(row['median'], row['unit'])} | {row['target'] or '—'} | {met} |")
-    lines += ["", "Each bench's figures are its entry's (above); the median of an even count is the mean of the "
-                  "middle two. A steady 2,000/s is \"out of reach\" when the bench could not sustain it; the "
-                  "highest steady rate held is 0 when none of its probes held.", ""]
+    lines += ["", "Each bench's figures are its entry's (above); the medians are over the benches that passed "
+                  "their checks, and the median of an even count is the mean of the middle two. A steady 2,000/s "
+                  "is \"out of reach\" when the bench could not sustain it; the highest steady rate held is the "
+                  "search's answer, or the 100/s run when it held (benches before 2026-12-05 17:45 did not say), "
+                  "and 0 when nothing held.", ""]
     return "\n".join(lines)
 
 
@@ -184,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", type=Path, default=rpt.ROOT / "docs" / "BENCHMARKS.md")
     parser.add_argument("--no-docs", action="store_true", help="do not append to docs/BENCHMARKS.md")
     args = parser.parse_args(argv)
+    if args.last < 1:
+        parser.error("--last must be at least 1")
     folders = args.benches or latest(args.results, args.last)
     if not folders:
         parser.error(f"no bench with a report.json under {args.results}")

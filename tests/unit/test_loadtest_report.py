@@ -98,16 +98,16 @@ async def test_the_steady_search_bisects_for_the_highest_rate_held(tmp_path):
 
 
 async def test_the_fixed_rate_run_is_the_steady_searchs_first_point(tmp_path):
-    """A slow machine that holds p99 < 250 ms up to 150/s, whose 100/s run held: the search starts
-    above 100/s, and when no probe holds, the 100/s run is the answer (not "no rate held")."""
+    """A slow machine whose 100/s run held: the probes go above 100/s only, and when none of them
+    holds, the 100/s run is the answer (not "no rate held")."""
     import argparse
 
     from loadtest.bench import Bench
     from loadtest.report import headline, judge
 
-    def bench_for(limit: float) -> tuple[Bench, list[float]]:
+    def bench_for(limit: float, rate: float = 100.0, steps: int = 3) -> tuple[Bench, list[float]]:
         bench = Bench.__new__(Bench)
-        bench.args = argparse.Namespace(steady_steps=3, high_seconds=1.0, window=2000, seed=1)
+        bench.args = argparse.Namespace(steady_steps=steps, high_seconds=1.0, window=2000, seed=1, rate=rate)
         bench.run_id, bench.settings, bench.report = "BTEST", None, {"runs": {}}
         bench._day = lambda name, settlements, seed, extras=True, tag="": tmp_path / f"{tag}.jsonl"  # type: ignore[method-assign]
         tried: list[float] = []
@@ -121,26 +121,43 @@ async def test_the_fixed_rate_run_is_the_steady_searchs_first_point(tmp_path):
         bench._measured = measured  # type: ignore[method-assign]
         return bench, tried
 
-    def fixed(p99: float) -> dict:
+    def fixed(p99: float, tput: float = 99.8) -> dict:
         return {"latency_ms": {"p50": 85.0, "p95": 120.0, "p99": p99}, "short_of_pace": False,
-                "exactly_once": {"ok": True}, "ledger": {"ok": True}, "throughput_per_s": 99.8, "sends": 3100}
+                "exactly_once": {"ok": True}, "ledger": {"ok": True}, "throughput_per_s": tput, "sends": 3100}
+
+    def steady_text(bench: Bench) -> str:
+        report = {**bench.report, "rss_max_mib": {}, "commit": "c", "results_dir": "r", "window": 2000}
+        report["runs"]["max"] = {"throughput_per_s": 1100.0, "sends": 41_000, "latency_ms": {"p50": 1, "p95": 2, "p99": 3}}
+        report["targets"] = judge(report)
+        assert "not held: the last probe" not in headline(report)
+        return next(t for t in report["targets"] if t["target"].startswith("p99 < 250 ms"))["measured"]
 
     bench, tried = bench_for(150.0)
     await bench._steady(None, 1100.0, fixed(181.6))  # type: ignore[arg-type]
-    assert tried == [575, 325, 200]  # half way between 99.8/s and the max (rounded down to 25s), and on down
+    assert tried == [600, 350, 225]  # half way between 100/s and the max, and on down
     steady = bench.report["steady"]
     assert steady["rate"] == 99.8 and steady["held_by"] == "rate_100" and "rate_high" not in bench.report["runs"]
-    report = {**bench.report, "rss_max_mib": {}, "commit": "c", "results_dir": "r", "window": 2000}
-    report["runs"]["max"] = {"throughput_per_s": 1100.0, "sends": 41_000, "latency_ms": {"p50": 1, "p95": 2, "p99": 3}}
-    report["targets"] = judge(report)
-    text = next(t for t in report["targets"] if t["target"].startswith("p99 < 250 ms"))["measured"]
-    assert "held with p99 < 250 ms: 99.8/s (the fixed-rate run; no faster probe held)" in text
-    assert "not held: the last probe" not in headline(report)
+    assert "held with p99 < 250 ms: 99.8/s (the fixed-rate run; no faster probe held)" in steady_text(bench)
     # A probe above it that holds is the answer, as before.
     bench, tried = bench_for(400.0)
     await bench._steady(None, 1100.0, fixed(181.6))  # type: ignore[arg-type]
-    assert tried == [575, 325, 450] and bench.report["steady"]["rate"] == 324.8
-    assert "held_by" not in bench.report["steady"] and bench.report["runs"]["rate_high"]["throughput_per_s"] == 324.8
+    assert tried == [600, 350, 475] and bench.report["steady"]["rate"] == 349.8
+    assert "held_by" not in bench.report["steady"] and bench.report["runs"]["rate_high"]["throughput_per_s"] == 349.8
+    # A max just above 100/s: the grid has no rate between, so nothing is probed again or below it.
+    bench, tried = bench_for(99.0)
+    await bench._steady(None, 140.0, fixed(181.6))  # type: ignore[arg-type]
+    assert tried == [] and bench.report["steady"]["rate"] == 99.8 and bench.report["steady"]["held_by"] == "rate_100"
+    # A fixed rate off the grid (--rate 110): the probes stay above it, and a slower one never replaces it.
+    bench, tried = bench_for(130.0, rate=110.0)
+    await bench._steady(None, 140.0, fixed(181.6, tput=109.8))  # type: ignore[arg-type]
+    assert tried == [125] and bench.report["steady"]["rate"] == 124.8
+    bench, tried = bench_for(100.0, rate=110.0)
+    await bench._steady(None, 200.0, fixed(181.6, tput=109.8))  # type: ignore[arg-type]
+    assert all(r > 110 for r in tried) and bench.report["steady"]["rate"] == 109.8
+    # With no probe to run (--steady-steps 0), the fixed-rate run is still the answer, and says so.
+    bench, tried = bench_for(150.0, steps=0)
+    await bench._steady(None, 1100.0, fixed(181.6))  # type: ignore[arg-type]
+    assert tried == [] and "held with p99 < 250 ms: 99.8/s (the fixed-rate run" in steady_text(bench)
     # A fixed-rate run that did not hold changes nothing: the search starts at half the max.
     bench, tried = bench_for(100.0)
     await bench._steady(None, 1100.0, fixed(300.0))  # type: ignore[arg-type]
@@ -217,11 +234,13 @@ def test_the_bare_pipeline_figure_is_the_median_of_its_rounds():
     median = median_round(rounds)
     assert median["throughput_per_s"] == 5280.8 and median["round"] == 3 and median["rounds"] == 3
     assert "round" not in rounds[2]  # the round itself is left as measured
-    # Of an even count the lower middle one; of one round, that round.
-    assert median_round([_bare(900.0), _bare(700.0), _bare(800.0), _bare(600.0)])["throughput_per_s"] == 700.0
+    # Of an even count the upper middle one (the smaller share); of one round, that round.
+    assert median_round([_bare(900.0), _bare(700.0), _bare(800.0), _bare(600.0)])["throughput_per_s"] == 800.0
+    # A round without a throughput is no candidate.
+    assert median_round([_bare(None), _bare(None), _bare(5000.0)])["round"] == 3
     assert median_round([_bare(800.0)])["round"] == 1
     assert round_summary(_bare(5280.8, cpu=12.0, ok=False)) == {
-        "throughput_per_s": 5280.8, "p99_ms": 300.0, "cpu_s": 12.0, "exactly_once": False}
+        "throughput_per_s": 5280.8, "p99_ms": 300.0, "cpu_s_all_processes": 12.0, "exactly_once": False}
 
 
 def test_the_share_names_the_bare_pipelines_rounds():
@@ -260,3 +279,6 @@ def test_rounds_that_give_one_share_say_so_once():
     assert bare_rounds(report, 1033.0) == ", the median of 2 rounds: 4412.6 and 4419.1/s (a share of 23% in each)"
     assert bare_rounds(report) == ", the median of 2 rounds: 4412.6 and 4419.1/s"
     assert bare_rounds({"reference_rounds": [{"throughput_per_s": 4412.6}]}, 1033.0) == ""
+    # A round without a throughput still counts, and shows as such.
+    report["reference_rounds"].append({"throughput_per_s": None})
+    assert bare_rounds(report) == ", the median of 3 rounds: 4412.6, 4419.1 and —/s"
