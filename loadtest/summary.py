@@ -66,6 +66,16 @@ def _share(report: dict[str, Any]) -> float | None:
     return ours / bare if ours and bare else None
 
 
+def _cpu_per_request(run: dict[str, Any] | None) -> float | None:
+    """Milliseconds of CPU per request of every process sampled in a run (the services, Kafka,
+    Postgres, Redis, the load tool): it moves far less with a busy or slow phase of the machine than
+    throughput and latency do, so it tells two versions of the code apart where they cannot."""
+    resources, sends = (run or {}).get("resources") or {}, (run or {}).get("sends")
+    if not resources or not sends:
+        return None
+    return sum(r.get("cpu_s", 0.0) for r in resources.values() if isinstance(r, dict)) / sends * 1000
+
+
 def _rss(report: dict[str, Any]) -> float | None:
     rss = report.get("rss_max_mib") or {}
     return max((rss[s] for s in rpt.SERVICE_NAMES if s in rss), default=None)
@@ -92,6 +102,10 @@ FIGURES = (
     Figure("the bare pipeline", lambda r: _tput(r["runs"].get("reference")), "/s"),
     Figure("our share of the bare pipeline", _share, "%", "≥ 50 %", lambda v: v >= 0.5),
     Figure("the largest service's RSS", _rss, "MiB", "< 150 MiB", lambda v: v < 150),
+    Figure("CPU per request, all processes, as fast as possible", lambda r: _cpu_per_request(r["runs"].get("max")),
+           "ms per request"),
+    Figure("CPU per request, all processes, at 100/s", lambda r: _cpu_per_request(r["runs"].get("rate_100")),
+           "ms per request"),
 )
 
 
@@ -102,6 +116,8 @@ def _cell(value: float | None, unit: str) -> str:
         return "out of reach"
     if unit == "%":
         return f"{value:.0%}"
+    if unit == "ms per request":
+        return f"{value:.3f}"
     return f"{value:.1f}"
 
 

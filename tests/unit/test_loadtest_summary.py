@@ -21,6 +21,7 @@ def _report(started: str, *, ours: float, bare: float, p99_100: float, held: flo
             commit: str = "abc1234", loop: float = 68.0, fast: dict | None = None) -> dict:
     runs = {"rate_100": _run(99.8, p99_100, 3100), "reference_rate_100": _run(100.0, 70.0, 1545),
             "rate_peak": _run(21.6, 55.0, 672), "max": _run(ours, 2500.0), "reference": _run(bare, 300.0)}
+    runs["max"]["resources"] = {"pricing": {"rss_max_mib": rss, "cpu_s": 22.2}, "kafka": {"rss_max_mib": 690.0, "cpu_s": 50.0}}
     if fast:
         runs["rate_2000"] = fast
     report = {"started": started, "commit": commit, "runs": runs, "command": "make bench  # python -m loadtest.bench",
@@ -60,6 +61,10 @@ def test_each_target_is_judged_by_the_median_of_the_benches():
     assert _row(sm.summarise([slow], ["a"]), "highest steady rate held with p99 < 250 ms")["values"] == [0.0]
     fast = _row(s, "p99 at a steady 2,000/s")
     assert fast["values"] == [math.inf] * 3 and fast["met"] is False
+    cpu = _row(s, "CPU per request, all processes, as fast as possible")
+    # 72.2 CPU-s over 41,222 requests (the max runs' resources below), whatever the throughput.
+    assert cpu["median"] == pytest.approx(72.2 / 41_222 * 1000) and cpu["met"] is None
+    assert _row(s, "CPU per request, all processes, at 100/s")["values"] == [None, None, None]  # not sampled
 
 
 def test_a_steady_2000_per_s_is_judged_by_the_median_and_out_of_reach_counts_as_worst():
@@ -92,6 +97,8 @@ def test_the_entry_lists_every_bench_and_flags_mixed_commits():
     assert "| p99 at a steady 2,000/s, ms | out of reach | out of reach | out of reach | out of reach | < 250 ms | **no** |" in text
     assert "| our share of the bare pipeline | 21% | 16% | 22% | 21% | ≥ 50 % | **no** |" in text
     assert "| the largest service's RSS, MiB | 89.1 | 89.2 | 89.3 | 89.2 | < 150 MiB | yes |" in text
+    assert "| CPU per request, all processes, as fast as possible, ms per request | 1.751 | 1.751 | 1.751 | 1.751 | — |  |" \
+        in text
     assert "a million additions in a Python loop 68.0, 68.0, 68.0 ms" in text
     assert "different commits" not in text
     unknown = [REPORTS[0], {**REPORTS[1], "commit": "0000000"}]
