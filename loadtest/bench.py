@@ -104,6 +104,12 @@ def _held(run: dict[str, Any]) -> bool:
     return not run.get("short_of_pace") and p99 is not None and p99 < STEADY_P99_MS and passed(run)
 
 
+def checks_passed(report: dict[str, Any]) -> bool:
+    """Whether a bench passed its checks (its exit code): every run's, and the other replays' and
+    sweeps'. A bench that failed writes its report.json all the same (loadtest.summary reads it)."""
+    return all(passed(run) for run in report["runs"].values()) and all(report.get("other_checks_ok", {}).values())
+
+
 def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The round of median throughput, marked with its number and how many there were: one short run of
     the bare pipeline moved by a third between benches on one machine in one hour (docs/BENCHMARKS.md,
@@ -119,9 +125,8 @@ def median_round(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 def round_summary(run: dict[str, Any]) -> dict[str, Any]:
     """A bare round in report["reference_rounds"]: its throughput, p99 and checks, and the CPU seconds
     of every process sampled in it (the bare stages, the broker, Redis, Postgres, the load tool)."""
-    resources = run.get("resources", {})
     return {"throughput_per_s": run["throughput_per_s"], "p99_ms": run["latency_ms"].get("p99"),
-            "cpu_s_all_processes": round(sum(r.get("cpu_s", 0.0) for r in resources.values() if isinstance(r, dict)), 2),
+            "cpu_s_all_processes": round(rpt.all_cpu_s(run.get("resources", {})), 2),
             "exactly_once": run["exactly_once"]["ok"]}
 
 
@@ -489,7 +494,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_docs:
         rpt.append_benchmarks(args.docs, entry)
     print(rpt.headline(report))
-    checks_ok = all(passed(run) for run in report["runs"].values()) and all(report.get("other_checks_ok", {}).values())
+    checks_ok = checks_passed(report)
     if not checks_ok:
         print("bench: a check failed (exactly-once, the ledger, the settled share or the sweep): see the entry's "
               "runs table and notes, and report.json", file=sys.stderr)

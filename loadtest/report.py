@@ -57,6 +57,16 @@ def python_loop_ms(rounds: int = 5) -> float:
     return round(best * 1000, 1)
 
 
+# A git pathspec of everything but documentation: what a bench runs (``commit``; loadtest.summary's ``same_code``).
+CODE_PATHS = ("--", ".", ":!docs", ":!*.md")
+
+
+def all_cpu_s(resources: dict[str, Any]) -> float:
+    """CPU seconds of every process sampled in a run (services or bare stages, Kafka, Postgres, Redis,
+    the load tool)."""
+    return sum(r.get("cpu_s", 0.0) for r in resources.values() if isinstance(r, dict))
+
+
 def commit(repo: Path = ROOT) -> str:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False).stdout.strip()
@@ -64,7 +74,7 @@ def commit(repo: Path = ROOT) -> str:
     head = git("rev-parse", "--short", "HEAD") or "unknown"
     # Documentation does not change what a bench measures: a bench right after another, whose entry
     # is not committed yet, ran the commit's code (loadtest.summary compares commits the same way).
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs", ":!*.md")
+    dirty = git("status", "--porcelain", "--untracked-files=no", *CODE_PATHS)
     return head + (" (with uncommitted changes)" if dirty else "")
 
 
@@ -116,18 +126,17 @@ def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         measured = f"2,000/s not reachable: at most {tput}/s sustained" if tput else "not run"
         high, steady = runs.get("rate_high"), report.get("steady")
-        if steady and steady.get("held_by") and not steady["probes"]:
-            measured += (f"; held with p99 < {steady['p99_bound_ms']:g} ms: {steady['rate']}/s (the fixed-rate "
-                         "run; no steady probe run)")
-        elif steady and not steady["probes"]:
+        if steady and not steady["probes"] and not steady.get("held_by"):
             measured += "; no steady probe run"
         elif steady:
+            probes = steady["probes"]
             tried = ", ".join(f"{p['rate']}/s {'held' if p['held'] else 'not held'} (p99 {p['p99_ms']} ms)"
-                              for p in steady["probes"])
-            by = " (the fixed-rate run; no faster probe held)" if steady.get("held_by") else ""
+                              for p in probes)
+            by = ("" if not steady.get("held_by") else " (the fixed-rate run; no faster probe held)" if probes
+                  else " (the fixed-rate run; no steady probe run)")
             found = (f"held with p99 < {steady['p99_bound_ms']:g} ms: {steady['rate']}/s{by}" if steady["rate"]
                      else f"no rate tried held p99 < {steady['p99_bound_ms']:g} ms")
-            measured += f"; {found} (tried {tried})"
+            measured += f"; {found}" + (f" (tried {tried})" if probes else "")
         elif high:
             measured += f"; at a steady {high['throughput_per_s']}/s p99 {_p99(high)} ms"
         out.append({"target": "p99 < 250 ms at 2,000/s sustained", "measured": measured,
@@ -531,7 +540,7 @@ def process_table(runs: dict[str, Any], cores: int | None) -> list[str]:
                       [str(r["rss_max_mib"]), str(r["cpu_s"]), f"{r['cpu_s'] / sends * 1000:.3f}" if sends else ""])
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for n, run in shown:
-        total = sum(r["cpu_s"] for r in run["resources"].values())
+        total = all_cpu_s(run["resources"])
         duration = run.get("duration_s") or 0
         if duration and cores:
             lines.append(f"\n{n}: all processes {total:.1f} CPU-s in {duration:.1f} s = "

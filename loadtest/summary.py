@@ -28,14 +28,10 @@ from typing import Any
 import orjson
 
 from loadtest import report as rpt
-from loadtest.bench import _held, passed
+from loadtest.bench import _held, checks_passed
 
 RESULTS = rpt.ROOT / "loadtest" / "results"
 OUT_OF_REACH = math.inf  # p99 at a steady 2,000/s when the bench could not sustain 2,000/s
-
-
-def _p99(run: dict[str, Any] | None) -> float | None:
-    return (run or {}).get("latency_ms", {}).get("p99")
 
 
 def _tput(run: dict[str, Any] | None) -> float | None:
@@ -45,7 +41,7 @@ def _tput(run: dict[str, Any] | None) -> float | None:
 def _p99_2000(report: dict[str, Any]) -> float | None:
     fast = report["runs"].get("rate_2000")
     if fast:
-        return _p99(fast)
+        return rpt._p99(fast)
     return OUT_OF_REACH if _tput(report["runs"].get("max")) else None
 
 
@@ -73,7 +69,7 @@ def _cpu_per_request(run: dict[str, Any] | None) -> float | None:
     resources, sends = (run or {}).get("resources") or {}, (run or {}).get("sends")
     if not resources or not sends:
         return None
-    return sum(r.get("cpu_s", 0.0) for r in resources.values() if isinstance(r, dict)) / sends * 1000
+    return rpt.all_cpu_s(resources) / sends * 1000
 
 
 def _rss(report: dict[str, Any]) -> float | None:
@@ -91,9 +87,9 @@ class Figure:
 
 
 FIGURES = (
-    Figure("p99 at 100/s", lambda r: _p99(r["runs"].get("rate_100")), "ms", "< 50 ms", lambda v: v < 50),
-    Figure("the bare pipeline's p99 at 100/s", lambda r: _p99(r["runs"].get("reference_rate_100")), "ms"),
-    Figure("p99 at the national peak hour", lambda r: _p99(r["runs"].get("rate_peak")), "ms"),
+    Figure("p99 at 100/s", lambda r: rpt._p99(r["runs"].get("rate_100")), "ms", "< 50 ms", lambda v: v < 50),
+    Figure("the bare pipeline's p99 at 100/s", lambda r: rpt._p99(r["runs"].get("reference_rate_100")), "ms"),
+    Figure("p99 at the national peak hour", lambda r: rpt._p99(r["runs"].get("rate_peak")), "ms"),
     Figure("p99 at a steady 2,000/s", _p99_2000, "ms", "< 250 ms", lambda v: v < 250),
     Figure("highest steady rate held with p99 < 250 ms", _steady_rate, "/s"),
     Figure("as fast as possible", lambda r: _tput(r["runs"].get("max")), "/s"),
@@ -131,12 +127,6 @@ def median(values: list[float]) -> float | None:
     if len(ordered) % 2 or math.isinf(ordered[mid]):
         return ordered[mid]
     return statistics.median(ordered)
-
-
-def checks_passed(report: dict[str, Any]) -> bool:
-    """Whether a bench passed its checks (``loadtest.bench.main``'s exit code): every run's, and the
-    other replays' and sweeps'. A bench that failed wrote its report.json all the same."""
-    return all(passed(run) for run in report["runs"].values()) and all(report.get("other_checks_ok", {}).values())
 
 
 def summarise(reports: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
@@ -209,7 +199,7 @@ def same_code(commits: list[str], repo: Path = rpt.ROOT) -> bool:
         return False
     first = commits[0]
     for other in commits[1:]:
-        changed = subprocess.run(["git", "diff", "--name-only", first, other, "--", ".", ":!docs", ":!*.md"],
+        changed = subprocess.run(["git", "diff", "--name-only", first, other, *rpt.CODE_PATHS],
                                  cwd=repo, capture_output=True, text=True, check=False)
         if changed.returncode != 0 or changed.stdout.strip():
             return False
