@@ -18,12 +18,12 @@ def build(settings: Settings | None = None) -> Service:
     service = Service("clearing", settings, migrations="services.clearing.migrations")
 
     async def ready() -> None:
+        handler = ClearingHandler(settings, ClearingRepository(service.db()))
         service.add_stage(
             TransactionalStage(
                 name="clearing", service="clearing", settings=settings,
                 topics=[SETTLEMENT_PRICED], group_id="yidi-clearing-priced",
-                handler=ClearingHandler(settings, ClearingRepository(service.db())),
-                max_records=settings.batch_max_records,
+                handler=handler, refuse=handler.refuse, max_records=settings.batch_max_records,
             )
         )
         if settings.prepayment_sample_seconds > 0:

@@ -10,6 +10,7 @@ refused ``MODIFIED_REQUEST``.
 from __future__ import annotations
 
 import logging
+import re
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 # The per-record counters, their label looked up once (prometheus_client's labels() is not free).
 _SETTLED = metrics.LEDGER_ENTRIES.labels("settled")
 _DUPLICATE = metrics.LEDGER_ENTRIES.labels("duplicate")
+# A priced message that undoes a settlement (pricing writes the wire form: ``"kind":"cancel"``).
+_UNDOING = re.compile(rb'"kind"\s*:\s*"cancel"')
 
 
 class ClearingHandler:
@@ -46,11 +49,22 @@ class ClearingHandler:
         return reply(self.settings, r.reply_to, answer, facility=r.fixmedins_code, request_ts_ms=work.request_ts_ms)
 
     def _broken(self, record: Incoming, reason: str) -> list[Outgoing]:
-        # Pricing has recorded the msgid (runbook, "Dead letters"): a resend under the same msgid is
-        # what completes the settlement once clearing is fixed; a new msgid for the visit is refused.
-        return broken(self.settings, record, reason,
-                      "The platform could not record this settlement; nothing was settled. Send the same request "
-                      "again later, under the same msgid.")
+        """A priced message clearing cannot record: it does not parse, or (as the stage's ``refuse``)
+        Postgres refused a value of it or its output was too large for a Kafka record. Pricing has
+        recorded the msgid (runbook, "Dead letters"): a resend under the same msgid is what completes
+        it once clearing is fixed (or its dead letter is re-published); a new msgid for the visit is
+        refused. A cancellation or reversal has been applied by pricing (the visit is free there), so
+        the facility must not settle the visit again meanwhile: the ledger would hold both."""
+        if _UNDOING.search(record.value):
+            why = ("The platform could not record this cancellation; the settlement stands in the ledger until it "
+                   "is. Send the same request again later, under the same msgid, and do not settle the visit again "
+                   "meanwhile.")
+        else:
+            why = ("The platform could not record this settlement; nothing was settled. Send the same request again "
+                   "later, under the same msgid.")
+        return broken(self.settings, record, reason, why)
+
+    refuse = _broken  # the stage's refusal of a record it cannot process (TransactionalStage.refuse)
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         # The model checks the message; the answer goes on (to the ledger, to the gateway) in the

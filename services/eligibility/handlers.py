@@ -98,6 +98,15 @@ def _work(p: Parsed) -> dict[str, Any]:
     }
 
 
+def _answerable_msgid(sent: Any) -> str | None:
+    """The msgid of a refused request as the parsed JSON has it, when an answer can carry it back:
+    text (escapes read as the gateway meant them) or a whole number, which the answer carries as
+    its digits (the contract's msgid is a string; a gateway that sent a number is still answered)."""
+    if isinstance(sent, int) and not isinstance(sent, bool) and 0 <= sent < 10**64:
+        sent = str(sent)
+    return sent if isinstance(sent, str) and 0 < len(sent) <= 256 and sent.isprintable() else None
+
+
 class EligibilityHandler:
     def __init__(self, settings: Settings, repo: EligibilityRepository, subjects: Subjects) -> None:
         self.settings = settings
@@ -113,8 +122,7 @@ class EligibilityHandler:
             msgid, reply_to, infno, facility = request.msgid, request.reply_to, request.infno.value, request.fixmedins_code
         else:
             found, reply_to, infno, facility = recover_ids(record.value)
-            if not (isinstance(msgid, str) and 0 < len(msgid) <= 256 and msgid.isprintable()):
-                msgid = found
+            msgid = _answerable_msgid(msgid) or found
         if msgid:
             answer = answers.answer(
                 msgid, infno, err_code=ErrCode.INVALID_INPUT,
@@ -132,10 +140,12 @@ class EligibilityHandler:
             return Parsed(record, request, None, reason)
         return self._invalid(record, reason, request)
 
-    def _unsupported(self, record: Incoming, infno: str) -> list[Outgoing]:
+    def _unsupported(self, record: Incoming, infno: str, sent: Any) -> list[Outgoing]:
         """A transaction code the platform does not offer: answered ``UNSUPPORTED``, not
-        dead-lettered (the message is well formed; ``yidi_answers_total`` counts them)."""
-        msgid, reply_to, _, facility = recover_ids(record.value)
+        dead-lettered (the message is well formed; ``yidi_answers_total`` counts them). ``sent``:
+        the parsed JSON's msgid, read as ``_invalid`` reads it."""
+        found, reply_to, _, facility = recover_ids(record.value)
+        msgid = _answerable_msgid(sent) or found
         if not msgid:
             return self._invalid(record, f"infno {infno} is not offered, and the msgid cannot be read")
         answer = answers.answer(
@@ -169,7 +179,7 @@ class EligibilityHandler:
             return self._invalid(record, "not a JSON object")
         infno = raw.get("infno")
         if isinstance(infno, str) and len(infno) == 4 and infno.isascii() and infno.isdigit() and infno not in _OFFERED:
-            return self._unsupported(record, infno)
+            return self._unsupported(record, infno, raw.get("msgid"))
         try:
             request = RequestEnvelope.model_validate(raw)
         except (ValidationError, ValueError, ArithmeticError) as exc:  # any data error: refused, never retried
@@ -200,8 +210,8 @@ class EligibilityHandler:
                                                     "admission time")
         if isinstance(body, SettlementInput) and body.med_type.is_inpatient != request.infno.is_inpatient:
             care, bills = ("inpatient", "outpatient") if body.med_type.is_inpatient else ("outpatient", "inpatient")
-            return self._invalid(record, f"input.data.med_type {body.med_type.value} is {care} care, and infno "
-                                         f"{request.infno.value} settles {bills} bills", request)
+            return self._malformed(record, request, f"input.data.med_type {body.med_type.value} is {care} care, "
+                                                    f"and infno {request.infno.value} settles {bills} bills")
         # A settlement, cancellation or reversal whose clock is ahead is refused by pricing, after
         # its msgid is checked: a resend of a settled request (the same payload; inf_time is not
         # part of it) gets the stored answer, not a refusal beside a payment in the ledger.

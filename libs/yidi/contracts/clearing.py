@@ -4,27 +4,18 @@ reconciliation inputs of facilities (3201 totals, 3202 details)."""
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, TypeAdapter, WithJsonSchema, field_validator, model_validator
+from pydantic import Field, TypeAdapter, WithJsonSchema, field_validator, model_validator
 
-from yidi.contracts.common import DAY_SHAPE, Amount, AreaCode, Code, Ratio, StrictWireModel, WireModel
+from yidi.contracts.common import Amount, AreaCode, Code, Ratio, RequestId, StrictWireModel, WireDay, WireModel
 from yidi.contracts.envelope import RequestEnvelope, gateway_reply_topic
 from yidi.domain.codes import InsuranceType
 
 Month = Annotated[str, Field(pattern=r"^[0-9]{4}(0[1-9]|1[0-2])$")]
 
 
-def _statement_day(value: Any) -> Any:
-    """A reconciliation date as the contract writes it, yyyy-MM-dd: pydantic alone read "20250101"
-    (and a JSON number) as seconds since 1970, and refused it with a message about datetimes."""
-    if isinstance(value, date) or (isinstance(value, str) and DAY_SHAPE.fullmatch(value)):
-        return value
-    raise ValueError(f"{str(value)[:40]!r} is not a date of the form yyyy-MM-dd")
-
-
-StatementDay = Annotated[date, BeforeValidator(_statement_day)]
+StatementDay = WireDay  # a reconciliation's dates
 
 
 class _Period(WireModel):
@@ -39,7 +30,7 @@ class _Period(WireModel):
 
 
 class _Request(StrictWireModel):
-    reqid: Code
+    reqid: RequestId
     reply_to: str = Field(default="clearing.results", pattern=r"^[A-Za-z0-9._\-]{1,200}$")
 
     @field_validator("reply_to")
@@ -84,7 +75,7 @@ class QuerySettlement(_Request):
 class QueryFacilityDay(_Request):
     type: Literal["query_facility_day"]
     fixmedins_code: Code
-    day: date
+    day: WireDay
 
 
 class QueryPairMonth(_Request):

@@ -7,7 +7,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, StringConstraints
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer, StringConstraints
 
 from yidi.domain.money import fmt, fmt_ratio, parse_amount, parse_ratio
 
@@ -126,6 +126,29 @@ DiseaseCode = Annotated[str, StringConstraints(max_length=64, strip_whitespace=T
 # What ``strip_whitespace`` strips (pydantic-core: Unicode White_Space). Python's ``str.strip()``
 # also strips the separators U+001C..U+001F, which a Code keeps: code read outside a model strips this.
 WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def _request_id(value: str) -> str:
+    if value.strip(WHITE_SPACE) != value:
+        raise ValueError("a reqid has no spaces before or after it: its answer carries it back as sent")
+    return value
+
+
+# The sender's id of a filing or clearing request. Not stripped as a Code is: the answer carries it
+# back as sent, and the gateway matches the answer by it (as a msgid).
+RequestId = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(_request_id)]
+
+
+def _wire_day(value: Any) -> Any:
+    """A date as the contracts write it, yyyy-MM-dd: pydantic alone read "20250101" (and a JSON
+    number) as seconds since 1970, and refused it with a message about datetimes, or took a
+    string of ten digits for a day."""
+    if isinstance(value, date) or (isinstance(value, str) and DAY_SHAPE.fullmatch(value)):
+        return value
+    raise ValueError(f"{str(value)[:40]!r} is not a date of the form yyyy-MM-dd")
+
+
+WireDay = Annotated[date, BeforeValidator(_wire_day)]
 
 
 def code_text(value: Any) -> str:

@@ -7,10 +7,10 @@ import math
 import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
-from pydantic import Field, field_validator
+from pydantic import Field, WithJsonSchema, field_validator
 
 from yidi.contracts.common import RESPOND_TIME_FORMAT, AreaCode, Code, InfTime, WireModel, wire_time
 from yidi.domain.codes import BUSINESS_TZ
@@ -114,7 +114,10 @@ class RequestEnvelope(WireModel):
     infno: Infno
     msgid: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
     mdtrtarea_admvs: AreaCode
-    insuplc_admdvs: AreaCode | None = None
+    insuplc_admdvs: Annotated[AreaCode | None, WithJsonSchema({
+        "anyOf": [{"type": "string", "pattern": "^[0-9]{6}$"}, {"const": ""}, {"type": "null"}],
+    })] = Field(default=None, description="the insured region; required when the input has psn_no, else absent "
+                                          "or empty")
     infver: str = "V1.0"
     opter_type: str = "1"
     opter: str = ""
@@ -129,6 +132,13 @@ class RequestEnvelope(WireModel):
     @classmethod
     def _reply_to_is_a_gateway_topic(cls, value: str) -> str:
         return gateway_reply_topic(value)
+
+    @field_validator("insuplc_admdvs", mode="before")
+    @classmethod
+    def _empty_is_not_given(cls, value: Any) -> Any:
+        # Required only when the input has psn_no (CONTRACT.md); gateways following the national
+        # interface send "" where it does not apply (3201/3202), as for other envelope fields.
+        return None if value == "" else value
 
     @property
     def data(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pydantic import AwareDatetime, Field, field_validator, model_validator
 
 from yidi.contracts.envelope import gateway_reply_topic
 
-from yidi.contracts.common import AreaCode, Code, StrictWireModel, WireModel
+from yidi.contracts.common import AreaCode, Code, RequestId, StrictWireModel, WireDay, WireModel
 from yidi.domain.codes import FilingCategory, InsuranceType
 from yidi.domain.eligibility import Filing, FilingPeriod, FilingStatus
 
@@ -41,15 +41,15 @@ class FilingRequest(StrictWireModel):
     """
 
     action: FilingAction
-    reqid: Code = Field(description="the sender's id of this request, the idempotency key")
+    reqid: RequestId = Field(description="the sender's id of this request, the idempotency key; answered as sent")
     filing_id: Code | None = Field(default=None, description="required except for add")
     psn_no: Code
     insutype: InsuranceType | None = None
     insuplc_admdvs: AreaCode | None = None
     filed_admdvs: AreaCode | None = None
     category: FilingCategory | None = None
-    begndate: date | None = None
-    enddate: date | None = None
+    begndate: WireDay | None = None
+    enddate: WireDay | None = None
     decl_source: DeclarationSource = DeclarationSource.SELF_SERVICE
     opter: str = Field(default="", max_length=200, description="who asks: the person, an office clerk, an import job")
     reason: str = Field(default="", max_length=2000, description="why, for refuse and cancel")
