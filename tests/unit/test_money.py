@@ -78,7 +78,25 @@ def test_a_ratio_of_minus_zero_is_a_ratio_of_zero(text):
 def test_an_amounts_wire_text_is_its_rounding_to_the_fen(amount):
     from yidi.domain.money import to_fen
 
-    assert fmt(amount) == str(to_fen(amount))
+    rounded = str(to_fen(amount))
+    assert fmt(amount) == ("0.00" if rounded == "-0.00" else rounded)  # a zero has no sign on the wire
+
+
+@pytest.mark.parametrize("text", ["-0.00", "-00.00", "-0", "-0.0", Decimal("-0.00"), Decimal("-0")])
+def test_a_zero_with_a_sign_is_read_and_written_as_zero(text):
+    # A line of "-0.00" was taken, and its answer echoed "-0.00" (the wire's schema has no sign on a zero).
+    read = parse_amount(text)
+    assert read == 0 and not read.is_signed()
+    assert amount_text(text) == "0.00"
+
+
+@pytest.mark.parametrize("amount", ["-0.00", "-0.004", "-0.0049"])
+def test_a_zero_worked_out_with_a_sign_is_written_without_it(amount):
+    from yidi.domain.money import amount_texts
+
+    assert fmt(Decimal(amount)) == "0.00"
+    assert fmt(Decimal("0.00") * Decimal("-0.8")) == "0.00"
+    assert amount_texts(["1.00", "-0.00", "-0.01"]) == ["1.00", "0.00", "-0.01"]
 
 
 _TWO_DECIMALS = st.from_regex(r"-?[0-9]{1,12}\.[0-9]{2}", fullmatch=True)  # the usual amount

@@ -15,7 +15,9 @@ ZERO = Decimal("0.00")
 MAX_AMOUNT = Decimal("999999999999.99")
 # The usual wire amount: already exactly two decimals (and at most 12 integer digits, so within
 # MAX_AMOUNT), so ``Decimal(text)`` is its own fen rounding.
-_TWO_DECIMALS = re.compile(r"-?[0-9]{1,12}\.[0-9]{2}")
+# A zero with a sign ("-0.00") is no such amount: parse_amount reads it as 0.00, and its text is "0.00"
+# (the wire's schema has no negative zero; an answer echoing it carried "-0.00").
+_TWO_DECIMALS = re.compile(r"(?!-0+\.00(?![0-9]))-?[0-9]{1,12}\.[0-9]{2}")
 # Any other amount string must at least be plain ASCII digits, a sign and a point; parse_amount then
 # says what is wrong with it (too many decimals, out of range).
 _PLAIN = re.compile(r"-?[0-9]+(\.[0-9]+)?")
@@ -53,7 +55,7 @@ def parse_amount(text: str | Decimal | int) -> Decimal:
     rounded = to_fen(value)
     if value != rounded:
         raise MoneyError(f"amount has more than two decimals: {text!r}")
-    return rounded
+    return rounded if rounded else rounded.copy_abs()  # -0.00 is 0.00
 
 
 def amount_text(text: str | Decimal | int) -> str:
@@ -118,7 +120,8 @@ def fmt(amount: Decimal) -> str:
     """The wire form of an amount: two decimals, as a string."""
     # to_fen written in: an answer writes some thirty amounts, and the call was a third of the cost
     # (test_money.py holds fmt to to_fen).
-    return str(amount.quantize(FEN, ROUND_HALF_UP))
+    text = str(amount.quantize(FEN, ROUND_HALF_UP))
+    return text if text != "-0.00" else "0.00"  # a product or sum of zero may carry a sign
 
 
 def fmt_ratio(ratio: Decimal) -> str:
