@@ -13,19 +13,23 @@ from services.clearing.prepayment import show_balances_every
 from services.clearing.repository import ClearingRepository
 
 
+def settlement_stage(settings: Settings, repository: ClearingRepository) -> TransactionalStage:
+    """Clearing's stage over ``settlement.priced``: a record it cannot process (``BadData``) is
+    refused as pricing left it (``ClearingHandler.refuse``), not with the stage's generic text."""
+    handler = ClearingHandler(settings, repository)
+    return TransactionalStage(
+        name="clearing", service="clearing", settings=settings,
+        topics=[SETTLEMENT_PRICED], group_id="yidi-clearing-priced",
+        handler=handler, refuse=handler.refuse, max_records=settings.batch_max_records,
+    )
+
+
 def build(settings: Settings | None = None) -> Service:
     settings = settings or settings_for("clearing")
     service = Service("clearing", settings, migrations="services.clearing.migrations")
 
     async def ready() -> None:
-        handler = ClearingHandler(settings, ClearingRepository(service.db()))
-        service.add_stage(
-            TransactionalStage(
-                name="clearing", service="clearing", settings=settings,
-                topics=[SETTLEMENT_PRICED], group_id="yidi-clearing-priced",
-                handler=handler, refuse=handler.refuse, max_records=settings.batch_max_records,
-            )
-        )
+        service.add_stage(settlement_stage(settings, ClearingRepository(service.db())))
         if settings.prepayment_sample_seconds > 0:
             repository = ClearingRepository(service.db())
             service.background.append(lambda: show_balances_every(repository, settings.prepayment_sample_seconds))

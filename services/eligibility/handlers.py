@@ -32,7 +32,7 @@ from yidi.domain.eligibility import Eligible, Outage, Refusal, Refused, Visit, d
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import broken, dead_letter, recover_ids, reply
+from yidi.platform.replies import answerable_id, broken, dead_letter, recover_ids, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_REQUESTS, SETTLEMENT_ELIGIBLE
 
@@ -100,11 +100,12 @@ def _work(p: Parsed) -> dict[str, Any]:
 
 def _answerable_msgid(sent: Any) -> str | None:
     """The msgid of a refused request as the parsed JSON has it, when an answer can carry it back:
-    text (escapes read as the gateway meant them) or a whole number, which the answer carries as
-    its digits (the contract's msgid is a string; a gateway that sent a number is still answered)."""
+    text (escapes read as the gateway meant them: a full-width space too) or a whole number, which
+    the answer carries as its digits (the contract's msgid is a string; a gateway that sent a
+    number is still answered)."""
     if isinstance(sent, int) and not isinstance(sent, bool) and 0 <= sent < 10**64:
         sent = str(sent)
-    return sent if isinstance(sent, str) and 0 < len(sent) <= 256 and sent.isprintable() else None
+    return sent if isinstance(sent, str) and answerable_id(sent, 256) else None
 
 
 class EligibilityHandler:

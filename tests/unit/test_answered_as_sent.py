@@ -19,7 +19,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.clearing.admin import ClearingAdminHandler
-from services.clearing.handlers import ClearingHandler
+from services.clearing.app import settlement_stage
 from services.eligibility.handlers import EligibilityHandler, Parsed
 from services.filing.handlers import FilingHandler
 from tests.unit.test_bad_input import WE1
@@ -95,11 +95,18 @@ def test_a_reqid_with_spaces_around_it_is_refused_not_stripped(reqid):
     assert parsed == [] and (result["reqid"], result["ok"]) == (reqid, False)
 
 
-@pytest.mark.parametrize("reqid", ["   ", "R\x01", "R\t", "R\x9f", 42, None, "R" * 65])
+@pytest.mark.parametrize("reqid", ["   ", "", 42, None, "R" * 65])
 def test_a_reqid_an_answer_cannot_carry_back_leaves_a_dead_letter_only(reqid):
-    # (Refused for its action: a reqid of control characters is taken, and answered as sent.)
     parsed, out = _filing(json.dumps({**FILING, "reqid": reqid, "action": "dance"}).encode())
     assert parsed == [] and [o.topic for o in out] == ["ns.filing.requests.dlq"]
+
+
+@pytest.mark.parametrize("reqid", ["R\x01", "R\x1c-1", "\tR-1", "R\x9f"])
+def test_a_reqid_with_control_characters_is_answered_as_sent_too(reqid):
+    # A valid request with such a reqid is taken (and answered under it): a refused one is too.
+    assert FilingRequest.model_validate({**FILING, "reqid": reqid.strip()}).reqid == reqid.strip()
+    parsed, (dead, answer) = _filing(json.dumps({**FILING, "reqid": reqid, "action": "dance"}).encode())
+    assert orjson.loads(answer.value)["reqid"] == reqid
 
 
 @pytest.mark.parametrize("day", ["20250101", 20250101, "1735689600", "2025/01/01"])
@@ -124,7 +131,8 @@ def _eligibility(request: dict | bytes) -> list:
     return result
 
 
-@pytest.mark.parametrize("msgid", ["H1101050000120260701103000\u00e9", 1101050000120260701])
+@pytest.mark.parametrize("msgid", ["H1101050000120260701103000\u00e9", "H11010500001202607011030000\u3000",
+                                   "\u00a0H11010500001202607011030000", 1101050000120260701])
 def test_an_unsupported_transaction_is_answered_under_an_escaped_or_numeric_msgid(msgid):
     request = {**copy.deepcopy(WE1), "infno": "2204", "msgid": msgid, "reply_to": "gw.results"}
     for value in (json.dumps(request).encode(), orjson.dumps(request)):
@@ -171,8 +179,9 @@ def test_clearings_stage_refuses_what_it_cannot_record_as_pricing_left_it(kind, 
     # Its refusal was the stage's generic one ("correct the request or settle in cash"): pricing has
     # recorded the msgid, so a corrected request is refused there, and a cancellation it applied
     # left the visit free to be settled again beside the ledger's row.
-    handler = ClearingHandler(SETTINGS, repo=None)  # type: ignore[arg-type]
-    assert handler.refuse == handler._broken  # what the stage is given (services/clearing/app.py)
+    stage = settlement_stage(SETTINGS, repository=None)  # type: ignore[arg-type]
+    handler = stage.handler
+    assert stage.refuse == handler.refuse == handler._broken
     priced = {"kind": kind, "request": {"msgid": WE1["msgid"], "infno": "2207", "reply_to": "gw.results",
                                         "fixmedins_code": WE1["fixmedins_code"]}, "answer": {"output": {}}}
     dead, answer = handler.refuse(_record("settlement.priced", orjson.dumps(priced)), "cannot be processed: DataError")

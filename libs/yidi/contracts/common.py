@@ -130,7 +130,9 @@ WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005
 
 def _request_id(value: str) -> str:
     if value.strip(WHITE_SPACE) != value:
-        raise ValueError("a reqid has no spaces before or after it: its answer carries it back as sent")
+        raise ValueError("a reqid has no spaces before or after it (its answer carries it back as sent): send the "
+                         "request again with the reqid without them; one applied before under that reqid is answered "
+                         "as it was")
     return value
 
 

@@ -25,7 +25,6 @@ _REPLY_TO = re.compile(rb'"reply_to"\s*:\s*"([A-Za-z0-9._\-]{1,200})"')
 _INFNO = re.compile(rb'"infno"\s*:\s*"(\d{4})"')
 _FACILITY = re.compile(rb'"fixmedins_code"\s*:\s*"([^"]{1,64})"')
 _REQID = re.compile(rb'"reqid"\s*:\s*"([^"\\]{1,64})"')
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def recover_ids(raw: bytes) -> tuple[str | None, str, str, str]:
@@ -45,26 +44,27 @@ def recover_reqid(raw: bytes) -> str | None:
     """The ``reqid`` of a filing or clearing request that did not validate, as it was sent, if it
     can be read: the gateway matches the answer by the reqid it sent. From the JSON when it parses
     (a reqid written with escapes, ``\\uXXXX``, is read as the gateway meant it), else from the
-    bytes; None when there is none, or none that is text (a request not in UTF-8: dead-lettered
-    only, and the stage goes on)."""
+    bytes; None when there is none, only spaces, or none that is text (a reqid not in UTF-8, as in
+    a request written in GBK: dead-lettered only, and the stage goes on)."""
     try:
         value = loads(raw)
     except ValueError:
         value = None
     if isinstance(value, dict):
         reqid = value.get("reqid")
-        return reqid if isinstance(reqid, str) and _readable_id(reqid, 64) else None
+        return reqid if isinstance(reqid, str) and answerable_id(reqid, 64) else None
     m = _REQID.search(raw)
     try:
         reqid = m.group(1).decode() if m else None
     except UnicodeDecodeError:  # cut inside a character, or not UTF-8
         return None
-    return reqid if reqid is not None and _readable_id(reqid, 64) else None
+    return reqid if reqid is not None and answerable_id(reqid, 64) else None
 
 
-def _readable_id(value: str, longest: int) -> bool:
-    """An id an answer can carry back: some text, not only spaces, no control characters."""
-    return 0 < len(value) <= longest and not value.isspace() and _CONTROL.search(value) is None
+def answerable_id(value: str, longest: int) -> bool:
+    """An id (reqid, msgid) an answer can carry back to its sender: some text, not only spaces.
+    Any character a JSON string holds will do (orjson escapes control characters)."""
+    return 0 < len(value) <= longest and not value.isspace()
 
 
 def recover_reply_to(raw: bytes, default: str = DEFAULT_REPLY_TO) -> str:
