@@ -405,21 +405,25 @@ class ClearingAdminHandler:
         return reply(self.settings, envelope.reply_to, answer, facility=facility, request_ts_ms=request.request_ts_ms)
 
     async def _reconcile_totals(self, conn: asyncpg.Connection, facility: str, body: ReconcileTotalsInput) -> dict[str, Any]:
-        # The insurance type of a settlement is in its answer as sent (setlinfo.insutype): read there
-        # only when the facility asks for one type, among the rows of its period.
+        # A settlement's insurance type, clearing type and agency are in its answer as sent
+        # (setlinfo): read there only when the facility asks for some, among the rows of its period.
+        filters = body.filters()
         row = await conn.fetchrow(
             """SELECT count(*) AS n, coalesce(sum(medfee_sumamt), 0) AS medfee_sumamt,
                       coalesce(sum(fund_pay_sumamt), 0) AS fund_pay_sumamt, coalesce(sum(acct_pay), 0) AS acct_pay
                FROM clearing.ledger WHERE fixmedins_code = $1 AND setl_date BETWEEN $2 AND $3 AND state = 'settled'
-                 AND ($4::text IS NULL OR answer -> 'output' -> 'setlinfo' ->> 'insutype' = $4::text)""",
-            facility, body.stmt_begndate, body.stmt_enddate, body.insutype.value if body.insutype else None,
+                 AND ($4::text IS NULL OR answer -> 'output' -> 'setlinfo' ->> 'insutype' = $4::text)
+                 AND ($5::text IS NULL OR answer -> 'output' -> 'setlinfo' ->> 'clr_type' = $5::text)
+                 AND ($6::text IS NULL OR answer -> 'output' -> 'setlinfo' ->> 'clr_optins' = $6::text)""",
+            facility, body.stmt_begndate, body.stmt_enddate,
+            filters.get("insutype"), filters.get("clr_type"), filters.get("setl_optins"),
         )
         mine = {"fixmedins_setl_cnt": body.fixmedins_setl_cnt, "medfee_sumamt": body.medfee_sumamt,
                 "fund_pay_sumamt": body.fund_pay_sumamt, "acct_pay": body.acct_pay}
         platform = {"fixmedins_setl_cnt": row["n"], "medfee_sumamt": row["medfee_sumamt"],
                     "fund_pay_sumamt": row["fund_pay_sumamt"], "acct_pay": row["acct_pay"]}
         diffs = reconcile_totals(mine, platform)
-        of = f" (insutype {body.insutype.value})" if body.insutype else ""
+        of = f" ({', '.join(f'{k} {v}' for k, v in filters.items())})" if filters else ""
         return {
             "stmt_rslt": "0" if not diffs else "1",
             "stmt_rslt_dscr": f"totals{of} match" if not diffs else f"totals{of} differ: " + ", ".join(d.field for d in diffs),

@@ -302,6 +302,35 @@ async def test_reconciliation_of_totals_by_insurance_type(world, gateway):
     assert unknown["err_code"] == "INVALID_INPUT" and unknown["err_msg"].startswith("input.data.insutype: ")
 
 
+async def test_reconciliation_of_totals_by_clearing_type_and_agency(world, gateway):
+    """A 3201 naming a clearing type or a settling agency (the national 3201's clr_type and
+    setl_optins) counts the settlements whose answers carried them; they were ignored, and a
+    facility reconciling outpatient and inpatient apart was told its totals differ."""
+    employee = await world.person()
+    day = "2025-08-13"
+    settled = [await gateway.call(world.request(employee, [("T-A", "1", amount)], when=f"{day} 09:00:00"))
+               for amount in ("500.00", "800.00")]
+    infos = [a["output"]["setlinfo"] for a in settled]
+    assert [(i["clr_type"], i["clr_optins"]) for i in infos] == [("11", world.insured)] * 2
+
+    def totals(of: list[dict], **extra: str) -> dict:
+        return {"stmt_begndate": day, "stmt_enddate": day, "fixmedins_setl_cnt": len(of),
+                "medfee_sumamt": str(sum((Decimal(i["medfee_sumamt"]) for i in of), Decimal("0.00"))),
+                "fund_pay_sumamt": str(sum((Decimal(i["fund_pay_sumamt"]) for i in of), Decimal("0.00"))),
+                "acct_pay": "0.00"} | extra
+
+    base = world.request(employee, [("T-A", "1", "1.00")])
+    for of, extra in ((infos, {"clr_type": "11"}), ([], {"clr_type": "21"}), (infos, {"clr_type": ""}),
+                      (infos, {"setl_optins": world.insured}), ([], {"setl_optins": "999999"}),
+                      (infos, {"clr_type": "11", "setl_optins": world.insured, "insutype": "310"})):
+        answer = await gateway.call(fresh(base) | {"infno": "3201", "input": {"data": totals(of, **extra)}})
+        assert answer["output"]["stmt_rslt"] == "0", (extra, answer["output"])
+    inpatient = await gateway.call(fresh(base) | {"infno": "3201", "input": {"data": totals(infos, clr_type="21")}})
+    assert inpatient["output"]["stmt_rslt_dscr"] == ("totals (clr_type 21) differ: fixmedins_setl_cnt, medfee_sumamt, "
+                                                     "fund_pay_sumamt")
+    assert inpatient["output"]["platform"]["fixmedins_setl_cnt"] == 0
+
+
 async def _read(settings, topic: str) -> list[dict]:
     import json
 

@@ -173,11 +173,30 @@ class ReconcileTotalsInput(_Period):
     insutype: Annotated[InsuranceType | None, WithJsonSchema({
         "anyOf": [{"type": "string", "enum": [t.value for t in InsuranceType]}, {"const": ""}, {"type": "null"}],
     })] = Field(default=None, description="the insurance type the totals are for; absent or empty: all types together")
+    # The national 3201 names these two too (a facility's system reconciles by clearing type and
+    # settling agency): each filters on what every settlement's answer carried (setlinfo), as
+    # insutype does. Ignored, a facility reconciling outpatient and inpatient apart was told the
+    # totals differ by the other type's.
+    clr_type: Annotated[str | None, WithJsonSchema({
+        "anyOf": [{"type": "string", "maxLength": 10}, {"type": "null"}],
+    })] = Field(default=None, max_length=10, description="the clearing type the totals are for, as the settlements' "
+                                                          "answers carry it (setlinfo.clr_type: 21 inpatient, 11 the "
+                                                          "rest); absent or empty: all")
+    setl_optins: Annotated[str | None, WithJsonSchema({
+        "anyOf": [{"type": "string", "maxLength": 10}, {"type": "null"}],
+    })] = Field(default=None, max_length=10, description="the agency the totals are for, as the settlements' answers "
+                                                          "carry it (setlinfo.clr_optins: the insured region); absent "
+                                                          "or empty: all")
 
-    @field_validator("insutype", mode="before")
+    @field_validator("insutype", "clr_type", "setl_optins", mode="before")
     @classmethod
     def _empty_is_all(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    def filters(self) -> dict[str, str]:
+        """The filters given (``insutype``, ``clr_type``, ``setl_optins``), by name (none: all the period's)."""
+        return {k: v for k, v in (("insutype", self.insutype.value if self.insutype else None),
+                                  ("clr_type", self.clr_type), ("setl_optins", self.setl_optins)) if v is not None}
 
 
 class ReconcileDetail(WireModel):
