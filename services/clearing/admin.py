@@ -434,13 +434,16 @@ class ClearingAdminHandler:
 
     async def _reconcile_details(self, conn: asyncpg.Connection, facility: str, body: ReconcileDetailsInput) -> dict[str, Any]:
         rows = await conn.fetch(
-            """SELECT setl_id, state, medfee_sumamt, fund_pay_sumamt, acct_pay FROM clearing.ledger
+            """SELECT setl_id, state, setl_date, medfee_sumamt, fund_pay_sumamt, acct_pay FROM clearing.ledger
                WHERE fixmedins_code = $1 AND (setl_date BETWEEN $2 AND $3 OR setl_id = ANY($4::text[]))""",
             facility, body.stmt_begndate, body.stmt_enddate, [d.setl_id for d in body.details],
         )
         platform = {r["setl_id"]: (r["state"], {k: r[k] for k in AMOUNTS}) for r in rows}
         mine = {d.setl_id: {k: getattr(d, k) for k in AMOUNTS} for d in body.details}
-        diffs = reconcile_details(mine, platform)
+        # Listed by the facility, but dated by the platform outside the period.
+        outside = {r["setl_id"]: r["setl_date"] for r in rows
+                   if not body.stmt_begndate <= r["setl_date"] <= body.stmt_enddate}
+        diffs = reconcile_details(mine, platform, outside)
         listed = diffs[:MAX_LISTED]
         more = f"; the first {len(listed)} are listed: reconcile a shorter period to see the rest" if len(diffs) > len(listed) else ""
         return {
@@ -449,7 +452,9 @@ class ClearingAdminHandler:
             "differences_total": len(diffs),
             "differences": [{"setl_id": d.setl_id, "problem": d.problem,
                              "facility": {k: fmt(v) for k, v in d.facility.items()},
-                             "platform": {k: fmt(v) for k, v in d.platform.items()}} for d in listed],
+                             "platform": {k: fmt(v) for k, v in d.platform.items()}}
+                            | ({"platform_setl_date": d.platform_date.isoformat()} if d.platform_date else {})
+                            for d in listed],
         }
 
 

@@ -271,6 +271,15 @@ async def test_reconciliation_of_a_facilitys_day_matches_or_lists_the_difference
     detail = await gateway.call(fresh(base) | {"infno": "3202", "input": {"data": details}})
     problems = {d["setl_id"]: d["problem"] for d in detail["output"]["differences"]}
     assert problems == {infos[1]["setl_id"]: "missing_at_facility", "S20250808NOTONPLATFORM0": "missing_on_platform"}
+    # The facility dates the second a day later (its clock at midnight): its 3201 of the next day is
+    # off by it, and its 3202 of that day says where the platform has it.
+    next_day = {"stmt_begndate": "2025-08-09", "stmt_enddate": "2025-08-09", "details": [
+        {"setl_id": infos[1]["setl_id"], "medfee_sumamt": infos[1]["medfee_sumamt"],
+         "fund_pay_sumamt": infos[1]["fund_pay_sumamt"], "acct_pay": "0.00"}]}
+    detail = await gateway.call(fresh(base) | {"infno": "3202", "input": {"data": next_day}})
+    (moved,) = detail["output"]["differences"]
+    assert (moved["setl_id"], moved["problem"], moved["platform_setl_date"]) == (
+        infos[1]["setl_id"], "dated_outside_period", day)
 
 
 async def test_reconciliation_of_totals_by_insurance_type(world, gateway):

@@ -11,7 +11,7 @@ the latest closed one, so every yuan is cleared exactly once.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -239,16 +239,25 @@ def reconcile_totals(facility: dict[str, Decimal | int], platform: dict[str, Dec
 @dataclass(frozen=True, slots=True)
 class DetailDifference:
     setl_id: str
-    problem: str  # missing_on_platform, missing_at_facility, amounts_differ, cancelled_/reversed_on_platform
+    # missing_on_platform, missing_at_facility, amounts_differ, cancelled_/reversed_on_platform,
+    # dated_outside_period
+    problem: str
     facility: dict[str, Decimal] = field(default_factory=dict)
     platform: dict[str, Decimal] = field(default_factory=dict)
+    platform_date: date | None = None  # dated_outside_period: the day the platform has it under
 
 
 def reconcile_details(
-    facility: dict[str, dict[str, Decimal]], platform: dict[str, tuple[str, dict[str, Decimal]]]
+    facility: dict[str, dict[str, Decimal]], platform: dict[str, tuple[str, dict[str, Decimal]]],
+    outside: Mapping[str, date] | None = None,
 ) -> list[DetailDifference]:
-    """3202: settlement by settlement; ``platform`` maps setl_id to (state, amounts)."""
+    """3202: settlement by settlement; ``platform`` maps setl_id to (state, amounts). ``outside``:
+    the settlements the facility lists that the platform dates outside the period, and their day
+    there. Matched without a word, they left a 3201 of the same period off by them and the 3202
+    saying every settlement matches: the facility dated one a day later (its own clock at
+    midnight, a resend completed the next day), and nothing said where the gap was."""
     out = []
+    outside = outside or {}
     for setl_id in sorted(set(facility) | set(platform)):
         mine, theirs = facility.get(setl_id), platform.get(setl_id)
         if theirs is None:
@@ -258,6 +267,8 @@ def reconcile_details(
                 out.append(DetailDifference(setl_id, "missing_at_facility", platform=theirs[1]))
         elif theirs[0] != "settled":
             out.append(DetailDifference(setl_id, f"{theirs[0]}_on_platform", mine, theirs[1]))
+        elif setl_id in outside:
+            out.append(DetailDifference(setl_id, "dated_outside_period", mine, theirs[1], outside[setl_id]))
         elif any(mine.get(k) != theirs[1].get(k) for k in mine):
             out.append(DetailDifference(setl_id, "amounts_differ", mine, theirs[1]))
     return out
