@@ -9,6 +9,7 @@ could not be reached."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import sys
@@ -33,7 +34,12 @@ async def sweep(settings: Settings) -> bool:
         await pool.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    # No options: but ``--help`` (or a mistyped flag) must not sweep the production cache.
+    argparse.ArgumentParser(
+        prog="python -m services.eligibility.sweep", description=__doc__.split("\n\n")[0],
+        epilog="Settings from the services' YIDI_* environment (YIDI_DATABASE_URL, YIDI_REDIS_URL, ...).",
+    ).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the sweeps' "N cache entries marked stale dropped"
     if asyncio.run(sweep(settings_for("eligibility"))):
         print("no cache entry marked stale is left")

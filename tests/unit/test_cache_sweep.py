@@ -57,3 +57,17 @@ async def test_the_sweeps_each_second_go_on_at_once_after_a_full_batch_and_log_c
     messages = [r.getMessage() for r in caplog.records if "not swept" in r.getMessage() or "again" in r.getMessage()]
     assert len(messages) == 3, messages  # Redis unreachable, Postgres failed, swept again: once each
     assert "Redis unreachable" in messages[0] and "Postgres failed" in messages[1] and "swept again" in messages[2]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--dry-run"], ["now"]])
+def test_the_shell_sweep_sweeps_nothing_when_asked_for_help_or_given_an_option_it_lacks(monkeypatch, argv):
+    # It ignored its arguments: `--help` swept the cache of whatever YIDI_* pointed at.
+    from services.eligibility import sweep
+
+    def refuse(settings):  # pragma: no cover - the test fails if it runs
+        raise AssertionError("swept")
+
+    monkeypatch.setattr(sweep, "sweep", refuse)
+    with pytest.raises(SystemExit) as exited:
+        sweep.main(argv)
+    assert exited.value.code == (0 if argv == ["--help"] else 2)
