@@ -152,7 +152,12 @@ class FilingHandler:
                 raise FilingRefused(f"filing {ask.filing_id} exists already; change it instead")
             _category_fits(ask.category, held)
             await self._one_long_term(conn, ask)
-            return new_filing(ask), 1, today, "filed"
+            # The day it was filed, which R8's lock counts from: an import was filed elsewhere, by
+            # its begndate at the latest (counted from the import, a lock ran up to six months
+            # past R8's limit for every filing migrated in).
+            filed_on = (min(today, request.begndate)
+                        if request.decl_source is DeclarationSource.IMPORT and request.begndate else today)
+            return new_filing(ask), 1, filed_on, "filed"
         current = await self.repo.get(conn, request.filing_id or "")
         if current is None or current[0].psn_no != request.psn_no:
             raise FilingRefused(f"no filing {request.filing_id} of this person")

@@ -21,7 +21,9 @@ A record older than the one held (by ``updated_at``) is ignored, as eligibility 
 that does not validate, or dated ahead of the clock, too (eligibility's feed dead-letters it), and
 counted ``yidi_refdata_records_total{feed="refdata.persons", outcome="ignored"}``. A request for a
 filing asked for under an insurance that changed after it, and handled after the change, is
-refused by the filing stage (handlers.py), so the order of the two topics does not matter.
+refused by the filing stage (handlers.py). One asked for after the change but handled before
+this stage reads it is taken as asked (its filing is made after the change, and stays): the one
+case where the order of the two topics shows (docs/architecture.md).
 
 Exactly once: a batch handled again after Postgres committed (its Kafka transaction lost) finds
 its records already seen (partition and offset in ``filing.persons``) and publishes again, from

@@ -129,3 +129,29 @@ async def test_a_category_named_after_a_kind_of_person_must_fit_the_person_filin
     await persons([Incoming("refdata.persons", 0, 9, worker.encode(), orjson.dumps(value), int(time.time() * 1000))])
     retired = await worker_ask(category="retiree_resettled", filed_admdvs="130000")
     assert retired["accepted"], retired
+
+
+async def test_r8s_lock_of_an_imported_filing_counts_from_its_begndate_not_the_import(filing_repo, settings):
+    # An import is a filing made elsewhere: counted from the day the platform took it in, the lock
+    # ran up to six months past R8's limit for every filing migrated in.
+    from datetime import date
+
+    locked = settings.model_copy(update={"filing_lock_months": {"131000": 6}})
+    handler = FilingHandler(locked, filing_repo)
+    today = date.today()
+    long_ago, recent = date(today.year - 2, 1, 1), today.replace(day=1)
+    outcomes = {}
+    for name, source, begndate in (("imported long ago", "import", long_ago), ("imported this month", "import", recent),
+                                   ("filed here", "self_service", long_ago)):
+        psn = unique("P")
+        ask = asker(handler, psn, decl_source=source, begndate=begndate.isoformat())
+        filed = await ask()
+        assert filed["accepted"], filed
+        moved = await ask("change", filing_id=filed["filing"]["filing_id"], filed_admdvs="120000",
+                          decl_source="self_service")
+        outcomes[name] = moved["accepted"], moved.get("reason", "")
+    assert outcomes["imported long ago"] == (True, "")
+    # Still within six months of its filing: locked, as one filed here today is.
+    for name in ("imported this month", "filed here"):
+        accepted, reason = outcomes[name]
+        assert not accepted and "locks a filing for 6 months" in reason, (name, reason)
