@@ -5,7 +5,8 @@ For ``YidiEligibilityCacheStaleServed``: the instances that sweep cannot reach R
 reads Redis does not sweep. Run from a host that reaches both Redis and Postgres, it forgets each
 marked entry as of the person's version (a tombstone, so a look-up in flight cannot cache the old
 subject again) and removes the marks it forgot. Exit status 0 once no mark is left, 1 if Redis
-could not be reached."""
+could not be reached; ``--help`` prints the usage and sweeps nothing, and an option it does not
+take exits 2 without sweeping."""
 
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ async def sweep(settings: Settings) -> bool:
 def main(argv: list[str] | None = None) -> None:
     # No options: but ``--help`` (or a mistyped flag) must not sweep the production cache.
     argparse.ArgumentParser(
-        prog="python -m services.eligibility.sweep", description=__doc__.split("\n\n")[0],
+        prog="python -m services.eligibility.sweep",
+        description="Sweep eligibility's stale cache marks once, as every instance does each second.",
         epilog="Settings from the services' YIDI_* environment (YIDI_DATABASE_URL, YIDI_REDIS_URL, ...).",
     ).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the sweeps' "N cache entries marked stale dropped"

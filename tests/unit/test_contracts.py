@@ -375,3 +375,16 @@ def test_answer_and_request_times_are_written_as_strftime_writes_them():
         expected = datetime.fromtimestamp(ms / 1000, UTC).astimezone(BUSINESS_TZ).strftime("%Y%m%d%H%M%S%f")[:17]
         assert respond_time_ms(ms) == expected, ms
     assert respond_time_ms(1_767_225_600_123.0) == respond_time_ms(1_767_225_600_123) == "20260101080000123"
+
+
+def test_a_3201s_filters_are_read_as_codes_are_and_empty_means_all():
+    from yidi.contracts.clearing import ReconcileTotalsInput
+
+    totals = {"stmt_begndate": "2025-01-01", "stmt_enddate": "2025-01-01", "medfee_sumamt": "1.00",
+              "fund_pay_sumamt": "0.00", "acct_pay": "0.00", "fixmedins_setl_cnt": 1}
+    padded = ReconcileTotalsInput.model_validate(totals | {"clr_type": "21 ", "setl_optins": " 131000",
+                                                           "insutype": "310"})
+    assert padded.filters() == {"insutype": "310", "clr_type": "21", "setl_optins": "131000"}
+    for blank in ("", "  ", None):
+        assert ReconcileTotalsInput.model_validate(
+            totals | {"clr_type": blank, "setl_optins": blank, "insutype": blank}).filters() == {}

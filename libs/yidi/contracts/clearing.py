@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, WithJsonSchema, field_validator, model_validator
+from pydantic import Field, StringConstraints, TypeAdapter, WithJsonSchema, field_validator, model_validator
 
 from yidi.contracts.common import Amount, AreaCode, Code, Ratio, RequestId, StrictWireModel, WireDay, WireModel
 from yidi.contracts.envelope import RequestEnvelope, gateway_reply_topic
@@ -177,12 +177,12 @@ class ReconcileTotalsInput(_Period):
     # settling agency): each filters on what every settlement's answer carried (setlinfo), as
     # insutype does. Ignored, a facility reconciling outpatient and inpatient apart was told the
     # totals differ by the other type's.
-    clr_type: Annotated[str | None, WithJsonSchema({
+    clr_type: Annotated[str | None, StringConstraints(strip_whitespace=True), WithJsonSchema({
         "anyOf": [{"type": "string", "maxLength": 10}, {"type": "null"}],
     })] = Field(default=None, max_length=10, description="the clearing type the totals are for, as the settlements' "
                                                           "answers carry it (setlinfo.clr_type: 21 inpatient, 11 the "
                                                           "rest); absent or empty: all")
-    setl_optins: Annotated[str | None, WithJsonSchema({
+    setl_optins: Annotated[str | None, StringConstraints(strip_whitespace=True), WithJsonSchema({
         "anyOf": [{"type": "string", "maxLength": 10}, {"type": "null"}],
     })] = Field(default=None, max_length=10, description="the agency the totals are for, as the settlements' answers "
                                                           "carry it (setlinfo.clr_optins: the insured region); absent "
@@ -191,7 +191,7 @@ class ReconcileTotalsInput(_Period):
     @field_validator("insutype", "clr_type", "setl_optins", mode="before")
     @classmethod
     def _empty_is_all(cls, value: Any) -> Any:
-        return None if value == "" else value
+        return None if isinstance(value, str) and not value.strip() else value
 
     def filters(self) -> dict[str, str]:
         """The filters given (``insutype``, ``clr_type``, ``setl_optins``), by name (none: all the period's)."""
