@@ -24,7 +24,9 @@ pytestmark = pytest.mark.e2e
 
 def _with_new_msgid(request: dict) -> dict:
     r = copy.deepcopy(request)
-    r["msgid"] = "BADINPUT" + uuid.uuid4().hex[:20].upper()
+    # WE1's facility's code first (CONTRACT.md), so that each request is refused for its own fault
+    # (the one sent as another facility's, for its msgid).
+    r["msgid"] = WE1["fixmedins_code"] + "BADINPUT" + uuid.uuid4().hex[:16].upper()
     return r
 
 

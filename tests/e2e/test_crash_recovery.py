@@ -117,6 +117,7 @@ async def test_under_the_refuse_policy_an_exhausted_prepayment_refuses_and_settl
             catalogue=[item | {"mdtrtarea_admvs": world.insured} for item in world.catalogue()])
         at_home = world.request(person, [("T-A", "1", "800.00")])
         at_home["mdtrtarea_admvs"], at_home["fixmedins_code"] = county, home_facility
+        at_home["msgid"] = home_facility + at_home["msgid"][len(world.facility):]  # a msgid begins with its facility's code
         settled = await gateway.call(at_home)
         assert settled["infcode"] == 0, settled
         assert Decimal(settled["output"]["setlinfo"]["fund_pay_sumamt"]) > Decimal("80.00")  # more than is left

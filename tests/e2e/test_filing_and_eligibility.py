@@ -277,10 +277,10 @@ async def test_benefit_check_and_person_info_answer_from_the_same_data(world, ga
     assert info_answer["output"]["baseinfo"]["psn_no"] == person
     assert len(info_answer["output"]["filings"]) == 1
     # A person's identity, balance and filings go to networked facilities of the region only.
-    stranger = await gateway.call(info | {"msgid": base["msgid"][:-1] + "Y", "fixmedins_code": "H99999999999"})
+    stranger = await gateway.call(info | {"msgid": "H99999999999" + base["msgid"][12:-1] + "Y", "fixmedins_code": "H99999999999"})
     assert stranger["err_code"] == "UNKNOWN_FACILITY" and not stranger.get("output")
     # A benefit check from it fails the same way (it answered infcode 0, "eligible": "0").
-    unknown = await gateway.call(check | {"msgid": base["msgid"][:-1] + "X", "fixmedins_code": "H99999999999"})
+    unknown = await gateway.call(check | {"msgid": "H99999999999" + base["msgid"][12:-1] + "X", "fixmedins_code": "H99999999999"})
     assert (unknown["infcode"], unknown["err_code"]) == (-1, "UNKNOWN_FACILITY") and not unknown.get("output")
 
 

@@ -129,7 +129,8 @@ async def test_a_visit_is_settled_once_until_its_settlement_is_cancelled(gateway
 async def test_only_the_facility_that_settled_cancels_and_only_for_that_visit(gateway, system):
     settle = we1()
     setl_id = (await gateway.call(settle))["output"]["setlinfo"]["setl_id"]
-    elsewhere = cancel_of(settle, setl_id) | {"fixmedins_code": "H11010800002"}  # another Beijing hospital
+    elsewhere = cancel_of(settle, setl_id)  # by another Beijing hospital, under a msgid of its own
+    elsewhere |= {"fixmedins_code": "H11010800002", "msgid": "H11010800002" + elsewhere["msgid"][12:]}
     other_visit = cancel_of(settle, setl_id)
     other_visit["input"]["data"]["mdtrt_id"] = "ANOTHER-VISIT"
     for request in (elsewhere, other_visit):

@@ -34,7 +34,7 @@ TREATING = "997000"
 
 def work(insured: str, code: str, offset: int, infno: str = "2206") -> Incoming:
     raw = copy.deepcopy(WE1)  # dated 2022-07-01
-    raw.update(infno=infno, msgid=unique("M"), insuplc_admdvs=insured, mdtrtarea_admvs=TREATING)
+    raw.update(infno=infno, msgid=raw["fixmedins_code"] + unique("M"), insuplc_admdvs=insured, mdtrtarea_admvs=TREATING)
     raw["input"]["data"]["mdtrt_id"] = unique("V")
     raw["input"]["data"]["feedetail"] = [{"feedetl_sn": "1", "hilist_code": code, "hilist_name": code, "cnt": "1",
                                           "pric": "100.00", "det_item_fee_sumamt": "100.00"}]

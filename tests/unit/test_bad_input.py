@@ -70,6 +70,9 @@ def _negative_line() -> dict:
 
 
 BAD_REQUESTS = {
+    # CONTRACT.md: the facility's code, then the time and a sequence. The msgid is the idempotency
+    # key across facilities: another facility's answered MODIFIED_REQUEST, or its settlement blocked.
+    "a msgid that does not begin with the facility's code": {**copy.deepcopy(WE1), "fixmedins_code": "H99999999999"},
     "empty cnt": we1_with(line0_cnt=""),
     "null cnt": we1_with(line0_cnt=None),
     "cnt abc": we1_with(line0_cnt="abc"),

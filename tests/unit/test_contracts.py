@@ -388,3 +388,21 @@ def test_a_3201s_filters_are_read_as_codes_are_and_empty_means_all():
     for blank in ("", "  ", None):
         assert ReconcileTotalsInput.model_validate(
             totals | {"clr_type": blank, "setl_optins": blank, "insutype": blank}).filters() == {}
+
+
+def test_a_msgid_begins_with_its_facilitys_code():
+    # The idempotency key across every facility (CONTRACT.md): facility B's "0001" was answered
+    # MODIFIED_REQUEST for facility A's settlement, and B could block A's by sending its msgid first.
+    import copy
+    import json
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from yidi.contracts.envelope import RequestEnvelope
+
+    we1 = json.loads((Path(__file__).resolve().parents[3] / "shared" / "examples" / "we1" / "request.json").read_text())
+    assert RequestEnvelope.model_validate(we1).msgid.startswith(we1["fixmedins_code"])
+    for msgid in ("0001", "H99999999999" + we1["msgid"][12:], we1["msgid"][1:]):
+        with pytest.raises(ValidationError, match="does not begin with fixmedins_code"):
+            RequestEnvelope.model_validate(copy.deepcopy(we1) | {"msgid": msgid})

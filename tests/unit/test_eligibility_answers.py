@@ -59,7 +59,8 @@ async def test_care_the_facility_is_not_networked_for_is_the_visits_answer_not_a
     assert (answer["infcode"], answer["output"]["eligible"], answer["output"]["reason_code"]) == (0, "0", "UNKNOWN_FACILITY")
 
 
-@pytest.mark.parametrize("changes", [{"fixmedins_code": "H99999999999"}, {"mdtrtarea_admvs": "310000"}])
+@pytest.mark.parametrize("changes", [{"fixmedins_code": "H99999999999", "msgid": "H99999999999202207011030000001"},
+                                     {"mdtrtarea_admvs": "310000"}])
 async def test_a_facility_the_region_does_not_know_fails_as_1101_does(changes):
     answer = await benefit_check(**changes)
     assert (answer["infcode"], answer["err_code"]) == (-1, "UNKNOWN_FACILITY") and not answer["output"]

@@ -24,7 +24,7 @@ PERSON = PersonSnapshot(psn_no="13100000000000000001", psn_name="Wang", psn_type
 
 def stay_request(facility: str, msgid: str, mdtrt_id: str, amount: str = "1000.00") -> EligibleWork:
     raw = copy.deepcopy(WE1)
-    raw.update(infno="2304", msgid=msgid, fixmedins_code=facility, inf_time="2022-07-01 10:30:00")
+    raw.update(infno="2304", msgid=facility + msgid, fixmedins_code=facility, inf_time="2022-07-01 10:30:00")
     raw["input"]["data"].update(
         med_type="21", mdtrt_id=mdtrt_id, medfee_sumamt=amount,
         feedetail=[{"feedetl_sn": "1", "hilist_code": "DRUG", "cnt": "1", "pric": amount, "det_item_fee_sumamt": amount}])

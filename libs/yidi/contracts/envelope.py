@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import orjson
-from pydantic import Field, WithJsonSchema, field_validator
+from pydantic import Field, WithJsonSchema, field_validator, model_validator
 
 from yidi.contracts.common import RESPOND_TIME_FORMAT, AreaCode, Code, InfTime, WireModel, wire_time
 from yidi.domain.codes import BUSINESS_TZ
@@ -132,6 +132,17 @@ class RequestEnvelope(WireModel):
     @classmethod
     def _reply_to_is_a_gateway_topic(cls, value: str) -> str:
         return gateway_reply_topic(value)
+
+    @model_validator(mode="after")
+    def _msgid_is_the_facilitys(self) -> RequestEnvelope:
+        # CONTRACT.md: the facility's code, then the time and a sequence. The msgid is the
+        # idempotency key across every facility: one that did not begin with the sender's code
+        # could be another facility's (B's "0001" answered MODIFIED_REQUEST for A's settlement, or
+        # a settlement of A's blocked by B sending its msgid first).
+        if not self.msgid.startswith(self.fixmedins_code):
+            raise ValueError(f"msgid {self.msgid!r} does not begin with fixmedins_code {self.fixmedins_code!r} "
+                             "(CONTRACT.md: the facility's code, yyyyMMddHHmmss, a 4-digit sequence)")
+        return self
 
     @field_validator("insuplc_admdvs", mode="before")
     @classmethod
