@@ -289,6 +289,14 @@ class PricingHandler:
                 )
                 for e in seen.emitted
             ]
+        if not request.infno.changes_state and request.msgid in batch.stored:
+            # A pre-settlement under the msgid of a request recorded here: answered as a settlement
+            # under it, the gateway held two answers to one msgid (its idempotency key).
+            return self._refuse(
+                work, ErrCode.MODIFIED_REQUEST,
+                f"msgid {request.msgid} was already used for another request (infno "
+                f"{batch.stored[request.msgid].infno}); a new request needs a new msgid.",
+            )
         if work.refusal is not None:
             return self._refuse(work, work.refusal.err_code, work.refusal.err_msg)
         if request.infno.prices_a_bill:

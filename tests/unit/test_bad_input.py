@@ -489,3 +489,19 @@ async def test_a_person_query_eligibility_cannot_read_is_answered_where_it_arriv
     request = copy.deepcopy(WE1) | {"infno": "1101", "input": {"data": {"psn_no": WE1["input"]["data"]["psn_no"]}}}
     sent, dead = await _through_the_stages(request, subjects=_UnreadableSubjects())
     assert [orjson.loads(o.value)["err_code"] for o in sent] == ["INTERNAL_ERROR"] and len(dead) == 1
+
+
+async def test_a_pre_settlement_under_a_settled_msgid_is_refused_as_a_modified_request():
+    # It was priced and answered as a pre-settlement: the gateway held two answers to one msgid,
+    # the settlement's and this one's (review of the answers, 2026-12-05).
+    from services.pricing.repository import StoredRequest
+
+    pre = {**copy.deepcopy(WE1), "infno": "2206"}
+    stored = {WE1["msgid"]: StoredRequest(WE1["msgid"], "another hash", "2207", "S1", [])}
+    sent, dead = await _through_the_stages(pre, stored)
+    (answer,) = [orjson.loads(o.value) for o in sent]
+    assert (answer["msgid"], answer["err_code"]) == (WE1["msgid"], "MODIFIED_REQUEST") and dead == []
+    assert "already used for another request (infno 2207)" in answer["err_msg"]
+    # Under a msgid of its own it is decided as before (here: a facility eligibility does not know).
+    sent, _ = await _through_the_stages(pre, {})
+    assert [orjson.loads(o.value)["err_code"] for o in sent] == ["UNKNOWN_FACILITY"]
