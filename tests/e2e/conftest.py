@@ -14,6 +14,7 @@ from yidi.platform.kafka import ensure_topics
 from yidi.platform.settings import Settings
 from yidi.refdata.loader import load
 
+from tests.answer_schemas import AnswerSchemas
 from tests.e2e.system import ROOT, System
 
 DEMO = ROOT / "deploy" / "demo" / "refdata.json"
@@ -42,28 +43,34 @@ async def system(settings: Settings, log_dir: Path) -> AsyncIterator[System]:
 
 @pytest.fixture
 async def gateway(system: System) -> AsyncIterator[GatewayClient]:
+    schemas = AnswerSchemas("ResponseEnvelope")
     async with GatewayClient(system.settings.kafka_bootstrap, namespace=system.settings.namespace) as client:
+        client.on_answer = schemas
         yield client
+    schemas.check()
 
 
-async def _requests_client(system: System, service: str) -> AsyncIterator[GatewayClient]:
+async def _requests_client(system: System, service: str, schema: str) -> AsyncIterator[GatewayClient]:
     """A client for ``<service>.requests``, answered on ``<service>.results``, correlated by reqid."""
+    schemas = AnswerSchemas(schema)
     async with GatewayClient(
         system.settings.kafka_bootstrap, namespace=system.settings.namespace, request_topic=f"{service}.requests",
         reply_to=f"{service}.results", correlate_by="reqid",
     ) as client:
+        client.on_answer = schemas
         yield client
+    schemas.check()
 
 
 @pytest.fixture
 async def filings(system: System) -> AsyncIterator[GatewayClient]:
-    async for client in _requests_client(system, "filing"):
+    async for client in _requests_client(system, "filing", "FilingResult"):
         yield client
 
 
 @pytest.fixture
 async def clearing(system: System) -> AsyncIterator[GatewayClient]:
-    async for client in _requests_client(system, "clearing"):
+    async for client in _requests_client(system, "clearing", "ClearingResult"):
         yield client
 
 

@@ -61,6 +61,14 @@ from yidi.contracts.refdata import (
     PolicyRecord,
     RegionStatusRecord,
 )
+from yidi.contracts.outputs import (
+    BenefitCheckEligible,
+    BenefitCheckRefused,
+    PersonInfoOutput,
+    ReconcileDetailsOutput,
+    ReconcileTotalsOutput,
+    UndoOutput,
+)
 from yidi.contracts.settlement import (
     CancelInput,
     PersonQueryInput,
@@ -106,6 +114,12 @@ INBOUND: tuple[type[BaseModel], ...] = (
 OUTBOUND: tuple[type[BaseModel], ...] = (
     ResponseEnvelope,
     SettlementOutput,
+    PersonInfoOutput,
+    BenefitCheckEligible,
+    BenefitCheckRefused,
+    UndoOutput,
+    ReconcileTotalsOutput,
+    ReconcileDetailsOutput,
     FilingResult,
     FilingEvent,
     EligibleWork,
@@ -184,6 +198,16 @@ class WireJsonSchema(GenerateJsonSchema):
                         special["description"] += ", greater than 0" if positive else ", not negative"
                 return special
         return super().generate_inner(schema)
+
+    def field_is_required(self, field: Any, total: bool) -> bool:
+        """An outbound message is written with every field of its model (``jsonwire.dumps`` and the
+        settlement path's dicts, which tests/unit/test_wire_forms.py holds to the models' dumps):
+        a field with a default is still there, null when it says nothing. So the serialization
+        form requires every field, and a gateway's generated client need not treat them as
+        optional; a field left out when empty (``exclude_if``) stays optional."""
+        if self.mode == "serialization" and field.get("type") != "typed-dict-field" and "serialization_exclude_if" not in field:
+            return True
+        return super().field_is_required(field, total)
 
 
 def _signless(node: Any) -> None:
@@ -480,6 +504,35 @@ def _settlement_answer() -> dict[str, Any]:
     }
 
 
+# The output of each other answer on a gateway's reply topic, by infno (yidi.contracts.outputs).
+OTHER_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "1101": ("PersonInfoOutput",),
+    "2001": ("BenefitCheckEligible", "BenefitCheckRefused"),
+    "2208": ("UndoOutput",), "2305": ("UndoOutput",), "2601": ("UndoOutput",),
+    "3201": ("ReconcileTotalsOutput",),
+    "3202": ("ReconcileDetailsOutput",),
+}
+
+
+def _other_answer() -> dict[str, Any]:
+    def by_infno(infno: str, outputs: tuple[str, ...]) -> dict[str, Any]:
+        return {
+            "if": {"properties": {"infno": {"const": infno}}, "required": ["infno"]},
+            "then": {"properties": {"output": {"anyOf": [*(_ref(m) for m in outputs), {"type": "object", "maxProperties": 0}]}}},
+        }
+
+    return {
+        "allOf": [
+            _ref("ResponseEnvelope"),
+            {
+                "type": "object",
+                "description": "output by infno on success (infcode 0); {} on failure (infcode -1)",
+                "allOf": [by_infno(infno, outputs) for infno, outputs in OTHER_OUTPUTS.items()],
+            },
+        ]
+    }
+
+
 def _plain(model: str) -> Callable[[], dict[str, Any]]:
     return lambda: _ref(model)
 
@@ -527,14 +580,12 @@ MESSAGES: dict[str, Message] = {
         _settlement_answer, "fixmedins_code", ("ResponseEnvelope", "SettlementOutput"),
     ),
     "Answer": Message(
-        "Any answer (ResponseEnvelope)",
-        "Cancellation and reversal: output.setlinfo = {setl_id, psn_no, state, undone_by}. "
-        "1101: output = {baseinfo, insuinfo[], idetinfo[], filings[]}. "
-        "2001: output = {eligible: '1', basis, filing_id, filing_category} or {eligible: '0', reason_code, reason}. "
-        "3201: output = {stmt_rslt: '0'|'1', stmt_rslt_dscr, platform, differences[]}; "
-        "3202: output = {stmt_rslt, stmt_rslt_dscr, differences_total, differences[] (at most 2000 listed)}. "
-        "Failures: output = {} with err_code one of " + ", ".join(c.value for c in ErrCode) + ".",
-        _plain("ResponseEnvelope"), "fixmedins_code", ("ResponseEnvelope",),
+        "Any other answer (ResponseEnvelope)",
+        "Its output by infno: 1101 PersonInfoOutput; 2001 BenefitCheckEligible or BenefitCheckRefused; "
+        "2208, 2305, 2601 UndoOutput; 3201 ReconcileTotalsOutput; 3202 ReconcileDetailsOutput (at most 2000 "
+        "differences listed). Failures: output = {} with err_code one of " + ", ".join(c.value for c in ErrCode) + ".",
+        _other_answer, "fixmedins_code",
+        ("ResponseEnvelope", *sorted({m for outputs in OTHER_OUTPUTS.values() for m in outputs})),
     ),
     "EligibleWork": Message("Eligible work", "eligibility → pricing", _plain("EligibleWork"), "psn_no", ("EligibleWork",)),
     "PricedWork": Message("Priced work", "pricing → clearing", _plain("PricedWork"), "psn_no", ("PricedWork",)),

@@ -1,0 +1,137 @@
+"""The ``output`` of every answer on a gateway's reply topic other than a settlement's
+(``SettlementOutput``): person info (1101), benefit check (2001), cancellation and reversal
+(2208, 2305, 2601), and reconciliation (3201, 3202).
+
+The services write these answers as dicts; these models are their schema (docs/schemas), in
+serialization form, and the e2e tests check every answer they read against it
+(tests/e2e/conftest.py). A failure's ``output`` is ``{}`` whatever the infno.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from yidi.contracts.common import Amount, Day, WireModel
+from yidi.contracts.envelope import ErrCode
+from yidi.contracts.filing import FilingRecord
+from yidi.domain.codes import FilingCategory, InsuranceType, PersonType
+from yidi.domain.eligibility import Basis
+
+# --- 1101: person info -------------------------------------------------------------------------
+
+
+class PersonBaseInfo(WireModel):
+    psn_no: str
+    psn_name: str
+    certno: str = Field(description="the identity document's number; empty when the insured region did not give it")
+    insuplc_admdvs: str
+
+
+class PersonInsuInfo(WireModel):
+    insutype: InsuranceType
+    psn_type: PersonType
+    psn_insu_stas: Literal["1", "2"] = Field(description="1: insured (contributions current), 2: suspended")
+    balc: Amount = Field(description="the individual account's balance")
+    insuplc_admdvs: str
+
+
+class PersonIdetInfo(WireModel):
+    dise_codg: str = Field(description="a chronic disease the person is qualified for (R14): an ICD-10 code or prefix")
+
+
+class PersonInfoOutput(WireModel):
+    """1101's answer: who the person is, their insurance, chronic qualifications and filings."""
+
+    baseinfo: PersonBaseInfo
+    insuinfo: list[PersonInsuInfo]
+    idetinfo: list[PersonIdetInfo]
+    filings: list[FilingRecord] = Field(description="the person's filings as eligibility holds them, any status")
+
+
+# --- 2001: benefit check -----------------------------------------------------------------------
+
+
+class BenefitCheckEligible(WireModel):
+    """2001's answer when the person may settle here for that insurance and med_type."""
+
+    eligible: Literal["1"]
+    basis: Basis = Field(description="filed, emergency (R5), waived (R17) or home (treated in the insured region)")
+    filing_id: str = Field(description="the filing relied on; empty when none is needed")
+    filing_category: FilingCategory | Literal[""] = Field(description="its category; empty when none")
+
+
+class BenefitCheckRefused(WireModel):
+    """2001's answer when a settlement would be refused: the code and message it would get. The
+    answer itself succeeds (infcode 0)."""
+
+    eligible: Literal["0"]
+    reason_code: ErrCode
+    reason: str
+
+
+# --- 2208, 2305, 2601: cancellation and reversal -----------------------------------------------
+
+
+class UndoSetlInfo(WireModel):
+    setl_id: str = Field(description="the settlement undone")
+    psn_no: str
+    state: Literal["cancelled", "reversed"]
+    undone_by: str = Field(description="the msgid of the request that undid it (this one, or an earlier one "
+                                       "when the settlement was already undone)")
+
+
+class UndoOutput(WireModel):
+    """A cancellation's or reversal's answer: the settlement it undid."""
+
+    setlinfo: UndoSetlInfo
+
+
+# --- 3201, 3202: reconciliation ----------------------------------------------------------------
+
+TotalsField = Literal["fixmedins_setl_cnt", "medfee_sumamt", "fund_pay_sumamt", "acct_pay"]
+
+
+class PlatformTotals(WireModel):
+    fixmedins_setl_cnt: int = Field(description="settlements the platform holds for the period (and filters)")
+    medfee_sumamt: Amount
+    fund_pay_sumamt: Amount
+    acct_pay: Amount
+
+
+class TotalsDifference(WireModel):
+    field: TotalsField
+    facility: str = Field(description="the facility's figure: a count in digits, or an amount with two decimals")
+    platform: str = Field(description="the platform's figure, written the same way")
+    gap: str = Field(description="facility minus platform, written the same way")
+
+
+class ReconcileTotalsOutput(WireModel):
+    """3201's answer: whether the facility's totals for the period match the platform's."""
+
+    stmt_rslt: Literal["0", "1"] = Field(description="0: the totals match; 1: they differ")
+    stmt_rslt_dscr: str
+    platform: PlatformTotals
+    differences: list[TotalsDifference]
+
+
+class DetailDifference(WireModel):
+    setl_id: str
+    problem: Literal["missing_on_platform", "missing_at_facility", "amounts_differ", "cancelled_on_platform",
+                     "reversed_on_platform", "dated_outside_period"]
+    facility: dict[str, Amount] = Field(description="medfee_sumamt, fund_pay_sumamt, acct_pay as the facility "
+                                                    "listed them; {} when it did not list the settlement")
+    platform: dict[str, Amount] = Field(description="the same, as the platform holds them; {} when it has none")
+    platform_setl_date: Day | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description="dated_outside_period only: the day the platform has the settlement under")
+
+
+class ReconcileDetailsOutput(WireModel):
+    """3202's answer: the facility's settlements of the period against the platform's, one by one."""
+
+    stmt_rslt: Literal["0", "1"] = Field(description="0: every settlement matches; 1: some differ")
+    stmt_rslt_dscr: str
+    differences_total: int
+    differences: list[DetailDifference] = Field(description="the first 2,000 differences, by setl_id")
