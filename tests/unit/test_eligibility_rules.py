@@ -164,6 +164,22 @@ def test_r14_a_qualification_is_held_whether_the_code_is_written_with_its_dot_or
         assert isinstance(d, Eligible), (held, sent, d)
 
 
+def test_r14_a_visit_coded_by_its_treatment_is_held_by_the_qualification_for_the_disease_treated():
+    """A person qualified at home for uraemia (N18.5) has dialysis visits coded Z49/Z99.2; one
+    qualified for breast cancer (C50) has chemotherapy sessions coded Z51.1; after a kidney
+    transplant (Z94.0), rejection treated is T86. Those were refused as not held. A qualification
+    for another disease does not cover them."""
+    for held, sent in (("N18.5", "Z49.101"), ("N18", "Z99.200"), ("C50", "Z51.100"), ("Z94.0", "T86.100"),
+                       ("c50.9", "z51.0")):
+        person = Person("P5", "Wu", "131000", InsuranceType.EMPLOYEE, PersonType.RETIRED, True, frozenset({held}), D("0"))
+        d = decide(visit(MedType.CHRONIC_OUTPATIENT, disease=sent), person, BEIJING_HOSPITAL, [filing()], [], NOW)
+        assert isinstance(d, Eligible), (held, sent, d)
+    for held, sent in (("E11", "Z49.101"), ("I10", "Z51.100"), ("N18", "T86.100"), ("C50", "C34.900")):
+        person = Person("P5", "Wu", "131000", InsuranceType.EMPLOYEE, PersonType.RETIRED, True, frozenset({held}), D("0"))
+        d = decide(visit(MedType.CHRONIC_OUTPATIENT, disease=sent), person, BEIJING_HOSPITAL, [filing()], [], NOW)
+        assert isinstance(d, Refused) and d.code is Refusal.NOT_QUALIFIED, (held, sent, d)
+
+
 def test_r14_inside_the_province_any_chronic_disease_the_person_holds_settles_not_only_the_five():
     copd = Person("P3", "Li", "131000", InsuranceType.EMPLOYEE, PersonType.RETIRED, True, frozenset({"J44"}), D("0"))
     at_home = decide(visit(MedType.CHRONIC_OUTPATIENT, disease="J44.900", treating="131000"), copd,

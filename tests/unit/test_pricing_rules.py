@@ -342,6 +342,17 @@ def test_r14_a_disease_rule_matches_a_code_sent_with_or_without_its_dot():
     assert pol.rule_for(chronic, PersonType.RETIRED, 3, "N18.400").ratio == D("0.70")
 
 
+def test_r14_a_disease_rule_covers_a_visit_coded_by_its_treatment():
+    # A dialysis rule keyed on kidney failure (N18) priced a dialysis session coded Z49 or Z99.2 at
+    # the general chronic ratio; a diabetes rule does not take it.
+    chronic = MedType.CHRONIC_OUTPATIENT
+    pol = policy(rule(chronic, ratio="0.70"), rule(chronic, ratio="0.90", diseases=frozenset({"N18"})),
+                 rule(chronic, ratio="0.80", diseases=frozenset({"E11"})))
+    for code, ratio in (("Z49.101", "0.90"), ("Z99.200", "0.90"), ("N18.500", "0.90"), ("E11.900", "0.80"),
+                        ("Z51.100", "0.70"), ("I10.X00", "0.70")):
+        assert pol.rule_for(chronic, PersonType.RETIRED, 3, code).ratio == D(ratio), code
+
+
 def test_a_stay_is_named_by_its_facility_and_visit_number():
     pol = policy(rule(IP, deductible="900.00", ratio="0.85", deductible_scope=DeductibleScope.STAY, deductible_bucket="ip"))
     a = Bill("100", DAY, bill(("A1", "1", "1000.00")).lines, "H1")

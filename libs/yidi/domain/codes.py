@@ -25,6 +25,51 @@ def disease_key(code: str) -> str:
     return code.upper().replace(".", "")
 
 
+# R14: the five chronic and special outpatient diseases settled across provinces, by ICD-10 prefix.
+CROSS_PROVINCE_CHRONIC: dict[str, tuple[str, ...]] = {
+    "hypertension": ("I10", "I11", "I12", "I13", "I15"),
+    "diabetes": ("E10", "E11", "E12", "E13", "E14"),
+    # A malignant tumour (C), or a session of radiotherapy or chemotherapy coded as such (Z51.0, Z51.1).
+    "malignant tumour chemo/radiotherapy": ("C", "Z51.0", "Z51.1"),
+    # Chronic kidney disease (N18: the national coding puts stage 5 under N18.9 as well, so the
+    # stages are not told apart here; the home qualification the person must hold is the gate),
+    # kidney failure (N19), or a dialysis visit coded as such (Z49, Z99.2).
+    "uraemia dialysis": ("N18", "N19", "Z49", "Z99.2"),
+    # After a transplant (Z94), or its rejection treated (T86).
+    "anti-rejection after organ transplant": ("Z94", "T86"),
+}
+
+
+def chronic_disease_of(code: str) -> str | None:
+    """R14: the cross-province chronic disease a diagnosis (or treatment) code belongs to, if any."""
+    plain = disease_key(code)  # "N18.500" and "N18500", "Z99.2" and "Z992" alike
+    for disease, prefixes in CROSS_PROVINCE_CHRONIC.items():
+        if any(plain.startswith(disease_key(p)) for p in prefixes):
+            return disease
+    return None
+
+
+# R14: the codes of a session of treatment rather than of a diagnosis (radiotherapy or chemotherapy,
+# dialysis, a transplant's rejection treated). A visit coded by its treatment is the treated
+# disease's: a person qualified at home for uraemia (N18.5) has dialysis visits coded Z49.1.
+TREATMENT_CODES: tuple[str, ...] = ("Z51.0", "Z51.1", "Z49", "Z99.2", "T86")
+_TREATMENT_KEYS = tuple(disease_key(t) for t in TREATMENT_CODES)
+
+
+def disease_covers(prefix: str, code: str) -> bool:
+    """Whether a qualification or a policy rule's disease ``prefix`` covers a visit coded ``code``
+    (R14): the code starts with it (without case or dot), or the code is a treatment session
+    (``TREATMENT_CODES``) of the cross-province disease the prefix belongs to. A qualification for
+    diabetes does not cover a dialysis session; one for uraemia does."""
+    key = disease_key(code)
+    if key.startswith(disease_key(prefix)):
+        return True
+    if not key.startswith(_TREATMENT_KEYS):
+        return False
+    disease = chronic_disease_of(code)
+    return disease is not None and disease == chronic_disease_of(prefix)
+
+
 def region_chain(region: str) -> tuple[str, ...]:
     """A 6-digit area code and the regions it lies in, the most specific first (GB/T 2260: two
     digits of province, two of city, two of county): "440106" → ("440106", "440100", "440000").

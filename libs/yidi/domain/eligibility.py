@@ -13,7 +13,16 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
-from yidi.domain.codes import BUSINESS_TZ, FilingCategory, InsuranceType, MedType, PersonType, disease_key, within
+from yidi.domain.codes import (
+    BUSINESS_TZ,
+    FilingCategory,
+    InsuranceType,
+    MedType,
+    PersonType,
+    chronic_disease_of,
+    disease_covers,
+    within,
+)
 from yidi.domain.money import ZERO
 from yidi.domain.values import value
 
@@ -33,21 +42,6 @@ class Basis(StrEnum):
     EMERGENCY = "emergency"  # R5: emergency rescue counts as filed
     WAIVED = "waived"  # R17: filing waived inside a province
     HOME = "home"  # treated in the insured region itself (R10, long-term filed persons too)
-
-
-# R14: the five chronic and special outpatient diseases settled across provinces, by ICD-10 prefix.
-CROSS_PROVINCE_CHRONIC: dict[str, tuple[str, ...]] = {
-    "hypertension": ("I10", "I11", "I12", "I13", "I15"),
-    "diabetes": ("E10", "E11", "E12", "E13", "E14"),
-    # A malignant tumour (C), or a session of radiotherapy or chemotherapy coded as such (Z51.0, Z51.1).
-    "malignant tumour chemo/radiotherapy": ("C", "Z51.0", "Z51.1"),
-    # Chronic kidney disease (N18: the national coding puts stage 5 under N18.9 as well, so the
-    # stages are not told apart here; the home qualification the person must hold is the gate),
-    # kidney failure (N19), or a dialysis visit coded as such (Z49, Z99.2).
-    "uraemia dialysis": ("N18", "N19", "Z49", "Z99.2"),
-    # After a transplant (Z94), or its rejection treated (T86).
-    "anti-rejection after organ transplant": ("Z94", "T86"),
-}
 
 
 @value
@@ -219,15 +213,6 @@ def region_covers(filed: str, treating: str) -> bool:
     return within(treating, filed)
 
 
-def chronic_disease_of(code: str) -> str | None:
-    """R14: the cross-province chronic disease a diagnosis code belongs to, if any."""
-    plain = disease_key(code)  # "N18.500" and "N18500", "Z99.2" and "Z992" alike
-    for disease, prefixes in CROSS_PROVINCE_CHRONIC.items():
-        if any(plain.startswith(disease_key(p)) for p in prefixes):
-            return disease
-    return None
-
-
 def _shown(moment: datetime) -> str:
     """A time as a cashier reads it: in the business zone (a naive time is UTC), with its offset."""
     aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
@@ -305,7 +290,7 @@ def decide(
     if visit.med_type is MedType.CHRONIC_OUTPATIENT:
         # R14: the person must hold the qualification at home; across provinces only the five
         # diseases settle, inside the province (the insured region included) any the region lists.
-        held = any(disease_key(visit.disease_code).startswith(disease_key(q)) for q in person.chronic_qualifications)
+        held = any(disease_covers(q, visit.disease_code) for q in person.chronic_qualifications)
         if not held:
             return Refused(
                 Refusal.NOT_QUALIFIED,

@@ -11,7 +11,16 @@ from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 
-from yidi.domain.codes import FUND_NAMES, FilingCategory, FundType, InsuranceType, MedType, PersonType, disease_key, region_chain
+from yidi.domain.codes import (
+    FUND_NAMES,
+    FilingCategory,
+    FundType,
+    InsuranceType,
+    MedType,
+    PersonType,
+    disease_covers,
+    region_chain,
+)
 
 # Funds a layer may not be (R18): the pooled funds (priced by the benefit rules, step 4-5) and the
 # individual account (R16, the person's part; not a fund payment of setlinfo).
@@ -73,7 +82,8 @@ class BenefitRule:
     deductible_scope: DeductibleScope = DeductibleScope.YEAR
     # Rules sharing a bucket share one year's deductible (e.g. all outpatient care).
     deductible_bucket: str = "default"
-    # ICD-10 prefixes: a rule for some chronic diseases only (R14), e.g. dialysis at a higher ratio.
+    # ICD-10 prefixes: a rule for some chronic diseases only (R14), e.g. dialysis at a higher ratio;
+    # a treatment session of one of them (a dialysis visit coded Z49) is covered (``disease_covers``).
     diseases: frozenset[str] = frozenset()
 
     def matches(self, med_type: MedType, person_type: PersonType, facility_level: int, disease: str = "") -> bool:
@@ -81,7 +91,7 @@ class BenefitRule:
             med_type in self.med_types
             and (not self.person_types or person_type in self.person_types)
             and (not self.facility_levels or facility_level in self.facility_levels)
-            and (not self.diseases or any(disease_key(disease).startswith(disease_key(d)) for d in self.diseases))
+            and (not self.diseases or any(disease_covers(d, disease) for d in self.diseases))
         )
 
     @property
@@ -142,7 +152,7 @@ class BenefitPolicy:
 
     def __post_init__(self) -> None:
         validate_policy(self)
-        object.__setattr__(self, "_disease_prefixes", frozenset(disease_key(d) for r in self.rules for d in r.diseases))
+        object.__setattr__(self, "_disease_prefixes", frozenset(d for r in self.rules for d in r.diseases))
 
     def in_force(self, on: date) -> bool:
         """Begun by ``on`` and not ended (``effective_to`` exclusive)."""
@@ -151,8 +161,8 @@ class BenefitPolicy:
     def rule_for(
         self, med_type: MedType, person_type: PersonType, facility_level: int, disease: str = ""
     ) -> BenefitRule:
-        code = disease_key(disease)
-        key = (med_type, person_type, facility_level, frozenset(p for p in self._disease_prefixes if code.startswith(p)))
+        key = (med_type, person_type, facility_level,
+               frozenset(p for p in self._disease_prefixes if disease_covers(p, disease)) if self._disease_prefixes else frozenset())
         rule = self._rule_memo.get(key)
         if rule is None:
             rule = self._rule_memo[key] = self._find_rule(med_type, person_type, facility_level, disease)
