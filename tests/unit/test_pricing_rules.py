@@ -1,5 +1,6 @@
 """Each pricing rule of DOMAIN.md on hand-computed numbers, named after the rule."""
 
+from dataclasses import replace
 from decimal import Decimal as D
 
 import pytest
@@ -126,6 +127,22 @@ def test_deductible_is_taken_from_the_scope_once_per_year_and_crossed_over_two_s
     used = dict(first.usage_delta)
     second = price(bill(("A1", "1", "200.00")), catalogue(item("A1")), pol, terms(OP), used)
     assert second.act_pay_dedc == D("100.00") and second.hifp_pay == D("50.00")
+
+
+def test_unnamed_rules_count_their_deductible_by_their_kind_of_care_not_in_one_bucket():
+    # DOMAIN step 3: the year's deductible "for this kind of care". Unnamed rules shared one bucket
+    # ("default"): a 400 outpatient bill took 300, and a later 1,000 stay found 200 of its 500 left
+    # (fund 640.00 instead of 400.00).
+    pol = policy(rule(OP, deductible="300.00", ratio="0.50"), rule(IP, deductible="500.00", ratio="0.80"),
+                 rule(OP, deductible="300.00", ratio="0.60", facility_levels=frozenset({1})))
+    outpatient = price(bill(("A1", "1", "400.00")), catalogue(item("A1")), pol, terms(OP), {})
+    assert outpatient.act_pay_dedc == D("300.00")
+    stay = price(bill(("A1", "1", "1000.00")), catalogue(item("A1")), pol, terms(IP), outpatient.usage_delta)
+    assert (stay.act_pay_dedc, stay.hifp_pay) == (D("500.00"), D("400.00"))
+    # Rules for the same care at another facility level share the kind's deductible.
+    level_1 = price(bill(("A1", "1", "400.00")), catalogue(item("A1")), pol, replace(terms(OP), facility_level=1),
+                    outpatient.usage_delta)
+    assert level_1.act_pay_dedc == 0
 
 
 def test_deductible_per_stay_starts_again_for_another_stay():

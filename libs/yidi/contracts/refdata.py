@@ -164,7 +164,9 @@ class BenefitRuleRecord(StrictWireModel):
     facility_levels: list[int] = Field(default_factory=list)
     deductible: Amount = Field(ge=0)
     deductible_scope: DeductibleScope = DeductibleScope.YEAR
-    deductible_bucket: str = "default"
+    deductible_bucket: str = Field(default="", max_length=64, description=(
+        "rules with the same bucket share one deductible (e.g. all outpatient care); empty: the rule's "
+        "med_types are its bucket"))
     ratio: Ratio
     diseases: list[str] = Field(default_factory=list, description="ICD-10 prefixes: a rule for some diseases only (R14)")
 

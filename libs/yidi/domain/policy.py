@@ -80,8 +80,9 @@ class BenefitRule:
     person_types: frozenset[PersonType] = frozenset()
     facility_levels: frozenset[int] = frozenset()
     deductible_scope: DeductibleScope = DeductibleScope.YEAR
-    # Rules sharing a bucket share one year's deductible (e.g. all outpatient care).
-    deductible_bucket: str = "default"
+    # Rules sharing a bucket share one year's deductible (e.g. all outpatient care). Empty: the
+    # rule's medical categories are its bucket (``deductible_key``).
+    deductible_bucket: str = ""
     # ICD-10 prefixes: a rule for some chronic diseases only (R14), e.g. dialysis at a higher ratio;
     # a treatment session of one of them (a dialysis visit coded Z49) is covered (``disease_covers``).
     diseases: frozenset[str] = frozenset()
@@ -93,6 +94,15 @@ class BenefitRule:
             and (not self.facility_levels or facility_level in self.facility_levels)
             and (not self.diseases or any(disease_covers(d, disease) for d in self.diseases))
         )
+
+    @property
+    def deductible_key(self) -> str:
+        """The deductible this rule counts against: its named bucket, else its medical categories
+        (DOMAIN.md step 3: the year's deductible "for this kind of care"). Rules for the same
+        categories at other facility levels or for other person types share it; an outpatient rule
+        and an inpatient rule, unnamed, do not (they shared one bucket, "default", before
+        2026-12-05: an outpatient bill took an inpatient stay's deductible)."""
+        return self.deductible_bucket or "med:" + ",".join(sorted(m.value for m in self.med_types))
 
     @property
     def specificity(self) -> int:

@@ -235,7 +235,7 @@ def price(
     # Steps 2 and 3: first self-pay for temporary trips the policy marks (R12), and the
     # deductible left for this kind of care, in the order the policy names.
     rule = policy.rule_for(terms.med_type, terms.person_type, terms.facility_level, terms.disease_code)
-    dedc_key = deductible_counter(rule.deductible_bucket, rule.deductible_scope, bill.visit_id, bill.facility)
+    dedc_key = deductible_counter(rule.deductible_key, rule.deductible_scope, bill.visit_id, bill.facility)
     dedc_left = max(ZERO, rule.deductible - usage.get(dedc_key, ZERO))
     # A trip whose filing was waived (R17) is a temporary trip not referred: temporary_other, or
     # temporary in a province with the two groups only.
