@@ -44,8 +44,10 @@ class World:
         self.treating = _region("97")
         self.facility = "H" + uuid.uuid4().hex[:11].upper()
 
-    async def load(self, *, optional_feeds: tuple[str, ...] = (), **sections: list[dict[str, Any]]) -> None:
-        await publish(self.settings.kafka_bootstrap, self.settings.namespace, validate(sections))
+    async def load(self, *, optional_feeds: tuple[str, ...] = (), compression_type: str | None = None,
+                   **sections: list[dict[str, Any]]) -> None:
+        await publish(self.settings.kafka_bootstrap, self.settings.namespace, validate(sections),
+                      compression_type=compression_type)
         await wait_caught_up(self.settings.kafka_bootstrap,
                              consumers_to_wait_for(self.settings.namespace, optional=optional_feeds), timeout=60)
 
@@ -83,7 +85,8 @@ class World:
         return self
 
     async def person(self, *, category: str | None = "long_term_resident", psn_type: str = "11",
-                     balance: str = "0.00", insutype: str = "310", psn_no: str | None = None, **extra: Any) -> str:
+                     balance: str = "0.00", insutype: str = "310", psn_no: str | None = None,
+                     compression_type: str | None = None, **extra: Any) -> str:
         """A new person of this world, with a filing of ``category``; or ``psn_no`` published again
         (its insurance changed, say)."""
         psn_no = psn_no or "T" + uuid.uuid4().hex[:19].upper()
@@ -99,7 +102,7 @@ class World:
                 "begndate": "2020-01-01" if category in LONG_TERM else china_now().strftime("%Y-%m-%d"),
                 "decl_source": "import",
             }]
-        await self.load(**sections)
+        await self.load(compression_type=compression_type, **sections)
         return psn_no
 
     def request(self, psn_no: str, items: list[tuple[str, str, str]], *, infno: str = "2207", med_type: str = "11",

@@ -554,3 +554,15 @@ def test_promtool_accepts_the_configs_the_alerts_and_every_dashboard_query(tmp_p
     queries = tmp_path / "dashboard-queries.yml"
     queries.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     promtool("check", "rules", str(queries))
+
+
+def test_a_service_refuses_to_start_without_every_kafka_codec(monkeypatch):
+    # Without cramjam, aiokafka reads gzip only: an lz4, snappy or zstd batch stopped a stage in a loop.
+    import aiokafka.codec
+
+    from yidi.platform.service import require_codecs
+
+    require_codecs()  # the project's dependencies have them all
+    monkeypatch.setattr(aiokafka.codec, "has_zstd", lambda: False)
+    with pytest.raises(SystemExit, match="zstd"):
+        require_codecs()

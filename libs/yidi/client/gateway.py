@@ -37,6 +37,7 @@ class GatewayClient:
         namespace: str = "",
         correlate_by: str = "msgid",
         on_answer: Callable[[dict[str, Any], int], None] | None = None,
+        compression_type: str | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.reply_to = reply_to
@@ -44,6 +45,7 @@ class GatewayClient:
         self.reply_topic = f"{namespace}{reply_to}"
         self.correlate_by = correlate_by
         self.on_answer = on_answer
+        self.compression_type = compression_type  # gzip, lz4, snappy or zstd: the platform reads them all
         self.answer_counts: Counter[str] = Counter()
         self._waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = defaultdict(list)
         self._producer: AIOKafkaProducer | None = None
@@ -58,7 +60,8 @@ class GatewayClient:
         await self.stop()
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0)
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0,
+                                          compression_type=self.compression_type)
         await self._producer.start()
         partitions = await self._producer.partitions_for(self.reply_topic)
         self._consumer = AIOKafkaConsumer(

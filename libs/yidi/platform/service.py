@@ -30,6 +30,20 @@ from yidi.platform.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def require_codecs() -> None:
+    """Refuse to start without every codec a producer may compress a batch with. aiokafka reads
+    gzip by itself and lz4, snappy and zstd through cramjam: without it, one such batch from a
+    gateway or a region stopped a stage for good (the fetch raises before a handler sees the
+    record, and the stage restarts onto the same batch) and made a feed skip records."""
+    from aiokafka.codec import has_gzip, has_lz4, has_snappy, has_zstd
+
+    missing = [name for name, has in (("gzip", has_gzip), ("lz4", has_lz4), ("snappy", has_snappy), ("zstd", has_zstd))
+               if not has()]
+    if missing:
+        raise SystemExit(f"Kafka compression codecs missing: {', '.join(missing)}. Install the project's "
+                         "dependencies (cramjam, aiokafka's lz4/snappy/zstd extras): make venv")
+
+
 class Service:
     """One Yidi service: ``build`` wires it, ``run`` runs it until SIGTERM or a stage failure."""
 
@@ -132,5 +146,6 @@ class Service:
             await stage.stop()
 
     def run(self) -> None:
+        require_codecs()
         asyncio.run(self.app.run())
         sys.exit(self.exit_code)

@@ -78,8 +78,10 @@ def validate(data: dict[str, Any]) -> dict[str, list[BaseModel]]:
     return parsed
 
 
-async def publish(bootstrap: str, namespace: str, parsed: dict[str, list[BaseModel]]) -> dict[str, int]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, enable_idempotence=True)
+async def publish(bootstrap: str, namespace: str, parsed: dict[str, list[BaseModel]], *,
+                  compression_type: str | None = None) -> dict[str, int]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5, enable_idempotence=True,
+                                compression_type=compression_type)
     await producer.start()
     counts: dict[str, int] = {}
     try:
