@@ -26,11 +26,18 @@ log = logging.getLogger(__name__)
 
 TRANSIENT = (
     asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
+    # 57xxx: a statement cancelled (a DBA's pg_cancel_backend, a statement_timeout), the server
+    # shutting down or starting (CannotConnectNowError is one of them).
+    asyncpg.OperatorInterventionError,
+    # 53xxx: too many connections, disk full, out of memory.
+    asyncpg.InsufficientResourcesError,
     asyncpg.InterfaceError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
+    asyncpg.LockNotAvailableError,  # a lock_timeout
+    # A prepared statement whose result type a migration changed (a column added under SELECT *,
+    # by a newer instance in a rolling upgrade): asyncpg drops it, and the retry prepares it again.
+    asyncpg.InvalidCachedStatementError,
     ConnectionError,
     OSError,
     TimeoutError,
@@ -223,7 +230,12 @@ async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_
                       parallel_workers: int | Literal["server"] = 0) -> asyncpg.Pool:
     """``plan_cache_mode`` and ``parallel_workers``: Settings.db_plan_cache_mode and
     Settings.db_parallel_workers (why these defaults, and "server": there)."""
-    server_settings = {} if plan_cache_mode == "server" else {"plan_cache_mode": plan_cache_mode}
+    # No server-side statement or lock timeout (a role's or the database's, set for other clients):
+    # the services bound their own statements (command_timeout; clearing's month, for as long as it
+    # needs), and a cancelled statement would be retried for ever.
+    server_settings = {"statement_timeout": "0", "lock_timeout": "0"}
+    if plan_cache_mode != "server":
+        server_settings["plan_cache_mode"] = plan_cache_mode
     if parallel_workers != "server":
         server_settings["max_parallel_workers_per_gather"] = str(parallel_workers)
     async with transient_errors():

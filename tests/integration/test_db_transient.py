@@ -1,0 +1,106 @@
+"""Postgres errors a retry mends are ``TransientError`` (the stage retries the batch with back-off)
+rather than a failure that stops the process: a statement cancelled by a DBA or a timeout, a lock
+timeout, a prepared statement a migration changed. And the services' connections take no
+server-side statement or lock timeout set for the role or the database."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+
+from yidi.platform.db import create_pool, transient_errors
+from yidi.platform.errors import TransientError
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_statement_cancelled_by_another_session_is_transient(settings):
+    conn = await asyncpg.connect(settings.database_url)
+    other = await asyncpg.connect(settings.database_url)
+    try:
+        pid = conn.get_server_pid()
+        sleeping = asyncio.create_task(_in_transient_errors(conn.execute("SELECT pg_sleep(10)")))
+        for _ in range(100):  # until the sleep is running
+            if await other.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%'", pid):
+                break
+            await asyncio.sleep(0.05)
+        assert await other.fetchval("SELECT pg_cancel_backend($1)", pid)
+        with pytest.raises(TransientError, match="database unavailable"):
+            await sleeping
+        assert await conn.fetchval("SELECT 1") == 1  # the connection is fine for the retry
+    finally:
+        await conn.close()
+        await other.close()
+
+
+async def test_a_lock_timeout_and_a_statement_timeout_are_transient(settings):
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute("SET statement_timeout = 50")
+        with pytest.raises(TransientError):
+            await _in_transient_errors(conn.execute("SELECT pg_sleep(1)"))
+        await conn.execute("SET statement_timeout = 0")
+        table = f"t_{uuid.uuid4().hex[:8]}"
+        await conn.execute(f"CREATE TABLE {table} (k int)")
+        holder = await asyncpg.connect(settings.database_url)
+        try:
+            async with holder.transaction():
+                await holder.execute(f"LOCK TABLE {table}")
+                await conn.execute("SET lock_timeout = 50")
+                with pytest.raises(TransientError):
+                    await _in_transient_errors(conn.execute(f"SELECT * FROM {table}"))
+        finally:
+            await holder.close()
+            await conn.execute(f"DROP TABLE {table}")
+    finally:
+        await conn.close()
+
+
+async def test_a_prepared_statement_a_migration_changed_is_transient_and_works_when_retried(settings):
+    pool = await create_pool(settings.database_url, size=1)
+    table = f"t_{uuid.uuid4().hex[:8]}"
+    try:
+        async with pool.acquire() as conn:
+            await conn.execute(f"CREATE TABLE {table} (k int)")
+            await conn.fetch(f"SELECT * FROM {table}")  # prepared and cached
+            await conn.execute(f"ALTER TABLE {table} ADD COLUMN v text")  # what a newer instance's migration does
+            with pytest.raises(TransientError):
+                async with conn.transaction():
+                    await _in_transient_errors(conn.fetch(f"SELECT * FROM {table}"))
+            async with conn.transaction():  # the stage's retry
+                assert await conn.fetch(f"SELECT * FROM {table}") == []
+            await conn.execute(f"DROP TABLE {table}")
+    finally:
+        await pool.close()
+
+
+async def test_the_services_connections_take_no_server_side_statement_or_lock_timeout(settings):
+    admin = await asyncpg.connect(settings.database_url)
+    db = await admin.fetchval("SELECT current_database()")
+    try:
+        await admin.execute(f"ALTER DATABASE {db} SET statement_timeout = '50ms'")
+        await admin.execute(f"ALTER DATABASE {db} SET lock_timeout = '50ms'")
+        pool = await create_pool(settings.database_url, size=1)
+        try:
+            async with pool.acquire() as conn:
+                assert (await conn.fetchval("SHOW statement_timeout"), await conn.fetchval("SHOW lock_timeout")) == ("0", "0")
+                await conn.execute("SELECT pg_sleep(0.2)")
+        finally:
+            await pool.close()
+        plain = await asyncpg.connect(settings.database_url)  # another client keeps the database's setting
+        try:
+            assert await plain.fetchval("SHOW statement_timeout") == "50ms"
+        finally:
+            await plain.close()
+    finally:
+        await admin.execute(f"ALTER DATABASE {db} RESET statement_timeout")
+        await admin.execute(f"ALTER DATABASE {db} RESET lock_timeout")
+        await admin.close()
+
+
+async def _in_transient_errors(awaitable):
+    async with transient_errors():
+        return await awaitable
