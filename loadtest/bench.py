@@ -74,13 +74,17 @@ def passed(result: dict[str, Any]) -> bool:
     settlements settled."""
     share = settled_share(result)
     return (result["exactly_once"]["ok"] and result.get("ledger", {}).get("ok", True)
-            and (share is None or share >= MIN_SETTLED_SHARE))
+            and (share is None or share >= MIN_SETTLED_SHARE) and not result.get("answered_before_run"))
 
 
 def verdict(result: dict[str, Any]) -> tuple[bool, str]:
     """A replay's checks: ``passed``, and their summary."""
     text = result["exactly_once"]["summary"] + ("; " + result["ledger"]["summary"] if "ledger" in result else "")
     share = settled_share(result)
+    if result.get("answered_before_run"):
+        text += f"; {result['answered_before_run']} answers were made before the run began (an earlier run's msgids)"
+    if result.get("stalled"):
+        text += f"; {result['stalled']}"
     if share is not None and share < MIN_SETTLED_SHARE:
         text += (f"; only {share:.1%} of {result['settlements']['answered']} settlements settled "
                  f"(errors: {result.get('err_codes')})")

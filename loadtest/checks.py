@@ -72,14 +72,28 @@ class AlikeAnswers:
 
 
 def check_exactly_once(sends: Mapping[str, int] | Iterable[str], answers: Mapping[str, int] | Iterable[str],
-                       inconsistent: Mapping[str, int] | None = None) -> ExactlyOnce:
+                       inconsistent: Mapping[str, int] | None = None, *,
+                       unowed: Mapping[str, int] | None = None) -> ExactlyOnce:
     """``sends``: one msgid per publish (or msgid → publishes); ``answers``: one msgid per answer
-    read; ``inconsistent``: msgid → answers whose ``answer_gist`` differed from the first's."""
+    read; ``inconsistent``: msgid → answers whose ``answer_gist`` differed from the first's.
+
+    ``unowed`` (a replay that watched the answers arrive): msgid → answers read while no publish
+    of that msgid was waiting for one. Each is a duplicate, and the publish it took the count of
+    is missing: a request answered twice before its resend, and the resend never answered, have
+    as many answers as sends. Without it (a count after the fact, ``sweep``), only the numbers
+    per msgid are compared."""
     expected, got = _counts(sends), _counts(answers)
     missing, duplicated, unexpected = {}, {}, {}
     for msgid, n in expected.items():
         have = got.get(msgid, 0)
-        if have < n:
+        extra = (unowed or {}).get(msgid, 0)
+        if unowed is not None:
+            # Matched answers are have - extra; every publish not matched is missing.
+            if n - (have - extra) > 0:
+                missing[msgid] = n - (have - extra)
+            if extra:
+                duplicated[msgid] = extra
+        elif have < n:
             missing[msgid] = n - have
         elif have > n:
             duplicated[msgid] = have - n

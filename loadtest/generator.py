@@ -225,27 +225,53 @@ def default_persons(settlements: int) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtest.generator", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settlements", type=int, default=650_000)
-    parser.add_argument("--persons", type=int, help="default: a quarter of the settlements (at least 40)")
+    parser.add_argument("--settlements", type=_at_least(1), default=650_000)
+    parser.add_argument("--persons", type=_at_least(1), help="default: a quarter of the settlements (at least 40)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--run-id", default="", help="goes into every psn_no (default LT<seed>); new per run")
-    parser.add_argument("--tag", default="", help="goes into every msgid (default D<seed>)")
+    parser.add_argument("--run-id", default="", help=(
+        "goes into every psn_no (default LT<seed>, the same for every day of that seed). Replaying a day again "
+        "against the same database gets the platform's stored answers to its msgids: give each replay its own "
+        "--run-id and --tag, or a fresh namespace and database (the replay counts answers made before it began)"))
+    parser.add_argument("--tag", default="", help="goes into every msgid (default D<seed>); see --run-id")
     parser.add_argument("--day", type=date.fromisoformat, default=DEFAULT_DAY)
-    parser.add_argument("--pre", type=float, default=0.0, help="share of settlements pre-settled first")
-    parser.add_argument("--cancel", type=float, default=0.0, help="share of settlements cancelled later")
-    parser.add_argument("--dup", type=float, default=0.0, help="share of settlements resent (same msgid)")
-    parser.add_argument("--malformed", type=float, default=0.0, help="extra malformed requests (share)")
+    parser.add_argument("--pre", type=_share, default=0.0, help="share of settlements pre-settled first")
+    parser.add_argument("--cancel", type=_share, default=0.0, help="share of settlements cancelled later")
+    parser.add_argument("--dup", type=_share, default=0.0, help="share of settlements resent (same msgid)")
+    parser.add_argument("--malformed", type=_share, default=0.0, help="extra malformed requests (share)")
     parser.add_argument("--out", type=Path, required=True, help="folder for refdata.json and day.jsonl")
     args = parser.parse_args(argv)
     started = time.monotonic()
+    try:  # the names are checked before any file is opened (an existing day.jsonl is not emptied)
+        world = World(persons=args.persons or default_persons(args.settlements), seed=args.seed,
+                      run_id=args.run_id, day=args.day)
+        options = DayOptions(settlements=args.settlements, seed=args.seed, tag=args.tag, pre_settlements=args.pre,
+                             cancellations=args.cancel, duplicates=args.dup, malformed=args.malformed)
+        if not options.msg_tag.isalnum() or len(options.msg_tag) > 16:
+            raise ValueError("--tag is 1-16 letters or digits (it goes into every msgid)")
+    except ValueError as exc:
+        parser.error(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)
-    world = World(persons=args.persons or default_persons(args.settlements), seed=args.seed, run_id=args.run_id,
-                  day=args.day)
-    options = DayOptions(settlements=args.settlements, seed=args.seed, tag=args.tag, pre_settlements=args.pre,
-                         cancellations=args.cancel, duplicates=args.dup, malformed=args.malformed)
     sections = write_refdata(world, args.out / "refdata.json")
     kinds = write_day(world, options, args.out / "day.jsonl")
     print(f"refdata.json: {sections}\nday.jsonl: {kinds}\nin {time.monotonic() - started:.1f}s", file=sys.stderr)
+
+
+def _at_least(low: int):  # noqa: ANN202 (an argparse type)
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"at least {low}, not {text}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a share between 0 and 1, not {text}")
+    return value
 
 
 if __name__ == "__main__":

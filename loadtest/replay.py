@@ -47,7 +47,7 @@ from loadtest.checks import (
     check_ledger,
     yuan_to_fen,
 )
-from yidi.contracts.envelope import DEFAULT_REPLY_TO
+from yidi.contracts.envelope import DEFAULT_REPLY_TO, respond_time_ms
 from yidi.platform.kafka import ensure_topics
 from yidi.platform.lag import topic_partitions
 from yidi.platform.replies import recover_ids
@@ -55,6 +55,13 @@ from yidi.platform.settings import Settings
 from yidi.platform.topics import SETTLEMENT_REQUESTS
 
 SETTLE_INFNOS = {"2207", "2304"}
+# An answer whose respond_time is this far before the run began was made before it (the
+# platform's clock may run a little ahead of or behind this machine's).
+ANSWERED_BEFORE_ALLOWANCE_MS = 5000
+
+
+class WindowStalled(Exception):
+    """No answer came for ``drain_timeout`` seconds while the window of answers outstanding was full."""
 CANCEL_INFNOS = {"2208", "2305"}
 
 
@@ -117,6 +124,10 @@ class Replay:
         self.cancelled_setl_ids: set[str] = set()
         self.cancels = Counter[str]()  # sent, skipped (target refused), unsent (target never answered)
         self.publish_errors = 0
+        self.unowed: Counter[str] = Counter()  # answers read while nothing of their msgid was owed one
+        self.answered_before_run = 0  # answers whose respond_time is before the run began
+        self._answered_before = ""  # respond_time text of the run's start, less a clock allowance
+        self.stalled = ""  # why sending stopped early: no answer for drain_timeout with the window full
         self._pending: dict[str, deque[float]] = {}
         self._deferred: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self._ready: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -176,7 +187,15 @@ class Replay:
         msgid = str(answer.get("msgid", ""))
         self.answers[msgid] += 1
         self.alike.add(msgid, answer)
+        respond_time = answer.get("respond_time")
+        if isinstance(respond_time, str) and len(respond_time) == 17 and respond_time.isdigit():
+            if respond_time < self._answered_before:
+                # An answer made before this run: the platform's stored answer to a request of an
+                # earlier run under the same msgid (the day replayed again against the same world).
+                self.answered_before_run += 1
         queue = self._pending.get(msgid)
+        if not queue and self.sends[msgid]:
+            self.unowed[msgid] += 1  # nothing of this msgid waits for an answer: one too many
         if queue:
             sent = queue.popleft()
             if not queue:
@@ -207,7 +226,13 @@ class Replay:
         while self.outstanding >= self.pace.window:
             self._check_reader()
             self._room.clear()
-            await self._room.wait()
+            try:
+                await asyncio.wait_for(self._room.wait(), self.drain_timeout)
+            except TimeoutError:
+                # Answers lost hold the window's places for good: waiting for ever would end the run
+                # with no result, when the lost answers are what it is there to report.
+                raise WindowStalled(f"no answer for {self.drain_timeout:g} s with all {self.pace.window} places "
+                                    f"of the window waiting: sending stopped") from None
         now = time.perf_counter()
         if not self.first_send:
             self.first_send = now
@@ -320,6 +345,8 @@ class Replay:
         tasks: list[asyncio.Task[None]] = []
         try:
             self.started = time.perf_counter()
+            # Five seconds' allowance for the platform's clock against this machine's.
+            self._answered_before = respond_time_ms(int(time.time() * 1000) - ANSWERED_BEFORE_ALLOWANCE_MS)
             self._reader = asyncio.create_task(self._read())
             self._reader.add_done_callback(lambda _: (self._room.set(), self._answered_any.set()))
             tasks.append(self._reader)
@@ -327,14 +354,19 @@ class Replay:
             if self.progress:
                 tasks.append(asyncio.create_task(self._report_progress()))
             t0 = None
-            for index, line in enumerate(lines):
-                t0 = line["t"] if t0 is None else t0
-                due = await self._wait_turn(index, line["t"], t0)
-                await self._send_line(line, due)
-                self.lines_done = index + 1
+            try:
+                for index, line in enumerate(lines):
+                    t0 = line["t"] if t0 is None else t0
+                    due = await self._wait_turn(index, line["t"], t0)
+                    await self._send_line(line, due)
+                    self.lines_done = index + 1
+            except WindowStalled as exc:
+                self.stalled = str(exc)
+                print(f"\n{self.label}{exc}", file=sys.stderr)
             assert self._producer is not None
             await self._producer.flush()
-            await self._drain()
+            if not self.stalled:
+                await self._drain()
             await asyncio.sleep(self.grace)  # an answer too many would show up now
             self.cancels["unsent (target never answered)"] += sum(len(v) for v in self._deferred.values())
         finally:
@@ -367,7 +399,7 @@ class Replay:
     # Results -------------------------------------------------------------------------------------
 
     def exactly_once(self) -> ExactlyOnce:
-        return check_exactly_once(self.sends, self.answers, self.alike.inconsistent)
+        return check_exactly_once(self.sends, self.answers, self.alike.inconsistent, unowed=self.unowed)
 
     def answer_totals(self) -> Totals:
         return answer_totals(self.settled, self.cancelled_setl_ids)
@@ -414,6 +446,8 @@ class Replay:
             "kinds_sent": dict(self.kinds.most_common()),
             "cancellations": dict(self.cancels),
             "publish_errors": self.publish_errors,
+            **({"stalled": self.stalled} if self.stalled else {}),
+            "answered_before_run": self.answered_before_run,
             "exactly_once": {"ok": check.ok, "summary": check.summary(), "missing": sum(check.missing.values()),
                              "duplicated": sum(check.duplicated.values()), "unexpected": sum(check.unexpected.values()),
                              "inconsistent": sum(check.inconsistent.values())},
@@ -591,14 +625,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bootstrap", default=os.environ.get("YIDI_KAFKA_BOOTSTRAP", "127.0.0.1:19092"))
     parser.add_argument("--namespace", default=os.environ.get("YIDI_NAMESPACE", ""))
     pace = parser.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, help="the day's clock × SPEED (1 = real time)")
-    pace.add_argument("--rate", type=float, help="a fixed number of requests per second")
+    pace.add_argument("--speed", type=_positive(float), help="the day's clock × SPEED (1 = real time)")
+    pace.add_argument("--rate", type=_positive(float), help="a fixed number of requests per second")
     pace.add_argument("--max", action="store_true", help="as fast as the window allows (default)")
-    parser.add_argument("--window", type=int, default=2000, help="most answers outstanding at once")
+    parser.add_argument("--window", type=_positive(int), default=2000, help="most answers outstanding at once")
     parser.add_argument("--ledger", action="store_true", help="compare the ledger's totals to the answers'")
     parser.add_argument("--database-url", default=os.environ.get("YIDI_DATABASE_URL", "postgresql://yidi@127.0.0.1:15432/yidi"))
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args(argv)
+    if not args.day.is_file():
+        parser.error(f"no day file at {args.day} (python -m loadtest.generator writes one)")
     result = asyncio.run(replay_file(
         args.day, bootstrap=args.bootstrap, namespace=args.namespace,
         pace=Pace(speed=args.speed, rate=args.rate, window=args.window),
@@ -608,8 +644,24 @@ def main(argv: list[str] | None = None) -> None:
     print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
     if args.out:
         args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
-    ok = result["exactly_once"]["ok"] and result.get("ledger", {}).get("ok", True)
+    if result["answered_before_run"]:
+        print(f"{result['answered_before_run']} answers were made before this run began: the platform answered "
+              "requests of an earlier replay under the same msgids from its store, so these figures measure that "
+              "path. Generate the day with a new --tag and --run-id, or replay into a fresh namespace and "
+              "database.", file=sys.stderr)
+    ok = result["exactly_once"]["ok"] and result.get("ledger", {}).get("ok", True) and not result["answered_before_run"]
     sys.exit(0 if ok else 1)
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its message
+    return parse
 
 
 if __name__ == "__main__":

@@ -223,3 +223,17 @@ def test_the_day_streams_without_building_it_first():
     first = list(itertools.islice(day_lines(world, DayOptions(settlements=650_000)), 100))
     assert len(first) == 100
     assert time.perf_counter() - started < 5  # an hour's send times at most, not 650,000 requests
+
+
+def test_the_generator_refuses_bad_flags_before_touching_its_folder(tmp_path, capsys):
+    from loadtest.generator import main
+
+    day = tmp_path / "day.jsonl"
+    day.write_text("kept\n")
+    for flags in (["--settlements", "-5"], ["--dup", "2"], ["--cancel", "-0.1"], ["--tag", "not-a-tag"],
+                  ["--run-id", "x" * 17], ["--persons", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main(["--out", str(tmp_path), *flags])
+        assert exc.value.code == 2, flags
+        assert "error:" in capsys.readouterr().err
+    assert day.read_text() == "kept\n"

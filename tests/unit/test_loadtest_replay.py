@@ -492,3 +492,66 @@ def test_the_latency_histogram_counts_every_answer_in_its_log_spaced_bucket():
     assert len(h["counts"]) == len(h["le_ms"]) + 1 and sum(h["counts"]) == 6
     found = {(h["le_ms"][i] if i < len(h["le_ms"]) else "over"): c for i, c in enumerate(h["counts"]) if c}
     assert found == {0.1: 1, 1.0: 1, 1.2589: 1, 50.1187: 1, 251.1886: 1, "over": 1}
+
+
+async def test_a_request_answered_twice_before_its_resend_and_the_resend_unanswered_fails_the_check():
+    # The counts per msgid agree (two sends, two answers), but the second answer came when nothing
+    # was owed one, and the resend is still waiting: one duplicated, one missing.
+    r, _ = replay()
+    await r._send_line(settle_line("M1"))
+    r._on_answer(answer("M1"), 0.0)
+    r._on_answer(answer("M1"), 0.0)
+    await r._send_line(settle_line("M1", kind="duplicate"))
+    check = r.exactly_once()
+    assert not check.ok
+    assert (check.missing, check.duplicated) == ({"M1": 1}, {"M1": 1})
+    assert r.result()["exactly_once"]["missing"] == 1
+
+
+async def test_lost_answers_that_fill_the_window_end_the_run_with_them_missing_instead_of_hanging():
+    r = Replay("unused:0", "ns.", Pace(window=3), progress=False, drain_timeout=0.3, grace=0.0)
+    producer = FakeProducer()
+
+    async def nothing() -> None:
+        return None
+
+    async def never_answers() -> None:
+        await asyncio.Event().wait()
+
+    producer.flush = nothing  # type: ignore[attr-defined]
+    r._start = nothing  # type: ignore[method-assign]
+    r._stop = nothing  # type: ignore[method-assign]
+    r._read = never_answers  # type: ignore[method-assign]
+    r._producer = producer  # type: ignore[assignment]
+    result = await asyncio.wait_for(r.run([settle_line(f"M{i}") for i in range(5)]), 10)
+    assert len(producer.sent) == 3
+    assert "no answer for 0.3 s" in result["stalled"]
+    assert not result["exactly_once"]["ok"] and result["exactly_once"]["missing"] == 3
+
+
+async def test_answers_made_before_the_run_began_are_counted():
+    r, _ = replay()
+    r._answered_before = "20261205100000000"
+    await r._send_line(settle_line("M1"))
+    await r._send_line(settle_line("M2"))
+    stored = orjson.loads(answer("M1")) | {"respond_time": "20261204093000123"}  # an earlier run's answer
+    fresh = orjson.loads(answer("M2")) | {"respond_time": "20261205100003000"}
+    r._on_answer(orjson.dumps(stored), 1.0)
+    r._on_answer(orjson.dumps(fresh), 1.0)
+    assert r.answered_before_run == 1
+    assert r.result()["answered_before_run"] == 1
+
+
+def test_the_replay_refuses_a_pace_or_window_that_is_not_positive(tmp_path, capsys):
+    from loadtest.replay import main
+
+    day = tmp_path / "day.jsonl"
+    day.write_text("")
+    for flags in (["--speed", "0"], ["--rate", "-5"], ["--window", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main([str(day), *flags])
+        assert exc.value.code == 2
+        assert "must be greater than 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "absent.jsonl")])
+    assert exc.value.code == 2 and "no day file" in capsys.readouterr().err
