@@ -27,3 +27,17 @@ alive() {
   st=${st##*) }
   [[ ${st%% *} != Z ]]
 }
+
+# Something (anyone) accepts TCP connections on 127.0.0.1:PORT.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# pid from FILE if that process is alive and its command line contains PATTERN
+# (guards against a stale pid file whose number was reused by another process).
+live_pid() {
+  local file=$1 pattern=$2 pid
+  [[ -s $file ]] || return 1
+  pid=$(<"$file")
+  [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$pattern" || return 1
+  echo "$pid"
+}

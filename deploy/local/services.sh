@@ -21,8 +21,10 @@ mkdir -p "$RUN" "$LOG"
 cd "$YIDI_ROOT"
 
 say() { printf 'services: %s\n' "$*" >&2; }
-pid_of() { [[ -f $RUN/$1.pid ]] && cat "$RUN/$1.pid" || true; }
-svc_alive() { local p; p=$(pid_of "$1"); [[ -n $p ]] && alive "$p"; }
+# The pid of a service's pid file when that process is alive and is that service: a pid file left
+# by a machine's restart may name a pid another process has since, which stop must not kill.
+pid_of() { live_pid "$RUN/$1.pid" "-m services.$(service_of "$1")" || true; }
+svc_alive() { [[ -n $(pid_of "$1") ]]; }
 # GET /metrics of a local port: curl when the machine has it, else bash's /dev/tcp (a fresh
 # machine may have no curl).
 metrics() {
@@ -53,6 +55,11 @@ up() {
 start_one() {
   local svc=$1
   if svc_alive "$svc"; then say "$svc already running (pid $(pid_of "$svc"))"; return; fi
+  # A process holding the metrics port (an orphan of an earlier run) would answer the readiness
+  # check for this one, which dies on the port.
+  if port_open "$(port_of "$svc")"; then
+    say "127.0.0.1:$(port_of "$svc") (${svc}'s metrics) is in use by another process: stop it first"; exit 1
+  fi
   # A plain background command, so $! is the service's own pid (setsid does not fork here:
   # a background job of a script is not a process-group leader).
   local -a extra=()
@@ -66,8 +73,9 @@ start_one() {
 
 wait_up() {
   local svc=$1 deadline=$((SECONDS + 90))
-  until up "$svc"; do
+  while true; do
     if ! svc_alive "$svc"; then say "$svc exited; last lines of $LOG/$svc.log:"; tail -n 30 "$LOG/$svc.log" >&2; return 1; fi
+    up "$svc" && break
     if ((SECONDS > deadline)); then say "$svc not ready after 90s; see $LOG/$svc.log"; return 1; fi
     sleep 0.3
   done
@@ -77,7 +85,7 @@ wait_up() {
 stop_one() {
   local svc=$1 p
   p=$(pid_of "$svc")
-  if [[ -z $p ]] || ! alive "$p"; then rm -f "$RUN/$svc.pid"; return; fi
+  if [[ -z $p ]]; then rm -f "$RUN/$svc.pid"; return; fi
   kill -TERM "$p" 2>/dev/null || true
   for _ in $(seq 1 150); do alive "$p" || break; sleep 0.1; done
   if alive "$p"; then say "$svc did not stop in 15s, killing"; kill -KILL "$p" 2>/dev/null || true; fi

@@ -23,9 +23,11 @@ started=()
 for part in kafka postgres redis; do
   [[ " $was_up " == *" $part "* ]] || started+=("$part")
 done
-"$HERE/stack.sh" start all
+# Set before the start: a start that fails part way (Kafka not ready in time) must not leave the
+# servers it did start running, where the next run would count them as up before it and keep them.
 cleanup() { ((${#started[@]})) && "$HERE/stack.sh" stop "${started[@]}" || true; }
 trap cleanup EXIT
+"$HERE/stack.sh" start all
 
 eval "$(bash "$HERE/env.sh")"
 # Warnings are errors (pyproject); CI=true turns a missing server into a failure, not a skip.

@@ -566,3 +566,28 @@ def test_a_service_refuses_to_start_without_every_kafka_codec(monkeypatch):
     monkeypatch.setattr(aiokafka.codec, "has_zstd", lambda: False)
     with pytest.raises(SystemExit, match="zstd"):
         require_codecs()
+
+
+def test_the_service_script_does_not_stop_a_process_its_stale_pid_file_names(tmp_path):
+    # After a machine's restart, .local/run/<service>.pid may name a pid another process has since:
+    # `services.sh stop` sent it SIGTERM, then SIGKILL. Now a pid counts only when that process is
+    # the service. (An instance name no local run uses: pricing@9.)
+    run_dir = ROOT / ".local" / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pid_file = run_dir / "pricing@9.pid"
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        pid_file.write_text(f"{other.pid}\n")
+        status = subprocess.run(["bash", str(ROOT / "deploy/local/services.sh"), "status", "pricing@9"],
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        assert "stopped" in status.stdout
+        stop = subprocess.run(["bash", str(ROOT / "deploy/local/services.sh"), "stop", "pricing@9"],
+                              capture_output=True, text=True, timeout=60)
+        assert stop.returncode == 0, stop.stderr
+        assert other.poll() is None, "the unrelated process was stopped"
+        assert not pid_file.exists()
+    finally:
+        other.kill()
+        other.wait()
+        pid_file.unlink(missing_ok=True)

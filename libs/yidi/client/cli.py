@@ -1,9 +1,12 @@
 """``yidi-gateway``: send request files to Yidi and print the answers.
 
-    yidi-gateway send ../shared/examples/we1/request.json
+    yidi-gateway send deploy/demo/requests/01-we1-langfang-retiree-beijing.json
     yidi-gateway send --new-msgid requests/*.json
     yidi-gateway file deploy/demo/filing/*.json   # filing requests, answered on filing.results
     yidi-gateway clearing run-month.json          # clearing requests, answered on clearing.results
+
+Exit status: 0 when every request was answered and accepted; 1 when every one was answered and
+some were refused; 3 when some got no answer within ``--timeout`` (are the services running?).
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ async def _send(args: argparse.Namespace, *, topic: str, reply_to: str, correlat
             if isinstance(data, dict) and "feedetail" in data:
                 # A new settlement of the bill is a new visit: a visit is settled once (ALREADY_SETTLED).
                 data["mdtrt_id"] = f"V{r['msgid']}"
-    failures = 0
+    failures = unanswered = 0
     async with GatewayClient(
         args.bootstrap, reply_to=reply_to, request_topic=topic, namespace=args.namespace, correlate_by=correlate_by
     ) as gw:
@@ -87,7 +90,7 @@ async def _send(args: argparse.Namespace, *, topic: str, reply_to: str, correlat
                 answer = await asyncio.wait_for(fut, args.timeout)
             except TimeoutError:
                 print(f"no answer to {request.get(correlate_by)} within {args.timeout:.0f}s", file=sys.stderr)
-                failures += 1
+                unanswered += 1
                 continue
             if args.summary:
                 print(summarise(request, answer))
@@ -95,7 +98,7 @@ async def _send(args: argparse.Namespace, *, topic: str, reply_to: str, correlat
                 print(json.dumps(answer, ensure_ascii=False, indent=None if args.compact else 2))
             if answer.get("infcode", 0) != 0 or answer.get("accepted") is False or answer.get("ok") is False:
                 failures += 1
-    return 1 if failures else 0
+    return 3 if unanswered else 1 if failures else 0
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -349,7 +349,9 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         writers=("filing", "eligibility"),
         external_readers="the requester; a request's `reply_to` names another topic for its result",
         notes="The default `reply_to` of a filing request. Refusals and `history` are answered by filing; "
-              "an accepted change is answered by eligibility once its mirror and cache have applied it. " + _MOVED_HERE,
+              "an accepted change is answered by eligibility once its mirror and cache have applied it. A refusal "
+              "of a request that did not validate is keyed as the request was (its record's key), or by its "
+              "`reqid` when it had none. " + _MOVED_HERE,
     ),
     T.FILING_EVENTS: TopicContract(
         messages=("FilingEvent",),

@@ -1,0 +1,30 @@
+"""``yidi-gateway``'s exit status tells a request nobody answered (3) from one refused (1): `make
+run` stops with a message on the first, while the demo's refusal on purpose is expected."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from yidi.platform.kafka import ensure_topics
+from yidi.platform.settings import Settings
+
+from tests.e2e.system import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+async def test_a_request_nobody_answers_exits_3(settings):
+    # Topics of their own (under the session's namespace, deleted with it), and no service reading them.
+    namespace = f"{settings.namespace}noone{uuid.uuid4().hex[:6]}."
+    await ensure_topics(Settings(kafka_bootstrap=settings.kafka_bootstrap, namespace=namespace))
+    done = subprocess.run(
+        [sys.executable, "-m", "yidi.client.cli", "--bootstrap", settings.kafka_bootstrap, "--namespace", namespace,
+         "--timeout", "1", "--summary", "send", "deploy/demo/requests/01-we1-langfang-retiree-beijing.json"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert done.returncode == 3, done.stderr
+    assert "no answer to" in done.stderr
