@@ -295,6 +295,20 @@ def test_r18_two_layers_of_one_fund_are_refused_when_loaded():
         validate_policy(policy(rule(IP), insutype=InsuranceType.RESIDENT, layers=two))
 
 
+def test_r18_layers_listed_out_of_the_payment_order_are_refused_when_loaded():
+    # Each layer pays its share of what the ones before it left: medical assistance listed before
+    # serious illness split a 50,000 stay 0 / 14,000 (person 6,000) instead of 3,000 / 11,900 (5,100).
+    serious = Layer(FundType.RESIDENT_SERIOUS_ILLNESS, D("15000.00"), D("0.60"))
+    assistance = Layer(FundType.MEDICAL_ASSISTANCE, D("0"), D("0.70"), requires="medical_assistance")
+    civil = Layer(FundType.CIVIL_SERVANT, D("0"), D("0.50"), requires="civil_servant")
+    with pytest.raises(PolicyError, match="610100 .* is listed after|390200 .* is listed after"):
+        validate_policy(policy(rule(IP), insutype=InsuranceType.RESIDENT, layers=(assistance, serious)))
+    with pytest.raises(PolicyError, match="R18: layer 320100"):
+        validate_policy(policy(rule(IP), layers=(assistance, civil)))
+    validate_policy(policy(rule(IP), insutype=InsuranceType.RESIDENT, layers=(serious, assistance)))
+    validate_policy(policy(rule(IP), layers=(Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("0"), D("0.85")), civil, assistance)))
+
+
 def test_r18_a_layer_above_the_pooled_cap_needs_a_pooled_cap():
     large = Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("0"), D("0.85"), base=LayerBase.ABOVE_POOLED_CAP)
     with pytest.raises(PolicyError, match="no annual_cap"):

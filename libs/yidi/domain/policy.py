@@ -25,6 +25,13 @@ from yidi.domain.codes import (
 # Funds a layer may not be (R18): the pooled funds (priced by the benefit rules, step 4-5) and the
 # individual account (R16, the person's part; not a fund payment of setlinfo).
 NOT_LAYERS = frozenset({FundType.EMPLOYEE_POOLED, FundType.RESIDENT_POOLED, FundType.EMPLOYEE_ACCOUNT})
+# R18 and DOMAIN.md's step 6: the further layers pay in this order (a policy lists them so).
+LAYER_ORDER: dict[FundType, int] = {
+    FundType.RESIDENT_SERIOUS_ILLNESS: 0,
+    FundType.EMPLOYEE_LARGE_AMOUNT: 0,
+    FundType.CIVIL_SERVANT: 1,
+    FundType.MEDICAL_ASSISTANCE: 2,
+}
 
 
 class PolicyError(ValueError):
@@ -262,6 +269,7 @@ def validate_policy(policy: BenefitPolicy) -> None:
             raise PolicyError(f"R12: first self-pay applies to temporary trips, not {category.value}")
         _check_ratio(f"first self-pay for {category.value}", share)
     seen: set[FundType] = set()
+    previous: Layer | None = None
     for layer in policy.layers:
         if layer.fund_type in NOT_LAYERS:
             raise PolicyError(f"layer {layer.fund_type.value} ({FUND_NAMES[layer.fund_type]}) is not a further layer "
@@ -270,6 +278,16 @@ def validate_policy(policy: BenefitPolicy) -> None:
             raise PolicyError(f"layer {layer.fund_type.value} appears twice: one layer per fund (its year is counted "
                               "per fund; segments by amount are not supported)")
         seen.add(layer.fund_type)
+        if previous is not None and LAYER_ORDER.get(layer.fund_type, 0) < LAYER_ORDER.get(previous.fund_type, 0):
+            # Each layer pays a share of what the ones before it left: listed in another order, medical
+            # assistance before serious illness (say), the same stay splits otherwise. DOMAIN.md's order
+            # is the default; another would be a policy option of its own, documented and tested.
+            raise PolicyError(
+                f"R18: layer {layer.fund_type.value} ({FUND_NAMES[layer.fund_type]}) is listed after "
+                f"{previous.fund_type.value} ({FUND_NAMES[previous.fund_type]}); layers pay in this order: serious-"
+                "illness insurance or the employee large-amount subsidy, then the civil-servant subsidy, then "
+                "medical assistance")
+        previous = layer
         _check_ratio(f"layer {layer.fund_type.value} ratio", layer.ratio)
         _check_amount(f"layer {layer.fund_type.value} threshold", layer.threshold)
         _check_amount(f"layer {layer.fund_type.value} cap", layer.annual_cap)
