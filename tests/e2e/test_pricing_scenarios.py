@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.requests import cancel_of
-from tests.e2e.world import World
+from tests.e2e.world import World, china_now
 
 pytestmark = pytest.mark.e2e
 
@@ -39,6 +39,17 @@ async def test_the_outpatient_quota_is_reached_and_not_exceeded(world, gateway):
     second = info(await gateway.call(world.request(person, [("T-A", "1", "800.00")])))  # 480, quota left 100
     assert (first["hifp_pay"], second["hifp_pay"]) == ("300.00", "100.00")
     assert "R13" in (await gateway.call(world.request(person, [("T-A", "1", "50.00")])))["output"]["setldetail"][0]["setl_proc_info"]
+
+
+async def test_r13_the_quota_used_at_home_this_year_comes_off_the_quota_here(world, gateway):
+    # The person record carries 350 of the 400 quota used at home this year (R13: shared with care
+    # at home); last year's use does not count.
+    year = china_now().year
+    person = await world.person(home_quota_used="350.00", home_quota_year=year)
+    last_year = await world.person(home_quota_used="350.00", home_quota_year=year - 1)
+    here = info(await gateway.call(world.request(person, [("T-A", "1", "800.00")])))  # (800-300)×0.6 = 300
+    other = info(await gateway.call(world.request(last_year, [("T-A", "1", "800.00")])))
+    assert (here["hifp_pay"], other["hifp_pay"]) == ("50.00", "300.00")
 
 
 async def test_the_annual_cap_is_reached_by_inpatient_stays(world, gateway):
@@ -155,6 +166,20 @@ async def test_the_employee_large_amount_subsidy_pays_on_the_cost_past_the_poole
     stay = info(await gateway.call(world.request(person, [("T-A", "1", "10500.00")], infno="2304", med_type="21")))
     # (10,500 − 500) × 0.80 = 8,000 > the cap 5,000, which covers 6,250: 3,750 past it × 0.85
     assert (stay["hifp_pay"], stay["hifob_pay"], stay["fund_pay_sumamt"]) == ("5000.00", "3187.50", "8187.50")
+
+
+async def test_r18_the_civil_servant_subsidy_pays_for_a_person_whose_record_holds_the_qualification(system, gateway):
+    # The qualification travels from the person record through eligibility to the layer.
+    world = World(system.settings)
+    await world.build(world.policy(layers=[{"fund_type": "320100", "threshold": "0.00", "ratio": "0.50",
+                                            "requires": "civil_servant"}]))
+    civil = await world.person(qualifications=["civil_servant"])
+    plain = await world.person()
+    paid = info(await gateway.call(world.request(civil, [("T-A", "1", "800.00")])))  # pooled (800-300)×0.6 = 300
+    not_paid = info(await gateway.call(world.request(plain, [("T-A", "1", "800.00")])))
+    # The subsidy: 0.50 of what the pooled fund left inside the scope (800 − 300 = 500).
+    assert (paid["hifp_pay"], paid["cvlserv_pay"]) == ("300.00", "250.00")
+    assert (not_paid["hifp_pay"], not_paid["cvlserv_pay"]) == ("300.00", "0.00")
 
 
 async def test_r1_a_province_publishes_its_catalogue_and_policy_once_and_a_citys_own_entry_stands(system, gateway):

@@ -13,8 +13,8 @@ from services.pricing.handlers import Batch, PricingHandler
 from tests.unit.factories import MedType, PersonType, item, policy, rule
 from yidi.contracts.envelope import RequestEnvelope
 from yidi.contracts.internal import EligibleWork, PersonSnapshot
-from yidi.domain.codes import FilingCategory
-from yidi.domain.policy import DeductibleScope
+from yidi.domain.codes import FilingCategory, FundType
+from yidi.domain.policy import DeductibleScope, Layer
 from yidi.platform.settings import Settings
 
 WE1 = json.loads((Path(__file__).resolve().parents[3] / "shared" / "examples" / "we1" / "request.json").read_text())
@@ -98,3 +98,47 @@ def test_a_settlement_id_is_its_day_and_the_msgids_digest():
     expected = "S20260102" + hashlib.sha1(b"M1").hexdigest()[:16].upper()
     assert settlement_id("M1", date(2026, 1, 2)) == expected
     assert settlement_id("M1", datetime(2026, 1, 2, 10, 30)) == expected
+
+
+def outpatient_request(facility: str, msgid: str, amount: str, person: PersonSnapshot) -> EligibleWork:
+    raw = copy.deepcopy(WE1)
+    raw.update(infno="2207", msgid=facility + msgid, fixmedins_code=facility, inf_time="2022-07-01 10:30:00")
+    raw["input"]["data"].update(
+        med_type="11", mdtrt_id="V" + msgid, medfee_sumamt=amount,
+        feedetail=[{"feedetl_sn": "1", "hilist_code": "DRUG", "cnt": "1", "pric": amount, "det_item_fee_sumamt": amount}])
+    request = RequestEnvelope.model_validate(raw)
+    return EligibleWork(request=request, request_hash=request.payload_hash(), request_ts_ms=0, person=person,
+                        facility_level=3, basis="filing", filing_id="F1", filing_category=FilingCategory.RETIREE_RESETTLED)
+
+
+def test_r13_the_outpatient_quota_used_at_home_that_year_counts_against_the_quota_here():
+    # A 400 quota with 350 used at home in 2022 leaves 50 for a 1,000 bill at 0.80 (800 otherwise
+    # capped at 400); home use of another year does not count.
+    pol = policy(rule(MedType.GENERAL_OUTPATIENT, "0", "0.80"), outpatient_quota=D("400.00"))
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+
+    def fund(year: int | None, used: str, msgid: str) -> str:
+        batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage={})
+        person = PERSON.model_copy(update={"home_quota_used": D(used), "home_quota_year": year})
+        return settle(handler, batch, outpatient_request("H11010500001", msgid, "1000.00", person))["hifp_pay"]
+
+    assert fund(2022, "350.00", "MQ1") == "50.00"
+    assert fund(2021, "350.00", "MQ2") == "400.00"
+    assert fund(None, "0.00", "MQ3") == "400.00"
+
+
+def test_r18_a_layer_for_a_qualification_pays_for_a_person_whose_record_holds_it():
+    # The person's qualifications travel from the person record, through eligibility's work, to the
+    # layer: civil_servant pays 50 % of what the pooled fund left.
+    pol = policy(rule(MedType.GENERAL_OUTPATIENT, "0", "0.50"),
+                 layers=(Layer(FundType.CIVIL_SERVANT, D("0"), D("0.50"), requires="civil_servant"),))
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+
+    def paid(qualifications: list[str], msgid: str) -> dict[str, str]:
+        batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage={})
+        person = PERSON.model_copy(update={"qualifications": qualifications})
+        return settle(handler, batch, outpatient_request("H11010500001", msgid, "100.00", person))
+
+    civil = paid(["civil_servant"], "ML1")
+    assert (civil["hifp_pay"], civil["cvlserv_pay"], civil["psn_cash_pay"]) == ("50.00", "25.00", "25.00")
+    assert paid([], "ML2")["cvlserv_pay"] == "0.00"
