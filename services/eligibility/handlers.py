@@ -319,6 +319,8 @@ class EligibilityHandler:
                     r in self.settings.filing_waived_regions for r in region_chain(request.insuplc_admdvs or "")),
                 admitted=begntime.date() if (begntime := getattr(body, "begntime", None)) else None,
                 admitted_at=_admission_moment(begntime),
+                cert_type=getattr(body, "mdtrt_cert_type", ""),
+                cert_no=getattr(body, "mdtrt_cert_no", ""),
             )
             # parse() refuses a 2001 without insutype and med_type; SettlementInput requires them
             decision = decide(

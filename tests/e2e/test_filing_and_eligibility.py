@@ -27,6 +27,20 @@ async def file(filings, world, psn_no, action="add", **fields) -> dict:
     return await filings.call(filing_request(world, psn_no, action, **fields))
 
 
+async def test_r2_a_settlement_with_another_persons_identity_card_is_refused(world, gateway):
+    person = await world.person(certno="97010219700101002X")
+
+    def with_card(number: str) -> dict:
+        request = world.request(person, [("T-A", "1", "50.00")])
+        request["input"]["data"] |= {"mdtrt_cert_type": "02", "mdtrt_cert_no": number}
+        return request
+
+    other = await gateway.call(with_card("970102198001010033"))
+    assert (other["infcode"], other["err_code"]) == (-1, "NOT_INSURED") and "(R2)" in other["err_msg"]
+    own = await gateway.call(with_card("97010219700101002x"))
+    assert own["infcode"] == 0, own
+
+
 async def test_r6_a_person_admitted_without_filing_files_and_then_settles_directly(world, gateway, filings):
     person = await world.person(category=None)
     stay = world.request(person, [("T-A", "1", "2000.00")], infno="2304", med_type="21")

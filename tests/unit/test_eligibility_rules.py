@@ -149,6 +149,25 @@ def test_r10_care_in_the_insured_region_itself_needs_no_filing():
     assert isinstance(d, Eligible) and d.basis is Basis.HOME
 
 
+def test_r2_an_identity_card_number_that_is_not_the_persons_is_refused():
+    from dataclasses import replace
+
+    carded = replace(PERSON, certno="13100219550101001X")
+    for cert_type, cert_no, settles in (
+        ("02", "13100219550101001X", True), ("02", "13100219550101001x", True),  # the check digit X in either case
+        ("02", "131002196001010022", False),  # another person's card
+        ("02", "", True),  # no number given: nothing to compare
+        ("01", "EV00000001", True),  # an e-voucher's token is not the card number
+    ):
+        d = decide(visit(cert_type=cert_type, cert_no=cert_no), carded, BEIJING_HOSPITAL, [filing()], [], NOW)
+        assert isinstance(d, Eligible) is settles, (cert_type, cert_no, d)
+        if not settles:
+            assert d.code is Refusal.NOT_INSURED and "not this person's (R2)" in d.message
+    # The region gave no card number: nothing to compare.
+    assert isinstance(decide(visit(cert_type="02", cert_no="131002196001010022"), PERSON, BEIJING_HOSPITAL,
+                             [filing()], [], NOW), Eligible)
+
+
 def test_r14_chronic_care_needs_the_qualification_at_home():
     ok = decide(visit(MedType.CHRONIC_OUTPATIENT, disease="E11.900"), PERSON, BEIJING_HOSPITAL, [filing()], [], NOW)
     no = decide(visit(MedType.CHRONIC_OUTPATIENT, disease="I10.X00"), PERSON, BEIJING_HOSPITAL, [filing()], [], NOW)

@@ -112,6 +112,7 @@ class PersonRecord(StrictWireModel):
             account_balance=self.acct_balc,
             account_version=self.acct_version,
             qualifications=frozenset(self.qualifications),
+            certno=self.certno,
         )
 
 

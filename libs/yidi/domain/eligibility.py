@@ -44,6 +44,10 @@ class Basis(StrEnum):
     HOME = "home"  # treated in the insured region itself (R10, long-term filed persons too)
 
 
+# R2's credentials (mdtrt_cert_type): 01 e-voucher, 02 identity card, 03 social security card.
+ID_CARD = "02"
+
+
 @value
 class Person:
     psn_no: str
@@ -56,6 +60,7 @@ class Person:
     account_balance: Decimal = ZERO
     account_version: str = ""
     qualifications: frozenset[str] = frozenset()
+    certno: str = ""  # the identity card's number, when the insured region gives it (R2)
 
 
 @value
@@ -162,6 +167,10 @@ class Visit:
     # (aware; None when the request gives a day alone: the stay is judged by its day).
     admitted: date | None = None
     admitted_at: datetime | None = None
+    # R2: the credential presented (mdtrt_cert_type, mdtrt_cert_no); an identity card's number (02)
+    # is checked against the person's when both are known.
+    cert_type: str = ""
+    cert_no: str = ""
 
     def filing_counts(self, filing: Filing) -> bool:
         """A filing valid on the settlement day (R6: filed during the stay counts), or, for a stay,
@@ -286,6 +295,15 @@ def decide(
             Refusal.NOT_INSURED,
             f"No active {visit.insutype.value} insurance in region {visit.insured_region} for this person; "
             "check the credential and the insured region, or settle in cash.",
+        )
+    if (visit.cert_type == ID_CARD and visit.cert_no and person.certno
+            and visit.cert_no.strip().upper() != person.certno.strip().upper()):
+        # R2: the patient presents the e-voucher or card. An identity card's number that is not the
+        # person's is another person's card (or a typing slip): not settled under this psn_no.
+        return Refused(
+            Refusal.NOT_INSURED,
+            "The identity card number given (mdtrt_cert_no) is not this person's (R2): check the card the "
+            "patient presented and the psn_no read from it, or settle in cash.",
         )
     if visit.med_type is MedType.CHRONIC_OUTPATIENT:
         # R14: the person must hold the qualification at home; across provinces only the five
