@@ -242,9 +242,12 @@ class Bench:
             self.report["exit_codes"] = procs.stop_all()
         await self._sweep("every answer, swept after the services stopped", s)
         measured = [*self.report["runs"].values(), *self.report.get("steady", {}).get("probes", [])]
+        # Every service process, further instances (pricing@2) included: the target is per process.
+        names = dict.fromkeys(name for run in measured for name in run.get("resources", {})
+                              if name.partition("@")[0] in SERVICES)
         self.report["rss_max_mib"] = {
             name: max(run["resources"][name]["rss_max_mib"] for run in measured if name in run.get("resources", {}))
-            for name in SERVICES
+            for name in names
         }
 
     def _warm_round(self, k: int) -> Path:

@@ -526,7 +526,8 @@ def process_table(runs: dict[str, Any], cores: int | None) -> list[str]:
     if not shown:
         return []
     lines = ["", "Processes (psutil; Postgres = postmaster + backends, with the CPU of those that exited during the run, "
-                 "RSS summed; `load tool` = the replay "
+                 "their memory as PSS summed (shared buffers counted once; RSS summed before 2026-12-05 22:10); "
+                 "`load tool` = the replay "
                  "and sampler, on the same box):", "",
              "| process | " + " | ".join(f"{n}: RSS max MiB | {n}: CPU s | {n}: CPU ms per request" for n, _ in shown) + " |",
              "|---|" + "---|---|---|" * len(shown)]

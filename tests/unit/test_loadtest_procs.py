@@ -100,3 +100,36 @@ def test_work_a_load_tool_does_in_process_runs_on_what_its_children_get(monkeypa
     s = child_settings(run, {"YIDI_DB_POOL_SIZE": "2"})
     assert (s.db_pool_size, s.cache_ttl_seconds) == (2, Settings.model_fields["cache_ttl_seconds"].default)
     assert (s.namespace, s.database_url) == ("b1.", "postgresql://u@h:1/yidi_bench_x")
+
+
+async def test_a_trees_memory_counts_the_pages_its_processes_share_once():
+    # Postgres' backends map the same shared buffers: their RSS summed counted them once per
+    # backend. Here a parent and its forked child share 200 MiB (copy on write): about 200, not 400.
+    import asyncio
+    import subprocess
+    import time
+
+    from loadtest.observe import ProcessSampler
+
+    code = ("import os, time\nx = bytearray(200 * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1\n"
+            "os.fork()\nprint('ready', flush=True)\ntime.sleep(60)\n")
+    tree = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(2):
+            assert tree.stdout is not None and tree.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        sampler = ProcessSampler({"shared": tree.pid}, tree={"shared"}, interval=0.05)
+        sampler.start()
+        await asyncio.sleep(0.3)
+        resources = await sampler.stop()
+        assert resources["shared"]["processes_seen"] == 2
+        assert 150 < resources["shared"]["rss_max_mib"] < 300, resources
+    finally:
+        import psutil
+
+        for child in psutil.Process(tree.pid).children():
+            child.kill()
+        tree.kill()
+        tree.wait()
+        if tree.stdout is not None:
+            tree.stdout.close()

@@ -275,6 +275,18 @@ def test_the_progress_line_has_a_bar_an_eta_and_latency_so_far():
     line = r.progress_line(10.0, 1.0, np.array([0.400]), 5.0)
     assert "[#####...............]  25.0% ETA    30s" in line
     assert "last 1s   400/  400 ms" in line and "so far    25/  389 ms" in line
+    # Over everything so far again only once there is a tenth more of it (it is not free at a day's size).
+    def so_far() -> str:
+        a50, a99 = np.percentile(np.array(r.latency), [50, 99]) * 1000
+        return f"so far {a50:5.0f}/{a99:5.0f} ms"
+
+    r.latency.extend([0.010] * 96)
+    at_100 = so_far()
+    assert at_100 in r.progress_line(11.0, 1.0, None, 5.0)
+    r.latency.extend([0.400] * 8)
+    assert so_far() != at_100 and at_100 in r.progress_line(12.0, 1.0, None, 5.0)  # 108: as at 100
+    r.latency.extend([0.400] * 4)
+    assert so_far() in r.progress_line(13.0, 1.0, None, 5.0)  # 112: again
 
 
 def test_the_ledger_check_fails_on_a_row_under_a_request_that_is_not_a_settlement():
