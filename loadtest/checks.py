@@ -154,10 +154,11 @@ class LedgerCheck:
     answers: Totals
     ledger: Totals
     strays: int = 0  # ledger rows under msgids of requests that are not settlements
+    mismatched: int = 0  # settlements whose row is not settled with the setl_id and amounts answered
 
     @property
     def ok(self) -> bool:
-        return self.answers == self.ledger and not self.strays
+        return self.answers == self.ledger and not self.strays and not self.mismatched
 
     def summary(self) -> str:
         a, lg = self.answers.as_yuan(), self.ledger.as_yuan()
@@ -166,11 +167,14 @@ class LedgerCheck:
         diffs = [f"{k} answers {a[k]} ledger {lg[k]}" for k in a if a[k] != lg[k]]
         if self.strays:
             diffs.append(f"{self.strays} ledger row(s) under requests that are not settlements")
+        if self.mismatched:
+            diffs.append(f"{self.mismatched} settlement(s) whose ledger row is not the answer's "
+                         "(missing, another setl_id, or other amounts)")
         return "ledger ≠ answers: " + "; ".join(diffs)
 
 
-def check_ledger(answers: Totals, ledger: Totals, strays: int = 0) -> LedgerCheck:
-    return LedgerCheck(answers, ledger, strays)
+def check_ledger(answers: Totals, ledger: Totals, strays: int = 0, mismatched: int = 0) -> LedgerCheck:
+    return LedgerCheck(answers, ledger, strays, mismatched)
 
 
 # A generated day's settlements are settled but for the few it means to be refused (persons

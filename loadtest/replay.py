@@ -26,7 +26,7 @@ import sys
 import time
 from array import array
 from collections import Counter, defaultdict, deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -411,8 +411,11 @@ class Replay:
 
     async def ledger_check(self, database_url: str) -> LedgerCheck:
         others = sorted(set(self.sends) - self.settle_msgids)
-        totals, strays = await ledger_totals(database_url, sorted(self.settle_msgids), others)
-        return check_ledger(self.answer_totals(), totals, strays)
+        cancelled = self.cancelled_setl_ids
+        standing = {m: s for m, s in self.settled.items() if s.setl_id not in cancelled}
+        totals, strays, mismatched = await ledger_totals(database_url, sorted(self.settle_msgids), others,
+                                                         expected=standing)
+        return check_ledger(self.answer_totals(), totals, strays, mismatched)
 
     def pacing(self) -> dict[str, Any]:
         """How far a paced run's publishes fell behind their schedule: ``short_of_pace`` when the
@@ -579,13 +582,29 @@ async def sweep(bootstrap: str, namespace: str) -> ExactlyOnce:
     return check_exactly_once(sends, answers, alike.inconsistent)
 
 
-async def ledger_totals(database_url: str, msgids: list[str], others: list[str] = (), chunk: int = 20_000) -> tuple[Totals, int]:
+async def ledger_totals(database_url: str, msgids: list[str], others: list[str] = (), chunk: int = 20_000,
+                        expected: Mapping[str, Settled] | None = None) -> tuple[Totals, int, int]:
     """Count and sums of the ledger rows in state ``settled`` among ``msgids`` (the settlements),
-    and the number of ledger rows, in any state, under ``others`` (requests that are not
-    settlements: pre-settlements, cancellations, malformed requests; none should have one)."""
-    count = fund = cash = acct = strays = 0
+    the number of ledger rows, in any state, under ``others`` (requests that are not
+    settlements: pre-settlements, cancellations, malformed requests; none should have one), and
+    of ``expected`` (msgid → what its answer said, for the settlements that must stand) those whose
+    row is not in state ``settled`` with that setl_id and those amounts: errors that cancel out in
+    the totals (two rows' amounts swapped) show there."""
+    count = fund = cash = acct = strays = mismatched = 0
     conn = await asyncpg.connect(database_url)
     try:
+        rows = list((expected or {}).items())
+        for i in range(0, len(rows), chunk):
+            part = rows[i:i + chunk]
+            mismatched += await conn.fetchval(
+                """SELECT count(*) FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+                          AS a(msgid, setl_id, fund, cash, acct)
+                   LEFT JOIN clearing.ledger l ON l.msgid = a.msgid AND l.state = 'settled'
+                   WHERE l.msgid IS NULL OR l.setl_id <> a.setl_id OR l.fund_pay_sumamt * 100 <> a.fund
+                      OR l.psn_cash_pay * 100 <> a.cash OR l.acct_pay * 100 <> a.acct""",
+                [m for m, _ in part], [s.setl_id for _, s in part], [s.fund_pay_sumamt for _, s in part],
+                [s.psn_cash_pay for _, s in part], [s.acct_pay for _, s in part],
+            )
         for i in range(0, len(others), chunk):
             strays += await conn.fetchval("SELECT count(*) FROM clearing.ledger WHERE msgid = ANY($1::text[])",
                                           list(others[i:i + chunk]))
@@ -602,7 +621,7 @@ async def ledger_totals(database_url: str, msgids: list[str], others: list[str] 
             acct += yuan_to_fen(row["acct"])
     finally:
         await conn.close()
-    return Totals(count, fund, cash, acct), strays
+    return Totals(count, fund, cash, acct), strays, mismatched
 
 
 async def replay_file(path: Path, *, bootstrap: str, namespace: str, pace: Pace, database_url: str | None = None,
@@ -619,7 +638,8 @@ async def replay_file(path: Path, *, bootstrap: str, namespace: str, pace: Pace,
     if database_url:
         ledger = await replay.ledger_check(database_url)
         result["ledger"] = {"ok": ledger.ok, "summary": ledger.summary(), "answers": ledger.answers.as_yuan(),
-                            "ledger": ledger.ledger.as_yuan(), "strays": ledger.strays}
+                            "ledger": ledger.ledger.as_yuan(), "strays": ledger.strays,
+                            "rows_unlike_answers": ledger.mismatched}
     return result
 
 

@@ -6,6 +6,7 @@ import os
 import time
 import uuid
 
+import asyncpg
 import pytest
 
 from loadtest.generator import DayOptions, day_lines, write_refdata
@@ -40,6 +41,23 @@ async def test_a_small_day_is_answered_exactly_once_and_the_ledger_matches_the_a
         replay = Replay(s.kafka_bootstrap, s.namespace, Pace(window=500), progress=False, drain_timeout=20, grace=1.0)
         result = await replay.run(day_lines(world, options))
         ledger = await replay.ledger_check(s.database_url)
+        # Two rows' amounts swapped keep the totals: the row by row comparison must see it.
+        two = sorted((m for m, v in replay.settled.items() if v.setl_id not in replay.cancelled_setl_ids),
+                     key=lambda m: replay.settled[m].fund_pay_sumamt)
+        low, high = two[0], two[-1]
+        conn = await asyncpg.connect(s.database_url)
+        try:
+            async with conn.transaction():
+                swap = """UPDATE clearing.ledger l SET fund_pay_sumamt = o.fund_pay_sumamt FROM clearing.ledger o
+                          WHERE l.msgid = $1 AND o.msgid = $2"""
+                await conn.execute("CREATE TEMP TABLE kept AS SELECT msgid, fund_pay_sumamt FROM clearing.ledger "
+                                   "WHERE msgid = ANY($1::text[])", [low, high])
+                await conn.execute(swap, low, high)
+                await conn.execute("UPDATE clearing.ledger l SET fund_pay_sumamt = k.fund_pay_sumamt FROM kept k "
+                                   "WHERE l.msgid = $1 AND k.msgid = $2", high, low)
+        finally:
+            await conn.close()
+        swapped = await replay.ledger_check(s.database_url)
     finally:
         system.stop_all()
     swept = await sweep(s.kafka_bootstrap, s.namespace)  # every answer, once nothing can answer any more
@@ -47,6 +65,8 @@ async def test_a_small_day_is_answered_exactly_once_and_the_ledger_matches_the_a
     assert result["exactly_once"]["ok"], result["exactly_once"]["summary"]
     assert swept.ok and swept.sends == result["sends"], swept.summary()
     assert ledger.ok, ledger.summary()
+    assert replay.settled[low].fund_pay_sumamt != replay.settled[high].fund_pay_sumamt
+    assert swapped.answers == swapped.ledger and swapped.mismatched == 2 and not swapped.ok, swapped.summary()
     assert 190 <= result["sends"] <= 260
     kinds, errors = result["kinds_sent"], result["err_codes"]
     assert kinds["duplicate"] and kinds["pre-settlement"] and (kinds.get("malformed-json", 0) + kinds.get("invalid-sum", 0))
