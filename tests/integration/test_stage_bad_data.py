@@ -42,7 +42,8 @@ async def _read(settings, topic: str, count: int) -> list:
 
 async def test_a_value_the_database_refuses_is_refused_alone_and_its_batch_mates_go_on(settings):
     s = settings.model_copy(update={"namespace": settings.namespace + f"bad{uuid.uuid4().hex[:6]}.",
-                                    "batch_linger_ms": 500.0})
+                                    "batch_linger_ms": 500.0,
+                                    "kafka_transaction_timeout_ms": 300_000})  # the setting reaches the producer
     await ensure_topics(s)
     pool = await create_pool(s.database_url, size=2)
     table = f"bad_data_{uuid.uuid4().hex[:8]}"
@@ -70,6 +71,7 @@ async def test_a_value_the_database_refuses_is_refused_alone_and_its_batch_mates
         for v in values:
             await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), orjson.dumps(v), key=b"one-person")
         await stage.start()
+        assert stage._producer._txn_manager.transaction_timeout_ms == s.kafka_transaction_timeout_ms  # type: ignore[union-attr]
         await until(lambda: sum(len(b) for b in handled if 3 not in b) == 5)
         assert handled[0] == [1, 2, 3, 4, 5, 6]  # the whole batch first, then halves: [1, 2, 3] ...
         passed = await _read(s, SETTLEMENT_ELIGIBLE, 5)

@@ -306,6 +306,7 @@ class TransactionalStage:
         self._producer = make_producer(
             s,
             transactional_id=f"{s.namespace}yidi-{self.name}-{s.instance}",
+            transaction_timeout_ms=s.kafka_transaction_timeout_ms,
             enable_idempotence=True,
             linger_ms=0,
             # A transaction that follows the last one closely is told CONCURRENT_TRANSACTIONS

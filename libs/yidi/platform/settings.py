@@ -47,6 +47,14 @@ class Settings(BaseSettings):
     # killed or frozen in its handler then holds its partitions until the transaction timeout (60 s)
     # unless it restarts with the same YIDI_INSTANCE (docs/architecture.md §4, §11).
     kafka_offsets_during_handler: bool = False
+    # How long the broker lets a stage's transaction stay open before it aborts it (aiokafka's and
+    # Kafka's default, 60 s; the broker allows up to its transaction.max.timeout.ms, 15 min by
+    # default). A batch's transaction is open only while it commits; longer than the default
+    # matters when a Kafka outage outlasts it: the commit in flight is then aborted, the stage is
+    # fenced and its process exits (restarted, it goes on from its last commit, nothing lost or
+    # doubled). The cost of a longer one: an instance that dies mid-commit and does not come back
+    # under its YIDI_INSTANCE holds back its output partitions' readers until it expires.
+    kafka_transaction_timeout_ms: int = Field(default=60_000, ge=1_000, le=900_000)
     # Python's cyclic garbage collector: thresholds of its generations ("700,10,10" is Python's
     # default; empty leaves whatever the interpreter has). A batch of 500 settlements makes some
     # hundred thousand short-lived containers that die by reference count, never in cycles; at
