@@ -173,3 +173,29 @@ async def test_a_producer_failed_for_good_is_not_hidden_by_the_abort():
     with pytest.raises(ProducerFenced):
         await stage._abandon(stage._opened)
     assert producer.aborts == 0
+
+
+async def test_a_stop_with_kafka_away_ends_within_its_bound(monkeypatch, caplog):
+    # Leaving the group and flushing wait out their request timeouts (40 s each) when Kafka is away:
+    # a stop then outlasted a supervisor's grace period (docker-compose's 20 s) and was killed.
+    import time
+
+    import yidi.platform.kafka as kafka
+
+    class Hanging:
+        stopped = False
+
+        async def stop(self) -> None:
+            await asyncio.sleep(60)
+            self.stopped = True
+
+    async def handler(records):
+        return []
+
+    monkeypatch.setattr(kafka, "CLIENT_STOP_SECONDS", 0.2)
+    stage = TransactionalStage("stop-test", "test", Settings(namespace="t."), ["in"], "stop-test", handler)
+    stage._consumer, stage._producer = Hanging(), Hanging()  # type: ignore[assignment]
+    started = time.monotonic()
+    await stage.stop()
+    assert time.monotonic() - started < 2
+    assert "did not stop within 0.2 s" in caplog.text

@@ -188,6 +188,10 @@ async def delete_namespace_topics(bootstrap: str, *prefixes: str) -> list[str]:
         await admin.close()
 
 
+# How long a stopping stage waits for each of its Kafka clients to stop.
+CLIENT_STOP_SECONDS = 4.0
+
+
 def make_producer(settings: Settings, **overrides: object) -> AIOKafkaProducer:
     options: dict[str, object] = {"bootstrap_servers": settings.kafka_bootstrap, "acks": "all", "linger_ms": 1}
     options.update(overrides)
@@ -360,10 +364,18 @@ class TransactionalStage:
                 await self._task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001 - already logged in _run
                 pass
-        if self._consumer:
-            await self._consumer.stop()
-        if self._producer:
-            await self._producer.stop()
+        for kind, client in (("consumer", self._consumer), ("producer", self._producer)):
+            if client is None:
+                continue
+            try:
+                # Bounded: with Kafka away, leaving the group and flushing wait out their request
+                # timeouts (40 s each), and a stop then outlasted any supervisor's grace period.
+                # What is left is the broker's to settle: the group's session times out, an open
+                # transaction is aborted (or fenced by the next start), the batch is read again.
+                await asyncio.wait_for(client.stop(), CLIENT_STOP_SECONDS)
+            except TimeoutError:
+                log.warning("stage %s: its Kafka %s did not stop within %g s (Kafka unreachable?); left to the "
+                            "broker's timeouts", self.name, kind, CLIENT_STOP_SECONDS)
 
     @property
     def task(self) -> asyncio.Task[None] | None:

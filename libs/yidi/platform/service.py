@@ -142,8 +142,8 @@ class Service:
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        for stage in self.stages:
-            await stage.stop()
+        # Together: each is bounded (CLIENT_STOP_SECONDS per Kafka client), and so is the whole.
+        await asyncio.gather(*(stage.stop() for stage in self.stages), return_exceptions=True)
 
     def run(self) -> None:
         require_codecs()
