@@ -280,7 +280,12 @@ class Replay:
     async def _send_deferred(self) -> None:
         while True:
             line = await self._ready.get()
-            await self._send_line(line)
+            try:
+                await self._send_line(line)
+            except WindowStalled as exc:
+                # The run ends as the main sender's stall ends it: reported, not raised.
+                self.stalled = self.stalled or str(exc)
+                return
             self._ready.task_done()
 
     # Pacing and progress -------------------------------------------------------------------------

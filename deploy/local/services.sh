@@ -58,7 +58,7 @@ start_one() {
   # A process holding the metrics port (an orphan of an earlier run) would answer the readiness
   # check for this one, which dies on the port.
   if port_open "$(port_of "$svc")"; then
-    say "127.0.0.1:$(port_of "$svc") (${svc}'s metrics) is in use by another process: stop it first"; exit 1
+    say "127.0.0.1:$(port_of "$svc") (${svc}'s metrics) is in use by another process: stop it first"; return 1
   fi
   # A plain background command, so $! is the service's own pid (setsid does not fork here:
   # a background job of a script is not a process-group leader).
@@ -104,8 +104,11 @@ fi
 for s in "${targets[@]}"; do valid "$s"; done
 case $cmd in
   start)
-    for s in "${targets[@]}"; do start_one "$s"; done
-    for s in "${targets[@]}"; do wait_up "$s"; done ;;
+    # The others start (and are waited for) when one cannot: the exit status then says so.
+    failed=0; begun=()
+    for s in "${targets[@]}"; do if start_one "$s"; then begun+=("$s"); else failed=1; fi; done
+    for s in "${begun[@]}"; do wait_up "$s" || failed=1; done
+    exit "$failed" ;;
   stop) for s in "${targets[@]}"; do stop_one "$s"; done ;;
   restart) for s in "${targets[@]}"; do stop_one "$s"; done; "$0" start "${targets[@]}" ;;
   status)

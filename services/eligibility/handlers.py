@@ -319,7 +319,8 @@ class EligibilityHandler:
                     r in self.settings.filing_waived_regions for r in region_chain(request.insuplc_admdvs or "")),
                 admitted=begntime.date() if (begntime := getattr(body, "begntime", None)) else None,
                 admitted_at=_admission_moment(begntime),
-                cert_type=getattr(body, "mdtrt_cert_type", ""),
+                # As sent: the model's default type (02) is no statement that the number is a card's.
+                cert_type=body.mdtrt_cert_type if "mdtrt_cert_type" in body.model_fields_set else "",
                 cert_no=getattr(body, "mdtrt_cert_no", ""),
             )
             # parse() refuses a 2001 without insutype and med_type; SettlementInput requires them

@@ -39,6 +39,10 @@ async def test_r2_a_settlement_with_another_persons_identity_card_is_refused(wor
     assert (other["infcode"], other["err_code"]) == (-1, "NOT_INSURED") and "(R2)" in other["err_msg"]
     own = await gateway.call(with_card("97010219700101002x"))
     assert own["infcode"] == 0, own
+    # Without mdtrt_cert_type the number is no card's said to be (the field's default is 02).
+    untyped = world.request(person, [("T-A", "1", "50.00")])
+    untyped["input"]["data"]["mdtrt_cert_no"] = "EV00000042"
+    assert (await gateway.call(untyped))["infcode"] == 0
 
 
 async def test_r6_a_person_admitted_without_filing_files_and_then_settles_directly(world, gateway, filings):

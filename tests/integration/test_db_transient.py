@@ -11,7 +11,8 @@ import uuid
 import asyncpg
 import pytest
 
-from yidi.platform.db import create_pool, transient_errors
+from loadtest.procs import with_database
+from yidi.platform.db import create_pool, execute_alone, transient_errors
 from yidi.platform.errors import TransientError
 
 pytestmark = pytest.mark.integration
@@ -78,27 +79,27 @@ async def test_a_prepared_statement_a_migration_changed_is_transient_and_works_w
 
 
 async def test_the_services_connections_take_no_server_side_statement_or_lock_timeout(settings):
-    admin = await asyncpg.connect(settings.database_url)
-    db = await admin.fetchval("SELECT current_database()")
+    # A database of its own: the timeouts set on it reach no other test's connections.
+    name = f"yidi_timeouts_{uuid.uuid4().hex[:8]}"
+    await execute_alone(settings.database_url, f'CREATE DATABASE "{name}"')
+    dsn = with_database(settings.database_url, name)
     try:
-        await admin.execute(f"ALTER DATABASE {db} SET statement_timeout = '50ms'")
-        await admin.execute(f"ALTER DATABASE {db} SET lock_timeout = '50ms'")
-        pool = await create_pool(settings.database_url, size=1)
+        await execute_alone(dsn, f"ALTER DATABASE \"{name}\" SET statement_timeout = '50ms'")
+        await execute_alone(dsn, f"ALTER DATABASE \"{name}\" SET lock_timeout = '50ms'")
+        pool = await create_pool(dsn, size=1)
         try:
             async with pool.acquire() as conn:
                 assert (await conn.fetchval("SHOW statement_timeout"), await conn.fetchval("SHOW lock_timeout")) == ("0", "0")
                 await conn.execute("SELECT pg_sleep(0.2)")
         finally:
             await pool.close()
-        plain = await asyncpg.connect(settings.database_url)  # another client keeps the database's setting
+        plain = await asyncpg.connect(dsn)  # another client keeps the database's setting
         try:
             assert await plain.fetchval("SHOW statement_timeout") == "50ms"
         finally:
             await plain.close()
     finally:
-        await admin.execute(f"ALTER DATABASE {db} RESET statement_timeout")
-        await admin.execute(f"ALTER DATABASE {db} RESET lock_timeout")
-        await admin.close()
+        await execute_alone(settings.database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def _in_transient_errors(awaitable):

@@ -28,3 +28,12 @@ async def test_a_request_nobody_answers_exits_3(settings):
     )
     assert done.returncode == 3, done.stderr
     assert "no answer to" in done.stderr
+
+
+def test_a_client_that_fails_exits_4_not_1_which_means_refused(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "yidi.client.cli", "--timeout", "1", "send", str(tmp_path / "absent.json")],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert done.returncode == 4, done.stderr
+    assert "FileNotFoundError" in done.stderr

@@ -8,9 +8,12 @@ model and compared with that model's dump: same fields, same order, same bytes.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
+import jsonschema
 import orjson
 import pytest
 
@@ -24,6 +27,8 @@ from yidi.platform.db import create_pool
 from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_PRICED
 
 pytestmark = pytest.mark.integration
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 
 
 def _round_trips(value: bytes, model_type) -> dict:
@@ -53,6 +58,13 @@ async def test_the_stages_wire_forms_are_their_models_dumps(settings):
         assert len(eligible) > 350 and len(priced) > 300 and len(answers) >= 400
 
         sent = {orjson.loads(r.value)["msgid"]: r.value for r in requests}
+        # And each against its published schema (docs/schemas), as a consumer of the topic would.
+        schema = {name: jsonschema.Draft202012Validator(json.loads((SCHEMAS / f"{name}.json").read_text()))
+                  for name in ("EligibleWork", "PricedWork")}
+        for name, outputs in (("EligibleWork", eligible), ("PricedWork", priced)):
+            for o in outputs:
+                errors = [e.message for e in schema[name].iter_errors(orjson.loads(o.value))]
+                assert not errors, (name, errors[:3])
         refused = 0
         for o in eligible:
             # The request goes on as the gateway sent it (validated, not dumped again): the rest of

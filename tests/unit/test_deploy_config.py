@@ -591,3 +591,31 @@ def test_the_service_script_does_not_stop_a_process_its_stale_pid_file_names(tmp
         other.kill()
         other.wait()
         pid_file.unlink(missing_ok=True)
+
+
+def test_a_service_whose_metrics_port_is_taken_is_not_started_and_says_so():
+    # An orphan holding the port would answer the readiness check for the new process, which dies
+    # on the port. (pricing@9's port: 9103 + 800.)
+    import socket
+
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    for n in range(9, 1, -1):  # an instance number whose port this machine has free
+        try:
+            holder.bind(("127.0.0.1", 9103 + 100 * (n - 1)))
+            break
+        except OSError:
+            continue
+    else:
+        holder.close()
+        raise AssertionError("no pricing@n metrics port free to take")
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        done = subprocess.run(["bash", str(ROOT / "deploy/local/services.sh"), "start", f"pricing@{n}"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done.stderr
+        assert f"{port} (pricing@{n}'s metrics) is in use" in done.stderr
+        assert not (ROOT / ".local" / "run" / f"pricing@{n}.pid").exists()
+    finally:
+        holder.close()

@@ -567,3 +567,16 @@ def test_the_replay_refuses_a_pace_or_window_that_is_not_positive(tmp_path, caps
     with pytest.raises(SystemExit) as exc:
         main([str(tmp_path / "absent.jsonl")])
     assert exc.value.code == 2 and "no day file" in capsys.readouterr().err
+
+
+async def test_a_stall_met_by_a_deferred_cancellation_is_reported_too():
+    r = Replay("unused:0", "ns.", Pace(window=1), progress=False, drain_timeout=0.3, grace=0.0)
+    producer = FakeProducer()
+    r._producer = producer  # type: ignore[assignment]
+    await r._send_line(settle_line("M1"))
+    await r._send_line(cancel_line("C1", "M1"))  # deferred until M1's answer gives its setl_id
+    r._on_answer(answer("M1", setl_id="S-M1"), 0.0)  # C1 ready to go
+    await r._send_line(settle_line("M2"))  # the window's one place, never answered
+    task = asyncio.create_task(r._send_deferred())
+    await asyncio.wait_for(task, 5)  # ends, instead of raising WindowStalled into run()
+    assert "no answer for 0.3 s" in r.stalled

@@ -382,6 +382,12 @@ def test_r14_a_disease_rule_covers_a_visit_coded_by_its_treatment():
     for code, ratio in (("Z49.101", "0.90"), ("Z99.200", "0.90"), ("N18.500", "0.90"), ("E11.900", "0.80"),
                         ("Z51.100", "0.70"), ("I10.X00", "0.70")):
         assert pol.rule_for(chronic, PersonType.RETIRED, 3, code).ratio == D(ratio), code
+    # A rule keyed on the treatment code itself is the region's word for it, whichever comes first.
+    for rules in ((rule(chronic, ratio="0.90", diseases=frozenset({"N18"})), rule(chronic, ratio="0.95", diseases=frozenset({"Z49"}))),
+                  (rule(chronic, ratio="0.95", diseases=frozenset({"Z49"})), rule(chronic, ratio="0.90", diseases=frozenset({"N18"})))):
+        both = policy(rule(chronic, ratio="0.70"), *rules)
+        assert both.rule_for(chronic, PersonType.RETIRED, 3, "Z49.101").ratio == D("0.95")
+        assert both.rule_for(chronic, PersonType.RETIRED, 3, "N18.500").ratio == D("0.90")
 
 
 def test_a_stay_is_named_by_its_facility_and_visit_number():

@@ -6,7 +6,8 @@
     yidi-gateway clearing run-month.json          # clearing requests, answered on clearing.results
 
 Exit status: 0 when every request was answered and accepted; 1 when every one was answered and
-some were refused; 3 when some got no answer within ``--timeout`` (are the services running?).
+some were refused; 3 when some got no answer within ``--timeout`` (are the services running?);
+4 when the client failed otherwise (a request file missing or not JSON, Kafka unreachable).
 """
 
 from __future__ import annotations
@@ -131,6 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     except GatewayTimeout as exc:
         print(exc, file=sys.stderr)
         code = 2
+    except Exception as exc:  # noqa: BLE001 - said in one line and an exit status of its own, not 1 ("refused")
+        print(f"yidi-gateway: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = 4
     sys.exit(code)
 
 

@@ -165,7 +165,7 @@ class BenefitRuleRecord(StrictWireModel):
     facility_levels: list[int] = Field(default_factory=list)
     deductible: Amount = Field(ge=0)
     deductible_scope: DeductibleScope = DeductibleScope.YEAR
-    deductible_bucket: str = Field(default="", max_length=64, description=(
+    deductible_bucket: str = Field(default="", description=(
         "rules with the same bucket share one deductible (e.g. all outpatient care); empty: the rule's "
         "med_types are its bucket"))
     ratio: Ratio

@@ -227,6 +227,17 @@ def _signless(node: Any) -> None:
 
 def model_schema(model: type[BaseModel], mode: Mode) -> dict[str, Any]:
     schema = model.model_json_schema(mode=mode, schema_generator=WireJsonSchema)
+    if mode == "serialization":
+        # An inbound model inside an outbound message travels as it was received (eligibility
+        # passes the gateway's request on as its bytes): it holds what its sender was required to
+        # send, not every field.
+        for name, definition in schema.get("$defs", {}).items():
+            inbound = next((m for m in INBOUND if m.__name__ == name), None)
+            if inbound is not None and "properties" in definition:
+                taken = inbound.model_json_schema(mode="validation", schema_generator=WireJsonSchema)
+                definition["required"] = taken.get("required", [])
+                if not definition["required"]:
+                    del definition["required"]
     _signless(schema)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

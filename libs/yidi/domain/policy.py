@@ -19,6 +19,7 @@ from yidi.domain.codes import (
     MedType,
     PersonType,
     disease_covers,
+    disease_key,
     region_chain,
 )
 
@@ -194,7 +195,12 @@ class BenefitPolicy:
                 f"policy {self.region}/{self.insutype.value} {self.version} has no benefit for "
                 f"med_type {med_type.value}, person type {person_type.value}, facility level {facility_level}"
             )
-        return max(candidates, key=lambda r: r.specificity)
+        # Of equally specific rules, one whose disease prefix the code itself starts with beats one
+        # that covers it only as a treatment session: a region's rule keyed on Z49 (dialysis) is its
+        # word for a Z49 visit, over its rule for N18 (the disease dialysed).
+        code = disease_key(disease)
+        return max(candidates, key=lambda r: (r.specificity,
+                                              any(code.startswith(disease_key(d)) for d in r.diseases)))
 
     def in_scheme(self, category: FilingCategory | None) -> FilingCategory | None:
         """R4: ``category`` as this policy's scheme names it. A province uses the six categories or

@@ -143,7 +143,10 @@ class Service:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         # Together: each is bounded (CLIENT_STOP_SECONDS per Kafka client), and so is the whole.
-        await asyncio.gather(*(stage.stop() for stage in self.stages), return_exceptions=True)
+        for stage, result in zip(self.stages, await asyncio.gather(*(stage.stop() for stage in self.stages),
+                                                                   return_exceptions=True), strict=True):
+            if isinstance(result, BaseException):
+                log.warning("stage %s did not stop cleanly: %r", stage.name, result)
 
     def run(self) -> None:
         require_codecs()
