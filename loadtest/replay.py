@@ -662,6 +662,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ledger", action="store_true", help="compare the ledger's totals to the answers'")
     parser.add_argument("--database-url", default=os.environ.get("YIDI_DATABASE_URL", "postgresql://yidi@127.0.0.1:15432/yidi"))
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
+    parser.add_argument("--png", type=Path, help="draw throughput and latency over time, and the latency "
+                                                 "distribution, into this PNG")
     args = parser.parse_args(argv)
     if not args.day.is_file():
         parser.error(f"no day file at {args.day} (python -m loadtest.generator writes one)")
@@ -674,6 +676,10 @@ def main(argv: list[str] | None = None) -> None:
     print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
     if args.out:
         args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+    if args.png:
+        from loadtest.report import plot_replay
+
+        plot_replay(result, args.png)
     if result["answered_before_run"]:
         print(f"{result['answered_before_run']} answers were made before this run began: the platform answered "
               "requests of an earlier replay under the same msgids from its store, so these figures measure that "

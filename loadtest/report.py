@@ -249,6 +249,45 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_replay(result: dict[str, Any], path: Path, title: str = "") -> None:
+    """One replay's picture (``python -m loadtest.replay ... --png``): answers per second and latency
+    percentiles over time, and the latency distribution. A bench's own picture is ``plot``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(11, 11), constrained_layout=True)
+    s = result.get("series") or {}
+    if s.get("t"):
+        per_s = s["per_s"]
+        smooth = [sum(per_s[max(0, i - 4):i + 1]) / len(per_s[max(0, i - 4):i + 1]) for i in range(len(per_s))]
+        axes[0].plot(s["t"], smooth, label=f"{result.get('throughput_per_s')}/s overall")
+        axes[0].legend()
+        for key, label in (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99")):
+            axes[1].plot(s["t"], [math.nan if v is None else v for v in s[key]], label=label)
+        axes[1].set_yscale("log")
+        axes[1].legend()
+    for ax in axes[:2]:
+        ax.set_xlabel("seconds since the first request")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_title("Answers per second (moving average of 5 slots)")
+    axes[1].set_title(f"Latency over time ({result.get('latency_from', 'publish')} → answer read, ms)")
+    h = result.get("latency_histogram")
+    if h and sum(h["counts"]):
+        total = sum(h["counts"])
+        axes[2].step(h["le_ms"], [c / total for c in h["counts"][:len(h["le_ms"])]], where="pre")
+        axes[2].set_xscale("log")
+    axes[2].set_title("Latency distribution (share of answers per bucket, 10 buckets a decade)")
+    axes[2].set_xlabel("ms")
+    axes[2].grid(alpha=0.3, which="both")
+    lat = result.get("latency_ms") or {}
+    fig.suptitle(title or f"replay: {result.get('pace', '')}; {result.get('sends')} sends; p50 {lat.get('p50')} ms, "
+                 f"p99 {lat.get('p99')} ms; {result.get('exactly_once', {}).get('summary', '')}")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def _settled(run: dict[str, Any]) -> str:
     """The share of the run's settlement answers that settled; in bold (the run failed) under the minimum."""
     share = settled_share(run)

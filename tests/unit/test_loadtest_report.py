@@ -282,3 +282,19 @@ def test_rounds_that_give_one_share_say_so_once():
     # A round without a throughput still counts, and shows as such.
     report["reference_rounds"].append({"throughput_per_s": None})
     assert bare_rounds(report) == ", the median of 3 rounds: 4412.6, 4419.1 and —/s"
+
+
+def test_a_single_replay_is_drawn_into_a_png(tmp_path):
+    import numpy as np
+
+    from loadtest.replay import latency_histogram, latency_summary, series
+    from loadtest.report import plot_replay
+
+    lat = np.array([0.02, 0.03, 0.05, 0.2] * 50)
+    at = np.linspace(0.1, 20.0, len(lat))
+    result = {"pace": "fixed rate 10/s", "sends": 200, "throughput_per_s": 10.0, "latency_from": "due time",
+              "latency_ms": latency_summary(lat), "latency_histogram": latency_histogram(lat), "series": series(at, lat),
+              "exactly_once": {"summary": "exactly once: 200 sends, 200 answers"}}
+    out = tmp_path / "replay.png"
+    plot_replay(result, out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
