@@ -14,6 +14,12 @@ from yidi.contracts.schemas import OTHER_OUTPUTS, SETTLEMENT_INFNOS
 SCHEMAS = Path(__file__).resolve().parents[1] / "docs" / "schemas"
 
 
+def validator(name: str) -> jsonschema.Draft202012Validator:
+    """The published schema ``docs/schemas/<name>.json``, ready to check a message against."""
+    schema = json.loads((SCHEMAS / f"{name}.json").read_text())
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
 class AnswerSchemas:
     """Every answer a test's client reads, checked against the published schemas (docs/schemas,
     the serialization form: every field there is required): what a gateway that generated its
@@ -33,8 +39,7 @@ class AnswerSchemas:
 
     @staticmethod
     def _validator(name: str) -> jsonschema.Draft202012Validator:
-        schema = json.loads((SCHEMAS / f"{name}.json").read_text())
-        return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+        return validator(name)
 
     def _errors(self, validator: jsonschema.Draft202012Validator, value: Any) -> list[str]:
         return [f"{validator.schema['$id']} at {'/'.join(str(p) for p in e.absolute_path) or '(root)'}: {e.message[:300]}"

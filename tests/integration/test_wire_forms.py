@@ -8,12 +8,9 @@ model and compared with that model's dump: same fields, same order, same bytes.
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import replace
-from pathlib import Path
 
-import jsonschema
 import orjson
 import pytest
 
@@ -26,9 +23,9 @@ from yidi.platform.cache import VersionedCache
 from yidi.platform.db import create_pool
 from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_PRICED
 
-pytestmark = pytest.mark.integration
+from tests.answer_schemas import validator
 
-SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+pytestmark = pytest.mark.integration
 
 
 def _round_trips(value: bytes, model_type) -> dict:
@@ -59,8 +56,7 @@ async def test_the_stages_wire_forms_are_their_models_dumps(settings):
 
         sent = {orjson.loads(r.value)["msgid"]: r.value for r in requests}
         # And each against its published schema (docs/schemas), as a consumer of the topic would.
-        schema = {name: jsonschema.Draft202012Validator(json.loads((SCHEMAS / f"{name}.json").read_text()))
-                  for name in ("EligibleWork", "PricedWork")}
+        schema = {name: validator(name) for name in ("EligibleWork", "PricedWork")}
         for name, outputs in (("EligibleWork", eligible), ("PricedWork", priced)):
             for o in outputs:
                 errors = [e.message for e in schema[name].iter_errors(orjson.loads(o.value))]
