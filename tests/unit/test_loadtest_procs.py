@@ -112,7 +112,7 @@ async def test_a_trees_memory_counts_the_pages_its_processes_share_once():
     from loadtest.observe import ProcessSampler
 
     code = ("import os, time\nx = bytearray(200 * 2**20)\nfor i in range(0, len(x), 4096): x[i] = 1\n"
-            "os.fork()\nprint('ready', flush=True)\ntime.sleep(60)\n")
+            "os.fork()\nos.write(1, b'ready\\n')\ntime.sleep(60)\n")  # one write each: lines do not interleave
     tree = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         for _ in range(2):
