@@ -177,6 +177,14 @@ def check_ledger(answers: Totals, ledger: Totals, strays: int = 0, mismatched: i
     return LedgerCheck(answers, ledger, strays, mismatched)
 
 
+def replay_passed(result: Mapping[str, Any]) -> bool:
+    """A replay's own checks (``loadtest.replay``'s exit status): every request answered exactly
+    once, the ledger equal to the answers where it was read, and no answer made before the run
+    began (an earlier run's msgids answered from the store)."""
+    return (result["exactly_once"]["ok"] and result.get("ledger", {}).get("ok", True)
+            and not result.get("answered_before_run"))
+
+
 # A generated day's settlements are settled but for the few it means to be refused (persons
 # without a filing, bills whose sums do not add up: about 2 %). Far fewer settled means a system
 # that refuses for another reason, whose speed is not the platform's (eligibility refusing after

@@ -53,6 +53,10 @@ class DayOptions:
     malformed: float = 0.0  # extra malformed requests, as a share of settlements
     mix: tuple[CareKind, ...] = MIX
 
+    def __post_init__(self) -> None:
+        if not self.msg_tag.isalnum() or len(self.msg_tag) > 16:
+            raise ValueError("tag is 1-16 letters or digits (it goes into every msgid)")
+
     @property
     def msg_tag(self) -> str:
         return self.tag or f"D{self.seed}"
@@ -75,8 +79,6 @@ def peak_hour_rate(total: int, profile: tuple[float, ...] = HOURLY_PROFILE) -> f
 
 class DayGenerator:
     def __init__(self, world: World, options: DayOptions) -> None:
-        if not options.msg_tag.isalnum() or len(options.msg_tag) > 16:
-            raise ValueError("tag is 1-16 letters or digits")
         self.world = world
         self.o = options
         # Seeded by the seed alone: the tag and run id only name the requests, so two runs of one
@@ -246,8 +248,6 @@ def main(argv: list[str] | None = None) -> None:
                       run_id=args.run_id, day=args.day)
         options = DayOptions(settlements=args.settlements, seed=args.seed, tag=args.tag, pre_settlements=args.pre,
                              cancellations=args.cancel, duplicates=args.dup, malformed=args.malformed)
-        if not options.msg_tag.isalnum() or len(options.msg_tag) > 16:
-            raise ValueError("--tag is 1-16 letters or digits (it goes into every msgid)")
     except ValueError as exc:
         parser.error(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,7 @@ from loadtest.checks import (
     answer_totals,
     check_exactly_once,
     check_ledger,
+    replay_passed,
     yuan_to_fen,
 )
 from yidi.contracts.envelope import DEFAULT_REPLY_TO, respond_time_ms
@@ -685,8 +686,7 @@ def main(argv: list[str] | None = None) -> None:
               "requests of an earlier replay under the same msgids from its store, so these figures measure that "
               "path. Generate the day with a new --tag and --run-id, or replay into a fresh namespace and "
               "database.", file=sys.stderr)
-    ok = result["exactly_once"]["ok"] and result.get("ledger", {}).get("ok", True) and not result["answered_before_run"]
-    sys.exit(0 if ok else 1)
+    sys.exit(0 if replay_passed(result) else 1)
 
 
 def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
