@@ -70,7 +70,7 @@ class System(Processes):
             await asyncio.sleep(0.1)
         return code
 
-    def metric(self, service: str, name: str, **labels: str) -> float:
+    def metric(self, service: str, name: str, /, **labels: str) -> float:
         """The current value of a metric of a running service (0 when not exposed yet)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.ports[service]}/metrics", timeout=2) as r:
             text = r.read().decode()

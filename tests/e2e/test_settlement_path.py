@@ -193,6 +193,22 @@ async def test_every_service_froze_what_it_held_when_it_started_and_times_its_co
         assert system.metric(service, "yidi_gc_pause_seconds_count", generation="2") >= 1, service
 
 
+async def test_every_service_times_its_postgres_statements_and_eligibility_its_redis_calls(gateway, system):
+    def statements(service: str) -> float:
+        return system.metric(service, "yidi_db_statement_seconds_count", service=service)
+
+    def redis_gets() -> float:
+        return system.metric("eligibility", "yidi_redis_seconds_count", operation="get", outcome="ok")
+
+    before = {s: statements(s) for s in ("pricing", "clearing")}
+    gets = redis_gets()
+    assert (await gateway.call(fresh(we1())))["infcode"] == 0
+    for service in before:  # each batch's statements, as it commits
+        assert statements(service) > before[service], service
+    assert redis_gets() > gets  # the person looked up in the cache
+    assert statements("filing") > 0 and statements("eligibility") > 0  # their migrations and feeds at least
+
+
 async def test_each_reference_feed_shows_its_lag_and_is_caught_up(gateway, system):
     """yidi_feed_lag_records of every feed, from the running services: a series per feed (a
     missing one reads 0 through system.metric, so the exposition is read here), at 0 once applied."""

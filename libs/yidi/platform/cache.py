@@ -16,14 +16,17 @@ served.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from yidi.platform import metrics
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,18 @@ local gone = tonumber(redis.call('GET', KEYS[2]))
 if not gone or gone < v then redis.call('SET', KEYS[2], ARGV[1], 'EX', tonumber(ARGV[2])) end
 return 1
 """
+
+
+@contextlib.contextmanager
+def _timed(operation: str) -> Iterator[None]:
+    """One call's round trip to Redis, in ``yidi_redis_seconds`` (``ok`` unless it raised)."""
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        yield
+        outcome = "ok"
+    finally:
+        metrics.REDIS_SECONDS.labels(operation, outcome).observe(time.perf_counter() - started)
 
 
 class CacheUnavailable(Exception):
@@ -114,7 +129,8 @@ class VersionedCache:
         async with self._redis.pipeline(transaction=False) as pipe:
             for key, version in entries.items():
                 await self._forget(keys=self._keys(key), args=[version, self._ttl], client=pipe)
-            await pipe.execute()
+            with _timed("forget"):
+                await pipe.execute()
 
     async def _heal(self) -> None:
         """Forget entries whose refresh was lost while Redis was away (before reading any)."""
@@ -129,7 +145,8 @@ class VersionedCache:
         self._check_breaker()
         try:
             await self._heal()
-            raw = await self._redis.mget([self._key(k) for k in keys])
+            with _timed("get"):
+                raw = await self._redis.mget([self._key(k) for k in keys])
         except (RedisError, OSError) as exc:
             raise self._trip(exc) from exc
         out: list[tuple[int, Any] | None] = []
@@ -156,7 +173,9 @@ class VersionedCache:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key, version, document in entries:
                     await self._put(keys=self._keys(key), args=[version, orjson.dumps(document), self._ttl], client=pipe)
-                return [bool(stored) for stored in await pipe.execute()]
+                with _timed("put"):
+                    stored = await pipe.execute()
+                return [bool(s) for s in stored]
         except CacheUnavailable:
             self._mark_dirty((key, version) for key, version, _ in entries)
             raise

@@ -6,17 +6,20 @@ asyncpg's connection errors are mapped to ``TransientError`` here and nowhere el
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import struct
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from importlib import resources
 
 import asyncpg
 import orjson
+from asyncpg.connection import LoggedQuery
 
+from yidi.platform import metrics
 from yidi.platform.errors import BadData, RaceLost, TransientError
 
 if TYPE_CHECKING:
@@ -53,7 +56,7 @@ async def transient_errors() -> AsyncIterator[None]:
     try:
         yield
     except TRANSIENT as exc:
-        raise TransientError(f"database unavailable: {exc}") from exc
+        raise TransientError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
     except asyncpg.UniqueViolationError as exc:
         raise RaceLost(f"{exc.constraint_name or 'a unique key'} already holds this record: {exc}") from exc
     except BAD_DATA as exc:
@@ -226,10 +229,31 @@ async def _no_session_reset(conn: asyncpg.Connection) -> None:
     ``SET LOCAL``, no LISTEN, no cursors held). asyncpg still rolls back an open transaction."""
 
 
+def statement_metrics(service: str) -> Callable[[LoggedQuery], None]:
+    """An asyncpg query logger that times each statement of ``service``'s connections
+    (``yidi_db_statement_seconds``) and counts the failed ones by their error class
+    (``yidi_db_statement_errors_total``): ops see a slow or failing Postgres apart from slow
+    handlers, and which error a stage keeps retrying (its ``yidi_stage_retries_total`` says only
+    ``TransientError``). asyncpg calls it soon after each statement, off the statement's path."""
+    seconds = metrics.DB_STATEMENT_SECONDS.labels(service)
+
+    def observe(record: LoggedQuery) -> None:
+        seconds.observe(record.elapsed)
+        if record.exception is not None:
+            metrics.DB_STATEMENT_ERRORS.labels(service, type(record.exception).__name__).inc()
+
+    return observe
+
+
+async def _add_query_logger(logger: Callable[[LoggedQuery], None], conn: asyncpg.Connection) -> None:
+    conn.add_query_logger(logger)
+
+
 async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_custom_plan",
-                      parallel_workers: int | Literal["server"] = 0) -> asyncpg.Pool:
+                      parallel_workers: int | Literal["server"] = 0, service: str | None = None) -> asyncpg.Pool:
     """``plan_cache_mode`` and ``parallel_workers``: Settings.db_plan_cache_mode and
-    Settings.db_parallel_workers (why these defaults, and "server": there)."""
+    Settings.db_parallel_workers (why these defaults, and "server": there). ``service``: the
+    service whose statements the pool's connections time (``statement_metrics``); None: not timed."""
     # No server-side statement or lock timeout (a role's or the database's, set for other clients):
     # the services bound their own statements (command_timeout; clearing's month, for as long as it
     # needs), and a cancelled statement would be retried for ever.
@@ -238,16 +262,19 @@ async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_
         server_settings["plan_cache_mode"] = plan_cache_mode
     if parallel_workers != "server":
         server_settings["max_parallel_workers_per_gather"] = str(parallel_workers)
+    init = None if service is None else functools.partial(_add_query_logger, statement_metrics(service))
     async with transient_errors():
         return await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=30,
-                                         reset=_no_session_reset, server_settings=server_settings)
+                                         reset=_no_session_reset, server_settings=server_settings, init=init)
 
 
-async def settings_pool(settings: Settings, *, size: int | None = None, dsn: str | None = None) -> asyncpg.Pool:
+async def settings_pool(settings: Settings, *, size: int | None = None, dsn: str | None = None,
+                        service: str | None = None) -> asyncpg.Pool:
     """A pool with the services' connection settings (``db_plan_cache_mode``, ``db_parallel_workers``),
-    ``db_pool_size`` connections to ``database_url`` unless told otherwise."""
+    ``db_pool_size`` connections to ``database_url`` unless told otherwise; ``service``: see ``create_pool``."""
     return await create_pool(dsn or settings.database_url, size=settings.db_pool_size if size is None else size,
-                             plan_cache_mode=settings.db_plan_cache_mode, parallel_workers=settings.db_parallel_workers)
+                             plan_cache_mode=settings.db_plan_cache_mode, parallel_workers=settings.db_parallel_workers,
+                             service=service)
 
 
 async def migrate(pool: asyncpg.Pool, schema: str, package: str) -> list[str]:

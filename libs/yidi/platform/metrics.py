@@ -130,6 +130,27 @@ FILING_OFFICE_OVERDUE_OLDEST = Gauge(
     "When the oldest of an insured region's overdue pending filings was asked for (its add or change).",
     ["insured"],
 )
+DB_STATEMENT_SECONDS = Histogram(
+    "yidi_db_statement_seconds",
+    "Round trip of each Postgres statement the service runs (asyncpg's query logger: the stages' batches, the "
+    "feeds, the samplers; BEGIN and COMMIT when sent as statements; failures included), per service.",
+    ["service"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+DB_STATEMENT_ERRORS = Counter(
+    "yidi_db_statement_errors_total",
+    "Postgres statements that failed, per service and asyncpg's error class (ConnectionDoesNotExistError, "
+    "QueryCanceledError, UniqueViolationError, ...; CancelledError: the task waiting on it was cancelled).",
+    ["service", "error"],
+)
+REDIS_SECONDS = Histogram(
+    "yidi_redis_seconds",
+    "Round trip of each call eligibility's cache makes to Redis (get: one MGET of a batch's persons; put, "
+    "forget: one pipeline of compare-and-set scripts), by outcome (ok, error). Calls the circuit breaker "
+    "skips are not made and not counted.",
+    ["operation", "outcome"],
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+)
 SERVICE_UP = Gauge("yidi_service_up", "1 while the service's consumers run.", ["service"])
 
 

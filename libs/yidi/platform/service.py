@@ -99,7 +99,7 @@ class Service:
         metrics.SERVICE_UP.labels(self.name).set(0)
         await ensure_topics(self.settings)
         if self.migrations:
-            self.pool = await settings_pool(self.settings)
+            self.pool = await settings_pool(self.settings, service=self.name)
             await migrate(self.pool, self.name, self.migrations)
         for ready in self.on_ready:
             await ready()

@@ -1,0 +1,89 @@
+"""Ops see Postgres and Redis apart from the handlers: each statement of a service's pool is timed
+and its failures counted by error class, and each call of the cache to Redis is timed by outcome,
+on the real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from yidi.platform.cache import CacheUnavailable, VersionedCache
+from yidi.platform.db import create_pool
+
+from tests.conftest import unique
+
+pytestmark = pytest.mark.integration
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def _until_logged(statements: int, service: str, before: float) -> None:
+    """asyncpg calls its query loggers soon after the statement: until they ran."""
+    for _ in range(100):
+        if _sample("yidi_db_statement_seconds_count", service=service) >= before + statements:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_a_services_statements_are_timed_and_their_failures_counted_by_error_class(settings):
+    service = f"svc_{uuid.uuid4().hex[:8]}"
+    pool = await create_pool(settings.database_url, size=1, service=service)
+    try:
+        async with pool.acquire() as conn:
+            count = _sample("yidi_db_statement_seconds_count", service=service)
+            await conn.execute("SELECT pg_sleep(0.05)")
+            await conn.fetchval("SELECT $1::int", 7)
+            with pytest.raises(asyncpg.UndefinedTableError):
+                await conn.fetch("SELECT * FROM no_such_table_here")
+            await _until_logged(3, service, count)
+        assert _sample("yidi_db_statement_seconds_count", service=service) == count + 3
+        assert _sample("yidi_db_statement_seconds_sum", service=service) >= 0.05  # the sleep
+        assert _sample("yidi_db_statement_seconds_bucket", service=service, le="0.02") <= count + 2  # not the sleep
+        assert _sample("yidi_db_statement_errors_total", service=service, error="UndefinedTableError") == 1
+    finally:
+        await pool.close()
+
+
+async def test_a_pool_without_a_service_is_not_timed(settings):
+    before = sum(s.value for m in REGISTRY.collect() if m.name == "yidi_db_statement_seconds"
+                 for s in m.samples if s.name.endswith("_count"))
+    pool = await create_pool(settings.database_url, size=1)
+    try:
+        assert await pool.fetchval("SELECT 1") == 1
+        await asyncio.sleep(0.05)
+    finally:
+        await pool.close()
+    after = sum(s.value for m in REGISTRY.collect() if m.name == "yidi_db_statement_seconds"
+                for s in m.samples if s.name.endswith("_count"))
+    assert after == before
+
+
+async def test_the_caches_calls_to_redis_are_timed_by_operation_and_outcome(settings):
+    cache = VersionedCache(settings.redis_url, ttl_seconds=60, prefix=settings.namespace)
+    key = unique("k")
+    ok = {op: _sample("yidi_redis_seconds_count", operation=op, outcome="ok") for op in ("get", "put", "forget")}
+    try:
+        await cache.put(key, 1, {"v": 1})
+        await cache.get_many([key])
+        assert await cache.forget({key: 2}, within=1.0)
+    finally:
+        await cache.close()
+    assert {op: _sample("yidi_redis_seconds_count", operation=op, outcome="ok") - n for op, n in ok.items()} == \
+        {"get": 1, "put": 1, "forget": 1}
+
+    away = VersionedCache("redis://127.0.0.1:1/0", ttl_seconds=60, prefix=settings.namespace)
+    failed = _sample("yidi_redis_seconds_count", operation="get", outcome="error")
+    try:
+        with pytest.raises(CacheUnavailable):
+            await away.get_many([key])
+        with pytest.raises(CacheUnavailable):
+            await away.get_many([key])  # the breaker is open: no call made, none counted
+    finally:
+        await away.close()
+    assert _sample("yidi_redis_seconds_count", operation="get", outcome="error") == failed + 1
