@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from yidi.contracts import answers
 from yidi.contracts.clearing import Reconcile
 from yidi.contracts.common import code_text
-from yidi.contracts.envelope import ErrCode, Infno, RequestEnvelope
+from yidi.contracts.envelope import OFFERED_INFNOS, ErrCode, Infno, RequestEnvelope
 from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import STORED_CONTEXT, FacilityRecord, PersonRecord
 from yidi.contracts.settlement import CancelInput, PersonQueryInput, ReversalInput, SettlementInput
@@ -68,7 +68,6 @@ class Parsed:
 # exceed at the next hop, failing that hop's every retry. 2,000 bill lines take about 600 KB.
 MAX_REQUEST_BYTES = 900_000
 # The transaction codes the platform offers (CONTRACT.md); another four-digit code is UNSUPPORTED.
-_OFFERED = frozenset(i.value for i in Infno)
 
 
 def _explain(exc: Exception) -> str:
@@ -151,7 +150,7 @@ class EligibilityHandler:
             return self._invalid(record, f"infno {infno} is not offered, and the msgid cannot be read")
         answer = answers.answer(
             msgid, infno, err_code=ErrCode.UNSUPPORTED,
-            err_msg=f"infno {infno} is not a transaction this platform offers (it offers {', '.join(sorted(_OFFERED))}). Fee details "
+            err_msg=f"infno {infno} is not a transaction this platform offers (it offers {', '.join(sorted(OFFERED_INFNOS))}). Fee details "
                     "(2204, 2301) travel inside the settlement request (2206/2207, 2303/2304).",
         )
         return [reply(self.settings, reply_to, answer, facility=facility, request_ts_ms=record.timestamp_ms)]
@@ -179,7 +178,7 @@ class EligibilityHandler:
         if not isinstance(raw, dict):
             return self._invalid(record, "not a JSON object")
         infno = raw.get("infno")
-        if isinstance(infno, str) and len(infno) == 4 and infno.isascii() and infno.isdigit() and infno not in _OFFERED:
+        if isinstance(infno, str) and len(infno) == 4 and infno.isascii() and infno.isdigit() and infno not in OFFERED_INFNOS:
             return self._unsupported(record, infno, raw.get("msgid"))
         try:
             request = RequestEnvelope.model_validate(raw)

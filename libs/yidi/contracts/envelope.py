@@ -55,6 +55,10 @@ class Infno(StrEnum):
         return self in (Infno.INPATIENT_PRE_SETTLE, Infno.INPATIENT_SETTLE, Infno.INPATIENT_CANCEL)
 
 
+# The transactions this platform offers, as their codes on the wire.
+OFFERED_INFNOS = frozenset(i.value for i in Infno)
+
+
 class ErrCode(StrEnum):
     INVALID_INPUT = "INVALID_INPUT"
     NOT_INSURED = "NOT_INSURED"

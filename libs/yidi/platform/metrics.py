@@ -8,13 +8,15 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25
 
 SETTLEMENT_LATENCY = Histogram(
     "yidi_settlement_latency_seconds",
-    "End to end: from the request's publish time on settlement.requests to its answer being committed.",
+    "End to end: from the request's publish time on settlement.requests to its answer being committed. "
+    "infno: the transaction (other: a code the platform does not offer).",
     ["service", "infno", "outcome"],
     buckets=LATENCY_BUCKETS,
 )
 ANSWERS = Counter(
     "yidi_answers_total",
-    "Answers published to gateways, by the service that answered, transaction and error code (ok for success).",
+    "Answers published to gateways, by the service that answered, transaction (other: a code the platform does "
+    "not offer) and error code (ok for success).",
     ["service", "infno", "err_code"],
 )
 STAGE_BATCH_SECONDS = Histogram(

@@ -10,7 +10,8 @@ import orjson
 from pydantic import ValidationError
 
 from yidi.contracts import answers
-from yidi.contracts.envelope import DEFAULT_REPLY_TO, ErrCode, ResponseEnvelope, gateway_reply_topic, respond_time_ms
+from yidi.contracts.envelope import (DEFAULT_REPLY_TO, OFFERED_INFNOS, ErrCode, ResponseEnvelope, gateway_reply_topic,
+                                    respond_time_ms)
 from yidi.platform import metrics
 from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Answered, Incoming, Outgoing
@@ -125,7 +126,9 @@ def reply(
         topic=settings.topic(reply_to),
         value=value,
         key=facility.encode() or None,
-        answered=Answered(request_ts_ms, infno, err_code),
+        # The metrics' infno label: a code the platform does not offer (answered UNSUPPORTED, or read
+        # from a request that did not parse) is "other", so a gateway cannot add series at will.
+        answered=Answered(request_ts_ms, infno if infno in OFFERED_INFNOS else "other", err_code),
         fallback=answer_fallback(settings, settings.topic(reply_to), DEFAULT_REPLY_TO),
     )
 
