@@ -36,6 +36,7 @@ from yidi.contracts.envelope import ErrCode, Infno
 from yidi.domain.codes import BUSINESS_TZ, within
 from yidi.domain.clearing import PairTotals, month_ended, net_positions, next_month, reconcile_details, reconcile_totals
 from yidi.domain.money import MAX_AMOUNT, fmt
+from yidi.platform import metrics
 from yidi.platform.errors import BadData
 from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
@@ -108,6 +109,7 @@ class ClearingAdminHandler:
                     refused[request.reqid] = refusal
                 else:
                     finishing.add(request.setlym)
+        answered: list[tuple[str, str]] = []  # (type, outcome) of each request answered, for the metric
         async with self.repo.transaction() as conn:
             for _, request in requests:
                 if isinstance(request, Reconcile):
@@ -121,6 +123,7 @@ class ClearingAdminHandler:
                     # reply_to out: a clerk's tool that moved to another topic is answered there).
                     result, *extra = loads(seen["emitted"])
                     out.extend(self._emit([result | {"topic": self.settings.topic(request.reply_to)}, *extra]))
+                    answered.append((request.type, "stored"))
                     continue
                 if seen is not None:
                     ok, reason, data, extra = False, f"reqid {request.reqid} was already used for another request", {}, []
@@ -133,6 +136,7 @@ class ClearingAdminHandler:
                         raise BadData(f"request {request.reqid} made a message the contract refuses: "
                                       f"{exc.errors()[0]['msg']}") from exc
                 result = {"reqid": request.reqid, "ok": ok, "reason": reason, "data": data}
+                answered.append((request.type, "ok" if ok else "refused"))
                 emitted = [{"topic": self.settings.topic(request.reply_to), "value": dumps(result).decode(),
                             "key": request.reqid}] + extra
                 # A refused month's run changed nothing ("cleared already", "has not ended", an
@@ -144,6 +148,8 @@ class ClearingAdminHandler:
                         request.reqid, request_hash(request), dumps(emitted).decode(),
                     )
                 out.extend(self._emit(emitted))
+        for kind, outcome in answered:
+            metrics.CLEARING_REQUESTS.labels(kind, outcome).inc()
         return out
 
     def _emit(self, emitted: list[dict[str, Any]]) -> list[Outgoing]:

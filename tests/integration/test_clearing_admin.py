@@ -64,3 +64,22 @@ async def test_a_prepayment_for_care_at_home_is_refused(settings, handler):
         assert not answer["ok"] and "care at home" in answer["reason"], answer
         query = [m for _, m in await _call(settings, handler, {"type": "query_prepayment", **pair}) if "reqid" in m]
         assert not query[0]["ok"], query  # no account was opened
+
+
+async def test_each_request_answered_is_counted_by_type_and_outcome(settings, handler):
+    from prometheus_client import REGISTRY
+
+    def count(kind: str, outcome: str) -> float:
+        return REGISTRY.get_sample_value("yidi_clearing_requests_total", {"type": kind, "outcome": outcome}) or 0.0
+
+    pair = _pair()
+    before = {(k, o): count(k, o) for k in ("fund", "query_prepayment") for o in ("ok", "refused", "stored")}
+    request = {"type": "fund", "reqid": f"R-{uuid.uuid4().hex}", "amount": "100.00", **pair}
+    await _call(settings, handler, request)
+    await _call(settings, handler, request)  # the same reqid again: its stored result
+    await _call(settings, handler, request | {"amount": "5.00"})  # the reqid reused for another request
+    await _call(settings, handler, {"type": "query_prepayment", **pair})
+    assert {key: count(*key) - n for key, n in before.items()} == {
+        ("fund", "ok"): 1, ("fund", "stored"): 1, ("fund", "refused"): 1,
+        ("query_prepayment", "ok"): 1, ("query_prepayment", "refused"): 0, ("query_prepayment", "stored"): 0,
+    }

@@ -136,8 +136,9 @@ _SUFFIXES = {
 @functools.cache
 def declared_series() -> dict[str, frozenset[str]]:
     """Every series name /metrics exposes for the metrics of metrics.py (plus `up`, and the start
-    time prometheus_client's process collector exports), with its labels."""
-    series = {"up": frozenset(TARGET_LABELS), "process_start_time_seconds": frozenset(TARGET_LABELS)}
+    time, memory and CPU prometheus_client's process collector exports), with its labels."""
+    series = {name: frozenset(TARGET_LABELS) for name in (
+        "up", "process_start_time_seconds", "process_resident_memory_bytes", "process_cpu_seconds_total")}
     # The feeds' failures, which FastStream's middleware (platform/service.py) counts: as its
     # installed version declares them.
     feeds = MetricsContainer(CollectorRegistry(), custom_label_names=()).received_processed_messages_exceptions_total
@@ -154,11 +155,12 @@ def declared_series() -> dict[str, frozenset[str]]:
     return series
 
 
-def test_the_services_metrics_carry_their_process_start_time():
-    # YidiServiceRestarting counts its changes: the default registry, which serve_metrics serves,
-    # must export it.
+def test_the_services_metrics_carry_their_process_start_time_memory_and_cpu():
+    # YidiServiceRestarting counts the start time's changes, and the dashboard draws the memory and
+    # CPU: the default registry, which serve_metrics serves, must export them.
     body = generate_latest(REGISTRY).decode()
-    assert re.search(r"^process_start_time_seconds \d", body, re.M), body[:2000]
+    for name in ("process_start_time_seconds", "process_resident_memory_bytes", "process_cpu_seconds_total"):
+        assert re.search(rf"^{name} \d", body, re.M), (name, body[:2000])
 
 
 def declared_families() -> set[str]:

@@ -23,7 +23,9 @@ STAGE_BATCH_SECONDS = Histogram(
     "yidi_stage_batch_seconds",
     "Time to handle one consumed batch and commit its transaction, per stage.",
     ["stage"],
-    buckets=LATENCY_BUCKETS,
+    # Up to 300 s: clearing-admin's batch with a month's run takes tens of seconds at national
+    # scale, up to its two totals queries' 120 s each (MONTH_TOTALS_TIMEOUT_S).
+    buckets=(*LATENCY_BUCKETS, 30.0, 60.0, 120.0, 300.0),
 )
 STAGE_BATCH_SIZE = Histogram(
     "yidi_stage_batch_size",
@@ -137,7 +139,7 @@ DB_STATEMENT_SECONDS = Histogram(
     "Round trip of each Postgres statement the service runs (asyncpg's query logger: the stages' batches, the "
     "feeds, the samplers; BEGIN and COMMIT when sent as statements; failures included), per service.",
     ["service"],
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
 )
 DB_STATEMENT_ERRORS = Counter(
     "yidi_db_statement_errors_total",
@@ -152,6 +154,13 @@ REDIS_SECONDS = Histogram(
     "skips are not made and not counted.",
     ["operation", "outcome"],
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+)
+CLEARING_REQUESTS = Counter(
+    "yidi_clearing_requests_total",
+    "Clearing's requests on clearing.requests answered (fund, run_month, confirm, query_*; 3201/3202 count in "
+    "yidi_answers_total), by type and outcome: ok; refused (ok false: a month not ended, cleared already or not "
+    "its turn, a reqid reused for another request); stored (a reqid answered before: its stored result again).",
+    ["type", "outcome"],
 )
 SERVICE_UP = Gauge("yidi_service_up", "1 while the service's consumers run.", ["service"])
 
