@@ -209,6 +209,24 @@ async def test_every_service_times_its_postgres_statements_and_eligibility_its_r
     assert statements("filing") > 0 and statements("eligibility") > 0  # their migrations and feeds at least
 
 
+async def test_refmsg_time_is_when_the_request_reached_the_platform_not_the_gateways_clock(gateway):
+    # A gateway whose clock runs an hour behind (or whose outbox sends an hour late) stamps its
+    # record an hour ago; settlement.requests takes the broker's time instead (LogAppendTime).
+    import time
+    from datetime import datetime, timedelta
+
+    from yidi.client.gateway import request_key
+    from yidi.domain.codes import BUSINESS_TZ
+
+    request = fresh(we1())
+    before = datetime.now(BUSINESS_TZ) - timedelta(seconds=5)
+    fut = await gateway.send_raw(json.dumps(request).encode(), correlation=request["msgid"], key=request_key(request, "msgid"),
+                                 timestamp_ms=int(time.time() * 1000) - 3_600_000)
+    answer = await asyncio.wait_for(fut, 15)
+    received = datetime.strptime(answer["refmsg_time"], "%Y%m%d%H%M%S%f").replace(tzinfo=BUSINESS_TZ)
+    assert answer["infcode"] == 0 and before <= received <= datetime.now(BUSINESS_TZ), answer["refmsg_time"]
+
+
 async def test_each_reference_feed_shows_its_lag_and_is_caught_up(gateway, system):
     """yidi_feed_lag_records of every feed, from the running services: a series per feed (a
     missing one reads 0 through system.metric, so the exposition is read here), at 0 once applied."""

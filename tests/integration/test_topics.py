@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from yidi.platform.errors import FatalError
 from yidi.platform.kafka import delete_namespace_topics, ensure_platform_topics
-from yidi.platform.topics import REFDATA_PERSONS, SETTLEMENT_PARTITIONS, SETTLEMENT_PRICED, all_topic_specs
+from yidi.platform.topics import (REFDATA_PERSONS, SETTLEMENT_PARTITIONS, SETTLEMENT_PRICED, SETTLEMENT_REQUESTS,
+                                  all_topic_specs)
 from yidi.refdata.loader import load
 
 pytestmark = pytest.mark.integration
@@ -81,7 +83,7 @@ async def test_a_feed_topic_that_is_not_compacted_is_logged(settings, caplog):
             await ensure_platform_topics(settings.kafka_bootstrap, namespace)
         assert [r.getMessage() for r in caplog.records if "cleanup.policy" in r.getMessage()] == [
             f"topic {namespace}{REFDATA_PERSONS} has cleanup.policy=delete, its spec compact (created by another "
-            "tool or by the broker's auto-creation?): see docs/runbook.md, \"Topics\""]
+            "tool, by the broker's auto-creation, or before its spec set it?): see docs/runbook.md, \"Topics\""]
     finally:
         await admin.close()
         await delete_namespace_topics(settings.kafka_bootstrap, namespace)
@@ -138,3 +140,80 @@ async def test_yidi_topics_checks_compacts_and_deletes_by_exact_name(settings, c
     finally:
         await admin.close()
         await delete_namespace_topics(bootstrap, namespace)
+
+
+async def _timestamp_type(admin: AIOKafkaAdminClient, topic: str) -> str:
+    [response] = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic, {"message.timestamp.type": None})])
+    return dict((e[0], e[1]) for e in response.resources[0][4])["message.timestamp.type"]
+
+
+async def test_settlement_requests_carry_the_brokers_time_whatever_the_gateways_clock_says(settings):
+    """A gateway's clock an hour behind (or its outbox sent late) gave the answer's refmsg_time and
+    the latency metric an hour: the topic is created under LogAppendTime, so the record's time is
+    when it reached the platform."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    namespace = f"t{uuid.uuid4().hex[:8]}."
+    topic = namespace + SETTLEMENT_REQUESTS
+    await ensure_platform_topics(settings.kafka_bootstrap, namespace)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, auto_offset_reset="earliest",
+                                group_id=None, enable_auto_commit=False)
+    await admin.start()
+    await producer.start()
+    await consumer.start()
+    try:
+        assert await _timestamp_type(admin, topic) == "LogAppendTime"
+        assert await _timestamp_type(admin, namespace + SETTLEMENT_PRICED) == "CreateTime"  # the stages' own
+        hour_ago = int(time.time() * 1000) - 3_600_000
+        sent = await producer.send_and_wait(topic, b"{}", key=b"p", timestamp_ms=hour_ago)
+        record = await asyncio.wait_for(consumer.getone(), 10)
+        assert (record.offset, record.partition) == (sent.offset, sent.partition)
+        assert abs(record.timestamp - time.time() * 1000) < 60_000 and record.timestamp_type == 1
+    finally:
+        await consumer.stop()
+        await producer.stop()
+        await admin.close()
+        await delete_namespace_topics(settings.kafka_bootstrap, namespace)
+
+
+async def test_settlement_requests_under_create_time_are_logged_listed_and_configured(settings, caplog):
+    from yidi.platform import topics_cli
+
+    namespace = f"t{uuid.uuid4().hex[:8]}."
+    topic = namespace + SETTLEMENT_REQUESTS
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        # As a version before this spec created it: the broker's default, CreateTime.
+        await admin.create_topics([NewTopic(topic, SETTLEMENT_PARTITIONS, 1, topic_configs={"retention.ms": "123456789"})])
+        for _ in range(100):
+            if topic in await admin.list_topics():
+                break
+            await asyncio.sleep(0.05)
+        with caplog.at_level(logging.WARNING, logger="yidi.platform.kafka"):
+            await ensure_platform_topics(settings.kafka_bootstrap, namespace)
+        assert [r.getMessage() for r in caplog.records if "timestamp" in r.getMessage()] == [
+            f"topic {topic} has message.timestamp.type=CreateTime, its spec LogAppendTime (created by another "
+            "tool, by the broker's auto-creation, or before its spec set it?): see docs/runbook.md, \"Topics\""]
+        lines = {line.split()[0]: line for line in await topics_cli.check(settings.kafka_bootstrap, namespace)}
+        assert lines[topic].endswith("message.timestamp.type=CreateTime, spec LogAppendTime")
+        assert await topics_cli.configure(settings.kafka_bootstrap, namespace, SETTLEMENT_REQUESTS) == \
+            f"{topic}: message.timestamp.type=LogAppendTime"
+        for _ in range(100):
+            if await _timestamp_type(admin, topic) == "LogAppendTime":
+                break
+            await asyncio.sleep(0.05)
+        assert await _timestamp_type(admin, topic) == "LogAppendTime"
+        [response] = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": None})])
+        assert response.resources[0][4][0][1] == "123456789"  # its other override kept
+        lines = await topics_cli.check(settings.kafka_bootstrap, namespace)
+        assert all(line.endswith(("ok", "created")) for line in lines), lines
+        with pytest.raises(SystemExit, match="sets no config"):
+            await topics_cli.configure(settings.kafka_bootstrap, namespace, SETTLEMENT_PRICED)
+    finally:
+        await admin.close()
+        await delete_namespace_topics(settings.kafka_bootstrap, namespace)

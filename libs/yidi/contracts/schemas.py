@@ -739,7 +739,10 @@ def render_topics_md() -> str:
         c = TOPIC_CONTRACTS[spec.name]
         lines += [f"### `{spec.name}`", "", spec.what[:1].upper() + spec.what[1:] + ".", ""]
         lines.append(f"- Key: `{spec.key}`; partitions: {spec.partitions}; cleanup: "
-                     f"{'compact' if spec.compacted else 'delete'}.")
+                     f"{'compact' if spec.compacted else 'delete'}"
+                     + ("; record time: the broker's, when it appends the record (`message.timestamp.type="
+                        "LogAppendTime`): an answer's `refmsg_time` and the settlement latency metric start "
+                        "there, whatever the gateway's clock says." if spec.log_append_time else "."))
         if c.messages:
             for m in c.messages:
                 msg = MESSAGES[m]
@@ -838,6 +841,8 @@ def render_asyncapi() -> dict[str, Any]:
         contract = TOPIC_CONTRACTS[_source_of(spec.name)] if is_dlq else TOPIC_CONTRACTS[spec.name]
         names = ("DeadLetter",) if is_dlq else contract.messages
         description = spec.what[:1].upper() + spec.what[1:] + "."
+        if spec.log_append_time:
+            description += " Records carry the broker's time (message.timestamp.type=LogAppendTime)."
         if not is_dlq and contract.notes:
             description += " " + contract.notes
         channel: dict[str, Any] = {

@@ -119,16 +119,15 @@ async def ensure_platform_topics(bootstrap: str, namespace: str = "") -> list[st
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing, present, feeds = [], {}, []
+        missing, present, configured = [], {}, {}
         for spec in all_topic_specs():
             name = f"{namespace}{spec.name}"
             if name in existing:
                 present[name] = spec.partitions
-                if spec.compacted:
-                    feeds.append(name)
+                if spec.configs():
+                    configured[name] = spec.configs()
                 continue
-            configs = {"cleanup.policy": "compact"} if spec.compacted else {}
-            missing.append(NewTopic(name, spec.partitions, 1, topic_configs=configs))
+            missing.append(NewTopic(name, spec.partitions, 1, topic_configs=spec.configs()))
         if missing:
             response = await admin.create_topics(missing)
             # The broker answers per topic (aiokafka raises nothing): one another process created
@@ -137,8 +136,11 @@ async def ensure_platform_topics(bootstrap: str, namespace: str = "") -> list[st
                       for name, code, *rest in response.topic_errors if code not in (0, TOPIC_ALREADY_EXISTS)]
             if failed:
                 raise FatalError("platform topics could not be created: " + "; ".join(failed))
-        if feeds:
-            await _warn_uncompacted(admin, feeds)
+        if configured:
+            for name, problems in (await configs_off_spec(admin, configured)).items():
+                for problem in problems:
+                    log.warning("topic %s has %s (created by another tool, by the broker's auto-creation, or "
+                                "before its spec set it?): see docs/runbook.md, \"Topics\"", name, problem)
         if present:
             for topic in await admin.describe_topics(list(present)):
                 found = len(topic.get("partitions") or [])
@@ -151,10 +153,10 @@ async def ensure_platform_topics(bootstrap: str, namespace: str = "") -> list[st
         await admin.close()
 
 
-async def cleanup_policies(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, str]:
-    """Each existing topic's ``cleanup.policy`` (a topic the broker cannot describe is left out)."""
-    resources = [ConfigResource(ConfigResourceType.TOPIC, name, {"cleanup.policy": None}) for name in names]
-    return {name: dict((e[0], e[1]) for e in entries).get("cleanup.policy", "")
+async def topic_configs(admin: AIOKafkaAdminClient, names: list[str], keys: list[str]) -> dict[str, dict[str, str]]:
+    """The values of ``keys`` in each existing topic's config (a topic the broker cannot describe is left out)."""
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name, dict.fromkeys(keys)) for name in names]
+    return {name: {e[0]: e[1] or "" for e in entries}
             for response in await admin.describe_configs(resources)
             for error_code, _, _, name, entries in response.resources if error_code == 0}
 
@@ -163,13 +165,22 @@ def compacted(policy: str) -> bool:
     return "compact" in policy.split(",")
 
 
-async def _warn_uncompacted(admin: AIOKafkaAdminClient, names: list[str]) -> None:
-    """Log a feed topic whose spec is compacted but whose ``cleanup.policy`` is not (a broker's
-    auto-creation): its records would be deleted after the retention, and a rebuild would miss them."""
-    for name, policy in (await cleanup_policies(admin, names)).items():
-        if not compacted(policy):
-            log.warning("topic %s has cleanup.policy=%s, its spec compact (created by another tool or by the "
-                        "broker's auto-creation?): see docs/runbook.md, \"Topics\"", name, policy)
+async def configs_off_spec(admin: AIOKafkaAdminClient, wanted: dict[str, dict[str, str]]) -> dict[str, list[str]]:
+    """For each topic of ``wanted`` (its spec's configs, ``TopicSpec.configs``), what its config has
+    otherwise, as "cleanup.policy=delete, its spec compact"; topics on their spec are left out. A
+    feed not compacted would have its records deleted after the retention (a rebuild would miss
+    them); settlement.requests under CreateTime times answers from the gateways' clocks."""
+    keys = sorted({key for configs in wanted.values() for key in configs})
+    found = await topic_configs(admin, list(wanted), keys)
+    problems: dict[str, list[str]] = {}
+    for name, configs in wanted.items():
+        if name not in found:
+            continue
+        for key, want in configs.items():
+            have = found[name].get(key, "")
+            if not (compacted(have) if key == "cleanup.policy" else have == want):
+                problems.setdefault(name, []).append(f"{key}={have}, its spec {want}")
+    return problems
 
 
 async def delete_namespace_topics(bootstrap: str, *prefixes: str) -> list[str]:

@@ -12,6 +12,17 @@ class TopicSpec:
     partitions: int
     what: str
     compacted: bool = False
+    # The broker stamps each record with its own clock when it appends it (LogAppendTime), not the
+    # producer's (CreateTime): see SETTLEMENT_REQUESTS below.
+    log_append_time: bool = False
+
+    def configs(self) -> dict[str, str]:
+        """The topic configs the spec sets: a topic is created with them, and an existing one that
+        lacks them is logged (``ensure_platform_topics``) and listed by ``yidi-topics check``."""
+        configs = {"cleanup.policy": "compact"} if self.compacted else {}
+        if self.log_append_time:
+            configs["message.timestamp.type"] = "LogAppendTime"
+        return configs
 
 
 SETTLEMENT_REQUESTS = "settlement.requests"
@@ -35,7 +46,12 @@ PREPAYMENT_STATUS = "clearing.prepayment-status"
 SETTLEMENT_PARTITIONS = 6
 
 TOPICS: tuple[TopicSpec, ...] = (
-    TopicSpec(SETTLEMENT_REQUESTS, "psn_no", SETTLEMENT_PARTITIONS, "gateway → platform: 1101, 2001, 2206/2207/2208, 2303/2304/2305, 2601, 3201/3202"),
+    # A request's record time is when it reached the platform, by the broker's clock: the answer's
+    # refmsg_time and the settlement latency metric start there. Under CreateTime they started at the
+    # gateway's clock: one running behind, or an outbox sent late, made the latency alert fire while
+    # the platform was fine, and one running ahead hid slow answers (clamped to 0).
+    TopicSpec(SETTLEMENT_REQUESTS, "psn_no", SETTLEMENT_PARTITIONS, "gateway → platform: 1101, 2001, 2206/2207/2208, 2303/2304/2305, 2601, 3201/3202",
+              log_append_time=True),
     TopicSpec(SETTLEMENT_ELIGIBLE, "psn_no", SETTLEMENT_PARTITIONS, "eligibility → pricing: request with its terms or refusal"),
     TopicSpec(SETTLEMENT_PRICED, "psn_no", SETTLEMENT_PARTITIONS, "pricing → clearing: settlement or cancellation with its answer"),
     TopicSpec(SETTLEMENT_RESULTS, "fixmedins_code", SETTLEMENT_PARTITIONS, "platform → gateway: one answer per request (default reply_to)"),

@@ -1,8 +1,9 @@
 """``yidi-topics``: check the platform topics against their specs, and fix one, by exact name.
 
-    yidi-topics check                      # create what is missing; list topics off their spec
-    yidi-topics compact refdata.persons    # set cleanup.policy=compact on a feed created without it
-    yidi-topics delete refdata.persons     # delete that topic only (not refdata.persons.dlq)
+    yidi-topics check                          # create what is missing; list topics off their spec
+    yidi-topics configure settlement.requests  # set the configs its spec sets (compaction, timestamps)
+    yidi-topics compact refdata.persons        # the same, for a feed only (cleanup.policy=compact)
+    yidi-topics delete refdata.persons         # delete that topic only (not refdata.persons.dlq)
 
 Names are given without the namespace (``YIDI_NAMESPACE`` or ``--namespace`` is put before them)
 and must be platform topics (docs/topics.md). ``delete`` loses what the topic holds: stop the
@@ -22,7 +23,7 @@ from collections.abc import AsyncIterator
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from yidi.platform.kafka import cleanup_policies, compacted, ensure_platform_topics
+from yidi.platform.kafka import configs_off_spec, ensure_platform_topics
 from yidi.platform.topics import all_topic_specs
 
 DYNAMIC_TOPIC_CONFIG = 1  # a DescribeConfigs entry's source: set on the topic itself
@@ -58,15 +59,14 @@ async def check(bootstrap: str, namespace: str) -> list[str]:
     specs = {f"{namespace}{spec.name}": spec for spec in all_topic_specs()}
     async with _admin(bootstrap) as admin:
         found = {t["topic"]: len(t.get("partitions") or []) for t in await admin.describe_topics(list(specs))}
-        policies = await cleanup_policies(admin, list(specs))
+        off_spec = await configs_off_spec(admin, {name: spec.configs() for name, spec in specs.items() if spec.configs()})
     lines = []
     for name, spec in specs.items():
         want = "compact" if spec.compacted else "delete"
         problems = []
         if found.get(name) != spec.partitions:
             problems.append(f"{found.get(name)} partitions, spec {spec.partitions}")
-        if spec.compacted and not compacted(policies.get(name, "")):
-            problems.append(f"cleanup.policy={policies.get(name)}, spec compact")
+        problems += [p.replace(", its spec ", ", spec ") for p in off_spec.get(name, [])]
         state = "created" if name in created else ("; ".join(problems) if problems else "ok")
         lines.append(f"{name:<45} {spec.partitions:>2} partitions  {want:<8} {state}")
     return lines
@@ -75,6 +75,15 @@ async def check(bootstrap: str, namespace: str) -> list[str]:
 async def compact(bootstrap: str, namespace: str, name: str) -> str:
     if not _spec(name).compacted:
         raise SystemExit(f"yidi-topics: {name} is not a compacted topic in its spec")
+    return await configure(bootstrap, namespace, name)
+
+
+async def configure(bootstrap: str, namespace: str, name: str) -> str:
+    """Set the configs ``name``'s spec sets (``TopicSpec.configs``) on the existing topic, keeping
+    its other overrides."""
+    wanted = _spec(name).configs()
+    if not wanted:
+        raise SystemExit(f"yidi-topics: {name}'s spec sets no config (its partitions are fixed by deleting it)")
     topic = f"{namespace}{name}"
     async with _admin(bootstrap) as admin:
         # AlterConfigs (aiokafka has no incremental one) replaces every setting of the topic: the
@@ -83,11 +92,10 @@ async def compact(bootstrap: str, namespace: str, name: str) -> str:
         [(code, message, _, _, entries)] = described.resources
         _refused(topic, code, message)
         overrides = {e[0]: e[1] for e in entries if e[3] == DYNAMIC_TOPIC_CONFIG and not e[4] and e[1] is not None}
-        [response] = await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, overrides | {"cleanup.policy": "compact"})])
+        [response] = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, overrides | wanted)])
         [(code, message, *_)] = response.resources
         _refused(topic, code, message)
-    return f"{topic}: cleanup.policy=compact"
+    return f"{topic}: " + ", ".join(f"{key}={value}" for key, value in wanted.items())
 
 
 async def delete(bootstrap: str, namespace: str, name: str) -> str:
@@ -107,14 +115,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--namespace", default=os.environ.get("YIDI_NAMESPACE", ""))
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("check", help="create what is missing; list each platform topic against its spec")
-    for command in ("compact", "delete"):
+    for command in ("configure", "compact", "delete"):
         sub.add_parser(command).add_argument("topic", help="a platform topic's name, without the namespace")
     args = parser.parse_args(argv)
     if args.command == "check":
         lines = asyncio.run(check(args.bootstrap, args.namespace))
         print("\n".join(lines))
         sys.exit(0 if all(line.endswith(("ok", "created")) for line in lines) else 1)
-    action = compact if args.command == "compact" else delete
+    action = {"configure": configure, "compact": compact, "delete": delete}[args.command]
     print(asyncio.run(action(args.bootstrap, args.namespace, args.topic)))
 
 
