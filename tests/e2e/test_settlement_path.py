@@ -260,3 +260,11 @@ async def test_every_service_shows_when_it_last_had_an_answer_from_kafka(system)
                 for s in ("filing", "eligibility", "pricing", "clearing")}
 
     await until(lambda: all(age < 15 for age in ages().values()), timeout=30, poll=0.5)
+
+
+async def test_every_services_event_loop_beats_each_second(system):
+    import time
+
+    for service in ("filing", "eligibility", "pricing", "clearing"):
+        assert time.time() - system.metric(service, "yidi_event_loop_heartbeat_timestamp_seconds") < 5, service
+        assert system.metric(service, "yidi_event_loop_lag_seconds_count") >= 1, service

@@ -162,6 +162,17 @@ CLEARING_REQUESTS = Counter(
     "its turn, a reqid reused for another request); stored (a reqid answered before: its stored result again).",
     ["type", "outcome"],
 )
+EVENT_LOOP_BEAT = Gauge(
+    "yidi_event_loop_heartbeat_timestamp_seconds",
+    "When the service's event loop last ran its heartbeat (each second, from the moment its stages run; "
+    "0 before). Stale while /metrics still answers (served from a thread of its own): the loop is blocked.",
+)
+EVENT_LOOP_LAG = Histogram(
+    "yidi_event_loop_lag_seconds",
+    "How much later than due the event loop ran the heartbeat's 1 s timer: how long a callback waits behind "
+    "others (a batch's handler runs without yielding).",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
 SERVICE_UP = Gauge("yidi_service_up", "1 while the service's consumers run.", ["service"])
 
 

@@ -21,7 +21,7 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
 from prometheus_client import REGISTRY
 
-from yidi.platform import collector, metrics
+from yidi.platform import collector, heartbeat, metrics
 from yidi.platform.db import migrate, settings_pool
 from yidi.platform.kafka import TransactionalStage, ensure_topics
 from yidi.platform.logs import setup_logging
@@ -56,7 +56,7 @@ class Service:
         self.resources: list[Callable[[], Awaitable[Any]]] = []
         self.on_ready: list[Callable[[], Awaitable[None]]] = []
         # Loops that run beside the stages while they run (a metric's sampler), cancelled at stop.
-        self.background: list[Callable[[], Awaitable[None]]] = []
+        self.background: list[Callable[[], Awaitable[None]]] = [heartbeat.beat]
         self._background: list[asyncio.Task[None]] = []
         self.exit_code = 0
         self.broker = KafkaBroker(
