@@ -4,6 +4,7 @@ key and headers (without ours) back to the source topic and skips a cut one."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.e2e.system import ROOT
+from yidi.contracts.schemas import TOPIC_CONTRACTS
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +106,15 @@ async def test_the_runbook_lists_the_answers_moved_off_a_refused_reply_to(settin
     assert "M1" not in shown
     assert "0/1 key=b'H2' gw.h2: the topic does not exist, and the broker does not create topics" in shown
     assert '{"msgid": "M2"}' in shown
+
+
+def test_the_runbook_asks_the_broker_about_every_consumer_group_of_the_platform(settings):
+    code = script("# Usage: python - [bootstrap]; whether each consumer group")
+    done = subprocess.run([sys.executable, "-", settings.kafka_bootstrap], input=code, capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env=os.environ | {"YIDI_NAMESPACE": settings.namespace})
+    assert done.returncode == 0, done.stderr
+    shown = {tuple(line.split()[:2]) for line in done.stdout.splitlines()}
+    groups = {(settings.namespace + r.group, settings.namespace + topic)
+              for topic, c in TOPIC_CONTRACTS.items() for r in c.readers}
+    assert shown == groups and len(groups) >= 13  # the stages' groups and the feeds'
+    assert all(line.endswith(("caught up: True", "caught up: False")) for line in done.stdout.splitlines())
