@@ -8,15 +8,16 @@ source "$HERE/common.sh"
 cd "$YIDI_ROOT"
 
 "$HERE/python.sh"
-# promtool (Debian's prometheus package) checks the Prometheus configs and alert rules.
-if ! command -v promtool >/dev/null; then
-  echo "test: installing Debian's prometheus package for promtool" >&2
+# promtool (Debian's prometheus package) checks the Prometheus configs and alert rules, amtool
+# (prometheus-alertmanager) the Alertmanager config and its routes.
+if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; then
+  echo "test: installing Debian's prometheus and prometheus-alertmanager packages for promtool and amtool" >&2
   mkdir -p "$YIDI_LOCAL/log"
   sudo=()
   if ((EUID != 0)) && command -v sudo >/dev/null; then sudo=(sudo); fi
   { "${sudo[@]}" apt-get update && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y \
-      --no-install-recommends prometheus; } >>"$YIDI_LOCAL/log/apt.log" 2>&1 \
-    || echo "test: could not install prometheus (see .local/log/apt.log)" >&2
+      --no-install-recommends prometheus prometheus-alertmanager; } >>"$YIDI_LOCAL/log/apt.log" 2>&1 \
+    || echo "test: could not install prometheus or prometheus-alertmanager (see .local/log/apt.log)" >&2
 fi
 was_up=$({ "$HERE/stack.sh" status 2>/dev/null || true; } | awk '$2 == "running" {print $1}' | tr '\n' ' ')
 started=()

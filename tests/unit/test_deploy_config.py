@@ -528,8 +528,61 @@ def test_every_metric_of_metrics_py_is_on_the_dashboard():
 
 def test_every_alert_has_a_severity_and_a_summary():
     for rule in alert_rules():
-        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        expected = {"heartbeat"} if rule["alert"] == "YidiWatchdog" else {"warning", "critical"}
+        assert rule["labels"]["severity"] in expected, rule["alert"]
         assert rule["annotations"]["summary"], rule["alert"]
+
+
+# ---- Alertmanager ------------------------------------------------------------------------------
+
+ALERTMANAGER = ROOT / "deploy" / "alertmanager"
+
+
+def alertmanager() -> dict:
+    return yaml.safe_load((ALERTMANAGER / "alertmanager.yml").read_text())
+
+
+def test_compose_prometheus_sends_its_alerts_to_compose_alertmanager_with_its_config():
+    (target,) = [t for am in yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())["alerting"]["alertmanagers"]
+                 for c in am["static_configs"] for t in c["targets"]]
+    host, port = target.split(":")
+    assert host in compose()["services"] and f"127.0.0.1:{port}:{port}" in service("alertmanager")["ports"]
+    assert bind_mounts("alertmanager")["deploy/alertmanager"] == "/etc/alertmanager"
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in service("alertmanager")["command"]
+
+
+def test_every_alert_the_inhibit_rules_name_is_an_alert_of_alerts_yml():
+    names = {rule["alert"] for rule in alert_rules()}
+    named = set()
+    for rule in alertmanager()["inhibit_rules"]:
+        for matcher in (*rule["source_matchers"], *rule["target_matchers"]):
+            key, _, value = matcher.partition("=")
+            assert key.rstrip("~") == "alertname", matcher
+            named |= set(value.lstrip("~").strip('"').split("|"))
+        # Labels the alerts on both sides carry: an inhibition on a label one side lacks never matches.
+        assert set(rule["equal"]) <= {"job", "instance"}
+    assert named <= names and named, named - names
+
+
+def _amtool(*args: str) -> str:
+    if shutil.which("amtool") is None:
+        # make test installs it (deploy/local/test.sh); only a bare pytest run may lack it.
+        if os.environ.get("CI"):
+            pytest.fail("amtool missing: deploy/local/test.sh installs Debian's prometheus-alertmanager package")
+        pytest.skip("amtool not installed (Debian package prometheus-alertmanager; make test installs it)")
+    result = subprocess.run(["amtool", *args], capture_output=True, text=True, cwd=ALERTMANAGER, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_amtool_accepts_the_config_and_routes_each_severity_to_its_receiver():
+    _amtool("check-config", "alertmanager.yml")
+    routes = {labels: _amtool("config", "routes", "test", "--config.file=alertmanager.yml", *labels.split()).strip()
+              for labels in ("alertname=YidiServiceDown severity=critical", "alertname=YidiDeadLetters severity=warning",
+                             "alertname=YidiWatchdog severity=heartbeat")}
+    assert list(routes.values()) == ["pager", "channel", "heartbeat"], routes
+    # The severities the alerts use are the three the routes tell apart.
+    assert {rule["labels"]["severity"] for rule in alert_rules()} == {"critical", "warning", "heartbeat"}
 
 
 # ---- promtool, where Prometheus is installed -----------------------------------------------
