@@ -10,6 +10,7 @@ from datetime import datetime
 
 from yidi.contracts.refdata import FacilityRecord, PersonRecord, RegionStatusRecord
 from yidi.domain.codes import BUSINESS_TZ
+from yidi.platform import metrics, probes
 from yidi.platform.cache import VersionedCache
 from yidi.platform.feeds import feed
 from yidi.platform.kafka import TransactionalStage
@@ -69,6 +70,7 @@ def build(settings: Settings | None = None) -> Service:
         )
         # Entries marked stale by any instance (one that could not reach Redis) are dropped from here.
         service.background.append(lambda: sweep_every(subjects(), SWEEP_EVERY_S))
+        service.background.append(lambda: probes.reach_every(probes.PROBE_SECONDS, cache.ping, metrics.REDIS_REACHED, "Redis"))
 
     service.on_ready.append(ready)
 

@@ -268,3 +268,15 @@ async def test_every_services_event_loop_beats_each_second(system):
     for service in ("filing", "eligibility", "pricing", "clearing"):
         assert time.time() - system.metric(service, "yidi_event_loop_heartbeat_timestamp_seconds") < 5, service
         assert system.metric(service, "yidi_event_loop_lag_seconds_count") >= 1, service
+
+
+async def test_every_service_asks_postgres_and_eligibility_redis_every_few_seconds_with_no_traffic(system):
+    # Nothing is sent here: the gauges move by the probes alone (pricing has no sampler of its own).
+    def reached() -> dict[str, float]:
+        return {s: system.metric(s, "yidi_db_reached_timestamp_seconds") for s in ("filing", "eligibility", "pricing", "clearing")} \
+            | {"redis": system.metric("eligibility", "yidi_redis_reached_timestamp_seconds")}
+
+    before = reached()
+    await asyncio.sleep(6)  # a probe's period (5 s) and a little
+    after = reached()
+    assert all(after[s] > before[s] > 0 for s in before), (before, after)

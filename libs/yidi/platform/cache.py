@@ -67,6 +67,7 @@ def _timed(operation: str) -> Iterator[None]:
     try:
         yield
         outcome = "ok"
+        metrics.REDIS_REACHED.set(time.time())  # Redis answered (YidiRedisUnreachable)
     finally:
         metrics.REDIS_SECONDS.labels(operation, outcome).observe(time.perf_counter() - started)
 
@@ -224,10 +225,14 @@ class VersionedCache:
         return self._ttl
 
     async def ping(self) -> bool:
+        """Whether Redis answers now, whatever the breaker says (it sets ``yidi_redis_reached_timestamp_seconds``)."""
         try:
-            return bool(await self._redis.ping())
+            answered = bool(await self._redis.ping())
         except (RedisError, OSError):
             return False
+        if answered:
+            metrics.REDIS_REACHED.set(time.time())
+        return answered
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import logging
 import struct
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -234,12 +235,16 @@ def statement_metrics(service: str) -> Callable[[LoggedQuery], None]:
     (``yidi_db_statement_seconds``) and counts the failed ones by their error class
     (``yidi_db_statement_errors_total``): ops see a slow or failing Postgres apart from slow
     handlers, and which error a stage keeps retrying (its ``yidi_stage_retries_total`` says only
-    ``TransientError``). asyncpg calls it soon after each statement, off the statement's path."""
+    ``TransientError``); a statement that succeeded says Postgres answered
+    (``yidi_db_reached_timestamp_seconds``). asyncpg calls it soon after each statement, off the
+    statement's path."""
     seconds = metrics.DB_STATEMENT_SECONDS.labels(service)
 
     def observe(record: LoggedQuery) -> None:
         seconds.observe(record.elapsed)
-        if record.exception is not None:
+        if record.exception is None:
+            metrics.DB_REACHED.set(time.time())  # Postgres answered (YidiPostgresUnreachable)
+        else:
             metrics.DB_STATEMENT_ERRORS.labels(service, type(record.exception).__name__).inc()
 
     return observe

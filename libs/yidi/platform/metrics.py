@@ -173,6 +173,16 @@ EVENT_LOOP_LAG = Histogram(
     "others (a batch's handler runs without yielding).",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+DB_REACHED = Gauge(
+    "yidi_db_reached_timestamp_seconds",
+    "When this process last had an answer from Postgres: any statement of its pool that succeeded, and a "
+    "probe every 5 s whatever the traffic; 0 until the first (YidiPostgresUnreachable).",
+)
+REDIS_REACHED = Gauge(
+    "yidi_redis_reached_timestamp_seconds",
+    "When eligibility last had an answer from Redis: a cache call that succeeded, and a ping every 5 s "
+    "whatever the traffic; 0 until the first (YidiRedisUnreachable).",
+)
 SERVICE_UP = Gauge("yidi_service_up", "1 while the service's consumers run.", ["service"])
 
 

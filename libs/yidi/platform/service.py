@@ -21,7 +21,7 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
 from prometheus_client import REGISTRY
 
-from yidi.platform import collector, heartbeat, metrics
+from yidi.platform import collector, heartbeat, metrics, probes
 from yidi.platform.db import migrate, settings_pool
 from yidi.platform.kafka import TransactionalStage, ensure_topics
 from yidi.platform.logs import setup_logging
@@ -101,6 +101,7 @@ class Service:
         if self.migrations:
             self.pool = await settings_pool(self.settings, service=self.name)
             await migrate(self.pool, self.name, self.migrations)
+            self.background.append(lambda: probes.postgres_every(self.db()))
         for ready in self.on_ready:
             await ready()
         try:

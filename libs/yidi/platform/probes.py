@@ -1,0 +1,52 @@
+"""Is Postgres there, is Redis there, asked every few seconds whatever the traffic. With no
+settlements nothing else asks: a Postgres down at night showed only as one warning (a cache
+sweep), and a Redis down as nothing, until the morning's first requests. Each answer sets a
+``yidi_*_reached_timestamp_seconds`` gauge, as the stages' lag samples set Kafka's
+(YidiPostgresUnreachable, YidiRedisUnreachable); the services' own successful statements and cache
+calls set them too."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+
+from yidi.platform import metrics
+
+log = logging.getLogger(__name__)
+
+PROBE_SECONDS = 5.0
+
+
+async def reach_every(seconds: float, reach: Callable[[], Awaitable[bool]], reached: Any, what: str) -> None:
+    """Every ``seconds``: ``reach()``, bounded by ``seconds``; True sets ``reached`` (a gauge) to
+    now. A failure is logged once until it answers again: the alert and the stages' own retries
+    say the rest."""
+    failing = False
+    while True:
+        try:
+            async with asyncio.timeout(seconds):
+                ok, why = bool(await reach()), "no answer"
+        except Exception as exc:  # noqa: BLE001 - a cancellation is a BaseException and passes
+            ok, why = False, repr(exc)
+        if ok:
+            reached.set(time.time())
+        elif not failing:
+            log.warning("%s did not answer (%s): probed again every %.0f s", what, why, seconds)
+        failing = not ok
+        await asyncio.sleep(seconds)
+
+
+def postgres(pool: asyncpg.Pool) -> Callable[[], Awaitable[bool]]:
+    async def reach() -> bool:
+        return await pool.fetchval("SELECT true")
+
+    return reach
+
+
+async def postgres_every(pool: asyncpg.Pool, seconds: float = PROBE_SECONDS) -> None:
+    await reach_every(seconds, postgres(pool), metrics.DB_REACHED, "Postgres")

@@ -1,0 +1,47 @@
+"""The dependency probes: each answer sets its gauge to now, whatever the traffic; a probe that
+fails or hangs leaves it where it was, so the gauge's age says how long the dependency has been away."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from yidi.platform import probes
+
+
+async def _run(reach, seconds: float = 0.02, for_seconds: float = 0.15) -> float:
+    """The gauge's value after probing for ``for_seconds``."""
+    registry = CollectorRegistry()
+    task = asyncio.create_task(probes.reach_every(seconds, reach, Gauge("reached", "test", registry=registry), "Thing"))
+    await asyncio.sleep(for_seconds)
+    task.cancel()
+    return registry.get_sample_value("reached")
+
+
+async def test_an_answer_sets_the_gauge_to_now():
+    before = time.time()
+
+    async def answers() -> bool:
+        return True
+
+    assert await _run(answers) >= before
+
+
+async def test_a_probe_that_fails_hangs_or_says_no_leaves_the_gauge_and_is_logged_once(caplog):
+    async def fails() -> bool:
+        raise OSError("connection refused")
+
+    async def hangs() -> bool:
+        await asyncio.sleep(10)
+        return True
+
+    async def says_no() -> bool:
+        return False
+
+    with caplog.at_level(logging.WARNING, logger="yidi.platform.probes"):
+        for reach in (fails, hangs, says_no):
+            assert await _run(reach) == 0
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["Thing did not answer"] * 3
