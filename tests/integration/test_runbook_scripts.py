@@ -62,6 +62,10 @@ async def test_the_runbook_reads_dead_letters_and_republishes_all_but_a_cut_one(
     shown = run(script("# Usage: python - <dlq topic> [bootstrap]"), dlq, bootstrap)
     assert f"0/0 key=b'510100' source={source}/0/7\n  reason: R11: a ceiling below the line\n" in shown
     assert f"0/1 key=b'510100' source={source}/0/8 TRUNCATED from 600000 bytes\n  reason: too big\n" in shown
+    assert shown.endswith("       1  R11: a ceiling below the line\n       1  too big\n")
+    # The last one of each partition only (a flood: the newest, and their count by reason).
+    last = run(script("# Usage: python - <dlq topic> [bootstrap]"), dlq, bootstrap, "1")
+    assert "0/0 " not in last and f"0/1 key=b'510100' source={source}/0/8" in last and last.endswith("       1  too big\n")
 
     republish = script("# Usage: python - <dlq topic> <partition>:<offset>")
     assert 'BOOTSTRAP = "127.0.0.1:19092"' in republish
