@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, get_args
 
 import asyncpg
 from pydantic import ValidationError
@@ -19,6 +21,7 @@ from pydantic import ValidationError
 from yidi.contracts import answers
 from yidi.contracts.clearing import (
     CLEARING_REQUEST,
+    ClearingRequest,
     ConfirmStatement,
     FundPrepayment,
     QueryFacilityDay,
@@ -65,6 +68,14 @@ def statement_of(row: Any) -> Statement:
 
 ADMIN_REPLY_TO = FundPrepayment.model_fields["reply_to"].default  # clearing.requests' default reply_to
 _RECONCILE = re.compile(rb'"type"\s*:\s*"reconcile"')
+_TYPE = re.compile(rb'"type"\s*:\s*"([a-z_]{1,40})"')
+# The request types, the only values the metric's type label takes (a request's own word otherwise).
+_TYPES = frozenset(get_args(model.model_fields["type"].annotation)[0] for model in get_args(get_args(ClearingRequest)[0]))
+
+
+def _counter(kind: str, outcome: str) -> Callable[[], None]:
+    """Counts one request's result (``yidi_clearing_requests_total``), run once its batch committed."""
+    return metrics.CLEARING_REQUESTS.labels(kind, outcome).inc
 
 
 class ClearingAdminHandler:
@@ -81,11 +92,16 @@ class ClearingAdminHandler:
         if _RECONCILE.search(record.value):
             return broken(self.settings, record, reason,
                           "The platform could not reconcile this request; send it again later, under a new msgid.")
-        return refuse_by_reqid(
+        refused = refuse_by_reqid(
             self.settings, record, reason, default_reply_to=ADMIN_REPLY_TO,
             result=lambda reqid: {"reqid": reqid, "ok": False, "data": {},
                                   "reason": f"the platform could not process this request ({reason[:500]})"},
-        ) or broken(self.settings, record, reason, "The platform could not process this request.")
+        )
+        if not refused:
+            return broken(self.settings, record, reason, "The platform could not process this request.")
+        dead, result = refused  # the dead letter, and the result on the requester's reply_to
+        kind = m.group(1).decode() if (m := _TYPE.search(record.value)) and m.group(1).decode() in _TYPES else "unknown"
+        return [dead, replace(result, on_commit=_counter(kind, "invalid"))]
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         requests, out = parse_each(records, CLEARING_REQUEST.validate_python, "clearing request", self.refuse)
@@ -109,7 +125,6 @@ class ClearingAdminHandler:
                     refused[request.reqid] = refusal
                 else:
                     finishing.add(request.setlym)
-        answered: list[tuple[str, str]] = []  # (type, outcome) of each request answered, for the metric
         async with self.repo.transaction() as conn:
             for _, request in requests:
                 if isinstance(request, Reconcile):
@@ -122,8 +137,8 @@ class ClearingAdminHandler:
                     # What it published then, its result to this copy's reply_to (the hash leaves
                     # reply_to out: a clerk's tool that moved to another topic is answered there).
                     result, *extra = loads(seen["emitted"])
-                    out.extend(self._emit([result | {"topic": self.settings.topic(request.reply_to)}, *extra]))
-                    answered.append((request.type, "stored"))
+                    out.extend(self._emit([result | {"topic": self.settings.topic(request.reply_to)}, *extra],
+                                          counted=(request.type, "stored")))
                     continue
                 if seen is not None:
                     ok, reason, data, extra = False, f"reqid {request.reqid} was already used for another request", {}, []
@@ -136,7 +151,6 @@ class ClearingAdminHandler:
                         raise BadData(f"request {request.reqid} made a message the contract refuses: "
                                       f"{exc.errors()[0]['msg']}") from exc
                 result = {"reqid": request.reqid, "ok": ok, "reason": reason, "data": data}
-                answered.append((request.type, "ok" if ok else "refused"))
                 emitted = [{"topic": self.settings.topic(request.reply_to), "value": dumps(result).decode(),
                             "key": request.reqid}] + extra
                 # A refused month's run changed nothing ("cleared already", "has not ended", an
@@ -147,16 +161,16 @@ class ClearingAdminHandler:
                         "INSERT INTO clearing.admin_requests (reqid, request_hash, emitted) VALUES ($1, $2, $3::jsonb)",
                         request.reqid, request_hash(request), dumps(emitted).decode(),
                     )
-                out.extend(self._emit(emitted))
-        for kind, outcome in answered:
-            metrics.CLEARING_REQUESTS.labels(kind, outcome).inc()
+                out.extend(self._emit(emitted, counted=(request.type, "ok" if ok else "refused")))
         return out
 
-    def _emit(self, emitted: list[dict[str, Any]]) -> list[Outgoing]:
+    def _emit(self, emitted: list[dict[str, Any]], *, counted: tuple[str, str]) -> list[Outgoing]:
         """What a request publishes, as kept: its result (on clearing.results if the broker refuses
-        the requester's reply_to for good) and the prepayment messages it caused."""
+        the requester's reply_to for good), counted by ``counted`` (type, outcome) once committed,
+        and the prepayment messages it caused."""
         return [Outgoing(e["topic"], e["value"].encode(), key=e["key"].encode(),
-                         fallback=answer_fallback(self.settings, e["topic"], ADMIN_REPLY_TO)) for e in emitted]
+                         fallback=answer_fallback(self.settings, e["topic"], ADMIN_REPLY_TO),
+                         on_commit=_counter(*counted) if i == 0 else None) for i, e in enumerate(emitted)]
 
     async def _apply(self, conn: asyncpg.Connection, request: Any,
                      refused: dict[str, str]) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:

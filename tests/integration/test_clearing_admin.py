@@ -66,20 +66,34 @@ async def test_a_prepayment_for_care_at_home_is_refused(settings, handler):
         assert not query[0]["ok"], query  # no account was opened
 
 
-async def test_each_request_answered_is_counted_by_type_and_outcome(settings, handler):
+async def test_each_request_answered_is_counted_by_type_and_outcome_once_committed(settings, handler):
     from prometheus_client import REGISTRY
 
     def count(kind: str, outcome: str) -> float:
         return REGISTRY.get_sample_value("yidi_clearing_requests_total", {"type": kind, "outcome": outcome}) or 0.0
 
+    async def committed(body: dict | bytes) -> None:
+        """The handler's outputs for one request, and the stage's commit of them (their on_commit)."""
+        value = body if isinstance(body, bytes) else orjson.dumps({"reqid": f"R-{uuid.uuid4().hex}"} | body)
+        out = await handler([Incoming(settings.topic("clearing.requests"), 0, 1, b"k", value, 0)])
+        for o in out:
+            if o.on_commit is not None:
+                o.on_commit()
+
     pair = _pair()
-    before = {(k, o): count(k, o) for k in ("fund", "query_prepayment") for o in ("ok", "refused", "stored")}
+    keys = [(k, o) for k in ("fund", "query_prepayment", "unknown") for o in ("ok", "refused", "stored", "invalid")]
+    before = {key: count(*key) for key in keys}
     request = {"type": "fund", "reqid": f"R-{uuid.uuid4().hex}", "amount": "100.00", **pair}
-    await _call(settings, handler, request)
-    await _call(settings, handler, request)  # the same reqid again: its stored result
-    await _call(settings, handler, request | {"amount": "5.00"})  # the reqid reused for another request
-    await _call(settings, handler, {"type": "query_prepayment", **pair})
-    assert {key: count(*key) - n for key, n in before.items()} == {
-        ("fund", "ok"): 1, ("fund", "stored"): 1, ("fund", "refused"): 1,
-        ("query_prepayment", "ok"): 1, ("query_prepayment", "refused"): 0, ("query_prepayment", "stored"): 0,
+    await committed(request)
+    await committed(request)  # the same reqid again: its stored result
+    await committed(request | {"amount": "5.00"})  # the reqid reused for another request
+    await committed({"type": "query_prepayment", **pair})
+    await committed({"type": "fund", "amount": "-1", **pair})  # does not validate: answered ok false
+    await committed(b'{"reqid": "R-broken", "type": "no_such_type"}')
+    handled = await handler([Incoming(settings.topic("clearing.requests"), 0, 1, b"k",
+                                      orjson.dumps({"reqid": f"R-{uuid.uuid4().hex}", "type": "query_prepayment", **pair}), 0)])
+    assert handled  # answered, but its batch never committed: not counted
+    assert {key: count(*key) - n for key, n in before.items() if count(*key) - n} == {
+        ("fund", "ok"): 1, ("fund", "stored"): 1, ("fund", "refused"): 1, ("fund", "invalid"): 1,
+        ("query_prepayment", "ok"): 1, ("unknown", "invalid"): 1,
     }

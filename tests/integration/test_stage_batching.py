@@ -134,3 +134,42 @@ async def test_the_lag_gauge_grows_while_a_stage_is_stuck_and_falls_back_once_it
         release.set()
         await producer.stop()
         await stage.stop()
+
+
+async def test_an_outputs_on_commit_runs_once_its_batch_committed_and_not_for_a_try_that_failed(settings):
+    """A batch whose commit fails is handled again; what its outputs count (a clearing request's
+    result) is counted once, when a transaction with them committed."""
+    from aiokafka.errors import KafkaConnectionError
+
+    s = settings.model_copy(update={"namespace": settings.namespace + "oncommit."})
+    await ensure_topics(s)
+    handled: list[list[bytes]] = []
+    counted: list[bytes] = []
+
+    async def forward(records: list[Incoming]) -> list[Outgoing]:
+        handled.append([r.value for r in records])
+        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key, on_commit=lambda v=r.value: counted.append(v))
+                for r in records]
+
+    stage = TransactionalStage("oncommit-test", "test", s, [SETTLEMENT_REQUESTS], "oncommit-test", forward)
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    await stage.start()
+    await producer.start()
+    commit = stage._producer.commit_transaction  # noqa: SLF001 - its first commit fails, as a broker gone
+    failures = [KafkaConnectionError("the broker went away at commit")]
+
+    async def commit_failing_once() -> None:
+        if failures:
+            raise failures.pop()
+        await commit()
+
+    stage._producer.commit_transaction = commit_failing_once  # noqa: SLF001
+    try:
+        await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), b"A", key=b"p")
+        await until(lambda: counted == [b"A"])
+        await asyncio.sleep(0.3)  # nothing more comes
+        assert handled == [[b"A"], [b"A"]] and counted == [b"A"] and not failures
+        assert stage.failure is None
+    finally:
+        await producer.stop()
+        await stage.stop()

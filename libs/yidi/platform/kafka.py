@@ -98,6 +98,9 @@ class Outgoing:
     # why it was (set when it was moved there).
     fallback: str | None = None
     refused: str | None = None
+    # Run once the batch's transaction has committed, not when the handler made the message (a batch
+    # is handled again after a failed commit): a request's result counted once (yidi_clearing_requests_total).
+    on_commit: Callable[[], None] | None = None
 
 
 Handler = Callable[[list[Incoming]], Awaitable[list[Outgoing]]]
@@ -504,6 +507,8 @@ class TransactionalStage:
             metrics.STAGE_RECORDS.labels(self.name).inc(len(records))
             answered: dict[tuple[str, str], int] = {}
             for out in outgoing:
+                if out.on_commit is not None:
+                    out.on_commit()
                 if out.refused:
                     metrics.REPLY_TOPIC_REFUSED.labels(self.name, out.refused).inc()
                 if out.answered:

@@ -150,16 +150,18 @@ DB_STATEMENT_ERRORS = Counter(
 REDIS_SECONDS = Histogram(
     "yidi_redis_seconds",
     "Round trip of each call eligibility's cache makes to Redis (get: one MGET of a batch's persons; put, "
-    "forget: one pipeline of compare-and-set scripts), by outcome (ok, error). Calls the circuit breaker "
-    "skips are not made and not counted.",
+    "forget: redis-py's SCRIPT EXISTS, then one pipeline of compare-and-set scripts), by outcome (ok, error). "
+    "Calls the circuit breaker skips are not made and not counted.",
     ["operation", "outcome"],
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
 )
 CLEARING_REQUESTS = Counter(
     "yidi_clearing_requests_total",
     "Clearing's requests on clearing.requests answered (fund, run_month, confirm, query_*; 3201/3202 count in "
-    "yidi_answers_total), by type and outcome: ok; refused (ok false: a month not ended, cleared already or not "
-    "its turn, a reqid reused for another request); stored (a reqid answered before: its stored result again).",
+    "yidi_answers_total), counted once the answer is committed, by type and outcome: ok; refused (ok false: a "
+    "month not ended, cleared already or not its turn, a reqid reused for another request); stored (a reqid "
+    "answered before: its stored result again); invalid (ok false: the request does not validate, or could not "
+    "be processed and was dead-lettered; type unknown when it names none the platform has).",
     ["type", "outcome"],
 )
 EVENT_LOOP_BEAT = Gauge(
