@@ -87,3 +87,39 @@ async def test_the_caches_calls_to_redis_are_timed_by_operation_and_outcome(sett
     finally:
         await away.close()
     assert _sample("yidi_redis_seconds_count", operation="get", outcome="error") == failed + 1
+
+
+async def test_the_postgres_probe_has_a_connection_of_its_own_and_opens_it_again_after_a_failure(settings):
+    from yidi.platform.probes import PostgresProbe
+
+    probe = PostgresProbe(settings.database_url, timeout=5.0)
+    pool = await create_pool(settings.database_url, size=1)
+    holder = await asyncpg.connect(settings.database_url)
+    try:
+        assert await probe()
+        # The service's pool all taken (its one connection waiting on a lock): Postgres is there.
+        table = f"t_{uuid.uuid4().hex[:8]}"
+        await holder.execute(f"CREATE TABLE {table} (k int)")
+        await holder.execute("BEGIN")
+        await holder.execute(f"LOCK TABLE {table}")
+        waiting = asyncio.create_task(pool.fetch(f"SELECT * FROM {table}"))
+        await asyncio.sleep(0.2)
+        assert not waiting.done() and await probe()
+        await holder.execute("ROLLBACK")
+        await waiting
+        await holder.execute(f"DROP TABLE {table}")
+        # Its connection killed (a Postgres restart, a DBA): the next probe fails, the one after opens another.
+        await holder.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
+                             "AND application_name = '' AND query = 'SELECT true'")
+        # (Which error depends on when the server's goodbye arrives: "connection is closed", or
+        # asyncpg's InternalClientError when it lands as the query starts.)
+        with pytest.raises(Exception):  # noqa: B017 - any: the probe takes any failure as "no answer"
+            await probe()
+        assert await probe()
+    finally:
+        probe.close()
+        await holder.close()
+        await pool.close()
+    away = PostgresProbe("postgresql://yidi@127.0.0.1:1/none", timeout=1.0)
+    with pytest.raises(OSError):
+        await away()

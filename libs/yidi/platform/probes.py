@@ -41,12 +41,34 @@ async def reach_every(seconds: float, reach: Callable[[], Awaitable[bool]], reac
         await asyncio.sleep(seconds)
 
 
-def postgres(pool: asyncpg.Pool) -> Callable[[], Awaitable[bool]]:
-    async def reach() -> bool:
-        return await pool.fetchval("SELECT true")
+class PostgresProbe:
+    """``SELECT true`` on a connection of its own, opened again after a failure. Not the service's
+    pool: a pool whose connections all wait on a lock (a migration's, a DBA's) has Postgres there,
+    and the probe must not wait its turn behind them and call it away."""
 
-    return reach
+    def __init__(self, dsn: str, timeout: float = PROBE_SECONDS) -> None:
+        self._dsn = dsn
+        self._timeout = timeout
+        self._conn: asyncpg.Connection | None = None
+
+    async def __call__(self) -> bool:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+        try:
+            return bool(await self._conn.fetchval("SELECT true"))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            conn.terminate()
 
 
-async def postgres_every(pool: asyncpg.Pool, seconds: float = PROBE_SECONDS) -> None:
-    await reach_every(seconds, postgres(pool), metrics.DB_REACHED, "Postgres")
+async def postgres_every(dsn: str, seconds: float = PROBE_SECONDS) -> None:
+    probe = PostgresProbe(dsn, seconds)
+    try:
+        await reach_every(seconds, probe, metrics.DB_REACHED, "Postgres")
+    finally:
+        probe.close()

@@ -101,7 +101,7 @@ class Service:
         if self.migrations:
             self.pool = await settings_pool(self.settings, service=self.name)
             await migrate(self.pool, self.name, self.migrations)
-            self.background.append(lambda: probes.postgres_every(self.db()))
+            self.background.append(lambda: probes.postgres_every(self.settings.database_url))
         for ready in self.on_ready:
             await ready()
         try:
