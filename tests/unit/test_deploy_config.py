@@ -551,17 +551,28 @@ def test_compose_prometheus_sends_its_alerts_to_compose_alertmanager_with_its_co
     assert "--config.file=/etc/alertmanager/alertmanager.yml" in service("alertmanager")["command"]
 
 
-def test_every_alert_the_inhibit_rules_name_is_an_alert_of_alerts_yml():
-    names = {rule["alert"] for rule in alert_rules()}
-    named = set()
+def _tested_labels() -> dict[str, set[str]]:
+    """The labels each alert fires with, as its promtool tests expect them (alerts_test.yml)."""
+    tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
+    labels: dict[str, set[str]] = {}
+    for case in tests:
+        for check in case.get("alert_rule_test", []):
+            for alert in check.get("exp_alerts") or []:
+                labels.setdefault(check["alertname"], set()).update(alert["exp_labels"])
+    return labels
+
+
+def test_every_alert_the_inhibit_rules_name_carries_the_labels_they_compare():
+    names, fired = {rule["alert"] for rule in alert_rules()}, _tested_labels()
     for rule in alertmanager()["inhibit_rules"]:
         for matcher in (*rule["source_matchers"], *rule["target_matchers"]):
             key, _, value = matcher.partition("=")
             assert key.rstrip("~") == "alertname", matcher
-            named |= set(value.lstrip("~").strip('"').split("|"))
-        # Labels the alerts on both sides carry: an inhibition on a label one side lacks never matches.
-        assert set(rule["equal"]) <= {"job", "instance"}
-    assert named <= names and named, named - names
+            for alert in value.lstrip("~").strip('"').split("|"):
+                assert alert in names, alert
+                # An inhibition on a label one side lacks never matches: each alert named has a
+                # promtool test, whose labels carry every label the rule compares.
+                assert set(rule["equal"]) <= fired.get(alert, set()), (alert, rule["equal"], fired.get(alert))
 
 
 def _amtool(*args: str) -> str:
