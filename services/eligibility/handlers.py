@@ -67,7 +67,6 @@ class Parsed:
 # 2 KB of headers more); Kafka's default limit for a record is 1 MiB, which a larger request would
 # exceed at the next hop, failing that hop's every retry. 2,000 bill lines take about 600 KB.
 MAX_REQUEST_BYTES = 900_000
-# The transaction codes the platform offers (CONTRACT.md); another four-digit code is UNSUPPORTED.
 
 
 def _explain(exc: Exception) -> str:

@@ -55,7 +55,7 @@ class Infno(StrEnum):
         return self in (Infno.INPATIENT_PRE_SETTLE, Infno.INPATIENT_SETTLE, Infno.INPATIENT_CANCEL)
 
 
-# The transactions this platform offers, as their codes on the wire.
+# The transaction codes the platform offers (CONTRACT.md); another four-digit code is UNSUPPORTED.
 OFFERED_INFNOS = frozenset(i.value for i in Infno)
 
 
