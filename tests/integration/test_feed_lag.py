@@ -92,7 +92,7 @@ async def test_a_feed_that_hangs_on_a_batch_shows_it_waiting_on_the_real_subscri
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
     await service.broker.start()
     await producer.start()
-    sampler = asyncio.create_task(service.background[0]())
+    sampler = asyncio.create_task(service.background[-1]())  # the feed's lag sampler (after the heartbeat)
     try:
         for n in range(3):
             await producer.send_and_wait(own.topic(topic), f'{{"n": {n}}}'.encode())
