@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 
@@ -20,6 +23,7 @@ from yidi.domain.filing import (
     new_filing,
     refuse_filing,
 )
+from yidi.platform import metrics
 from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.db import lock_keys
 from yidi.platform.kafka import CANNOT_PROCESS, Incoming, Outgoing
@@ -32,6 +36,13 @@ from services.filing.repository import FilingRepository, Insurance
 
 
 FILING_REPLY_TO = FilingRequest.model_fields["reply_to"].default
+_ACTION = re.compile(rb'"action"\s*:\s*"([a-z_]{1,40})"')
+_ACTIONS = frozenset(a.value for a in FilingAction)  # the only values the metric's action label takes
+
+
+def _counter(action: str, outcome: str) -> Callable[[], None]:
+    """Counts one request's result (``yidi_filing_requests_total``), run once its batch committed."""
+    return metrics.FILING_REQUESTS.labels(action, outcome).inc
 
 
 def filing_id_for(reqid: str) -> str:
@@ -53,17 +64,20 @@ class FilingHandler:
             for record, request in requests:
                 seen = await self.repo.answered(conn, request.reqid)
                 if seen is None:
-                    emitted = await self._apply(conn, request, published_at(record), insurances.get(request.psn_no))
+                    emitted, outcome = await self._apply(conn, request, published_at(record), insurances.get(request.psn_no))
                 elif seen[0] and seen[0] != request_hash(request):
-                    emitted = self._answer(request, FilingResult(
+                    emitted, outcome = self._answer(request, FilingResult(
                         reqid=request.reqid, accepted=False,
-                        reason=f"reqid {request.reqid} was already used for another request; use a new reqid"))
+                        reason=f"reqid {request.reqid} was already used for another request; use a new reqid")), "refused"
                 else:
-                    emitted = self._again(request, seen[1])
+                    emitted, outcome = self._again(request, seen[1]), "stored"
+                # Counted once the batch committed (a batch handled again after a failed commit is not counted twice).
+                counted = _counter(request.action.value, outcome)
                 out.extend(
                     Outgoing(topic=e["topic"], value=e["value"].encode(), key=request.psn_no.encode(),
-                             fallback=answer_fallback(self.settings, e["topic"], FILING_REPLY_TO))
-                    for e in emitted
+                             fallback=answer_fallback(self.settings, e["topic"], FILING_REPLY_TO),
+                             on_commit=counted if i == 0 else None)
+                    for i, e in enumerate(emitted)
                 )
         return out
 
@@ -87,15 +101,21 @@ class FilingHandler:
             why = f"the platform could not process the request ({reason[:500]}); it is kept for the operators"
         else:
             why = f"the request was refused as malformed ({reason[:500]}); correct it and send it again"
-        return refuse_by_reqid(
+        refused = refuse_by_reqid(
             self.settings, record, reason, default_reply_to=FILING_REPLY_TO, key=record.key,
             result=lambda reqid: FilingResult(reqid=reqid, accepted=False, reason=why),
-        ) or [dead_letter(record, reason)]
+        )
+        if not refused:
+            return [dead_letter(record, reason)]
+        dead, result = refused  # the dead letter, and the result on the requester's reply_to
+        action = m.group(1).decode() if (m := _ACTION.search(record.value)) and m.group(1).decode() in _ACTIONS else "unknown"
+        return [dead, replace(result, on_commit=_counter(action, "invalid"))]
 
     async def _apply(self, conn: Any, request: FilingRequest, asked_at: datetime,
-                     held: Insurance | None) -> list[dict[str, Any]]:
+                     held: Insurance | None) -> tuple[list[dict[str, Any]], str]:
         """Apply one request, published at ``asked_at``, of a person whose insurance filing holds as
-        ``held``; return what to publish (kept for a repeated reqid)."""
+        ``held``; return what to publish (kept for a repeated reqid), and whether it was accepted
+        or refused."""
         now = datetime.now(BUSINESS_TZ)  # the person's today is Beijing's, not UTC's (R8's lock is in days)
         try:
             if request.action is FilingAction.HISTORY:
@@ -103,7 +123,7 @@ class FilingHandler:
                 if current is None or current[0].psn_no != request.psn_no:  # a person reads their own
                     raise FilingRefused(f"no filing {request.filing_id} of this person")
                 return self._answer(request, FilingResult(
-                    reqid=request.reqid, accepted=True, history=await self.repo.history_in(conn, request.filing_id or "")))
+                    reqid=request.reqid, accepted=True, history=await self.repo.history_in(conn, request.filing_id or ""))), "accepted"
             filing, version, filed_on, event = await self._decide(conn, request, now, held)
             if request.action in (FilingAction.ADD, FilingAction.CHANGE):
                 # After the filing rules (a change of the insured region: "does not change", more to
@@ -112,7 +132,7 @@ class FilingHandler:
         except (ValueError, ArithmeticError) as exc:
             # FilingRefused, or a value the rules cannot work with: refused, never a stage that stops.
             reason = str(exc) if isinstance(exc, FilingRefused) else f"the request cannot be applied: {exc}"
-            return self._answer(request, FilingResult(reqid=request.reqid, accepted=False, reason=reason))
+            return self._answer(request, FilingResult(reqid=request.reqid, accepted=False, reason=reason)), "refused"
         # An add or a change is made when it was asked for: an insurance change after that leaves it
         # be (R7, persons.py). A sender's clock ahead would put it beyond every change: not after now.
         made_at = min(asked_at, datetime.now(UTC)) if request.action in (FilingAction.ADD, FilingAction.CHANGE) else None
@@ -123,7 +143,7 @@ class FilingHandler:
         event_out = FilingEvent(event=event, filing=saved, result=result, reply_to=request.reply_to)
         emitted = [{"topic": self.settings.topic(FILING_EVENTS), "value": dumps(event_out).decode()}]
         await self.repo.remember(conn, request.reqid, request_hash(request), result.model_dump(mode="json"), emitted)
-        return emitted
+        return emitted, "accepted"
 
     def _answer(self, request: FilingRequest, result: FilingResult) -> list[dict[str, Any]]:
         return [{"topic": self.settings.topic(request.reply_to), "value": dumps(result).decode()}]

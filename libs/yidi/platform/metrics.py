@@ -155,6 +155,15 @@ REDIS_SECONDS = Histogram(
     ["operation", "outcome"],
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
 )
+FILING_REQUESTS = Counter(
+    "yidi_filing_requests_total",
+    "Filing requests decided by the filing service, counted once committed, by action (add, change, cancel, "
+    "approve, refuse, history; unknown) and outcome: accepted (an add or change is answered by eligibility once "
+    "it applied the event); refused (accepted false: R4-R8, R20, R21's rules, a reqid reused); stored (a reqid "
+    "seen before: what it published then, again); invalid (the request does not validate, or could not be "
+    "processed and was dead-lettered).",
+    ["action", "outcome"],
+)
 CLEARING_REQUESTS = Counter(
     "yidi_clearing_requests_total",
     "Clearing's requests on clearing.requests answered (fund, run_month, confirm, query_*; 3201/3202 count in "
