@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, get_args
@@ -43,7 +42,7 @@ from yidi.platform import metrics
 from yidi.platform.errors import BadData
 from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import answer_fallback, broken, parse_each, refuse_by_reqid, reply
+from yidi.platform.replies import answer_fallback, broken, parse_each, recover_word, refuse_by_reqid, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_STATEMENTS
 
@@ -68,7 +67,6 @@ def statement_of(row: Any) -> Statement:
 
 ADMIN_REPLY_TO = FundPrepayment.model_fields["reply_to"].default  # clearing.requests' default reply_to
 _RECONCILE = re.compile(rb'"type"\s*:\s*"reconcile"')
-_TYPE = re.compile(rb'"type"\s*:\s*"([a-z_]{1,40})"')
 # The request types, the only values the metric's type label takes (a request's own word otherwise).
 _TYPES = frozenset(get_args(model.model_fields["type"].annotation)[0] for model in get_args(get_args(ClearingRequest)[0]))
 
@@ -92,16 +90,12 @@ class ClearingAdminHandler:
         if _RECONCILE.search(record.value):
             return broken(self.settings, record, reason,
                           "The platform could not reconcile this request; send it again later, under a new msgid.")
-        refused = refuse_by_reqid(
+        return refuse_by_reqid(
             self.settings, record, reason, default_reply_to=ADMIN_REPLY_TO,
             result=lambda reqid: {"reqid": reqid, "ok": False, "data": {},
                                   "reason": f"the platform could not process this request ({reason[:500]})"},
-        )
-        if not refused:
-            return broken(self.settings, record, reason, "The platform could not process this request.")
-        dead, result = refused  # the dead letter, and the result on the requester's reply_to
-        kind = m.group(1).decode() if (m := _TYPE.search(record.value)) and m.group(1).decode() in _TYPES else "unknown"
-        return [dead, replace(result, on_commit=_counter(kind, "invalid"))]
+            on_commit=_counter(recover_word(record.value, "type", _TYPES), "invalid"),
+        ) or broken(self.settings, record, reason, "The platform could not process this request.")
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         requests, out = parse_each(records, CLEARING_REQUEST.validate_python, "clearing request", self.refuse)

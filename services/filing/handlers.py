@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from datetime import UTC, datetime
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 
@@ -27,7 +25,7 @@ from yidi.platform import metrics
 from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.db import lock_keys
 from yidi.platform.kafka import CANNOT_PROCESS, Incoming, Outgoing
-from yidi.platform.replies import answer_fallback, dead_letter, parse_each, refuse_by_reqid
+from yidi.platform.replies import answer_fallback, dead_letter, parse_each, recover_word, refuse_by_reqid
 from yidi.platform.settings import Settings
 from yidi.platform.topics import FILING_EVENTS
 
@@ -36,7 +34,6 @@ from services.filing.repository import FilingRepository, Insurance
 
 
 FILING_REPLY_TO = FilingRequest.model_fields["reply_to"].default
-_ACTION = re.compile(rb'"action"\s*:\s*"([a-z_]{1,40})"')
 _ACTIONS = frozenset(a.value for a in FilingAction)  # the only values the metric's action label takes
 
 
@@ -101,15 +98,11 @@ class FilingHandler:
             why = f"the platform could not process the request ({reason[:500]}); it is kept for the operators"
         else:
             why = f"the request was refused as malformed ({reason[:500]}); correct it and send it again"
-        refused = refuse_by_reqid(
+        return refuse_by_reqid(
             self.settings, record, reason, default_reply_to=FILING_REPLY_TO, key=record.key,
             result=lambda reqid: FilingResult(reqid=reqid, accepted=False, reason=why),
-        )
-        if not refused:
-            return [dead_letter(record, reason)]
-        dead, result = refused  # the dead letter, and the result on the requester's reply_to
-        action = m.group(1).decode() if (m := _ACTION.search(record.value)) and m.group(1).decode() in _ACTIONS else "unknown"
-        return [dead, replace(result, on_commit=_counter(action, "invalid"))]
+            on_commit=_counter(recover_word(record.value, "action", _ACTIONS), "invalid"),
+        ) or [dead_letter(record, reason)]
 
     async def _apply(self, conn: Any, request: FilingRequest, asked_at: datetime,
                      held: Insurance | None) -> tuple[list[dict[str, Any]], str]:

@@ -180,18 +180,28 @@ def parse_each(
 
 def refuse_by_reqid(
     settings: Settings, record: Incoming, reason: str, *, default_reply_to: str, result: Callable[[str], Any],
-    key: bytes | None = None,
+    key: bytes | None = None, on_commit: Callable[[], None] | None = None,
 ) -> list[Outgoing] | None:
     """A filing or clearing request refused as it stands (it does not validate, or the stage cannot
     process it): its dead letter, and ``result(reqid)`` on its ``reply_to`` (``default_reply_to``
-    when that is not a legal gateway topic), keyed by ``key`` or the reqid. None when the reqid
-    cannot be read: the caller decides what else to do."""
+    when that is not a legal gateway topic), keyed by ``key`` or the reqid, with ``on_commit`` (the
+    result counted). None when the reqid cannot be read: the caller decides what else to do."""
     reqid = recover_reqid(record.value)
     if reqid is None:
         return None
     topic = settings.topic(recover_reply_to(record.value, default=default_reply_to))
     return [dead_letter(record, reason), Outgoing(topic, dumps(result(reqid)), key=key or reqid.encode(),
-                                                  fallback=answer_fallback(settings, topic, default_reply_to))]
+                                                  fallback=answer_fallback(settings, topic, default_reply_to),
+                                                  on_commit=on_commit)]
+
+
+def recover_word(raw: bytes, field: str, known: frozenset[str]) -> str:
+    """The value of ``field`` (a request's ``type`` or ``action``) in a message that did not
+    validate, when it is one of ``known``; else "unknown": a metric's label takes no word a sender
+    makes up."""
+    found = re.search(rb'"' + re.escape(field.encode()) + rb'"\s*:\s*"([a-z_]{1,40})"', raw)
+    word = found.group(1).decode() if found else ""
+    return word if word in known else "unknown"
 
 
 def broken(settings: Settings, record: Incoming, reason: str, err_msg: str) -> list[Outgoing]:
