@@ -99,7 +99,7 @@ class Outgoing:
     fallback: str | None = None
     refused: str | None = None
     # Run once the batch's transaction has committed, not when the handler made the message (a batch
-    # is handled again after a failed commit): a request's result counted once (yidi_clearing_requests_total).
+    # is handled again after a failed commit): a filing or clearing request's result counted once.
     on_commit: Callable[[], None] | None = None
 
 
@@ -141,9 +141,10 @@ async def ensure_platform_topics(bootstrap: str, namespace: str = "") -> list[st
                 raise FatalError("platform topics could not be created: " + "; ".join(failed))
         if configured:
             for name, problems in (await configs_off_spec(admin, configured)).items():
-                for problem in problems:
-                    log.warning("topic %s has %s (created by another tool, by the broker's auto-creation, or "
-                                "before its spec set it?): see docs/runbook.md, \"Topics\"", name, problem)
+                for key, have, want in problems:
+                    log.warning("topic %s has %s=%s, its spec %s (created by another tool, by the broker's "
+                                "auto-creation, or before its spec set it?): see docs/runbook.md, \"Topics\"",
+                                name, key, have, want)
         if present:
             for topic in await admin.describe_topics(list(present)):
                 found = len(topic.get("partitions") or [])
@@ -168,21 +169,22 @@ def compacted(policy: str) -> bool:
     return "compact" in policy.split(",")
 
 
-async def configs_off_spec(admin: AIOKafkaAdminClient, wanted: dict[str, dict[str, str]]) -> dict[str, list[str]]:
-    """For each topic of ``wanted`` (its spec's configs, ``TopicSpec.configs``), what its config has
-    otherwise, as "cleanup.policy=delete, its spec compact"; topics on their spec are left out. A
+async def configs_off_spec(admin: AIOKafkaAdminClient,
+                           wanted: dict[str, dict[str, str]]) -> dict[str, list[tuple[str, str, str]]]:
+    """For each topic of ``wanted`` (its spec's configs, ``TopicSpec.configs``), each config it has
+    otherwise, as (key, its value, the spec's); topics on their spec are left out. A
     feed not compacted would have its records deleted after the retention (a rebuild would miss
     them); settlement.requests under CreateTime times answers from the gateways' clocks."""
     keys = sorted({key for configs in wanted.values() for key in configs})
     found = await topic_configs(admin, list(wanted), keys)
-    problems: dict[str, list[str]] = {}
+    problems: dict[str, list[tuple[str, str, str]]] = {}
     for name, configs in wanted.items():
         if name not in found:
             continue
         for key, want in configs.items():
             have = found[name].get(key, "")
             if not (compacted(have) if key == "cleanup.policy" else have == want):
-                problems.setdefault(name, []).append(f"{key}={have}, its spec {want}")
+                problems.setdefault(name, []).append((key, have, want))
     return problems
 
 

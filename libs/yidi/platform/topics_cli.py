@@ -66,7 +66,7 @@ async def check(bootstrap: str, namespace: str) -> list[str]:
         problems = []
         if found.get(name) != spec.partitions:
             problems.append(f"{found.get(name)} partitions, spec {spec.partitions}")
-        problems += [p.replace(", its spec ", ", spec ") for p in off_spec.get(name, [])]
+        problems += [f"{key}={have}, spec {want}" for key, have, want in off_spec.get(name, [])]
         state = "created" if name in created else ("; ".join(problems) if problems else "ok")
         lines.append(f"{name:<45} {spec.partitions:>2} partitions  {want:<8} {state}")
     return lines
