@@ -225,14 +225,11 @@ class VersionedCache:
         return self._ttl
 
     async def ping(self) -> bool:
-        """Whether Redis answers now, whatever the breaker says (it sets ``yidi_redis_reached_timestamp_seconds``)."""
+        """Whether Redis answers now, whatever the breaker says (eligibility's probe, ``probes.reach_every``)."""
         try:
-            answered = bool(await self._redis.ping())
+            return bool(await self._redis.ping())
         except (RedisError, OSError):
             return False
-        if answered:
-            metrics.REDIS_REACHED.set(time.time())
-        return answered
 
     async def close(self) -> None:
         await self._redis.aclose()
