@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,22 @@ from yidi.platform.topics import (REFDATA_PERSONS, SETTLEMENT_PARTITIONS, SETTLE
                                   all_topic_specs)
 from yidi.refdata.loader import load
 
+from tests.integration.waiting import until
+
 pytestmark = pytest.mark.integration
 SPECS = {spec.name: spec for spec in all_topic_specs()}
 DEMO_REFDATA = Path(__file__).resolve().parents[2] / "deploy" / "demo" / "refdata.json"
+
+
+async def _listed(admin: AIOKafkaAdminClient, topic: str, *, present: bool = True) -> bool:
+    """Whether the broker's metadata lists ``topic`` (a moment after it is created or deleted)."""
+    return (topic in await admin.list_topics()) is present
+
+
+async def _is(config: Awaitable[str], value: str) -> bool:
+    """Whether a topic's config reads ``value`` (the broker's metadata shows a change a moment
+    after the controller took it)."""
+    return await config == value
 
 
 async def _cleanup_policy(admin: AIOKafkaAdminClient, topic: str) -> str:
@@ -51,10 +65,7 @@ async def test_a_platform_topic_with_other_partitions_than_its_spec_is_logged(se
     await admin.start()
     try:
         await admin.create_topics([NewTopic(namespace + SETTLEMENT_PRICED, 2, 1)])
-        for _ in range(100):  # the broker's metadata lists a new topic a moment after it is created
-            if namespace + SETTLEMENT_PRICED in await admin.list_topics():
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: _listed(admin, namespace + SETTLEMENT_PRICED), timeout=5, poll=0.05)
         with caplog.at_level(logging.WARNING, logger="yidi.platform.kafka"):
             created = await ensure_platform_topics(settings.kafka_bootstrap, namespace)
         assert namespace + SETTLEMENT_PRICED not in created and namespace + REFDATA_PERSONS in created
@@ -75,10 +86,7 @@ async def test_a_feed_topic_that_is_not_compacted_is_logged(settings, caplog):
     try:
         # As a broker's auto-creation makes it: the spec's partitions, the default cleanup.policy.
         await admin.create_topics([NewTopic(namespace + REFDATA_PERSONS, SPECS[REFDATA_PERSONS].partitions, 1)])
-        for _ in range(100):
-            if namespace + REFDATA_PERSONS in await admin.list_topics():
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: _listed(admin, namespace + REFDATA_PERSONS), timeout=5, poll=0.05)
         with caplog.at_level(logging.WARNING, logger="yidi.platform.kafka"):
             await ensure_platform_topics(settings.kafka_bootstrap, namespace)
         assert [r.getMessage() for r in caplog.records if "cleanup.policy" in r.getMessage()] == [
@@ -108,18 +116,12 @@ async def test_yidi_topics_checks_compacts_and_deletes_by_exact_name(settings, c
         await admin.create_topics([NewTopic(namespace + REFDATA_PERSONS, SPECS[REFDATA_PERSONS].partitions, 1,
                                             topic_configs={"retention.ms": "123456789"}),
                                    NewTopic(namespace + REFDATA_PERSONS + ".dlq", 1, 1)])
-        for _ in range(100):
-            if namespace + REFDATA_PERSONS in await admin.list_topics():
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: _listed(admin, namespace + REFDATA_PERSONS), timeout=5, poll=0.05)
         lines = {line.split()[0]: line for line in await topics_cli.check(bootstrap, namespace)}
         assert lines[namespace + REFDATA_PERSONS].endswith("cleanup.policy=delete, spec compact")
         assert lines[namespace + SETTLEMENT_PRICED].endswith("created")
         await topics_cli.compact(bootstrap, namespace, REFDATA_PERSONS)
-        for _ in range(100):  # the broker's metadata shows a config change a moment after the controller took it
-            if await _cleanup_policy(admin, namespace + REFDATA_PERSONS) == "compact":
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: _is(_cleanup_policy(admin, namespace + REFDATA_PERSONS), "compact"), timeout=5, poll=0.05)
         assert await _cleanup_policy(admin, namespace + REFDATA_PERSONS) == "compact"
         # The topic's other override stays (AlterConfigs replaces them all unless sent again).
         [response] = await admin.describe_configs(
@@ -129,10 +131,7 @@ async def test_yidi_topics_checks_compacts_and_deletes_by_exact_name(settings, c
         assert all(line.endswith("ok") for line in lines), lines
         # delete takes the exact name: the feed's dead letters stay.
         await topics_cli.delete(bootstrap, namespace, REFDATA_PERSONS)
-        for _ in range(100):
-            if namespace + REFDATA_PERSONS not in await admin.list_topics():
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: _listed(admin, namespace + REFDATA_PERSONS, present=False), timeout=5, poll=0.05)
         left = await admin.list_topics()
         assert namespace + REFDATA_PERSONS not in left and namespace + REFDATA_PERSONS + ".dlq" in left
         with pytest.raises(SystemExit, match="not a platform topic"):
@@ -189,10 +188,7 @@ async def test_settlement_requests_under_create_time_are_logged_listed_and_confi
     try:
         # As a version before this spec created it: the broker's default, CreateTime.
         await admin.create_topics([NewTopic(topic, SETTLEMENT_PARTITIONS, 1, topic_configs={"retention.ms": "123456789"})])
-        for _ in range(100):
-            if topic in await admin.list_topics():
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: _listed(admin, topic), timeout=5, poll=0.05)
         with caplog.at_level(logging.WARNING, logger="yidi.platform.kafka"):
             await ensure_platform_topics(settings.kafka_bootstrap, namespace)
         assert [r.getMessage() for r in caplog.records if "timestamp" in r.getMessage()] == [
@@ -202,10 +198,7 @@ async def test_settlement_requests_under_create_time_are_logged_listed_and_confi
         assert lines[topic].endswith("message.timestamp.type=CreateTime, spec LogAppendTime")
         assert await topics_cli.configure(settings.kafka_bootstrap, namespace, SETTLEMENT_REQUESTS) == \
             f"{topic}: message.timestamp.type=LogAppendTime"
-        for _ in range(100):
-            if await _timestamp_type(admin, topic) == "LogAppendTime":
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: _is(_timestamp_type(admin, topic), "LogAppendTime"), timeout=5, poll=0.05)
         assert await _timestamp_type(admin, topic) == "LogAppendTime"
         [response] = await admin.describe_configs(
             [ConfigResource(ConfigResourceType.TOPIC, topic, {"retention.ms": None})])
