@@ -4,7 +4,9 @@ Feeds are applied at least once (upserts are idempotent), a batch at a time: off
 committed after the batch is in Postgres (``NACK_ON_ERROR``, one commit per batch instead of one
 per record: loading a national day's persons was bound by those commits); a database that is
 away is retried after a pause; a record that does not validate is dead-lettered with the reason
-and never retried.
+and never retried. A batch's dead letters are published once the batch is applied, just before
+its commit, so a batch read again after a failure does not dead-letter its records again (only a
+crash between the two does: a dead letter's ``yidi-dlq-source`` names the record).
 """
 
 from __future__ import annotations
@@ -56,31 +58,34 @@ def feed(
     feed_name = name or topic
     full_topic = service.topic(topic)
 
-    async def refuse(raw: Any, exc: Exception) -> None:
-        metrics.REFDATA_RECORDS.labels(feed_name, "refused").inc()
-        metrics.DEAD_LETTERS.labels(full_topic).inc()
-        log.warning("%s: record refused: %s", feed_name, exc)
-        await service.broker.publish(
-            raw.value or b"", dlq(full_topic), key=raw.key,
-            headers={
-                "yidi-dlq-reason": str(exc)[:2000],
-                "yidi-dlq-source": f"{raw.topic}/{raw.partition}/{raw.offset}",
-            },
-        )
+    async def dead_letter(refused: list[tuple[Any, Exception]]) -> None:
+        """Publish the batch's refused records, once it is applied (a NACKed batch refuses them again)."""
+        for raw, exc in refused:
+            log.warning("%s: record refused: %s", feed_name, exc)
+            await service.broker.publish(
+                raw.value or b"", dlq(full_topic), key=raw.key,
+                headers={
+                    "yidi-dlq-reason": str(exc)[:2000],
+                    "yidi-dlq-source": f"{raw.topic}/{raw.partition}/{raw.offset}",
+                },
+            )
+            metrics.REFDATA_RECORDS.labels(feed_name, "refused").inc()
+            metrics.DEAD_LETTERS.labels(full_topic).inc()
 
-    async def apply_each(valid: list[tuple[Any, M]]) -> tuple[int, int]:
+    async def apply_each(valid: list[tuple[Any, M]], refused: list[tuple[Any, Exception]]) -> tuple[int, int]:
         applied = stale = 0
         for raw, record in valid:
             try:
                 stale += _stale(await apply(record))
                 applied += 1
             except (ValidationError, ValueError, PermanentError) as exc:
-                await refuse(raw, exc)
+                refused.append((raw, exc))
         return applied, stale
 
     async def consume(msg: KafkaMessage) -> None:
         batch = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
         valid: list[tuple[Any, M]] = []
+        refused: list[tuple[Any, Exception]] = []
         for raw in batch:
             try:
                 record = model.model_validate(loads(raw.value or b""))
@@ -88,15 +93,16 @@ def feed(
                     raise ValueError(why)
                 valid.append((raw, record))
             except (ValidationError, ValueError, ArithmeticError) as exc:  # a data error: dead-lettered
-                await refuse(raw, exc)
+                refused.append((raw, exc))
         try:
             if apply_many is not None and len(valid) > 1:
                 try:
                     applied, stale = len(valid), _stale(await apply_many([record for _, record in valid]))
                 except (ValidationError, ValueError, PermanentError):
-                    applied, stale = await apply_each(valid)  # find the record at fault, apply the others
+                    # find the record at fault, apply the others
+                    applied, stale = await apply_each(valid, refused)
             else:
-                applied, stale = await apply_each(valid)
+                applied, stale = await apply_each(valid, refused)
         except Exception as exc:
             # Feeds upsert (ON CONFLICT), so instances never race on a key here: a RaceLost is a bug.
             if isinstance(exc, TransientError) and not isinstance(exc, RaceLost):
@@ -106,6 +112,8 @@ def feed(
             log.exception("%s: unexpected failure applying a batch of %d", feed_name, len(valid))
             await asyncio.sleep(5.0)
             raise
+        # A publish that fails (the broker away) NACKs the batch, as a failure to apply does.
+        await dead_letter(sorted(refused, key=lambda r: (r[0].partition, r[0].offset)))
         metrics.REFDATA_RECORDS.labels(feed_name, "applied").inc(applied - stale)
         if stale:
             metrics.REFDATA_RECORDS.labels(feed_name, "stale").inc(stale)

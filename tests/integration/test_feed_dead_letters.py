@@ -1,0 +1,95 @@
+"""A feed's dead letters on the real Kafka, through the real FastStream subscriber of ``feed()``:
+a batch read again after a failure does not dead-letter its bad records again."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from prometheus_client import REGISTRY
+from pydantic import BaseModel
+
+from yidi.platform.errors import PermanentError, TransientError
+from yidi.platform.feeds import feed
+from yidi.platform.service import Service
+from yidi.platform.topics import dlq
+
+from tests.integration.waiting import until
+
+pytestmark = pytest.mark.integration
+
+
+class Record(BaseModel):
+    n: int
+
+
+async def _create_topics(bootstrap: str, *topics: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, 1, 1) for t in topics])
+    finally:
+        await admin.close()
+
+
+async def _dead_letters(bootstrap: str, topic: str) -> list[tuple[bytes, dict[str, bytes]]]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        found = []
+        while batch := await consumer.getmany(timeout_ms=1500):
+            found += [(r.value, dict(r.headers)) for records in batch.values() for r in records]
+        return found
+    finally:
+        await consumer.stop()
+
+
+def _refused(feed_name: str) -> float:
+    return REGISTRY.get_sample_value("yidi_refdata_records_total", {"feed": feed_name, "outcome": "refused"}) or 0.0
+
+
+async def test_a_batch_read_again_after_a_failure_dead_letters_its_bad_records_once(settings):
+    """One batch: a record that does not validate, one ``apply`` refuses, and good ones; the first
+    attempt to apply fails as the database would (``TransientError``), so the batch is NACKed and
+    read again. Each bad record is dead-lettered once, after the batch applied, in offset order;
+    before, each attempt published them."""
+    topic = f"dlfeed{uuid.uuid4().hex[:6]}"
+    service = Service("dltest", settings, migrations=None)
+    full = settings.topic(topic)
+    await _create_topics(settings.kafka_bootstrap, full, dlq(full))
+    attempts, applied = [0], []
+
+    async def apply(record: Record) -> None:
+        attempts[0] += 1
+        if attempts[0] == 1:
+            raise TransientError("the database is away")
+        if record.n == 2:
+            raise PermanentError("two is refused")
+        applied.append(record.n)
+
+    feed(service, topic, Record, apply)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:  # all sent before the subscriber starts: its first fetch takes them as one batch
+        for value in (b'{"n": 1}', b'{"n": "not a number"}', b'{"n": 2}', b'{"n": 3}'):
+            await producer.send_and_wait(full, value, key=b"k")
+    finally:
+        await producer.stop()
+    refused_before = _refused(topic)
+    await service.broker.start()
+    try:
+        await until(lambda: applied == [1, 3], timeout=30)
+        await until(lambda: _refused(topic) == refused_before + 2, timeout=10)
+    finally:
+        await service.broker.stop()
+    assert attempts[0] >= 4, "the batch was not read again after the failure"
+
+    dead = await _dead_letters(settings.kafka_bootstrap, dlq(full))
+    assert [(value, headers["yidi-dlq-source"]) for value, headers in dead] == [
+        (b'{"n": "not a number"}', f"{full}/0/1".encode()),
+        (b'{"n": 2}', f"{full}/0/2".encode()),
+    ]
+    assert b"two is refused" in dead[1][1]["yidi-dlq-reason"]
