@@ -27,13 +27,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from loadtest.bills import INPATIENT_DISEASES, MIX, OUTPATIENT_DISEASES, BillMaker, CareKind, draw_total, total_of, yuan
-from loadtest.world import CHRONIC_DISEASES, DEFAULT_DAY, Person, World
+from loadtest.world import CHRONIC_DISEASES, DEFAULT_DAY, FACILITY_WEIGHT, Person, World
 
 # Settlements per hour of the day: clinic hours make two humps, 8–11h and 14–17h.
 HOURLY_PROFILE = (0.2, 0.15, 0.1, 0.1, 0.1, 0.2, 0.6, 1.8, 5.5, 7.5, 7.5, 6.0,
@@ -60,6 +61,11 @@ class DayOptions:
     @property
     def msg_tag(self) -> str:
         return self.tag or f"D{self.seed}"
+
+
+def _weighted(facilities: list[tuple[str, int, list[str]]]) -> tuple[list[str], list[int]]:
+    """The codes of ``facilities`` and their cumulative weights by level (``FACILITY_WEIGHT``)."""
+    return [code for code, _, _ in facilities], list(accumulate(FACILITY_WEIGHT[level] for _, level, _ in facilities))
 
 
 def hour_counts(total: int, profile: tuple[float, ...] = HOURLY_PROFILE) -> list[int]:
@@ -89,8 +95,8 @@ class DayGenerator:
         self._later: list[tuple[float, int, dict[str, Any]]] = []  # duplicates and cancellations to come
         self._kinds = [k for k in options.mix]
         self._weights = [k.share for k in options.mix]
-        self._hospitals = {r: [f for f in fs if f[0].startswith("H")] for r, fs in world.facilities.items()}
-        self._pharmacies = {r: [f for f in fs if f[0].startswith("P")] for r, fs in world.facilities.items()}
+        self._hospitals = {r: _weighted([f for f in fs if f[0].startswith("H")]) for r, fs in world.facilities.items()}
+        self._pharmacies = {r: _weighted([f for f in fs if f[0].startswith("P")]) for r, fs in world.facilities.items()}
 
     def lines(self) -> Iterator[dict[str, Any]]:
         for hour, count in enumerate(hour_counts(self.o.settlements)):
@@ -121,8 +127,8 @@ class DayGenerator:
         person = rng.choice(world.chronic_persons) if kind.med_type == "14" and world.chronic_persons else rng.choice(world.persons)
         if kind.med_type == "14" and not person.chronic:
             kind = self._kinds[1]  # a world without chronic patients: general outpatient instead
-        facilities = self._pharmacies if kind.med_type == "41" else self._hospitals
-        facility = rng.choice(facilities[person.treating])[0]
+        codes, cum_weights = (self._pharmacies if kind.med_type == "41" else self._hospitals)[person.treating]
+        facility = rng.choices(codes, cum_weights=cum_weights)[0]
         moment = datetime.combine(world.day, datetime.min.time()) + timedelta(seconds=t)
         request = self._bill_request(kind, person, facility, moment)
         if rng.random() < self.o.pre_settlements:

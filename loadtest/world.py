@@ -34,9 +34,14 @@ TREATING_REGIONS = (
     ("440100", "Guangzhou", 1.4), ("320100", "Nanjing", 0.9), ("330100", "Hangzhou", 1.1),
     ("120000", "Tianjin", 0.8), ("460100", "Haikou", 0.7), ("500000", "Chongqing", 0.9),
 )
-# Facilities of each treating region: (prefix, number, level, med_types).
+# Facilities of each treating region: (prefix, number, level). Nationally 61,000 inpatient and
+# 76,100 outpatient facilities and 210,200 pharmacies were networked (DOMAIN.md, 2022): a city
+# has hundreds of each. A day's settlements go mostly to the higher-level hospitals
+# (FACILITY_WEIGHT: a level-3 hospital draws 12 times what a level-1 one does, so the 40 take 45 %
+# of a region's hospital care, the 120 level-2 ones 33 %); pharmacies alike.
 HOSPITAL_MED_TYPES = ["11", "13", "14", "21", "24"]
-FACILITY_PLAN = (("H", 3, 3), ("H", 2, 2), ("H", 1, 1), ("P", 3, 1))
+FACILITY_PLAN = (("H", 40, 3), ("H", 120, 2), ("H", 240, 1), ("P", 600, 1))
+FACILITY_WEIGHT = {3: 12, 2: 3, 1: 1}
 
 # Catalogue items (the same national codes in every treating region; ceilings differ a little by region):
 # code, name, class, first self-pay share, price ceiling (yuan) or None.
@@ -161,7 +166,7 @@ class World:
         for region, facilities in self.facilities.items():
             for code, level, med_types in facilities:
                 kind = "pharmacy" if code.startswith("P") else f"level-{level} hospital"
-                yield {"fixmedins_code": code, "fixmedins_name": f"{names[region]} {kind} {code[-2:]}",
+                yield {"fixmedins_code": code, "fixmedins_name": f"{names[region]} {kind} {int(code[-5:])}",
                        "admdvs": region, "level": level, "med_types": med_types}
 
     def catalogue_records(self) -> Iterator[dict[str, Any]]:

@@ -217,6 +217,22 @@ def test_the_reference_data_validates_and_covers_every_request(world, lines):
     assert filed / SETTLEMENTS > 0.97  # nearly all settle
 
 
+def test_a_day_spreads_over_a_city_s_hundreds_of_facilities_the_higher_levels_drawing_more(world, lines):
+    """Hundreds of facilities a region, as a city has (with a handful, the answers' keys, the
+    facility look-ups and the reconciliation totals were those of a toy); a level-3 hospital
+    draws many times what a level-1 one does, and pharmacies take the pharmacy visits."""
+    facilities = {f["fixmedins_code"]: f for f in world.refdata()["facilities"]}
+    assert len(facilities) == 6000 and all(len(code) == 12 for code in facilities)
+    used = Counter(ln["request"]["fixmedins_code"] for ln in settlements(lines))
+    assert len(used) > 4000, len(used)  # 20,000 settlements over most of them
+    per_facility = {}
+    for kind in ((3, "H"), (2, "H"), (1, "H"), (1, "P")):
+        codes = [c for c, f in facilities.items() if (f["level"], c[0]) == kind]
+        per_facility[kind] = sum(used[c] for c in codes) / len(codes)
+    assert per_facility[(3, "H")] > 3 * per_facility[(2, "H")] > 2 * per_facility[(1, "H")], per_facility
+    assert all((ln["request"]["fixmedins_code"][0] == "P") == (ln["kind"] == "pharmacy") for ln in settlements(lines))
+
+
 def test_the_day_streams_without_building_it_first():
     world = World(persons=50, seed=1)
     started = time.perf_counter()
