@@ -127,7 +127,7 @@ def fen_to_yuan(fen: int) -> str:
     return f"{sign}{abs(fen) // 100}.{abs(fen) % 100:02d}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per settlement of a replayed day: no __dict__ each
 class Settled:
     """What the answer to one settlement said (the first answer to its msgid)."""
 
