@@ -8,6 +8,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
@@ -51,15 +52,30 @@ def _refused(feed_name: str) -> float:
     return REGISTRY.get_sample_value("yidi_refdata_records_total", {"feed": feed_name, "outcome": "refused"}) or 0.0
 
 
-async def test_a_batch_read_again_after_a_failure_dead_letters_its_bad_records_once(settings):
-    """One batch: a record that does not validate, one ``apply`` refuses, and good ones; the first
-    attempt to apply fails as the database would (``TransientError``), so the batch is NACKed and
-    read again. Each bad record is dead-lettered once, after the batch applied, in offset order;
-    before, each attempt published them."""
-    topic = f"dlfeed{uuid.uuid4().hex[:6]}"
-    service = Service("dltest", settings, migrations=None)
+async def _one_batch(settings, topic: str, *values: bytes) -> str:
+    """``values`` on a new one-partition topic (and its DLQ), all sent before a subscriber starts:
+    its first fetch takes them as one batch. The topic's full name."""
     full = settings.topic(topic)
     await _create_topics(settings.kafka_bootstrap, full, dlq(full))
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(full, value, key=b"k")
+    finally:
+        await producer.stop()
+    return full
+
+
+async def test_a_batch_read_again_after_a_failure_dead_letters_its_bad_records_once(settings):
+    """One batch: a record ``apply`` refuses, one that does not validate, and good ones; the first
+    attempt to apply fails as the database would (``TransientError``), so the batch is NACKed and
+    read again. Each bad record is dead-lettered once, after the batch applied, in offset order
+    (the refusal by ``apply`` comes first, though found after the validation's); before, each
+    attempt published them."""
+    topic = f"dlfeed{uuid.uuid4().hex[:6]}"
+    service = Service("dltest", settings, migrations=None)
+    full = await _one_batch(settings, topic, b'{"n": 2}', b'{"n": "not a number"}', b'{"n": 1}', b'{"n": 3}')
     attempts, applied = [0], []
 
     async def apply(record: Record) -> None:
@@ -71,13 +87,6 @@ async def test_a_batch_read_again_after_a_failure_dead_letters_its_bad_records_o
         applied.append(record.n)
 
     feed(service, topic, Record, apply)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
-    await producer.start()
-    try:  # all sent before the subscriber starts: its first fetch takes them as one batch
-        for value in (b'{"n": 1}', b'{"n": "not a number"}', b'{"n": 2}', b'{"n": 3}'):
-            await producer.send_and_wait(full, value, key=b"k")
-    finally:
-        await producer.stop()
     refused_before = _refused(topic)
     await service.broker.start()
     try:
@@ -89,7 +98,54 @@ async def test_a_batch_read_again_after_a_failure_dead_letters_its_bad_records_o
 
     dead = await _dead_letters(settings.kafka_bootstrap, dlq(full))
     assert [(value, headers["yidi-dlq-source"]) for value, headers in dead] == [
+        (b'{"n": 2}', f"{full}/0/0".encode()),
         (b'{"n": "not a number"}', f"{full}/0/1".encode()),
-        (b'{"n": 2}', f"{full}/0/2".encode()),
     ]
-    assert b"two is refused" in dead[1][1]["yidi-dlq-reason"]
+    assert b"two is refused" in dead[0][1]["yidi-dlq-reason"]
+
+
+async def test_a_dead_letter_the_broker_refuses_reads_the_batch_again_and_counts_each_once(settings):
+    """``apply_many`` refuses the batch for one record, so each is applied alone and that one is
+    refused; publishing the second dead letter then fails once (the DLQ not writable): the batch is
+    read again after a pause and applied again, and its dead letters go out again, counted once
+    (the first is on the DLQ twice: its ``yidi-dlq-source`` tells them apart; before, it counted
+    three)."""
+    topic = f"dlpub{uuid.uuid4().hex[:6]}"
+    service = Service("dlpub", settings, migrations=None)
+    full = await _one_batch(settings, topic, b'{"n": 1}', b'{"n": 2}', b"not json", b'{"n": 3}')
+    many_calls, applied = [0], []
+
+    async def apply(record: Record) -> None:
+        if record.n == 2:
+            raise PermanentError("two is refused")
+        applied.append(record.n)
+
+    async def apply_many(records: list[Record]) -> None:
+        many_calls[0] += 1
+        if any(r.n == 2 for r in records):
+            raise PermanentError("the batch holds a two")
+        applied.extend(r.n for r in records)
+
+    feed(service, topic, Record, apply, apply_many=apply_many)
+    publish, failed = service.broker.publish, []
+
+    async def refused_once(*args, **kwargs):
+        failed.append(args)
+        if len(failed) == 2:
+            raise KafkaError("topic authorization failed")  # what the broker answers a DLQ not writable
+        return await publish(*args, **kwargs)
+
+    service.broker.publish = refused_once
+    refused_before = _refused(topic)
+    await service.broker.start()
+    try:
+        await until(lambda: many_calls[0] == 2 and applied == [1, 3, 1, 3] and len(failed) == 4, timeout=30)
+    finally:
+        await service.broker.stop()
+    assert _refused(topic) == refused_before + 2
+    dead = await _dead_letters(settings.kafka_bootstrap, dlq(full))
+    assert [(value, headers["yidi-dlq-source"]) for value, headers in dead] == [
+        (b'{"n": 2}', f"{full}/0/1".encode()),
+        (b'{"n": 2}', f"{full}/0/1".encode()),
+        (b"not json", f"{full}/0/2".encode()),
+    ]

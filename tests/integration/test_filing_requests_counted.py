@@ -21,6 +21,10 @@ def _count(action: str, outcome: str) -> float:
     return REGISTRY.get_sample_value("yidi_filing_requests_total", {"action": action, "outcome": outcome}) or 0.0
 
 
+def _dead_letters() -> float:
+    return REGISTRY.get_sample_value("yidi_dead_letters_total", {"topic": "filing.requests"}) or 0.0
+
+
 async def test_each_filing_request_is_counted_by_action_and_outcome_once_committed(filing_repo, settings):
     handler = FilingHandler(settings, filing_repo)
     psn = unique("P")
@@ -35,6 +39,7 @@ async def test_each_filing_request_is_counted_by_action_and_outcome_once_committ
 
     keys = [(a, o) for a in ("add", "history", "unknown") for o in ("accepted", "refused", "stored", "invalid")]
     before = {key: _count(*key) for key in keys}
+    dead_before = _dead_letters()
     add = {"action": "add", "reqid": unique("R"), "psn_no": psn, "insutype": "310", "insuplc_admdvs": "131000",
            "filed_admdvs": "110000", "category": "retiree_resettled", "begndate": "2026-01-01",
            "decl_source": "self_service"}
@@ -45,7 +50,9 @@ async def test_each_filing_request_is_counted_by_action_and_outcome_once_committ
     await committed(add | {"reqid": unique("R"), "begndate": "not a date"})  # does not validate
     await committed(orjson.dumps({"action": "teleport", "reqid": unique("R"), "psn_no": psn}))
     await committed(add | {"reqid": unique("R"), "insutype": "390"}, commit=False)  # its batch never committed
+    await committed(add | {"reqid": unique("R"), "begndate": "nor this"}, commit=False)  # nor this dead letter's
     assert {key: _count(*key) - n for key, n in before.items() if _count(*key) - n} == {
         ("add", "accepted"): 1, ("add", "stored"): 1, ("add", "refused"): 2, ("add", "invalid"): 1,
         ("unknown", "invalid"): 1,
     }
+    assert _dead_letters() - dead_before == 2  # the two invalid ones committed

@@ -5,8 +5,9 @@ committed after the batch is in Postgres (``NACK_ON_ERROR``, one commit per batc
 per record: loading a national day's persons was bound by those commits); a database that is
 away is retried after a pause; a record that does not validate is dead-lettered with the reason
 and never retried. A batch's dead letters are published once the batch is applied, just before
-its commit, so a batch read again after a failure does not dead-letter its records again (only a
-crash between the two does: a dead letter's ``yidi-dlq-source`` names the record).
+its commit, so a batch read again after a failure to apply does not dead-letter its records again
+(one read again after they went out does: a crash, a shutdown past the graceful timeout, a commit
+refused in a rebalance; a dead letter's ``yidi-dlq-source`` names the record).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from yidi.platform import metrics
 from yidi.platform.errors import PermanentError, RaceLost, TransientError
 from yidi.platform.jsonwire import loads
 from yidi.platform.lag import consumer_lag
+from yidi.platform.replies import DEAD_LETTER_MAX_BYTES
 from yidi.platform.service import Service
 from yidi.platform.topics import dlq, feed_group
 
@@ -59,18 +61,25 @@ def feed(
     full_topic = service.topic(topic)
 
     async def dead_letter(refused: list[tuple[Any, Exception]]) -> None:
-        """Publish the batch's refused records, once it is applied (a NACKed batch refuses them again)."""
-        for raw, exc in refused:
-            log.warning("%s: record refused: %s", feed_name, exc)
-            await service.broker.publish(
-                raw.value or b"", dlq(full_topic), key=raw.key,
-                headers={
+        """Publish the batch's refused records, once it is applied (a NACKed batch refuses them
+        again), and count them once all are out. A publish the broker refuses (the DLQ not writable)
+        NACKs the batch after a pause, as a failure to apply does: the batch is applied again."""
+        try:
+            for raw, exc in refused:
+                log.warning("%s: record refused: %s", feed_name, exc)
+                value, headers = raw.value or b"", {
                     "yidi-dlq-reason": str(exc)[:2000],
                     "yidi-dlq-source": f"{raw.topic}/{raw.partition}/{raw.offset}",
-                },
-            )
-            metrics.REFDATA_RECORDS.labels(feed_name, "refused").inc()
-            metrics.DEAD_LETTERS.labels(full_topic).inc()
+                }
+                if len(value) > DEAD_LETTER_MAX_BYTES:  # as a stage's: the whole record is at its source
+                    value, headers["yidi-dlq-truncated"] = value[:DEAD_LETTER_MAX_BYTES], str(len(value))
+                await service.broker.publish(value, dlq(full_topic), key=raw.key, headers=headers)
+        except Exception:
+            log.exception("%s: dead letters not published to %s; the batch is read again", feed_name, dlq(full_topic))
+            await asyncio.sleep(5.0)
+            raise
+        metrics.REFDATA_RECORDS.labels(feed_name, "refused").inc(len(refused))
+        metrics.DEAD_LETTERS.labels(full_topic).inc(len(refused))
 
     async def apply_each(valid: list[tuple[Any, M]], refused: list[tuple[Any, Exception]]) -> tuple[int, int]:
         applied = stale = 0

@@ -140,7 +140,8 @@ DEAD_LETTER_MAX_BYTES = 512 * 1024
 
 
 def dead_letter(record: Incoming, reason: str) -> Outgoing:
-    metrics.DEAD_LETTERS.labels(record.topic).inc()
+    """``record`` for its topic's DLQ with the reason; counted once its batch's transaction
+    committed (a batch tried again makes its dead letters again)."""
     ours: tuple[tuple[str, bytes], ...] = (
         ("yidi-dlq-reason", reason.encode()[:2000]),
         ("yidi-dlq-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
@@ -153,7 +154,8 @@ def dead_letter(record: Incoming, reason: str) -> Outgoing:
     if len(value) > DEAD_LETTER_MAX_BYTES:
         ours += (("yidi-dlq-truncated", str(len(value)).encode()),)
         value = value[:DEAD_LETTER_MAX_BYTES]
-    return Outgoing(topic=dlq(record.topic), value=value, key=record.key, headers=theirs + ours)
+    return Outgoing(topic=dlq(record.topic), value=value, key=record.key, headers=theirs + ours,
+                    on_commit=metrics.DEAD_LETTERS.labels(record.topic).inc)
 
 
 T = TypeVar("T")
