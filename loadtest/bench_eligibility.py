@@ -45,8 +45,7 @@ SETTLEMENT_KINDS = {"inpatient", "outpatient", "chronic", "pharmacy"}
 
 
 async def load_world(repo: EligibilityRepository, world: World, concurrency: int = 4) -> None:
-    for record in world.facility_records():
-        await repo.upsert_facility(FacilityRecord.model_validate(record))
+    await repo.upsert_facilities([FacilityRecord.model_validate(record) for record in world.facility_records()])
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(index: int) -> None:

@@ -108,7 +108,7 @@ def facility_codes(region: str) -> list[tuple[str, int, list[str]]]:
     for prefix, count, level in FACILITY_PLAN:
         for _ in range(count):
             n += 1
-            out.append((f"{prefix}{region}{n:05d}", level, ["41"] if prefix == "P" else HOSPITAL_MED_TYPES))
+            out.append((f"{prefix}{region}{n:05d}", level, ["41"] if prefix == "P" else list(HOSPITAL_MED_TYPES)))
     return out
 
 

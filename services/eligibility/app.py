@@ -87,6 +87,9 @@ def build(settings: Settings | None = None) -> Service:
     async def on_facility(record: FacilityRecord) -> None:
         await repo().upsert_facility(record)
 
+    async def on_facilities(records: list[FacilityRecord]) -> None:
+        await repo().upsert_facilities(records)
+
     async def on_region_status(record: RegionStatusRecord) -> None:
         await repo().upsert_outage(
             record.status_id, record.admdvs, record.starts_at, record.ends_at, record.reason, record.cancelled
@@ -98,6 +101,6 @@ def build(settings: Settings | None = None) -> Service:
         return record.ahead_of(datetime.now(BUSINESS_TZ), settings.max_clock_ahead_seconds)
 
     feed(service, REFDATA_PERSONS, PersonRecord, on_person, apply_many=on_persons, check=person_ahead)
-    feed(service, REFDATA_FACILITIES, FacilityRecord, on_facility)
+    feed(service, REFDATA_FACILITIES, FacilityRecord, on_facility, apply_many=on_facilities)
     feed(service, REGION_STATUS, RegionStatusRecord, on_region_status)
     return service

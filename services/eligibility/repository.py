@@ -230,6 +230,22 @@ class EligibilityRepository(Repository):
             found[facility.fixmedins_code] = facility
         return found
 
+    async def upsert_facilities(self, records: list[FacilityRecord]) -> None:
+        """A feed batch of facilities in one statement (a region's file is thousands of them; one
+        statement each took seconds). Of a code's records the last wins, as applied one by one."""
+        last = {r.fixmedins_code: r for r in records}
+        async with transient_errors():
+            await self._pool.execute(
+                """INSERT INTO eligibility.facilities (fixmedins_code, record)
+                   SELECT code, record::jsonb FROM unnest($1::text[], $2::text[]) AS t(code, record)
+                   ON CONFLICT (fixmedins_code) DO UPDATE SET record = EXCLUDED.record, updated_at = now()""",
+                list(last),
+                [r.model_dump_json() for r in last.values()],
+            )
+        for code in last:  # after the write, as below
+            self._reference.facilities.pop(code, None)
+        self._reference.changed()
+
     async def upsert_facility(self, record: FacilityRecord) -> None:
         async with transient_errors():
             await self._pool.execute(

@@ -144,3 +144,22 @@ async def test_the_copy_of_facilities_is_bounded_dropping_expired_entries_first(
     assert sorted(repo._reference.facilities) == sorted(codes[2:])  # the expired ones went, not all
     await repo.facilities(codes[:2])  # none expired, past the limit: the copy starts again
     assert sorted(repo._reference.facilities) == sorted(codes[:2])
+
+
+async def test_a_feed_batch_of_facilities_is_one_statement_the_last_of_a_code_winning(copy):
+    """The facilities feed applies a batch at once (a region's file is thousands of facilities):
+    of a code sent twice in the batch the later record holds, as one by one; and the in-process
+    copy forgets what the batch changed."""
+    pool, repo, clock = copy
+    first, second = unique("H"), unique("H")
+    try:
+        await repo.upsert_facility(_facility(first, "held"))
+        assert (await repo.facilities([first]))[first].fixmedins_name == "held"  # in the copy now
+        await repo.upsert_facilities([_facility(first, "older"), _facility(second, "new"), _facility(first, "newer")])
+        assert {c: f.fixmedins_name for c, f in (await repo.facilities([first, second])).items()} == {
+            first: "newer", second: "new"}
+        stored = await pool.fetch("SELECT fixmedins_code, record->>'fixmedins_name' AS name FROM eligibility.facilities "
+                                  "WHERE fixmedins_code = ANY($1::text[]) ORDER BY fixmedins_code", [first, second])
+        assert {r["fixmedins_code"]: r["name"] for r in stored} == {first: "newer", second: "new"}
+    finally:
+        await pool.execute("DELETE FROM eligibility.facilities WHERE fixmedins_code = ANY($1::text[])", [first, second])
