@@ -429,6 +429,7 @@ class TransactionalStage:
                         records = []
                 if records:
                     self._in_hand = len(records)
+                    self._observe_age(records)
                     try:
                         await self._handle_until_committed(records)
                     finally:
@@ -603,6 +604,12 @@ class TransactionalStage:
             for tp_records in batch.values()
             for r in tp_records
         ]
+
+    def _observe_age(self, records: list[Incoming]) -> None:
+        """``yidi_stage_record_age_seconds``: the batch's oldest record, by its timestamp (the
+        broker's for settlement.requests, LogAppendTime; the producer's clock for the others)."""
+        oldest_ms = min(r.timestamp_ms for r in records)
+        metrics.STAGE_RECORD_AGE.labels(self.name).observe(max(0.0, time.time() - oldest_ms / 1000))
 
     def _latency(self, infno: str, err_code: str) -> Any:
         """The latency histogram's child for an answer (looked up once per label set)."""

@@ -27,6 +27,14 @@ STAGE_BATCH_SECONDS = Histogram(
     # scale, up to its two totals queries' 120 s each (MONTH_TOTALS_TIMEOUT_S).
     buckets=(*LATENCY_BUCKETS, 30.0, 60.0, 120.0, 300.0),
 )
+STAGE_RECORD_AGE = Histogram(
+    "yidi_stage_record_age_seconds",
+    "Age of the oldest record of each batch when the stage takes it (its Kafka timestamp to now): how late "
+    "the stage reads, per stage.",
+    ["stage"],
+    # From the stage's own few milliseconds behind its source to an hour of backlog.
+    buckets=(*LATENCY_BUCKETS, 30.0, 60.0, 300.0, 900.0, 3600.0),
+)
 STAGE_BATCH_SIZE = Histogram(
     "yidi_stage_batch_size",
     "Records per consumed batch, per stage.",
