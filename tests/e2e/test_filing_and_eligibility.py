@@ -37,6 +37,11 @@ async def test_r2_a_settlement_with_another_persons_identity_card_is_refused(wor
 
     other = await gateway.call(with_card("970102198001010033"))
     assert (other["infcode"], other["err_code"]) == (-1, "NOT_INSURED") and "(R2)" in other["err_msg"]
+    # A benefit check (2001) with that card foresees the refusal; with the person's own, eligible.
+    check = with_card("970102198001010033") | {"infno": "2001"}
+    foreseen = (await gateway.call(check))["output"]
+    assert (foreseen["eligible"], foreseen["reason_code"]) == ("0", "NOT_INSURED") and "(R2)" in foreseen["reason"]
+    assert (await gateway.call(with_card("97010219700101002x") | {"infno": "2001"}))["output"]["eligible"] == "1"
     own = await gateway.call(with_card("97010219700101002x"))
     assert own["infcode"] == 0, own
     # Without mdtrt_cert_type the number is no card's said to be (the field's default is 02).

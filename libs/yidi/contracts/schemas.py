@@ -583,7 +583,8 @@ MESSAGES: dict[str, Message] = {
     ),
     "PersonQueryRequest": Message(
         "Person info (1101) or benefit check (2001)",
-        "Answered by eligibility from the data settlements use; 2001 needs insutype and med_type.",
+        "Answered by eligibility from the data settlements use; 2001 needs insutype and med_type, and checks the "
+        "credential (mdtrt_cert_type, mdtrt_cert_no) when given, as a settlement does (R2).",
         _request((Infno.PERSON_INFO, Infno.BENEFIT_CHECK), "PersonQueryInput"), "psn_no",
         ("RequestEnvelope", "PersonQueryInput"),
     ),

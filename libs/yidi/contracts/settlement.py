@@ -165,6 +165,10 @@ class PersonQueryInput(WireModel):
     insutype: InsuranceType | None = None
     med_type: MedType | None = None
     dise_codg: DiseaseCode = ""
+    # R2: the credential the patient presents, as on a settlement. A 2001 that gives them is
+    # checked as the settlement would be (another person's identity card is refused).
+    mdtrt_cert_type: Literal["01", "02", "03"] | None = None
+    mdtrt_cert_no: str = Field(default="", max_length=64)
 
     @model_validator(mode="after")
     def _a_chronic_check_names_the_disease(self) -> PersonQueryInput:
