@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -39,14 +41,27 @@ _DUPLICATE = metrics.LEDGER_ENTRIES.labels("duplicate")
 _UNDOING = re.compile(rb'"kind"\s*:\s*"cancel"')
 
 
+def _both(first: Callable[[], None] | None, second: Callable[[], None]) -> Callable[[], None]:
+    """One answer's two ledger counters (a settlement entered and undone at once)."""
+    def run() -> None:
+        if first is not None:
+            first()
+        second()
+    return run
+
+
 class ClearingHandler:
     def __init__(self, settings: Settings, repo: ClearingRepository) -> None:
         self.settings = settings
         self.repo = repo
 
-    def _answer(self, work: PricedWork, answer: ResponseEnvelope | dict[str, Any]) -> Outgoing:
+    def _answer(self, work: PricedWork, answer: ResponseEnvelope | dict[str, Any],
+                counted: Callable[[], None] | None = None) -> Outgoing:
+        """The answer to ``work``; ``counted`` (its ledger counter) runs once the batch committed,
+        so a batch tried again counts its entries once."""
         r = work.request
-        return reply(self.settings, r.reply_to, answer, facility=r.fixmedins_code, request_ts_ms=work.request_ts_ms)
+        return reply(self.settings, r.reply_to, answer, facility=r.fixmedins_code, request_ts_ms=work.request_ts_ms,
+                     on_commit=counted)
 
     def _broken(self, record: Incoming, reason: str) -> list[Outgoing]:
         """A priced message clearing cannot record: it does not parse, or (as the stage's ``refuse``)
@@ -95,25 +110,25 @@ class ClearingHandler:
             for record, (work, answer, amounts) in works:
                 if amounts is not None:
                     entered = len(entries)
-                    out.append(self._settle(work, answer, amounts, by_msgid, by_setl, entries, cleared_through, moves,
-                                            again))
+                    sent = self._settle(work, answer, amounts, by_msgid, by_setl, entries, cleared_through, moves, again)
                     if len(entries) > entered and (waits_for := waiting.pop(entries[-1].row.setl_id, [])):
                         # Undone while the ledger lacked it (its settlement was dead-lettered, and now
                         # sent again): the undoing takes effect as the settlement is entered. Its
                         # request was answered then; its answer now is kept for a resend of it.
                         row = entries[-1].row
                         first = waits_for[0]
-                        self._undo(row, first.infno, first.msgid, first.answer, first.month, cleared_through,
-                                   undone, moves)
+                        undo_counted = self._undo(row, first.infno, first.msgid, first.answer, first.month,
+                                                  cleared_through, undone, moves)
+                        sent = replace(sent, on_commit=_both(sent.on_commit, undo_counted))
                         for w in waits_for:
                             undo_seen[w.msgid] = (w.request_hash, w.answer)
                             undo_new.append((w.msgid, w.request_hash, row.setl_id, w.answer))
                             waiting_done.append(w.msgid)
+                    out.append(sent)
                     continue
                 seen = undo_seen.get(work.request.msgid)
                 if seen is not None:
-                    out.append(self._answer(work, seen[1]))
-                    _DUPLICATE.inc()
+                    out.append(self._answer(work, seen[1], _DUPLICATE.inc))
                     if ((done := by_setl.get(work.target_setl_id)) is not None and done.state != "settled"
                             and _moves_prepayment(done.insuplc_admdvs, done.mdtrtarea_admvs, done.drawn)):
                         again.append((done.insuplc_admdvs, done.mdtrtarea_admvs, "give_back", done.setl_id))
@@ -137,12 +152,13 @@ class ClearingHandler:
                         "ledger lacks it. It is kept, and takes effect if that settlement is recorded. The operators "
                         "are alerted; until they confirm, do not settle the visit again, and keep the settlement slip."))
                     continue
+                counted = None
                 if row.state == "settled":
-                    self._undo(row, work.request.infno.value, work.request.msgid, answer,
-                               f"{work.request.inf_time:%Y%m}", cleared_through, undone, moves)
+                    counted = self._undo(row, work.request.infno.value, work.request.msgid, answer,
+                                         f"{work.request.inf_time:%Y%m}", cleared_through, undone, moves)
                 undo_seen[work.request.msgid] = (work.request_hash, answer)
                 undo_new.append((work.request.msgid, work.request_hash, row.setl_id, answer))
-                out.append(self._answer(work, answer))
+                out.append(self._answer(work, answer, counted))
             # The new rows first (one of them may be undone in this batch), in the moves' statement.
             out.extend(await self._prepayment(conn, moves, again, entries))
             await self.repo.write(conn, list(undone.values()), undo_new, waiting_new, waiting_done)
@@ -150,8 +166,9 @@ class ClearingHandler:
 
     @staticmethod
     def _undo(row: LedgerRow, infno: str, msgid: str, answer: dict[str, Any], month: str, cleared_through: str | None,
-              undone: dict[str, LedgerRow], moves: list[tuple[str, str, str, Decimal, str]]) -> None:
-        """Undo settled ``row`` by ``msgid`` (a 2601 reverses, the others cancel), dated ``month``."""
+              undone: dict[str, LedgerRow], moves: list[tuple[str, str, str, Decimal, str]]) -> Callable[[], None]:
+        """Undo settled ``row`` by ``msgid`` (a 2601 reverses, the others cancel), dated ``month``;
+        its ledger counter, to run once the batch committed."""
         row.state = "reversed" if infno == "2601" else "cancelled"
         row.undone_msgid, row.undone_answer = msgid, answer
         # The undoing lands in its own month, or after the latest month closed (R3: cleared once),
@@ -162,7 +179,7 @@ class ClearingHandler:
         undone[row.setl_id] = row
         if _moves_prepayment(row.insuplc_admdvs, row.mdtrtarea_admvs, row.drawn):
             moves.append((row.insuplc_admdvs, row.mdtrtarea_admvs, "give_back", row.drawn, row.setl_id))
-        metrics.LEDGER_ENTRIES.labels(row.state).inc()
+        return metrics.LEDGER_ENTRIES.labels(row.state).inc
 
     async def _prepayment(self, conn: Any, moves: list[tuple[str, str, str, Decimal, str]],
                           again: list[tuple[str, str, str, str]], entries: list[NewEntry]) -> list[Outgoing]:
@@ -198,7 +215,6 @@ class ClearingHandler:
     ) -> Outgoing:
         existing = by_msgid.get(work.request.msgid)
         if existing is not None:
-            _DUPLICATE.inc()
             if existing.request_hash != work.request_hash:
                 return self._answer(
                     work,
@@ -206,12 +222,13 @@ class ClearingHandler:
                         work.request, ErrCode.MODIFIED_REQUEST,
                         f"msgid {work.request.msgid} was already used for a different request; a new request needs a new msgid.",
                     ),
+                    _DUPLICATE.inc,
                 )
             if _moves_prepayment(existing.insuplc_admdvs, existing.mdtrtarea_admvs, existing.drawn):
                 again.append((existing.insuplc_admdvs, existing.mdtrtarea_admvs, "draw", existing.setl_id))
                 if existing.state != "settled":  # undone since: its give-back (and an alert kept with it) too
                     again.append((existing.insuplc_admdvs, existing.mdtrtarea_admvs, "give_back", existing.setl_id))
-            return self._answer(work, existing.answer)
+            return self._answer(work, existing.answer, _DUPLICATE.inc)
         facts = work.facts
         assert facts is not None, "pricing sends facts with every settlement"
         # Care in the insured region itself (R10) is paid by that region's own fund: it draws on no
@@ -222,7 +239,7 @@ class ClearingHandler:
         row = LedgerRow(facts.setl_id, work.request.msgid, work.request_hash, "settled", answer,
                         insuplc_admdvs=facts.insuplc_admdvs, mdtrtarea_admvs=facts.mdtrtarea_admvs, drawn=drawn,
                         clr_period=period)
-        sent = self._answer(work, answer)
+        sent = self._answer(work, answer, _SETTLED.inc)
         # The ledger keeps the answer as it was sent (the bytes of ``sent``; its refmsg_time is
         # this request's): the same answer, serialised once.
         entries.append(
@@ -234,7 +251,6 @@ class ClearingHandler:
             moves.append((facts.insuplc_admdvs, facts.mdtrtarea_admvs, "draw", drawn, facts.setl_id))
         by_msgid[row.msgid] = row
         by_setl[row.setl_id] = row
-        _SETTLED.inc()
         return sent
 
 

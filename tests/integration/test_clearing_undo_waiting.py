@@ -120,3 +120,38 @@ async def test_an_undoing_and_its_settlement_sent_again_in_one_batch_undo_it(set
     assert [(a["msgid"], a["infcode"]) for a in _answers(again)] == [("M-3-UNDO", 0), ("M-3", 0)]
     async with repo.transaction() as conn:
         assert await conn.fetchval("SELECT count(*) FROM clearing.prepayment_moves WHERE ref = 'S-3'") == 2
+
+
+def _ledger_count(state: str) -> float:
+    from prometheus_client import REGISTRY
+    return REGISTRY.get_sample_value("yidi_ledger_entries_total", {"kind": state}) or 0.0
+
+
+async def test_ledger_entries_are_counted_once_their_batch_committed(settings, clearing_of_its_own):
+    """yidi_ledger_entries_total counts with the answer's on_commit, which the stage runs once the
+    batch's transaction committed: a batch tried again (its first try rolled back) counts once.
+    A settlement entered and undone at once by a waiting cancellation counts both."""
+    own, repo = clearing_of_its_own
+    pair = (f"95{random.randrange(10_000):04d}", f"94{random.randrange(10_000):04d}")
+    handler = ClearingHandler(own, repo)
+    states = ("settled", "cancelled", "duplicate")
+
+    def counts() -> dict[str, float]:
+        return {s: _ledger_count(s) for s in states}
+
+    def committed(out) -> None:
+        for o in out:
+            if o.on_commit is not None:
+                o.on_commit()
+
+    before = counts()
+    first = await handler([priced(own, "settle", "C-1", "CS-1", pair, "10.00")])
+    assert counts() == before  # handled, not committed yet
+    committed(first)
+    again = await handler([priced(own, "settle", "C-1", "CS-1", pair, "10.00")])  # sent again
+    committed(again)
+    committed(await handler([priced(own, "cancel", "C-1-UNDO", "CS-1", pair, "10.00")]))
+    # A cancellation before its settlement reached the ledger, then the settlement: one answer, two entries.
+    await handler([priced(own, "cancel", "C-2-UNDO", "CS-2", pair, "20.00")])
+    committed(await handler([priced(own, "settle", "C-2", "CS-2", pair, "20.00")]))
+    assert {s: counts()[s] - before[s] for s in states} == {"settled": 2, "cancelled": 2, "duplicate": 1}

@@ -103,6 +103,7 @@ def reply(
     *,
     facility: str,
     request_ts_ms: int,
+    on_commit: Callable[[], None] | None = None,
 ) -> Outgoing:
     """The answer to a gateway, on its ``reply_to`` topic, keyed by facility (CONTRACT.md); on
     ``settlement.results`` if the broker refuses ``reply_to`` for good.
@@ -110,7 +111,7 @@ def reply(
     ``answer`` is a ``ResponseEnvelope`` or its wire form (a dict as ``model_dump(mode="json")``
     gives, e.g. an answer kept in the ledger or built by ``answers.answer_wire``). ``reply_to``
     names a gateway's topic as the gateway knows it; the namespace of a test run is prefixed like
-    every other topic.
+    every other topic. ``on_commit`` runs once the answer's batch committed (a per-record counter).
     """
     received = respond_time_ms(request_ts_ms)
     if isinstance(answer, dict):
@@ -130,6 +131,7 @@ def reply(
         # from a request that did not parse) is "other", so a gateway cannot add series at will.
         answered=Answered(request_ts_ms, infno if infno in OFFERED_INFNOS else "other", err_code),
         fallback=answer_fallback(settings, settings.topic(reply_to), DEFAULT_REPLY_TO),
+        on_commit=on_commit,
     )
 
 
