@@ -320,7 +320,7 @@ class EligibilityHandler:
                 # As sent: the model's default type (02) is no statement that the number is a card's.
                 # A 2001 gives them or not; R2 is checked alike when it does.
                 cert_type=(body.mdtrt_cert_type or "") if "mdtrt_cert_type" in body.model_fields_set else "",
-                cert_no=body.mdtrt_cert_no,
+                cert_no=body.mdtrt_cert_no or "",
             )
             # parse() refuses a 2001 without insutype and med_type; SettlementInput requires them
             decision = decide(

@@ -406,3 +406,20 @@ def test_a_msgid_begins_with_its_facilitys_code():
     for msgid in ("0001", "H99999999999" + we1["msgid"][12:], we1["msgid"][1:]):
         with pytest.raises(ValidationError, match="does not begin with fixmedins_code"):
             RequestEnvelope.model_validate(copy.deepcopy(we1) | {"msgid": msgid})
+
+
+@pytest.mark.parametrize("credential", [
+    {},
+    {"mdtrt_cert_type": "", "mdtrt_cert_no": ""},  # fields a gateway does not use, sent blank
+    {"mdtrt_cert_type": "04", "mdtrt_cert_no": "X" * 100},
+    {"mdtrt_cert_type": None, "mdtrt_cert_no": None},
+    {"mdtrt_cert_type": "02", "mdtrt_cert_no": "97010219700101002X"},
+])
+def test_a_person_query_takes_whatever_credential_is_sent(credential):
+    """1101 does not use the credential and 2001 checks only an identity card's number (R2): a
+    person query is never refused for it, as it was not before 2001 read it."""
+    from yidi.contracts.settlement import PersonQueryInput
+
+    body = PersonQueryInput.model_validate({"psn_no": "P1", "insutype": "310", "med_type": "11"} | credential)
+    assert (body.mdtrt_cert_type, body.mdtrt_cert_no) == (credential.get("mdtrt_cert_type"),
+                                                          credential.get("mdtrt_cert_no"))

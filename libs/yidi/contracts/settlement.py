@@ -165,10 +165,12 @@ class PersonQueryInput(WireModel):
     insutype: InsuranceType | None = None
     med_type: MedType | None = None
     dise_codg: DiseaseCode = ""
-    # R2: the credential the patient presents, as on a settlement. A 2001 that gives them is
-    # checked as the settlement would be (another person's identity card is refused).
-    mdtrt_cert_type: Literal["01", "02", "03"] | None = None
-    mdtrt_cert_no: str = Field(default="", max_length=64)
+    # R2: the credential the patient presents, as on a settlement. A 2001 that gives an identity
+    # card (02) and its number is checked as the settlement would be (another person's card is
+    # refused). Read as sent and never refused here: a 1101 does not use them, and gateways fill
+    # fields they do not use with "" (a stricter check would refuse a person query for them).
+    mdtrt_cert_type: str | None = None
+    mdtrt_cert_no: str | None = None
 
     @model_validator(mode="after")
     def _a_chronic_check_names_the_disease(self) -> PersonQueryInput:
