@@ -242,21 +242,13 @@ class EligibilityRepository(Repository):
                 list(last),
                 [r.model_dump_json() for r in last.values()],
             )
-        for code in last:  # after the write, as below
+        # After the write: a read begun before it is not kept (it may have missed the change).
+        for code in last:
             self._reference.facilities.pop(code, None)
         self._reference.changed()
 
     async def upsert_facility(self, record: FacilityRecord) -> None:
-        async with transient_errors():
-            await self._pool.execute(
-                """INSERT INTO eligibility.facilities (fixmedins_code, record) VALUES ($1, $2::jsonb)
-                   ON CONFLICT (fixmedins_code) DO UPDATE SET record = EXCLUDED.record, updated_at = now()""",
-                record.fixmedins_code,
-                record.model_dump_json(),
-            )
-        # After the write: a read begun before it is not kept (it may have missed the change).
-        self._reference.facilities.pop(record.fixmedins_code, None)
-        self._reference.changed()
+        await self.upsert_facilities([record])
 
     async def outages(self, regions: list[str], now: datetime) -> list[Outage]:
         """The windows of ``regions`` not cancelled that have not ended at ``now``; through the
