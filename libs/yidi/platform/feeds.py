@@ -64,6 +64,8 @@ def feed(
         """Publish the batch's refused records, once it is applied (a NACKed batch refuses them
         again), and count them once all are out. A publish the broker refuses (the DLQ not writable)
         NACKs the batch after a pause, as a failure to apply does: the batch is applied again."""
+        if not refused:
+            return
         try:
             for raw, exc in refused:
                 log.warning("%s: record refused: %s", feed_name, exc)
@@ -121,7 +123,6 @@ def feed(
             log.exception("%s: unexpected failure applying a batch of %d", feed_name, len(valid))
             await asyncio.sleep(5.0)
             raise
-        # A publish that fails (the broker away) NACKs the batch, as a failure to apply does.
         await dead_letter(sorted(refused, key=lambda r: (r[0].partition, r[0].offset)))
         metrics.REFDATA_RECORDS.labels(feed_name, "applied").inc(applied - stale)
         if stale:
