@@ -38,7 +38,7 @@ TREATING_REGIONS = (
 # 76,100 outpatient facilities and 210,200 pharmacies were networked (DOMAIN.md, 2022): a city
 # has hundreds of each. A day's settlements go mostly to the higher-level hospitals
 # (FACILITY_WEIGHT: a level-3 hospital draws 12 times what a level-1 one does, so the 40 take 45 %
-# of a region's hospital care, the 120 level-2 ones 33 %); pharmacies alike.
+# of a region's hospital care, the 120 level-2 ones 33 %); the pharmacies draw evenly.
 HOSPITAL_MED_TYPES = ["11", "13", "14", "21", "24"]
 FACILITY_PLAN = (("H", 40, 3), ("H", 120, 2), ("H", 240, 1), ("P", 600, 1))
 FACILITY_WEIGHT = {3: 12, 2: 3, 1: 1}
