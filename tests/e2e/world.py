@@ -88,7 +88,9 @@ class World:
                      balance: str = "0.00", insutype: str = "310", psn_no: str | None = None,
                      compression_type: str | None = None, **extra: Any) -> str:
         """A new person of this world, with a filing of ``category``; or ``psn_no`` published again
-        (its insurance changed, say)."""
+        (its insurance changed, say), and then the filing: filing refuses one under an insurance its
+        copy of the region's record does not show yet (R20), and the two topics are read apart."""
+        again = psn_no is not None
         psn_no = psn_no or "T" + uuid.uuid4().hex[:19].upper()
         sections: dict[str, list[dict[str, Any]]] = {
             "persons": [{"psn_no": psn_no, "psn_name": "test person", "insuplc_admdvs": self.insured,
@@ -102,6 +104,8 @@ class World:
                 "begndate": "2020-01-01" if category in LONG_TERM else china_now().strftime("%Y-%m-%d"),
                 "decl_source": "import",
             }]
+        if again and "filings" in sections:
+            await self.load(compression_type=compression_type, persons=sections.pop("persons"))
         await self.load(compression_type=compression_type, **sections)
         return psn_no
 
