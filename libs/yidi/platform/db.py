@@ -36,6 +36,12 @@ TRANSIENT = (
     # 53xxx: too many connections, disk full, out of memory.
     asyncpg.InsufficientResourcesError,
     asyncpg.InterfaceError,
+    # A pooled connection Postgres ended (a restart, pg_terminate_backend) whose goodbye lands as
+    # the next query starts: "cannot switch to state ...; another operation is in progress"
+    # (tests/integration/test_db_transient.py met it about half the time). The retry takes a fresh
+    # connection. asyncpg raises it for its own inconsistencies too: retried, one of those keeps
+    # coming back and YidiStageRetries fires, with the error's class in yidi_db_statement_errors_total.
+    asyncpg.InternalClientError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
     asyncpg.LockNotAvailableError,  # a lock_timeout
