@@ -11,7 +11,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import CoordinationType
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    KafkaConnectionError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    ProducerFenced,
+)
 from aiokafka.producer.transaction_manager import TransactionState
 
 from yidi.platform import txnv2
@@ -210,6 +216,36 @@ async def test_a_batch_the_client_gives_up_on_makes_the_transaction_abortable(se
         await producer.stop()
     assert await _committed(v2_cluster, ok, 1) == [b"next"]
     assert await _committed(v2_cluster, leaderless, 1) == [b"found"]
+
+
+@pytest.mark.parametrize("wanted", ["v1", "auto"])
+@pytest.mark.parametrize("lost", [KafkaConnectionError, CoordinatorLoadInProgressError], ids=["connection-closed", "loading"])
+async def test_a_transaction_coordinator_look_up_that_fails_retriably_is_tried_again(settings, v2_cluster, wanted, lost):
+    """A broker restarting (a rolling upgrade) answers NOT_COORDINATOR as it shuts down, and the
+    producer's next look-up of its coordinator meets the connection closing; starting, it may
+    answer that it is still loading its transactions. aiokafka 0.14 took either as final: its
+    sender stopped, and every stage committing at that moment stopped its process. Here the
+    look-up fails twice so, as the broker's would, and the transaction goes through."""
+    topic = f"{settings.namespace}coord-{uuid.uuid4().hex[:8]}"
+    await _topic(v2_cluster, topic, 1)
+    producer, _ = await _producer(v2_cluster, f"t-{uuid.uuid4().hex}", wanted)
+    try:
+        txnv2.install()
+        lookup, failures = producer.client.coordinator_lookup, [lost("Connection at 127.0.0.1 closed"), lost()]
+
+        async def through_a_restart(*args):
+            if failures:
+                raise failures.pop()
+            return await lookup(*args)
+
+        producer.client.coordinator_lookup = through_a_restart
+        producer._sender._coordinator_dead(CoordinationType.TRANSACTION)  # as a NOT_COORDINATOR answer does
+        async with producer.transaction():
+            await producer.send(topic, b"after the restart")
+        assert failures == []
+    finally:
+        await producer.stop()
+    assert await _committed(v2_cluster, topic, 1) == [b"after the restart"]
 
 
 @pytest.mark.parametrize("during", [False, True], ids=["offsets-after-the-handler", "offsets-during-handler"])

@@ -524,11 +524,35 @@ async def _do_txn_offset_commit(self: Any, offsets: Any, group_id: str) -> Any:
     return await _aiokafka_txn_offset_commit(self, offsets, group_id)
 
 
+_aiokafka_find_coordinator = _sender_module.Sender._find_coordinator
+
+
+async def _find_coordinator(self: Any, coordinator_type: Any, coordinator_key: str) -> Any:
+    """aiokafka's, but a look-up that fails with a retriable error is tried again. aiokafka retries
+    a coordinator not available, a node not ready and a timeout, and takes any other error as
+    final: the sender stops, and the producer with it. A broker restarting (a rolling upgrade)
+    closes the connection under the look-up that follows its NOT_COORDINATOR answers
+    (KafkaConnectionError), and a broker still loading its transactions may answer
+    COORDINATOR_LOAD_IN_PROGRESS: both are retriable, and both stopped every stage that was
+    committing at that moment (tests/e2e/test_dependency_restarts.py)."""
+    while True:
+        try:
+            return await _aiokafka_find_coordinator(self, coordinator_type, coordinator_key)
+        except Errors.KafkaError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, Errors.KafkaError) and cause.retriable):
+                raise
+            log.warning("finding the %s coordinator failed (%r); trying again", coordinator_type.name.lower(), cause)
+            await self.client.force_metadata_update()
+            await asyncio.sleep(self._retry_backoff)
+
+
 _installed = False
 
 
 def install() -> None:
-    """Use the v2-aware produce and EndTxn handlers in this process (idempotent)."""
+    """Use the v2-aware produce and EndTxn handlers in this process, and the coordinator look-up
+    that retries what is retriable (idempotent)."""
     global _installed
     if _installed:
         return
@@ -538,4 +562,5 @@ def install() -> None:
     _sender_module.EndTxnHandler = _EndTxnHandler  # type: ignore[misc]
     _sender_module.Sender._do_txn_commit = _do_txn_commit  # type: ignore[method-assign]
     _sender_module.Sender._do_txn_offset_commit = _do_txn_offset_commit  # type: ignore[method-assign]
+    _sender_module.Sender._find_coordinator = _find_coordinator  # type: ignore[method-assign]
     _installed = True
