@@ -60,8 +60,10 @@ class GatewayClient:
         await self.stop()
 
     async def start(self) -> None:
+        # Idempotent: a publish retried across a broker restart (or a lost acknowledgement) is
+        # written once, so the request is not answered twice.
         self._producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, acks="all", linger_ms=0,
-                                          compression_type=self.compression_type)
+                                          enable_idempotence=True, compression_type=self.compression_type)
         await self._producer.start()
         partitions = await self._producer.partitions_for(self.reply_topic)
         self._consumer = AIOKafkaConsumer(
