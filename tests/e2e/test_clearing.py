@@ -9,11 +9,12 @@ import uuid
 from decimal import Decimal
 
 import asyncpg
+import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from tests.e2e.requests import cancel_of, fresh
 from tests.e2e.world import World
+from tests.integration.kafka_io import read_topic
 from tests.integration.waiting import until
 
 pytestmark = pytest.mark.e2e
@@ -341,16 +342,7 @@ async def test_reconciliation_of_totals_by_clearing_type_and_agency(world, gatew
 
 
 async def _read(settings, topic: str) -> list[dict]:
-    import json
-
-    consumer = AIOKafkaConsumer(settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap, group_id=None,
-                                auto_offset_reset="earliest", isolation_level="read_committed")
-    await consumer.start()
-    try:
-        batch = await consumer.getmany(timeout_ms=3000)
-        return [json.loads(r.value) for rs in batch.values() for r in rs]
-    finally:
-        await consumer.stop()
+    return [orjson.loads(r.value) for r in await read_topic(settings.kafka_bootstrap, settings.topic(topic))]
 
 
 async def test_a_request_id_used_again_for_another_request_is_refused(world, clearing):

@@ -7,9 +7,9 @@ import copy
 import json
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
 from tests.e2e.requests import cancel_of, contains, expected_we1, fresh, from_file, we1
+from tests.integration.kafka_io import read_topic
 
 pytestmark = pytest.mark.e2e
 
@@ -175,16 +175,7 @@ async def test_a_bill_whose_answer_would_not_fit_in_a_message_is_refused_before_
 
 
 async def _dead_letters(settings, topic: str) -> list[tuple[bytes, dict[str, bytes]]]:
-    consumer = AIOKafkaConsumer(
-        settings.topic(f"{topic}.dlq"), bootstrap_servers=settings.kafka_bootstrap,
-        auto_offset_reset="earliest", group_id=None, enable_auto_commit=False, isolation_level="read_committed",
-    )
-    await consumer.start()
-    try:
-        batch = await consumer.getmany(timeout_ms=3000)
-        return [(r.value, dict(r.headers)) for rs in batch.values() for r in rs]
-    finally:
-        await consumer.stop()
+    return [(r.value, dict(r.headers)) for r in await read_topic(settings.kafka_bootstrap, settings.topic(f"{topic}.dlq"))]
 
 
 async def test_every_service_froze_what_it_held_when_it_started_and_times_its_collections(system):

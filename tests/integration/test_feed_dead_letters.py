@@ -6,8 +6,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
@@ -17,6 +16,7 @@ from yidi.platform.feeds import feed
 from yidi.platform.service import Service
 from yidi.platform.topics import dlq
 
+from tests.integration.kafka_io import create_topics, read_topic
 from tests.integration.waiting import until
 
 pytestmark = pytest.mark.integration
@@ -24,28 +24,6 @@ pytestmark = pytest.mark.integration
 
 class Record(BaseModel):
     n: int
-
-
-async def _create_topics(bootstrap: str, *topics: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(t, 1, 1) for t in topics])
-    finally:
-        await admin.close()
-
-
-async def _dead_letters(bootstrap: str, topic: str) -> list[tuple[bytes, dict[str, bytes]]]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
-                                enable_auto_commit=False)
-    await consumer.start()
-    try:
-        found = []
-        while batch := await consumer.getmany(timeout_ms=1500):
-            found += [(r.value, dict(r.headers)) for records in batch.values() for r in records]
-        return found
-    finally:
-        await consumer.stop()
 
 
 def _refused(feed_name: str) -> float:
@@ -56,7 +34,7 @@ async def _one_batch(settings, topic: str, *values: bytes) -> str:
     """``values`` on a new one-partition topic (and its DLQ), all sent before a subscriber starts:
     its first fetch takes them as one batch. The topic's full name."""
     full = settings.topic(topic)
-    await _create_topics(settings.kafka_bootstrap, full, dlq(full))
+    await create_topics(settings.kafka_bootstrap, full, dlq(full))
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
     await producer.start()
     try:
@@ -96,7 +74,7 @@ async def test_a_batch_read_again_after_a_failure_dead_letters_its_bad_records_o
         await service.broker.stop()
     assert attempts[0] >= 4, "the batch was not read again after the failure"
 
-    dead = await _dead_letters(settings.kafka_bootstrap, dlq(full))
+    dead = [(r.value, dict(r.headers)) for r in await read_topic(settings.kafka_bootstrap, dlq(full))]
     assert [(value, headers["yidi-dlq-source"]) for value, headers in dead] == [
         (b'{"n": 2}', f"{full}/0/0".encode()),
         (b'{"n": "not a number"}', f"{full}/0/1".encode()),
@@ -143,7 +121,7 @@ async def test_a_dead_letter_the_broker_refuses_reads_the_batch_again_and_counts
     finally:
         await service.broker.stop()
     assert _refused(topic) == refused_before + 2
-    dead = await _dead_letters(settings.kafka_bootstrap, dlq(full))
+    dead = [(r.value, dict(r.headers)) for r in await read_topic(settings.kafka_bootstrap, dlq(full))]
     assert [(value, headers["yidi-dlq-source"]) for value, headers in dead] == [
         (b'{"n": 2}', f"{full}/0/1".encode()),
         (b'{"n": 2}', f"{full}/0/1".encode()),

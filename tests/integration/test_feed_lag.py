@@ -7,25 +7,17 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from yidi.platform.lag import consumer_lag
+
+from tests.integration.kafka_io import create_topics
 
 pytestmark = pytest.mark.integration
 
 
-async def _create_topic(bootstrap: str, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
-
-
 async def test_the_lag_counts_what_waits_and_falls_to_zero_once_read_past_a_transaction(settings):
     topic = f"{settings.namespace}lag{uuid.uuid4().hex[:6]}"
-    await _create_topic(settings.kafka_bootstrap, topic)
+    await create_topics(settings.kafka_bootstrap, topic)
     plain = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, enable_idempotence=True)
     in_txn = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"{topic}-txn")
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=f"{topic}-group",
@@ -77,7 +69,7 @@ async def test_a_feed_that_hangs_on_a_batch_shows_it_waiting_on_the_real_subscri
     topic = f"lagfeed{uuid.uuid4().hex[:6]}"
     own = settings.model_copy(update={"lag_sample_seconds": 0.05})
     service = Service("lagtest", own, migrations=None)
-    await _create_topic(settings.kafka_bootstrap, own.topic(topic))
+    await create_topics(settings.kafka_bootstrap, own.topic(topic))
     release, applied = asyncio.Event(), []
 
     async def apply(record: Record) -> None:

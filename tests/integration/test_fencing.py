@@ -10,26 +10,15 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from yidi.platform import fencing
 from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage
 
+from tests.integration.kafka_io import create_topics
 from tests.integration.protocols import PROTOCOLS
 from tests.integration.waiting import until
 
 pytestmark = pytest.mark.integration
-
-
-async def _topics(bootstrap: str, *names_partitions: tuple[str, int]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(n, p, 1) for n, p in names_partitions])
-    finally:
-        await admin.close()
-
-
 
 
 class _TwoInstances:
@@ -48,7 +37,8 @@ class _TwoInstances:
                                        isolation_level="read_committed", auto_offset_reset="earliest")
 
     async def __aenter__(self) -> _TwoInstances:
-        await _topics(self.s.kafka_bootstrap, (self.s.topic("in"), 6), (self.s.topic("out"), 1))
+        await create_topics(self.s.kafka_bootstrap, self.s.topic("in"), partitions=6)
+        await create_topics(self.s.kafka_bootstrap, self.s.topic("out"))
         await self.producer.start()
         await self.reader.start()
         return self
@@ -81,7 +71,7 @@ class _TwoInstances:
 async def test_a_consumer_waits_for_the_offsets_an_open_transaction_holds(settings):
     fencing.install()
     topic, group = f"{settings.namespace}fence.stable", f"{settings.namespace}fence.stable.g"
-    await _topics(settings.kafka_bootstrap, (topic, 1))
+    await create_topics(settings.kafka_bootstrap, topic)
     plain = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
     txn = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, transactional_id=f"{group}.tx")
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka_bootstrap, group_id=group,

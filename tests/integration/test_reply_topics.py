@@ -13,9 +13,7 @@ import uuid
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.protocol.metadata import MetadataRequest
+from aiokafka import AIOKafkaProducer
 
 from yidi.platform import metrics, reply_topics
 from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
@@ -31,6 +29,7 @@ from yidi.platform.topics import (
 
 from tests.e2e.system import System
 from tests.integration import strict_broker
+from tests.integration.kafka_io import create_topics, read_topic
 from tests.integration.protocols import PROTOCOLS
 from tests.integration.waiting import until
 
@@ -49,45 +48,11 @@ def strict(tmp_path_factory) -> str:
 
 
 async def _read(s, topic: str, count: int, seconds: float = 15.0) -> list:
-    reader = AIOKafkaConsumer(s.topic(topic), bootstrap_servers=s.kafka_bootstrap, isolation_level="read_committed",
-                              auto_offset_reset="earliest", group_id=None)
-    await reader.start()
-    try:
-        seen: list = []
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            for records in (await reader.getmany(timeout_ms=300)).values():
-                seen += records
-            if len(seen) > count:
-                break
-            if len(seen) == count:
-                # a moment more: an extra answer would show up now
-                for records in (await reader.getmany(timeout_ms=700)).values():
-                    seen += records
-                break
-        return seen
-    finally:
-        await reader.stop()
+    return await read_topic(s.kafka_bootstrap, s.topic(topic), count=count, seconds=seconds)
 
 
 def _refused(stage: str, reason: str) -> float:
     return metrics.REPLY_TOPIC_REFUSED.labels(stage, reason)._value.get()
-
-
-async def _create(bootstrap: str, topics: list[str]) -> None:
-    """Create ``topics`` and wait until the broker's metadata shows them (it may lag a moment)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(t, 1, 1) for t in topics])
-
-        async def shown() -> bool:
-            answer = await admin._client.send(admin._client.get_random_node(), MetadataRequest(topics))
-            return all(code == 0 for code, *_ in answer.topics)
-
-        await until(shown, timeout=10, poll=0.1)
-    finally:
-        await admin.close()
 
 
 @PROTOCOLS
@@ -97,8 +62,8 @@ async def test_answers_to_a_reply_topic_the_broker_refuses_go_to_the_shared_topi
                                     "kafka_transactions": transactions, "kafka_offsets_during_handler": during,
                                     "namespace": settings.namespace + f"rt{uuid.uuid4().hex[:6]}."})
     await ensure_topics(s)
-    await _create(strict, [s.topic(t) for t in ("gw.ok", "gw.denied", "gw.hidden", "gw.later-denied",
-                                                "gw.new-denied", "side.one", "side.two")])
+    await create_topics(strict, *[s.topic(t) for t in ("gw.ok", "gw.denied", "gw.hidden", "gw.later-denied",
+                                                "gw.new-denied", "side.one", "side.two")], shown=True)
     # gw.denied (and the two others named so): the platform may see it (Describe) but not write it;
     # gw.hidden: not even see it.
     for denied in ("gw.denied", "gw.later-denied", "gw.new-denied"):
@@ -180,7 +145,7 @@ async def test_answers_to_a_reply_topic_the_broker_refuses_go_to_the_shared_topi
 
         # The refusal is remembered for a while, then the broker is asked again: a topic created
         # meanwhile gets its answers.
-        await _create(strict, [s.topic("gw.missing")])
+        await create_topics(strict, s.topic("gw.missing"), shown=True)
         await until(lambda: stage._reply_topics.refusal(s.topic("gw.missing")) is None, timeout=10)
         await ask({"M6": "gw.missing"})
         assert msgids(await _read(s, "gw.missing", 1)) == ["M6"]

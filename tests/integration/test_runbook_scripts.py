@@ -12,9 +12,9 @@ import uuid
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.e2e.system import ROOT
+from tests.integration.kafka_io import create_topics
 from yidi.contracts.schemas import TOPIC_CONTRACTS
 
 pytestmark = pytest.mark.integration
@@ -41,12 +41,7 @@ async def test_the_runbook_reads_dead_letters_and_republishes_all_but_a_cut_one(
     bootstrap = settings.kafka_bootstrap
     source = f"{settings.namespace}runbook{uuid.uuid4().hex[:6]}"
     dlq = source + ".dlq"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(source, 1, 1), NewTopic(dlq, 1, 1)])
-    finally:
-        await admin.close()
+    await create_topics(bootstrap, source, dlq)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
     await producer.start()
     try:
@@ -95,12 +90,7 @@ async def test_the_runbook_reads_dead_letters_and_republishes_all_but_a_cut_one(
 async def test_the_runbook_lists_the_answers_moved_off_a_refused_reply_to(settings):
     bootstrap = settings.kafka_bootstrap
     shared = f"{settings.namespace}runbook{uuid.uuid4().hex[:6]}.results"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(shared, 1, 1)])
-    finally:
-        await admin.close()
+    await create_topics(bootstrap, shared)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
     await producer.start()
     try:

@@ -10,14 +10,14 @@ from contextlib import asynccontextmanager
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaProducer
 
 from yidi.platform import metrics
 from yidi.platform.db import Repository, create_pool
 from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
 from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_REQUESTS, dlq
 
+from tests.integration.kafka_io import create_topics, read_topic
 from tests.integration.protocols import PROTOCOLS
 from tests.integration.waiting import until
 
@@ -25,19 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 async def _read(settings, topic: str, count: int) -> list:
-    reader = AIOKafkaConsumer(settings.topic(topic), bootstrap_servers=settings.kafka_bootstrap,
-                              isolation_level="read_committed", auto_offset_reset="earliest", group_id=None)
-    await reader.start()
-    try:
-        seen: list = []
-        for _ in range(20):
-            for records in (await reader.getmany(timeout_ms=500)).values():
-                seen += records
-            if len(seen) >= count:
-                break
-        return seen
-    finally:
-        await reader.stop()
+    return await read_topic(settings.kafka_bootstrap, settings.topic(topic), count=count, seconds=10)
 
 
 async def test_a_value_the_database_refuses_is_refused_alone_and_its_batch_mates_go_on(settings):
@@ -146,13 +134,8 @@ async def test_an_output_the_broker_refuses_for_good_is_refused_alone(settings, 
                                     "batch_linger_ms": 500.0, "kafka_transactions": transactions,
                                     "kafka_offsets_during_handler": during})
     # The output topic is created with the limit (a limit altered later reaches the log a moment after).
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(s.topic(SETTLEMENT_ELIGIBLE), 6, 1,
-                                            topic_configs={"max.message.bytes": "20000"})])
-    finally:
-        await admin.close()
+    await create_topics(s.kafka_bootstrap, s.topic(SETTLEMENT_ELIGIBLE), partitions=6,
+                        configs={"max.message.bytes": "20000"})
     await ensure_topics(s)
 
     handled: list[list[bytes]] = []
@@ -182,12 +165,7 @@ async def test_an_answer_larger_than_its_reply_topic_takes_goes_to_the_shared_to
                                     "batch_linger_ms": 500.0, "kafka_transactions": transactions,
                                     "kafka_offsets_during_handler": during})
     reply_to = s.topic("gw.small.replies")
-    admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(reply_to, 1, 1, topic_configs={"max.message.bytes": "20000"})])
-    finally:
-        await admin.close()
+    await create_topics(s.kafka_bootstrap, reply_to, configs={"max.message.bytes": "20000"})
     await ensure_topics(s)
     async def answer_each(records: list[Incoming]) -> list[Outgoing]:
         return [Outgoing(reply_to, orjson.dumps({"msgid": r.value.decode(), "pad": "x" * (100_000 if r.value == b"2" else 1)}),

@@ -8,8 +8,8 @@ import asyncio
 import uuid
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import CoordinationType
 from aiokafka.errors import (
     CoordinatorLoadInProgressError,
@@ -23,16 +23,9 @@ from aiokafka.producer.transaction_manager import TransactionState
 from yidi.platform import txnv2
 from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage
 
+from tests.integration.kafka_io import create_topics, read_topic
+
 pytestmark = pytest.mark.integration
-
-
-async def _topic(bootstrap: str, name: str, partitions: int, **configs: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
-    finally:
-        await admin.close()
 
 
 async def _producer(bootstrap: str, txn_id: str, wanted: str) -> tuple[AIOKafkaProducer, int]:
@@ -43,23 +36,9 @@ async def _producer(bootstrap: str, txn_id: str, wanted: str) -> tuple[AIOKafkaP
     return producer, version
 
 
-async def _committed(bootstrap: str, topic: str, expected: int, timeout_ms: int = 3000) -> list[bytes]:
-    """The values a read_committed reader sees on ``topic`` (all partitions), until ``expected``
-    of them or ``timeout_ms`` without a new one."""
-    reader = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, isolation_level="read_committed",
-                              auto_offset_reset="earliest", group_id=None)
-    await reader.start()
-    try:
-        seen: list[bytes] = []
-        while True:
-            batch = await reader.getmany(timeout_ms=timeout_ms)
-            if not batch:
-                return sorted(seen)
-            seen += [r.value for records in batch.values() for r in records]
-            if len(seen) > expected:
-                return sorted(seen)
-    finally:
-        await reader.stop()
+async def _committed(bootstrap: str, topic: str, expected: int) -> list[bytes]:
+    """The values a read_committed reader sees on ``topic`` (all partitions), sorted."""
+    return sorted(r.value for r in await read_topic(bootstrap, topic, count=expected))
 
 
 async def test_the_local_broker_finalizes_transaction_version_2(v2_cluster):
@@ -78,7 +57,7 @@ async def test_the_local_broker_finalizes_transaction_version_2(v2_cluster):
 
 async def test_commits_and_aborts_under_v2_bump_the_epoch_and_restart_sequences(settings, v2_cluster):
     topic, group = f"{settings.namespace}txn2-{uuid.uuid4().hex[:8]}", f"{settings.namespace}g-{uuid.uuid4().hex[:8]}"
-    await _topic(v2_cluster, topic, 2)
+    await create_topics(v2_cluster, topic, partitions=2)
     producer, version = await _producer(v2_cluster, f"t-{uuid.uuid4().hex}", "auto")
     try:
         assert version == 2 and txnv2.uses_v2(producer._txn_manager)
@@ -122,7 +101,7 @@ async def test_commits_and_aborts_under_v2_bump_the_epoch_and_restart_sequences(
 @pytest.mark.parametrize("wanted", ["v1", "auto"])
 async def test_a_newer_producer_with_the_same_transactional_id_fences_the_older(settings, v2_cluster, wanted):
     topic = f"{settings.namespace}fence-{uuid.uuid4().hex[:8]}"
-    await _topic(v2_cluster, topic, 1)
+    await create_topics(v2_cluster, topic)
     txn_id = f"t-{uuid.uuid4().hex}"
     old, _ = await _producer(v2_cluster, txn_id, wanted)
     try:
@@ -150,8 +129,8 @@ async def test_a_batch_the_broker_refuses_makes_the_transaction_abortable(settin
     nothing of it is read, the batch that was accepted included."""
     small = f"{settings.namespace}small-{uuid.uuid4().hex[:8]}"
     other = f"{settings.namespace}other-{uuid.uuid4().hex[:8]}"
-    await _topic(v2_cluster, small, 1, **{"max.message.bytes": "2000"})
-    await _topic(v2_cluster, other, 1)
+    await create_topics(v2_cluster, small, configs={"max.message.bytes": "2000"})
+    await create_topics(v2_cluster, other)
     producer, version = await _producer(v2_cluster, f"t-{uuid.uuid4().hex}", wanted)
     try:
         assert version == (2 if wanted == "auto" else 1)
@@ -186,8 +165,8 @@ async def test_a_batch_the_client_gives_up_on_makes_the_transaction_abortable(se
     aiokafka's accumulator itself, not by a produce response: its transaction is not committed either."""
     ok = f"{settings.namespace}ok-{uuid.uuid4().hex[:8]}"
     leaderless = f"{settings.namespace}leaderless-{uuid.uuid4().hex[:8]}"
-    await _topic(v2_cluster, ok, 1)
-    await _topic(v2_cluster, leaderless, 1)
+    await create_topics(v2_cluster, ok)
+    await create_topics(v2_cluster, leaderless)
     producer = AIOKafkaProducer(bootstrap_servers=v2_cluster, transactional_id=f"t-{uuid.uuid4().hex}",
                                 enable_idempotence=True, acks="all", retry_backoff_ms=10, request_timeout_ms=1500)
     await producer.start()
@@ -227,7 +206,7 @@ async def test_a_transaction_coordinator_look_up_that_fails_retriably_is_tried_a
     sender stopped, and every stage committing at that moment stopped its process. Here the
     look-up fails twice so, as the broker's would, and the transaction goes through."""
     topic = f"{settings.namespace}coord-{uuid.uuid4().hex[:8]}"
-    await _topic(v2_cluster, topic, 1)
+    await create_topics(v2_cluster, topic)
     producer, _ = await _producer(v2_cluster, f"t-{uuid.uuid4().hex}", wanted)
     try:
         txnv2.install()
@@ -255,8 +234,7 @@ async def test_a_v2_stage_opens_its_transaction_once_its_handler_has_returned(se
     partitions' next owner, docs/architecture.md §4)."""
     s = settings.model_copy(update={"namespace": f"{settings.namespace}open{uuid.uuid4().hex[:6]}.",
                                     "kafka_transactions": "auto", "kafka_offsets_during_handler": during})
-    await _topic(v2_cluster, s.topic("in"), 1)
-    await _topic(v2_cluster, s.topic("out"), 1)
+    await create_topics(v2_cluster, s.topic("in"), s.topic("out"))
     seen: list[TransactionState] = []
     stage: TransactionalStage
 
