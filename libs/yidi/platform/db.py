@@ -37,10 +37,10 @@ TRANSIENT = (
     asyncpg.InsufficientResourcesError,
     asyncpg.InterfaceError,
     # A pooled connection Postgres ended (a restart, pg_terminate_backend) whose goodbye lands as
-    # the next query starts: "cannot switch to state ...; another operation is in progress"
-    # (tests/integration/test_db_transient.py met it about half the time). The retry takes a fresh
-    # connection. asyncpg raises it for its own inconsistencies too: retried, one of those keeps
-    # coming back and YidiStageRetries fires, with the error's class in yidi_db_statement_errors_total.
+    # the next statement starts: "cannot switch to state ...; another operation is in progress"
+    # (tests/integration/test_db_transient.py met it about half the time). Repository.transaction
+    # closes the connection, so the retry takes a fresh one. (Its subclass ProtocolError, input
+    # asyncpg cannot decode, is not retried: transient_errors lets it through.)
     asyncpg.InternalClientError,
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
@@ -62,6 +62,10 @@ async def transient_errors() -> AsyncIterator[None]:
     the database refuses to ``BadData`` (the stage isolates the record and refuses it)."""
     try:
         yield
+    except asyncpg.ProtocolError:
+        raise  # what asyncpg could not decode would be refused the same way again
+    except asyncpg.InternalClientError as exc:
+        raise TransientError(f"database connection lost under a statement (asyncpg: {exc})") from exc
     except TRANSIENT as exc:
         raise TransientError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
     except asyncpg.UniqueViolationError as exc:
@@ -197,22 +201,28 @@ class Repository:
         pricing's and clearing's), rather than the locks in a statement of their own after it.
         asyncpg does not know of a transaction begun so: the caller must not open one on ``conn``
         (``conn.transaction()``) inside it."""
-        if locked is None:
-            async with transient_errors(), self._pool.acquire() as conn, conn.transaction(isolation="read_committed"):
-                yield conn
-            return
         async with transient_errors(), self._pool.acquire() as conn:
             try:
-                await conn.execute(f"BEGIN ISOLATION LEVEL READ COMMITTED; {locked.sql()}")
-                yield conn
-            except BaseException:
-                # Also when BEGIN's query itself was cancelled or timed out (while it ran, asyncpg
-                # still reads the connection as idle): asyncpg waits for the cancel, then rolls back.
-                if not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.execute("ROLLBACK")
+                if locked is None:
+                    async with conn.transaction(isolation="read_committed"):
+                        yield conn
+                    return
+                try:
+                    await conn.execute(f"BEGIN ISOLATION LEVEL READ COMMITTED; {locked.sql()}")
+                    yield conn
+                except BaseException as exc:
+                    # Also when BEGIN's query itself was cancelled or timed out (while it ran, asyncpg
+                    # still reads the connection as idle): asyncpg waits for the cancel, then rolls back.
+                    if not conn.is_closed() and not isinstance(exc, asyncpg.InternalClientError):
+                        with contextlib.suppress(Exception):
+                            await conn.execute("ROLLBACK")
+                    raise
+                await conn.execute("COMMIT")
+            except asyncpg.InternalClientError:
+                # asyncpg lost track of the connection's state (a goodbye from the server that landed
+                # as a statement started, say): closed, it is replaced, and the retry starts afresh.
+                conn.terminate()
                 raise
-            await conn.execute("COMMIT")
 
 
 MIGRATION_TIMEOUT_S = 3600.0
