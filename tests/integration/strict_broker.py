@@ -25,6 +25,9 @@ from loadtest.procs import free_port
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_DIR = ROOT / ".local" / "kafka"
 
+# The running brokers' processes by bootstrap address (a test that freezes one: SIGSTOP).
+PROCESSES: dict[str, subprocess.Popen[bytes]] = {}
+
 # Kafka's ACL enums (org.apache.kafka.common.acl / resource).
 RESOURCE_TOPIC, PATTERN_LITERAL = 2, 3
 OPERATION_ALL, OPERATION_DESCRIBE = 2, 8
@@ -111,8 +114,11 @@ def strict_broker(workdir: Path, timeout: float = 90.0) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the strict broker did not start in {timeout:.0f}s: {log_path.read_text()[-2000:]}")
             time.sleep(0.2)
-        yield f"127.0.0.1:{port}"
+        bootstrap = f"127.0.0.1:{port}"
+        PROCESSES[bootstrap] = broker
+        yield bootstrap
     finally:
+        PROCESSES.pop(f"127.0.0.1:{port}", None)
         broker.terminate()
         try:
             broker.wait(30)

@@ -1,18 +1,27 @@
 """``yidi-gateway``'s exit status tells a request nobody answered (3) from one refused (1): `make
-run` stops with a message on the first, while the demo's refusal on purpose is expected."""
+run` stops with a message on the first, while the demo's refusal on purpose is expected. And the
+gateway client gives up on a publish Kafka does not acknowledge."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
 
-from yidi.platform.kafka import ensure_topics
+from yidi.client import gateway
+from yidi.client.gateway import GatewayClient, PublishTimeout
+from yidi.platform.kafka import ensure_platform_topics, ensure_topics
 from yidi.platform.settings import Settings
 
+from tests.e2e.requests import we1
 from tests.e2e.system import ROOT
+from tests.integration import strict_broker
 
 pytestmark = pytest.mark.integration
 
@@ -37,3 +46,37 @@ def test_a_client_that_fails_exits_4_not_1_which_means_refused(tmp_path):
     )
     assert done.returncode == 4, done.stderr
     assert "FileNotFoundError" in done.stderr
+
+
+async def test_a_publish_kafka_does_not_acknowledge_times_out_and_the_client_stops(tmp_path, monkeypatch):
+    # The client's producer is idempotent, and aiokafka's idempotent producer never gives up on a
+    # record: with the broker away (here frozen, as a hung or partitioned broker is), a publish
+    # would hold send() and call() for ever, and stop() after them.
+    if why := strict_broker.available():
+        pytest.fail(why)  # the local stack's jars are there wherever these tests run
+    monkeypatch.setattr(gateway, "STOP_SECONDS", 1.0)
+    with strict_broker.strict_broker(tmp_path) as bootstrap:
+        await ensure_platform_topics(bootstrap)
+        broker = strict_broker.PROCESSES[bootstrap]
+        client = GatewayClient(bootstrap, send_timeout=2.0)
+        await client.start()
+        stopped = False
+        try:
+            await asyncio.wait_for(client.send(we1()), 15)  # acknowledged while the broker answers
+            os.kill(broker.pid, signal.SIGSTOP)
+            try:
+                late = we1()
+                started = time.monotonic()
+                with pytest.raises(PublishTimeout, match="may still be written"):
+                    await asyncio.wait_for(client.send(late), 15)
+                assert time.monotonic() - started < 5
+                assert not client._waiting.get(late["msgid"])  # no answer is waited for
+                started = time.monotonic()
+                await asyncio.wait_for(client.stop(), 15)
+                stopped = True
+                assert time.monotonic() - started < 5
+            finally:
+                os.kill(broker.pid, signal.SIGCONT)
+        finally:
+            if not stopped:
+                await client.stop()

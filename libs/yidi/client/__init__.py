@@ -1,5 +1,5 @@
 """The gateway client: what hospital integrators, tests and the load tool use to talk to Yidi."""
 
-from yidi.client.gateway import GatewayClient, GatewayTimeout
+from yidi.client.gateway import GatewayClient, GatewayTimeout, PublishTimeout
 
-__all__ = ["GatewayClient", "GatewayTimeout"]
+__all__ = ["GatewayClient", "GatewayTimeout", "PublishTimeout"]

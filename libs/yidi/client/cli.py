@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from yidi.client.gateway import GatewayClient, GatewayTimeout
+from yidi.client.gateway import GatewayClient, GatewayTimeout, PublishTimeout
 from yidi.contracts.envelope import DEFAULT_REPLY_TO
 
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
             args.new_msgid, args.reply_to = False, None
             topic = "filing" if args.command == "file" else "clearing"
             code = asyncio.run(_send(args, topic=f"{topic}.requests", reply_to=f"{topic}.results", correlate_by="reqid"))
-    except GatewayTimeout as exc:
+    except (GatewayTimeout, PublishTimeout) as exc:
         print(exc, file=sys.stderr)
         code = 2
     except Exception as exc:  # noqa: BLE001 - said in one line and an exit status of its own, not 1 ("refused")

@@ -27,6 +27,15 @@ class GatewayTimeout(TimeoutError):
     """No answer came within the time allowed."""
 
 
+class PublishTimeout(TimeoutError):
+    """Kafka did not acknowledge a request within the client's ``send_timeout``. The request may
+    still be written later (the producer goes on trying): send it again under the same msgid, and
+    the platform answers it from what it did the first time."""
+
+
+STOP_SECONDS = 10.0  # what stop() waits for its producer to hand over what it still holds
+
+
 class GatewayClient:
     def __init__(
         self,
@@ -38,6 +47,7 @@ class GatewayClient:
         correlate_by: str = "msgid",
         on_answer: Callable[[dict[str, Any], int], None] | None = None,
         compression_type: str | None = None,
+        send_timeout: float = 30.0,
     ) -> None:
         self.bootstrap = bootstrap
         self.reply_to = reply_to
@@ -46,6 +56,9 @@ class GatewayClient:
         self.correlate_by = correlate_by
         self.on_answer = on_answer
         self.compression_type = compression_type  # gzip, lz4, snappy or zstd: the platform reads them all
+        # How long a publish may wait for Kafka's acknowledgement: the idempotent producer never
+        # gives up on its own (a broker away would hold send() and call() for ever).
+        self.send_timeout = send_timeout
         self.answer_counts: Counter[str] = Counter()
         self._waiting: dict[str, list[asyncio.Future[dict[str, Any]]]] = defaultdict(list)
         self._producer: AIOKafkaProducer | None = None
@@ -89,7 +102,24 @@ class GatewayClient:
         if self._consumer:
             await self._consumer.stop()
         if self._producer:
-            await self._producer.stop()
+            await self._stop_producer(self._producer)
+
+    @staticmethod
+    async def _stop_producer(producer: AIOKafkaProducer) -> None:
+        """Stop ``producer``, giving up after ``STOP_SECONDS`` on what Kafka has not acknowledged:
+        the idempotent producer would wait for ever to deliver it to a broker that is away."""
+        stopping = asyncio.ensure_future(producer.stop())
+        done, _ = await asyncio.wait([stopping], timeout=STOP_SECONDS)
+        if not done:
+            # Its sender cancelled and its connections closed, the requests in flight fail at once
+            # and producer.stop() ends (aiokafka 0.14: the sender's routine awaits them when cancelled).
+            sender = producer._sender
+            if sender.sender_task is not None:
+                sender.sender_task.cancel()
+            await producer.client.close()
+            done, _ = await asyncio.wait([stopping], timeout=STOP_SECONDS)
+        if done:
+            stopping.result()
 
     async def _read(self) -> None:
         assert self._consumer is not None
@@ -117,9 +147,7 @@ class GatewayClient:
         self._waiting[correlation].append(fut)
         if key is None:
             key = request_key(request, self.correlate_by)
-        await self._producer.send_and_wait(
-            self.request_topic, orjson.dumps(request), key=key.encode() if key else None
-        )
+        await self._publish(orjson.dumps(request), correlation, fut, key=key.encode() if key else None)
         return fut
 
     async def send_raw(self, value: bytes, *, correlation: str, key: str | None = None,
@@ -130,9 +158,29 @@ class GatewayClient:
         assert self._producer is not None, "start the client first"
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[correlation].append(fut)
-        await self._producer.send_and_wait(self.request_topic, value, key=key.encode() if key else None,
-                                           timestamp_ms=timestamp_ms)
+        await self._publish(value, correlation, fut, key=key.encode() if key else None, timestamp_ms=timestamp_ms)
         return fut
+
+    async def _publish(self, value: bytes, correlation: str, fut: asyncio.Future[dict[str, Any]], *,
+                       key: bytes | None, timestamp_ms: int | None = None) -> None:
+        """Publish ``value`` and wait for Kafka's acknowledgement, at most ``send_timeout`` seconds."""
+        assert self._producer is not None
+        producer = self._producer
+
+        async def acknowledged() -> None:
+            sent = await producer.send(self.request_topic, value, key=key, timestamp_ms=timestamp_ms)
+            await asyncio.shield(sent)  # a timeout leaves the record to the producer, not half-cancelled
+
+        try:
+            await asyncio.wait_for(acknowledged(), self.send_timeout)
+        except TimeoutError as exc:
+            waiting = self._waiting.get(correlation, [])
+            if fut in waiting:
+                waiting.remove(fut)
+            raise PublishTimeout(
+                f"Kafka did not acknowledge {self.correlate_by} {correlation} on {self.request_topic} within "
+                f"{self.send_timeout:.0f}s; it may still be written: send it again under the same "
+                f"{self.correlate_by} once Kafka answers") from exc
 
     async def call(self, request: dict[str, Any], *, timeout: float = 15.0) -> dict[str, Any]:
         """Send ``request`` and return its answer."""
