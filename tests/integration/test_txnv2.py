@@ -13,6 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import CoordinationType
 from aiokafka.errors import (
     CoordinatorLoadInProgressError,
+    InvalidRequestError,
     KafkaConnectionError,
     KafkaError,
     MessageSizeTooLargeError,
@@ -225,6 +226,28 @@ async def test_a_transaction_coordinator_look_up_that_fails_retriably_is_tried_a
     finally:
         await producer.stop()
     assert await _committed(v2_cluster, topic, 1) == [b"after the restart"]
+
+
+async def test_a_coordinator_look_up_that_fails_for_good_still_fails_the_transaction(settings, v2_cluster):
+    """The retry is for retriable errors only: one that is not (here the broker's INVALID_REQUEST)
+    ends the producer's sender as before, and the commit says so at once."""
+    topic = f"{settings.namespace}coord-{uuid.uuid4().hex[:8]}"
+    await create_topics(v2_cluster, topic)
+    producer, _ = await _producer(v2_cluster, f"t-{uuid.uuid4().hex}", "auto")
+    try:
+        txnv2.install()
+
+        async def refused(*args):
+            raise InvalidRequestError()
+
+        producer.client.coordinator_lookup = refused
+        producer._sender._coordinator_dead(CoordinationType.TRANSACTION)
+        with pytest.raises(KafkaError):
+            async with asyncio.timeout(10):
+                async with producer.transaction():
+                    await producer.send(topic, b"never")
+    finally:
+        await producer.stop()
 
 
 @pytest.mark.parametrize("during", [False, True], ids=["offsets-after-the-handler", "offsets-during-handler"])

@@ -16,7 +16,9 @@ which features the cluster has finalized (ApiVersions v3) and switches the produ
 v2 later is used by producers started after it. ``install()`` puts the v2 request handlers in
 place (once, process-wide); a producer that was not switched keeps speaking v1 through them.
 
-``install()`` also closes a gap aiokafka leaves under both versions: a record batch the broker
+``install()`` also makes the producer look up its transaction and group coordinators again after
+a retriable error (a broker restarting closes the connection under the look-up), where aiokafka
+stops the producer's sender for good; and it closes a gap aiokafka leaves under both versions: a record batch the broker
 refused for good (an error that is not retriable) failed its send futures, yet the commit that
 followed committed the transaction, offsets included, without it. A refused batch now makes the
 transaction abortable, as the Java client does: the commit raises and the caller aborts.
@@ -535,6 +537,7 @@ async def _find_coordinator(self: Any, coordinator_type: Any, coordinator_key: s
     (KafkaConnectionError), and a broker still loading its transactions may answer
     COORDINATOR_LOAD_IN_PROGRESS: both are retriable, and both stopped every stage that was
     committing at that moment (tests/e2e/test_dependency_restarts.py)."""
+    backoff = self._retry_backoff
     while True:
         try:
             return await _aiokafka_find_coordinator(self, coordinator_type, coordinator_key)
@@ -542,9 +545,12 @@ async def _find_coordinator(self: Any, coordinator_type: Any, coordinator_key: s
             cause = exc.__cause__
             if not (isinstance(cause, Errors.KafkaError) and cause.retriable):
                 raise
-            log.warning("finding the %s coordinator failed (%r); trying again", coordinator_type.name.lower(), cause)
+            # aiokafka has logged "FindCoordinator Request failed" at ERROR just before: expected here.
+            log.warning("finding the %s coordinator failed (%r); trying again in %.2fs",
+                        coordinator_type.name.lower(), cause, backoff)
             await self.client.force_metadata_update()
-            await asyncio.sleep(self._retry_backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(1.0, backoff * 2)  # a broker restarting takes seconds: not a try every 10 ms
 
 
 _installed = False
