@@ -36,13 +36,16 @@ class Subjects:
         wanted = sorted(set(psn_nos))
         found: dict[str, dict[str, Any]] = {}
         losses = self._cache.losses
-        if losses > self._swept_after and self._cache.available() and await self.sweep_all():
-            self._swept_after = max(self._swept_after, losses)  # after a start, or Redis back: before reading
+        if losses > self._swept_after:  # after a start, Redis found away, or marks it could not drop
+            if not (self._cache.available() and await self.sweep_all()):
+                # Entries another instance marked stale may still be in Redis (one that answers
+                # reads and refuses writes: a demoted replica, maxmemory under noeviction): not read.
+                return await self._fallback(wanted)
+            self._swept_after = max(self._swept_after, losses)
         try:
             cached = await self._cache.get_many(wanted)
         except CacheUnavailable:
-            metrics.CACHE_LOOKUPS.labels("fallback").inc(len(wanted))
-            return {k: doc for k, (_, doc) in (await self._repo.subjects(wanted)).items()}
+            return await self._fallback(wanted)
         misses = []
         for psn_no, entry in zip(wanted, cached, strict=True):
             if entry is None:
@@ -57,6 +60,10 @@ class Subjects:
                 found[psn_no] = subject[1]
             await self.remember_many(loaded)
         return found
+
+    async def _fallback(self, wanted: list[str]) -> dict[str, dict[str, Any]]:
+        metrics.CACHE_LOOKUPS.labels("fallback").inc(len(wanted))
+        return {k: doc for k, (_, doc) in (await self._repo.subjects(wanted)).items()}
 
     async def remember_many(self, subjects: dict[str, Subject], *, changed: bool = False) -> None:
         """Write subjects through to the cache, in one round trip; a newer cached version wins.
@@ -95,6 +102,10 @@ class Subjects:
             raise
         metrics.CACHE_STALE_OLDEST.set(oldest)
         metrics.CACHE_SWEPT_AT.set(time.time())
+        if unreachable:
+            # Marked entries this instance cannot drop (Redis away, or refusing writes while it still
+            # answers reads): its look-ups read Postgres until a sweep drops them (get_many).
+            self._cache.losses += 1
         if dropped:
             log.info("%d cache entries marked stale dropped", dropped)
         return dropped, unreachable

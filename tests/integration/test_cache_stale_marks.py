@@ -275,3 +275,70 @@ async def test_an_operator_sweeps_the_marks_from_a_shell_as_the_instances_do(set
         assert not await cache.put(psn, *before)  # a look-up of the subject before the change: refused
     finally:
         await cache.close()
+
+
+@pytest.fixture
+def redis_of_its_own(tmp_path):
+    """A Redis of the test's own (the local stack's redis-server, on a free port): the test makes it
+    refuse writes, which the shared one must not do to other tests."""
+    import shutil
+    import subprocess
+
+    import redis
+
+    from loadtest.procs import free_port
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("no redis-server (deploy/local/stack.sh install redis)")
+    port = free_port()
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    client = redis.Redis(port=port)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0", client
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(10)
+
+
+async def test_a_redis_that_answers_reads_but_refuses_writes_serves_no_entry_marked_stale(
+        settings, repo, quick_forget, redis_of_its_own):
+    # A failover that left the services' address on the demoted replica (READONLY), maxmemory under
+    # noeviction (OOM), a full disk (MISCONF), too few replicas (NOREPLICAS, as here): Redis still
+    # answers MGET and ping, and refuses every write. The instance whose change did not reach
+    # Redis marks the entry stale; the others cannot drop it, and must not read Redis meanwhile
+    # (they did: the old filing or insurance decided settlements until the TTL).
+    url, admin = redis_of_its_own
+    writer, reader, restarted = _cache(url, settings), _cache(url, settings), _cache(url, settings)
+    key = unique("P")
+    try:
+        before, after = await _changed(repo, key)
+        running = Subjects(repo, reader)  # an instance that started before the incident
+        await reader.put(key, *before)
+        assert await running.get_many([key]) == {key: before[1]}
+        admin.config_set("min-replicas-to-write", 1)
+        try:
+            await Subjects(repo, writer).remember(key, after)
+            assert key in await _marks(repo)  # the write, and the forgetting, were refused
+            assert await reader.get_many([key]) == [before]  # Redis still serves the old entry
+            assert await running.sweep() == (0, True)  # its sweep cannot drop it
+            assert await running.get_many([key]) == {key: after[1]}  # so it reads Postgres
+            assert await Subjects(repo, restarted).get_many([key]) == {key: after[1]}  # and so does one started now
+        finally:
+            admin.config_set("min-replicas-to-write", 0)
+        assert await running.sweep() == (1, False)  # writes taken again: the mark goes
+        assert await running.get_many([key]) == {key: after[1]}
+        assert await reader.get_many([key]) in ([None], [after])  # the old entry is gone
+    finally:
+        for cache in (writer, reader, restarted):
+            await cache.close()
