@@ -78,7 +78,7 @@ async def test_a_prepared_statement_a_migration_changed_is_transient_and_works_w
         await pool.close()
 
 
-async def test_the_services_connections_take_no_server_side_statement_or_lock_timeout(settings):
+async def test_the_services_connections_take_no_server_side_statement_lock_or_idle_in_transaction_timeout(settings):
     # A database of its own: the timeouts set on it reach no other test's connections.
     name = f"yidi_timeouts_{uuid.uuid4().hex[:8]}"
     await execute_alone(settings.database_url, f'CREATE DATABASE "{name}"')
@@ -86,11 +86,18 @@ async def test_the_services_connections_take_no_server_side_statement_or_lock_ti
     try:
         await execute_alone(dsn, f"ALTER DATABASE \"{name}\" SET statement_timeout = '50ms'")
         await execute_alone(dsn, f"ALTER DATABASE \"{name}\" SET lock_timeout = '50ms'")
+        await execute_alone(dsn, f"ALTER DATABASE \"{name}\" SET idle_in_transaction_session_timeout = '50ms'")
         pool = await create_pool(dsn, size=1)
         try:
             async with pool.acquire() as conn:
-                assert (await conn.fetchval("SHOW statement_timeout"), await conn.fetchval("SHOW lock_timeout")) == ("0", "0")
+                assert (await conn.fetchval("SHOW statement_timeout"), await conn.fetchval("SHOW lock_timeout"),
+                        await conn.fetchval("SHOW idle_in_transaction_session_timeout")) == ("0", "0", "0")
                 await conn.execute("SELECT pg_sleep(0.2)")
+            repo = Repository(pool)
+            async with repo.transaction() as conn:  # a stage at work on its batch between statements
+                await conn.execute("SELECT 1")
+                await asyncio.sleep(0.3)
+                assert await conn.fetchval("SELECT 2") == 2
         finally:
             await pool.close()
         plain = await asyncpg.connect(dsn)  # another client keeps the database's setting

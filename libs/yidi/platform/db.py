@@ -275,10 +275,12 @@ async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_
     """``plan_cache_mode`` and ``parallel_workers``: Settings.db_plan_cache_mode and
     Settings.db_parallel_workers (why these defaults, and "server": there). ``service``: the
     service whose statements the pool's connections time (``statement_metrics``); None: not timed."""
-    # No server-side statement or lock timeout (a role's or the database's, set for other clients):
-    # the services bound their own statements (command_timeout; clearing's month, for as long as it
-    # needs), and a cancelled statement would be retried for ever.
-    server_settings = {"statement_timeout": "0", "lock_timeout": "0"}
+    # No server-side statement, lock or idle-in-transaction timeout (a role's or the database's, set
+    # for other clients): the services bound their own statements (command_timeout; clearing's
+    # month, for as long as it needs), a cancelled statement would be retried for ever, and a stage
+    # holds its batch's transaction open while it works on the batch (an idle-in-transaction
+    # timeout ends the session with 25P03, which stopped the stage).
+    server_settings = {"statement_timeout": "0", "lock_timeout": "0", "idle_in_transaction_session_timeout": "0"}
     if plan_cache_mode != "server":
         server_settings["plan_cache_mode"] = plan_cache_mode
     if parallel_workers != "server":
