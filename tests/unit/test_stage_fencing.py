@@ -199,3 +199,37 @@ async def test_a_stop_with_kafka_away_ends_within_its_bound(monkeypatch, caplog)
     await stage.stop()
     assert time.monotonic() - started < 2
     assert "did not stop within 0.2 s" in caplog.text
+
+
+async def test_a_stop_while_a_batch_aborts_its_transaction_with_kafka_away_ends_within_its_bound(monkeypatch, caplog):
+    # A batch cancelled mid-commit aborts its transaction (_commit), and with Kafka away the abort
+    # waits for the broker for ever: the stop waited with it, past any supervisor's grace period,
+    # and a service stopping itself (another stage failed) stayed up doing nothing.
+    import time
+
+    import yidi.platform.kafka as kafka
+
+    class Stopped:
+        async def stop(self) -> None:
+            return None
+
+    async def handler(records):
+        return []
+
+    async def committing() -> None:
+        try:
+            await asyncio.sleep(60)  # the commit, waiting for the broker
+        except asyncio.CancelledError:
+            await asyncio.sleep(60)  # the abort, waiting for the broker too
+            raise
+
+    monkeypatch.setattr(kafka, "CLIENT_STOP_SECONDS", 0.2)
+    stage = TransactionalStage("stop-test", "test", Settings(namespace="t."), ["in"], "stop-test", handler)
+    stage._consumer, stage._producer = Stopped(), Stopped()  # type: ignore[assignment]
+    stage._task = asyncio.create_task(committing())
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    await stage.stop()
+    assert time.monotonic() - started < 2
+    assert stage._task.done()
+    assert "its batch did not end within 0.2 s" in caplog.text

@@ -375,11 +375,20 @@ class TransactionalStage:
         if self._lag_task:
             self._lag_task.cancel()
         if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - already logged in _run
-                pass
+            task = self._task
+            task.cancel()
+            # Bounded too: a batch cancelled mid-commit aborts its transaction, and with Kafka away
+            # the abort waits for the broker for ever (a transactional producer's batches never
+            # expire). Cancelled again, it leaves the transaction to the broker's timeout, or to
+            # fencing by the next start; the batch is read again.
+            done, _ = await asyncio.wait([task], timeout=CLIENT_STOP_SECONDS)
+            if not done:
+                log.warning("stage %s: its batch did not end within %g s of the stop (Kafka unreachable?); left to "
+                            "the broker's timeouts", self.name, CLIENT_STOP_SECONDS)
+                task.cancel()
+                done, _ = await asyncio.wait([task], timeout=CLIENT_STOP_SECONDS)
+            if done and not task.cancelled():
+                task.exception()  # retrieved: already logged in _run
         for kind, client in (("consumer", self._consumer), ("producer", self._producer)):
             if client is None:
                 continue
