@@ -18,10 +18,11 @@ place (once, process-wide); a producer that was not switched keeps speaking v1 t
 
 ``install()`` also makes the producer look up its transaction and group coordinators again after
 a retriable error (a broker restarting closes the connection under the look-up), where aiokafka
-stops the producer's sender for good; and it closes a gap aiokafka leaves under both versions: a record batch the broker
-refused for good (an error that is not retriable) failed its send futures, yet the commit that
-followed committed the transaction, offsets included, without it. A refused batch now makes the
-transaction abortable, as the Java client does: the commit raises and the caller aborts.
+stops the producer's sender for good. And it closes a gap aiokafka leaves under both versions: a
+record batch the broker refused for good (an error that is not retriable) failed its send
+futures, yet the commit that followed committed the transaction, offsets included, without it. A
+refused batch now makes the transaction abortable, as the Java client does: the commit raises and
+the caller aborts.
 
 The request classes follow Kafka's message definitions (clients/src/main/resources/common/message:
 ApiVersionsRequest/Response.json v3, ProduceRequest/Response.json v12, EndTxnRequest/Response.json
