@@ -5,6 +5,7 @@ asyncpg's connection errors are mapped to ``TransientError`` here and nowhere el
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -226,6 +227,19 @@ class Repository:
 
 
 MIGRATION_TIMEOUT_S = 3600.0
+POOL_CLOSE_SECONDS = 5.0
+
+
+async def close_pool(pool: asyncpg.Pool, seconds: float = POOL_CLOSE_SECONDS) -> None:
+    """Close ``pool`` gracefully, or, after ``seconds``, at once: a Postgres that does not answer
+    (a network partition, a frozen host) would hold each connection's goodbye for up to its
+    command timeout (30 s), and a stopping service past its supervisor's grace period."""
+    try:
+        await asyncio.wait_for(pool.close(), seconds)
+    except TimeoutError:
+        log.warning("the database pool did not close within %g s (Postgres unreachable?); its connections "
+                    "were dropped", seconds)
+        pool.terminate()
 
 
 async def execute_alone(dsn: str, sql: str) -> None:

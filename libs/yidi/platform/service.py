@@ -22,7 +22,7 @@ from faststream.specification import AsyncAPI
 from prometheus_client import REGISTRY
 
 from yidi.platform import collector, heartbeat, metrics, probes
-from yidi.platform.db import migrate, settings_pool
+from yidi.platform.db import close_pool, migrate, settings_pool
 from yidi.platform.kafka import TransactionalStage, ensure_topics
 from yidi.platform.logs import setup_logging
 from yidi.platform.settings import Settings
@@ -110,7 +110,7 @@ class Service:
             for close in reversed(self.resources):
                 await close()
             if self.pool:
-                await self.pool.close()
+                await close_pool(self.pool)
 
     async def _start_stages(self) -> None:
         collector.freeze()  # started: what it holds now (imports, warm caches) is never scanned again
