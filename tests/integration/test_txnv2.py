@@ -166,8 +166,7 @@ async def test_a_batch_the_client_gives_up_on_makes_the_transaction_abortable(se
     aiokafka's accumulator itself, not by a produce response: its transaction is not committed either."""
     ok = f"{settings.namespace}ok-{uuid.uuid4().hex[:8]}"
     leaderless = f"{settings.namespace}leaderless-{uuid.uuid4().hex[:8]}"
-    await create_topics(v2_cluster, ok)
-    await create_topics(v2_cluster, leaderless)
+    await create_topics(v2_cluster, ok, leaderless)
     producer = AIOKafkaProducer(bootstrap_servers=v2_cluster, transactional_id=f"t-{uuid.uuid4().hex}",
                                 enable_idempotence=True, acks="all", retry_backoff_ms=10, request_timeout_ms=1500)
     await producer.start()
