@@ -81,8 +81,10 @@ class FilingPersonsHandler:
         self.settings = settings
         self.repo = repo
 
-    def _readable(self, records: list[Incoming]) -> list[tuple[Incoming, PersonRecord]]:
-        people = []
+    def _readable(self, records: list[Incoming]) -> tuple[list[tuple[Incoming, PersonRecord]], int]:
+        """The records that validate, and how many did not (counted by the caller once its work is
+        committed: a batch retried after a transient error counts them once)."""
+        people, ignored = [], 0
         for record in records:
             try:
                 person = PersonRecord.model_validate(loads(record.value))
@@ -92,16 +94,17 @@ class FilingPersonsHandler:
             except (ValidationError, ValueError) as exc:
                 why = str(exc)
             if why is not None:
-                metrics.REFDATA_RECORDS.labels("refdata.persons", "ignored").inc()
+                ignored += 1
                 log.warning("filing: person record %s/%s/%s ignored (eligibility dead-letters it): %s",
                             record.topic, record.partition, record.offset, why[:500])
                 continue
             people.append((record, person))
-        return people
+        return people, ignored
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
-        people = self._readable(records)
+        people, ignored = self._readable(records)
         if not people:
+            metrics.REFDATA_RECORDS.labels("refdata.persons", "ignored").inc(ignored)
             return []
         events: list[tuple[str, FilingRecord]] = []
         kinds: list[str] = []
@@ -142,7 +145,9 @@ class FilingPersonsHandler:
             if again:
                 events += [(r.psn_no, r) for _, r in await self.repo.ended_by(conn, again)]
             await self.repo.save_insurances(conn, held)
-        for kind in kinds:  # once committed: a batch retried after a transient error counts once
+        # Once committed: a batch retried after a transient error counts once.
+        metrics.REFDATA_RECORDS.labels("refdata.persons", "ignored").inc(ignored)
+        for kind in kinds:
             metrics.FILINGS_ENDED.labels(kind).inc()
         topic = self.settings.topic(FILING_EVENTS)
         return [Outgoing(topic=topic, value=dumps(FilingEvent(event="ended", filing=r)), key=psn_no.encode())

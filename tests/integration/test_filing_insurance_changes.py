@@ -9,10 +9,12 @@ from datetime import date, datetime, timedelta
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from yidi.contracts.filing import FilingEvent
 from yidi.domain.codes import BUSINESS_TZ, FilingCategory, InsuranceType
 from yidi.domain.filing import FilingAsk, new_filing
+from yidi.platform.errors import TransientError
 from yidi.platform.kafka import Incoming
 
 from services.filing.persons import FilingPersonsHandler
@@ -275,3 +277,34 @@ async def test_records_that_do_not_validate_are_left_to_eligibilitys_feed(filing
     assert await handler([bad, ahead]) == []
     async with filing_repo.transaction() as conn:
         assert await filing_repo.insurances(conn, [psn]) == {}
+
+
+async def test_a_batch_retried_after_a_transient_error_counts_its_ignored_records_once(filing_repo, settings):
+    """The stage handles a batch again after a transient error (Postgres away under its
+    transaction): the records it ignores are counted when its work commits, not on each try."""
+
+    class Unsteady(FilingRepository):
+        fails = 1
+
+        async def insurances(self, conn, psn_nos):
+            if self.fails:
+                self.fails -= 1
+                raise TransientError("Postgres away (the test)")
+            return await super().insurances(conn, psn_nos)
+
+    psn = unique("P")
+    handler = FilingPersonsHandler(settings, Unsteady(filing_repo._pool))
+    bad = Incoming("refdata.persons", 0, 1, psn.encode(), b'{"psn_no": "x"}', int(time.time() * 1000))
+    before = ignored()
+    with pytest.raises(TransientError):
+        await handler([bad, Feed(psn).record(at=ago(hours=1))])
+    assert ignored() == before
+    await handler([bad, Feed(psn).record(at=ago(hours=1))])
+    assert ignored() == before + 1
+    # A batch of nothing but records it ignores has no transaction to wait for.
+    await handler([bad, bad])
+    assert ignored() == before + 3
+
+
+def ignored() -> float:
+    return REGISTRY.get_sample_value("yidi_refdata_records_total", {"feed": "refdata.persons", "outcome": "ignored"}) or 0.0
