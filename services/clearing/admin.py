@@ -39,7 +39,7 @@ from yidi.domain.codes import BUSINESS_TZ, within
 from yidi.domain.clearing import PairTotals, month_ended, net_positions, next_month, reconcile_details, reconcile_totals
 from yidi.domain.money import MAX_AMOUNT, fmt
 from yidi.platform import metrics
-from yidi.platform.errors import BadData
+from yidi.platform.errors import BadData, RaceLost
 from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import answer_fallback, broken, parse_each, recover_word, refuse_by_reqid, reply
@@ -320,6 +320,11 @@ class ClearingAdminHandler:
         period = await conn.fetchrow("SELECT state, totalled_at FROM clearing.periods WHERE setlym = $1 FOR UPDATE",
                                      month)
         if period is not None and period["totalled_at"] is not None:
+            if await conn.fetchval("SELECT 1 FROM clearing.admin_requests WHERE reqid = $1", request.reqid):
+                # Cleared by this very request, committed by another instance while this one waited
+                # for the lock (a rebalance during the run: that instance's Kafka transaction is
+                # refused). Handled again, the stored result and statements are published.
+                raise RaceLost(f"run_month {request.reqid} was committed by another instance meanwhile")
             return False, f"month {month} is cleared already; query its statements", {}, []
         if period is None and refused is not None:
             # Refused by close_month in its own short transaction: not checked again here, where the

@@ -10,6 +10,7 @@ it, and a month is run only when no earlier open month holds settlements or undo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from decimal import Decimal
 
@@ -21,6 +22,7 @@ from services.clearing.handlers import ClearingHandler
 from services.clearing.repository import AMOUNT_COLUMNS, ClearingRepository
 from tests.integration.priced import priced
 from tests.integration.waiting import until
+from yidi.platform.errors import RaceLost
 from yidi.platform.kafka import Incoming
 
 pytestmark = pytest.mark.integration
@@ -227,3 +229,50 @@ async def test_a_pairs_month_shows_what_its_statement_clears_beside_what_is_date
     (after,) = await _handle(settings, repo, query | {"reqid": f"Q-{uuid.uuid4().hex}"})
     (statement,) = after["data"]["statements"]
     assert {k: statement[k] for k in after["data"]["clearing"]} == after["data"]["clearing"]
+
+
+class _CommitHeld(ClearingRepository):
+    """A clearing instance that has done a batch's work and not committed it yet: its transaction
+    (the one after ``close_month``'s) waits for ``release`` before it commits."""
+
+    def __init__(self, pool) -> None:
+        super().__init__(pool)
+        self.held, self.release, self._next = asyncio.Event(), asyncio.Event(), False
+
+    async def close_month(self, *args, **kwargs):
+        try:
+            return await super().close_month(*args, **kwargs)
+        finally:
+            self._next = True
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, locked=None):
+        hold, self._next = self._next, False
+        async with super().transaction(locked) as conn:
+            yield conn
+            if hold:
+                self.held.set()
+                await self.release.wait()
+
+
+async def test_a_run_two_instances_handle_at_once_publishes_what_the_one_that_committed_stored(settings, repo):
+    # A rebalance while a month is totalled: the instance that lost the partition commits the month
+    # to Postgres and its Kafka transaction is refused. The new owner read the request as not
+    # handled (the other had not committed) and waited for the month's lock. It answered "cleared
+    # already" and published no statement: the month's statements never reached the topic.
+    await _settle(settings, repo, "2025-09-10 10:00:00", "10.00")
+    body = _run_body("202509")
+    record = Incoming(settings.topic("clearing.requests"), 0, 0, body["reqid"].encode(), orjson.dumps(body), 0)
+    revoked = _CommitHeld(repo._pool)
+    first = asyncio.create_task(ClearingAdminHandler(settings, revoked)([record]))
+    await asyncio.wait_for(revoked.held.wait(), timeout=10)
+    second = asyncio.create_task(ClearingAdminHandler(settings, repo)([record]))
+    await until(lambda: _waiting(repo._pool, "transactionid"), timeout=10)
+    revoked.release.set()
+    lost = await asyncio.wait_for(first, timeout=10)  # its Kafka transaction refused: none of it published
+    assert len(lost) == 2 and orjson.loads(lost[0].value)["ok"]  # the result and the pair's statement
+    try:
+        published = await asyncio.wait_for(second, timeout=10)
+    except RaceLost:  # the stage handles the batch again
+        published = await ClearingAdminHandler(settings, repo)([record])
+    assert [(o.topic, o.value, o.key) for o in published] == [(o.topic, o.value, o.key) for o in lost]
