@@ -41,14 +41,18 @@ def scenarios(draw):
         annual_cap=annual_cap, outpatient_quota=draw(st.none() | money),
         reductions={FilingCategory.REFERRAL: D("0.10"), FilingCategory.TEMPORARY_OTHER: draw(st.sampled_from([D(0), D("0.20")]))},
         first_selfpay={FilingCategory.TEMPORARY_OTHER: draw(st.sampled_from([D(0), D("0.10")]))},
-        layers=(large if annual_cap is not None else ()) + (
-            Layer(FundType.RESIDENT_SERIOUS_ILLNESS, draw(money), draw(ratio), draw(st.none() | money)),
+        # Each insurance's own layers (R18): employees' large-amount subsidy above the pooled cap and
+        # civil-servant subsidy, residents' serious-illness insurance; medical assistance for both.
+        layers=((large if annual_cap is not None else ()) + (
+            Layer(FundType.CIVIL_SERVANT, D(0), draw(ratio), draw(st.none() | money), requires="civil_servant"),)
+            if insutype is InsuranceType.EMPLOYEE
+            else (Layer(FundType.RESIDENT_SERIOUS_ILLNESS, draw(money), draw(ratio), draw(st.none() | money)),)) + (
             Layer(FundType.MEDICAL_ASSISTANCE, D(0), draw(ratio), draw(st.none() | money), requires="medical_assistance"),
         ),
     )
     terms = Terms(med, insutype, draw(st.sampled_from(list(PersonType))), 3, category,
                   use_account=draw(st.booleans()), account_balance=draw(money),
-                  qualifications=draw(st.sampled_from([frozenset(), frozenset({"medical_assistance"})])))
+                  qualifications=draw(st.sampled_from([frozenset(), frozenset({"medical_assistance"}), frozenset({"civil_servant", "medical_assistance"})])))
     return Bill("V", DAY, tuple(lines)), Catalogue.in_force("110000", DAY, items), policy, terms
 
 

@@ -309,6 +309,23 @@ def test_r18_layers_listed_out_of_the_payment_order_are_refused_when_loaded():
     validate_policy(policy(rule(IP), layers=(Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("0"), D("0.85")), civil, assistance)))
 
 
+def test_r18_a_policy_carries_only_its_own_insurances_layers():
+    # An employee policy carrying residents' serious-illness insurance beside the large-amount
+    # subsidy was loaded, and paid an employee's 1,000.00 bill hifmi 100.00 and hifob 50.00: two
+    # layers on one base, one of them the residents' fund.
+    serious = Layer(FundType.RESIDENT_SERIOUS_ILLNESS, D("0"), D("0.50"))
+    large = Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("0"), D("0.50"))
+    civil = Layer(FundType.CIVIL_SERVANT, D("0"), D("0.50"), requires="civil_servant")
+    assistance = Layer(FundType.MEDICAL_ASSISTANCE, D("0"), D("0.70"), requires="medical_assistance")
+    with pytest.raises(PolicyError, match=r"R18: layer 390200 \(resident serious-illness insurance\) is not a layer "
+                                          r"of 310 \(employee\) insurance"):
+        validate_policy(policy(rule(IP), insutype=InsuranceType.EMPLOYEE, layers=(serious, large)))
+    for other in (large, civil):
+        with pytest.raises(PolicyError, match=f"R18: layer {other.fund_type.value} .* is not a layer of 390"):
+            validate_policy(policy(rule(IP), insutype=InsuranceType.RESIDENT, layers=(serious, other)))
+    validate_policy(policy(rule(IP), insutype=InsuranceType.EMPLOYEE, layers=(large, civil, assistance)))
+    validate_policy(policy(rule(IP), insutype=InsuranceType.RESIDENT, layers=(serious, assistance)))
+
 def test_r18_a_layer_above_the_pooled_cap_needs_a_pooled_cap():
     large = Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("0"), D("0.85"), base=LayerBase.ABOVE_POOLED_CAP)
     with pytest.raises(PolicyError, match="no annual_cap"):

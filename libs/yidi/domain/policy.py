@@ -34,6 +34,14 @@ LAYER_ORDER: dict[FundType, int] = {
     FundType.MEDICAL_ASSISTANCE: 2,
 }
 
+# R18 and DOMAIN.md step 6: the layers each insurance has. Serious-illness insurance is the
+# residents'; the large-amount and civil-servant subsidies are employees'; medical assistance helps
+# either. A layer of the other insurance would pay its fund's money to people it does not cover.
+LAYERS_OF: dict[InsuranceType, frozenset[FundType]] = {
+    InsuranceType.EMPLOYEE: frozenset({FundType.EMPLOYEE_LARGE_AMOUNT, FundType.CIVIL_SERVANT, FundType.MEDICAL_ASSISTANCE}),
+    InsuranceType.RESIDENT: frozenset({FundType.RESIDENT_SERIOUS_ILLNESS, FundType.MEDICAL_ASSISTANCE}),
+}
+
 
 class PolicyError(ValueError):
     """A policy that cannot be applied; it is refused when loaded, never half-applied."""
@@ -283,6 +291,12 @@ def validate_policy(policy: BenefitPolicy) -> None:
         if layer.fund_type in seen:
             raise PolicyError(f"layer {layer.fund_type.value} appears twice: one layer per fund (its year is counted "
                               "per fund; segments by amount are not supported)")
+        if layer.fund_type not in LAYERS_OF[policy.insutype]:
+            raise PolicyError(
+                f"R18: layer {layer.fund_type.value} ({FUND_NAMES[layer.fund_type]}) is not a layer of "
+                f"{policy.insutype.value} ({'employee' if policy.insutype is InsuranceType.EMPLOYEE else 'resident'}) "
+                f"insurance; its layers are "
+                + ", ".join(f"{f.value} ({FUND_NAMES[f]})" for f in sorted(LAYERS_OF[policy.insutype])))
         seen.add(layer.fund_type)
         if previous is not None and LAYER_ORDER.get(layer.fund_type, 0) < LAYER_ORDER.get(previous.fund_type, 0):
             # Each layer pays a share of what the ones before it left: listed in another order, medical
