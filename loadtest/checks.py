@@ -57,17 +57,24 @@ def answer_gist(answer: Mapping[str, Any]) -> tuple[Any, ...]:
             info.get("medfee_sumamt"), info.get("fund_pay_sumamt"), info.get("psn_cash_pay"), info.get("acct_pay"))
 
 
+_UNDONE_GIST = hash((-1, "ALREADY_UNDONE", None, None, None, None, None))
+
+
 class AlikeAnswers:
     """The gist of the first answer to each msgid (as a hash), and the later answers that said
-    something else (``inconsistent``, for ``check_exactly_once``)."""
+    something else (``inconsistent``, for ``check_exactly_once``). One exception: a settlement
+    sent again after it was cancelled or reversed is answered ``ALREADY_UNDONE`` (it no longer
+    stands), not its first success."""
 
     def __init__(self) -> None:
-        self._first: dict[str, int] = {}
+        self._first: dict[str, int] = {}  # the gist's hash, shifted, and whether it was a success (bit 0)
         self.inconsistent: Counter[str] = Counter()
 
     def add(self, msgid: str, answer: Mapping[str, Any]) -> None:
         gist = hash(answer_gist(answer))
-        if self._first.setdefault(msgid, gist) != gist:
+        key = gist << 1 | (answer.get("infcode") == 0)
+        first = self._first.setdefault(msgid, key)
+        if first != key and not (first & 1 and gist == _UNDONE_GIST):
             self.inconsistent[msgid] += 1
 
 

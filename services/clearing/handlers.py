@@ -115,11 +115,15 @@ class ClearingHandler:
                         # Undone while the ledger lacked it (its settlement was dead-lettered, and now
                         # sent again): the undoing takes effect as the settlement is entered. Its
                         # request was answered then; its answer now is kept for a resend of it.
+                        # The settlement is answered as it now stands (undone), not as priced: the
+                        # facility was told it failed, and a success now would have it collect only
+                        # the cash part of a bill the ledger holds undone.
                         row = entries[-1].row
                         first = waits_for[0]
                         undo_counted = self._undo(row, first.infno, first.msgid, first.answer, first.month,
                                                   cleared_through, undone, moves)
-                        sent = replace(sent, on_commit=_both(sent.on_commit, undo_counted))
+                        sent = replace(self._answer(work, _undone_answer(work, row)),
+                                       on_commit=_both(sent.on_commit, undo_counted))
                         for w in waits_for:
                             undo_seen[w.msgid] = (w.request_hash, w.answer)
                             undo_new.append((w.msgid, w.request_hash, row.setl_id, w.answer))
@@ -228,6 +232,10 @@ class ClearingHandler:
                 again.append((existing.insuplc_admdvs, existing.mdtrtarea_admvs, "draw", existing.setl_id))
                 if existing.state != "settled":  # undone since: its give-back (and an alert kept with it) too
                     again.append((existing.insuplc_admdvs, existing.mdtrtarea_admvs, "give_back", existing.setl_id))
+            if existing.state != "settled":
+                # Undone since it was answered (a reversal after a lost answer, a cancellation): the
+                # stored success would tell the facility the funds pay what the ledger holds undone.
+                return self._answer(work, _undone_answer(work, existing), _DUPLICATE.inc)
             return self._answer(work, existing.answer, _DUPLICATE.inc)
         facts = work.facts
         assert facts is not None, "pricing sends facts with every settlement"
@@ -241,7 +249,9 @@ class ClearingHandler:
                         clr_period=period)
         sent = self._answer(work, answer, _SETTLED.inc)
         # The ledger keeps the answer as it was sent (the bytes of ``sent``; its refmsg_time is
-        # this request's): the same answer, serialised once.
+        # this request's): the same answer, serialised once. (A settlement undone as it is entered,
+        # by an undoing that waited for it, is answered ALREADY_UNDONE instead: the ledger keeps
+        # this one, the settlement's amounts as priced.)
         entries.append(
             NewEntry(row, work.request.infno.value, facts.psn_no, facts.mdtrt_id, amounts,
                      facts.insuplc_admdvs, facts.mdtrtarea_admvs, facts.fixmedins_code, facts.setlym,
@@ -252,6 +262,16 @@ class ClearingHandler:
         by_msgid[row.msgid] = row
         by_setl[row.setl_id] = row
         return sent
+
+
+def _undone_answer(work: PricedWork, row: LedgerRow) -> ResponseEnvelope:
+    """The answer to a settlement whose ledger row is undone: it does not stand."""
+    how = "reversed (2601)" if row.state == "reversed" else "cancelled"
+    return answers.refusal(
+        work.request, ErrCode.ALREADY_UNDONE,
+        f"Settlement {row.setl_id} of msgid {row.msgid} was {how} by msgid {row.undone_msgid}; it does not stand, "
+        "and nothing was settled now: the funds pay nothing of this bill. To settle the visit, send a new "
+        "settlement under a new msgid.")
 
 
 def _moves_prepayment(insured: str, treating: str, drawn: Decimal | None) -> bool:

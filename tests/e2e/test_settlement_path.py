@@ -155,6 +155,24 @@ async def test_each_kind_of_settlement_is_undone_by_its_own_transaction(gateway,
     assert (await gateway.call(cancel_of(settle, setl_id)))["output"]["setlinfo"]["state"] == "cancelled"
 
 
+async def test_a_settlement_sent_again_after_its_reversal_is_answered_that_it_does_not_stand(gateway, system):
+    # A cashier whose answer was lost reverses the settlement (2601), then sends the settlement
+    # again under its msgid. Its stored success said the funds pay 48.89 of WE1's bill, while the
+    # ledger holds it reversed: the facility would have collected only the cash part.
+    settle = we1()
+    first = await gateway.call(settle)
+    assert first["infcode"] == 0 and first["output"]["setlinfo"]["fund_pay_sumamt"] != "0.00"
+    reversal = fresh(settle) | {"infno": "2601", "input": {"data": {
+        "psn_no": settle["input"]["data"]["psn_no"], "omsgid": settle["msgid"], "oinfno": "2207"}}}
+    assert (await gateway.call(reversal))["output"]["setlinfo"]["state"] == "reversed"
+    again = await gateway.call(settle)
+    assert (again["msgid"], again["infcode"], again["err_code"]) == (settle["msgid"], -1, "ALREADY_UNDONE")
+    assert f"was reversed (2601) by msgid {reversal['msgid']}" in again["err_msg"]
+    (row,) = await system.ledger(settle["msgid"])
+    assert row["state"] == "reversed"
+    # The visit settles anew under a new msgid.
+    assert (await gateway.call(fresh(settle)))["infcode"] == 0
+
 async def test_a_bill_whose_answer_would_not_fit_in_a_message_is_refused_before_anything_is_recorded(gateway, system):
     # 2,000 lines with 64-character CJK codes: the request passes eligibility's 900 KB cap, but its
     # answer (every line priced) is over 1 MB; pricing refuses it before recording the settlement.

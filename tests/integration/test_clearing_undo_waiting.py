@@ -48,9 +48,13 @@ async def test_a_cancellation_that_came_before_its_settlement_reached_the_ledger
     assert refused["err_code"] == "INTERNAL_ERROR" and "ledger lacks it" in refused["err_msg"]
     assert "takes effect if that settlement is recorded" in refused["err_msg"]
 
-    # The settlement is sent again: it is entered, and undone by the cancellation at once.
+    # The settlement is sent again: it is entered, and undone by the cancellation at once. It is
+    # answered as it stands, once: a success would have the facility collect only the cash part of
+    # a bill no fund pays.
     entered = await handler([settle])
-    assert [a["infcode"] for a in _answers(entered)] == [0]  # the settlement's own answer, once
+    (answer,) = _answers(entered)
+    assert (answer["msgid"], answer["infcode"], answer["err_code"]) == ("M-1", -1, "ALREADY_UNDONE")
+    assert answer["err_msg"].startswith("Settlement S-1 of msgid M-1 was cancelled by msgid M-1-UNDO; it does not stand")
     async with repo.transaction() as conn:
         row = await conn.fetchrow("SELECT state, undone_msgid, clr_period, undo_period FROM clearing.ledger "
                                   "WHERE setl_id = 'S-1'")
@@ -62,10 +66,10 @@ async def test_a_cancellation_that_came_before_its_settlement_reached_the_ledger
     assert [s["balance"] for s in published(own, entered, PREPAYMENT_STATUS)] == ["100.00"]
     assert waiting == 0
 
-    # Either sent again: the cancellation gets pricing's answer to it, the settlement its own;
-    # nothing moves again.
+    # Either sent again: the cancellation gets pricing's answer to it, the settlement the same
+    # refusal; nothing moves again.
     again = await handler([cancel, settle])
-    assert [(a["msgid"], a["infcode"]) for a in _answers(again)] == [("M-1-UNDO", 0), ("M-1", 0)]
+    assert [(a["msgid"], a.get("err_code")) for a in _answers(again)] == [("M-1-UNDO", None), ("M-1", "ALREADY_UNDONE")]
     async with repo.transaction() as conn:
         assert await conn.fetchval("SELECT count(*) FROM clearing.prepayment_moves WHERE ref = 'S-1'") == 2
 
@@ -105,7 +109,7 @@ async def test_an_undoing_and_its_settlement_sent_again_in_one_batch_undo_it(set
 
     out = await handler([cancel, settle])
 
-    assert [(a["msgid"], a["infcode"]) for a in _answers(out)] == [("M-3-UNDO", -1), ("M-3", 0)]
+    assert [(a["msgid"], a.get("err_code")) for a in _answers(out)] == [("M-3-UNDO", "INTERNAL_ERROR"), ("M-3", "ALREADY_UNDONE")]
     async with repo.transaction() as conn:
         row = await conn.fetchrow("SELECT state, undone_msgid FROM clearing.ledger WHERE setl_id = 'S-3'")
         kinds = [r["kind"] for r in await conn.fetch(
@@ -117,7 +121,7 @@ async def test_an_undoing_and_its_settlement_sent_again_in_one_batch_undo_it(set
     # The batch handled again (its Kafka transaction lost: only this attempt's answers go out): the undoing
     # now has its kept answer, and nothing moves again.
     again = await handler([cancel, settle])
-    assert [(a["msgid"], a["infcode"]) for a in _answers(again)] == [("M-3-UNDO", 0), ("M-3", 0)]
+    assert [(a["msgid"], a.get("err_code")) for a in _answers(again)] == [("M-3-UNDO", None), ("M-3", "ALREADY_UNDONE")]
     async with repo.transaction() as conn:
         assert await conn.fetchval("SELECT count(*) FROM clearing.prepayment_moves WHERE ref = 'S-3'") == 2
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from loadtest.checks import (
+    AlikeAnswers,
     Settled,
     Totals,
     answer_gist,
@@ -65,6 +66,16 @@ def test_the_gist_of_an_answer_leaves_out_its_times_and_text():
     assert answer_gist({"infcode": -1, "err_code": "NOT_FILED", "err_msg": "x"}) == answer_gist(
         {"infcode": -1, "err_code": "NOT_FILED", "err_msg": "y"})
 
+
+def test_a_settlement_answered_that_it_was_undone_after_its_success_is_no_inconsistency():
+    settled = {"infcode": 0, "output": {"setlinfo": {"setl_id": "S1", "fund_pay_sumamt": "1.00"}}}
+    undone = {"infcode": -1, "err_code": "ALREADY_UNDONE", "err_msg": "Settlement S1 … was cancelled"}
+    alike = AlikeAnswers()
+    for msgid, answer in [("M1", settled), ("M1", undone), ("M1", undone),  # resent after its cancellation
+                          ("M2", undone), ("M2", settled),  # undone first, then a success: never right
+                          ("M3", {"infcode": -1, "err_code": "NOT_FILED"}), ("M3", undone)]:
+        alike.add(msgid, answer)
+    assert alike.inconsistent == {"M2": 1, "M3": 1}
 
 def test_counts_per_msgid_are_accepted_as_well_as_lists():
     assert check_exactly_once({"M1": 2}, {"M1": 2}).ok

@@ -344,6 +344,7 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         notes="The default `reply_to`. Answers are published by the service that decides them: "
               "eligibility (1101, 2001, malformed requests), pricing (refusals, pre-settlements, "
               "`MODIFIED_REQUEST`, `ALREADY_SETTLED`, `NO_POLICY`, `NOT_FOUND`, `PREPAYMENT_EXHAUSTED`), clearing (settlements, "
+              "`ALREADY_UNDONE` to a settlement sent again after it was undone, "
               "cancellations, reversals; 3201/3202 from its clearing-admin stage). " + _MOVED_HERE,
     ),
     T.FILING_REQUESTS: TopicContract(
