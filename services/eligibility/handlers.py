@@ -242,7 +242,8 @@ class EligibilityHandler:
             try:
                 subject = subjects.get(p.body.psn_no) if p.body is not None else None
                 out.append(self.handle_one(p, subject, facilities, outages, now))
-            except (ValidationError, ValueError) as exc:  # e.g. a stored record this version cannot read
+            except Exception as exc:  # noqa: BLE001 - e.g. a stored record this version cannot read; any
+                # other is a bug, answered and dead-lettered as pricing does, not a stage stopped on one record
                 log.exception("eligibility failed for %s", p.request.msgid)
                 out.extend(self._failed(p, f"eligibility failed: {exc!r}"))
         return out

@@ -25,7 +25,8 @@ from yidi.platform import metrics
 from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.db import lock_keys
 from yidi.platform.kafka import CANNOT_PROCESS, Incoming, Outgoing
-from yidi.platform.replies import answer_fallback, dead_letter, parse_each, recover_word, refuse_by_reqid
+from yidi.platform.replies import (DEAD_LETTER_MAX_KEY_BYTES, answer_fallback, dead_letter, parse_each, recover_word,
+                                   refuse_by_reqid)
 from yidi.platform.settings import Settings
 from yidi.platform.topics import FILING_EVENTS
 
@@ -99,7 +100,9 @@ class FilingHandler:
         else:
             why = f"the request was refused as malformed ({reason[:500]}); correct it and send it again"
         return refuse_by_reqid(
-            self.settings, record, reason, default_reply_to=FILING_REPLY_TO, key=record.key,
+            self.settings, record, reason, default_reply_to=FILING_REPLY_TO,
+            # keyed as the request was, but never by a key too large for the answer's record
+            key=record.key if record.key is None or len(record.key) <= DEAD_LETTER_MAX_KEY_BYTES else None,
             result=lambda reqid: FilingResult(reqid=reqid, accepted=False, reason=why),
             on_commit=_counter(recover_word(record.value, "action", _ACTIONS), "invalid"),
         ) or [dead_letter(record, reason)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,9 @@ from yidi.contracts.envelope import gateway_reply_topic
 from yidi.contracts.internal import EligibleWork
 from yidi.contracts.refdata import CatalogueRecord, PersonRecord
 from yidi.domain.codes import BUSINESS_TZ
-from yidi.platform.jsonwire import loads
+from yidi.platform.jsonwire import MAX_DEPTH, loads
 from yidi.platform.kafka import Incoming
-from yidi.platform.replies import DEAD_LETTER_MAX_BYTES, dead_letter, recover_ids
+from yidi.platform.replies import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_KEY_BYTES, dead_letter, recover_ids
 from yidi.platform.settings import Settings
 
 WE1 = json.loads((Path(__file__).resolve().parents[3] / "shared" / "examples" / "we1" / "request.json").read_text())
@@ -45,6 +46,15 @@ def we1_with(**changes) -> dict:
         else:
             data[path] = value
     return request
+
+
+def _nested(levels: int) -> str:
+    """A list nested ``levels`` deep, as a marker ``_wire`` writes out (orjson writes 254 levels at most)."""
+    return f"<nested {levels}>"
+
+
+def _wire(request: dict) -> bytes:
+    return re.sub(rb'"<nested (\d+)>"', lambda m: b"[" * int(m[1]) + b"]" * int(m[1]), orjson.dumps(request))
 
 
 def _one_line(cnt: str, pric: str) -> dict:
@@ -84,6 +94,11 @@ BAD_REQUESTS = {
     "a negative line": _negative_line(),
     "NUL in psn_no": we1_with(psn_no="131000\u00000001"),
     "NUL in fixmedins_code": {**copy.deepcopy(WE1), "fixmedins_code": "H1101\u00000500001"},
+    # An unknown field the models ignore, nested past what orjson writes (254 levels): hashing the
+    # request raised, and eligibility stopped on it at every start (a review, session 34).
+    "an unknown field nested 300 levels deep": we1_with(memo=_nested(300)),
+    # _has_nul recursed in Python, which stops near 1,000 levels: a RecursionError, not refused.
+    "a NUL after 900 levels of nesting": {"x": _nested(900), **copy.deepcopy(WE1), "psn_name": "\u0000"},
     "an inpatient stay sent as an outpatient settlement (2207, med_type 21)": we1_with(med_type="21"),
     "outpatient care sent as an inpatient settlement (2304, med_type 11)": {**we1_with(med_type="11"), "infno": "2304"},
     "reply_to '.'": we1_with(reply_to="."),
@@ -124,7 +139,7 @@ async def _through_the_stages(request: dict, stored: dict | None = None, subject
     dead-letter for ``request``."""
     settings = Settings(namespace="ns.")
     eligibility = EligibilityHandler(settings, repo=_NoRows(), subjects=subjects or _NoSubjects())  # type: ignore[arg-type]
-    out = await eligibility([Incoming("ns.settlement.requests", 0, 7, b"k", orjson.dumps(request), 1_700_000_000_000)])
+    out = await eligibility([Incoming("ns.settlement.requests", 0, 7, b"k", _wire(request), 1_700_000_000_000)])
     sent = [o for o in out if o.answered]
     dead = [o for o in out if o.topic == "ns.settlement.requests.dlq"]
     for o in out:
@@ -156,7 +171,7 @@ def _envelope_valid(request: dict) -> bool:
 
 
 @pytest.mark.parametrize("name", [n for n, r in BAD_REQUESTS.items() if r.get("infno") in ("2207", "2304")
-                                  and _envelope_valid(r) and "NUL" not in n])
+                                  and _envelope_valid(r) and "NUL" not in n and "deep" not in n])
 async def test_a_settled_request_resent_after_a_check_was_tightened_gets_its_stored_answer(name):
     # Settled by an earlier version that took its input, its answer lost, sent again after the
     # upgrade: the stored answer, not "refused as malformed" beside a payment in the ledger.
@@ -235,6 +250,25 @@ def test_a_dead_letter_drops_headers_that_would_not_fit_in_a_record():
     small = Incoming("t", 0, 1, None, b"{", 0, (("trace", b"abc"),))
     assert dict(dead_letter(small, "not JSON").headers)["trace"] == b"abc"
 
+
+def test_a_dead_letter_keeps_a_null_header_and_counts_many_empty_ones():
+    # Kafka header values may be null: measuring one raised TypeError, and the stage stopped on
+    # the first malformed request that carried one (a review, session 34).
+    record = Incoming("t", 0, 1, None, b"{not json", 0, (("traceparent", None),))
+    assert ("traceparent", None) in dead_letter(record, "not JSON").headers
+    # 600,000 empty headers: some 6 MB on the wire, counted as nothing before.
+    many = Incoming("t", 0, 1, None, b"{", 0, (("", b""),) * 600_000)
+    assert dict(dead_letter(many, "not JSON").headers)["yidi-dlq-headers-dropped"] == b"600000"
+
+
+def test_a_dead_letter_keeps_at_most_a_kilobyte_of_the_key():
+    # A compressed batch carries a key of megabytes in a few kilobytes; its dead letter, refused as
+    # too large, stopped the stage.
+    record = Incoming("t", 0, 1, b"k" * 2_000_000, b"{not json", 0)
+    dead = dead_letter(record, "not JSON")
+    assert dead.key == b"k" * DEAD_LETTER_MAX_KEY_BYTES
+    assert dict(dead.headers)["yidi-dlq-key-truncated"] == b"2000000"
+    assert dead_letter(Incoming("t", 0, 1, b"P1", b"{", 0), "not JSON").key == b"P1"
 
 def test_a_small_dead_letter_keeps_the_whole_message():
     record = Incoming("t", 0, 1, None, b"{not json", 0)
@@ -377,6 +411,20 @@ def test_nul_is_refused_anywhere_but_an_escaped_backslash_is_not_a_nul():
     with pytest.raises(ValueError, match="NUL"):
         loads(b'{"a": {"b": ["x\\u0000"]}}')
     assert loads(b'{"a": "x\\\\u0000"}') == {"a": "x\\u0000"}
+    with pytest.raises(ValueError, match="NUL"):
+        loads(b'{"a": [{"k\\u0000": 1}]}')
+    with pytest.raises(ValueError, match="NUL"):
+        loads(b'"\\u0000"')
+
+
+def test_a_message_nesting_deeper_than_the_limit_is_refused_as_malformed():
+    limit = _wire({"a": _nested(MAX_DEPTH - 1)})  # the object is a level
+    assert loads(limit) == loads(limit.decode()) == orjson.loads(limit)
+    for value in ({"a": _nested(MAX_DEPTH)}, _nested(1000), [{"b": _nested(900)}, "\x00"]):
+        with pytest.raises(ValueError, match=f"nests deeper than {MAX_DEPTH} levels|NUL character"):
+            loads(_wire(value))
+    # Brackets inside strings count towards the walk, never towards the depth.
+    assert loads(orjson.dumps({"s": "[" * 500})) == {"s": "[" * 500}
 
 
 @pytest.mark.parametrize("record", [

@@ -22,21 +22,47 @@ def request_hash(model: BaseModel) -> str:
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+# The deepest a message may nest: the contract's deepest is a bill's line in a request (five
+# levels). orjson reads 1,024 levels but writes at most 254, and Python's recursion stops near
+# 1,000: a request nesting deeper in a field the models ignore stopped the stage that hashed it.
+MAX_DEPTH = 64
+
+
 def loads(data: bytes | str) -> Any:
     """Parse JSON; refuse a NUL character (``\\u0000``) in any string, which Postgres cannot store
     (text and json columns alike): a message carrying one is refused where it arrives, as malformed,
-    instead of failing its whole batch's SQL later."""
+    instead of failing its whole batch's SQL later. Refuse nesting deeper than ``MAX_DEPTH``."""
     value = orjson.loads(data)
-    if (b"\\u0000" if isinstance(data, bytes) else "\\u0000") in data and _has_nul(value):
-        raise ValueError("a string holds a NUL character (\\u0000)")
+    if isinstance(data, bytes):
+        nul, brackets = b"\\u0000" in data, data.count(b"[") + data.count(b"{")
+    else:
+        nul, brackets = "\\u0000" in data, data.count("[") + data.count("{")
+    # Fewer brackets than the limit cannot nest past it: the walk is for long bills (and NULs) only.
+    if nul or brackets > MAX_DEPTH:
+        _check(value, nul)
     return value
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
-    return False
+def _check(value: Any, nul: bool) -> None:
+    """Walk ``value`` without recursion: no string holds a NUL (when ``nul``), no container is
+    nested deeper than ``MAX_DEPTH``."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+            if nul and any("\x00" in k for k in item):
+                raise ValueError("a string holds a NUL character (\\u0000)")
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise ValueError(f"the message nests deeper than {MAX_DEPTH} levels")
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+            elif nul and isinstance(child, str) and "\x00" in child:
+                raise ValueError("a string holds a NUL character (\\u0000)")
+    if nul and isinstance(value, str) and "\x00" in value:
+        raise ValueError("a string holds a NUL character (\\u0000)")

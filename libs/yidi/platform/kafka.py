@@ -74,7 +74,7 @@ class Incoming:
     key: bytes | None
     value: bytes
     timestamp_ms: int
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: tuple[tuple[str, bytes | None], ...] = ()  # a header value may be null
 
 
 @value
@@ -91,7 +91,7 @@ class Outgoing:
     topic: str
     value: bytes
     key: bytes | None = None
-    headers: tuple[tuple[str, bytes], ...] = ()
+    headers: tuple[tuple[str, bytes | None], ...] = ()
     answered: Answered | None = None
     # An answer on a gateway's reply_to: the shared answer topic of its kind of request, where it is
     # published instead if the broker refuses ``topic`` for good (yidi.platform.reply_topics), and

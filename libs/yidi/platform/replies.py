@@ -139,6 +139,9 @@ def reply(
 # come to a quarter of it (Kafka's record limit is 1 MiB); yidi-dlq-source says where the whole
 # message still is.
 DEAD_LETTER_MAX_BYTES = 512 * 1024
+# ... and at most this much of its key (a compressed batch carries a key of megabytes in a few
+# kilobytes: its dead letter, refused as too large, stopped the stage).
+DEAD_LETTER_MAX_KEY_BYTES = 1024
 
 
 def dead_letter(record: Incoming, reason: str) -> Outgoing:
@@ -149,14 +152,20 @@ def dead_letter(record: Incoming, reason: str) -> Outgoing:
         ("yidi-dlq-source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
     )
     theirs = record.headers
-    if sum(len(k) + len(v) for k, v in theirs) > DEAD_LETTER_MAX_BYTES // 4:
+    # As Kafka writes them: each header's name and value (a value may be null) and a few bytes of
+    # lengths, so that a hundred thousand empty headers count too.
+    if sum(len(k.encode()) + len(v or b"") + 10 for k, v in theirs) > DEAD_LETTER_MAX_BYTES // 4:
         ours += (("yidi-dlq-headers-dropped", str(len(theirs)).encode()),)
         theirs = ()
     value = record.value
     if len(value) > DEAD_LETTER_MAX_BYTES:
         ours += (("yidi-dlq-truncated", str(len(value)).encode()),)
         value = value[:DEAD_LETTER_MAX_BYTES]
-    return Outgoing(topic=dlq(record.topic), value=value, key=record.key, headers=theirs + ours,
+    key = record.key
+    if key is not None and len(key) > DEAD_LETTER_MAX_KEY_BYTES:
+        ours += (("yidi-dlq-key-truncated", str(len(key)).encode()),)
+        key = key[:DEAD_LETTER_MAX_KEY_BYTES]
+    return Outgoing(topic=dlq(record.topic), value=value, key=key, headers=theirs + ours,
                     on_commit=metrics.DEAD_LETTERS.labels(record.topic).inc)
 
 
