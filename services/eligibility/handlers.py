@@ -32,7 +32,7 @@ from yidi.domain.eligibility import Eligible, Outage, Refusal, Refused, Visit, d
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import answerable_id, broken, dead_letter, recover_ids, reply
+from yidi.platform.replies import LONGEST_ANSWERED_ID, answerable_id, broken, dead_letter, recover_ids, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_REQUESTS, SETTLEMENT_ELIGIBLE
 
@@ -103,7 +103,7 @@ def _answerable_msgid(sent: Any) -> str | None:
     number is still answered)."""
     if isinstance(sent, int) and not isinstance(sent, bool) and 0 <= sent < 10**64:
         sent = str(sent)
-    return sent if isinstance(sent, str) and answerable_id(sent, 256) else None
+    return sent if isinstance(sent, str) and answerable_id(sent, LONGEST_ANSWERED_ID) else None
 
 
 class EligibilityHandler:

@@ -25,7 +25,7 @@ _MSGID = re.compile(rb'"msgid"\s*:\s*"([^"\\\x00-\x1f]{1,256})"')
 _REPLY_TO = re.compile(rb'"reply_to"\s*:\s*"([A-Za-z0-9._\-]{1,200})"')
 _INFNO = re.compile(rb'"infno"\s*:\s*"(\d{4})"')
 _FACILITY = re.compile(rb'"fixmedins_code"\s*:\s*"([^"]{1,64})"')
-_REQID = re.compile(rb'"reqid"\s*:\s*"([^"\\]{1,64})"')
+_REQID = re.compile(rb'"reqid"\s*:\s*"([^"\\]{1,256})"')
 
 
 def recover_ids(raw: bytes) -> tuple[str | None, str, str, str]:
@@ -41,6 +41,11 @@ def recover_ids(raw: bytes) -> tuple[str | None, str, str, str]:
     return find(_MSGID, None), recover_reply_to(raw), find(_INFNO, "") or "", find(_FACILITY, "") or ""
 
 
+# The longest reqid or msgid a refusal is answered under: longer than any the contract takes (64),
+# so one refused for its length is answered too, as the gateway sent it.
+LONGEST_ANSWERED_ID = 256
+
+
 def recover_reqid(raw: bytes) -> str | None:
     """The ``reqid`` of a filing or clearing request that did not validate, as it was sent, if it
     can be read: the gateway matches the answer by the reqid it sent. From the JSON when it parses
@@ -53,13 +58,13 @@ def recover_reqid(raw: bytes) -> str | None:
         value = None
     if isinstance(value, dict):
         reqid = value.get("reqid")
-        return reqid if isinstance(reqid, str) and answerable_id(reqid, 64) else None
+        return reqid if isinstance(reqid, str) and answerable_id(reqid, LONGEST_ANSWERED_ID) else None
     m = _REQID.search(raw)
     try:
         reqid = m.group(1).decode() if m else None
     except UnicodeDecodeError:  # cut inside a character, or not UTF-8
         return None
-    return reqid if reqid is not None and answerable_id(reqid, 64) else None
+    return reqid if reqid is not None and answerable_id(reqid, LONGEST_ANSWERED_ID) else None
 
 
 def answerable_id(value: str, longest: int) -> bool:
