@@ -199,3 +199,24 @@ def test_clearings_stage_refuses_what_it_cannot_record_as_pricing_left_it(kind, 
     body = orjson.loads(answer.value)
     assert dead.topic == "ns.settlement.priced.dlq" and answer.topic == "ns.gw.results"
     assert (body["msgid"], body["err_code"]) == (WE1["msgid"], "INTERNAL_ERROR") and says in body["err_msg"]
+
+
+@pytest.mark.parametrize("variant", ["escaped", "repeated"])
+def test_a_request_a_later_stage_cannot_process_is_answered_under_the_msgid_it_was_read_with(variant):
+    # Pricing's per-record failure (and a stage's refusal of a record Postgres or Kafka refused)
+    # answered by searching the bytes: a msgid written with an escape got no answer, and a repeated
+    # "msgid" key was answered under the first one, another facility's (a review, session 34).
+    from services.eligibility.handlers import _work
+    from services.pricing.handlers import PricingHandler
+
+    msgid = WE1["msgid"]
+    raw = orjson.dumps(WE1)
+    raw = (raw.replace(f'"msgid":"{msgid}"'.encode(), f'"msgid":"{msgid[:-1]}\\u00{ord(msgid[-1]):02x}"'.encode())
+           if variant == "escaped" else raw.replace(b"{", b'{"msgid":"H99999999999X",', 1))
+    parsed = EligibilityHandler(SETTINGS, repo=None, subjects=None).parse(_record("settlement.requests", raw))  # type: ignore[arg-type]
+    assert isinstance(parsed, Parsed) and parsed.request.msgid == msgid
+    eligible = _record("settlement.eligible", orjson.dumps(_work(parsed)))
+    dead, answer = PricingHandler(SETTINGS, repo=None)._broken(eligible, "pricing failed: a bug")  # type: ignore[arg-type]
+    assert dead.topic == "ns.settlement.eligible.dlq"
+    body = orjson.loads(answer.value)
+    assert (body["msgid"], body["err_code"], answer.topic) == (msgid, "INTERNAL_ERROR", "ns." + WE1["reply_to"])

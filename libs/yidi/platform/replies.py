@@ -222,10 +222,35 @@ def recover_word(raw: bytes, field: str, known: frozenset[str]) -> str:
     return word if word in known else "unknown"
 
 
+def ids_as_parsed(raw: bytes) -> tuple[str, str, str, str] | None:
+    """msgid, reply_to, infno, fixmedins_code of a request as the stages read it (escapes read,
+    the last of a repeated key), or of a message between services that carries one (its
+    ``request``); None when it does not parse or has no msgid an answer can carry. The byte
+    patterns of ``recover_ids`` are for what does not parse: on a request that did, they missed a
+    msgid written with escapes, and took the first of a repeated "msgid" (another facility's, say)."""
+    try:
+        value = loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    envelope = value.get("request") if isinstance(value.get("request"), dict) else value
+    msgid, reply_to, infno, facility = (envelope.get(k) for k in ("msgid", "reply_to", "infno", "fixmedins_code"))
+    if not (isinstance(msgid, str) and answerable_id(msgid, LONGEST_ANSWERED_ID)):
+        return None
+    try:
+        reply_to = gateway_reply_topic(reply_to) if isinstance(reply_to, str) else DEFAULT_REPLY_TO
+    except ValueError:
+        reply_to = DEFAULT_REPLY_TO
+    infno = infno if isinstance(infno, str) and len(infno) == 4 and infno.isascii() and infno.isdigit() else ""
+    facility = facility if isinstance(facility, str) and 0 < len(facility) <= 64 else ""
+    return msgid, reply_to, infno, facility
+
+
 def broken(settings: Settings, record: Incoming, reason: str, err_msg: str) -> list[Outgoing]:
     """A message a stage cannot use: dead-letter it with the reason and, when its msgid can be
     recovered, answer the gateway ``INTERNAL_ERROR`` with ``err_msg`` (every request is answered)."""
-    msgid, reply_to, infno, facility = recover_ids(record.value)
+    msgid, reply_to, infno, facility = ids_as_parsed(record.value) or recover_ids(record.value)
     out = [dead_letter(record, reason)]
     if msgid:
         answer = answers.answer(msgid, infno, err_code=ErrCode.INTERNAL_ERROR, err_msg=err_msg)
