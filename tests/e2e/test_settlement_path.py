@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import uuid
 
+import orjson
 import pytest
 
 from tests.e2e.requests import cancel_of, contains, expected_we1, fresh, from_file, we1
@@ -71,6 +73,47 @@ async def test_a_request_that_is_not_json_is_answered_invalid_input_and_dead_let
     dead = await _dead_letters(system.settings, "settlement.requests")
     assert any(msgid.encode() in value for value, _ in dead)
 
+
+async def test_requests_that_stopped_a_stage_are_answered_and_the_platform_goes_on(gateway, system):
+    # Each of these stopped eligibility at every start (a review, session 34): a request nesting
+    # past the 254 levels orjson writes (hashed), a malformed one whose header value is null (its
+    # dead letter measured it), a malformed one with a key of megabytes (its dead letter was too
+    # large for Kafka: gzip carries it in a few kilobytes).
+    from aiokafka import AIOKafkaProducer
+
+    from tests.integration.kafka_io import create_topics
+
+    settings = system.settings
+    reply_to = f"gw.poison-{uuid.uuid4().hex[:8]}"
+    await create_topics(settings.kafka_bootstrap, settings.topic(reply_to), shown=True)
+    deep, null_header, huge_key = (fresh(we1()) | {"reply_to": reply_to} for _ in range(3))
+    deep["input"]["data"]["memo"] = "<deep>"
+
+    def malformed(request: dict) -> bytes:
+        return json.dumps(request).encode()[:-1] + b", oops}"
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, compression_type="gzip",
+                                max_request_size=8 << 20)
+    await producer.start()
+    try:
+        topic = settings.topic("settlement.requests")
+        await producer.send_and_wait(topic, json.dumps(deep).encode().replace(b'"<deep>"', b"[" * 300 + b"]" * 300),
+                                     key=b"P1")
+        await producer.send_and_wait(topic, malformed(null_header), key=b"P1", headers=[("traceparent", None)])
+        await producer.send_and_wait(topic, malformed(huge_key), key=b"k" * 2_000_000)
+    finally:
+        await producer.stop()
+
+    answered = {(a := orjson.loads(r.value))["msgid"]: (a["err_code"], a["err_msg"])
+                for r in await read_topic(settings.kafka_bootstrap, settings.topic(reply_to), count=3, seconds=60)}
+    assert {m: code for m, (code, _) in answered.items()} == {
+        r["msgid"]: "INVALID_INPUT" for r in (deep, null_header, huge_key)}
+    assert "nests deeper than 64 levels" in answered[deep["msgid"]][1]
+    dead = {v: h for v, h in await _dead_letters(settings, "settlement.requests")}
+    (huge,) = [h for v, h in dead.items() if huge_key["msgid"].encode() in v]
+    assert huge["yidi-dlq-key-truncated"] == b"2000000"
+    assert (await gateway.call(fresh(we1())))["infcode"] == 0
+    assert all(system.procs[s].poll() is None for s in ("eligibility", "pricing", "clearing"))
 
 async def test_a_bill_whose_total_is_not_the_sum_of_its_items_is_refused_with_the_reason(gateway):
     request = we1()
