@@ -115,6 +115,42 @@ async def test_requests_that_stopped_a_stage_are_answered_and_the_platform_goes_
     assert (await gateway.call(fresh(we1())))["infcode"] == 0
     assert all(system.procs[s].poll() is None for s in ("eligibility", "pricing", "clearing"))
 
+async def test_a_request_whose_header_name_is_not_utf8_is_settled(gateway, system):
+    # A client writing raw bytes (librdkafka's, Go's) may send a GBK header name; aiokafka's reader
+    # raised UnicodeDecodeError in getmany, and eligibility stopped at it at every start.
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.protocol.produce import ProduceRequest
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+    from aiokafka.structs import TopicPartition
+
+    from tests.integration.kafka_io import create_topics
+
+    class Gbk(str):
+        def encode(self, *args: object, **kwargs: object) -> bytes:  # type: ignore[override]
+            return "操作员".encode("gbk")
+
+    settings = system.settings
+    reply_to = f"gw.gbk-{uuid.uuid4().hex[:8]}"
+    await create_topics(settings.kafka_bootstrap, settings.topic(reply_to), shown=True)
+    request = fresh(we1()) | {"reply_to": reply_to}
+    builder = _DefaultRecordBatchBuilderPy(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
+                                           producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    builder.append(0, timestamp=None, key=b"P1", value=json.dumps(request).encode(), headers=[(Gbk(), b"1")])
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        topic = settings.topic("settlement.requests")
+        await producer.client.force_metadata_update()
+        leader = producer.client.cluster.leader_for_partition(TopicPartition(topic, 0))
+        response = await producer.client.send(leader, ProduceRequest(None, -1, 30000, [(topic, [(0, bytes(builder.build()))])]))
+        assert response.topics[0][1][0][1] == 0, response  # no error: the broker takes it
+    finally:
+        await producer.stop()
+    (answer,) = [orjson.loads(r.value) for r in await read_topic(settings.kafka_bootstrap, settings.topic(reply_to),
+                                                                   count=1, seconds=60)]
+    assert (answer["msgid"], answer["infcode"]) == (request["msgid"], 0)
+    assert system.procs["eligibility"].poll() is None
+
 async def test_a_bill_whose_total_is_not_the_sum_of_its_items_is_refused_with_the_reason(gateway):
     request = we1()
     request["input"]["data"]["medfee_sumamt"] = "70.00"

@@ -31,7 +31,7 @@ from aiokafka.producer import sender as _aiokafka_sender
 from aiokafka.producer.transaction_manager import TransactionState
 
 from yidi.domain.values import value
-from yidi.platform import fencing, metrics, txnv2
+from yidi.platform import fencing, metrics, records, txnv2
 from yidi.platform.errors import BadData, FatalError, RaceLost, TransientError
 from yidi.platform.faults import armed, crash_point
 from yidi.platform.lag import consumer_lag
@@ -307,6 +307,7 @@ class TransactionalStage:
         s = self.settings
         fencing.install()  # before the consumer exists: its offset fetches wait for stable offsets
         txnv2.install()  # a refused record batch makes its transaction abortable (and v2 where enabled)
+        records.install()  # a record whose header name is not UTF-8 is read, not a stop at every start
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
             group_id=s.group(self.group_id),

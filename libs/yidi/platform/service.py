@@ -21,7 +21,7 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
 from prometheus_client import REGISTRY
 
-from yidi.platform import collector, heartbeat, metrics, probes
+from yidi.platform import collector, heartbeat, metrics, probes, records
 from yidi.platform.db import close_pool, migrate, settings_pool
 from yidi.platform.kafka import TransactionalStage, ensure_topics
 from yidi.platform.logs import setup_logging
@@ -59,6 +59,7 @@ class Service:
         self.background: list[Callable[[], Awaitable[None]]] = [heartbeat.beat]
         self._background: list[asyncio.Task[None]] = []
         self.exit_code = 0
+        records.install()  # every consumer of the process, the feeds' too: header names not UTF-8 read
         self.broker = KafkaBroker(
             settings.kafka_bootstrap,
             client_id=f"yidi-{name}",
