@@ -74,6 +74,15 @@ def test_a_ratio_of_minus_zero_is_a_ratio_of_zero(text):
     assert fmt_ratio(parse_ratio(text)) == "0.00"
 
 
+@pytest.mark.parametrize("text", ["1e-900000", "0.00000000001", Decimal("1E-11")])
+def test_a_ratio_with_more_than_ten_decimals_is_refused(text):
+    # "1e-900000" lies between 0 and 1: it was taken, and each answer using it wrote 900,000 digits.
+    from yidi.domain.money import MoneyError, parse_ratio
+
+    with pytest.raises(MoneyError, match="at most 10 decimals"):
+        parse_ratio(text)
+    assert parse_ratio("0.0000000001") == Decimal("1E-10") and parse_ratio("0.125000000000000") == Decimal("0.125")
+
 @given(st.decimals(min_value=Decimal("-999999999999.99"), max_value=Decimal("999999999999.99"), places=6))
 def test_an_amounts_wire_text_is_its_rounding_to_the_fen(amount):
     from yidi.domain.money import to_fen

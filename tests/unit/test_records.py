@@ -55,3 +55,25 @@ def test_a_header_name_that_is_not_utf8_is_read_with_its_bytes_escaped(compressi
     # Fetched from inside the batch (its first record consumed before; the broker sends the
     # batch whole): the rest of it, once.
     assert [offset for offset, _, _ in _read(raw[len(_batch(0, [b"before"], [])):], fetch_offset=2)] == [2, 3]
+
+
+@pytest.mark.parametrize("timestamp", [2**62, 253_402_214_400_000, -5])
+def test_a_record_whose_timestamp_is_no_moment_is_taken_as_arriving_now(timestamp):
+    # A producer's CreateTime may be any 64-bit number: past the year 9999 it raised where the
+    # handlers read it as a time (filing's persons stage, an answer's refmsg_time), at every start.
+    import time
+
+    from aiokafka.structs import ConsumerRecord
+
+    from yidi.contracts.envelope import respond_time_ms
+    from yidi.platform.kafka import TransactionalStage
+
+    def record(ts: int) -> ConsumerRecord:
+        return ConsumerRecord("t", 0, 7, ts, 0, b"k", b"{}", None, 2, 2, ())
+
+    before = int(time.time() * 1000)
+    (taken,) = TransactionalStage._incoming({TopicPartition("t", 0): [record(timestamp)]})
+    assert before <= taken.timestamp_ms <= int(time.time() * 1000)
+    respond_time_ms(taken.timestamp_ms)  # a moment an answer can carry
+    (kept,) = TransactionalStage._incoming({TopicPartition("t", 0): [record(1_700_000_000_000)]})
+    assert kept.timestamp_ms == 1_700_000_000_000

@@ -86,16 +86,23 @@ def _amount_lines(n: int) -> re.Pattern[str]:
     return re.compile(f"(?:{one}\n){{{n - 1}}}{one}" if n else "")
 
 
+# A ratio's decimals: what a policy or catalogue states (0.80, 0.125) needs few. "1e-900000" is a
+# ratio in [0, 1] too, and every answer using it wrote its 900,000 digits.
+MAX_RATIO_DECIMALS = 10
+
+
 def parse_ratio(text: str | Decimal | int) -> Decimal:
-    """Parse a proportion in [0, 1] such as ``"0.80"``."""
+    """Parse a proportion in [0, 1] such as ``"0.80"``, with at most ``MAX_RATIO_DECIMALS`` decimals."""
     if isinstance(text, float):
         raise MoneyError("ratios are strings or decimals, never floats")
     try:
         value = Decimal(text)
     except (InvalidOperation, TypeError, ValueError) as exc:
-        raise MoneyError(f"not a ratio: {text!r}") from exc
+        raise MoneyError(f"not a ratio: {str(text)[:40]!r}") from exc
     if not value.is_finite() or not Decimal(0) <= value <= Decimal(1):
-        raise MoneyError(f"a ratio lies between 0 and 1: {text!r}")
+        raise MoneyError(f"a ratio lies between 0 and 1: {str(text)[:40]!r}")
+    if not value.is_zero() and value.normalize().as_tuple().exponent < -MAX_RATIO_DECIMALS:  # type: ignore[operator]
+        raise MoneyError(f"a ratio has at most {MAX_RATIO_DECIMALS} decimals: {str(text)[:40]!r}")
     # "-0" is a ratio of 0, and is written as one ("0.00"; the wire's schema has no sign).
     return value.copy_abs() if value.is_zero() else value
 

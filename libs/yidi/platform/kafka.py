@@ -77,6 +77,16 @@ class Incoming:
     headers: tuple[tuple[str, bytes | None], ...] = ()  # a header value may be null
 
 
+# A producer's timestamp (CreateTime topics) may be any 64-bit number: one past the year 9999 (or
+# before 1970) is no moment a datetime holds, and reading it raised in the handler at every start.
+# Such a record is taken as arriving now.
+LATEST_TIMESTAMP_MS = 253_402_214_400_000  # 9999-12-31T00:00:00Z
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 @value
 class Answered:
     """Marks an outgoing message as the answer to a gateway request, for the latency metric."""
@@ -610,7 +620,8 @@ class TransactionalStage:
     @staticmethod
     def _incoming(batch: dict[TopicPartition, list[Any]]) -> list[Incoming]:
         return [
-            Incoming(r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, tuple(r.headers or ()))
+            Incoming(r.topic, r.partition, r.offset, r.key, r.value,
+                     r.timestamp if 0 <= r.timestamp < LATEST_TIMESTAMP_MS else _now_ms(), tuple(r.headers or ()))
             for tp_records in batch.values()
             for r in tp_records
         ]
