@@ -30,7 +30,7 @@ from yidi.contracts.settlement import CancelInput, PersonQueryInput, ReversalInp
 from yidi.domain.codes import BUSINESS_TZ, minutes_ahead, region_chain
 from yidi.domain.eligibility import Eligible, Outage, Refusal, Refused, Visit, decide
 from yidi.domain.money import fmt
-from yidi.platform.jsonwire import dumps, loads
+from yidi.platform.jsonwire import MAX_DEPTH, dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import LONGEST_ANSWERED_ID, answerable_id, broken, dead_letter, recover_ids, reply
 from yidi.platform.settings import Settings
@@ -171,7 +171,7 @@ class EligibilityHandler:
             return self._invalid(record, f"the request is {len(record.value)} bytes, more than the {MAX_REQUEST_BYTES} "
                                          "accepted (a bill has at most 2,000 lines)")
         try:
-            raw = loads(record.value)
+            raw = loads(record.value, MAX_DEPTH)  # what it passes on nests a level or two deeper
         except ValueError as exc:
             return self._invalid(record, f"not JSON ({exc})")
         if not isinstance(raw, dict):

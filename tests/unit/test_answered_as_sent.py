@@ -220,3 +220,15 @@ def test_a_request_a_later_stage_cannot_process_is_answered_under_the_msgid_it_w
     assert dead.topic == "ns.settlement.eligible.dlq"
     body = orjson.loads(answer.value)
     assert (body["msgid"], body["err_code"], answer.topic) == (msgid, "INTERNAL_ERROR", "ns." + WE1["reply_to"])
+
+
+def test_a_request_carrying_a_request_of_its_own_is_answered_under_its_own_msgid():
+    # The models ignore fields they do not know: a gateway echoing an earlier request inside its
+    # own ("request": {...}) was answered under the inner msgid, on the inner reply_to (a review).
+    from yidi.platform.replies import broken
+
+    inner = {"msgid": "H99999999999X0000", "reply_to": "gw.other", "fixmedins_code": "H99999999999"}
+    raw = orjson.dumps({**WE1, "infno": "1101", "request": inner})
+    dead, answer = broken(SETTINGS, _record("settlement.requests", raw), "eligibility failed: a bug", "try again")
+    body = orjson.loads(answer.value)
+    assert (body["msgid"], answer.topic, answer.key) == (WE1["msgid"], "ns." + WE1["reply_to"], b"H11010500001")

@@ -27,7 +27,7 @@ from yidi.contracts.envelope import gateway_reply_topic
 from yidi.contracts.internal import EligibleWork
 from yidi.contracts.refdata import CatalogueRecord, PersonRecord
 from yidi.domain.codes import BUSINESS_TZ
-from yidi.platform.jsonwire import MAX_DEPTH, loads
+from yidi.platform.jsonwire import CARRIED, MAX_DEPTH, loads
 from yidi.platform.kafka import Incoming
 from yidi.platform.replies import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_KEY_BYTES, dead_letter, recover_ids
 from yidi.platform.settings import Settings
@@ -419,10 +419,33 @@ def test_nul_is_refused_anywhere_but_an_escaped_backslash_is_not_a_nul():
 
 def test_a_message_nesting_deeper_than_the_limit_is_refused_as_malformed():
     limit = _wire({"a": _nested(MAX_DEPTH - 1)})  # the object is a level
-    assert loads(limit) == loads(limit.decode()) == orjson.loads(limit)
-    for value in ({"a": _nested(MAX_DEPTH)}, _nested(1000), [{"b": _nested(900)}, "\x00"]):
-        with pytest.raises(ValueError, match=f"nests deeper than {MAX_DEPTH} levels|NUL character"):
-            loads(_wire(value))
+    assert loads(limit, MAX_DEPTH) == loads(limit.decode(), MAX_DEPTH) == orjson.loads(limit)
+    for value in ({"a": _nested(MAX_DEPTH)}, _nested(1000)):
+        with pytest.raises(ValueError, match=f"nests deeper than {MAX_DEPTH} levels"):
+            loads(_wire(value), MAX_DEPTH)
+    with pytest.raises(ValueError, match="NUL character"):
+        loads(_wire([{"b": _nested(900)}, "\x00"]))  # not a RecursionError
+    # Messages between the services carry a request a level or two down: they may nest more.
+    assert loads(_wire({"a": _nested(MAX_DEPTH + CARRIED - 1)})) is not None
+
+
+async def test_a_request_nested_to_the_limit_is_taken_and_read_by_the_next_stage():
+    # Taken by eligibility at 64 levels, it reached pricing one level deeper, and pricing's read
+    # refused it: dead-lettered and answered INTERNAL_ERROR "try again later" (a review).
+    from yidi.platform.replies import parse_each
+
+    request = we1_with(memo=_nested(MAX_DEPTH - 3))  # the envelope, input and data are three levels
+    settings = Settings(namespace="ns.")
+    eligibility = EligibilityHandler(settings, repo=_NoRows(), subjects=_NoSubjects())  # type: ignore[arg-type]
+    out = await eligibility([Incoming("ns.settlement.requests", 0, 7, b"k", _wire(request), 1_700_000_000_000)])
+    (passed,) = [o for o in out if o.topic == "ns.settlement.eligible"]
+    works, refused = parse_each([Incoming(passed.topic, 0, 1, passed.key, passed.value, 0)], EligibleWork.model_validate,
+                                "settlement.eligible message")
+    assert refused == [] and works[0][1].request.msgid == WE1["msgid"]
+    deeper = await eligibility([Incoming("ns.settlement.requests", 0, 8, b"k", _wire(we1_with(memo=_nested(MAX_DEPTH - 2))),
+                                         1_700_000_000_000)])
+    (answer,) = [orjson.loads(o.value) for o in deeper if o.answered]
+    assert answer["err_code"] == "INVALID_INPUT" and f"deeper than {MAX_DEPTH} levels" in answer["err_msg"]
     # Brackets inside strings count towards the walk, never towards the depth.
     assert loads(orjson.dumps({"s": "[" * 500})) == {"s": "[" * 500}
 

@@ -74,7 +74,7 @@ def test_a_ratio_of_minus_zero_is_a_ratio_of_zero(text):
     assert fmt_ratio(parse_ratio(text)) == "0.00"
 
 
-@pytest.mark.parametrize("text", ["1e-900000", "0.00000000001", Decimal("1E-11")])
+@pytest.mark.parametrize("text", ["1e-900000", "0.00000000001", Decimal("1E-11"), "0.1" + "0" * 100_000 + "1"])
 def test_a_ratio_with_more_than_ten_decimals_is_refused(text):
     # "1e-900000" lies between 0 and 1: it was taken, and each answer using it wrote 900,000 digits.
     from yidi.domain.money import MoneyError, parse_ratio
@@ -82,6 +82,19 @@ def test_a_ratio_with_more_than_ten_decimals_is_refused(text):
     with pytest.raises(MoneyError, match="at most 10 decimals"):
         parse_ratio(text)
     assert parse_ratio("0.0000000001") == Decimal("1E-10") and parse_ratio("0.125000000000000") == Decimal("0.125")
+    assert parse_ratio("0.00000000001", None) == Decimal("1E-11")  # a record stored before the limit
+
+
+def test_a_stored_record_with_a_ratio_of_more_decimals_stays_readable():
+    from pydantic import ValidationError
+
+    from yidi.contracts.refdata import STORED_CONTEXT, CatalogueRecord
+
+    record = {"mdtrtarea_admvs": "110000", "hilist_code": "A1", "hilist_name": "a", "chrgitm_lv": "02",
+              "selfpay_prop": "0.33333333333", "begndate": "2025-01-01"}
+    with pytest.raises(ValidationError, match="at most 10 decimals"):
+        CatalogueRecord.model_validate(record)
+    assert CatalogueRecord.model_validate(record, context=STORED_CONTEXT).selfpay_prop == Decimal("0.33333333333")
 
 @given(st.decimals(min_value=Decimal("-999999999999.99"), max_value=Decimal("999999999999.99"), places=6))
 def test_an_amounts_wire_text_is_its_rounding_to_the_fen(amount):

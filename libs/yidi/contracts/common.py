@@ -7,9 +7,14 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer, StringConstraints
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer, StringConstraints,
+                      ValidationInfo)
 
-from yidi.domain.money import fmt, fmt_ratio, parse_amount, parse_ratio
+from yidi.domain.money import MAX_RATIO_DECIMALS, fmt, fmt_ratio, parse_amount, parse_ratio
+
+# Validation context of a record read back from the platform's own store: it was checked when it
+# arrived, under the rules of then (refdata.STORED_CONTEXT).
+STORED = "stored"
 
 INF_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 RESPOND_TIME_FORMAT = "%Y%m%d%H%M%S%f"
@@ -31,10 +36,12 @@ def _amount(value: object) -> Decimal:
     return parse_amount(value)  # type: ignore[arg-type]
 
 
-def _ratio(value: object) -> Decimal:
+def _ratio(value: object, info: ValidationInfo) -> Decimal:
     if isinstance(value, float):
         raise ValueError("ratios are strings, never floats")
-    return parse_ratio(value)  # type: ignore[arg-type]
+    # A stored record's ratio was taken when it arrived: one with more decimals than the limit
+    # (added 2026-12-06) stays readable.
+    return parse_ratio(value, None if (info.context or {}).get(STORED) else MAX_RATIO_DECIMALS)  # type: ignore[arg-type]
 
 
 # A count on a bill line: positive, at most a million units, at most four decimals (drugs by weight).

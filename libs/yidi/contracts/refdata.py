@@ -10,7 +10,7 @@ from datetime import date, datetime
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from yidi.contracts.common import WHITE_SPACE, Amount, AreaCode, Code, Ratio, StrictWireModel
+from yidi.contracts.common import STORED, WHITE_SPACE, Amount, AreaCode, Code, Ratio, StrictWireModel
 from yidi.domain.catalogue import CatalogueItem
 from yidi.domain.codes import (BUSINESS_TZ, ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType,
                               disease_key, minutes_ahead)
@@ -21,7 +21,6 @@ from yidi.domain.policy import BenefitPolicy, BenefitRule, CalculationOrder, Ded
 
 # Validation context of a record read back from the platform's own store: it was checked when it
 # arrived, under the rules of then (``updated_at`` was free text before eligibility migration 002).
-STORED = "stored"
 STORED_CONTEXT = {STORED: True}
 
 

@@ -91,8 +91,9 @@ def _amount_lines(n: int) -> re.Pattern[str]:
 MAX_RATIO_DECIMALS = 10
 
 
-def parse_ratio(text: str | Decimal | int) -> Decimal:
-    """Parse a proportion in [0, 1] such as ``"0.80"``, with at most ``MAX_RATIO_DECIMALS`` decimals."""
+def parse_ratio(text: str | Decimal | int, max_decimals: int | None = MAX_RATIO_DECIMALS) -> Decimal:
+    """Parse a proportion in [0, 1] such as ``"0.80"``, with at most ``max_decimals`` decimals (None:
+    any, for a record stored before the limit)."""
     if isinstance(text, float):
         raise MoneyError("ratios are strings or decimals, never floats")
     try:
@@ -101,8 +102,9 @@ def parse_ratio(text: str | Decimal | int) -> Decimal:
         raise MoneyError(f"not a ratio: {str(text)[:40]!r}") from exc
     if not value.is_finite() or not Decimal(0) <= value <= Decimal(1):
         raise MoneyError(f"a ratio lies between 0 and 1: {str(text)[:40]!r}")
-    if not value.is_zero() and value.normalize().as_tuple().exponent < -MAX_RATIO_DECIMALS:  # type: ignore[operator]
-        raise MoneyError(f"a ratio has at most {MAX_RATIO_DECIMALS} decimals: {str(text)[:40]!r}")
+    # Exact, whatever the digits: a ratio is at most 1, so its rounding to the limit has few of them.
+    if max_decimals is not None and value != value.quantize(Decimal(1).scaleb(-max_decimals)):
+        raise MoneyError(f"a ratio has at most {max_decimals} decimals: {str(text)[:40]!r}")
     # "-0" is a ratio of 0, and is written as one ("0.00"; the wire's schema has no sign).
     return value.copy_abs() if value.is_zero() else value
 

@@ -22,30 +22,34 @@ def request_hash(model: BaseModel) -> str:
     return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-# The deepest a message may nest: the contract's deepest is a bill's line in a request (five
-# levels). orjson reads 1,024 levels but writes at most 254, and Python's recursion stops near
-# 1,000: a request nesting deeper in a field the models ignore stopped the stage that hashed it.
+# The deepest a request may nest: the contract's deepest is a bill's line (five levels). orjson
+# reads 1,024 levels but writes at most 254, and Python's recursion stops near 1,000: a request
+# nesting deeper in a field the models ignore stopped the stage that hashed it. Messages between
+# the services carry a request a level or two down (eligibility passes its bytes on): they may
+# nest ``CARRIED`` levels more, so what eligibility took is never refused after it.
 MAX_DEPTH = 64
+CARRIED = 8
 
 
-def loads(data: bytes | str) -> Any:
+def loads(data: bytes | str, max_depth: int = MAX_DEPTH + CARRIED) -> Any:
     """Parse JSON; refuse a NUL character (``\\u0000``) in any string, which Postgres cannot store
     (text and json columns alike): a message carrying one is refused where it arrives, as malformed,
-    instead of failing its whole batch's SQL later. Refuse nesting deeper than ``MAX_DEPTH``."""
+    instead of failing its whole batch's SQL later. Refuse nesting deeper than ``max_depth`` (a
+    gateway's request: ``MAX_DEPTH``)."""
     value = orjson.loads(data)
     if isinstance(data, bytes):
         nul, brackets = b"\\u0000" in data, data.count(b"[") + data.count(b"{")
     else:
         nul, brackets = "\\u0000" in data, data.count("[") + data.count("{")
     # Fewer brackets than the limit cannot nest past it: the walk is for long bills (and NULs) only.
-    if nul or brackets > MAX_DEPTH:
-        _check(value, nul)
+    if nul or brackets > max_depth:
+        _check(value, nul, max_depth)
     return value
 
 
-def _check(value: Any, nul: bool) -> None:
+def _check(value: Any, nul: bool, max_depth: int) -> None:
     """Walk ``value`` without recursion: no string holds a NUL (when ``nul``), no container is
-    nested deeper than ``MAX_DEPTH``."""
+    nested deeper than ``max_depth``."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -57,8 +61,8 @@ def _check(value: Any, nul: bool) -> None:
             children = item
         else:
             continue
-        if depth > MAX_DEPTH:
-            raise ValueError(f"the message nests deeper than {MAX_DEPTH} levels")
+        if depth > max_depth:
+            raise ValueError(f"the message nests deeper than {max_depth} levels")
         for child in children:
             if isinstance(child, (dict, list)):
                 stack.append((child, depth + 1))

@@ -234,8 +234,11 @@ def ids_as_parsed(raw: bytes) -> tuple[str, str, str, str] | None:
         return None
     if not isinstance(value, dict):
         return None
-    envelope = value.get("request") if isinstance(value.get("request"), dict) else value
+    # A request's own msgid first: one may carry a "request" of its own, which the models ignore.
+    envelope = value if "msgid" in value or not isinstance(value.get("request"), dict) else value["request"]
     msgid, reply_to, infno, facility = (envelope.get(k) for k in ("msgid", "reply_to", "infno", "fixmedins_code"))
+    if isinstance(msgid, int) and not isinstance(msgid, bool) and 0 <= msgid < 10**64:
+        msgid = str(msgid)  # a whole number is answered as its digits, as eligibility answers it
     if not (isinstance(msgid, str) and answerable_id(msgid, LONGEST_ANSWERED_ID)):
         return None
     try:
