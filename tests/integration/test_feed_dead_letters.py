@@ -127,3 +127,39 @@ async def test_a_dead_letter_the_broker_refuses_reads_the_batch_again_and_counts
         (b'{"n": 2}', f"{full}/0/1".encode()),
         (b"not json", f"{full}/0/2".encode()),
     ]
+
+
+async def test_records_with_null_or_undecodable_header_values_and_a_megabyte_key_are_read(settings):
+    """FastStream's parser decodes header values as UTF-8: a null value or a GBK one raised, and the
+    batch was left neither applied nor read again. A record refused with a key of megabytes (gzip
+    carries it in kilobytes) made a dead letter too large for Kafka, and the feed read its batch
+    again for ever. Both on the real broker (a review, session 34)."""
+    topic = f"dlhdr{uuid.uuid4().hex[:6]}"
+    service = Service("dlhdr", settings, migrations=None)
+    full = settings.topic(topic)
+    await create_topics(settings.kafka_bootstrap, full, dlq(full))
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, compression_type="gzip",
+                                max_request_size=8 << 20)
+    await producer.start()
+    try:
+        await producer.send_and_wait(full, b'{"n": 1}', key=b"k", headers=[("trace", None)])
+        await producer.send_and_wait(full, b'{"n": 2}', key=b"k", headers=[("opter", "张三".encode("gbk"))])
+        await producer.send_and_wait(full, b'{"n": "x"}', key=b"k" * 2_000_000)
+        await producer.send_and_wait(full, b'{"n": 3}', key=b"k")
+    finally:
+        await producer.stop()
+    applied: list[int] = []
+
+    async def apply(record: Record) -> None:
+        applied.append(record.n)
+
+    feed(service, topic, Record, apply)
+    refused_before = _refused(topic)
+    await service.broker.start()
+    try:
+        await until(lambda: applied == [1, 2, 3] and _refused(topic) == refused_before + 1, timeout=30)
+    finally:
+        await service.broker.stop()
+    (dead,) = await read_topic(settings.kafka_bootstrap, dlq(full))
+    assert dead.value == b'{"n": "x"}' and dead.key == b"k" * 1024
+    assert dict(dead.headers)["yidi-dlq-key-truncated"] == b"2000000"

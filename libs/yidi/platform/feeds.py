@@ -13,6 +13,7 @@ refused in a rebalance; a dead letter's ``yidi-dlq-source`` names the record).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -25,12 +26,36 @@ from yidi.platform import metrics
 from yidi.platform.errors import PermanentError, RaceLost, TransientError
 from yidi.platform.jsonwire import loads
 from yidi.platform.lag import consumer_lag
-from yidi.platform.replies import DEAD_LETTER_MAX_BYTES
+from yidi.platform.replies import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_KEY_BYTES
 from yidi.platform.service import Service
 from yidi.platform.topics import dlq, feed_group
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
+
+
+async def readable_headers(message: Any, original: Callable[[Any], Awaitable[Any]]) -> Any:
+    """FastStream's parser of the records, given header values it can decode. It decodes each as
+    UTF-8: a null value (Kafka allows one) or one that is not UTF-8 raised, and the batch was left
+    neither applied nor read again. Such a value is given to it with the bytes that are not UTF-8
+    written as escapes; the records' values and keys are the feed's, unchanged."""
+    records = message if isinstance(message, tuple) else (message,)
+    if any(not _utf8(v) for r in records for _, v in r.headers):
+        records = tuple(r if all(_utf8(v) for _, v in r.headers) else dataclasses.replace(
+            r, headers=[(k, (v or b"").decode("utf-8", "backslashreplace").encode()) for k, v in r.headers])
+            for r in records)
+        message = records if isinstance(message, tuple) else records[0]
+    return await original(message)
+
+
+def _utf8(value: bytes | None) -> bool:
+    if value is None:
+        return False
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _stale(result: Any) -> int:
@@ -75,7 +100,10 @@ def feed(
                 }
                 if len(value) > DEAD_LETTER_MAX_BYTES:  # as a stage's: the whole record is at its source
                     value, headers["yidi-dlq-truncated"] = value[:DEAD_LETTER_MAX_BYTES], str(len(value))
-                await service.broker.publish(value, dlq(full_topic), key=raw.key, headers=headers)
+                key = raw.key
+                if key is not None and len(key) > DEAD_LETTER_MAX_KEY_BYTES:  # a megabyte key, compressed
+                    key, headers["yidi-dlq-key-truncated"] = key[:DEAD_LETTER_MAX_KEY_BYTES], str(len(key))
+                await service.broker.publish(value, dlq(full_topic), key=key, headers=headers)
         except Exception:
             log.exception("%s: dead letters not published to %s; the batch is read again", feed_name, dlq(full_topic))
             await asyncio.sleep(5.0)
@@ -138,6 +166,7 @@ def feed(
         isolation_level="read_committed",
         no_reply=True,
         batch=True,
+        parser=readable_headers,
         max_records=max_records,
     )
     in_hand = [0]  # the batch the handler holds: aiokafka's position is already past it
