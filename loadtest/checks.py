@@ -14,7 +14,7 @@ Amounts are integers of fen: no floats near money, and sums are exact.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -64,17 +64,19 @@ class AlikeAnswers:
     """The gist of the first answer to each msgid (as a hash), and the later answers that said
     something else (``inconsistent``, for ``check_exactly_once``). One exception: a settlement
     sent again after it was cancelled or reversed is answered ``ALREADY_UNDONE`` (it no longer
-    stands), not its first success."""
+    stands), not its first success; ``undone`` says whether a msgid's settlement was (None: any
+    may have been, for a count after the fact)."""
 
-    def __init__(self) -> None:
+    def __init__(self, undone: Callable[[str], bool] | None = None) -> None:
         self._first: dict[str, int] = {}  # the gist's hash, shifted, and whether it was a success (bit 0)
+        self._undone = undone
         self.inconsistent: Counter[str] = Counter()
 
     def add(self, msgid: str, answer: Mapping[str, Any]) -> None:
         gist = hash(answer_gist(answer))
         key = gist << 1 | (answer.get("infcode") == 0)
         first = self._first.setdefault(msgid, key)
-        if first != key and not (first & 1 and gist == _UNDONE_GIST):
+        if first != key and not (first & 1 and gist == _UNDONE_GIST and (self._undone is None or self._undone(msgid))):
             self.inconsistent[msgid] += 1
 
 

@@ -120,7 +120,8 @@ class Replay:
         self.behind = array("d")  # seconds each paced publish went out after it was due
         self.paced_span = (0.0, 0.0)  # first and last paced publish (deferred cancellations are not paced)
         self.settled: dict[str, Settled] = {}
-        self.alike = AlikeAnswers()  # every answer to a msgid says what the first said
+        # every answer to a msgid says what the first said (but ALREADY_UNDONE once it was cancelled)
+        self.alike = AlikeAnswers(lambda m: m in self.settled and self.settled[m].setl_id in self.cancelled_setl_ids)
         self.settlements = Counter[str]()  # answers to settlements (2207, 2304): answered, settled
         self.cancelled_setl_ids: set[str] = set()
         self.cancels = Counter[str]()  # sent, skipped (target refused), unsent (target never answered)

@@ -3,8 +3,8 @@
 The ledger row (or the cancellation mark) and the answer commit together: the Postgres
 transaction first, then the Kafka transaction that publishes the answer with the consumed
 offsets. A replay after a crash finds the row and publishes the stored answer; a gateway that
-sends the same msgid again gets the stored answer; another payload under a used msgid is
-refused ``MODIFIED_REQUEST``.
+sends the same msgid again gets the stored answer, or ``ALREADY_UNDONE`` once the settlement is
+cancelled or reversed; another payload under a used msgid is refused ``MODIFIED_REQUEST``.
 """
 
 from __future__ import annotations

@@ -249,8 +249,10 @@ async def test_a_settlement_sent_again_after_its_reversal_is_answered_that_it_do
     assert f"was reversed (2601) by msgid {reversal['msgid']}" in again["err_msg"]
     (row,) = await system.ledger(settle["msgid"])
     assert row["state"] == "reversed"
-    # The visit settles anew under a new msgid.
-    assert (await gateway.call(fresh(settle)))["infcode"] == 0
+    # The visit (the same mdtrt_id) settles anew under a new msgid.
+    anew = copy.deepcopy(settle) | {"msgid": fresh(settle)["msgid"]}
+    assert anew["input"]["data"]["mdtrt_id"] == settle["input"]["data"]["mdtrt_id"]
+    assert (await gateway.call(anew))["infcode"] == 0
 
 async def test_a_bill_whose_answer_would_not_fit_in_a_message_is_refused_before_anything_is_recorded(gateway, system):
     # 2,000 lines with 64-character CJK codes: the request passes eligibility's 900 KB cap, but its

@@ -76,6 +76,12 @@ def test_a_settlement_answered_that_it_was_undone_after_its_success_is_no_incons
                           ("M3", {"infcode": -1, "err_code": "NOT_FILED"}), ("M3", undone)]:
         alike.add(msgid, answer)
     assert alike.inconsistent == {"M2": 1, "M3": 1}
+    # A replay knows which settlements it cancelled: ALREADY_UNDONE for another is inconsistent.
+    known = AlikeAnswers(undone=lambda msgid: msgid == "M1")
+    for msgid in ("M1", "M4"):
+        known.add(msgid, settled)
+        known.add(msgid, undone)
+    assert known.inconsistent == {"M4": 1}
 
 def test_counts_per_msgid_are_accepted_as_well_as_lists():
     assert check_exactly_once({"M1": 2}, {"M1": 2}).ok
