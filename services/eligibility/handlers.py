@@ -32,7 +32,7 @@ from yidi.domain.eligibility import Eligible, Outage, Refusal, Refused, Visit, d
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import MAX_DEPTH, dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import LONGEST_ANSWERED_ID, answerable_id, broken, dead_letter, recover_ids, reply
+from yidi.platform.replies import answerable_msgid, broken, dead_letter, recover_ids, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_REQUESTS, SETTLEMENT_ELIGIBLE
 
@@ -96,16 +96,6 @@ def _work(p: Parsed) -> dict[str, Any]:
     }
 
 
-def _answerable_msgid(sent: Any) -> str | None:
-    """The msgid of a refused request as the parsed JSON has it, when an answer can carry it back:
-    text (escapes read as the gateway meant them: a full-width space too) or a whole number, which
-    the answer carries as its digits (the contract's msgid is a string; a gateway that sent a
-    number is still answered)."""
-    if isinstance(sent, int) and not isinstance(sent, bool) and 0 <= sent < 10**64:
-        sent = str(sent)
-    return sent if isinstance(sent, str) and answerable_id(sent, LONGEST_ANSWERED_ID) else None
-
-
 class EligibilityHandler:
     def __init__(self, settings: Settings, repo: EligibilityRepository, subjects: Subjects) -> None:
         self.settings = settings
@@ -121,7 +111,7 @@ class EligibilityHandler:
             msgid, reply_to, infno, facility = request.msgid, request.reply_to, request.infno.value, request.fixmedins_code
         else:
             found, reply_to, infno, facility = recover_ids(record.value)
-            msgid = _answerable_msgid(msgid) or found
+            msgid = answerable_msgid(msgid) or found
         if msgid:
             answer = answers.answer(
                 msgid, infno, err_code=ErrCode.INVALID_INPUT,
@@ -144,7 +134,7 @@ class EligibilityHandler:
         dead-lettered (the message is well formed; ``yidi_answers_total`` counts them). ``sent``:
         the parsed JSON's msgid, read as ``_invalid`` reads it."""
         found, reply_to, _, facility = recover_ids(record.value)
-        msgid = _answerable_msgid(sent) or found
+        msgid = answerable_msgid(sent) or found
         if not msgid:
             return self._invalid(record, f"infno {infno} is not offered, and the msgid cannot be read")
         answer = answers.answer(

@@ -67,6 +67,16 @@ def recover_reqid(raw: bytes) -> str | None:
     return reqid if reqid is not None and answerable_id(reqid, LONGEST_ANSWERED_ID) else None
 
 
+def answerable_msgid(sent: Any) -> str | None:
+    """The msgid of a request as the parsed JSON has it, when an answer can carry it back: text
+    (escapes read as the gateway meant them: a full-width space too) or a whole number, which the
+    answer carries as its digits (the contract's msgid is a string; a gateway that sent a number
+    is still answered)."""
+    if isinstance(sent, int) and not isinstance(sent, bool) and 0 <= sent < 10**64:
+        sent = str(sent)
+    return sent if isinstance(sent, str) and answerable_id(sent, LONGEST_ANSWERED_ID) else None
+
+
 def answerable_id(value: str, longest: int) -> bool:
     """An id (reqid, msgid) an answer can carry back to its sender: some text, not only spaces.
     Any character a JSON string holds will do (orjson escapes control characters)."""
@@ -236,10 +246,8 @@ def ids_as_parsed(raw: bytes) -> tuple[str, str, str, str] | None:
         return None
     # A request's own msgid first: one may carry a "request" of its own, which the models ignore.
     envelope = value if "msgid" in value or not isinstance(value.get("request"), dict) else value["request"]
-    msgid, reply_to, infno, facility = (envelope.get(k) for k in ("msgid", "reply_to", "infno", "fixmedins_code"))
-    if isinstance(msgid, int) and not isinstance(msgid, bool) and 0 <= msgid < 10**64:
-        msgid = str(msgid)  # a whole number is answered as its digits, as eligibility answers it
-    if not (isinstance(msgid, str) and answerable_id(msgid, LONGEST_ANSWERED_ID)):
+    reply_to, infno, facility = (envelope.get(k) for k in ("reply_to", "infno", "fixmedins_code"))
+    if (msgid := answerable_msgid(envelope.get("msgid"))) is None:
         return None
     try:
         reply_to = gateway_reply_topic(reply_to) if isinstance(reply_to, str) else DEFAULT_REPLY_TO
