@@ -120,29 +120,23 @@ async def test_a_request_whose_header_name_is_not_utf8_is_settled(gateway, syste
     # raised UnicodeDecodeError in getmany, and eligibility stopped at it at every start.
     from aiokafka import AIOKafkaProducer
     from aiokafka.protocol.produce import ProduceRequest
-    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
     from aiokafka.structs import TopicPartition
 
     from tests.integration.kafka_io import create_topics
-
-    class Gbk(str):
-        def encode(self, *args: object, **kwargs: object) -> bytes:  # type: ignore[override]
-            return "操作员".encode("gbk")
+    from tests.unit.test_records import _batch, _Gbk
 
     settings = system.settings
     reply_to = f"gw.gbk-{uuid.uuid4().hex[:8]}"
     await create_topics(settings.kafka_bootstrap, settings.topic(reply_to), shown=True)
     request = fresh(we1()) | {"reply_to": reply_to}
-    builder = _DefaultRecordBatchBuilderPy(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
-                                           producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
-    builder.append(0, timestamp=None, key=b"P1", value=json.dumps(request).encode(), headers=[(Gbk(), b"1")])
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
     try:
         topic = settings.topic("settlement.requests")
         await producer.client.force_metadata_update()
         leader = producer.client.cluster.leader_for_partition(TopicPartition(topic, 0))
-        response = await producer.client.send(leader, ProduceRequest(None, -1, 30000, [(topic, [(0, bytes(builder.build()))])]))
+        batch = _batch(0, [json.dumps(request).encode()], [(_Gbk(), b"1")])  # the broker gives it its offset
+        response = await producer.client.send(leader, ProduceRequest(None, -1, 30000, [(topic, [(0, batch)])]))
         assert response.topics[0][1][0][1] == 0, response  # no error: the broker takes it
     finally:
         await producer.stop()
