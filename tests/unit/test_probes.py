@@ -7,6 +7,8 @@ import asyncio
 import logging
 import time
 
+import asyncpg
+import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
 from yidi.platform import probes
@@ -45,3 +47,34 @@ async def test_a_probe_that_fails_hangs_or_says_no_leaves_the_gauge_and_is_logge
         for reach in (fails, hangs, says_no):
             assert await _run(reach) == 0
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["Thing did not answer"] * 3
+
+
+class _Connection:
+    def __init__(self, fails: bool) -> None:
+        self.fails, self.terminated = fails, False
+
+    def is_closed(self) -> bool:
+        return self.terminated
+
+    async def fetchval(self, query: str) -> bool:
+        if self.fails:
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return True
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+
+async def test_a_query_that_fails_drops_the_connection_and_the_next_probe_opens_another(monkeypatch):
+    # Its connection's server ended as the query started: that probe fails, and the next one
+    # answers on a new connection rather than the dead one.
+    opened = [_Connection(fails=True), _Connection(fails=False)]
+
+    async def connect(dsn: str, timeout: float) -> _Connection:
+        return opened.pop(0)
+
+    monkeypatch.setattr(probes.asyncpg, "connect", connect)
+    probe = probes.PostgresProbe("postgresql://x", timeout=1.0)
+    with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
+        await probe()
+    assert await probe() and opened == []
