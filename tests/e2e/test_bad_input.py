@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e.requests import we1
 from tests.e2e.world import World, filing_request
+from tests.integration.kafka_io import read_topic
 from tests.unit.test_bad_input import BAD_REQUESTS, REFUSED_BY_PRICING, WE1, _wire
 
 pytestmark = pytest.mark.e2e
@@ -121,3 +122,31 @@ async def test_malformed_filing_and_clearing_requests_are_refused_by_reqid_once_
 
 def _reqid() -> str:
     return "BAD" + uuid.uuid4().hex[:20].upper()
+
+
+async def test_a_record_with_a_null_value_is_dead_lettered_and_every_stage_goes_on(gateway, system, filings, clearing):
+    """A record with a null value (a producer's "delete") on a stage's topic raised TypeError in
+    the stage's refusal path (a review, session 35): the service stopped, at every start, and on
+    settlement.requests no settlement was answered until an operator moved the offset."""
+    world = await World(system.settings).build()
+    person = await world.person(category=None)
+    settlement, filing = we1(), filing_request(world, person) | {"reqid": _reqid()}
+    admin = {"type": "no_such_request", "reqid": _reqid()}
+    key = f"null-{uuid.uuid4().hex[:8]}".encode()
+    # Each on the partition of the request sent after it (its key), so that request waits behind it.
+    keyed = {"settlement.requests": b"13100000000000000001", "filing.requests": person.encode(),
+             "clearing.requests": admin["reqid"].encode(), "filing.events": key}
+    for topic, record_key in keyed.items():
+        await gateway._producer.send_and_wait(system.settings.topic(topic), key=record_key, value=None)
+
+    settled = await gateway.call(settlement)
+    filed = await filings.call(filing)
+    refused = await clearing.call(admin)
+
+    assert settled["infcode"] == 0 and settled["output"]["setlinfo"]["fund_pay_sumamt"] == "48.89"
+    assert filed["accepted"] and filed["filing"]["status"] == "active"
+    assert refused["ok"] is False and "does not validate" in refused["reason"]
+    for topic, record_key in keyed.items():
+        dead = await read_topic(system.settings.kafka_bootstrap, system.settings.topic(f"{topic}.dlq"))
+        assert [r.value for r in dead if r.key == record_key and not r.value] == [b""], topic
+    assert all(system.procs[s].poll() is None for s in ("filing", "eligibility", "pricing", "clearing"))

@@ -619,8 +619,11 @@ class TransactionalStage:
 
     @staticmethod
     def _incoming(batch: dict[TopicPartition, list[Any]]) -> list[Incoming]:
+        # A record with a null value (a producer's "delete", a tombstone) is read as an empty one:
+        # not JSON, so dead-lettered, and the stage goes on. As None it raised TypeError in every
+        # stage's refusal path (len(), re.search), and the process stopped on it at every start.
         return [
-            Incoming(r.topic, r.partition, r.offset, r.key, r.value,
+            Incoming(r.topic, r.partition, r.offset, r.key, b"" if r.value is None else r.value,
                      r.timestamp if 0 <= r.timestamp < LATEST_TIMESTAMP_MS else _now_ms(), tuple(r.headers or ()))
             for tp_records in batch.values()
             for r in tp_records
