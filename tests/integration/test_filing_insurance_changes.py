@@ -279,6 +279,21 @@ async def test_records_that_do_not_validate_are_left_to_eligibilitys_feed(filing
         assert await filing_repo.insurances(conn, [psn]) == {}
 
 
+async def test_a_record_dated_outside_the_years_a_time_can_be_moved_to_china_is_ignored(filing_repo, settings):
+    """A change dated in year 1 east of China (0001-01-01T00:30+09:00 is before year 1 in China
+    time) raised OverflowError where the stage ends the filings, after a record with no time: the
+    service stopped at every start (a review, session 35). It is refused as it is validated now."""
+    psn = unique("P")
+    handler, feed = FilingPersonsHandler(settings, filing_repo), Feed(psn)
+    filing_id = await file(filing_repo, psn, FilingCategory.RETIREE_RESETTLED, made=ago(days=3))
+    await handler([feed.record()])  # no updated_at
+    stop = feed.record(active=False)
+    value = stop.value.replace(b'"updated_at":""', b'"updated_at":"0001-01-01T00:30:00+09:00"')
+    assert value != stop.value
+    assert await handler([Incoming(stop.topic, stop.partition, stop.offset, stop.key, value, stop.timestamp_ms)]) == []
+    assert await status(filing_repo, filing_id) == ("active", 1)
+
+
 async def test_a_batch_retried_after_a_transient_error_counts_its_ignored_records_once(filing_repo, settings):
     """The stage handles a batch again after a transient error (Postgres away under its
     transaction): the records it ignores are counted when its work commits, not on each try."""

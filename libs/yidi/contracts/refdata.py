@@ -11,6 +11,7 @@ from datetime import date, datetime
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from yidi.contracts.common import STORED, WHITE_SPACE, Amount, AreaCode, Code, Ratio, StrictWireModel
+from yidi.contracts.filing import FIRST_DAY, LAST_DAY
 from yidi.domain.catalogue import CatalogueItem
 from yidi.domain.codes import (BUSINESS_TZ, ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType,
                               disease_key, minutes_ahead)
@@ -30,6 +31,10 @@ def _source_time(text: str) -> datetime:
         moment = datetime.fromisoformat(text)
     except ValueError:
         raise ValueError(f"updated_at is not an ISO 8601 time (e.g. 2026-01-05T08:00:00+08:00): {text[:40]!r}") from None
+    # A time the services can move to China time and store: 0001-01-01T00:30+09:00 is before year 1
+    # there (OverflowError), and stopped filing's persons stage at every start.
+    if not FIRST_DAY.year <= moment.year <= LAST_DAY.year:
+        raise ValueError(f"updated_at is in the years {FIRST_DAY.year} to {LAST_DAY.year}: {text[:40]!r}")
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=BUSINESS_TZ)
 
 
