@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -125,6 +126,34 @@ def strict_broker(workdir: Path, timeout: float = 90.0) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             broker.kill()
             broker.wait()
+
+
+@contextmanager
+def frozen(bootstrap: str, timeout: float = 10.0) -> Iterator[None]:
+    """The broker at ``bootstrap`` frozen (SIGSTOP), as a hung or partitioned broker is: it answers
+    nothing, and closes no connection. Every thread of it is stopped before the block runs: a
+    SIGSTOP stops a busy process's threads one by one as each is next scheduled, and until the last
+    one has, the broker may still answer (a clean-clone run met a publish acknowledged after the
+    signal). It runs again (SIGCONT) after the block."""
+    pid = PROCESSES[bootstrap].pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            states = []
+            for task in os.listdir(f"/proc/{pid}/task"):
+                try:
+                    with open(f"/proc/{pid}/task/{task}/stat") as f:
+                        states.append(f.read().rsplit(")", 1)[1].split()[0])
+                except FileNotFoundError:
+                    continue  # a thread that ended meanwhile
+            if states and all(state in ("T", "t") for state in states):
+                break
+            assert time.monotonic() < deadline, f"the broker's threads did not all stop: {sorted(set(states))}"
+            time.sleep(0.01)
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 async def acl(bootstrap: str, topic: str, operation: int, permission: int) -> None:

@@ -5,8 +5,6 @@ gateway client gives up on a publish Kafka does not acknowledge."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -57,15 +55,12 @@ async def test_a_publish_kafka_does_not_acknowledge_times_out_and_the_client_sto
     monkeypatch.setattr(gateway, "STOP_SECONDS", 1.0)
     with strict_broker.strict_broker(tmp_path) as bootstrap:
         await ensure_platform_topics(bootstrap)
-        broker = strict_broker.PROCESSES[bootstrap]
         client = GatewayClient(bootstrap, send_timeout=2.0)
         await client.start()
         stopped = False
         try:
             await asyncio.wait_for(client.send(we1()), 15)  # acknowledged while the broker answers
-            os.kill(broker.pid, signal.SIGSTOP)
-            try:
-                _frozen(broker.pid)
+            with strict_broker.frozen(bootstrap):
                 late = we1()
                 started = time.monotonic()
                 with pytest.raises(PublishTimeout, match="may still be written"):
@@ -76,27 +71,6 @@ async def test_a_publish_kafka_does_not_acknowledge_times_out_and_the_client_sto
                 await asyncio.wait_for(client.stop(), 15)
                 stopped = True
                 assert time.monotonic() - started < 5
-            finally:
-                os.kill(broker.pid, signal.SIGCONT)
         finally:
             if not stopped:
                 await client.stop()
-
-
-def _frozen(pid: int, timeout: float = 10.0) -> None:
-    """Wait until every thread of process ``pid`` is stopped: a SIGSTOP stops a busy process's
-    threads one by one as each is next scheduled, and until the last one has, the broker may still
-    answer (a clean-clone run met a publish acknowledged after the signal)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        states = []
-        for task in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{task}/stat") as f:
-                    states.append(f.read().rsplit(")", 1)[1].split()[0])
-            except FileNotFoundError:
-                continue  # a thread that ended meanwhile
-        if states and all(state in ("T", "t") for state in states):
-            return
-        assert time.monotonic() < deadline, f"the broker's threads did not all stop: {sorted(set(states))}"
-        time.sleep(0.01)

@@ -8,6 +8,7 @@ restarts it and the stage resumes from its last committed batch.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -23,7 +24,7 @@ from prometheus_client import REGISTRY
 
 from yidi.platform import collector, heartbeat, metrics, probes, records
 from yidi.platform.db import close_pool, migrate, settings_pool
-from yidi.platform.kafka import TransactionalStage, ensure_topics
+from yidi.platform.kafka import CLIENT_STOP_SECONDS, TransactionalStage, ensure_topics
 from yidi.platform.logs import setup_logging
 from yidi.platform.settings import Settings
 
@@ -42,6 +43,14 @@ def require_codecs() -> None:
     if missing:
         raise SystemExit(f"Kafka compression codecs missing: {', '.join(missing)}. Install the project's "
                          "dependencies (cramjam, aiokafka's lz4/snappy/zstd extras): make venv")
+
+
+async def _bounded_stop(stop: Callable[[], Awaitable[None]], topics: list[str]) -> None:
+    try:
+        await asyncio.wait_for(stop(), CLIENT_STOP_SECONDS)
+    except TimeoutError:
+        log.warning("the feed of %s: its Kafka consumer did not stop within %g s (Kafka unreachable?); left to "
+                    "the broker's timeouts", ", ".join(topics), CLIENT_STOP_SECONDS)
 
 
 class Service:
@@ -114,6 +123,7 @@ class Service:
                 await close_pool(self.pool)
 
     async def _start_stages(self) -> None:
+        self._bound_feed_stops()
         collector.freeze()  # started: what it holds now (imports, warm caches) is never scanned again
         if self.settings.gc_full_collection_seconds > 0:
             self._sweep = asyncio.create_task(collector.collect_every(self.settings.gc_full_collection_seconds))
@@ -123,6 +133,17 @@ class Service:
         self._background = [asyncio.create_task(loop()) for loop in self.background]
         self._watch = asyncio.create_task(self._watch_stages())
         log.info("%s ready: stages %s, metrics on :%s", self.name, [s.name for s in self.stages], self.settings.metrics_port)
+
+    def _bound_feed_stops(self) -> None:
+        """Bound the stop of each feed's Kafka consumer (FastStream's subscribers, started by now),
+        as the stages bound theirs: with Kafka unreachable, leaving the group waited out its request
+        timeout, and a service whose feeds' consumers did took 44 s to stop, past a supervisor's
+        usual grace period (30 s). What is left is the broker's: the group's session times out."""
+        for subscriber in self.broker.subscribers:
+            consumer = getattr(subscriber, "consumer", None)
+            if consumer is None:
+                continue
+            consumer.stop = functools.partial(_bounded_stop, consumer.stop, sorted(consumer.subscription()))
 
     async def _watch_stages(self) -> None:
         tasks = [s.task for s in self.stages if s.task]
