@@ -1,6 +1,6 @@
 """The runbook's dead-letter scripts, as an operator pastes them, against the real broker: reading a
-DLQ shows each dead letter's source, reason and a cut value; re-publishing sends the original value,
-key and headers (without ours) back to the source topic and skips a cut one."""
+DLQ shows each dead letter's source, reason and a cut value or key; re-publishing sends the original
+value, key and headers (without ours) back to the source topic and skips a cut one."""
 
 from __future__ import annotations
 
@@ -54,6 +54,9 @@ async def test_the_runbook_reads_dead_letters_and_republishes_all_but_a_cut_one(
         await producer.send_and_wait(dlq, b"x" * 100, key=b"510100", headers=[
             ("yidi-dlq-reason", b"too big"), ("yidi-dlq-source", f"{source}/0/8".encode()),
             ("yidi-dlq-truncated", b"600000")])
+        await producer.send_and_wait(dlq, b'{"policy": 2}', key=b"k" * 1024, headers=[
+            ("yidi-dlq-reason", b"R11"), ("yidi-dlq-source", f"{source}/0/9".encode()),
+            ("yidi-dlq-key-truncated", b"2000000")])
     finally:
         await producer.stop()
 
@@ -61,16 +64,18 @@ async def test_the_runbook_reads_dead_letters_and_republishes_all_but_a_cut_one(
     assert f"0/0 key=b'510100' source={source}/0/7\n  reason: R11: a ceiling below the line\n" in shown
     assert f"0/1 key=b'510100' source={source}/0/7 AGAIN, counted once\n" in shown
     assert f"0/2 key=b'510100' source={source}/0/8 TRUNCATED from 600000 bytes\n  reason: too big\n" in shown
-    assert shown.endswith("       1  R11: a ceiling below the line\n       1  too big\n")
+    assert f"0/3 key=b'{'k' * 1024}' source={source}/0/9 KEY TRUNCATED from 2000000 bytes\n" in shown
+    assert shown.endswith("       1  R11: a ceiling below the line\n       1  too big\n       1  R11\n")
     # The last one of each partition only (a flood: the newest, and their count by reason).
     last = run(script("# Usage: python - <dlq topic> [bootstrap]"), dlq, bootstrap, "1")
-    assert "0/0 " not in last and f"0/2 key=b'510100' source={source}/0/8" in last and last.endswith("       1  too big\n")
+    assert "0/0 " not in last and f"0/3 key=b'{'k' * 1024}' source={source}/0/9" in last and last.endswith("       1  R11\n")
 
     republish = script("# Usage: python - <dlq topic> <partition>:<offset>")
     assert 'BOOTSTRAP = "127.0.0.1:19092"' in republish
-    done = run(republish.replace('BOOTSTRAP = "127.0.0.1:19092"', f"BOOTSTRAP = {bootstrap!r}"), dlq, "0:0", "0:2")
+    done = run(republish.replace('BOOTSTRAP = "127.0.0.1:19092"', f"BOOTSTRAP = {bootstrap!r}"), dlq, "0:0", "0:2", "0:3")
     assert done == (f"0:0 -> {source} key=b'510100'\n"
-                    "0:2 is truncated, skipped: re-publish it from its yidi-dlq-source\n")
+                    "0:2 is truncated, skipped: re-publish it from its yidi-dlq-source\n"
+                    "0:3 is truncated, skipped: re-publish it from its yidi-dlq-source\n")
 
     consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest",
                                 isolation_level="read_committed")

@@ -6,8 +6,10 @@
     yidi-gateway clearing run-month.json          # clearing requests, answered on clearing.results
 
 Exit status: 0 when every request was answered and accepted; 1 when every one was answered and
-some were refused; 3 when some got no answer within ``--timeout`` (are the services running?);
-4 when the client failed otherwise (a request file missing or not JSON, Kafka unreachable).
+some were refused; 2 when Kafka did not acknowledge a publish (the request may still be written
+later: sending it again under the same msgid is safe); 3 when some got no answer within
+``--timeout`` (are the services running?); 4 when the client failed otherwise (a request file
+missing or not JSON, Kafka unreachable).
 """
 
 from __future__ import annotations

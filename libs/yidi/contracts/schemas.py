@@ -604,9 +604,9 @@ MESSAGES: dict[str, Message] = {
     ),
     "EligibleWork": Message("Eligible work", "eligibility → pricing", _plain("EligibleWork"), "psn_no", ("EligibleWork",)),
     "PricedWork": Message("Priced work", "pricing → clearing", _plain("PricedWork"), "psn_no", ("PricedWork",)),
-    "FilingRequest": Message("Filing request", "add, change or cancel a filing", _plain("FilingRequest"), "psn_no", ("FilingRequest",)),
+    "FilingRequest": Message("Filing request", "add, change, cancel, approve or refuse a filing, or ask its history", _plain("FilingRequest"), "psn_no", ("FilingRequest",)),
     "FilingResult": Message("Filing result", "the answer to one filing request, by reqid", _plain("FilingResult"), "psn_no", ("FilingResult",)),
-    "FilingEvent": Message("Filing event", "a filing was filed, changed or cancelled", _plain("FilingEvent"), "psn_no", ("FilingEvent",)),
+    "FilingEvent": Message("Filing event", "a filing was added, changed, cancelled, approved, refused or ended", _plain("FilingEvent"), "psn_no", ("FilingEvent",)),
     "PersonRecord": Message("Person record", "a person's insurance", _plain("PersonRecord"), "psn_no", ("PersonRecord",)),
     "FacilityRecord": Message("Facility record", "a designated facility", _plain("FacilityRecord"), "fixmedins_code", ("FacilityRecord",)),
     "PolicyRecord": Message("Policy record", "one version of an insured region's policy", _plain("PolicyRecord"), "insuplc_admdvs", ("PolicyRecord",)),
@@ -637,7 +637,11 @@ DLQ_HEADERS = {
         },
         "yidi-dlq-truncated": {
             "type": "string",
-            "description": "stages only: the original value's length in bytes, when only its first 512 KiB are kept",
+            "description": "the original value's length in bytes, when only its first 512 KiB are kept",
+        },
+        "yidi-dlq-key-truncated": {
+            "type": "string",
+            "description": "the original key's length in bytes, when only its first 1 KiB is kept",
         },
         "yidi-dlq-headers-dropped": {
             "type": "string",
@@ -772,11 +776,12 @@ def render_topics_md() -> str:
         "",
         "A consumed topic has a dead-letter topic `<topic>.dlq` (1 partition, same key). A dead letter "
         "is the original record with its key, plus `yidi-dlq-reason` (why, at most 2000 bytes) and "
-        "`yidi-dlq-source` (`<topic>/<partition>/<offset>` of the original). From a transactional "
-        "stage it also keeps the original headers, and at most 512 KiB of the value "
-        "(`yidi-dlq-truncated` gives the original length; `yidi-dlq-headers-dropped` says original "
-        "headers over 128 KiB were left out); from a feed the value is whole and the original "
-        "headers are not kept. Nothing consumes them; docs/runbook.md says how to read and re-publish them.",
+        "`yidi-dlq-source` (`<topic>/<partition>/<offset>` of the original). It keeps at most 512 KiB "
+        "of the value (`yidi-dlq-truncated` gives the original length) and 1 KiB of the key "
+        "(`yidi-dlq-key-truncated`, likewise); a record with a null value is dead-lettered with an empty "
+        "one. From a transactional stage it also keeps the original headers "
+        "(`yidi-dlq-headers-dropped` says original headers over 128 KiB were left out); from a feed "
+        "the original headers are not kept. Nothing consumes them; docs/runbook.md says how to read and re-publish them.",
         "",
         "| dead-letter topic | source | written by |",
         "|---|---|---|",

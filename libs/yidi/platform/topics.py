@@ -55,7 +55,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(SETTLEMENT_ELIGIBLE, "psn_no", SETTLEMENT_PARTITIONS, "eligibility → pricing: request with its terms or refusal"),
     TopicSpec(SETTLEMENT_PRICED, "psn_no", SETTLEMENT_PARTITIONS, "pricing → clearing: settlement or cancellation with its answer"),
     TopicSpec(SETTLEMENT_RESULTS, "fixmedins_code", SETTLEMENT_PARTITIONS, "platform → gateway: one answer per request (default reply_to)"),
-    TopicSpec(FILING_REQUESTS, "psn_no", 3, "add, change, cancel, approve or refuse a filing"),
+    TopicSpec(FILING_REQUESTS, "psn_no", 3, "add, change, cancel, approve or refuse a filing, or ask its history"),
     TopicSpec(FILING_RESULTS, "psn_no", 3, "the answer to each filing request"),
     TopicSpec(FILING_EVENTS, "psn_no", 3, "a filing changed: eligibility refreshes its mirror and cache"),
     TopicSpec(REFDATA_PERSONS, "psn_no", 3, "persons' insurance from insured regions", compacted=True),
