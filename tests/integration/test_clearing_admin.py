@@ -97,3 +97,34 @@ async def test_each_request_answered_is_counted_by_type_and_outcome_once_committ
         ("fund", "ok"): 1, ("fund", "stored"): 1, ("fund", "refused"): 1, ("fund", "invalid"): 1,
         ("query_prepayment", "ok"): 1, ("unknown", "invalid"): 1,
     }
+
+
+def _reconcile(request_ts_ms: int, begin: str, end: str) -> dict:
+    return {"type": "reconcile", "request_ts_ms": request_ts_ms, "request": {
+        "infno": "3201", "msgid": f"H11000000001{uuid.uuid4().hex[:18].upper()}", "mdtrtarea_admvs": "110000",
+        "inf_time": "2026-12-01 10:30:00", "fixmedins_code": "H11000000001",
+        "input": {"data": {"stmt_begndate": begin, "stmt_enddate": end, "medfee_sumamt": "0.00",
+                           "fund_pay_sumamt": "0.00", "acct_pay": "0.00", "fixmedins_setl_cnt": 0}}}}
+
+
+async def test_requests_whose_values_stopped_the_stage_are_refused_and_it_goes_on(settings, handler):
+    # Each stopped clearing-admin at every start, and every clearing request and 3201/3202 behind
+    # it waited (a review, session 35): a month of the year 0 (the month arithmetic raised), an
+    # offset past 64 bits (written back in the answer), a 3201 passed on with a request time that
+    # is no moment (its answer's respond_time). A period of decades read every settlement of the
+    # facility: past the statement timeout it was retried for ever.
+    for body in ({"type": "run_month", "setlym": "000001"}, {"type": "run_month", "setlym": "999912"},
+                 {"type": "query_month", "setlym": "202610", "offset": "18446744073709551616"}):
+        out = dict(await _call(settings, handler, body))
+        assert set(out) == {settings.topic("clearing.results"), settings.topic("clearing.requests.dlq")}, body
+        result = out[settings.topic("clearing.results")]
+        assert not result["ok"] and "does not validate" in result["reason"], body
+    out = dict(await _call(settings, handler, _reconcile(10**17, "2026-11-01", "2026-11-30")))
+    assert set(out) == {settings.topic("settlement.results"), settings.topic("clearing.requests.dlq")}
+    assert out[settings.topic("settlement.results")]["err_code"] == "INTERNAL_ERROR"  # eligibility passed it on so
+
+    ((topic, answer),) = await _call(settings, handler, _reconcile(1_764_556_200_000, "2000-01-01", "2026-11-30"))
+    assert topic == settings.topic("settlement.results") and answer["err_code"] == "INVALID_INPUT"
+    assert "longer than 366 days; reconcile it in shorter periods" in answer["err_msg"]
+    ((_, answer),) = await _call(settings, handler, _reconcile(1_764_556_200_000, "2025-12-01", "2026-11-30"))
+    assert answer["infcode"] == 0 and answer["output"]["stmt_rslt"] == "0"

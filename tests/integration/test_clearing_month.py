@@ -165,3 +165,25 @@ async def test_a_month_that_has_not_ended_is_not_run(settings, repo):
         assert await conn.fetchval("SELECT count(*) FROM clearing.periods WHERE setlym = $1", month) == 0
         # Not kept under its reqid: sent again once the month has ended, it runs.
         assert await conn.fetchval("SELECT count(*) FROM clearing.admin_requests WHERE reqid = $1", body["reqid"]) == 0
+
+
+async def test_a_pair_whose_month_comes_to_more_than_one_amount_gets_its_statement(settings, repo):
+    # Two self-paid bills of 999,999,999,999.00 for one pair: their month's statement refused its own
+    # total (a statement's amounts were capped as one bill's), after the month had closed; the month
+    # stayed without statements and every later month was refused behind it (a review, session 35).
+    month = "202508"
+    amounts = ", ".join(AMOUNT_COLUMNS)
+    values = ", ".join("999999999999.00" if a in ("medfee_sumamt", "psn_cash_pay") else "0.00" for a in AMOUNT_COLUMNS)
+    async with repo.transaction() as conn:
+        await conn.execute(
+            f"""INSERT INTO clearing.ledger (setl_id, msgid, request_hash, infno, psn_no, mdtrt_id, insuplc_admdvs,
+                    mdtrtarea_admvs, fixmedins_code, setlym, {amounts}, answer, setl_date, clr_period)
+                SELECT 'SBIG' || g, 'MBIG' || g, 'h', '2207', 'P' || g, 'V' || g, '810000', '710000', 'H1', $1,
+                       {values}, '{{}}'::json, current_date, $1
+                FROM generate_series(1, 2) AS g""", month)
+    body = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month}
+    out = await ClearingAdminHandler(settings, repo)([_request(settings, body)])
+    result, _ = _result(settings, out)
+    (statement,) = [orjson.loads(o.value) for o in out if o.topic == settings.topic(CLEARING_STATEMENTS)]
+    assert result["ok"], result
+    assert (statement["medfee_sumamt"], statement["clr_sumamt"]) == ("1999999999998.00", "0.00")

@@ -126,3 +126,19 @@ def test_an_alert_of_an_account_of_care_at_home_says_to_confirm_its_statements_n
                                          run_out).value)
     assert "care at home" in home["message"] and "cannot be funded" in home["message"], home
     assert "has run out" in away["message"] and "tops up" in away["message"], away
+
+
+def test_an_account_past_one_amount_is_stated_and_alerted_as_its_columns_hold_it():
+    # A shortfall past 999,999,999,999.99 (an unfunded pair under record_shortfall) made the status
+    # and the alert refuse their own balance: the settlement stage stopped on every batch touching
+    # the pair (a review, session 35). An account holds what numeric(16, 2) does.
+    import orjson
+
+    from services.clearing.prepayment import account_of, prepayment_alert, status_update
+    from yidi.platform.settings import Settings
+
+    row = _row("U10003", "U20003", "0.00", drawn="1999999999999.98") | {"moves": 7}
+    status = orjson.loads(status_update(Settings(), row).value)
+    alert = orjson.loads(prepayment_alert(Settings(), row, account_of(row)).value)
+    assert status["balance"] == alert["balance"] == "-1999999999999.98"
+    assert alert["shortfall"] == "1999999999999.98"

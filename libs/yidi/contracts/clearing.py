@@ -4,15 +4,18 @@ reconciliation inputs of facilities (3201 totals, 3202 details)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, StringConstraints, TypeAdapter, WithJsonSchema, field_validator, model_validator
 
-from yidi.contracts.common import Amount, AreaCode, Code, Ratio, RequestId, StrictWireModel, WireDay, WireModel
+from yidi.contracts.common import (LATEST_TIMESTAMP_MS, Amount, AreaCode, Code, Ratio, RequestId, StrictWireModel,
+                                   TotalAmount, WireDay, WireModel)
 from yidi.contracts.envelope import RequestEnvelope, gateway_reply_topic
 from yidi.domain.codes import InsuranceType
 
-Month = Annotated[str, Field(pattern=r"^[0-9]{4}(0[1-9]|1[0-2])$")]
+# A month of the years 1990-2999: "000001" (a typo of 202601, say) made the month arithmetic raise
+# and stopped clearing-admin at every start, and "999912" closed a month whose next no run can name.
+Month = Annotated[str, Field(pattern=r"^(199[0-9]|2[0-9]{3})(0[1-9]|1[0-2])$")]
 
 
 StatementDay = WireDay  # a reconciliation's dates
@@ -22,10 +25,18 @@ class _Period(WireModel):
     stmt_begndate: StatementDay
     stmt_enddate: StatementDay
 
+    # The longest period a reconciliation reads. Unbounded, 0001-01-01 to 9999-12-31 read every
+    # settlement a facility ever had: past the statement timeout (30 s) that is taken for Postgres
+    # away and retried for ever, and clearing.requests (one partition) waits behind it.
+    MAX_DAYS: ClassVar[int] = 366
+
     @model_validator(mode="after")
     def _begins_before_it_ends(self) -> Any:
         if self.stmt_enddate < self.stmt_begndate:
             raise ValueError(f"stmt_enddate {self.stmt_enddate} is before stmt_begndate {self.stmt_begndate}")
+        if (self.stmt_enddate - self.stmt_begndate).days >= self.MAX_DAYS:
+            raise ValueError(f"the period {self.stmt_begndate} to {self.stmt_enddate} is longer than {self.MAX_DAYS} "
+                             "days; reconcile it in shorter periods")
         return self
 
 
@@ -91,7 +102,7 @@ class QueryMonth(_Request):
 
     type: Literal["query_month"]
     setlym: Month
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=2**31 - 1)  # written back in the answer: a JSON integer
 
 
 class QueryPrepayment(_Request):
@@ -105,7 +116,7 @@ class Reconcile(WireModel):
 
     type: Literal["reconcile"]
     request: RequestEnvelope
-    request_ts_ms: int
+    request_ts_ms: int = Field(ge=0, lt=LATEST_TIMESTAMP_MS)
     reqid: str = ""
 
 
@@ -133,10 +144,10 @@ class Statement(WireModel):
     mdtrtarea_admvs: str
     settlements: int
     undone: int
-    medfee_sumamt: Amount
-    fund_pay_sumamt: Amount
-    acct_pay: Amount
-    clr_sumamt: Amount = Field(description="what the insured region owes for the period and what confirming the "
+    medfee_sumamt: TotalAmount
+    fund_pay_sumamt: TotalAmount
+    acct_pay: TotalAmount
+    clr_sumamt: TotalAmount = Field(description="what the insured region owes for the period and what confirming the "
                                "statement clears: fund_pay_sumamt + acct_pay (the individual accounts' payments "
                                "are cleared too; the patients' cash is not)")
     confirmed_insured: bool = False
@@ -147,10 +158,10 @@ class Statement(WireModel):
 class PrepaymentAlert(WireModel):
     insuplc_admdvs: str
     mdtrtarea_admvs: str
-    balance: Amount
-    funded: Amount
+    balance: TotalAmount
+    funded: TotalAmount
     warn_share: Ratio
-    shortfall: Amount
+    shortfall: TotalAmount
     message: str
 
 
@@ -159,7 +170,7 @@ class PrepaymentStatus(WireModel):
 
     insuplc_admdvs: str
     mdtrtarea_admvs: str
-    balance: Amount
+    balance: TotalAmount
     version: int = Field(description="the account's move count: a status never replaces a newer one")
 
 
@@ -208,6 +219,8 @@ class ReconcileDetail(WireModel):
 
 class ReconcileDetailsInput(_Period):
     """3202: the facility's settlements for a period, one by one."""
+
+    MAX_DAYS: ClassVar[int] = 31  # every row of the period is read: a month at most
 
     details: list[ReconcileDetail] = Field(max_length=100_000)
 

@@ -10,13 +10,19 @@ from typing import Annotated, Any
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer, StringConstraints,
                       ValidationInfo)
 
-from yidi.domain.money import MAX_RATIO_DECIMALS, fmt, fmt_ratio, parse_amount, parse_ratio
+from yidi.domain.money import MAX_RATIO_DECIMALS, MAX_TOTAL, fmt, fmt_ratio, parse_amount, parse_ratio
 
 # Validation context of a record read back from the platform's own store: it was checked when it
 # arrived, under the rules of then (refdata.STORED_CONTEXT).
 STORED = "stored"
 
 INF_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+# A producer's timestamp (CreateTime topics) may be any 64-bit number: one past the year 9999 (or
+# before 1970) is no moment a datetime holds, and reading it raised in the handler at every start.
+# A stage takes such a record as arriving now; a message between the services whose request time
+# (``request_ts_ms``) is no such moment does not validate.
+LATEST_TIMESTAMP_MS = 253_402_214_400_000  # 9999-12-31T00:00:00Z
 RESPOND_TIME_FORMAT = "%Y%m%d%H%M%S%f"
 # The exact zero-padded shape of INF_TIME_FORMAT, ASCII digits only: such a string parses to the
 # same datetime with ``fromisoformat`` as with ``strptime``, about ten times faster.
@@ -34,6 +40,12 @@ def _amount(value: object) -> Decimal:
     if isinstance(value, float):
         raise ValueError("amounts are strings with two decimals, never floats")
     return parse_amount(value)  # type: ignore[arg-type]
+
+
+def _total(value: object) -> Decimal:
+    if isinstance(value, float):
+        raise ValueError("amounts are strings with two decimals, never floats")
+    return parse_amount(value, MAX_TOTAL)  # type: ignore[arg-type]
 
 
 def _ratio(value: object, info: ValidationInfo) -> Decimal:
@@ -114,6 +126,8 @@ DAY_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 Amount = Annotated[Decimal, BeforeValidator(_amount), PlainSerializer(fmt, return_type=str)]
+# A sum the platform states (a statement's, an account's balance): up to MAX_TOTAL, as its column.
+TotalAmount = Annotated[Decimal, BeforeValidator(_total), PlainSerializer(fmt, return_type=str)]
 Ratio = Annotated[Decimal, BeforeValidator(_ratio), PlainSerializer(fmt_ratio, return_type=str)]
 Quantity = Annotated[Decimal, BeforeValidator(_quantity), PlainSerializer(lambda d: format(d, "f"), return_type=str)]
 UnitPrice = Annotated[Decimal, BeforeValidator(_unit_price), PlainSerializer(lambda d: format(d, "f"), return_type=str)]

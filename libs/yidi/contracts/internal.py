@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from yidi.contracts.common import Amount, WireModel
+from yidi.contracts.common import LATEST_TIMESTAMP_MS, Amount, WireModel
 from yidi.contracts.envelope import ErrCode, RequestEnvelope, RequestRef, ResponseEnvelope
 from yidi.domain.codes import FilingCategory
 from yidi.domain.money import ZERO
@@ -35,7 +35,7 @@ class EligibleWork(WireModel):
 
     request: RequestEnvelope
     request_hash: str
-    request_ts_ms: int
+    request_ts_ms: int = Field(ge=0, lt=LATEST_TIMESTAMP_MS)
     refusal: Refusal | None = None
     person: PersonSnapshot | None = None
     facility_level: int = 0
@@ -80,7 +80,7 @@ class PricedWork(WireModel):
     kind: WorkKind
     request: RequestRef
     request_hash: str
-    request_ts_ms: int
+    request_ts_ms: int = Field(ge=0, lt=LATEST_TIMESTAMP_MS)
     answer: ResponseEnvelope
     facts: LedgerFacts | None = None
     # For a cancellation or reversal: the settlement being undone.

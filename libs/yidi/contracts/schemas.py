@@ -146,6 +146,9 @@ def wire_models() -> dict[str, tuple[type[BaseModel], Mode]]:
 
 AMOUNT = {"type": "string", "pattern": r"^-?\d{1,12}(\.\d{1,2})?$",
           "description": "yuan, at most 12 integer digits and two decimals, as a string (never a JSON float)"}
+TOTAL_AMOUNT = {"type": "string", "pattern": r"^-?\d{1,14}(\.\d{1,2})?$",
+                "description": "yuan, a sum (a statement's, an account's balance): at most 14 integer digits and two "
+                               "decimals, as a string (never a JSON float)"}
 RATIO = {"type": "string", "pattern": r"^(0(\.\d+)?|1(\.0+)?)$", "description": "a proportion between 0 and 1, as a string"}
 QUANTITY = {"type": "string", "pattern": r"^\d{1,7}(\.\d{1,4})?$",
             "description": "a positive number up to 1000000 with at most 4 decimals, as a string"}
@@ -170,7 +173,7 @@ def _annotated_funcs(alias: Any) -> tuple[Callable[..., Any] | None, Callable[..
 
 
 _SPECIAL: dict[int, dict[str, Any]] = {}
-for _alias, _schema in ((common.Amount, AMOUNT), (common.Ratio, RATIO), (common.Quantity, QUANTITY),
+for _alias, _schema in ((common.Amount, AMOUNT), (common.TotalAmount, TOTAL_AMOUNT), (common.Ratio, RATIO), (common.Quantity, QUANTITY),
                         (common.UnitPrice, UNIT_PRICE),
                         (common.InfTime, INF_TIME), (common.StayTime, STAY_TIME), (common.Day, DAY)):
     for _func in _annotated_funcs(_alias):

@@ -21,7 +21,7 @@ from yidi.domain.money import ZERO
 
 def next_month(setlym: str) -> str:
     year, month = int(setlym[:4]), int(setlym[4:])
-    return f"{year + month // 12}{month % 12 + 1:02d}"
+    return f"{year + month // 12:04d}{month % 12 + 1:02d}"
 
 
 def month_ended(setlym: str, today: date) -> bool:

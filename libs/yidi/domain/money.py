@@ -13,6 +13,10 @@ ZERO = Decimal("0.00")
 # and a value beyond it would be refused by Postgres after the handler had priced it. It also keeps
 # every amount far inside the context precision (28 digits) that ``to_fen`` would otherwise enforce.
 MAX_AMOUNT = Decimal("999999999999.99")
+# The largest sum the platform states, either sign: a month's statement for a region pair, a
+# prepayment account's balance. Their columns are numeric(16, 2); a sum of amounts may pass
+# MAX_AMOUNT (two bills of 0.6e12), and a statement or status refused as such stopped clearing.
+MAX_TOTAL = Decimal("99999999999999.99")
 # The usual wire amount: already exactly two decimals (and at most 12 integer digits, so within
 # MAX_AMOUNT), so ``Decimal(text)`` is its own fen rounding.
 # A zero with a sign ("-0.00") is no such amount: parse_amount reads it as 0.00, and its text is "0.00"
@@ -34,8 +38,9 @@ def to_fen(amount: Decimal) -> Decimal:
     return amount.quantize(FEN, ROUND_HALF_UP)
 
 
-def parse_amount(text: str | Decimal | int) -> Decimal:
-    """Parse a wire amount such as ``"48.89"``; refuse floats, NaN, infinities and sub-fen digits."""
+def parse_amount(text: str | Decimal | int, limit: Decimal = MAX_AMOUNT) -> Decimal:
+    """Parse a wire amount such as ``"48.89"``; refuse floats, NaN, infinities, sub-fen digits and
+    more than ``limit`` either way."""
     if isinstance(text, float):
         raise MoneyError("amounts are strings or decimals, never floats")
     if isinstance(text, str) and _TWO_DECIMALS.fullmatch(text):
@@ -50,8 +55,8 @@ def parse_amount(text: str | Decimal | int) -> Decimal:
         raise MoneyError(f"not an amount: {text!r}") from exc
     if not value.is_finite():
         raise MoneyError(f"not a finite amount: {text!r}")
-    if abs(value) > MAX_AMOUNT:
-        raise MoneyError(f"amount out of range (at most {MAX_AMOUNT} either way): {str(text)[:40]!r}")
+    if abs(value) > limit:
+        raise MoneyError(f"amount out of range (at most {limit} either way): {str(text)[:40]!r}")
     rounded = to_fen(value)
     if value != rounded:
         raise MoneyError(f"amount has more than two decimals: {text!r}")

@@ -30,6 +30,7 @@ from aiokafka.errors import (
 from aiokafka.producer import sender as _aiokafka_sender
 from aiokafka.producer.transaction_manager import TransactionState
 
+from yidi.contracts.common import LATEST_TIMESTAMP_MS
 from yidi.domain.values import value
 from yidi.platform import fencing, metrics, records, txnv2
 from yidi.platform.errors import BadData, FatalError, RaceLost, TransientError
@@ -76,11 +77,6 @@ class Incoming:
     timestamp_ms: int
     headers: tuple[tuple[str, bytes | None], ...] = ()  # a header value may be null
 
-
-# A producer's timestamp (CreateTime topics) may be any 64-bit number: one past the year 9999 (or
-# before 1970) is no moment a datetime holds, and reading it raised in the handler at every start.
-# Such a record is taken as arriving now.
-LATEST_TIMESTAMP_MS = 253_402_214_400_000  # 9999-12-31T00:00:00Z
 
 
 def _now_ms() -> int:
