@@ -364,8 +364,15 @@ class PricingHandler:
             setl_time=wire_time(request.inf_time), clr_optins=region,
         )
         answer = answers.answer_wire(request.msgid, request.infno.value, output)
-        if not settle:
-            return [self._reply(work, answer)]  # pre-settlement: the same numbers, nothing committed
+        if not settle:  # pre-settlement: the same numbers, nothing committed
+            out = self._reply(work, answer)
+            if len(out.value) > MAX_PASSED_ON_BYTES:  # as a settlement's: refused, not a failure to report
+                return self._refuse(
+                    work, ErrCode.INVALID_INPUT,
+                    f"The bill's answer would be {len(out.value)} bytes, more than one message may carry. Send the "
+                    "bill with identical items on one line each (their count in cnt), or fewer lines.",
+                )
+            return [out]
         # The counters this settlement moves, keyed "year|counter" (account draws: by balance version).
         moved = {
             (ACCOUNT_YEAR, account_counter) if counter == ACCOUNT_DRAWN else (day.year, fund + counter): amount

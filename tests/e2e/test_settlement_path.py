@@ -267,6 +267,20 @@ async def test_a_bill_whose_answer_would_not_fit_in_a_message_is_refused_before_
     assert (await gateway.call(request))["infcode"] == 0
 
 
+async def test_a_pre_settlement_whose_answer_would_not_fit_in_a_message_is_refused_as_the_settlement_is(gateway):
+    # The same bill as a 2206: its answer was not measured, Kafka refused it, and the cashier was told
+    # INTERNAL_ERROR "report it" after the batch was halved down to it (a review, session 35).
+    request = we1()
+    request["infno"] = "2206"
+    data = request["input"]["data"]
+    data["feedetail"] = [{"feedetl_sn": f"{'序' * 58}{i:04d}", "hilist_code": "药" * 60, "cnt": "1", "pric": "1.00",
+                          "det_item_fee_sumamt": "1.00"} for i in range(2000)]
+    data["medfee_sumamt"] = "2000.00"
+    answer = await gateway.call(request, timeout=60)
+    assert (answer["infcode"], answer["err_code"]) == (-1, "INVALID_INPUT")
+    assert "more than one message may carry" in answer["err_msg"]
+
+
 async def _dead_letters(settings, topic: str) -> list[tuple[bytes, dict[str, bytes]]]:
     return [(r.value, dict(r.headers)) for r in await read_topic(settings.kafka_bootstrap, settings.topic(f"{topic}.dlq"))]
 

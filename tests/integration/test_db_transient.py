@@ -171,3 +171,22 @@ async def test_input_asyncpg_cannot_decode_is_not_retried():
     with pytest.raises(asyncpg.ProtocolError):
         async with transient_errors():
             raise asyncpg.ProtocolError("unexpected data type of a column")
+
+
+async def test_a_value_past_an_index_rows_limit_is_bad_data_not_a_stop(settings):
+    # SQLSTATE 54000: a counter named after a region's text of kilobytes passed the btree's 2,704
+    # bytes; unmapped, it stopped pricing at every start (a review, session 35). The record is at
+    # fault: the stage refuses it alone.
+    import secrets
+
+    from yidi.platform.errors import BadData
+
+    conn = await asyncpg.connect(settings.database_url)
+    table = f"t_{uuid.uuid4().hex[:8]}"
+    try:
+        await conn.execute(f"CREATE TABLE {table} (counter text PRIMARY KEY)")
+        with pytest.raises(BadData, match="ProgramLimitExceededError"):
+            await _in_transient_errors(conn.execute(f"INSERT INTO {table} VALUES ($1)", secrets.token_urlsafe(4000)))
+    finally:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await conn.close()

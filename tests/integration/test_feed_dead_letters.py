@@ -163,3 +163,39 @@ async def test_records_with_null_or_undecodable_header_values_and_a_megabyte_key
     (dead,) = await read_topic(settings.kafka_bootstrap, dlq(full))
     assert dead.value == b'{"n": "x"}' and dead.key == b"k" * 1024
     assert dict(dead.headers)["yidi-dlq-key-truncated"] == b"2000000"
+
+
+async def test_a_record_whose_content_type_says_json_and_whose_body_is_not_is_dead_lettered(settings):
+    """FastStream decodes a body itself, before the feed's code, when its ``content-type`` header says
+    JSON or text: a GBK body, a byte-order mark or a null value raised there, and the batch was read
+    again at once, for ever, while every later record of the partition waited (a review, session 35)."""
+    topic = f"dlctype{uuid.uuid4().hex[:6]}"
+    service = Service("dlctype", settings, migrations=None)
+    full = settings.topic(topic)
+    await create_topics(settings.kafka_bootstrap, full, dlq(full))
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    json_type = [("content-type", b"application/json; charset=GBK")]
+    try:
+        await producer.send_and_wait(full, '{"n": 1, "name": "张三"}'.encode("gbk"), key=b"k", headers=json_type)
+        await producer.send_and_wait(full, b'\xef\xbb\xbf{"n": 2}', key=b"k", headers=json_type)
+        await producer.send_and_wait(full, None, key=b"k", headers=json_type)
+        await producer.send_and_wait(full, "张三".encode("gbk"), key=b"k", headers=[("content-type", b"text/plain")])
+        await producer.send_and_wait(full, b'{"n": 3}', key=b"k", headers=json_type)
+    finally:
+        await producer.stop()
+    applied: list[int] = []
+
+    async def apply(record: Record) -> None:
+        applied.append(record.n)
+
+    feed(service, topic, Record, apply)
+    refused_before = _refused(topic)
+    await service.broker.start()
+    try:
+        await until(lambda: applied == [3] and _refused(topic) == refused_before + 4, timeout=30)
+    finally:
+        await service.broker.stop()
+    dead = await read_topic(settings.kafka_bootstrap, dlq(full))
+    assert [dict(r.headers)["yidi-dlq-source"] for r in dead] == [f"{full}/0/{n}".encode() for n in range(4)]
+    assert all(dict(r.headers)["yidi-dlq-reason"] for r in dead)

@@ -94,6 +94,32 @@ def test_r14_disease_codes_are_stripped_and_an_empty_one_is_refused():
     assert stored.chronic_qualifications == ["E11"]
 
 
+def test_texts_a_counter_is_named_after_are_at_most_64_characters_except_as_stored():
+    # A deductible bucket or a balance version of kilobytes named a person's counter past its index's
+    # 2,704 bytes, and pricing stopped at every start (a review, session 35).
+    from yidi.contracts.refdata import STORED_CONTEXT, BenefitRuleRecord, PersonRecord
+
+    base = dict(psn_no="P1", psn_name="A", insuplc_admdvs="330100", insutype="310", psn_type="11")
+    rule = dict(med_types=["11"], deductible="0.00", ratio="0.50")
+    assert PersonRecord(**base, acct_version="v" * 64).acct_version == "v" * 64
+    assert BenefitRuleRecord(**rule, deductible_bucket="b" * 64).deductible_bucket == "b" * 64
+    with pytest.raises(ValueError, match="at most 64 characters"):
+        PersonRecord(**base, acct_version="v" * 65)
+    with pytest.raises(ValueError, match="at most 64 characters"):
+        BenefitRuleRecord(**rule, deductible_bucket="b" * 65)
+    assert PersonRecord.model_validate(base | {"acct_version": "v" * 65}, context=STORED_CONTEXT).acct_version == "v" * 65
+    assert BenefitRuleRecord.model_validate(rule | {"deductible_bucket": "b" * 65}, context=STORED_CONTEXT)
+
+
+def test_a_person_records_time_is_in_the_years_1990_to_2999():
+    from yidi.contracts.refdata import PersonRecord
+
+    base = dict(psn_no="P1", psn_name="A", insuplc_admdvs="330100", insutype="310", psn_type="11")
+    for far in ("0001-01-01T00:30:00+09:00", "1989-12-31", "3000-01-01T00:00:00Z"):
+        with pytest.raises(ValueError, match="updated_at is in the years 1990 to 2999"):
+            PersonRecord(**base, updated_at=far)
+
+
 def test_a_person_record_dated_ahead_of_now_is_told_apart():
     from datetime import datetime, timedelta
 

@@ -231,6 +231,17 @@ def test_r19_an_insured_region_in_an_outage_window_is_refused_naming_when_it_res
     assert "until 2026-11-23 20:00 (UTC+08:00)" in d.message
 
 
+def test_r19_an_outage_until_further_notice_written_in_utc_is_refused_naming_it():
+    # 9999-12-31T23:59:59Z is past the year 9999 in China time: moving it there raised, and every
+    # settlement of the region was answered INTERNAL_ERROR (a review, session 35).
+    from datetime import UTC, datetime
+
+    outage = Outage("131000", NOW - timedelta(hours=1), datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), "cut over")
+    d = decide(visit(), PERSON, BEIJING_HOSPITAL, [filing()], [outage], NOW)
+    assert isinstance(d, Refused) and d.code is Refusal.REGION_UNAVAILABLE
+    assert "until 9999-12-31 23:59 (UTC+0000), until further notice" in d.message
+
+
 def test_r19_an_outage_of_the_insured_regions_province_stops_it_and_another_provinces_does_not():
     # Area codes nest: the province's platform in maintenance stops its cities' insured.
     hebei = Outage("130000", NOW - timedelta(hours=1), NOW + timedelta(hours=2), "maintenance of the Hebei platform")

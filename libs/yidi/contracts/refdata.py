@@ -38,6 +38,19 @@ def _source_time(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=BUSINESS_TZ)
 
 
+# The most characters of a text pricing names a counter after (a person's accumulators: a rule's
+# deductible bucket, an account's balance version). A name of kilobytes overflowed the counters'
+# index (2,704 bytes) and stopped pricing. Stored records keep theirs (Postgres's refusal of one then
+# refuses that settlement alone).
+MAX_COUNTER_TEXT_CHARS = 64
+
+
+def _counter_text(value: str, info: ValidationInfo) -> str:
+    if len(value) > MAX_COUNTER_TEXT_CHARS and not (info.context or {}).get(STORED):
+        raise ValueError(f"at most {MAX_COUNTER_TEXT_CHARS} characters (a counter is named after it): {value[:40]!r}…")
+    return value
+
+
 def _disease_codes(values: list[str], info: ValidationInfo) -> list[str]:
     """ICD-10 codes or prefixes, as R14 matches them: stripped (a padded one matched nothing), and
     none empty (an empty prefix matched every disease). A stored record from before the check
@@ -63,7 +76,8 @@ class PersonRecord(StrictWireModel):
     active: bool = True
     chronic_qualifications: list[str] = Field(default_factory=list, description="ICD-10 codes or prefixes, R14")
     acct_balc: Amount = Field(default=ZERO, ge=0)
-    acct_version: str = Field(default="", description="changes whenever the region restates the balance")
+    acct_version: str = Field(default="", description="changes whenever the region restates the balance (at most "
+                                                      f"{MAX_COUNTER_TEXT_CHARS} characters)")
     qualifications: list[str] = Field(default_factory=list, description="civil_servant, medical_assistance")
     updated_at: str = Field(
         default="",
@@ -74,6 +88,7 @@ class PersonRecord(StrictWireModel):
     home_quota_year: int | None = Field(default=None, description="the year home_quota_used counts for")
 
     _chronic_qualifications = field_validator("chronic_qualifications")(_disease_codes)
+    _acct_version = field_validator("acct_version")(_counter_text)
 
     @field_validator("updated_at")
     @classmethod
@@ -176,6 +191,7 @@ class BenefitRuleRecord(StrictWireModel):
     diseases: list[str] = Field(default_factory=list, description="ICD-10 prefixes: a rule for some diseases only (R14)")
 
     _diseases = field_validator("diseases")(_disease_codes)
+    _deductible_bucket = field_validator("deductible_bucket")(_counter_text)
 
 
 class LayerRecord(StrictWireModel):

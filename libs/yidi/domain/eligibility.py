@@ -225,7 +225,10 @@ def region_covers(filed: str, treating: str) -> bool:
 def _shown(moment: datetime) -> str:
     """A time as a cashier reads it: in the business zone (a naive time is UTC), with its offset."""
     aware = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-    return f"{aware.astimezone(BUSINESS_TZ):%Y-%m-%d %H:%M} (UTC+08:00)"
+    try:
+        return f"{aware.astimezone(BUSINESS_TZ):%Y-%m-%d %H:%M} (UTC+08:00)"
+    except OverflowError:  # past 9999-12-31 in China time ("until further notice" written in UTC)
+        return f"{aware:%Y-%m-%d %H:%M} (UTC{aware:%z}), until further notice"
 
 
 # How favourable a valid filing is to settle on (lower first); long-term categories rank 0.

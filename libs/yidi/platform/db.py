@@ -75,9 +75,12 @@ async def transient_errors() -> AsyncIterator[None]:
         raise BadData(f"{type(exc).__name__}: {exc}") from exc
 
 
-# SQLSTATE class 22 (data exception: a numeric field overflow, an untranslatable character, ...) and
-# the integrity checks a single record can fail: the record is at fault, not the database.
-BAD_DATA = (asyncpg.DataError, asyncpg.CheckViolationError, asyncpg.NotNullViolationError)
+# SQLSTATE class 22 (data exception: a numeric field overflow, an untranslatable character, ...),
+# the integrity checks a single record can fail, and class 54's limits a value can pass (an index
+# row over 2,704 bytes: a counter named after a region's text of kilobytes stopped pricing at every
+# start): the record is at fault, not the database.
+BAD_DATA = (asyncpg.DataError, asyncpg.CheckViolationError, asyncpg.NotNullViolationError,
+            asyncpg.ProgramLimitExceededError)
 
 
 async def lock_keys(conn: asyncpg.Connection, scope: str, keys: Iterable[str | bytes | None], *,
