@@ -281,8 +281,8 @@ class PricingHandler:
             ref = request.ref_wire()
             return [
                 self._pass_on(
-                    orjson.dumps({**PricedWork.model_validate(e).model_dump(mode="json"), "request": ref,
-                                  "request_ts_ms": work.request_ts_ms}),
+                    orjson.dumps(PricedWork.model_validate(e | {"request": ref, "request_ts_ms": work.request_ts_ms})
+                                 .model_dump(mode="json")),
                     # keyed as the first pass was (stripped): the same partition of settlement.priced,
                     # so clearing never sees a replayed cancellation before its settlement
                     code_text(request.data.get("psn_no")),
@@ -364,21 +364,6 @@ class PricingHandler:
             setl_time=wire_time(request.inf_time), clr_optins=region,
         )
         answer = answers.answer_wire(request.msgid, request.infno.value, output)
-        if not settle:  # pre-settlement: the same numbers, nothing committed
-            out = self._reply(work, answer)
-            if len(out.value) > MAX_PASSED_ON_BYTES:  # as a settlement's: refused, not a failure to report
-                return self._refuse(
-                    work, ErrCode.INVALID_INPUT,
-                    f"The bill's answer would be {len(out.value)} bytes, more than one message may carry. Send the "
-                    "bill with identical items on one line each (their count in cnt), or fewer lines.",
-                )
-            return [out]
-        # The counters this settlement moves, keyed "year|counter" (account draws: by balance version).
-        moved = {
-            (ACCOUNT_YEAR, account_counter) if counter == ACCOUNT_DRAWN else (day.year, fund + counter): amount
-            for counter, amount in pricing.usage_delta.items()
-        }
-        stored_delta = {f"{year}|{counter}": str(amount) for (year, counter), amount in moved.items()}
         info = output["setlinfo"]
         # PricedWork in wire form, field for field (tests/unit/test_wire_forms.py checks it validates).
         priced = {
@@ -396,12 +381,22 @@ class PricingHandler:
         value = orjson.dumps(priced)
         if len(value) > MAX_PASSED_ON_BYTES:
             # Refused before anything is recorded: a message Kafka would refuse after the settlement
-            # was committed here would leave it recorded and never answered.
+            # was committed here would leave it recorded and never answered. A pre-settlement of the
+            # same bill is measured the same way, so that the one passes where the other does (its
+            # answer alone, unmeasured, was refused by Kafka: INTERNAL_ERROR "report it").
             return self._refuse(
                 work, ErrCode.INVALID_INPUT,
                 f"The bill's answer would be {len(value)} bytes, more than one message may carry; nothing was "
                 "settled. Send the bill with identical items on one line each (their count in cnt), or fewer lines.",
             )
+        if not settle:
+            return [self._reply(work, answer)]  # pre-settlement: the same numbers, nothing committed
+        # The counters this settlement moves, keyed "year|counter" (account draws: by balance version).
+        moved = {
+            (ACCOUNT_YEAR, account_counter) if counter == ACCOUNT_DRAWN else (day.year, fund + counter): amount
+            for counter, amount in pricing.usage_delta.items()
+        }
+        stored_delta = {f"{year}|{counter}": str(amount) for (year, counter), amount in moved.items()}
         # Everything that could fail is built: now change the batch's state, all of it or nothing.
         if batch.prepayments is not None and not within(request.mdtrtarea_admvs, region):  # care at home draws nothing
             pair = (region, request.mdtrtarea_admvs)

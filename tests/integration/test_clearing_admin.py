@@ -128,3 +128,26 @@ async def test_requests_whose_values_stopped_the_stage_are_refused_and_it_goes_o
     assert "longer than 366 days; reconcile it in shorter periods" in answer["err_msg"]
     ((_, answer),) = await _call(settings, handler, _reconcile(1_764_556_200_000, "2025-12-01", "2026-11-30"))
     assert answer["infcode"] == 0 and answer["output"]["stmt_rslt"] == "0"
+
+
+async def test_a_reconciliation_past_the_statement_timeout_is_refused_and_its_batch_goes_on(settings, clearing_repo):
+    # Past the pool's 30 s, asyncpg's timeout was taken for Postgres away: the batch was retried for
+    # ever, and clearing.requests (one partition) waited behind it (a review, session 35). Here the
+    # reconciliation's read is made to outlast a timeout of 0.3 s.
+    class Slow(ClearingAdminHandler):
+        async def _reconcile_totals(self, conn, facility, body):
+            await conn.execute("SELECT pg_sleep(5)", timeout=0.3)
+            raise AssertionError("not reached")
+
+    pair = _pair()
+    bodies = [{"reqid": f"R-{uuid.uuid4().hex}"} | _reconcile(1_764_556_200_000, "2026-11-01", "2026-11-30"),
+              {"reqid": f"R-{uuid.uuid4().hex}", "type": "fund", "amount": "100.00", **pair}]
+    out = await Slow(settings, clearing_repo)([
+        Incoming(settings.topic("clearing.requests"), 0, n, b["reqid"].encode(), orjson.dumps(b), 0)
+        for n, b in enumerate(bodies)])
+    answers = {o.topic: orjson.loads(o.value) for o in out if o.topic.endswith(("settlement.results", "clearing.results"))}
+    refused = answers[settings.topic("settlement.results")]
+    assert refused["err_code"] == "INVALID_INPUT" and "reconcile it in shorter periods" in refused["err_msg"]
+    assert answers[settings.topic("clearing.results")]["ok"]  # the fund after it, in the same transaction
+    ((_, query),) = await _call(settings, ClearingAdminHandler(settings, clearing_repo), {"type": "query_prepayment", **pair})
+    assert query["data"]["funded"] == "100.00"

@@ -74,3 +74,22 @@ async def test_a_publish_kafka_does_not_acknowledge_times_out_and_the_client_sto
         finally:
             if not stopped:
                 await client.stop()
+
+
+async def test_an_answer_that_is_json_but_no_object_is_passed_over_and_the_next_is_read(settings):
+    # "[1]" on the reply topic ended the client's reader (AttributeError): every later call timed out
+    # (a review, session 35).
+    from aiokafka import AIOKafkaProducer
+
+    namespace = f"{settings.namespace}json{uuid.uuid4().hex[:6]}."
+    await ensure_topics(Settings(kafka_bootstrap=settings.kafka_bootstrap, namespace=namespace))
+    async with GatewayClient(settings.kafka_bootstrap, namespace=namespace) as client:
+        answered = await client.send_raw(b"{}", correlation="M1")  # nobody reads the requests here
+        producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+        await producer.start()
+        try:
+            for value in (b"[1]", b"1", b'"text"', b'{"msgid": "M1", "infcode": 0}'):
+                await producer.send_and_wait(f"{namespace}settlement.results", value)
+        finally:
+            await producer.stop()
+        assert await asyncio.wait_for(answered, 15) == {"msgid": "M1", "infcode": 0}

@@ -94,30 +94,78 @@ def test_r14_disease_codes_are_stripped_and_an_empty_one_is_refused():
     assert stored.chronic_qualifications == ["E11"]
 
 
-def test_texts_a_counter_is_named_after_are_at_most_64_characters_except_as_stored():
+def test_texts_a_counter_is_named_after_are_at_most_256_characters_except_as_stored():
     # A deductible bucket or a balance version of kilobytes named a person's counter past its index's
     # 2,704 bytes, and pricing stopped at every start (a review, session 35).
     from yidi.contracts.refdata import STORED_CONTEXT, BenefitRuleRecord, PersonRecord
 
     base = dict(psn_no="P1", psn_name="A", insuplc_admdvs="330100", insutype="310", psn_type="11")
     rule = dict(med_types=["11"], deductible="0.00", ratio="0.50")
-    assert PersonRecord(**base, acct_version="v" * 64).acct_version == "v" * 64
-    assert BenefitRuleRecord(**rule, deductible_bucket="b" * 64).deductible_bucket == "b" * 64
-    with pytest.raises(ValueError, match="at most 64 characters"):
-        PersonRecord(**base, acct_version="v" * 65)
-    with pytest.raises(ValueError, match="at most 64 characters"):
-        BenefitRuleRecord(**rule, deductible_bucket="b" * 65)
-    assert PersonRecord.model_validate(base | {"acct_version": "v" * 65}, context=STORED_CONTEXT).acct_version == "v" * 65
-    assert BenefitRuleRecord.model_validate(rule | {"deductible_bucket": "b" * 65}, context=STORED_CONTEXT)
+    assert PersonRecord(**base, acct_version="v" * 256).acct_version == "v" * 256
+    assert BenefitRuleRecord(**rule, deductible_bucket="b" * 256).deductible_bucket == "b" * 256
+    with pytest.raises(ValueError, match="at most 256 characters"):
+        PersonRecord(**base, acct_version="v" * 257)
+    with pytest.raises(ValueError, match="at most 256 characters"):
+        BenefitRuleRecord(**rule, deductible_bucket="b" * 257)
+    long = "v" * 3000
+    assert PersonRecord.model_validate(base | {"acct_version": long}, context=STORED_CONTEXT).acct_version == long
+    assert BenefitRuleRecord.model_validate(rule | {"deductible_bucket": long}, context=STORED_CONTEXT)
 
 
 def test_a_person_records_time_is_in_the_years_1990_to_2999():
     from yidi.contracts.refdata import PersonRecord
 
     base = dict(psn_no="P1", psn_name="A", insuplc_admdvs="330100", insutype="310", psn_type="11")
-    for far in ("0001-01-01T00:30:00+09:00", "1989-12-31", "3000-01-01T00:00:00Z"):
-        with pytest.raises(ValueError, match="updated_at is in the years 1990 to 2999"):
+    for far in ("0001-01-01T00:30:00+09:00", "1899-12-31", "3000-01-01T00:00:00Z"):
+        with pytest.raises(ValueError, match="updated_at is in the years 1900 to 2999"):
             PersonRecord(**base, updated_at=far)
+    for near in ("1900-01-01T00:00:00+09:00", "1970-01-01", "2999-12-31T23:59:59-12:00"):
+        assert PersonRecord(**base, updated_at=near).source_time is not None
+
+
+def test_a_clearing_month_is_of_the_years_1900_to_2999_and_a_query_page_within_2_to_the_31():
+    from yidi.contracts.clearing import CLEARING_REQUEST
+
+    def run(month: str) -> object:
+        return CLEARING_REQUEST.validate_python({"type": "run_month", "reqid": "R1", "setlym": month})
+
+    for month in ("190001", "202611", "299912"):
+        assert run(month).setlym == month
+    for month in ("000001", "189912", "300001", "999912", "202613"):
+        with pytest.raises(ValueError):
+            run(month)
+    query = {"type": "query_month", "reqid": "Q1", "setlym": "202611"}
+    assert CLEARING_REQUEST.validate_python(query | {"offset": 2**31 - 1}).offset == 2**31 - 1
+    with pytest.raises(ValueError):
+        CLEARING_REQUEST.validate_python(query | {"offset": "18446744073709551616"})
+
+
+def test_a_reconciliation_reads_a_3201_of_a_year_at_most_and_a_3202_of_a_month():
+    from yidi.contracts.clearing import ReconcileDetailsInput, ReconcileTotalsInput
+
+    totals = {"medfee_sumamt": "0.00", "fund_pay_sumamt": "0.00", "acct_pay": "0.00", "fixmedins_setl_cnt": 0}
+    assert ReconcileTotalsInput.model_validate(totals | {"stmt_begndate": "2024-01-01", "stmt_enddate": "2024-12-31"})
+    with pytest.raises(ValueError, match="longer than 366 days"):
+        ReconcileTotalsInput.model_validate(totals | {"stmt_begndate": "2024-01-01", "stmt_enddate": "2025-01-01"})
+    assert ReconcileDetailsInput.model_validate({"stmt_begndate": "2026-10-01", "stmt_enddate": "2026-10-31", "details": []})
+    with pytest.raises(ValueError, match="longer than 31 days"):
+        ReconcileDetailsInput.model_validate({"stmt_begndate": "2026-10-01", "stmt_enddate": "2026-11-01", "details": []})
+
+
+def test_a_message_between_the_services_carries_a_request_time_that_is_a_moment():
+    # 10**17 ms passed on made the answer's respond_time raise where it was read (a review, session 35).
+    from yidi.contracts.common import LATEST_TIMESTAMP_MS
+    from yidi.contracts.internal import EligibleWork
+
+    work = {"request": {"infno": "1101", "msgid": "H1100000000120261201103000000001", "mdtrtarea_admvs": "110000",
+                        "inf_time": "2026-12-01 10:30:00", "fixmedins_code": "H11000000001",
+                        "input": {"data": {"psn_no": "P1"}}, "insuplc_admdvs": "110000"},
+            "request_hash": "h"}
+    for ms in (0, LATEST_TIMESTAMP_MS - 1):
+        assert EligibleWork.model_validate(work | {"request_ts_ms": ms}).request_ts_ms == ms
+    for ms in (-1, LATEST_TIMESTAMP_MS, 10**17):
+        with pytest.raises(ValueError):
+            EligibleWork.model_validate(work | {"request_ts_ms": ms})
 
 
 def test_a_person_record_dated_ahead_of_now_is_told_apart():

@@ -239,7 +239,7 @@ def test_r19_an_outage_until_further_notice_written_in_utc_is_refused_naming_it(
     outage = Outage("131000", NOW - timedelta(hours=1), datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC), "cut over")
     d = decide(visit(), PERSON, BEIJING_HOSPITAL, [filing()], [outage], NOW)
     assert isinstance(d, Refused) and d.code is Refusal.REGION_UNAVAILABLE
-    assert "until 9999-12-31 23:59 (UTC+0000), until further notice" in d.message
+    assert "until 9999-12-31 23:59 (UTC+00:00), until further notice" in d.message
 
 
 def test_r19_an_outage_of_the_insured_regions_province_stops_it_and_another_provinces_does_not():

@@ -131,6 +131,8 @@ class GatewayClient:
                         answer = orjson.loads(record.value)
                     except orjson.JSONDecodeError:
                         continue
+                    if not isinstance(answer, dict):  # JSON, but no answer: reading it ended the reader
+                        continue
                     key = str(answer.get(self.correlate_by, ""))
                     self.answer_counts[key] += 1
                     if self.on_answer:

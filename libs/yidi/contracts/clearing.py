@@ -13,9 +13,10 @@ from yidi.contracts.common import (LATEST_TIMESTAMP_MS, Amount, AreaCode, Code, 
 from yidi.contracts.envelope import RequestEnvelope, gateway_reply_topic
 from yidi.domain.codes import InsuranceType
 
-# A month of the years 1990-2999: "000001" (a typo of 202601, say) made the month arithmetic raise
-# and stopped clearing-admin at every start, and "999912" closed a month whose next no run can name.
-Month = Annotated[str, Field(pattern=r"^(199[0-9]|2[0-9]{3})(0[1-9]|1[0-2])$")]
+# A month of the years 1900-2999, as a settlement's time may be (InfTime): "000001" (a typo of
+# 202601, say) made the month arithmetic raise and stopped clearing-admin at every start, and
+# "999912" closed a month whose next no run can name.
+Month = Annotated[str, Field(pattern=r"^(19[0-9]{2}|2[0-9]{3})(0[1-9]|1[0-2])$")]
 
 
 StatementDay = WireDay  # a reconciliation's dates

@@ -11,7 +11,6 @@ from datetime import date, datetime
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from yidi.contracts.common import STORED, WHITE_SPACE, Amount, AreaCode, Code, Ratio, StrictWireModel
-from yidi.contracts.filing import FIRST_DAY, LAST_DAY
 from yidi.domain.catalogue import CatalogueItem
 from yidi.domain.codes import (BUSINESS_TZ, ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType,
                               disease_key, minutes_ahead)
@@ -25,6 +24,9 @@ from yidi.domain.policy import BenefitPolicy, BenefitRule, CalculationOrder, Ded
 STORED_CONTEXT = {STORED: True}
 
 
+FIRST_SOURCE_YEAR, LAST_SOURCE_YEAR = 1900, 2999  # a region's record time (1970-01-01: a placeholder some send)
+
+
 def _source_time(text: str) -> datetime:
     """An ISO 8601 date or time of a region's record; one without a zone is China time."""
     try:
@@ -33,16 +35,16 @@ def _source_time(text: str) -> datetime:
         raise ValueError(f"updated_at is not an ISO 8601 time (e.g. 2026-01-05T08:00:00+08:00): {text[:40]!r}") from None
     # A time the services can move to China time and store: 0001-01-01T00:30+09:00 is before year 1
     # there (OverflowError), and stopped filing's persons stage at every start.
-    if not FIRST_DAY.year <= moment.year <= LAST_DAY.year:
-        raise ValueError(f"updated_at is in the years {FIRST_DAY.year} to {LAST_DAY.year}: {text[:40]!r}")
+    if not FIRST_SOURCE_YEAR <= moment.year <= LAST_SOURCE_YEAR:
+        raise ValueError(f"updated_at is in the years {FIRST_SOURCE_YEAR} to {LAST_SOURCE_YEAR}: {text[:40]!r}")
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=BUSINESS_TZ)
 
 
 # The most characters of a text pricing names a counter after (a person's accumulators: a rule's
-# deductible bucket, an account's balance version). A name of kilobytes overflowed the counters'
-# index (2,704 bytes) and stopped pricing. Stored records keep theirs (Postgres's refusal of one then
+# deductible bucket, an account's balance version): room for a hash or a signed id. A name of
+# kilobytes overflowed the counters' index (2,704 bytes) and stopped pricing. Stored records keep theirs (Postgres's refusal of one then
 # refuses that settlement alone).
-MAX_COUNTER_TEXT_CHARS = 64
+MAX_COUNTER_TEXT_CHARS = 256
 
 
 def _counter_text(value: str, info: ValidationInfo) -> str:

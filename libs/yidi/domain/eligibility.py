@@ -228,7 +228,7 @@ def _shown(moment: datetime) -> str:
     try:
         return f"{aware.astimezone(BUSINESS_TZ):%Y-%m-%d %H:%M} (UTC+08:00)"
     except OverflowError:  # past 9999-12-31 in China time ("until further notice" written in UTC)
-        return f"{aware:%Y-%m-%d %H:%M} (UTC{aware:%z}), until further notice"
+        return f"{aware.astimezone(UTC):%Y-%m-%d %H:%M} (UTC+00:00), until further notice"
 
 
 # How favourable a valid filing is to settle on (lower first); long-term categories rank 0.

@@ -69,18 +69,23 @@ async def transient_errors() -> AsyncIterator[None]:
         raise TransientError(f"database connection lost under a statement (asyncpg: {exc})") from exc
     except TRANSIENT as exc:
         raise TransientError(f"database unavailable: {type(exc).__name__}: {exc}") from exc
+    except asyncpg.ProgramLimitExceededError as exc:
+        # 54000 only: a value past a limit (an index row over 2,704 bytes) is the record's fault;
+        # its subclasses (a statement too complex, too many columns or arguments) are the code's.
+        if exc.sqlstate == "54000":
+            raise BadData(f"{type(exc).__name__}: {exc}") from exc
+        raise
     except asyncpg.UniqueViolationError as exc:
         raise RaceLost(f"{exc.constraint_name or 'a unique key'} already holds this record: {exc}") from exc
     except BAD_DATA as exc:
         raise BadData(f"{type(exc).__name__}: {exc}") from exc
 
 
-# SQLSTATE class 22 (data exception: a numeric field overflow, an untranslatable character, ...),
-# the integrity checks a single record can fail, and class 54's limits a value can pass (an index
-# row over 2,704 bytes: a counter named after a region's text of kilobytes stopped pricing at every
-# start): the record is at fault, not the database.
-BAD_DATA = (asyncpg.DataError, asyncpg.CheckViolationError, asyncpg.NotNullViolationError,
-            asyncpg.ProgramLimitExceededError)
+# SQLSTATE class 22 (data exception: a numeric field overflow, an untranslatable character, ...) and
+# the integrity checks a single record can fail: the record is at fault, not the database. So is a
+# value past one of Postgres's limits (54000, above: an index row over 2,704 bytes, where a counter
+# named after a region's text of kilobytes stopped pricing at every start).
+BAD_DATA = (asyncpg.DataError, asyncpg.CheckViolationError, asyncpg.NotNullViolationError)
 
 
 async def lock_keys(conn: asyncpg.Connection, scope: str, keys: Iterable[str | bytes | None], *,
