@@ -153,5 +153,11 @@ async def test_values_that_are_not_versions_give_way(settings):
         assert await cache.drop({key: 1})
         assert await cache.get_many([key]) == [None]
         assert int(await cache._redis.get(gone)) == 1  # noqa: SLF001
+        # Nor is read as an entry: its look-up raised ValueError, and the stage stopped on the person
+        # at every start until the key was deleted (a review, session 35). A miss, then written over.
+        for junk in (b"abc", b"3|not json", b"|"):
+            await cache._redis.set(entry, junk)  # noqa: SLF001
+            assert await cache.get_many([key, unique("k")]) == [None, None]
+        assert await cache.put(key, 2, {"v": 2}) and await cache.get_many([key]) == [(2, {"v": 2})]
     finally:
         await cache.close()

@@ -336,9 +336,49 @@ async def test_a_redis_that_answers_reads_but_refuses_writes_serves_no_entry_mar
             assert await Subjects(repo, restarted).get_many([key]) == {key: after[1]}  # and so does one started now
         finally:
             admin.config_set("min-replicas-to-write", 0)
+        await asyncio.sleep(0.3)  # its breaker, opened by the failed drop, closes (0.2 s here, 1 s by default)
         assert await running.sweep() == (1, False)  # writes taken again: the mark goes
         assert await running.get_many([key]) == {key: after[1]}
         assert await reader.get_many([key]) in ([None], [after])  # the old entry is gone
     finally:
         for cache in (writer, reader, restarted):
             await cache.close()
+
+
+async def test_an_instance_redis_times_out_for_does_not_keep_the_marks_from_the_others(settings, repo):
+    """An instance whose Redis times out (a blackhole, not a refusal) swept before each batch: it
+    held the marks' locks while its drop waited out the time-out, again and again, and the instance
+    that reached Redis, whose sweeps skip locked marks, seldom got one. Its failed drop now opens its
+    breaker, and its batches read Postgres meanwhile without sweeping (a review, session 35)."""
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(60)  # accepts, answers nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cut_off = _cache(f"redis://127.0.0.1:{port}/0", settings)
+    reaching = _cache(settings.redis_url, settings)
+    psn, other = unique("P"), unique("P")
+    try:
+        await repo.upsert_person(_person(psn, "500.00"))
+        await repo.upsert_person(_person(other, "500.00"))
+        await repo.mark_stale([psn])
+        stop = asyncio.Event()
+
+        async def batches() -> None:  # the cut-off instance's settlement batches, back to back
+            while not stop.is_set():
+                await Subjects(repo, cut_off).get_many([other])
+
+        running = asyncio.create_task(batches())
+        try:
+            await asyncio.sleep(0.5)
+            swept = [await Subjects(repo, reaching).sweep() for _ in range(3) if not await asyncio.sleep(0.4)]
+        finally:
+            stop.set()
+            await running
+        assert (1, False) in swept, swept
+        assert psn not in await _marks(repo)
+    finally:
+        await cut_off.close()
+        await reaching.close()
+        server.close()
+        await server.wait_closed()

@@ -156,7 +156,10 @@ class VersionedCache:
                 out.append(None)
                 continue
             version, _, doc = item.partition(b"|")
-            out.append((int(version), orjson.loads(doc)))
+            try:
+                out.append((int(version), orjson.loads(doc)))
+            except ValueError:  # not an entry of ours (written by hand, say): a miss, as the scripts take it
+                out.append(None)
         return out
 
     async def put(self, key: str, version: int, document: Any) -> bool:
@@ -204,14 +207,17 @@ class VersionedCache:
 
     async def drop(self, entries: dict[str, int]) -> bool:
         """Forget each key as of its version in one attempt (a sweep of entries marked stale, tried
-        again later). False if Redis could not be reached; a failure here does not open the
-        breaker or log: the look-ups find out for themselves."""
+        again later). False if Redis could not be reached, and the breaker opens: the sweep holds
+        the marks' locks while it tries, and an instance that Redis times out for (a blackhole)
+        swept on every batch, so that the instances that reach Redis, which skip locked marks,
+        seldom dropped them (an entry marked stale served for 10 s and more)."""
         if not self.available():
             return False
         try:
             await self._heal()
             await self._forget_older(entries)
-        except (RedisError, OSError):
+        except (RedisError, OSError) as exc:
+            self._trip(exc)
             return False
         self._clean(entries)
         return True
