@@ -42,8 +42,8 @@ def _source_time(text: str) -> datetime:
 
 # The most characters of a text pricing names a counter after (a person's accumulators: a rule's
 # deductible bucket, an account's balance version): room for a hash or a signed id. A name of
-# kilobytes overflowed the counters' index (2,704 bytes) and stopped pricing. Stored records keep theirs (Postgres's refusal of one then
-# refuses that settlement alone).
+# kilobytes overflowed the counters' index (2,704 bytes) and stopped pricing. Stored records keep
+# theirs (Postgres's refusal of one then refuses that settlement alone).
 MAX_COUNTER_TEXT_CHARS = 256
 
 

@@ -78,7 +78,6 @@ class Incoming:
     headers: tuple[tuple[str, bytes | None], ...] = ()  # a header value may be null
 
 
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
