@@ -350,8 +350,12 @@ async def test_an_instance_redis_times_out_for_does_not_keep_the_marks_from_the_
     held the marks' locks while its drop waited out the time-out, again and again, and the instance
     that reached Redis, whose sweeps skip locked marks, seldom got one. Its failed drop now opens its
     breaker, and its batches read Postgres meanwhile without sweeping (a review, session 35)."""
+    done, accepted = asyncio.Event(), []
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(60)  # accepts, answers nothing
+        accepted.append(writer)
+        await done.wait()  # accepts, answers nothing; closed at the end (left open, a later test met its warning)
+        writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
@@ -380,5 +384,7 @@ async def test_an_instance_redis_times_out_for_does_not_keep_the_marks_from_the_
     finally:
         await cut_off.close()
         await reaching.close()
+        done.set()
+        await asyncio.gather(*(w.wait_closed() for w in accepted), return_exceptions=True)
         server.close()
         await server.wait_closed()
