@@ -251,11 +251,8 @@ async def test_a_settlement_sent_again_after_its_reversal_is_answered_that_it_do
 async def test_a_bill_whose_answer_would_not_fit_in_a_message_is_refused_before_anything_is_recorded(gateway, system):
     # 2,000 lines with 64-character CJK codes: the request passes eligibility's 900 KB cap, but its
     # answer (every line priced) is over 1 MB; pricing refuses it before recording the settlement.
-    request = we1()
+    request = _too_large_to_answer(we1())
     data = request["input"]["data"]
-    data["feedetail"] = [{"feedetl_sn": f"{'序' * 58}{i:04d}", "hilist_code": "药" * 60, "cnt": "1", "pric": "1.00",
-                          "det_item_fee_sumamt": "1.00"} for i in range(2000)]
-    data["medfee_sumamt"] = "2000.00"
     answer = await gateway.call(request, timeout=60)
     assert (answer["infcode"], answer["err_code"]) == (-1, "INVALID_INPUT")
     assert "more than one message may carry" in answer["err_msg"]
@@ -270,15 +267,19 @@ async def test_a_bill_whose_answer_would_not_fit_in_a_message_is_refused_before_
 async def test_a_pre_settlement_whose_answer_would_not_fit_in_a_message_is_refused_as_the_settlement_is(gateway):
     # The same bill as a 2206: its answer was not measured, Kafka refused it, and the cashier was told
     # INTERNAL_ERROR "report it" after the batch was halved down to it (a review, session 35).
-    request = we1()
-    request["infno"] = "2206"
+    answer = await gateway.call(_too_large_to_answer(we1() | {"infno": "2206"}), timeout=60)
+    assert (answer["infcode"], answer["err_code"]) == (-1, "INVALID_INPUT")
+    assert "more than one message may carry" in answer["err_msg"]
+
+
+def _too_large_to_answer(request: dict) -> dict:
+    """``request`` with a bill of 2,000 lines with 64-character CJK codes: the request passes
+    eligibility's 900 KB cap, but its answer (every line priced) is over 1 MB."""
     data = request["input"]["data"]
     data["feedetail"] = [{"feedetl_sn": f"{'序' * 58}{i:04d}", "hilist_code": "药" * 60, "cnt": "1", "pric": "1.00",
                           "det_item_fee_sumamt": "1.00"} for i in range(2000)]
     data["medfee_sumamt"] = "2000.00"
-    answer = await gateway.call(request, timeout=60)
-    assert (answer["infcode"], answer["err_code"]) == (-1, "INVALID_INPUT")
-    assert "more than one message may carry" in answer["err_msg"]
+    return request
 
 
 async def _dead_letters(settings, topic: str) -> list[tuple[bytes, dict[str, bytes]]]:

@@ -30,6 +30,23 @@ def _refused(feed_name: str) -> float:
     return REGISTRY.get_sample_value("yidi_refdata_records_total", {"feed": feed_name, "outcome": "refused"}) or 0.0
 
 
+async def _fed(service: Service, topic: str, applied: list[int], *, refused: int) -> None:
+    """Run ``topic``'s feed until it has applied the records ``applied`` (their ``n``, in order) and
+    refused ``refused`` more."""
+    got: list[int] = []
+
+    async def apply(record: Record) -> None:
+        got.append(record.n)
+
+    feed(service, topic, Record, apply)
+    refused_before = _refused(topic)
+    await service.broker.start()
+    try:
+        await until(lambda: got == applied and _refused(topic) == refused_before + refused, timeout=30)
+    finally:
+        await service.broker.stop()
+
+
 async def _one_batch(settings, topic: str, *values: bytes) -> str:
     """``values`` on a new one-partition topic (and its DLQ), all sent before a subscriber starts:
     its first fetch takes them as one batch. The topic's full name."""
@@ -148,18 +165,7 @@ async def test_records_with_null_or_undecodable_header_values_and_a_megabyte_key
         await producer.send_and_wait(full, b'{"n": 3}', key=b"k")
     finally:
         await producer.stop()
-    applied: list[int] = []
-
-    async def apply(record: Record) -> None:
-        applied.append(record.n)
-
-    feed(service, topic, Record, apply)
-    refused_before = _refused(topic)
-    await service.broker.start()
-    try:
-        await until(lambda: applied == [1, 2, 3] and _refused(topic) == refused_before + 1, timeout=30)
-    finally:
-        await service.broker.stop()
+    await _fed(service, topic, [1, 2, 3], refused=1)
     (dead,) = await read_topic(settings.kafka_bootstrap, dlq(full))
     assert dead.value == b'{"n": "x"}' and dead.key == b"k" * 1024
     assert dict(dead.headers)["yidi-dlq-key-truncated"] == b"2000000"
@@ -184,18 +190,7 @@ async def test_a_record_whose_content_type_says_json_and_whose_body_is_not_is_de
         await producer.send_and_wait(full, b'{"n": 3}', key=b"k", headers=json_type)
     finally:
         await producer.stop()
-    applied: list[int] = []
-
-    async def apply(record: Record) -> None:
-        applied.append(record.n)
-
-    feed(service, topic, Record, apply)
-    refused_before = _refused(topic)
-    await service.broker.start()
-    try:
-        await until(lambda: applied == [3] and _refused(topic) == refused_before + 4, timeout=30)
-    finally:
-        await service.broker.stop()
+    await _fed(service, topic, [3], refused=4)
     dead = await read_topic(settings.kafka_bootstrap, dlq(full))
     assert [dict(r.headers)["yidi-dlq-source"] for r in dead] == [f"{full}/0/{n}".encode() for n in range(4)]
     assert all(dict(r.headers)["yidi-dlq-reason"] for r in dead)
