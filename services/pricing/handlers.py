@@ -67,6 +67,10 @@ def fund_usage(counters: dict[str, Decimal], fund: str) -> dict[str, Decimal]:
     return usage
 
 
+# A settlement_id's length: "S", its day (8 digits) and 16 hex digits of its msgid's digest.
+SETTLEMENT_ID_CHARS = 25
+
+
 def settlement_id(msgid: str, day: date) -> str:
     """Deterministic: the same request always names the same settlement."""
     return f"S{day.year:04d}{day.month:02d}{day.day:02d}{hashlib.sha1(msgid.encode()).hexdigest()[:16].upper()}"
@@ -379,14 +383,17 @@ class PricingHandler:
             "target_setl_id": "",
         }
         value = orjson.dumps(priced)
-        if len(value) > MAX_PASSED_ON_BYTES:
+        # A pre-settlement's setl_id is empty in its answer and its facts: measured with the
+        # settlement's, so that a bill that pre-settles also settles (it passed 50 bytes short).
+        size = len(value) + (0 if settle else 2 * SETTLEMENT_ID_CHARS)
+        if size > MAX_PASSED_ON_BYTES:
             # Refused before anything is recorded: a message Kafka would refuse after the settlement
             # was committed here would leave it recorded and never answered. A pre-settlement of the
             # same bill is measured the same way, so that the one passes where the other does (its
             # answer alone, unmeasured, was refused by Kafka: INTERNAL_ERROR "report it").
             return self._refuse(
                 work, ErrCode.INVALID_INPUT,
-                f"The bill's answer would be {len(value)} bytes, more than one message may carry; nothing was "
+                f"The bill's answer would be {size} bytes, more than one message may carry; nothing was "
                 "settled. Send the bill with identical items on one line each (their count in cnt), or fewer lines.",
             )
         if not settle:

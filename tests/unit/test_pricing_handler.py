@@ -93,11 +93,13 @@ def test_a_settlement_id_is_its_day_and_the_msgids_digest():
     import hashlib
     from datetime import date, datetime
 
+    from services.pricing import handlers
     from services.pricing.handlers import settlement_id
 
     expected = "S20260102" + hashlib.sha1(b"M1").hexdigest()[:16].upper()
     assert settlement_id("M1", date(2026, 1, 2)) == expected
     assert settlement_id("M1", datetime(2026, 1, 2, 10, 30)) == expected
+    assert len(expected) == handlers.SETTLEMENT_ID_CHARS
 
 
 def outpatient_request(facility: str, msgid: str, amount: str, person: PersonSnapshot) -> EligibleWork:
@@ -109,6 +111,33 @@ def outpatient_request(facility: str, msgid: str, amount: str, person: PersonSna
     request = RequestEnvelope.model_validate(raw)
     return EligibleWork(request=request, request_hash=request.payload_hash(), request_ts_ms=0, person=person,
                         facility_level=3, basis="filing", filing_id="F1", filing_category=FilingCategory.RETIREE_RESETTLED)
+
+
+def test_a_pre_settlement_is_measured_as_its_settlement_with_the_settlements_id(monkeypatch):
+    # A pre-settlement's answer and facts carry an empty setl_id: measured so, a bill within 50 bytes
+    # of the limit pre-settled and was then refused as a settlement (a review, session 35).
+    import services.pricing.handlers as handlers
+    from yidi.contracts.envelope import Infno
+
+    pol = policy(rule(MedType.GENERAL_OUTPATIENT, "0", "0.80"))
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+
+    def one(infno: str) -> dict:
+        work = outpatient_request("H11010500001", "MP1", "100.00", PERSON)
+        work = work.model_copy(update={"request": work.request.model_copy(update={"infno": Infno(infno)})})
+        batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage={})
+        (out,) = handler._one(work, batch)
+        return orjson.loads(out.value)
+
+    settled = one("2207")
+    passed_on = len(orjson.dumps(settled))
+    assert len(settled["facts"]["setl_id"]) == handlers.SETTLEMENT_ID_CHARS
+    monkeypatch.setattr(handlers, "MAX_PASSED_ON_BYTES", passed_on)  # the settlement just fits: both pass
+    assert one("2207")["answer"]["infcode"] == 0 and one("2206")["infcode"] == 0
+    monkeypatch.setattr(handlers, "MAX_PASSED_ON_BYTES", passed_on - 1)  # it does not: neither does
+    for infno in ("2207", "2206"):
+        answer = one(infno)
+        assert answer["err_code"] == "INVALID_INPUT" and f"would be {passed_on} bytes" in answer["err_msg"], infno
 
 
 def test_r13_the_outpatient_quota_used_at_home_that_year_counts_against_the_quota_here():
