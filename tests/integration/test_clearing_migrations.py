@@ -77,7 +77,7 @@ async def test_a_database_that_applied_007s_first_text_gets_the_schema_clearing_
 
         assert await migrate(pool, first, "services.clearing.migrations") == [
             "008_statement_clears_accounts_either_way.sql", "009_statement_clears_accounts_money.sql",
-            "010_alert_level.sql", "011_period_totalled.sql", "012_undo_waiting.sql"]
+            "010_alert_level.sql", "011_period_totalled.sql", "012_undo_waiting.sql", "013_sums_in_24_digits.sql"]
         async with pool.acquire() as conn:
             levels = dict(await conn.fetch(f"SELECT mdtrtarea_admvs, alert_level FROM {first}.prepayment_accounts"))
             assert levels == {"110000": 1, "120000": 0}
@@ -85,6 +85,16 @@ async def test_a_database_that_applied_007s_first_text_gets_the_schema_clearing_
             assert drawn == {"S-AFTER": "64.29", "S-BEFORE": None}  # before 007: NULL, its fund payment
             assert await conn.fetchval(f"SELECT clr_sumamt::text FROM {first}.statements") == "60.00"
             assert await conn.fetchval(f"SELECT totalled_at IS NOT NULL FROM {first}.periods WHERE setlym = '202509'")
+            # 013: the sums in 24 digits, the values kept (a statement's totals, an account's balances).
+            widened = await conn.fetch(
+                """SELECT table_name, column_name FROM information_schema.columns
+                   WHERE table_schema = $1 AND numeric_precision = 24 AND numeric_scale = 2""", first)
+            assert {(r["table_name"], r["column_name"]) for r in widened} == {
+                ("statements", c) for c in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay", "clr_sumamt")} | {
+                ("prepayment_accounts", c) for c in ("funded", "drawn", "given_back", "cleared")} | {
+                ("prepayment_moves", "amount")}
+            assert await conn.fetchval(f"SELECT drawn::text FROM {first}.prepayment_accounts WHERE mdtrtarea_admvs = '110000'") \
+                == "900.00"
         assert await migrate(pool, second, "services.clearing.migrations")  # a new database: every file
         async with pool.acquire() as conn:
             expected = {("ledger", "drawn"): ("NEVER", "YES"), ("statements", "clr_sumamt"): ("NEVER", "NO")}

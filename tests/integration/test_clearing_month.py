@@ -167,23 +167,55 @@ async def test_a_month_that_has_not_ended_is_not_run(settings, repo):
         assert await conn.fetchval("SELECT count(*) FROM clearing.admin_requests WHERE reqid = $1", body["reqid"]) == 0
 
 
-async def test_a_pair_whose_month_comes_to_more_than_one_amount_gets_its_statement(settings, repo):
-    # Two self-paid bills of 999,999,999,999.00 for one pair: their month's statement refused its own
-    # total (a statement's amounts were capped as one bill's), after the month had closed; the month
-    # stayed without statements and every later month was refused behind it (a review, session 35).
-    month = "202508"
+async def _bills_of_one_pair(repo: ClearingRepository, month: str, count: int, paid: tuple[str, ...]) -> None:
+    """``count`` settlements of 999,999,999,999.00 of pair 810000 → 710000 in ``month``, the
+    ``paid`` amounts each that too (the others 0.00)."""
     amounts = ", ".join(AMOUNT_COLUMNS)
-    values = ", ".join("999999999999.00" if a in ("medfee_sumamt", "psn_cash_pay") else "0.00" for a in AMOUNT_COLUMNS)
+    values = ", ".join("999999999999.00" if a in paid else "0.00" for a in AMOUNT_COLUMNS)
     async with repo.transaction() as conn:
         await conn.execute(
             f"""INSERT INTO clearing.ledger (setl_id, msgid, request_hash, infno, psn_no, mdtrt_id, insuplc_admdvs,
                     mdtrtarea_admvs, fixmedins_code, setlym, {amounts}, answer, setl_date, clr_period)
                 SELECT 'SBIG' || g, 'MBIG' || g, 'h', '2207', 'P' || g, 'V' || g, '810000', '710000', 'H1', $1,
                        {values}, '{{}}'::json, current_date, $1
-                FROM generate_series(1, 2) AS g""", month)
+                FROM generate_series(1, $2::int) AS g""", month, count)
+
+
+async def test_a_pair_whose_month_comes_to_more_than_one_amount_gets_its_statement(settings, repo):
+    # Two self-paid bills of 999,999,999,999.00 for one pair: their month's statement refused its own
+    # total (a statement's amounts were capped as one bill's), after the month had closed; the month
+    # stayed without statements and every later month was refused behind it (a review, session 35).
+    month = "202508"
+    await _bills_of_one_pair(repo, month, 2, ("medfee_sumamt", "psn_cash_pay"))
     body = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month}
     out = await ClearingAdminHandler(settings, repo)([_request(settings, body)])
     result, _ = _result(settings, out)
     (statement,) = [orjson.loads(o.value) for o in out if o.topic == settings.topic(CLEARING_STATEMENTS)]
     assert result["ok"], result
     assert (statement["medfee_sumamt"], statement["clr_sumamt"]) == ("1999999999998.00", "0.00")
+
+
+async def test_a_pair_whose_month_comes_to_more_than_a_hundred_of_the_largest_bills_is_stated_and_cleared(
+        settings, repo):
+    # 101 of the largest bills paid by the fund: past numeric(16, 2), the statement refused its own
+    # total after the month had closed, with the same lock-out as above (a review, session 35; left
+    # then). The sums are numeric(24, 2) now, and confirming the statement clears it on the account.
+    month = "202509"
+    await _bills_of_one_pair(repo, month, 101, ("medfee_sumamt", "fund_pay_sumamt", "hifp_pay"))
+    handler = ClearingAdminHandler(settings, repo)
+    body = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month}
+    out = await handler([_request(settings, body)])
+    result, _ = _result(settings, out)
+    assert result["ok"], result
+    (statement,) = [orjson.loads(o.value) for o in out if o.topic == settings.topic(CLEARING_STATEMENTS)]
+    assert (statement["fund_pay_sumamt"], statement["clr_sumamt"]) == ("100999999999899.00",) * 2
+    for side in ("insured", "treating"):
+        confirm = {"type": "confirm", "reqid": f"R-{uuid.uuid4().hex}", "statement_id": statement["statement_id"],
+                   "side": side}
+        confirmed, _ = _result(settings, await handler([_request(settings, confirm)]))
+        assert confirmed["ok"], confirmed
+    assert confirmed["data"]["state"] == "settled", confirmed
+    async with repo.transaction() as conn:
+        cleared = await conn.fetchval(
+            "SELECT cleared FROM clearing.prepayment_accounts WHERE insuplc_admdvs = '810000' AND mdtrtarea_admvs = '710000'")
+    assert str(cleared) == "100999999999899.00"

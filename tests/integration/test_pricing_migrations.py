@@ -1,6 +1,6 @@
 """Pricing's migrations on the real Postgres: the settlements made before a visit was kept get
 their visit from what pricing passed on for them (migration 005), so a retry of such a visit under
-a new msgid is refused too."""
+a new msgid is refused too; the prepayment mirror keeps clearing's balances in its 24 digits (006)."""
 
 from __future__ import annotations
 
@@ -32,6 +32,24 @@ async def test_settlements_made_before_migration_004_get_their_visit_from_what_w
             await conn.execute((MIGRATIONS / name).read_text())
         rows = await conn.fetch("SELECT setl_id, fixmedins_code, mdtrt_id FROM settlements")
         assert [tuple(r) for r in rows] == [("S1", "H1", "V9")]
+    finally:
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await conn.close()
+
+
+async def test_a_balance_clearing_publishes_past_numeric_16_2_is_kept(settings):
+    # Clearing's sums are numeric(24, 2) from its migration 013: a balance it publishes past
+    # numeric(16, 2) would be refused by pricing's mirror and dead-lettered, and pricing would go on
+    # deciding on the balance before it.
+    schema = f"mig_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {schema}")
+        await conn.execute(f"SET search_path = {schema}")
+        for name in sorted(p.name for p in MIGRATIONS.glob("*.sql")):
+            await conn.execute((MIGRATIONS / name).read_text())
+        await conn.execute("INSERT INTO prepayments VALUES ('810000', '710000', -100999999999899.00, 1)")
+        assert str(await conn.fetchval("SELECT balance FROM prepayments")) == "-100999999999899.00"
     finally:
         await conn.execute(f"DROP SCHEMA {schema} CASCADE")
         await conn.close()

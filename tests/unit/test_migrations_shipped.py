@@ -22,6 +22,7 @@ SHIPPED = {
     "services/clearing/migrations/010_alert_level.sql": "d1d5346a3d517d53",
     "services/clearing/migrations/011_period_totalled.sql": "34130b48bab0813f",
     "services/clearing/migrations/012_undo_waiting.sql": "9a1a995a19c38c44",
+    "services/clearing/migrations/013_sums_in_24_digits.sql": "c80c90fa1e1f64ad",
     "services/eligibility/migrations/001_init.sql": "ec027197a529a8de",
     "services/eligibility/migrations/002_person_source_time.sql": "6841f8914204d212",
     "services/eligibility/migrations/003_person_source_time_backfill.sql": "eb3325b68145fc37",
@@ -39,6 +40,7 @@ SHIPPED = {
     "services/pricing/migrations/003_kept_messages_as_json.sql": "ce3764cedea63b38",
     "services/pricing/migrations/004_one_settlement_per_visit.sql": "84f1e1b8c3344c10",
     "services/pricing/migrations/005_visits_of_earlier_settlements.sql": "bc3380b5ed8b1b7b",
+    "services/pricing/migrations/006_balances_in_24_digits.sql": "5f7739515be53224",
 }
 
 

@@ -131,7 +131,7 @@ def test_an_alert_of_an_account_of_care_at_home_says_to_confirm_its_statements_n
 def test_an_account_past_one_amount_is_stated_and_alerted_as_its_columns_hold_it():
     # A shortfall past 999,999,999,999.99 (an unfunded pair under record_shortfall) made the status
     # and the alert refuse their own balance: the settlement stage stopped on every batch touching
-    # the pair (a review, session 35). An account holds what numeric(16, 2) does.
+    # the pair (a review, session 35). An account holds what numeric(24, 2) does (clearing's migration 013).
     import orjson
 
     from services.clearing.prepayment import account_of, prepayment_alert, status_update

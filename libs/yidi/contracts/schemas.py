@@ -146,8 +146,8 @@ def wire_models() -> dict[str, tuple[type[BaseModel], Mode]]:
 
 AMOUNT = {"type": "string", "pattern": r"^-?\d{1,12}(\.\d{1,2})?$",
           "description": "yuan, at most 12 integer digits and two decimals, as a string (never a JSON float)"}
-TOTAL_AMOUNT = {"type": "string", "pattern": r"^-?\d{1,14}(\.\d{1,2})?$",
-                "description": "yuan, a sum (a statement's, an account's balance): at most 14 integer digits and two "
+TOTAL_AMOUNT = {"type": "string", "pattern": r"^-?\d{1,22}(\.\d{1,2})?$",
+                "description": "yuan, a sum (a statement's, an account's balance): at most 22 integer digits and two "
                                "decimals, as a string (never a JSON float)"}
 RATIO = {"type": "string", "pattern": r"^(0(\.\d+)?|1(\.0+)?)$", "description": "a proportion between 0 and 1, as a string"}
 QUANTITY = {"type": "string", "pattern": r"^\d{1,7}(\.\d{1,4})?$",

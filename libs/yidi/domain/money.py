@@ -14,9 +14,11 @@ ZERO = Decimal("0.00")
 # every amount far inside the context precision (28 digits) that ``to_fen`` would otherwise enforce.
 MAX_AMOUNT = Decimal("999999999999.99")
 # The largest sum the platform states, either sign: a month's statement for a region pair, a
-# prepayment account's balance. Their columns are numeric(16, 2); a sum of amounts may pass
-# MAX_AMOUNT (two bills of 0.6e12), and a statement or status refused as such stopped clearing.
-MAX_TOTAL = Decimal("99999999999999.99")
+# prepayment account's balance. A sum of amounts may pass MAX_AMOUNT (two bills of 0.6e12), and a
+# statement or status refused as such stopped clearing. Their columns are numeric(24, 2) (clearing's
+# migration 013; numeric(16, 2) before, a hundred of the largest bills): MAX_AMOUNT times more
+# settlements than an integer counts (2^31), so no month's sum can pass it.
+MAX_TOTAL = Decimal("9999999999999999999999.99")
 # The usual wire amount: already exactly two decimals (and at most 12 integer digits, so within
 # MAX_AMOUNT), so ``Decimal(text)`` is its own fen rounding.
 # A zero with a sign ("-0.00") is no such amount: parse_amount reads it as 0.00, and its text is "0.00"
