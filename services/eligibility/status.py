@@ -17,7 +17,7 @@ from typing import Any
 
 from yidi.domain.codes import BUSINESS_TZ, within
 from yidi.domain.eligibility import Outage, unavailable
-from yidi.platform.db import settings_pool
+from yidi.platform.db import close_pool, settings_pool
 from yidi.platform.settings import Settings
 
 from services.eligibility.repository import EligibilityRepository
@@ -55,7 +55,7 @@ async def current(settings: Settings, at: datetime, region: str | None = None) -
     try:
         return region_status(await EligibilityRepository(pool).all_outages(at), at, region)
     finally:
-        await pool.close()
+        await close_pool(pool)
 
 
 def _area_code(text: str) -> str:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import sys
 
-from yidi.platform.db import settings_pool
+from yidi.platform.db import close_pool, settings_pool
 from yidi.platform.settings import Settings, settings_for
 
 from services.eligibility.app import subjects_cache
@@ -32,7 +32,7 @@ async def sweep(settings: Settings) -> bool:
         return await Subjects(EligibilityRepository(pool), cache).sweep_all()
     finally:
         await cache.close()
-        await pool.close()
+        await close_pool(pool)
 
 
 def main(argv: list[str] | None = None) -> None:

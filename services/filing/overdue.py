@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from yidi.domain.filing import OfficeCalendar, office_overdue_before
 from yidi.platform import metrics
-from yidi.platform.db import settings_pool
+from yidi.platform.db import close_pool, settings_pool
 from yidi.platform.sampling import show_every
 from yidi.platform.settings import Settings, settings_for
 
@@ -59,7 +59,7 @@ async def overdue_filings(settings: Settings, insured: str | None) -> list[tuple
         before = office_overdue_before(datetime.now(UTC), office_calendar(settings))
         rows = await FilingRepository(pool).office_overdue_filings(before, insured)
     finally:
-        await pool.close()
+        await close_pool(pool)
     return [(r["insuplc_admdvs"], r["filing_id"], r["psn_no"], r["category"], r["asked"].isoformat()) for r in rows]
 
 

@@ -36,3 +36,57 @@ async def test_a_pool_whose_server_does_not_answer_is_dropped_after_the_bound(ca
     assert time.monotonic() - started < 2
     assert (pool.closed, pool.terminated) == (False, True)
     assert "did not close within 0.2 s" in caplog.text
+
+
+async def test_the_operator_commands_drop_their_pool_after_the_bound(monkeypatch):
+    # The operator commands (the outage status, the pending filings past the office's limit, the
+    # stale-mark sweep) closed their pool unbounded: with Postgres frozen after their read, a
+    # command hung for each connection's command timeout (a review, session 34; left then).
+    from datetime import UTC, datetime
+
+    from services.eligibility import status, sweep
+    from services.filing import overdue
+    from yidi.platform import db
+    from yidi.platform.settings import Settings
+
+    pools: list[_Pool] = []
+
+    async def frozen_pool(settings, size):
+        pools.append(_Pool(60))
+        return pools[-1]
+
+    class _Repository:
+        def __init__(self, pool) -> None:
+            pass
+
+        async def all_outages(self, at):
+            return []
+
+        async def office_overdue_filings(self, before, insured):
+            return []
+
+    class _Cache:
+        async def close(self) -> None:
+            pass
+
+    class _Subjects:
+        def __init__(self, repo, cache) -> None:
+            pass
+
+        async def sweep_all(self) -> bool:
+            return True
+
+    monkeypatch.setattr(db.close_pool, "__defaults__", (0.2,))
+    for module in (status, sweep, overdue):
+        monkeypatch.setattr(module, "settings_pool", frozen_pool)
+    monkeypatch.setattr(status, "EligibilityRepository", _Repository)
+    monkeypatch.setattr(overdue, "FilingRepository", _Repository)
+    monkeypatch.setattr(sweep, "subjects_cache", lambda settings: _Cache())
+    monkeypatch.setattr(sweep, "Subjects", _Subjects)
+    settings = Settings()
+    started = time.monotonic()
+    await asyncio.wait_for(status.current(settings, datetime.now(UTC)), 5)
+    await asyncio.wait_for(overdue.overdue_filings(settings, None), 5)
+    assert await asyncio.wait_for(sweep.sweep(settings), 5)
+    assert time.monotonic() - started < 5
+    assert [(p.closed, p.terminated) for p in pools] == [(False, True)] * 3
