@@ -184,3 +184,46 @@ async def test_an_answer_larger_than_its_reply_topic_takes_goes_to_the_shared_to
         assert await _read(s, dlq(SETTLEMENT_REQUESTS), 1) == []  # not refused
         assert moved._value.get() - before == 1
         assert stage.failure is None and not stage.task.done()
+
+
+@PROTOCOLS
+async def test_a_refusal_larger_than_its_reply_topic_takes_goes_to_the_shared_topic(settings, transactions, during):
+    """A request the stage must refuse (a value the database refuses), whose gateway's reply topic
+    takes records smaller than the refusal's answer: the refusal's answer went to that topic, the
+    broker refused it, and the stage stopped ("refusing a record failed") at every start, for every
+    facility of the partition (a review, session 36). It goes to the shared answer topic now, as the
+    stage's own answers do, and the stage goes on."""
+    from yidi.platform.errors import BadData
+    from yidi.platform.reply_topics import HEADER
+
+    s = settings.model_copy(update={"namespace": settings.namespace + f"refsmall{uuid.uuid4().hex[:6]}.",
+                                    "batch_linger_ms": 500.0, "kafka_transactions": transactions,
+                                    "kafka_offsets_during_handler": during})
+    # Below the refusal's INTERNAL_ERROR answer (about 400 bytes), above an answer of one byte.
+    await create_topics(s.kafka_bootstrap, s.topic("gw.tiny.replies"), configs={"max.message.bytes": "200"})
+    await ensure_topics(s)
+
+    async def refuse_the_second(records: list[Incoming]) -> list[Outgoing]:
+        if any(orjson.loads(r.value)["msgid"] == "M2" for r in records):
+            raise BadData("NumericValueOutOfRangeError: numeric field overflow")
+        return [Outgoing(s.topic("gw.tiny.replies"), b"1", key=r.key, fallback=s.topic("settlement.results"))
+                for r in records]
+
+    stage = TransactionalStage("refusal-small-test", "test", s, [SETTLEMENT_REQUESTS], "refusal-small-test",
+                               refuse_the_second)
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for n in (1, 2, 3):
+            request = {"msgid": f"M{n}", "infno": "2207", "reply_to": "gw.tiny.replies", "fixmedins_code": "H1"}
+            await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), orjson.dumps(request), key=b"one-facility")
+        await stage.start()
+        assert [r.value for r in await _read(s, "gw.tiny.replies", 2)] == [b"1", b"1"]  # M1 and M3
+        (shared,) = await _read(s, "settlement.results", 1)
+        assert (orjson.loads(shared.value)["msgid"], orjson.loads(shared.value)["err_code"]) == ("M2", "INTERNAL_ERROR")
+        assert b"larger than the topic takes" in dict(shared.headers)[HEADER]
+        assert [orjson.loads(r.value)["msgid"] for r in await _read(s, dlq(SETTLEMENT_REQUESTS), 1)] == ["M2"]
+        assert stage.failure is None and not stage.task.done()
+    finally:
+        await producer.stop()
+        await stage.stop()

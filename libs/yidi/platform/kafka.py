@@ -258,6 +258,19 @@ class LingerGate:
         self.yielded += self.weight * (added - self.yielded)
 
 
+def _answers_to_shared_topic(handler: Handler) -> Handler:
+    """``handler`` with every answer on a gateway's reply topic moved to its shared answer topic
+    (``reply_topics.to_shared_topic``: an answer larger than the reply topic takes); a refusal
+    stays one (``yidi_refusal``), marked as moved already (``yidi_shared``)."""
+
+    async def moved(rs: list[Incoming]) -> list[Outgoing]:
+        return to_shared_topic(await handler(rs), "too_large")
+
+    moved.yidi_refusal = getattr(handler, "yidi_refusal", False)  # type: ignore[attr-defined]
+    moved.yidi_shared = True  # type: ignore[attr-defined]
+    return moved
+
+
 @dataclass
 class TransactionalStage:
     """Consume → handle → (publish + commit offsets) in one transaction, batch by batch."""
@@ -504,6 +517,14 @@ class TransactionalStage:
                 continue
             except BadData as exc:
                 if getattr(handler, "yidi_refusal", False):
+                    if isinstance(exc, OutputRefused) and exc.answer and not getattr(handler, "yidi_shared", False):
+                        # The refusal's answer too large for the gateway's reply topic (a topic of
+                        # small records): once more on its shared answer topic, as _isolate moves
+                        # the stage's own answers, rather than stop the stage at every start.
+                        log.warning("stage %s: %s; the refusal sent again with its answer on its shared answer topic",
+                                    self.name, exc)
+                        handler = _answers_to_shared_topic(handler)
+                        continue
                     raise FatalError(f"stage {self.name}: refusing a record failed: {exc}") from exc
                 return await self._isolate(records, exc, handler)
             except (TransientError, KafkaError, OSError) as exc:
@@ -560,12 +581,7 @@ class TransactionalStage:
         if isinstance(exc, OutputRefused) and exc.answer and handler is self.handler:
             log.warning("stage %s: %s; %s/%d/%d handled again with its answers on their shared answer topic",
                         self.name, exc, record.topic, record.partition, record.offset)
-            own = self.handler
-
-            async def answers_to_shared_topic(rs: list[Incoming]) -> list[Outgoing]:
-                return to_shared_topic(await own(rs), "too_large")
-
-            return await self._handle_until_committed(records, answers_to_shared_topic)
+            return await self._handle_until_committed(records, _answers_to_shared_topic(self.handler))
         reason = f"{CANNOT_PROCESS}: {exc}"
         log.error("stage %s: %s/%d/%d %s", self.name, record.topic, record.partition, record.offset, reason)
         if self.refuse is not None:
