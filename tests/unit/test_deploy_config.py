@@ -622,6 +622,43 @@ def test_promtool_accepts_the_configs_the_alerts_and_every_dashboard_query(tmp_p
     promtool("check", "rules", str(queries))
 
 
+def test_the_stages_running_stat_shows_a_service_killed_outright_as_down(tmp_path):
+    # A range query reduced to its last value kept a service killed outright (SIGKILL, out of
+    # memory: no gauge set to 0, its series stale) green for the whole time range (a review,
+    # session 36). The stat reads the value now, and a target Prometheus cannot scrape counts 0.
+    if shutil.which("promtool") is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool missing: deploy/local/test.sh installs Debian's prometheus package")
+        pytest.skip("promtool not installed (Debian package prometheus; make test installs it)")
+    panel = next(p for p in dashboard_panels() if p["title"] == "Stages running")
+    (target,) = panel["targets"]
+    assert target.get("instant") is True and not target.get("range")
+    (tmp_path / "none.yml").write_text("groups: []\n")
+    (tmp_path / "test.yml").write_text(yaml.safe_dump({
+        "rule_files": ["none.yml"], "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": 'up{job="pricing", instance="pricing:9103"}', "values": "1 1 0 0"},
+                {"series": 'yidi_service_up{job="pricing", instance="pricing:9103", service="pricing"}',
+                 "values": "1 1 stale"},
+                {"series": 'up{job="clearing", instance="clearing:9104"}', "values": "1 1 1 1"},
+                {"series": 'yidi_service_up{job="clearing", instance="clearing:9104", service="clearing"}',
+                 "values": "1 1 1 1"},
+            ],
+            "promql_expr_test": [
+                {"expr": target["expr"], "eval_time": "1m",
+                 "exp_samples": [{"labels": '{job="pricing"}', "value": 1}, {"labels": '{job="clearing"}', "value": 1}]},
+                {"expr": target["expr"], "eval_time": "3m",
+                 "exp_samples": [{"labels": '{job="pricing"}', "value": 0}, {"labels": '{job="clearing"}', "value": 1}]},
+            ],
+        }],
+    }))
+    result = subprocess.run(["promtool", "test", "rules", "test.yml"], capture_output=True, text=True, cwd=tmp_path,
+                            check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_a_service_refuses_to_start_without_every_kafka_codec(monkeypatch):
     # Without cramjam, aiokafka reads gzip only: an lz4, snappy or zstd batch stopped a stage in a loop.
     import aiokafka.codec
