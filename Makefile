@@ -7,7 +7,9 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
 STACK  := deploy/local/stack.sh
-PYTHON := .venv/bin/python
+# The venv's interpreter (not PYTHON: that one, from the environment, chooses the interpreter
+# deploy/local/python.sh builds the venv from, and make would pass this value on instead).
+VENV_PY := .venv/bin/python
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-k clearing -x"
 PYTEST_ARGS ?=
 
@@ -30,7 +32,8 @@ stack-stop: ## stop the local Kafka, PostgreSQL and Redis
 stack-status: ## show which local services are running
 	@$(STACK) status
 
-stack-reset: ## stop the stack and delete all its data (.local/; keeps downloaded jars)
+stack-reset: ## stop the services and the stack and delete all its data (.local/; keeps downloaded jars)
+	@$(SERVICES) stop
 	@$(STACK) reset
 
 ##@ Application
@@ -55,7 +58,7 @@ test: ## set up what is missing, start the stack, run the whole suite on the rea
 	@deploy/local/test.sh $(PYTEST_ARGS)
 
 bench: venv stack ## replay a bounded day against the services and the bare pipeline; report, docs/BENCHMARKS.md
-	@source deploy/local/env.sh && $(PYTHON) -m loadtest.bench $(BENCH_ARGS)
+	@source deploy/local/env.sh && $(VENV_PY) -m loadtest.bench $(BENCH_ARGS)
 
 stop: ## stop the services and the local stack
 	@$(SERVICES) stop

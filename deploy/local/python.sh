@@ -23,9 +23,17 @@ apt_get() {
   command -v apt-get >/dev/null || return 1
   local sudo=()
   if (( EUID != 0 )); then command -v sudo >/dev/null || return 1; sudo=(sudo); fi
-  log "installing Debian packages: $*"
-  "${sudo[@]}" apt-get update -qq >/dev/null 2>&1 || true
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1
+  local apt_log="$YIDI_LOCAL/log/apt.log"
+  mkdir -p "$YIDI_LOCAL/log"
+  log "installing Debian packages: $* (log: $apt_log)"
+  # Waits up to 10 minutes for another apt (unattended-upgrades on a fresh VM holds the lock).
+  "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq >>"$apt_log" 2>&1 || true
+  if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+      --no-install-recommends "$@" >>"$apt_log" 2>&1; then
+    tail -n 5 "$apt_log" >&2
+    log "apt-get install $* failed (log: $apt_log)"
+    return 1
+  fi
 }
 find_python() {
   local c
@@ -51,6 +59,7 @@ if ! is_wanted "$VENV/bin/python"; then
   if [[ -z $py ]]; then
     py=$(find_python) || { apt_get "python$WANT" "python$WANT-venv" && py=$(find_python); } || py=""
   fi
+  if [[ -n ${PYTHON:-} ]] && ! is_wanted "$py"; then die "PYTHON=$PYTHON is not a Python $WANT interpreter"; fi
   if [[ -z $py ]] || ! is_wanted "$py"; then die "no Python $WANT found (set PYTHON=/path/to/python$WANT)"; fi
   # A venv from another interpreter version (or whose interpreter vanished) is rebuilt.
   rm -rf "$VENV"

@@ -122,12 +122,12 @@ apt_install() {
   fi
   make_dirs
   log "installing Debian packages: $* (log: $LOG_DIR/apt.log)"
-  # apt-get update only once per run, and only when something is actually missing.
+  # apt-get -o DPkg::Lock::Timeout=600 update only once per run, and only when something is actually missing.
   if (( ! APT_UPDATED )); then
-    "${sudo[@]}" apt-get update >>"$LOG_DIR/apt.log" 2>&1 || { tail_log "$LOG_DIR/apt.log"; die "apt-get update failed"; }
+    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update >>"$LOG_DIR/apt.log" 2>&1 || { tail_log "$LOG_DIR/apt.log"; die "apt-get -o DPkg::Lock::Timeout=600 update failed"; }
     APT_UPDATED=1
   fi
-  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@" \
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "$@" \
     >>"$LOG_DIR/apt.log" 2>&1 || { tail_log "$LOG_DIR/apt.log"; die "apt-get install $* failed"; }
   log "installed $* in $(since "$t0")"
 }
@@ -256,6 +256,10 @@ kafka_launch() {
     log "kafka already running (pid $pid) on 127.0.0.1:$YIDI_KAFKA_PORT ($(kafka_version))"
     return 0
   fi
+  # A pid file left by a broker that died (SIGKILL, out of memory, a reboot) goes first: the new
+  # JVM's wrapper writes its own a moment after the launch, and kafka_wait read the old one
+  # meanwhile, took it for the new broker's death and dropped the new one's pid file (an orphan).
+  rm -f "$KAFKA_PID"
   for p in "$YIDI_KAFKA_PORT" "$YIDI_KAFKA_CONTROLLER_PORT"; do
     port_open "$p" && die "127.0.0.1:$p is in use by a process that is not this stack's Kafka"
   done
@@ -314,8 +318,9 @@ kafka_wait() {
     fi
     if (( $(now_us) > deadline )); then
       tail_log "$KAFKA_LOG"
-      [[ -n $pid ]] && kill -TERM "$pid" 2>/dev/null || true
-      rm -f "$KAFKA_PID"
+      # Stopped as `stop` does (SIGTERM, its grace, then SIGKILL), its pid file kept until it has
+      # exited: dropped at once, a JVM slow to stop was left running where `make stop` saw none.
+      kafka_stop
       die "kafka not ready after ${timeout}s (stopped it; log: $KAFKA_LOG)"
     fi
     sleep 0.2

@@ -15,7 +15,7 @@ if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; then
   mkdir -p "$YIDI_LOCAL/log"
   sudo=()
   if ((EUID != 0)) && command -v sudo >/dev/null; then sudo=(sudo); fi
-  { "${sudo[@]}" apt-get update && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y \
+  { "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y \
       --no-install-recommends prometheus prometheus-alertmanager; } >>"$YIDI_LOCAL/log/apt.log" 2>&1 \
     || echo "test: could not install prometheus or prometheus-alertmanager (see .local/log/apt.log)" >&2
 fi

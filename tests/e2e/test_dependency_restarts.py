@@ -12,8 +12,12 @@ test_txnv2.py). These check the whole: nothing lost, nothing doubled, nothing st
 from __future__ import annotations
 
 import asyncio
+import os
 import contextlib
+import subprocess
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -22,6 +26,7 @@ from tests.e2e.requests import we1
 
 pytestmark = pytest.mark.e2e
 
+ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("filing", "eligibility", "pricing", "clearing")
 GATEWAYS = 3  # publishing at once, each a request every 50 ms
 
@@ -106,12 +111,14 @@ async def _restarting(system, local_stack, server: str):
             await system.wait_ready(*stopped)
 
 
-async def _through_a_restart(system, gateway, local_stack, server: str) -> tuple[_Flow, float, float]:
+async def _through_a_restart(system, gateway, local_stack, server: str,
+                             while_down: Callable[[], None] = lambda: None) -> tuple[_Flow, float, float]:
     flow = _Flow(gateway)
     try:
         await asyncio.sleep(1.0)
         down = time.monotonic()
         await asyncio.to_thread(local_stack, "stop", server)
+        while_down()
         await asyncio.sleep(1.0)
         await asyncio.to_thread(local_stack, "start", server)
         up = time.monotonic()
@@ -141,10 +148,53 @@ async def test_kafka_restarted_while_settlements_flow(system, gateway, local_sta
     # the coordinator reloads the transactions as the broker starts again. The gateways keep
     # publishing through the restart: publishes begun before the broker went wait for it, and
     # the client's producer is idempotent, so none is written twice.
+    # Stopped as if it had died (SIGKILL, out of memory): its pid file left behind, naming a process
+    # gone. `stack.sh start kafka` read it before the new JVM's wrapper wrote its own, said "kafka
+    # exited during startup" and dropped the new broker's pid file (an orphan `make stop` missed;
+    # a review, session 36).
+    pid_file = ROOT / ".local" / "kafka" / "kafka.pid"
+
+    def died_leaving_its_pid_file() -> None:
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        pid_file.write_text(f"{gone.pid}\n")
+
     async with _restarting(system, local_stack, "kafka"):
-        flow, down, up = await _through_a_restart(system, gateway, local_stack, "kafka")
+        flow, down, up = await _through_a_restart(system, gateway, local_stack, "kafka", died_leaving_its_pid_file)
+        broker = int(pid_file.read_text())
+        assert "kafka.Kafka" in Path(f"/proc/{broker}/cmdline").read_bytes().decode(errors="replace")
         assert len(flow.sent) > 20
         assert any(down <= start < up - 1.0 and end > up for start, end in flow.spans), \
             "no publish was waiting for the broker: the test did not test it"
         await _answered_once(system, gateway, flow.sent)
         _all_running(system)
+
+
+async def test_a_kafka_start_that_times_out_stops_the_broker_before_it_says_so(system, local_stack):
+    # Out of time waiting for the broker, `stack.sh start` sent it SIGTERM, dropped its pid file at
+    # once and said "stopped it": a JVM slow to stop was left running where `make stop` saw none,
+    # and the next start found the port "in use by a process that is not this stack's Kafka" (a
+    # review, session 36). Now it waits for the broker to exit, as `stop` does.
+    script = ROOT / "deploy" / "local" / "stack.sh"
+    async with _restarting(system, local_stack, "kafka"):
+        await asyncio.to_thread(local_stack, "stop", "kafka")
+        timed_out = await asyncio.to_thread(
+            subprocess.run, [str(script), "start", "kafka"], env={**os.environ, "KAFKA_START_TIMEOUT": "1"},
+            capture_output=True, text=True, timeout=120)
+        assert timed_out.returncode != 0 and "not ready after 1s" in timed_out.stderr, timed_out.stderr
+        brokers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _is_this_stacks_kafka(p)]
+        assert brokers == [], "a broker was left running"
+        assert not (ROOT / ".local" / "kafka" / "kafka.pid").exists()
+        await asyncio.to_thread(local_stack, "start", "kafka")
+        await system.wait_ready(*SERVICES)
+        _all_running(system)
+
+
+def _is_this_stacks_kafka(proc: Path) -> bool:
+    try:
+        cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return b"kafka.Kafka" in cmdline and state != "Z" and any(
+        a.endswith(b".local/kafka/server.properties") and a.startswith(str(ROOT).encode()) for a in cmdline)

@@ -671,6 +671,17 @@ def test_a_service_refuses_to_start_without_every_kafka_codec(monkeypatch):
         require_codecs()
 
 
+def test_make_passes_the_users_python_on_to_the_venv_script():
+    # README: `PYTHON=/path/to/python3.11 make run` picks the interpreter. The Makefile's own
+    # PYTHON (the venv's) replaced it in what make passed to deploy/local/python.sh, which then
+    # said "no Python 3.11 found (set PYTHON=...)" (a review, session 36).
+    wanted = "/opt/py311/bin/python3.11"
+    database = subprocess.run(["make", "-pn", "venv"], env={**os.environ, "PYTHON": wanted}, cwd=ROOT,
+                              capture_output=True, text=True, timeout=60, check=True).stdout
+    assert re.search(rf"^# environment\nPYTHON = {re.escape(wanted)}$", database, re.M), \
+        re.findall(r"^.*\nPYTHON :?= .*$", database, re.M)
+
+
 def test_the_service_script_does_not_stop_a_process_its_stale_pid_file_names(tmp_path):
     # After a machine's restart, .local/run/<service>.pid may name a pid another process has since:
     # `services.sh stop` sent it SIGTERM, then SIGKILL. Now a pid counts only when that process is
