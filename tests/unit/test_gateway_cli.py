@@ -1,9 +1,19 @@
-"""The gateway CLI's one-line summaries, as a cashier or a clerk reads them."""
+"""The gateway CLI's one-line summaries, as a cashier or a clerk reads them; what it says and waits
+for when a publish fails; its fresh msgids."""
 
+import asyncio
 import json
+import os
+import re
 from pathlib import Path
+from unittest import mock
 
+import pytest
+from aiokafka.errors import KafkaError
+
+from yidi.client import cli
 from yidi.client.cli import read_requests, summarise
+from yidi.client.gateway import GatewayClient, PublishTimeout
 
 
 def test_a_settlement_answer_reads_as_who_pays_what():
@@ -53,3 +63,92 @@ def test_a_filing_accepted_not_quite_as_asked_says_what_changed():
 def test_a_filing_history_reads_as_its_versions():
     line = summarise({"action": "history"}, {"reqid": "R3", "accepted": True, "history": [{"version": 1, "action": "add"}]})
     assert line == 'history R3: ok {"history": [{"version": 1, "action": "add"}]}'
+
+
+def test_fresh_msgids_of_two_runs_started_in_one_second_differ():
+    # The 4 digits were (pid + seq) % 10000: runs with pids 41000 and 41002, three requests each,
+    # started in one second, both sent ...1002 (a review, session 36). Now each process draws its
+    # start at random (here 1000 and 5000) and counts up from it.
+    request = {"fixmedins_code": "H11010500001"}
+    real = cli.datetime
+    runs = []
+    with mock.patch.object(cli, "datetime") as clock:
+        clock.now.return_value = real(2026, 3, 18, 9, 0, 0)
+        for pid, drawn in ((41000, 1000), (41002, 5000)):  # two processes
+            with mock.patch.object(cli, "_msgid_start", None, create=True), \
+                    mock.patch.object(os, "getpid", return_value=pid), \
+                    mock.patch("secrets.randbelow", return_value=drawn):
+                runs.append([cli.fresh_msgid(request, i) for i in range(3)])
+    first, second = runs
+    assert not set(first) & set(second)
+    assert all(re.fullmatch(r"H11010500001" r"20260318090000" r"\d{4}", m) for m in first + second)  # the contract's
+    assert [int(m[-4:]) for m in first] == [1000, 1001, 1002]
+
+
+def _bills(tmp_path: Path, count: int) -> list[str]:
+    paths = []
+    for i in range(count):
+        path = tmp_path / f"r{i}.json"
+        path.write_text(json.dumps({"infno": "2207", "msgid": f"H1101050000120260318090000{i:04d}",
+                                    "fixmedins_code": "H11010500001",
+                                    "input": {"data": {"psn_no": f"P{i}", "mdtrt_id": "V", "feedetail": []}}}))
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.parametrize(("error", "code"), [(PublishTimeout("Kafka did not acknowledge it"), 2),
+                                             (KafkaError("message too large"), 4)])
+def test_a_publish_failing_part_way_still_reports_and_answers_what_was_published(tmp_path, capsys, error, code):
+    # The CLI exited at the failure: the answers to the requests already published (maybe settled)
+    # were not waited for, and with --new-msgid their msgids were printed nowhere, so a re-run
+    # settled them a second time (a review, session 36).
+    published: list[str] = []
+
+    class Fake(GatewayClient):
+        async def start(self):
+            self._producer = object()
+
+        async def stop(self):
+            pass
+
+        async def _publish(self, value, correlation, fut, *, key, timestamp_ms=None):
+            if len(published) == 2:
+                raise error
+            published.append(json.loads(value)["msgid"])
+            asyncio.get_running_loop().call_later(0.01, fut.set_result, {"msgid": correlation, "infcode": 0})
+
+    with mock.patch.object(cli, "GatewayClient", Fake), pytest.raises(SystemExit) as exited:
+        cli.main(["--compact", "send", "--new-msgid", *_bills(tmp_path, 4)])
+    out = capsys.readouterr()
+    assert exited.value.code == code
+    assert [json.loads(line)["msgid"] for line in out.out.splitlines()] == published  # their answers
+    assert all(f"published {m} (request {n} of 4" in out.err for n, m in enumerate(published, 1))
+    assert f"2 of 4 requests published before the failure: {published[0]} {published[1]}" in out.err
+
+
+def test_a_second_answer_that_differs_from_the_first_is_warned_of(tmp_path, capsys):
+    # Only the first answer was printed: a second one to the same msgid (another setl_id,
+    # ALREADY_UNDONE) went unreported (a review, session 36).
+    class Fake(GatewayClient):
+        async def start(self):
+            self._producer = object()
+
+        async def stop(self):
+            pass
+
+        async def _publish(self, value, correlation, fut, *, key, timestamp_ms=None):
+            answer = {"msgid": correlation, "infcode": 0, "respond_time": "2026-03-18 09:00:00",
+                      "output": {"setlinfo": {"setl_id": "S1"}}}
+            again = answer | {"respond_time": "2026-03-18 09:00:01"}  # the same answer, later: no warning
+            if correlation.endswith("0"):
+                again["output"] = {"setlinfo": {"setl_id": "S2"}}
+            for each in (answer, again):
+                self.on_answer(each, 0)
+            fut.set_result(answer)
+
+    with mock.patch.object(cli, "GatewayClient", Fake), pytest.raises(SystemExit) as exited:
+        cli.main(["--compact", "send", *_bills(tmp_path, 2)])
+    err = capsys.readouterr().err
+    assert exited.value.code == 0
+    warnings = [line for line in err.splitlines() if "differs from the first" in line]
+    assert len(warnings) == 1 and "H11010500001202603180900000000" in warnings[0] and "S2" in warnings[0]

@@ -1,5 +1,5 @@
 """The gateway client: what hospital integrators, tests and the load tool use to talk to Yidi."""
 
-from yidi.client.gateway import GatewayClient, GatewayTimeout, PublishTimeout
+from yidi.client.gateway import GatewayClient, GatewayTimeout, PublishTimeout, ReaderStopped
 
-__all__ = ["GatewayClient", "GatewayTimeout", "PublishTimeout"]
+__all__ = ["GatewayClient", "GatewayTimeout", "PublishTimeout", "ReaderStopped"]

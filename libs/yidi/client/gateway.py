@@ -12,7 +12,7 @@ publishes requests keyed by ``psn_no``, and matches each answer to its request b
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +21,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from yidi.contracts.envelope import DEFAULT_REPLY_TO
+
+log = logging.getLogger(__name__)
 
 
 class GatewayTimeout(TimeoutError):
@@ -31,6 +33,11 @@ class PublishTimeout(TimeoutError):
     """Kafka did not acknowledge a request within the client's ``send_timeout``. The request may
     still be written later (the producer goes on trying): send it again under the same msgid, and
     the platform answers it from what it did the first time."""
+
+
+class ReaderStopped(RuntimeError):
+    """The client's reader of its reply topic failed (a Kafka error): no answer can reach the
+    requests waiting, nor any sent after. The reader's own exception is the ``__cause__``."""
 
 
 STOP_SECONDS = 10.0  # what stop() waits for its producer to hand over what it still holds
@@ -64,6 +71,7 @@ class GatewayClient:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._reader_error: BaseException | None = None
 
     async def __aenter__(self) -> GatewayClient:
         await self.start()
@@ -95,14 +103,24 @@ class GatewayClient:
         self._reader = asyncio.create_task(self._read())
 
     async def stop(self) -> None:
-        if self._reader:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-        if self._consumer:
-            await self._consumer.stop()
-        if self._producer:
-            await self._stop_producer(self._producer)
+        """Stop reading and publishing. The consumer and the producer are stopped whatever happened
+        to the reader (its failure was logged, and said to whoever waited, when it happened)."""
+        try:
+            if self._reader:
+                self._reader.cancel()
+                try:
+                    await self._reader
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # noqa: BLE001 - _read records its own failures; this is belt and braces
+                    log.exception("the reader of %s had failed", self.reply_topic)
+        finally:
+            try:
+                if self._consumer:
+                    await self._consumer.stop()
+            finally:
+                if self._producer:
+                    await self._stop_producer(self._producer)
 
     @staticmethod
     async def _stop_producer(producer: AIOKafkaProducer) -> None:
@@ -122,31 +140,87 @@ class GatewayClient:
             stopping.result()
 
     async def _read(self) -> None:
+        """Read answers until cancelled. If reading fails (a Kafka error), every request waiting,
+        and every one sent after, fails with ``ReaderStopped``: they would only time out."""
         assert self._consumer is not None
-        while True:
-            batch = await self._consumer.getmany(timeout_ms=200)
-            for records in batch.values():
-                for record in records:
-                    try:
-                        answer = orjson.loads(record.value)
-                    except orjson.JSONDecodeError:
-                        continue
-                    if not isinstance(answer, dict):  # JSON, but no answer: reading it ended the reader
-                        continue
-                    key = str(answer.get(self.correlate_by, ""))
-                    self.answer_counts[key] += 1
-                    if self.on_answer:
-                        self.on_answer(answer, record.timestamp)
-                    for fut in self._waiting.pop(key, []):
-                        if not fut.done():
-                            fut.set_result(answer)
+        try:
+            while True:
+                batch = await self._consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    for record in records:
+                        self._on_record(record.value, record.timestamp)
+        except Exception as exc:  # noqa: BLE001 - said to every caller, as ReaderStopped
+            log.exception("reading answers on %s failed; no answer can be matched any more", self.reply_topic)
+            self._reader_error = exc
+            waiting, self._waiting = self._waiting, defaultdict(list)
+            for futs in waiting.values():
+                for fut in futs:
+                    if not fut.done():
+                        fut.set_exception(self._stopped())
 
-    async def send(self, request: dict[str, Any], *, key: str | None = None) -> asyncio.Future[dict[str, Any]]:
-        """Publish ``request``; the returned future resolves with its answer."""
-        assert self._producer is not None, "start the client first"
-        correlation = str(request[self.correlate_by])
+    def _on_record(self, value: bytes, timestamp: int) -> None:
+        try:
+            answer = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(answer, dict):  # JSON, but no answer: reading it ended the reader
+            return
+        key = str(answer.get(self.correlate_by, ""))
+        self.answer_counts[key] += 1
+        if self.on_answer:
+            try:
+                self.on_answer(answer, timestamp)
+            except Exception:  # noqa: BLE001 - the caller's callback: its failure is not the answer's
+                # It ended the reader: this answer's request, and every later one, timed out
+                # (a review, session 36).
+                log.exception("on_answer failed on the answer to %s %s", self.correlate_by, key)
+        for fut in self._waiting.pop(key, []):
+            if not fut.done():
+                fut.set_result(answer)
+
+    def _stopped(self) -> ReaderStopped:
+        error = ReaderStopped(f"the client stopped reading answers on {self.reply_topic}: "
+                              f"{type(self._reader_error).__name__}: {self._reader_error}")
+        error.__cause__ = self._reader_error
+        return error
+
+    def _register(self, correlation: str) -> asyncio.Future[dict[str, Any]]:
+        """A future for the answer to ``correlation``; none if the reader has failed."""
+        if self._reader_error is not None:
+            raise self._stopped()
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[correlation].append(fut)
+        return fut
+
+    def forget(self, correlation: str, fut: asyncio.Future[dict[str, Any]]) -> None:
+        """Stop waiting for ``fut`` (an answer given up on): a late answer finds nothing to resolve."""
+        waiting = self._waiting.get(correlation)
+        if waiting is None:
+            return
+        if fut in waiting:
+            waiting.remove(fut)
+        if not waiting:
+            del self._waiting[correlation]
+
+    async def send(self, request: dict[str, Any], *, key: str | None = None) -> asyncio.Future[dict[str, Any]]:
+        """Publish ``request``; the returned future resolves with its answer.
+
+        A settlement request (correlated by msgid) is answered on the topic its ``reply_to`` names:
+        one without it is sent naming this client's ``reply_to``, and one naming another topic is
+        refused (ValueError), as its answer would never reach this client."""
+        assert self._producer is not None, "start the client first"
+        correlation = str(request[self.correlate_by])
+        if self.correlate_by == "msgid":
+            # The client read its reply topic but did not name it: the platform answered on
+            # settlement.results and the call timed out (a review, session 36).
+            named = request.get("reply_to")
+            if named is None:
+                request = request | {"reply_to": self.reply_to}
+            elif named != self.reply_to:
+                raise ValueError(
+                    f"request {correlation} names reply_to {named!r}, but this client reads its answers on "
+                    f"{self.reply_to!r}: leave reply_to out, or use GatewayClient(reply_to={named!r})")
+        fut = self._register(correlation)
         if key is None:
             key = request_key(request, self.correlate_by)
         await self._publish(orjson.dumps(request), correlation, fut, key=key.encode() if key else None)
@@ -158,8 +232,7 @@ class GatewayClient:
         ``correlation``. ``timestamp_ms``: the record's time, when the request was asked for
         earlier than it is published (a gateway's outbox sent late); by default, now."""
         assert self._producer is not None, "start the client first"
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._waiting[correlation].append(fut)
+        fut = self._register(correlation)
         await self._publish(value, correlation, fut, key=key.encode() if key else None, timestamp_ms=timestamp_ms)
         return fut
 
@@ -175,10 +248,11 @@ class GatewayClient:
 
         try:
             await asyncio.wait_for(acknowledged(), self.send_timeout)
-        except TimeoutError as exc:
-            waiting = self._waiting.get(correlation, [])
-            if fut in waiting:
-                waiting.remove(fut)
+        except BaseException as exc:
+            # Any failure, not only a timeout: its future stayed waiting for ever (a review, session 36).
+            self.forget(correlation, fut)
+            if not isinstance(exc, TimeoutError):
+                raise
             raise PublishTimeout(
                 f"Kafka did not acknowledge {self.correlate_by} {correlation} on {self.request_topic} within "
                 f"{self.send_timeout:.0f}s; it may still be written: send it again under the same "
@@ -194,6 +268,9 @@ class GatewayClient:
                 f"no answer to {self.correlate_by} {request.get(self.correlate_by)} within {timeout:.0f}s "
                 f"on {self.reply_topic}; are the services running?"
             ) from exc
+        finally:
+            # A timed-out call's cancelled future stayed in _waiting for ever (a review, session 36).
+            self.forget(str(request[self.correlate_by]), fut)
 
 
 def request_key(request: dict[str, Any], correlate_by: str = "msgid") -> str | None:
