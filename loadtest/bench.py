@@ -82,6 +82,9 @@ def verdict(result: dict[str, Any]) -> tuple[bool, str]:
     share = settled_share(result)
     if result.get("answered_before_run"):
         text += f"; {result['answered_before_run']} answers were made before the run began (an earlier run's msgids)"
+    if result.get("reused_msgids"):
+        text += (f"; {result['reused_msgids']} requests were refused MODIFIED_REQUEST (an earlier run's msgids "
+                 "with other payloads)")
     if result.get("stalled"):
         text += f"; {result['stalled']}"
     if share is not None and share < MIN_SETTLED_SHARE:

@@ -1,9 +1,10 @@
 """The replay's verdicts, as pure functions over what was sent and what came back.
 
 - ``check_exactly_once``: every send got exactly one answer. A request sent twice under one msgid
-  (a duplicate) is owed two answers, so expectations are counted per send, not per msgid; and
-  every answer to a msgid says what the first said (``answer_gist``): a resend is answered from
-  the ledger, never settled again.
+  (a duplicate) is owed two answers, so expectations are counted per send, not per msgid; every
+  answer to a msgid says what the first said (``answer_gist``): a resend is answered from the
+  ledger, never settled again; every answer is about what was sent under its msgid (its infno, a
+  settlement's visit and bill, a cancellation's setl_id); and every answer can be read.
 - ``answer_totals`` and ``check_ledger``: the ledger's rows in state ``settled`` for the run's
   settlements add up to what the answers said (count, fund, cash, account), cancellations taken
   out, and no other request of the run (a pre-settlement, a cancellation) has a ledger row.
@@ -29,17 +30,27 @@ class ExactlyOnce:
     unexpected: dict[str, int] = field(default_factory=dict)  # answers to msgids never sent
     # msgid → later answers that said something else than the first (another setl_id, amounts, code)
     inconsistent: dict[str, int] = field(default_factory=dict)
+    # msgid → answers about something else than what was sent under it: another infno, another
+    # visit or bill (a settlement's psn_no, mdtrt_id, medfee_sumamt), another setl_id cancelled
+    mismatched: dict[str, int] = field(default_factory=dict)
+    # msgid → answers whose fields could not be read (an output that is not an object, an amount
+    # with three decimals); an answer that is not a JSON object at all has no msgid and counts as
+    # ``unexpected`` under "<unreadable answer>"
+    unreadable: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.duplicated or self.unexpected or self.inconsistent)
+        return not (self.missing or self.duplicated or self.unexpected or self.inconsistent or self.mismatched
+                    or self.unreadable)
 
     def summary(self, show: int = 5) -> str:
         if self.ok:
             return f"exactly once: {self.sends} sends, {self.answers} answers"
         parts = [f"{self.sends} sends, {self.answers} answers"]
         for name, found in (("missing", self.missing), ("duplicated", self.duplicated), ("unexpected", self.unexpected),
-                            ("answered otherwise than the first time", self.inconsistent)):
+                            ("answered otherwise than the first time", self.inconsistent),
+                            ("answered about something else than was sent", self.mismatched),
+                            ("unreadable", self.unreadable)):
             if found:
                 parts.append(f"{name} {sum(found.values())} (e.g. {', '.join(sorted(found)[:show])})")
         return "NOT exactly once: " + "; ".join(parts)
@@ -82,7 +93,8 @@ class AlikeAnswers:
 
 def check_exactly_once(sends: Mapping[str, int] | Iterable[str], answers: Mapping[str, int] | Iterable[str],
                        inconsistent: Mapping[str, int] | None = None, *,
-                       unowed: Mapping[str, int] | None = None) -> ExactlyOnce:
+                       unowed: Mapping[str, int] | None = None, mismatched: Mapping[str, int] | None = None,
+                       unreadable: Mapping[str, int] | None = None) -> ExactlyOnce:
     """``sends``: one msgid per publish (or msgid → publishes); ``answers``: one msgid per answer
     read; ``inconsistent``: msgid → answers whose ``answer_gist`` differed from the first's.
 
@@ -90,7 +102,8 @@ def check_exactly_once(sends: Mapping[str, int] | Iterable[str], answers: Mappin
     of that msgid was waiting for one. Each is a duplicate, and the publish it took the count of
     is missing: a request answered twice before its resend, and the resend never answered, have
     as many answers as sends. Without it (a count after the fact, ``sweep``), only the numbers
-    per msgid are compared."""
+    per msgid are compared. ``mismatched``: msgid → answers about something else than what was
+    sent; ``unreadable``: msgid → answers whose fields could not be read."""
     expected, got = _counts(sends), _counts(answers)
     missing, duplicated, unexpected = {}, {}, {}
     for msgid, n in expected.items():
@@ -110,7 +123,8 @@ def check_exactly_once(sends: Mapping[str, int] | Iterable[str], answers: Mappin
         if msgid not in expected:
             unexpected[msgid] = n
     return ExactlyOnce(sum(expected.values()), sum(got.values()), missing, duplicated, unexpected,
-                       {k: n for k, n in (inconsistent or {}).items() if n})
+                       {k: n for k, n in (inconsistent or {}).items() if n},
+                       {k: n for k, n in (mismatched or {}).items() if n}, {k: n for k, n in (unreadable or {}).items() if n})
 
 
 @dataclass(frozen=True)
@@ -188,10 +202,11 @@ def check_ledger(answers: Totals, ledger: Totals, strays: int = 0, mismatched: i
 
 def replay_passed(result: Mapping[str, Any]) -> bool:
     """A replay's own checks (``loadtest.replay``'s exit status): every request answered exactly
-    once, the ledger equal to the answers where it was read, and no answer made before the run
-    began (an earlier run's msgids answered from the store)."""
+    once, the ledger equal to the answers where it was read, no answer made before the run began
+    (an earlier run's msgids answered from the store) and none refused ``MODIFIED_REQUEST`` (an
+    earlier run's msgids sent again with other payloads: a generated day never does that itself)."""
     return (result["exactly_once"]["ok"] and result.get("ledger", {}).get("ok", True)
-            and not result.get("answered_before_run"))
+            and not result.get("answered_before_run") and not result.get("reused_msgids"))
 
 
 # A generated day's settlements are settled but for the few it means to be refused (persons
@@ -202,6 +217,9 @@ MIN_SETTLED_SHARE = 0.9
 
 
 def settled_share(result: Mapping[str, Any]) -> float | None:
-    """The share of a replay's settlement answers that settled (None: no settlement answered)."""
+    """The share of a replay's settlement answers that settled (0 when settlements were sent and
+    none was answered; None: no settlement sent)."""
     s = result.get("settlements") or {}
-    return s["settled"] / s["answered"] if s.get("answered") else None
+    if s.get("answered"):
+        return s["settled"] / s["answered"]
+    return 0.0 if s.get("sent") else None

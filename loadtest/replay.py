@@ -12,8 +12,12 @@ window of answers outstanding full, the sender behind) counts its wait, as a hos
 would (no coordinated omission); as fast as possible, and for a cancellation sent when its target
 is answered, the publish. A paced run whose sends fell
 short of the rate is flagged. Cancellations wait for their target's answer (they need its
-``setl_id``). At the end the exactly-once check runs, and with ``--ledger`` the ledger's totals
-are compared to the answers' (and no request that is not a settlement has a ledger row).
+``setl_id``). What an answer is about is judged from what was sent under its msgid: its infno, a
+settlement's psn_no, mdtrt_id and medfee_sumamt, a cancellation's setl_id (an answer about
+something else, or one that cannot be read, fails the check; one refused ``MODIFIED_REQUEST``
+shows msgids of an earlier run sent again). At the end the exactly-once check runs, and with
+``--ledger`` the ledger's totals are compared to the answers' (and no request that is not a
+settlement has a ledger row).
 """
 
 from __future__ import annotations
@@ -56,14 +60,24 @@ from yidi.platform.settings import Settings
 from yidi.platform.topics import SETTLEMENT_REQUESTS
 
 SETTLE_INFNOS = {"2207", "2304"}
+# The msgid an answer that is not a JSON object counts under (an answer to no request: ``unexpected``).
+UNREADABLE_ANSWER = "<unreadable answer>"
 # An answer whose respond_time is this far before the run began was made before it (the
 # platform's clock may run a little ahead of or behind this machine's).
 ANSWERED_BEFORE_ALLOWANCE_MS = 5000
+# What to do when an earlier run's msgids were answered from the store or refused MODIFIED_REQUEST.
+REUSED_MSGIDS_HINT = "Generate the day with a new --tag and --run-id, or replay into a fresh namespace and database."
 
 
 class WindowStalled(Exception):
     """No answer came for ``drain_timeout`` seconds while the window of answers outstanding was full."""
 CANCEL_INFNOS = {"2208", "2305"}
+
+
+def fingerprint(data: Mapping[str, Any]) -> int:
+    """Which visit and bill a settlement is about: the hash of its request's (or its answer's
+    setlinfo's) psn_no, mdtrt_id and medfee_sumamt. A hash: one int a settlement for a whole day."""
+    return hash((data.get("psn_no"), data.get("mdtrt_id"), data.get("medfee_sumamt")))
 
 
 # A replay at a fixed rate of 2 / PACE_TICK (400/s) or more publishes in ticks: each line at most
@@ -116,13 +130,18 @@ class Replay:
         self.answers: Counter[str] = Counter()
         self.kinds: Counter[str] = Counter()
         self.err_codes: Counter[str] = Counter()
-        self.settle_msgids: set[str] = set()
+        self.infnos: dict[str, str] = {}  # msgid → the infno it was sent with (a malformed request: none)
+        self.fingerprints: dict[str, int] = {}  # settlement msgid → ``fingerprint`` of its request
+        self.cancel_setl_ids: dict[str, str] = {}  # cancellation msgid → the setl_id it was sent to cancel
+        self.mismatched: Counter[str] = Counter()  # msgid → answers about something else than what was sent
+        self.unreadable: Counter[str] = Counter()  # msgid → answers whose fields could not be read
+        self.reused_msgids = 0  # answers refused MODIFIED_REQUEST: an earlier run's msgid with another payload
         self.behind = array("d")  # seconds each paced publish went out after it was due
         self.paced_span = (0.0, 0.0)  # first and last paced publish (deferred cancellations are not paced)
         self.settled: dict[str, Settled] = {}
         # every answer to a msgid says what the first said (but ALREADY_UNDONE once it was cancelled)
         self.alike = AlikeAnswers(lambda m: m in self.settled and self.settled[m].setl_id in self.cancelled_setl_ids)
-        self.settlements = Counter[str]()  # answers to settlements (2207, 2304): answered, settled
+        self.settlements = Counter[str]()  # settlements (2207, 2304): sent; answers to them: answered, settled
         self.cancelled_setl_ids: set[str] = set()
         self.cancels = Counter[str]()  # sent, skipped (target refused), unsent (target never answered)
         self.publish_errors = 0
@@ -184,20 +203,15 @@ class Replay:
     def _on_answer(self, value: bytes, now: float) -> None:
         try:
             answer = orjson.loads(value)
-        except orjson.JSONDecodeError:
+            # Interned, as in _publish: the msgid's one copy serves every table of the run (a full
+            # day holds some 650,000 of them), not one copy from the send and another from the answer.
+            msgid = sys.intern(str(answer.get("msgid", "")))
+        except (orjson.JSONDecodeError, AttributeError):
+            # Not JSON, or not an object: an answer to no request, as the sweep counts it (it fails the check).
+            self.answers[UNREADABLE_ANSWER] += 1
             self.err_codes["UNREADABLE_ANSWER"] += 1
             return
-        # Interned, as in _publish: the msgid's one copy serves every table of the run (a full
-        # day holds some 650,000 of them), not one copy from the send and another from the answer.
-        msgid = sys.intern(str(answer.get("msgid", "")))
         self.answers[msgid] += 1
-        self.alike.add(msgid, answer)
-        respond_time = answer.get("respond_time")
-        if isinstance(respond_time, str) and len(respond_time) == 17 and respond_time.isdigit():
-            if respond_time < self._answered_before:
-                # An answer made before this run: the platform's stored answer to a request of an
-                # earlier run under the same msgid (the day replayed again against the same world).
-                self.answered_before_run += 1
         queue = self._pending.get(msgid)
         if not queue and self.sends[msgid]:
             self.unowed[msgid] += 1  # nothing of this msgid waits for an answer: one too many
@@ -209,24 +223,58 @@ class Replay:
             self.latency.append(now - sent)
             self.answered_at.append(now - self.started)
             self.last_answer = now
-            self.err_codes[answer.get("err_code") or "ok"] += 1
+            self.err_codes[str(answer.get("err_code") or "ok")] += 1
             self._room.set()
             self._answered_any.set()
-        infno, ok = str(answer.get("infno", "")), answer.get("infcode") == 0
-        info = (answer.get("output") or {}).get("setlinfo") or {}
-        if infno in SETTLE_INFNOS:
-            self.settlements["answered"] += 1
-            self.settlements["settled"] += ok
-        if ok and infno in SETTLE_INFNOS and msgid not in self.settled:
-            self.settled[msgid] = Settled(str(info.get("setl_id", "")), yuan_to_fen(info.get("fund_pay_sumamt", "0")),
-                                          yuan_to_fen(info.get("psn_cash_pay", "0")), yuan_to_fen(info.get("acct_pay", "0")))
-        elif ok and infno in CANCEL_INFNOS and info.get("setl_id"):
-            self.cancelled_setl_ids.add(str(info["setl_id"]))
+        try:
+            self._check_answer(msgid, answer)
+        except (AttributeError, TypeError, ValueError, ArithmeticError):
+            # A field not as the contract has it (an output that is not an object, an amount with
+            # three decimals): counted, and the check fails, instead of the reader dying.
+            self.unreadable[msgid] += 1
         for waiting in self._deferred.pop(msgid, []):
             self._ready.put_nowait(waiting)
 
+    def _check_answer(self, msgid: str, answer: dict[str, Any]) -> None:
+        """What an answer says, against what was sent under its msgid (``infnos``, not the answer's
+        own infno: an answer under another one is counted mismatched)."""
+        respond_time = answer.get("respond_time")
+        if isinstance(respond_time, str) and len(respond_time) == 17 and respond_time.isdigit():
+            if respond_time < self._answered_before:
+                # An answer made before this run: the platform's stored answer to a request of an
+                # earlier run under the same msgid (the day replayed again against the same world).
+                self.answered_before_run += 1
+        if answer.get("err_code") == "MODIFIED_REQUEST":
+            # A generated day never sends one msgid with two payloads: an earlier run's msgid
+            # (a new --run-id without a new --tag), refused now, so answered_before_run misses it.
+            self.reused_msgids += 1
+        self.alike.add(msgid, answer)
+        sent = self.infnos.get(msgid)
+        if sent is None:
+            return  # never sent (unexpected), or a malformed request
+        ok = answer.get("infcode") == 0
+        info = (answer.get("output") or {}).get("setlinfo") or {}
+        if str(answer.get("infno", "")) != sent:
+            self.mismatched[msgid] += 1
+        if sent in SETTLE_INFNOS:
+            self.settlements["answered"] += 1
+            self.settlements["settled"] += ok
+            if not ok:
+                return
+            # Another visit or bill than the one sent (the bare pipeline's answers name none).
+            if "psn_no" in info and fingerprint(info) != self.fingerprints.get(msgid):
+                self.mismatched[msgid] += 1
+            if msgid not in self.settled:
+                self.settled[msgid] = Settled(str(info.get("setl_id", "")), yuan_to_fen(info.get("fund_pay_sumamt", "0")),
+                                              yuan_to_fen(info.get("psn_cash_pay", "0")), yuan_to_fen(info.get("acct_pay", "0")))
+        elif ok and sent in CANCEL_INFNOS and info.get("setl_id"):
+            setl_id = str(info["setl_id"])
+            if setl_id != self.cancel_setl_ids.get(msgid):
+                self.mismatched[msgid] += 1  # it cancelled another settlement than the one it named
+            self.cancelled_setl_ids.add(setl_id)
+
     async def _publish(self, msgid: str, value: bytes, key: str | None, kind: str, infno: str = "",
-                       due: float | None = None) -> None:
+                       due: float | None = None, fp: int | None = None) -> None:
         assert self._producer is not None
         msgid = sys.intern(msgid)
         while self.outstanding >= self.pace.window:
@@ -252,8 +300,12 @@ class Replay:
         self.outstanding += 1
         self.kinds[kind] += 1
         self.sent_at.append(now - self.started)
+        if infno:
+            self.infnos[msgid] = sys.intern(infno)
+        if fp is not None:  # a settlement's ``fingerprint``
+            self.fingerprints[msgid] = fp
         if infno in SETTLE_INFNOS:
-            self.settle_msgids.add(msgid)
+            self.settlements["sent"] += 1
         fut = await self._producer.send(self.request_topic, value, key=key.encode() if key else None)
         fut.add_done_callback(self._delivered)
 
@@ -267,12 +319,14 @@ class Replay:
             await self._publish(line["msgid"], line["raw"].encode(), line.get("key"), line["kind"], due=due)
         elif op == "send":
             request = line["request"]
-            await self._publish(line["msgid"], orjson.dumps(request), line.get("key"), line["kind"], request["infno"], due)
+            fp = fingerprint(request["input"]["data"]) if request["infno"] in SETTLE_INFNOS else None
+            await self._publish(line["msgid"], orjson.dumps(request), line.get("key"), line["kind"], request["infno"], due, fp)
         elif op == "cancel":
             target = line["target"]
             if target in self.settled:
                 request = line["request"]
                 request["input"]["data"]["setl_id"] = self.settled[target].setl_id
+                self.cancel_setl_ids[sys.intern(line["msgid"])] = self.settled[target].setl_id
                 self.cancels["sent"] += 1
                 await self._publish(line["msgid"], orjson.dumps(request), line.get("key"), line["kind"], request["infno"], due)
             elif self.answers[target]:
@@ -414,16 +468,17 @@ class Replay:
     # Results -------------------------------------------------------------------------------------
 
     def exactly_once(self) -> ExactlyOnce:
-        return check_exactly_once(self.sends, self.answers, self.alike.inconsistent, unowed=self.unowed)
+        return check_exactly_once(self.sends, self.answers, self.alike.inconsistent, unowed=self.unowed,
+                                  mismatched=self.mismatched, unreadable=self.unreadable)
 
     def answer_totals(self) -> Totals:
         return answer_totals(self.settled, self.cancelled_setl_ids)
 
     async def ledger_check(self, database_url: str) -> LedgerCheck:
-        others = sorted(set(self.sends) - self.settle_msgids)
+        others = sorted(set(self.sends) - self.fingerprints.keys())
         cancelled = self.cancelled_setl_ids
         standing = {m: s for m, s in self.settled.items() if s.setl_id not in cancelled}
-        totals, strays, mismatched = await ledger_totals(database_url, sorted(self.settle_msgids), others,
+        totals, strays, mismatched = await ledger_totals(database_url, sorted(self.fingerprints), others,
                                                          expected=standing)
         return check_ledger(self.answer_totals(), totals, strays, mismatched)
 
@@ -460,15 +515,18 @@ class Replay:
             "latency_from": "due time" if self.pace.rate or self.pace.speed else "publish",
             **self.pacing(),
             "err_codes": dict(self.err_codes.most_common()),
-            "settlements": {"answered": self.settlements["answered"], "settled": self.settlements["settled"]},
+            "settlements": {"sent": self.settlements["sent"], "answered": self.settlements["answered"],
+                            "settled": self.settlements["settled"]},
             "kinds_sent": dict(self.kinds.most_common()),
             "cancellations": dict(self.cancels),
             "publish_errors": self.publish_errors,
             **({"stalled": self.stalled} if self.stalled else {}),
             "answered_before_run": self.answered_before_run,
+            "reused_msgids": self.reused_msgids,
             "exactly_once": {"ok": check.ok, "summary": check.summary(), "missing": sum(check.missing.values()),
                              "duplicated": sum(check.duplicated.values()), "unexpected": sum(check.unexpected.values()),
-                             "inconsistent": sum(check.inconsistent.values())},
+                             "inconsistent": sum(check.inconsistent.values()),
+                             "mismatched": sum(check.mismatched.values()), "unreadable": sum(check.unreadable.values())},
             "series": series(np.frombuffer(self.answered_at, dtype=np.float64), lat),
         }
 
@@ -570,6 +628,7 @@ async def sweep(bootstrap: str, namespace: str) -> ExactlyOnce:
     moment after its last answer). Requests whose msgid cannot be read are owed no answer."""
     sends: Counter[str] = Counter()
     answers: Counter[str] = Counter()
+    unreadable: Counter[str] = Counter()
     alike = AlikeAnswers()
 
     def request(value: bytes) -> None:
@@ -580,16 +639,19 @@ async def sweep(bootstrap: str, namespace: str) -> ExactlyOnce:
     def answer(value: bytes) -> None:
         try:
             body = orjson.loads(value)
-        except orjson.JSONDecodeError:
-            answers["<unreadable answer>"] += 1
+            msgid = str(body.get("msgid", ""))
+        except (orjson.JSONDecodeError, AttributeError):  # not JSON, or not an object
+            answers[UNREADABLE_ANSWER] += 1
             return
-        msgid = str(body.get("msgid", ""))
         answers[msgid] += 1
-        alike.add(msgid, body)
+        try:
+            alike.add(msgid, body)
+        except (AttributeError, TypeError):  # an output or setlinfo that is not an object
+            unreadable[msgid] += 1
 
     await _read_topic(bootstrap, f"{namespace}{SETTLEMENT_REQUESTS}", request)
     await _read_topic(bootstrap, f"{namespace}{DEFAULT_REPLY_TO}", answer)
-    return check_exactly_once(sends, answers, alike.inconsistent)
+    return check_exactly_once(sends, answers, alike.inconsistent, unreadable=unreadable)
 
 
 async def ledger_totals(database_url: str, msgids: list[str], others: list[str] = (), chunk: int = 20_000,
@@ -688,8 +750,10 @@ def main(argv: list[str] | None = None) -> None:
     if result["answered_before_run"]:
         print(f"{result['answered_before_run']} answers were made before this run began: the platform answered "
               "requests of an earlier replay under the same msgids from its store, so these figures measure that "
-              "path. Generate the day with a new --tag and --run-id, or replay into a fresh namespace and "
-              "database.", file=sys.stderr)
+              f"path. {REUSED_MSGIDS_HINT}", file=sys.stderr)
+    if result["reused_msgids"]:
+        print(f"{result['reused_msgids']} requests were refused MODIFIED_REQUEST: an earlier replay sent their "
+              f"msgids with other payloads (a new --run-id without a new --tag). {REUSED_MSGIDS_HINT}", file=sys.stderr)
     sys.exit(0 if replay_passed(result) else 1)
 
 

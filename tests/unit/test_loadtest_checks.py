@@ -110,3 +110,13 @@ def test_amounts_convert_between_yuan_and_fen_exactly():
     assert fen_to_yuan(4889) == "48.89" and fen_to_yuan(-5) == "-0.05"
     with pytest.raises(ValueError, match="two decimals"):
         yuan_to_fen("1.005")
+
+
+def test_the_settled_share_is_nought_when_settlements_were_sent_and_none_was_answered_as_one():
+    # Before (a review, session 36): with no answer recognised as a settlement's the share was None,
+    # which the bench's 90 % floor let pass, on a day in which nothing was settled.
+    from loadtest.checks import settled_share
+
+    assert settled_share({"settlements": {"sent": 5, "answered": 0, "settled": 0}}) == 0.0
+    assert settled_share({"settlements": {"sent": 5, "answered": 4, "settled": 3}}) == 0.75
+    assert settled_share({"settlements": {"sent": 0, "answered": 0, "settled": 0}}) is None  # no settlement sent

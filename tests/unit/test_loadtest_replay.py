@@ -580,3 +580,143 @@ async def test_a_stall_met_by_a_deferred_cancellation_is_reported_too():
     task = asyncio.create_task(r._send_deferred())
     await asyncio.wait_for(task, 5)  # ends, instead of raising WindowStalled into run()
     assert "no answer for 0.3 s" in r.stalled
+
+
+async def test_a_settlement_answered_under_another_infno_is_still_counted_as_one_and_fails_the_check():
+    # Before (a review, session 36): settlements were told by the answer's own infno, so a platform
+    # answering every 2207 as a 2206 (or with no infno) settled nothing, and every check passed:
+    # no settlement answered, no settled share to judge, nothing owed in the ledger.
+    from loadtest.checks import replay_passed, settled_share
+
+    r, _ = replay()
+    await r._send_line(settle_line("M1"))
+    await r._send_line(settle_line("M2"))
+    r._on_answer(answer("M1", infno="2206", setl_id=""), 0.0)
+    r._on_answer(orjson.dumps(orjson.loads(answer("M2", setl_id="S2")) | {"infno": ""}), 0.0)
+    check = r.exactly_once()
+    assert not check.ok and check.mismatched == {"M1": 1, "M2": 1}
+    assert "answered about something else than was sent 2" in check.summary()
+    result = r.result()
+    assert result["settlements"] == {"sent": 2, "answered": 2, "settled": 2} and settled_share(result) == 1.0
+    assert set(r.settled) == {"M1", "M2"}  # what the ledger must hold is decided by what was sent
+    assert result["exactly_once"]["mismatched"] == 2 and not replay_passed(result)
+
+
+async def test_an_unreadable_extra_answer_fails_the_check_as_the_sweep_counts_it():
+    # Before (a review, session 36): an answer that was not JSON was only counted in err_codes, so a
+    # garbled second answer to a request passed the replay (the bench's sweep failed it).
+    from loadtest.checks import replay_passed
+    from loadtest.replay import UNREADABLE_ANSWER
+
+    r, _ = replay()
+    await r._send_line(settle_line("M1"))
+    r._on_answer(answer("M1"), 0.0)
+    r._on_answer(b'{"msgid": "M1", "infcode": 0, "output": {"setl', 0.0)
+    check = r.exactly_once()
+    assert not check.ok and check.unexpected == {UNREADABLE_ANSWER: 1}
+    result = r.result()
+    assert result["err_codes"]["UNREADABLE_ANSWER"] == 1 and not replay_passed(result)
+
+
+async def test_an_answer_that_is_not_an_object_or_whose_fields_cannot_be_read_is_counted_not_raised():
+    # Before (a review, session 36): a list, a string, an output that is not an object or an amount
+    # with three decimals raised in the answer reader, which died, and the run gave no result.
+    from loadtest.checks import replay_passed
+    from loadtest.replay import UNREADABLE_ANSWER
+
+    r, _ = replay()
+    for m in ("M1", "M2", "M3"):
+        await r._send_line(settle_line(m))
+    r._on_answer(b"[1, 2]", 0.0)
+    r._on_answer(b'"M1"', 0.0)
+    r._on_answer(orjson.dumps({"msgid": "M1", "infno": "2207", "infcode": 0, "output": ["setlinfo"]}), 0.0)
+    three_decimals = orjson.loads(answer("M2"))
+    three_decimals["output"]["setlinfo"]["fund_pay_sumamt"] = "48.891"
+    r._on_answer(orjson.dumps(three_decimals), 0.0)
+    r._on_answer(answer("M3"), 0.0)  # the reader goes on
+    assert r.outstanding == 0 and "M3" in r.settled
+    check = r.exactly_once()
+    assert not check.ok and check.unreadable == {"M1": 1, "M2": 1} and check.unexpected == {UNREADABLE_ANSWER: 2}
+    assert "unreadable 2" in check.summary() and not replay_passed(r.result())
+
+
+def test_a_settlement_refused_modified_request_fails_the_replay_with_the_hint_to_use_a_new_tag(
+        tmp_path, monkeypatch, capsys):
+    # Before (a review, session 36): a day generated again with a new --run-id but the same --tag
+    # reused the earlier run's msgids; the platform refused every settlement MODIFIED_REQUEST with
+    # an answer made now (answered_before_run stayed 0), and the replay passed, nothing settled.
+    from loadtest import replay as replay_module
+    from loadtest.bench import verdict
+    from loadtest.checks import replay_passed
+
+    async def refused() -> dict[str, Any]:
+        r, _ = replay()
+        await r._send_line(settle_line("M1"))
+        r._on_answer(orjson.dumps(orjson.loads(answer("M1", ok=False)) | {"err_code": "MODIFIED_REQUEST"}), 0.0)
+        return r.result()
+
+    result = asyncio.run(refused())
+    assert result["exactly_once"]["ok"] and result["reused_msgids"] == 1
+    assert not replay_passed(result)
+    ok, text = verdict(result)
+    assert not ok and "1 requests were refused MODIFIED_REQUEST" in text
+
+    async def replay_file(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return result
+
+    monkeypatch.setattr(replay_module, "replay_file", replay_file)
+    day = tmp_path / "day.jsonl"
+    day.write_text("")
+    with pytest.raises(SystemExit) as exc:
+        replay_module.main([str(day)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1
+    assert "1 requests were refused MODIFIED_REQUEST" in err and "with a new --tag and --run-id" in err
+
+
+def bill_line(msgid: str, psn_no: str, mdtrt_id: str, total: str) -> dict[str, Any]:
+    return {"t": 1.0, "op": "send", "kind": "outpatient", "msgid": msgid, "key": psn_no,
+            "request": {"infno": "2207", "msgid": msgid,
+                        "input": {"data": {"psn_no": psn_no, "mdtrt_id": mdtrt_id, "medfee_sumamt": total}}}}
+
+
+def bill_answer(msgid: str, setl_id: str, psn_no: str, mdtrt_id: str, total: str) -> bytes:
+    body = orjson.loads(answer(msgid, setl_id=setl_id))
+    body["output"]["setlinfo"] |= {"psn_no": psn_no, "mdtrt_id": mdtrt_id, "medfee_sumamt": total}
+    return orjson.dumps(body)
+
+
+async def test_an_answer_about_another_requests_visit_and_bill_fails_the_check():
+    # Before (a review, session 36): answers were matched to requests by msgid alone, so two
+    # settlements whose results were swapped (each answer under its own msgid, with the other's
+    # patient, visit and bill) passed every check, the ledger written from the same swap.
+    r, _ = replay()
+    await r._send_line(bill_line("M1", "P1", "V1", "64.29"))
+    await r._send_line(bill_line("M2", "P2", "V2", "300.00"))
+    await r._send_line(bill_line("M3", "P3", "V3", "12.00"))
+    r._on_answer(bill_answer("M1", "S2", "P2", "V2", "300.00"), 0.0)
+    r._on_answer(bill_answer("M2", "S1", "P1", "V1", "64.29"), 0.0)
+    r._on_answer(bill_answer("M3", "S3", "P3", "V3", "12.00"), 0.0)  # its own: fine
+    check = r.exactly_once()
+    assert not check.ok and check.mismatched == {"M1": 1, "M2": 1}
+    # The bare pipeline's answers name no visit (a setl_id only): nothing to compare, no failure.
+    r, _ = replay()
+    await r._send_line(bill_line("M1", "P1", "V1", "64.29"))
+    r._on_answer(answer("M1"), 0.0)
+    assert r.exactly_once().ok
+
+
+async def test_a_cancellation_answered_for_another_setl_id_fails_the_check():
+    # Before (a review, session 36): a cancellation's answer was taken at its word, so the platform
+    # cancelling another settlement than the one sent (S2 for S1) passed, its ledger agreeing.
+    r, producer = replay()
+    await r._send_line(settle_line("M1"))
+    await r._send_line(settle_line("M2"))
+    r._on_answer(answer("M1", setl_id="S1"), 0.0)
+    r._on_answer(answer("M2", setl_id="S2"), 0.0)
+    await r._send_line(cancel_line("C1", "M1"))
+    assert orjson.loads(producer.sent[-1][1])["input"]["data"]["setl_id"] == "S1"
+    r._on_answer(answer("C1", infno="2208", setl_id="S2"), 0.0)
+    check = r.exactly_once()
+    assert not check.ok and check.mismatched == {"C1": 1}
+    assert r.result()["exactly_once"]["mismatched"] == 1

@@ -54,6 +54,25 @@ def test_the_national_peak_hour_run_is_reported_beside_the_100_per_s_target():
     assert "  at the national peak hour (21.6/s): p50 35.0 ms, p95 70.0 ms, p99 70.0 ms" in headline(report)
 
 
+def test_a_latency_target_is_not_met_by_a_run_whose_checks_failed_or_that_fell_behind_its_pace():
+    # Before (a review, session 36): "met" looked at p99 alone, which counts only the answers that
+    # came, so a rate_100 run that lost 3 % of its answers and fell behind its pace met p99 < 50 ms.
+    from loadtest.report import judge
+
+    def met(**run: object) -> tuple[bool | None, str]:
+        base = {"sends": 3000, "throughput_per_s": 97.0, "latency_ms": {"p99": 41.0},
+                "exactly_once": {"ok": True, "summary": "exactly once"}}
+        runs = {"rate_100": base | run, "rate_2000": base | run | {"throughput_per_s": 1990.0}}
+        targets = {t["target"]: t for t in judge({"runs": runs, "rss_max_mib": {}})}
+        assert targets["p99 < 250 ms at 2,000/s sustained"]["met"] is targets["p99 < 50 ms at 100/s"]["met"]
+        return targets["p99 < 50 ms at 100/s"]["met"], targets["p99 < 50 ms at 100/s"]["measured"]
+
+    assert met() == (True, "p99 41.0 ms at 97.0/s")
+    assert met(exactly_once={"ok": False, "summary": "NOT exactly once: missing 90"}) == (
+        False, "p99 41.0 ms at 97.0/s; the run's checks failed")
+    assert met(short_of_pace=True) == (False, "p99 41.0 ms at 97.0/s; the run fell behind its pace")
+
+
 def test_the_steady_search_is_reported_with_its_probes():
     from loadtest.report import judge
 
