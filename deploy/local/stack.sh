@@ -161,8 +161,11 @@ find_pg_bindir() {
     [[ -x /usr/lib/postgresql/$ver/bin/postgres ]] && { echo "/usr/lib/postgresql/$ver/bin"; return 0; }
     return 1
   fi
-  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)
-  [[ -n $d && -x $d/initdb && -x $d/pg_ctl && -x $d/psql ]] && { echo "$d"; return 0; }
+  # The newest version whose server is installed: a newer client alone (postgresql-client-17 for
+  # its pg_dump) has a bin directory without initdb.
+  while read -r d; do
+    [[ -n $d && -x $d/initdb && -x $d/pg_ctl && -x $d/psql ]] && { echo "$d"; return 0; }
+  done < <(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -Vr)
   return 1
 }
 

@@ -7,7 +7,17 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
 source "$HERE/common.sh"
 cd "$YIDI_ROOT"
 
-"$HERE/python.sh"
+# One `make test` at a time on a checkout: a second one, counting the servers the first started as
+# up before it, kept them, and the first stopped them at its end under the second's suite. The lock
+# is this shell's alone (8>&- for everything it starts: a server started under it would hold it).
+mkdir -p "$YIDI_LOCAL"
+exec 8>"$YIDI_LOCAL/.test.lock"
+if ! flock -n 8; then
+  echo "test: another make test runs on this checkout; waiting for it to finish" >&2
+  flock 8
+fi
+
+"$HERE/python.sh" 8>&-
 # promtool (Debian's prometheus package) checks the Prometheus configs and alert rules, amtool
 # (prometheus-alertmanager) the Alertmanager config and its routes.
 if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; then
@@ -26,10 +36,10 @@ for part in kafka postgres redis; do
 done
 # Set before the start: a start that fails part way (Kafka not ready in time) must not leave the
 # servers it did start running, where the next run would count them as up before it and keep them.
-cleanup() { ((${#started[@]})) && "$HERE/stack.sh" stop "${started[@]}" || true; }
+cleanup() { ((${#started[@]})) && "$HERE/stack.sh" stop "${started[@]}" 8>&- || true; }
 trap cleanup EXIT
-"$HERE/stack.sh" start all
+"$HERE/stack.sh" start all 8>&-
 
 eval "$(bash "$HERE/env.sh")"
 # Warnings are errors (pyproject); CI=true turns a missing server into a failure, not a skip.
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@" 8>&-

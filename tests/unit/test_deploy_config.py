@@ -682,6 +682,25 @@ def test_make_passes_the_users_python_on_to_the_venv_script():
         re.findall(r"^.*\nPYTHON :?= .*$", database, re.M)
 
 
+def test_a_second_make_test_on_a_checkout_waits_for_the_first():
+    # Two at once: the second counted the servers the first had started as up before it, and the
+    # first stopped them at its end under the second's suite (a review, session 36). The lock is
+    # held here, or by the `make test` running this suite; the second waits before it does anything.
+    import fcntl
+
+    lock_path = ROOT / ".local" / ".test.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # the make test running this suite holds it
+        second = subprocess.run(["timeout", "3", "bash", str(ROOT / "deploy/local/test.sh"), "--collect-only"],
+                                capture_output=True, text=True, timeout=30)
+    assert second.returncode == 124, (second.returncode, second.stderr[-500:])  # still waiting when stopped
+    assert "another make test runs on this checkout; waiting" in second.stderr
+
+
 def test_the_service_script_does_not_stop_a_process_its_stale_pid_file_names(tmp_path):
     # After a machine's restart, .local/run/<service>.pid may name a pid another process has since:
     # `services.sh stop` sent it SIGTERM, then SIGKILL. Now a pid counts only when that process is
