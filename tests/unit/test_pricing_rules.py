@@ -462,3 +462,23 @@ def test_r17_a_filed_trip_inside_a_waiving_province_pays_no_more_first_self_pay_
     lines = bill(("A1", "1", "200.00"))
     referred = price(lines, catalogue(item("A1")), pol, terms(OP, category=FilingCategory.REFERRAL, waived_filing=True), {})
     assert referred.preselfpay_amt == D("20.00")  # the waived trip's 10 %, not the referral's 15 %
+
+
+def test_r14_the_rule_a_visit_gets_does_not_depend_on_the_visits_priced_before_it():
+    # The memo was keyed by the prefixes covering the code: Z49.101 and Z99.200 share N18 and Z49,
+    # but only Z49.101 is the Z49 rule's own code. Whichever was priced first chose the other's rule,
+    # for as long as pricing kept the policy (a review, session 36).
+    chronic = MedType.CHRONIC_OUTPATIENT
+
+    def pol():
+        return policy(rule(chronic, ratio="0.70"), rule(chronic, ratio="0.90", diseases=frozenset({"N18"})),
+                      rule(chronic, ratio="0.95", diseases=frozenset({"Z49"})))
+
+    for first in ("Z99.200", "Z49.101", "N18.500"):
+        for code in ("Z49.101", "Z99.200"):
+            used = pol()
+            used.rule_for(chronic, PersonType.RETIRED, 3, first)
+            assert used.rule_for(chronic, PersonType.RETIRED, 3, code).ratio == \
+                pol().rule_for(chronic, PersonType.RETIRED, 3, code).ratio, (first, code)
+    assert pol().rule_for(chronic, PersonType.RETIRED, 3, "Z49.101").ratio == D("0.95")
+    assert pol().rule_for(chronic, PersonType.RETIRED, 3, "Z99.200").ratio == D("0.90")

@@ -170,9 +170,10 @@ class BenefitPolicy:
     effective_to: date | None = None
     # The rule each kind of visit gets, found once per policy version (a policy is immutable, and
     # the kinds of visit are few: med_type × person type × facility level × which of the policy's
-    # disease prefixes the visit's code has). Keyed by the prefixes, not the code: a memo of every
-    # code a gateway sends would grow without bound for as long as the policy version lives.
-    _rule_memo: dict[tuple[MedType, PersonType, int, frozenset[str]], BenefitRule] = field(
+    # disease prefixes cover the visit's code, and which of those the code itself starts with: the
+    # tie-break of _find_rule). Keyed by the prefixes, not the code: a memo of every code a gateway
+    # sends would grow without bound for as long as the policy version lives.
+    _rule_memo: dict[tuple[MedType, PersonType, int, frozenset[str], frozenset[str]], BenefitRule] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False)
     _disease_prefixes: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False, hash=False)
 
@@ -187,8 +188,15 @@ class BenefitPolicy:
     def rule_for(
         self, med_type: MedType, person_type: PersonType, facility_level: int, disease: str = ""
     ) -> BenefitRule:
-        key = (med_type, person_type, facility_level,
-               frozenset(p for p in self._disease_prefixes if disease_covers(p, disease)) if self._disease_prefixes else frozenset())
+        covering = direct = frozenset()
+        if self._disease_prefixes:
+            covering = frozenset(p for p in self._disease_prefixes if disease_covers(p, disease))
+            # Z49.101 and Z99.200 are both covered by N18 and Z49 (dialysis); only the first starts
+            # with Z49, which decides between those rules: keyed by the covering prefixes alone, the
+            # first code priced chose the rule of the other for the policy's life (a review, session 36).
+            code = disease_key(disease)
+            direct = frozenset(p for p in covering if code.startswith(disease_key(p)))
+        key = (med_type, person_type, facility_level, covering, direct)
         rule = self._rule_memo.get(key)
         if rule is None:
             rule = self._rule_memo[key] = self._find_rule(med_type, person_type, facility_level, disease)
