@@ -21,7 +21,7 @@ import orjson
 from pydantic import ValidationError
 
 from yidi.contracts import answers
-from yidi.contracts.clearing import Reconcile
+from yidi.contracts.clearing import Reconcile, ReconcileDetailsInput, ReconcileTotalsInput
 from yidi.contracts.common import code_text
 from yidi.contracts.envelope import OFFERED_INFNOS, ErrCode, Infno, RequestEnvelope
 from yidi.contracts.filing import FilingRecord
@@ -177,7 +177,14 @@ class EligibilityHandler:
         if ahead is not None and not request.infno.changes_state:
             return self._invalid(record, ahead, request)  # a query, answered here
         if request.infno in (Infno.RECONCILE_TOTALS, Infno.RECONCILE_DETAILS):
-            # Reconciliation is clearing's: pass it on untouched; clearing answers it.
+            # Reconciliation is clearing's: pass it on untouched; clearing answers it. Its input is
+            # checked here, where a malformed one is dead-lettered as every other is (CONTRACT.md);
+            # clearing answered it INVALID_INPUT with no dead letter (a review, session 36).
+            period = ReconcileTotalsInput if request.infno is Infno.RECONCILE_TOTALS else ReconcileDetailsInput
+            try:
+                period.model_validate(request.data)
+            except (ValidationError, ValueError, ArithmeticError) as exc:
+                return self._malformed(record, request, "input.data: " + _explain(exc))
             work = Reconcile(type="reconcile", request=request, request_ts_ms=record.timestamp_ms, reqid=request.msgid)
             return [Outgoing(self.settings.topic(CLEARING_REQUESTS), dumps(work), key=request.msgid.encode())]
         model = INPUT_MODELS[request.infno]

@@ -321,9 +321,8 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         notes="Anything that does not parse, or does not validate against its transaction's input model, "
               "is answered `INVALID_INPUT` (when `msgid` can be recovered) and dead-lettered. A four-digit "
               "`infno` the contract does not list is answered `UNSUPPORTED`. "
-              "3201 and 3202 are passed on, their input unchecked, to `clearing.requests`, where an input "
-              "that does not validate is answered `INVALID_INPUT` (naming the field where the model does) and "
-              "not dead-lettered.",
+              "3201 and 3202 are checked the same way (a malformed one answered `INVALID_INPUT` and "
+              "dead-lettered), then passed on to `clearing.requests`, which answers them.",
     ),
     T.SETTLEMENT_ELIGIBLE: TopicContract(
         messages=("EligibleWork",),
