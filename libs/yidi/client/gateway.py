@@ -206,20 +206,15 @@ class GatewayClient:
         """Publish ``request``; the returned future resolves with its answer.
 
         A settlement request (correlated by msgid) is answered on the topic its ``reply_to`` names:
-        one without it is sent naming this client's ``reply_to``, and one naming another topic is
-        refused (ValueError), as its answer would never reach this client."""
+        one without it is sent naming this client's ``reply_to``. One naming a topic is sent as it
+        is (a reply_to the platform refuses is answered on the shared topic)."""
         assert self._producer is not None, "start the client first"
         correlation = str(request[self.correlate_by])
         if self.correlate_by == "msgid":
             # The client read its reply topic but did not name it: the platform answered on
             # settlement.results and the call timed out (a review, session 36).
-            named = request.get("reply_to")
-            if named is None:
+            if request.get("reply_to") is None:
                 request = request | {"reply_to": self.reply_to}
-            elif named != self.reply_to:
-                raise ValueError(
-                    f"request {correlation} names reply_to {named!r}, but this client reads its answers on "
-                    f"{self.reply_to!r}: leave reply_to out, or use GatewayClient(reply_to={named!r})")
         fut = self._register(correlation)
         if key is None:
             key = request_key(request, self.correlate_by)
