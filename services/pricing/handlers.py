@@ -149,6 +149,10 @@ class Batch:
     new_settlements: list[StoredSettlement] = field(default_factory=list)
     undone: list[StoredSettlement] = field(default_factory=list)
     counter_changes: dict[tuple[str, int, str], Decimal] = field(default_factory=lambda: defaultdict(lambda: ZERO))
+    # What each settlement of this batch drew on ``prepayments`` (setl_id → pair, amount): a
+    # cancellation in the same batch gives it back. One of an earlier batch is given back by
+    # clearing, whose balances the next batches read.
+    drawn: dict[str, tuple[tuple[str, str], Decimal]] = field(default_factory=dict)
     # The catalogue of each (treating region, day) the batch prices on, picked once per batch.
     _catalogues: dict[tuple[str, date], Catalogue] = field(default_factory=dict, init=False, repr=False)
     # Indexes of ``settlements`` by setl_id and by msgid (the first one listed wins, as a scan would).
@@ -416,6 +420,7 @@ class PricingHandler:
                     "nothing was settled. The patient pays now and claims at home, or settles again once topped up.",
                 )
             batch.prepayments[pair] = left - draw
+            batch.drawn[setl_id] = (pair, draw)
         for (year, counter), amount in moved.items():
             batch.change(body.psn_no, year, counter, amount)
         self._remember(batch, work, setl_id, priced, value)
@@ -472,6 +477,12 @@ class PricingHandler:
             for key, amount in target.usage_delta.items():
                 year, _, counter = key.partition("|")
                 batch.change(target.psn_no, int(year), counter, -Decimal(amount))
+            if batch.prepayments is not None and (drawn := batch.drawn.pop(target.setl_id, None)) is not None:
+                # Settled and undone in this batch: its draw given back to the "refuse" check, which
+                # refused a new settlement against a balance the cancellation had restored (a review,
+                # session 36).
+                pair, draw = drawn
+                batch.prepayments[pair] = batch.prepayments.get(pair, ZERO) + draw
             target.state, target.undone_by = new_state, request.msgid
             batch.undone.append(target)
         output = {"setlinfo": {"setl_id": target.setl_id, "psn_no": target.psn_no, "state": target.state,
