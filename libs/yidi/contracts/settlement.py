@@ -218,10 +218,16 @@ class SetlInfo(WireModel):
 
 
 class SetlDetail(WireModel):
+    """One row per fund that paid, and always one for the pooled fund, whose ``setl_proc_info``
+    says how it was computed even when it paid 0.00 (a deductible not yet reached, a cap used up):
+    the row a cashier reads to explain a bill the fund did not pay."""
+
     fund_pay_type: str
     fund_pay_type_name: str
     inscp_scp_amt: Amount
-    crt_payb_lmt_amt: Amount | None = None
+    crt_payb_lmt_amt: Amount | None = Field(
+        default=None, description="what the fund may still pay this year after this settlement (its annual cap or "
+                                  "quota left); null: no cap or quota applies (never \"0.00\", which would mean none left)")
     fund_payamt: Amount
     setl_proc_info: str
 
@@ -231,7 +237,9 @@ class FeeDetailResult(WireModel):
     hilist_code: str
     chrgitm_lv: str
     selfpay_prop: Ratio
-    pric_uplmt_amt: Amount | None = None
+    pric_uplmt_amt: Amount | None = Field(
+        default=None, description="the catalogue's price ceiling for the item; null: the item has no ceiling (never "
+                                  "\"0.00\", which would put the whole price over it)")
     fulamt_ownpay_amt: Amount
     overlmt_selfpay: Amount
     preselfpay_amt: Amount
