@@ -599,12 +599,17 @@ def test_amtool_accepts_the_config_and_routes_each_severity_to_its_receiver():
 # ---- promtool, where Prometheus is installed -----------------------------------------------
 
 
-def test_promtool_accepts_the_configs_the_alerts_and_every_dashboard_query(tmp_path):
+def need_promtool() -> None:
+    """Skip where promtool is missing: make test installs it (deploy/local/test.sh), so only a bare
+    pytest run may lack it; under CI, fail."""
     if shutil.which("promtool") is None:
-        # make test installs it (deploy/local/test.sh); only a bare pytest run may lack it.
         if os.environ.get("CI"):
             pytest.fail("promtool missing: deploy/local/test.sh installs Debian's prometheus package")
         pytest.skip("promtool not installed (Debian package prometheus; make test installs it)")
+
+
+def test_promtool_accepts_the_configs_the_alerts_and_every_dashboard_query(tmp_path):
+    need_promtool()
     def promtool(*args: str) -> None:
         result = subprocess.run(["promtool", *args], capture_output=True, text=True, cwd=PROMETHEUS, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -626,10 +631,7 @@ def test_the_stages_running_stat_shows_a_service_killed_outright_as_down(tmp_pat
     # A range query reduced to its last value kept a service killed outright (SIGKILL, out of
     # memory: no gauge set to 0, its series stale) green for the whole time range (a review,
     # session 36). The stat reads the value now, and a target Prometheus cannot scrape counts 0.
-    if shutil.which("promtool") is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool missing: deploy/local/test.sh installs Debian's prometheus package")
-        pytest.skip("promtool not installed (Debian package prometheus; make test installs it)")
+    need_promtool()
     panel = next(p for p in dashboard_panels() if p["title"] == "Stages running")
     (target,) = panel["targets"]
     assert target.get("instant") is True and not target.get("range")
