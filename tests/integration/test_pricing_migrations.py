@@ -5,6 +5,8 @@ a new msgid is refused too; the prepayment mirror keeps clearing's balances in i
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -15,12 +17,22 @@ pytestmark = pytest.mark.integration
 MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "pricing" / "migrations"
 
 
-async def test_settlements_made_before_migration_004_get_their_visit_from_what_was_passed_on(settings):
+@asynccontextmanager
+async def _schema_of_its_own(settings) -> AsyncIterator[asyncpg.Connection]:
+    """A connection whose search_path is a fresh schema, dropped after."""
     schema = f"mig_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(settings.database_url)
     try:
         await conn.execute(f"CREATE SCHEMA {schema}")
         await conn.execute(f"SET search_path = {schema}")
+        yield conn
+    finally:
+        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        await conn.close()
+
+
+async def test_settlements_made_before_migration_004_get_their_visit_from_what_was_passed_on(settings):
+    async with _schema_of_its_own(settings) as conn:
         for name in ("001_init.sql", "002_prepayment_mirror.sql", "003_kept_messages_as_json.sql"):
             await conn.execute((MIGRATIONS / name).read_text())
         await conn.execute("""INSERT INTO requests (msgid, request_hash, infno, setl_id, emitted) VALUES
@@ -32,24 +44,14 @@ async def test_settlements_made_before_migration_004_get_their_visit_from_what_w
             await conn.execute((MIGRATIONS / name).read_text())
         rows = await conn.fetch("SELECT setl_id, fixmedins_code, mdtrt_id FROM settlements")
         assert [tuple(r) for r in rows] == [("S1", "H1", "V9")]
-    finally:
-        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        await conn.close()
 
 
 async def test_a_balance_clearing_publishes_past_numeric_16_2_is_kept(settings):
     # Clearing's sums are numeric(24, 2) from its migration 013: a balance it publishes past
     # numeric(16, 2) would be refused by pricing's mirror and dead-lettered, and pricing would go on
     # deciding on the balance before it.
-    schema = f"mig_{uuid.uuid4().hex[:8]}"
-    conn = await asyncpg.connect(settings.database_url)
-    try:
-        await conn.execute(f"CREATE SCHEMA {schema}")
-        await conn.execute(f"SET search_path = {schema}")
+    async with _schema_of_its_own(settings) as conn:
         for name in sorted(p.name for p in MIGRATIONS.glob("*.sql")):
             await conn.execute((MIGRATIONS / name).read_text())
         await conn.execute("INSERT INTO prepayments VALUES ('810000', '710000', -100999999999899.00, 1)")
         assert str(await conn.fetchval("SELECT balance FROM prepayments")) == "-100999999999899.00"
-    finally:
-        await conn.execute(f"DROP SCHEMA {schema} CASCADE")
-        await conn.close()

@@ -96,6 +96,16 @@ def _bills(tmp_path: Path, count: int) -> list[str]:
     return paths
 
 
+class _Offline(GatewayClient):
+    """A client that reaches no broker: a test's subclass publishes by its own ``_publish``."""
+
+    async def start(self):
+        self._producer = object()
+
+    async def stop(self):
+        pass
+
+
 @pytest.mark.parametrize(("error", "code"), [(PublishTimeout("Kafka did not acknowledge it"), 2),
                                              (KafkaError("message too large"), 4)])
 def test_a_publish_failing_part_way_still_reports_and_answers_what_was_published(tmp_path, capsys, error, code):
@@ -104,13 +114,7 @@ def test_a_publish_failing_part_way_still_reports_and_answers_what_was_published
     # settled them a second time (a review, session 36).
     published: list[str] = []
 
-    class Fake(GatewayClient):
-        async def start(self):
-            self._producer = object()
-
-        async def stop(self):
-            pass
-
+    class Fake(_Offline):
         async def _publish(self, value, correlation, fut, *, key, timestamp_ms=None):
             if len(published) == 2:
                 raise error
@@ -129,13 +133,7 @@ def test_a_publish_failing_part_way_still_reports_and_answers_what_was_published
 def test_a_second_answer_that_differs_from_the_first_is_warned_of(tmp_path, capsys):
     # Only the first answer was printed: a second one to the same msgid (another setl_id,
     # ALREADY_UNDONE) went unreported (a review, session 36).
-    class Fake(GatewayClient):
-        async def start(self):
-            self._producer = object()
-
-        async def stop(self):
-            pass
-
+    class Fake(_Offline):
         async def _publish(self, value, correlation, fut, *, key, timestamp_ms=None):
             answer = {"msgid": correlation, "infcode": 0, "respond_time": "2026-03-18 09:00:00",
                       "output": {"setlinfo": {"setl_id": "S1"}}}
