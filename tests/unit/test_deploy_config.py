@@ -575,12 +575,17 @@ def test_every_alert_the_inhibit_rules_name_carries_the_labels_they_compare():
                 assert set(rule["equal"]) <= fired.get(alert, set()), (alert, rule["equal"], fired.get(alert))
 
 
-def _amtool(*args: str) -> str:
-    if shutil.which("amtool") is None:
-        # make test installs it (deploy/local/test.sh); only a bare pytest run may lack it.
+def need_tool(tool: str, package: str) -> None:
+    """Skip where ``tool`` is missing: make test installs its Debian ``package`` (deploy/local/test.sh),
+    so only a bare pytest run may lack it; under CI, fail."""
+    if shutil.which(tool) is None:
         if os.environ.get("CI"):
-            pytest.fail("amtool missing: deploy/local/test.sh installs Debian's prometheus-alertmanager package")
-        pytest.skip("amtool not installed (Debian package prometheus-alertmanager; make test installs it)")
+            pytest.fail(f"{tool} missing: deploy/local/test.sh installs Debian's {package} package")
+        pytest.skip(f"{tool} not installed (Debian package {package}; make test installs it)")
+
+
+def _amtool(*args: str) -> str:
+    need_tool("amtool", "prometheus-alertmanager")
     result = subprocess.run(["amtool", *args], capture_output=True, text=True, cwd=ALERTMANAGER, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -599,17 +604,8 @@ def test_amtool_accepts_the_config_and_routes_each_severity_to_its_receiver():
 # ---- promtool, where Prometheus is installed -----------------------------------------------
 
 
-def need_promtool() -> None:
-    """Skip where promtool is missing: make test installs it (deploy/local/test.sh), so only a bare
-    pytest run may lack it; under CI, fail."""
-    if shutil.which("promtool") is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool missing: deploy/local/test.sh installs Debian's prometheus package")
-        pytest.skip("promtool not installed (Debian package prometheus; make test installs it)")
-
-
 def test_promtool_accepts_the_configs_the_alerts_and_every_dashboard_query(tmp_path):
-    need_promtool()
+    need_tool("promtool", "prometheus")
     def promtool(*args: str) -> None:
         result = subprocess.run(["promtool", *args], capture_output=True, text=True, cwd=PROMETHEUS, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -631,7 +627,7 @@ def test_the_stages_running_stat_shows_a_service_killed_outright_as_down(tmp_pat
     # A range query reduced to its last value kept a service killed outright (SIGKILL, out of
     # memory: no gauge set to 0, its series stale) green for the whole time range (a review,
     # session 36). The stat reads the value now, and a target Prometheus cannot scrape counts 0.
-    need_promtool()
+    need_tool("promtool", "prometheus")
     panel = next(p for p in dashboard_panels() if p["title"] == "Stages running")
     (target,) = panel["targets"]
     assert target.get("instant") is True and not target.get("range")
