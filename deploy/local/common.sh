@@ -31,6 +31,24 @@ alive() {
 # Something (anyone) accepts TCP connections on 127.0.0.1:PORT.
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Who listens on TCP PORT, for an error message: "pid N (its command line)", or how to find
+# out when ss is missing or the process is another user's (ss names only the caller's own).
+port_holder() {
+  local line pid cmd
+  if ! command -v ss >/dev/null 2>&1; then
+    printf "a process (lsof -i :%s names it)" "$1"
+    return 0
+  fi
+  line=$(ss -Hltnp "sport = :$1" 2>/dev/null | head -n1)
+  if [[ $line =~ pid=([0-9]+) ]]; then
+    pid=${BASH_REMATCH[1]}
+    cmd=$(tr '\0\n' '  ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-160)
+    printf 'pid %s (%s)' "$pid" "${cmd% }"
+  else
+    printf "another user's process (sudo ss -ltnp 'sport = :%s' names it)" "$1"
+  fi
+}
+
 # pid from FILE if that process is alive and its command line contains PATTERN
 # (guards against a stale pid file whose number was reused by another process).
 live_pid() {

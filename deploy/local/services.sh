@@ -58,7 +58,7 @@ start_one() {
   # A process holding the metrics port (an orphan of an earlier run) would answer the readiness
   # check for this one, which dies on the port.
   if port_open "$(port_of "$svc")"; then
-    say "127.0.0.1:$(port_of "$svc") (${svc}'s metrics) is in use by another process: stop it first"; return 1
+    say "127.0.0.1:$(port_of "$svc") (${svc}'s metrics) is in use by $(port_holder "$(port_of "$svc")"): stop it first"; return 1
   fi
   # A plain background command, so $! is the service's own pid (setsid does not fork here:
   # a background job of a script is not a process-group leader).

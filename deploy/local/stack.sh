@@ -203,7 +203,12 @@ ensure_packages() {
 # Resolve kafka_2.13 + runtime closure + slf4j backend into .local/kafka/libs.
 ensure_kafka_jars() {
   kafka_jars_ok && return 0
-  local t0 tmp mvn_args=()
+  local t0 tmp mvn_args=() pid
+  # The broker running reads its classes from these jars: swapped under it, it would go on as the
+  # old version (or fail on a class it had not loaded yet) while status named the new one.
+  if pid=$(kafka_pid); then
+    die "Kafka $(kafka_version) is running (pid $pid) and the jars are to change (kafka.version or KAFKA_VERSION changed): stop the stack first (make stop), then start it again"
+  fi
   t0=$(now_us)
   command -v mvn >/dev/null || die "mvn not found (needed once to download the Kafka jars)"
   make_dirs
@@ -267,7 +272,7 @@ kafka_launch() {
   # meanwhile, took it for the new broker's death and dropped the new one's pid file (an orphan).
   rm -f "$KAFKA_PID"
   for p in "$YIDI_KAFKA_PORT" "$YIDI_KAFKA_CONTROLLER_PORT"; do
-    port_open "$p" && die "127.0.0.1:$p is in use by a process that is not this stack's Kafka"
+    port_open "$p" && die "127.0.0.1:$p is in use by $(port_holder "$p"), not this stack's Kafka: stop it first"
   done
   java=$(find_java) || die "no Java >= 17 found (Kafka 4.x needs it)"
   KAFKA_T0=$(now_us)
@@ -405,6 +410,18 @@ pg_psql() {
   "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$YIDI_PG_PORT" -U postgres -d postgres
 }
 
+# Until the server accepts connections (pg_isready), for at most PG_READY_TIMEOUT seconds (60).
+pg_wait_ready() {
+  local limit=${PG_READY_TIMEOUT:-60} t0=$SECONDS
+  until "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$YIDI_PG_PORT" -t 2 >/dev/null 2>&1; do
+    if (( SECONDS - t0 >= limit )); then
+      tail_log "$PG_LOG"
+      die "postgres (pid $1) runs but does not accept connections on 127.0.0.1:$YIDI_PG_PORT after ${limit}s (log: $PG_LOG)"
+    fi
+    sleep 0.2
+  done
+}
+
 pg_start() {
   local t0 pid
   t0=$(now_us)
@@ -413,9 +430,13 @@ pg_start() {
   if pg_running; then
     pid=$(head -n1 "$PG_DATA/postmaster.pid")
     log "postgres already running (pid $pid) on 127.0.0.1:$YIDI_PG_PORT"
+    # Running is not ready: a postmaster in crash recovery, still starting (one a start left when
+    # interrupted) or stopped refuses connections or does not answer, and the tests or services
+    # after this start would fail on their first query.
+    pg_wait_ready "$pid"
     return 0
   fi
-  port_open "$YIDI_PG_PORT" && die "127.0.0.1:$YIDI_PG_PORT is in use by a process that is not this stack's PostgreSQL"
+  port_open "$YIDI_PG_PORT" && die "127.0.0.1:$YIDI_PG_PORT is in use by $(port_holder "$YIDI_PG_PORT"), not this stack's PostgreSQL: stop it first"
 
   mkdir -p "$PG_RUN"
   if (( EUID == 0 )); then chown postgres:postgres "$PG_DIR" "$PG_RUN"; fi
@@ -490,7 +511,7 @@ redis_start() {
     log "redis already running (pid $pid) on 127.0.0.1:$YIDI_REDIS_PORT"
     return 0
   fi
-  port_open "$YIDI_REDIS_PORT" && die "127.0.0.1:$YIDI_REDIS_PORT is in use by a process that is not this stack's Redis"
+  port_open "$YIDI_REDIS_PORT" && die "127.0.0.1:$YIDI_REDIS_PORT is in use by $(port_holder "$YIDI_REDIS_PORT"), not this stack's Redis: stop it first"
   make_dirs
   mkdir -p "$REDIS_DIR"
   rotate_log "$REDIS_LOG"

@@ -1,0 +1,80 @@
+"""deploy/local/stack.sh in the states a developer's or CI's machine meets: a port taken by
+someone else, a PostgreSQL that runs but does not serve, jars to change under a running broker.
+Each runs the script on the local stack itself, which the test leaves running as it found it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "deploy" / "local" / "stack.sh"
+
+
+def _stack(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(SCRIPT), *args], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=180)
+
+
+async def test_a_port_taken_by_another_process_names_it(local_stack):
+    # "127.0.0.1:16379 is in use by a process that is not this stack's Redis" left the developer to
+    # find the holder (a system Redis on a moved port, an orphan of another checkout).
+    await asyncio.to_thread(local_stack, "stop", "redis")
+    holder = socket.socket()
+    try:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", 16379))
+        holder.listen()
+        refused = await asyncio.to_thread(_stack, "start", "redis")
+    finally:
+        holder.close()
+    assert refused.returncode != 0
+    assert f"127.0.0.1:16379 is in use by pid {os.getpid()} (" in refused.stderr, refused.stderr
+    assert "not this stack's Redis" in refused.stderr
+    await asyncio.to_thread(local_stack, "start", "redis")
+
+
+def _postmaster() -> int:
+    return int((ROOT / ".local" / "pg" / "data" / "postmaster.pid").read_text().split()[0])
+
+
+async def test_a_postgres_that_runs_but_does_not_answer_is_not_taken_as_started(local_stack):
+    # `start` said "already running" for any postmaster alive (one in crash recovery, one left
+    # starting by an interrupted start), and the suite or the services after it failed on their
+    # first query. A stopped postmaster (SIGSTOP) runs and answers nothing.
+    await asyncio.to_thread(local_stack, "start", "postgres")
+    pid = _postmaster()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        waited = await asyncio.to_thread(_stack, "start", "postgres", PG_READY_TIMEOUT="3")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert waited.returncode != 0, waited.stderr
+    assert f"postgres (pid {pid}) runs but does not accept connections" in waited.stderr, waited.stderr
+    again = await asyncio.to_thread(_stack, "start", "postgres")
+    assert again.returncode == 0 and "already running" in again.stderr, again.stderr
+
+
+async def test_jars_are_not_swapped_under_a_running_broker(local_stack):
+    # A changed kafka.version (or KAFKA_VERSION) made `start` resolve and swap the jars under the
+    # broker running on the old ones, and `status` then named a version that was not running.
+    await asyncio.to_thread(local_stack, "start", "kafka")
+    libs = ROOT / ".local" / "kafka" / "libs"
+    stamp = (libs / ".stamp").read_text()
+    jars = sorted(p.name for p in libs.glob("*.jar"))
+    refused = await asyncio.to_thread(_stack, "start", "kafka", KAFKA_VERSION="0.0.1-yidi-test")
+    assert refused.returncode != 0
+    assert "is running" in refused.stderr and "stop the stack first (make stop)" in refused.stderr, refused.stderr
+    assert (libs / ".stamp").read_text() == stamp
+    assert sorted(p.name for p in libs.glob("*.jar")) == jars
+    assert not (ROOT / ".local" / "kafka" / "libs.tmp").exists()
+    status = await asyncio.to_thread(_stack, "status")
+    assert "kafka     running" in status.stdout, status.stdout
