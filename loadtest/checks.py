@@ -216,6 +216,13 @@ def replay_passed(result: Mapping[str, Any]) -> bool:
 MIN_SETTLED_SHARE = 0.9
 
 
+def run_passed(result: Mapping[str, Any], min_settled: float = MIN_SETTLED_SHARE) -> bool:
+    """``replay_passed``, and at least ``min_settled`` of the settlements answered settled (a run
+    that sent none passes that part)."""
+    share = settled_share(result)
+    return replay_passed(result) and (share is None or share >= min_settled)
+
+
 def settled_share(result: Mapping[str, Any]) -> float | None:
     """The share of a replay's settlement answers that settled (0 when settlements were sent and
     none was answered; None: no settlement sent)."""
