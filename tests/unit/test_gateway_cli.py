@@ -150,3 +150,21 @@ def test_a_second_answer_that_differs_from_the_first_is_warned_of(tmp_path, caps
     assert exited.value.code == 0
     warnings = [line for line in err.splitlines() if "differs from the first" in line]
     assert len(warnings) == 1 and "H11010500001202603180900000000" in warnings[0] and "S2" in warnings[0]
+
+
+def test_an_answer_that_cannot_be_read_is_said_and_exits_1_not_as_a_timeout(tmp_path, capsys):
+    # Dropped by the client, its request timed out: exit 3, "are the services running?" (left in
+    # session 36). The client now fails it with the bytes; the others are printed as ever.
+    class Fake(_Offline):
+        async def _publish(self, value, correlation, fut, *, key, timestamp_ms=None):
+            raw = (b'{"msgid": "%s", "infcode": 0, "outp' % correlation.encode() if correlation.endswith("0")
+                   else json.dumps({"msgid": correlation, "infcode": 0}).encode())
+            asyncio.get_running_loop().call_later(0.01, self._on_record, raw, 0)
+
+    with mock.patch.object(cli, "GatewayClient", Fake), pytest.raises(SystemExit) as exited:
+        cli.main(["--compact", "--timeout", "5", "send", *_bills(tmp_path, 2)])
+    out = capsys.readouterr()
+    assert exited.value.code == 1
+    assert "the answer to msgid H11010500001202603180900000000 " in out.err and "is not a JSON object" in out.err
+    assert "no answer" not in out.err
+    assert [json.loads(line)["msgid"] for line in out.out.splitlines()] == ["H11010500001202603180900000001"]

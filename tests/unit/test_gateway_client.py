@@ -159,3 +159,26 @@ async def test_a_settlement_request_names_the_clients_reply_topic():
     await filings.send({"reqid": "F2", "psn_no": "P1"})
     assert [orjson.loads(v).get("reply_to") for _, v, _ in filings._producer.sent] == ["settlement.priced", None]
 
+
+
+async def test_an_answer_that_cannot_be_read_fails_its_request_rather_than_time_it_out(caplog):
+    # An answer that was not JSON, or JSON but not an object, was dropped without a word: its
+    # request waited out the timeout and the CLI asked whether the services were running (left in
+    # session 36). The id is read from the bytes; the request fails with them, the reader goes on.
+    client = started()
+    first, second, third = [await client.send(settlement(m)) for m in ("M1", "M2", "M3")]
+    client._consumer.queue.put_nowait(b'{"msgid": "M1", "infcode": 0, "output": {"setl')
+    client._consumer.queue.put_nowait(orjson.dumps([{"msgid": "M2", "infcode": 0}]))
+    client._consumer.queue.put_nowait(b"\xff\xfe not even text")  # no id: only said
+    client._consumer.queue.put_nowait(orjson.dumps({"msgid": "M3", "infcode": 0}))
+    with caplog.at_level(logging.WARNING, logger="yidi.client.gateway"):
+        with pytest.raises(gateway.MalformedAnswer, match="the answer to msgid M1 .* is not a JSON object") as bad:
+            await asyncio.wait_for(first, 2.0)
+        assert bad.value.raw.startswith(b'{"msgid": "M1"')
+        with pytest.raises(gateway.MalformedAnswer, match="msgid M2"):
+            await asyncio.wait_for(second, 2.0)
+        assert (await asyncio.wait_for(third, 2.0))["msgid"] == "M3"
+    said = [r.getMessage() for r in caplog.records]
+    assert any("not a JSON object" in m and "no msgid found" in m for m in said)
+    assert client.answer_counts["M1"] == 1 and client.answer_counts["M2"] == 1
+    await client.stop()

@@ -10,7 +10,7 @@ fails, the requests after it are not sent; the msgids of those published before 
 stderr, and their answers are waited for and printed, before the exit.
 
 Exit status: 0 when every request was answered and accepted; 1 when every one was answered and
-some were refused; 2 when Kafka did not acknowledge a publish (the request may still be written
+some were refused (or an answer could not be read: not a JSON object, said with its bytes); 2 when Kafka did not acknowledge a publish (the request may still be written
 later: sending it again under the same msgid is safe); 3 when some got no answer within
 ``--timeout`` (are the services running?); 4 when the client failed otherwise (a request file
 missing or not JSON, Kafka unreachable).
@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from yidi.client.gateway import GatewayClient, GatewayTimeout, PublishTimeout
+from yidi.client.gateway import GatewayClient, GatewayTimeout, MalformedAnswer, PublishTimeout
 from yidi.contracts.envelope import DEFAULT_REPLY_TO
 
 # CONTRACT.md's msgid: the facility's code (12), yyyyMMddHHmmss, a 4-digit sequence: at most
@@ -165,6 +165,10 @@ async def _send(args: argparse.Namespace, *, topic: str, reply_to: str, correlat
                 gw.forget(str(request.get(correlate_by)), fut)
                 print(f"no answer to {request.get(correlate_by)} within {args.timeout:.0f}s", file=sys.stderr)
                 unanswered += 1
+                continue
+            except MalformedAnswer as exc:
+                print(f"yidi-gateway: {exc}", file=sys.stderr)
+                failures += 1
                 continue
             if args.summary:
                 print(summarise(request, answer))

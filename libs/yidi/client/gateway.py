@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,15 @@ log = logging.getLogger(__name__)
 
 class GatewayTimeout(TimeoutError):
     """No answer came within the time allowed."""
+
+
+class MalformedAnswer(ValueError):
+    """The answer to a request could not be read: not JSON, or JSON that is not an object. The
+    request's id was found in its bytes; ``raw`` holds them (a platform fault to report, with them)."""
+
+    def __init__(self, message: str, raw: bytes) -> None:
+        super().__init__(message)
+        self.raw = raw
 
 
 class PublishTimeout(TimeoutError):
@@ -162,8 +172,9 @@ class GatewayClient:
         try:
             answer = orjson.loads(value)
         except orjson.JSONDecodeError:
-            return
-        if not isinstance(answer, dict):  # JSON, but no answer: reading it ended the reader
+            answer = None
+        if not isinstance(answer, dict):  # JSON that is not an object ended the reader once
+            self._on_unreadable(value)
             return
         key = str(answer.get(self.correlate_by, ""))
         self.answer_counts[key] += 1
@@ -177,6 +188,24 @@ class GatewayClient:
         for fut in self._waiting.pop(key, []):
             if not fut.done():
                 fut.set_result(answer)
+
+    def _on_unreadable(self, value: bytes) -> None:
+        """An answer that cannot be read fails the request whose id its bytes hold, at once: dropped
+        (as it was), the request only timed out, and the caller was told to look for stopped services
+        (left in session 36)."""
+        found = re.search(rb'"%s"\s*:\s*"([^"\\]{1,256})"' % re.escape(self.correlate_by.encode()), value)
+        key = found.group(1).decode(errors="replace") if found else None
+        shown = value[:200].decode(errors="replace")
+        log.warning("an answer on %s that is not a JSON object (%d bytes%s): %r", self.reply_topic, len(value),
+                    f", {self.correlate_by} {key}" if key else f", no {self.correlate_by} found", shown)
+        if key is None:
+            return
+        self.answer_counts[key] += 1
+        for fut in self._waiting.pop(key, []):
+            if not fut.done():
+                fut.set_exception(MalformedAnswer(
+                    f"the answer to {self.correlate_by} {key} on {self.reply_topic} is not a JSON object: {shown!r}",
+                    value))
 
     def _stopped(self) -> ReaderStopped:
         error = ReaderStopped(f"the client stopped reading answers on {self.reply_topic}: "
