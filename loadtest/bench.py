@@ -189,6 +189,7 @@ class Bench:
                                    database_url=settings.database_url if ledger else None, label=f"{name} ",
                                    replayed=replayed)
         result["resources"] = resources
+        result["cpu_window_s"] = round(sampler.window_s, 3)
         result["cpu_steal_share"] = sampler.steal_share
         result["broker_jit_cores"] = sampler.broker_jit_cores
         after = {n: scrape(p) for n, p in ports.items()}

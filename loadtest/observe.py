@@ -358,6 +358,7 @@ class ProcessSampler:
         self._jit_at_start = jit_threads(self.jit_pid), time.monotonic()
         self.sample()
         self._task = asyncio.create_task(self._run())
+        self._sampling_since = time.monotonic()
 
     async def stop(self) -> dict[str, dict[str, float]]:
         if self._task:
@@ -365,6 +366,10 @@ class ProcessSampler:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.sample()
+        # The span the CPU figures cover: from the first sample to the last. It is longer than the
+        # run's answers (the replay's start and end, its grace for late answers), so "cores busy"
+        # divides by it, not by the run's duration (the bench review, session 36).
+        self.window_s = time.monotonic() - self._sampling_since
         self.steal_share = steal_share(self._cpu_at_start, cpu_counters())
         jit_before, started = self._jit_at_start
         self.broker_jit_cores = jit_cores(jit_before, jit_threads(self.jit_pid), time.monotonic() - started)

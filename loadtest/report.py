@@ -597,8 +597,13 @@ def process_table(runs: dict[str, Any], cores: int | None) -> list[str]:
     for n, run in shown:
         total = all_cpu_s(run["resources"])
         duration = run.get("duration_s") or 0
-        if duration and cores:
-            lines.append(f"\n{n}: all processes {total:.1f} CPU-s in {duration:.1f} s = "
-                         f"{total / duration:.2f} of {cores} cores busy; {total / max(1, run.get('sends') or 0) * 1000:.2f} "
+        # Reports before 2026-12-06 (session 37) divided by the run's duration, about 1.5 s shorter
+        # than the span their CPU was sampled over.
+        window = run.get("cpu_window_s") or duration
+        if window and cores:
+            span = (f"{window:.1f} s sampled (its answers span {duration:.1f} s)" if "cpu_window_s" in run
+                    else f"{duration:.1f} s")
+            lines.append(f"\n{n}: all processes {total:.1f} CPU-s in {span} = "
+                         f"{total / window:.2f} of {cores} cores busy; {total / max(1, run.get('sends') or 0) * 1000:.2f} "
                          "ms of CPU per request in all.")
     return lines

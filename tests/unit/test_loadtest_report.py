@@ -22,6 +22,31 @@ def test_cpu_per_request_and_the_share_of_the_box_are_computed_per_run():
     assert "rate_100: all processes 1.0 CPU-s in 2.0 s = 0.50 of 2 cores busy; 5.00 ms" in text
 
 
+def test_the_box_is_as_busy_as_the_cpu_over_the_span_it_was_sampled_over():
+    # The CPU figures cover the sampler's span, about 1.5 s longer than the run's answers (the
+    # replay's start, its grace for late answers); dividing by the run's duration made a short run's
+    # box 10-15 % busier than it was (the bench review, session 36).
+    run = _run(1000, 2.0, pricing=0.5, kafka=0.1) | {"cpu_window_s": 3.0}
+    text = "\n".join(process_table({"max": run}, 2))
+    assert ("max: all processes 0.6 CPU-s in 3.0 s sampled (its answers span 2.0 s) = 0.20 of 2 cores busy; "
+            "0.60 ms of CPU per request in all.") in text
+
+
+async def test_the_sampler_says_the_span_its_cpu_figures_cover():
+    import asyncio
+    import os
+    import time
+
+    from loadtest.observe import ProcessSampler
+
+    sampler = ProcessSampler({"me": os.getpid()}, interval=0.05)
+    t0 = time.monotonic()
+    sampler.start()
+    await asyncio.sleep(0.3)
+    await sampler.stop()
+    assert 0.3 <= sampler.window_s <= time.monotonic() - t0
+
+
 def test_no_resources_no_table():
     assert process_table({"max": {"sends": 1}}, 2) == []
 
