@@ -22,7 +22,7 @@ from yidi.contracts import answers
 from yidi.contracts.common import code_text, wire_time
 from yidi.contracts.envelope import ErrCode, Infno, ResponseEnvelope
 from yidi.contracts.internal import EligibleWork, PricedWork, WorkKind
-from yidi.contracts.settlement import BillFields, CancelInput, ReversalInput, bill_fields
+from yidi.contracts.settlement import BillFields, CancelInput, ReversalInput, bill_fields, care_day
 from yidi.domain.catalogue import Catalogue, CatalogueItem
 from yidi.domain.codes import PersonType, region_chain, within
 from yidi.domain.clearing import owed
@@ -246,7 +246,7 @@ class PricingHandler:
                 for d in data.get("feedetail", []):
                     code = code_text(d.get("hilist_code"))
                     item_keys.update((region, code) for region in chain)
-                usage_keys.add((psn_no, r.inf_time.year))
+                usage_keys.add((psn_no, care_day(r.inf_time, data).year))
                 usage_keys.add((psn_no, ACCOUNT_YEAR))
                 if r.infno.is_settlement:
                     visit_keys.add((psn_no, r.fixmedins_code, code_text(data.get("mdtrt_id"))))
@@ -315,7 +315,7 @@ class PricingHandler:
         request, body = work.request, bill_fields(work.request.data)
         person = work.person
         assert person is not None, "eligibility passes a person with every eligible settlement"
-        day = request.inf_time.date()
+        day = care_day(request.inf_time, request.data)
         region = request.insuplc_admdvs or ""
         policy = policy_in_force(batch.policies, region, body.insutype, day)
         if batch.unreadable:
@@ -365,7 +365,7 @@ class PricingHandler:
                 f"Visit {body.mdtrt_id} of this person is already settled as setl_id {standing}; nothing was "
                 "settled again. To settle it anew, cancel that settlement first.",
             )
-        setl_id = settlement_id(request.msgid, day) if settle else ""
+        setl_id = settlement_id(request.msgid, request.inf_time.date()) if settle else ""  # the day it was settled
         output = answers.settlement_output(
             pricing, setl_id=setl_id, mdtrt_id=body.mdtrt_id, psn_no=body.psn_no, psn_name=person.psn_name,
             insutype=body.insutype.value, psn_type=person.psn_type, med_type=body.med_type.value,

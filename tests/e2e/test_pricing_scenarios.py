@@ -60,6 +60,27 @@ async def test_the_annual_cap_is_reached_by_inpatient_stays(world, gateway):
     assert second["hifp_pay"] == "1000.00"  # cap 5000 − 4000
 
 
+async def test_a_stay_discharged_last_year_and_settled_now_counts_in_last_years_cap(world, gateway):
+    # A stay's year was the settlement's: one discharged on 31 December and settled after midnight
+    # (or cancelled and settled again in January) took the new year's deductible and cap (a
+    # review, session 37). It is priced as of the day its care ended.
+    person = await world.person()
+    year = china_now().year
+
+    def stay() -> dict:
+        return world.request(person, [("T-A", "1", "5500.00")], infno="2304", med_type="21")
+
+    now = info(await gateway.call(stay()))
+    last_year = stay()
+    last_year["input"]["data"].update(begntime=f"{year - 1}-12-20 09:00:00", endtime=f"{year - 1}-12-31 22:00:00")
+    across = info(await gateway.call(last_year))
+    again = info(await gateway.call(stay()))
+    assert now["hifp_pay"] == "4000.00"  # (5500 − 500) × 0.80
+    assert across["hifp_pay"] == "4000.00"  # last year's cap, untouched (it was: 1000.00, what this year's left)
+    assert across["setl_id"].startswith(f"S{year}")  # its id is of the day it was settled
+    assert again["hifp_pay"] == "1000.00"  # this year's cap 5000 − 4000
+
+
 async def test_a_person_number_padded_with_spaces_still_counts_against_the_persons_cap(world, gateway):
     # A gateway with fixed-width (CHAR) columns pads codes; the contract strips them, and pricing
     # must read the same person's accumulators (it read none: a second cap).

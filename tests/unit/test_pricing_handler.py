@@ -197,3 +197,33 @@ def test_r3_a_cancellation_in_the_batch_gives_its_draw_back_to_the_refuse_check(
     cancel2 = RequestEnvelope.model_validate(again)
     handler._one(EligibleWork(request=cancel2, request_hash=cancel2.payload_hash(), request_ts_ms=0), batch)
     assert batch.prepayments == {("131000", "110000"): D("0.00")}
+
+
+def test_a_bill_is_priced_as_of_the_day_its_care_ended_not_after_the_settlements():
+    # A stay discharged on 31 December and settled after midnight took the new year's deductible,
+    # cap and policy (a review, session 37); an endtime after the settlement (a bill settled mid-stay)
+    # or none leaves the settlement's day.
+    from datetime import date, datetime
+
+    from yidi.contracts.settlement import care_day
+
+    settled = datetime(2027, 1, 1, 0, 0, 1)
+    assert care_day(settled, {"endtime": "2026-12-31 22:00:00"}) == date(2026, 12, 31)
+    assert care_day(settled, {"endtime": "2026-12-31"}) == date(2026, 12, 31)
+    assert care_day(settled, {"endtime": "2027-01-03 08:00:00"}) == date(2027, 1, 1)
+    assert care_day(settled, {"endtime": ""}) == care_day(settled, {}) == date(2027, 1, 1)
+
+    pol = policy(rule(MedType.INPATIENT, "500", "0.80", person_types=frozenset({PersonType.RETIRED})))
+    fund = "@131000/310/"
+    usage = {(PERSON.psn_no, 2026): {fund + "deductible:med:21": D("500.00")}}  # 2026's taken by an earlier stay
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+    for msgid, inf_time in (("M1", "2026-12-31 23:59:59"), ("M2", "2027-01-01 00:00:01")):
+        work = stay_request("H11010500001", msgid, "S1")
+        raw = work.request.model_dump(mode="json") | {"inf_time": inf_time}
+        raw["input"]["data"] |= {"begntime": "2026-12-20 09:00:00", "endtime": "2026-12-31 22:00:00"}
+        request = RequestEnvelope.model_validate(raw)
+        batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage=copy.deepcopy(usage))
+        answer = settle(handler, batch, EligibleWork(**(work.__dict__ | {"request": request})))
+        assert (answer["act_pay_dedc"], answer["hifp_pay"]) == ("0.00", "800.00"), inf_time
+        assert {year for (_, year, _) in batch.counter_changes} == {2026}
+        assert answer["setl_id"].startswith("S" + inf_time[:10].replace("-", ""))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import date, datetime
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -19,6 +20,7 @@ from yidi.contracts.common import (
     WireModel,
     _amount,
     _quantity,
+    _stay_time,
     _unit_price,
 )
 from yidi.domain.codes import InsuranceType, MedType
@@ -144,6 +146,19 @@ def bill_fields(data: dict[str, Any]) -> BillFields:
 
 
 _drift_logged = False
+
+
+def care_day(inf_time: datetime, data: dict[str, Any]) -> date:
+    """The day a bill is priced as of: the policy and catalogue in force, and the year whose
+    deductible, caps and quotas it counts in. The day its care ended (``endtime``: a stay's
+    discharge), when the request gives it and it is not after the settlement's day; else the
+    settlement's (``inf_time``). A stay discharged on 31 December and settled after midnight, or
+    cancelled and settled again in January, counts in December's year, as regions count a stay
+    across the new year (by its discharge), and not by the moment the cashier settled it.
+    ``data`` is a body the model validated (eligibility passes no other on)."""
+    settled = inf_time.date()
+    ended = _stay_time(data.get("endtime"))
+    return settled if ended is None else min(ended.date(), settled)
 
 
 class CancelInput(WireModel):
