@@ -472,6 +472,20 @@ def test_a_person_feed_record_with_a_bad_amount_is_a_validation_error(record):
     assert [e["loc"] for e in refused.value.errors()] == [tuple(record)]
 
 
+def test_a_home_quota_used_without_its_year_is_a_validation_error_and_a_stored_one_still_reads():
+    # Accepted, then ignored by pricing (no year is this year): the fund paid past the quota shared
+    # with care at home (R13; a review, session 37).
+    from yidi.contracts.common import STORED
+
+    base = {"psn_no": "P1", "psn_name": "x", "insuplc_admdvs": "131000", "insutype": "310", "psn_type": "11"}
+    assert PersonRecord.model_validate(base | {"home_quota_used": "350.00", "home_quota_year": 2026}).home_quota_year == 2026
+    assert PersonRecord.model_validate(base | {"home_quota_used": "0.00"}).home_quota_year is None
+    with pytest.raises(ValidationError, match="home_quota_used 350.00 needs home_quota_year"):
+        PersonRecord.model_validate(base | {"home_quota_used": "350.00"})
+    stored = PersonRecord.model_validate(base | {"home_quota_used": "350.00"}, context={STORED: True})
+    assert str(stored.home_quota_used) == "350.00"
+
+
 def test_a_catalogue_ceiling_below_zero_is_a_validation_error():
     item = {"mdtrtarea_admvs": "110000", "hilist_code": "X", "hilist_name": "x", "chrgitm_lv": "01",
             "pric_uplmt_amt": "1.00", "begndate": "2024-01-01"}

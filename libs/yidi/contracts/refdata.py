@@ -92,6 +92,15 @@ class PersonRecord(StrictWireModel):
     _chronic_qualifications = field_validator("chronic_qualifications")(_disease_codes)
     _acct_version = field_validator("acct_version")(_counter_text)
 
+    @model_validator(mode="after")
+    def _home_quota_has_its_year(self, info: ValidationInfo) -> PersonRecord:
+        # Without its year the quota used at home counted for no year: pricing ignored it and the fund
+        # paid past the shared quota (R13; a review, session 37). A stored record keeps reading as it was.
+        if self.home_quota_used and self.home_quota_year is None and not (info.context or {}).get(STORED):
+            raise ValueError(f"home_quota_used {self.home_quota_used} needs home_quota_year, the year it was used in "
+                             "(R13: it counts against that year's outpatient quota here)")
+        return self
+
     @field_validator("updated_at")
     @classmethod
     def _iso_time(cls, value: str, info: ValidationInfo) -> str:
