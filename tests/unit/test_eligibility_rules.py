@@ -127,10 +127,26 @@ def test_a_temporary_filing_valid_at_admission_covers_the_stay_even_if_it_ran_ou
     stay = visit(MedType.INPATIENT, admitted=date(2026, 11, 10))  # settled on 2026-11-23
     d = decide(stay, PERSON, BEIJING_HOSPITAL, [trip], [], NOW)
     assert isinstance(d, Eligible) and d.filing == trip
-    # not outpatient care, and not a stay admitted after the filing ran out
+    # not outpatient care begun before the day before, and not a stay admitted after the filing ran out
     assert isinstance(decide(visit(admitted=date(2026, 11, 10)), PERSON, BEIJING_HOSPITAL, [trip], [], NOW), Refused)
     late = visit(MedType.INPATIENT, admitted=date(2026, 11, 21))
     assert isinstance(decide(late, PERSON, BEIJING_HOSPITAL, [trip], [], NOW), Refused)
+
+
+def test_r7_outpatient_care_begun_on_the_filings_last_day_and_settled_after_midnight_is_covered():
+    # Refused NOT_FILED, while the same times for a stay were eligible (a review, session 37): the
+    # filing is valid through its end day, when the care was given. The day before only.
+    trip = filing(FilingCategory.TEMPORARY_OTHER, begin=date(2026, 7, 1), end=date(2026, 12, 31))
+    new_year = datetime(2026, 12, 31, 16, 5, tzinfo=UTC)  # 00:05 in Beijing
+    for med in (MedType.GENERAL_OUTPATIENT, MedType.PHARMACY):
+        late = visit(med, on=date(2027, 1, 1), admitted=date(2026, 12, 31))
+        d = decide(late, PERSON, BEIJING_HOSPITAL, [trip], [], new_year)
+        assert isinstance(d, Eligible) and d.filing == trip, med
+    two_days = visit(on=date(2027, 1, 2), admitted=date(2026, 12, 31))
+    refused = decide(two_days, PERSON, BEIJING_HOSPITAL, [trip], [], new_year + timedelta(days=1))
+    assert isinstance(refused, Refused) and refused.code is Refusal.NOT_FILED
+    no_begin = visit(on=date(2027, 1, 1))
+    assert isinstance(decide(no_begin, PERSON, BEIJING_HOSPITAL, [trip], [], new_year), Refused)
 
 
 def test_r7_an_expired_temporary_filing_no_longer_counts():

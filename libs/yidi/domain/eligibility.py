@@ -175,11 +175,16 @@ class Visit:
     def filing_counts(self, filing: Filing) -> bool:
         """A filing valid on the settlement day (R6: filed during the stay counts), or, for a stay,
         on its admission day: a temporary filing that ran out during the stay still covers it, and
-        so does a version a change made later on the admission day ended at once."""
+        so does a version a change made later on the admission day ended at once. Other care begun
+        the day before it is settled (``begntime``: late on the filing's last day, settled after
+        midnight) is covered by a filing valid the day it began (R7: valid through its end day);
+        no further back, so a begntime cannot reach an old filing."""
         if filing.valid_on(self.on):
             return True
-        if not (self.med_type.is_inpatient and self.admitted is not None and self.admitted <= self.on):
+        if self.admitted is None or self.admitted > self.on:
             return False
+        if not self.med_type.is_inpatient:
+            return (self.on - self.admitted).days == 1 and filing.valid_on(self.admitted)
         return filing.valid_on(self.admitted) or (
             self.admitted_at is not None and filing.in_force_until_ended(self.admitted_at))
 
