@@ -30,6 +30,7 @@ from typing import Any
 
 from yidi.client.gateway import GatewayClient, GatewayTimeout, MalformedAnswer, PublishTimeout
 from yidi.contracts.envelope import DEFAULT_REPLY_TO
+from yidi.domain.codes import BUSINESS_TZ
 
 # CONTRACT.md's msgid: the facility's code (12), yyyyMMddHHmmss, a 4-digit sequence: at most
 # 10,000 msgids per facility per second.
@@ -65,7 +66,8 @@ def fresh_msgid(request: dict[str, Any], seq: int) -> str:
     if _msgid_start is None:
         _msgid_start = secrets.randbelow(MSGIDS_PER_SECOND)
     facility = str(request.get("fixmedins_code", "H00000000000"))[:12]
-    return f"{facility}{datetime.now():%Y%m%d%H%M%S}{(_msgid_start + seq) % MSGIDS_PER_SECOND:04d}"
+    # The facility's clock is China time (CONTRACT.md): a host on UTC stamped msgids 8 hours behind.
+    return f"{facility}{datetime.now(BUSINESS_TZ):%Y%m%d%H%M%S}{(_msgid_start + seq) % MSGIDS_PER_SECOND:04d}"
 
 
 def error_line(exc: BaseException) -> str:

@@ -154,9 +154,10 @@ QUANTITY = {"type": "string", "pattern": r"^\d{1,7}(\.\d{1,4})?$",
             "description": "a positive number up to 1000000 with at most 4 decimals, as a string"}
 UNIT_PRICE = {"type": "string", "pattern": r"^\d{1,10}(\.\d{1,6})?$",
               "description": "yuan per unit, at most 10 integer digits and 6 decimals, as a string"}
-INF_TIME = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", "description": "yyyy-MM-dd HH:mm:ss, the sender's clock"}
+INF_TIME = {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}$", "description": "yyyy-MM-dd HH:mm:ss, the sender's clock in China Standard Time (UTC+08:00), without a zone"}
 STAY_TIME = {"anyOf": [{"type": "string", "pattern": r"^(\d{4}-\d{2}-\d{2}( \d{2}:\d{2}:\d{2})?)?$"}, {"type": "null"}],
-             "description": "yyyy-MM-dd HH:mm:ss (or yyyy-MM-dd, read as its start), the sender's clock; empty or null "
+             "description": "yyyy-MM-dd HH:mm:ss (or yyyy-MM-dd, read as its start), the sender's clock in China Standard "
+                            "Time (UTC+08:00), without a zone; empty or null "
                             "when not given"}
 DAY = {"type": "string", "format": "date"}
 
