@@ -32,7 +32,7 @@ from yidi.domain.eligibility import Eligible, Outage, Refusal, Refused, Visit, d
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import MAX_DEPTH, dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import answerable_msgid, broken, dead_letter, recover_ids, reply
+from yidi.platform.replies import answerable_msgid, broken, dead_letter, ids_as_parsed, recover_ids, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_REQUESTS, SETTLEMENT_ELIGIBLE
 
@@ -70,6 +70,9 @@ MAX_REQUEST_BYTES = 900_000
 
 
 def _explain(exc: Exception) -> str:
+    """Why a request is malformed, for its answer: at most 5 reasons of at most 300 characters each.
+    A reason may quote what was sent, and the request itself may be 900 KB: a quote of all of it
+    made an answer past Kafka's 1 MiB, which the stage could not write (a review, session 37)."""
     if not isinstance(exc, ValidationError):
         return f"{type(exc).__name__}: {exc}"[:500]
     parts = []
@@ -77,7 +80,8 @@ def _explain(exc: Exception) -> str:
         # pydantic's "Value error, " says nothing to a cashier; a check of the whole object has no field.
         msg = err["msg"].removeprefix("Value error, ")
         where = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{where}: {msg}" if where else msg)
+        part = f"{where}: {msg}" if where else msg
+        parts.append(part if len(part) <= 300 else part[:297] + "...")
     return "; ".join(parts)
 
 
@@ -96,6 +100,16 @@ def _work(p: Parsed) -> dict[str, Any]:
     }
 
 
+def _ids(record: Incoming) -> tuple[str | None, str, str, str]:
+    """msgid, reply_to, infno, fixmedins_code of a request refused before its envelope validated:
+    as the JSON says when it parses (escapes read, the last of a repeated key, none taken from inside
+    ``input``), else as the byte patterns find them. The patterns alone answered a ``reply_to``
+    written with an escape on the shared topic, and one inside ``input.data`` on the topic it named
+    (another gateway's; a review, session 37)."""
+    parsed = ids_as_parsed(record.value, nested=False)
+    return parsed if parsed is not None else recover_ids(record.value)
+
+
 class EligibilityHandler:
     def __init__(self, settings: Settings, repo: EligibilityRepository, subjects: Subjects) -> None:
         self.settings = settings
@@ -110,7 +124,7 @@ class EligibilityHandler:
         if request is not None:
             msgid, reply_to, infno, facility = request.msgid, request.reply_to, request.infno.value, request.fixmedins_code
         else:
-            found, reply_to, infno, facility = recover_ids(record.value)
+            found, reply_to, infno, facility = _ids(record)
             msgid = answerable_msgid(msgid) or found
         if msgid:
             answer = answers.answer(
@@ -133,7 +147,7 @@ class EligibilityHandler:
         """A transaction code the platform does not offer: answered ``UNSUPPORTED``, not
         dead-lettered (the message is well formed; ``yidi_answers_total`` counts them). ``sent``:
         the parsed JSON's msgid, read as ``_invalid`` reads it."""
-        found, reply_to, _, facility = recover_ids(record.value)
+        found, reply_to, _, facility = _ids(record)
         msgid = answerable_msgid(sent) or found
         if not msgid:
             return self._invalid(record, f"infno {infno} is not offered, and the msgid cannot be read")
@@ -277,7 +291,10 @@ class EligibilityHandler:
                 "err_msg": f"The request was refused as malformed: {p.refused}. Correct it and send it again.",
             }
             # Keyed as pricing keys it (the person, stripped), so a resend meets its settlement's partition.
-            key = body.psn_no if body is not None else code_text(request.data.get("psn_no")) or request.msgid
+            # A psn_no no settlement can have (over 64 characters: one of 800 KB made a record past
+            # Kafka's 1 MiB, a review of session 37) keys it by its msgid.
+            psn_no = body.psn_no if body is not None else code_text(request.data.get("psn_no"))
+            key = psn_no if 0 < len(psn_no) <= 64 else request.msgid
             return Outgoing(topic=self.settings.topic(SETTLEMENT_ELIGIBLE), value=orjson.dumps(work), key=key.encode())
         # Read only for what decides on the person: a cancellation or reversal passes unchecked,
         # whatever the stored record has become (one this version cannot read included).

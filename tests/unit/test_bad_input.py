@@ -599,3 +599,49 @@ async def test_a_pre_settlement_under_a_settled_msgid_is_refused_as_a_modified_r
     # Under a msgid of its own it is decided as before (here: a facility eligibility does not know).
     sent, _ = await _through_the_stages(pre, {})
     assert [orjson.loads(o.value)["err_code"] for o in sent] == ["UNKNOWN_FACILITY"]
+
+
+KAFKA_RECORD = 1_048_576  # the broker's default max.message.bytes
+
+
+async def _through_eligibility(raw: bytes) -> list:
+    eligibility = EligibilityHandler(Settings(namespace="ns."), repo=_NoRows(), subjects=_NoSubjects())  # type: ignore[arg-type]
+    return await eligibility([Incoming("ns.settlement.requests", 0, 7, b"k", raw, 1_700_000_000_000)])
+
+
+@pytest.mark.parametrize("request_", [
+    we1_with(medfee_sumamt=["\u0085" * 420_000]) | {"infno": "2206"},  # its repr: 2.5 times the bytes sent
+    we1_with(medfee_sumamt="1." + "1" * 850_000),  # quoted whole, beside the request that carries it on
+    we1_with(psn_no="P" * 800_000),  # a refused settlement was keyed by its whole psn_no
+])
+async def test_a_refusal_fits_in_a_kafka_record_whatever_the_request_quotes(request_):
+    # Each was under the 900 KB a request may have, and its refusal (the answer, or the work passed
+    # on to pricing with the request and the reason) was 1.6-2.1 MB: past the broker's limit, the
+    # stage halved its batch and the gateway got INTERNAL_ERROR, not INVALID_INPUT (a review, session 37).
+    raw = _wire(request_)
+    assert len(raw) < 900_000
+    out = await _through_eligibility(raw)
+    assert out
+    for o in out:
+        assert len(o.value) + len(o.key or b"") < KAFKA_RECORD - 100_000, o.topic  # room for headers
+    (refusal,) = [orjson.loads(o.value) for o in out if o.topic in ("ns.settlement.results", "ns.settlement.eligible")]
+    refusal = refusal.get("refusal") or refusal
+    assert refusal["err_code"] == "INVALID_INPUT"
+
+
+async def test_a_request_refused_before_its_envelope_validates_is_answered_where_its_json_says():
+    # The byte patterns for messages that do not parse chose the topic: a reply_to written with an
+    # escape was answered on the shared topic, and one inside input.data on the topic it named,
+    # another gateway's, under its facility and infno (a review, session 37).
+    bad = we1_with(reply_to="gw.mine") | {"inf_time": "2022-02-30 10:00:00"}
+    escaped = _wire(bad).replace(b'"gw.mine"', b'"gw\\u002emine"')
+    (answer,) = [o for o in await _through_eligibility(escaped) if o.answered]
+    assert answer.topic == "ns.gw.mine"
+    inner = {"input": {"data": {**bad["input"]["data"], "reply_to": "gw.other", "fixmedins_code": "H99", "infno": "2001"}}}
+    nested = orjson.dumps(inner | {k: v for k, v in bad.items() if k != "input"})  # input.data written first
+    (answer,) = [o for o in await _through_eligibility(nested) if o.answered]
+    assert (answer.topic, answer.key) == ("ns.gw.mine", WE1["fixmedins_code"].encode())
+    assert orjson.loads(answer.value)["infno"] == WE1["infno"]
+    unsupported = orjson.dumps(inner | {k: v for k, v in bad.items() if k != "input"} | {"infno": "9999"})
+    (answer,) = [o for o in await _through_eligibility(unsupported) if o.answered]
+    assert answer.topic == "ns.gw.mine" and orjson.loads(answer.value)["err_code"] == "UNSUPPORTED"

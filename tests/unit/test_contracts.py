@@ -3,6 +3,7 @@
 import hashlib
 import json
 import re
+from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -497,3 +498,27 @@ def test_a_person_query_takes_whatever_credential_is_sent(credential):
     body = PersonQueryInput.model_validate({"psn_no": "P1", "insutype": "310", "med_type": "11"} | credential)
     assert (body.mdtrt_cert_type, body.mdtrt_cert_no) == (credential.get("mdtrt_cert_type"),
                                                           credential.get("mdtrt_cert_no"))
+
+
+@pytest.mark.parametrize("text", ["\uff12\uff10\uff12\uff12-07-01 10:30:00", "\u0662\u0660\u0662\u0662-07-01 10:30:00",
+                                  "2022-07-01\n10:30:00", "2022-07-01   10:30:00", "2022-07- 1 10:30:00"])
+def test_an_inf_time_is_ascii_digits_and_one_space(text):
+    # strptime read other scripts' digits and any run of white space (a review, session 37): the
+    # contract's time is yyyy-MM-dd HH:mm:ss in ASCII. The unpadded form settled before stays taken.
+    from yidi.contracts.common import _inf_time, _stay_time
+
+    with pytest.raises(ValueError, match="is not a time of the form yyyy-MM-dd HH:mm:ss"):
+        _inf_time(text)
+    with pytest.raises(ValueError):
+        _stay_time(text)
+    assert _inf_time("2022-7-1 1:1:1") == datetime(2022, 7, 1, 1, 1, 1)
+
+
+def test_a_stay_given_as_a_day_before_1900_is_refused_as_a_time_before_1900_is():
+    # "0001-01-01" was taken as a begntime, "0001-01-01 00:00:00" refused (a review, session 37).
+    from yidi.contracts.common import _stay_time
+
+    for text in ("0001-01-01", "1899-12-31", "1899-12-31 23:59:59"):
+        with pytest.raises(ValueError, match="before 1900"):
+            _stay_time(text)
+    assert _stay_time("1900-01-01") == datetime(1900, 1, 1)

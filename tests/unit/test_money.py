@@ -67,14 +67,42 @@ def test_a_ratios_text_does_not_depend_on_an_equal_ratio_written_before(first, t
     assert fmt_ratio(Decimal(then)) == plain(Decimal(then))
 
 
-@pytest.mark.parametrize("text", ["-0", "-0.00", "-0E-2", "0", "0.00"])
+@pytest.mark.parametrize("text", ["-0", "-0.00", Decimal("-0E-2"), "0", "0.00"])
 def test_a_ratio_of_minus_zero_is_a_ratio_of_zero(text):
     from yidi.domain.money import fmt_ratio, parse_ratio
 
     assert fmt_ratio(parse_ratio(text)) == "0.00"
 
 
-@pytest.mark.parametrize("text", ["1e-900000", "0.00000000001", Decimal("1E-11"), "0.1" + "0" * 100_000 + "1"])
+@pytest.mark.parametrize("text", [" 0.5 ", "\uff10.\uff15", "\u0660.\u0665", "5e-1", ".5", "0.1_0", "+0.5", "1e-900000",
+                                  "0E+999999999", True, False])
+def test_a_ratio_is_a_plain_decimal_string_not_a_boolean(text):
+    # Decimal() read them all, and true as 1 (a review, session 37): the schema's ratio is digits with
+    # a point. "0E+999999999" passed, and Postgres could not store it (refused as "could not process").
+    from yidi.domain.money import MoneyError, parse_ratio
+
+    with pytest.raises(MoneyError, match="not a ratio|not (true|false)"):
+        parse_ratio(text)
+    assert parse_ratio("0.5") == Decimal("0.5") and parse_ratio("1") == 1 and parse_ratio(0) == 0
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_a_boolean_is_no_amount(value):
+    # bool is an int: true was an amount of 1.00, and a bill of true settled (a review, session 37).
+    from pydantic import ValidationError
+
+    from yidi.contracts.settlement import SettlementInput
+    from yidi.domain.money import MoneyError, parse_amount
+
+    with pytest.raises(MoneyError, match="not (true|false)"):
+        parse_amount(value)
+    line = {"feedetl_sn": "1", "hilist_code": "A", "hilist_name": "a", "cnt": "1", "pric": "1", "det_item_fee_sumamt": value}
+    bill = {"psn_no": "P1", "insutype": "310", "med_type": "11", "mdtrt_id": "V1", "medfee_sumamt": value, "feedetail": [line]}
+    with pytest.raises(ValidationError, match="not (true|false)"):
+        SettlementInput.model_validate(bill)
+
+
+@pytest.mark.parametrize("text", ["0.00000000001", Decimal("1E-11"), "0.1" + "0" * 100_000 + "1"])
 def test_a_ratio_with_more_than_ten_decimals_is_refused(text):
     # "1e-900000" lies between 0 and 1: it was taken, and each answer using it wrote 900,000 digits.
     from yidi.domain.money import MoneyError, parse_ratio

@@ -27,6 +27,7 @@ RESPOND_TIME_FORMAT = "%Y%m%d%H%M%S%f"
 # The exact zero-padded shape of INF_TIME_FORMAT, ASCII digits only: such a string parses to the
 # same datetime with ``fromisoformat`` as with ``strptime``, about ten times faster.
 _INF_TIME_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+_UNPADDED_SHAPE = re.compile(r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2} [0-9]{1,2}:[0-9]{1,2}:[0-9]{1,2}")
 
 
 def wire_time(moment: datetime) -> str:
@@ -98,7 +99,11 @@ def _inf_time(value: object) -> datetime:
     else:
         # What strptime also reads ("2025-1-1 1:1:1") stays accepted: requests of that form were
         # settled before, and a resend of one must reach pricing's msgid check for its stored answer.
+        # In ASCII digits and one space: strptime's also read other scripts' digits ("２０２５") and
+        # any run of white space, a line break included (a review, session 37).
         try:
+            if not _UNPADDED_SHAPE.fullmatch(text):
+                raise ValueError(text)
             moment = datetime.strptime(text, INF_TIME_FORMAT)
         except ValueError:
             raise ValueError(f"{text[:40]!r} is not a time of the form yyyy-MM-dd HH:mm:ss") from None
@@ -115,9 +120,12 @@ def _stay_time(value: object) -> datetime | None:
         return None
     if isinstance(value, str) and DAY_SHAPE.fullmatch(value):
         try:
-            return datetime.fromisoformat(value)
+            day = datetime.fromisoformat(value)
         except ValueError as exc:
             raise ValueError(f"{value!r} is not a day that exists ({exc})") from None
+        if day.year < 1900:  # as a time of that day is (a review, session 37: "0001-01-01" was taken)
+            raise ValueError(f"{value!r} is before 1900: set the facility's clock")
+        return day
     return _inf_time(value)
 
 

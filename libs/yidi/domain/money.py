@@ -45,6 +45,8 @@ def parse_amount(text: str | Decimal | int, limit: Decimal = MAX_AMOUNT) -> Deci
     more than ``limit`` either way."""
     if isinstance(text, float):
         raise MoneyError("amounts are strings or decimals, never floats")
+    if isinstance(text, bool):  # an int to Decimal(): true settled a bill of 1.00 (a review, session 37)
+        raise MoneyError(f"amounts are strings with two decimals, not {str(text).lower()}")
     if isinstance(text, str) and _TWO_DECIMALS.fullmatch(text):
         return Decimal(text)
     if isinstance(text, str) and not _PLAIN.fullmatch(text):
@@ -54,14 +56,14 @@ def parse_amount(text: str | Decimal | int, limit: Decimal = MAX_AMOUNT) -> Deci
     try:
         value = Decimal(text)
     except (InvalidOperation, TypeError, ValueError) as exc:
-        raise MoneyError(f"not an amount: {text!r}") from exc
+        raise MoneyError(f"not an amount: {str(text)[:40]!r}") from exc
     if not value.is_finite():
-        raise MoneyError(f"not a finite amount: {text!r}")
+        raise MoneyError(f"not a finite amount: {str(text)[:40]!r}")
     if abs(value) > limit:
         raise MoneyError(f"amount out of range (at most {limit} either way): {str(text)[:40]!r}")
     rounded = to_fen(value)
     if value != rounded:
-        raise MoneyError(f"amount has more than two decimals: {text!r}")
+        raise MoneyError(f"amount has more than two decimals: {str(text)[:40]!r}")
     return rounded if rounded else rounded.copy_abs()  # -0.00 is 0.00
 
 
@@ -103,6 +105,12 @@ def parse_ratio(text: str | Decimal | int, max_decimals: int | None = MAX_RATIO_
     any, for a record stored before the limit)."""
     if isinstance(text, float):
         raise MoneyError("ratios are strings or decimals, never floats")
+    if isinstance(text, bool):
+        raise MoneyError(f"ratios are strings such as \"0.80\", not {str(text).lower()}")
+    if isinstance(text, str) and max_decimals is not None and not _PLAIN.fullmatch(text):
+        # As for amounts: Decimal() also reads " 0.5 ", "5e-1", ".5", "0_5" and other scripts' digits.
+        # A stored record's ratio (max_decimals None) was taken as it came, and stays readable.
+        raise MoneyError(f"not a ratio (digits with a decimal point, e.g. \"0.80\"): {text[:40]!r}")
     try:
         value = Decimal(text)
     except (InvalidOperation, TypeError, ValueError) as exc:

@@ -232,10 +232,10 @@ def recover_word(raw: bytes, field: str, known: frozenset[str]) -> str:
     return word if word in known else "unknown"
 
 
-def ids_as_parsed(raw: bytes) -> tuple[str, str, str, str] | None:
+def ids_as_parsed(raw: bytes, *, nested: bool = True) -> tuple[str, str, str, str] | None:
     """msgid, reply_to, infno, fixmedins_code of a request as the stages read it (escapes read,
-    the last of a repeated key), or of a message between services that carries one (its
-    ``request``); None when it does not parse or has no msgid an answer can carry. The byte
+    the last of a repeated key), or (``nested``) of a message between services that carries one
+    (its ``request``); None when it does not parse or has no msgid an answer can carry. The byte
     patterns of ``recover_ids`` are for what does not parse: on a request that did, they missed a
     msgid written with escapes, and took the first of a repeated "msgid" (another facility's, say)."""
     try:
@@ -245,7 +245,7 @@ def ids_as_parsed(raw: bytes) -> tuple[str, str, str, str] | None:
     if not isinstance(value, dict):
         return None
     # A request's own msgid first: one may carry a "request" of its own, which the models ignore.
-    envelope = value if "msgid" in value or not isinstance(value.get("request"), dict) else value["request"]
+    envelope = value if "msgid" in value or not nested or not isinstance(value.get("request"), dict) else value["request"]
     reply_to, infno, facility = (envelope.get(k) for k in ("reply_to", "infno", "fixmedins_code"))
     if (msgid := answerable_msgid(envelope.get("msgid"))) is None:
         return None
