@@ -1,11 +1,13 @@
 """Pricing's migrations on the real Postgres: the settlements made before a visit was kept get
 their visit from what pricing passed on for them (migration 005), so a retry of such a visit under
-a new msgid is refused too; the prepayment mirror keeps clearing's balances in its 24 digits (006)."""
+a new msgid is refused too; the prepayment mirror keeps clearing's balances in its 24 digits (006), and a person's year counters
+have as many (007)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -55,3 +57,17 @@ async def test_a_balance_clearing_publishes_past_numeric_16_2_is_kept(settings):
             await conn.execute((MIGRATIONS / name).read_text())
         await conn.execute("INSERT INTO prepayments VALUES ('810000', '710000', -100999999999899.00, 1)")
         assert str(await conn.fetchval("SELECT balance FROM prepayments")) == "-100999999999899.00"
+
+
+async def test_a_persons_year_counter_past_numeric_14_2_is_kept(settings):
+    # Two of the largest bills a settlement may carry, under a policy without an annual cap, took the
+    # person's pooled-fund counter past numeric(14, 2): the batch was refused by the database, and
+    # every later settlement of that person's year answered INTERNAL_ERROR (a review, session 37).
+    async with _schema_of_its_own(settings) as conn:
+        for name in sorted(p.name for p in MIGRATIONS.glob("*.sql")):
+            await conn.execute((MIGRATIONS / name).read_text())
+        upsert = ("INSERT INTO accumulators (psn_no, year, counter, amount) VALUES ('P1', 2026, 'pooled_paid', $1) "
+                  "ON CONFLICT (psn_no, year, counter) DO UPDATE SET amount = accumulators.amount + EXCLUDED.amount")
+        for _ in range(2):
+            await conn.execute(upsert, Decimal("799999999999.20"))
+        assert str(await conn.fetchval("SELECT amount FROM accumulators")) == "1599999999998.40"

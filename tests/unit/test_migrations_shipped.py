@@ -41,6 +41,7 @@ SHIPPED = {
     "services/pricing/migrations/004_one_settlement_per_visit.sql": "84f1e1b8c3344c10",
     "services/pricing/migrations/005_visits_of_earlier_settlements.sql": "bc3380b5ed8b1b7b",
     "services/pricing/migrations/006_balances_in_24_digits.sql": "5f7739515be53224",
+    "services/pricing/migrations/007_counters_in_24_digits.sql": "974a4f67b5a29457",
 }
 
 
