@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
@@ -153,6 +155,11 @@ class Batch:
     # cancellation in the same batch gives it back. One of an earlier batch is given back by
     # clearing, whose balances the next batches read.
     drawn: dict[str, tuple[tuple[str, str], Decimal]] = field(default_factory=dict)
+    # The answers decided before for the batch's records by their places (topic, partition, offset):
+    # the batch is handled again after its Postgres commit. And what this attempt decides that no
+    # stored request holds (a refusal, a quote), kept by place for such a second attempt.
+    decided: dict[tuple[str, int, int], tuple[str, str]] = field(default_factory=dict)  # place → (msgid, answer)
+    new_decided: list[tuple[str, int, int, str, str]] = field(default_factory=list)
     # The catalogue of each (treating region, day) the batch prices on, picked once per batch.
     _catalogues: dict[tuple[str, date], Catalogue] = field(default_factory=dict, init=False, repr=False)
     # Indexes of ``settlements`` by setl_id and by msgid (the first one listed wins, as a scan would).
@@ -196,6 +203,10 @@ _SETTLED_BY = {Infno.OUTPATIENT_CANCEL: "2207", Infno.INPATIENT_CANCEL: "2304"}
 _CANCELLED_BY = {"2207": "2208", "2304": "2305"}
 
 
+# How often pricing drops the decided answers older than a week (in a batch's transaction).
+FORGET_DECIDED_EVERY_S = 3600.0
+
+
 def _account_counter(version: str) -> str:
     return f"{ACCOUNT_DRAWN}:{version}"
 
@@ -204,6 +215,7 @@ class PricingHandler:
     def __init__(self, settings: Settings, repo: PricingRepository) -> None:
         self.settings = settings
         self.repo = repo
+        self._forget_decided_at = 0.0  # monotonic time of the next purge of old decided answers
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         works, out = parse_each(records, EligibleWork.model_validate, "settlement.eligible message", self._broken)
@@ -213,23 +225,38 @@ class PricingHandler:
         # the last batch left them (architecture.md, "Several instances"): the batch's persons
         # are locked by the query that begins its transaction.
         async with self.repo.transaction(locks("yidi-pricing", [r.key for r, _ in works])) as conn:
-            batch = await self._load(conn, [w for _, w in works])
+            batch = await self._load(conn, [w for _, w in works], [(r.topic, r.partition, r.offset) for r, _ in works])
             for record, work in works:
+                place = (record.topic, record.partition, record.offset)
+                if (decided := batch.decided.get(place)) is not None and decided[0] == work.request.msgid:
+                    # Handled before, its answer lost with the Kafka transaction: answered as then,
+                    # not decided again against what the batch's later records have since stored.
+                    out.append(self._reply(work, orjson.loads(decided[1])))
+                    continue
                 try:
-                    out.extend(self._one(work, batch))
+                    stored = len(batch.new_requests)
+                    outs = self._one(work, batch)
+                    if (len(batch.new_requests) == stored and work.refusal is None and len(outs) == 1
+                            and outs[0].answered is not None):
+                        batch.new_decided.append((*place, work.request.msgid, outs[0].value.decode()))
+                    out.extend(outs)
                 except Exception as exc:  # noqa: BLE001 - an unclassified error is a bug: answer, dead-letter, log
                     if isinstance(exc, UnreadableReference):  # known, logged once per version: no traceback each
                         log.error("pricing failed for %s: %s", work.request.msgid, exc)
                     else:
                         log.exception("pricing failed for %s", work.request.msgid)
                     out.extend(self._broken(record, f"pricing failed: {exc!r}"))
-            await self.repo.write(conn, batch.new_requests, batch.new_settlements, batch.undone, batch.counter_changes)
+            await self.repo.write(conn, batch.new_requests, batch.new_settlements, batch.undone, batch.counter_changes,
+                                  batch.new_decided)
+            if time.monotonic() >= self._forget_decided_at:
+                self._forget_decided_at = time.monotonic() + FORGET_DECIDED_EVERY_S
+                await self.repo.forget_decided(conn)
         return out
 
     def _broken(self, record: Incoming, reason: str) -> list[Outgoing]:
         return broken(self.settings, record, reason, "The platform could not price this request; nothing was settled. Try again later or settle in cash.")
 
-    async def _load(self, conn: Any, works: list[EligibleWork]) -> Batch:
+    async def _load(self, conn: Any, works: list[EligibleWork], places: Sequence[tuple[str, int, int]] = ()) -> Batch:
         policy_keys, item_keys, usage_keys, visit_keys, setl_ids, msgids = set(), set(), set(), set(), [], []
         for w in works:
             r = w.request
@@ -261,10 +288,10 @@ class PricingHandler:
         if self.settings.prepayment_policy == "refuse":
             pairs = {(w.request.insuplc_admdvs or "", w.request.mdtrtarea_admvs) for w in works if w.request.infno.is_settlement}
             prepayments = await self.repo.prepayments(conn, pairs)
-        stored, policies, items, usage, visits, unreadable = await self.repo.batch_reads(
-            conn, [w.request.msgid for w in works], policy_keys, item_keys, usage_keys, visit_keys)
+        stored, policies, items, usage, visits, unreadable, decided = await self.repo.batch_reads(
+            conn, [w.request.msgid for w in works], policy_keys, item_keys, usage_keys, visit_keys, places)
         return Batch(stored=stored, settlements=settlements, policies=policies, items=items, usage=usage,
-                     prepayments=prepayments, visits=visits, unreadable=unreadable)
+                     prepayments=prepayments, visits=visits, unreadable=unreadable, decided=decided)
 
     def _reply(self, work: EligibleWork, answer: ResponseEnvelope | dict[str, Any]) -> Outgoing:
         r = work.request

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -132,8 +132,10 @@ class PricingRepository(Repository):
         item_keys: Iterable[tuple[str, str]],
         usage_keys: Iterable[tuple[str, int]],
         visit_keys: Iterable[tuple[str, str, str]] = (),
+        places: Iterable[tuple[str, int, int]] = (),
     ) -> tuple[dict[str, StoredRequest], list[BenefitPolicy], list[CatalogueItem], dict[tuple[str, int], dict[str, Decimal]],
-               dict[tuple[str, str, str], str], dict[tuple[str, str, str], list[tuple[date, date | None]]]]:
+               dict[tuple[str, str, str], str], dict[tuple[str, str, str], list[tuple[date, date | None]]],
+               dict[tuple[str, int, int], tuple[str, str]]]:
         """What a batch reads after its locks, in one round trip: the requests seen before by msgid,
         every version of the policies (insured region, insutype) and catalogue items (treating region,
         code) it names (parsed once per revision), the accumulators of (person, year), and the
@@ -141,9 +143,12 @@ class PricingRepository(Repository):
         the stored policies ("policy", region, insutype) and catalogue items ("item", region, code)
         this version cannot read (stored by an earlier one, before a check was added), with each
         such version's begndate and enddate: a request whose day they would decide is refused, the
-        rest priced; raising here stopped pricing for every region."""
+        rest priced; raising here stopped pricing for every region. And the answers decided before for
+        the batch's records by their places (topic, partition, offset), with their msgids: a batch
+        handled again."""
         policy_pairs, item_pairs, usage_pairs = sorted(set(policy_keys)), sorted(set(item_keys)), sorted(set(usage_keys))
         visits = sorted(set(visit_keys))
+        places = list(places)
         rows = await conn.fetch(
             """SELECT 'request' AS kind, r.msgid AS a, r.request_hash AS b, r.infno AS c, r.setl_id AS d,
                       NULL::int AS year, NULL::numeric AS amount, NULL::bigint AS rev, r.emitted::text AS body
@@ -166,12 +171,17 @@ class PricingRepository(Repository):
                FROM pricing.settlements s
                JOIN unnest($8::text[], $9::text[], $10::text[]) AS k(psn_no, facility, mdtrt_id)
                  ON s.psn_no = k.psn_no AND s.fixmedins_code = k.facility AND s.mdtrt_id = k.mdtrt_id
-               WHERE s.state = 'settled'""",
+               WHERE s.state = 'settled'
+               UNION ALL
+               SELECT 'decided', d.topic, d.msgid, NULL, NULL, d.part, NULL, d.off, d.answer FROM pricing.decided d
+               JOIN unnest($11::text[], $12::int[], $13::bigint[]) AS k(topic, part, off)
+                 ON d.topic = k.topic AND d.part = k.part AND d.off = k.off""",
             msgids,
             [r for r, _ in policy_pairs], [t for _, t in policy_pairs],
             [r for r, _ in item_pairs], [c for _, c in item_pairs],
             [p for p, _ in usage_pairs], [y for _, y in usage_pairs],
             [p for p, _, _ in visits], [f for _, f, _ in visits], [m for _, _, m in visits],
+            [t for t, _, _ in places], [p for _, p, _ in places], [o for _, _, o in places],
         )
         stored: dict[str, StoredRequest] = {}
         policies: list[BenefitPolicy] = []
@@ -179,6 +189,7 @@ class PricingRepository(Repository):
         usage: dict[tuple[str, int], dict[str, Decimal]] = {k: {} for k in usage_pairs}
         settled: dict[tuple[str, str, str], str] = {}
         unreadable: dict[tuple[str, str, str], list[tuple[date, date | None]]] = {}
+        decided: dict[tuple[str, int, int], tuple[str, str]] = {}  # place → (msgid, answer)
         for r in rows:
             kind = r["kind"]
             if kind == "usage":
@@ -187,6 +198,8 @@ class PricingRepository(Repository):
                 settled[(r["a"], r["b"], r["c"])] = r["d"]
             elif kind == "request":
                 stored[r["a"]] = StoredRequest(r["a"], r["b"], r["c"], r["d"], orjson.loads(r["body"]))
+            elif kind == "decided":
+                decided[(r["a"], r["year"], r["rev"])] = (r["b"], r["body"])
             elif kind == "policy":
                 try:
                     policies.append(self._policies.get(
@@ -205,7 +218,7 @@ class PricingRepository(Repository):
                     unreadable.setdefault(("item", r["a"], r["c"]), []).append(
                         (date.fromisoformat(r["b"]), date.fromisoformat(r["d"]) if r["d"] else None))
                     self._unreadable(r["rev"], f"catalogue item {r['c']} of {r['a']} from {r['b']}", exc)
-        return stored, policies, items, usage, settled, unreadable
+        return stored, policies, items, usage, settled, unreadable, decided
 
     def _unreadable(self, rev: int, what: str, exc: Exception) -> None:
         """Logged once per stored revision (every batch that needs it meets it again)."""
@@ -231,6 +244,12 @@ class PricingRepository(Repository):
             for r in rows
         ]
 
+    async def forget_decided(self, conn: asyncpg.Connection, days: int = 7) -> int:
+        """Drop the answers decided more than ``days`` ago (``decided``): a batch is handled again
+        within minutes of its first attempt, or after an outage shorter than the group's offsets live."""
+        status = await conn.execute("DELETE FROM pricing.decided WHERE decided_at < now() - make_interval(days => $1)", days)
+        return int(status.split()[-1])
+
     # Batch writes --------------------------------------------------------------------------------
 
     async def write(
@@ -240,11 +259,12 @@ class PricingRepository(Repository):
         new_settlements: list[StoredSettlement],
         undone: list[StoredSettlement],
         counter_changes: dict[tuple[str, int, str], Decimal],
+        decided: Sequence[tuple[str, int, int, str, str]] = (),
     ) -> None:
-        # One statement for the three tables (data-modifying CTEs), a column array each (unnest),
+        # One statement for the four tables (data-modifying CTEs), a column array each (unnest),
         # rather than a statement per table or per row.
         changes = sorted((p, y, c, a) for (p, y, c), a in counter_changes.items() if a)
-        if requests or new_settlements or changes:
+        if requests or new_settlements or changes or decided:
             await conn.execute(
                 """WITH r AS (
                      INSERT INTO pricing.requests (msgid, request_hash, infno, setl_id, emitted)
@@ -260,7 +280,12 @@ class PricingRepository(Repository):
                      INSERT INTO pricing.accumulators AS acc (psn_no, year, counter, amount)
                      SELECT p, y, c, a FROM unnest($11::text[], $12::int[], $13::text[], $14::numeric[]) WITH ORDINALITY
                           AS u(p, y, c, a, n) ORDER BY n
-                     ON CONFLICT (psn_no, year, counter) DO UPDATE SET amount = acc.amount + EXCLUDED.amount)
+                     ON CONFLICT (psn_no, year, counter) DO UPDATE SET amount = acc.amount + EXCLUDED.amount),
+                   d AS (
+                     INSERT INTO pricing.decided (topic, part, off, msgid, answer)
+                     SELECT t, p, o, m, a FROM unnest($17::text[], $18::int[], $19::bigint[], $20::text[], $21::text[])
+                          AS u(t, p, o, m, a)
+                     ON CONFLICT DO NOTHING)
                    SELECT 1""",
                 [r.msgid for r in requests], [r.request_hash for r in requests], [r.infno for r in requests],
                 [r.setl_id for r in requests], [r.emitted_json for r in requests],
@@ -270,6 +295,8 @@ class PricingRepository(Repository):
                 [p for p, _, _, _ in changes], [y for _, y, _, _ in changes], [c for _, _, c, _ in changes],
                 [a for _, _, _, a in changes],
                 [s.fixmedins_code for s in new_settlements], [s.mdtrt_id for s in new_settlements],
+                [d[0] for d in decided], [d[1] for d in decided], [d[2] for d in decided], [d[3] for d in decided],
+                [d[4] for d in decided],
             )
         if undone:
             await conn.executemany(

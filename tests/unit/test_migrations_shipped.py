@@ -42,6 +42,7 @@ SHIPPED = {
     "services/pricing/migrations/005_visits_of_earlier_settlements.sql": "bc3380b5ed8b1b7b",
     "services/pricing/migrations/006_balances_in_24_digits.sql": "5f7739515be53224",
     "services/pricing/migrations/007_counters_in_24_digits.sql": "974a4f67b5a29457",
+    "services/pricing/migrations/008_decided_by_place.sql": "07da0ba00283c350",
 }
 
 

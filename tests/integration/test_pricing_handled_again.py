@@ -1,0 +1,152 @@
+"""Pricing on the real Postgres, a batch handled again after its Postgres commit (its Kafka
+transaction lost: a rebalance while it was in hand, a broker away, a crash between the two
+commits): every record is answered as the first attempt answered it. The requests that attempt
+stored (settlements, cancellations) are replayed from pricing.requests; the ones it decided without
+storing (refusals, pre-settlements' quotes) were decided again, against a state that already held
+the batch's later settlements and cancellations (a review, session 37): a settlement refused
+PREPAYMENT_EXHAUSTED or ALREADY_SETTLED settled, a quote counted the settlement after it."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from decimal import Decimal
+
+import orjson
+import pytest
+
+from services.pricing.handlers import PricingHandler
+from services.pricing.repository import PricingRepository
+from tests.conftest import unique
+from tests.integration.test_pricing_unreadable_reference import TREATING, WE1
+from yidi.contracts.envelope import RequestEnvelope
+from yidi.contracts.internal import EligibleWork, PersonSnapshot
+from yidi.contracts.refdata import CatalogueRecord, PolicyRecord
+from yidi.domain.codes import FilingCategory
+from yidi.platform.db import create_pool, migrate
+from yidi.platform.kafka import Incoming
+
+pytestmark = pytest.mark.integration
+
+# Insured regions no other test settles in (the session's database is shared).
+REFUSING, VISITS, QUOTES, KEPT = "871000", "872000", "873000", "874000"
+# Each record its own place in settlement.eligible, as Kafka gives them (decided answers are kept by place).
+PLACES = itertools.count(1)
+
+
+def _eligible(settings, request: dict, offset: int, person: PersonSnapshot | None) -> Incoming:
+    envelope = RequestEnvelope.model_validate(request)
+    work = EligibleWork(request=envelope, request_hash=envelope.payload_hash(), request_ts_ms=0, person=person,
+                        facility_level=3, basis="filing" if person else "", filing_id="F1" if person else "",
+                        filing_category=FilingCategory.RETIREE_RESETTLED if person else None)
+    return Incoming(settings.topic("settlement.eligible"), 0, offset, b"k", work.model_dump_json().encode(), 0)
+
+
+def bill(settings, insured: str, code: str, offset: int, *, psn_no: str, visit: str | None = None,
+         infno: str = "2207") -> Incoming:
+    raw = copy.deepcopy(WE1)  # dated 2022-07-01
+    raw.update(infno=infno, msgid=raw["fixmedins_code"] + unique("M"), insuplc_admdvs=insured, mdtrtarea_admvs=TREATING)
+    raw["input"]["data"].update(psn_no=psn_no, mdtrt_id=visit or unique("V"), medfee_sumamt="1000.00", med_type="11",
+                                feedetail=[{"feedetl_sn": "1", "hilist_code": code, "hilist_name": code, "cnt": "1",
+                                            "pric": "1000.00", "det_item_fee_sumamt": "1000.00"}])
+    person = PersonSnapshot(psn_no=psn_no, psn_name="Wang", psn_type="12", insutype="310", insuplc_admdvs=insured)
+    return _eligible(settings, raw, offset, person)
+
+
+def cancellation(settings, insured: str, offset: int, *, psn_no: str, visit: str, setl_id: str) -> Incoming:
+    raw = copy.deepcopy(WE1)
+    raw.update(infno="2208", msgid=raw["fixmedins_code"] + unique("C"), insuplc_admdvs=insured, mdtrtarea_admvs=TREATING)
+    raw["input"]["data"] = {"psn_no": psn_no, "mdtrt_id": visit, "setl_id": setl_id}
+    return _eligible(settings, raw, offset, None)
+
+
+def outcomes(settings, out) -> list[str]:
+    """Each record's outcome in order: a refusal's code, a quote's fund payment, or what pricing
+    passed on to clearing (a settlement's fund payment, a cancellation)."""
+    said = []
+    for o in out:
+        value = orjson.loads(o.value)
+        if o.answered is not None:
+            said.append(value.get("err_code") or "quote " + value["output"]["setlinfo"]["fund_pay_sumamt"])
+        elif o.topic == settings.topic("settlement.priced"):
+            said.append(f"{value['kind']} " + (value["facts"]["fund_pay_sumamt"] if value["facts"] else value["target_setl_id"]))
+    return said
+
+
+async def _priced_world(repo: PricingRepository, insured: str, code: str, deductible: str) -> None:
+    await repo.upsert_policy(PolicyRecord.model_validate({
+        "insuplc_admdvs": insured, "insutype": "310", "version": "T1", "begndate": "2020-01-01",
+        "rules": [{"med_types": ["11"], "deductible": deductible, "ratio": "0.80"}]}))
+    await repo.upsert_catalogue_item(CatalogueRecord.model_validate({
+        "mdtrtarea_admvs": TREATING, "hilist_code": code, "hilist_name": code, "chrgitm_lv": "01",
+        "begndate": "2020-01-01"}))
+
+
+@pytest.fixture
+async def repo(settings):
+    pool = await create_pool(settings.database_url, size=2)
+    try:
+        await migrate(pool, "pricing", "services.pricing.migrations")
+        yield PricingRepository(pool)
+    finally:
+        await pool.close()
+
+
+async def test_a_settlement_refused_for_the_prepayment_is_refused_again_not_settled(settings, repo):
+    # Under `refuse`, 1,000.00 left for the pair: the first settlement draws 800, the second is refused.
+    code = unique("DRUG")
+    await _priced_world(repo, REFUSING, code, "0.00")
+    await repo.upsert_prepayment(REFUSING, TREATING, Decimal("1000.00"), 1)
+    refusing = settings.model_copy(update={"prepayment_policy": "refuse"})
+    batch = [bill(refusing, REFUSING, code, next(PLACES), psn_no=unique("P")) for _ in range(2)]
+    first = outcomes(refusing, await PricingHandler(refusing, repo)(batch))
+    again = outcomes(refusing, await PricingHandler(refusing, repo)(batch))  # a new owner of the partition
+    assert first == ["settle 800.00", "PREPAYMENT_EXHAUSTED"]
+    assert again == first  # was: the second settled, 1,600.00 drawn on 1,000.00
+
+
+async def test_a_settlement_refused_as_already_settled_is_refused_again_after_the_cancellation_behind_it(settings, repo):
+    code, psn_no, visit = unique("DRUG"), unique("P"), unique("V")
+    await _priced_world(repo, VISITS, code, "0.00")
+    handler = PricingHandler(settings, repo)
+    first_bill = bill(settings, VISITS, code, next(PLACES), psn_no=psn_no, visit=visit)
+    (settled,) = [orjson.loads(o.value) for o in await handler([first_bill])]
+    setl_id = settled["facts"]["setl_id"]
+    batch = [bill(settings, VISITS, code, next(PLACES), psn_no=psn_no, visit=visit),  # the visit again, under a new msgid
+             cancellation(settings, VISITS, next(PLACES), psn_no=psn_no, visit=visit, setl_id=setl_id)]
+    first = outcomes(settings, await handler(batch))
+    again = outcomes(settings, await PricingHandler(settings, repo)(batch))
+    assert first == ["ALREADY_SETTLED", f"cancel {setl_id}"]
+    assert again == first  # was: the visit settled, the cancellation behind it taken as if it came first
+
+
+async def test_a_quote_before_a_settlement_of_its_batch_is_quoted_again_as_it_was(settings, repo):
+    code, psn_no = unique("DRUG"), unique("P")
+    await _priced_world(repo, QUOTES, code, "500.00")
+    batch = [bill(settings, QUOTES, code, next(PLACES), psn_no=psn_no, infno="2206"),
+             bill(settings, QUOTES, code, next(PLACES), psn_no=psn_no)]
+    first = outcomes(settings, await PricingHandler(settings, repo)(batch))
+    again = outcomes(settings, await PricingHandler(settings, repo)(batch))
+    assert first == ["quote 400.00", "settle 400.00"]  # (1,000 − 500) × 0.80: the deductible still to pay
+    assert again == first  # was: quoted 800.00, the deductible taken by the settlement behind it
+    # A resend (the same request at a later place) is decided anew, on what is stored now.
+    resent = Incoming(batch[0].topic, batch[0].partition, next(PLACES), batch[0].key, batch[0].value, 0)
+    assert outcomes(settings, await PricingHandler(settings, repo)([resent])) == ["quote 800.00"]
+    # A place answered for another msgid (the topic deleted and made again, its offsets from 0 anew)
+    # decides nothing for this one.
+    other = bill(settings, QUOTES, code, batch[0].offset, psn_no=psn_no, infno="2206")
+    assert outcomes(settings, await PricingHandler(settings, repo)([other])) == ["quote 800.00"]
+
+
+async def test_decided_answers_are_kept_a_week(settings, repo):
+    code = unique("DRUG")
+    await _priced_world(repo, KEPT, code, "0.00")
+    refused = bill(settings, KEPT, code, next(PLACES), psn_no=unique("P"), infno="2206")
+    await PricingHandler(settings, repo)([refused])
+    place = (refused.topic, refused.partition, refused.offset)
+    async with repo.transaction() as conn:
+        await conn.execute("UPDATE pricing.decided SET decided_at = now() - interval '8 days' "
+                           "WHERE (topic, part, off) = ($1, $2, $3)", *place)
+        assert await repo.forget_decided(conn) >= 1
+        assert await conn.fetchval("SELECT count(*) FROM pricing.decided WHERE (topic, part, off) = ($1, $2, $3)",
+                                   *place) == 0
