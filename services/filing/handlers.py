@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime
 from collections.abc import Callable
 from typing import Any
@@ -47,10 +48,15 @@ def filing_id_for(reqid: str) -> str:
     return "F" + hashlib.sha1(reqid.encode()).hexdigest()[:16].upper()
 
 
+# How often filing drops the refusals it kept by place for longer than a week (in a batch's transaction).
+FORGET_DECIDED_EVERY_S = 3600.0
+
+
 class FilingHandler:
     def __init__(self, settings: Settings, repo: FilingRepository) -> None:
         self.settings = settings
         self.repo = repo
+        self._forget_decided_at = 0.0  # monotonic time of the next purge of old decided refusals
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         requests, out = parse_each(records, FilingRequest.model_validate, "filing request", self.refuse)
@@ -59,10 +65,19 @@ class FilingHandler:
             # The persons' insurance and type, read once for the batch: under the same locks, the
             # filing-persons stage cannot change them meanwhile.
             insurances = await self.repo.insurances(conn, sorted({request.psn_no for _, request in requests}))
+            # Refusals answered before for these records (a batch handled again after its Postgres
+            # commit): answered as then, not decided again against what the batch's later requests
+            # have since applied (the cancellation of the filing that made an add a second one).
+            decided = await self.repo.decided(conn, [(r.topic, r.partition, r.offset) for r, _ in requests]) if requests else {}
             for record, request in requests:
+                place = (record.topic, record.partition, record.offset)
                 seen = await self.repo.answered(conn, request.reqid)
-                if seen is None:
+                if (before := decided.get(place)) is not None and before[0] == request.reqid:
+                    emitted, outcome = before[1], "refused"
+                elif seen is None:
                     emitted, outcome = await self._apply(conn, request, published_at(record), insurances.get(request.psn_no))
+                    if outcome == "refused":
+                        await self.repo.remember_decided(conn, place, request.reqid, emitted)
                 elif seen[0] and seen[0] != request_hash(request):
                     emitted, outcome = self._answer(request, FilingResult(
                         reqid=request.reqid, accepted=False,
@@ -77,6 +92,9 @@ class FilingHandler:
                              on_commit=counted if i == 0 else None)
                     for i, e in enumerate(emitted)
                 )
+            if time.monotonic() >= self._forget_decided_at:
+                self._forget_decided_at = time.monotonic() + FORGET_DECIDED_EVERY_S
+                await self.repo.forget_decided(conn)
         return out
 
     def _again(self, request: FilingRequest, emitted: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -155,3 +155,31 @@ async def test_r8s_lock_of_an_imported_filing_counts_from_its_begndate_not_the_i
     for name in ("imported this month", "filed here"):
         accepted, reason = outcomes[name]
         assert not accepted and "locks a filing for 6 months" in reason, (name, reason)
+
+
+async def test_a_second_long_term_filing_refused_in_a_batch_handled_again_is_refused_again(filing_repo, settings):
+    # The batch [add a second long-term filing, cancel the first] handled again after its Postgres
+    # commit (its Kafka transaction lost): the add was decided again, after the cancellation behind
+    # it had been applied, and accepted (a review, session 37). It is answered as the first time.
+    psn = unique("P")
+    ask = asker(FilingHandler(settings, filing_repo), psn, decl_source="self_service")
+    first = await ask()
+    topic = unique("t.") + ".filing.requests"  # places of this test's own
+
+    def record(offset: int, **body: str) -> Incoming:
+        return Incoming(topic, 0, offset, psn.encode(), orjson.dumps({"reqid": unique("R"), "psn_no": psn} | body),
+                        int(time.time() * 1000))
+
+    batch = [record(1, action="add", insutype="310", insuplc_admdvs="131000", filed_admdvs="120000",
+                    category="posted_worker", begndate="2026-01-01", decl_source="self_service"),
+             record(2, action="cancel", filing_id=first["filing"]["filing_id"])]
+
+    def results(out) -> list[tuple[bool, str]]:
+        values = [orjson.loads(o.value) for o in out]
+        return [((v.get("result") or v)["accepted"], (v.get("result") or v).get("reason") or "") for v in values]
+
+    once = results(await FilingHandler(settings, filing_repo)(batch))
+    again = results(await FilingHandler(settings, filing_repo)(batch))
+    assert [accepted for accepted, _ in once] == [False, True]
+    assert "already has long-term filing" in once[0][1]
+    assert again == once

@@ -35,6 +35,7 @@ SHIPPED = {
     "services/filing/migrations/005_person_insurance.sql": "271d6bd85e9788bb",
     "services/filing/migrations/006_person_type.sql": "4e49a9dec6194210",
     "services/filing/migrations/007_pending_index.sql": "9c8f59634c567384",
+    "services/filing/migrations/008_decided_by_place.sql": "48f88ab7d2a3245e",
     "services/pricing/migrations/001_init.sql": "0337f14f600b0e89",
     "services/pricing/migrations/002_prepayment_mirror.sql": "c445d163e25aea16",
     "services/pricing/migrations/003_kept_messages_as_json.sql": "ce3764cedea63b38",
