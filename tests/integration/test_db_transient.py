@@ -190,3 +190,23 @@ async def test_a_value_past_an_index_rows_limit_is_bad_data_not_a_stop(settings)
     finally:
         await conn.execute(f"DROP TABLE IF EXISTS {table}")
         await conn.close()
+
+
+async def test_a_transaction_postgres_aborted_does_not_commit_silently(settings):
+    # COMMIT of an aborted transaction answers "ROLLBACK" and raises nothing: a handler that caught
+    # a statement's error and went on would have its batch's answers published for writes that were
+    # rolled back (a review, session 37). It is transient: the batch is handled again.
+    pool = await create_pool(settings.database_url, size=1)
+    try:
+        repo = Repository(pool)
+        table = f"t_{uuid.uuid4().hex[:8]}"
+        await pool.execute(f"CREATE TABLE {table} (n int PRIMARY KEY)")
+        with pytest.raises(TransientError, match="rolled back at its commit"):
+            async with repo.transaction(locks("yidi-test", ["k"])) as conn:
+                await conn.execute(f"INSERT INTO {table} VALUES (1)")
+                with pytest.raises(asyncpg.UniqueViolationError):
+                    await conn.execute(f"INSERT INTO {table} VALUES (1)")
+        assert await pool.fetchval(f"SELECT count(*) FROM {table}") == 0
+        await pool.execute(f"DROP TABLE {table}")
+    finally:
+        await pool.close()

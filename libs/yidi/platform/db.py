@@ -226,7 +226,13 @@ class Repository:
                         with contextlib.suppress(Exception):
                             await conn.execute("ROLLBACK")
                     raise
-                await conn.execute("COMMIT")
+                # A transaction Postgres had aborted (an error a caller caught and went on from)
+                # answers COMMIT with "ROLLBACK", raising nothing: the stage would publish answers
+                # for writes that were never made (a review, session 37). Retried, the batch is
+                # handled again from the start.
+                if (status := await conn.execute("COMMIT")) != "COMMIT":
+                    raise TransientError(f"the transaction was rolled back at its commit ({status}): an error "
+                                         "inside it was caught and not raised")
             except asyncpg.InternalClientError:
                 # asyncpg lost track of the connection's state (a goodbye from the server that landed
                 # as a statement started, say): closed, it is replaced, and the retry starts afresh.
