@@ -173,3 +173,43 @@ async def test_an_outputs_on_commit_runs_once_its_batch_committed_and_not_for_a_
     finally:
         await producer.stop()
         await stage.stop()
+
+
+async def test_a_stage_assigned_partitions_with_records_and_no_committed_offset_says_so_once(settings, caplog):
+    # A group whose offsets were lost (idle past the broker's offsets.retention.minutes, or deleted)
+    # read every retained record again from the start, silently: answered again, and what no service
+    # stored decided again (a crash-consistency review, session 37). It is now said and counted.
+    import logging
+
+    from yidi.platform import metrics
+
+    s = settings.model_copy(update={"namespace": settings.namespace + "fromstart."})
+    await ensure_topics(s)
+    handled: list[bytes] = []
+
+    async def forward(records: list[Incoming]) -> list[Outgoing]:
+        handled.extend(r.value for r in records)
+        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key) for r in records]
+
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for value in (b"A", b"B"):
+            await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), value, key=b"p")
+    finally:
+        await producer.stop()
+    counted = metrics.STAGE_READ_FROM_START.labels("fromstart-test")
+    before = counted._value.get()
+    for run in range(2):  # the second start finds the offsets the first committed
+        stage = TransactionalStage("fromstart-test", "test", s, [SETTLEMENT_REQUESTS], "fromstart-test", forward)
+        with caplog.at_level(logging.WARNING, logger="yidi.platform.kafka"):
+            await stage.start()
+            try:
+                await until(lambda: len(handled) == 2)
+                await asyncio.sleep(0.5)
+                assert stage.failure is None
+            finally:
+                await stage.stop()
+        assert counted._value.get() == before + 1, run
+    said = [r.getMessage() for r in caplog.records if "has no committed offset" in r.getMessage()]
+    assert len(said) == 1 and "holds 2 records: read from offset 0" in said[0], said

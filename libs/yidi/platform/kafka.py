@@ -371,6 +371,30 @@ class TransactionalStage:
         self._task = asyncio.create_task(self._run(), name=f"stage-{self.name}")
         self._lag_task = asyncio.create_task(self._sample_lag(), name=f"stage-{self.name}-lag")
 
+    async def _read_from_start(self, assigned: set[TopicPartition]) -> None:
+        """Say which of the partitions just assigned the stage will read from their first record
+        (no committed offset for its group, and records there: ``auto_offset_reset`` earliest). On a
+        deployment that ran before, the group's offsets were lost (idle past the broker's
+        ``offsets.retention.minutes``, or the group deleted), and every request retained is
+        answered again, the ones no service stored decided again (runbook, "A stage read its
+        partitions from the start"): said, counted, alerted on, not stopped (a new deployment whose
+        first requests came before it ran reads them so too)."""
+        consumer = self._consumer
+        if consumer is None or not assigned:
+            return
+        missing = [tp for tp in sorted(assigned) if await consumer.committed(tp) is None]
+        if not missing:
+            return
+        first, end = await consumer.beginning_offsets(missing), await consumer.end_offsets(missing)
+        for tp in missing:
+            if end[tp] > first[tp]:
+                metrics.STAGE_READ_FROM_START.labels(self.name).inc()
+                log.warning("stage %s: %s[%d] has no committed offset for group %s and holds %d records: read from "
+                            "offset %d. If this stage ran before, its offsets were lost and those records are "
+                            "handled again (runbook, \"A stage read its partitions from the start\")",
+                            self.name, tp.topic, tp.partition, self.settings.group(self.group_id),
+                            end[tp] - first[tp], first[tp])
+
     async def _sample_lag(self) -> None:
         """``yidi_stage_lag_records`` every ``lag_sample_seconds``: what the stage's partitions hold
         that it has not committed. It grows while the stage is stuck or falls behind, whatever the
@@ -789,6 +813,10 @@ class TransactionalStage:
         return FatalError(f"stage {self.name}: the Kafka producer failed for good: {exc!r}")
 
 
+# How long a rebalance waits for the check of the partitions assigned (``_read_from_start``).
+OFFSETS_CHECK_SECONDS = 5.0
+
+
 def _answer_topic(topic: str, outgoing: list[Outgoing]) -> bool:
     """Whether ``topic`` is a gateway's reply topic among ``outgoing`` (an answer with a shared topic)."""
     return any(o.topic == topic and o.fallback and o.topic != o.fallback for o in outgoing)
@@ -869,4 +897,9 @@ class _Revocations(ConsumerRebalanceListener):
             log.debug("stage %s: abort at rebalance failed: %r", self.stage.name, exc)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        pass
+        try:
+            await asyncio.wait_for(self.stage._read_from_start(set(assigned)), OFFSETS_CHECK_SECONDS)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a check that could not be made stops nothing
+            log.debug("stage %s: committed offsets not checked: %r", self.stage.name, exc)

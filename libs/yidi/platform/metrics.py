@@ -48,6 +48,14 @@ STAGE_LINGERS = Counter(
     "lingered, or skipped because the stage's lingers had stopped adding records (LingerGate).",
     ["stage", "outcome"],
 )
+STAGE_READ_FROM_START = Counter(
+    "yidi_stage_partitions_read_from_start_total",
+    "Partitions a stage was assigned with no committed offset for its group while they held records, "
+    "read from their first record: the requests sent before a new deployment first ran, or, on one "
+    "that ran before, offsets lost (idle past the broker's offsets.retention.minutes, or deleted) and "
+    "every record retained handled again.",
+    ["stage"],
+)
 STAGE_RETRIES = Counter(
     "yidi_stage_retries_total", "Batches retried after a transient failure, per stage and reason.", ["stage", "reason"]
 )
