@@ -175,13 +175,16 @@ async def test_an_outputs_on_commit_runs_once_its_batch_committed_and_not_for_a_
         await stage.stop()
 
 
-async def test_a_stage_assigned_partitions_with_records_and_no_committed_offset_says_so_once(settings, caplog):
-    # A group whose offsets were lost (idle past the broker's offsets.retention.minutes, or deleted)
-    # read every retained record again from the start, silently: answered again, and what no service
-    # stored decided again (a crash-consistency review, session 37). It is now said and counted.
+async def test_a_stage_assigned_partitions_with_old_records_and_no_committed_offset_says_so_once(
+        settings, caplog, monkeypatch):
+    # A group whose offsets were lost (deleted or reset, or idle past the broker's
+    # offsets.retention.minutes) read every retained record from the start, silently (a
+    # crash-consistency review, session 37). It is now said and counted when the partition's first
+    # record is older than READ_FROM_START_AGE_S (here 2 s); a group's first records, younger, are
+    # said at INFO only (a new deployment, a rebalance before a partition's first commit).
     import logging
 
-    from yidi.platform import metrics
+    from yidi.platform import kafka, metrics
 
     s = settings.model_copy(update={"namespace": settings.namespace + "fromstart."})
     await ensure_topics(s)
@@ -198,18 +201,27 @@ async def test_a_stage_assigned_partitions_with_records_and_no_committed_offset_
             await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), value, key=b"p")
     finally:
         await producer.stop()
-    counted = metrics.STAGE_READ_FROM_START.labels("fromstart-test")
-    before = counted._value.get()
-    for run in range(2):  # the second start finds the offsets the first committed
-        stage = TransactionalStage("fromstart-test", "test", s, [SETTLEMENT_REQUESTS], "fromstart-test", forward)
-        with caplog.at_level(logging.WARNING, logger="yidi.platform.kafka"):
-            await stage.start()
-            try:
-                await until(lambda: len(handled) == 2)
-                await asyncio.sleep(0.5)
-                assert stage.failure is None
-            finally:
-                await stage.stop()
-        assert counted._value.get() == before + 1, run
-    said = [r.getMessage() for r in caplog.records if "has no committed offset" in r.getMessage()]
-    assert len(said) == 1 and "holds 2 records: read from offset 0" in said[0], said
+
+    async def run(group: str, expect: int) -> None:
+        stage = TransactionalStage(group, "test", s, [SETTLEMENT_REQUESTS], group, forward)
+        await stage.start()
+        try:
+            await until(lambda: len(handled) == expect)
+            await asyncio.sleep(0.5)
+            assert stage.failure is None
+        finally:
+            await stage.stop()
+
+    monkeypatch.setattr(kafka, "READ_FROM_START_AGE_S", 2.0)
+    caplog.set_level(logging.INFO, logger="yidi.platform.kafka")
+    await run("fromstart-young", 2)  # the records are younger than 2 s: a group's first
+    young = metrics.STAGE_READ_FROM_START.labels("fromstart-young")._value.get()
+    await asyncio.sleep(2.5)
+    counted = metrics.STAGE_READ_FROM_START.labels("fromstart-old")
+    for expect in (4, 4):  # the second start finds the offsets the first committed
+        await run("fromstart-old", expect)
+        assert counted._value.get() == 1
+    assert young == 0
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "has no committed offset" in r.getMessage()]
+    assert [level for level, _ in said] == [logging.INFO, logging.WARNING], said
+    assert "holds 2 records" in said[1][1] and "read from offset 0" in said[1][1]

@@ -320,6 +320,7 @@ class TransactionalStage:
 
     def __post_init__(self) -> None:
         self._reply_topics = ReplyTopics(self.name)
+        metrics.STAGE_READ_FROM_START.labels(self.name)  # at 0 from the start: a later read is an increase
 
     async def start(self) -> None:
         s = self.settings
@@ -373,27 +374,37 @@ class TransactionalStage:
 
     async def _read_from_start(self, assigned: set[TopicPartition]) -> None:
         """Say which of the partitions just assigned the stage will read from their first record
-        (no committed offset for its group, and records there: ``auto_offset_reset`` earliest). On a
-        deployment that ran before, the group's offsets were lost (idle past the broker's
-        ``offsets.retention.minutes``, or the group deleted), and every request retained is
-        answered again, the ones no service stored decided again (runbook, "A stage read its
-        partitions from the start"): said, counted, alerted on, not stopped (a new deployment whose
-        first requests came before it ran reads them so too)."""
+        although that record is older than ``READ_FROM_START_AGE_S`` (no committed offset for its
+        group: ``auto_offset_reset`` earliest). Its group was deleted or reset, and what it had
+        handled is handled again; or its offsets expired (no member past the broker's
+        ``offsets.retention.minutes``), and it reads what came while it was away (runbook, "A stage
+        read its partitions from the start"): said, counted, alerted on, not stopped. A partition
+        whose first records are younger is a group's first (a new deployment, a partition's first
+        records in a batch a rebalance took before its commit): said at INFO."""
         consumer = self._consumer
         if consumer is None or not assigned:
             return
-        missing = [tp for tp in sorted(assigned) if await consumer.committed(tp) is None]
+        committed = await consumer._coordinator.fetch_committed_offsets(set(assigned))
+        missing = sorted(tp for tp in assigned if committed.get(tp) is None)
         if not missing:
             return
         first, end = await consumer.beginning_offsets(missing), await consumer.end_offsets(missing)
-        for tp in missing:
-            if end[tp] > first[tp]:
-                metrics.STAGE_READ_FROM_START.labels(self.name).inc()
-                log.warning("stage %s: %s[%d] has no committed offset for group %s and holds %d records: read from "
-                            "offset %d. If this stage ran before, its offsets were lost and those records are "
-                            "handled again (runbook, \"A stage read its partitions from the start\")",
-                            self.name, tp.topic, tp.partition, self.settings.group(self.group_id),
-                            end[tp] - first[tp], first[tp])
+        held = [tp for tp in missing if end[tp] > first[tp]]
+        oldest = await consumer.offsets_for_times({tp: 0 for tp in held}) if held else {}
+        now_ms = time.time() * 1000
+        for tp in held:
+            found = oldest.get(tp)
+            age_s = (now_ms - found.timestamp) / 1000 if found is not None else 0.0
+            said = (f"stage {self.name}: {tp.topic}[{tp.partition}] has no committed offset for group "
+                    f"{self.settings.group(self.group_id)} and holds {end[tp] - first[tp]} records, the first "
+                    f"{age_s:.0f} s old: read from offset {first[tp]}")
+            if age_s < READ_FROM_START_AGE_S:
+                log.info("%s", said)
+                continue
+            metrics.STAGE_READ_FROM_START.labels(self.name).inc()
+            log.warning("%s. Its group was deleted or reset (what it had handled is handled again) or its offsets "
+                        "expired (what came while it was away is read) (runbook, \"A stage read its partitions from "
+                        "the start\")", said)
 
     async def _sample_lag(self) -> None:
         """``yidi_stage_lag_records`` every ``lag_sample_seconds``: what the stage's partitions hold
@@ -813,8 +824,10 @@ class TransactionalStage:
         return FatalError(f"stage {self.name}: the Kafka producer failed for good: {exc!r}")
 
 
-# How long a rebalance waits for the check of the partitions assigned (``_read_from_start``).
+# How long a rebalance waits for the check of the partitions assigned (``_read_from_start``), and
+# how old a partition's first record must be for reading it from the start to be news.
 OFFSETS_CHECK_SECONDS = 5.0
+READ_FROM_START_AGE_S = 600.0
 
 
 def _answer_topic(topic: str, outgoing: list[Outgoing]) -> bool:
