@@ -208,10 +208,19 @@ def test_a_bill_is_priced_as_of_the_day_its_care_ended_not_after_the_settlements
     from yidi.contracts.settlement import care_day
 
     settled = datetime(2027, 1, 1, 0, 0, 1)
-    assert care_day(settled, {"endtime": "2026-12-31 22:00:00"}) == date(2026, 12, 31)
-    assert care_day(settled, {"endtime": "2026-12-31"}) == date(2026, 12, 31)
-    assert care_day(settled, {"endtime": "2027-01-03 08:00:00"}) == date(2027, 1, 1)
-    assert care_day(settled, {"endtime": ""}) == care_day(settled, {}) == date(2027, 1, 1)
+    stay = {"med_type": "21"}
+    assert care_day(settled, stay | {"endtime": "2026-12-31 22:00:00"}) == date(2026, 12, 31)
+    assert care_day(settled, stay | {"endtime": "2026-12-31"}) == date(2026, 12, 31)
+    assert care_day(settled, stay | {"endtime": "2026-01-01 08:00:00"}) == date(2026, 1, 1)  # the year before
+    assert care_day(settled, stay | {"endtime": "2027-01-03 08:00:00"}) == date(2027, 1, 1)
+    assert care_day(settled, stay | {"endtime": ""}) == care_day(settled, stay) == date(2027, 1, 1)
+    # A diff review, session 37: no further back than the year before; other care by its settlement's
+    # day; an endtime an earlier version passed on and this one cannot read prices on that day too
+    # (raised in pricing's batch read, it stopped the stage at every start).
+    assert care_day(settled, stay | {"endtime": "2025-12-31 22:00:00"}) == date(2027, 1, 1)
+    assert care_day(settled, {"med_type": "11", "endtime": "2026-12-31 23:50:00"}) == date(2027, 1, 1)
+    for unreadable in ("0001-01-01", "\uff12\uff10\uff12\uff16-12-31 22:00:00", "2026-12-31  22:00:00"):
+        assert care_day(settled, stay | {"endtime": unreadable}) == date(2027, 1, 1), unreadable
 
     pol = policy(rule(MedType.INPATIENT, "500", "0.80", person_types=frozenset({PersonType.RETIRED})))
     fund = "@131000/310/"
