@@ -111,24 +111,30 @@ class FilingRepository(Repository):
         )
 
     async def decided(self, conn: asyncpg.Connection, places: list[tuple[str, int, int]]
-                      ) -> dict[tuple[str, int, int], tuple[str, list[dict[str, Any]]]]:
+                      ) -> dict[tuple[str, int, int], tuple[str, str, list[dict[str, Any]]]]:
         """What was answered before for the records at ``places`` without a stored request (a
-        refusal): place → (reqid, what was published)."""
+        refusal): place → (reqid, request hash, what was published)."""
         rows = await conn.fetch(
-            """SELECT d.topic, d.part, d.off, d.reqid, d.emitted FROM filing.decided d
+            """SELECT d.topic, d.part, d.off, d.reqid, d.request_hash, d.emitted FROM filing.decided d
                JOIN unnest($1::text[], $2::int[], $3::bigint[]) AS k(topic, part, off)
                  ON d.topic = k.topic AND d.part = k.part AND d.off = k.off""",
             [t for t, _, _ in places], [p for _, p, _ in places], [o for _, _, o in places])
-        return {(r["topic"], r["part"], r["off"]): (r["reqid"], json_value(r["emitted"])) for r in rows}
+        return {(r["topic"], r["part"], r["off"]): (r["reqid"], r["request_hash"], json_value(r["emitted"]))
+                for r in rows}
 
-    async def remember_decided(self, conn: asyncpg.Connection, place: tuple[str, int, int], reqid: str,
+    async def remember_decided(self, conn: asyncpg.Connection, place: tuple[str, int, int], reqid: str, hash_: str,
                                emitted: list[dict[str, Any]]) -> None:
         await conn.execute(
-            "INSERT INTO filing.decided (topic, part, off, reqid, emitted) VALUES ($1, $2, $3, $4, $5::jsonb) "
-            "ON CONFLICT DO NOTHING", *place, reqid, orjson.dumps(emitted).decode())
+            "INSERT INTO filing.decided (topic, part, off, reqid, request_hash, emitted) "
+            "VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT DO NOTHING", *place, reqid, hash_,
+            orjson.dumps(emitted).decode())
 
-    async def forget_decided(self, conn: asyncpg.Connection, days: int = 7) -> int:
-        status = await conn.execute("DELETE FROM filing.decided WHERE decided_at < now() - make_interval(days => $1)", days)
+    async def forget_decided(self, conn: asyncpg.Connection, days: int = 14, limit: int = 10_000) -> int:
+        """Drop up to ``limit`` refusals kept more than ``days`` (past a topic's retention)."""
+        status = await conn.execute(
+            """DELETE FROM filing.decided WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM filing.decided WHERE decided_at < now() - make_interval(days => $1) LIMIT $2))""",
+            days, limit)
         return int(status.split()[-1])
 
     async def history_in(self, conn: asyncpg.Connection, filing_id: str) -> list[dict[str, Any]]:

@@ -158,8 +158,8 @@ class Batch:
     # The answers decided before for the batch's records by their places (topic, partition, offset):
     # the batch is handled again after its Postgres commit. And what this attempt decides that no
     # stored request holds (a refusal, a quote), kept by place for such a second attempt.
-    decided: dict[tuple[str, int, int], tuple[str, str]] = field(default_factory=dict)  # place → (msgid, answer)
-    new_decided: list[tuple[str, int, int, str, str]] = field(default_factory=list)
+    decided: dict[tuple[str, int, int], tuple[str, str, str]] = field(default_factory=dict)  # place → (msgid, hash, answer)
+    new_decided: list[tuple[str, int, int, str, str, str]] = field(default_factory=list)
     # The catalogue of each (treating region, day) the batch prices on, picked once per batch.
     _catalogues: dict[tuple[str, date], Catalogue] = field(default_factory=dict, init=False, repr=False)
     # Indexes of ``settlements`` by setl_id and by msgid (the first one listed wins, as a scan would).
@@ -203,8 +203,8 @@ _SETTLED_BY = {Infno.OUTPATIENT_CANCEL: "2207", Infno.INPATIENT_CANCEL: "2304"}
 _CANCELLED_BY = {"2207": "2208", "2304": "2305"}
 
 
-# How often pricing drops the decided answers older than a week (in a batch's transaction).
-FORGET_DECIDED_EVERY_S = 3600.0
+# How often pricing drops decided answers past their 14 days (at most 10,000 a time).
+FORGET_DECIDED_EVERY_S = 60.0
 
 
 def _account_counter(version: str) -> str:
@@ -228,17 +228,19 @@ class PricingHandler:
             batch = await self._load(conn, [w for _, w in works], [(r.topic, r.partition, r.offset) for r, _ in works])
             for record, work in works:
                 place = (record.topic, record.partition, record.offset)
-                if (decided := batch.decided.get(place)) is not None and decided[0] == work.request.msgid:
+                if (decided := batch.decided.get(place)) is not None and decided[:2] == (work.request.msgid,
+                                                                                        work.request_hash):
                     # Handled before, its answer lost with the Kafka transaction: answered as then,
                     # not decided again against what the batch's later records have since stored.
-                    out.append(self._reply(work, orjson.loads(decided[1])))
+                    out.append(self._reply(work, orjson.loads(decided[2])))
                     continue
                 try:
                     stored = len(batch.new_requests)
                     outs = self._one(work, batch)
                     if (len(batch.new_requests) == stored and work.refusal is None and len(outs) == 1
                             and outs[0].answered is not None):
-                        batch.new_decided.append((*place, work.request.msgid, outs[0].value.decode()))
+                        batch.new_decided.append((*place, work.request.msgid, work.request_hash,
+                                                  outs[0].value.decode()))
                     out.extend(outs)
                 except Exception as exc:  # noqa: BLE001 - an unclassified error is a bug: answer, dead-letter, log
                     if isinstance(exc, UnreadableReference):  # known, logged once per version: no traceback each
@@ -246,12 +248,23 @@ class PricingHandler:
                     else:
                         log.exception("pricing failed for %s", work.request.msgid)
                     out.extend(self._broken(record, f"pricing failed: {exc!r}"))
+            # Kept only when the batch stores a request: a batch that stores none leaves Postgres as
+            # it found it, and handled again decides the same (a quote at 100/s is mostly alone).
             await self.repo.write(conn, batch.new_requests, batch.new_settlements, batch.undone, batch.counter_changes,
-                                  batch.new_decided)
-            if time.monotonic() >= self._forget_decided_at:
-                self._forget_decided_at = time.monotonic() + FORGET_DECIDED_EVERY_S
-                await self.repo.forget_decided(conn)
+                                  batch.new_decided if batch.new_requests else ())
+        if time.monotonic() >= self._forget_decided_at:
+            self._forget_decided_at = time.monotonic() + FORGET_DECIDED_EVERY_S
+            await self._forget_decided()
         return out
+
+    async def _forget_decided(self) -> None:
+        """Drop old decided answers, in a short transaction of its own (a batch's, holding its
+        persons' locks, waited for a purge once an hour); a failure is left to the next time."""
+        try:
+            async with self.repo.transaction() as conn:
+                await self.repo.forget_decided(conn)
+        except Exception as exc:  # noqa: BLE001 - housekeeping: the batch is committed, and the rows keep
+            log.warning("pricing: old decided answers not dropped this time: %r", exc)
 
     def _broken(self, record: Incoming, reason: str) -> list[Outgoing]:
         return broken(self.settings, record, reason, "The platform could not price this request; nothing was settled. Try again later or settle in cash.")

@@ -135,7 +135,7 @@ class PricingRepository(Repository):
         places: Iterable[tuple[str, int, int]] = (),
     ) -> tuple[dict[str, StoredRequest], list[BenefitPolicy], list[CatalogueItem], dict[tuple[str, int], dict[str, Decimal]],
                dict[tuple[str, str, str], str], dict[tuple[str, str, str], list[tuple[date, date | None]]],
-               dict[tuple[str, int, int], tuple[str, str]]]:
+               dict[tuple[str, int, int], tuple[str, str, str]]]:
         """What a batch reads after its locks, in one round trip: the requests seen before by msgid,
         every version of the policies (insured region, insutype) and catalogue items (treating region,
         code) it names (parsed once per revision), the accumulators of (person, year), and the
@@ -144,8 +144,8 @@ class PricingRepository(Repository):
         this version cannot read (stored by an earlier one, before a check was added), with each
         such version's begndate and enddate: a request whose day they would decide is refused, the
         rest priced; raising here stopped pricing for every region. And the answers decided before for
-        the batch's records by their places (topic, partition, offset), with their msgids: a batch
-        handled again."""
+        the batch's records by their places (topic, partition, offset), with their msgids and payload
+        hashes: a batch handled again."""
         policy_pairs, item_pairs, usage_pairs = sorted(set(policy_keys)), sorted(set(item_keys)), sorted(set(usage_keys))
         visits = sorted(set(visit_keys))
         places = list(places)
@@ -173,7 +173,7 @@ class PricingRepository(Repository):
                  ON s.psn_no = k.psn_no AND s.fixmedins_code = k.facility AND s.mdtrt_id = k.mdtrt_id
                WHERE s.state = 'settled'
                UNION ALL
-               SELECT 'decided', d.topic, d.msgid, NULL, NULL, d.part, NULL, d.off, d.answer FROM pricing.decided d
+               SELECT 'decided', d.topic, d.msgid, d.request_hash, NULL, d.part, NULL, d.off, d.answer FROM pricing.decided d
                JOIN unnest($11::text[], $12::int[], $13::bigint[]) AS k(topic, part, off)
                  ON d.topic = k.topic AND d.part = k.part AND d.off = k.off""",
             msgids,
@@ -189,7 +189,7 @@ class PricingRepository(Repository):
         usage: dict[tuple[str, int], dict[str, Decimal]] = {k: {} for k in usage_pairs}
         settled: dict[tuple[str, str, str], str] = {}
         unreadable: dict[tuple[str, str, str], list[tuple[date, date | None]]] = {}
-        decided: dict[tuple[str, int, int], tuple[str, str]] = {}  # place → (msgid, answer)
+        decided: dict[tuple[str, int, int], tuple[str, str, str]] = {}  # place → (msgid, request_hash, answer)
         for r in rows:
             kind = r["kind"]
             if kind == "usage":
@@ -199,7 +199,7 @@ class PricingRepository(Repository):
             elif kind == "request":
                 stored[r["a"]] = StoredRequest(r["a"], r["b"], r["c"], r["d"], orjson.loads(r["body"]))
             elif kind == "decided":
-                decided[(r["a"], r["year"], r["rev"])] = (r["b"], r["body"])
+                decided[(r["a"], r["year"], r["rev"])] = (r["b"], r["c"], r["body"])
             elif kind == "policy":
                 try:
                     policies.append(self._policies.get(
@@ -244,10 +244,14 @@ class PricingRepository(Repository):
             for r in rows
         ]
 
-    async def forget_decided(self, conn: asyncpg.Connection, days: int = 7) -> int:
-        """Drop the answers decided more than ``days`` ago (``decided``): a batch is handled again
-        within minutes of its first attempt, or after an outage shorter than the group's offsets live."""
-        status = await conn.execute("DELETE FROM pricing.decided WHERE decided_at < now() - make_interval(days => $1)", days)
+    async def forget_decided(self, conn: asyncpg.Connection, days: int = 14, limit: int = 10_000) -> int:
+        """Drop up to ``limit`` of the answers decided more than ``days`` ago (``decided``): past a
+        topic's retention no record is left to handle again. A bounded statement of its own, out of
+        any batch's transaction: a backlog (after an outage) goes over several calls."""
+        status = await conn.execute(
+            """DELETE FROM pricing.decided WHERE ctid = ANY(ARRAY(
+                 SELECT ctid FROM pricing.decided WHERE decided_at < now() - make_interval(days => $1) LIMIT $2))""",
+            days, limit)
         return int(status.split()[-1])
 
     # Batch writes --------------------------------------------------------------------------------
@@ -259,7 +263,7 @@ class PricingRepository(Repository):
         new_settlements: list[StoredSettlement],
         undone: list[StoredSettlement],
         counter_changes: dict[tuple[str, int, str], Decimal],
-        decided: Sequence[tuple[str, int, int, str, str]] = (),
+        decided: Sequence[tuple[str, int, int, str, str, str]] = (),
     ) -> None:
         # One statement for the four tables (data-modifying CTEs), a column array each (unnest),
         # rather than a statement per table or per row.
@@ -282,9 +286,10 @@ class PricingRepository(Repository):
                           AS u(p, y, c, a, n) ORDER BY n
                      ON CONFLICT (psn_no, year, counter) DO UPDATE SET amount = acc.amount + EXCLUDED.amount),
                    d AS (
-                     INSERT INTO pricing.decided (topic, part, off, msgid, answer)
-                     SELECT t, p, o, m, a FROM unnest($17::text[], $18::int[], $19::bigint[], $20::text[], $21::text[])
-                          AS u(t, p, o, m, a)
+                     INSERT INTO pricing.decided (topic, part, off, msgid, request_hash, answer)
+                     SELECT t, p, o, m, h, a
+                     FROM unnest($17::text[], $18::int[], $19::bigint[], $20::text[], $21::text[], $22::text[])
+                          AS u(t, p, o, m, h, a)
                      ON CONFLICT DO NOTHING)
                    SELECT 1""",
                 [r.msgid for r in requests], [r.request_hash for r in requests], [r.infno for r in requests],
@@ -296,7 +301,7 @@ class PricingRepository(Repository):
                 [a for _, _, _, a in changes],
                 [s.fixmedins_code for s in new_settlements], [s.mdtrt_id for s in new_settlements],
                 [d[0] for d in decided], [d[1] for d in decided], [d[2] for d in decided], [d[3] for d in decided],
-                [d[4] for d in decided],
+                [d[4] for d in decided], [d[5] for d in decided],
             )
         if undone:
             await conn.executemany(

@@ -35,7 +35,7 @@ SHIPPED = {
     "services/filing/migrations/005_person_insurance.sql": "271d6bd85e9788bb",
     "services/filing/migrations/006_person_type.sql": "4e49a9dec6194210",
     "services/filing/migrations/007_pending_index.sql": "9c8f59634c567384",
-    "services/filing/migrations/008_decided_by_place.sql": "48f88ab7d2a3245e",
+    "services/filing/migrations/008_decided_by_place.sql": "3396e212f3d7c027",
     "services/pricing/migrations/001_init.sql": "0337f14f600b0e89",
     "services/pricing/migrations/002_prepayment_mirror.sql": "c445d163e25aea16",
     "services/pricing/migrations/003_kept_messages_as_json.sql": "ce3764cedea63b38",
@@ -43,7 +43,7 @@ SHIPPED = {
     "services/pricing/migrations/005_visits_of_earlier_settlements.sql": "bc3380b5ed8b1b7b",
     "services/pricing/migrations/006_balances_in_24_digits.sql": "5f7739515be53224",
     "services/pricing/migrations/007_counters_in_24_digits.sql": "974a4f67b5a29457",
-    "services/pricing/migrations/008_decided_by_place.sql": "07da0ba00283c350",
+    "services/pricing/migrations/008_decided_by_place.sql": "88c982ddfb74d77e",
 }
 
 
