@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from yidi.contracts import answers
 from yidi.contracts.clearing import Reconcile, ReconcileDetailsInput, ReconcileTotalsInput
 from yidi.contracts.common import code_text
-from yidi.contracts.envelope import OFFERED_INFNOS, ErrCode, Infno, RequestEnvelope
+from yidi.contracts.envelope import DEFAULT_REPLY_TO, OFFERED_INFNOS, ErrCode, Infno, RequestEnvelope
 from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import STORED_CONTEXT, FacilityRecord, PersonRecord
 from yidi.contracts.settlement import CancelInput, PersonQueryInput, ReversalInput, SettlementInput
@@ -102,12 +102,19 @@ def _work(p: Parsed) -> dict[str, Any]:
 
 def _ids(record: Incoming) -> tuple[str | None, str, str, str]:
     """msgid, reply_to, infno, fixmedins_code of a request refused before its envelope validated:
-    as the JSON says when it parses (escapes read, the last of a repeated key, none taken from inside
-    ``input``), else as the byte patterns find them. The patterns alone answered a ``reply_to``
-    written with an escape on the shared topic, and one inside ``input.data`` on the topic it named
-    (another gateway's; a review, session 37)."""
+    as the JSON says when it parses as an object (escapes read, the last of a repeated key, none
+    taken from inside ``input``; no msgid there: none, dead-lettered only), else as the byte
+    patterns find them. The patterns alone answered a ``reply_to`` written with an escape on the
+    shared topic, and one inside ``input.data`` on the topic it named (another gateway's; reviews,
+    session 37)."""
     parsed = ids_as_parsed(record.value, nested=False)
-    return parsed if parsed is not None else recover_ids(record.value)
+    if parsed is not None:
+        return parsed
+    try:
+        is_object = isinstance(loads(record.value), dict)
+    except ValueError:
+        is_object = False
+    return (None, DEFAULT_REPLY_TO, "", "") if is_object else recover_ids(record.value)
 
 
 class EligibilityHandler:

@@ -645,6 +645,12 @@ async def test_a_request_refused_before_its_envelope_validates_is_answered_where
     unsupported = orjson.dumps(inner | {k: v for k, v in bad.items() if k != "input"} | {"infno": "9999"})
     (answer,) = [o for o in await _through_eligibility(unsupported) if o.answered]
     assert answer.topic == "ns.gw.mine" and orjson.loads(answer.value)["err_code"] == "UNSUPPORTED"
+    # No msgid of its own at the top: the one inside input.data is not it (a diff review, session
+    # 37): dead-lettered only, nothing answered on another gateway's topic.
+    inside = {"input": {"data": {"msgid": "INNER", "reply_to": "gw.other", "fixmedins_code": "H99"}},
+              "infno": "2207", "msgid": "", "reply_to": "gw.mine"}
+    out = await _through_eligibility(orjson.dumps(inside))
+    assert [o.topic for o in out] == ["ns.settlement.requests.dlq"]
 
 
 async def test_a_request_of_too_many_empty_arrays_is_refused_quickly_and_a_full_reconciliation_is_not():
