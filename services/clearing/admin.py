@@ -44,7 +44,7 @@ from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import answer_fallback, broken, parse_each, recover_word, refuse_by_reqid, reply
 from yidi.platform.settings import Settings
-from yidi.platform.topics import CLEARING_STATEMENTS
+from yidi.platform.topics import CLEARING_STATEMENTS, PREPAYMENT_STATUS
 
 from services.clearing.prepayment import account_of, account_view, prepayment_alert, status_update
 from services.clearing.repository import ClearingRepository
@@ -131,6 +131,7 @@ class ClearingAdminHandler:
                     # What it published then, its result to this copy's reply_to (the hash leaves
                     # reply_to out: a clerk's tool that moved to another topic is answered there).
                     result, *extra = loads(seen["emitted"])
+                    extra = await self._statuses_now(conn, extra)
                     out.extend(self._emit([result | {"topic": self.settings.topic(request.reply_to)}, *extra],
                                           counted=(request.type, "stored")))
                     continue
@@ -165,6 +166,19 @@ class ClearingAdminHandler:
         return [Outgoing(e["topic"], e["value"].encode(), key=e["key"].encode(),
                          fallback=answer_fallback(self.settings, e["topic"], ADMIN_REPLY_TO),
                          on_commit=_counter(*counted) if i == 0 else None) for i, e in enumerate(emitted)]
+
+    async def _statuses_now(self, conn: Any, emitted: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """What a stored request published, with each account's status as the account is now: as
+        stored, a resend (or a batch handled again) put an old balance and version back on the
+        compacted status topic, where it could be the last record of its key a mirror rebuilt from
+        the topic reads (a review, session 37)."""
+        topic = self.settings.topic(PREPAYMENT_STATUS)
+        pairs = sorted({_status_pair(e) for e in emitted if e["topic"] == topic})
+        if not pairs:
+            return emitted
+        now = {(r["insuplc_admdvs"], r["mdtrtarea_admvs"]): r for r in await self.repo.accounts(conn, pairs)}
+        return [_status(self.settings, now[_status_pair(e)])
+                if e["topic"] == topic and _status_pair(e) in now else e for e in emitted]
 
     async def _apply(self, conn: asyncpg.Connection, request: Any,
                      refused: dict[str, str]) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
@@ -483,6 +497,11 @@ class ClearingAdminHandler:
                             | ({"platform_setl_date": d.platform_date.isoformat()} if d.platform_date else {})
                             for d in listed],
         }
+
+
+def _status_pair(message: dict[str, Any]) -> tuple[str, str]:
+    value = loads(message["value"])
+    return value["insuplc_admdvs"], value["mdtrtarea_admvs"]
 
 
 def _status(settings: Settings, row: Any) -> dict[str, Any]:

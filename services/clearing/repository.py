@@ -305,6 +305,13 @@ class ClearingRepository(Repository):
                 accounts[(r["insuplc_admdvs"], r["mdtrtarea_admvs"])] = r
         return Moved([accounts[k] for k in sorted(accounts)], replayed, changed)
 
+    async def accounts(self, conn: asyncpg.Connection, pairs: list[tuple[str, str]]) -> list[asyncpg.Record]:
+        """The prepayment accounts of (insured, treating) ``pairs`` as they are now."""
+        return await conn.fetch(
+            """SELECT a.* FROM clearing.prepayment_accounts a
+               JOIN unnest($1::text[], $2::text[]) AS k(i, t) ON a.insuplc_admdvs = k.i AND a.mdtrtarea_admvs = k.t""",
+            [i for i, _ in pairs], [t for _, t in pairs])
+
     async def keep_alert(self, conn: asyncpg.Connection, move: tuple[str, str], alert: str) -> None:
         await conn.execute(
             "UPDATE clearing.prepayment_moves SET alert = $3::jsonb WHERE kind = $1 AND ref = $2", *move, alert

@@ -151,3 +151,17 @@ async def test_a_reconciliation_past_the_statement_timeout_is_refused_and_its_ba
     assert answers[settings.topic("clearing.results")]["ok"]  # the fund after it, in the same transaction
     ((_, query),) = await _call(settings, ClearingAdminHandler(settings, clearing_repo), {"type": "query_prepayment", **pair})
     assert query["data"]["funded"] == "100.00"
+
+
+async def test_a_funding_sent_again_publishes_the_accounts_status_as_it_is_now(settings, handler):
+    # A stored request sent again re-published its status as stored: an old balance and version on
+    # the compacted status topic, the last record of its key a mirror rebuilt from the topic reads
+    # (a review, session 37).
+    pair = _pair()
+    first = {"type": "fund", "reqid": f"R-{uuid.uuid4().hex}", "amount": "100.00", **pair}
+    status = settings.topic("clearing.prepayment-status")
+    (before,) = [m for t, m in await _call(settings, handler, first) if t == status]
+    (later,) = [m for t, m in await _call(settings, handler, {"type": "fund", "amount": "50.00", **pair}) if t == status]
+    (again,) = [m for t, m in await _call(settings, handler, first) if t == status]
+    assert (before["balance"], later["balance"]) == ("100.00", "150.00") and later["version"] > before["version"]
+    assert (again["balance"], again["version"]) == (later["balance"], later["version"])
