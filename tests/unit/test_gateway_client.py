@@ -170,6 +170,7 @@ async def test_an_answer_that_cannot_be_read_fails_its_request_rather_than_time_
     client._consumer.queue.put_nowait(b'{"msgid": "M1", "infcode": 0, "output": {"setl')
     client._consumer.queue.put_nowait(orjson.dumps([{"msgid": "M2", "infcode": 0}]))
     client._consumer.queue.put_nowait(b"\xff\xfe not even text")  # no id: only said
+    client._consumer.queue.put_nowait(None)  # a tombstone: only said (it raised TypeError and ended the reader)
     client._consumer.queue.put_nowait(orjson.dumps({"msgid": "M3", "infcode": 0}))
     with caplog.at_level(logging.WARNING, logger="yidi.client.gateway"):
         with pytest.raises(gateway.MalformedAnswer, match="the answer to msgid M1 .* is not a JSON object") as bad:
