@@ -32,7 +32,7 @@ from yidi.domain.eligibility import Eligible, Outage, Refusal, Refused, Visit, d
 from yidi.domain.money import fmt
 from yidi.platform.jsonwire import MAX_DEPTH, dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import answerable_msgid, broken, dead_letter, ids_as_parsed, recover_ids, reply
+from yidi.platform.replies import answerable_msgid, broken, dead_letter, ids_of, recover_ids, reply
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_REQUESTS, SETTLEMENT_ELIGIBLE
 
@@ -107,14 +107,23 @@ def _ids(record: Incoming) -> tuple[str | None, str, str, str]:
     patterns find them. The patterns alone answered a ``reply_to`` written with an escape on the
     shared topic, and one inside ``input.data`` on the topic it named (another gateway's; reviews,
     session 37)."""
-    parsed = ids_as_parsed(record.value, nested=False)
-    if parsed is not None:
-        return parsed
-    try:
-        is_object = isinstance(loads(record.value), dict)
-    except ValueError:
-        is_object = False
-    return (None, DEFAULT_REPLY_TO, "", "") if is_object else recover_ids(record.value)
+    value = _top_level(record.value)
+    if not isinstance(value, dict):
+        return recover_ids(record.value)
+    return ids_of(value, nested=False) or (None, DEFAULT_REPLY_TO, "", "")
+
+
+def _top_level(raw: bytes) -> Any:
+    """The JSON of a refused request as orjson reads it, whatever made it refused (a NUL, nesting
+    past the limit: jsonwire's checks), and with bytes that are not UTF-8 replaced; None when it does
+    not parse even so. Through jsonwire, such a request fell back to the byte patterns, which took the
+    msgid and reply_to inside ``input.data`` over the ones at the top (a review, session 37)."""
+    for text in (raw, raw.decode("utf-8", "replace")):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            continue
+    return None
 
 
 class EligibilityHandler:

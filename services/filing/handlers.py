@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import logging
 import time
 from datetime import UTC, datetime
 from collections.abc import Callable
@@ -25,7 +25,7 @@ from yidi.domain.filing import (
 )
 from yidi.platform import metrics
 from yidi.platform.jsonwire import dumps, loads, request_hash
-from yidi.platform.db import lock_keys
+from yidi.platform.db import forget_in_chunks, lock_keys
 from yidi.platform.kafka import CANNOT_PROCESS, Incoming, Outgoing
 from yidi.platform.replies import (DEAD_LETTER_MAX_KEY_BYTES, answer_fallback, dead_letter, parse_each, recover_word,
                                    refuse_by_reqid)
@@ -38,9 +38,6 @@ from services.filing.repository import FilingRepository, Insurance
 
 FILING_REPLY_TO = FilingRequest.model_fields["reply_to"].default
 _ACTIONS = frozenset(a.value for a in FilingAction)  # the only values the metric's action label takes
-
-
-log = logging.getLogger(__name__)
 
 
 def _counter(action: str, outcome: str) -> Callable[[], None]:
@@ -61,6 +58,7 @@ class FilingHandler:
         self.settings = settings
         self.repo = repo
         self._forget_decided_at = 0.0  # monotonic time of the next purge of old decided refusals
+        self._forgetting: asyncio.Task[None] | None = None
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         requests, out = parse_each(records, FilingRequest.model_validate, "filing request", self.refuse)
@@ -96,13 +94,12 @@ class FilingHandler:
                              on_commit=counted if i == 0 else None)
                     for i, e in enumerate(emitted)
                 )
-        if time.monotonic() >= self._forget_decided_at:
+        # Refusals kept past their 14 days go every minute, in a task of their own (the batch's
+        # answers do not wait for it), in bounded statements until none is left.
+        if time.monotonic() >= self._forget_decided_at and (self._forgetting is None or self._forgetting.done()):
             self._forget_decided_at = time.monotonic() + FORGET_DECIDED_EVERY_S
-            try:  # in a short transaction of its own; a failure is left to the next time
-                async with self.repo.transaction() as conn:
-                    await self.repo.forget_decided(conn)
-            except Exception as exc:  # noqa: BLE001 - housekeeping: the batch is committed, and the rows keep
-                log.warning("filing: old decided refusals not dropped this time: %r", exc)
+            self._forgetting = asyncio.get_running_loop().create_task(
+                forget_in_chunks("filing", self.repo, self.repo.forget_decided), name="filing-forget-decided")
         return out
 
     def _again(self, request: FilingRequest, emitted: list[dict[str, Any]]) -> list[dict[str, Any]]:

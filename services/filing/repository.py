@@ -125,8 +125,11 @@ class FilingRepository(Repository):
     async def remember_decided(self, conn: asyncpg.Connection, place: tuple[str, int, int], reqid: str, hash_: str,
                                emitted: list[dict[str, Any]]) -> None:
         await conn.execute(
-            "INSERT INTO filing.decided (topic, part, off, reqid, request_hash, emitted) "
-            "VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT DO NOTHING", *place, reqid, hash_,
+            "INSERT INTO filing.decided AS d (topic, part, off, reqid, request_hash, emitted) "
+            "VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (topic, part, off) DO UPDATE "  # a place reused
+            "SET reqid = EXCLUDED.reqid, request_hash = EXCLUDED.request_hash, emitted = EXCLUDED.emitted, "
+            "decided_at = now() WHERE d.reqid <> EXCLUDED.reqid OR d.request_hash <> EXCLUDED.request_hash",
+            *place, reqid, hash_,
             orjson.dumps(emitted).decode())
 
     async def forget_decided(self, conn: asyncpg.Connection, days: int = 14, limit: int = 10_000) -> int:

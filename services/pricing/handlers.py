@@ -8,6 +8,7 @@ refused ``MODIFIED_REQUEST``. Cancellation and reversal give back exactly the re
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -31,7 +32,7 @@ from yidi.domain.clearing import owed
 from yidi.domain.money import ZERO
 from yidi.domain.policy import BenefitPolicy, PolicyError, policy_in_force
 from yidi.domain.pricing import ACCOUNT_DRAWN, OUTPATIENT_QUOTA, Bill, Terms, price
-from yidi.platform.db import locks
+from yidi.platform.db import forget_in_chunks, locks
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import broken, parse_each, reply
 from yidi.platform.settings import Settings
@@ -159,7 +160,8 @@ class Batch:
     # the batch is handled again after its Postgres commit. And what this attempt decides that no
     # stored request holds (a refusal, a quote), kept by place for such a second attempt.
     decided: dict[tuple[str, int, int], tuple[str, str, str]] = field(default_factory=dict)  # place → (msgid, hash, answer)
-    new_decided: list[tuple[str, int, int, str, str, str]] = field(default_factory=list)
+    # ... and whether it is a state-changing request's (kept whatever the batch stores)
+    new_decided: list[tuple[str, int, int, str, str, str, bool]] = field(default_factory=list)
     # The catalogue of each (treating region, day) the batch prices on, picked once per batch.
     _catalogues: dict[tuple[str, date], Catalogue] = field(default_factory=dict, init=False, repr=False)
     # Indexes of ``settlements`` by setl_id and by msgid (the first one listed wins, as a scan would).
@@ -216,6 +218,7 @@ class PricingHandler:
         self.settings = settings
         self.repo = repo
         self._forget_decided_at = 0.0  # monotonic time of the next purge of old decided answers
+        self._forgetting: asyncio.Task[None] | None = None
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         works, out = parse_each(records, EligibleWork.model_validate, "settlement.eligible message", self._broken)
@@ -239,8 +242,11 @@ class PricingHandler:
                     outs = self._one(work, batch)
                     if (len(batch.new_requests) == stored and work.refusal is None and len(outs) == 1
                             and outs[0].answered is not None):
+                        # A settlement's, cancellation's or reversal's refusal always; a quote (2206,
+                        # 2303) only with a batch that stores a request: one that stores none wrote
+                        # nothing its second attempt would read, and a quote decided again settles nothing.
                         batch.new_decided.append((*place, work.request.msgid, work.request_hash,
-                                                  outs[0].value.decode()))
+                                                  outs[0].value.decode(), work.request.infno.changes_state))
                     out.extend(outs)
                 except Exception as exc:  # noqa: BLE001 - an unclassified error is a bug: answer, dead-letter, log
                     if isinstance(exc, UnreadableReference):  # known, logged once per version: no traceback each
@@ -248,23 +254,20 @@ class PricingHandler:
                     else:
                         log.exception("pricing failed for %s", work.request.msgid)
                     out.extend(self._broken(record, f"pricing failed: {exc!r}"))
-            # Kept only when the batch stores a request: a batch that stores none leaves Postgres as
-            # it found it, and handled again decides the same (a quote at 100/s is mostly alone).
+            decided = [d[:6] for d in batch.new_decided if d[6] or batch.new_requests]
             await self.repo.write(conn, batch.new_requests, batch.new_settlements, batch.undone, batch.counter_changes,
-                                  batch.new_decided if batch.new_requests else ())
-        if time.monotonic() >= self._forget_decided_at:
-            self._forget_decided_at = time.monotonic() + FORGET_DECIDED_EVERY_S
-            await self._forget_decided()
+                                  decided)
+        self._forget_decided()
         return out
 
-    async def _forget_decided(self) -> None:
-        """Drop old decided answers, in a short transaction of its own (a batch's, holding its
-        persons' locks, waited for a purge once an hour); a failure is left to the next time."""
-        try:
-            async with self.repo.transaction() as conn:
-                await self.repo.forget_decided(conn)
-        except Exception as exc:  # noqa: BLE001 - housekeeping: the batch is committed, and the rows keep
-            log.warning("pricing: old decided answers not dropped this time: %r", exc)
+    def _forget_decided(self) -> None:
+        """Drop decided answers past their 14 days, every minute, in a task of its own (the batch's
+        answers do not wait for it), in bounded statements until none is left."""
+        if time.monotonic() < self._forget_decided_at or (self._forgetting and not self._forgetting.done()):
+            return
+        self._forget_decided_at = time.monotonic() + FORGET_DECIDED_EVERY_S
+        self._forgetting = asyncio.get_running_loop().create_task(
+            forget_in_chunks("pricing", self.repo, self.repo.forget_decided), name="pricing-forget-decided")
 
     def _broken(self, record: Incoming, reason: str) -> list[Outgoing]:
         return broken(self.settings, record, reason, "The platform could not price this request; nothing was settled. Try again later or settle in cash.")

@@ -286,11 +286,15 @@ class PricingRepository(Repository):
                           AS u(p, y, c, a, n) ORDER BY n
                      ON CONFLICT (psn_no, year, counter) DO UPDATE SET amount = acc.amount + EXCLUDED.amount),
                    d AS (
-                     INSERT INTO pricing.decided (topic, part, off, msgid, request_hash, answer)
+                     INSERT INTO pricing.decided AS kept (topic, part, off, msgid, request_hash, answer)
                      SELECT t, p, o, m, h, a
                      FROM unnest($17::text[], $18::int[], $19::bigint[], $20::text[], $21::text[], $22::text[])
                           AS u(t, p, o, m, h, a)
-                     ON CONFLICT DO NOTHING)
+                     -- A place kept for another request (its topic deleted and made again) is this one's now.
+                     ON CONFLICT (topic, part, off) DO UPDATE
+                     SET msgid = EXCLUDED.msgid, request_hash = EXCLUDED.request_hash, answer = EXCLUDED.answer,
+                         decided_at = now()
+                     WHERE kept.msgid <> EXCLUDED.msgid OR kept.request_hash <> EXCLUDED.request_hash)
                    SELECT 1""",
                 [r.msgid for r in requests], [r.request_hash for r in requests], [r.infno for r in requests],
                 [r.setl_id for r in requests], [r.emitted_json for r in requests],

@@ -71,13 +71,14 @@ async def test_a_stay_discharged_last_year_and_settled_now_counts_in_last_years_
         return world.request(person, [("T-A", "1", "5500.00")], infno="2304", med_type="21")
 
     now = info(await gateway.call(stay()))
-    last_year = stay()
+    last_year = stay()  # settled on 2 January (a request dated back is taken), two days after the discharge
+    last_year["inf_time"] = f"{year}-01-02 09:00:00"
     last_year["input"]["data"].update(begntime=f"{year - 1}-12-20 09:00:00", endtime=f"{year - 1}-12-31 22:00:00")
     across = info(await gateway.call(last_year))
     again = info(await gateway.call(stay()))
     assert now["hifp_pay"] == "4000.00"  # (5500 − 500) × 0.80
     assert across["hifp_pay"] == "4000.00"  # last year's cap, untouched (it was: 1000.00, what this year's left)
-    assert across["setl_id"].startswith(f"S{year}")  # its id is of the day it was settled
+    assert across["setl_id"].startswith(f"S{year}0102")  # its id is of the day it was settled
     assert again["hifp_pay"] == "1000.00"  # this year's cap 5000 − 4000
 
 

@@ -30,7 +30,7 @@ from yidi.platform.kafka import Incoming
 pytestmark = pytest.mark.integration
 
 # Insured regions no other test settles in (the session's database is shared).
-REFUSING, VISITS, QUOTES, KEPT = "871000", "872000", "873000", "874000"
+REFUSING, VISITS, QUOTES, KEPT, UNPRICED = "871000", "872000", "873000", "874000", "875000"
 # Each record its own place in settlement.eligible, as Kafka gives them (decided answers are kept by place).
 PLACES = itertools.count(1)
 
@@ -139,13 +139,19 @@ async def test_a_quote_before_a_settlement_of_its_batch_is_quoted_again_as_it_wa
     assert outcomes(settings, await PricingHandler(settings, repo)([other])) == ["quote 800.00"]
 
 
-async def test_decided_answers_are_kept_with_a_stored_request_for_two_weeks(settings, repo):
-    # Kept only when the batch stores a request (a batch storing none leaves Postgres as it found
-    # it); dropped after 14 days, past a topic's retention, in bounded statements of their own.
+async def test_refusals_are_kept_quotes_only_with_a_stored_request_and_all_go_after_two_weeks(settings, repo):
+    # A refusal of a settlement is kept always (decided again after a group's offsets were reset,
+    # it might settle a bill the facility took cash for); a quote only when its batch stores a
+    # request (a batch storing none wrote nothing its second attempt reads; a quote settles
+    # nothing). Dropped after 14 days in bounded statements of their own (diff reviews, session 37).
+    from yidi.platform.db import forget_in_chunks
+
     code, psn_no = unique("DRUG"), unique("P")
     await _priced_world(repo, KEPT, code, "0.00")
     alone = bill(settings, KEPT, code, next(PLACES), psn_no=psn_no, infno="2206")
-    await PricingHandler(settings, repo)([alone])
+    refused = bill(settings, UNPRICED, code, next(PLACES), psn_no=psn_no)  # no policy there: NO_POLICY
+    assert outcomes(settings, await PricingHandler(settings, repo)([alone])) == ["quote 800.00"]
+    assert outcomes(settings, await PricingHandler(settings, repo)([refused])) == ["NO_POLICY"]
     quote = bill(settings, KEPT, code, next(PLACES), psn_no=psn_no, infno="2206")
     await PricingHandler(settings, repo)([quote, bill(settings, KEPT, code, next(PLACES), psn_no=psn_no)])
 
@@ -153,18 +159,21 @@ async def test_decided_answers_are_kept_with_a_stored_request_for_two_weeks(sett
         return await repo._pool.fetchval("SELECT count(*) FROM pricing.decided WHERE (topic, part, off) = ($1, $2, $3)",
                                          record.topic, record.partition, record.offset)
 
-    assert (await kept(alone), await kept(quote)) == (0, 1)
+    assert (await kept(alone), await kept(refused), await kept(quote)) == (0, 1, 1)
     async with repo.transaction() as conn:
-        await conn.execute("UPDATE pricing.decided SET decided_at = now() - interval '15 days' "
-                           "WHERE (topic, part, off) = ($1, $2, $3)", quote.topic, quote.partition, quote.offset)
-    async with repo.transaction() as conn:
-        assert await repo.forget_decided(conn, limit=1_000_000) >= 1
-    assert await kept(quote) == 0
+        await conn.execute("UPDATE pricing.decided SET decided_at = now() - interval '15 days'")
+        await conn.execute("""INSERT INTO pricing.decided (topic, part, off, msgid, request_hash, answer, decided_at)
+                              SELECT 'old', 0, n, 'M', 'h', '{}', now() - interval '15 days'
+                              FROM generate_series(1, 25) AS n""")
+    # Ten at a time, in one pass until none is left.
+    await forget_in_chunks("test", repo, lambda conn: repo.forget_decided(conn, limit=10), limit=10)
+    assert await repo._pool.fetchval("SELECT count(*) FROM pricing.decided WHERE decided_at < now() - interval '14 days'") == 0
 
 
 async def test_a_place_answered_for_another_payload_of_the_same_msgid_decides_nothing(settings, repo):
     # A topic deleted and made again numbers its records from 0 anew: the same place may hold another
-    # bill under the same msgid. Its quote is not the other's (a diff review, session 37).
+    # bill under the same msgid. Its quote is not the other's, and it takes the place over, so a
+    # second attempt of it answers its own (diff reviews, session 37).
     code, psn_no = unique("DRUG"), unique("P")
     await _priced_world(repo, KEPT, code, "0.00")
     quote = bill(settings, KEPT, code, next(PLACES), psn_no=psn_no, infno="2206")
@@ -175,4 +184,6 @@ async def test_a_place_answered_for_another_payload_of_the_same_msgid_decides_no
     request = RequestEnvelope.model_validate(other["request"])
     other["request_hash"] = request.payload_hash()
     again = Incoming(quote.topic, quote.partition, quote.offset, quote.key, orjson.dumps(other), 0)
-    assert outcomes(settings, await PricingHandler(settings, repo)([again])) == ["quote 1600.00"]
+    settle = bill(settings, KEPT, code, next(PLACES), psn_no=unique("P"))
+    assert outcomes(settings, await PricingHandler(settings, repo)([again, settle])) == ["quote 1600.00", "settle 800.00"]
+    assert outcomes(settings, await PricingHandler(settings, repo)([again, settle])) == ["quote 1600.00", "settle 800.00"]

@@ -179,9 +179,9 @@ async def test_a_stage_assigned_partitions_with_old_records_and_no_committed_off
         settings, caplog, monkeypatch):
     # A group whose offsets were lost (deleted or reset, or idle past the broker's
     # offsets.retention.minutes) read every retained record from the start, silently (a
-    # crash-consistency review, session 37). It is now said and counted when the partition's first
-    # record is older than READ_FROM_START_AGE_S (here 2 s); a group's first records, younger, are
-    # said at INFO only (a new deployment, a rebalance before a partition's first commit).
+    # crash-consistency review, session 37). It is now said, and timestamped for the alert, when the
+    # partition's first record is older than READ_FROM_START_AGE_S; a group's first records,
+    # younger, are said at INFO only (a new deployment, a rebalance before a partition's first commit).
     import logging
 
     from yidi.platform import kafka, metrics
@@ -212,16 +212,19 @@ async def test_a_stage_assigned_partitions_with_old_records_and_no_committed_off
         finally:
             await stage.stop()
 
-    monkeypatch.setattr(kafka, "READ_FROM_START_AGE_S", 2.0)
     caplog.set_level(logging.INFO, logger="yidi.platform.kafka")
-    await run("fromstart-young", 2)  # the records are younger than 2 s: a group's first
-    young = metrics.STAGE_READ_FROM_START.labels("fromstart-young")._value.get()
-    await asyncio.sleep(2.5)
-    counted = metrics.STAGE_READ_FROM_START.labels("fromstart-old")
-    for expect in (4, 4):  # the second start finds the offsets the first committed
-        await run("fromstart-old", expect)
-        assert counted._value.get() == 1
-    assert young == 0
+    monkeypatch.setattr(kafka, "READ_FROM_START_AGE_S", 60.0)
+    await run("fromstart-young", 2)  # records seconds old: a group's first
+    assert metrics.STAGE_READ_FROM_START.labels("fromstart-young")._value.get() == 0
+    monkeypatch.setattr(kafka, "READ_FROM_START_AGE_S", 0.5)
+    await asyncio.sleep(1.0)
+    moment = metrics.STAGE_READ_FROM_START.labels("fromstart-old")
+    before = time.time()
+    await run("fromstart-old", 4)
+    first = moment._value.get()
+    assert before <= first <= time.time()
+    await run("fromstart-old", 4)  # the second start finds the offsets the first committed
+    assert moment._value.get() == first
     said = [(r.levelno, r.getMessage()) for r in caplog.records if "has no committed offset" in r.getMessage()]
     assert [level for level, _ in said] == [logging.INFO, logging.WARNING], said
     assert "holds 2 records" in said[1][1] and "read from offset 0" in said[1][1]

@@ -651,6 +651,14 @@ async def test_a_request_refused_before_its_envelope_validates_is_answered_where
               "infno": "2207", "msgid": "", "reply_to": "gw.mine"}
     out = await _through_eligibility(orjson.dumps(inside))
     assert [o.topic for o in out] == ["ns.settlement.requests.dlq"]
+    # Refused for a NUL, bytes that are not UTF-8 or nesting past the limit, a request was read by
+    # the byte patterns, which took the msgid and reply_to inside input.data over its own (a review,
+    # session 37).
+    for spoiler in (b'"a\\u0000"', b'"\xff"', b"[" * 80 + b"]" * 80):
+        raw = (b'{"input":{"data":{"msgid":"INNER","reply_to":"gw.other","fixmedins_code":"H99","x":' + spoiler
+               + b'}},"infno":"2207","msgid":"H11010500001OUTER","reply_to":"gw.mine","fixmedins_code":"H11010500001"}')
+        answered = [o for o in await _through_eligibility(raw) if o.answered]
+        assert [(o.topic, orjson.loads(o.value)["msgid"]) for o in answered] == [("ns.gw.mine", "H11010500001OUTER")], spoiler
 
 
 async def test_a_request_of_too_many_empty_arrays_is_refused_quickly_and_a_full_reconciliation_is_not():

@@ -211,10 +211,12 @@ def test_a_bill_is_priced_as_of_the_day_its_care_ended_not_after_the_settlements
     stay = {"med_type": "21"}
     assert care_day(settled, stay | {"endtime": "2026-12-31 22:00:00"}) == date(2026, 12, 31)
     assert care_day(settled, stay | {"endtime": "2026-12-31"}) == date(2026, 12, 31)
-    assert care_day(settled, stay | {"endtime": "2026-01-01 08:00:00"}) == date(2026, 1, 1)  # the year before
+    assert care_day(settled, stay | {"endtime": "2026-10-01 08:00:00"}) == date(2026, 10, 1)  # 92 days before
+    assert care_day(settled, stay | {"endtime": "2026-09-30 08:00:00"}) == date(2027, 1, 1)  # 93: too far back
     assert care_day(settled, stay | {"endtime": "2027-01-03 08:00:00"}) == date(2027, 1, 1)
     assert care_day(settled, stay | {"endtime": ""}) == care_day(settled, stay) == date(2027, 1, 1)
-    # A diff review, session 37: no further back than the year before; other care by its settlement's
+    # Diff reviews, session 37: no further back than 92 days (a year typed wrong at the new year
+    # reached last year's counters); other care by its settlement's
     # day; an endtime an earlier version passed on and this one cannot read prices on that day too
     # (raised in pricing's batch read, it stopped the stage at every start).
     assert care_day(settled, stay | {"endtime": "2025-12-31 22:00:00"}) == date(2027, 1, 1)

@@ -151,12 +151,13 @@ _drift_logged = False
 def care_day(inf_time: datetime, data: dict[str, Any]) -> date:
     """The day a bill is priced as of: the policy and catalogue in force, and the year whose
     deductible, caps and quotas it counts in. For a stay, the day it ended (``endtime``: its
-    discharge), when the request gives it, not after the settlement's day and at most in the year
-    before it; else the settlement's (``inf_time``). A stay discharged on 31 December and settled
+    discharge), when the request gives it, not after the settlement's day and at most
+    ``STAY_END_DAYS`` before it; else the settlement's (``inf_time``). A stay discharged on 31 December and settled
     after midnight, or cancelled and settled again in January, counts in December's year, as
     regions count a stay across the new year (by its discharge), and not by the moment the cashier
     settled it. Other care is priced on its settlement's day, and so is a stay whose ``endtime``
-    lies further back (no bill reaches a year before last) or cannot be read (a record an earlier
+    lies further back (a year typed wrong at the new year reaches no earlier year's counters) or
+    cannot be read (a record an earlier
     version passed on, read again: a bill is not refused here)."""
     settled = inf_time.date()
     if data.get("med_type") not in _STAY_MED_TYPES:
@@ -165,11 +166,14 @@ def care_day(inf_time: datetime, data: dict[str, Any]) -> date:
         ended = _stay_time(data.get("endtime"))
     except ValueError:
         return settled
-    if ended is None or ended.date() >= settled or ended.year < settled.year - 1:
+    if ended is None or ended.date() >= settled or (settled - ended.date()).days > STAY_END_DAYS:
         return settled
     return ended.date()
 
 
+# How far before its settlement a stay's end may lie and still price it: a discharge settled after
+# a holiday, or a bill corrected and settled again, weeks later.
+STAY_END_DAYS = 92
 _STAY_MED_TYPES = frozenset(m.value for m in MedType if m.is_inpatient)
 
 

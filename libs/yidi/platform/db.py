@@ -12,7 +12,7 @@ import hashlib
 import logging
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from importlib import resources
@@ -238,6 +238,23 @@ class Repository:
                 # as a statement started, say): closed, it is replaced, and the retry starts afresh.
                 conn.terminate()
                 raise
+
+
+async def forget_in_chunks(service: str, repo: Repository,
+                           forget: Callable[[asyncpg.Connection], Awaitable[int]], limit: int = 10_000) -> None:
+    """Run ``forget`` (a bounded DELETE of old rows, at most ``limit``, returning how many it
+    deleted) in transactions of their own until one deletes fewer than ``limit``: a backlog (after
+    an outage, or at a high rate) goes in one pass, each statement short. A failure is logged and
+    left to the next pass (housekeeping: the rows keep)."""
+    try:
+        while True:
+            async with repo.transaction() as conn:
+                if await forget(conn) < limit:
+                    return
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see above
+        log.warning("%s: old rows not dropped this time: %r", service, exc)
 
 
 MIGRATION_TIMEOUT_S = 3600.0

@@ -378,9 +378,11 @@ class TransactionalStage:
         group: ``auto_offset_reset`` earliest). Its group was deleted or reset, and what it had
         handled is handled again; or its offsets expired (no member past the broker's
         ``offsets.retention.minutes``), and it reads what came while it was away (runbook, "A stage
-        read its partitions from the start"): said, counted, alerted on, not stopped. A partition
-        whose first records are younger is a group's first (a new deployment, a partition's first
-        records in a batch a rebalance took before its commit): said at INFO."""
+        read its partitions from the start"): said, timestamped, alerted on, not stopped. A
+        partition whose first records are younger is a group's first (a new deployment, a
+        partition's first records in a batch a rebalance took before its commit), and one of a
+        compacted topic keeps its records for good and is read whole by a new deployment: said at
+        INFO."""
         consumer = self._consumer
         if consumer is None or not assigned:
             return
@@ -398,10 +400,10 @@ class TransactionalStage:
             said = (f"stage {self.name}: {tp.topic}[{tp.partition}] has no committed offset for group "
                     f"{self.settings.group(self.group_id)} and holds {end[tp] - first[tp]} records, the first "
                     f"{age_s:.0f} s old: read from offset {first[tp]}")
-            if age_s < READ_FROM_START_AGE_S:
+            if age_s < READ_FROM_START_AGE_S or tp.topic in _compacted_topics(self.settings):
                 log.info("%s", said)
                 continue
-            metrics.STAGE_READ_FROM_START.labels(self.name).inc()
+            metrics.STAGE_READ_FROM_START.labels(self.name).set_to_current_time()
             log.warning("%s. Its group was deleted or reset (what it had handled is handled again) or its offsets "
                         "expired (what came while it was away is read) (runbook, \"A stage read its partitions from "
                         "the start\")", said)
@@ -822,6 +824,10 @@ class TransactionalStage:
         if isinstance(exc, ProducerFenced):
             return exc
         return FatalError(f"stage {self.name}: the Kafka producer failed for good: {exc!r}")
+
+
+def _compacted_topics(settings: Settings) -> set[str]:
+    return {settings.topic(spec.name) for spec in all_topic_specs() if spec.compacted}
 
 
 # How long a rebalance waits for the check of the partitions assigned (``_read_from_start``), and

@@ -48,12 +48,12 @@ STAGE_LINGERS = Counter(
     "lingered, or skipped because the stage's lingers had stopped adding records (LingerGate).",
     ["stage", "outcome"],
 )
-STAGE_READ_FROM_START = Counter(
-    "yidi_stage_partitions_read_from_start_total",
-    "Partitions a stage was assigned with no committed offset for its group while they held records, "
-    "read from their first record: the requests sent before a new deployment first ran, or, on one "
-    "that ran before, offsets lost (idle past the broker's offsets.retention.minutes, or deleted) and "
-    "every record retained handled again.",
+STAGE_READ_FROM_START = Gauge(
+    "yidi_stage_read_from_start_timestamp_seconds",
+    "When a stage was last assigned a partition of a topic that is not compacted with no committed offset "
+    "for its group and a first record over 10 minutes old, and read it from that record (0: never since "
+    "it started): its group's offsets expired (what came while it was away is read) or the group was "
+    "deleted or reset (what it had handled is handled again).",
     ["stage"],
 )
 STAGE_RETRIES = Counter(

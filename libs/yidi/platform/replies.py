@@ -242,6 +242,11 @@ def ids_as_parsed(raw: bytes, *, nested: bool = True) -> tuple[str, str, str, st
         value = loads(raw)
     except ValueError:
         return None
+    return ids_of(value, nested=nested)
+
+
+def ids_of(value: Any, *, nested: bool = True) -> tuple[str, str, str, str] | None:
+    """``ids_as_parsed`` of a message already parsed."""
     if not isinstance(value, dict):
         return None
     # A request's own msgid first: one may carry a "request" of its own, which the models ignore.
