@@ -183,3 +183,8 @@ async def test_a_second_long_term_filing_refused_in_a_batch_handled_again_is_ref
     assert [accepted for accepted, _ in once] == [False, True]
     assert "already has long-term filing" in once[0][1]
     assert again == once
+    # The same place and reqid with another request (its topic deleted and made again) is decided
+    # anew: the first filing is cancelled now, so the add is accepted.
+    body = orjson.loads(batch[0].value) | {"filed_admdvs": "130100"}
+    other = Incoming(topic, 0, 1, psn.encode(), orjson.dumps(body), int(time.time() * 1000))
+    assert [accepted for accepted, _ in results(await FilingHandler(settings, filing_repo)([other]))] == [True]
