@@ -645,7 +645,6 @@ def test_a_settlement_refused_modified_request_fails_the_replay_with_the_hint_to
     # Before (a review, session 36): a day generated again with a new --run-id but the same --tag
     # reused the earlier run's msgids; the platform refused every settlement MODIFIED_REQUEST with
     # an answer made now (answered_before_run stayed 0), and the replay passed, nothing settled.
-    from loadtest import replay as replay_module
     from loadtest.bench import verdict
     from loadtest.checks import replay_passed
 
@@ -661,17 +660,30 @@ def test_a_settlement_refused_modified_request_fails_the_replay_with_the_hint_to
     ok, text = verdict(result)
     assert not ok and "1 requests were refused MODIFIED_REQUEST" in text
 
+    command = replay_command_giving(result, tmp_path, monkeypatch)
+    assert command() == 1
+    err = capsys.readouterr().err
+    assert "1 requests were refused MODIFIED_REQUEST" in err and "with a new --tag and --run-id" in err
+
+
+def replay_command_giving(result: dict[str, Any], tmp_path, monkeypatch):
+    """``python -m loadtest.replay`` on an empty day whose replay gives ``result``: a function of
+    the further arguments that returns the command's exit status."""
+    from loadtest import replay as replay_module
+
     async def replay_file(*args: Any, **kwargs: Any) -> dict[str, Any]:
         return result
 
     monkeypatch.setattr(replay_module, "replay_file", replay_file)
     day = tmp_path / "day.jsonl"
     day.write_text("")
-    with pytest.raises(SystemExit) as exc:
-        replay_module.main([str(day)])
-    err = capsys.readouterr().err
-    assert exc.value.code == 1
-    assert "1 requests were refused MODIFIED_REQUEST" in err and "with a new --tag and --run-id" in err
+
+    def run(*argv: str) -> int:
+        with pytest.raises(SystemExit) as exc:
+            replay_module.main([str(day), *argv])
+        return exc.value.code
+
+    return run
 
 
 def test_the_replay_command_fails_a_run_where_few_settlements_settle_as_the_bench_does(
@@ -679,8 +691,6 @@ def test_the_replay_command_fails_a_run_where_few_settlements_settle_as_the_benc
     # Before (left in session 36): the bench failed a run under 90 % settled (a platform refusing
     # for a reason the day does not mean, whose speed is not the settlements'), the replay command
     # passed it; `--min-settled 0` is for a day meant to be refused.
-    from loadtest import replay as replay_module
-
     async def mostly_refused() -> dict[str, Any]:
         r, _ = replay()
         for i in range(10):
@@ -691,23 +701,13 @@ def test_the_replay_command_fails_a_run_where_few_settlements_settle_as_the_benc
     result = asyncio.run(mostly_refused())
     assert result["exactly_once"]["ok"] and result["settlements"]["settled"] == 8
 
-    async def replay_file(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        return result
-
-    monkeypatch.setattr(replay_module, "replay_file", replay_file)
-    day = tmp_path / "day.jsonl"
-    day.write_text("")
-    with pytest.raises(SystemExit) as exc:
-        replay_module.main([str(day)])
-    assert exc.value.code == 1
+    command = replay_command_giving(result, tmp_path, monkeypatch)
+    assert command() == 1
     assert "only 80.0% of 10 settlements answered settled, under --min-settled 90%" in capsys.readouterr().err
     for share, code in (("0.8", 0), ("0", 0), ("0.81", 1)):
-        with pytest.raises(SystemExit) as exc:
-            replay_module.main([str(day), "--min-settled", share])
-        assert exc.value.code == code, share
-    with pytest.raises(SystemExit) as exc:
-        replay_module.main([str(day), "--min-settled", "90"])
-    assert exc.value.code == 2 and "a share between 0 and 1, not 90" in capsys.readouterr().err
+        assert command("--min-settled", share) == code, share
+    assert command("--min-settled", "90") == 2
+    assert "a share between 0 and 1, not 90" in capsys.readouterr().err
 
 
 def bill_line(msgid: str, psn_no: str, mdtrt_id: str, total: str) -> dict[str, Any]:
