@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import time
 from datetime import UTC, datetime
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +23,7 @@ from yidi.domain.filing import (
 )
 from yidi.platform import metrics
 from yidi.platform.jsonwire import dumps, loads, request_hash
-from yidi.platform.db import forget_in_chunks, lock_keys
+from yidi.platform.db import Purge, lock_keys
 from yidi.platform.kafka import CANNOT_PROCESS, Incoming, Outgoing
 from yidi.platform.replies import (DEAD_LETTER_MAX_KEY_BYTES, answer_fallback, dead_letter, parse_each, recover_word,
                                    refuse_by_reqid)
@@ -49,16 +47,12 @@ def filing_id_for(reqid: str) -> str:
     return "F" + hashlib.sha1(reqid.encode()).hexdigest()[:16].upper()
 
 
-# How often filing drops the refusals it kept by place past their 14 days (at most 10,000 a time).
-FORGET_DECIDED_EVERY_S = 60.0
-
-
 class FilingHandler:
     def __init__(self, settings: Settings, repo: FilingRepository) -> None:
         self.settings = settings
         self.repo = repo
-        self._forget_decided_at = 0.0  # monotonic time of the next purge of old decided refusals
-        self._forgetting: asyncio.Task[None] | None = None
+        # Refusals kept past their 14 days go every minute, 10,000 a statement until none is left.
+        self._purge = Purge("filing", repo, lambda conn: self.repo.forget_decided(conn))
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         requests, out = parse_each(records, FilingRequest.model_validate, "filing request", self.refuse)
@@ -94,12 +88,7 @@ class FilingHandler:
                              on_commit=counted if i == 0 else None)
                     for i, e in enumerate(emitted)
                 )
-        # Refusals kept past their 14 days go every minute, in a task of their own (the batch's
-        # answers do not wait for it), in bounded statements until none is left.
-        if time.monotonic() >= self._forget_decided_at and (self._forgetting is None or self._forgetting.done()):
-            self._forget_decided_at = time.monotonic() + FORGET_DECIDED_EVERY_S
-            self._forgetting = asyncio.get_running_loop().create_task(
-                forget_in_chunks("filing", self.repo, self.repo.forget_decided), name="filing-forget-decided")
+        self._purge.due()
         return out
 
     def _again(self, request: FilingRequest, emitted: list[dict[str, Any]]) -> list[dict[str, Any]]:

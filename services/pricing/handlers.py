@@ -8,10 +8,8 @@ refused ``MODIFIED_REQUEST``. Cancellation and reversal give back exactly the re
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -32,7 +30,7 @@ from yidi.domain.clearing import owed
 from yidi.domain.money import ZERO
 from yidi.domain.policy import BenefitPolicy, PolicyError, policy_in_force
 from yidi.domain.pricing import ACCOUNT_DRAWN, OUTPATIENT_QUOTA, Bill, Terms, price
-from yidi.platform.db import forget_in_chunks, locks
+from yidi.platform.db import Purge, locks
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import broken, parse_each, reply
 from yidi.platform.settings import Settings
@@ -205,10 +203,6 @@ _SETTLED_BY = {Infno.OUTPATIENT_CANCEL: "2207", Infno.INPATIENT_CANCEL: "2304"}
 _CANCELLED_BY = {"2207": "2208", "2304": "2305"}
 
 
-# How often pricing drops decided answers past their 14 days (at most 10,000 a time).
-FORGET_DECIDED_EVERY_S = 60.0
-
-
 def _account_counter(version: str) -> str:
     return f"{ACCOUNT_DRAWN}:{version}"
 
@@ -217,8 +211,8 @@ class PricingHandler:
     def __init__(self, settings: Settings, repo: PricingRepository) -> None:
         self.settings = settings
         self.repo = repo
-        self._forget_decided_at = 0.0  # monotonic time of the next purge of old decided answers
-        self._forgetting: asyncio.Task[None] | None = None
+        # Decided answers past their 14 days go every minute, 10,000 a statement until none is left.
+        self._purge = Purge("pricing", repo, lambda conn: self.repo.forget_decided(conn))
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         works, out = parse_each(records, EligibleWork.model_validate, "settlement.eligible message", self._broken)
@@ -257,17 +251,8 @@ class PricingHandler:
             decided = [d[:6] for d in batch.new_decided if d[6] or batch.new_requests]
             await self.repo.write(conn, batch.new_requests, batch.new_settlements, batch.undone, batch.counter_changes,
                                   decided)
-        self._forget_decided()
+        self._purge.due()
         return out
-
-    def _forget_decided(self) -> None:
-        """Drop decided answers past their 14 days, every minute, in a task of its own (the batch's
-        answers do not wait for it), in bounded statements until none is left."""
-        if time.monotonic() < self._forget_decided_at or (self._forgetting and not self._forgetting.done()):
-            return
-        self._forget_decided_at = time.monotonic() + FORGET_DECIDED_EVERY_S
-        self._forgetting = asyncio.get_running_loop().create_task(
-            forget_in_chunks("pricing", self.repo, self.repo.forget_decided), name="pricing-forget-decided")
 
     def _broken(self, record: Incoming, reason: str) -> list[Outgoing]:
         return broken(self.settings, record, reason, "The platform could not price this request; nothing was settled. Try again later or settle in cash.")

@@ -257,6 +257,24 @@ async def forget_in_chunks(service: str, repo: Repository,
         log.warning("%s: old rows not dropped this time: %r", service, exc)
 
 
+class Purge:
+    """``forget_in_chunks`` of ``forget`` at most every ``every_s`` seconds, in a task of its own (a
+    batch's answers do not wait for it), never two at once. ``due()`` is called after each batch."""
+
+    def __init__(self, service: str, repo: Repository, forget: Callable[[asyncpg.Connection], Awaitable[int]],
+                 every_s: float = 60.0) -> None:
+        self.service, self.repo, self.forget, self.every_s = service, repo, forget, every_s
+        self._next = 0.0  # monotonic time of the next purge
+        self._task: asyncio.Task[None] | None = None
+
+    def due(self) -> None:
+        if time.monotonic() < self._next or (self._task is not None and not self._task.done()):
+            return
+        self._next = time.monotonic() + self.every_s
+        self._task = asyncio.get_running_loop().create_task(
+            forget_in_chunks(self.service, self.repo, self.forget), name=f"{self.service}-purge")
+
+
 MIGRATION_TIMEOUT_S = 3600.0
 POOL_CLOSE_SECONDS = 5.0
 
