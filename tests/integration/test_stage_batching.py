@@ -136,6 +136,84 @@ async def test_the_lag_gauge_grows_while_a_stage_is_stuck_and_falls_back_once_it
         await stage.stop()
 
 
+async def test_the_wait_gauge_sees_one_stuck_partition_while_the_others_keep_the_stage_committing(settings):
+    """yidi_stage_waiting_seconds: records on a partition the stage does not move on (here its fetches
+    paused, as for a partition whose leader is away) wait and show, while the stage commits what
+    its other partitions bring, which YidiStageStalled alone would take for a stage at work. Once
+    the partition moves the wait is gone."""
+    from aiokafka import TopicPartition
+
+    from yidi.platform import metrics
+
+    s = settings.model_copy(update={"namespace": settings.namespace + "waiting.", "lag_sample_seconds": 0.2})
+    await ensure_topics(s)
+    handled: list[bytes] = []
+
+    async def forward(records: list[Incoming]) -> list[Outgoing]:
+        handled.extend(r.value for r in records)
+        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key) for r in records]
+
+    stage = TransactionalStage("waiting-test", "test", s, [SETTLEMENT_REQUESTS], "waiting-test", forward)
+    waiting = metrics.STAGE_WAITING.labels("waiting-test")
+    committed = metrics.STAGE_RECORDS.labels("waiting-test")
+    stuck = TopicPartition(s.topic(SETTLEMENT_REQUESTS), 0)
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    await stage.start()
+    await producer.start()
+    try:
+        await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), b"warm", partition=1)
+        await until(lambda: b"warm" in handled)
+        stage._consumer.pause(stuck)  # noqa: SLF001
+        await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), b"held", partition=0)
+        before = committed._value.get()  # noqa: SLF001
+        i = 0
+        while waiting._value.get() < 2.0:  # noqa: SLF001 - the other partitions flow meanwhile
+            await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), b"flow%d" % i, partition=1 + i % 2)
+            await until(lambda i=i: b"flow%d" % i in handled, timeout=20)
+            i += 1
+            assert i < 2000, "the wait never showed"
+        assert b"held" not in handled
+        assert committed._value.get() - before >= 2  # noqa: SLF001 - the stage kept committing
+        stage._consumer.resume(stuck)  # noqa: SLF001
+        await until(lambda: b"held" in handled, timeout=20)
+        await until(lambda: waiting._value.get() == 0, timeout=20)  # noqa: SLF001
+        assert stage.failure is None
+    finally:
+        await producer.stop()
+        await stage.stop()
+
+
+async def test_the_wait_gauge_counts_a_batch_held_in_hand(settings):
+    """A handler that hangs holds its batch: the records' wait grows though the consumer's position
+    is past them, and is gone once the batch commits."""
+    from yidi.platform import metrics
+
+    s = settings.model_copy(update={"namespace": settings.namespace + "waithand.", "lag_sample_seconds": 0.2})
+    await ensure_topics(s)
+    release = asyncio.Event()
+
+    async def stuck(records: list[Incoming]) -> list[Outgoing]:
+        await release.wait()
+        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key) for r in records]
+
+    stage = TransactionalStage("waithand-test", "test", s, [SETTLEMENT_REQUESTS], "waithand-test", stuck)
+    waiting = metrics.STAGE_WAITING.labels("waithand-test")
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    await stage.start()
+    await producer.start()
+    try:
+        await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), b"x", key=b"p")
+        await until(lambda: stage._in_hand == 1)  # noqa: SLF001
+        await until(lambda: waiting._value.get() >= 1.0, timeout=20)  # noqa: SLF001
+        release.set()
+        await until(lambda: waiting._value.get() == 0, timeout=20)  # noqa: SLF001
+        assert stage.failure is None
+    finally:
+        release.set()
+        await producer.stop()
+        await stage.stop()
+
+
 async def test_an_outputs_on_commit_runs_once_its_batch_committed_and_not_for_a_try_that_failed(settings):
     """A batch whose commit fails is handled again; what its outputs count (a clearing request's
     result) is counted once, when a transaction with them committed."""

@@ -35,7 +35,7 @@ from yidi.domain.values import value
 from yidi.platform import fencing, metrics, records, txnv2
 from yidi.platform.errors import BadData, FatalError, RaceLost, TransientError
 from yidi.platform.faults import armed, crash_point
-from yidi.platform.lag import consumer_lag
+from yidi.platform.lag import WaitClock, partition_lag
 from yidi.platform.reply_topics import ReplyTopicRefused, ReplyTopics, to_shared_topic
 from yidi.platform.settings import Settings
 from yidi.platform.topics import all_topic_specs
@@ -299,6 +299,7 @@ class TransactionalStage:
     _last_commit: float = field(default=0.0, init=False)
     _linger: LingerGate = field(default_factory=LingerGate, init=False)
     _in_hand: int = field(default=0, init=False)  # records fetched and not yet committed (or dropped)
+    _in_hand_since: float = field(default=0.0, init=False)  # time.monotonic() when they were taken
     _lag_task: asyncio.Task[None] | None = field(default=None, init=False)
     # The consumer's group generation and member id when the batch in hand was fetched: its
     # offsets are committed under that membership or not at all (fencing.py).
@@ -412,15 +413,16 @@ class TransactionalStage:
         """``yidi_stage_lag_records`` every ``lag_sample_seconds``: what the stage's partitions hold
         that it has not committed. It grows while the stage is stuck or falls behind, whatever the
         stage's own loop is doing (docs/runbook.md, YidiStageStalled)."""
-        gauge = metrics.STAGE_LAG.labels(self.name)
+        gauge, waited, clock = metrics.STAGE_LAG.labels(self.name), metrics.STAGE_WAITING.labels(self.name), WaitClock()
         while not self._stopping:
             await asyncio.sleep(self.settings.lag_sample_seconds)
             consumer = self._consumer
             try:
-                if consumer is None or not consumer.assignment():
-                    gauge.set(0)
-                    continue
-                gauge.set(await consumer_lag(consumer) + self._in_hand)
+                lags = await partition_lag(consumer) if consumer is not None else {}
+                now = time.monotonic()
+                clock.sample(lags, now)
+                gauge.set(sum(behind for behind, _ in lags.values()) + self._in_hand)
+                waited.set(clock.longest(now, now - self._in_hand_since if self._in_hand else 0.0))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a sample missed (rebalance, broker away) is not a failure
@@ -493,7 +495,7 @@ class TransactionalStage:
                         self._rewind(more)
                         records = []
                 if records:
-                    self._in_hand = len(records)
+                    self._in_hand, self._in_hand_since = len(records), time.monotonic()
                     self._observe_age(records)
                     try:
                         await self._handle_until_committed(records)

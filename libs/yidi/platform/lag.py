@@ -25,19 +25,51 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
     return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 
-async def consumer_lag(consumer: AIOKafkaConsumer, *, position_timeout: float = 2.0) -> int:
-    """Records on the consumer's assigned partitions past its position, up to the last stable
-    offsets (a ``read_committed`` consumer's end offsets); 0 with no partition assigned. Its
-    answer from the broker sets ``yidi_kafka_reached_timestamp_seconds``."""
+async def partition_lag(consumer: AIOKafkaConsumer, *, position_timeout: float = 2.0) -> dict[TopicPartition, tuple[int, int]]:
+    """Each assigned partition's records past the consumer's position, up to its last stable offset
+    (a ``read_committed`` consumer's end offset), and that position: ``{tp: (behind, position)}``;
+    empty with no partition assigned. Its answer from the broker sets
+    ``yidi_kafka_reached_timestamp_seconds``."""
     partitions = list(consumer.assignment())
     if not partitions:
-        return 0
+        return {}
     ends = await consumer.end_offsets(partitions)
     metrics.KAFKA_REACHED.set(time.time())  # the broker answered (YidiKafkaUnreachable)
-    behind = 0
+    lags = {}
     for tp in partitions:
-        behind += max(0, ends[tp] - await asyncio.wait_for(consumer.position(tp), position_timeout))
-    return behind
+        position = await asyncio.wait_for(consumer.position(tp), position_timeout)
+        lags[tp] = (max(0, ends[tp] - position), position)
+    return lags
+
+
+async def consumer_lag(consumer: AIOKafkaConsumer, *, position_timeout: float = 2.0) -> int:
+    """Records on the consumer's assigned partitions past its position (``partition_lag``, summed);
+    0 with no partition assigned."""
+    return sum(behind for behind, _ in (await partition_lag(consumer, position_timeout=position_timeout)).values())
+
+
+class WaitClock:
+    """How long records have waited on a consumer without its position moving, from samples of
+    ``partition_lag``: a partition with records behind whose position is where the last sample
+    found it has waited since the first sample that found it there. A partition that moves, or
+    has nothing behind, has not waited. ``longest`` is the longest such wait among the partitions
+    of the last sample (0 when none), or ``in_hand`` seconds when longer: the age of a batch
+    fetched (the position past it) and not yet done."""
+
+    def __init__(self) -> None:
+        self._since: dict[TopicPartition, tuple[int, float]] = {}
+
+    def sample(self, lags: dict[TopicPartition, tuple[int, int]], now: float) -> None:
+        since = {}
+        for tp, (behind, position) in lags.items():
+            if behind <= 0:
+                continue
+            seen = self._since.get(tp)
+            since[tp] = seen if seen is not None and seen[0] == position else (position, now)
+        self._since = since
+
+    def longest(self, now: float, in_hand: float = 0.0) -> float:
+        return max([in_hand] + [now - at for _, at in self._since.values()])
 
 
 async def caught_up(bootstrap: str, group: str, topic: str) -> bool:

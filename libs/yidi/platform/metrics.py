@@ -103,6 +103,13 @@ STAGE_LAG = Gauge(
     "less the consumer's position, plus the batch in hand. Sampled every few seconds.",
     ["stage"],
 )
+STAGE_WAITING = Gauge(
+    "yidi_stage_waiting_seconds",
+    "How long records have waited on one of the stage's assigned partitions with its position not moving, "
+    "or the batch in hand has been in hand: the longest such wait, sampled with the lag (0 when none waits). "
+    "One stuck partition shows here while the others keep the stage committing.",
+    ["stage"],
+)
 GC_PAUSE_SECONDS = Histogram(
     "yidi_gc_pause_seconds",
     "Pauses of Python's cyclic garbage collector, by generation (2: a full collection); the sum over time is "

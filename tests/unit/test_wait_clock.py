@@ -1,0 +1,47 @@
+"""The wait behind yidi_stage_waiting_seconds: how long records have waited on a partition whose
+position does not move, from samples of each partition's lag and position."""
+
+from __future__ import annotations
+
+from aiokafka import TopicPartition
+
+from yidi.platform.lag import WaitClock
+
+A, B = TopicPartition("t", 0), TopicPartition("t", 1)
+
+
+def test_a_partition_with_records_behind_and_its_position_still_has_waited_since_the_first_such_sample():
+    clock = WaitClock()
+    clock.sample({A: (3, 10), B: (0, 7)}, now=100.0)
+    assert clock.longest(100.0) == 0.0
+    clock.sample({A: (5, 10), B: (0, 7)}, now=105.0)
+    assert clock.longest(105.0) == 5.0
+    clock.sample({A: (9, 10), B: (0, 7)}, now=110.0)
+    assert clock.longest(112.0) == 12.0
+
+
+def test_a_partition_that_moves_or_empties_has_not_waited():
+    clock = WaitClock()
+    clock.sample({A: (3, 10)}, now=100.0)
+    clock.sample({A: (3, 10)}, now=105.0)
+    assert clock.longest(105.0) == 5.0
+    clock.sample({A: (40, 11)}, now=110.0)  # it moved, however far behind: falling behind, not stuck
+    assert clock.longest(110.0) == 0.0
+    clock.sample({A: (40, 11)}, now=115.0)
+    assert clock.longest(115.0) == 5.0
+    clock.sample({A: (0, 51)}, now=120.0)
+    assert clock.longest(120.0) == 0.0
+    clock.sample({A: (1, 51)}, now=125.0)  # behind again at the position it caught up at: a new wait
+    assert clock.longest(125.0) == 0.0
+
+
+def test_the_longest_wait_is_the_worst_partition_or_the_batch_in_hand():
+    clock = WaitClock()
+    clock.sample({A: (1, 10), B: (1, 20)}, now=100.0)
+    clock.sample({A: (1, 10), B: (2, 21)}, now=130.0)
+    assert clock.longest(130.0) == 30.0  # A waited; B moved
+    assert clock.longest(130.0, in_hand=45.0) == 45.0
+    clock.sample({B: (2, 21)}, now=140.0)  # A revoked: its wait is another instance's now
+    assert clock.longest(140.0) == 10.0
+    clock.sample({}, now=150.0)
+    assert clock.longest(150.0) == 0.0
