@@ -133,3 +133,47 @@ def test_a_policy_records_enddate_is_not_before_its_begndate_and_left_out_of_the
     versions = [withdrawn, older, province]
     assert policy_in_force(versions, "440106", InsuranceType.EMPLOYEE, date(2023, 6, 1)) is older
     assert policy_in_force(versions, "440106", InsuranceType.EMPLOYEE, date(2024, 6, 1)) is province
+
+
+@pytest.mark.parametrize("day", ["20260101", 1767225600, "1767225600", 0, "2026/01/01"])
+def test_a_reference_records_dates_are_written_yyyy_mm_dd_not_seconds_since_1970(day):
+    """pydantic alone took a JSON number, or ten digits, for seconds since 1970: a catalogue item sent
+    with ``"begndate": 0`` was in force from 1970, one sent ``"20260101"`` refused with a message
+    about datetimes."""
+    from pydantic import ValidationError
+
+    from yidi.contracts.refdata import STORED_CONTEXT, CatalogueRecord, PolicyRecord
+
+    item = {"mdtrtarea_admvs": "110000", "hilist_code": "X1", "hilist_name": "drug", "chrgitm_lv": "01",
+            "begndate": "2026-01-01"}
+    policy = {"insuplc_admdvs": "440106", "insutype": "310", "version": "V1", "begndate": "2026-01-01",
+              "rules": [{"med_types": ["11"], "deductible": "0.00", "ratio": "0.80"}]}
+    for model, record in ((CatalogueRecord, item), (PolicyRecord, policy)):
+        assert model.model_validate(record).begndate == date(2026, 1, 1)
+        for field in ("begndate", "enddate"):
+            with pytest.raises(ValidationError) as refused:
+                model.model_validate(record | {field: day})
+            (error,) = refused.value.errors()
+            assert error["loc"] == (field,) and "is not a date of the form yyyy-MM-dd" in error["msg"]
+        # What the platform stored (its own dump) reads back.
+        stored = model.model_validate_json(model.model_validate(record | {"enddate": "2027-01-01"}).model_dump_json())
+        assert model.model_validate(stored.model_dump(mode="json"), context=STORED_CONTEXT) == stored
+
+
+@pytest.mark.parametrize("moment", ["20261123", 1795370400, "1795370400", "2026-11-23", "0001-01-01T00:30+09:00"])
+def test_an_outage_windows_times_are_iso_8601_not_seconds_since_1970(moment):
+    """R19: an outage posted with a compact date or a number was read as seconds since 1970, in UTC,
+    which carries a zone: a window in 1970, taken without a word, and the region's settlements went
+    on through the outage."""
+    from pydantic import ValidationError
+
+    from yidi.contracts.refdata import RegionStatusRecord
+
+    window = {"status_id": "S1", "admdvs": "440106", "starts_at": "2026-11-23T02:00:00+08:00",
+              "ends_at": "2026-11-23T06:00:00+08:00"}
+    assert RegionStatusRecord.model_validate(window).starts_at.hour == 2
+    for field in ("starts_at", "ends_at"):
+        with pytest.raises(ValidationError) as refused:
+            RegionStatusRecord.model_validate(window | {field: moment})
+        (error,) = refused.value.errors()
+        assert error["loc"] == (field,) and ("ISO 8601" in error["msg"] or "1900 to 2999" in error["msg"])

@@ -181,6 +181,28 @@ def _wire_day(value: Any) -> Any:
 
 WireDay = Annotated[date, BeforeValidator(_wire_day)]
 
+# A moment as the feeds write it: ISO 8601, a day and a time of day, then seconds, fraction and zone
+# as the field needs them.
+TIME_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}")
+
+
+def _wire_time(value: Any) -> Any:
+    """A moment as ISO 8601 text: pydantic alone read a JSON number, or digits such as "20260105",
+    as seconds since 1970 in UTC, so an outage posted with a compact date was a window in 1970,
+    taken without a word."""
+    if isinstance(value, datetime) or (isinstance(value, str) and TIME_SHAPE.match(value)):
+        return value
+    raise ValueError(f"{str(value)[:40]!r} is not an ISO 8601 time, e.g. 2026-11-23T02:00:00+08:00")
+
+
+def _years_1900_to_2999(value: datetime) -> datetime:
+    if not 1900 <= value.year <= 2999:
+        raise ValueError(f"{value.isoformat()} is not in the years 1900 to 2999")
+    return value
+
+
+WireTime = Annotated[datetime, BeforeValidator(_wire_time), AfterValidator(_years_1900_to_2999)]
+
 
 def code_text(value: Any) -> str:
     """A code of a request's data read outside a model (a key, a look-up): its text, stripped as

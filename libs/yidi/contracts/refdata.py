@@ -6,11 +6,12 @@ refused whole when loaded (a bad policy is never half-applied).
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import datetime
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from yidi.contracts.common import STORED, WHITE_SPACE, Amount, AreaCode, Code, Ratio, StrictWireModel
+from yidi.contracts.common import (STORED, WHITE_SPACE, Amount, AreaCode, Code, Ratio, StrictWireModel, WireDay,
+                                   WireTime)
 from yidi.domain.catalogue import CatalogueItem
 from yidi.domain.codes import (BUSINESS_TZ, ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType,
                               disease_key, minutes_ahead)
@@ -168,8 +169,8 @@ class CatalogueRecord(StrictWireModel):
     chrgitm_lv: ChargeClass
     selfpay_prop: Ratio = ZERO
     pric_uplmt_amt: Amount | None = Field(default=None, ge=0)
-    begndate: date
-    enddate: date | None = None
+    begndate: WireDay
+    enddate: WireDay | None = None
 
     @model_validator(mode="after")
     def _domain_accepts_it(self) -> CatalogueRecord:
@@ -223,10 +224,10 @@ class PolicyRecord(StrictWireModel):
     insuplc_admdvs: AreaCode
     insutype: InsuranceType
     version: str = Field(min_length=1, max_length=40)
-    begndate: date
+    begndate: WireDay
     # Left out of the record when null, so that a version published without it reads as before
     # where pricing is older (a strict model: a field it does not know is refused).
-    enddate: date | None = Field(default=None, exclude_if=lambda v: v is None, description=(
+    enddate: WireDay | None = Field(default=None, exclude_if=lambda v: v is None, description=(
         "first day the region's own policy is no longer in force (exclusive), when this is its latest "
         "version: from then the region takes its city's or province's (pooling moved up); not before begndate (equal: "
         "a version published for a later day withdrawn)"))
@@ -286,8 +287,8 @@ class RegionStatusRecord(StrictWireModel):
 
     status_id: Code
     admdvs: AreaCode
-    starts_at: datetime
-    ends_at: datetime
+    starts_at: WireTime
+    ends_at: WireTime
     reason: str = ""
     cancelled: bool = False
 
