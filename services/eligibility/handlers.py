@@ -28,8 +28,8 @@ from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import STORED_CONTEXT, FacilityRecord, PersonRecord
 from yidi.contracts.settlement import CancelInput, PersonQueryInput, ReversalInput, SettlementInput
 from yidi.domain.codes import BUSINESS_TZ, minutes_ahead, region_chain
-from yidi.domain.eligibility import Eligible, Outage, Refusal, Refused, Visit, decide
-from yidi.domain.money import fmt
+from yidi.domain.eligibility import Eligible, InsuredBefore, Outage, Refusal, Refused, Visit, decide
+from yidi.domain.money import ZERO, fmt
 from yidi.platform.jsonwire import MAX_DEPTH, dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import answerable_msgid, broken, dead_letter, ids_of, recover_ids, reply
@@ -353,10 +353,17 @@ class EligibilityHandler:
                 cert_type=(body.mdtrt_cert_type or "") if "mdtrt_cert_type" in body.model_fields_set else "",
                 cert_no=body.mdtrt_cert_no or "",
             )
+            # The insurance the person held until it last changed: a stay admitted before the change
+            # is settled under it.
+            held_before = (subject or {}).get("before")
+            before_record = (PersonRecord.model_validate(held_before["record"], context=STORED_CONTEXT)
+                             if held_before else None)
+            before = (InsuredBefore(before_record.to_domain(), datetime.fromisoformat(held_before["until"]))
+                      if before_record is not None else None)
             # parse() refuses a 2001 without insutype and med_type; SettlementInput requires them
             decision = decide(
                 visit, person_record.to_domain() if person_record else None,
-                facility.to_domain() if facility else None, filings, outages, now,
+                facility.to_domain() if facility else None, filings, outages, now, before,
             )
             if request.infno is Infno.BENEFIT_CHECK:
                 return self._benefit_check(p, decision)
@@ -365,18 +372,22 @@ class EligibilityHandler:
                 hint = answers.clock_hint(request.inf_time, now) if decision.code is Refusal.NOT_FILED else ""
                 work["refusal"] = {"err_code": ErrCode(decision.code.value).value, "err_msg": decision.message + hint}
             else:
-                assert person_record is not None and facility is not None
+                # Under the insurance held at admission: that record's terms. Its personal account is
+                # not drawn on: the balance it had then may since have moved with the insurance (the
+                # patient pays that part, and may claim it at home).
+                held = before_record if decision.insured_before else person_record
+                assert held is not None and facility is not None
                 work["person"] = {
-                    "psn_no": person_record.psn_no,
-                    "psn_name": person_record.psn_name,
-                    "psn_type": person_record.psn_type.value,
-                    "insutype": person_record.insutype.value,
-                    "insuplc_admdvs": person_record.insuplc_admdvs,
-                    "acct_balc": fmt(person_record.acct_balc),
-                    "acct_version": person_record.acct_version,
-                    "qualifications": list(person_record.qualifications),
-                    "home_quota_used": fmt(person_record.home_quota_used),
-                    "home_quota_year": person_record.home_quota_year,
+                    "psn_no": held.psn_no,
+                    "psn_name": held.psn_name,
+                    "psn_type": held.psn_type.value,
+                    "insutype": held.insutype.value,
+                    "insuplc_admdvs": held.insuplc_admdvs,
+                    "acct_balc": fmt(ZERO if decision.insured_before else held.acct_balc),
+                    "acct_version": held.acct_version,
+                    "qualifications": list(held.qualifications),
+                    "home_quota_used": fmt(held.home_quota_used),
+                    "home_quota_year": held.home_quota_year,
                 }
                 work["facility_level"] = facility.level
                 work["basis"] = decision.basis.value

@@ -6,10 +6,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
 from pydantic import ValidationError
 
 from yidi.contracts.filing import FilingRecord
@@ -24,6 +25,7 @@ Subject = tuple[int, dict[str, Any]]  # (version, {"person": {...} | None, "fili
 _SUBJECTS = """
 SELECT s.psn_no,
        p.record AS person,
+       p.insured_before AS before,
        coalesce(p.version, 0) AS pv,
        coalesce((SELECT jsonb_agg(f.record ORDER BY f.filing_id) FROM eligibility.filings f WHERE f.psn_no = s.psn_no), '[]'::jsonb) AS filings,
        coalesce((SELECT max(f.version) FROM eligibility.filings f WHERE f.psn_no = s.psn_no), 0) AS fv
@@ -60,6 +62,29 @@ class _ReferenceCopy:
         self.generation += 1
 
 
+def _subject(row: Any) -> dict[str, Any]:
+    subject = {"person": json_value(row["person"]), "filings": json_value(row["filings"])}
+    if row["before"] is not None:  # the key only where there is one: cached entries stay as they were
+        subject["before"] = json_value(row["before"])
+    return subject
+
+
+def _insurance(record: dict[str, Any]) -> tuple[Any, Any, bool]:
+    """What a change of which ends the insurance a stay was admitted under: region, fund, active."""
+    return record.get("insuplc_admdvs"), record.get("insutype"), bool(record.get("active", True))
+
+
+def insured_before(held: dict[str, Any] | None, record: PersonRecord, before: Any, now: datetime) -> Any:
+    """The ``insured_before`` of a person once ``record`` applies over ``held`` (the record held, as
+    stored; None for a person not seen yet): when the record changes an active insurance (stops it,
+    or moves it to another region or fund), that insurance until the record's time (``updated_at``;
+    without one, ``now``, when it is applied); else what was kept ``before`` (a stopped insurance
+    resumed, or moved while stopped, keeps the one held before the stop)."""
+    if held is None or not held.get("active", True) or _insurance(held) == _insurance(record.model_dump(mode="json")):
+        return before
+    return {"record": held, "until": (record.source_time or now).isoformat()}
+
+
 class EligibilityRepository(Repository):
     """``reference_ttl``: how long the facilities and outage windows read serve later batches
     (Settings.reference_cache_seconds; 0, the default here, reads them for every batch)."""
@@ -79,7 +104,7 @@ class EligibilityRepository(Repository):
         return {
             r["psn_no"]: (
                 max(r["pv"], r["fv"]),
-                {"person": json_value(r["person"]), "filings": json_value(r["filings"])},
+                _subject(r),
             )
             for r in rows
         }
@@ -104,11 +129,14 @@ class EligibilityRepository(Repository):
         async with self.transaction() as conn:
             # The persons' locks in a fixed order (no deadlock with another batch or a filing).
             await _lock_persons(conn, named)
-            held: dict[str, datetime] = {
-                r["psn_no"]: r["source_time"] for r in await conn.fetch(
-                    "SELECT psn_no, source_time FROM eligibility.persons "
-                    "WHERE psn_no = ANY($1::text[]) AND source_time IS NOT NULL", named)
-            }
+            rows = await conn.fetch(
+                "SELECT psn_no, source_time, record, insured_before FROM eligibility.persons WHERE psn_no = ANY($1::text[])",
+                named)
+            held: dict[str, datetime] = {r["psn_no"]: r["source_time"] for r in rows if r["source_time"] is not None}
+            # Each person's record and insurance before, as the fold stands (``insured_before``).
+            current: dict[str, Any] = {r["psn_no"]: json_value(r["record"]) for r in rows}
+            before: dict[str, Any] = {r["psn_no"]: json_value(r["insured_before"]) for r in rows}
+            now = datetime.now(UTC)
             latest: dict[str, PersonRecord] = {}
             stale = 0
             for record in records:
@@ -118,19 +146,23 @@ class EligibilityRepository(Repository):
                     continue
                 if moment is not None:
                     held[record.psn_no] = moment
+                before[record.psn_no] = insured_before(current.get(record.psn_no), record, before.get(record.psn_no), now)
+                current[record.psn_no] = record.model_dump(mode="json")
                 latest.pop(record.psn_no, None)
                 latest[record.psn_no] = record  # re-inserted: ordered by each person's last record
             if latest:
                 psn_nos = list(latest)
                 await conn.execute(
-                    """INSERT INTO eligibility.persons AS p (psn_no, record, version, source_time)
-                       SELECT u.p, u.r::jsonb, nextval('eligibility.change_seq'), u.h
-                       FROM unnest($1::text[], $2::text[], $3::timestamptz[]) WITH ORDINALITY AS u(p, r, h, n)
+                    """INSERT INTO eligibility.persons AS p (psn_no, record, version, source_time, insured_before)
+                       SELECT u.p, u.r::jsonb, nextval('eligibility.change_seq'), u.h, u.b::jsonb
+                       FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]) WITH ORDINALITY AS u(p, r, h, b, n)
                        ORDER BY u.n
                        ON CONFLICT (psn_no) DO UPDATE
                        SET record = EXCLUDED.record, version = EXCLUDED.version, updated_at = now(),
-                           source_time = GREATEST(p.source_time, EXCLUDED.source_time)""",
+                           source_time = GREATEST(p.source_time, EXCLUDED.source_time),
+                           insured_before = EXCLUDED.insured_before""",
                     psn_nos, [r.model_dump_json() for r in latest.values()], [held.get(psn) for psn in psn_nos],
+                    [orjson.dumps(before[psn]).decode() if before.get(psn) is not None else None for psn in psn_nos],
                 )
             return await self.subjects(named, conn), stale
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import orjson
 import pytest
@@ -188,6 +189,35 @@ async def test_r7_an_insurance_change_ends_a_long_term_filing_and_a_new_filing_s
     assert "(stopped)" in history["history"][-1]["reason"]
     assert refiled["accepted"] and again["infcode"] == 0, again
     assert system.metric("filing", "yidi_filings_ended_total", change="stopped") == ended_before + 1
+
+
+async def test_a_stay_admitted_while_insured_settles_after_the_insurance_stopped_without_the_account(
+        world, gateway, filings):
+    """A stay is judged by the insurance held at admission: filing keeps the long-term filing the stop
+    ended in force for a stay admitted before it (R6, R7), and eligibility refused the discharge
+    NOT_INSURED all the same. Settled under the insurance held then, its personal account is not
+    drawn on (it may have moved with the insurance since); care after the stop is refused."""
+    person = await world.person(category=None, balance="300.00")
+    await file(filings, world, person, category="long_term_resident", begndate="2020-01-01")
+
+    def discharge(admitted: datetime) -> dict:
+        stay = world.request(person, [("T-A", "1", "1000.00")], infno="2304", med_type="21", account=True)
+        stay["input"]["data"]["begntime"] = admitted.strftime("%Y-%m-%d %H:%M:%S")
+        return stay
+
+    while_insured = await gateway.call(discharge(china_now() - timedelta(days=3)))
+    await world.person(psn_no=person, category=None, balance="300.00", active=False)  # stopped
+    admitted_before = await gateway.call(discharge(china_now() - timedelta(days=3)))
+    admitted_after = await gateway.call(discharge(china_now() + timedelta(seconds=2)))
+    outpatient = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+
+    assert while_insured["infcode"] == 0, while_insured
+    assert Decimal(while_insured["output"]["setlinfo"]["acct_pay"]) > 0
+    assert admitted_before["infcode"] == 0, admitted_before
+    info = admitted_before["output"]["setlinfo"]
+    assert Decimal(info["acct_pay"]) == 0 and Decimal(info["fund_pay_sumamt"]) > 0
+    assert admitted_after["err_code"] == "NOT_INSURED", admitted_after
+    assert outpatient["err_code"] == "NOT_INSURED", outpatient
 
 
 async def test_r4_a_category_named_after_a_kind_of_person_is_for_that_person(world, filings):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -149,4 +150,50 @@ async def test_a_stored_facility_this_version_cannot_read_is_unknown_not_a_stopp
                                                   med_types=["11"]))
         assert list(await repo.facilities([code, good])) == [good]
     finally:
+        await pool.close()
+
+
+async def test_the_insurance_held_before_a_change_is_kept_with_the_moment_it_changed(settings):
+    """A stay admitted before the person's insurance stopped or moved is settled under the insurance
+    held then: eligibility keeps it, with the change's moment (the region's time of the record that
+    changed it; without one, when it was applied), through a batch as one by one."""
+    pool = await create_pool(settings.database_url, size=1)
+    psn, other = unique("P"), unique("P")
+
+    def record(psn_no: str, updated_at: str = "", **fields) -> PersonRecord:
+        return PersonRecord.model_validate(_person(psn_no, "100.00", updated_at).model_dump(mode="json") | fields)
+
+    try:
+        await migrate(pool, "eligibility", "services.eligibility.migrations")
+        repo = EligibilityRepository(pool)
+        subjects, _ = await repo.upsert_persons([record(psn, "2026-03-01T09:00:00+08:00")])
+        assert "before" not in subjects[psn][1]  # nothing changed yet
+        # A balance restated is no change of insurance.
+        subject, _ = await repo.upsert_person(record(psn, "2026-03-02T09:00:00+08:00", acct_balc="90.00"))
+        assert "before" not in subject[1]
+        subject, _ = await repo.upsert_person(record(psn, "2026-03-05T10:00:00+08:00", active=False))
+        before = subject[1]["before"]
+        assert before["record"]["active"] and before["record"]["acct_balc"] == "90.00"
+        assert before["until"] == "2026-03-05T10:00:00+08:00"
+        # Resumed, or moved while stopped: the insurance held before the stop is kept.
+        subject, _ = await repo.upsert_person(record(psn, "2026-03-07T10:00:00+08:00", active=False,
+                                                      insuplc_admdvs="120000"))
+        assert subject[1]["before"] == before
+        # A move of an active insurance (in one batch with the resume): the insurance moved from.
+        subjects, _ = await repo.upsert_persons([
+            record(psn, "2026-03-08T10:00:00+08:00"),
+            record(psn, "2026-03-09T10:00:00+08:00", insuplc_admdvs="120000"),
+        ])
+        moved = subjects[psn][1]["before"]
+        assert (moved["record"]["insuplc_admdvs"], moved["until"]) == ("330100", "2026-03-09T10:00:00+08:00")
+        # An older record is ignored and changes nothing; an untimed change counts from when it applies.
+        subject, _ = await repo.upsert_person(record(psn, "2026-03-08T12:00:00+08:00", insutype="390"))
+        assert subject[1]["before"] == moved
+        await repo.upsert_person(record(other))
+        applied = datetime.now(UTC)
+        subject, _ = await repo.upsert_person(record(other, insutype="390"))
+        until = datetime.fromisoformat(subject[1]["before"]["until"])
+        assert subject[1]["before"]["record"]["insutype"] == "310" and until >= applied - timedelta(seconds=1)
+    finally:
+        await pool.execute("DELETE FROM eligibility.persons WHERE psn_no = ANY($1::text[])", [psn, other])
         await pool.close()

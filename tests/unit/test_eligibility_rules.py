@@ -12,7 +12,9 @@ from yidi.domain.eligibility import (
     Eligible,
     Facility,
     Filing,
+    FilingPeriod,
     FilingStatus,
+    InsuredBefore,
     Outage,
     Person,
     Refusal,
@@ -433,3 +435,56 @@ def test_a_begntime_of_a_day_alone_is_judged_by_its_day_not_as_midnight():
     assert _admission_moment(datetime(2026, 11, 20, 0, 0)) is None  # "2026-11-20": before every change that day
     assert _admission_moment(None) is None
     assert _admission_moment(datetime(2026, 11, 20, 7, 30)) == datetime(2026, 11, 20, 7, 30, tzinfo=BUSINESS_TZ)
+
+
+# The person's insurance stopped at 09:00 Beijing time on 2026-11-20 (or moved to Tianjin's), in the
+# middle of a stay admitted on 2026-11-10 and settled on 2026-11-23.
+CHANGED = datetime(2026, 11, 20, 1, 0, tzinfo=UTC)
+STOPPED = replace(PERSON, active=False)
+MOVED = replace(PERSON, insured_region="120000")
+HELD = InsuredBefore(PERSON, CHANGED)
+
+
+@pytest.mark.parametrize("now", [STOPPED, MOVED], ids=["stopped", "moved"])
+def test_a_stay_admitted_while_insured_is_settled_under_that_insurance_after_it_changed(now):
+    """A stay is judged by the insurance held at admission, as filing keeps the filing the change
+    ended in force for it (R6, R7): it was refused NOT_INSURED for a change during the stay."""
+    stay = visit(MedType.INPATIENT, admitted=date(2026, 11, 10))
+    # Filing ended the long-term filing at the change: in force until the day before, for this stay.
+    ended = Filing("F1", "P1", InsuranceType.EMPLOYEE, "131000", "110000", FilingCategory.RETIREE_RESETTLED,
+                   date(2022, 1, 1), date(2026, 11, 19), FilingStatus.CANCELLED,
+                   earlier=(FilingPeriod("110000", FilingCategory.RETIREE_RESETTLED, date(2022, 1, 1), date(2026, 11, 19)),))
+    filings = ended.versions()
+    assert isinstance(decide(stay, now, BEIJING_HOSPITAL, filings, [], NOW), Refused)  # no insurance held before
+    decision = decide(stay, now, BEIJING_HOSPITAL, filings, [], NOW, HELD)
+    assert isinstance(decision, Eligible) and decision.insured_before and decision.basis is Basis.FILED
+    # With the admission's day alone, the change's own day is not before it (nor does filing keep the
+    # filing for it: in force until the day before the change).
+    assert isinstance(decide(replace(stay, admitted=date(2026, 11, 20)), now, BEIJING_HOSPITAL,
+                             filings, [], NOW, HELD), Refused)
+    assert isinstance(decide(replace(stay, admitted=date(2026, 11, 19)), now, BEIJING_HOSPITAL,
+                             filings, [], NOW, HELD), Eligible)
+    # At home (no filing needed), by the admission's moment when the request gives one.
+    home = Facility("H2", "Langfang", "131000", 2, frozenset(MedType))
+    at_home = replace(stay, treating_region="131000", admitted=date(2026, 11, 20))
+    morning, noon = datetime(2026, 11, 20, 0, 30, tzinfo=UTC), datetime(2026, 11, 20, 4, 0, tzinfo=UTC)
+    assert isinstance(decide(replace(at_home, admitted_at=morning), now, home, [], [], NOW, HELD), Eligible)
+    refused = decide(replace(at_home, admitted_at=noon), now, home, [], [], NOW, HELD)
+    assert isinstance(refused, Refused) and refused.code is Refusal.NOT_INSURED
+
+
+def test_only_a_stay_admitted_before_the_change_and_naming_that_insurance_is_settled_under_it():
+    stay = visit(MedType.INPATIENT, admitted=date(2026, 11, 10), treating="131000")  # at home: no filing needed
+    assert isinstance(decide(stay, STOPPED, BEIJING_HOSPITAL, [], [], NOW, HELD), Refused)  # facility not home's
+    home = Facility("H2", "Langfang", "131000", 2, frozenset(MedType))
+    assert decide(stay, STOPPED, home, [], [], NOW, HELD) == Eligible(Basis.HOME, None, insured_before=True)
+    # Outpatient care, and a stay without its admission, are judged by the insurance now.
+    for care in (visit(treating="131000"), visit(MedType.INPATIENT, treating="131000"),
+                 visit(MedType.GENERAL_OUTPATIENT, treating="131000", admitted=date(2026, 11, 22))):
+        refused = decide(care, STOPPED, home, [], [], NOW, HELD)
+        assert isinstance(refused, Refused) and refused.code is Refusal.NOT_INSURED
+    # A request naming another insurance than the one held then.
+    resident = replace(stay, insutype=InsuranceType.RESIDENT)
+    assert decide(resident, STOPPED, home, [], [], NOW, HELD).code is Refusal.NOT_INSURED
+    # Insured now as the request names: the insurance now decides, and the flag is not set.
+    assert decide(stay, PERSON, home, [], [], NOW, InsuredBefore(MOVED, CHANGED)) == Eligible(Basis.HOME, None)

@@ -190,6 +190,26 @@ class Visit:
 
 
 @value
+class InsuredBefore:
+    """The insurance a person held until it changed (stopped, or moved to another region or fund),
+    and the moment it changed: the insured region's time of the record that changed it, or, with
+    none, when the platform applied that record. A stay admitted before then is settled under it."""
+
+    person: Person
+    until: datetime
+
+    def covers(self, visit: Visit) -> bool:
+        """An inpatient stay admitted before the change: at its moment when the request gives one,
+        else on a day before the change's (a stay admitted on that day itself, at an unknown time, is
+        not)."""
+        if not visit.med_type.is_inpatient or visit.admitted is None or visit.admitted > visit.on:
+            return False
+        if visit.admitted_at is not None:
+            return visit.admitted_at < self.until
+        return visit.admitted < self.until.astimezone(BUSINESS_TZ).date()
+
+
+@value
 class Eligible:
     basis: Basis
     filing: Filing | None
@@ -200,6 +220,9 @@ class Eligible:
     # The categories of the other valid temporary filings (not ``filing``'s): which one settles
     # best depends on the insured region's numbers, which pricing holds (R11, R12).
     others: tuple[FilingCategory, ...] = ()
+    # Settled under the insurance the person held at admission (``InsuredBefore``), which has
+    # changed since: the terms are that insurance's.
+    insured_before: bool = False
 
     @property
     def category(self) -> FilingCategory | None:
@@ -264,6 +287,12 @@ def unavailable(region: str, outages: Iterable[Outage], now: datetime) -> Outage
     return last
 
 
+def _insured_as_named(person: Person | None, visit: Visit) -> bool:
+    """The person holds, active, the insurance the request names (region and fund)."""
+    return (person is not None and person.active and person.insured_region == visit.insured_region
+            and person.insutype == visit.insutype)
+
+
 def decide(
     visit: Visit,
     person: Person | None,
@@ -271,8 +300,13 @@ def decide(
     filings: Iterable[Filing],
     outages: Iterable[Outage],
     now: datetime,
+    before: InsuredBefore | None = None,
 ) -> Decision:
-    """R20: read the person's insurance, establish the filing and the benefit level."""
+    """R20: read the person's insurance, establish the filing and the benefit level.
+
+    A stay is judged by the insurance held at admission: when the person's insurance now is not
+    the one the request names, the one held ``before`` the last change serves a stay admitted
+    before that change (as filing keeps a filing ended by the change in force for it, R6, R7)."""
     if facility is None or facility.region != visit.treating_region:
         return Refused(
             Refusal.UNKNOWN_FACILITY,
@@ -293,12 +327,11 @@ def decide(
             f"{_shown(outage.end)}{' (' + outage.reason + ')' if outage.reason else ''}; "
             "the patient pays now and may settle again after it resumes (R19).",
         )
-    if (
-        person is None
-        or not person.active
-        or person.insured_region != visit.insured_region
-        or person.insutype != visit.insutype
-    ):
+    earlier = False
+    if not _insured_as_named(person, visit) and before is not None and _insured_as_named(before.person, visit) \
+            and before.covers(visit):
+        person, earlier = before.person, True
+    if person is None or not _insured_as_named(person, visit):
         return Refused(
             Refusal.NOT_INSURED,
             f"No active {visit.insutype.value} insurance in region {visit.insured_region} for this person; "
@@ -332,7 +365,7 @@ def decide(
             )
     if within(visit.treating_region, visit.insured_region):
         # Care in the insured region itself, a county of it included (area codes nest), is home.
-        return Eligible(Basis.HOME, None)
+        return Eligible(Basis.HOME, None, insured_before=earlier)
     waived = visit.filing_waived_in_province and province_of(visit.treating_region) == province_of(visit.insured_region)
     valid = [
         f
@@ -355,12 +388,13 @@ def decide(
             # Emergency care counts as filed (R5) and settles as at home, with no reduction: a
             # temporary filing (referral, emergency or other, which carry R11's reduction) must
             # not make it worse than holding none. A long-term filing has no reduction (R10).
-            return Eligible(Basis.EMERGENCY, None)
-        return Eligible(Basis.FILED, best, waived=waived and _FILING_RANK.get(best.category, 0) > 0, others=others)
+            return Eligible(Basis.EMERGENCY, None, insured_before=earlier)
+        return Eligible(Basis.FILED, best, waived=waived and _FILING_RANK.get(best.category, 0) > 0, others=others,
+                        insured_before=earlier)
     if visit.med_type.is_emergency:
-        return Eligible(Basis.EMERGENCY, None)  # R5
+        return Eligible(Basis.EMERGENCY, None, insured_before=earlier)  # R5
     if waived:
-        return Eligible(Basis.WAIVED, None)  # R17
+        return Eligible(Basis.WAIVED, None, insured_before=earlier)  # R17
     return Refused(
         Refusal.NOT_FILED,
         f"No valid filing for region {visit.treating_region} on {visit.on.isoformat()}; the person may file now "
