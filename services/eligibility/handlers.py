@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from yidi.contracts import answers
 from yidi.contracts.clearing import Reconcile, ReconcileDetailsInput, ReconcileTotalsInput
-from yidi.contracts.common import code_text
+from yidi.contracts.common import code_text, explain
 from yidi.contracts.envelope import DEFAULT_REPLY_TO, OFFERED_INFNOS, ErrCode, Infno, RequestEnvelope
 from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import STORED_CONTEXT, FacilityRecord, PersonRecord
@@ -67,22 +67,6 @@ class Parsed:
 # 2 KB of headers more); Kafka's default limit for a record is 1 MiB, which a larger request would
 # exceed at the next hop, failing that hop's every retry. 2,000 bill lines take about 600 KB.
 MAX_REQUEST_BYTES = 900_000
-
-
-def _explain(exc: Exception) -> str:
-    """Why a request is malformed, for its answer: at most 5 reasons of at most 300 characters each.
-    A reason may quote what was sent, and the request itself may be 900 KB: a quote of all of it
-    made an answer past Kafka's 1 MiB, which the stage could not write (a review, session 37)."""
-    if not isinstance(exc, ValidationError):
-        return f"{type(exc).__name__}: {exc}"[:500]
-    parts = []
-    for err in exc.errors()[:5]:
-        # pydantic's "Value error, " says nothing to a cashier; a check of the whole object has no field.
-        msg = err["msg"].removeprefix("Value error, ")
-        where = ".".join(str(p) for p in err["loc"])
-        part = f"{where}: {msg}" if where else msg
-        parts.append(part if len(part) <= 300 else part[:297] + "...")
-    return "; ".join(parts)
 
 
 def _work(p: Parsed) -> dict[str, Any]:
@@ -202,7 +186,7 @@ class EligibilityHandler:
         try:
             request = RequestEnvelope.model_validate(raw)
         except (ValidationError, ValueError, ArithmeticError) as exc:  # any data error: refused, never retried
-            return self._invalid(record, _explain(exc), msgid=raw.get("msgid"))
+            return self._invalid(record, explain(exc), msgid=raw.get("msgid"))
         ahead = self._ahead(request)
         if ahead is not None and not request.infno.changes_state:
             return self._invalid(record, ahead, request)  # a query, answered here
@@ -214,14 +198,14 @@ class EligibilityHandler:
             try:
                 period.model_validate(request.data)
             except (ValidationError, ValueError, ArithmeticError) as exc:
-                return self._malformed(record, request, "input.data: " + _explain(exc))
+                return self._malformed(record, request, "input.data: " + explain(exc))
             work = Reconcile(type="reconcile", request=request, request_ts_ms=record.timestamp_ms, reqid=request.msgid)
             return [Outgoing(self.settings.topic(CLEARING_REQUESTS), dumps(work), key=request.msgid.encode())]
         model = INPUT_MODELS[request.infno]
         try:
             body = model.model_validate(request.data)
         except (ValidationError, ValueError, ArithmeticError) as exc:
-            return self._malformed(record, request, "input.data: " + _explain(exc))
+            return self._malformed(record, request, "input.data: " + explain(exc))
         if request.insuplc_admdvs is None:
             return self._invalid(record, "insuplc_admdvs is required when the input has psn_no", request)
         if request.infno is Infno.BENEFIT_CHECK and (body.insutype is None or body.med_type is None):

@@ -38,6 +38,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from yidi.contracts.common import explain
 from yidi.contracts.filing import FilingEvent, FilingRecord
 from yidi.contracts.refdata import PersonRecord
 from yidi.domain.codes import BUSINESS_TZ
@@ -92,7 +93,7 @@ class FilingPersonsHandler:
                 # as it reads it, and still right when filing reads it late (its first start).
                 why = person.ahead_of(max(published_at(record), datetime.now(UTC)), self.settings.max_clock_ahead_seconds)
             except (ValidationError, ValueError) as exc:
-                why = str(exc)
+                why = explain(exc) if isinstance(exc, ValidationError) else str(exc)  # no values quoted
             if why is not None:
                 ignored += 1
                 log.warning("filing: person record %s/%s/%s ignored (eligibility dead-letters it): %s",
@@ -171,5 +172,5 @@ class FilingPersonsHandler:
                 continue
             ended.append(await self.repo.save(conn, changed, record.version + 1, filed_on, "ended", reqid,
                                               ENDED_BY, "", reason))
-            log.info("filing %s of %s ended: %s", filing_id, psn_no, reason)
+            log.info("filing %s ended: %s", filing_id, reason)  # not the psn_no: the filing names it
         return ended

@@ -194,3 +194,39 @@ async def test_a_record_whose_content_type_says_json_and_whose_body_is_not_is_de
     dead = await read_topic(settings.kafka_bootstrap, dlq(full))
     assert [dict(r.headers)["yidi-dlq-source"] for r in dead] == [f"{full}/0/{n}".encode() for n in range(4)]
     assert all(dict(r.headers)["yidi-dlq-reason"] for r in dead)
+
+
+async def test_a_refused_person_records_values_are_not_in_the_log_nor_the_reason(settings, caplog):
+    """pydantic's text of a validation error quotes the values beside each field: a person record
+    refused for one field wrote the person's name and identity card number into the service's log,
+    and into the dead letter's reason. The reason now names the fields and what is wrong with them;
+    the record itself is in the dead letter, as a dead letter's purpose is."""
+    import logging
+
+    import orjson
+
+    from yidi.contracts.refdata import PersonRecord
+
+    topic = f"dlpii{uuid.uuid4().hex[:6]}"
+    service = Service("dlpii", settings, migrations=None)
+    person = {"psn_no": "P1", "psn_name": "张三丰", "certno": 110101199003077731, "insuplc_admdvs": "110000",
+              "insutype": "310"}  # the number not a string, and no psn_type
+    full = await _one_batch(settings, topic, orjson.dumps(person))
+    async def apply(record: PersonRecord) -> None:
+        raise AssertionError(f"{record.psn_no} applied")
+
+    feed(service, topic, PersonRecord, apply)
+    refused_before = _refused(topic)
+    with caplog.at_level(logging.INFO):
+        await service.broker.start()
+        try:
+            await until(lambda: _refused(topic) == refused_before + 1, timeout=30)
+        finally:
+            await service.broker.stop()
+    (dead,) = await read_topic(settings.kafka_bootstrap, dlq(full))
+    reason = dict(dead.headers)["yidi-dlq-reason"].decode()
+    assert reason == "certno: Input should be a valid string; psn_type: Field required"
+    assert orjson.loads(dead.value) == person
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert refusals and all(reason in m for m in refusals)
+    assert not any("110101199003077731" in r.getMessage() or "张三丰" in r.getMessage() for r in caplog.records)

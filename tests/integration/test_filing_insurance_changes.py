@@ -323,3 +323,25 @@ async def test_a_batch_retried_after_a_transient_error_counts_its_ignored_record
 
 def ignored() -> float:
     return REGISTRY.get_sample_value("yidi_refdata_records_total", {"feed": "refdata.persons", "outcome": "ignored"}) or 0.0
+
+
+async def test_a_person_record_filing_ignores_is_logged_without_its_values_and_an_ended_filing_without_the_person(
+        filing_repo, settings, caplog):
+    """pydantic's text of a validation error quotes the values: a person record filing could not read
+    wrote the person's name and identity card number into its log. An ended filing's line named
+    the person; the filing names them, for whoever may look."""
+    import logging
+
+    psn = unique("P")
+    handler, feed = FilingPersonsHandler(settings, filing_repo), Feed(psn)
+    unreadable = orjson.dumps({"psn_no": psn, "psn_name": "张三丰", "certno": 110101199003077731,
+                               "insuplc_admdvs": "110000", "insutype": "310"})
+    filing_id = await file(filing_repo, psn, FilingCategory.RETIREE_RESETTLED, made=ago(days=3))
+    with caplog.at_level(logging.INFO):
+        await handler([Incoming("refdata.persons", 0, 1, psn.encode(), unreadable, int(time.time() * 1000))])
+        await handler([feed.record(at=ago(hours=2))])
+        await handler([feed.record(at=ago(hours=1), active=False)])
+    said = [r.getMessage() for r in caplog.records]
+    assert any("certno: Input should be a valid string; psn_type: Field required" in m for m in said), said
+    assert any(f"filing {filing_id} ended" in m for m in said), said
+    assert not any("110101199003077731" in m or "张三丰" in m or psn in m for m in said), said

@@ -522,3 +522,26 @@ def test_a_stay_given_as_a_day_before_1900_is_refused_as_a_time_before_1900_is()
         with pytest.raises(ValueError, match="before 1900"):
             _stay_time(text)
     assert _stay_time("1900-01-01") == datetime(1900, 1, 1)
+
+
+def test_a_malformed_messages_explanation_names_fields_not_values_and_counts_what_it_leaves_out():
+    from pydantic import BaseModel
+
+    from yidi.contracts.common import explain
+
+    class Seven(BaseModel):
+        a: int
+        b: int
+        c: int
+        d: int
+        e: int
+        f: int
+        g: int
+
+    with pytest.raises(ValidationError) as refused:
+        Seven.model_validate({k: "secret-110101199003077731" for k in "abcdefg"})
+    said = explain(refused.value)
+    assert said.startswith("a: Input should be a valid integer, unable to parse string as an integer; b: ")
+    assert said.endswith("; and 2 more") and said.count("Input should be") == 5
+    assert "secret" not in said
+    assert explain(ValueError("a plain reason")) == "ValueError: a plain reason"

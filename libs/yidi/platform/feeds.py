@@ -22,6 +22,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from pydantic import BaseModel, ValidationError
 
+from yidi.contracts.common import explain
 from yidi.platform import metrics
 from yidi.platform.errors import PermanentError, RaceLost, TransientError
 from yidi.platform.jsonwire import loads
@@ -102,9 +103,12 @@ def feed(
             return
         try:
             for raw, exc in refused:
-                log.warning("%s: record refused: %s", feed_name, exc)
+                # A validation error's text quotes the values (a person's name and identity card
+                # number): its fields and messages only.
+                reason = explain(exc) if isinstance(exc, ValidationError) else str(exc)[:2000]
+                log.warning("%s: record %s/%s/%s refused: %s", feed_name, raw.topic, raw.partition, raw.offset, reason)
                 value, headers = raw.value or b"", {
-                    "yidi-dlq-reason": str(exc)[:2000],
+                    "yidi-dlq-reason": reason,
                     "yidi-dlq-source": f"{raw.topic}/{raw.partition}/{raw.offset}",
                 }
                 if len(value) > DEAD_LETTER_MAX_BYTES:  # as a stage's: the whole record is at its source
