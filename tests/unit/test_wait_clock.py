@@ -3,9 +3,12 @@ position does not move, from samples of each partition's lag and position."""
 
 from __future__ import annotations
 
-from aiokafka import TopicPartition
+import asyncio
 
-from yidi.platform.lag import WaitClock
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
+
+from yidi.platform.lag import WaitClock, partition_lag
 
 A, B = TopicPartition("t", 0), TopicPartition("t", 1)
 
@@ -45,3 +48,51 @@ def test_the_longest_wait_is_the_worst_partition_or_the_batch_in_hand():
     assert clock.longest(140.0) == 10.0
     clock.sample({}, now=150.0)
     assert clock.longest(150.0) == 0.0
+
+
+def test_a_position_moved_back_is_no_progress():
+    """A batch rewound or dropped at a rebalance is read again from an earlier offset: its records
+    wait on."""
+    clock = WaitClock()
+    clock.sample({A: (3, 10)}, now=100.0)
+    clock.sample({A: (5, 8)}, now=105.0)
+    assert clock.longest(105.0) == 5.0
+
+
+class _Consumer:
+    """What partition_lag asks of aiokafka's consumer; ``end_offsets`` as the broker answers it."""
+
+    def __init__(self, end_offsets, cached):
+        self._end_offsets, self._cached = end_offsets, cached
+
+    def assignment(self):
+        return {A, B}
+
+    async def end_offsets(self, partitions):
+        return await self._end_offsets(partitions)
+
+    def last_stable_offset(self, tp):
+        return self._cached[tp]
+
+    async def position(self, tp):
+        return {A: 10, B: 20}[tp]
+
+
+def test_the_end_offsets_the_broker_does_not_give_are_the_consumers_own_fetches():
+    """One partition without a leader makes the broker's end offsets fail for all of them (after
+    aiokafka's 40 s of retries): the sample takes the last stable offsets the consumer's fetches
+    brought, so a partition stuck with records behind still shows, and so do the others."""
+
+    async def answered(partitions):
+        return {A: 12, B: 20}
+
+    async def leaderless(partitions):
+        raise KafkaTimeoutError()
+
+    async def slow(partitions):
+        await asyncio.sleep(60)
+
+    cached = {A: 15, B: None}  # B: no fetch has brought one yet
+    assert asyncio.run(partition_lag(_Consumer(answered, cached))) == {A: (2, 10), B: (0, 20)}
+    assert asyncio.run(partition_lag(_Consumer(leaderless, cached))) == {A: (5, 10), B: (0, 20)}
+    assert asyncio.run(partition_lag(_Consumer(slow, cached), ends_timeout=0.05)) == {A: (5, 10), B: (0, 20)}

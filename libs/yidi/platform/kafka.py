@@ -419,14 +419,15 @@ class TransactionalStage:
             consumer = self._consumer
             try:
                 lags = await partition_lag(consumer) if consumer is not None else {}
-                now = time.monotonic()
-                clock.sample(lags, now)
+                clock.sample(lags, time.monotonic())
                 gauge.set(sum(behind for behind, _ in lags.values()) + self._in_hand)
-                waited.set(clock.longest(now, now - self._in_hand_since if self._in_hand else 0.0))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a sample missed (rebalance, broker away) is not a failure
+                # What waited at the last sample waits on: a missed sample does not hide it.
                 log.debug("stage %s: lag not sampled: %r", self.name, exc)
+            now = time.monotonic()
+            waited.set(clock.longest(now, now - self._in_hand_since if self._in_hand else 0.0))
 
     async def stop(self) -> None:
         self._stopping = True

@@ -12,6 +12,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from yidi.platform import metrics
 
@@ -25,20 +26,30 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[Topic
     return [TopicPartition(topic, p) for p in sorted(partitions)]
 
 
-async def partition_lag(consumer: AIOKafkaConsumer, *, position_timeout: float = 2.0) -> dict[TopicPartition, tuple[int, int]]:
+async def partition_lag(consumer: AIOKafkaConsumer, *, position_timeout: float = 2.0,
+                        ends_timeout: float = 5.0) -> dict[TopicPartition, tuple[int, int]]:
     """Each assigned partition's records past the consumer's position, up to its last stable offset
     (a ``read_committed`` consumer's end offset), and that position: ``{tp: (behind, position)}``;
     empty with no partition assigned. Its answer from the broker sets
-    ``yidi_kafka_reached_timestamp_seconds``."""
+    ``yidi_kafka_reached_timestamp_seconds``.
+
+    The end offsets are asked of the broker for all the partitions at once, and one partition
+    without a leader makes that ask fail (after aiokafka's 40 s of retries): within
+    ``ends_timeout`` or not at all, the last stable offsets the consumer's own fetches brought are
+    used instead, so that the partitions that answer, and the one that does not, are still seen."""
     partitions = list(consumer.assignment())
     if not partitions:
         return {}
-    ends = await consumer.end_offsets(partitions)
-    metrics.KAFKA_REACHED.set(time.time())  # the broker answered (YidiKafkaUnreachable)
+    try:
+        ends = await asyncio.wait_for(consumer.end_offsets(partitions), ends_timeout)
+        metrics.KAFKA_REACHED.set(time.time())  # the broker answered (YidiKafkaUnreachable)
+    except (TimeoutError, KafkaError):
+        ends = {tp: consumer.last_stable_offset(tp) for tp in partitions}
     lags = {}
     for tp in partitions:
         position = await asyncio.wait_for(consumer.position(tp), position_timeout)
-        lags[tp] = (max(0, ends[tp] - position), position)
+        end = ends.get(tp)
+        lags[tp] = (max(0, end - position) if end is not None and end >= 0 else 0, position)
     return lags
 
 
@@ -51,7 +62,7 @@ async def consumer_lag(consumer: AIOKafkaConsumer, *, position_timeout: float = 
 class WaitClock:
     """How long records have waited on a consumer without its position moving, from samples of
     ``partition_lag``: a partition with records behind whose position is where the last sample
-    found it has waited since the first sample that found it there. A partition that moves, or
+    found it (or behind it) has waited since the first sample that found it there. A partition that moves, or
     has nothing behind, has not waited. ``longest`` is the longest such wait among the partitions
     of the last sample (0 when none), or ``in_hand`` seconds when longer: the age of a batch
     fetched (the position past it) and not yet done."""
@@ -65,7 +76,8 @@ class WaitClock:
             if behind <= 0:
                 continue
             seen = self._since.get(tp)
-            since[tp] = seen if seen is not None and seen[0] == position else (position, now)
+            # Moved back (a batch rewound, or dropped at a rebalance, to be read again) is no progress.
+            since[tp] = seen if seen is not None and position <= seen[0] else (position, now)
         self._since = since
 
     def longest(self, now: float, in_hand: float = 0.0) -> float:
