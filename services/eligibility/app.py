@@ -74,13 +74,15 @@ def build(settings: Settings | None = None) -> Service:
 
     service.on_ready.append(ready)
 
-    async def on_person(record: PersonRecord) -> int:
-        subject, stale = await repo().upsert_person(record)
+    # Each with its Kafka timestamp: the time of a change of insurance by a record without updated_at.
+    async def on_person(given: tuple[PersonRecord, datetime]) -> int:
+        record, published = given
+        subject, stale = await repo().upsert_person(record, published)
         await subjects().remember(record.psn_no, subject)
         return stale
 
-    async def on_persons(records: list[PersonRecord]) -> int:
-        changed, stale = await repo().upsert_persons(records)
+    async def on_persons(given: list[tuple[PersonRecord, datetime]]) -> int:
+        changed, stale = await repo().upsert_persons([r for r, _ in given], [at for _, at in given])
         await subjects().remember_many(changed, changed=True)
         return stale
 
@@ -100,7 +102,7 @@ def build(settings: Settings | None = None) -> Service:
         # be older than it and ignored (a zone written wrong, 'Z' on China time, is 8 hours ahead).
         return record.ahead_of(datetime.now(BUSINESS_TZ), settings.max_clock_ahead_seconds)
 
-    feed(service, REFDATA_PERSONS, PersonRecord, on_person, apply_many=on_persons, check=person_ahead)
+    feed(service, REFDATA_PERSONS, PersonRecord, on_person, apply_many=on_persons, check=person_ahead, published=True)
     feed(service, REFDATA_FACILITIES, FacilityRecord, on_facility, apply_many=on_facilities)
     feed(service, REGION_STATUS, RegionStatusRecord, on_region_status)
     return service

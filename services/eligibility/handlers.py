@@ -337,13 +337,13 @@ class EligibilityHandler:
                 cert_type=(body.mdtrt_cert_type or "") if "mdtrt_cert_type" in body.model_fields_set else "",
                 cert_no=body.mdtrt_cert_no or "",
             )
-            # The insurance the person held until it last changed: a stay admitted before the change
-            # is settled under it.
-            held_before = (subject or {}).get("before")
-            before_record = (PersonRecord.model_validate(held_before["record"], context=STORED_CONTEXT)
-                             if held_before else None)
-            before = (InsuredBefore(before_record.to_domain(), datetime.fromisoformat(held_before["until"]))
-                      if before_record is not None else None)
+            # The insurance the person held until it last changed, read only when the one held now is
+            # not the one the request names: a stay admitted while it was held is settled under it.
+            before_record, before = None, None
+            if (subject or {}).get("before") and not (
+                    person_record is not None and person_record.active
+                    and person_record.insuplc_admdvs == visit.insured_region and person_record.insutype == visit.insutype):
+                before_record, before = _insured_before(subject["before"])
             # parse() refuses a 2001 without insutype and med_type; SettlementInput requires them
             decision = decide(
                 visit, person_record.to_domain() if person_record else None,
@@ -357,18 +357,21 @@ class EligibilityHandler:
                 work["refusal"] = {"err_code": ErrCode(decision.code.value).value, "err_msg": decision.message + hint}
             else:
                 # Under the insurance held at admission: that record's terms. Its personal account is
-                # not drawn on: the balance it had then may since have moved with the insurance (the
-                # patient pays that part, and may claim it at home).
+                # the one the region states now when the insurance only stopped (same region and
+                # fund: the account stays the person's); after a move, none (its balance went with
+                # the transfer: the patient pays that part, and may claim it at home).
                 held = before_record if decision.insured_before else person_record
-                assert held is not None and facility is not None
+                assert held is not None and person_record is not None and facility is not None
+                account = (person_record if held.insuplc_admdvs == person_record.insuplc_admdvs
+                           and held.insutype == person_record.insutype else None)
                 work["person"] = {
                     "psn_no": held.psn_no,
                     "psn_name": held.psn_name,
                     "psn_type": held.psn_type.value,
                     "insutype": held.insutype.value,
                     "insuplc_admdvs": held.insuplc_admdvs,
-                    "acct_balc": fmt(ZERO if decision.insured_before else held.acct_balc),
-                    "acct_version": held.acct_version,
+                    "acct_balc": fmt(account.acct_balc if account else ZERO),
+                    "acct_version": account.acct_version if account else "",
                     "qualifications": list(held.qualifications),
                     "home_quota_used": fmt(held.home_quota_used),
                     "home_quota_year": held.home_quota_year,
@@ -426,6 +429,22 @@ class EligibilityHandler:
                 "filing_category": decision.category.value if decision.category else "",
             },
         )
+
+
+def _insured_before(kept: dict[str, Any]) -> tuple[PersonRecord | None, InsuredBefore | None]:
+    """The insurance kept from before the person's last change (``fold_insurance``), as a record and
+    as the domain reads it; nothing when this version cannot read it (written by a newer one, after
+    a downgrade): the stay is then judged by the insurance now, as before the insurance before was
+    kept. Said without the record's values (a person's name and identity card number)."""
+    try:
+        record = PersonRecord.model_validate(kept["record"], context=STORED_CONTEXT)
+        since = datetime.fromisoformat(kept["since"]) if kept.get("since") else None
+        return record, InsuredBefore(record.to_domain(), datetime.fromisoformat(kept["until"]), since)
+    except (ValidationError, ValueError, KeyError, TypeError) as exc:
+        log.warning("eligibility: the insurance kept from before a change cannot be read by this version (%s): "
+                    "the stay is judged by the insurance now", explain(exc) if isinstance(exc, ValidationError)
+                    else type(exc).__name__)
+        return None, None
 
 
 def _admission_moment(begntime: datetime | None) -> datetime | None:

@@ -74,15 +74,21 @@ def _insurance(record: dict[str, Any]) -> tuple[Any, Any, bool]:
     return record.get("insuplc_admdvs"), record.get("insutype"), bool(record.get("active", True))
 
 
-def insured_before(held: dict[str, Any] | None, record: PersonRecord, before: Any, now: datetime) -> Any:
-    """The ``insured_before`` of a person once ``record`` applies over ``held`` (the record held, as
-    stored; None for a person not seen yet): when the record changes an active insurance (stops it,
-    or moves it to another region or fund), that insurance until the record's time (``updated_at``;
-    without one, ``now``, when it is applied); else what was kept ``before`` (a stopped insurance
-    resumed, or moved while stopped, keeps the one held before the stop)."""
-    if held is None or not held.get("active", True) or _insurance(held) == _insurance(record.model_dump(mode="json")):
-        return before
-    return {"record": held, "until": (record.source_time or now).isoformat()}
+def fold_insurance(held: dict[str, Any] | None, since: datetime | None, before: Any, record: PersonRecord,
+                   at: datetime) -> tuple[Any, datetime | None]:
+    """A person's ``insured_before`` and ``insured_since`` once ``record`` applies over ``held`` (the
+    record held, as stored, None for a person not seen yet; its insurance held ``since``). A record
+    that changes the insurance (region, fund or active) changes it at the record's time
+    (``updated_at``), or without one at ``at``, when it was published (as filing dates the change):
+    the new insurance begins then, and the one it ends, if active, is kept with its days. Otherwise
+    both stay: a stopped insurance that resumes, or moves while stopped, keeps the one held before
+    the stop. The first record of a person changes nothing: insured since before the platform knew."""
+    if held is None or _insurance(held) == _insurance(record.model_dump(mode="json")):
+        return before, since
+    changed = record.source_time or at
+    if held.get("active", True):
+        before = {"record": held, "since": since.isoformat() if since else None, "until": changed.isoformat()}
+    return before, changed
 
 
 class EligibilityRepository(Repository):
@@ -109,14 +115,16 @@ class EligibilityRepository(Repository):
             for r in rows
         }
 
-    async def upsert_person(self, record: PersonRecord) -> tuple[Subject, int]:
+    async def upsert_person(self, record: PersonRecord, published: datetime | None = None) -> tuple[Subject, int]:
         """``upsert_persons`` of one record."""
-        subjects, stale = await self.upsert_persons([record])
+        subjects, stale = await self.upsert_persons([record], None if published is None else [published])
         return subjects[record.psn_no], stale
 
-    async def upsert_persons(self, records: list[PersonRecord]) -> tuple[dict[str, Subject], int]:
+    async def upsert_persons(self, records: list[PersonRecord],
+                             published: list[datetime] | None = None) -> tuple[dict[str, Subject], int]:
         """Apply a feed batch in one transaction and return the subject of every person it names,
-        with the number of records ignored as stale.
+        with the number of records ignored as stale. ``published``: each record's Kafka timestamp
+        (default now), the time of a change of insurance by a record without ``updated_at``.
 
         Of each person's records the newest wins, by the region's time (``updated_at``): a record
         older than the newest time held for that person is ignored (a region that reloads an
@@ -124,45 +132,50 @@ class EligibilityRepository(Repository):
         applies in arrival order and keeps the time held, so an older timed record after it is
         still ignored. Each applied record gets a new version, in the batch's order. The result,
         and the stale count, are those of applying the records one by one: the batch is folded
-        here over the times held, read under the persons' locks."""
+        here over the times held, read under the persons' locks (``fold_insurance`` too)."""
         named = list(dict.fromkeys(r.psn_no for r in records))
+        now = datetime.now(UTC)
         async with self.transaction() as conn:
             # The persons' locks in a fixed order (no deadlock with another batch or a filing).
             await _lock_persons(conn, named)
             rows = await conn.fetch(
-                "SELECT psn_no, source_time, record, insured_before FROM eligibility.persons WHERE psn_no = ANY($1::text[])",
-                named)
+                "SELECT psn_no, source_time, record, insured_before, insured_since FROM eligibility.persons "
+                "WHERE psn_no = ANY($1::text[])", named)
             held: dict[str, datetime] = {r["psn_no"]: r["source_time"] for r in rows if r["source_time"] is not None}
-            # Each person's record and insurance before, as the fold stands (``insured_before``).
+            # Each person's record, and insurance before and since, as the fold stands.
             current: dict[str, Any] = {r["psn_no"]: json_value(r["record"]) for r in rows}
             before: dict[str, Any] = {r["psn_no"]: json_value(r["insured_before"]) for r in rows}
-            now = datetime.now(UTC)
+            since: dict[str, datetime | None] = {r["psn_no"]: r["insured_since"] for r in rows}
             latest: dict[str, PersonRecord] = {}
             stale = 0
-            for record in records:
+            for record, at in zip(records, published or [now] * len(records), strict=True):
                 moment, newest = record.source_time, held.get(record.psn_no)
                 if moment is not None and newest is not None and moment < newest:
                     stale += 1
                     continue
                 if moment is not None:
                     held[record.psn_no] = moment
-                before[record.psn_no] = insured_before(current.get(record.psn_no), record, before.get(record.psn_no), now)
-                current[record.psn_no] = record.model_dump(mode="json")
-                latest.pop(record.psn_no, None)
-                latest[record.psn_no] = record  # re-inserted: ordered by each person's last record
+                psn = record.psn_no
+                before[psn], since[psn] = fold_insurance(current.get(psn), since.get(psn), before.get(psn), record, at)
+                current[psn] = record.model_dump(mode="json")
+                latest.pop(psn, None)
+                latest[psn] = record  # re-inserted: ordered by each person's last record
             if latest:
                 psn_nos = list(latest)
                 await conn.execute(
-                    """INSERT INTO eligibility.persons AS p (psn_no, record, version, source_time, insured_before)
-                       SELECT u.p, u.r::jsonb, nextval('eligibility.change_seq'), u.h, u.b::jsonb
-                       FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[]) WITH ORDINALITY AS u(p, r, h, b, n)
+                    """INSERT INTO eligibility.persons AS p (psn_no, record, version, source_time, insured_before,
+                                                             insured_since)
+                       SELECT u.p, u.r::jsonb, nextval('eligibility.change_seq'), u.h, u.b::jsonb, u.s
+                       FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[])
+                            WITH ORDINALITY AS u(p, r, h, b, s, n)
                        ORDER BY u.n
                        ON CONFLICT (psn_no) DO UPDATE
                        SET record = EXCLUDED.record, version = EXCLUDED.version, updated_at = now(),
                            source_time = GREATEST(p.source_time, EXCLUDED.source_time),
-                           insured_before = EXCLUDED.insured_before""",
+                           insured_before = EXCLUDED.insured_before, insured_since = EXCLUDED.insured_since""",
                     psn_nos, [r.model_dump_json() for r in latest.values()], [held.get(psn) for psn in psn_nos],
                     [orjson.dumps(before[psn]).decode() if before.get(psn) is not None else None for psn in psn_nos],
+                    [since.get(psn) for psn in psn_nos],
                 )
             return await self.subjects(named, conn), stale
 

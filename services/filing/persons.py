@@ -45,6 +45,7 @@ from yidi.domain.codes import BUSINESS_TZ
 from yidi.domain.filing import end_on_insurance_change
 from yidi.platform import metrics
 from yidi.platform.db import lock_keys
+from yidi.platform.feeds import published_at as feed_published_at
 from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.settings import Settings
@@ -59,9 +60,7 @@ ENDED_BY = "platform"  # the history's decl_source of a filing ended by an insur
 
 def published_at(record: Incoming) -> datetime:
     """A record's Kafka timestamp (its producer's time of sending), as an aware time."""
-    if record.timestamp_ms <= 0:  # a record without one (message format v0): read now
-        return datetime.now(UTC)
-    return datetime.fromtimestamp(record.timestamp_ms / 1000, UTC)
+    return feed_published_at(record.timestamp_ms)
 
 
 def ended_reqid(record: Incoming) -> str:

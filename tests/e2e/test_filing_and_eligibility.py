@@ -191,13 +191,15 @@ async def test_r7_an_insurance_change_ends_a_long_term_filing_and_a_new_filing_s
     assert system.metric("filing", "yidi_filings_ended_total", change="stopped") == ended_before + 1
 
 
-async def test_a_stay_admitted_while_insured_settles_after_the_insurance_stopped_without_the_account(
-        world, gateway, filings):
-    """A stay is judged by the insurance held at admission: filing keeps the long-term filing the stop
-    ended in force for a stay admitted before it (R6, R7), and eligibility refused the discharge
-    NOT_INSURED all the same. Settled under the insurance held then, its personal account is not
-    drawn on (it may have moved with the insurance since); care after the stop is refused."""
-    person = await world.person(category=None, balance="300.00")
+@pytest.mark.parametrize("change", ["stopped", "moved"])
+async def test_a_stay_admitted_while_insured_settles_under_that_insurance_after_it_changed(
+        world, gateway, filings, change):
+    """A stay is judged by the insurance held at admission: filing keeps the long-term filing the
+    change ended in force for a stay admitted before it (R6, R7), and eligibility refused the
+    discharge NOT_INSURED all the same. The personal account pays as the region states it when the
+    insurance only stopped; after a move its balance went with the transfer, and it pays nothing.
+    Care after the change is refused."""
+    person = await world.person(category=None, balance="5000.00")
     await file(filings, world, person, category="long_term_resident", begndate="2020-01-01")
 
     def discharge(admitted: datetime) -> dict:
@@ -206,7 +208,10 @@ async def test_a_stay_admitted_while_insured_settles_after_the_insurance_stopped
         return stay
 
     while_insured = await gateway.call(discharge(china_now() - timedelta(days=3)))
-    await world.person(psn_no=person, category=None, balance="300.00", active=False)  # stopped
+    if change == "stopped":
+        await world.person(psn_no=person, category=None, balance="5000.00", active=False)
+    else:
+        await world.person(psn_no=person, category=None, balance="5000.00", insuplc_admdvs="990002")
     admitted_before = await gateway.call(discharge(china_now() - timedelta(days=3)))
     admitted_after = await gateway.call(discharge(china_now() + timedelta(seconds=2)))
     outpatient = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
@@ -215,7 +220,8 @@ async def test_a_stay_admitted_while_insured_settles_after_the_insurance_stopped
     assert Decimal(while_insured["output"]["setlinfo"]["acct_pay"]) > 0
     assert admitted_before["infcode"] == 0, admitted_before
     info = admitted_before["output"]["setlinfo"]
-    assert Decimal(info["acct_pay"]) == 0 and Decimal(info["fund_pay_sumamt"]) > 0
+    assert Decimal(info["fund_pay_sumamt"]) > 0
+    assert (Decimal(info["acct_pay"]) > 0) is (change == "stopped"), info
     assert admitted_after["err_code"] == "NOT_INSURED", admitted_after
     assert outpatient["err_code"] == "NOT_INSURED", outpatient
 

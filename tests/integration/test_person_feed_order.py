@@ -153,10 +153,11 @@ async def test_a_stored_facility_this_version_cannot_read_is_unknown_not_a_stopp
         await pool.close()
 
 
-async def test_the_insurance_held_before_a_change_is_kept_with_the_moment_it_changed(settings):
-    """A stay admitted before the person's insurance stopped or moved is settled under the insurance
-    held then: eligibility keeps it, with the change's moment (the region's time of the record that
-    changed it; without one, when it was applied), through a batch as one by one."""
+async def test_the_insurance_held_before_a_change_is_kept_with_the_days_it_was_held(settings):
+    """A stay admitted while the person held an insurance since stopped or moved is settled under it:
+    eligibility keeps it, with the moment it began (None: before the platform knew) and the moment
+    it changed (the region's time of the record that changed it; without one, the record's publish
+    time, as filing dates the change), through a batch as one by one."""
     pool = await create_pool(settings.database_url, size=1)
     psn, other = unique("P"), unique("P")
 
@@ -174,26 +175,31 @@ async def test_the_insurance_held_before_a_change_is_kept_with_the_moment_it_cha
         subject, _ = await repo.upsert_person(record(psn, "2026-03-05T10:00:00+08:00", active=False))
         before = subject[1]["before"]
         assert before["record"]["active"] and before["record"]["acct_balc"] == "90.00"
-        assert before["until"] == "2026-03-05T10:00:00+08:00"
-        # Resumed, or moved while stopped: the insurance held before the stop is kept.
+        assert (before["since"], before["until"]) == (None, "2026-03-05T10:00:00+08:00")  # held since before we knew
+        # Moved while stopped: the insurance held before the stop is kept.
         subject, _ = await repo.upsert_person(record(psn, "2026-03-07T10:00:00+08:00", active=False,
                                                       insuplc_admdvs="120000"))
         assert subject[1]["before"] == before
-        # A move of an active insurance (in one batch with the resume): the insurance moved from.
+        # Resumed, then moved (one batch): the insurance moved from, held since the resume.
         subjects, _ = await repo.upsert_persons([
             record(psn, "2026-03-08T10:00:00+08:00"),
             record(psn, "2026-03-09T10:00:00+08:00", insuplc_admdvs="120000"),
         ])
         moved = subjects[psn][1]["before"]
-        assert (moved["record"]["insuplc_admdvs"], moved["until"]) == ("330100", "2026-03-09T10:00:00+08:00")
-        # An older record is ignored and changes nothing; an untimed change counts from when it applies.
+        assert (moved["record"]["insuplc_admdvs"], moved["record"]["active"]) == ("330100", True)
+        assert (moved["since"], moved["until"]) == ("2026-03-08T10:00:00+08:00", "2026-03-09T10:00:00+08:00")
+        # An older record is ignored and changes nothing.
         subject, _ = await repo.upsert_person(record(psn, "2026-03-08T12:00:00+08:00", insutype="390"))
         assert subject[1]["before"] == moved
+        # A change without updated_at is dated by its publish time (the feed's Kafka timestamp).
         await repo.upsert_person(record(other))
-        applied = datetime.now(UTC)
-        subject, _ = await repo.upsert_person(record(other, insutype="390"))
-        until = datetime.fromisoformat(subject[1]["before"]["until"])
-        assert subject[1]["before"]["record"]["insutype"] == "310" and until >= applied - timedelta(seconds=1)
+        sent = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
+        subject, _ = await repo.upsert_person(record(other, insutype="390"), sent)
+        assert subject[1]["before"]["record"]["insutype"] == "310"
+        assert datetime.fromisoformat(subject[1]["before"]["until"]) == sent
+        # Stopped again after that: the 390 insurance held since its publish time.
+        subject, _ = await repo.upsert_person(record(other, insutype="390", active=False), sent + timedelta(days=1))
+        assert datetime.fromisoformat(subject[1]["before"]["since"]) == sent
     finally:
         await pool.execute("DELETE FROM eligibility.persons WHERE psn_no = ANY($1::text[])", [psn, other])
         await pool.close()

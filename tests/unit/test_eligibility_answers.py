@@ -73,3 +73,27 @@ async def test_a_chronic_benefit_check_names_the_disease():
     out = await handler([Incoming("t.settlement.requests", 0, 1, b"k", orjson.dumps(request), 0)])
     (answer,) = [orjson.loads(o.value) for o in out if o.answered]
     assert answer["err_code"] == "INVALID_INPUT" and "dise_codg is required for med_type 14" in answer["err_msg"]
+
+
+async def test_an_insurance_kept_from_before_that_this_version_cannot_read_leaves_the_insurance_now(caplog):
+    """The insurance kept from before a change is read only when the one held now is not the one the
+    request names, and one this version cannot read (a newer version's, after a downgrade) judges by
+    the insurance now, said without the record's values; it was an INTERNAL_ERROR, with a
+    traceback quoting the person's name and identity card number."""
+    stopped = PERSON | {"active": False, "certno": "110101199003077731"}
+    unreadable = {"record": stopped | {"active": True, "psn_type": "new-kind"}, "since": None,
+                  "until": "2026-11-20T09:00:00+08:00"}
+
+    class Kept(Subjects):
+        async def get_many(self, psn_nos):
+            return {p: {"person": stopped, "filings": [FILING], "before": unreadable} for p in psn_nos if p == PSN}
+
+    request = copy.deepcopy(WE1) | {"infno": "2001"}
+    request["input"] = {"data": {"psn_no": PSN, "insutype": "310", "med_type": "11"}}
+    handler = EligibilityHandler(Settings(namespace="t."), repo=Repo(), subjects=Kept())  # type: ignore[arg-type]
+    (out,) = await handler([Incoming("t.settlement.requests", 0, 1, b"k", orjson.dumps(request), 0)])
+    answer = orjson.loads(out.value)
+    assert (answer["infcode"], answer["output"]["eligible"], answer["output"]["reason_code"]) == (0, "0", "NOT_INSURED")
+    said = [r.getMessage() for r in caplog.records]
+    assert any("cannot be read by this version (psn_type:" in m for m in said), said
+    assert not any("110101199003077731" in m or "Wang" in m for m in said), said

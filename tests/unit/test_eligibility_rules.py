@@ -488,3 +488,23 @@ def test_only_a_stay_admitted_before_the_change_and_naming_that_insurance_is_set
     assert decide(resident, STOPPED, home, [], [], NOW, HELD).code is Refusal.NOT_INSURED
     # Insured now as the request names: the insurance now decides, and the flag is not set.
     assert decide(stay, PERSON, home, [], [], NOW, InsuredBefore(MOVED, CHANGED)) == Eligible(Basis.HOME, None)
+
+
+def test_a_stay_admitted_while_the_insurance_before_was_not_yet_held_is_not_settled_under_it():
+    """Stopped on 10-01, resumed on 11-01, stopped again on 11-20: the insurance kept from before
+    the last stop began on 11-01, and a stay admitted in the gap between was never insured (a review
+    of session 38: it settled)."""
+    resumed = datetime(2026, 11, 1, 1, 0, tzinfo=UTC)  # 09:00 Beijing time
+    held = InsuredBefore(PERSON, CHANGED, since=resumed)
+    home = Facility("H2", "Langfang", "131000", 2, frozenset(MedType))
+
+    def stay(day, at=None):
+        return visit(MedType.INPATIENT, treating="131000", admitted=day, admitted_at=at)
+
+    assert decide(stay(date(2026, 10, 15)), STOPPED, home, [], [], NOW, held).code is Refusal.NOT_INSURED
+    assert isinstance(decide(stay(date(2026, 11, 5)), STOPPED, home, [], [], NOW, held), Eligible)
+    # The day it began, by its day alone: held; by its moment: from then on.
+    assert isinstance(decide(stay(date(2026, 11, 1)), STOPPED, home, [], [], NOW, held), Eligible)
+    early = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)
+    assert decide(stay(date(2026, 11, 1), early), STOPPED, home, [], [], NOW, held).code is Refusal.NOT_INSURED
+    assert isinstance(decide(stay(date(2026, 11, 1), resumed), STOPPED, home, [], [], NOW, held), Eligible)

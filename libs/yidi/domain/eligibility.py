@@ -193,20 +193,23 @@ class Visit:
 class InsuredBefore:
     """The insurance a person held until it changed (stopped, or moved to another region or fund),
     and the moment it changed: the insured region's time of the record that changed it, or, with
-    none, when the platform applied that record. A stay admitted before then is settled under it."""
+    none, when that record was published. A stay admitted while it was held is settled under it."""
 
     person: Person
     until: datetime
+    # When that insurance began (a resume, a move into it); None: before the platform knew.
+    since: datetime | None = None
 
     def covers(self, visit: Visit) -> bool:
-        """An inpatient stay admitted before the change: at its moment when the request gives one,
-        else on a day before the change's (a stay admitted on that day itself, at an unknown time, is
-        not)."""
+        """An inpatient stay admitted while it was held: at its moment when the request gives one,
+        else by its day: not before the day it began, and before the day it changed (a stay admitted
+        on that day, at an unknown time, is not)."""
         if not visit.med_type.is_inpatient or visit.admitted is None or visit.admitted > visit.on:
             return False
         if visit.admitted_at is not None:
-            return visit.admitted_at < self.until
-        return visit.admitted < self.until.astimezone(BUSINESS_TZ).date()
+            return (self.since is None or self.since <= visit.admitted_at) and visit.admitted_at < self.until
+        return ((self.since is None or self.since.astimezone(BUSINESS_TZ).date() <= visit.admitted)
+                and visit.admitted < self.until.astimezone(BUSINESS_TZ).date())
 
 
 @value

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -68,6 +69,14 @@ def _utf8(value: bytes | None) -> bool:
     return True
 
 
+def published_at(timestamp_ms: int | None) -> datetime:
+    """A Kafka record's timestamp (its producer's time of sending), as an aware time; now for a
+    record without one (message format v0)."""
+    if not timestamp_ms or timestamp_ms <= 0:
+        return datetime.now(UTC)
+    return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+
+
 def _stale(result: Any) -> int:
     """How many records an apply function ignored as stale (it returns an int, or nothing)."""
     return result if isinstance(result, int) and not isinstance(result, bool) else 0
@@ -83,6 +92,7 @@ def feed(
     name: str | None = None,
     max_records: int = 500,
     check: Callable[[M], str | None] | None = None,
+    published: bool = False,
 ) -> None:
     """Subscribe to ``topic`` in batches: each record validated (a record that does not is
     dead-lettered), the valid ones applied in order with ``apply_many`` (one call, e.g. one
@@ -91,7 +101,9 @@ def feed(
     held (counted ``stale`` rather than ``applied``).
     A record ``apply`` refuses (``PermanentError``), or that ``check`` finds a reason to refuse
     (a judgement against now, which a model's validation is not), is dead-lettered; a transient
-    failure NACKs the batch, which is read again (the upserts are idempotent)."""
+    failure NACKs the batch, which is read again (the upserts are idempotent). ``published``:
+    ``apply`` and ``apply_many`` take each record with its Kafka timestamp, ``(record, datetime)``
+    (its producer's time of sending; now for a record without one)."""
     feed_name = name or topic
     full_topic = service.topic(topic)
 
@@ -124,11 +136,14 @@ def feed(
         metrics.REFDATA_RECORDS.labels(feed_name, "refused").inc(len(refused))
         metrics.DEAD_LETTERS.labels(full_topic).inc(len(refused))
 
+    def given(raw: Any, record: M) -> Any:
+        return (record, published_at(raw.timestamp)) if published else record
+
     async def apply_each(valid: list[tuple[Any, M]], refused: list[tuple[Any, Exception]]) -> tuple[int, int]:
         applied = stale = 0
         for raw, record in valid:
             try:
-                stale += _stale(await apply(record))
+                stale += _stale(await apply(given(raw, record)))
                 applied += 1
             except (ValidationError, ValueError, PermanentError) as exc:
                 refused.append((raw, exc))
@@ -149,7 +164,7 @@ def feed(
         try:
             if apply_many is not None and len(valid) > 1:
                 try:
-                    applied, stale = len(valid), _stale(await apply_many([record for _, record in valid]))
+                    applied, stale = len(valid), _stale(await apply_many([given(raw, record) for raw, record in valid]))
                 except (ValidationError, ValueError, PermanentError):
                     # find the record at fault, apply the others
                     applied, stale = await apply_each(valid, refused)
