@@ -3,8 +3,9 @@
 A long-term filing stays valid "until the person changes it or their insurance status changes"
 (R7, seed 001). Filing follows each person's insurance as the insured region publishes it
 (insured region, fund, active) and, when it changes, ends the long-term filings made under the
-insurance the person had: in force until the day before the change, so a stay admitted while it
-was stays covered (R6), as after a cancellation; one waiting for approval is cancelled. Each
+insurance the person had: in force until the day before the change, and that day until the change
+(``ended_at``), so a stay admitted while it was stays covered (R6), as after a cancellation; one
+waiting for approval is cancelled. Each
 ended filing gets a new version and a history entry (action ``ended``, ``decl_source``
 ``platform``, the reason) and is published on filing.events like a cancellation: eligibility has
 it before the next settlement it reads.
@@ -166,7 +167,7 @@ class FilingPersonsHandler:
             found = await self.repo.get(conn, filing_id)
             assert found is not None
             record, filed_on = found
-            changed = end_on_insurance_change(record.to_domain(), day, today)
+            changed = end_on_insurance_change(record.to_domain(), day, today, at=cutoff)
             if changed is None:
                 continue
             ended.append(await self.repo.save(conn, changed, record.version + 1, filed_on, "ended", reqid,

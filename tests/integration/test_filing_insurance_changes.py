@@ -86,8 +86,10 @@ async def test_a_stop_ends_the_long_term_filings_under_the_old_insurance_and_not
     assert sorted((e.event, e.filing.filing_id, e.filing.status.value, e.result, e.reply_to) for e in events) == sorted([
         ("ended", long_term, "cancelled", None, ""), ("ended", waiting, "cancelled", None, "")])
     by_id = {e.filing.filing_id: e.filing for e in events}
-    assert [(p.begndate, p.enddate) for p in by_id[long_term].earlier] == [
-        (date(2025, 1, 1), stopped_on.date() - timedelta(days=1))]
+    # In force until the day before the stop, and on its day until the stop (a stay admitted that
+    # morning stays covered, as eligibility judges the insurance by the moment).
+    assert [(p.begndate, p.enddate, p.ended_at) for p in by_id[long_term].earlier] == [
+        (date(2025, 1, 1), stopped_on.date() - timedelta(days=1), stopped_on)]
     assert by_id[waiting].earlier == []  # never in force
     assert {o.topic for o in stop} == {settings.topic("filing.events")} and {o.key for o in stop} == {psn.encode()}
     assert await status(filing_repo, temporary) == ("active", 1)

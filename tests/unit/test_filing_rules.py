@@ -1,7 +1,7 @@
 """Filing rules (R4, R7, R8, R9, R21) on plain data: what a filing request becomes, or why it is refused."""
 
 from dataclasses import replace
-from datetime import date
+from datetime import date, datetime
 
 import pytest
 
@@ -253,6 +253,30 @@ def test_r7_an_insurance_change_ends_a_long_term_filing_the_day_before_it():
     # A change on the day the filing began leaves no day it was in force.
     same_day = end_on_insurance_change(current, date(2025, 3, 1), today=date(2026, 6, 12))
     assert same_day is not None and same_day.earlier == ()
+
+
+def test_r7_a_version_an_insurance_change_ends_is_in_force_that_day_until_the_change():
+    """As after a cancellation made at once: a stay admitted on the change's day, before it, stays
+    covered by the filing, as eligibility judges the insurance itself by the moment. It was filed
+    nowhere that morning, and refused NOT_FILED with advice to file, which filing refuses under an
+    insurance no longer held (a review of session 38)."""
+    from yidi.domain.codes import BUSINESS_TZ
+
+    current = new_filing(ask(FilingCategory.RETIREE_RESETTLED, begin=date(2025, 3, 1)))
+    at = datetime(2026, 6, 10, 9, 0, tzinfo=BUSINESS_TZ)
+    ended = end_on_insurance_change(current, date(2026, 6, 10), today=date(2026, 6, 12), at=at)
+    assert ended is not None and [(p.end, p.ended_at) for p in ended.earlier] == [(date(2026, 6, 9), at)]
+    (_, version) = ended.versions()
+    assert version.in_force_until_ended(datetime(2026, 6, 10, 8, 0, tzinfo=BUSINESS_TZ))
+    assert not version.in_force_until_ended(datetime(2026, 6, 10, 9, 30, tzinfo=BUSINESS_TZ))
+    # Begun that very day: in force until the change all the same.
+    same_day = end_on_insurance_change(current, date(2025, 3, 1), today=date(2026, 6, 12),
+                                       at=datetime(2025, 3, 1, 15, 0, tzinfo=BUSINESS_TZ))
+    assert same_day is not None and [(p.begin, p.end) for p in same_day.earlier] == [(date(2025, 3, 1), date(2025, 2, 28))]
+    # A moment on another day than the change's (a record dated ahead, taken as today) ends it at midnight.
+    later = end_on_insurance_change(current, date(2026, 6, 10), today=date(2026, 6, 10),
+                                    at=datetime(2026, 6, 11, 9, 0, tzinfo=BUSINESS_TZ))
+    assert later is not None and later.earlier[0].ended_at is None
 
 
 def test_r7_an_insurance_change_leaves_a_temporary_filing_its_six_months_but_ends_long_term_versions_it_keeps():

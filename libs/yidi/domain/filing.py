@@ -162,15 +162,19 @@ def _in_force_at_all(period: FilingPeriod) -> bool:
         period.ended_at is not None and period.begin == period.end + timedelta(days=1))
 
 
-def end_on_insurance_change(current: Filing, day: date, today: date) -> Filing | None:
+def end_on_insurance_change(current: Filing, day: date, today: date, at: datetime | None = None) -> Filing | None:
     """R7: a long-term filing is valid "until the person changes it or their insurance status
     changes". From ``day``, the day the insured region changed the insurance it was made under
     (stopped, resumed, moved to another fund or region), a long-term filing in force is ended: in
     force until the day before, so a stay admitted while it was stays covered (R6), as after a
     cancellation. One waiting for approval is cancelled (made for an insurance that is no more).
     Temporary filings and versions keep their six months; long-term versions a filing keeps in
-    ``earlier`` end too. None: nothing of ``current`` ends."""
+    ``earlier`` end too. None: nothing of ``current`` ends. ``at``: the moment of the change, on
+    ``day``: a version it cuts was in force that day until then (``ended_at``), so a stay admitted
+    that morning, before the change, stays covered, as after a cancellation made at once (and as
+    eligibility judges the insurance itself, ``InsuredBefore``)."""
     last = day - timedelta(days=1)
+    ended_at = at if at is not None and at.astimezone(BUSINESS_TZ).date() == day else None
     periods = list(current.earlier)
     status = current.status
     if current.category.is_long_term and current.status in (FilingStatus.ACTIVE, FilingStatus.PENDING):
@@ -178,9 +182,9 @@ def end_on_insurance_change(current: Filing, day: date, today: date) -> Filing |
         if current.status is FilingStatus.ACTIVE and current.begin <= today:
             periods.insert(0, FilingPeriod(current.filed_region, current.category, current.begin,
                                            last if current.end is None else min(current.end, last), current.insutype))
-    # A long-term version cut by the insurance change ends the day before it, that day not at all.
+    # A long-term version cut by the insurance change ends the day before it, and that day until it.
     kept = tuple(
-        p for p in (replace(p, end=last, ended_at=None) if p.category.is_long_term and p.end >= last else p
+        p for p in (replace(p, end=last, ended_at=ended_at) if p.category.is_long_term and p.end >= last else p
                     for p in periods)
         if _in_force_at_all(p)
     )[:MAX_EARLIER]
