@@ -1,8 +1,9 @@
 """A gateway's reply_to that the broker refuses does not hold a stage: on a real broker that creates
 no topics and authorizes (as production brokers are set), the answers to a reply topic that does not
-exist, that the platform may not write, or may not even see go to the shared answer topic with the
-reason in a header, each once; the other answers of the same batch go where they were asked; and
-once the refusal is forgotten (REMEMBERED_SECONDS) a topic created meanwhile gets its answers."""
+exist, that the platform may not write, or may not even see go to the moved answers' topic of their
+kind (not the shared answer topic other gateways read) with the reason in a header, each once; the
+other answers of the same batch go where they were asked; and once the refusal is forgotten
+(REMEMBERED_SECONDS) a topic created meanwhile gets its answers."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from yidi.platform.topics import (
     FILING_RESULTS,
     SETTLEMENT_REQUESTS,
     SETTLEMENT_RESULTS,
+    moved_answers,
 )
 
 from tests.e2e.system import System
@@ -56,7 +58,7 @@ def _refused(stage: str, reason: str) -> float:
 
 
 @PROTOCOLS
-async def test_answers_to_a_reply_topic_the_broker_refuses_go_to_the_shared_topic(settings, strict, transactions,
+async def test_answers_to_a_reply_topic_the_broker_refuses_go_to_the_moved_answers_topic(settings, strict, transactions,
                                                                                     during, monkeypatch):
     s = settings.model_copy(update={"kafka_bootstrap": strict, "batch_linger_ms": 300.0,
                                     "kafka_transactions": transactions, "kafka_offsets_during_handler": during,
@@ -105,7 +107,7 @@ async def test_answers_to_a_reply_topic_the_broker_refuses_go_to_the_shared_topi
         started = time.monotonic()
         await stage.start()
         assert stage.transaction_version == (1 if transactions == "v1" else 2)
-        shared = await _read(s, SETTLEMENT_RESULTS, 3)
+        shared = await _read(s, moved_answers(SETTLEMENT_RESULTS), 3)
         # Without the look-up, the missing topic alone held the batch for the producer's request
         # timeout (40 s) on every try.
         assert time.monotonic() - started < 20
@@ -127,13 +129,13 @@ async def test_answers_to_a_reply_topic_the_broker_refuses_go_to_the_shared_topi
         # coordinator, or the retry joins it and commits the first try's M7 and S1 as well (aiokafka
         # under v1 forgot the partitions it had added, so its abort sent no EndTxn).
         await ask({"M7": "gw.ok", "S1": "side.one", "M8": "gw.later-denied"})
-        assert msgids(await _read(s, SETTLEMENT_RESULTS, 4)) == ["M2", "M3", "M4", "M8"]
+        assert msgids(await _read(s, moved_answers(SETTLEMENT_RESULTS), 4)) == ["M2", "M3", "M4", "M8"]
         assert msgids(await _read(s, "gw.ok", 3)) == ["M1", "M5", "M7"]
         assert msgids(await _read(s, "side.one", 1)) == ["S1"]
         # The refusal arrives while a later output still waits for its topic's metadata: that send
         # is told only "not in transaction" (IllegalOperation), which stopped the stage under v1.
         await ask({"M9": "gw.new-denied", "S2": "side.two", "M10": "gw.ok"})
-        assert msgids(await _read(s, SETTLEMENT_RESULTS, 5)) == ["M2", "M3", "M4", "M8", "M9"]
+        assert msgids(await _read(s, moved_answers(SETTLEMENT_RESULTS), 5)) == ["M2", "M3", "M4", "M8", "M9"]
         assert msgids(await _read(s, "gw.ok", 4)) == ["M1", "M10", "M5", "M7"]
         assert msgids(await _read(s, "side.two", 1)) == ["S2"]
         assert stage.failure is None and not stage.task.done()
@@ -149,19 +151,19 @@ async def test_answers_to_a_reply_topic_the_broker_refuses_go_to_the_shared_topi
         await until(lambda: stage._reply_topics.refusal(s.topic("gw.missing")) is None, timeout=10)
         await ask({"M6": "gw.missing"})
         assert msgids(await _read(s, "gw.missing", 1)) == ["M6"]
-        assert len(await _read(s, SETTLEMENT_RESULTS, 5)) == 5  # nothing more on the shared topic
+        assert len(await _read(s, moved_answers(SETTLEMENT_RESULTS), 5)) == 5  # nothing more moved
     finally:
         await producer.stop()
         await stage.stop()
         await asyncio.sleep(0)
 
 
-async def test_filing_and_clearing_answer_on_their_shared_topics_when_the_reply_to_is_refused(settings, strict,
+async def test_filing_and_clearing_answer_on_their_moved_answers_topics_when_the_reply_to_is_refused(settings, strict,
                                                                                                tmp_path):
     """The services as processes on the strict broker: a filing accepted (answered by eligibility once
     applied), a filing refused by filing itself, a filing request that does not validate (refused by
     its reqid), and a clearing query, each asking for its answer on a topic nobody created, are
-    answered on filing.results and clearing.results."""
+    answered on filing.results.moved and clearing.results.moved."""
     s = settings.model_copy(update={"kafka_bootstrap": strict,
                                     "namespace": settings.namespace + f"rs{uuid.uuid4().hex[:6]}."})
     await ensure_topics(s)
@@ -186,8 +188,8 @@ async def test_filing_and_clearing_answer_on_their_shared_topics_when_the_reply_
         for topic, requests in sent.items():
             for request in requests:
                 await producer.send_and_wait(s.topic(topic), orjson.dumps(request), key=request["reqid"].encode())
-        filed = await _read(s, FILING_RESULTS, 3, seconds=30)
-        cleared = await _read(s, CLEARING_RESULTS, 1, seconds=30)
+        filed = await _read(s, moved_answers(FILING_RESULTS), 3, seconds=30)
+        cleared = await _read(s, moved_answers(CLEARING_RESULTS), 1, seconds=30)
         expected = f"{s.topic('gw.nobody')}: the topic does not exist, and the broker does not create topics".encode()
         assert sorted(orjson.loads(r.value)["reqid"] for r in filed) == [f"F0-{tag}", f"F1-{tag}", f"F2-{tag}"]
         assert [orjson.loads(r.value)["accepted"] for r in filed if orjson.loads(r.value)["reqid"] == f"F0-{tag}"] == [True]

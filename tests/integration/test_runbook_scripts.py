@@ -105,7 +105,7 @@ async def test_the_runbook_lists_the_answers_moved_off_a_refused_reply_to(settin
     finally:
         await producer.stop()
 
-    shown = run(script("# Usage: python - <shared answer topic> [bootstrap]"), shared, bootstrap)
+    shown = run(script("# Usage: python - <moved answers' topic> [bootstrap]"), shared, bootstrap)
     assert "M1" not in shown
     assert "0/1 key=b'H2' gw.h2: the topic does not exist, and the broker does not create topics" in shown
     assert '{"msgid": "M2"}' in shown

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 from yidi.platform import metrics
 from yidi.platform.db import Repository, create_pool
 from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
-from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_REQUESTS, dlq
+from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_REQUESTS, dlq, moved_answers
 
 from tests.integration.kafka_io import create_topics, read_topic
 from tests.integration.protocols import PROTOCOLS
@@ -153,10 +153,10 @@ async def test_an_output_the_broker_refuses_for_good_is_refused_alone(settings, 
 
 
 @PROTOCOLS
-async def test_an_answer_larger_than_its_reply_topic_takes_goes_to_the_shared_topic_once(settings, transactions, during):
+async def test_an_answer_larger_than_its_reply_topic_takes_goes_to_the_moved_answers_topic_once(settings, transactions, during):
     """A gateway's reply topic whose max.message.bytes is below one answer: the broker refuses it
     after the handler committed its work (clearing: the ledger row). The record is not refused
-    ("nothing was settled", while it was): its answer alone goes to the shared answer topic, with the
+    ("nothing was settled", while it was): its answer alone goes to the moved answers' topic, with the
     header saying why, and the stage goes on."""
     from yidi.platform.kafka import Answered
     from yidi.platform.reply_topics import HEADER
@@ -169,7 +169,7 @@ async def test_an_answer_larger_than_its_reply_topic_takes_goes_to_the_shared_to
     await ensure_topics(s)
     async def answer_each(records: list[Incoming]) -> list[Outgoing]:
         return [Outgoing(reply_to, orjson.dumps({"msgid": r.value.decode(), "pad": "x" * (100_000 if r.value == b"2" else 1)}),
-                         key=r.key, fallback=s.topic("settlement.results"),
+                         key=r.key, fallback=s.topic(moved_answers("settlement.results")),
                          answered=Answered(infno="2207", err_code="ok", request_ts_ms=0))
                 for r in records]
 
@@ -178,7 +178,7 @@ async def test_an_answer_larger_than_its_reply_topic_takes_goes_to_the_shared_to
     stage = TransactionalStage("too-large-test", "test", s, [SETTLEMENT_REQUESTS], "too-large-test", answer_each)
     async with _four_requests_through(s, stage, b"one-facility"):
         assert [orjson.loads(r.value)["msgid"] for r in await _read(s, "gw.small.replies", 3)] == ["1", "3", "4"]
-        (shared,) = await _read(s, "settlement.results", 1)
+        (shared,) = await _read(s, moved_answers("settlement.results"), 1)
         assert orjson.loads(shared.value)["msgid"] == "2"
         assert b"larger than the topic takes" in dict(shared.headers)[HEADER]
         assert await _read(s, dlq(SETTLEMENT_REQUESTS), 1) == []  # not refused
@@ -187,11 +187,11 @@ async def test_an_answer_larger_than_its_reply_topic_takes_goes_to_the_shared_to
 
 
 @PROTOCOLS
-async def test_a_refusal_larger_than_its_reply_topic_takes_goes_to_the_shared_topic(settings, transactions, during):
+async def test_a_refusal_larger_than_its_reply_topic_takes_goes_to_the_moved_answers_topic(settings, transactions, during):
     """A request the stage must refuse (a value the database refuses), whose gateway's reply topic
     takes records smaller than the refusal's answer: the refusal's answer went to that topic, the
     broker refused it, and the stage stopped ("refusing a record failed") at every start, for every
-    facility of the partition (a review, session 36). It goes to the shared answer topic now, as the
+    facility of the partition (a review, session 36). It goes to the moved answers' topic now, as the
     stage's own answers do, and the stage goes on."""
     from yidi.platform.errors import BadData
     from yidi.platform.reply_topics import HEADER
@@ -206,7 +206,7 @@ async def test_a_refusal_larger_than_its_reply_topic_takes_goes_to_the_shared_to
     async def refuse_the_second(records: list[Incoming]) -> list[Outgoing]:
         if any(orjson.loads(r.value)["msgid"] == "M2" for r in records):
             raise BadData("NumericValueOutOfRangeError: numeric field overflow")
-        return [Outgoing(s.topic("gw.tiny.replies"), b"1", key=r.key, fallback=s.topic("settlement.results"))
+        return [Outgoing(s.topic("gw.tiny.replies"), b"1", key=r.key, fallback=s.topic(moved_answers("settlement.results")))
                 for r in records]
 
     stage = TransactionalStage("refusal-small-test", "test", s, [SETTLEMENT_REQUESTS], "refusal-small-test",
@@ -219,7 +219,7 @@ async def test_a_refusal_larger_than_its_reply_topic_takes_goes_to_the_shared_to
             await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), orjson.dumps(request), key=b"one-facility")
         await stage.start()
         assert [r.value for r in await _read(s, "gw.tiny.replies", 2)] == [b"1", b"1"]  # M1 and M3
-        (shared,) = await _read(s, "settlement.results", 1)
+        (shared,) = await _read(s, moved_answers("settlement.results"), 1)
         assert (orjson.loads(shared.value)["msgid"], orjson.loads(shared.value)["err_code"]) == ("M2", "INTERNAL_ERROR")
         assert b"larger than the topic takes" in dict(shared.headers)[HEADER]
         assert [orjson.loads(r.value)["msgid"] for r in await _read(s, dlq(SETTLEMENT_REQUESTS), 1)] == ["M2"]

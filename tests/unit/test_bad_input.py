@@ -387,10 +387,20 @@ def test_a_valid_request_still_parses(handler):
                                       "settlement.requests", "settlement.results.dlq", "a" * 201, "has space",
                                       "__consumer_offsets", "__transaction_state", "..consumer_offsets",
                                       "._consumer_offsets", "_.transaction_state", "clearing.statements",
-                                      "clearing_alerts", "filing.results", "clearing.results"])
+                                      "clearing_alerts", "filing.results", "clearing.results",
+                                      # other facilities' answers moved off a refused reply topic (session 38)
+                                      "settlement.results.moved", "settlement_results_moved", "filing.results.moved",
+                                      "clearing.results.moved"])
 def test_an_illegal_or_platform_reply_to_is_refused(reply_to):
     with pytest.raises(ValueError):
         gateway_reply_topic(reply_to)
+
+
+def test_the_moved_answers_topics_the_contract_refuses_are_the_platforms():
+    from yidi.contracts.envelope import MOVED_RESULTS
+    from yidi.platform.topics import SHARED_RESULTS, moved_answers
+
+    assert MOVED_RESULTS == {moved_answers(shared) for shared in SHARED_RESULTS}
 
 
 def test_each_kind_of_request_may_name_its_own_shared_answer_topic_only():

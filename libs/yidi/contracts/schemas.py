@@ -306,11 +306,10 @@ FILING_PERSONS = _stage("filing", T.FILING_PERSONS_GROUP)  # stage filing-person
 CLEARING_REQUEST_MESSAGES = ("FundPrepayment", "RunMonth", "ConfirmStatement", "QuerySettlement", "QueryFacilityDay",
                              "QueryPairMonth", "QueryMonth", "QueryPrepayment", "Reconcile")
 
-# An answer whose own reply topic the broker refuses for good goes to its kind's shared topic
-# (yidi.platform.reply_topics).
-_MOVED_HERE = ("An answer whose `reply_to` the broker refuses for good (the topic does not exist and the broker "
-               "creates no topics, or the platform may not write it) is published here instead, with the header "
-               "`yidi-reply-to-refused` (`<topic>: <why>`).")
+# An answer whose own reply topic the broker refuses for good goes to its kind's moved answers'
+# topic, not here (yidi.platform.reply_topics, topics.moved_answers).
+_MOVED_HERE = ("An answer whose `reply_to` the broker refuses for good goes to `{moved}` instead (Moved answers, "
+               "below), not here: every gateway that names no `reply_to` reads this topic.")
 
 TOPIC_CONTRACTS: dict[str, TopicContract] = {
     T.SETTLEMENT_REQUESTS: TopicContract(
@@ -348,7 +347,7 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
               "eligibility (1101, 2001, malformed requests), pricing (refusals, pre-settlements, "
               "`MODIFIED_REQUEST`, `ALREADY_SETTLED`, `NO_POLICY`, `NOT_FOUND`, `PREPAYMENT_EXHAUSTED`), clearing (settlements, "
               "`ALREADY_UNDONE` to a settlement sent again after it was undone, "
-              "cancellations, reversals; 3201/3202 from its clearing-admin stage). " + _MOVED_HERE,
+              "cancellations, reversals; 3201/3202 from its clearing-admin stage). " + _MOVED_HERE.format(moved=T.moved_answers(T.SETTLEMENT_RESULTS)),
     ),
     T.FILING_REQUESTS: TopicContract(
         messages=("FilingRequest",),
@@ -366,7 +365,7 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         notes="The default `reply_to` of a filing request. Refusals and `history` are answered by filing; "
               "an accepted change is answered by eligibility once its mirror and cache have applied it. A refusal "
               "of a request that did not validate is keyed as the request was (its record's key), or by its "
-              "`reqid` when it had none. " + _MOVED_HERE,
+              "`reqid` when it had none. " + _MOVED_HERE.format(moved=T.moved_answers(T.FILING_RESULTS)),
     ),
     T.FILING_EVENTS: TopicContract(
         messages=("FilingEvent",),
@@ -435,7 +434,7 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         writers=("clearing",),
         external_readers="the requester; a request's `reply_to` names another topic for its result",
         notes="The default `reply_to` of a clearing request; 3201/3202 are answered on the facility's "
-              "`reply_to` as `ResponseEnvelope`s instead. " + _MOVED_HERE,
+              "`reply_to` as `ResponseEnvelope`s instead. " + _MOVED_HERE.format(moved=T.moved_answers(T.CLEARING_RESULTS)),
     ),
     T.CLEARING_STATEMENTS: TopicContract(
         messages=("Statement",),
@@ -693,6 +692,14 @@ def _source_of(dlq_name: str) -> str:
     return dlq_name.removesuffix(".dlq")
 
 
+MOVED_HEADER = "`yidi-reply-to-refused`"
+
+
+def _shared_of(name: str) -> str | None:
+    """The shared answer topic whose answers ``name`` holds when a gateway's reply topic is refused."""
+    return next((shared for shared in T.SHARED_RESULTS if T.moved_answers(shared) == name), None)
+
+
 def _md_models(contract: TopicContract) -> str:
     names: list[str] = []
     for m in contract.messages:
@@ -798,6 +805,23 @@ def render_topics_md() -> str:
         lines.append(f"| `{spec.name}` | `{source}` | {who} |")
     lines += [
         "",
+        "## Moved answers",
+        "",
+        "An answer whose gateway's `reply_to` the broker refuses for good (the topic does not exist and "
+        "the broker does not create topics, the platform may not write it, the name is invalid, or the "
+        "answer is larger than the topic takes) goes to its kind's moved answers' topic instead, with "
+        f"the header {MOVED_HEADER} naming the topic and why (docs/runbook.md, \"Answers moved off a "
+        "refused reply topic\"). Operations read them; no gateway may name one as its `reply_to`: they "
+        "hold other facilities' patients' answers.",
+        "",
+        "| moved answers' topic | answers of | written by |",
+        "|---|---|---|",
+    ]
+    for spec in all_topic_specs():
+        if (shared := _shared_of(spec.name)) is not None:
+            lines.append(f"| `{spec.name}` | `{shared}` | {', '.join(TOPIC_CONTRACTS[shared].writers)} |")
+    lines += [
+        "",
         "## Consumer groups and transactional ids",
         "",
         "| group | topic | service | kind |",
@@ -848,12 +872,15 @@ def render_asyncapi() -> dict[str, Any]:
     for spec in all_topic_specs():
         cid = _channel_id(spec.name)
         is_dlq = spec.name.endswith(".dlq")
-        contract = TOPIC_CONTRACTS[_source_of(spec.name)] if is_dlq else TOPIC_CONTRACTS[spec.name]
+        shared = _shared_of(spec.name)  # a moved answers' topic: its shared topic's messages and writers
+        contract = TOPIC_CONTRACTS[_source_of(spec.name) if is_dlq else shared or spec.name]
         names = ("DeadLetter",) if is_dlq else contract.messages
         description = spec.what[:1].upper() + spec.what[1:] + "."
         if spec.log_append_time:
             description += " Records carry the broker's time (message.timestamp.type=LogAppendTime)."
-        if not is_dlq and contract.notes:
+        if shared:
+            description += f" Each with the header {MOVED_HEADER}: the reply topic and why; read by operations only."
+        elif not is_dlq and contract.notes:
             description += " " + contract.notes
         channel: dict[str, Any] = {
             "address": spec.name,
@@ -881,7 +908,7 @@ def render_asyncapi() -> dict[str, Any]:
                     "messages": refs,
                 }
             continue
-        for r in contract.readers:
+        for r in () if shared else contract.readers:
             operations[f"{r.service}Receives{cid[:1].upper()}{cid[1:]}"] = {
                 "action": "receive", "channel": {"$ref": f"#/channels/{cid}"},
                 "summary": f"{r.service} consumes {spec.name} ({r.kind})",

@@ -98,7 +98,7 @@ class Outgoing:
     key: bytes | None = None
     headers: tuple[tuple[str, bytes | None], ...] = ()
     answered: Answered | None = None
-    # An answer on a gateway's reply_to: the shared answer topic of its kind of request, where it is
+    # An answer on a gateway's reply_to: the moved answers' topic of its kind of request, where it is
     # published instead if the broker refuses ``topic`` for good (yidi.platform.reply_topics), and
     # why it was (set when it was moved there).
     fallback: str | None = None
@@ -259,7 +259,7 @@ class LingerGate:
 
 
 def _answers_to_shared_topic(handler: Handler) -> Handler:
-    """``handler`` with every answer on a gateway's reply topic moved to its shared answer topic
+    """``handler`` with every answer on a gateway's reply topic moved to its kind's moved answers' topic
     (``reply_topics.to_shared_topic``: an answer larger than the reply topic takes); a refusal
     stays one (``yidi_refusal``), marked as moved already (``yidi_shared``)."""
 
@@ -316,7 +316,7 @@ class TransactionalStage:
     # group has moved on (fencing.py).
     _revocations: int = field(default=0, init=False)
     _fetched_at_revocation: int = field(default=0, init=False)
-    # The gateways' reply topics the broker refuses, whose answers go to their shared topic instead.
+    # The gateways' reply topics the broker refuses, whose answers go to their moved answers' topic instead.
     _reply_topics: ReplyTopics = field(init=False)
 
     def __post_init__(self) -> None:
@@ -559,9 +559,9 @@ class TransactionalStage:
                 if getattr(handler, "yidi_refusal", False):
                     if isinstance(exc, OutputRefused) and exc.answer and not getattr(handler, "yidi_shared", False):
                         # The refusal's answer too large for the gateway's reply topic (a topic of
-                        # small records): once more on its shared answer topic, as _isolate moves
+                        # small records): once more on its moved answers' topic, as _isolate moves
                         # the stage's own answers, rather than stop the stage at every start.
-                        log.warning("stage %s: %s; the refusal sent again with its answer on its shared answer topic",
+                        log.warning("stage %s: %s; the refusal sent again with its answer on its moved answers' topic",
                                     self.name, exc)
                         handler = _answers_to_shared_topic(handler)
                         continue
@@ -619,7 +619,7 @@ class TransactionalStage:
                     and await self._handle_until_committed(records[half:]))
         record = records[0]
         if isinstance(exc, OutputRefused) and exc.answer and handler is self.handler:
-            log.warning("stage %s: %s; %s/%d/%d handled again with its answers on their shared answer topic",
+            log.warning("stage %s: %s; %s/%d/%d handled again with its answers on their moved answers' topic",
                         self.name, exc, record.topic, record.partition, record.offset)
             return await self._handle_until_committed(records, _answers_to_shared_topic(self.handler))
         reason = f"{CANNOT_PROCESS}: {exc}"
@@ -751,7 +751,7 @@ class TransactionalStage:
         return self._revocations != self._fetched_at_revocation
 
     async def _route(self, producer: AIOKafkaProducer, outgoing: list[Outgoing]) -> list[Outgoing]:
-        """Answers to a reply topic the broker refuses for good moved to their shared answer topic."""
+        """Answers to a reply topic the broker refuses for good moved to their moved answers' topic."""
         return await self._reply_topics.route(producer.client, outgoing)
 
     async def _abandon(self, opened: _Opened) -> None:
@@ -807,9 +807,9 @@ class TransactionalStage:
             await _abort_if_open(producer)
             if self._reply_topics.learn(cause or exc, outgoing):
                 # A reply topic the broker would not let us write: the retry publishes its answers
-                # on their shared answer topic (yidi.platform.reply_topics).
+                # on their moved answers' topic (yidi.platform.reply_topics).
                 raise ReplyTopicRefused(f"the broker refused a reply topic ({cause or exc!r}); its answers go to "
-                                        "the shared answer topic") from exc
+                                        "the moved answers' topic") from exc
             if cause is not None:
                 raise TransientError(f"the transaction could only be aborted: {cause!r}") from cause
             refused = getattr(exc, "refused", None)
@@ -840,7 +840,7 @@ READ_FROM_START_AGE_S = 600.0
 
 
 def _answer_topic(topic: str, outgoing: list[Outgoing]) -> bool:
-    """Whether ``topic`` is a gateway's reply topic among ``outgoing`` (an answer with a shared topic)."""
+    """Whether ``topic`` is a gateway's reply topic among ``outgoing`` (an answer with a moved answers' topic)."""
     return any(o.topic == topic and o.fallback and o.topic != o.fallback for o in outgoing)
 
 

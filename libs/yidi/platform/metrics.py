@@ -61,7 +61,7 @@ STAGE_RETRIES = Counter(
 )
 REPLY_TOPIC_REFUSED = Counter(
     "yidi_reply_topic_refused_total",
-    "Answers published on their kind's shared answer topic because the broker refuses the gateway's reply_to "
+    "Answers published on their kind's moved answers' topic because the broker refuses the gateway's reply_to "
     "(unknown: does not exist and is not created; unauthorized: the platform may not write it; invalid; "
     "unavailable: no partitions within 5 s; too_large: one answer larger than the topic takes), per stage.",
     ["stage", "reason"],

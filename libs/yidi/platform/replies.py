@@ -16,7 +16,7 @@ from yidi.platform import metrics
 from yidi.platform.jsonwire import dumps, loads
 from yidi.platform.kafka import Answered, Incoming, Outgoing
 from yidi.platform.settings import Settings
-from yidi.platform.topics import all_topic_specs, dlq
+from yidi.platform.topics import all_topic_specs, dlq, moved_answers
 
 # Any msgid that can be read, not only a valid one: one with a space, a dot or a full-width digit
 # is refused, but its answer must still reach the gateway, which matches answers by the msgid it
@@ -98,14 +98,15 @@ def recover_reply_to(raw: bytes, default: str = DEFAULT_REPLY_TO) -> str:
 
 def answer_fallback(settings: Settings, topic: str, shared: str) -> str | None:
     """Where an output on ``topic`` (its full name) goes if the broker refuses that topic for good:
-    ``shared``, the shared answer topic of its kind of request, when ``topic`` is a gateway's own
-    reply topic; None for the shared topic itself and every other platform topic (those are
-    created by the services and never moved: yidi.platform.reply_topics)."""
+    the moved answers' topic of ``shared``, the shared answer topic of its kind of request
+    (``moved_answers``: operations read it, no gateway), when ``topic`` is a gateway's own reply
+    topic; None for the shared topic itself and every other platform topic (those are created by
+    the services and never moved: yidi.platform.reply_topics)."""
     ns = settings.namespace
     name = topic[len(ns):] if topic.startswith(ns) else topic
     if name == shared or name in _PLATFORM_TOPICS:
         return None
-    return settings.topic(shared)
+    return settings.topic(moved_answers(shared))
 
 
 _PLATFORM_TOPICS = frozenset(spec.name for spec in all_topic_specs())

@@ -1,4 +1,4 @@
-"""Answers whose reply topic the broker refuses for good go to their kind's shared answer topic.
+"""Answers whose reply topic the broker refuses for good go to their kind's moved answers' topic.
 
 A gateway names the topic its answers go to (``reply_to``). ``gateway_reply_topic`` keeps the
 platform's own and Kafka's internal topics out, but only the broker knows whether a legal name can
@@ -10,13 +10,15 @@ holding its partitions for every facility on them. So before a batch's transacti
 answer's topic that the producer's metadata does not know is looked up (``settle``); a topic the
 broker refuses (it does not exist, may not be written, is not a valid name, or shows no partitions
 within ``PARTITIONS_WAIT_SECONDS``) is remembered for ``REMEMBERED_SECONDS``, and the answers to it
-are published on the shared answer topic of their kind of request instead (``Outgoing.fallback``:
-``settlement.results``, ``filing.results``, ``clearing.results``), with the header
-``yidi-reply-to-refused`` naming the topic and the reason. A topic the metadata shows but whose
-writes the broker refuses (ACLs that allow Describe but not Write) fails the transaction: the stage
-learns the topic from the error, aborts (ending the transaction at the coordinator, under v1 too:
-``txnv2.TransactionManagerV1``), and the batch's retry takes the shared topic. Every request is
-still answered once, and the ledger is unchanged.
+are published on the moved answers' topic of their kind of request instead (``Outgoing.fallback``:
+``settlement.results.moved``, ``filing.results.moved``, ``clearing.results.moved``; operations read
+them: on the shared answer topics, which every gateway naming no reply topic reads, they gave other
+facilities their patients' answers), with the header ``yidi-reply-to-refused`` naming the topic and
+the reason. A topic the metadata shows but whose writes the broker refuses (ACLs that allow
+Describe but not Write) fails the transaction: the stage learns the topic from the error, aborts
+(ending the transaction at the coordinator, under v1 too: ``txnv2.TransactionManagerV1``), and the
+batch's retry takes the moved answers' topic. Every request is still answered once, and the
+ledger is unchanged.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ log = logging.getLogger(__name__)
 
 class ReplyTopicRefused(TransientError):
     """A batch's transaction failed on a reply topic the broker would not let the platform write: it is
-    retried at once, and the retry publishes those answers on their shared answer topic."""
+    retried at once, and the retry publishes those answers on their moved answers' topic."""
 
 
 HEADER = "yidi-reply-to-refused"
-# How long a refused topic keeps its answers on the shared topic before the broker is asked again
+# How long a refused topic keeps its answers on the moved answers' topic before the broker is asked again
 # (the topic may have been created, or the platform granted Write, meanwhile).
 REMEMBERED_SECONDS = 60.0
 
@@ -94,7 +96,7 @@ class ReplyTopics:
 
     def refuse(self, topic: str, reason: str) -> None:
         if self.refusal(topic) is None:
-            log.warning("stage %s: answers to %s go to their shared answer topic for %.0fs: %s", self.stage, topic,
+            log.warning("stage %s: answers to %s go to their moved answers' topic for %.0fs: %s", self.stage, topic,
                         REMEMBERED_SECONDS, _explain(reason))
         self._refused[topic] = (self._clock() + REMEMBERED_SECONDS, reason)
 
@@ -136,14 +138,14 @@ class ReplyTopics:
 
 
 def moved(o: Outgoing, reason: str) -> Outgoing:
-    """An answer moved to its shared answer topic (``o.fallback``), the header saying from where and why."""
+    """An answer moved to its moved answers' topic (``o.fallback``), the header saying from where and why."""
     assert o.fallback is not None
     return replace(o, topic=o.fallback, fallback=None, refused=reason,
                    headers=(*o.headers, (HEADER, f"{o.topic}: {_explain(reason)}".encode())))
 
 
 def to_shared_topic(outgoing: list[Outgoing], reason: str) -> list[Outgoing]:
-    """``outgoing`` with every answer on a gateway's reply topic moved to its shared answer topic."""
+    """``outgoing`` with every answer on a gateway's reply topic moved to its moved answers' topic."""
     return [moved(o, reason) if o.fallback and o.topic != o.fallback else o for o in outgoing]
 
 

@@ -75,13 +75,27 @@ def dlq(topic: str) -> str:
     return f"{topic}.dlq"
 
 
+def moved_answers(shared: str) -> str:
+    """Where the answers of ``shared``'s kind go when a gateway's own reply topic is refused
+    (yidi.platform.reply_topics): a topic of their own, for operations only. On ``shared`` itself,
+    which every gateway that names no reply topic reads, they gave other facilities their patients'
+    answers (names, identity card numbers, diagnoses, a review of session 38)."""
+    return f"{shared}.moved"
+
+
+SHARED_RESULTS = (SETTLEMENT_RESULTS, FILING_RESULTS, CLEARING_RESULTS)
+
+
 def all_topic_specs() -> tuple[TopicSpec, ...]:
-    """Every topic including the dead-letter topics of the consumed ones."""
+    """Every topic including the dead-letter topics of the consumed ones and the moved answers' topics."""
     consumed = {SETTLEMENT_REQUESTS, SETTLEMENT_ELIGIBLE, SETTLEMENT_PRICED, FILING_REQUESTS, FILING_EVENTS,
                 REFDATA_PERSONS, REFDATA_FACILITIES, REFDATA_POLICIES, REFDATA_CATALOGUE, REGION_STATUS,
                 CLEARING_REQUESTS, PREPAYMENT_STATUS}
     dead = tuple(TopicSpec(dlq(t.name), t.key, 1, f"dead letters of {t.name}, with the reason") for t in TOPICS if t.name in consumed)
-    return TOPICS + dead
+    moved = tuple(TopicSpec(moved_answers(t.name), t.key, t.partitions,
+                            f"answers of {t.name}'s kind whose gateway's reply_to the broker refuses (operations only)")
+                  for t in TOPICS if t.name in SHARED_RESULTS)
+    return TOPICS + dead + moved
 
 
 def feed_group(service: str, topic: str) -> str:
