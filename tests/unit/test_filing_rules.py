@@ -273,6 +273,26 @@ def test_r7_a_version_an_insurance_change_ends_is_in_force_that_day_until_the_ch
     same_day = end_on_insurance_change(current, date(2025, 3, 1), today=date(2026, 6, 12),
                                        at=datetime(2025, 3, 1, 15, 0, tzinfo=BUSINESS_TZ))
     assert same_day is not None and [(p.begin, p.end) for p in same_day.earlier] == [(date(2025, 3, 1), date(2025, 2, 28))]
+    # A version that had ended by then keeps its end: a cancellation made at once at 08:00, then the
+    # insurance stopped at 10:00 (a review of session 38: the stop extended it to 10:00).
+    cancelled = cancel_filing(current, today=date(2026, 6, 10), lock_months=0, filed_on=date(2025, 3, 1),
+                              at=datetime(2026, 6, 10, 8, 0, tzinfo=BUSINESS_TZ))
+    assert [(p.end, p.ended_at) for p in cancelled.earlier] == [
+        (date(2026, 6, 9), datetime(2026, 6, 10, 8, 0, tzinfo=BUSINESS_TZ))]
+    assert end_on_insurance_change(cancelled, date(2026, 6, 10), today=date(2026, 6, 10), at=at) is None
+    # ... and one ended at midnight stays so; one the cancellation ended after the stop, at the stop.
+    midnight = replace(cancelled, earlier=(replace(cancelled.earlier[0], ended_at=None),))
+    assert end_on_insurance_change(midnight, date(2026, 6, 10), today=date(2026, 6, 10), at=at) is None
+    late = replace(cancelled, earlier=(replace(cancelled.earlier[0], ended_at=datetime(2026, 6, 10, 11, 0,
+                                                                                       tzinfo=BUSINESS_TZ)),))
+    cut = end_on_insurance_change(late, date(2026, 6, 10), today=date(2026, 6, 10), at=at)
+    assert cut is not None and [p.ended_at for p in cut.earlier] == [at]
+    # A move planned for that day: the new version was in force that morning, the old one not.
+    moving = change_filing(current, ask(FilingCategory.RETIREE_RESETTLED, begin=date(2026, 6, 10), filed="120000"),
+                           today=date(2026, 6, 1), lock_months=0, filed_on=date(2025, 3, 1))
+    moved = end_on_insurance_change(moving, date(2026, 6, 10), today=date(2026, 6, 10), at=at)
+    assert moved is not None and [(p.filed_region, p.begin, p.end, p.ended_at) for p in moved.earlier] == [
+        ("120000", date(2026, 6, 10), date(2026, 6, 9), at), (current.filed_region, date(2025, 3, 1), date(2026, 6, 9), None)]
     # A moment on another day than the change's (a record dated ahead, taken as today) ends it at midnight.
     later = end_on_insurance_change(current, date(2026, 6, 10), today=date(2026, 6, 10),
                                     at=datetime(2026, 6, 11, 9, 0, tzinfo=BUSINESS_TZ))

@@ -180,14 +180,24 @@ def end_on_insurance_change(current: Filing, day: date, today: date, at: datetim
     if current.category.is_long_term and current.status in (FilingStatus.ACTIVE, FilingStatus.PENDING):
         status = FilingStatus.CANCELLED
         if current.status is FilingStatus.ACTIVE and current.begin <= today:
+            in_force_that_day = current.end is None or current.end > last
             periods.insert(0, FilingPeriod(current.filed_region, current.category, current.begin,
-                                           last if current.end is None else min(current.end, last), current.insutype))
-    # A long-term version cut by the insurance change ends the day before it, and that day until it.
-    kept = tuple(
-        p for p in (replace(p, end=last, ended_at=ended_at) if p.category.is_long_term and p.end >= last else p
-                    for p in periods)
-        if _in_force_at_all(p)
-    )[:MAX_EARLIER]
+                                           last if current.end is None else min(current.end, last), current.insutype,
+                                           ended_at=ended_at if in_force_that_day else None))
+
+    def cut(p: FilingPeriod) -> FilingPeriod:
+        """A long-term version in force on the change's day ends the day before it, and that day
+        until it. One that had ended by then keeps its end: the day before, and that day until its
+        own change made at once (``ended_at``), or until this one if it came first; not at all if
+        either ended it at midnight (a review of session 38: this change's moment extended a
+        version a cancellation had ended that morning)."""
+        if not p.category.is_long_term or p.end < last:
+            return p
+        if p.end > last:
+            return replace(p, end=last, ended_at=ended_at)
+        return replace(p, ended_at=None if p.ended_at is None or ended_at is None else min(p.ended_at, ended_at))
+
+    kept = tuple(p for p in map(cut, periods) if _in_force_at_all(p))[:MAX_EARLIER]
     if status is current.status and kept == current.earlier:
         return None
     return replace(current, status=status, earlier=kept)
