@@ -12,7 +12,7 @@ from yidi.contracts.refdata import FacilityRecord, PersonRecord, RegionStatusRec
 from yidi.domain.codes import BUSINESS_TZ
 from yidi.platform import metrics, probes
 from yidi.platform.cache import VersionedCache
-from yidi.platform.feeds import feed
+from yidi.platform.feeds import Sent, feed
 from yidi.platform.kafka import TransactionalStage
 from yidi.platform.service import Service
 from yidi.platform.settings import Settings, settings_for
@@ -74,15 +74,16 @@ def build(settings: Settings | None = None) -> Service:
 
     service.on_ready.append(ready)
 
-    # Each with its Kafka timestamp: the time of a change of insurance by a record without updated_at.
-    async def on_person(given: tuple[PersonRecord, datetime]) -> int:
-        record, published = given
-        subject, stale = await repo().upsert_person(record, published)
+    # Each with where and when it was published: its Kafka timestamp is the time of a change of
+    # insurance by a record without updated_at, and its offset says whether it was applied already.
+    async def on_person(given: tuple[PersonRecord, Sent]) -> int:
+        record, sent = given
+        subject, stale = await repo().upsert_person(record, sent)
         await subjects().remember(record.psn_no, subject)
         return stale
 
-    async def on_persons(given: list[tuple[PersonRecord, datetime]]) -> int:
-        changed, stale = await repo().upsert_persons([r for r, _ in given], [at for _, at in given])
+    async def on_persons(given: list[tuple[PersonRecord, Sent]]) -> int:
+        changed, stale = await repo().upsert_persons([r for r, _ in given], [sent for _, sent in given])
         await subjects().remember_many(changed, changed=True)
         return stale
 

@@ -17,6 +17,7 @@ from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import FacilityRecord, PersonRecord
 from yidi.domain.eligibility import Outage
 from yidi.platform.db import Repository, json_value, lock_keys, transient_errors
+from yidi.platform.feeds import Sent
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +116,19 @@ class EligibilityRepository(Repository):
             for r in rows
         }
 
-    async def upsert_person(self, record: PersonRecord, published: datetime | None = None) -> tuple[Subject, int]:
+    async def upsert_person(self, record: PersonRecord, sent: Sent | None = None) -> tuple[Subject, int]:
         """``upsert_persons`` of one record."""
-        subjects, stale = await self.upsert_persons([record], None if published is None else [published])
+        subjects, stale = await self.upsert_persons([record], None if sent is None else [sent])
         return subjects[record.psn_no], stale
 
     async def upsert_persons(self, records: list[PersonRecord],
-                             published: list[datetime] | None = None) -> tuple[dict[str, Subject], int]:
+                             sent: list[Sent] | None = None) -> tuple[dict[str, Subject], int]:
         """Apply a feed batch in one transaction and return the subject of every person it names,
-        with the number of records ignored as stale. ``published``: each record's Kafka timestamp
-        (default now), the time of a change of insurance by a record without ``updated_at``.
+        with the number of records ignored as stale. ``sent``: where and when each record was
+        published (its Kafka timestamp is the time of a change of insurance by a record without
+        ``updated_at``; default now). A record at or before the one last applied for its person on
+        the same partition was applied already (the batch is read again after its commit failed)
+        and is passed over: folded again over what came after it, it moved ``insured_since``.
 
         Of each person's records the newest wins, by the region's time (``updated_at``): a record
         older than the newest time held for that person is ignored (a region that reloads an
@@ -139,43 +143,55 @@ class EligibilityRepository(Repository):
             # The persons' locks in a fixed order (no deadlock with another batch or a filing).
             await _lock_persons(conn, named)
             rows = await conn.fetch(
-                "SELECT psn_no, source_time, record, insured_before, insured_since FROM eligibility.persons "
-                "WHERE psn_no = ANY($1::text[])", named)
+                "SELECT psn_no, source_time, record, insured_before, insured_since, seen_partition, seen_offset "
+                "FROM eligibility.persons WHERE psn_no = ANY($1::text[])", named)
             held: dict[str, datetime] = {r["psn_no"]: r["source_time"] for r in rows if r["source_time"] is not None}
-            # Each person's record, and insurance before and since, as the fold stands.
+            # Each person's record, insurance before and since, and last record applied, as the fold stands.
             current: dict[str, Any] = {r["psn_no"]: json_value(r["record"]) for r in rows}
             before: dict[str, Any] = {r["psn_no"]: json_value(r["insured_before"]) for r in rows}
             since: dict[str, datetime | None] = {r["psn_no"]: r["insured_since"] for r in rows}
+            seen: dict[str, tuple[int | None, int | None]] = {r["psn_no"]: (r["seen_partition"], r["seen_offset"])
+                                                              for r in rows}
             latest: dict[str, PersonRecord] = {}
             stale = 0
-            for record, at in zip(records, published or [now] * len(records), strict=True):
-                moment, newest = record.source_time, held.get(record.psn_no)
+            for record, where in zip(records, sent or [None] * len(records), strict=True):
+                psn = record.psn_no
+                last_partition, last_offset = seen.get(psn, (None, None))
+                if where is not None and where.partition == last_partition and last_offset is not None \
+                        and where.offset <= last_offset:
+                    continue  # applied already
+                moment, newest = record.source_time, held.get(psn)
                 if moment is not None and newest is not None and moment < newest:
                     stale += 1
                     continue
                 if moment is not None:
-                    held[record.psn_no] = moment
-                psn = record.psn_no
+                    held[psn] = moment
+                at = where.at if where is not None else now
                 before[psn], since[psn] = fold_insurance(current.get(psn), since.get(psn), before.get(psn), record, at)
                 current[psn] = record.model_dump(mode="json")
+                if where is not None:
+                    seen[psn] = (where.partition, where.offset)
                 latest.pop(psn, None)
                 latest[psn] = record  # re-inserted: ordered by each person's last record
             if latest:
                 psn_nos = list(latest)
                 await conn.execute(
                     """INSERT INTO eligibility.persons AS p (psn_no, record, version, source_time, insured_before,
-                                                             insured_since)
-                       SELECT u.p, u.r::jsonb, nextval('eligibility.change_seq'), u.h, u.b::jsonb, u.s
-                       FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[])
-                            WITH ORDINALITY AS u(p, r, h, b, s, n)
+                                                             insured_since, seen_partition, seen_offset)
+                       SELECT u.p, u.r::jsonb, nextval('eligibility.change_seq'), u.h, u.b::jsonb, u.s, u.sp, u.so
+                       FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::timestamptz[],
+                                   $6::integer[], $7::bigint[])
+                            WITH ORDINALITY AS u(p, r, h, b, s, sp, so, n)
                        ORDER BY u.n
                        ON CONFLICT (psn_no) DO UPDATE
                        SET record = EXCLUDED.record, version = EXCLUDED.version, updated_at = now(),
                            source_time = GREATEST(p.source_time, EXCLUDED.source_time),
-                           insured_before = EXCLUDED.insured_before, insured_since = EXCLUDED.insured_since""",
+                           insured_before = EXCLUDED.insured_before, insured_since = EXCLUDED.insured_since,
+                           seen_partition = EXCLUDED.seen_partition, seen_offset = EXCLUDED.seen_offset""",
                     psn_nos, [r.model_dump_json() for r in latest.values()], [held.get(psn) for psn in psn_nos],
                     [orjson.dumps(before[psn]).decode() if before.get(psn) is not None else None for psn in psn_nos],
                     [since.get(psn) for psn in psn_nos],
+                    [seen.get(psn, (None, None))[0] for psn in psn_nos], [seen.get(psn, (None, None))[1] for psn in psn_nos],
                 )
             return await self.subjects(named, conn), stale
 

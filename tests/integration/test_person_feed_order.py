@@ -12,6 +12,7 @@ import pytest
 
 from yidi.contracts.refdata import FacilityRecord, PersonRecord
 from yidi.platform.db import create_pool, migrate
+from yidi.platform.feeds import Sent
 
 from services.eligibility.repository import EligibilityRepository
 from tests.conftest import unique
@@ -192,14 +193,22 @@ async def test_the_insurance_held_before_a_change_is_kept_with_the_days_it_was_h
         subject, _ = await repo.upsert_person(record(psn, "2026-03-08T12:00:00+08:00", insutype="390"))
         assert subject[1]["before"] == moved
         # A change without updated_at is dated by its publish time (the feed's Kafka timestamp).
-        await repo.upsert_person(record(other))
+        await repo.upsert_person(record(other), Sent(1, 10, datetime(2026, 3, 9, 2, 0, tzinfo=UTC)))
         sent = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
-        subject, _ = await repo.upsert_person(record(other, insutype="390"), sent)
+        subject, _ = await repo.upsert_person(record(other, insutype="390"), Sent(1, 11, sent))
         assert subject[1]["before"]["record"]["insutype"] == "310"
         assert datetime.fromisoformat(subject[1]["before"]["until"]) == sent
-        # Stopped again after that: the 390 insurance held since its publish time.
-        subject, _ = await repo.upsert_person(record(other, insutype="390", active=False), sent + timedelta(days=1))
-        assert datetime.fromisoformat(subject[1]["before"]["since"]) == sent
+        # A balance restated, then stopped: the 390 insurance held since its publish time.
+        batch = [(record(other, insutype="390", acct_balc="50.00"), Sent(1, 12, sent + timedelta(days=1))),
+                 (record(other, insutype="390", active=False), Sent(1, 13, sent + timedelta(days=2)))]
+        subjects, _ = await repo.upsert_persons([r for r, _ in batch], [w for _, w in batch])
+        kept = subjects[other][1]["before"]
+        assert (datetime.fromisoformat(kept["since"]), kept["record"]["acct_balc"]) == (sent, "50.00")
+        # The same batch applied again (its commit failed after Postgres's): passed over, not folded
+        # over what came after it (the balance record read as a resume moved ``since`` to its time).
+        subjects, _ = await repo.upsert_persons([r for r, _ in batch], [w for _, w in batch])
+        assert subjects[other][1]["before"] == kept
+        assert subjects[other][1]["person"]["active"] is False
     finally:
         await pool.execute("DELETE FROM eligibility.persons WHERE psn_no = ANY($1::text[])", [psn, other])
         await pool.close()

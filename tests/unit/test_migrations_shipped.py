@@ -28,7 +28,7 @@ SHIPPED = {
     "services/eligibility/migrations/003_person_source_time_backfill.sql": "eb3325b68145fc37",
     "services/eligibility/migrations/004_person_source_time_ahead.sql": "fd4a002fbd6a84fb",
     "services/eligibility/migrations/005_cache_stale.sql": "934f5794c3137dbe",
-    "services/eligibility/migrations/006_person_insured_before.sql": "36b494d8891b957a",
+    "services/eligibility/migrations/006_person_insured_before.sql": "6f8ebfce39d4d6e7",
     "services/filing/migrations/001_init.sql": "d2f322868db85195",
     "services/filing/migrations/002_history_who_and_why.sql": "3557ef4ce7e9c0be",
     "services/filing/migrations/003_request_hash.sql": "56117a3952a0623e",

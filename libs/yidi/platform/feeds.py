@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -69,6 +70,16 @@ def _utf8(value: bytes | None) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """Where and when a feed's record was published: its partition and offset, and its Kafka
+    timestamp (``published_at``)."""
+
+    partition: int
+    offset: int
+    at: datetime
+
+
 def published_at(timestamp_ms: int | None) -> datetime:
     """A Kafka record's timestamp (its producer's time of sending), as an aware time; now for a
     record without one (message format v0)."""
@@ -102,8 +113,9 @@ def feed(
     A record ``apply`` refuses (``PermanentError``), or that ``check`` finds a reason to refuse
     (a judgement against now, which a model's validation is not), is dead-lettered; a transient
     failure NACKs the batch, which is read again (the upserts are idempotent). ``published``:
-    ``apply`` and ``apply_many`` take each record with its Kafka timestamp, ``(record, datetime)``
-    (its producer's time of sending; now for a record without one)."""
+    ``apply`` and ``apply_many`` take each record with where and when it was published,
+    ``(record, Sent)`` (its partition, offset and Kafka timestamp: its producer's time of sending,
+    now for a record without one)."""
     feed_name = name or topic
     full_topic = service.topic(topic)
 
@@ -137,7 +149,7 @@ def feed(
         metrics.DEAD_LETTERS.labels(full_topic).inc(len(refused))
 
     def given(raw: Any, record: M) -> Any:
-        return (record, published_at(raw.timestamp)) if published else record
+        return (record, Sent(raw.partition, raw.offset, published_at(raw.timestamp))) if published else record
 
     async def apply_each(valid: list[tuple[Any, M]], refused: list[tuple[Any, Exception]]) -> tuple[int, int]:
         applied = stale = 0
