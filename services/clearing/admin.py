@@ -160,9 +160,9 @@ class ClearingAdminHandler:
         return out
 
     def _emit(self, emitted: list[dict[str, Any]], *, counted: tuple[str, str]) -> list[Outgoing]:
-        """What a request publishes, as kept: its result (on clearing.results if the broker refuses
-        the requester's reply_to for good), counted by ``counted`` (type, outcome) once committed,
-        and the prepayment messages it caused."""
+        """What a request publishes, as kept: its result (on platform.moved.clearing.results if the
+        broker refuses the requester's reply_to for good), counted by ``counted`` (type, outcome)
+        once committed, and the prepayment messages it caused."""
         return [Outgoing(e["topic"], e["value"].encode(), key=e["key"].encode(),
                          fallback=answer_fallback(self.settings, e["topic"], ADMIN_REPLY_TO),
                          on_commit=_counter(*counted) if i == 0 else None) for i, e in enumerate(emitted)]

@@ -163,7 +163,7 @@ async def test_filing_and_clearing_answer_on_their_moved_answers_topics_when_the
     """The services as processes on the strict broker: a filing accepted (answered by eligibility once
     applied), a filing refused by filing itself, a filing request that does not validate (refused by
     its reqid), and a clearing query, each asking for its answer on a topic nobody created, are
-    answered on filing.results.moved and clearing.results.moved."""
+    answered on platform.moved.filing.results and platform.moved.clearing.results."""
     s = settings.model_copy(update={"kafka_bootstrap": strict,
                                     "namespace": settings.namespace + f"rs{uuid.uuid4().hex[:6]}."})
     await ensure_topics(s)

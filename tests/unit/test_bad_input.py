@@ -389,18 +389,23 @@ def test_a_valid_request_still_parses(handler):
                                       "._consumer_offsets", "_.transaction_state", "clearing.statements",
                                       "clearing_alerts", "filing.results", "clearing.results",
                                       # other facilities' answers moved off a refused reply topic (session 38)
-                                      "settlement.results.moved", "settlement_results_moved", "filing.results.moved",
-                                      "clearing.results.moved"])
+                                      "platform.moved.settlement.results", "platform_moved.settlement_results",
+                                      "platform.moved.filing.results", "platform.moved.clearing.results"])
 def test_an_illegal_or_platform_reply_to_is_refused(reply_to):
     with pytest.raises(ValueError):
         gateway_reply_topic(reply_to)
 
 
-def test_the_moved_answers_topics_the_contract_refuses_are_the_platforms():
-    from yidi.contracts.envelope import MOVED_RESULTS
+def test_no_request_may_name_a_moved_answers_topic_nor_is_one_under_a_shared_topics_name():
+    """They hold other facilities' patients' answers: operations read them, no gateway."""
     from yidi.platform.topics import SHARED_RESULTS, moved_answers
 
-    assert MOVED_RESULTS == {moved_answers(shared) for shared in SHARED_RESULTS}
+    for shared in SHARED_RESULTS:
+        moved = moved_answers(shared)
+        assert not moved.startswith(shared)  # a gateway's prefixed read permission on it covers it not
+        for own in SHARED_RESULTS:
+            with pytest.raises(ValueError, match="platform's own"):
+                gateway_reply_topic(moved, own=own)
 
 
 def test_each_kind_of_request_may_name_its_own_shared_answer_topic_only():

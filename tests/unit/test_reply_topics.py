@@ -65,14 +65,14 @@ def quick(monkeypatch):
 def test_only_answers_on_a_gateways_own_topic_have_a_fallback():
     # Not the shared answer topic, which every gateway naming no reply topic reads: other facilities'
     # patients' answers went there (a review of session 38). Operations read the moved answers.
-    assert answer_fallback(S, "t1.hospital-7.answers", "settlement.results") == "t1.settlement.results.moved"
+    assert answer_fallback(S, "t1.hospital-7.answers", "settlement.results") == "t1.platform.moved.settlement.results"
     assert answer_fallback(S, "t1.settlement.results", "settlement.results") is None
     for platform in ("t1.settlement.eligible", "t1.filing.events", "t1.clearing.alerts", "t1.settlement.requests.dlq"):
         assert answer_fallback(S, platform, "settlement.results") is None
-    assert answer_fallback(S, "t1.gw", "filing.results") == "t1.filing.results.moved"
-    assert answer_fallback(S, "t1.settlement.results.moved", "settlement.results") is None  # a platform topic
+    assert answer_fallback(S, "t1.gw", "filing.results") == "t1.platform.moved.filing.results"
+    assert answer_fallback(S, "t1.platform.moved.settlement.results", "settlement.results") is None  # a platform topic
     answer = reply(S, "gw", {"msgid": "M1", "infno": "2207"}, facility="H1", request_ts_ms=0)
-    assert (answer.topic, answer.fallback) == ("t1.gw", "t1.settlement.results.moved")
+    assert (answer.topic, answer.fallback) == ("t1.gw", "t1.platform.moved.settlement.results")
     assert reply(S, "settlement.results", {"msgid": "M1", "infno": "2207"}, facility="H1",
                  request_ts_ms=0).fallback is None
 

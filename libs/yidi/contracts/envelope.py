@@ -85,9 +85,6 @@ PLATFORM_INPUT_PREFIXES = ("settlement.requests", "settlement.eligible", "settle
 # The shared answer topic of each kind of request: a request may name its own kind's, not another's
 # (whose readers expect other answers).
 SHARED_RESULTS = (DEFAULT_REPLY_TO, "filing.results", "clearing.results")
-# Where each kind's answers go when a gateway's own reply topic is refused: operations read them,
-# and a gateway naming one would read other facilities' patients' answers (topics.moved_answers).
-MOVED_RESULTS = frozenset(f"{shared}.moved" for shared in SHARED_RESULTS)
 
 
 def gateway_reply_topic(value: str, own: str = DEFAULT_REPLY_TO) -> str:
@@ -102,7 +99,7 @@ def gateway_reply_topic(value: str, own: str = DEFAULT_REPLY_TO) -> str:
     folded = value.replace("_", ".")
     if folded.startswith(".."):  # "__consumer_offsets", or a name Kafka would find colliding with one
         raise ValueError(f"reply_to {value!r} is, or collides with, a name Kafka keeps for its internal topics")
-    if folded.startswith(PLATFORM_INPUT_PREFIXES) or folded.endswith(".dlq") or folded in MOVED_RESULTS:
+    if folded.startswith(PLATFORM_INPUT_PREFIXES) or folded.endswith(".dlq"):
         raise ValueError(f"reply_to {value!r} is a topic of the platform's own; name the gateway's own reply topic")
     for shared in SHARED_RESULTS:
         if folded == shared and value != own:

@@ -11,7 +11,7 @@ answer's topic that the producer's metadata does not know is looked up (``settle
 broker refuses (it does not exist, may not be written, is not a valid name, or shows no partitions
 within ``PARTITIONS_WAIT_SECONDS``) is remembered for ``REMEMBERED_SECONDS``, and the answers to it
 are published on the moved answers' topic of their kind of request instead (``Outgoing.fallback``:
-``settlement.results.moved``, ``filing.results.moved``, ``clearing.results.moved``; operations read
+``platform.moved.settlement.results``, ``platform.moved.filing.results``, ``platform.moved.clearing.results``; operations read
 them: on the shared answer topics, which every gateway naming no reply topic reads, they gave other
 facilities their patients' answers), with the header ``yidi-reply-to-refused`` naming the topic and
 the reason. A topic the metadata shows but whose writes the broker refuses (ACLs that allow

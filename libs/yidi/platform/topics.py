@@ -79,8 +79,10 @@ def moved_answers(shared: str) -> str:
     """Where the answers of ``shared``'s kind go when a gateway's own reply topic is refused
     (yidi.platform.reply_topics): a topic of their own, for operations only. On ``shared`` itself,
     which every gateway that names no reply topic reads, they gave other facilities their patients'
-    answers (names, identity card numbers, diagnoses, a review of session 38)."""
-    return f"{shared}.moved"
+    answers (names, identity card numbers, diagnoses, a review of session 38). Under ``platform.``,
+    which no request may name as its reply topic, and not under ``shared``'s name, which a gateway's
+    prefixed read permission on it would cover."""
+    return f"platform.moved.{shared}"
 
 
 SHARED_RESULTS = (SETTLEMENT_RESULTS, FILING_RESULTS, CLEARING_RESULTS)
