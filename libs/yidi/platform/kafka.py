@@ -36,7 +36,7 @@ from yidi.platform import fencing, metrics, records, txnv2
 from yidi.platform.errors import BadData, FatalError, RaceLost, TransientError
 from yidi.platform.faults import armed, crash_point
 from yidi.platform.lag import WaitClock, partition_lag
-from yidi.platform.reply_topics import ReplyTopicRefused, ReplyTopics, to_shared_topic
+from yidi.platform.reply_topics import ReplyTopicRefused, ReplyTopics, to_moved_topic
 from yidi.platform.settings import Settings
 from yidi.platform.topics import all_topic_specs
 
@@ -258,16 +258,16 @@ class LingerGate:
         self.yielded += self.weight * (added - self.yielded)
 
 
-def _answers_to_shared_topic(handler: Handler) -> Handler:
+def _answers_to_moved_topic(handler: Handler) -> Handler:
     """``handler`` with every answer on a gateway's reply topic moved to its kind's moved answers' topic
-    (``reply_topics.to_shared_topic``: an answer larger than the reply topic takes); a refusal
-    stays one (``yidi_refusal``), marked as moved already (``yidi_shared``)."""
+    (``reply_topics.to_moved_topic``: an answer larger than the reply topic takes); a refusal
+    stays one (``yidi_refusal``), marked as moved already (``yidi_moved``)."""
 
     async def moved(rs: list[Incoming]) -> list[Outgoing]:
-        return to_shared_topic(await handler(rs), "too_large")
+        return to_moved_topic(await handler(rs), "too_large")
 
     moved.yidi_refusal = getattr(handler, "yidi_refusal", False)  # type: ignore[attr-defined]
-    moved.yidi_shared = True  # type: ignore[attr-defined]
+    moved.yidi_moved = True  # type: ignore[attr-defined]
     return moved
 
 
@@ -557,13 +557,13 @@ class TransactionalStage:
                 continue
             except BadData as exc:
                 if getattr(handler, "yidi_refusal", False):
-                    if isinstance(exc, OutputRefused) and exc.answer and not getattr(handler, "yidi_shared", False):
+                    if isinstance(exc, OutputRefused) and exc.answer and not getattr(handler, "yidi_moved", False):
                         # The refusal's answer too large for the gateway's reply topic (a topic of
                         # small records): once more on its moved answers' topic, as _isolate moves
                         # the stage's own answers, rather than stop the stage at every start.
                         log.warning("stage %s: %s; the refusal sent again with its answer on its moved answers' topic",
                                     self.name, exc)
-                        handler = _answers_to_shared_topic(handler)
+                        handler = _answers_to_moved_topic(handler)
                         continue
                     raise FatalError(f"stage {self.name}: refusing a record failed: {exc}") from exc
                 return await self._isolate(records, exc, handler)
@@ -607,7 +607,7 @@ class TransactionalStage:
 
         An output the broker refused for its size may be an answer larger than the gateway's reply
         topic takes: the record alone is handled once more with its answers on their shared answer
-        topic (``reply_topics.to_shared_topic``) before it is refused. Its handler's work is
+        topic (``reply_topics.to_moved_topic``) before it is refused. Its handler's work is
         committed by then (a ledger row, say): refused, it would be answered "nothing was settled"."""
         metrics.STAGE_RETRIES.labels(self.name, "BadData").inc()
         if len(records) > 1:
@@ -621,7 +621,7 @@ class TransactionalStage:
         if isinstance(exc, OutputRefused) and exc.answer and handler is self.handler:
             log.warning("stage %s: %s; %s/%d/%d handled again with its answers on their moved answers' topic",
                         self.name, exc, record.topic, record.partition, record.offset)
-            return await self._handle_until_committed(records, _answers_to_shared_topic(self.handler))
+            return await self._handle_until_committed(records, _answers_to_moved_topic(self.handler))
         reason = f"{CANNOT_PROCESS}: {exc}"
         log.error("stage %s: %s/%d/%d %s", self.name, record.topic, record.partition, record.offset, reason)
         if self.refuse is not None:

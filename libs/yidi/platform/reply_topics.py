@@ -11,13 +11,13 @@ answer's topic that the producer's metadata does not know is looked up (``settle
 broker refuses (it does not exist, may not be written, is not a valid name, or shows no partitions
 within ``PARTITIONS_WAIT_SECONDS``) is remembered for ``REMEMBERED_SECONDS``, and the answers to it
 are published on the moved answers' topic of their kind of request instead (``Outgoing.fallback``:
-``platform.moved.settlement.results``, ``platform.moved.filing.results``, ``platform.moved.clearing.results``; operations read
-them: on the shared answer topics, which every gateway naming no reply topic reads, they gave other
-facilities their patients' answers), with the header ``yidi-reply-to-refused`` naming the topic and
-the reason. A topic the metadata shows but whose writes the broker refuses (ACLs that allow
-Describe but not Write) fails the transaction: the stage learns the topic from the error, aborts
-(ending the transaction at the coordinator, under v1 too: ``txnv2.TransactionManagerV1``), and the
-batch's retry takes the moved answers' topic. Every request is still answered once, and the
+``platform.moved.settlement.results``, ``platform.moved.filing.results``,
+``platform.moved.clearing.results``; operations read them: on the shared answer topics, which every
+gateway naming no reply topic reads, they gave other facilities their patients' answers), with the
+header ``yidi-reply-to-refused`` naming the topic and the reason. A topic the metadata shows but
+whose writes the broker refuses (ACLs that allow Describe but not Write) fails the transaction: the
+stage learns the topic from the error, aborts (ending the transaction at the coordinator, under v1
+too: ``txnv2.TransactionManagerV1``), and the batch's retry takes the moved answers' topic. Every request is still answered once, and the
 ledger is unchanged.
 """
 
@@ -144,7 +144,7 @@ def moved(o: Outgoing, reason: str) -> Outgoing:
                    headers=(*o.headers, (HEADER, f"{o.topic}: {_explain(reason)}".encode())))
 
 
-def to_shared_topic(outgoing: list[Outgoing], reason: str) -> list[Outgoing]:
+def to_moved_topic(outgoing: list[Outgoing], reason: str) -> list[Outgoing]:
     """``outgoing`` with every answer on a gateway's reply topic moved to its moved answers' topic."""
     return [moved(o, reason) if o.fallback and o.topic != o.fallback else o for o in outgoing]
 
