@@ -28,7 +28,8 @@ from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import STORED_CONTEXT, FacilityRecord, PersonRecord
 from yidi.contracts.settlement import CancelInput, PersonQueryInput, ReversalInput, SettlementInput
 from yidi.domain.codes import BUSINESS_TZ, minutes_ahead, region_chain
-from yidi.domain.eligibility import Eligible, InsuredBefore, Outage, Refusal, Refused, Visit, decide
+from yidi.domain.eligibility import (Eligible, InsuredBefore, Outage, Refusal, Refused, Visit, decide,
+                                    insured_as_named)
 from yidi.domain.money import ZERO, fmt
 from yidi.platform.jsonwire import MAX_DEPTH, dumps, loads
 from yidi.platform.kafka import Incoming, Outgoing
@@ -339,16 +340,12 @@ class EligibilityHandler:
             )
             # The insurance the person held until it last changed, read only when the one held now is
             # not the one the request names: a stay admitted while it was held is settled under it.
+            person = person_record.to_domain() if person_record else None
             before_record, before = None, None
-            if (subject or {}).get("before") and not (
-                    person_record is not None and person_record.active
-                    and person_record.insuplc_admdvs == visit.insured_region and person_record.insutype == visit.insutype):
+            if (subject or {}).get("before") and not insured_as_named(person, visit):
                 before_record, before = _insured_before(subject["before"])
             # parse() refuses a 2001 without insutype and med_type; SettlementInput requires them
-            decision = decide(
-                visit, person_record.to_domain() if person_record else None,
-                facility.to_domain() if facility else None, filings, outages, now, before,
-            )
+            decision = decide(visit, person, facility.to_domain() if facility else None, filings, outages, now, before)
             if request.infno is Infno.BENEFIT_CHECK:
                 return self._benefit_check(p, decision)
             if isinstance(decision, Refused):

@@ -75,18 +75,18 @@ def _insurance(record: dict[str, Any]) -> tuple[Any, Any, bool]:
     return record.get("insuplc_admdvs"), record.get("insutype"), bool(record.get("active", True))
 
 
-def fold_insurance(held: dict[str, Any] | None, since: datetime | None, before: Any, record: PersonRecord,
-                   at: datetime) -> tuple[Any, datetime | None]:
-    """A person's ``insured_before`` and ``insured_since`` once ``record`` applies over ``held`` (the
-    record held, as stored, None for a person not seen yet; its insurance held ``since``). A record
-    that changes the insurance (region, fund or active) changes it at the record's time
-    (``updated_at``), or without one at ``at``, when it was published (as filing dates the change):
-    the new insurance begins then, and the one it ends, if active, is kept with its days. Otherwise
-    both stay: a stopped insurance that resumes, or moves while stopped, keeps the one held before
-    the stop. The first record of a person changes nothing: insured since before the platform knew."""
-    if held is None or _insurance(held) == _insurance(record.model_dump(mode="json")):
+def fold_insurance(held: dict[str, Any] | None, since: datetime | None, before: Any, record: dict[str, Any],
+                   changed: datetime) -> tuple[Any, datetime | None]:
+    """A person's ``insured_before`` and ``insured_since`` once ``record`` (as stored) applies over
+    ``held`` (the record held, None for a person not seen yet; its insurance held ``since``). A
+    record that changes the insurance (region, fund or active) changes it at ``changed``: the
+    record's time (``updated_at``), or without one when it was published (as filing dates the
+    change). The new insurance begins then, and the one it ends, if active, is kept with its days.
+    Otherwise both stay: a stopped insurance that resumes, or moves while stopped, keeps the one
+    held before the stop. The first record of a person changes nothing: insured since before the
+    platform knew."""
+    if held is None or _insurance(held) == _insurance(record):
         return before, since
-    changed = record.source_time or at
     if held.get("active", True):
         before = {"record": held, "since": since.isoformat() if since else None, "until": changed.isoformat()}
     return before, changed
@@ -166,9 +166,10 @@ class EligibilityRepository(Repository):
                     continue
                 if moment is not None:
                     held[psn] = moment
-                at = where.at if where is not None else now
-                before[psn], since[psn] = fold_insurance(current.get(psn), since.get(psn), before.get(psn), record, at)
-                current[psn] = record.model_dump(mode="json")
+                stored = record.model_dump(mode="json")
+                changed = moment or (where.at if where is not None else now)
+                before[psn], since[psn] = fold_insurance(current.get(psn), since.get(psn), before.get(psn), stored, changed)
+                current[psn] = stored
                 if where is not None:
                     seen[psn] = (where.partition, where.offset)
                 latest.pop(psn, None)

@@ -290,7 +290,7 @@ def unavailable(region: str, outages: Iterable[Outage], now: datetime) -> Outage
     return last
 
 
-def _insured_as_named(person: Person | None, visit: Visit) -> bool:
+def insured_as_named(person: Person | None, visit: Visit) -> bool:
     """The person holds, active, the insurance the request names (region and fund)."""
     return (person is not None and person.active and person.insured_region == visit.insured_region
             and person.insutype == visit.insutype)
@@ -331,10 +331,10 @@ def decide(
             "the patient pays now and may settle again after it resumes (R19).",
         )
     earlier = False
-    if not _insured_as_named(person, visit) and before is not None and _insured_as_named(before.person, visit) \
+    if not insured_as_named(person, visit) and before is not None and insured_as_named(before.person, visit) \
             and before.covers(visit):
         person, earlier = before.person, True
-    if person is None or not _insured_as_named(person, visit):
+    if person is None or not insured_as_named(person, visit):
         return Refused(
             Refusal.NOT_INSURED,
             f"No active {visit.insutype.value} insurance in region {visit.insured_region} for this person; "

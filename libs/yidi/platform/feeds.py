@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from faststream import AckPolicy
@@ -70,7 +69,7 @@ def _utf8(value: bytes | None) -> bool:
     return True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Sent:
     """Where and when a feed's record was published: its partition and offset, and its Kafka
     timestamp (``published_at``)."""
