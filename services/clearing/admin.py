@@ -39,6 +39,7 @@ from yidi.domain.codes import BUSINESS_TZ, within
 from yidi.domain.clearing import PairTotals, month_ended, net_positions, next_month, reconcile_details, reconcile_totals
 from yidi.domain.money import MAX_AMOUNT, fmt
 from yidi.platform import metrics
+from yidi.platform.db import savepoint
 from yidi.platform.errors import BadData, RaceLost
 from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
@@ -421,7 +422,7 @@ class ClearingAdminHandler:
             # A savepoint: a reconciliation that outlasts the statement timeout (30 s) is the
             # request's, not Postgres away; taken for the second, it was retried for ever while every
             # clearing request behind it waited. Its rows are read alone, and the batch goes on.
-            async with conn.transaction():
+            async with savepoint(conn):
                 if envelope.infno is Infno.RECONCILE_TOTALS:
                     body = ReconcileTotalsInput.model_validate(envelope.data)
                     output = await self._reconcile_totals(conn, facility, body)

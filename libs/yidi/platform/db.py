@@ -208,16 +208,19 @@ class Repository:
         ``locked``: locks (``locks``) taken by the query that begins the transaction: BEGIN and
         the locking statement in one simple query, one round trip (a settlement batch's persons:
         pricing's and clearing's), rather than the locks in a statement of their own after it.
-        asyncpg does not know of a transaction begun so: the caller must not open one on ``conn``
-        (``conn.transaction()``) inside it."""
+
+        The transaction is begun and committed here, not by asyncpg's ``conn.transaction()``,
+        which does not read what COMMIT answers: a transaction Postgres had aborted (an error a
+        caller caught and went on from) answers COMMIT with "ROLLBACK", raising nothing, and the
+        stage would publish answers for writes that were never made (a review, session 37). It is
+        a ``TransientError`` here: retried, the batch is handled again from the start. asyncpg does
+        not know of the transaction, so ``conn.transaction()`` inside it raises InterfaceError; a
+        savepoint is ``savepoint(conn)``."""
+        begin = "BEGIN ISOLATION LEVEL READ COMMITTED" + ("" if locked is None else f"; {locked.sql()}")
         async with transient_errors(), self._pool.acquire() as conn:
             try:
-                if locked is None:
-                    async with conn.transaction(isolation="read_committed"):
-                        yield conn
-                    return
                 try:
-                    await conn.execute(f"BEGIN ISOLATION LEVEL READ COMMITTED; {locked.sql()}")
+                    await conn.execute(begin)
                     yield conn
                 except BaseException as exc:
                     # Also when BEGIN's query itself was cancelled or timed out (while it ran, asyncpg
@@ -226,10 +229,6 @@ class Repository:
                         with contextlib.suppress(Exception):
                             await conn.execute("ROLLBACK")
                     raise
-                # A transaction Postgres had aborted (an error a caller caught and went on from)
-                # answers COMMIT with "ROLLBACK", raising nothing: the stage would publish answers
-                # for writes that were never made (a review, session 37). Retried, the batch is
-                # handled again from the start.
                 if (status := await conn.execute("COMMIT")) != "COMMIT":
                     raise TransientError(f"the transaction was rolled back at its commit ({status}): an error "
                                          "inside it was caught and not raised")
@@ -238,6 +237,21 @@ class Repository:
                 # as a statement started, say): closed, it is replaced, and the retry starts afresh.
                 conn.terminate()
                 raise
+
+
+@contextlib.asynccontextmanager
+async def savepoint(conn: asyncpg.Connection, name: str = "yidi_savepoint") -> AsyncIterator[None]:
+    """A savepoint inside ``Repository.transaction``: what its block wrote is undone when the
+    block raises (Postgres's error included, which leaves the transaction usable again), and the
+    transaction goes on. Savepoints of the same name may nest: each rolls back to its own."""
+    await conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except Exception:
+        if not conn.is_closed():
+            await conn.execute(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
+        raise
+    await conn.execute(f"RELEASE SAVEPOINT {name}")
 
 
 async def forget_in_chunks(service: str, repo: Repository,
