@@ -28,7 +28,10 @@ case where the order of the two topics shows (docs/architecture.md).
 
 Exactly once: a batch handled again after Postgres committed (its Kafka transaction lost) finds
 its records already seen (partition and offset in ``filing.persons``) and publishes again, from
-the history, what each of them ended.
+the history, what each of them ended. It reads them again because the topic keeps every record a
+week before compaction may replace it (``min.compaction.lag.ms``, yidi.platform.topics): a
+record replaced sooner would leave what it ended unpublished, and a stop followed by a resume
+read as no change.
 """
 
 from __future__ import annotations

@@ -37,6 +37,12 @@ async def _is(config: Awaitable[str], value: str) -> bool:
     return await config == value
 
 
+async def _config(admin: AIOKafkaAdminClient, topic: str, key: str) -> str:
+    [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {key: None})])
+    [(_, _, _, _, entries)] = response.resources
+    return dict((e[0], e[1]) for e in entries)[key]
+
+
 async def _cleanup_policy(admin: AIOKafkaAdminClient, topic: str) -> str:
     [response] = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, {"cleanup.policy": None})])
     [(_, _, _, _, entries)] = response.resources
@@ -52,6 +58,9 @@ async def test_yidi_load_before_any_service_creates_the_feeds_compacted(settings
         assert counts["persons"] > 0
         # Auto-created by the first write, the feed would be "delete" (its records gone after retention).
         assert await _cleanup_policy(admin, namespace + REFDATA_PERSONS) == "compact"
+        # And no record of it is replaced by a later one before it is a week old (a stop followed by
+        # a resume would be read as nothing by a stage that was down or behind).
+        assert await _config(admin, namespace + REFDATA_PERSONS, "min.compaction.lag.ms") == str(7 * 24 * 3600 * 1000)
         [meta] = await admin.describe_topics([namespace + REFDATA_PERSONS])
         assert len(meta["partitions"]) > 0
     finally:
@@ -118,15 +127,27 @@ async def test_yidi_topics_checks_compacts_and_deletes_by_exact_name(settings, c
                                    NewTopic(namespace + REFDATA_PERSONS + ".dlq", 1, 1)])
         await until(lambda: _listed(admin, namespace + REFDATA_PERSONS), timeout=5, poll=0.05)
         lines = {line.split()[0]: line for line in await topics_cli.check(bootstrap, namespace)}
-        assert lines[namespace + REFDATA_PERSONS].endswith("cleanup.policy=delete, spec compact")
+        assert lines[namespace + REFDATA_PERSONS].endswith(
+            "cleanup.policy=delete, spec compact; min.compaction.lag.ms=0, spec 604800000")
         assert lines[namespace + SETTLEMENT_PRICED].endswith("created")
         await topics_cli.compact(bootstrap, namespace, REFDATA_PERSONS)
         await until(lambda: _is(_cleanup_policy(admin, namespace + REFDATA_PERSONS), "compact"), timeout=5, poll=0.05)
         assert await _cleanup_policy(admin, namespace + REFDATA_PERSONS) == "compact"
+        assert await _config(admin, namespace + REFDATA_PERSONS, "min.compaction.lag.ms") == "604800000"
         # The topic's other override stays (AlterConfigs replaces them all unless sent again).
-        [response] = await admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, namespace + REFDATA_PERSONS, {"retention.ms": None})])
-        assert response.resources[0][4][0][1] == "123456789"
+        assert await _config(admin, namespace + REFDATA_PERSONS, "retention.ms") == "123456789"
+        lines = await topics_cli.check(bootstrap, namespace)
+        assert all(line.endswith("ok") for line in lines), lines
+        # A longer compaction lag than the spec's is on spec, and configuring the topic keeps it.
+        [response] = await admin.alter_configs([ConfigResource(
+            ConfigResourceType.TOPIC, namespace + REFDATA_PERSONS,
+            {"cleanup.policy": "compact", "retention.ms": "123456789", "min.compaction.lag.ms": "999999999"})])
+        assert response.resources[0][0] == 0, response
+        await until(lambda: _is(_config(admin, namespace + REFDATA_PERSONS, "min.compaction.lag.ms"), "999999999"),
+                    timeout=5, poll=0.05)
+        assert (await topics_cli.configure(bootstrap, namespace, REFDATA_PERSONS)).endswith(
+            "cleanup.policy=compact, min.compaction.lag.ms=999999999")
+        assert await _config(admin, namespace + REFDATA_PERSONS, "min.compaction.lag.ms") == "999999999"
         lines = await topics_cli.check(bootstrap, namespace)
         assert all(line.endswith("ok") for line in lines), lines
         # delete takes the exact name: the feed's dead letters stay.

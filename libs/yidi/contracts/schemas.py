@@ -383,7 +383,10 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         external_writers="insured regions; `yidi-load` (section `persons`)",
         notes="Filing reads it too (stage `filing-persons`): a change of a person's insured region, fund "
               "(`insutype`) or `active` ends the long-term filings under the old insurance (R7). "
-              "Compacted: the last record written per `psn_no` is kept. Eligibility keeps the newest by "
+              "Compacted: the last record written per `psn_no` is kept; a record is kept at least a week "
+              "before a later one may replace it (`min.compaction.lag.ms`): a stage down or behind for less than that still reads every "
+              "change of a person (a stop, then a resume), which filing and eligibility both need. "
+              "Eligibility keeps the newest by "
               "`updated_at` (an older record is ignored), so after a reload of an earlier file the topic's "
               "tail and eligibility's state differ until the region publishes again. There is no delete; "
               "publish `active: false`.",
@@ -700,6 +703,15 @@ def _shared_of(name: str) -> str | None:
     return next((shared for shared in T.SHARED_RESULTS if T.moved_answers(shared) == name), None)
 
 
+def _cleanup(spec: T.TopicSpec) -> str:
+    """A topic's cleanup policy as the docs give it: compacted topics with their compaction lag."""
+    if not spec.compacted:
+        return "delete"
+    if spec.min_compaction_lag_ms is None:
+        return "compact"
+    return f"compact (kept ≥ {spec.min_compaction_lag_ms / 86_400_000:g} days)"
+
+
 def _md_models(contract: TopicContract) -> str:
     names: list[str] = []
     for m in contract.messages:
@@ -747,15 +759,14 @@ def render_topics_md() -> str:
         if c.external_readers:
             readers = "; ".join(x for x in (readers, c.external_readers) if x)
         lines.append(
-            f"| `{spec.name}` | `{spec.key}` | {spec.partitions} | {'compact' if spec.compacted else 'delete'} "
+            f"| `{spec.name}` | `{spec.key}` | {spec.partitions} | {_cleanup(spec)} "
             f"| {_md_models(c)} | {writers or '—'} | {readers or '—'} |"
         )
     lines += ["", "## Each topic", ""]
     for spec in T.TOPICS:
         c = TOPIC_CONTRACTS[spec.name]
         lines += [f"### `{spec.name}`", "", spec.what[:1].upper() + spec.what[1:] + ".", ""]
-        lines.append(f"- Key: `{spec.key}`; partitions: {spec.partitions}; cleanup: "
-                     f"{'compact' if spec.compacted else 'delete'}"
+        lines.append(f"- Key: `{spec.key}`; partitions: {spec.partitions}; cleanup: {_cleanup(spec)}"
                      + ("; record time: the broker's, when it appends the record (`message.timestamp.type="
                         "LogAppendTime`): an answer's `refmsg_time` and the settlement latency metric start "
                         "there, whatever the gateway's clock says." if spec.log_append_time else "."))

@@ -15,6 +15,9 @@ class TopicSpec:
     # The broker stamps each record with its own clock when it appends it (LogAppendTime), not the
     # producer's (CreateTime): see SETTLEMENT_REQUESTS below.
     log_append_time: bool = False
+    # Compacted: how long a record is kept before a later one of its key may replace it
+    # (min.compaction.lag.ms): see REFDATA_PERSONS below.
+    min_compaction_lag_ms: int | None = None
 
     def configs(self) -> dict[str, str]:
         """The topic configs the spec sets: a topic is created with them, and an existing one that
@@ -22,6 +25,8 @@ class TopicSpec:
         configs = {"cleanup.policy": "compact"} if self.compacted else {}
         if self.log_append_time:
             configs["message.timestamp.type"] = "LogAppendTime"
+        if self.min_compaction_lag_ms is not None:
+            configs["min.compaction.lag.ms"] = str(self.min_compaction_lag_ms)
         return configs
 
 
@@ -44,6 +49,7 @@ CLEARING_ALERTS = "clearing.alerts"
 PREPAYMENT_STATUS = "clearing.prepayment-status"
 
 SETTLEMENT_PARTITIONS = 6
+PERSONS_MIN_COMPACTION_LAG_MS = 7 * 24 * 3600 * 1000
 
 TOPICS: tuple[TopicSpec, ...] = (
     # A request's record time is when it reached the platform, by the broker's clock: the answer's
@@ -58,7 +64,14 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(FILING_REQUESTS, "psn_no", 3, "add, change, cancel, approve or refuse a filing, or ask its history"),
     TopicSpec(FILING_RESULTS, "psn_no", 3, "the answer to each filing request"),
     TopicSpec(FILING_EVENTS, "psn_no", 3, "a filing changed: eligibility refreshes its mirror and cache"),
-    TopicSpec(REFDATA_PERSONS, "psn_no", 3, "persons' insurance from insured regions", compacted=True),
+    # Every change of a person's insurance is read, not only the last: filing ends the filings a
+    # change ends, and publishes them again when its batch is handled again after a crash, by the
+    # record; eligibility keeps the insurance held before the change. Compaction may replace a record
+    # only once it is a week old: a stage that was down or behind for less than that reads every
+    # record its region wrote, where the broker's default (0) lets the cleaner drop a stop followed
+    # by a resume before either stage has read them.
+    TopicSpec(REFDATA_PERSONS, "psn_no", 3, "persons' insurance from insured regions", compacted=True,
+              min_compaction_lag_ms=PERSONS_MIN_COMPACTION_LAG_MS),
     TopicSpec(REFDATA_FACILITIES, "fixmedins_code", 1, "designated facilities", compacted=True),
     TopicSpec(REFDATA_POLICIES, "insuplc_admdvs", 1, "policy versions of insured regions"),
     TopicSpec(REFDATA_CATALOGUE, "mdtrtarea_admvs", 1, "catalogue item versions of treating regions"),

@@ -1,7 +1,7 @@
 """``yidi-topics``: check the platform topics against their specs, and fix one, by exact name.
 
     yidi-topics check                          # create what is missing; list topics off their spec
-    yidi-topics configure settlement.requests  # set the configs its spec sets (compaction, timestamps)
+    yidi-topics configure settlement.requests  # set the configs its spec sets (compaction, its lag, timestamps)
     yidi-topics compact refdata.persons        # the same, for a feed only (cleanup.policy=compact)
     yidi-topics delete refdata.persons         # delete that topic only (not refdata.persons.dlq)
 
@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from yidi.platform.kafka import configs_off_spec, ensure_platform_topics
+from yidi.platform.kafka import configs_off_spec, ensure_platform_topics, on_spec
 from yidi.platform.topics import all_topic_specs
 
 DYNAMIC_TOPIC_CONFIG = 1  # a DescribeConfigs entry's source: set on the topic itself
@@ -92,10 +92,13 @@ async def configure(bootstrap: str, namespace: str, name: str) -> str:
         [(code, message, _, _, entries)] = described.resources
         _refused(topic, code, message)
         overrides = {e[0]: e[1] for e in entries if e[3] == DYNAMIC_TOPIC_CONFIG and not e[4] and e[1] is not None}
-        [response] = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, overrides | wanted)])
+        # An override already on spec stays (a longer compaction lag an operator chose, say).
+        configs = overrides | {key: value for key, value in wanted.items()
+                               if not on_spec(key, overrides.get(key, ""), value)}
+        [response] = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
         [(code, message, *_)] = response.resources
         _refused(topic, code, message)
-    return f"{topic}: " + ", ".join(f"{key}={value}" for key, value in wanted.items())
+    return f"{topic}: " + ", ".join(f"{key}={configs[key]}" for key in wanted)
 
 
 async def delete(bootstrap: str, namespace: str, name: str) -> str:
