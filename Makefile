@@ -20,7 +20,7 @@ help: ## list the targets
 ##@ Environment and local infrastructure
 
 .PHONY: venv stack stack-stop stack-status stack-reset
-venv: ## create/refresh .venv (Python 3.11, pip install -e ".[dev]" when pyproject.toml changed)
+venv: ## create/refresh .venv (Python 3.11, pip install -e ".[dev]" -c deploy/constraints.txt when either changed)
 	@deploy/local/python.sh
 
 stack: ## install if needed and start Kafka :19092, PostgreSQL :15432, Redis :16379

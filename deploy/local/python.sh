@@ -12,6 +12,8 @@ source "$HERE/common.sh"
 VENV="$YIDI_ROOT/.venv"
 STAMP="$VENV/.installed-stamp"
 PYPROJECT="$YIDI_ROOT/pyproject.toml"
+# The versions tested: pip constraints for every package of .venv (the file says how to renew it).
+CONSTRAINTS="$YIDI_ROOT/deploy/constraints.txt"
 WANT="3.11"   # pyproject.toml: requires-python = ">=3.11,<3.12"
 
 log() { printf 'python: %s\n' "$*" >&2; }
@@ -43,8 +45,9 @@ find_python() {
   return 1
 }
 
-# Fast path, before any locking: venv works and the stamp is not older than pyproject.toml.
-if [[ -f $STAMP && ! $PYPROJECT -nt $STAMP ]] && is_wanted "$VENV/bin/python"; then
+# Fast path, before any locking: venv works and the stamp is not older than pyproject.toml or the
+# constraints.
+if [[ -f $STAMP && ! $PYPROJECT -nt $STAMP && ! $CONSTRAINTS -nt $STAMP ]] && is_wanted "$VENV/bin/python"; then
   exit 0
 fi
 
@@ -71,12 +74,12 @@ if ! is_wanted "$VENV/bin/python"; then
   log "created .venv ($("$VENV/bin/python" -V 2>&1))"
 fi
 
-if [[ ! -f $STAMP || $PYPROJECT -nt $STAMP ]]; then
+if [[ ! -f $STAMP || $PYPROJECT -nt $STAMP || $CONSTRAINTS -nt $STAMP ]]; then
   # Editable install: the other pieces of the repo (libs/, services/) are used in place.
-  (cd "$YIDI_ROOT" && "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]') \
-    || die "pip install -e '.[dev]' failed"
-  # Stamp carries pyproject.toml's mtime: any later edit makes it "newer" again.
-  touch -r "$PYPROJECT" "$STAMP"
+  (cd "$YIDI_ROOT" && "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]' -c "$CONSTRAINTS") \
+    || die "pip install -e '.[dev]' -c deploy/constraints.txt failed"
+  # The stamp carries the later of the two files' times: any later edit of either makes it "newer" again.
+  if [[ $CONSTRAINTS -nt $PYPROJECT ]]; then touch -r "$CONSTRAINTS" "$STAMP"; else touch -r "$PYPROJECT" "$STAMP"; fi
   d=$(( (${EPOCHREALTIME//[!0-9]/} - t0) / 100000 ))
   log "installed -e '.[dev]' into .venv in $((d / 10)).$((d % 10))s"
 fi
