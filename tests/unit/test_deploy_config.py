@@ -392,7 +392,7 @@ def test_kafka_runs_the_version_of_the_local_broker_with_a_valid_cluster_id():
 # ---- Postgres ------------------------------------------------------------------------------
 
 
-def test_compose_postgres_takes_the_local_clusters_wal_settings_and_random_page_cost():
+def test_compose_postgres_takes_the_local_clusters_settings():
     template = (DEPLOY / "local" / "postgres" / "postgresql.conf.in").read_text()
     local = {}
     for line in template.splitlines():
@@ -404,8 +404,13 @@ def test_compose_postgres_takes_the_local_clusters_wal_settings_and_random_page_
     in_compose = dict(setting.split("=", 1) for setting in command[2::2])
     # The image's PostgreSQL is 15 or later: wal_compression is lz4 (the local stack picks it by version).
     local["wal_compression"] = "lz4"
-    tuned = ("max_wal_size", "checkpoint_timeout", "wal_compression", "wal_buffers", "random_page_cost")
-    assert in_compose == {key: local[key] for key in tuned}
+    # All but where the local cluster listens and logs (the image's own: TCP in the container, stderr).
+    where = ("listen_addresses", "port", "unix_socket_directories", "logging_collector", "log_line_prefix")
+    assert in_compose == {key: value for key, value in local.items() if key not in where}
+    postgres = service("postgres")
+    assert postgres["environment"]["POSTGRES_INITDB_ARGS"] == "--no-locale -E UTF8"
+    assert "-E UTF8 --no-locale" in (DEPLOY / "local" / "stack.sh").read_text()  # the local cluster's initdb
+    assert postgres["shm_size"] == "256mb"
 
 
 # ---- Prometheus ----------------------------------------------------------------------------
