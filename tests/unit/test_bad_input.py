@@ -8,6 +8,7 @@ requests go through the running platform in tests/e2e/test_bad_input.py.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import re
@@ -17,11 +18,14 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.eligibility.handlers import MAX_REQUEST_BYTES, EligibilityHandler, Parsed
 from services.pricing.handlers import Batch, PricingHandler
-from yidi.contracts.envelope import RequestEnvelope
+from yidi.contracts.envelope import OFFERED_INFNOS, RequestEnvelope
 from yidi.contracts.clearing import ReconcileTotalsInput
 from yidi.contracts.envelope import gateway_reply_topic
 from yidi.contracts.internal import EligibleWork
@@ -143,12 +147,13 @@ def handler() -> EligibilityHandler:
     return EligibilityHandler(Settings(namespace="ns."), repo=None, subjects=None)  # type: ignore[arg-type]
 
 
-async def _through_the_stages(request: dict, stored: dict | None = None, subjects: Any = None) -> tuple[list, list]:
+async def _through_the_stages(request: dict | bytes, stored: dict | None = None, subjects: Any = None) -> tuple[list, list]:
     """What eligibility, then pricing (on an in-memory batch: ``stored`` msgids), answer and
-    dead-letter for ``request``."""
+    dead-letter for ``request`` (as it is sent, when bytes)."""
     settings = Settings(namespace="ns.")
     eligibility = EligibilityHandler(settings, repo=_NoRows(), subjects=subjects or _NoSubjects())  # type: ignore[arg-type]
-    out = await eligibility([Incoming("ns.settlement.requests", 0, 7, b"k", _wire(request), 1_700_000_000_000)])
+    raw = request if isinstance(request, bytes) else _wire(request)
+    out = await eligibility([Incoming("ns.settlement.requests", 0, 7, b"k", raw, 1_700_000_000_000)])
     sent = [o for o in out if o.answered]
     dead = [o for o in out if o.topic == "ns.settlement.requests.dlq"]
     for o in out:
@@ -692,3 +697,128 @@ async def test_a_request_of_too_many_empty_arrays_is_refused_quickly_and_a_full_
     detail = {"setl_id": "S" * 24, "msgid": "M" * 30, "medfee_sumamt": "1.00", "fund_pay_sumamt": "1.00"}
     reconciliation = {"infno": "3202", "input": {"data": {"details": [dict(detail) for _ in range(9_000)]}}}
     assert len(loads(orjson.dumps(reconciliation))["input"]["data"]["details"]) == 9_000
+
+
+# ---- any request, as mutated at random: one answer, and a dead letter for a malformed one ----------
+
+_LEAF = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(10**40), max_value=10**40),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=80),  # control characters, surrogate-free unicode, empty
+    st.sampled_from(["", " ", "0", "-1", "1E+30", "1e-30", "NaN", "Infinity", "0.001", "99999999999999.99",
+                     "2022-07-01", "2022-07-01 10:05:00", "20220701100500", "2999-12-31 23:59:59", "\u0000",
+                     "１２", "٣", "H11010500001", "13100000000000000001", "21", "2208", "2601"]),
+)
+_JSON = st.recursive(_LEAF, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                    st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+                     max_leaves=12)
+
+
+def _paths(value: Any, here: tuple = ()) -> list[tuple]:
+    """Every place in ``value`` a mutation may touch: each key of each object, each item of each list."""
+    found = [here] if here else []
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found += _paths(child, (*here, key))
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            found += _paths(child, (*here, i))
+    return found
+
+
+def _seeds() -> list[dict]:
+    """A valid request of each kind the platform offers, WE1's envelope around each input."""
+    def of(infno: str, data: dict) -> dict:
+        return {**copy.deepcopy(WE1), "infno": infno, "input": {"data": data}}
+
+    settlement = WE1["input"]["data"]
+    psn = {"psn_no": settlement["psn_no"]}
+    stay = {**copy.deepcopy(settlement), "med_type": "21", "endtime": "2022-07-01 10:20:00"}
+    period = {"stmt_begndate": "2022-07-01", "stmt_enddate": "2022-07-31"}
+    return [
+        copy.deepcopy(WE1), of("2206", copy.deepcopy(settlement)), of("2304", stay), of("2303", copy.deepcopy(stay)),
+        of("2208", {**psn, "mdtrt_id": "MDTRT-WE1-0001", "setl_id": "S1"}),
+        of("2305", {**psn, "mdtrt_id": "MDTRT-WE1-0001", "setl_id": "S1"}),
+        of("2601", {**psn, "omsgid": WE1["msgid"], "oinfno": "2207"}),
+        of("1101", {**psn, "mdtrt_cert_type": "02", "mdtrt_cert_no": settlement["mdtrt_cert_no"]}),
+        of("2001", {**psn, "insutype": "310", "med_type": "14", "dise_codg": "E11.900"}),
+        of("3201", {**period, "medfee_sumamt": "64.29", "fund_pay_sumamt": "48.89", "acct_pay": "0.00",
+                    "fixmedins_setl_cnt": 1}),
+        of("3202", {**period, "details": [{"setl_id": "S1", "medfee_sumamt": "64.29", "fund_pay_sumamt": "48.89",
+                                           "acct_pay": "0.00"}]}),
+    ]
+
+
+SEEDS = _seeds()
+
+
+@st.composite
+def _mutated(draw: st.DrawFn) -> tuple[dict, bool]:
+    """A valid request of some kind under one to three mutations (a value replaced, a key dropped,
+    a key added, its infno changed to another the platform offers), and whether its msgid, reply_to
+    and facility are as sent (so an answer is owed under that msgid)."""
+    request = copy.deepcopy(draw(st.sampled_from(SEEDS)))
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["replace", "drop", "drop", "add", "infno"]))
+        if kind == "infno":
+            request["infno"] = draw(st.sampled_from(sorted(OFFERED_INFNOS)))
+            continue
+        # Inside input.data half the time: that is where the kinds differ.
+        data = request.get("input", {}).get("data") if isinstance(request.get("input"), dict) else None
+        paths = [("input", "data", *p) for p in _paths(data)] if isinstance(data, dict) and data else []
+        if not paths or draw(st.booleans()):
+            paths = _paths(request)
+        path = draw(st.sampled_from(paths))
+        parent = request
+        for step in path[:-1]:
+            parent = parent[step]
+        if kind == "replace":
+            parent[path[-1]] = draw(_JSON)
+        elif kind == "drop" and isinstance(parent, dict):
+            del parent[path[-1]]
+        elif kind == "add" and isinstance(parent, dict):
+            parent[draw(st.text(max_size=12))] = draw(_JSON)
+    intact = all(request.get(k) == WE1[k] for k in ("msgid", "reply_to", "fixmedins_code"))
+    return request, intact
+
+
+async def _answers_owed(raw: bytes) -> tuple[list, list]:
+    """``_through_the_stages``, a reconciliation passed on to clearing (which answers it) counted
+    as its answer."""
+    sent, dead = await _through_the_stages(raw)
+    settings = Settings(namespace="ns.")
+    eligibility = EligibilityHandler(settings, repo=_NoRows(), subjects=_NoSubjects())  # type: ignore[arg-type]
+    passed = [o for o in await eligibility([Incoming("ns.settlement.requests", 0, 7, b"k", raw, 1_700_000_000_000)])
+              if o.topic == "ns.clearing.requests"]
+    return sent + passed, dead
+
+
+def test_the_seeds_are_valid_requests_each_answered_once():
+    # What the mutations start from: a request of each kind the platform takes, none refused.
+    for seed in SEEDS:
+        sent, dead = asyncio.run(_answers_owed(_wire(seed)))
+        assert len(sent) == 1 and dead == [], seed["infno"]
+        if sent[0].topic == "ns.settlement.results":
+            assert orjson.loads(sent[0].value).get("err_code") != "INVALID_INPUT", seed["infno"]
+
+
+@given(_mutated())
+@examples(max_examples=600, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+def test_any_mutated_request_gets_one_answer_and_a_malformed_one_a_dead_letter(case):
+    # The contract: every request gets exactly one response, a malformed one too when its msgid
+    # can be read, and goes to the dead-letter topic with the reason either way. No input may raise
+    # out of a stage: the batch would be retried for ever, for every hospital.
+    request, intact = case
+    # The standard library writes what orjson will not (integers past 64 bits): the stages read it.
+    sent, dead = asyncio.run(_answers_owed(json.dumps(request).encode()))
+    assert len(sent) <= 1 and len(dead) <= 1, (sent, dead)
+    if intact:
+        assert len(sent) == 1, request
+    for answer in (orjson.loads(o.value) for o in sent if o.topic not in ("ns.settlement.priced", "ns.clearing.requests")):
+        assert answer["infcode"] in (0, -1)
+        if intact:
+            assert answer["msgid"] == WE1["msgid"]
+        if answer.get("err_code") == "INVALID_INPUT":
+            assert len(dead) == 1, answer
+    if not sent:
+        assert len(dead) == 1, request  # no readable msgid: the dead letter keeps it
