@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from services.eligibility.handlers import MAX_REQUEST_BYTES, EligibilityHandler, Parsed
 from services.pricing.handlers import Batch, PricingHandler
+from tests.unit.mutations import mutate
 from yidi.contracts.envelope import OFFERED_INFNOS, RequestEnvelope
 from yidi.contracts.clearing import ReconcileTotalsInput
 from yidi.contracts.envelope import gateway_reply_topic
@@ -701,30 +702,6 @@ async def test_a_request_of_too_many_empty_arrays_is_refused_quickly_and_a_full_
 
 # ---- any request, as mutated at random: one answer, and a dead letter for a malformed one ----------
 
-_LEAF = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**40), max_value=10**40),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.text(max_size=80),  # control characters, surrogate-free unicode, empty
-    st.sampled_from(["", " ", "0", "-1", "1E+30", "1e-30", "NaN", "Infinity", "0.001", "99999999999999.99",
-                     "2022-07-01", "2022-07-01 10:05:00", "20220701100500", "2999-12-31 23:59:59", "\u0000",
-                     "１２", "٣", "H11010500001", "13100000000000000001", "21", "2208", "2601"]),
-)
-_JSON = st.recursive(_LEAF, lambda inner: st.one_of(st.lists(inner, max_size=4),
-                                                    st.dictionaries(st.text(max_size=12), inner, max_size=4)),
-                     max_leaves=12)
-
-
-def _paths(value: Any, here: tuple = ()) -> list[tuple]:
-    """Every place in ``value`` a mutation may touch: each key of each object, each item of each list."""
-    found = [here] if here else []
-    if isinstance(value, dict):
-        for key, child in value.items():
-            found += _paths(child, (*here, key))
-    elif isinstance(value, list):
-        for i, child in enumerate(value):
-            found += _paths(child, (*here, i))
-    return found
-
 
 def _seeds() -> list[dict]:
     """A valid request of each kind the platform offers, WE1's envelope around each input."""
@@ -754,30 +731,11 @@ SEEDS = _seeds()
 
 @st.composite
 def _mutated(draw: st.DrawFn) -> tuple[dict, bool]:
-    """A valid request of some kind under one to three mutations (a value replaced, a key dropped,
-    a key added, its infno changed to another the platform offers), and whether its msgid, reply_to
-    and facility are as sent (so an answer is owed under that msgid)."""
-    request = copy.deepcopy(draw(st.sampled_from(SEEDS)))
-    for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["replace", "drop", "drop", "add", "infno"]))
-        if kind == "infno":
-            request["infno"] = draw(st.sampled_from(sorted(OFFERED_INFNOS)))
-            continue
-        # Inside input.data half the time: that is where the kinds differ.
-        data = request.get("input", {}).get("data") if isinstance(request.get("input"), dict) else None
-        paths = [("input", "data", *p) for p in _paths(data)] if isinstance(data, dict) and data else []
-        if not paths or draw(st.booleans()):
-            paths = _paths(request)
-        path = draw(st.sampled_from(paths))
-        parent = request
-        for step in path[:-1]:
-            parent = parent[step]
-        if kind == "replace":
-            parent[path[-1]] = draw(_JSON)
-        elif kind == "drop" and isinstance(parent, dict):
-            del parent[path[-1]]
-        elif kind == "add" and isinstance(parent, dict):
-            parent[draw(st.text(max_size=12))] = draw(_JSON)
+    """A valid request of some kind under one to three mutations (``tests.unit.mutations``; its
+    infno changed to another the platform offers among them), and whether its msgid, reply_to and
+    facility are as sent (so an answer is owed under that msgid)."""
+    request = mutate(draw, draw(st.sampled_from(SEEDS)), focus=("input", "data"),
+                     changes={("infno",): st.sampled_from(sorted(OFFERED_INFNOS))})
     intact = all(request.get(k) == WE1[k] for k in ("msgid", "reply_to", "fixmedins_code"))
     return request, intact
 
