@@ -6,15 +6,20 @@ import copy
 import json
 from decimal import Decimal as D
 from pathlib import Path
+from typing import Any
 
 import orjson
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
-from services.pricing.handlers import Batch, PricingHandler
+from services.pricing.handlers import Batch, PricingHandler, fund_prefix, fund_usage
 from tests.unit.factories import MedType, PersonType, item, policy, rule
 from yidi.contracts.envelope import RequestEnvelope
 from yidi.contracts.internal import EligibleWork, PersonSnapshot
 from yidi.domain.codes import FilingCategory, FundType
 from yidi.domain.policy import DeductibleScope, Layer
+from yidi.domain.pricing import POOLED_PAID, layer_paid_counter
 from yidi.platform.settings import Settings
 
 WE1 = json.loads((Path(__file__).resolve().parents[3] / "shared" / "examples" / "we1" / "request.json").read_text())
@@ -238,3 +243,74 @@ def test_a_bill_is_priced_as_of_the_day_its_care_ended_not_after_the_settlements
         assert (answer["act_pay_dedc"], answer["hifp_pay"]) == ("0.00", "800.00"), inf_time
         assert {year for (_, year, _) in batch.counter_changes} == {2026}
         assert answer["setl_id"].startswith("S" + inf_time[:10].replace("-", ""))
+
+
+def cancel_request(facility: str, msgid: str, mdtrt_id: str, setl_id: str) -> EligibleWork:
+    raw = copy.deepcopy(WE1)
+    raw.update(infno="2305", msgid=facility + msgid, fixmedins_code=facility, inf_time="2022-07-01 11:00:00")
+    raw["input"]["data"] = {"psn_no": PERSON.psn_no, "mdtrt_id": mdtrt_id, "setl_id": setl_id}
+    request = RequestEnvelope.model_validate(raw)
+    return EligibleWork(request=request, request_hash=request.payload_hash(), request_ts_ms=0)
+
+
+CAP, LAYER_CAP = D("3000.00"), D("500.00")
+SEQUENCE_POLICY = policy(
+    rule(MedType.INPATIENT, deductible="500.00", ratio="0.85", deductible_bucket="ip",
+         person_types=frozenset({PersonType.RETIRED})),
+    annual_cap=CAP, layers=(Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("1000.00"), D("0.80"), LAYER_CAP),),
+)
+
+
+SEQUENCES = st.lists(st.one_of(
+    st.tuples(st.just("settle"), st.decimals(min_value=D("1.00"), max_value=D("6000.00"), places=2)),
+    st.tuples(st.just("cancel"), st.integers(0, 30)),
+), min_size=1, max_size=25)
+
+
+@examples(max_examples=150, deadline=None, derandomize=True)
+@given(SEQUENCES)
+def test_over_any_settlements_and_cancellations_the_counters_stay_capped_and_hold_what_still_stands(sequence):
+    # Through pricing's own settlement and cancellation (a 2305 naming the setl_id): the year's
+    # counters never pass the cap or the layer's cap, and after each step hold exactly what the
+    # settlements still standing took. A cancellation that gave back too little, too much, or to
+    # another counter or year, shows here (the domain's own sequences test gives back by itself).
+    _settle_and_cancel(sequence)
+
+
+def test_the_sequences_reach_both_caps_and_give_them_back():
+    # The caps the sequences are checked against are reached (the checks above are not idle), and a
+    # cancellation gives back what its settlement took: the second, capped, took nothing.
+    settle_twice = [("settle", D("6000.00")), ("settle", D("6000.00"))]
+    assert _settle_and_cancel(settle_twice) == [(CAP, LAYER_CAP), (CAP, LAYER_CAP)]
+    assert _settle_and_cancel([*settle_twice, ("cancel", 1), ("cancel", 0)])[2:] == [(CAP, LAYER_CAP), (D(0), D(0))]
+
+
+def _settle_and_cancel(sequence: list[tuple[str, Any]]) -> list[tuple[D, D]]:
+    """Each step through the handler, checked; the fund's pooled and layer counters after each."""
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+    batch = Batch(stored={}, settlements=[], policies=[SEQUENCE_POLICY], items=[item("DRUG")], usage={})
+    standing: list[tuple[str, str]] = []  # (setl_id, mdtrt_id)
+    after: list[tuple[D, D]] = []
+    for n, (kind, value) in enumerate(sequence):
+        if kind == "settle":
+            setlinfo = settle(handler, batch, stay_request("H11010500001", f"S{n}", f"STAY-{n}", str(value)))
+            standing.append((setlinfo["setl_id"], f"STAY-{n}"))
+        elif standing:
+            setl_id, mdtrt_id = standing.pop(value % len(standing))
+            (out,) = handler._one(cancel_request("H11010500001", f"C{n}", mdtrt_id, setl_id), batch)
+            assert orjson.loads(out.value)["answer"]["output"]["setlinfo"]["state"] == "cancelled"
+        held = {counter: amount for counter, amount in batch.usage.get((PERSON.psn_no, 2022), {}).items() if amount}
+        still = [s for s in batch.new_settlements if s.setl_id in {setl_id for setl_id, _ in standing}]
+        took: dict[str, D] = {}
+        for s in still:
+            for key, amount in s.usage_delta.items():
+                year, _, counter = key.partition("|")
+                assert year == "2022"
+                took[counter] = took.get(counter, D(0)) + D(amount)
+        assert held == {counter: amount for counter, amount in took.items() if amount}
+        assert all(amount >= 0 for amount in held.values())
+        year = fund_usage(held, fund_prefix("131000", "310"))
+        assert year.get(POOLED_PAID, D(0)) <= CAP
+        assert year.get(layer_paid_counter(FundType.EMPLOYEE_LARGE_AMOUNT), D(0)) <= LAYER_CAP
+        after.append((year.get(POOLED_PAID, D(0)), year.get(layer_paid_counter(FundType.EMPLOYEE_LARGE_AMOUNT), D(0))))
+    return after
