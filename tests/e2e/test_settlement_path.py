@@ -287,9 +287,11 @@ async def _dead_letters(settings, topic: str) -> list[tuple[bytes, dict[str, byt
 
 
 async def test_every_service_froze_what_it_held_when_it_started_and_times_its_collections(system):
-    # collector.freeze() collects once (a full collection) before the stages start: timed, so tuned
+    # collector.freeze() collects once (a full collection) before the stages start: timed, so tuned.
+    # The full collection every 10 minutes would be counted as well: the frozen objects show the freeze.
     for service in ("filing", "eligibility", "pricing", "clearing"):
         assert system.metric(service, "yidi_gc_pause_seconds_count", generation="2") >= 1, service
+        assert system.metric(service, "yidi_gc_frozen_objects") > 10_000, service  # imports alone
 
 
 async def test_every_service_times_its_postgres_statements_and_eligibility_its_redis_calls(gateway, system):
@@ -345,6 +347,16 @@ async def test_each_reference_feed_shows_its_lag_and_is_caught_up(gateway, syste
     await until(lambda: all(set(names) <= set(series(service)) for service, names in feeds.items()), timeout=30, poll=0.5)
     await until(lambda: all(series(service)[name] == 0 for service, names in feeds.items() for name in names),
                 timeout=30, poll=0.5)
+    # The gauge reads 0 too for a feed with no consumer or no partition: the broker's view as well,
+    # each group's committed offsets at the end of what its topic holds.
+    from yidi.platform.lag import caught_up
+    from yidi.refdata.loader import consumers_to_wait_for
+
+    settings = system.settings
+    pairs = [(g, t) for g, t in consumers_to_wait_for(settings.namespace) if "-feed-" in g]
+    assert len(pairs) >= sum(len(names) for names in feeds.values()), pairs
+    for group, topic in pairs:
+        await until(lambda g=group, t=topic: caught_up(settings.kafka_bootstrap, g, t), timeout=30, poll=0.5)
 
 
 async def test_every_service_shows_when_it_last_had_an_answer_from_kafka(system):
@@ -380,3 +392,15 @@ async def test_every_service_asks_postgres_and_eligibility_redis_every_few_secon
     before = reached()
     assert all(before.values()), before
     await until(lambda: all(now > before[s] for s, now in reached().items()), timeout=30, poll=0.5)  # probes: each 5 s
+    # Filing, eligibility and clearing query their pools on their own every second too (their
+    # samplers and sweep), which moves the same gauge: each service's probe is seen in Postgres.
+    import asyncpg
+
+    conn = await asyncpg.connect(system.settings.database_url)
+    try:
+        probes = await conn.fetch(
+            "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
+            "AND application_name LIKE 'yidi-%-probe@%'")
+    finally:
+        await conn.close()
+    assert {r["application_name"].split("-")[1] for r in probes} == {"filing", "eligibility", "pricing", "clearing"}

@@ -128,3 +128,26 @@ async def test_the_postgres_probe_has_a_connection_of_its_own_and_opens_it_again
     away = PostgresProbe("postgresql://yidi@127.0.0.1:1/none", timeout=1.0)
     with pytest.raises(OSError):
         await away()
+
+
+async def test_a_services_connections_and_its_probes_are_named_after_it_in_pg_stat_activity(settings):
+    # Who holds the lock a stage waits for, whose connections fill max_connections: a DBA reads
+    # pg_stat_activity, where every connection was "" before.
+    from yidi.platform.db import settings_pool
+    from yidi.platform.probes import PostgresProbe
+
+    named = settings.model_copy(update={"instance": "box-7"})
+    pool = await settings_pool(named, size=1, service="pricing")
+    probe = PostgresProbe(settings.database_url, timeout=5.0, application_name="yidi-pricing-probe@box-7")
+    try:
+        assert await pool.fetchval("SHOW application_name") == "yidi-pricing@box-7"
+        assert await probe()
+        assert await probe._conn.fetchval("SHOW application_name") == "yidi-pricing-probe@box-7"
+        unnamed = await settings_pool(named, size=1)  # a tool's pool (no service): Postgres's default
+        try:
+            assert await unnamed.fetchval("SHOW application_name") == ""
+        finally:
+            await unnamed.close()
+    finally:
+        probe.close()
+        await pool.close()

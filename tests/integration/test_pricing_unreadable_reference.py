@@ -104,7 +104,9 @@ async def test_an_unreadable_version_of_a_city_or_province_refuses_only_where_it
     # Area codes nest: a county's item or policy may come from its city or province. An unreadable
     # version there decides a request only where no more specific region has a readable one.
     treating_province, treating_city, treating = "880000", "881100", "881101"
-    insured_province, broken_city, insured_broken, insured_fine = "870000", "871100", "871101", "872201"
+    # Province 85: a province's policy stored here prices every region under it, in this session's
+    # database (test_pricing_handled_again expects region 875000 to have none).
+    insured_province, broken_city, insured_broken, insured_fine = "850000", "851100", "851101", "852201"
     pool = await create_pool(settings.database_url, size=2)
     try:
         await migrate(pool, "pricing", "services.pricing.migrations")

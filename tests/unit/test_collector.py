@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
-from yidi.platform import collector
+from yidi.platform import collector, metrics
 from yidi.platform.settings import Settings
 
 
@@ -87,6 +87,7 @@ def test_freezing_collects_the_garbage_first_and_keeps_what_is_held_out_of_later
     assert dead() is None  # collected, not frozen
     assert not any(o is held for o in gc.get_objects())  # frozen: no generation holds it any more
     assert gc.get_freeze_count() > 0
+    assert metrics.GC_FROZEN._value.get() == gc.get_freeze_count()  # shown: the e2e tests read it from each service
 
 
 async def test_a_full_collection_runs_every_period(interpreter_gc):

@@ -85,6 +85,7 @@ def freeze() -> None:
     collection: collect the garbage there is, then move the survivors to the permanent generation."""
     gc.collect()
     gc.freeze()
+    metrics.GC_FROZEN.set(gc.get_freeze_count())
 
 
 async def collect_every(seconds: float) -> None:

@@ -348,10 +348,12 @@ async def _add_query_logger(logger: Callable[[LoggedQuery], None], conn: asyncpg
 
 
 async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_custom_plan",
-                      parallel_workers: int | Literal["server"] = 0, service: str | None = None) -> asyncpg.Pool:
+                      parallel_workers: int | Literal["server"] = 0, service: str | None = None,
+                      application_name: str | None = None) -> asyncpg.Pool:
     """``plan_cache_mode`` and ``parallel_workers``: Settings.db_plan_cache_mode and
     Settings.db_parallel_workers (why these defaults, and "server": there). ``service``: the
-    service whose statements the pool's connections time (``statement_metrics``); None: not timed."""
+    service whose statements the pool's connections time (``statement_metrics``); None: not timed.
+    ``application_name``: what pg_stat_activity shows of each connection (``application_name``)."""
     # No server-side statement, lock or idle-in-transaction timeout (a role's or the database's, set
     # for other clients): the services bound their own statements (command_timeout; clearing's
     # month, for as long as it needs), a cancelled statement would be retried for ever, and a stage
@@ -362,6 +364,8 @@ async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_
         server_settings["plan_cache_mode"] = plan_cache_mode
     if parallel_workers != "server":
         server_settings["max_parallel_workers_per_gather"] = str(parallel_workers)
+    if application_name:
+        server_settings["application_name"] = application_name
     init = None if service is None else functools.partial(_add_query_logger, statement_metrics(service))
     async with transient_errors():
         return await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=30,
@@ -371,10 +375,20 @@ async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_
 async def settings_pool(settings: Settings, *, size: int | None = None, dsn: str | None = None,
                         service: str | None = None) -> asyncpg.Pool:
     """A pool with the services' connection settings (``db_plan_cache_mode``, ``db_parallel_workers``),
-    ``db_pool_size`` connections to ``database_url`` unless told otherwise; ``service``: see ``create_pool``."""
+    ``db_pool_size`` connections to ``database_url`` unless told otherwise; ``service``: see
+    ``create_pool``. A service's connections are named after it and its instance in
+    pg_stat_activity (``application_name`` ``yidi-<service>@<instance>``): who holds a lock, who
+    waits."""
     return await create_pool(dsn or settings.database_url, size=settings.db_pool_size if size is None else size,
                              plan_cache_mode=settings.db_plan_cache_mode, parallel_workers=settings.db_parallel_workers,
-                             service=service)
+                             service=service, application_name=application_name(settings, service))
+
+
+def application_name(settings: Settings, service: str | None, role: str = "") -> str | None:
+    """``yidi-<service>[-<role>]@<instance>``, cut to the 63 bytes Postgres keeps; None without a service."""
+    if service is None:
+        return None
+    return f"yidi-{service}{'-' + role if role else ''}@{settings.instance}".encode()[:63].decode(errors="ignore")
 
 
 async def migrate(pool: asyncpg.Pool, schema: str, package: str) -> list[str]:

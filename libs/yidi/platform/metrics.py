@@ -117,6 +117,11 @@ GC_PAUSE_SECONDS = Histogram(
     ["generation"],
     buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
+GC_FROZEN = Gauge(
+    "yidi_gc_frozen_objects",
+    "Objects the service froze when it became ready (imports, settings, warm caches): kept out of every later "
+    "collection (0: not frozen yet).",
+)
 PREPAYMENT_BALANCE = Gauge(
     "yidi_prepayment_balance_yuan",
     "Balance of an insured region's prepayment for a treating region (R3): funded, less drawn, plus given "

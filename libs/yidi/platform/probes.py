@@ -46,14 +46,15 @@ class PostgresProbe:
     pool: a pool whose connections all wait on a lock (a migration's, a DBA's) has Postgres there,
     and the probe must not wait its turn behind them and call it away."""
 
-    def __init__(self, dsn: str, timeout: float = PROBE_SECONDS) -> None:
+    def __init__(self, dsn: str, timeout: float = PROBE_SECONDS, application_name: str | None = None) -> None:
         self._dsn = dsn
         self._timeout = timeout
+        self._settings = {"application_name": application_name} if application_name else None
         self._conn: asyncpg.Connection | None = None
 
     async def __call__(self) -> bool:
         if self._conn is None or self._conn.is_closed():
-            self._conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
+            self._conn = await asyncpg.connect(self._dsn, timeout=self._timeout, server_settings=self._settings)
         try:
             return bool(await self._conn.fetchval("SELECT true"))
         except BaseException:
@@ -66,8 +67,9 @@ class PostgresProbe:
             conn.terminate()
 
 
-async def postgres_every(dsn: str, seconds: float = PROBE_SECONDS) -> None:
-    probe = PostgresProbe(dsn, seconds)
+async def postgres_every(dsn: str, seconds: float = PROBE_SECONDS, application_name: str | None = None) -> None:
+    """``PostgresProbe`` every ``seconds``; its connection shown as ``application_name`` in pg_stat_activity."""
+    probe = PostgresProbe(dsn, seconds, application_name)
     try:
         await reach_every(seconds, probe, metrics.DB_REACHED, "Postgres")
     finally:

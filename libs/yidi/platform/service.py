@@ -23,7 +23,7 @@ from faststream.specification import AsyncAPI
 from prometheus_client import REGISTRY
 
 from yidi.platform import collector, heartbeat, metrics, probes, records
-from yidi.platform.db import close_pool, migrate, settings_pool
+from yidi.platform.db import application_name, close_pool, migrate, settings_pool
 from yidi.platform.kafka import CLIENT_STOP_SECONDS, TransactionalStage, ensure_topics
 from yidi.platform.logs import setup_logging
 from yidi.platform.settings import Settings
@@ -111,7 +111,8 @@ class Service:
         if self.migrations:
             self.pool = await settings_pool(self.settings, service=self.name)
             await migrate(self.pool, self.name, self.migrations)
-            self.background.append(lambda: probes.postgres_every(self.settings.database_url))
+            self.background.append(lambda: probes.postgres_every(
+                self.settings.database_url, application_name=application_name(self.settings, self.name, "probe")))
         for ready in self.on_ready:
             await ready()
         try:
