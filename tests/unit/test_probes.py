@@ -70,7 +70,7 @@ async def test_a_query_that_fails_drops_the_connection_and_the_next_probe_opens_
     # answers on a new connection rather than the dead one.
     opened = [_Connection(fails=True), _Connection(fails=False)]
 
-    async def connect(dsn: str, timeout: float) -> _Connection:
+    async def connect(dsn: str, timeout: float, **settings: object) -> _Connection:
         return opened.pop(0)
 
     monkeypatch.setattr(probes.asyncpg, "connect", connect)
