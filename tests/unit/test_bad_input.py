@@ -13,6 +13,7 @@ import copy
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,13 @@ from pydantic import ValidationError
 
 from services.eligibility.handlers import MAX_REQUEST_BYTES, EligibilityHandler, Parsed
 from services.pricing.handlers import Batch, PricingHandler
+from tests.unit.factories import MedType, policy, rule, we1_catalogue
 from tests.unit.mutations import mutate
 from yidi.contracts.envelope import OFFERED_INFNOS, RequestEnvelope
 from yidi.contracts.clearing import ReconcileTotalsInput
 from yidi.contracts.envelope import gateway_reply_topic
 from yidi.contracts.internal import EligibleWork
-from yidi.contracts.refdata import CatalogueRecord, PersonRecord
+from yidi.contracts.refdata import CatalogueRecord, FacilityRecord, PersonRecord
 from yidi.domain.codes import BUSINESS_TZ
 from yidi.platform.jsonwire import CARRIED, MAX_DEPTH, loads
 from yidi.platform.kafka import Incoming
@@ -148,18 +150,22 @@ def handler() -> EligibilityHandler:
     return EligibilityHandler(Settings(namespace="ns."), repo=None, subjects=None)  # type: ignore[arg-type]
 
 
-async def _through_the_stages(request: dict | bytes, stored: dict | None = None, subjects: Any = None) -> tuple[list, list]:
+async def _through_the_stages(request: dict | bytes, stored: dict | None = None, subjects: Any = None,
+                              world: bool = False) -> tuple[list, list]:
     """What eligibility, then pricing (on an in-memory batch: ``stored`` msgids), answer and
-    dead-letter for ``request`` (as it is sent, when bytes)."""
+    dead-letter for ``request`` (as it is sent, when bytes). ``world``: WE1's person, filing,
+    facility, policy and catalogue are there (a valid request is priced), else none is."""
     settings = Settings(namespace="ns.")
-    eligibility = EligibilityHandler(settings, repo=_NoRows(), subjects=subjects or _NoSubjects())  # type: ignore[arg-type]
+    eligibility = EligibilityHandler(settings, repo=_WE1Rows() if world else _NoRows(),  # type: ignore[arg-type]
+                                     subjects=_WE1Subjects() if world else subjects or _NoSubjects())
     raw = request if isinstance(request, bytes) else _wire(request)
     out = await eligibility([Incoming("ns.settlement.requests", 0, 7, b"k", raw, 1_700_000_000_000)])
     sent = [o for o in out if o.answered]
     dead = [o for o in out if o.topic == "ns.settlement.requests.dlq"]
     for o in out:
         if o.topic == "ns.settlement.eligible":
-            batch = Batch(stored=stored or {}, settlements=[], policies=[], items=[], usage={})
+            batch = Batch(stored=stored or {}, settlements=[], policies=[_WE1_POLICY] if world else [],
+                          items=list(_WE1_ITEMS) if world else [], usage={})
             sent += [p for p in PricingHandler(settings, repo=None)._one(EligibleWork.model_validate_json(o.value), batch)]  # type: ignore[arg-type]
     return sent, dead
 
@@ -309,6 +315,33 @@ class _UnreadableSubjects:
 class _NoRows:
     async def facilities(self, codes):
         return {}
+
+    async def outages(self, regions, now):
+        return []
+
+
+# WE1's world, for requests that are to be priced: its person and filing, its facility networked
+# for every kind of care, its insured region's fund paying every kind, its catalogue's two items.
+_WE1_PERSON = {"psn_no": WE1["input"]["data"]["psn_no"], "psn_name": "Wang", "insuplc_admdvs": WE1["insuplc_admdvs"],
+               "insutype": "310", "psn_type": "12", "chronic_qualifications": ["E11"], "acct_balc": "100.00"}
+_WE1_FILING = {"filing_id": "F1", "psn_no": _WE1_PERSON["psn_no"], "insutype": "310",
+               "insuplc_admdvs": WE1["insuplc_admdvs"], "filed_admdvs": WE1["mdtrtarea_admvs"],
+               "category": "retiree_resettled", "begndate": "2022-01-01", "enddate": None, "status": "active",
+               "version": 1}
+_WE1_POLICY = policy(*(rule(m, "10.00", "0.80") for m in MedType), annual_cap=D("300000"))
+_WE1_ITEMS = tuple(we1_catalogue().items.values())
+
+
+class _WE1Subjects:
+    async def get_many(self, psn_nos):
+        return {p: {"person": _WE1_PERSON, "filings": [_WE1_FILING]} for p in psn_nos if p == _WE1_PERSON["psn_no"]}
+
+
+class _WE1Rows:
+    async def facilities(self, codes):
+        facility = FacilityRecord(fixmedins_code=WE1["fixmedins_code"], fixmedins_name="x", admdvs=WE1["mdtrtarea_admvs"],
+                                  level=3, med_types=[m.value for m in MedType])
+        return {c: facility for c in codes if c == facility.fixmedins_code}
 
     async def outages(self, regions, now):
         return []
@@ -741,23 +774,31 @@ def _mutated(draw: st.DrawFn) -> tuple[dict, bool]:
 
 
 async def _answers_owed(raw: bytes) -> tuple[list, list]:
-    """``_through_the_stages``, a reconciliation passed on to clearing (which answers it) counted
-    as its answer."""
-    sent, dead = await _through_the_stages(raw)
+    """``_through_the_stages`` in WE1's world (a valid request is priced), a reconciliation passed
+    on to clearing (which answers it) counted as its answer."""
+    sent, dead = await _through_the_stages(raw, world=True)
     settings = Settings(namespace="ns.")
-    eligibility = EligibilityHandler(settings, repo=_NoRows(), subjects=_NoSubjects())  # type: ignore[arg-type]
+    eligibility = EligibilityHandler(settings, repo=_WE1Rows(), subjects=_WE1Subjects())  # type: ignore[arg-type]
     passed = [o for o in await eligibility([Incoming("ns.settlement.requests", 0, 7, b"k", raw, 1_700_000_000_000)])
               if o.topic == "ns.clearing.requests"]
     return sent + passed, dead
 
 
-def test_the_seeds_are_valid_requests_each_answered_once():
-    # What the mutations start from: a request of each kind the platform takes, none refused.
+def test_the_seeds_are_valid_requests_each_answered_once_and_the_settlements_priced():
+    # What the mutations start from: a request of each kind the platform takes, none refused as
+    # malformed, and in WE1's world the settlements and pre-settlements priced (so the mutations
+    # that keep a request valid reach pricing's arithmetic).
+    priced = set()
     for seed in SEEDS:
         sent, dead = asyncio.run(_answers_owed(_wire(seed)))
         assert len(sent) == 1 and dead == [], seed["infno"]
-        if sent[0].topic == "ns.settlement.results":
-            assert orjson.loads(sent[0].value).get("err_code") != "INVALID_INPUT", seed["infno"]
+        value = orjson.loads(sent[0].value)
+        answer = value.get("answer", value)
+        assert answer.get("err_code") != "INVALID_INPUT", (seed["infno"], answer)
+        if answer.get("infcode") == 0 and "setlinfo" in answer.get("output", {}) \
+                and "fund_pay_sumamt" in answer["output"]["setlinfo"]:
+            priced.add(seed["infno"])
+    assert priced == {"2206", "2207", "2303", "2304"}, priced
 
 
 @given(_mutated())
