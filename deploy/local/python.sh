@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Create or refresh the project's virtualenv (.venv, Python 3.11) with the package installed
-# editable plus its dev extras. Idempotent and quiet: it only runs pip when pyproject.toml
-# is newer than .venv/.installed-stamp (or the venv is missing/broken).
+# editable plus its dev extras, at the versions deploy/constraints.txt pins. Idempotent and quiet:
+# it only runs pip when pyproject.toml or the constraints are newer than .venv/.installed-stamp
+# (or the venv is missing/broken).
 #   PYTHON=/path/to/python3.11 deploy/local/python.sh   to choose the interpreter.
+#   deploy/local/python.sh --renew-constraints           (make constraints) after a dependency of
+#     pyproject.toml changed: resolve them afresh in a venv of their own, without the old pins,
+#     and write what was installed to deploy/constraints.txt (its header kept); then make venv.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
@@ -44,6 +48,20 @@ find_python() {
   done
   return 1
 }
+
+if [[ ${1:-} == --renew-constraints ]]; then
+  py=${PYTHON:-$(find_python)} || die "no Python $WANT found (set PYTHON=/path/to/python$WANT)"
+  is_wanted "$py" || die "$py is not a Python $WANT interpreter"
+  fresh=$(mktemp -d)
+  trap 'rm -rf "$fresh"' EXIT
+  "$py" -m venv "$fresh/venv"
+  (cd "$YIDI_ROOT" && "$fresh/venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]') \
+    || die "pip install -e '.[dev]' (without the constraints) failed"
+  { grep '^#' "$CONSTRAINTS"; "$fresh/venv/bin/python" -m pip freeze --exclude-editable; } > "$fresh/constraints.txt"
+  mv "$fresh/constraints.txt" "$CONSTRAINTS"
+  log "wrote $(grep -vc '^#' "$CONSTRAINTS") pins to deploy/constraints.txt: review the diff, make venv, run the suite"
+  exit 0
+fi
 
 # Fast path, before any locking: venv works and the stamp is not older than pyproject.toml or the
 # constraints.

@@ -51,7 +51,7 @@ def region_status(windows: list[dict[str, Any]], at: datetime, region: str | Non
 
 
 async def current(settings: Settings, at: datetime, region: str | None = None) -> dict[str, Any]:
-    pool = await settings_pool(settings, size=1)
+    pool = await settings_pool(settings, size=1, tool="region-status")
     try:
         return region_status(await EligibilityRepository(pool).all_outages(at), at, region)
     finally:

@@ -26,7 +26,7 @@ from services.eligibility.subjects import Subjects
 async def sweep(settings: Settings) -> bool:
     """Sweep every mark, waiting for the instances' sweeps (``Subjects.sweep_all``): False if Redis
     could not be reached."""
-    pool = await settings_pool(settings, size=1)
+    pool = await settings_pool(settings, size=1, tool="eligibility-sweep")
     cache = subjects_cache(settings)
     try:
         return await Subjects(EligibilityRepository(pool), cache).sweep_all()

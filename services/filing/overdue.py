@@ -54,7 +54,7 @@ async def show_overdue_every(repository: FilingRepository, seconds: float, calen
 
 async def overdue_filings(settings: Settings, insured: str | None) -> list[tuple[str, ...]]:
     """The pending filings past the office's limit now, as the gauges count them, oldest first."""
-    pool = await settings_pool(settings, size=1)
+    pool = await settings_pool(settings, size=1, tool="filing-overdue")
     try:
         before = office_overdue_before(datetime.now(UTC), office_calendar(settings))
         rows = await FilingRepository(pool).office_overdue_filings(before, insured)

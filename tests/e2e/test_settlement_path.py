@@ -396,11 +396,14 @@ async def test_every_service_asks_postgres_and_eligibility_redis_every_few_secon
     # samplers and sweep), which moves the same gauge: each service's probe is seen in Postgres.
     import asyncpg
 
-    conn = await asyncpg.connect(system.settings.database_url)
-    try:
-        probes = await conn.fetch(
-            "SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name LIKE 'yidi-%-probe@%'")
-    finally:
-        await conn.close()
-    assert {r["application_name"].split("-")[1] for r in probes} == {"filing", "eligibility", "pricing", "clearing"}
+    async def every_service_probing() -> bool:
+        conn = await asyncpg.connect(system.settings.database_url)
+        try:
+            rows = await conn.fetch("SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
+                                    "AND application_name LIKE 'yidi-%-probe@%'")
+        finally:
+            await conn.close()
+        return {r["application_name"].split("-")[1] for r in rows} == {"filing", "eligibility", "pricing", "clearing"}
+
+    # Under until: a probe reconnects within 5 s of a Postgres restart (an earlier e2e test's).
+    await until(every_service_probing, timeout=30, poll=0.5)

@@ -138,16 +138,18 @@ async def test_yidi_topics_checks_compacts_and_deletes_by_exact_name(settings, c
         assert await _config(admin, namespace + REFDATA_PERSONS, "retention.ms") == "123456789"
         lines = await topics_cli.check(bootstrap, namespace)
         assert all(line.endswith("ok") for line in lines), lines
-        # A longer compaction lag than the spec's is on spec, and configuring the topic keeps it.
+        # A longer compaction lag than the spec's is on spec, and configuring the topic keeps it;
+        # "compact,delete" is set back to compaction alone (it would drop persons after retention).
         [response] = await admin.alter_configs([ConfigResource(
             ConfigResourceType.TOPIC, namespace + REFDATA_PERSONS,
-            {"cleanup.policy": "compact", "retention.ms": "123456789", "min.compaction.lag.ms": "999999999"})])
+            {"cleanup.policy": "compact,delete", "retention.ms": "123456789", "min.compaction.lag.ms": "999999999"})])
         assert response.resources[0][0] == 0, response
         await until(lambda: _is(_config(admin, namespace + REFDATA_PERSONS, "min.compaction.lag.ms"), "999999999"),
                     timeout=5, poll=0.05)
         assert (await topics_cli.configure(bootstrap, namespace, REFDATA_PERSONS)).endswith(
             "cleanup.policy=compact, min.compaction.lag.ms=999999999")
         assert await _config(admin, namespace + REFDATA_PERSONS, "min.compaction.lag.ms") == "999999999"
+        await until(lambda: _is(_cleanup_policy(admin, namespace + REFDATA_PERSONS), "compact"), timeout=5, poll=0.05)
         lines = await topics_cli.check(bootstrap, namespace)
         assert all(line.endswith("ok") for line in lines), lines
         # delete takes the exact name: the feed's dead letters stay.

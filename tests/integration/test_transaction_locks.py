@@ -102,6 +102,43 @@ async def test_a_transaction_begun_with_locks_commits_and_rolls_back_itself(sett
         await pool.close()
 
 
+async def test_a_transaction_without_locks_commits_and_rolls_back_itself(settings):
+    # Begun and committed by Repository.transaction as the one with locks (session 39): a failing
+    # batch, and one cancelled mid-statement, leave nothing written and no transaction open when
+    # the connection goes back to the pool.
+    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
+    reported: list[str] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
+    try:
+        repo = Repository(pool)
+        await pool.execute("CREATE TEMP TABLE IF NOT EXISTS t_plain (v text)")  # the one connection's
+        async with repo.transaction() as conn:
+            await conn.execute("INSERT INTO t_plain VALUES ('kept')")
+        with pytest.raises(RuntimeError):
+            async with repo.transaction() as conn:
+                await conn.execute("INSERT INTO t_plain VALUES ('dropped')")
+                raise RuntimeError("the batch failed")
+
+        async def slow() -> None:
+            async with repo.transaction() as conn:
+                await conn.execute("INSERT INTO t_plain VALUES ('cancelled')")
+                await conn.execute("SELECT pg_sleep(10)")
+
+        running = asyncio.ensure_future(slow())
+        await asyncio.sleep(0.3)
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+        async with pool.acquire() as conn:
+            assert [r["v"] for r in await conn.fetch("SELECT v FROM t_plain")] == ["kept"]
+            assert not conn.is_in_transaction()
+        assert not [m for m in reported if "active transaction" in m], reported
+    finally:
+        loop.set_exception_handler(None)
+        await pool.close()
+
+
 class _other:
     """A connection of its own (not the pool's one)."""
 

@@ -51,7 +51,8 @@ async def test_the_operator_commands_drop_their_pool_after_the_bound(monkeypatch
 
     pools: list[_Pool] = []
 
-    async def frozen_pool(settings, size):
+    async def frozen_pool(settings, size, tool):
+        assert tool in ("eligibility-sweep", "region-status", "filing-overdue")  # named in pg_stat_activity
         pools.append(_Pool(60))
         return pools[-1]
 

@@ -214,8 +214,9 @@ class Repository:
         caller caught and went on from) answers COMMIT with "ROLLBACK", raising nothing, and the
         stage would publish answers for writes that were never made (a review, session 37). It is
         a ``TransientError`` here: retried, the batch is handled again from the start. asyncpg does
-        not know of the transaction, so ``conn.transaction()`` inside it raises InterfaceError; a
-        savepoint is ``savepoint(conn)``."""
+        not know of the transaction, so ``conn.transaction()`` inside it is refused: a
+        ``NestedTransaction`` error (a bug to fix, not Postgres away: never retried). A savepoint is
+        ``savepoint(conn)``."""
         begin = "BEGIN ISOLATION LEVEL READ COMMITTED" + ("" if locked is None else f"; {locked.sql()}")
         async with transient_errors(), self._pool.acquire() as conn:
             try:
@@ -228,6 +229,9 @@ class Repository:
                     if not conn.is_closed() and not isinstance(exc, asyncpg.InternalClientError):
                         with contextlib.suppress(Exception):
                             await conn.execute("ROLLBACK")
+                    if isinstance(exc, asyncpg.InterfaceError) and "manually started transaction" in str(exc):
+                        raise NestedTransaction(
+                            "conn.transaction() inside Repository.transaction: use savepoint(conn)") from exc
                     raise
                 if (status := await conn.execute("COMMIT")) != "COMMIT":
                     raise TransientError(f"the transaction was rolled back at its commit ({status}): an error "
@@ -239,6 +243,11 @@ class Repository:
                 raise
 
 
+class NestedTransaction(RuntimeError):
+    """asyncpg's ``conn.transaction()`` used inside ``Repository.transaction``: a bug, which a
+    stage must not retry as if Postgres were away."""
+
+
 @contextlib.asynccontextmanager
 async def savepoint(conn: asyncpg.Connection, name: str = "yidi_savepoint") -> AsyncIterator[None]:
     """A savepoint inside ``Repository.transaction``: what its block wrote is undone when the
@@ -247,8 +256,9 @@ async def savepoint(conn: asyncpg.Connection, name: str = "yidi_savepoint") -> A
     await conn.execute(f"SAVEPOINT {name}")
     try:
         yield
-    except Exception:
-        if not conn.is_closed():
+    except Exception as exc:
+        # Not on a connection asyncpg lost track of: the transaction's own handling closes it.
+        if not conn.is_closed() and not isinstance(exc, asyncpg.InternalClientError):
             await conn.execute(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
         raise
     await conn.execute(f"RELEASE SAVEPOINT {name}")
@@ -373,15 +383,15 @@ async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_
 
 
 async def settings_pool(settings: Settings, *, size: int | None = None, dsn: str | None = None,
-                        service: str | None = None) -> asyncpg.Pool:
+                        service: str | None = None, tool: str | None = None) -> asyncpg.Pool:
     """A pool with the services' connection settings (``db_plan_cache_mode``, ``db_parallel_workers``),
     ``db_pool_size`` connections to ``database_url`` unless told otherwise; ``service``: see
     ``create_pool``. A service's connections are named after it and its instance in
     pg_stat_activity (``application_name`` ``yidi-<service>@<instance>``): who holds a lock, who
-    waits."""
+    waits; an operator's tool's after the tool (``tool``, e.g. ``eligibility-sweep``)."""
     return await create_pool(dsn or settings.database_url, size=settings.db_pool_size if size is None else size,
                              plan_cache_mode=settings.db_plan_cache_mode, parallel_workers=settings.db_parallel_workers,
-                             service=service, application_name=application_name(settings, service))
+                             service=service, application_name=application_name(settings, service or tool))
 
 
 def application_name(settings: Settings, service: str | None, role: str = "") -> str | None:

@@ -92,9 +92,10 @@ async def configure(bootstrap: str, namespace: str, name: str) -> str:
         [(code, message, _, _, entries)] = described.resources
         _refused(topic, code, message)
         overrides = {e[0]: e[1] for e in entries if e[3] == DYNAMIC_TOPIC_CONFIG and not e[4] and e[1] is not None}
-        # An override already on spec stays (a longer compaction lag an operator chose, say).
+        # A longer compaction lag an operator chose stays; every other config is set as the spec
+        # says (compaction alone: "compact,delete" would drop a feed's records after retention).
         configs = overrides | {key: value for key, value in wanted.items()
-                               if not on_spec(key, overrides.get(key, ""), value)}
+                               if key != "min.compaction.lag.ms" or not on_spec(key, overrides.get(key, ""), value)}
         [response] = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
         [(code, message, *_)] = response.resources
         _refused(topic, code, message)
