@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from tests.e2e.system import ROOT
 from tests.integration.kafka_io import create_topics
 from yidi.contracts.schemas import TOPIC_CONTRACTS
+from yidi.platform.topics import OPTIONAL_FEEDS, PREPAYMENT_STATUS
 
 pytestmark = pytest.mark.integration
 
@@ -30,9 +31,9 @@ def script(usage: str) -> str:
     raise AssertionError(f"no runbook script for {usage!r}")
 
 
-def run(code: str, *args: str) -> str:
+def run(code: str, *args: str, env: dict[str, str] | None = None) -> str:
     done = subprocess.run([sys.executable, "-", *args], input=code, capture_output=True, text=True, timeout=60,
-                          cwd=ROOT)
+                          cwd=ROOT, env=None if env is None else os.environ | env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -71,8 +72,9 @@ async def test_the_runbook_reads_dead_letters_and_republishes_all_but_a_cut_one(
     assert "0/0 " not in last and f"0/3 key=b'{'k' * 1024}' source={source}/0/9" in last and last.endswith("       1  R11\n")
 
     republish = script("# Usage: python - <dlq topic> <partition>:<offset>")
-    assert 'BOOTSTRAP = "127.0.0.1:19092"' in republish
-    done = run(republish.replace('BOOTSTRAP = "127.0.0.1:19092"', f"BOOTSTRAP = {bootstrap!r}"), dlq, "0:0", "0:2", "0:3")
+    # The broker the operator's environment names (YIDI_KAFKA_BOOTSTRAP), as the services read it.
+    assert 'BOOTSTRAP = os.environ.get("YIDI_KAFKA_BOOTSTRAP", "127.0.0.1:19092")' in republish
+    done = run(republish, dlq, "0:0", "0:2", "0:3", env={"YIDI_KAFKA_BOOTSTRAP": bootstrap})
     assert done == (f"0:0 -> {source} key=b'510100'\n"
                     "0:2 is truncated, skipped: re-publish it from its yidi-dlq-source\n"
                     "0:3 is truncated, skipped: re-publish it from its yidi-dlq-source\n")
@@ -111,13 +113,21 @@ async def test_the_runbook_lists_the_answers_moved_off_a_refused_reply_to(settin
     assert '{"msgid": "M2"}' in shown
 
 
-def test_the_runbook_asks_the_broker_about_every_consumer_group_of_the_platform(settings):
+@pytest.mark.parametrize("policy", ["record_shortfall", "refuse"])
+def test_the_runbook_asks_the_broker_about_every_consumer_group_of_the_platform(settings, policy):
+    # Pricing's group on clearing.prepayment-status exists under YIDI_PREPAYMENT_POLICY=refuse
+    # alone: under the default it was listed, never caught up.
     code = script("# Usage: python - [bootstrap]; whether each consumer group")
+    env = {k: v for k, v in os.environ.items() if k != "YIDI_PREPAYMENT_POLICY"} | {"YIDI_NAMESPACE": settings.namespace}
+    if policy == "refuse":
+        env["YIDI_PREPAYMENT_POLICY"] = "refuse"
     done = subprocess.run([sys.executable, "-", settings.kafka_bootstrap], input=code, capture_output=True, text=True,
-                          timeout=120, cwd=ROOT, env=os.environ | {"YIDI_NAMESPACE": settings.namespace})
+                          timeout=120, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stderr
     shown = {tuple(line.split()[:2]) for line in done.stdout.splitlines()}
     groups = {(settings.namespace + r.group, settings.namespace + topic)
-              for topic, c in TOPIC_CONTRACTS.items() for r in c.readers}
-    assert shown == groups and len(groups) >= 13  # the stages' groups and the feeds'
+              for topic, c in TOPIC_CONTRACTS.items() for r in c.readers
+              if topic not in OPTIONAL_FEEDS or policy == "refuse"}
+    assert shown == groups and len(groups) >= (13 if policy == "refuse" else 12)  # the stages' groups and the feeds'
+    assert any(t == settings.namespace + PREPAYMENT_STATUS for _, t in shown) == (policy == "refuse")
     assert all(line.endswith(("caught up: True", "caught up: False")) for line in done.stdout.splitlines())
