@@ -7,12 +7,14 @@ hashed: the statement holds integers only, never a person number."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from yidi.platform.db import Repository, hashtext, lock_keys, locks
+from yidi.platform.db import Locks, Repository, hashtext, lock_keys, locks
 from yidi.platform.errors import BadData
 
 pytestmark = pytest.mark.integration
@@ -64,22 +66,37 @@ async def test_the_locks_begun_with_the_transaction_are_the_servers_hashtext_loc
         await pool.close()
 
 
-async def test_a_transaction_begun_with_locks_commits_and_rolls_back_itself(settings):
+@contextlib.asynccontextmanager
+async def _one_connection(settings, table: str) -> AsyncIterator[tuple[Repository, asyncpg.Pool, list[str]]]:
+    """A Repository on a pool of one connection with a temp table ``table`` (v text) of that
+    connection's, and what the loop's exception handler reports meanwhile: the pool rolls back a
+    connection released inside a transaction too, but says so there, and the transaction must end
+    before that."""
     pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
-    # The pool rolls back a connection released inside a transaction too, but says so through the
-    # loop's exception handler: the transaction must end before that.
     reported: list[str] = []
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
     try:
-        repo = Repository(pool)
-        await pool.execute("CREATE TEMP TABLE IF NOT EXISTS t_locks (v text)")  # the one connection's
-        async with repo.transaction(locks("yidi-test", ["P1"])) as conn:
-            await conn.execute("INSERT INTO t_locks VALUES ('kept')")
-        with pytest.raises(RuntimeError):
-            async with repo.transaction(locks("yidi-test", ["P1"])) as conn:
-                await conn.execute("INSERT INTO t_locks VALUES ('dropped')")
-                raise RuntimeError("the batch failed")
+        await pool.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (v text)")
+        yield Repository(pool), pool, reported
+    finally:
+        loop.set_exception_handler(None)
+        await pool.close()
+
+
+async def _one_kept_one_dropped(repo: Repository, table: str, locked: Locks | None) -> None:
+    """A batch that commits ('kept'), then one that fails ('dropped')."""
+    async with repo.transaction(locked) as conn:
+        await conn.execute(f"INSERT INTO {table} VALUES ('kept')")
+    with pytest.raises(RuntimeError):
+        async with repo.transaction(locked) as conn:
+            await conn.execute(f"INSERT INTO {table} VALUES ('dropped')")
+            raise RuntimeError("the batch failed")
+
+
+async def test_a_transaction_begun_with_locks_commits_and_rolls_back_itself(settings):
+    async with _one_connection(settings, "t_locks") as (repo, pool, reported):
+        await _one_kept_one_dropped(repo, "t_locks", locks("yidi-test", ["P1"]))
         # Cancelled while waiting for a lock another transaction holds.
         async with _other(settings) as holder:
             await holder.execute("BEGIN; SELECT pg_advisory_xact_lock(hashtext('yidi-test:P9'))")
@@ -97,28 +114,14 @@ async def test_a_transaction_begun_with_locks_commits_and_rolls_back_itself(sett
         with pytest.raises(BadData):
             locks("yidi-test", ["P\x00"])
         assert locks("yidi-test", [None, b""]) is None  # nothing to lock: a plain transaction
-    finally:
-        loop.set_exception_handler(None)
-        await pool.close()
 
 
 async def test_a_transaction_without_locks_commits_and_rolls_back_itself(settings):
     # Begun and committed by Repository.transaction as the one with locks (session 39): a failing
     # batch, and one cancelled mid-statement, leave nothing written and no transaction open when
     # the connection goes back to the pool.
-    pool = await asyncpg.create_pool(settings.database_url, min_size=1, max_size=1)
-    reported: list[str] = []
-    loop = asyncio.get_running_loop()
-    loop.set_exception_handler(lambda _loop, context: reported.append(context["message"]))
-    try:
-        repo = Repository(pool)
-        await pool.execute("CREATE TEMP TABLE IF NOT EXISTS t_plain (v text)")  # the one connection's
-        async with repo.transaction() as conn:
-            await conn.execute("INSERT INTO t_plain VALUES ('kept')")
-        with pytest.raises(RuntimeError):
-            async with repo.transaction() as conn:
-                await conn.execute("INSERT INTO t_plain VALUES ('dropped')")
-                raise RuntimeError("the batch failed")
+    async with _one_connection(settings, "t_plain") as (repo, pool, reported):
+        await _one_kept_one_dropped(repo, "t_plain", None)
 
         async def slow() -> None:
             async with repo.transaction() as conn:
@@ -134,9 +137,6 @@ async def test_a_transaction_without_locks_commits_and_rolls_back_itself(setting
             assert [r["v"] for r in await conn.fetch("SELECT v FROM t_plain")] == ["kept"]
             assert not conn.is_in_transaction()
         assert not [m for m in reported if "active transaction" in m], reported
-    finally:
-        loop.set_exception_handler(None)
-        await pool.close()
 
 
 class _other:
