@@ -384,9 +384,9 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         notes="Filing reads it too (stage `filing-persons`): a change of a person's insured region, fund "
               "(`insutype`) or `active` ends the long-term filings under the old insurance (R7). "
               "Compacted: the last record written per `psn_no` is kept; a record is kept at least a week "
-              "before a later one may replace it (`min.compaction.lag.ms`): a stage down or behind for less than that still reads every "
-              "change of a person (a stop, then a resume), which filing and eligibility both need. "
-              "Eligibility keeps the newest by "
+              "before a later one may replace it (`min.compaction.lag.ms`): a stage down or behind for "
+              "less than that still reads every change of a person (a stop, then a resume), which filing "
+              "and eligibility both need. Eligibility keeps the newest by "
               "`updated_at` (an older record is ignored), so after a reload of an earlier file the topic's "
               "tail and eligibility's state differ until the region publishes again. There is no delete; "
               "publish `active: false`.",
