@@ -143,11 +143,18 @@ async def test_a_services_connections_and_its_probes_are_named_after_it_in_pg_st
         assert await pool.fetchval("SHOW application_name") == "yidi-pricing@box-7"
         assert await probe()
         assert await probe._conn.fetchval("SHOW application_name") == "yidi-pricing-probe@box-7"
-        unnamed = await settings_pool(named, size=1)  # a tool's pool (no service): Postgres's default
+        unnamed = await settings_pool(named, size=1)  # a pool of neither a service nor a tool: Postgres's default
         try:
             assert await unnamed.fetchval("SHOW application_name") == ""
         finally:
             await unnamed.close()
+        # One the operator's YIDI_DATABASE_URL names is theirs: kept.
+        sep = "&" if "?" in settings.database_url else "?"
+        own = await settings_pool(named, size=1, service="pricing", dsn=f"{settings.database_url}{sep}application_name=ops")
+        try:
+            assert await own.fetchval("SHOW application_name") == "ops"
+        finally:
+            await own.close()
     finally:
         probe.close()
         await pool.close()

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import struct
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -363,7 +364,8 @@ async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_
     """``plan_cache_mode`` and ``parallel_workers``: Settings.db_plan_cache_mode and
     Settings.db_parallel_workers (why these defaults, and "server": there). ``service``: the
     service whose statements the pool's connections time (``statement_metrics``); None: not timed.
-    ``application_name``: what pg_stat_activity shows of each connection (``application_name``)."""
+    ``application_name``: what pg_stat_activity shows of each connection (``application_name``),
+    unless ``dsn`` names one."""
     # No server-side statement, lock or idle-in-transaction timeout (a role's or the database's, set
     # for other clients): the services bound their own statements (command_timeout; clearing's
     # month, for as long as it needs), a cancelled statement would be retried for ever, and a stage
@@ -374,8 +376,8 @@ async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_
         server_settings["plan_cache_mode"] = plan_cache_mode
     if parallel_workers != "server":
         server_settings["max_parallel_workers_per_gather"] = str(parallel_workers)
-    if application_name:
-        server_settings["application_name"] = application_name
+    if application_name and "application_name" not in urllib.parse.parse_qs(urllib.parse.urlsplit(dsn).query):
+        server_settings["application_name"] = application_name  # one the DSN names is the operator's: kept
     init = None if service is None else functools.partial(_add_query_logger, statement_metrics(service))
     async with transient_errors():
         return await asyncpg.create_pool(dsn, min_size=1, max_size=size, command_timeout=30,
