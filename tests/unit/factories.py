@@ -12,6 +12,15 @@ from yidi.domain.pricing import Bill, BillLine, Terms
 
 DAY = date(2022, 7, 1)
 
+# WE1's person and long-term filing as eligibility stores them (the records of refdata.persons and
+# filing.events): the Langfang retiree resettled in Beijing.
+WE1_PSN_NO = "13100000000000000001"
+WE1_PERSON = {"psn_no": WE1_PSN_NO, "psn_name": "Wang", "insuplc_admdvs": "131000", "insutype": "310",
+              "psn_type": "12", "chronic_qualifications": ["E11"]}
+WE1_FILING = {"filing_id": "F1", "psn_no": WE1_PSN_NO, "insutype": "310", "insuplc_admdvs": "131000",
+              "filed_admdvs": "110000", "category": "retiree_resettled", "begndate": "2022-01-01",
+              "enddate": None, "status": "active", "version": 1}
+
 
 def item(code: str, cls: ChargeClass = ChargeClass.A, prop: str = "0", ceiling: str | None = None, region: str = "110000") -> CatalogueItem:
     return CatalogueItem(region, code, code, cls, D(prop), D(ceiling) if ceiling else None, date(2022, 1, 1))

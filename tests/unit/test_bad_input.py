@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from services.eligibility.handlers import MAX_REQUEST_BYTES, EligibilityHandler, Parsed
 from services.pricing.handlers import Batch, PricingHandler
-from tests.unit.factories import MedType, policy, rule, we1_catalogue
+from tests.unit.factories import WE1_FILING, WE1_PERSON, MedType, policy, rule, we1_catalogue
 from tests.unit.mutations import mutate
 from yidi.contracts.envelope import OFFERED_INFNOS, RequestEnvelope
 from yidi.contracts.clearing import ReconcileTotalsInput
@@ -322,19 +322,14 @@ class _NoRows:
 
 # WE1's world, for requests that are to be priced: its person and filing, its facility networked
 # for every kind of care, its insured region's fund paying every kind, its catalogue's two items.
-_WE1_PERSON = {"psn_no": WE1["input"]["data"]["psn_no"], "psn_name": "Wang", "insuplc_admdvs": WE1["insuplc_admdvs"],
-               "insutype": "310", "psn_type": "12", "chronic_qualifications": ["E11"], "acct_balc": "100.00"}
-_WE1_FILING = {"filing_id": "F1", "psn_no": _WE1_PERSON["psn_no"], "insutype": "310",
-               "insuplc_admdvs": WE1["insuplc_admdvs"], "filed_admdvs": WE1["mdtrtarea_admvs"],
-               "category": "retiree_resettled", "begndate": "2022-01-01", "enddate": None, "status": "active",
-               "version": 1}
+_WE1_PERSON = WE1_PERSON | {"acct_balc": "100.00"}
 _WE1_POLICY = policy(*(rule(m, "10.00", "0.80") for m in MedType), annual_cap=D("300000"))
 _WE1_ITEMS = tuple(we1_catalogue().items.values())
 
 
 class _WE1Subjects:
     async def get_many(self, psn_nos):
-        return {p: {"person": _WE1_PERSON, "filings": [_WE1_FILING]} for p in psn_nos if p == _WE1_PERSON["psn_no"]}
+        return {p: {"person": _WE1_PERSON, "filings": [WE1_FILING]} for p in psn_nos if p == _WE1_PERSON["psn_no"]}
 
 
 class _WE1Rows:

@@ -10,17 +10,15 @@ import orjson
 import pytest
 
 from services.eligibility.handlers import EligibilityHandler
+from tests.unit.factories import WE1_FILING, WE1_PERSON, WE1_PSN_NO
 from yidi.contracts.refdata import FacilityRecord
 from yidi.platform.kafka import Incoming
 from yidi.platform.settings import Settings
 
 WE1 = json.loads((Path(__file__).resolve().parents[3] / "shared" / "examples" / "we1" / "request.json").read_text())
 PSN = WE1["input"]["data"]["psn_no"]
-PERSON = {"psn_no": PSN, "psn_name": "Wang", "insuplc_admdvs": WE1["insuplc_admdvs"], "insutype": "310",
-          "psn_type": "12", "chronic_qualifications": ["E11"]}
-FILING = {"filing_id": "F1", "psn_no": PSN, "insutype": "310", "insuplc_admdvs": WE1["insuplc_admdvs"],
-          "filed_admdvs": WE1["mdtrtarea_admvs"], "category": "retiree_resettled", "begndate": "2022-01-01",
-          "enddate": None, "status": "active", "version": 1}
+PERSON, FILING = WE1_PERSON, WE1_FILING
+assert PSN == WE1_PSN_NO and (PERSON["insuplc_admdvs"], FILING["filed_admdvs"]) == (WE1["insuplc_admdvs"], WE1["mdtrtarea_admvs"])
 # The WE1 facility, networked for general and chronic outpatient care only.
 OUTPATIENT_ONLY = FacilityRecord(fixmedins_code=WE1["fixmedins_code"], fixmedins_name="x", admdvs=WE1["mdtrtarea_admvs"],
                                  level=3, med_types=["11", "14"])

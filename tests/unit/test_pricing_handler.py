@@ -189,18 +189,12 @@ def test_r3_a_cancellation_in_the_batch_gives_its_draw_back_to_the_refuse_check(
                   prepayments={("131000", "110000"): D("800.00")})
     setl_id = settle(handler, batch, stay_request("H11010500001", "M1", "100"))["setl_id"]
     assert batch.prepayments == {("131000", "110000"): D("0.00")}
-    raw = copy.deepcopy(WE1)
-    raw.update(infno="2305", msgid="H11010500001C1", fixmedins_code="H11010500001", inf_time="2022-07-01 11:00:00")
-    raw["input"]["data"] = {"psn_no": PERSON.psn_no, "mdtrt_id": "100", "setl_id": setl_id}
-    cancel = RequestEnvelope.model_validate(raw)
-    (undone,) = handler._one(EligibleWork(request=cancel, request_hash=cancel.payload_hash(), request_ts_ms=0), batch)
+    (undone,) = handler._one(cancel_request("H11010500001", "C1", "100", setl_id), batch)
     assert orjson.loads(undone.value)["answer"]["output"]["setlinfo"]["state"] == "cancelled"
     assert batch.prepayments == {("131000", "110000"): D("800.00")}
     assert settle(handler, batch, stay_request("H11010500001", "M2", "101"))["fund_pay_sumamt"] == "800.00"
     # Undone once: a second cancellation of it gives nothing back again.
-    again = copy.deepcopy(raw) | {"msgid": "H11010500001C2"}
-    cancel2 = RequestEnvelope.model_validate(again)
-    handler._one(EligibleWork(request=cancel2, request_hash=cancel2.payload_hash(), request_ts_ms=0), batch)
+    handler._one(cancel_request("H11010500001", "C2", "100", setl_id), batch)
     assert batch.prepayments == {("131000", "110000"): D("0.00")}
 
 
