@@ -10,6 +10,7 @@ from yidi.domain.clearing import Prepayment
 from yidi.domain.codes import within
 from yidi.domain.money import fmt
 from yidi.platform import metrics
+from yidi.platform.db import statements_for
 from yidi.platform.jsonwire import dumps
 from yidi.platform.kafka import Outgoing
 from yidi.platform.sampling import show_every
@@ -111,5 +112,6 @@ async def show_balances_every(repository: ClearingRepository, seconds: float) ->
         nonlocal shown
         shown = show_balances(rows or [], shown)
 
-    await show_every(seconds, lambda timeout: repository.prepayment_accounts(timeout=timeout), show, log,
-                     "prepayment balances not read for the metrics, their gauges taken out")
+    with statements_for("prepayment-balances"):
+        await show_every(seconds, lambda timeout: repository.prepayment_accounts(timeout=timeout), show, log,
+                         "prepayment balances not read for the metrics, their gauges taken out")

@@ -9,6 +9,7 @@ from typing import Any
 
 from yidi.platform import metrics
 from yidi.platform.cache import CacheUnavailable, VersionedCache
+from yidi.platform.db import STATEMENT_SOURCE
 
 from services.eligibility.repository import EligibilityRepository, Subject
 
@@ -128,6 +129,7 @@ async def sweep_every(subjects: Subjects, seconds: float) -> None:
     """``Subjects.sweep`` every ``seconds`` (at once again after a full batch): entries another
     instance marked stale are dropped within about that. Logged when the sweeps stop reaching
     Redis or Postgres, and when they do again (not each second)."""
+    STATEMENT_SOURCE.set("cache-sweep")  # a task of its own: its statements, in yidi_db_statement_seconds
     state = "ok"
     while True:
         dropped = 0

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from yidi.domain.filing import OfficeCalendar, office_overdue_before
 from yidi.platform import metrics
-from yidi.platform.db import close_pool, settings_pool
+from yidi.platform.db import close_pool, settings_pool, statements_for
 from yidi.platform.sampling import show_every
 from yidi.platform.settings import Settings, settings_for
 
@@ -47,9 +47,10 @@ async def show_overdue_every(repository: FilingRepository, seconds: float, calen
         nonlocal shown
         shown = show_overdue(found or {}, shown)
 
-    await show_every(
-        seconds, lambda timeout: repository.office_overdue(office_overdue_before(datetime.now(UTC), calendar), timeout),
-        show, log, "pending filings past the office's limit not read for the metrics, their gauges taken out")
+    with statements_for("office-overdue"):
+        await show_every(
+            seconds, lambda timeout: repository.office_overdue(office_overdue_before(datetime.now(UTC), calendar), timeout),
+            show, log, "pending filings past the office's limit not read for the metrics, their gauges taken out")
 
 
 async def overdue_filings(settings: Settings, insured: str | None) -> list[tuple[str, ...]]:

@@ -295,19 +295,22 @@ async def test_every_service_froze_what_it_held_when_it_started_and_times_its_co
 
 
 async def test_every_service_times_its_postgres_statements_and_eligibility_its_redis_calls(gateway, system):
-    def statements(service: str) -> float:
-        return system.metric(service, "yidi_db_statement_seconds_count", service=service)
+    def statements(service: str, source: str) -> float:
+        return system.metric(service, "yidi_db_statement_seconds_count", service=service, source=source)
 
     def redis_gets() -> float:
         return system.metric("eligibility", "yidi_redis_seconds_count", operation="get", outcome="ok")
 
-    before = {s: statements(s) for s in ("pricing", "clearing")}
+    # Each stage's batch statements under the stage's name, apart from its service's feeds and samplers.
+    before = {s: statements(s, s) for s in ("pricing", "clearing")}
     gets = redis_gets()
     assert (await gateway.call(fresh(we1())))["infcode"] == 0
-    for service in before:  # each batch's statements, as it commits
-        assert statements(service) > before[service], service
+    for service in before:  # each batch's statements, as it commits: BEGIN with its locks, reads, writes, COMMIT
+        assert statements(service, service) >= before[service] + 3, service
     assert redis_gets() > gets  # the person looked up in the cache
-    assert statements("filing") > 0 and statements("eligibility") > 0  # their migrations and feeds at least
+    assert statements("filing", "other") > 0 and statements("eligibility", "other") > 0  # their migrations
+    assert statements("eligibility", "refdata.persons") > 0 and statements("pricing", "refdata.policies") > 0
+    assert statements("clearing", "prepayment-balances") > 0 and statements("filing", "office-overdue") > 0  # samplers
 
 
 async def test_refmsg_time_is_when_the_request_reached_the_platform_not_the_gateways_clock(gateway):

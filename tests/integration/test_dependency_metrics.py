@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from yidi.platform.cache import CacheUnavailable, VersionedCache
-from yidi.platform.db import create_pool
+from yidi.platform.db import STATEMENT_SOURCE, create_pool, statements_for
 
 from tests.conftest import unique
 
@@ -23,10 +23,10 @@ def _sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-async def _until_logged(statements: int, service: str, before: float) -> None:
+async def _until_logged(statements: int, service: str, before: float, source: str = "other") -> None:
     """asyncpg calls its query loggers soon after the statement: until they ran."""
     for _ in range(100):
-        if _sample("yidi_db_statement_seconds_count", service=service) >= before + statements:
+        if _sample("yidi_db_statement_seconds_count", service=service, source=source) >= before + statements:
             return
         await asyncio.sleep(0.01)
 
@@ -36,16 +36,50 @@ async def test_a_services_statements_are_timed_and_their_failures_counted_by_err
     pool = await create_pool(settings.database_url, size=1, service=service)
     try:
         async with pool.acquire() as conn:
-            count = _sample("yidi_db_statement_seconds_count", service=service)
+            count = _sample("yidi_db_statement_seconds_count", service=service, source="other")
             await conn.execute("SELECT pg_sleep(0.05)")
             await conn.fetchval("SELECT $1::int", 7)
             with pytest.raises(asyncpg.UndefinedTableError):
                 await conn.fetch("SELECT * FROM no_such_table_here")
             await _until_logged(3, service, count)
-        assert _sample("yidi_db_statement_seconds_count", service=service) == count + 3
-        assert _sample("yidi_db_statement_seconds_sum", service=service) >= 0.05  # the sleep
-        assert _sample("yidi_db_statement_seconds_bucket", service=service, le="0.02") <= count + 2  # not the sleep
-        assert _sample("yidi_db_statement_errors_total", service=service, error="UndefinedTableError") == 1
+        assert _sample("yidi_db_statement_seconds_count", service=service, source="other") == count + 3
+        assert _sample("yidi_db_statement_seconds_sum", service=service, source="other") >= 0.05  # the sleep
+        assert _sample("yidi_db_statement_seconds_bucket", service=service, source="other", le="0.02") <= count + 2
+        assert _sample("yidi_db_statement_errors_total", service=service, source="other",
+                       error="UndefinedTableError") == 1
+    finally:
+        await pool.close()
+
+
+async def test_each_statement_is_counted_for_what_it_ran_for_a_stage_a_feed_a_sampler(settings):
+    """``statements_for``: the statements of a block and of the tasks it starts (a stage's task, as
+    Service starts it) under its source; the rest under "other"; a failure counted under its source."""
+    service = f"svc_{uuid.uuid4().hex[:8]}"
+    pool = await create_pool(settings.database_url, size=2, service=service)
+
+    def counts() -> dict[str, float]:
+        return {source: _sample("yidi_db_statement_seconds_count", service=service, source=source)
+                for source in ("pricing", "refdata.policies", "other")}
+
+    async def a_stages_loop() -> None:
+        for _ in range(3):
+            await pool.fetchval("SELECT 1")
+
+    try:
+        with statements_for("pricing"):
+            stage = asyncio.create_task(a_stages_loop())  # the task keeps the source it started with
+        await stage
+        with statements_for("refdata.policies"):
+            await pool.fetchval("SELECT 2")
+            with pytest.raises(asyncpg.UndefinedTableError):
+                await pool.fetch("SELECT * FROM no_such_table_here")
+        await pool.fetchval("SELECT 3")
+        await _until_logged(1, service, 0)
+        await _until_logged(2, service, 0, "refdata.policies")
+        assert counts() == {"pricing": 3, "refdata.policies": 2, "other": 1}
+        assert _sample("yidi_db_statement_errors_total", service=service, source="refdata.policies",
+                       error="UndefinedTableError") == 1
+        assert STATEMENT_SOURCE.get() == "other"  # the blocks set it back
     finally:
         await pool.close()
 

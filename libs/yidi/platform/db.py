@@ -13,7 +13,8 @@ import logging
 import struct
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from importlib import resources
@@ -334,22 +335,42 @@ async def _no_session_reset(conn: asyncpg.Connection) -> None:
     ``SET LOCAL``, no LISTEN, no cursors held). asyncpg still rolls back an open transaction."""
 
 
+# What a statement of a service's pool runs for (``source`` of ``yidi_db_statement_seconds`` and
+# ``yidi_db_statement_errors_total``): a stage's name, a feed's, a sampler's; "other" for the rest
+# (migrations and the caches warmed at start). A task starts with its creator's value.
+STATEMENT_SOURCE: ContextVar[str] = ContextVar("yidi_db_statement_source", default="other")
+
+
+@contextlib.contextmanager
+def statements_for(source: str) -> Iterator[None]:
+    """The statements run in this block, in this task and the tasks it starts, counted for ``source``."""
+    token = STATEMENT_SOURCE.set(source)
+    try:
+        yield
+    finally:
+        STATEMENT_SOURCE.reset(token)
+
+
 def statement_metrics(service: str) -> Callable[[LoggedQuery], None]:
     """An asyncpg query logger that times each statement of ``service``'s connections
     (``yidi_db_statement_seconds``) and counts the failed ones by their error class
-    (``yidi_db_statement_errors_total``): ops see a slow or failing Postgres apart from slow
-    handlers, and which error a stage keeps retrying (its ``yidi_stage_retries_total`` says only
+    (``yidi_db_statement_errors_total``), each for what it ran for (``STATEMENT_SOURCE``): ops see
+    a slow or failing Postgres apart from slow handlers, which stage's statements are slow, and
+    which error a stage keeps retrying (its ``yidi_stage_retries_total`` says only
     ``TransientError``); a statement that succeeded says Postgres answered
     (``yidi_db_reached_timestamp_seconds``). asyncpg calls it soon after each statement, off the
-    statement's path."""
-    seconds = metrics.DB_STATEMENT_SECONDS.labels(service)
+    statement's path, in the statement's context (``loop.call_soon``)."""
+    timers: dict[str, Any] = {}
 
     def observe(record: LoggedQuery) -> None:
-        seconds.observe(record.elapsed)
+        source = STATEMENT_SOURCE.get()
+        if (timer := timers.get(source)) is None:
+            timer = timers[source] = metrics.DB_STATEMENT_SECONDS.labels(service, source)
+        timer.observe(record.elapsed)
         if record.exception is None:
             metrics.DB_REACHED.set(time.time())  # Postgres answered (YidiPostgresUnreachable)
         else:
-            metrics.DB_STATEMENT_ERRORS.labels(service, type(record.exception).__name__).inc()
+            metrics.DB_STATEMENT_ERRORS.labels(service, source, type(record.exception).__name__).inc()
 
     return observe
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 
 from yidi.contracts.common import explain
 from yidi.platform import metrics
+from yidi.platform.db import statements_for
 from yidi.platform.errors import PermanentError, RaceLost, TransientError
 from yidi.platform.jsonwire import loads
 from yidi.platform.lag import consumer_lag
@@ -214,7 +215,8 @@ def feed(
     async def consume_counted(msg: KafkaMessage) -> None:
         in_hand[0] = len(msg.raw_message) if isinstance(msg.raw_message, tuple) else 1
         try:
-            await consume(msg)
+            with statements_for(feed_name):
+                await consume(msg)
         finally:
             in_hand[0] = 0
 

@@ -23,7 +23,7 @@ from faststream.specification import AsyncAPI
 from prometheus_client import REGISTRY
 
 from yidi.platform import collector, heartbeat, metrics, probes, records
-from yidi.platform.db import application_name, close_pool, migrate, settings_pool
+from yidi.platform.db import application_name, close_pool, migrate, settings_pool, statements_for
 from yidi.platform.kafka import CLIENT_STOP_SECONDS, TransactionalStage, ensure_topics
 from yidi.platform.logs import setup_logging
 from yidi.platform.settings import Settings
@@ -129,7 +129,8 @@ class Service:
         if self.settings.gc_full_collection_seconds > 0:
             self._sweep = asyncio.create_task(collector.collect_every(self.settings.gc_full_collection_seconds))
         for stage in self.stages:
-            await stage.start()
+            with statements_for(stage.name):  # its task's statements, in yidi_db_statement_seconds
+                await stage.start()
         metrics.SERVICE_UP.labels(self.name).set(1)
         self._background = [asyncio.create_task(loop()) for loop in self.background]
         self._watch = asyncio.create_task(self._watch_stages())
