@@ -32,7 +32,8 @@ def build(settings: Settings | None = None) -> Service:
         service.add_stage(settlement_stage(settings, ClearingRepository(service.db())))
         if settings.prepayment_sample_seconds > 0:
             repository = ClearingRepository(service.db())
-            service.background.append(lambda: show_balances_every(repository, settings.prepayment_sample_seconds))
+            service.background.append(lambda: show_balances_every(
+                repository, settings.prepayment_sample_seconds, settings.prepayment_gauge_accounts))
         admin = ClearingAdminHandler(settings, ClearingRepository(service.db()))
         service.add_stage(
             TransactionalStage(

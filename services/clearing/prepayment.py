@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from yidi.contracts.clearing import PrepaymentAlert, PrepaymentStatus
@@ -83,25 +86,41 @@ def prepayment_alert(settings: Settings, row: Any, account: Prepayment) -> Outgo
     return Outgoing(settings.topic(CLEARING_ALERTS), dumps(alert), key=f"{insured}-{treating}".encode())
 
 
-def show_balances(rows: list[Any], shown: set[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Set the prepayment gauges from ``rows`` (every account); an account no longer there (shown
-    before, in ``shown``) is taken out. Returns the accounts shown now."""
+LEVELS = (0, 1, 2)
+
+
+def show_balances(rows: list[Any] | None, shown: set[tuple[str, str]], most: int) -> set[tuple[str, str]]:
+    """Set the prepayment gauges from ``rows`` (every account): how many are at each alert level,
+    and the balance and level of the ``most`` worst (run out, then low, then the lowest balances;
+    a national deployment's pairs of cities would be a series each); an account no longer among
+    them (shown before, in ``shown``) is taken out. ``rows`` None (not read): every series out.
+    Returns the accounts shown now."""
+    judged = [] if rows is None else [
+        (-(account := account_of(row)).alert_level(), account.balance, row["insuplc_admdvs"], row["mdtrtarea_admvs"])
+        for row in rows
+    ]
     now: set[tuple[str, str]] = set()
-    for row in rows:
-        labels = (row["insuplc_admdvs"], row["mdtrtarea_admvs"])
-        account = account_of(row)
-        metrics.PREPAYMENT_BALANCE.labels(*labels).set(float(account.balance))
-        metrics.PREPAYMENT_ALERT_LEVEL.labels(*labels).set(account.alert_level())
-        now.add(labels)
-    for labels in shown - now:
-        metrics.PREPAYMENT_BALANCE.remove(*labels)
-        metrics.PREPAYMENT_ALERT_LEVEL.remove(*labels)
+    for minus_level, balance, *labels in heapq.nsmallest(most, judged):
+        metrics.PREPAYMENT_BALANCE.labels(*labels).set(float(balance))
+        metrics.PREPAYMENT_ALERT_LEVEL.labels(*labels).set(-minus_level)
+        now.add((labels[0], labels[1]))
+    for gone in shown - now:
+        metrics.PREPAYMENT_BALANCE.remove(*gone)
+        metrics.PREPAYMENT_ALERT_LEVEL.remove(*gone)
+    counted = Counter(-j[0] for j in judged)
+    for level in LEVELS:
+        if rows is None:
+            with contextlib.suppress(KeyError):  # never shown
+                metrics.PREPAYMENT_ACCOUNTS.remove(str(level))
+        else:
+            metrics.PREPAYMENT_ACCOUNTS.labels(str(level)).set(counted[level])
     return now
 
 
-async def show_balances_every(repository: ClearingRepository, seconds: float) -> None:
-    """Every ``seconds``, every account's balance and alert level into the gauges (for dashboards and
-    Prometheus alerts; the regions' own warnings are the PrepaymentAlerts on clearing.alerts).
+async def show_balances_every(repository: ClearingRepository, seconds: float, most: int) -> None:
+    """Every ``seconds``, how many accounts are at each alert level, and the balance and alert level
+    of the ``most`` worst, into the gauges (for dashboards and Prometheus alerts; the regions' own
+    warnings are the PrepaymentAlerts on clearing.alerts).
 
     A read that fails or takes longer than ``seconds`` (at least 5 s) takes the gauges out, so no value
     of unknown age is shown: with several clearing instances the others' still are (the rules take
@@ -110,7 +129,7 @@ async def show_balances_every(repository: ClearingRepository, seconds: float) ->
 
     def show(rows: list[Any] | None) -> None:
         nonlocal shown
-        shown = show_balances(rows or [], shown)
+        shown = show_balances(rows, shown, most)
 
     with statements_for("prepayment-balances"):
         await show_every(seconds, lambda timeout: repository.prepayment_accounts(timeout=timeout), show, log,

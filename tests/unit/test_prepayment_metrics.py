@@ -37,18 +37,52 @@ def test_each_account_shows_its_balance_and_alert_level_and_a_gone_one_is_taken_
         _row("U10001", "U20002", "1000.00", drawn="900.00", warn_share="0.20"),  # 100 < 200: low
         _row("U10002", "U20001", "200.00", drawn="400.00", cleared="100.00"),  # -100: run out
     ]
-    shown = show_balances(rows, set())
+    shown = show_balances(rows, set(), 10)
     assert shown == {("U10001", "U20001"), ("U10001", "U20002"), ("U10002", "U20001")}
     assert _shown("U10001", "U20001") == (750.0, 0.0)
     assert _shown("U10001", "U20002") == (100.0, 1.0)
     assert _shown("U10002", "U20001") == (-100.0, 2.0)
     # Funded again: the warning's level falls back; an account no longer read is no longer shown.
-    shown = show_balances([_row("U10001", "U20002", "2000.00", drawn="900.00")], shown)
+    shown = show_balances([_row("U10001", "U20002", "2000.00", drawn="900.00")], shown, 10)
     assert shown == {("U10001", "U20002")}
     assert _shown("U10001", "U20002") == (1100.0, 0.0)
     assert _shown("U10001", "U20001") == (None, None)
     assert _shown("U10002", "U20001") == (None, None)
-    show_balances([], shown)
+    show_balances(None, shown, 10)
+
+
+def _counted() -> dict[str, float]:
+    return {s.labels["level"]: s.value for family in metrics.PREPAYMENT_ACCOUNTS.collect() for s in family.samples}
+
+
+def test_the_gauges_show_the_worst_accounts_up_to_the_most_and_count_every_account_by_level():
+    # A national deployment's pairs of cities would be 10^4-10^5 series: the worst are shown, all counted.
+    rows = [
+        _row("U30001", "U40001", "1000.00", drawn="100.00"),  # 900: healthy
+        _row("U30001", "U40002", "1000.00", drawn="700.00"),  # 300: healthy, the lowest healthy one
+        _row("U30002", "U40001", "1000.00", drawn="850.00"),  # 150 < 200: low
+        _row("U30002", "U40002", "100.00", drawn="150.00"),  # -50: run out
+        _row("U30003", "U40001", "100.00", drawn="130.00"),  # -30: run out
+        _row("U30003", "U40002", "5000.00", drawn="1000.00"),  # 4000: healthy
+    ]
+    shown = show_balances(rows, set(), 4)
+    assert shown == {("U30002", "U40002"), ("U30003", "U40001"), ("U30002", "U40001"), ("U30001", "U40002")}
+    assert _shown("U30002", "U40002") == (-50.0, 2.0) and _shown("U30002", "U40001") == (150.0, 1.0)
+    assert _shown("U30001", "U40001") == (None, None) and _shown("U30003", "U40002") == (None, None)
+    assert _counted() == {"0": 3.0, "1": 1.0, "2": 2.0}
+    # One run-out account topped up past the lowest healthy one: it leaves the shown, another comes in.
+    rows[4] = _row("U30003", "U40001", "600.00", drawn="130.00")  # 470: healthy
+    rows[1] = _row("U30001", "U40002", "1000.00", drawn="950.00")  # 50 < 200: low
+    shown = show_balances(rows, shown, 4)
+    assert shown == {("U30002", "U40002"), ("U30002", "U40001"), ("U30001", "U40002"), ("U30003", "U40001")}
+    assert _shown("U30003", "U40001") == (470.0, 0.0) and _shown("U30001", "U40002") == (50.0, 1.0)
+    assert _counted() == {"0": 3.0, "1": 2.0, "2": 1.0}
+    shown = show_balances(rows, shown, 1)
+    assert shown == {("U30002", "U40002")} and _shown("U30002", "U40001") == (None, None)
+    # Not read: nothing of unknown age, counts included; no accounts read: counted 0.
+    assert show_balances(None, shown, 4) == set() and _counted() == {} and _shown("U30002", "U40002") == (None, None)
+    assert show_balances([], set(), 4) == set() and _counted() == {"0": 0.0, "1": 0.0, "2": 0.0}
+    show_balances(None, set(), 4)
 
 
 class _Repository:
@@ -70,7 +104,7 @@ async def test_a_failed_read_takes_the_gauges_out_and_is_logged_once_until_one_s
     down = OSError("connection refused")
     repository = _Repository([good, down, down, down, [_row("U10003", "U20003", "500.00", drawn="200.00")]])
     with caplog.at_level(logging.WARNING, logger="services.clearing.prepayment"):
-        task = asyncio.create_task(show_balances_every(repository, 0.01))
+        task = asyncio.create_task(show_balances_every(repository, 0.01, 10))
         try:
             async def read(n: int) -> None:
                 while repository.reads < n:
@@ -80,6 +114,7 @@ async def test_a_failed_read_takes_the_gauges_out_and_is_logged_once_until_one_s
             assert _shown("U10003", "U20003") == (400.0, 0.0)
             await asyncio.wait_for(read(3), 5)
             assert _shown("U10003", "U20003") == (None, None)  # Postgres away: no value of unknown age
+            assert _counted() == {}
             await asyncio.wait_for(read(6), 5)
             assert _shown("U10003", "U20003") == (300.0, 0.0)
         finally:
@@ -88,7 +123,7 @@ async def test_a_failed_read_takes_the_gauges_out_and_is_logged_once_until_one_s
                 await task
     warnings = [r for r in caplog.records if "not read for the metrics" in r.getMessage()]
     assert len(warnings) == 1
-    show_balances([], {("U10003", "U20003")})
+    show_balances(None, {("U10003", "U20003")}, 10)
 
 
 def test_a_kept_warning_is_published_again_only_while_its_account_is_at_its_level():

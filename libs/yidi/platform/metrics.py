@@ -126,14 +126,21 @@ PREPAYMENT_BALANCE = Gauge(
     "yidi_prepayment_balance_yuan",
     "Balance of an insured region's prepayment for a treating region (R3): funded, less drawn, plus given "
     "back and cleared; below 0 by the shortfall. Read from clearing's database every few seconds by each "
-    "clearing instance (aggregate with max by (insured, treating)).",
+    "clearing instance (aggregate with max by (insured, treating)); at most YIDI_PREPAYMENT_GAUGE_ACCOUNTS "
+    "accounts, the worst first (run out, low, then the lowest balances).",
     ["insured", "treating"],
 )
 PREPAYMENT_ALERT_LEVEL = Gauge(
     "yidi_prepayment_alert_level",
     "0 healthy, 1 low (below the account's warn_share of what was advanced), 2 run out (a shortfall), from "
-    "the balance as clearing's PrepaymentAlerts on clearing.alerts judge it.",
+    "the balance as clearing's PrepaymentAlerts on clearing.alerts judge it; the accounts the balance shows.",
     ["insured", "treating"],
+)
+PREPAYMENT_ACCOUNTS = Gauge(
+    "yidi_prepayment_accounts",
+    "Prepayment accounts at each alert level (0 healthy, 1 low, 2 run out), every one of them: the balance "
+    "and level gauges show at most YIDI_PREPAYMENT_GAUGE_ACCOUNTS. Read with them (aggregate with max by (level)).",
+    ["level"],
 )
 # Set whenever a stage's or a feed's lag sample has the broker's answer (yidi.platform.lag):
 # every few seconds while Kafka answers, stale once it does not (YidiKafkaUnreachable).

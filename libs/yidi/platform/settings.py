@@ -72,6 +72,10 @@ class Settings(BaseSettings):
     # How often clearing reads every prepayment account into yidi_prepayment_balance_yuan and
     # yidi_prepayment_alert_level (0: never).
     prepayment_sample_seconds: float = Field(default=15.0, ge=0)
+    # How many accounts those gauges show at most, the worst first (run out, then low, then the
+    # lowest balances); yidi_prepayment_accounts counts them all by level. A series per account
+    # pair of a national deployment's cities would be 10^4-10^5 series.
+    prepayment_gauge_accounts: int = Field(default=1000, ge=1)
     # How often filing counts the pending filings past R21's two working days into
     # yidi_filing_office_overdue (0: never).
     office_overdue_sample_seconds: float = Field(default=60.0, ge=0)
