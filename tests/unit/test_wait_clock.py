@@ -96,3 +96,36 @@ def test_the_end_offsets_the_broker_does_not_give_are_the_consumers_own_fetches(
     assert asyncio.run(partition_lag(_Consumer(answered, cached))) == {A: (2, 10), B: (0, 20)}
     assert asyncio.run(partition_lag(_Consumer(leaderless, cached))) == {A: (5, 10), B: (0, 20)}
     assert asyncio.run(partition_lag(_Consumer(slow, cached), ends_timeout=0.05)) == {A: (5, 10), B: (0, 20)}
+
+
+def test_a_partition_without_a_leader_does_not_hide_the_others_nor_read_as_kafka_unreachable():
+    """Its broker down, one partition's end offset fails or never comes; the others' leaders answer.
+    Asked together, the whole ask failed: every partition fell back on the fetches' offsets and
+    yidi_kafka_reached_timestamp_seconds went stale, firing YidiKafkaUnreachable for the job, which
+    holds back the YidiStageWaiting that names the partition."""
+    from yidi.platform import metrics
+
+    def reached() -> float:
+        return metrics.KAFKA_REACHED._value.get()  # noqa: SLF001
+
+    async def a_leaderless(partitions):
+        if A in partitions:
+            raise KafkaTimeoutError()
+        return {tp: 30 for tp in partitions}
+
+    async def a_slow(partitions):
+        if A in partitions:
+            await asyncio.sleep(60)
+        return {tp: 30 for tp in partitions}
+
+    async def none_answers(partitions):
+        raise KafkaTimeoutError()
+
+    cached = {A: 15, B: 25}  # the fetches' last stable offsets
+    for ends in (a_leaderless, a_slow):
+        metrics.KAFKA_REACHED.set(0)
+        assert asyncio.run(partition_lag(_Consumer(ends, cached), ends_timeout=0.05)) == {A: (5, 10), B: (10, 20)}
+        assert reached() > 0, ends.__name__  # B's leader answered
+    metrics.KAFKA_REACHED.set(0)
+    assert asyncio.run(partition_lag(_Consumer(none_answers, cached))) == {A: (5, 10), B: (5, 20)}
+    assert reached() == 0

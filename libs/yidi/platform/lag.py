@@ -30,21 +30,33 @@ async def partition_lag(consumer: AIOKafkaConsumer, *, position_timeout: float =
                         ends_timeout: float = 5.0) -> dict[TopicPartition, tuple[int, int]]:
     """Each assigned partition's records past the consumer's position, up to its last stable offset
     (a ``read_committed`` consumer's end offset), and that position: ``{tp: (behind, position)}``;
-    empty with no partition assigned. Its answer from the broker sets
+    empty with no partition assigned. An answer from the broker sets
     ``yidi_kafka_reached_timestamp_seconds``.
 
-    The end offsets are asked of the broker for all the partitions at once, and one partition
-    without a leader makes that ask fail (after aiokafka's 40 s of retries): within
-    ``ends_timeout`` or not at all, the last stable offsets the consumer's own fetches brought are
-    used instead, so that the partitions that answer, and the one that does not, are still seen."""
+    Each partition's end offset is asked of the broker on its own, all at once: asked together, one
+    partition without a leader (its broker down) made the whole ask fail, after aiokafka's 40 s of
+    retries, so every stage of the process read as cut off from Kafka (``YidiKafkaUnreachable``,
+    which holds back ``YidiStageWaiting``) while the others' leaders answered. A partition whose
+    end offset does not come within ``ends_timeout`` takes the last stable offset the consumer's own
+    fetches brought instead, so that its records waiting still show (``yidi_stage_waiting_seconds``)."""
     partitions = list(consumer.assignment())
     if not partitions:
         return {}
-    try:
-        ends = await asyncio.wait_for(consumer.end_offsets(partitions), ends_timeout)
-        metrics.KAFKA_REACHED.set(time.time())  # the broker answered (YidiKafkaUnreachable)
-    except (TimeoutError, KafkaError):
-        ends = {tp: consumer.last_stable_offset(tp) for tp in partitions}
+
+    async def end_offset(tp: TopicPartition) -> int:
+        return (await asyncio.wait_for(consumer.end_offsets([tp]), ends_timeout))[tp]
+
+    answers = await asyncio.gather(*(end_offset(tp) for tp in partitions), return_exceptions=True)
+    ends: dict[TopicPartition, int | None] = {}
+    for tp, answer in zip(partitions, answers):
+        if not isinstance(answer, BaseException):
+            ends[tp] = answer
+        elif isinstance(answer, (TimeoutError, KafkaError)):
+            ends[tp] = consumer.last_stable_offset(tp)
+        else:
+            raise answer
+    if not all(isinstance(answer, BaseException) for answer in answers):
+        metrics.KAFKA_REACHED.set(time.time())  # a broker answered (YidiKafkaUnreachable)
     lags = {}
     for tp in partitions:
         position = await asyncio.wait_for(consumer.position(tp), position_timeout)
