@@ -189,6 +189,14 @@ async def test_a_services_connections_and_its_probes_are_named_after_it_in_pg_st
             assert await own.fetchval("SHOW application_name") == "ops"
         finally:
             await own.close()
+        # Past Postgres's 63 bytes, a pod's name keeps its end: the hashes that tell its replicas apart.
+        pod = settings.model_copy(update={"instance": "yidi-clearing-settlement-eu-production-5c7d8f9b6-x2k9q"})
+        long = await settings_pool(pod, size=1, service="clearing")
+        try:
+            shown = await long.fetchval("SHOW application_name")
+            assert shown == "yidi-clearing@~learing-settlement-eu-production-5c7d8f9b6-x2k9q" and len(shown) == 63, shown
+        finally:
+            await long.close()
     finally:
         probe.close()
         await pool.close()

@@ -418,10 +418,16 @@ async def settings_pool(settings: Settings, *, size: int | None = None, dsn: str
 
 
 def application_name(settings: Settings, service: str | None, role: str = "") -> str | None:
-    """``yidi-<service>[-<role>]@<instance>``, cut to the 63 bytes Postgres keeps; None without a service."""
+    """``yidi-<service>[-<role>]@<instance>`` in the 63 bytes Postgres keeps; None without a service.
+    A longer instance name keeps its end, which tells instances apart (a pod's name ends in its
+    replica set's hash and its own), after ``~``; Postgres shows what is not printable ASCII as ``?``."""
     if service is None:
         return None
-    return f"yidi-{service}{'-' + role if role else ''}@{settings.instance}".encode()[:63].decode(errors="ignore")
+    prefix = f"yidi-{service}{'-' + role if role else ''}@".encode()[:62]
+    instance = settings.instance.encode()
+    if len(prefix) + len(instance) > 63:
+        instance = b"~" + instance[len(prefix) + len(instance) - 62:]
+    return (prefix + instance).decode(errors="ignore")
 
 
 async def migrate(pool: asyncpg.Pool, schema: str, package: str) -> list[str]:
