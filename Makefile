@@ -44,7 +44,7 @@ stack-reset: ## stop the services and the stack and delete all its data (.local/
 SERVICES := deploy/local/services.sh
 DEMO     := deploy/demo
 
-.PHONY: run test bench stop services-status logs
+.PHONY: run test fuzz bench stop services-status logs
 run: venv stack ## install what is missing, start stack and services, load the demo data, send demo settlements
 	@$(SERVICES) start
 	@source deploy/local/env.sh && .venv/bin/yidi-load $(DEMO)/refdata.json --wait 120
@@ -58,6 +58,11 @@ run: venv stack ## install what is missing, start stack and services, load the d
 
 test: ## set up what is missing, start the stack, run the whole suite on the real servers, stop what it started
 	@deploy/local/test.sh $(PYTEST_ARGS)
+
+# Random inputs per fuzz test (the suite's are fixed: the same each run).
+FUZZ_EXAMPLES ?= 5000
+fuzz: venv ## explore the fuzz tests further: FUZZ_EXAMPLES (5000) fresh random inputs each, where the suite tries fixed ones
+	@YIDI_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV_PY) -m pytest -q -p no:cacheprovider tests/unit/test_bad_input.py tests/unit/test_outside_input_fuzz.py -k mutated $(PYTEST_ARGS)
 
 bench: venv stack ## replay a bounded day against the services and the bare pipeline; report, docs/BENCHMARKS.md
 	@source deploy/local/env.sh && $(VENV_PY) -m loadtest.bench $(BENCH_ARGS)

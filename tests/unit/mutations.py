@@ -6,9 +6,21 @@ refuses it as data, never raises something else (a batch retried for ever)."""
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+
+def fuzzing(examples: int) -> settings:
+    """The fuzz tests' settings: in the suite, ``examples`` fixed examples (derandomized: every run,
+    CI's too, tries the same ones, and a failure is one anyone can run again); with
+    ``YIDI_FUZZ_EXAMPLES=N`` (``make fuzz``), N examples drawn afresh each run, to explore further
+    (Hypothesis keeps a failing one in .hypothesis/ and tries it first next time, and prints it)."""
+    explore = int(os.environ.get("YIDI_FUZZ_EXAMPLES") or 0)
+    return settings(max_examples=explore or examples, derandomize=not explore, deadline=None,
+                    suppress_health_check=list(HealthCheck))
 
 LEAF = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(10**40), max_value=10**40),

@@ -19,15 +19,14 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given
-from hypothesis import settings as examples
+from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from services.eligibility.handlers import MAX_REQUEST_BYTES, EligibilityHandler, Parsed
 from services.pricing.handlers import Batch, PricingHandler
 from tests.unit.factories import WE1_FILING, WE1_PERSON, MedType, policy, rule, we1_catalogue
-from tests.unit.mutations import mutate
+from tests.unit.mutations import fuzzing, mutate
 from yidi.contracts.envelope import OFFERED_INFNOS, RequestEnvelope
 from yidi.contracts.clearing import ReconcileTotalsInput
 from yidi.contracts.envelope import gateway_reply_topic
@@ -797,7 +796,7 @@ def test_the_seeds_are_valid_requests_each_answered_once_and_the_settlements_pri
 
 
 @given(_mutated())
-@examples(max_examples=600, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@fuzzing(600)
 def test_any_mutated_request_gets_one_answer_and_a_malformed_one_a_dead_letter(case):
     # The contract: every request gets exactly one response, a malformed one too when its msgid
     # can be read, and goes to the dead-letter topic with the reason either way. No input may raise

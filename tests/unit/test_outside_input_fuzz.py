@@ -16,12 +16,11 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given
-from hypothesis import settings as examples
+from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from tests.unit.mutations import mutate
+from tests.unit.mutations import fuzzing, mutate
 from yidi.contracts.clearing import CLEARING_REQUEST
 from yidi.contracts.filing import FilingRequest
 from yidi.contracts.refdata import (
@@ -76,7 +75,7 @@ def test_the_seeds_are_records_each_feed_takes(feed):
 
 @pytest.mark.parametrize("feed", list(FEEDS))
 @given(data=st.data())
-@examples(max_examples=250, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@fuzzing(250)
 def test_a_mutated_feed_record_is_refused_as_data_or_taken_and_readable_where_it_is_used(feed, data):
     model, seeds, check = FEEDS[feed]
     raw = _wire(mutate(data.draw, data.draw(st.sampled_from(seeds))))
@@ -102,7 +101,7 @@ def test_a_mutated_feed_record_is_refused_as_data_or_taken_and_readable_where_it
     ("clearing", CLEARING_REQUESTS, CLEARING_REQUEST.validate_python),
 ])
 @given(data=st.data())
-@examples(max_examples=250, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@fuzzing(250)
 def test_a_mutated_filing_or_clearing_request_is_refused_as_data_or_taken(what, seeds, validate, data):
     raw = _wire(mutate(data.draw, data.draw(st.sampled_from(seeds))))
     _taken_or_refused(lambda: validate(loads(raw)))
@@ -113,3 +112,14 @@ def test_the_filing_and_clearing_seeds_are_requests_the_stages_take():
         FilingRequest.model_validate(loads(_wire(seed)))
     for seed in CLEARING_REQUESTS:
         CLEARING_REQUEST.validate_python(loads(_wire(seed)))
+
+
+def test_the_suite_fuzzes_fixed_examples_and_make_fuzz_fresh_ones(monkeypatch):
+    from tests.unit.mutations import fuzzing
+
+    monkeypatch.delenv("YIDI_FUZZ_EXAMPLES", raising=False)
+    fixed = fuzzing(250)
+    assert (fixed.max_examples, fixed.derandomize) == (250, True)
+    monkeypatch.setenv("YIDI_FUZZ_EXAMPLES", "5000")
+    fresh = fuzzing(250)
+    assert (fresh.max_examples, fresh.derandomize) == (5000, False)
