@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from yidi.platform.cache import CacheUnavailable, VersionedCache
-from yidi.platform.db import STATEMENT_SOURCE, create_pool, statements_for
+from yidi.platform.db import STATEMENT_SOURCE, Purge, Repository, create_pool, statements_for
 
 from tests.conftest import unique
 
@@ -80,6 +80,31 @@ async def test_each_statement_is_counted_for_what_it_ran_for_a_stage_a_feed_a_sa
         assert _sample("yidi_db_statement_errors_total", service=service, source="refdata.policies",
                        error="UndefinedTableError") == 1
         assert STATEMENT_SOURCE.get() == "other"  # the blocks set it back
+    finally:
+        await pool.close()
+
+
+async def test_a_stages_purge_is_counted_apart_from_its_batches(settings):
+    """Pricing's and filing's purge of old rows runs in a task the stage starts after a batch: its
+    bulk DELETEs (in transactions of their own) are not the batch's statements."""
+    service = f"svc_{uuid.uuid4().hex[:8]}"
+    pool = await create_pool(settings.database_url, size=2, service=service)
+    forgot = asyncio.Event()
+
+    async def forget(conn) -> int:
+        await conn.fetchval("SELECT 0")
+        forgot.set()
+        return 0
+
+    try:
+        purge = Purge("pricing", Repository(pool), forget)
+        with statements_for("pricing"):
+            await pool.fetchval("SELECT 1")  # the batch
+            purge.due()
+        await asyncio.wait_for(forgot.wait(), 10)
+        await _until_logged(3, service, 0, "pricing-purge")  # BEGIN, the DELETE, COMMIT
+        assert _sample("yidi_db_statement_seconds_count", service=service, source="pricing") == 1
+        assert _sample("yidi_db_statement_seconds_count", service=service, source="pricing-purge") == 3
     finally:
         await pool.close()
 

@@ -70,12 +70,14 @@ def test_the_gauges_show_the_worst_accounts_up_to_the_most_and_count_every_accou
     assert _shown("U30002", "U40002") == (-50.0, 2.0) and _shown("U30002", "U40001") == (150.0, 1.0)
     assert _shown("U30001", "U40001") == (None, None) and _shown("U30003", "U40002") == (None, None)
     assert _counted() == {"0": 3.0, "1": 1.0, "2": 2.0}
-    # One run-out account topped up past the lowest healthy one: it leaves the shown, another comes in.
-    rows[4] = _row("U30003", "U40001", "600.00", drawn="130.00")  # 470: healthy
+    # One run-out account topped up past every healthy one but one: it leaves the shown, that one
+    # (the lowest healthy now) comes in; another falls low.
+    rows[4] = _row("U30003", "U40001", "1500.00", drawn="130.00")  # 1,370: healthy
     rows[1] = _row("U30001", "U40002", "1000.00", drawn="950.00")  # 50 < 200: low
     shown = show_balances(rows, shown, 4)
-    assert shown == {("U30002", "U40002"), ("U30002", "U40001"), ("U30001", "U40002"), ("U30003", "U40001")}
-    assert _shown("U30003", "U40001") == (470.0, 0.0) and _shown("U30001", "U40002") == (50.0, 1.0)
+    assert shown == {("U30002", "U40002"), ("U30002", "U40001"), ("U30001", "U40002"), ("U30001", "U40001")}
+    assert _shown("U30003", "U40001") == (None, None)
+    assert _shown("U30001", "U40001") == (900.0, 0.0) and _shown("U30001", "U40002") == (50.0, 1.0)
     assert _counted() == {"0": 3.0, "1": 2.0, "2": 1.0}
     shown = show_balances(rows, shown, 1)
     assert shown == {("U30002", "U40002")} and _shown("U30002", "U40001") == (None, None)

@@ -297,8 +297,9 @@ class Purge:
         if time.monotonic() < self._next or (self._task is not None and not self._task.done()):
             return
         self._next = time.monotonic() + self.every_s
-        self._task = asyncio.get_running_loop().create_task(
-            forget_in_chunks(self.service, self.repo, self.forget), name=f"{self.service}-purge")
+        with statements_for(f"{self.service}-purge"):  # not the batch's statements, whose stage starts it
+            self._task = asyncio.get_running_loop().create_task(
+                forget_in_chunks(self.service, self.repo, self.forget), name=f"{self.service}-purge")
 
 
 MIGRATION_TIMEOUT_S = 3600.0
@@ -336,7 +337,8 @@ async def _no_session_reset(conn: asyncpg.Connection) -> None:
 
 
 # What a statement of a service's pool runs for (``source`` of ``yidi_db_statement_seconds`` and
-# ``yidi_db_statement_errors_total``): a stage's name, a feed's, a sampler's; "other" for the rest
+# ``yidi_db_statement_errors_total``): a stage's name, a feed's, a sampler's, a purge's
+# (``<service>-purge``); "other" for the rest
 # (migrations and the caches warmed at start). A task starts with its creator's value.
 STATEMENT_SOURCE: ContextVar[str] = ContextVar("yidi_db_statement_source", default="other")
 

@@ -43,14 +43,15 @@ async def partition_lag(consumer: AIOKafkaConsumer, *, position_timeout: float =
     if not partitions:
         return {}
 
-    async def end_offset(tp: TopicPartition) -> int:
-        return (await asyncio.wait_for(consumer.end_offsets([tp]), ends_timeout))[tp]
+    async def end_offset(tp: TopicPartition) -> int | None:
+        return (await asyncio.wait_for(consumer.end_offsets([tp]), ends_timeout)).get(tp)
 
     answers = await asyncio.gather(*(end_offset(tp) for tp in partitions), return_exceptions=True)
     ends: dict[TopicPartition, int | None] = {}
     for tp, answer in zip(partitions, answers):
         if not isinstance(answer, BaseException):
-            ends[tp] = answer
+            # An answer without the partition: as one without its end offset.
+            ends[tp] = answer if answer is not None else consumer.last_stable_offset(tp)
         elif isinstance(answer, (TimeoutError, KafkaError)):
             ends[tp] = consumer.last_stable_offset(tp)
         else:

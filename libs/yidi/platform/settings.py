@@ -69,8 +69,8 @@ class Settings(BaseSettings):
     # yidi_feed_lag_records). Above 0: each sample asks the broker for offsets, and 0 asked back to back;
     # at most 60: the samples' answers are what YidiKafkaUnreachable watches (2 minutes).
     lag_sample_seconds: float = Field(default=5.0, gt=0, le=60)
-    # How often clearing reads every prepayment account into yidi_prepayment_balance_yuan and
-    # yidi_prepayment_alert_level (0: never).
+    # How often clearing reads every prepayment account into yidi_prepayment_accounts,
+    # yidi_prepayment_balance_yuan and yidi_prepayment_alert_level (0: never).
     prepayment_sample_seconds: float = Field(default=15.0, ge=0)
     # How many accounts those gauges show at most, the worst first (run out, then low, then the
     # lowest balances); yidi_prepayment_accounts counts them all by level. A series per account
