@@ -88,44 +88,78 @@ def _java() -> str | None:
     return shutil.which("java")
 
 
-@contextmanager
-def strict_broker(workdir: Path, timeout: float = 90.0) -> Iterator[str]:
-    """Start the broker in ``workdir``; yield its bootstrap address; stop it."""
-    java = _java()
-    assert java is not None
+# A second node of the strict broker's cluster: a broker only, whose controller is the first's.
+_SECOND_NODE = """\
+process.roles=broker
+node.id=2
+controller.quorum.voters=1@127.0.0.1:{controller}
+listeners=PLAINTEXT://127.0.0.1:{port}
+advertised.listeners=PLAINTEXT://127.0.0.1:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={data}
+"""
+
+
+def _start(java: str, config: Path, cluster_id: str, workdir: Path, name: str, timeout: float) -> subprocess.Popen[bytes]:
+    """Format ``config``'s storage for ``cluster_id`` and start the node; return once it has started."""
     classpath = f"{KAFKA_DIR / 'libs'}/*"
-    port, controller = free_port(), free_port()
-    data = workdir / "data"
-    config = workdir / "server.properties"
-    config.write_text(_PROPERTIES.format(port=port, controller=controller, data=data))
-    log_path = workdir / "kafka.log"
-    cluster_id = uuid.uuid4().bytes.hex()[:22]
+    log_path = workdir / f"{name}.log"
     subprocess.run([java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
                    check=True, capture_output=True, timeout=120)
     with open(log_path, "wb") as log:
-        broker = subprocess.Popen(
+        node = subprocess.Popen(
             [java, "-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-Djava.awt.headless=true",
              f"-Dkafka.logs.dir={workdir}", "-cp", classpath, "kafka.Kafka", str(config)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while b"Kafka Server started" not in log_path.read_bytes():
+        if node.poll() is not None:
+            raise RuntimeError(f"the {name} exited: {log_path.read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            stop(node)
+            raise RuntimeError(f"the {name} did not start in {timeout:.0f}s: {log_path.read_text()[-2000:]}")
+        time.sleep(0.2)
+    return node
+
+
+def stop(node: subprocess.Popen[bytes]) -> None:
+    """Stop a node as an operator or a failed host would: SIGTERM, then SIGKILL after 30 s."""
+    node.terminate()
     try:
-        deadline = time.monotonic() + timeout
-        while b"Kafka Server started" not in log_path.read_bytes():
-            if broker.poll() is not None:
-                raise RuntimeError(f"the strict broker exited: {log_path.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the strict broker did not start in {timeout:.0f}s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
-        bootstrap = f"127.0.0.1:{port}"
-        PROCESSES[bootstrap] = broker
-        yield bootstrap
+        node.wait(30)
+    except subprocess.TimeoutExpired:
+        node.kill()
+        node.wait()
+
+
+@contextmanager
+def strict_broker(workdir: Path, timeout: float = 90.0, *, nodes: int = 1) -> Iterator[str]:
+    """Start the broker in ``workdir``; yield its bootstrap address; stop it. ``nodes=2`` adds a
+    second broker to its cluster (node 2, whose address is in ``PROCESSES`` too: a test may stop
+    it, as a broker of a production cluster goes down)."""
+    java = _java()
+    assert java is not None
+    port, controller = free_port(), free_port()
+    config = workdir / "server.properties"
+    config.write_text(_PROPERTIES.format(port=port, controller=controller, data=workdir / "data"))
+    cluster_id = uuid.uuid4().bytes.hex()[:22]
+    started: list[tuple[str, subprocess.Popen[bytes]]] = []
+    try:
+        started.append((f"127.0.0.1:{port}", _start(java, config, cluster_id, workdir, "strict broker", timeout)))
+        if nodes == 2:
+            second_port = free_port()
+            second = workdir / "second.properties"
+            second.write_text(_SECOND_NODE.format(port=second_port, controller=controller, data=workdir / "data2"))
+            started.append((f"127.0.0.1:{second_port}", _start(java, second, cluster_id, workdir, "second broker", timeout)))
+        PROCESSES.update(started)
+        yield started[0][0]
     finally:
-        PROCESSES.pop(f"127.0.0.1:{port}", None)
-        broker.terminate()
-        try:
-            broker.wait(30)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-            broker.wait()
+        for bootstrap, node in reversed(started):
+            PROCESSES.pop(bootstrap, None)
+            if node.poll() is None:
+                stop(node)
 
 
 @contextmanager
