@@ -91,7 +91,7 @@ def _java() -> str | None:
 # A second node of the strict broker's cluster: a broker only, whose controller is the first's.
 _SECOND_NODE = """\
 process.roles=broker
-node.id=2
+node.id={node_id}
 controller.quorum.voters=1@127.0.0.1:{controller}
 listeners=PLAINTEXT://127.0.0.1:{port}
 advertised.listeners=PLAINTEXT://127.0.0.1:{port}
@@ -105,7 +105,7 @@ log.dirs={data}
 def _start(java: str, config: Path, cluster_id: str, workdir: Path, name: str, timeout: float) -> subprocess.Popen[bytes]:
     """Format ``config``'s storage for ``cluster_id`` and start the node; return once it has started."""
     classpath = f"{KAFKA_DIR / 'libs'}/*"
-    log_path = workdir / f"{name}.log"
+    log_path = workdir / f"{name.replace(' ', '-')}.log"
     subprocess.run([java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
                    check=True, capture_output=True, timeout=120)
     with open(log_path, "wb") as log:
@@ -134,32 +134,52 @@ def stop(node: subprocess.Popen[bytes]) -> None:
         node.wait()
 
 
+# Each running strict broker's cluster, by its bootstrap address: (its controller's port, the cluster's id).
+CLUSTERS: dict[str, tuple[int, str]] = {}
+
+
 @contextmanager
-def strict_broker(workdir: Path, timeout: float = 90.0, *, nodes: int = 1) -> Iterator[str]:
-    """Start the broker in ``workdir``; yield its bootstrap address; stop it. ``nodes=2`` adds a
-    second broker to its cluster (node 2, whose address is in ``PROCESSES`` too: a test may stop
-    it, as a broker of a production cluster goes down)."""
+def strict_broker(workdir: Path, timeout: float = 90.0) -> Iterator[str]:
+    """Start the broker in ``workdir``; yield its bootstrap address; stop it."""
     java = _java()
     assert java is not None
     port, controller = free_port(), free_port()
     config = workdir / "server.properties"
     config.write_text(_PROPERTIES.format(port=port, controller=controller, data=workdir / "data"))
     cluster_id = uuid.uuid4().bytes.hex()[:22]
-    started: list[tuple[str, subprocess.Popen[bytes]]] = []
+    bootstrap = f"127.0.0.1:{port}"
+    node = _start(java, config, cluster_id, workdir, "strict broker", timeout)
+    PROCESSES[bootstrap], CLUSTERS[bootstrap] = node, (controller, cluster_id)
     try:
-        started.append((f"127.0.0.1:{port}", _start(java, config, cluster_id, workdir, "strict broker", timeout)))
-        if nodes == 2:
-            second_port = free_port()
-            second = workdir / "second.properties"
-            second.write_text(_SECOND_NODE.format(port=second_port, controller=controller, data=workdir / "data2"))
-            started.append((f"127.0.0.1:{second_port}", _start(java, second, cluster_id, workdir, "second broker", timeout)))
-        PROCESSES.update(started)
-        yield started[0][0]
+        yield bootstrap
     finally:
-        for bootstrap, node in reversed(started):
-            PROCESSES.pop(bootstrap, None)
-            if node.poll() is None:
-                stop(node)
+        PROCESSES.pop(bootstrap, None)
+        CLUSTERS.pop(bootstrap, None)
+        stop(node)
+
+
+@contextmanager
+def second_broker(first: str, workdir: Path, timeout: float = 90.0, *, node_id: int = 2) -> Iterator[str]:
+    """Another broker (``node_id``) in the cluster of the strict broker at ``first``; yield its address;
+    stop it, if a test has not (``stop(PROCESSES[address])``, as a broker of a production cluster
+    goes down). Topics created before it started, the cluster's internal ones among them, are all
+    on the first."""
+    java = _java()
+    assert java is not None
+    controller, cluster_id = CLUSTERS[first]
+    port = free_port()
+    config = workdir / f"node-{node_id}.properties"
+    config.write_text(_SECOND_NODE.format(node_id=node_id, port=port, controller=controller,
+                                          data=workdir / f"data-{node_id}"))
+    bootstrap = f"127.0.0.1:{port}"
+    node = _start(java, config, cluster_id, workdir, f"broker {node_id}", timeout)
+    PROCESSES[bootstrap] = node
+    try:
+        yield bootstrap
+    finally:
+        PROCESSES.pop(bootstrap, None)
+        if node.poll() is None:
+            stop(node)
 
 
 @contextmanager

@@ -22,16 +22,21 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def two_brokers(tmp_path_factory):
-    """A cluster of two brokers (the strict broker and a second node): (the first's address, the second's)."""
+def strict(tmp_path_factory):
+    """The strict broker; each test adds the broker it stops (node 2, node 3), so that the topics
+    and the cluster's internal topics made before are on the first."""
     if (why := strict_broker.available()) is not None:
         pytest.fail(why)  # the local stack's jars and Java: make test installs them
-    with strict_broker.strict_broker(tmp_path_factory.mktemp("two-brokers"), nodes=2) as first:
-        yield first, next(b for b in strict_broker.PROCESSES if b != first and b.startswith("127.0.0.1:"))
+    with strict_broker.strict_broker(tmp_path_factory.mktemp("strict")) as first:
+        yield first
 
 
-async def test_a_partition_whose_broker_is_down_leaves_the_others_sampled_and_kafka_reached(two_brokers):
-    first, second = two_brokers
+async def test_a_partition_whose_broker_is_down_leaves_the_others_sampled_and_kafka_reached(strict, tmp_path):
+    with strict_broker.second_broker(strict, tmp_path, node_id=2) as second:
+        await _sampled_with_a_broker_down(strict, second)
+
+
+async def _sampled_with_a_broker_down(first: str, second: str) -> None:
     topic = unique("broker-down-")
     led_by_first, led_by_second = TopicPartition(topic, 0), TopicPartition(topic, 1)
     admin = AIOKafkaAdminClient(bootstrap_servers=first)
@@ -85,9 +90,9 @@ async def _listed(producer: AIOKafkaProducer, topic: str) -> bool:
     return partitions == {0, 1}
 
 
-async def test_with_no_broker_answering_the_sample_reads_as_kafka_unreachable(two_brokers):
-    """The other side: nothing answers (the first broker frozen), so the gauge is not set."""
-    first, _ = two_brokers
+async def test_with_no_broker_answering_the_sample_reads_as_kafka_unreachable(strict):
+    """The other side: nothing answers (the broker frozen), so the gauge is not set."""
+    first = strict
     topic = unique("nothing-answers-")
     admin = AIOKafkaAdminClient(bootstrap_servers=first)
     await admin.start()
@@ -117,3 +122,69 @@ async def test_with_no_broker_answering_the_sample_reads_as_kafka_unreachable(tw
 async def _known(consumer: AIOKafkaConsumer, topic: str) -> bool:
     await consumer._client.force_metadata_update()  # noqa: SLF001
     return consumer.partitions_for_topic(topic) == {0}
+
+
+async def test_an_answer_to_a_reply_topic_whose_broker_is_down_moves_and_the_batch_goes_on(strict, settings, tmp_path):
+    """A gateway's reply topic of one replica, its broker down: the answers to it go to the moved
+    answers' topic with the reason, the other answers of the batch where they were asked. Before,
+    the stage retried the batch until the broker came back, every facility's answers with it."""
+    import uuid
+
+    import orjson
+
+    from tests.integration.kafka_io import create_topics, read_topic
+    from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
+    from yidi.platform.replies import reply
+    from yidi.platform.topics import SETTLEMENT_REQUESTS, SETTLEMENT_RESULTS, moved_answers
+
+    s = settings.model_copy(update={"kafka_bootstrap": strict, "batch_linger_ms": 300.0,
+                                    "namespace": settings.namespace + f"bd{uuid.uuid4().hex[:6]}."})
+    await ensure_topics(s)
+    await create_topics(strict, s.topic("gw.ok"), shown=True)
+
+    async def answer_each(records: list[Incoming]) -> list[Outgoing]:
+        return [reply(s, (request := orjson.loads(r.value))["reply_to"], {"msgid": request["msgid"], "infno": "2207",
+                                                                            "err_code": None},
+                      facility="H1", request_ts_ms=r.timestamp_ms) for r in records]
+
+    name = f"broker-down-{uuid.uuid4().hex[:6]}"
+    stage = TransactionalStage(name, "test", s, [SETTLEMENT_REQUESTS], name, answer_each)
+    producer = AIOKafkaProducer(bootstrap_servers=strict, acks="all", linger_ms=50)
+    await producer.start()
+
+    async def ask(asked: dict[str, str]) -> None:
+        """One key: one partition, so that the requests are read in one batch."""
+        await asyncio.gather(*[await producer.send(s.topic(SETTLEMENT_REQUESTS), orjson.dumps({"msgid": m, "reply_to": t}),
+                                                   key=b"one-person") for m, t in asked.items()])
+
+    async def read(topic: str, count: int, seconds: float = 15.0) -> list[str]:
+        return sorted(orjson.loads(r.value)["msgid"]
+                      for r in await read_topic(strict, s.topic(topic), count=count, seconds=seconds))
+
+    try:
+        await stage.start()  # its group's and transactions' internal topics on the first broker
+        await ask({"M0": "gw.ok"})
+        assert await read("gw.ok", 1) == ["M0"]
+        with strict_broker.second_broker(strict, tmp_path, node_id=3) as third:
+            admin = AIOKafkaAdminClient(bootstrap_servers=strict)
+            await admin.start()
+            try:
+                await admin.create_topics([NewTopic(s.topic("gw.down"), -1, -1, replica_assignments={0: [3]})])
+            finally:
+                await admin.close()
+            await ask({"M1": "gw.down"})
+            assert await read("gw.down", 1) == ["M1"]  # while its broker is up
+            strict_broker.stop(strict_broker.PROCESSES[third])
+            await ask({"M2": "gw.down", "M3": "gw.ok"})
+            # The first try waits for the partition's leader up to the producer's request timeout
+            # (40 s), then the producer's metadata shows none and the retry moves the answer.
+            moved = await read_topic(strict, s.topic(moved_answers(SETTLEMENT_RESULTS)), count=1, seconds=120)
+            assert [orjson.loads(r.value)["msgid"] for r in moved] == ["M2"]
+            assert dict(moved[0].headers)["yidi-reply-to-refused"] == (
+                f"{s.topic('gw.down')}: the topic's partition for this answer has no leader (its brokers are down)").encode()
+            assert await read("gw.ok", 2) == ["M0", "M3"]
+            assert stage.failure is None and not stage.task.done()
+            assert metrics.REPLY_TOPIC_REFUSED.labels(name, "no_leader")._value.get() == 1  # noqa: SLF001
+    finally:
+        await stage.stop()
+        await producer.stop()

@@ -190,3 +190,38 @@ async def test_a_send_told_only_not_in_transaction_is_retried_with_the_transacti
     producer._txn_manager.state = TransactionState.IN_TRANSACTION
     with pytest.raises(IllegalOperation):
         await stage._commit(producer, out, {}, "g", None)
+
+
+async def test_an_answer_whose_partition_has_no_leader_moves_and_the_others_stay():
+    # A gateway's topic of one replica on a broker restarted or lost: the stage held its whole batch,
+    # every facility's answers on its partitions, until the broker came back.
+    leaders = {("t1.gw-down", 0): 1, ("t1.gw-down", 1): -1, ("t1.gw-down", 2): 2, ("t1.gw-ok", 0): 1,
+               ("t1.settlement.priced", 0): -1}
+    cluster = SimpleNamespace(
+        partitions_for_topic=lambda t: {p for (topic, p) in leaders if topic == t} or None,
+        available_partitions_for_topic=lambda t: {p for (topic, p), leader in leaders.items() if topic == t and leader != -1},
+        leader_for_partition=lambda tp: leaders.get((tp.topic, tp.partition)))
+    client = SimpleNamespace(cluster=cluster)
+    asked: list[str] = []
+
+    def partition_of(o: Outgoing) -> int:
+        asked.append(o.topic)
+        return int(o.key)
+
+    topics = reply_topics.ReplyTopics("s", clock=Clock())
+    out = [Outgoing("t1.gw-down", b"a", b"0", fallback="t1.platform.moved.settlement.results"),
+           Outgoing("t1.gw-down", b"b", b"1", fallback="t1.platform.moved.settlement.results"),
+           Outgoing("t1.gw-down", b"c", b"2", fallback="t1.platform.moved.settlement.results"),
+           Outgoing("t1.gw-ok", b"d", b"0", fallback="t1.platform.moved.settlement.results"),
+           Outgoing("t1.settlement.priced", b"e", b"0")]  # the platform's own: it waits, as it must
+    routed = await topics.route(client, out, partition_of)
+    assert [(o.topic, o.value, o.refused) for o in routed] == [
+        ("t1.gw-down", b"a", None), ("t1.platform.moved.settlement.results", b"b", "no_leader"),
+        ("t1.gw-down", b"c", None), ("t1.gw-ok", b"d", None), ("t1.settlement.priced", b"e", None)]
+    assert dict(routed[1].headers)[reply_topics.HEADER] == \
+        b"t1.gw-down: the topic's partition for this answer has no leader (its brokers are down)"
+    assert asked == ["t1.gw-down"] * 3  # the partitions of answers to topics short of a leader only
+    # Not remembered: its leader back, the next batch's answer goes where it was asked.
+    leaders[("t1.gw-down", 1)] = 2
+    assert [o.topic for o in await topics.route(client, out[1:2], partition_of)] == ["t1.gw-down"]
+    assert await topics.route(client, out[3:], partition_of) == out[3:]  # nothing short: as it came

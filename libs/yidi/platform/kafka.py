@@ -761,8 +761,12 @@ class TransactionalStage:
         return self._revocations != self._fetched_at_revocation
 
     async def _route(self, producer: AIOKafkaProducer, outgoing: list[Outgoing]) -> list[Outgoing]:
-        """Answers to a reply topic the broker refuses for good moved to their moved answers' topic."""
-        return await self._reply_topics.route(producer.client, outgoing)
+        """Answers to a reply topic the broker refuses for good, or on a partition without a leader,
+        moved to their moved answers' topic."""
+        def partition_of(o: Outgoing) -> int:  # as the producer's send will choose it
+            return producer._partition(o.topic, None, o.key, None, o.key, None)  # noqa: SLF001
+
+        return await self._reply_topics.route(producer.client, outgoing, partition_of)
 
     async def _abandon(self, opened: _Opened) -> None:
         try:

@@ -63,7 +63,8 @@ REPLY_TOPIC_REFUSED = Counter(
     "yidi_reply_topic_refused_total",
     "Answers published on their kind's moved answers' topic because the broker refuses the gateway's reply_to "
     "(unknown: does not exist and is not created; unauthorized: the platform may not write it; invalid; "
-    "unavailable: no partitions within 5 s; too_large: one answer larger than the topic takes), per stage.",
+    "unavailable: no partitions within 5 s; too_large: one answer larger than the topic takes; no_leader: the "
+    "answer's partition has no leader, its brokers down), per stage.",
     ["stage", "reason"],
 )
 DEAD_LETTERS = Counter("yidi_dead_letters_total", "Messages sent to a dead-letter topic, by source topic.", ["topic"])

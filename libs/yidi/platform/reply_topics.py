@@ -19,6 +19,11 @@ whose writes the broker refuses (ACLs that allow Describe but not Write) fails t
 stage learns the topic from the error, aborts (ending the transaction at the coordinator, under v1
 too: ``txnv2.TransactionManagerV1``), and the batch's retry takes the moved answers' topic. Every request is still answered once, and the
 ledger is unchanged.
+
+A topic the broker takes, but whose partition for an answer has no leader (every broker holding a
+replica of it down: a gateway's topic of one replica, on a broker restarted or lost), would hold
+the batch as long: such an answer is moved too (``no_leader``), batch by batch, while the
+producer's metadata shows no leader, and not remembered. The platform's own topics are not moved.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError, TopicAuthorizationFailedError, UnknownTopicOrPartitionError
 from aiokafka.protocol.metadata import MetadataRequest
 
@@ -68,6 +74,7 @@ _EXPLAINED = {
     "unauthorized": "the broker does not let the platform write to it",
     "unavailable": "the broker gave the topic no partitions within {wait:g} s",
     "too_large": "the answer is larger than the topic takes (its max.message.bytes)",
+    "no_leader": "the topic's partition for this answer has no leader (its brokers are down)",
 }
 
 
@@ -82,6 +89,7 @@ class ReplyTopics:
         self.stage = stage
         self._clock = clock
         self._refused: dict[str, tuple[float, str]] = {}  # topic -> (remembered until, reason)
+        self._told: dict[str, float] = {}  # topic with a partition without a leader -> logged again after
 
     def refusal(self, topic: str) -> str | None:
         """Why the broker refuses ``topic``, while that is remembered."""
@@ -117,24 +125,54 @@ class ReplyTopics:
             self.refuse(topic, "unauthorized")
         return bool(topics)
 
-    async def route(self, client: Any, outgoing: list[Outgoing]) -> list[Outgoing]:
-        """``outgoing`` with every answer whose topic the broker refuses moved to its fallback."""
+    async def route(self, client: Any, outgoing: list[Outgoing],
+                    partition_of: Callable[[Outgoing], int] | None = None) -> list[Outgoing]:
+        """``outgoing`` with every answer whose topic the broker refuses moved to its fallback, and,
+        given ``partition_of`` (the partition the producer will write an output to), every answer
+        whose partition has no leader as the producer's metadata shows it now (its brokers down: a
+        gateway's topic of one replica, on a broker restarted or lost). The stage would otherwise
+        wait for that partition, its whole batch with it, every facility's answers on its
+        partitions, until the broker came back; so only this answer waits, on the moved answers'
+        topic. Not remembered: the next batch looks again."""
         unknown = sorted({o.topic for o in outgoing
                           if o.fallback and o.topic != o.fallback and client.cluster.partitions_for_topic(o.topic) is None
                           and self.refusal(o.topic) is None})
         for topic, reason in zip(unknown, await asyncio.gather(*(settle(client, t) for t in unknown)), strict=True):
             if reason is not None:
                 self.refuse(topic, reason)
-        if not self._refused:
+        short = set() if partition_of is None else _short_of_leaders(client.cluster, outgoing)
+        if not self._refused and not short:
             return outgoing
         routed = []
         for o in outgoing:
             reason = self.refusal(o.topic) if o.fallback and o.topic != o.fallback else None
+            if reason is None and o.topic in short and o.fallback and o.topic != o.fallback and partition_of is not None \
+                    and client.cluster.leader_for_partition(TopicPartition(o.topic, partition_of(o))) in (None, -1):
+                reason = "no_leader"
+                self._tell_leaderless(o.topic)
             if reason is None:
                 routed.append(o)
                 continue
             routed.append(moved(o, reason))
         return routed
+
+    def _tell_leaderless(self, topic: str) -> None:
+        """Logged once a minute per topic, as a refusal is."""
+        if self._clock() >= self._told.get(topic, 0.0):
+            self._told[topic] = self._clock() + REMEMBERED_SECONDS
+            log.warning("stage %s: answers to %s on a partition without a leader go to their moved answers' topic",
+                        self.stage, topic)
+
+
+def _short_of_leaders(cluster: Any, outgoing: list[Outgoing]) -> set[str]:
+    """The answer topics of ``outgoing`` of which a partition has no leader (one look at the
+    producer's metadata per topic: the answers' own partitions are worked out only for these)."""
+    short = set()
+    for topic in {o.topic for o in outgoing if o.fallback and o.topic != o.fallback}:
+        partitions = cluster.partitions_for_topic(topic)
+        if partitions and len(cluster.available_partitions_for_topic(topic) or ()) < len(partitions):
+            short.add(topic)
+    return short
 
 
 def moved(o: Outgoing, reason: str) -> Outgoing:
