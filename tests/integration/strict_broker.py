@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -104,17 +104,22 @@ log.dirs={data}
 
 def _start(java: str, config: Path, cluster_id: str, workdir: Path, name: str, timeout: float) -> subprocess.Popen[bytes]:
     """Format ``config``'s storage for ``cluster_id`` and start the node; return once it has started."""
-    classpath = f"{KAFKA_DIR / 'libs'}/*"
+    subprocess.run([java, "-cp", f"{KAFKA_DIR / 'libs'}/*", "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                    "-c", str(config)], check=True, capture_output=True, timeout=120)
+    return _launch(java, config, workdir, name, timeout)
+
+
+def _launch(java: str, config: Path, workdir: Path, name: str, timeout: float) -> subprocess.Popen[bytes]:
+    """Start the node of ``config`` (its storage formatted); return once it has started."""
     log_path = workdir / f"{name.replace(' ', '-')}.log"
-    subprocess.run([java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
-                   check=True, capture_output=True, timeout=120)
-    with open(log_path, "wb") as log:
+    started_before = log_path.read_bytes().count(b"Kafka Server started") if log_path.exists() else 0
+    with open(log_path, "ab") as log:
         node = subprocess.Popen(
             [java, "-Xms64m", "-Xmx384m", "-XX:+UseSerialGC", "-Djava.awt.headless=true",
-             f"-Dkafka.logs.dir={workdir}", "-cp", classpath, "kafka.Kafka", str(config)],
+             f"-Dkafka.logs.dir={workdir}", "-cp", f"{KAFKA_DIR / 'libs'}/*", "kafka.Kafka", str(config)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + timeout
-    while b"Kafka Server started" not in log_path.read_bytes():
+    while log_path.read_bytes().count(b"Kafka Server started") <= started_before:
         if node.poll() is not None:
             raise RuntimeError(f"the {name} exited: {log_path.read_text()[-2000:]}")
         if time.monotonic() > deadline:
@@ -125,7 +130,8 @@ def _start(java: str, config: Path, cluster_id: str, workdir: Path, name: str, t
 
 
 def stop(node: subprocess.Popen[bytes]) -> None:
-    """Stop a node as an operator or a failed host would: SIGTERM, then SIGKILL after 30 s."""
+    """Stop a node as an operator does: SIGTERM (a controlled shutdown: the controller takes its
+    partitions' leadership away first), then SIGKILL after 30 s."""
     node.terminate()
     try:
         node.wait(30)
@@ -136,6 +142,8 @@ def stop(node: subprocess.Popen[bytes]) -> None:
 
 # Each running strict broker's cluster, by its bootstrap address: (its controller's port, the cluster's id).
 CLUSTERS: dict[str, tuple[int, str]] = {}
+# How to start each broker of ``second_broker`` again.
+_AGAIN: dict[str, Callable[[], subprocess.Popen[bytes]]] = {}
 
 
 @contextmanager
@@ -172,14 +180,22 @@ def second_broker(first: str, workdir: Path, timeout: float = 90.0, *, node_id: 
     config.write_text(_SECOND_NODE.format(node_id=node_id, port=port, controller=controller,
                                           data=workdir / f"data-{node_id}"))
     bootstrap = f"127.0.0.1:{port}"
-    node = _start(java, config, cluster_id, workdir, f"broker {node_id}", timeout)
-    PROCESSES[bootstrap] = node
+    PROCESSES[bootstrap] = _start(java, config, cluster_id, workdir, f"broker {node_id}", timeout)
+    _AGAIN[bootstrap] = lambda: _launch(java, config, workdir, f"broker {node_id}", timeout)
     try:
         yield bootstrap
     finally:
-        PROCESSES.pop(bootstrap, None)
-        if node.poll() is None:
+        node = PROCESSES.pop(bootstrap, None)
+        _AGAIN.pop(bootstrap, None)
+        if node is not None and node.poll() is None:
             stop(node)
+
+
+def start_again(bootstrap: str) -> None:
+    """Start a broker of ``second_broker`` that a test stopped, on its storage as it left it (a broker
+    back from a restart)."""
+    assert PROCESSES[bootstrap].poll() is not None, "still running"
+    PROCESSES[bootstrap] = _AGAIN[bootstrap]()
 
 
 @contextmanager

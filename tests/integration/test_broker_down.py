@@ -23,12 +23,23 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def strict(tmp_path_factory):
-    """The strict broker; each test adds the broker it stops (node 2, node 3), so that the topics
-    and the cluster's internal topics made before are on the first."""
+    """The strict broker, its cluster's internal topics (groups' offsets, transactions' state)
+    made on it first; each test adds the broker it stops (node 2, node 3), so that only the topics
+    a test puts there are on that one."""
     if (why := strict_broker.available()) is not None:
         pytest.fail(why)  # the local stack's jars and Java: make test installs them
     with strict_broker.strict_broker(tmp_path_factory.mktemp("strict")) as first:
+        asyncio.run(_internal_topics(first))
         yield first
+
+
+async def _internal_topics(bootstrap: str) -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id="warm")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id="warm")
+    await consumer.start()  # finds its group's coordinator: __consumer_offsets
+    await producer.start()  # its transactional id's: __transaction_state
+    await consumer.stop()
+    await producer.stop()
 
 
 async def test_a_partition_whose_broker_is_down_leaves_the_others_sampled_and_kafka_reached(strict, tmp_path):
@@ -125,12 +136,15 @@ async def _known(consumer: AIOKafkaConsumer, topic: str) -> bool:
 
 
 async def test_an_answer_to_a_reply_topic_whose_broker_is_down_moves_and_the_batch_goes_on(strict, settings, tmp_path):
-    """A gateway's reply topic of one replica, its broker down: the answers to it go to the moved
-    answers' topic with the reason, the other answers of the batch where they were asked. Before,
-    the stage retried the batch until the broker came back, every facility's answers with it."""
+    """A gateway's reply topic of one replica per partition, the broker of one partition down: the
+    answers on that partition go to the moved answers' topic with the reason, the answers on its
+    other partition and to other topics where they were asked; the broker back, answers go to the
+    gateway's topic again within seconds. Before, the stage retried the batch until the broker came
+    back, every facility's answers with it."""
     import uuid
 
     import orjson
+    from aiokafka.partitioner import murmur2
 
     from tests.integration.kafka_io import create_topics, read_topic
     from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
@@ -141,50 +155,66 @@ async def test_an_answer_to_a_reply_topic_whose_broker_is_down_moves_and_the_bat
                                     "namespace": settings.namespace + f"bd{uuid.uuid4().hex[:6]}."})
     await ensure_topics(s)
     await create_topics(strict, s.topic("gw.ok"), shown=True)
+    # Answers are keyed by facility: one facility whose answers go to partition 0 (the first broker),
+    # one to partition 1 (the broker stopped), as the producer's partitioner puts them.
+    on = {p: next(f"H{i}" for i in range(100) if (murmur2(f"H{i}".encode()) & 0x7FFFFFFF) % 2 == p) for p in (0, 1)}
 
     async def answer_each(records: list[Incoming]) -> list[Outgoing]:
         return [reply(s, (request := orjson.loads(r.value))["reply_to"], {"msgid": request["msgid"], "infno": "2207",
                                                                             "err_code": None},
-                      facility="H1", request_ts_ms=r.timestamp_ms) for r in records]
+                      facility=request["facility"], request_ts_ms=r.timestamp_ms) for r in records]
 
     name = f"broker-down-{uuid.uuid4().hex[:6]}"
     stage = TransactionalStage(name, "test", s, [SETTLEMENT_REQUESTS], name, answer_each)
     producer = AIOKafkaProducer(bootstrap_servers=strict, acks="all", linger_ms=50)
     await producer.start()
 
-    async def ask(asked: dict[str, str]) -> None:
+    async def ask(asked: dict[str, tuple[str, str]]) -> None:
         """One key: one partition, so that the requests are read in one batch."""
-        await asyncio.gather(*[await producer.send(s.topic(SETTLEMENT_REQUESTS), orjson.dumps({"msgid": m, "reply_to": t}),
-                                                   key=b"one-person") for m, t in asked.items()])
+        await asyncio.gather(*[await producer.send(s.topic(SETTLEMENT_REQUESTS),
+                                                   orjson.dumps({"msgid": m, "reply_to": t, "facility": f}),
+                                                   key=b"one-person") for m, (t, f) in asked.items()])
 
     async def read(topic: str, count: int, seconds: float = 15.0) -> list[str]:
         return sorted(orjson.loads(r.value)["msgid"]
                       for r in await read_topic(strict, s.topic(topic), count=count, seconds=seconds))
 
     try:
-        await stage.start()  # its group's and transactions' internal topics on the first broker
-        await ask({"M0": "gw.ok"})
+        await stage.start()
+        await ask({"M0": ("gw.ok", on[0])})
         assert await read("gw.ok", 1) == ["M0"]
         with strict_broker.second_broker(strict, tmp_path, node_id=3) as third:
             admin = AIOKafkaAdminClient(bootstrap_servers=strict)
             await admin.start()
             try:
-                await admin.create_topics([NewTopic(s.topic("gw.down"), -1, -1, replica_assignments={0: [3]})])
+                await admin.create_topics([NewTopic(s.topic("gw.down"), -1, -1, replica_assignments={0: [1], 1: [3]})])
             finally:
                 await admin.close()
-            await ask({"M1": "gw.down"})
+            await ask({"M1": ("gw.down", on[1])})
             assert await read("gw.down", 1) == ["M1"]  # while its broker is up
-            strict_broker.stop(strict_broker.PROCESSES[third])
-            await ask({"M2": "gw.down", "M3": "gw.ok"})
-            # The first try waits for the partition's leader up to the producer's request timeout
-            # (40 s), then the producer's metadata shows none and the retry moves the answer.
-            moved = await read_topic(strict, s.topic(moved_answers(SETTLEMENT_RESULTS)), count=1, seconds=120)
+            # Stopped as an operator does (a controlled shutdown: the partition's leader is taken away
+            # first, and the stage's producer learns it when its connection to the broker closes).
+            await asyncio.to_thread(strict_broker.stop, strict_broker.PROCESSES[third])
+            await ask({"M2": ("gw.down", on[1]), "M3": ("gw.ok", on[1]), "M4": ("gw.down", on[0])})
+            moved = await read_topic(strict, s.topic(moved_answers(SETTLEMENT_RESULTS)), count=1, seconds=60)
             assert [orjson.loads(r.value)["msgid"] for r in moved] == ["M2"]
             assert dict(moved[0].headers)["yidi-reply-to-refused"] == (
                 f"{s.topic('gw.down')}: the topic's partition for this answer has no leader (its brokers are down)").encode()
             assert await read("gw.ok", 2) == ["M0", "M3"]
+            assert await read("gw.down", 1) == ["M4"]  # on the first broker's partition (M1's cannot be read now)
             assert stage.failure is None and not stage.task.done()
             assert metrics.REPLY_TOPIC_REFUSED.labels(name, "no_leader")._value.get() == 1  # noqa: SLF001
+
+            # The broker back: the stage's producer asks for the leaders again within seconds (its
+            # metadata was otherwise refreshed every 5 minutes), and the answers go to the gateway.
+            await asyncio.to_thread(strict_broker.start_again, third)
+            back = ["M1", "M4"]
+            for i in range(60):
+                await ask({f"B{i}": ("gw.down", on[1])})
+                if f"B{i}" in await read("gw.down", len(back) + 1, seconds=2):
+                    back.append(f"B{i}")
+                    break
+            assert len(back) == 3 and int(back[-1][1:]) < 30, back  # within the first batches after it came back
     finally:
         await stage.stop()
         await producer.stop()

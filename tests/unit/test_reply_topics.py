@@ -201,14 +201,23 @@ async def test_an_answer_whose_partition_has_no_leader_moves_and_the_others_stay
         partitions_for_topic=lambda t: {p for (topic, p) in leaders if topic == t} or None,
         available_partitions_for_topic=lambda t: {p for (topic, p), leader in leaders.items() if topic == t and leader != -1},
         leader_for_partition=lambda tp: leaders.get((tp.topic, tp.partition)))
-    client = SimpleNamespace(cluster=cluster)
+    refreshed: list[float] = []
+
+    def force_metadata_update() -> asyncio.Future:
+        refreshed.append(clock.now)
+        done = asyncio.get_running_loop().create_future()
+        done.set_result(True)
+        return done
+
+    client = SimpleNamespace(cluster=cluster, force_metadata_update=force_metadata_update)
+    clock = Clock()
     asked: list[str] = []
 
     def partition_of(o: Outgoing) -> int:
         asked.append(o.topic)
         return int(o.key)
 
-    topics = reply_topics.ReplyTopics("s", clock=Clock())
+    topics = reply_topics.ReplyTopics("s", clock=clock)
     out = [Outgoing("t1.gw-down", b"a", b"0", fallback="t1.platform.moved.settlement.results"),
            Outgoing("t1.gw-down", b"b", b"1", fallback="t1.platform.moved.settlement.results"),
            Outgoing("t1.gw-down", b"c", b"2", fallback="t1.platform.moved.settlement.results"),
@@ -221,6 +230,12 @@ async def test_an_answer_whose_partition_has_no_leader_moves_and_the_others_stay
     assert dict(routed[1].headers)[reply_topics.HEADER] == \
         b"t1.gw-down: the topic's partition for this answer has no leader (its brokers are down)"
     assert asked == ["t1.gw-down"] * 3  # the partitions of answers to topics short of a leader only
+    # The producer's metadata asked again (it would otherwise be in 5 minutes), not at every batch.
+    assert refreshed == [100.0]
+    await topics.route(client, out[:2], partition_of)
+    clock.now += reply_topics.LEADERS_LOOK_AGAIN_SECONDS
+    await topics.route(client, out[:2], partition_of)
+    assert refreshed == [100.0, 100.0 + reply_topics.LEADERS_LOOK_AGAIN_SECONDS]
     # Not remembered: its leader back, the next batch's answer goes where it was asked.
     leaders[("t1.gw-down", 1)] = 2
     assert [o.topic for o in await topics.route(client, out[1:2], partition_of)] == ["t1.gw-down"]

@@ -23,7 +23,8 @@ ledger is unchanged.
 A topic the broker takes, but whose partition for an answer has no leader (every broker holding a
 replica of it down: a gateway's topic of one replica, on a broker restarted or lost), would hold
 the batch as long: such an answer is moved too (``no_leader``), batch by batch, while the
-producer's metadata shows no leader, and not remembered. The platform's own topics are not moved.
+producer's metadata shows no leader (asked again every few seconds meanwhile), and not remembered.
+The platform's own topics are not moved.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ HEADER = "yidi-reply-to-refused"
 # How long a refused topic keeps its answers on the moved answers' topic before the broker is asked again
 # (the topic may have been created, or the platform granted Write, meanwhile).
 REMEMBERED_SECONDS = 60.0
+
+# While an answer's partition has no leader, how often the producer's metadata is asked again (it is
+# otherwise refreshed every 5 minutes: answers went on moving that long after the broker was back).
+LEADERS_LOOK_AGAIN_SECONDS = 5.0
 
 # How sure a refusal must be, and how long a topic that is neither refused nor ready is waited for.
 LOOKS, LOOK_AGAIN_SECONDS = 3, 0.5
@@ -90,6 +95,7 @@ class ReplyTopics:
         self._clock = clock
         self._refused: dict[str, tuple[float, str]] = {}  # topic -> (remembered until, reason)
         self._told: dict[str, float] = {}  # topic with a partition without a leader -> logged again after
+        self._leaders_asked_after = 0.0  # clock time after which the producer's metadata may be asked again
 
     def refusal(self, topic: str) -> str | None:
         """Why the broker refuses ``topic``, while that is remembered."""
@@ -133,7 +139,9 @@ class ReplyTopics:
         gateway's topic of one replica, on a broker restarted or lost). The stage would otherwise
         wait for that partition, its whole batch with it, every facility's answers on its
         partitions, until the broker came back; so only this answer waits, on the moved answers'
-        topic. Not remembered: the next batch looks again."""
+        topic. Not remembered: the next batch looks again, and while a topic is short of a leader the
+        producer's metadata is asked again every ``LEADERS_LOOK_AGAIN_SECONDS``, so that answers go
+        back to the gateway's topic within seconds of its broker's return."""
         unknown = sorted({o.topic for o in outgoing
                           if o.fallback and o.topic != o.fallback and client.cluster.partitions_for_topic(o.topic) is None
                           and self.refusal(o.topic) is None})
@@ -141,6 +149,10 @@ class ReplyTopics:
             if reason is not None:
                 self.refuse(topic, reason)
         short = set() if partition_of is None else _short_of_leaders(client.cluster, outgoing)
+        if short and self._clock() >= self._leaders_asked_after:
+            # In the background: the next batches see a leader back within seconds.
+            self._leaders_asked_after = self._clock() + LEADERS_LOOK_AGAIN_SECONDS
+            client.force_metadata_update().add_done_callback(_retrieved)
         if not self._refused and not short:
             return outgoing
         routed = []
@@ -162,6 +174,12 @@ class ReplyTopics:
             self._told[topic] = self._clock() + REMEMBERED_SECONDS
             log.warning("stage %s: answers to %s on a partition without a leader go to their moved answers' topic",
                         self.stage, topic)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    """A metadata refresh nobody waits for: its failure is the next refresh's to meet, not a log line."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _short_of_leaders(cluster: Any, outgoing: list[Outgoing]) -> set[str]:
