@@ -36,7 +36,7 @@ from yidi.platform import fencing, metrics, records, txnv2
 from yidi.platform.errors import BadData, FatalError, RaceLost, TransientError
 from yidi.platform.faults import armed, crash_point
 from yidi.platform.lag import WaitClock, partition_lag
-from yidi.platform.reply_topics import ReplyTopicRefused, ReplyTopics, to_moved_topic
+from yidi.platform.reply_topics import ReplyTopicRefused, ReplyTopics, is_answer, to_moved_topic
 from yidi.platform.settings import Settings
 from yidi.platform.topics import all_topic_specs
 
@@ -855,7 +855,7 @@ READ_FROM_START_AGE_S = 600.0
 
 def _answer_topic(topic: str, outgoing: list[Outgoing]) -> bool:
     """Whether ``topic`` is a gateway's reply topic among ``outgoing`` (an answer with a moved answers' topic)."""
-    return any(o.topic == topic and o.fallback and o.topic != o.fallback for o in outgoing)
+    return any(o.topic == topic and is_answer(o) for o in outgoing)
 
 
 def _abortable_cause(producer: AIOKafkaProducer) -> BaseException | None:

@@ -49,13 +49,10 @@ async def partition_lag(consumer: AIOKafkaConsumer, *, position_timeout: float =
     answers = await asyncio.gather(*(end_offset(tp) for tp in partitions), return_exceptions=True)
     ends: dict[TopicPartition, int | None] = {}
     for tp, answer in zip(partitions, answers):
-        if not isinstance(answer, BaseException):
-            # An answer without the partition: as one without its end offset.
-            ends[tp] = answer if answer is not None else consumer.last_stable_offset(tp)
-        elif isinstance(answer, (TimeoutError, KafkaError)):
-            ends[tp] = consumer.last_stable_offset(tp)
-        else:
+        if isinstance(answer, BaseException) and not isinstance(answer, (TimeoutError, KafkaError)):
             raise answer
+        # No answer in time, or one without the partition: the fetches' last stable offset.
+        ends[tp] = answer if isinstance(answer, int) else consumer.last_stable_offset(tp)
     if not all(isinstance(answer, BaseException) for answer in answers):
         metrics.KAFKA_REACHED.set(time.time())  # a broker answered (YidiKafkaUnreachable)
     lags = {}

@@ -125,7 +125,7 @@ class ReplyTopics:
             found = getattr(found, "refused", None) or found.__cause__
         if not isinstance(found, TopicAuthorizationFailedError):
             return False
-        answer_topics = {o.topic for o in outgoing if o.fallback and o.topic != o.fallback}
+        answer_topics = {o.topic for o in outgoing if is_answer(o)}
         topics = [t for t in _named_topics(found.args) if t in answer_topics]
         for topic in topics:
             self.refuse(topic, "unauthorized")
@@ -143,7 +143,7 @@ class ReplyTopics:
         producer's metadata is asked again every ``LEADERS_LOOK_AGAIN_SECONDS``, so that answers go
         back to the gateway's topic within seconds of its broker's return."""
         unknown = sorted({o.topic for o in outgoing
-                          if o.fallback and o.topic != o.fallback and client.cluster.partitions_for_topic(o.topic) is None
+                          if is_answer(o) and client.cluster.partitions_for_topic(o.topic) is None
                           and self.refusal(o.topic) is None})
         for topic, reason in zip(unknown, await asyncio.gather(*(settle(client, t) for t in unknown)), strict=True):
             if reason is not None:
@@ -157,15 +157,12 @@ class ReplyTopics:
             return outgoing
         routed = []
         for o in outgoing:
-            reason = self.refusal(o.topic) if o.fallback and o.topic != o.fallback else None
-            if reason is None and o.topic in short and o.fallback and o.topic != o.fallback and partition_of is not None \
+            reason = self.refusal(o.topic) if is_answer(o) else None
+            if reason is None and o.topic in short and partition_of is not None \
                     and client.cluster.leader_for_partition(TopicPartition(o.topic, partition_of(o))) in (None, -1):
                 reason = "no_leader"
                 self._tell_leaderless(o.topic)
-            if reason is None:
-                routed.append(o)
-                continue
-            routed.append(moved(o, reason))
+            routed.append(o if reason is None else moved(o, reason))
         return routed
 
     def _tell_leaderless(self, topic: str) -> None:
@@ -174,6 +171,11 @@ class ReplyTopics:
             self._told[topic] = self._clock() + REMEMBERED_SECONDS
             log.warning("stage %s: answers to %s on a partition without a leader go to their moved answers' topic",
                         self.stage, topic)
+
+
+def is_answer(o: Outgoing) -> bool:
+    """An answer on a gateway's own reply topic: one with a moved answers' topic to go to instead."""
+    return bool(o.fallback) and o.topic != o.fallback
 
 
 def _retrieved(future: asyncio.Future[Any]) -> None:
@@ -186,7 +188,7 @@ def _short_of_leaders(cluster: Any, outgoing: list[Outgoing]) -> set[str]:
     """The answer topics of ``outgoing`` of which a partition has no leader (one look at the
     producer's metadata per topic: the answers' own partitions are worked out only for these)."""
     short = set()
-    for topic in {o.topic for o in outgoing if o.fallback and o.topic != o.fallback}:
+    for topic in {o.topic for o in outgoing if is_answer(o)}:
         partitions = cluster.partitions_for_topic(topic)
         if partitions and len(cluster.available_partitions_for_topic(topic) or ()) < len(partitions):
             short.add(topic)
@@ -202,7 +204,7 @@ def moved(o: Outgoing, reason: str) -> Outgoing:
 
 def to_moved_topic(outgoing: list[Outgoing], reason: str) -> list[Outgoing]:
     """``outgoing`` with every answer on a gateway's reply topic moved to its moved answers' topic."""
-    return [moved(o, reason) if o.fallback and o.topic != o.fallback else o for o in outgoing]
+    return [moved(o, reason) if is_answer(o) else o for o in outgoing]
 
 
 async def settle(client: Any, topic: str) -> str | None:
