@@ -13,14 +13,17 @@ from tests.integration.waiting import until
 
 
 async def create_topics(bootstrap: str, *topics: str, partitions: int = 1, configs: dict[str, str] | None = None,
-                        shown: bool = False) -> None:
-    """Create ``topics``, each with ``partitions`` partitions (replication 1) and ``configs``. With
-    ``shown``, return once the broker's metadata lists them all (it may lag a moment behind the
-    creation, and a producer's first send to a topic not listed yet fails)."""
+                        shown: bool = False, on_brokers: dict[int, list[int]] | None = None) -> None:
+    """Create ``topics``, each with ``partitions`` partitions (replication 1) and ``configs``, or
+    with ``on_brokers``'s partitions on its brokers (partition: the ids of the brokers holding its
+    replicas). With ``shown``, return once the broker's metadata lists them all (it may lag a moment
+    behind the creation, and a producer's first send to a topic not listed yet fails)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(t, partitions, 1, topic_configs=configs or {}) for t in topics])
+        await admin.create_topics([
+            NewTopic(t, partitions, 1, topic_configs=configs or {}) if on_brokers is None
+            else NewTopic(t, -1, -1, replica_assignments=on_brokers, topic_configs=configs or {}) for t in topics])
         if shown:
             async def listed() -> bool:
                 answer = await admin._client.send(admin._client.get_random_node(), MetadataRequest(list(topics)))

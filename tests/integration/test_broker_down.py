@@ -10,10 +10,10 @@ import asyncio
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from tests.conftest import unique
 from tests.integration import strict_broker
+from tests.integration.kafka_io import create_topics
 from tests.integration.waiting import until
 from yidi.platform import metrics
 from yidi.platform.lag import partition_lag
@@ -50,12 +50,7 @@ async def test_a_partition_whose_broker_is_down_leaves_the_others_sampled_and_ka
 async def _sampled_with_a_broker_down(first: str, second: str) -> None:
     topic = unique("broker-down-")
     led_by_first, led_by_second = TopicPartition(topic, 0), TopicPartition(topic, 1)
-    admin = AIOKafkaAdminClient(bootstrap_servers=first)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, -1, -1, replica_assignments={0: [1], 1: [2]})])
-    finally:
-        await admin.close()
+    await create_topics(first, topic, on_brokers={0: [1], 1: [2]})
     producer = AIOKafkaProducer(bootstrap_servers=first, acks="all")
     consumer = AIOKafkaConsumer(bootstrap_servers=first, group_id=None, enable_auto_commit=False,
                                 isolation_level="read_committed", auto_offset_reset="earliest")
@@ -105,12 +100,7 @@ async def test_with_no_broker_answering_the_sample_reads_as_kafka_unreachable(st
     """The other side: nothing answers (the broker frozen), so the gauge is not set."""
     first = strict
     topic = unique("nothing-answers-")
-    admin = AIOKafkaAdminClient(bootstrap_servers=first)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, -1, -1, replica_assignments={0: [1]})])
-    finally:
-        await admin.close()
+    await create_topics(first, topic, on_brokers={0: [1]})
     consumer = AIOKafkaConsumer(bootstrap_servers=first, group_id=None, enable_auto_commit=False,
                                 isolation_level="read_committed", auto_offset_reset="earliest",
                                 request_timeout_ms=2000)
@@ -146,7 +136,7 @@ async def test_an_answer_to_a_reply_topic_whose_broker_is_down_moves_and_the_bat
     import orjson
     from aiokafka.partitioner import murmur2
 
-    from tests.integration.kafka_io import create_topics, read_topic
+    from tests.integration.kafka_io import read_topic
     from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
     from yidi.platform.replies import reply
     from yidi.platform.topics import SETTLEMENT_REQUESTS, SETTLEMENT_RESULTS, moved_answers
@@ -184,12 +174,7 @@ async def test_an_answer_to_a_reply_topic_whose_broker_is_down_moves_and_the_bat
         await ask({"M0": ("gw.ok", on[0])})
         assert await read("gw.ok", 1) == ["M0"]
         with strict_broker.second_broker(strict, tmp_path, node_id=3) as third:
-            admin = AIOKafkaAdminClient(bootstrap_servers=strict)
-            await admin.start()
-            try:
-                await admin.create_topics([NewTopic(s.topic("gw.down"), -1, -1, replica_assignments={0: [1], 1: [3]})])
-            finally:
-                await admin.close()
+            await create_topics(strict, s.topic("gw.down"), on_brokers={0: [1], 1: [3]})
             await ask({"M1": ("gw.down", on[1])})
             assert await read("gw.down", 1) == ["M1"]  # while its broker is up
             # Stopped as an operator does (a controlled shutdown: the partition's leader is taken away
