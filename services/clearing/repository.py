@@ -82,6 +82,7 @@ class Moved:
 
 
 class ClearingRepository(Repository):
+    schema = "clearing"
 
     async def prepayment_accounts(self, timeout: float) -> list[asyncpg.Record]:
         """Every prepayment account, as ``prepayment.account_of`` reads it (the metrics' sample)."""

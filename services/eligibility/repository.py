@@ -96,6 +96,8 @@ class EligibilityRepository(Repository):
     """``reference_ttl``: how long the facilities and outage windows read serve later batches
     (Settings.reference_cache_seconds; 0, the default here, reads them for every batch)."""
 
+    schema = "eligibility"
+
     def __init__(self, pool: asyncpg.Pool, *, reference_ttl: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(pool)

@@ -39,6 +39,7 @@ _OVERDUE = "status = 'pending' AND coalesce(made_at, updated_at) < $1"
 
 
 class FilingRepository(Repository):
+    schema = "filing"
 
     async def office_overdue_filings(self, before: datetime, insured: str | None = None) -> list[asyncpg.Record]:
         """The filings ``office_overdue`` counts, oldest first (of one insured region, if named)."""

@@ -70,6 +70,8 @@ class ParsedCache:
 
 
 class PricingRepository(Repository):
+    schema = "pricing"
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         super().__init__(pool)
         self._policies = ParsedCache()

@@ -23,7 +23,7 @@ import asyncpg
 import orjson
 from asyncpg.connection import LoggedQuery
 
-from yidi.platform import metrics
+from yidi.platform import metrics, progress
 from yidi.platform.errors import BadData, RaceLost, TransientError
 
 if TYPE_CHECKING:
@@ -194,6 +194,10 @@ def json_value(value: Any) -> Any:
 class Repository:
     """Base of the services' repositories: their pool, and one transaction per batch."""
 
+    # The service's schema, where a batch's transactions record its progress (``progress.BATCH``);
+    # None: a repository that records none.
+    schema: str | None = None
+
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
@@ -211,6 +215,9 @@ class Repository:
         the locking statement in one simple query, one round trip (a settlement batch's persons:
         pricing's and clearing's), rather than the locks in a statement of their own after it.
 
+        Inside a stage's or a feed's batch (``progress.BATCH``), the same query records where the
+        batch began (``stage_progress`` of ``schema``), so that a restored database says where it stood.
+
         The transaction is begun and committed here, not by asyncpg's ``conn.transaction()``,
         which does not read what COMMIT answers: a transaction Postgres had aborted (an error a
         caller caught and went on from) answers COMMIT with "ROLLBACK", raising nothing, and the
@@ -220,6 +227,8 @@ class Repository:
         ``NestedTransaction`` error (a bug to fix, not Postgres away: never retried). A savepoint is
         ``savepoint(conn)``."""
         begin = "BEGIN ISOLATION LEVEL READ COMMITTED" + ("" if locked is None else f"; {locked.sql()}")
+        if self.schema is not None and (batch := progress.BATCH.get()) is not None and (recorded := batch.sql(self.schema)):
+            begin += f"; {recorded}"  # where the batch began, with its writes (yidi.platform.progress)
         async with transient_errors(), self._pool.acquire() as conn:
             try:
                 try:
@@ -297,7 +306,9 @@ class Purge:
         if time.monotonic() < self._next or (self._task is not None and not self._task.done()):
             return
         self._next = time.monotonic() + self.every_s
-        with statements_for(f"{self.service}-purge"):  # not the batch's statements, whose stage starts it
+        # Not the batch's statements, whose stage starts it, nor its progress: the purge's
+        # transactions would hold the partitions' progress rows against the next batch.
+        with statements_for(f"{self.service}-purge"), progress.batch(None):
             self._task = asyncio.get_running_loop().create_task(
                 forget_in_chunks(self.service, self.repo, self.forget), name=f"{self.service}-purge")
 
@@ -432,10 +443,16 @@ def application_name(settings: Settings, service: str | None, role: str = "") ->
     return (prefix + instance).decode(errors="ignore")
 
 
+PLATFORM_MIGRATIONS = "yidi.platform.migrations"
+
+
 async def migrate(pool: asyncpg.Pool, schema: str, package: str) -> list[str]:
-    """Apply the ``*.sql`` files of ``package`` (a service's migrations) in name order, once each."""
+    """Apply the ``*.sql`` files of ``package`` (a service's migrations), then the platform's own
+    (``platform_*.sql``: tables every service's schema has, such as ``stage_progress``), in name
+    order, once each."""
     files = sorted(
-        (f for f in resources.files(package).iterdir() if f.name.endswith(".sql")), key=lambda f: f.name
+        (f for pkg in dict.fromkeys((package, PLATFORM_MIGRATIONS))
+         for f in resources.files(pkg).iterdir() if f.name.endswith(".sql")), key=lambda f: f.name
     )
     applied_now = []
     async with pool.acquire() as conn, conn.transaction():

@@ -24,8 +24,8 @@ from faststream.kafka import KafkaMessage
 from pydantic import BaseModel, ValidationError
 
 from yidi.contracts.common import explain
-from yidi.platform import metrics
-from yidi.platform.db import statements_for
+from yidi.platform import metrics, progress
+from yidi.platform.db import statements_for, transient_errors
 from yidi.platform.errors import PermanentError, RaceLost, TransientError
 from yidi.platform.jsonwire import loads
 from yidi.platform.lag import consumer_lag
@@ -161,6 +161,17 @@ def feed(
                 refused.append((raw, exc))
         return applied, stale
 
+    async def record_progress(batch: tuple[Any, ...]) -> None:
+        """Where the batch begins, in the service's ``stage_progress`` (yidi.platform.progress): the
+        batches before it are applied (each is acknowledged once applied, and the next one comes
+        after), so it holds before this one's writes, in a statement of its own. After a restore of
+        the service's database the feed is moved back there and applies what the backup lacks."""
+        if service.pool is None:
+            return
+        began = progress.began(group, [(r.topic, r.partition, r.offset) for r in batch])
+        async with transient_errors():
+            await service.pool.execute(began.sql(service.name))
+
     async def consume(msg: KafkaMessage) -> None:
         batch = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
         valid: list[tuple[Any, M]] = []
@@ -174,6 +185,7 @@ def feed(
             except (ValidationError, ValueError, ArithmeticError) as exc:  # a data error: dead-lettered
                 refused.append((raw, exc))
         try:
+            await record_progress(batch)
             if apply_many is not None and len(valid) > 1:
                 try:
                     applied, stale = len(valid), _stale(await apply_many([given(raw, record) for raw, record in valid]))
@@ -197,9 +209,10 @@ def feed(
             metrics.REFDATA_RECORDS.labels(feed_name, "stale").inc(stale)
             log.info("%s: %d record(s) older than the one held were ignored", feed_name, stale)
 
+    group = service.settings.group(feed_group(service.name, topic))
     subscriber = service.broker.subscriber(
         full_topic,
-        group_id=service.settings.group(feed_group(service.name, topic)),
+        group_id=group,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         auto_offset_reset="earliest",
         # Some feeds are written in transactions (clearing.prepayment-status): never apply an aborted one.

@@ -29,10 +29,11 @@ from aiokafka.errors import (
 )
 from aiokafka.producer import sender as _aiokafka_sender
 from aiokafka.producer.transaction_manager import TransactionState
+from aiokafka.structs import OffsetAndMetadata
 
 from yidi.contracts.common import LATEST_TIMESTAMP_MS
 from yidi.domain.values import value
-from yidi.platform import fencing, metrics, records, txnv2
+from yidi.platform import fencing, metrics, progress, records, txnv2
 from yidi.platform.errors import BadData, FatalError, RaceLost, TransientError
 from yidi.platform.faults import armed, crash_point
 from yidi.platform.lag import WaitClock, partition_lag
@@ -328,10 +329,16 @@ class TransactionalStage:
     _fetched_at_revocation: int = field(default=0, init=False)
     # The gateways' reply topics the broker refuses, whose answers go to their moved answers' topic instead.
     _reply_topics: ReplyTopics = field(init=False)
+    # After a restore of the service's database (yidi.platform.progress): per partition, the offset
+    # below which records were answered before it (handled again, nothing published), read from the
+    # committed offset's metadata before the partition's first batch; and the partitions read so.
+    _marks: dict[TopicPartition, int] = field(default_factory=dict, init=False)
+    _marks_known: set[TopicPartition] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         self._reply_topics = ReplyTopics(self.name)
         metrics.STAGE_READ_FROM_START.labels(self.name)  # at 0 from the start: a later read is an increase
+        metrics.STAGE_RESTORED.labels(self.name)
 
     async def start(self) -> None:
         s = self.settings
@@ -398,6 +405,7 @@ class TransactionalStage:
         if consumer is None or not assigned:
             return
         committed = await consumer._coordinator.fetch_committed_offsets(set(assigned))
+        self._learn_marks(set(assigned), committed)
         missing = sorted(tp for tp in assigned if committed.get(tp) is None)
         if not missing:
             return
@@ -509,7 +517,7 @@ class TransactionalStage:
                     self._in_hand, self._in_hand_since = len(records), time.monotonic()
                     self._observe_age(records)
                     try:
-                        await self._handle_until_committed(records)
+                        await self._handle_in_order(records)
                     finally:
                         self._in_hand = 0
                     self._last_commit = time.monotonic()
@@ -519,6 +527,80 @@ class TransactionalStage:
             self.failure = exc
             log.exception("stage %s stopped", self.name)
             raise
+
+    async def _handle_in_order(self, records: list[Incoming]) -> bool:
+        """Handle a batch fetched: after a restore, its records answered before it (below their
+        partition's mark) first, in a batch of their own that publishes nothing, then the others."""
+        await self._know_marks(records)
+        if not self._marks:
+            return await self._handle_until_committed(records)
+        below = [self._below_mark(r) for r in records]
+        if all(below) or not any(below):
+            return await self._handle_until_committed(records)
+        # A partition's records come in order: those below its mark before the others.
+        return (await self._handle_until_committed([r for r, b in zip(records, below, strict=True) if b])
+                and await self._handle_until_committed([r for r, b in zip(records, below, strict=True) if not b]))
+
+    def _below_mark(self, r: Incoming) -> bool:
+        mark = self._marks.get(TopicPartition(r.topic, r.partition))
+        return mark is not None and r.offset < mark
+
+    async def _know_marks(self, records: list[Incoming]) -> None:
+        """Read the marks of the batch's partitions not read since they were assigned (the
+        assignment's own check reads them, unless it failed): no record is handled before its
+        partition's mark is known. Kafka away: tried again every second until the stage stops."""
+        unknown = {TopicPartition(r.topic, r.partition) for r in records} - self._marks_known
+        while unknown and not self._stopping and self._consumer is not None:
+            try:
+                self._learn_marks(unknown, await self._consumer._coordinator.fetch_committed_offsets(unknown))
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Kafka away: the batch waits for its marks
+                metrics.STAGE_RETRIES.labels(self.name, type(exc).__name__).inc()
+                log.warning("stage %s: committed offsets of %s not read (%r); tried again in 1 s", self.name,
+                            sorted(unknown), exc)
+                await asyncio.sleep(1.0)
+
+    def _learn_marks(self, partitions: set[TopicPartition], committed: dict[TopicPartition, Any]) -> None:
+        for tp in partitions:
+            found = committed.get(tp)
+            mark = progress.answered_to(getattr(found, "metadata", None))
+            if mark is not None and found is not None and found.offset < mark:
+                if self._marks.get(tp) != mark:
+                    log.warning("stage %s: %s[%d]: the records from offset %d to %d were answered before the service's "
+                                "database was restored: handled again, publishing nothing", self.name, tp.topic,
+                                tp.partition, found.offset, mark - 1)
+                self._marks[tp] = mark
+            else:
+                self._marks.pop(tp, None)
+            self._marks_known.add(tp)
+
+    def _assigned_anew(self) -> None:
+        """A new assignment: every partition's mark is read again before its first batch."""
+        self._marks_known.clear()
+        self._marks.clear()
+
+    def _with_marks(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, Any]:
+        """The offsets to commit, each still below its partition's mark carrying it in its metadata:
+        a stage stopped half-way through keeps it for the next owner."""
+        if not self._marks:
+            return dict(offsets)
+        return {tp: OffsetAndMetadata(o, progress.mark(m)) if (m := self._marks.get(tp)) is not None and o < m else o
+                for tp, o in offsets.items()}
+
+    def _committed_to(self, offsets: dict[TopicPartition, int], restored: bool, count: int) -> None:
+        """After a commit: count a batch handled again after a restore, and drop the marks passed."""
+        if restored:
+            metrics.STAGE_RESTORED.labels(self.name).inc(count)
+        for tp, o in offsets.items():
+            if (m := self._marks.get(tp)) is not None and o >= m:
+                del self._marks[tp]
+                log.info("stage %s: %s[%d]: past the records answered before the restore; from offset %d as always",
+                         self.name, tp.topic, tp.partition, m)
+
+    def _progress(self, records: list[Incoming], group: str) -> progress.Progress:
+        return progress.began(group, [(r.topic, r.partition, r.offset) for r in records])
 
     async def _handle_until_committed(self, records: list[Incoming], handler: Handler | None = None) -> bool:
         """Handle ``records`` and commit their outputs and offsets; False when the batch was dropped
@@ -719,14 +801,18 @@ class TransactionalStage:
             tp = TopicPartition(r.topic, r.partition)
             offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
         group = self.settings.group(self.group_id)
+        restored = bool(self._marks) and all(self._below_mark(r) for r in records)
+        committed = self._with_marks(offsets)
         if not self._offsets_during_handler():
-            outgoing = await handler(records)
+            with progress.batch(self._progress(records, group)):
+                outgoing = await handler(records)
             crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
             producer = self._producer
             assert producer is not None
-            outgoing = await self._route(producer, outgoing)
+            outgoing = [] if restored else await self._route(producer, outgoing)
             await producer.begin_transaction()
-            await self._commit(producer, outgoing, offsets, group, None)
+            await self._commit(producer, outgoing, committed, group, None)
+            self._committed_to(offsets, restored, len(records))
             return outgoing
         producer = self._producer
         assert producer is not None
@@ -735,12 +821,13 @@ class TransactionalStage:
             await _abort_if_open(producer)
             raise fencing.GenerationFenced("the group began to rebalance since the batch was fetched")
         opened = self._opened = _Opened(producer, asyncio.ensure_future(
-            producer.send_offsets_to_transaction(offsets, group)))
+            producer.send_offsets_to_transaction(committed, group)))
         try:
             try:
-                outgoing = await handler(records)
+                with progress.batch(self._progress(records, group)):
+                    outgoing = await handler(records)
                 crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
-                outgoing = await self._route(producer, outgoing)
+                outgoing = [] if restored else await self._route(producer, outgoing)
             except BaseException:
                 await self._abandon(opened)
                 raise
@@ -749,9 +836,10 @@ class TransactionalStage:
                 raise fencing.GenerationFenced("the group rebalanced while the batch was handled; its transaction "
                                                "was aborted")
             opened.committing = True
-            await self._commit(producer, outgoing, offsets, group, opened.offsets_sent)
+            await self._commit(producer, outgoing, committed, group, opened.offsets_sent)
         finally:
             self._opened = None
+        self._committed_to(offsets, restored, len(records))
         return outgoing
 
     def _offsets_during_handler(self) -> bool:
@@ -781,7 +869,7 @@ class TransactionalStage:
                 raise self._fatal(exc) from exc
             raise
 
-    async def _commit(self, producer: AIOKafkaProducer, outgoing: list[Outgoing], offsets: dict[TopicPartition, int],
+    async def _commit(self, producer: AIOKafkaProducer, outgoing: list[Outgoing], offsets: dict[TopicPartition, Any],
                       group: str, offsets_sent: asyncio.Future[Any] | None) -> None:
         """Publish ``outgoing`` and commit the transaction, with ``offsets`` (or, when they were sent
         already, once ``offsets_sent`` is done: the broker adds both to the transaction through one
@@ -933,6 +1021,7 @@ class _Revocations(ConsumerRebalanceListener):
             log.debug("stage %s: abort at rebalance failed: %r", self.stage.name, exc)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.stage._assigned_anew()
         try:
             await asyncio.wait_for(self.stage._read_from_start(set(assigned)), OFFSETS_CHECK_SECONDS)
         except asyncio.CancelledError:

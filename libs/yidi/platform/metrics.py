@@ -42,6 +42,12 @@ STAGE_BATCH_SIZE = Histogram(
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
 STAGE_RECORDS = Counter("yidi_stage_records_total", "Records consumed and committed, per stage.", ["stage"])
+STAGE_RESTORED = Counter(
+    "yidi_stage_restored_records_total",
+    "Records a stage handled again after its service's database was restored (python -m yidi.platform.recover): "
+    "answered before the restore, their work is redone without publishing anything (yidi.platform.progress).",
+    ["stage"],
+)
 STAGE_LINGERS = Counter(
     "yidi_stage_lingers_total",
     "Batches that could have lingered (not full, within YIDI_BATCH_LINGER_MS of the last commit), per stage: "

@@ -1,0 +1,98 @@
+"""Where each stage and feed stood in its service's database, for a restore (runbook, "Restoring a
+service's database").
+
+Kafka keeps a consumer group's committed offsets, and a service's Postgres keeps what the batches
+before them did. A database restored to an earlier point (a backup, point-in-time recovery) lacks
+what the batches after that point wrote, while the group's offsets say they are done: the ledger
+would lack settlements that were answered, pricing's accumulators the bills after that point.
+
+So every transaction a batch opens (``Repository.transaction``) also records, in the same
+transaction, where that batch began on each partition: ``stage_progress`` (a table in each
+service's schema) says "every record before this offset is in this database". A restored database
+brings its own ``stage_progress`` back to its point in time, exactly.
+``python -m yidi.platform.recover`` then moves each group of the stopped service back to that offset,
+and leaves on the committed offset a mark (``answered_to``): the records between were handled and
+their outputs published before the restore. A stage handles them again, without publishing anything
+(their answers, passed-on records and dead letters are in their topics already: a gateway is never
+answered twice, and the next stage reads the originals), and carries the mark in each offset commit
+below it, so a stage that stops half-way keeps it. Past the mark, records are handled as always.
+
+The offset is where the batch *began*: a batch whose transactions were not all in the backup is
+handled again whole, and the handlers' idempotence (by msgid, reqid, version) passes over what was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+TABLE = "stage_progress"
+MARK_PREFIX = "yidi-restore answered-to="
+_MARK = re.compile(re.escape(MARK_PREFIX) + r"(\d+)")
+
+
+def _literal(text: str) -> str:
+    """``text`` as an SQL string literal (standard_conforming_strings, on since Postgres 9.1)."""
+    if "\x00" in text:
+        raise ValueError(f"a name with a NUL character cannot be recorded: {text!r}")
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a batch of ``group`` began: ``{(topic, partition): its first offset}``, recorded by each
+    transaction the batch opens in the ``stage_progress`` table of its repository's schema."""
+
+    group: str
+    began: Mapping[tuple[str, int], int]
+
+    def sql(self, schema: str) -> str:
+        """The upsert into ``schema``'s table, as one statement of a simple query (it travels with
+        BEGIN: no round trip of its own). Partitions in order, so two batches never wait on each
+        other's rows in a circle."""
+        if not self.began:
+            return ""
+        rows = ", ".join(f"({_literal(self.group)}, {_literal(topic)}, {int(partition)}, {int(offset)})"
+                         for (topic, partition), offset in sorted(self.began.items()))
+        return (f'INSERT INTO "{schema}".{TABLE} AS p (consumer_group, topic, kafka_partition, applied_below) '
+                f"VALUES {rows} ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE "
+                "SET applied_below = EXCLUDED.applied_below, updated_at = now()")
+
+
+# The batch whose transactions record their progress: set by a stage or a feed around its handler
+# (tasks the handler starts inherit it; ``Purge`` clears it for its own).
+BATCH: ContextVar[Progress | None] = ContextVar("yidi_batch_progress", default=None)
+
+
+@contextlib.contextmanager
+def batch(progress: Progress | None) -> Iterator[None]:
+    """Record ``progress`` in every transaction opened inside the block (None: record nothing)."""
+    token = BATCH.set(progress)
+    try:
+        yield
+    finally:
+        BATCH.reset(token)
+
+
+def began(group: str, records: Iterator[tuple[str, int, int]] | list[tuple[str, int, int]]) -> Progress:
+    """The progress of a batch of ``records`` (topic, partition, offset): each partition's first offset."""
+    first: dict[tuple[str, int], int] = {}
+    for topic, partition, offset in records:
+        key = (topic, partition)
+        if key not in first or offset < first[key]:
+            first[key] = offset
+    return Progress(group, first)
+
+
+def mark(answered_to: int) -> str:
+    """The committed offset's metadata that says the records below ``answered_to`` were answered."""
+    return f"{MARK_PREFIX}{answered_to}"
+
+
+def answered_to(metadata: str | None) -> int | None:
+    """The mark in a committed offset's metadata (``mark``), or None."""
+    found = _MARK.fullmatch(metadata or "")
+    return int(found.group(1)) if found else None

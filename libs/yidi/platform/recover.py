@@ -1,0 +1,232 @@
+"""``yidi-recover``: after a service's database was restored to an earlier point, move its consumer
+groups back to where the restored database stood (yidi.platform.progress).
+
+    yidi-recover pricing            # say what it would do (nothing is changed)
+    yidi-recover pricing --apply    # do it: the service must be stopped, every instance
+
+For each consumer group of the service, and each partition: the restored database's
+``stage_progress`` says where its batches stood (every record before that offset is in it), and
+the group's committed offset says how far it had answered. Where the database stands before the
+committed offset, the group is moved back to the database's offset and its committed offset is kept
+as a mark in the offset's metadata: the stage handles those records again without publishing
+anything (they were answered before the restore), then goes on as always. A feed re-applies them
+(its dead letters among them go out again, with their source's offset in ``yidi-dlq-source``).
+Where the database is ahead (a batch whose Kafka commit had not landed), the group stays: the
+stage handles that batch again as after any crash.
+
+It refuses, changing nothing, when:
+- the database has no ``stage_progress`` (a backup taken before that table existed: where it stood
+  is unknown; runbook, "Restoring a service's database");
+- a group has members (an instance of the service still runs);
+- a partition's records from the database's offset are no longer in Kafka (retention deleted them:
+  what the database lacks cannot be re-applied from Kafka).
+
+A group that the database has no row of (eligibility's settlement stage, which writes nothing
+there; or a group that had handled nothing when the backup was taken) is listed and left as it is.
+For eligibility, ``--apply`` also drops its Redis cache's entries and tombstones (their versions
+are newer than the restored database's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import OffsetAndMetadata
+
+from yidi.platform import progress
+from yidi.platform.settings import Settings, settings_for
+
+SERVICES = ("filing", "eligibility", "pricing", "clearing")
+
+
+@dataclass(frozen=True)
+class Move:
+    """What becomes of one partition of one group: moved back to ``to`` with the mark
+    ``answered_to``, or left (``to`` None); ``problem``: why nothing may be done."""
+
+    group: str
+    tp: TopicPartition
+    committed: int | None
+    applied_below: int | None
+    to: int | None = None
+    answered_to: int | None = None
+    why: str = ""
+    problem: str = ""
+
+
+def plan(group: str, rows: Mapping[TopicPartition, int], committed: Mapping[TopicPartition, OffsetAndMetadata | None],
+         first: Mapping[TopicPartition, int]) -> list[Move]:
+    """The moves of ``group``: ``rows`` its progress in the restored database, ``committed`` its
+    committed offsets (with their metadata), ``first`` each partition's first offset still in Kafka."""
+    moves = []
+    for tp in sorted(set(rows) | {tp for tp, c in committed.items() if c is not None and c.offset >= 0}):
+        found = committed.get(tp)
+        c = found.offset if found is not None and found.offset >= 0 else None
+        # A recovery not finished (a second restore meanwhile): what was answered stays so.
+        earlier = progress.answered_to(found.metadata if found is not None else None)
+        answered = max(x for x in (c, earlier) if x is not None) if c is not None or earlier is not None else None
+        r = rows.get(tp)
+        if r is None and not rows:
+            moves.append(Move(group, tp, c, None, why="the database holds nothing of this group: left as it is"))
+            continue
+        why = ""
+        if r is None:
+            r, why = first.get(tp, 0), "no batch of this partition in the database: from its first record; "
+        if r < first.get(tp, 0):
+            moves.append(Move(group, tp, c, r, problem=f"records {r} to {first[tp] - 1} are no longer in Kafka "
+                                                        "(retention): they cannot be applied again"))
+        elif answered is None:
+            moves.append(Move(group, tp, c, r, to=r, why=why + "no committed offset: from the database's"))
+        elif r >= answered:
+            moves.append(Move(group, tp, c, r, why=why + "the database holds every batch answered: left as it is"))
+        else:
+            moves.append(Move(group, tp, c, r, to=r, answered_to=answered,
+                              why=why + f"{answered - r} record(s) handled again, publishing nothing"))
+    return moves
+
+
+async def progress_rows(dsn: str, schema: str) -> dict[str, dict[TopicPartition, int]]:
+    """The restored database's ``stage_progress`` of ``schema``, by group."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{schema}".{progress.TABLE}'):
+            raise SystemExit(f"yidi-recover: the database has no {schema}.{progress.TABLE}: it was backed up before "
+                             "the services recorded their progress there, so where it stood is unknown (runbook, "
+                             "\"Restoring a service's database\")")
+        rows = await conn.fetch(f'SELECT consumer_group, topic, kafka_partition, applied_below FROM "{schema}".'
+                                f"{progress.TABLE}")
+    finally:
+        await conn.close()
+    by_group: dict[str, dict[TopicPartition, int]] = {}
+    for row in rows:
+        by_group.setdefault(row["consumer_group"], {})[TopicPartition(row["topic"], row["kafka_partition"])] = \
+            row["applied_below"]
+    return by_group
+
+
+async def _group_states(admin: AIOKafkaAdminClient, groups: list[str]) -> dict[str, tuple[str, int]]:
+    """Each group's state and how many members it has. One group a request: aiokafka 0.14 cannot
+    read Kafka 4.1's answer about several (a string read past its end)."""
+    states: dict[str, tuple[str, int]] = {}
+    for group in groups:
+        for response in await admin.describe_consumer_groups([group]):
+            for entry in response.groups:
+                # DescribeGroups: error_code, group_id, group_state, protocol_type, protocol_data, members, ...
+                states[entry[1]] = (entry[2], len(entry[5]))
+    return states
+
+
+async def make_plan(settings: Settings, service: str) -> list[Move]:
+    prefix = settings.group(f"yidi-{service}-")
+    # The namespace's own (a database may hold test namespaces' rows beside them).
+    rows = {g: r for g, r in (await progress_rows(settings.database_url, service)).items() if g.startswith(prefix)}
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        listed = {g[0] for g in await admin.list_consumer_groups()}
+        groups = sorted({g for g in listed if g.startswith(prefix)} | set(rows))
+        committed = {g: await admin.list_consumer_group_offsets(g) for g in groups}
+        states = await _group_states(admin, groups)
+    finally:
+        await admin.close()
+    partitions = {tp for g in groups for tp in (set(rows.get(g, {})) | set(committed[g]))}
+    first: dict[TopicPartition, int] = {}
+    if partitions:
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+        await consumer.start()
+        try:
+            first = await consumer.beginning_offsets(sorted(partitions))
+        finally:
+            await consumer.stop()
+    moves: list[Move] = []
+    for g in groups:
+        state, members = states.get(g, ("Dead", 0))
+        group_moves = plan(g, rows.get(g, {}), committed[g], first)
+        if members:
+            group_moves = [Move(m.group, m.tp, m.committed, m.applied_below, problem=f"the group is {state} with "
+                                f"{members} member(s): stop every instance of {service} first") for m in group_moves]
+        moves += group_moves
+    return moves
+
+
+async def apply(settings: Settings, moves: list[Move]) -> None:
+    """Commit the moves, group by group (the groups must be empty: ``make_plan`` checked)."""
+    by_group: dict[str, dict[TopicPartition, OffsetAndMetadata]] = {}
+    for m in moves:
+        if m.to is not None:
+            by_group.setdefault(m.group, {})[m.tp] = OffsetAndMetadata(
+                m.to, progress.mark(m.answered_to) if m.answered_to is not None else "")
+    for group, offsets in by_group.items():
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group,
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            consumer.assign(list(offsets))
+            await consumer.commit(offsets)
+        finally:
+            await consumer.stop()
+
+
+async def drop_cache(settings: Settings) -> int:
+    """Eligibility's Redis entries and tombstones of the namespace (runbook, the cache)."""
+    import redis.asyncio as redis
+
+    client = redis.from_url(settings.redis_url)
+    dropped = 0
+    try:
+        for pattern in (f"{settings.namespace}yidi:elig:*", f"{settings.namespace}yidi:elig-gone:*"):
+            keys = [k async for k in client.scan_iter(match=pattern, count=1000)]
+            for i in range(0, len(keys), 1000):
+                dropped += await client.unlink(*keys[i:i + 1000])
+    finally:
+        await client.aclose()
+    return dropped
+
+
+def describe(m: Move) -> str:
+    where = f"{m.group} {m.tp.topic}[{m.tp.partition}]: committed {m.committed}, database {m.applied_below}"
+    if m.problem:
+        return f"REFUSED {where}: {m.problem}"
+    if m.to is None:
+        return f"kept    {where}: {m.why}"
+    mark = f", answered to {m.answered_to}" if m.answered_to is not None else ""
+    return f"moved   {where} -> {m.to}{mark}: {m.why}"
+
+
+async def run(service: str, do_apply: bool, settings: Settings | None = None) -> int:
+    settings = settings or settings_for(service)
+    moves = await make_plan(settings, service)
+    for m in moves:
+        print(describe(m))
+    if problems := [m for m in moves if m.problem]:
+        print(f"yidi-recover: {len(problems)} partition(s) refused; nothing changed", file=sys.stderr)
+        return 2
+    moving = [m for m in moves if m.to is not None]
+    if not do_apply:
+        print(f"yidi-recover: {len(moving)} partition(s) to move; run again with --apply to move them")
+        return 0
+    await apply(settings, moves)
+    print(f"yidi-recover: {len(moving)} partition(s) moved")
+    if service == "eligibility":
+        print(f"yidi-recover: {await drop_cache(settings)} cache key(s) dropped from Redis")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="yidi-recover", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("service", choices=SERVICES)
+    parser.add_argument("--apply", action="store_true", help="move the groups (the service must be stopped)")
+    args = parser.parse_args(argv)
+    sys.exit(asyncio.run(run(args.service, args.apply)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""The services' database restored from a backup to an earlier point, then ``yidi-recover``: the
+ledger, pricing's accumulators and the feeds' copies get back what the backup lacked, and no
+request is answered twice (runbook, "Restoring a service's database").
+
+A system of its own (its database and namespace): restoring the session's database would undo
+the other tests' work. The backup and the restore are Postgres's own tools, as an operator runs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import shutil
+import subprocess
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from loadtest.procs import with_database
+from services.pricing.handlers import fund_prefix
+from yidi.client.gateway import GatewayClient
+from yidi.platform import recover
+from yidi.platform.db import execute_alone
+from yidi.platform.kafka import delete_namespace_topics, ensure_topics
+from yidi.refdata.loader import load
+
+from tests.e2e.conftest import DEMO
+from tests.e2e.requests import we1
+from tests.e2e.system import System
+from tests.e2e.world import World
+from tests.integration.waiting import until
+
+pytestmark = pytest.mark.e2e
+
+SERVICES = ("filing", "eligibility", "pricing", "clearing")
+
+
+def postgres_tool(name: str) -> str:
+    """``pg_dump`` or ``pg_restore`` of the highest Postgres installed (the local stack's server)."""
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(Path(p).parts[4]))
+    tool = found[-1] if found else shutil.which(name)
+    if tool is None:
+        pytest.fail(f"{name} is not installed (deploy/local/stack.sh installs Postgres)")
+    return tool
+
+
+async def _answered(gateway: GatewayClient, requests: list[dict]) -> list[dict]:
+    return list(await asyncio.wait_for(asyncio.gather(*[await gateway.send(r) for r in requests]), 90))
+
+
+async def _fund_paid(dsn: str, psn_no: str, prefix: str) -> Decimal:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT coalesce(sum(amount), 0) FROM pricing.accumulators "
+                                   "WHERE psn_no = $1 AND counter = $2", psn_no, prefix + "pooled_paid")
+    finally:
+        await conn.close()
+
+
+async def _ledger(dsn: str, msgids: list[str]) -> dict[str, list[str]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT msgid, hifp_pay::text AS hifp_pay FROM clearing.ledger WHERE msgid = ANY($1)",
+                                msgids)
+    finally:
+        await conn.close()
+    found: dict[str, list[str]] = {}
+    for r in rows:
+        found.setdefault(r["msgid"], []).append(r["hifp_pay"])
+    return found
+
+
+@pytest.fixture
+async def own_system(settings, log_dir, tmp_path):
+    database = f"yidi_restore_{uuid.uuid4().hex[:8]}"
+    await execute_alone(settings.database_url, f'CREATE DATABASE "{database}"')
+    own = settings.model_copy(update={"database_url": with_database(settings.database_url, database),
+                                      "namespace": f"r{uuid.uuid4().hex[:8]}."})
+    await ensure_topics(own)
+    logs = log_dir / "restore"
+    logs.mkdir(exist_ok=True)
+    system = System(own, logs)
+    try:
+        yield system
+    finally:
+        system.stop_all()
+        await execute_alone(settings.database_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await delete_namespace_topics(own.kafka_bootstrap, own.namespace)
+
+
+async def test_a_database_restored_to_a_backup_is_brought_up_to_date_and_nobody_is_answered_twice(own_system, tmp_path):
+    system, s = own_system, own_system.settings
+    for service in SERVICES:
+        system.start(service)
+    await system.wait_ready()
+    await load(str(DEMO), bootstrap=s.kafka_bootstrap, namespace=s.namespace, wait=120)
+    psn_no, request = we1()["input"]["data"]["psn_no"], we1()
+    paid = fund_prefix(request["insuplc_admdvs"], request["input"]["data"]["insutype"])
+    async with GatewayClient(s.kafka_bootstrap, namespace=s.namespace) as gateway:
+        before = [we1() for _ in range(3)]
+        answers = await _answered(gateway, before)
+
+        backup = tmp_path / "yidi.dump"
+        subprocess.run([postgres_tool("pg_dump"), "--format=custom", f"--file={backup}", s.database_url],
+                       check=True, capture_output=True, timeout=120)
+
+        # After the backup: settlements, and reference data through every feed and filing's stages.
+        after = [we1() for _ in range(4)]
+        answers += await _answered(gateway, after)
+        world = await World(s).build()
+        newcomer = await world.person()
+        assert len(await _ledger(s.database_url, [r["msgid"] for r in after])) == 4
+
+        system.stop_all()
+        subprocess.run([postgres_tool("pg_restore"), "--clean", "--if-exists", "--single-transaction",
+                        f"--dbname={s.database_url}", str(backup)], check=True, capture_output=True, timeout=120)
+        assert await _ledger(s.database_url, [r["msgid"] for r in after]) == {}, "the restore took effect"
+
+        for service in SERVICES:
+            assert await recover.run(service, True, s) == 0
+        for service in SERVICES:
+            system.start(service)
+        await system.wait_ready()
+
+        later = [we1() for _ in range(2)]
+        answers += await _answered(gateway, later)
+        # The newcomer's facility, policy, catalogue, insurance and filing came after the backup.
+        fresh_answer = await gateway.call(world.request(newcomer, [("T-A", "1", "100.00")]))
+        assert fresh_answer["infcode"] == 0, fresh_answer
+
+        settled = before + after + later
+        msgids = [r["msgid"] for r in settled]
+        async def all_in_ledger() -> bool:
+            return len(await _ledger(s.database_url, msgids)) == len(settled)
+
+        await until(all_in_ledger, timeout=60, poll=0.5)
+        await asyncio.sleep(3.0)  # a second answer would have come by now
+        assert [gateway.answer_counts[m] for m in msgids] == [1] * len(msgids)
+        assert all(a["infcode"] == 0 for a in answers)
+        ledger = await _ledger(s.database_url, msgids)
+        assert ledger == {
+            r["msgid"]: [a["output"]["setlinfo"]["hifp_pay"]] for r, a in zip(settled, answers, strict=True)}
+        # Pricing's accumulators count every settlement answered, the four after the backup too.
+        assert await _fund_paid(s.database_url, psn_no, paid) == sum(
+            Decimal(a["output"]["setlinfo"]["hifp_pay"]) for a in answers)
+        assert system.metric("clearing", "yidi_stage_restored_records_total", stage="clearing") >= len(after)
+        assert system.metric("pricing", "yidi_stage_restored_records_total", stage="pricing") >= len(after)

@@ -1,0 +1,96 @@
+"""After a restore (yidi.platform.progress): a stage whose group yidi-recover moved back handles the
+records answered before the restore again, publishing nothing, keeps the mark across a stop half-way,
+and publishes as always from the mark on. On the real Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from yidi.platform import metrics, progress
+from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
+from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_REQUESTS
+
+from tests.integration.kafka_io import read_topic
+from tests.integration.waiting import until
+
+pytestmark = pytest.mark.integration
+
+
+async def _committed(bootstrap: str, group: str, tp: TopicPartition) -> OffsetAndMetadata | None:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return (await consumer._coordinator.fetch_committed_offsets({tp})).get(tp)
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.parametrize("during_handler", [False, True], ids=["offsets-at-commit", "offsets-during-handler"])
+async def test_records_answered_before_a_restore_are_handled_again_publishing_nothing_even_across_a_stop(
+        settings, during_handler):
+    s = settings.model_copy(update={"namespace": f"{settings.namespace}marks{int(during_handler)}.", "batch_linger_ms": 0,
+                                    "kafka_offsets_during_handler": during_handler})
+    await ensure_topics(s)
+    tp = TopicPartition(s.topic(SETTLEMENT_REQUESTS), 0)
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(10):
+            await producer.send_and_wait(tp.topic, str(i).encode(), key=b"p", partition=0)
+    finally:
+        await producer.stop()
+    # As yidi-recover leaves the group: moved back to 3, the records up to 7 answered before the restore.
+    group = s.group("marks-test")
+    setter = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    await setter.start()
+    try:
+        setter.assign([tp])
+        await setter.commit({tp: OffsetAndMetadata(3, progress.mark(8))})
+    finally:
+        await setter.stop()
+
+    handled: list[list[int]] = []
+    stuck = asyncio.Event()
+
+    async def forward(records: list[Incoming]) -> list[Outgoing]:
+        handled.append([r.offset for r in records])
+        if 5 in handled[-1] and not stuck.is_set():
+            stuck.set()
+            await asyncio.Event().wait()  # the first instance stops here, its batch not committed
+        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key) for r in records]
+
+    restored = metrics.STAGE_RESTORED.labels("marks-test")
+    count_before = restored._value.get()
+    first = TransactionalStage("marks-test", "test", s, [SETTLEMENT_REQUESTS], "marks-test", forward, max_records=2)
+    await first.start()
+    try:
+        await until(stuck.is_set, timeout=30)
+    finally:
+        await first.stop()
+    assert handled == [[3, 4], [5, 6]]
+    # Stopped half-way: the batch below the mark carried it in its offset commit.
+    assert await _committed(s.kafka_bootstrap, group, tp) == OffsetAndMetadata(5, progress.mark(8))
+
+    second = TransactionalStage("marks-test", "test", s, [SETTLEMENT_REQUESTS], "marks-test", forward, max_records=2)
+    await second.start()
+    try:
+        async def all_committed() -> bool:
+            return await _committed(s.kafka_bootstrap, group, tp) == OffsetAndMetadata(10, "")
+
+        await until(all_committed, timeout=30, poll=0.2)
+        assert second._marks == {}
+    finally:
+        await second.stop()
+    assert second.failure is None
+    # Past the mark, commits carry no metadata (above): a later restore's mark is the only one there is.
+    # 5 to 7 again, then the others; no batch holds records from both sides of the mark (a batch
+    # fetched across it, [7, 8], is handled as two).
+    assert [o for offsets in handled[2:] for o in offsets] == [5, 6, 7, 8, 9]
+    assert all(max(offsets) < 8 or min(offsets) >= 8 for offsets in handled[2:]), handled
+    assert restored._value.get() - count_before == 2 + 3
+    published = await read_topic(s.kafka_bootstrap, s.topic(SETTLEMENT_ELIGIBLE), count=2, seconds=10)
+    assert sorted(r.value for r in published) == [b"8", b"9"]

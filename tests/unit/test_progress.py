@@ -1,0 +1,81 @@
+"""Where a batch began (yidi.platform.progress) and what yidi-recover makes of it (yidi.platform.recover)."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from yidi.platform import progress
+from yidi.platform.recover import describe, plan
+
+T0, T1 = TopicPartition("settlement.priced", 0), TopicPartition("settlement.priced", 1)
+
+
+def test_a_batch_records_each_partitions_first_offset_in_partition_order():
+    began = progress.began("yidi-pricing-eligible",
+                           [("settlement.eligible", 2, 41), ("settlement.eligible", 0, 7), ("settlement.eligible", 2, 40)])
+    assert began.began == {("settlement.eligible", 2): 40, ("settlement.eligible", 0): 7}
+    assert began.sql("pricing") == (
+        'INSERT INTO "pricing".stage_progress AS p (consumer_group, topic, kafka_partition, applied_below) '
+        "VALUES ('yidi-pricing-eligible', 'settlement.eligible', 0, 7), "
+        "('yidi-pricing-eligible', 'settlement.eligible', 2, 40) "
+        "ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE "
+        "SET applied_below = EXCLUDED.applied_below, updated_at = now()")
+
+
+def test_names_are_quoted_as_literals_and_a_nul_is_refused():
+    assert "'it''s', 't', 0, 1" in progress.began("it's", [("t", 0, 1)]).sql("s")
+    with pytest.raises(ValueError, match="NUL"):
+        progress.began("g\x00", [("t", 0, 1)]).sql("s")
+    assert progress.began("g", []).sql("s") == ""
+
+
+def test_the_mark_reads_back_and_nothing_else_reads_as_one():
+    assert progress.answered_to(progress.mark(4711)) == 4711
+    for other in ("", None, "skipped by hand", "yidi-restore answered-to=", "yidi-restore answered-to=12x",
+                  " yidi-restore answered-to=12"):
+        assert progress.answered_to(other) is None
+
+
+def om(offset: int, metadata: str = "") -> OffsetAndMetadata:
+    return OffsetAndMetadata(offset, metadata)
+
+
+def test_a_group_behind_its_answers_is_moved_back_with_the_answered_offset_as_its_mark():
+    (move,) = plan("g", {T0: 100}, {T0: om(130)}, {T0: 0})
+    assert (move.to, move.answered_to, move.problem) == (100, 130, "")
+    assert "30 record(s) handled again, publishing nothing" in describe(move)
+
+
+def test_a_database_at_or_ahead_of_the_commit_is_left_as_it_is():
+    # Ahead: its last batch's Postgres commit landed and its Kafka commit did not (a crash): the
+    # stage handles that batch again as after any crash.
+    moves = plan("g", {T0: 130, T1: 90}, {T0: om(130), T1: om(80)}, {T0: 0, T1: 0})
+    assert [(m.to, m.answered_to) for m in moves] == [(None, None), (None, None)]
+
+
+def test_a_second_restore_before_the_first_recovery_ended_keeps_the_first_mark():
+    (move,) = plan("g", {T0: 50}, {T0: om(100, progress.mark(130))}, {T0: 0})
+    assert (move.to, move.answered_to) == (50, 130)
+
+
+def test_a_partition_the_database_has_no_batch_of_starts_from_its_first_record():
+    moves = plan("g", {T0: 100}, {T0: om(130), T1: om(20)}, {T0: 0, T1: 5})
+    assert [(m.tp, m.to, m.answered_to) for m in moves] == [(T0, 100, 130), (T1, 5, 20)]
+
+
+def test_a_group_the_database_has_nothing_of_is_left_as_it_is():
+    (move,) = plan("yidi-eligibility-requests", {}, {T0: om(130)}, {T0: 0})
+    assert move.to is None and not move.problem and "holds nothing of this group" in move.why
+
+
+def test_records_gone_from_kafka_are_refused():
+    (move,) = plan("g", {T0: 100}, {T0: om(130)}, {T0: 120})
+    assert move.to is None and move.problem.startswith("records 100 to 119 are no longer in Kafka")
+    assert describe(move).startswith("REFUSED")
+
+
+def test_a_partition_without_a_committed_offset_is_moved_to_the_database_without_a_mark():
+    (move,) = plan("g", {T0: 100}, {T0: None}, {T0: 0})
+    assert (move.to, move.answered_to) == (100, None)
