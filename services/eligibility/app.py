@@ -17,6 +17,7 @@ from yidi.platform.kafka import TransactionalStage
 from yidi.platform.service import Service
 from yidi.platform.settings import Settings, settings_for
 from yidi.platform.topics import (
+    ELIGIBILITY_STAGE_GROUP,
     FILING_EVENTS,
     REFDATA_FACILITIES,
     REFDATA_PERSONS,
@@ -57,7 +58,7 @@ def build(settings: Settings | None = None) -> Service:
         service.add_stage(
             TransactionalStage(
                 name="eligibility", service="eligibility", settings=settings,
-                topics=[SETTLEMENT_REQUESTS], group_id="yidi-eligibility-requests",
+                topics=[SETTLEMENT_REQUESTS], group_id=ELIGIBILITY_STAGE_GROUP,
                 handler=handler, max_records=settings.batch_max_records,
             )
         )

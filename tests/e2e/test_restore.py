@@ -99,7 +99,9 @@ async def test_a_database_restored_to_a_backup_is_brought_up_to_date_and_nobody_
     await load(str(DEMO), bootstrap=s.kafka_bootstrap, namespace=s.namespace, wait=120)
     psn_no, request = we1()["input"]["data"]["psn_no"], we1()
     paid = fund_prefix(request["insuplc_admdvs"], request["input"]["data"]["insutype"])
-    async with GatewayClient(s.kafka_bootstrap, namespace=s.namespace) as gateway:
+    async with GatewayClient(s.kafka_bootstrap, namespace=s.namespace) as gateway, GatewayClient(
+            s.kafka_bootstrap, namespace=s.namespace, request_topic="clearing.requests", reply_to="clearing.results",
+            correlate_by="reqid") as admin:
         before = [we1() for _ in range(3)]
         answers = await _answered(gateway, before)
 
@@ -112,6 +114,10 @@ async def test_a_database_restored_to_a_backup_is_brought_up_to_date_and_nobody_
         answers += await _answered(gateway, after)
         world = await World(s).build()
         newcomer = await world.person()
+        # And a funding through clearing's other stage, whose group the backup holds nothing of.
+        funding = {"type": "fund", "reqid": "C" + uuid.uuid4().hex, "insuplc_admdvs": world.insured,
+                   "mdtrtarea_admvs": world.treating, "amount": "250.00"}
+        assert (await admin.call(funding))["ok"]
         assert len(await _ledger(s.database_url, [r["msgid"] for r in after])) == 4
 
         system.stop_all()
@@ -124,6 +130,10 @@ async def test_a_database_restored_to_a_backup_is_brought_up_to_date_and_nobody_
         for service in SERVICES:
             system.start(service)
         await system.wait_ready()
+
+        asked = await admin.call({"type": "query_prepayment", "reqid": "C" + uuid.uuid4().hex,
+                                  "insuplc_admdvs": world.insured, "mdtrtarea_admvs": world.treating})
+        assert asked["data"]["funded"] == "250.00", asked
 
         later = [we1() for _ in range(2)]
         answers += await _answered(gateway, later)
@@ -139,6 +149,7 @@ async def test_a_database_restored_to_a_backup_is_brought_up_to_date_and_nobody_
         await until(all_in_ledger, timeout=60, poll=0.5)
         await asyncio.sleep(3.0)  # a second answer would have come by now
         assert [gateway.answer_counts[m] for m in msgids] == [1] * len(msgids)
+        assert admin.answer_counts[funding["reqid"]] == 1
         assert all(a["infcode"] == 0 for a in answers)
         ledger = await _ledger(s.database_url, msgids)
         assert ledger == {
@@ -146,5 +157,7 @@ async def test_a_database_restored_to_a_backup_is_brought_up_to_date_and_nobody_
         # Pricing's accumulators count every settlement answered, the four after the backup too.
         assert await _fund_paid(s.database_url, psn_no, paid) == sum(
             Decimal(a["output"]["setlinfo"]["hifp_pay"]) for a in answers)
-        assert system.metric("clearing", "yidi_stage_restored_records_total", stage="clearing") >= len(after)
-        assert system.metric("pricing", "yidi_stage_restored_records_total", stage="pricing") >= len(after)
+        assert system.metric("clearing", "yidi_stage_restored_records_total", stage="clearing",
+                             outcome="redone") >= len(after)
+        assert system.metric("pricing", "yidi_stage_restored_records_total", stage="pricing",
+                             outcome="redone") >= len(after)

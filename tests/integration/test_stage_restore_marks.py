@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from yidi.platform import metrics, progress
+from yidi.platform import metrics, progress, replies
+from yidi.platform.errors import BadData
 from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
-from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_REQUESTS
+from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_REQUESTS, SETTLEMENT_RESULTS
 
 from tests.integration.kafka_io import read_topic
 from tests.integration.waiting import until
@@ -63,7 +65,7 @@ async def test_records_answered_before_a_restore_are_handled_again_publishing_no
             await asyncio.Event().wait()  # the first instance stops here, its batch not committed
         return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key) for r in records]
 
-    restored = metrics.STAGE_RESTORED.labels("marks-test")
+    restored = metrics.STAGE_RESTORED.labels("marks-test", "redone")
     count_before = restored._value.get()
     first = TransactionalStage("marks-test", "test", s, [SETTLEMENT_REQUESTS], "marks-test", forward, max_records=2)
     await first.start()
@@ -94,3 +96,52 @@ async def test_records_answered_before_a_restore_are_handled_again_publishing_no
     assert restored._value.get() - count_before == 2 + 3
     published = await read_topic(s.kafka_bootstrap, s.topic(SETTLEMENT_ELIGIBLE), count=2, seconds=10)
     assert sorted(r.value for r in published) == [b"8", b"9"]
+
+
+async def test_a_record_answered_before_a_restore_and_refused_now_is_dead_lettered_not_answered_again(settings):
+    """Below the mark a record the database refuses now (BadData) was answered before, maybe settled:
+    its dead letter goes out, so that ops see it, and its answer does not (the facility has one)."""
+    s = settings.model_copy(update={"namespace": settings.namespace + "marksrefused.", "batch_linger_ms": 0})
+    await ensure_topics(s)
+    tp = TopicPartition(s.topic(SETTLEMENT_REQUESTS), 0)
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        for i in range(4):
+            request = {"msgid": f"H00000000001202612070000{i:04d}", "infno": "2207", "fixmedins_code": "H00000000001"}
+            await producer.send_and_wait(tp.topic, orjson.dumps(request), key=b"p", partition=0)
+    finally:
+        await producer.stop()
+    group = s.group("marks-refused-test")
+    setter = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    await setter.start()
+    try:
+        setter.assign([tp])
+        await setter.commit({tp: OffsetAndMetadata(0, progress.mark(3))})  # 0 to 2 answered before
+    finally:
+        await setter.stop()
+
+    async def answer_each(records: list[Incoming]) -> list[Outgoing]:
+        if any(r.offset == 1 for r in records):
+            raise BadData("a value the database refuses now")
+        return [replies.reply(s, SETTLEMENT_RESULTS, {"infcode": 0, "msgid": orjson.loads(r.value)["msgid"]}, facility="H00000000001",
+                              request_ts_ms=r.timestamp_ms) for r in records]
+
+    refused = metrics.STAGE_RESTORED.labels("marks-refused-test", "refused")
+    refused_before = refused._value.get()
+    stage = TransactionalStage("marks-refused-test", "test", s, [SETTLEMENT_REQUESTS], "marks-refused-test",
+                               answer_each)
+    await stage.start()
+    try:
+        async def all_committed() -> bool:
+            return await _committed(s.kafka_bootstrap, group, tp) == OffsetAndMetadata(4, "")
+
+        await until(all_committed, timeout=30, poll=0.2)
+    finally:
+        await stage.stop()
+    assert stage.failure is None
+    assert refused._value.get() - refused_before == 1
+    dead = await read_topic(s.kafka_bootstrap, s.topic(SETTLEMENT_REQUESTS) + ".dlq", count=1, seconds=10)
+    assert [orjson.loads(r.value)["msgid"][-4:] for r in dead] == ["0001"]
+    answered = await read_topic(s.kafka_bootstrap, s.topic(SETTLEMENT_RESULTS), count=1, seconds=10)
+    assert [orjson.loads(r.value)["msgid"][-4:] for r in answered] == ["0003"]  # past the mark only

@@ -295,7 +295,7 @@ def _stage(service: str, group: str) -> Reader:
 
 
 # Stage consumer groups, as the services' app.py files name them.
-ELIGIBILITY_REQUESTS = _stage("eligibility", "yidi-eligibility-requests")
+ELIGIBILITY_REQUESTS = _stage("eligibility", T.ELIGIBILITY_STAGE_GROUP)
 ELIGIBILITY_FILINGS = _stage("eligibility", feed_group("eligibility", T.FILING_EVENTS))  # stage eligibility-filings
 PRICING_ELIGIBLE = _stage("pricing", "yidi-pricing-eligible")
 CLEARING_PRICED = _stage("clearing", "yidi-clearing-priced")

@@ -39,7 +39,7 @@ from yidi.platform.faults import armed, crash_point
 from yidi.platform.lag import WaitClock, partition_lag
 from yidi.platform.reply_topics import ReplyTopicRefused, ReplyTopics, is_answer, to_moved_topic
 from yidi.platform.settings import Settings
-from yidi.platform.topics import all_topic_specs
+from yidi.platform.topics import GROUPS_WITHOUT_PROGRESS, all_topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +338,8 @@ class TransactionalStage:
     def __post_init__(self) -> None:
         self._reply_topics = ReplyTopics(self.name)
         metrics.STAGE_READ_FROM_START.labels(self.name)  # at 0 from the start: a later read is an increase
-        metrics.STAGE_RESTORED.labels(self.name)
+        for outcome in ("redone", "refused"):
+            metrics.STAGE_RESTORED.labels(self.name, outcome)
 
     async def start(self) -> None:
         s = self.settings
@@ -531,7 +532,8 @@ class TransactionalStage:
     async def _handle_in_order(self, records: list[Incoming]) -> bool:
         """Handle a batch fetched: after a restore, its records answered before it (below their
         partition's mark) first, in a batch of their own that publishes nothing, then the others."""
-        await self._know_marks(records)
+        if not await self._know_marks(records):
+            return False  # stopping: the records are read again by whoever owns them next
         if not self._marks:
             return await self._handle_until_committed(records)
         below = [self._below_mark(r) for r in records]
@@ -545,15 +547,18 @@ class TransactionalStage:
         mark = self._marks.get(TopicPartition(r.topic, r.partition))
         return mark is not None and r.offset < mark
 
-    async def _know_marks(self, records: list[Incoming]) -> None:
+    async def _know_marks(self, records: list[Incoming]) -> bool:
         """Read the marks of the batch's partitions not read since they were assigned (the
         assignment's own check reads them, unless it failed): no record is handled before its
-        partition's mark is known. Kafka away: tried again every second until the stage stops."""
+        partition's mark is known. Kafka away: tried again every second; False once the stage
+        stops before they could be read (the batch is not handled)."""
         unknown = {TopicPartition(r.topic, r.partition) for r in records} - self._marks_known
-        while unknown and not self._stopping and self._consumer is not None:
+        if not unknown:
+            return True
+        while not self._stopping and self._consumer is not None:
             try:
                 self._learn_marks(unknown, await self._consumer._coordinator.fetch_committed_offsets(unknown))
-                return
+                return True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Kafka away: the batch waits for its marks
@@ -561,6 +566,7 @@ class TransactionalStage:
                 log.warning("stage %s: committed offsets of %s not read (%r); tried again in 1 s", self.name,
                             sorted(unknown), exc)
                 await asyncio.sleep(1.0)
+        return False
 
     def _learn_marks(self, partitions: set[TopicPartition], committed: dict[TopicPartition, Any]) -> None:
         for tp in partitions:
@@ -589,17 +595,33 @@ class TransactionalStage:
         return {tp: OffsetAndMetadata(o, progress.mark(m)) if (m := self._marks.get(tp)) is not None and o < m else o
                 for tp, o in offsets.items()}
 
-    def _committed_to(self, offsets: dict[TopicPartition, int], restored: bool, count: int) -> None:
-        """After a commit: count a batch handled again after a restore, and drop the marks passed."""
-        if restored:
-            metrics.STAGE_RESTORED.labels(self.name).inc(count)
+    def _restored(self, handler: Handler, outgoing: list[Outgoing]) -> list[Outgoing]:
+        """What a batch answered before the restore publishes now: nothing (its answers, passed-on
+        records and dead letters are on their topics), unless it is refused now (``_isolate``): the
+        record was answered before, maybe settled, and what it did is not in the database now.
+        Its dead letter goes out (not its answer: the facility has one) and the log says so."""
+        if not getattr(handler, "yidi_refusal", False):
+            return []
+        log.error("stage %s: a record answered before the database was restored is refused now; its dead letter "
+                  "is published, not its answer: compare what it was answered with the ledger (runbook, \"Restoring "
+                  "a service's database\")", self.name)
+        return [o for o in outgoing if o.topic.endswith(".dlq")]
+
+    def _committed_to(self, offsets: dict[TopicPartition, int], restored: Handler | None, count: int) -> None:
+        """After a commit: count a batch handled again after a restore (``restored``: its handler),
+        and drop the marks passed."""
+        if restored is not None:
+            refused = getattr(restored, "yidi_refusal", False)
+            metrics.STAGE_RESTORED.labels(self.name, "refused" if refused else "redone").inc(count)
         for tp, o in offsets.items():
             if (m := self._marks.get(tp)) is not None and o >= m:
                 del self._marks[tp]
                 log.info("stage %s: %s[%d]: past the records answered before the restore; from offset %d as always",
                          self.name, tp.topic, tp.partition, m)
 
-    def _progress(self, records: list[Incoming], group: str) -> progress.Progress:
+    def _progress(self, records: list[Incoming], group: str) -> progress.Progress | None:
+        if self.group_id in GROUPS_WITHOUT_PROGRESS:
+            return None  # its handler keeps nothing in Postgres (a cache sweep's transaction would record it)
         return progress.began(group, [(r.topic, r.partition, r.offset) for r in records])
 
     async def _handle_until_committed(self, records: list[Incoming], handler: Handler | None = None) -> bool:
@@ -809,10 +831,10 @@ class TransactionalStage:
             crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
             producer = self._producer
             assert producer is not None
-            outgoing = [] if restored else await self._route(producer, outgoing)
+            outgoing = self._restored(handler, outgoing) if restored else await self._route(producer, outgoing)
             await producer.begin_transaction()
             await self._commit(producer, outgoing, committed, group, None)
-            self._committed_to(offsets, restored, len(records))
+            self._committed_to(offsets, handler if restored else None, len(records))
             return outgoing
         producer = self._producer
         assert producer is not None
@@ -827,7 +849,7 @@ class TransactionalStage:
                 with progress.batch(self._progress(records, group)):
                     outgoing = await handler(records)
                 crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
-                outgoing = [] if restored else await self._route(producer, outgoing)
+                outgoing = self._restored(handler, outgoing) if restored else await self._route(producer, outgoing)
             except BaseException:
                 await self._abandon(opened)
                 raise
@@ -839,7 +861,7 @@ class TransactionalStage:
             await self._commit(producer, outgoing, committed, group, opened.offsets_sent)
         finally:
             self._opened = None
-        self._committed_to(offsets, restored, len(records))
+        self._committed_to(offsets, handler if restored else None, len(records))
         return outgoing
 
     def _offsets_during_handler(self) -> bool:

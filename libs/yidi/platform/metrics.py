@@ -44,9 +44,11 @@ STAGE_BATCH_SIZE = Histogram(
 STAGE_RECORDS = Counter("yidi_stage_records_total", "Records consumed and committed, per stage.", ["stage"])
 STAGE_RESTORED = Counter(
     "yidi_stage_restored_records_total",
-    "Records a stage handled again after its service's database was restored (python -m yidi.platform.recover): "
-    "answered before the restore, their work is redone without publishing anything (yidi.platform.progress).",
-    ["stage"],
+    "Records a stage handled again after its service's database was restored (yidi-recover): answered before the "
+    "restore, their work is redone without publishing anything (yidi.platform.progress). outcome: redone; or "
+    "refused, a record refused now (its dead letter published, not its answer: compare the ledger). Their "
+    "answers are not counted again in yidi_answers_total.",
+    ["stage", "outcome"],
 )
 STAGE_LINGERS = Counter(
     "yidi_stage_lingers_total",

@@ -34,11 +34,16 @@ MARK_PREFIX = "yidi-restore answered-to="
 _MARK = re.compile(re.escape(MARK_PREFIX) + r"(\d+)")
 
 
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
 def _literal(text: str) -> str:
-    """``text`` as an SQL string literal (standard_conforming_strings, on since Postgres 9.1)."""
-    if "\x00" in text:
-        raise ValueError(f"a name with a NUL character cannot be recorded: {text!r}")
-    return "'" + text.replace("'", "''") + "'"
+    """``text`` (a topic's or a group's name) as an SQL string literal: only the characters Kafka
+    allows in a topic's name, which need no escaping whatever the server's settings."""
+    if not _NAME.fullmatch(text):
+        raise ValueError(f"a topic or group name of other characters than letters, digits, '.', '_' and '-' "
+                         f"cannot be recorded: {text!r}")
+    return f"'{text}'"
 
 
 @dataclass(frozen=True)

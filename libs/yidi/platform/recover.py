@@ -14,15 +14,20 @@ anything (they were answered before the restore), then goes on as always. A feed
 Where the database is ahead (a batch whose Kafka commit had not landed), the group stays: the
 stage handles that batch again as after any crash.
 
-It refuses, changing nothing, when:
+A partition the database has no row of (the group had handled nothing of it since the upgrade
+that brought ``stage_progress`` when the backup was taken) is read again from its first record
+still in Kafka, with the same mark. Eligibility's settlement stage keeps nothing in its database
+(``GROUPS_WITHOUT_PROGRESS``): left as it is.
+
+It refuses, changing nothing (exit status 2), when:
 - the database has no ``stage_progress`` (a backup taken before that table existed: where it stood
   is unknown; runbook, "Restoring a service's database");
 - a group has members (an instance of the service still runs);
 - a partition's records from the database's offset are no longer in Kafka (retention deleted them:
-  what the database lacks cannot be re-applied from Kafka).
+  what the database lacks cannot be re-applied from Kafka);
+- a partition has no committed offset (expired, or the group deleted), unless ``--answer-again``
+  says to move it without a mark: what it had answered is then answered again.
 
-A group that the database has no row of (eligibility's settlement stage, which writes nothing
-there; or a group that had handled nothing when the backup was taken) is listed and left as it is.
 For eligibility, ``--apply`` also drops its Redis cache's entries and tombstones (their versions
 are newer than the restored database's).
 """
@@ -42,6 +47,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from yidi.platform import progress
 from yidi.platform.settings import Settings, settings_for
+from yidi.platform.topics import GROUPS_WITHOUT_PROGRESS
 
 SERVICES = ("filing", "eligibility", "pricing", "clearing")
 
@@ -62,9 +68,20 @@ class Move:
 
 
 def plan(group: str, rows: Mapping[TopicPartition, int], committed: Mapping[TopicPartition, OffsetAndMetadata | None],
-         first: Mapping[TopicPartition, int]) -> list[Move]:
+         first: Mapping[TopicPartition, int], *, answer_again: bool = False, records_progress: bool = True
+         ) -> list[Move]:
     """The moves of ``group``: ``rows`` its progress in the restored database, ``committed`` its
-    committed offsets (with their metadata), ``first`` each partition's first offset still in Kafka."""
+    committed offsets (with their metadata), ``first`` each partition's first offset still in Kafka.
+    A partition the database has no row of (the backup was taken before its first batch since the
+    upgrade that brought ``stage_progress``, or the group was quiet since) is read again from its
+    first record: what the database holds of it is passed over by the handlers' idempotence.
+    ``answer_again``: a partition without a committed offset (expired, or the group deleted) is
+    moved without a mark, and what it had answered is answered again; otherwise it is refused.
+    ``records_progress`` False: a stage that keeps nothing in its database, left as it is."""
+    if not records_progress:
+        return [Move(group, tp, c.offset if c is not None else None, None,
+                     why="this stage keeps nothing in its database: left as it is")
+                for tp, c in sorted(committed.items())]
     moves = []
     for tp in sorted(set(rows) | {tp for tp, c in committed.items() if c is not None and c.offset >= 0}):
         found = committed.get(tp)
@@ -72,18 +89,20 @@ def plan(group: str, rows: Mapping[TopicPartition, int], committed: Mapping[Topi
         # A recovery not finished (a second restore meanwhile): what was answered stays so.
         earlier = progress.answered_to(found.metadata if found is not None else None)
         answered = max(x for x in (c, earlier) if x is not None) if c is not None or earlier is not None else None
-        r = rows.get(tp)
-        if r is None and not rows:
-            moves.append(Move(group, tp, c, None, why="the database holds nothing of this group: left as it is"))
-            continue
-        why = ""
+        r, why = rows.get(tp), ""
         if r is None:
             r, why = first.get(tp, 0), "no batch of this partition in the database: from its first record; "
         if r < first.get(tp, 0):
             moves.append(Move(group, tp, c, r, problem=f"records {r} to {first[tp] - 1} are no longer in Kafka "
                                                         "(retention): they cannot be applied again"))
+        elif answered is None and not answer_again:
+            # Its offsets expired (the group empty past offsets.retention.minutes) or it was deleted.
+            moves.append(Move(group, tp, c, r, problem="no committed offset: what the group had answered is unknown "
+                                                        "(--answer-again moves it to the database's offset and "
+                                                        "answers it again)"))
         elif answered is None:
-            moves.append(Move(group, tp, c, r, to=r, why=why + "no committed offset: from the database's"))
+            moves.append(Move(group, tp, c, r, to=r, why=why + "no committed offset: from the database's, and what "
+                                                              "it had answered is answered again (--answer-again)"))
         elif r >= answered:
             moves.append(Move(group, tp, c, r, why=why + "the database holds every batch answered: left as it is"))
         else:
@@ -92,12 +111,16 @@ def plan(group: str, rows: Mapping[TopicPartition, int], committed: Mapping[Topi
     return moves
 
 
+class Refused(Exception):
+    """The tool will not move anything: the reason is said, and the exit status is 2."""
+
+
 async def progress_rows(dsn: str, schema: str) -> dict[str, dict[TopicPartition, int]]:
     """The restored database's ``stage_progress`` of ``schema``, by group."""
     conn = await asyncpg.connect(dsn)
     try:
         if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{schema}".{progress.TABLE}'):
-            raise SystemExit(f"yidi-recover: the database has no {schema}.{progress.TABLE}: it was backed up before "
+            raise Refused(f"the database has no {schema}.{progress.TABLE}: it was backed up before "
                              "the services recorded their progress there, so where it stood is unknown (runbook, "
                              "\"Restoring a service's database\")")
         rows = await conn.fetch(f'SELECT consumer_group, topic, kafka_partition, applied_below FROM "{schema}".'
@@ -123,7 +146,7 @@ async def _group_states(admin: AIOKafkaAdminClient, groups: list[str]) -> dict[s
     return states
 
 
-async def make_plan(settings: Settings, service: str) -> list[Move]:
+async def make_plan(settings: Settings, service: str, *, answer_again: bool = False) -> list[Move]:
     prefix = settings.group(f"yidi-{service}-")
     # The namespace's own (a database may hold test namespaces' rows beside them).
     rows = {g: r for g, r in (await progress_rows(settings.database_url, service)).items() if g.startswith(prefix)}
@@ -134,8 +157,16 @@ async def make_plan(settings: Settings, service: str) -> list[Move]:
         groups = sorted({g for g in listed if g.startswith(prefix)} | set(rows))
         committed = {g: await admin.list_consumer_group_offsets(g) for g in groups}
         states = await _group_states(admin, groups)
+        topics = set(await admin.list_topics())
     finally:
         await admin.close()
+    moves: list[Move] = []
+    # A topic deleted since (its group's rows and offsets left behind): nothing to apply from it.
+    for g in groups:
+        for tp in sorted(tp for tp in {*rows.get(g, {}), *committed[g]} if tp.topic not in topics):
+            found = committed[g].pop(tp, None)
+            moves.append(Move(g, tp, found.offset if found is not None else None, rows.get(g, {}).pop(tp, None),
+                              why="the topic no longer exists: left as it is"))
     partitions = {tp for g in groups for tp in (set(rows.get(g, {})) | set(committed[g]))}
     first: dict[TopicPartition, int] = {}
     if partitions:
@@ -145,10 +176,11 @@ async def make_plan(settings: Settings, service: str) -> list[Move]:
             first = await consumer.beginning_offsets(sorted(partitions))
         finally:
             await consumer.stop()
-    moves: list[Move] = []
+    without = {settings.group(g) for g in GROUPS_WITHOUT_PROGRESS}
     for g in groups:
         state, members = states.get(g, ("Dead", 0))
-        group_moves = plan(g, rows.get(g, {}), committed[g], first)
+        group_moves = plan(g, rows.get(g, {}), committed[g], first, answer_again=answer_again,
+                           records_progress=g not in without)
         if members:
             group_moves = [Move(m.group, m.tp, m.committed, m.applied_below, problem=f"the group is {state} with "
                                 f"{members} member(s): stop every instance of {service} first") for m in group_moves]
@@ -172,6 +204,18 @@ async def apply(settings: Settings, moves: list[Move]) -> None:
             await consumer.commit(offsets)
         finally:
             await consumer.stop()
+    # Read back: offsets a stopped instance's transaction was still committing would land over
+    # these (the tool is then run again, once that transaction has ended).
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        for group, offsets in by_group.items():
+            found = await admin.list_consumer_group_offsets(group, partitions=list(offsets))
+            if wrong := sorted(f"{tp.topic}[{tp.partition}]" for tp, o in offsets.items() if found.get(tp) != o):
+                raise Refused(f"{group}: the offsets read back differ from those committed on {', '.join(wrong)} "
+                              "(an instance's transaction ending meanwhile?): run yidi-recover again")
+    finally:
+        await admin.close()
 
 
 async def drop_cache(settings: Settings) -> int:
@@ -200,9 +244,17 @@ def describe(m: Move) -> str:
     return f"moved   {where} -> {m.to}{mark}: {m.why}"
 
 
-async def run(service: str, do_apply: bool, settings: Settings | None = None) -> int:
+async def run(service: str, do_apply: bool, settings: Settings | None = None, *, answer_again: bool = False) -> int:
     settings = settings or settings_for(service)
-    moves = await make_plan(settings, service)
+    try:
+        return await _run(service, do_apply, settings, answer_again)
+    except Refused as exc:
+        print(f"yidi-recover: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _run(service: str, do_apply: bool, settings: Settings, answer_again: bool) -> int:
+    moves = await make_plan(settings, service, answer_again=answer_again)
     for m in moves:
         print(describe(m))
     if problems := [m for m in moves if m.problem]:
@@ -224,8 +276,11 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("service", choices=SERVICES)
     parser.add_argument("--apply", action="store_true", help="move the groups (the service must be stopped)")
+    parser.add_argument("--answer-again", action="store_true",
+                        help="move a partition without a committed offset too (its offsets expired, or its group was "
+                             "deleted): what it had answered is answered again")
     args = parser.parse_args(argv)
-    sys.exit(asyncio.run(run(args.service, args.apply)))
+    sys.exit(asyncio.run(run(args.service, args.apply, answer_again=args.answer_again)))
 
 
 if __name__ == "__main__":

@@ -131,6 +131,11 @@ FEED_READERS: dict[str, str] = {
 # Feeds read only in some configurations: pricing follows clearing.prepayment-status only under
 # YIDI_PREPAYMENT_POLICY=refuse, so its group exists only then (waiters ask for it explicitly).
 OPTIONAL_FEEDS: frozenset[str] = frozenset({PREPAYMENT_STATUS})
+ELIGIBILITY_STAGE_GROUP = "yidi-eligibility-requests"
+# Stages whose handlers keep nothing in their service's database (eligibility's settlement stage
+# reads persons, filings and facilities and writes only Redis): their batches record no progress
+# (yidi.platform.progress), and yidi-recover leaves their groups as they are.
+GROUPS_WITHOUT_PROGRESS: frozenset[str] = frozenset({ELIGIBILITY_STAGE_GROUP})
 FILING_STAGE_GROUP = "yidi-filing-requests"
 # Filing follows refdata.persons too: an insurance change ends long-term filings (R7).
 FILING_PERSONS_GROUP = feed_group("filing", REFDATA_PERSONS)
