@@ -38,7 +38,7 @@ from yidi.contracts.envelope import ErrCode, Infno
 from yidi.domain.codes import BUSINESS_TZ, within
 from yidi.domain.clearing import PairTotals, month_ended, net_positions, next_month, reconcile_details, reconcile_totals
 from yidi.domain.money import MAX_AMOUNT, fmt
-from yidi.platform import metrics
+from yidi.platform import metrics, progress
 from yidi.platform.db import savepoint
 from yidi.platform.errors import BadData, RaceLost
 from yidi.platform.jsonwire import dumps, loads, request_hash
@@ -70,6 +70,16 @@ ADMIN_REPLY_TO = FundPrepayment.model_fields["reply_to"].default  # clearing.req
 _RECONCILE = re.compile(rb'"type"\s*:\s*"reconcile"')
 # The request types, the only values the metric's type label takes (a request's own word otherwise).
 _TYPES = frozenset(get_args(model.model_fields["type"].annotation)[0] for model in get_args(get_args(ClearingRequest)[0]))
+
+
+def judged_on(record: Incoming) -> date:
+    """The business day a request is judged on: today; or, for a request answered before the
+    database was restored and handled again now (``progress.RESTORED``), the day it was sent, as it
+    was judged then (a month run refused "has not ended" must not close the month now, its result
+    dropped: yidi.platform.progress)."""
+    if progress.RESTORED.get():
+        return datetime.fromtimestamp(record.timestamp_ms / 1000, BUSINESS_TZ).date()
+    return datetime.now(BUSINESS_TZ).date()
 
 
 def _counter(kind: str, outcome: str) -> Callable[[], None]:
@@ -110,18 +120,17 @@ class ClearingAdminHandler:
             (runs if isinstance(p[1], RunMonth) and uses[p[1].reqid] == 1 else rest).append(p)
         runs.sort(key=lambda p: p[1].setlym)
         requests = runs + rest
-        today = datetime.now(BUSINESS_TZ).date()
         refused: dict[str, str] = {}  # by reqid: why close_month did not close the month
         finishing: set[str] = set()  # months closed, their statements written in this batch
-        for _, request in runs:
-            if month_ended(request.setlym, today):
+        for record, request in runs:
+            if month_ended(request.setlym, judged_on(record)):
                 # Closed before this batch's transaction locks anything a settlement batch may wait for.
                 if (refusal := await self.repo.close_month(request.setlym, request.reqid, finishing)) is not None:
                     refused[request.reqid] = refusal
                 else:
                     finishing.add(request.setlym)
         async with self.repo.transaction() as conn:
-            for _, request in requests:
+            for record, request in requests:
                 if isinstance(request, Reconcile):
                     out.append(await self._reconcile(conn, request))
                     continue
@@ -140,7 +149,7 @@ class ClearingAdminHandler:
                     ok, reason, data, extra = False, f"reqid {request.reqid} was already used for another request", {}, []
                 else:
                     try:
-                        ok, reason, data, extra = await self._apply(conn, request, refused)
+                        ok, reason, data, extra = await self._apply(conn, record, request, refused)
                     except ValidationError as exc:
                         # A message the contract refuses (an amount out of range, say): this request
                         # is refused and kept for the operators, not tried again forever.
@@ -181,13 +190,13 @@ class ClearingAdminHandler:
         return [_status(self.settings, now[_status_pair(e)])
                 if e["topic"] == topic and _status_pair(e) in now else e for e in emitted]
 
-    async def _apply(self, conn: asyncpg.Connection, request: Any,
+    async def _apply(self, conn: asyncpg.Connection, record: Incoming, request: Any,
                      refused: dict[str, str]) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
         match request:
             case FundPrepayment():
                 return await self._fund(conn, request)
             case RunMonth():
-                return await self._run_month(conn, request, refused.get(request.reqid))
+                return await self._run_month(conn, request, refused.get(request.reqid), judged_on(record))
             case ConfirmStatement():
                 return await self._confirm(conn, request)
             case QuerySettlement():
@@ -323,12 +332,13 @@ class ClearingAdminHandler:
                 out.append({"topic": alert.topic, "value": alert.value.decode(), "key": (alert.key or b"").decode()})
         return out
 
-    async def _run_month(self, conn: asyncpg.Connection, request: RunMonth,
-                         refused: str | None = None) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
+    async def _run_month(self, conn: asyncpg.Connection, request: RunMonth, refused: str | None = None,
+                         today: date | None = None) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
         """Clear ``request``'s month: closed by ``close_month`` before this transaction (or why it
-        was not: ``refused``), or, for a run it did not see, here."""
+        was not: ``refused``), or, for a run it did not see, here. ``today``: the day it is judged
+        on (``judged_on``)."""
         month = request.setlym
-        if not month_ended(month, datetime.now(BUSINESS_TZ).date()):
+        if not month_ended(month, today or datetime.now(BUSINESS_TZ).date()):
             following = next_month(month)
             return False, (f"month {month} has not ended (China time): run it from {following[:4]}-{following[4:]}-01, "
                            "or its last days' settlements would land in the next month"), {}, []

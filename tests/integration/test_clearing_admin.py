@@ -165,3 +165,25 @@ async def test_a_funding_sent_again_publishes_the_accounts_status_as_it_is_now(s
     (again,) = [m for t, m in await _call(settings, handler, first) if t == status]
     assert (before["balance"], later["balance"]) == ("100.00", "150.00") and later["version"] > before["version"]
     assert (again["balance"], again["version"]) == (later["balance"], later["version"])
+
+
+async def test_a_month_run_answered_before_a_restore_is_judged_on_the_day_it_was_sent(settings, handler, clearing_repo):
+    """Handled again after the database was restored (yidi.platform.progress), a month run sent
+    before its month ended, and refused then, is refused again: judged today it would close and
+    total the month, its statements never published (the batch's outputs are dropped)."""
+    from datetime import datetime
+
+    from yidi.domain.codes import BUSINESS_TZ
+    from yidi.platform import progress
+
+    month = f"19{random.randrange(10, 99)}{random.randrange(1, 13):02d}"
+    sent = datetime(int(month[:4]), int(month[4:]), 15, 10, 0, tzinfo=BUSINESS_TZ)
+    body = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month}
+    record = Incoming(settings.topic("clearing.requests"), 0, 1, body["reqid"].encode(), orjson.dumps(body),
+                      int(sent.timestamp() * 1000))
+    with progress.restored(True):
+        out = await handler([record])
+    ((result),) = [orjson.loads(o.value) for o in out if o.topic == settings.topic("clearing.results")]
+    assert not result["ok"] and f"month {month} has not ended" in result["reason"]
+    async with clearing_repo.transaction() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM clearing.periods WHERE setlym = $1", month) == 0

@@ -73,6 +73,19 @@ def test_a_group_the_database_has_nothing_of_is_read_again_from_its_first_record
     assert [(m.tp, m.to, m.answered_to) for m in moves] == [(T0, 0, 130), (T1, 2, 3)]
 
 
+def test_a_partition_without_a_row_starts_shortly_before_the_backup_and_is_refused_if_those_records_are_gone():
+    moves = plan("yidi-clearing-requests", {}, {T0: om(130), T1: om(40)}, {T0: 0, T1: 30}, since={T0: 120, T1: 25})
+    assert [(m.tp, m.to, m.answered_to, m.applied_below) for m in moves[:1]] == [(T0, 120, 130, None)]
+    assert moves[1].to is None and moves[1].problem.startswith("records 25 to 29 are no longer in Kafka")
+    assert "database no row" in describe(moves[0])
+
+
+def test_a_feed_without_a_committed_offset_is_moved_without_asking():
+    (move,) = plan("yidi-pricing-feed-refdata.policies", {T0: 7}, {T0: None}, {T0: 0}, answers=False)
+    assert (move.to, move.answered_to, move.problem) == (7, None, "")
+    assert "a feed, which answers no one" in move.why
+
+
 def test_a_stage_that_keeps_nothing_in_its_database_is_left_as_it_is():
     (move,) = plan("yidi-eligibility-requests", {T0: 5}, {T0: om(130)}, {T0: 0}, records_progress=False)
     assert move.to is None and not move.problem and "keeps nothing" in move.why

@@ -826,7 +826,7 @@ class TransactionalStage:
         restored = bool(self._marks) and all(self._below_mark(r) for r in records)
         committed = self._with_marks(offsets)
         if not self._offsets_during_handler():
-            with progress.batch(self._progress(records, group)):
+            with progress.batch(self._progress(records, group)), progress.restored(restored):
                 outgoing = await handler(records)
             crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
             producer = self._producer
@@ -846,7 +846,7 @@ class TransactionalStage:
             producer.send_offsets_to_transaction(committed, group)))
         try:
             try:
-                with progress.batch(self._progress(records, group)):
+                with progress.batch(self._progress(records, group)), progress.restored(restored):
                     outgoing = await handler(records)
                 crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
                 outgoing = self._restored(handler, outgoing) if restored else await self._route(producer, outgoing)

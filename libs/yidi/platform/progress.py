@@ -72,6 +72,21 @@ class Progress:
 BATCH: ContextVar[Progress | None] = ContextVar("yidi_batch_progress", default=None)
 
 
+# Set by a stage around its handler for a batch answered before a restore (below its marks): a
+# handler whose decisions depend on the clock judges such a record by its own time, as it was
+# judged then (clearing's month runs: "has not ended" then must not close the month now).
+RESTORED: ContextVar[bool] = ContextVar("yidi_batch_restored", default=False)
+
+
+@contextlib.contextmanager
+def restored(flag: bool) -> Iterator[None]:
+    token = RESTORED.set(flag)
+    try:
+        yield
+    finally:
+        RESTORED.reset(token)
+
+
 @contextlib.contextmanager
 def batch(progress: Progress | None) -> Iterator[None]:
     """Record ``progress`` in every transaction opened inside the block (None: record nothing)."""

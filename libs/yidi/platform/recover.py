@@ -39,17 +39,25 @@ import asyncio
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from yidi.platform import progress
+from yidi.platform import fencing, progress
 from yidi.platform.settings import Settings, settings_for
-from yidi.platform.topics import GROUPS_WITHOUT_PROGRESS
+from yidi.platform.topics import FEED_READERS, FILING_EVENTS, GROUPS_WITHOUT_PROGRESS, feed_group
 
 SERVICES = ("filing", "eligibility", "pricing", "clearing")
+MIGRATION = "platform_001_stage_progress.sql"
+# How long before the backup's known time a partition without a row is read again from: a record
+# that came shortly before the backup may not have been handled by then.
+NO_ROW_MARGIN = timedelta(minutes=10)
+# How long the tool waits for a transaction holding the groups' offsets (a stopped instance's) to end.
+STABLE_WAIT_SECONDS = 90.0
 
 
 @dataclass(frozen=True)
@@ -68,16 +76,19 @@ class Move:
 
 
 def plan(group: str, rows: Mapping[TopicPartition, int], committed: Mapping[TopicPartition, OffsetAndMetadata | None],
-         first: Mapping[TopicPartition, int], *, answer_again: bool = False, records_progress: bool = True
-         ) -> list[Move]:
+         first: Mapping[TopicPartition, int], *, answer_again: bool = False, records_progress: bool = True,
+         since: Mapping[TopicPartition, int] | None = None, answers: bool = True) -> list[Move]:
     """The moves of ``group``: ``rows`` its progress in the restored database, ``committed`` its
     committed offsets (with their metadata), ``first`` each partition's first offset still in Kafka.
-    A partition the database has no row of (the backup was taken before its first batch since the
-    upgrade that brought ``stage_progress``, or the group was quiet since) is read again from its
-    first record: what the database holds of it is passed over by the handlers' idempotence.
+    A partition the database has no row of (it handled nothing between the upgrade that brought
+    ``stage_progress`` and the backup: a quiet stage) is read again from ``since`` (its first record
+    from shortly before the time the backup is known to be at or after), or else its first record:
+    what the database holds of it is passed over by the handlers' idempotence.
     ``answer_again``: a partition without a committed offset (expired, or the group deleted) is
     moved without a mark, and what it had answered is answered again; otherwise it is refused.
-    ``records_progress`` False: a stage that keeps nothing in its database, left as it is."""
+    ``records_progress`` False: a stage that keeps nothing in its database, left as it is.
+    ``answers`` False: a feed, which answers no one: a partition without a committed offset is
+    moved to the database's offset as if ``answer_again``."""
     if not records_progress:
         return [Move(group, tp, c.offset if c is not None else None, None,
                      why="this stage keeps nothing in its database: left as it is")
@@ -89,24 +100,29 @@ def plan(group: str, rows: Mapping[TopicPartition, int], committed: Mapping[Topi
         # A recovery not finished (a second restore meanwhile): what was answered stays so.
         earlier = progress.answered_to(found.metadata if found is not None else None)
         answered = max(x for x in (c, earlier) if x is not None) if c is not None or earlier is not None else None
-        r, why = rows.get(tp), ""
+        held = rows.get(tp)
+        r, why = held, ""
         if r is None:
-            r, why = first.get(tp, 0), "no batch of this partition in the database: from its first record; "
+            if since is not None and tp in since:
+                r, why = since[tp], "no batch of this partition in the database: from shortly before the backup; "
+            else:
+                r, why = first.get(tp, 0), "no batch of this partition in the database: from its first record; "
         if r < first.get(tp, 0):
-            moves.append(Move(group, tp, c, r, problem=f"records {r} to {first[tp] - 1} are no longer in Kafka "
-                                                        "(retention): they cannot be applied again"))
-        elif answered is None and not answer_again:
+            moves.append(Move(group, tp, c, held, problem=f"records {r} to {first[tp] - 1} are no longer in Kafka "
+                                                           "(retention): they cannot be applied again"))
+        elif answered is None and not answer_again and answers:
             # Its offsets expired (the group empty past offsets.retention.minutes) or it was deleted.
-            moves.append(Move(group, tp, c, r, problem="no committed offset: what the group had answered is unknown "
+            moves.append(Move(group, tp, c, held, problem="no committed offset: what the group had answered is unknown "
                                                         "(--answer-again moves it to the database's offset and "
                                                         "answers it again)"))
         elif answered is None:
-            moves.append(Move(group, tp, c, r, to=r, why=why + "no committed offset: from the database's, and what "
-                                                              "it had answered is answered again (--answer-again)"))
+            moves.append(Move(group, tp, c, held, to=r, why=why + (
+                "no committed offset: from the database's, and what it had answered is answered again (--answer-again)"
+                if answers else "no committed offset: a feed, which answers no one: from the database's")))
         elif r >= answered:
-            moves.append(Move(group, tp, c, r, why=why + "the database holds every batch answered: left as it is"))
+            moves.append(Move(group, tp, c, held, why=why + "the database holds every batch answered: left as it is"))
         else:
-            moves.append(Move(group, tp, c, r, to=r, answered_to=answered,
+            moves.append(Move(group, tp, c, held, to=r, answered_to=answered,
                               why=why + f"{answered - r} record(s) handled again, publishing nothing"))
     return moves
 
@@ -115,23 +131,35 @@ class Refused(Exception):
     """The tool will not move anything: the reason is said, and the exit status is 2."""
 
 
-async def progress_rows(dsn: str, schema: str) -> dict[str, dict[TopicPartition, int]]:
-    """The restored database's ``stage_progress`` of ``schema``, by group."""
+@dataclass(frozen=True)
+class Restored:
+    """What the restored database says: each group's progress, and a time the backup was taken at
+    or after (its newest progress row, or the upgrade that brought ``stage_progress``)."""
+
+    rows: dict[str, dict[TopicPartition, int]]
+    not_before: datetime | None
+
+
+async def progress_rows(dsn: str, schema: str, prefix: str = "") -> Restored:
+    """The restored database's ``stage_progress`` of ``schema``, by group (those named ``prefix…``)."""
     conn = await asyncpg.connect(dsn)
     try:
         if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{schema}".{progress.TABLE}'):
             raise Refused(f"the database has no {schema}.{progress.TABLE}: it was backed up before "
-                             "the services recorded their progress there, so where it stood is unknown (runbook, "
-                             "\"Restoring a service's database\")")
-        rows = await conn.fetch(f'SELECT consumer_group, topic, kafka_partition, applied_below FROM "{schema}".'
-                                f"{progress.TABLE}")
+                          "the services recorded their progress there, so where it stood is unknown (runbook, "
+                          "\"Restoring a service's database\")")
+        rows = await conn.fetch(f'SELECT consumer_group, topic, kafka_partition, applied_below, updated_at FROM '
+                                f'"{schema}".{progress.TABLE} WHERE starts_with(consumer_group, $1)', prefix)
+        upgraded = await conn.fetchval(f'SELECT applied_at FROM "{schema}".schema_migrations WHERE version = $1',
+                                       MIGRATION)
     finally:
         await conn.close()
     by_group: dict[str, dict[TopicPartition, int]] = {}
     for row in rows:
         by_group.setdefault(row["consumer_group"], {})[TopicPartition(row["topic"], row["kafka_partition"])] = \
             row["applied_below"]
-    return by_group
+    times = [t for t in (upgraded, *(row["updated_at"] for row in rows)) if t is not None]
+    return Restored(by_group, max(times) if times else None)
 
 
 async def _group_states(admin: AIOKafkaAdminClient, groups: list[str]) -> dict[str, tuple[str, int]]:
@@ -149,13 +177,14 @@ async def _group_states(admin: AIOKafkaAdminClient, groups: list[str]) -> dict[s
 async def make_plan(settings: Settings, service: str, *, answer_again: bool = False) -> list[Move]:
     prefix = settings.group(f"yidi-{service}-")
     # The namespace's own (a database may hold test namespaces' rows beside them).
-    rows = {g: r for g, r in (await progress_rows(settings.database_url, service)).items() if g.startswith(prefix)}
+    restored = await progress_rows(settings.database_url, service, prefix)
+    rows = restored.rows
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
         listed = {g[0] for g in await admin.list_consumer_groups()}
         groups = sorted({g for g in listed if g.startswith(prefix)} | set(rows))
-        committed = {g: await admin.list_consumer_group_offsets(g) for g in groups}
+        listed_offsets = {g: await admin.list_consumer_group_offsets(g) for g in groups}
         states = await _group_states(admin, groups)
         topics = set(await admin.list_topics())
     finally:
@@ -163,29 +192,62 @@ async def make_plan(settings: Settings, service: str, *, answer_again: bool = Fa
     moves: list[Move] = []
     # A topic deleted since (its group's rows and offsets left behind): nothing to apply from it.
     for g in groups:
-        for tp in sorted(tp for tp in {*rows.get(g, {}), *committed[g]} if tp.topic not in topics):
-            found = committed[g].pop(tp, None)
+        for tp in sorted(tp for tp in {*rows.get(g, {}), *listed_offsets[g]} if tp.topic not in topics):
+            found = listed_offsets[g].pop(tp, None)
             moves.append(Move(g, tp, found.offset if found is not None else None, rows.get(g, {}).pop(tp, None),
                               why="the topic no longer exists: left as it is"))
-    partitions = {tp for g in groups for tp in (set(rows.get(g, {})) | set(committed[g]))}
+    # Offsets a stopped instance's transaction was still committing are waited for (read stable).
+    committed = {g: await _stable_offsets(settings, g, list(listed_offsets[g])) for g in groups}
+    partitions = sorted({tp for g in groups for tp in (set(rows.get(g, {})) | set(committed[g]))})
     first: dict[TopicPartition, int] = {}
+    since: dict[TopicPartition, int] = {}
     if partitions:
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
         await consumer.start()
         try:
-            first = await consumer.beginning_offsets(sorted(partitions))
+            first = await consumer.beginning_offsets(partitions)
+            if restored.not_before is not None:
+                # A partition without a row handled nothing since the upgrade, up to the backup:
+                # what it had came before the backup's time and was handled, or came after it.
+                at_ms = int((restored.not_before - NO_ROW_MARGIN).timestamp() * 1000)
+                found = await consumer.offsets_for_times({tp: at_ms for tp in partitions})
+                end = await consumer.end_offsets(partitions)
+                since = {tp: found[tp].offset if found.get(tp) is not None else end[tp] for tp in partitions}
         finally:
             await consumer.stop()
     without = {settings.group(g) for g in GROUPS_WITHOUT_PROGRESS}
+    feeds = {settings.group(feed_group(reader, topic)) for topic, reader in FEED_READERS.items()
+             if topic != FILING_EVENTS}  # eligibility reads filing.events with a stage, which answers
     for g in groups:
         state, members = states.get(g, ("Dead", 0))
         group_moves = plan(g, rows.get(g, {}), committed[g], first, answer_again=answer_again,
-                           records_progress=g not in without)
+                           records_progress=g not in without, since=since, answers=g not in feeds)
         if members:
             group_moves = [Move(m.group, m.tp, m.committed, m.applied_below, problem=f"the group is {state} with "
                                 f"{members} member(s): stop every instance of {service} first") for m in group_moves]
         moves += group_moves
     return moves
+
+
+async def _stable_offsets(settings: Settings, group: str, partitions: list[TopicPartition]
+                          ) -> dict[TopicPartition, OffsetAndMetadata]:
+    """``group``'s committed offsets of ``partitions``, as they stand once no transaction holding
+    offsets of them is in flight (OffsetFetch with require_stable, yidi.platform.fencing)."""
+    if not partitions:
+        return {}
+    fencing.install()
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        found = await asyncio.wait_for(consumer._coordinator.fetch_committed_offsets(set(partitions)),
+                                       STABLE_WAIT_SECONDS)
+    except TimeoutError as exc:
+        raise Refused(f"{group}: a transaction holding its offsets is still open after {STABLE_WAIT_SECONDS:.0f} s "
+                      "(an instance killed mid-commit: it ends at the transaction timeout); run yidi-recover again "
+                      "then") from exc
+    finally:
+        await consumer.stop()
+    return {tp: o for tp, o in found.items() if o is not None and o.offset >= 0}
 
 
 async def apply(settings: Settings, moves: list[Move]) -> None:
@@ -204,16 +266,15 @@ async def apply(settings: Settings, moves: list[Move]) -> None:
             await consumer.commit(offsets)
         finally:
             await consumer.stop()
-    # Read back: offsets a stopped instance's transaction was still committing would land over
-    # these (the tool is then run again, once that transaction has ended).
+    # Read back what was committed: a commit the broker took otherwise is said, not assumed.
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
         for group, offsets in by_group.items():
             found = await admin.list_consumer_group_offsets(group, partitions=list(offsets))
             if wrong := sorted(f"{tp.topic}[{tp.partition}]" for tp, o in offsets.items() if found.get(tp) != o):
-                raise Refused(f"{group}: the offsets read back differ from those committed on {', '.join(wrong)} "
-                              "(an instance's transaction ending meanwhile?): run yidi-recover again")
+                raise Refused(f"{group}: the offsets read back differ from those committed on {', '.join(wrong)}: "
+                              "run yidi-recover again (the marks already committed are kept)")
     finally:
         await admin.close()
 
@@ -235,7 +296,8 @@ async def drop_cache(settings: Settings) -> int:
 
 
 def describe(m: Move) -> str:
-    where = f"{m.group} {m.tp.topic}[{m.tp.partition}]: committed {m.committed}, database {m.applied_below}"
+    held = "no row" if m.applied_below is None else m.applied_below
+    where = f"{m.group} {m.tp.topic}[{m.tp.partition}]: committed {m.committed}, database {held}"
     if m.problem:
         return f"REFUSED {where}: {m.problem}"
     if m.to is None:
@@ -250,6 +312,10 @@ async def run(service: str, do_apply: bool, settings: Settings | None = None, *,
         return await _run(service, do_apply, settings, answer_again)
     except Refused as exc:
         print(f"yidi-recover: {exc}", file=sys.stderr)
+        return 2
+    except KafkaError as exc:
+        print(f"yidi-recover: Kafka: {exc!r} (a topic or partition gone since the backup? the broker away?)",
+              file=sys.stderr)
         return 2
 
 
