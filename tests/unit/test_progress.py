@@ -102,3 +102,12 @@ def test_a_partition_without_a_committed_offset_is_refused_unless_it_may_be_answ
     assert refused.to is None and refused.problem.startswith("no committed offset")
     (move,) = plan("g", {T0: 100}, {T0: None}, {T0: 0}, answer_again=True)
     assert (move.to, move.answered_to, move.problem) == (100, None, "")
+
+
+async def test_the_tool_says_when_postgres_cannot_be_reached_and_exits_2(capsys):
+    from yidi.platform.recover import run
+    from yidi.platform.settings import Settings
+
+    unreachable = Settings(database_url="postgresql://yidi@127.0.0.1:1/yidi", kafka_bootstrap="127.0.0.1:1")
+    assert await run("clearing", True, unreachable) == 2
+    assert "unreachable" in capsys.readouterr().err

@@ -317,6 +317,9 @@ async def run(service: str, do_apply: bool, settings: Settings | None = None, *,
         print(f"yidi-recover: Kafka: {exc!r} (a topic or partition gone since the backup? the broker away?)",
               file=sys.stderr)
         return 2
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        print(f"yidi-recover: Postgres or Kafka unreachable or refusing: {exc!r}", file=sys.stderr)
+        return 2
 
 
 async def _run(service: str, do_apply: bool, settings: Settings, answer_again: bool) -> int:
