@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.structs import OffsetAndMetadata
 from aiokafka.protocol.metadata import MetadataRequest
 
 from tests.integration.waiting import until
@@ -62,3 +63,24 @@ async def read_topic(bootstrap: str, topic: str, *, count: int | None = None, se
         return seen
     finally:
         await reader.stop()
+
+
+async def produce(bootstrap: str, topic: str, values: list[bytes], *, key: bytes = b"p", partition: int = 0) -> None:
+    """Publish ``values`` to one partition of ``topic``, in order, each acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for value in values:
+            await producer.send_and_wait(topic, value, key=key, partition=partition)
+    finally:
+        await producer.stop()
+
+
+async def committed(bootstrap: str, group: str, tp: TopicPartition) -> OffsetAndMetadata | None:
+    """``group``'s committed offset of ``tp``, with its metadata (None: none)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return (await admin.list_consumer_group_offsets(group, partitions=[tp])).get(tp)
+    finally:
+        await admin.close()

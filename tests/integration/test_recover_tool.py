@@ -6,35 +6,20 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.structs import OffsetAndMetadata
 
 from yidi.platform import progress, recover
 from yidi.platform.db import create_pool, migrate
 from yidi.platform.kafka import ensure_topics
+from yidi.platform.recover import commit_offsets as _commit
 from yidi.platform.topics import SETTLEMENT_PRICED
 
+from tests.integration.kafka_io import committed as _committed
+from tests.integration.kafka_io import produce
+
 pytestmark = pytest.mark.integration
-
-
-async def _commit(bootstrap: str, group: str, offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        consumer.assign(list(offsets))
-        await consumer.commit(offsets)
-    finally:
-        await consumer.stop()
-
-
-async def _committed(bootstrap: str, group: str, tp: TopicPartition) -> OffsetAndMetadata | None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        return (await admin.list_consumer_group_offsets(group)).get(tp)
-    finally:
-        await admin.close()
 
 
 async def test_the_tool_moves_a_stopped_group_back_and_refuses_while_it_runs_or_records_are_gone(settings, capsys):
@@ -46,13 +31,7 @@ async def test_the_tool_moves_a_stopped_group_back_and_refuses_while_it_runs_or_
     finally:
         await pool.close()
     tp = TopicPartition(s.topic(SETTLEMENT_PRICED), 0)
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        for i in range(10):
-            await producer.send_and_wait(tp.topic, str(i).encode(), key=b"p", partition=0)
-    finally:
-        await producer.stop()
+    await produce(s.kafka_bootstrap, tp.topic, [str(i).encode() for i in range(10)])
     group = s.group("yidi-clearing-priced")
     # The group answered up to 10; the restored database holds the batches before 4.
     await _commit(s.kafka_bootstrap, group, {tp: OffsetAndMetadata(10, "")})

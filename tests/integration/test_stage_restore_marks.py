@@ -8,27 +8,19 @@ import asyncio
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from yidi.platform import metrics, progress, replies
 from yidi.platform.errors import BadData
 from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
+from yidi.platform.recover import commit_offsets
 from yidi.platform.topics import SETTLEMENT_ELIGIBLE, SETTLEMENT_REQUESTS, SETTLEMENT_RESULTS
 
-from tests.integration.kafka_io import read_topic
+from tests.integration.kafka_io import committed, produce, read_topic
 from tests.integration.waiting import until
 
 pytestmark = pytest.mark.integration
-
-
-async def _committed(bootstrap: str, group: str, tp: TopicPartition) -> OffsetAndMetadata | None:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        return (await consumer._coordinator.fetch_committed_offsets({tp})).get(tp)
-    finally:
-        await consumer.stop()
 
 
 @pytest.mark.parametrize("during_handler", [False, True], ids=["offsets-at-commit", "offsets-during-handler"])
@@ -38,22 +30,10 @@ async def test_records_answered_before_a_restore_are_handled_again_publishing_no
                                     "kafka_offsets_during_handler": during_handler})
     await ensure_topics(s)
     tp = TopicPartition(s.topic(SETTLEMENT_REQUESTS), 0)
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        for i in range(10):
-            await producer.send_and_wait(tp.topic, str(i).encode(), key=b"p", partition=0)
-    finally:
-        await producer.stop()
+    await produce(s.kafka_bootstrap, tp.topic, [str(i).encode() for i in range(10)])
     # As yidi-recover leaves the group: moved back to 3, the records up to 7 answered before the restore.
     group = s.group("marks-test")
-    setter = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=group, enable_auto_commit=False)
-    await setter.start()
-    try:
-        setter.assign([tp])
-        await setter.commit({tp: OffsetAndMetadata(3, progress.mark(8))})
-    finally:
-        await setter.stop()
+    await commit_offsets(s.kafka_bootstrap, group, {tp: OffsetAndMetadata(3, progress.mark(8))})
 
     handled: list[list[int]] = []
     stuck = asyncio.Event()
@@ -75,13 +55,13 @@ async def test_records_answered_before_a_restore_are_handled_again_publishing_no
         await first.stop()
     assert handled == [[3, 4], [5, 6]]
     # Stopped half-way: the batch below the mark carried it in its offset commit.
-    assert await _committed(s.kafka_bootstrap, group, tp) == OffsetAndMetadata(5, progress.mark(8))
+    assert await committed(s.kafka_bootstrap, group, tp) == OffsetAndMetadata(5, progress.mark(8))
 
     second = TransactionalStage("marks-test", "test", s, [SETTLEMENT_REQUESTS], "marks-test", forward, max_records=2)
     await second.start()
     try:
         async def all_committed() -> bool:
-            return await _committed(s.kafka_bootstrap, group, tp) == OffsetAndMetadata(10, "")
+            return await committed(s.kafka_bootstrap, group, tp) == OffsetAndMetadata(10, "")
 
         await until(all_committed, timeout=30, poll=0.2)
         assert second._marks == {}
@@ -104,22 +84,11 @@ async def test_a_record_answered_before_a_restore_and_refused_now_is_dead_letter
     s = settings.model_copy(update={"namespace": settings.namespace + "marksrefused.", "batch_linger_ms": 0})
     await ensure_topics(s)
     tp = TopicPartition(s.topic(SETTLEMENT_REQUESTS), 0)
-    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
-        for i in range(4):
-            request = {"msgid": f"H00000000001202612070000{i:04d}", "infno": "2207", "fixmedins_code": "H00000000001"}
-            await producer.send_and_wait(tp.topic, orjson.dumps(request), key=b"p", partition=0)
-    finally:
-        await producer.stop()
+    await produce(s.kafka_bootstrap, tp.topic, [orjson.dumps(
+        {"msgid": f"H00000000001202612070000{i:04d}", "infno": "2207", "fixmedins_code": "H00000000001"})
+        for i in range(4)])
     group = s.group("marks-refused-test")
-    setter = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, group_id=group, enable_auto_commit=False)
-    await setter.start()
-    try:
-        setter.assign([tp])
-        await setter.commit({tp: OffsetAndMetadata(0, progress.mark(3))})  # 0 to 2 answered before
-    finally:
-        await setter.stop()
+    await commit_offsets(s.kafka_bootstrap, group, {tp: OffsetAndMetadata(0, progress.mark(3))})  # 0 to 2 answered before
 
     async def answer_each(records: list[Incoming]) -> list[Outgoing]:
         if any(r.offset == 1 for r in records):
@@ -134,7 +103,7 @@ async def test_a_record_answered_before_a_restore_and_refused_now_is_dead_letter
     await stage.start()
     try:
         async def all_committed() -> bool:
-            return await _committed(s.kafka_bootstrap, group, tp) == OffsetAndMetadata(4, "")
+            return await committed(s.kafka_bootstrap, group, tp) == OffsetAndMetadata(4, "")
 
         await until(all_committed, timeout=30, poll=0.2)
     finally:

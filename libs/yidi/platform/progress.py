@@ -28,7 +28,9 @@ import re
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
+from typing import TypeVar
 
+T = TypeVar("T")
 TABLE = "stage_progress"
 MARK_PREFIX = "yidi-restore answered-to="
 _MARK = re.compile(re.escape(MARK_PREFIX) + r"(\d+)")
@@ -79,22 +81,22 @@ RESTORED: ContextVar[bool] = ContextVar("yidi_batch_restored", default=False)
 
 
 @contextlib.contextmanager
-def restored(flag: bool) -> Iterator[None]:
-    token = RESTORED.set(flag)
+def _set(var: ContextVar[T], value: T) -> Iterator[None]:
+    token = var.set(value)
     try:
         yield
     finally:
-        RESTORED.reset(token)
+        var.reset(token)
 
 
-@contextlib.contextmanager
-def batch(progress: Progress | None) -> Iterator[None]:
+def restored(flag: bool) -> contextlib.AbstractContextManager[None]:
+    """Handle the block's batch as one answered before a restore (``RESTORED``)."""
+    return _set(RESTORED, flag)
+
+
+def batch(progress: Progress | None) -> contextlib.AbstractContextManager[None]:
     """Record ``progress`` in every transaction opened inside the block (None: record nothing)."""
-    token = BATCH.set(progress)
-    try:
-        yield
-    finally:
-        BATCH.reset(token)
+    return _set(BATCH, progress)
 
 
 def began(group: str, records: Iterator[tuple[str, int, int]] | list[tuple[str, int, int]]) -> Progress:

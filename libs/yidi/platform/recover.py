@@ -258,14 +258,7 @@ async def apply(settings: Settings, moves: list[Move]) -> None:
             by_group.setdefault(m.group, {})[m.tp] = OffsetAndMetadata(
                 m.to, progress.mark(m.answered_to) if m.answered_to is not None else "")
     for group, offsets in by_group.items():
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group,
-                                    enable_auto_commit=False)
-        await consumer.start()
-        try:
-            consumer.assign(list(offsets))
-            await consumer.commit(offsets)
-        finally:
-            await consumer.stop()
+        await commit_offsets(settings.kafka_bootstrap, group, offsets)
     # Read back what was committed: a commit the broker took otherwise is said, not assumed.
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
@@ -277,6 +270,17 @@ async def apply(settings: Settings, moves: list[Move]) -> None:
                               "run yidi-recover again (the marks already committed are kept)")
     finally:
         await admin.close()
+
+
+async def commit_offsets(bootstrap: str, group: str, offsets: Mapping[TopicPartition, OffsetAndMetadata]) -> None:
+    """Commit ``offsets`` for ``group``, which must have no members (a stopped service's)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(dict(offsets))
+    finally:
+        await consumer.stop()
 
 
 async def drop_cache(settings: Settings) -> int:
