@@ -114,3 +114,37 @@ async def test_a_record_answered_before_a_restore_and_refused_now_is_dead_letter
     assert [orjson.loads(r.value)["msgid"][-4:] for r in dead] == ["0001"]
     answered = await read_topic(s.kafka_bootstrap, s.topic(SETTLEMENT_RESULTS), count=1, seconds=10)
     assert [orjson.loads(r.value)["msgid"][-4:] for r in answered] == ["0003"]  # past the mark only
+
+
+async def test_a_batch_of_several_partitions_publishes_only_what_is_past_each_partitions_mark(settings):
+    """A fetched batch holds records of a partition still below its mark and of one without a mark:
+    the first are handled apart, publishing nothing, the others as always."""
+    s = settings.model_copy(update={"namespace": settings.namespace + "marksmixed.", "batch_linger_ms": 0})
+    await ensure_topics(s)
+    p0, p1 = TopicPartition(s.topic(SETTLEMENT_REQUESTS), 0), TopicPartition(s.topic(SETTLEMENT_REQUESTS), 1)
+    await produce(s.kafka_bootstrap, p0.topic, [b"a0", b"a1", b"a2"], partition=0)
+    await produce(s.kafka_bootstrap, p1.topic, [b"b0", b"b1"], partition=1)
+    group = s.group("marks-mixed-test")
+    await commit_offsets(s.kafka_bootstrap, group, {p0: OffsetAndMetadata(0, progress.mark(2))})
+    handled: list[list[bytes]] = []
+
+    async def forward(records: list[Incoming]) -> list[Outgoing]:
+        handled.append([r.value for r in records])
+        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key) for r in records]
+
+    stage = TransactionalStage("marks-mixed-test", "test", s, [SETTLEMENT_REQUESTS], "marks-mixed-test", forward)
+    await stage.start()
+    try:
+        async def all_committed() -> bool:
+            return (await committed(s.kafka_bootstrap, group, p0) == OffsetAndMetadata(3, "")
+                    and await committed(s.kafka_bootstrap, group, p1) == OffsetAndMetadata(2, ""))
+
+        await until(all_committed, timeout=30, poll=0.2)
+    finally:
+        await stage.stop()
+    assert stage.failure is None
+    assert sorted(v for batch in handled for v in batch) == [b"a0", b"a1", b"a2", b"b0", b"b1"]
+    # a0 and a1 never in a batch with a record past the mark.
+    assert all(set(batch) <= {b"a0", b"a1"} or not set(batch) & {b"a0", b"a1"} for batch in handled), handled
+    published = await read_topic(s.kafka_bootstrap, s.topic(SETTLEMENT_ELIGIBLE), count=3, seconds=10)
+    assert sorted(r.value for r in published) == [b"a2", b"b0", b"b1"]
