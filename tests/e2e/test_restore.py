@@ -25,6 +25,7 @@ from yidi.client.gateway import GatewayClient
 from yidi.platform import recover
 from yidi.platform.db import execute_alone
 from yidi.platform.kafka import delete_namespace_topics, ensure_topics
+from yidi.platform.topics import ELIGIBILITY_STAGE_GROUP
 from yidi.refdata.loader import load
 
 from tests.e2e.conftest import DEMO
@@ -91,7 +92,8 @@ async def own_system(settings, log_dir, tmp_path):
         await delete_namespace_topics(own.kafka_bootstrap, own.namespace)
 
 
-async def test_a_database_restored_to_a_backup_is_brought_up_to_date_and_nobody_is_answered_twice(own_system, tmp_path):
+async def test_a_database_restored_to_a_backup_is_brought_up_to_date_and_nobody_is_answered_twice(own_system, tmp_path,
+                                                                                                   capsys):
     system, s = own_system, own_system.settings
     for service in SERVICES:
         system.start(service)
@@ -125,8 +127,19 @@ async def test_a_database_restored_to_a_backup_is_brought_up_to_date_and_nobody_
                         f"--dbname={s.database_url}", str(backup)], check=True, capture_output=True, timeout=120)
         assert await _ledger(s.database_url, [r["msgid"] for r in after]) == {}, "the restore took effect"
 
+        # Eligibility's settlement stage keeps nothing in Postgres: no row of it (its cache sweep's
+        # transaction recorded one before), and the tool leaves its group as it is.
+        conn = await asyncpg.connect(s.database_url)
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM eligibility.stage_progress WHERE consumer_group = $1",
+                                       s.group(ELIGIBILITY_STAGE_GROUP)) == 0
+        finally:
+            await conn.close()
+        capsys.readouterr()
         for service in SERVICES:
             assert await recover.run(service, True, s) == 0
+        said = capsys.readouterr().out
+        assert f"kept    {s.group(ELIGIBILITY_STAGE_GROUP)} " in said and "this stage keeps nothing" in said
         for service in SERVICES:
             system.start(service)
         await system.wait_ready()

@@ -148,3 +148,48 @@ async def test_a_batch_of_several_partitions_publishes_only_what_is_past_each_pa
     assert all(set(batch) <= {b"a0", b"a1"} or not set(batch) & {b"a0", b"a1"} for batch in handled), handled
     published = await read_topic(s.kafka_bootstrap, s.topic(SETTLEMENT_ELIGIBLE), count=3, seconds=10)
     assert sorted(r.value for r in published) == [b"a2", b"b0", b"b1"]
+
+
+async def test_the_partitions_next_owner_after_a_rebalance_keeps_to_the_restore_mark(settings):
+    """A second instance joins while the first handles records below the mark: the first's batch is
+    dropped at the rebalance, and whichever instance owns the partition then reads the mark from the
+    committed offset and publishes only what is past it, once."""
+    s = settings.model_copy(update={"namespace": settings.namespace + "marksrebalance.", "batch_linger_ms": 0})
+    await ensure_topics(s)
+    tp = TopicPartition(s.topic(SETTLEMENT_REQUESTS), 0)
+    await produce(s.kafka_bootstrap, tp.topic, [f"r{i}".encode() for i in range(6)])
+    group = s.group("marks-rebalance-test")
+    await commit_offsets(s.kafka_bootstrap, group, {tp: OffsetAndMetadata(0, progress.mark(3))})
+    held = asyncio.Event()
+    release = asyncio.Event()
+
+    async def forward(records: list[Incoming]) -> list[Outgoing]:
+        if not held.is_set():
+            held.set()
+            await release.wait()  # the first batch waits until the second instance has joined
+        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key) for r in records]
+
+    first = TransactionalStage("marks-rebalance-test", "test", s, [SETTLEMENT_REQUESTS], "marks-rebalance-test",
+                               forward, max_records=2)
+    second = TransactionalStage("marks-rebalance-test", "test", s.model_copy(update={"instance": "second"}),
+                                [SETTLEMENT_REQUESTS], "marks-rebalance-test", forward, max_records=2)
+    await first.start()
+    try:
+        await until(held.is_set, timeout=30)
+        await second.start()
+        try:
+            await until(lambda: first._revocations > 0, timeout=30)
+            release.set()
+
+            async def all_committed() -> bool:
+                return await committed(s.kafka_bootstrap, group, tp) == OffsetAndMetadata(6, "")
+
+            await until(all_committed, timeout=60, poll=0.2)
+        finally:
+            await second.stop()
+    finally:
+        release.set()
+        await first.stop()
+    assert first.failure is None and second.failure is None
+    published = await read_topic(s.kafka_bootstrap, s.topic(SETTLEMENT_ELIGIBLE), count=3, seconds=10)
+    assert sorted(r.value for r in published) == [b"r3", b"r4", b"r5"]
