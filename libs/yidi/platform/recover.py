@@ -99,7 +99,7 @@ def plan(group: str, rows: Mapping[TopicPartition, int], committed: Mapping[Topi
         c = found.offset if found is not None and found.offset >= 0 else None
         # A recovery not finished (a second restore meanwhile): what was answered stays so.
         earlier = progress.answered_to(found.metadata if found is not None else None)
-        answered = max(x for x in (c, earlier) if x is not None) if c is not None or earlier is not None else None
+        answered = max((x for x in (c, earlier) if x is not None), default=None)
         held = rows.get(tp)
         r, why = held, ""
         if r is None:
