@@ -1,6 +1,7 @@
 """The services' database restored from a backup to an earlier point, then ``yidi-recover``: the
 ledger, pricing's accumulators and the feeds' copies get back what the backup lacked, and no
-request is answered twice (runbook, "Restoring a service's database").
+request is answered twice (runbook, "Restoring a service's database"). Started on it before the
+tool, a service refuses to start.
 
 A system of its own (its database and namespace): restoring the session's database would undo
 the other tests' work. The backup and the restore are Postgres's own tools, as an operator runs them.
@@ -135,6 +136,14 @@ async def test_a_database_restored_to_a_backup_is_brought_up_to_date_and_nobody_
                                        s.group(ELIGIBILITY_STAGE_GROUP)) == 0
         finally:
             await conn.close()
+        # Started on the restored database before the tool, each service refuses to: its groups'
+        # offsets say the database held batches it lacks. Nothing is handled.
+        for service in SERVICES:
+            system.start(service)
+        for service in SERVICES:
+            assert await system.wait_exit(service, 60) == 2, system.tail(service)
+            assert "its database is behind Kafka; the service does not start" in system.tail(service, 80)
+        assert await _ledger(s.database_url, [r["msgid"] for r in after]) == {}, "nothing was handled"
         capsys.readouterr()
         for service in SERVICES:
             assert await recover.run(service, True, s) == 0

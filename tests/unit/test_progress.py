@@ -21,7 +21,7 @@ def test_a_batch_records_each_partitions_first_offset_in_partition_order():
         "VALUES ('yidi-pricing-eligible', 'settlement.eligible', 0, 7), "
         "('yidi-pricing-eligible', 'settlement.eligible', 2, 40) "
         "ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE "
-        "SET applied_below = EXCLUDED.applied_below, updated_at = now()")
+        "SET applied_below = GREATEST(p.applied_below, EXCLUDED.applied_below), updated_at = now()")
 
 
 def test_only_names_of_kafkas_topic_characters_are_written_in():
@@ -37,6 +37,19 @@ def test_the_mark_reads_back_and_nothing_else_reads_as_one():
     for other in ("", None, "skipped by hand", "yidi-restore answered-to=", "yidi-restore answered-to=12x",
                   " yidi-restore answered-to=12"):
         assert progress.answered_to(other) is None
+
+
+def test_the_metadata_says_where_the_batch_began_and_the_mark_each_read_back_alone():
+    both = progress.metadata(applied_below=120, answered_to=130)
+    assert (progress.applied_below(both), progress.answered_to(both)) == (120, 130)
+    alone = progress.metadata(applied_below=120)
+    assert (progress.applied_below(alone), progress.answered_to(alone)) == (120, None)
+    assert progress.metadata() == ""
+    # As yidi-recover and the stages before this version committed it: a mark alone.
+    assert (progress.applied_below(progress.mark(130)), progress.answered_to(progress.mark(130))) == (None, 130)
+    for other in ("", None, "skipped by hand", "yidi-progress applied-below=", "yidi-progress applied-below=1x",
+                  " yidi-progress applied-below=12", "yidi-progress applied-below=12;"):
+        assert progress.applied_below(other) is None
 
 
 def om(offset: int, metadata: str = "") -> OffsetAndMetadata:

@@ -227,8 +227,11 @@ class Repository:
         ``NestedTransaction`` error (a bug to fix, not Postgres away: never retried). A savepoint is
         ``savepoint(conn)``."""
         begin = "BEGIN ISOLATION LEVEL READ COMMITTED" + ("" if locked is None else f"; {locked.sql()}")
-        if self.schema is not None and (batch := progress.BATCH.get()) is not None and (recorded := batch.sql(self.schema)):
+        batch = progress.BATCH.get() if self.schema is not None else None
+        if batch is not None and (recorded := batch.sql(self.schema or "")):
             begin += f"; {recorded}"  # where the batch began, with its writes (yidi.platform.progress)
+        else:
+            batch = None
         async with transient_errors(), self._pool.acquire() as conn:
             try:
                 try:
@@ -247,11 +250,24 @@ class Repository:
                 if (status := await conn.execute("COMMIT")) != "COMMIT":
                     raise TransientError(f"the transaction was rolled back at its commit ({status}): an error "
                                          "inside it was caught and not raised")
+                if batch is not None:
+                    batch.recorded = True  # its stage need not record it in a statement of its own
             except asyncpg.InternalClientError:
                 # asyncpg lost track of the connection's state (a goodbye from the server that landed
                 # as a statement started, say): closed, it is replaced, and the retry starts afresh.
                 conn.terminate()
                 raise
+
+
+async def record_progress(pool: asyncpg.Pool, schema: str, batch: progress.Progress) -> None:
+    """Record where ``batch`` began in ``schema``'s ``stage_progress`` in a statement of its own,
+    waited to disk: the offsets its stage or feed then commits say the database holds it
+    (yidi.platform.progress), and a row lost in a crash would then stop the service at its next start."""
+    if not (recorded := batch.sql(schema)):
+        return
+    async with transient_errors():
+        await pool.execute(recorded)
+    batch.recorded = True
 
 
 class NestedTransaction(RuntimeError):

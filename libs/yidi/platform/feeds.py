@@ -14,18 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from pydantic import BaseModel, ValidationError
 
 from yidi.contracts.common import explain
 from yidi.platform import metrics, progress
-from yidi.platform.db import statements_for, transient_errors
+from yidi.platform.db import record_progress as record_progress_in
+from yidi.platform.db import statements_for
 from yidi.platform.errors import PermanentError, RaceLost, TransientError
 from yidi.platform.jsonwire import loads
 from yidi.platform.lag import consumer_lag
@@ -161,23 +165,26 @@ def feed(
                 refused.append((raw, exc))
         return applied, stale
 
+    # Where this instance's last batch of each partition began, recorded: said in the metadata of
+    # each offset the feed commits (``_commit_with_progress``).
+    began_at: dict[TopicPartition, int] = {}
+
     async def record_progress(batch: tuple[Any, ...]) -> None:
         """Where the batch begins, in the service's ``stage_progress`` (yidi.platform.progress): the
         batches before it are applied (each is acknowledged once applied, and the next one comes
         after), so it holds before this one's writes, in a statement of its own. After a restore of
-        the service's database the feed is moved back there and applies what the backup lacks."""
+        the service's database the feed is moved back there and applies what the backup lacks.
+        Waited to disk: the feed's next commit says the database holds it."""
         if service.pool is None:
             return
         began = progress.began(group, [(r.topic, r.partition, r.offset) for r in batch])
-        if not (recorded := began.sql(service.name)):
-            return
-        async with transient_errors():
-            # Not waited to disk: one lost in a crash leaves the row at an earlier batch, which holds
-            # too; the next flush of anything writes it.
-            await service.pool.execute(f"BEGIN; SET LOCAL synchronous_commit TO off; {recorded}; COMMIT")
+        await record_progress_in(service.pool, service.name, began)
+        began_at.update({TopicPartition(topic, partition): offset
+                         for (topic, partition), offset in began.began.items()})
 
     async def consume(msg: KafkaMessage) -> None:
         batch = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
+        with_progress(msg.consumer, began_at)
         valid: list[tuple[Any, M]] = []
         refused: list[tuple[Any, Exception]] = []
         for raw in batch:
@@ -240,6 +247,32 @@ def feed(
     subscriber(consume_counted)
     service.background.append(
         lambda: show_lag_every(feed_name, subscriber, service.settings.lag_sample_seconds, lambda: in_hand[0]))
+
+
+def with_progress(consumer: Any, began_at: dict[TopicPartition, int]) -> None:
+    """Make ``consumer``'s commits say where each partition's last batch began (once, before the
+    first batch is acknowledged)."""
+    if getattr(consumer, "yidi_with_progress", False) or not hasattr(consumer, "_subscription"):
+        return  # a test's fake, which commits nothing
+    consumer.commit = functools.partial(_commit_with_progress, consumer.commit, consumer, began_at)
+    consumer.yidi_with_progress = True
+
+
+async def _commit_with_progress(commit: Callable[..., Awaitable[None]], consumer: Any,
+                                began_at: dict[TopicPartition, int], offsets: Any = None) -> None:
+    """A feed's acknowledgement (FastStream commits every position its consumer has consumed), each
+    offset with where the partition's last batch began (``progress.applied_below``), recorded before
+    it was applied: the service's check at start finds a database restored behind it
+    (``recover.behind``). Only the partitions this instance applied a batch of: another's position
+    is where it was committed, and committed again it would lose its metadata."""
+    subscription = consumer._subscription.subscription
+    assignment = subscription.assignment if subscription is not None else None
+    if offsets is None and assignment is not None:  # (without one, aiokafka's commit says why it cannot)
+        offsets = {tp: OffsetAndMetadata(o.offset, progress.metadata(applied_below=began_at[tp]))
+                   for tp, o in assignment.all_consumed_offsets().items() if tp in began_at}
+        if not offsets:
+            return
+    await commit(offsets)
 
 
 async def show_lag_every(feed_name: str, subscriber: Any, seconds: float, in_hand: Callable[[], int]) -> None:

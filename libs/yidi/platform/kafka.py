@@ -334,6 +334,11 @@ class TransactionalStage:
     # committed offset's metadata before the partition's first batch; and the partitions read so.
     _marks: dict[TopicPartition, int] = field(default_factory=dict, init=False)
     _marks_known: set[TopicPartition] = field(default_factory=set, init=False)
+    # Set by the stage's service (``Service.add_stage``): records the progress of a batch whose
+    # handler opened no transaction that did (every record refused before Postgres, say), before
+    # its offsets commit. Each offset committed then says in its metadata where its batch began,
+    # and the service's check at start finds a database restored behind it (yidi.platform.recover).
+    record_progress: Callable[[progress.Progress], Awaitable[None]] | None = None
 
     def __post_init__(self) -> None:
         self._reply_topics = ReplyTopics(self.name)
@@ -587,13 +592,27 @@ class TransactionalStage:
         self._marks_known.clear()
         self._marks.clear()
 
-    def _with_marks(self, offsets: dict[TopicPartition, int]) -> dict[TopicPartition, Any]:
-        """The offsets to commit, each still below its partition's mark carrying it in its metadata:
-        a stage stopped half-way through keeps it for the next owner."""
-        if not self._marks:
+    def _with_metadata(self, offsets: dict[TopicPartition, int], batch: progress.Progress | None
+                       ) -> dict[TopicPartition, Any]:
+        """The offsets to commit, each with its metadata: where its batch began, which the database
+        holds by the time they commit (``_recorded``); and, still below its partition's mark, the
+        mark: a stage stopped half-way through keeps it for the next owner."""
+        vouched = batch.began if batch is not None and self.record_progress is not None else {}
+        if not vouched and not self._marks:
             return dict(offsets)
-        return {tp: OffsetAndMetadata(o, progress.mark(m)) if (m := self._marks.get(tp)) is not None and o < m else o
-                for tp, o in offsets.items()}
+        with_metadata: dict[TopicPartition, Any] = {}
+        for tp, o in offsets.items():
+            mark = self._marks.get(tp)
+            said = progress.metadata(applied_below=vouched.get((tp.topic, tp.partition)),
+                                     answered_to=mark if mark is not None and o < mark else None)
+            with_metadata[tp] = OffsetAndMetadata(o, said) if said else o
+        return with_metadata
+
+    async def _recorded(self, batch: progress.Progress | None) -> None:
+        """The batch's progress in the database before its offsets commit: recorded by its handler's
+        transactions, or else here."""
+        if batch is not None and not batch.recorded and self.record_progress is not None:
+            await self.record_progress(batch)
 
     def _restored(self, handler: Handler, outgoing: list[Outgoing]) -> list[Outgoing]:
         """What a batch answered before the restore publishes now: nothing (its answers, passed-on
@@ -824,10 +843,12 @@ class TransactionalStage:
             offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
         group = self.settings.group(self.group_id)
         restored = bool(self._marks) and all(self._below_mark(r) for r in records)
-        committed = self._with_marks(offsets)
+        batch = self._progress(records, group)
+        committed = self._with_metadata(offsets, batch)
         if not self._offsets_during_handler():
-            with progress.batch(self._progress(records, group)), progress.restored(restored):
+            with progress.batch(batch), progress.restored(restored):
                 outgoing = await handler(records)
+                await self._recorded(batch)
             crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
             producer = self._producer
             assert producer is not None
@@ -846,8 +867,9 @@ class TransactionalStage:
             producer.send_offsets_to_transaction(committed, group)))
         try:
             try:
-                with progress.batch(self._progress(records, group)), progress.restored(restored):
+                with progress.batch(batch), progress.restored(restored):
                     outgoing = await handler(records)
+                    await self._recorded(batch)
                 crash_point(self.name, "after-handler")  # the handler's Postgres work is committed
                 outgoing = self._restored(handler, outgoing) if restored else await self._route(producer, outgoing)
             except BaseException:

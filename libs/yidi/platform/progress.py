@@ -19,6 +19,16 @@ below it, so a stage that stops half-way keeps it. Past the mark, records are ha
 
 The offset is where the batch *began*: a batch whose transactions were not all in the backup is
 handled again whole, and the handlers' idempotence (by msgid, reqid, version) passes over what was.
+A row never goes back (``GREATEST``): an instance the group has moved on from, whose batch's
+transaction commits late, cannot lower what a later batch recorded.
+
+The other way round, each offset a stage or a feed commits says in its metadata where its batch
+began (``applied_below``), once the database holds that batch's row: a stage records it in its
+batch's transaction, or in a statement of its own for a batch that opened none, before its Kafka
+transaction commits; a feed before it applies the batch. So while the database is whole, its row
+of every partition is at or past what the group's committed offset says. A service checks that at
+start (``yidi.platform.guard``): a database restored without ``yidi-recover``, or a Postgres that
+lost its last commits, is behind, and the service stops before it handles anything on it.
 """
 
 from __future__ import annotations
@@ -34,6 +44,10 @@ T = TypeVar("T")
 TABLE = "stage_progress"
 MARK_PREFIX = "yidi-restore answered-to="
 _MARK = re.compile(re.escape(MARK_PREFIX) + r"(\d+)")
+APPLIED_PREFIX = "yidi-progress applied-below="
+_APPLIED = re.compile(re.escape(APPLIED_PREFIX) + r"(\d+)")
+# Between the parts of a committed offset's metadata.
+_SEPARATOR = "; "
 
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -48,13 +62,15 @@ def _literal(text: str) -> str:
     return f"'{text}'"
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Progress:
     """Where a batch of ``group`` began: ``{(topic, partition): its first offset}``, recorded by each
-    transaction the batch opens in the ``stage_progress`` table of its repository's schema."""
+    transaction the batch opens in the ``stage_progress`` table of its repository's schema;
+    ``recorded`` once one of them has committed."""
 
     group: str
     began: Mapping[tuple[str, int], int]
+    recorded: bool = False
 
     def sql(self, schema: str) -> str:
         """The upsert into ``schema``'s table, as one statement of a simple query (it travels with
@@ -66,7 +82,7 @@ class Progress:
                          for (topic, partition), offset in sorted(self.began.items()))
         return (f'INSERT INTO "{schema}".{TABLE} AS p (consumer_group, topic, kafka_partition, applied_below) '
                 f"VALUES {rows} ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE "
-                "SET applied_below = EXCLUDED.applied_below, updated_at = now()")
+                "SET applied_below = GREATEST(p.applied_below, EXCLUDED.applied_below), updated_at = now()")
 
 
 # The batch whose transactions record their progress: set by a stage or a feed around its handler
@@ -114,7 +130,28 @@ def mark(answered_to: int) -> str:
     return f"{MARK_PREFIX}{answered_to}"
 
 
+def metadata(*, applied_below: int | None = None, answered_to: int | None = None) -> str:
+    """A committed offset's metadata: where its batch began, once the database holds that
+    (``applied_below``), and the mark of the records answered before a restore (``answered_to``)."""
+    parts = [] if applied_below is None else [f"{APPLIED_PREFIX}{applied_below}"]
+    if answered_to is not None:
+        parts.append(mark(answered_to))
+    return _SEPARATOR.join(parts)
+
+
+def _part(pattern: re.Pattern[str], metadata: str | None) -> int | None:
+    for part in (metadata or "").split(_SEPARATOR):
+        if found := pattern.fullmatch(part):
+            return int(found.group(1))
+    return None
+
+
 def answered_to(metadata: str | None) -> int | None:
     """The mark in a committed offset's metadata (``mark``), or None."""
-    found = _MARK.fullmatch(metadata or "")
-    return int(found.group(1)) if found else None
+    return _part(_MARK, metadata)
+
+
+def applied_below(metadata: str | None) -> int | None:
+    """Where the database held the partition's records up to when the offset was committed, or None
+    (an offset committed by hand, by ``yidi-recover``, or before this version)."""
+    return _part(_APPLIED, metadata)

@@ -162,6 +162,42 @@ async def progress_rows(dsn: str, schema: str, prefix: str = "") -> Restored:
     return Restored(by_group, max(times) if times else None)
 
 
+class DatabaseBehind(Exception):
+    """A service's database lacks batches its groups' committed offsets say it holds: restored
+    without ``yidi-recover``, or a Postgres that lost its last commits. The service does not start."""
+
+
+async def behind(settings: Settings, service: str) -> list[str]:
+    """Where ``service``'s database stands behind its groups' committed offsets: each offset a stage
+    or a feed commits says where its batch began, once the database holds that (``progress.applied_below``),
+    and its row never goes back, so a whole database is at or past every one of them. One line per
+    partition behind; none when the database is whole (or the offsets say nothing: committed by
+    hand, by this tool, or before this check existed).
+
+    Kafka is read first: an instance still running commits only what its database holds already,
+    so rows read after the offsets are at or past them, whatever it commits meanwhile."""
+    prefix = settings.group(f"yidi-{service}-")
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        groups = sorted(g[0] for g in await admin.list_consumer_groups() if g[0].startswith(prefix))
+        committed = {g: await admin.list_consumer_group_offsets(g) for g in groups}
+    finally:
+        await admin.close()
+    rows = (await progress_rows(settings.database_url, service, prefix)).rows
+    lines = []
+    for g in groups:
+        for tp, found in sorted(committed[g].items()):
+            vouched = progress.applied_below(found.metadata if found is not None else None)
+            held = rows.get(g, {}).get(tp)
+            if vouched is None or (held is not None and held >= vouched):
+                continue
+            has = "has no row of it" if held is None else f"holds only those before {held}"
+            lines.append(f"{g} {tp.topic}[{tp.partition}]: its offset {found.offset} was committed once the "
+                         f"database held every record before {vouched}; the database {has}")
+    return lines
+
+
 async def _group_states(admin: AIOKafkaAdminClient, groups: list[str]) -> dict[str, tuple[str, int]]:
     """Each group's state and how many members it has. One group a request: aiokafka 0.14 cannot
     read Kafka 4.1's answer about several (a string read past its end)."""

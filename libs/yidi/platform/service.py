@@ -2,7 +2,9 @@
 its Postgres pool and schema, and its /metrics endpoint.
 
 A stage that dies (fenced, or a bug) stops the process with a non-zero status, so a supervisor
-restarts it and the stage resumes from its last committed batch.
+restarts it and the stage resumes from its last committed batch. A service whose database is behind
+its groups' committed offsets (restored from a backup without ``yidi-recover``) does not start: it
+exits with status 2 before it reads anything (yidi.platform.recover.behind).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
 from prometheus_client import REGISTRY
 
-from yidi.platform import collector, heartbeat, metrics, probes, records
-from yidi.platform.db import application_name, close_pool, migrate, settings_pool, statements_for
+from yidi.platform import collector, heartbeat, metrics, probes, records, recover
+from yidi.platform.db import application_name, close_pool, migrate, record_progress, settings_pool, statements_for
 from yidi.platform.kafka import CLIENT_STOP_SECONDS, TransactionalStage, ensure_topics
 from yidi.platform.logs import setup_logging
 from yidi.platform.settings import Settings
@@ -98,6 +100,8 @@ class Service:
         return self.settings.group(f"yidi-{self.name}-{name}")
 
     def add_stage(self, stage: TransactionalStage) -> None:
+        if self.pool is not None:
+            stage.record_progress = functools.partial(record_progress, self.pool, self.name)
         self.stages.append(stage)
 
     @asynccontextmanager
@@ -111,6 +115,11 @@ class Service:
         if self.migrations:
             self.pool = await settings_pool(self.settings, service=self.name)
             await migrate(self.pool, self.name, self.migrations)
+            # Before any feed or stage reads a record: nothing is handled on a database that lacks
+            # what Kafka says it holds.
+            if lagging := await recover.behind(self.settings, self.name):
+                await close_pool(self.pool)
+                raise recover.DatabaseBehind(lagging)
             self.background.append(lambda: probes.postgres_every(
                 self.settings.database_url, application_name=application_name(self.settings, self.name, "probe")))
         for ready in self.on_ready:
@@ -175,5 +184,13 @@ class Service:
 
     def run(self) -> None:
         require_codecs()
-        asyncio.run(self.app.run())
+        try:
+            asyncio.run(self.app.run())
+        except recover.DatabaseBehind as exc:
+            log.critical("%s: its database is behind Kafka; the service does not start, and nothing was handled:\n  %s\n"
+                         "Was the database restored from a backup, or did Postgres lose its last commits? Stop every "
+                         "instance of %s and run `yidi-recover %s`, then start it again (runbook, \"A service does "
+                         "not start: its database is behind Kafka\").", self.name, "\n  ".join(exc.args[0]),
+                         self.name, self.name)
+            sys.exit(2)
         sys.exit(self.exit_code)
