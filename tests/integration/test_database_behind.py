@@ -62,7 +62,7 @@ async def test_a_stage_commits_where_each_batch_began_and_a_database_behind_that
     own_statements: list[dict] = []
 
     async def record_progress(batch: progress.Progress) -> None:
-        own_statements.append(dict(batch.began))
+        own_statements.append(dict(batch.below))
         await db.record_progress(pool, "clearing", batch)
 
     stage = TransactionalStage("behind-test", "clearing", s, [SETTLEMENT_PRICED], "yidi-clearing-behindtest", handle,
@@ -81,7 +81,7 @@ async def test_a_stage_commits_where_each_batch_began_and_a_database_behind_that
     assert handled == [[0, 1], [2, 3], [4, 5]]
     # Only the batch without a transaction recorded its progress in a statement of its own.
     assert own_statements == [{(tp.topic, 0): 2}]
-    assert (await committed(s.kafka_bootstrap, group, tp)).metadata == progress.metadata(applied_below=4)
+    assert (await committed(s.kafka_bootstrap, group, tp)).metadata == progress.applied(4)
     assert await _row(pool, group, tp) == 4
     assert await recover.behind(s, "clearing") == []
 
@@ -139,15 +139,14 @@ async def test_a_feed_commits_where_each_batch_began_and_a_database_behind_that_
     finally:
         await service.broker.stop()
     assert applied == [0, 1, 2, 3, 4]
-    # The last batch began at 3, or at 4 when 3 was fetched alone.
-    began = await _row(pool, group, tp)
-    assert began in (3, 4)
-    assert (await committed(s.kafka_bootstrap, group, tp)).metadata == progress.metadata(applied_below=began)
+    # A feed records where its batch ends, once applied.
+    assert await _row(pool, group, tp) == 5
+    assert (await committed(s.kafka_bootstrap, group, tp)).metadata == progress.applied(5)
     assert await recover.behind(s, "clearing") == []
-    await _set_row(pool, group, tp, 0)
+    await _set_row(pool, group, tp, 3)
     assert await recover.behind(s, "clearing") == [
-        f"{group} {tp.topic}[0]: its offset 5 was committed once the database held every record before {began}; the "
-        "database holds only those before 0"]
+        f"{group} {tp.topic}[0]: its offset 5 was committed once the database held every record before 5; the "
+        "database holds only those before 3"]
 
 
 async def test_an_offset_committed_by_hand_says_nothing_and_is_not_checked(clearing_of_its_own):
@@ -162,6 +161,35 @@ async def test_an_offset_committed_by_hand_says_nothing_and_is_not_checked(clear
     await recover.commit_offsets(s.kafka_bootstrap, group, {tp: OffsetAndMetadata(3, "")})
     assert await recover.behind(s, "clearing") == []
     await recover.commit_offsets(s.kafka_bootstrap, group, {
-        tp: OffsetAndMetadata(3, progress.metadata(applied_below=2))})
+        tp: OffsetAndMetadata(3, progress.applied(2))})
     (line,) = await recover.behind(s, "clearing")
     assert line.endswith("the database has no row of it")
+
+
+async def test_a_service_checks_before_its_migrations_so_a_backup_without_the_table_stays_without_it(
+        clearing_of_its_own):
+    """A backup from before ``stage_progress`` restored under offsets that say something: the service
+    refuses before its migrations run, so the table stays missing and yidi-recover refuses the
+    database (rather than taking a table created just now for the backup's time)."""
+    own, repo = clearing_of_its_own
+    pool = repo._pool
+    s = own.model_copy(update={"namespace": f"{own.namespace}notable{uuid.uuid4().hex[:6]}.", "metrics_port": 0})
+    await ensure_topics(s)
+    tp = TopicPartition(s.topic(SETTLEMENT_PRICED), 0)
+    await produce(s.kafka_bootstrap, tp.topic, [b"x"] * 3)
+    await recover.commit_offsets(s.kafka_bootstrap, s.group("yidi-clearing-priced"),
+                                 {tp: OffsetAndMetadata(3, progress.applied(2))})
+    await pool.execute("DROP TABLE clearing.stage_progress")  # as a backup from before the upgrade holds it
+    await pool.execute("DELETE FROM clearing.schema_migrations WHERE version = $1", recover.MIGRATION)
+    migrated = await pool.fetchval("SELECT count(*) FROM clearing.schema_migrations")
+
+    service = Service("clearing", s, migrations="services.clearing.migrations")
+    with pytest.raises(recover.DatabaseBehind) as refused:
+        async with service._lifespan():
+            pass
+    (line,) = refused.value.args[0]
+    assert line.endswith("the database has no clearing.stage_progress at all"), line
+    assert await pool.fetchval("SELECT to_regclass('clearing.stage_progress')") is None
+    assert await pool.fetchval("SELECT count(*) FROM clearing.schema_migrations") == migrated
+    with pytest.raises(recover.Refused, match="backed up before"):
+        await recover.make_plan(s, "clearing")

@@ -15,7 +15,7 @@ T0, T1 = TopicPartition("settlement.priced", 0), TopicPartition("settlement.pric
 def test_a_batch_records_each_partitions_first_offset_in_partition_order():
     began = progress.began("yidi-pricing-eligible",
                            [("settlement.eligible", 2, 41), ("settlement.eligible", 0, 7), ("settlement.eligible", 2, 40)])
-    assert began.began == {("settlement.eligible", 2): 40, ("settlement.eligible", 0): 7}
+    assert began.below == {("settlement.eligible", 2): 40, ("settlement.eligible", 0): 7}
     assert began.sql("pricing") == (
         'INSERT INTO "pricing".stage_progress AS p (consumer_group, topic, kafka_partition, applied_below) '
         "VALUES ('yidi-pricing-eligible', 'settlement.eligible', 0, 7), "
@@ -39,17 +39,18 @@ def test_the_mark_reads_back_and_nothing_else_reads_as_one():
         assert progress.answered_to(other) is None
 
 
-def test_the_metadata_says_where_the_batch_began_and_the_mark_each_read_back_alone():
-    both = progress.metadata(applied_below=120, answered_to=130)
-    assert (progress.applied_below(both), progress.answered_to(both)) == (120, 130)
-    alone = progress.metadata(applied_below=120)
-    assert (progress.applied_below(alone), progress.answered_to(alone)) == (120, None)
-    assert progress.metadata() == ""
-    # As yidi-recover and the stages before this version committed it: a mark alone.
-    assert (progress.applied_below(progress.mark(130)), progress.answered_to(progress.mark(130))) == (None, 130)
+def test_what_the_database_held_reads_back_and_nothing_else_reads_as_it():
+    assert progress.applied_below(progress.applied(120)) == 120
+    assert progress.answered_to(progress.applied(120)) is None
+    assert progress.applied_below(progress.mark(130)) is None  # yidi-recover's, and a stage's below a mark
     for other in ("", None, "skipped by hand", "yidi-progress applied-below=", "yidi-progress applied-below=1x",
-                  " yidi-progress applied-below=12", "yidi-progress applied-below=12;"):
+                  " yidi-progress applied-below=12", "yidi-progress applied-below=12; yidi-restore answered-to=13"):
         assert progress.applied_below(other) is None
+
+
+def test_a_feeds_batch_records_where_each_partition_ends():
+    reached = progress.reached("g", [("t", 1, 7), ("t", 0, 3), ("t", 1, 5)])
+    assert reached.below == {("t", 1): 8, ("t", 0): 4}
 
 
 def om(offset: int, metadata: str = "") -> OffsetAndMetadata:
@@ -124,3 +125,58 @@ async def test_the_tool_says_when_postgres_cannot_be_reached_and_exits_2(capsys)
     unreachable = Settings(database_url="postgresql://yidi@127.0.0.1:1/yidi", kafka_bootstrap="127.0.0.1:1")
     assert await run("clearing", True, unreachable) == 2
     assert "unreachable" in capsys.readouterr().err
+
+
+class _Assignment:
+    def __init__(self, tps: set[TopicPartition]) -> None:
+        self.tps = tps
+
+
+class _Consumer:
+    """As much of aiokafka's consumer as a feed's acknowledgement reads: what is assigned, and commit."""
+
+    def __init__(self, assigned: set[TopicPartition]) -> None:
+        self._subscription = type("State", (), {"subscription": type("Sub", (), {"assignment": _Assignment(assigned)})})
+        self.commits: list[object] = []
+
+    async def commit(self, offsets: object = None) -> None:
+        self.commits.append(offsets)
+
+
+async def test_a_feeds_acknowledgement_commits_the_batchs_partitions_still_assigned_each_with_its_end():
+    from yidi.platform.feeds import with_progress
+
+    consumer = _Consumer({T0})
+    acknowledged = {T0: 10, T1: 20}  # T1 was revoked while the batch was applied
+    with_progress(consumer, acknowledged)
+    with_progress(consumer, acknowledged)  # once only
+    await consumer.commit()
+    assert consumer.commits == [{T0: OffsetAndMetadata(10, progress.applied(10))}]
+    assert acknowledged == {}
+    # Nothing recorded (a service without a database): as FastStream would, every position consumed.
+    await consumer.commit()
+    assert consumer.commits[-1] is None
+    # Offsets given are committed as they are.
+    await consumer.commit({T1: 3})
+    assert consumer.commits[-1] == {T1: 3}
+
+
+def test_a_stages_offsets_say_where_the_batch_began_or_below_a_mark_carry_the_mark_alone():
+    """Alone, as the versions before 2026-12-07 session 42 read a mark (the whole metadata): one of
+    them taking the partition half-way through a recovery still publishes nothing below it."""
+    from yidi.platform.kafka import TransactionalStage
+    from yidi.platform.settings import Settings
+
+    async def record(batch: progress.Progress) -> None:
+        batch.recorded = True
+
+    stage = TransactionalStage("t", "test", Settings(), ["in"], "g", None)  # type: ignore[arg-type]
+    batch = progress.began("g", [(T0.topic, 0, 5), (T1.topic, 1, 3)])
+    assert stage._with_metadata({T0: 7, T1: 4}, batch) == {T0: 7, T1: 4}  # no database to vouch for it
+    stage.record_progress = record
+    assert stage._with_metadata({T0: 7, T1: 4}, batch) == {
+        T0: OffsetAndMetadata(7, progress.applied(5)), T1: OffsetAndMetadata(4, progress.applied(3))}
+    stage._marks = {T0: 8}
+    assert stage._with_metadata({T0: 7, T1: 4}, batch) == {
+        T0: OffsetAndMetadata(7, progress.mark(8)), T1: OffsetAndMetadata(4, progress.applied(3))}
+    assert stage._with_metadata({T0: 8}, batch) == {T0: OffsetAndMetadata(8, progress.applied(5))}  # past it

@@ -165,26 +165,28 @@ def feed(
                 refused.append((raw, exc))
         return applied, stale
 
-    # Where this instance's last batch of each partition began, recorded: said in the metadata of
-    # each offset the feed commits (``_commit_with_progress``).
-    began_at: dict[TopicPartition, int] = {}
+    # The batch in hand, once applied and its progress recorded: the offsets its acknowledgement
+    # commits, each saying the database holds every record before it (``_commit_with_progress``).
+    acknowledged: dict[TopicPartition, int] = {}
 
     async def record_progress(batch: tuple[Any, ...]) -> None:
-        """Where the batch begins, in the service's ``stage_progress`` (yidi.platform.progress): the
-        batches before it are applied (each is acknowledged once applied, and the next one comes
-        after), so it holds before this one's writes, in a statement of its own. After a restore of
-        the service's database the feed is moved back there and applies what the backup lacks.
-        Waited to disk: the feed's next commit says the database holds it."""
+        """Where the batch ends, in the service's ``stage_progress`` (yidi.platform.progress), once
+        it is applied, in a statement of its own waited to disk: every record before it is in the
+        database, and the feed's commit then says so. After a restore of the service's database the
+        feed is moved back there and applies what the backup lacks; a database that lost the batch's
+        writes (a Postgres that lost its last commits) lost this row after them, and the service's
+        check at start sees it."""
         if service.pool is None:
             return
-        began = progress.began(group, [(r.topic, r.partition, r.offset) for r in batch])
-        await record_progress_in(service.pool, service.name, began)
-        began_at.update({TopicPartition(topic, partition): offset
-                         for (topic, partition), offset in began.began.items()})
+        reached = progress.reached(group, [(r.topic, r.partition, r.offset) for r in batch])
+        await record_progress_in(service.pool, service.name, reached)
+        acknowledged.update({TopicPartition(topic, partition): offset
+                             for (topic, partition), offset in reached.below.items()})
 
     async def consume(msg: KafkaMessage) -> None:
         batch = msg.raw_message if isinstance(msg.raw_message, tuple) else (msg.raw_message,)
-        with_progress(msg.consumer, began_at)
+        with_progress(msg.consumer, acknowledged)
+        acknowledged.clear()  # an earlier batch's, NACKed
         valid: list[tuple[Any, M]] = []
         refused: list[tuple[Any, Exception]] = []
         for raw in batch:
@@ -196,7 +198,6 @@ def feed(
             except (ValidationError, ValueError, ArithmeticError) as exc:  # a data error: dead-lettered
                 refused.append((raw, exc))
         try:
-            await record_progress(batch)
             if apply_many is not None and len(valid) > 1:
                 try:
                     applied, stale = len(valid), _stale(await apply_many([given(raw, record) for raw, record in valid]))
@@ -205,6 +206,7 @@ def feed(
                     applied, stale = await apply_each(valid, refused)
             else:
                 applied, stale = await apply_each(valid, refused)
+            await record_progress(batch)
         except Exception as exc:
             # Feeds upsert (ON CONFLICT), so instances never race on a key here: a RaceLost is a bug.
             if isinstance(exc, TransientError) and not isinstance(exc, RaceLost):
@@ -249,30 +251,34 @@ def feed(
         lambda: show_lag_every(feed_name, subscriber, service.settings.lag_sample_seconds, lambda: in_hand[0]))
 
 
-def with_progress(consumer: Any, began_at: dict[TopicPartition, int]) -> None:
-    """Make ``consumer``'s commits say where each partition's last batch began (once, before the
-    first batch is acknowledged)."""
+def with_progress(consumer: Any, acknowledged: dict[TopicPartition, int]) -> None:
+    """Make ``consumer``'s acknowledgements commit ``acknowledged`` (once, before its first batch is
+    acknowledged)."""
     if getattr(consumer, "yidi_with_progress", False) or not hasattr(consumer, "_subscription"):
         return  # a test's fake, which commits nothing
-    consumer.commit = functools.partial(_commit_with_progress, consumer.commit, consumer, began_at)
+    consumer.commit = functools.partial(_commit_with_progress, consumer.commit, consumer, acknowledged)
     consumer.yidi_with_progress = True
 
 
 async def _commit_with_progress(commit: Callable[..., Awaitable[None]], consumer: Any,
-                                began_at: dict[TopicPartition, int], offsets: Any = None) -> None:
-    """A feed's acknowledgement (FastStream commits every position its consumer has consumed), each
-    offset with where the partition's last batch began (``progress.applied_below``), recorded before
-    it was applied: the service's check at start finds a database restored behind it
-    (``recover.behind``). Only the partitions this instance applied a batch of: another's position
-    is where it was committed, and committed again it would lose its metadata."""
-    subscription = consumer._subscription.subscription
-    assignment = subscription.assignment if subscription is not None else None
-    if offsets is None and assignment is not None:  # (without one, aiokafka's commit says why it cannot)
-        offsets = {tp: OffsetAndMetadata(o.offset, progress.metadata(applied_below=began_at[tp]))
-                   for tp, o in assignment.all_consumed_offsets().items() if tp in began_at}
+                                acknowledged: dict[TopicPartition, int], offsets: Any = None) -> None:
+    """A feed's acknowledgement (FastStream commits every position its consumer has consumed): the
+    end of the batch just applied on each of its partitions still assigned, each saying so in its
+    metadata (``progress.applied``), so that the service's check at start finds a database
+    restored behind it (``recover.behind``). The others' positions are where they were committed
+    (committed again, they would lose their metadata). Without a batch recorded (a service without
+    a database), as FastStream would."""
+    if offsets is None and acknowledged:
+        subscription = consumer._subscription.subscription
+        assigned = subscription.assignment.tps if subscription is not None and subscription.assignment else set()
+        offsets = {tp: OffsetAndMetadata(end, progress.applied(end)) for tp, end in acknowledged.items()
+                   if tp in assigned}
+        acknowledged.clear()
         if not offsets:
-            return
-    await commit(offsets)
+            return  # revoked meanwhile: the partitions' new owner reads the batch again
+        await commit(offsets)
+        return
+    await commit() if offsets is None else await commit(offsets)
 
 
 async def show_lag_every(feed_name: str, subscriber: Any, seconds: float, in_hand: Callable[[], int]) -> None:

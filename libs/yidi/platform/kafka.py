@@ -594,17 +594,19 @@ class TransactionalStage:
 
     def _with_metadata(self, offsets: dict[TopicPartition, int], batch: progress.Progress | None
                        ) -> dict[TopicPartition, Any]:
-        """The offsets to commit, each with its metadata: where its batch began, which the database
-        holds by the time they commit (``_recorded``); and, still below its partition's mark, the
-        mark: a stage stopped half-way through keeps it for the next owner."""
-        vouched = batch.began if batch is not None and self.record_progress is not None else {}
+        """The offsets to commit, each with its metadata: still below its partition's mark, the mark
+        (a stage stopped half-way through keeps it for the next owner), alone, as the versions
+        before this one wrote and read it; otherwise where its batch began, which the database
+        holds by the time they commit (``_recorded``)."""
+        vouched = batch.below if batch is not None and self.record_progress is not None else {}
         if not vouched and not self._marks:
             return dict(offsets)
         with_metadata: dict[TopicPartition, Any] = {}
         for tp, o in offsets.items():
             mark = self._marks.get(tp)
-            said = progress.metadata(applied_below=vouched.get((tp.topic, tp.partition)),
-                                     answered_to=mark if mark is not None and o < mark else None)
+            began = vouched.get((tp.topic, tp.partition))
+            said = (progress.mark(mark) if mark is not None and o < mark
+                    else progress.applied(began) if began is not None else "")
             with_metadata[tp] = OffsetAndMetadata(o, said) if said else o
         return with_metadata
 

@@ -27,7 +27,7 @@ began (``applied_below``), once the database holds that batch's row: a stage rec
 batch's transaction, or in a statement of its own for a batch that opened none, before its Kafka
 transaction commits; a feed before it applies the batch. So while the database is whole, its row
 of every partition is at or past what the group's committed offset says. A service checks that at
-start (``yidi.platform.guard``): a database restored without ``yidi-recover``, or a Postgres that
+start (``yidi.platform.recover.behind``): a database restored without ``yidi-recover``, or a Postgres that
 lost its last commits, is behind, and the service stops before it handles anything on it.
 """
 
@@ -46,8 +46,6 @@ MARK_PREFIX = "yidi-restore answered-to="
 _MARK = re.compile(re.escape(MARK_PREFIX) + r"(\d+)")
 APPLIED_PREFIX = "yidi-progress applied-below="
 _APPLIED = re.compile(re.escape(APPLIED_PREFIX) + r"(\d+)")
-# Between the parts of a committed offset's metadata.
-_SEPARATOR = "; "
 
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -64,22 +62,23 @@ def _literal(text: str) -> str:
 
 @dataclass(eq=False)
 class Progress:
-    """Where a batch of ``group`` began: ``{(topic, partition): its first offset}``, recorded by each
-    transaction the batch opens in the ``stage_progress`` table of its repository's schema;
-    ``recorded`` once one of them has committed."""
+    """What a batch of ``group`` says the database holds: ``{(topic, partition): an offset below
+    which every record is in it}`` (a stage's batch: its first offsets, ``began``; a feed's, once
+    applied: its ends, ``reached``), recorded by each transaction the batch opens in the
+    ``stage_progress`` table of its repository's schema; ``recorded`` once one of them has committed."""
 
     group: str
-    began: Mapping[tuple[str, int], int]
+    below: Mapping[tuple[str, int], int]
     recorded: bool = False
 
     def sql(self, schema: str) -> str:
         """The upsert into ``schema``'s table, as one statement of a simple query (it travels with
         BEGIN: no round trip of its own). Partitions in order, so two batches never wait on each
         other's rows in a circle."""
-        if not self.began:
+        if not self.below:
             return ""
         rows = ", ".join(f"({_literal(self.group)}, {_literal(topic)}, {int(partition)}, {int(offset)})"
-                         for (topic, partition), offset in sorted(self.began.items()))
+                         for (topic, partition), offset in sorted(self.below.items()))
         return (f'INSERT INTO "{schema}".{TABLE} AS p (consumer_group, topic, kafka_partition, applied_below) '
                 f"VALUES {rows} ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE "
                 "SET applied_below = GREATEST(p.applied_below, EXCLUDED.applied_below), updated_at = now()")
@@ -125,33 +124,36 @@ def began(group: str, records: Iterator[tuple[str, int, int]] | list[tuple[str, 
     return Progress(group, first)
 
 
+def reached(group: str, records: list[tuple[str, int, int]]) -> Progress:
+    """Where a batch of ``records`` (topic, partition, offset) ends: each partition's last offset + 1
+    (a feed records it once the batch is applied)."""
+    last: dict[tuple[str, int], int] = {}
+    for topic, partition, offset in records:
+        last[(topic, partition)] = max(last.get((topic, partition), -1), offset + 1)
+    return Progress(group, last)
+
+
 def mark(answered_to: int) -> str:
     """The committed offset's metadata that says the records below ``answered_to`` were answered."""
     return f"{MARK_PREFIX}{answered_to}"
 
 
-def metadata(*, applied_below: int | None = None, answered_to: int | None = None) -> str:
-    """A committed offset's metadata: where its batch began, once the database holds that
-    (``applied_below``), and the mark of the records answered before a restore (``answered_to``)."""
-    parts = [] if applied_below is None else [f"{APPLIED_PREFIX}{applied_below}"]
-    if answered_to is not None:
-        parts.append(mark(answered_to))
-    return _SEPARATOR.join(parts)
-
-
-def _part(pattern: re.Pattern[str], metadata: str | None) -> int | None:
-    for part in (metadata or "").split(_SEPARATOR):
-        if found := pattern.fullmatch(part):
-            return int(found.group(1))
-    return None
+def applied(below: int) -> str:
+    """The committed offset's metadata that says the database held every record before ``below``
+    when it was committed (a stage's or a feed's, after its batch's row was recorded)."""
+    return f"{APPLIED_PREFIX}{below}"
 
 
 def answered_to(metadata: str | None) -> int | None:
     """The mark in a committed offset's metadata (``mark``), or None."""
-    return _part(_MARK, metadata)
+    found = _MARK.fullmatch(metadata or "")
+    return int(found.group(1)) if found else None
 
 
 def applied_below(metadata: str | None) -> int | None:
-    """Where the database held the partition's records up to when the offset was committed, or None
-    (an offset committed by hand, by ``yidi-recover``, or before this version)."""
-    return _part(_APPLIED, metadata)
+    """Where the database held the partition's records up to when the offset was committed
+    (``applied``), or None: an offset committed by hand, by ``yidi-recover``, below a restore's mark
+    (which a commit carries alone, as the versions before 2026-12-07 session 42 read it), or before
+    that version."""
+    found = _APPLIED.fullmatch(metadata or "")
+    return int(found.group(1)) if found else None

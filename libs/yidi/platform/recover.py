@@ -144,16 +144,24 @@ async def progress_rows(dsn: str, schema: str, prefix: str = "") -> Restored:
     """The restored database's ``stage_progress`` of ``schema``, by group (those named ``prefix…``)."""
     conn = await asyncpg.connect(dsn)
     try:
-        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{schema}".{progress.TABLE}'):
-            raise Refused(f"the database has no {schema}.{progress.TABLE}: it was backed up before "
-                          "the services recorded their progress there, so where it stood is unknown (runbook, "
-                          "\"Restoring a service's database\")")
-        rows = await conn.fetch(f'SELECT consumer_group, topic, kafka_partition, applied_below, updated_at FROM '
-                                f'"{schema}".{progress.TABLE} WHERE starts_with(consumer_group, $1)', prefix)
-        upgraded = await conn.fetchval(f'SELECT applied_at FROM "{schema}".schema_migrations WHERE version = $1',
-                                       MIGRATION)
+        restored = await _read_progress(conn, schema, prefix)
     finally:
         await conn.close()
+    if restored is None:
+        raise Refused(f"the database has no {schema}.{progress.TABLE}: it was backed up before "
+                      "the services recorded their progress there, so where it stood is unknown (runbook, "
+                      "\"Restoring a service's database\")")
+    return restored
+
+
+async def _read_progress(conn: asyncpg.Connection | asyncpg.Pool, schema: str, prefix: str) -> Restored | None:
+    """``progress_rows`` over ``conn``; None when the database has no such table."""
+    if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", f'"{schema}".{progress.TABLE}'):
+        return None
+    rows = await conn.fetch(f'SELECT consumer_group, topic, kafka_partition, applied_below, updated_at FROM '
+                            f'"{schema}".{progress.TABLE} WHERE starts_with(consumer_group, $1)', prefix)
+    upgraded = await conn.fetchval(f'SELECT applied_at FROM "{schema}".schema_migrations WHERE version = $1',
+                                   MIGRATION)
     by_group: dict[str, dict[TopicPartition, int]] = {}
     for row in rows:
         by_group.setdefault(row["consumer_group"], {})[TopicPartition(row["topic"], row["kafka_partition"])] = \
@@ -167,12 +175,14 @@ class DatabaseBehind(Exception):
     without ``yidi-recover``, or a Postgres that lost its last commits. The service does not start."""
 
 
-async def behind(settings: Settings, service: str) -> list[str]:
+async def behind(settings: Settings, service: str, pool: asyncpg.Pool | None = None) -> list[str]:
     """Where ``service``'s database stands behind its groups' committed offsets: each offset a stage
     or a feed commits says where its batch began, once the database holds that (``progress.applied_below``),
     and its row never goes back, so a whole database is at or past every one of them. One line per
     partition behind; none when the database is whole (or the offsets say nothing: committed by
-    hand, by this tool, or before this check existed).
+    hand, by this tool, or before this check existed). A database without ``stage_progress`` (a
+    backup from before it, or an empty one) holds no row. Read through ``pool``, or a connection of
+    its own.
 
     Kafka is read first: an instance still running commits only what its database holds already,
     so rows read after the offsets are at or past them, whatever it commits meanwhile."""
@@ -184,17 +194,28 @@ async def behind(settings: Settings, service: str) -> list[str]:
         committed = {g: await admin.list_consumer_group_offsets(g) for g in groups}
     finally:
         await admin.close()
-    rows = (await progress_rows(settings.database_url, service, prefix)).rows
+    vouched = {(g, tp): (found.offset, below) for g in groups for tp, found in sorted(committed[g].items())
+               if found is not None and (below := progress.applied_below(found.metadata)) is not None}
+    if not vouched:
+        return []
+    if pool is not None:
+        restored = await _read_progress(pool, service, prefix)
+    else:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            restored = await _read_progress(conn, service, prefix)
+        finally:
+            await conn.close()
+    rows = restored.rows if restored is not None else {}
     lines = []
-    for g in groups:
-        for tp, found in sorted(committed[g].items()):
-            vouched = progress.applied_below(found.metadata if found is not None else None)
-            held = rows.get(g, {}).get(tp)
-            if vouched is None or (held is not None and held >= vouched):
-                continue
-            has = "has no row of it" if held is None else f"holds only those before {held}"
-            lines.append(f"{g} {tp.topic}[{tp.partition}]: its offset {found.offset} was committed once the "
-                         f"database held every record before {vouched}; the database {has}")
+    for (g, tp), (offset, below) in vouched.items():
+        held = rows.get(g, {}).get(tp)
+        if held is not None and held >= below:
+            continue
+        has = (f"holds only those before {held}" if held is not None else "has no row of it" if restored is not None
+               else f"has no {service}.{progress.TABLE} at all")
+        lines.append(f"{g} {tp.topic}[{tp.partition}]: its offset {offset} was committed once the database held "
+                     f"every record before {below}; the database {has}")
     return lines
 
 

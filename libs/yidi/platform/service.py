@@ -114,12 +114,13 @@ class Service:
         await ensure_topics(self.settings)
         if self.migrations:
             self.pool = await settings_pool(self.settings, service=self.name)
-            await migrate(self.pool, self.name, self.migrations)
-            # Before any feed or stage reads a record: nothing is handled on a database that lacks
-            # what Kafka says it holds.
-            if lagging := await recover.behind(self.settings, self.name):
+            # Before the migrations change anything (a backup from before stage_progress keeps
+            # lacking it, and yidi-recover then says so), and before any feed or stage reads a
+            # record: nothing is handled on a database that lacks what Kafka says it holds.
+            if lagging := await recover.behind(self.settings, self.name, self.pool):
                 await close_pool(self.pool)
                 raise recover.DatabaseBehind(lagging)
+            await migrate(self.pool, self.name, self.migrations)
             self.background.append(lambda: probes.postgres_every(
                 self.settings.database_url, application_name=application_name(self.settings, self.name, "probe")))
         for ready in self.on_ready:
