@@ -59,10 +59,12 @@ async def test_a_stage_commits_where_each_batch_began_and_a_database_behind_that
                 await conn.execute("SELECT 1")
         return []
 
-    own_statements: list[dict] = []
+    own_statements: list[tuple[dict, int | None]] = []
 
     async def record_progress(batch: progress.Progress) -> None:
-        own_statements.append(dict(batch.below))
+        # With the group's committed offset when it is recorded: the row comes before the commit.
+        found = await committed(s.kafka_bootstrap, group, tp)
+        own_statements.append((dict(batch.below), found.offset if found is not None else None))
         await db.record_progress(pool, "clearing", batch)
 
     stage = TransactionalStage("behind-test", "clearing", s, [SETTLEMENT_PRICED], "yidi-clearing-behindtest", handle,
@@ -78,9 +80,11 @@ async def test_a_stage_commits_where_each_batch_began_and_a_database_behind_that
     finally:
         await stage.stop()
     assert stage.failure is None
+    assert stage._offsets_during_handler() == during_handler  # transactions v2 where asked (the local stack's)
     assert handled == [[0, 1], [2, 3], [4, 5]]
-    # Only the batch without a transaction recorded its progress in a statement of its own.
-    assert own_statements == [{(tp.topic, 0): 2}]
+    # Only the batch without a transaction recorded its progress in a statement of its own, before
+    # its offsets were committed.
+    assert own_statements == [({(tp.topic, 0): 2}, 2)]
     assert (await committed(s.kafka_bootstrap, group, tp)).metadata == progress.applied(4)
     assert await _row(pool, group, tp) == 4
     assert await recover.behind(s, "clearing") == []
@@ -104,8 +108,10 @@ class Record(BaseModel):
     n: int
 
 
-async def test_a_feed_commits_where_each_batch_began_and_a_database_behind_that_is_found(clearing_of_its_own):
-    """The real FastStream subscriber of ``feed()``: its acknowledgements carry where the batch began."""
+async def test_a_feed_commits_where_each_batch_ends_once_applied_and_a_database_behind_that_is_found(
+        clearing_of_its_own):
+    """The real FastStream subscriber of ``feed()``: its row says where its batch ends once the batch
+    is applied, and its acknowledgements carry it."""
     own, repo = clearing_of_its_own
     pool = repo._pool
     s = own.model_copy(update={"namespace": f"{own.namespace}feedbehind{uuid.uuid4().hex[:6]}."})
@@ -114,10 +120,12 @@ async def test_a_feed_commits_where_each_batch_began_and_a_database_behind_that_
     service = Service("clearing", s, migrations=None)
     service.pool = pool  # as its lifespan opens it
     applied: list[int] = []
+    rows_while_applying: dict[int, int | None] = {}
     release = asyncio.Event()
 
     async def apply(record: Record) -> None:
         applied.append(record.n)
+        rows_while_applying[record.n] = await _row(pool, group, tp)
         if record.n == 2:
             await release.wait()  # the first batch is 0 to 2; what comes meanwhile is the next one
 
@@ -139,7 +147,8 @@ async def test_a_feed_commits_where_each_batch_began_and_a_database_behind_that_
     finally:
         await service.broker.stop()
     assert applied == [0, 1, 2, 3, 4]
-    # A feed records where its batch ends, once applied.
+    # A feed records where its batch ends, once applied: not while it applies.
+    assert rows_while_applying[2] is None and rows_while_applying[3] == 3
     assert await _row(pool, group, tp) == 5
     assert (await committed(s.kafka_bootstrap, group, tp)).metadata == progress.applied(5)
     assert await recover.behind(s, "clearing") == []
@@ -188,7 +197,7 @@ async def test_a_service_checks_before_its_migrations_so_a_backup_without_the_ta
         async with service._lifespan():
             pass
     (line,) = refused.value.args[0]
-    assert line.endswith("the database has no clearing.stage_progress at all"), line
+    assert "the database has no clearing.stage_progress at all" in line, line
     assert await pool.fetchval("SELECT to_regclass('clearing.stage_progress')") is None
     assert await pool.fetchval("SELECT count(*) FROM clearing.schema_migrations") == migrated
     with pytest.raises(recover.Refused, match="backed up before"):

@@ -22,12 +22,15 @@ handled again whole, and the handlers' idempotence (by msgid, reqid, version) pa
 A row never goes back (``GREATEST``): an instance the group has moved on from, whose batch's
 transaction commits late, cannot lower what a later batch recorded.
 
-The other way round, each offset a stage or a feed commits says in its metadata where its batch
-began (``applied_below``), once the database holds that batch's row: a stage records it in its
-batch's transaction, or in a statement of its own for a batch that opened none, before its Kafka
-transaction commits; a feed before it applies the batch. So while the database is whole, its row
-of every partition is at or past what the group's committed offset says. A service checks that at
-start (``yidi.platform.recover.behind``): a database restored without ``yidi-recover``, or a Postgres that
+A feed records where its batch *ends*, in a statement of its own once it has applied the batch.
+
+The other way round, each offset a stage or a feed commits says in its metadata what its batch's
+row says (``applied``: a stage's first offsets, a feed's ends), once the database holds that row:
+a stage records it in its batch's transaction, or in a statement of its own for a batch that
+opened none, before its Kafka transaction commits (below a restore's mark the commit carries the
+mark alone); a feed before its acknowledgement. So while the database is whole, its row of every
+partition is at or past what the group's committed offset says. A service checks that at start
+(``yidi.platform.recover.behind``): a database restored without ``yidi-recover``, or a Postgres that
 lost its last commits, is behind, and the service stops before it handles anything on it.
 """
 

@@ -58,6 +58,8 @@ MIGRATION = "platform_001_stage_progress.sql"
 NO_ROW_MARGIN = timedelta(minutes=10)
 # How long the tool waits for a transaction holding the groups' offsets (a stopped instance's) to end.
 STABLE_WAIT_SECONDS = 90.0
+# How long a service's check at start asks again a broker that answers "not yet" (coordinators loading).
+BEHIND_KAFKA_WAIT_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -187,13 +189,8 @@ async def behind(settings: Settings, service: str, pool: asyncpg.Pool | None = N
     Kafka is read first: an instance still running commits only what its database holds already,
     so rows read after the offsets are at or past them, whatever it commits meanwhile."""
     prefix = settings.group(f"yidi-{service}-")
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        groups = sorted(g[0] for g in await admin.list_consumer_groups() if g[0].startswith(prefix))
-        committed = {g: await admin.list_consumer_group_offsets(g) for g in groups}
-    finally:
-        await admin.close()
+    committed = await _committed_offsets(settings.kafka_bootstrap, prefix)
+    groups = sorted(committed)
     vouched = {(g, tp): (found.offset, below) for g in groups for tp, found in sorted(committed[g].items())
                if found is not None and (below := progress.applied_below(found.metadata)) is not None}
     if not vouched:
@@ -213,10 +210,29 @@ async def behind(settings: Settings, service: str, pool: asyncpg.Pool | None = N
         if held is not None and held >= below:
             continue
         has = (f"holds only those before {held}" if held is not None else "has no row of it" if restored is not None
-               else f"has no {service}.{progress.TABLE} at all")
+               else f"has no {service}.{progress.TABLE} at all (an empty database, or a backup from before it)")
         lines.append(f"{g} {tp.topic}[{tp.partition}]: its offset {offset} was committed once the database held "
                      f"every record before {below}; the database {has}")
     return lines
+
+
+async def _committed_offsets(bootstrap: str, prefix: str, wait: float = BEHIND_KAFKA_WAIT_SECONDS
+                             ) -> dict[str, dict[TopicPartition, OffsetAndMetadata]]:
+    """The committed offsets of every group named ``prefix…``. A broker that has just started answers
+    "coordinator loading" for a while (retriable): asked again each second, for at most ``wait``."""
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            await admin.start()
+            groups = sorted(g[0] for g in await admin.list_consumer_groups() if g[0].startswith(prefix))
+            return {g: await admin.list_consumer_group_offsets(g) for g in groups}
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False) or asyncio.get_running_loop().time() > deadline:
+                raise
+        finally:
+            await admin.close()
+        await asyncio.sleep(1.0)
 
 
 async def _group_states(admin: AIOKafkaAdminClient, groups: list[str]) -> dict[str, tuple[str, int]]:
