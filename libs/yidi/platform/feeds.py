@@ -276,9 +276,7 @@ async def _commit_with_progress(commit: Callable[..., Awaitable[None]], consumer
         acknowledged.clear()
         if not offsets:
             return  # revoked meanwhile: the partitions' new owner reads the batch again
-        await commit(offsets)
-        return
-    await commit() if offsets is None else await commit(offsets)
+    await commit(offsets)
 
 
 async def show_lag_every(feed_name: str, subscriber: Any, seconds: float, in_hand: Callable[[], int]) -> None:

@@ -179,8 +179,8 @@ class DatabaseBehind(Exception):
 
 async def behind(settings: Settings, service: str, pool: asyncpg.Pool | None = None) -> list[str]:
     """Where ``service``'s database stands behind its groups' committed offsets: each offset a stage
-    or a feed commits says where its batch began, once the database holds that (``progress.applied_below``),
-    and its row never goes back, so a whole database is at or past every one of them. One line per
+    or a feed commits says what its batch's row says (``progress.applied_below``), once the database
+    holds that row, and a row never goes back, so a whole database is at or past every one of them. One line per
     partition behind; none when the database is whole (or the offsets say nothing: committed by
     hand, by this tool, or before this check existed). A database without ``stage_progress`` (a
     backup from before it, or an empty one) holds no row. Read through ``pool``, or a connection of
