@@ -185,3 +185,56 @@ async def test_a_database_restored_to_a_backup_is_brought_up_to_date_and_nobody_
                              outcome="redone") >= len(after)
         assert system.metric("pricing", "yidi_stage_restored_records_total", stage="pricing",
                              outcome="redone") >= len(after)
+
+
+async def test_a_database_restored_under_the_running_services_stops_them_and_nothing_is_lost(own_system, tmp_path):
+    """The runbook says to stop the services before a restore; a restore under them (or a failover to
+    a replica that was behind) is found at the next batch on a partition they had recorded: pricing
+    stops with status 2, handling nothing on it, and after yidi-recover the settlement sent meanwhile
+    is answered once and every answered settlement is in the ledger."""
+    system, s = own_system, own_system.settings
+    for service in SERVICES:
+        system.start(service)
+    await system.wait_ready()
+    await load(str(DEMO), bootstrap=s.kafka_bootstrap, namespace=s.namespace, wait=120)
+    async with GatewayClient(s.kafka_bootstrap, namespace=s.namespace) as gateway:
+        before = [we1() for _ in range(2)]
+        answers = await _answered(gateway, before)
+        backup = tmp_path / "yidi.dump"
+        subprocess.run([postgres_tool("pg_dump"), "--format=custom", f"--file={backup}", s.database_url],
+                       check=True, capture_output=True, timeout=120)
+        after = [we1() for _ in range(3)]  # one person: the same partitions as the settlements before
+        answers += await _answered(gateway, after)
+
+        subprocess.run([postgres_tool("pg_restore"), "--clean", "--if-exists", "--single-transaction",
+                        f"--dbname={s.database_url}", str(backup)], check=True, capture_output=True, timeout=120)
+        assert await _ledger(s.database_url, [r["msgid"] for r in after]) == {}, "the restore took effect"
+
+        meanwhile = we1()
+        answer = await gateway.send(meanwhile)
+        assert await system.wait_exit("pricing", 60) == 2, system.tail("pricing")
+        said = system.tail("pricing", 80)
+        assert "the database went back under the running service" in said, said
+        assert f"{s.group('yidi-pricing-eligible')} {s.topic('settlement.eligible')}[" in said, said
+        assert not answer.done()
+
+        system.stop_all()
+        for service in SERVICES:
+            assert await recover.run(service, True, s) == 0
+        for service in SERVICES:
+            system.start(service)
+        await system.wait_ready()
+        answers.append(await asyncio.wait_for(answer, 90))
+
+        settled = [*before, *after, meanwhile]
+        msgids = [r["msgid"] for r in settled]
+
+        async def all_in_ledger() -> bool:
+            return len(await _ledger(s.database_url, msgids)) == len(settled)
+
+        await until(all_in_ledger, timeout=60, poll=0.5)
+        await asyncio.sleep(3.0)  # a second answer would have come by now
+        assert [gateway.answer_counts[m] for m in msgids] == [1] * len(msgids)
+        assert all(a["infcode"] == 0 for a in answers), answers
+        assert await _ledger(s.database_url, msgids) == {
+            r["msgid"]: [a["output"]["setlinfo"]["hifp_pay"]] for r, a in zip(settled, answers, strict=True)}

@@ -24,6 +24,33 @@ def test_a_batch_records_each_partitions_first_offset_in_partition_order():
         "SET applied_below = GREATEST(p.applied_below, EXCLUDED.applied_below), updated_at = now()")
 
 
+def test_a_batch_checks_the_rows_its_stage_held_first_and_keeps_what_it_recorded_once_recorded():
+    held: dict[tuple[str, int], int] = {}
+    first = progress.began("g", [("t", 0, 7), ("t", 1, 3)], held)
+    assert first.held == {} and first.sql("s").startswith("INSERT")  # nothing held yet: nothing checked
+    progress.hold(held, first)
+    assert held == {}  # not recorded (its transaction did not commit): not held
+    first.recorded = True
+    progress.hold(held, first)
+    assert held == {("t", 0): 7, ("t", 1): 3}
+    # The next batch checks the partitions it reads that the stage held, and only those.
+    second = progress.began("g", [("t", 0, 9), ("t", 2, 0)], held)
+    assert second.held == {("t", 0): 7}
+    check, upsert = second.sql("s").split("; ")
+    assert check == (
+        """SELECT "s".stage_progress_went_back('g', e.topic, e.kafka_partition, p.applied_below, e.held) """
+        "FROM (VALUES ('t', 0, 7::bigint)) AS e (topic, kafka_partition, held) "
+        """LEFT JOIN "s".stage_progress AS p ON p.consumer_group = 'g' AND p.topic = e.topic """
+        "AND p.kafka_partition = e.kafka_partition WHERE p.applied_below IS NULL OR p.applied_below < e.held")
+    assert upsert.startswith('INSERT INTO "s".stage_progress') and "('g', 't', 2, 0)" in upsert
+    # A feed's batch too; and what is held never goes back (a batch read again after a NACK).
+    again = progress.reached("g", [("t", 0, 4)], held)
+    assert again.held == {("t", 0): 7} and again.below == {("t", 0): 5}
+    again.recorded = True
+    progress.hold(held, again)
+    assert held[("t", 0)] == 7
+
+
 def test_only_names_of_kafkas_topic_characters_are_written_in():
     assert "('t1.yidi-x_y', 't', 0, 1)" in progress.began("t1.yidi-x_y", [("t", 0, 1)]).sql("s")
     for name in ("it's", "g\x00", "a b", "g\\", ""):

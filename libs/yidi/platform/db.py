@@ -24,7 +24,7 @@ import orjson
 from asyncpg.connection import LoggedQuery
 
 from yidi.platform import metrics, progress
-from yidi.platform.errors import BadData, RaceLost, TransientError
+from yidi.platform.errors import BadData, DatabaseWentBack, RaceLost, TransientError
 
 if TYPE_CHECKING:
     from yidi.platform.settings import Settings
@@ -81,6 +81,10 @@ async def transient_errors() -> AsyncIterator[None]:
         raise RaceLost(f"{exc.constraint_name or 'a unique key'} already holds this record: {exc}") from exc
     except BAD_DATA as exc:
         raise BadData(f"{type(exc).__name__}: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == progress.WENT_BACK_SQLSTATE:
+            raise DatabaseWentBack(str(exc)) from exc
+        raise
 
 
 # SQLSTATE class 22 (data exception: a numeric field overflow, an untranslatable character, ...) and

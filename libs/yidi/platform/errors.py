@@ -39,3 +39,11 @@ class RaceLost(TransientError):
     """Another instance recorded the same msgid or reqid first (two instances of a stage may both
     hold a partition for a moment during a rebalance): retry, and find the winner's record. A
     stage retries a batch a few times for this, then treats it as a bug (``FatalError``)."""
+
+
+class DatabaseWentBack(FatalError):
+    """A running stage or feed found its partition's ``stage_progress`` row below what it had
+    recorded there itself, or gone (yidi.platform.progress): the database went back under the
+    service (a failover to a replica that was behind, a restore while it ran). Retrying would handle
+    the records after the row's point as if the records before it were there: the service stops,
+    and its check at the next start refuses until ``yidi-recover`` has moved its groups back."""

@@ -30,7 +30,7 @@ from yidi.contracts.common import explain
 from yidi.platform import metrics, progress
 from yidi.platform.db import record_progress as record_progress_in
 from yidi.platform.db import statements_for
-from yidi.platform.errors import PermanentError, RaceLost, TransientError
+from yidi.platform.errors import DatabaseWentBack, PermanentError, RaceLost, TransientError
 from yidi.platform.jsonwire import loads
 from yidi.platform.lag import consumer_lag
 from yidi.platform.replies import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_KEY_BYTES
@@ -168,6 +168,8 @@ def feed(
     # The batch in hand, once applied and its progress recorded: the offsets its acknowledgement
     # commits, each saying the database holds every record before it (``_commit_with_progress``).
     acknowledged: dict[TopicPartition, int] = {}
+    # What this feed recorded per partition (progress.hold): each batch's row is checked against it.
+    held: dict[tuple[str, int], int] = {}
 
     async def record_progress(batch: tuple[Any, ...]) -> None:
         """Where the batch ends, in the service's ``stage_progress`` (yidi.platform.progress), once
@@ -175,11 +177,13 @@ def feed(
         database, and the feed's commit then says so. After a restore of the service's database the
         feed is moved back there and applies what the backup lacks; a database that lost the batch's
         writes (a Postgres that lost its last commits) lost this row after them, and the service's
-        check at start sees it."""
+        check at start sees it. A row below what this feed recorded, or gone, is a database that
+        went back under it: ``DatabaseWentBack``, and the service stops."""
         if service.pool is None:
             return
-        reached = progress.reached(group, [(r.topic, r.partition, r.offset) for r in batch])
+        reached = progress.reached(group, [(r.topic, r.partition, r.offset) for r in batch], held)
         await record_progress_in(service.pool, service.name, reached)
+        progress.hold(held, reached)
         acknowledged.update({TopicPartition(topic, partition): offset
                              for (topic, partition), offset in reached.below.items()})
 
@@ -207,6 +211,10 @@ def feed(
             else:
                 applied, stale = await apply_each(valid, refused)
             await record_progress(batch)
+        except DatabaseWentBack as exc:
+            service.went_back(exc)  # stops the service; the batch is not acknowledged
+            await asyncio.sleep(1.0)  # read again meanwhile, it would find the same
+            raise
         except Exception as exc:
             # Feeds upsert (ON CONFLICT), so instances never race on a key here: a RaceLost is a bug.
             if isinstance(exc, TransientError) and not isinstance(exc, RaceLost):

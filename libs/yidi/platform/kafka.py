@@ -339,6 +339,11 @@ class TransactionalStage:
     # its offsets commit. Each offset committed then says in its metadata where its batch began,
     # and the service's check at start finds a database restored behind it (yidi.platform.recover).
     record_progress: Callable[[progress.Progress], Awaitable[None]] | None = None
+    # What this instance recorded in ``stage_progress`` per partition (progress.hold), kept across
+    # assignments (a row never goes back, so it stays at or below the row): each batch's statement
+    # that records its row first checks the row still holds that, and a database that went back
+    # under the running stage stops it (DatabaseWentBack).
+    _held: dict[tuple[str, int], int] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self._reply_topics = ReplyTopics(self.name)
@@ -613,8 +618,11 @@ class TransactionalStage:
     async def _recorded(self, batch: progress.Progress | None) -> None:
         """The batch's progress in the database before its offsets commit: recorded by its handler's
         transactions, or else here."""
-        if batch is not None and not batch.recorded and self.record_progress is not None:
+        if batch is None:
+            return
+        if not batch.recorded and self.record_progress is not None:
             await self.record_progress(batch)
+        progress.hold(self._held, batch)
 
     def _restored(self, handler: Handler, outgoing: list[Outgoing]) -> list[Outgoing]:
         """What a batch answered before the restore publishes now: nothing (its answers, passed-on
@@ -643,7 +651,7 @@ class TransactionalStage:
     def _progress(self, records: list[Incoming], group: str) -> progress.Progress | None:
         if self.group_id in GROUPS_WITHOUT_PROGRESS:
             return None  # its handler keeps nothing in Postgres (a cache sweep's transaction would record it)
-        return progress.began(group, [(r.topic, r.partition, r.offset) for r in records])
+        return progress.began(group, [(r.topic, r.partition, r.offset) for r in records], self._held)
 
     async def _handle_until_committed(self, records: list[Incoming], handler: Handler | None = None) -> bool:
         """Handle ``records`` and commit their outputs and offsets; False when the batch was dropped

@@ -32,6 +32,14 @@ mark alone); a feed before its acknowledgement. So while the database is whole, 
 partition is at or past what the group's committed offset says. A service checks that at start
 (``yidi.platform.recover.behind``): a database restored without ``yidi-recover``, or a Postgres that
 lost its last commits, is behind, and the service stops before it handles anything on it.
+
+While it runs, a stage or a feed also keeps what it recorded for each partition (``hold``), and the
+statement that records a batch's row first checks that the row still holds at least that (rows
+never go back while the database is whole): one below it, or gone, is a database that went back
+under the running service (a failover to a replica that was behind, a restore while it ran). The
+statement raises (``stage_progress_went_back``, migration ``platform_002``), the batch's
+transaction is rolled back, nothing of it is committed to Kafka, and the service stops
+(``DatabaseWentBack``); its check at the next start refuses until ``yidi-recover`` has run.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import contextlib
 import re
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -49,6 +57,10 @@ MARK_PREFIX = "yidi-restore answered-to="
 _MARK = re.compile(re.escape(MARK_PREFIX) + r"(\d+)")
 APPLIED_PREFIX = "yidi-progress applied-below="
 _APPLIED = re.compile(re.escape(APPLIED_PREFIX) + r"(\d+)")
+# The function a batch's check calls where a row went back (migration platform_002), and the
+# SQLSTATE it raises (yidi.platform.db.transient_errors makes it DatabaseWentBack).
+WENT_BACK = "stage_progress_went_back"
+WENT_BACK_SQLSTATE = "YB001"
 
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -68,23 +80,38 @@ class Progress:
     """What a batch of ``group`` says the database holds: ``{(topic, partition): an offset below
     which every record is in it}`` (a stage's batch: its first offsets, ``began``; a feed's, once
     applied: its ends, ``reached``), recorded by each transaction the batch opens in the
-    ``stage_progress`` table of its repository's schema; ``recorded`` once one of them has committed."""
+    ``stage_progress`` table of its repository's schema; ``recorded`` once one of them has committed.
+    ``held``: what the stage or feed recorded there itself by earlier batches (``hold``), for those of
+    the batch's partitions it has recorded anything: the rows must still hold at least that."""
 
     group: str
     below: Mapping[tuple[str, int], int]
     recorded: bool = False
+    held: Mapping[tuple[str, int], int] = field(default_factory=dict)
 
     def sql(self, schema: str) -> str:
-        """The upsert into ``schema``'s table, as one statement of a simple query (it travels with
-        BEGIN: no round trip of its own). Partitions in order, so two batches never wait on each
-        other's rows in a circle."""
+        """The upsert into ``schema``'s table, as statements of a simple query (they travel with
+        BEGIN: no round trip of their own): first, where anything is ``held``, the check that raises
+        if a row went back (a look-up by primary key per partition, returning no row while the
+        database is whole); then the upsert, partitions in order, so two batches never wait on
+        each other's rows in a circle."""
         if not self.below:
             return ""
-        rows = ", ".join(f"({_literal(self.group)}, {_literal(topic)}, {int(partition)}, {int(offset)})"
+        group = _literal(self.group)
+        rows = ", ".join(f"({group}, {_literal(topic)}, {int(partition)}, {int(offset)})"
                          for (topic, partition), offset in sorted(self.below.items()))
-        return (f'INSERT INTO "{schema}".{TABLE} AS p (consumer_group, topic, kafka_partition, applied_below) '
-                f"VALUES {rows} ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE "
-                "SET applied_below = GREATEST(p.applied_below, EXCLUDED.applied_below), updated_at = now()")
+        upsert = (f'INSERT INTO "{schema}".{TABLE} AS p (consumer_group, topic, kafka_partition, applied_below) '
+                  f"VALUES {rows} ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE "
+                  "SET applied_below = GREATEST(p.applied_below, EXCLUDED.applied_below), updated_at = now()")
+        if not self.held:
+            return upsert
+        held = ", ".join(f"({_literal(topic)}, {int(partition)}, {int(offset)}::bigint)"
+                         for (topic, partition), offset in sorted(self.held.items()))
+        check = (f'SELECT "{schema}".{WENT_BACK}({group}, e.topic, e.kafka_partition, p.applied_below, e.held) '
+                 f"FROM (VALUES {held}) AS e (topic, kafka_partition, held) "
+                 f'LEFT JOIN "{schema}".{TABLE} AS p ON p.consumer_group = {group} AND p.topic = e.topic '
+                 "AND p.kafka_partition = e.kafka_partition WHERE p.applied_below IS NULL OR p.applied_below < e.held")
+        return f"{check}; {upsert}"
 
 
 # The batch whose transactions record their progress: set by a stage or a feed around its handler
@@ -117,23 +144,42 @@ def batch(progress: Progress | None) -> contextlib.AbstractContextManager[None]:
     return _set(BATCH, progress)
 
 
-def began(group: str, records: Iterator[tuple[str, int, int]] | list[tuple[str, int, int]]) -> Progress:
-    """The progress of a batch of ``records`` (topic, partition, offset): each partition's first offset."""
+def began(group: str, records: Iterator[tuple[str, int, int]] | list[tuple[str, int, int]],
+          held: Mapping[tuple[str, int], int] | None = None) -> Progress:
+    """The progress of a batch of ``records`` (topic, partition, offset): each partition's first
+    offset; checked against what its stage ``held`` (``hold``)."""
     first: dict[tuple[str, int], int] = {}
     for topic, partition, offset in records:
         key = (topic, partition)
         if key not in first or offset < first[key]:
             first[key] = offset
-    return Progress(group, first)
+    return Progress(group, first, held=_held(first, held))
 
 
-def reached(group: str, records: list[tuple[str, int, int]]) -> Progress:
+def reached(group: str, records: list[tuple[str, int, int]],
+            held: Mapping[tuple[str, int], int] | None = None) -> Progress:
     """Where a batch of ``records`` (topic, partition, offset) ends: each partition's last offset + 1
-    (a feed records it once the batch is applied)."""
+    (a feed records it once the batch is applied); checked against what its feed ``held``."""
     last: dict[tuple[str, int], int] = {}
     for topic, partition, offset in records:
         last[(topic, partition)] = max(last.get((topic, partition), -1), offset + 1)
-    return Progress(group, last)
+    return Progress(group, last, held=_held(last, held))
+
+
+def _held(below: Mapping[tuple[str, int], int], held: Mapping[tuple[str, int], int] | None
+          ) -> dict[tuple[str, int], int]:
+    return {key: held[key] for key in below if key in held} if held else {}
+
+
+def hold(held: dict[tuple[str, int], int], batch: Progress) -> None:
+    """Keep what ``batch`` recorded, once it has (``recorded``), in its stage's or feed's ``held``:
+    the rows of its partitions hold at least that from now on, whichever instance writes them next
+    (a row never goes back), so a later batch's check against it never fails on a whole database,
+    however the partitions move between instances meanwhile."""
+    if batch.recorded:
+        for key, offset in batch.below.items():
+            if offset > held.get(key, -1):
+                held[key] = offset
 
 
 def mark(answered_to: int) -> str:

@@ -26,6 +26,7 @@ from prometheus_client import REGISTRY
 
 from yidi.platform import collector, heartbeat, metrics, probes, records, recover
 from yidi.platform.db import application_name, close_pool, migrate, record_progress, settings_pool, statements_for
+from yidi.platform.errors import DatabaseWentBack
 from yidi.platform.kafka import CLIENT_STOP_SECONDS, TransactionalStage, ensure_topics
 from yidi.platform.logs import setup_logging
 from yidi.platform.settings import Settings
@@ -163,10 +164,27 @@ class Service:
             return
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            if not task.cancelled() and task.exception():
-                log.error("%s: a stage failed, stopping: %r", self.name, task.exception())
+            if not task.cancelled() and (exc := task.exception()):
+                if isinstance(exc, DatabaseWentBack):
+                    self.went_back(exc)
+                    continue
+                log.error("%s: a stage failed, stopping: %r", self.name, exc)
                 self.exit_code = 1
                 self.app.exit()
+
+    def went_back(self, exc: DatabaseWentBack) -> None:
+        """A stage or a feed found the database gone back under it: stop, with status 2, as the
+        check at start would refuse it (yidi.platform.progress). Said once: a feed's batch, not
+        acknowledged, may be read again while the service stops."""
+        if self.exit_code == 2:
+            return
+        log.critical("%s: %s. Was the database restored while the service ran, or did Postgres fail over to a "
+                     "replica that was behind? The service stops; its batch was not committed. It will not start "
+                     "again until `yidi-recover %s` has moved its groups back to what the database holds (every "
+                     "instance stopped; runbook, \"A service stops: its database went back under it\").",
+                     self.name, exc, self.name)
+        self.exit_code = 2
+        self.app.exit()
 
     async def _stop_stages(self) -> None:
         metrics.SERVICE_UP.labels(self.name).set(0)

@@ -1,0 +1,199 @@
+"""A database that goes back under a running service (a failover to a replica that was behind, a
+restore while it ran) stops it at its next batch on a partition it had recorded, before anything of
+that batch is committed (yidi.platform.progress, ``hold``); its check at the next start then
+refuses until yidi-recover has run. On the real Kafka and Postgres."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+
+import pytest
+from aiokafka import TopicPartition
+from pydantic import BaseModel
+
+from yidi.platform import db, progress, recover
+from yidi.platform.errors import DatabaseWentBack
+from yidi.platform.feeds import feed
+from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
+from yidi.platform.service import Service
+from yidi.platform.topics import SETTLEMENT_PRICED
+
+from tests.integration.kafka_io import committed, create_topics, produce
+from tests.integration.waiting import until
+
+pytestmark = pytest.mark.integration
+
+
+async def _row(pool, group: str, tp: TopicPartition) -> int | None:
+    return await pool.fetchval("SELECT applied_below FROM clearing.stage_progress WHERE consumer_group = $1 AND "
+                               "topic = $2 AND kafka_partition = $3", group, tp.topic, tp.partition)
+
+
+async def _go_back(pool, group: str, went: str) -> None:
+    """What a failover to a replica that was behind, or a restore, leaves: the row of an earlier
+    batch (``lowered``), or none (``deleted``: the database from before the group's first batch)."""
+    if went == "deleted":
+        await pool.execute("DELETE FROM clearing.stage_progress WHERE consumer_group = $1", group)
+    else:
+        await pool.execute("UPDATE clearing.stage_progress SET applied_below = 0 WHERE consumer_group = $1", group)
+
+
+async def _committed_to(bootstrap: str, group: str, tp: TopicPartition, offset: int) -> None:
+    async def there() -> bool:
+        found = await committed(bootstrap, group, tp)
+        return found is not None and found.offset == offset
+
+    await until(there, timeout=30, poll=0.2)
+
+
+@pytest.mark.parametrize(("went", "opens_transaction", "during_handler"), [
+    ("lowered", True, True), ("deleted", True, False), ("lowered", False, True)],
+    ids=["row-lowered", "row-deleted-offsets-at-commit", "row-lowered-no-transaction"])
+async def test_a_running_stage_whose_database_went_back_stops_at_its_next_batch_and_commits_nothing_of_it(
+        clearing_of_its_own, went, opens_transaction, during_handler):
+    own, repo = clearing_of_its_own
+    pool = repo._pool
+    s = own.model_copy(update={"namespace": f"{own.namespace}wentback{uuid.uuid4().hex[:6]}.", "batch_linger_ms": 0,
+                               "kafka_offsets_during_handler": during_handler})
+    await ensure_topics(s)
+    await pool.execute("CREATE TABLE IF NOT EXISTS clearing.went_back_writes (topic text, kafka_offset bigint)")
+    tp = TopicPartition(s.topic(SETTLEMENT_PRICED), 0)
+    group = s.group("yidi-clearing-wentback")
+    handled: list[int] = []
+    published: list[int] = []
+
+    async def handle(records: list[Incoming]) -> list[Outgoing]:
+        handled.extend(r.offset for r in records)
+        if opens_transaction:
+            async with repo.transaction() as conn:
+                await conn.executemany("INSERT INTO clearing.went_back_writes VALUES ($1, $2)",
+                                       [(r.topic, r.offset) for r in records])
+        return [Outgoing(s.topic("wentback.out"), str(r.offset).encode(), b"k", on_commit=functools.partial(
+            published.append, r.offset)) for r in records]
+
+    await create_topics(s.kafka_bootstrap, s.topic("wentback.out"))
+    stage = TransactionalStage("wentback-test", "clearing", s, [SETTLEMENT_PRICED], "yidi-clearing-wentback", handle,
+                               max_records=1)
+    stage.record_progress = functools.partial(db.record_progress, pool, "clearing")  # as Service.add_stage sets it
+    await produce(s.kafka_bootstrap, tp.topic, [b"0", b"1"])
+    await stage.start()
+    try:
+        await _committed_to(s.kafka_bootstrap, group, tp, 2)
+        assert stage._held == {(tp.topic, 0): 1}  # what the second batch recorded
+        assert await _row(pool, group, tp) == 1
+        await _go_back(pool, group, went)
+        await produce(s.kafka_bootstrap, tp.topic, [b"2"])
+        assert stage.task is not None
+        await until(lambda: stage.task is not None and stage.task.done(), timeout=30)
+    finally:
+        await stage.stop()
+    assert isinstance(stage.failure, DatabaseWentBack), repr(stage.failure)
+    holds = "no row of it" if went == "deleted" else "only the records before 0"
+    assert (f"{group} {tp.topic}[0]: it holds {holds}; this instance had recorded it holding every record "
+            "before 1" in str(stage.failure)), stage.failure
+    assert handled == [0, 1, 2]
+    assert published == [0, 1]  # nothing of the third batch
+    found = await committed(s.kafka_bootstrap, group, tp)
+    assert (found.offset, found.metadata) == (2, progress.applied(1))
+    assert await _row(pool, group, tp) == (None if went == "deleted" else 0)  # not recorded over
+    if opens_transaction:
+        assert [r["kafka_offset"] for r in await pool.fetch(
+            "SELECT kafka_offset FROM clearing.went_back_writes WHERE topic = $1 ORDER BY 1", tp.topic)] == [0, 1]
+    # At its next start, the service refuses until yidi-recover has run.
+    (line,) = await recover.behind(s, "clearing")
+    assert line.startswith(f"{group} {tp.topic}[0]: its offset 2 was committed once the database held every record "
+                           "before 1"), line
+
+
+async def test_a_stage_that_holds_a_partition_again_after_another_instance_does_not_take_the_row_for_gone_back(
+        clearing_of_its_own):
+    """What an instance held stays at or below the row while the database is whole, however the
+    partition moved meanwhile: another instance's batches only raised it."""
+    own, repo = clearing_of_its_own
+    pool = repo._pool
+    s = own.model_copy(update={"namespace": f"{own.namespace}heldagain{uuid.uuid4().hex[:6]}.", "batch_linger_ms": 0})
+    await ensure_topics(s)
+    tp = TopicPartition(s.topic(SETTLEMENT_PRICED), 0)
+    group = s.group("yidi-clearing-heldagain")
+
+    async def handle(records: list[Incoming]) -> list[Outgoing]:
+        async with repo.transaction() as conn:
+            await conn.execute("SELECT 1")
+        return []
+
+    def instance() -> TransactionalStage:
+        stage = TransactionalStage("heldagain-test", "clearing", s, [SETTLEMENT_PRICED], "yidi-clearing-heldagain",
+                                   handle, max_records=1)
+        stage.record_progress = functools.partial(db.record_progress, pool, "clearing")
+        return stage
+
+    first, second = instance(), instance()
+    await produce(s.kafka_bootstrap, tp.topic, [b"0", b"1"])
+    await first.start()
+    try:
+        await _committed_to(s.kafka_bootstrap, group, tp, 2)
+    finally:
+        await first.stop()
+    held = dict(first._held)
+    await second.start()
+    try:
+        await produce(s.kafka_bootstrap, tp.topic, [b"2", b"3"])
+        await _committed_to(s.kafka_bootstrap, group, tp, 4)
+    finally:
+        await second.stop()
+    assert await _row(pool, group, tp) == 3
+    first = instance()
+    first._held = held  # the first instance's memory, from before the partition moved
+    await first.start()
+    try:
+        await produce(s.kafka_bootstrap, tp.topic, [b"4"])
+        await _committed_to(s.kafka_bootstrap, group, tp, 5)
+    finally:
+        await first.stop()
+    assert first.failure is None
+    assert await _row(pool, group, tp) == 4
+
+
+class Record(BaseModel):
+    n: int
+
+
+async def test_a_feed_whose_database_went_back_stops_its_service_and_acknowledges_nothing_more(
+        clearing_of_its_own, caplog):
+    own, repo = clearing_of_its_own
+    pool = repo._pool
+    s = own.model_copy(update={"namespace": f"{own.namespace}feedwentback{uuid.uuid4().hex[:6]}."})
+    topic = "wentbackfeed"
+    await create_topics(s.kafka_bootstrap, s.topic(topic))
+    service = Service("clearing", s, migrations=None)
+    service.pool = pool  # as its lifespan opens it
+    applied: list[int] = []
+
+    async def apply(record: Record) -> None:
+        applied.append(record.n)
+
+    feed(service, topic, Record, apply)
+    tp = TopicPartition(s.topic(topic), 0)
+    group = s.group("yidi-clearing-feed-wentbackfeed")
+    await produce(s.kafka_bootstrap, tp.topic, [f'{{"n": {n}}}'.encode() for n in range(3)])
+    await service.broker.start()
+    try:
+        await _committed_to(s.kafka_bootstrap, group, tp, 3)
+        assert await _row(pool, group, tp) == 3
+        await pool.execute("UPDATE clearing.stage_progress SET applied_below = 1 WHERE consumer_group = $1", group)
+        with caplog.at_level(logging.CRITICAL, logger="yidi.platform.service"):
+            await produce(s.kafka_bootstrap, tp.topic, [b'{"n": 3}'])
+            await until(lambda: service.exit_code == 2, timeout=30)
+    finally:
+        await service.broker.stop()
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert (f"{group} {tp.topic}[0]: it holds only the records before 1; this instance had recorded it holding every "
+            "record before 3" in said), said
+    assert "yidi-recover clearing" in said
+    found = await committed(s.kafka_bootstrap, group, tp)
+    assert (found.offset, found.metadata) == (3, progress.applied(3))  # the batch of 3 not acknowledged
+    assert await _row(pool, group, tp) == 1
+    (line,) = await recover.behind(s, "clearing")
+    assert "once the database held every record before 3; the database holds only those before 1" in line, line
