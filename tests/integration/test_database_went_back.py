@@ -137,12 +137,15 @@ async def test_a_stage_that_holds_a_partition_again_after_another_instance_does_
     finally:
         await first.stop()
     held = dict(first._held)
+    assert held == {(tp.topic, 0): 1}
     await second.start()
     try:
         await produce(s.kafka_bootstrap, tp.topic, [b"2", b"3"])
         await _committed_to(s.kafka_bootstrap, group, tp, 4)
     finally:
         await second.stop()
+    assert second.failure is None
+    assert second._held == {(tp.topic, 0): 3}  # from the committed offset as assigned (1), then its own batches
     assert await _row(pool, group, tp) == 3
     first = instance()
     first._held = held  # the first instance's memory, from before the partition moved
@@ -154,6 +157,86 @@ async def test_a_stage_that_holds_a_partition_again_after_another_instance_does_
         await first.stop()
     assert first.failure is None
     assert await _row(pool, group, tp) == 4
+
+
+@pytest.mark.parametrize("went", ["lowered", "deleted"])
+async def test_a_stage_that_never_recorded_a_partition_checks_its_first_batch_against_the_committed_offset(
+        clearing_of_its_own, went):
+    """An instance new to a partition (started, or assigned it by a rebalance) has recorded nothing of
+    it: its first batch is checked against what the committed offset said the database held, read as
+    the partition was assigned. Without that, the batch would record its row over the gone-back one,
+    commit with it, and leave nothing that says what was lost."""
+    own, repo = clearing_of_its_own
+    pool = repo._pool
+    s = own.model_copy(update={"namespace": f"{own.namespace}newinst{uuid.uuid4().hex[:6]}.", "batch_linger_ms": 0})
+    await ensure_topics(s)
+    tp = TopicPartition(s.topic(SETTLEMENT_PRICED), 0)
+    group = s.group("yidi-clearing-newinst")
+
+    async def handle(records: list[Incoming]) -> list[Outgoing]:
+        async with repo.transaction() as conn:
+            await conn.execute("SELECT 1")
+        return []
+
+    def instance() -> TransactionalStage:
+        stage = TransactionalStage("newinst-test", "clearing", s, [SETTLEMENT_PRICED], "yidi-clearing-newinst",
+                                   handle, max_records=1)
+        stage.record_progress = functools.partial(db.record_progress, pool, "clearing")
+        return stage
+
+    first = instance()
+    await produce(s.kafka_bootstrap, tp.topic, [b"0", b"1", b"2"])
+    await first.start()
+    try:
+        await _committed_to(s.kafka_bootstrap, group, tp, 3)
+    finally:
+        await first.stop()
+    await _go_back(pool, group, went)
+    second = instance()
+    await second.start()
+    try:
+        await produce(s.kafka_bootstrap, tp.topic, [b"3"])
+        await until(lambda: second.task is not None and second.task.done(), timeout=30)
+    finally:
+        await second.stop()
+    assert isinstance(second.failure, DatabaseWentBack), repr(second.failure)
+    assert "this instance had recorded it holding every record before 2" in str(second.failure)
+    found = await committed(s.kafka_bootstrap, group, tp)
+    assert (found.offset, found.metadata) == (3, progress.applied(2))
+    assert await _row(pool, group, tp) == (None if went == "deleted" else 0)
+
+
+@pytest.mark.parametrize("dropped", ["TABLE clearing.stage_progress", "FUNCTION clearing.stage_progress_went_back"])
+async def test_a_database_without_what_the_migrations_made_stops_a_running_stage_as_gone_back(
+        clearing_of_its_own, dropped):
+    """A backup from before the migrations restored under the running stage, or another database."""
+    own, repo = clearing_of_its_own
+    pool = repo._pool
+    s = own.model_copy(update={"namespace": f"{own.namespace}nottable{uuid.uuid4().hex[:6]}.", "batch_linger_ms": 0})
+    await ensure_topics(s)
+    tp = TopicPartition(s.topic(SETTLEMENT_PRICED), 0)
+    group = s.group("yidi-clearing-nottable")
+
+    async def handle(records: list[Incoming]) -> list[Outgoing]:
+        async with repo.transaction() as conn:
+            await conn.execute("SELECT 1")
+        return []
+
+    stage = TransactionalStage("nottable-test", "clearing", s, [SETTLEMENT_PRICED], "yidi-clearing-nottable",
+                               handle, max_records=1)
+    stage.record_progress = functools.partial(db.record_progress, pool, "clearing")
+    await produce(s.kafka_bootstrap, tp.topic, [b"0"])
+    await stage.start()
+    try:
+        await _committed_to(s.kafka_bootstrap, group, tp, 1)
+        await pool.execute(f"DROP {dropped}")
+        await produce(s.kafka_bootstrap, tp.topic, [b"1"])
+        await until(lambda: stage.task is not None and stage.task.done(), timeout=30)
+    finally:
+        await stage.stop()
+    assert isinstance(stage.failure, DatabaseWentBack), repr(stage.failure)
+    assert "it has no clearing.stage_progress as this version's migrations made it" in str(stage.failure)
+    assert (await committed(s.kafka_bootstrap, group, tp)).offset == 1
 
 
 class Record(BaseModel):
@@ -197,3 +280,19 @@ async def test_a_feed_whose_database_went_back_stops_its_service_and_acknowledge
     assert await _row(pool, group, tp) == 1
     (line,) = await recover.behind(s, "clearing")
     assert "once the database held every record before 3; the database holds only those before 1" in line, line
+
+    # Another instance of the service, new to the partition, checks its first batch against the
+    # committed offset's metadata.
+    again = Service("clearing", s, migrations=None)
+    again.pool = pool
+    applied.clear()
+    feed(again, topic, Record, apply)
+    await again.broker.start()
+    try:
+        with caplog.at_level(logging.CRITICAL, logger="yidi.platform.service"):
+            await until(lambda: again.exit_code == 2, timeout=30)
+    finally:
+        await again.broker.stop()
+    assert applied and set(applied) == {3}  # a feed applies its batch before it records its row (upserts)
+    assert (await committed(s.kafka_bootstrap, group, tp)).offset == 3
+    assert await _row(pool, group, tp) == 1

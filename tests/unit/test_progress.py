@@ -207,3 +207,48 @@ def test_a_stages_offsets_say_where_the_batch_began_or_below_a_mark_carry_the_ma
     assert stage._with_metadata({T0: 7, T1: 4}, batch) == {
         T0: OffsetAndMetadata(7, progress.mark(8)), T1: OffsetAndMetadata(4, progress.applied(3))}
     assert stage._with_metadata({T0: 8}, batch) == {T0: OffsetAndMetadata(8, progress.applied(5))}  # past it
+
+
+async def test_a_stage_that_found_its_database_gone_back_stops_its_service_with_status_2_whatever_else_failed(caplog):
+    """Service._watch_stages: a stage's DatabaseWentBack, itself or under the failure of its Kafka
+    transaction's abort, exits with status 2 and says so at CRITICAL; another stage's failure at the
+    same moment does not lower it to 1."""
+    import asyncio
+    import logging
+
+    from yidi.platform.errors import DatabaseWentBack, FatalError
+    from yidi.platform.service import Service
+    from yidi.platform.settings import Settings
+
+    async def fail(exc: BaseException) -> None:
+        raise exc
+
+    def aborted_after_it() -> FatalError:
+        try:
+            try:
+                raise DatabaseWentBack("the database went back under the running service: g t[0]: it holds no row of it")
+            except DatabaseWentBack:
+                raise FatalError("stage s: the Kafka producer failed for good")  # noqa: B904 - as _abandon does
+        except FatalError as exc:
+            return exc
+
+    for failures in ([aborted_after_it()], [RuntimeError("a bug"), aborted_after_it()],
+                     [aborted_after_it(), RuntimeError("a bug")]):
+        service = Service("clearing", Settings(), migrations=None)
+        tasks = [asyncio.create_task(fail(exc)) for exc in failures]
+        await asyncio.gather(*tasks, return_exceptions=True)
+        service.stages = [type("Stage", (), {"task": t})() for t in tasks]  # type: ignore[misc]
+        caplog.clear()
+        with caplog.at_level(logging.CRITICAL, logger="yidi.platform.service"):
+            await service._watch_stages()
+        assert service.exit_code == 2, failures
+        (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+        assert said.startswith("clearing: the database went back under the running service: g t[0]: it holds no "
+                               "row of it. Was the database restored while the service ran"), said
+        assert "`yidi-recover clearing`" in said
+    plain = Service("clearing", Settings(), migrations=None)
+    task = asyncio.create_task(fail(RuntimeError("a bug")))
+    await asyncio.gather(task, return_exceptions=True)
+    plain.stages = [type("Stage", (), {"task": task})()]  # type: ignore[misc]
+    await plain._watch_stages()
+    assert plain.exit_code == 1

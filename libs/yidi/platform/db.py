@@ -239,7 +239,8 @@ class Repository:
         async with transient_errors(), self._pool.acquire() as conn:
             try:
                 try:
-                    await conn.execute(begin)
+                    with _progress_kept(self.schema if batch is not None else None):
+                        await conn.execute(begin)
                     yield conn
                 except BaseException as exc:
                     # Also when BEGIN's query itself was cancelled or timed out (while it ran, asyncpg
@@ -270,8 +271,29 @@ async def record_progress(pool: asyncpg.Pool, schema: str, batch: progress.Progr
     if not (recorded := batch.sql(schema)):
         return
     async with transient_errors():
-        await pool.execute(recorded)
+        with _progress_kept(schema):
+            await pool.execute(recorded)
     batch.recorded = True
+
+
+# What a batch's progress statement meets on a database without the schema, ``stage_progress`` or
+# the check's function (migration platform_002), all there since the service's migrations ran.
+_NOT_KEPT = (asyncpg.InvalidSchemaNameError, asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError)
+
+
+@contextlib.contextmanager
+def _progress_kept(schema: str | None) -> Iterator[None]:
+    """Around a statement that records a batch's progress in ``schema`` (None: none): a database
+    without what the service's migrations made went back under it too (restored from a backup from
+    before them, emptied, or another database): ``DatabaseWentBack``, as a row that went back."""
+    try:
+        yield
+    except _NOT_KEPT as exc:
+        if schema is None:
+            raise
+        raise DatabaseWentBack(f"the database went back under the running service: it has no {schema}.{progress.TABLE} "
+                               f"as this version's migrations made it ({type(exc).__name__}: {exc}); restored from a "
+                               "backup from before them, emptied, or another database") from exc
 
 
 class NestedTransaction(RuntimeError):

@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
@@ -168,10 +169,28 @@ def feed(
     # The batch in hand, once applied and its progress recorded: the offsets its acknowledgement
     # commits, each saying the database holds every record before it (``_commit_with_progress``).
     acknowledged: dict[TopicPartition, int] = {}
-    # What this feed recorded per partition (progress.hold): each batch's row is checked against it.
+    # What this feed recorded per partition (progress.hold), or what the partition's committed offset
+    # said when it first came (``look_up``): each batch's row is checked against it.
     held: dict[tuple[str, int], int] = {}
+    looked_up: set[TopicPartition] = set()
 
-    async def record_progress(batch: tuple[Any, ...]) -> None:
+    async def look_up(consumer: Any, batch: tuple[Any, ...]) -> None:
+        """What the committed offsets of the batch's partitions new to this feed say the database
+        held (``applied-below``), as the check at start read them: a partition's first batch here is
+        checked against it too, not only the later ones against what this feed recorded."""
+        unseen = {TopicPartition(r.topic, r.partition) for r in batch} - looked_up
+        if not unseen:
+            return
+        try:
+            committed = await consumer._coordinator.fetch_committed_offsets(unseen)
+        except KafkaError as exc:
+            raise TransientError(f"committed offsets of {sorted(unseen)} not read: {exc!r}") from exc
+        for tp in unseen:
+            if (vouched := progress.applied_below(getattr(committed.get(tp), "metadata", None))) is not None:
+                progress.hold_at_least(held, (tp.topic, tp.partition), vouched)
+        looked_up.update(unseen)
+
+    async def record_progress(consumer: Any, batch: tuple[Any, ...]) -> None:
         """Where the batch ends, in the service's ``stage_progress`` (yidi.platform.progress), once
         it is applied, in a statement of its own waited to disk: every record before it is in the
         database, and the feed's commit then says so. After a restore of the service's database the
@@ -181,6 +200,7 @@ def feed(
         went back under it: ``DatabaseWentBack``, and the service stops."""
         if service.pool is None:
             return
+        await look_up(consumer, batch)
         reached = progress.reached(group, [(r.topic, r.partition, r.offset) for r in batch], held)
         await record_progress_in(service.pool, service.name, reached)
         progress.hold(held, reached)
@@ -210,7 +230,7 @@ def feed(
                     applied, stale = await apply_each(valid, refused)
             else:
                 applied, stale = await apply_each(valid, refused)
-            await record_progress(batch)
+            await record_progress(msg.consumer, batch)
         except DatabaseWentBack as exc:
             service.went_back(exc)  # stops the service; the batch is not acknowledged
             await asyncio.sleep(1.0)  # read again meanwhile, it would find the same

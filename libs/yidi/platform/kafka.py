@@ -339,8 +339,9 @@ class TransactionalStage:
     # its offsets commit. Each offset committed then says in its metadata where its batch began,
     # and the service's check at start finds a database restored behind it (yidi.platform.recover).
     record_progress: Callable[[progress.Progress], Awaitable[None]] | None = None
-    # What this instance recorded in ``stage_progress`` per partition (progress.hold), kept across
-    # assignments (a row never goes back, so it stays at or below the row): each batch's statement
+    # What this instance recorded in ``stage_progress`` per partition (progress.hold), or what its
+    # committed offset said as it was assigned (``_learn_marks``), kept across assignments (a row
+    # never goes back, so it stays at or below the row): each batch's statement
     # that records its row first checks the row still holds that, and a database that went back
     # under the running stage stops it (DatabaseWentBack).
     _held: dict[tuple[str, int], int] = field(default_factory=dict, init=False)
@@ -581,7 +582,11 @@ class TransactionalStage:
     def _learn_marks(self, partitions: set[TopicPartition], committed: dict[TopicPartition, Any]) -> None:
         for tp in partitions:
             found = committed.get(tp)
-            mark = progress.answered_to(getattr(found, "metadata", None))
+            metadata = getattr(found, "metadata", None)
+            if (vouched := progress.applied_below(metadata)) is not None:
+                # The row held that when the offset was committed: checked from the first batch on.
+                progress.hold_at_least(self._held, (tp.topic, tp.partition), vouched)
+            mark = progress.answered_to(metadata)
             if mark is not None and found is not None and found.offset < mark:
                 if self._marks.get(tp) != mark:
                     log.warning("stage %s: %s[%d]: the records from offset %d to %d were answered before the service's "

@@ -33,9 +33,10 @@ partition is at or past what the group's committed offset says. A service checks
 (``yidi.platform.recover.behind``): a database restored without ``yidi-recover``, or a Postgres that
 lost its last commits, is behind, and the service stops before it handles anything on it.
 
-While it runs, a stage or a feed also keeps what it recorded for each partition (``hold``), and the
-statement that records a batch's row first checks that the row still holds at least that (rows
-never go back while the database is whole): one below it, or gone, is a database that went back
+While it runs, a stage or a feed also keeps what it recorded for each partition (``hold``), or what
+the partition's committed offset said when it first read it (``hold_at_least``), and the statement
+that records a batch's row first checks that the row still holds at least that (rows never go back
+while the database is whole): one below it, or gone, is a database that went back
 under the running service (a failover to a replica that was behind, a restore while it ran). The
 statement raises (``stage_progress_went_back``, migration ``platform_002``), the batch's
 transaction is rolled back, nothing of it is committed to Kafka, and the service stops
@@ -178,8 +179,15 @@ def hold(held: dict[tuple[str, int], int], batch: Progress) -> None:
     however the partitions move between instances meanwhile."""
     if batch.recorded:
         for key, offset in batch.below.items():
-            if offset > held.get(key, -1):
-                held[key] = offset
+            hold_at_least(held, key, offset)
+
+
+def hold_at_least(held: dict[tuple[str, int], int], key: tuple[str, int], offset: int) -> None:
+    """``held`` of a partition raised to ``offset``: what its batch recorded, or what a committed offset
+    read as it was assigned says (``applied_below``: the row held that when it was committed), so
+    that a partition's first batch in this instance is checked too, as the check at start would."""
+    if offset > held.get(key, -1):
+        held[key] = offset
 
 
 def mark(answered_to: int) -> str:

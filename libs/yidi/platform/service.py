@@ -165,11 +165,11 @@ class Service:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             if not task.cancelled() and (exc := task.exception()):
-                if isinstance(exc, DatabaseWentBack):
-                    self.went_back(exc)
+                if (went := _went_back(exc)) is not None:
+                    self.went_back(went)
                     continue
                 log.error("%s: a stage failed, stopping: %r", self.name, exc)
-                self.exit_code = 1
+                self.exit_code = max(self.exit_code, 1)  # not below a stage's DatabaseWentBack (2)
                 self.app.exit()
 
     def went_back(self, exc: DatabaseWentBack) -> None:
@@ -178,11 +178,11 @@ class Service:
         acknowledged, may be read again while the service stops."""
         if self.exit_code == 2:
             return
-        log.critical("%s: %s. Was the database restored while the service ran, or did Postgres fail over to a "
-                     "replica that was behind? The service stops; its batch was not committed. It will not start "
-                     "again until `yidi-recover %s` has moved its groups back to what the database holds (every "
-                     "instance stopped; runbook, \"A service stops: its database went back under it\").",
-                     self.name, exc, self.name)
+        log.critical("%s: %s. Was the database restored while the service ran, or did Postgres fail over to "
+                     "a replica that was behind? The service stops; nothing of its batch was committed to Kafka. "
+                     "It will not start again until `yidi-recover %s` has moved its groups back to what the "
+                     "database holds (every instance stopped; runbook, \"A service stops: its database went back "
+                     "under it\").", self.name, exc, self.name)
         self.exit_code = 2
         self.app.exit()
 
@@ -213,3 +213,16 @@ class Service:
                          self.name, self.name)
             sys.exit(2)
         sys.exit(self.exit_code)
+
+
+def _went_back(exc: BaseException) -> DatabaseWentBack | None:
+    """The ``DatabaseWentBack`` behind a stage's failure: itself, or what it was raised from or
+    during (the abort of its Kafka transaction may fail after it)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, DatabaseWentBack):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
