@@ -189,9 +189,10 @@ async def test_a_database_restored_to_a_backup_is_brought_up_to_date_and_nobody_
 
 async def test_a_database_restored_under_the_running_services_stops_them_and_nothing_is_lost(own_system, tmp_path):
     """The runbook says to stop the services before a restore; a restore under them (or a failover to
-    a replica that was behind) is found at the next batch on a partition they had recorded: pricing
-    stops with status 2, handling nothing on it, and after yidi-recover the settlement sent meanwhile
-    is answered once and every answered settlement is in the ledger."""
+    a replica that was behind) is found at the next batch on a partition they had recorded (pricing
+    stops with status 2, handling nothing on it) or by their check every few seconds (clearing), and
+    after yidi-recover the settlement sent meanwhile is answered once and every answered settlement
+    is in the ledger."""
     system, s = own_system, own_system.settings
     for service in SERVICES:
         system.start(service)
@@ -223,6 +224,11 @@ async def test_a_database_restored_under_the_running_services_stops_them_and_not
         assert "the database went back under the running service" in said, said
         assert f"{s.group('yidi-pricing-eligible')} {s.topic('settlement.eligible')}[" in said, said
         assert not answer.done()
+        # Clearing gets nothing more (pricing stopped before it published), and finds it anyway: every
+        # few seconds each service checks the rows its stages and feeds hold.
+        assert await system.wait_exit("clearing", 60) == 2, system.tail("clearing")
+        said = system.tail("clearing", 80)
+        assert f"{s.group('yidi-clearing-priced')} {s.topic('settlement.priced')}[" in said, said
 
         system.stop_all()
         for service in SERVICES:

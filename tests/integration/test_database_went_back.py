@@ -5,12 +5,14 @@ refuses until yidi-recover has run. On the real Kafka and Postgres."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import uuid
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.structs import OffsetAndMetadata
 from pydantic import BaseModel
 
 from yidi.platform import db, progress, recover
@@ -271,6 +273,7 @@ async def test_a_feed_whose_database_went_back_stops_its_service_and_acknowledge
             await until(lambda: service.exit_code == 2, timeout=30)
     finally:
         await service.broker.stop()
+    assert applied == [0, 1, 2]  # the batch of 3 is checked before it is applied: not applied
     (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
     assert (f"{group} {tp.topic}[0]: it holds only the records before 1; this instance had recorded it holding every "
             "record before 3" in said), said
@@ -293,6 +296,35 @@ async def test_a_feed_whose_database_went_back_stops_its_service_and_acknowledge
             await until(lambda: again.exit_code == 2, timeout=30)
     finally:
         await again.broker.stop()
-    assert applied and set(applied) == {3}  # a feed applies its batch before it records its row (upserts)
+    assert applied == []  # checked before it applies
     assert (await committed(s.kafka_bootstrap, group, tp)).offset == 3
     assert await _row(pool, group, tp) == 1
+
+
+async def test_a_service_holds_what_its_committed_offsets_said_at_start_and_checks_it_while_nothing_comes(
+        clearing_of_its_own, caplog):
+    """The check at start fills what the service's stages and feeds hold; the service checks it every
+    few seconds, so a partition without traffic finds a database that went back too."""
+    own, repo = clearing_of_its_own
+    pool = repo._pool
+    s = own.model_copy(update={"namespace": f"{own.namespace}quiet{uuid.uuid4().hex[:6]}.", "metrics_port": 0})
+    await ensure_topics(s)
+    tp = TopicPartition(s.topic(SETTLEMENT_PRICED), 0)
+    await produce(s.kafka_bootstrap, tp.topic, [b"x"] * 3)
+    group = s.group("yidi-clearing-priced")
+    await db.record_progress(pool, "clearing", progress.began(group, [(tp.topic, 0, 2)]))
+    await recover.commit_offsets(s.kafka_bootstrap, group, {tp: OffsetAndMetadata(3, progress.applied(2))})
+
+    service = Service("clearing", s, migrations="services.clearing.migrations")
+    async with service._lifespan():
+        assert service.held == {group: {(tp.topic, 0): 2}}
+        assert service._check_held_every in service.background
+        checking = asyncio.create_task(service._check_held_every(0.05))
+        await asyncio.sleep(0.3)
+        assert not checking.done() and service.exit_code == 0  # the database is whole
+        await pool.execute("UPDATE clearing.stage_progress SET applied_below = 1 WHERE consumer_group = $1", group)
+        with caplog.at_level(logging.CRITICAL, logger="yidi.platform.service"):
+            await asyncio.wait_for(checking, 10)
+    assert service.exit_code == 2
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert f"{group} {tp.topic}[0]: it holds only the records before 1; this instance had recorded it holding" in said

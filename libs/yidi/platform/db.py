@@ -276,6 +276,17 @@ async def record_progress(pool: asyncpg.Pool, schema: str, batch: progress.Progr
     batch.recorded = True
 
 
+async def check_progress(pool: asyncpg.Pool, schema: str, batches: Iterable[progress.Progress]) -> None:
+    """Check, in one simple query, that the rows ``batches`` hold (``Progress.check_sql``) are still
+    there: ``DatabaseWentBack`` if one went back (a feed before it applies its batch; a service
+    every ``progress.CHECK_SECONDS`` for all its stages and feeds hold)."""
+    if not (checks := "; ".join(c for b in batches if (c := b.check_sql(schema)))):
+        return
+    async with transient_errors():
+        with _progress_kept(schema):
+            await pool.execute(checks)
+
+
 # What a batch's progress statement meets on a database without the schema, ``stage_progress`` or
 # the check's function (migration platform_002), all there since the service's migrations ran.
 _NOT_KEPT = (asyncpg.InvalidSchemaNameError, asyncpg.UndefinedTableError, asyncpg.UndefinedFunctionError)

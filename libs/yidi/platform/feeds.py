@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 from yidi.contracts.common import explain
 from yidi.platform import metrics, progress
 from yidi.platform.db import record_progress as record_progress_in
-from yidi.platform.db import statements_for
+from yidi.platform.db import check_progress, statements_for
 from yidi.platform.errors import DatabaseWentBack, PermanentError, RaceLost, TransientError
 from yidi.platform.jsonwire import loads
 from yidi.platform.lag import consumer_lag
@@ -170,8 +170,9 @@ def feed(
     # commits, each saying the database holds every record before it (``_commit_with_progress``).
     acknowledged: dict[TopicPartition, int] = {}
     # What this feed recorded per partition (progress.hold), or what the partition's committed offset
-    # said when it first came (``look_up``): each batch's row is checked against it.
-    held: dict[tuple[str, int], int] = {}
+    # said at the service's start or when it first came (``look_up``): each batch is checked against it.
+    group = service.settings.group(feed_group(service.name, topic))
+    held = service.held.setdefault(group, {})
     looked_up: set[TopicPartition] = set()
 
     async def look_up(consumer: Any, batch: tuple[Any, ...]) -> None:
@@ -190,18 +191,26 @@ def feed(
                 progress.hold_at_least(held, (tp.topic, tp.partition), vouched)
         looked_up.update(unseen)
 
-    async def record_progress(consumer: Any, batch: tuple[Any, ...]) -> None:
+    async def checked(consumer: Any, batch: tuple[Any, ...]) -> progress.Progress | None:
+        """Where the batch ends (``progress.reached``), once the rows of its partitions are checked
+        against what the feed holds, before it applies anything: a row below that, or gone, is a
+        database that went back under it (``DatabaseWentBack``, and the service stops)."""
+        if service.pool is None:
+            return None
+        await look_up(consumer, batch)
+        reached = progress.reached(group, [(r.topic, r.partition, r.offset) for r in batch], held)
+        await check_progress(service.pool, service.name, [reached])
+        return reached
+
+    async def record_progress(reached: progress.Progress | None) -> None:
         """Where the batch ends, in the service's ``stage_progress`` (yidi.platform.progress), once
         it is applied, in a statement of its own waited to disk: every record before it is in the
         database, and the feed's commit then says so. After a restore of the service's database the
         feed is moved back there and applies what the backup lacks; a database that lost the batch's
         writes (a Postgres that lost its last commits) lost this row after them, and the service's
-        check at start sees it. A row below what this feed recorded, or gone, is a database that
-        went back under it: ``DatabaseWentBack``, and the service stops."""
-        if service.pool is None:
+        check at start sees it."""
+        if reached is None or service.pool is None:
             return
-        await look_up(consumer, batch)
-        reached = progress.reached(group, [(r.topic, r.partition, r.offset) for r in batch], held)
         await record_progress_in(service.pool, service.name, reached)
         progress.hold(held, reached)
         acknowledged.update({TopicPartition(topic, partition): offset
@@ -222,6 +231,7 @@ def feed(
             except (ValidationError, ValueError, ArithmeticError) as exc:  # a data error: dead-lettered
                 refused.append((raw, exc))
         try:
+            reached = await checked(msg.consumer, batch)
             if apply_many is not None and len(valid) > 1:
                 try:
                     applied, stale = len(valid), _stale(await apply_many([given(raw, record) for raw, record in valid]))
@@ -230,7 +240,7 @@ def feed(
                     applied, stale = await apply_each(valid, refused)
             else:
                 applied, stale = await apply_each(valid, refused)
-            await record_progress(msg.consumer, batch)
+            await record_progress(reached)
         except DatabaseWentBack as exc:
             service.went_back(exc)  # stops the service; the batch is not acknowledged
             await asyncio.sleep(1.0)  # read again meanwhile, it would find the same
@@ -250,7 +260,6 @@ def feed(
             metrics.REFDATA_RECORDS.labels(feed_name, "stale").inc(stale)
             log.info("%s: %d record(s) older than the one held were ignored", feed_name, stale)
 
-    group = service.settings.group(feed_group(service.name, topic))
     subscriber = service.broker.subscriber(
         full_topic,
         group_id=group,

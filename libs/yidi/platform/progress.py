@@ -34,11 +34,12 @@ partition is at or past what the group's committed offset says. A service checks
 lost its last commits, is behind, and the service stops before it handles anything on it.
 
 While it runs, a stage or a feed also keeps what it recorded for each partition (``hold``), or what
-the partition's committed offset said when it first read it (``hold_at_least``), and the statement
-that records a batch's row first checks that the row still holds at least that (rows never go back
-while the database is whole): one below it, or gone, is a database that went back
-under the running service (a failover to a replica that was behind, a restore while it ran). The
-statement raises (``stage_progress_went_back``, migration ``platform_002``), the batch's
+the partition's committed offset said when the service started or the stage or feed first read it
+(``hold_at_least``), and the statement that records a batch's row first checks that the row still
+holds at least that (rows never go back while the database is whole); a feed checks before it
+applies its batch, and the service checks everything held every ``CHECK_SECONDS``. A row below
+it, or gone, is a database that went back under the running service (a failover to a replica that
+was behind, a restore while it ran). The statement raises (``stage_progress_went_back``, migration ``platform_002``), the batch's
 transaction is rolled back, nothing of it is committed to Kafka, and the service stops
 (``DatabaseWentBack``); its check at the next start refuses until ``yidi-recover`` has run.
 """
@@ -62,6 +63,10 @@ _APPLIED = re.compile(re.escape(APPLIED_PREFIX) + r"(\d+)")
 # SQLSTATE it raises (yidi.platform.db.transient_errors makes it DatabaseWentBack).
 WENT_BACK = "stage_progress_went_back"
 WENT_BACK_SQLSTATE = "YB001"
+# How often a service checks every row its stages and feeds hold (``Service``), so that a partition
+# without traffic, and a service whose only reader of a database is a stage that records nothing
+# (eligibility's settlement stage), find a database that went back too.
+CHECK_SECONDS = 10.0
 
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -104,15 +109,22 @@ class Progress:
         upsert = (f'INSERT INTO "{schema}".{TABLE} AS p (consumer_group, topic, kafka_partition, applied_below) '
                   f"VALUES {rows} ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE "
                   "SET applied_below = GREATEST(p.applied_below, EXCLUDED.applied_below), updated_at = now()")
+        check = self.check_sql(schema)
+        return f"{check}; {upsert}" if check else upsert
+
+    def check_sql(self, schema: str) -> str:
+        """The check alone (``sql``'s first statement; "" where nothing is ``held``): it raises if a
+        row of ``held``'s partitions is below it, or gone, and returns no row otherwise. A feed runs
+        it before applying its batch, and each service every ``CHECK_SECONDS`` for all it holds."""
         if not self.held:
-            return upsert
+            return ""
+        group = _literal(self.group)
         held = ", ".join(f"({_literal(topic)}, {int(partition)}, {int(offset)}::bigint)"
                          for (topic, partition), offset in sorted(self.held.items()))
-        check = (f'SELECT "{schema}".{WENT_BACK}({group}, e.topic, e.kafka_partition, p.applied_below, e.held) '
-                 f"FROM (VALUES {held}) AS e (topic, kafka_partition, held) "
-                 f'LEFT JOIN "{schema}".{TABLE} AS p ON p.consumer_group = {group} AND p.topic = e.topic '
-                 "AND p.kafka_partition = e.kafka_partition WHERE p.applied_below IS NULL OR p.applied_below < e.held")
-        return f"{check}; {upsert}"
+        return (f'SELECT "{schema}".{WENT_BACK}({group}, e.topic, e.kafka_partition, p.applied_below, e.held) '
+                f"FROM (VALUES {held}) AS e (topic, kafka_partition, held) "
+                f'LEFT JOIN "{schema}".{TABLE} AS p ON p.consumer_group = {group} AND p.topic = e.topic '
+                "AND p.kafka_partition = e.kafka_partition WHERE p.applied_below IS NULL OR p.applied_below < e.held")
 
 
 # The batch whose transactions record their progress: set by a stage or a feed around its handler

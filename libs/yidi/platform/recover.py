@@ -177,7 +177,8 @@ class DatabaseBehind(Exception):
     without ``yidi-recover``, or a Postgres that lost its last commits. The service does not start."""
 
 
-async def behind(settings: Settings, service: str, pool: asyncpg.Pool | None = None) -> list[str]:
+async def behind(settings: Settings, service: str, pool: asyncpg.Pool | None = None,
+                 held: dict[str, dict[tuple[str, int], int]] | None = None) -> list[str]:
     """Where ``service``'s database stands behind its groups' committed offsets: each offset a stage
     or a feed commits says what its batch's row says (``progress.applied_below``), once the database
     holds that row, and a row never goes back, so a whole database is at or past every one of them. One line per
@@ -187,7 +188,10 @@ async def behind(settings: Settings, service: str, pool: asyncpg.Pool | None = N
     its own.
 
     Kafka is read first: an instance still running commits only what its database holds already,
-    so rows read after the offsets are at or past them, whatever it commits meanwhile."""
+    so rows read after the offsets are at or past them, whatever it commits meanwhile.
+
+    ``held``, per group: filled with what each offset said of a partition the database is not behind
+    on (``progress.hold_at_least``), which the service's stages and feeds then check while it runs."""
     prefix = settings.group(f"yidi-{service}-")
     committed = await _committed_offsets(settings.kafka_bootstrap, prefix)
     groups = sorted(committed)
@@ -206,10 +210,12 @@ async def behind(settings: Settings, service: str, pool: asyncpg.Pool | None = N
     rows = restored.rows if restored is not None else {}
     lines = []
     for (g, tp), (offset, below) in vouched.items():
-        held = rows.get(g, {}).get(tp)
-        if held is not None and held >= below:
+        row = rows.get(g, {}).get(tp)
+        if row is not None and row >= below:
+            if held is not None:
+                progress.hold_at_least(held.setdefault(g, {}), (tp.topic, tp.partition), below)
             continue
-        has = (f"holds only those before {held}" if held is not None else "has no row of it" if restored is not None
+        has = (f"holds only those before {row}" if row is not None else "has no row of it" if restored is not None
                else f"has no {service}.{progress.TABLE} at all (an empty database, or a backup from before it)")
         lines.append(f"{g} {tp.topic}[{tp.partition}]: its offset {offset} was committed once the database held "
                      f"every record before {below}; the database {has}")

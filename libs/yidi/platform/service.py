@@ -24,9 +24,10 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.specification import AsyncAPI
 from prometheus_client import REGISTRY
 
-from yidi.platform import collector, heartbeat, metrics, probes, records, recover
-from yidi.platform.db import application_name, close_pool, migrate, record_progress, settings_pool, statements_for
-from yidi.platform.errors import DatabaseWentBack
+from yidi.platform import collector, heartbeat, metrics, probes, progress, records, recover
+from yidi.platform.db import (application_name, check_progress, close_pool, migrate, record_progress, settings_pool,
+                              statements_for)
+from yidi.platform.errors import DatabaseWentBack, TransientError
 from yidi.platform.kafka import CLIENT_STOP_SECONDS, TransactionalStage, ensure_topics
 from yidi.platform.logs import setup_logging
 from yidi.platform.settings import Settings
@@ -71,6 +72,10 @@ class Service:
         self.background: list[Callable[[], Awaitable[None]]] = [heartbeat.beat]
         self._background: list[asyncio.Task[None]] = []
         self.exit_code = 0
+        # Per consumer group, what its stage or feed holds in ``stage_progress`` (yidi.platform.progress):
+        # filled at start from the committed offsets (``recover.behind``), then by each batch; checked
+        # by each batch's progress statement and every ``progress.CHECK_SECONDS`` (``_check_held_every``).
+        self.held: dict[str, dict[tuple[str, int], int]] = {}
         records.install()  # every consumer of the process, the feeds' too: header names not UTF-8 read
         self.broker = KafkaBroker(
             settings.kafka_bootstrap,
@@ -103,6 +108,7 @@ class Service:
     def add_stage(self, stage: TransactionalStage) -> None:
         if self.pool is not None:
             stage.record_progress = functools.partial(record_progress, self.pool, self.name)
+        stage._held = self.held.setdefault(self.settings.group(stage.group_id), stage._held)
         self.stages.append(stage)
 
     @asynccontextmanager
@@ -118,10 +124,11 @@ class Service:
             # Before the migrations change anything (a backup from before stage_progress keeps
             # lacking it, and yidi-recover then says so), and before any feed or stage reads a
             # record: nothing is handled on a database that lacks what Kafka says it holds.
-            if lagging := await recover.behind(self.settings, self.name, self.pool):
+            if lagging := await recover.behind(self.settings, self.name, self.pool, self.held):
                 await close_pool(self.pool)
                 raise recover.DatabaseBehind(lagging)
             await migrate(self.pool, self.name, self.migrations)
+            self.background.append(self._check_held_every)
             self.background.append(lambda: probes.postgres_every(
                 self.settings.database_url, application_name=application_name(self.settings, self.name, "probe")))
         for ready in self.on_ready:
@@ -171,6 +178,24 @@ class Service:
                 log.error("%s: a stage failed, stopping: %r", self.name, exc)
                 self.exit_code = max(self.exit_code, 1)  # not below a stage's DatabaseWentBack (2)
                 self.app.exit()
+
+    async def _check_held_every(self, seconds: float = progress.CHECK_SECONDS) -> None:
+        """Every ``seconds``, check every row the service's stages and feeds hold, in one query: a
+        partition without traffic, and a service whose only reader of the database records nothing
+        (eligibility's settlement stage), find a database that went back too. Postgres away: the
+        next round tries again (the stages and probes say it is away)."""
+        while True:
+            await asyncio.sleep(seconds)
+            if self.pool is None:
+                continue
+            try:
+                await check_progress(self.pool, self.name, [progress.Progress(group, {}, held=dict(held))
+                                                            for group, held in sorted(self.held.items()) if held])
+            except DatabaseWentBack as exc:
+                self.went_back(exc)
+                return
+            except TransientError as exc:
+                log.debug("%s: the progress check did not run: %s", self.name, exc)
 
     def went_back(self, exc: DatabaseWentBack) -> None:
         """A stage or a feed found the database gone back under it: stop, with status 2, as the
