@@ -207,6 +207,10 @@ async def test_a_database_restored_under_the_running_services_stops_them_and_not
         after = [we1() for _ in range(3)]  # one person: the same partitions as the settlements before
         answers += await _answered(gateway, after)
 
+        async def after_in_ledger() -> bool:  # clearing answers once its ledger holds them; as it commits
+            return len(await _ledger(s.database_url, [r["msgid"] for r in after])) == len(after)
+
+        await until(after_in_ledger, timeout=30, poll=0.2)
         for attempt in range(3):
             # Under running services, its DROPs may meet a service's statement in a deadlock, which
             # Postgres breaks by failing one of the two (the whole restore, in one transaction): again.

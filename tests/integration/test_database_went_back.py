@@ -93,7 +93,7 @@ async def test_a_running_stage_whose_database_went_back_stops_at_its_next_batch_
         await stage.stop()
     assert isinstance(stage.failure, DatabaseWentBack), repr(stage.failure)
     holds = "no row of it" if went == "deleted" else "only the records before 0"
-    assert (f"{group} {tp.topic}[0]: it holds {holds}; this instance had recorded it holding every record "
+    assert (f"{group} {tp.topic}[0]: it holds {holds}; the service had seen it hold every record "
             "before 1" in str(stage.failure)), stage.failure
     assert handled == [0, 1, 2]
     assert published == [0, 1]  # nothing of the third batch
@@ -202,7 +202,7 @@ async def test_a_stage_that_never_recorded_a_partition_checks_its_first_batch_ag
     finally:
         await second.stop()
     assert isinstance(second.failure, DatabaseWentBack), repr(second.failure)
-    assert "this instance had recorded it holding every record before 2" in str(second.failure)
+    assert "the service had seen it hold every record before 2" in str(second.failure)
     found = await committed(s.kafka_bootstrap, group, tp)
     assert (found.offset, found.metadata) == (3, progress.applied(2))
     assert await _row(pool, group, tp) == (None if went == "deleted" else 0)
@@ -275,7 +275,7 @@ async def test_a_feed_whose_database_went_back_stops_its_service_and_acknowledge
         await service.broker.stop()
     assert applied == [0, 1, 2]  # the batch of 3 is checked before it is applied: not applied
     (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
-    assert (f"{group} {tp.topic}[0]: it holds only the records before 1; this instance had recorded it holding every "
+    assert (f"{group} {tp.topic}[0]: it holds only the records before 1; the service had seen it hold every "
             "record before 3" in said), said
     assert "yidi-recover clearing" in said
     found = await committed(s.kafka_bootstrap, group, tp)
@@ -327,4 +327,56 @@ async def test_a_service_holds_what_its_committed_offsets_said_at_start_and_chec
             await asyncio.wait_for(checking, 10)
     assert service.exit_code == 2
     (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
-    assert f"{group} {tp.topic}[0]: it holds only the records before 1; this instance had recorded it holding" in said
+    assert f"{group} {tp.topic}[0]: it holds only the records before 1; the service had seen it hold" in said
+
+
+async def test_a_feed_that_gets_a_partition_back_after_another_instance_checks_against_the_newer_offset(
+        clearing_of_its_own, caplog):
+    """A partition moves between feed instances only through rebalances: after one, a feed reads the
+    committed offsets of its partitions again, so what another instance recorded meanwhile is held
+    too (with only its own older value, a database gone back between the two would be recorded over)."""
+    own, repo = clearing_of_its_own
+    pool = repo._pool
+    s = own.model_copy(update={"namespace": f"{own.namespace}feedback{uuid.uuid4().hex[:6]}."})
+    topic = "backfeed"
+    await create_topics(s.kafka_bootstrap, s.topic(topic))
+    tp = TopicPartition(s.topic(topic), 0)
+    group = s.group("yidi-clearing-feed-backfeed")
+    applied: list[int] = []
+
+    async def apply(record: Record) -> None:
+        applied.append(record.n)
+
+    def instance() -> Service:
+        service = Service("clearing", s, migrations=None)
+        service.pool = pool
+        feed(service, topic, Record, apply)
+        return service
+
+    first, second = instance(), instance()
+    await produce(s.kafka_bootstrap, tp.topic, [f'{{"n": {n}}}'.encode() for n in range(3)])
+    await first.broker.start()
+    try:
+        await _committed_to(s.kafka_bootstrap, group, tp, 3)
+    finally:
+        await first.broker.stop()
+    await second.broker.start()
+    try:
+        await produce(s.kafka_bootstrap, tp.topic, [f'{{"n": {n}}}'.encode() for n in range(3, 6)])
+        await _committed_to(s.kafka_bootstrap, group, tp, 6)
+    finally:
+        await second.broker.stop()
+    assert first.held == {group: {(tp.topic, 0): 3}}
+    await pool.execute("UPDATE clearing.stage_progress SET applied_below = 4 WHERE consumer_group = $1", group)
+    applied.clear()
+    await first.broker.start()  # the same feed, back in the group
+    try:
+        with caplog.at_level(logging.CRITICAL, logger="yidi.platform.service"):
+            await produce(s.kafka_bootstrap, tp.topic, [b'{"n": 6}'])
+            await until(lambda: first.exit_code == 2, timeout=30)
+    finally:
+        await first.broker.stop()
+    assert applied == []
+    (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
+    assert "it holds only the records before 4; the service had seen it hold every record before 6" in said, said
+    assert await _row(pool, group, tp) == 4

@@ -47,7 +47,7 @@ SHIPPED = {
     "services/pricing/migrations/008_decided_by_place.sql": "88c982ddfb74d77e",
     # Applied to every service's schema after its own (yidi.platform.db.migrate).
     "libs/yidi/platform/migrations/platform_001_stage_progress.sql": "7032438c7ed1b997",
-    "libs/yidi/platform/migrations/platform_002_progress_went_back.sql": "2eeeb223849c2329",
+    "libs/yidi/platform/migrations/platform_002_progress_went_back.sql": "b153b681b7471084",
 }
 
 

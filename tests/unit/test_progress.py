@@ -252,3 +252,39 @@ async def test_a_stage_that_found_its_database_gone_back_stops_its_service_with_
     plain.stages = [type("Stage", (), {"task": task})()]  # type: ignore[misc]
     await plain._watch_stages()
     assert plain.exit_code == 1
+
+
+async def test_the_services_periodic_check_says_a_failure_once_goes_on_and_stops_the_service_on_a_database_gone_back(
+        caplog):
+    import asyncio
+    import logging
+
+    from yidi.platform.errors import DatabaseWentBack
+    from yidi.platform.service import Service
+    from yidi.platform.settings import Settings
+
+    class Pool:
+        """Refuses twice (a privilege lost after a failover), then answers, then finds a row gone back."""
+
+        def __init__(self) -> None:
+            self.queries: list[str] = []
+
+        async def execute(self, sql: str) -> str:
+            self.queries.append(sql)
+            if len(self.queries) <= 2:
+                raise RuntimeError("permission denied for function stage_progress_went_back")
+            if len(self.queries) == 4:
+                raise DatabaseWentBack("the database went back under the running service: g t[0]: it holds no row of it")
+            return "SELECT 0"
+
+    service = Service("clearing", Settings(), migrations=None)
+    service.pool = Pool()  # type: ignore[assignment]
+    service.held = {"g": {("t", 0): 5}, "quiet": {}}
+    with caplog.at_level(logging.INFO, logger="yidi.platform.service"):
+        await asyncio.wait_for(service._check_held_every(0.01), 5)
+    assert service.exit_code == 2
+    assert len(service.pool.queries) == 4
+    assert all("FROM (VALUES ('t', 0, 5::bigint))" in q and "'quiet'" not in q for q in service.pool.queries)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in said] == ["WARNING", "INFO", "CRITICAL"], said
+    assert "permission denied" in said[0][1]

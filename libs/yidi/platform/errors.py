@@ -42,8 +42,9 @@ class RaceLost(TransientError):
 
 
 class DatabaseWentBack(FatalError):
-    """A running stage or feed found its partition's ``stage_progress`` row below what it had
-    recorded there itself, or gone (yidi.platform.progress): the database went back under the
+    """A running stage, feed or service check found a partition's ``stage_progress`` row below what
+    the service had seen it hold (its batches' records, its committed offsets), or gone
+    (yidi.platform.progress): the database went back under the
     service (a failover to a replica that was behind, a restore while it ran). Retrying would handle
     the records after the row's point as if the records before it were there: the service stops,
     and its check at the next start refuses until ``yidi-recover`` has moved its groups back."""

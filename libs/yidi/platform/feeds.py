@@ -173,12 +173,19 @@ def feed(
     # said at the service's start or when it first came (``look_up``): each batch is checked against it.
     group = service.settings.group(feed_group(service.name, topic))
     held = service.held.setdefault(group, {})
+    # The partitions whose committed offsets this feed has read since the group last rebalanced (a
+    # partition moves to another instance and back only through rebalances), and that generation.
     looked_up: set[TopicPartition] = set()
+    generation: list[int | None] = [None]
 
     async def look_up(consumer: Any, batch: tuple[Any, ...]) -> None:
-        """What the committed offsets of the batch's partitions new to this feed say the database
-        held (``applied-below``), as the check at start read them: a partition's first batch here is
-        checked against it too, not only the later ones against what this feed recorded."""
+        """What the committed offsets of the batch's partitions new to this feed since the group's
+        last rebalance say the database held (``applied-below``), as the check at start read them:
+        a partition's first batch here (or back here, after another instance held it) is checked
+        against it too, not only the later ones against what this feed recorded."""
+        if (now := getattr(consumer._coordinator, "generation", None)) != generation[0]:
+            looked_up.clear()
+            generation[0] = now
         unseen = {TopicPartition(r.topic, r.partition) for r in batch} - looked_up
         if not unseen:
             return

@@ -143,6 +143,8 @@ class Service:
 
     async def _start_stages(self) -> None:
         self._bound_feed_stops()
+        if self.exit_code:
+            return  # a feed found the database gone back while the broker started: stopping already
         collector.freeze()  # started: what it holds now (imports, warm caches) is never scanned again
         if self.settings.gc_full_collection_seconds > 0:
             self._sweep = asyncio.create_task(collector.collect_every(self.settings.gc_full_collection_seconds))
@@ -183,7 +185,9 @@ class Service:
         """Every ``seconds``, check every row the service's stages and feeds hold, in one query: a
         partition without traffic, and a service whose only reader of the database records nothing
         (eligibility's settlement stage), find a database that went back too. Postgres away: the
-        next round tries again (the stages and probes say it is away)."""
+        next round tries again (the stages and probes say it is away). Any other failure is said
+        once at WARNING until a check succeeds again, and the checks go on."""
+        failing = False
         while True:
             await asyncio.sleep(seconds)
             if self.pool is None:
@@ -196,6 +200,15 @@ class Service:
                 return
             except TransientError as exc:
                 log.debug("%s: the progress check did not run: %s", self.name, exc)
+            except Exception as exc:  # noqa: BLE001 - a privilege, a password after a failover: said, not fatal
+                if not failing:
+                    log.warning("%s: the check that its database has not gone back failed: %r; tried again every "
+                                "%.0f s", self.name, exc, seconds)
+                failing = True
+            else:
+                if failing:
+                    log.info("%s: the check that its database has not gone back runs again", self.name)
+                failing = False
 
     def went_back(self, exc: DatabaseWentBack) -> None:
         """A stage or a feed found the database gone back under it: stop, with status 2, as the
@@ -204,10 +217,11 @@ class Service:
         if self.exit_code == 2:
             return
         log.critical("%s: %s. Was the database restored while the service ran, or did Postgres fail over to "
-                     "a replica that was behind? The service stops; nothing of its batch was committed to Kafka. "
-                     "It will not start again until `yidi-recover %s` has moved its groups back to what the "
-                     "database holds (every instance stopped; runbook, \"A service stops: its database went back "
-                     "under it\").", self.name, exc, self.name)
+                     "a replica that was behind? The service stops, committing nothing more to Kafka. Stop every "
+                     "instance of it, run `yidi-recover %s` to move its groups back to what the database holds, "
+                     "then start it (its check at start refuses while Kafka's offsets say more than the database "
+                     "holds; runbook, \"A service stops: its database went back under it\").",
+                     self.name, exc, self.name)
         self.exit_code = 2
         self.app.exit()
 

@@ -8,7 +8,7 @@ CREATE OR REPLACE FUNCTION stage_progress_went_back(
     consumer_group text, topic text, kafka_partition integer, holds bigint, recorded bigint
 ) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION 'the database went back under the running service: % %[%]: it holds %; this instance had recorded it holding every record before %',
+    RAISE EXCEPTION 'the database went back under the running service: % %[%]: it holds %; the service had seen it hold every record before %',
         consumer_group, topic, kafka_partition,
         CASE WHEN holds IS NULL THEN 'no row of it' ELSE 'only the records before ' || holds END, recorded
         USING ERRCODE = 'YB001';
