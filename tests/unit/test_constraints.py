@@ -78,3 +78,13 @@ def test_everything_the_services_and_the_suite_install_is_pinned_at_the_version_
     assert not missing, f"not in deploy/constraints.txt: {missing}"
     differ = {name: (constraints[name], version) for name, version in needed.items() if constraints[name] != version}
     assert not differ, f"pinned, installed: {differ}"
+
+
+def test_the_build_backend_is_pinned_too():
+    """pip builds the project (``pip install -e .``, the image's ``pip install .``) in an isolated
+    environment the constraints do not reach: its requirements are pinned in pyproject.toml itself."""
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]
+    assert requires, "pyproject.toml names its build backend's requirements"
+    for requirement in map(Requirement, requires):
+        (spec,) = requirement.specifier
+        assert spec.operator == "==", f"{requirement} is not pinned"
