@@ -75,6 +75,27 @@ async def _ledger(dsn: str, msgids: list[str]) -> dict[str, list[str]]:
     return found
 
 
+async def _until_in_ledger(dsn: str, requests: list[dict]) -> None:
+    msgids = [r["msgid"] for r in requests]
+
+    async def all_in_ledger() -> bool:
+        return len(await _ledger(dsn, msgids)) == len(requests)
+
+    await until(all_in_ledger, timeout=60, poll=0.5)
+
+
+async def _answered_once_as_in_the_ledger(gateway: GatewayClient, dsn: str, settled: list[dict],
+                                          answers: list[dict]) -> None:
+    """Every one of ``settled`` in the ledger once, with what its one answer said it paid."""
+    await _until_in_ledger(dsn, settled)
+    await asyncio.sleep(3.0)  # a second answer would have come by now
+    msgids = [r["msgid"] for r in settled]
+    assert [gateway.answer_counts[m] for m in msgids] == [1] * len(msgids)
+    assert all(a["infcode"] == 0 for a in answers), answers
+    assert await _ledger(dsn, msgids) == {
+        r["msgid"]: [a["output"]["setlinfo"]["hifp_pay"]] for r, a in zip(settled, answers, strict=True)}
+
+
 @pytest.fixture
 async def own_system(settings, log_dir, tmp_path):
     database = f"yidi_restore_{uuid.uuid4().hex[:8]}"
@@ -165,19 +186,8 @@ async def test_a_database_restored_to_a_backup_is_brought_up_to_date_and_nobody_
         fresh_answer = await gateway.call(world.request(newcomer, [("T-A", "1", "100.00")]))
         assert fresh_answer["infcode"] == 0, fresh_answer
 
-        settled = before + after + later
-        msgids = [r["msgid"] for r in settled]
-        async def all_in_ledger() -> bool:
-            return len(await _ledger(s.database_url, msgids)) == len(settled)
-
-        await until(all_in_ledger, timeout=60, poll=0.5)
-        await asyncio.sleep(3.0)  # a second answer would have come by now
-        assert [gateway.answer_counts[m] for m in msgids] == [1] * len(msgids)
+        await _answered_once_as_in_the_ledger(gateway, s.database_url, before + after + later, answers)
         assert admin.answer_counts[funding["reqid"]] == 1
-        assert all(a["infcode"] == 0 for a in answers)
-        ledger = await _ledger(s.database_url, msgids)
-        assert ledger == {
-            r["msgid"]: [a["output"]["setlinfo"]["hifp_pay"]] for r, a in zip(settled, answers, strict=True)}
         # Pricing's accumulators count every settlement answered, the four after the backup too.
         assert await _fund_paid(s.database_url, psn_no, paid) == sum(
             Decimal(a["output"]["setlinfo"]["hifp_pay"]) for a in answers)
@@ -207,10 +217,7 @@ async def test_a_database_restored_under_the_running_services_stops_them_and_not
         after = [we1() for _ in range(3)]  # one person: the same partitions as the settlements before
         answers += await _answered(gateway, after)
 
-        async def after_in_ledger() -> bool:  # clearing answers once its ledger holds them; as it commits
-            return len(await _ledger(s.database_url, [r["msgid"] for r in after])) == len(after)
-
-        await until(after_in_ledger, timeout=30, poll=0.2)
+        await _until_in_ledger(s.database_url, after)  # clearing answers as it commits: the ledger may lag
         for attempt in range(3):
             # Under running services, its DROPs may meet a service's statement in a deadlock, which
             # Postgres breaks by failing one of the two (the whole restore, in one transaction): again.
@@ -242,15 +249,4 @@ async def test_a_database_restored_under_the_running_services_stops_them_and_not
         await system.wait_ready()
         answers.append(await asyncio.wait_for(answer, 90))
 
-        settled = [*before, *after, meanwhile]
-        msgids = [r["msgid"] for r in settled]
-
-        async def all_in_ledger() -> bool:
-            return len(await _ledger(s.database_url, msgids)) == len(settled)
-
-        await until(all_in_ledger, timeout=60, poll=0.5)
-        await asyncio.sleep(3.0)  # a second answer would have come by now
-        assert [gateway.answer_counts[m] for m in msgids] == [1] * len(msgids)
-        assert all(a["infcode"] == 0 for a in answers), answers
-        assert await _ledger(s.database_url, msgids) == {
-            r["msgid"]: [a["output"]["setlinfo"]["hifp_pay"]] for r, a in zip(settled, answers, strict=True)}
+        await _answered_once_as_in_the_ledger(gateway, s.database_url, [*before, *after, meanwhile], answers)

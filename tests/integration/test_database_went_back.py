@@ -9,6 +9,9 @@ import asyncio
 import functools
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -20,6 +23,7 @@ from yidi.platform.errors import DatabaseWentBack
 from yidi.platform.feeds import feed
 from yidi.platform.kafka import Incoming, Outgoing, TransactionalStage, ensure_topics
 from yidi.platform.service import Service
+from yidi.platform.settings import Settings
 from yidi.platform.topics import SETTLEMENT_PRICED
 
 from tests.integration.kafka_io import committed, create_topics, produce
@@ -48,6 +52,38 @@ async def _committed_to(bootstrap: str, group: str, tp: TopicPartition, offset: 
         return found is not None and found.offset == offset
 
     await until(there, timeout=30, poll=0.2)
+
+
+@dataclass
+class _Stages:
+    """A stage of the test's own on clearing's schema: its settings, pool, partition and group, and
+    a factory of its instances, each handling a batch in a transaction of its own (records its row)."""
+
+    s: Settings
+    pool: Any
+    tp: TopicPartition
+    group: str
+    instance: Callable[[], TransactionalStage]
+
+
+async def _stages(clearing_of_its_own: Any, name: str) -> _Stages:
+    own, repo = clearing_of_its_own
+    s = own.model_copy(update={"namespace": f"{own.namespace}{name}{uuid.uuid4().hex[:6]}.", "batch_linger_ms": 0})
+    await ensure_topics(s)
+
+    async def handle(records: list[Incoming]) -> list[Outgoing]:
+        async with repo.transaction() as conn:
+            await conn.execute("SELECT 1")
+        return []
+
+    def instance() -> TransactionalStage:
+        stage = TransactionalStage(f"{name}-test", "clearing", s, [SETTLEMENT_PRICED], f"yidi-clearing-{name}",
+                                   handle, max_records=1)
+        stage.record_progress = functools.partial(db.record_progress, repo._pool, "clearing")  # as Service.add_stage
+        return stage
+
+    return _Stages(s, repo._pool, TopicPartition(s.topic(SETTLEMENT_PRICED), 0), s.group(f"yidi-clearing-{name}"),
+                   instance)
 
 
 @pytest.mark.parametrize(("went", "opens_transaction", "during_handler"), [
@@ -113,24 +149,8 @@ async def test_a_stage_that_holds_a_partition_again_after_another_instance_does_
         clearing_of_its_own):
     """What an instance held stays at or below the row while the database is whole, however the
     partition moved meanwhile: another instance's batches only raised it."""
-    own, repo = clearing_of_its_own
-    pool = repo._pool
-    s = own.model_copy(update={"namespace": f"{own.namespace}heldagain{uuid.uuid4().hex[:6]}.", "batch_linger_ms": 0})
-    await ensure_topics(s)
-    tp = TopicPartition(s.topic(SETTLEMENT_PRICED), 0)
-    group = s.group("yidi-clearing-heldagain")
-
-    async def handle(records: list[Incoming]) -> list[Outgoing]:
-        async with repo.transaction() as conn:
-            await conn.execute("SELECT 1")
-        return []
-
-    def instance() -> TransactionalStage:
-        stage = TransactionalStage("heldagain-test", "clearing", s, [SETTLEMENT_PRICED], "yidi-clearing-heldagain",
-                                   handle, max_records=1)
-        stage.record_progress = functools.partial(db.record_progress, pool, "clearing")
-        return stage
-
+    stages = await _stages(clearing_of_its_own, "heldagain")
+    s, pool, tp, group, instance = stages.s, stages.pool, stages.tp, stages.group, stages.instance
     first, second = instance(), instance()
     await produce(s.kafka_bootstrap, tp.topic, [b"0", b"1"])
     await first.start()
@@ -168,24 +188,8 @@ async def test_a_stage_that_never_recorded_a_partition_checks_its_first_batch_ag
     it: its first batch is checked against what the committed offset said the database held, read as
     the partition was assigned. Without that, the batch would record its row over the gone-back one,
     commit with it, and leave nothing that says what was lost."""
-    own, repo = clearing_of_its_own
-    pool = repo._pool
-    s = own.model_copy(update={"namespace": f"{own.namespace}newinst{uuid.uuid4().hex[:6]}.", "batch_linger_ms": 0})
-    await ensure_topics(s)
-    tp = TopicPartition(s.topic(SETTLEMENT_PRICED), 0)
-    group = s.group("yidi-clearing-newinst")
-
-    async def handle(records: list[Incoming]) -> list[Outgoing]:
-        async with repo.transaction() as conn:
-            await conn.execute("SELECT 1")
-        return []
-
-    def instance() -> TransactionalStage:
-        stage = TransactionalStage("newinst-test", "clearing", s, [SETTLEMENT_PRICED], "yidi-clearing-newinst",
-                                   handle, max_records=1)
-        stage.record_progress = functools.partial(db.record_progress, pool, "clearing")
-        return stage
-
+    stages = await _stages(clearing_of_its_own, "newinst")
+    s, pool, tp, group, instance = stages.s, stages.pool, stages.tp, stages.group, stages.instance
     first = instance()
     await produce(s.kafka_bootstrap, tp.topic, [b"0", b"1", b"2"])
     await first.start()
@@ -212,21 +216,8 @@ async def test_a_stage_that_never_recorded_a_partition_checks_its_first_batch_ag
 async def test_a_database_without_what_the_migrations_made_stops_a_running_stage_as_gone_back(
         clearing_of_its_own, dropped):
     """A backup from before the migrations restored under the running stage, or another database."""
-    own, repo = clearing_of_its_own
-    pool = repo._pool
-    s = own.model_copy(update={"namespace": f"{own.namespace}nottable{uuid.uuid4().hex[:6]}.", "batch_linger_ms": 0})
-    await ensure_topics(s)
-    tp = TopicPartition(s.topic(SETTLEMENT_PRICED), 0)
-    group = s.group("yidi-clearing-nottable")
-
-    async def handle(records: list[Incoming]) -> list[Outgoing]:
-        async with repo.transaction() as conn:
-            await conn.execute("SELECT 1")
-        return []
-
-    stage = TransactionalStage("nottable-test", "clearing", s, [SETTLEMENT_PRICED], "yidi-clearing-nottable",
-                               handle, max_records=1)
-    stage.record_progress = functools.partial(db.record_progress, pool, "clearing")
+    stages = await _stages(clearing_of_its_own, "nottable")
+    s, pool, tp, group, stage = stages.s, stages.pool, stages.tp, stages.group, stages.instance()
     await produce(s.kafka_bootstrap, tp.topic, [b"0"])
     await stage.start()
     try:
@@ -245,23 +236,32 @@ class Record(BaseModel):
     n: int
 
 
-async def test_a_feed_whose_database_went_back_stops_its_service_and_acknowledges_nothing_more(
-        clearing_of_its_own, caplog):
+async def _feed_service(clearing_of_its_own: Any, name: str) -> tuple[Settings, Any, str, TopicPartition, str]:
+    """A feed topic of the test's own beside clearing's schema: (its settings, the pool, the topic's
+    name, its partition, its feed's group)."""
     own, repo = clearing_of_its_own
-    pool = repo._pool
-    s = own.model_copy(update={"namespace": f"{own.namespace}feedwentback{uuid.uuid4().hex[:6]}."})
-    topic = "wentbackfeed"
+    s = own.model_copy(update={"namespace": f"{own.namespace}{name}{uuid.uuid4().hex[:6]}."})
+    topic = name
     await create_topics(s.kafka_bootstrap, s.topic(topic))
+    return s, repo._pool, topic, TopicPartition(s.topic(topic), 0), s.group(f"yidi-clearing-feed-{topic}")
+
+
+def _with_feed(s: Settings, pool: Any, topic: str, apply: Callable[[Record], Awaitable[None]]) -> Service:
     service = Service("clearing", s, migrations=None)
     service.pool = pool  # as its lifespan opens it
+    feed(service, topic, Record, apply)
+    return service
+
+
+async def test_a_feed_whose_database_went_back_stops_its_service_and_acknowledges_nothing_more(
+        clearing_of_its_own, caplog):
+    s, pool, topic, tp, group = await _feed_service(clearing_of_its_own, "wentbackfeed")
     applied: list[int] = []
 
     async def apply(record: Record) -> None:
         applied.append(record.n)
 
-    feed(service, topic, Record, apply)
-    tp = TopicPartition(s.topic(topic), 0)
-    group = s.group("yidi-clearing-feed-wentbackfeed")
+    service = _with_feed(s, pool, topic, apply)
     await produce(s.kafka_bootstrap, tp.topic, [f'{{"n": {n}}}'.encode() for n in range(3)])
     await service.broker.start()
     try:
@@ -286,10 +286,8 @@ async def test_a_feed_whose_database_went_back_stops_its_service_and_acknowledge
 
     # Another instance of the service, new to the partition, checks its first batch against the
     # committed offset's metadata.
-    again = Service("clearing", s, migrations=None)
-    again.pool = pool
     applied.clear()
-    feed(again, topic, Record, apply)
+    again = _with_feed(s, pool, topic, apply)
     await again.broker.start()
     try:
         with caplog.at_level(logging.CRITICAL, logger="yidi.platform.service"):
@@ -335,25 +333,13 @@ async def test_a_feed_that_gets_a_partition_back_after_another_instance_checks_a
     """A partition moves between feed instances only through rebalances: after one, a feed reads the
     committed offsets of its partitions again, so what another instance recorded meanwhile is held
     too (with only its own older value, a database gone back between the two would be recorded over)."""
-    own, repo = clearing_of_its_own
-    pool = repo._pool
-    s = own.model_copy(update={"namespace": f"{own.namespace}feedback{uuid.uuid4().hex[:6]}."})
-    topic = "backfeed"
-    await create_topics(s.kafka_bootstrap, s.topic(topic))
-    tp = TopicPartition(s.topic(topic), 0)
-    group = s.group("yidi-clearing-feed-backfeed")
+    s, pool, topic, tp, group = await _feed_service(clearing_of_its_own, "backfeed")
     applied: list[int] = []
 
     async def apply(record: Record) -> None:
         applied.append(record.n)
 
-    def instance() -> Service:
-        service = Service("clearing", s, migrations=None)
-        service.pool = pool
-        feed(service, topic, Record, apply)
-        return service
-
-    first, second = instance(), instance()
+    first, second = _with_feed(s, pool, topic, apply), _with_feed(s, pool, topic, apply)
     await produce(s.kafka_bootstrap, tp.topic, [f'{{"n": {n}}}'.encode() for n in range(3)])
     await first.broker.start()
     try:
