@@ -193,9 +193,7 @@ def feed(
             committed = await consumer._coordinator.fetch_committed_offsets(unseen)
         except KafkaError as exc:
             raise TransientError(f"committed offsets of {sorted(unseen)} not read: {exc!r}") from exc
-        for tp in unseen:
-            if (vouched := progress.applied_below(getattr(committed.get(tp), "metadata", None))) is not None:
-                progress.hold_at_least(held, (tp.topic, tp.partition), vouched)
+        progress.hold_committed(held, {tp: committed.get(tp) for tp in unseen})
         looked_up.update(unseen)
 
     async def checked(consumer: Any, batch: tuple[Any, ...]) -> progress.Progress | None:

@@ -580,13 +580,11 @@ class TransactionalStage:
         return False
 
     def _learn_marks(self, partitions: set[TopicPartition], committed: dict[TopicPartition, Any]) -> None:
+        # What the rows held when the offsets were committed: checked from the first batch on.
+        progress.hold_committed(self._held, {tp: committed.get(tp) for tp in partitions})
         for tp in partitions:
             found = committed.get(tp)
-            metadata = getattr(found, "metadata", None)
-            if (vouched := progress.applied_below(metadata)) is not None:
-                # The row held that when the offset was committed: checked from the first batch on.
-                progress.hold_at_least(self._held, (tp.topic, tp.partition), vouched)
-            mark = progress.answered_to(metadata)
+            mark = progress.answered_to(getattr(found, "metadata", None))
             if mark is not None and found is not None and found.offset < mark:
                 if self._marks.get(tp) != mark:
                     log.warning("stage %s: %s[%d]: the records from offset %d to %d were answered before the service's "

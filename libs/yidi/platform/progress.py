@@ -39,8 +39,8 @@ the partition's committed offset said when the service started or the stage or f
 holds at least that (rows never go back while the database is whole); a feed checks before it
 applies its batch, and the service checks everything held every ``CHECK_SECONDS``. A row below
 it, or gone, is a database that went back under the running service (a failover to a replica that
-was behind, a restore while it ran). The statement raises (``stage_progress_went_back``, migration ``platform_002``), the batch's
-transaction is rolled back, nothing of it is committed to Kafka, and the service stops
+was behind, a restore while it ran). The statement raises (``stage_progress_went_back``, migration
+``platform_002``), the batch's transaction is rolled back, nothing of it is committed to Kafka, and the service stops
 (``DatabaseWentBack``); its check at the next start refuses until ``yidi-recover`` has run.
 """
 
@@ -51,7 +51,7 @@ import re
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 TABLE = "stage_progress"
@@ -87,8 +87,9 @@ class Progress:
     which every record is in it}`` (a stage's batch: its first offsets, ``began``; a feed's, once
     applied: its ends, ``reached``), recorded by each transaction the batch opens in the
     ``stage_progress`` table of its repository's schema; ``recorded`` once one of them has committed.
-    ``held``: what the stage or feed recorded there itself by earlier batches (``hold``), for those of
-    the batch's partitions it has recorded anything: the rows must still hold at least that."""
+    ``held``: what the service has seen those rows hold (its earlier batches' records, ``hold``, or
+    its committed offsets' claims, ``hold_committed``), for those of the batch's partitions it has
+    seen anything of: the rows must still hold at least that."""
 
     group: str
     below: Mapping[tuple[str, int], int]
@@ -192,6 +193,16 @@ def hold(held: dict[tuple[str, int], int], batch: Progress) -> None:
     if batch.recorded:
         for key, offset in batch.below.items():
             hold_at_least(held, key, offset)
+
+
+def hold_committed(held: dict[tuple[str, int], int], committed: Mapping[Any, Any]) -> None:
+    """``held`` raised to what each committed offset of ``committed`` (a TopicPartition's
+    OffsetAndMetadata, or None) says the row held when it was committed (``applied_below``); an
+    offset without that claim adds nothing. A stage's partitions as they are assigned, a feed's at
+    their first batch since its group's last rebalance."""
+    for tp, found in committed.items():
+        if (vouched := applied_below(getattr(found, "metadata", None))) is not None:
+            hold_at_least(held, (tp.topic, tp.partition), vouched)
 
 
 def hold_at_least(held: dict[tuple[str, int], int], key: tuple[str, int], offset: int) -> None:
