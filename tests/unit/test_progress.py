@@ -258,7 +258,9 @@ async def test_the_services_periodic_check_says_a_failure_once_goes_on_and_stops
         caplog):
     import asyncio
     import logging
+    import time
 
+    from yidi.platform import metrics
     from yidi.platform.errors import DatabaseWentBack
     from yidi.platform.service import Service
     from yidi.platform.settings import Settings
@@ -268,9 +270,11 @@ async def test_the_services_periodic_check_says_a_failure_once_goes_on_and_stops
 
         def __init__(self) -> None:
             self.queries: list[str] = []
+            self.checked_at: list[float] = []  # yidi_progress_checked_timestamp_seconds as each check began
 
         async def execute(self, sql: str) -> str:
             self.queries.append(sql)
+            self.checked_at.append(metrics.PROGRESS_CHECKED._value.get())
             if len(self.queries) <= 2:
                 raise RuntimeError("permission denied for function stage_progress_went_back")
             if len(self.queries) == 4:
@@ -280,10 +284,15 @@ async def test_the_services_periodic_check_says_a_failure_once_goes_on_and_stops
     service = Service("clearing", Settings(), migrations=None)
     service.pool = Pool()  # type: ignore[assignment]
     service.held = {"g": {("t", 0): 5}, "quiet": {}}
+    metrics.PROGRESS_CHECKED.set(0)
+    began = time.time()
     with caplog.at_level(logging.INFO, logger="yidi.platform.service"):
         await asyncio.wait_for(service._check_held_every(0.01), 5)
     assert service.exit_code == 2
     assert len(service.pool.queries) == 4
+    # Set by the check that ran, not by those that failed, nor by the one that found the row gone back.
+    assert service.pool.checked_at[:3] == [0, 0, 0]
+    assert began <= service.pool.checked_at[3] == metrics.PROGRESS_CHECKED._value.get() <= time.time()
     assert all("FROM (VALUES ('t', 0, 5::bigint))" in q and "'quiet'" not in q for q in service.pool.queries)
     said = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert [level for level, _ in said] == ["WARNING", "INFO", "CRITICAL"], said

@@ -240,6 +240,12 @@ REDIS_REACHED = Gauge(
     "When eligibility last had an answer from Redis: a cache call that succeeded, and a ping every 5 s "
     "whatever the traffic; 0 until the first (YidiRedisUnreachable).",
 )
+PROGRESS_CHECKED = Gauge(
+    "yidi_progress_checked_timestamp_seconds",
+    "When this service last checked, in its periodic check (every 10 s), that its database still holds every "
+    "batch its stages and feeds have seen it hold (yidi.platform.progress); 0 until the first "
+    "(YidiProgressCheckFailing).",
+)
 SERVICE_UP = Gauge("yidi_service_up", "1 while the service's consumers run.", ["service"])
 
 

@@ -186,7 +186,9 @@ class Service:
         partition without traffic, and a service whose only reader of the database records nothing
         (eligibility's settlement stage), find a database that went back too. Postgres away: the
         next round tries again (the stages and probes say it is away). Any other failure is said
-        once at WARNING until a check succeeds again, and the checks go on."""
+        once at WARNING until a check succeeds again, and the checks go on. Each check that ran (or
+        had nothing to check) sets ``yidi_progress_checked_timestamp_seconds``: one that has not
+        for a minute while Postgres answers is ``YidiProgressCheckFailing``."""
         failing = False
         while True:
             await asyncio.sleep(seconds)
@@ -206,6 +208,7 @@ class Service:
                                 "%.0f s", self.name, exc, seconds)
                 failing = True
             else:
+                metrics.PROGRESS_CHECKED.set_to_current_time()
                 if failing:
                     log.info("%s: the check that its database has not gone back runs again", self.name)
                 failing = False
