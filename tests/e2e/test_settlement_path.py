@@ -384,6 +384,16 @@ async def test_every_services_event_loop_beats_each_second(system):
         assert system.metric(service, "yidi_event_loop_lag_seconds_count") >= 1, service
 
 
+async def test_every_service_checks_every_ten_seconds_that_its_database_did_not_go_back(system):
+    # What YidiProgressCheckFailing watches: each check that ran moves the gauge, traffic or not.
+    from tests.integration.waiting import until
+
+    services = ("filing", "eligibility", "pricing", "clearing")
+    before = {s: system.metric(s, "yidi_progress_checked_timestamp_seconds") for s in services}
+    await until(lambda: all(system.metric(s, "yidi_progress_checked_timestamp_seconds") > before[s] for s in services),
+                timeout=30, poll=0.5)
+
+
 async def test_every_service_asks_postgres_and_eligibility_redis_every_few_seconds_with_no_traffic(system):
     # Nothing is sent here: the gauges move by the probes alone (pricing has no sampler of its own).
     def reached() -> dict[str, float]:
