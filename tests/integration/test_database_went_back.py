@@ -264,16 +264,23 @@ async def test_a_feed_whose_database_went_back_stops_its_service_and_acknowledge
     service = _with_feed(s, pool, topic, apply)
     await produce(s.kafka_bootstrap, tp.topic, [f'{{"n": {n}}}'.encode() for n in range(3)])
     await service.broker.start()
+    faststreams = logging.getLogger("faststream.access.kafka")  # not propagated: caplog's handler too
+    faststreams.addHandler(caplog.handler)
     try:
         await _committed_to(s.kafka_bootstrap, group, tp, 3)
         assert await _row(pool, group, tp) == 3
         await pool.execute("UPDATE clearing.stage_progress SET applied_below = 1 WHERE consumer_group = $1", group)
-        with caplog.at_level(logging.CRITICAL, logger="yidi.platform.service"):
+        with caplog.at_level(logging.ERROR, logger="yidi.platform.service"):
             await produce(s.kafka_bootstrap, tp.topic, [b'{"n": 3}'])
             await until(lambda: service.exit_code == 2, timeout=30)
+            # Until the service has stopped (here: the test stops it), the batch is read again
+            # about each second, found the same, and not acknowledged: said once, at CRITICAL.
+            await asyncio.sleep(2.5)
     finally:
+        faststreams.removeHandler(caplog.handler)
         await service.broker.stop()
     assert applied == [0, 1, 2]  # the batch of 3 is checked before it is applied: not applied
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR and r.levelno != logging.CRITICAL] == []
     (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
     assert (f"{group} {tp.topic}[0]: it holds only the records before 1; the service had seen it hold every "
             "record before 3" in said), said

@@ -24,6 +24,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from faststream import AckPolicy
+from faststream.exceptions import NackMessage
 from faststream.kafka import KafkaMessage
 from pydantic import BaseModel, ValidationError
 
@@ -247,9 +248,11 @@ def feed(
                 applied, stale = await apply_each(valid, refused)
             await record_progress(reached)
         except DatabaseWentBack as exc:
-            service.went_back(exc)  # stops the service; the batch is not acknowledged
+            service.went_back(exc)  # stops the service, said once at CRITICAL
             await asyncio.sleep(1.0)  # read again meanwhile, it would find the same
-            raise
+            # Not acknowledged (read again), without an ERROR and a traceback from FastStream each
+            # time while the service stops, nor a count of a failing feed (YidiFeedFailing).
+            raise NackMessage() from exc
         except Exception as exc:
             # Feeds upsert (ON CONFLICT), so instances never race on a key here: a RaceLost is a bug.
             if isinstance(exc, TransientError) and not isinstance(exc, RaceLost):
