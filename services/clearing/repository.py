@@ -13,6 +13,7 @@ import asyncpg
 import orjson
 
 from yidi.domain.clearing import run_order
+from yidi.platform import progress
 from yidi.platform.db import Locks, Repository, hashtext, json_value, lock_keys, locks, transient_errors
 
 PERIODS_LOCK = "yidi-clearing-periods"
@@ -205,21 +206,30 @@ class ClearingRepository(Repository):
         are totalled afterwards (``totalled_at`` NULL until they are written), while settlement
         batches go on, landing after it: a national month's totals take tens of seconds, during
         which every settlement waited for the lock. A request handled before, or a month closed
-        already (cleared, or its run resumed), takes no lock: the run answers it."""
-        async with self.transaction() as conn:
-            if await conn.fetchval(
-                """SELECT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
-                          OR EXISTS (SELECT 1 FROM clearing.periods WHERE setlym = $1)""", month, reqid):
+        already (cleared, or its run resumed), takes no lock: the run answers it.
+
+        It records no progress (yidi.platform.progress): the batch's own transaction, after it,
+        records where the batch began. A Postgres that lost only that later one (a failover to a
+        replica that was behind) holds its partition's row below what the stage had seen it hold,
+        and the check finds it; with the close recording the same row, nothing showed the month's
+        run lost. A backup taken between the two has the close without the row: yidi-recover moves
+        the group back to the batch before, and the run, read again, finds its month closed and
+        resumes."""
+        with progress.batch(None):
+            async with self.transaction() as conn:
+                if await conn.fetchval(
+                    """SELECT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
+                              OR EXISTS (SELECT 1 FROM clearing.periods WHERE setlym = $1)""", month, reqid):
+                    return None
+                if (refusal := await self.out_of_order(conn, month, finishing)) is not None:
+                    return refusal
+                await conn.execute(
+                    """INSERT INTO clearing.periods (setlym, state, closed_at)
+                       SELECT $1, 'closed', now() WHERE NOT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
+                       ON CONFLICT (setlym) DO NOTHING""",
+                    month, reqid,
+                )
                 return None
-            if (refusal := await self.out_of_order(conn, month, finishing)) is not None:
-                return refusal
-            await conn.execute(
-                """INSERT INTO clearing.periods (setlym, state, closed_at)
-                   SELECT $1, 'closed', now() WHERE NOT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
-                   ON CONFLICT (setlym) DO NOTHING""",
-                month, reqid,
-            )
-            return None
 
     async def closed_months(self, conn: asyncpg.Connection) -> set[str]:
         """Months cleared, their statements written (no lock: for reading a cleared month)."""

@@ -373,3 +373,40 @@ async def test_a_feed_that_gets_a_partition_back_after_another_instance_checks_a
     (said,) = [r.getMessage() for r in caplog.records if r.levelno == logging.CRITICAL]
     assert "it holds only the records before 4; the service had seen it hold every record before 6" in said, said
     assert await _row(pool, group, tp) == 4
+
+
+async def test_a_months_run_whose_batch_transaction_was_lost_after_its_close_is_found_gone_back(
+        clearing_of_its_own):
+    """Clearing-admin's run of a month commits the month's close in a transaction of its own, then
+    the batch's. A Postgres that lost only the later one (a failover to a replica that was behind)
+    holds what the close alone left: the partition's row must be below what the stage holds then,
+    or nothing shows the month's run lost. The close records no progress."""
+    import orjson
+
+    from services.clearing.admin import ClearingAdminHandler
+
+    settings, repo = clearing_of_its_own
+    group, tp = f"yidi-clearing-admin-{uuid.uuid4().hex[:6]}", (settings.topic("clearing.requests"), 0)
+
+    def run(month: str) -> Incoming:
+        body = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month}
+        return Incoming(tp[0], tp[1], 3, body["reqid"].encode(), orjson.dumps(body), 0)
+
+    # A whole run: its close, then the batch's transaction, which records where the batch began.
+    whole = progress.Progress(group, {tp: 3})
+    with progress.batch(whole):
+        (answer,) = [o for o in await ClearingAdminHandler(settings, repo)([run("202509")])
+                     if o.topic == settings.topic("clearing.results")]
+    assert orjson.loads(answer.value)["ok"], answer.value
+    assert whole.recorded and await _row(repo._pool, group, TopicPartition(*tp)) == 3
+
+    # The next batch's close, its own transaction committed; the batch's transaction then lost.
+    lost = progress.Progress(group, {tp: 7}, held={tp: 3})
+    with progress.batch(lost):
+        assert await repo.close_month("202510", run("202510").key.decode()) is None
+    assert await repo._pool.fetchval("SELECT state FROM clearing.periods WHERE setlym = '202510'") == "closed"
+    assert not lost.recorded and await _row(repo._pool, group, TopicPartition(*tp)) == 3
+    # The stage had seen the batch's row committed on the primary: the database went back.
+    with pytest.raises(DatabaseWentBack, match=r"it holds only the records before 3; the service had seen it hold "
+                                               r"every record before 7"):
+        await db.check_progress(repo._pool, "clearing", [progress.Progress(group, {}, held={tp: 7})])

@@ -6,7 +6,8 @@ before them did. A database restored to an earlier point (a backup, point-in-tim
 what the batches after that point wrote, while the group's offsets say they are done: the ledger
 would lack settlements that were answered, pricing's accumulators the bills after that point.
 
-So every transaction a batch opens (``Repository.transaction``) also records, in the same
+So every transaction a batch opens (``Repository.transaction``; but clearing's close of a month,
+which its batch's transaction follows: ``ClearingRepository.close_month``) also records, in the same
 transaction, where that batch began on each partition: ``stage_progress`` (a table in each
 service's schema) says "every record before this offset is in this database". A restored database
 brings its own ``stage_progress`` back to its point in time, exactly.
