@@ -208,14 +208,14 @@ class ClearingRepository(Repository):
         which every settlement waited for the lock. A request handled before, or a month closed
         already (cleared, or its run resumed), takes no lock: the run answers it.
 
-        It records no progress (yidi.platform.progress): the batch's own transaction, after it,
-        records where the batch began. A Postgres that lost only that later one (a failover to a
-        replica that was behind) holds its partition's row below what the stage had seen it hold,
-        and the check finds it; with the close recording the same row, nothing showed the month's
-        run lost. A backup taken between the two has the close without the row: yidi-recover moves
-        the group back to the batch before, and the run, read again, finds its month closed and
-        resumes."""
-        with progress.batch(None):
+        It records one record less of progress than the batch's own transaction after it
+        (``progress.Progress.before_last``), with the same check that the database did not go back:
+        a Postgres that lost only the later one (a failover to a replica that was behind) holds a
+        row below what the stage holds, and the check finds it; with the close recording the same
+        row, nothing showed the month's run lost. A backup taken between the two has the group read
+        again from the record before the batch: the run finds its month closed and resumes."""
+        batch = progress.BATCH.get()
+        with progress.batch(batch.before_last() if batch is not None else None):
             async with self.transaction() as conn:
                 if await conn.fetchval(
                     """SELECT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)

@@ -380,13 +380,14 @@ async def test_a_months_run_whose_batch_transaction_was_lost_after_its_close_is_
     """Clearing-admin's run of a month commits the month's close in a transaction of its own, then
     the batch's. A Postgres that lost only the later one (a failover to a replica that was behind)
     holds what the close alone left: the partition's row must be below what the stage holds then,
-    or nothing shows the month's run lost. The close records no progress."""
+    or nothing shows the month's run lost. The close records one record less, and checks."""
     import orjson
 
     from services.clearing.admin import ClearingAdminHandler
 
     settings, repo = clearing_of_its_own
     group, tp = f"yidi-clearing-admin-{uuid.uuid4().hex[:6]}", (settings.topic("clearing.requests"), 0)
+    pool, row = repo._pool, functools.partial(_row, repo._pool, group, TopicPartition(*tp))
 
     def run(month: str) -> Incoming:
         body = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month}
@@ -398,15 +399,22 @@ async def test_a_months_run_whose_batch_transaction_was_lost_after_its_close_is_
         (answer,) = [o for o in await ClearingAdminHandler(settings, repo)([run("202509")])
                      if o.topic == settings.topic("clearing.results")]
     assert orjson.loads(answer.value)["ok"], answer.value
-    assert whole.recorded and await _row(repo._pool, group, TopicPartition(*tp)) == 3
+    assert whole.recorded and await row() == 3
 
     # The next batch's close, its own transaction committed; the batch's transaction then lost.
     lost = progress.Progress(group, {tp: 7}, held={tp: 3})
     with progress.batch(lost):
         assert await repo.close_month("202510", run("202510").key.decode()) is None
-    assert await repo._pool.fetchval("SELECT state FROM clearing.periods WHERE setlym = '202510'") == "closed"
-    assert not lost.recorded and await _row(repo._pool, group, TopicPartition(*tp)) == 3
+    assert await pool.fetchval("SELECT state FROM clearing.periods WHERE setlym = '202510'") == "closed"
+    assert not lost.recorded and await row() == 6  # every record before the one before the batch's first
     # The stage had seen the batch's row committed on the primary: the database went back.
-    with pytest.raises(DatabaseWentBack, match=r"it holds only the records before 3; the service had seen it hold "
+    with pytest.raises(DatabaseWentBack, match=r"it holds only the records before 6; the service had seen it hold "
                                                r"every record before 7"):
-        await db.check_progress(repo._pool, "clearing", [progress.Progress(group, {}, held={tp: 7})])
+        await db.check_progress(pool, "clearing", [progress.Progress(group, {}, held={tp: 7})])
+
+    # The close checks too: on a database that went back it closes nothing.
+    await pool.execute("UPDATE clearing.stage_progress SET applied_below = 2 WHERE consumer_group = $1", group)
+    with progress.batch(progress.Progress(group, {tp: 8}, held={tp: 6})), pytest.raises(DatabaseWentBack):
+        await repo.close_month("202511", run("202511").key.decode())
+    assert await pool.fetchval("SELECT count(*) FROM clearing.periods WHERE setlym = '202511'") == 0
+    assert await row() == 2

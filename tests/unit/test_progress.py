@@ -51,6 +51,14 @@ def test_a_batch_checks_the_rows_its_stage_held_first_and_keeps_what_it_recorded
     assert held[("t", 0)] == 7
 
 
+def test_a_transaction_another_of_the_batch_follows_records_one_record_less_with_the_same_check():
+    batch = progress.Progress("g", {("t", 0): 0, ("t", 1): 5}, held={("t", 1): 3})
+    before = batch.before_last()
+    assert (before.below, before.held, before.recorded) == ({("t", 1): 4}, {("t", 1): 3}, False)
+    assert before.sql("clearing").startswith(batch.check_sql("clearing") + "; INSERT INTO")
+    assert "('g', 't', 1, 4)" in before.sql("clearing") and "'t', 0" not in before.sql("clearing").split("INSERT")[1]
+
+
 def test_only_names_of_kafkas_topic_characters_are_written_in():
     assert "('t1.yidi-x_y', 't', 0, 1)" in progress.began("t1.yidi-x_y", [("t", 0, 1)]).sql("s")
     for name in ("it's", "g\x00", "a b", "g\\", ""):

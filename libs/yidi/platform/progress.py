@@ -6,9 +6,9 @@ before them did. A database restored to an earlier point (a backup, point-in-tim
 what the batches after that point wrote, while the group's offsets say they are done: the ledger
 would lack settlements that were answered, pricing's accumulators the bills after that point.
 
-So every transaction a batch opens (``Repository.transaction``; but clearing's close of a month,
-which its batch's transaction follows: ``ClearingRepository.close_month``) also records, in the same
-transaction, where that batch began on each partition: ``stage_progress`` (a table in each
+So every transaction a batch opens (``Repository.transaction``) also records, in the same
+transaction, where that batch began on each partition (one that another of the batch's follows, one
+record earlier: ``Progress.before_last``): ``stage_progress`` (a table in each
 service's schema) says "every record before this offset is in this database". A restored database
 brings its own ``stage_progress`` back to its point in time, exactly.
 ``python -m yidi.platform.recover`` then moves each group of the stopped service back to that offset,
@@ -87,7 +87,8 @@ class Progress:
     """What a batch of ``group`` says the database holds: ``{(topic, partition): an offset below
     which every record is in it}`` (a stage's batch: its first offsets, ``began``; a feed's, once
     applied: its ends, ``reached``), recorded by each transaction the batch opens in the
-    ``stage_progress`` table of its repository's schema; ``recorded`` once one of them has committed.
+    ``stage_progress`` table of its repository's schema (one that another of the batch's follows:
+    ``before_last``); ``recorded`` once one of them has committed.
     ``held``: what the service has seen those rows hold (its earlier batches' records, ``hold``, or
     its committed offsets' claims, ``hold_committed``), for those of the batch's partitions it has
     seen anything of: the rows must still hold at least that."""
@@ -96,6 +97,18 @@ class Progress:
     below: Mapping[tuple[str, int], int]
     recorded: bool = False
     held: Mapping[tuple[str, int], int] = field(default_factory=dict)
+
+    def before_last(self) -> Progress:
+        """What a transaction of the batch that another of its transactions follows records
+        (clearing's close of a month, before the batch's transaction runs the month): every record
+        before the one before the batch's first, with the same check. A Postgres that kept it but
+        lost the later transaction (a failover to a replica that was behind) holds a row below what
+        the batch recorded, and so below what the stage holds then: the check finds it. A backup
+        taken between the two has the group read again from one record earlier (the handlers'
+        idempotence passes over it). A partition whose batch begins at 0 is not recorded: its row is
+        missing then, which the check finds too."""
+        return Progress(self.group, {tp: offset - 1 for tp, offset in self.below.items() if offset > 0},
+                        held=self.held)
 
     def sql(self, schema: str) -> str:
         """The upsert into ``schema``'s table, as statements of a simple query (they travel with
