@@ -129,6 +129,16 @@ def test_a_partition_without_a_row_starts_shortly_before_the_backup_and_is_refus
     assert "database no row" in describe(moves[0])
 
 
+def test_a_partition_without_a_row_goes_back_to_what_its_committed_offset_claims_when_that_is_earlier():
+    # Clearing-admin lagged past the margin at the backup, then ran a month from offset 40 and
+    # committed 42 saying the database held every record before 40: the backup, which has no row
+    # of the group, lacks that run. Shortly before the backup is 42 (nothing since): moved to 40.
+    claims = {T0: om(42, progress.applied(40)), T1: om(9, progress.applied(8))}
+    moves = plan("yidi-clearing-requests", {}, claims, {T0: 0, T1: 0}, since={T0: 42, T1: 5})
+    assert [(m.tp, m.to, m.answered_to) for m in moves] == [(T0, 40, 42), (T1, 5, 9)]
+    assert "from where its committed offset says the database held every record" in describe(moves[0])
+
+
 def test_a_feed_without_a_committed_offset_is_moved_without_asking():
     (move,) = plan("yidi-pricing-feed-refdata.policies", {T0: 7}, {T0: None}, {T0: 0}, answers=False)
     assert (move.to, move.answered_to, move.problem) == (7, None, "")

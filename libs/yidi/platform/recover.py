@@ -109,6 +109,14 @@ def plan(group: str, rows: Mapping[TopicPartition, int], committed: Mapping[Topi
                 r, why = since[tp], "no batch of this partition in the database: from shortly before the backup; "
             else:
                 r, why = first.get(tp, 0), "no batch of this partition in the database: from its first record; "
+            # Every batch the group recorded came after the backup, which has no row of it: one its
+            # committed offset says began earlier than that guess (a stage that lagged over the
+            # margin at the backup) is handled again too, or it would be lost, and the start check,
+            # seeing the claim above the row it lacks, would refuse for ever.
+            claimed = progress.applied_below(found.metadata if found is not None else None)
+            if claimed is not None and claimed < r:
+                r, why = claimed, ("no batch of this partition in the database: from where its committed offset says "
+                                   "the database held every record; ")
         if r < first.get(tp, 0):
             moves.append(Move(group, tp, c, held, problem=f"records {r} to {first[tp] - 1} are no longer in Kafka "
                                                            "(retention): they cannot be applied again"))
