@@ -272,11 +272,51 @@ async def test_a_stage_that_found_its_database_gone_back_stops_its_service_with_
     assert plain.exit_code == 1
 
 
+async def test_the_services_periodic_check_says_once_when_it_has_not_run_for_six_rounds(caplog):
+    """Postgres away (TransientError), or a check slower than three rounds: said at WARNING after
+    six rounds in a row, once, and that it runs again; a round that runs starts the count again."""
+    import asyncio
+    import logging
+
+    from yidi.platform.errors import DatabaseWentBack, TransientError
+    from yidi.platform.service import Service
+    from yidi.platform.settings import Settings
+
+    class Pool:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def execute(self, sql: str) -> str:
+            self.calls += 1
+            # Five away, one that runs, one too slow and five away (said), two that run, gone back.
+            if self.calls in (1, 2, 3, 4, 5, 8, 9, 10, 11, 12):
+                raise TransientError("the database is away")
+            if self.calls == 7:
+                await asyncio.sleep(1)  # waited for three rounds (0.03 s), then cancelled
+            if self.calls == 15:
+                raise DatabaseWentBack("the database went back under the running service: g t[0]: it holds no row of it")
+            return "SELECT 0"
+
+    service = Service("clearing", Settings(), migrations=None)
+    service.pool = Pool()  # type: ignore[assignment]
+    service.held = {"g": {("t", 0): 5}}
+    with caplog.at_level(logging.DEBUG, logger="yidi.platform.service"):
+        await asyncio.wait_for(service._check_held_every(0.01), 5)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert [level for level, _ in said] == ["WARNING", "INFO", "CRITICAL"], said
+    assert said[0][1].startswith("clearing: the check that its database has not gone back has not run for 0 s: "
+                                 "TransientError('the database is away')"), said
+    assert said[1][1] == "clearing: the check that its database has not gone back runs again"
+    assert service.exit_code == 2 and service.pool.calls == 15
+
+
 async def test_the_services_periodic_check_says_a_failure_once_goes_on_and_stops_the_service_on_a_database_gone_back(
         caplog):
     import asyncio
     import logging
     import time
+
+    from prometheus_client import REGISTRY
 
     from yidi.platform import metrics
     from yidi.platform.errors import DatabaseWentBack
@@ -292,7 +332,7 @@ async def test_the_services_periodic_check_says_a_failure_once_goes_on_and_stops
 
         async def execute(self, sql: str) -> str:
             self.queries.append(sql)
-            self.checked_at.append(metrics.PROGRESS_CHECKED._value.get())
+            self.checked_at.append(REGISTRY.get_sample_value("yidi_progress_checked_timestamp_seconds"))
             if len(self.queries) <= 2:
                 raise RuntimeError("permission denied for function stage_progress_went_back")
             if len(self.queries) == 4:
@@ -310,7 +350,8 @@ async def test_the_services_periodic_check_says_a_failure_once_goes_on_and_stops
     assert len(service.pool.queries) == 4
     # Set by the check that ran, not by those that failed, nor by the one that found the row gone back.
     assert service.pool.checked_at[:3] == [0, 0, 0]
-    assert began <= service.pool.checked_at[3] == metrics.PROGRESS_CHECKED._value.get() <= time.time()
+    assert began <= service.pool.checked_at[3] == REGISTRY.get_sample_value(
+        "yidi_progress_checked_timestamp_seconds") <= time.time()
     assert all("FROM (VALUES ('t', 0, 5::bigint))" in q and "'quiet'" not in q for q in service.pool.queries)
     said = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert [level for level, _ in said] == ["WARNING", "INFO", "CRITICAL"], said

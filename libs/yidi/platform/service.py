@@ -184,25 +184,35 @@ class Service:
     async def _check_held_every(self, seconds: float = progress.CHECK_SECONDS) -> None:
         """Every ``seconds``, check every row the service's stages and feeds hold, in one query: a
         partition without traffic, and a service whose only reader of the database records nothing
-        (eligibility's settlement stage), find a database that went back too. Postgres away: the
-        next round tries again (the stages and probes say it is away). Any other failure is said
-        once at WARNING until a check succeeds again, and the checks go on. Each check that ran (or
-        had nothing to check) sets ``yidi_progress_checked_timestamp_seconds``: one that has not
-        for a minute while Postgres answers is ``YidiProgressCheckFailing``."""
+        (eligibility's settlement stage), find a database that went back too. Postgres away, or a
+        check that takes over ``3 * seconds``: the next round tries again (the stages and probes say
+        when Postgres is away), and six in a row (a minute) are said once at WARNING. Any other failure
+        (a privilege lost) is said at once, at WARNING; the checks go on, and the first to succeed
+        again says so. Each check that ran (or had nothing to check) sets
+        ``yidi_progress_checked_timestamp_seconds``: one that has not for a minute while Postgres
+        answers is ``YidiProgressCheckFailing``."""
         failing = False
+        missed = 0  # rounds in a row that did not run (Postgres away, or too slow)
         while True:
             await asyncio.sleep(seconds)
             if self.pool is None:
                 continue
             try:
-                await check_progress(self.pool, self.name, [progress.Progress(group, {}, held=dict(held))
-                                                            for group, held in sorted(self.held.items()) if held])
+                await asyncio.wait_for(
+                    check_progress(self.pool, self.name, [progress.Progress(group, {}, held=dict(held))
+                                                          for group, held in sorted(self.held.items()) if held]),
+                    3 * seconds)
             except DatabaseWentBack as exc:
                 self.went_back(exc)
                 return
-            except TransientError as exc:
-                log.debug("%s: the progress check did not run: %s", self.name, exc)
-            except Exception as exc:  # noqa: BLE001 - a privilege, a password after a failover: said, not fatal
+            except (TransientError, TimeoutError) as exc:
+                missed += 1
+                log.debug("%s: the progress check did not run: %r", self.name, exc)
+                if missed == 6 and not failing:  # a minute, at 10 s
+                    log.warning("%s: the check that its database has not gone back has not run for %.0f s: %r; "
+                                "tried again every %.0f s", self.name, missed * seconds, exc, seconds)
+                    failing = True
+            except Exception as exc:  # noqa: BLE001 - a privilege lost after a failover: said, not fatal
                 if not failing:
                     log.warning("%s: the check that its database has not gone back failed: %r; tried again every "
                                 "%.0f s", self.name, exc, seconds)
@@ -211,7 +221,7 @@ class Service:
                 metrics.PROGRESS_CHECKED.set_to_current_time()
                 if failing:
                     log.info("%s: the check that its database has not gone back runs again", self.name)
-                failing = False
+                failing, missed = False, 0
 
     def went_back(self, exc: DatabaseWentBack) -> None:
         """A stage or a feed found the database gone back under it: stop, with status 2, as the
