@@ -13,7 +13,6 @@ import asyncpg
 import orjson
 
 from yidi.domain.clearing import run_order
-from yidi.platform import progress
 from yidi.platform.db import Locks, Repository, hashtext, json_value, lock_keys, locks, transient_errors
 
 PERIODS_LOCK = "yidi-clearing-periods"
@@ -209,27 +208,26 @@ class ClearingRepository(Repository):
         already (cleared, or its run resumed), takes no lock: the run answers it.
 
         It records one record less of progress than the batch's own transaction after it
-        (``progress.Progress.before_last``), with the same check that the database did not go back:
-        a Postgres that lost only the later one (a failover to a replica that was behind) holds a
-        row below what the stage holds, and the check finds it; with the close recording the same
-        row, nothing showed the month's run lost. A backup taken between the two has the group read
-        again from the record before the batch: the run finds its month closed and resumes."""
-        batch = progress.BATCH.get()
-        with progress.batch(batch.before_last() if batch is not None else None):
-            async with self.transaction() as conn:
-                if await conn.fetchval(
-                    """SELECT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
-                              OR EXISTS (SELECT 1 FROM clearing.periods WHERE setlym = $1)""", month, reqid):
-                    return None
-                if (refusal := await self.out_of_order(conn, month, finishing)) is not None:
-                    return refusal
-                await conn.execute(
-                    """INSERT INTO clearing.periods (setlym, state, closed_at)
-                       SELECT $1, 'closed', now() WHERE NOT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
-                       ON CONFLICT (setlym) DO NOTHING""",
-                    month, reqid,
-                )
+        (``followed``: ``Progress.before_last``), with the same check that the database did not go
+        back: a Postgres that lost only the later one (a failover to a replica that was behind)
+        holds a row below what the stage holds, and the check finds it; with the close recording
+        the same row, nothing showed the month's run lost. A backup taken between the two has the
+        group read again from the record before the batch: the run finds its month closed and
+        resumes."""
+        async with self.transaction(followed=True) as conn:
+            if await conn.fetchval(
+                """SELECT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
+                          OR EXISTS (SELECT 1 FROM clearing.periods WHERE setlym = $1)""", month, reqid):
                 return None
+            if (refusal := await self.out_of_order(conn, month, finishing)) is not None:
+                return refusal
+            await conn.execute(
+                """INSERT INTO clearing.periods (setlym, state, closed_at)
+                   SELECT $1, 'closed', now() WHERE NOT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
+                   ON CONFLICT (setlym) DO NOTHING""",
+                month, reqid,
+            )
+            return None
 
     async def closed_months(self, conn: asyncpg.Connection) -> set[str]:
         """Months cleared, their statements written (no lock: for reading a cleared month)."""

@@ -246,9 +246,9 @@ class _CommitHeld(ClearingRepository):
             self._next = True
 
     @contextlib.asynccontextmanager
-    async def transaction(self, locked=None):
+    async def transaction(self, locked=None, **kwargs):
         hold, self._next = self._next, False
-        async with super().transaction(locked) as conn:
+        async with super().transaction(locked, **kwargs) as conn:
             yield conn
             if hold:
                 self.held.set()

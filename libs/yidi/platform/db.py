@@ -206,7 +206,8 @@ class Repository:
         self._pool = pool
 
     @contextlib.asynccontextmanager
-    async def transaction(self, locked: Locks | None = None) -> AsyncIterator[asyncpg.Connection]:
+    async def transaction(self, locked: Locks | None = None, *, followed: bool = False
+                          ) -> AsyncIterator[asyncpg.Connection]:
         """One connection and one transaction; a database that is away is transient.
 
         READ COMMITTED, whatever the database's default: the stages take their locks, then read
@@ -221,6 +222,8 @@ class Repository:
 
         Inside a stage's or a feed's batch (``progress.BATCH``), the same query records where the
         batch began (``stage_progress`` of ``schema``), so that a restored database says where it stood.
+        ``followed``: another transaction of the batch follows this one (clearing's close of a
+        month, then its run), and this one records one record less (``Progress.before_last``).
 
         The transaction is begun and committed here, not by asyncpg's ``conn.transaction()``,
         which does not read what COMMIT answers: a transaction Postgres had aborted (an error a
@@ -232,6 +235,8 @@ class Repository:
         ``savepoint(conn)``."""
         begin = "BEGIN ISOLATION LEVEL READ COMMITTED" + ("" if locked is None else f"; {locked.sql()}")
         batch = progress.BATCH.get() if self.schema is not None else None
+        if batch is not None and followed:
+            batch = batch.before_last()  # its ``recorded`` is its own: the batch's last transaction records
         if batch is not None and (recorded := batch.sql(self.schema or "")):
             begin += f"; {recorded}"  # where the batch began, with its writes (yidi.platform.progress)
         else:
