@@ -272,16 +272,21 @@ class ClearingRepository(Repository):
                             coalesce(sum(amount) FILTER (WHERE kind = 'fund'), 0) AS f,
                             coalesce(sum(amount) FILTER (WHERE kind = 'draw'), 0) AS d,
                             coalesce(sum(amount) FILTER (WHERE kind = 'give_back'), 0) AS g,
-                            coalesce(sum(amount) FILTER (WHERE kind = 'clearing'), 0) AS c
+                            coalesce(sum(amount) FILTER (WHERE kind = 'clearing'), 0) AS c,
+                            count(*) AS n
                      FROM applied GROUP BY insuplc_admdvs, mdtrtarea_admvs),
                    changed AS (
                      INSERT INTO clearing.prepayment_accounts AS a
                          (insuplc_admdvs, mdtrtarea_admvs, funded, drawn, given_back, cleared, moves)
-                     SELECT i, t, f, d, g, c, 1 FROM sums ORDER BY i, t
+                     SELECT i, t, f, d, g, c, n FROM sums ORDER BY i, t
                      ON CONFLICT (insuplc_admdvs, mdtrtarea_admvs) DO UPDATE SET
                        funded = a.funded + EXCLUDED.funded, drawn = a.drawn + EXCLUDED.drawn,
                        given_back = a.given_back + EXCLUDED.given_back, cleared = a.cleared + EXCLUDED.cleared,
-                       moves = a.moves + 1
+                       -- Each move applied, not each statement: the version pricing keeps the highest
+                       -- of is then the same however the moves were batched (a batch handled again
+                       -- after a restore takes them in fewer statements, whose versions pricing
+                       -- would drop until they passed the old ones).
+                       moves = a.moves + EXCLUDED.moves
                      RETURNING a.*)
                    -- The moves applied before (none, but in a batch handled again), beside each account
                    -- changed, or alone when none was.

@@ -125,11 +125,31 @@ async def test_one_batch_enters_settles_and_undoes_in_order_and_moves_each_accou
     assert states == {a: "cancelled", b: "settled", c: "settled", h: "settled"}
     assert moves == [(a, "draw", Decimal("30.00")), (a, "give_back", Decimal("30.00")),
                      (b, "draw", Decimal("20.00")), (c, "draw", Decimal("5.00"))]
-    # The funding was the pair's first move and the batch its second (one change per batch);
-    # care at home has no account.
-    assert accounts == {pair: (Decimal("50.00"), Decimal("30.00"), 2), other: (Decimal("5.00"), Decimal("0"), 1)}
+    # Each move counts (the version of the balance pricing mirrors): the funding, then the batch's
+    # two draws and one give-back; care at home has no account.
+    assert accounts == {pair: (Decimal("50.00"), Decimal("30.00"), 4), other: (Decimal("5.00"), Decimal("0"), 1)}
     assert sorted((s["insuplc_admdvs"], s["balance"]) for s in _published(settings, out, PREPAYMENT_STATUS)) == [
         (other[0], "-5.00"), (pair[0], "80.00")]
+
+
+async def test_an_accounts_version_counts_its_moves_however_they_were_batched(settings, repo):
+    """The balance status's version (the account's moves) is what pricing keeps the highest of. A
+    batch handled again after a restore takes the same moves in fewer, larger batches: counted per
+    statement, its versions came out lower than those published before, and pricing dropped every
+    new balance until they passed them."""
+    tag = random.randrange(10**9)
+    versions = []
+    for batches in ((3,), (1, 1, 1)):
+        pair = (f"95{random.randrange(10_000):04d}", f"94{random.randrange(10_000):04d}")
+        await _fund(repo, pair, "100.00", f"FUND-{len(batches)}-{tag}")
+        settlements = [_priced(settings, "settle", f"M-{n}-{len(batches)}-{tag}", f"S-{n}-{len(batches)}-{tag}", pair,
+                               "10.00") for n in range(3)]
+        handler, out = ClearingHandler(settings, repo), []
+        for size in batches:
+            out += await handler(settlements[:size])
+            settlements = settlements[size:]
+        versions.append(max(s["version"] for s in _published(settings, out, PREPAYMENT_STATUS)))
+    assert versions == [4, 4]  # the funding and three draws, in one batch or in three
 
 
 async def test_a_batch_of_a_settlement_seen_before_and_new_care_at_home_enters_it_and_moves_nothing(settings, repo):
