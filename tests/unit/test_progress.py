@@ -139,6 +139,14 @@ def test_a_partition_without_a_row_goes_back_to_what_its_committed_offset_claims
     assert "from where its committed offset says the database held every record" in describe(moves[0])
 
 
+def test_a_row_past_its_partitions_end_is_of_a_topic_created_again_since_the_backup_and_is_refused():
+    # The backup's row counts the old topic's records; the new one has 120, handled since: kept,
+    # the tool would skip them all ("the database holds every batch answered").
+    moves = plan("g", {T0: 5000, T1: 120}, {T0: om(100), T1: om(130)}, {T0: 0, T1: 0}, end={T0: 120, T1: 140})
+    assert moves[0].to is None and moves[0].problem.startswith("the database's row is past the partition's end (120)")
+    assert (moves[1].to, moves[1].answered_to, moves[1].problem) == (120, 130, "")  # at its end is possible
+
+
 def test_a_feed_without_a_committed_offset_is_moved_without_asking():
     (move,) = plan("yidi-pricing-feed-refdata.policies", {T0: 7}, {T0: None}, {T0: 0}, answers=False)
     assert (move.to, move.answered_to, move.problem) == (7, None, "")

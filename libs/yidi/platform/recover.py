@@ -79,7 +79,8 @@ class Move:
 
 def plan(group: str, rows: Mapping[TopicPartition, int], committed: Mapping[TopicPartition, OffsetAndMetadata | None],
          first: Mapping[TopicPartition, int], *, answer_again: bool = False, records_progress: bool = True,
-         since: Mapping[TopicPartition, int] | None = None, answers: bool = True) -> list[Move]:
+         since: Mapping[TopicPartition, int] | None = None, answers: bool = True,
+         end: Mapping[TopicPartition, int] | None = None) -> list[Move]:
     """The moves of ``group``: ``rows`` its progress in the restored database, ``committed`` its
     committed offsets (with their metadata), ``first`` each partition's first offset still in Kafka.
     A partition the database has no row of (it handled nothing between the upgrade that brought
@@ -90,7 +91,8 @@ def plan(group: str, rows: Mapping[TopicPartition, int], committed: Mapping[Topi
     moved without a mark, and what it had answered is answered again; otherwise it is refused.
     ``records_progress`` False: a stage that keeps nothing in its database, left as it is.
     ``answers`` False: a feed, which answers no one: a partition without a committed offset is
-    moved to the database's offset as if ``answer_again``."""
+    moved to the database's offset as if ``answer_again``. ``end``: each partition's end offset; a
+    row past it is of a topic deleted and created again since the backup, and refused."""
     if not records_progress:
         return [Move(group, tp, c.offset if c is not None else None, None,
                      why="this stage keeps nothing in its database: left as it is")
@@ -104,6 +106,14 @@ def plan(group: str, rows: Mapping[TopicPartition, int], committed: Mapping[Topi
         answered = max((x for x in (c, earlier) if x is not None), default=None)
         held = rows.get(tp)
         r, why = held, ""
+        if held is not None and end is not None and held > end.get(tp, held):
+            # Rows never pass the records of their topic: this one counts another topic of the
+            # same name. Kept, everything the new one brought since the backup would be skipped.
+            moves.append(Move(group, tp, c, held, problem=f"the database's row is past the partition's end ({end[tp]}): "
+                                                           "its topic was deleted and created again after the backup? "
+                                                           "delete that topic's rows from the restored database "
+                                                           "(runbook, Topics) and run the tool again"))
+            continue
         if r is None:
             if since is not None and tp in since:
                 r, why = since[tp], "no batch of this partition in the database: from shortly before the backup; "
@@ -288,17 +298,18 @@ async def make_plan(settings: Settings, service: str, *, answer_again: bool = Fa
     partitions = sorted({tp for g in groups for tp in (set(rows.get(g, {})) | set(committed[g]))})
     first: dict[TopicPartition, int] = {}
     since: dict[TopicPartition, int] = {}
+    end: dict[TopicPartition, int] = {}
     if partitions:
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
         await consumer.start()
         try:
             first = await consumer.beginning_offsets(partitions)
+            end = await consumer.end_offsets(partitions)
             if restored.not_before is not None:
                 # A partition without a row handled nothing since the upgrade, up to the backup:
                 # what it had came before the backup's time and was handled, or came after it.
                 at_ms = int((restored.not_before - NO_ROW_MARGIN).timestamp() * 1000)
                 found = await consumer.offsets_for_times({tp: at_ms for tp in partitions})
-                end = await consumer.end_offsets(partitions)
                 since = {tp: found[tp].offset if found.get(tp) is not None else end[tp] for tp in partitions}
         finally:
             await consumer.stop()
@@ -308,7 +319,7 @@ async def make_plan(settings: Settings, service: str, *, answer_again: bool = Fa
     for g in groups:
         state, members = states.get(g, ("Dead", 0))
         group_moves = plan(g, rows.get(g, {}), committed[g], first, answer_again=answer_again,
-                           records_progress=g not in without, since=since, answers=g not in feeds)
+                           records_progress=g not in without, since=since, answers=g not in feeds, end=end)
         if members:
             group_moves = [Move(m.group, m.tp, m.committed, m.applied_below, problem=f"the group is {state} with "
                                 f"{members} member(s): stop every instance of {service} first") for m in group_moves]
