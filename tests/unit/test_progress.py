@@ -12,16 +12,18 @@ from yidi.platform.recover import describe, plan
 T0, T1 = TopicPartition("settlement.priced", 0), TopicPartition("settlement.priced", 1)
 
 
-def test_a_batch_records_each_partitions_first_offset_in_partition_order():
+def test_a_batch_records_each_partitions_first_offset_and_its_end_in_partition_order():
     began = progress.began("yidi-pricing-eligible",
                            [("settlement.eligible", 2, 41), ("settlement.eligible", 0, 7), ("settlement.eligible", 2, 40)])
     assert began.below == {("settlement.eligible", 2): 40, ("settlement.eligible", 0): 7}
+    assert began.ends == {("settlement.eligible", 2): 42, ("settlement.eligible", 0): 8}
     assert began.sql("pricing") == (
-        'INSERT INTO "pricing".stage_progress AS p (consumer_group, topic, kafka_partition, applied_below) '
-        "VALUES ('yidi-pricing-eligible', 'settlement.eligible', 0, 7), "
-        "('yidi-pricing-eligible', 'settlement.eligible', 2, 40) "
+        'INSERT INTO "pricing".stage_progress AS p (consumer_group, topic, kafka_partition, applied_below, reached) '
+        "VALUES ('yidi-pricing-eligible', 'settlement.eligible', 0, 7, 8), "
+        "('yidi-pricing-eligible', 'settlement.eligible', 2, 40, 42) "
         "ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE "
-        "SET applied_below = GREATEST(p.applied_below, EXCLUDED.applied_below), updated_at = now()")
+        "SET applied_below = GREATEST(p.applied_below, EXCLUDED.applied_below), "
+        "reached = GREATEST(p.reached, EXCLUDED.reached), updated_at = now()")
 
 
 def test_a_batch_checks_the_rows_its_stage_held_first_and_keeps_what_it_recorded_once_recorded():
@@ -42,7 +44,7 @@ def test_a_batch_checks_the_rows_its_stage_held_first_and_keeps_what_it_recorded
         "FROM (VALUES ('t', 0, 7::bigint)) AS e (topic, kafka_partition, held) "
         """LEFT JOIN "s".stage_progress AS p ON p.consumer_group = 'g' AND p.topic = e.topic """
         "AND p.kafka_partition = e.kafka_partition WHERE p.applied_below IS NULL OR p.applied_below < e.held")
-    assert upsert.startswith('INSERT INTO "s".stage_progress') and "('g', 't', 2, 0)" in upsert
+    assert upsert.startswith('INSERT INTO "s".stage_progress') and "('g', 't', 2, 0, 1)" in upsert
     # A feed's batch too; and what is held never goes back (a batch read again after a NACK).
     again = progress.reached("g", [("t", 0, 4)], held)
     assert again.held == {("t", 0): 7} and again.below == {("t", 0): 5}
@@ -56,11 +58,13 @@ def test_a_transaction_another_of_the_batch_follows_records_one_record_less_with
     before = batch.before_last()
     assert (before.below, before.held, before.recorded) == ({("t", 1): 4}, {("t", 1): 3}, False)
     assert before.sql("clearing").startswith(batch.check_sql("clearing") + "; INSERT INTO")
-    assert "('g', 't', 1, 4)" in before.sql("clearing") and "'t', 0" not in before.sql("clearing").split("INSERT")[1]
+    # Where the batch ends is the last transaction's to record (NULL: ``reached`` left as it is).
+    assert "('g', 't', 1, 4, NULL::bigint)" in before.sql("clearing")
+    assert "'t', 0" not in before.sql("clearing").split("INSERT")[1]
 
 
 def test_only_names_of_kafkas_topic_characters_are_written_in():
-    assert "('t1.yidi-x_y', 't', 0, 1)" in progress.began("t1.yidi-x_y", [("t", 0, 1)]).sql("s")
+    assert "('t1.yidi-x_y', 't', 0, 1, 2)" in progress.began("t1.yidi-x_y", [("t", 0, 1)]).sql("s")
     for name in ("it's", "g\x00", "a b", "g\\", ""):
         with pytest.raises(ValueError, match="cannot be recorded"):
             progress.began(name, [("t", 0, 1)]).sql("s")

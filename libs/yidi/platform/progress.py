@@ -97,6 +97,10 @@ class Progress:
     below: Mapping[tuple[str, int], int]
     recorded: bool = False
     held: Mapping[tuple[str, int], int] = field(default_factory=dict)
+    # A stage's batch: where it ends on each partition (its last offset + 1), recorded beside
+    # ``below`` as the row's ``reached`` (migration platform_003): where the stage stood once the
+    # batch committed. Clearing's close of a month reads its settlement stage's (``period_cuts``).
+    ends: Mapping[tuple[str, int], int] = field(default_factory=dict)
 
     def before_last(self) -> Progress:
         """What a transaction of the batch that another of its transactions follows records
@@ -108,7 +112,7 @@ class Progress:
         idempotence passes over it). A partition whose batch begins at 0 is not recorded: its row is
         missing then, which the check finds too."""
         return Progress(self.group, {tp: offset - 1 for tp, offset in self.below.items() if offset > 0},
-                        held=self.held)
+                        held=self.held)  # no ``ends``: the batch's last transaction records them
 
     def sql(self, schema: str) -> str:
         """The upsert into ``schema``'s table, as statements of a simple query (they travel with
@@ -119,13 +123,19 @@ class Progress:
         if not self.below:
             return ""
         group = _literal(self.group)
-        rows = ", ".join(f"({group}, {_literal(topic)}, {int(partition)}, {int(offset)})"
+        rows = ", ".join(f"({group}, {_literal(topic)}, {int(partition)}, {int(offset)}, {self._end(topic, partition)})"
                          for (topic, partition), offset in sorted(self.below.items()))
-        upsert = (f'INSERT INTO "{schema}".{TABLE} AS p (consumer_group, topic, kafka_partition, applied_below) '
+        # GREATEST passes over a NULL: a transaction without ``ends`` leaves ``reached`` as it is.
+        upsert = (f'INSERT INTO "{schema}".{TABLE} AS p (consumer_group, topic, kafka_partition, applied_below, reached) '
                   f"VALUES {rows} ON CONFLICT (consumer_group, topic, kafka_partition) DO UPDATE "
-                  "SET applied_below = GREATEST(p.applied_below, EXCLUDED.applied_below), updated_at = now()")
+                  "SET applied_below = GREATEST(p.applied_below, EXCLUDED.applied_below), "
+                  "reached = GREATEST(p.reached, EXCLUDED.reached), updated_at = now()")
         check = self.check_sql(schema)
         return f"{check}; {upsert}" if check else upsert
+
+    def _end(self, topic: str, partition: int) -> str:
+        end = self.ends.get((topic, partition))
+        return "NULL::bigint" if end is None else str(int(end))
 
     def check_sql(self, schema: str) -> str:
         """The check alone (``sql``'s first statement; "" where nothing is ``held``): it raises if a
@@ -175,13 +185,16 @@ def batch(progress: Progress | None) -> contextlib.AbstractContextManager[None]:
 def began(group: str, records: Iterator[tuple[str, int, int]] | list[tuple[str, int, int]],
           held: Mapping[tuple[str, int], int] | None = None) -> Progress:
     """The progress of a batch of ``records`` (topic, partition, offset): each partition's first
-    offset; checked against what its stage ``held`` (``hold``)."""
+    offset, and where it ends (``ends``); checked against what its stage ``held`` (``hold``)."""
     first: dict[tuple[str, int], int] = {}
+    ends: dict[tuple[str, int], int] = {}
     for topic, partition, offset in records:
         key = (topic, partition)
         if key not in first or offset < first[key]:
             first[key] = offset
-    return Progress(group, first, held=_held(first, held))
+        if offset + 1 > ends.get(key, -1):
+            ends[key] = offset + 1
+    return Progress(group, first, held=_held(first, held), ends=ends)
 
 
 def reached(group: str, records: list[tuple[str, int, int]],
