@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, get_args
 
@@ -22,7 +22,9 @@ from yidi.contracts.clearing import (
     CLEARING_REQUEST,
     ClearingRequest,
     ConfirmStatement,
+    CutPosition,
     FundPrepayment,
+    PeriodClosed,
     QueryFacilityDay,
     QueryMonth,
     QueryPairMonth,
@@ -40,15 +42,15 @@ from yidi.domain.clearing import PairTotals, month_ended, net_positions, next_mo
 from yidi.domain.money import MAX_AMOUNT, fmt
 from yidi.platform import metrics, progress
 from yidi.platform.db import savepoint
-from yidi.platform.errors import BadData, RaceLost
+from yidi.platform.errors import BadData, RaceLost, TransientError
 from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import answer_fallback, broken, parse_each, recover_word, refuse_by_reqid, reply
 from yidi.platform.settings import Settings
-from yidi.platform.topics import CLEARING_STATEMENTS, PREPAYMENT_STATUS
+from yidi.platform.topics import CLEARING_PERIODS, CLEARING_STATEMENTS, PREPAYMENT_STATUS
 
 from services.clearing.prepayment import account_of, account_view, prepayment_alert, status_update
-from services.clearing.repository import ClearingRepository
+from services.clearing.repository import SETTLEMENT_GROUP, ClearingRepository
 
 AMOUNTS = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")
 
@@ -87,10 +89,17 @@ def _counter(kind: str, outcome: str) -> Callable[[], None]:
     return metrics.CLEARING_REQUESTS.labels(kind, outcome).inc
 
 
+class BeforeItsCut(TransientError):
+    """A month's run handled again after a restore, whose settlements before its close are not all
+    handled again yet (``ClearingRepository.short_of_cut``): its totals wait, the batch retried."""
+
+
 class ClearingAdminHandler:
     def __init__(self, settings: Settings, repo: ClearingRepository) -> None:
         self.settings = settings
         self.repo = repo
+        # The settlement stage whose position a month's close records as its cut.
+        self.cut_of = settings.group(SETTLEMENT_GROUP)
 
     def refuse(self, record: Incoming, reason: str) -> list[Outgoing]:
         """A request that does not validate, or that the stage could not process (``BadData``):
@@ -125,7 +134,8 @@ class ClearingAdminHandler:
         for record, request in runs:
             if month_ended(request.setlym, judged_on(record)):
                 # Closed before this batch's transaction locks anything a settlement batch may wait for.
-                if (refusal := await self.repo.close_month(request.setlym, request.reqid, finishing)) is not None:
+                if (refusal := await self.repo.close_month(request.setlym, request.reqid, finishing,
+                                                           cut_of=self.cut_of)) is not None:
                     refused[request.reqid] = refusal
                 else:
                     finishing.add(request.setlym)
@@ -360,11 +370,16 @@ class ClearingAdminHandler:
             # month ended between the two reads of the clock): here
             if (refusal := await self.repo.out_of_order(conn, month)) is not None:  # the lock held
                 return False, refusal, {}, []
-            await conn.execute("INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now())",
-                               month)
+            await self.repo.close_period(conn, month, self.cut_of)
         # Closed (now, or by a run that stopped before its statements were written): nothing lands
         # in the month any more, and every batch that could has committed (the close waited for
-        # them on the lock), so its totals are final.
+        # them on the lock), so its totals are final. Unless the run is handled again after a
+        # restore (its close written by yidi-recover, from clearing.periods) while the settlements
+        # before its cut are not all handled again yet: the totals wait for them.
+        if short := await self.repo.short_of_cut(conn, month, self.cut_of):
+            where = ", ".join(f"{t}[{p}] at {'nothing' if at is None else at} of {cut}" for t, p, cut, at in short[:3])
+            raise BeforeItsCut(f"month {month}'s run waits for the settlements before its close to be handled "
+                               f"again after the restore ({len(short)} partition(s) short: {where})")
         totals = await self._month_totals(conn, month)
         statements = [
             Statement(
@@ -397,6 +412,12 @@ class ClearingAdminHandler:
              "key": f"{s.insuplc_admdvs}-{s.mdtrtarea_admvs}"}
             for s in statements
         ]
+        # The close and its cut, for a restore of this database from before it (yidi-recover).
+        closed_at = await conn.fetchval("SELECT closed_at FROM clearing.periods WHERE setlym = $1", month)
+        closed = PeriodClosed(setlym=month, closed_at=(closed_at or datetime.now(UTC)).astimezone(UTC).isoformat(),
+                              cut=[CutPosition(topic=t, partition=p, offset=o)
+                                   for t, p, o in await self.repo.period_cut(conn, month)])
+        published.append({"topic": self.settings.topic(CLEARING_PERIODS), "value": dumps(closed).decode(), "key": month})
         return True, "", month_view(month, statements, 0), published
 
     async def _confirm(self, conn: asyncpg.Connection, request: ConfirmStatement) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:

@@ -10,7 +10,7 @@ from yidi.platform.topics import CLEARING_REQUESTS, SETTLEMENT_PRICED
 from services.clearing.admin import ClearingAdminHandler
 from services.clearing.handlers import ClearingHandler
 from services.clearing.prepayment import show_balances_every
-from services.clearing.repository import ClearingRepository
+from services.clearing.repository import SETTLEMENT_GROUP, ClearingRepository
 
 
 def settlement_stage(settings: Settings, repository: ClearingRepository) -> TransactionalStage:
@@ -19,7 +19,7 @@ def settlement_stage(settings: Settings, repository: ClearingRepository) -> Tran
     handler = ClearingHandler(settings, repository)
     return TransactionalStage(
         name="clearing", service="clearing", settings=settings,
-        topics=[SETTLEMENT_PRICED], group_id="yidi-clearing-priced",
+        topics=[SETTLEMENT_PRICED], group_id=SETTLEMENT_GROUP,
         handler=handler, refuse=handler.refuse, max_records=settings.batch_max_records,
     )
 

@@ -95,7 +95,11 @@ class ClearingHandler:
             msgids = [w.request.msgid for _, (w, _, _) in works if w.kind is WorkKind.SETTLE]
             setl_ids = [w.target_setl_id for _, (w, _, _) in works if w.kind is WorkKind.CANCEL]
             new_setl_ids = [w.facts.setl_id for _, (w, _, _) in works if w.kind is WorkKind.SETTLE and w.facts]
-            cleared_through, rows, waits = await self.repo.batch_reads(conn, msgids, setl_ids, new_setl_ids)
+            firsts: dict[tuple[str, int], int] = {}
+            for r, _ in works:
+                if r.offset < firsts.get((r.topic, r.partition), r.offset + 1):
+                    firsts[(r.topic, r.partition)] = r.offset
+            cleared, rows, waits = await self.repo.batch_reads(conn, msgids, setl_ids, new_setl_ids, firsts)
             # Undoings that came before their settlement reached the ledger (below): rare.
             waiting = await self.repo.waiting_undos(conn, sorted(waits)) if waits else {}
             waiting_new: list[WaitingUndo] = []
@@ -108,6 +112,8 @@ class ClearingHandler:
             undone: dict[str, LedgerRow] = {}
             undo_new: list[tuple[str, str, str, dict[str, Any]]] = []
             for record, (work, answer, amounts) in works:
+                # The latest month closed before this record was first entered (``Cleared``).
+                cleared_through = cleared.before(record.topic, record.partition, record.offset)
                 if amounts is not None:
                     entered = len(entries)
                     sent = self._settle(work, answer, amounts, by_msgid, by_setl, entries, cleared_through, moves, again)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -16,6 +16,9 @@ from yidi.domain.clearing import run_order
 from yidi.platform.db import Locks, Repository, hashtext, json_value, lock_keys, locks, transient_errors
 
 PERIODS_LOCK = "yidi-clearing-periods"
+# The settlement stage's consumer group (before the namespace): a month's close records where it
+# stood (``close_period``).
+SETTLEMENT_GROUP = "yidi-clearing-priced"
 AMOUNT_COLUMNS = (
     "medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_scp_amt", "act_pay_dedc",
     "hifp_pay", "hifmi_pay", "hifob_pay", "cvlserv_pay", "maf_pay", "oth_pay", "fund_pay_sumamt",
@@ -74,6 +77,33 @@ class WaitingUndo:
     answer: dict[str, Any]  # pricing's answer to it, kept for a resend once applied
 
 
+@dataclass(frozen=True)
+class Cleared:
+    """What a settlement batch lands by (``batch_reads``): the latest month closed (``through``), and
+    the months closed after some of the batch's records were entered (``ahead``: by partition, each
+    such month's cut with the latest month closed before it). Outside a redo after a restore every
+    record comes after every cut (the close took it where the stage then stood) and ``ahead`` is
+    empty; a record handled again lands as it did the first time, before a cut it was under, whether
+    or not that month's run has been handled again yet (``period_cuts``)."""
+
+    through: str | None
+    ahead: dict[tuple[str, int], list[tuple[int, str | None]]] = field(default_factory=dict)
+
+    def before(self, topic: str, partition: int, offset: int) -> str | None:
+        """The latest month closed before the record at ``offset`` of ``topic``'s ``partition`` was
+        entered (``landing_period``'s ``cleared_through``). Months close in order and a later close's
+        cut is never lower, so the months a record came before are the latest ones: it lands after
+        the one before the first of them."""
+        found = self.through
+        for cut, before in self.ahead.get((topic, partition), ()):
+            if offset < cut:
+                if before is None:
+                    return None
+                if found is None or before < found:
+                    found = before
+        return found
+
+
 @dataclass
 class Moved:
     accounts: list[asyncpg.Record]
@@ -99,21 +129,31 @@ class ClearingRepository(Repository):
 
     async def batch_reads(
         self, conn: asyncpg.Connection, msgids: list[str], setl_ids: list[str], new_setl_ids: Sequence[str] = (),
-    ) -> tuple[str | None, list[LedgerRow], set[str]]:
+        firsts: Mapping[tuple[str, int], int] | None = None,
+    ) -> tuple[Cleared, list[LedgerRow], set[str]]:
         """After ``lock_batch``, in one round trip: the latest month closed (what is dated at or
-        before it lands after it, ``landing_period``), the ledger rows of ``msgids`` (settlements
-        seen before) and ``setl_ids`` (settlements to undo), locked, and which of ``new_setl_ids``
-        (the batch's settlements) have undoings waiting for them (``waiting_undos``).
+        before it lands after it, ``landing_period``), with the months whose cut is past the batch's
+        first offset on a partition (``firsts``; ``Cleared``: a redo after a restore), the ledger
+        rows of ``msgids`` (settlements seen before) and ``setl_ids`` (settlements to undo), locked,
+        and which of ``new_setl_ids`` (the batch's settlements) have undoings waiting for them
+        (``waiting_undos``).
 
         The periods lock held shared, a month's clearing (which takes it exclusively to close the
         month) waits for the batch to commit, and a batch that waited for it reads the month
         closed: a settlement lands either in the month being cleared (and is in its statements)
         or after it, never in between."""
+        firsts = firsts or {}
         rows = await conn.fetch(
-            """SELECT c.cleared_through, w.waiting, l.* FROM
+            """SELECT c.cleared_through, w.waiting, a.ahead, l.* FROM
                  (SELECT max(setlym) AS cleared_through FROM clearing.periods WHERE state = 'closed') AS c
                CROSS JOIN (SELECT array_agg(DISTINCT setl_id) AS waiting FROM clearing.undo_waiting
                            WHERE setl_id = ANY($3::text[])) AS w
+               CROSS JOIN (SELECT array_agg(ARRAY[k.topic, k.kafka_partition::text, k.cut::text,
+                                   (SELECT max(p.setlym) FROM clearing.periods AS p
+                                    WHERE p.state = 'closed' AND p.setlym < k.setlym)]) AS ahead
+                           FROM clearing.period_cuts AS k
+                           JOIN unnest($4::text[], $5::int[], $6::bigint[]) AS b (topic, kafka_partition, first)
+                             ON k.topic = b.topic AND k.kafka_partition = b.kafka_partition AND k.cut > b.first) AS a
                LEFT JOIN LATERAL (
                  SELECT setl_id, msgid, request_hash, state, answer, undone_msgid, undone_answer,
                         insuplc_admdvs, mdtrtarea_admvs, coalesce(drawn, fund_pay_sumamt) AS drawn, undo_period,
@@ -121,8 +161,12 @@ class ClearingRepository(Repository):
                  FROM clearing.ledger
                  WHERE msgid = ANY($1::text[]) OR setl_id = ANY($2::text[]) FOR UPDATE) AS l ON true""",
             msgids, setl_ids, list(new_setl_ids),
+            [t for t, _ in firsts], [p for _, p in firsts], list(firsts.values()),
         )
-        return rows[0]["cleared_through"], [
+        ahead: dict[tuple[str, int], list[tuple[int, str | None]]] = {}
+        for topic, partition, cut, before in rows[0]["ahead"] or ():
+            ahead.setdefault((topic, int(partition)), []).append((int(cut), before))
+        return Cleared(rows[0]["cleared_through"], ahead), [
             LedgerRow(r["setl_id"], r["msgid"], r["request_hash"], r["state"], json_value(r["answer"]),
                       r["undone_msgid"], json_value(r["undone_answer"]) if r["undone_answer"] else None,
                       r["insuplc_admdvs"], r["mdtrtarea_admvs"], r["drawn"], r["undo_period"],
@@ -198,7 +242,44 @@ class ClearingRepository(Repository):
         # Its key computed as the settlement batches' shared one is (``batch_locks``): one function.
         await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", hashtext(PERIODS_LOCK))
 
-    async def close_month(self, month: str, reqid: str, finishing: Collection[str] = ()) -> str | None:
+    async def close_period(self, conn: asyncpg.Connection, month: str, cut_of: str | None) -> None:
+        """Close ``month``, under the periods lock taken exclusively, with its cut: where settlement
+        stage ``cut_of`` (its consumer group) stood on each partition (``stage_progress.reached``;
+        where a row has none, a batch of the version before: where its last batch began, lower than
+        where it ended). No settlement batch is between its transaction's locks and its commit
+        then, so a record below its partition's cut was entered before the close and one at or past
+        it after (``Cleared``)."""
+        await conn.execute("INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now()) "
+                           "ON CONFLICT (setlym) DO NOTHING", month)
+        if cut_of is not None:
+            await conn.execute(
+                """INSERT INTO clearing.period_cuts (setlym, topic, kafka_partition, cut)
+                   SELECT $1, topic, kafka_partition, GREATEST(reached, applied_below) FROM clearing.stage_progress
+                   WHERE consumer_group = $2
+                   ON CONFLICT DO NOTHING""", month, cut_of)
+
+    async def period_cut(self, conn: asyncpg.Connection, month: str) -> list[tuple[str, int, int]]:
+        """``month``'s cut: (topic, partition, offset), in order."""
+        return [(r["topic"], r["kafka_partition"], r["cut"]) for r in await conn.fetch(
+            "SELECT topic, kafka_partition, cut FROM clearing.period_cuts WHERE setlym = $1 ORDER BY topic, "
+            "kafka_partition", month)]
+
+    async def short_of_cut(self, conn: asyncpg.Connection, month: str, cut_of: str) -> list[tuple[str, int, int, int | None]]:
+        """The partitions where settlement stage ``cut_of`` has not reached ``month``'s cut yet:
+        (topic, partition, cut, where it stands). Never any while the database is whole (the cut
+        was where the stage stood, and its rows never go back); after a restore, until the
+        stage's redo has passed the cut (``yidi-recover`` wrote the cut of a month closed after the
+        backup): the month's totals wait for them."""
+        return [(r["topic"], r["kafka_partition"], r["cut"], r["at"]) for r in await conn.fetch(
+            """SELECT k.topic, k.kafka_partition, k.cut, GREATEST(s.reached, s.applied_below) AS at
+               FROM clearing.period_cuts AS k
+               LEFT JOIN clearing.stage_progress AS s
+                 ON s.consumer_group = $2 AND s.topic = k.topic AND s.kafka_partition = k.kafka_partition
+               WHERE k.setlym = $1 AND coalesce(GREATEST(s.reached, s.applied_below), -1) < k.cut
+               ORDER BY k.topic, k.kafka_partition""", month, cut_of)]
+
+    async def close_month(self, month: str, reqid: str, finishing: Collection[str] = (),
+                          cut_of: str | None = None) -> str | None:
         """Close ``month`` for ``run_month`` request ``reqid`` in a transaction of its own, under the
         periods lock taken exclusively, as short as that; or say why it may not be run now
         (``out_of_order``: the run refuses it so, without taking the lock again). Its statements
@@ -213,7 +294,10 @@ class ClearingRepository(Repository):
         holds a row below what the stage holds, and the check finds it; with the close recording
         the same row, nothing showed the month's run lost. A backup taken between the two has the
         group read again from the record before the batch: the run finds its month closed and
-        resumes."""
+        resumes.
+
+        ``cut_of``: the settlement stage's consumer group, whose position the close records as the
+        month's cut (``close_period``)."""
         async with self.transaction(followed=True) as conn:
             if await conn.fetchval(
                 """SELECT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
@@ -221,12 +305,7 @@ class ClearingRepository(Repository):
                 return None
             if (refusal := await self.out_of_order(conn, month, finishing)) is not None:
                 return refusal
-            await conn.execute(
-                """INSERT INTO clearing.periods (setlym, state, closed_at)
-                   SELECT $1, 'closed', now() WHERE NOT EXISTS (SELECT 1 FROM clearing.admin_requests WHERE reqid = $2)
-                   ON CONFLICT (setlym) DO NOTHING""",
-                month, reqid,
-            )
+            await self.close_period(conn, month, cut_of)
             return None
 
     async def closed_months(self, conn: asyncpg.Connection) -> set[str]:

@@ -250,3 +250,89 @@ async def test_a_database_restored_under_the_running_services_stops_them_and_not
         answers.append(await asyncio.wait_for(answer, 90))
 
         await _answered_once_as_in_the_ledger(gateway, s.database_url, [*before, *after, meanwhile], answers)
+
+
+async def _months(dsn: str, msgids: list[str]) -> dict[str, str]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return dict(await conn.fetch("SELECT msgid, clr_period FROM clearing.ledger WHERE msgid = ANY($1)", msgids))
+    finally:
+        await conn.close()
+
+
+async def test_a_months_run_after_the_backup_and_the_settlements_around_it_land_as_they_did(own_system, tmp_path,
+                                                                                               capsys):
+    """After a restore, clearing's two stages handle their records again side by side: the month's
+    run and the settlements before and after its close. Each settlement lands where it first did
+    (the close's cut, which yidi-recover writes from clearing.periods), and the run handled again
+    totals the month as its published statement did. Before, the settlements before the close
+    landed in the next month if the redone run came first (cleared twice), and those after it in
+    the closed month if the settlements came first (never cleared)."""
+    system, s = own_system, own_system.settings
+    for service in SERVICES:
+        system.start(service)
+    await system.wait_ready()
+    world = await World(s).build()
+    person = await world.person()
+    month = "202503"
+
+    def bill(day: int) -> dict:
+        return world.request(person, [("T-A", "1", "100.00")], when=f"2025-03-{day:02d} 09:00:00")
+
+    async with GatewayClient(s.kafka_bootstrap, namespace=s.namespace) as gateway, GatewayClient(
+            s.kafka_bootstrap, namespace=s.namespace, request_topic="clearing.requests", reply_to="clearing.results",
+            correlate_by="reqid") as admin:
+        first = [bill(10), bill(11)]
+        answers = await _answered(gateway, first)
+        await _until_in_ledger(s.database_url, first)
+        backup = tmp_path / "yidi.dump"
+        subprocess.run([postgres_tool("pg_dump"), "--format=custom", f"--file={backup}", s.database_url],
+                       check=True, capture_output=True, timeout=120)
+
+        before = [bill(12), bill(13)]  # after the backup, before the close
+        answers += await _answered(gateway, before)
+        await _until_in_ledger(s.database_url, before)
+        run = await admin.call({"type": "run_month", "reqid": "C" + uuid.uuid4().hex, "setlym": month})
+        assert run["ok"], run
+        (statement,) = [x for x in run["data"]["statements"] if x["insuplc_admdvs"] == world.insured]
+        assert statement["settlements"] == 4
+        after = [bill(14), bill(15)]  # dated in March, entered after its close: April's
+        answers += await _answered(gateway, after)
+        await _until_in_ledger(s.database_url, after)
+        msgids = [r["msgid"] for r in first + before + after]
+        landed = await _months(s.database_url, msgids)
+        assert [landed[m] for m in msgids] == [month] * 4 + ["202504"] * 2
+
+        system.stop_all()
+        subprocess.run([postgres_tool("pg_restore"), "--clean", "--if-exists", "--single-transaction",
+                        f"--dbname={s.database_url}", str(backup)], check=True, capture_output=True, timeout=120)
+        capsys.readouterr()
+        for service in SERVICES:
+            assert await recover.run(service, True, s) == 0
+        said = capsys.readouterr().out
+        assert f"closed  month {month}, closed at " in said, said
+        for service in SERVICES:
+            system.start(service)
+        await system.wait_ready()
+
+        async def totalled() -> bool:
+            conn = await asyncpg.connect(s.database_url)
+            try:
+                return bool(await conn.fetchval("SELECT totalled_at IS NOT NULL FROM clearing.periods WHERE setlym = $1",
+                                                month))
+            finally:
+                await conn.close()
+
+        await until(totalled, timeout=90, poll=0.5)
+        await _until_in_ledger(s.database_url, first + before + after)
+        landed = await _months(s.database_url, msgids)
+        assert [landed[m] for m in msgids] == [month] * 4 + ["202504"] * 2
+        conn = await asyncpg.connect(s.database_url)
+        try:
+            redone = await conn.fetchval("SELECT settlements FROM clearing.statements WHERE setlym = $1 "
+                                         "AND insuplc_admdvs = $2 AND mdtrtarea_admvs = $3",
+                                         month, world.insured, world.treating)
+        finally:
+            await conn.close()
+        assert redone == statement["settlements"]
+        await _answered_once_as_in_the_ledger(gateway, s.database_url, first + before + after, answers)

@@ -56,8 +56,8 @@ async def test_a_batch_holds_its_persons_and_the_periods_shared(clearing_db):
     pool, repo = clearing_db
     async with repo.transaction() as first:
         await repo.lock_batch(first, [b"P-LOCK-1", b"P-LOCK-2"])
-        cleared_through, rows, _ = await repo.batch_reads(first, ["no-such-msgid"], ["no-such-setl"])
-        assert rows == [] and cleared_through is None
+        cleared, rows, _ = await repo.batch_reads(first, ["no-such-msgid"], ["no-such-setl"])
+        assert rows == [] and cleared.through is None
 
         # Another person: runs at once, beside the first batch (the periods lock is shared).
         other, _ = await _start(repo, lambda conn: repo.lock_batch(conn, [b"P-LOCK-3"]))
@@ -77,8 +77,8 @@ async def test_a_batch_that_waited_for_a_months_clearing_sees_the_month_closed(c
 
     async def settle(conn):
         await repo.lock_batch(conn, [b"P-LOCK-4"])
-        cleared_through, _, _ = await repo.batch_reads(conn, [], [])
-        return cleared_through
+        cleared, _, _ = await repo.batch_reads(conn, [], [])
+        return cleared.through
 
     async with repo.transaction() as clearing:
         assert await repo.cleared_through(clearing) is None

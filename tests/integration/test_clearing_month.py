@@ -18,7 +18,7 @@ import pytest
 from services.clearing.admin import MAX_LISTED_STATEMENTS, ClearingAdminHandler
 from services.clearing.repository import AMOUNT_COLUMNS, ClearingRepository
 from yidi.platform.kafka import Incoming
-from yidi.platform.topics import CLEARING_STATEMENTS
+from yidi.platform.topics import CLEARING_PERIODS, CLEARING_STATEMENTS
 
 pytestmark = pytest.mark.integration
 
@@ -101,9 +101,10 @@ async def test_a_months_statements_are_totalled_after_its_close_while_settlement
         ok, _, data, published = await handler._run_month(admin, request)  # resumed, not "cleared already"
         async with repo.transaction() as batch:  # a settlement batch meanwhile: not held back
             await asyncio.wait_for(repo.lock_batch(batch, [b"P-DURING-TOTALS"]), timeout=5)
-            cleared_through, _, _ = await repo.batch_reads(batch, [], [])
-        assert cleared_through == month  # it lands after it
-    assert ok and data["statements_total"] == PAIRS and len(published) == PAIRS
+            cleared, _, _ = await repo.batch_reads(batch, [], [])
+        assert cleared.through == month  # it lands after it
+    assert ok and data["statements_total"] == PAIRS and len(published) == PAIRS + 1  # and the close
+    assert published[-1]["topic"] == settings.topic(CLEARING_PERIODS) and published[-1]["key"] == month
     body = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month}
     again = _result(settings, await handler([_request(settings, body)]))[0]
     assert not again["ok"] and "cleared already" in again["reason"]
@@ -129,8 +130,8 @@ async def test_settlement_batches_go_on_while_a_months_totals_run(settings, repo
         await asyncio.wait_for(entered.wait(), timeout=10)
         async with repo.transaction() as batch:
             await asyncio.wait_for(repo.lock_batch(batch, [b"P-DURING-TOTALS"]), timeout=5)
-            cleared_through, _, _ = await repo.batch_reads(batch, [], [])
-        assert cleared_through == month
+            cleared, _, _ = await repo.batch_reads(batch, [], [])
+        assert cleared.through == month
     finally:
         release.set()
     result = _result(settings, await asyncio.wait_for(run, timeout=60))[0]

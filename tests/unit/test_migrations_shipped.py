@@ -23,6 +23,7 @@ SHIPPED = {
     "services/clearing/migrations/011_period_totalled.sql": "34130b48bab0813f",
     "services/clearing/migrations/012_undo_waiting.sql": "9a1a995a19c38c44",
     "services/clearing/migrations/013_sums_in_24_digits.sql": "c80c90fa1e1f64ad",
+    "services/clearing/migrations/014_period_cuts.sql": "2c74448d13bc013c",
     "services/eligibility/migrations/001_init.sql": "ec027197a529a8de",
     "services/eligibility/migrations/002_person_source_time.sql": "6841f8914204d212",
     "services/eligibility/migrations/003_person_source_time_backfill.sql": "eb3325b68145fc37",
@@ -48,6 +49,7 @@ SHIPPED = {
     # Applied to every service's schema after its own (yidi.platform.db.migrate).
     "libs/yidi/platform/migrations/platform_001_stage_progress.sql": "7032438c7ed1b997",
     "libs/yidi/platform/migrations/platform_002_progress_went_back.sql": "b153b681b7471084",
+    "libs/yidi/platform/migrations/platform_003_progress_reached.sql": "63375a4c80ccc611",
 }
 
 

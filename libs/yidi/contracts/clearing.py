@@ -175,6 +175,25 @@ class PrepaymentStatus(WireModel):
     version: int = Field(description="the account's move count: a status never replaces a newer one")
 
 
+class CutPosition(WireModel):
+    """Where clearing's settlement stage stood on one partition of its input when a month closed."""
+
+    topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0, description="a settlement record below this offset was entered before the close; "
+                                          "one at or past it after, in a later month")
+
+
+class PeriodClosed(WireModel):
+    """A month closed by its run (clearing.periods, compacted by month): when, and its cut."""
+
+    setlym: str
+    closed_at: str = Field(description="when the month closed (ISO 8601, UTC)")
+    cut: list[CutPosition] = Field(description="where the settlement stage stood on each partition at the close; "
+                                               "yidi-recover writes it into a database restored from before the close, "
+                                               "so that the settlements handled again land in the months they landed in")
+
+
 class ReconcileTotalsInput(_Period):
     """3201: the facility's totals for a period (national field names)."""
 

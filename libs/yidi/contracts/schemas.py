@@ -38,6 +38,7 @@ from yidi.contracts.clearing import (
     ClearingResult,
     ConfirmStatement,
     FundPrepayment,
+    PeriodClosed,
     PrepaymentAlert,
     PrepaymentStatus,
     QueryFacilityDay,
@@ -129,6 +130,7 @@ OUTBOUND: tuple[type[BaseModel], ...] = (
     Statement,
     PrepaymentAlert,
     PrepaymentStatus,
+    PeriodClosed,
 )
 
 
@@ -456,6 +458,16 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
               "when a `fund` or a month's clearing (a statement both sides confirmed) lifts the balance back "
               "above it; what cancellations give back does not re-arm it. An alert is published again when the batch that set it off is handled again after its Postgres commit (its first publication never committed), or its settlement is resent, while the account is still at that level: at least once, so a reader de-duplicates by account and level. Key `<insuplc_admdvs>-<mdtrtarea_admvs>`.",
     ),
+    T.CLEARING_PERIODS: TopicContract(
+        messages=("PeriodClosed",),
+        writers=("clearing",),
+        external_readers="`yidi-recover clearing`; regions and operators who follow month closes",
+        notes="Published when a month's run closes it: when, and its cut (where clearing's settlement stage "
+              "stood on each partition of `settlement.priced`: a settlement below its partition's cut was "
+              "entered before the close, one at or past it lands after the month). After a restore of "
+              "clearing's database `yidi-recover clearing --apply` writes the closes the database lacks, so that "
+              "the settlements handled again land where they did. Key `<setlym>`.",
+    ),
     T.PREPAYMENT_STATUS: TopicContract(
         messages=("PrepaymentStatus",),
         writers=("clearing",),
@@ -629,6 +641,7 @@ MESSAGES: dict[str, Message] = {
     "ClearingResult": Message("Clearing result", "the answer to one clearing request, by reqid", _plain("ClearingResult"), "reqid", ("ClearingResult",)),
     "Statement": Message("Clearing statement", "what an insured region owes a treating region for one month", _plain("Statement"), "<insuplc_admdvs>-<mdtrtarea_admvs>", ("Statement",)),
     "PrepaymentAlert": Message("Prepayment alert", "a prepayment account is low or exhausted", _plain("PrepaymentAlert"), "<insuplc_admdvs>-<mdtrtarea_admvs>", ("PrepaymentAlert",)),
+    "PeriodClosed": Message("Month closed", "a month closed by its run, and where the settlements stood then", _plain("PeriodClosed"), "<setlym>", ("PeriodClosed",)),
     "PrepaymentStatus": Message("Prepayment status", "an account's balance after a change", _plain("PrepaymentStatus"), "<insuplc_admdvs>-<mdtrtarea_admvs>", ("PrepaymentStatus",)),
 }
 

@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -49,7 +50,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from yidi.platform import fencing, progress
 from yidi.platform.settings import Settings, settings_for
-from yidi.platform.topics import FEED_READERS, FILING_EVENTS, GROUPS_WITHOUT_PROGRESS, feed_group
+from yidi.platform.topics import CLEARING_PERIODS, FEED_READERS, FILING_EVENTS, GROUPS_WITHOUT_PROGRESS, feed_group
 
 SERVICES = ("filing", "eligibility", "pricing", "clearing")
 MIGRATION = "platform_001_stage_progress.sql"
@@ -432,14 +433,36 @@ async def _run(service: str, do_apply: bool, settings: Settings, answer_again: b
         print(f"yidi-recover: {len(problems)} partition(s) refused; nothing changed", file=sys.stderr)
         return 2
     moving = [m for m in moves if m.to is not None]
+    own = _own_part(service)
     if not do_apply:
+        if own is not None:
+            for line in await own(settings, False):
+                print(line)
         print(f"yidi-recover: {len(moving)} partition(s) to move; run again with --apply to move them")
         return 0
     await apply(settings, moves)
     print(f"yidi-recover: {len(moving)} partition(s) moved")
+    if own is not None:
+        lines = await own(settings, True)
+        for line in lines:
+            print(line)
+        print(f"yidi-recover: {len(lines)} month close(s) written from {settings.topic(CLEARING_PERIODS)}")
     if service == "eligibility":
         print(f"yidi-recover: {await drop_cache(settings)} cache key(s) dropped from Redis")
     return 0
+
+
+# A service's own part of a restore, run with the moves (``apply``: write, or only say what it
+# would): clearing writes the months closed after the backup, with their cuts, so that its
+# settlements handled again land where they did (services/clearing/restore.py).
+OWN_PARTS = {"clearing": "services.clearing.restore:restore_closes"}
+
+
+def _own_part(service: str) -> Callable[[Settings, bool], Awaitable[list[str]]] | None:
+    if (where := OWN_PARTS.get(service)) is None:
+        return None
+    module, name = where.split(":")
+    return getattr(importlib.import_module(module), name)  # type: ignore[no-any-return]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -47,6 +47,7 @@ CLEARING_RESULTS = "clearing.results"
 CLEARING_STATEMENTS = "clearing.statements"
 CLEARING_ALERTS = "clearing.alerts"
 PREPAYMENT_STATUS = "clearing.prepayment-status"
+CLEARING_PERIODS = "clearing.periods"
 
 SETTLEMENT_PARTITIONS = 6
 PERSONS_MIN_COMPACTION_LAG_MS = 7 * 24 * 3600 * 1000
@@ -81,6 +82,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(CLEARING_STATEMENTS, "admdvs pair", 1, "monthly clearing statements"),
     TopicSpec(CLEARING_ALERTS, "admdvs pair", 1, "prepayment warnings"),
     TopicSpec(PREPAYMENT_STATUS, "admdvs pair", 1, "each prepayment account's balance after every change", compacted=True),
+    TopicSpec(CLEARING_PERIODS, "setlym", 1, "each month closed, with where the settlements stood at its close",
+              compacted=True),
 )
 
 
