@@ -407,6 +407,7 @@ class ClearingAdminHandler:
                 [s.clr_sumamt for s in statements],
             )
         await conn.execute("UPDATE clearing.periods SET totalled_at = now() WHERE setlym = $1", month)
+        await self.repo.settled_past_cut(conn, month)
         published = [
             {"topic": self.settings.topic(CLEARING_STATEMENTS), "value": dumps(s).decode(),
              "key": f"{s.insuplc_admdvs}-{s.mdtrtarea_admvs}"}
@@ -414,7 +415,7 @@ class ClearingAdminHandler:
         ]
         # The close and its cut, for a restore of this database from before it (yidi-recover).
         closed_at = await conn.fetchval("SELECT closed_at FROM clearing.periods WHERE setlym = $1", month)
-        closed = PeriodClosed(setlym=month, closed_at=(closed_at or datetime.now(UTC)).astimezone(UTC).isoformat(),
+        closed = PeriodClosed(setlym=month, closed_at=(closed_at or datetime.now(UTC)).astimezone(UTC),
                               cut=[CutPosition(topic=t, partition=p, offset=o)
                                    for t, p, o in await self.repo.period_cut(conn, month)])
         published.append({"topic": self.settings.topic(CLEARING_PERIODS), "value": dumps(closed).decode(), "key": month})

@@ -81,10 +81,12 @@ class WaitingUndo:
 class Cleared:
     """What a settlement batch lands by (``batch_reads``): the latest month closed (``through``), and
     the months closed after some of the batch's records were entered (``ahead``: by partition, each
-    such month's cut with the latest month closed before it). Outside a redo after a restore every
-    record comes after every cut (the close took it where the stage then stood) and ``ahead`` is
-    empty; a record handled again lands as it did the first time, before a cut it was under, whether
-    or not that month's run has been handled again yet (``period_cuts``)."""
+    such month's cut with the latest month closed before it). Only the cuts ``yidi-recover`` wrote
+    (``period_cuts.restored``: months closed after the backup the database was restored from)
+    count: while the settlement stage handles its records again, one below such a cut lands as it
+    did before that close, whether or not the month's run has been handled again yet. A close
+    made in this database covers only records it holds (a batch below its cut is handled again only
+    as records seen before), so outside such a redo ``ahead`` is empty."""
 
     through: str | None
     ahead: dict[tuple[str, int], list[tuple[int, str | None]]] = field(default_factory=dict)
@@ -93,7 +95,8 @@ class Cleared:
         """The latest month closed before the record at ``offset`` of ``topic``'s ``partition`` was
         entered (``landing_period``'s ``cleared_through``). Months close in order and a later close's
         cut is never lower, so the months a record came before are the latest ones: it lands after
-        the one before the first of them."""
+        the one before the first of them (the cuts one restore wrote are where the stage stood at
+        each close, in order)."""
         found = self.through
         for cut, before in self.ahead.get((topic, partition), ()):
             if offset < cut:
@@ -153,7 +156,8 @@ class ClearingRepository(Repository):
                                     WHERE p.state = 'closed' AND p.setlym < k.setlym)]) AS ahead
                            FROM clearing.period_cuts AS k
                            JOIN unnest($4::text[], $5::int[], $6::bigint[]) AS b (topic, kafka_partition, first)
-                             ON k.topic = b.topic AND k.kafka_partition = b.kafka_partition AND k.cut > b.first) AS a
+                             ON k.topic = b.topic AND k.kafka_partition = b.kafka_partition AND k.cut > b.first
+                           WHERE k.restored) AS a
                LEFT JOIN LATERAL (
                  SELECT setl_id, msgid, request_hash, state, answer, undone_msgid, undone_answer,
                         insuplc_admdvs, mdtrtarea_admvs, coalesce(drawn, fund_pay_sumamt) AS drawn, undo_period,
@@ -265,18 +269,24 @@ class ClearingRepository(Repository):
             "kafka_partition", month)]
 
     async def short_of_cut(self, conn: asyncpg.Connection, month: str, cut_of: str) -> list[tuple[str, int, int, int | None]]:
-        """The partitions where settlement stage ``cut_of`` has not reached ``month``'s cut yet:
-        (topic, partition, cut, where it stands). Never any while the database is whole (the cut
-        was where the stage stood, and its rows never go back); after a restore, until the
-        stage's redo has passed the cut (``yidi-recover`` wrote the cut of a month closed after the
-        backup): the month's totals wait for them."""
+        """The partitions where settlement stage ``cut_of`` has not yet reached the cut of ``month``
+        that ``yidi-recover`` wrote (a month closed after the backup the database was restored
+        from): (topic, partition, cut, where it stands). The month's totals wait until its redo has
+        passed them (``settled_past_cut`` then). A close made in this database waits for nothing:
+        every batch below its cut had committed."""
         return [(r["topic"], r["kafka_partition"], r["cut"], r["at"]) for r in await conn.fetch(
             """SELECT k.topic, k.kafka_partition, k.cut, GREATEST(s.reached, s.applied_below) AS at
                FROM clearing.period_cuts AS k
                LEFT JOIN clearing.stage_progress AS s
                  ON s.consumer_group = $2 AND s.topic = k.topic AND s.kafka_partition = k.kafka_partition
-               WHERE k.setlym = $1 AND coalesce(GREATEST(s.reached, s.applied_below), -1) < k.cut
+               WHERE k.setlym = $1 AND k.restored AND coalesce(GREATEST(s.reached, s.applied_below), -1) < k.cut
                ORDER BY k.topic, k.kafka_partition""", month, cut_of)]
+
+    async def settled_past_cut(self, conn: asyncpg.Connection, month: str) -> None:
+        """``month``'s run has totalled it after its redo: every settlement below its restored cut
+        has been handled again, and the cut steers nothing more (a topic created again later
+        would otherwise land its records by it)."""
+        await conn.execute("UPDATE clearing.period_cuts SET restored = false WHERE setlym = $1 AND restored", month)
 
     async def close_month(self, month: str, reqid: str, finishing: Collection[str] = (),
                           cut_of: str | None = None) -> str | None:

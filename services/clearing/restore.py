@@ -18,7 +18,7 @@ redone run totals it only once the settlement stage has passed the cut again
 
 from __future__ import annotations
 
-from datetime import datetime
+import asyncio
 from importlib import resources
 
 import asyncpg
@@ -36,8 +36,13 @@ from yidi.platform.topics import CLEARING_PERIODS
 CUTS_MIGRATION = "014_period_cuts.sql"
 
 
+# How long reading ``clearing.periods`` may take (a partition without a leader, the broker away).
+READ_SECONDS = 60.0
+
+
 async def published_closes(settings: Settings) -> dict[str, PeriodClosed]:
-    """Every month's close on ``clearing.periods`` (committed records only), the latest of each month."""
+    """Every month's close on ``clearing.periods`` (committed records only), the latest of each month
+    (a tombstone removes its month)."""
     topic = settings.topic(CLEARING_PERIODS)
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
@@ -56,47 +61,95 @@ async def published_closes(settings: Settings) -> dict[str, PeriodClosed]:
         await consumer.seek_to_beginning(*partitions)
         end = await consumer.end_offsets(partitions)  # the stable end under read_committed
         closes: dict[str, PeriodClosed] = {}
-        while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
-            for records in (await consumer.getmany(timeout_ms=1000)).values():
-                for r in records:
-                    if r.value is None:
-                        continue
-                    try:
-                        close = PeriodClosed.model_validate_json(r.value)
-                    except ValidationError as exc:
-                        raise Refused(f"{topic}[{r.partition}] offset {r.offset} is not a month's close "
-                                      f"({exc.errors()[0]['msg']}): nothing written") from exc
-                    closes[close.setlym] = close
+        async with asyncio.timeout(READ_SECONDS):
+            while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
+                for records in (await consumer.getmany(timeout_ms=1000)).values():
+                    for r in records:
+                        if r.value is None:
+                            closes.pop((r.key or b"").decode(errors="replace"), None)
+                            continue
+                        try:
+                            close = PeriodClosed.model_validate_json(r.value)
+                        except ValidationError as exc:
+                            raise Refused(f"{topic}[{r.partition}] offset {r.offset} is not a month's close "
+                                          f"({exc.errors()[0]['msg']}): nothing written, nothing moved") from exc
+                        closes[close.setlym] = close
         return closes
+    except TimeoutError as exc:
+        raise Refused(f"{topic} could not be read to its end in {READ_SECONDS:.0f} s: nothing written, nothing "
+                      "moved; run yidi-recover again") from exc
+    finally:
+        await consumer.stop()
+
+
+async def _partition_ends(settings: Settings, closes: list[PeriodClosed]) -> dict[TopicPartition, int]:
+    """The end offset of each partition the cuts of ``closes`` name that exists now."""
+    named = sorted({TopicPartition(c.topic, c.partition) for close in closes for c in close.cut})
+    if not named:
+        return {}
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        topics = set(await admin.list_topics())
+        present = sorted({tp.topic for tp in named if tp.topic in topics})
+        partitions = {(t["topic"], p["partition"]) for t in (await admin.describe_topics(present) if present else [])
+                      for p in t.get("partitions") or []}
+    finally:
+        await admin.close()
+    existing = [tp for tp in named if (tp.topic, tp.partition) in partitions]
+    if not existing:
+        return {}
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return dict(await consumer.end_offsets(existing))
     finally:
         await consumer.stop()
 
 
 async def restore_closes(settings: Settings, do_apply: bool) -> list[str]:
-    """Write into the restored database each month closed on ``clearing.periods`` that it lacks,
-    with its cut (``do_apply``); what it writes, or would, one line per month."""
+    """The months closed on ``clearing.periods`` that the restored database lacks, checked, one line
+    each; with ``do_apply``, written into it with their cuts (``restored``). Run before the groups
+    are moved: a refusal (``Refused``) changes nothing, and a failure half-way leaves the groups
+    where they were (the service still refuses to start) and the months written, which a second
+    run passes over."""
     closes = await published_closes(settings)
     conn = await asyncpg.connect(settings.database_url)
     try:
-        if not await conn.fetchval("SELECT to_regclass('clearing.period_cuts') IS NOT NULL") and closes and do_apply:
+        have = {r["setlym"] for r in await conn.fetch("SELECT setlym FROM clearing.periods WHERE state = 'closed'")}
+        latest = max(have, default=None)
+        lacking = [close for month, close in sorted(closes.items()) if month not in have]
+        if early := [c.setlym for c in lacking if latest is not None and c.setlym < latest]:
+            raise Refused(f"{settings.topic(CLEARING_PERIODS)} has month(s) {', '.join(early)} closed, which the "
+                          f"restored database lacks although it has {latest} closed (months close in order): is "
+                          "the topic this database's? Nothing written, nothing moved")
+        ends = await _partition_ends(settings, lacking)
+        for close in lacking:
+            for c in close.cut:
+                tp = TopicPartition(c.topic, c.partition)
+                if tp not in ends or c.offset > ends[tp]:
+                    now = "no longer exists" if tp not in ends else f"ends at {ends[tp]}"
+                    raise Refused(f"month {close.setlym}'s cut is at offset {c.offset} of {c.topic}[{c.partition}], "
+                                  f"which {now}: the topic was deleted or emptied since the close, and its settlements "
+                                  "cannot be handled again from Kafka. Nothing written, nothing moved; see the "
+                                  "runbook, \"The same for any loss of Kafka's data\"")
+        if do_apply and lacking and not await conn.fetchval("SELECT to_regclass('clearing.period_cuts') IS NOT NULL"):
             migration = resources.files("services.clearing.migrations").joinpath(CUTS_MIGRATION).read_text()
             await conn.execute(f"SET search_path TO clearing; {migration}; RESET search_path")
-        have = {r["setlym"] for r in await conn.fetch("SELECT setlym FROM clearing.periods WHERE state = 'closed'")}
         lines = []
-        for month, close in sorted(closes.items()):
-            if month in have:
-                continue
+        for close in lacking:
             cut = ", ".join(f"{c.topic}[{c.partition}] {c.offset}" for c in close.cut) or "no settlement yet"
-            lines.append(f"closed  month {month}, closed at {close.closed_at} after the backup; its settlements "
-                         f"land by its cut ({cut}), and its run is handled again once they are")
+            lines.append(f"closed  month {close.setlym}, closed at {close.closed_at.isoformat()} after the backup; its "
+                         f"settlements land by its cut ({cut}), and its run is handled again once they are")
             if do_apply:
                 async with conn.transaction():
                     await conn.execute(
                         """INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', $2)
-                           ON CONFLICT (setlym) DO NOTHING""", month, datetime.fromisoformat(close.closed_at))
+                           ON CONFLICT (setlym) DO NOTHING""", close.setlym, close.closed_at)
                     await conn.executemany(
-                        """INSERT INTO clearing.period_cuts (setlym, topic, kafka_partition, cut) VALUES ($1, $2, $3, $4)
-                           ON CONFLICT DO NOTHING""", [(month, c.topic, c.partition, c.offset) for c in close.cut])
+                        """INSERT INTO clearing.period_cuts (setlym, topic, kafka_partition, cut, restored)
+                           VALUES ($1, $2, $3, $4, true)
+                           ON CONFLICT DO NOTHING""", [(close.setlym, c.topic, c.partition, c.offset) for c in close.cut])
         return lines
     finally:
         await conn.close()

@@ -23,7 +23,7 @@ SHIPPED = {
     "services/clearing/migrations/011_period_totalled.sql": "34130b48bab0813f",
     "services/clearing/migrations/012_undo_waiting.sql": "9a1a995a19c38c44",
     "services/clearing/migrations/013_sums_in_24_digits.sql": "c80c90fa1e1f64ad",
-    "services/clearing/migrations/014_period_cuts.sql": "2c74448d13bc013c",
+    "services/clearing/migrations/014_period_cuts.sql": "0efe64283c59a587",
     "services/eligibility/migrations/001_init.sql": "ec027197a529a8de",
     "services/eligibility/migrations/002_person_source_time.sql": "6841f8914204d212",
     "services/eligibility/migrations/003_person_source_time_backfill.sql": "eb3325b68145fc37",

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, StringConstraints, TypeAdapter, WithJsonSchema, field_validator, model_validator
+from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter, WithJsonSchema, field_validator, model_validator
 
 from yidi.contracts.common import (LATEST_TIMESTAMP_MS, Amount, AreaCode, Code, Ratio, RequestId, StrictWireModel,
                                    TotalAmount, WireDay, WireModel)
@@ -188,7 +188,7 @@ class PeriodClosed(WireModel):
     """A month closed by its run (clearing.periods, compacted by month): when, and its cut."""
 
     setlym: str
-    closed_at: str = Field(description="when the month closed (ISO 8601, UTC)")
+    closed_at: AwareDatetime = Field(description="when the month closed (ISO 8601, with its offset)")
     cut: list[CutPosition] = Field(description="where the settlement stage stood on each partition at the close; "
                                                "yidi-recover writes it into a database restored from before the close, "
                                                "so that the settlements handled again land in the months they landed in")

@@ -440,21 +440,22 @@ async def _run(service: str, do_apply: bool, settings: Settings, answer_again: b
                 print(line)
         print(f"yidi-recover: {len(moving)} partition(s) to move; run again with --apply to move them")
         return 0
-    await apply(settings, moves)
-    print(f"yidi-recover: {len(moving)} partition(s) moved")
-    if own is not None:
+    if own is not None:  # before the moves: refused, it changes nothing
         lines = await own(settings, True)
         for line in lines:
             print(line)
         print(f"yidi-recover: {len(lines)} month close(s) written from {settings.topic(CLEARING_PERIODS)}")
+    await apply(settings, moves)
+    print(f"yidi-recover: {len(moving)} partition(s) moved")
     if service == "eligibility":
         print(f"yidi-recover: {await drop_cache(settings)} cache key(s) dropped from Redis")
     return 0
 
 
-# A service's own part of a restore, run with the moves (``apply``: write, or only say what it
-# would): clearing writes the months closed after the backup, with their cuts, so that its
-# settlements handled again land where they did (services/clearing/restore.py).
+# A service's own part of a restore, run before the moves (``apply``: write, or only say what it
+# would; ``Refused`` before writing anything): clearing writes the months closed after the backup,
+# with their cuts, so that its settlements handled again land where they did
+# (services/clearing/restore.py).
 OWN_PARTS = {"clearing": "services.clearing.restore:restore_closes"}
 
 
