@@ -370,7 +370,10 @@ class ClearingAdminHandler:
             # month ended between the two reads of the clock): here
             if (refusal := await self.repo.out_of_order(conn, month)) is not None:  # the lock held
                 return False, refusal, {}, []
-            await self.repo.close_period(conn, month, self.cut_of)
+            if not await self.repo.close_period(conn, month, self.cut_of):
+                # Closed by another instance's run meanwhile (a rebalance): handled again, this one
+                # finds its month closed, or resumes it.
+                raise RaceLost(f"month {month} was closed by another run meanwhile")
         # Closed (now, or by a run that stopped before its statements were written): nothing lands
         # in the month any more, and every batch that could has committed (the close waited for
         # them on the lock), so its totals are final. Unless the run is handled again after a
@@ -413,12 +416,15 @@ class ClearingAdminHandler:
              "key": f"{s.insuplc_admdvs}-{s.mdtrtarea_admvs}"}
             for s in statements
         ]
-        # The close and its cut, for a restore of this database from before it (yidi-recover).
-        closed_at = await conn.fetchval("SELECT closed_at FROM clearing.periods WHERE setlym = $1", month)
-        closed = PeriodClosed(setlym=month, closed_at=(closed_at or datetime.now(UTC)).astimezone(UTC),
-                              cut=[CutPosition(topic=t, partition=p, offset=o)
-                                   for t, p, o in await self.repo.period_cut(conn, month)])
-        published.append({"topic": self.settings.topic(CLEARING_PERIODS), "value": dumps(closed).decode(), "key": month})
+        # The close and its cut, for a restore of this database from before it (yidi-recover). A close
+        # without one (an instance of the version before session 45 closed the month, this one
+        # totalled it) is not published: a restore to before it is redone as before.
+        if cut := await self.repo.period_cut(conn, month):
+            closed_at = await conn.fetchval("SELECT closed_at FROM clearing.periods WHERE setlym = $1", month)
+            closed = PeriodClosed(setlym=month, closed_at=(closed_at or datetime.now(UTC)).astimezone(UTC),
+                                  cut=[CutPosition(topic=t, partition=p, offset=o) for t, p, o in cut])
+            published.append({"topic": self.settings.topic(CLEARING_PERIODS), "value": dumps(closed).decode(),
+                              "key": month})
         return True, "", month_view(month, statements, 0), published
 
     async def _confirm(self, conn: asyncpg.Connection, request: ConfirmStatement) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:

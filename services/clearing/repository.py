@@ -246,21 +246,20 @@ class ClearingRepository(Repository):
         # Its key computed as the settlement batches' shared one is (``batch_locks``): one function.
         await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", hashtext(PERIODS_LOCK))
 
-    async def close_period(self, conn: asyncpg.Connection, month: str, cut_of: str | None) -> None:
+    async def close_period(self, conn: asyncpg.Connection, month: str, cut_of: str | None) -> bool:
         """Close ``month``, under the periods lock taken exclusively, with its cut: where settlement
         stage ``cut_of`` (its consumer group) stood on each partition (``stage_progress.reached``;
         where a row has none, a batch of the version before: where its last batch began, lower than
         where it ended). No settlement batch is between its transaction's locks and its commit
         then, so a record below its partition's cut was entered before the close and one at or past
-        it after (``Cleared``)."""
-        await conn.execute("INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now()) "
-                           "ON CONFLICT (setlym) DO NOTHING", month)
-        if cut_of is not None:
-            await conn.execute(
-                """INSERT INTO clearing.period_cuts (setlym, topic, kafka_partition, cut)
-                   SELECT $1, topic, kafka_partition, GREATEST(reached, applied_below) FROM clearing.stage_progress
-                   WHERE consumer_group = $2
-                   ON CONFLICT DO NOTHING""", month, cut_of)
+        it after (``Cleared``). False if the month was closed already (nothing recorded)."""
+        return await conn.fetchval(
+            """WITH c AS (INSERT INTO clearing.periods (setlym, state, closed_at) VALUES ($1, 'closed', now())
+                          ON CONFLICT (setlym) DO NOTHING RETURNING setlym),
+                    k AS (INSERT INTO clearing.period_cuts (setlym, topic, kafka_partition, cut)
+                          SELECT c.setlym, s.topic, s.kafka_partition, GREATEST(s.reached, s.applied_below)
+                          FROM c JOIN clearing.stage_progress AS s ON s.consumer_group = $2)
+               SELECT EXISTS (SELECT 1 FROM c)""", month, cut_of)
 
     async def period_cut(self, conn: asyncpg.Connection, month: str) -> list[tuple[str, int, int]]:
         """``month``'s cut: (topic, partition, offset), in order."""

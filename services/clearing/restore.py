@@ -31,6 +31,8 @@ from yidi.platform.recover import Refused
 from yidi.platform.settings import Settings
 from yidi.platform.topics import CLEARING_PERIODS
 
+from services.clearing.repository import SETTLEMENT_GROUP
+
 # The migration that brought ``period_cuts``: run here if the backup is older than it (its
 # statements are idempotent; the service's migrations record it at its start).
 CUTS_MIGRATION = "014_period_cuts.sql"
@@ -87,6 +89,15 @@ async def _partition_ends(settings: Settings, closes: list[PeriodClosed]) -> dic
     named = sorted({TopicPartition(c.topic, c.partition) for close in closes for c in close.cut})
     if not named:
         return {}
+    try:
+        async with asyncio.timeout(READ_SECONDS):
+            return await _ends(settings, named)
+    except TimeoutError as exc:
+        raise Refused(f"the ends of {', '.join(sorted({tp.topic for tp in named}))} could not be read in "
+                      f"{READ_SECONDS:.0f} s: nothing written, nothing moved; run yidi-recover again") from exc
+
+
+async def _ends(settings: Settings, named: list[TopicPartition]) -> dict[TopicPartition, int]:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
@@ -124,9 +135,22 @@ async def restore_closes(settings: Settings, do_apply: bool) -> list[str]:
                           f"restored database lacks although it has {latest} closed (months close in order): is "
                           "the topic this database's? Nothing written, nothing moved")
         ends = await _partition_ends(settings, lacking)
+        stood = {(r["topic"], r["kafka_partition"]): r["at"] for r in await conn.fetch(
+            """SELECT topic, kafka_partition, GREATEST(reached, applied_below) AS at FROM clearing.stage_progress
+               WHERE consumer_group = $1""", settings.group(SETTLEMENT_GROUP))}
         for close in lacking:
             for c in close.cut:
                 tp = TopicPartition(c.topic, c.partition)
+                if (at := stood.get((c.topic, c.partition))) is not None and c.offset < at:
+                    # A close after the backup was made where the stage stood then, past where the
+                    # backup has it: this cut counts the records of a topic since deleted and created
+                    # again (its rows deleted and the partition read again, as the runbook says).
+                    raise Refused(f"month {close.setlym}'s cut is at offset {c.offset} of {c.topic}[{c.partition}], "
+                                  f"below where the restored database's settlement stage stood ({at}): it counts "
+                                  "another topic of that name. Nothing written, nothing moved; publish a tombstone "
+                                  f"for {close.setlym} on {settings.topic(CLEARING_PERIODS)} and run yidi-recover "
+                                  "again (that month is then redone as before session 45: runbook, \"What it does "
+                                  "not cover\")")
                 if tp not in ends or c.offset > ends[tp]:
                     now = "no longer exists" if tp not in ends else f"ends at {ends[tp]}"
                     raise Refused(f"month {close.setlym}'s cut is at offset {c.offset} of {c.topic}[{c.partition}], "

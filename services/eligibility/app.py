@@ -12,6 +12,7 @@ from yidi.contracts.refdata import FacilityRecord, PersonRecord, RegionStatusRec
 from yidi.domain.codes import BUSINESS_TZ
 from yidi.platform import metrics, probes
 from yidi.platform.cache import VersionedCache
+from yidi.platform.catchup import CatchUp
 from yidi.platform.feeds import Sent, feed
 from yidi.platform.kafka import TransactionalStage
 from yidi.platform.service import Service
@@ -54,7 +55,11 @@ def build(settings: Settings | None = None) -> Service:
     async def ready() -> None:
         state["repo"] = EligibilityRepository(service.db(), reference_ttl=settings.reference_cache_seconds)
         state["subjects"] = Subjects(repo(), cache)
-        handler = EligibilityHandler(settings, repo(), subjects())
+        # After a restore, nobody is answered from the backup's copies until the feeds and the
+        # filings stage have applied again what it lacked (their marks; this stage has none).
+        catch_up = CatchUp(service.db, "eligibility", {g: m for g, m in service.marks.items()
+                                                       if g != settings.group(ELIGIBILITY_STAGE_GROUP)})
+        handler = EligibilityHandler(settings, repo(), subjects(), catch_up.check if catch_up.waiting else None)
         service.add_stage(
             TransactionalStage(
                 name="eligibility", service="eligibility", settings=settings,

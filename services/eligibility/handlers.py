@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time
 from typing import Any
@@ -112,10 +113,14 @@ def _top_level(raw: bytes) -> Any:
 
 
 class EligibilityHandler:
-    def __init__(self, settings: Settings, repo: EligibilityRepository, subjects: Subjects) -> None:
+    def __init__(self, settings: Settings, repo: EligibilityRepository, subjects: Subjects,
+                 caught_up: Callable[[], Awaitable[None]] | None = None) -> None:
         self.settings = settings
         self.repo = repo
         self.subjects = subjects
+        # After a restore: raises until the feeds have applied again what the database lacked
+        # (yidi.platform.catchup), so that nobody is answered from the backup's copies.
+        self.caught_up = caught_up
 
     def _invalid(self, record: Incoming, reason: str, request: RequestEnvelope | None = None, *,
                  msgid: Any = None) -> list[Outgoing]:
@@ -229,6 +234,8 @@ class EligibilityHandler:
         return Parsed(record, request, body, ahead)
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
+        if self.caught_up is not None:
+            await self.caught_up()
         out: list[Outgoing] = []
         parsed: list[Parsed] = []
         for record in records:

@@ -173,7 +173,8 @@ async def test_a_database_restored_to_a_backup_is_brought_up_to_date_and_nobody_
         said = capsys.readouterr().out
         assert f"kept    {s.group(ELIGIBILITY_STAGE_GROUP)} " in said and "this stage keeps nothing" in said
         for service in SERVICES:
-            system.start(service)
+            # Eligibility's at INFO: it says when its feeds have applied again what the backup lacked.
+            system.start(service, {"YIDI_LOG_LEVEL": "INFO"} if service == "eligibility" else None)
         await system.wait_ready()
 
         asked = await admin.call({"type": "query_prepayment", "reqid": "C" + uuid.uuid4().hex,
@@ -188,6 +189,9 @@ async def test_a_database_restored_to_a_backup_is_brought_up_to_date_and_nobody_
 
         await _answered_once_as_in_the_ledger(gateway, s.database_url, before + after + later, answers)
         assert admin.answer_counts[funding["reqid"]] == 1
+        # Eligibility answered nobody from the backup's copies: its first batch after the start
+        # waited, if need be, until its feeds had caught up (yidi.platform.catchup).
+        assert "the feeds have applied again what the restored database lacked" in system.tail("eligibility", 400)
         # Pricing's accumulators count every settlement answered, the four after the backup too.
         assert await _fund_paid(s.database_url, psn_no, paid) == sum(
             Decimal(a["output"]["setlinfo"]["hifp_pay"]) for a in answers)

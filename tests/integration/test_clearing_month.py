@@ -103,8 +103,10 @@ async def test_a_months_statements_are_totalled_after_its_close_while_settlement
             await asyncio.wait_for(repo.lock_batch(batch, [b"P-DURING-TOTALS"]), timeout=5)
             cleared, _, _ = await repo.batch_reads(batch, [], [])
         assert cleared.through == month  # it lands after it
-    assert ok and data["statements_total"] == PAIRS and len(published) == PAIRS + 1  # and the close
-    assert published[-1]["topic"] == settings.topic(CLEARING_PERIODS) and published[-1]["key"] == month
+    # A close without a cut (the settlement stage has no row here, as with a close by an instance of
+    # the version before session 45): not published on clearing.periods.
+    assert ok and data["statements_total"] == PAIRS and len(published) == PAIRS
+    assert all(p["topic"] != settings.topic(CLEARING_PERIODS) for p in published)
     body = {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month}
     again = _result(settings, await handler([_request(settings, body)]))[0]
     assert not again["ok"] and "cleared already" in again["reason"]

@@ -98,6 +98,9 @@ async def test_settlements_and_cancellations_land_by_the_cuts_a_restore_wrote(cl
     settings, repo = clearing_of_its_own
     settle = ClearingHandler(settings, repo)
     topic = settings.topic("settlement.priced")
+    async with repo.transaction() as conn:  # August closed before the backup
+        await conn.execute("INSERT INTO clearing.periods (setlym, state, closed_at, totalled_at) "
+                           "VALUES ('202508', 'closed', now(), now())")
     # September and October closed after the backup, the stage at 2 and then at 4 on partition 0.
     await _restored_close(repo, "202509", [(topic, 0, 2)])
     await _restored_close(repo, "202510", [(topic, 0, 4)])
@@ -114,6 +117,39 @@ async def test_settlements_and_cancellations_land_by_the_cuts_a_restore_wrote(cl
             "SELECT setl_id, clr_period, undo_period FROM clearing.ledger")}
     assert rows == {"S-A": ("202509", "202509"), "S-B": ("202510", None), "S-C": ("202510", None),
                     "S-D": ("202511", None), "S-E": ("202511", None)}
+
+
+async def test_a_cancellation_in_a_later_batch_lands_by_its_own_records_offset(clearing_of_its_own):
+    settings, repo = clearing_of_its_own
+    settle = ClearingHandler(settings, repo)
+    topic = settings.topic("settlement.priced")
+    await _restored_close(repo, "202509", [(topic, 0, 2)])
+    await _restored_close(repo, "202510", [(topic, 0, 4)])
+    await _settle(settings, settle, [_settlement(settings, "A", "202509", 0, 0)])
+    # Cancelled after September's close, before October's: the undoing lands in October.
+    cancel = _at(priced(settings, "cancel", "M-A-undo", "S-A", PAIR, "60.00", inf_time="2025-09-26 10:00:00"), 0, 3)
+    await _settle(settings, settle, [cancel])
+    async with repo.transaction() as conn:
+        row = await conn.fetchrow("SELECT clr_period, undo_period FROM clearing.ledger WHERE setl_id = 'S-A'")
+    assert tuple(row) == ("202509", "202510")
+
+
+async def test_a_close_made_in_this_database_waits_for_nothing(clearing_of_its_own):
+    """Even where the settlement stage's row went lower since (its topic deleted and created again,
+    and its rows deleted, as the runbook says): the run resumed after its close totals the month."""
+    settings, repo = clearing_of_its_own
+    settle, admin = ClearingHandler(settings, repo), ClearingAdminHandler(settings, repo)
+    await _settle(settings, settle, [_settlement(settings, "A", "202509", 0, 0),
+                                     _settlement(settings, "B", "202509", 0, 1)])
+    request = _run(settings, "202509")
+    reqid = orjson.loads(request.value)["reqid"]
+    assert await repo.close_month("202509", reqid, cut_of=settings.group(SETTLEMENT_GROUP)) is None
+    async with repo.transaction() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM clearing.period_cuts WHERE NOT restored") == 1
+        await conn.execute("DELETE FROM clearing.stage_progress")
+    out = await admin([request])  # and the run stopped there: resumed
+    (statement,) = published(settings, out, CLEARING_STATEMENTS)
+    assert statement["settlements"] == 2
 
 
 async def test_a_months_run_handled_again_waits_for_the_settlements_before_its_cut(clearing_of_its_own):
@@ -197,6 +233,20 @@ async def test_recover_writes_the_months_closed_after_the_backup_with_their_cuts
     assert set(periods_now) == {"202509", "202510"} and periods_now["202510"] is None  # its run is handled again
     assert await _cuts(repo) == [("202510", topic, 0, 41, True)]
     assert await restore_closes(settings, True) == []  # run again: nothing more
+
+
+async def test_recover_refuses_a_cut_below_where_the_restored_stage_stood(own_topics):
+    settings, repo = own_topics
+    topic = settings.topic(f"cut-{uuid.uuid4().hex[:8]}")
+    await _publish(settings, topic, [(b"k", b"v")] * 10)
+    async with repo.transaction() as conn:  # the backup's settlement stage stood at 7
+        await conn.execute("INSERT INTO clearing.stage_progress (consumer_group, topic, kafka_partition, applied_below, "
+                           "reached) VALUES ($1, $2, 0, 5, 7)", settings.group(SETTLEMENT_GROUP), topic)
+    await _publish(settings, settings.topic(CLEARING_PERIODS), [_close("202510", topic, 6)])
+    with pytest.raises(Refused, match=r"202510's cut is at offset 6 .* below where the restored database's "
+                                      r"settlement stage stood \(7\)"):
+        await restore_closes(settings, True)
+    assert await _cuts(repo) == []
 
 
 async def test_recover_refuses_a_cut_kafka_no_longer_has_and_a_month_out_of_order_writing_nothing(own_topics):

@@ -184,6 +184,38 @@ async def test_the_tool_says_when_postgres_cannot_be_reached_and_exits_2(capsys)
     assert "unreachable" in capsys.readouterr().err
 
 
+async def test_a_services_own_part_of_a_restore_runs_before_any_move_and_a_refusal_moves_nothing(monkeypatch, capsys):
+    from yidi.platform import recover
+    from yidi.platform.settings import Settings
+
+    calls: list[str] = []
+    move = recover.Move("g", T0, 130, 120, to=120, answered_to=130, why="handled again")
+
+    async def plan_(settings, service, *, answer_again=False):
+        return [move]
+
+    async def apply_(settings, moves):
+        calls.append("moves")
+
+    async def refusing(settings, do_apply):
+        calls.append(f"own part, apply={do_apply}")
+        raise recover.Refused("a close the tool will not write")
+
+    async def writing(settings, do_apply):
+        calls.append(f"own part, apply={do_apply}")
+        return ["closed  month 202510"]
+
+    monkeypatch.setattr(recover, "make_plan", plan_)
+    monkeypatch.setattr(recover, "apply", apply_)
+    monkeypatch.setattr(recover, "_own_part", lambda service: refusing)
+    assert await recover.run("clearing", True, Settings()) == 2
+    assert calls == ["own part, apply=True"] and "a close the tool will not write" in capsys.readouterr().err
+    calls.clear()
+    monkeypatch.setattr(recover, "_own_part", lambda service: writing)
+    assert await recover.run("clearing", True, Settings()) == 0
+    assert calls == ["own part, apply=True", "moves"]
+
+
 class _Assignment:
     def __init__(self, tps: set[TopicPartition]) -> None:
         self.tps = tps

@@ -185,7 +185,8 @@ class CutPosition(WireModel):
 
 
 class PeriodClosed(WireModel):
-    """A month closed by its run (clearing.periods, compacted by month): when, and its cut."""
+    """A month closed by its run (clearing.periods, compacted by month; published once the run has
+    totalled it): when, and its cut."""
 
     setlym: str
     closed_at: AwareDatetime = Field(description="when the month closed (ISO 8601, with its offset)")

@@ -462,7 +462,8 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         messages=("PeriodClosed",),
         writers=("clearing",),
         external_readers="`yidi-recover clearing`; regions and operators who follow month closes",
-        notes="Published when a month's run closes it: when, and its cut (where clearing's settlement stage "
+        notes="Published when a month's run has totalled it, with its statements (a close without a cut, made by "
+              "a version before session 45, is not): when it closed, and its cut (where clearing's settlement stage "
               "stood on each partition of `settlement.priced`: a settlement below its partition's cut was "
               "entered before the close, one at or past it lands after the month). After a restore of "
               "clearing's database `yidi-recover clearing --apply` writes the closes the database lacks, so that "

@@ -197,7 +197,8 @@ class DatabaseBehind(Exception):
 
 
 async def behind(settings: Settings, service: str, pool: asyncpg.Pool | None = None,
-                 held: dict[str, dict[tuple[str, int], int]] | None = None) -> list[str]:
+                 held: dict[str, dict[tuple[str, int], int]] | None = None,
+                 marks: dict[str, dict[tuple[str, int], int]] | None = None) -> list[str]:
     """Where ``service``'s database stands behind its groups' committed offsets: each offset a stage
     or a feed commits says what its batch's row says (``progress.applied_below``), once the database
     holds that row, and a row never goes back, so a whole database is at or past every one of them. One line per
@@ -210,10 +211,18 @@ async def behind(settings: Settings, service: str, pool: asyncpg.Pool | None = N
     so rows read after the offsets are at or past them, whatever it commits meanwhile.
 
     ``held``, per group: filled with what each offset said of a partition the database is not behind
-    on (``progress.hold_at_least``), which the service's stages and feeds then check while it runs."""
+    on (``progress.hold_at_least``), which the service's stages and feeds then check while it runs.
+    ``marks``, per group: filled with each partition's restore mark (``progress.answered_to``: the
+    records below it were applied before the database was restored, and are applied again now;
+    ``CatchUp``)."""
     prefix = settings.group(f"yidi-{service}-")
     committed = await _committed_offsets(settings.kafka_bootstrap, prefix)
     groups = sorted(committed)
+    if marks is not None:
+        for g in groups:
+            for tp, found in committed[g].items():
+                if found is not None and (mark := progress.answered_to(found.metadata)) is not None:
+                    marks.setdefault(g, {})[(tp.topic, tp.partition)] = mark
     vouched = {(g, tp): (found.offset, below) for g in groups for tp, found in sorted(committed[g].items())
                if found is not None and (below := progress.applied_below(found.metadata)) is not None}
     if not vouched:

@@ -76,6 +76,9 @@ class Service:
         # filled at start from the committed offsets (``recover.behind``), then by each batch; checked
         # by each batch's progress statement and every ``progress.CHECK_SECONDS`` (``_check_held_every``).
         self.held: dict[str, dict[tuple[str, int], int]] = {}
+        # Per consumer group, the restore marks its committed offsets carried at start (yidi-recover
+        # left them: the records below were applied before the database was restored): ``CatchUp``.
+        self.marks: dict[str, dict[tuple[str, int], int]] = {}
         records.install()  # every consumer of the process, the feeds' too: header names not UTF-8 read
         self.broker = KafkaBroker(
             settings.kafka_bootstrap,
@@ -124,7 +127,7 @@ class Service:
             # Before the migrations change anything (a backup from before stage_progress keeps
             # lacking it, and yidi-recover then says so), and before any feed or stage reads a
             # record: nothing is handled on a database that lacks what Kafka says it holds.
-            if lagging := await recover.behind(self.settings, self.name, self.pool, self.held):
+            if lagging := await recover.behind(self.settings, self.name, self.pool, self.held, self.marks):
                 await close_pool(self.pool)
                 raise recover.DatabaseBehind(lagging)
             await migrate(self.pool, self.name, self.migrations)
