@@ -16,11 +16,17 @@ once they have, the stage never asks again. Without a restore there are no marks
 
 A feed's first commit after the start replaces its mark with its progress: an instance started
 again half-way through the catch-up no longer waits for that feed's partition.
+
+The wait is bounded (``GIVE_UP_SECONDS`` from the first batch that waited): a feed's row can stay
+below its mark without anything left to apply (the last records below the mark compacted away,
+tombstones past their retention, on a partition nothing new comes to). Past it the stage answers,
+and says at ERROR which partitions had not caught up.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 import asyncpg
@@ -30,6 +36,9 @@ from yidi.platform.errors import TransientError
 from yidi.platform.progress import TABLE
 
 log = logging.getLogger(__name__)
+
+# How long a stage waits for the feeds at most, from its first batch that waited.
+GIVE_UP_SECONDS = 600.0
 
 
 class FeedsCatchingUp(TransientError):
@@ -42,10 +51,14 @@ class CatchUp:
     them, and passes at once after that."""
 
     def __init__(self, pool: Callable[[], asyncpg.Pool], schema: str,
-                 targets: Mapping[str, Mapping[tuple[str, int], int]]) -> None:
+                 targets: Mapping[str, Mapping[tuple[str, int], int]], give_up_seconds: float = GIVE_UP_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._pool = pool
         self._schema = schema
         self._targets = {g: dict(m) for g, m in targets.items() if m}
+        self._give_up = give_up_seconds
+        self._clock = clock
+        self._since: float | None = None
 
     @property
     def waiting(self) -> bool:
@@ -65,8 +78,15 @@ class CatchUp:
         if short:
             where = ", ".join(f"{g} {t}[{p}] at {'nothing' if now is None else now} of {mark}"
                               for g, t, p, mark, now in short[:3])
-            raise FeedsCatchingUp(f"waiting for its feeds to apply again what the restored database lacked "
-                                  f"({len(short)} partition(s): {where})")
+            self._since = self._clock() if self._since is None else self._since
+            if self._clock() - self._since < self._give_up:
+                raise FeedsCatchingUp(f"waiting for its feeds to apply again what the restored database lacked "
+                                      f"({len(short)} partition(s): {where})")
+            log.error("answering although its feeds have not applied again all the restored database lacked, after "
+                      "%.0f s (%d partition(s): %s): nothing left to apply there (records compacted away)? Check "
+                      "yidi_feed_lag_records", self._give_up, len(short), where)
+            self._targets = {}
+            return
         log.info("the feeds have applied again what the restored database lacked: answering from them (%s)",
                  ", ".join(sorted(self._targets)))
         self._targets = {}
