@@ -24,7 +24,7 @@ from yidi.contracts.internal import PricedWork, WorkKind
 from yidi.domain.clearing import landing_period, owed
 from yidi.domain.codes import within
 from yidi.domain.money import ZERO, amount_texts
-from yidi.platform import metrics
+from yidi.platform import metrics, progress
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import broken, parse_each, reply
 from yidi.platform.settings import Settings
@@ -95,10 +95,7 @@ class ClearingHandler:
             msgids = [w.request.msgid for _, (w, _, _) in works if w.kind is WorkKind.SETTLE]
             setl_ids = [w.target_setl_id for _, (w, _, _) in works if w.kind is WorkKind.CANCEL]
             new_setl_ids = [w.facts.setl_id for _, (w, _, _) in works if w.kind is WorkKind.SETTLE and w.facts]
-            firsts: dict[tuple[str, int], int] = {}
-            for r, _ in works:
-                if r.offset < firsts.get((r.topic, r.partition), r.offset + 1):
-                    firsts[(r.topic, r.partition)] = r.offset
+            firsts = progress.firsts((r.topic, r.partition, r.offset) for r, _ in works)
             cleared, rows, waits = await self.repo.batch_reads(conn, msgids, setl_ids, new_setl_ids, firsts)
             # Undoings that came before their settlement reached the ledger (below): rare.
             waiting = await self.repo.waiting_undos(conn, sorted(waits)) if waits else {}

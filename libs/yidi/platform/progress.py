@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -186,15 +186,23 @@ def began(group: str, records: Iterator[tuple[str, int, int]] | list[tuple[str, 
           held: Mapping[tuple[str, int], int] | None = None) -> Progress:
     """The progress of a batch of ``records`` (topic, partition, offset): each partition's first
     offset, and where it ends (``ends``); checked against what its stage ``held`` (``hold``)."""
-    first: dict[tuple[str, int], int] = {}
+    records = list(records)
+    first = firsts(records)
     ends: dict[tuple[str, int], int] = {}
+    for topic, partition, offset in records:
+        if offset + 1 > ends.get((topic, partition), -1):
+            ends[(topic, partition)] = offset + 1
+    return Progress(group, first, held=_held(first, held), ends=ends)
+
+
+def firsts(records: Iterable[tuple[str, int, int]]) -> dict[tuple[str, int], int]:
+    """Each partition's first offset among ``records`` (topic, partition, offset)."""
+    first: dict[tuple[str, int], int] = {}
     for topic, partition, offset in records:
         key = (topic, partition)
         if key not in first or offset < first[key]:
             first[key] = offset
-        if offset + 1 > ends.get(key, -1):
-            ends[key] = offset + 1
-    return Progress(group, first, held=_held(first, held), ends=ends)
+    return first
 
 
 def reached(group: str, records: list[tuple[str, int, int]],
