@@ -180,12 +180,15 @@ def test_annual_cap_stops_the_pooled_fund_at_what_is_left():
     pol = policy(rule(IP, ratio="0.90"), annual_cap=D("1000.00"))
     p = price(bill(("A1", "1", "2000.00")), catalogue(item("A1")), pol, terms(IP), {POOLED_PAID: D("700.00")})
     assert p.hifp_pay == D("300.00") and "annual cap" in p.funds[0].explanation
+    # crt_payb_lmt_amt (本次可支付限额金额): what the fund could pay on this bill, the cap left before it
+    assert p.funds[0].limit_left == D("300.00")
 
 
 def test_r13_general_outpatient_quota_is_shared_and_never_exceeded():
     pol = policy(rule(OP, ratio="0.50"), outpatient_quota=D("100.00"))
     p = price(bill(("A1", "1", "400.00")), catalogue(item("A1")), pol, terms(OP), {OUTPATIENT_QUOTA: D("40.00")})
     assert p.hifp_pay == D("60.00") and p.usage_delta[OUTPATIENT_QUOTA] == D("60.00")
+    assert p.funds[0].limit_left == D("60.00")  # the quota left before this bill, all of it used by it
     assert "R13" in p.funds[0].explanation
 
 

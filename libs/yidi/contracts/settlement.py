@@ -257,8 +257,9 @@ class SetlDetail(WireModel):
     fund_pay_type_name: str
     inscp_scp_amt: Amount
     crt_payb_lmt_amt: Amount | None = Field(
-        default=None, description="what the fund may still pay this year after this settlement (its annual cap or "
-                                  "quota left); null: no cap or quota applies (never \"0.00\", which would mean none left)")
+        default=None, description="the most the fund could pay on this bill (本次可支付限额金额): its annual cap or "
+                                  "quota left this year before this settlement, out of which fund_payamt came; null: no "
+                                  "cap or quota applies (never \"0.00\", which would mean none was left)")
     fund_payamt: Amount
     setl_proc_info: str
 
