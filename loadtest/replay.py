@@ -65,7 +65,7 @@ from yidi.platform.topics import SETTLEMENT_REQUESTS
 SETTLE_INFNOS = {"2207", "2304"}
 # The msgid an answer that is not a JSON object counts under (an answer to no request: ``unexpected``).
 UNREADABLE_ANSWER = "<unreadable answer>"
-# An answer whose respond_time is this far before the run began was made before it (the
+# An answer made (``made_at``) this far before the run began was made before it (the
 # platform's clock may run a little ahead of or behind this machine's).
 ANSWERED_BEFORE_ALLOWANCE_MS = 5000
 # What to do when an earlier run's msgids were answered from the store or refused MODIFIED_REQUEST.
@@ -75,6 +75,22 @@ REUSED_MSGIDS_HINT = "Generate the day with a new --tag and --run-id, or replay 
 class WindowStalled(Exception):
     """No answer came for ``drain_timeout`` seconds while the window of answers outstanding was full."""
 CANCEL_INFNOS = {"2208", "2305"}
+
+
+def made_at(answer: Mapping[str, Any]) -> str | None:
+    """When an answer was first made (``yyyyMMddHHmmssSSS``): the moment its ``inf_refmsgid`` carries
+    (``YD`` + that moment + a hash: ``answers.platform_msgid``), which a stored answer sent again
+    for a resend keeps, while its ``respond_time`` is when it was sent again; else its
+    ``respond_time``; None if neither reads as a moment."""
+    refmsgid = answer.get("inf_refmsgid")
+    if isinstance(refmsgid, str) and refmsgid.startswith("YD") and _is_moment(refmsgid[2:19]):
+        return refmsgid[2:19]
+    respond_time = answer.get("respond_time")
+    return respond_time if isinstance(respond_time, str) and _is_moment(respond_time) else None
+
+
+def _is_moment(text: str) -> bool:
+    return len(text) == 17 and text.isascii() and text.isdigit()
 
 
 def fingerprint(data: Mapping[str, Any]) -> int:
@@ -149,7 +165,7 @@ class Replay:
         self.cancels = Counter[str]()  # sent, skipped (target refused), unsent (target never answered)
         self.publish_errors = 0
         self.unowed: Counter[str] = Counter()  # answers read while nothing of their msgid was owed one
-        self.answered_before_run = 0  # answers whose respond_time is before the run began
+        self.answered_before_run = 0  # answers made (made_at) before the run began
         self._answered_before = ""  # respond_time text of the run's start, less a clock allowance
         self.stalled = ""  # why sending stopped early: no answer for drain_timeout with the window full
         self._so_far: tuple[int, float, float] = (0, 0.0, 0.0)  # the progress line's p50/p99 so far, over n
@@ -241,9 +257,9 @@ class Replay:
     def _check_answer(self, msgid: str, answer: dict[str, Any]) -> None:
         """What an answer says, against what was sent under its msgid (``infnos``, not the answer's
         own infno: an answer under another one is counted mismatched)."""
-        respond_time = answer.get("respond_time")
-        if isinstance(respond_time, str) and len(respond_time) == 17 and respond_time.isdigit():
-            if respond_time < self._answered_before:
+        made = made_at(answer)
+        if made is not None:
+            if made < self._answered_before:
                 # An answer made before this run: the platform's stored answer to a request of an
                 # earlier run under the same msgid (the day replayed again against the same world).
                 self.answered_before_run += 1

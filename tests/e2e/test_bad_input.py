@@ -66,6 +66,19 @@ async def test_bad_input_is_answered_invalid_input_once_each_and_settling_goes_o
         assert await system.ledger(request["msgid"]) == []
 
 
+async def test_a_settlement_whose_reply_to_is_empty_or_null_is_settled_and_answered_on_the_shared_topic(
+        gateway, system):
+    # CONTRACT.md: reply_to defaults to settlement.results; gateways send "" (or null) for a field
+    # they leave unused, and each such request was refused INVALID_INPUT (a review, session 46).
+    for reply_to in ("", None):
+        request = we1() | {"reply_to": reply_to}
+        answer = await asyncio.wait_for(
+            await gateway.send_raw(json.dumps(request).encode(), correlation=request["msgid"],
+                                   key=request["input"]["data"]["psn_no"]), 30)
+        assert answer["infcode"] == 0 and answer["output"]["setlinfo"]["fund_pay_sumamt"] == "48.89", answer
+        assert len(await system.ledger(request["msgid"])) == 1
+
+
 async def test_a_settled_request_sent_again_with_a_fast_clock_gets_its_stored_answer(gateway, system):
     """inf_time is not part of a request's payload hash: a hospital system that times out and
     resends a settled msgid, its clock now far ahead, gets the settlement it has, not a refusal
@@ -74,7 +87,9 @@ async def test_a_settled_request_sent_again_with_a_fast_clock_gets_its_stored_an
     settled = await gateway.call(first)
     again = await gateway.call(first | {"inf_time": "2999-01-01 10:30:00"})
     assert settled["infcode"] == 0
-    assert {k: v for k, v in again.items() if k != "refmsg_time"} == {k: v for k, v in settled.items() if k != "refmsg_time"}
+    times = ("refmsg_time", "respond_time")  # the resend's, and not before it
+    assert {k: v for k, v in again.items() if k not in times} == {k: v for k, v in settled.items() if k not in times}
+    assert again["respond_time"] >= again["refmsg_time"] > settled["refmsg_time"]
     late = we1() | {"inf_time": "2999-01-01 10:30:00"}  # a new msgid with that clock is refused
     refused = await gateway.call(late)
     assert refused["err_code"] == "INVALID_INPUT" and "ahead of the platform's clock" in refused["err_msg"]

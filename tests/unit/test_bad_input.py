@@ -458,6 +458,26 @@ def test_a_gateways_own_reply_topic_is_accepted(reply_to):
     assert gateway_reply_topic(reply_to) == reply_to
 
 
+@pytest.mark.parametrize("reply_to", ["", None])
+def test_a_reply_to_left_empty_or_null_is_the_default_not_a_malformed_request(reply_to):
+    """CONTRACT.md: reply_to's default is settlement.results. Gateways following the national
+    interface send "" (or null) for a field they do not use; that refused every request of theirs."""
+    from yidi.contracts.clearing import CLEARING_REQUEST
+    from yidi.contracts.filing import FilingRequest
+
+    sent, dead = asyncio.run(_through_the_stages(we1_with(reply_to=reply_to), world=True))
+    # Priced, for clearing to answer on the shared topic.
+    assert dead == [] and [o.topic for o in sent] == ["ns.settlement.priced"]
+    priced = orjson.loads(sent[0].value)
+    assert priced["request"]["reply_to"] == "settlement.results"
+    assert priced["answer"]["infcode"] == 0 and priced["answer"]["output"]["setlinfo"]["setl_id"], priced["answer"]
+    filing = {"action": "history", "reqid": "F-1", "filing_id": "F1", "psn_no": "P1", "reply_to": reply_to}
+    assert FilingRequest.model_validate(filing).reply_to == "filing.results"
+    query = {"type": "query_facility_day", "reqid": "R-1", "fixmedins_code": "H1", "day": "2026-01-01",
+             "reply_to": reply_to}
+    assert CLEARING_REQUEST.validate_python(query).reply_to == "clearing.results"
+
+
 def test_a_recovered_reply_to_that_is_forbidden_falls_back_to_the_shared_topic():
     raw = b'{"msgid": "M1", "reply_to": "settlement.priced", "infno": "2207", "input": '
     assert recover_ids(raw)[1] == "settlement.results"
@@ -631,6 +651,23 @@ async def test_a_person_query_eligibility_cannot_read_is_answered_where_it_arriv
     request = copy.deepcopy(WE1) | {"infno": "1101", "input": {"data": {"psn_no": WE1["input"]["data"]["psn_no"]}}}
     sent, dead = await _through_the_stages(request, subjects=_UnreadableSubjects())
     assert [orjson.loads(o.value)["err_code"] for o in sent] == ["INTERNAL_ERROR"] and len(dead) == 1
+
+
+async def test_a_person_query_with_unused_codes_sent_empty_is_answered_and_a_benefit_check_told_it_needs_them():
+    # Gateways following the national interface send "" for fields a transaction does not use: a
+    # 1101 uses neither insutype nor med_type (a review, session 46).
+    psn_no = WE1["input"]["data"]["psn_no"]
+    person = copy.deepcopy(WE1) | {"infno": "1101", "input": {"data": {"psn_no": psn_no, "insutype": "",
+                                                                         "med_type": ""}}}
+    sent, dead = await _through_the_stages(person, world=True)
+    (answer,) = [orjson.loads(o.value) for o in sent]
+    assert (answer["infcode"], answer["err_code"], dead) == (0, None, []), answer
+    assert answer["output"]["baseinfo"]["psn_no"] == psn_no
+    check = copy.deepcopy(WE1) | {"infno": "2001", "input": {"data": {"psn_no": psn_no, "insutype": "",
+                                                                        "med_type": "11"}}}
+    sent, dead = await _through_the_stages(check, world=True)
+    (answer,) = [orjson.loads(o.value) for o in sent]
+    assert answer["err_code"] == "INVALID_INPUT" and "names insutype and med_type" in answer["err_msg"], answer
 
 
 async def test_a_pre_settlement_under_a_settled_msgid_is_refused_as_a_modified_request():

@@ -3,14 +3,16 @@
 import hashlib
 import json
 import re
+import time
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
-from yidi.contracts.envelope import RequestEnvelope
+from yidi.contracts.envelope import RequestEnvelope, ResponseEnvelope
 from yidi.contracts.settlement import BillFields, SettlementInput, bill_fields
 from yidi.platform.replies import recover_ids
 
@@ -545,3 +547,27 @@ def test_a_malformed_messages_explanation_names_fields_not_values_and_counts_wha
     assert said.endswith("; and 2 more") and said.count("Input should be") == 5
     assert "secret" not in said
     assert explain(ValueError("a plain reason")) == "ValueError: a plain reason"
+
+
+def test_a_stored_answer_sent_again_for_a_resend_is_not_dated_before_the_resend():
+    # A settled request resent later gets its stored answer, its refmsg_time the resend's: its
+    # respond_time, kept from the first answer, said it was made before the request came (a
+    # review, session 46). A first answer keeps the time it was built.
+    from yidi.contracts.envelope import respond_time_ms
+    from yidi.platform.replies import reply
+    from yidi.platform.settings import Settings
+
+    settings = Settings(namespace="ns.")
+    first_ms, resent_ms = 1_700_000_000_000, 1_700_086_400_000
+    stored = {"infcode": 0, "inf_refmsgid": "YD1", "refmsg_time": respond_time_ms(first_ms),
+              "respond_time": respond_time_ms(first_ms + 5), "msgid": "M1", "infno": "2207", "err_code": None,
+              "err_msg": "", "output": {}}
+    again = orjson.loads(reply(settings, "gw.results", stored, facility="H1", request_ts_ms=resent_ms).value)
+    assert again["refmsg_time"] == respond_time_ms(resent_ms)
+    assert again["respond_time"] >= again["refmsg_time"] and again["inf_refmsgid"] == "YD1"
+    assert again["respond_time"] <= respond_time_ms(time.time_ns() // 1_000_000)
+    first = orjson.loads(reply(settings, "gw.results", stored, facility="H1", request_ts_ms=first_ms).value)
+    assert first == stored
+    model = ResponseEnvelope.model_validate(stored)
+    again = orjson.loads(reply(settings, "gw.results", model, facility="H1", request_ts_ms=resent_ms).value)
+    assert again["respond_time"] >= again["refmsg_time"] == respond_time_ms(resent_ms)

@@ -183,3 +183,16 @@ async def test_an_answer_that_cannot_be_read_fails_its_request_rather_than_time_
     assert any("not a JSON object" in m and "no msgid found" in m for m in said)
     assert client.answer_counts["M1"] == 1 and client.answer_counts["M2"] == 1
     await client.stop()
+
+
+async def test_a_request_naming_another_reply_to_times_out_saying_where_its_answer_went():
+    # CONTRACT.md's WE1 names settlement.results; a client reading its own topic waited there and
+    # said "are the services running?" (a review, session 46). Empty, like absent, names the client's.
+    client = started(reply_to="gw.H1.results")
+    with pytest.raises(GatewayTimeout, match="names reply_to 'settlement.results', which this client does not read"):
+        await client.call(settlement("M1") | {"reply_to": "settlement.results"}, timeout=0.05)
+    with pytest.raises(GatewayTimeout, match="are the services running"):
+        await client.call(settlement("M2") | {"reply_to": ""}, timeout=0.05)
+    assert [orjson.loads(value)["reply_to"] for _, value, _ in client._producer.sent] == [
+        "settlement.results", "gw.H1.results"]
+    await client.stop()

@@ -546,12 +546,17 @@ async def test_answers_made_before_the_run_began_are_counted():
     r._answered_before = "20261205100000000"
     await r._send_line(settle_line("M1"))
     await r._send_line(settle_line("M2"))
-    stored = orjson.loads(answer("M1")) | {"respond_time": "20261204093000123"}  # an earlier run's answer
-    fresh = orjson.loads(answer("M2")) | {"respond_time": "20261205100003000"}
-    r._on_answer(orjson.dumps(stored), 1.0)
-    r._on_answer(orjson.dumps(fresh), 1.0)
-    assert r.answered_before_run == 1
-    assert r.result()["answered_before_run"] == 1
+    await r._send_line(settle_line("M3"))
+    # An earlier run's answer, sent again now: made then (its inf_refmsgid), sent now (respond_time).
+    stored = orjson.loads(answer("M1")) | {"inf_refmsgid": "YD20261204093000123ABCDEF12",
+                                          "respond_time": "20261205100003000"}
+    fresh = orjson.loads(answer("M2")) | {"inf_refmsgid": "YD20261205100003000ABCDEF12",
+                                         "respond_time": "20261205100003000"}
+    older = orjson.loads(answer("M3")) | {"respond_time": "20261204093000123"}  # no inf_refmsgid: respond_time
+    for one in (stored, fresh, older):
+        r._on_answer(orjson.dumps(one), 1.0)
+    assert r.answered_before_run == 2
+    assert r.result()["answered_before_run"] == 2
 
 
 def test_the_replay_refuses_a_pace_or_window_that_is_not_positive(tmp_path, capsys):

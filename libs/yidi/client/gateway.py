@@ -245,7 +245,7 @@ class GatewayClient:
         if self.correlate_by == "msgid":
             # The client read its reply topic but did not name it: the platform answered on
             # settlement.results and the call timed out (a review, session 36).
-            if request.get("reply_to") is None:
+            if request.get("reply_to") in (None, ""):  # both mean settlement.results to the platform
                 request = request | {"reply_to": self.reply_to}
         fut = self._register(correlation)
         if key is None:
@@ -291,9 +291,14 @@ class GatewayClient:
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError as exc:
+            named = request.get("reply_to")
+            hint = (f"the request names reply_to {named!r}, which this client does not read (it reads "
+                    f"{self.reply_to!r}): the answer may be there, or on the shared topic if the platform refused "
+                    "that name" if isinstance(named, str) and named not in ("", self.reply_to)
+                    else "are the services running?")
             raise GatewayTimeout(
                 f"no answer to {self.correlate_by} {request.get(self.correlate_by)} within {timeout:.0f}s "
-                f"on {self.reply_topic}; are the services running?"
+                f"on {self.reply_topic}; {hint}"
             ) from exc
         finally:
             # A timed-out call's cancelled future stayed in _waiting for ever (a review, session 36).

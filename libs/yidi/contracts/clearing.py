@@ -10,7 +10,7 @@ from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter, WithJ
 
 from yidi.contracts.common import (LATEST_TIMESTAMP_MS, Amount, AreaCode, Code, Ratio, RequestId, StrictWireModel,
                                    TotalAmount, WireDay, WireModel)
-from yidi.contracts.envelope import RequestEnvelope, gateway_reply_topic
+from yidi.contracts.envelope import RequestEnvelope, reply_to_type
 from yidi.domain.codes import InsuranceType
 
 # A month of the years 1900-2999, as a settlement's time may be (InfTime): "000001" (a typo of
@@ -41,14 +41,12 @@ class _Period(WireModel):
         return self
 
 
+_ClearingReplyTo = reply_to_type("clearing.results")
+
+
 class _Request(StrictWireModel):
     reqid: RequestId
-    reply_to: str = Field(default="clearing.results", pattern=r"^[A-Za-z0-9._\-]{1,200}$")
-
-    @field_validator("reply_to")
-    @classmethod
-    def _reply_to_is_a_gateway_topic(cls, value: str) -> str:
-        return gateway_reply_topic(value, own="clearing.results")
+    reply_to: _ClearingReplyTo = "clearing.results"
 
 
 class FundPrepayment(_Request):

@@ -10,7 +10,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 import orjson
-from pydantic import Field, WithJsonSchema, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
 
 from yidi.contracts.common import RESPOND_TIME_FORMAT, AreaCode, Code, InfTime, WireModel, wire_time
 from yidi.domain.codes import BUSINESS_TZ
@@ -110,7 +110,25 @@ def gateway_reply_topic(value: str, own: str = DEFAULT_REPLY_TO) -> str:
     return value
 
 
-_TOPIC_NAME = re.compile(r"[A-Za-z0-9._\-]{1,200}")
+_TOPIC_NAME_PATTERN = r"^[A-Za-z0-9._\-]{1,200}$"
+_TOPIC_NAME = re.compile(_TOPIC_NAME_PATTERN)
+
+
+def reply_to_type(own: str) -> Any:
+    """The type of a request's ``reply_to`` whose shared answer topic is ``own``: a gateway's topic
+    (``gateway_reply_topic``); left out, ``""`` or ``null``, ``own`` (CONTRACT.md: "default
+    settlement.results"). Gateways following the national interface send ``""`` for a field they do
+    not use, as ``insuplc_admdvs`` allows: refusing it refused every request of theirs."""
+    return Annotated[
+        str,
+        BeforeValidator(lambda value: own if value is None or value == "" else value),
+        AfterValidator(lambda value: gateway_reply_topic(value, own=own)),
+        WithJsonSchema({"anyOf": [{"type": "string", "pattern": _TOPIC_NAME_PATTERN}, {"const": ""}, {"type": "null"}],
+                        "description": f"the topic for the answer; left out, \"\" or null: {own}"}),
+    ]
+
+
+ReplyTo = reply_to_type(DEFAULT_REPLY_TO)
 
 
 class RequestEnvelope(WireModel):
@@ -130,13 +148,8 @@ class RequestEnvelope(WireModel):
     inf_time: InfTime
     fixmedins_code: Code
     fixmedins_name: str = ""
-    reply_to: str = Field(default=DEFAULT_REPLY_TO, pattern=r"^[A-Za-z0-9._\-]{1,200}$")
+    reply_to: ReplyTo = DEFAULT_REPLY_TO
     input: dict[str, Any]
-
-    @field_validator("reply_to")
-    @classmethod
-    def _reply_to_is_a_gateway_topic(cls, value: str) -> str:
-        return gateway_reply_topic(value)
 
     @model_validator(mode="after")
     def _msgid_is_the_facilitys(self) -> RequestEnvelope:

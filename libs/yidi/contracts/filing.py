@@ -8,7 +8,7 @@ from enum import StrEnum
 
 from pydantic import AwareDatetime, Field, field_validator, model_validator
 
-from yidi.contracts.envelope import gateway_reply_topic
+from yidi.contracts.envelope import reply_to_type
 
 from yidi.contracts.common import AreaCode, Code, RequestId, StrictWireModel, WireDay, WireModel
 from yidi.domain.codes import FilingCategory, InsuranceType
@@ -33,6 +33,9 @@ class DeclarationSource(StrEnum):
 FIRST_DAY, LAST_DAY = date(1990, 1, 1), date(2999, 12, 31)
 
 
+_FilingReplyTo = reply_to_type("filing.results")
+
+
 class FilingRequest(StrictWireModel):
     """A filing request (key = ``psn_no``).
 
@@ -53,12 +56,7 @@ class FilingRequest(StrictWireModel):
     decl_source: DeclarationSource = DeclarationSource.SELF_SERVICE
     opter: str = Field(default="", max_length=200, description="who asks: the person, an office clerk, an import job")
     reason: str = Field(default="", max_length=2000, description="why, for refuse and cancel")
-    reply_to: str = Field(default="filing.results", pattern=r"^[A-Za-z0-9._\-]{1,200}$")
-
-    @field_validator("reply_to")
-    @classmethod
-    def _reply_to_is_a_gateway_topic(cls, value: str) -> str:
-        return gateway_reply_topic(value, own="filing.results")
+    reply_to: _FilingReplyTo = "filing.results"
 
     @field_validator("begndate", "enddate")
     @classmethod

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
 
 from yidi.contracts.common import (
     WHITE_SPACE,
@@ -189,12 +189,25 @@ class ReversalInput(WireModel):
     oinfno: Literal["2207", "2304"]
 
 
+def _empty_is_not_given(value: Any) -> Any:
+    return None if value == "" else value
+
+
+def _code_or_empty(codes: type[InsuranceType] | type[MedType]) -> Any:
+    """A code a person query may leave out: gateways following the national interface send "" for
+    a field the transaction does not use (a 1101 uses neither insutype nor med_type), read as left
+    out; a 2001, which needs both, is then answered that it names them."""
+    return Annotated[codes | None, BeforeValidator(_empty_is_not_given), WithJsonSchema({
+        "anyOf": [{"type": "string", "enum": [c.value for c in codes]}, {"const": ""}, {"type": "null"}],
+    })]
+
+
 class PersonQueryInput(WireModel):
     """1101 person info and 2001 benefit check."""
 
     psn_no: Code
-    insutype: InsuranceType | None = None
-    med_type: MedType | None = None
+    insutype: _code_or_empty(InsuranceType) = None
+    med_type: _code_or_empty(MedType) = None
     dise_codg: DiseaseCode = ""
     # R2: the credential the patient presents, as on a settlement. A 2001 that gives an identity
     # card (02) and its number is checked as the settlement would be (another person's card is

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -112,6 +113,16 @@ def answer_fallback(settings: Settings, topic: str, shared: str) -> str | None:
 _PLATFORM_TOPICS = frozenset(spec.name for spec in all_topic_specs())
 
 
+def _responded(respond_time: Any, received: str) -> str:
+    """An answer's ``respond_time`` when it is sent for a request received at ``received``: its own,
+    unless that is earlier, as is a stored answer's sent again for a resend (the same msgid, later):
+    then now, so that no answer says it was made before its request came (a review, session 46).
+    Both are ``yyyyMMddHHmmssSSS`` in one zone, so they compare as text."""
+    if isinstance(respond_time, str) and respond_time >= received:
+        return respond_time
+    return max(received, respond_time_ms(time.time_ns() // 1_000_000))
+
+
 def reply(
     settings: Settings,
     reply_to: str,
@@ -121,8 +132,8 @@ def reply(
     request_ts_ms: int,
     on_commit: Callable[[], None] | None = None,
 ) -> Outgoing:
-    """The answer to a gateway, on its ``reply_to`` topic, keyed by facility (CONTRACT.md); on
-    ``settlement.results`` if the broker refuses ``reply_to`` for good.
+    """The answer to a gateway, on its ``reply_to`` topic, keyed by facility (CONTRACT.md); on the
+    moved answers' topic (``answer_fallback``) if the broker refuses ``reply_to`` for good.
 
     ``answer`` is a ``ResponseEnvelope`` or its wire form (a dict as ``model_dump(mode="json")``
     gives, e.g. an answer kept in the ledger or built by ``answers.answer_wire``). ``reply_to``
@@ -132,11 +143,12 @@ def reply(
     received = respond_time_ms(request_ts_ms)
     if isinstance(answer, dict):
         if answer.get("refmsg_time") != received:
-            answer = {**answer, "refmsg_time": received}
+            answer = {**answer, "refmsg_time": received, "respond_time": _responded(answer.get("respond_time"), received)}
         value, infno, err_code = orjson.dumps(answer), str(answer.get("infno", "")), answer.get("err_code") or "ok"
     else:
         if answer.refmsg_time != received:
-            answer = answer.model_copy(update={"refmsg_time": received})
+            answer = answer.model_copy(update={"refmsg_time": received,
+                                               "respond_time": _responded(answer.respond_time, received)})
         value, infno = dumps(answer), answer.infno
         err_code = answer.err_code.value if answer.err_code else "ok"
     return Outgoing(
