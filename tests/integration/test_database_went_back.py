@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.structs import OffsetAndMetadata
+from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
 from yidi.platform import db, progress, recover
@@ -320,6 +321,10 @@ async def test_a_service_holds_what_its_committed_offsets_said_at_start_and_chec
     await db.record_progress(pool, "clearing", progress.began(group, [(tp.topic, 0, 2)]))
     await recover.commit_offsets(s.kafka_bootstrap, group, {tp: OffsetAndMetadata(3, progress.applied(2))})
 
+    def statements(source: str) -> float:
+        return REGISTRY.get_sample_value("yidi_db_statement_seconds_count", {"service": "clearing", "source": source}) or 0
+
+    counted = {source: statements(source) for source in ("start-check", "progress-check")}
     service = Service("clearing", s, migrations="services.clearing.migrations")
     async with service._lifespan():
         assert service.held == {group: {(tp.topic, 0): 2}}
@@ -327,6 +332,10 @@ async def test_a_service_holds_what_its_committed_offsets_said_at_start_and_chec
         checking = asyncio.create_task(service._check_held_every(0.05))
         await asyncio.sleep(0.3)
         assert not checking.done() and service.exit_code == 0  # the database is whole
+        # Each check's statements under its own source, not "other" with the migrations (a review,
+        # session 46: the check's errors read as start-up noise).
+        assert statements("start-check") > counted["start-check"]
+        assert statements("progress-check") >= counted["progress-check"] + 3
         await pool.execute("UPDATE clearing.stage_progress SET applied_below = 1 WHERE consumer_group = $1", group)
         with caplog.at_level(logging.CRITICAL, logger="yidi.platform.service"):
             await asyncio.wait_for(checking, 10)

@@ -210,9 +210,14 @@ async def test_a_services_connections_and_its_probes_are_named_after_it_in_pg_st
         # One the operator's YIDI_DATABASE_URL names is theirs: kept.
         sep = "&" if "?" in settings.database_url else "?"
         own = await settings_pool(named, size=1, service="pricing", dsn=f"{settings.database_url}{sep}application_name=ops")
+        ops_probe = PostgresProbe(f"{settings.database_url}{sep}application_name=ops", timeout=5.0,
+                                  application_name="yidi-pricing-probe@box-7")
         try:
             assert await own.fetchval("SHOW application_name") == "ops"
+            assert await ops_probe()  # the probe too (a review, session 46: it named itself over the URL's)
+            assert await ops_probe._conn.fetchval("SHOW application_name") == "ops"
         finally:
+            ops_probe.close()
             await own.close()
         # Past Postgres's 63 bytes, a pod's name keeps its end: the hashes that tell its replicas apart.
         pod = settings.model_copy(update={"instance": "yidi-clearing-settlement-eu-production-5c7d8f9b6-x2k9q"})

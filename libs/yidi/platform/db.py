@@ -407,8 +407,9 @@ async def _no_session_reset(conn: asyncpg.Connection) -> None:
 
 # What a statement of a service's pool runs for (``source`` of ``yidi_db_statement_seconds`` and
 # ``yidi_db_statement_errors_total``): a stage's name, a feed's, a sampler's, a purge's
-# (``<service>-purge``); "other" for the rest
-# (migrations and the caches warmed at start). A task starts with its creator's value.
+# (``<service>-purge``), the checks that the database is not behind Kafka (``start-check``,
+# ``progress-check``); "other" for the rest (migrations and the caches warmed at start). A task
+# starts with its creator's value.
 STATEMENT_SOURCE: ContextVar[str] = ContextVar("yidi_db_statement_source", default="other")
 
 
@@ -468,7 +469,7 @@ async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_
         server_settings["plan_cache_mode"] = plan_cache_mode
     if parallel_workers != "server":
         server_settings["max_parallel_workers_per_gather"] = str(parallel_workers)
-    if application_name and "application_name" not in urllib.parse.parse_qs(urllib.parse.urlsplit(dsn).query):
+    if application_name and not names_its_application(dsn):
         server_settings["application_name"] = application_name  # one the DSN names is the operator's: kept
     init = None if service is None else functools.partial(_add_query_logger, statement_metrics(service))
     async with transient_errors():
@@ -486,6 +487,11 @@ async def settings_pool(settings: Settings, *, size: int | None = None, dsn: str
     return await create_pool(dsn or settings.database_url, size=settings.db_pool_size if size is None else size,
                              plan_cache_mode=settings.db_plan_cache_mode, parallel_workers=settings.db_parallel_workers,
                              service=service, application_name=application_name(settings, service or tool))
+
+
+def names_its_application(dsn: str) -> bool:
+    """Whether ``dsn`` names its ``application_name`` (the operator's, kept over the services' own)."""
+    return "application_name" in urllib.parse.parse_qs(urllib.parse.urlsplit(dsn).query)
 
 
 def application_name(settings: Settings, service: str | None, role: str = "") -> str | None:

@@ -182,7 +182,8 @@ DB_STATEMENT_SECONDS = Histogram(
     "yidi_db_statement_seconds",
     "Round trip of each Postgres statement the service runs (asyncpg's query logger: the stages' batches, the "
     "feeds, the samplers; BEGIN and COMMIT when sent as statements; failures included), per service and what "
-    "it ran for (source: a stage's name, a feed's, a sampler's, <service>-purge; other: migrations, warm-ups).",
+    "it ran for (source: a stage's name, a feed's, a sampler's, <service>-purge; start-check, progress-check: the "
+    "checks that the database is not behind Kafka, at start and every 10 s; other: migrations, warm-ups).",
     ["service", "source"],
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0),
 )

@@ -15,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from yidi.platform import metrics
+from yidi.platform import db, metrics
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,9 @@ class PostgresProbe:
     def __init__(self, dsn: str, timeout: float = PROBE_SECONDS, application_name: str | None = None) -> None:
         self._dsn = dsn
         self._timeout = timeout
-        self._settings = {"application_name": application_name} if application_name else None
+        # One the DSN names is the operator's, kept as the pool keeps it (a review, session 46).
+        self._settings = ({"application_name": application_name}
+                          if application_name and not db.names_its_application(dsn) else None)
         self._conn: asyncpg.Connection | None = None
 
     async def __call__(self) -> bool:

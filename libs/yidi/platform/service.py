@@ -127,7 +127,9 @@ class Service:
             # Before the migrations change anything (a backup from before stage_progress keeps
             # lacking it, and yidi-recover then says so), and before any feed or stage reads a
             # record: nothing is handled on a database that lacks what Kafka says it holds.
-            if lagging := await recover.behind(self.settings, self.name, self.pool, self.held, self.marks):
+            with statements_for("start-check"):  # in yidi_db_statement_seconds, apart from the migrations
+                lagging = await recover.behind(self.settings, self.name, self.pool, self.held, self.marks)
+            if lagging:
                 await close_pool(self.pool)
                 raise recover.DatabaseBehind(lagging)
             await migrate(self.pool, self.name, self.migrations)
@@ -194,6 +196,10 @@ class Service:
         again says so. Each check that ran (or had nothing to check) sets
         ``yidi_progress_checked_timestamp_seconds``: one that has not for a minute while Postgres
         answers is ``YidiProgressCheckFailing``."""
+        with statements_for("progress-check"):  # its statements and errors apart from the migrations
+            await self._check_held_rounds(seconds)
+
+    async def _check_held_rounds(self, seconds: float) -> None:
         failing = False
         missed = 0  # rounds in a row that did not run (Postgres away, or too slow)
         while True:
