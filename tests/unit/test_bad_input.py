@@ -670,6 +670,20 @@ async def test_a_person_query_with_unused_codes_sent_empty_is_answered_and_a_ben
     assert answer["err_code"] == "INVALID_INPUT" and "names insutype and med_type" in answer["err_msg"], answer
 
 
+@pytest.mark.parametrize("oinfno", ["2208", "2305"])
+async def test_a_reversal_of_a_cancellation_is_refused_saying_what_to_do_instead(oinfno):
+    # A 2601 undoes a settlement (DOMAIN.md); the cashier whose cancellation went unanswered was
+    # told only "Input should be '2207' or '2304'" (a review, session 46).
+    psn_no = WE1["input"]["data"]["psn_no"]
+    reversal = copy.deepcopy(WE1) | {"infno": "2601", "input": {"data": {"psn_no": psn_no, "omsgid": "H11010500001X",
+                                                                           "oinfno": oinfno}}}
+    sent, dead = await _through_the_stages(reversal, world=True)
+    (answer,) = [orjson.loads(o.value) for o in sent]
+    assert answer["err_code"] == "INVALID_INPUT" and len(dead) == 1
+    assert f"a cancellation ({oinfno}) cannot be reversed" in answer["err_msg"], answer["err_msg"]
+    assert "send the cancellation again under its msgid" in answer["err_msg"]
+
+
 async def test_a_pre_settlement_under_a_settled_msgid_is_refused_as_a_modified_request():
     # It was priced and answered as a pre-settlement: the gateway held two answers to one msgid,
     # the settlement's and this one's (review of the answers, 2026-12-05).

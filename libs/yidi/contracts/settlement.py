@@ -6,7 +6,7 @@ import logging
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, WithJsonSchema, model_validator
+from pydantic import BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
 
 from yidi.contracts.common import (
     WHITE_SPACE,
@@ -187,6 +187,17 @@ class ReversalInput(WireModel):
     psn_no: Code
     omsgid: Code
     oinfno: Literal["2207", "2304"]
+
+    @field_validator("oinfno", mode="before")
+    @classmethod
+    def _a_settlement_not_a_cancellation(cls, value: Any) -> Any:
+        # DOMAIN.md: a reversal (2601) undoes a settlement, as a cancellation does; a cancellation is
+        # not undone. The cashier whose 2208 went unanswered needs to know what to do instead.
+        if value in ("2208", "2305"):
+            raise ValueError(f"a cancellation ({value}) cannot be reversed, only a settlement (2207/2304): "
+                             "send the cancellation again under its msgid for its answer; a visit whose settlement "
+                             "was cancelled is settled again under a new msgid")
+        return value
 
 
 def _empty_is_not_given(value: Any) -> Any:
