@@ -197,10 +197,13 @@ class Bench:
                             for n in ports for stage, s in stage_deltas(before[n], after[n]).items()}
         result["gc"] = {n: gc_deltas(before[n], after[n]) for n in ports}
         # The services' own clock: from a request's publish to its answer's commit, by the service
-        # that answered (eligibility its refusals, clearing the settlements), without the replay's read.
+        # that answered (eligibility its refusals, clearing the settlements), without the replay's read:
+        # within the replay's latency, so never above its exact maximum (buckets are read linearly).
+        ceiling = (result.get("latency_ms") or {}).get("max")
         result["service_latency_ms"] = {
             service if "@" not in n else f"{service} ({n})": q for n in ports
-            for service, q in histogram_quantiles(before[n], after[n], "yidi_settlement_latency_seconds", "service").items()}
+            for service, q in histogram_quantiles(before[n], after[n], "yidi_settlement_latency_seconds", "service",
+                                                  ceiling_ms=ceiling).items()}
         if keep:
             self.report["runs"][name] = result
         else:

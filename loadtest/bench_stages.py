@@ -115,10 +115,11 @@ class Chain:
         for record in self.world.catalogue_records():
             await self.pricing_repo.upsert_catalogue_item(CatalogueRecord.model_validate(record))
 
-    def requests(self, settlements: int, tag: str, **extras: float) -> list[Incoming]:
+    def requests(self, settlements: int, tag: str, day: int = 0, **extras: float) -> list[Incoming]:
         """A generated day's requests as the eligibility stage reads them (cancellations need
-        answers, so a day here has none)."""
-        options = DayOptions(settlements=settlements, seed=self.world.seed + len(tag), tag=tag,
+        answers, so a day here has none); ``day``: another day's draw of persons and bills (the
+        tags of repeats have the same length, and the seed went by it alone)."""
+        options = DayOptions(settlements=settlements, seed=self.world.seed + len(tag) + 1000 * day, tag=tag,
                              **({"pre_settlements": 0.02, "duplicates": 0.005, "malformed": 0.002} | extras))
         now_ms, topic = int(time.time() * 1000), self.settings.topic(SETTLEMENT_REQUESTS)
         return [Incoming(topic, i % 6, i, ln["key"].encode(), orjson.dumps(ln["request"]), now_ms)
@@ -161,7 +162,8 @@ async def bench(settings: Settings, *, persons: int, batches: int, size: int, pr
             # Each repeat is a fresh day; a stage's figures are from its least disturbed repeat (the
             # least CPU): on a shared machine that is the closest to what the code itself costs.
             for n in range(repeat):
-                measured = await chain.run(chain.requests(batches * size, f"{tag}M{n}"), size=size, profile=profile)
+                measured = await chain.run(chain.requests(batches * size, f"{tag}M{n}", day=n), size=size,
+                                           profile=profile)
                 for stage in STAGES:
                     figures = measured[stage][1]
                     if stage not in results or figures["cpu_s"] < results[stage]["cpu_s"]:

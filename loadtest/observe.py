@@ -61,10 +61,13 @@ def scrape(port: int) -> Samples:
 
 
 def histogram_quantiles(before: Samples, after: Samples, name: str, by: str,
-                        quantiles: tuple[float, ...] = (0.5, 0.95, 0.99)) -> dict[str, dict[str, float]]:
+                        quantiles: tuple[float, ...] = (0.5, 0.95, 0.99),
+                        ceiling_ms: float | None = None) -> dict[str, dict[str, float]]:
     """Quantiles, in ms, of what histogram ``name`` observed between two scrapes, per value of the
     label ``by`` (its other labels summed), as Prometheus's histogram_quantile reads buckets:
-    linear within the bucket the rank falls in; in the +Inf bucket, the highest finite bound."""
+    linear within the bucket the rank falls in; in the +Inf bucket, the highest finite bound.
+    ``ceiling_ms``: what no observation can have exceeded (the services' own latency lies within
+    the replay's, whose maximum is exact): the interpolation within a wide bucket is cut there."""
     cumulative: dict[str, Counter[float]] = {}
     for (n, labels), value in after.items():
         if n != f"{name}_bucket":
@@ -86,7 +89,8 @@ def histogram_quantiles(before: Samples, after: Samples, name: str, by: str,
                 value = lower
             else:
                 value = lower + (edges[i] - lower) * (rank - below) / max(counts[edges[i]] - below, 1e-12)
-            found[f"p{q * 100:g}"] = round(value * 1000, 2)
+            value_ms = value * 1000 if ceiling_ms is None else min(value * 1000, ceiling_ms)
+            found[f"p{q * 100:g}"] = round(value_ms, 2)
         out[group] = found
     return out
 

@@ -523,6 +523,7 @@ class Replay:
         check = self.exactly_once()
         return {
             "pace": self.pace.describe(),
+            "pace_rate_per_s": self.pace.rate,  # a fixed rate's, else None: what a target at a rate is judged on
             "sends": sum(self.sends.values()),
             "answers_matched": len(lat),
             "duration_s": round(duration, 3),
