@@ -342,3 +342,22 @@ def test_a_single_replay_is_drawn_into_a_png(tmp_path):
     out = tmp_path / "replay.png"
     plot_replay(result, out)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_a_latency_probe_run_that_does_not_measure_the_platform_fails_its_checks():
+    # A review, session 46: the probe judged exactly-once alone, so a setting that has eligibility
+    # refuse every settlement gave a fast p99, exit 0.
+    from loadtest.latency_probe import probe_checks
+
+    def result(settled: int, **extra) -> dict:
+        return {"exactly_once": {"ok": True, "summary": "ok"}, "settlements": {"sent": 100, "answered": 100,
+                                                                             "settled": settled},
+                "err_codes": {"NOT_INSURED": 100 - settled}} | extra
+
+    assert probe_checks(result(98)) == {"ok": True, "why": "", "settled_share": 0.98, "short_of_pace": False}
+    refused = probe_checks(result(3))
+    assert not refused["ok"] and "3% of the settlements settled" in refused["why"] and "NOT_INSURED" in refused["why"]
+    behind = probe_checks(result(98, short_of_pace=True))
+    assert not behind["ok"] and "fell behind its pace" in behind["why"]
+    reused = probe_checks(result(98, reused_msgids=4))
+    assert not reused["ok"] and "earlier run's msgids" in reused["why"]
