@@ -226,6 +226,23 @@ async def test_a_stay_admitted_while_insured_settles_under_that_insurance_after_
     assert outpatient["err_code"] == "NOT_INSURED", outpatient
 
 
+async def test_r6_a_stay_filed_for_after_admission_settles_though_an_insurance_change_ended_the_filing(
+        world, gateway, filings):
+    """Admitted unfiled, filed during the stay (R6), then the insurance stopped, which ended the
+    filing (R7) before the discharge: the stay, settled under the insurance held at admission, was
+    refused NOT_FILED (a review, session 46)."""
+    person = await world.person(category=None)
+    admitted = china_now() - timedelta(days=3)
+    filed = await file(filings, world, person, category="long_term_resident",
+                       begndate=(admitted + timedelta(days=1)).strftime("%Y-%m-%d"))
+    await world.person(psn_no=person, category=None, active=False)
+    stay = world.request(person, [("T-A", "1", "1000.00")], infno="2304", med_type="21")
+    stay["input"]["data"]["begntime"] = admitted.strftime("%Y-%m-%d %H:%M:%S")
+    discharged = await gateway.call(stay)
+    assert filed["accepted"], filed
+    assert discharged["infcode"] == 0, discharged
+
+
 async def test_r4_a_category_named_after_a_kind_of_person_is_for_that_person(world, filings):
     """A retiree resettled elsewhere is a retiree, a worker posted elsewhere an employee in service
     (R4): an employee in service was filed as a resettled retiree."""

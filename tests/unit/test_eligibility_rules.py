@@ -135,6 +135,29 @@ def test_a_temporary_filing_valid_at_admission_covers_the_stay_even_if_it_ran_ou
     assert isinstance(decide(late, PERSON, BEIJING_HOSPITAL, [trip], [], NOW), Refused)
 
 
+def test_r6_a_filing_made_during_a_stay_covers_it_though_an_insurance_change_ended_it_before_discharge():
+    # Admitted 11-10 unfiled, filed long-term on 11-12 (R6), the insurance stopped on 11-20, which
+    # ended the filing (R7: its days kept, 11-12 to 11-19); settled on 11-23 under the insurance held
+    # at admission: refused NOT_FILED (a review, session 46), while a filing made before admission,
+    # or a temporary one, covered the same stay.
+    stay = visit(MedType.INPATIENT, admitted=date(2026, 11, 10))
+    late = Filing("F1", "P1", InsuranceType.EMPLOYEE, "131000", "110000", FilingCategory.RETIREE_RESETTLED,
+                  date(2026, 11, 12), date(2026, 11, 19), FilingStatus.CANCELLED,
+                  earlier=(FilingPeriod("110000", FilingCategory.RETIREE_RESETTLED, date(2026, 11, 12),
+                                        date(2026, 11, 19)),))
+    decision = decide(stay, STOPPED, BEIJING_HOSPITAL, late.versions(), [], NOW, HELD)
+    assert isinstance(decision, Eligible) and decision.basis is Basis.FILED, decision
+    # Not outpatient care, not a filing begun after the settlement day nor one cancelled outright,
+    # and not a stay admitted after the filing began and ended.
+    assert isinstance(decide(replace(stay, med_type=MedType.GENERAL_OUTPATIENT), STOPPED, BEIJING_HOSPITAL,
+                             late.versions(), [], NOW, HELD), Refused)
+    assert isinstance(decide(replace(stay, on=date(2026, 11, 11)), STOPPED, BEIJING_HOSPITAL,
+                             late.versions(), [], NOW, HELD), Refused)
+    assert isinstance(decide(stay, STOPPED, BEIJING_HOSPITAL, [late], [], NOW, HELD), Refused)
+    after = decide(replace(stay, admitted=date(2026, 11, 20)), PERSON, BEIJING_HOSPITAL, late.versions(), [], NOW)
+    assert isinstance(after, Refused) and after.code is Refusal.NOT_FILED
+
+
 def test_r7_outpatient_care_begun_on_the_filings_last_day_and_settled_after_midnight_is_covered():
     # Refused NOT_FILED, while the same times for a stay were eligible (a review, session 37): the
     # filing is valid through its end day, when the care was given. The day before only.

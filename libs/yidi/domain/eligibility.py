@@ -175,7 +175,8 @@ class Visit:
     def filing_counts(self, filing: Filing) -> bool:
         """A filing valid on the settlement day (R6: filed during the stay counts), or, for a stay,
         on its admission day: a temporary filing that ran out during the stay still covers it, and
-        so does a version a change made later on the admission day ended at once. Other care begun
+        so does a version a change made later on the admission day ended at once; or begun during
+        the stay, though it has ended since. Other care begun
         the day before it is settled (``begntime``: late on the filing's last day, settled after
         midnight) is covered by a filing valid the day it began (R7: valid through its end day);
         no further back, so a begntime cannot reach an old filing."""
@@ -186,7 +187,11 @@ class Visit:
         if not self.med_type.is_inpatient:
             return (self.on - self.admitted).days == 1 and filing.valid_on(self.admitted)
         return filing.valid_on(self.admitted) or (
-            self.admitted_at is not None and filing.in_force_until_ended(self.admitted_at))
+            self.admitted_at is not None and filing.in_force_until_ended(self.admitted_at)) or (
+            # R6: filed during the stay, it covers the stay even when it ended before the settlement
+            # day: a long-term filing ended by an insurance change (R7) when the stay is settled
+            # under the insurance held at admission (a review, session 46), as one valid at admission does.
+            filing.status is FilingStatus.ACTIVE and self.admitted < filing.begin <= self.on)
 
 
 @value
