@@ -203,7 +203,10 @@ class FilingHandler:
                 if not (record.category.is_long_term and record.status in (FilingStatus.ACTIVE, FilingStatus.PENDING)):
                     await self._one_long_term(conn, ask)  # a change into a long-term filing adds one
                 changed = change_filing(filing, ask, today=today, lock_months=lock, filed_on=filed_on, at=now)
-                return changed, record.version + 1, filed_on, "changed"
+                # Filed anew, its R8 lock counts from today, as an add's does: kept from the first
+                # filing, a cancel and a change the next day let every later change through
+                # (a review, session 46).
+                return changed, record.version + 1, filed_on if in_force else today, "changed"
             case FilingAction.CANCEL:
                 cancelled = cancel_filing(filing, today=today, lock_months=lock, filed_on=filed_on, at=now)
                 return cancelled, record.version + 1, filed_on, "cancelled"

@@ -80,7 +80,8 @@ class FilingRepository(Repository):
         action: str, reqid: str, decl_source: str, opter: str = "", reason: str = "",
         made_at: datetime | None = None,
     ) -> FilingRecord:
-        """Save a filing's new version and its history entry. ``made_at``: when this version was
+        """Save a filing's new version and its history entry. ``filed_on``: the day R8's lock counts
+        from (a filing brought back by a change is filed anew). ``made_at``: when this version was
         asked for (an add or a change: the request's publish time); None keeps the one held (for a
         filing saved before ``made_at`` was kept, its last write's time, frozen then)."""
         record = FilingRecord.of(filing, version)
@@ -91,7 +92,7 @@ class FilingRepository(Repository):
                ON CONFLICT (filing_id) DO UPDATE SET insutype = EXCLUDED.insutype, filed_admdvs = EXCLUDED.filed_admdvs,
                    category = EXCLUDED.category, begndate = EXCLUDED.begndate, enddate = EXCLUDED.enddate,
                    status = EXCLUDED.status, version = EXCLUDED.version, earlier = EXCLUDED.earlier,
-                   made_at = coalesce(EXCLUDED.made_at, f.made_at, f.updated_at), updated_at = now()""",
+                   filed_on = EXCLUDED.filed_on, made_at = coalesce(EXCLUDED.made_at, f.made_at, f.updated_at), updated_at = now()""",
             record.filing_id, record.psn_no, record.insutype.value, record.insuplc_admdvs, record.filed_admdvs,
             record.category.value, record.begndate, record.enddate, record.status.value, version, filed_on,
             orjson.dumps([p.model_dump(mode="json") for p in record.earlier]).decode(), made_at,

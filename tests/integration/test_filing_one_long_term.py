@@ -157,6 +157,27 @@ async def test_r8s_lock_of_an_imported_filing_counts_from_its_begndate_not_the_i
         assert not accepted and "locks a filing for 6 months" in reason, (name, reason)
 
 
+async def test_r8s_lock_of_a_filing_brought_back_by_a_change_counts_from_that_day(filing_repo, settings):
+    # A cancelled filing changed back into force is filed anew (its category checked again): its
+    # lock counted from its first filing, so a cancel and a change let every later change through,
+    # where an add that day would have been locked (a review, session 46).
+    from datetime import date
+
+    handler = FilingHandler(settings.model_copy(update={"filing_lock_months": {"131000": 6}}), filing_repo)
+    long_ago = date(date.today().year - 2, 1, 1).isoformat()
+    ask = asker(handler, unique("P"), decl_source="import", begndate=long_ago)
+    filed = await ask()
+    filing_id = filed["filing"]["filing_id"]
+    cancelled = await ask("cancel", filing_id=filing_id)  # the lock ran out long ago
+    back = await ask("change", filing_id=filing_id, filed_admdvs="120000", decl_source="self_service",
+                     begndate=date.today().isoformat())
+    moved_again = await ask("change", filing_id=filing_id, filed_admdvs="130000", decl_source="self_service",
+                            begndate=date.today().isoformat())
+    assert filed["accepted"] and cancelled["accepted"] and back["accepted"], (filed, cancelled, back)
+    assert back["filing"]["status"] == "active"
+    assert not moved_again["accepted"] and "locks a filing for 6 months" in moved_again["reason"], moved_again
+
+
 async def test_a_second_long_term_filing_refused_in_a_batch_handled_again_is_refused_again(filing_repo, settings):
     # The batch [add a second long-term filing, cancel the first] handled again after its Postgres
     # commit (its Kafka transaction lost): the add was decided again, after the cancellation behind
