@@ -158,6 +158,7 @@ class Settled:
     fund_pay_sumamt: int
     psn_cash_pay: int
     acct_pay: int
+    medfee_sumamt: int | None = None  # the bill's total, compared row by row; None: the answer gave none
 
 
 def answer_totals(settled: Mapping[str, Settled], cancelled_setl_ids: Iterable[str]) -> Totals:

@@ -284,8 +284,10 @@ class Replay:
             if "psn_no" in info and fingerprint(info) != self.fingerprints.get(msgid):
                 self.mismatched[msgid] += 1
             if msgid not in self.settled:
+                medfee = info.get("medfee_sumamt")
                 self.settled[msgid] = Settled(str(info.get("setl_id", "")), yuan_to_fen(info.get("fund_pay_sumamt", "0")),
-                                              yuan_to_fen(info.get("psn_cash_pay", "0")), yuan_to_fen(info.get("acct_pay", "0")))
+                                              yuan_to_fen(info.get("psn_cash_pay", "0")), yuan_to_fen(info.get("acct_pay", "0")),
+                                              None if medfee is None else yuan_to_fen(medfee))
         elif ok and sent in CANCEL_INFNOS and info.get("setl_id"):
             setl_id = str(info["setl_id"])
             if setl_id != self.cancel_setl_ids.get(msgid):
@@ -680,8 +682,8 @@ async def ledger_totals(database_url: str, msgids: list[str], others: list[str] 
     the number of ledger rows, in any state, under ``others`` (requests that are not
     settlements: pre-settlements, cancellations, malformed requests; none should have one), and
     of ``expected`` (msgid → what its answer said, for the settlements that must stand) those whose
-    row is not in state ``settled`` with that setl_id and those amounts: errors that cancel out in
-    the totals (two rows' amounts swapped) show there."""
+    row is not in state ``settled`` with that setl_id and those amounts (and the bill's total, when
+    the answer gave it): errors that cancel out in the totals (two rows' amounts swapped) show there."""
     count = fund = cash = acct = strays = mismatched = 0
     conn = await asyncpg.connect(database_url)
     try:
@@ -689,13 +691,15 @@ async def ledger_totals(database_url: str, msgids: list[str], others: list[str] 
         for i in range(0, len(rows), chunk):
             part = rows[i:i + chunk]
             mismatched += await conn.fetchval(
-                """SELECT count(*) FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
-                          AS a(msgid, setl_id, fund, cash, acct)
+                """SELECT count(*) FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                                              $6::bigint[])
+                          AS a(msgid, setl_id, fund, cash, acct, medfee)
                    LEFT JOIN clearing.ledger l ON l.msgid = a.msgid AND l.state = 'settled'
                    WHERE l.msgid IS NULL OR l.setl_id <> a.setl_id OR l.fund_pay_sumamt * 100 <> a.fund
-                      OR l.psn_cash_pay * 100 <> a.cash OR l.acct_pay * 100 <> a.acct""",
+                      OR l.psn_cash_pay * 100 <> a.cash OR l.acct_pay * 100 <> a.acct
+                      OR l.medfee_sumamt * 100 <> a.medfee""",
                 [m for m, _ in part], [s.setl_id for _, s in part], [s.fund_pay_sumamt for _, s in part],
-                [s.psn_cash_pay for _, s in part], [s.acct_pay for _, s in part],
+                [s.psn_cash_pay for _, s in part], [s.acct_pay for _, s in part], [s.medfee_sumamt for _, s in part],
             )
         for i in range(0, len(others), chunk):
             strays += await conn.fetchval("SELECT count(*) FROM clearing.ledger WHERE msgid = ANY($1::text[])",

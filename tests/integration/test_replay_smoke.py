@@ -58,6 +58,14 @@ async def test_a_small_day_is_answered_exactly_once_and_the_ledger_matches_the_a
         finally:
             await conn.close()
         swapped = await replay.ledger_check(s.database_url)
+        # A bill's total unlike its answer's, every amount paid as answered: the same (a review, session 46).
+        conn = await asyncpg.connect(s.database_url)
+        try:
+            await conn.execute("UPDATE clearing.ledger SET medfee_sumamt = medfee_sumamt + 1 WHERE msgid = $1",
+                               two[len(two) // 2])  # neither of the two swapped
+        finally:
+            await conn.close()
+        billed = await replay.ledger_check(s.database_url)
     finally:
         system.stop_all()
     swept = await sweep(s.kafka_bootstrap, s.namespace)  # every answer, once nothing can answer any more
@@ -67,6 +75,7 @@ async def test_a_small_day_is_answered_exactly_once_and_the_ledger_matches_the_a
     assert ledger.ok, ledger.summary()
     assert replay.settled[low].fund_pay_sumamt != replay.settled[high].fund_pay_sumamt
     assert swapped.answers == swapped.ledger and swapped.mismatched == 2 and not swapped.ok, swapped.summary()
+    assert billed.mismatched == 3 and not billed.ok, billed.summary()
     assert 190 <= result["sends"] <= 260
     kinds, errors = result["kinds_sent"], result["err_codes"]
     assert kinds["duplicate"] and kinds["pre-settlement"] and (kinds.get("malformed-json", 0) + kinds.get("invalid-sum", 0))
