@@ -124,7 +124,15 @@ apt_install() {
   log "installing Debian packages: $* (log: $LOG_DIR/apt.log)"
   # apt-get -o DPkg::Lock::Timeout=600 update only once per run, and only when something is actually missing.
   if (( ! APT_UPDATED )); then
-    "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update >>"$LOG_DIR/apt.log" 2>&1 || { tail_log "$LOG_DIR/apt.log"; die "apt-get -o DPkg::Lock::Timeout=600 update failed"; }
+    # Three tries 30 s apart: on a machine just booted, apt-daily holds the package lists' lock,
+    # which DPkg::Lock::Timeout does not wait for; a mirror may also fail once.
+    local try
+    for try in 1 2 3; do
+      "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update >>"$LOG_DIR/apt.log" 2>&1 && break
+      ((try < 3)) || { tail_log "$LOG_DIR/apt.log"; die "apt-get update failed three times"; }
+      log "apt-get update failed (try $try of 3; log: $LOG_DIR/apt.log); trying again in 30 s"
+      sleep 30
+    done
     APT_UPDATED=1
   fi
   "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends "$@" \
@@ -197,6 +205,9 @@ ensure_packages() {
         command -v redis-server >/dev/null && command -v redis-cli >/dev/null || pkgs+=(redis-server) ;;
     esac
   done
+  # ss names the process holding a port in the stack's messages (lsof or nothing otherwise): a
+  # minimal image lacks it. Only with packages installed anyway: it is not worth a sudo of its own.
+  if ((${#pkgs[@]})) && ! command -v ss >/dev/null; then pkgs+=(iproute2); fi
   apt_install "${pkgs[@]}"
 }
 
@@ -219,9 +230,16 @@ ensure_kafka_jars() {
   # never mistaken for a complete one.
   tmp="$KAFKA_DIR/libs.tmp"
   rm -rf "$tmp"
-  mvn -B -q -Dstyle.color=never -f "$KAFKA_POM" "${mvn_args[@]}" dependency:copy-dependencies \
-      -DincludeScope=runtime -DoutputDirectory="$tmp" >"$LOG_DIR/maven.log" 2>&1 \
-    || { tail_log "$LOG_DIR/maven.log"; die "mvn could not resolve the Kafka jars"; }
+  # --strict-checksums: a jar whose checksum does not match Maven Central's fails the download (by
+  # default Maven only warns, and -q hid that). Two tries: a download broken off once is tried again.
+  local try
+  for try in 1 2; do
+    mvn -B -q --strict-checksums -Dstyle.color=never -f "$KAFKA_POM" "${mvn_args[@]}" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$tmp" >"$LOG_DIR/maven.log" 2>&1 && break
+    ((try < 2)) || { tail_log "$LOG_DIR/maven.log"; die "mvn could not resolve the Kafka jars"; }
+    log "mvn could not resolve the Kafka jars (log: $LOG_DIR/maven.log); trying again"
+    rm -rf "$tmp"
+  done
   ls "$tmp"/kafka_2.13-*.jar >/dev/null 2>&1 || die "mvn finished but no kafka_2.13 jar in $tmp"
   kafka_jars_stamp >"$tmp/.stamp"
   rm -rf "$KAFKA_LIBS"
