@@ -287,7 +287,9 @@ class PricingHandler:
         usage_keys |= {(s.psn_no, s.year) for s in settlements} | {(s.psn_no, ACCOUNT_YEAR) for s in settlements}
         prepayments = None
         if self.settings.prepayment_policy == "refuse":
-            pairs = {(w.request.insuplc_admdvs or "", w.request.mdtrtarea_admvs) for w in works if w.request.infno.is_settlement}
+            # Pre-settlements too: a bill that pre-settles also settles.
+            pairs = {(w.request.insuplc_admdvs or "", w.request.mdtrtarea_admvs)
+                     for w in works if w.request.infno.prices_a_bill}
             prepayments = await self.repo.prepayments(conn, pairs)
         stored, policies, items, usage, visits, unreadable, decided = await self.repo.batch_reads(
             conn, [w.request.msgid for w in works], policy_keys, item_keys, usage_keys, visit_keys, places)
@@ -428,6 +430,20 @@ class PricingHandler:
                 f"The bill's answer would be {size} bytes, more than one message may carry; nothing was "
                 "settled. Send the bill with identical items on one line each (their count in cnt), or fewer lines.",
             )
+        draws = batch.prepayments is not None and not within(request.mdtrtarea_admvs, region)  # care at home: nothing
+        if draws:
+            pair = (region, request.mdtrtarea_admvs)
+            left = batch.prepayments.get(pair, ZERO)
+            draw = owed(pricing.fund_pay_sumamt, pricing.acct_pay)  # what clearing will draw
+            if draw > 0 and draw > left:  # a bill the funds and account pay nothing of draws nothing
+                # A pre-settlement too: it quoted what the funds pay, and its settlement was refused
+                # (a review, session 46). A bill that pre-settles also settles.
+                return self._refuse(
+                    work, ErrCode.PREPAYMENT_EXHAUSTED,
+                    f"The prepayment of insured region {region} for this region is exhausted (left {left}); "
+                    f"nothing was {'settled' if settle else 'quoted'}. The patient pays now and claims at home, or "
+                    "settles again once topped up.",
+                )
         if not settle:
             return [self._reply(work, answer)]  # pre-settlement: the same numbers, nothing committed
         # The counters this settlement moves, keyed "year|counter" (account draws: by balance version).
@@ -437,16 +453,7 @@ class PricingHandler:
         }
         stored_delta = {f"{year}|{counter}": str(amount) for (year, counter), amount in moved.items()}
         # Everything that could fail is built: now change the batch's state, all of it or nothing.
-        if batch.prepayments is not None and not within(request.mdtrtarea_admvs, region):  # care at home draws nothing
-            pair = (region, request.mdtrtarea_admvs)
-            left = batch.prepayments.get(pair, ZERO)
-            draw = owed(pricing.fund_pay_sumamt, pricing.acct_pay)  # what clearing will draw
-            if draw > 0 and draw > left:  # a bill the funds and account pay nothing of draws nothing
-                return self._refuse(
-                    work, ErrCode.PREPAYMENT_EXHAUSTED,
-                    f"The prepayment of insured region {region} for this region is exhausted (left {left}); "
-                    "nothing was settled. The patient pays now and claims at home, or settles again once topped up.",
-                )
+        if draws:
             batch.prepayments[pair] = left - draw
             batch.drawn[setl_id] = (pair, draw)
         for (year, counter), amount in moved.items():

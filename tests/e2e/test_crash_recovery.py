@@ -94,11 +94,17 @@ async def test_under_the_refuse_policy_an_exhausted_prepayment_refuses_and_settl
         person = await world.person()
         await fund(clearing, world, "200.00")
         await world.load(optional_feeds=(PREPAYMENT_STATUS,))  # pricing has applied the balance clearing published
+        quote = world.request(person, [("T-A", "1", "500.00")]) | {"infno": "2206"}  # alone in its batch
+        quoted = await gateway.call(quote)                                             # draws nothing
         first = await gateway.call(world.request(person, [("T-A", "1", "500.00")]))   # funds pay 120: 80 left
         second = world.request(person, [("T-A", "1", "800.00")])                      # would pay 280
         refused = await gateway.call(second)
+        # Its pre-settlement is refused too (a review, session 46: it quoted what the funds pay).
+        refused_quote = await gateway.call(world.request(person, [("T-A", "1", "800.00")]) | {"infno": "2206"})
+        assert quoted["infcode"] == 0 and quoted["output"]["setlinfo"]["fund_pay_sumamt"] == "120.00", quoted
         assert first["infcode"] == 0
         assert refused["err_code"] == "PREPAYMENT_EXHAUSTED" and "exhausted" in refused["err_msg"]
+        assert refused_quote["err_code"] == "PREPAYMENT_EXHAUSTED" and "nothing was quoted" in refused_quote["err_msg"]
         assert await system.ledger(second["msgid"]) == []
         # The draw is the fund and account payments: a class C bill the account would pay 100 of
         # draws 100 > 80 left; paid in cash, it draws nothing and settles.

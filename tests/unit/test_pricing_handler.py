@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from services.pricing.handlers import Batch, PricingHandler, fund_prefix, fund_usage
 from tests.unit.factories import MedType, PersonType, item, policy, rule
-from yidi.contracts.envelope import RequestEnvelope
+from yidi.contracts.envelope import Infno, RequestEnvelope
 from yidi.contracts.internal import EligibleWork, PersonSnapshot
 from yidi.domain.codes import FilingCategory, FundType
 from yidi.domain.policy import DeductibleScope, Layer
@@ -196,6 +196,31 @@ def test_r3_a_cancellation_in_the_batch_gives_its_draw_back_to_the_refuse_check(
     # Undone once: a second cancellation of it gives nothing back again.
     handler._one(cancel_request("H11010500001", "C2", "100", setl_id), batch)
     assert batch.prepayments == {("131000", "110000"): D("0.00")}
+
+
+def test_r3_under_refuse_a_pre_settlement_the_prepayment_cannot_cover_is_refused_as_its_settlement_is():
+    # A 2303 quoted the funds' 800.00 with 80.00 left, and the 2304 of the same bill was refused
+    # PREPAYMENT_EXHAUSTED (a review, session 46): a bill that pre-settles also settles. A quote
+    # draws nothing.
+    pol = policy(rule(MedType.INPATIENT, "0", "0.80", person_types=frozenset({PersonType.RETIRED})))
+    handler = PricingHandler(Settings(namespace="t.", prepayment_policy="refuse"), repo=None)  # type: ignore[arg-type]
+    pair = ("131000", "110000")
+
+    def answer(left: str, msgid: str, infno: str) -> dict:
+        batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage={},
+                      prepayments={pair: D(left)})
+        work = stay_request("H11010500001", msgid, "100")
+        work = work.model_copy(update={"request": work.request.model_copy(update={"infno": Infno(infno)})})
+        (out,) = handler._one(work, batch)
+        value = orjson.loads(out.value)
+        return value.get("answer", value) | {"left": str(batch.prepayments[pair])}
+
+    refused = answer("80.00", "MP1", "2303")
+    assert refused["err_code"] == "PREPAYMENT_EXHAUSTED" and "nothing was quoted" in refused["err_msg"], refused
+    assert answer("80.00", "MP2", "2304")["err_code"] == "PREPAYMENT_EXHAUSTED"
+    quoted = answer("900.00", "MP3", "2303")
+    assert quoted["err_code"] is None and quoted["output"]["setlinfo"]["fund_pay_sumamt"] == "800.00"
+    assert quoted["left"] == "900.00"  # nothing drawn
 
 
 def test_a_bill_is_priced_as_of_the_day_its_care_ended_not_after_the_settlements():
