@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 from decimal import Decimal
@@ -30,6 +31,7 @@ from yidi.domain.clearing import owed
 from yidi.domain.money import ZERO
 from yidi.domain.policy import BenefitPolicy, PolicyError, policy_in_force
 from yidi.domain.pricing import ACCOUNT_DRAWN, OUTPATIENT_QUOTA, Bill, Terms, price
+from yidi.platform import metrics
 from yidi.platform.db import Purge, locks
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import broken, parse_each, reply
@@ -207,15 +209,45 @@ def _account_counter(version: str) -> str:
     return f"{ACCOUNT_DRAWN}:{version}"
 
 
+class RefusingAccounts:
+    """The prepayment accounts this instance refused bills on (``yidi_prepayment_refused_timestamp_seconds``):
+    such an account may hold more than its alert lines and refuse a bill larger than it, so neither
+    the balance gauges nor clearing's alerts name it (a review, session 46). A series goes after
+    ``keep_seconds`` without a refusal; at most ``cap`` accounts (a gateway cannot add series)."""
+
+    def __init__(self, cap: int, keep_seconds: float = 3600.0, clock: Callable[[], float] = time.time) -> None:
+        self.cap, self.keep_seconds, self.clock = cap, keep_seconds, clock
+        self.last: dict[tuple[str, str], float] = {}
+        self._swept = 0.0
+
+    def refused(self, pair: tuple[str, str]) -> None:
+        if pair not in self.last and len(self.last) >= self.cap:
+            return
+        self.last[pair] = now = self.clock()
+        metrics.PREPAYMENT_REFUSED.labels(*pair).set(now)
+
+    def sweep(self) -> None:
+        """Take out the accounts not refused on for ``keep_seconds`` (looked at once a minute)."""
+        now = self.clock()
+        if not self.last or now - self._swept < 60:
+            return
+        self._swept = now
+        for pair in [p for p, at in self.last.items() if now - at > self.keep_seconds]:
+            del self.last[pair]
+            metrics.PREPAYMENT_REFUSED.remove(*pair)
+
+
 class PricingHandler:
     def __init__(self, settings: Settings, repo: PricingRepository) -> None:
         self.settings = settings
         self.repo = repo
+        self.refusing = RefusingAccounts(settings.prepayment_gauge_accounts)
         # Decided answers past their 14 days go every minute, 10,000 a statement until none is left.
         self._purge = Purge("pricing", repo, lambda conn: self.repo.forget_decided(conn))
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
         works, out = parse_each(records, EligibleWork.model_validate, "settlement.eligible message", self._broken)
+        self.refusing.sweep()
         if not works:
             return out
         # Each person's settlements are priced one batch at a time, against the accumulators as
@@ -438,6 +470,7 @@ class PricingHandler:
             if draw > 0 and draw > left:  # a bill the funds and account pay nothing of draws nothing
                 # A pre-settlement too: it quoted what the funds pay, and its settlement was refused
                 # (a review, session 46). A bill that pre-settles also settles.
+                self.refusing.refused(pair)
                 return self._refuse(
                     work, ErrCode.PREPAYMENT_EXHAUSTED,
                     f"The prepayment of insured region {region} for this region is exhausted (left {left}); "

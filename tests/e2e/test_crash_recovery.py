@@ -8,6 +8,7 @@ SIGKILL covers a death at no particular moment. These tests restart services: th
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from decimal import Decimal
 
@@ -105,6 +106,9 @@ async def test_under_the_refuse_policy_an_exhausted_prepayment_refuses_and_settl
         assert first["infcode"] == 0
         assert refused["err_code"] == "PREPAYMENT_EXHAUSTED" and "exhausted" in refused["err_msg"]
         assert refused_quote["err_code"] == "PREPAYMENT_EXHAUSTED" and "nothing was quoted" in refused_quote["err_msg"]
+        # 80.00 left is above the account's warning line (40.00): only pricing's gauge names it.
+        assert system.metric("pricing", "yidi_prepayment_refused_timestamp_seconds", insured=world.insured,
+                             treating=second["mdtrtarea_admvs"]) > time.time() - 120
         assert await system.ledger(second["msgid"]) == []
         # The draw is the fund and account payments: a class C bill the account would pay 100 of
         # draws 100 > 80 left; paid in cash, it draws nothing and settles.

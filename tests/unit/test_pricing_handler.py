@@ -221,6 +221,36 @@ def test_r3_under_refuse_a_pre_settlement_the_prepayment_cannot_cover_is_refused
     quoted = answer("900.00", "MP3", "2303")
     assert quoted["err_code"] is None and quoted["output"]["setlinfo"]["fund_pay_sumamt"] == "800.00"
     assert quoted["left"] == "900.00"  # nothing drawn
+    # The account it refused on is named (80.00 left is above any alert line: no balance gauge would).
+    assert handler.refusing.last.keys() == {pair}
+
+
+def test_the_accounts_refused_on_are_named_for_an_hour_at_most_so_many():
+    from prometheus_client import REGISTRY
+
+    from services.pricing.handlers import RefusingAccounts
+
+    def shown(pair: tuple[str, str]) -> float | None:
+        return REGISTRY.get_sample_value("yidi_prepayment_refused_timestamp_seconds",
+                                         {"insured": pair[0], "treating": pair[1]})
+
+    now = [1_000_000.0]
+    refusing = RefusingAccounts(cap=2, keep_seconds=3600, clock=lambda: now[0])
+    a, b, c = ("991000", "992000"), ("991000", "993000"), ("991000", "994000")
+    refusing.refused(a)
+    refusing.refused(b)
+    refusing.refused(c)  # past the cap: not shown
+    assert (shown(a), shown(b), shown(c)) == (1_000_000.0, 1_000_000.0, None)
+    now[0] += 1800
+    refusing.refused(b)
+    now[0] += 1801  # a: an hour and a second without a refusal
+    refusing.sweep()
+    assert (shown(a), shown(b)) == (None, 1_001_800.0)
+    refusing.refused(c)  # room again
+    assert shown(c) == now[0]
+    now[0] += 3601
+    refusing.sweep()
+    assert (shown(a), shown(b), shown(c)) == (None, None, None) and refusing.last == {}
 
 
 def test_a_bill_is_priced_as_of_the_day_its_care_ended_not_after_the_settlements():

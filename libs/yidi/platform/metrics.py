@@ -155,6 +155,15 @@ PREPAYMENT_ACCOUNTS = Gauge(
     "and level gauges show at most YIDI_PREPAYMENT_GAUGE_ACCOUNTS. Read with them (aggregate with max by (level)).",
     ["level"],
 )
+PREPAYMENT_REFUSED = Gauge(
+    "yidi_prepayment_refused_timestamp_seconds",
+    "Under YIDI_PREPAYMENT_POLICY=refuse: when this pricing instance last refused a settlement or pre-settlement "
+    "PREPAYMENT_EXHAUSTED on the account (insured region, treating region). The account may hold more than the "
+    "alert levels' lines and still refuse a bill larger than it, so the balance gauges need not show it. A series "
+    "goes after an hour without a refusal; at most YIDI_PREPAYMENT_GAUGE_ACCOUNTS accounts per instance "
+    "(aggregate with max by (insured, treating)).",
+    ["insured", "treating"],
+)
 # Set whenever a stage's or a feed's lag sample has the broker's answer (yidi.platform.lag):
 # every few seconds while Kafka answers, stale once it does not (YidiKafkaUnreachable).
 KAFKA_REACHED = Gauge(
