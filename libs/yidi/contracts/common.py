@@ -113,6 +113,12 @@ def _inf_time(value: object) -> datetime:
     return moment
 
 
+def empty_is_not_given(value: Any) -> Any:
+    """A field sent as "": gateways following the national interface send it for a field the
+    transaction does not use; read as left out (None)."""
+    return None if value == "" else value
+
+
 def _stay_time(value: object) -> datetime | None:
     """A visit's begin or end time: the contract's time, a day alone (yyyy-MM-dd, read as its
     start: eligibility read begntime by its day before these were times), or empty (not given)."""

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import orjson
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, field_validator, model_validator
 
-from yidi.contracts.common import RESPOND_TIME_FORMAT, AreaCode, Code, InfTime, WireModel, wire_time
+from yidi.contracts.common import RESPOND_TIME_FORMAT, AreaCode, Code, InfTime, WireModel, empty_is_not_given, wire_time
 from yidi.domain.codes import BUSINESS_TZ
 
 
@@ -167,7 +167,7 @@ class RequestEnvelope(WireModel):
     def _empty_is_not_given(cls, value: Any) -> Any:
         # Required only when the input has psn_no (CONTRACT.md); gateways following the national
         # interface send "" where it does not apply (3201/3202), as for other envelope fields.
-        return None if value == "" else value
+        return empty_is_not_given(value)
 
     @property
     def data(self) -> dict[str, Any]:

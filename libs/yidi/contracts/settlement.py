@@ -22,6 +22,7 @@ from yidi.contracts.common import (
     _quantity,
     _stay_time,
     _unit_price,
+    empty_is_not_given,
 )
 from yidi.domain.codes import InsuranceType, MedType
 from yidi.domain.money import ZERO, to_fen
@@ -200,15 +201,11 @@ class ReversalInput(WireModel):
         return value
 
 
-def _empty_is_not_given(value: Any) -> Any:
-    return None if value == "" else value
-
-
 def _code_or_empty(codes: type[InsuranceType] | type[MedType]) -> Any:
     """A code a person query may leave out: gateways following the national interface send "" for
     a field the transaction does not use (a 1101 uses neither insutype nor med_type), read as left
     out; a 2001, which needs both, is then answered that it names them."""
-    return Annotated[codes | None, BeforeValidator(_empty_is_not_given), WithJsonSchema({
+    return Annotated[codes | None, BeforeValidator(empty_is_not_given), WithJsonSchema({
         "anyOf": [{"type": "string", "enum": [c.value for c in codes]}, {"const": ""}, {"type": "null"}],
     })]
 
