@@ -10,6 +10,7 @@
 #   status [what]    one line per server; exit 0 only if every one asked for runs (3 otherwise)
 #   logs   [what] [-f]  tail the logs (TAIL_LINES=40), -f to follow
 #   reset            stop all three and delete all their data (keeps downloaded jars); no [what]
+#   packages PKG...  install these Debian packages (apt-get update tried three times, as for the servers')
 #
 # Tunables (environment): KAFKA_VERSION (overrides the pom), KAFKA_HEAP_OPTS,
 # KAFKA_JVM_PERFORMANCE_OPTS (the collector; Kafka's own scripts' default), KAFKA_OPTS,
@@ -646,6 +647,8 @@ main() {
     logs) cmd_logs "$@" ;;
     reset) (( $# == 0 )) || die "reset takes no argument: it stops all three servers and deletes all their data"
            cmd_reset ;;
+    packages) (( $# )) || die "packages takes the Debian packages to install"
+              take_lock; apt_install "$@" ;;
     -h|--help|help) usage ;;
     *) usage; exit 2 ;;
   esac

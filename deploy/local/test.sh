@@ -22,11 +22,9 @@ fi
 # (prometheus-alertmanager) the Alertmanager config and its routes.
 if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; then
   echo "test: installing Debian's prometheus and prometheus-alertmanager packages for promtool and amtool" >&2
-  mkdir -p "$YIDI_LOCAL/log"
-  sudo=()
-  if ((EUID != 0)) && command -v sudo >/dev/null; then sudo=(sudo); fi
-  { "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update && "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y \
-      --no-install-recommends prometheus prometheus-alertmanager; } >>"$YIDI_LOCAL/log/apt.log" 2>&1 \
+  # stack.sh's apt-get: its update is tried three times, 30 s apart (apt-daily's lock on a machine
+  # just booted), and its log's tail is shown when it fails.
+  "$HERE/stack.sh" packages prometheus prometheus-alertmanager 8>&- \
     || echo "test: could not install prometheus or prometheus-alertmanager (see .local/log/apt.log)" >&2
 fi
 was_up=$({ "$HERE/stack.sh" status 2>/dev/null || true; } | awk '$2 == "running" {print $1}' | tr '\n' ' ')
