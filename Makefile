@@ -19,12 +19,12 @@ help: ## list the targets
 
 ##@ Environment and local infrastructure
 
-.PHONY: venv constraints stack stack-stop stack-status stack-reset
-venv: ## create/refresh .venv (Python 3.11, pip install -e ".[dev]" -c deploy/constraints.txt when either changed)
+.PHONY: venv lock stack stack-stop stack-status stack-reset
+venv: ## create/refresh .venv (Python 3.11): deploy/requirements.lock hash-checked, then -e . (when either changed)
 	@deploy/local/python.sh
 
-constraints: ## renew deploy/constraints.txt after a dependency of pyproject.toml changed (then make venv and the suite)
-	@deploy/local/python.sh --renew-constraints
+lock: ## renew deploy/requirements*.lock (versions and hashes) after a dependency of pyproject.toml changed (then make venv and the suite)
+	@deploy/local/python.sh --renew-lock
 
 stack: ## install if needed and start Kafka :19092, PostgreSQL :15432, Redis :16379
 	@$(STACK) start all

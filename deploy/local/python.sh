@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Create or refresh the project's virtualenv (.venv, Python 3.11) with the package installed
-# editable plus its dev extras, at the versions deploy/constraints.txt pins. Idempotent and quiet:
-# it only runs pip when pyproject.toml or the constraints are newer than .venv/.installed-stamp
-# (or the venv is missing/broken).
+# Create or refresh the project's virtualenv (.venv, Python 3.11): every package deploy/requirements.lock
+# pins, each file checked against the lock's sha256 (pip --require-hashes), then the project itself,
+# editable. Idempotent and quiet: it only runs pip when pyproject.toml or the lock is newer than
+# .venv/.installed-stamp (or the venv is missing/broken).
 #   PYTHON=/path/to/python3.11 deploy/local/python.sh   to choose the interpreter.
-#   deploy/local/python.sh --renew-constraints           (make constraints) after a dependency of
+#   deploy/local/python.sh --renew-lock                  (make lock) after a dependency of
 #     pyproject.toml changed: resolve them afresh in a venv of their own, without the old pins,
-#     and write what was installed to deploy/constraints.txt (its header kept); then make venv.
+#     and write what was installed, with the index's hashes, to deploy/requirements.lock and
+#     deploy/requirements-runtime.lock (deploy/local/lock.py); then make venv.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
@@ -16,8 +17,8 @@ source "$HERE/common.sh"
 VENV="$YIDI_ROOT/.venv"
 STAMP="$VENV/.installed-stamp"
 PYPROJECT="$YIDI_ROOT/pyproject.toml"
-# The versions tested: pip constraints for every package of .venv (the file says how to renew it).
-CONSTRAINTS="$YIDI_ROOT/deploy/constraints.txt"
+# The versions tested, with their files' hashes: every package of .venv (the file says how to renew it).
+LOCK="$YIDI_ROOT/deploy/requirements.lock"
 WANT="3.11"   # pyproject.toml: requires-python = ">=3.11,<3.12"
 
 log() { printf 'python: %s\n' "$*" >&2; }
@@ -49,23 +50,22 @@ find_python() {
   return 1
 }
 
-if [[ ${1:-} == --renew-constraints ]]; then
+if [[ ${1:-} == --renew-lock ]]; then
   py=${PYTHON:-$(find_python)} || die "no Python $WANT found (set PYTHON=/path/to/python$WANT)"
   is_wanted "$py" || die "$py is not a Python $WANT interpreter"
   fresh=$(mktemp -d)
   trap 'rm -rf "$fresh"' EXIT
   "$py" -m venv "$fresh/venv"
   (cd "$YIDI_ROOT" && "$fresh/venv/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]') \
-    || die "pip install -e '.[dev]' (without the constraints) failed"
-  { grep '^#' "$CONSTRAINTS"; "$fresh/venv/bin/python" -m pip freeze --exclude-editable; } > "$fresh/constraints.txt"
-  mv "$fresh/constraints.txt" "$CONSTRAINTS"
-  log "wrote $(grep -vc '^#' "$CONSTRAINTS") pins to deploy/constraints.txt: review the diff, make venv, run the suite"
+    || die "pip install -e '.[dev]' (without the lock) failed"
+  "$fresh/venv/bin/python" "$HERE/lock.py" || die "writing the locks failed"
+  log "review the diff of deploy/requirements*.lock, make venv, run the suite"
   exit 0
 fi
 
 # Fast path, before any locking: venv works and the stamp is not older than pyproject.toml or the
-# constraints.
-if [[ -f $STAMP && ! $PYPROJECT -nt $STAMP && ! $CONSTRAINTS -nt $STAMP ]] && is_wanted "$VENV/bin/python"; then
+# lock.
+if [[ -f $STAMP && ! $PYPROJECT -nt $STAMP && ! $LOCK -nt $STAMP ]] && is_wanted "$VENV/bin/python"; then
   exit 0
 fi
 
@@ -92,12 +92,21 @@ if ! is_wanted "$VENV/bin/python"; then
   log "created .venv ($("$VENV/bin/python" -V 2>&1))"
 fi
 
-if [[ ! -f $STAMP || $PYPROJECT -nt $STAMP || $CONSTRAINTS -nt $STAMP ]]; then
-  # Editable install: the other pieces of the repo (libs/, services/) are used in place.
-  (cd "$YIDI_ROOT" && "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]' -c "$CONSTRAINTS") \
-    || die "pip install -e '.[dev]' -c deploy/constraints.txt failed"
+if [[ ! -f $STAMP || $PYPROJECT -nt $STAMP || $LOCK -nt $STAMP ]]; then
+  pip=("$VENV/bin/python" -m pip --disable-pip-version-check)
+  # The dependencies from the lock alone, each file checked against its hashes (a file from a
+  # tampered index or mirror, or a version the lock does not name, is refused), none resolved afresh.
+  (cd "$YIDI_ROOT" && "${pip[@]}" install -q --require-hashes --no-deps -r "$LOCK") \
+    || die "pip install --require-hashes -r deploy/requirements.lock failed"
+  # Then the project, editable (libs/ and services/ are used in place), built by the locked
+  # setuptools in .venv: pip does not check the hashes of an isolated build environment.
+  (cd "$YIDI_ROOT" && "${pip[@]}" install -q --no-deps --no-build-isolation -e .) \
+    || die "pip install --no-deps -e . failed"
+  # Nothing resolved the dependencies above: say so if the lock lacks one pyproject.toml needs.
+  check=$("${pip[@]}" check 2>&1) \
+    || { printf '%s\n' "$check" >&2; die "the packages of .venv do not satisfy one another: make lock (deploy/requirements.lock)"; }
   # The stamp carries the later of the two files' times: any later edit of either makes it "newer" again.
-  if [[ $CONSTRAINTS -nt $PYPROJECT ]]; then touch -r "$CONSTRAINTS" "$STAMP"; else touch -r "$PYPROJECT" "$STAMP"; fi
+  if [[ $LOCK -nt $PYPROJECT ]]; then touch -r "$LOCK" "$STAMP"; else touch -r "$PYPROJECT" "$STAMP"; fi
   d=$(( (${EPOCHREALTIME//[!0-9]/} - t0) / 100000 ))
-  log "installed -e '.[dev]' into .venv in $((d / 10)).$((d % 10))s"
+  log "installed deploy/requirements.lock and -e . into .venv in $((d / 10)).$((d % 10))s"
 fi
