@@ -20,16 +20,17 @@ from typing import Any
 
 from yidi.contracts import answers
 from yidi.contracts.envelope import ErrCode, ResponseEnvelope
-from yidi.contracts.internal import PricedWork, WorkKind
+from yidi.contracts.internal import PricedWork, RefusedDraw, WorkKind
 from yidi.domain.clearing import landing_period, owed
 from yidi.domain.codes import within
 from yidi.domain.money import ZERO, amount_texts
 from yidi.platform import metrics, progress
 from yidi.platform.kafka import Incoming, Outgoing
-from yidi.platform.replies import broken, parse_each, reply
+from yidi.platform.replies import broken, dead_letter, parse_each, reply
 from yidi.platform.settings import Settings
 
-from services.clearing.prepayment import account_of, alert_message, prepayment_alert, status_update
+from services.clearing.prepayment import (REFUSING, account_of, alert_message, prepayment_alert, refusing_alert,
+                                         status_update)
 from services.clearing.repository import (AMOUNT_COLUMNS, ClearingRepository, LedgerRow, NewEntry, WaitingUndo,
                                           batch_locks)
 
@@ -39,6 +40,7 @@ _SETTLED = metrics.LEDGER_ENTRIES.labels("settled")
 _DUPLICATE = metrics.LEDGER_ENTRIES.labels("duplicate")
 # A priced message that undoes a settlement (pricing writes the wire form: ``"kind":"cancel"``).
 _UNDOING = re.compile(rb'"kind"\s*:\s*"cancel"')
+_NOTICE = re.compile(rb'"kind"\s*:\s*"refused"')
 
 
 def _both(first: Callable[[], None] | None, second: Callable[[], None]) -> Callable[[], None]:
@@ -70,6 +72,10 @@ class ClearingHandler:
         it once clearing is fixed (or its dead letter is re-published); a new msgid for the visit is
         refused. A cancellation or reversal has been applied by pricing (the visit is free there), so
         the facility must not settle the visit again meanwhile: the ledger would hold both."""
+        if _NOTICE.search(record.value):
+            # A refusal notice: pricing answered its request. Dead-lettered only; the region is not
+            # warned of it (pricing's yidi_prepayment_refused_timestamp_seconds still names the account).
+            return [dead_letter(record, reason)]
         if _UNDOING.search(record.value):
             why = ("The platform could not record this cancellation; the settlement stands in the ledger until it "
                    "is. Send the same request again later, under the same msgid, and do not settle the visit again "
@@ -108,7 +114,18 @@ class ClearingHandler:
             entries: list[NewEntry] = []
             undone: dict[str, LedgerRow] = {}
             undo_new: list[tuple[str, str, str, dict[str, Any]]] = []
+            # Refusal notices (pricing answered them): the first of each account, to warn its region.
+            refused: dict[tuple[str, str], tuple[tuple[str, str], RefusedDraw]] = {}
             for record, (work, answer, amounts) in works:
+                if work.kind is WorkKind.REFUSED:
+                    notice = work.refused
+                    # A move of nothing, once per notice (the refused msgid and when it reached Kafka:
+                    # a resend refused again is another notice; the same record handled again is not):
+                    # the warning is kept with it, as with a draw, and goes out again on a replay.
+                    move = ("refused", f"{work.request.msgid}@{work.request_ts_ms}")
+                    moves.append((notice.insuplc_admdvs, notice.mdtrtarea_admvs, move[0], ZERO, move[1]))
+                    refused.setdefault((notice.insuplc_admdvs, notice.mdtrtarea_admvs), (move, notice))
+                    continue
                 # The latest month closed before this record was first entered (``Cleared``).
                 cleared_through = cleared.before(record.topic, record.partition, record.offset)
                 if amounts is not None:
@@ -167,7 +184,7 @@ class ClearingHandler:
                 undo_new.append((work.request.msgid, work.request_hash, row.setl_id, answer))
                 out.append(self._answer(work, answer, counted))
             # The new rows first (one of them may be undone in this batch), in the moves' statement.
-            out.extend(await self._prepayment(conn, moves, again, entries))
+            out.extend(await self._prepayment(conn, moves, again, entries, refused))
             await self.repo.write(conn, list(undone.values()), undo_new, waiting_new, waiting_done)
         return out
 
@@ -189,9 +206,12 @@ class ClearingHandler:
         return metrics.LEDGER_ENTRIES.labels(row.state).inc
 
     async def _prepayment(self, conn: Any, moves: list[tuple[str, str, str, Decimal, str]],
-                          again: list[tuple[str, str, str, str]], entries: list[NewEntry]) -> list[Outgoing]:
+                          again: list[tuple[str, str, str, str]], entries: list[NewEntry],
+                          refused: dict[tuple[str, str], tuple[tuple[str, str], RefusedDraw]]) -> list[Outgoing]:
         """Draw on (or give back to) each insured region's prepayment; warn once when it runs low, and
-        once more when it runs out.
+        once more when it runs out. Under the refuse policy, warn once when pricing refuses a bill on
+        it (``refused``: each account's first notice in the batch), until a top-up or a month's
+        clearing re-arms the warning.
 
         A balance that runs out does not stop settlement: as the national rule does, the
         shortfall is recorded (a negative balance) and clearing settles it (docs/clearing.md).
@@ -208,10 +228,18 @@ class ClearingHandler:
         for row in moved.accounts:
             pair = (row["insuplc_admdvs"], row["mdtrtarea_admvs"])
             account = account_of(row)
-            if pair in moved.changed and (level := account.alert_level()) > row["alert_level"]:
+            level = account.alert_level()
+            notice = refused.get(pair)
+            if notice is not None and notice[0] not in replayed:
+                level = max(level, REFUSING)
+            if pair in moved.changed and level > row["alert_level"]:
                 await self.repo.set_alert_level(conn, *pair, level)
-                alert = prepayment_alert(self.settings, row, account)
-                await self.repo.keep_alert(conn, last_move[pair], alert.value.decode())
+                if level == REFUSING:
+                    alert = refusing_alert(self.settings, row, account, notice[1])
+                    await self.repo.keep_alert(conn, notice[0], alert.value.decode())
+                else:
+                    alert = prepayment_alert(self.settings, row, account)
+                    await self.repo.keep_alert(conn, last_move[pair], alert.value.decode())
                 out.append(alert)
         return out
 
@@ -290,6 +318,8 @@ def _priced(raw: Any) -> tuple[PricedWork, dict[str, Any], dict[str, str] | None
     work = PricedWork.model_validate(raw)
     answer = raw["answer"]
     amounts = None
+    if work.kind is WorkKind.REFUSED and work.refused is None:
+        raise ValueError("a refusal notice without its account")
     if work.kind is WorkKind.SETTLE:
         if work.facts is None:
             raise ValueError("a settlement without its ledger facts")

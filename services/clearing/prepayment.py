@@ -9,6 +9,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from yidi.contracts.clearing import PrepaymentAlert, PrepaymentStatus
+from yidi.contracts.internal import RefusedDraw
 from yidi.domain.clearing import Prepayment
 from yidi.domain.codes import within
 from yidi.domain.money import fmt
@@ -59,11 +60,31 @@ def alert_message(settings: Settings, alert_json: str, levels: dict[tuple[str, s
     has re-armed since, or that a later one has outdated (low, now run out), is news no longer
     true: not published."""
     alert = PrepaymentAlert.model_validate_json(alert_json)
-    warned = 2 if alert.balance < 0 else 1
+    warned = REFUSING if alert.refused_draw is not None else 2 if alert.balance < 0 else 1
     if levels.get((alert.insuplc_admdvs, alert.mdtrtarea_admvs), 0) != warned:
         return None
     return Outgoing(settings.topic(CLEARING_ALERTS), dumps(alert),
                     key=f"{alert.insuplc_admdvs}-{alert.mdtrtarea_admvs}".encode())
+
+
+# An account's alert level beyond the balance's own (Prepayment.alert_level: 0 healthy, 1 low, 2 run
+# out): under YIDI_PREPAYMENT_POLICY=refuse, pricing refused a bill on it. Kept in alert_level until
+# a top-up or a month's clearing re-arms it (admin's _warning_after_move sets the balance's level).
+REFUSING = 3
+
+
+def refusing_alert(settings: Settings, row: Any, account: Prepayment, notice: RefusedDraw) -> Outgoing:
+    """The warning that an account refuses bills (pricing's notice of one it refused)."""
+    insured, treating = row["insuplc_admdvs"], row["mdtrtarea_admvs"]
+    message = (f"Prepayment of {insured} for {treating} is refusing bills: a bill drawing {fmt(notice.draw)} was "
+               f"refused with {fmt(notice.left)} left; the balance is {fmt(account.balance)}. Patients whose bills "
+               "draw more than what is left pay in full and claim at home until the insured region tops up.")
+    alert = PrepaymentAlert(
+        insuplc_admdvs=insured, mdtrtarea_admvs=treating, balance=account.balance, funded=account.funded,
+        warn_share=account.warn_share, shortfall=account.shortfall, message=message,
+        refused_draw=notice.draw, refused_left=notice.left,
+    )
+    return Outgoing(settings.topic(CLEARING_ALERTS), dumps(alert), key=f"{insured}-{treating}".encode())
 
 
 def prepayment_alert(settings: Settings, row: Any, account: Prepayment) -> Outgoing:

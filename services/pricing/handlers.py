@@ -22,8 +22,8 @@ import orjson
 
 from yidi.contracts import answers
 from yidi.contracts.common import code_text, wire_time
-from yidi.contracts.envelope import ErrCode, Infno, ResponseEnvelope
-from yidi.contracts.internal import EligibleWork, PricedWork, WorkKind
+from yidi.contracts.envelope import ErrCode, Infno, RequestRef, ResponseEnvelope
+from yidi.contracts.internal import EligibleWork, PricedWork, RefusedDraw, WorkKind
 from yidi.contracts.settlement import BillFields, CancelInput, ReversalInput, bill_fields, care_day
 from yidi.domain.catalogue import Catalogue, CatalogueItem
 from yidi.domain.codes import PersonType, region_chain, within
@@ -215,10 +215,26 @@ class RefusingAccounts:
     the balance gauges nor clearing's alerts name it (a review, session 46). A series goes after
     ``keep_seconds`` without a refusal; at most ``cap`` accounts (a gateway cannot add series)."""
 
-    def __init__(self, cap: int, keep_seconds: float = 3600.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, cap: int, keep_seconds: float = 3600.0, clock: Callable[[], float] = time.time,
+                 notice_every: float = 60.0) -> None:
         self.cap, self.keep_seconds, self.clock = cap, keep_seconds, clock
         self.last: dict[tuple[str, str], float] = {}
         self._swept = 0.0
+        self.notice_every = notice_every
+        self.noticed: dict[tuple[str, str], float] = {}
+
+    def notice_due(self, pair: tuple[str, str]) -> bool:
+        """Whether clearing is to be told of this refusal: the account's first on this instance, or
+        its first for ``notice_every`` seconds. Clearing warns the region once until a top-up; these
+        notices bound what it records (an account that refuses a bill a second is told of once a
+        minute), and one a batch lost by an abort is sent again with a refusal a minute later."""
+        now = self.clock()
+        if now - self.noticed.get(pair, -self.notice_every) < self.notice_every:
+            return False
+        if pair not in self.noticed and len(self.noticed) >= self.cap:
+            self.noticed.pop(next(iter(self.noticed)))  # the oldest noticed: told again, if at all, once more
+        self.noticed[pair] = now
+        return True
 
     def refused(self, pair: tuple[str, str]) -> None:
         if pair not in self.last and len(self.last) >= self.cap:
@@ -266,11 +282,12 @@ class PricingHandler:
                 try:
                     stored = len(batch.new_requests)
                     outs = self._one(work, batch)
-                    if (len(batch.new_requests) == stored and work.refusal is None and len(outs) == 1
-                            and outs[0].answered is not None):
+                    if len(batch.new_requests) == stored and work.refusal is None and outs[0].answered is not None:
                         # A settlement's, cancellation's or reversal's refusal always; a quote (2206,
                         # 2303) only with a batch that stores a request: one that stores none wrote
                         # nothing its second attempt would read, and a quote decided again settles nothing.
+                        # (A refusal for the prepayment may carry its notice to clearing after it: answered
+                        # as then, it sends none again; a later refusal of the account does.)
                         batch.new_decided.append((*place, work.request.msgid, work.request_hash,
                                                   outs[0].value.decode(), work.request.infno.changes_state))
                     out.extend(outs)
@@ -334,6 +351,17 @@ class PricingHandler:
 
     def _refuse(self, work: EligibleWork, code: ErrCode, message: str) -> list[Outgoing]:
         return [self._reply(work, answers.refusal(work.request, code, message))]
+
+    @staticmethod
+    def _refusal_notice(work: EligibleWork, refusal: ResponseEnvelope, pair: tuple[str, str], draw: Decimal,
+                        left: Decimal) -> bytes:
+        """settlement.priced's notice of a bill refused PREPAYMENT_EXHAUSTED (answered here)."""
+        notice = PricedWork(
+            kind=WorkKind.REFUSED, request=RequestRef.model_validate(work.request.ref_wire()),
+            request_hash=work.request_hash, request_ts_ms=work.request_ts_ms, answer=refusal,
+            refused=RefusedDraw(insuplc_admdvs=pair[0], mdtrtarea_admvs=pair[1], draw=draw, left=left),
+        )
+        return orjson.dumps(notice.model_dump(mode="json"))
 
     def _pass_on(self, value: bytes, psn_no: str) -> Outgoing:
         return Outgoing(topic=self.settings.topic(SETTLEMENT_PRICED), value=value, key=psn_no.encode())
@@ -446,7 +474,7 @@ class PricingHandler:
                 "fund_pay_sumamt": info["fund_pay_sumamt"], "acct_pay": info["acct_pay"],
                 "psn_cash_pay": info["psn_cash_pay"],
             },
-            "target_setl_id": "",
+            "target_setl_id": "", "refused": None,
         }
         value = orjson.dumps(priced)
         # A pre-settlement's setl_id is empty in its answer and its facts: measured with the
@@ -471,12 +499,18 @@ class PricingHandler:
                 # A pre-settlement too: it quoted what the funds pay, and its settlement was refused
                 # (a review, session 46). A bill that pre-settles also settles.
                 self.refusing.refused(pair)
-                return self._refuse(
-                    work, ErrCode.PREPAYMENT_EXHAUSTED,
+                refusal = answers.refusal(
+                    request, ErrCode.PREPAYMENT_EXHAUSTED,
                     f"The prepayment of insured region {region} for this region is exhausted (left {left}); "
                     f"nothing was {'settled' if settle else 'quoted'}. The patient pays now and claims at home, or "
                     "settles again once topped up.",
                 )
+                sent = [self._reply(work, refusal)]
+                if self.refusing.notice_due(pair):
+                    # Clearing, which never sees the refused bill, warns the insured region (an
+                    # account may hold more than its warning line and refuse a bill larger than it).
+                    sent.append(self._pass_on(self._refusal_notice(work, refusal, pair, draw, left), body.psn_no))
+                return sent
         if not settle:
             return [self._reply(work, answer)]  # pre-settlement: the same numbers, nothing committed
         # The counters this settlement moves, keyed "year|counter" (account draws: by balance version).
@@ -558,7 +592,7 @@ class PricingHandler:
         priced = {
             "kind": WorkKind.CANCEL.value, "request": request.ref_wire(), "request_hash": work.request_hash,
             "request_ts_ms": work.request_ts_ms, "answer": answers.answer_wire(request.msgid, request.infno.value, output),
-            "facts": None, "target_setl_id": target.setl_id,
+            "facts": None, "target_setl_id": target.setl_id, "refused": None,
         }
         value = orjson.dumps(priced)
         self._remember(batch, work, target.setl_id, priced, value)

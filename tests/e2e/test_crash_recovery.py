@@ -80,6 +80,19 @@ async def test_a_request_sent_while_clearing_is_killed_is_answered_once_it_is_ba
     assert len(await system.ledger(request["msgid"])) == 1
 
 
+async def _refusal_alerts(settings, pair: tuple[str, str], wait: float = 30.0) -> list[dict]:
+    """The alerts on clearing.alerts that ``pair``'s prepayment refuses bills, once there is one."""
+    from tests.e2e.test_clearing import _read
+
+    deadline = time.monotonic() + wait
+    while True:
+        found = [a for a in await _read(settings, "clearing.alerts")
+                 if (a["insuplc_admdvs"], a["mdtrtarea_admvs"]) == pair and a.get("refused_draw") is not None]
+        if found or time.monotonic() > deadline:
+            return found
+        await asyncio.sleep(0.5)
+
+
 async def test_under_the_refuse_policy_an_exhausted_prepayment_refuses_and_settles_nothing(system, gateway, clearing):
     from tests.e2e.test_clearing import fund
     from yidi.platform.topics import PREPAYMENT_STATUS
@@ -106,9 +119,16 @@ async def test_under_the_refuse_policy_an_exhausted_prepayment_refuses_and_settl
         assert first["infcode"] == 0
         assert refused["err_code"] == "PREPAYMENT_EXHAUSTED" and "exhausted" in refused["err_msg"]
         assert refused_quote["err_code"] == "PREPAYMENT_EXHAUSTED" and "nothing was quoted" in refused_quote["err_msg"]
-        # 80.00 left is above the account's warning line (40.00): only pricing's gauge names it.
+        # 80.00 left is above the account's warning line (40.00): no balance alert names it. Pricing's
+        # gauge does, and clearing, told by pricing, warns the insured region (once: the refused quote
+        # and the refusals below are within the minute, and the region is warned already).
         assert system.metric("pricing", "yidi_prepayment_refused_timestamp_seconds", insured=world.insured,
                              treating=second["mdtrtarea_admvs"]) > time.time() - 120
+        warned = await _refusal_alerts(system.settings, (world.insured, second["mdtrtarea_admvs"]))
+        assert [(a["refused_draw"], a["balance"]) for a in warned] == [("280.00", "80.00")]
+        # What was left as pricing saw it: its mirror of the balance may not have the first draw yet
+        # (clearing's status after it still on its way), as the refusal's own answer said.
+        assert warned[0]["refused_left"] in ("80.00", "200.00") and warned[0]["refused_left"] in refused["err_msg"]
         assert await system.ledger(second["msgid"]) == []
         # The draw is the fund and account payments: a class C bill the account would pay 100 of
         # draws 100 > 80 left; paid in cash, it draws nothing and settles.
@@ -132,6 +152,7 @@ async def test_under_the_refuse_policy_an_exhausted_prepayment_refuses_and_settl
         assert settled["infcode"] == 0, settled
         assert Decimal(settled["output"]["setlinfo"]["fund_pay_sumamt"]) > Decimal("80.00")  # more than is left
         assert len(await system.ledger(at_home["msgid"])) == 1
+        assert len(await _refusal_alerts(system.settings, (world.insured, second["mdtrtarea_admvs"]))) == 1
     finally:
         system.kill("pricing")
         system.start("pricing")

@@ -102,8 +102,10 @@ async def test_a_settlement_refused_for_the_prepayment_is_refused_again_not_sett
     batch = [bill(refusing, REFUSING, code, next(PLACES), psn_no=unique("P")) for _ in range(2)]
     first = outcomes(refusing, await PricingHandler(refusing, repo)(batch))
     again = outcomes(refusing, await PricingHandler(refusing, repo)(batch))  # a new owner of the partition
-    assert first == ["settle 800.00", "PREPAYMENT_EXHAUSTED"]
-    assert again == first  # was: the second settled, 1,600.00 drawn on 1,000.00
+    assert first == ["settle 800.00", "PREPAYMENT_EXHAUSTED", "refused "]  # and clearing told of it
+    # Was: the second settled, 1,600.00 drawn on 1,000.00. Answered as decided, without a notice
+    # again: the account's next refusal on this instance tells clearing.
+    assert again == first[:2]
 
 
 async def test_a_settlement_refused_as_already_settled_is_refused_again_after_the_cancellation_behind_it(settings, repo):

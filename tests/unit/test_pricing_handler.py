@@ -14,7 +14,7 @@ from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from services.pricing.handlers import Batch, PricingHandler, fund_prefix, fund_usage
-from tests.unit.factories import MedType, PersonType, item, policy, rule
+from tests.unit.factories import WE1_PSN_NO, MedType, PersonType, item, policy, rule
 from yidi.contracts.envelope import Infno, RequestEnvelope
 from yidi.contracts.internal import EligibleWork, PersonSnapshot
 from yidi.domain.codes import FilingCategory, FundType
@@ -211,9 +211,9 @@ def test_r3_under_refuse_a_pre_settlement_the_prepayment_cannot_cover_is_refused
                       prepayments={pair: D(left)})
         work = stay_request("H11010500001", msgid, "100")
         work = work.model_copy(update={"request": work.request.model_copy(update={"infno": Infno(infno)})})
-        (out,) = handler._one(work, batch)
+        out, *notices = handler._one(work, batch)
         value = orjson.loads(out.value)
-        return value.get("answer", value) | {"left": str(batch.prepayments[pair])}
+        return value.get("answer", value) | {"left": str(batch.prepayments[pair]), "notices": notices}
 
     refused = answer("80.00", "MP1", "2303")
     assert refused["err_code"] == "PREPAYMENT_EXHAUSTED" and "nothing was quoted" in refused["err_msg"], refused
@@ -223,6 +223,48 @@ def test_r3_under_refuse_a_pre_settlement_the_prepayment_cannot_cover_is_refused
     assert quoted["left"] == "900.00"  # nothing drawn
     # The account it refused on is named (80.00 left is above any alert line: no balance gauge would).
     assert handler.refusing.last.keys() == {pair}
+    assert len(refused["notices"]) == 1  # clearing is told, to warn the region (its own test, below)
+
+
+def test_under_refuse_clearing_is_told_of_a_refusal_once_a_minute_an_account():
+    # Clearing never sees a refused bill, so it sent the insured region no PrepaymentAlert for an
+    # account that refused bills while above its warning line (a review, session 46): pricing passes
+    # on a notice (settlement.priced, kind "refused"), the account's first on this instance and then
+    # at most one a minute, so a busy account's refusals do not each become a record.
+    from services.pricing.handlers import RefusingAccounts
+    from yidi.contracts.internal import PricedWork, WorkKind
+
+    pol = policy(rule(MedType.INPATIENT, "0", "0.80", person_types=frozenset({PersonType.RETIRED})))
+    handler = PricingHandler(Settings(namespace="t.", prepayment_policy="refuse"), repo=None)  # type: ignore[arg-type]
+    now = [1_000_000.0]
+    handler.refusing = RefusingAccounts(cap=10, clock=lambda: now[0])
+    pair = ("131000", "110000")
+
+    def refuse(msgid: str) -> list:
+        batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage={},
+                      prepayments={pair: D("80.00")})
+        out = handler._one(stay_request("H11010500001", msgid, "100"), batch)
+        assert orjson.loads(out[0].value)["err_code"] == "PREPAYMENT_EXHAUSTED"
+        return out[1:]
+
+    (notice,) = refuse("MN1")
+    assert notice.topic == "t.settlement.priced" and not notice.answered
+    assert notice.key == WE1_PSN_NO.encode()  # the person's partition, as its settlement's would be
+    work = PricedWork.model_validate_json(notice.value)
+    assert work.kind is WorkKind.REFUSED and work.request.msgid == "H11010500001MN1" and work.facts is None
+    assert (work.refused.insuplc_admdvs, work.refused.mdtrtarea_admvs) == pair
+    assert (str(work.refused.draw), str(work.refused.left)) == ("800.00", "80.00")
+    assert work.answer.err_code == "PREPAYMENT_EXHAUSTED"  # the answer pricing sent, for the record
+    now[0] += 59
+    assert refuse("MN2") == []  # within the minute
+    now[0] += 1
+    assert len(refuse("MN3")) == 1  # a minute on
+    # Each account has its own minute; past the cap the oldest is forgotten (told again, if at all).
+    other, third = ("131000", "120000"), ("131000", "130100")
+    assert handler.refusing.notice_due(other) and not handler.refusing.notice_due(other)
+    capped = RefusingAccounts(cap=2, clock=lambda: now[0])
+    assert capped.notice_due(pair) and capped.notice_due(other) and capped.notice_due(third)
+    assert capped.noticed.keys() == {other, third} and capped.notice_due(pair)
 
 
 def test_the_accounts_refused_on_are_named_for_an_hour_at_most_so_many():

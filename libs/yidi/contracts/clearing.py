@@ -155,6 +155,10 @@ class Statement(WireModel):
 
 
 class PrepaymentAlert(WireModel):
+    """An insured region's prepayment for a treating region: low (below ``warn_share`` of what was
+    advanced), run out (a shortfall), or, under the refuse policy, refusing bills (``refused_draw``
+    given)."""
+
     insuplc_admdvs: str
     mdtrtarea_admvs: str
     balance: TotalAmount
@@ -162,6 +166,11 @@ class PrepaymentAlert(WireModel):
     warn_share: Ratio
     shortfall: TotalAmount
     message: str
+    refused_draw: TotalAmount | None = Field(
+        None, description="under YIDI_PREPAYMENT_POLICY=refuse: what a bill the account refused would have drawn "
+                          "(fund_pay_sumamt + acct_pay); absent for a low or run-out account")
+    refused_left: TotalAmount | None = Field(
+        None, description="what was left, as pricing saw it, when it refused that bill")
 
 
 class PrepaymentStatus(WireModel):

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from yidi.contracts.common import LATEST_TIMESTAMP_MS, Amount, WireModel
+from yidi.contracts.common import LATEST_TIMESTAMP_MS, Amount, TotalAmount, WireModel
 from yidi.contracts.envelope import ErrCode, RequestEnvelope, RequestRef, ResponseEnvelope
 from yidi.domain.codes import FilingCategory
 from yidi.domain.money import ZERO
@@ -52,6 +52,9 @@ class EligibleWork(WireModel):
 class WorkKind(StrEnum):
     SETTLE = "settle"
     CANCEL = "cancel"
+    # A notice: pricing refused a bill its insured region's prepayment could not cover (under
+    # YIDI_PREPAYMENT_POLICY=refuse), and answered it; clearing warns the region (PrepaymentAlert).
+    REFUSED = "refused"
 
 
 class LedgerFacts(WireModel):
@@ -70,6 +73,16 @@ class LedgerFacts(WireModel):
     psn_cash_pay: Amount
 
 
+class RefusedDraw(WireModel):
+    """A bill pricing refused PREPAYMENT_EXHAUSTED: the account, what the bill would have drawn and
+    what pricing's mirror of the balance held then."""
+
+    insuplc_admdvs: str
+    mdtrtarea_admvs: str
+    draw: TotalAmount
+    left: TotalAmount
+
+
 class PricedWork(WireModel):
     """pricing → clearing: a settlement to record, or a cancellation to apply, with its answer.
 
@@ -85,3 +98,5 @@ class PricedWork(WireModel):
     facts: LedgerFacts | None = None
     # For a cancellation or reversal: the settlement being undone.
     target_setl_id: str = ""
+    # For a refusal notice (kind "refused"; its answer was sent by pricing): the account refusing.
+    refused: RefusedDraw | None = None

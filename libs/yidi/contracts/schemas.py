@@ -339,7 +339,9 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         writers=("pricing",),
         readers=(CLEARING_PRICED,),
         notes="Settlements (2207/2304) with their answer and ledger facts; cancellations (2208/2305) and "
-              "reversals (2601) with their answer and the `setl_id` they undo.",
+              "reversals (2601) with their answer and the `setl_id` they undo; under `YIDI_PREPAYMENT_POLICY=refuse`, "
+              "notices of bills pricing refused `PREPAYMENT_EXHAUSTED` (kind `refused`, answered by pricing; at most "
+              "one a minute an account from each instance), from which clearing warns the insured region.",
     ),
     T.SETTLEMENT_RESULTS: TopicContract(
         messages=("SettlementAnswer", "Answer"),
@@ -641,7 +643,7 @@ MESSAGES: dict[str, Message] = {
     "Reconcile": Message("Reconciliation (type reconcile)", "a facility's 3201/3202 request, passed on by eligibility", _plain("Reconcile"), "msgid", ("Reconcile",)),
     "ClearingResult": Message("Clearing result", "the answer to one clearing request, by reqid", _plain("ClearingResult"), "reqid", ("ClearingResult",)),
     "Statement": Message("Clearing statement", "what an insured region owes a treating region for one month", _plain("Statement"), "<insuplc_admdvs>-<mdtrtarea_admvs>", ("Statement",)),
-    "PrepaymentAlert": Message("Prepayment alert", "a prepayment account is low or exhausted", _plain("PrepaymentAlert"), "<insuplc_admdvs>-<mdtrtarea_admvs>", ("PrepaymentAlert",)),
+    "PrepaymentAlert": Message("Prepayment alert", "a prepayment account is low or exhausted, or (under the refuse policy) refuses bills", _plain("PrepaymentAlert"), "<insuplc_admdvs>-<mdtrtarea_admvs>", ("PrepaymentAlert",)),
     "PeriodClosed": Message("Month closed", "a month closed by its run, and where the settlements stood then", _plain("PeriodClosed"), "<setlym>", ("PeriodClosed",)),
     "PrepaymentStatus": Message("Prepayment status", "an account's balance after a change", _plain("PrepaymentStatus"), "<insuplc_admdvs>-<mdtrtarea_admvs>", ("PrepaymentStatus",)),
 }

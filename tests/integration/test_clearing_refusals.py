@@ -1,0 +1,115 @@
+"""Under YIDI_PREPAYMENT_POLICY=refuse, clearing warns an insured region whose prepayment refuses
+bills, on the real Postgres.
+
+Pricing refuses a bill larger than what is left and answers it; clearing never saw such a bill,
+so an account that refused bills while above its warning line (a small account, a large inpatient
+bill) raised no PrepaymentAlert (a review, session 46). Pricing now passes on a notice
+(settlement.priced, kind "refused"), and clearing warns the region once, until a top-up re-arms it.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from decimal import Decimal
+
+import orjson
+import pytest
+
+from services.clearing.admin import ClearingAdminHandler
+from services.clearing.handlers import ClearingHandler
+from services.clearing.repository import ClearingRepository
+from tests.integration.priced import priced, published
+from yidi.platform.kafka import Incoming
+from yidi.platform.topics import CLEARING_ALERTS, PREPAYMENT_STATUS
+
+pytestmark = pytest.mark.integration
+
+
+def notice(settings, msgid: str, pair: tuple[str, str], draw: str, left: str, ts_ms: int = 1_000) -> Incoming:
+    """Pricing's notice of a bill it refused PREPAYMENT_EXHAUSTED (as services/pricing writes it)."""
+    insured, treating = pair
+    request = {"infno": "2304", "msgid": msgid, "mdtrtarea_admvs": treating, "insuplc_admdvs": insured,
+               "inf_time": "2099-11-05 10:00:00", "fixmedins_code": "H11010500001", "reply_to": "settlement.results"}
+    answer = {"infcode": -1, "inf_refmsgid": "YD1", "refmsg_time": "1", "respond_time": "1", "msgid": msgid,
+              "infno": "2304", "err_code": "PREPAYMENT_EXHAUSTED", "err_msg": "exhausted", "output": {}}
+    message = {"kind": "refused", "request": request, "request_hash": "h-" + msgid, "request_ts_ms": ts_ms,
+               "answer": answer, "facts": None, "target_setl_id": "",
+               "refused": {"insuplc_admdvs": insured, "mdtrtarea_admvs": treating, "draw": draw, "left": left}}
+    return Incoming(settings.topic("settlement.priced"), 0, 1, b"P-" + msgid.encode(), orjson.dumps(message), 0)
+
+
+async def fund(settings, repo: ClearingRepository, pair: tuple[str, str], amount: str) -> list[dict]:
+    """A top-up through clearing's admin stage; what it published on clearing.alerts."""
+    body = {"type": "fund", "reqid": f"R-{uuid.uuid4().hex}", "insuplc_admdvs": pair[0], "mdtrtarea_admvs": pair[1],
+            "amount": amount}
+    request = Incoming(settings.topic("clearing.requests"), 0, 1, body["reqid"].encode(), orjson.dumps(body), 0)
+    out = await ClearingAdminHandler(settings, repo)([request])
+    assert any(orjson.loads(o.value).get("ok") for o in out if o.topic == settings.topic("clearing.results")), out
+    return published(settings, out, CLEARING_ALERTS)
+
+
+async def account(repo: ClearingRepository, pair: tuple[str, str]):
+    async with repo.transaction() as conn:
+        return await conn.fetchrow("SELECT * FROM clearing.prepayment_accounts "
+                                   "WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2", *pair)
+
+
+async def test_a_refused_bill_warns_the_insured_region_once_until_a_top_up(settings, clearing_repo):
+    repo = clearing_repo
+    pair = (f"95{random.randrange(10_000):04d}", f"94{random.randrange(10_000):04d}")
+    tag = random.randrange(10**9)
+    await fund(settings, repo, pair, "1000.00")  # warning line: 200.00 (20 %)
+    handler = ClearingHandler(settings, repo)
+
+    first = notice(settings, f"M-R1-{tag}", pair, "1500.00", "1000.00")
+    out = await handler([first])
+    assert not [o for o in out if o.answered], "pricing answered the refused bill: clearing answers nothing"
+    (alert,) = published(settings, out, CLEARING_ALERTS)
+    assert (alert["refused_draw"], alert["refused_left"], alert["balance"], alert["funded"]) == (
+        "1500.00", "1000.00", "1000.00", "1000.00")
+    assert "refusing bills" in alert["message"] and "tops up" in alert["message"]
+    (status,) = published(settings, out, PREPAYMENT_STATUS)  # the balance unchanged, its version on
+    before = await account(repo, pair)
+    assert status["balance"] == "1000.00" and status["version"] == before["moves"] == 2
+    assert before["alert_level"] == 3 and before["drawn"] == Decimal("0")
+
+    # The same record handled again (its Kafka transaction lost): the warning goes out again, and
+    # nothing is recorded twice.
+    again = await handler([first])
+    assert [a["refused_draw"] for a in published(settings, again, CLEARING_ALERTS)] == ["1500.00"]
+    assert (await account(repo, pair))["moves"] == before["moves"]
+
+    # Another refusal of the account: the region knows already. Nor does a draw that takes the
+    # account below its line warn again: it is told it refuses bills.
+    assert published(settings, await handler([notice(settings, f"M-R2-{tag}", pair, "1200.00", "1000.00")]),
+                     CLEARING_ALERTS) == []
+    low = await handler([priced(settings, "settle", f"M-S-{tag}", f"S-{tag}", pair, "900.00")])
+    assert [o for o in low if o.answered] and published(settings, low, CLEARING_ALERTS) == []
+
+    # A top-up re-arms it: the next refusal warns again.
+    assert await fund(settings, repo, pair, "100.00") == []  # 200.00 left, below its line (220.00): known
+    assert (await account(repo, pair))["alert_level"] == 1
+    (rearmed,) = published(settings, await handler([notice(settings, f"M-R3-{tag}", pair, "1200.00", "200.00")]),
+                           CLEARING_ALERTS)
+    assert (rearmed["refused_draw"], rearmed["balance"]) == ("1200.00", "200.00")
+
+
+async def test_a_refusal_resent_is_another_notice_and_one_clearing_cannot_record_is_only_dead_lettered(
+        settings, clearing_repo):
+    repo = clearing_repo
+    pair = (f"95{random.randrange(10_000):04d}", f"94{random.randrange(10_000):04d}")
+    tag = random.randrange(10**9)
+    handler = ClearingHandler(settings, repo)
+    # An account never funded (pricing counts it as 0 left): the notice opens it, and warns.
+    (alert,) = published(settings, await handler([notice(settings, f"M-N-{tag}", pair, "80.00", "0.00", ts_ms=1)]),
+                         CLEARING_ALERTS)
+    assert (alert["funded"], alert["balance"]) == ("0.00", "0.00")
+    # The same msgid refused again later (a resend): another notice, not a replay of the first.
+    resent = await handler([notice(settings, f"M-N-{tag}", pair, "80.00", "0.00", ts_ms=2)])
+    assert published(settings, resent, CLEARING_ALERTS) == []  # still warned
+    assert (await account(repo, pair))["moves"] == 2
+
+    # A notice the stage cannot record is dead-lettered without an answer: pricing answered it.
+    out = handler.refuse(notice(settings, f"M-X-{tag}", pair, "80.00", "0.00"), "Postgres refused a value")
+    assert [o.topic for o in out] == [settings.topic("settlement.priced.dlq")]
