@@ -47,9 +47,9 @@ from yidi.platform.jsonwire import dumps, loads, request_hash
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import answer_fallback, broken, parse_each, recover_word, refuse_by_reqid, reply
 from yidi.platform.settings import Settings
-from yidi.platform.topics import CLEARING_PERIODS, CLEARING_STATEMENTS, PREPAYMENT_STATUS
+from yidi.platform.topics import CLEARING_ALERTS, CLEARING_PERIODS, CLEARING_STATEMENTS, PREPAYMENT_STATUS
 
-from services.clearing.prepayment import account_of, account_view, prepayment_alert, status_update
+from services.clearing.prepayment import account_of, account_view, alert_message, prepayment_alert, status_update
 from services.clearing.repository import SETTLEMENT_GROUP, ClearingRepository
 
 AMOUNTS = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")
@@ -191,14 +191,18 @@ class ClearingAdminHandler:
         """What a stored request published, with each account's status as the account is now: as
         stored, a resend (or a batch handled again) put an old balance and version back on the
         compacted status topic, where it could be the last record of its key a mirror rebuilt from
-        the topic reads (a review, session 37)."""
-        topic = self.settings.topic(PREPAYMENT_STATUS)
-        pairs = sorted({_status_pair(e) for e in emitted if e["topic"] == topic})
+        the topic reads (a review, session 37). A warning it gave goes out again only while the
+        account is still at the level it warned of, as the settlement stage's kept warnings do: a
+        resend after a top-up told the region again that its account was low (left by session 46)."""
+        topic, alerts = self.settings.topic(PREPAYMENT_STATUS), self.settings.topic(CLEARING_ALERTS)
+        pairs = sorted({_status_pair(e) for e in emitted if e["topic"] in (topic, alerts)})
         if not pairs:
             return emitted
         now = {(r["insuplc_admdvs"], r["mdtrtarea_admvs"]): r for r in await self.repo.accounts(conn, pairs)}
-        return [_status(self.settings, now[_status_pair(e)])
-                if e["topic"] == topic and _status_pair(e) in now else e for e in emitted]
+        levels = {pair: row["alert_level"] for pair, row in now.items()}
+        return [_status(self.settings, now[_status_pair(e)]) if e["topic"] == topic and _status_pair(e) in now else e
+                for e in emitted
+                if e["topic"] != alerts or alert_message(self.settings, e["value"], levels) is not None]
 
     async def _apply(self, conn: asyncpg.Connection, record: Incoming, request: Any,
                      refused: dict[str, str]) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:

@@ -187,3 +187,33 @@ async def test_a_month_run_answered_before_a_restore_is_judged_on_the_day_it_was
     assert not result["ok"] and f"month {month} has not ended" in result["reason"]
     async with clearing_repo.transaction() as conn:
         assert await conn.fetchval("SELECT count(*) FROM clearing.periods WHERE setlym = $1", month) == 0
+
+
+async def test_a_funding_sent_again_warns_again_only_while_the_warning_is_still_true(settings, handler, clearing_repo):
+    # A fund request that left its account low (its new warn_share above the balance) published a
+    # warning; the same request sent again published it again, though the account had since been
+    # topped up: the region was told its account was low when it was not (left by session 46).
+    from decimal import Decimal
+
+    from services.clearing.handlers import ClearingHandler
+    from tests.integration.priced import priced
+
+    pair = _pair()
+    insured_treating = (pair["insuplc_admdvs"], pair["mdtrtarea_admvs"])
+    await _call(settings, handler, {"type": "fund", "amount": "100.00", **pair})
+    tag = uuid.uuid4().hex[:12]
+    await ClearingHandler(settings, clearing_repo)(
+        [priced(settings, "settle", f"M-{tag}", f"S-{tag}", insured_treating, "50.00")])  # 50 left: healthy at 20 %
+    low = {"type": "fund", "reqid": f"R-{uuid.uuid4().hex}", "amount": "10.00", "warn_share": "0.90", **pair}
+
+    def warnings(out: list[tuple[str, dict]]) -> list[str]:
+        return [m["balance"] for t, m in out if t == settings.topic("clearing.alerts")]
+
+    assert warnings(await _call(settings, handler, low)) == ["60.00"]  # below 90 % of 110
+    assert warnings(await _call(settings, handler, low)) == ["60.00"]  # sent again: still true, so again
+    assert warnings(await _call(settings, handler, {"type": "fund", "amount": "1000.00", **pair})) == []
+    again = await _call(settings, handler, low)
+    assert warnings(again) == []  # topped up since: news no longer true
+    assert [m["ok"] for t, m in again if "reqid" in m] == [True]  # the stored result still answered
+    statuses = [m for t, m in again if t == settings.topic("clearing.prepayment-status")]
+    assert [Decimal(s["balance"]) for s in statuses] == [Decimal("1060.00")]  # the balance now, as before
