@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+import time
 import tomllib
 import urllib.request
 from html.parser import HTMLParser
@@ -70,12 +71,25 @@ def file_version(filename: str) -> Version | None:
     return None
 
 
+def index_page(url: str, tries: int = 3) -> str:
+    """The index's page at ``url``, tried ``tries`` times 5 s apart (a mirror may fail once)."""
+    request = urllib.request.Request(url, headers={"Accept": "text/html"})
+    for attempt in range(1, tries + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (the index's https URL)
+                return response.read().decode()
+        except OSError as exc:
+            if attempt == tries:
+                sys.exit(f"lock: could not read {url} ({exc}); nothing was written")
+            print(f"lock: {url}: {exc}; trying again in 5 s", file=sys.stderr)
+            time.sleep(5)
+    raise AssertionError("unreachable")
+
+
 def index_hashes(name: str, version: str) -> list[str]:
     """The sha256 of every file the index lists for ``name`` at ``version``."""
     url = urljoin(INDEX, canonicalize_name(name) + "/")
-    request = urllib.request.Request(url, headers={"Accept": "text/html"})
-    with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 (the index's https URL)
-        page = response.read().decode()
+    page = index_page(url)
     links = _Links()
     links.feed(page)
     wanted = Version(version)
@@ -132,13 +146,19 @@ def build_backend() -> tuple[str, str]:
     return requirement.name, spec.version
 
 
-def render(what: str, where: str, pins: dict[str, tuple[str, str]]) -> str:
+def render(what: str, where: str, pins: dict[str, tuple[str, str]], hashes: dict[str, list[str]]) -> str:
     lines = [HEADER.format(what=what, where=where)]
     for key in sorted(pins):
         name, version = pins[key]
-        hashes = index_hashes(name, version)
-        lines.append(f"{name}=={version} \\\n" + " \\\n".join(f"    --hash=sha256:{h}" for h in hashes) + "\n")
+        lines.append(f"{name}=={version} \\\n" + " \\\n".join(f"    --hash=sha256:{h}" for h in hashes[key]) + "\n")
     return "".join(lines)
+
+
+def write(path: Path, text: str) -> None:
+    """Replace ``path`` whole (a reader never sees half a lock)."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(text)
+    part.replace(path)
 
 
 def main() -> None:
@@ -148,20 +168,14 @@ def main() -> None:
     everything[canonicalize_name(backend)] = (backend, backend_version)
     runtime = {key: everything[key] for key in closure(project["dependencies"])}
     runtime[canonicalize_name(backend)] = (backend, backend_version)
-    LOCK.write_text(
-        render(
-            "Every package of .venv: the services', the suite's and the load tool's, and the build backend.",
-            "deploy/local/python.sh",
-            everything,
-        )
-    )
-    RUNTIME_LOCK.write_text(
-        render(
-            "The services' packages and the build backend: what the image installs.",
-            "deploy/Dockerfile",
-            runtime,
-        )
-    )
+    # Every page read first, each once: a failure leaves both locks as they were.
+    hashes = {key: index_hashes(*everything[key]) for key in sorted(everything)}
+    whole = render("Every package of .venv: the services', the suite's and the load tool's, and the build backend.",
+                   "deploy/local/python.sh", everything, hashes)
+    part = render("The services' packages and the build backend: what the image installs.",
+                  "deploy/Dockerfile", runtime, hashes)
+    write(LOCK, whole)
+    write(RUNTIME_LOCK, part)
     print(f"lock: {len(everything)} packages in {LOCK.name}, {len(runtime)} in {RUNTIME_LOCK.name}", file=sys.stderr)
 
 

@@ -104,7 +104,7 @@ if [[ ! -f $STAMP || $PYPROJECT -nt $STAMP || $LOCK -nt $STAMP ]]; then
     || die "pip install --no-deps -e . failed"
   # Nothing resolved the dependencies above: say so if the lock lacks one pyproject.toml needs.
   check=$("${pip[@]}" check 2>&1) \
-    || { printf '%s\n' "$check" >&2; die "the packages of .venv do not satisfy one another: make lock (deploy/requirements.lock)"; }
+    || { printf '%s\n' "$check" >&2; die "the packages of .venv do not satisfy one another: make lock if deploy/requirements.lock lacks one; rm -rf .venv && make venv if .venv holds packages the lock no longer names"; }
   # The stamp carries the later of the two files' times: any later edit of either makes it "newer" again.
   if [[ $LOCK -nt $PYPROJECT ]]; then touch -r "$LOCK" "$STAMP"; else touch -r "$PYPROJECT" "$STAMP"; fi
   d=$(( (${EPOCHREALTIME//[!0-9]/} - t0) / 100000 ))

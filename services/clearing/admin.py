@@ -199,10 +199,9 @@ class ClearingAdminHandler:
         if not pairs:
             return emitted
         now = {(r["insuplc_admdvs"], r["mdtrtarea_admvs"]): r for r in await self.repo.accounts(conn, pairs)}
-        levels = {pair: row["alert_level"] for pair, row in now.items()}
         return [_status(self.settings, now[_status_pair(e)]) if e["topic"] == topic and _status_pair(e) in now else e
                 for e in emitted
-                if e["topic"] != alerts or alert_message(self.settings, e["value"], levels) is not None]
+                if e["topic"] != alerts or alert_message(self.settings, e["value"], now) is not None]
 
     async def _apply(self, conn: asyncpg.Connection, record: Incoming, request: Any,
                      refused: dict[str, str]) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
@@ -341,6 +340,9 @@ class ClearingAdminHandler:
             level = account.alert_level()
             if level != row["alert_level"]:
                 await self.repo.set_alert_level(conn, row["insuplc_admdvs"], row["mdtrtarea_admvs"], level)
+            if row["refusal_warned"]:
+                # Topped up or cleared: a bill refused from now on is news again (refuse policy).
+                await self.repo.set_refusal_warned(conn, row["insuplc_admdvs"], row["mdtrtarea_admvs"], False)
             if level > row["alert_level"]:
                 alert = prepayment_alert(self.settings, row, account)
                 out.append({"topic": alert.topic, "value": alert.value.decode(), "key": (alert.key or b"").decode()})

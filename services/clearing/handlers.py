@@ -20,7 +20,7 @@ from typing import Any
 
 from yidi.contracts import answers
 from yidi.contracts.envelope import ErrCode, ResponseEnvelope
-from yidi.contracts.internal import PricedWork, RefusedDraw, WorkKind
+from yidi.contracts.internal import PricedWork, RefusalNotice, WorkKind
 from yidi.domain.clearing import landing_period, owed
 from yidi.domain.codes import within
 from yidi.domain.money import ZERO, amount_texts
@@ -29,8 +29,7 @@ from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import broken, dead_letter, parse_each, reply
 from yidi.platform.settings import Settings
 
-from services.clearing.prepayment import (REFUSING, account_of, alert_message, prepayment_alert, refusing_alert,
-                                         status_update)
+from services.clearing.prepayment import account_of, alert_message, prepayment_alert, refusing_alert, status_update
 from services.clearing.repository import (AMOUNT_COLUMNS, ClearingRepository, LedgerRow, NewEntry, WaitingUndo,
                                           batch_locks)
 
@@ -40,7 +39,7 @@ _SETTLED = metrics.LEDGER_ENTRIES.labels("settled")
 _DUPLICATE = metrics.LEDGER_ENTRIES.labels("duplicate")
 # A priced message that undoes a settlement (pricing writes the wire form: ``"kind":"cancel"``).
 _UNDOING = re.compile(rb'"kind"\s*:\s*"cancel"')
-_NOTICE = re.compile(rb'"kind"\s*:\s*"refused"')
+_NOTICE = re.compile(rb'"notice"\s*:')
 
 
 def _both(first: Callable[[], None] | None, second: Callable[[], None]) -> Callable[[], None]:
@@ -98,10 +97,13 @@ class ClearingHandler:
             # The moves of records handled before (a batch handled again after its Postgres commit,
             # or a resend): nothing is moved again, but their statuses and kept alerts go out again.
             again: list[tuple[str, str, str, str]] = []
+            notices = [(r, w) for r, (w, _, _) in works if isinstance(w, RefusalNotice)]
+            if notices:
+                works = [(r, parsed) for r, parsed in works if not isinstance(parsed[0], RefusalNotice)]
             msgids = [w.request.msgid for _, (w, _, _) in works if w.kind is WorkKind.SETTLE]
             setl_ids = [w.target_setl_id for _, (w, _, _) in works if w.kind is WorkKind.CANCEL]
             new_setl_ids = [w.facts.setl_id for _, (w, _, _) in works if w.kind is WorkKind.SETTLE and w.facts]
-            firsts = progress.firsts((r.topic, r.partition, r.offset) for r, _ in works)
+            firsts = progress.firsts((r.topic, r.partition, r.offset) for r, _ in [*works, *notices])
             cleared, rows, waits = await self.repo.batch_reads(conn, msgids, setl_ids, new_setl_ids, firsts)
             # Undoings that came before their settlement reached the ledger (below): rare.
             waiting = await self.repo.waiting_undos(conn, sorted(waits)) if waits else {}
@@ -114,18 +116,15 @@ class ClearingHandler:
             entries: list[NewEntry] = []
             undone: dict[str, LedgerRow] = {}
             undo_new: list[tuple[str, str, str, dict[str, Any]]] = []
-            # Refusal notices (pricing answered them): the first of each account, to warn its region.
-            refused: dict[tuple[str, str], tuple[tuple[str, str], RefusedDraw]] = {}
+            # Refusal notices (pricing answered their requests): each a move of nothing, recorded once
+            # (by the refused msgid and when it reached Kafka: a resend refused again is another
+            # notice, the same record handled again is not), with which the warning is kept, as with
+            # a draw, to go out again on a replay. The first of each account warns its region.
+            refused: dict[tuple[str, str], list[tuple[tuple[str, str], RefusalNotice]]] = {}
+            for _, notice in notices:
+                moves.append((notice.insuplc_admdvs, notice.mdtrtarea_admvs, "refused", ZERO, notice.ref))
+                refused.setdefault((notice.insuplc_admdvs, notice.mdtrtarea_admvs), []).append((("refused", notice.ref), notice))
             for record, (work, answer, amounts) in works:
-                if work.kind is WorkKind.REFUSED:
-                    notice = work.refused
-                    # A move of nothing, once per notice (the refused msgid and when it reached Kafka:
-                    # a resend refused again is another notice; the same record handled again is not):
-                    # the warning is kept with it, as with a draw, and goes out again on a replay.
-                    move = ("refused", f"{work.request.msgid}@{work.request_ts_ms}")
-                    moves.append((notice.insuplc_admdvs, notice.mdtrtarea_admvs, move[0], ZERO, move[1]))
-                    refused.setdefault((notice.insuplc_admdvs, notice.mdtrtarea_admvs), (move, notice))
-                    continue
                 # The latest month closed before this record was first entered (``Cleared``).
                 cleared_through = cleared.before(record.topic, record.partition, record.offset)
                 if amounts is not None:
@@ -207,11 +206,11 @@ class ClearingHandler:
 
     async def _prepayment(self, conn: Any, moves: list[tuple[str, str, str, Decimal, str]],
                           again: list[tuple[str, str, str, str]], entries: list[NewEntry],
-                          refused: dict[tuple[str, str], tuple[tuple[str, str], RefusedDraw]]) -> list[Outgoing]:
+                          refused: dict[tuple[str, str], list[tuple[tuple[str, str], RefusalNotice]]]) -> list[Outgoing]:
         """Draw on (or give back to) each insured region's prepayment; warn once when it runs low, and
-        once more when it runs out. Under the refuse policy, warn once when pricing refuses a bill on
-        it (``refused``: each account's first notice in the batch), until a top-up or a month's
-        clearing re-arms the warning.
+        once more when it runs out. Under the refuse policy, also warn once when pricing refuses a bill
+        on it (``refused``: each account's notices in the batch) that it cannot cover now, until a
+        top-up or a month's clearing re-arms that warning (``refusal_warned``).
 
         A balance that runs out does not stop settlement: as the national rule does, the
         shortfall is recorded (a negative balance) and clearing settles it (docs/clearing.md).
@@ -219,27 +218,33 @@ class ClearingHandler:
         """
         moved = await self.repo.move_prepayments(conn, moves, again, entries)
         out = [status_update(self.settings, row) for row in moved.accounts]
-        levels = {(row["insuplc_admdvs"], row["mdtrtarea_admvs"]): row["alert_level"] for row in moved.accounts}
+        now = {(row["insuplc_admdvs"], row["mdtrtarea_admvs"]): row for row in moved.accounts}
         out += [alert for stored in await self.repo.kept_alerts(conn, moved.replayed)
-                if (alert := alert_message(self.settings, stored, levels)) is not None]
+                if (alert := alert_message(self.settings, stored, now)) is not None]
         replayed = set(moved.replayed)
-        # The alert is kept with a move this run made (a move made before keeps its own, if any).
-        last_move = {(i, t): (kind, ref) for i, t, kind, _, ref in moves if (kind, ref) not in replayed}
+        # The alert is kept with a move this run made (a move made before keeps its own, if any); a
+        # balance's with a move of money (a notice's move keeps the refusal warning).
+        last_move = {(i, t): (kind, ref) for i, t, kind, _, ref in moves
+                     if (kind, ref) not in replayed and kind != "refused"}
         for row in moved.accounts:
             pair = (row["insuplc_admdvs"], row["mdtrtarea_admvs"])
             account = account_of(row)
-            level = account.alert_level()
-            notice = refused.get(pair)
-            if notice is not None and notice[0] not in replayed:
-                level = max(level, REFUSING)
-            if pair in moved.changed and level > row["alert_level"]:
+            if pair in moved.changed and pair in last_move and (level := account.alert_level()) > row["alert_level"]:
                 await self.repo.set_alert_level(conn, *pair, level)
-                if level == REFUSING:
-                    alert = refusing_alert(self.settings, row, account, notice[1])
-                    await self.repo.keep_alert(conn, notice[0], alert.value.decode())
-                else:
-                    alert = prepayment_alert(self.settings, row, account)
-                    await self.repo.keep_alert(conn, last_move[pair], alert.value.decode())
+                alert = prepayment_alert(self.settings, row, account)
+                await self.repo.keep_alert(conn, last_move[pair], alert.value.decode())
+                out.append(alert)
+            if row["refusal_warned"]:
+                continue
+            # A notice of a bill the account cannot cover now either: one refused against an older
+            # balance than clearing's (pricing's mirror trails it) just after a top-up is not news.
+            fresh = [(move, notice) for move, notice in refused.get(pair, ())
+                     if move not in replayed and notice.draw > account.balance]
+            if fresh:
+                move, notice = fresh[0]
+                await self.repo.set_refusal_warned(conn, *pair, True)
+                alert = refusing_alert(self.settings, row, account, notice)
+                await self.repo.keep_alert(conn, move, alert.value.decode())
                 out.append(alert)
         return out
 
@@ -312,14 +317,15 @@ def _moves_prepayment(insured: str, treating: str, drawn: Decimal | None) -> boo
     return not within(treating, insured) or bool(drawn)
 
 
-def _priced(raw: Any) -> tuple[PricedWork, dict[str, Any], dict[str, str] | None]:
+def _priced(raw: Any) -> tuple[PricedWork | RefusalNotice, dict[str, Any] | None, dict[str, str] | None]:
     """A settlement.priced message, validated: the work, its answer in wire form and, for a
-    settlement, the ledger's amounts read from that answer (a message without them is refused here)."""
+    settlement, the ledger's amounts read from that answer (a message without them is refused here);
+    or a refusal notice (no answer: pricing answered its request)."""
+    if isinstance(raw, dict) and "notice" in raw:
+        return RefusalNotice.model_validate(raw), None, None
     work = PricedWork.model_validate(raw)
     answer = raw["answer"]
     amounts = None
-    if work.kind is WorkKind.REFUSED and work.refused is None:
-        raise ValueError("a refusal notice without its account")
     if work.kind is WorkKind.SETTLE:
         if work.facts is None:
             raise ValueError("a settlement without its ledger facts")

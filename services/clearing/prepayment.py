@@ -9,7 +9,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from yidi.contracts.clearing import PrepaymentAlert, PrepaymentStatus
-from yidi.contracts.internal import RefusedDraw
+from yidi.contracts.internal import RefusalNotice
 from yidi.domain.clearing import Prepayment
 from yidi.domain.codes import within
 from yidi.domain.money import fmt
@@ -54,27 +54,28 @@ def status_update(settings: Settings, row: Any) -> Outgoing:
                     key=f"{row['insuplc_admdvs']}-{row['mdtrtarea_admvs']}".encode())
 
 
-def alert_message(settings: Settings, alert_json: str, levels: dict[tuple[str, str], int]) -> Outgoing | None:
-    """An alert kept with its move, published again when its batch is handled again, while its
-    account is still at the level it warned of (``levels``: each account's now). One that a top-up
-    has re-armed since, or that a later one has outdated (low, now run out), is news no longer
-    true: not published."""
+def alert_message(settings: Settings, alert_json: str, accounts: dict[tuple[str, str], Any]) -> Outgoing | None:
+    """An alert kept with its move (or a clearing request), published again when its batch is
+    handled again, while its account is still at the level it warned of, or still warned of
+    refusals (``accounts``: each account's row now). One that a top-up has re-armed since, or that
+    a later one has outdated (low, now run out), is news no longer true: not published."""
     alert = PrepaymentAlert.model_validate_json(alert_json)
-    warned = REFUSING if alert.refused_draw is not None else 2 if alert.balance < 0 else 1
-    if levels.get((alert.insuplc_admdvs, alert.mdtrtarea_admvs), 0) != warned:
+    row = accounts.get((alert.insuplc_admdvs, alert.mdtrtarea_admvs))
+    if row is None:
+        return None
+    if alert.refused_draw is not None:
+        if not row["refusal_warned"]:
+            return None
+    elif row["alert_level"] != (2 if alert.balance < 0 else 1):
         return None
     return Outgoing(settings.topic(CLEARING_ALERTS), dumps(alert),
                     key=f"{alert.insuplc_admdvs}-{alert.mdtrtarea_admvs}".encode())
 
 
-# An account's alert level beyond the balance's own (Prepayment.alert_level: 0 healthy, 1 low, 2 run
-# out): under YIDI_PREPAYMENT_POLICY=refuse, pricing refused a bill on it. Kept in alert_level until
-# a top-up or a month's clearing re-arms it (admin's _warning_after_move sets the balance's level).
-REFUSING = 3
-
-
-def refusing_alert(settings: Settings, row: Any, account: Prepayment, notice: RefusedDraw) -> Outgoing:
-    """The warning that an account refuses bills (pricing's notice of one it refused)."""
+def refusing_alert(settings: Settings, row: Any, account: Prepayment, notice: RefusalNotice) -> Outgoing:
+    """The warning that an account refuses bills (pricing's notice of one it refused), beside the
+    balance's levels: given once (``prepayment_accounts.refusal_warned``) until a top-up or a month's
+    clearing re-arms it (admin's ``_warning_after_move``)."""
     insured, treating = row["insuplc_admdvs"], row["mdtrtarea_admvs"]
     message = (f"Prepayment of {insured} for {treating} is refusing bills: a bill drawing {fmt(notice.draw)} was "
                f"refused with {fmt(notice.left)} left; the balance is {fmt(account.balance)}. Patients whose bills "

@@ -430,6 +430,12 @@ class ClearingRepository(Repository):
         )
         return [r["alert"] for r in rows]
 
+    async def set_refusal_warned(self, conn: asyncpg.Connection, insured: str, treating: str, warned: bool) -> None:
+        """Whether the account's region has been warned that it refuses bills (refuse policy)."""
+        await conn.execute(
+            """UPDATE clearing.prepayment_accounts SET refusal_warned = $3
+               WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2""", insured, treating, warned)
+
     async def set_alert_level(self, conn: asyncpg.Connection, insured: str, treating: str, level: int) -> None:
         await conn.execute(
             """UPDATE clearing.prepayment_accounts SET alert_level = $3::smallint, alerted = $3::smallint > 0

@@ -22,8 +22,8 @@ import orjson
 
 from yidi.contracts import answers
 from yidi.contracts.common import code_text, wire_time
-from yidi.contracts.envelope import ErrCode, Infno, RequestRef, ResponseEnvelope
-from yidi.contracts.internal import EligibleWork, PricedWork, RefusedDraw, WorkKind
+from yidi.contracts.envelope import ErrCode, Infno, ResponseEnvelope
+from yidi.contracts.internal import EligibleWork, PricedWork, RefusalNotice, WorkKind
 from yidi.contracts.settlement import BillFields, CancelInput, ReversalInput, bill_fields, care_day
 from yidi.domain.catalogue import Catalogue, CatalogueItem
 from yidi.domain.codes import PersonType, region_chain, within
@@ -162,6 +162,8 @@ class Batch:
     decided: dict[tuple[str, int, int], tuple[str, str, str]] = field(default_factory=dict)  # place → (msgid, hash, answer)
     # ... and whether it is a state-changing request's (kept whatever the batch stores)
     new_decided: list[tuple[str, int, int, str, str, str, bool]] = field(default_factory=list)
+    # The accounts this batch has told clearing of a refusal on (one notice each at most).
+    noticed: set[tuple[str, str]] = field(default_factory=set)
     # The catalogue of each (treating region, day) the batch prices on, picked once per batch.
     _catalogues: dict[tuple[str, date], Catalogue] = field(default_factory=dict, init=False, repr=False)
     # Indexes of ``settlements`` by setl_id and by msgid (the first one listed wins, as a scan would).
@@ -221,20 +223,23 @@ class RefusingAccounts:
         self.last: dict[tuple[str, str], float] = {}
         self._swept = 0.0
         self.notice_every = notice_every
-        self.noticed: dict[tuple[str, str], float] = {}
+        self.noticed: dict[tuple[str, str], float] = {}  # oldest first
 
     def notice_due(self, pair: tuple[str, str]) -> bool:
-        """Whether clearing is to be told of this refusal: the account's first on this instance, or
-        its first for ``notice_every`` seconds. Clearing warns the region once until a top-up; these
-        notices bound what it records (an account that refuses a bill a second is told of once a
-        minute), and one a batch lost by an abort is sent again with a refusal a minute later."""
-        now = self.clock()
-        if now - self.noticed.get(pair, -self.notice_every) < self.notice_every:
-            return False
-        if pair not in self.noticed and len(self.noticed) >= self.cap:
-            self.noticed.pop(next(iter(self.noticed)))  # the oldest noticed: told again, if at all, once more
-        self.noticed[pair] = now
-        return True
+        """Whether clearing is to be told of a refusal on this account: its first on this instance,
+        or its first for ``notice_every`` seconds since a notice of it committed (``noticed``).
+        Clearing warns the region once until a top-up; these bound what it records (an account that
+        refuses a bill a second is told of once a minute). A notice whose batch did not commit is
+        not counted: the account's next refusal sends one."""
+        at = self.noticed.get(pair)
+        return at is None or self.clock() - at >= self.notice_every
+
+    def noticed_now(self, pair: tuple[str, str]) -> None:
+        """A notice of ``pair`` committed (the output's commit hook)."""
+        self.noticed.pop(pair, None)
+        self.noticed[pair] = self.clock()
+        while len(self.noticed) > self.cap:
+            self.noticed.pop(next(iter(self.noticed)))  # the least recently told of: told again, if at all
 
     def refused(self, pair: tuple[str, str]) -> None:
         if pair not in self.last and len(self.last) >= self.cap:
@@ -245,12 +250,14 @@ class RefusingAccounts:
     def sweep(self) -> None:
         """Take out the accounts not refused on for ``keep_seconds`` (looked at once a minute)."""
         now = self.clock()
-        if not self.last or now - self._swept < 60:
+        if (not self.last and not self.noticed) or now - self._swept < 60:
             return
         self._swept = now
         for pair in [p for p, at in self.last.items() if now - at > self.keep_seconds]:
             del self.last[pair]
             metrics.PREPAYMENT_REFUSED.remove(*pair)
+        for pair in [p for p, at in self.noticed.items() if now - at >= self.notice_every]:
+            del self.noticed[pair]  # due again anyway
 
 
 class PricingHandler:
@@ -351,17 +358,6 @@ class PricingHandler:
 
     def _refuse(self, work: EligibleWork, code: ErrCode, message: str) -> list[Outgoing]:
         return [self._reply(work, answers.refusal(work.request, code, message))]
-
-    @staticmethod
-    def _refusal_notice(work: EligibleWork, refusal: ResponseEnvelope, pair: tuple[str, str], draw: Decimal,
-                        left: Decimal) -> bytes:
-        """settlement.priced's notice of a bill refused PREPAYMENT_EXHAUSTED (answered here)."""
-        notice = PricedWork(
-            kind=WorkKind.REFUSED, request=RequestRef.model_validate(work.request.ref_wire()),
-            request_hash=work.request_hash, request_ts_ms=work.request_ts_ms, answer=refusal,
-            refused=RefusedDraw(insuplc_admdvs=pair[0], mdtrtarea_admvs=pair[1], draw=draw, left=left),
-        )
-        return orjson.dumps(notice.model_dump(mode="json"))
 
     def _pass_on(self, value: bytes, psn_no: str) -> Outgoing:
         return Outgoing(topic=self.settings.topic(SETTLEMENT_PRICED), value=value, key=psn_no.encode())
@@ -474,7 +470,7 @@ class PricingHandler:
                 "fund_pay_sumamt": info["fund_pay_sumamt"], "acct_pay": info["acct_pay"],
                 "psn_cash_pay": info["psn_cash_pay"],
             },
-            "target_setl_id": "", "refused": None,
+            "target_setl_id": "",
         }
         value = orjson.dumps(priced)
         # A pre-settlement's setl_id is empty in its answer and its facts: measured with the
@@ -506,10 +502,14 @@ class PricingHandler:
                     "settles again once topped up.",
                 )
                 sent = [self._reply(work, refusal)]
-                if self.refusing.notice_due(pair):
+                if pair not in batch.noticed and self.refusing.notice_due(pair):
                     # Clearing, which never sees the refused bill, warns the insured region (an
                     # account may hold more than its warning line and refuse a bill larger than it).
-                    sent.append(self._pass_on(self._refusal_notice(work, refusal, pair, draw, left), body.psn_no))
+                    batch.noticed.add(pair)
+                    notice = RefusalNotice(insuplc_admdvs=region, mdtrtarea_admvs=request.mdtrtarea_admvs, draw=draw,
+                                           left=left, ref=f"{request.msgid}@{work.request_ts_ms}")
+                    sent.append(Outgoing(self.settings.topic(SETTLEMENT_PRICED), orjson.dumps(notice.model_dump(mode="json")),
+                                         key=body.psn_no.encode(), on_commit=lambda: self.refusing.noticed_now(pair)))
                 return sent
         if not settle:
             return [self._reply(work, answer)]  # pre-settlement: the same numbers, nothing committed
@@ -592,7 +592,7 @@ class PricingHandler:
         priced = {
             "kind": WorkKind.CANCEL.value, "request": request.ref_wire(), "request_hash": work.request_hash,
             "request_ts_ms": work.request_ts_ms, "answer": answers.answer_wire(request.msgid, request.infno.value, output),
-            "facts": None, "target_setl_id": target.setl_id, "refused": None,
+            "facts": None, "target_setl_id": target.setl_id,
         }
         value = orjson.dumps(priced)
         self._remember(batch, work, target.setl_id, priced, value)

@@ -4,7 +4,7 @@ bills, on the real Postgres.
 Pricing refuses a bill larger than what is left and answers it; clearing never saw such a bill,
 so an account that refused bills while above its warning line (a small account, a large inpatient
 bill) raised no PrepaymentAlert (a review, session 46). Pricing now passes on a notice
-(settlement.priced, kind "refused"), and clearing warns the region once, until a top-up re-arms it.
+(a RefusalNotice on settlement.priced), and clearing warns the region once, until a top-up re-arms it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from services.clearing.admin import ClearingAdminHandler
 from services.clearing.handlers import ClearingHandler
 from services.clearing.repository import ClearingRepository
 from tests.integration.priced import priced, published
+from yidi.contracts.internal import RefusalNotice
 from yidi.platform.kafka import Incoming
 from yidi.platform.topics import CLEARING_ALERTS, PREPAYMENT_STATUS
 
@@ -27,16 +28,11 @@ pytestmark = pytest.mark.integration
 
 
 def notice(settings, msgid: str, pair: tuple[str, str], draw: str, left: str, ts_ms: int = 1_000) -> Incoming:
-    """Pricing's notice of a bill it refused PREPAYMENT_EXHAUSTED (as services/pricing writes it)."""
-    insured, treating = pair
-    request = {"infno": "2304", "msgid": msgid, "mdtrtarea_admvs": treating, "insuplc_admdvs": insured,
-               "inf_time": "2099-11-05 10:00:00", "fixmedins_code": "H11010500001", "reply_to": "settlement.results"}
-    answer = {"infcode": -1, "inf_refmsgid": "YD1", "refmsg_time": "1", "respond_time": "1", "msgid": msgid,
-              "infno": "2304", "err_code": "PREPAYMENT_EXHAUSTED", "err_msg": "exhausted", "output": {}}
-    message = {"kind": "refused", "request": request, "request_hash": "h-" + msgid, "request_ts_ms": ts_ms,
-               "answer": answer, "facts": None, "target_setl_id": "",
-               "refused": {"insuplc_admdvs": insured, "mdtrtarea_admvs": treating, "draw": draw, "left": left}}
-    return Incoming(settings.topic("settlement.priced"), 0, 1, b"P-" + msgid.encode(), orjson.dumps(message), 0)
+    """Pricing's notice of a bill it refused PREPAYMENT_EXHAUSTED, as pricing writes it."""
+    value = RefusalNotice(insuplc_admdvs=pair[0], mdtrtarea_admvs=pair[1], draw=Decimal(draw), left=Decimal(left),
+                          ref=f"{msgid}@{ts_ms}")
+    return Incoming(settings.topic("settlement.priced"), 0, 1, b"P-" + msgid.encode(),
+                    orjson.dumps(value.model_dump(mode="json")), 0)
 
 
 async def fund(settings, repo: ClearingRepository, pair: tuple[str, str], amount: str) -> list[dict]:
@@ -72,7 +68,7 @@ async def test_a_refused_bill_warns_the_insured_region_once_until_a_top_up(setti
     (status,) = published(settings, out, PREPAYMENT_STATUS)  # the balance unchanged, its version on
     before = await account(repo, pair)
     assert status["balance"] == "1000.00" and status["version"] == before["moves"] == 2
-    assert before["alert_level"] == 3 and before["drawn"] == Decimal("0")
+    assert before["refusal_warned"] and before["alert_level"] == 0 and before["drawn"] == Decimal("0")
 
     # The same record handled again (its Kafka transaction lost): the warning goes out again, and
     # nothing is recorded twice.
@@ -80,19 +76,25 @@ async def test_a_refused_bill_warns_the_insured_region_once_until_a_top_up(setti
     assert [a["refused_draw"] for a in published(settings, again, CLEARING_ALERTS)] == ["1500.00"]
     assert (await account(repo, pair))["moves"] == before["moves"]
 
-    # Another refusal of the account: the region knows already. Nor does a draw that takes the
-    # account below its line warn again: it is told it refuses bills.
-    assert published(settings, await handler([notice(settings, f"M-R2-{tag}", pair, "1200.00", "1000.00")]),
-                     CLEARING_ALERTS) == []
-    low = await handler([priced(settings, "settle", f"M-S-{tag}", f"S-{tag}", pair, "900.00")])
-    assert [o for o in low if o.answered] and published(settings, low, CLEARING_ALERTS) == []
+    # Another refusal, in a batch with a draw that takes the account below its line: the region
+    # knows of the refusals already; the low balance is news, and is told.
+    mixed = await handler([notice(settings, f"M-R2-{tag}", pair, "1200.00", "1000.00"),
+                           priced(settings, "settle", f"M-S-{tag}", f"S-{tag}", pair, "900.00")])
+    assert len([o for o in mixed if o.answered]) == 1  # the settlement's answer alone
+    assert [(a["balance"], a["refused_draw"]) for a in published(settings, mixed, CLEARING_ALERTS)] == [("100.00", None)]
 
-    # A top-up re-arms it: the next refusal warns again.
+    # A top-up re-arms it: the next refusal of a bill the account cannot cover warns again.
     assert await fund(settings, repo, pair, "100.00") == []  # 200.00 left, below its line (220.00): known
-    assert (await account(repo, pair))["alert_level"] == 1
+    assert not (await account(repo, pair))["refusal_warned"]
     (rearmed,) = published(settings, await handler([notice(settings, f"M-R3-{tag}", pair, "1200.00", "200.00")]),
                            CLEARING_ALERTS)
     assert (rearmed["refused_draw"], rearmed["balance"]) == ("1200.00", "200.00")
+    # A refusal pricing made on a balance older than clearing's (its mirror trails it): after this
+    # top-up the account covers the bill, and that is not news.
+    await fund(settings, repo, pair, "5000.00")
+    late = await handler([notice(settings, f"M-R4-{tag}", pair, "1200.00", "200.00")])
+    assert published(settings, late, CLEARING_ALERTS) == []
+    assert not (await account(repo, pair))["refusal_warned"]
 
 
 async def test_a_refusal_resent_is_another_notice_and_one_clearing_cannot_record_is_only_dead_lettered(

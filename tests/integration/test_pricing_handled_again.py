@@ -69,6 +69,8 @@ def outcomes(settings, out) -> list[str]:
         value = orjson.loads(o.value)
         if o.answered is not None:
             said.append(value.get("err_code") or "quote " + value["output"]["setlinfo"]["fund_pay_sumamt"])
+        elif o.topic == settings.topic("settlement.priced") and "notice" in value:
+            said.append("notice " + value["draw"])  # a refusal told to clearing
         elif o.topic == settings.topic("settlement.priced"):
             said.append(f"{value['kind']} " + (value["facts"]["fund_pay_sumamt"] if value["facts"] else value["target_setl_id"]))
     return said
@@ -102,7 +104,7 @@ async def test_a_settlement_refused_for_the_prepayment_is_refused_again_not_sett
     batch = [bill(refusing, REFUSING, code, next(PLACES), psn_no=unique("P")) for _ in range(2)]
     first = outcomes(refusing, await PricingHandler(refusing, repo)(batch))
     again = outcomes(refusing, await PricingHandler(refusing, repo)(batch))  # a new owner of the partition
-    assert first == ["settle 800.00", "PREPAYMENT_EXHAUSTED", "refused "]  # and clearing told of it
+    assert first == ["settle 800.00", "PREPAYMENT_EXHAUSTED", "notice 800.00"]  # and clearing told of it
     # Was: the second settled, 1,600.00 drawn on 1,000.00. Answered as decided, without a notice
     # again: the account's next refusal on this instance tells clearing.
     assert again == first[:2]

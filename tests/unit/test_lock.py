@@ -253,7 +253,7 @@ def test_python_sh_says_so_when_the_lock_lacks_a_dependency(project: Path):
     result = run_python_sh(project)
     assert result.returncode != 0
     assert "otherdep" in result.stderr, result.stderr
-    assert "make lock" in result.stderr
+    assert "make lock" in result.stderr and "rm -rf .venv" in result.stderr
     assert not (project / ".venv" / ".installed-stamp").exists()
 
 
@@ -302,3 +302,18 @@ def test_lock_reads_every_file_of_the_version_from_the_simple_index_and_no_other
     assert asked == ["https://mirror.example/simple/orjson/"]
     with pytest.raises(SystemExit, match="no file of orjson 3.14.0"):
         module.index_hashes("orjson", "3.14.0")
+
+
+def test_lock_tries_a_page_three_times_then_stops_writing_nothing(monkeypatch, tmp_path):
+    module = lock_module()
+    calls = []
+
+    def urlopen(request, timeout):
+        calls.append(request.full_url)
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(module.urllib.request, "urlopen", urlopen)
+    monkeypatch.setattr(module.time, "sleep", lambda seconds: None)
+    with pytest.raises(SystemExit, match="could not read .*nothing was written"):
+        module.index_page("https://mirror.example/simple/orjson/")
+    assert len(calls) == 3

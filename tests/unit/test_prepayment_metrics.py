@@ -139,12 +139,22 @@ def test_a_kept_warning_is_published_again_only_while_its_account_is_at_its_leve
                           funded=Decimal("100.00"), warn_share=Decimal("0.20"), shortfall=Decimal("0.00"),
                           message="low").model_dump_json()
     out = low.replace('"balance":"10.00"', '"balance":"-5.00"').replace('"shortfall":"0.00"', '"shortfall":"5.00"')
+    refusing = low.replace('"refused_draw":null', '"refused_draw":"80.00"').replace('"refused_left":null', '"refused_left":"10.00"')
+    assert refusing != low
     pair = ("131000", "110000")
-    assert alert_message(settings, low, {pair: 1}) is not None
-    assert alert_message(settings, low, {pair: 0}) is None  # topped up since: re-armed
-    assert alert_message(settings, low, {pair: 2}) is None  # run out since: "low" is news no longer true
-    assert alert_message(settings, out, {pair: 2}) is not None
+
+    def at(level: int, refusal_warned: bool = False) -> dict:
+        return {pair: {"alert_level": level, "refusal_warned": refusal_warned}}
+
+    assert alert_message(settings, low, at(1)) is not None
+    assert alert_message(settings, low, at(0)) is None  # topped up since: re-armed
+    assert alert_message(settings, low, at(2)) is None  # run out since: "low" is news no longer true
+    assert alert_message(settings, out, at(2)) is not None
     assert alert_message(settings, low, {}) is None
+    # A warning that the account refuses bills (refuse policy), beside the balance's levels.
+    assert alert_message(settings, refusing, at(1, refusal_warned=True)) is not None
+    assert alert_message(settings, refusing, at(0, refusal_warned=True)) is not None
+    assert alert_message(settings, refusing, at(1)) is None  # topped up since: re-armed
 
 
 def test_an_alert_of_an_account_of_care_at_home_says_to_confirm_its_statements_not_to_fund_it():

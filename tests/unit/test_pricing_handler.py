@@ -229,10 +229,13 @@ def test_r3_under_refuse_a_pre_settlement_the_prepayment_cannot_cover_is_refused
 def test_under_refuse_clearing_is_told_of_a_refusal_once_a_minute_an_account():
     # Clearing never sees a refused bill, so it sent the insured region no PrepaymentAlert for an
     # account that refused bills while above its warning line (a review, session 46): pricing passes
-    # on a notice (settlement.priced, kind "refused"), the account's first on this instance and then
-    # at most one a minute, so a busy account's refusals do not each become a record.
+    # on a notice (a RefusalNotice on settlement.priced), the account's first on this instance and
+    # then at most one a minute after one committed, so a busy account's refusals do not each
+    # become a record; one whose batch did not commit is not counted.
     from services.pricing.handlers import RefusingAccounts
-    from yidi.contracts.internal import PricedWork, WorkKind
+    from yidi.contracts.internal import RefusalNotice
+    from yidi.platform.replies import broken
+    from yidi.platform.kafka import Incoming
 
     pol = policy(rule(MedType.INPATIENT, "0", "0.80", person_types=frozenset({PersonType.RETIRED})))
     handler = PricingHandler(Settings(namespace="t.", prepayment_policy="refuse"), repo=None)  # type: ignore[arg-type]
@@ -240,31 +243,41 @@ def test_under_refuse_clearing_is_told_of_a_refusal_once_a_minute_an_account():
     handler.refusing = RefusingAccounts(cap=10, clock=lambda: now[0])
     pair = ("131000", "110000")
 
-    def refuse(msgid: str) -> list:
+    def refuse(*msgids: str) -> list:
+        """The notices of one batch refusing each of ``msgids``."""
         batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage={},
                       prepayments={pair: D("80.00")})
-        out = handler._one(stay_request("H11010500001", msgid, "100"), batch)
-        assert orjson.loads(out[0].value)["err_code"] == "PREPAYMENT_EXHAUSTED"
-        return out[1:]
+        notices = []
+        for msgid in msgids:
+            out = handler._one(stay_request("H11010500001", msgid, "100"), batch)
+            assert orjson.loads(out[0].value)["err_code"] == "PREPAYMENT_EXHAUSTED"
+            notices += out[1:]
+        return notices
 
-    (notice,) = refuse("MN1")
+    (notice, ) = refuse("MN1", "MN2")  # one a batch
     assert notice.topic == "t.settlement.priced" and not notice.answered
     assert notice.key == WE1_PSN_NO.encode()  # the person's partition, as its settlement's would be
-    work = PricedWork.model_validate_json(notice.value)
-    assert work.kind is WorkKind.REFUSED and work.request.msgid == "H11010500001MN1" and work.facts is None
-    assert (work.refused.insuplc_admdvs, work.refused.mdtrtarea_admvs) == pair
-    assert (str(work.refused.draw), str(work.refused.left)) == ("800.00", "80.00")
-    assert work.answer.err_code == "PREPAYMENT_EXHAUSTED"  # the answer pricing sent, for the record
+    told = RefusalNotice.model_validate_json(notice.value)
+    assert (told.insuplc_admdvs, told.mdtrtarea_admvs, str(told.draw), str(told.left)) == (*pair, "800.00", "80.00")
+    assert told.ref == "H11010500001MN1@0"  # the refused msgid and when it reached Kafka
+    # It names no msgid: a clearing of an earlier version, which cannot read it, answers no one.
+    record = Incoming("t.settlement.priced", 0, 1, notice.key, notice.value, 0)
+    assert [o.answered for o in broken(handler.settings, record, "unreadable", "x")] == [None]
+    assert len(refuse("MN3")) == 1  # its batch did not commit (the hook not run): told again
+    notice.on_commit()
     now[0] += 59
-    assert refuse("MN2") == []  # within the minute
+    assert refuse("MN4") == []  # within the minute of the one that committed
     now[0] += 1
-    assert len(refuse("MN3")) == 1  # a minute on
-    # Each account has its own minute; past the cap the oldest is forgotten (told again, if at all).
+    assert len(refuse("MN5")) == 1  # a minute on
+    # Each account has its own minute; past the cap the least recently told of is forgotten.
     other, third = ("131000", "120000"), ("131000", "130100")
-    assert handler.refusing.notice_due(other) and not handler.refusing.notice_due(other)
     capped = RefusingAccounts(cap=2, clock=lambda: now[0])
-    assert capped.notice_due(pair) and capped.notice_due(other) and capped.notice_due(third)
-    assert capped.noticed.keys() == {other, third} and capped.notice_due(pair)
+    for p in (pair, other, pair, third):
+        capped.noticed_now(p)
+    assert list(capped.noticed) == [pair, third] and capped.notice_due(other) and not capped.notice_due(pair)
+    now[0] += 61
+    capped.sweep()
+    assert capped.noticed == {}
 
 
 def test_the_accounts_refused_on_are_named_for_an_hour_at_most_so_many():

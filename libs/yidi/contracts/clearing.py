@@ -167,10 +167,12 @@ class PrepaymentAlert(WireModel):
     shortfall: TotalAmount
     message: str
     refused_draw: TotalAmount | None = Field(
-        None, description="under YIDI_PREPAYMENT_POLICY=refuse: what a bill the account refused would have drawn "
-                          "(fund_pay_sumamt + acct_pay); absent for a low or run-out account")
+        None, description="under YIDI_PREPAYMENT_POLICY=refuse, an alert that the account refuses bills: what a "
+                          "bill it refused would have drawn (fund_pay_sumamt + acct_pay); null in a low or "
+                          "run-out alert")
     refused_left: TotalAmount | None = Field(
-        None, description="what was left, as pricing saw it, when it refused that bill")
+        None, description="what was left, as pricing saw it, when it refused that bill; null in a low or "
+                          "run-out alert")
 
 
 class PrepaymentStatus(WireModel):

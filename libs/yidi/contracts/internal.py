@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import Field
 
@@ -52,9 +53,6 @@ class EligibleWork(WireModel):
 class WorkKind(StrEnum):
     SETTLE = "settle"
     CANCEL = "cancel"
-    # A notice: pricing refused a bill its insured region's prepayment could not cover (under
-    # YIDI_PREPAYMENT_POLICY=refuse), and answered it; clearing warns the region (PrepaymentAlert).
-    REFUSED = "refused"
 
 
 class LedgerFacts(WireModel):
@@ -73,14 +71,20 @@ class LedgerFacts(WireModel):
     psn_cash_pay: Amount
 
 
-class RefusedDraw(WireModel):
-    """A bill pricing refused PREPAYMENT_EXHAUSTED: the account, what the bill would have drawn and
-    what pricing's mirror of the balance held then."""
+class RefusalNotice(WireModel):
+    """pricing → clearing (settlement.priced), under YIDI_PREPAYMENT_POLICY=refuse: pricing refused a
+    bill PREPAYMENT_EXHAUSTED, and answered it; clearing warns the insured region (PrepaymentAlert).
 
+    It names no msgid (``ref`` carries it): a clearing of an earlier version, which cannot read it,
+    dead-letters it without answering anyone (the request was answered)."""
+
+    notice: Literal["prepayment_refused"] = "prepayment_refused"
     insuplc_admdvs: str
     mdtrtarea_admvs: str
-    draw: TotalAmount
-    left: TotalAmount
+    draw: TotalAmount = Field(description="what the refused bill would have drawn: fund_pay_sumamt + acct_pay")
+    left: TotalAmount = Field(description="what was left, as pricing's mirror of the balance held it")
+    ref: str = Field(description="the refused request's msgid and the time it reached Kafka (ms), "
+                                 "`<msgid>@<ms>`: clearing records each notice once")
 
 
 class PricedWork(WireModel):
@@ -98,5 +102,3 @@ class PricedWork(WireModel):
     facts: LedgerFacts | None = None
     # For a cancellation or reversal: the settlement being undone.
     target_setl_id: str = ""
-    # For a refusal notice (kind "refused"; its answer was sent by pricing): the account refusing.
-    refused: RefusedDraw | None = None

@@ -54,7 +54,7 @@ from yidi.contracts.clearing import (
 )
 from yidi.contracts.envelope import DEFAULT_REPLY_TO, ErrCode, Infno, RequestEnvelope, ResponseEnvelope
 from yidi.contracts.filing import FilingEvent, FilingRequest, FilingResult
-from yidi.contracts.internal import EligibleWork, PricedWork
+from yidi.contracts.internal import EligibleWork, PricedWork, RefusalNotice
 from yidi.contracts.refdata import (
     CatalogueRecord,
     FacilityRecord,
@@ -125,6 +125,7 @@ OUTBOUND: tuple[type[BaseModel], ...] = (
     FilingEvent,
     EligibleWork,
     PricedWork,
+    RefusalNotice,
     Reconcile,
     ClearingResult,
     Statement,
@@ -335,13 +336,13 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
               "refusal. Cancellations and reversals pass unchecked.",
     ),
     T.SETTLEMENT_PRICED: TopicContract(
-        messages=("PricedWork",),
+        messages=("PricedWork", "RefusalNotice"),
         writers=("pricing",),
         readers=(CLEARING_PRICED,),
         notes="Settlements (2207/2304) with their answer and ledger facts; cancellations (2208/2305) and "
               "reversals (2601) with their answer and the `setl_id` they undo; under `YIDI_PREPAYMENT_POLICY=refuse`, "
-              "notices of bills pricing refused `PREPAYMENT_EXHAUSTED` (kind `refused`, answered by pricing; at most "
-              "one a minute an account from each instance), from which clearing warns the insured region.",
+              "RefusalNotices of bills pricing refused `PREPAYMENT_EXHAUSTED` (answered by pricing; an account's "
+              "first on each instance, then at most one a minute), from which clearing warns the insured region.",
     ),
     T.SETTLEMENT_RESULTS: TopicContract(
         messages=("SettlementAnswer", "Answer"),
@@ -458,7 +459,9 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
               "(`funded`): low; and once more when it runs out (below zero: `shortfall` above 0.00, which tells "
               "the two apart). A balance that falls straight below zero gets one alert. Each level is re-armed "
               "when a `fund` or a month's clearing (a statement both sides confirmed) lifts the balance back "
-              "above it; what cancellations give back does not re-arm it. An alert is published again when the batch that set it off is handled again after its Postgres commit (its first publication never committed), or its settlement is resent, while the account is still at that level: at least once, so a reader de-duplicates by account and level. Key `<insuplc_admdvs>-<mdtrtarea_admvs>`.",
+              "above it; what cancellations give back does not re-arm it. Under `YIDI_PREPAYMENT_POLICY=refuse` an "
+              "account is also alerted once when pricing refuses a bill it cannot cover (`refused_draw` and "
+              "`refused_left` given; null in the other alerts), re-armed by a `fund` or a month's clearing. An alert is published again when the batch that set it off is handled again after its Postgres commit (its first publication never committed), or its settlement or clearing request is resent, while the account is still at that level (or still warned of refusals): at least once, so a reader de-duplicates by account and kind (a refusal alert, or the level its `shortfall` tells). Key `<insuplc_admdvs>-<mdtrtarea_admvs>`.",
     ),
     T.CLEARING_PERIODS: TopicContract(
         messages=("PeriodClosed",),
@@ -624,6 +627,9 @@ MESSAGES: dict[str, Message] = {
     ),
     "EligibleWork": Message("Eligible work", "eligibility → pricing", _plain("EligibleWork"), "psn_no", ("EligibleWork",)),
     "PricedWork": Message("Priced work", "pricing → clearing", _plain("PricedWork"), "psn_no", ("PricedWork",)),
+    "RefusalNotice": Message("Refusal notice", "pricing → clearing, under YIDI_PREPAYMENT_POLICY=refuse: a bill refused "
+                             "PREPAYMENT_EXHAUSTED (answered by pricing), from which clearing warns the insured region",
+                             _plain("RefusalNotice"), "psn_no", ("RefusalNotice",)),
     "FilingRequest": Message("Filing request", "add, change, cancel, approve or refuse a filing, or ask its history", _plain("FilingRequest"), "psn_no", ("FilingRequest",)),
     "FilingResult": Message("Filing result", "the answer to one filing request, by reqid", _plain("FilingResult"), "psn_no", ("FilingResult",)),
     "FilingEvent": Message("Filing event", "a filing was added, changed, cancelled, approved, refused or ended", _plain("FilingEvent"), "psn_no", ("FilingEvent",)),
