@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -125,10 +126,30 @@ def transaction_versions(log_dir: Path, since: dict[str, int] | None = None) -> 
             for stage, version in _TRANSACTIONS_LINE.findall(log.read_bytes()[(since or {}).get(log.stem, 0):])}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
+def free_port(low: int | None = None, high: int | None = None) -> int:
+    """A loopback port nothing listens on, below the kernel's ephemeral range when there is room
+    (ip_local_port_range): a port the kernel handed out for binding to 0 is one it may hand to the
+    next outgoing connection too (the load tool's, Kafka's), and a service started on it then
+    failed "Address already in use" (a bench of session 47)."""
+    if low is None or high is None:
+        low, high = 20000, _ephemeral_low() - 1
+    for port in random.sample(range(low, high + 1), min(200, max(0, high - low + 1))):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # no room below the range: any the kernel gives
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 class Processes:

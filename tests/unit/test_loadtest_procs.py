@@ -133,3 +133,19 @@ async def test_a_trees_memory_counts_the_pages_its_processes_share_once():
         tree.wait()
         if tree.stdout is not None:
             tree.stdout.close()
+
+
+def test_a_free_port_is_below_the_kernels_ephemeral_range_and_free():
+    # A port the kernel handed out for binding to 0 is one it may hand to an outgoing connection
+    # next (the load tool's, Kafka's): a bench's eligibility failed "Address already in use" on
+    # one (session 47). Ports are drawn below ip_local_port_range, and skipped while taken.
+    import socket
+
+    from loadtest.procs import _ephemeral_low, free_port
+
+    ports = {free_port() for _ in range(20)}
+    assert all(20000 <= p < _ephemeral_low() for p in ports), ports
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        taken = held.getsockname()[1]
+        assert free_port(taken, taken) != taken  # the only candidate is taken: any the kernel gives
