@@ -213,8 +213,9 @@ def _account_counter(version: str) -> str:
 
 class RefusingAccounts:
     """The prepayment accounts this instance refused bills on (``yidi_prepayment_refused_timestamp_seconds``):
-    such an account may hold more than its alert lines and refuse a bill larger than it, so neither
-    the balance gauges nor clearing's alerts name it (a review, session 46). A series goes after
+    such an account may hold more than its alert lines and refuse a bill larger than it, so the
+    balance gauges need not name it (a review, session 46); and which of them clearing is to be
+    told of (``notice_due``), for the insured region's warning. A series goes after
     ``keep_seconds`` without a refusal; at most ``cap`` accounts (a gateway cannot add series)."""
 
     def __init__(self, cap: int, keep_seconds: float = 3600.0, clock: Callable[[], float] = time.time,
@@ -289,7 +290,8 @@ class PricingHandler:
                 try:
                     stored = len(batch.new_requests)
                     outs = self._one(work, batch)
-                    if len(batch.new_requests) == stored and work.refusal is None and outs[0].answered is not None:
+                    if (len(batch.new_requests) == stored and work.refusal is None and outs
+                            and outs[0].answered is not None):
                         # A settlement's, cancellation's or reversal's refusal always; a quote (2206,
                         # 2303) only with a batch that stores a request: one that stores none wrote
                         # nothing its second attempt would read, and a quote decided again settles nothing.
@@ -495,13 +497,12 @@ class PricingHandler:
                 # A pre-settlement too: it quoted what the funds pay, and its settlement was refused
                 # (a review, session 46). A bill that pre-settles also settles.
                 self.refusing.refused(pair)
-                refusal = answers.refusal(
-                    request, ErrCode.PREPAYMENT_EXHAUSTED,
+                sent = self._refuse(
+                    work, ErrCode.PREPAYMENT_EXHAUSTED,
                     f"The prepayment of insured region {region} for this region is exhausted (left {left}); "
                     f"nothing was {'settled' if settle else 'quoted'}. The patient pays now and claims at home, or "
                     "settles again once topped up.",
                 )
-                sent = [self._reply(work, refusal)]
                 if pair not in batch.noticed and self.refusing.notice_due(pair):
                     # Clearing, which never sees the refused bill, warns the insured region (an
                     # account may hold more than its warning line and refuse a bill larger than it).

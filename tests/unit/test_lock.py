@@ -45,31 +45,21 @@ def entries(path: Path) -> dict[str, tuple[str, frozenset[str]]]:
     return found
 
 
+def lock_module():
+    """deploy/local/lock.py, which writes the locks (a script, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("yidi_lock_script", ROOT / "deploy" / "local" / "lock.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def closure(requirements: list[str]) -> dict[str, str]:
-    """Every distribution ``requirements`` need, with its installed version, following each
-    installed distribution's own requirements (their markers read for this interpreter and the
-    extras asked for)."""
-    seen: dict[str, str] = {}
-    todo = [(Requirement(r), "") for r in requirements]
-    while todo:
-        requirement, extra = todo.pop()
-        if requirement.marker is not None and not requirement.marker.evaluate({"extra": extra}):
-            continue
-        name = canonicalize_name(requirement.name)
-        version = metadata.version(name)
-        extras = set(requirement.extras)
-        key = name + "[" + ",".join(sorted(extras)) + "]"
-        if key in seen:
-            continue
-        seen[key] = version
-        for child in metadata.requires(name) or []:
-            child_requirement = Requirement(child)
-            if child_requirement.marker is None:
-                todo.append((child_requirement, ""))
-            else:
-                # A requirement of one of the extras asked for, or of the interpreter (no extra).
-                todo.extend((child_requirement, e) for e in (extras or {""}) | {""})
-    return {key.split("[")[0]: version for key, version in seen.items()}
+    """Every distribution ``requirements`` need (as lock.py follows them: each installed
+    distribution's own requirements, their markers read for this interpreter and the extras asked
+    for), with its installed version."""
+    return {name: metadata.version(name) for name in lock_module().closure(requirements)}
 
 
 def build_backend() -> tuple[str, str]:
@@ -258,15 +248,6 @@ def test_python_sh_says_so_when_the_lock_lacks_a_dependency(project: Path):
 
 
 # ---- lock.py's reading of the index -------------------------------------------------------
-
-
-def lock_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("yidi_lock_script", ROOT / "deploy" / "local" / "lock.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_lock_reads_every_file_of_the_version_from_the_simple_index_and_no_other(monkeypatch):
