@@ -115,3 +115,38 @@ async def test_a_refusal_resent_is_another_notice_and_one_clearing_cannot_record
     # A notice the stage cannot record is dead-lettered without an answer: pricing answered it.
     out = handler.refuse(notice(settings, f"M-X-{tag}", pair, "80.00", "0.00"), "Postgres refused a value")
     assert [o.topic for o in out] == [settings.topic("settlement.priced.dlq")]
+
+
+async def test_a_months_clearing_re_arms_the_refusal_warning(clearing_of_its_own):
+    # A month's statement, confirmed by both sides, gives the account back what the month drew:
+    # a bill refused after that is news again, as after a top-up.
+    settings, repo = clearing_of_its_own
+    pair = ("950100", "940100")
+    await fund(settings, repo, pair, "100.00")
+    handler = ClearingHandler(settings, repo)
+    await handler([priced(settings, "settle", "M-SEP", "S-SEP", pair, "90.00",
+                          inf_time="2025-09-10 10:00:00", setl_time="2025-09-10 10:00:00")])  # 10.00 left
+    assert len(published(settings, await handler([notice(settings, "M-R1", pair, "50.00", "10.00")]),
+                         CLEARING_ALERTS)) == 1
+    assert published(settings, await handler([notice(settings, "M-R2", pair, "50.00", "10.00")]),
+                     CLEARING_ALERTS) == []  # warned already
+
+    admin = ClearingAdminHandler(settings, repo)
+
+    async def ask(body: dict) -> dict:
+        body = {"reqid": f"R-{uuid.uuid4().hex}"} | body
+        out = await admin([Incoming(settings.topic("clearing.requests"), 0, 1, body["reqid"].encode(),
+                                    orjson.dumps(body), 0)])
+        (result,) = [orjson.loads(o.value) for o in out if o.topic == settings.topic("clearing.results")]
+        assert result["ok"], result
+        return result
+
+    run = await ask({"type": "run_month", "setlym": "202509"})
+    (statement,) = run["data"]["statements"]
+    for side in ("insured", "treating"):
+        await ask({"type": "confirm", "statement_id": statement["statement_id"], "side": side})
+    cleared = await account(repo, pair)
+    assert cleared["cleared"] == Decimal("90.00") and not cleared["refusal_warned"]
+    (again,) = published(settings, await handler([notice(settings, "M-R3", pair, "150.00", "100.00")]),
+                         CLEARING_ALERTS)
+    assert (again["refused_draw"], again["balance"]) == ("150.00", "100.00")
