@@ -54,6 +54,12 @@ def status_update(settings: Settings, row: Any) -> Outgoing:
                     key=f"{row['insuplc_admdvs']}-{row['mdtrtarea_admvs']}".encode())
 
 
+def alert_out(settings: Settings, alert: PrepaymentAlert) -> Outgoing:
+    """``alert`` on clearing.alerts, keyed by its account."""
+    return Outgoing(settings.topic(CLEARING_ALERTS), dumps(alert),
+                    key=f"{alert.insuplc_admdvs}-{alert.mdtrtarea_admvs}".encode())
+
+
 def alert_message(settings: Settings, alert_json: str, accounts: dict[tuple[str, str], Any]) -> Outgoing | None:
     """An alert kept with its move (or a clearing request), published again when its batch is
     handled again, while its account is still at the level it warned of, or still warned of
@@ -68,8 +74,7 @@ def alert_message(settings: Settings, alert_json: str, accounts: dict[tuple[str,
             return None
     elif row["alert_level"] != (2 if alert.balance < 0 else 1):
         return None
-    return Outgoing(settings.topic(CLEARING_ALERTS), dumps(alert),
-                    key=f"{alert.insuplc_admdvs}-{alert.mdtrtarea_admvs}".encode())
+    return alert_out(settings, alert)
 
 
 def refusing_alert(settings: Settings, row: Any, account: Prepayment, notice: RefusalNotice) -> Outgoing:
@@ -85,7 +90,7 @@ def refusing_alert(settings: Settings, row: Any, account: Prepayment, notice: Re
         warn_share=account.warn_share, shortfall=account.shortfall, message=message,
         refused_draw=notice.draw, refused_left=notice.left,
     )
-    return Outgoing(settings.topic(CLEARING_ALERTS), dumps(alert), key=f"{insured}-{treating}".encode())
+    return alert_out(settings, alert)
 
 
 def prepayment_alert(settings: Settings, row: Any, account: Prepayment) -> Outgoing:
@@ -105,7 +110,7 @@ def prepayment_alert(settings: Settings, row: Any, account: Prepayment) -> Outgo
         insuplc_admdvs=insured, mdtrtarea_admvs=treating, balance=account.balance, funded=account.funded,
         warn_share=account.warn_share, shortfall=account.shortfall, message=message,
     )
-    return Outgoing(settings.topic(CLEARING_ALERTS), dumps(alert), key=f"{insured}-{treating}".encode())
+    return alert_out(settings, alert)
 
 
 LEVELS = (0, 1, 2)
