@@ -24,6 +24,7 @@ from importlib import resources
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import ConsumerRecord
 from pydantic import ValidationError
 
 from yidi.contracts.clearing import PeriodClosed
@@ -62,20 +63,27 @@ async def published_closes(settings: Settings) -> dict[str, PeriodClosed]:
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         end = await consumer.end_offsets(partitions)  # the stable end under read_committed
-        closes: dict[str, PeriodClosed] = {}
+        # The latest record of each key, a tombstone removing it: read as compaction will leave the
+        # topic, so that a record that is no month's close (an answer a gateway had sent here before
+        # session 48) stops the tool only until a tombstone under its key, not until the cleaner runs.
+        latest: dict[bytes, ConsumerRecord] = {}
         async with asyncio.timeout(READ_SECONDS):
             while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
                 for records in (await consumer.getmany(timeout_ms=1000)).values():
                     for r in records:
                         if r.value is None:
-                            closes.pop((r.key or b"").decode(errors="replace"), None)
-                            continue
-                        try:
-                            close = PeriodClosed.model_validate_json(r.value)
-                        except ValidationError as exc:
-                            raise Refused(f"{topic}[{r.partition}] offset {r.offset} is not a month's close "
-                                          f"({exc.errors()[0]['msg']}): nothing written, nothing moved") from exc
-                        closes[close.setlym] = close
+                            latest.pop(r.key or b"", None)
+                        else:
+                            latest[r.key or b""] = r
+        closes: dict[str, PeriodClosed] = {}
+        for r in sorted(latest.values(), key=lambda r: (r.partition, r.offset)):
+            try:
+                close = PeriodClosed.model_validate_json(r.value)
+            except ValidationError as exc:
+                raise Refused(f"{topic}[{r.partition}] offset {r.offset} (key {(r.key or b'').decode(errors='replace')!r}) "
+                              f"is not a month's close ({exc.errors()[0]['msg']}): nothing written, nothing moved; "
+                              "a tombstone under its key removes it") from exc
+            closes[close.setlym] = close
         return closes
     except TimeoutError as exc:
         raise Refused(f"{topic} could not be read to its end in {READ_SECONDS:.0f} s: nothing written, nothing "

@@ -235,6 +235,26 @@ async def test_recover_writes_the_months_closed_after_the_backup_with_their_cuts
     assert await restore_closes(settings, True) == []  # run again: nothing more
 
 
+async def test_recover_names_a_record_that_is_no_close_until_a_tombstone_under_its_key(own_topics):
+    # An answer a gateway had sent to clearing.periods as its reply_to (accepted before session 48),
+    # keyed by its facility: the tool stopped at it, and a tombstone helped only once the log
+    # cleaner had run.
+    settings, repo = own_topics
+    topic = settings.topic(f"cut-{uuid.uuid4().hex[:8]}")
+    await _publish(settings, topic, [(b"k", b"v")] * 10)
+    periods = settings.topic(CLEARING_PERIODS)
+    answer = orjson.dumps({"infcode": 0, "msgid": "H11010500001202511031000000001", "output": {}})
+    await _publish(settings, periods, [_close("202510", topic, 8), (b"H11010500001", answer)])
+    with pytest.raises(Refused, match=r"offset 1 \(key 'H11010500001'\) is not a month's close .* a tombstone "
+                                      r"under its key removes it"):
+        await restore_closes(settings, True)
+    assert await _cuts(repo) == []
+    await _publish(settings, periods, [(b"H11010500001", None)])
+    (said,) = await restore_closes(settings, True)
+    assert said.startswith("closed  month 202510")
+    assert await _cuts(repo) == [("202510", topic, 0, 8, True)]
+
+
 async def test_recover_refuses_a_cut_below_where_the_restored_stage_stood(own_topics):
     settings, repo = own_topics
     topic = settings.topic(f"cut-{uuid.uuid4().hex[:8]}")

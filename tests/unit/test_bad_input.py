@@ -429,6 +429,22 @@ def test_an_illegal_or_platform_reply_to_is_refused(reply_to):
         gateway_reply_topic(reply_to)
 
 
+def test_no_request_may_name_a_topic_of_the_platform_but_its_own_kinds_shared_answer_topic():
+    """Every topic the platform has, its dead-letter and moved answers' topics too, under either
+    spelling Kafka treats alike: clearing.periods was accepted (a review, session 48), and an answer
+    there stopped yidi-recover at a record that is not a month's close."""
+    from yidi.platform.topics import SHARED_RESULTS, all_topic_specs
+
+    for spec in all_topic_specs():
+        for name in (spec.name, spec.name.replace(".", "_")):
+            for own in SHARED_RESULTS:
+                if name == own:
+                    assert gateway_reply_topic(name, own=own) == name
+                    continue
+                with pytest.raises(ValueError):
+                    gateway_reply_topic(name, own=own)
+
+
 def test_no_request_may_name_a_moved_answers_topic_nor_is_one_under_a_shared_topics_name():
     """They hold other facilities' patients' answers: operations read them, no gateway."""
     from yidi.platform.topics import SHARED_RESULTS, moved_answers
@@ -770,12 +786,38 @@ async def test_a_request_of_too_many_empty_arrays_is_refused_quickly_and_a_full_
     raw = _wire(flood)
     assert len(raw) < MAX_REQUEST_BYTES
     with pytest.raises(ValueError, match=f"more than {MAX_CONTAINERS} objects and arrays"):
-        loads(raw)
+        loads(raw, MAX_DEPTH, MAX_CONTAINERS)
     (answer,) = [orjson.loads(o.value) for o in await _through_eligibility(raw) if o.answered]
     assert answer["err_code"] == "INVALID_INPUT" and "objects and arrays" in answer["err_msg"]
     detail = {"setl_id": "S" * 24, "msgid": "M" * 30, "medfee_sumamt": "1.00", "fund_pay_sumamt": "1.00"}
     reconciliation = {"infno": "3202", "input": {"data": {"details": [dict(detail) for _ in range(9_000)]}}}
     assert len(loads(orjson.dumps(reconciliation))["input"]["data"]["details"]) == 9_000
+
+
+def _containers(value) -> int:
+    """The objects and arrays ``value`` holds, itself left out, as jsonwire counts them."""
+    inner = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return sum(1 + _containers(child) for child in inner if isinstance(child, (dict, list)))
+
+
+async def test_a_request_at_the_containers_limit_passed_on_is_taken_by_the_next_stage():
+    # Exactly 50,000 objects and arrays passed eligibility; the work it passed on, the request a
+    # level down with the person and the refusal beside it, held a few more, and pricing refused it:
+    # INTERNAL_ERROR "try again later", the same at every try, under ids read from the raw bytes
+    # (a review, session 48). One more is refused by eligibility, as malformed.
+    from yidi.platform.jsonwire import MAX_CONTAINERS
+
+    base = we1_with(memo=[])
+    limit = we1_with(memo=[[] for _ in range(MAX_CONTAINERS - _containers(base))])
+    assert _containers(limit) == MAX_CONTAINERS
+    (passed,) = [o for o in await _through_eligibility(_wire(limit)) if not o.answered]
+    assert passed.topic == "ns.settlement.eligible"
+    work = loads(passed.value)  # as pricing reads it (replies.parse_each)
+    assert _containers(work) > MAX_CONTAINERS
+    assert EligibleWork.model_validate(work).request.msgid == WE1["msgid"]
+    over = we1_with(memo=[[] for _ in range(MAX_CONTAINERS - _containers(base) + 1)])
+    (answer,) = [orjson.loads(o.value) for o in await _through_eligibility(_wire(over)) if o.answered]
+    assert answer["err_code"] == "INVALID_INPUT" and "objects and arrays" in answer["err_msg"]
 
 
 # ---- any request, as mutated at random: one answer, and a dead letter for a malformed one ----------

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, fie
 
 from yidi.contracts.common import RESPOND_TIME_FORMAT, AreaCode, Code, InfTime, WireModel, empty_is_not_given, wire_time
 from yidi.domain.codes import BUSINESS_TZ
+from yidi.platform.topics import SHARED_RESULTS, TOPICS
 
 
 class Infno(StrEnum):
@@ -77,14 +78,14 @@ class ErrCode(StrEnum):
 
 
 DEFAULT_REPLY_TO = "settlement.results"
-# Topics the platform reads, or writes messages of its own kind to (statements, prepayment alerts):
-# an answer must never be written into one of them.
-PLATFORM_INPUT_PREFIXES = ("settlement.requests", "settlement.eligible", "settlement.priced", "filing.requests",
-                           "filing.events", "refdata.", "platform.", "clearing.requests", "clearing.prepayment-status",
-                           "clearing.statements", "clearing.alerts")
-# The shared answer topic of each kind of request: a request may name its own kind's, not another's
-# (whose readers expect other answers).
-SHARED_RESULTS = (DEFAULT_REPLY_TO, "filing.results", "clearing.results")
+# Topics the platform reads, or writes messages of its own kind to (statements, prepayment alerts,
+# month closes): an answer must never be written into one of them. Taken from the platform's topic
+# list, less the shared answer topics (``SHARED_RESULTS``: a request may name its own kind's, not
+# another's, whose readers expect other answers), so that a topic added to the list is refused too.
+# A list kept by hand left out clearing.periods: an answer written there stopped yidi-recover and
+# reached the regions reading month closes (a review, session 48).
+PLATFORM_INPUT_PREFIXES = ("refdata.", "platform.") + tuple(
+    spec.name for spec in TOPICS if spec.name not in SHARED_RESULTS)
 
 
 def gateway_reply_topic(value: str, own: str = DEFAULT_REPLY_TO) -> str:

@@ -34,13 +34,19 @@ CARRIED = 8
 # them). 850 KB of empty arrays in an ignored field made 280,000, and each stage's walk of them
 # took 0.3 s, 20-40 times a real bill's whole path (a review, session 37).
 MAX_CONTAINERS = 50_000
+# A message between the services carries a request beside what the platform adds (the person, a
+# refusal, an answer and its funds): it may hold ``CARRIED_CONTAINERS`` more, so that a request
+# eligibility took at the limit is not refused after it (a review, session 48).
+CARRIED_CONTAINERS = 1_000
 
 
-def loads(data: bytes | str, max_depth: int = MAX_DEPTH + CARRIED) -> Any:
+def loads(data: bytes | str, max_depth: int = MAX_DEPTH + CARRIED,
+          max_containers: int = MAX_CONTAINERS + CARRIED_CONTAINERS) -> Any:
     """Parse JSON; refuse a NUL character (``\\u0000``) in any string, which Postgres cannot store
     (text and json columns alike): a message carrying one is refused where it arrives, as malformed,
-    instead of failing its whole batch's SQL later. Refuse nesting deeper than ``max_depth`` (a
-    gateway's request: ``MAX_DEPTH``)."""
+    instead of failing its whole batch's SQL later. Refuse nesting deeper than ``max_depth`` and
+    more than ``max_containers`` objects and arrays (a gateway's request: ``MAX_DEPTH``,
+    ``MAX_CONTAINERS``)."""
     value = orjson.loads(data)
     if isinstance(data, bytes):
         nul, brackets = b"\\u0000" in data, data.count(b"[") + data.count(b"{")
@@ -48,15 +54,15 @@ def loads(data: bytes | str, max_depth: int = MAX_DEPTH + CARRIED) -> Any:
         nul, brackets = "\\u0000" in data, data.count("[") + data.count("{")
     # Fewer brackets than the limit cannot nest past it: the walk is for long bills (and NULs) only.
     if nul or brackets > max_depth:
-        _check(value, nul, max_depth)
+        _check(value, nul, max_depth, max_containers)
     return value
 
 
-def _check(value: Any, nul: bool, max_depth: int) -> None:
+def _check(value: Any, nul: bool, max_depth: int, max_containers: int) -> None:
     """Walk ``value`` without recursion: no string holds a NUL (when ``nul``), no container is
     nested deeper than ``max_depth``."""
     stack: list[tuple[Any, int]] = [(value, 1)]
-    room = MAX_CONTAINERS  # counted as they are found: a list of 280,000 was stacked whole first
+    room = max_containers  # counted as they are found: a list of 280,000 was stacked whole first
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict):
@@ -73,7 +79,7 @@ def _check(value: Any, nul: bool, max_depth: int) -> None:
             if isinstance(child, (dict, list)):
                 room -= 1
                 if room < 0:
-                    raise ValueError(f"the message holds more than {MAX_CONTAINERS} objects and arrays")
+                    raise ValueError(f"the message holds more than {max_containers} objects and arrays")
                 stack.append((child, depth + 1))
             elif nul and isinstance(child, str) and "\x00" in child:
                 raise ValueError("a string holds a NUL character (\\u0000)")
