@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,42 @@ def test_the_outpatient_quota_covers_every_kind_of_care_priced_by_the_general_ou
     # its own, such as emergency care (13), is the policy's to put under the quota or not.)
     shared = {m for rule in policy["rules"] if "11" in rule["med_types"] for m in rule["med_types"]}
     assert shared <= set(policy.get("quota_med_types", ["11"])), (name, shared)
+
+
+def _judged(tmp_path: Path, lines: list[str]) -> subprocess.CompletedProcess[str]:
+    """deploy/local/demo.sh, copied beside the demo's requests, judging ``lines`` printed by a
+    yidi-gateway of the test's own (one line per answer, in the requests' order, as the real one)."""
+    import shutil
+
+    root = tmp_path / f"root-{len(list(tmp_path.iterdir()))}"
+    (root / "deploy" / "local").mkdir(parents=True)
+    for script in ("demo.sh", "common.sh", "env.sh"):
+        shutil.copy(DEMO.parent / "local" / script, root / "deploy" / "local" / script)
+    shutil.copytree(DEMO / "requests", root / "deploy" / "demo" / "requests")
+    (root / ".venv" / "bin").mkdir(parents=True)
+    gateway = root / ".venv" / "bin" / "yidi-gateway"
+    gateway.write_text("#!/usr/bin/env bash\ncat <<'END'\n" + "\n".join(lines) + "\nEND\n")
+    gateway.chmod(0o755)
+    return subprocess.run(["bash", str(root / "deploy" / "local" / "demo.sh")], capture_output=True, text=True,
+                          env={"PATH": os.environ["PATH"]}, timeout=60)
+
+
+def test_make_run_takes_a_not_filed_refusal_only_for_the_request_meant_to_get_it(tmp_path):
+    # Request 06 is the same person's as 05 (an emergency without filing, R5): with Ma Jun's demo
+    # filing approved, 05 settles, and 06 refused NOT_FILED passed as "Yidi is running" (a review,
+    # session 48).
+    names = [p.name for p in files("requests")]
+    place = next(i for i, name in enumerate(names) if name.startswith("05-"))
+    settled = "2207 13100000000000000008 at H11010800002: total 510.00, funds pay 0.00  [S1]"
+    refused = "2207 13100000000000000008 at H11010800002: REFUSED NOT_FILED: No valid filing for region 110000"
+    lines = [settled] * len(names)
+    assert _judged(tmp_path, lines).returncode == 0
+    lines[place] = refused
+    assert _judged(tmp_path, lines).returncode == 0
+    lines[place], lines[place + 1] = settled, refused
+    judged = _judged(tmp_path, lines)
+    assert judged.returncode == 1 and "refused that should settle" in judged.stderr
+    lines[place] = refused  # 05 and 06 both refused
+    assert _judged(tmp_path, lines).returncode == 1
+    lines = [settled] * (len(names) - 1)  # an answer short
+    assert "answers for" in _judged(tmp_path, lines).stderr
