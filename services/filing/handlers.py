@@ -200,8 +200,13 @@ class FilingHandler:
                     # A filing in force, of a category held before, may change its region; one
                     # brought back (cancelled, ended, refused) is filed anew.
                     _category_fits(ask.category, held)
-                if not (record.category.is_long_term and record.status in (FilingStatus.ACTIVE, FilingStatus.PENDING)):
-                    await self._one_long_term(conn, ask)  # a change into a long-term filing adds one
+                same_insurance = (ask.insutype.value == record.insutype.value
+                                  and ask.insured_region == record.insuplc_admdvs)
+                if not (record.category.is_long_term and in_force and same_insurance):
+                    # A change into a long-term filing adds one; so does one that moves a long-term
+                    # filing to another insurance, where the person may hold one already (a
+                    # review, session 48: two under one insurance, the second past R8's lock).
+                    await self._one_long_term(conn, ask)
                 changed = change_filing(filing, ask, today=today, lock_months=lock, filed_on=filed_on, at=now)
                 # Filed anew, its R8 lock counts from today, as an add's does: kept from the first
                 # filing, a cancel and a change the next day let every later change through
