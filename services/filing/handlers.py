@@ -200,11 +200,11 @@ class FilingHandler:
                     # A filing in force, of a category held before, may change its region; one
                     # brought back (cancelled, ended, refused) is filed anew.
                     _category_fits(ask.category, held)
-                same_insurance = (ask.insutype.value == record.insutype.value
-                                  and ask.insured_region == record.insuplc_admdvs)
+                # (The insured region does not change: change_filing refuses it.)
+                same_insurance = ask.insutype.value == record.insutype.value
                 if not (record.category.is_long_term and in_force and same_insurance):
                     # A change into a long-term filing adds one; so does one that moves a long-term
-                    # filing to another insurance, where the person may hold one already (a
+                    # filing to another fund (insutype), where the person may hold one already (a
                     # review, session 48: two under one insurance, the second past R8's lock).
                     await self._one_long_term(conn, ask)
                 changed = change_filing(filing, ask, today=today, lock_months=lock, filed_on=filed_on, at=now)
