@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from collections.abc import Callable
 from typing import Any
 
@@ -156,13 +156,15 @@ class FilingHandler:
     def _answer(self, request: FilingRequest, result: FilingResult) -> list[dict[str, Any]]:
         return [{"topic": self.settings.topic(request.reply_to), "value": dumps(result).decode()}]
 
-    async def _one_long_term(self, conn: Any, ask: FilingAsk) -> None:
+    async def _one_long_term(self, conn: Any, ask: FilingAsk, today: date) -> None:
         """R4, R8: a person lives in one place: one long-term filing under an insurance, active or
-        waiting for approval. A second would also step around the lock R8 lets a region put on the
-        first: it is changed (or cancelled), not filed again."""
+        waiting for approval, or a long-term version that another filing's change for a later day
+        keeps in force until then, past ``ask``'s first day. A second would also step around the
+        lock R8 lets a region put on the first: it is changed (or cancelled), not filed again."""
         if not ask.category.is_long_term:
             return
-        other = await self.repo.other_long_term(conn, ask.psn_no, ask.insured_region, ask.insutype.value, ask.filing_id)
+        other = await self.repo.other_long_term(conn, ask.psn_no, ask.insured_region, ask.insutype.value, ask.filing_id,
+                                                max(today, ask.begin))
         if other is not None:
             filing_id, filed, status = other
             raise FilingRefused(
@@ -179,7 +181,7 @@ class FilingHandler:
             if await self.repo.get(conn, ask.filing_id) is not None:
                 raise FilingRefused(f"filing {ask.filing_id} exists already; change it instead")
             _category_fits(ask.category, held)
-            await self._one_long_term(conn, ask)
+            await self._one_long_term(conn, ask, today)
             # The day it was filed, which R8's lock counts from: an import was filed elsewhere, by
             # its begndate at the latest (counted from the import, a lock ran up to six months
             # past R8's limit for every filing migrated in).
@@ -206,7 +208,7 @@ class FilingHandler:
                     # A change into a long-term filing adds one; so does one that moves a long-term
                     # filing to another fund (insutype), where the person may hold one already (a
                     # review, session 48: two under one insurance, the second past R8's lock).
-                    await self._one_long_term(conn, ask)
+                    await self._one_long_term(conn, ask, today)
                 changed = change_filing(filing, ask, today=today, lock_months=lock, filed_on=filed_on, at=now)
                 # Filed anew, its R8 lock counts from today, as an add's does: kept from the first
                 # filing, a cancel and a change the next day let every later change through

@@ -216,3 +216,31 @@ async def test_a_second_long_term_filing_refused_in_a_batch_handled_again_is_ref
     body = orjson.loads(batch[0].value) | {"filed_admdvs": "130100"}
     other = Incoming(topic, 0, 1, psn.encode(), orjson.dumps(body), int(time.time() * 1000))
     assert [accepted for accepted, _ in results(await FilingHandler(settings, filing_repo)([other]))] == [True]
+
+
+async def test_a_long_term_version_kept_in_force_by_a_change_for_a_later_day_counts_until_then(filing_repo, settings):
+    # A long-term filing changed to a temporary trip from a later day stays long-term until then
+    # (its earlier version); its own columns say temporary at once, and a second long-term filing
+    # added meanwhile was accepted: two in force to two regions until that day (a review, session 48).
+    from datetime import datetime, timedelta
+
+    from yidi.domain.codes import BUSINESS_TZ
+
+    today = datetime.now(BUSINESS_TZ).date()
+    planned = today + timedelta(days=30)
+    psn = unique("P")
+    ask = asker(FilingHandler(settings, filing_repo), psn, decl_source="self_service")
+    first = await ask()
+    first_id = first["filing"]["filing_id"]
+    trip = await ask("change", filing_id=first_id, category="temporary_other", filed_admdvs="120000",
+                     begndate=planned.isoformat())
+    meanwhile = await ask(category="long_term_resident", filed_admdvs="130100")
+    other_fund = await ask(category="long_term_resident", filed_admdvs="130100", insutype="390")
+    from_that_day = await ask(category="long_term_resident", filed_admdvs="130100", begndate=planned.isoformat())
+
+    assert first["accepted"] and trip["accepted"], trip
+    assert not meanwhile["accepted"], meanwhile
+    until = (planned - timedelta(days=1)).isoformat()
+    assert f"already has long-term filing {first_id} to region 110000 (in force until {until})" in meanwhile["reason"]
+    assert other_fund["accepted"], other_fund  # another insurance
+    assert from_that_day["accepted"], from_that_day  # begins once the long-term version has run out
