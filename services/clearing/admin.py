@@ -140,6 +140,7 @@ class ClearingAdminHandler:
                 else:
                     finishing.add(request.setlym)
         async with self.repo.transaction() as conn:
+            await _lock_accounts(conn, [request for _, request in requests])
             for record, request in requests:
                 if isinstance(request, Reconcile):
                     out.append(await self._reconcile(conn, request))
@@ -542,6 +543,28 @@ class ClearingAdminHandler:
                             | ({"platform_setl_date": d.platform_date.isoformat()} if d.platform_date else {})
                             for d in listed],
         }
+
+
+async def _lock_accounts(conn: asyncpg.Connection, requests: list[Any]) -> None:
+    """Lock the prepayment accounts the batch's fundings and confirmations move, in the order the
+    settlement stage changes accounts in (``move_prepayments``: by insured, then treating region).
+    Taken request by request instead, a batch of a confirmation of one account and a funding of
+    another (a month's end) deadlocked with a settlement batch drawing on both: Postgres aborted one
+    of them after a second, and it was tried again (a review, session 48). An account not yet made
+    is made by its first move, as before."""
+    pairs = {(r.insuplc_admdvs, r.mdtrtarea_admvs) for r in requests if isinstance(r, FundPrepayment)}
+    if statements := [r.statement_id for r in requests if isinstance(r, ConfirmStatement)]:
+        pairs |= {(r["insuplc_admdvs"], r["mdtrtarea_admvs"]) for r in await conn.fetch(
+            "SELECT insuplc_admdvs, mdtrtarea_admvs FROM clearing.statements WHERE statement_id = ANY($1::text[])",
+            statements)}
+    if len(pairs) < 2:
+        return  # one account is locked by its own move: no order to keep
+    insured, treating = zip(*sorted(pairs), strict=True)
+    await conn.execute(
+        """SELECT 1 FROM clearing.prepayment_accounts AS a
+           JOIN unnest($1::text[], $2::text[]) AS p (i, t) ON a.insuplc_admdvs = p.i AND a.mdtrtarea_admvs = p.t
+           ORDER BY a.insuplc_admdvs, a.mdtrtarea_admvs FOR UPDATE OF a""",
+        list(insured), list(treating))
 
 
 def _status_pair(message: dict[str, Any]) -> tuple[str, str]:

@@ -217,3 +217,46 @@ async def test_a_funding_sent_again_warns_again_only_while_the_warning_is_still_
     assert [m["ok"] for t, m in again if "reqid" in m] == [True]  # the stored result still answered
     statuses = [m for t, m in again if t == settings.topic("clearing.prepayment-status")]
     assert [Decimal(s["balance"]) for s in statuses] == [Decimal("1060.00")]  # the balance now, as before
+
+
+async def test_a_batch_moving_two_accounts_locks_them_in_the_settlement_stages_order(settings, handler):
+    # A batch [fund the second account, fund the first] took the second's lock, then waited for the
+    # first, which a settlement batch held while it waited for the second: a deadlock, one of them
+    # aborted after a second and tried again (a review, session 48). Now the batch waits for the
+    # first before it takes the second, as the settlement stage's batches do.
+    import asyncio
+
+    import asyncpg
+
+    from tests.integration.waiting import until
+
+    first = {"insuplc_admdvs": "961000", "mdtrtarea_admvs": f"94{random.randrange(10_000):04d}"}
+    second = {"insuplc_admdvs": "962000", "mdtrtarea_admvs": first["mdtrtarea_admvs"]}
+    for pair in (first, second):
+        await _call(settings, handler, {"type": "fund", "amount": "100.00", **pair})
+    bodies = [{"type": "fund", "reqid": f"R-{uuid.uuid4().hex}", "amount": amount, **pair}
+              for amount, pair in (("1.00", second), ("2.00", first))]
+    records = [Incoming(settings.topic("clearing.requests"), 0, offset, b["reqid"].encode(), orjson.dumps(b), 0)
+               for offset, b in enumerate(bodies, 1)]
+    where = "SELECT 1 FROM clearing.prepayment_accounts WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2 FOR UPDATE"
+    settlement = await asyncpg.connect(settings.database_url)
+    try:
+        await settlement.execute("BEGIN")  # a settlement batch's transaction, holding the first account
+        await settlement.execute(where, first["insuplc_admdvs"], first["mdtrtarea_admvs"])
+        batch = asyncio.ensure_future(handler(records))
+
+        async def admin_waits() -> bool:
+            return await settlement.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND wait_event_type = 'Lock'") > 0
+
+        await until(admin_waits, timeout=10)
+        # The settlement batch's next account: free, since the admin batch waits for the first.
+        await settlement.execute(where.replace("FOR UPDATE", "FOR UPDATE NOWAIT"), second["insuplc_admdvs"],
+                                 second["mdtrtarea_admvs"])
+        await settlement.execute("COMMIT")
+        out = await asyncio.wait_for(batch, 30)
+    finally:
+        await settlement.close()
+    results = [orjson.loads(o.value) for o in out]
+    assert [r["ok"] for r in results if "reqid" in r] == [True, True]
