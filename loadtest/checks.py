@@ -37,11 +37,15 @@ class ExactlyOnce:
     # with three decimals); an answer that is not a JSON object at all has no msgid and counts as
     # ``unexpected`` under "<unreadable answer>"
     unreadable: dict[str, int] = field(default_factory=dict)
+    # msgid → answers to a malformed request (generator.MALFORMED_KINDS) that did not refuse it
+    # INVALID_INPUT: a bill whose total is not its lines' sum settled, say (judged on the platform
+    # only: the bare pipeline answers every request alike)
+    not_refused: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.duplicated or self.unexpected or self.inconsistent or self.mismatched
-                    or self.unreadable)
+                    or self.unreadable or self.not_refused)
 
     def summary(self, show: int = 5) -> str:
         if self.ok:
@@ -50,7 +54,8 @@ class ExactlyOnce:
         for name, found in (("missing", self.missing), ("duplicated", self.duplicated), ("unexpected", self.unexpected),
                             ("answered otherwise than the first time", self.inconsistent),
                             ("answered about something else than was sent", self.mismatched),
-                            ("unreadable", self.unreadable)):
+                            ("unreadable", self.unreadable),
+                            ("malformed but not refused INVALID_INPUT", self.not_refused)):
             if found:
                 parts.append(f"{name} {sum(found.values())} (e.g. {', '.join(sorted(found)[:show])})")
         return "NOT exactly once: " + "; ".join(parts)
@@ -94,7 +99,8 @@ class AlikeAnswers:
 def check_exactly_once(sends: Mapping[str, int] | Iterable[str], answers: Mapping[str, int] | Iterable[str],
                        inconsistent: Mapping[str, int] | None = None, *,
                        unowed: Mapping[str, int] | None = None, mismatched: Mapping[str, int] | None = None,
-                       unreadable: Mapping[str, int] | None = None) -> ExactlyOnce:
+                       unreadable: Mapping[str, int] | None = None,
+                       not_refused: Mapping[str, int] | None = None) -> ExactlyOnce:
     """``sends``: one msgid per publish (or msgid → publishes); ``answers``: one msgid per answer
     read; ``inconsistent``: msgid → answers whose ``answer_gist`` differed from the first's.
 
@@ -103,7 +109,8 @@ def check_exactly_once(sends: Mapping[str, int] | Iterable[str], answers: Mappin
     is missing: a request answered twice before its resend, and the resend never answered, have
     as many answers as sends. Without it (a count after the fact, ``sweep``), only the numbers
     per msgid are compared. ``mismatched``: msgid → answers about something else than what was
-    sent; ``unreadable``: msgid → answers whose fields could not be read."""
+    sent; ``unreadable``: msgid → answers whose fields could not be read; ``not_refused``: msgid →
+    answers to a malformed request that did not refuse it."""
     expected, got = _counts(sends), _counts(answers)
     missing, duplicated, unexpected = {}, {}, {}
     for msgid, n in expected.items():
@@ -124,7 +131,8 @@ def check_exactly_once(sends: Mapping[str, int] | Iterable[str], answers: Mappin
             unexpected[msgid] = n
     return ExactlyOnce(sum(expected.values()), sum(got.values()), missing, duplicated, unexpected,
                        {k: n for k, n in (inconsistent or {}).items() if n},
-                       {k: n for k, n in (mismatched or {}).items() if n}, {k: n for k, n in (unreadable or {}).items() if n})
+                       {k: n for k, n in (mismatched or {}).items() if n}, {k: n for k, n in (unreadable or {}).items() if n},
+                       {k: n for k, n in (not_refused or {}).items() if n})
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,12 @@ DAY_SECONDS = 86_400.0
 CHRONIC_DIAGNOSIS = {code: (dise, name) for code, dise, name in CHRONIC_DISEASES}
 
 
+# The kinds of malformed request a day holds: JSON cut short (its msgid recoverable), and a bill
+# whose total is not the sum of its lines. The platform owes each an INVALID_INPUT answer.
+MALFORMED_JSON, INVALID_SUM = "malformed-json", "invalid-sum"
+MALFORMED_KINDS = frozenset({MALFORMED_JSON, INVALID_SUM})
+
+
 @dataclass(frozen=True)
 class DayOptions:
     settlements: int = 650_000
@@ -154,13 +160,13 @@ class DayGenerator:
         if self.rng.random() < 0.5:
             raw = orjson.dumps(bad).decode()
             cut = raw.index('"input"') + self.rng.randrange(10, 60)  # after the msgid: it can be recovered
-            line = self._line(t, "raw", "malformed-json", None)
+            line = self._line(t, "raw", MALFORMED_JSON, None)
             line["raw"] = raw[:cut]
             line["msgid"], line["key"] = bad["msgid"], person.psn_no
             return line
         data = bad["input"]["data"]
         data["medfee_sumamt"] = yuan(int(data["medfee_sumamt"].replace(".", "")) + 100)
-        return self._line(t, "send", "invalid-sum", bad)
+        return self._line(t, "send", INVALID_SUM, bad)
 
     def _envelope(self, infno: str, person: Person, facility: str, moment: datetime) -> dict[str, Any]:
         return {

@@ -55,6 +55,7 @@ from loadtest.checks import (
     settled_share,
     yuan_to_fen,
 )
+from loadtest.generator import MALFORMED_KINDS
 from yidi.contracts.envelope import DEFAULT_REPLY_TO, respond_time_ms
 from yidi.platform.kafka import ensure_topics
 from yidi.platform.lag import topic_partitions
@@ -131,7 +132,8 @@ def read_lines(path: Path) -> Iterator[dict[str, Any]]:
 
 class Replay:
     def __init__(self, bootstrap: str, namespace: str, pace: Pace, *, progress: bool = True,
-                 drain_timeout: float = 60.0, grace: float = 1.5, label: str = "", total: int | None = None) -> None:
+                 drain_timeout: float = 60.0, grace: float = 1.5, label: str = "", total: int | None = None,
+                 judge_malformed: bool = False) -> None:
         self.bootstrap = bootstrap
         self.namespace = namespace
         self.pace = pace
@@ -154,6 +156,12 @@ class Replay:
         self.cancel_setl_ids: dict[str, str] = {}  # cancellation msgid → the setl_id it was sent to cancel
         self.mismatched: Counter[str] = Counter()  # msgid → answers about something else than what was sent
         self.unreadable: Counter[str] = Counter()  # msgid → answers whose fields could not be read
+        # Malformed requests sent (generator.MALFORMED_KINDS), and the answers to them that did not
+        # refuse them INVALID_INPUT: judged on the platform (``judge_malformed``), whose ledger must
+        # hold no row of theirs either; the bare pipeline answers every request alike.
+        self.judge_malformed = judge_malformed
+        self.malformed: set[str] = set()
+        self.not_refused: Counter[str] = Counter()
         self.reused_msgids = 0  # answers refused MODIFIED_REQUEST: an earlier run's msgid with another payload
         self.behind = array("d")  # seconds each paced publish went out after it was due
         self.paced_span = (0.0, 0.0)  # first and last paced publish (deferred cancellations are not paced)
@@ -268,9 +276,13 @@ class Replay:
             # (a new --run-id without a new --tag), refused now, so answered_before_run misses it.
             self.reused_msgids += 1
         self.alike.add(msgid, answer)
+        if msgid in self.malformed:
+            if self.judge_malformed and answer.get("err_code") != "INVALID_INPUT":
+                self.not_refused[msgid] += 1
+            return
         sent = self.infnos.get(msgid)
         if sent is None:
-            return  # never sent (unexpected), or a malformed request
+            return  # never sent (unexpected)
         ok = answer.get("infcode") == 0
         info = (answer.get("output") or {}).get("setlinfo") or {}
         if str(answer.get("infno", "")) != sent:
@@ -321,6 +333,11 @@ class Replay:
         self.outstanding += 1
         self.kinds[kind] += 1
         self.sent_at.append(now - self.started)
+        if kind in MALFORMED_KINDS:
+            # Owed a refusal, not a settlement: out of the settlements' counts and expected rows,
+            # and into the ledger's check for rows that should not be there.
+            self.malformed.add(msgid)
+            infno, fp = "", None
         if infno:
             self.infnos[msgid] = sys.intern(infno)
         if fp is not None:  # a settlement's ``fingerprint``
@@ -490,7 +507,7 @@ class Replay:
 
     def exactly_once(self) -> ExactlyOnce:
         return check_exactly_once(self.sends, self.answers, self.alike.inconsistent, unowed=self.unowed,
-                                  mismatched=self.mismatched, unreadable=self.unreadable)
+                                  mismatched=self.mismatched, unreadable=self.unreadable, not_refused=self.not_refused)
 
     def answer_totals(self) -> Totals:
         return answer_totals(self.settled, self.cancelled_setl_ids)
@@ -548,7 +565,8 @@ class Replay:
             "exactly_once": {"ok": check.ok, "summary": check.summary(), "missing": sum(check.missing.values()),
                              "duplicated": sum(check.duplicated.values()), "unexpected": sum(check.unexpected.values()),
                              "inconsistent": sum(check.inconsistent.values()),
-                             "mismatched": sum(check.mismatched.values()), "unreadable": sum(check.unreadable.values())},
+                             "mismatched": sum(check.mismatched.values()), "unreadable": sum(check.unreadable.values()),
+                             "not_refused": sum(check.not_refused.values())},
             "series": series(np.frombuffer(self.answered_at, dtype=np.float64), lat),
         }
 
@@ -722,12 +740,16 @@ async def ledger_totals(database_url: str, msgids: list[str], others: list[str] 
 
 async def replay_file(path: Path, *, bootstrap: str, namespace: str, pace: Pace, database_url: str | None = None,
                       label: str = "", progress: bool = True,
-                      replayed: Callable[[], Awaitable[Any]] | None = None) -> dict[str, Any]:
+                      replayed: Callable[[], Awaitable[Any]] | None = None,
+                      judge_malformed: bool | None = None) -> dict[str, Any]:
     """Replay a day file; with ``database_url`` also compare the ledger to the answers. ``replayed``
     is awaited once the replay has ended, before that check: a bench stops measuring there, since
-    the check's queries are the load tool's work, not the system's."""
+    the check's queries are the load tool's work, not the system's. ``judge_malformed``: check
+    that each malformed request was refused INVALID_INPUT (by default when the ledger is compared:
+    the platform's runs; the bare pipeline's answer every request alike)."""
     total = sum(1 for raw in path.open("rb") if raw.strip()) if progress else None
-    replay = Replay(bootstrap, namespace, pace, label=label, progress=progress, total=total)
+    replay = Replay(bootstrap, namespace, pace, label=label, progress=progress, total=total,
+                    judge_malformed=database_url is not None if judge_malformed is None else judge_malformed)
     result = await replay.run(read_lines(path))
     if replayed is not None:
         await replayed()

@@ -38,7 +38,8 @@ async def test_a_small_day_is_answered_exactly_once_and_the_ledger_matches_the_a
         await load(str(tmp_path / "refdata.json"), bootstrap=s.kafka_bootstrap, namespace=s.namespace, wait=30)
         options = DayOptions(settlements=180, seed=5, pre_settlements=0.05, cancellations=0.05, duplicates=0.05,
                              malformed=0.05)
-        replay = Replay(s.kafka_bootstrap, s.namespace, Pace(window=500), progress=False, drain_timeout=20, grace=1.0)
+        replay = Replay(s.kafka_bootstrap, s.namespace, Pace(window=500), progress=False, drain_timeout=20, grace=1.0,
+                        judge_malformed=True)
         result = await replay.run(day_lines(world, options))
         ledger = await replay.ledger_check(s.database_url)
         # Two rows' amounts swapped keep the totals: the row by row comparison must see it.
@@ -81,6 +82,8 @@ async def test_a_small_day_is_answered_exactly_once_and_the_ledger_matches_the_a
     assert kinds["duplicate"] and kinds["pre-settlement"] and (kinds.get("malformed-json", 0) + kinds.get("invalid-sum", 0))
     assert result["cancellations"]["sent"] >= 1
     assert errors["INVALID_INPUT"] >= 1 and errors["ok"] > 150
+    # Each malformed request refused INVALID_INPUT, and none has a ledger row (the ledger's check).
+    assert replay.malformed and result["exactly_once"]["not_refused"] == 0
     assert ledger.answers.count == len(replay.settled) - result["cancellations"]["sent"]
     assert time.monotonic() - started < 60
 

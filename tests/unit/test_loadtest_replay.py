@@ -238,6 +238,19 @@ def test_targets_are_judged_from_the_runs():
     assert met["each service < 150 MiB RSS"] is False
 
 
+def test_throughput_targets_are_not_met_by_a_run_whose_checks_failed():
+    # A platform refusing most settlements answers fast: the p99 targets said so, the throughput
+    # ones were "met" (a review, session 48).
+    run = {"sends": 1000, "throughput_per_s": 3000.0, "latency_ms": {"p99": 40.0},
+           "exactly_once": {"ok": True, "summary": "exactly once"}, "settlements": {"sent": 900, "answered": 900, "settled": 90}}
+    report = {"runs": {"max": run, "reference": run | {"throughput_per_s": 4000.0}}, "rss_max_mib": {}}
+    judged = {t["target"]: t for t in judge(report)}
+    for target in ("a 650,000-settlement day in < 6 minutes", "throughput ≥ half of the bare pipeline's"):
+        assert judged[target]["met"] is False and judged[target]["measured"].endswith("; the run's checks failed"), target
+    run["settlements"]["settled"] = 900
+    assert all(judged["met"] for judged in judge(report) if "day" in judged["target"] or "half" in judged["target"])
+
+
 def test_a_whole_day_is_judged_by_its_own_duration_not_a_projection():
     day = {"sends": 670_000, "throughput_per_s": 2000.0, "latency_ms": {"p99": 900.0}}
     judged = {t["target"]: t for t in judge({"runs": {"max": day}, "rss_max_mib": {}})}
@@ -810,3 +823,48 @@ async def test_a_cancellation_answered_for_another_setl_id_fails_the_check():
     check = r.exactly_once()
     assert not check.ok and check.mismatched == {"C1": 1}
     assert r.result()["exactly_once"]["mismatched"] == 1
+
+
+def refused(msgid: str, infno: str = "2207", code: str = "INVALID_INPUT") -> bytes:
+    return orjson.dumps({"msgid": msgid, "infno": infno, "infcode": -1, "err_code": code, "output": {}})
+
+
+@pytest.mark.parametrize("judged", [True, False])
+async def test_a_malformed_request_must_be_refused_invalid_input_on_the_platform(judged):
+    # A bill whose total is not its lines' sum, settled, counted as a settlement: its row was
+    # expected in the ledger, and the run passed (a review, session 48). The bare pipeline answers
+    # every request alike: not judged there.
+    r = Replay("unused:0", "ns.", Pace(window=100), progress=False, judge_malformed=judged)
+    r._producer = FakeProducer()  # type: ignore[assignment]
+    await r._send_line(settle_line("M1"))
+    await r._send_line(settle_line("BADSUM", kind="invalid-sum"))
+    await r._send_line(settle_line("BADSUM2", kind="invalid-sum"))
+    await r._send_line({"t": 1.0, "op": "raw", "kind": "malformed-json", "msgid": "CUT", "key": "P1",
+                        "raw": '{"infno": "2207", "msgid": "CUT", "inp'})
+    await r._send_line({"t": 1.0, "op": "raw", "kind": "malformed-json", "msgid": "CUT2", "key": "P1",
+                        "raw": '{"infno": "2207", "msgid": "CUT2", "inp'})
+    for a in (answer("M1"), answer("BADSUM", setl_id="S2"), refused("BADSUM2"), answer("CUT", setl_id="S3"),
+              refused("CUT2")):
+        r._on_answer(a, r.started + 1.0)
+    check = r.exactly_once()
+    assert r.settlements == {"sent": 1, "answered": 1, "settled": 1}  # the malformed ones are not settlements
+    assert r.answer_totals().count == 1
+    assert set(r.malformed) == {"BADSUM", "BADSUM2", "CUT", "CUT2"} and "BADSUM" not in r.fingerprints
+    if judged:
+        assert not check.ok and check.not_refused == {"BADSUM": 1, "CUT": 1}
+        assert "malformed but not refused INVALID_INPUT 2" in check.summary()
+        assert r.result()["exactly_once"]["not_refused"] == 2
+    else:
+        assert check.ok, check.summary()
+
+
+def test_the_headline_names_the_rate_the_fixed_rate_run_was_paced_at():
+    # make bench --rate 50 still printed "at 100/s" (a review, session 48).
+    from loadtest.report import fixed_rate, headline
+
+    run = {"sends": 1000, "throughput_per_s": 50.0, "latency_ms": {"p50": 20.0, "p95": 30.0, "p99": 40.0, "max": 50.0},
+           "pace": "fixed rate 50/s (window 2000)", "pace_rate_per_s": 50.0}
+    assert fixed_rate(run) == 50.0 and fixed_rate(None) == 100.0
+    assert fixed_rate({k: v for k, v in run.items() if k != "pace_rate_per_s"}) == 50.0
+    text = headline({"runs": {"rate_100": run}, "rss_max_mib": {}, "window": 2000, "commit": "abc", "results_dir": "r", "targets": []})
+    assert "at 50/s:" in text and "at 100/s:" not in text

@@ -182,3 +182,16 @@ def test_main_reads_the_latest_benches_and_appends_the_entry(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("## Summary of 3 benches")
     with pytest.raises(SystemExit):
         sm.main(["--results", str(tmp_path / "none"), "--no-docs"])
+
+
+def test_a_paced_run_that_fell_behind_its_pace_counts_as_out_of_reach():
+    # Its report judges no p99 target by it; the median took its p99 (a review, session 48).
+    behind = _run(1830.0, 120.0) | {"short_of_pace": True}
+    reports = [_report(f"2026-12-07 19:0{i} UTC", ours=2300.0, bare=9000.0, p99_100=90.0, held=None, rss=90.0,
+                       fast=behind if i else _run(1990.0, 200.0)) for i in range(3)]
+    reports[2]["runs"]["rate_100"] = _run(99.0, 40.0, 3100) | {"short_of_pace": True}
+    s = sm.summarise(reports, ["a", "b", "c"])
+    fast = _row(s, "p99 at a steady 2,000/s")
+    assert fast["values"] == [200.0, math.inf, math.inf] and fast["median"] == math.inf and fast["met"] is False
+    slow = _row(s, "p99 at 100/s")
+    assert slow["values"] == [90.0, 90.0, math.inf] and slow["median"] == 90.0
