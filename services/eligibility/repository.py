@@ -347,17 +347,26 @@ class EligibilityRepository(Repository):
     ) -> None:
         """A window published again replaces the one held, but a cancelled window stays cancelled:
         a region reloading an earlier file must not stop settlements again (a window announced
-        again takes a new ``status_id``)."""
+        again takes a new ``status_id``). A ``status_id`` another region's window holds is refused
+        (``ValueError``: the feed dead-letters the record): taken as the same window, the other
+        region's was moved away, or the new one stored already cancelled, and settlements went on
+        through a real outage (a review, session 48)."""
         async with transient_errors():
-            held = await self._pool.fetchval(
-                """INSERT INTO eligibility.outages (status_id, admdvs, starts_at, ends_at, reason, cancelled)
+            held = await self._pool.fetchrow(
+                """INSERT INTO eligibility.outages AS o (status_id, admdvs, starts_at, ends_at, reason, cancelled)
                    VALUES ($1, $2, $3, $4, $5, $6)
-                   ON CONFLICT (status_id) DO UPDATE SET admdvs = EXCLUDED.admdvs, starts_at = EXCLUDED.starts_at,
-                       ends_at = EXCLUDED.ends_at, reason = EXCLUDED.reason,
-                       cancelled = eligibility.outages.cancelled OR EXCLUDED.cancelled
+                   ON CONFLICT (status_id) DO UPDATE SET starts_at = EXCLUDED.starts_at,
+                       ends_at = EXCLUDED.ends_at, reason = EXCLUDED.reason, cancelled = o.cancelled OR EXCLUDED.cancelled
+                   WHERE o.admdvs = EXCLUDED.admdvs
                    RETURNING cancelled""",
                 status_id, admdvs, starts_at, ends_at, reason, cancelled,
             )
+            other = None if held is not None else await self._pool.fetchval(
+                "SELECT admdvs FROM eligibility.outages WHERE status_id = $1", status_id)
+        if held is None:
+            raise ValueError(f"status_id {status_id} is region {other}'s window, not {admdvs}'s: each region's "
+                             "windows take status_ids of their own (its code before them, say); nothing was changed")
+        held = held["cancelled"]
         self._reference.outages = None  # after the write, as for a facility
         self._reference.changed()
         if held and not cancelled:

@@ -87,3 +87,23 @@ def test_a_region_asked_for_must_be_an_area_code(capsys):
     with pytest.raises(SystemExit):
         main(["--region", "4401"])  # a prefix found nothing and said "not down"
     assert "not a 6-digit area code" in capsys.readouterr().err
+
+
+async def test_a_status_id_another_regions_window_holds_is_refused_and_changes_nothing(settings):
+    # Windows were kept by status_id alone: a second region's window under the same id moved the
+    # first region's away (settlements went on through its outage), or was stored already
+    # cancelled (a review, session 48). The feed dead-letters the record with the reason.
+    pool = await create_pool(settings.database_url, size=1)
+    window = unique("S")
+    try:
+        await migrate(pool, "eligibility", "services.eligibility.migrations")
+        repo = EligibilityRepository(pool)
+        now = datetime.now(UTC)
+        await repo.upsert_outage(window, DOWN_REGION, now - timedelta(minutes=5), now + timedelta(hours=1), "network", False)
+        with pytest.raises(ValueError, match=f"status_id {window} is region {DOWN_REGION}'s window, not {LATER_REGION}'s"):
+            await repo.upsert_outage(window, LATER_REGION, now, now + timedelta(hours=2), "upgrade", True)
+        assert [(o.region, o.reason) for o in await repo.outages([DOWN_REGION, LATER_REGION], now)] == [
+            (DOWN_REGION, "network")]
+    finally:
+        await pool.execute("DELETE FROM eligibility.outages WHERE status_id = $1", window)
+        await pool.close()
