@@ -315,7 +315,8 @@ class EligibilityHandler:
             # infcode 0, "eligible": "0", which a gateway checking infcode read as success). One
             # not networked for the care asked is the visit's answer, below.
             facility = facilities.get(request.fixmedins_code)
-            if facility is None or facility.admdvs != request.mdtrtarea_admvs:
+            # Networked for no care: its designation withdrawn (med_types [], reference-data.md).
+            if facility is None or facility.admdvs != request.mdtrtarea_admvs or not facility.med_types:
                 return self._answer(p, err=(
                     ErrCode.UNKNOWN_FACILITY,
                     f"This facility is not a networked facility of region {request.mdtrtarea_admvs}; check the "

@@ -64,6 +64,27 @@ async def test_a_facility_the_region_does_not_know_fails_as_1101_does(changes):
     assert (answer["infcode"], answer["err_code"]) == (-1, "UNKNOWN_FACILITY") and not answer["output"]
 
 
+@pytest.mark.parametrize("infno", ["2001", "1101"])
+async def test_a_facility_whose_designation_was_withdrawn_fails_as_an_unknown_one(monkeypatch, infno):
+    # Published again with med_types [] (a delete is dead-lettered): its settlements were refused,
+    # but 1101 still answered a person's identity and balance to it (a review, session 48).
+    withdrawn = OUTPATIENT_ONLY.model_copy(update={"med_types": []})
+    monkeypatch.setattr(Repo, "facilities", lambda self, codes: _facilities(codes, withdrawn))
+    if infno == "1101":
+        request = copy.deepcopy(WE1) | {"infno": "1101", "input": {"data": {"psn_no": PSN, "mdtrt_cert_type": "02",
+                                                                             "mdtrt_cert_no": PSN}}}
+        handler = EligibilityHandler(Settings(namespace="t."), repo=Repo(), subjects=Subjects())  # type: ignore[arg-type]
+        (out,) = await handler([Incoming("t.settlement.requests", 0, 1, b"k", orjson.dumps(request), 0)])
+        answer = orjson.loads(out.value)
+    else:
+        answer = await benefit_check()
+    assert (answer["infcode"], answer["err_code"]) == (-1, "UNKNOWN_FACILITY"), answer
+
+
+async def _facilities(codes, facility):
+    return {c: facility for c in codes if c == facility.fixmedins_code}
+
+
 async def test_a_chronic_benefit_check_names_the_disease():
     request = copy.deepcopy(WE1) | {"infno": "2001"}
     request["input"] = {"data": {"psn_no": PSN, "insutype": "310", "med_type": "14", "dise_codg": " "}}
