@@ -140,8 +140,12 @@ class ClearingAdminHandler:
                 else:
                     finishing.add(request.setlym)
         async with self.repo.transaction() as conn:
-            await _lock_accounts(conn, [request for _, request in requests])
+            locked = False
             for record, request in requests:
+                if not locked and isinstance(request, (FundPrepayment, ConfirmStatement)):
+                    # After the months' runs (above): their totals take no account's lock.
+                    await _lock_accounts(conn, [r for _, r in requests])
+                    locked = True
                 if isinstance(request, Reconcile):
                     out.append(await self._reconcile(conn, request))
                     continue

@@ -260,3 +260,35 @@ async def test_a_batch_moving_two_accounts_locks_them_in_the_settlement_stages_o
         await settlement.close()
     results = [orjson.loads(o.value) for o in out]
     assert [r["ok"] for r in results if "reqid" in r] == [True, True]
+
+
+async def test_a_months_run_totals_before_the_batch_locks_the_accounts_its_fundings_move(clearing_of_its_own,
+                                                                                          monkeypatch):
+    # A run goes first so that its totals (tens of seconds at national scale) hold no account's
+    # lock a settlement batch would wait for; the accounts' locks taken at the transaction's start
+    # held them all through it (the review of session 48's diff).
+    from services.clearing import admin
+
+    settings, repo = clearing_of_its_own
+    handler = ClearingAdminHandler(settings, repo)
+    order: list[str] = []
+    lock, apply = admin._lock_accounts, ClearingAdminHandler._apply
+
+    async def locking(conn, requests):
+        order.append("lock accounts")
+        await lock(conn, requests)
+
+    async def applying(self, conn, record, request, refused):
+        order.append(request.type)
+        return await apply(self, conn, record, request, refused)
+
+    monkeypatch.setattr(admin, "_lock_accounts", locking)
+    monkeypatch.setattr(ClearingAdminHandler, "_apply", applying)
+    bodies = [{"type": "fund", "amount": "1.00", "insuplc_admdvs": "962000", "mdtrtarea_admvs": "941000"},
+              {"type": "fund", "amount": "2.00", "insuplc_admdvs": "961000", "mdtrtarea_admvs": "941000"},
+              {"type": "run_month", "setlym": "202510"}]
+    records = [Incoming(settings.topic("clearing.requests"), 0, offset, f"R-{offset}".encode(),
+                        orjson.dumps(b | {"reqid": f"R-{uuid.uuid4().hex}"}), 0) for offset, b in enumerate(bodies, 1)]
+    out = [orjson.loads(o.value) for o in await handler(records)]
+    assert order == ["run_month", "lock accounts", "fund", "fund"]
+    assert [r["ok"] for r in out if "reqid" in r and "ok" in r] == [True, True, True], out
