@@ -170,7 +170,7 @@ def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
               (("reference_rate_100", "bare pipeline"), ("reference_rate_100_tuned", "bare pipeline, tuned clients"))
               if name in runs]
     if floors:
-        measured += " (p99 at 100/s of the " + "; ".join(floors) + ")"
+        measured += f" (p99 at {fixed_rate(runs.get('reference_rate_100')):g}/s of the " + "; ".join(floors) + ")"
     peak = runs.get("rate_peak")
     if peak:
         measured += f"; at the national peak hour's {peak['throughput_per_s']}/s p99 {_p99(peak)} ms"

@@ -55,7 +55,7 @@ class FilingHandler:
         self._purge = Purge("filing", repo, lambda conn: self.repo.forget_decided(conn))
 
     async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
-        requests, out = parse_each(records, FilingRequest.model_validate, "filing request", self.refuse)
+        requests, out = parse_each(records, FilingRequest.model_validate, "filing request", self.refuse, gateway=True)
         async with self.repo.transaction() as conn:
             await lock_keys(conn, "yidi-filing", [request.psn_no for _, request in requests])
             # The persons' insurance and type, read once for the batch: under the same locks, the
@@ -156,7 +156,7 @@ class FilingHandler:
     def _answer(self, request: FilingRequest, result: FilingResult) -> list[dict[str, Any]]:
         return [{"topic": self.settings.topic(request.reply_to), "value": dumps(result).decode()}]
 
-    async def _one_long_term(self, conn: Any, ask: FilingAsk, today: date) -> None:
+    async def _one_long_term(self, conn: Any, ask: FilingAsk, today: date, kept_only: bool = False) -> None:
         """R4, R8: a person lives in one place: one long-term filing under an insurance, active or
         waiting for approval, or a long-term version that another filing's change for a later day
         keeps in force until then, past ``ask``'s first day. A second would also step around the
@@ -164,7 +164,7 @@ class FilingHandler:
         if not ask.category.is_long_term:
             return
         other = await self.repo.other_long_term(conn, ask.psn_no, ask.insured_region, ask.insutype.value, ask.filing_id,
-                                                max(today, ask.begin))
+                                                max(today, ask.begin), kept_only)
         if other is not None:
             filing_id, filed, status = other
             raise FilingRefused(
@@ -209,6 +209,11 @@ class FilingHandler:
                     # filing to another fund (insutype), where the person may hold one already (a
                     # review, session 48: two under one insurance, the second past R8's lock).
                     await self._one_long_term(conn, ask, today)
+                else:
+                    # Within the long-term filing it is: only an earlier day may meet a long-term
+                    # version another filing's change keeps in force until then (two held from
+                    # before the check may each still change).
+                    await self._one_long_term(conn, ask, today, kept_only=True)
                 changed = change_filing(filing, ask, today=today, lock_months=lock, filed_on=filed_on, at=now)
                 # Filed anew, its R8 lock counts from today, as an add's does: kept from the first
                 # filing, a cancel and a change the next day let every later change through

@@ -206,17 +206,17 @@ class FilingRepository(Repository):
 
     async def other_long_term(
         self, conn: asyncpg.Connection, psn_no: str, insuplc_admdvs: str, insutype: str, filing_id: str,
-        from_day: date,
+        from_day: date, kept_only: bool = False,
     ) -> tuple[str, str, str] | None:
         """Another long-term filing of the person under this insurance, active or waiting for
         approval, or a long-term earlier version of another filing still in force on ``from_day``
         (a change for a later day keeps it until the day before: the filing's own columns are the
         change's already; a review, session 48): (filing_id, filed region, status, or "in force
-        until" the version's last day)."""
+        until" the version's last day). ``kept_only``: those earlier versions alone."""
         row = await conn.fetchrow(
             """SELECT filing_id, filed_admdvs, status FROM filing.filings
                WHERE psn_no = $1 AND insuplc_admdvs = $2 AND insutype = $3 AND status IN ('active', 'pending')
-               AND category = ANY($4::text[]) AND filing_id <> $5
+               AND category = ANY($4::text[]) AND filing_id <> $5 AND NOT $7
                UNION ALL
                SELECT f.filing_id, e->>'filed_admdvs', 'in force until ' || (e->>'enddate')
                FROM filing.filings AS f CROSS JOIN LATERAL jsonb_array_elements(f.earlier) AS e
@@ -224,5 +224,6 @@ class FilingRepository(Repository):
                AND e->>'category' = ANY($4::text[]) AND (e->>'enddate')::date >= $6 AND f.filing_id <> $5
                ORDER BY 1 LIMIT 1""",
             psn_no, insuplc_admdvs, insutype, sorted(c.value for c in LONG_TERM_CATEGORIES), filing_id, from_day,
+            kept_only,
         )
         return None if row is None else (row["filing_id"], row["filed_admdvs"], row["status"])

@@ -244,3 +244,12 @@ async def test_a_long_term_version_kept_in_force_by_a_change_for_a_later_day_cou
     assert f"already has long-term filing {first_id} to region 110000 (in force until {until})" in meanwhile["reason"]
     assert other_fund["accepted"], other_fund  # another insurance
     assert from_that_day["accepted"], from_that_day  # begins once the long-term version has run out
+    # That filing, changed within long-term: to another region from that day, yes; to an earlier
+    # day, within the kept version's days, no (the review of the session's diff).
+    later_id = from_that_day["filing"]["filing_id"]
+    moved = await ask("change", filing_id=later_id, category="long_term_resident", filed_admdvs="130200",
+                      begndate=planned.isoformat())
+    earlier = await ask("change", filing_id=later_id, category="long_term_resident", filed_admdvs="130200",
+                        begndate=today.isoformat())
+    assert moved["accepted"], moved
+    assert not earlier["accepted"] and f"{first_id} to region 110000 (in force until {until})" in earlier["reason"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -818,6 +819,21 @@ async def test_a_request_at_the_containers_limit_passed_on_is_taken_by_the_next_
     over = we1_with(memo=[[] for _ in range(MAX_CONTAINERS - _containers(base) + 1)])
     (answer,) = [orjson.loads(o.value) for o in await _through_eligibility(_wire(over)) if o.answered]
     assert answer["err_code"] == "INVALID_INPUT" and "objects and arrays" in answer["err_msg"]
+
+
+def test_a_filing_request_is_held_to_a_gateway_requests_limits_not_a_carried_messages():
+    # Filing reads gateways' requests itself, with no stage before it; it took 1,000 containers
+    # and 8 levels more than eligibility does (the review of session 48's diff).
+    from services.filing.handlers import FilingHandler
+    from yidi.platform.jsonwire import MAX_CONTAINERS
+    from yidi.platform.replies import parse_each
+
+    body = {"action": "add", "reqid": "R1", "psn_no": "P1", "memo": [[] for _ in range(MAX_CONTAINERS)]}
+    record = Incoming("ns.filing.requests", 0, 1, b"P1", orjson.dumps(body), 0)
+    for gateway, taken in ((False, 1), (True, 0)):
+        parsed, out = parse_each([record], dict, "filing request", gateway=gateway)
+        assert len(parsed) == taken and len(out) == 1 - taken
+    assert "gateway=True" in inspect.getsource(FilingHandler.__call__)
 
 
 # ---- any request, as mutated at random: one answer, and a dead letter for a malformed one ----------
