@@ -32,7 +32,7 @@ from yidi.domain.codes import BUSINESS_TZ, minutes_ahead, region_chain
 from yidi.domain.eligibility import (Eligible, InsuredBefore, Outage, Refusal, Refused, Visit, decide,
                                     insured_as_named)
 from yidi.domain.money import ZERO, fmt
-from yidi.platform.jsonwire import MAX_CONTAINERS, MAX_DEPTH, dumps, loads
+from yidi.platform.jsonwire import dumps, loads_request
 from yidi.platform.kafka import Incoming, Outgoing
 from yidi.platform.replies import answerable_msgid, broken, dead_letter, ids_of, recover_ids, reply
 from yidi.platform.settings import Settings
@@ -181,7 +181,7 @@ class EligibilityHandler:
             return self._invalid(record, f"the request is {len(record.value)} bytes, more than the {MAX_REQUEST_BYTES} "
                                          "accepted (a bill has at most 2,000 lines)")
         try:
-            raw = loads(record.value, MAX_DEPTH, MAX_CONTAINERS)  # what it passes on nests deeper, holds more
+            raw = loads_request(record.value)  # what it passes on nests deeper, holds more
         except ValueError as exc:
             return self._invalid(record, f"not JSON ({exc})")
         if not isinstance(raw, dict):

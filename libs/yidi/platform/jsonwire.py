@@ -58,6 +58,12 @@ def loads(data: bytes | str, max_depth: int = MAX_DEPTH + CARRIED,
     return value
 
 
+def loads_request(data: bytes | str) -> Any:
+    """``loads`` of a gateway's own request, where it arrives: held to a request's limits
+    (``MAX_DEPTH``, ``MAX_CONTAINERS``), not a message's that carries one."""
+    return loads(data, MAX_DEPTH, MAX_CONTAINERS)
+
+
 def _check(value: Any, nul: bool, max_depth: int, max_containers: int) -> None:
     """Walk ``value`` without recursion: no string holds a NUL (when ``nul``), no container is
     nested deeper than ``max_depth``."""

@@ -14,7 +14,7 @@ from yidi.contracts import answers
 from yidi.contracts.envelope import (DEFAULT_REPLY_TO, OFFERED_INFNOS, ErrCode, ResponseEnvelope, gateway_reply_topic,
                                     respond_time_ms)
 from yidi.platform import metrics
-from yidi.platform.jsonwire import MAX_CONTAINERS, MAX_DEPTH, dumps, loads
+from yidi.platform.jsonwire import dumps, loads, loads_request
 from yidi.platform.kafka import Answered, Incoming, Outgoing
 from yidi.platform.settings import Settings
 from yidi.platform.topics import all_topic_specs, dlq, moved_answers
@@ -209,13 +209,13 @@ def parse_each(
 ) -> tuple[list[tuple[Incoming, T]], list[Outgoing]]:
     """Each record's JSON parsed by ``parse``; one that does not parse is not retried: it goes to
     ``on_invalid`` (by default, the dead-letter topic with the reason), the others go on.
-    ``gateway``: the records are a gateway's own requests, held to a request's limits
-    (``jsonwire.MAX_DEPTH``, ``MAX_CONTAINERS``), not those of a message between the services."""
+    ``gateway``: the records are a gateway's own requests (``jsonwire.loads_request``), not
+    messages between the services."""
     parsed: list[tuple[Incoming, T]] = []
     out: list[Outgoing] = []
     for record in records:
         try:
-            value = loads(record.value, MAX_DEPTH, MAX_CONTAINERS) if gateway else loads(record.value)
+            value = loads_request(record.value) if gateway else loads(record.value)
             parsed.append((record, parse(value)))
         except (ValidationError, ValueError, ArithmeticError) as exc:  # a data error: refused, never retried
             reason = f"{what} does not validate: {exc}"
