@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from collections.abc import Callable
 from typing import Any
 
@@ -171,6 +171,29 @@ class FilingHandler:
                 f"the person already has long-term filing {filing_id} to region {filed} ({status}); a person has one "
                 f"long-term filing: change that one (action change, filing_id {filing_id}) or cancel it first")
 
+    async def _kept_long_term(self, conn: Any, before: Filing, changed: Filing, today: date) -> None:
+        """R4, R8: a change for a later day, planned again further off, keeps the long-term version
+        it was to end in force until then (``superseded``): that must not run into another
+        long-term filing of the person's under the same insurance (the review of session 48's diff:
+        a re-planned trip gave two long-term filings for the days between)."""
+        ends = {(p.category, p.begin): p.end for p in before.earlier}
+        for period in changed.earlier:
+            was = ends.get((period.category, period.begin))
+            if not period.category.is_long_term or was is None or period.end <= max(was, today - timedelta(days=1)):
+                # Not kept longer than before (a version the change ends now was in force with no
+                # end: ending it meets nothing new), or over by today.
+                continue
+            insutype = (period.insutype or changed.insutype).value
+            other = await self.repo.long_term_begun_by(conn, changed.psn_no, changed.insured_region, insutype,
+                                                       changed.filing_id, period.end)
+            if other is not None:
+                filing_id, filed, status = other
+                raise FilingRefused(
+                    f"the change keeps this filing's long-term version to region {period.filed_region} in force "
+                    f"until {period.end.isoformat()}, and the person already has long-term filing {filing_id} to "
+                    f"region {filed} ({status}) by then; a person has one long-term filing: plan the change for "
+                    f"an earlier day, or change {filing_id} first")
+
     async def _decide(self, conn: Any, request: FilingRequest, now: datetime,
                       held: Insurance | None) -> tuple[Filing, int, Any, str]:
         """What ``request`` makes of its filing, applied ``now`` (Beijing time): a change or
@@ -215,6 +238,7 @@ class FilingHandler:
                     # before the check may each still change).
                     await self._one_long_term(conn, ask, today, kept_only=True)
                 changed = change_filing(filing, ask, today=today, lock_months=lock, filed_on=filed_on, at=now)
+                await self._kept_long_term(conn, filing, changed, today)
                 # Filed anew, its R8 lock counts from today, as an add's does: kept from the first
                 # filing, a cancel and a change the next day let every later change through
                 # (a review, session 46).

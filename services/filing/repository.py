@@ -227,3 +227,16 @@ class FilingRepository(Repository):
             kept_only,
         )
         return None if row is None else (row["filing_id"], row["filed_admdvs"], row["status"])
+
+    async def long_term_begun_by(
+        self, conn: asyncpg.Connection, psn_no: str, insuplc_admdvs: str, insutype: str, filing_id: str, day: date,
+    ) -> tuple[str, str, str] | None:
+        """Another long-term filing of the person under this insurance, active or waiting for
+        approval, begun by ``day``: one a long-term version kept in force until ``day`` meets."""
+        row = await conn.fetchrow(
+            """SELECT filing_id, filed_admdvs, status FROM filing.filings
+               WHERE psn_no = $1 AND insuplc_admdvs = $2 AND insutype = $3 AND status IN ('active', 'pending')
+               AND category = ANY($4::text[]) AND filing_id <> $5 AND begndate <= $6 ORDER BY filing_id LIMIT 1""",
+            psn_no, insuplc_admdvs, insutype, sorted(c.value for c in LONG_TERM_CATEGORIES), filing_id, day,
+        )
+        return None if row is None else (row["filing_id"], row["filed_admdvs"], row["status"])

@@ -253,3 +253,13 @@ async def test_a_long_term_version_kept_in_force_by_a_change_for_a_later_day_cou
                         begndate=today.isoformat())
     assert moved["accepted"], moved
     assert not earlier["accepted"] and f"{first_id} to region 110000 (in force until {until})" in earlier["reason"]
+    # The first filing's trip planned again further off kept its long-term version in force into
+    # that filing's days (the review of session 48's diff); planned again sooner, it meets nothing.
+    further = await ask("change", filing_id=first_id, category="temporary_other", filed_admdvs="120000",
+                        begndate=(planned + timedelta(days=10)).isoformat())
+    sooner = await ask("change", filing_id=first_id, category="temporary_other", filed_admdvs="120000",
+                       begndate=(planned - timedelta(days=5)).isoformat())
+    assert not further["accepted"], further
+    assert (f"long-term version to region 110000 in force until {(planned + timedelta(days=9)).isoformat()}, and the "
+            f"person already has long-term filing {later_id}") in further["reason"]
+    assert sooner["accepted"], sooner
