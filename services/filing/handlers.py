@@ -164,7 +164,8 @@ class FilingHandler:
         if not ask.category.is_long_term:
             return
         other = await self.repo.other_long_term(conn, ask.psn_no, ask.insured_region, ask.insutype.value, ask.filing_id,
-                                                max(today, ask.begin), kept_only)
+                                                begun_by=None if kept_only else date.max,
+                                                kept_from=max(today, ask.begin))
         if other is not None:
             filing_id, filed, status = other
             raise FilingRefused(
@@ -184,8 +185,8 @@ class FilingHandler:
                 # end: ending it meets nothing new), or over by today.
                 continue
             insutype = (period.insutype or changed.insutype).value
-            other = await self.repo.long_term_begun_by(conn, changed.psn_no, changed.insured_region, insutype,
-                                                       changed.filing_id, period.end)
+            other = await self.repo.other_long_term(conn, changed.psn_no, changed.insured_region, insutype,
+                                                    changed.filing_id, begun_by=period.end)
             if other is not None:
                 filing_id, filed, status = other
                 raise FilingRefused(

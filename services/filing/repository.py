@@ -205,38 +205,25 @@ class FilingRepository(Repository):
         return [(r["reqid"], FilingRecord.model_validate(json_value(r["record"]))) for r in rows]
 
     async def other_long_term(
-        self, conn: asyncpg.Connection, psn_no: str, insuplc_admdvs: str, insutype: str, filing_id: str,
-        from_day: date, kept_only: bool = False,
+        self, conn: asyncpg.Connection, psn_no: str, insuplc_admdvs: str, insutype: str, filing_id: str, *,
+        begun_by: date | None = date.max, kept_from: date | None = None,
     ) -> tuple[str, str, str] | None:
-        """Another long-term filing of the person under this insurance, active or waiting for
-        approval, or a long-term earlier version of another filing still in force on ``from_day``
-        (a change for a later day keeps it until the day before: the filing's own columns are the
-        change's already; a review, session 48): (filing_id, filed region, status, or "in force
-        until" the version's last day). ``kept_only``: those earlier versions alone."""
+        """Another filing of the person under this insurance that is long-term: one active or
+        waiting for approval, begun by ``begun_by``; or a long-term earlier version of one, still in
+        force on ``kept_from`` (a change for a later day keeps it until the day before: the filing's
+        own columns are the change's already; a review, session 48). None leaves that half out.
+        Returns (filing_id, filed region, status, or "in force until" the version's last day)."""
         row = await conn.fetchrow(
             """SELECT filing_id, filed_admdvs, status FROM filing.filings
                WHERE psn_no = $1 AND insuplc_admdvs = $2 AND insutype = $3 AND status IN ('active', 'pending')
-               AND category = ANY($4::text[]) AND filing_id <> $5 AND NOT $7
+               AND category = ANY($4::text[]) AND filing_id <> $5 AND begndate <= $7
                UNION ALL
                SELECT f.filing_id, e->>'filed_admdvs', 'in force until ' || (e->>'enddate')
                FROM filing.filings AS f CROSS JOIN LATERAL jsonb_array_elements(f.earlier) AS e
                WHERE f.psn_no = $1 AND f.insuplc_admdvs = $2 AND coalesce(e->>'insutype', f.insutype) = $3
                AND e->>'category' = ANY($4::text[]) AND (e->>'enddate')::date >= $6 AND f.filing_id <> $5
                ORDER BY 1 LIMIT 1""",
-            psn_no, insuplc_admdvs, insutype, sorted(c.value for c in LONG_TERM_CATEGORIES), filing_id, from_day,
-            kept_only,
-        )
-        return None if row is None else (row["filing_id"], row["filed_admdvs"], row["status"])
-
-    async def long_term_begun_by(
-        self, conn: asyncpg.Connection, psn_no: str, insuplc_admdvs: str, insutype: str, filing_id: str, day: date,
-    ) -> tuple[str, str, str] | None:
-        """Another long-term filing of the person under this insurance, active or waiting for
-        approval, begun by ``day``: one a long-term version kept in force until ``day`` meets."""
-        row = await conn.fetchrow(
-            """SELECT filing_id, filed_admdvs, status FROM filing.filings
-               WHERE psn_no = $1 AND insuplc_admdvs = $2 AND insutype = $3 AND status IN ('active', 'pending')
-               AND category = ANY($4::text[]) AND filing_id <> $5 AND begndate <= $6 ORDER BY filing_id LIMIT 1""",
-            psn_no, insuplc_admdvs, insutype, sorted(c.value for c in LONG_TERM_CATEGORIES), filing_id, day,
+            psn_no, insuplc_admdvs, insutype, sorted(c.value for c in LONG_TERM_CATEGORIES), filing_id, kept_from,
+            begun_by,
         )
         return None if row is None else (row["filing_id"], row["filed_admdvs"], row["status"])
