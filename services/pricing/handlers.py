@@ -334,8 +334,8 @@ class PricingHandler:
                     item_keys.update((region, code) for region in chain)
                 usage_keys.add((psn_no, care_day(r.inf_time, data).year))
                 usage_keys.add((psn_no, ACCOUNT_YEAR))
-                if r.infno.is_settlement:
-                    visit_keys.add((psn_no, r.fixmedins_code, code_text(data.get("mdtrt_id"))))
+                # A pre-settlement too: a visit settled already is refused either way.
+                visit_keys.add((psn_no, r.fixmedins_code, code_text(data.get("mdtrt_id"))))
             if r.infno.is_cancellation:
                 setl_ids.append(code_text(data.get("setl_id")))
             if r.infno is Infno.REVERSAL:
@@ -447,11 +447,14 @@ class PricingHandler:
             return self._refuse(work, ErrCode.NO_POLICY, f"{exc}; nothing was settled.")
         settle = request.infno.is_settlement
         visit = (body.psn_no, request.fixmedins_code, body.mdtrt_id)
-        if settle and (standing := batch.visits.get(visit)):
+        if standing := batch.visits.get(visit):
+            # A pre-settlement too: it would quote the visit with its own settlement counted (no
+            # deductible left, the cap nearer), numbers its settlement could not get once that one was
+            # cancelled (a review, session 49). A bill that pre-settles also settles.
             return self._refuse(
                 work, ErrCode.ALREADY_SETTLED,
                 f"Visit {body.mdtrt_id} of this person is already settled as setl_id {standing}; nothing was "
-                "settled again. To settle it anew, cancel that settlement first.",
+                f"{'settled again' if settle else 'quoted'}. To settle it anew, cancel that settlement first.",
             )
         setl_id = settlement_id(request.msgid, request.inf_time.date()) if settle else ""  # the day it was settled
         output = answers.settlement_output(

@@ -245,10 +245,9 @@ async def test_a_batch_moving_two_accounts_locks_them_in_the_settlement_stages_o
         await settlement.execute(where, first["insuplc_admdvs"], first["mdtrtarea_admvs"])
         batch = asyncio.ensure_future(handler(records))
 
-        async def admin_waits() -> bool:
+        async def admin_waits() -> bool:  # a backend blocked by this one: the admin batch (not another test's)
             return await settlement.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                "AND wait_event_type = 'Lock'") > 0
+                "SELECT count(*) FROM pg_stat_activity WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))") > 0
 
         await until(admin_waits, timeout=10)
         # The settlement batch's next account: free, since the admin batch waits for the first.

@@ -122,7 +122,8 @@ async def test_a_pooled_connection_postgres_ended_is_transient_however_its_goodb
     # connects afresh), "connection was closed in the middle of operation" when it lands during the
     # statement, and InternalClientError ("cannot switch to state ...; another operation is in
     # progress") when it lands as the statement starts, which on this machine is about half the
-    # time. Each is a TransientError: the stage retries the batch, on a fresh connection.
+    # time (not asserted: the machine's timing decides). Each is a TransientError: the stage
+    # retries the batch, on a fresh connection.
     pool = await create_pool(settings.database_url, size=1)
     killer = await asyncpg.connect(settings.database_url)
     repo = Repository(pool)
@@ -142,8 +143,9 @@ async def test_a_pooled_connection_postgres_ended_is_transient_however_its_goodb
     finally:
         await killer.close()
         await pool.close()
+    # Whichever errors the goodbyes' timing gave, each was a TransientError (any other left the
+    # loop). InternalClientError, the race's, is also mapped by the next test without the race.
     assert failed, "no connection was found ended: the test did not test anything"
-    assert "InternalClientError" in failed, f"the race was not met ({failed}): the test did not test it"
     assert answered + len(failed) == 40
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
 
 import asyncpg
@@ -22,7 +21,6 @@ pytestmark = pytest.mark.e2e
 
 
 async def test_a_small_day_is_answered_exactly_once_and_the_ledger_matches_the_answers(settings, tmp_path):
-    started = time.monotonic()
     # A namespace of its own: the e2e suite's services may be running in the session's namespace.
     s = settings.model_copy(update={"namespace": f"{settings.namespace}replay."})
     log_dir = ROOT / ".local" / "log" / "e2e"
@@ -85,7 +83,6 @@ async def test_a_small_day_is_answered_exactly_once_and_the_ledger_matches_the_a
     # Each malformed request refused INVALID_INPUT, and none has a ledger row (the ledger's check).
     assert replay.malformed and result["exactly_once"]["not_refused"] == 0
     assert ledger.answers.count == len(replay.settled) - result["cancellations"]["sent"]
-    assert time.monotonic() - started < 60
 
 
 

@@ -226,6 +226,32 @@ def test_r3_under_refuse_a_pre_settlement_the_prepayment_cannot_cover_is_refused
     assert len(refused["notices"]) == 1  # clearing is told, to warn the region (its own test, below)
 
 
+def test_a_pre_settlement_of_a_visit_settled_already_is_refused_as_its_settlement_is():
+    # A 2303 of a stay whose 2304 stands was quoted with that settlement counted: no deductible left,
+    # 900.00 from the fund, where its settlement, once the standing one was cancelled, would get
+    # 400.00 (a review, session 49). A bill that pre-settles also settles.
+    pol = policy(rule(MedType.INPATIENT, "500", "0.80", person_types=frozenset({PersonType.RETIRED}),
+                      deductible_scope=DeductibleScope.STAY, deductible_bucket="ip"))
+    batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage={})
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+
+    def answer(msgid: str, infno: str) -> dict:
+        work = stay_request("H11010500001", msgid, "100")
+        work = work.model_copy(update={"request": work.request.model_copy(update={"infno": Infno(infno)})})
+        out, *_ = handler._one(work, batch)
+        value = orjson.loads(out.value)
+        return value.get("answer", value)
+
+    quoted = answer("MQ1", "2303")
+    assert (quoted["err_code"], quoted["output"]["setlinfo"]["hifp_pay"]) == (None, "400.00")
+    settled = answer("MS1", "2304")["output"]["setlinfo"]
+    assert settled["hifp_pay"] == "400.00"
+    for msgid, infno, said in (("MQ2", "2303", "nothing was quoted"), ("MS2", "2304", "nothing was settled again")):
+        refused = answer(msgid, infno)
+        assert refused["err_code"] == "ALREADY_SETTLED", refused
+        assert settled["setl_id"] in refused["err_msg"] and said in refused["err_msg"]
+
+
 def test_under_refuse_clearing_is_told_of_a_refusal_once_a_minute_an_account():
     # Clearing never sees a refused bill, so it sent the insured region no PrepaymentAlert for an
     # account that refused bills while above its warning line (a review, session 46): pricing passes
