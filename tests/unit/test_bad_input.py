@@ -13,7 +13,7 @@ import copy
 import inspect
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
@@ -577,6 +577,40 @@ def test_a_catalogue_ceiling_below_zero_is_a_validation_error():
     CatalogueRecord.model_validate(item)
     with pytest.raises(ValidationError):
         CatalogueRecord.model_validate(item | {"pric_uplmt_amt": "-1.00"})
+
+
+def test_a_catalogue_version_may_be_withdrawn_and_is_then_in_force_on_no_day():
+    # A region's own entry published by mistake for a later day: republished ending the day it
+    # begins, it stands on no day, and the province's serves the region (a review, session 49: it
+    # was refused, and the region's class C entry stood for a day at least).
+    from yidi.domain.catalogue import Catalogue
+
+    own = {"mdtrtarea_admvs": "110100", "hilist_code": "X", "hilist_name": "x", "chrgitm_lv": "03",
+           "begndate": "2026-09-01"}
+    withdrawn = CatalogueRecord.model_validate(own | {"enddate": "2026-09-01"}).to_domain()
+    province = CatalogueRecord.model_validate(own | {"mdtrtarea_admvs": "110000", "chrgitm_lv": "01",
+                                                     "begndate": "2024-01-01"}).to_domain()
+    for day in (date(2026, 8, 31), date(2026, 9, 1), date(2027, 1, 1)):
+        assert Catalogue.in_force("110105", day, [withdrawn, province]).get("X") is province
+    with pytest.raises(ValidationError, match="not before"):
+        CatalogueRecord.model_validate(own | {"enddate": "2026-08-31"})
+
+
+def test_a_policy_rule_for_a_facility_level_that_does_not_exist_or_a_quota_for_no_care_is_refused():
+    # Each was taken, and silently never applied: a rule for level 4 (a typo for 3) never paid; a
+    # quota with no kinds of care never counted (a review, session 49). One stored before is read.
+    from yidi.contracts.refdata import STORED_CONTEXT, PolicyRecord
+
+    body = {"insuplc_admdvs": "131000", "insutype": "310", "version": "V1", "begndate": "2024-01-01",
+            "rules": [{"med_types": ["11"], "deductible": "0.00", "ratio": "0.50", "facility_levels": [3]}],
+            "outpatient_quota": "2500.00"}
+    PolicyRecord.model_validate(body)
+    wrong = [({"rules": [body["rules"][0] | {"facility_levels": [3, 4]}]}, "facility level 4 is none of 1, 2, 3"),
+             ({"quota_med_types": []}, "quota_med_types is empty")]
+    for fields, said in wrong:
+        with pytest.raises(ValidationError, match=said):
+            PolicyRecord.model_validate(body | fields)
+        PolicyRecord.model_validate(body | fields, context=STORED_CONTEXT)
 
 
 def test_a_reconciliation_with_an_amount_out_of_range_is_a_validation_error():

@@ -193,7 +193,8 @@ class CatalogueRecord(StrictWireModel):
 class BenefitRuleRecord(StrictWireModel):
     med_types: list[MedType] = Field(min_length=1)
     psn_types: list[PersonType] = Field(default_factory=list)
-    facility_levels: list[int] = Field(default_factory=list)
+    facility_levels: list[int] = Field(default_factory=list, description=(
+        "the facility levels (1-3) it pays at; empty: every level"))
     deductible: Amount = Field(ge=0)
     deductible_scope: DeductibleScope = DeductibleScope.YEAR
     deductible_bucket: str = Field(default="", description=(
@@ -245,7 +246,13 @@ class PolicyRecord(StrictWireModel):
     def _domain_accepts_it(self, info: ValidationInfo) -> PolicyRecord:
         policy = self.to_domain()  # raises PolicyError (a ValueError) for a policy R11 does not allow
         if not (info.context or {}).get(STORED):
-            one_scheme(policy)  # R4, for what is published; one stored before the check stays readable
+            # For what is published; one stored before a check was added stays readable.
+            one_scheme(policy)  # R4
+            levels = sorted({level for r in self.rules for level in r.facility_levels} - {1, 2, 3})
+            if levels:
+                raise ValueError(f"facility level {levels[0]} is none of 1, 2, 3: the rule would never pay")
+            if self.outpatient_quota is not None and not self.quota_med_types:
+                raise ValueError("outpatient_quota is set but quota_med_types is empty: the quota would count no care")
         return self
 
     def to_domain(self) -> BenefitPolicy:

@@ -30,8 +30,9 @@ class CatalogueItem:
             raise ValueError(f"{self.code}: only class B items carry a first self-pay share")
         if self.price_ceiling is not None and self.price_ceiling < 0:
             raise ValueError(f"{self.code}: a price ceiling is not negative")
-        if self.effective_to is not None and self.effective_to <= self.effective_from:
-            raise ValueError(f"{self.code}: effective_to comes after effective_from")
+        if self.effective_to is not None and self.effective_to < self.effective_from:
+            # Equal: a version published for a later day, withdrawn (never in force), as a policy's.
+            raise ValueError(f"{self.code}: effective_to is not before effective_from")
 
     def in_force(self, on: date) -> bool:
         return self.effective_from <= on and (self.effective_to is None or on < self.effective_to)

@@ -2,7 +2,7 @@
 
     yidi-topics check                          # create what is missing; list topics off their spec
     yidi-topics configure settlement.requests  # set the configs its spec sets (compaction, its lag, timestamps)
-    yidi-topics compact refdata.persons        # the same, for a feed only (cleanup.policy=compact)
+    yidi-topics compact refdata.persons        # the same, for a topic its spec compacts only (cleanup.policy=compact)
     yidi-topics delete refdata.persons         # delete that topic only (not refdata.persons.dlq)
 
 Names are given without the namespace (``YIDI_NAMESPACE`` or ``--namespace`` is put before them)
