@@ -27,20 +27,11 @@ is_wanted() { "$1" -c "import sys; sys.exit(f'{sys.version_info[0]}.{sys.version
 # A fresh Debian/Ubuntu machine may lack Python 3.11 or its venv module (python3-venv, a package
 # of its own there): install them, as stack.sh installs Postgres and Redis.
 apt_get() {
+  # stack.sh's installer: apt-get update tried three times 30 s apart (on a machine just booted,
+  # apt-daily holds the package lists' lock), the log's tail shown on failure. Its update failing
+  # was ignored here, and the install then failed against empty or stale lists (a review, session 49).
   command -v apt-get >/dev/null || return 1
-  local sudo=()
-  if (( EUID != 0 )); then command -v sudo >/dev/null || return 1; sudo=(sudo); fi
-  local apt_log="$YIDI_LOCAL/log/apt.log"
-  mkdir -p "$YIDI_LOCAL/log"
-  log "installing Debian packages: $* (log: $apt_log)"
-  # Waits up to 10 minutes for another apt (unattended-upgrades on a fresh VM holds the lock).
-  "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=600 update -qq >>"$apt_log" 2>&1 || true
-  if ! "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
-      --no-install-recommends "$@" >>"$apt_log" 2>&1; then
-    tail -n 5 "$apt_log" >&2
-    log "apt-get install $* failed (log: $apt_log)"
-    return 1
-  fi
+  "$YIDI_ROOT/deploy/local/stack.sh" packages "$@"
 }
 find_python() {
   local c
@@ -63,9 +54,13 @@ if [[ ${1:-} == --renew-lock ]]; then
   exit 0
 fi
 
-# Fast path, before any locking: venv works and the stamp is not older than pyproject.toml or the
-# lock.
-if [[ -f $STAMP && ! $PYPROJECT -nt $STAMP && ! $LOCK -nt $STAMP ]] && is_wanted "$VENV/bin/python"; then
+# The stamp names the checkout the venv was made in: its editable install and its scripts' shebangs
+# hold that path, so a venv copied from another checkout ran that one's code (a review, session 49).
+ours() { [[ -f $STAMP && $(<"$STAMP") == "$YIDI_ROOT" ]]; }
+
+# Fast path, before any locking: venv works, is this checkout's, and the stamp is not older than
+# pyproject.toml or the lock.
+if ours && [[ ! $PYPROJECT -nt $STAMP && ! $LOCK -nt $STAMP ]] && is_wanted "$VENV/bin/python"; then
   exit 0
 fi
 
@@ -75,6 +70,10 @@ exec 9>"$YIDI_LOCAL/.venv.lock"
 flock -w 900 9 || die "timed out waiting for another python.sh"
 
 t0=${EPOCHREALTIME//[!0-9]/}
+if [[ -e $VENV ]] && ! ours; then
+  log "making .venv again: it was made for another checkout (or before its stamp named one)"
+  rm -rf "$VENV"
+fi
 if ! is_wanted "$VENV/bin/python"; then
   py=${PYTHON:-}
   if [[ -z $py ]]; then
@@ -106,6 +105,7 @@ if [[ ! -f $STAMP || $PYPROJECT -nt $STAMP || $LOCK -nt $STAMP ]]; then
   check=$("${pip[@]}" check 2>&1) \
     || { printf '%s\n' "$check" >&2; die "the packages of .venv do not satisfy one another: make lock if deploy/requirements.lock lacks one; rm -rf .venv && make venv if .venv holds packages the lock no longer names"; }
   # The stamp carries the later of the two files' times: any later edit of either makes it "newer" again.
+  printf '%s\n' "$YIDI_ROOT" >"$STAMP"
   if [[ $LOCK -nt $PYPROJECT ]]; then touch -r "$LOCK" "$STAMP"; else touch -r "$PYPROJECT" "$STAMP"; fi
   d=$(( (${EPOCHREALTIME//[!0-9]/} - t0) / 100000 ))
   log "installed deploy/requirements.lock and -e . into .venv in $((d / 10)).$((d % 10))s"

@@ -595,9 +595,13 @@ cmd_stop() {
   local svcs s
   parse_services "$@"; svcs=("${SVCS[@]}")
   take_lock
+  # Each in a subshell (their failures die): one that does not stop leaves the others to be
+  # stopped, then the command fails naming it (a review, session 49: Redis was left running).
+  local failed=()
   for s in "${svcs[@]}"; do
-    case $s in kafka) kafka_stop ;; postgres) pg_stop ;; redis) redis_stop ;; esac
+    ( case $s in kafka) kafka_stop ;; postgres) pg_stop ;; redis) redis_stop ;; esac ) || failed+=("$s")
   done
+  (( ${#failed[@]} == 0 )) || die "did not stop: ${failed[*]}"
 }
 
 cmd_status() {

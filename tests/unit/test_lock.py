@@ -224,6 +224,24 @@ def test_python_sh_installs_the_locked_files_and_the_project(project: Path):
     assert (project / ".venv" / ".installed-stamp").exists()
 
 
+def test_python_sh_makes_a_venv_copied_from_another_checkout_again(project: Path):
+    # Its editable install pointed at the other checkout, whose code the copy's suite then ran,
+    # with nothing said (a review, session 49).
+    tinydep = wheel(project.parent / "wheels", "tinydep", "1.0")
+    lock(project, (tinydep, sha256(tinydep)))
+    assert run_python_sh(project).returncode == 0
+    copy = project.parent / "copy"
+    shutil.copytree(project, copy, symlinks=True)
+    assert run_python_sh(project).returncode == 0  # the original's own: the fast path, nothing said
+    result = run_python_sh(copy)
+    assert result.returncode == 0, result.stderr
+    assert "made for another checkout" in result.stderr
+    assert (copy / ".venv" / ".installed-stamp").read_text().strip() == str(copy.resolve())
+    found = subprocess.run([copy / ".venv" / "bin" / "python", "-c", "import lockdemo; print(lockdemo.__file__)"],
+                           capture_output=True, text=True, cwd=project.parent)
+    assert found.stdout.strip().startswith(str(copy.resolve())), found
+
+
 def test_python_sh_refuses_a_file_whose_hash_is_not_the_locked_one(project: Path):
     tinydep = wheel(project.parent / "wheels", "tinydep", "1.0")
     lock(project, (tinydep, "0" * 64))
