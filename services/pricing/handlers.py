@@ -164,6 +164,9 @@ class Batch:
     new_decided: list[tuple[str, int, int, str, str, str, bool]] = field(default_factory=list)
     # The accounts this batch has told clearing of a refusal on (one notice each at most).
     noticed: set[tuple[str, str]] = field(default_factory=set)
+    # The treating regions of the batch's bills, with their cities and provinces, that have a
+    # catalogue (of any item); None: not looked at (a bill is then priced whatever it finds).
+    catalogued: set[str] | None = None
     # The catalogue of each (treating region, day) the batch prices on, picked once per batch.
     _catalogues: dict[tuple[str, date], Catalogue] = field(default_factory=dict, init=False, repr=False)
     # Indexes of ``settlements`` by setl_id and by msgid (the first one listed wins, as a scan would).
@@ -266,6 +269,9 @@ class PricingHandler:
         self.settings = settings
         self.repo = repo
         self.refusing = RefusingAccounts(settings.prepayment_gauge_accounts)
+        # Regions known to have a catalogue: a version is never deleted, so once seen it stays so.
+        # One without is asked again at each batch that prices a bill there.
+        self._catalogued: set[str] = set()
         # Decided answers past their 14 days go every minute, 10,000 a statement until none is left.
         self._purge = Purge("pricing", repo, lambda conn: self.repo.forget_decided(conn))
 
@@ -317,6 +323,7 @@ class PricingHandler:
 
     async def _load(self, conn: Any, works: list[EligibleWork], places: Sequence[tuple[str, int, int]] = ()) -> Batch:
         policy_keys, item_keys, usage_keys, visit_keys, setl_ids, msgids = set(), set(), set(), set(), [], []
+        treating: set[str] = set()
         for w in works:
             r = w.request
             # The request's data as the gateway sent it (eligibility passes its bytes on): its codes
@@ -329,6 +336,7 @@ class PricingHandler:
                 insutype = data.get("insutype", "")
                 policy_keys.update((region, insutype) for region in region_chain(r.insuplc_admdvs or ""))
                 chain = region_chain(r.mdtrtarea_admvs)
+                treating.update(chain)
                 for d in data.get("feedetail", []):
                     code = code_text(d.get("hilist_code"))
                     item_keys.update((region, code) for region in chain)
@@ -349,10 +357,13 @@ class PricingHandler:
             pairs = {(w.request.insuplc_admdvs or "", w.request.mdtrtarea_admvs)
                      for w in works if w.request.infno.prices_a_bill}
             prepayments = await self.repo.prepayments(conn, pairs)
+        if unknown := treating - self._catalogued:
+            self._catalogued |= await self.repo.catalogued(conn, unknown)
         stored, policies, items, usage, visits, unreadable, decided = await self.repo.batch_reads(
             conn, [w.request.msgid for w in works], policy_keys, item_keys, usage_keys, visit_keys, places)
         return Batch(stored=stored, settlements=settlements, policies=policies, items=items, usage=usage,
-                     prepayments=prepayments, visits=visits, unreadable=unreadable, decided=decided)
+                     prepayments=prepayments, visits=visits, unreadable=unreadable, decided=decided,
+                     catalogued=treating & self._catalogued)
 
     def _reply(self, work: EligibleWork, answer: ResponseEnvelope | dict[str, Any]) -> Outgoing:
         r = work.request
@@ -413,6 +424,15 @@ class PricingHandler:
                 work, ErrCode.NO_POLICY,
                 f"Insured region {region} has no {body.insutype.value} policy in force on {day.isoformat()}; "
                 "nothing was settled. Settle in cash or contact the insured region." + answers.clock_hint(request.inf_time),
+            )
+        if batch.catalogued is not None and not batch.catalogued & set(region_chain(request.mdtrtarea_admvs)):
+            # Reference data missing, as a policy missing is: every line would be "not in the
+            # catalogue", and the patient charged the whole bill by a settlement that succeeded
+            # (a review, session 49).
+            return self._refuse(
+                work, ErrCode.NO_POLICY,
+                f"Treating region {request.mdtrtarea_admvs} has no catalogue loaded (nor has its city or province); "
+                "nothing was settled. Settle in cash, or again once the platform has the region's catalogue.",
             )
         catalogue = batch.catalogue(request.mdtrtarea_admvs, day)
         fund = fund_prefix(region, body.insutype.value)

@@ -102,6 +102,14 @@ class PricingRepository(Repository):
                 record.model_dump_json(),
             )
 
+    async def catalogued(self, conn: asyncpg.Connection, regions: Iterable[str]) -> set[str]:
+        """Which of ``regions`` have a catalogue version stored, of any item and day (one index probe each)."""
+        rows = await conn.fetch(
+            """SELECT r FROM unnest($1::text[]) AS r
+               WHERE EXISTS (SELECT 1 FROM pricing.catalogue c WHERE c.mdtrtarea_admvs = r)""",
+            sorted(set(regions)))
+        return {row["r"] for row in rows}
+
     async def upsert_prepayment(self, insured: str, treating: str, balance: Decimal, version: int) -> None:
         async with transient_errors():
             await self._pool.execute(

@@ -30,7 +30,9 @@ from yidi.platform.kafka import Incoming
 pytestmark = pytest.mark.integration
 
 # Insured regions no other test settles in (the session's database is shared).
-REFUSING, VISITS, QUOTES, KEPT, UNPRICED = "871000", "872000", "873000", "874000", "875000"
+REFUSING, VISITS, QUOTES, KEPT, UNPRICED, UNLISTED = "871000", "872000", "873000", "874000", "875000", "876000"
+# A treating district of a province no test loads a catalogue for, but this file's last test.
+NO_CATALOGUE = "886101"
 # Each record its own place in settlement.eligible, as Kafka gives them (decided answers are kept by place).
 PLACES = itertools.count(1)
 
@@ -44,9 +46,9 @@ def _eligible(settings, request: dict, offset: int, person: PersonSnapshot | Non
 
 
 def bill(settings, insured: str, code: str, offset: int, *, psn_no: str, visit: str | None = None,
-         infno: str = "2207") -> Incoming:
+         infno: str = "2207", treating: str = TREATING) -> Incoming:
     raw = copy.deepcopy(WE1)  # dated 2022-07-01
-    raw.update(infno=infno, msgid=raw["fixmedins_code"] + unique("M"), insuplc_admdvs=insured, mdtrtarea_admvs=TREATING)
+    raw.update(infno=infno, msgid=raw["fixmedins_code"] + unique("M"), insuplc_admdvs=insured, mdtrtarea_admvs=treating)
     raw["input"]["data"].update(psn_no=psn_no, mdtrt_id=visit or unique("V"), medfee_sumamt="1000.00", med_type="11",
                                 feedetail=[{"feedetl_sn": "1", "hilist_code": code, "hilist_name": code, "cnt": "1",
                                             "pric": "1000.00", "det_item_fee_sumamt": "1000.00"}])
@@ -191,3 +193,29 @@ async def test_a_place_answered_for_another_payload_of_the_same_msgid_decides_no
     settle = bill(settings, KEPT, code, next(PLACES), psn_no=unique("P"))
     assert outcomes(settings, await PricingHandler(settings, repo)([again, settle])) == ["quote 1600.00", "settle 800.00"]
     assert outcomes(settings, await PricingHandler(settings, repo)([again, settle])) == ["quote 1600.00", "settle 800.00"]
+
+
+async def test_a_bill_in_a_region_with_no_catalogue_at_all_is_refused_until_one_is_loaded(settings, repo):
+    # Every line "not in the catalogue", the patient charged the whole bill by a settlement that
+    # succeeded: reference data missing, refused as a policy missing is (a review, session 49).
+    # Asked again once the province's catalogue arrives, by the same handler (a region without one
+    # is not remembered as such).
+    code, psn_no = unique("DRUG"), unique("P")
+    await repo.upsert_policy(PolicyRecord.model_validate({
+        "insuplc_admdvs": UNLISTED, "insutype": "310", "version": "T1", "begndate": "2020-01-01",
+        "rules": [{"med_types": ["11"], "deductible": "0.00", "ratio": "0.80"}]}))
+    handler = PricingHandler(settings, repo)
+    for infno in ("2206", "2207"):
+        refused = bill(settings, UNLISTED, code, next(PLACES), psn_no=psn_no, infno=infno, treating=NO_CATALOGUE)
+        [out] = await handler([refused])
+        answer = orjson.loads(out.value)
+        assert answer["err_code"] == "NO_POLICY", answer
+        assert f"Treating region {NO_CATALOGUE} has no catalogue loaded" in answer["err_msg"]
+    await repo.upsert_catalogue_item(CatalogueRecord.model_validate({
+        "mdtrtarea_admvs": "880000", "hilist_code": code, "hilist_name": code, "chrgitm_lv": "01",
+        "begndate": "2020-01-01"}))
+    priced = bill(settings, UNLISTED, code, next(PLACES), psn_no=psn_no, treating=NO_CATALOGUE)
+    assert outcomes(settings, await handler([priced])) == ["settle 800.00"]
+    # A region of a province with one: priced, a line it lacks self-paid, as before.
+    other = bill(settings, UNLISTED, unique("UNLISTED"), next(PLACES), psn_no=psn_no, treating="886102")
+    assert outcomes(settings, await handler([other])) == ["settle 0.00"]
