@@ -15,6 +15,7 @@ from yidi.client.gateway import GatewayClient
 
 from tests.e2e.test_settlement_path import _dead_letters
 from tests.e2e.world import World, china_now, filing_request
+from tests.integration.waiting import until
 
 pytestmark = pytest.mark.e2e
 
@@ -267,7 +268,6 @@ async def test_r8_a_change_inside_the_regions_lock_is_refused(system, filings):
 
 
 async def test_r21_an_office_filing_pending_past_two_working_days_shows_until_it_is_approved(system, world, filings):
-    from tests.integration.waiting import until
 
     def overdue() -> float:
         return system.metric("filing", "yidi_filing_office_overdue", insured=world.insured)
@@ -360,6 +360,22 @@ async def test_benefit_check_and_person_info_answer_from_the_same_data(world, ga
     assert (unknown["infcode"], unknown["err_code"]) == (-1, "UNKNOWN_FACILITY") and not unknown.get("output")
 
 
+async def test_a_facility_withdrawn_through_the_feed_is_refused_for_every_request(system, gateway):
+    # Its designation withdrawn (published again with med_types []): through the real feed,
+    # eligibility's table and its per-instance copy, its 1101, 2001 and settlements are all refused
+    # UNKNOWN_FACILITY (the test review, session 49: only a patched repository had shown it).
+    world = await World(system.settings).build()  # its own: the module's world keeps its facility
+    person = await world.person()
+    assert (await gateway.call(world.request(person, [("T-A", "1", "10.00")])))["infcode"] == 0
+    await world.load(facilities=[{"fixmedins_code": world.facility, "fixmedins_name": "test hospital",
+                                  "admdvs": world.treating, "level": 3, "med_types": []}])
+    base = world.request(person, [("T-A", "1", "10.00")])
+    for infno, suffix in (("1101", "W"), ("2001", "V"), ("2207", "U")):
+        answer = await gateway.call(base | {"infno": infno, "msgid": base["msgid"][:-1] + suffix})
+        assert (answer["infcode"], answer["err_code"]) == (-1, "UNKNOWN_FACILITY"), (infno, answer)
+        assert not answer.get("output")
+
+
 async def test_with_redis_stopped_answers_stay_right_and_the_cache_recovers(system, world, gateway, filings, local_stack):
     person = await world.person(category=None)
     filed = await file(filings, world, person)
@@ -374,9 +390,22 @@ async def test_with_redis_stopped_answers_stay_right_and_the_cache_recovers(syst
         local_stack("start", "redis")
     await asyncio.sleep(1.5)  # the breaker tries Redis again
     after = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
-    assert warm["infcode"] == 0 and during["infcode"] == 0
+    assert warm["infcode"] == 0 and during["infcode"] == 0, (warm, during)
     assert refused["err_code"] == "NOT_FILED" and after["err_code"] == "NOT_FILED"
     assert system.metric("eligibility", "yidi_eligibility_cache_total", result="fallback") > fallbacks
+
+    # The cache recovers: answered from Redis again, not through the fallback (the test review,
+    # session 49: Postgres answers NOT_FILED too, so the answers alone did not show it).
+    def lookups(result: str) -> float:
+        return system.metric("eligibility", "yidi_eligibility_cache_total", result=result)
+
+    async def cached() -> bool:
+        before = lookups("hit"), lookups("fallback")
+        answer = await gateway.call(world.request(person, [("T-A", "1", "100.00")]))
+        assert answer["err_code"] == "NOT_FILED"
+        return lookups("hit") > before[0] and lookups("fallback") == before[1]
+
+    await until(cached, timeout=20, poll=0.5)
 
 
 async def test_an_entry_another_instance_marked_stale_is_dropped_and_never_served(system, world, gateway, filings):
@@ -386,7 +415,6 @@ async def test_an_entry_another_instance_marked_stale_is_dropped_and_never_serve
     import asyncpg
     import redis.asyncio as aioredis
 
-    from tests.integration.waiting import until
 
     person = await world.person(category=None)
     filed = await file(filings, world, person)
