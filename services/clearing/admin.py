@@ -218,9 +218,12 @@ class ClearingAdminHandler:
             case ConfirmStatement():
                 return await self._confirm(conn, request)
             case QuerySettlement():
-                row = await conn.fetchrow(
-                    "SELECT * FROM clearing.ledger WHERE setl_id = $1 OR msgid = $2", request.setl_id, request.msgid
-                )
+                # Both given: the settlement both name (either one's row answered a question about
+                # two settlements as if about one: a review, session 49). Each its own statement, so
+                # that each uses its index.
+                keys = {k: v for k, v in (("setl_id", request.setl_id), ("msgid", request.msgid)) if v}
+                where = " AND ".join(f"{k} = ${i}" for i, k in enumerate(keys, 1))
+                row = await conn.fetchrow(f"SELECT * FROM clearing.ledger WHERE {where}", *keys.values())
                 if row is None:
                     return False, "no such settlement", {}, []
                 return True, "", {"settlement": _ledger_view(row)}, []
@@ -525,11 +528,13 @@ class ClearingAdminHandler:
 
     async def _reconcile_details(self, conn: asyncpg.Connection, facility: str, body: ReconcileDetailsInput) -> dict[str, Any]:
         rows = await conn.fetch(
-            """SELECT setl_id, state, setl_date, medfee_sumamt, fund_pay_sumamt, acct_pay FROM clearing.ledger
+            """SELECT setl_id, state, setl_date, medfee_sumamt, fund_pay_sumamt, acct_pay, msgid, psn_no, mdtrt_id,
+                      undone_msgid, undone_at FROM clearing.ledger
                WHERE fixmedins_code = $1 AND (setl_date BETWEEN $2 AND $3 OR setl_id = ANY($4::text[]))""",
             facility, body.stmt_begndate, body.stmt_enddate, [d.setl_id for d in body.details],
         )
         platform = {r["setl_id"]: (r["state"], {k: r[k] for k in AMOUNTS}) for r in rows}
+        held = {r["setl_id"]: r for r in rows}
         mine = {d.setl_id: {k: getattr(d, k) for k in AMOUNTS} for d in body.details}
         # Listed by the facility, but dated by the platform outside the period.
         outside = {r["setl_id"]: r["setl_date"] for r in rows
@@ -544,9 +549,22 @@ class ClearingAdminHandler:
             "differences": [{"setl_id": d.setl_id, "problem": d.problem,
                              "facility": {k: fmt(v) for k, v in d.facility.items()},
                              "platform": {k: fmt(v) for k, v in d.platform.items()}}
-                            | ({"platform_setl_date": d.platform_date.isoformat()} if d.platform_date else {})
+                            | _found_by(held.get(d.setl_id))
                             for d in listed],
         }
+
+
+def _found_by(row: Any) -> dict[str, Any]:
+    """What a 3202 difference tells the facility to find the settlement by in its own records: its
+    msgid, person, visit and the platform's day for it, and what undid it (a review, session 49:
+    one whose answer the gateway never got was named by its setl_id alone)."""
+    if row is None:
+        return {}
+    found = {"msgid": row["msgid"], "psn_no": row["psn_no"], "mdtrt_id": row["mdtrt_id"],
+             "platform_setl_date": row["setl_date"].isoformat()}
+    if row["undone_msgid"]:
+        found |= {"undone_msgid": row["undone_msgid"], "undone_at": row["undone_at"].isoformat()}
+    return found
 
 
 async def _lock_accounts(conn: asyncpg.Connection, requests: list[Any]) -> None:
@@ -583,9 +601,9 @@ def _status(settings: Settings, row: Any) -> dict[str, Any]:
 
 # At most this many rows in one answer: a big hospital's month of 3202 with no details of its own
 # lists every settlement as missing_at_facility, and an answer over 1 MiB cannot be a Kafka record.
-# Answers say how many there were in all. A 3202 difference is at most ~365 bytes, a facility-day
-# settlement ~555 (64-character ids): both lists stay under about 730 KB.
-MAX_LISTED = 2000
+# Answers say how many there were in all. A 3202 difference is at most ~730 bytes (64-character ids,
+# with what finds it: session 49), a facility-day settlement ~555: both lists stay under about 730 KB.
+MAX_LISTED = 1000
 MAX_LISTED_SETTLEMENTS = 1000
 # A month's statements and net positions, up to this many of each in one answer (a statement is
 # ~260 bytes, a net position ~190: about 450 KB). A month at national scale has thousands of

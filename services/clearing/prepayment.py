@@ -101,11 +101,18 @@ def prepayment_alert(settings: Settings, row: Any, account: Prepayment) -> Outgo
         message = (f"Prepayment of {insured} for {treating} (care at home, which no longer draws) is at "
                    f"{fmt(account.balance)}: confirm the pair's remaining statements; it cannot be funded.")
     elif account.balance < 0:
+        # As the platform's policy has it (the same setting pricing reads): under refuse the region's
+        # patients were told "settlements continue" while pricing refused them (a review, session 49).
+        meanwhile = ("bills that draw on it are refused PREPAYMENT_EXHAUSTED, and the patients pay in full,"
+                     if settings.prepayment_policy == "refuse" else
+                     "settlements continue and the shortfall is recorded")
         message = (f"Prepayment of {insured} for {treating} has run out: shortfall {fmt(account.shortfall)}; "
-                   "settlements continue and the shortfall is recorded until the region tops up.")
+                   f"{meanwhile} until the region tops up.")
     else:
+        # The share as set (0.005 read "below 0%", 0.125 "below 12%": a review, session 49).
+        share = format((account.warn_share * 100).normalize(), "f")
         message = (f"Prepayment of {insured} for {treating} is down to {fmt(account.balance)}, below "
-                   f"{account.warn_share:.0%} of what was advanced; the insured region should top it up.")
+                   f"{share}% of what was advanced; the insured region should top it up.")
     alert = PrepaymentAlert(
         insuplc_admdvs=insured, mdtrtarea_admvs=treating, balance=account.balance, funded=account.funded,
         warn_share=account.warn_share, shortfall=account.shortfall, message=message,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
@@ -73,6 +74,14 @@ async def test_settlements_draw_the_prepayment_and_cancellation_and_reversal_giv
     assert (await balance(clearing, world))["balance"] == "1000.00"
     second = world.request(person, [("T-A", "1", "800.00")])
     assert paid(await gateway.call(second)) == Decimal("300.00")  # the deductible was given back too
+    # Both keys: the settlement both name, or none (the first's row answered for two: session 49).
+    both = {"type": "query_settlement", "setl_id": setl_id}
+    named = await clearing.call(both | {"reqid": reqid(), "msgid": first["msgid"]})
+    assert named["data"]["settlement"]["msgid"] == first["msgid"], named
+    mixed = await clearing.call(both | {"reqid": reqid(), "msgid": second["msgid"]})
+    assert (mixed["ok"], mixed["reason"]) == (False, "no such settlement"), mixed
+    nothing = await clearing.call({"type": "query_settlement", "reqid": reqid()})
+    assert nothing["ok"] is False and "setl_id or its msgid" in nothing["reason"], nothing
     reversal = fresh(second) | {"infno": "2601", "input": {"data": {"psn_no": person, "omsgid": second["msgid"], "oinfno": "2207"}}}
     reversed_ = await gateway.call(reversal)
     assert reversed_["infcode"] == 0 and reversed_["output"]["setlinfo"]["state"] == "reversed"
@@ -273,6 +282,19 @@ async def test_reconciliation_of_a_facilitys_day_matches_or_lists_the_difference
     detail = await gateway.call(fresh(base) | {"infno": "3202", "input": {"data": details}})
     problems = {d["setl_id"]: d["problem"] for d in detail["output"]["differences"]}
     assert problems == {infos[1]["setl_id"]: "missing_at_facility", "S20250808NOTONPLATFORM0": "missing_on_platform"}
+    # What the facility finds the settlement by in its own records: its msgid, person, visit and
+    # day (a settlement whose answer the gateway never got has a setl_id it never saw: session 49).
+    missing = next(d for d in detail["output"]["differences"] if d["problem"] == "missing_at_facility")
+    asked = answers[1]["msgid"]
+    assert (missing["msgid"], missing["psn_no"], missing["platform_setl_date"]) == (asked, person, day), missing
+    assert missing["mdtrt_id"] == infos[1]["mdtrt_id"] and "undone_msgid" not in missing
+    # A settlement cancelled since: what undid it, and when.
+    cancel = cancel_of(world.request(person, [("T-A", "1", "500.00")], visit=infos[0]["mdtrt_id"]), infos[0]["setl_id"])
+    assert (await gateway.call(cancel))["infcode"] == 0
+    detail = await gateway.call(fresh(base) | {"infno": "3202", "input": {"data": details}})
+    undone = next(d for d in detail["output"]["differences"] if d["setl_id"] == infos[0]["setl_id"])
+    assert (undone["problem"], undone["undone_msgid"]) == ("cancelled_on_platform", cancel["msgid"]), undone
+    assert datetime.fromisoformat(undone["undone_at"]).tzinfo is not None, undone
     # The facility dates the second a day later (its clock at midnight): its 3201 of the next day is
     # off by it, and its 3202 of that day says where the platform has it.
     next_day = {"stmt_begndate": "2025-08-09", "stmt_enddate": "2025-08-09", "details": [

@@ -90,10 +90,12 @@ async def test_a_batch_that_waited_for_a_months_clearing_sees_the_month_closed(c
     assert await asyncio.wait_for(batch, timeout=10) == FAR_MONTH
 
 
-async def test_a_3202_answer_lists_at_most_2000_differences_and_counts_them_all(settings, clearing_db):
+async def test_a_3202_answer_lists_at_most_1000_differences_and_counts_them_all(settings, clearing_db):
     # A facility's 3202 for a big month lists thousands of differences; an answer over 1 MiB cannot be
-    # a Kafka record (and would stop clearing-admin): the answer lists the first 2000.
-    from services.clearing.admin import MAX_LISTED, ClearingAdminHandler
+    # a Kafka record (and would stop clearing-admin): the answer lists the first 1000.
+    from datetime import UTC, date, datetime
+
+    from services.clearing.admin import MAX_LISTED, ClearingAdminHandler, _found_by
     from yidi.contracts.clearing import ReconcileDetailsInput
 
     _, repo = clearing_db
@@ -105,8 +107,16 @@ async def test_a_3202_answer_lists_at_most_2000_differences_and_counts_them_all(
     async with repo.transaction() as conn:
         output = await ClearingAdminHandler(settings, repo)._reconcile_details(conn, "H-NO-SUCH-FACILITY", body)
     assert output["differences_total"] == MAX_LISTED + 5 and len(output["differences"]) == MAX_LISTED
-    assert "the first 2000 are listed" in output["stmt_rslt_dscr"]
+    assert f"the first {MAX_LISTED} are listed" in output["stmt_rslt_dscr"]
     assert len(orjson.dumps(output)) < 1024 * 1024
+    # The largest a difference can be: ids of 64 characters, the amounts at their widest, and what
+    # finds the settlement and what undid it (from session 49): the list still fits a record.
+    amounts = {k: "-999999999999.99" for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")}
+    widest = {"msgid": "M" * 64, "psn_no": "P" * 64, "mdtrt_id": "V" * 64, "setl_date": date(2099, 12, 31),
+              "undone_msgid": "U" * 64, "undone_at": datetime(2099, 12, 31, 23, 59, 59, 999999, UTC)}
+    difference = {"setl_id": "S" * 64, "problem": "dated_outside_period", "facility": amounts,
+                  "platform": amounts} | _found_by(widest)
+    assert len(orjson.dumps(output | {"differences": [difference] * MAX_LISTED})) < 1024 * 1024
 
 
 async def test_an_undoing_of_a_settlement_the_ledger_lacks_is_answered_as_an_undoing(clearing_db, settings):

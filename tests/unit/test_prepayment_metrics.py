@@ -173,6 +173,26 @@ def test_an_alert_of_an_account_of_care_at_home_says_to_confirm_its_statements_n
                                          run_out).value)
     assert "care at home" in home["message"] and "cannot be funded" in home["message"], home
     assert "has run out" in away["message"] and "tops up" in away["message"], away
+    assert "settlements continue and the shortfall is recorded" in away["message"], away
+
+
+def test_an_alert_says_what_happens_to_bills_under_the_platforms_policy_and_its_line_as_set():
+    # Under refuse the run-out alert told the region "settlements continue" while pricing refused
+    # its patients; a warning line of 0.005 read "below 0%" (a review, session 49).
+    import orjson
+
+    from services.clearing.prepayment import prepayment_alert
+    from yidi.domain.clearing import Prepayment
+    from yidi.platform.settings import Settings
+
+    pair = {"insuplc_admdvs": "131000", "mdtrtarea_admvs": "110000"}
+    refused = orjson.loads(prepayment_alert(Settings(namespace="t.", prepayment_policy="refuse"), pair,
+                                            Prepayment(drawn=Decimal("85.00"))).value)
+    assert "refused PREPAYMENT_EXHAUSTED" in refused["message"] and "continue" not in refused["message"], refused
+    for share, said in (("0.005", "below 0.5% of"), ("0.125", "below 12.5% of"), ("0.5", "below 50% of")):
+        low = orjson.loads(prepayment_alert(Settings(namespace="t."), pair, Prepayment(
+            funded=Decimal("1000.00"), drawn=Decimal("999.00"), warn_share=Decimal(share))).value)
+        assert said in low["message"], low
 
 
 def test_an_account_past_one_amount_is_stated_and_alerted_as_its_columns_hold_it():

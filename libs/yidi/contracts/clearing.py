@@ -78,8 +78,14 @@ class ConfirmStatement(_Request):
 
 class QuerySettlement(_Request):
     type: Literal["query_settlement"]
-    setl_id: str = ""
-    msgid: str = ""
+    setl_id: str = Field(default="", description="the settlement's setl_id; with msgid too, both must name it")
+    msgid: str = Field(default="", description="the settlement request's msgid")
+
+    @model_validator(mode="after")
+    def _names_one(self) -> QuerySettlement:
+        if not (self.setl_id or self.msgid):
+            raise ValueError("give the settlement's setl_id or its msgid")
+        return self
 
 
 class QueryFacilityDay(_Request):

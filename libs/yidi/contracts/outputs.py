@@ -125,7 +125,19 @@ class DetailDifference(WireModel):
     platform: dict[str, Amount] = Field(description="the same, as the platform holds them; {} when it has none")
     platform_setl_date: Day | None = Field(
         default=None, exclude_if=lambda v: v is None,
-        description="dated_outside_period only: the day the platform has the settlement under")
+        description="the day the platform has the settlement under (every difference but missing_on_platform; "
+                    "before session 49, dated_outside_period only)")
+    # What the facility's own records hold, to find the settlement by (from session 49: a
+    # settlement whose answer the gateway never got was named by its setl_id alone, which the
+    # facility never saw). Every difference but missing_on_platform.
+    msgid: str | None = Field(default=None, exclude_if=lambda v: v is None,
+                              description="the settlement request's msgid, as the facility sent it")
+    psn_no: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    mdtrt_id: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    undone_msgid: str | None = Field(default=None, exclude_if=lambda v: v is None,
+                                     description="cancelled_/reversed_on_platform: the msgid of the request that undid it")
+    undone_at: str | None = Field(default=None, exclude_if=lambda v: v is None,
+                                  description="cancelled_/reversed_on_platform: when the platform undid it (ISO 8601)")
 
 
 class ReconcileDetailsOutput(WireModel):
@@ -134,4 +146,5 @@ class ReconcileDetailsOutput(WireModel):
     stmt_rslt: Literal["0", "1"] = Field(description="0: every settlement matches; 1: some differ")
     stmt_rslt_dscr: str
     differences_total: int
-    differences: list[DetailDifference] = Field(description="the first 2,000 differences, by setl_id")
+    differences: list[DetailDifference] = Field(description="the first 1,000 differences, by setl_id (2,000 before "
+                                                            "session 49, when a difference said less)")

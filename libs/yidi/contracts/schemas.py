@@ -620,7 +620,7 @@ MESSAGES: dict[str, Message] = {
     "Answer": Message(
         "Any other answer (ResponseEnvelope)",
         "Its output by infno: 1101 PersonInfoOutput; 2001 BenefitCheckEligible or BenefitCheckRefused; "
-        "2208, 2305, 2601 UndoOutput; 3201 ReconcileTotalsOutput; 3202 ReconcileDetailsOutput (at most 2000 "
+        "2208, 2305, 2601 UndoOutput; 3201 ReconcileTotalsOutput; 3202 ReconcileDetailsOutput (at most 1000 "
         "differences listed). Failures: output = {} with err_code one of " + ", ".join(c.value for c in ErrCode) + ".",
         _other_answer, "fixmedins_code",
         ("ResponseEnvelope", *sorted({m for outputs in OTHER_OUTPUTS.values() for m in outputs})),
