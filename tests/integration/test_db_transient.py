@@ -78,8 +78,9 @@ async def test_a_prepared_statement_a_migration_changed_is_transient_and_works_w
         await pool.close()
 
 
-async def test_the_services_connections_take_no_server_side_statement_lock_or_idle_in_transaction_timeout(settings):
-    # A database of its own: the timeouts set on it reach no other test's connections.
+async def test_the_services_connections_take_no_server_side_statement_or_lock_timeout_and_their_own_idle_one(settings):
+    # A database of its own: the timeouts set on it reach no other test's connections. The
+    # idle-in-transaction timeout is the services' own, a minute (from session 49; none before).
     name = f"yidi_timeouts_{uuid.uuid4().hex[:8]}"
     await execute_alone(settings.database_url, f'CREATE DATABASE "{name}"')
     dsn = with_database(settings.database_url, name)
@@ -91,7 +92,7 @@ async def test_the_services_connections_take_no_server_side_statement_lock_or_id
         try:
             async with pool.acquire() as conn:
                 assert (await conn.fetchval("SHOW statement_timeout"), await conn.fetchval("SHOW lock_timeout"),
-                        await conn.fetchval("SHOW idle_in_transaction_session_timeout")) == ("0", "0", "0")
+                        await conn.fetchval("SHOW idle_in_transaction_session_timeout")) == ("0", "0", "1min")
                 await conn.execute("SELECT pg_sleep(0.2)")
             repo = Repository(pool)
             async with repo.transaction() as conn:  # a stage at work on its batch between statements
@@ -248,4 +249,34 @@ async def test_a_savepoint_undoes_its_block_and_the_transaction_goes_on(settings
         assert await pool.fetchval(f"SELECT count(*) FROM {table} WHERE n = 6") == 0
         await pool.execute(f"DROP TABLE {table}")
     finally:
+        await pool.close()
+
+
+async def test_a_transaction_left_idle_is_ended_its_locks_freed_and_its_next_statement_transient(settings):
+    # An instance frozen in its batch's transaction (SIGSTOP, a paused VM, an event loop blocked)
+    # held the persons' locks for ever, and the instance that took its partitions over waited on
+    # them (a review, session 49). The server ends such a session after the pool's
+    # idle-in-transaction timeout (60 s in service; 0.5 s here); the frozen one, back, meets a
+    # TransientError and retries on a fresh connection.
+    pool = await create_pool(settings.database_url, size=1, idle_in_transaction_ms=500)
+    other = await create_pool(settings.database_url, size=1)
+    try:
+        repo = Repository(pool)
+        frozen_then_back = None
+        with pytest.raises(TransientError) as raised:
+            async with repo.transaction(locks("yidi-test", ["frozen"])) as conn:
+                await conn.execute("SELECT 1")
+                # Frozen: nothing runs on the connection. The other instance gets the lock once
+                # the server has ended the session (it waited for ever before).
+                async with Repository(other).transaction(locks("yidi-test", ["frozen"])) as taker:
+                    frozen_then_back = await taker.fetchval("SELECT 1")
+                await conn.execute("SELECT 2")
+        assert frozen_then_back == 1
+        cause = raised.value.__cause__
+        assert isinstance(cause, (asyncpg.IdleInTransactionSessionTimeoutError, asyncpg.ConnectionDoesNotExistError,
+                                  asyncpg.InterfaceError)), repr(cause)
+        async with repo.transaction() as conn:  # the retry: a fresh connection
+            assert await conn.fetchval("SELECT 3") == 3
+    finally:
+        await other.close()
         await pool.close()

@@ -48,6 +48,9 @@ TRANSIENT = (
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
     asyncpg.LockNotAvailableError,  # a lock_timeout
+    # 25P03: a transaction left idle past IDLE_IN_TRANSACTION_MS (its process frozen meanwhile); the
+    # server ended the session, and the retry takes a fresh connection.
+    asyncpg.IdleInTransactionSessionTimeoutError,
     # A prepared statement whose result type a migration changed (a column added under SELECT *,
     # by a newer instance in a rolling upgrade): asyncpg drops it, and the retry prepares it again.
     asyncpg.InvalidCachedStatementError,
@@ -451,20 +454,32 @@ async def _add_query_logger(logger: Callable[[LoggedQuery], None], conn: asyncpg
     conn.add_query_logger(logger)
 
 
+# How long a transaction may sit idle (no statement running) before the server ends its session. A
+# stage holds its batch's transaction while its handler works between statements, for milliseconds;
+# an instance frozen meanwhile (SIGSTOP, a paused VM, an event loop blocked) held the persons' locks
+# and its partitions' stage_progress rows for ever, and the instance that took its partitions over
+# waited on them, retried, and left the group every 5 minutes, until an operator killed the frozen
+# one (a review, session 49). The Kafka transaction timeout's 60 s: the frozen instance is fenced
+# in Kafka by then too, and its late commit fails.
+IDLE_IN_TRANSACTION_MS = 60_000
+
+
 async def create_pool(dsn: str, *, size: int = 4, plan_cache_mode: str = "force_custom_plan",
                       parallel_workers: int | Literal["server"] = 0, service: str | None = None,
-                      application_name: str | None = None) -> asyncpg.Pool:
+                      application_name: str | None = None,
+                      idle_in_transaction_ms: int = IDLE_IN_TRANSACTION_MS) -> asyncpg.Pool:
     """``plan_cache_mode`` and ``parallel_workers``: Settings.db_plan_cache_mode and
     Settings.db_parallel_workers (why these defaults, and "server": there). ``service``: the
     service whose statements the pool's connections time (``statement_metrics``); None: not timed.
     ``application_name``: what pg_stat_activity shows of each connection (``application_name``),
     unless ``dsn`` names one."""
-    # No server-side statement, lock or idle-in-transaction timeout (a role's or the database's, set
-    # for other clients): the services bound their own statements (command_timeout; clearing's
-    # month, for as long as it needs), a cancelled statement would be retried for ever, and a stage
-    # holds its batch's transaction open while it works on the batch (an idle-in-transaction
-    # timeout ends the session with 25P03, which stopped the stage).
-    server_settings = {"statement_timeout": "0", "lock_timeout": "0", "idle_in_transaction_session_timeout": "0"}
+    # No server-side statement or lock timeout (a role's or the database's, set for other clients):
+    # the services bound their own statements (command_timeout; clearing's month, for as long as it
+    # needs), and a cancelled statement would be retried for ever. The idle-in-transaction timeout is
+    # the services' own (``IDLE_IN_TRANSACTION_MS``; 0 until session 49, when 25P03 stopped the stage:
+    # it is a TransientError now).
+    server_settings = {"statement_timeout": "0", "lock_timeout": "0",
+                       "idle_in_transaction_session_timeout": str(idle_in_transaction_ms)}
     if plan_cache_mode != "server":
         server_settings["plan_cache_mode"] = plan_cache_mode
     if parallel_workers != "server":
