@@ -280,3 +280,64 @@ async def test_a_stage_assigned_partitions_with_old_records_and_no_committed_off
     said = [(r.levelno, r.getMessage()) for r in caplog.records if "has no committed offset" in r.getMessage()]
     assert [level for level, _ in said] == [logging.INFO, logging.WARNING], said
     assert "holds 2 records" in said[1][1] and "read from offset 0" in said[1][1]
+
+
+async def test_a_committed_offset_below_the_first_record_retained_is_said_and_alerted(settings, caplog):
+    # A stage away longer than its topic keeps records (retention.ms) comes back to a committed
+    # offset below the first record retained: the consumer went on from that record with one INFO
+    # line of aiokafka's, the records between never answered and never in the ledger (a review,
+    # session 49). Now said at ERROR, and timestamped for YidiStageReadFromStart.
+    import logging
+
+    from aiokafka import TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+    from yidi.platform import metrics
+
+    s = settings.model_copy(update={"namespace": settings.namespace + "skipped."})
+    await ensure_topics(s)
+    handled: list[bytes] = []
+
+    async def forward(records: list[Incoming]) -> list[Outgoing]:
+        handled.extend(r.value for r in records)
+        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key) for r in records]
+
+    producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
+    await producer.start()
+
+    async def send(*values: bytes) -> TopicPartition:
+        sent = [await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), v, key=b"p") for v in values]
+        return TopicPartition(sent[0].topic, sent[0].partition)
+
+    async def run(expect: int) -> None:
+        stage = TransactionalStage("skipped", "test", s, [SETTLEMENT_REQUESTS], "skipped", forward)
+        await stage.start()
+        try:
+            await until(lambda: len(handled) == expect)
+            await asyncio.sleep(0.5)
+            assert stage.failure is None
+        finally:
+            await stage.stop()
+
+    caplog.set_level(logging.INFO, logger="yidi.platform.kafka")
+    moment = metrics.STAGE_READ_FROM_START.labels("skipped")
+    try:
+        tp = await send(b"A", b"B")
+        await run(2)  # committed: offset 2
+        assert moment._value.get() == 0
+        await send(b"C", b"D", b"E")
+        admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_records({tp: RecordsToDelete(before_offset=4)})  # C and D, as retention would
+        finally:
+            await admin.close()
+        before = time.time()
+        await run(3)
+        assert handled == [b"A", b"B", b"E"]
+        assert before <= moment._value.get() <= time.time()
+        said = [r for r in caplog.records if "below its first record retained" in r.getMessage()]
+        assert [r.levelno for r in said] == [logging.ERROR], said
+        assert "is 2, below its first record retained, 4: the 2 records between were deleted" in said[0].getMessage()
+    finally:
+        await producer.stop()

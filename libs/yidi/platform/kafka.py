@@ -419,9 +419,23 @@ class TransactionalStage:
         committed = await consumer._coordinator.fetch_committed_offsets(set(assigned))
         self._learn_marks(set(assigned), committed)
         missing = sorted(tp for tp in assigned if committed.get(tp) is None)
+        first = await consumer.beginning_offsets(sorted(assigned))
+        for tp in sorted(set(assigned) - set(missing)):
+            at = committed[tp].offset
+            if 0 <= at < first[tp]:
+                # Its records from the committed offset on were deleted (the topic's retention.ms)
+                # before the stage handled them: never answered, never in the ledger. The consumer
+                # goes on from the first record retained with one INFO line of aiokafka's (a review,
+                # session 49): said, timestamped and alerted as a read from the start is.
+                metrics.STAGE_READ_FROM_START.labels(self.name).set_to_current_time()
+                log.error("stage %s: %s[%d]'s committed offset for group %s is %d, below its first record retained, "
+                          "%d: the %d records between were deleted before the stage handled them (never answered); "
+                          "read from offset %d (runbook, \"A stage read its partitions from the start\")", self.name,
+                          tp.topic, tp.partition, self.settings.group(self.group_id), at, first[tp], first[tp] - at,
+                          first[tp])
         if not missing:
             return
-        first, end = await consumer.beginning_offsets(missing), await consumer.end_offsets(missing)
+        end = await consumer.end_offsets(missing)
         held = [tp for tp in missing if end[tp] > first[tp]]
         oldest = await consumer.offsets_for_times({tp: 0 for tp in held}) if held else {}
         now_ms = time.time() * 1000

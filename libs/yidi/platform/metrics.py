@@ -65,7 +65,8 @@ STAGE_READ_FROM_START = Gauge(
     "When a stage was last assigned a partition of a topic that is not compacted with no committed offset "
     "for its group and a first record over 10 minutes old, and read it from that record (0: never since "
     "it started): its group's offsets expired (what came while it was away is read) or the group was "
-    "deleted or reset (what it had handled is handled again).",
+    "deleted or reset (what it had handled is handled again); or a partition whose committed offset is below "
+    "its first record retained (the records between deleted unhandled, never answered).",
     ["stage"],
 )
 STAGE_RETRIES = Counter(
