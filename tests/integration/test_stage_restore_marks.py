@@ -193,3 +193,50 @@ async def test_the_partitions_next_owner_after_a_rebalance_keeps_to_the_restore_
     assert first.failure is None and second.failure is None
     published = await read_topic(s.kafka_bootstrap, s.topic(SETTLEMENT_ELIGIBLE), count=3, seconds=10)
     assert sorted(r.value for r in published) == [b"r3", b"r4", b"r5"]
+
+
+async def test_after_a_restore_batches_past_the_mark_wait_for_the_feeds_and_those_below_do_not(settings):
+    # Pricing priced new settlements with the backup's policies while its feeds were still applying
+    # again what came after it (a review, session 49). The service gives each stage the feeds'
+    # catch-up (Service._wait_for_feeds): here one that holds until released.
+    from yidi.platform.catchup import FeedsCatchingUp
+
+    s = settings.model_copy(update={"namespace": f"{settings.namespace}feedswait.", "batch_linger_ms": 0})
+    await ensure_topics(s)
+    tp = TopicPartition(s.topic(SETTLEMENT_REQUESTS), 0)
+    await produce(s.kafka_bootstrap, tp.topic, [str(i).encode() for i in range(10)])
+    await commit_offsets(s.kafka_bootstrap, s.group("feeds-wait"), {tp: OffsetAndMetadata(3, progress.mark(8))})
+    handled: list[int] = []
+
+    class Feeds:
+        caught_up = False
+        asked = 0
+
+        async def check(self) -> None:
+            self.asked += 1
+            if not self.caught_up:
+                raise FeedsCatchingUp("waiting for its feeds (test)")
+
+    async def forward(records: list[Incoming]) -> list[Outgoing]:
+        handled.extend(r.offset for r in records)
+        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key) for r in records]
+
+    feeds = Feeds()
+    stage = TransactionalStage("feeds-wait", "test", s, [SETTLEMENT_REQUESTS], "feeds-wait", forward, max_records=2)
+    stage.catch_up = feeds
+    waited = metrics.STAGE_RETRIES.labels("feeds-wait", "FeedsCatchingUp")
+    await stage.start()
+    try:
+        await until(lambda: feeds.asked >= 2 and waited._value.get() >= 2, timeout=30)
+        assert handled == [3, 4, 5, 6, 7]  # handled again without waiting; 8 and 9 wait
+        feeds.caught_up = True
+
+        async def all_committed() -> bool:
+            return await committed(s.kafka_bootstrap, s.group("feeds-wait"), tp) == OffsetAndMetadata(10, "")
+
+        await until(all_committed, timeout=30, poll=0.2)
+    finally:
+        await stage.stop()
+    assert stage.failure is None and handled == [3, 4, 5, 6, 7, 8, 9]
+    published = await read_topic(s.kafka_bootstrap, s.topic(SETTLEMENT_ELIGIBLE), count=2, seconds=10)
+    assert sorted(r.value for r in published) == [b"8", b"9"]

@@ -400,3 +400,38 @@ async def test_the_services_periodic_check_says_a_failure_once_goes_on_and_stops
     said = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert [level for level, _ in said] == ["WARNING", "INFO", "CRITICAL"], said
     assert "permission denied" in said[0][1]
+
+
+def test_after_a_restore_every_stage_waits_for_the_services_feeds_and_never_for_another_stage():
+    # Pricing priced with the backup's policies while its feeds applied again what came after it (a
+    # review, session 49). A stage waiting on another stage could wait on one whose loop waits on
+    # it: only feeds are waited for.
+    from yidi.platform.catchup import CatchUp
+    from yidi.platform.kafka import TransactionalStage
+    from yidi.platform.service import Service
+    from yidi.platform.settings import Settings
+
+    settings = Settings(namespace="t.")
+
+    async def nothing(records):  # noqa: ANN001, ANN202
+        return []
+
+    def stages() -> list[TransactionalStage]:
+        return [TransactionalStage("clearing", "clearing", settings, ["settlement.priced"], "yidi-clearing-priced", nothing),
+                TransactionalStage("clearing-admin", "clearing", settings, ["clearing.requests"], "yidi-clearing-admin",
+                                   nothing)]
+
+    marked = {("t.settlement.priced", 0): 8}
+    service = Service("clearing", settings, migrations=None)
+    service.pool = object()  # type: ignore[assignment]
+    service.stages = stages()
+    service.marks = {settings.group("yidi-clearing-priced"): marked, settings.group("yidi-clearing-admin"): marked}
+    service._wait_for_feeds()
+    assert [s.catch_up for s in service.stages] == [None, None]  # the two stages' marks: no feed to wait for
+
+    service.marks[settings.group("yidi-clearing-feed-refdata.policies")] = {("t.refdata.policies", 0): 5}
+    service._wait_for_feeds()
+    waits = [s.catch_up for s in service.stages]
+    assert all(isinstance(w, CatchUp) and w.waiting for w in waits) and waits[0] is not waits[1]
+    assert all(w._targets == {settings.group("yidi-clearing-feed-refdata.policies"): {("t.refdata.policies", 0): 5}}
+               for w in waits)

@@ -25,6 +25,7 @@ from faststream.specification import AsyncAPI
 from prometheus_client import REGISTRY
 
 from yidi.platform import collector, heartbeat, metrics, probes, progress, records, recover
+from yidi.platform.catchup import CatchUp
 from yidi.platform.db import (application_name, check_progress, close_pool, migrate, record_progress, settings_pool,
                               statements_for)
 from yidi.platform.errors import DatabaseWentBack, TransientError
@@ -153,6 +154,7 @@ class Service:
         collector.freeze()  # started: what it holds now (imports, warm caches) is never scanned again
         if self.settings.gc_full_collection_seconds > 0:
             self._sweep = asyncio.create_task(collector.collect_every(self.settings.gc_full_collection_seconds))
+        self._wait_for_feeds()
         for stage in self.stages:
             with statements_for(stage.name):  # its task's statements, in yidi_db_statement_seconds
                 await stage.start()
@@ -160,6 +162,22 @@ class Service:
         self._background = [asyncio.create_task(loop()) for loop in self.background]
         self._watch = asyncio.create_task(self._watch_stages())
         log.info("%s ready: stages %s, metrics on :%s", self.name, [s.name for s in self.stages], self.settings.metrics_port)
+
+    def _wait_for_feeds(self) -> None:
+        """After a restore (restore marks on the feeds' groups): every stage's batches past its own
+        marks wait until the service's feeds have applied again what the restored database lacked.
+        Pricing priced new settlements with the backup's policies and catalogue while its feeds
+        were still applying again the versions published after it (a review, session 49; eligibility
+        waited already, ``CatchUp``). Only feeds are waited for, never another stage: a stage's loop
+        held on a batch past its mark cannot handle again its other partitions' records, and two
+        stages waiting on each other so would each wait ``catchup.GIVE_UP_SECONDS``."""
+        stage_groups = {self.settings.group(stage.group_id) for stage in self.stages}
+        feeds = {group: marks for group, marks in self.marks.items() if group not in stage_groups and marks}
+        if not feeds or self.pool is None:
+            return
+        for stage in self.stages:
+            if stage.catch_up is None:
+                stage.catch_up = CatchUp(self.db, self.name, feeds)
 
     def _bound_feed_stops(self) -> None:
         """Bound the stop of each feed's Kafka consumer (FastStream's subscribers, started by now),
