@@ -67,7 +67,7 @@ start_one() {
     extra=("YIDI_INSTANCE=${YIDI_INSTANCE:-$("$PY" -c 'from yidi.platform.settings import Settings; print(Settings().instance)')}-$(number_of "$svc")")
   fi
   env "${extra[@]}" YIDI_METRICS_PORT="$(port_of "$svc")" \
-    nohup setsid "$PY" -m "services.$(service_of "$svc")" </dev/null >>"$LOG/$svc.log" 2>&1 &
+    nohup setsid "$PY" -m "services.$(service_of "$svc")" </dev/null >>"$LOG/$svc.log" 2>&1 9>&- &
   echo $! >"$RUN/$svc.pid"
 }
 
@@ -102,6 +102,13 @@ if ((${#targets[@]} == 0)); then
   fi
 fi
 for s in "${targets[@]}"; do valid "$s"; done
+if [[ $cmd != status ]]; then
+  # One start or stop at a time: two starts at once both found a service stopped and its port free,
+  # and one of the two processes ran on with no pid file, which `make stop` never stopped (the
+  # install review, session 49). The services do not inherit the lock (9>&- above).
+  exec 9>"$RUN/.services.lock"
+  flock -w 300 9 || { say "timed out waiting for another services.sh start or stop"; exit 1; }
+fi
 case $cmd in
   start)
     # The others start (and are waited for) when one cannot: the exit status then says so.
@@ -110,7 +117,7 @@ case $cmd in
     for s in "${begun[@]}"; do wait_up "$s" || failed=1; done
     exit "$failed" ;;
   stop) for s in "${targets[@]}"; do stop_one "$s"; done ;;
-  restart) for s in "${targets[@]}"; do stop_one "$s"; done; "$0" start "${targets[@]}" ;;
+  restart) for s in "${targets[@]}"; do stop_one "$s"; done; exec 9>&-; "$0" start "${targets[@]}" ;;
   status)
     for s in "${targets[@]}"; do
       if svc_alive "$s"; then state=running; up "$s" && state="running, ready" ; else state=stopped; fi

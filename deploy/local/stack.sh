@@ -11,10 +11,12 @@
 #   logs   [what] [-f]  tail the logs (TAIL_LINES=40), -f to follow
 #   reset            stop all three and delete all their data (keeps downloaded jars); no [what]
 #   packages PKG...  install these Debian packages (apt-get update tried three times, as for the servers')
+#   check-jars [DIR] check the Kafka jars (default: the installed ones) against kafka/jars.sha256
 #
 # Tunables (environment): KAFKA_VERSION (overrides the pom), KAFKA_HEAP_OPTS,
 # KAFKA_JVM_PERFORMANCE_OPTS (the collector; Kafka's own scripts' default), KAFKA_OPTS,
-# KAFKA_START_TIMEOUT (90 s), KAFKA_STOP_TIMEOUT (30 s), PG_BINDIR.
+# KAFKA_START_TIMEOUT (90 s), KAFKA_STOP_TIMEOUT (30 s), PG_BINDIR, JARS_UNPINNED=1 (resolve the
+# jars without checking them against kafka/jars.sha256: to renew the list after a pom change).
 # shellcheck disable=SC2012  # ls over our own jar and bin directory names is fine
 set -euo pipefail
 
@@ -29,6 +31,7 @@ KAFKA_DATA="$KAFKA_DIR/data"
 KAFKA_PID="$KAFKA_DIR/kafka.pid"
 KAFKA_LOG="$LOG_DIR/kafka.log"
 KAFKA_POM="$HERE/kafka/pom.xml"
+KAFKA_JARS_PINNED="$HERE/kafka/jars.sha256"
 PG_LINK="$YIDI_LOCAL/pg"   # resolved to PG_DIR by pg_paths (may be a symlink, see there)
 PG_LOG="$LOG_DIR/postgres.log"
 REDIS_DIR="$YIDI_LOCAL/redis"
@@ -179,8 +182,26 @@ find_pg_bindir() {
 }
 
 kafka_jars_stamp() {
-  # The jars are current when they were resolved from this exact pom (and version override).
-  { cat "$KAFKA_POM"; echo "KAFKA_VERSION=${KAFKA_VERSION:-}"; } | sha256sum | cut -d' ' -f1
+  # The jars are current when they were resolved from this exact pom (and version override), and
+  # checked against this list of their hashes.
+  { cat "$KAFKA_POM" "$KAFKA_JARS_PINNED"; echo "KAFKA_VERSION=${KAFKA_VERSION:-}"; } | sha256sum | cut -d' ' -f1
+}
+
+# The jars resolved into $1 are exactly those the pom's pinned list names, each with its sha256 (a
+# mirror or a cache serving other files with checksums of their own passed --strict-checksums: the
+# install review, session 49). Not with KAFKA_VERSION or JARS_UNPINNED=1 (a version the list is not
+# for; renewing the list after a pom change): said so.
+check_kafka_jars() {
+  local dir=$1 want have
+  if [[ -n ${KAFKA_VERSION:-} || ${JARS_UNPINNED:-} == 1 ]]; then
+    log "the Kafka jars are not checked against $KAFKA_JARS_PINNED (KAFKA_VERSION or JARS_UNPINNED=1 set)"
+    return 0
+  fi
+  want=$(grep -v '^#' "$KAFKA_JARS_PINNED" | awk '{print $2}' | sort)
+  have=$(cd "$dir" && ls -1 *.jar | sort)
+  [[ $want == "$have" ]] || die "the Kafka jars resolved are not those $KAFKA_JARS_PINNED names: $(diff <(echo "$want") <(echo "$have") | grep '^[<>]' | head -5 | tr '\n' ' ')"
+  (cd "$dir" && grep -v '^#' "$KAFKA_JARS_PINNED" | sha256sum --quiet --strict -c -) >"$LOG_DIR/jars-check.log" 2>&1 \
+    || { tail_log "$LOG_DIR/jars-check.log"; die "a Kafka jar's sha256 is not the one $KAFKA_JARS_PINNED pins (a tampered mirror or cache?): nothing installed"; }
 }
 kafka_jars_ok() { [[ -f $KAFKA_LIBS/.stamp && $(<"$KAFKA_LIBS/.stamp") == "$(kafka_jars_stamp)" ]]; }
 
@@ -242,6 +263,7 @@ ensure_kafka_jars() {
     rm -rf "$tmp"
   done
   ls "$tmp"/kafka_2.13-*.jar >/dev/null 2>&1 || die "mvn finished but no kafka_2.13 jar in $tmp"
+  check_kafka_jars "$tmp"
   kafka_jars_stamp >"$tmp/.stamp"
   rm -rf "$KAFKA_LIBS"
   mv "$tmp" "$KAFKA_LIBS"
@@ -422,7 +444,20 @@ pg_paths() {
 
 pg_running() {
   [[ -f $PG_DATA/postmaster.pid && -n $PG_BIN ]] || return 1
+  pg_pid_file_stale && return 1
   as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1
+}
+
+# Whether postmaster.pid names a live process that is not a postgres: left by a postmaster killed
+# (a reboot, SIGKILL), its number taken since by another process. pg_ctl status called that
+# running: start waited a minute and blamed Postgres, and stop sent the other process SIGINT (a
+# review, session 49). Kafka's and Redis's pid files were checked so already (live_pid).
+pg_pid_file_stale() {
+  local pid cmd
+  pid=$(head -n1 "$PG_DATA/postmaster.pid" 2>/dev/null) || return 1
+  [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" || return 1
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+  [[ $cmd != *postgres* ]]
 }
 
 pg_psql() {
@@ -456,6 +491,11 @@ pg_start() {
     return 0
   fi
   port_open "$YIDI_PG_PORT" && die "127.0.0.1:$YIDI_PG_PORT is in use by $(port_holder "$YIDI_PG_PORT"), not this stack's PostgreSQL: stop it first"
+  if pg_pid_file_stale; then
+    # Postgres refuses to start beside a lock file whose pid is alive, whoever it is.
+    log "postmaster.pid names pid $(head -n1 "$PG_DATA/postmaster.pid"), which is not a postgres: a stale file, removed"
+    rm -f "$PG_DATA/postmaster.pid"
+  fi
 
   mkdir -p "$PG_RUN"
   if (( EUID == 0 )); then chown postgres:postgres "$PG_DIR" "$PG_RUN"; fi
@@ -582,6 +622,18 @@ cmd_start() {
   t0=$(now_us)
   parse_services "$@"; svcs=("${SVCS[@]}")
   take_lock
+  if [[ -n ${STACK_STARTED_FILE:-} ]]; then
+    # The servers this start launches, decided under the lock (make test stops these at its end):
+    # decided from a status taken without it, a make test beside a make run still starting the
+    # stack counted that run's servers as its own and stopped them under its services (a review,
+    # session 49).
+    local s
+    for s in "${svcs[@]}"; do
+      # In a subshell: a status that cannot tell (nothing installed yet) may die; then it starts.
+      ( case $s in kafka) kafka_status ;; postgres) pg_status ;; redis) redis_status ;; esac ) >/dev/null 2>&1 \
+        || echo "$s"
+    done >>"$STACK_STARTED_FILE"
+  fi
   install_for "${svcs[@]}"
   # Kafka's JVM boots in the background while postgres and redis start.
   if [[ " ${svcs[*]} " == *" kafka "* ]]; then kafka_launch; fi
@@ -653,6 +705,7 @@ main() {
            cmd_reset ;;
     packages) (( $# )) || die "packages takes the Debian packages to install"
               take_lock; apt_install "$@" ;;
+    check-jars) make_dirs; check_kafka_jars "${1:-$KAFKA_LIBS}"; log "the Kafka jars in ${1:-$KAFKA_LIBS} are those $KAFKA_JARS_PINNED pins" ;;
     -h|--help|help) usage ;;
     *) usage; exit 2 ;;
   esac

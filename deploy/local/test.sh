@@ -27,16 +27,19 @@ if ! command -v promtool >/dev/null || ! command -v amtool >/dev/null; then
   "$HERE/stack.sh" packages prometheus prometheus-alertmanager 8>&- \
     || echo "test: could not install prometheus or prometheus-alertmanager (see .local/log/apt.log)" >&2
 fi
-was_up=$({ "$HERE/stack.sh" status 2>/dev/null || true; } | awk '$2 == "running" {print $1}' | tr '\n' ' ')
-started=()
-for part in kafka postgres redis; do
-  [[ " $was_up " == *" $part "* ]] || started+=("$part")
-done
+# The servers this run's start launches, as stack.sh decides it under its lock (a status taken here
+# without it counted a make run's servers, still starting, as this run's to stop).
+launched=$(mktemp)
 # Set before the start: a start that fails part way (Kafka not ready in time) must not leave the
 # servers it did start running, where the next run would count them as up before it and keep them.
-cleanup() { ((${#started[@]})) && "$HERE/stack.sh" stop "${started[@]}" 8>&- || true; }
+cleanup() {
+  local started=()
+  mapfile -t started <"$launched"
+  ((${#started[@]})) && "$HERE/stack.sh" stop "${started[@]}" 8>&- || true
+  rm -f "$launched"
+}
 trap cleanup EXIT
-"$HERE/stack.sh" start all 8>&-
+STACK_STARTED_FILE="$launched" "$HERE/stack.sh" start all 8>&-
 
 # Older packages than Debian 12's fail two checks of the suite (Ubuntu 22.04 ships both): say so
 # first rather than leave it to the failures. $1 at least $2, as versions.

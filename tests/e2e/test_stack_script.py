@@ -63,6 +63,67 @@ async def test_a_postgres_that_runs_but_does_not_answer_is_not_taken_as_started(
     assert again.returncode == 0 and "already running" in again.stderr, again.stderr
 
 
+async def test_a_postmaster_pid_file_naming_another_process_is_stale_not_a_running_postgres(local_stack):
+    # Left by a postmaster killed (a reboot, SIGKILL), its number taken since by another process:
+    # `start` waited a minute and blamed Postgres, and `stop` sent that process SIGINT (the install
+    # review, session 49).
+    await asyncio.to_thread(local_stack, "stop", "postgres")
+    stranger = subprocess.Popen(["sleep", "120"])
+    pid_file = ROOT / ".local" / "pg" / "data" / "postmaster.pid"
+    try:
+        pid_file.write_text(f"{stranger.pid}\n")
+        stopped = await asyncio.to_thread(_stack, "stop", "postgres")
+        assert stopped.returncode == 0 and "postgres not running" in stopped.stderr, stopped.stderr
+        assert stranger.poll() is None  # not signalled
+        started = await asyncio.to_thread(_stack, "start", "postgres", PG_READY_TIMEOUT="20")
+        assert started.returncode == 0, started.stderr
+        assert "which is not a postgres: a stale file, removed" in started.stderr, started.stderr
+        assert stranger.poll() is None
+        assert "postgres" in Path(f"/proc/{_postmaster()}/cmdline").read_bytes().decode(errors="replace")
+    finally:
+        stranger.kill()
+        stranger.wait()
+        if pid_file.exists() and pid_file.read_text().split()[:1] == [str(stranger.pid)]:
+            pid_file.unlink()
+        await asyncio.to_thread(local_stack, "start", "postgres")
+
+
+async def test_a_start_names_the_servers_it_launched_decided_under_its_lock(local_stack, tmp_path):
+    # make test stops, at its end, the servers its start launched. It decided which from a status
+    # taken without the stack's lock: beside a make run still starting the stack, it counted that
+    # run's servers as its own and stopped them under its services (the install review, session 49).
+    launched = tmp_path / "launched"
+    launched.touch()
+    again = await asyncio.to_thread(_stack, "start", "all", STACK_STARTED_FILE=str(launched))
+    assert again.returncode == 0, again.stderr
+    assert launched.read_text() == ""  # all three were up
+    await asyncio.to_thread(local_stack, "stop", "redis")
+    started = await asyncio.to_thread(_stack, "start", "all", STACK_STARTED_FILE=str(launched))
+    assert started.returncode == 0, started.stderr
+    assert launched.read_text().split() == ["redis"]
+
+
+def test_the_kafka_jars_are_those_the_project_pins_and_a_changed_one_is_refused(tmp_path):
+    # Maven's --strict-checksums checks a download against the same server's checksums only: a
+    # mirror or a cache serving other jars passed (the install review, session 49). The jars the
+    # stack installed are the pinned ones; a jar changed, or missing, is refused.
+    import shutil
+
+    installed = ROOT / ".local" / "kafka" / "libs"
+    checked = _stack("check-jars")
+    assert checked.returncode == 0, checked.stderr
+    copy = tmp_path / "libs"
+    shutil.copytree(installed, copy)
+    jar = sorted(copy.glob("kafka-clients-*.jar"))[0]
+    with jar.open("ab") as f:
+        f.write(b"\0")
+    changed = _stack("check-jars", str(copy))
+    assert changed.returncode != 0 and f"{jar.name}: FAILED" in changed.stderr, changed.stderr
+    jar.unlink()
+    missing = _stack("check-jars", str(copy))
+    assert missing.returncode != 0 and f"< {jar.name}" in missing.stderr, missing.stderr
+
+
 async def test_jars_are_not_swapped_under_a_running_broker(local_stack):
     # A changed kafka.version (or KAFKA_VERSION) made `start` resolve and swap the jars under the
     # broker running on the old ones, and `status` then named a version that was not running.

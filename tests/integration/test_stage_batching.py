@@ -16,7 +16,9 @@ from tests.integration.waiting import until
 
 pytestmark = pytest.mark.integration
 
-LINGER_S = 0.6
+# Long enough that B and C, sent 100 ms apart right after A's commit, land within it on a slow,
+# loaded box (0.6 s was: the test review, session 49).
+LINGER_S = 3.0
 
 
 async def test_a_batch_that_is_not_full_lingers_after_a_commit_and_takes_what_arrives(settings):
@@ -76,6 +78,7 @@ async def test_a_stage_whose_lingers_add_nothing_stops_lingering(settings):
 
     stage = TransactionalStage("lingerstop-test", "test", s, [SETTLEMENT_REQUESTS], "lingerstop-test", forward)
     skipped = metrics.STAGE_LINGERS.labels("lingerstop-test", "skipped")
+    lingered = metrics.STAGE_LINGERS.labels("lingerstop-test", "lingered")
     skipped_before = skipped._value.get()
     producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
     await stage.start()
@@ -84,6 +87,7 @@ async def test_a_stage_whose_lingers_add_nothing_stops_lingering(settings):
         await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), b"0", key=b"p")
         await until(lambda: len(handled) == 1)
         waits: list[float] = []
+        lingers: list[float] = []  # the stage's lingers so far, as each record was handled
         for i in range(1, 30):
             # The batch before has committed; this one comes well within the linger after it.
             await until(lambda: stage._last_commit >= handled[-1])
@@ -91,8 +95,11 @@ async def test_a_stage_whose_lingers_add_nothing_stops_lingering(settings):
             await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), str(i).encode(), key=b"p")
             await until(lambda: len(handled) == i + 1)
             waits.append(handled[-1] - sent)
+            lingers.append(lingered._value.get())
         assert min(waits[:5]) >= linger_s / 2, waits  # lingering at first, nothing added
-        assert sum(w < linger_s / 2 for w in waits[-12:]) >= 10, waits  # then not (but for a probe)
+        # Then not, but for a probe now and then: counted by the stage, not timed (the test review,
+        # session 49: a latency bound met only on an idle box).
+        assert lingers[-1] - lingers[-13] <= 2, lingers
         assert skipped._value.get() - skipped_before >= 10
         assert stage.failure is None
     finally:

@@ -704,6 +704,27 @@ def test_a_second_make_test_on_a_checkout_waits_for_the_first():
     assert "another make test runs on this checkout; waiting" in second.stderr
 
 
+def test_the_service_script_starts_and_stops_one_at_a_time():
+    # Two starts at once both found a service stopped and its port free; one of the two processes ran
+    # on with no pid file, which `make stop` never stopped (the install review, session 49). A second
+    # start or stop waits for the first; status does not.
+    import fcntl
+
+    lock_path = ROOT / ".local" / "run" / ".services.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waiting = subprocess.run(["timeout", "3", "bash", str(ROOT / "deploy/local/services.sh"), "stop", "pricing@9"],
+                                 capture_output=True, text=True, timeout=30)
+        status = subprocess.run(["bash", str(ROOT / "deploy/local/services.sh"), "status", "pricing@9"],
+                                capture_output=True, text=True, timeout=30)
+    assert waiting.returncode == 124, (waiting.returncode, waiting.stderr[-500:])  # still waiting when stopped
+    assert status.returncode == 0 and "stopped" in status.stdout, status.stderr
+    stop = subprocess.run(["bash", str(ROOT / "deploy/local/services.sh"), "stop", "pricing@9"],
+                          capture_output=True, text=True, timeout=30)
+    assert stop.returncode == 0, stop.stderr
+
+
 def test_the_service_script_does_not_stop_a_process_its_stale_pid_file_names(tmp_path):
     # After a machine's restart, .local/run/<service>.pid may name a pid another process has since:
     # `services.sh stop` sent it SIGTERM, then SIGKILL. Now a pid counts only when that process is
