@@ -56,17 +56,20 @@ def build(settings: Settings | None = None) -> Service:
         state["repo"] = EligibilityRepository(service.db(), reference_ttl=settings.reference_cache_seconds)
         state["subjects"] = Subjects(repo(), cache)
         # After a restore, nobody is answered from the backup's copies until the feeds and the
-        # filings stage have applied again what it lacked (their marks; this stage has none).
-        catch_up = CatchUp(service.db, "eligibility", {g: m for g, m in service.marks.items()
-                                                       if g != settings.group(ELIGIBILITY_STAGE_GROUP)})
-        handler = EligibilityHandler(settings, repo(), subjects(), catch_up.check if catch_up.waiting else None)
-        service.add_stage(
-            TransactionalStage(
-                name="eligibility", service="eligibility", settings=settings,
-                topics=[SETTLEMENT_REQUESTS], group_id=ELIGIBILITY_STAGE_GROUP,
-                handler=handler, max_records=settings.batch_max_records,
-            )
+        # filings stage have applied again what it lacked (their marks; this stage has none): the
+        # stage's wait (Service._wait_for_feeds gives the other stages the feeds' alone). One wait:
+        # the handler's beside the stage's waited its 10 minutes after the stage's (the diff review,
+        # session 49).
+        filings_group = settings.group(feed_group("eligibility", FILING_EVENTS))
+        catch_up = CatchUp(service.db, "eligibility", service.feeds_marked()
+                           | {g: m for g, m in service.marks.items() if g == filings_group and m})
+        stage = TransactionalStage(
+            name="eligibility", service="eligibility", settings=settings,
+            topics=[SETTLEMENT_REQUESTS], group_id=ELIGIBILITY_STAGE_GROUP,
+            handler=EligibilityHandler(settings, repo(), subjects()), max_records=settings.batch_max_records,
         )
+        stage.catch_up = catch_up if catch_up.waiting else None
+        service.add_stage(stage)
         service.add_stage(
             TransactionalStage(
                 name="eligibility-filings", service="eligibility", settings=settings,

@@ -429,7 +429,14 @@ def test_after_a_restore_every_stage_waits_for_the_services_feeds_and_never_for_
     service._wait_for_feeds()
     assert [s.catch_up for s in service.stages] == [None, None]  # the two stages' marks: no feed to wait for
 
+    # A feed group with marks that no feed of this run reads (a setting turned off since): not
+    # waited for, or every start would wait the 10 minutes (the diff review, session 49).
+    service.marks[settings.group("yidi-clearing-feed-clearing.prepayment-status")] = {("t.x", 0): 5}
+    service._wait_for_feeds()
+    assert [s.catch_up for s in service.stages] == [None, None]
+
     service.marks[settings.group("yidi-clearing-feed-refdata.policies")] = {("t.refdata.policies", 0): 5}
+    service.feed_groups.add(settings.group("yidi-clearing-feed-refdata.policies"))
     service._wait_for_feeds()
     waits = [s.catch_up for s in service.stages]
     assert all(isinstance(w, CatchUp) and w.waiting for w in waits) and waits[0] is not waits[1]

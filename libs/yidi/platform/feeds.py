@@ -268,6 +268,7 @@ def feed(
             metrics.REFDATA_RECORDS.labels(feed_name, "stale").inc(stale)
             log.info("%s: %d record(s) older than the one held were ignored", feed_name, stale)
 
+    service.feed_groups.add(group)
     subscriber = service.broker.subscriber(
         full_topic,
         group_id=group,

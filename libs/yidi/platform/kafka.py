@@ -339,10 +339,10 @@ class TransactionalStage:
     # its offsets commit. Each offset committed then says in its metadata where its batch began,
     # and the service's check at start finds a database restored behind it (yidi.platform.recover).
     record_progress: Callable[[progress.Progress], Awaitable[None]] | None = None
-    # Set by the stage's service after a restore (``Service._start_stages``, yidi.platform.catchup):
+    # Set after a restore (``Service._wait_for_feeds``, or the service's own wiring; yidi.platform.catchup):
     # its ``check`` raises FeedsCatchingUp (a TransientError: the batch waits) until the service's
-    # feeds have applied again what the restored database lacked. Asked for batches past the stage's
-    # own marks only: what it handles again waits for nothing.
+    # feeds have applied again what the restored database lacked; asked before every batch,
+    # handled again or not, until they have (then it passes at once).
     catch_up: Any = None
     # What this instance recorded in ``stage_progress`` per partition (progress.hold), or what its
     # committed offset said as it was assigned (``_learn_marks``), kept across assignments (a row
@@ -875,7 +875,7 @@ class TransactionalStage:
             offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
         group = self.settings.group(self.group_id)
         restored = bool(self._marks) and all(self._below_mark(r) for r in records)
-        if not restored and self.catch_up is not None:
+        if self.catch_up is not None:
             await self.catch_up.check()
         batch = self._progress(records, group)
         committed = self._with_metadata(offsets, batch)

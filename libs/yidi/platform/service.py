@@ -80,6 +80,10 @@ class Service:
         # Per consumer group, the restore marks its committed offsets carried at start (yidi-recover
         # left them: the records below were applied before the database was restored): ``CatchUp``.
         self.marks: dict[str, dict[tuple[str, int], int]] = {}
+        # The consumer groups of the feeds this service registered (``feeds.feed``): what a stage
+        # waits for after a restore (``_wait_for_feeds``). A group with marks that no feed of this
+        # run reads (one a setting turned off since) is never waited for: it would hold every start.
+        self.feed_groups: set[str] = set()
         records.install()  # every consumer of the process, the feeds' too: header names not UTF-8 read
         self.broker = KafkaBroker(
             settings.kafka_bootstrap,
@@ -164,20 +168,26 @@ class Service:
         log.info("%s ready: stages %s, metrics on :%s", self.name, [s.name for s in self.stages], self.settings.metrics_port)
 
     def _wait_for_feeds(self) -> None:
-        """After a restore (restore marks on the feeds' groups): every stage's batches past its own
-        marks wait until the service's feeds have applied again what the restored database lacked.
+        """After a restore (restore marks on the feeds' groups): every stage's batches wait until the
+        service's feeds have applied again what the restored database lacked.
         Pricing priced new settlements with the backup's policies and catalogue while its feeds
         were still applying again the versions published after it (a review, session 49; eligibility
-        waited already, ``CatchUp``). Only feeds are waited for, never another stage: a stage's loop
-        held on a batch past its mark cannot handle again its other partitions' records, and two
-        stages waiting on each other so would each wait ``catchup.GIVE_UP_SECONDS``."""
-        stage_groups = {self.settings.group(stage.group_id) for stage in self.stages}
-        feeds = {group: marks for group, marks in self.marks.items() if group not in stage_groups and marks}
+        waited already, ``CatchUp``). What a stage handles again (below its mark) waits too: the
+        feeds never wait for anything, and a redone settlement priced before its region's catalogue
+        was applied again was refused, its row never written (the diff review, session 49). Only the
+        feeds this run registered are waited for, never another stage: a stage's loop held on a
+        batch cannot handle its other partitions' records, and two stages waiting on each other so
+        would each wait ``catchup.GIVE_UP_SECONDS``."""
+        feeds = self.feeds_marked()
         if not feeds or self.pool is None:
             return
         for stage in self.stages:
-            if stage.catch_up is None:
+            if stage.catch_up is None:  # eligibility's stage sets its own, with its filings stage's too
                 stage.catch_up = CatchUp(self.db, self.name, feeds)
+
+    def feeds_marked(self) -> dict[str, dict[tuple[str, int], int]]:
+        """The restore marks of the feeds this service registered (their consumer groups')."""
+        return {group: marks for group, marks in self.marks.items() if group in self.feed_groups and marks}
 
     def _bound_feed_stops(self) -> None:
         """Bound the stop of each feed's Kafka consumer (FastStream's subscribers, started by now),
