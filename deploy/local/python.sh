@@ -54,9 +54,12 @@ if [[ ${1:-} == --renew-lock ]]; then
   exit 0
 fi
 
-# The stamp names the checkout the venv was made in: its editable install and its scripts' shebangs
-# hold that path, so a venv copied from another checkout ran that one's code (a review, session 49).
-ours() { [[ -f $STAMP && $(<"$STAMP") == "$YIDI_ROOT" ]]; }
+# .checkout names the checkout the venv was made in (written as it is made; the stamp names it too):
+# its editable install and its scripts' shebangs hold that path, so a venv copied from another
+# checkout ran that one's code (a review, session 49). A venv whose pip failed keeps its .checkout,
+# and only pip runs again.
+CHECKOUT="$VENV/.checkout"
+ours() { [[ -f $CHECKOUT && $(<"$CHECKOUT") == "$YIDI_ROOT" ]] || [[ -f $STAMP && $(<"$STAMP") == "$YIDI_ROOT" ]]; }
 
 # Fast path, before any locking: venv works, is this checkout's, and the stamp is not older than
 # pyproject.toml or the lock.
@@ -88,6 +91,7 @@ if ! is_wanted "$VENV/bin/python"; then
     apt_get "python$WANT-venv" || apt_get python3-venv || die "$py has no venv module (apt-get install python$WANT-venv)"
     "$py" -m venv "$VENV"
   fi
+  printf '%s\n' "$YIDI_ROOT" >"$CHECKOUT"
   log "created .venv ($("$VENV/bin/python" -V 2>&1))"
 fi
 

@@ -94,6 +94,15 @@ stop_one() {
 }
 
 cmd=${1:-status}; shift || true
+if [[ $cmd != status ]]; then
+  # One start or stop at a time: two starts at once both found a service stopped and its port free,
+  # and one of the two processes ran on with no pid file, which `make stop` never stopped (the
+  # install review, session 49). Taken before the instances are listed (a start's pid file written
+  # meanwhile is seen), and a start gives it back once its processes are launched, before it waits
+  # for them to be ready. The services do not inherit it (9>&- above).
+  exec 9>"$RUN/.services.lock"
+  flock -w 300 9 || { say "timed out waiting for another services.sh start or stop"; exit 1; }
+fi
 targets=("$@")
 if ((${#targets[@]} == 0)); then
   targets=("${ALL[@]}")
@@ -102,18 +111,12 @@ if ((${#targets[@]} == 0)); then
   fi
 fi
 for s in "${targets[@]}"; do valid "$s"; done
-if [[ $cmd != status ]]; then
-  # One start or stop at a time: two starts at once both found a service stopped and its port free,
-  # and one of the two processes ran on with no pid file, which `make stop` never stopped (the
-  # install review, session 49). The services do not inherit the lock (9>&- above).
-  exec 9>"$RUN/.services.lock"
-  flock -w 300 9 || { say "timed out waiting for another services.sh start or stop"; exit 1; }
-fi
 case $cmd in
   start)
     # The others start (and are waited for) when one cannot: the exit status then says so.
     failed=0; begun=()
     for s in "${targets[@]}"; do if start_one "$s"; then begun+=("$s"); else failed=1; fi; done
+    exec 9>&-  # launched, pid files written: a stop need not wait for them to be ready
     for s in "${begun[@]}"; do wait_up "$s" || failed=1; done
     exit "$failed" ;;
   stop) for s in "${targets[@]}"; do stop_one "$s"; done ;;

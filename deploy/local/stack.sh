@@ -182,28 +182,38 @@ find_pg_bindir() {
 }
 
 kafka_jars_stamp() {
-  # The jars are current when they were resolved from this exact pom (and version override), and
-  # checked against this list of their hashes.
-  { cat "$KAFKA_POM" "$KAFKA_JARS_PINNED"; echo "KAFKA_VERSION=${KAFKA_VERSION:-}"; } | sha256sum | cut -d' ' -f1
+  # The jars are current when they were resolved from this exact pom (and version override).
+  { cat "$KAFKA_POM"; echo "KAFKA_VERSION=${KAFKA_VERSION:-}"; } | sha256sum | cut -d' ' -f1
 }
 
-# The jars resolved into $1 are exactly those the pom's pinned list names, each with its sha256 (a
-# mirror or a cache serving other files with checksums of their own passed --strict-checksums: the
-# install review, session 49). Not with KAFKA_VERSION or JARS_UNPINNED=1 (a version the list is not
-# for; renewing the list after a pom change): said so.
+# Whether the jars are to be checked against $KAFKA_JARS_PINNED: not with KAFKA_VERSION (a version
+# the list is not for) or JARS_UNPINNED=1 (renewing the list after a pom change).
+jars_pinned() { [[ -z ${KAFKA_VERSION:-} && ${JARS_UNPINNED:-} != 1 ]]; }
+# What .checked holds in a jars directory checked against this list.
+kafka_jars_checked() { grep -v '^#' "$KAFKA_JARS_PINNED" | sha256sum | cut -d' ' -f1; }
+
+# The jars in $1 are exactly those $KAFKA_JARS_PINNED names, each with its sha256 (a mirror or a
+# cache serving other files with checksums of their own passed --strict-checksums: the install
+# review, session 49). Dies naming what differs.
 check_kafka_jars() {
   local dir=$1 want have
-  if [[ -n ${KAFKA_VERSION:-} || ${JARS_UNPINNED:-} == 1 ]]; then
-    log "the Kafka jars are not checked against $KAFKA_JARS_PINNED (KAFKA_VERSION or JARS_UNPINNED=1 set)"
-    return 0
-  fi
   want=$(grep -v '^#' "$KAFKA_JARS_PINNED" | awk '{print $2}' | sort)
-  have=$(cd "$dir" && ls -1 *.jar | sort)
-  [[ $want == "$have" ]] || die "the Kafka jars resolved are not those $KAFKA_JARS_PINNED names: $(diff <(echo "$want") <(echo "$have") | grep '^[<>]' | head -5 | tr '\n' ' ')"
+  have=$(cd "$dir" && ls -1 *.jar 2>/dev/null | sort)
+  [[ $want == "$have" ]] || die "the Kafka jars in $dir are not those $KAFKA_JARS_PINNED names: $(diff <(echo "$want") <(echo "$have") | grep '^[<>]' | head -5 | tr '\n' ' ')"
   (cd "$dir" && grep -v '^#' "$KAFKA_JARS_PINNED" | sha256sum --quiet --strict -c -) >"$LOG_DIR/jars-check.log" 2>&1 \
-    || { tail_log "$LOG_DIR/jars-check.log"; die "a Kafka jar's sha256 is not the one $KAFKA_JARS_PINNED pins (a tampered mirror or cache?): nothing installed"; }
+    || { tail_log "$LOG_DIR/jars-check.log"; die "a Kafka jar's sha256 in $dir is not the one $KAFKA_JARS_PINNED pins (a tampered mirror or cache?)"; }
 }
-kafka_jars_ok() { [[ -f $KAFKA_LIBS/.stamp && $(<"$KAFKA_LIBS/.stamp") == "$(kafka_jars_stamp)" ]]; }
+
+# The installed jars are current (their pom's) and, where pinned, checked against this list: jars
+# installed before the list, or without it (JARS_UNPINNED=1), are checked once now (and resolved
+# again if they differ), not downloaded again.
+kafka_jars_ok() {
+  [[ -f $KAFKA_LIBS/.stamp && $(<"$KAFKA_LIBS/.stamp") == "$(kafka_jars_stamp)" ]] || return 1
+  jars_pinned || return 0
+  [[ -f $KAFKA_LIBS/.checked && $(<"$KAFKA_LIBS/.checked") == "$(kafka_jars_checked)" ]] && return 0
+  ( check_kafka_jars "$KAFKA_LIBS" ) >/dev/null 2>&1 || return 1
+  kafka_jars_checked >"$KAFKA_LIBS/.checked"
+}
 
 kafka_version() {
   local jar
@@ -263,7 +273,12 @@ ensure_kafka_jars() {
     rm -rf "$tmp"
   done
   ls "$tmp"/kafka_2.13-*.jar >/dev/null 2>&1 || die "mvn finished but no kafka_2.13 jar in $tmp"
-  check_kafka_jars "$tmp"
+  if jars_pinned; then
+    check_kafka_jars "$tmp"  # dies, nothing installed, when they differ
+    kafka_jars_checked >"$tmp/.checked"
+  else
+    log "the Kafka jars are not checked against $KAFKA_JARS_PINNED (KAFKA_VERSION or JARS_UNPINNED=1 set)"
+  fi
   kafka_jars_stamp >"$tmp/.stamp"
   rm -rf "$KAFKA_LIBS"
   mv "$tmp" "$KAFKA_LIBS"
@@ -448,16 +463,19 @@ pg_running() {
   as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1
 }
 
-# Whether postmaster.pid names a live process that is not a postgres: left by a postmaster killed
+# Whether postmaster.pid names a live process that is not this stack's postgres: left by a postmaster killed
 # (a reboot, SIGKILL), its number taken since by another process. pg_ctl status called that
 # running: start waited a minute and blamed Postgres, and stop sent the other process SIGINT (a
 # review, session 49). Kafka's and Redis's pid files were checked so already (live_pid).
 pg_pid_file_stale() {
-  local pid cmd
+  local pid cwd data
   pid=$(head -n1 "$PG_DATA/postmaster.pid" 2>/dev/null) || return 1
   [[ $pid =~ ^[0-9]+$ ]] && alive "$pid" || return 1
-  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-  [[ $cmd != *postgres* ]]
+  # Our postmaster works in its data directory (it chdirs there): any other process, a postgres
+  # of the system's or of another checkout included, is not ours. Unreadable: pg_ctl decides.
+  cwd=$(readlink -f "/proc/$pid/cwd" 2>/dev/null) && [[ -n $cwd ]] || return 1
+  data=$(cd "$PG_DATA" && pwd -P) || return 1
+  [[ $cwd != "$data" ]]
 }
 
 pg_psql() {
@@ -493,7 +511,7 @@ pg_start() {
   port_open "$YIDI_PG_PORT" && die "127.0.0.1:$YIDI_PG_PORT is in use by $(port_holder "$YIDI_PG_PORT"), not this stack's PostgreSQL: stop it first"
   if pg_pid_file_stale; then
     # Postgres refuses to start beside a lock file whose pid is alive, whoever it is.
-    log "postmaster.pid names pid $(head -n1 "$PG_DATA/postmaster.pid"), which is not a postgres: a stale file, removed"
+    log "postmaster.pid names pid $(head -n1 "$PG_DATA/postmaster.pid"), which is not this stack's postgres: a stale file, removed"
     rm -f "$PG_DATA/postmaster.pid"
   fi
 
@@ -705,7 +723,8 @@ main() {
            cmd_reset ;;
     packages) (( $# )) || die "packages takes the Debian packages to install"
               take_lock; apt_install "$@" ;;
-    check-jars) make_dirs; check_kafka_jars "${1:-$KAFKA_LIBS}"; log "the Kafka jars in ${1:-$KAFKA_LIBS} are those $KAFKA_JARS_PINNED pins" ;;
+    check-jars) make_dirs; check_kafka_jars "${1:-$KAFKA_LIBS}"
+                log "the Kafka jars in ${1:-$KAFKA_LIBS} are those $KAFKA_JARS_PINNED pins" ;;
     -h|--help|help) usage ;;
     *) usage; exit 2 ;;
   esac

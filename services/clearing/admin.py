@@ -540,17 +540,24 @@ class ClearingAdminHandler:
         outside = {r["setl_id"]: r["setl_date"] for r in rows
                    if not body.stmt_begndate <= r["setl_date"] <= body.stmt_enddate}
         diffs = reconcile_details(mine, platform, outside)
-        listed = diffs[:MAX_LISTED]
+        # At most MAX_LISTED, and no more than LISTED_BYTES of them: ids of any characters (4 bytes
+        # each in UTF-8) made 1,000 of the widest over 1 MiB (the diff review, session 49).
+        listed, size = [], 0
+        for d in diffs[:MAX_LISTED]:
+            shown = ({"setl_id": d.setl_id, "problem": d.problem,
+                      "facility": {k: fmt(v) for k, v in d.facility.items()},
+                      "platform": {k: fmt(v) for k, v in d.platform.items()}}
+                     | _found_by(held.get(d.setl_id)))
+            size += len(dumps(shown)) + 1
+            if size > LISTED_BYTES:
+                break
+            listed.append(shown)
         more = f"; the first {len(listed)} are listed: reconcile a shorter period to see the rest" if len(diffs) > len(listed) else ""
         return {
             "stmt_rslt": "0" if not diffs else "1",
             "stmt_rslt_dscr": "every settlement matches" if not diffs else f"{len(diffs)} settlements differ{more}",
             "differences_total": len(diffs),
-            "differences": [{"setl_id": d.setl_id, "problem": d.problem,
-                             "facility": {k: fmt(v) for k, v in d.facility.items()},
-                             "platform": {k: fmt(v) for k, v in d.platform.items()}}
-                            | _found_by(held.get(d.setl_id))
-                            for d in listed],
+            "differences": listed,
         }
 
 
@@ -601,9 +608,11 @@ def _status(settings: Settings, row: Any) -> dict[str, Any]:
 
 # At most this many rows in one answer: a big hospital's month of 3202 with no details of its own
 # lists every settlement as missing_at_facility, and an answer over 1 MiB cannot be a Kafka record.
-# Answers say how many there were in all. A 3202 difference is at most ~730 bytes (64-character ids,
-# with what finds it: session 49), a facility-day settlement ~555: both lists stay under about 730 KB.
+# Answers say how many there were in all. A 3202 difference is ~730 bytes with 64 ASCII characters
+# an id (with what finds it: session 49), and its list stops at LISTED_BYTES whatever its characters;
+# a facility-day settlement is ~555: that list stays under about 730 KB.
 MAX_LISTED = 1000
+LISTED_BYTES = 800_000
 MAX_LISTED_SETTLEMENTS = 1000
 # A month's statements and net positions, up to this many of each in one answer (a statement is
 # ~260 bytes, a net position ~190: about 450 KB). A month at national scale has thousands of

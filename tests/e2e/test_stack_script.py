@@ -68,7 +68,8 @@ async def test_a_postmaster_pid_file_naming_another_process_is_stale_not_a_runni
     # `start` waited a minute and blamed Postgres, and `stop` sent that process SIGINT (the install
     # review, session 49).
     await asyncio.to_thread(local_stack, "stop", "postgres")
-    stranger = subprocess.Popen(["sleep", "120"])
+    # Named "postgres" (as the system's postgres, or another checkout's, would be): not this stack's.
+    stranger = subprocess.Popen(["bash", "-c", "exec -a postgres sleep 120"])
     pid_file = ROOT / ".local" / "pg" / "data" / "postmaster.pid"
     try:
         pid_file.write_text(f"{stranger.pid}\n")
@@ -77,7 +78,7 @@ async def test_a_postmaster_pid_file_naming_another_process_is_stale_not_a_runni
         assert stranger.poll() is None  # not signalled
         started = await asyncio.to_thread(_stack, "start", "postgres", PG_READY_TIMEOUT="20")
         assert started.returncode == 0, started.stderr
-        assert "which is not a postgres: a stale file, removed" in started.stderr, started.stderr
+        assert "which is not this stack's postgres: a stale file, removed" in started.stderr, started.stderr
         assert stranger.poll() is None
         assert "postgres" in Path(f"/proc/{_postmaster()}/cmdline").read_bytes().decode(errors="replace")
     finally:
@@ -112,6 +113,14 @@ def test_the_kafka_jars_are_those_the_project_pins_and_a_changed_one_is_refused(
     installed = ROOT / ".local" / "kafka" / "libs"
     checked = _stack("check-jars")
     assert checked.returncode == 0, checked.stderr
+    # Jars installed before the list (no .checked): checked once at the next install or start, not
+    # downloaded again (every install would have been, the diff review of session 49 found).
+    mark = installed / ".checked"
+    held = mark.read_text()
+    mark.unlink()
+    again = _stack("install", "kafka")
+    assert again.returncode == 0 and "resolving Kafka jars" not in again.stderr, again.stderr
+    assert mark.read_text() == held
     copy = tmp_path / "libs"
     shutil.copytree(installed, copy)
     jar = sorted(copy.glob("kafka-clients-*.jar"))[0]

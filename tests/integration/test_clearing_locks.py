@@ -90,33 +90,39 @@ async def test_a_batch_that_waited_for_a_months_clearing_sees_the_month_closed(c
     assert await asyncio.wait_for(batch, timeout=10) == FAR_MONTH
 
 
-async def test_a_3202_answer_lists_at_most_1000_differences_and_counts_them_all(settings, clearing_db):
+async def test_a_3202_answer_lists_at_most_1000_differences_within_a_byte_budget_and_counts_them_all(
+        settings, clearing_db, monkeypatch):
     # A facility's 3202 for a big month lists thousands of differences; an answer over 1 MiB cannot be
-    # a Kafka record (and would stop clearing-admin): the answer lists the first 1000.
-    from datetime import UTC, date, datetime
-
-    from services.clearing.admin import MAX_LISTED, ClearingAdminHandler, _found_by
+    # a Kafka record (and would stop clearing-admin): the answer lists the first 1000, fewer when
+    # they would pass LISTED_BYTES (ids of any characters: 4 bytes each in UTF-8; session 49).
+    from services.clearing import admin
+    from services.clearing.admin import LISTED_BYTES, MAX_LISTED, ClearingAdminHandler
     from yidi.contracts.clearing import ReconcileDetailsInput
 
     _, repo = clearing_db
-    body = ReconcileDetailsInput.model_validate({
-        "stmt_begndate": "2099-12-01", "stmt_enddate": "2099-12-31",
-        "details": [{"setl_id": f"S-NOT-ON-PLATFORM-{i}", "medfee_sumamt": "1.00", "fund_pay_sumamt": "0.50",
-                     "acct_pay": "0.00"} for i in range(MAX_LISTED + 5)],
-    })
-    async with repo.transaction() as conn:
-        output = await ClearingAdminHandler(settings, repo)._reconcile_details(conn, "H-NO-SUCH-FACILITY", body)
+
+    async def answer(setl_id) -> dict:  # noqa: ANN001
+        body = ReconcileDetailsInput.model_validate({
+            "stmt_begndate": "2099-12-01", "stmt_enddate": "2099-12-31",
+            "details": [{"setl_id": setl_id(i), "medfee_sumamt": "1.00", "fund_pay_sumamt": "0.50",
+                         "acct_pay": "0.00"} for i in range(MAX_LISTED + 5)],
+        })
+        async with repo.transaction() as conn:
+            return await ClearingAdminHandler(settings, repo)._reconcile_details(conn, "H-NO-SUCH-FACILITY", body)
+
+    output = await answer(lambda i: f"S-NOT-ON-PLATFORM-{i}")
     assert output["differences_total"] == MAX_LISTED + 5 and len(output["differences"]) == MAX_LISTED
     assert f"the first {MAX_LISTED} are listed" in output["stmt_rslt_dscr"]
     assert len(orjson.dumps(output)) < 1024 * 1024
-    # The largest a difference can be: ids of 64 characters, the amounts at their widest, and what
-    # finds the settlement and what undid it (from session 49): the list still fits a record.
-    amounts = {k: "-999999999999.99" for k in ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")}
-    widest = {"msgid": "M" * 64, "psn_no": "P" * 64, "mdtrt_id": "V" * 64, "setl_date": date(2099, 12, 31),
-              "undone_msgid": "U" * 64, "undone_at": datetime(2099, 12, 31, 23, 59, 59, 999999, UTC)}
-    difference = {"setl_id": "S" * 64, "problem": "dated_outside_period", "facility": amounts,
-                  "platform": amounts} | _found_by(widest)
-    assert len(orjson.dumps(output | {"differences": [difference] * MAX_LISTED})) < 1024 * 1024
+    # Wide ids: the list stops at the budget (here made small enough for them to reach it).
+    monkeypatch.setattr(admin, "LISTED_BYTES", 100_000)
+    wide = await answer(lambda i: f"{i:04d}" + "\U0001F600" * 60)  # 244 bytes each
+    listed = wide["differences"]
+    assert wide["differences_total"] == MAX_LISTED + 5 and 0 < len(listed) < MAX_LISTED
+    assert f"the first {len(listed)} are listed" in wide["stmt_rslt_dscr"]
+    assert sum(len(orjson.dumps(d)) + 1 for d in listed) <= 100_000
+    assert [d["setl_id"] for d in listed] == sorted(d["setl_id"] for d in listed)  # the first ones, in order
+    assert LISTED_BYTES + 64 * 1024 < 1024 * 1024  # the rest of the answer fits beside the list
 
 
 async def test_an_undoing_of_a_settlement_the_ledger_lacks_is_answered_as_an_undoing(clearing_db, settings):

@@ -242,6 +242,19 @@ def test_python_sh_makes_a_venv_copied_from_another_checkout_again(project: Path
     assert found.stdout.strip().startswith(str(copy.resolve())), found
 
 
+def test_python_sh_after_a_failed_install_runs_pip_again_in_the_same_venv(project: Path):
+    # The venv names its checkout as it is made: a failed pip (no stamp) is tried again in it, not
+    # the venv made anew (the diff review, session 49).
+    tinydep = wheel(project.parent / "wheels", "tinydep", "1.0")
+    lock(project, (tinydep, "0" * 64))
+    assert run_python_sh(project).returncode != 0
+    assert (project / ".venv" / ".checkout").read_text().strip() == str(project.resolve())
+    lock(project, (tinydep, sha256(tinydep)))
+    result = run_python_sh(project)
+    assert result.returncode == 0, result.stderr
+    assert "making .venv again" not in result.stderr and "created .venv" not in result.stderr, result.stderr
+
+
 def test_python_sh_refuses_a_file_whose_hash_is_not_the_locked_one(project: Path):
     tinydep = wheel(project.parent / "wheels", "tinydep", "1.0")
     lock(project, (tinydep, "0" * 64))

@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     office_weekend_workdays: list[date] = Field(default_factory=list)
     # Pricing: when an insured region's prepayment has run out, keep settling and let clearing
     # record the shortfall (the national rule), or refuse the settlement (docs/clearing.md).
+    # Clearing words its run-out alert to the region by it: set the same value for both.
     prepayment_policy: Literal["record_shortfall", "refuse"] = "record_shortfall"
     # Eligibility: how far ahead of the platform's clock a request's inf_time may be (facility
     # clocks drift); one further ahead is refused INVALID_INPUT. Backdated times are accepted.
