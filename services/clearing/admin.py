@@ -537,8 +537,7 @@ class ClearingAdminHandler:
         held = {r["setl_id"]: r for r in rows}
         mine = {d.setl_id: {k: getattr(d, k) for k in AMOUNTS} for d in body.details}
         # Listed by the facility, but dated by the platform outside the period.
-        outside = {r["setl_id"]: r["setl_date"] for r in rows
-                   if not body.stmt_begndate <= r["setl_date"] <= body.stmt_enddate}
+        outside = {r["setl_id"] for r in rows if not body.stmt_begndate <= r["setl_date"] <= body.stmt_enddate}
         diffs = reconcile_details(mine, platform, outside)
         # At most MAX_LISTED, and no more than LISTED_BYTES of them: ids of any characters (4 bytes
         # each in UTF-8) made 1,000 of the widest over 1 MiB (the diff review, session 49).

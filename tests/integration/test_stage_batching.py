@@ -234,6 +234,29 @@ async def test_an_outputs_on_commit_runs_once_its_batch_committed_and_not_for_a_
         await stage.stop()
 
 
+class _Forwarding:
+    """A stage's handler in the settings' namespace that forwards what it reads and notes it; ``run``
+    starts a stage of it (its name its group's) until it has handled ``expect`` records in all."""
+
+    def __init__(self, s) -> None:  # noqa: ANN001
+        self.s = s
+        self.handled: list[bytes] = []
+
+    async def __call__(self, records: list[Incoming]) -> list[Outgoing]:
+        self.handled.extend(r.value for r in records)
+        return [Outgoing(self.s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key) for r in records]
+
+    async def run(self, group: str, expect: int) -> None:
+        stage = TransactionalStage(group, "test", self.s, [SETTLEMENT_REQUESTS], group, self)
+        await stage.start()
+        try:
+            await until(lambda: len(self.handled) == expect)
+            await asyncio.sleep(0.5)
+            assert stage.failure is None
+        finally:
+            await stage.stop()
+
+
 async def test_a_stage_assigned_partitions_with_old_records_and_no_committed_offset_says_so_once(
         settings, caplog, monkeypatch):
     # A group whose offsets were lost (deleted or reset, or idle past the broker's
@@ -247,11 +270,7 @@ async def test_a_stage_assigned_partitions_with_old_records_and_no_committed_off
 
     s = settings.model_copy(update={"namespace": settings.namespace + "fromstart."})
     await ensure_topics(s)
-    handled: list[bytes] = []
-
-    async def forward(records: list[Incoming]) -> list[Outgoing]:
-        handled.extend(r.value for r in records)
-        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key) for r in records]
+    run = _Forwarding(s).run
 
     producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
     await producer.start()
@@ -260,16 +279,6 @@ async def test_a_stage_assigned_partitions_with_old_records_and_no_committed_off
             await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), value, key=b"p")
     finally:
         await producer.stop()
-
-    async def run(group: str, expect: int) -> None:
-        stage = TransactionalStage(group, "test", s, [SETTLEMENT_REQUESTS], group, forward)
-        await stage.start()
-        try:
-            await until(lambda: len(handled) == expect)
-            await asyncio.sleep(0.5)
-            assert stage.failure is None
-        finally:
-            await stage.stop()
 
     caplog.set_level(logging.INFO, logger="yidi.platform.kafka")
     monkeypatch.setattr(kafka, "READ_FROM_START_AGE_S", 60.0)
@@ -303,12 +312,7 @@ async def test_a_committed_offset_below_the_first_record_retained_is_said_and_al
 
     s = settings.model_copy(update={"namespace": settings.namespace + "skipped."})
     await ensure_topics(s)
-    handled: list[bytes] = []
-
-    async def forward(records: list[Incoming]) -> list[Outgoing]:
-        handled.extend(r.value for r in records)
-        return [Outgoing(s.topic(SETTLEMENT_ELIGIBLE), r.value, key=r.key) for r in records]
-
+    stage = _Forwarding(s)
     producer = AIOKafkaProducer(bootstrap_servers=s.kafka_bootstrap, acks="all")
     await producer.start()
 
@@ -316,21 +320,11 @@ async def test_a_committed_offset_below_the_first_record_retained_is_said_and_al
         sent = [await producer.send_and_wait(s.topic(SETTLEMENT_REQUESTS), v, key=b"p") for v in values]
         return TopicPartition(sent[0].topic, sent[0].partition)
 
-    async def run(expect: int) -> None:
-        stage = TransactionalStage("skipped", "test", s, [SETTLEMENT_REQUESTS], "skipped", forward)
-        await stage.start()
-        try:
-            await until(lambda: len(handled) == expect)
-            await asyncio.sleep(0.5)
-            assert stage.failure is None
-        finally:
-            await stage.stop()
-
     caplog.set_level(logging.INFO, logger="yidi.platform.kafka")
     moment = metrics.STAGE_READ_FROM_START.labels("skipped")
     try:
         tp = await send(b"A", b"B")
-        await run(2)  # committed: offset 2
+        await stage.run("skipped", 2)  # committed: offset 2
         assert moment._value.get() == 0
         await send(b"C", b"D", b"E")
         admin = AIOKafkaAdminClient(bootstrap_servers=s.kafka_bootstrap)
@@ -340,8 +334,8 @@ async def test_a_committed_offset_below_the_first_record_retained_is_said_and_al
         finally:
             await admin.close()
         before = time.time()
-        await run(3)
-        assert handled == [b"A", b"B", b"E"]
+        await stage.run("skipped", 3)
+        assert stage.handled == [b"A", b"B", b"E"]
         assert before <= moment._value.get() <= time.time()
         said = [r for r in caplog.records if "below its first record retained" in r.getMessage()]
         assert [r.levelno for r in said] == [logging.ERROR], said

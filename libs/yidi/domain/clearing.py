@@ -11,7 +11,7 @@ the latest closed one, so every yuan is cleared exactly once.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -244,20 +244,18 @@ class DetailDifference:
     problem: str
     facility: dict[str, Decimal] = field(default_factory=dict)
     platform: dict[str, Decimal] = field(default_factory=dict)
-    platform_date: date | None = None  # dated_outside_period: the day the platform has it under
 
 
 def reconcile_details(
     facility: dict[str, dict[str, Decimal]], platform: dict[str, tuple[str, dict[str, Decimal]]],
-    outside: Mapping[str, date] | None = None,
+    outside: Collection[str] = frozenset(),
 ) -> list[DetailDifference]:
     """3202: settlement by settlement; ``platform`` maps setl_id to (state, amounts). ``outside``:
-    the settlements the facility lists that the platform dates outside the period, and their day
-    there. Matched without a word, they left a 3201 of the same period off by them and the 3202
+    the settlements the facility lists that the platform dates outside the period (the answer gives
+    each difference the platform's day for it: clearing's admin). Matched without a word, they left a 3201 of the same period off by them and the 3202
     saying every settlement matches: the facility dated one a day later (its own clock at
     midnight, a resend completed the next day), and nothing said where the gap was."""
     out = []
-    outside = outside or {}
     for setl_id in sorted(set(facility) | set(platform)):
         mine, theirs = facility.get(setl_id), platform.get(setl_id)
         if theirs is None:
@@ -268,7 +266,7 @@ def reconcile_details(
         elif theirs[0] != "settled":
             out.append(DetailDifference(setl_id, f"{theirs[0]}_on_platform", mine, theirs[1]))
         elif setl_id in outside:
-            out.append(DetailDifference(setl_id, "dated_outside_period", mine, theirs[1], outside[setl_id]))
+            out.append(DetailDifference(setl_id, "dated_outside_period", mine, theirs[1]))
         elif any(mine.get(k) != theirs[1].get(k) for k in mine):
             out.append(DetailDifference(setl_id, "amounts_differ", mine, theirs[1]))
     return out
