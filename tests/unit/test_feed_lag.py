@@ -100,3 +100,19 @@ def test_the_lag_is_sampled_every_so_many_seconds_above_0_and_at_most_60(seconds
         Settings(lag_sample_seconds=seconds)
     assert Settings(lag_sample_seconds=0.5).lag_sample_seconds == 0.5
     assert Settings(lag_sample_seconds=60).lag_sample_seconds == 60
+
+
+def test_deleted_unread_names_only_committed_offsets_below_the_first_record_retained():
+    from aiokafka import TopicPartition
+    from aiokafka.structs import OffsetAndMetadata
+
+    from yidi.platform.lag import deleted_unread
+
+    a, b, c, d, e = (TopicPartition("t", p) for p in range(5))
+    committed = {a: OffsetAndMetadata(2, ""), b: OffsetAndMetadata(4, ""), c: None, d: OffsetAndMetadata(-1, ""),
+                 e: OffsetAndMetadata(9, "")}
+    first = {a: 4, b: 4, c: 7, d: 3, e: 0}
+    # a: 2 and 3 deleted; b: at its first; c: none committed (a read from the start, not this);
+    # d: an invalid offset; e: past its first. A partition without a first offset is left out.
+    assert deleted_unread(committed, first) == [(a, 2, 4)]
+    assert deleted_unread({e: OffsetAndMetadata(1, "")}, {}) == []

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from aiokafka import TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from faststream import AckPolicy
@@ -34,7 +34,7 @@ from yidi.platform.db import record_progress as record_progress_in
 from yidi.platform.db import check_progress, statements_for
 from yidi.platform.errors import DatabaseWentBack, PermanentError, RaceLost, TransientError
 from yidi.platform.jsonwire import loads
-from yidi.platform.lag import consumer_lag
+from yidi.platform.lag import consumer_lag, deleted_unread
 from yidi.platform.replies import DEAD_LETTER_MAX_BYTES, DEAD_LETTER_MAX_KEY_BYTES
 from yidi.platform.service import Service
 from yidi.platform.topics import dlq, feed_group
@@ -269,6 +269,7 @@ def feed(
             log.info("%s: %d record(s) older than the one held were ignored", feed_name, stale)
 
     service.feed_groups.add(group)
+    metrics.FEED_RECORDS_DELETED.labels(feed_name)  # at 0 from the start: a later one is news
     subscriber = service.broker.subscriber(
         full_topic,
         group_id=group,
@@ -281,6 +282,7 @@ def feed(
         parser=readable_headers,
         decoder=bodies_as_they_are,
         max_records=max_records,
+        listener=_DeletedUnread(feed_name, lambda: subscriber.consumer),
     )
     in_hand = [0]  # the batch the handler holds: aiokafka's position is already past it
 
@@ -295,6 +297,47 @@ def feed(
     subscriber(consume_counted)
     service.background.append(
         lambda: show_lag_every(feed_name, subscriber, service.settings.lag_sample_seconds, lambda: in_hand[0]))
+
+
+class _DeletedUnread(ConsumerRebalanceListener):
+    """As a feed is assigned partitions, say those whose committed offset is below the first record
+    retained: the records between were deleted (the topic's ``retention.ms``) before the feed applied
+    them, and the consumer goes on from the first one retained with one INFO line of aiokafka's.
+    Their reference data is missing (a policy, a catalogue version, an outage window: pricing prices
+    with the version before it). Said at ERROR and timestamped for ``YidiFeedRecordsDeleted``; a
+    check that cannot be made (the broker away) stops nothing."""
+
+    def __init__(self, feed_name: str, consumer: Callable[[], Any]) -> None:
+        self.feed_name = feed_name
+        self.consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        try:
+            await asyncio.wait_for(self._check(set(assigned)), DELETED_CHECK_SECONDS)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see the class
+            log.debug("%s: committed offsets not checked against the first records retained: %r", self.feed_name, exc)
+
+    async def _check(self, assigned: set[TopicPartition]) -> None:
+        consumer = self.consumer()
+        if consumer is None or not assigned:
+            return
+        committed = await consumer._coordinator.fetch_committed_offsets(assigned)
+        first = await consumer.beginning_offsets(sorted(assigned))
+        for tp, at, retained in deleted_unread(committed, first):
+            metrics.FEED_RECORDS_DELETED.labels(self.feed_name).set_to_current_time()
+            log.error("%s: %s[%d]'s committed offset for group %s is %d, below its first record retained, %d: the "
+                      "%d records between were deleted before the feed applied them; read from offset %d (runbook, "
+                      "\"A feed's records were deleted before it applied them\")", self.feed_name, tp.topic,
+                      tp.partition, consumer._group_id, at, retained, retained - at, retained)
+
+
+# How long an assignment waits for ``_DeletedUnread``'s check.
+DELETED_CHECK_SECONDS = 5.0
 
 
 def with_progress(consumer: Any, acknowledged: dict[TopicPartition, int]) -> None:

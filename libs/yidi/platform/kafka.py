@@ -36,7 +36,7 @@ from yidi.domain.values import value
 from yidi.platform import fencing, metrics, progress, records, txnv2
 from yidi.platform.errors import BadData, FatalError, RaceLost, TransientError
 from yidi.platform.faults import armed, crash_point
-from yidi.platform.lag import WaitClock, partition_lag
+from yidi.platform.lag import WaitClock, deleted_unread, partition_lag
 from yidi.platform.reply_topics import ReplyTopicRefused, ReplyTopics, is_answer, to_moved_topic
 from yidi.platform.settings import Settings
 from yidi.platform.topics import GROUPS_WITHOUT_PROGRESS, all_topic_specs
@@ -425,19 +425,16 @@ class TransactionalStage:
         self._learn_marks(set(assigned), committed)
         missing = sorted(tp for tp in assigned if committed.get(tp) is None)
         first = await consumer.beginning_offsets(sorted(assigned))
-        for tp in sorted(set(assigned) - set(missing)):
-            at = committed[tp].offset
-            if 0 <= at < first[tp]:
-                # Its records from the committed offset on were deleted (the topic's retention.ms)
-                # before the stage handled them: never answered, never in the ledger. The consumer
-                # goes on from the first record retained with one INFO line of aiokafka's (a review,
-                # session 49): said, timestamped and alerted as a read from the start is.
-                metrics.STAGE_READ_FROM_START.labels(self.name).set_to_current_time()
-                log.error("stage %s: %s[%d]'s committed offset for group %s is %d, below its first record retained, "
-                          "%d: the %d records between were deleted before the stage handled them (never answered); "
-                          "read from offset %d (runbook, \"A stage read its partitions from the start\")", self.name,
-                          tp.topic, tp.partition, self.settings.group(self.group_id), at, first[tp], first[tp] - at,
-                          first[tp])
+        for tp, at, retained in deleted_unread(committed, first):
+            # Its records from the committed offset on were deleted (the topic's retention.ms)
+            # before the stage handled them: never answered, never in the ledger (a review, session
+            # 49): said, timestamped and alerted as a read from the start is.
+            metrics.STAGE_READ_FROM_START.labels(self.name).set_to_current_time()
+            log.error("stage %s: %s[%d]'s committed offset for group %s is %d, below its first record retained, "
+                      "%d: the %d records between were deleted before the stage handled them (never answered); "
+                      "read from offset %d (runbook, \"A stage read its partitions from the start\")", self.name,
+                      tp.topic, tp.partition, self.settings.group(self.group_id), at, retained, retained - at,
+                      retained)
         if not missing:
             return
         end = await consumer.end_offsets(missing)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -61,6 +62,21 @@ async def partition_lag(consumer: AIOKafkaConsumer, *, position_timeout: float =
         end = ends.get(tp)
         lags[tp] = (max(0, end - position) if end is not None and end >= 0 else 0, position)
     return lags
+
+
+def deleted_unread(committed: dict[TopicPartition, Any], first: dict[TopicPartition, int]) -> list[tuple[TopicPartition, int, int]]:
+    """The partitions whose committed offset is below their first record retained, each with both:
+    ``[(tp, committed, first)]``, in order. Their records between were deleted (the topic's
+    ``retention.ms``, or ``kafka-delete-records``) before the group read them, and the consumer goes
+    on from the first one retained (``auto_offset_reset`` earliest) with one INFO line of
+    aiokafka's. ``committed`` maps a partition to its ``OffsetAndMetadata`` (or None: no committed
+    offset, not this case)."""
+    below = []
+    for tp in sorted(committed):
+        at = committed[tp].offset if committed[tp] is not None else -1
+        if 0 <= at < first.get(tp, -1):
+            below.append((tp, at, first[tp]))
+    return below
 
 
 async def consumer_lag(consumer: AIOKafkaConsumer, *, position_timeout: float = 2.0) -> int:

@@ -180,6 +180,14 @@ FEED_LAG = Gauge(
     "transaction marker or a compacted gap counts). 0 when caught up, and on an instance with no partition.",
     ["feed"],
 )
+FEED_RECORDS_DELETED = Gauge(
+    "yidi_feed_records_deleted_timestamp_seconds",
+    "When a reference feed was last assigned a partition whose committed offset is below its first record "
+    "retained (0: never since it started): the records between were deleted (retention.ms) before the feed "
+    "applied them, and it went on from the first one retained. The reference data they carried (a policy, "
+    "a catalogue version, an outage window) is missing until the region publishes it again.",
+    ["feed"],
+)
 FILING_OFFICE_OVERDUE = Gauge(
     "yidi_filing_office_overdue",
     "R21: filings still pending past the office's two working days (Beijing time; Monday to Friday, less "

@@ -1,0 +1,81 @@
+"""A feed whose records were deleted before it applied them (the topic's retention.ms), on the real
+Kafka and FastStream's subscriber: said at ERROR and timestamped for YidiFeedRecordsDeleted, where
+aiokafka went on from the first record retained with one INFO line (session 50)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from pydantic import BaseModel
+
+from yidi.platform import metrics
+from yidi.platform.feeds import feed
+from yidi.platform.service import Service
+
+from tests.integration.kafka_io import create_topics
+from tests.integration.waiting import until
+
+pytestmark = pytest.mark.integration
+
+
+class Record(BaseModel):
+    n: int
+
+
+async def test_records_deleted_before_the_feed_applied_them_are_said_and_alerted(settings, caplog):
+    topic = f"deletedfeed{uuid.uuid4().hex[:6]}"
+    await create_topics(settings.kafka_bootstrap, settings.topic(topic))
+    applied: list[int] = []
+
+    async def apply(record: Record) -> None:
+        applied.append(record.n)
+
+    async def run_until(wanted: list[int]) -> None:
+        """A feed of a service of its own (the same group each time), until it has applied ``wanted``."""
+        service = Service("deletedtest", settings, migrations=None)
+        feed(service, topic, Record, apply)
+        await service.broker.start()
+        try:
+            await until(lambda: applied == wanted, timeout=30)
+            await asyncio.sleep(0.5)  # its commit (acknowledged after the batch)
+        finally:
+            await service.broker.stop()
+
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+
+    async def send(*ns: int) -> TopicPartition:
+        sent = [await producer.send_and_wait(settings.topic(topic), f'{{"n": {n}}}'.encode()) for n in ns]
+        return TopicPartition(sent[0].topic, sent[0].partition)
+
+    caplog.set_level(logging.INFO, logger="yidi.platform.feeds")
+    moment = metrics.FEED_RECORDS_DELETED.labels(topic)
+    try:
+        tp = await send(0, 1)
+        await run_until([0, 1])  # committed: offset 2
+        assert moment._value.get() == 0
+        await send(2, 3, 4)
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_records({tp: RecordsToDelete(before_offset=4)})  # 2 and 3, as retention would
+        finally:
+            await admin.close()
+        before = time.time()
+        await run_until([0, 1, 4])
+        assert before <= moment._value.get() <= time.time()
+        said = [r for r in caplog.records if "below its first record retained" in r.getMessage()]
+        assert [r.levelno for r in said] == [logging.ERROR], said
+        assert "is 2, below its first record retained, 4: the 2 records between were deleted" in said[0].getMessage()
+        caplog.clear()
+        await send(5)
+        await run_until([0, 1, 4, 5])  # its own commit since: nothing more to say
+        assert not [r for r in caplog.records if "below its first record retained" in r.getMessage()]
+    finally:
+        await producer.stop()
