@@ -35,6 +35,7 @@ from yidi.contracts.clearing import (
     ReconcileTotalsInput,
     RunMonth,
     Statement,
+    WithdrawPrepayment,
 )
 from yidi.contracts.envelope import ErrCode, Infno
 from yidi.domain.codes import BUSINESS_TZ, within
@@ -142,7 +143,7 @@ class ClearingAdminHandler:
         async with self.repo.transaction() as conn:
             locked = False
             for record, request in requests:
-                if not locked and isinstance(request, (FundPrepayment, ConfirmStatement)):
+                if not locked and isinstance(request, (FundPrepayment, WithdrawPrepayment, ConfirmStatement)):
                     # After the months' runs (above): their totals take no account's lock.
                     await _lock_accounts(conn, [r for _, r in requests])
                     locked = True
@@ -213,6 +214,8 @@ class ClearingAdminHandler:
         match request:
             case FundPrepayment():
                 return await self._fund(conn, request)
+            case WithdrawPrepayment():
+                return await self._withdraw(conn, request)
             case RunMonth():
                 return await self._run_month(conn, request, refused.get(request.reqid), judged_on(record))
             case ConfirmStatement():
@@ -338,8 +341,37 @@ class ClearingAdminHandler:
         warned = await self._warning_after_move(conn, [row])
         return True, "", account_view(row), [_status(self.settings, r) for r in touched.accounts] + warned
 
+    async def _withdraw(self, conn: asyncpg.Connection,
+                        request: WithdrawPrepayment) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
+        """Take back part of a prepayment: at most its balance (what settlements drew is not there to
+        take; clearing gives it back), and at most what is funded (a balance above it, left by
+        clearings of settlements from before migration 007, is the treating region's due). The
+        account is read locked: a settlement batch drawing on it meanwhile would otherwise leave it
+        short of what this took. A withdrawal is a move of its own (``withdraw``, by reqid, the
+        amount negative): ``funded`` is then what is advanced, less what was withdrawn."""
+        pair = (request.insuplc_admdvs, request.mdtrtarea_admvs)
+        row = await conn.fetchrow(
+            "SELECT * FROM clearing.prepayment_accounts WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2 FOR UPDATE",
+            *pair,
+        )
+        if row is None:
+            return False, (f"no prepayment account of insured region {pair[0]} in treating region {pair[1]}; "
+                           "nothing was withdrawn"), {}, []
+        account = account_of(row)
+        most = min(account.balance, account.funded)
+        if request.amount > most:
+            return False, (f"the account holds {fmt(account.balance)} of the {fmt(account.funded)} funded; at most "
+                           f"{fmt(max(most, Decimal(0)))} can be withdrawn, not {fmt(request.amount)}; nothing was "
+                           "withdrawn"), account_view(row), []
+        touched = await self.repo.move_prepayments(conn, [(*pair, "withdraw", -request.amount, request.reqid)])
+        row = await conn.fetchrow(
+            "SELECT * FROM clearing.prepayment_accounts WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2", *pair,
+        )
+        warned = await self._warning_after_move(conn, [row])
+        return True, "", account_view(row), [_status(self.settings, r) for r in touched.accounts] + warned
+
     async def _warning_after_move(self, conn: asyncpg.Connection, rows: list[Any]) -> list[dict[str, Any]]:
-        """After funding or clearing moved an account: its warnings re-armed as far as the balance
+        """After funding, a withdrawal or clearing moved an account: its warnings re-armed as far as the balance
         recovered (a month's clearing is how it usually comes back), or one given when the move left
         it lower than it was warned at (a statement whose cancellations outweighed its settlements)."""
         out = []
@@ -574,13 +606,13 @@ def _found_by(row: Any) -> dict[str, Any]:
 
 
 async def _lock_accounts(conn: asyncpg.Connection, requests: list[Any]) -> None:
-    """Lock the prepayment accounts the batch's fundings and confirmations move, in the order the
+    """Lock the prepayment accounts the batch's fundings, withdrawals and confirmations move, in the order the
     settlement stage changes accounts in (``move_prepayments``: by insured, then treating region).
     Taken request by request instead, a batch of a confirmation of one account and a funding of
     another (a month's end) deadlocked with a settlement batch drawing on both: Postgres aborted one
     of them after a second, and it was tried again (a review, session 48). An account not yet made
     is made by its first move, as before."""
-    pairs = {(r.insuplc_admdvs, r.mdtrtarea_admvs) for r in requests if isinstance(r, FundPrepayment)}
+    pairs = {(r.insuplc_admdvs, r.mdtrtarea_admvs) for r in requests if isinstance(r, (FundPrepayment, WithdrawPrepayment))}
     if statements := [r.statement_id for r in requests if isinstance(r, ConfirmStatement)]:
         pairs |= {(r["insuplc_admdvs"], r["mdtrtarea_admvs"]) for r in await conn.fetch(
             "SELECT insuplc_admdvs, mdtrtarea_admvs FROM clearing.statements WHERE statement_id = ANY($1::text[])",

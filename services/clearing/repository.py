@@ -357,7 +357,7 @@ class ClearingRepository(Repository):
                      RETURNING insuplc_admdvs, mdtrtarea_admvs, kind, amount, ref),
                    sums AS (
                      SELECT insuplc_admdvs AS i, mdtrtarea_admvs AS t,
-                            coalesce(sum(amount) FILTER (WHERE kind = 'fund'), 0) AS f,
+                            coalesce(sum(amount) FILTER (WHERE kind IN ('fund', 'withdraw')), 0) AS f,
                             coalesce(sum(amount) FILTER (WHERE kind = 'draw'), 0) AS d,
                             coalesce(sum(amount) FILTER (WHERE kind = 'give_back'), 0) AS g,
                             coalesce(sum(amount) FILTER (WHERE kind = 'clearing'), 0) AS c,

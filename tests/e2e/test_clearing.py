@@ -90,6 +90,23 @@ async def test_settlements_draw_the_prepayment_and_cancellation_and_reversal_giv
     assert again == Decimal("300.00")  # reversal restored the accumulators as well
 
 
+async def test_a_withdrawal_takes_back_at_most_the_balance_and_settlements_then_draw_on_what_is_left(
+        world, gateway, clearing):
+    # R3: an insured region takes back part of its prepayment (session 50: there was no way to).
+    person = await world.person()
+    await fund(clearing, world, "1000.00")
+    assert paid(await gateway.call(world.request(person, [("T-A", "1", "800.00")]))) == Decimal("300.00")
+    pair = {"insuplc_admdvs": world.insured, "mdtrtarea_admvs": world.treating}
+    too_much = await ask(clearing, "withdraw", amount="700.01", **pair)
+    assert not too_much["ok"] and "at most 700.00 can be withdrawn" in too_much["reason"], too_much
+    taken = await ask(clearing, "withdraw", amount="650.00", **pair)
+    assert taken["ok"] and (taken["data"]["funded"], taken["data"]["balance"]) == ("350.00", "50.00"), taken
+    drawn = paid(await gateway.call(world.request(person, [("T-A", "1", "800.00")])))  # more than the 50.00 left
+    account = await balance(clearing, world)
+    assert drawn > Decimal("50.00") and account["funded"] == "350.00", (drawn, account)
+    assert Decimal(account["shortfall"]) == drawn - Decimal("50.00"), (drawn, account)
+
+
 async def test_a_prepayment_running_low_and_then_out_is_warned_once_each_and_a_shortfall_is_recorded(
         system, world, gateway, clearing):
     person = await world.person()

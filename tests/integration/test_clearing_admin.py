@@ -291,3 +291,62 @@ async def test_a_months_run_totals_before_the_batch_locks_the_accounts_its_fundi
     out = [orjson.loads(o.value) for o in await handler(records)]
     assert order == ["run_month", "lock accounts", "fund", "fund"]
     assert [r["ok"] for r in out if "reqid" in r and "ok" in r] == [True, True, True], out
+
+
+async def test_a_withdrawal_takes_back_at_most_the_balance_once_per_reqid(settings, handler, clearing_repo):
+    # R3: an insured region takes back part of its prepayment (a funding made in error, or the
+    # advance set lower at the year's review). Before session 50 there was no way to: a funding
+    # cannot be negative.
+    from decimal import Decimal
+
+    pair = _pair()
+    status, alerts = settings.topic("clearing.prepayment-status"), settings.topic("clearing.alerts")
+
+    def result(out: list[tuple[str, dict]]) -> dict:
+        (found,) = [m for t, m in out if t == settings.topic("clearing.results")]
+        return found
+
+    missing = result(await _call(settings, handler, {"type": "withdraw", "amount": "1.00", **pair}))
+    assert not missing["ok"] and "no prepayment account" in missing["reason"], missing
+    assert not result(await _call(settings, handler, {"type": "query_prepayment", **pair}))["ok"]  # none opened
+
+    await _call(settings, handler, {"type": "fund", "amount": "100.00", "warn_share": "0.20", **pair})
+    async with clearing_repo.transaction() as conn:  # a settlement's draw
+        await clearing_repo.move_prepayments(conn, [(*pair.values(), "draw", Decimal("60.00"), f"S-{uuid.uuid4().hex}")])
+
+    too_much = result(await _call(settings, handler, {"type": "withdraw", "amount": "40.01", **pair}))
+    assert not too_much["ok"] and "holds 40.00 of the 100.00 funded; at most 40.00 can be withdrawn" in too_much["reason"]
+    assert too_much["data"]["balance"] == "40.00"
+
+    request = {"type": "withdraw", "reqid": f"R-{uuid.uuid4().hex}", "amount": "40.00", **pair}
+    out = await _call(settings, handler, request)
+    taken = result(out)
+    assert taken["ok"], taken
+    assert (taken["data"]["funded"], taken["data"]["drawn"], taken["data"]["balance"]) == ("60.00", "60.00", "0.00")
+    (published,) = [m for t, m in out if t == status]
+    assert published["balance"] == "0.00"  # pricing's mirror learns it (refuse policy)
+    (warning,) = [m for t, m in out if t == alerts]  # 0 left of the 60.00 funded: below its 20 %
+    assert warning["insuplc_admdvs"] == pair["insuplc_admdvs"]
+
+    again = await _call(settings, handler, request)  # the same reqid: its stored answer, nothing taken twice
+    assert result(again)["ok"]
+    query = result(await _call(settings, handler, {"type": "query_prepayment", **pair}))
+    assert (query["data"]["funded"], query["data"]["balance"]) == ("60.00", "0.00")
+    assert not result(await _call(settings, handler, {"type": "withdraw", "amount": "0.01", **pair}))["ok"]
+
+
+async def test_a_withdrawal_waits_for_a_settlement_batch_drawing_on_the_account(settings, handler, clearing_repo):
+    # The balance is read locked: read while a settlement batch's draw was uncommitted, the
+    # withdrawal would have taken what the draw then took too, leaving the account short.
+    import asyncio
+    from decimal import Decimal
+
+    pair = _pair()
+    await _call(settings, handler, {"type": "fund", "amount": "100.00", **pair})
+    async with clearing_repo.transaction() as conn:
+        await clearing_repo.move_prepayments(conn, [(*pair.values(), "draw", Decimal("70.00"), f"S-{uuid.uuid4().hex}")])
+        withdrawing = asyncio.ensure_future(_call(settings, handler, {"type": "withdraw", "amount": "100.00", **pair}))
+        await asyncio.sleep(1.0)
+        assert not withdrawing.done()  # waits for the draw's transaction
+    ((_, answer),) = [(t, m) for t, m in await withdrawing if t == settings.topic("clearing.results")]
+    assert not answer["ok"] and "at most 30.00 can be withdrawn" in answer["reason"], answer

@@ -59,6 +59,18 @@ class FundPrepayment(_Request):
     warn_share: Ratio | None = Field(default=None, description="warn when the balance falls below this share")
 
 
+class WithdrawPrepayment(_Request):
+    """An insured region takes back part of what it advanced for a treating region (R3): a funding
+    made in error, or the prepayment set lower at the year's review. At most what is left of it (the
+    balance, and what was funded less what was withdrawn before); what settlements drew is given
+    back by clearing, not withdrawn."""
+
+    type: Literal["withdraw"]
+    insuplc_admdvs: AreaCode
+    mdtrtarea_admvs: AreaCode
+    amount: Amount = Field(gt=0, description="money taken back; at most the account's balance")
+
+
 class RunMonth(_Request):
     """Clear a settlement month: close it, total it per region pair, issue the statements. Months
     are cleared in order: refused while earlier months hold settlements or undoings not cleared."""
@@ -126,7 +138,7 @@ class Reconcile(WireModel):
 
 
 ClearingRequest = Annotated[
-    FundPrepayment | RunMonth | ConfirmStatement | QuerySettlement | QueryFacilityDay | QueryPairMonth
+    FundPrepayment | WithdrawPrepayment | RunMonth | ConfirmStatement | QuerySettlement | QueryFacilityDay | QueryPairMonth
     | QueryMonth | QueryPrepayment | Reconcile,
     Field(discriminator="type"),
 ]

@@ -38,6 +38,7 @@ from yidi.contracts.clearing import (
     ClearingResult,
     ConfirmStatement,
     FundPrepayment,
+    WithdrawPrepayment,
     PeriodClosed,
     PrepaymentAlert,
     PrepaymentStatus,
@@ -103,6 +104,7 @@ INBOUND: tuple[type[BaseModel], ...] = (
     CatalogueRecord,
     RegionStatusRecord,
     FundPrepayment,
+    WithdrawPrepayment,
     RunMonth,
     ConfirmStatement,
     QuerySettlement,
@@ -306,7 +308,7 @@ CLEARING_ADMIN = _stage("clearing", "yidi-clearing-requests")  # stage clearing-
 FILING_REQUESTS = _stage("filing", T.FILING_STAGE_GROUP)
 FILING_PERSONS = _stage("filing", T.FILING_PERSONS_GROUP)  # stage filing-persons
 
-CLEARING_REQUEST_MESSAGES = ("FundPrepayment", "RunMonth", "ConfirmStatement", "QuerySettlement", "QueryFacilityDay",
+CLEARING_REQUEST_MESSAGES = ("FundPrepayment", "WithdrawPrepayment", "RunMonth", "ConfirmStatement", "QuerySettlement", "QueryFacilityDay",
                              "QueryPairMonth", "QueryMonth", "QueryPrepayment", "Reconcile")
 
 # An answer whose own reply topic the broker refuses for good goes to its kind's moved answers'
@@ -639,6 +641,7 @@ MESSAGES: dict[str, Message] = {
     "CatalogueRecord": Message("Catalogue record", "one version of a catalogue item", _plain("CatalogueRecord"), "mdtrtarea_admvs", ("CatalogueRecord",)),
     "RegionStatusRecord": Message("Region status record", "an outage or maintenance window (R19)", _plain("RegionStatusRecord"), "admdvs", ("RegionStatusRecord",)),
     "FundPrepayment": Message("Fund a prepayment (type fund)", "an insured region advances money for a treating region (R3)", _plain("FundPrepayment"), "reqid", ("FundPrepayment",)),
+    "WithdrawPrepayment": Message("Withdraw from a prepayment (type withdraw)", "an insured region takes back part of what it advanced for a treating region: at most the balance, and at most what is funded (refused otherwise, naming both)", _plain("WithdrawPrepayment"), "reqid", ("WithdrawPrepayment",)),
     "RunMonth": Message("Clear a month (type run_month)", "close the month (months are cleared in order: refused, naming them, while earlier months hold settlements or undoings not cleared or an earlier run stopped before its statements; a month before the latest cleared one that holds nothing has nothing to clear), total it per region pair, issue statements (each on clearing.statements; the result lists at most 1000 statements and 1000 net positions, and counts them all)", _plain("RunMonth"), "reqid", ("RunMonth",)),
     "ConfirmStatement": Message("Confirm a statement (type confirm)", "one side confirms; when both have, the prepayment is topped up", _plain("ConfirmStatement"), "reqid", ("ConfirmStatement",)),
     "QuerySettlement": Message("Query a settlement (type query_settlement)", "by setl_id or msgid", _plain("QuerySettlement"), "reqid", ("QuerySettlement",)),

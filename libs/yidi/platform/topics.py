@@ -77,7 +77,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(REFDATA_POLICIES, "insuplc_admdvs", 1, "policy versions of insured regions"),
     TopicSpec(REFDATA_CATALOGUE, "mdtrtarea_admvs", 1, "catalogue item versions of treating regions"),
     TopicSpec(REGION_STATUS, "admdvs", 1, "outage and maintenance windows of regions (R19)"),
-    TopicSpec(CLEARING_REQUESTS, "reqid", 1, "prepayment funding, month runs, confirmations, queries, 3201/3202"),
+    TopicSpec(CLEARING_REQUESTS, "reqid", 1, "prepayment funding and withdrawals, month runs, confirmations, queries, 3201/3202"),
     TopicSpec(CLEARING_RESULTS, "reqid", 1, "the answer to each clearing request"),
     TopicSpec(CLEARING_STATEMENTS, "admdvs pair", 1, "monthly clearing statements"),
     TopicSpec(CLEARING_ALERTS, "admdvs pair", 1, "prepayment warnings"),
