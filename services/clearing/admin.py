@@ -30,6 +30,7 @@ from yidi.contracts.clearing import (
     QueryPairMonth,
     QueryPrepayment,
     QuerySettlement,
+    QueryStatement,
     Reconcile,
     ReconcileDetailsInput,
     ReconcileTotalsInput,
@@ -254,6 +255,8 @@ class ClearingAdminHandler:
                 return True, "", {"settlements": dated["n"], **{f"settled_{k}": fmt(dated[k]) for k in AMOUNTS},
                                   "clearing": _landed_view(landed or PairTotals(*pair, request.setlym)),
                                   "statements": [statement_of(s).model_dump(mode="json") for s in statements]}, []
+            case QueryStatement():
+                return await self._statement_entries(conn, request)
             case QueryMonth():
                 if request.setlym not in await self.repo.closed_months(conn):
                     return False, await self._not_cleared(conn, request.setlym), {}, []
@@ -269,6 +272,44 @@ class ClearingAdminHandler:
                 )
                 return (row is not None), ("" if row else "no prepayment account"), (account_view(row) if row else {}), []
         return False, "unknown request", {}, []
+
+    @staticmethod
+    async def _statement_entries(conn: asyncpg.Connection,
+                                 request: QueryStatement) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
+        """A statement and its entries from ``offset`` (at most ``MAX_LISTED_SETTLEMENTS``, and
+        ``LISTED_BYTES``): the rows ``_month_totals`` sums for its pair and month, settlements first,
+        each by ``setl_id``; ``clr_sumamt`` what each moves (drawn, or given back: negative).
+        ``next_offset`` is where the next page begins, absent on the last one."""
+        row = await conn.fetchrow("SELECT * FROM clearing.statements WHERE statement_id = $1", request.statement_id)
+        if row is None:
+            return False, f"no statement {request.statement_id}", {}, []
+        month, pair = row["setlym"], (row["insuplc_admdvs"], row["mdtrtarea_admvs"])
+        entries = """SELECT {} FROM (
+                SELECT 'settlement' AS cleared_as, * FROM clearing.ledger
+                WHERE clr_period = $1 AND insuplc_admdvs = $2 AND mdtrtarea_admvs = $3
+                UNION ALL
+                SELECT 'undoing' AS cleared_as, * FROM clearing.ledger
+                WHERE undo_period = $1 AND insuplc_admdvs = $2 AND mdtrtarea_admvs = $3) AS e
+              -- care at home that drew nothing is cleared by no one (``_month_totals``)
+              WHERE NOT ($4 AND coalesce(drawn, fund_pay_sumamt) = 0)"""
+        args = (month, *pair, within(pair[1], pair[0]))
+        total = await conn.fetchval(entries.format("count(*)"), *args)
+        rows = await conn.fetch(entries.format("*") + " ORDER BY cleared_as, setl_id LIMIT $5 OFFSET $6",
+                                *args, MAX_LISTED_SETTLEMENTS, request.offset)
+        listed, size = [], 0
+        for r in rows:
+            drawn = r["drawn"] if r["drawn"] is not None else r["fund_pay_sumamt"]
+            shown = _ledger_view(r) | {"cleared_as": r["cleared_as"],
+                                       "clr_sumamt": fmt(drawn if r["cleared_as"] == "settlement" else -drawn)}
+            size += len(dumps(shown)) + 1
+            if size > LISTED_BYTES:
+                break
+            listed.append(shown)
+        data = {"statement": statement_of(row).model_dump(mode="json"), "entries_total": total,
+                "offset": request.offset, "listed": len(listed), "entries": listed}
+        if request.offset + len(listed) < total:
+            data["next_offset"] = request.offset + len(listed)
+        return True, "", data, []
 
     @staticmethod
     async def _month_totals(conn: asyncpg.Connection, month: str,

@@ -147,6 +147,12 @@ async def test_a_month_is_cleared_confirmed_by_both_sides_and_the_prepayment_top
     assert any(n["payer"] == world.insured and Decimal(n["amount"]) == standing for n in run["data"]["net_positions"])
     again = await ask(clearing, "run_month", setlym="202503")
     assert not again["ok"] and "cleared already" in again["reason"]
+    # Before confirming, the region lists what the statement clears (session 50).
+    listed = await ask(clearing, "query_statement", statement_id=statement["statement_id"])
+    assert listed["ok"] and listed["data"]["entries_total"] == 4 and "next_offset" not in listed["data"], listed
+    assert sorted((e["cleared_as"], e["msgid"]) for e in listed["data"]["entries"]) == sorted(
+        [("settlement", r["msgid"]) for r in requests] + [("undoing", requests[2]["msgid"])])
+    assert sum(Decimal(e["clr_sumamt"]) for e in listed["data"]["entries"]) == Decimal(statement["clr_sumamt"])
     half = await ask(clearing, "confirm", statement_id=statement["statement_id"], side="insured")
     full = await ask(clearing, "confirm", statement_id=statement["statement_id"], side="treating")
     assert (half["data"]["state"], full["data"]["state"]) == ("issued", "settled")

@@ -222,3 +222,63 @@ async def test_a_pair_whose_month_comes_to_more_than_a_hundred_of_the_largest_bi
         cleared = await conn.fetchval(
             "SELECT cleared FROM clearing.prepayment_accounts WHERE insuplc_admdvs = '810000' AND mdtrtarea_admvs = '710000'")
     assert str(cleared) == "100999999999899.00"
+
+
+async def test_a_statements_entries_are_listed_page_by_page_and_make_its_totals(settings, repo):
+    # A region checks a statement before it confirms it: each settlement that landed in its month
+    # (drawn) and each cancellation that landed in it (given back). Before session 50 a statement
+    # could be seen only as totals (query_pair_month counted the settlements dated in the month).
+    from decimal import Decimal
+
+    month, count = "202506", 1203  # with its undoings, a full page and a part
+    amounts = ", ".join(AMOUNT_COLUMNS)
+    values = ", ".join("100.00" if a == "medfee_sumamt" else "60.00" if a in ("hifp_pay", "fund_pay_sumamt")
+                       else "10.00" if a == "acct_pay" else "30.00" if a == "psn_cash_pay" else "0.00"
+                       for a in AMOUNT_COLUMNS)
+    async with repo.transaction() as conn:
+        # Pair 820000 → 720000: count settlements drawing 70.00 each, every tenth cancelled in the
+        # month (given back); and one of another pair, which is not this statement's.
+        await conn.execute(
+            f"""INSERT INTO clearing.ledger (setl_id, msgid, request_hash, infno, psn_no, mdtrt_id, insuplc_admdvs,
+                    mdtrtarea_admvs, fixmedins_code, setlym, {amounts}, answer, setl_date, clr_period, drawn, state,
+                    undo_period, undone_msgid, undone_at)
+                SELECT 'SE' || lpad(g::text, 5, '0'), 'ME' || g, 'h', '2207', 'P' || g, 'V' || g,
+                       CASE WHEN g = 0 THEN '830000' ELSE '820000' END, '720000', 'H1', $1, {values}, '{{}}'::json,
+                       current_date, $1, 70.00, CASE WHEN g % 10 = 1 THEN 'cancelled' ELSE 'settled' END,
+                       CASE WHEN g % 10 = 1 THEN $1 END, CASE WHEN g % 10 = 1 THEN 'U' || g END,
+                       CASE WHEN g % 10 = 1 THEN now() END
+                FROM generate_series(0, $2::int) AS g""", month, count)
+    handler = ClearingAdminHandler(settings, repo)
+    out = await handler([_request(settings, {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month})])
+    statements = {(s["insuplc_admdvs"], s["mdtrtarea_admvs"]): s
+                  for s in (orjson.loads(o.value) for o in out if o.topic == settings.topic(CLEARING_STATEMENTS))}
+    statement = statements[("820000", "720000")]
+    undone = len([g for g in range(1, count + 1) if g % 10 == 1])
+    assert (statement["settlements"], statement["undone"]) == (count, undone)
+
+    async def page(offset: int) -> dict:
+        body = {"type": "query_statement", "reqid": f"Q-{uuid.uuid4().hex}", "statement_id": statement["statement_id"],
+                "offset": offset}
+        return _result(settings, await handler([_request(settings, body)]))[0]
+
+    pages, offset = [], 0
+    while True:
+        result = await page(offset)
+        assert result["ok"], result
+        pages.append(result["data"])
+        if "next_offset" not in result["data"]:
+            break
+        offset = result["data"]["next_offset"]
+    assert [p["listed"] for p in pages] == [1000, count + undone - 1000]
+    assert {p["entries_total"] for p in pages} == {count + undone}
+    assert pages[0]["statement"] == statement
+    entries = [e for p in pages for e in p["entries"]]
+    kinds = [(e["cleared_as"], e["setl_id"]) for e in entries]
+    assert kinds == sorted(kinds) and len(set(kinds)) == len(kinds)  # settlements first, none twice
+    assert {e["insuplc_admdvs"] for e in entries} == {"820000"}
+    assert sum(Decimal(e["clr_sumamt"]) for e in entries) == Decimal(statement["clr_sumamt"]) == 70 * (count - undone)
+    assert sum(1 for e in entries if e["cleared_as"] == "undoing") == undone
+    assert {e["clr_sumamt"] for e in entries if e["cleared_as"] == "undoing"} == {"-70.00"}
+    missing = _result(settings, await handler([_request(settings, {
+        "type": "query_statement", "reqid": f"Q-{uuid.uuid4().hex}", "statement_id": "no-such"})]))[0]
+    assert not missing["ok"] and missing["reason"] == "no statement no-such"

@@ -113,6 +113,16 @@ class QueryPairMonth(_Request):
     setlym: Month
 
 
+class QueryStatement(_Request):
+    """A statement's entries, a page at a time (``offset``), for a region to check before it
+    confirms: each settlement of its region pair that landed in its month (cleared as drawn) and
+    each cancellation or reversal that landed in it (given back); together they make its totals."""
+
+    type: Literal["query_statement"]
+    statement_id: Code
+    offset: int = Field(default=0, ge=0, le=2**31 - 1)  # written back in the answer: a JSON integer
+
+
 class QueryMonth(_Request):
     """A cleared month's statements and net positions, a page at a time (``offset``): a month's
     run lists as many as one answer holds."""
@@ -139,7 +149,7 @@ class Reconcile(WireModel):
 
 ClearingRequest = Annotated[
     FundPrepayment | WithdrawPrepayment | RunMonth | ConfirmStatement | QuerySettlement | QueryFacilityDay | QueryPairMonth
-    | QueryMonth | QueryPrepayment | Reconcile,
+    | QueryMonth | QueryStatement | QueryPrepayment | Reconcile,
     Field(discriminator="type"),
 ]
 CLEARING_REQUEST = TypeAdapter(ClearingRequest)

@@ -44,6 +44,7 @@ from yidi.contracts.clearing import (
     PrepaymentStatus,
     QueryFacilityDay,
     QueryMonth,
+    QueryStatement,
     QueryPairMonth,
     QueryPrepayment,
     QuerySettlement,
@@ -111,6 +112,7 @@ INBOUND: tuple[type[BaseModel], ...] = (
     QueryFacilityDay,
     QueryPairMonth,
     QueryMonth,
+    QueryStatement,
     QueryPrepayment,
 )
 # Outbound and between services: described as they are serialized (what is published).
@@ -309,7 +311,7 @@ FILING_REQUESTS = _stage("filing", T.FILING_STAGE_GROUP)
 FILING_PERSONS = _stage("filing", T.FILING_PERSONS_GROUP)  # stage filing-persons
 
 CLEARING_REQUEST_MESSAGES = ("FundPrepayment", "WithdrawPrepayment", "RunMonth", "ConfirmStatement", "QuerySettlement", "QueryFacilityDay",
-                             "QueryPairMonth", "QueryMonth", "QueryPrepayment", "Reconcile")
+                             "QueryPairMonth", "QueryMonth", "QueryStatement", "QueryPrepayment", "Reconcile")
 
 # An answer whose own reply topic the broker refuses for good goes to its kind's moved answers'
 # topic, not here (yidi.platform.reply_topics, topics.moved_answers).
@@ -647,6 +649,7 @@ MESSAGES: dict[str, Message] = {
     "QuerySettlement": Message("Query a settlement (type query_settlement)", "by setl_id or msgid", _plain("QuerySettlement"), "reqid", ("QuerySettlement",)),
     "QueryFacilityDay": Message("Query a facility's day (type query_facility_day)", "the ledger rows of a facility on one day (at most 1000 listed; settlements_total counts them all), with totals", _plain("QueryFacilityDay"), "reqid", ("QueryFacilityDay",)),
     "QueryPairMonth": Message("Query a region pair's month (type query_pair_month)", "the settlements dated in it, what it clears (what landed in it), its statements", _plain("QueryPairMonth"), "reqid", ("QueryPairMonth",)),
+    "QueryStatement": Message("Query a statement's entries (type query_statement)", "the statement, and the settlements (cleared as drawn) and cancellations or reversals (given back) that make it, 1000 from offset (fewer past 800 KB; next_offset where the next page begins), and how many in all", _plain("QueryStatement"), "reqid", ("QueryStatement",)),
     "QueryMonth": Message("Query a cleared month (type query_month)", "its statements and net positions, 1000 of each from offset, and how many in all", _plain("QueryMonth"), "reqid", ("QueryMonth",)),
     "QueryPrepayment": Message("Query a prepayment account (type query_prepayment)", "funded, drawn, given back, cleared, balance, shortfall", _plain("QueryPrepayment"), "reqid", ("QueryPrepayment",)),
     "Reconcile": Message("Reconciliation (type reconcile)", "a facility's 3201/3202 request, passed on by eligibility", _plain("Reconcile"), "msgid", ("Reconcile",)),
