@@ -518,9 +518,16 @@ class ClearingAdminHandler:
         row = await conn.fetchrow("SELECT * FROM clearing.statements WHERE statement_id = $1 FOR UPDATE", request.statement_id)
         if row is None:
             return False, f"no statement {request.statement_id}", {}, []
+        # The side's first confirmation is recorded against its operator and request; one sent
+        # again under another reqid changes nothing of it.
         column = "confirmed_insured" if request.side == "insured" else "confirmed_treating"
         row = await conn.fetchrow(
-            f"UPDATE clearing.statements SET {column} = true WHERE statement_id = $1 RETURNING *", request.statement_id
+            f"""UPDATE clearing.statements SET {column} = true,
+                       {column}_by = CASE WHEN {column} THEN {column}_by ELSE nullif($2, '') END,
+                       {column}_at = CASE WHEN {column} THEN {column}_at ELSE now() END,
+                       {column}_reqid = CASE WHEN {column} THEN {column}_reqid ELSE $3 END
+                WHERE statement_id = $1 RETURNING *""",
+            request.statement_id, request.opter, request.reqid,
         )
         extra: list[dict[str, Any]] = []
         if row["confirmed_insured"] and row["confirmed_treating"] and row["state"] != "settled":
@@ -697,6 +704,9 @@ MAX_LISTED_STATEMENTS = 1000
 MONTH_TOTALS_TIMEOUT_S = 120.0
 
 
+_CONFIRMED_BY = frozenset({"confirmed_insured_by", "confirmed_treating_by"})
+
+
 def month_view(month: str, statements: list[Statement], offset: int) -> dict[str, Any]:
     """A cleared month, as ``run_month`` and ``query_month`` answer it: its statements (by region
     pair) and the net positions between each two regions (by region), ``MAX_LISTED_STATEMENTS`` of
@@ -708,7 +718,9 @@ def month_view(month: str, statements: list[Statement], offset: int) -> dict[str
         "setlym": month, "offset": offset,
         "statements_total": len(statements), "net_positions_total": len(nets),
         "clr_sumamt": fmt(sum((s.clr_sumamt for s in statements), Decimal(0))),
-        "statements": [s.model_dump(mode="json") for s in statements[offset:end]],
+        # Without who confirmed them (an operator's name of up to 200 characters, 800 bytes, each
+        # side): a thousand statements must fit one record. query_statement shows it.
+        "statements": [s.model_dump(mode="json", exclude=_CONFIRMED_BY) for s in statements[offset:end]],
         "net_positions": [
             {"region_a": n.region_a, "region_b": n.region_b, "a_owes_b": fmt(n.a_owes_b), "b_owes_a": fmt(n.b_owes_a),
              "payer": n.payer, "payee": n.payee, "amount": fmt(n.amount)}

@@ -78,7 +78,7 @@ async def test_a_database_that_applied_007s_first_text_gets_the_schema_clearing_
         assert await migrate(pool, first, "services.clearing.migrations") == [
             "008_statement_clears_accounts_either_way.sql", "009_statement_clears_accounts_money.sql",
             "010_alert_level.sql", "011_period_totalled.sql", "012_undo_waiting.sql", "013_sums_in_24_digits.sql",
-            "014_period_cuts.sql", "015_refusal_warned.sql", "platform_001_stage_progress.sql", "platform_002_progress_went_back.sql",
+            "014_period_cuts.sql", "015_refusal_warned.sql", "016_statement_confirmations.sql", "platform_001_stage_progress.sql", "platform_002_progress_went_back.sql",
             "platform_003_progress_reached.sql"]  # the platform's own, in every
         # service's schema
         async with pool.acquire() as conn:

@@ -282,3 +282,39 @@ async def test_a_statements_entries_are_listed_page_by_page_and_make_its_totals(
     missing = _result(settings, await handler([_request(settings, {
         "type": "query_statement", "reqid": f"Q-{uuid.uuid4().hex}", "statement_id": "no-such"})]))[0]
     assert not missing["ok"] and missing["reason"] == "no statement no-such"
+
+
+async def test_a_confirmation_is_recorded_against_its_operator_and_the_first_one_stands(settings, repo):
+    # Each side's first confirmation is kept with who sent it, when and its reqid (migration 016,
+    # session 50): before, a statement said only that a side had confirmed.
+    month = "202505"
+    await _bills_of_one_pair(repo, month, 1, ("medfee_sumamt", "fund_pay_sumamt", "hifp_pay"))
+    handler = ClearingAdminHandler(settings, repo)
+    out = await handler([_request(settings, {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month})])
+    (statement,) = [orjson.loads(o.value) for o in out if o.topic == settings.topic(CLEARING_STATEMENTS)]
+    assert (statement["confirmed_insured_by"], statement["confirmed_insured_at"]) == (None, None)
+
+    async def confirm(side: str, opter: str) -> tuple[str, dict]:
+        reqid = f"R-{uuid.uuid4().hex}"
+        body = {"type": "confirm", "reqid": reqid, "statement_id": statement["statement_id"], "side": side,
+                "opter": opter}
+        result, _ = _result(settings, await handler([_request(settings, body)]))
+        assert result["ok"], result
+        return reqid, result["data"]
+
+    first_reqid, first = await confirm("insured", "clerk Wang of 810000")
+    _, again = await confirm("insured", "clerk Li")  # the side confirmed already: Wang's stands
+    _, both = await confirm("treating", "")
+    assert first["confirmed_insured_by"] == again["confirmed_insured_by"] == "clerk Wang of 810000"
+    assert first["confirmed_insured_at"] == again["confirmed_insured_at"] is not None
+    assert (both["state"], both["confirmed_treating_by"]) == ("settled", None) and both["confirmed_treating_at"]
+    async with repo.transaction() as conn:
+        stored = await conn.fetchrow("SELECT * FROM clearing.statements WHERE statement_id = $1", statement["statement_id"])
+    assert stored["confirmed_insured_reqid"] == first_reqid and stored["confirmed_treating_reqid"]
+    listed = await handler([_request(settings, {"type": "query_statement", "reqid": f"Q-{uuid.uuid4().hex}",
+                                                "statement_id": statement["statement_id"]})])
+    assert _result(settings, listed)[0]["data"]["statement"]["confirmed_insured_by"] == "clerk Wang of 810000"
+    month_listing = await handler([_request(settings, {"type": "query_month", "reqid": f"Q-{uuid.uuid4().hex}",
+                                                       "setlym": month})])
+    (shown,) = _result(settings, month_listing)[0]["data"]["statements"]
+    assert "confirmed_insured_by" not in shown and shown["confirmed_insured_at"] == first["confirmed_insured_at"]

@@ -25,6 +25,7 @@ SHIPPED = {
     "services/clearing/migrations/013_sums_in_24_digits.sql": "c80c90fa1e1f64ad",
     "services/clearing/migrations/014_period_cuts.sql": "0efe64283c59a587",
     "services/clearing/migrations/015_refusal_warned.sql": "1b3dc535d692563a",
+    "services/clearing/migrations/016_statement_confirmations.sql": "cbcdc8bd7646de3b",
     "services/eligibility/migrations/001_init.sql": "ec027197a529a8de",
     "services/eligibility/migrations/002_person_source_time.sql": "6841f8914204d212",
     "services/eligibility/migrations/003_person_source_time_backfill.sql": "eb3325b68145fc37",

@@ -85,7 +85,7 @@ class ConfirmStatement(_Request):
     type: Literal["confirm"]
     statement_id: Code
     side: Literal["insured", "treating"]
-    opter: str = ""
+    opter: str = Field(default="", max_length=200, description="who confirms: recorded on the statement with the time")
 
 
 class QuerySettlement(_Request):
@@ -180,6 +180,12 @@ class Statement(WireModel):
     confirmed_insured: bool = False
     confirmed_treating: bool = False
     state: str = "issued"
+    # Who confirmed each side and when: the first confirm request's opter (null when it named none,
+    # or the side was confirmed before session 50) and the time it was applied.
+    confirmed_insured_by: str | None = None
+    confirmed_insured_at: AwareDatetime | None = None
+    confirmed_treating_by: str | None = None
+    confirmed_treating_at: AwareDatetime | None = None
 
 
 class PrepaymentAlert(WireModel):
