@@ -5,8 +5,11 @@ Consumes settlement.eligible (a transactional stage) and the policy and catalogu
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from yidi.contracts.clearing import PrepaymentStatus
 from yidi.contracts.refdata import CatalogueRecord, PolicyRecord
+from yidi.domain.codes import BUSINESS_TZ
 from yidi.platform.feeds import feed
 from yidi.platform.kafka import TransactionalStage
 from yidi.platform.service import Service
@@ -34,17 +37,22 @@ def build(settings: Settings | None = None) -> Service:
 
     service.on_ready.append(ready)
 
-    async def on_policy(record: PolicyRecord) -> None:
-        await state["repo"].upsert_policy(record)
+    async def on_policy(record: PolicyRecord) -> int:
+        return await state["repo"].upsert_policy(record)  # 1: older than the version held, ignored
 
-    async def on_catalogue(record: CatalogueRecord) -> None:
-        await state["repo"].upsert_catalogue_item(record)
+    async def on_catalogue(record: CatalogueRecord) -> int:
+        return await state["repo"].upsert_catalogue_item(record)
+
+    def ahead(record: PolicyRecord | CatalogueRecord) -> str | None:
+        # A version dated in the future would hold its key for good: every later record would be
+        # older than it and ignored (a zone written wrong, 'Z' on China time, is 8 hours ahead).
+        return record.ahead_of(datetime.now(BUSINESS_TZ), settings.max_clock_ahead_seconds)
 
     async def on_prepayment(status: PrepaymentStatus) -> None:
         await state["repo"].upsert_prepayment(status.insuplc_admdvs, status.mdtrtarea_admvs, status.balance, status.version)
 
-    feed(service, REFDATA_POLICIES, PolicyRecord, on_policy)
-    feed(service, REFDATA_CATALOGUE, CatalogueRecord, on_catalogue)
+    feed(service, REFDATA_POLICIES, PolicyRecord, on_policy, check=ahead)
+    feed(service, REFDATA_CATALOGUE, CatalogueRecord, on_catalogue, check=ahead)
     if settings.prepayment_policy == "refuse":
         # The balances are read only to refuse (clearing updates them after every batch: dozens of
         # records a second under load). Under the default policy pricing does not follow them; a

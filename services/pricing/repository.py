@@ -21,6 +21,23 @@ from yidi.platform.db import Repository, json_value, transient_errors
 log = logging.getLogger(__name__)
 
 
+# A version's own time (migration 009): the time held stays when a record without one replaces it,
+# and a record older than the one held changes nothing (reloading an earlier file does not undo a
+# correction). Equal: the same record again, applied.
+_NEWER = """source_time = coalesce(EXCLUDED.source_time, held.source_time)
+            WHERE EXCLUDED.source_time IS NULL OR held.source_time IS NULL
+               OR EXCLUDED.source_time >= held.source_time"""
+
+
+# Kept beside the stored record (source_time), not in it: a pricing older than migration 009 reads it.
+_OWN_TIME = frozenset({"updated_at"})
+
+
+def _ignored(status: str) -> int:
+    """1 when an upsert's ``INSERT 0 n`` says it wrote nothing (its WHERE refused the update)."""
+    return 1 if status.rsplit(" ", 1)[-1] == "0" else 0
+
+
 @dataclass
 class StoredRequest:
     msgid: str
@@ -80,27 +97,37 @@ class PricingRepository(Repository):
 
     # Reference feeds -------------------------------------------------------------------------
 
-    async def upsert_policy(self, record: PolicyRecord) -> None:
+    async def upsert_policy(self, record: PolicyRecord) -> int:
+        """Store a policy version; returns 1 when it is older than the one held (ignored), else 0."""
         async with transient_errors():
-            await self._pool.execute(
-                """INSERT INTO pricing.policies (insuplc_admdvs, insutype, begndate, version, record, rev)
-                   VALUES ($1, $2, $3, $4, $5::jsonb, nextval('pricing.ref_rev'))
-                   ON CONFLICT (insuplc_admdvs, insutype, begndate) DO UPDATE
-                   SET version = EXCLUDED.version, record = EXCLUDED.record, rev = EXCLUDED.rev, loaded_at = now()""",
+            status = await self._pool.execute(
+                f"""INSERT INTO pricing.policies AS held (insuplc_admdvs, insutype, begndate, version, record, rev,
+                                                         source_time)
+                    VALUES ($1, $2, $3, $4, $5::jsonb, nextval('pricing.ref_rev'), $6)
+                    ON CONFLICT (insuplc_admdvs, insutype, begndate) DO UPDATE
+                    SET version = EXCLUDED.version, record = EXCLUDED.record, rev = EXCLUDED.rev, loaded_at = now(),
+                        {_NEWER}""",
                 record.insuplc_admdvs, record.insutype.value, record.begndate, record.version,
-                record.model_dump_json(),  # without enddate when null: an older version reads it
+                record.model_dump_json(exclude=_OWN_TIME),  # without enddate when null: an older version reads it
+                record.source_time,
             )
+        return _ignored(status)
 
-    async def upsert_catalogue_item(self, record: CatalogueRecord) -> None:
+    async def upsert_catalogue_item(self, record: CatalogueRecord) -> int:
+        """Store a catalogue item's version; returns 1 when it is older than the one held (ignored), else 0."""
         async with transient_errors():
-            await self._pool.execute(
-                """INSERT INTO pricing.catalogue (mdtrtarea_admvs, hilist_code, begndate, enddate, record, rev)
-                   VALUES ($1, $2, $3, $4, $5::jsonb, nextval('pricing.ref_rev'))
-                   ON CONFLICT (mdtrtarea_admvs, hilist_code, begndate) DO UPDATE
-                   SET enddate = EXCLUDED.enddate, record = EXCLUDED.record, rev = EXCLUDED.rev, loaded_at = now()""",
+            status = await self._pool.execute(
+                f"""INSERT INTO pricing.catalogue AS held (mdtrtarea_admvs, hilist_code, begndate, enddate, record, rev,
+                                                          source_time)
+                    VALUES ($1, $2, $3, $4, $5::jsonb, nextval('pricing.ref_rev'), $6)
+                    ON CONFLICT (mdtrtarea_admvs, hilist_code, begndate) DO UPDATE
+                    SET enddate = EXCLUDED.enddate, record = EXCLUDED.record, rev = EXCLUDED.rev, loaded_at = now(),
+                        {_NEWER}""",
                 record.mdtrtarea_admvs, record.hilist_code, record.begndate, record.enddate,
-                record.model_dump_json(),
+                record.model_dump_json(exclude=_OWN_TIME),
+                record.source_time,
             )
+        return _ignored(status)
 
     async def catalogued(self, conn: asyncpg.Connection, regions: Iterable[str]) -> set[str]:
         """Which of ``regions`` have a catalogue version stored, of any item and day (one index probe each)."""

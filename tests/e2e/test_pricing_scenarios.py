@@ -236,3 +236,28 @@ async def test_r1_a_province_publishes_its_catalogue_and_policy_once_and_a_citys
     assert (settled["inscp_scp_amt"], settled["fulamt_ownpay_amt"], settled["hifp_pay"]) == ("400.00", "30.00", "60.00")
     items = {f["hilist_code"]: f for f in answer["output"]["feedetail"]}
     assert items["T-A"]["chrgitm_lv"] == "01" and items["T-X"]["chrgitm_lv"] == "03"
+
+
+async def test_a_policy_version_older_than_the_one_held_is_ignored_and_one_dated_ahead_refused(system, world, gateway):
+    # A region reloading an earlier file undid a correction published since (the policy records had
+    # no time of their own). From session 50 they carry updated_at, as a person's record does.
+    from tests.e2e.test_settlement_path import _dead_letters
+
+    def stale() -> float:
+        return system.metric("pricing", "yidi_refdata_records_total", feed="refdata.policies", outcome="stale") or 0.0
+
+    rules = lambda ratio: [{"med_types": ["11"], "deductible": "0.00", "ratio": ratio}]  # noqa: E731
+    before = stale()
+    await world.load(policies=[world.policy(version="MAY", rules=rules("0.90"), outpatient_quota=None,
+                                            updated_at="2026-05-01T10:00:00+08:00")])
+    await world.load(policies=[world.policy(version="APRIL", rules=rules("0.10"), outpatient_quota=None,
+                                            updated_at="2026-04-30 23:00:00"),
+                               world.policy(version="FUTURE", rules=rules("0.20"), outpatient_quota=None,
+                                            updated_at="2999-01-01T00:00:00+08:00")])
+    person = await world.person()
+    settled = info(await gateway.call(world.request(person, [("T-A", "1", "100.00")])))
+    assert settled["hifp_pay"] == "90.00", settled
+    assert stale() == before + 1
+    dead = await _dead_letters(system.settings, "refdata.policies")
+    assert any(b'"FUTURE"' in value and world.insured.encode() in value
+               and b"ahead of the platform's clock" in headers["yidi-dlq-reason"] for value, headers in dead)

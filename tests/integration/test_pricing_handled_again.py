@@ -32,7 +32,7 @@ pytestmark = pytest.mark.integration
 # Insured regions no other test settles in (the session's database is shared).
 REFUSING, VISITS, QUOTES, KEPT, UNPRICED, UNLISTED = "871000", "872000", "873000", "874000", "875000", "876000"
 # A treating district of a province no test loads a catalogue for, but this file's last test.
-NO_CATALOGUE = "886101"
+NO_CATALOGUE = "846101"  # province 84: no other test catalogues there (880000 has one: test_pricing_unreadable_reference)
 # Each record its own place in settlement.eligible, as Kafka gives them (decided answers are kept by place).
 PLACES = itertools.count(1)
 
@@ -212,10 +212,10 @@ async def test_a_bill_in_a_region_with_no_catalogue_at_all_is_refused_until_one_
         assert answer["err_code"] == "NO_POLICY", answer
         assert f"Treating region {NO_CATALOGUE} has no catalogue loaded" in answer["err_msg"]
     await repo.upsert_catalogue_item(CatalogueRecord.model_validate({
-        "mdtrtarea_admvs": "880000", "hilist_code": code, "hilist_name": code, "chrgitm_lv": "01",
+        "mdtrtarea_admvs": "840000", "hilist_code": code, "hilist_name": code, "chrgitm_lv": "01",
         "begndate": "2020-01-01"}))
     priced = bill(settings, UNLISTED, code, next(PLACES), psn_no=psn_no, treating=NO_CATALOGUE)
     assert outcomes(settings, await handler([priced])) == ["settle 800.00"]
     # A region of a province with one: priced, a line it lacks self-paid, as before.
-    other = bill(settings, UNLISTED, unique("UNLISTED"), next(PLACES), psn_no=psn_no, treating="886102")
+    other = bill(settings, UNLISTED, unique("UNLISTED"), next(PLACES), psn_no=psn_no, treating="846102")
     assert outcomes(settings, await handler([other])) == ["settle 0.00"]

@@ -48,6 +48,7 @@ SHIPPED = {
     "services/pricing/migrations/006_balances_in_24_digits.sql": "5f7739515be53224",
     "services/pricing/migrations/007_counters_in_24_digits.sql": "974a4f67b5a29457",
     "services/pricing/migrations/008_decided_by_place.sql": "88c982ddfb74d77e",
+    "services/pricing/migrations/009_reference_source_time.sql": "bebe87526000fda7",
     # Applied to every service's schema after its own (yidi.platform.db.migrate).
     "libs/yidi/platform/migrations/platform_001_stage_progress.sql": "7032438c7ed1b997",
     "libs/yidi/platform/migrations/platform_002_progress_went_back.sql": "b153b681b7471084",

@@ -41,6 +41,47 @@ def _source_time(text: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=BUSINESS_TZ)
 
 
+def _updated_at(value: str, info: ValidationInfo) -> str:
+    """A record's ``updated_at``, stripped; refused when it is not a time (a stored record keeps it)."""
+    value = value.strip()
+    if value and not (info.context or {}).get(STORED):
+        _source_time(value)  # refused here when it is not a time
+    return value
+
+
+def _time_of(updated_at: str) -> datetime | None:
+    """``updated_at`` as a time, or None when the region sent none (or a stored record from before
+    the check holds one that is not a time: arrival order)."""
+    if not updated_at:
+        return None
+    try:
+        return _source_time(updated_at)
+    except ValueError:
+        return None
+
+
+def _ahead(updated_at: str, now: datetime, tolerance_seconds: float, what: str) -> str | None:
+    """Why a record dated ``updated_at`` is refused as ahead of ``now`` by more than the tolerance,
+    or None. ``what`` names the record's key (this person, this policy version…)."""
+    moment = _time_of(updated_at)
+    minutes = None if moment is None else minutes_ahead(moment, now, tolerance_seconds)
+    if minutes is None:
+        return None
+    return (f"updated_at {updated_at} is {minutes} minutes ahead of the "
+            f"platform's clock ({now.astimezone(BUSINESS_TZ):%Y-%m-%dT%H:%M:%S}+08:00): a record dated in the "
+            f"future would make every later record of {what} look older and be ignored; a time without "
+            "a zone is China time")
+
+
+# A reference record's own time (policy and catalogue versions, from session 50), as a person's. Left
+# out of a record without one (as a pricing older than it reads them) and of the record pricing
+# stores (it keeps the time beside it, migration 009).
+_REFERENCE_UPDATED_AT = (
+    "the region's time of this record (ISO 8601; without a zone, China time): a record of the same version "
+    "older than the one the platform holds is ignored, so reloading an earlier file does not undo a "
+    "correction; empty, records apply in arrival order")
+
+
 # The most characters of a text pricing names a counter after (a person's accumulators: a rule's
 # deductible bucket, an account's balance version): room for a hash or a signed id. A name of
 # kilobytes overflowed the counters' index (2,704 bytes) and stopped pricing. Stored records keep
@@ -102,34 +143,16 @@ class PersonRecord(StrictWireModel):
                              "(R13: it counts against that year's outpatient quota here)")
         return self
 
-    @field_validator("updated_at")
-    @classmethod
-    def _iso_time(cls, value: str, info: ValidationInfo) -> str:
-        value = value.strip()
-        if value and not (info.context or {}).get(STORED):
-            _source_time(value)  # refused here when it is not a time
-        return value
+    _iso_time = field_validator("updated_at")(_updated_at)
 
     @property
     def source_time(self) -> datetime | None:
         """``updated_at`` as a time, or None when the region sent none."""
-        if not self.updated_at:
-            return None
-        try:
-            return _source_time(self.updated_at)
-        except ValueError:
-            return None  # a stored record from before the check: no time, arrival order
+        return _time_of(self.updated_at)
 
     def ahead_of(self, now: datetime, tolerance_seconds: float) -> str | None:
         """Why this record is refused as dated ahead of ``now`` by more than the tolerance, or None."""
-        moment = self.source_time
-        minutes = None if moment is None else minutes_ahead(moment, now, tolerance_seconds)
-        if minutes is None:
-            return None
-        return (f"updated_at {self.updated_at} is {minutes} minutes ahead of the "
-                f"platform's clock ({now.astimezone(BUSINESS_TZ):%Y-%m-%dT%H:%M:%S}+08:00): a record dated in the "
-                "future would make every later record of this person look older and be ignored; a time without "
-                "a zone is China time")
+        return _ahead(self.updated_at, now, tolerance_seconds, "this person")
 
     def to_domain(self) -> Person:
         return Person(
@@ -171,11 +194,21 @@ class CatalogueRecord(StrictWireModel):
     pric_uplmt_amt: Amount | None = Field(default=None, ge=0)
     begndate: WireDay
     enddate: WireDay | None = None
+    updated_at: str = Field(default="", exclude_if=lambda v: not v, description=_REFERENCE_UPDATED_AT)
+
+    _iso_time = field_validator("updated_at")(_updated_at)
 
     @model_validator(mode="after")
     def _domain_accepts_it(self) -> CatalogueRecord:
         self.to_domain()  # class, share, ceiling and dates checked by the domain
         return self
+
+    @property
+    def source_time(self) -> datetime | None:
+        return _time_of(self.updated_at)
+
+    def ahead_of(self, now: datetime, tolerance_seconds: float) -> str | None:
+        return _ahead(self.updated_at, now, tolerance_seconds, "this item's version")
 
     def to_domain(self) -> CatalogueItem:
         return CatalogueItem(
@@ -241,6 +274,16 @@ class PolicyRecord(StrictWireModel):
     layers: list[LayerRecord] = Field(default_factory=list)
     account_payable: bool = True
     order: CalculationOrder = CalculationOrder.DEFAULT
+    updated_at: str = Field(default="", exclude_if=lambda v: not v, description=_REFERENCE_UPDATED_AT)
+
+    _iso_time = field_validator("updated_at")(_updated_at)
+
+    @property
+    def source_time(self) -> datetime | None:
+        return _time_of(self.updated_at)
+
+    def ahead_of(self, now: datetime, tolerance_seconds: float) -> str | None:
+        return _ahead(self.updated_at, now, tolerance_seconds, "this policy version")
 
     @model_validator(mode="after")
     def _domain_accepts_it(self, info: ValidationInfo) -> PolicyRecord:

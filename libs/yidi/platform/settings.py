@@ -113,6 +113,8 @@ class Settings(BaseSettings):
     prepayment_policy: Literal["record_shortfall", "refuse"] = "record_shortfall"
     # Eligibility: how far ahead of the platform's clock a request's inf_time may be (facility
     # clocks drift); one further ahead is refused INVALID_INPUT. Backdated times are accepted.
+    # Also how far ahead a reference record's updated_at may be (persons; policy and catalogue
+    # versions from session 50): one further ahead is dead-lettered.
     max_clock_ahead_seconds: float = 900.0
 
     @field_validator("gc_full_collection_seconds")
