@@ -1,4 +1,4 @@
-"""Clearing's second stage: clearing.requests — prepayment funding, month runs, confirmations,
+"""Clearing's second stage: clearing.requests — prepayment funding and withdrawals, month runs, confirmations,
 the clerks' queries, and facilities' reconciliation (3201/3202, passed on by eligibility).
 
 Each request is applied once by its ``reqid`` (the result is kept and replayed); reconciliations
@@ -7,6 +7,7 @@ and queries change nothing and are answered from the ledger as it stands.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -56,6 +57,8 @@ from services.clearing.repository import SETTLEMENT_GROUP, ClearingRepository
 
 AMOUNTS = ("medfee_sumamt", "fund_pay_sumamt", "acct_pay")
 
+log = logging.getLogger(__name__)
+
 
 def _amounts(row: Any) -> dict[str, str]:
     return {k: fmt(row[k]) for k in AMOUNTS if k in row}
@@ -84,6 +87,14 @@ def judged_on(record: Incoming) -> date:
     if progress.RESTORED.get():
         return datetime.fromtimestamp(record.timestamp_ms / 1000, BUSINESS_TZ).date()
     return datetime.now(BUSINESS_TZ).date()
+
+
+def judged_at(record: Incoming) -> datetime | None:
+    """When a request is recorded as done: None (now); or, handled again after a restore, when it
+    was sent (a confirmation's time as it was first recorded, near enough)."""
+    if progress.RESTORED.get():
+        return datetime.fromtimestamp(record.timestamp_ms / 1000, BUSINESS_TZ)
+    return None
 
 
 def _counter(kind: str, outcome: str) -> Callable[[], None]:
@@ -220,7 +231,7 @@ class ClearingAdminHandler:
             case RunMonth():
                 return await self._run_month(conn, request, refused.get(request.reqid), judged_on(record))
             case ConfirmStatement():
-                return await self._confirm(conn, request)
+                return await self._confirm(conn, request, judged_at(record))
             case QuerySettlement():
                 # Both given: the settlement both name (either one's row answered a question about
                 # two settlements as if about one: a review, session 49). Each its own statement, so
@@ -279,23 +290,34 @@ class ClearingAdminHandler:
         """A statement and its entries from ``offset`` (at most ``MAX_LISTED_SETTLEMENTS``, and
         ``LISTED_BYTES``): the rows ``_month_totals`` sums for its pair and month, settlements first,
         each by ``setl_id``; ``clr_sumamt`` what each moves (drawn, or given back: negative).
-        ``next_offset`` is where the next page begins, absent on the last one."""
+        ``next_offset`` is where the next page begins, absent on the last one. The statement's own
+        counts are how many there are (its run counted the same rows). A page that outlasts
+        ``STATEMENT_PAGE_TIMEOUT_S`` (a pair of a million settlements a month sorted again for each
+        page) is refused, as a reconciliation that long is, rather than retried while every clearing
+        request behind it waits."""
         row = await conn.fetchrow("SELECT * FROM clearing.statements WHERE statement_id = $1", request.statement_id)
         if row is None:
             return False, f"no statement {request.statement_id}", {}, []
         month, pair = row["setlym"], (row["insuplc_admdvs"], row["mdtrtarea_admvs"])
-        entries = """SELECT {} FROM (
-                SELECT 'settlement' AS cleared_as, * FROM clearing.ledger
+        # The columns the view shows, not the rows' stored answers (kilobytes each), read and sorted.
+        columns = ", ".join(_ENTRY_COLUMNS)
+        entries = f"""SELECT * FROM (
+                SELECT 'settlement' AS cleared_as, {columns} FROM clearing.ledger
                 WHERE clr_period = $1 AND insuplc_admdvs = $2 AND mdtrtarea_admvs = $3
                 UNION ALL
-                SELECT 'undoing' AS cleared_as, * FROM clearing.ledger
+                SELECT 'undoing' AS cleared_as, {columns} FROM clearing.ledger
                 WHERE undo_period = $1 AND insuplc_admdvs = $2 AND mdtrtarea_admvs = $3) AS e
               -- care at home that drew nothing is cleared by no one (``_month_totals``)
-              WHERE NOT ($4 AND coalesce(drawn, fund_pay_sumamt) = 0)"""
-        args = (month, *pair, within(pair[1], pair[0]))
-        total = await conn.fetchval(entries.format("count(*)"), *args)
-        rows = await conn.fetch(entries.format("*") + " ORDER BY cleared_as, setl_id LIMIT $5 OFFSET $6",
-                                *args, MAX_LISTED_SETTLEMENTS, request.offset)
+              WHERE NOT ($4 AND coalesce(drawn, fund_pay_sumamt) = 0)
+              ORDER BY cleared_as, setl_id LIMIT $5 OFFSET $6"""
+        try:
+            async with savepoint(conn):
+                rows = await conn.fetch(entries, month, *pair, within(pair[1], pair[0]), MAX_LISTED_SETTLEMENTS,
+                                        request.offset, timeout=STATEMENT_PAGE_TIMEOUT_S)
+        except TimeoutError:
+            return False, (f"statement {request.statement_id} holds {row['settlements'] + row['undone']} entries, more "
+                           f"than a page from offset {request.offset} is read in {STATEMENT_PAGE_TIMEOUT_S:.0f} s; list "
+                           "its settlements by facility and day (query_facility_day)"), {}, []
         listed, size = [], 0
         for r in rows:
             drawn = r["drawn"] if r["drawn"] is not None else r["fund_pay_sumamt"]
@@ -305,6 +327,7 @@ class ClearingAdminHandler:
             if size > LISTED_BYTES:
                 break
             listed.append(shown)
+        total = row["settlements"] + row["undone"]
         data = {"statement": statement_of(row).model_dump(mode="json"), "entries_total": total,
                 "offset": request.offset, "listed": len(listed), "entries": listed}
         if request.offset + len(listed) < total:
@@ -400,6 +423,19 @@ class ClearingAdminHandler:
                            "nothing was withdrawn"), {}, []
         account = account_of(row)
         most = min(account.balance, account.funded)
+        if progress.RESTORED.get():
+            # Handled again after a restore, beside the settlement stage redoing its own records:
+            # the balance now is not the one it was judged on (the draws redone so far). Judged on
+            # what is funded alone, which only this stage moves, in order: a withdrawal answered ok
+            # is taken again; one refused for the balance alone is taken too, and said (review,
+            # session 50: the runbook's restore steps compare these with their answers).
+            if account.funded >= request.amount > most:
+                log.warning("clearing-admin: withdrawal %s of %s from %s in %s handled again after a restore and "
+                            "taken, though the balance as redone so far is %s: if its answer before the restore "
+                            "refused it (clearing.results, by its reqid), give the amount back with a fund "
+                            "(runbook, \"Restoring a service's database\")", request.reqid, fmt(request.amount),
+                            pair[0], pair[1], fmt(account.balance))
+            most = account.funded
         if request.amount > most:
             return False, (f"the account holds {fmt(account.balance)} of the {fmt(account.funded)} funded; at most "
                            f"{fmt(max(most, Decimal(0)))} can be withdrawn, not {fmt(request.amount)}; nothing was "
@@ -408,20 +444,24 @@ class ClearingAdminHandler:
         row = await conn.fetchrow(
             "SELECT * FROM clearing.prepayment_accounts WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2", *pair,
         )
-        warned = await self._warning_after_move(conn, [row])
+        # A withdrawal lowers the balance: a refused bill is no news again (only a top-up re-arms it).
+        warned = await self._warning_after_move(conn, [row], rearm_refusals=False)
         return True, "", account_view(row), [_status(self.settings, r) for r in touched.accounts] + warned
 
-    async def _warning_after_move(self, conn: asyncpg.Connection, rows: list[Any]) -> list[dict[str, Any]]:
+    async def _warning_after_move(self, conn: asyncpg.Connection, rows: list[Any], *,
+                                  rearm_refusals: bool = True) -> list[dict[str, Any]]:
         """After funding, a withdrawal or clearing moved an account: its warnings re-armed as far as the balance
         recovered (a month's clearing is how it usually comes back), or one given when the move left
-        it lower than it was warned at (a statement whose cancellations outweighed its settlements)."""
+        it lower than it was warned at (a statement whose cancellations outweighed its settlements, a
+        withdrawal). ``rearm_refusals``: a bill refused from now on is news again (not after a
+        withdrawal, which lifts nothing)."""
         out = []
         for row in rows:
             account = account_of(row)
             level = account.alert_level()
             if level != row["alert_level"]:
                 await self.repo.set_alert_level(conn, row["insuplc_admdvs"], row["mdtrtarea_admvs"], level)
-            if row["refusal_warned"]:
+            if row["refusal_warned"] and rearm_refusals:
                 # Topped up or cleared: a bill refused from now on is news again (refuse policy).
                 await self.repo.set_refusal_warned(conn, row["insuplc_admdvs"], row["mdtrtarea_admvs"], False)
             if level > row["alert_level"]:
@@ -514,7 +554,9 @@ class ClearingAdminHandler:
                               "key": month})
         return True, "", month_view(month, statements, 0), published
 
-    async def _confirm(self, conn: asyncpg.Connection, request: ConfirmStatement) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
+    async def _confirm(self, conn: asyncpg.Connection, request: ConfirmStatement,
+                       at: datetime | None = None) -> tuple[bool, str, dict[str, Any], list[dict[str, Any]]]:
+        """One side's confirmation, recorded at ``at`` (None: now)."""
         row = await conn.fetchrow("SELECT * FROM clearing.statements WHERE statement_id = $1 FOR UPDATE", request.statement_id)
         if row is None:
             return False, f"no statement {request.statement_id}", {}, []
@@ -524,10 +566,10 @@ class ClearingAdminHandler:
         row = await conn.fetchrow(
             f"""UPDATE clearing.statements SET {column} = true,
                        {column}_by = CASE WHEN {column} THEN {column}_by ELSE nullif($2, '') END,
-                       {column}_at = CASE WHEN {column} THEN {column}_at ELSE now() END,
+                       {column}_at = CASE WHEN {column} THEN {column}_at ELSE coalesce($4, now()) END,
                        {column}_reqid = CASE WHEN {column} THEN {column}_reqid ELSE $3 END
                 WHERE statement_id = $1 RETURNING *""",
-            request.statement_id, request.opter, request.reqid,
+            request.statement_id, request.opter, request.reqid, at,
         )
         extra: list[dict[str, Any]] = []
         if row["confirmed_insured"] and row["confirmed_treating"] and row["state"] != "settled":
@@ -693,8 +735,14 @@ def _status(settings: Settings, row: Any) -> dict[str, Any]:
 MAX_LISTED = 1000
 LISTED_BYTES = 800_000
 MAX_LISTED_SETTLEMENTS = 1000
+# What a page of a statement's entries reads (query_statement), and how long it may take.
+_ENTRY_COLUMNS = ("setl_id", "msgid", "psn_no", "state", "insuplc_admdvs", "mdtrtarea_admvs", "fixmedins_code",
+                  "setlym", "clr_period", "setl_date", "undo_period", "medfee_sumamt", "fund_pay_sumamt", "hifp_pay",
+                  "acct_pay", "psn_cash_pay", "drawn")
+STATEMENT_PAGE_TIMEOUT_S = 20.0
 # A month's statements and net positions, up to this many of each in one answer (a statement is
-# ~260 bytes, a net position ~190: about 450 KB). A month at national scale has thousands of
+# ~370 bytes with its confirmation times, its operators' names left out; a net position ~190: about
+# 560 KB). A month at national scale has thousands of
 # region pairs; it ran past 1 MiB at about 2,300 and could not be answered at all.
 MAX_LISTED_STATEMENTS = 1000
 # A month's totals at national scale (24 million settlements) take tens of seconds on one core

@@ -318,8 +318,14 @@ async def test_a_withdrawal_takes_back_at_most_the_balance_once_per_reqid(settin
     assert not too_much["ok"] and "holds 40.00 of the 100.00 funded; at most 40.00 can be withdrawn" in too_much["reason"]
     assert too_much["data"]["balance"] == "40.00"
 
+    async with clearing_repo.transaction() as conn:  # the region told that bills are refused (refuse policy)
+        await conn.execute("UPDATE clearing.prepayment_accounts SET refusal_warned = true "
+                           "WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2", *pair.values())
     request = {"type": "withdraw", "reqid": f"R-{uuid.uuid4().hex}", "amount": "40.00", **pair}
     out = await _call(settings, handler, request)
+    async with clearing_repo.transaction() as conn:  # a withdrawal lifts nothing: not told again
+        assert await conn.fetchval("SELECT refusal_warned FROM clearing.prepayment_accounts "
+                                   "WHERE insuplc_admdvs = $1 AND mdtrtarea_admvs = $2", *pair.values())
     taken = result(out)
     assert taken["ok"], taken
     assert (taken["data"]["funded"], taken["data"]["drawn"], taken["data"]["balance"]) == ("60.00", "60.00", "0.00")
@@ -350,3 +356,32 @@ async def test_a_withdrawal_waits_for_a_settlement_batch_drawing_on_the_account(
         assert not withdrawing.done()  # waits for the draw's transaction
     ((_, answer),) = [(t, m) for t, m in await withdrawing if t == settings.topic("clearing.results")]
     assert not answer["ok"] and "at most 30.00 can be withdrawn" in answer["reason"], answer
+
+
+async def test_a_withdrawal_handled_again_after_a_restore_is_judged_on_what_is_funded_and_said(
+        settings, handler, clearing_repo, caplog):
+    # After yidi-recover the settlement stage redoes its draws beside this stage: the balance then
+    # is not the one the withdrawal was judged on. Judged on what is funded (this stage's alone), a
+    # withdrawal answered ok is taken again; one the balance as redone so far would refuse is said.
+    import logging
+    from decimal import Decimal
+
+    from yidi.platform import progress
+
+    pair = _pair()
+    await _call(settings, handler, {"type": "fund", "amount": "100.00", **pair})
+    async with clearing_repo.transaction() as conn:  # a draw redone before the withdrawal is
+        await clearing_repo.move_prepayments(conn, [(*pair.values(), "draw", Decimal("80.00"), f"S-{uuid.uuid4().hex}")])
+    caplog.set_level(logging.WARNING, logger="services.clearing.admin")
+    token = progress.RESTORED.set(True)
+    try:
+        out = await _call(settings, handler, {"type": "withdraw", "amount": "50.00", **pair})
+        too_much = await _call(settings, handler, {"type": "withdraw", "amount": "50.01", **pair})
+    finally:
+        progress.RESTORED.reset(token)
+    (taken,) = [m for t, m in out if t == settings.topic("clearing.results")]
+    assert taken["ok"] and (taken["data"]["funded"], taken["data"]["balance"]) == ("50.00", "-30.00"), taken
+    (refused,) = [m for t, m in too_much if t == settings.topic("clearing.results")]
+    assert not refused["ok"] and "at most 50.00 can be withdrawn" in refused["reason"], refused  # past what is funded
+    said = [r.getMessage() for r in caplog.records if "handled again after a restore and taken" in r.getMessage()]
+    assert len(said) == 1 and "balance as redone so far is 20.00" in said[0], said

@@ -284,6 +284,53 @@ async def test_a_statements_entries_are_listed_page_by_page_and_make_its_totals(
     assert not missing["ok"] and missing["reason"] == "no statement no-such"
 
 
+async def test_a_statements_entries_leave_out_care_at_home_that_drew_nothing_and_pages_stop_at_the_byte_budget(
+        settings, repo, monkeypatch):
+    # The rows the month's run sums, no others: care at home (treating 821101 inside insured 820000)
+    # that drew nothing is cleared by no one; one that drew (recorded before they were told apart)
+    # is; a row from before migration 007 (drawn NULL) clears its fund payment. A page the byte
+    # budget cuts short goes on from where it stopped.
+    from decimal import Decimal
+
+    from services.clearing import admin
+
+    month = "202504"
+    amounts = ", ".join(AMOUNT_COLUMNS)
+    values = ", ".join("100.00" if a == "medfee_sumamt" else "60.00" if a in ("hifp_pay", "fund_pay_sumamt")
+                       else "40.00" if a == "psn_cash_pay" else "0.00" for a in AMOUNT_COLUMNS)
+    async with repo.transaction() as conn:
+        await conn.execute(
+            f"""INSERT INTO clearing.ledger (setl_id, msgid, request_hash, infno, psn_no, mdtrt_id, insuplc_admdvs,
+                    mdtrtarea_admvs, fixmedins_code, setlym, {amounts}, answer, setl_date, clr_period, drawn)
+                SELECT 'SH' || g, 'MH' || g, 'h', '2207', 'P' || g, 'V' || g, '820000', '821101', 'H1', $1,
+                       {values}, '{{}}'::json, current_date, $1,
+                       CASE g WHEN 1 THEN 0.00 WHEN 2 THEN 70.00 ELSE NULL END
+                FROM generate_series(1, 3) AS g""", month)
+    handler = ClearingAdminHandler(settings, repo)
+    out = await handler([_request(settings, {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": month})])
+    (statement,) = [orjson.loads(o.value) for o in out if o.topic == settings.topic(CLEARING_STATEMENTS)]
+    assert (statement["settlements"], statement["clr_sumamt"]) == (2, "130.00")  # SH2 drew 70, SH3 60 (NULL)
+
+    async def page(offset: int) -> dict:
+        body = {"type": "query_statement", "reqid": f"Q-{uuid.uuid4().hex}", "statement_id": statement["statement_id"],
+                "offset": offset}
+        return _result(settings, await handler([_request(settings, body)]))[0]
+
+    whole = (await page(0))["data"]
+    assert [(e["setl_id"], e["clr_sumamt"]) for e in whole["entries"]] == [("SH2", "70.00"), ("SH3", "60.00")]
+    assert whole["entries_total"] == 2 and "next_offset" not in whole
+    monkeypatch.setattr(admin, "LISTED_BYTES", len(orjson.dumps(whole["entries"][0])) + 10)  # room for one
+    first = (await page(0))["data"]
+    assert (first["listed"], first["next_offset"]) == (1, 1)
+    second = (await page(first["next_offset"]))["data"]
+    assert [e["setl_id"] for e in second["entries"]] == ["SH3"] and "next_offset" not in second
+    assert sum(Decimal(e["clr_sumamt"]) for e in first["entries"] + second["entries"]) == Decimal(statement["clr_sumamt"])
+    # A page that outlasts its time is refused, not retried while the requests behind it wait.
+    monkeypatch.setattr(admin, "STATEMENT_PAGE_TIMEOUT_S", 0.000001)
+    slow = await page(0)
+    assert not slow["ok"] and "holds 2 entries, more than a page from offset 0 is read in" in slow["reason"], slow
+
+
 async def test_a_confirmation_is_recorded_against_its_operator_and_the_first_one_stands(settings, repo):
     # Each side's first confirmation is kept with who sent it, when and its reqid (migration 016,
     # session 50): before, a statement said only that a side had confirmed.

@@ -437,7 +437,7 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         writers=("eligibility",),
         readers=(CLEARING_ADMIN,),
         external_writers="clearing clerks and regions (`yidi-gateway clearing`)",
-        notes="One JSON object with a `type`: `fund`, `run_month`, `confirm`, the `query_*` requests, or "
+        notes="One JSON object with a `type`: `fund`, `withdraw`, `run_month`, `confirm`, the `query_*` requests, or "
               "`reconcile` (a facility's 3201/3202, passed on by eligibility). Applied once by `reqid`; "
               "queries and reconciliations change nothing and are not recorded.",
     ),

@@ -1102,4 +1102,5 @@ class _Revocations(ConsumerRebalanceListener):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a check that could not be made stops nothing
-            log.debug("stage %s: committed offsets not checked: %r", self.stage.name, exc)
+            log.warning("stage %s: committed offsets of %s not checked (a read from the start, or records deleted "
+                        "unhandled, would go unsaid): %r", self.stage.name, sorted(assigned), exc)
