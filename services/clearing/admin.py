@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any, get_args
@@ -243,13 +243,23 @@ class ClearingAdminHandler:
                     return False, "no such settlement", {}, []
                 return True, "", {"settlement": _ledger_view(row)}, []
             case QueryFacilityDay():
+                # A page of the day's rows, their columns the view shows (not the stored answers), and
+                # the day's totals summed by Postgres: the whole day was read to list a thousand of it,
+                # the rest out of reach (session 50).
+                day = (request.fixmedins_code, request.day)
+                totals = await conn.fetchrow(
+                    f"""SELECT count(*) AS n, {", ".join(f"coalesce(sum({k}) FILTER (WHERE state = 'settled'), 0) AS {k}"
+                                                        for k in AMOUNTS)}
+                        FROM clearing.ledger WHERE fixmedins_code = $1 AND setl_date = $2""", *day)
                 rows = await conn.fetch(
-                    "SELECT * FROM clearing.ledger WHERE fixmedins_code = $1 AND setl_date = $2 ORDER BY settled_at",
-                    request.fixmedins_code, request.day,
-                )
-                listed = rows[:MAX_LISTED_SETTLEMENTS]
-                return True, "", {"settlements": [_ledger_view(r) for r in listed], "settlements_total": len(rows),
-                                  "listed": len(listed), **_totals(rows)}, []
+                    f"""SELECT {", ".join(_ENTRY_COLUMNS)} FROM clearing.ledger WHERE fixmedins_code = $1 AND setl_date = $2
+                        ORDER BY settled_at, setl_id LIMIT $3 OFFSET $4""", *day, MAX_LISTED_SETTLEMENTS, request.offset)
+                listed = _within_budget(_ledger_view(r) for r in rows)
+                data = {"settlements": listed, "settlements_total": totals["n"], "offset": request.offset,
+                        "listed": len(listed), **{f"settled_{k}": fmt(totals[k]) for k in AMOUNTS}}
+                if request.offset + len(listed) < totals["n"]:
+                    data["next_offset"] = request.offset + len(listed)
+                return True, "", data, []
             case QueryPairMonth():
                 pair = (request.insuplc_admdvs, request.mdtrtarea_admvs)
                 dated = await conn.fetchrow(
@@ -318,15 +328,12 @@ class ClearingAdminHandler:
             return False, (f"statement {request.statement_id} holds {row['settlements'] + row['undone']} entries, more "
                            f"than a page from offset {request.offset} is read in {STATEMENT_PAGE_TIMEOUT_S:.0f} s; list "
                            "its settlements by facility and day (query_facility_day)"), {}, []
-        listed, size = [], 0
-        for r in rows:
+        def shown(r: Any) -> dict[str, Any]:
             drawn = r["drawn"] if r["drawn"] is not None else r["fund_pay_sumamt"]
-            shown = _ledger_view(r) | {"cleared_as": r["cleared_as"],
-                                       "clr_sumamt": fmt(drawn if r["cleared_as"] == "settlement" else -drawn)}
-            size += len(dumps(shown)) + 1
-            if size > LISTED_BYTES:
-                break
-            listed.append(shown)
+            return _ledger_view(r) | {"cleared_as": r["cleared_as"],
+                                      "clr_sumamt": fmt(drawn if r["cleared_as"] == "settlement" else -drawn)}
+
+        listed = _within_budget(shown(r) for r in rows)
         total = row["settlements"] + row["undone"]
         data = {"statement": statement_of(row).model_dump(mode="json"), "entries_total": total,
                 "offset": request.offset, "listed": len(listed), "entries": listed}
@@ -663,16 +670,11 @@ class ClearingAdminHandler:
         diffs = reconcile_details(mine, platform, outside)
         # At most MAX_LISTED, and no more than LISTED_BYTES of them: ids of any characters (4 bytes
         # each in UTF-8) made 1,000 of the widest over 1 MiB (the diff review, session 49).
-        listed, size = [], 0
-        for d in diffs[:MAX_LISTED]:
-            shown = ({"setl_id": d.setl_id, "problem": d.problem,
-                      "facility": {k: fmt(v) for k, v in d.facility.items()},
-                      "platform": {k: fmt(v) for k, v in d.platform.items()}}
-                     | _found_by(held.get(d.setl_id)))
-            size += len(dumps(shown)) + 1
-            if size > LISTED_BYTES:
-                break
-            listed.append(shown)
+        listed = _within_budget(
+            {"setl_id": d.setl_id, "problem": d.problem,
+             "facility": {k: fmt(v) for k, v in d.facility.items()},
+             "platform": {k: fmt(v) for k, v in d.platform.items()}} | _found_by(held.get(d.setl_id))
+            for d in diffs[:MAX_LISTED])
         more = f"; the first {len(listed)} are listed: reconcile a shorter period to see the rest" if len(diffs) > len(listed) else ""
         return {
             "stmt_rslt": "0" if not diffs else "1",
@@ -780,6 +782,18 @@ def month_view(month: str, statements: list[Statement], offset: int) -> dict[str
     return view
 
 
+def _within_budget(views: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``views`` in order, as many as fit ``LISTED_BYTES`` as JSON: a page of ids of 4-byte
+    characters passed a Kafka record's 1 MiB at a thousand."""
+    listed, size = [], 0
+    for view in views:
+        size += len(dumps(view)) + 1
+        if size > LISTED_BYTES:
+            break
+        listed.append(view)
+    return listed
+
+
 def _ledger_view(row: Any) -> dict[str, Any]:
     return {
         "setl_id": row["setl_id"], "msgid": row["msgid"], "psn_no": row["psn_no"], "state": row["state"],
@@ -797,6 +811,3 @@ def _landed_view(t: PairTotals) -> dict[str, Any]:
             "fund_pay_sumamt": fmt(t.fund_pay_sumamt), "acct_pay": fmt(t.acct_pay), "clr_sumamt": fmt(t.clr_sumamt)}
 
 
-def _totals(rows: list[Any]) -> dict[str, str]:
-    settled = [r for r in rows if r["state"] == "settled"]
-    return {f"settled_{k}": fmt(sum((r[k] for r in settled), Decimal(0))) for k in AMOUNTS}

@@ -365,3 +365,41 @@ async def test_a_confirmation_is_recorded_against_its_operator_and_the_first_one
                                                        "setlym": month})])
     (shown,) = _result(settings, month_listing)[0]["data"]["statements"]
     assert "confirmed_insured_by" not in shown and shown["confirmed_insured_at"] == first["confirmed_insured_at"]
+
+
+async def test_a_facilitys_day_is_listed_page_by_page_with_the_days_totals(settings, repo):
+    # The whole day was read to list its first thousand, the rest out of reach (session 50: paged).
+    from decimal import Decimal
+
+    count = 1203
+    amounts = ", ".join(AMOUNT_COLUMNS)
+    values = ", ".join("100.00" if a == "medfee_sumamt" else "60.00" if a in ("hifp_pay", "fund_pay_sumamt")
+                       else "40.00" if a == "psn_cash_pay" else "0.00" for a in AMOUNT_COLUMNS)
+    async with repo.transaction() as conn:
+        await conn.execute(
+            f"""INSERT INTO clearing.ledger (setl_id, msgid, request_hash, infno, psn_no, mdtrt_id, insuplc_admdvs,
+                    mdtrtarea_admvs, fixmedins_code, setlym, {amounts}, answer, setl_date, clr_period, state)
+                SELECT 'SD' || lpad(g::text, 5, '0'), 'MD' || g, 'h', '2207', 'P' || g, 'V' || g, '830000', '730000',
+                       CASE WHEN g = 0 THEN 'H-OTHER' ELSE 'H-DAY' END, '202503', {values}, '{{}}'::json,
+                       DATE '2025-03-03', '202503', CASE WHEN g % 100 = 7 THEN 'cancelled' ELSE 'settled' END
+                FROM generate_series(0, $1::int) AS g""", count)
+    handler = ClearingAdminHandler(settings, repo)
+
+    async def page(offset: int) -> dict:
+        body = {"type": "query_facility_day", "reqid": f"Q-{uuid.uuid4().hex}", "fixmedins_code": "H-DAY",
+                "day": "2025-03-03", "offset": offset}
+        result = _result(settings, await handler([_request(settings, body)]))[0]
+        assert result["ok"], result
+        return result["data"]
+
+    first = await page(0)
+    second = await page(first["next_offset"])
+    cancelled = len([g for g in range(1, count + 1) if g % 100 == 7])
+    assert (first["listed"], first["next_offset"], second["listed"]) == (1000, 1000, count - 1000)
+    assert "next_offset" not in second and first["settlements_total"] == second["settlements_total"] == count
+    ids = [s["setl_id"] for s in first["settlements"] + second["settlements"]]
+    assert len(set(ids)) == count and "SD00000" not in ids  # every one of the facility's, once
+    standing = count - cancelled
+    assert (first["settled_medfee_sumamt"], first["settled_fund_pay_sumamt"]) == (
+        f"{100 * standing}.00", f"{60 * standing}.00")
+    assert sum(Decimal(s["medfee_sumamt"]) for s in first["settlements"]) == Decimal(100_000)

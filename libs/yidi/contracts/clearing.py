@@ -101,9 +101,12 @@ class QuerySettlement(_Request):
 
 
 class QueryFacilityDay(_Request):
+    """A facility's settlements dated on one day, a page at a time (``offset``), with the day's totals."""
+
     type: Literal["query_facility_day"]
     fixmedins_code: Code
     day: WireDay
+    offset: int = Field(default=0, ge=0, le=2**31 - 1)  # written back in the answer: a JSON integer
 
 
 class QueryPairMonth(_Request):
