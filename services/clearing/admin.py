@@ -301,7 +301,8 @@ class ClearingAdminHandler:
         ``LISTED_BYTES``): the rows ``_month_totals`` sums for its pair and month, settlements first,
         each by ``setl_id``; ``clr_sumamt`` what each moves (drawn, or given back: negative).
         ``next_offset`` is where the next page begins, absent on the last one. The statement's own
-        counts are how many there are (its run counted the same rows). A page that outlasts
+        counts are how many there are (its run counted the same rows; one issued before session 24
+        counted care at home that drew nothing too). A page that outlasts
         ``STATEMENT_PAGE_TIMEOUT_S`` (a pair of a million settlements a month sorted again for each
         page) is refused, as a reconciliation that long is, rather than retried while every clearing
         request behind it waits."""
@@ -319,10 +320,10 @@ class ClearingAdminHandler:
                 WHERE undo_period = $1 AND insuplc_admdvs = $2 AND mdtrtarea_admvs = $3) AS e
               -- care at home that drew nothing is cleared by no one (``_month_totals``)
               WHERE NOT ($4 AND coalesce(drawn, fund_pay_sumamt) = 0)
-              ORDER BY cleared_as, setl_id LIMIT $5 OFFSET $6"""
+              ORDER BY cleared_as, setl_id LIMIT $5 OFFSET $6"""  # a page and one more: is there a next
         try:
             async with savepoint(conn):
-                rows = await conn.fetch(entries, month, *pair, within(pair[1], pair[0]), MAX_LISTED_SETTLEMENTS,
+                rows = await conn.fetch(entries, month, *pair, within(pair[1], pair[0]), MAX_LISTED_SETTLEMENTS + 1,
                                         request.offset, timeout=STATEMENT_PAGE_TIMEOUT_S)
         except TimeoutError:
             return False, (f"statement {request.statement_id} holds {row['settlements'] + row['undone']} entries, more "
@@ -333,12 +334,11 @@ class ClearingAdminHandler:
             return _ledger_view(r) | {"cleared_as": r["cleared_as"],
                                       "clr_sumamt": fmt(drawn if r["cleared_as"] == "settlement" else -drawn)}
 
-        listed = _within_budget(shown(r) for r in rows)
-        total = row["settlements"] + row["undone"]
-        data = {"statement": statement_of(row).model_dump(mode="json"), "entries_total": total,
+        listed = _within_budget(shown(r) for r in rows[:MAX_LISTED_SETTLEMENTS])
+        data = {"statement": statement_of(row).model_dump(mode="json"), "entries_total": row["settlements"] + row["undone"],
                 "offset": request.offset, "listed": len(listed), "entries": listed}
-        if request.offset + len(listed) < total:
-            data["next_offset"] = request.offset + len(listed)
+        if len(rows) > len(listed):  # from the rows, not the counts: a statement issued before care at home
+            data["next_offset"] = request.offset + len(listed)  # was told apart counted rows left out now
         return True, "", data, []
 
     @staticmethod
@@ -443,6 +443,13 @@ class ClearingAdminHandler:
                             "(runbook, \"Restoring a service's database\")", request.reqid, fmt(request.amount),
                             pair[0], pair[1], fmt(account.balance))
             most = account.funded
+            if request.amount > most:
+                # A withdrawal taken above (refused before the restore) lowered what is funded: one
+                # answered ok then may be refused now.
+                log.warning("clearing-admin: withdrawal %s of %s from %s in %s handled again after a restore and "
+                            "refused (funded %s): if its answer before the restore took it (clearing.results, by "
+                            "its reqid), send it again under a new reqid (runbook, \"Restoring a service's "
+                            "database\")", request.reqid, fmt(request.amount), pair[0], pair[1], fmt(account.funded))
         if request.amount > most:
             return False, (f"the account holds {fmt(account.balance)} of the {fmt(account.funded)} funded; at most "
                            f"{fmt(max(most, Decimal(0)))} can be withdrawn, not {fmt(request.amount)}; nothing was "
@@ -581,8 +588,8 @@ class ClearingAdminHandler:
         extra: list[dict[str, Any]] = []
         if row["confirmed_insured"] and row["confirmed_treating"] and row["state"] != "settled":
             row = await conn.fetchrow(
-                "UPDATE clearing.statements SET state = 'settled', settled_at = now() WHERE statement_id = $1 RETURNING *",
-                request.statement_id,
+                "UPDATE clearing.statements SET state = 'settled', settled_at = coalesce($2, now()) WHERE statement_id = $1 "
+                "RETURNING *", request.statement_id, at,
             )
             # Both sides agree: the insured region tops its prepayment up by what was cleared
             # (drawn down, when cancellations outweighed settlements).

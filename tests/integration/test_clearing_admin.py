@@ -385,3 +385,7 @@ async def test_a_withdrawal_handled_again_after_a_restore_is_judged_on_what_is_f
     assert not refused["ok"] and "at most 50.00 can be withdrawn" in refused["reason"], refused  # past what is funded
     said = [r.getMessage() for r in caplog.records if "handled again after a restore and taken" in r.getMessage()]
     assert len(said) == 1 and "balance as redone so far is 20.00" in said[0], said
+    # Refused now past what is funded: said too (one answered ok before may be refused now, a
+    # withdrawal taken above having lowered what is funded).
+    refused_said = [r.getMessage() for r in caplog.records if "handled again after a restore and refused" in r.getMessage()]
+    assert len(refused_said) == 1 and "(funded 50.00)" in refused_said[0], refused_said

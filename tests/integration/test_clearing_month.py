@@ -170,18 +170,19 @@ async def test_a_month_that_has_not_ended_is_not_run(settings, repo):
         assert await conn.fetchval("SELECT count(*) FROM clearing.admin_requests WHERE reqid = $1", body["reqid"]) == 0
 
 
-async def _bills_of_one_pair(repo: ClearingRepository, month: str, count: int, paid: tuple[str, ...]) -> None:
+async def _bills_of_one_pair(repo: ClearingRepository, month: str, count: int, paid: tuple[str, ...],
+                             ids: str = "BIG") -> None:
     """``count`` settlements of 999,999,999,999.00 of pair 810000 → 710000 in ``month``, the
-    ``paid`` amounts each that too (the others 0.00)."""
+    ``paid`` amounts each that too (the others 0.00), their ids from ``ids``."""
     amounts = ", ".join(AMOUNT_COLUMNS)
     values = ", ".join("999999999999.00" if a in paid else "0.00" for a in AMOUNT_COLUMNS)
     async with repo.transaction() as conn:
         await conn.execute(
             f"""INSERT INTO clearing.ledger (setl_id, msgid, request_hash, infno, psn_no, mdtrt_id, insuplc_admdvs,
                     mdtrtarea_admvs, fixmedins_code, setlym, {amounts}, answer, setl_date, clr_period)
-                SELECT 'SBIG' || g, 'MBIG' || g, 'h', '2207', 'P' || g, 'V' || g, '810000', '710000', 'H1', $1,
+                SELECT 'S' || $3 || g, 'M' || $3 || g, 'h', '2207', 'P' || g, 'V' || g, '810000', '710000', 'H1', $1,
                        {values}, '{{}}'::json, current_date, $1
-                FROM generate_series(1, $2::int) AS g""", month, count)
+                FROM generate_series(1, $2::int) AS g""", month, count, ids)
 
 
 async def test_a_pair_whose_month_comes_to_more_than_one_amount_gets_its_statement(settings, repo):
@@ -325,10 +326,18 @@ async def test_a_statements_entries_leave_out_care_at_home_that_drew_nothing_and
     second = (await page(first["next_offset"]))["data"]
     assert [e["setl_id"] for e in second["entries"]] == ["SH3"] and "next_offset" not in second
     assert sum(Decimal(e["clr_sumamt"]) for e in first["entries"] + second["entries"]) == Decimal(statement["clr_sumamt"])
+    # A statement issued before care at home was told apart counted rows the listing leaves out:
+    # the next page is decided by the rows (the count's said a page was left, for ever).
+    monkeypatch.setattr(admin, "LISTED_BYTES", 800_000)
+    async with repo.transaction() as conn:
+        await conn.execute("UPDATE clearing.statements SET settlements = settlements + 1 WHERE statement_id = $1",
+                           statement["statement_id"])
+    counted_more = (await page(0))["data"]
+    assert (counted_more["entries_total"], counted_more["listed"]) == (3, 2) and "next_offset" not in counted_more
     # A page that outlasts its time is refused, not retried while the requests behind it wait.
     monkeypatch.setattr(admin, "STATEMENT_PAGE_TIMEOUT_S", 0.000001)
     slow = await page(0)
-    assert not slow["ok"] and "holds 2 entries, more than a page from offset 0 is read in" in slow["reason"], slow
+    assert not slow["ok"] and "holds 3 entries, more than a page from offset 0 is read in" in slow["reason"], slow
 
 
 async def test_a_confirmation_is_recorded_against_its_operator_and_the_first_one_stands(settings, repo):
@@ -361,6 +370,26 @@ async def test_a_confirmation_is_recorded_against_its_operator_and_the_first_one
     listed = await handler([_request(settings, {"type": "query_statement", "reqid": f"Q-{uuid.uuid4().hex}",
                                                 "statement_id": statement["statement_id"]})])
     assert _result(settings, listed)[0]["data"]["statement"]["confirmed_insured_by"] == "clerk Wang of 810000"
+    # Handled again after a restore, a confirmation is recorded at its record's time (1970 here), as
+    # first recorded near enough, and so is the settling.
+    from yidi.platform import progress
+
+    await _bills_of_one_pair(repo, "202504", 1, ("medfee_sumamt", "fund_pay_sumamt", "hifp_pay"), ids="REDO")
+    out = await handler([_request(settings, {"type": "run_month", "reqid": f"R-{uuid.uuid4().hex}", "setlym": "202504"})])
+    (redone,) = [orjson.loads(o.value) for o in out if o.topic == settings.topic(CLEARING_STATEMENTS)]
+    token = progress.RESTORED.set(True)
+    try:
+        for side in ("insured", "treating"):
+            body = {"type": "confirm", "reqid": f"R-{uuid.uuid4().hex}", "statement_id": redone["statement_id"],
+                    "side": side}
+            confirmed, _ = _result(settings, await handler([_request(settings, body)]))
+    finally:
+        progress.RESTORED.reset(token)
+    assert confirmed["data"]["confirmed_insured_at"].startswith("1970-01-01"), confirmed
+    async with repo.transaction() as conn:
+        settled_at = await conn.fetchval("SELECT settled_at FROM clearing.statements WHERE statement_id = $1",
+                                         redone["statement_id"])
+    assert settled_at.year == 1970
     month_listing = await handler([_request(settings, {"type": "query_month", "reqid": f"Q-{uuid.uuid4().hex}",
                                                        "setlym": month})])
     (shown,) = _result(settings, month_listing)[0]["data"]["statements"]
