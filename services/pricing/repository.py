@@ -99,33 +99,28 @@ class PricingRepository(Repository):
 
     async def upsert_policy(self, record: PolicyRecord) -> int:
         """Store a policy version; returns 1 when it is older than the one held (ignored), else 0."""
-        async with transient_errors():
-            status = await self._pool.execute(
-                f"""INSERT INTO pricing.policies AS held (insuplc_admdvs, insutype, begndate, version, record, rev,
-                                                         source_time)
-                    VALUES ($1, $2, $3, $4, $5::jsonb, nextval('pricing.ref_rev'), $6)
-                    ON CONFLICT (insuplc_admdvs, insutype, begndate) DO UPDATE
-                    SET version = EXCLUDED.version, record = EXCLUDED.record, rev = EXCLUDED.rev, loaded_at = now(),
-                        {_NEWER}""",
-                record.insuplc_admdvs, record.insutype.value, record.begndate, record.version,
-                record.model_dump_json(exclude=_OWN_TIME),  # without enddate when null: an older version reads it
-                record.source_time,
-            )
-        return _ignored(status)
+        return await self._store_version("policies", ("insuplc_admdvs", "insutype", "begndate"), "version", (
+            record.insuplc_admdvs, record.insutype.value, record.begndate, record.version), record)
 
     async def upsert_catalogue_item(self, record: CatalogueRecord) -> int:
         """Store a catalogue item's version; returns 1 when it is older than the one held (ignored), else 0."""
+        return await self._store_version("catalogue", ("mdtrtarea_admvs", "hilist_code", "begndate"), "enddate", (
+            record.mdtrtarea_admvs, record.hilist_code, record.begndate, record.enddate), record)
+
+    async def _store_version(self, table: str, keys: tuple[str, str, str], column: str, values: tuple[Any, ...],
+                             record: PolicyRecord | CatalogueRecord) -> int:
+        """Upsert a reference version into ``pricing.<table>`` by ``keys``, ``column`` beside them
+        (``values``: the keys' and the column's), unless it is older than the one held (``_NEWER``:
+        then 1). The record is stored without enddate when null (an older version reads it), and
+        without its time, which is kept beside it."""
         async with transient_errors():
             status = await self._pool.execute(
-                f"""INSERT INTO pricing.catalogue AS held (mdtrtarea_admvs, hilist_code, begndate, enddate, record, rev,
-                                                          source_time)
+                f"""INSERT INTO pricing.{table} AS held ({", ".join(keys)}, {column}, record, rev, source_time)
                     VALUES ($1, $2, $3, $4, $5::jsonb, nextval('pricing.ref_rev'), $6)
-                    ON CONFLICT (mdtrtarea_admvs, hilist_code, begndate) DO UPDATE
-                    SET enddate = EXCLUDED.enddate, record = EXCLUDED.record, rev = EXCLUDED.rev, loaded_at = now(),
+                    ON CONFLICT ({", ".join(keys)}) DO UPDATE
+                    SET {column} = EXCLUDED.{column}, record = EXCLUDED.record, rev = EXCLUDED.rev, loaded_at = now(),
                         {_NEWER}""",
-                record.mdtrtarea_admvs, record.hilist_code, record.begndate, record.enddate,
-                record.model_dump_json(exclude=_OWN_TIME),
-                record.source_time,
+                *values, record.model_dump_json(exclude=_OWN_TIME), record.source_time,
             )
         return _ignored(status)
 

@@ -30,11 +30,18 @@ def repo(clearing_of_its_own) -> ClearingRepository:
     return clearing_of_its_own[1]
 
 
+# A bill of 100.00: the pooled fund 60.00, the person 40.00 in cash.
+BILL = {"medfee_sumamt": "100.00", "hifp_pay": "60.00", "fund_pay_sumamt": "60.00", "psn_cash_pay": "40.00"}
+
+
+def _amounts(**paid: str) -> tuple[str, str]:
+    """The ledger's amount columns, and the SQL list of their values: ``paid`` by column, 0.00 the others."""
+    return ", ".join(AMOUNT_COLUMNS), ", ".join(paid.get(a, "0.00") for a in AMOUNT_COLUMNS)
+
+
 async def _settled_pairs(repo: ClearingRepository, month: str) -> None:
     """One settlement of 100.00 (fund 60.00) for each of PAIRS region pairs, in ``month``."""
-    amounts = ", ".join(AMOUNT_COLUMNS)
-    values = ", ".join("100.00" if a == "medfee_sumamt" else "60.00" if a in ("hifp_pay", "fund_pay_sumamt")
-                       else "40.00" if a == "psn_cash_pay" else "0.00" for a in AMOUNT_COLUMNS)
+    amounts, values = _amounts(**BILL)
     async with repo.transaction() as conn:
         await conn.execute(
             f"""INSERT INTO clearing.ledger (setl_id, msgid, request_hash, infno, psn_no, mdtrt_id, insuplc_admdvs,
@@ -174,8 +181,7 @@ async def _bills_of_one_pair(repo: ClearingRepository, month: str, count: int, p
                              ids: str = "BIG") -> None:
     """``count`` settlements of 999,999,999,999.00 of pair 810000 → 710000 in ``month``, the
     ``paid`` amounts each that too (the others 0.00), their ids from ``ids``."""
-    amounts = ", ".join(AMOUNT_COLUMNS)
-    values = ", ".join("999999999999.00" if a in paid else "0.00" for a in AMOUNT_COLUMNS)
+    amounts, values = _amounts(**dict.fromkeys(paid, "999999999999.00"))
     async with repo.transaction() as conn:
         await conn.execute(
             f"""INSERT INTO clearing.ledger (setl_id, msgid, request_hash, infno, psn_no, mdtrt_id, insuplc_admdvs,
@@ -232,10 +238,7 @@ async def test_a_statements_entries_are_listed_page_by_page_and_make_its_totals(
     from decimal import Decimal
 
     month, count = "202506", 1203  # with its undoings, a full page and a part
-    amounts = ", ".join(AMOUNT_COLUMNS)
-    values = ", ".join("100.00" if a == "medfee_sumamt" else "60.00" if a in ("hifp_pay", "fund_pay_sumamt")
-                       else "10.00" if a == "acct_pay" else "30.00" if a == "psn_cash_pay" else "0.00"
-                       for a in AMOUNT_COLUMNS)
+    amounts, values = _amounts(**BILL | {"acct_pay": "10.00", "psn_cash_pay": "30.00"})
     async with repo.transaction() as conn:
         # Pair 820000 → 720000: count settlements drawing 70.00 each, every tenth cancelled in the
         # month (given back); and one of another pair, which is not this statement's.
@@ -296,9 +299,7 @@ async def test_a_statements_entries_leave_out_care_at_home_that_drew_nothing_and
     from services.clearing import admin
 
     month = "202504"
-    amounts = ", ".join(AMOUNT_COLUMNS)
-    values = ", ".join("100.00" if a == "medfee_sumamt" else "60.00" if a in ("hifp_pay", "fund_pay_sumamt")
-                       else "40.00" if a == "psn_cash_pay" else "0.00" for a in AMOUNT_COLUMNS)
+    amounts, values = _amounts(**BILL)
     async with repo.transaction() as conn:
         await conn.execute(
             f"""INSERT INTO clearing.ledger (setl_id, msgid, request_hash, infno, psn_no, mdtrt_id, insuplc_admdvs,
@@ -401,9 +402,7 @@ async def test_a_facilitys_day_is_listed_page_by_page_with_the_days_totals(setti
     from decimal import Decimal
 
     count = 1203
-    amounts = ", ".join(AMOUNT_COLUMNS)
-    values = ", ".join("100.00" if a == "medfee_sumamt" else "60.00" if a in ("hifp_pay", "fund_pay_sumamt")
-                       else "40.00" if a == "psn_cash_pay" else "0.00" for a in AMOUNT_COLUMNS)
+    amounts, values = _amounts(**BILL)
     async with repo.transaction() as conn:
         await conn.execute(
             f"""INSERT INTO clearing.ledger (setl_id, msgid, request_hash, infno, psn_no, mdtrt_id, insuplc_admdvs,

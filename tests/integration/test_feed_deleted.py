@@ -29,6 +29,16 @@ class Record(BaseModel):
     n: int
 
 
+async def delete_before(settings, tp: TopicPartition, offset: int) -> None:
+    """Delete ``tp``'s records before ``offset``, as the topic's retention would."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_records({tp: RecordsToDelete(before_offset=offset)})
+    finally:
+        await admin.close()
+
+
 async def test_records_deleted_before_the_feed_applied_them_are_said_and_alerted(settings, caplog):
     topic = f"deletedfeed{uuid.uuid4().hex[:6]}"
     await create_topics(settings.kafka_bootstrap, settings.topic(topic))
@@ -73,12 +83,7 @@ async def test_records_deleted_before_the_feed_applied_them_are_said_and_alerted
         await run_until([0, 1], 2)
         assert moment._value.get() == 0
         await send(2, 3, 4)
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_records({tp: RecordsToDelete(before_offset=4)})  # 2 and 3, as retention would
-        finally:
-            await admin.close()
+        await delete_before(settings, tp, 4)  # 2 and 3, as retention would
         before = time.time()
         await run_until([0, 1, 4], 5)
         assert before <= moment._value.get() <= time.time()
@@ -126,12 +131,7 @@ async def test_records_deleted_under_a_running_feed_failing_on_a_batch_are_said(
             await producer.send_and_wait(settings.topic(topic), f'{{"n": {n}}}'.encode())
         await asyncio.sleep(1.5)  # failing on the batch of 2
         assert applied == [0, 1] and moment._value.get() == 0
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_records({tp: RecordsToDelete(before_offset=4)})  # 2 and 3, as retention would
-        finally:
-            await admin.close()
+        await delete_before(settings, tp, 4)  # 2 and 3, as retention would
         before = time.time()
         failing.clear()
         await until(lambda: applied == [0, 1, 4], timeout=30)
