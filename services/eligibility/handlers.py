@@ -381,6 +381,9 @@ class EligibilityHandler:
                     "home_quota_used": fmt(held.home_quota_used),
                     "home_quota_year": held.home_quota_year,
                 }
+                if held.home_usage is not None:
+                    work["person"]["home_year"] = held.home_usage.year
+                    work["person"]["home_counters"] = {k: fmt(v) for k, v in held.home_usage.counters().items()}
                 work["facility_level"] = facility.level
                 work["basis"] = decision.basis.value
                 work["filing_id"] = decision.filing.filing_id if decision.filing else ""

@@ -440,6 +440,11 @@ class PricingHandler:
         if person.home_quota_year == day.year and person.home_quota_used:
             # R13: the general-outpatient quota is shared with care at home.
             year_usage[OUTPATIENT_QUOTA] = year_usage.get(OUTPATIENT_QUOTA, ZERO) + person.home_quota_used
+        if person.home_year == day.year:
+            # The year's deductible, the pooled fund's cap and the further layers are the person's,
+            # wherever the care: what the insurance paid at home counts as settled here.
+            for counter, amount in person.home_counters.items():
+                year_usage[counter] = year_usage.get(counter, ZERO) + amount
         account_counter = _account_counter(person.acct_version)
         drawn = batch.usage.get((body.psn_no, ACCOUNT_YEAR), {}).get(account_counter, ZERO)
         terms = Terms(

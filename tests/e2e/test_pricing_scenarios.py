@@ -52,6 +52,23 @@ async def test_r13_the_quota_used_at_home_this_year_comes_off_the_quota_here(wor
     assert (here["hifp_pay"], other["hifp_pay"]) == ("50.00", "300.00")
 
 
+async def test_the_deductible_and_cap_used_at_home_this_year_count_here(world, gateway):
+    # The person record states what the insurance paid at home this year: 250 of the outpatient
+    # deductible (bucket "op", 300) and 4,500 of the annual cap (5,000). The year's deductible and cap
+    # are the person's wherever the care; last year's use does not count.
+    year = china_now().year
+    home = {"deductible_paid": {"op": "250.00"}, "pooled_paid": "4500.00"}
+    person = await world.person(home_usage=home | {"year": year})
+    last_year = await world.person(home_usage=home | {"year": year - 1})
+    outpatient = info(await gateway.call(world.request(person, [("T-A", "1", "400.00")])))
+    other = info(await gateway.call(world.request(last_year, [("T-A", "1", "400.00")])))
+    assert (outpatient["act_pay_dedc"], outpatient["hifp_pay"]) == ("50.00", "210.00")  # (400 − 50) × 0.60
+    assert (other["act_pay_dedc"], other["hifp_pay"]) == ("300.00", "60.00")  # (400 − 300) × 0.60
+    # The stay's deductible is per stay (500); the cap has 5,000 − 4,500 − 210 = 290 left.
+    stay = info(await gateway.call(world.request(person, [("T-A", "1", "5500.00")], infno="2304", med_type="21")))
+    assert (stay["act_pay_dedc"], stay["hifp_pay"]) == ("500.00", "290.00")
+
+
 async def test_the_annual_cap_is_reached_by_inpatient_stays(world, gateway):
     person = await world.person()
     first = info(await gateway.call(world.request(person, [("T-A", "1", "5500.00")], infno="2304", med_type="21")))

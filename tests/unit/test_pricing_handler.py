@@ -19,7 +19,7 @@ from yidi.contracts.envelope import Infno, RequestEnvelope
 from yidi.contracts.internal import EligibleWork, PersonSnapshot
 from yidi.domain.codes import FilingCategory, FundType
 from yidi.domain.policy import DeductibleScope, Layer
-from yidi.domain.pricing import POOLED_PAID, layer_paid_counter
+from yidi.domain.pricing import POOLED_PAID, layer_base_counter, layer_paid_counter
 from yidi.platform.settings import Settings
 
 WE1 = json.loads((Path(__file__).resolve().parents[3] / "shared" / "examples" / "we1" / "request.json").read_text())
@@ -159,6 +159,46 @@ def test_r13_the_outpatient_quota_used_at_home_that_year_counts_against_the_quot
     assert fund(2022, "350.00", "MQ1") == "50.00"
     assert fund(2021, "350.00", "MQ2") == "400.00"
     assert fund(None, "0.00", "MQ3") == "400.00"
+
+
+def test_the_deductible_and_cap_used_at_home_that_year_count_here():
+    # The year's deductible (300, bucket "op") and the pooled fund's cap (1,000) are the person's,
+    # wherever the care: with 250 of the deductible and 900 of the cap used at home in 2022, a 1,000
+    # bill takes 50 of deductible and the fund pays the 100 left of the cap (760 otherwise). Home use
+    # of another year does not count.
+    pol = policy(rule(MedType.GENERAL_OUTPATIENT, "300", "0.80", deductible_bucket="op"), annual_cap=D("1000.00"))
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+
+    def paid(year: int | None, msgid: str) -> tuple[str, str]:
+        batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage={})
+        home = {"deductible:op": D("250.00"), POOLED_PAID: D("900.00")} if year else {}
+        person = PERSON.model_copy(update={"home_year": year, "home_counters": home})
+        info = settle(handler, batch, outpatient_request("H11010500001", msgid, "1000.00", person))
+        return info["act_pay_dedc"], info["hifp_pay"]
+
+    assert paid(2022, "MH1") == ("50.00", "100.00")
+    assert paid(2021, "MH2") == ("300.00", "560.00")
+    assert paid(None, "MH3") == ("300.00", "560.00")
+
+
+def test_a_layers_threshold_and_cap_used_at_home_that_year_count_here():
+    # The large-amount subsidy pays 50 % above a 100 threshold, at most 30 a year. The pooled fund
+    # leaves 50 of a 100 bill: with 80 of the threshold and 20 of the cap used at home, 20 of the
+    # 50 is threshold and the subsidy pays 15, capped at the 10 left (0 without home use: the 50
+    # is all threshold).
+    pol = policy(rule(MedType.GENERAL_OUTPATIENT, "0", "0.50"),
+                 layers=(Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("100.00"), D("0.50"), annual_cap=D("30.00")),))
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+
+    def paid(home: dict[str, D], msgid: str) -> str:
+        batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage={})
+        person = PERSON.model_copy(update={"home_year": 2022, "home_counters": home})
+        return settle(handler, batch, outpatient_request("H11010500001", msgid, "100.00", person))["hifob_pay"]
+
+    fund = FundType.EMPLOYEE_LARGE_AMOUNT
+    assert paid({layer_base_counter(fund): D("80.00"), layer_paid_counter(fund): D("20.00")}, "MH4") == "10.00"
+    assert paid({layer_base_counter(fund): D("80.00")}, "MH5") == "15.00"
+    assert paid({}, "MH6") == "0.00"
 
 
 def test_r18_a_layer_for_a_qualification_pays_for_a_person_whose_record_holds_it():

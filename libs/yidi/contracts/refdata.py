@@ -7,6 +7,7 @@ refused whole when loaded (a bad policy is never half-applied).
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -18,6 +19,7 @@ from yidi.domain.codes import (BUSINESS_TZ, ChargeClass, FilingCategory, FundTyp
 from yidi.domain.eligibility import Facility, Person
 from yidi.domain.money import ZERO
 from yidi.domain.policy import BenefitPolicy, BenefitRule, CalculationOrder, DeductibleScope, Layer, LayerBase, one_scheme
+from yidi.domain.pricing import POOLED_PAID, deductible_counter, layer_base_counter, layer_paid_counter
 
 
 # Validation context of a record read back from the platform's own store: it was checked when it
@@ -108,6 +110,79 @@ def _disease_codes(values: list[str], info: ValidationInfo) -> list[str]:
     return codes
 
 
+# The further funds (R18) whose year at home a region may state: the pooled fund's is ``pooled_paid``,
+# the individual account's is its balance (``acct_balc``).
+HOME_LAYER_FUNDS = frozenset(FundType) - {FundType.EMPLOYEE_POOLED, FundType.RESIDENT_POOLED, FundType.EMPLOYEE_ACCOUNT}
+MAX_HOME_BUCKETS = 32
+
+
+class HomeLayerUsage(StrictWireModel):
+    """A further fund's year at home (R18): how much of its threshold the person's bills used up, and
+    what it paid."""
+
+    threshold_used: Amount = Field(default=ZERO, ge=0, description="of the layer's annual threshold, used up at home")
+    paid: Amount = Field(default=ZERO, ge=0, description="what the layer paid at home (toward its annual cap)")
+
+
+class HomeUsage(StrictWireModel):
+    """What the person's insurance paid at home in one year, counted here as if settled here: the
+    year's deductible, the pooled fund's annual cap and the further layers' thresholds and caps are
+    the person's wherever the care (DOMAIN.md steps 3, 5 and 6). Settlements made through the
+    platform are counted by the platform already: a region states its own (home) settlements only."""
+
+    year: int = Field(ge=FIRST_SOURCE_YEAR, le=LAST_SOURCE_YEAR, description="the year these amounts count for")
+    pooled_paid: Amount = Field(default=ZERO, ge=0, description="what the pooled fund paid at home (its annual cap)")
+    deductible_paid: dict[str, Amount] = Field(
+        default_factory=dict, max_length=MAX_HOME_BUCKETS,
+        description="the year's deductible paid at home, by the insured region's policy bucket (a rule's "
+                    "deductible_bucket; a rule without one: 'med:' and its med_types sorted, comma-separated)",
+    )
+    layers: dict[FundType, HomeLayerUsage] = Field(
+        default_factory=dict, description="further funds (R18) by fund_pay_type: threshold used up and paid at home",
+    )
+
+    @field_validator("deductible_paid")
+    @classmethod
+    def _buckets(cls, value: dict[str, Decimal], info: ValidationInfo) -> dict[str, Decimal]:
+        stored = (info.context or {}).get(STORED)
+        buckets: dict[str, Decimal] = {}
+        for bucket, amount in value.items():
+            name = bucket.strip(WHITE_SPACE)
+            if not stored:
+                if not name or len(name) > MAX_COUNTER_TEXT_CHARS:
+                    raise ValueError(f"a deductible bucket is named in 1 to {MAX_COUNTER_TEXT_CHARS} characters: "
+                                     f"{bucket[:40]!r}")
+                if amount < 0:
+                    raise ValueError(f"deductible paid at home in {name!r} is below 0: {amount}")
+                if name in buckets:
+                    raise ValueError(f"deductible bucket {name!r} is named twice")
+            buckets[name] = amount
+        return buckets
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, value: dict[FundType, HomeLayerUsage], info: ValidationInfo) -> dict[FundType, HomeLayerUsage]:
+        if not (info.context or {}).get(STORED) and (other := sorted(set(value) - HOME_LAYER_FUNDS)):
+            raise ValueError(f"layers are further funds (R18: {', '.join(sorted(HOME_LAYER_FUNDS))}), not "
+                             f"{', '.join(other)}: the pooled fund's is pooled_paid, the account's its balance")
+        return value
+
+    def counters(self) -> dict[str, Decimal]:
+        """These amounts as the accumulators pricing keeps of the year's settlements here."""
+        counters: dict[str, Decimal] = {}
+        if self.pooled_paid:
+            counters[POOLED_PAID] = self.pooled_paid
+        for bucket, amount in self.deductible_paid.items():
+            if amount:
+                counters[deductible_counter(bucket, DeductibleScope.YEAR, "")] = amount
+        for fund, usage in self.layers.items():
+            if usage.threshold_used:
+                counters[layer_base_counter(fund)] = usage.threshold_used
+            if usage.paid:
+                counters[layer_paid_counter(fund)] = usage.paid
+        return counters
+
+
 class PersonRecord(StrictWireModel):
     """A person's insurance as the insured region publishes it (key = ``psn_no``)."""
 
@@ -130,6 +205,10 @@ class PersonRecord(StrictWireModel):
     )
     home_quota_used: Amount = Field(default=ZERO, ge=0, description="R13: general-outpatient quota used at home this year")
     home_quota_year: int | None = Field(default=None, description="the year home_quota_used counts for")
+    home_usage: HomeUsage | None = Field(
+        default=None, exclude_if=lambda v: v is None,
+        description="what the person's insurance paid at home this year (deductible, pooled fund, further layers)",
+    )
 
     _chronic_qualifications = field_validator("chronic_qualifications")(_disease_codes)
     _acct_version = field_validator("acct_version")(_counter_text)
