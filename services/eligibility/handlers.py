@@ -26,7 +26,7 @@ from yidi.contracts.clearing import Reconcile, ReconcileDetailsInput, ReconcileT
 from yidi.contracts.common import code_text, explain
 from yidi.contracts.envelope import DEFAULT_REPLY_TO, OFFERED_INFNOS, ErrCode, Infno, RequestEnvelope
 from yidi.contracts.filing import FilingRecord
-from yidi.contracts.refdata import STORED_CONTEXT, FacilityRecord, PersonRecord
+from yidi.contracts.refdata import STORED_CONTEXT, FacilityRecord, PersonRecord, home_counters
 from yidi.contracts.settlement import CancelInput, PersonQueryInput, ReversalInput, SettlementInput
 from yidi.domain.codes import BUSINESS_TZ, minutes_ahead, region_chain
 from yidi.domain.eligibility import (Eligible, InsuredBefore, Outage, Refusal, Refused, Visit, decide,
@@ -361,29 +361,31 @@ class EligibilityHandler:
                 hint = answers.clock_hint(request.inf_time, now) if decision.code is Refusal.NOT_FILED else ""
                 work["refusal"] = {"err_code": ErrCode(decision.code.value).value, "err_msg": decision.message + hint}
             else:
-                # Under the insurance held at admission: that record's terms. Its personal account is
-                # the one the region states now when the insurance only stopped (same region and
-                # fund: the account stays the person's); after a move, none (its balance went with
-                # the transfer: the patient pays that part, and may claim it at home).
+                # Under the insurance held at admission: that record's terms. Its personal account,
+                # and what it paid at home (R13 and home_usage), are as the region states them now
+                # when the insurance only stopped (same region and fund: the account and the year's
+                # usage stay the person's, and the region goes on restating them); after a move, no
+                # account (its balance went with the transfer: the patient pays that part, and may
+                # claim it at home) and the usage the old insurance's last record stated.
                 held = before_record if decision.insured_before else person_record
                 assert held is not None and person_record is not None and facility is not None
-                account = (person_record if held.insuplc_admdvs == person_record.insuplc_admdvs
-                           and held.insutype == person_record.insutype else None)
+                same = (person_record if held.insuplc_admdvs == person_record.insuplc_admdvs
+                        and held.insutype == person_record.insutype else None)
+                used = same or held
                 work["person"] = {
                     "psn_no": held.psn_no,
                     "psn_name": held.psn_name,
                     "psn_type": held.psn_type.value,
                     "insutype": held.insutype.value,
                     "insuplc_admdvs": held.insuplc_admdvs,
-                    "acct_balc": fmt(account.acct_balc if account else ZERO),
-                    "acct_version": account.acct_version if account else "",
+                    "acct_balc": fmt(same.acct_balc if same else ZERO),
+                    "acct_version": same.acct_version if same else "",
                     "qualifications": list(held.qualifications),
-                    "home_quota_used": fmt(held.home_quota_used),
-                    "home_quota_year": held.home_quota_year,
+                    "home_quota_used": fmt(used.home_quota_used),
+                    "home_quota_year": used.home_quota_year,
                 }
-                if held.home_usage is not None:
-                    work["person"]["home_year"] = held.home_usage.year
-                    work["person"]["home_counters"] = {k: fmt(v) for k, v in held.home_usage.counters().items()}
+                if used.home_usage:
+                    work["person"]["home_counters"] = home_counters(used.home_usage)
                 work["facility_level"] = facility.level
                 work["basis"] = decision.basis.value
                 work["filing_id"] = decision.filing.filing_id if decision.filing else ""

@@ -440,11 +440,11 @@ class PricingHandler:
         if person.home_quota_year == day.year and person.home_quota_used:
             # R13: the general-outpatient quota is shared with care at home.
             year_usage[OUTPATIENT_QUOTA] = year_usage.get(OUTPATIENT_QUOTA, ZERO) + person.home_quota_used
-        if person.home_year == day.year:
+        home = person.home_counters.get(day.year, {}) if person.home_counters else {}
+        for counter, amount in home.items():
             # The year's deductible, the pooled fund's cap and the further layers are the person's,
             # wherever the care: what the insurance paid at home counts as settled here.
-            for counter, amount in person.home_counters.items():
-                year_usage[counter] = year_usage.get(counter, ZERO) + amount
+            year_usage[counter] = year_usage.get(counter, ZERO) + amount
         account_counter = _account_counter(person.acct_version)
         drawn = batch.usage.get((body.psn_no, ACCOUNT_YEAR), {}).get(account_counter, ZERO)
         terms = Terms(
@@ -461,11 +461,11 @@ class PricingHandler:
         )
         bill = Bill(body.mdtrt_id, day, body.lines, request.fixmedins_code)
         try:
-            pricing = price(bill, catalogue, policy, terms, year_usage)
+            pricing = price(bill, catalogue, policy, terms, year_usage, home)
             for other in work.filing_others:
                 # Another valid temporary filing of this visit: the one the insured region's
                 # numbers pay most settles it (of equals, eligibility's choice).
-                alternative = price(bill, catalogue, policy, replace(terms, filing_category=other), year_usage)
+                alternative = price(bill, catalogue, policy, replace(terms, filing_category=other), year_usage, home)
                 if alternative.fund_pay_sumamt > pricing.fund_pay_sumamt:
                     pricing = alternative
         except PolicyError as exc:

@@ -55,11 +55,11 @@ async def test_r13_the_quota_used_at_home_this_year_comes_off_the_quota_here(wor
 async def test_the_deductible_and_cap_used_at_home_this_year_count_here(world, gateway):
     # The person record states what the insurance paid at home this year: 250 of the outpatient
     # deductible (bucket "op", 300) and 4,500 of the annual cap (5,000). The year's deductible and cap
-    # are the person's wherever the care; last year's use does not count.
+    # are the person's wherever the care; last year's use does not count this year.
     year = china_now().year
     home = {"deductible_paid": {"op": "250.00"}, "pooled_paid": "4500.00"}
-    person = await world.person(home_usage=home | {"year": year})
-    last_year = await world.person(home_usage=home | {"year": year - 1})
+    person = await world.person(home_usage=[home | {"year": year}, {"year": year - 1, "pooled_paid": "5000.00"}])
+    last_year = await world.person(home_usage=[home | {"year": year - 1}])
     outpatient = info(await gateway.call(world.request(person, [("T-A", "1", "400.00")])))
     other = info(await gateway.call(world.request(last_year, [("T-A", "1", "400.00")])))
     assert (outpatient["act_pay_dedc"], outpatient["hifp_pay"]) == ("50.00", "210.00")  # (400 − 50) × 0.60

@@ -572,18 +572,21 @@ def test_a_home_quota_used_without_its_year_is_a_validation_error_and_a_stored_o
 
 
 @pytest.mark.parametrize(("usage", "why"), [
-    ({"pooled_paid": "100.00"}, "year"),
-    ({"year": 1800}, "greater than or equal to 1900"),
-    ({"year": 2026, "pooled_paid": "-1.00"}, "greater than or equal to 0"),
-    ({"year": 2026, "deductible_paid": {"op": "-1.00"}}, "below 0"),
-    ({"year": 2026, "deductible_paid": {" ": "1.00"}}, "named in 1 to 256 characters"),
-    ({"year": 2026, "deductible_paid": {"o" * 257: "1.00"}}, "named in 1 to 256 characters"),
-    ({"year": 2026, "deductible_paid": {"op": "1.00", " op": "2.00"}}, "named twice"),
-    ({"year": 2026, "deductible_paid": {f"b{i}": "1.00" for i in range(33)}}, "at most 32"),
-    ({"year": 2026, "layers": {"310100": {"paid": "1.00"}}}, "the pooled fund's is pooled_paid"),
-    ({"year": 2026, "layers": {"330100": {"paid": "-1.00"}}}, "greater than or equal to 0"),
-    ({"year": 2026, "layers": {"330100": {"owed": "1.00"}}}, "Extra inputs are not permitted"),
-    ({"year": 2026, "spent": "1.00"}, "Extra inputs are not permitted"),
+    ([{"pooled_paid": "100.00"}], "year"),
+    ([{"year": 1800}], "greater than or equal to 1900"),
+    ([{"year": 2026}, {"year": 2026}], "a year at most once"),
+    ([{"year": y} for y in range(2023, 2027)], "at most 3"),
+    ({"year": 2026}, "valid list"),
+    ([{"year": 2026, "pooled_paid": "-1.00"}], "greater than or equal to 0"),
+    ([{"year": 2026, "deductible_paid": {"op": "-1.00"}}], "greater than or equal to 0"),
+    ([{"year": 2026, "deductible_paid": {" ": "1.00"}}], "not blank"),
+    ([{"year": 2026, "deductible_paid": {"o" * 257: "1.00"}}], "in 1 to 256 characters"),
+    ([{"year": 2026, "deductible_paid": {"ip:stay:H1:V1": "1.00"}}], "one stay's deductible"),
+    ([{"year": 2026, "deductible_paid": {f"b{i}": "1.00" for i in range(33)}}], "at most 32"),
+    ([{"year": 2026, "layers": {"310100": {"paid": "1.00"}}}], "the pooled fund's is pooled_paid"),
+    ([{"year": 2026, "layers": {"330100": {"paid": "-1.00"}}}], "greater than or equal to 0"),
+    ([{"year": 2026, "layers": {"330100": {"owed": "1.00"}}}], "Extra inputs are not permitted"),
+    ([{"year": 2026, "spent": "1.00"}], "Extra inputs are not permitted"),
 ])
 def test_a_person_records_home_usage_that_cannot_count_is_a_validation_error(usage, why):
     # Dead-lettered by the feed, with the reason; a person's record refused whole (no half of it applied).
@@ -593,15 +596,17 @@ def test_a_person_records_home_usage_that_cannot_count_is_a_validation_error(usa
 
 
 def test_a_person_records_home_usage_reads_as_the_year_s_accumulators_and_stays_out_of_a_record_without_it():
-    from yidi.contracts.refdata import STORED_CONTEXT
+    from yidi.contracts.refdata import STORED_CONTEXT, home_counters
 
     base = {"psn_no": "P1", "psn_name": "x", "insuplc_admdvs": "131000", "insutype": "310", "psn_type": "11"}
-    record = PersonRecord.model_validate(base | {"home_usage": {
-        "year": 2026, "pooled_paid": "4500", "deductible_paid": {" op ": "250.00", "med:21,24": "0.00"},
-        "layers": {"330100": {"threshold_used": "100.00", "paid": "20.50"}}}})
-    assert record.home_usage is not None and record.home_usage.counters() == {
-        "pooled_paid": D("4500.00"), "deductible:op": D("250.00"),
-        "layer:330100:base": D("100.00"), "layer:330100:paid": D("20.50")}
+    record = PersonRecord.model_validate(base | {"home_usage": [
+        {"year": 2026, "pooled_paid": "4500", "deductible_paid": {"op": "250.00", "med:21,24": "0.00"},
+         "layers": {"330100": {"threshold_used": "100.00", "paid": "20.50"}}},
+        {"year": 2025, "deductible_paid": {" op": "300.00"}}]})
+    assert home_counters(record.home_usage) == {
+        "2026": {"pooled_paid": "4500.00", "deductible:op": "250.00",
+                 "layer:330100:base": "100.00", "layer:330100:paid": "20.50"},
+        "2025": {"deductible: op": "300.00"}}  # as the policy spells its bucket (it may pad it too)
     stored = record.model_dump(mode="json")  # as eligibility stores it, and reads it back
     assert PersonRecord.model_validate(stored, context=STORED_CONTEXT) == record
     assert "home_usage" not in PersonRecord.model_validate(base).model_dump(mode="json")

@@ -116,3 +116,37 @@ async def test_an_insurance_kept_from_before_that_this_version_cannot_read_leave
     said = [r.getMessage() for r in caplog.records]
     assert any("cannot be read by this version (psn_type:" in m for m in said), said
     assert not any("110101199003077731" in m or "Wang" in m for m in said), said
+
+
+@pytest.mark.parametrize(("now", "counted"), [
+    # Stopped (same region and fund): what the insurance paid at home is as the region restates it.
+    ({"active": False}, {"2022": {"pooled_paid": "4800.00", "deductible:ip": "500.00"}}),
+    # Moved to another region: the old insurance's last record's (the new region's is another fund's).
+    ({"insuplc_admdvs": "132000"}, {"2022": {"pooled_paid": "4000.00"}}),
+])
+async def test_a_stay_under_the_insurance_held_at_admission_counts_what_that_insurance_paid_at_home(now, counted):
+    # The insurance before the change stated 4,000 paid at home; the record now states 4,800 and a
+    # deductible met. A stay admitted before the change is priced under the insurance held then: the
+    # stopped insurance's usage went on being restated (a frozen copy let the fund pay past its cap).
+    held = PERSON | {"home_usage": [{"year": 2022, "pooled_paid": "4000.00"}]}
+    current = PERSON | now | {"home_usage": [{"year": 2022, "pooled_paid": "4800.00",
+                                              "deductible_paid": {"ip": "500.00"}}]}
+    kept = {"record": held, "since": None, "until": "2022-06-20T09:00:00+08:00"}
+    stays = FacilityRecord(fixmedins_code=WE1["fixmedins_code"], fixmedins_name="x", admdvs=WE1["mdtrtarea_admvs"],
+                           level=3, med_types=["21"])
+
+    class Kept(Subjects):
+        async def get_many(self, psn_nos):
+            return {p: {"person": current, "filings": [FILING], "before": kept} for p in psn_nos if p == PSN}
+
+    class Stays(Repo):
+        async def facilities(self, codes):
+            return {c: stays for c in codes if c == stays.fixmedins_code}
+
+    request = copy.deepcopy(WE1) | {"infno": "2304"}
+    request["input"]["data"].update(med_type="21", begntime="2022-06-10 08:00:00", endtime="2022-07-01 09:00:00")
+    handler = EligibilityHandler(Settings(namespace="t."), repo=Stays(), subjects=Kept())  # type: ignore[arg-type]
+    (out,) = await handler([Incoming("t.settlement.requests", 0, 1, b"k", orjson.dumps(request), 0)])
+    work = orjson.loads(out.value)
+    assert work.get("refusal") is None, work
+    assert work["person"]["home_counters"] == counted

@@ -14,12 +14,13 @@ from hypothesis import settings as examples
 from hypothesis import strategies as st
 
 from services.pricing.handlers import Batch, PricingHandler, fund_prefix, fund_usage
-from tests.unit.factories import WE1_PSN_NO, MedType, PersonType, item, policy, rule
+from tests.unit.factories import WE1_PERSON, WE1_PSN_NO, MedType, PersonType, item, policy, rule
 from yidi.contracts.envelope import Infno, RequestEnvelope
 from yidi.contracts.internal import EligibleWork, PersonSnapshot
+from yidi.contracts.refdata import PersonRecord, home_counters
 from yidi.domain.codes import FilingCategory, FundType
 from yidi.domain.policy import DeductibleScope, Layer
-from yidi.domain.pricing import POOLED_PAID, layer_base_counter, layer_paid_counter
+from yidi.domain.pricing import POOLED_PAID, layer_paid_counter
 from yidi.platform.settings import Settings
 
 WE1 = json.loads((Path(__file__).resolve().parents[3] / "shared" / "examples" / "we1" / "request.json").read_text())
@@ -161,24 +162,36 @@ def test_r13_the_outpatient_quota_used_at_home_that_year_counts_against_the_quot
     assert fund(None, "0.00", "MQ3") == "400.00"
 
 
+def home(*usage: dict[str, Any]) -> dict[int, dict[str, D]]:
+    """A person record's home_usage as eligibility passes it on (refdata.home_counters)."""
+    record = PersonRecord.model_validate(WE1_PERSON | {"home_usage": list(usage)})
+    return PersonSnapshot.model_validate(PERSON.model_dump() | {"home_counters": home_counters(record.home_usage)}
+                                         ).home_counters
+
+
 def test_the_deductible_and_cap_used_at_home_that_year_count_here():
     # The year's deductible (300, bucket "op") and the pooled fund's cap (1,000) are the person's,
     # wherever the care: with 250 of the deductible and 900 of the cap used at home in 2022, a 1,000
     # bill takes 50 of deductible and the fund pays the 100 left of the cap (760 otherwise). Home use
-    # of another year does not count.
+    # of another year does not count; the explanation says what was paid at home.
     pol = policy(rule(MedType.GENERAL_OUTPATIENT, "300", "0.80", deductible_bucket="op"), annual_cap=D("1000.00"))
     handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+    stated = {"deductible_paid": {"op": "250.00"}, "pooled_paid": "900.00"}
 
-    def paid(year: int | None, msgid: str) -> tuple[str, str]:
+    def paid(counters: dict[int, dict[str, D]], msgid: str) -> tuple[str, str, str]:
         batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage={})
-        home = {"deductible:op": D("250.00"), POOLED_PAID: D("900.00")} if year else {}
-        person = PERSON.model_copy(update={"home_year": year, "home_counters": home})
-        info = settle(handler, batch, outpatient_request("H11010500001", msgid, "1000.00", person))
-        return info["act_pay_dedc"], info["hifp_pay"]
+        person = PERSON.model_copy(update={"home_counters": counters})
+        (out,) = handler._one(outpatient_request("H11010500001", msgid, "1000.00", person), batch)
+        answer = orjson.loads(out.value)["answer"]["output"]
+        info = answer["setlinfo"]
+        return info["act_pay_dedc"], info["hifp_pay"], answer["setldetail"][0]["setl_proc_info"]
 
-    assert paid(2022, "MH1") == ("50.00", "100.00")
-    assert paid(2021, "MH2") == ("300.00", "560.00")
-    assert paid(None, "MH3") == ("300.00", "560.00")
+    dedc, fund, why = paid(home(stated | {"year": 2022}), "MH1")
+    assert (dedc, fund) == ("50.00", "100.00")
+    assert "less deductible 50.00 of 300.00 (year; 250.00 of it paid at home)" in why, why
+    assert "annual cap 1000.00 (900.00 of it paid at home): 100.00" in why, why
+    assert paid(home(stated | {"year": 2021}, {"year": 2023, "pooled_paid": "1000.00"}), "MH2")[:2] == ("300.00", "560.00")
+    assert paid({}, "MH3")[:2] == ("300.00", "560.00")
 
 
 def test_a_layers_threshold_and_cap_used_at_home_that_year_count_here():
@@ -190,15 +203,29 @@ def test_a_layers_threshold_and_cap_used_at_home_that_year_count_here():
                  layers=(Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("100.00"), D("0.50"), annual_cap=D("30.00")),))
     handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
 
-    def paid(home: dict[str, D], msgid: str) -> str:
+    def paid(layer: dict[str, str], msgid: str) -> str:
         batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage={})
-        person = PERSON.model_copy(update={"home_year": 2022, "home_counters": home})
+        counters = home({"year": 2022, "layers": {"330100": layer}}) if layer else {}
+        person = PERSON.model_copy(update={"home_counters": counters})
         return settle(handler, batch, outpatient_request("H11010500001", msgid, "100.00", person))["hifob_pay"]
 
-    fund = FundType.EMPLOYEE_LARGE_AMOUNT
-    assert paid({layer_base_counter(fund): D("80.00"), layer_paid_counter(fund): D("20.00")}, "MH4") == "10.00"
-    assert paid({layer_base_counter(fund): D("80.00")}, "MH5") == "15.00"
+    assert paid({"threshold_used": "80.00", "paid": "20.00"}, "MH4") == "10.00"
+    assert paid({"threshold_used": "80.00"}, "MH5") == "15.00"
     assert paid({}, "MH6") == "0.00"
+
+
+def test_what_was_paid_at_home_stays_out_of_the_accumulators_a_settlement_keeps():
+    # A cancellation gives back what its settlement took: the settlement's counters are its own
+    # (50 of deductible, 100 of the cap), never the 250 and 900 the region stated.
+    pol = policy(rule(MedType.GENERAL_OUTPATIENT, "300", "0.80", deductible_bucket="op"), annual_cap=D("1000.00"))
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+    batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage={})
+    person = PERSON.model_copy(update={"home_counters": home(
+        {"year": 2022, "deductible_paid": {"op": "250.00"}, "pooled_paid": "900.00"})})
+    handler._one(outpatient_request("H11010500001", "MH7", "1000.00", person), batch)
+    (kept,) = batch.new_settlements
+    fund = fund_prefix("131000", "310")
+    assert kept.usage_delta == {f"2022|{fund}deductible:op": "50.00", f"2022|{fund}{POOLED_PAID}": "100.00"}
 
 
 def test_r18_a_layer_for_a_qualification_pays_for_a_person_whose_record_holds_it():

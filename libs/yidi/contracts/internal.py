@@ -29,10 +29,9 @@ class PersonSnapshot(WireModel):
     qualifications: list[str] = Field(default_factory=list)
     home_quota_used: Amount = ZERO
     home_quota_year: int | None = None
-    # What the insurance paid at home in ``home_year`` (``HomeUsage.counters``: the deductible's, the
-    # pooled fund's and the further layers' accumulators), added to the platform's for that year.
-    home_year: int | None = Field(default=None, exclude_if=lambda v: v is None)
-    home_counters: dict[str, Amount] = Field(default_factory=dict, exclude_if=lambda v: not v)
+    # What the insurance paid at home, by year (``refdata.home_counters``: the deductible's, the pooled
+    # fund's and the further layers' accumulators), added to the platform's for that year.
+    home_counters: dict[int, dict[str, Amount]] = Field(default_factory=dict, exclude_if=lambda v: not v)
 
 
 class EligibleWork(WireModel):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from typing import Annotated
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
@@ -17,7 +18,7 @@ from yidi.domain.catalogue import CatalogueItem
 from yidi.domain.codes import (BUSINESS_TZ, ChargeClass, FilingCategory, FundType, InsuranceType, MedType, PersonType,
                               disease_key, minutes_ahead)
 from yidi.domain.eligibility import Facility, Person
-from yidi.domain.money import ZERO
+from yidi.domain.money import ZERO, fmt
 from yidi.domain.policy import BenefitPolicy, BenefitRule, CalculationOrder, DeductibleScope, Layer, LayerBase, one_scheme
 from yidi.domain.pricing import POOLED_PAID, deductible_counter, layer_base_counter, layer_paid_counter
 
@@ -114,14 +115,20 @@ def _disease_codes(values: list[str], info: ValidationInfo) -> list[str]:
 # the individual account's is its balance (``acct_balc``).
 HOME_LAYER_FUNDS = frozenset(FundType) - {FundType.EMPLOYEE_POOLED, FundType.RESIDENT_POOLED, FundType.EMPLOYEE_ACCOUNT}
 MAX_HOME_BUCKETS = 32
+# The years a person record may state home usage for: this one and the last (a stay discharged in
+# December is priced in its year for up to 92 days after), and room for one more.
+MAX_HOME_YEARS = 3
+# A bucket's name may not name one stay's counter (``deductible_counter``: a stay at home is another stay).
+_STAY_COUNTER = ":stay:"
+HomeAmount = Annotated[Amount, Field(ge=0)]
 
 
 class HomeLayerUsage(StrictWireModel):
     """A further fund's year at home (R18): how much of its threshold the person's bills used up, and
     what it paid."""
 
-    threshold_used: Amount = Field(default=ZERO, ge=0, description="of the layer's annual threshold, used up at home")
-    paid: Amount = Field(default=ZERO, ge=0, description="what the layer paid at home (toward its annual cap)")
+    threshold_used: HomeAmount = Field(default=ZERO, description="of the layer's annual threshold, used up at home")
+    paid: HomeAmount = Field(default=ZERO, description="what the layer paid at home (toward its annual cap)")
 
 
 class HomeUsage(StrictWireModel):
@@ -131,11 +138,12 @@ class HomeUsage(StrictWireModel):
     platform are counted by the platform already: a region states its own (home) settlements only."""
 
     year: int = Field(ge=FIRST_SOURCE_YEAR, le=LAST_SOURCE_YEAR, description="the year these amounts count for")
-    pooled_paid: Amount = Field(default=ZERO, ge=0, description="what the pooled fund paid at home (its annual cap)")
-    deductible_paid: dict[str, Amount] = Field(
+    pooled_paid: HomeAmount = Field(default=ZERO, description="what the pooled fund paid at home (its annual cap)")
+    deductible_paid: dict[str, HomeAmount] = Field(
         default_factory=dict, max_length=MAX_HOME_BUCKETS,
         description="the year's deductible paid at home, by the insured region's policy bucket (a rule's "
-                    "deductible_bucket; a rule without one: 'med:' and its med_types sorted, comma-separated)",
+                    "deductible_bucket, as the policy spells it; a rule without one: 'med:' and its med_types "
+                    "sorted, comma-separated)",
     )
     layers: dict[FundType, HomeLayerUsage] = Field(
         default_factory=dict, description="further funds (R18) by fund_pay_type: threshold used up and paid at home",
@@ -144,20 +152,15 @@ class HomeUsage(StrictWireModel):
     @field_validator("deductible_paid")
     @classmethod
     def _buckets(cls, value: dict[str, Decimal], info: ValidationInfo) -> dict[str, Decimal]:
-        stored = (info.context or {}).get(STORED)
-        buckets: dict[str, Decimal] = {}
-        for bucket, amount in value.items():
-            name = bucket.strip(WHITE_SPACE)
-            if not stored:
-                if not name or len(name) > MAX_COUNTER_TEXT_CHARS:
-                    raise ValueError(f"a deductible bucket is named in 1 to {MAX_COUNTER_TEXT_CHARS} characters: "
-                                     f"{bucket[:40]!r}")
-                if amount < 0:
-                    raise ValueError(f"deductible paid at home in {name!r} is below 0: {amount}")
-                if name in buckets:
-                    raise ValueError(f"deductible bucket {name!r} is named twice")
-            buckets[name] = amount
-        return buckets
+        if not (info.context or {}).get(STORED):
+            for bucket in value:
+                if not bucket.strip(WHITE_SPACE) or len(bucket) > MAX_COUNTER_TEXT_CHARS:
+                    raise ValueError(f"a deductible bucket is named in 1 to {MAX_COUNTER_TEXT_CHARS} characters, "
+                                     f"not blank: {bucket[:40]!r}")
+                if _STAY_COUNTER in bucket:
+                    raise ValueError(f"a deductible bucket's name may not hold {_STAY_COUNTER!r} (it would name one "
+                                     f"stay's deductible): {bucket[:40]!r}")
+        return value
 
     @field_validator("layers")
     @classmethod
@@ -183,6 +186,12 @@ class HomeUsage(StrictWireModel):
         return counters
 
 
+def home_counters(usage: list[HomeUsage]) -> dict[str, dict[str, str]]:
+    """A person record's ``home_usage`` as eligibility passes it on (``PersonSnapshot.home_counters``):
+    by year (as text, a JSON key), the accumulators' names and amounts."""
+    return {str(u.year): {name: fmt(amount) for name, amount in u.counters().items()} for u in usage}
+
+
 class PersonRecord(StrictWireModel):
     """A person's insurance as the insured region publishes it (key = ``psn_no``)."""
 
@@ -205,9 +214,9 @@ class PersonRecord(StrictWireModel):
     )
     home_quota_used: Amount = Field(default=ZERO, ge=0, description="R13: general-outpatient quota used at home this year")
     home_quota_year: int | None = Field(default=None, description="the year home_quota_used counts for")
-    home_usage: HomeUsage | None = Field(
-        default=None, exclude_if=lambda v: v is None,
-        description="what the person's insurance paid at home this year (deductible, pooled fund, further layers)",
+    home_usage: list[HomeUsage] = Field(
+        default_factory=list, max_length=MAX_HOME_YEARS, exclude_if=lambda v: not v,
+        description="what the person's insurance paid at home, a year each (deductible, pooled fund, further layers)",
     )
 
     _chronic_qualifications = field_validator("chronic_qualifications")(_disease_codes)
@@ -221,6 +230,14 @@ class PersonRecord(StrictWireModel):
             raise ValueError(f"home_quota_used {self.home_quota_used} needs home_quota_year, the year it was used in "
                              "(R13: it counts against that year's outpatient quota here)")
         return self
+
+    @field_validator("home_usage")
+    @classmethod
+    def _a_year_once(cls, value: list[HomeUsage]) -> list[HomeUsage]:
+        years = [u.year for u in value]
+        if len(set(years)) < len(years):
+            raise ValueError(f"home_usage states a year at most once: {sorted(years)}")
+        return value
 
     _iso_time = field_validator("updated_at")(_updated_at)
 

@@ -215,14 +215,24 @@ def price_items(bill: Bill, catalogue: Catalogue) -> tuple[PricedItem, ...]:
     return tuple(priced)
 
 
+def _at_home(home: Mapping[str, Decimal], counter: str, before: str = "; ", after: str = "") -> str:
+    """What of a counter the insurance paid at home this year, for the explanation."""
+    amount = home.get(counter)
+    return f"{before}{fmt(amount)} of it paid at home{after}" if amount else ""
+
+
 def price(
     bill: Bill,
     catalogue: Catalogue,
     policy: BenefitPolicy,
     terms: Terms,
     usage: Mapping[str, Decimal],
+    home: Mapping[str, Decimal] | None = None,
 ) -> Pricing:
-    """Price one bill with the default calculation order of DOMAIN.md (steps 1–8)."""
+    """Price one bill with the default calculation order of DOMAIN.md (steps 1–8). ``usage`` is the
+    person's year, what the insurance paid at home included; ``home``, that part of it (for the
+    explanation only)."""
+    home = home or {}
     items = price_items(bill, catalogue)
     medfee = bill.total
     fulamt = sum((i.fulamt_ownpay_amt for i in items), ZERO)
@@ -282,7 +292,8 @@ def price(
             f"{' (filing waived, R17)' if terms.waived_filing and not terms.filing_category else ''} "
             f"({fmt(first_selfpay)}, R12)"
         )
-    steps.append(f"less deductible {fmt(dedc)} of {fmt(rule.deductible)} ({rule.deductible_scope.value})")
+    steps.append(f"less deductible {fmt(dedc)} of {fmt(rule.deductible)} ({rule.deductible_scope.value}"
+                 f"{_at_home(home, dedc_key)})")
     ratio_text = f"ratio {fmt_ratio(rule.ratio)}"
     if reduction:
         ratio_text += (f" lowered by {fmt_ratio(reduction)} for {category.value if category else ''}"
@@ -309,7 +320,8 @@ def price(
             # did is past the cap. Stopped by the quota first, the fund has not reached its cap.
             over_cap = eligible - min(eligible, to_fen(cap_left / ratio))
         if pooled > cap_left:  # so ratio > 0
-            steps.append(f"capped at what is left of the annual cap {fmt(policy.annual_cap)}: {fmt(cap_left)}")
+            steps.append(f"capped at what is left of the annual cap {fmt(policy.annual_cap)}"
+                         f"{_at_home(home, POOLED_PAID, ' (', ')')}: {fmt(cap_left)}")
             pooled = cap_left
     if quota_left is not None:
         limit_left = quota_left if limit_left is None else min(limit_left, quota_left)
@@ -354,13 +366,15 @@ def price(
         pay = to_fen(above * layer.ratio)
         cap_left = None
         text = (
-            f"{base_text}; of the threshold {fmt(layer.threshold)} this year {fmt(used)} was used before and "
+            f"{base_text}; of the threshold {fmt(layer.threshold)} this year {fmt(used)} was used before"
+            f"{_at_home(home, base_key, ' (', ')')} and "
             f"{fmt(consumed)} now; above it {fmt(above)} × ratio {fmt_ratio(layer.ratio)} = {fmt(pay)}"
         )
         if layer.annual_cap is not None:
             cap_left = max(ZERO, layer.annual_cap - usage.get(paid_key, ZERO))
             if pay > cap_left:
-                text += f"; capped at what is left of the annual cap {fmt(layer.annual_cap)}: {fmt(cap_left)}"
+                text += (f"; capped at what is left of the annual cap {fmt(layer.annual_cap)}"
+                         f"{_at_home(home, paid_key, ' (', ')')}: {fmt(cap_left)}")
                 pay = cap_left
         if consumed:
             delta[base_key] = consumed
