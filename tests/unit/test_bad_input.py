@@ -595,6 +595,15 @@ def test_a_person_records_home_usage_that_cannot_count_is_a_validation_error(usa
         PersonRecord.model_validate(base | {"home_usage": usage})
 
 
+def test_the_quota_used_at_home_stated_twice_for_a_year_is_a_validation_error():
+    base = {"psn_no": "P1", "psn_name": "x", "insuplc_admdvs": "131000", "insutype": "310", "psn_type": "11",
+            "home_quota_used": "100.00", "home_quota_year": 2026}
+    with pytest.raises(ValidationError, match="stated twice"):  # it would count twice
+        PersonRecord.model_validate(base | {"home_usage": [{"year": 2026, "outpatient_quota_used": "50.00"}]})
+    PersonRecord.model_validate(base | {"home_usage": [{"year": 2025, "outpatient_quota_used": "50.00"},
+                                                       {"year": 2026, "pooled_paid": "50.00"}]})
+
+
 def test_a_person_records_home_usage_reads_as_the_year_s_accumulators_and_stays_out_of_a_record_without_it():
     from yidi.contracts.refdata import STORED_CONTEXT, home_counters
 

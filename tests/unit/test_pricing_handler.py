@@ -161,6 +161,14 @@ def test_r13_the_outpatient_quota_used_at_home_that_year_counts_against_the_quot
     assert fund(2021, "350.00", "MQ2") == "400.00"
     assert fund(None, "0.00", "MQ3") == "400.00"
 
+    def stated(usage: list[dict[str, Any]], msgid: str) -> str:  # in home_usage, a year each
+        batch = Batch(stored={}, settlements=[], policies=[pol], items=[item("DRUG")], usage={})
+        person = PERSON.model_copy(update={"home_counters": home(*usage)})
+        return settle(handler, batch, outpatient_request("H11010500001", msgid, "1000.00", person))["hifp_pay"]
+
+    assert stated([{"year": 2022, "outpatient_quota_used": "350.00"}], "MQ4") == "50.00"
+    assert stated([{"year": 2021, "outpatient_quota_used": "350.00"}], "MQ5") == "400.00"
+
 
 def home(*usage: dict[str, Any]) -> dict[int, dict[str, D]]:
     """A person record's home_usage as eligibility passes it on (refdata.home_counters)."""

@@ -20,7 +20,7 @@ from yidi.domain.codes import (BUSINESS_TZ, ChargeClass, FilingCategory, FundTyp
 from yidi.domain.eligibility import Facility, Person
 from yidi.domain.money import ZERO, fmt
 from yidi.domain.policy import BenefitPolicy, BenefitRule, CalculationOrder, DeductibleScope, Layer, LayerBase, one_scheme
-from yidi.domain.pricing import POOLED_PAID, deductible_counter, layer_base_counter, layer_paid_counter
+from yidi.domain.pricing import OUTPATIENT_QUOTA, POOLED_PAID, deductible_counter, layer_base_counter, layer_paid_counter
 
 
 # Validation context of a record read back from the platform's own store: it was checked when it
@@ -139,6 +139,8 @@ class HomeUsage(StrictWireModel):
 
     year: int = Field(ge=FIRST_SOURCE_YEAR, le=LAST_SOURCE_YEAR, description="the year these amounts count for")
     pooled_paid: HomeAmount = Field(default=ZERO, description="what the pooled fund paid at home (its annual cap)")
+    outpatient_quota_used: HomeAmount = Field(
+        default=ZERO, description="R13: of the general-outpatient quota, used at home (as home_quota_used, for this year)")
     deductible_paid: dict[str, HomeAmount] = Field(
         default_factory=dict, max_length=MAX_HOME_BUCKETS,
         description="the year's deductible paid at home, by the insured region's policy bucket (a rule's "
@@ -175,6 +177,8 @@ class HomeUsage(StrictWireModel):
         counters: dict[str, Decimal] = {}
         if self.pooled_paid:
             counters[POOLED_PAID] = self.pooled_paid
+        if self.outpatient_quota_used:
+            counters[OUTPATIENT_QUOTA] = self.outpatient_quota_used
         for bucket, amount in self.deductible_paid.items():
             if amount:
                 counters[deductible_counter(bucket, DeductibleScope.YEAR, "")] = amount
@@ -229,6 +233,10 @@ class PersonRecord(StrictWireModel):
         if self.home_quota_used and self.home_quota_year is None and not (info.context or {}).get(STORED):
             raise ValueError(f"home_quota_used {self.home_quota_used} needs home_quota_year, the year it was used in "
                              "(R13: it counts against that year's outpatient quota here)")
+        if self.home_quota_used and not (info.context or {}).get(STORED) and any(
+                u.year == self.home_quota_year and u.outpatient_quota_used for u in self.home_usage):
+            raise ValueError(f"the quota used at home in {self.home_quota_year} is stated twice (home_quota_used and "
+                             "home_usage's outpatient_quota_used): state it once, it would count twice")
         return self
 
     @field_validator("home_usage")
