@@ -27,7 +27,7 @@ from yidi.contracts.common import code_text, explain
 from yidi.contracts.envelope import DEFAULT_REPLY_TO, OFFERED_INFNOS, ErrCode, Infno, RequestEnvelope
 from yidi.contracts.filing import FilingRecord
 from yidi.contracts.refdata import STORED_CONTEXT, FacilityRecord, PersonRecord, home_counters
-from yidi.contracts.settlement import CancelInput, PersonQueryInput, ReversalInput, SettlementInput
+from yidi.contracts.settlement import CancelInput, CumulativeInput, PersonQueryInput, ReversalInput, SettlementInput
 from yidi.domain.codes import BUSINESS_TZ, minutes_ahead, region_chain
 from yidi.domain.eligibility import (Eligible, InsuredBefore, Outage, Refusal, Refused, Visit, decide,
                                     insured_as_named)
@@ -53,7 +53,10 @@ INPUT_MODELS: dict[Infno, type] = {
     Infno.OUTPATIENT_CANCEL: CancelInput,
     Infno.INPATIENT_CANCEL: CancelInput,
     Infno.REVERSAL: ReversalInput,
+    Infno.PERSON_CUMULATIVE: CumulativeInput,
 }
+# Asked of a person by a facility: answered only to a networked facility of the treating region (R20).
+PERSON_QUERIES = frozenset({Infno.PERSON_INFO, Infno.BENEFIT_CHECK, Infno.PERSON_CUMULATIVE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,29 @@ def _work(p: Parsed) -> dict[str, Any]:
         "refusal": None, "person": None, "facility_level": 0, "basis": "", "filing_id": "", "filing_category": None,
         "filing_waived": False, "filing_others": [],
     }
+
+
+def _snapshot(held: PersonRecord, same: PersonRecord | None) -> dict[str, Any]:
+    """PersonSnapshot in wire form: the terms of the insurance ``held`` (the person's now, or the one
+    held at a stay's admission); the personal account, and what the insurance paid at home (R13,
+    ``home_usage``), of ``same``, the record now when it is that insurance (after a stop the region
+    goes on restating them), else none and the held record's."""
+    used = same or held
+    person: dict[str, Any] = {
+        "psn_no": held.psn_no,
+        "psn_name": held.psn_name,
+        "psn_type": held.psn_type.value,
+        "insutype": held.insutype.value,
+        "insuplc_admdvs": held.insuplc_admdvs,
+        "acct_balc": fmt(same.acct_balc if same else ZERO),
+        "acct_version": same.acct_version if same else "",
+        "qualifications": list(held.qualifications),
+        "home_quota_used": fmt(used.home_quota_used),
+        "home_quota_year": used.home_quota_year,
+    }
+    if used.home_usage:
+        person["home_counters"] = home_counters(used.home_usage)
+    return person
 
 
 def _ids(record: Incoming) -> tuple[str | None, str, str, str]:
@@ -306,11 +332,11 @@ class EligibilityHandler:
             return Outgoing(topic=self.settings.topic(SETTLEMENT_ELIGIBLE), value=orjson.dumps(work), key=key.encode())
         # Read only for what decides on the person: a cancellation or reversal passes unchecked,
         # whatever the stored record has become (one this version cannot read included).
-        reads_person = request.infno in (Infno.PERSON_INFO, Infno.BENEFIT_CHECK) or request.infno.prices_a_bill
+        reads_person = request.infno in PERSON_QUERIES or request.infno.prices_a_bill
         person_record = (PersonRecord.model_validate(subject["person"], context=STORED_CONTEXT)
                          if reads_person and subject and subject["person"] else None)
-        if request.infno in (Infno.PERSON_INFO, Infno.BENEFIT_CHECK):
-            # A person's identity, balance and filings go to networked facilities only (R20); a
+        if request.infno in PERSON_QUERIES:
+            # A person's identity, balance, filings and year go to networked facilities only (R20); a
             # benefit check from a facility the region does not know fails as well (it answered
             # infcode 0, "eligible": "0", which a gateway checking infcode read as success). One
             # not networked for the care asked is the visit's answer, below.
@@ -323,6 +349,8 @@ class EligibilityHandler:
                     "facility code configured in the gateway."))
         if request.infno is Infno.PERSON_INFO:
             return self._person_info(p, person_record, subject)
+        if request.infno is Infno.PERSON_CUMULATIVE:
+            return self._cumulative(p, person_record)
         work = _work(p)
         if request.infno.prices_a_bill or request.infno is Infno.BENEFIT_CHECK:
             # Each filing with its earlier versions: a stay admitted under one is still covered by it.
@@ -371,21 +399,7 @@ class EligibilityHandler:
                 assert held is not None and person_record is not None and facility is not None
                 same = (person_record if held.insuplc_admdvs == person_record.insuplc_admdvs
                         and held.insutype == person_record.insutype else None)
-                used = same or held
-                work["person"] = {
-                    "psn_no": held.psn_no,
-                    "psn_name": held.psn_name,
-                    "psn_type": held.psn_type.value,
-                    "insutype": held.insutype.value,
-                    "insuplc_admdvs": held.insuplc_admdvs,
-                    "acct_balc": fmt(same.acct_balc if same else ZERO),
-                    "acct_version": same.acct_version if same else "",
-                    "qualifications": list(held.qualifications),
-                    "home_quota_used": fmt(used.home_quota_used),
-                    "home_quota_year": used.home_quota_year,
-                }
-                if used.home_usage:
-                    work["person"]["home_counters"] = home_counters(used.home_usage)
+                work["person"] = _snapshot(held, same)
                 work["facility_level"] = facility.level
                 work["basis"] = decision.basis.value
                 work["filing_id"] = decision.filing.filing_id if decision.filing else ""
@@ -426,6 +440,20 @@ class EligibilityHandler:
                 "filings": [f.model_dump(mode="json") for f in filings],
             },
         )
+
+    def _cumulative(self, p: Parsed, person: PersonRecord | None) -> Outgoing:
+        """5206: the person's year is pricing's (its accumulators): passed on with the person's insurance."""
+        body = p.body
+        if person is None or person.insuplc_admdvs != p.request.insuplc_admdvs:
+            region = p.request.insuplc_admdvs or "(none given)"
+            return self._answer(p, err=(ErrCode.NOT_INSURED, f"No insured person with this psn_no in insured region "
+                                        f"{region}; check both on the patient's insurance card."))
+        if body.insutype is not None and body.insutype is not person.insutype:
+            return self._answer(p, err=(ErrCode.NOT_INSURED, f"The person's insurance in region {person.insuplc_admdvs} "
+                                        f"is insutype {person.insutype.value}, not {body.insutype.value}."))
+        work = _work(p)
+        work["person"] = _snapshot(person, person)
+        return Outgoing(topic=self.settings.topic(SETTLEMENT_ELIGIBLE), value=orjson.dumps(work), key=body.psn_no.encode())
 
     def _benefit_check(self, p: Parsed, decision: Eligible | Refused) -> Outgoing:
         if isinstance(decision, Refused):

@@ -24,13 +24,13 @@ from yidi.contracts import answers
 from yidi.contracts.common import code_text, wire_time
 from yidi.contracts.envelope import ErrCode, Infno, ResponseEnvelope
 from yidi.contracts.internal import EligibleWork, PricedWork, RefusalNotice, WorkKind
-from yidi.contracts.settlement import BillFields, CancelInput, ReversalInput, bill_fields, care_day
+from yidi.contracts.settlement import BillFields, CancelInput, CumulativeInput, ReversalInput, bill_fields, care_day
 from yidi.domain.catalogue import Catalogue, CatalogueItem
-from yidi.domain.codes import PersonType, region_chain, within
+from yidi.domain.codes import InsuranceType, PersonType, region_chain, within
 from yidi.domain.clearing import owed
-from yidi.domain.money import ZERO
+from yidi.domain.money import ZERO, fmt
 from yidi.domain.policy import BenefitPolicy, PolicyError, policy_in_force
-from yidi.domain.pricing import ACCOUNT_DRAWN, OUTPATIENT_QUOTA, Bill, Terms, price
+from yidi.domain.pricing import ACCOUNT_DRAWN, OUTPATIENT_QUOTA, Bill, Terms, price, year_so_far
 from yidi.platform import metrics
 from yidi.platform.db import Purge, locks
 from yidi.platform.kafka import Incoming, Outgoing
@@ -344,6 +344,12 @@ class PricingHandler:
                 usage_keys.add((psn_no, ACCOUNT_YEAR))
                 # A pre-settlement too: a visit settled already is refused either way.
                 visit_keys.add((psn_no, r.fixmedins_code, code_text(data.get("mdtrt_id"))))
+            if r.infno is Infno.PERSON_CUMULATIVE and w.refusal is None and w.person is not None:
+                # The person's insurance (eligibility checked the request names it), that year.
+                year = CumulativeInput.model_validate(data).year(r.inf_time)
+                policy_keys.update((region, w.person.insutype) for region in region_chain(w.person.insuplc_admdvs))
+                usage_keys.add((w.person.psn_no, year))
+                usage_keys.add((w.person.psn_no, ACCOUNT_YEAR))
             if r.infno.is_cancellation:
                 setl_ids.append(code_text(data.get("setl_id")))
             if r.infno is Infno.REVERSAL:
@@ -408,7 +414,41 @@ class PricingHandler:
             return self._refuse(work, work.refusal.err_code, work.refusal.err_msg)
         if request.infno.prices_a_bill:
             return self._price(work, batch)
+        if request.infno is Infno.PERSON_CUMULATIVE:
+            return self._cumulative(work, batch)
         return self._undo(work, batch)
+
+    def _cumulative(self, work: EligibleWork, batch: Batch) -> list[Outgoing]:
+        """5206: the person's year so far, against the insured region's policy in force on the
+        request's day (a year before the request's: on its last day)."""
+        request, person = work.request, work.person
+        assert person is not None, "eligibility passes the person with every 5206"
+        year = CumulativeInput.model_validate(request.data).year(request.inf_time)
+        day = request.inf_time.date() if year == request.inf_time.year else date(year, 12, 31)
+        region, insutype = person.insuplc_admdvs, InsuranceType(person.insutype)
+        policy = policy_in_force(batch.policies, region, insutype, day)
+        if policy is None:
+            return self._refuse(work, ErrCode.NO_POLICY,
+                                f"Insured region {region} has no {insutype.value} policy in force on {day.isoformat()}: "
+                                "its limits are not known here.")
+        usage = fund_usage(batch.usage.get((person.psn_no, year), {}), fund_prefix(region, insutype.value))
+        home = dict(person.home_counters.get(year, {}))
+        if person.home_quota_year == year and person.home_quota_used:
+            home[OUTPATIENT_QUOTA] = home.get(OUTPATIENT_QUOTA, ZERO) + person.home_quota_used
+        for counter, amount in home.items():
+            usage[counter] = usage.get(counter, ZERO) + amount
+        drawn = batch.usage.get((person.psn_no, ACCOUNT_YEAR), {}).get(_account_counter(person.acct_version), ZERO)
+        lines = year_so_far(policy, PersonType(person.psn_type), frozenset(person.qualifications), usage, home,
+                            person.acct_balc, drawn)
+        output = {
+            "cuminfo": {"psn_no": person.psn_no, "insutype": insutype.value, "insuplc_admdvs": region, "year": year,
+                        "policy_version": policy.version},
+            "cumoutput": [{"cum_type_code": line.kind, "bucket": line.bucket, "fund_pay_type": line.fund,
+                           "limit": None if line.limit is None else fmt(line.limit), "used": fmt(line.used),
+                           "used_at_home": fmt(line.used_at_home),
+                           "left": None if (left := line.left) is None else fmt(left)} for line in lines],
+        }
+        return [self._reply(work, answers.answer_wire(request.msgid, request.infno.value, output))]
 
     def _price(self, work: EligibleWork, batch: Batch) -> list[Outgoing]:
         request, body = work.request, bill_fields(work.request.data)

@@ -69,6 +69,35 @@ async def test_the_deductible_and_cap_used_at_home_this_year_count_here(world, g
     assert (stay["act_pay_dedc"], stay["hifp_pay"]) == ("500.00", "290.00")
 
 
+async def test_5206_states_the_year_so_far_through_the_platform_and_at_home(world, gateway):
+    # A cashier asks what is left this year: 250 of the outpatient deductible (300) and 4,500 of the
+    # cap (5,000) were paid at home; a 400 bill settled here took the 50 left and paid 210.
+    year = china_now().year
+    person = await world.person(home_usage=[{"year": year, "deductible_paid": {"op": "250.00"}, "pooled_paid": "4500.00"}],
+                                balance="100.00")
+    info(await gateway.call(world.request(person, [("T-A", "1", "400.00")], account=True)))
+
+    def query(**data: str) -> dict:
+        request = world.request(person, [])
+        request["infno"], request["input"] = "5206", {"data": {"psn_no": person} | data}
+        return request
+
+    answer = await gateway.call(query())
+    assert answer["infcode"] == 0, answer
+    assert answer["output"]["cuminfo"]["year"] == year
+    lines = {(x["cum_type_code"], x["bucket"]): (x["limit"], x["used"], x["used_at_home"], x["left"])
+             for x in answer["output"]["cumoutput"]}
+    assert lines == {
+        ("deductible", "er"): ("0.00", "0.00", "0.00", "0.00"),
+        ("deductible", "op"): ("300.00", "300.00", "250.00", "0.00"),
+        ("pooled_cap", ""): ("5000.00", "4710.00", "4500.00", "290.00"),
+        ("outpatient_quota", ""): ("400.00", "210.00", "0.00", "190.00"),
+        ("account", ""): ("100.00", "100.00", "0.00", "0.00"),  # the person's part, 190, paid from it first
+    }, lines
+    other = await gateway.call(query(insutype="390"))
+    assert other["err_code"] == "NOT_INSURED", other
+
+
 async def test_the_annual_cap_is_reached_by_inpatient_stays(world, gateway):
     person = await world.person()
     first = info(await gateway.call(world.request(person, [("T-A", "1", "5500.00")], infno="2304", med_type="21")))

@@ -150,3 +150,49 @@ async def test_a_stay_under_the_insurance_held_at_admission_counts_what_that_ins
     work = orjson.loads(out.value)
     assert work.get("refusal") is None, work
     assert work["person"]["home_counters"] == counted
+
+
+async def person_year(subjects: Subjects | None = None, repo: Repo | None = None, **data: str) -> tuple[str, dict]:
+    request = copy.deepcopy(WE1) | {"infno": "5206"}
+    request["input"] = {"data": {"psn_no": PSN} | data}
+    handler = EligibilityHandler(Settings(namespace="t."), repo=repo or Repo(), subjects=subjects or Subjects())  # type: ignore[arg-type]
+    outs = await handler([Incoming("t.settlement.requests", 0, 1, b"k", orjson.dumps(request), 0)])
+    (out,) = [o for o in outs if not o.topic.endswith(".dlq")]
+    return out.topic, orjson.loads(out.value)
+
+
+async def test_5206_passes_the_person_to_pricing_with_the_year_at_home():
+    # The person's year is pricing's (its accumulators): eligibility checks the facility and the
+    # person, and passes the person's insurance on, what it paid at home with it.
+    stated = PERSON | {"acct_balc": "80.00", "acct_version": "v3",
+                       "home_usage": [{"year": 2022, "pooled_paid": "300.00"}]}
+
+    class Stated(Subjects):
+        async def get_many(self, psn_nos):
+            return {p: {"person": stated, "filings": []} for p in psn_nos if p == PSN}
+
+    topic, work = await person_year(Stated(), cum_ym="202206")
+    assert topic == "t.settlement.eligible" and work["refusal"] is None, work
+    assert (work["person"]["acct_balc"], work["person"]["acct_version"]) == ("80.00", "v3")
+    assert work["person"]["home_counters"] == {"2022": {"pooled_paid": "300.00"}}
+
+
+@pytest.mark.parametrize(("case", "err_code", "why"), [
+    ("another insurance", "NOT_INSURED", "is insutype 310, not 390"),
+    ("unknown person", "NOT_INSURED", "No insured person with this psn_no"),
+    ("unknown facility", "UNKNOWN_FACILITY", "not a networked facility"),
+    ("not a month", "INVALID_INPUT", "cum_ym is a month"),
+])
+async def test_5206_is_answered_by_eligibility_when_the_person_or_facility_is_not_for_it(case, err_code, why):
+    class Nobody(Subjects):
+        async def get_many(self, psn_nos):
+            return {}
+
+    class NoFacility(Repo):
+        async def facilities(self, codes):
+            return {}
+
+    data = {"another insurance": {"insutype": "390"}, "not a month": {"cum_ym": "202213"}}.get(case, {})
+    topic, answer = await person_year(Nobody() if case == "unknown person" else None,
+                                      NoFacility() if case == "unknown facility" else None, **data)
+    assert topic == "t.settlement.results" and answer["err_code"] == err_code and why in answer["err_msg"], answer

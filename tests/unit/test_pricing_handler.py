@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+from datetime import date
 from decimal import Decimal as D
 from pathlib import Path
 from typing import Any
@@ -519,3 +521,69 @@ def _settle_and_cancel(sequence: list[tuple[str, Any]]) -> list[tuple[D, D]]:
         assert year.get(layer_paid_counter(FundType.EMPLOYEE_LARGE_AMOUNT), D(0)) <= LAYER_CAP
         after.append((year.get(POOLED_PAID, D(0)), year.get(layer_paid_counter(FundType.EMPLOYEE_LARGE_AMOUNT), D(0))))
     return after
+
+
+def cumulative_request(msgid: str, person: PersonSnapshot, **data: str) -> EligibleWork:
+    raw = copy.deepcopy(WE1)
+    raw.update(infno="5206", msgid="H11010500001" + msgid, fixmedins_code="H11010500001", inf_time="2022-07-01 10:30:00")
+    raw["input"] = {"data": {"psn_no": person.psn_no} | data}
+    request = RequestEnvelope.model_validate(raw)
+    return EligibleWork(request=request, request_hash=request.payload_hash(), request_ts_ms=0, person=person)
+
+
+def test_5206_states_the_persons_year_against_the_policys_limits_with_what_was_paid_at_home():
+    from yidi.contracts.outputs import CumulativeOutput
+
+    pol = policy(rule(MedType.GENERAL_OUTPATIENT, "300", "0.80", deductible_bucket="op"),
+                 rule(MedType.INPATIENT, "800", "0.90", deductible_bucket="ip", facility_levels=frozenset({3})),
+                 rule(MedType.INPATIENT, "500", "0.90", deductible_bucket="ip", facility_levels=frozenset({1, 2})),
+                 rule(MedType.EMERGENCY, "1000", "0.90", deductible_scope=DeductibleScope.STAY),
+                 annual_cap=D("5000.00"), outpatient_quota=D("400.00"),
+                 layers=(Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("100.00"), D("0.50"), annual_cap=D("30.00")),
+                         Layer(FundType.CIVIL_SERVANT, D("0"), D("0.50"), requires="civil_servant")))
+    fund = fund_prefix("131000", "310")
+    usage = {("13100000000000000001", 2022): {f"{fund}deductible:op": D("100.00"), f"{fund}{POOLED_PAID}": D("1200.00"),
+                                              f"{fund}outpatient_quota": D("150.00"),
+                                              f"{fund}layer:330100:base": D("140.00"),
+                                              f"{fund}deductible:ip:stay:H1:V1": D("800.00"),  # a stay's
+                                              f"{fund}deductible:old": D("20.00"),  # an earlier version's bucket
+                                              "@999999/310/pooled_paid": D("9.00")},  # another fund's
+             ("13100000000000000001", 0): {"account_drawn:v2": D("30.00"), "account_drawn:v1": D("99.00")}}
+    person = PERSON.model_copy(update={
+        "acct_balc": D("100.00"), "acct_version": "v2", "home_quota_used": D("50.00"), "home_quota_year": 2022,
+        "home_counters": home({"year": 2022, "deductible_paid": {"op": "150.00"}, "pooled_paid": "300.00"})})
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+    batch = Batch(stored={}, settlements=[], policies=[pol], items=[], usage=usage)
+    (out,) = handler._one(cumulative_request("MC1", person), batch)
+    answer = orjson.loads(out.value)
+    assert answer["infcode"] == 0, answer
+    output = CumulativeOutput.model_validate(answer["output"]).model_dump(mode="json")
+    assert output["cuminfo"] == {"psn_no": "13100000000000000001", "insutype": "310", "insuplc_admdvs": "131000",
+                                 "year": 2022, "policy_version": "test"}
+    lines = {(x["cum_type_code"], x["bucket"], x["fund_pay_type"]): (x["limit"], x["used"], x["used_at_home"], x["left"])
+             for x in output["cumoutput"]}
+    assert lines == {
+        ("deductible", "ip", ""): (None, "0.00", "0.00", None),  # 800 or 500 by the facility's level
+        ("deductible", "old", ""): (None, "20.00", "0.00", None),
+        ("deductible", "op", ""): ("300.00", "250.00", "150.00", "50.00"),
+        ("pooled_cap", "", ""): ("5000.00", "1500.00", "300.00", "3500.00"),
+        ("outpatient_quota", "", ""): ("400.00", "200.00", "50.00", "200.00"),
+        ("layer_threshold", "", "330100"): ("100.00", "100.00", "0.00", "0.00"),
+        ("layer_cap", "", "330100"): ("30.00", "0.00", "0.00", "30.00"),
+        ("account", "", ""): ("100.00", "30.00", "0.00", "70.00"),  # drawn under the balance stated now
+    }
+    # Another year asked (cum_ym): that year's counters (none here), under the policy in force at its end.
+    batch = Batch(stored={}, settlements=[], policies=[dataclasses.replace(pol, effective_from=date(2021, 1, 1))],
+                  items=[], usage=usage)
+    (other,) = handler._one(cumulative_request("MC2", person, cum_ym="202112"), batch)
+    earlier = orjson.loads(other.value)["output"]
+    assert earlier["cuminfo"]["year"] == 2021
+    assert {x["cum_type_code"]: x["used"] for x in earlier["cumoutput"] if x["bucket"] != "ip"}["pooled_cap"] == "0.00"
+
+
+def test_5206_without_a_policy_in_force_is_refused_no_policy():
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+    batch = Batch(stored={}, settlements=[], policies=[policy()], items=[], usage={})
+    (out,) = handler._one(cumulative_request("MC3", PERSON, cum_ym="202012"), batch)  # the policy began in 2022
+    answer = orjson.loads(out.value)
+    assert answer["err_code"] == "NO_POLICY" and "2020-12-31" in answer["err_msg"], answer

@@ -29,6 +29,7 @@ class Infno(StrEnum):
     REVERSAL = "2601"
     RECONCILE_TOTALS = "3201"
     RECONCILE_DETAILS = "3202"
+    PERSON_CUMULATIVE = "5206"
 
     @property
     def is_pre_settlement(self) -> bool:

@@ -1,6 +1,6 @@
 """The ``output`` of every answer on a gateway's reply topic other than a settlement's
 (``SettlementOutput``): person info (1101), benefit check (2001), cancellation and reversal
-(2208, 2305, 2601), and reconciliation (3201, 3202).
+(2208, 2305, 2601), reconciliation (3201, 3202), and a person's year so far (5206).
 
 The services write these answers as dicts; these models are their schema (docs/schemas), in
 serialization form, and the e2e tests check every answer they read against it
@@ -48,6 +48,41 @@ class PersonInfoOutput(WireModel):
     insuinfo: list[PersonInsuInfo]
     idetinfo: list[PersonIdetInfo]
     filings: list[FilingRecord] = Field(description="the person's filings as eligibility holds them, any status")
+
+
+# --- 5206: a person's year so far -----------------------------------------------------------------
+
+
+class CumulativeInfo(WireModel):
+    psn_no: str
+    insutype: InsuranceType
+    insuplc_admdvs: str
+    year: int
+    policy_version: str = Field(description="the insured region's policy whose limits are shown (in force at the "
+                                            "request's day, or at the end of an earlier year asked about)")
+
+
+class CumulativeLine(WireModel):
+    cum_type_code: Literal["deductible", "pooled_cap", "outpatient_quota", "layer_threshold", "layer_cap",
+                           "account"] = Field(
+        description="deductible: a year's deductible bucket; pooled_cap: the pooled fund's annual cap; "
+                    "outpatient_quota: the general-outpatient quota (R13); layer_threshold, layer_cap: a further "
+                    "fund's annual threshold and cap (R18); account: the individual account (R16)")
+    bucket: str = Field(description="the deductible's bucket (deductible only, else empty)")
+    fund_pay_type: str = Field(description="the further fund (layer lines only, else empty)")
+    limit: Amount | None = Field(description="the policy's amount for the year (the account: its balance as the "
+                                             "region last stated it); null when the policy states none that applies "
+                                             "to every visit (a bucket whose rules differ by facility level)")
+    used: Amount = Field(description="used this year: through the platform, and at home as the region stated it")
+    used_at_home: Amount = Field(description="of it, at home as the person record states (the account: 0.00)")
+    left: Amount | None = Field(description="limit less used, not below 0; null without a limit")
+
+
+class CumulativeOutput(WireModel):
+    """5206's answer: the person's year so far in the insured region's fund, against its policy."""
+
+    cuminfo: CumulativeInfo
+    cumoutput: list[CumulativeLine]
 
 
 # --- 2001: benefit check -----------------------------------------------------------------------

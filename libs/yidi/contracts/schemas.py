@@ -67,6 +67,7 @@ from yidi.contracts.refdata import (
 from yidi.contracts.outputs import (
     BenefitCheckEligible,
     BenefitCheckRefused,
+    CumulativeOutput,
     PersonInfoOutput,
     ReconcileDetailsOutput,
     ReconcileTotalsOutput,
@@ -74,6 +75,7 @@ from yidi.contracts.outputs import (
 )
 from yidi.contracts.settlement import (
     CancelInput,
+    CumulativeInput,
     PersonQueryInput,
     ReversalInput,
     SettlementInput,
@@ -96,6 +98,7 @@ INBOUND: tuple[type[BaseModel], ...] = (
     CancelInput,
     ReversalInput,
     PersonQueryInput,
+    CumulativeInput,
     ReconcileTotalsInput,
     ReconcileDetailsInput,
     FilingRequest,
@@ -122,6 +125,7 @@ OUTBOUND: tuple[type[BaseModel], ...] = (
     PersonInfoOutput,
     BenefitCheckEligible,
     BenefitCheckRefused,
+    CumulativeOutput,
     UndoOutput,
     ReconcileTotalsOutput,
     ReconcileDetailsOutput,
@@ -321,7 +325,7 @@ _MOVED_HERE = ("An answer whose `reply_to` the broker refuses for good goes to `
 TOPIC_CONTRACTS: dict[str, TopicContract] = {
     T.SETTLEMENT_REQUESTS: TopicContract(
         messages=("SettlementRequest", "CancelRequest", "ReversalRequest", "PersonQueryRequest",
-                  "ReconcileTotalsRequest", "ReconcileDetailsRequest"),
+                  "ReconcileTotalsRequest", "ReconcileDetailsRequest", "CumulativeRequest"),
         writers=(),
         readers=(ELIGIBILITY_REQUESTS,),
         external_writers="hospital gateways (`yidi-gateway send`, `yidi.client.GatewayClient`)",
@@ -337,7 +341,7 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         readers=(PRICING_ELIGIBLE,),
         notes="Carries the request itself, its payload hash, the request's Kafka timestamp, and either "
               "the terms eligibility established (person snapshot, facility level, basis, filing) or the "
-              "refusal. Cancellations and reversals pass unchecked.",
+              "refusal. Cancellations and reversals pass unchecked; a 5206 passes with the person's insurance.",
     ),
     T.SETTLEMENT_PRICED: TopicContract(
         messages=("PricedWork", "RefusalNotice"),
@@ -353,7 +357,7 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         writers=("eligibility", "pricing", "clearing"),
         external_readers="hospital gateways; a request's `reply_to` names another topic for its answer",
         notes="The default `reply_to`. Answers are published by the service that decides them: "
-              "eligibility (1101, 2001, malformed requests), pricing (refusals, pre-settlements, "
+              "eligibility (1101, 2001, malformed requests), pricing (refusals, pre-settlements, 5206, "
               "`MODIFIED_REQUEST`, `ALREADY_SETTLED`, `NO_POLICY`, `NOT_FOUND`, `PREPAYMENT_EXHAUSTED`), clearing (settlements, "
               "`ALREADY_UNDONE` to a settlement sent again after it was undone, "
               "cancellations, reversals; 3201/3202 from its clearing-admin stage). " + _MOVED_HERE.format(moved=T.moved_answers(T.SETTLEMENT_RESULTS)),
@@ -552,6 +556,7 @@ OTHER_OUTPUTS: dict[str, tuple[str, ...]] = {
     "2208": ("UndoOutput",), "2305": ("UndoOutput",), "2601": ("UndoOutput",),
     "3201": ("ReconcileTotalsOutput",),
     "3202": ("ReconcileDetailsOutput",),
+    "5206": ("CumulativeOutput",),
 }
 
 
@@ -616,6 +621,14 @@ MESSAGES: dict[str, Message] = {
         _request((Infno.PERSON_INFO, Infno.BENEFIT_CHECK), "PersonQueryInput"), "psn_no",
         ("RequestEnvelope", "PersonQueryInput"),
     ),
+    "CumulativeRequest": Message(
+        "A person's year so far (5206)",
+        "What the person's year has used and has left of the deductible (by bucket), the pooled fund's annual cap, "
+        "the outpatient quota (R13), the further layers (R18) and the individual account, through the platform "
+        "and at home as the insured region states it; answered by pricing (eligibility checks the facility and "
+        "the person first, as for 1101).",
+        _request((Infno.PERSON_CUMULATIVE,), "CumulativeInput"), "psn_no", ("RequestEnvelope", "CumulativeInput"),
+    ),
     "SettlementAnswer": Message(
         "Answer to a settlement or pre-settlement",
         "Success carries setlinfo, setldetail and feedetail; failure carries err_code and err_msg.",
@@ -625,7 +638,7 @@ MESSAGES: dict[str, Message] = {
         "Any other answer (ResponseEnvelope)",
         "Its output by infno: 1101 PersonInfoOutput; 2001 BenefitCheckEligible or BenefitCheckRefused; "
         "2208, 2305, 2601 UndoOutput; 3201 ReconcileTotalsOutput; 3202 ReconcileDetailsOutput (at most 1000 "
-        "differences listed). Failures: output = {} with err_code one of " + ", ".join(c.value for c in ErrCode) + ".",
+        "differences listed); 5206 CumulativeOutput. Failures: output = {} with err_code one of " + ", ".join(c.value for c in ErrCode) + ".",
         _other_answer, "fixmedins_code",
         ("ResponseEnvelope", *sorted({m for outputs in OTHER_OUTPUTS.values() for m in outputs})),
     ),

@@ -231,6 +231,28 @@ class PersonQueryInput(WireModel):
         return self
 
 
+class CumulativeInput(WireModel):
+    """5206 a person's year so far (人员累计信息查询): what the year's deductible, the pooled fund's cap,
+    the outpatient quota (R13), the further layers (R18) and the individual account have left."""
+
+    psn_no: Code
+    insutype: _code_or_empty(InsuranceType) = Field(
+        default=None, description="the insurance asked about; empty: the person's (it must be the person's)")
+    cum_ym: str = Field(default="", description="a month of the year asked about (yyyyMM); empty: inf_time's year")
+
+    @field_validator("cum_ym")
+    @classmethod
+    def _a_month(cls, value: str) -> str:
+        value = value.strip()
+        if value and not (len(value) == 6 and value.isascii() and value.isdigit()
+                          and 1900 <= int(value[:4]) <= 2999 and 1 <= int(value[4:]) <= 12):
+            raise ValueError(f"cum_ym is a month, yyyyMM (e.g. 202607), in the years 1900 to 2999: {value[:20]!r}")
+        return value
+
+    def year(self, inf_time: datetime) -> int:
+        return int(self.cum_ym[:4]) if self.cum_ym else inf_time.year
+
+
 _DISEASE_REQUIRED = ("dise_codg is required for med_type 14: outpatient care of a chronic disease is settled "
                      "by the disease (R14)")
 

@@ -407,3 +407,66 @@ def price(
         account_balance_after=terms.account_balance - acct,
         usage_delta=delta,
     )
+
+
+# --- A person's year so far (5206) ----------------------------------------------------------------
+
+
+@value
+class YearLine:
+    """One accumulator of a person's year against its policy's limit (``limit`` None: none that
+    applies to every visit; ``left`` then None too)."""
+
+    kind: str  # deductible, pooled_cap, outpatient_quota, layer_threshold, layer_cap, account
+    bucket: str
+    fund: str
+    limit: Decimal | None
+    used: Decimal
+    used_at_home: Decimal
+
+    @property
+    def left(self) -> Decimal | None:
+        return None if self.limit is None else max(ZERO, self.limit - self.used)
+
+
+def year_so_far(policy: BenefitPolicy, person_type: PersonType, qualifications: frozenset[str],
+                usage: Mapping[str, Decimal], home: Mapping[str, Decimal],
+                balance: Decimal, drawn: Decimal) -> list[YearLine]:
+    """What the person's year has used of each limit of ``policy`` (DOMAIN.md steps 3, 5, 6, 7):
+    ``usage`` is the year's counters as ``price`` reads them (what the insurance paid at home
+    included), ``home`` that part of them. A year's deductible is listed by bucket (a stay's is the
+    stay's, not the year's); its limit is the rules' for the person's type when they agree."""
+
+    def line(kind: str, counter: str, limit: Decimal | None, bucket: str = "", fund: str = "",
+             cap: Decimal | None = None) -> YearLine:
+        used = usage.get(counter, ZERO)
+        if cap is not None:
+            used = min(used, cap)
+        return YearLine(kind, bucket, fund, limit, used, min(used, home.get(counter, ZERO)))
+
+    lines: list[YearLine] = []
+    buckets: dict[str, set[Decimal]] = {}
+    for rule in policy.rules:
+        if rule.deductible_scope is DeductibleScope.YEAR and (not rule.person_types or person_type in rule.person_types):
+            buckets.setdefault(rule.deductible_key, set()).add(rule.deductible)
+    prefix = "deductible:"
+    for counter in usage:  # a bucket of an earlier version of the policy, used this year
+        if counter.startswith(prefix) and ":stay:" not in counter:
+            buckets.setdefault(counter[len(prefix):], set())
+    for bucket, amounts in sorted(buckets.items()):
+        limit = next(iter(amounts)) if len(amounts) == 1 else None
+        lines.append(line("deductible", deductible_counter(bucket, DeductibleScope.YEAR, ""), limit, bucket=bucket))
+    if policy.annual_cap is not None:
+        lines.append(line("pooled_cap", POOLED_PAID, policy.annual_cap))
+    if policy.outpatient_quota is not None:
+        lines.append(line("outpatient_quota", OUTPATIENT_QUOTA, policy.outpatient_quota))
+    for layer in policy.layers:
+        if layer.requires and layer.requires not in qualifications:
+            continue
+        fund = layer.fund_type.value
+        lines.append(line("layer_threshold", layer_base_counter(layer.fund_type), layer.threshold, fund=fund,
+                          cap=layer.threshold))
+        if layer.annual_cap is not None:
+            lines.append(line("layer_cap", layer_paid_counter(layer.fund_type), layer.annual_cap, fund=fund))
+    lines.append(YearLine("account", "", "", max(ZERO, balance), drawn, ZERO))
+    return lines

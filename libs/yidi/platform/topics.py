@@ -57,7 +57,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     # refmsg_time and the settlement latency metric start there. Under CreateTime they started at the
     # gateway's clock: one running behind, or an outbox sent late, made the latency alert fire while
     # the platform was fine, and one running ahead hid slow answers (clamped to 0).
-    TopicSpec(SETTLEMENT_REQUESTS, "psn_no", SETTLEMENT_PARTITIONS, "gateway → platform: 1101, 2001, 2206/2207/2208, 2303/2304/2305, 2601, 3201/3202",
+    TopicSpec(SETTLEMENT_REQUESTS, "psn_no", SETTLEMENT_PARTITIONS, "gateway → platform: 1101, 2001, 2206/2207/2208, 2303/2304/2305, 2601, 3201/3202, 5206",
               log_append_time=True),
     TopicSpec(SETTLEMENT_ELIGIBLE, "psn_no", SETTLEMENT_PARTITIONS, "eligibility → pricing: request with its terms or refusal"),
     TopicSpec(SETTLEMENT_PRICED, "psn_no", SETTLEMENT_PARTITIONS, "pricing → clearing: settlement or cancellation with its answer"),
