@@ -89,6 +89,13 @@ def summarise(request: dict[str, Any], answer: dict[str, Any]) -> str:
     who = f"{answer.get('infno', '')} {data.get('psn_no', request.get('psn_no', ''))} at {request.get('fixmedins_code', '')}"
     if answer.get("infcode", 0) != 0:
         return f"{who}: REFUSED {answer.get('err_code')}: {answer.get('err_msg')}"
+    if lines := answer.get("output", {}).get("cumoutput"):  # 5206: what is left of each limit
+        year = answer["output"].get("cuminfo", {}).get("year", "")
+        left = "; ".join(
+            f"{x['cum_type_code']}{' ' + (x['bucket'] or x['fund_pay_type']) if x['bucket'] or x['fund_pay_type'] else ''} "
+            f"used {x['used']}" + (f" of {x['limit']}, left {x['left']}" if x["limit"] is not None else "")
+            for x in lines)
+        return f"{who}: year {year}: {left}"
     info = answer.get("output", {}).get("setlinfo")
     if not info:
         return f"{who}: ok {json.dumps(answer.get('output', {}), ensure_ascii=False)[:120]}"
