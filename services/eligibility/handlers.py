@@ -250,6 +250,9 @@ class EligibilityHandler:
                                                     f"inf_time {request.inf_time:%Y-%m-%d %H:%M:%S}: a visit begins "
                                                     "before it is settled; check the facility's clock and the "
                                                     "admission time")
+        if isinstance(body, CumulativeInput) and body.year(request.inf_time) > request.inf_time.year:
+            return self._malformed(record, request, f"input.data.cum_ym {body.cum_ym} is in a year after inf_time's "
+                                                    f"({request.inf_time.year}): that year has not begun")
         if isinstance(body, SettlementInput) and body.med_type.is_inpatient != request.infno.is_inpatient:
             care, bills = ("inpatient", "outpatient") if body.med_type.is_inpatient else ("outpatient", "inpatient")
             return self._malformed(record, request, f"input.data.med_type {body.med_type.value} is {care} care, "
@@ -298,7 +301,9 @@ class EligibilityHandler:
         A settlement or pre-settlement is answered by pricing, after its msgid check, as every
         refusal is: a settled request sent again must get its stored answer, not "nothing was
         settled" beside a payment in the ledger."""
-        message = "The platform could not check this person's insurance; nothing was settled. Try again later or settle in cash."
+        message = ("The platform could not check this person's insurance; nothing was settled. Try again later or settle in cash."
+                   if p.request.infno.prices_a_bill else
+                   "The platform could not answer this request now; nothing was changed. Try again later.")
         if not (p.request.infno.prices_a_bill and p.body is not None):
             return broken(self.settings, p.record, reason, message)
         work = _work(p)
@@ -350,7 +355,7 @@ class EligibilityHandler:
         if request.infno is Infno.PERSON_INFO:
             return self._person_info(p, person_record, subject)
         if request.infno is Infno.PERSON_CUMULATIVE:
-            return self._cumulative(p, person_record)
+            return self._cumulative(p, person_record, subject, facilities[request.fixmedins_code])
         work = _work(p)
         if request.infno.prices_a_bill or request.infno is Infno.BENEFIT_CHECK:
             # Each filing with its earlier versions: a stay admitted under one is still covered by it.
@@ -441,18 +446,33 @@ class EligibilityHandler:
             },
         )
 
-    def _cumulative(self, p: Parsed, person: PersonRecord | None) -> Outgoing:
-        """5206: the person's year is pricing's (its accumulators): passed on with the person's insurance."""
-        body = p.body
-        if person is None or person.insuplc_admdvs != p.request.insuplc_admdvs:
-            region = p.request.insuplc_admdvs or "(none given)"
-            return self._answer(p, err=(ErrCode.NOT_INSURED, f"No insured person with this psn_no in insured region "
-                                        f"{region}; check both on the patient's insurance card."))
-        if body.insutype is not None and body.insutype is not person.insutype:
-            return self._answer(p, err=(ErrCode.NOT_INSURED, f"The person's insurance in region {person.insuplc_admdvs} "
-                                        f"is insutype {person.insutype.value}, not {body.insutype.value}."))
+    def _cumulative(self, p: Parsed, person: PersonRecord | None, subject: dict[str, Any] | None,
+                    facility: FacilityRecord) -> Outgoing:
+        """5206: the person's year is pricing's (its accumulators): passed on with the insurance asked
+        about, the person's now or, named by the request, the one held before the last change (a
+        stay admitted under it settles under it), and the asking facility's level (its deductible)."""
+        body, region = p.body, p.request.insuplc_admdvs
+
+        def asked(record: PersonRecord | None) -> bool:
+            return (record is not None and record.insuplc_admdvs == region
+                    and (body.insutype is None or body.insutype is record.insutype))
+
+        held, same = person, person
+        if not asked(person):
+            before = _insured_before(subject["before"])[0] if subject and subject.get("before") else None
+            if person is None or not asked(before):
+                if person is not None and person.insuplc_admdvs == region:
+                    return self._answer(p, err=(ErrCode.NOT_INSURED, f"The person's insurance in region {region} is "
+                                                f"insutype {person.insutype.value}, not {body.insutype.value}."))
+                return self._answer(p, err=(ErrCode.NOT_INSURED, f"No insured person with this psn_no in insured region "
+                                            f"{region or '(none given)'}; check both on the patient's insurance card."))
+            assert before is not None
+            held = before
+            same = person if (person.insuplc_admdvs, person.insutype) == (before.insuplc_admdvs, before.insutype) else None
+        assert held is not None
         work = _work(p)
-        work["person"] = _snapshot(person, person)
+        work["person"] = _snapshot(held, same)
+        work["facility_level"] = facility.level
         return Outgoing(topic=self.settings.topic(SETTLEMENT_ELIGIBLE), value=orjson.dumps(work), key=body.psn_no.encode())
 
     def _benefit_check(self, p: Parsed, decision: Eligible | Refused) -> Outgoing:

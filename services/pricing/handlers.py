@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from yidi.contracts import answers
 from yidi.contracts.common import code_text, wire_time
@@ -346,7 +347,10 @@ class PricingHandler:
                 visit_keys.add((psn_no, r.fixmedins_code, code_text(data.get("mdtrt_id"))))
             if r.infno is Infno.PERSON_CUMULATIVE and w.refusal is None and w.person is not None:
                 # The person's insurance (eligibility checked the request names it), that year.
-                year = CumulativeInput.model_validate(data).year(r.inf_time)
+                try:
+                    year = CumulativeInput.model_validate(data).year(r.inf_time)
+                except (ValidationError, ValueError):
+                    continue  # refused with the record alone (_cumulative reads it again)
                 policy_keys.update((region, w.person.insutype) for region in region_chain(w.person.insuplc_admdvs))
                 usage_keys.add((w.person.psn_no, year))
                 usage_keys.add((w.person.psn_no, ACCOUNT_YEAR))
@@ -426,6 +430,8 @@ class PricingHandler:
         year = CumulativeInput.model_validate(request.data).year(request.inf_time)
         day = request.inf_time.date() if year == request.inf_time.year else date(year, 12, 31)
         region, insutype = person.insuplc_admdvs, InsuranceType(person.insutype)
+        if batch.unreadable and (unread := _unreadable_policy(batch, region, insutype.value, day)) is not None:
+            raise UnreadableReference(f"stored reference data this version cannot read decides this request: {[unread]}")
         policy = policy_in_force(batch.policies, region, insutype, day)
         if policy is None:
             return self._refuse(work, ErrCode.NO_POLICY,
@@ -438,8 +444,10 @@ class PricingHandler:
         for counter, amount in home.items():
             usage[counter] = usage.get(counter, ZERO) + amount
         drawn = batch.usage.get((person.psn_no, ACCOUNT_YEAR), {}).get(_account_counter(person.acct_version), ZERO)
+        # The account is the balance the region states now, less the draws since: not a year's.
+        balance = person.acct_balc if year == request.inf_time.year else None
         lines = year_so_far(policy, PersonType(person.psn_type), frozenset(person.qualifications), usage, home,
-                            person.acct_balc, drawn)
+                            balance, drawn, work.facility_level)
         output = {
             "cuminfo": {"psn_no": person.psn_no, "insutype": insutype.value, "insuplc_admdvs": region, "year": year,
                         "policy_version": policy.version},

@@ -96,6 +96,14 @@ async def test_5206_states_the_year_so_far_through_the_platform_and_at_home(worl
     }, lines
     other = await gateway.call(query(insutype="390"))
     assert other["err_code"] == "NOT_INSURED", other
+    # Last year asked (cum_ym): a bill settled then (backdated) counts there, this year's does not;
+    # no account line (the balance is today's).
+    last = world.request(person, [("T-A", "1", "500.00")], when=f"{year - 1}-12-10 09:00:00")
+    assert info(await gateway.call(last))["hifp_pay"] == "120.00"  # (500 − 300) × 0.60, last year's deductible
+    earlier = await gateway.call(query(cum_ym=f"{year - 1}12"))
+    assert earlier["output"]["cuminfo"]["year"] == year - 1, earlier
+    assert {x["cum_type_code"]: x["used"] for x in earlier["output"]["cumoutput"] if x["bucket"] != "er"} == {
+        "deductible": "300.00", "pooled_cap": "120.00", "outpatient_quota": "120.00"}
 
 
 async def test_the_annual_cap_is_reached_by_inpatient_stays(world, gateway):

@@ -175,6 +175,24 @@ async def test_5206_passes_the_person_to_pricing_with_the_year_at_home():
     assert topic == "t.settlement.eligible" and work["refusal"] is None, work
     assert (work["person"]["acct_balc"], work["person"]["acct_version"]) == ("80.00", "v3")
     assert work["person"]["home_counters"] == {"2022": {"pooled_paid": "300.00"}}
+    assert work["facility_level"] == OUTPATIENT_ONLY.level  # the asking facility's deductibles
+
+
+async def test_5206_naming_the_insurance_held_before_a_move_is_answered_for_it():
+    # A stay admitted before the person moved settles under the old insurance: its year can be asked
+    # about, by its region (no account: its balance went with the transfer).
+    held = PERSON | {"acct_balc": "80.00", "home_usage": [{"year": 2022, "pooled_paid": "300.00"}]}
+    moved = PERSON | {"insuplc_admdvs": "132000", "acct_balc": "40.00"}
+
+    class Moved(Subjects):
+        async def get_many(self, psn_nos):
+            return {p: {"person": moved, "filings": [], "before": {
+                "record": held, "since": None, "until": "2022-06-20T09:00:00+08:00"}} for p in psn_nos if p == PSN}
+
+    topic, work = await person_year(Moved())
+    assert topic == "t.settlement.eligible", work
+    assert (work["person"]["insuplc_admdvs"], work["person"]["acct_balc"]) == ("131000", "0.00")
+    assert work["person"]["home_counters"] == {"2022": {"pooled_paid": "300.00"}}
 
 
 @pytest.mark.parametrize(("case", "err_code", "why"), [
@@ -182,6 +200,7 @@ async def test_5206_passes_the_person_to_pricing_with_the_year_at_home():
     ("unknown person", "NOT_INSURED", "No insured person with this psn_no"),
     ("unknown facility", "UNKNOWN_FACILITY", "not a networked facility"),
     ("not a month", "INVALID_INPUT", "cum_ym is a month"),
+    ("a year to come", "INVALID_INPUT", "that year has not begun"),
 ])
 async def test_5206_is_answered_by_eligibility_when_the_person_or_facility_is_not_for_it(case, err_code, why):
     class Nobody(Subjects):
@@ -192,7 +211,8 @@ async def test_5206_is_answered_by_eligibility_when_the_person_or_facility_is_no
         async def facilities(self, codes):
             return {}
 
-    data = {"another insurance": {"insutype": "390"}, "not a month": {"cum_ym": "202213"}}.get(case, {})
+    data = {"another insurance": {"insutype": "390"}, "not a month": {"cum_ym": "202213"},
+            "a year to come": {"cum_ym": "202301"}}.get(case, {})  # WE1's inf_time is in 2022
     topic, answer = await person_year(Nobody() if case == "unknown person" else None,
                                       NoFacility() if case == "unknown facility" else None, **data)
     assert topic == "t.settlement.results" and answer["err_code"] == err_code and why in answer["err_msg"], answer

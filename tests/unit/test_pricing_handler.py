@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
@@ -21,7 +22,7 @@ from yidi.contracts.envelope import Infno, RequestEnvelope
 from yidi.contracts.internal import EligibleWork, PersonSnapshot
 from yidi.contracts.refdata import PersonRecord, home_counters
 from yidi.domain.codes import FilingCategory, FundType
-from yidi.domain.policy import DeductibleScope, Layer
+from yidi.domain.policy import BenefitPolicy, DeductibleScope, Layer
 from yidi.domain.pricing import POOLED_PAID, layer_paid_counter
 from yidi.platform.settings import Settings
 
@@ -587,3 +588,55 @@ def test_5206_without_a_policy_in_force_is_refused_no_policy():
     (out,) = handler._one(cumulative_request("MC3", PERSON, cum_ym="202012"), batch)  # the policy began in 2022
     answer = orjson.loads(out.value)
     assert answer["err_code"] == "NO_POLICY" and "2020-12-31" in answer["err_msg"], answer
+
+
+def test_5206_lists_the_deductibles_the_persons_visits_would_pay_at_the_asking_facilitys_level():
+    # A retiree's own rule (100) is the one every settlement of theirs applies, not the general 200
+    # beside it; an inpatient deductible of 800 at level 3 and 500 below is the asking level's.
+    # Under a policy whose account pays nothing, no account line (it would promise money no
+    # settlement draws); for an earlier year none either (the balance is today's).
+    from yidi.domain.pricing import year_so_far
+
+    pol = policy(rule(MedType.GENERAL_OUTPATIENT, "200", "0.80", deductible_bucket="op"),
+                 rule(MedType.GENERAL_OUTPATIENT, "100", "0.80", deductible_bucket="op",
+                      person_types=frozenset({PersonType.RETIRED})),
+                 rule(MedType.CHRONIC_OUTPATIENT, "50", "0.80", deductible_bucket="retiree",
+                      person_types=frozenset({PersonType.RETIRED})),
+                 rule(MedType.INPATIENT, "800", "0.90", deductible_bucket="ip", facility_levels=frozenset({3})),
+                 rule(MedType.INPATIENT, "500", "0.90", deductible_bucket="ip", facility_levels=frozenset({1, 2})),
+                 account_payable=False)
+
+    def limits(person_type: PersonType, level: int, balance: D | None = D("100.00"),
+               on: BenefitPolicy = pol) -> dict[tuple[str, str], D | None]:
+        return {(x.kind, x.bucket): x.limit for x in
+                year_so_far(on, person_type, frozenset(), {}, {}, balance, D("0"), level)}
+
+    assert limits(PersonType.RETIRED, 3) == {("deductible", "op"): D("100"), ("deductible", "retiree"): D("50"),
+                                             ("deductible", "ip"): D("800")}
+    assert limits(PersonType.IN_SERVICE, 1) == {("deductible", "op"): D("200"), ("deductible", "ip"): D("500")}
+    assert limits(PersonType.IN_SERVICE, 0)[("deductible", "ip")] is None  # 800 or 500, by the level
+    paying = dataclasses.replace(pol, account_payable=True)
+    assert limits(PersonType.IN_SERVICE, 1, on=paying)[("account", "")] == D("100.00")
+    assert ("account", "") not in limits(PersonType.IN_SERVICE, 1, balance=None, on=paying)
+
+
+def test_5206_under_a_stored_policy_this_version_cannot_read_is_not_answered_from_an_older_one():
+    # As a quote is not: the per-record handler answers it INTERNAL_ERROR and dead-letters it.
+    from services.pricing.handlers import UnreadableReference
+
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+    batch = Batch(stored={}, settlements=[], policies=[policy()], items=[], usage={},
+                  unreadable={("policy", "131000", "310"): [(date(2022, 6, 1), None)]})
+    with pytest.raises(UnreadableReference, match="policy of 131000/310 from 2022-06-01"):
+        handler._one(cumulative_request("MC4", PERSON), batch)
+
+
+def test_5206_under_the_msgid_of_a_recorded_settlement_is_refused_modified():
+    from services.pricing.repository import StoredRequest
+
+    handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
+    work = cumulative_request("MC5", PERSON)
+    batch = Batch(stored={work.request.msgid: StoredRequest(work.request.msgid, "h", "2207", "S1", [])},
+                  settlements=[], policies=[policy()], items=[], usage={})
+    (out,) = handler._one(work, batch)
+    assert orjson.loads(out.value)["err_code"] == "MODIFIED_REQUEST"

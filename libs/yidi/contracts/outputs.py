@@ -70,10 +70,12 @@ class CumulativeLine(WireModel):
                     "fund's annual threshold and cap (R18); account: the individual account (R16)")
     bucket: str = Field(description="the deductible's bucket (deductible only, else empty)")
     fund_pay_type: str = Field(description="the further fund (layer lines only, else empty)")
-    limit: Amount | None = Field(description="the policy's amount for the year (the account: its balance as the "
-                                             "region last stated it); null when the policy states none that applies "
-                                             "to every visit (a bucket whose rules differ by facility level)")
-    used: Amount = Field(description="used this year: through the platform, and at home as the region stated it")
+    limit: Amount | None = Field(description="the policy's amount for the year (a deductible: of the rules the person's "
+                                             "visits at the asking facility's level would apply; the account: its balance "
+                                             "as the region last stated it); null when those rules differ (by kind of "
+                                             "visit or disease) or the policy in force no longer names the bucket")
+    used: Amount = Field(description="used this year, through the platform and at home as the region stated it (the "
+                                     "account: drawn through the platform since the region last stated its balance)")
     used_at_home: Amount = Field(description="of it, at home as the person record states (the account: 0.00)")
     left: Amount | None = Field(description="limit less used, not below 0; null without a limit")
 
@@ -82,7 +84,9 @@ class CumulativeOutput(WireModel):
     """5206's answer: the person's year so far in the insured region's fund, against its policy."""
 
     cuminfo: CumulativeInfo
-    cumoutput: list[CumulativeLine]
+    cumoutput: list[CumulativeLine] = Field(description="each deductible bucket, the pooled fund's cap, the outpatient "
+                                                        "quota, each further layer the person has; the account when "
+                                                        "the policy lets it pay and the year is the request's")
 
 
 # --- 2001: benefit check -----------------------------------------------------------------------

@@ -357,7 +357,7 @@ TOPIC_CONTRACTS: dict[str, TopicContract] = {
         writers=("eligibility", "pricing", "clearing"),
         external_readers="hospital gateways; a request's `reply_to` names another topic for its answer",
         notes="The default `reply_to`. Answers are published by the service that decides them: "
-              "eligibility (1101, 2001, malformed requests), pricing (refusals, pre-settlements, 5206, "
+              "eligibility (1101, 2001, 5206's refusals, malformed requests), pricing (refusals, pre-settlements, 5206, "
               "`MODIFIED_REQUEST`, `ALREADY_SETTLED`, `NO_POLICY`, `NOT_FOUND`, `PREPAYMENT_EXHAUSTED`), clearing (settlements, "
               "`ALREADY_UNDONE` to a settlement sent again after it was undone, "
               "cancellations, reversals; 3201/3202 from its clearing-admin stage). " + _MOVED_HERE.format(moved=T.moved_answers(T.SETTLEMENT_RESULTS)),

@@ -25,7 +25,7 @@ from yidi.domain.codes import (
     pooled_fund_for,
 )
 from yidi.domain.money import ZERO, fmt, fmt_ratio, spread, to_fen
-from yidi.domain.policy import BenefitPolicy, CalculationOrder, DeductibleScope, LayerBase
+from yidi.domain.policy import BenefitPolicy, CalculationOrder, DeductibleScope, LayerBase, PolicyError
 from yidi.domain.values import value
 
 # Accumulator counters, per person and year (the service keys them by person and year).
@@ -431,12 +431,13 @@ class YearLine:
 
 def year_so_far(policy: BenefitPolicy, person_type: PersonType, qualifications: frozenset[str],
                 usage: Mapping[str, Decimal], home: Mapping[str, Decimal],
-                balance: Decimal, drawn: Decimal) -> list[YearLine]:
+                balance: Decimal | None, drawn: Decimal, facility_level: int = 0) -> list[YearLine]:
     """What the person's year has used of each limit of ``policy`` (DOMAIN.md steps 3, 5, 6, 7):
     ``usage`` is the year's counters as ``price`` reads them (what the insurance paid at home
-    included), ``home`` that part of them. A year's deductible is listed by bucket (a stay's is the
-    stay's, not the year's); its limit is the rules' for the person's type when they agree."""
-
+    included), ``home`` that part of them. A year's deductible is listed by bucket, of the rules
+    ``price`` would apply to this person (``rule_for``: the most specific) at ``facility_level`` (0:
+    at any level), a stay's deductible being the stay's; its limit is theirs when they agree. The
+    account (``balance`` None: left out) is what was drawn since the region last stated it."""
     def line(kind: str, counter: str, limit: Decimal | None, bucket: str = "", fund: str = "",
              cap: Decimal | None = None) -> YearLine:
         used = usage.get(counter, ZERO)
@@ -446,9 +447,17 @@ def year_so_far(policy: BenefitPolicy, person_type: PersonType, qualifications: 
 
     lines: list[YearLine] = []
     buckets: dict[str, set[Decimal]] = {}
-    for rule in policy.rules:
-        if rule.deductible_scope is DeductibleScope.YEAR and (not rule.person_types or person_type in rule.person_types):
-            buckets.setdefault(rule.deductible_key, set()).add(rule.deductible)
+    levels = (facility_level,) if facility_level else (1, 2, 3)
+    diseases = ("", *sorted({d for rule in policy.rules for d in rule.diseases}))
+    for med_type in sorted({m for rule in policy.rules for m in rule.med_types}):
+        for level in levels:
+            for disease in diseases:
+                try:
+                    rule = policy.rule_for(med_type, person_type, level, disease)
+                except PolicyError:
+                    continue  # no benefit for such a visit
+                if rule.deductible_scope is DeductibleScope.YEAR:
+                    buckets.setdefault(rule.deductible_key, set()).add(rule.deductible)
     prefix = "deductible:"
     for counter in usage:  # a bucket of an earlier version of the policy, used this year
         if counter.startswith(prefix) and ":stay:" not in counter:
@@ -468,5 +477,6 @@ def year_so_far(policy: BenefitPolicy, person_type: PersonType, qualifications: 
                           cap=layer.threshold))
         if layer.annual_cap is not None:
             lines.append(line("layer_cap", layer_paid_counter(layer.fund_type), layer.annual_cap, fund=fund))
-    lines.append(YearLine("account", "", "", max(ZERO, balance), drawn, ZERO))
+    if balance is not None and policy.account_payable:
+        lines.append(YearLine("account", "", "", max(ZERO, balance), drawn, ZERO))
     return lines
