@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from yidi.contracts import answers
 from yidi.contracts.common import code_text, wire_time
 from yidi.contracts.envelope import ErrCode, Infno, ResponseEnvelope
-from yidi.contracts.internal import EligibleWork, PricedWork, RefusalNotice, WorkKind
+from yidi.contracts.internal import EligibleWork, PersonSnapshot, PricedWork, RefusalNotice, WorkKind
 from yidi.contracts.settlement import BillFields, CancelInput, CumulativeInput, ReversalInput, bill_fields, care_day
 from yidi.domain.catalogue import Catalogue, CatalogueItem
 from yidi.domain.codes import InsuranceType, PersonType, region_chain, within
@@ -69,6 +69,18 @@ def fund_usage(counters: dict[str, Decimal], fund: str) -> dict[str, Decimal]:
             continue  # another fund's
         usage[counter] = usage.get(counter, ZERO) + amount
     return usage
+
+
+def _home_usage(person: PersonSnapshot, year: int) -> dict[str, Decimal]:
+    """What the person record states the insurance paid at home in ``year``, as the accumulators'
+    counters: counted as if settled here (R13's quota, shared with care at home; the year's
+    deductible, the pooled fund's cap and the further layers are the person's wherever the care)."""
+    if not person.home_counters and not person.home_quota_used:
+        return {}
+    home = dict(person.home_counters.get(year, {}))
+    if person.home_quota_year == year and person.home_quota_used:
+        home[OUTPATIENT_QUOTA] = home.get(OUTPATIENT_QUOTA, ZERO) + person.home_quota_used
+    return home
 
 
 # A settlement_id's length: "S", its day (8 digits) and 16 hex digits of its msgid's digest.
@@ -438,9 +450,7 @@ class PricingHandler:
                                 f"Insured region {region} has no {insutype.value} policy in force on {day.isoformat()}: "
                                 "its limits are not known here.")
         usage = fund_usage(batch.usage.get((person.psn_no, year), {}), fund_prefix(region, insutype.value))
-        home = dict(person.home_counters.get(year, {}))
-        if person.home_quota_year == year and person.home_quota_used:
-            home[OUTPATIENT_QUOTA] = home.get(OUTPATIENT_QUOTA, ZERO) + person.home_quota_used
+        home = _home_usage(person, year)
         for counter, amount in home.items():
             usage[counter] = usage.get(counter, ZERO) + amount
         drawn = batch.usage.get((person.psn_no, ACCOUNT_YEAR), {}).get(_account_counter(person.acct_version), ZERO)
@@ -485,13 +495,8 @@ class PricingHandler:
         catalogue = batch.catalogue(request.mdtrtarea_admvs, day)
         fund = fund_prefix(region, body.insutype.value)
         year_usage = fund_usage(batch.usage.get((body.psn_no, day.year), {}), fund)
-        if person.home_quota_year == day.year and person.home_quota_used:
-            # R13: the general-outpatient quota is shared with care at home.
-            year_usage[OUTPATIENT_QUOTA] = year_usage.get(OUTPATIENT_QUOTA, ZERO) + person.home_quota_used
-        home = person.home_counters.get(day.year, {}) if person.home_counters else {}
+        home = _home_usage(person, day.year)
         for counter, amount in home.items():
-            # The year's deductible, the pooled fund's cap and the further layers are the person's,
-            # wherever the care: what the insurance paid at home counts as settled here.
             year_usage[counter] = year_usage.get(counter, ZERO) + amount
         account_counter = _account_counter(person.acct_version)
         drawn = batch.usage.get((body.psn_no, ACCOUNT_YEAR), {}).get(account_counter, ZERO)
