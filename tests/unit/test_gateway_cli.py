@@ -30,12 +30,13 @@ def test_a_year_so_far_reads_as_what_is_left_of_each_limit():
     request = {"fixmedins_code": "H1", "input": {"data": {"psn_no": "P1"}}}
     line = {"bucket": "", "fund_pay_type": "", "used_at_home": "0.00"}
     answer = {"infno": "5206", "infcode": 0, "output": {"cuminfo": {"year": 2026}, "cumoutput": [
-        line | {"cum_type_code": "deductible", "bucket": "op", "limit": "300.00", "used": "250.00", "left": "50.00"},
+        line | {"cum_type_code": "deductible", "bucket": "op", "limit": "300.00", "used": "250.00", "left": "50.00",
+                "used_at_home": "200.00"},
         line | {"cum_type_code": "deductible", "bucket": "old", "limit": None, "used": "20.00", "left": None},
         line | {"cum_type_code": "layer_cap", "fund_pay_type": "330100", "limit": "30.00", "used": "0.00", "left": "30.00"},
         line | {"cum_type_code": "account", "limit": "100.00", "used": "30.00", "left": "70.00"}]}}
     assert summarise(request, answer) == (
-        "5206 P1 at H1: year 2026: deductible op used 250.00 of 300.00, left 50.00; deductible old used 20.00; "
+        "5206 P1 at H1: year 2026: deductible op used 250.00 (200.00 at home) of 300.00, left 50.00; deductible old used 20.00; "
         "layer_cap 330100 used 0.00 of 30.00, left 30.00; account used 30.00 of 100.00, left 70.00"
     )
 

@@ -538,7 +538,7 @@ def test_5206_states_the_persons_year_against_the_policys_limits_with_what_was_p
     pol = policy(rule(MedType.GENERAL_OUTPATIENT, "300", "0.80", deductible_bucket="op"),
                  rule(MedType.INPATIENT, "800", "0.90", deductible_bucket="ip", facility_levels=frozenset({3})),
                  rule(MedType.INPATIENT, "500", "0.90", deductible_bucket="ip", facility_levels=frozenset({1, 2})),
-                 rule(MedType.EMERGENCY, "1000", "0.90", deductible_scope=DeductibleScope.STAY),
+                 rule(MedType.EMERGENCY, "1000", "0.90", deductible_scope=DeductibleScope.STAY, deductible_bucket="er"),
                  annual_cap=D("5000.00"), outpatient_quota=D("400.00"),
                  layers=(Layer(FundType.EMPLOYEE_LARGE_AMOUNT, D("100.00"), D("0.50"), annual_cap=D("30.00")),
                          Layer(FundType.CIVIL_SERVANT, D("0"), D("0.50"), requires="civil_servant")))
@@ -552,7 +552,8 @@ def test_5206_states_the_persons_year_against_the_policys_limits_with_what_was_p
              ("13100000000000000001", 0): {"account_drawn:v2": D("30.00"), "account_drawn:v1": D("99.00")}}
     person = PERSON.model_copy(update={
         "acct_balc": D("100.00"), "acct_version": "v2", "home_quota_used": D("50.00"), "home_quota_year": 2022,
-        "home_counters": home({"year": 2022, "deductible_paid": {"op": "150.00"}, "pooled_paid": "300.00"})})
+        "home_counters": home({"year": 2022, "deductible_paid": {"op": "150.00", "er": "90.00"},  # er: per stay
+                               "pooled_paid": "300.00"})})
     handler = PricingHandler(Settings(namespace="t."), repo=None)  # type: ignore[arg-type]
     batch = Batch(stored={}, settlements=[], policies=[pol], items=[], usage=usage)
     (out,) = handler._one(cumulative_request("MC1", person), batch)

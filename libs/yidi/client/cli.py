@@ -93,7 +93,8 @@ def summarise(request: dict[str, Any], answer: dict[str, Any]) -> str:
         year = answer["output"].get("cuminfo", {}).get("year", "")
         left = "; ".join(
             f"{x['cum_type_code']}{' ' + (x['bucket'] or x['fund_pay_type']) if x['bucket'] or x['fund_pay_type'] else ''} "
-            f"used {x['used']}" + (f" of {x['limit']}, left {x['left']}" if x["limit"] is not None else "")
+            f"used {x['used']}" + (f" ({x['used_at_home']} at home)" if x.get("used_at_home", "0.00") != "0.00" else "")
+            + (f" of {x['limit']}, left {x['left']}" if x["limit"] is not None else "")
             for x in lines)
         return f"{who}: year {year}: {left}"
     info = answer.get("output", {}).get("setlinfo")

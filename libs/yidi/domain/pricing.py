@@ -459,9 +459,11 @@ def year_so_far(policy: BenefitPolicy, person_type: PersonType, qualifications: 
                 if rule.deductible_scope is DeductibleScope.YEAR:
                     buckets.setdefault(rule.deductible_key, set()).add(rule.deductible)
     prefix = "deductible:"
+    per_stay = {rule.deductible_key for rule in policy.rules if rule.deductible_scope is DeductibleScope.STAY}
     for counter in usage:  # a bucket of an earlier version of the policy, used this year
-        if counter.startswith(prefix) and ":stay:" not in counter:
-            buckets.setdefault(counter[len(prefix):], set())
+        bucket = counter[len(prefix):]
+        if counter.startswith(prefix) and ":stay:" not in counter and (bucket in buckets or bucket not in per_stay):
+            buckets.setdefault(bucket, set())
     for bucket, amounts in sorted(buckets.items()):
         limit = next(iter(amounts)) if len(amounts) == 1 else None
         lines.append(line("deductible", deductible_counter(bucket, DeductibleScope.YEAR, ""), limit, bucket=bucket))
