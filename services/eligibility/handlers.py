@@ -423,11 +423,15 @@ class EligibilityHandler:
         return reply(self.settings, p.request.reply_to, answer, facility=p.request.fixmedins_code,
                      request_ts_ms=p.record.timestamp_ms)
 
+    def _not_insured(self, p: Parsed) -> Outgoing:
+        """A person query (1101, 5206) about no person of the request's insured region."""
+        region = p.request.insuplc_admdvs or "(none given)"
+        return self._answer(p, err=(ErrCode.NOT_INSURED, f"No insured person with this psn_no in insured region "
+                                    f"{region}; check both on the patient's insurance card."))
+
     def _person_info(self, p: Parsed, person: PersonRecord | None, subject: dict[str, Any] | None) -> Outgoing:
         if person is None or person.insuplc_admdvs != p.request.insuplc_admdvs:
-            region = p.request.insuplc_admdvs or "(none given)"
-            return self._answer(p, err=(ErrCode.NOT_INSURED, f"No insured person with this psn_no in insured region "
-                                        f"{region}; check both on the patient's insurance card."))
+            return self._not_insured(p)
         filings = [FilingRecord.model_validate(f) for f in (subject or {}).get("filings", [])]
         return self._answer(
             p,
@@ -464,8 +468,7 @@ class EligibilityHandler:
                 if person is not None and person.insuplc_admdvs == region:
                     return self._answer(p, err=(ErrCode.NOT_INSURED, f"The person's insurance in region {region} is "
                                                 f"insutype {person.insutype.value}, not {body.insutype.value}."))
-                return self._answer(p, err=(ErrCode.NOT_INSURED, f"No insured person with this psn_no in insured region "
-                                            f"{region or '(none given)'}; check both on the patient's insurance card."))
+                return self._not_insured(p)
             assert before is not None
             held = before
             same = person if (person.insuplc_admdvs, person.insutype) == (before.insuplc_admdvs, before.insutype) else None
