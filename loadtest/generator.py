@@ -7,6 +7,7 @@ Each line is one thing the replay does, in time order (``t``: seconds after midn
 
 - ``{"op": "send", "kind": ..., "msgid", "key", "request": {...}}``  publish a request; a
   ``duplicate`` resends an earlier request under its msgid (a gateway retrying after a timeout)
+- ``{"op": "send", "kind": "year-so-far", ...}``  a cashier's 5206 before a bill (``--queries``)
 - ``{"op": "raw", "kind": "malformed-json", "msgid", "key", "raw": "..."}``  publish bytes that are
   not JSON; the msgid is recoverable, so an ``INVALID_INPUT`` answer is due
 - ``{"op": "cancel", "target": <msgid>, "request": {...}}``  cancel the settlement ``target``: its
@@ -33,6 +34,8 @@ from typing import Any
 
 import orjson
 
+from yidi.contracts.envelope import Infno
+
 from loadtest.bills import INPATIENT_DISEASES, MIX, OUTPATIENT_DISEASES, BillMaker, CareKind, draw_total, total_of, yuan
 from loadtest.world import CHRONIC_DISEASES, DEFAULT_DAY, FACILITY_WEIGHT, Person, World
 
@@ -47,6 +50,8 @@ CHRONIC_DIAGNOSIS = {code: (dise, name) for code, dise, name in CHRONIC_DISEASES
 # whose total is not the sum of its lines. The platform owes each an INVALID_INPUT answer.
 MALFORMED_JSON, INVALID_SUM = "malformed-json", "invalid-sum"
 MALFORMED_KINDS = frozenset({MALFORMED_JSON, INVALID_SUM})
+# A cashier's 5206 before a bill: what is left of the person's deductible, cap and quota this year.
+YEAR_SO_FAR = "year-so-far"
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class DayOptions:
     cancellations: float = 0.0  # share of settlements cancelled later (2208/2305)
     duplicates: float = 0.0  # share of settlements resent under the same msgid
     malformed: float = 0.0  # extra malformed requests, as a share of settlements
+    queries: float = 0.0  # share of settlements a 5206 (the person's year so far) precedes, from the cashier
     mix: tuple[CareKind, ...] = MIX
 
     def __post_init__(self) -> None:
@@ -97,6 +103,8 @@ class DayGenerator:
         # command replay the same day (make bench draws a fresh run id each time).
         self.rng = random.Random(f"day:{options.seed}")
         self.bills = BillMaker(self.rng)
+        self._queries = random.Random(f"queries:{options.seed}")
+        self._queried = 0
         self.seq = 0
         self._later: list[tuple[float, int, dict[str, Any]]] = []  # duplicates and cancellations to come
         self._kinds = [k for k in options.mix]
@@ -137,6 +145,13 @@ class DayGenerator:
         facility = rng.choices(codes, cum_weights=cum_weights)[0]
         moment = datetime.combine(world.day, datetime.min.time()) + timedelta(seconds=t)
         request = self._bill_request(kind, person, facility, moment)
+        if self.o.queries and self._queries.random() < self.o.queries:
+            # Drawn and numbered apart from the day's: with queries or without, the same bills.
+            self._queried += 1
+            msgid = f"{facility}{moment:%Y%m%d%H%M%S}{self.o.msg_tag}Q{self._queried:06d}"
+            query = {**self._envelope(Infno.PERSON_CUMULATIVE.value, person, facility, moment, msgid),
+                     "input": {"data": {"psn_no": person.psn_no, "insutype": person.insutype}}}
+            yield self._line(t, "send", YEAR_SO_FAR, query)
         if rng.random() < self.o.pre_settlements:
             pre = orjson.loads(orjson.dumps(request))
             pre["infno"], pre["msgid"] = kind.pre_infno, self._msgid(facility, moment)
@@ -168,9 +183,9 @@ class DayGenerator:
         data["medfee_sumamt"] = yuan(int(data["medfee_sumamt"].replace(".", "")) + 100)
         return self._line(t, "send", INVALID_SUM, bad)
 
-    def _envelope(self, infno: str, person: Person, facility: str, moment: datetime) -> dict[str, Any]:
+    def _envelope(self, infno: str, person: Person, facility: str, moment: datetime, msgid: str = "") -> dict[str, Any]:
         return {
-            "infno": infno, "msgid": self._msgid(facility, moment), "mdtrtarea_admvs": person.treating,
+            "infno": infno, "msgid": msgid or self._msgid(facility, moment), "mdtrtarea_admvs": person.treating,
             "insuplc_admdvs": person.insured, "infver": "V1.0", "opter_type": "1", "opter": "0001",
             "opter_name": "cashier", "inf_time": f"{moment:%Y-%m-%d %H:%M:%S}", "fixmedins_code": facility,
         }
@@ -252,14 +267,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cancel", type=_share, default=0.0, help="share of settlements cancelled later")
     parser.add_argument("--dup", type=_share, default=0.0, help="share of settlements resent (same msgid)")
     parser.add_argument("--malformed", type=_share, default=0.0, help="extra malformed requests (share)")
+    parser.add_argument("--queries", type=_share, default=0.0,
+                        help="share of settlements a 5206 (the person's year so far) precedes")
+    parser.add_argument("--home-usage", type=_share, default=0.0,
+                        help="share of persons whose record states what their insurance paid at home this year")
     parser.add_argument("--out", type=Path, required=True, help="folder for refdata.json and day.jsonl")
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:  # the names are checked before any file is opened (an existing day.jsonl is not emptied)
         world = World(persons=args.persons or default_persons(args.settlements), seed=args.seed,
-                      run_id=args.run_id, day=args.day)
+                      run_id=args.run_id, day=args.day, home_usage_share=args.home_usage)
         options = DayOptions(settlements=args.settlements, seed=args.seed, tag=args.tag, pre_settlements=args.pre,
-                             cancellations=args.cancel, duplicates=args.dup, malformed=args.malformed)
+                             cancellations=args.cancel, duplicates=args.dup, malformed=args.malformed,
+                             queries=args.queries)
     except ValueError as exc:
         parser.error(str(exc))
     args.out.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,10 @@ class Person:
     acct_fen: int
 
 
+def _yuan(fen: int) -> str:
+    return f"{fen // 100}.{fen % 100:02d}"
+
+
 def facility_codes(region: str) -> list[tuple[str, int, list[str]]]:
     """(code, level, med_types) of each facility of a treating region (12-character codes)."""
     out, n = [], 0
@@ -120,7 +124,8 @@ class World:
     """The persons of a run, drawn from ``seed``; everything else is fixed."""
 
     def __init__(self, *, persons: int, seed: int = 1, run_id: str = "", day: date = DEFAULT_DAY,
-                 unfiled_share: float = 0.015, chronic_share: float = 0.12, temporary_share: float = 0.25) -> None:
+                 unfiled_share: float = 0.015, chronic_share: float = 0.12, temporary_share: float = 0.25,
+                 home_usage_share: float = 0.0) -> None:
         if persons < 1:
             raise ValueError("a world has at least one person")
         self.seed = seed
@@ -128,6 +133,9 @@ class World:
         if not self.run_id.isalnum() or len(self.run_id) > 16:
             raise ValueError("run_id is 1-16 letters or digits (it goes into every psn_no and msgid)")
         self.day = day
+        # The share of persons whose record states what their insurance paid at home this year
+        # (``home_usage``): drawn per person apart from the world's draws, so 0 changes nothing.
+        self.home_usage_share = home_usage_share
         # Seeded by the seed alone: the run id names psn_no and msgid, and must not change the world.
         rng = random.Random(f"world:{seed}")
         self.persons: list[Person] = []
@@ -243,7 +251,20 @@ class World:
             "chronic_qualifications": [p.chronic] if p.chronic else [],
             "acct_balc": f"{p.acct_fen // 100}.{p.acct_fen % 100:02d}", "acct_version": "2026-01",
             "qualifications": qualifications,
-        }
+        } | self._home_usage(n)
+
+    def _home_usage(self, n: int) -> dict[str, Any]:
+        """What the person's insurance paid at home this year, for a share of persons: part of the
+        outpatient deductible (every policy here names the bucket ``outpatient``), the pooled fund
+        and the outpatient quota, so that their bills here start from it."""
+        if not self.home_usage_share:
+            return {}
+        rng = random.Random(f"home:{self.seed}:{n}")
+        if rng.random() >= self.home_usage_share:
+            return {}
+        return {"home_usage": [{"year": self.day.year, "deductible_paid": {"outpatient": _yuan(rng.randrange(0, 60_000))},
+                                "pooled_paid": _yuan(rng.randrange(0, 2_000_000)),
+                                "outpatient_quota_used": _yuan(rng.randrange(0, 50_000))}]}
 
     def filing_record(self, index: int, p: Person) -> dict[str, Any] | None:
         if not p.category:

@@ -31,11 +31,11 @@ async def test_a_small_day_is_answered_exactly_once_and_the_ledger_matches_the_a
         system.start(service)
     try:
         await system.wait_ready(timeout=45)
-        world = World(persons=60, seed=5, run_id="S" + uuid.uuid4().hex[:9].upper())
+        world = World(persons=60, seed=5, run_id="S" + uuid.uuid4().hex[:9].upper(), home_usage_share=0.3)
         write_refdata(world, tmp_path / "refdata.json")
         await load(str(tmp_path / "refdata.json"), bootstrap=s.kafka_bootstrap, namespace=s.namespace, wait=30)
         options = DayOptions(settlements=180, seed=5, pre_settlements=0.05, cancellations=0.05, duplicates=0.05,
-                             malformed=0.05)
+                             malformed=0.05, queries=0.05)
         replay = Replay(s.kafka_bootstrap, s.namespace, Pace(window=500), progress=False, drain_timeout=20, grace=1.0,
                         judge_malformed=True)
         result = await replay.run(day_lines(world, options))
@@ -78,6 +78,7 @@ async def test_a_small_day_is_answered_exactly_once_and_the_ledger_matches_the_a
     assert 190 <= result["sends"] <= 260
     kinds, errors = result["kinds_sent"], result["err_codes"]
     assert kinds["duplicate"] and kinds["pre-settlement"] and (kinds.get("malformed-json", 0) + kinds.get("invalid-sum", 0))
+    assert kinds["year-so-far"] and "INTERNAL_ERROR" not in errors, (kinds, errors)  # 5206 answered, home usage read
     assert result["cancellations"]["sent"] >= 1
     assert errors["INVALID_INPUT"] >= 1 and errors["ok"] > 150
     # Each malformed request refused INVALID_INPUT, and none has a ledger row (the ledger's check).

@@ -263,3 +263,28 @@ def test_the_generator_refuses_bad_flags_before_touching_its_folder(tmp_path, ca
         assert exc.value.code == 2, flags
         assert "error:" in capsys.readouterr().err
     assert day.read_text() == "kept\n"
+
+
+def test_queries_and_home_usage_are_drawn_apart_and_leave_the_day_as_it_was():
+    # 5206 before a share of bills, and a share of persons stating their year at home: requests and
+    # records the contracts take, and the same bills and persons as the day without them.
+    from yidi.contracts.settlement import CumulativeInput
+
+    plain_world, world = World(persons=400, seed=11, run_id="UT11"), World(persons=400, seed=11, run_id="UT11",
+                                                                           home_usage_share=0.25)
+    plain = list(day_lines(plain_world, DayOptions(settlements=2000, seed=11, pre_settlements=0.02)))
+    with_queries = list(day_lines(world, DayOptions(settlements=2000, seed=11, pre_settlements=0.02, queries=0.1)))
+    queries = [ln for ln in with_queries if ln["kind"] == "year-so-far"]
+    assert [ln for ln in with_queries if ln["kind"] != "year-so-far"] == plain
+    assert 150 < len(queries) < 250 and len({ln["msgid"] for ln in queries}) == len(queries)
+    msgids = {ln["msgid"] for ln in plain}
+    for ln in queries:
+        request = RequestEnvelope.model_validate(ln["request"])
+        assert request.infno is Infno.PERSON_CUMULATIVE and request.msgid.startswith(request.fixmedins_code)
+        assert CumulativeInput.model_validate(request.data).psn_no == ln["key"] and ln["msgid"] not in msgids
+    data, before = world.refdata(), plain_world.refdata()
+    validate(data)
+    stating = [p for p in data["persons"] if "home_usage" in p]
+    assert 70 < len(stating) < 130 and all(p["home_usage"][0]["year"] == world.day.year for p in stating)
+    assert [{k: v for k, v in p.items() if k != "home_usage"} for p in data["persons"]] == before["persons"]
+    assert not any("home_usage" in p for p in before["persons"])
