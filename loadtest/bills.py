@@ -10,7 +10,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from loadtest.world import CATALOGUE_ITEMS, UNLISTED_CODE
+from loadtest.world import CATALOGUE_ITEMS, UNLISTED_CODE, yuan
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +104,6 @@ INPATIENT_DISEASES = (("K35.800", "acute appendicitis"), ("I63.900", "cerebral i
 OUTPATIENT_DISEASES = (("J06.900", "upper respiratory infection"), ("J20.900", "acute bronchitis"),
                        ("K29.700", "gastritis"), ("M54.500", "low back pain"), ("I10.X00", "essential hypertension"),
                        ("R51.X00", "headache"))
-
-
-def yuan(fen: int) -> str:
-    return f"{fen // 100}.{fen % 100:02d}"
 
 
 def draw_total(rng: random.Random, kind: CareKind) -> int:

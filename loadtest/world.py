@@ -102,7 +102,8 @@ class Person:
     acct_fen: int
 
 
-def _yuan(fen: int) -> str:
+def yuan(fen: int) -> str:
+    """An amount in fen as the wire writes yuan ("12.05")."""
     return f"{fen // 100}.{fen % 100:02d}"
 
 
@@ -185,7 +186,7 @@ class World:
                 if ceiling is not None:
                     # Regions differ a little: 0 %, +5 %, +10 % on the ceiling.
                     fen = round(int(ceiling.replace(".", "")) * (100 + 5 * (n % 3)) / 100)
-                    record["pric_uplmt_amt"] = f"{fen // 100}.{fen % 100:02d}"
+                    record["pric_uplmt_amt"] = yuan(fen)
                 yield record
 
     def policy_records(self) -> Iterator[dict[str, Any]]:
@@ -249,7 +250,7 @@ class World:
             "psn_no": p.psn_no, "psn_name": f"load-test person {n}", "insuplc_admdvs": p.insured,
             "insutype": p.insutype, "psn_type": p.psn_type, "active": True,
             "chronic_qualifications": [p.chronic] if p.chronic else [],
-            "acct_balc": f"{p.acct_fen // 100}.{p.acct_fen % 100:02d}", "acct_version": "2026-01",
+            "acct_balc": yuan(p.acct_fen), "acct_version": "2026-01",
             "qualifications": qualifications,
         } | self._home_usage(n)
 
@@ -262,9 +263,9 @@ class World:
         rng = random.Random(f"home:{self.seed}:{n}")
         if rng.random() >= self.home_usage_share:
             return {}
-        return {"home_usage": [{"year": self.day.year, "deductible_paid": {"outpatient": _yuan(rng.randrange(0, 60_000))},
-                                "pooled_paid": _yuan(rng.randrange(0, 2_000_000)),
-                                "outpatient_quota_used": _yuan(rng.randrange(0, 50_000))}]}
+        return {"home_usage": [{"year": self.day.year, "deductible_paid": {"outpatient": yuan(rng.randrange(0, 60_000))},
+                                "pooled_paid": yuan(rng.randrange(0, 2_000_000)),
+                                "outpatient_quota_used": yuan(rng.randrange(0, 50_000))}]}
 
     def filing_record(self, index: int, p: Person) -> dict[str, Any] | None:
         if not p.category:
